@@ -1,0 +1,134 @@
+"""The schema of ``models/manifest.json`` and of the metadata each ONNX file carries about itself.
+
+This module is the contract between export (which writes it) and the service
+and batch scorer (which read it); it needs neither torch nor ``training``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MANIFEST_NAME = "manifest.json"
+# Key under which an ONNX file's metadata_props hold its ModelCard as JSON.
+METADATA_KEY = "cifar_model_card"
+
+
+class ManifestError(ValueError):
+    """The manifest, or a file it lists, is missing, malformed or does not match its hash."""
+
+
+class InputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "input"
+    shape: tuple[int, int, int] = (3, 32, 32)  # C, H, W; the batch axis is dynamic
+    layout: Literal["NCHW"] = "NCHW"
+    color: Literal["RGB"] = "RGB"
+    dtype: Literal["float32"] = "float32"
+    scale: tuple[float, float] = (0.0, 1.0)  # pixel/255: the model normalises inside its graph
+    resize: Literal["bilinear"] = "bilinear"
+    mean: tuple[float, float, float]  # applied inside the graph; recorded for reference
+    std: tuple[float, float, float]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.shape[1], self.shape[2]
+
+
+class ModelCard(BaseModel):
+    """What a model is: stored in the manifest and in the ONNX file's own metadata."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    arch: str
+    dataset: str
+    classes: list[str] = Field(min_length=2)
+    precision: Literal["fp32", "fp16", "int8"]
+    input: InputSpec
+    output: str = "logits"
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    source: dict[str, Any] = Field(default_factory=dict)  # checkpoint, recipe, export tool versions
+
+    @model_validator(mode="after")
+    def _metrics_have_accuracy(self) -> "ModelCard":
+        if "val_top1" not in self.metrics:
+            raise ValueError(f"model {self.name!r}: metrics must include val_top1")
+        return self
+
+
+class ModelEntry(ModelCard):
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    default: str
+    models: list[ModelEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Manifest":
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate model names: {', '.join(duplicates)}")
+        if self.default not in names:
+            raise ValueError(f"default model {self.default!r} is not among the models ({', '.join(names)})")
+        return self
+
+    def get(self, name: str | None = None) -> ModelEntry:
+        name = name or self.default
+        for entry in self.models:
+            if entry.name == name:
+                return entry
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(m.name for m in self.models)}")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(models_dir: str | Path, verify: bool = True) -> Manifest:
+    """Parse and validate ``models_dir/manifest.json``; with ``verify``, check every file's sha256 too."""
+    path = Path(models_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"no model manifest at {path}: export a model first (python -m export ...)")
+    try:
+        manifest = Manifest.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        raise ManifestError(f"invalid manifest {path}:\n{exc}") from exc
+    if verify:
+        verify_files(manifest, Path(models_dir))
+    return manifest
+
+
+def verify_files(manifest: Manifest, models_dir: Path) -> None:
+    for entry in manifest.models:
+        file = models_dir / entry.file
+        if not file.is_file():
+            raise ManifestError(f"model {entry.name!r}: file {file} is missing")
+        actual = sha256_file(file)
+        if actual != entry.sha256:
+            raise ManifestError(
+                f"model {entry.name!r}: file {file} does not match the manifest "
+                f"(sha256 {actual[:12]}..., expected {entry.sha256[:12]}...): it is truncated, tampered with or stale"
+            )
+
+
+def save_manifest(manifest: Manifest, models_dir: str | Path) -> Path:
+    path = Path(models_dir) / MANIFEST_NAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,1 @@
+"""Training package: datasets, models, recipes, training loop and reports for CIFAR classifiers."""

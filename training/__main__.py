@@ -1,0 +1,97 @@
+"""Command line: ``python -m training {models,recipes,train,resume,evaluate,compare,ablate} ...``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import ConfigError, build_config, list_recipes, load_recipe
+from .data import DatasetError
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import DESCRIPTIONS, count_parameters, create_model, list_models
+
+    print(f"{'name':<16} {'params (10 classes)':>20}  description")
+    for name in list_models():
+        params = count_parameters(create_model(name, 10))
+        print(f"{name:<16} {params:>20,}  {DESCRIPTIONS[name]}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    for name in list_recipes():
+        raw = load_recipe(name)
+        print(f"{name:<22} model={raw.get('model', {}).get('name')} epochs={raw.get('train', {}).get('epochs')}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine import train
+
+    config = build_config(args.recipe, args.set)
+    out = Path(args.out) if args.out else Path("runs") / config.recipe
+    if (out / "last.pt").exists() and not args.force:
+        print(f"error: {out} already holds a run; use `python -m training resume {out}` or --force to start over",
+              file=sys.stderr)
+        return 2
+    summary = train(config, out)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .engine import resume
+
+    print(json.dumps(resume(args.run, args.epochs), indent=2))
+    return 0
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("models", help="list the model registry: name, parameter count, description").set_defaults(fn=cmd_models)
+    sub.add_parser("recipes", help="list the built-in recipes").set_defaults(fn=cmd_recipes)
+
+    p = sub.add_parser("train", help="train a model from a recipe", description=(
+        "Train from a recipe (a name from `recipes` or a YAML path) with key=value overrides, e.g. "
+        "`python -m training train --recipe resnet9_half_cpu --set epochs=5 lr=0.2 dropout=0.1 augment=basic`. "
+        "Bare keys resolve to their section (lr -> optim.lr); unknown ones become model arguments (use_se, dropout). "
+        "The run folder gets config.yaml, history.json, training_curves.png, best.pt and last.pt."))
+    p.add_argument("--recipe", default="se_resnet18", help="recipe name or YAML file (default: se_resnet18)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--out", help="run folder (default: runs/<recipe>)")
+    p.add_argument("--force", action="store_true", help="start over even if the run folder holds a run")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("resume", help="continue a run from its last.pt", description=(
+        "Continue an interrupted run exactly where its last completed epoch left it (same config, RNG and data order)."))
+    p.add_argument("run", help="run folder holding last.pt")
+    p.add_argument("--epochs", type=int, help="change the total epoch budget (reshapes cosine/linear schedules)")
+    p.set_defaults(fn=cmd_resume)
+
+    from .reports.cli import add_report_commands
+
+    add_report_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = get_args_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, DatasetError, KeyError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last completed epoch is in last.pt; continue with `python -m training resume RUN`",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Checkpoints as plain dicts of tensors and primitives, written atomically and loaded with weights_only=True."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .models import ImageClassifier, create_model
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    # rename is atomic: a crash mid-write leaves the previous checkpoint intact.
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> ImageClassifier:
+    """Rebuild the network a checkpoint describes; prefers the EMA weights when the run kept them."""
+    meta = ckpt["meta"]
+    model = create_model(meta["arch"], meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])
+    weights = ckpt.get("ema") if use_ema and ckpt.get("ema") else ckpt["model"]
+    model.load_state_dict(weights)
+    return model.eval()

@@ -1,0 +1,175 @@
+"""Typed training configuration. The defaults are the SE-ResNet18 reference recipe; recipes in
+``training/recipes/*.yaml`` override them, and ``key=value`` overrides from the command line go last.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .data.augment import AugmentParams
+from .data.mix import MixParams
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    dataset: str = "folder"
+    root: str = "../shared/data/cifar10-train-jpg.tar.gz"
+    val_size: int = Field(5000, ge=0)
+    split_seed: int = 42
+    image_size: int = Field(32, ge=8)
+    cache_dir: str = ".cache/datasets"
+
+
+class ModelConfig(Section):
+    name: str = "se_resnet18"
+    # Constructor arguments of the registered model (dropout, use_se, reduction, width, ...).
+    args: dict[str, Any] = Field(default_factory=lambda: {"dropout": 0.5})
+
+
+AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
+    "none": dict(crop_padding=0, flip=False, cutout=0, color_jitter=0.0, mixup_alpha=0.0, cutmix_alpha=0.0),
+    "basic": dict(crop_padding=4, flip=True, cutout=0, color_jitter=0.0, mixup_alpha=0.0, cutmix_alpha=0.0),
+    "full": dict(crop_padding=4, flip=True, cutout=16, color_jitter=0.0, mixup_alpha=0.0, cutmix_alpha=0.0),
+}
+
+
+class AugmentConfig(Section):
+    crop_padding: int = Field(4, ge=0)
+    flip: bool = True
+    vertical_flip: bool = False
+    cutout: int = Field(0, ge=0)
+    color_jitter: float = Field(0.0, ge=0, le=1)
+    mixup_alpha: float = Field(0.0, ge=0)
+    cutmix_alpha: float = Field(0.0, ge=0)
+    mix_prob: float = Field(1.0, ge=0, le=1)
+
+    def params(self) -> AugmentParams:
+        return AugmentParams(self.crop_padding, self.flip, self.cutout, self.color_jitter, self.vertical_flip)
+
+    def mix(self) -> MixParams:
+        return MixParams(self.mixup_alpha, self.cutmix_alpha, self.mix_prob)
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = 0.9
+    nesterov: bool = True
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(5e-2, ge=0)
+    # Decaying BatchNorm scales and biases only shrinks them; off by default as in most modern recipes.
+    decay_norm_and_bias: bool = False
+
+
+class ScheduleConfig(Section):
+    name: Literal["cosine", "multistep", "step", "linear", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    milestones: list[int] = Field(default_factory=lambda: [60, 120, 160])
+    gamma: float = 0.2
+    step_size: int = Field(30, ge=1)  # for "step": multiply by gamma every step_size epochs
+    final_lr_fraction: float = Field(0.0, ge=0)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    ema_decay: float = Field(0.0, ge=0, lt=1)
+    early_stop_patience: int = Field(0, ge=0)  # epochs without improvement before stopping; 0 = never
+    early_stop_min_delta: float = Field(0.0, ge=0)
+    max_batches_per_epoch: int | None = Field(None, ge=1)  # for smoke tests and benchmarks
+    threads: int | None = Field(None, ge=1)
+
+
+class Config(Section):
+    recipe: str = "se_resnet18"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no recipe {name_or_path!r}; built-in recipes: {', '.join(list_recipes())}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw.setdefault("recipe", path.stem)
+    return raw
+
+
+def _parse_value(text: str) -> Any:
+    # YAML's scalars give true/false, numbers, lists ([60,120]) and null for free.
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def _field_owner(key: str) -> str:
+    """Resolve a bare key (``lr``) to its section (``optim.lr``); model arguments are the fallback."""
+    owners = [name for name, f in Config.model_fields.items()
+              if isinstance(f.default_factory, type) and key in f.default_factory.model_fields]
+    if len(owners) > 1:
+        raise ConfigError(f"{key!r} is ambiguous ({', '.join(owners)}): write it as section.{key}")
+    if owners:
+        return f"{owners[0]}.{key}"
+    if key in Config.model_fields:
+        return key
+    return f"model.args.{key}"
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        if key == "augment" and not value.startswith("{"):
+            if value not in AUGMENT_PRESETS:
+                raise ConfigError(f"unknown augment preset {value!r}; valid: {', '.join(AUGMENT_PRESETS)}")
+            raw["augment"] = {**raw.get("augment", {}), **AUGMENT_PRESETS[value]}
+            continue
+        path = (key if "." in key else _field_owner(key)).split(".")
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"cannot set {key!r}: {part!r} is not a section")
+        node[path[-1]] = _parse_value(value)
+    return raw
+
+
+def build_config(recipe: str | None = None, overrides: list[str] | None = None) -> Config:
+    raw = load_recipe(recipe) if recipe else {}
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration:\n{exc}") from exc
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,52 @@
+"""Dataset registry and split loading: ``load_split(name, root, "train"|"val"|"test"|"all")``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..registry import Registry
+from .arrays import DatasetError, ImageArrays
+from .cifar import read_cifar10, read_cifar100
+from .folder import read_image_folder
+from .split import stratified_split
+
+DATASETS: Registry = Registry("dataset")
+SPLITS = ("train", "val", "test", "all")
+
+
+@DATASETS.register("cifar10")
+def cifar10(root: str | Path, train: bool = True, **_) -> ImageArrays:
+    """The python-format CIFAR-10 folder (cifar-10-batches-py)."""
+    return read_cifar10(root, train)
+
+
+@DATASETS.register("cifar100")
+def cifar100(root: str | Path, train: bool = True, **_) -> ImageArrays:
+    """The python-format CIFAR-100 folder (cifar-100-python), fine labels."""
+    return read_cifar100(root, train)
+
+
+@DATASETS.register("folder")
+def folder(root: str | Path, train: bool = True, image_size: int = 32, cache_dir: str | Path | None = None) -> ImageArrays:
+    """A class-per-folder image tree, or a .tar/.tar.gz of one."""
+    if not train:
+        raise DatasetError("a folder dataset has no separate test split: point --data at the test folder and use split 'all'")
+    return read_image_folder(root, image_size, cache_dir)
+
+
+def load_split(
+    name: str, root: str | Path, split: str, val_size: int = 5000, seed: int = 42,
+    cache_dir: str | Path | None = None, image_size: int = 32,
+) -> ImageArrays:
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    reader = DATASETS.get(name)
+    if split == "test":
+        return reader(root, train=False, image_size=image_size, cache_dir=cache_dir)
+    full = reader(root, train=True, image_size=image_size, cache_dir=cache_dir)
+    if split == "all":
+        return full
+    train_idx, val_idx = stratified_split(full.labels, val_size, seed)
+    return full.subset(train_idx if split == "train" else val_idx)
+
+
+__all__ = ["DATASETS", "DatasetError", "ImageArrays", "load_split", "stratified_split", "SPLITS"]

@@ -1,0 +1,32 @@
+"""The in-memory form every dataset reader returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class DatasetError(ValueError):
+    """A dataset folder or archive is missing or not in the expected format."""
+
+
+@dataclass
+class ImageArrays:
+    """Images as uint8 [N, H, W, 3] RGB, labels as int64 [N], class names in label order."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
+            raise DatasetError(f"images must be uint8 [N, H, W, 3], got {self.images.dtype} {self.images.shape}")
+        if len(self.images) != len(self.labels):
+            raise DatasetError(f"{len(self.images)} images but {len(self.labels)} labels")
+        self.labels = self.labels.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: np.ndarray) -> "ImageArrays":
+        return ImageArrays(self.images[indices], self.labels[indices], self.classes)

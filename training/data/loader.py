@@ -1,0 +1,71 @@
+"""A loader over tensors held whole in memory (or on the GPU): shuffle, shard, augment, batch.
+
+CIFAR fits in 150 MB as uint8, so there is no per-sample Dataset and no
+worker processes: a batch is one index_select plus a few tensor ops.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from .arrays import ImageArrays
+from .augment import AugmentParams, augment_batch
+from .mix import MixParams, MixedTargets, mix_batch
+
+
+class TensorLoader:
+    def __init__(
+        self,
+        data: ImageArrays,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        train: bool = False,
+        augment: AugmentParams | None = None,
+        mix: MixParams | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        channels_last: bool = False,
+        max_batches: int | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        # uint8 on the device: 4x less memory and transfer than preprocessed floats.
+        self.images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous().to(self.device)
+        self.labels = torch.from_numpy(data.labels).to(self.device)
+        self.batch_size, self.train = batch_size, train
+        self.augment = augment if train else None
+        self.mix = mix if train else None
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.channels_last, self.max_batches = channels_last, max_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The shuffle and augmentation of an epoch depend only on (seed, epoch): resume replays them exactly."""
+        self.epoch = epoch
+
+    def _indices(self, gen: torch.Generator) -> torch.Tensor:
+        n = len(self.labels)
+        order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
+        if self.world_size > 1:
+            per_rank = n // self.world_size if self.train else -(-n // self.world_size)
+            order = order[self.rank :: self.world_size][:per_rank]
+        return order
+
+    def __len__(self) -> int:
+        n = len(self.labels) // self.world_size if self.world_size > 1 else len(self.labels)
+        batches = n // self.batch_size if self.train else -(-n // self.batch_size)
+        return min(batches, self.max_batches) if self.max_batches else batches
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | MixedTargets]]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = self._indices(gen).to(self.device)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            x, y = self.images[idx], self.labels[idx]
+            x = augment_batch(x, self.augment, gen) if self.augment else x.float().div_(255)
+            if self.mix is not None and self.mix.enabled:
+                x, y = mix_batch(x, y, self.mix, gen)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y

@@ -1,0 +1,31 @@
+"""A deterministic, stratified train/validation split.
+
+numpy's PCG64 generator gives the same permutation on every platform and
+numpy version that supports it, so "seed 42" names one split everywhere.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .arrays import DatasetError
+
+
+def stratified_split(labels: np.ndarray, val_size: int, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+    """Return (train_indices, val_indices); each class gets its share of ``val_size``, remainders spread by class order."""
+    labels = np.asarray(labels)
+    if not 0 <= val_size < len(labels):
+        raise DatasetError(f"val_size must be in [0, {len(labels)}), got {val_size}")
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * val_size / len(labels)
+    per_class = np.floor(exact).astype(int)
+    # Largest remainders get the leftover samples, so the total is exactly val_size.
+    leftover = val_size - per_class.sum()
+    per_class[np.argsort(-(exact - per_class), kind="stable")[:leftover]] += 1
+    rng = np.random.Generator(np.random.PCG64(seed))
+    train, val = [], []
+    for cls, n_val in zip(classes, per_class):
+        idx = np.flatnonzero(labels == cls)
+        idx = idx[rng.permutation(len(idx))]
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))

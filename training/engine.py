@@ -1,0 +1,243 @@
+"""The training loop: one run folder holds the config, history, curves and best/last checkpoints."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from . import distributed
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config, save_config
+from .data import ImageArrays, load_split
+from .data.loader import TensorLoader
+from .data.mix import MixedTargets, mixed_cross_entropy
+from .inference import autocast, cross_entropy, predict_logits, topk_accuracy
+from .models import count_parameters, create_model
+from .optim import build_optimizer, build_scheduler
+from .plots import plot_training_curves
+
+log = logging.getLogger("training")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, on the [0, 1] scale."""
+    flat = images.reshape(-1, 3).astype(np.float64) / 255.0
+    return flat.mean(0).round(4).tolist(), flat.std(0).round(4).tolist()
+
+
+def load_data(config: Config) -> tuple[ImageArrays, ImageArrays | None]:
+    d = config.data
+    kwargs = dict(val_size=d.val_size, seed=d.split_seed, cache_dir=d.cache_dir, image_size=d.image_size)
+    if d.val_size == 0:
+        return load_split(d.dataset, d.root, "all", **kwargs), None
+    return load_split(d.dataset, d.root, "train", **kwargs), load_split(d.dataset, d.root, "val", **kwargs)
+
+
+def evaluate(model: nn.Module, loader: TensorLoader, bf16: bool) -> dict[str, float]:
+    logits, labels = predict_logits(model, loader, bf16)
+    return {"val_loss": cross_entropy(logits, labels), "val_top1": topk_accuracy(logits, labels, 1),
+            "val_top5": topk_accuracy(logits, labels, 5)}
+
+
+class Trainer:
+    def __init__(self, config: Config, out_dir: str | Path) -> None:
+        self.config, self.out_dir = config, Path(out_dir)
+        self.device = resolve_device(config.train.device)
+        self.dist = distributed.setup(self.device.type)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        t = config.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        torch.manual_seed(t.seed + self.dist.rank)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        train_data, val_data = load_data(config)
+        self.classes = train_data.classes
+        mean, std = channel_stats(train_data.images)
+        self.meta: dict[str, Any] = {
+            "arch": config.model.name, "model_args": dict(config.model.args), "num_classes": len(self.classes),
+            "classes": self.classes, "mean": mean, "std": std, "input_size": config.data.image_size,
+            "dataset": config.data.dataset, "data_root": config.data.root, "val_size": config.data.val_size,
+            "split_seed": config.data.split_seed, "recipe": config.recipe,
+        }
+        self.model = create_model(config.model.name, len(self.classes), mean, std, **config.model.args).to(self.device)
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_loader = TensorLoader(
+            train_data, t.batch_size, self.device, train=True, augment=config.augment.params(), mix=config.augment.mix(),
+            seed=t.seed, rank=self.dist.rank, world_size=self.dist.world_size, channels_last=t.channels_last,
+            max_batches=t.max_batches_per_epoch,
+        )
+        if len(self.train_loader) == 0:
+            raise ValueError(f"batch_size {t.batch_size} exceeds the {len(train_data)} training images per process")
+        self.val_loader = (TensorLoader(val_data, t.eval_batch_size, self.device, channels_last=t.channels_last)
+                           if val_data is not None and self.dist.is_main else None)
+        self.optimizer = build_optimizer(self.model, config.optim)
+        self.scheduler = build_scheduler(self.optimizer, len(self.train_loader), t.epochs, config.schedule)
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
+                    if t.ema_decay > 0 else None)
+        self.forward_model: nn.Module = self.model
+        if self.dist.enabled:
+            self.forward_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if t.compile:
+            self.forward_model = torch.compile(self.forward_model)
+        self.epoch, self.history, self.best = 0, [], {"val_top1": -1.0, "epoch": -1}
+        self.bad_epochs = 0
+
+    # -- state --------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema else None,
+            "ema_n_averaged": int(self.ema.n_averaged.item()) if self.ema else 0,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "config": self.config.model_dump(mode="json"),
+            "meta": self.meta,
+            "torch_version": torch.__version__,
+        }
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        if self.ema and ckpt.get("ema"):
+            self.ema.module.load_state_dict(ckpt["ema"])
+            self.ema.n_averaged.fill_(ckpt["ema_n_averaged"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.epoch, self.history, self.best = ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
+        self.bad_epochs = ckpt.get("bad_epochs", 0)
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if ckpt.get("rng_cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+
+    # -- loop ---------------------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, float]:
+        t, loader = self.config.train, self.train_loader
+        loader.set_epoch(self.epoch)
+        self.forward_model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        seen, start = 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{t.epochs}", unit="batch", leave=False,
+                   disable=not self.dist.is_main)
+        for x, y in bar:
+            with autocast(self.device, t.bf16):
+                logits = self.forward_model(x)
+                loss = mixed_cross_entropy(logits.float(), y, t.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.ema:
+                self.ema.update_parameters(self.model)
+            hard = y.y_a if isinstance(y, MixedTargets) else y
+            # Accumulate on-device: a .item() per step would sync the GPU every batch.
+            loss_sum += loss.detach() * len(hard)
+            correct += (logits.argmax(1) == hard).sum()
+            seen += len(hard)
+            if bar.n % 10 == 0:
+                bar.set_postfix(img_s=f"{seen * self.dist.world_size / (time.perf_counter() - start):.0f}")
+        if not math.isfinite(loss_sum.item()):
+            raise FloatingPointError(f"training loss is not finite at epoch {self.epoch + 1}: lower the learning rate")
+        elapsed = time.perf_counter() - start
+        return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen, "train_time_s": elapsed,
+                "train_images_per_s": seen * self.dist.world_size / elapsed, "lr": self.scheduler.get_last_lr()[0]}
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema else self.model
+
+    def fit(self) -> dict[str, Any]:
+        t = self.config.train
+        main = self.dist.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, self.out_dir / "config.yaml")
+            log.info("%s: %s parameters, %d training images, device %s", self.config.model.name,
+                     f"{count_parameters(self.model):,}", len(self.train_loader.labels), self.device)
+        stop = False
+        epochs_bar = tqdm(total=t.epochs, initial=self.epoch, desc="training", unit="epoch", disable=not main)
+        while self.epoch < t.epochs and not stop:
+            record = {"epoch": self.epoch + 1, **self.train_epoch()}
+            self.epoch += 1
+            if main:
+                if self.val_loader is not None:
+                    eval_start = time.perf_counter()
+                    record.update(evaluate(self.eval_model, self.val_loader, t.bf16))
+                    record["eval_time_s"] = time.perf_counter() - eval_start
+                stop = self._end_epoch(record)
+                epochs_bar.update(1)
+                epochs_bar.set_postfix(val_top1=f"{record.get('val_top1', float('nan')):.4f}",
+                                       best=f"{self.best['val_top1']:.4f}")
+            stop = distributed.broadcast_flag(stop, self.dist)
+        epochs_bar.close()
+        distributed.barrier(self.dist)
+        summary = {"run": str(self.out_dir), "epochs_run": self.epoch, "best": self.best,
+                   "stopped_early": stop, "train_time_s": sum(h["train_time_s"] for h in self.history)}
+        if main:
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        distributed.cleanup(self.dist)
+        return summary
+
+    def _end_epoch(self, record: dict[str, Any]) -> bool:
+        t = self.config.train
+        self.history.append(record)
+        score = record.get("val_top1", record["train_acc"])
+        improved = score > self.best["val_top1"] + t.early_stop_min_delta
+        if improved or self.best["epoch"] < 0:
+            self.best = {"val_top1": score, "epoch": record["epoch"], "val_top5": record.get("val_top5"),
+                         "val_loss": record.get("val_loss")}
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        state = self.state()
+        save_checkpoint(state, self.out_dir / "last.pt")
+        if improved:
+            save_checkpoint(state, self.out_dir / "best.pt")
+        (self.out_dir / "history.json").write_text(json.dumps(self.history, indent=2))
+        plot_training_curves(self.history, self.out_dir / "training_curves.png")
+        return bool(t.early_stop_patience and self.bad_epochs >= t.early_stop_patience)
+
+
+def train(config: Config, out_dir: str | Path) -> dict[str, Any]:
+    return Trainer(config, out_dir).fit()
+
+
+def resume(out_dir: str | Path, epochs: int | None = None) -> dict[str, Any]:
+    """Continue a run from its last.pt with the config it was started with (optionally more epochs)."""
+    ckpt = load_checkpoint(Path(out_dir) / "last.pt")
+    config = Config.model_validate(ckpt["config"])
+    if epochs is not None:
+        if epochs != config.train.epochs and config.schedule.name in ("cosine", "linear"):
+            log.warning("changing epochs from %d to %d reshapes the %s schedule: the run is no longer the one started",
+                        config.train.epochs, epochs, config.schedule.name)
+        config.train.epochs = epochs
+    trainer = Trainer(config, out_dir)
+    trainer.restore(ckpt)
+    return trainer.fit()

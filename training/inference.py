@@ -1,0 +1,41 @@
+"""Batched prediction and the top-k accuracy helpers used by training, evaluation and export."""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data.loader import TensorLoader
+
+
+def autocast(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: TensorLoader, bf16: bool = False, tta_flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Return float32 logits [N, C] and labels [N] over a non-shuffled loader."""
+    model.eval()
+    logits, labels = [], []
+    for x, y in loader:
+        with autocast(loader.device, bf16):
+            out = model(x).float()
+            if tta_flip:
+                out = (out + model(x.flip(3)).float()) / 2
+        logits.append(out.cpu())
+        labels.append(y.cpu())
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    k = min(k, logits.shape[1])
+    topk = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    return float((topk == labels[:, None]).any(axis=1).mean())
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item())

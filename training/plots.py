@@ -1,0 +1,34 @@
+"""Figures, rendered headless with matplotlib's Agg backend."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_training_curves(history: list[dict], path: Path) -> None:
+    if not history:
+        return
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot(epochs, [h["train_loss"] for h in history], label="train")
+    if history[0].get("val_loss") is not None:
+        axes[0].plot(epochs, [h["val_loss"] for h in history], label="validation")
+    axes[0].set_title("loss")
+    axes[1].plot(epochs, [100 * h["train_acc"] for h in history], label="train")
+    if history[0].get("val_top1") is not None:
+        axes[1].plot(epochs, [100 * h["val_top1"] for h in history], label="validation top-1")
+    axes[1].set_title("accuracy (%)")
+    axes[2].plot(epochs, [h["lr"] for h in history])
+    axes[2].set_title("learning rate (end of epoch)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Evaluation reports, model comparison and ablations."""
