@@ -24,7 +24,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         path = path / "best.pt"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    # TorchVersion is a plain str subclass; early checkpoints of this project stored one.
+    with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> ImageClassifier:

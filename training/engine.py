@@ -120,7 +120,7 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "config": self.config.model_dump(mode="json"),
             "meta": self.meta,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
         }
 
     def restore(self, ckpt: dict[str, Any]) -> None:

@@ -1,0 +1,82 @@
+"""Command line for export.
+
+    python -m export --checkpoint RUN/best.pt --name NAME [--precision fp32|fp16|int8] [--default]
+    python -m export verify [NAME]     re-verify a shipped model (default: the manifest's default)
+    python -m export list              the models in the manifest
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from service.manifest import ManifestError, load_manifest
+
+
+def export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m export", description=(
+        "Export a training checkpoint to ONNX (input float32 [N,3,H,W] RGB in [0,1], normalisation inside the graph, "
+        "dynamic batch), verify its accuracy against the checkpoint on the validation split, and record it in "
+        "models/manifest.json. Other commands: `python -m export verify [NAME]`, `python -m export list`."))
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (RUN/best.pt) or run folder")
+    p.add_argument("--name", required=True, help="model name in the manifest; the file is models/NAME.onnx")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="fp32; fp16 for GPUs (float32 inputs/outputs); int8 static quantisation for CPUs")
+    p.add_argument("--models-dir", default="models", help="where the .onnx files and manifest.json live")
+    p.add_argument("--default", action="store_true", help="make this the manifest's default model")
+    p.add_argument("--calibration-images", type=int, default=1000, help="training-split images to calibrate INT8 with")
+    p.add_argument("--cache-dir", default=".cache/datasets", help="dataset decode cache")
+    p.add_argument("--max-val-images", type=int, help="verify on only the first N validation images (quick checks)")
+    return p
+
+
+def verify_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m export verify", description=(
+        "Check every manifest file against its sha256, then measure the model's accuracy against its checkpoint "
+        "on the validation split. Exits 1 when it misses its tolerance (FP32: 0.05 points and 99.9% agreement; "
+        "FP16: 0.1; INT8: 0.5), 2 on a missing or tampered file."))
+    p.add_argument("name", nargs="?", help="model name (default: the manifest's default)")
+    p.add_argument("--models-dir", default="models")
+    p.add_argument("--cache-dir", default=".cache/datasets")
+    p.add_argument("--max-val-images", type=int)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    from .pipeline import ParityError, export_checkpoint, verify_model
+
+    try:
+        if argv[:1] == ["list"]:
+            manifest = load_manifest("models" if len(argv) < 2 else argv[1], verify=False)
+            for m in manifest.models:
+                mark = "*" if m.name == manifest.default else " "
+                print(f"{mark} {m.name:<28} {m.arch:<14} {m.precision:<5} val_top1={100 * m.metrics['val_top1']:.2f}%  {m.file}")
+            return 0
+        if argv[:1] == ["verify"]:
+            args = verify_parser().parse_args(argv[1:])
+            parity = verify_model(args.name, args.models_dir, args.cache_dir, args.max_val_images)
+            print(parity.summary())
+            if not parity.passed:
+                print("FAILED: " + "; ".join(parity.failures), file=sys.stderr)
+                return 1
+            print("verified")
+            return 0
+        args = export_parser().parse_args(argv)
+        entry, parity = export_checkpoint(args.checkpoint, args.name, args.precision, args.models_dir, args.default,
+                                          args.calibration_images, args.cache_dir, args.max_val_images)
+        print(parity.summary())
+        print(json.dumps({"name": entry.name, "file": entry.file, "sha256": entry.sha256}, indent=2))
+        return 0
+    except ParityError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    except (ManifestError, FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""PyTorch checkpoint -> ONNX file whose metadata describes it (classes, input spec, metrics)."""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from service.manifest import METADATA_KEY, InputSpec, ModelCard
+
+OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+log = logging.getLogger("export")
+
+
+def input_spec(meta: dict) -> InputSpec:
+    size = int(meta["input_size"])
+    return InputSpec(name=INPUT_NAME, shape=(3, size, size), mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+
+
+def export_fp32(model: torch.nn.Module, path: Path, image_size: int) -> None:
+    """Export with the torch.export-based exporter (the supported one) and a dynamic batch axis."""
+    model = model.eval().float().to(memory_format=torch.contiguous_format)
+    example = (torch.rand(2, 3, image_size, image_size),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's concern
+        program = torch.onnx.export(
+            model, example, dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},), optimize=True, verbose=False,
+        )
+    program.save(str(path))
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+
+
+def write_card(path: Path, card: ModelCard) -> None:
+    """Store the card in metadata_props, so a lone .onnx file still says what it is."""
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    props[METADATA_KEY] = card.model_dump_json()
+    props["classes"] = json.dumps(card.classes)  # readable by tools that know nothing of our schema
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "cifar-classifier export"
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))

@@ -1,0 +1,107 @@
+"""Measure an ONNX model against its PyTorch checkpoint on the same real images."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from service.preprocess import to_model_input
+from service.runtime import OnnxClassifier, softmax
+
+# Accuracy tolerances in percentage points, and the minimum top-1 agreement, per precision.
+ACCURACY_TOLERANCE_POINTS = {"fp32": 0.05, "fp16": 0.1, "int8": 0.5}
+MIN_AGREEMENT = {"fp32": 0.999}
+
+
+@dataclass
+class Parity:
+    precision: str
+    samples: int
+    torch_top1: float
+    onnx_top1: float
+    onnx_top5: float
+    top1_agreement: float
+    max_abs_prob_diff: float
+    torch_images_per_s: float
+    onnx_images_per_s: float
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def accuracy_diff_points(self) -> float:
+        return 100 * (self.onnx_top1 - self.torch_top1)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["accuracy_diff_points"] = self.accuracy_diff_points
+        d["passed"] = self.passed
+        return d
+
+    def summary(self) -> str:
+        return (f"{self.precision}: PyTorch top-1 {100 * self.torch_top1:.2f}%, ONNX top-1 {100 * self.onnx_top1:.2f}% "
+                f"({self.accuracy_diff_points:+.2f} points), top-1 agreement {100 * self.top1_agreement:.2f}%, "
+                f"max |dp| {self.max_abs_prob_diff:.2e}, {self.samples} images; "
+                f"throughput PyTorch {self.torch_images_per_s:.0f} img/s, ONNX Runtime {self.onnx_images_per_s:.0f} img/s")
+
+
+def _batches(images: np.ndarray, batch_size: int, desc: str):
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
+        yield to_model_input(images[i : i + batch_size])
+
+
+@torch.no_grad()
+def torch_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
+    model = model.eval().float()
+    out, start = [], time.perf_counter()
+    for x in _batches(images, batch_size, "PyTorch"):
+        out.append(model(torch.from_numpy(x)).double())
+    elapsed = time.perf_counter() - start
+    return torch.softmax(torch.cat(out), 1).numpy(), len(images) / elapsed
+
+
+def onnx_probabilities(classifier: OnnxClassifier, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
+    out, start = [], time.perf_counter()
+    for x in _batches(images, batch_size, "ONNX Runtime"):
+        out.append(classifier.logits(x).astype(np.float64))
+    elapsed = time.perf_counter() - start
+    return softmax(np.concatenate(out)), len(images) / elapsed
+
+
+def top1(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((probs.argmax(1) == labels).mean())
+
+
+def top5(probs: np.ndarray, labels: np.ndarray) -> float:
+    k = min(5, probs.shape[1])
+    return float((np.argsort(-probs, 1)[:, :k] == labels[:, None]).any(1).mean())
+
+
+def judge(precision: str, torch_probs: np.ndarray | None, onnx_probs: np.ndarray, labels: np.ndarray,
+          torch_top1_value: float, torch_speed: float, onnx_speed: float) -> Parity:
+    onnx_top1 = top1(onnx_probs, labels)
+    agreement = float((torch_probs.argmax(1) == onnx_probs.argmax(1)).mean()) if torch_probs is not None else float("nan")
+    max_diff = float(np.abs(torch_probs - onnx_probs).max()) if torch_probs is not None else float("nan")
+    parity = Parity(precision, len(labels), torch_top1_value, onnx_top1, top5(onnx_probs, labels), agreement, max_diff,
+                    torch_speed, onnx_speed)
+    tolerance = ACCURACY_TOLERANCE_POINTS[precision]
+    if abs(parity.accuracy_diff_points) > tolerance:
+        parity.failures.append(f"accuracy differs by {parity.accuracy_diff_points:+.3f} points "
+                               f"(tolerance {tolerance} for {precision})")
+    needed = MIN_AGREEMENT.get(precision)
+    if needed is not None and torch_probs is not None and agreement < needed:
+        parity.failures.append(f"top-1 agreement {100 * agreement:.2f}% is below {100 * needed:.1f}%")
+    return parity
+
+
+def measure_parity(model: torch.nn.Module, classifier: OnnxClassifier, images: np.ndarray, labels: np.ndarray,
+                   batch_size: int = 256) -> Parity:
+    torch_probs, torch_speed = torch_probabilities(model, images, batch_size)
+    onnx_probs, onnx_speed = onnx_probabilities(classifier, images, batch_size)
+    return judge(classifier.card.precision, torch_probs, onnx_probs, labels, top1(torch_probs, labels),
+                 torch_speed, onnx_speed)

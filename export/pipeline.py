@@ -1,0 +1,135 @@
+"""Export a checkpoint at one precision, verify it, and record it in the manifest; or re-verify a shipped model."""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+
+from service.manifest import Manifest, ManifestError, ModelCard, ModelEntry, load_manifest, save_manifest, sha256_file
+from service.runtime import OnnxClassifier
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.data import ImageArrays, load_split
+
+from .onnx_export import OPSET, export_fp32, input_spec, write_card
+from .parity import Parity, judge, measure_parity, onnx_probabilities, top1
+from .variants import to_fp16, to_int8
+
+log = logging.getLogger("export")
+
+
+class ParityError(RuntimeError):
+    """The exported model misses its accuracy tolerance against the checkpoint."""
+
+
+def _split(source: dict, split: str) -> ImageArrays:
+    return load_split(source["dataset"], source["data_root"], split, val_size=source["val_size"],
+                      seed=source["split_seed"], cache_dir=source.get("cache_dir"), image_size=source["input_size"])
+
+
+def calibration_images(source: dict, count: int, seed: int = 0) -> np.ndarray:
+    """``count`` images from the training split (never validation), as float32 model input."""
+    from service.preprocess import to_model_input
+
+    train = _split(source, "train")
+    rng = np.random.Generator(np.random.PCG64(seed))
+    idx = np.sort(rng.choice(len(train), size=min(count, len(train)), replace=False))
+    return to_model_input(train.images[idx])
+
+
+def _data_source(meta: dict, cache_dir: str | None) -> dict:
+    if not meta.get("val_size"):
+        raise ValueError("the checkpoint's run held out no validation split, so parity cannot be measured")
+    return {"dataset": meta["dataset"], "data_root": meta["data_root"], "val_size": meta["val_size"],
+            "split_seed": meta["split_seed"], "input_size": meta["input_size"], "cache_dir": cache_dir}
+
+
+def export_checkpoint(
+    checkpoint: str | Path, name: str, precision: str = "fp32", models_dir: str | Path = "models",
+    make_default: bool = False, calibration_count: int = 1000, cache_dir: str | None = ".cache/datasets",
+    max_val_images: int | None = None,
+) -> tuple[ModelEntry, Parity]:
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(checkpoint)
+    meta = ckpt["meta"]
+    model = model_from_checkpoint(ckpt)
+    source = _data_source(meta, cache_dir)
+    val = _split(source, "val")
+    if max_val_images:
+        val = val.subset(np.arange(min(max_val_images, len(val))))
+    card = ModelCard(
+        name=name, arch=meta["arch"], dataset=meta["dataset"], classes=meta["classes"], precision=precision,
+        input=input_spec(meta), metrics={"val_top1": 0.0},
+        source={**{k: v for k, v in source.items() if k != "cache_dir"}, "checkpoint": str(checkpoint),
+                "checkpoint_sha256": sha256_file(Path(checkpoint) if Path(checkpoint).is_file() else Path(checkpoint) / "best.pt"),
+                "recipe": meta.get("recipe"), "model_args": meta["model_args"], "torch": torch.__version__,
+                "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "opset": OPSET},
+    )
+    final = models_dir / f"{name}.onnx"
+    with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        export_fp32(model, fp32, meta["input_size"])
+        out = Path(tmp) / "model.onnx"
+        if precision == "fp32":
+            os.replace(fp32, out)
+        elif precision == "fp16":
+            to_fp16(fp32, out)
+        elif precision == "int8":
+            to_int8(fp32, out, calibration_images(source, calibration_count))
+            card.source["calibration"] = f"{calibration_count} training-split images, MinMax, per-channel weights"
+        else:
+            raise ValueError(f"unknown precision {precision!r}; valid: fp32, fp16, int8")
+        write_card(out, card)
+        parity = measure_parity(model, OnnxClassifier(out, device="cpu"), val.images, val.labels)
+        if not parity.passed:
+            raise ParityError(f"{name} ({precision}) failed verification: {'; '.join(parity.failures)}\n{parity.summary()}")
+        card.metrics = {"val_top1": parity.onnx_top1, "val_top5": parity.onnx_top5,
+                        "val_samples": parity.samples, "parity": parity.as_dict()}
+        write_card(out, card)
+        os.replace(out, final)
+    entry = ModelEntry(**card.model_dump(), file=final.name, sha256=sha256_file(final))
+    _record(entry, models_dir, make_default)
+    return entry, parity
+
+
+def _record(entry: ModelEntry, models_dir: Path, make_default: bool) -> None:
+    try:
+        manifest = load_manifest(models_dir, verify=False)
+        models = [m for m in manifest.models if m.name != entry.name] + [entry]
+        default = entry.name if make_default else manifest.default
+    except ManifestError as exc:
+        if (models_dir / "manifest.json").exists():
+            raise  # never overwrite a manifest we cannot read: it may list models we would forget
+        models, default = [entry], entry.name
+        log.info("starting a new manifest (%s)", exc)
+    save_manifest(Manifest(default=default, models=models), models_dir)
+
+
+def verify_model(name: str | None, models_dir: str | Path = "models", cache_dir: str | None = ".cache/datasets",
+                 max_val_images: int | None = None) -> Parity:
+    """Re-check a shipped model: hashes of every manifest file, then accuracy against its checkpoint."""
+    models_dir = Path(models_dir)
+    manifest = load_manifest(models_dir, verify=True)
+    entry = manifest.get(name)
+    source = {**entry.source, "cache_dir": cache_dir}
+    val = _split(source, "val")
+    if max_val_images:
+        val = val.subset(np.arange(min(max_val_images, len(val))))
+    classifier = OnnxClassifier(models_dir / entry.file, device="cpu")
+    checkpoint = Path(entry.source.get("checkpoint", ""))
+    if checkpoint.exists():
+        model = model_from_checkpoint(load_checkpoint(checkpoint))
+        return measure_parity(model, classifier, val.images, val.labels)
+    # Without the checkpoint (a fresh clone), compare with the PyTorch accuracy recorded at export time.
+    log.warning("checkpoint %s is not here: comparing with the PyTorch accuracy recorded at export", checkpoint)
+    probs, speed = onnx_probabilities(classifier, val.images)
+    recorded = entry.metrics.get("parity", {}).get("torch_top1")
+    if recorded is None or entry.metrics.get("val_samples") != len(val):
+        raise ValueError(f"{entry.name}: no checkpoint and no recorded PyTorch accuracy on the same {len(val)} images")
+    return judge(entry.precision, None, probs, val.labels, recorded, float("nan"), speed)

@@ -1,0 +1,52 @@
+"""Lighter variants of an FP32 ONNX model: FP16 for GPUs and static INT8 for CPUs (VNNI/AMX)."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from onnxruntime.transformers.float16 import convert_float_to_float16
+
+from .onnx_export import INPUT_NAME
+
+
+def to_fp16(src: Path, dst: Path) -> None:
+    """Weights and activations in float16; inputs and outputs stay float32 so clients need not change."""
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    # The converter appends the input Casts at the end of the node list; the checker wants topological order.
+    graph = ir.from_proto(model)
+    graph.graph.sort()
+    model = ir.to_proto(graph)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(dst))
+
+
+class _Calibration(CalibrationDataReader):
+    def __init__(self, images: np.ndarray, batch_size: int = 64) -> None:
+        self.batches = iter([images[i : i + batch_size] for i in range(0, len(images), batch_size)])
+
+    def get_next(self):
+        batch = next(self.batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+def to_int8(src: Path, dst: Path, calibration_images: np.ndarray) -> None:
+    """Static QDQ quantisation: per-channel int8 weights, uint8 activations calibrated on ``calibration_images``.
+
+    Calibration images must come from the training split: calibrating on the
+    validation images would tune the model on the data that measures it.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(dst), _Calibration(calibration_images.astype(np.float32)),
+            quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+    onnx.checker.check_model(onnx.load(str(dst)), full_check=True)

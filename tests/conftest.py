@@ -1,0 +1,117 @@
+"""Shared fixtures: small generated datasets (never the real images) and a tiny trained run."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-train-jpg.tar.gz"
+
+# Tests must not fight over two cores with each other's thread pools.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def _class_pattern(label: int, n: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """Images whose class is learnable: a class-specific colour plus noise."""
+    base = np.zeros((n, size, size, 3), dtype=np.float32)
+    base[..., label % 3] = 160 + 40 * (label // 3)
+    base[:, : size // 2, :, (label + 1) % 3] += 60.0 * (label % 2)
+    noise = rng.normal(0, 30, base.shape)
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def make_arrays(num_classes: int = 3, per_class: int = 20, seed: int = 0, size: int = 32):
+    rng = np.random.default_rng(seed)
+    images = np.concatenate([_class_pattern(c, per_class, rng, size) for c in range(num_classes)])
+    labels = np.repeat(np.arange(num_classes), per_class)
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """A class-per-folder tree: 3 classes x 20 PNG images, 32x32."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("folder")
+    images, labels = make_arrays()
+    names = ["alpha", "beta", "gamma"]
+    for i, (img, label) in enumerate(zip(images, labels)):
+        d = root / names[label]
+        d.mkdir(exist_ok=True)
+        Image.fromarray(img).save(d / f"{i:04d}.png")
+    return root
+
+
+def write_cifar10(root: Path, per_class: int = 6) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    images, labels = make_arrays(10, per_class)
+    rows = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    for i in range(1, 6):
+        sl = slice(i - 1, None, 5)
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump({"data": rows[sl], "labels": labels[sl].tolist()}, f)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": rows[:10], "labels": labels[:10].tolist()}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": classes}, f)
+    return root
+
+
+def write_cifar100(root: Path, per_class: int = 2) -> Path:
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    images, labels = make_arrays(100, per_class)
+    rows = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    for split in ("train", "test"):
+        with open(folder / split, "wb") as f:
+            pickle.dump({"data": rows, "fine_labels": labels.tolist(), "coarse_labels": (labels // 5).tolist()}, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"class{i:02d}" for i in range(100)]}, f)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(tmp_path_factory) -> Path:
+    return write_cifar10(tmp_path_factory.mktemp("c10"))
+
+
+@pytest.fixture(scope="session")
+def cifar100_root(tmp_path_factory) -> Path:
+    return write_cifar100(tmp_path_factory.mktemp("c100"))
+
+
+def tiny_overrides(root: Path, out_cache: Path, **extra) -> list[str]:
+    """Overrides that make any recipe train in seconds on the generated folder."""
+    base = {
+        "data.dataset": "folder", "data.root": str(root), "data.val_size": 15, "data.cache_dir": str(out_cache),
+        "model.name": "resnet9", "model.args": "{width: 8}", "epochs": 2, "batch_size": 16, "eval_batch_size": 32,
+        "optim.name": "sgd", "lr": 0.05, "weight_decay": 0.0005, "schedule.name": "cosine", "warmup_epochs": 0,
+        "bf16": False, "channels_last": False, "threads": 2,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(image_folder, tmp_path_factory) -> Path:
+    """A run folder of a tiny ResNet-9 trained for 3 epochs on the generated folder."""
+    from training.config import build_config
+    from training.engine import train
+
+    tmp = tmp_path_factory.mktemp("run")
+    config = build_config("resnet9_half_cpu", tiny_overrides(image_folder, tmp / "cache", epochs=3))
+    train(config, tmp / "run")
+    return tmp / "run"
+
+
+@pytest.fixture(scope="session")
+def shared_archive() -> Path:
+    if not SHARED_ARCHIVE.is_file():
+        pytest.skip(f"shared data archive not found at {SHARED_ARCHIVE}")
+    return SHARED_ARCHIVE

@@ -1,0 +1,194 @@
+"""Ablations: train every combination of a few settings and tabulate them against the first.
+
+``--vary use_se=true,false --vary dropout=0.5,0`` gives four variants (the cartesian product, the
+first ``--vary`` outermost); the first variant, every first value, is the baseline. Each variant is
+a run folder under the ablation folder, so re-running the command skips finished variants and
+resumes an interrupted one from its last.pt.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from ..config import Config, build_config
+from ..engine import resume, train
+from ..models import count_parameters
+from .evaluate import DataSpec, load_model, sample_fingerprint
+from .metrics import compute_metrics, mcnemar
+
+log = logging.getLogger("training.reports")
+
+
+def split_values(text: str) -> list[str]:
+    """Split on commas outside brackets, so ``milestones=[30,60],[50]`` gives two values."""
+    values, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    values.append(current.strip())
+    return values
+
+
+def parse_vary(items: list[str]) -> list[tuple[str, list[str]]]:
+    axes = []
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--vary {item!r} is not KEY=V1,V2,...")
+        key, text = item.split("=", 1)
+        values = split_values(text)
+        if not key or not all(values):
+            raise ValueError(f"--vary {item!r}: empty key or value")
+        if len(set(values)) != len(values):
+            raise ValueError(f"--vary {item!r} repeats a value")
+        if key in {k for k, _ in axes}:
+            raise ValueError(f"--vary {key} is given twice: list all its values in one --vary")
+        axes.append((key, values))
+    if not axes:
+        raise ValueError("give at least one --vary KEY=V1,V2")
+    return axes
+
+
+def variant_dir_name(assignments: list[str]) -> str:
+    return "__".join(re.sub(r"[^A-Za-z0-9._-]+", "_", a.replace("=", "-")) for a in assignments)
+
+
+def _same_config(run_dir: Path, config: Config) -> bool:
+    saved = run_dir / "config.yaml"
+    return not saved.is_file() or yaml.safe_load(saved.read_text()) == config.model_dump(mode="json")
+
+
+def run_variant(run_dir: Path, config: Config) -> str:
+    """Train, resume or skip one variant; returns which it did."""
+    if (run_dir / "last.pt").is_file() and not _same_config(run_dir, config):
+        raise ValueError(f"{run_dir} holds a run with a different configuration: use another --out or remove it")
+    if (run_dir / "summary.json").is_file() and (run_dir / "last.pt").is_file():
+        return "finished earlier"
+    if (run_dir / "last.pt").is_file():
+        log.info("resuming %s", run_dir)
+        resume(run_dir)
+        return "resumed"
+    train(config, run_dir)
+    return "trained"
+
+
+def _data_spec(config: Config, split: str) -> DataSpec:
+    d = config.data
+    if split in ("val",) and d.val_size == 0:
+        raise ValueError("the ablation's runs have no validation split (val_size=0): set val_size or pass --split test")
+    return DataSpec(d.dataset, d.root, split, d.val_size, d.split_seed, d.image_size, d.cache_dir)
+
+
+def ablate(recipe: str, vary: list[str], sets: list[str] | None = None, out: str | Path | None = None,
+           split: str = "val", batch_size: int = 256, device: str = "auto") -> dict[str, Any]:
+    axes = parse_vary(vary)
+    sets = list(sets or [])
+    combos = [[f"{key}={value}" for key, value in zip([k for k, _ in axes], values)]
+              for values in itertools.product(*[v for _, v in axes])]
+    # Build every config before training anything: a typo fails now, not after hours.
+    configs = [build_config(recipe, sets + combo) for combo in combos]
+    out_dir = Path(out) if out else Path("runs") / f"ablate-{configs[0].recipe}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    rows: list[dict[str, Any]] = []
+    loaded: dict[tuple, tuple] = {}
+    for index, (combo, config) in enumerate(tqdm(list(zip(combos, configs)), desc="ablation", unit="variant")):
+        run_dir = out_dir / variant_dir_name(combo)
+        log.info("variant %d/%d: %s", index + 1, len(combos), " ".join(combo))
+        started = time.perf_counter()
+        status = run_variant(run_dir, config)
+        wall = time.perf_counter() - started
+        summary = json.loads((run_dir / "summary.json").read_text())
+
+        spec = _data_spec(config, split)
+        key = tuple(sorted(vars(spec).items()))
+        if key not in loaded:
+            data = spec.load()
+            loaded[key] = (data, sample_fingerprint(data))
+        data, fingerprint = loaded[key]
+        source = load_model(checkpoint=run_dir / "best.pt", device=device)
+        logits, _ = source.predict(data, "none", batch_size)
+        metrics = compute_metrics(logits, data.labels, source.classes)
+        history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
+        rows.append({
+            "variant": " ".join(combo), "settings": dict(s.split("=", 1) for s in combo), "run": str(run_dir),
+            "baseline": index == 0, "status": status, "top1": metrics["top1"], "top5": metrics["top5"],
+            "loss": metrics["loss"], "mean_per_class_accuracy": metrics["mean_per_class_accuracy"],
+            "per_class_accuracy": {c["class"]: c["accuracy"] for c in metrics["per_class"]},
+            "epochs": summary.get("epochs_run"), "best_epoch": summary.get("best", {}).get("epoch"),
+            "train_time_s": summary.get("train_time_s", sum(h.get("train_time_s", 0) for h in history)),
+            "wall_time_this_call_s": wall, "parameters": count_parameters(source.model),
+            "fingerprint": fingerprint, "_correct": logits.argmax(1) == data.labels,
+        })
+
+    base = rows[0]
+    for row in rows:
+        deltas = {c: row["per_class_accuracy"][c] - base["per_class_accuracy"][c]
+                  for c in row["per_class_accuracy"]
+                  if row["per_class_accuracy"][c] is not None and base["per_class_accuracy"].get(c) is not None}
+        row["top1_diff_points"] = 100 * (row["top1"] - base["top1"])
+        row["loss_diff"] = row["loss"] - base["loss"]
+        row["per_class_mean_diff_points"] = 100 * float(np.mean(list(deltas.values()))) if deltas else None
+        gain = max(deltas, key=deltas.get) if deltas else None
+        loss = min(deltas, key=deltas.get) if deltas else None
+        row["largest_class_gain"] = {"class": gain, "points": 100 * deltas[gain]} if gain else None
+        row["largest_class_loss"] = {"class": loss, "points": 100 * deltas[loss]} if loss else None
+        same = row["fingerprint"] == base["fingerprint"]
+        row["mcnemar_vs_baseline"] = mcnemar(base["_correct"], row["_correct"]) if same and row is not base else None
+    for row in rows:
+        del row["_correct"]
+
+    result = {"recipe": configs[0].recipe, "vary": [{"key": k, "values": v} for k, v in axes], "set": sets,
+              "split": split, "num_samples": int(len(loaded[next(iter(loaded))][0])), "variants": rows}
+    (out_dir / "ablation.json").write_text(json.dumps(result, indent=2))
+    (out_dir / "ablation.md").write_text(format_table(result))
+    result["out_dir"] = str(out_dir)
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"# Ablation of `{result['recipe']}`",
+        "",
+        f"Varied: {', '.join(v['key'] + ' = ' + ' / '.join(v['values']) for v in result['vary'])}"
+        + (f"; fixed: {' '.join(result['set'])}" if result["set"] else "") + ".",
+        f"Evaluated on the {result['split']} split ({result['num_samples']} images); the first row is the baseline. "
+        "Per-class diff is the mean over classes of the per-class accuracy change; p is McNemar's test vs the baseline.",
+        "",
+        "| variant | top-1 | diff | loss | per-class diff | p vs baseline | largest class gain | largest class loss "
+        "| epochs | train time | params |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["variants"]:
+        test = row["mcnemar_vs_baseline"]
+        per_class = row["per_class_mean_diff_points"]
+        gain = row["largest_class_gain"] if not row["baseline"] else None
+        loss = row["largest_class_loss"] if not row["baseline"] else None
+        cells = [
+            row["variant"] + (" (baseline)" if row["baseline"] else ""),
+            f"{100 * row['top1']:.2f}%",
+            f"{row['top1_diff_points']:+.2f}",
+            f"{row['loss']:.4f}",
+            "" if per_class is None else f"{per_class:+.2f}",
+            "" if test is None else f"{test['p_value']:.3g}",
+            "" if gain is None else f"{gain['class']} {gain['points']:+.1f}",
+            "" if loss is None else f"{loss['class']} {loss['points']:+.1f}",
+            str(row["epochs"]),
+            f"{row['train_time_s']:.0f} s",
+            f"{row['parameters']:,}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

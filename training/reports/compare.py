@@ -1,0 +1,137 @@
+"""Two models on the same samples: accuracy of each, the difference, and McNemar's test.
+
+Each side is a checkpoint (file, or run folder holding best.pt), an ONNX file, or a report folder
+written by ``evaluate`` (its predictions.npz is paired sample by sample). Reports of different
+sample sets are refused: the test is only valid on paired predictions.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .evaluate import PREDICTIONS_FILE, check_classes, load_model, load_predictions, resolve_data, sample_fingerprint
+from .metrics import mcnemar
+
+
+@dataclass
+class Side:
+    name: str
+    kind: str  # "report" | "checkpoint" | "onnx"
+    labels: np.ndarray
+    predictions: np.ndarray
+    classes: list[str]
+    fingerprint: str
+    data: dict[str, Any]
+    tta: str
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.predictions == self.labels
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean())
+
+
+def classify(path: str | Path) -> str:
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return "onnx"
+    if path.is_dir() and (path / PREDICTIONS_FILE).is_file():
+        return "report"
+    if path.is_file() or (path.is_dir() and (path / "best.pt").is_file()):
+        return "checkpoint"
+    raise FileNotFoundError(f"{path} is neither a checkpoint, a run folder with best.pt, an .onnx file nor a report "
+                            f"folder with {PREDICTIONS_FILE}")
+
+
+def _report_side(path: Path) -> Side:
+    report = load_predictions(path)
+    metrics = report["metrics"]
+    return Side(str(path), "report", report["labels"], report["predictions"], report["classes"],
+                report["fingerprint"], metrics.get("data", {}), metrics.get("tta", "none"))
+
+
+def _model_side(path: Path, kind: str, data_args: dict[str, Any], defaults: dict[str, Any], tta: str,
+                batch_size: int, device: str, loaded: dict[tuple, tuple]) -> Side:
+    source = load_model(path if kind == "checkpoint" else None, path if kind == "onnx" else None, device)
+    spec = resolve_data(source, defaults=defaults, **data_args)
+    key = tuple(sorted(asdict(spec).items()))
+    if key not in loaded:  # both sides on the same split: load and hash it once
+        data = spec.load()
+        loaded[key] = (data, sample_fingerprint(data))
+    data, fingerprint = loaded[key]
+    check_classes(source, data, spec)
+    logits, _ = source.predict(data, tta, batch_size)
+    return Side(str(path), kind, data.labels, logits.argmax(1), source.classes, fingerprint,
+                {**asdict(spec), "fingerprint": fingerprint}, tta)
+
+
+def compare(a: str | Path, b: str | Path, dataset: str | None = None, root: str | None = None,
+            split: str | None = None, val_size: int | None = None, split_seed: int | None = None,
+            cache_dir: str | None = None, tta: str = "none", batch_size: int = 256, device: str = "auto",
+            alpha: float = 0.05) -> dict[str, Any]:
+    kinds = [classify(a), classify(b)]
+    sides: list[Side | None] = [_report_side(Path(p)) if k == "report" else None for p, k in zip((a, b), kinds)]
+    # A model compared with a report is evaluated on the report's samples unless told otherwise.
+    report_data = next((s.data for s in sides if s is not None), {})
+    defaults = {k: report_data.get(k) for k in ("dataset", "root", "val_size", "split_seed", "cache_dir")}
+    data_args = {"dataset": dataset, "root": root, "split": split or report_data.get("split", "val"),
+                 "val_size": val_size, "split_seed": split_seed, "cache_dir": cache_dir}
+    loaded: dict[tuple, tuple] = {}
+    for i, (path, kind) in enumerate(zip((a, b), kinds)):
+        if sides[i] is None:
+            sides[i] = _model_side(Path(path), kind, data_args, defaults, tta, batch_size, device, loaded)
+    side_a, side_b = sides
+    if side_a.fingerprint != side_b.fingerprint or len(side_a.labels) != len(side_b.labels):
+        raise ValueError(
+            f"A and B were evaluated on different samples (A: {len(side_a.labels)} of "
+            f"{side_a.data.get('dataset')} {side_a.data.get('split')}, B: {len(side_b.labels)} of "
+            f"{side_b.data.get('dataset')} {side_b.data.get('split')}; fingerprints {side_a.fingerprint[:12]} vs "
+            f"{side_b.fingerprint[:12]}): evaluate both on the same --data and --split")
+    if len(side_a.classes) != len(side_b.classes):
+        raise ValueError(f"A has {len(side_a.classes)} classes and B has {len(side_b.classes)}: not the same task")
+    test = mcnemar(side_a.correct, side_b.correct)
+    difference = side_b.accuracy - side_a.accuracy
+    return {
+        "a": {"path": side_a.name, "kind": side_a.kind, "tta": side_a.tta, "top1": side_a.accuracy,
+              "correct": int(side_a.correct.sum())},
+        "b": {"path": side_b.name, "kind": side_b.kind, "tta": side_b.tta, "top1": side_b.accuracy,
+              "correct": int(side_b.correct.sum())},
+        "num_samples": int(len(side_a.labels)),
+        "data": side_a.data,
+        "difference_points": 100 * difference,
+        "mcnemar": test,
+        "alpha": alpha,
+        "significant": bool(test["p_value"] < alpha),
+    }
+
+
+def format_comparison(result: dict[str, Any]) -> str:
+    a, b, test = result["a"], result["b"], result["mcnemar"]
+    n = result["num_samples"]
+    data = result["data"]
+    verdict = ("significant" if result["significant"] else "not significant") + f" at alpha = {result['alpha']}"
+    width = max(len(a["path"]), len(b["path"]))
+    return "\n".join([
+        f"samples: {n} ({data.get('dataset')} {data.get('root')}, split {data.get('split')})",
+        f"A  {a['path']:<{width}}  top-1 {100 * a['top1']:6.2f}%  ({a['correct']}/{n})",
+        f"B  {b['path']:<{width}}  top-1 {100 * b['top1']:6.2f}%  ({b['correct']}/{n})",
+        f"difference B - A: {result['difference_points']:+.2f} points",
+        f"McNemar ({test['method']}): A right & B wrong = {test['a_right_b_wrong']}, "
+        f"A wrong & B right = {test['a_wrong_b_right']}, statistic = {test['statistic']:.3f}, "
+        f"p = {test['p_value']:.4g} -> {verdict}",
+    ])
+
+
+def write_comparison(result: dict[str, Any], out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "compare.json").write_text(json.dumps(result, indent=2))
+    (out_dir / "compare.md").write_text("# Comparison\n\n```\n" + format_comparison(result) + "\n```\n")
+    return out_dir
+

@@ -1,0 +1,408 @@
+"""One report for any checkpoint or ONNX model: metrics.json, predictions.npz, figures and report.md.
+
+``load_model`` gives a :class:`ModelSource` (checkpoint or ONNX) that predicts logits;
+``resolve_data`` picks the evaluation split, by default the model's own validation split;
+``evaluate`` writes the report folder. ``compare`` and ``ablate`` reuse the first two.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..checkpoint import load_checkpoint, model_from_checkpoint
+from ..data import SPLITS, ImageArrays, load_split
+from ..data.loader import TensorLoader
+from ..engine import resolve_device
+from ..inference import predict_logits
+from ..plots import plot_training_curves
+from . import figures
+from .gradcam import GradCAM
+from .metrics import compute_metrics, softmax
+
+log = logging.getLogger("training.reports")
+
+TTA_CHOICES = ("none", "flip")
+PREDICTIONS_FILE = "predictions.npz"
+METRICS_FILE = "metrics.json"
+GRADCAM_PER_GROUP = 4
+
+
+@dataclass
+class DataSpec:
+    """Which samples a model is evaluated on: enough to reload exactly the same split."""
+
+    dataset: str
+    root: str
+    split: str = "val"
+    val_size: int = 5000
+    split_seed: int = 42
+    image_size: int = 32
+    cache_dir: str | None = ".cache/datasets"
+
+    def load(self) -> ImageArrays:
+        if self.split not in SPLITS:
+            raise ValueError(f"unknown split {self.split!r}; valid: {', '.join(SPLITS)}")
+        return load_split(self.dataset, self.root, self.split, self.val_size, self.split_seed, self.cache_dir,
+                          self.image_size)
+
+    def describe(self) -> str:
+        extra = f", {self.val_size} held out with seed {self.split_seed}" if self.split in ("train", "val") else ""
+        return f"{self.dataset} `{self.root}`, split **{self.split}**{extra}"
+
+
+@dataclass
+class ModelSource:
+    """A model to evaluate: a checkpoint (torch) or an exported ONNX file."""
+
+    kind: str  # "checkpoint" | "onnx"
+    path: Path
+    classes: list[str]
+    arch: str
+    image_size: int
+    data_defaults: dict[str, Any] = field(default_factory=dict)
+    run_dir: Path | None = None
+    history: list[dict] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    model: Any = None  # torch ImageClassifier or service.runtime.OnnxClassifier
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def supports_gradcam(self) -> bool:
+        return self.kind == "checkpoint"
+
+    def predict(self, data: ImageArrays, tta: str = "none", batch_size: int = 256) -> tuple[np.ndarray, float]:
+        """Logits [N, C] in sample order and the wall time of the prediction pass."""
+        if tta not in TTA_CHOICES:
+            raise ValueError(f"unknown test-time augmentation {tta!r}; valid: {', '.join(TTA_CHOICES)}")
+        start = time.perf_counter()
+        if self.kind == "checkpoint":
+            loader = TensorLoader(data, batch_size, self.device)
+            logits, _ = predict_logits(self.model, _Progress(loader, f"evaluating {self.path.name}"),
+                                       tta_flip=tta == "flip")
+        else:
+            logits = self._predict_onnx(data, tta, batch_size)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return logits.astype(np.float32), time.perf_counter() - start
+
+    def _predict_onnx(self, data: ImageArrays, tta: str, batch_size: int) -> np.ndarray:
+        out = []
+        for begin in tqdm(range(0, len(data), batch_size), desc=f"evaluating {self.path.name}", unit="batch",
+                          leave=False):
+            batch = data.images[begin:begin + batch_size].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+            logits = self.model.logits(batch).astype(np.float32)
+            if tta == "flip":
+                logits = (logits + self.model.logits(batch[..., ::-1]).astype(np.float32)) / 2
+            out.append(logits)
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+
+class _Progress:
+    """A TensorLoader seen through a tqdm bar; keeps the ``device`` that predict_logits reads."""
+
+    def __init__(self, loader: TensorLoader, desc: str) -> None:
+        self.loader, self.desc, self.device = loader, desc, loader.device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        return iter(tqdm(self.loader, desc=self.desc, unit="batch", leave=False))
+
+
+def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
+    ckpt = load_checkpoint(path)
+    if "meta" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{path} is not a training checkpoint (no meta/model entries)")
+    file = path / "best.pt" if path.is_dir() else path
+    meta = ckpt["meta"]
+    dev = resolve_device(device)
+    model = model_from_checkpoint(ckpt).to(dev)
+    config = ckpt.get("config") or {}
+    defaults = {"dataset": meta.get("dataset"), "root": meta.get("data_root"), "val_size": meta.get("val_size"),
+                "split_seed": meta.get("split_seed"), "cache_dir": config.get("data", {}).get("cache_dir")}
+    run_dir = file.parent
+    history = list(ckpt.get("history") or [])
+    if (run_dir / "history.json").is_file():
+        history = json.loads((run_dir / "history.json").read_text())
+    info = {"recipe": meta.get("recipe"), "epoch": ckpt.get("epoch"), "best": ckpt.get("best"),
+            "model_args": meta.get("model_args"), "used_ema": bool(ckpt.get("ema"))}
+    return ModelSource("checkpoint", file, list(meta["classes"]), meta["arch"], int(meta.get("input_size", 32)),
+                       defaults, run_dir, history, info, model, dev)
+
+
+def _load_onnx_source(path: Path, device: str) -> ModelSource:
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX model at {path}")
+    from service.runtime import OnnxClassifier
+
+    onnx_device = device if device in ("auto", "cpu", "cuda") else "cuda" if device.startswith("cuda") else "cpu"
+    classifier = OnnxClassifier(path, device=onnx_device)
+    card = classifier.card
+    src = dict(card.source)
+    defaults = {"dataset": src.get("dataset", card.dataset), "root": src.get("data_root"),
+                "val_size": src.get("val_size"), "split_seed": src.get("split_seed")}
+    run_dir, history = None, []
+    checkpoint = src.get("checkpoint")
+    if checkpoint and Path(checkpoint).exists():
+        # The exported file names its checkpoint: borrow the run's data split and history from it.
+        ckpt_path = Path(checkpoint)
+        run_dir = ckpt_path if ckpt_path.is_dir() else ckpt_path.parent
+        try:
+            meta = load_checkpoint(ckpt_path)["meta"]
+            for key, meta_key in (("dataset", "dataset"), ("root", "data_root"), ("val_size", "val_size"),
+                                  ("split_seed", "split_seed")):
+                defaults[key] = defaults.get(key) or meta.get(meta_key)
+        except (OSError, KeyError, RuntimeError) as exc:
+            log.warning("could not read the source checkpoint %s: %s", checkpoint, exc)
+        if (run_dir / "history.json").is_file():
+            history = json.loads((run_dir / "history.json").read_text())
+    info = {"name": card.name, "precision": card.precision, "card_metrics": card.metrics,
+            "providers": classifier.providers}
+    return ModelSource("onnx", path, list(card.classes), card.arch, int(card.input.size[0]), defaults, run_dir,
+                       history, info, classifier, torch.device("cpu"))
+
+
+def load_model(checkpoint: str | Path | None = None, onnx: str | Path | None = None,
+               device: str = "auto") -> ModelSource:
+    if (checkpoint is None) == (onnx is None):
+        raise ValueError("give exactly one of --checkpoint and --onnx")
+    if checkpoint is not None:
+        return _load_checkpoint_source(Path(checkpoint), device)
+    return _load_onnx_source(Path(onnx), device)
+
+
+def resolve_data(source: ModelSource | None, dataset: str | None = None, root: str | None = None,
+                 split: str = "val", val_size: int | None = None, split_seed: int | None = None,
+                 cache_dir: str | None = None, defaults: dict[str, Any] | None = None) -> DataSpec:
+    """The evaluation split: explicit arguments first, then ``defaults``, then what the model records."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    known: dict[str, Any] = {}
+    for layer in (source.data_defaults if source else {}, defaults or {}):
+        known.update({k: v for k, v in layer.items() if v is not None})
+    given = {"dataset": dataset, "root": root, "val_size": val_size, "split_seed": split_seed, "cache_dir": cache_dir}
+    known.update({k: v for k, v in given.items() if v is not None})
+    if not known.get("root") or not known.get("dataset"):
+        raise ValueError("the model does not record its dataset: pass --dataset NAME and --data ROOT")
+    return DataSpec(dataset=known["dataset"], root=str(known["root"]), split=split,
+                    val_size=int(known.get("val_size", 5000)), split_seed=int(known.get("split_seed", 42)),
+                    image_size=source.image_size if source else int(known.get("image_size", 32)),
+                    cache_dir=known.get("cache_dir", ".cache/datasets"))
+
+
+def sample_fingerprint(data: ImageArrays) -> str:
+    """A digest of the images and labels in order: two reports can be paired only if theirs match."""
+    digest = hashlib.sha256()
+    digest.update(str(data.images.shape).encode())
+    digest.update(np.ascontiguousarray(data.images).tobytes())
+    digest.update(np.ascontiguousarray(data.labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def check_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> str | None:
+    """Raise on a class-count mismatch; return a warning when the counts agree but the names differ."""
+    if len(data.classes) != len(source.classes):
+        raise ValueError(f"{source.path} predicts {len(source.classes)} classes but {spec.dataset} {spec.root} has "
+                         f"{len(data.classes)}: pass the dataset the model was trained on (--dataset/--data)")
+    if list(data.classes) != list(source.classes):
+        differ = [f"{m}/{d}" for m, d in zip(source.classes, data.classes) if m != d]
+        message = f"class names differ between model and data ({', '.join(differ[:5])}...): label order assumed equal"
+        log.warning(message)
+        return message
+    return None
+
+
+def save_predictions(path: Path, logits: np.ndarray, labels: np.ndarray, classes: list[str], fingerprint: str) -> None:
+    np.savez_compressed(path, logits=logits.astype(np.float32), labels=labels.astype(np.int64),
+                        predictions=logits.argmax(1).astype(np.int64), classes=np.array(classes),
+                        fingerprint=np.array(fingerprint))
+
+
+def load_predictions(report_dir: str | Path) -> dict[str, Any]:
+    """A report folder's per-sample predictions plus its metrics.json (under ``metrics``)."""
+    report_dir = Path(report_dir)
+    path = report_dir / PREDICTIONS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {PREDICTIONS_FILE} in {report_dir}: re-run `python -m training evaluate`")
+    with np.load(path, allow_pickle=False) as npz:
+        out = {k: npz[k] for k in npz.files}
+    out["fingerprint"] = str(out["fingerprint"])
+    out["classes"] = [str(c) for c in out["classes"]]
+    metrics_path = report_dir / METRICS_FILE
+    out["metrics"] = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return out
+
+
+def default_out_dir(source: ModelSource, split: str, tta: str) -> Path:
+    suffix = f"{split}-tta-{tta}" if tta != "none" else split
+    if source.kind == "checkpoint":
+        return source.run_dir / f"report-{source.path.stem}-{suffix}"
+    return Path("reports") / f"{source.path.stem}-{suffix}"
+
+
+def _gradcam_samples(labels: np.ndarray, preds: np.ndarray, confidence: np.ndarray, per_group: int) -> list[int]:
+    """The most confident correct samples of distinct classes, then the most confident mistakes."""
+    correct_idx = np.flatnonzero(preds == labels)
+    chosen, seen = [], set()
+    for i in correct_idx[np.argsort(-confidence[correct_idx], kind="stable")]:
+        if labels[i] not in seen:
+            chosen.append(int(i))
+            seen.add(labels[i])
+        if len(chosen) == per_group:
+            break
+    wrong_idx = np.flatnonzero(preds != labels)
+    chosen += [int(i) for i in wrong_idx[np.argsort(-confidence[wrong_idx], kind="stable")][:per_group]]
+    return chosen
+
+
+def render_gradcam(source: ModelSource, data: ImageArrays, preds: np.ndarray, confidence: np.ndarray,
+                   classes: list[str], path: Path, per_group: int = GRADCAM_PER_GROUP) -> list[int]:
+    indices = _gradcam_samples(data.labels, preds, confidence, per_group)
+    if not indices:
+        figures.plot_gradcam(np.zeros((0,)), np.zeros((0,)), [], [], path)
+        return []
+    images = data.images[indices]
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(source.device)
+    cams = GradCAM(source.model)(batch, torch.from_numpy(preds[indices]))
+    titles, correct = [], []
+    for i in indices:
+        ok = bool(preds[i] == data.labels[i])
+        correct.append(ok)
+        titles.append(f"{classes[preds[i]]} ({confidence[i]:.2f})" if ok
+                      else f"{classes[data.labels[i]]} -> {classes[preds[i]]} ({confidence[i]:.2f})")
+    figures.plot_gradcam(images, cams, titles, correct, path)
+    return indices
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | None], notes: list[str]) -> None:
+    src, data = metrics["source"], metrics["data"]
+    tta = "flip test-time augmentation" if metrics["tta"] == "flip" else "no test-time augmentation"
+    lines = [
+        f"# Evaluation of `{src['path']}`",
+        "",
+        f"{src['kind']} `{src['arch']}` on {metrics['data_description']} ({metrics['num_samples']} images, "
+        f"{metrics['num_classes']} classes), {tta}.",
+        "",
+        "| top-1 | top-3 | top-5 | loss | ECE | macro F1 | mean per-class accuracy |",
+        "|---|---|---|---|---|---|---|",
+        f"| {_pct(metrics['top1'])} | {_pct(metrics['top3'])} | {_pct(metrics['top5'])} | {metrics['loss']:.4f} | "
+        f"{metrics['ece']:.4f} | {metrics['macro_avg']['f1']:.4f} | {_pct(metrics['mean_per_class_accuracy'])} |",
+        "",
+        f"Prediction took {metrics['wall_time_s']:.2f} s ({metrics['images_per_s'] or 0:.0f} images/s) on "
+        f"{metrics['device']}.",
+    ]
+    ranked = sorted((c for c in metrics["per_class"] if c["accuracy"] is not None), key=lambda c: c["accuracy"])
+    if len(ranked) >= 2:
+        weak, strong = ranked[:min(5, len(ranked) // 2)], ranked[::-1][:min(3, len(ranked) // 2)]
+        lines += ["", "Weakest classes: " + ", ".join(f"{c['class']} {_pct(c['accuracy'])}" for c in weak)
+                  + "; strongest: " + ", ".join(f"{c['class']} {_pct(c['accuracy'])}" for c in strong) + "."]
+    if metrics["top_confusions"]:
+        lines += ["", "Most frequent confusions (true -> predicted): " + ", ".join(
+            f"{p['true']} -> {p['predicted']} ({p['count']})" for p in metrics["top_confusions"][:5]) + "."]
+    captions = {
+        "confusion_matrix": "Confusion matrix, each row normalised over its true class",
+        "per_class_accuracy": "Per-class accuracy; the dashed line is the mean over classes",
+        "misclassified": "The most confident mistakes",
+        "gradcam": "Grad-CAM heat maps of the predicted class, correct samples (green) then mistakes (red)",
+        "training_curves": "Training curves from the run's history",
+    }
+    lines += ["", "## Figures"]
+    for key, caption in captions.items():
+        if files.get(key):
+            lines += ["", f"**{caption}.**", "", f"![{key}]({files[key]})"]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    lines += ["", f"All numbers: `{METRICS_FILE}`; per-sample logits and labels: `{PREDICTIONS_FILE}` "
+              "(`python -m training compare` pairs two reports)."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def evaluate(checkpoint: str | Path | None = None, onnx: str | Path | None = None, out: str | Path | None = None,
+             dataset: str | None = None, root: str | None = None, split: str = "val", tta: str = "none",
+             val_size: int | None = None, split_seed: int | None = None, cache_dir: str | None = None,
+             batch_size: int = 256, device: str = "auto", gradcam_per_group: int = GRADCAM_PER_GROUP,
+             max_classes: int = figures.MAX_CLASSES) -> dict[str, Any]:
+    """Evaluate a checkpoint or ONNX model and write the report folder; returns the metrics."""
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; valid: {', '.join(TTA_CHOICES)}")
+    source = load_model(checkpoint, onnx, device)
+    spec = resolve_data(source, dataset, root, split, val_size, split_seed, cache_dir)
+    data = spec.load()
+    if len(data) == 0:
+        raise ValueError(f"{spec.dataset} {spec.root} split {split!r} has no samples")
+    notes = [n for n in [check_classes(source, data, spec)] if n]
+    classes = source.classes
+    out_dir = Path(out) if out else default_out_dir(source, split, tta)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    logits, seconds = source.predict(data, tta, batch_size)
+    metrics = compute_metrics(logits, data.labels, classes)
+    fingerprint = sample_fingerprint(data)
+    metrics = {
+        "source": {"kind": source.kind, "path": str(source.path), "arch": source.arch, **source.info},
+        "data": {**asdict(spec), "fingerprint": fingerprint},
+        "data_description": spec.describe(),
+        "tta": tta,
+        "device": str(source.device) if source.kind == "checkpoint" else ",".join(source.info["providers"]),
+        "wall_time_s": seconds,
+        "images_per_s": len(data) / seconds if seconds > 0 else None,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        **metrics,
+    }
+    save_predictions(out_dir / PREDICTIONS_FILE, logits, data.labels, classes, fingerprint)
+
+    probs = softmax(logits)
+    preds, confidence = probs.argmax(1), probs.max(1)
+    files: dict[str, str | None] = {}
+    with tqdm(total=5, desc="figures", unit="figure", leave=False) as bar:
+        figures.plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png",
+                                      max_classes)
+        files["confusion_matrix"] = "confusion_matrix.png"
+        bar.update()
+        figures.plot_per_class_accuracy([c["accuracy"] for c in metrics["per_class"]], classes,
+                                        out_dir / "per_class_accuracy.png", max_classes)
+        files["per_class_accuracy"] = "per_class_accuracy.png"
+        bar.update()
+        metrics["misclassified_shown"] = figures.plot_misclassified(
+            data.images, data.labels, preds, confidence, classes, out_dir / "misclassified.png")
+        files["misclassified"] = "misclassified.png"
+        bar.update()
+        if source.supports_gradcam:
+            metrics["gradcam_samples"] = render_gradcam(source, data, preds, confidence, classes,
+                                                        out_dir / "gradcam.png", gradcam_per_group)
+            files["gradcam"] = "gradcam.png"
+        else:
+            notes.append("Grad-CAM skipped: an ONNX model exposes no gradients; evaluate its checkpoint for heat maps.")
+        bar.update()
+        if source.history:
+            plot_training_curves(source.history, out_dir / "training_curves.png")
+            files["training_curves"] = "training_curves.png"
+        else:
+            notes.append("No training curves: no history.json next to the model and none in the checkpoint.")
+        bar.update()
+    if len(classes) > max_classes:
+        notes.append(f"With {len(classes)} classes the confusion matrix and bar chart show the {max_classes} worst "
+                     "classes; metrics.json has all of them.")
+    metrics["notes"] = notes
+    metrics["files"] = {k: v for k, v in files.items() if v}
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    write_report_md(out_dir / "report.md", metrics, files, notes)
+    metrics["out_dir"] = str(out_dir)
+    return metrics

@@ -1,0 +1,148 @@
+"""Report figures, rendered headless with matplotlib's Agg backend.
+
+With many classes (CIFAR-100) a full matrix or bar chart is an unreadable wall of labels, so above
+``max_classes`` the figures show the worst classes only and say so in their titles.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+MAX_CLASSES = 20
+DPI = 110
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+
+
+def worst_classes(accuracy: Sequence[float | None], k: int) -> np.ndarray:
+    """Indices of the k classes with the lowest accuracy (classes without samples are skipped), worst first."""
+    acc = np.array([np.nan if a is None else a for a in accuracy], dtype=float)
+    order = [i for i in np.argsort(acc, kind="stable") if not np.isnan(acc[i])]
+    return np.array(order[:k], dtype=int)
+
+
+def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path, max_classes: int = MAX_CLASSES) -> None:
+    """Row-normalised confusion matrix (each row: where that true class's samples went)."""
+    cm = np.asarray(cm, dtype=float)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    n = len(classes)
+    if n > max_classes:
+        accuracy = [norm[i, i] if rows[i, 0] else None for i in range(n)]
+        keep = worst_classes(accuracy, max_classes)
+        sub = norm[np.ix_(keep, keep)]
+        # Mass that went to classes outside the shown set, so every row still sums to 1.
+        other = 1.0 - sub.sum(axis=1, keepdims=True)
+        matrix = np.hstack([sub, other])
+        row_labels = [classes[i] for i in keep]
+        col_labels = row_labels + ["(other)"]
+        title = f"confusion matrix: the {len(keep)} worst of {n} classes (row-normalised)"
+    else:
+        matrix, row_labels, col_labels = norm, list(classes), list(classes)
+        title = "confusion matrix (row-normalised)"
+    size = max(6.0, 0.45 * len(col_labels) + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_xticks(range(len(col_labels)), col_labels, rotation=60, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(len(row_labels)), row_labels)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    if len(col_labels) <= 12:
+        for (i, j), value in np.ndenumerate(matrix):
+            if value >= 0.005:
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if value > 0.5 else "black")
+    _save(fig, path)
+
+
+def plot_per_class_accuracy(accuracy: Sequence[float | None], classes: Sequence[str], path: Path,
+                            max_classes: int = MAX_CLASSES) -> None:
+    """Bars of per-class accuracy with the mean over all classes as a line."""
+    valid = [a for a in accuracy if a is not None]
+    mean = float(np.mean(valid)) if valid else 0.0
+    n = len(classes)
+    if n > max_classes:
+        keep = worst_classes(accuracy, max_classes)
+        title = f"per-class accuracy: the {len(keep)} worst of {n} classes"
+    else:
+        keep = np.array([i for i, a in enumerate(accuracy) if a is not None], dtype=int)
+        title = "per-class accuracy"
+    values = [100 * accuracy[i] for i in keep]
+    labels = [classes[i] for i in keep]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(keep) + 2), 4.5))
+    colors = ["tab:red" if v < 100 * mean else "tab:blue" for v in values]
+    bars = ax.bar(range(len(keep)), values, color=colors)
+    ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+    ax.axhline(100 * mean, color="black", linestyle="--", linewidth=1)
+    ax.annotate(f"mean of {len(valid)}\nclasses: {100 * mean:.1f}%", xy=(1, 100 * mean),
+                xycoords=("axes fraction", "data"), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_xticks(range(len(keep)), labels, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title(title + " (red: below the mean)")
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def _message_figure(text: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=12)
+    ax.axis("off")
+    _save(fig, path)
+
+
+def plot_misclassified(images: np.ndarray, labels: np.ndarray, preds: np.ndarray, confidence: np.ndarray,
+                       classes: Sequence[str], path: Path, count: int = 24, columns: int = 6) -> list[int]:
+    """The most confident mistakes, most confident first; returns the sample indices shown."""
+    wrong = np.flatnonzero(preds != labels)
+    if len(wrong) == 0:
+        _message_figure("no misclassified samples", path)
+        return []
+    shown = wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
+    rows = -(-len(shown) // columns)
+    cols = min(columns, len(shown))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.45 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, shown):
+        ax.imshow(images[i], interpolation="nearest")
+        ax.set_title(f"true: {classes[labels[i]]}\npred: {classes[preds[i]]} ({confidence[i]:.2f})", fontsize=8,
+                     color="darkred")
+    fig.suptitle("most confident mistakes (confidence = softmax probability of the predicted class)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    return [int(i) for i in shown]
+
+
+def plot_gradcam(images: np.ndarray, cams: np.ndarray, titles: Sequence[str], correct: Sequence[bool], path: Path,
+                 columns: int = 4) -> None:
+    """Each sample as its image above its Grad-CAM overlay; correct samples first, titles in green, mistakes in red."""
+    n = len(images)
+    if n == 0:
+        _message_figure("no samples for Grad-CAM", path)
+        return
+    cols = min(columns, n)
+    groups = -(-n // cols)
+    fig, axes = plt.subplots(2 * groups, cols, figsize=(2.3 * cols, 4.4 * groups), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for k in range(n):
+        row, col = 2 * (k // cols), k % cols
+        axes[row, col].imshow(images[k], interpolation="nearest")
+        axes[row, col].set_title(titles[k], fontsize=8, color="darkgreen" if correct[k] else "darkred")
+        axes[row + 1, col].imshow(images[k], interpolation="bilinear")
+        axes[row + 1, col].imshow(cams[k], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+    fig.suptitle("Grad-CAM for the predicted class (last conv stage; red = most evidence)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)

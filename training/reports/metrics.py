@@ -1,0 +1,125 @@
+"""Classification metrics over logits and labels, and McNemar's test for paired predictions.
+
+They take numpy arrays only, so a checkpoint and an ONNX model get the same numbers.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from ..inference import cross_entropy, topk_accuracy
+
+# Below this many discordant pairs the chi-square approximation is poor; the exact binomial test is used instead.
+MCNEMAR_EXACT_BELOW = 25
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """ECE with equal-width confidence bins: sum over bins of |accuracy - mean confidence| x bin share."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    # Right-closed bins (lo, hi]: a confidence of exactly 1/C for C classes still lands in a bin.
+    bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)
+
+
+def top_confusions(cm: np.ndarray, classes: Sequence[str], k: int = 10) -> list[dict[str, Any]]:
+    """The k most frequent (true, predicted) pairs off the diagonal, most frequent first."""
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(-off, axis=None, kind="stable")[:k]
+    pairs = []
+    for idx in flat:
+        t, p = np.unravel_index(idx, off.shape)
+        if off[t, p] == 0:
+            break
+        row = cm[t].sum()
+        pairs.append({"true": classes[t], "predicted": classes[p], "count": int(off[t, p]),
+                      "share_of_true_class": float(off[t, p] / row) if row else 0.0})
+    return pairs
+
+
+def compute_metrics(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Everything metrics.json reports about one set of predictions.
+
+    Classes absent from ``labels`` get ``accuracy: null`` and are left out of the macro averages
+    (their recall is undefined); a class that is never predicted has precision 0.
+    """
+    classes = list(classes)
+    num_classes = len(classes)
+    if logits.ndim != 2 or logits.shape[1] != num_classes:
+        raise ValueError(f"logits have shape {logits.shape}, expected [N, {num_classes}]")
+    labels = np.asarray(labels, dtype=np.int64)
+    probs = softmax(logits)
+    preds = probs.argmax(axis=1)
+    all_labels = np.arange(num_classes)
+    cm = confusion_matrix(labels, preds, labels=all_labels)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, preds, labels=all_labels, zero_division=0)
+    present = all_labels[support > 0]
+    averages = {}
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(labels, preds, labels=present, average=average, zero_division=0)
+        averages[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
+    per_class = [
+        {"class": name, "accuracy": float(recall[c]) if support[c] else None, "precision": float(precision[c]),
+         "recall": float(recall[c]), "f1": float(f1[c]), "support": int(support[c]),
+         "predicted": int(cm[:, c].sum())}
+        for c, name in enumerate(classes)
+    ]
+    return {
+        "num_samples": int(len(labels)),
+        "num_classes": num_classes,
+        "loss": cross_entropy(logits, labels),
+        "top1": topk_accuracy(logits, labels, 1),
+        "top3": topk_accuracy(logits, labels, 3),
+        "top5": topk_accuracy(logits, labels, 5),
+        "mean_per_class_accuracy": float(recall[present].mean()) if len(present) else 0.0,
+        "ece": expected_calibration_error(probs, labels),
+        "macro_avg": averages["macro"],
+        "weighted_avg": averages["weighted"],
+        "per_class": per_class,
+        "top_confusions": top_confusions(cm, classes, 10),
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, exact_below: int = MCNEMAR_EXACT_BELOW) -> dict[str, Any]:
+    """McNemar's test on paired per-sample correctness.
+
+    Only discordant pairs count: b = A right and B wrong, c = A wrong and B right. With fewer than
+    ``exact_below`` of them the two-sided exact binomial test is used, otherwise the chi-square
+    statistic with continuity correction, (|b - c| - 1)^2 / (b + c), on one degree of freedom.
+    """
+    correct_a = np.asarray(correct_a, dtype=bool)
+    correct_b = np.asarray(correct_b, dtype=bool)
+    if correct_a.shape != correct_b.shape:
+        raise ValueError(f"paired predictions differ in length: {correct_a.shape} vs {correct_b.shape}")
+    b = int((correct_a & ~correct_b).sum())
+    c = int((~correct_a & correct_b).sum())
+    n = b + c
+    if n == 0:
+        method, statistic, p_value = "none (no discordant pairs)", 0.0, 1.0
+    elif n < exact_below:
+        method, statistic = "exact binomial", float(min(b, c))
+        p_value = float(stats.binomtest(min(b, c), n, 0.5, alternative="two-sided").pvalue)
+    else:
+        method = "chi-square with continuity correction"
+        statistic = float((abs(b - c) - 1) ** 2 / n)
+        p_value = float(stats.chi2.sf(statistic, df=1))
+    return {"a_right_b_wrong": b, "a_wrong_b_right": c, "both_right": int((correct_a & correct_b).sum()),
+            "both_wrong": int((~correct_a & ~correct_b).sum()), "discordant": n, "method": method,
+            "statistic": statistic, "p_value": min(p_value, 1.0)}
