@@ -115,3 +115,14 @@ def shared_archive() -> Path:
     if not SHARED_ARCHIVE.is_file():
         pytest.skip(f"shared data archive not found at {SHARED_ARCHIVE}")
     return SHARED_ARCHIVE
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tiny_run, tmp_path_factory) -> Path:
+    """A models/ folder with the tiny run exported as 'tiny' (fp32, the default) and 'tiny-int8', plus manifest.json."""
+    from export.pipeline import export_checkpoint
+
+    models = tmp_path_factory.mktemp("models")
+    export_checkpoint(tiny_run / "best.pt", "tiny", "fp32", models, cache_dir=None)
+    export_checkpoint(tiny_run / "best.pt", "tiny-int8", "int8", models, cache_dir=None)
+    return models
