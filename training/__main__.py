@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     summary = train(config, out)
-    print(json.dumps(summary, indent=2))
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(summary, indent=2))
     return 0
 
 

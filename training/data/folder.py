@@ -33,7 +33,8 @@ def read_image_folder(root: str | Path, image_size: int = 32, cache_dir: str | P
     arrays = _decode_all(entries, root, image_size)
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
+        # A per-process temporary name: torchrun ranks may decode and cache the same source at once.
+        tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
         np.savez(tmp, images=arrays.images, labels=arrays.labels, classes=np.array(arrays.classes))
         os.replace(tmp, cache)
     return arrays

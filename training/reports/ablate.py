@@ -92,6 +92,15 @@ def _data_spec(config: Config, split: str) -> DataSpec:
     return DataSpec(d.dataset, d.root, split, d.val_size, d.split_seed, d.image_size, d.cache_dir)
 
 
+def _eval_data(spec: DataSpec, loaded: dict[tuple, tuple]) -> tuple[Any, str]:
+    """The evaluation split and its fingerprint, loaded once per distinct DataSpec."""
+    key = tuple(sorted(vars(spec).items()))
+    if key not in loaded:
+        data = spec.load()
+        loaded[key] = (data, sample_fingerprint(data))
+    return loaded[key]
+
+
 def ablate(recipe: str, vary: list[str], sets: list[str] | None = None, out: str | Path | None = None,
            split: str = "val", batch_size: int = 256, device: str = "auto") -> dict[str, Any]:
     axes = parse_vary(vary)
@@ -101,10 +110,12 @@ def ablate(recipe: str, vary: list[str], sets: list[str] | None = None, out: str
     # Build every config before training anything: a typo fails now, not after hours.
     configs = [build_config(recipe, sets + combo) for combo in combos]
     out_dir = Path(out) if out else Path("runs") / f"ablate-{configs[0].recipe}"
+    loaded: dict[tuple, tuple] = {}
+    for config in configs:  # a missing or unknown split fails now too
+        _eval_data(_data_spec(config, split), loaded)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict[str, Any]] = []
-    loaded: dict[tuple, tuple] = {}
     for index, (combo, config) in enumerate(tqdm(list(zip(combos, configs)), desc="ablation", unit="variant")):
         run_dir = out_dir / variant_dir_name(combo)
         log.info("variant %d/%d: %s", index + 1, len(combos), " ".join(combo))
@@ -113,12 +124,7 @@ def ablate(recipe: str, vary: list[str], sets: list[str] | None = None, out: str
         wall = time.perf_counter() - started
         summary = json.loads((run_dir / "summary.json").read_text())
 
-        spec = _data_spec(config, split)
-        key = tuple(sorted(vars(spec).items()))
-        if key not in loaded:
-            data = spec.load()
-            loaded[key] = (data, sample_fingerprint(data))
-        data, fingerprint = loaded[key]
+        data, fingerprint = _eval_data(_data_spec(config, split), loaded)
         source = load_model(checkpoint=run_dir / "best.pt", device=device)
         logits, _ = source.predict(data, "none", batch_size)
         metrics = compute_metrics(logits, data.labels, source.classes)
@@ -165,8 +171,11 @@ def format_table(result: dict[str, Any]) -> str:
         "",
         f"Varied: {', '.join(v['key'] + ' = ' + ' / '.join(v['values']) for v in result['vary'])}"
         + (f"; fixed: {' '.join(result['set'])}" if result["set"] else "") + ".",
-        f"Evaluated on the {result['split']} split ({result['num_samples']} images); the first row is the baseline. "
-        "Per-class diff is the mean over classes of the per-class accuracy change; p is McNemar's test vs the baseline.",
+        f"Each run's best.pt evaluated on the {result['split']} split ({result['num_samples']} images)"
+        + (", the split best.pt was selected on" if result["split"] == "val" else "")
+        + "; the first row is the baseline.",
+        "Per-class diff is the mean over classes of the per-class accuracy change (points); "
+        "p is McNemar's test vs the baseline.",
         "",
         "| variant | top-1 | diff | loss | per-class diff | p vs baseline | largest class gain | largest class loss "
         "| epochs | train time | params |",

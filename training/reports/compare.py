@@ -117,10 +117,14 @@ def format_comparison(result: dict[str, Any]) -> str:
     data = result["data"]
     verdict = ("significant" if result["significant"] else "not significant") + f" at alpha = {result['alpha']}"
     width = max(len(a["path"]), len(b["path"]))
+
+    def tta(side: dict[str, Any]) -> str:
+        return f"  (tta {side['tta']})" if side["tta"] != "none" else ""
+
     return "\n".join([
         f"samples: {n} ({data.get('dataset')} {data.get('root')}, split {data.get('split')})",
-        f"A  {a['path']:<{width}}  top-1 {100 * a['top1']:6.2f}%  ({a['correct']}/{n})",
-        f"B  {b['path']:<{width}}  top-1 {100 * b['top1']:6.2f}%  ({b['correct']}/{n})",
+        f"A  {a['path']:<{width}}  top-1 {100 * a['top1']:6.2f}%  ({a['correct']}/{n}){tta(a)}",
+        f"B  {b['path']:<{width}}  top-1 {100 * b['top1']:6.2f}%  ({b['correct']}/{n}){tta(b)}",
         f"difference B - A: {result['difference_points']:+.2f} points",
         f"McNemar ({test['method']}): A right & B wrong = {test['a_right_b_wrong']}, "
         f"A wrong & B right = {test['a_wrong_b_right']}, statistic = {test['statistic']:.3f}, "

@@ -58,10 +58,11 @@ def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path, ma
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title)
-    if len(col_labels) <= 12:
+    if len(col_labels) <= 25:
+        fontsize = 8 if len(col_labels) <= 12 else 6
         for (i, j), value in np.ndenumerate(matrix):
             if value >= 0.005:
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=fontsize,
                         color="white" if value > 0.5 else "black")
     _save(fig, path)
 

@@ -1,0 +1,97 @@
+"""Training throughput (images/s) per model, and the data loader's own throughput for comparison.
+
+    python bench/bench_training.py [--models se_resnet18 wrn_16_8 wrn_28_10] [--steps 5] [--batch-size 128]
+        [--device auto] [--out bench/results/training.json]
+
+The loader figure is the augmentation pipeline alone (crop + flip + Cutout on
+uint8 tensors): it must be well above every model's step throughput, or the
+loader would be the bottleneck.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.data import ImageArrays  # noqa: E402
+from training.data.augment import AugmentParams  # noqa: E402
+from training.data.loader import TensorLoader  # noqa: E402
+from training.engine import resolve_device  # noqa: E402
+from training.inference import autocast  # noqa: E402
+from training.models import create_model  # noqa: E402
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def synthetic(n: int) -> ImageArrays:
+    rng = np.random.default_rng(0)
+    return ImageArrays(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n), [str(i) for i in range(10)])
+
+
+def loader_throughput(device: torch.device, batch_size: int, batches: int) -> float:
+    loader = TensorLoader(synthetic(batch_size * batches), batch_size, device, train=True,
+                          augment=AugmentParams(4, True, 16), channels_last=True)
+    next(iter(loader))
+    synchronize(device)
+    start = time.perf_counter()
+    n = sum(len(y) for _, y in loader)
+    synchronize(device)
+    return n / (time.perf_counter() - start)
+
+
+def train_throughput(name: str, device: torch.device, batch_size: int, steps: int, bf16: bool, warmup: int = 2) -> float:
+    model = create_model(name).to(device).to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    x = torch.rand(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    for i in range(warmup + steps):
+        if i == warmup:
+            synchronize(device)
+            start = time.perf_counter()
+        with autocast(device, bf16):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    synchronize(device)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["resnet9_half", "se_resnet18", "wrn_16_8", "wrn_28_10"])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-bf16", action="store_true")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    bf16 = not args.no_bf16
+    results = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "batch_size": args.batch_size, "bf16": bf16,
+               "loader_images_per_s": loader_throughput(device, args.batch_size, 50), "models": {}}
+    print(f"| model | train images/s ({device}, batch {args.batch_size}, bf16={bf16}) |\n|---|---|")
+    for name in args.models:
+        ips = train_throughput(name, device, args.batch_size, args.steps, bf16)
+        results["models"][name] = ips
+        print(f"| {name} | {ips:,.0f} |", flush=True)
+    print(f"| data loader alone (crop+flip+cutout) | {results['loader_images_per_s']:,.0f} |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

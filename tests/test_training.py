@@ -1,0 +1,274 @@
+"""Training package: registries, readers, split, augmentation, config, training, resume, torchrun."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, make_arrays, tiny_overrides
+from training.config import AUGMENT_PRESETS, ConfigError, build_config
+from training.data import DATASETS, DatasetError, ImageArrays, load_split, stratified_split
+from training.data.augment import AugmentParams, augment_batch, cutout, random_crop
+from training.data.folder import read_image_folder
+from training.data.mix import MixParams, MixedTargets, mix_batch, mixed_cross_entropy
+from training.engine import Trainer, resume, train
+from training.models import MODELS, count_parameters, create_model, list_models
+from training.optim import lr_factor
+from training.registry import Registry
+
+# Published parameter counts for 10 classes.
+PUBLISHED = {
+    "resnet18": 11_173_962, "resnet34": 21_282_122, "resnet50": 23_520_842, "se_resnet18": 11_263_042,
+    "wrn_28_10": 36_479_194, "wrn_16_8": 10_961_370,
+}
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("classes", [10, 100])
+def test_every_model_forward(name, classes):
+    model = create_model(name, classes).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, classes) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name,count", PUBLISHED.items())
+def test_parameter_counts_match_published(name, count):
+    assert abs(count_parameters(create_model(name)) - count) / count < 0.005
+
+
+def test_se_switch_and_reduction():
+    assert count_parameters(create_model("se_resnet18", use_se=False)) == count_parameters(create_model("resnet18"))
+    assert count_parameters(create_model("se_resnet18", reduction=8)) > count_parameters(create_model("se_resnet18"))
+    assert abs(count_parameters(create_model("wrn", depth=16, widen=8)) - PUBLISHED["wrn_16_8"]) < 10
+
+
+def test_registry_errors():
+    with pytest.raises(KeyError, match="valid names: .*resnet18"):
+        create_model("resnet19")
+    reg = Registry("thing")
+    reg.register("a")(lambda: 1)
+    with pytest.raises(ValueError, match="duplicate"):
+        reg.register("a")(lambda: 2)
+    assert {"cifar10", "cifar100", "folder"} <= set(DATASETS.names())
+
+
+def test_split_is_deterministic_and_stratified():
+    labels = np.repeat(np.arange(10), 5000)
+    train_idx, val_idx = stratified_split(labels, 5000, seed=42)
+    again = stratified_split(labels, 5000, seed=42)
+    assert np.array_equal(val_idx, again[1]) and np.array_equal(train_idx, again[0])
+    assert len(val_idx) == 5000 and len(train_idx) == 45000
+    assert not set(train_idx) & set(val_idx)
+    assert np.bincount(labels[val_idx]).tolist() == [500] * 10
+    assert not np.array_equal(val_idx, stratified_split(labels, 5000, seed=1)[1])
+    # PCG64 is specified bit-for-bit: this digest must be the same on every machine.
+    digest = hashlib.sha256(val_idx.astype("<i8").tobytes()).hexdigest()[:16]
+    assert digest == EXPECTED_SPLIT_DIGEST
+
+
+EXPECTED_SPLIT_DIGEST = "a4e895a5ba0bc1ab"  # recorded once; a change means the split moved
+
+
+def test_split_uneven_classes():
+    labels = np.array([0] * 7 + [1] * 3)
+    tr, va = stratified_split(labels, 5, seed=0)
+    counts = np.bincount(labels[va])
+    assert len(va) == 5 and counts.sum() == 5 and (np.abs(counts - np.array([3.5, 1.5])) < 1).all()
+    with pytest.raises(DatasetError):
+        stratified_split(labels, 10)
+
+
+def test_cifar_python_readers(cifar10_root, cifar100_root):
+    train = DATASETS.get("cifar10")(cifar10_root)
+    test = DATASETS.get("cifar10")(cifar10_root, train=False)
+    assert train.images.shape == (60, 32, 32, 3) and train.classes[3] == "cat" and len(test) == 10
+    images, labels = make_arrays(10, 6)
+    # data_batch_1 holds every 5th image from 0: the first image must round-trip pixel for pixel
+    assert np.array_equal(train.images[0], images[0]) and train.labels[0] == labels[0]
+    c100 = load_split("cifar100", cifar100_root, "train", val_size=100)
+    assert len(c100) == 100 and len(c100.classes) == 100 and np.bincount(c100.labels).max() == 1
+
+
+def test_cifar_reader_errors(tmp_path):
+    with pytest.raises(DatasetError, match="cifar-10-batches-py"):
+        DATASETS.get("cifar10")(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "batches.meta").write_bytes(b"not a pickle")
+    with pytest.raises(DatasetError, match="batches.meta"):
+        DATASETS.get("cifar10")(tmp_path)
+
+
+def test_folder_reader_tree_and_cache(image_folder, tmp_path):
+    data = read_image_folder(image_folder, cache_dir=tmp_path)
+    assert data.classes == ["alpha", "beta", "gamma"] and len(data) == 60
+    assert list(tmp_path.glob("*.npz"))
+    cached = read_image_folder(image_folder, cache_dir=tmp_path)
+    assert np.array_equal(cached.images, data.images) and cached.classes == data.classes
+
+
+def test_folder_reader_on_shared_archive_sample(shared_archive, tmp_path):
+    """A few real JPEGs from the shared archive, read both as a tree and as a .tar.gz."""
+    tree = tmp_path / "tree"
+    picked = []
+    with tarfile.open(shared_archive) as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(("0000.jpg", "0001.jpg")):
+                picked.append(member)
+            if len(picked) == 20:
+                break
+        tar.extractall(tree, members=picked, filter="data")
+    sub = tmp_path / "sample.tar.gz"
+    with tarfile.open(sub, "w:gz") as out:
+        out.add(tree / "cifar10", arcname="cifar10")
+    from_tree = read_image_folder(tree / "cifar10" / "train")
+    from_tar = read_image_folder(sub)
+    assert len(from_tree) == 20 and from_tree.classes[0] == "airplane" and len(from_tree.classes) == 10
+    assert np.array_equal(from_tree.images, from_tar.images) and from_tree.classes == from_tar.classes
+    assert from_tree.images.std() > 10  # real pictures, not blanks
+
+
+def test_augmentations():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    crop = random_crop(x, 4, gen)
+    assert crop.shape == x.shape and not torch.equal(crop, x)
+    holes = cutout(torch.full((4, 3, 32, 32), 255, dtype=torch.uint8), 16, gen)
+    zeros = (holes == 0).all(1).sum((1, 2))
+    assert (zeros > 0).all() and (zeros <= 256).all()
+    none = augment_batch(x, AugmentParams(crop_padding=0, flip=False), gen)
+    assert torch.allclose(none, x.float() / 255)
+    jittered = augment_batch(x, AugmentParams(0, False, 0, 0.4), gen)
+    assert jittered.min() >= 0 and jittered.max() <= 1 and not torch.allclose(jittered, none)
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mix(kind):
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(16, 3, 32, 32), torch.arange(16) % 4
+    params = MixParams(mixup_alpha=1.0 if kind == "mixup" else 0, cutmix_alpha=1.0 if kind == "cutmix" else 0)
+    mixed, target = mix_batch(x, y, params, gen)
+    assert isinstance(target, MixedTargets) and 0 <= target.lam <= 1 and not torch.equal(mixed, x)
+    logits = torch.randn(16, 4)
+    expected = target.lam * torch.nn.functional.cross_entropy(logits, target.y_a) + (1 - target.lam) * \
+        torch.nn.functional.cross_entropy(logits, target.y_b)
+    assert torch.allclose(mixed_cross_entropy(logits, target), expected)
+
+
+def test_config_overrides_reach_their_fields():
+    cfg = build_config("wrn_28_10", ["lr=0.05", "cutmix_alpha=0.7", "mixup_alpha=0.2", "use_se=false",
+                                     "schedule.name=step", "augment.cutout=8", "ema_decay=0.99"])
+    assert cfg.optim.lr == 0.05 and cfg.model.args["use_se"] is False and cfg.schedule.name == "step"
+    mix = cfg.augment.mix()
+    assert (mix.cutmix_alpha, mix.mixup_alpha) == (0.7, 0.2)  # the torchvision alpha mix-up, guarded
+    assert cfg.augment.params().cutout == 8 and cfg.train.ema_decay == 0.99
+    basic = build_config("wrn_28_10", ["augment=basic"])
+    assert basic.augment.cutout == AUGMENT_PRESETS["basic"]["cutout"] == 0
+    with pytest.raises(ConfigError, match="recipe"):
+        build_config("no_such_recipe")
+    with pytest.raises(ConfigError, match="lr"):
+        build_config(None, ["lr=-1"])
+
+
+def test_lr_schedules():
+    from training.config import ScheduleConfig
+
+    cos = ScheduleConfig(name="cosine", warmup_epochs=1)
+    assert lr_factor(0, 10, 10, cos) == pytest.approx(0.1) and lr_factor(10, 10, 10, cos) == pytest.approx(1.0)
+    assert lr_factor(99, 10, 10, cos) < 0.01
+    step = ScheduleConfig(name="step", step_size=3, gamma=0.5)
+    assert [lr_factor(e * 10, 10, 9, step) for e in (0, 3, 6)] == [1.0, 0.5, 0.25]
+
+
+def test_tiny_run_overfits_64_images(tmp_path):
+    """64 images, no augmentation: the training loop must drive training accuracy near 100%."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    images, labels = make_arrays(4, 16, seed=3)
+    for i, (img, label) in enumerate(zip(images, labels)):
+        (root / f"c{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root / f"c{label}" / f"{i}.png")
+    cfg = build_config("resnet9_half_cpu", tiny_overrides(root, tmp_path / "cache", epochs=15, batch_size=16,
+                                                           **{"data.val_size": 0, "augment": "none", "lr": 0.02,
+                                                              "label_smoothing": 0.0}))
+    summary = train(cfg, tmp_path / "run")
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history[-1]["train_acc"] >= 0.95, history[-1]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert summary["epochs_run"] == 15 and (tmp_path / "run" / "training_curves.png").stat().st_size > 1000
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_resume_continues_the_same_run(image_folder, tmp_path, monkeypatch):
+    overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=4, dropout=0.2, ema_decay=0.9,
+                               **{"augment.cutout": 8, "mixup_alpha": 0.4})
+    cfg = build_config("resnet9_half_cpu", overrides)
+    train(cfg, tmp_path / "straight")
+
+    original = Trainer._end_epoch
+
+    def interrupt_after_two(self, record):
+        stop = original(self, record)
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+        return stop
+
+    monkeypatch.setattr(Trainer, "_end_epoch", interrupt_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(build_config("resnet9_half_cpu", overrides), tmp_path / "interrupted")
+    monkeypatch.setattr(Trainer, "_end_epoch", original)
+    assert torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)["epoch"] == 2
+    resume(tmp_path / "interrupted")
+
+    a, b = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "interrupted" / "last.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ha = json.loads((tmp_path / "straight" / "history.json").read_text())
+    hb = json.loads((tmp_path / "interrupted" / "history.json").read_text())
+    assert [h["val_top1"] for h in ha] == [h["val_top1"] for h in hb]
+
+
+def test_early_stopping(image_folder, tmp_path):
+    cfg = build_config("resnet9_half_cpu", tiny_overrides(image_folder, tmp_path / "c", epochs=6, lr=1e-9,
+                                                           early_stop_patience=1, early_stop_min_delta=0.5))
+    summary = train(cfg, tmp_path / "run")
+    assert summary["stopped_early"] and summary["epochs_run"] == 2
+
+
+def test_cli_lists_models_and_rejects_bad_overrides(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "training", "models"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.returncode == 0 and "se_resnet18" in out.stdout and "11,263,042" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "training", "train", "--set", "epochs=0", "--out", str(tmp_path)],
+                         capture_output=True, text=True, env=env, cwd=ROOT)
+    assert bad.returncode == 2 and "epochs" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_torchrun_two_processes_gloo(image_folder, tmp_path):
+    overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=2, threads=1)
+    with socket.socket() as sock:  # port 0 hangs torchrun's static rendezvous: pick a free port ourselves
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", port,
+           "-m", "training", "train", "--recipe", "resnet9_half_cpu", "--out", str(tmp_path / "ddp"), "--set", *overrides]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((tmp_path / "ddp" / "history.json").read_text())
+    assert len(history) == 2
+    # each of the 2 ranks sees half of the 45 training images per epoch: 22 // 16 = 1 batch each
+    assert history[0]["train_images_per_s"] > 0 and (tmp_path / "ddp" / "best.pt").exists()
