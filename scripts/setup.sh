@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv with the serving, training and test dependencies (idempotent).
+# Create .venv and install the project (idempotent).
+#   bash scripts/setup.sh          everything: serving, training/export (torch) and tests
+#   bash scripts/setup.sh serve    serving only: no torch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
@@ -7,4 +9,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q -e ".[train,test]"
+if [ "${1:-all}" = "serve" ]; then
+    python -m pip install -q -e .
+else
+    python -m pip install -q -e ".[train,test]"
+fi
