@@ -165,6 +165,10 @@ def ablate(recipe: str, vary: list[str], sets: list[str] | None = None, out: str
     return result
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"# Ablation of `{result['recipe']}`",
@@ -196,7 +200,7 @@ def format_table(result: dict[str, Any]) -> str:
             "" if gain is None else f"{gain['class']} {gain['points']:+.1f}",
             "" if loss is None else f"{loss['class']} {loss['points']:+.1f}",
             str(row["epochs"]),
-            f"{row['train_time_s']:.0f} s",
+            _duration(row["train_time_s"]),
             f"{row['parameters']:,}",
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -16,7 +16,7 @@ SPLIT_HELP = f"which samples: {', '.join(SPLITS)} (val = the run's own held-out 
 
 
 def _add_data_args(p: argparse.ArgumentParser, split_default: str | None) -> None:
-    g = p.add_argument_group("data (default: what the model was trained on, read from the checkpoint)")
+    g = p.add_argument_group("data (default: the model's own, from its checkpoint, ONNX metadata or report)")
     g.add_argument("--dataset", help="dataset name: cifar10, cifar100 or folder")
     g.add_argument("--data", dest="root", metavar="ROOT", help="dataset folder or archive")
     g.add_argument("--split", default=split_default,

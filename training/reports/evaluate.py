@@ -307,6 +307,10 @@ def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | 
         f"Prediction took {metrics['wall_time_s']:.2f} s ({metrics['images_per_s'] or 0:.0f} images/s) on "
         f"{metrics['device']}.",
     ]
+    recorded = (src.get("best") or {}).get("val_top1")
+    if recorded is not None and data["split"] == "val":
+        lines += ["", f"Training recorded {_pct(recorded)} val top-1 for this checkpoint (with the run's bf16 setting; "
+                  "this evaluation runs in fp32, so a few samples may differ)."]
     ranked = sorted((c for c in metrics["per_class"] if c["accuracy"] is not None), key=lambda c: c["accuracy"])
     if len(ranked) >= 2:
         weak, strong = ranked[:min(5, len(ranked) // 2)], ranked[::-1][:min(3, len(ranked) // 2)]
@@ -369,7 +373,7 @@ def evaluate(checkpoint: str | Path | None = None, onnx: str | Path | None = Non
     save_predictions(out_dir / PREDICTIONS_FILE, logits, data.labels, classes, fingerprint)
 
     probs = softmax(logits)
-    preds, confidence = probs.argmax(1), probs.max(1)
+    preds, confidence = logits.argmax(1), probs.max(1)
     files: dict[str, str | None] = {}
     with tqdm(total=5, desc="figures", unit="figure", leave=False) as bar:
         figures.plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png",

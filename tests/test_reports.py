@@ -1,0 +1,366 @@
+"""Evaluation reports, Grad-CAM, model comparison and ablations."""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_overrides
+from training.__main__ import main
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.reports.ablate import parse_vary, split_values
+from training.reports.evaluate import load_predictions
+from training.reports.figures import worst_classes
+from training.reports.gradcam import GradCAM
+from training.reports.metrics import compute_metrics, expected_calibration_error, mcnemar
+
+REPORT_FILES = ["metrics.json", "predictions.npz", "confusion_matrix.png", "per_class_accuracy.png",
+                "misclassified.png", "gradcam.png", "training_curves.png", "report.md"]
+
+
+def _logits_from(preds: list[int], confidence: list[float], num_classes: int) -> np.ndarray:
+    """Logits whose softmax gives ``confidence`` to the predicted class and splits the rest evenly."""
+    probs = np.zeros((len(preds), num_classes))
+    for i, (p, c) in enumerate(zip(preds, confidence)):
+        probs[i] = (1 - c) / (num_classes - 1)
+        probs[i, p] = c
+    return np.log(probs).astype(np.float32)
+
+
+# -- metrics ----------------------------------------------------------------------------------------
+
+def test_metrics_match_hand_computed_values_with_a_never_predicted_class():
+    labels = np.array([0, 0, 0, 1, 1, 2, 2])
+    preds = [0, 0, 1, 1, 1, 0, 1]  # class 2 is never predicted
+    conf = [0.75 if p == t else 0.55 for p, t in zip(preds, labels)]
+    m = compute_metrics(_logits_from(preds, conf, 3), labels, ["a", "b", "c"])
+
+    assert m["num_samples"] == 7
+    assert m["confusion_matrix"] == [[2, 1, 0], [0, 2, 0], [1, 1, 0]]
+    assert m["top1"] == pytest.approx(4 / 7)
+    assert m["top3"] == m["top5"] == pytest.approx(1.0)  # k is capped at the 3 classes
+    per = {c["class"]: c for c in m["per_class"]}
+    assert per["a"]["precision"] == pytest.approx(2 / 3) and per["a"]["recall"] == pytest.approx(2 / 3)
+    assert per["b"]["precision"] == pytest.approx(1 / 2) and per["b"]["recall"] == pytest.approx(1.0)
+    assert per["b"]["f1"] == pytest.approx(2 / 3)
+    assert per["c"]["precision"] == 0.0 and per["c"]["recall"] == 0.0 and per["c"]["f1"] == 0.0
+    assert per["c"]["predicted"] == 0 and per["c"]["support"] == 2 and per["c"]["accuracy"] == 0.0
+    assert m["macro_avg"]["precision"] == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+    assert m["macro_avg"]["f1"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)
+    assert m["weighted_avg"]["precision"] == pytest.approx((3 * 2 / 3 + 2 * 1 / 2 + 2 * 0) / 7)
+    assert m["mean_per_class_accuracy"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    # Correct samples have p(true) = 0.75; wrong ones give the true class (1 - 0.55) / 2.
+    assert m["loss"] == pytest.approx((4 * -math.log(0.75) + 3 * -math.log(0.225)) / 7, rel=1e-5)
+    # Four samples at confidence 0.75 all right, three at 0.55 all wrong.
+    assert m["ece"] == pytest.approx((4 * 0.25 + 3 * 0.55) / 7)
+    pairs = {(p["true"], p["predicted"]): p["count"] for p in m["top_confusions"]}
+    assert pairs == {("a", "b"): 1, ("c", "a"): 1, ("c", "b"): 1}
+    json.dumps(m)  # everything in it must be JSON-serialisable
+
+
+def test_class_without_samples_is_left_out_of_macro_averages():
+    labels = np.array([0, 0, 1, 1])
+    m = compute_metrics(_logits_from([0, 0, 1, 0], [0.9] * 4, 3), labels, ["a", "b", "absent"])
+    absent = m["per_class"][2]
+    assert absent["accuracy"] is None and absent["support"] == 0
+    assert m["macro_avg"]["recall"] == pytest.approx((1.0 + 0.5) / 2)
+    assert m["mean_per_class_accuracy"] == pytest.approx(0.75)
+
+
+def test_top1_agrees_with_the_confusion_matrix_when_logits_tie():
+    rng = np.random.default_rng(0)
+    logits = rng.integers(0, 3, size=(200, 5)).astype(np.float32)  # coarse values, as int8 outputs give: many ties
+    labels = rng.integers(0, 5, size=200)
+    m = compute_metrics(logits, labels, list("abcde"))
+    assert m["top1"] == pytest.approx(np.trace(np.array(m["confusion_matrix"])) / 200)
+    assert m["top1"] == pytest.approx(float((logits.argmax(1) == labels).mean()))
+
+
+def test_ece_is_zero_for_calibrated_predictions_and_counts_bins():
+    labels = np.array([0, 1, 0, 1])
+    probs = np.array([[0.5, 0.5], [0.5, 0.5], [1.0, 0.0], [0.0, 1.0]])
+    # Bin (0.4, 0.5]: confidence 0.5, argmax picks class 0 for both -> accuracy 0.5; bin (0.9, 1]: both right.
+    assert expected_calibration_error(probs, labels, n_bins=10) == pytest.approx(0.0)
+    overconfident = np.array([[0.9, 0.1]] * 4)
+    assert expected_calibration_error(overconfident, labels, n_bins=10) == pytest.approx(0.4)
+
+
+def _paired(b: int, c: int, both_right: int = 50, both_wrong: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    a = [True] * b + [False] * c + [True] * both_right + [False] * both_wrong
+    bb = [False] * b + [True] * c + [True] * both_right + [False] * both_wrong
+    return np.array(a), np.array(bb)
+
+
+def test_mcnemar_exact_binomial_for_few_discordant_pairs():
+    result = mcnemar(*_paired(10, 2))
+    assert result["method"] == "exact binomial"
+    assert (result["a_right_b_wrong"], result["a_wrong_b_right"], result["both_right"]) == (10, 2, 50)
+    # Two-sided: 2 * P(X <= 2), X ~ Binomial(12, 1/2) = 2 * (1 + 12 + 66) / 4096.
+    assert result["p_value"] == pytest.approx(2 * (1 + 12 + 66) / 2 ** 12)
+
+
+def test_mcnemar_chi_square_with_continuity_correction():
+    result = mcnemar(*_paired(30, 10))
+    assert result["method"].startswith("chi-square")
+    assert result["statistic"] == pytest.approx((abs(30 - 10) - 1) ** 2 / 40)  # 9.025
+    # Chi-square with one degree of freedom: P(X > s) = erfc(sqrt(s / 2)).
+    assert result["p_value"] == pytest.approx(math.erfc(math.sqrt(9.025 / 2)))
+    assert mcnemar(*_paired(0, 0))["p_value"] == 1.0
+
+
+# -- Grad-CAM ---------------------------------------------------------------------------------------
+
+def test_gradcam_map_has_input_size_is_normalised_and_not_constant(tiny_run, image_folder):
+    model = model_from_checkpoint(load_checkpoint(tiny_run / "best.pt"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    paths = sorted(image_folder.glob("*/*.png"))[::10][:4]
+    images = torch.from_numpy(np.stack([np.asarray(Image.open(p)) for p in paths])).permute(0, 3, 1, 2).float() / 255
+    cams = GradCAM(model)(images)
+    assert cams.shape == (len(paths), 32, 32)
+    assert cams.min() >= 0.0 and cams.max() <= 1.0
+    assert all(cam.max() - cam.min() > 0.1 for cam in cams), "a trained model's map should vary over the image"
+    # Any input size gives a map of that size (bilinear upsampling of the last stage).
+    wide = GradCAM(model)(torch.nn.functional.interpolate(images, size=(24, 40)), targets=np.zeros(len(paths), int))
+    assert wide.shape == (len(paths), 24, 40)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# -- evaluate ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_report(tiny_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "val"
+    assert main(["evaluate", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out), "--device", "cpu"]) == 0
+    return out
+
+
+def test_evaluate_writes_every_report_file(tiny_report, tiny_run):
+    for name in REPORT_FILES:
+        assert (tiny_report / name).is_file() and (tiny_report / name).stat().st_size > 0, name
+    metrics = json.loads((tiny_report / "metrics.json").read_text())
+    for key in ("loss", "top1", "top3", "top5", "per_class", "macro_avg", "weighted_avg", "confusion_matrix",
+                "top_confusions", "ece", "num_samples", "wall_time_s", "images_per_s"):
+        assert key in metrics, key
+    assert metrics["num_samples"] == 15  # the run's own validation split by default
+    assert len(metrics["per_class"]) == 3
+    assert np.array(metrics["confusion_matrix"]).sum() == metrics["num_samples"]
+    preds = load_predictions(tiny_report)
+    assert preds["logits"].shape == (15, 3)
+    assert metrics["top1"] == pytest.approx(float((preds["predictions"] == preds["labels"]).mean()))
+    # The same checkpoint on the same split scores what training recorded for it.
+    assert metrics["top1"] == pytest.approx(load_checkpoint(tiny_run / "best.pt")["best"]["val_top1"])
+    report = (tiny_report / "report.md").read_text()
+    for png in [n for n in REPORT_FILES if n.endswith(".png")]:
+        assert f"({png})" in report, png
+    for png in ("confusion_matrix.png", "gradcam.png"):
+        assert Image.open(tiny_report / png).size[0] > 200
+
+
+def test_evaluate_with_flip_tta(tiny_run, tiny_report, tmp_path):
+    out = tmp_path / "tta"
+    assert main(["evaluate", "--checkpoint", str(tiny_run), "--tta", "flip", "--out", str(out), "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["tta"] == "flip" and "flip" in (out / "report.md").read_text()
+    plain, flipped = load_predictions(tiny_report), load_predictions(out)
+    np.testing.assert_array_equal(plain["labels"], flipped["labels"])
+    assert not np.allclose(plain["logits"], flipped["logits"])
+
+
+@pytest.fixture(scope="module")
+def cifar100_run(cifar100_root, tmp_path_factory) -> Path:
+    """A barely trained 100-class model: enough to exercise the 100-class figures."""
+    from training.config import build_config
+    from training.engine import train
+
+    tmp = tmp_path_factory.mktemp("c100run")
+    overrides = tiny_overrides(cifar100_root, tmp / "cache", **{"data.dataset": "cifar100", "data.val_size": 100,
+                                                               "epochs": 1, "max_batches_per_epoch": 2})
+    train(build_config("resnet9_half_cpu", overrides), tmp / "run")
+    return tmp / "run"
+
+
+def test_evaluate_100_classes_keeps_plots_readable(cifar100_run, tmp_path):
+    out = tmp_path / "c100"
+    assert main(["evaluate", "--checkpoint", str(cifar100_run), "--out", str(out), "--device", "cpu"]) == 0
+    for name in REPORT_FILES:
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_classes"] == 100 and len(metrics["per_class"]) == 100
+    assert any("20 worst" in note for note in metrics["notes"])
+    # A 100x100 labelled matrix would need thousands of pixels per side; the worst-20 view does not.
+    for png in ("confusion_matrix.png", "per_class_accuracy.png"):
+        width, height = Image.open(out / png).size
+        assert width < 1600 and height < 1600, (png, width, height)
+
+
+def test_worst_classes_skips_classes_without_samples():
+    acc = [0.5, None, 0.1, 0.9, 0.3]
+    assert worst_classes(acc, 3).tolist() == [2, 4, 0]
+    assert worst_classes(acc, 10).tolist() == [2, 4, 0, 3]
+
+
+def _export_onnx(run: Path, path: Path) -> Path:
+    import onnx
+
+    from service.manifest import METADATA_KEY, InputSpec, ModelCard
+
+    ckpt = load_checkpoint(run / "best.pt")
+    model = model_from_checkpoint(ckpt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is enough for a test model
+        torch.onnx.export(model, torch.rand(1, 3, 32, 32), str(path), input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    meta = ckpt["meta"]
+    card = ModelCard(name="tiny", arch=meta["arch"], dataset=meta["dataset"], classes=meta["classes"], precision="fp32",
+                     input=InputSpec(mean=tuple(meta["mean"]), std=tuple(meta["std"])),
+                     metrics={"val_top1": ckpt["best"]["val_top1"]}, source={"checkpoint": str(run / "best.pt")})
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, card.model_dump_json()
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_evaluate_onnx_matches_checkpoint_and_skips_gradcam(tiny_run, tiny_report, image_folder, tmp_path, capsys):
+    onnx_path = _export_onnx(tiny_run, tmp_path / "tiny.onnx")
+    out = tmp_path / "onnx_report"
+    assert main(["evaluate", "--onnx", str(onnx_path), "--dataset", "folder", "--data", str(image_folder),
+                 "--val-size", "15", "--out", str(out)]) == 0
+    assert not (out / "gradcam.png").exists()
+    assert "Grad-CAM skipped" in (out / "report.md").read_text()
+    for name in set(REPORT_FILES) - {"gradcam.png"}:
+        assert (out / name).is_file(), name
+    onnx_preds, torch_preds = load_predictions(out), load_predictions(tiny_report)
+    assert onnx_preds["fingerprint"] == torch_preds["fingerprint"]
+    np.testing.assert_allclose(onnx_preds["logits"], torch_preds["logits"], atol=1e-4)
+    capsys.readouterr()
+    assert main(["compare", str(tiny_report), str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "difference B - A: +0.00 points" in text and "p = 1" in text
+
+
+# -- compare ----------------------------------------------------------------------------------------
+
+def test_compare_checkpoint_against_report_and_two_reports(tiny_run, tiny_report, tmp_path):
+    from training.reports.compare import compare
+
+    result = compare(tiny_run / "last.pt", tiny_report, device="cpu")
+    assert result["num_samples"] == 15 and result["a"]["kind"] == "checkpoint" and result["b"]["kind"] == "report"
+    metrics = json.loads((tiny_report / "metrics.json").read_text())
+    assert result["b"]["top1"] == pytest.approx(metrics["top1"])
+    assert result["difference_points"] == pytest.approx(100 * (result["b"]["top1"] - result["a"]["top1"]))
+    test = result["mcnemar"]
+    assert test["a_right_b_wrong"] + test["a_wrong_b_right"] + test["both_right"] + test["both_wrong"] == 15
+    assert 0.0 <= test["p_value"] <= 1.0
+    assert main(["compare", str(tiny_report), str(tiny_report), "--out", str(tmp_path / "cmp")]) == 0
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert saved["mcnemar"]["discordant"] == 0 and saved["mcnemar"]["p_value"] == 1.0
+
+
+def test_compare_refuses_reports_of_different_samples(tiny_run, tiny_report, tmp_path, capsys):
+    other = tmp_path / "all"
+    assert main(["evaluate", "--checkpoint", str(tiny_run), "--split", "all", "--out", str(other),
+                 "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tiny_report), str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "different samples" in err and "\n" not in err
+
+
+# -- user errors ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["missing_checkpoint", "unknown_split", "class_mismatch", "no_model", "bad_tta"])
+def test_user_errors_are_one_line_and_exit_2(case, tiny_run, cifar10_root, tmp_path, capsys):
+    args = {
+        "missing_checkpoint": ["--checkpoint", str(tmp_path / "nope.pt")],
+        "unknown_split": ["--checkpoint", str(tiny_run), "--split", "bogus"],
+        "class_mismatch": ["--checkpoint", str(tiny_run), "--dataset", "cifar10", "--data", str(cifar10_root),
+                           "--split", "test"],
+        "no_model": [],
+        "bad_tta": ["--checkpoint", str(tiny_run), "--tta", "rotate"],
+    }[case]
+    assert main(["evaluate", *args, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err, err
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+# -- ablate -----------------------------------------------------------------------------------------
+
+def test_vary_parsing():
+    assert split_values("[30,60],[50],none") == ["[30,60]", "[50]", "none"]
+    assert parse_vary(["use_se=true,false", "dropout=0.5,0"]) == [("use_se", ["true", "false"]),
+                                                                ("dropout", ["0.5", "0"])]
+    for bad in (["dropout"], ["dropout=0.5,0.5"], ["dropout=0.1", "dropout=0.2"], []):
+        with pytest.raises(ValueError):
+            parse_vary(bad)
+
+
+def test_ablation_skips_finished_variants_and_resumes_an_interrupted_one(image_folder, tmp_path, monkeypatch, capsys):
+    import training.reports.ablate as ablate_mod
+    from training.engine import Trainer
+
+    out = tmp_path / "ablation"
+    sets = tiny_overrides(image_folder, tmp_path / "cache", epochs=2)
+    argv = ["ablate", "--recipe", "resnet9_half_cpu", "--vary", "dropout=0,0.3", "--set", *sets, "--out", str(out),
+            "--device", "cpu"]
+    calls = {"train": 0, "resume": 0}
+    real_train, real_resume, real_end_epoch = ablate_mod.train, ablate_mod.resume, Trainer._end_epoch
+
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    def interrupt_second_variant(self, record):
+        stop = real_end_epoch(self, record)
+        if self.out_dir.name == "dropout-0.3" and record["epoch"] == 1:
+            raise KeyboardInterrupt  # as if Ctrl-C arrived after epoch 1 was saved
+        return stop
+
+    monkeypatch.setattr(ablate_mod, "train", counting("train", real_train))
+    monkeypatch.setattr(ablate_mod, "resume", counting("resume", real_resume))
+    monkeypatch.setattr(Trainer, "_end_epoch", interrupt_second_variant)
+    assert main(argv) == 130
+    assert calls == {"train": 2, "resume": 0}
+    baseline, second = out / "dropout-0", out / "dropout-0.3"
+    assert (baseline / "summary.json").is_file() and not (second / "summary.json").exists()
+    assert load_checkpoint(second / "last.pt")["epoch"] == 1
+    stamps = {p.name: p.stat().st_mtime_ns for p in baseline.iterdir()}
+
+    monkeypatch.setattr(Trainer, "_end_epoch", real_end_epoch)
+    assert main(argv) == 0
+    assert calls == {"train": 2, "resume": 1}, "the finished variant must not be retrained"
+    assert {p.name: p.stat().st_mtime_ns for p in baseline.iterdir()} == stamps
+    assert load_checkpoint(second / "last.pt")["epoch"] == 2
+    assert len(json.loads((second / "history.json").read_text())) == 2
+
+    assert main(argv) == 0
+    assert calls == {"train": 2, "resume": 1}
+    result = json.loads((out / "ablation.json").read_text())
+    rows = result["variants"]
+    assert [r["variant"] for r in rows] == ["dropout=0", "dropout=0.3"]
+    assert [r["status"] for r in rows] == ["finished earlier", "finished earlier"]
+    assert rows[0]["baseline"] and rows[0]["top1_diff_points"] == 0.0 and rows[0]["per_class_mean_diff_points"] == 0.0
+    assert rows[1]["top1_diff_points"] == pytest.approx(100 * (rows[1]["top1"] - rows[0]["top1"]))
+    assert 0.0 <= rows[1]["mcnemar_vs_baseline"]["p_value"] <= 1.0
+    table = (out / "ablation.md").read_text()
+    assert "| dropout=0 (baseline) |" in table and "| dropout=0.3 |" in table
+    assert "dropout=0.3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra", [["--vary", "optim.nosuch=1,2"], ["--vary", "dropout=0,0.1", "--split", "test"]],
+                         ids=["unknown_key", "folder_has_no_test_split"])
+def test_ablation_rejects_bad_settings_before_training(extra, tmp_path, image_folder, capsys):
+    sets = tiny_overrides(image_folder, tmp_path / "cache")
+    assert main(["ablate", "--recipe", "resnet9_half_cpu", *extra, "--set", *sets, "--out", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+    assert not any((tmp_path / "a").glob("*/last.pt"))
