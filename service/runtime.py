@@ -43,10 +43,15 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def create_session(path: str | Path, device: Device = "auto", threads: int | None = None) -> ort.InferenceSession:
+def create_session(path: str | Path, device: Device = "auto", threads: int | None = None,
+                   spin: bool = True) -> ort.InferenceSession:
+    """``spin=False``: idle intra-op threads sleep instead of busy-waiting for the next run, which a
+    server with gaps between batches needs (measured: 1.0 -> 0.74 ms of CPU per served image)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: fallbacks we chose deliberately are not news
     return ort.InferenceSession(str(path), sess_options=options, providers=choose_providers(device))
@@ -65,9 +70,10 @@ def read_card(session_or_path: ort.InferenceSession | str | Path) -> ModelCard:
 class OnnxClassifier:
     """An exported classifier: float32 [N, 3, H, W] in [0, 1] -> logits [N, C]."""
 
-    def __init__(self, path: str | Path, device: Device = "auto", threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, device: Device = "auto", threads: int | None = None,
+                 spin: bool = True) -> None:
         self.path = Path(path)
-        self.session = create_session(self.path, device, threads)
+        self.session = create_session(self.path, device, threads, spin)
         self.card = read_card(self.session)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name

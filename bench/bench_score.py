@@ -1,0 +1,187 @@
+"""Benchmark `python -m service score` against the raw ONNX Runtime engine, on the same model and batch size.
+
+    python bench/bench_score.py [--models-dir models] [--model NAME] [--images 10000] [--out bench/results/score.json]
+    python bench/bench_score.py --checkpoint runs/NAME/best.pt   # no manifest yet: export it into the work dir first
+
+Images: the first N/10 JPEGs of each class of ../shared/data/cifar10-train-jpg.tar.gz, extracted once into
+--work-dir (ignored by git). Raw engine: OnnxClassifier.logits on float32 batches decoded beforehand, the
+ceiling the scorer could reach. Scorer: the real CLI in a fresh process per run, timed by its own summary
+(walk + read + decode + inference + writing; interpreter start and model load are reported apart).
+Prints a markdown table and writes the figures as JSON to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service.manifest import ManifestError, load_manifest  # noqa: E402
+from service.preprocess import decode_image, to_model_input  # noqa: E402
+from service.runtime import OnnxClassifier, default_threads  # noqa: E402
+
+ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-train-jpg.tar.gz"
+SUMMARY = re.compile(r"scored (\d+), failed (\d+).*?; ([\d.]+) s, (\d+) images/s")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models-dir", default="models", help="models folder with manifest.json (default: models)")
+    p.add_argument("--model", help="model name (default: the manifest's default)")
+    p.add_argument("--checkpoint", help="export this checkpoint (fp32) into WORK_DIR/models and benchmark it "
+                   "when there is no manifest (needs the train extras)")
+    p.add_argument("--images", type=int, default=10_000, help="JPEGs to score, split evenly over the classes")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size for both the engine and the scorer")
+    p.add_argument("--configs", default="default,w0,w1,w2", help=(
+        "scorer settings to time, comma-separated: default (the CLI's defaults), wN (--workers N), "
+        "wN-tT (--workers N --threads T)"))
+    p.add_argument("--repeats", type=int, default=3, help="runs per setting; the median is reported")
+    p.add_argument("--archive", default=str(ARCHIVE), help="the CIFAR-10 JPEG archive")
+    p.add_argument("--work-dir", default=str(ROOT / ".cache" / "bench-score"), help="where images are extracted")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "score.json"), help="JSON results")
+    return p
+
+
+def extract(archive: Path, dest: Path, count: int) -> Path:
+    """The first count/10 images of each class, extracted once; returns the folder to score."""
+    root = dest / f"cifar10-{count}"
+    marker = root / ".complete"
+    if marker.exists():
+        return root
+    per_class = count // 10
+    pattern = re.compile(r"^cifar10/train/[a-z]+/(\d+)\.jpg$")
+    tmp = dest / f".extract-{os.getpid()}"
+    with tarfile.open(archive, "r:gz") as tar:
+        members = (m for m in tar if m.isfile() and (hit := pattern.match(m.name)) and int(hit[1]) < per_class)
+        tar.extractall(tmp, members=members, filter="data")
+    (tmp / "cifar10" / "train").rename(root)
+    tmp.joinpath("cifar10").rmdir()
+    tmp.rmdir()
+    marker.touch()
+    return root
+
+
+def resolve_model(args, work: Path) -> tuple[Path, str, str]:
+    """(models_dir, model name, onnx path)."""
+    try:
+        manifest = load_manifest(args.models_dir)
+        entry = manifest.get(args.model)
+        return Path(args.models_dir), entry.name, str(Path(args.models_dir) / entry.file)
+    except ManifestError:
+        if not args.checkpoint:
+            raise SystemExit(f"error: no manifest in {args.models_dir}; export a model or pass --checkpoint RUN/best.pt")
+    from export.pipeline import export_checkpoint
+
+    models = work / "models"
+    name = args.model or "bench"
+    if not (models / "manifest.json").exists() or name not in [m.name for m in load_manifest(models, False).models]:
+        export_checkpoint(args.checkpoint, name, "fp32", models, max_val_images=1000)
+    return models, name, str(models / f"{name}.onnx")
+
+
+def raw_engine(onnx_path: str, folder: Path, batch_size: int, repeats: int) -> dict:
+    files = sorted(folder.rglob("*.jpg"))
+    start = time.perf_counter()
+    pixels = np.stack([decode_image(f.read_bytes()) for f in files])
+    decode_s = time.perf_counter() - start
+    batches = [to_model_input(pixels[i:i + batch_size]) for i in range(0, len(pixels), batch_size)]
+    clf = OnnxClassifier(onnx_path, device="cpu")
+    clf.logits(batches[0])
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for b in batches:
+            clf.logits(b)
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"images": len(files), "seconds": median, "images_per_s": len(files) / median,
+            "decode_images_per_s_one_core": len(files) / decode_s, "threads": default_threads(),
+            "providers": clf.providers}
+
+
+def score_flags(config: str) -> list[str]:
+    if config == "default":
+        return []
+    hit = re.fullmatch(r"w(\d+)(?:-t(\d+))?", config)
+    if not hit:
+        raise SystemExit(f"error: bad config {config!r}: use default, wN or wN-tT")
+    flags = ["--workers", hit[1]]
+    if hit[2]:
+        flags += ["--threads", hit[2]]
+    return flags
+
+
+def run_scorer(folder: Path, models_dir: Path, model: str, batch_size: int, flags: list[str], out: Path) -> dict:
+    cmd = [sys.executable, "-m", "service.score", str(folder), "--out", str(out), "--models-dir", str(models_dir),
+           "--model", model, "--batch-size", str(batch_size), "--no-progress", *flags]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"scorer failed ({done.returncode}): {done.stderr}")
+    hit = SUMMARY.search(done.stderr)
+    scored, failed, rate = int(hit[1]), int(hit[2]), float(hit[4])
+    rows = sum(1 for _ in open(out)) - 1
+    return {"scored": scored, "failed": failed, "rows": rows, "seconds": (scored + failed) / rate, "wall_s": wall,
+            "images_per_s": rate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    folder = extract(Path(args.archive), work, args.images)
+    models_dir, model, onnx_path = resolve_model(args, work)
+    print(f"model {model} ({onnx_path}), {args.images} JPEGs in {folder}, batch {args.batch_size}, "
+          f"{default_threads()} usable cores", file=sys.stderr)
+
+    raw = raw_engine(onnx_path, folder, args.batch_size, args.repeats)
+    results = {}
+    for config in args.configs.split(","):
+        runs = [run_scorer(folder, models_dir, model, args.batch_size, score_flags(config), work / "preds.csv")
+                for _ in range(args.repeats)]
+        for r in runs:
+            assert r["rows"] == raw["images"] and r["failed"] == 0, r
+        best = sorted(runs, key=lambda r: r["images_per_s"])[len(runs) // 2]
+        results[config] = {**best, "flags": score_flags(config), "runs_images_per_s": [r["images_per_s"] for r in runs],
+                           "fraction_of_raw": best["images_per_s"] / raw["images_per_s"]}
+        print(f"  {config}: {[round(r['images_per_s']) for r in runs]} images/s", file=sys.stderr)
+
+    lines = [f"Batch scoring vs raw ONNX Runtime: {model}, {raw['images']} CIFAR-10 JPEGs, batch {args.batch_size}, "
+             f"{raw['threads']} cores ({platform.processor() or platform.machine()})", "",
+             "| setting | flags | images/s | % of raw engine | scorer s | wall s (incl. start-up) |",
+             "|---|---|---:|---:|---:|---:|",
+             f"| raw engine (pre-decoded float32) | threads={raw['threads']} | {raw['images_per_s']:.0f} | 100.0% | "
+             f"{raw['seconds']:.2f} | |"]
+    for config, r in results.items():
+        lines.append(f"| score {config} | {' '.join(r['flags']) or '(defaults)'} | {r['images_per_s']:.0f} | "
+                     f"{100 * r['fraction_of_raw']:.1f}% | {r['seconds']:.2f} | {r['wall_s']:.2f} |")
+    lines.append("")
+    lines.append(f"Decoding alone (decode_image, one core): {raw['decode_images_per_s_one_core']:.0f} images/s. "
+                 f"Median of {args.repeats} runs each.")
+    print("\n".join(lines))
+    report = {"model": model, "onnx": onnx_path, "images": raw["images"], "batch_size": args.batch_size,
+              "cores": raw["threads"], "machine": platform.machine(), "python": platform.python_version(),
+              "raw_engine": raw, "scorer": results,
+              "goal": "scorer default >= 90% of the raw engine",
+              "goal_met": results.get("default", {}).get("fraction_of_raw", 0) >= 0.9}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Calling the service's own batchable API in-process, through BentoML's adaptive-batching dispatcher.
+
+BentoML 1.4's documented way for one API to call another of the same service, ``self.to_async.infer(...)``,
+is an HTTP round trip through the whole ASGI stack with the arguments as JSON, and in 1.4.30+ its
+aiohttp session is closed under in-flight requests every ``runner_connection.max_requests`` calls
+(bentoml/BentoML#5540, #5544). Measured here (tiny model, 1 image per request): 28 ms p50 per request
+through the proxy against 6 ms calling the model directly, and "Server disconnected" 500s at
+concurrency 8.
+
+So /classify hands its decoded images straight to the dispatcher that serves the batchable API's own
+HTTP route: same queue, same ``max_batch_size`` / ``max_latency_ms``, same adaptive-batch-size
+histogram on /metrics, no serialisation. The dispatcher is found once, through the route BentoML
+registered for the API; :class:`RouterProbe` (an ASGI middleware that only passes requests on)
+remembers the router. If BentoML's internals ever stop matching, the documented proxy call is used
+instead and a warning says so.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Awaitable, Callable
+
+log = logging.getLogger("service.batching")
+
+_routers: list[Any] = []
+
+
+class RouterProbe:
+    """Passes every request on unchanged; remembers the router below it, where BentoML's API routes live."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        inner, hops = app, 0
+        while inner is not None and not hasattr(inner, "routes") and hops < 32:
+            inner, hops = getattr(inner, "app", None), hops + 1
+        if inner is not None and hasattr(inner, "routes"):
+            _routers.append(inner)
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.app(scope, receive, send)
+
+
+def find_dispatcher(api_name: str) -> Callable[[Any], Awaitable[Any]] | None:
+    """``call(batch) -> output`` through the adaptive-batching dispatcher of batchable API ``api_name``."""
+    for router in reversed(_routers):
+        for route in getattr(router, "routes", []):
+            if getattr(route, "name", None) != api_name:
+                continue
+            endpoint = getattr(route, "endpoint", None)
+            factory = getattr(getattr(endpoint, "func", None), "__self__", None)
+            if isinstance(endpoint, functools.partial) and api_name in getattr(factory, "dispatchers", {}):
+                batch_infer = factory.batch_infer
+
+                async def call(batch: Any) -> Any:
+                    return await batch_infer(api_name, (batch,), {})
+
+                return call
+    return None
+
+
+class BatchGateway:
+    """Resolves the in-process dispatcher on first use; falls back to BentoML's self-proxy if it cannot."""
+
+    def __init__(self, api_name: str, fallback: Callable[[], Callable[[Any], Awaitable[Any]]]) -> None:
+        self.api_name = api_name
+        self._fallback = fallback
+        self._call: Callable[[Any], Awaitable[Any]] | None = None
+        self.in_process = False
+
+    def resolve(self) -> Callable[[Any], Awaitable[Any]]:
+        if self._call is None:
+            call = find_dispatcher(self.api_name)
+            if call is not None:
+                self._call, self.in_process = call, True
+                log.info("batching %r in-process through BentoML's dispatcher", self.api_name)
+            else:
+                log.warning("BentoML's dispatcher for %r was not found (a BentoML version with other internals?): "
+                            "batching through the slower self-proxy call instead", self.api_name)
+                self._call = self._fallback()
+        return self._call
+
+    async def __call__(self, batch: Any) -> Any:
+        return await self.resolve()(batch)

@@ -1,0 +1,65 @@
+"""Prometheus counters of the service, next to BentoML's own request and adaptive-batch metrics on /metrics.
+
+prometheus_client is imported when the counters are created (in the service's ``__init__``), never at
+import time: BentoML workers set ``PROMETHEUS_MULTIPROC_DIR`` after importing the service module, and a
+client imported before that would count in a registry that /metrics never reads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Why a request was turned away; the label values of cifar_rejected_inputs_total.
+REJECTION_REASONS = (
+    "unsupported_media_type",  # not multipart/form-data
+    "body_too_large",
+    "malformed_request",       # the multipart body does not parse, or a field is not what it should be
+    "no_images",
+    "too_many_images",
+    "empty_file",
+    "not_an_image",            # unreadable or truncated image data
+    "image_too_large",         # over the pixel limit (decompression bomb guard)
+    "bad_k",
+    "unknown_model",
+)
+
+
+_created: "ServiceMetrics | None" = None
+
+
+@dataclass
+class ServiceMetrics:
+    predictions: Any  # Counter: images classified, by model
+    requests: Any     # Counter: successful /classify requests, by model
+    rejected: Any     # Counter: rejected requests, by reason
+
+    @classmethod
+    def get(cls) -> "ServiceMetrics":
+        """The process's counters, created on first use (a registry refuses the same name twice)."""
+        global _created
+        if _created is None:
+            _created = cls._create()
+        return _created
+
+    @classmethod
+    def _create(cls) -> "ServiceMetrics":
+        import prometheus_client
+
+        metrics = cls(
+            predictions=prometheus_client.Counter(
+                "cifar_predictions", "Images classified", labelnames=["model"]),
+            requests=prometheus_client.Counter(
+                "cifar_classify_requests", "Successful /classify requests", labelnames=["model"]),
+            rejected=prometheus_client.Counter(
+                "cifar_rejected_inputs", "Requests refused as the caller's mistake, by reason", labelnames=["reason"]),
+        )
+        for reason in REJECTION_REASONS:  # export zeros, so dashboards and alerts see every series from the start
+            metrics.rejected.labels(reason=reason)
+        return metrics
+
+    def reject(self, reason: str) -> None:
+        self.rejected.labels(reason=reason).inc()
+
+    def predicted(self, model: str, images: int) -> None:
+        self.requests.labels(model=model).inc()
+        self.predictions.labels(model=model).inc(images)

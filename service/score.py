@@ -1,0 +1,711 @@
+"""Batch scoring: ``python -m service score DIR [--out preds.csv|preds.jsonl] ...``.
+
+Streams a folder of any size through a model: the walk is lazy (one
+directory's names at a time), at most a few chunks are in flight, decoding
+runs in worker processes while the main process runs ONNX Runtime, and each
+chunk's rows are written as whole lines and flushed before the next, so an
+interrupted run leaves a valid file that ``--resume`` continues.
+With ``--url`` the images go to a running service instead of a local model.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Iterator
+
+import numpy as np
+
+from .sinks import FORMATS, ENCODING, OutputError, Prediction, Row, format_from_path, make_format, resume_output
+from .walk import (Decoded, Entry, WalkStats, count_images, decode_chunk, decode_into, image_bytes, read_error,
+                   read_file, rows_view, walk, worker_init)
+
+DEFAULT_BATCH_SIZE = 256
+DEFAULT_URL_BATCH = 32  # images per request: the service takes at most 64 by default, and batches across requests
+DEFAULT_URL_WORKERS = 4
+
+
+class UserError(Exception):
+    """A problem with the command line or its inputs: reported as ``error: ...``, exit code 2."""
+
+
+class RemoteError(RuntimeError):
+    """The service failed in a way retrying did not fix: the run stops (exit 1) and can be resumed."""
+
+
+def default_workers(cores: int, on_gpu: bool) -> int:
+    """Decode processes: measured on the 2-core CPU, one worker beside ORT's threads scores fastest
+    (bench/bench_score.py); a GPU leaves the CPU cores to decoding."""
+    if on_gpu:
+        return max(1, cores)
+    return max(1, cores // 2)
+
+
+def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "score", help="score every image under a folder; write CSV or JSON Lines",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Walk DIR recursively (sorted, following directory links once each), classify every file with an "
+            "image extension, and stream one row per file to --out: its path relative to DIR, the top-k labels "
+            "and confidences, and an error message for files that could not be read (those never stop the run). "
+            "Files without an image extension are skipped and counted. A progress bar and, at the end, a summary "
+            "(scored, failed, skipped, time, images/s) go to stderr."),
+        epilog=(
+            "output formats (chosen by the --out extension, or --format):\n"
+            "  csv    path,label_1,confidence_1,...,label_k,confidence_k,error\n"
+            '  jsonl  {"path": ..., "top_k": [{"label", "index", "confidence"}, ...], "error": null}\n\n'
+            "examples:\n"
+            "  python -m service score photos/ --out preds.csv\n"
+            "  python -m service score photos/ --out preds.jsonl --resume          # continue an interrupted run\n"
+            "  python -m service score val/ --out val.csv --labels-from-folders   # class-per-folder: accuracy\n"
+            "  python -m service score photos/ --url http://localhost:3000 --out preds.csv\n\n"
+            "exit status: 0 done (even if some files failed), 1 with --fail-on-error and a failed file, or when\n"
+            "the service stops answering, 2 usage errors, 130 interrupted (the output stays valid for --resume)."))
+    p.add_argument("dir", metavar="DIR", help="folder to score (searched recursively)")
+    p.add_argument("--out", "-o", default="-", metavar="FILE",
+                   help="output file, .csv or .jsonl (default: CSV on stdout)")
+    p.add_argument("--format", choices=FORMATS, help="output format when --out has another extension or is stdout")
+    p.add_argument("--model", help="model name from the manifest (default: the manifest's default model)")
+    p.add_argument("--models-dir", default="models", help="folder with manifest.json and the .onnx files (default: models)")
+    p.add_argument("--k", type=int, default=5, help="how many labels per image, most likely first (default: 5; "
+                   "capped at the number of classes)")
+    p.add_argument("--batch-size", type=int, help=(
+        f"images per inference call (default: {DEFAULT_BATCH_SIZE}); with --url, images per request (default: "
+        f"{DEFAULT_URL_BATCH}, halved when the service answers that a request held too many)"))
+    p.add_argument("--workers", type=int, metavar="N", help=(
+        "decode processes running beside inference; 0 decodes in the main process between inference calls "
+        "(default: half the usable cores, at least 1; with --url, concurrent requests, default "
+        f"{DEFAULT_URL_WORKERS})"))
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: the usable cores)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the model runs: auto picks CUDA when a GPU is visible (default: auto)")
+    p.add_argument("--url", help="score through a running service (POST URL/classify) instead of a local model")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request with --url (default: 120)")
+    p.add_argument("--resume", action="store_true", help=(
+        "keep the rows already in --out and score only the files not in it (a trailing half-written line "
+        "is dropped); error rows count as done: rerun without --resume to retry them"))
+    p.add_argument("--labels-from-folders", action="store_true", help=(
+        "DIR is class-per-folder: take each image's parent folder name as its true label and report accuracy, "
+        "per-class accuracy and the most frequent confusions at the end"))
+    p.add_argument("--fail-on-error", action="store_true", help="exit 1 when any file could not be scored")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a terminal)")
+    p.set_defaults(fn=run)
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- backends
+
+
+class LocalBackend:
+    """ONNX Runtime in this process; decoding in ``workers`` processes (0: in this process).
+
+    Workers write each decoded chunk into a slot of one shared-memory block and reply with the
+    positions that decoded (and an error per file that did not); inference reads the slot in place.
+    """
+
+    def __init__(self, path, device: str, threads: int | None, workers: int | None, batch_size: int) -> None:
+        from .runtime import OnnxClassifier, default_threads
+
+        self.clf = OnnxClassifier(path, device=device, threads=threads or default_threads())
+        on_gpu = self.clf.providers[0] == "CUDAExecutionProvider"
+        self.workers = default_workers(default_threads(), on_gpu) if workers is None else workers
+        self.k = 5
+        self.card = self.clf.card
+        self.name = self.card.name
+        self.classes = list(self.card.classes)
+        self.size = self.card.input.size
+        self.batch_size = batch_size
+        self.inflight = max(2, 2 * self.workers)
+        self.pool: ProcessPoolExecutor | None = None
+        self.shm = None
+        self._generation = 0
+        self._alive = None
+        if self.workers:
+            from multiprocessing.shared_memory import SharedMemory
+
+            slots = self.inflight + 1  # _pipeline holds one more chunk than it keeps in flight
+            self.slot_bytes = batch_size * image_bytes(self.size)
+            self.shm = SharedMemory(create=True, size=slots * self.slot_bytes)
+            self._free = list(range(slots))
+            self._new_pool()
+
+    def _new_pool(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)  # a broken pool's workers are gone after this
+        # forkserver: workers fork from a clean single-threaded server that has imported only the decoder,
+        # not from this process with ONNX Runtime's thread pool running.
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["service.walk"])
+        if self._alive is None:
+            self._alive = ctx.Pipe(duplex=False)  # (read end for the workers, write end kept here until exit)
+        self.pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=worker_init,
+                                        initargs=(self._alive[0],))
+        self._generation += 1
+
+    @staticmethod
+    def _paths(chunk: list[Entry]) -> list[str | None]:
+        return [None if e.error else e.path for e in chunk]
+
+    def submit(self, chunk: list[Entry]):
+        if self.pool is None:
+            return None
+        slot = self._free.pop()
+        task = (decode_into, self.shm.name, slot * self.slot_bytes, self._paths(chunk), self.size)
+        try:
+            future = self.pool.submit(*task)
+        except BrokenProcessPool:  # a worker died since the last chunk; the chunks it took are redone in finish
+            self._new_pool()
+            future = self.pool.submit(*task)
+        return self._generation, slot, future
+
+    def finish(self, chunk: list[Entry], handle) -> list[Row]:
+        paths = self._paths(chunk)
+        if handle is None:
+            return self._rows(chunk, decode_chunk(paths, self.size))
+        generation, slot, future = handle
+        try:
+            try:
+                ok, errors = future.result()
+            except BrokenProcessPool:
+                ok, errors = self._recover(paths, slot * self.slot_bytes, generation)
+            return self._rows(chunk, Decoded(rows_view(self.shm.buf, slot * self.slot_bytes, len(ok), self.size),
+                                             ok, errors))
+        finally:
+            self._free.append(slot)
+
+    def _recover(self, paths: list[str | None], offset: int, generation: int) -> tuple[list[int], dict[int, str]]:
+        """A worker died (a decoder crash, or killed for memory): retry in a fresh pool, then file by file."""
+        if generation == self._generation:
+            self._new_pool()
+        try:
+            return self.pool.submit(decode_into, self.shm.name, offset, paths, self.size).result()
+        except BrokenProcessPool:
+            self._new_pool()
+        ok, errors = [], {}
+        for i, path in enumerate(paths):
+            if path is None:
+                continue
+            row = offset + len(ok) * image_bytes(self.size)
+            try:
+                one_ok, one_errors = self.pool.submit(decode_into, self.shm.name, row, [path], self.size).result()
+            except BrokenProcessPool:
+                self._new_pool()
+                errors[i] = "the image decoder crashed on this file"
+                continue
+            if one_ok:
+                ok.append(i)
+            else:
+                errors[i] = one_errors[0]
+        return ok, errors
+
+    def _rows(self, chunk: list[Entry], decoded: Decoded) -> list[Row]:
+        from .runtime import softmax, top_k
+
+        rows: list[Row | None] = [None] * len(chunk)
+        for i, e in enumerate(chunk):
+            if e.error:
+                rows[i] = Row(e.rel, error=e.error)
+            elif i in decoded.errors:
+                rows[i] = Row(e.rel, error=decoded.errors[i])
+        if decoded.ok:
+            probs = softmax(self.clf.logits(decoded.batch).astype(np.float64))
+            idx, conf = top_k(probs, self.k)
+            classes = self.classes
+            for j, i in enumerate(decoded.ok):
+                rows[i] = Row(chunk[i].rel, [Prediction(classes[c], int(c), float(p)) for c, p in zip(idx[j], conf[j])])
+        return rows
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        if self._alive is not None:
+            for end in self._alive:
+                end.close()
+            self._alive = None
+        if self.shm is not None:
+            try:
+                self.shm.close()
+            except BufferError:  # a view is still alive (an exception mid-chunk): the unlink below still frees it
+                pass
+            self.shm.unlink()
+            self.shm = None
+
+
+class RemoteBackend:
+    """A running service: ``workers`` threads each reading a chunk's files and POSTing them to ``URL/classify``."""
+
+    RETRIES = 5  # for connection errors, 5xx (503: the service sheds load), 408 and 429; waits double from RETRY_DELAY
+    RETRY_DELAY = 0.5
+    # 4xx reasons about the request rather than one of its images: retrying image by image cannot help.
+    REQUEST_ERRORS = frozenset({"bad_k", "unknown_model", "unsupported_media_type", "no_images"})
+    # 4xx reasons meaning "fewer images per request": split the request in two.
+    TOO_BIG = frozenset({"too_many_images", "body_too_large"})
+
+    def __init__(self, url: str, model: str | None, workers: int | None, timeout: float, per_request: int) -> None:
+        import httpx
+
+        self.httpx = httpx
+        self.url = url.rstrip("/")
+        self.client = httpx.Client(base_url=self.url, timeout=timeout)
+        self.workers = max(1, workers or DEFAULT_URL_WORKERS)
+        self.inflight = self.workers
+        self.per_request = per_request  # lowered when the service says a request held too many images
+        self.k = 5
+        self.name, self.classes = self._model_info(model)
+        self.model = model
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="score-post")
+
+    def _model_info(self, model: str | None) -> tuple[str | None, list[str] | None]:
+        """(model name, classes) from GET /models; (model, None) when the service does not list its models."""
+        httpx = self.httpx
+        try:
+            ready = self.client.get("/readyz")
+            if ready.status_code != 200:
+                raise UserError(f"the service at {self.url} is not ready: GET /readyz answered {ready.status_code} "
+                                f"{ready.text[:200]}")
+            listing = self.client.get("/models")
+        except httpx.HTTPError as exc:
+            raise UserError(f"cannot reach the service at {self.url}: {exc}") from None
+        try:
+            body = listing.json()
+            models = {m["name"]: list(m["classes"]) for m in body["models"]}
+            default = body["default"]
+        except (ValueError, KeyError, TypeError):
+            return model, None
+        name = model or default
+        if name not in models:
+            raise UserError(f"unknown model {name!r}; the service at {self.url} has: {', '.join(models)}")
+        return name, models[name]
+
+    def submit(self, chunk: list[Entry]) -> Future:
+        return self.pool.submit(self._score_chunk, chunk)
+
+    def finish(self, chunk: list[Entry], handle: Future) -> list[Row]:
+        return handle.result()
+
+    def _score_chunk(self, chunk: list[Entry]) -> list[Row]:
+        rows: list[Row | None] = [None] * len(chunk)
+        items = []
+        for i, e in enumerate(chunk):
+            if e.error:
+                rows[i] = Row(e.rel, error=e.error)
+                continue
+            try:
+                items.append((i, read_file(e.path)))
+            except OSError as exc:
+                rows[i] = Row(e.rel, error=read_error(exc))
+        while items:
+            size = self.per_request
+            self._send(chunk, items[:size], rows)
+            items = items[size:]
+        return rows
+
+    def _send(self, chunk: list[Entry], items: list[tuple[int, bytes]], rows: list[Row | None]) -> None:
+        result = self._post(chunk, items)
+        if isinstance(result, list):
+            for (i, _), row in zip(items, result):
+                rows[i] = row
+            return
+        status, reason, message = result
+        if reason in self.REQUEST_ERRORS:
+            raise RemoteError(f"the service at {self.url} rejected the request ({status}): {message}")
+        if len(items) == 1:
+            rows[items[0][0]] = Row(chunk[items[0][0]].rel, error=message)
+        elif reason in self.TOO_BIG or status == 413:
+            half = (len(items) + 1) // 2
+            self.per_request = min(self.per_request, half)
+            self._send(chunk, items[:half], rows)
+            self._send(chunk, items[half:], rows)
+        else:
+            # One unreadable image fails the whole request: resend one by one so only that file is an error row.
+            for item in items:
+                self._send(chunk, [item], rows)
+
+    def _post(self, chunk: list[Entry], items: list[tuple[int, bytes]]) -> list[Row] | tuple[int, str, str]:
+        """The rows, or (status, reason, message) when the service rejects the request (4xx)."""
+        httpx = self.httpx
+        files = [("images", (os.path.basename(chunk[i].rel), data, "application/octet-stream")) for i, data in items]
+        form = {"k": str(self.k)}
+        if self.model:
+            form["model"] = self.model
+        delay = self.RETRY_DELAY
+        for attempt in range(self.RETRIES + 1):
+            try:
+                response = self.client.post("/classify", files=files, data=form)
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code < 400:
+                    return self._parse(chunk, items, response)
+                reason, message = _error_message(response)
+                if response.status_code < 500 and response.status_code not in (408, 429):
+                    return response.status_code, reason, message
+                problem = f"HTTP {response.status_code}: {message}"
+            if attempt < self.RETRIES:
+                time.sleep(delay)
+                delay *= 2
+        raise RemoteError(f"the service at {self.url} failed {self.RETRIES + 1} times: {problem}")
+
+    def _parse(self, chunk, items, response) -> list[Row]:
+        try:
+            body = response.json()
+            predictions = body["predictions"]
+            if len(predictions) != len(items):
+                raise ValueError(f"{len(predictions)} predictions for {len(items)} images")
+            self.name = self.name or body.get("model")
+            rows = []
+            for (i, _), pred in zip(items, predictions):
+                if pred.get("error"):
+                    rows.append(Row(chunk[i].rel, error=str(pred["error"])))
+                else:
+                    rows.append(Row(chunk[i].rel, [Prediction(t["label"], int(t["index"]), float(t["confidence"]))
+                                                   for t in pred["top_k"]]))
+            return rows
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise RemoteError(f"unexpected answer from {self.url}/classify ({type(exc).__name__}: {exc}): "
+                              f"{response.text[:300]}") from None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.client.close()
+
+
+def _error_message(response) -> tuple[str | None, str]:
+    """(reason, message) of an error answer: the service's {"error": ..., "reason": ...}, or its text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None, response.text.strip()[:500] or f"HTTP {response.status_code}"
+    if isinstance(body, dict):
+        reason = body.get("reason") if isinstance(body.get("reason"), str) else None
+        for key in ("error", "detail", "message"):
+            if body.get(key):
+                value = body[key]
+                return reason, value if isinstance(value, str) else str(value)[:500]
+    return None, str(body)[:500]
+
+
+# ---------------------------------------------------------------------------------------------- accuracy
+
+
+class FolderAccuracy:
+    """Accuracy against the parent folder names, accumulated row by row (memory: classes squared)."""
+
+    def __init__(self, classes: list[str] | None, root_name: str, model: str) -> None:
+        self.classes = classes
+        self.model = model
+        self.root_name = root_name
+        self.lookup = {c.casefold(): c for c in classes} if classes else None
+        if classes:
+            self.lookup.update({c: c for c in classes})
+        self.images = Counter()
+        self.top1 = Counter()
+        self.topk = Counter()
+        self.confusions = Counter()
+        self.unknown = Counter()
+        self.k = 0
+
+    def label_of(self, path: str) -> str | None:
+        parent = PurePosixPath(path).parent.name or self.root_name
+        if self.lookup is None:
+            return parent
+        return self.lookup.get(parent) or self.lookup.get(parent.casefold())
+
+    def add(self, row: Row) -> None:
+        if row.error is not None or not row.top_k:
+            return
+        truth = self.label_of(row.path)
+        if truth is None:
+            self.unknown[PurePosixPath(row.path).parent.name or self.root_name] += 1
+            return
+        self.k = max(self.k, len(row.top_k))
+        self.images[truth] += 1
+        predicted = row.top_k[0].label
+        if predicted == truth:
+            self.top1[truth] += 1
+        else:
+            self.confusions[truth, predicted] += 1
+        if any(p.label == truth for p in row.top_k):
+            self.topk[truth] += 1
+
+    def report(self, max_confusions: int = 10) -> str:
+        lines = []
+        n = sum(self.images.values())
+        if n:
+            top1, topk = sum(self.top1.values()), sum(self.topk.values())
+            head = f"accuracy against folder names ({n} images): top-1 {100 * top1 / n:.2f}% ({top1}/{n})"
+            if self.k > 1:
+                head += f", top-{self.k} {100 * topk / n:.2f}%"
+            lines.append(head)
+            order = self.classes or sorted(self.images)
+            width = max(len(c) for c in order if self.images[c]) if any(self.images[c] for c in order) else 5
+            lines.append(f"  {'class':<{width}}  {'images':>7}  {'top-1':>7}")
+            for c in order:
+                if self.images[c]:
+                    lines.append(f"  {c:<{width}}  {self.images[c]:>7}  {100 * self.top1[c] / self.images[c]:>6.2f}%")
+            if self.confusions:
+                lines.append("most frequent confusions (true -> predicted: images, share of the true class):")
+                for (truth, pred), count in self.confusions.most_common(max_confusions):
+                    lines.append(f"  {truth} -> {pred}: {count} ({100 * count / self.images[truth]:.1f}%)")
+        else:
+            lines.append("accuracy against folder names: no scored image is in a folder named after a class")
+        if self.unknown:
+            names = ", ".join(f"{name!r} ({count})" for name, count in sorted(self.unknown.items()))
+            lines.append(f"folder names that are not classes of model {self.model!r} (their "
+                         f"{sum(self.unknown.values())} images are left out of the accuracy): {names}")
+            if self.classes:
+                lines.append(f"  the classes are: {', '.join(self.classes)}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+@dataclass
+class Summary:
+    scored: int = 0
+    failed: int = 0
+    resumed: int = 0
+    elapsed: float = 0.0
+    walk: WalkStats = field(default_factory=WalkStats)
+    failures: list[str] = field(default_factory=list)  # the first few, for the summary
+
+    def text(self, out: str, interrupted: bool) -> str:
+        done = self.scored + self.failed
+        rate = done / self.elapsed if self.elapsed > 0 else 0.0
+        parts = [f"scored {self.scored}", f"failed {self.failed}", f"skipped {self.walk.skipped} (not images)"]
+        if self.resumed:
+            parts.append(f"{self.resumed} already in {out} (resumed)")
+        lines = [("interrupted: " if interrupted else "") + ", ".join(parts)
+                 + f"; {self.elapsed:.1f} s, {rate:.0f} images/s"]
+        for rel in self.walk.linked_dirs_skipped[:5]:
+            lines.append(f"not entered {rel}/: a link to a folder already scored (a symlink loop?)")
+        if len(self.walk.linked_dirs_skipped) > 5:
+            lines.append(f"... and {len(self.walk.linked_dirs_skipped) - 5} more such links")
+        if self.failures:
+            lines.append("failed files (first few): " + "; ".join(self.failures))
+        if interrupted and out != "-":
+            lines.append(f"the rows so far are in {out}: rerun with --resume to continue")
+        return "\n".join(lines)
+
+
+def _chunks(entries: Iterator[Entry], size: int, done: set[str]) -> Iterator[list[Entry]]:
+    chunk: list[Entry] = []
+    for entry in entries:
+        if entry.rel in done:
+            continue
+        chunk.append(entry)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _pipeline(chunks: Iterator[list[Entry]], backend) -> Iterator[list[Row]]:
+    """Rows per chunk, in order, with up to ``backend.inflight`` chunks being prepared ahead."""
+    pending: deque = deque()
+    for chunk in chunks:
+        pending.append((chunk, backend.submit(chunk)))
+        if len(pending) > backend.inflight:
+            chunk, handle = pending.popleft()
+            yield backend.finish(chunk, handle)
+    while pending:
+        chunk, handle = pending.popleft()
+        yield backend.finish(chunk, handle)
+
+
+def _validate(args) -> str:
+    """The output format; UserError for bad arguments."""
+    if not os.path.isdir(args.dir):
+        raise UserError(f"{args.dir} is not a folder" if os.path.exists(args.dir) else f"{args.dir} does not exist")
+    if args.k < 1:
+        raise UserError(f"--k must be at least 1, not {args.k}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers must be 0 or more, not {args.workers}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, not {args.threads}")
+    fmt = args.format or ("csv" if args.out == "-" else format_from_path(args.out))
+    if fmt is None:
+        raise UserError(f"cannot tell the output format from {args.out!r}: name it .csv or .jsonl, or pass --format")
+    if args.out == "-":
+        if args.resume:
+            raise UserError("--resume needs --out FILE")
+    else:
+        parent = os.path.dirname(os.path.abspath(args.out))
+        if os.path.isdir(args.out):
+            raise UserError(f"--out {args.out} is a folder")
+        if not os.path.isdir(parent):
+            raise UserError(f"cannot write {args.out}: folder {parent} does not exist")
+        if not os.access(parent if not os.path.exists(args.out) else args.out, os.W_OK):
+            raise UserError(f"cannot write {args.out}: permission denied")
+    return fmt
+
+
+def _open_backend(args):
+    if args.url:
+        return RemoteBackend(args.url, args.model, args.workers, args.timeout, args.batch_size or DEFAULT_URL_BATCH)
+    from .manifest import ManifestError, load_manifest
+
+    try:
+        manifest = load_manifest(args.models_dir)
+        entry = manifest.get(args.model)
+    except ManifestError as exc:
+        raise UserError(str(exc)) from None
+    except KeyError as exc:
+        raise UserError(exc.args[0]) from None
+    return LocalBackend(os.path.join(args.models_dir, entry.file), args.device, args.threads, args.workers,
+                        args.batch_size or DEFAULT_BATCH_SIZE)
+
+
+class _Terminated(KeyboardInterrupt):
+    pass
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        fmt_name = _validate(args)
+        backend = _open_backend(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args, fmt_name, backend)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RemoteError as exc:
+        print(f"error: {exc}\nthe rows so far are kept: rerun with --resume to continue", file=sys.stderr)
+        return 1
+    finally:
+        backend.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _count(root: str, stop: threading.Event, total: list) -> None:
+    try:
+        total.append(count_images(root, stop))
+    except OSError:
+        total.append(None)
+
+
+def _run(args, fmt_name: str, backend) -> int:
+    from tqdm import tqdm
+
+    k = min(args.k, len(backend.classes)) if backend.classes else args.k
+    backend.k = k
+    fmt = make_format(fmt_name, k, exact_k=backend.classes is not None)
+    summary = Summary()
+    accuracy = None
+    if args.labels_from_folders:
+        accuracy = FolderAccuracy(backend.classes, os.path.basename(os.path.abspath(args.dir)),
+                                  backend.name or "(the service's default)")
+
+    done: set[str] = set()
+    if args.out == "-":
+        out = open(sys.stdout.fileno(), "w", closefd=False, newline="", **ENCODING)
+    else:
+        if args.resume and os.path.exists(args.out):
+            def keep(row: Row) -> None:
+                done.add(row.path)
+                if accuracy is not None:
+                    accuracy.add(row)
+            try:
+                summary.resumed = resume_output(args.out, fmt, keep)
+            except OutputError as exc:
+                raise UserError(f"cannot resume {args.out}: {exc}") from None
+            except OSError as exc:
+                raise UserError(f"cannot resume {args.out}: {exc.strerror or exc}") from None
+        try:
+            out = open(args.out, "a" if args.resume else "w", newline="", **ENCODING)
+        except OSError as exc:
+            raise UserError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    if args.out == "-" or out.tell() == 0:
+        out.write(fmt.header())
+        out.flush()
+
+    try:
+        entries = walk(args.dir, summary.walk)
+    except OSError as exc:
+        raise UserError(f"cannot read {args.dir}: {exc.strerror or exc}") from None
+    stop = threading.Event()
+    total: list[int | None] = []
+    counter = threading.Thread(target=_count, args=(args.dir, stop, total), daemon=True, name="score-count")
+    counter.start()
+    bar = tqdm(total=None, initial=summary.resumed, unit="img", file=sys.stderr, dynamic_ncols=True,
+               disable=True if args.no_progress else None, smoothing=0.05, desc="scoring")
+    interrupted = False
+    start = time.perf_counter()
+    try:
+        chunk_size = args.batch_size or (DEFAULT_URL_BATCH if args.url else DEFAULT_BATCH_SIZE)
+        for rows in _pipeline(_chunks(entries, chunk_size, done), backend):
+            out.write(fmt.format(rows))
+            out.flush()
+            for row in rows:
+                if row.error is None:
+                    summary.scored += 1
+                else:
+                    summary.failed += 1
+                    if len(summary.failures) < 3:
+                        summary.failures.append(f"{row.path}: {row.error}")
+                if accuracy is not None:
+                    accuracy.add(row)
+            if bar.total is None and total and total[0] is not None:
+                bar.total = total[0]
+            bar.update(len(rows))
+            if summary.failed:
+                bar.set_postfix(failed=summary.failed, refresh=False)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        summary.elapsed = time.perf_counter() - start
+        stop.set()
+        bar.close()
+        if args.out != "-":
+            out.close()
+        else:
+            out.flush()
+    print(summary.text(args.out, interrupted), file=sys.stderr)
+    if accuracy is not None:
+        print(accuracy.report(), file=sys.stderr)
+    if interrupted:
+        return 130
+    return 1 if args.fail_on_error and summary.failed else 0
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The ``score`` command on its own (tests and ``python -m service.score``)."""
+    parser = argparse.ArgumentParser(prog="python -m service")
+    add_score_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = get_args_parser().parse_args(["score", *argv])
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

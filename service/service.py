@@ -1,0 +1,458 @@
+"""The BentoML service: top-k CIFAR predictions over HTTP, with adaptive batching across requests.
+
+    POST /classify   multipart/form-data: images (files), k, model -> top-k labels per image
+    GET  /models     the manifest's models (POST /models too, BentoML APIs being POST)
+    POST /infer      the batchable stage: decoded pixels -> probabilities, batched across requests
+    GET  /livez /readyz /metrics /docs.json   BentoML's own
+
+/classify validates and decodes at the edge (numpy/Pillow, in a thread pool) and hands uint8 pixels
+to ``infer``, whose BentoML dispatcher groups images from concurrent requests into one ONNX Runtime
+batch (see batching.py for how it is called in-process). Every caller mistake is a 4xx JSON
+``{"error": message, "reason": label}``, counted in ``cifar_rejected_inputs_total{reason=...}``.
+
+Settings come from environment variables (settings.py), which ``python -m service serve`` sets from
+its flags. Neither torch nor the training package is imported.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import anyio
+import attrs
+import anyio.to_thread
+import bentoml
+import numpy as np
+from bentoml.exceptions import BentoMLException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .batching import BatchGateway, RouterProbe
+from .manifest import Manifest, ManifestError, ModelEntry, load_manifest
+from .metrics import REJECTION_REASONS, ServiceMetrics
+from .preprocess import ImageDecodeError, decode_image, to_model_input
+from .settings import ServiceSettings
+from .uploads import Rejection, Upload, read_body, read_classify_form
+
+with bentoml.importing():
+    import onnxruntime as ort
+
+    from .runtime import OnnxClassifier, choose_providers, top_k
+
+log = logging.getLogger("service")
+
+# Read when BentoML imports this module in each worker: the decorators below need them at class creation.
+SETTINGS = ServiceSettings.from_env()
+
+DEFAULT_K = 5
+_NOT_GIVEN = object()
+# name -> bytes of one image's pixels, for validating /infer input; filled when the models are loaded.
+_PIXEL_BYTES: dict[str, int] = {}
+
+
+# ---------------------------------------------------------------------------------------------- I/O models
+class TopK(BaseModel):
+    label: str
+    index: int = Field(description="class index in the model's output")
+    confidence: float = Field(ge=0.0, le=1.0, description="softmax probability")
+
+
+class Prediction(BaseModel):
+    filename: str = Field(description="the uploaded file's name, as sent")
+    top_k: list[TopK] = Field(description="the k most likely classes, most likely first")
+
+
+class ClassifyResponse(BaseModel):
+    model: str = Field(description="the model that answered")
+    predictions: list[Prediction] = Field(description="one entry per image, in the order sent")
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    dataset: str
+    arch: str
+    classes: list[str]
+    precision: str
+    accuracy: Optional[float] = Field(description="validation top-1 accuracy recorded at export")
+    input_size: list[int] = Field(description="[height, width] images are resized to")
+    default: bool
+
+
+class ModelList(BaseModel):
+    default: str
+    models: list[ModelInfo]
+
+
+class InferItem(BaseModel):
+    """One decoded image for the batchable stage."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64", protected_namespaces=())
+
+    model: str = Field(description="a model name from /models")
+    pixels: bytes = Field(description="uint8 RGB pixels, height x width x 3 in row-major order "
+                                      "(the model's input size); base64 in JSON")
+
+    @model_validator(mode="after")
+    def _fits_model(self) -> "InferItem":
+        if _PIXEL_BYTES:
+            if self.model not in _PIXEL_BYTES:
+                raise ValueError(f"unknown model {self.model!r}; available: {', '.join(_PIXEL_BYTES)}")
+            if len(self.pixels) != _PIXEL_BYTES[self.model]:
+                raise ValueError(f"model {self.model!r} takes {_PIXEL_BYTES[self.model]} pixel bytes per image, "
+                                 f"got {len(self.pixels)}")
+        return self
+
+
+class InferInput(bentoml.IODescriptor):
+    """application/json: {"items": [...]}; read within the body limit, every problem a 400."""
+
+    items: Annotated[list[InferItem], Field(max_length=SETTINGS.max_batch_size)]
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> "InferInput":
+        media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if media_type not in ("application/json", ""):
+            raise _validation_error("unsupported_media_type", f"send JSON (application/json), not {media_type}")
+        body = await read_body(request, SETTINGS.max_body_bytes)
+        if isinstance(body, Rejection):
+            raise _validation_error(body.reason, body.message)
+        return cls.model_validate_json(body or b"{}")
+
+
+class NoInput(bentoml.IODescriptor):
+    """No parameters: an empty body or an empty JSON object."""
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> "NoInput":
+        body = await read_body(request, 4096)
+        if isinstance(body, Rejection):
+            raise _validation_error(body.reason, body.message)
+        return cls.model_validate_json(body) if body.strip() else cls()
+
+
+def _validation_error(kind: str, message: str) -> ValidationError:
+    """A pydantic error, which BentoML answers as 400 {"error", "detail"} like its own validation errors."""
+    return ValidationError.from_exception_data(
+        "request", [{"type": PydanticCustomError(kind, message), "loc": (), "input": None}])
+
+
+class ClassifyInput(bentoml.IODescriptor):
+    """multipart/form-data; parsed by hand (not by BentoML) so that limits hold and bad input is a 4xx."""
+
+    images: Annotated[list[Path], Field(
+        min_length=1, max_length=SETTINGS.max_images,
+        description=f"one file per image (JPEG, PNG, BMP, GIF, TIFF, WebP, ...), at most {SETTINGS.max_images}; "
+                    "any size up to the pixel limit, any mode (grayscale, RGBA, palette, CMYK, 16-bit); EXIF "
+                    "rotation is applied and images are resized (bilinear) to the model's input size, 32x32 for CIFAR")]
+    k: Annotated[int, Field(ge=1, description="how many classes to return per image, at most the model's class "
+                                              "count; default 5, or all classes of a model with fewer")] = DEFAULT_K
+    model: Annotated[Optional[str], Field(description="a model name from /models; default: the manifest's default")] = None
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> "ClassifyInput":
+        parsed = await read_classify_form(request, SETTINGS.max_images, SETTINGS.max_body_bytes)
+        if isinstance(parsed, Rejection):
+            return cls.model_construct(images=parsed, k=_NOT_GIVEN, model=None)
+        return cls.model_construct(images=parsed.uploads, k=parsed.fields.get("k", _NOT_GIVEN),
+                                   model=parsed.fields.get("model"))
+
+
+class LoadedModel:
+    def __init__(self, entry: ModelEntry, classifier: OnnxClassifier) -> None:
+        self.entry = entry
+        self.classifier = classifier
+        self.size = entry.input.size
+        self.classes = entry.classes
+        self.lock = threading.Lock()
+
+
+# ---------------------------------------------------------------------------------------------- the service
+@bentoml.service(
+    name="cifar_classifier",
+    workers=SETTINGS.workers,
+    traffic={"timeout": SETTINGS.timeout_s},
+    # The self-proxy (only used if the in-process dispatcher is not found) must not recycle its session
+    # under in-flight requests (bentoml/BentoML#5540).
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9},
+    metrics={"enabled": True},
+)
+class Classifier:
+    def __init__(self) -> None:
+        self.settings = SETTINGS
+        self.ready = False
+        self.metrics = ServiceMetrics.get()
+        self.manifest, self.loaded = load_models(SETTINGS)
+        _PIXEL_BYTES.clear()
+        _PIXEL_BYTES.update({name: m.size[0] * m.size[1] * 3 for name, m in self.loaded.items()})
+        self._decode_limiter = anyio.CapacityLimiter(SETTINGS.decoder_threads)
+        self._infer = BatchGateway("infer", lambda: self.to_async.infer)
+        # BentoML's API descriptor builds a new wrapper (inspect.signature, functools.wraps: ~50 us) on every
+        # attribute access, and its server looks the API up once per request and once per batched job.
+        # Binding once here, in the instance, answers those look-ups with the same local callable.
+        for name in ("classify", "infer", "models"):
+            self.__dict__[name] = getattr(type(self), name).__get__(self, type(self))
+        self.ready = True
+        log.info("ready: models %s (default %s) on %s; batches of up to %d images within %d ms",
+                 ", ".join(self.loaded), self.manifest.default,
+                 ", ".join(sorted({m.classifier.providers[0] for m in self.loaded.values()})),
+                 SETTINGS.max_batch_size, SETTINGS.max_latency_ms)
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    @bentoml.api(input_spec=ClassifyInput, output_spec=ClassifyResponse)
+    async def classify(self, images: Any, k: Any = _NOT_GIVEN, model: Any = None) -> Any:
+        """Top-k classes for each uploaded image, in the order sent.
+
+        multipart/form-data with one or more `images` files, optional `k` (default 5) and `model`
+        (default: the manifest's default). Errors: 400 bad input (not an image, truncated or empty
+        file, too many images, bad k, malformed form), 404 unknown model, 413 body or image too
+        large, 415 not multipart; each as {"error": message, "reason": label}.
+        """
+        if isinstance(images, Rejection):
+            return self._reject(images)
+        choice = self._choose(model, k)
+        if isinstance(choice, Rejection):
+            return self._reject(choice)
+        loaded, k = choice
+        decoded = await anyio.to_thread.run_sync(_decode_all, images, loaded.size, SETTINGS.max_pixels,
+                                                 limiter=self._decode_limiter)
+        if isinstance(decoded, Rejection):
+            return self._reject(decoded)
+        # One dispatcher job per image: BentoML's dispatcher counts queued jobs against max_batch_size
+        # (which it fills in images), so multi-image jobs would make it wait for batches it never forms.
+        items = [[InferItem.model_construct(model=loaded.entry.name, pixels=pixels)] for pixels in decoded]
+        try:
+            rows = [row for rows in await asyncio.gather(*map(self._infer, items)) for row in rows]
+        except BentoMLException as exc:
+            if exc.error_code.value == 503:  # the dispatcher shed the request: over max_latency_ms
+                return JSONResponse({"error": f"overloaded, try again: {exc.message}", "reason": "overloaded"},
+                                    status_code=503, headers={"Retry-After": "1"})
+            raise
+        probs = np.asarray(rows, dtype=np.float64)
+        idx, conf = top_k(probs, k)
+        classes = loaded.classes
+        predictions = [
+            {"filename": upload.filename,
+             "top_k": [{"label": classes[c], "index": c, "confidence": p} for c, p in zip(ci, pi)]}
+            for upload, ci, pi in zip(images, idx.tolist(), conf.tolist())
+        ]
+        self.metrics.predicted(loaded.entry.name, len(images))
+        return JSONResponse({"model": loaded.entry.name, "predictions": predictions})
+
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=SETTINGS.max_batch_size,
+                 max_latency_ms=SETTINGS.max_latency_ms, input_spec=InferInput)
+    def infer(self, items: list[InferItem]) -> list[list[float]]:
+        """Class probabilities for decoded images, batched across concurrent requests.
+
+        The stage /classify feeds; callable directly with pixels already decoded and resized to the
+        model's input size.
+        """
+        out: list[Any] = [None] * len(items)
+        groups: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(item.model, []).append(i)
+        for name, positions in groups.items():
+            loaded = self.loaded[name]
+            height, width = loaded.size
+            pixels = np.frombuffer(b"".join(items[i].pixels for i in positions), dtype=np.uint8)
+            batch = to_model_input(pixels.reshape(len(positions), height, width, 3))
+            with loaded.lock:
+                probs = loaded.classifier.probabilities(batch)
+            for i, row in zip(positions, probs.tolist()):
+                out[i] = row
+        return out
+
+    @bentoml.api(route="/models", input_spec=NoInput)
+    def models(self) -> ModelList:
+        """The models this service can answer with (also as GET /models)."""
+        return model_list(self.manifest)
+
+    def _choose(self, model: Any, k: Any) -> tuple[LoadedModel, int] | Rejection:
+        if model is None or model == "":
+            name = self.manifest.default
+        elif isinstance(model, str):
+            name = model
+        else:
+            return Rejection(400, "malformed_request", f"'model' must be a model name, got {model!r}")
+        loaded = self.loaded.get(name)
+        if loaded is None:
+            return Rejection(404, "unknown_model",
+                             f"unknown model {name[:100]!r}; available: {', '.join(self.loaded)}")
+        if k is _NOT_GIVEN:  # 5, or every class of a model with fewer
+            return loaded, min(DEFAULT_K, len(loaded.classes))
+        if isinstance(k, str):
+            try:
+                k = int(k.strip())
+            except ValueError:
+                return Rejection(400, "bad_k", f"k must be an integer, got {k[:50]!r}")
+        if isinstance(k, bool) or not isinstance(k, int):
+            return Rejection(400, "bad_k", f"k must be an integer, got {k!r}"[:200])
+        if not 1 <= k <= len(loaded.classes):
+            return Rejection(400, "bad_k", f"k must be between 1 and {len(loaded.classes)} "
+                                           f"(model {name!r} has {len(loaded.classes)} classes), got {k}")
+        return loaded, k
+
+    def _reject(self, rejection: Rejection) -> JSONResponse:
+        self.metrics.reject(rejection.reason)
+        return JSONResponse(rejection.body(), status_code=rejection.status)
+
+
+_MEMORY_ADDRESS = re.compile(r" <_io\.BytesIO object at 0x[0-9a-f]+>")
+
+
+def _decode_all(uploads: list[Upload], size: tuple[int, int], max_pixels: int) -> list[bytes] | Rejection:
+    """Every upload as the model's input pixels, or the first one's problem."""
+    out = []
+    for i, upload in enumerate(uploads):
+        where = f"images[{i}] ({upload.filename!r})"
+        if not upload.data:
+            return Rejection(400, "empty_file", f"{where} is an empty file (0 bytes)")
+        try:
+            out.append(decode_image(upload.data, size, max_pixels).tobytes())
+        except ImageDecodeError as exc:
+            message = _MEMORY_ADDRESS.sub("", str(exc))
+            if "over the limit" in message or "too large" in message:
+                return Rejection(413, "image_too_large", f"{where}: {message}")
+            return Rejection(400, "not_an_image", f"{where}: {message}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_models(settings: ServiceSettings) -> tuple[Manifest, dict[str, LoadedModel]]:
+    """Every model in the manifest, each file checked against its sha256 first, warmed up and ready."""
+    manifest = load_manifest(settings.models_dir, verify=True)
+    providers = choose_providers(settings.device)  # type: ignore[arg-type]
+    if "CUDAExecutionProvider" in providers:
+        _preload_cuda()
+    loaded = {}
+    for entry in manifest.models:
+        classifier = OnnxClassifier(Path(settings.models_dir) / entry.file, device=settings.device,  # type: ignore[arg-type]
+                                    threads=settings.intra_op_threads, spin=False)
+        card = classifier.card
+        if (card.classes, card.precision, card.input) != (entry.classes, entry.precision, entry.input):
+            raise ManifestError(f"model {entry.name!r}: {entry.file} describes itself differently from the manifest "
+                                f"(classes, precision or input); re-export it")
+        if settings.device == "cuda" and classifier.providers[0] != "CUDAExecutionProvider":
+            raise RuntimeError(f"--device cuda, but ONNX Runtime could not use CUDA for {entry.name!r} "
+                               f"(providers {classifier.providers}): check the driver, CUDA 13 and cuDNN 9")
+        height, width = entry.input.size
+        for n in sorted({1, settings.max_batch_size}):  # first-call allocations and kernel choice, before traffic
+            classifier.logits(np.zeros((n, 3, height, width), dtype=np.float32))
+        loaded[entry.name] = LoadedModel(entry, classifier)
+    return manifest, loaded
+
+
+def _preload_cuda() -> None:
+    """Load the pip-installed CUDA 13 / cuDNN 9 libraries (nvidia-* wheels) before the first CUDA session."""
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # the system's libraries may still be found by the loader
+        log.warning("onnxruntime.preload_dlls() failed (%s); relying on the system's CUDA libraries", exc)
+
+
+def model_list(manifest: Manifest) -> ModelList:
+    return ModelList(default=manifest.default, models=[
+        ModelInfo(name=m.name, dataset=m.dataset, arch=m.arch, classes=m.classes, precision=m.precision,
+                  accuracy=m.metrics.get("val_top1"), input_size=list(m.input.size), default=m.name == manifest.default)
+        for m in manifest.models])
+
+
+# ---------------------------------------------------------------------------------------------- GET /models
+def _current_instance() -> Any:
+    try:
+        return bentoml.get_current_service()
+    except BentoMLException:  # not instantiated (yet): at build time, or before the worker has loaded
+        return None
+
+
+async def _get_models(request: Request) -> JSONResponse:
+    instance = _current_instance()
+    if instance is None:
+        return JSONResponse({"error": "the models are not loaded yet"}, status_code=503)
+    return JSONResponse(model_list(instance.manifest).model_dump(mode="json"))
+
+
+async def _options_models(request: Request) -> Response:
+    return Response(status_code=204, headers={"Allow": "GET, HEAD, POST, OPTIONS"})
+
+
+Classifier.mount_asgi_app(Starlette(routes=[Route("/models", _get_models, methods=["GET"]),
+                                            Route("/models", _options_models, methods=["OPTIONS"])]),
+                          path="/", name="models_get")
+Classifier.add_asgi_middleware(RouterProbe)
+
+
+# ---------------------------------------------------------------------------------------------- OpenAPI
+def _error_response(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ClassifyError"}}}}
+
+
+def document_openapi(spec: Any) -> Any:
+    """Add what BentoML cannot infer: /classify's error answers and GET /models."""
+    from bentoml._internal.service.openapi.specification import Schema
+
+    spec.components["schemas"]["ClassifyError"] = Schema(
+        type="object", title="ClassifyError", required=["error", "reason"],
+        properties={"error": Schema(type="string", description="what was wrong, for a person"),
+                    "reason": Schema(type="string", enum=[*REJECTION_REASONS, "overloaded"],
+                                     description="what was wrong, for a program (also the metrics label)")})
+    # BentoML's own 400 answers (pydantic errors on /infer and /models) carry a list in "detail".
+    for name in ("InvalidArgument", "NotFound", "InternalServerError"):
+        if name in spec.components["schemas"]:
+            spec.components["schemas"][name].properties["detail"] = Schema(
+                title="Error Detail", description="a message, or a list of validation errors")
+    classify = spec.paths["/classify"].post
+    form = classify["requestBody"]["content"]["multipart/form-data"].schema
+    form.properties["model"] = {**form.properties["model"], "nullable": True}
+    instance = _current_instance()
+    if instance is not None and getattr(instance, "loaded", None):  # known once the models are loaded
+        most = max(len(m.classes) for m in instance.loaded.values())
+        form.properties["k"] = {**form.properties["k"], "maximum": most, "default": min(DEFAULT_K, most)}
+        names = list(instance.loaded)
+        form.properties["model"] = {**form.properties["model"], "enum": [*names, None]}
+        item = spec.components["schemas"]["InferItem"]
+        item.properties["model"] = {**item.properties["model"], "enum": names}
+    classify["responses"].update({
+        400: _error_response("bad input: not an image, a truncated or empty file, too many images, a bad k, "
+                             "a malformed form"),
+        404: _error_response("unknown model"),
+        413: _error_response("request body over the size limit, or an image over the pixel limit"),
+        415: _error_response("not multipart/form-data"),
+        503: _error_response("overloaded: the request would wait longer than the batching latency limit"),
+    })
+    models = spec.paths["/models"]
+    get = {key: value for key, value in models.post.items() if key != "requestBody"}
+    spec.paths["/models"] = attrs.evolve(models, get={**get, "operationId": f"{get['operationId']}_get",
+                                                       "x-bentoml-name": "models_get"})
+    return spec
+
+
+def _install_openapi_documentation(svc: Any) -> None:
+    base = type(svc)
+
+    class DocumentedService(base):  # type: ignore[misc, valid-type]
+        __slots__ = ()
+
+        @property
+        def openapi_spec(self):  # noqa: D401 - BentoML's property, extended
+            return document_openapi(base.openapi_spec.fget(self))
+
+    try:
+        svc.__class__ = DocumentedService
+    except TypeError as exc:  # a BentoML whose Service cannot be specialised: keep its own document
+        log.warning("cannot extend the OpenAPI document (%s)", exc)
+
+
+_install_openapi_documentation(Classifier)

@@ -1,0 +1,114 @@
+"""The service's settings: environment variables, so that BentoML's worker processes see what the CLI was given.
+
+``python -m service serve --max-batch-size 32`` and ``CIFAR_MAX_BATCH_SIZE=32 bentoml serve`` are the
+same thing: the CLI only translates its flags into these variables before BentoML starts its workers,
+which import ``service.service`` afresh and read them here.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Mapping
+
+from .preprocess import DEFAULT_MAX_PIXELS
+
+# In the repository and inside a built Bento alike, models/ sits next to the service package.
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class SettingsError(ValueError):
+    """An environment variable (or the flag that set it) has a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    flag: str
+    help: str
+    minimum: int | None = None          # an integer setting, at least this
+    choices: tuple[str, ...] | None = None
+
+
+def _integer(name: str, text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {text!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+SETTINGS: dict[str, Setting] = {
+    "models_dir": Setting("CIFAR_MODELS_DIR", "--models-dir", "folder with manifest.json and the ONNX files it lists"),
+    "device": Setting("CIFAR_DEVICE", "--device", "where models run: auto (CUDA when a GPU is visible), cpu or cuda",
+                      choices=("auto", "cpu", "cuda")),
+    "threads": Setting("CIFAR_THREADS", "--threads", "ONNX Runtime intra-op threads per model", minimum=1),
+    "max_batch_size": Setting("CIFAR_MAX_BATCH_SIZE", "--max-batch-size",
+                              "adaptive batching: most images in one inference batch, across requests", minimum=2),
+    "max_latency_ms": Setting("CIFAR_MAX_LATENCY_MS", "--max-latency-ms",
+                              "adaptive batching: a request whose queueing + inference would exceed this is answered "
+                              "503 (load shedding)", minimum=1),
+    "max_images": Setting("CIFAR_MAX_IMAGES", "--max-images", "most images in one request", minimum=1),
+    "max_body_bytes": Setting("CIFAR_MAX_BODY_BYTES", "--max-body-bytes", "largest request body in bytes", minimum=1024),
+    "max_pixels": Setting("CIFAR_MAX_PIXELS", "--max-pixels",
+                          "largest image (width x height) decoded; larger ones are refused before decoding", minimum=1),
+    "decode_threads": Setting("CIFAR_DECODE_THREADS", "--decode-threads", "threads decoding uploaded images", minimum=1),
+    "workers": Setting("CIFAR_WORKERS", "--workers", "BentoML worker processes, each with its own copy of the models",
+                       minimum=1),
+    "timeout_s": Setting("CIFAR_TIMEOUT_S", "--timeout", "seconds before a request is abandoned", minimum=1),
+}
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    models_dir: Path = DEFAULT_MODELS_DIR
+    device: str = "auto"
+    threads: int = 0  # 0: one per core this process may use
+    max_batch_size: int = 64
+    # Only a shedding threshold: the dispatcher waits for a batch adaptively, far less than this.
+    max_latency_ms: int = 10_000
+    max_images: int = 64
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_threads: int = 0  # 0: one per core
+    workers: int = 1
+    timeout_s: int = 60
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServiceSettings":
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name, setting in SETTINGS.items():
+            text = environ.get(setting.env, "").strip()
+            if not text:
+                continue
+            if setting.minimum is not None:
+                values[name] = _integer(setting.env, text, setting.minimum)
+            elif setting.choices is not None:
+                if text not in setting.choices:
+                    raise SettingsError(f"{setting.env} must be one of {', '.join(setting.choices)}, got {text!r}")
+                values[name] = text
+            else:
+                values[name] = Path(text)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that reproduce these settings in another process."""
+        return {SETTINGS[f.name].env: str(getattr(self, f.name)) for f in fields(self)}
+
+    @property
+    def intra_op_threads(self) -> int:
+        return self.threads or _cpu_count()
+
+    @property
+    def decoder_threads(self) -> int:
+        return self.decode_threads or _cpu_count()

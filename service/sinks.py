@@ -1,0 +1,184 @@
+"""Batch-scoring output: CSV or JSON Lines, written a chunk of whole lines at a time, and read back to resume.
+
+CSV columns: ``path, label_1, confidence_1, ..., label_k, confidence_k, error``
+(labels and confidences empty on an error row, error empty otherwise).
+JSON Lines: ``{"path": ..., "top_k": [{"label", "index", "confidence"}, ...], "error": null|"..."}``
+(``top_k`` empty on an error row). Paths are POSIX and relative to the scored folder.
+
+Files are UTF-8; a file name that is not valid UTF-8 is written byte for byte
+(surrogateescape), so it reads back as the same key when resuming.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+ENCODING = dict(encoding="utf-8", errors="surrogateescape")
+FORMATS = ("csv", "jsonl")
+
+
+class OutputError(ValueError):
+    """An existing output file cannot be resumed (another format, another k, or not a score file)."""
+
+
+@dataclass
+class Prediction:
+    label: str
+    index: int
+    confidence: float
+
+
+@dataclass
+class Row:
+    path: str
+    top_k: list[Prediction] = field(default_factory=list)
+    error: str | None = None
+
+
+def format_from_path(path: str) -> str | None:
+    ext = os.path.splitext(path)[1].lower()
+    return {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(ext)
+
+
+class CsvFormat:
+    name = "csv"
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.columns = ["path"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"confidence_{i}")] + ["error"]
+
+    def header(self) -> str:
+        return self._lines([self.columns])
+
+    def format(self, rows: list[Row]) -> str:
+        out = []
+        blank = ["", ""] * self.k
+        for row in rows:
+            if row.error is not None:
+                out.append([row.path, *blank, row.error])
+            else:
+                cells = [row.path]
+                for p in row.top_k:
+                    cells += [p.label, f"{p.confidence:.6f}"]
+                cells += ["", ""] * (self.k - len(row.top_k))
+                cells.append("")
+                out.append(cells)
+        return self._lines(out)
+
+    @staticmethod
+    def _lines(rows: list[list[str]]) -> str:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(rows)
+        return buf.getvalue()
+
+    def scan(self, lines: Iterator[str]) -> Iterator[Row | None]:
+        """Rows of complete ``lines`` (each ending in a newline), after a None for the header.
+
+        OutputError on a foreign or malformed file."""
+        reader = csv.reader(lines, strict=True)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        if header != self.columns:
+            raise OutputError(_header_mismatch(header, self.columns))
+        yield None  # the header is whole
+        for cells in reader:
+            if len(cells) != len(self.columns):
+                raise OutputError(f"line {reader.line_num} has {len(cells)} fields, expected {len(self.columns)}")
+            error = cells[-1] or None
+            top = []
+            if error is None:
+                for i in range(self.k):
+                    label, conf = cells[1 + 2 * i], cells[2 + 2 * i]
+                    if label:
+                        try:
+                            top.append(Prediction(label, -1, float(conf)))
+                        except ValueError:
+                            raise OutputError(f"line {reader.line_num}: confidence {conf!r} is not a number") from None
+            yield Row(cells[0], top, error)
+
+
+def _header_mismatch(found: list[str], expected: list[str]) -> str:
+    k_found = sum(c.startswith("label_") for c in found)
+    if found[:1] == ["path"] and found[-1:] == ["error"] and k_found:
+        return f"it has top-{k_found} columns but this run writes top-{(len(expected) - 2) // 2}: rerun with --k {k_found}"
+    return f"its header {','.join(found)[:120]!r} is not that of a score file"
+
+
+class JsonlFormat:
+    name = "jsonl"
+
+    def __init__(self, k: int, exact_k: bool = True) -> None:
+        self.k = k
+        self.exact_k = exact_k  # False when a service may return fewer than k (it caps k at its class count)
+
+    def header(self) -> str:
+        return ""
+
+    def format(self, rows: list[Row]) -> str:
+        lines = []
+        for row in rows:
+            top = [{"label": p.label, "index": p.index, "confidence": round(p.confidence, 6)} for p in row.top_k]
+            lines.append(json.dumps({"path": row.path, "top_k": top, "error": row.error}, ensure_ascii=False) + "\n")
+        return "".join(lines)
+
+    def scan(self, lines: Iterator[str]) -> Iterator[Row | None]:
+        for n, line in enumerate(lines, 1):
+            try:
+                obj = json.loads(line)
+                row = Row(obj["path"], [Prediction(p["label"], p["index"], p["confidence"]) for p in obj["top_k"]],
+                          obj["error"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise OutputError(f"line {n} is not a score record ({type(exc).__name__}: {exc})") from exc
+            if row.error is None and (len(row.top_k) > self.k or self.exact_k and len(row.top_k) != self.k):
+                raise OutputError(f"line {n} has top-{len(row.top_k)} predictions but this run writes top-{self.k}: "
+                                  f"rerun with --k {len(row.top_k)}")
+            yield row
+
+
+def make_format(name: str, k: int, exact_k: bool = True) -> CsvFormat | JsonlFormat:
+    return CsvFormat(k) if name == "csv" else JsonlFormat(k, exact_k)
+
+
+def _complete_lines(f, offsets: list[int]) -> Iterator[str]:
+    """Decoded lines of a binary file up to its last newline; ``offsets[0]`` tracks the end of the last one read."""
+    for raw in f:
+        if not raw.endswith(b"\n"):
+            return  # a line cut short by a crash or kill: not part of the output
+        offsets[0] += len(raw)
+        yield raw.decode(**ENCODING)
+
+
+def resume_output(path: str, fmt: CsvFormat | JsonlFormat, on_row: Callable[[Row], None]) -> int:
+    """Read an existing output: call ``on_row`` per complete record, drop a trailing partial line.
+
+    Returns the number of records kept. The file is truncated after the last complete
+    record (or to nothing when not even the CSV header is whole), so appending to it
+    continues a valid file.
+    """
+    offsets = [0]
+    good = count = 0
+    with open(path, "rb") as f:
+        lines = _complete_lines(f, offsets)
+        rows = fmt.scan(lines)
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                if next(lines, None) is None:
+                    break  # a quoted field cut short at the end of the file
+                raise OutputError(f"not a CSV score file ({exc})") from exc
+            if row is not None:
+                on_row(row)
+                count += 1
+            good = offsets[0]
+    if os.path.getsize(path) != good:
+        os.truncate(path, good)
+    return count

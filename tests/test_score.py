@@ -1,0 +1,360 @@
+"""Batch scoring (`python -m service score`): a messy tree, output schemas, resume after a kill, accuracy, --url."""
+from __future__ import annotations
+
+import csv
+import email
+import email.policy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path, PurePosixPath
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.preprocess import decode_image, to_model_input
+from service.runtime import OnnxClassifier
+from service.score import RemoteBackend
+from service.score import main as score_main
+from service.sinks import CsvFormat, JsonlFormat, OutputError, resume_output
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = ["0_top.png", "UPPER.JPG", "a/deep/er/x.bmp", "a/img.jpeg", "a-b/z.png",
+        "b/anim.gif", "b/gray.jpg", "b/photo.webp", "b/rgba.png"]
+BAD = {"bad/broken.webp": "broken symlink", "bad/corrupt.jpg": "not a readable image",
+       "bad/truncated.png": "not a readable image", "bad/zero.png": "empty file"}
+
+
+def _cli() -> list[str]:
+    return [sys.executable, "-m", "service", "score"]
+
+
+def _rgb(h: int, w: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory, image_folder) -> Path:
+    """Nested folders, five formats and several sizes/modes, broken files, a non-image, an empty folder, a link loop."""
+    root = tmp_path_factory.mktemp("tree")
+    for d in ("a/deep/er", "a-b", "b", "bad", "empty"):
+        (root / d).mkdir(parents=True)
+    shutil.copy(image_folder / "alpha" / "0000.png", root / "0_top.png")
+    Image.fromarray(_rgb(24, 40, 1)).save(root / "UPPER.JPG", quality=90)
+    Image.fromarray(_rgb(48, 64, 2)).save(root / "a/img.jpeg")
+    Image.fromarray(_rgb(20, 20, 3)).save(root / "a/deep/er/x.bmp")
+    shutil.copy(image_folder / "beta" / "0020.png", root / "a-b/z.png")
+    Image.fromarray(_rgb(40, 40, 4)).convert("P").save(root / "b/anim.gif")
+    Image.fromarray(_rgb(32, 32, 5)).convert("L").save(root / "b/gray.jpg")
+    Image.fromarray(_rgb(30, 50, 6)).save(root / "b/photo.webp")
+    Image.fromarray(np.dstack([_rgb(17, 33, 7), np.full((17, 33), 128, np.uint8)]), "RGBA").save(root / "b/rgba.png")
+    (root / "bad/corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 10)
+    (root / "bad/truncated.png").write_bytes((image_folder / "gamma" / "0040.png").read_bytes()[:120])
+    (root / "bad/zero.png").write_bytes(b"")
+    os.symlink("missing.webp", root / "bad/broken.webp")
+    os.symlink("..", root / "a/loop")  # a/loop/a/loop/... must not be walked
+    (root / "notes.txt").write_text("not an image")
+    (root / "b/README").write_text("no extension either")
+    return root
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _score(*args) -> int:
+    return score_main([str(a) for a in args])
+
+
+def _sorted(paths) -> list[str]:
+    return [str(p) for p in sorted(PurePosixPath(p) for p in paths)]
+
+
+def test_messy_tree_csv(tree, tiny_models_dir, tmp_path, capsys):
+    out = tmp_path / "preds.csv"
+    assert _score(tree, "--out", out, "--models-dir", tiny_models_dir, "--k", 2, "--batch-size", 4,
+                  "--workers", 1, "--no-progress") == 0
+    rows = _csv_rows(out)
+    assert list(rows[0]) == ["path", "label_1", "confidence_1", "label_2", "confidence_2", "error"]
+    assert [r["path"] for r in rows] == _sorted(GOOD + list(BAD))  # deterministic, sorted, each file once
+    by_path = {r["path"]: r for r in rows}
+    for path, message in BAD.items():
+        assert message in by_path[path]["error"] and by_path[path]["label_1"] == ""
+    # Scores are those of the model on the shared decode path, whatever the format, size or mode.
+    clf = OnnxClassifier(tiny_models_dir / "tiny.onnx", device="cpu")
+    batch = to_model_input([decode_image((tree / p).read_bytes()) for p in GOOD])
+    probs = clf.probabilities(batch)
+    for path, p in zip(GOOD, probs):
+        row = by_path[path]
+        order = np.argsort(-p, kind="stable")
+        assert row["error"] == ""
+        assert [row["label_1"], row["label_2"]] == [clf.card.classes[i] for i in order[:2]]
+        assert abs(float(row["confidence_1"]) - p[order[0]]) < 2e-6
+    err = capsys.readouterr().err
+    assert f"scored {len(GOOD)}, failed {len(BAD)}, skipped 2 (not images)" in err
+    assert "a/loop" in err and "images/s" in err and "Traceback" not in err
+
+
+def test_jsonl_schema_and_inline_decoding(tree, tiny_models_dir, tmp_path, capsys):
+    csv_out, jsonl_out = tmp_path / "p.csv", tmp_path / "p.jsonl"
+    common = ["--models-dir", tiny_models_dir, "--no-progress", "--k", 5]
+    assert _score(tree, "--out", csv_out, "--workers", 2, *common) == 0
+    assert _score(tree, "--out", jsonl_out, "--workers", 0, "--model", "tiny", *common) == 0
+    records = [json.loads(line) for line in jsonl_out.read_text().splitlines()]
+    assert [r["path"] for r in records] == [r["path"] for r in _csv_rows(csv_out)]
+    for record, row in zip(records, _csv_rows(csv_out)):
+        assert set(record) == {"path", "top_k", "error"}
+        if record["error"]:
+            assert record["top_k"] == [] and record["error"] == row["error"]
+            continue
+        assert record["error"] is None and len(record["top_k"]) == 3  # k capped at the 3 classes
+        assert [set(t) for t in record["top_k"]] == [{"label", "index", "confidence"}] * 3
+        assert [t["label"] for t in record["top_k"]] == [row[f"label_{i}"] for i in (1, 2, 3)]
+        assert abs(record["top_k"][0]["confidence"] - float(row["confidence_1"])) < 2e-6
+        confidences = [t["confidence"] for t in record["top_k"]]
+        assert confidences == sorted(confidences, reverse=True) and abs(sum(confidences) - 1) < 1e-4
+
+
+def test_fail_on_error_and_user_errors(tree, tiny_models_dir, tmp_path, capsys):
+    models = ["--models-dir", tiny_models_dir, "--no-progress"]
+    assert _score(tree, "--out", tmp_path / "p.csv", "--fail-on-error", *models) == 1
+    assert _score(tree / "a-b", "--out", tmp_path / "q.csv", "--fail-on-error", *models) == 0
+    capsys.readouterr()
+    cases = {
+        "does not exist": [tmp_path / "nope", "--out", tmp_path / "x.csv", *models],
+        "unknown model 'nope'; available: tiny, tiny-int8": [tree, "--model", "nope", *models],
+        "--k must be at least 1": [tree, "--k", 0, *models],
+        "--batch-size must be at least 1": [tree, "--batch-size", 0, *models],
+        "cannot write": [tree, "--out", tmp_path / "no" / "such" / "dir.csv", *models],
+        "cannot tell the output format": [tree, "--out", tmp_path / "p.parquet", *models],
+        "no model manifest": [tree, "--models-dir", tmp_path],
+        "--resume needs --out FILE": [tree, "--resume", *models],
+    }
+    for message, args in cases.items():
+        assert _score(*args) == 2, message
+        err = capsys.readouterr().err
+        assert f"error: " in err and message in err and "Traceback" not in err, err
+
+
+def test_labels_from_folders(image_folder, tiny_models_dir, tmp_path, capsys):
+    root = tmp_path / "labelled"
+    shutil.copytree(image_folder, root)
+    (root / "Misc").mkdir()
+    shutil.copy(image_folder / "beta" / "0020.png", root / "Misc" / "x.png")
+    shutil.copytree(image_folder / "gamma", root / "nested" / "GAMMA")  # matched case-insensitively
+    out = tmp_path / "p.jsonl"
+    assert _score(root, "--out", out, "--models-dir", tiny_models_dir, "--labels-from-folders", "--no-progress",
+                  "--k", 2) == 0
+    err = capsys.readouterr().err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    truth = {"alpha": "alpha", "beta": "beta", "gamma": "gamma", "GAMMA": "gamma"}
+    scored = [(truth[PurePosixPath(r["path"]).parent.name], r["top_k"][0]["label"]) for r in records
+              if PurePosixPath(r["path"]).parent.name in truth]
+    correct = sum(t == p for t, p in scored)
+    assert len(scored) == 80
+    assert f"top-1 {100 * correct / 80:.2f}% ({correct}/80), top-2" in err
+    for name in ("alpha", "beta", "gamma"):
+        assert any(line.split()[:2] == [name, str(40 if name == "gamma" else 20)] for line in err.splitlines())
+    if correct < 80:
+        assert "most frequent confusions" in err
+    assert "'Misc' (1)" in err and "the classes are: alpha, beta, gamma" in err
+
+
+def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the scorer exited ({proc.returncode}) before writing {count} lines: {proc.stderr.read()}")
+        time.sleep(0.005)
+    pytest.fail(f"no {count} lines in {path} after {timeout} s")
+
+
+def test_resume_after_kill(image_folder, tiny_models_dir, tmp_path):
+    root = tmp_path / "many"
+    sources = sorted(image_folder.rglob("*.png"))
+    for i in range(2400):  # enough that a run outlives the polling below by far
+        d = root / f"d{i // 500}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{i:05d}.png").write_bytes(sources[i % len(sources)].read_bytes())
+    (root / "d0" / "00007.png").write_bytes(b"broken")
+    out = tmp_path / "preds.csv"
+    cmd = [*_cli(), str(root), "--out", str(out), "--models-dir", str(tiny_models_dir), "--batch-size", "4",
+           "--workers", "1", "--k", "1"]
+    kw = dict(cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    proc = subprocess.Popen(cmd, **kw)
+    _wait_for_lines(out, 40, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lines = out.read_bytes().count(b"\n")
+    assert 40 <= lines < 2400, "the run should have been killed part-way"
+    with open(out, "a") as f:
+        f.write("d1/00999.png,al")  # as if killed in the middle of a write
+
+    proc = subprocess.Popen(cmd + ["--resume"], **kw)  # interrupted again, politely this time
+    _wait_for_lines(out, lines + 40, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "--resume" in err and "Traceback" not in err, err
+    assert out.read_bytes().endswith(b"\n")
+
+    done = subprocess.run(cmd + ["--resume"], **kw, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "already in" in done.stderr and "scored " in done.stderr
+    rows = _csv_rows(out)
+    expected = _sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    assert [r["path"] for r in rows] == expected  # every file exactly once, still in order
+    assert [r["path"] for r in rows if r["error"]] == ["d0/00007.png"]
+    assert all(r["label_1"] in ("alpha", "beta", "gamma") for r in rows if not r["error"])
+
+
+def test_resume_reads_back_and_rejects_other_k(tmp_path):
+    out = tmp_path / "p.jsonl"
+    good = '{"path": "a.png", "top_k": [{"label": "x", "index": 0, "confidence": 0.9}], "error": null}\n'
+    bad = '{"path": "b.png", "top_k": [], "error": "empty file (0 bytes)"}\n'
+    out.write_text(good + bad + '{"path": "c.png", "top')
+    seen = []
+    assert resume_output(str(out), JsonlFormat(1), seen.append) == 2
+    assert out.read_text() == good + bad and [r.path for r in seen] == ["a.png", "b.png"]
+    with pytest.raises(OutputError, match="--k 1"):
+        resume_output(str(out), JsonlFormat(3), seen.append)
+    out = tmp_path / "p.csv"
+    out.write_text("path,label_1,confidence_1,error\n")
+    with pytest.raises(OutputError, match="rerun with --k 1"):
+        resume_output(str(out), CsvFormat(2), seen.append)
+    out.write_text("path,lab")  # killed while writing the header: start afresh
+    assert resume_output(str(out), CsvFormat(1), seen.append) == 0 and out.read_text() == ""
+
+
+def _classify_handler(fail_first: int = 0, max_images: int = 64):
+    """A stand-in for the service's GET /models and POST /classify, with its 4xx answers."""
+    calls = {"requests": 0, "sizes": []}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/readyz":
+            return httpx.Response(200, json={"status": "ready"})
+        if request.url.path == "/models":
+            return httpx.Response(200, json={"default": "fake", "models": [
+                {"name": "fake", "classes": ["alpha", "beta", "gamma"]}]})
+        calls["requests"] += 1
+        if calls["requests"] <= fail_first:
+            return httpx.Response(503, json={"error": "warming up", "reason": "overloaded"})
+        message = email.message_from_bytes(
+            b"Content-Type: " + request.headers["content-type"].encode() + b"\r\n\r\n" + request.read(),
+            policy=email.policy.default)
+        fields = {part.get_param("name", header="content-disposition"): part for part in message.iter_parts()}
+        images = [p for p in message.iter_parts() if p.get_param("name", header="content-disposition") == "images"]
+        if len(images) > max_images:
+            return httpx.Response(400, json={"error": f"too many images: at most {max_images}", "reason": "too_many_images"})
+        k = int(fields["k"].get_content())
+        calls["sizes"].append(len(images))
+        predictions = []
+        for part in images:
+            try:
+                pixels = decode_image(part.get_payload(decode=True))
+            except ValueError as exc:
+                return httpx.Response(400, json={"error": f"{part.get_filename()}: {exc}", "reason": "not_an_image"})
+            label = int(pixels.mean()) % 3
+            predictions.append({"filename": part.get_filename(), "top_k": [
+                {"label": ["alpha", "beta", "gamma"][(label + j) % 3], "index": (label + j) % 3, "confidence": 0.5 / (j + 1)}
+                for j in range(k)]})
+        return httpx.Response(200, json={"model": "fake", "predictions": predictions})
+
+    return handler, calls
+
+
+def test_url_mode_splits_and_falls_back_to_single_images(tree, tmp_path, monkeypatch, capsys):
+    real_client = httpx.Client
+
+    def serve(handler):
+        monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+
+    monkeypatch.setattr(RemoteBackend, "RETRY_DELAY", 0.001)
+    handler, calls = _classify_handler(fail_first=1, max_images=5)
+    serve(handler)
+    out = tmp_path / "p.csv"
+    assert _score(tree, "--url", "http://scorer.test", "--out", out, "--k", 9, "--batch-size", 20, "--no-progress") == 0
+    rows = _csv_rows(out)
+    assert list(rows[0])[-3:] == ["label_3", "confidence_3", "error"]  # k capped at the service's 3 classes
+    assert [r["path"] for r in rows] == _sorted(GOOD + list(BAD))
+    errors = {r["path"]: r["error"] for r in rows if r["error"]}
+    assert set(errors) == set(BAD) and "broken symlink" in errors["bad/broken.webp"]
+    assert "not a readable image" in errors["bad/corrupt.jpg"] and "corrupt.jpg" in errors["bad/corrupt.jpg"]
+    for r in rows:
+        if not r["error"]:
+            pixels = decode_image((tree / r["path"]).read_bytes())
+            assert r["label_1"] == ["alpha", "beta", "gamma"][int(pixels.mean()) % 3]
+    # A 503 retried; 12 files halved to requests within the limit of 5; only the requests
+    # holding a broken file were resent image by image.
+    assert max(calls["sizes"]) <= 5 and 0 < calls["sizes"].count(1) < 12
+    assert "scored 9, failed 4" in capsys.readouterr().err
+
+    assert _score(tree, "--url", "http://scorer.test", "--model", "nope", "--no-progress") == 2
+    assert "unknown model 'nope'; the service at http://scorer.test has: fake" in capsys.readouterr().err
+
+    handler, _ = _classify_handler(fail_first=10**6)
+    serve(handler)
+    assert _score(tree, "--url", "http://scorer.test", "--out", out, "--no-progress") == 1
+    assert "failed 6 times: HTTP 503: warming up" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_url_mode_against_live_service(tree, tiny_models_dir, tmp_path):
+    if not (ROOT / "service" / "service.py").exists():
+        pytest.skip("service/service.py (the BentoML service) is not written yet")
+    port = _free_port()
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "service", "serve", "--port", str(port), "--models-dir",
+                               str(tiny_models_dir)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the service did not become ready:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
+            time.sleep(0.25)
+        local, remote = tmp_path / "local.jsonl", tmp_path / "remote.jsonl"
+        common = ["--k", "2", "--no-progress", "--batch-size", "5"]
+        assert _score(tree, "--out", local, "--models-dir", tiny_models_dir, *common) == 0
+        done = subprocess.run([*_cli(), str(tree), "--out", str(remote), "--url", url, "--model", "tiny", *common],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        local_rows = [json.loads(line) for line in local.read_text().splitlines()]
+        remote_rows = [json.loads(line) for line in remote.read_text().splitlines()]
+        assert [r["path"] for r in remote_rows] == [r["path"] for r in local_rows]
+        for lr, rr in zip(local_rows, remote_rows):
+            assert (lr["error"] is None) == (rr["error"] is None), (lr, rr)
+            if lr["error"] is None:
+                assert [t["label"] for t in rr["top_k"]] == [t["label"] for t in lr["top_k"]]
+                assert abs(rr["top_k"][0]["confidence"] - lr["top_k"][0]["confidence"]) < 1e-4
+        assert f"scored {len(GOOD)}, failed {len(BAD)}" in done.stderr
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()

@@ -1,0 +1,369 @@
+"""The HTTP service, end to end: one real server (python -m service serve) on a free port for the module.
+
+Images are real CIFAR-10 JPEGs read from the shared archive into a temporary folder, plus images made
+here in every mode the service must accept or refuse. Limits are set low on this server so that the
+refusals are cheap to provoke.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_IMAGES = 8
+MAX_BODY = 600_000
+MAX_PIXELS = 1_000_000
+TINY_CLASSES = ["alpha", "beta", "gamma"]
+
+
+class Server(str):
+    """The base URL, with the server's log file."""
+
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models_dir, tmp_path_factory):
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml_home")), "BENTOML_DO_NOT_TRACK": "true"}
+    command = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port),
+               "--models-dir", str(tiny_models_dir), "--max-images", str(MAX_IMAGES), "--max-body-bytes", str(MAX_BODY),
+               "--max-pixels", str(MAX_PIXELS), "--threads", "1", "--decode-threads", "1"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = Server(f"http://127.0.0.1:{port}")
+    url.log = log_path
+    try:
+        deadline = time.time() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"the server was not ready within 90 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def jpegs(shared_archive, tmp_path_factory) -> list[Path]:
+    """Twelve real CIFAR-10 JPEGs (several classes), extracted into a temporary folder."""
+    out = tmp_path_factory.mktemp("jpegs")
+    wanted = re.compile(r"^cifar10/train/(airplane|cat|ship|truck)/000[0-2]\.jpg$")
+    paths = []
+    with tarfile.open(shared_archive, "r:gz") as tar:
+        for member in tar:
+            if member.isfile() and wanted.match(member.name):
+                path = out / member.name.replace("cifar10/train/", "").replace("/", "_")
+                path.write_bytes(tar.extractfile(member).read())
+                paths.append(path)
+            if len(paths) == 12:
+                break
+    assert len(paths) == 12
+    return sorted(paths)
+
+
+def _files(paths: list[Path]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+
+
+def _post(url, files, data=None, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}/classify", files=files, data=data, timeout=30, **kwargs)
+
+
+def _metrics(url) -> str:
+    return httpx.get(f"{url}/metrics", timeout=10).text
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _image_bytes(image: Image.Image, fmt: str, **save) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- imports
+def test_import_loads_neither_torch_nor_training():
+    code = ("import sys, service, service.service\n"
+            "bad = [m for m in ('torch', 'training', 'export') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------- health and models
+def test_ready_live_and_models(server, tiny_models_dir):
+    assert httpx.get(f"{server}/readyz").status_code == 200
+    assert httpx.get(f"{server}/livez").status_code == 200
+    listed = httpx.get(f"{server}/models").json()
+    assert listed == httpx.post(f"{server}/models", json={}).json()
+    assert listed["default"] == "tiny"
+    by_name = {m["name"]: m for m in listed["models"]}
+    assert set(by_name) == {"tiny", "tiny-int8"}
+    assert by_name["tiny"]["default"] and not by_name["tiny-int8"]["default"]
+    assert by_name["tiny"]["precision"] == "fp32" and by_name["tiny-int8"]["precision"] == "int8"
+    manifest = json.loads((tiny_models_dir / "manifest.json").read_text())
+    for entry in manifest["models"]:
+        info = by_name[entry["name"]]
+        assert info["classes"] == TINY_CLASSES == entry["classes"]
+        assert info["dataset"] == entry["dataset"] and info["accuracy"] == entry["metrics"]["val_top1"]
+
+
+# ---------------------------------------------------------------------------------------------- predictions
+def test_classify_top_k_in_order_with_filenames(server, jpegs):
+    sent = jpegs[:5]
+    response = _post(server, _files(sent), data={"k": "2"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "tiny"
+    assert [p["filename"] for p in body["predictions"]] == [p.name for p in sent]
+    for prediction in body["predictions"]:
+        top = prediction["top_k"]
+        assert len(top) == 2
+        confidences = [t["confidence"] for t in top]
+        assert confidences == sorted(confidences, reverse=True) and all(0 <= c <= 1 for c in confidences)
+        assert all(TINY_CLASSES[t["index"]] == t["label"] for t in top)
+        assert len({t["index"] for t in top}) == 2
+
+
+def test_default_k_is_all_classes_of_a_small_model_and_probabilities_sum_to_one(server, jpegs):
+    response = _post(server, _files(jpegs[:1]))
+    assert response.status_code == 200, response.text
+    top = response.json()["predictions"][0]["top_k"]
+    assert [t["label"] for t in top] != [] and len(top) == 3  # default 5, capped at the model's 3 classes
+    assert sum(t["confidence"] for t in top) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_named_model_and_k_as_json(server, jpegs):
+    # The OpenAPI document declares the non-file fields as JSON: '"tiny-int8"' and '3' must work too.
+    for model in ("tiny-int8", '"tiny-int8"'):
+        response = _post(server, _files(jpegs[:2]), data={"model": model, "k": "3"})
+        assert response.status_code == 200, response.text
+        assert response.json()["model"] == "tiny-int8"
+        assert all(len(p["top_k"]) == 3 for p in response.json()["predictions"])
+
+
+def test_image_modes_and_sizes_are_converted(server):
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8))
+    rotated = _image_bytes(rgb, "JPEG", exif=_orientation_exif(6))
+    cases = {
+        "gray_small.webp": _image_bytes(rgb.convert("L").resize((8, 8)), "WEBP"),
+        "rgba.png": _image_bytes(rgb.convert("RGBA"), "PNG"),
+        "palette.gif": _image_bytes(rgb.convert("P"), "GIF"),
+        "cmyk.jpg": _image_bytes(rgb.convert("CMYK"), "JPEG"),
+        "deep.png": _image_bytes(Image.fromarray(rng.integers(0, 65535, (20, 30), dtype=np.uint16)), "PNG"),
+        "rotated.jpg": rotated,
+        "plain.bmp": _image_bytes(rgb, "BMP"),
+        "large.jpg": _image_bytes(rgb.resize((640, 480)), "JPEG", quality=70),
+    }
+    assert Image.open(io.BytesIO(cases["deep.png"])).mode.startswith("I")
+    response = _post(server, [("images", (name, data, "application/octet-stream")) for name, data in cases.items()])
+    assert response.status_code == 200, response.text
+    assert [p["filename"] for p in response.json()["predictions"]] == list(cases)
+
+
+def _orientation_exif(value: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+def _bomb_png() -> bytes:
+    return _image_bytes(Image.new("L", (1500, 1000)), "PNG")  # 1.5 MP, over the 1 MP limit, a few KB
+
+
+BAD_REQUESTS = {
+    # name: (multipart parts from the JPEGs, other form fields, expected status, expected reason)
+    "not_an_image": (lambda j: [("images", ("notes.jpg", b"these are not pixels", "image/jpeg"))], None, 400, "not_an_image"),
+    "truncated": (lambda j: [("images", ("cut.jpg", j[0].read_bytes()[:200], "image/jpeg"))], None, 400, "not_an_image"),
+    "zero_bytes": (lambda j: [("images", ("empty.jpg", b"", "image/jpeg"))], None, 400, "empty_file"),
+    "bomb": (lambda j: [("images", ("bomb.png", _bomb_png(), "image/png"))], None, 413, "image_too_large"),
+    "too_many": (lambda j: _files(j[:MAX_IMAGES + 1]), None, 400, "too_many_images"),
+    "body_too_large": (lambda j: [("images", ("big.jpg", b"\xff" * (MAX_BODY + 1000), "image/jpeg"))], None, 413,
+                       "body_too_large"),
+    "k_zero": (lambda j: _files(j[:1]), {"k": "0"}, 400, "bad_k"),
+    "k_too_big": (lambda j: _files(j[:1]), {"k": "4"}, 400, "bad_k"),
+    "k_not_a_number": (lambda j: _files(j[:1]), {"k": "five"}, 400, "bad_k"),
+    "unknown_model": (lambda j: _files(j[:1]), {"model": "resnet-9000"}, 404, "unknown_model"),
+    "no_images": (lambda j: [("k", (None, "1"))], None, 400, "no_images"),
+    "misspelt_field": (lambda j: [("image", ("a.jpg", j[0].read_bytes(), "image/jpeg"))], None, 400, "malformed_request"),
+    "images_as_text": (lambda j: [("images", (None, "http://example.com/cat.jpg"))], None, 400, "malformed_request"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_is_a_4xx_with_a_message_and_the_next_request_succeeds(server, jpegs, case):
+    make_files, data, status, reason = BAD_REQUESTS[case]
+    before = _metric(_metrics(server), "cifar_rejected_inputs_total", reason=reason)
+    response = _post(server, make_files(jpegs), data)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["reason"] == reason and len(body["error"]) > 10
+    assert _metric(_metrics(server), "cifar_rejected_inputs_total", reason=reason) == before + 1
+    assert _post(server, _files(jpegs[:1])).status_code == 200
+
+
+def test_not_multipart_is_415_and_json_paths_are_never_read(server, jpegs):
+    response = httpx.post(f"{server}/classify", json={"images": ["/etc/passwd"]}, timeout=10)
+    assert response.status_code == 415 and response.json()["reason"] == "unsupported_media_type"
+    garbled = httpx.post(f"{server}/classify", content=b"garbage",
+                         headers={"content-type": "multipart/form-data; boundary=x"}, timeout=10)
+    assert garbled.status_code == 400 and garbled.json()["reason"] == "malformed_request"
+    assert _post(server, _files(jpegs[:1])).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------- batching and metrics
+def test_concurrent_requests_are_batched_together(server, jpegs):
+    name = "bentoml_service_adaptive_batch_size"
+    before = _metrics(server)
+    predictions_before = _metric(before, "cifar_predictions_total", model="tiny")
+    batches_before = _metric(before, f"{name}_count", method_name="infer")
+    images_before = _metric(before, f"{name}_sum", method_name="infer")
+
+    def one(i: int) -> httpx.Response:
+        return _post(server, _files([jpegs[i % len(jpegs)], jpegs[(i + 1) % len(jpegs)]]))
+
+    with ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(one, range(96)))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200][:2]
+    for i, r in enumerate(responses):
+        assert [p["filename"] for p in r.json()["predictions"]] == [jpegs[i % 12].name, jpegs[(i + 1) % 12].name]
+
+    after = _metrics(server)
+    batches = _metric(after, f"{name}_count", method_name="infer") - batches_before
+    images = _metric(after, f"{name}_sum", method_name="infer") - images_before
+    assert images == 192       # every image went through the batchable API's dispatcher (one job each)...
+    assert batches < 96        # ...and images of different requests shared batches
+    assert _metric(after, "cifar_predictions_total", model="tiny") == predictions_before + 192
+    assert "batching 'infer' in-process through BentoML's dispatcher" in server.log.read_text()
+
+
+# ---------------------------------------------------------------------------------------------- OpenAPI
+def test_openapi_document_describes_the_api(server):
+    spec = httpx.get(f"{server}/docs.json").json()
+    classify = spec["paths"]["/classify"]["post"]
+    form = classify["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["images"]
+    assert form["properties"]["images"]["items"] == {"format": "binary", "type": "string"}
+    assert form["properties"]["images"]["maxItems"] == MAX_IMAGES
+    assert form["properties"]["k"]["type"] == "integer" and form["properties"]["k"]["minimum"] == 1
+    assert {"200", "400", "404", "413", "415"} <= set(classify["responses"])
+    assert "ClassifyError" in spec["components"]["schemas"]
+    assert "get" in spec["paths"]["/models"]
+    for path in ("/livez", "/readyz", "/metrics"):
+        assert path in spec["paths"]
+
+
+# ---------------------------------------------------------------------------------------------- CLI and packaging
+def test_serve_refuses_a_models_dir_without_a_manifest(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "service", "serve", "--models-dir", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no model manifest" in done.stderr
+
+
+def test_serve_refuses_a_bad_setting(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "service", "serve", "--max-batch-size", "zero"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "CIFAR_MAX_BATCH_SIZE must be an integer" in done.stderr
+
+
+def test_bentoml_build_packs_service_and_models_only(tmp_path):
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
+    done = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (bento,) = [p for p in (tmp_path / "home" / "bentos" / "cifar_classifier").iterdir() if p.name != "latest"]
+    src = {p.relative_to(bento / "src").parts[0] for p in (bento / "src").rglob("*") if p.is_file()}
+    assert "service" in src and src <= {"service", "models", "bentofile.yaml"}
+    assert (bento / "src" / "service" / "service.py").is_file()
+    if (ROOT / "models" / "manifest.json").is_file():
+        assert (bento / "src" / "models" / "manifest.json").is_file()
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text().lower()
+    assert "onnxruntime-gpu[cuda,cudnn]==1.31.1" in requirements and "bentoml==" in requirements
+    assert not re.search(r"^(torch|torchvision)\b", requirements, re.M)
+    described = yaml.safe_load((bento / "bento.yaml").read_text())
+    assert described["service"] == "service.service:Classifier"
+
+
+# ---------------------------------------------------------------------------------------------- internals
+def test_find_dispatcher_uses_the_route_bentoml_registered_and_falls_back_when_absent():
+    import asyncio
+    import functools
+    from types import SimpleNamespace
+
+    from service import batching
+
+    class Factory:
+        dispatchers = {"infer": object()}
+
+        async def batch_infer(self, name, args, kwargs):
+            return ("batched", name, args)
+
+        async def api_endpoint_wrapper(self, name, request):
+            raise AssertionError("not called")
+
+    factory = Factory()
+    router = SimpleNamespace(routes=[SimpleNamespace(name="infer",
+                                                     endpoint=functools.partial(factory.api_endpoint_wrapper, "infer"))])
+    saved = list(batching._routers)
+    try:
+        batching._routers[:] = []
+        calls = []
+
+        async def proxy_call(batch):
+            calls.append(batch)
+            return "proxied"
+
+        gateway = batching.BatchGateway("infer", lambda: proxy_call)
+        assert asyncio.run(gateway([1])) == "proxied" and not gateway.in_process and calls == [[1]]
+
+        batching.RouterProbe(SimpleNamespace(app=SimpleNamespace(app=router)))  # the router found through .app links
+        gateway = batching.BatchGateway("infer", lambda: proxy_call)
+        assert asyncio.run(gateway([2])) == ("batched", "infer", ([2],)) and gateway.in_process
+    finally:
+        batching._routers[:] = saved
