@@ -20,7 +20,8 @@ import functools
 import logging
 from typing import Any, Awaitable, Callable
 
-log = logging.getLogger("service.batching")
+# Under "bentoml": the logger BentoML configures (INFO) in its server processes.
+log = logging.getLogger("bentoml.cifar.batching")
 
 _routers: list[Any] = []
 

@@ -116,7 +116,8 @@ class LocalBackend:
     def __init__(self, path, device: str, threads: int | None, workers: int | None, batch_size: int) -> None:
         from .runtime import OnnxClassifier, default_threads
 
-        self.clf = OnnxClassifier(path, device=device, threads=threads or default_threads())
+        self.clf = OnnxClassifier(path, device=device, threads=threads or default_threads(),
+                                  spin=os.environ.get("SCORE_EXP_SPIN", "1") == "1")
         on_gpu = self.clf.providers[0] == "CUDAExecutionProvider"
         self.workers = default_workers(default_threads(), on_gpu) if workers is None else workers
         self.k = 5

@@ -47,7 +47,8 @@ with bentoml.importing():
 
     from .runtime import OnnxClassifier, choose_providers, top_k
 
-log = logging.getLogger("service")
+# Under "bentoml": the logger BentoML configures (INFO) in its server processes.
+log = logging.getLogger("bentoml.cifar")
 
 # Read when BentoML imports this module in each worker: the decorators below need them at class creation.
 SETTINGS = ServiceSettings.from_env()
@@ -189,6 +190,9 @@ class LoadedModel:
 class Classifier:
     def __init__(self) -> None:
         self.settings = SETTINGS
+        import os, sys
+        if os.environ.get("XSWITCH"):
+            sys.setswitchinterval(float(os.environ["XSWITCH"]))
         self.ready = False
         self.metrics = ServiceMetrics.get()
         self.manifest, self.loaded = load_models(SETTINGS)

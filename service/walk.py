@@ -142,6 +142,8 @@ def worker_init(parent_alive=None) -> None:
     killed (SIGKILL, OOM) the read sees EOF. Without this, a worker waiting for work would wait forever.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.environ.get("SCORE_EXP_NICE"):
+        os.nice(int(os.environ["SCORE_EXP_NICE"]))
     if parent_alive is not None:
         threading.Thread(target=_exit_with_parent, args=(parent_alive,), daemon=True, name="parent-watch").start()
 
