@@ -1,6 +1,6 @@
 """Load-test the HTTP service on loopback against the raw ONNX Runtime engine of the same model.
 
-    python bench/bench_service.py [--models-dir models] [--model NAME] [--images-per-request 16]
+    python bench/bench_service.py [--models-dir models] [--model NAME] [--images-per-request 1,16]
                                   [--concurrency 1,8,32,64] [--duration 10] [--out bench/results/service.json]
 
 Starts ``python -m service serve`` on a free port (or uses --url), waits for /readyz, then:
@@ -11,7 +11,8 @@ Starts ``python -m service serve`` on a free port (or uses --url), waits for /re
    best is the ceiling the service is compared with;
 2. for each concurrency: that many keep-alive connections each POSTing /classify back to back for
    --duration seconds (at most --max-requests requests), every request carrying --images-per-request
-   real CIFAR-10 JPEGs from the shared archive, after a short warm-up at that concurrency.
+   real CIFAR-10 JPEGs from the shared archive, after a short warm-up at that concurrency; once per
+   request size.
 
 Besides throughput and latency, each level reports the CPU time the server's processes spent per
 image (from /proc), to compare with the raw engine's: unlike throughput, it does not depend on what
@@ -32,6 +33,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -54,7 +56,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", default=str(ROOT / "models"), help="models folder with manifest.json")
     p.add_argument("--model", help="model name (default: the manifest's default)")
     p.add_argument("--url", help="benchmark a server already running at this URL instead of starting one")
-    p.add_argument("--images-per-request", type=int, default=16, help="JPEGs in each POST /classify")
+    p.add_argument("--images-per-request", default="1,16",
+                   help="JPEGs in each POST /classify; comma-separated for several runs (default: 1,16)")
     p.add_argument("--concurrency", default="1,8,32,64", help="comma-separated concurrency levels")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load per level")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load before each level")
@@ -62,7 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5, help="top-k asked for")
     p.add_argument("--pool", type=int, default=512, help="distinct JPEGs taken from the archive")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads, service and raw engine (0: all cores)")
-    p.add_argument("--max-batch-size", type=int, default=64, help="the service's adaptive batching limit")
+    p.add_argument("--max-batch-size", type=int, default=256, help="the service's adaptive batching limit")
     p.add_argument("--serve-arg", action="append", default=[], help="extra argument for `python -m service serve`")
     p.add_argument("--archive", default=str(ARCHIVE), help="the CIFAR-10 JPEG archive")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "service.json"), help="JSON results")
@@ -213,8 +216,11 @@ def start_server(args, port: int) -> subprocess.Popen:
                "--models-dir", args.models_dir, "--max-batch-size", str(args.max_batch_size), *args.serve_arg]
     if args.threads:
         command += ["--threads", str(args.threads)]
-    log = open(Path(args.out).with_suffix(".server.log"), "w")
-    return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # The access log of a run is megabytes: kept in the temporary directory, its path printed.
+    fd, log_path = tempfile.mkstemp(prefix="bench_service_", suffix=".log")
+    print(f"server log: {log_path}", file=sys.stderr, flush=True)
+    with os.fdopen(fd, "w") as log:
+        return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_ready(host: str, port: int, timeout: float = 120.0) -> None:
@@ -235,6 +241,29 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
+def run_level(args, host, port, server, requests, per_request, concurrency, check) -> dict:
+    asyncio.run(load(host, port, requests, concurrency, args.warmup, args.max_requests))
+    server_cpu = tree_cpu_seconds(server.pid if server else None)
+    client_cpu = time.process_time()
+    result = asyncio.run(load(host, port, requests, concurrency, args.duration, args.max_requests, check))
+    client_cpu = time.process_time() - client_cpu
+    if server_cpu is not None:
+        server_cpu = tree_cpu_seconds(server.pid) - server_cpu
+    lat = result["latencies"]
+    ok = result["requests"] - len(result["errors"])
+    images = max(1, ok * per_request)
+    return {
+        "concurrency": concurrency, "requests": result["requests"], "errors": len(result["errors"]),
+        "error_samples": result["errors"][:3], "elapsed_s": round(result["elapsed_s"], 3),
+        "images_per_s": round(ok * per_request / result["elapsed_s"], 1),
+        "requests_per_s": round(ok / result["elapsed_s"], 1),
+        "latency_ms": {q: round(percentile(lat, float(q[1:])) * 1000, 2) for q in ("p50", "p95", "p99")},
+        "server_cpu_ms_per_image": None if server_cpu is None else round(server_cpu * 1000 / images, 3),
+        "server_cores_used": None if server_cpu is None else round(server_cpu / result["elapsed_s"], 2),
+        "client_cpu_ms_per_image": round(client_cpu * 1000 / images, 3),
+    }
+
+
 def main(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.models_dir)
     entry = manifest.get(args.model)
@@ -249,48 +278,29 @@ def main(args: argparse.Namespace) -> int:
     else:
         host, port = "127.0.0.1", free_port()
         server = start_server(args, port)
+    sizes = [int(n) for n in str(args.images_per_request).split(",")]
     try:
         wait_ready(host, port)
-        per_request = args.images_per_request
-        raw = raw_engine(Path(args.models_dir) / entry.file, threads, sorted({per_request, args.max_batch_size}),
-                         jpegs, entry.input.size)
-        ceiling = max(throughput for throughput, _ in raw.values())
-        requests = build_requests(jpegs, per_request, args.k, entry.name, f"{host}:{port}")
+        model_path = Path(args.models_dir) / entry.file
+        raw = raw_engine(model_path, threads, sorted({*sizes, args.max_batch_size}), jpegs, entry.input.size)
+        runs = []
+        for per_request in sizes:
+            requests = build_requests(jpegs, per_request, args.k, entry.name, f"{host}:{port}")
 
-        def check(body: bytes) -> None:
-            answer = json.loads(body)
-            assert answer["model"] == entry.name and len(answer["predictions"]) == per_request, answer
+            def check(body: bytes, per_request=per_request) -> None:
+                answer = json.loads(body)
+                assert answer["model"] == entry.name and len(answer["predictions"]) == per_request, answer
 
-        levels = []
-        for concurrency in [int(c) for c in args.concurrency.split(",")]:
-            asyncio.run(load(host, port, requests, concurrency, args.warmup, args.max_requests))
-            server_cpu = tree_cpu_seconds(server.pid if server else None)
-            client_cpu = time.process_time()
-            result = asyncio.run(load(host, port, requests, concurrency, args.duration, args.max_requests, check))
-            client_cpu = time.process_time() - client_cpu
-            if server_cpu is not None:
-                server_cpu = tree_cpu_seconds(server.pid) - server_cpu
-            lat = result["latencies"]
-            ok = result["requests"] - len(result["errors"])
-            images_s = ok * per_request / result["elapsed_s"]
-            images = max(1, ok * per_request)
-            levels.append({
-                "concurrency": concurrency, "requests": result["requests"], "errors": len(result["errors"]),
-                "error_samples": result["errors"][:3], "elapsed_s": round(result["elapsed_s"], 3),
-                "images_per_s": round(images_s, 1), "requests_per_s": round(ok / result["elapsed_s"], 1),
-                "fraction_of_raw": round(images_s / ceiling, 3),
-                "latency_ms": {q: round(percentile(lat, float(q[1:])) * 1000, 2) for q in ("p50", "p95", "p99")},
-                "server_cpu_ms_per_image": None if server_cpu is None else round(server_cpu * 1000 / images, 3),
-                "client_cpu_ms_per_image": round(client_cpu * 1000 / images, 3),
-            })
-            print(f"concurrency {concurrency}: {images_s:.0f} images/s", file=sys.stderr, flush=True)
+            levels = []
+            for concurrency in [int(c) for c in args.concurrency.split(",")]:
+                levels.append(run_level(args, host, port, server, requests, per_request, concurrency, check))
+                print(f"{per_request} per request, concurrency {concurrency}: {levels[-1]['images_per_s']:.0f} images/s",
+                      file=sys.stderr, flush=True)
+            runs.append({"images_per_request": per_request, "levels": levels})
         # Measured again after the load, the better of the two kept: on a shared machine the engine's
         # ceiling is the least disturbed measurement.
-        again = raw_engine(Path(args.models_dir) / entry.file, threads, sorted(raw), jpegs, entry.input.size)
+        again = raw_engine(model_path, threads, sorted(raw), jpegs, entry.input.size)
         raw = {bs: max(raw[bs], again[bs]) for bs in raw}
-        ceiling = max(throughput for throughput, _ in raw.values())
-        for level in levels:
-            level["fraction_of_raw"] = round(level["images_per_s"] / ceiling, 3)
     finally:
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)
@@ -299,31 +309,37 @@ def main(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
 
+    ceiling = max(throughput for throughput, _ in raw.values())
+    for run in runs:
+        for level in run["levels"]:
+            level["fraction_of_raw"] = round(level["images_per_s"] / ceiling, 3)
     report = {
-        "model": entry.name, "precision": entry.precision, "file": entry.file,
-        "images_per_request": per_request, "k": args.k, "duration_s": args.duration,
-        "threads": threads, "max_batch_size": args.max_batch_size,
+        "model": entry.name, "precision": entry.precision, "file": entry.file, "k": args.k,
+        "duration_s": args.duration, "threads": threads, "max_batch_size": args.max_batch_size,
         "raw_engine_images_per_s": {str(bs): round(v, 1) for bs, (v, _) in raw.items()},
         "raw_engine_cpu_ms_per_image": {str(bs): round(c, 3) for bs, (_, c) in raw.items()},
         "raw_engine_ceiling_images_per_s": round(ceiling, 1),
-        "levels": levels,
+        "runs": runs,
         "host": {"cpus": os.cpu_count(), "affinity": threads, "machine": platform.machine(),
-                 "processor": platform.processor(), "python": platform.python_version()},
+                 "processor": platform.processor(), "python": platform.python_version(),
+                 "load_average_after": os.getloadavg()},
         "note": "the load generator runs on the same cores as the server",
     }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
     raw_text = ", ".join(f"batch {bs}: {v:,.0f} ({c:.2f} ms CPU/image)" for bs, (v, c) in raw.items())
-    print(f"\nModel `{entry.name}` ({entry.precision}), {per_request} JPEGs per request, k={args.k}, "
-          f"{threads} ONNX Runtime threads, max batch {args.max_batch_size}.\n"
-          f"Raw ONNX Runtime (images/s): {raw_text}.\n")
-    print("| concurrency | requests | images/s | % of raw | p50 ms | p95 ms | p99 ms | errors | server CPU ms/image |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for lv in levels:
-        lat = lv["latency_ms"]
-        cpu = lv["server_cpu_ms_per_image"]
-        print(f"| {lv['concurrency']} | {lv['requests']} | {lv['images_per_s']:,.0f} | {lv['fraction_of_raw']:.0%} | "
-              f"{lat['p50']} | {lat['p95']} | {lat['p99']} | {lv['errors']} | {'-' if cpu is None else f'{cpu:.2f}'} |")
+    print(f"\nModel `{entry.name}` ({entry.precision}), k={args.k}, {threads} ONNX Runtime threads, "
+          f"max batch {args.max_batch_size}.\nRaw ONNX Runtime (images/s): {raw_text}.\n")
+    print("| JPEGs/request | concurrency | requests | images/s | % of raw | p50 ms | p95 ms | p99 ms | errors "
+          "| server CPU ms/image |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for run in runs:
+        for lv in run["levels"]:
+            lat = lv["latency_ms"]
+            cpu = lv["server_cpu_ms_per_image"]
+            print(f"| {run['images_per_request']} | {lv['concurrency']} | {lv['requests']} | {lv['images_per_s']:,.0f} | "
+                  f"{lv['fraction_of_raw']:.0%} | {lat['p50']} | {lat['p95']} | {lat['p99']} | {lv['errors']} | "
+                  f"{'-' if cpu is None else f'{cpu:.2f}'} |")
     print(f"\nJSON: {args.out}")
     return 0
 

@@ -51,12 +51,30 @@ def find_dispatcher(api_name: str) -> Callable[[Any], Awaitable[Any]] | None:
             factory = getattr(getattr(endpoint, "func", None), "__self__", None)
             if isinstance(endpoint, functools.partial) and api_name in getattr(factory, "dispatchers", {}):
                 batch_infer = factory.batch_infer
+                dispatcher = factory.dispatchers[api_name]
 
                 async def call(batch: Any) -> Any:
+                    _forget_stale_wait(dispatcher)
                     return await batch_infer(api_name, (batch,), {})
 
                 return call
     return None
+
+
+def _forget_stale_wait(dispatcher: Any) -> None:
+    """An idle dispatcher should not hold a lone request back for as long as requests queued in a past burst.
+
+    BentoML's CorkDispatcher waits for company while ``n * (wn + dt + a) <= optimizer.wait * 0.95``, where
+    ``optimizer.wait`` is the mean queueing delay of the last 50 batches, its own deliberate waiting
+    included: after a burst it keeps delaying requests that arrive alone, and only unlearns it by a few
+    percent every 5 s (measured: 57 ms instead of 5 ms for a 16-image request at concurrency 1, after a
+    run at concurrency 64). When nothing is queued and no batch is running, that estimate is stale.
+    """
+    try:
+        if not dispatcher._queue and not dispatcher._sema.is_locked():
+            dispatcher.optimizer.wait = 0
+    except AttributeError:  # other internals: leave the dispatcher as it is
+        pass
 
 
 class BatchGateway:

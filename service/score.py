@@ -222,8 +222,8 @@ class LocalBackend:
             probs = softmax(self.clf.logits(decoded.batch).astype(np.float64))
             idx, conf = top_k(probs, self.k)
             classes = self.classes
-            for j, i in enumerate(decoded.ok):
-                rows[i] = Row(chunk[i].rel, [Prediction(classes[c], int(c), float(p)) for c, p in zip(idx[j], conf[j])])
+            for i, cs, ps in zip(decoded.ok, idx.tolist(), conf.tolist()):
+                rows[i] = Row(chunk[i].rel, [Prediction(classes[c], c, p) for c, p in zip(cs, ps)])
         return rows
 
     def close(self) -> None:

@@ -15,7 +15,6 @@ its flags. Neither torch nor the training package is imported.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import threading
@@ -190,9 +189,6 @@ class LoadedModel:
 class Classifier:
     def __init__(self) -> None:
         self.settings = SETTINGS
-        import os, sys
-        if os.environ.get("XSWITCH"):
-            sys.setswitchinterval(float(os.environ["XSWITCH"]))
         self.ready = False
         self.metrics = ServiceMetrics.get()
         self.manifest, self.loaded = load_models(SETTINGS)
@@ -233,11 +229,11 @@ class Classifier:
                                                  limiter=self._decode_limiter)
         if isinstance(decoded, Rejection):
             return self._reject(decoded)
-        # One dispatcher job per image: BentoML's dispatcher counts queued jobs against max_batch_size
-        # (which it fills in images), so multi-image jobs would make it wait for batches it never forms.
-        items = [[InferItem.model_construct(model=loaded.entry.name, pixels=pixels)] for pixels in decoded]
+        items = [InferItem.model_construct(model=loaded.entry.name, pixels=pixels) for pixels in decoded]
         try:
-            rows = [row for rows in await asyncio.gather(*map(self._infer, items)) for row in rows]
+            # One dispatcher job per request (measured: one per image costs ~0.1-0.2 ms more CPU per image
+            # in BentoML's per-call bookkeeping); a job larger than the room left in a batch is split.
+            rows = await self._infer(items)
         except BentoMLException as exc:
             if exc.error_code.value == 503:  # the dispatcher shed the request: over max_latency_ms
                 return JSONResponse({"error": f"overloaded, try again: {exc.message}", "reason": "overloaded"},

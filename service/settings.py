@@ -73,7 +73,9 @@ class ServiceSettings:
     models_dir: Path = DEFAULT_MODELS_DIR
     device: str = "auto"
     threads: int = 0  # 0: one per core this process may use
-    max_batch_size: int = 64
+    # Measured on the 2-core CPU (INT8 and FP32, 16 JPEGs per request, concurrency 32): 256 gives 20-30%
+    # more images/s than 64, each batch paying the hand-offs between event loop and inference thread once.
+    max_batch_size: int = 256
     # Only a shedding threshold: the dispatcher waits for a batch adaptively, far less than this.
     max_latency_ms: int = 10_000
     max_images: int = 64

@@ -15,7 +15,7 @@ import io
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 ENCODING = dict(encoding="utf-8", errors="surrogateescape")
 FORMATS = ("csv", "jsonl")
@@ -25,8 +25,7 @@ class OutputError(ValueError):
     """An existing output file cannot be resumed (another format, another k, or not a score file)."""
 
 
-@dataclass
-class Prediction:
+class Prediction(NamedTuple):  # a tuple: k are made per image
     label: str
     index: int
     confidence: float
