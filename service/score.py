@@ -32,6 +32,10 @@ from .walk import (Decoded, Entry, WalkStats, count_images, decode_chunk, decode
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_URL_BATCH = 32  # images per request: the service takes at most 64 by default, and batches across requests
 DEFAULT_URL_WORKERS = 4
+# CPU inference: decode workers run at a lower priority, filling the gaps ONNX Runtime leaves instead of
+# preempting its threads (measured on 2 cores, fp32: 1530-1680 images/s at equal priority, 1650-1770 niced).
+WORKER_NICE = 10
+SHM_BUDGET_BYTES = 48 << 20  # decoded chunks in flight (3 MiB per 256 CIFAR images)
 
 
 class UserError(Exception):
@@ -43,11 +47,13 @@ class RemoteError(RuntimeError):
 
 
 def default_workers(cores: int, on_gpu: bool) -> int:
-    """Decode processes: measured on the 2-core CPU, one worker beside ORT's threads scores fastest
-    (bench/bench_score.py); a GPU leaves the CPU cores to decoding."""
+    """Decode processes. On CPU they run niced (WORKER_NICE) and so take only what inference leaves:
+    one per core, measured on 2 cores 1-5 points of the raw engine ahead of one worker and of decoding
+    between inference calls (bench/bench_score.py). With a GPU decoding is the bottleneck: every core
+    but the one feeding the GPU, at normal priority."""
     if on_gpu:
-        return max(1, cores)
-    return max(1, cores // 2)
+        return max(1, cores - 1)
+    return max(1, min(cores, 8))
 
 
 def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -70,13 +76,15 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
             "  python -m service score val/ --out val.csv --labels-from-folders   # class-per-folder: accuracy\n"
             "  python -m service score photos/ --url http://localhost:3000 --out preds.csv\n\n"
             "exit status: 0 done (even if some files failed), 1 with --fail-on-error and a failed file, or when\n"
-            "the service stops answering, 2 usage errors, 130 interrupted (the output stays valid for --resume)."))
+            "the service stops answering, 2 usage errors, 130/143 interrupted by Ctrl-C/SIGTERM (the output\n"
+            "stays valid for --resume)."))
     p.add_argument("dir", metavar="DIR", help="folder to score (searched recursively)")
     p.add_argument("--out", "-o", default="-", metavar="FILE",
                    help="output file, .csv or .jsonl (default: CSV on stdout)")
     p.add_argument("--format", choices=FORMATS, help="output format when --out has another extension or is stdout")
     p.add_argument("--model", help="model name from the manifest (default: the manifest's default model)")
-    p.add_argument("--models-dir", default="models", help="folder with manifest.json and the .onnx files (default: models)")
+    p.add_argument("--models-dir", default="models",
+                   help="folder with manifest.json and the .onnx files (default: models)")
     p.add_argument("--k", type=int, default=5, help="how many labels per image, most likely first (default: 5; "
                    "capped at the number of classes)")
     p.add_argument("--batch-size", type=int, help=(
@@ -84,7 +92,8 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         f"{DEFAULT_URL_BATCH}, halved when the service answers that a request held too many)"))
     p.add_argument("--workers", type=int, metavar="N", help=(
         "decode processes running beside inference; 0 decodes in the main process between inference calls "
-        "(default: half the usable cores, at least 1; with --url, concurrent requests, default "
+        "(default: one per usable core, up to 8, at a lower priority than inference; with a GPU, all cores but one; "
+        "with --url, concurrent requests, default "
         f"{DEFAULT_URL_WORKERS})"))
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: the usable cores)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -98,12 +107,21 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         "DIR is class-per-folder: take each image's parent folder name as its true label and report accuracy, "
         "per-class accuracy and the most frequent confusions at the end"))
     p.add_argument("--fail-on-error", action="store_true", help="exit 1 when any file could not be scored")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a terminal)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (it is off anyway when stderr is not a terminal)")
     p.set_defaults(fn=run)
     return p
 
 
 # ---------------------------------------------------------------------------------------------- backends
+
+
+def _shm_free() -> int:
+    try:
+        st = os.statvfs("/dev/shm")
+        return st.f_bavail * st.f_frsize
+    except OSError:  # no /dev/shm (not Linux): the platform's own shared memory
+        return SHM_BUDGET_BYTES
 
 
 class LocalBackend:
@@ -116,26 +134,34 @@ class LocalBackend:
     def __init__(self, path, device: str, threads: int | None, workers: int | None, batch_size: int) -> None:
         from .runtime import OnnxClassifier, default_threads
 
-        self.clf = OnnxClassifier(path, device=device, threads=threads or default_threads(),
-                                  spin=os.environ.get("SCORE_EXP_SPIN", "1") == "1")
+        # Threads that sleep between batches leave the cores to the decode workers (spinning ones cost
+        # 10-20% of throughput on 2 cores, bench/bench_score.py).
+        self.clf = OnnxClassifier(path, device=device, threads=threads or default_threads(), spin=False)
         on_gpu = self.clf.providers[0] == "CUDAExecutionProvider"
         self.workers = default_workers(default_threads(), on_gpu) if workers is None else workers
+        self.worker_nice = 0 if on_gpu else WORKER_NICE
         self.k = 5
         self.card = self.clf.card
         self.name = self.card.name
         self.classes = list(self.card.classes)
         self.size = self.card.input.size
         self.batch_size = batch_size
-        self.inflight = max(2, 2 * self.workers)
         self.pool: ProcessPoolExecutor | None = None
         self.shm = None
         self._generation = 0
         self._alive = None
+        self.slot_bytes = batch_size * image_bytes(self.size)
+        # One slot per chunk in flight, plus the one _pipeline holds before handing it on; within what
+        # /dev/shm can hold (64 MiB in a default Docker container), since writing past it is a SIGBUS.
+        slots = min(2 * self.workers + 1, max(3, SHM_BUDGET_BYTES // self.slot_bytes), _shm_free() // self.slot_bytes)
+        if self.workers and slots < 3:
+            print(f"warning: not enough shared memory for batches of {batch_size}: decoding in this process",
+                  file=sys.stderr)
+            self.workers = 0
+        self.inflight = max(2, slots - 1) if self.workers else 2
         if self.workers:
             from multiprocessing.shared_memory import SharedMemory
 
-            slots = self.inflight + 1  # _pipeline holds one more chunk than it keeps in flight
-            self.slot_bytes = batch_size * image_bytes(self.size)
             self.shm = SharedMemory(create=True, size=slots * self.slot_bytes)
             self._free = list(range(slots))
             self._new_pool()
@@ -150,7 +176,7 @@ class LocalBackend:
         if self._alive is None:
             self._alive = ctx.Pipe(duplex=False)  # (read end for the workers, write end kept here until exit)
         self.pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=worker_init,
-                                        initargs=(self._alive[0],))
+                                        initargs=(self._alive[0], self.worker_nice))
         self._generation += 1
 
     @staticmethod
@@ -259,7 +285,7 @@ class RemoteBackend:
         self.httpx = httpx
         self.url = url.rstrip("/")
         self.client = httpx.Client(base_url=self.url, timeout=timeout)
-        self.workers = max(1, workers or DEFAULT_URL_WORKERS)
+        self.workers = max(1, DEFAULT_URL_WORKERS if workers is None else workers)
         self.inflight = self.workers
         self.per_request = per_request  # lowered when the service says a request held too many images
         self.k = 5
@@ -581,16 +607,13 @@ def _on_sigterm(signum, frame):
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        fmt_name = _validate(args)
-        backend = _open_backend(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    backend = None
     try:
+        fmt_name = _validate(args)
+        backend = _open_backend(args)
         return _run(args, fmt_name, backend)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -598,10 +621,18 @@ def run(args: argparse.Namespace) -> int:
     except RemoteError as exc:
         print(f"error: {exc}\nthe rows so far are kept: rerun with --resume to continue", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:  # before scoring started (loading the model, reading back --resume)
+        print("interrupted", file=sys.stderr)
+        return _interrupted_status(exc)
     finally:
-        backend.close()
+        if backend is not None:
+            backend.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted_status(exc: KeyboardInterrupt) -> int:
+    return 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
 
 
 def _count(root: str, stop: threading.Event, total: list) -> None:
@@ -623,6 +654,10 @@ def _run(args, fmt_name: str, backend) -> int:
         accuracy = FolderAccuracy(backend.classes, os.path.basename(os.path.abspath(args.dir)),
                                   backend.name or "(the service's default)")
 
+    try:
+        entries = walk(args.dir, summary.walk)
+    except OSError as exc:
+        raise UserError(f"cannot read {args.dir}: {exc.strerror or exc}") from None
     done: set[str] = set()
     if args.out == "-":
         out = open(sys.stdout.fileno(), "w", closefd=False, newline="", **ENCODING)
@@ -646,17 +681,13 @@ def _run(args, fmt_name: str, backend) -> int:
         out.write(fmt.header())
         out.flush()
 
-    try:
-        entries = walk(args.dir, summary.walk)
-    except OSError as exc:
-        raise UserError(f"cannot read {args.dir}: {exc.strerror or exc}") from None
     stop = threading.Event()
     total: list[int | None] = []
     counter = threading.Thread(target=_count, args=(args.dir, stop, total), daemon=True, name="score-count")
     counter.start()
     bar = tqdm(total=None, initial=summary.resumed, unit="img", file=sys.stderr, dynamic_ncols=True,
                disable=True if args.no_progress else None, smoothing=0.05, desc="scoring")
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
     start = time.perf_counter()
     try:
         chunk_size = args.batch_size or (DEFAULT_URL_BATCH if args.url else DEFAULT_BATCH_SIZE)
@@ -677,8 +708,8 @@ def _run(args, fmt_name: str, backend) -> int:
             bar.update(len(rows))
             if summary.failed:
                 bar.set_postfix(failed=summary.failed, refresh=False)
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:
+        interrupted = exc
     finally:
         summary.elapsed = time.perf_counter() - start
         stop.set()
@@ -687,11 +718,11 @@ def _run(args, fmt_name: str, backend) -> int:
             out.close()
         else:
             out.flush()
-    print(summary.text(args.out, interrupted), file=sys.stderr)
+    print(summary.text(args.out, interrupted is not None), file=sys.stderr)
     if accuracy is not None:
         print(accuracy.report(), file=sys.stderr)
     if interrupted:
-        return 130
+        return _interrupted_status(interrupted)
     return 1 if args.fail_on_error and summary.failed else 0
 
 

@@ -105,7 +105,8 @@ class CsvFormat:
 def _header_mismatch(found: list[str], expected: list[str]) -> str:
     k_found = sum(c.startswith("label_") for c in found)
     if found[:1] == ["path"] and found[-1:] == ["error"] and k_found:
-        return f"it has top-{k_found} columns but this run writes top-{(len(expected) - 2) // 2}: rerun with --k {k_found}"
+        k_expected = (len(expected) - 2) // 2
+        return f"it has top-{k_found} columns but this run writes top-{k_expected}: rerun with --k {k_found}"
     return f"its header {','.join(found)[:120]!r} is not that of a score file"
 
 

@@ -134,15 +134,20 @@ def count_images(root: str | os.PathLike, stop=None) -> int | None:
     return stats.images
 
 
-def worker_init(parent_alive=None) -> None:
-    """Decode workers leave Ctrl-C to the parent, which stops them and reports, and exit when it dies.
+def worker_init(parent_alive=None, nice: int = 0) -> None:
+    """Set up a decode worker: Ctrl-C is the parent's to handle, exit when the parent dies, lower priority.
 
     ``parent_alive`` is the read end of a pipe whose only writer is the parent: when the parent is
     killed (SIGKILL, OOM) the read sees EOF. Without this, a worker waiting for work would wait forever.
+    ``nice`` lowers the worker's priority so that it decodes in the gaps ONNX Runtime's threads leave
+    and does not preempt them mid-batch (their parallel sections wait for the slowest thread).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if os.environ.get("SCORE_EXP_NICE"):
-        os.nice(int(os.environ["SCORE_EXP_NICE"]))
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:
+            pass
     if parent_alive is not None:
         threading.Thread(target=_exit_with_parent, args=(parent_alive,), daemon=True, name="parent-watch").start()
 
@@ -202,7 +207,8 @@ def rows_view(buffer, offset: int, count: int, size: tuple[int, int]) -> np.ndar
     return np.ndarray((count, 3, *size), dtype=np.float32, buffer=buffer, offset=offset)
 
 
-def decode_into(shm_name: str, offset: int, paths: list[str | None], size: tuple[int, int]) -> tuple[list[int], dict[int, str]]:
+def decode_into(shm_name: str, offset: int, paths: list[str | None],
+                size: tuple[int, int]) -> tuple[list[int], dict[int, str]]:
     """``decode_chunk`` in a worker, writing the batch into shared memory at ``offset``; returns (ok, errors).
 
     The reply stays small (a few hundred bytes), so a worker killed while replying cannot leave a

@@ -141,7 +141,7 @@ def test_fail_on_error_and_user_errors(tree, tiny_models_dir, tmp_path, capsys):
     for message, args in cases.items():
         assert _score(*args) == 2, message
         err = capsys.readouterr().err
-        assert f"error: " in err and message in err and "Traceback" not in err, err
+        assert "error: " in err and message in err and "Traceback" not in err, err
 
 
 def test_labels_from_folders(image_folder, tiny_models_dir, tmp_path, capsys):
@@ -255,7 +255,8 @@ def _classify_handler(fail_first: int = 0, max_images: int = 64):
         fields = {part.get_param("name", header="content-disposition"): part for part in message.iter_parts()}
         images = [p for p in message.iter_parts() if p.get_param("name", header="content-disposition") == "images"]
         if len(images) > max_images:
-            return httpx.Response(400, json={"error": f"too many images: at most {max_images}", "reason": "too_many_images"})
+            return httpx.Response(400, json={"error": f"too many images: at most {max_images}",
+                                             "reason": "too_many_images"})
         k = int(fields["k"].get_content())
         calls["sizes"].append(len(images))
         predictions = []
@@ -265,9 +266,10 @@ def _classify_handler(fail_first: int = 0, max_images: int = 64):
             except ValueError as exc:
                 return httpx.Response(400, json={"error": f"{part.get_filename()}: {exc}", "reason": "not_an_image"})
             label = int(pixels.mean()) % 3
+            top = [(label + j) % 3 for j in range(k)]
             predictions.append({"filename": part.get_filename(), "top_k": [
-                {"label": ["alpha", "beta", "gamma"][(label + j) % 3], "index": (label + j) % 3, "confidence": 0.5 / (j + 1)}
-                for j in range(k)]})
+                {"label": ["alpha", "beta", "gamma"][c], "index": c, "confidence": 0.5 / (j + 1)}
+                for j, c in enumerate(top)]})
         return httpx.Response(200, json={"model": "fake", "predictions": predictions})
 
     return handler, calls
