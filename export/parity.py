@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from service.preprocess import to_model_input
 from service.runtime import OnnxClassifier, softmax
+from training.inference import topk_accuracy
 
 # Accuracy tolerances in percentage points, and the minimum top-1 agreement, per precision.
 ACCURACY_TOLERANCE_POINTS = {"fp32": 0.05, "fp16": 0.1, "int8": 0.5}
@@ -73,21 +74,12 @@ def onnx_probabilities(classifier: OnnxClassifier, images: np.ndarray, batch_siz
     return softmax(np.concatenate(out)), len(images) / elapsed
 
 
-def top1(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float((probs.argmax(1) == labels).mean())
-
-
-def top5(probs: np.ndarray, labels: np.ndarray) -> float:
-    k = min(5, probs.shape[1])
-    return float((np.argsort(-probs, 1)[:, :k] == labels[:, None]).any(1).mean())
-
-
 def judge(precision: str, torch_probs: np.ndarray | None, onnx_probs: np.ndarray, labels: np.ndarray,
           torch_top1_value: float, torch_speed: float, onnx_speed: float) -> Parity:
-    onnx_top1 = top1(onnx_probs, labels)
+    onnx_top1 = topk_accuracy(onnx_probs, labels, 1)
     agreement = float((torch_probs.argmax(1) == onnx_probs.argmax(1)).mean()) if torch_probs is not None else float("nan")
     max_diff = float(np.abs(torch_probs - onnx_probs).max()) if torch_probs is not None else float("nan")
-    parity = Parity(precision, len(labels), torch_top1_value, onnx_top1, top5(onnx_probs, labels), agreement, max_diff,
+    parity = Parity(precision, len(labels), torch_top1_value, onnx_top1, topk_accuracy(onnx_probs, labels, 5), agreement, max_diff,
                     torch_speed, onnx_speed)
     tolerance = ACCURACY_TOLERANCE_POINTS[precision]
     if abs(parity.accuracy_diff_points) > tolerance:
@@ -103,5 +95,5 @@ def measure_parity(model: torch.nn.Module, classifier: OnnxClassifier, images: n
                    batch_size: int = 256) -> Parity:
     torch_probs, torch_speed = torch_probabilities(model, images, batch_size)
     onnx_probs, onnx_speed = onnx_probabilities(classifier, images, batch_size)
-    return judge(classifier.card.precision, torch_probs, onnx_probs, labels, top1(torch_probs, labels),
+    return judge(classifier.card.precision, torch_probs, onnx_probs, labels, topk_accuracy(torch_probs, labels, 1),
                  torch_speed, onnx_speed)

@@ -12,12 +12,13 @@ import onnxruntime
 import torch
 
 from service.manifest import Manifest, ManifestError, ModelCard, ModelEntry, load_manifest, save_manifest, sha256_file
+from service.preprocess import to_model_input
 from service.runtime import OnnxClassifier
-from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
 from training.data import ImageArrays, load_split
 
 from .onnx_export import OPSET, export_fp32, input_spec, write_card
-from .parity import Parity, judge, measure_parity, onnx_probabilities, top1
+from .parity import Parity, judge, measure_parity, onnx_probabilities
 from .variants import to_fp16, to_int8
 
 log = logging.getLogger("export")
@@ -32,10 +33,13 @@ def _split(source: dict, split: str) -> ImageArrays:
                       seed=source["split_seed"], cache_dir=source.get("cache_dir"), image_size=source["input_size"])
 
 
+def _validation(source: dict, max_images: int | None) -> ImageArrays:
+    val = _split(source, "val")
+    return val.subset(np.arange(min(max_images, len(val)))) if max_images else val
+
+
 def calibration_images(source: dict, count: int, seed: int = 0) -> np.ndarray:
     """``count`` images from the training split (never validation), as float32 model input."""
-    from service.preprocess import to_model_input
-
     train = _split(source, "train")
     rng = np.random.Generator(np.random.PCG64(seed))
     idx = np.sort(rng.choice(len(train), size=min(count, len(train)), replace=False))
@@ -60,14 +64,12 @@ def export_checkpoint(
     meta = ckpt["meta"]
     model = model_from_checkpoint(ckpt)
     source = _data_source(meta, cache_dir)
-    val = _split(source, "val")
-    if max_val_images:
-        val = val.subset(np.arange(min(max_val_images, len(val))))
+    val = _validation(source, max_val_images)
     card = ModelCard(
         name=name, arch=meta["arch"], dataset=meta["dataset"], classes=meta["classes"], precision=precision,
         input=input_spec(meta), metrics={"val_top1": 0.0},
         source={**{k: v for k, v in source.items() if k != "cache_dir"}, "checkpoint": str(checkpoint),
-                "checkpoint_sha256": sha256_file(Path(checkpoint) if Path(checkpoint).is_file() else Path(checkpoint) / "best.pt"),
+                "checkpoint_sha256": sha256_file(checkpoint_file(checkpoint)),
                 "recipe": meta.get("recipe"), "model_args": meta["model_args"], "torch": torch.__version__,
                 "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "opset": OPSET},
     )
@@ -118,9 +120,7 @@ def verify_model(name: str | None, models_dir: str | Path = "models", cache_dir:
     manifest = load_manifest(models_dir, verify=True)
     entry = manifest.get(name)
     source = {**entry.source, "cache_dir": cache_dir}
-    val = _split(source, "val")
-    if max_val_images:
-        val = val.subset(np.arange(min(max_val_images, len(val))))
+    val = _validation(source, max_val_images)
     classifier = OnnxClassifier(models_dir / entry.file, device="cpu")
     checkpoint = Path(entry.source.get("checkpoint", ""))
     if checkpoint.exists():

@@ -6,7 +6,6 @@ visible, so CPU hosts start quietly.
 """
 from __future__ import annotations
 
-import ctypes.util
 import json
 import os
 from pathlib import Path
@@ -26,7 +25,7 @@ def gpu_present() -> bool:
         return False
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False
-    return Path("/dev/nvidiactl").exists() or ctypes.util.find_library("cuda") is not None and Path("/proc/driver/nvidia").exists()
+    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia").exists()
 
 
 def choose_providers(device: Device = "auto") -> list[str]:

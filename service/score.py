@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Iterator
 
-import numpy as np
 
 from .sinks import FORMATS, ENCODING, OutputError, Prediction, Row, format_from_path, make_format, resume_output
 from .walk import (Decoded, Entry, WalkStats, count_images, decode_chunk, decode_into, image_bytes, read_error,
@@ -236,7 +235,7 @@ class LocalBackend:
         return ok, errors
 
     def _rows(self, chunk: list[Entry], decoded: Decoded) -> list[Row]:
-        from .runtime import softmax, top_k
+        from .runtime import top_k
 
         rows: list[Row | None] = [None] * len(chunk)
         for i, e in enumerate(chunk):
@@ -245,7 +244,7 @@ class LocalBackend:
             elif i in decoded.errors:
                 rows[i] = Row(e.rel, error=decoded.errors[i])
         if decoded.ok:
-            probs = softmax(self.clf.logits(decoded.batch).astype(np.float64))
+            probs = self.clf.probabilities(decoded.batch)
             idx, conf = top_k(probs, self.k)
             classes = self.classes
             for i, cs, ps in zip(decoded.ok, idx.tolist(), conf.tolist()):

@@ -1,6 +1,7 @@
 """Shared fixtures: small generated datasets (never the real images) and a tiny trained run."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from pathlib import Path
@@ -126,3 +127,51 @@ def tiny_models_dir(tiny_run, tmp_path_factory) -> Path:
     export_checkpoint(tiny_run / "best.pt", "tiny", "fp32", models, cache_dir=None)
     export_checkpoint(tiny_run / "best.pt", "tiny-int8", "int8", models, cache_dir=None)
     return models
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_service(models_dir: Path, log_path: Path, *args: str, env: dict | None = None, timeout: float = 90):
+    """Start `python -m service serve` on a free port, wait for /readyz, yield its URL, stop it on exit."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = free_port()
+    command = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port),
+               "--models-dir", str(models_dir), *args]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server was not ready within {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

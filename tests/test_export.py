@@ -12,7 +12,7 @@ import torch
 
 from export.__main__ import main as export_main
 from export.parity import ACCURACY_TOLERANCE_POINTS
-from export.pipeline import ParityError, export_checkpoint, verify_model
+from export.pipeline import ParityError, export_checkpoint
 from service.manifest import METADATA_KEY, ManifestError, load_manifest
 from service.preprocess import decode_image, to_model_input
 from service.runtime import OnnxClassifier, read_card

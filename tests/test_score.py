@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,13 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import ROOT, running_service
 from service.preprocess import decode_image, to_model_input
 from service.runtime import OnnxClassifier
 from service.score import RemoteBackend
 from service.score import main as score_main
 from service.sinks import CsvFormat, JsonlFormat, OutputError, resume_output
 
-ROOT = Path(__file__).resolve().parents[1]
 GOOD = ["0_top.png", "UPPER.JPG", "a/deep/er/x.bmp", "a/img.jpeg", "a-b/z.png",
         "b/anim.gif", "b/gray.jpg", "b/photo.webp", "b/rgba.png"]
 BAD = {"bad/broken.webp": "broken symlink", "bad/corrupt.jpg": "not a readable image",
@@ -310,33 +309,11 @@ def test_url_mode_splits_and_falls_back_to_single_images(tree, tmp_path, monkeyp
     assert "failed 6 times: HTTP 503: warming up" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_url_mode_against_live_service(tree, tiny_models_dir, tmp_path):
     if not (ROOT / "service" / "service.py").exists():
         pytest.skip("service/service.py (the BentoML service) is not written yet")
-    port = _free_port()
-    log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "service", "serve", "--port", str(port), "--models-dir",
-                               str(tiny_models_dir)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the service did not become ready:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
-            time.sleep(0.25)
+    with running_service(tiny_models_dir, tmp_path / "serve.log") as url:
         local, remote = tmp_path / "local.jsonl", tmp_path / "remote.jsonl"
         common = ["--k", "2", "--no-progress", "--batch-size", "5"]
         assert _score(tree, "--out", local, "--models-dir", tiny_models_dir, *common) == 0
@@ -352,11 +329,3 @@ def test_url_mode_against_live_service(tree, tiny_models_dir, tmp_path):
                 assert [t["label"] for t in rr["top_k"]] == [t["label"] for t in lr["top_k"]]
                 assert abs(rr["top_k"][0]["confidence"] - lr["top_k"][0]["confidence"]) < 1e-4
         assert f"scored {len(GOOD)}, failed {len(BAD)}" in done.stderr
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()

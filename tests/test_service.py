@@ -10,12 +10,9 @@ import io
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +22,8 @@ import pytest
 import yaml
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, running_service
+
 MAX_IMAGES = 8
 MAX_BODY = 600_000
 MAX_PIXELS = 1_000_000
@@ -38,46 +36,15 @@ class Server(str):
     log: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_models_dir, tmp_path_factory):
-    port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     env = {**os.environ, "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml_home")), "BENTOML_DO_NOT_TRACK": "true"}
-    command = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--models-dir", str(tiny_models_dir), "--max-images", str(MAX_IMAGES), "--max-body-bytes", str(MAX_BODY),
-               "--max-pixels", str(MAX_PIXELS), "--threads", "1", "--decode-threads", "1"]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = Server(f"http://127.0.0.1:{port}")
-    url.log = log_path
-    try:
-        deadline = time.time() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"the server was not ready within 90 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.25)
+    with running_service(tiny_models_dir, log_path, "--max-images", str(MAX_IMAGES), "--max-body-bytes", str(MAX_BODY),
+                         "--max-pixels", str(MAX_PIXELS), "--threads", "1", "--decode-threads", "1", env=env) as base:
+        url = Server(base)
+        url.log = log_path
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -14,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, make_arrays, tiny_overrides
+from conftest import ROOT, free_port, make_arrays, tiny_overrides
 from training.config import AUGMENT_PRESETS, ConfigError, build_config
-from training.data import DATASETS, DatasetError, ImageArrays, load_split, stratified_split
+from training.data import DATASETS, DatasetError, load_split, stratified_split
 from training.data.augment import AugmentParams, augment_batch, cutout, random_crop
 from training.data.folder import read_image_folder
 from training.data.mix import MixParams, MixedTargets, mix_batch, mixed_cross_entropy
 from training.engine import Trainer, resume, train
-from training.models import MODELS, count_parameters, create_model, list_models
+from training.models import count_parameters, create_model, list_models
 from training.optim import lr_factor
 from training.registry import Registry
 
@@ -259,9 +258,7 @@ def test_cli_lists_models_and_rejects_bad_overrides(tmp_path):
 
 def test_torchrun_two_processes_gloo(image_folder, tmp_path):
     overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=2, threads=1)
-    with socket.socket() as sock:  # port 0 hangs torchrun's static rendezvous: pick a free port ourselves
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
+    port = str(free_port())  # port 0 hangs torchrun's static rendezvous: pick a free port ourselves
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", port,
            "-m", "training", "train", "--recipe", "resnet9_half_cpu", "--out", str(tmp_path / "ddp"), "--set", *overrides]

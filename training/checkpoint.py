@@ -18,10 +18,14 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder standing for its best.pt."""
     path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
+    return path / "best.pt" if path.is_dir() else path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = checkpoint_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     # TorchVersion is a plain str subclass; early checkpoints of this project stored one.

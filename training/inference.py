@@ -32,8 +32,9 @@ def predict_logits(model: nn.Module, loader: TensorLoader, bf16: bool = False, t
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Ties go to the lower class index, as with argmax (INT8 logits tie often)."""
     k = min(k, logits.shape[1])
-    topk = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    topk = np.argsort(-logits, axis=1, kind="stable")[:, :k]
     return float((topk == labels[:, None]).any(axis=1).mean())
 
 

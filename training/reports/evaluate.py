@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import load_checkpoint, model_from_checkpoint
+from ..checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
 from ..data import SPLITS, ImageArrays, load_split
 from ..data.loader import TensorLoader
 from ..engine import resolve_device
@@ -125,7 +125,7 @@ def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
     ckpt = load_checkpoint(path)
     if "meta" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path} is not a training checkpoint (no meta/model entries)")
-    file = path / "best.pt" if path.is_dir() else path
+    file = checkpoint_file(path)
     meta = ckpt["meta"]
     dev = resolve_device(device)
     model = model_from_checkpoint(ckpt).to(dev)

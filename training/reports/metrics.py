@@ -84,8 +84,7 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, classes: Sequence[st
         "num_samples": int(len(labels)),
         "num_classes": num_classes,
         "loss": cross_entropy(logits, labels),
-        # From argmax, like the confusion matrix: argpartition may break ties (common with int8 logits) differently.
-        "top1": float((preds == labels).mean()),
+        "top1": topk_accuracy(logits, labels, 1),
         "top3": topk_accuracy(logits, labels, 3),
         "top5": topk_accuracy(logits, labels, 5),
         "mean_per_class_accuracy": float(recall[present].mean()) if len(present) else 0.0,
