@@ -1,0 +1,67 @@
+"""ONNX Runtime CPU throughput of a shipped model's FP32 and INT8 files against PyTorch eager on its checkpoint.
+
+    python bench/bench_export.py [--fp32 resnet9-half-cifar10] [--int8 resnet9-half-cifar10-int8]
+        [--batch-sizes 1 64] [--seconds 3] [--out bench/results/export.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from service.manifest import load_manifest  # noqa: E402
+from service.runtime import OnnxClassifier  # noqa: E402
+from training.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+
+
+def images_per_s(run, batch: np.ndarray, seconds: float) -> float:
+    run(batch)  # warm-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        run(batch)
+        done += len(batch)
+    return done / (time.perf_counter() - start)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models-dir", default="models")
+    p.add_argument("--fp32", default="resnet9-half-cifar10")
+    p.add_argument("--int8", default="resnet9-half-cifar10-int8")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    manifest = load_manifest(args.models_dir)
+    fp32, int8 = manifest.get(args.fp32), manifest.get(args.int8)
+    model = model_from_checkpoint(load_checkpoint(fp32.source["checkpoint"]))
+    engines = {
+        "pytorch_eager_fp32": lambda x: model(torch.from_numpy(x)),
+        "ort_fp32": OnnxClassifier(Path(args.models_dir) / fp32.file, device="cpu").logits,
+        "ort_int8": OnnxClassifier(Path(args.models_dir) / int8.file, device="cpu").logits,
+    }
+    rng = np.random.default_rng(0)
+    results: dict = {"threads": torch.get_num_threads(), "batch_sizes": {}}
+    print("| batch | PyTorch eager | ORT FP32 | ORT INT8 | INT8/FP32 | FP32 ORT/PyTorch |\n|---|---|---|---|---|---|")
+    with torch.inference_mode():
+        for bs in args.batch_sizes:
+            batch = rng.random((bs, 3, *fp32.input.size), dtype=np.float32)
+            r = {name: images_per_s(run, batch, args.seconds) for name, run in engines.items()}
+            results["batch_sizes"][bs] = r
+            print(f"| {bs} | {r['pytorch_eager_fp32']:,.0f} | {r['ort_fp32']:,.0f} | {r['ort_int8']:,.0f} | "
+                  f"{r['ort_int8'] / r['ort_fp32']:.2f}x | {r['ort_fp32'] / r['pytorch_eager_fp32']:.2f}x |", flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
