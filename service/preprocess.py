@@ -17,6 +17,9 @@ from PIL import Image, ImageOps
 # with 32x32 inputs has no use for anything near that, so the limit is far lower.
 DEFAULT_MAX_PIXELS = 40_000_000
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+# Naming the format up front skips Pillow's probe of every registered format: ~10 us of the ~100 us a
+# 32x32 JPEG takes (measured with time.process_time on this CPU). Anything else is probed as usual.
+_MAGIC_FORMATS = ((b"\xff\xd8\xff", ("JPEG",)), (b"\x89PNG\r\n\x1a\n", ("PNG",)))
 
 
 class ImageDecodeError(ValueError):
@@ -30,7 +33,7 @@ def decode_image(data: bytes, size: tuple[int, int] = (32, 32), max_pixels: int 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=_format_hint(data))
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageDecodeError(f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
@@ -44,11 +47,21 @@ def decode_image(data: bytes, size: tuple[int, int] = (32, 32), max_pixels: int 
     return to_rgb_array(image, size)
 
 
+def _format_hint(data: bytes) -> tuple[str, ...] | None:
+    for magic, formats in _MAGIC_FORMATS:
+        if data.startswith(magic):
+            return formats
+    return None
+
+
 def to_rgb_array(image: Image.Image, size: tuple[int, int] = (32, 32)) -> np.ndarray:
-    try:
-        image = ImageOps.exif_transpose(image)
-    except Exception:  # a broken EXIF block should not cost the image
-        pass
+    # A JPEG keeps its orientation only in an EXIF block; without one there is nothing to rotate, and
+    # skipping exif_transpose's parse saves ~12 us per image. Other formats keep it elsewhere (TIFF tags).
+    if not (image.format == "JPEG" and "exif" not in image.info):
+        try:
+            image = ImageOps.exif_transpose(image)
+        except Exception:  # a broken EXIF block should not cost the image
+            pass
     image = _to_rgb(image)
     height, width = size
     if image.size != (width, height):
@@ -67,7 +80,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def to_model_input(images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
