@@ -185,6 +185,7 @@ class LoadedModel:
     # under in-flight requests (bentoml/BentoML#5540).
     runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9},
     metrics={"enabled": True},
+    logging={"access": {"enabled": SETTINGS.access_log == "on"}},
 )
 class Classifier:
     def __init__(self) -> None:
