@@ -1,7 +1,10 @@
 """Training throughput (images/s) per model, and the data loader's own throughput for comparison.
 
-    python bench/bench_training.py [--models se_resnet18 wrn_16_8 wrn_28_10] [--steps 5] [--batch-size 128]
-        [--device auto] [--out bench/results/training.json]
+    python bench/bench_training.py [--models se_resnet18 resnet18:activation=gelu ...] [--steps 5]
+        [--batch-size 128] [--device auto] [--out bench/results/training.json]
+
+A model is a registry name, optionally with constructor arguments after a colon
+(``resnet18:attention=se,attention_pool=avg+max``); ``--models all`` is every registered model.
 
 The loader figure is the augmentation pipeline alone (crop + flip + Cutout on
 uint8 tensors): it must be well above every model's step throughput, or the
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -25,7 +29,7 @@ from training.data.augment import AugmentParams  # noqa: E402
 from training.data.loader import TensorLoader  # noqa: E402
 from training.engine import resolve_device  # noqa: E402
 from training.inference import autocast  # noqa: E402
-from training.models import create_model  # noqa: E402
+from training.models import create_model, list_models  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -49,8 +53,19 @@ def loader_throughput(device: torch.device, batch_size: int, batches: int) -> fl
     return n / (time.perf_counter() - start)
 
 
-def train_throughput(name: str, device: torch.device, batch_size: int, steps: int, bf16: bool, warmup: int = 2) -> float:
-    model = create_model(name).to(device).to(memory_format=torch.channels_last).train()
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """``name:key=value,key=value`` -> (name, kwargs); values are YAML scalars (ints, floats, bools, strings)."""
+    name, _, args = spec.partition(":")
+    kwargs = {}
+    for pair in filter(None, args.split(",")):
+        key, _, value = pair.partition("=")
+        kwargs[key] = yaml.safe_load(value)
+    return name, kwargs
+
+
+def train_throughput(spec: str, device: torch.device, batch_size: int, steps: int, bf16: bool, warmup: int = 2) -> float:
+    name, kwargs = parse_spec(spec)
+    model = create_model(name, **kwargs).to(device).to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     x = torch.rand(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch_size,), device=device)
@@ -76,6 +91,8 @@ def main() -> int:
     p.add_argument("--no-bf16", action="store_true")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
+    if args.models == ["all"]:
+        args.models = list_models()
     device = resolve_device(args.device)
     bf16 = not args.no_bf16
     results = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -28,6 +28,9 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-images", type=int, default=1000, help="training-split images to calibrate INT8 with")
     p.add_argument("--cache-dir", default=".cache/datasets", help="dataset decode cache")
     p.add_argument("--max-val-images", type=int, help="verify on only the first N validation images (quick checks)")
+    p.add_argument("--tta", choices=["none", "flip"], default="none",
+                   help="flip: average the logits of each image and its mirror inside the graph (test-time "
+                        "augmentation; twice the compute per image, nothing changes for clients)")
     return p
 
 
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args = export_parser().parse_args(argv)
         entry, parity = export_checkpoint(args.checkpoint, args.name, args.precision, args.models_dir, args.default,
-                                          args.calibration_images, args.cache_dir, args.max_val_images)
+                                          args.calibration_images, args.cache_dir, args.max_val_images, args.tta)
         print(parity.summary())
         print(json.dumps({"name": entry.name, "file": entry.file, "sha256": entry.sha256}, indent=2))
         return 0

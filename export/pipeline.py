@@ -16,6 +16,7 @@ from service.preprocess import to_model_input
 from service.runtime import OnnxClassifier
 from training.checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
 from training.data import ImageArrays, load_split
+from training.inference import with_tta
 
 from .onnx_export import OPSET, export_fp32, input_spec, write_card
 from .parity import Parity, judge, measure_parity, onnx_probabilities
@@ -56,13 +57,15 @@ def _data_source(meta: dict, cache_dir: str | None) -> dict:
 def export_checkpoint(
     checkpoint: str | Path, name: str, precision: str = "fp32", models_dir: str | Path = "models",
     make_default: bool = False, calibration_count: int = 1000, cache_dir: str | None = ".cache/datasets",
-    max_val_images: int | None = None,
+    max_val_images: int | None = None, tta: str = "none",
 ) -> tuple[ModelEntry, Parity]:
+    """``tta="flip"`` puts flip test-time augmentation inside the graph: parity is then measured against
+    the same averaging in PyTorch, and the card's source records it."""
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)
     meta = ckpt["meta"]
-    model = model_from_checkpoint(ckpt)
+    model = with_tta(model_from_checkpoint(ckpt), tta)
     source = _data_source(meta, cache_dir)
     val = _validation(source, max_val_images)
     card = ModelCard(
@@ -71,7 +74,7 @@ def export_checkpoint(
         source={**{k: v for k, v in source.items() if k != "cache_dir"}, "checkpoint": str(checkpoint),
                 "checkpoint_sha256": sha256_file(checkpoint_file(checkpoint)),
                 "recipe": meta.get("recipe"), "model_args": meta["model_args"], "torch": torch.__version__,
-                "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "opset": OPSET},
+                "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "opset": OPSET, "tta": tta},
     )
     final = models_dir / f"{name}.onnx"
     with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
@@ -124,7 +127,7 @@ def verify_model(name: str | None, models_dir: str | Path = "models", cache_dir:
     classifier = OnnxClassifier(models_dir / entry.file, device="cpu")
     checkpoint = Path(entry.source.get("checkpoint", ""))
     if checkpoint.exists():
-        model = model_from_checkpoint(load_checkpoint(checkpoint))
+        model = with_tta(model_from_checkpoint(load_checkpoint(checkpoint)), entry.source.get("tta", "none"))
         return measure_parity(model, classifier, val.images, val.labels)
     # Without the checkpoint (a fresh clone), compare with the PyTorch accuracy recorded at export time.
     log.warning("checkpoint %s is not here: comparing with the PyTorch accuracy recorded at export", checkpoint)

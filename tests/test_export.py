@@ -66,6 +66,20 @@ def test_normalisation_in_graph_matches_training_path(exported, tiny_run, image_
     np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4)
 
 
+def test_flip_tta_inside_the_graph(tiny_run, tmp_path):
+    entry, parity = export_checkpoint(tiny_run / "best.pt", "tiny-tta", "fp32", tmp_path, cache_dir=None, tta="flip")
+    assert parity.passed and parity.top1_agreement == 1.0 and entry.source["tta"] == "flip"
+    clf = OnnxClassifier(tmp_path / entry.file, device="cpu")
+    x = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+    mirrored = np.ascontiguousarray(x[..., ::-1])
+    # The averaged model cannot tell an image from its mirror, and it is the mean of the plain model's two logits.
+    np.testing.assert_allclose(clf.logits(x), clf.logits(mirrored), atol=1e-5)
+    with torch.no_grad():
+        plain = model_from_checkpoint(load_checkpoint(tiny_run / "best.pt")).eval()
+        expected = (plain(torch.from_numpy(x)) + plain(torch.from_numpy(mirrored))).numpy() / 2
+    np.testing.assert_allclose(clf.logits(x), expected, atol=1e-4)
+
+
 def test_fp16_and_int8_variants(tiny_run, tmp_path):
     for precision in ("fp16", "int8"):
         try:

@@ -16,16 +16,35 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+TTA_CHOICES = ("none", "flip")
+
+
+class FlipAverage(nn.Module):
+    """Logits averaged over the image and its mirror: flip test-time augmentation as a model, so the
+    exported ONNX graph and ``evaluate --tta flip`` compute the same thing (at twice the cost)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.model(x).float() + self.model(x.flip(3)).float()) / 2
+
+
+def with_tta(model: nn.Module, tta: str) -> nn.Module:
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; valid: {', '.join(TTA_CHOICES)}")
+    return FlipAverage(model) if tta == "flip" else model
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader: TensorLoader, bf16: bool = False, tta_flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Return float32 logits [N, C] and labels [N] over a non-shuffled loader."""
-    model.eval()
+    model = with_tta(model, "flip" if tta_flip else "none").eval()
     logits, labels = [], []
     for x, y in loader:
         with autocast(loader.device, bf16):
             out = model(x).float()
-            if tta_flip:
-                out = (out + model(x.flip(3)).float()) / 2
         logits.append(out.cpu())
         labels.append(y.cpu())
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()

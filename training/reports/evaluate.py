@@ -24,7 +24,7 @@ from ..checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
 from ..data import SPLITS, ImageArrays, load_split
 from ..data.loader import TensorLoader
 from ..engine import resolve_device
-from ..inference import predict_logits
+from ..inference import TTA_CHOICES, predict_logits
 from ..plots import plot_training_curves
 from . import figures
 from .gradcam import GradCAM
@@ -32,7 +32,6 @@ from .metrics import compute_metrics, softmax
 
 log = logging.getLogger("training.reports")
 
-TTA_CHOICES = ("none", "flip")
 PREDICTIONS_FILE = "predictions.npz"
 METRICS_FILE = "metrics.json"
 GRADCAM_PER_GROUP = 4
