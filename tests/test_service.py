@@ -284,6 +284,18 @@ def test_serve_refuses_a_bad_setting(tmp_path):
     assert done.returncode == 2 and "CIFAR_MAX_BATCH_SIZE must be an integer" in done.stderr
 
 
+def test_access_log_setting_reaches_bentoml():
+    """The env variable picks the service's access-log config in the process BentoML imports it in."""
+    probe = ("import service.service as s; print(s.Classifier.config['logging']['access']['enabled'])")
+    for value, expected in (("on", "True"), ("off", "False"), ("", "False")):
+        done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "CIFAR_ACCESS_LOG": value})
+        assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == expected, done.stderr[-500:]
+    done = subprocess.run([sys.executable, "-m", "service", "serve", "--access-log", "loud"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--access-log" in done.stderr
+
+
 def test_bentoml_build_packs_service_and_models_only(tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
     done = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=ROOT, env=env,
