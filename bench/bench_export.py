@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from report_io import write_json  # noqa: E402
 
 from service.manifest import load_manifest  # noqa: E402
 from service.runtime import OnnxClassifier  # noqa: E402
@@ -58,8 +59,7 @@ def main() -> int:
             print(f"| {bs} | {r['pytorch_eager_fp32']:,.0f} | {r['ort_fp32']:,.0f} | {r['ort_int8']:,.0f} | "
                   f"{r['ort_int8'] / r['ort_fp32']:.2f}x | {r['ort_fp32'] / r['pytorch_eager_fp32']:.2f}x |", flush=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
+        write_json(args.out, results)
     return 0
 
 

@@ -14,7 +14,6 @@ Prints a markdown table and writes the figures as JSON to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -29,6 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from report_io import write_json  # noqa: E402
 
 from service.manifest import ManifestError, load_manifest  # noqa: E402
 from service.preprocess import decode_image, to_model_input  # noqa: E402
@@ -217,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
               "decode_images_per_s_one_core": raw.decode_per_s, "scorer": results,
               "goal": "scorer defaults >= 90% of the raw engine",
               "goal_met": results.get("default", {}).get("fraction_of_raw", 0) >= 0.9}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -44,6 +44,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report_io import write_json  # noqa: E402
+
 from service.manifest import load_manifest  # noqa: E402
 from service.preprocess import decode_image, to_model_input  # noqa: E402
 from service.runtime import OnnxClassifier, default_threads  # noqa: E402
@@ -325,7 +327,7 @@ def main(args: argparse.Namespace) -> int:
                  "load_average_after": os.getloadavg()},
         "note": "the load generator runs on the same cores as the server",
     }
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
 
     raw_text = ", ".join(f"batch {bs}: {v:,.0f} ({c:.2f} ms CPU/image)" for bs, (v, c) in raw.items())
     print(f"\nModel `{entry.name}` ({entry.precision}), k={args.k}, {threads} ONNX Runtime threads, "

@@ -13,7 +13,6 @@ loader would be the bottleneck.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,8 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from report_io import write_json  # noqa: E402
 
 from training.data import ImageArrays  # noqa: E402
 from training.data.augment import AugmentParams  # noqa: E402
@@ -105,8 +106,7 @@ def main() -> int:
         print(f"| {name} | {ips:,.0f} |", flush=True)
     print(f"| data loader alone (crop+flip+cutout) | {results['loader_images_per_s']:,.0f} |")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
+        write_json(args.out, results)
     return 0
 
 
