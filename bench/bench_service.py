@@ -5,10 +5,11 @@
 
 Starts ``python -m service serve`` on a free port (or uses --url), waits for /readyz, then:
 
-1. raw engine: ``OnnxClassifier.logits`` in this process on float32 batches decoded beforehand, with
-   the service's thread count, at the per-request size and at the service's max batch size, while the
-   server is idle, before and again after the load (the better kept: the machine may be shared); the
-   best is the ceiling the service is compared with;
+1. raw engine (raw_engine.py): ``OnnxClassifier.logits`` in this process on float32 batches decoded
+   beforehand, one stream on every core and one single-threaded stream per core, at the per-request
+   size and at the service's max batch size, while the server is idle, before and again after the load
+   (the better kept: the machine may be shared); the best of all is the ceiling the service is compared
+   with;
 2. for each concurrency: that many keep-alive connections each POSTing /classify back to back for
    --duration seconds (at most --max-requests requests), every request carrying --images-per-request
    real CIFAR-10 JPEGs from the shared archive, after a short warm-up at that concurrency; once per
@@ -44,11 +45,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import raw_engine  # noqa: E402
 from report_io import write_json  # noqa: E402
 
 from service.manifest import load_manifest  # noqa: E402
 from service.preprocess import decode_image, to_model_input  # noqa: E402
-from service.runtime import OnnxClassifier, default_threads  # noqa: E402
+from service.runtime import default_threads  # noqa: E402
 
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-train-jpg.tar.gz"
 
@@ -66,7 +68,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-requests", type=int, default=20_000, help="at most this many requests per level")
     p.add_argument("--k", type=int, default=5, help="top-k asked for")
     p.add_argument("--pool", type=int, default=512, help="distinct JPEGs taken from the archive")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads, service and raw engine (0: all cores)")
+    p.add_argument("--streams", type=int, default=0, help="the service's concurrent batches (0: its default)")
+    p.add_argument("--threads", type=int, default=0, help="the service's ONNX Runtime threads per batch (0: its default)")
     p.add_argument("--max-batch-size", type=int, default=256, help="the service's adaptive batching limit")
     p.add_argument("--serve-arg", action="append", default=[], help="extra argument for `python -m service serve`")
     p.add_argument("--archive", default=str(ARCHIVE), help="the CIFAR-10 JPEG archive")
@@ -166,22 +169,9 @@ async def load(host, port, requests, concurrency, duration, max_requests, check=
     return {"requests": len(latencies), "elapsed_s": elapsed, "latencies": latencies, "errors": errors}
 
 
-def raw_engine(path: Path, threads: int, batch_sizes: list[int], jpegs, size, seconds: float = 4.0) -> dict[int, float]:
-    clf = OnnxClassifier(path, device="cpu", threads=threads)
+def raw_rates(path: Path, batch_sizes: list[int], jpegs, size) -> dict[str, raw_engine.EngineRate]:
     pixels = to_model_input([decode_image(data, size) for _, data in jpegs])
-    out = {}
-    for bs in batch_sizes:
-        batches = [pixels[i:i + bs] for i in range(0, len(pixels) - bs + 1, bs)] or [pixels[:bs]]
-        for b in batches[:3]:
-            clf.logits(b)
-        n, i, t0, cpu0 = 0, 0, time.perf_counter(), time.process_time()
-        while time.perf_counter() - t0 < seconds:
-            b = batches[i % len(batches)]
-            clf.logits(b)
-            n += len(b)
-            i += 1
-        out[bs] = (n / (time.perf_counter() - t0), (time.process_time() - cpu0) * 1000 / n)
-    return out
+    return {r.label: r for r in raw_engine.ceiling(path, pixels, batch_sizes)}
 
 
 def tree_cpu_seconds(root: int | None) -> float | None:
@@ -216,8 +206,9 @@ def free_port() -> int:
 def start_server(args, port: int) -> subprocess.Popen:
     command = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--models-dir", args.models_dir, "--max-batch-size", str(args.max_batch_size), *args.serve_arg]
-    if args.threads:
-        command += ["--threads", str(args.threads)]
+    for flag in ("streams", "threads"):
+        if getattr(args, flag):
+            command += [f"--{flag}", str(getattr(args, flag))]
     # The access log of a run is megabytes: kept in the temporary directory, its path printed.
     fd, log_path = tempfile.mkstemp(prefix="bench_service_", suffix=".log")
     print(f"server log: {log_path}", file=sys.stderr, flush=True)
@@ -269,7 +260,6 @@ def run_level(args, host, port, server, requests, per_request, concurrency, chec
 def main(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.models_dir)
     entry = manifest.get(args.model)
-    threads = args.threads or default_threads()
     jpegs = read_jpegs(Path(args.archive), args.pool)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 
@@ -284,7 +274,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         wait_ready(host, port)
         model_path = Path(args.models_dir) / entry.file
-        raw = raw_engine(model_path, threads, sorted({*sizes, args.max_batch_size}), jpegs, entry.input.size)
+        batch_sizes = sorted({*sizes, args.max_batch_size})
+        raw = raw_rates(model_path, batch_sizes, jpegs, entry.input.size)
         runs = []
         for per_request in sizes:
             requests = build_requests(jpegs, per_request, args.k, entry.name, f"{host}:{port}")
@@ -301,8 +292,8 @@ def main(args: argparse.Namespace) -> int:
             runs.append({"images_per_request": per_request, "levels": levels})
         # Measured again after the load, the better of the two kept: on a shared machine the engine's
         # ceiling is the least disturbed measurement.
-        again = raw_engine(model_path, threads, sorted(raw), jpegs, entry.input.size)
-        raw = {bs: max(raw[bs], again[bs]) for bs in raw}
+        again = raw_rates(model_path, batch_sizes, jpegs, entry.input.size)
+        raw = {label: max(raw[label], again[label], key=lambda r: r.images_per_s) for label in raw}
     finally:
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)
@@ -311,27 +302,32 @@ def main(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
 
-    ceiling = max(throughput for throughput, _ in raw.values())
+    best = max(raw.values(), key=lambda r: r.images_per_s)
+    ceiling = best.images_per_s
     for run in runs:
         for level in run["levels"]:
             level["fraction_of_raw"] = round(level["images_per_s"] / ceiling, 3)
     report = {
         "model": entry.name, "precision": entry.precision, "file": entry.file, "k": args.k,
-        "duration_s": args.duration, "threads": threads, "max_batch_size": args.max_batch_size,
-        "raw_engine_images_per_s": {str(bs): round(v, 1) for bs, (v, _) in raw.items()},
-        "raw_engine_cpu_ms_per_image": {str(bs): round(c, 3) for bs, (_, c) in raw.items()},
+        "duration_s": args.duration, "streams": args.streams or "default", "threads": args.threads or "default",
+        "max_batch_size": args.max_batch_size,
+        "raw_engine_images_per_s": {label: round(r.images_per_s, 1) for label, r in raw.items()},
+        "raw_engine_cpu_ms_per_image": {label: round(r.cpu_ms_per_image, 3) for label, r in raw.items()},
         "raw_engine_ceiling_images_per_s": round(ceiling, 1),
+        "raw_engine_ceiling": best.label,
         "runs": runs,
-        "host": {"cpus": os.cpu_count(), "affinity": threads, "machine": platform.machine(),
+        "host": {"cpus": os.cpu_count(), "affinity": default_threads(), "machine": platform.machine(),
                  "processor": platform.processor(), "python": platform.python_version(),
                  "load_average_after": os.getloadavg()},
         "note": "the load generator runs on the same cores as the server",
     }
     write_json(args.out, report)
 
-    raw_text = ", ".join(f"batch {bs}: {v:,.0f} ({c:.2f} ms CPU/image)" for bs, (v, c) in raw.items())
-    print(f"\nModel `{entry.name}` ({entry.precision}), k={args.k}, {threads} ONNX Runtime threads, "
-          f"max batch {args.max_batch_size}.\nRaw ONNX Runtime (images/s): {raw_text}.\n")
+    raw_text = "; ".join(f"{label}: {r.images_per_s:,.0f} ({r.cpu_ms_per_image:.2f} ms CPU/image)"
+                         for label, r in raw.items())
+    print(f"\nModel `{entry.name}` ({entry.precision}), k={args.k}, max batch {args.max_batch_size}, service "
+          f"streams/threads {args.streams or 'default'}/{args.threads or 'default'}.\n"
+          f"Raw ONNX Runtime (images/s): {raw_text}. Ceiling: {best.label}.\n")
     print("| JPEGs/request | concurrency | requests | images/s | % of raw | p50 ms | p95 ms | p99 ms | errors "
           "| server CPU ms/image |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

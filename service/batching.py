@@ -9,7 +9,9 @@ concurrency 8.
 
 So /classify hands its decoded images straight to the dispatcher that serves the batchable API's own
 HTTP route: same queue, same ``max_batch_size`` / ``max_latency_ms``, same adaptive-batch-size
-histogram on /metrics, no serialisation. The dispatcher is found once, through the route BentoML
+histogram on /metrics, no serialisation. The dispatcher runs one batch at a time; it is allowed
+``concurrency`` (its semaphore widened, and the service given as many threads for sync APIs), so that a
+second batch keeps the cores busy while the event loop answers the first. The dispatcher is found once, through the route BentoML
 registered for the API; :class:`RouterProbe` (an ASGI middleware that only passes requests on)
 remembers the router. If BentoML's internals ever stop matching, the documented proxy call is used
 instead and a warning says so.
@@ -41,8 +43,9 @@ class RouterProbe:
         await self.app(scope, receive, send)
 
 
-def find_dispatcher(api_name: str) -> Callable[[Any], Awaitable[Any]] | None:
-    """``call(batch) -> output`` through the adaptive-batching dispatcher of batchable API ``api_name``."""
+def find_dispatcher(api_name: str, concurrency: int = 1) -> Callable[[Any], Awaitable[Any]] | None:
+    """``call(batch) -> output`` through the adaptive-batching dispatcher of batchable API ``api_name``,
+    which may run up to ``concurrency`` batches at once."""
     for router in reversed(_routers):
         for route in getattr(router, "routes", []):
             if getattr(route, "name", None) != api_name:
@@ -52,6 +55,7 @@ def find_dispatcher(api_name: str) -> Callable[[Any], Awaitable[Any]] | None:
             if isinstance(endpoint, functools.partial) and api_name in getattr(factory, "dispatchers", {}):
                 batch_infer = factory.batch_infer
                 dispatcher = factory.dispatchers[api_name]
+                _allow_concurrent_batches(dispatcher, concurrency)
 
                 async def call(batch: Any) -> Any:
                     _forget_stale_wait(dispatcher)
@@ -59,6 +63,17 @@ def find_dispatcher(api_name: str) -> Callable[[Any], Awaitable[Any]] | None:
 
                 return call
     return None
+
+
+def _allow_concurrent_batches(dispatcher: Any, concurrency: int) -> None:
+    """BentoML's CorkDispatcher admits one batch at a time through a ``NonBlockSema(1)``; widen it."""
+    sema = getattr(dispatcher, "_sema", None)
+    if concurrency > 1 and sema is not None and hasattr(sema, "is_locked") and hasattr(sema, "sema"):
+        dispatcher._sema = type(sema)(concurrency)
+        log.info("up to %d batches at once", concurrency)
+    elif concurrency > 1:
+        log.warning("cannot let BentoML's dispatcher run %d batches at once (other internals?): one at a time",
+                    concurrency)
 
 
 def _forget_stale_wait(dispatcher: Any) -> None:
@@ -80,15 +95,17 @@ def _forget_stale_wait(dispatcher: Any) -> None:
 class BatchGateway:
     """Resolves the in-process dispatcher on first use; falls back to BentoML's self-proxy if it cannot."""
 
-    def __init__(self, api_name: str, fallback: Callable[[], Callable[[Any], Awaitable[Any]]]) -> None:
+    def __init__(self, api_name: str, fallback: Callable[[], Callable[[Any], Awaitable[Any]]],
+                 concurrency: int = 1) -> None:
         self.api_name = api_name
+        self.concurrency = concurrency
         self._fallback = fallback
         self._call: Callable[[Any], Awaitable[Any]] | None = None
         self.in_process = False
 
     def resolve(self) -> Callable[[Any], Awaitable[Any]]:
         if self._call is None:
-            call = find_dispatcher(self.api_name)
+            call = find_dispatcher(self.api_name, self.concurrency)
             if call is not None:
                 self._call, self.in_process = call, True
                 log.info("batching %r in-process through BentoML's dispatcher", self.api_name)

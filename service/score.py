@@ -10,6 +10,7 @@ With ``--url`` the images go to a running service instead of a local model.
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import os
 import signal
@@ -55,6 +56,13 @@ def default_workers(cores: int, on_gpu: bool) -> int:
     return max(1, min(cores, 8))
 
 
+def default_streams(cores: int, on_gpu: bool) -> int:
+    """Inference batches at once. On CPU one single-threaded stream per core: concurrent runs on one
+    session keep both cores busy where one two-threaded run waits at its barriers for a thread a decoder
+    displaced (measured on 2 cores, bench/bench_score.py). A GPU takes one batch at a time."""
+    return 1 if on_gpu else cores
+
+
 def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "score", help="score every image under a folder; write CSV or JSON Lines",
@@ -94,7 +102,10 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         "(default: one per usable core, up to 8, at a lower priority than inference; with a GPU, all cores but one; "
         "with --url, concurrent requests, default "
         f"{DEFAULT_URL_WORKERS})"))
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: the usable cores)")
+    p.add_argument("--streams", type=int, metavar="N", help=(
+        "inference batches run at once, each on its own thread (default: one per usable core on CPU, 1 with a GPU)"))
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per stream (default: the usable cores "
+                   "divided among the streams)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where the model runs: auto picks CUDA when a GPU is visible (default: auto)")
     p.add_argument("--url", help="score through a running service (POST URL/classify) instead of a local model")
@@ -130,14 +141,19 @@ class LocalBackend:
     positions that decoded (and an error per file that did not); inference reads the slot in place.
     """
 
-    def __init__(self, path, device: str, threads: int | None, workers: int | None, batch_size: int) -> None:
-        from .runtime import OnnxClassifier, default_threads
+    def __init__(self, path, device: str, threads: int | None, workers: int | None, batch_size: int,
+                 streams: int | None = None) -> None:
+        from .runtime import OnnxClassifier, choose_providers, default_threads
 
+        cores = default_threads()
+        on_gpu = choose_providers(device)[0] == "CUDAExecutionProvider"  # type: ignore[arg-type]
+        self.streams = default_streams(cores, on_gpu) if streams is None else streams
         # Threads that sleep between batches leave the cores to the decode workers (spinning ones cost
         # 10-20% of throughput on 2 cores, bench/bench_score.py).
-        self.clf = OnnxClassifier(path, device=device, threads=threads or default_threads(), spin=False)
+        self.clf = OnnxClassifier(path, device=device, threads=threads or max(1, cores // self.streams), spin=False)
         on_gpu = self.clf.providers[0] == "CUDAExecutionProvider"
-        self.workers = default_workers(default_threads(), on_gpu) if workers is None else workers
+        self.workers = default_workers(cores, on_gpu) if workers is None else workers
+        self._pool_lock = threading.RLock()  # the decode pool is replaced from whichever stream finds it broken
         self.worker_nice = 0 if on_gpu else WORKER_NICE
         self.k = 5
         self.card = self.clf.card
@@ -152,12 +168,13 @@ class LocalBackend:
         self.slot_bytes = batch_size * image_bytes(self.size)
         # One slot per chunk in flight, plus the one _pipeline holds before handing it on; within what
         # /dev/shm can hold (64 MiB in a default Docker container), since writing past it is a SIGBUS.
-        slots = min(2 * self.workers + 1, max(3, SHM_BUDGET_BYTES // self.slot_bytes), _shm_free() // self.slot_bytes)
+        slots = min(2 * self.workers + self.streams, max(3, SHM_BUDGET_BYTES // self.slot_bytes),
+                    _shm_free() // self.slot_bytes)
         if self.workers and slots < 3:
             print(f"warning: not enough shared memory for batches of {batch_size}: decoding in this process",
                   file=sys.stderr)
             self.workers = 0
-        self.inflight = max(2, slots - 1) if self.workers else 2
+        self.inflight = max(2, slots - 1) if self.workers else 2 * self.streams
         if self.workers:
             from multiprocessing.shared_memory import SharedMemory
 
@@ -166,6 +183,10 @@ class LocalBackend:
             self._new_pool()
 
     def _new_pool(self) -> None:
+        with self._pool_lock:
+            self._replace_pool()
+
+    def _replace_pool(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)  # a broken pool's workers are gone after this
         # forkserver: workers fork from a clean single-threaded server that has imported only the decoder,
@@ -211,6 +232,10 @@ class LocalBackend:
 
     def _recover(self, paths: list[str | None], offset: int, generation: int) -> tuple[list[int], dict[int, str]]:
         """A worker died (a decoder crash, or killed for memory): retry in a fresh pool, then file by file."""
+        with self._pool_lock:
+            return self._recover_locked(paths, offset, generation)
+
+    def _recover_locked(self, paths: list[str | None], offset: int, generation: int) -> tuple[list[int], dict[int, str]]:
         if generation == self._generation:
             self._new_pool()
         try:
@@ -540,16 +565,35 @@ def _chunks(entries: Iterator[Entry], size: int, done: set[str]) -> Iterator[lis
 
 
 def _pipeline(chunks: Iterator[list[Entry]], backend) -> Iterator[list[Row]]:
-    """Rows per chunk, in order, with up to ``backend.inflight`` chunks being prepared ahead."""
-    pending: deque = deque()
-    for chunk in chunks:
-        pending.append((chunk, backend.submit(chunk)))
-        if len(pending) > backend.inflight:
-            chunk, handle = pending.popleft()
-            yield backend.finish(chunk, handle)
-    while pending:
-        chunk, handle = pending.popleft()
-        yield backend.finish(chunk, handle)
+    """Rows per chunk, in order, with up to ``backend.inflight`` chunks being prepared ahead and the oldest
+    ``backend.streams`` of them being finished (inferred) at once, each on its own thread."""
+    streams = getattr(backend, "streams", 1)
+    pool = ThreadPoolExecutor(streams, thread_name_prefix="score-infer") if streams > 1 else None
+    pending: deque = deque()  # [chunk, handle, future of finish or None], oldest first
+
+    def start_oldest() -> None:
+        if pool is not None:
+            for item in itertools.islice(pending, streams):
+                if item[2] is None:
+                    item[2] = pool.submit(backend.finish, item[0], item[1])
+
+    def take_oldest() -> list[Row]:
+        chunk, handle, future = pending.popleft()
+        rows = future.result() if future is not None else backend.finish(chunk, handle)
+        start_oldest()
+        return rows
+
+    try:
+        for chunk in chunks:
+            pending.append([chunk, backend.submit(chunk), None])
+            start_oldest()
+            if len(pending) > backend.inflight:
+                yield take_oldest()
+        while pending:
+            yield take_oldest()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _validate(args) -> str:
@@ -562,8 +606,10 @@ def _validate(args) -> str:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be 0 or more, not {args.workers}")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be at least 1, not {args.threads}")
+    for flag in ("threads", "streams"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag} must be at least 1, not {value}")
     fmt = args.format or ("csv" if args.out == "-" else format_from_path(args.out))
     if fmt is None:
         raise UserError(f"cannot tell the output format from {args.out!r}: name it .csv or .jsonl, or pass --format")
@@ -594,7 +640,7 @@ def _open_backend(args):
     except KeyError as exc:
         raise UserError(exc.args[0]) from None
     return LocalBackend(os.path.join(args.models_dir, entry.file), args.device, args.threads, args.workers,
-                        args.batch_size or DEFAULT_BATCH_SIZE)
+                        args.batch_size or DEFAULT_BATCH_SIZE, args.streams)
 
 
 class _Terminated(KeyboardInterrupt):

@@ -38,7 +38,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                         help="address to bind (default: $BENTOML_HOST or 0.0.0.0)")
     for name, setting in SETTINGS.items():
         default = getattr(defaults, name)
-        shown = {"threads": "cores available", "decode_threads": "cores available"}.get(name, default)
+        shown = {"streams": "cores available", "threads": "cores available / streams",
+                 "decode_threads": "cores available"}.get(name, default)
         if name == "models_dir":
             shown = "models/ next to the service package"
         kwargs = {"choices": setting.choices} if setting.choices else {"metavar": "DIR" if name == "models_dir" else "N"}

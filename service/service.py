@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -173,13 +172,13 @@ class LoadedModel:
         self.classifier = classifier
         self.size = entry.input.size
         self.classes = entry.classes
-        self.lock = threading.Lock()
 
 
 # ---------------------------------------------------------------------------------------------- the service
 @bentoml.service(
     name="cifar_classifier",
     workers=SETTINGS.workers,
+    threads=SETTINGS.inference_streams,  # threads for sync APIs: each running batch of infer takes one
     traffic={"timeout": SETTINGS.timeout_s},
     # The self-proxy (only used if the in-process dispatcher is not found) must not recycle its session
     # under in-flight requests (bentoml/BentoML#5540).
@@ -196,17 +195,19 @@ class Classifier:
         _PIXEL_BYTES.clear()
         _PIXEL_BYTES.update({name: m.size[0] * m.size[1] * 3 for name, m in self.loaded.items()})
         self._decode_limiter = anyio.CapacityLimiter(SETTINGS.decoder_threads)
-        self._infer = BatchGateway("infer", lambda: self.to_async.infer)
+        self._infer = BatchGateway("infer", lambda: self.to_async.infer, concurrency=SETTINGS.inference_streams)
         # BentoML's API descriptor builds a new wrapper (inspect.signature, functools.wraps: ~50 us) on every
         # attribute access, and its server looks the API up once per request and once per batched job.
         # Binding once here, in the instance, answers those look-ups with the same local callable.
         for name in ("classify", "infer", "models"):
             self.__dict__[name] = getattr(type(self), name).__get__(self, type(self))
         self.ready = True
-        log.info("ready: models %s (default %s) on %s; batches of up to %d images within %d ms",
+        log.info("ready: models %s (default %s) on %s; batches of up to %d images within %d ms, %d at once "
+                 "on %d thread(s) each",
                  ", ".join(self.loaded), self.manifest.default,
                  ", ".join(sorted({m.classifier.providers[0] for m in self.loaded.values()})),
-                 SETTINGS.max_batch_size, SETTINGS.max_latency_ms)
+                 SETTINGS.max_batch_size, SETTINGS.max_latency_ms, SETTINGS.inference_streams,
+                 SETTINGS.intra_op_threads)
 
     def __is_ready__(self) -> bool:
         return self.ready
@@ -268,8 +269,7 @@ class Classifier:
             height, width = loaded.size
             pixels = np.frombuffer(b"".join(items[i].pixels for i in positions), dtype=np.uint8)
             batch = to_model_input(pixels.reshape(len(positions), height, width, 3))
-            with loaded.lock:
-                probs = loaded.classifier.probabilities(batch)
+            probs = loaded.classifier.probabilities(batch)  # concurrent runs are safe: sessions are thread-safe
             for i, row in zip(positions, probs.tolist()):
                 out[i] = row
         return out

@@ -122,6 +122,37 @@ def test_jsonl_schema_and_inline_decoding(tree, tiny_models_dir, tmp_path, capsy
         assert confidences == sorted(confidences, reverse=True) and abs(sum(confidences) - 1) < 1e-4
 
 
+def test_concurrent_streams_keep_the_output_identical(tree, tiny_models_dir, tmp_path):
+    common = ["--models-dir", tiny_models_dir, "--no-progress", "--k", 2, "--batch-size", 2]
+    outputs = {}
+    for label, flags in {"one stream": ["--streams", 1, "--workers", 1], "three streams": ["--streams", 3, "--workers", 1],
+                         "streams decoding": ["--streams", 2, "--workers", 0]}.items():
+        out = tmp_path / f"{label}.csv"
+        assert _score(tree, "--out", out, *flags, *common) == 0
+        outputs[label] = out.read_bytes()
+    assert outputs["three streams"] == outputs["one stream"] == outputs["streams decoding"]
+
+
+def test_pipeline_finishes_streams_at_once_and_yields_in_order():
+    import threading
+
+    from service.score import _pipeline
+
+    class Backend:
+        streams, inflight = 2, 4
+        barrier = threading.Barrier(2, timeout=10)  # broken (an error) unless two finishes overlap
+
+        def submit(self, chunk):
+            return chunk[0] * 10
+
+        def finish(self, chunk, handle):
+            if chunk[0] < 4:
+                self.barrier.wait()
+            return [handle]
+
+    assert list(_pipeline(iter([[i] for i in range(9)]), Backend())) == [[i * 10] for i in range(9)]
+
+
 def test_fail_on_error_and_user_errors(tree, tiny_models_dir, tmp_path, capsys):
     models = ["--models-dir", tiny_models_dir, "--no-progress"]
     assert _score(tree, "--out", tmp_path / "p.csv", "--fail-on-error", *models) == 1
@@ -132,6 +163,7 @@ def test_fail_on_error_and_user_errors(tree, tiny_models_dir, tmp_path, capsys):
         "unknown model 'nope'; available: tiny, tiny-int8": [tree, "--model", "nope", *models],
         "--k must be at least 1": [tree, "--k", 0, *models],
         "--batch-size must be at least 1": [tree, "--batch-size", 0, *models],
+        "--streams must be at least 1": [tree, "--streams", 0, *models],
         "cannot write": [tree, "--out", tmp_path / "no" / "such" / "dir.csv", *models],
         "cannot tell the output format": [tree, "--out", tmp_path / "p.parquet", *models],
         "no model manifest": [tree, "--models-dir", tmp_path],

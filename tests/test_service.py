@@ -296,6 +296,23 @@ def test_access_log_setting_reaches_bentoml():
     assert done.returncode == 2 and "--access-log" in done.stderr
 
 
+def test_streams_and_threads_share_the_cores():
+    from service.settings import ServiceSettings, _cpu_count
+
+    cores = _cpu_count()
+    default = ServiceSettings.from_env({})
+    assert (default.inference_streams, default.intra_op_threads) == (cores, 1)
+    one = ServiceSettings.from_env({"CIFAR_STREAMS": "1"})
+    assert (one.inference_streams, one.intra_op_threads) == (1, cores)
+    both = ServiceSettings.from_env({"CIFAR_STREAMS": "3", "CIFAR_THREADS": "2"})
+    assert (both.inference_streams, both.intra_op_threads) == (3, 2)
+    # BentoML runs each batch of the sync infer API on one of the service's threads: as many as streams.
+    probe = "import service.service as s; print(s.Classifier.config['threads'])"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CIFAR_STREAMS": "3"})
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "3", done.stderr[-500:]
+
+
 def test_bentoml_build_packs_service_and_models_only(tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
     done = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=ROOT, env=env,
@@ -322,8 +339,10 @@ def test_find_dispatcher_uses_the_route_bentoml_registered_and_falls_back_when_a
 
     from service import batching
 
+    from bentoml._internal.marshal.dispatcher import NonBlockSema
+
     class Factory:
-        dispatchers = {"infer": object()}
+        dispatchers = {"infer": SimpleNamespace(_sema=NonBlockSema(1))}
 
         async def batch_infer(self, name, args, kwargs):
             return ("batched", name, args)
@@ -347,7 +366,12 @@ def test_find_dispatcher_uses_the_route_bentoml_registered_and_falls_back_when_a
         assert asyncio.run(gateway([1])) == "proxied" and not gateway.in_process and calls == [[1]]
 
         batching.RouterProbe(SimpleNamespace(app=SimpleNamespace(app=router)))  # the router found through .app links
-        gateway = batching.BatchGateway("infer", lambda: proxy_call)
+        gateway = batching.BatchGateway("infer", lambda: proxy_call, concurrency=2)
         assert asyncio.run(gateway([2])) == ("batched", "infer", ([2],)) and gateway.in_process
+        sema = factory.dispatchers["infer"]._sema  # widened: two batches may run at once, not three
+        sema.acquire()
+        assert not sema.is_locked()
+        sema.acquire()
+        assert sema.is_locked()
     finally:
         batching._routers[:] = saved
