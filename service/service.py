@@ -15,6 +15,7 @@ its flags. Neither torch nor the training package is imported.
 """
 from __future__ import annotations
 
+import base64
 import logging
 import re
 from pathlib import Path
@@ -415,7 +416,12 @@ def document_openapi(spec: Any) -> Any:
             spec.components["schemas"][name].properties["detail"] = Schema(
                 title="Error Detail", description="a message, or a list of validation errors")
     classify = spec.paths["/classify"].post
-    form = classify["requestBody"]["content"]["multipart/form-data"].schema
+    for path in ("/classify", "/infer"):  # BentoML leaves the body optional; neither API means anything without one
+        spec.paths[path].post["requestBody"]["required"] = True
+    content = classify["requestBody"]["content"]
+    # Other fields are refused (400), not ignored.
+    form = attrs.evolve(content["multipart/form-data"].schema, additionalProperties=False)
+    content["multipart/form-data"] = attrs.evolve(content["multipart/form-data"], schema=form)
     form.properties["model"] = {**form.properties["model"], "nullable": True}
     instance = _current_instance()
     if instance is not None and getattr(instance, "loaded", None):  # known once the models are loaded
@@ -425,6 +431,12 @@ def document_openapi(spec: Any) -> Any:
         form.properties["model"] = {**form.properties["model"], "enum": [*names, None]}
         item = spec.components["schemas"]["InferItem"]
         item.properties["model"] = {**item.properties["model"], "enum": names}
+        sizes = {len(base64.b64encode(bytes(_PIXEL_BYTES[name]))) for name in names if name in _PIXEL_BYTES}
+        if len(sizes) == 1 and next(iter(sizes)) % 4 == 0:  # one exact length, whole quanta: no padding
+            # (else: per model, as the description says)
+            length = sizes.pop()
+            item.properties["pixels"] = {**item.properties["pixels"], "minLength": length, "maxLength": length,
+                                         "pattern": "^([A-Za-z0-9+/]*|[A-Za-z0-9_-]*)$"}
     classify["responses"].update({
         400: _error_response("bad input: not an image, a truncated or empty file, too many images, a bad k, "
                              "a malformed form"),
