@@ -30,13 +30,27 @@ def decode_image(data: bytes, size: tuple[int, int] = (32, 32), max_pixels: int 
     """Decode image bytes to uint8 [H, W, 3] RGB of ``size`` (height, width)."""
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
+    frame = plain_jpeg_frame(data)
+    if frame is not None:
+        mode, (width, height) = frame
+        _check_pixels(width, height, max_pixels)
+        try:
+            # The decoder Pillow's JPEG plugin would run, with the arguments it would pass, minus the plugin's
+            # Python header parsing: 30-38 instead of 54-84 us per CIFAR JPEG, identical pixels.
+            image = Image.frombytes(mode, (width, height), data, "jpeg", mode, "")
+        except Exception:  # truncated or corrupt: the general path below says so in Pillow's words
+            pass
+        else:
+            return to_rgb_array(image, size, exif=False)
+    return _decode_any(data, size, max_pixels)
+
+
+def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=_format_hint(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
+            _check_pixels(*image.size, max_pixels)
             image.load()
     except ImageDecodeError:
         raise
@@ -44,7 +58,9 @@ def decode_image(data: bytes, size: tuple[int, int] = (32, 32), max_pixels: int 
         raise ImageDecodeError(f"image too large: {exc}") from exc
     except Exception as exc:  # Pillow raises many types for bad data; all mean the same to the caller
         raise ImageDecodeError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
-    return to_rgb_array(image, size)
+    # A JPEG keeps its orientation only in an EXIF block; without one there is nothing to rotate, and
+    # skipping exif_transpose's parse saves ~12 us per image. Other formats keep it elsewhere (TIFF tags).
+    return to_rgb_array(image, size, exif=not (image.format == "JPEG" and "exif" not in image.info))
 
 
 def _format_hint(data: bytes) -> tuple[str, ...] | None:
@@ -54,10 +70,46 @@ def _format_hint(data: bytes) -> tuple[str, ...] | None:
     return None
 
 
-def to_rgb_array(image: Image.Image, size: tuple[int, int] = (32, 32)) -> np.ndarray:
-    # A JPEG keeps its orientation only in an EXIF block; without one there is nothing to rotate, and
-    # skipping exif_transpose's parse saves ~12 us per image. Other formats keep it elsewhere (TIFF tags).
-    if not (image.format == "JPEG" and "exif" not in image.info):
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
+
+
+# Segments a plain JPEG may have before its frame header: JFIF (APP0), quantisation and Huffman tables,
+# restart interval, comments. Anything else (EXIF orientation in APP1, ICC or multi-picture APP2, Adobe
+# APP14, ...) is left to Pillow's JPEG plugin.
+_PLAIN_SEGMENTS = frozenset({0xE0, 0xDB, 0xC4, 0xDD, 0xFE})
+_HUFFMAN_FRAMES = frozenset({0xC0, 0xC1, 0xC2})  # baseline, extended sequential, progressive
+_LAYER_MODES = {1: "L", 3: "RGB"}
+
+
+def plain_jpeg_frame(data: bytes) -> tuple[str, tuple[int, int]] | None:
+    """(mode, (width, height)) of an 8-bit grey or colour JPEG with nothing before its frame header but the
+    segments above, read from the header alone; None for anything else, decoded the general way."""
+    if not data.startswith(b"\xff\xd8\xff"):
+        return None
+    i, end = 2, len(data)
+    while i + 4 <= end and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = (data[i + 2] << 8) | data[i + 3]
+        if marker in _HUFFMAN_FRAMES:
+            frame = data[i + 4:i + 2 + length]
+            if length < 8 or len(frame) < 6 or frame[0] != 8:
+                return None
+            height, width, mode = (frame[1] << 8) | frame[2], (frame[3] << 8) | frame[4], _LAYER_MODES.get(frame[5])
+            return (mode, (width, height)) if mode and width and height else None
+        if marker not in _PLAIN_SEGMENTS or length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
+def to_rgb_array(image: Image.Image, size: tuple[int, int] = (32, 32), exif: bool = True) -> np.ndarray:
+    """``exif=False``: the caller knows the image has no EXIF orientation to apply."""
+    if exif:
         try:
             image = ImageOps.exif_transpose(image)
         except Exception:  # a broken EXIF block should not cost the image

@@ -57,3 +57,79 @@ def test_empty_and_oversized_are_refused():
         decode_image(b"")
     with pytest.raises(ImageDecodeError, match="over the limit"):
         decode_image(_encode(Image.new("RGB", (100, 100)), "PNG"), max_pixels=9_999)
+
+
+# ---------------------------------------------------------------------------------------------- plain JPEGs
+def _pillow(data: bytes, size=(32, 32)) -> np.ndarray:
+    """What Pillow's own JPEG plugin decodes (resized like decode_image when the size differs)."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    if image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(image)
+
+
+def _jpeg(image: Image.Image, **save) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+def test_real_cifar_jpegs_take_the_plain_path_with_pillows_pixels(shared_archive):
+    import tarfile
+
+    from service.preprocess import plain_jpeg_frame
+
+    seen = 0
+    with tarfile.open(shared_archive, "r:gz") as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(".jpg"):
+                data = tar.extractfile(member).read()
+                assert plain_jpeg_frame(data) == ("RGB", (32, 32)), member.name
+                np.testing.assert_array_equal(decode_image(data), _pillow(data), err_msg=member.name)
+                seen += 1
+                if seen == 300:
+                    break
+    assert seen == 300
+
+
+def test_plain_path_covers_grey_progressive_and_other_sizes_and_leaves_the_rest_to_pillow():
+    from service.preprocess import plain_jpeg_frame
+
+    rng = np.random.default_rng(1)
+    colour = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    plain = {
+        "baseline": (_jpeg(colour), ("RGB", (56, 40))),
+        "grey": (_jpeg(colour.convert("L")), ("L", (56, 40))),
+        "progressive": (_jpeg(colour, progressive=True), ("RGB", (56, 40))),
+        "comment": (_jpeg(colour, comment=b"made here"), ("RGB", (56, 40))),
+    }
+    for name, (data, frame) in plain.items():
+        assert plain_jpeg_frame(data) == frame, name
+        np.testing.assert_array_equal(decode_image(data, size=(24, 20)), _pillow(data, (24, 20)), err_msg=name)
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotate 180
+    others = {
+        "exif": _jpeg(colour, exif=exif),
+        "icc": _jpeg(colour, icc_profile=b"\0" * 200),
+        "cmyk": _jpeg(colour.convert("CMYK")),
+        "png": _encode(colour, "PNG"),
+    }
+    for name, data in others.items():
+        assert plain_jpeg_frame(data) is None, name
+        assert decode_image(data).shape == (32, 32, 3), name
+
+
+def test_a_truncated_plain_jpeg_is_refused_in_pillows_words():
+    data = _jpeg(Image.fromarray(np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)))
+    with pytest.raises(ImageDecodeError, match="not a readable image") as caught:
+        decode_image(data[: len(data) // 2])
+    assert "truncated" in str(caught.value).lower()
+    header_only = data[: data.index(b"\xff\xda")]  # everything up to the scan: a frame header, no pixels
+    with pytest.raises(ImageDecodeError, match="not a readable image"):
+        decode_image(header_only)
+
+
+def test_a_plain_jpeg_over_the_pixel_limit_is_refused_before_decoding():
+    data = _jpeg(Image.new("RGB", (120, 100)))
+    with pytest.raises(ImageDecodeError, match="120x100 = 12000 pixels, over the limit"):
+        decode_image(data, max_pixels=11_999)
