@@ -10,9 +10,9 @@ concurrency 8.
 So /classify hands its decoded images straight to the dispatcher that serves the batchable API's own
 HTTP route: same queue, same ``max_batch_size`` / ``max_latency_ms``, same adaptive-batch-size
 histogram on /metrics, no serialisation. The dispatcher runs one batch at a time; it is allowed
-``concurrency`` (its semaphore widened, and the service given as many threads for sync APIs), so that a
-second batch keeps the cores busy while the event loop answers the first. The dispatcher is found once, through the route BentoML
-registered for the API; :class:`RouterProbe` (an ASGI middleware that only passes requests on)
+``concurrency`` (its semaphore widened, and the service given as many threads for sync APIs), so that
+a second batch keeps the cores busy while the event loop answers the first. The dispatcher is found
+once, through the route BentoML registered for the API; :class:`RouterProbe` (an ASGI middleware that only passes requests on)
 remembers the router. If BentoML's internals ever stop matching, the documented proxy call is used
 instead and a warning says so.
 """

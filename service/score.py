@@ -208,12 +208,13 @@ class LocalBackend:
             return None
         slot = self._free.pop()
         task = (decode_into, self.shm.name, slot * self.slot_bytes, self._paths(chunk), self.size)
-        try:
-            future = self.pool.submit(*task)
-        except BrokenProcessPool:  # a worker died since the last chunk; the chunks it took are redone in finish
-            self._new_pool()
-            future = self.pool.submit(*task)
-        return self._generation, slot, future
+        with self._pool_lock:  # not while a stream is replacing the pool
+            try:
+                future = self.pool.submit(*task)
+            except BrokenProcessPool:  # a worker died since the last chunk; the chunks it took are redone in finish
+                self._new_pool()
+                future = self.pool.submit(*task)
+            return self._generation, slot, future
 
     def finish(self, chunk: list[Entry], handle) -> list[Row]:
         paths = self._paths(chunk)

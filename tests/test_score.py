@@ -153,6 +153,36 @@ def test_pipeline_finishes_streams_at_once_and_yields_in_order():
     assert list(_pipeline(iter([[i] for i in range(9)]), Backend())) == [[i * 10] for i in range(9)]
 
 
+def test_decode_workers_killed_mid_run_cost_no_rows(image_folder, tiny_models_dir):
+    """Workers killed (as by the OOM killer) with chunks in flight and two streams finishing: the pool is
+    replaced and every image is still scored, with the scores it gets when decoded in this process."""
+    from service.score import LocalBackend, _pipeline
+    from service.walk import Entry
+
+    paths = sorted(image_folder.rglob("*.png"))
+    chunks = [[Entry(p.name, str(p)) for p in paths[i:i + 6]] for i in range(0, len(paths), 6)]
+    expected = OnnxClassifier(tiny_models_dir / "tiny.onnx", device="cpu").probabilities(
+        to_model_input([decode_image(p.read_bytes()) for p in paths])).max(axis=1)
+    backend = LocalBackend(tiny_models_dir / "tiny.onnx", "cpu", 1, 2, 6, streams=2)
+    backend.k = 1
+    try:
+        def killing_workers():
+            for n, chunk in enumerate(chunks):
+                if n in (2, 5):  # chunks are in flight: the ones the dead workers held must be redone
+                    for process in list(backend.pool._processes.values()):
+                        process.kill()
+                        process.join()
+                yield chunk
+
+        rows = [row for rows in _pipeline(killing_workers(), backend) for row in rows]
+    finally:
+        backend.close()
+    assert backend._generation >= 2  # the pool was replaced
+    assert [r.path for r in rows] == [p.name for p in paths]
+    assert all(r.error is None for r in rows), [r.error for r in rows if r.error][:3]
+    np.testing.assert_allclose([r.top_k[0].confidence for r in rows], expected, atol=2e-6)
+
+
 def test_fail_on_error_and_user_errors(tree, tiny_models_dir, tmp_path, capsys):
     models = ["--models-dir", tiny_models_dir, "--no-progress"]
     assert _score(tree, "--out", tmp_path / "p.csv", "--fail-on-error", *models) == 1
