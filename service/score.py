@@ -25,6 +25,7 @@ from pathlib import PurePosixPath
 from typing import Iterator
 
 
+from .settings import default_streams
 from .sinks import FORMATS, ENCODING, OutputError, Prediction, Row, format_from_path, make_format, resume_output
 from .walk import (Decoded, Entry, WalkStats, count_images, decode_chunk, decode_into, image_bytes, read_error,
                    read_file, rows_view, walk, worker_init)
@@ -54,13 +55,6 @@ def default_workers(cores: int, on_gpu: bool) -> int:
     if on_gpu:
         return max(1, cores - 1)
     return max(1, min(cores, 8))
-
-
-def default_streams(cores: int, on_gpu: bool) -> int:
-    """Inference batches at once. On CPU one single-threaded stream per core: concurrent runs on one
-    session keep both cores busy where one two-threaded run waits at its barriers for a thread a decoder
-    displaced (measured on 2 cores, bench/bench_score.py). A GPU takes one batch at a time."""
-    return 1 if on_gpu else cores
 
 
 def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -103,7 +97,7 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         "with --url, concurrent requests, default "
         f"{DEFAULT_URL_WORKERS})"))
     p.add_argument("--streams", type=int, metavar="N", help=(
-        "inference batches run at once, each on its own thread (default: one per usable core on CPU, 1 with a GPU)"))
+        "inference batches run at once, each on its own thread (default: one per usable core on CPU, 2 with a GPU)"))
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per stream (default: the usable cores "
                    "divided among the streams)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",

@@ -38,7 +38,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                         help="address to bind (default: $BENTOML_HOST or 0.0.0.0)")
     for name, setting in SETTINGS.items():
         default = getattr(defaults, name)
-        shown = {"streams": "cores available", "threads": "cores available / streams",
+        shown = {"streams": "one per core available, 2 with a GPU", "threads": "cores available / streams",
                  "decode_threads": "cores available"}.get(name, default)
         if name == "models_dir":
             shown = "models/ next to the service package"

@@ -52,6 +52,17 @@ log = logging.getLogger("bentoml.cifar")
 # Read when BentoML imports this module in each worker: the decorators below need them at class creation.
 SETTINGS = ServiceSettings.from_env()
 
+
+def _on_gpu() -> bool:
+    try:
+        return choose_providers(SETTINGS.device)[0] == "CUDAExecutionProvider"  # type: ignore[arg-type]
+    except NameError:  # onnxruntime not importable where the service is only being built
+        return False
+
+
+STREAMS = SETTINGS.inference_streams(_on_gpu())
+INTRA_OP_THREADS = SETTINGS.intra_op_threads(_on_gpu())
+
 DEFAULT_K = 5
 _NOT_GIVEN = object()
 # name -> bytes of one image's pixels, for validating /infer input; filled when the models are loaded.
@@ -179,7 +190,7 @@ class LoadedModel:
 @bentoml.service(
     name="cifar_classifier",
     workers=SETTINGS.workers,
-    threads=SETTINGS.inference_streams,  # threads for sync APIs: each running batch of infer takes one
+    threads=STREAMS,  # threads for sync APIs: each running batch of infer takes one
     traffic={"timeout": SETTINGS.timeout_s},
     # The self-proxy (only used if the in-process dispatcher is not found) must not recycle its session
     # under in-flight requests (bentoml/BentoML#5540).
@@ -196,7 +207,7 @@ class Classifier:
         _PIXEL_BYTES.clear()
         _PIXEL_BYTES.update({name: m.size[0] * m.size[1] * 3 for name, m in self.loaded.items()})
         self._decode_limiter = anyio.CapacityLimiter(SETTINGS.decoder_threads)
-        self._infer = BatchGateway("infer", lambda: self.to_async.infer, concurrency=SETTINGS.inference_streams)
+        self._infer = BatchGateway("infer", lambda: self.to_async.infer, concurrency=STREAMS)
         # BentoML's API descriptor builds a new wrapper (inspect.signature, functools.wraps: ~50 us) on every
         # attribute access, and its server looks the API up once per request and once per batched job.
         # Binding once here, in the instance, answers those look-ups with the same local callable.
@@ -207,8 +218,7 @@ class Classifier:
                  "on %d thread(s) each",
                  ", ".join(self.loaded), self.manifest.default,
                  ", ".join(sorted({m.classifier.providers[0] for m in self.loaded.values()})),
-                 SETTINGS.max_batch_size, SETTINGS.max_latency_ms, SETTINGS.inference_streams,
-                 SETTINGS.intra_op_threads)
+                 SETTINGS.max_batch_size, SETTINGS.max_latency_ms, STREAMS, INTRA_OP_THREADS)
 
     def __is_ready__(self) -> bool:
         return self.ready
@@ -335,12 +345,13 @@ def load_models(settings: ServiceSettings) -> tuple[Manifest, dict[str, LoadedMo
     """Every model in the manifest, each file checked against its sha256 first, warmed up and ready."""
     manifest = load_manifest(settings.models_dir, verify=True)
     providers = choose_providers(settings.device)  # type: ignore[arg-type]
-    if "CUDAExecutionProvider" in providers:
+    on_gpu = providers[0] == "CUDAExecutionProvider"
+    if on_gpu:
         _preload_cuda()
     loaded = {}
     for entry in manifest.models:
         classifier = OnnxClassifier(Path(settings.models_dir) / entry.file, device=settings.device,  # type: ignore[arg-type]
-                                    threads=settings.intra_op_threads, spin=False)
+                                    threads=settings.intra_op_threads(on_gpu), spin=False)
         card = classifier.card
         if (card.classes, card.precision, card.input) != (entry.classes, entry.precision, entry.input):
             raise ManifestError(f"model {entry.name!r}: {entry.file} describes itself differently from the manifest "

@@ -336,11 +336,12 @@ def test_streams_and_threads_share_the_cores():
 
     cores = _cpu_count()
     default = ServiceSettings.from_env({})
-    assert (default.inference_streams, default.intra_op_threads) == (cores, 1)
+    assert (default.inference_streams(), default.intra_op_threads()) == (cores, 1)
+    assert (default.inference_streams(on_gpu=True), default.intra_op_threads(on_gpu=True)) == (2, max(1, cores // 2))
     one = ServiceSettings.from_env({"CIFAR_STREAMS": "1"})
-    assert (one.inference_streams, one.intra_op_threads) == (1, cores)
+    assert (one.inference_streams(), one.intra_op_threads()) == (1, cores)
     both = ServiceSettings.from_env({"CIFAR_STREAMS": "3", "CIFAR_THREADS": "2"})
-    assert (both.inference_streams, both.intra_op_threads) == (3, 2)
+    assert (both.inference_streams(on_gpu=True), both.intra_op_threads()) == (3, 2)
     # BentoML runs each batch of the sync infer API on one of the service's threads: as many as streams.
     probe = "import service.service as s; print(s.Classifier.config['threads'])"
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
