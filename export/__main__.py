@@ -28,6 +28,7 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-images", type=int, default=1000, help="training-split images to calibrate INT8 with")
     p.add_argument("--cache-dir", default=".cache/datasets", help="dataset decode cache")
     p.add_argument("--max-val-images", type=int, help="verify on only the first N validation images (quick checks)")
+    # training.inference.TTA_CHOICES, spelled out so that --help does not import torch
     p.add_argument("--tta", choices=["none", "flip"], default="none",
                    help="flip: average the logits of each image and its mirror inside the graph (test-time "
                         "augmentation; twice the compute per image, nothing changes for clients)")

@@ -12,9 +12,9 @@ HTTP route: same queue, same ``max_batch_size`` / ``max_latency_ms``, same adapt
 histogram on /metrics, no serialisation. The dispatcher runs one batch at a time; it is allowed
 ``concurrency`` (its semaphore widened, and the service given as many threads for sync APIs), so that
 a second batch keeps the cores busy while the event loop answers the first. The dispatcher is found
-once, through the route BentoML registered for the API; :class:`RouterProbe` (an ASGI middleware that only passes requests on)
-remembers the router. If BentoML's internals ever stop matching, the documented proxy call is used
-instead and a warning says so.
+once, through the route BentoML registered for the API; :class:`RouterProbe` (an ASGI middleware that
+only passes requests on) remembers the router. If BentoML's internals ever stop matching, the
+documented proxy call is used instead and a warning says so.
 """
 from __future__ import annotations
 

@@ -147,7 +147,7 @@ class LocalBackend:
         self.clf = OnnxClassifier(path, device=device, threads=threads or max(1, cores // self.streams), spin=False)
         on_gpu = self.clf.providers[0] == "CUDAExecutionProvider"
         self.workers = default_workers(cores, on_gpu) if workers is None else workers
-        self._pool_lock = threading.RLock()  # the decode pool is replaced from whichever stream finds it broken
+        self._pool_lock = threading.Lock()  # the decode pool is replaced from whichever stream finds it broken
         self.worker_nice = 0 if on_gpu else WORKER_NICE
         self.k = 5
         self.card = self.clf.card
@@ -177,10 +177,7 @@ class LocalBackend:
             self._new_pool()
 
     def _new_pool(self) -> None:
-        with self._pool_lock:
-            self._replace_pool()
-
-    def _replace_pool(self) -> None:
+        """Replace the decode pool. Callers hold ``_pool_lock`` (or are ``__init__``)."""
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)  # a broken pool's workers are gone after this
         # forkserver: workers fork from a clean single-threaded server that has imported only the decoder,
@@ -227,32 +224,29 @@ class LocalBackend:
 
     def _recover(self, paths: list[str | None], offset: int, generation: int) -> tuple[list[int], dict[int, str]]:
         """A worker died (a decoder crash, or killed for memory): retry in a fresh pool, then file by file."""
-        with self._pool_lock:
-            return self._recover_locked(paths, offset, generation)
-
-    def _recover_locked(self, paths: list[str | None], offset: int, generation: int) -> tuple[list[int], dict[int, str]]:
-        if generation == self._generation:
-            self._new_pool()
-        try:
-            return self.pool.submit(decode_into, self.shm.name, offset, paths, self.size).result()
-        except BrokenProcessPool:
-            self._new_pool()
-        ok, errors = [], {}
-        for i, path in enumerate(paths):
-            if path is None:
-                continue
-            row = offset + len(ok) * image_bytes(self.size)
+        with self._pool_lock:  # one stream replaces the pool; the others and submit wait for it
+            if generation == self._generation:
+                self._new_pool()
             try:
-                one_ok, one_errors = self.pool.submit(decode_into, self.shm.name, row, [path], self.size).result()
+                return self.pool.submit(decode_into, self.shm.name, offset, paths, self.size).result()
             except BrokenProcessPool:
                 self._new_pool()
-                errors[i] = "the image decoder crashed on this file"
-                continue
-            if one_ok:
-                ok.append(i)
-            else:
-                errors[i] = one_errors[0]
-        return ok, errors
+            ok, errors = [], {}
+            for i, path in enumerate(paths):
+                if path is None:
+                    continue
+                row = offset + len(ok) * image_bytes(self.size)
+                try:
+                    one_ok, one_errors = self.pool.submit(decode_into, self.shm.name, row, [path], self.size).result()
+                except BrokenProcessPool:
+                    self._new_pool()
+                    errors[i] = "the image decoder crashed on this file"
+                    continue
+                if one_ok:
+                    ok.append(i)
+                else:
+                    errors[i] = one_errors[0]
+            return ok, errors
 
     def _rows(self, chunk: list[Entry], decoded: Decoded) -> list[Row]:
         from .runtime import top_k

@@ -15,7 +15,6 @@ its flags. Neither torch nor the training package is imported.
 """
 from __future__ import annotations
 
-import base64
 import logging
 import re
 from pathlib import Path
@@ -60,8 +59,9 @@ def _on_gpu() -> bool:
         return False
 
 
-STREAMS = SETTINGS.inference_streams(_on_gpu())
-INTRA_OP_THREADS = SETTINGS.intra_op_threads(_on_gpu())
+ON_GPU = _on_gpu()
+STREAMS = SETTINGS.inference_streams(ON_GPU)
+INTRA_OP_THREADS = SETTINGS.intra_op_threads(ON_GPU)
 
 DEFAULT_K = 5
 _NOT_GIVEN = object()
@@ -442,10 +442,11 @@ def document_openapi(spec: Any) -> Any:
         form.properties["model"] = {**form.properties["model"], "enum": [*names, None]}
         item = spec.components["schemas"]["InferItem"]
         item.properties["model"] = {**item.properties["model"], "enum": names}
-        sizes = {len(base64.b64encode(bytes(_PIXEL_BYTES[name]))) for name in names if name in _PIXEL_BYTES}
-        if len(sizes) == 1 and next(iter(sizes)) % 4 == 0:  # one exact length, whole quanta: no padding
-            # (else: per model, as the description says)
-            length = sizes.pop()
+        sizes = {_PIXEL_BYTES[name] for name in names if name in _PIXEL_BYTES}
+        # One pixel size for every model, a whole number of 3-byte groups: one exact base64 length, no padding
+        # (else the length depends on the model, as the description says).
+        if len(sizes) == 1 and next(iter(sizes)) % 3 == 0:
+            length = sizes.pop() // 3 * 4
             item.properties["pixels"] = {**item.properties["pixels"], "minLength": length, "maxLength": length,
                                          "pattern": "^([A-Za-z0-9+/]*|[A-Za-z0-9_-]*)$"}
     classify["responses"].update({

@@ -31,9 +31,13 @@ class FlipAverage(nn.Module):
         return (self.model(x).float() + self.model(x.flip(3)).float()) / 2
 
 
-def with_tta(model: nn.Module, tta: str) -> nn.Module:
+def check_tta(tta: str) -> None:
     if tta not in TTA_CHOICES:
         raise ValueError(f"unknown test-time augmentation {tta!r}; valid: {', '.join(TTA_CHOICES)}")
+
+
+def with_tta(model: nn.Module, tta: str) -> nn.Module:
+    check_tta(tta)
     return FlipAverage(model) if tta == "flip" else model
 
 

@@ -24,7 +24,7 @@ from ..checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
 from ..data import SPLITS, ImageArrays, load_split
 from ..data.loader import TensorLoader
 from ..engine import resolve_device
-from ..inference import TTA_CHOICES, predict_logits
+from ..inference import check_tta, predict_logits
 from ..plots import plot_training_curves
 from . import figures
 from .gradcam import GradCAM
@@ -82,8 +82,7 @@ class ModelSource:
 
     def predict(self, data: ImageArrays, tta: str = "none", batch_size: int = 256) -> tuple[np.ndarray, float]:
         """Logits [N, C] in sample order and the wall time of the prediction pass."""
-        if tta not in TTA_CHOICES:
-            raise ValueError(f"unknown test-time augmentation {tta!r}; valid: {', '.join(TTA_CHOICES)}")
+        check_tta(tta)
         start = time.perf_counter()
         if self.kind == "checkpoint":
             loader = TensorLoader(data, batch_size, self.device)
@@ -342,8 +341,7 @@ def evaluate(checkpoint: str | Path | None = None, onnx: str | Path | None = Non
              batch_size: int = 256, device: str = "auto", gradcam_per_group: int = GRADCAM_PER_GROUP,
              max_classes: int = figures.MAX_CLASSES) -> dict[str, Any]:
     """Evaluate a checkpoint or ONNX model and write the report folder; returns the metrics."""
-    if tta not in TTA_CHOICES:
-        raise ValueError(f"unknown test-time augmentation {tta!r}; valid: {', '.join(TTA_CHOICES)}")
+    check_tta(tta)
     source = load_model(checkpoint, onnx, device)
     spec = resolve_data(source, dataset, root, split, val_size, split_seed, cache_dir)
     data = spec.load()
