@@ -134,15 +134,19 @@ def count_images(root: str | os.PathLike, stop=None) -> int | None:
     return stats.images
 
 
-def worker_init(parent_alive=None, nice: int = 0) -> None:
+def worker_init(parent_alive=None, nice: int = 0, parent_end=None) -> None:
     """Set up a decode worker: Ctrl-C is the parent's to handle, exit when the parent dies, lower priority.
 
     ``parent_alive`` is the read end of a pipe whose only writer is the parent: when the parent is
     killed (SIGKILL, OOM) the read sees EOF. Without this, a worker waiting for work would wait forever.
+    ``parent_end`` is that writer, which a forked worker holds a copy of and closes (or EOF never comes).
     ``nice`` lowers the worker's priority so that it decodes in the gaps ONNX Runtime's threads leave
     and does not preempt them mid-batch (their parallel sections wait for the slowest thread).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a forked copy of the parent's handler
+    if parent_end is not None:
+        parent_end.close()
     if nice:
         try:
             os.nice(nice)

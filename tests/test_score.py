@@ -183,6 +183,59 @@ def test_decode_workers_killed_mid_run_cost_no_rows(image_folder, tiny_models_di
     np.testing.assert_allclose([r.top_k[0].confidence for r in rows], expected, atol=2e-6)
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1] == str(pid):
+                found.append(int(entry))
+        except OSError:
+            pass
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_first_decode_pool_forks_only_from_a_single_threaded_process(image_folder, tiny_models_dir):
+    """The command line starts its backend single-threaded: its workers fork from it, with nothing to import.
+    Started beside another thread (an embedding program), the pool comes from a forkserver instead, which
+    copies no other thread's locks. Both decode alike."""
+    from service.score import LocalBackend
+    from service.walk import Entry
+
+    paths = sorted(image_folder.rglob("*.png"))[:5]
+    code = ("import sys; from service.score import LocalBackend; from service.walk import Entry\n"
+            "b = LocalBackend(sys.argv[1], 'cpu', 1, 2, 8, streams=1); b.k = 1\n"
+            "rows = b.finish(chunk := [Entry(p, p) for p in sys.argv[2:]], b.submit(chunk))\n"
+            "print(b.start_method, *(f'{r.top_k[0].label}:{r.top_k[0].confidence:.6f}' for r in rows)); b.close()")
+    done = subprocess.run([sys.executable, "-c", code, str(tiny_models_dir / "tiny.onnx"), *map(str, paths)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    method, *forked = done.stdout.split()
+    assert method == "fork"
+
+    import threading
+
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, daemon=True)
+    other.start()
+    backend = LocalBackend(tiny_models_dir / "tiny.onnx", "cpu", 1, 2, 8, streams=1)
+    try:
+        backend.k = 1
+        chunk = [Entry(str(p), str(p)) for p in paths]
+        rows = backend.finish(chunk, backend.submit(chunk))
+        assert backend.start_method == "forkserver"
+    finally:
+        release.set()
+        backend.close()
+    assert [f"{r.top_k[0].label}:{r.top_k[0].confidence:.6f}" for r in rows] == forked
+
+
 def test_fail_on_error_and_user_errors(tree, tiny_models_dir, tmp_path, capsys):
     models = ["--models-dir", tiny_models_dir, "--no-progress"]
     assert _score(tree, "--out", tmp_path / "p.csv", "--fail-on-error", *models) == 1
@@ -255,8 +308,14 @@ def test_resume_after_kill(image_folder, tiny_models_dir, tmp_path):
 
     proc = subprocess.Popen(cmd, **kw)
     _wait_for_lines(out, 40, proc)
+    workers = _children(proc.pid)  # the decode worker and multiprocessing's resource tracker
+    assert workers
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    deadline = time.monotonic() + 20
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_running, workers)), "processes outlived the killed scorer"
     lines = out.read_bytes().count(b"\n")
     assert 40 <= lines < 2400, "the run should have been killed part-way"
     with open(out, "a") as f:
