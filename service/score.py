@@ -30,7 +30,12 @@ from .sinks import FORMATS, ENCODING, OutputError, Prediction, Row, format_from_
 from .walk import (Decoded, Entry, WalkStats, count_images, decode_chunk, decode_into, image_bytes, read_error,
                    read_file, rows_view, walk, worker_init)
 
-DEFAULT_BATCH_SIZE = 256
+# Images per inference call. CPU, 2 x 1-thread streams: the raw engine ran the INT8 model at 3,120-3,240 images/s
+# with 64 or 128 and 2,940-3,100 with 256 (smaller activations stay in cache), FP32 at 1,010-1,070 with 128 and
+# 980-1,065 with 256; and smaller chunks shorten the start and the end of a run, where a stream waits for work.
+# GPU: larger batches (unmeasured here).
+DEFAULT_BATCH_SIZE = 128
+DEFAULT_GPU_BATCH_SIZE = 256
 DEFAULT_URL_BATCH = 32  # images per request: the service takes at most 64 by default, and batches across requests
 DEFAULT_URL_WORKERS = 4
 # CPU inference: decode workers run at a lower priority, filling the gaps ONNX Runtime leaves instead of
@@ -89,7 +94,8 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--k", type=int, default=5, help="how many labels per image, most likely first (default: 5; "
                    "capped at the number of classes)")
     p.add_argument("--batch-size", type=int, help=(
-        f"images per inference call (default: {DEFAULT_BATCH_SIZE}); with --url, images per request (default: "
+        f"images per inference call (default: {DEFAULT_BATCH_SIZE}, {DEFAULT_GPU_BATCH_SIZE} with a GPU); with --url, "
+        f"images per request (default: "
         f"{DEFAULT_URL_BATCH}, halved when the service answers that a request held too many)"))
     p.add_argument("--workers", type=int, metavar="N", help=(
         "decode processes running beside inference; 0 decodes in the main process between inference calls "
@@ -135,7 +141,7 @@ class LocalBackend:
     positions that decoded (and an error per file that did not); inference reads the slot in place.
     """
 
-    def __init__(self, path, device: str, threads: int | None, workers: int | None, batch_size: int,
+    def __init__(self, path, device: str, threads: int | None, workers: int | None, batch_size: int | None = None,
                  streams: int | None = None) -> None:
         from .runtime import OnnxClassifier, choose_providers, default_threads
 
@@ -153,14 +159,17 @@ class LocalBackend:
         # Threads that sleep between batches leave the cores to the decode workers (spinning ones cost
         # 10-20% of throughput on 2 cores, bench/bench_score.py).
         self.clf = OnnxClassifier(path, device=device, threads=threads or max(1, cores // self.streams), spin=False)
-        if (self.clf.providers[0] == "CUDAExecutionProvider") != on_gpu:  # CUDA asked for but not there
-            self._decoding(cores, not on_gpu, workers)
+        if self.clf.providers[0] != "CUDAExecutionProvider" and on_gpu:  # CUDA asked for but not there
+            on_gpu = False
+            self._decoding(cores, on_gpu, workers)
             self._close_pool()
         self.k = 5
         self.card = self.clf.card
         self.name = self.card.name
         self.classes = list(self.card.classes)
         self.size = self.card.input.size
+        if batch_size is None:
+            batch_size = DEFAULT_GPU_BATCH_SIZE if on_gpu else DEFAULT_BATCH_SIZE
         self.batch_size = batch_size
         self.slot_bytes = batch_size * image_bytes(self.size)
         # One slot per chunk in flight, plus the one _pipeline holds before handing it on; within what
@@ -330,6 +339,7 @@ class RemoteBackend:
         self.workers = max(1, DEFAULT_URL_WORKERS if workers is None else workers)
         self.inflight = self.workers
         self.per_request = per_request  # lowered when the service says a request held too many images
+        self.batch_size = per_request  # images per chunk of the walk
         self.k = 5
         self.name, self.classes = self._model_info(model)
         self.model = model
@@ -658,7 +668,7 @@ def _open_backend(args):
     except KeyError as exc:
         raise UserError(exc.args[0]) from None
     return LocalBackend(os.path.join(args.models_dir, entry.file), args.device, args.threads, args.workers,
-                        args.batch_size or DEFAULT_BATCH_SIZE, args.streams)
+                        args.batch_size, args.streams)
 
 
 class _Terminated(KeyboardInterrupt):
@@ -753,8 +763,7 @@ def _run(args, fmt_name: str, backend) -> int:
     interrupted: KeyboardInterrupt | None = None
     start = time.perf_counter()
     try:
-        chunk_size = args.batch_size or (DEFAULT_URL_BATCH if args.url else DEFAULT_BATCH_SIZE)
-        for rows in _pipeline(_chunks(entries, chunk_size, done), backend):
+        for rows in _pipeline(_chunks(entries, backend.batch_size, done), backend):
             out.write(fmt.format(rows))
             out.flush()
             for row in rows:
