@@ -29,6 +29,17 @@ class ImageDecodeError(ValueError):
 
 def decode_image(data: bytes, size: tuple[int, int] = (32, 32), max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode image bytes to uint8 [H, W, 3] RGB of ``size`` (height, width)."""
+    return np.asarray(decode_rgb(data, size, max_pixels), dtype=np.uint8)
+
+
+def decode_pixels(data: bytes, size: tuple[int, int] = (32, 32), max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """``decode_image``'s pixels packed as bytes (H x W x 3), the form batches are joined from: 3-4 us less per
+    CIFAR image than through an array."""
+    return decode_rgb(data, size, max_pixels).tobytes()
+
+
+def decode_rgb(data: bytes, size: tuple[int, int] = (32, 32), max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode image bytes to an RGB image of ``size`` (height, width); ``ImageDecodeError`` if they are not one."""
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     frame = plain_jpeg_frame(data)
@@ -42,7 +53,7 @@ def decode_image(data: bytes, size: tuple[int, int] = (32, 32), max_pixels: int 
         except Exception:  # truncated or corrupt: the general path below says so in Pillow's words
             pass
         else:
-            return to_rgb_array(image, size, exif=False)
+            return to_rgb_image(image, size, exif=False)
     return _decode_any(data, size, max_pixels)
 
 
@@ -61,7 +72,7 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndarr
         raise ImageDecodeError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
     # A JPEG keeps its orientation only in an EXIF block; without one there is nothing to rotate, and
     # skipping exif_transpose's parse saves ~12 us per image. Other formats keep it elsewhere (TIFF tags).
-    return to_rgb_array(image, size, exif=not (image.format == "JPEG" and "exif" not in image.info))
+    return to_rgb_image(image, size, exif=not (image.format == "JPEG" and "exif" not in image.info))
 
 
 def _format_hint(data: bytes) -> tuple[str, ...] | None:
@@ -108,7 +119,7 @@ def plain_jpeg_frame(data: bytes) -> tuple[str, tuple[int, int]] | None:
     return None
 
 
-def to_rgb_array(image: Image.Image, size: tuple[int, int] = (32, 32), exif: bool = True) -> np.ndarray:
+def to_rgb_image(image: Image.Image, size: tuple[int, int] = (32, 32), exif: bool = True) -> Image.Image:
     """``exif=False``: the caller knows the image has no EXIF orientation to apply."""
     if exif:
         try:
@@ -119,7 +130,7 @@ def to_rgb_array(image: Image.Image, size: tuple[int, int] = (32, 32), exif: boo
     height, width = size
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+    return image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -136,7 +147,17 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def to_model_input(images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-    """Stack uint8 [H, W, 3] images into the float32 [N, 3, H, W] tensor in [0, 1] every model takes."""
+def to_model_input(images: Sequence[np.ndarray] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Stack uint8 [H, W, 3] images into the float32 [N, 3, H, W] tensor in [0, 1] every model takes
+    (written into ``out``, a C-contiguous float32 [N, 3, H, W], when given)."""
     batch = np.stack(images) if not isinstance(images, np.ndarray) else images
-    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) * np.float32(1.0 / 255.0)
+    if out is None:
+        out = np.empty((batch.shape[0], 3, *batch.shape[1:3]), dtype=np.float32)
+    # One pass (uint8 -> float32, scaled, into NCHW) instead of a converted copy and then a scaled one.
+    return np.multiply(batch.transpose(0, 3, 1, 2), np.float32(1.0 / 255.0), out=out, dtype=np.float32)
+
+
+def pixels_to_model_input(pixels: bytes, count: int, size: tuple[int, int],
+                          out: np.ndarray | None = None) -> np.ndarray:
+    """``to_model_input`` of ``count`` images given as ``decode_pixels`` output joined together."""
+    return to_model_input(np.frombuffer(pixels, dtype=np.uint8).reshape(count, *size, 3), out)

@@ -36,7 +36,7 @@ from starlette.routing import Route
 from .batching import BatchGateway, RouterProbe
 from .manifest import Manifest, ManifestError, ModelEntry, load_manifest
 from .metrics import REJECTION_REASONS, ServiceMetrics
-from .preprocess import ImageDecodeError, decode_image, to_model_input
+from .preprocess import ImageDecodeError, decode_pixels, pixels_to_model_input
 from .settings import ServiceSettings
 from .uploads import Rejection, Upload, read_body, read_classify_form
 
@@ -277,9 +277,7 @@ class Classifier:
             groups.setdefault(item.model, []).append(i)
         for name, positions in groups.items():
             loaded = self.loaded[name]
-            height, width = loaded.size
-            pixels = np.frombuffer(b"".join(items[i].pixels for i in positions), dtype=np.uint8)
-            batch = to_model_input(pixels.reshape(len(positions), height, width, 3))
+            batch = pixels_to_model_input(b"".join(items[i].pixels for i in positions), len(positions), loaded.size)
             probs = loaded.classifier.probabilities(batch)  # concurrent runs are safe: sessions are thread-safe
             for i, row in zip(positions, probs.tolist()):
                 out[i] = row
@@ -331,7 +329,7 @@ def _decode_all(uploads: list[Upload], size: tuple[int, int], max_pixels: int) -
         if not upload.data:
             return Rejection(400, "empty_file", f"{where} is an empty file (0 bytes)")
         try:
-            out.append(decode_image(upload.data, size, max_pixels).tobytes())
+            out.append(decode_pixels(upload.data, size, max_pixels))
         except ImageDecodeError as exc:
             message = _MEMORY_ADDRESS.sub("", str(exc))
             if "over the limit" in message or "too large" in message:

@@ -16,11 +16,11 @@ import signal
 import stat
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from .preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageDecodeError, decode_image, to_model_input
+from .preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageDecodeError, decode_pixels, pixels_to_model_input
 
 # A 32x32 classifier never needs a file this large; reading one would only cost memory.
 MAX_FILE_BYTES = 256 << 20
@@ -223,20 +223,21 @@ def decode_into(shm_name: str, offset: int, paths: list[str | None],
     shm = _attached.get(shm_name)
     if shm is None:
         shm = _attached[shm_name] = SharedMemory(shm_name)
-    decoded = decode_chunk(paths, size)
-    if decoded.ok:
-        rows_view(shm.buf, offset, len(decoded.ok), size)[:] = decoded.batch
+    decoded = decode_chunk(paths, size, out=lambda count: rows_view(shm.buf, offset, count, size))
     return decoded.ok, decoded.errors
 
 
-def decode_chunk(paths: list[str | None], size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
-    """Read and decode ``paths`` (None: skip that position); never raises for a bad file."""
-    images, ok, errors = [], [], {}
+def decode_chunk(paths: list[str | None], size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS,
+                 out: Callable[[int], np.ndarray] | None = None) -> Decoded:
+    """Read and decode ``paths`` (None: skip that position); never raises for a bad file.
+
+    ``out(count)``, when given, is where the batch of the ``count`` readable images is written."""
+    pixels, ok, errors = [], [], {}
     for i, path in enumerate(paths):
         if path is None:
             continue
         try:
-            images.append(decode_image(read_file(path), size, max_pixels))
+            pixels.append(decode_pixels(read_file(path), size, max_pixels))
             ok.append(i)
         except OSError as exc:
             errors[i] = read_error(exc)
@@ -244,5 +245,5 @@ def decode_chunk(paths: list[str | None], size: tuple[int, int], max_pixels: int
             errors[i] = str(exc)
         except Exception as exc:  # a decoder bug on one file must not cost the other files
             errors[i] = f"could not decode ({type(exc).__name__}: {exc})"
-    batch = to_model_input(images) if images else np.zeros((0, 3, *size), dtype=np.float32)
+    batch = pixels_to_model_input(b"".join(pixels), len(ok), size, out(len(ok)) if out else None)
     return Decoded(batch, ok, errors)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from service.preprocess import ImageDecodeError, decode_image
+from service.preprocess import ImageDecodeError, decode_image, decode_pixels, pixels_to_model_input, to_model_input
 
 
 def _encode(image: Image.Image, fmt: str, orientation: int | None = None) -> bytes:
@@ -133,3 +133,21 @@ def test_a_plain_jpeg_over_the_pixel_limit_is_refused_before_decoding():
     data = _jpeg(Image.new("RGB", (120, 100)))
     with pytest.raises(ImageDecodeError, match="120x100 = 12000 pixels, over the limit"):
         decode_image(data, max_pixels=11_999)
+
+
+def test_model_input_from_packed_pixels_matches_the_arrays():
+    """The batch path (decode_pixels, joined, into a caller's buffer) gives the array path's tensor exactly:
+    the pixels in float32 times float32(1/255) (as every model was verified with), channels first."""
+    rng = np.random.default_rng(3)
+    datas = [_encode(Image.fromarray(rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)), fmt)
+             for i, fmt in enumerate(["JPEG", "PNG", "JPEG"])]
+    arrays = [decode_image(d, size=(16, 24)) for d in datas]
+    assert [decode_pixels(d, size=(16, 24)) for d in datas] == [a.tobytes() for a in arrays]
+    expected = np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
+    out = np.full((3, 3, 16, 24), np.nan, dtype=np.float32)
+    batch = pixels_to_model_input(b"".join(decode_pixels(d, size=(16, 24)) for d in datas), 3, (16, 24), out)
+    assert batch is out and batch.flags.c_contiguous
+    np.testing.assert_array_equal(batch, expected)
+    fresh = to_model_input(arrays)
+    assert fresh.dtype == np.float32 and fresh.flags.c_contiguous
+    np.testing.assert_array_equal(fresh, expected)
