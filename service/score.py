@@ -10,7 +10,6 @@ With ``--url`` the images go to a running service instead of a local model.
 from __future__ import annotations
 
 import argparse
-import itertools
 import multiprocessing
 import os
 import signal
@@ -593,28 +592,24 @@ def _chunks(entries: Iterator[Entry], size: int, done: set[str]) -> Iterator[lis
 
 
 def _pipeline(chunks: Iterator[list[Entry]], backend) -> Iterator[list[Row]]:
-    """Rows per chunk, in order, with up to ``backend.inflight`` chunks being prepared ahead and the oldest
-    ``backend.streams`` of them being finished (inferred) at once, each on its own thread."""
+    """Rows per chunk, in order, with up to ``backend.inflight`` chunks being prepared ahead and up to
+    ``backend.streams`` of them being finished (inferred) at once, each on its own thread.
+
+    Every chunk is queued for finishing as soon as it is submitted, so a stream that is done takes the next
+    one at once; handing out only the oldest ``streams`` chunks left a stream that finished first idle
+    until the oldest one was done."""
     streams = getattr(backend, "streams", 1)
     pool = ThreadPoolExecutor(streams, thread_name_prefix="score-infer") if streams > 1 else None
-    pending: deque = deque()  # [chunk, handle, future of finish or None], oldest first
-
-    def start_oldest() -> None:
-        if pool is not None:
-            for item in itertools.islice(pending, streams):
-                if item[2] is None:
-                    item[2] = pool.submit(backend.finish, item[0], item[1])
+    pending: deque = deque()  # (chunk, handle, future of finish or None), oldest first
 
     def take_oldest() -> list[Row]:
         chunk, handle, future = pending.popleft()
-        rows = future.result() if future is not None else backend.finish(chunk, handle)
-        start_oldest()
-        return rows
+        return future.result() if future is not None else backend.finish(chunk, handle)
 
     try:
         for chunk in chunks:
-            pending.append([chunk, backend.submit(chunk), None])
-            start_oldest()
+            handle = backend.submit(chunk)
+            pending.append((chunk, handle, pool.submit(backend.finish, chunk, handle) if pool else None))
             if len(pending) > backend.inflight:
                 yield take_oldest()
         while pending:

@@ -153,6 +153,30 @@ def test_pipeline_finishes_streams_at_once_and_yields_in_order():
     assert list(_pipeline(iter([[i] for i in range(9)]), Backend())) == [[i * 10] for i in range(9)]
 
 
+def test_pipeline_hands_the_next_chunk_to_whichever_stream_is_free():
+    """Chunk 0 is slow: the other stream finishes chunk 1 and must go on with chunk 2 (and 3) meanwhile,
+    not wait until chunk 0 is done and taken."""
+    import threading
+
+    from service.score import _pipeline
+
+    class Backend:
+        streams, inflight = 2, 4
+        later_started = threading.Event()
+
+        def submit(self, chunk):
+            return chunk[0]
+
+        def finish(self, chunk, handle):
+            if handle == 0:
+                assert self.later_started.wait(timeout=10), "chunk 2 waited for chunk 0"
+            elif handle == 2:
+                self.later_started.set()
+            return [handle]
+
+    assert list(_pipeline(iter([[i] for i in range(6)]), Backend())) == [[i] for i in range(6)]
+
+
 def test_decode_workers_killed_mid_run_cost_no_rows(image_folder, tiny_models_dir):
     """Workers killed (as by the OOM killer) with chunks in flight and two streams finishing: the pool is
     replaced and every image is still scored, with the scores it gets when decoded in this process."""
