@@ -57,7 +57,7 @@ def decode_rgb(data: bytes, size: tuple[int, int] = (32, 32), max_pixels: int = 
     return _decode_any(data, size, max_pixels)
 
 
-def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
