@@ -7,11 +7,11 @@ Images: the first N/10 JPEGs of each class of ../shared/data/cifar10-train-jpg.t
 --work-dir (ignored by git). Raw engine: OnnxClassifier.logits on float32 batches decoded beforehand, one
 stream on every core or one single-threaded stream per core, at each of --engine-batch-sizes; whichever
 measures fastest at the start (raw_engine.py) is the ceiling the scorer could reach, whatever batch size
-the scorer uses. Scorer: the real CLI in a fresh process per run, timed
-by its own summary (walk + read + decode + inference + writing; interpreter start and model load are in the
-wall time). The machine is shared and virtual (10-20% apart between runs a minute apart), so the engine is
-measured before the first round and after every round, each setting's ratio is taken against the engine
-just before and just after it, and medians over rounds are reported.
+the scorer uses. Scorer: the real CLI in a fresh process per run, timed by its own summary (walk + read +
+decode + inference + writing; interpreter start and model load are in the wall time). The machine is
+shared and virtual (10-20% apart between runs a minute apart), so the engine is measured before the first
+round and after every round, each setting's ratio is taken against the engine just before and just after
+it, and medians over rounds are reported.
 Prints a markdown table and writes the figures as JSON to --out.
 """
 from __future__ import annotations

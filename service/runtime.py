@@ -28,10 +28,18 @@ def gpu_present() -> bool:
     return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia").exists()
 
 
+CUDA = "CUDAExecutionProvider"
+
+
 def choose_providers(device: Device = "auto") -> list[str]:
     if device == "cuda" or (device == "auto" and gpu_present()):
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [CUDA, "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def wants_cuda(device: Device = "auto") -> bool:
+    """Whether sessions for ``device`` will ask for CUDA first (they may still fall back: see ``on_gpu``)."""
+    return choose_providers(device)[0] == CUDA
 
 
 def default_threads() -> int:
@@ -84,6 +92,10 @@ class OnnxClassifier:
     @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.providers[0] == CUDA
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]

@@ -24,7 +24,7 @@ from pathlib import PurePosixPath
 from typing import Iterator
 
 
-from .settings import default_streams
+from .settings import default_streams, threads_per_stream
 from .sinks import FORMATS, ENCODING, OutputError, Prediction, Row, format_from_path, make_format, resume_output
 from .walk import (Decoded, Entry, WalkStats, count_images, decode_chunk, decode_into, image_bytes, read_error,
                    read_file, rows_view, walk, worker_init)
@@ -142,10 +142,10 @@ class LocalBackend:
 
     def __init__(self, path, device: str, threads: int | None, workers: int | None, batch_size: int | None = None,
                  streams: int | None = None) -> None:
-        from .runtime import OnnxClassifier, choose_providers, default_threads
+        from .runtime import OnnxClassifier, default_threads, wants_cuda
 
         cores = default_threads()
-        on_gpu = choose_providers(device)[0] == "CUDAExecutionProvider"  # type: ignore[arg-type]
+        on_gpu = wants_cuda(device)  # type: ignore[arg-type]
         self.streams = default_streams(cores, on_gpu) if streams is None else streams
         self._pool_lock = threading.Lock()  # the decode pool is replaced from whichever stream finds it broken
         self.pool: ProcessPoolExecutor | None = None
@@ -157,8 +157,9 @@ class LocalBackend:
             self._new_pool(before_inference=True)
         # Threads that sleep between batches leave the cores to the decode workers (spinning ones cost
         # 10-20% of throughput on 2 cores, bench/bench_score.py).
-        self.clf = OnnxClassifier(path, device=device, threads=threads or max(1, cores // self.streams), spin=False)
-        if self.clf.providers[0] != "CUDAExecutionProvider" and on_gpu:  # CUDA asked for but not there
+        self.clf = OnnxClassifier(path, device=device, threads=threads or threads_per_stream(cores, self.streams),
+                                  spin=False)
+        if on_gpu and not self.clf.on_gpu:  # CUDA asked for but not there
             on_gpu = False
             self._decoding(cores, on_gpu, workers)
             self._close_pool()

@@ -43,7 +43,7 @@ from .uploads import Rejection, Upload, read_body, read_classify_form
 with bentoml.importing():
     import onnxruntime as ort
 
-    from .runtime import OnnxClassifier, choose_providers, top_k
+    from .runtime import OnnxClassifier, top_k, wants_cuda
 
 # Under "bentoml": the logger BentoML configures (INFO) in its server processes.
 log = logging.getLogger("bentoml.cifar")
@@ -54,7 +54,7 @@ SETTINGS = ServiceSettings.from_env()
 
 def _on_gpu() -> bool:
     try:
-        return choose_providers(SETTINGS.device)[0] == "CUDAExecutionProvider"  # type: ignore[arg-type]
+        return wants_cuda(SETTINGS.device)  # type: ignore[arg-type]
     except NameError:  # onnxruntime not importable where the service is only being built
         return False
 
@@ -342,8 +342,7 @@ def _decode_all(uploads: list[Upload], size: tuple[int, int], max_pixels: int) -
 def load_models(settings: ServiceSettings) -> tuple[Manifest, dict[str, LoadedModel]]:
     """Every model in the manifest, each file checked against its sha256 first, warmed up and ready."""
     manifest = load_manifest(settings.models_dir, verify=True)
-    providers = choose_providers(settings.device)  # type: ignore[arg-type]
-    on_gpu = providers[0] == "CUDAExecutionProvider"
+    on_gpu = wants_cuda(settings.device)  # type: ignore[arg-type]
     if on_gpu:
         _preload_cuda()
     loaded = {}
@@ -354,7 +353,7 @@ def load_models(settings: ServiceSettings) -> tuple[Manifest, dict[str, LoadedMo
         if (card.classes, card.precision, card.input) != (entry.classes, entry.precision, entry.input):
             raise ManifestError(f"model {entry.name!r}: {entry.file} describes itself differently from the manifest "
                                 f"(classes, precision or input); re-export it")
-        if settings.device == "cuda" and classifier.providers[0] != "CUDAExecutionProvider":
+        if settings.device == "cuda" and not classifier.on_gpu:
             raise RuntimeError(f"--device cuda, but ONNX Runtime could not use CUDA for {entry.name!r} "
                                f"(providers {classifier.providers}): check the driver, CUDA 13 and cuDNN 9")
         height, width = entry.input.size

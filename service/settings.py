@@ -33,6 +33,11 @@ def default_streams(cores: int, on_gpu: bool) -> int:
     return 2 if on_gpu else cores
 
 
+def threads_per_stream(cores: int, streams: int) -> int:
+    """ONNX Runtime intra-op threads of each stream by default: the cores divided among the streams."""
+    return max(1, cores // streams)
+
+
 class SettingsError(ValueError):
     """An environment variable (or the flag that set it) has a value the service cannot use."""
 
@@ -133,7 +138,7 @@ class ServiceSettings:
         return self.streams or default_streams(_cpu_count(), on_gpu)
 
     def intra_op_threads(self, on_gpu: bool = False) -> int:
-        return self.threads or max(1, _cpu_count() // self.inference_streams(on_gpu))
+        return self.threads or threads_per_stream(_cpu_count(), self.inference_streams(on_gpu))
 
     @property
     def decoder_threads(self) -> int:
