@@ -29,9 +29,10 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=".cache/datasets", help="dataset decode cache")
     p.add_argument("--max-val-images", type=int, help="verify on only the first N validation images (quick checks)")
     # training.inference.TTA_CHOICES, spelled out so that --help does not import torch
-    p.add_argument("--tta", choices=["none", "flip"], default="none",
+    p.add_argument("--tta", choices=["none", "flip", "multicrop"], default="none",
                    help="flip: average the logits of each image and its mirror inside the graph (test-time "
-                        "augmentation; twice the compute per image, nothing changes for clients)")
+                        "augmentation; twice the compute per image, nothing changes for clients); multicrop: "
+                        "also one-pixel translations, 6 views, six times the compute")
     return p
 
 

@@ -32,6 +32,10 @@ class ModelConfig(Section):
     name: str = "se_resnet18"
     # Constructor arguments of the registered model (dropout, use_se, reduction, width, ...).
     args: dict[str, Any] = Field(default_factory=lambda: {"dropout": 0.5})
+    # Training-time options that work on any registered model (they change initial values and buffers'
+    # update rates, not the network, so a checkpoint still rebuilds from name and args alone).
+    dirac_init: bool = False  # identity-initialise every ungrouped odd-kernel convolution (Jordan 2024)
+    bn_momentum: float | None = Field(None, gt=0, le=1)  # every BatchNorm's momentum; airbench's fast 0.4
 
 
 AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
@@ -43,7 +47,9 @@ AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
 
 class AugmentConfig(Section):
     crop_padding: int = Field(4, ge=0)
+    pad_mode: Literal["zeros", "reflect"] = "zeros"
     flip: bool = True
+    alternate_flip: bool = False  # with flip: every image mirrored in every other epoch instead of at random
     vertical_flip: bool = False
     cutout: int = Field(0, ge=0)
     color_jitter: float = Field(0.0, ge=0, le=1)
@@ -52,7 +58,8 @@ class AugmentConfig(Section):
     mix_prob: float = Field(1.0, ge=0, le=1)
 
     def params(self) -> AugmentParams:
-        return AugmentParams(self.crop_padding, self.flip, self.cutout, self.color_jitter, self.vertical_flip)
+        return AugmentParams(self.crop_padding, self.flip, self.cutout, self.color_jitter, self.vertical_flip,
+                             self.alternate_flip, self.pad_mode)
 
     def mix(self) -> MixParams:
         return MixParams(self.mixup_alpha, self.cutmix_alpha, self.mix_prob)
@@ -67,28 +74,46 @@ class OptimConfig(Section):
     weight_decay: float = Field(5e-2, ge=0)
     # Decaying BatchNorm scales and biases only shrinks them; off by default as in most modern recipes.
     decay_norm_and_bias: bool = False
+    # BatchNorm parameters train at lr x this, with weight decay / this so their decay per step is unchanged:
+    # airbench's 64 lets the shifts move as fast as the scale-free BatchNorm needs.
+    norm_lr_scale: float = Field(1.0, gt=0)
 
 
 class ScheduleConfig(Section):
-    name: Literal["cosine", "multistep", "step", "linear", "constant"] = "cosine"
+    # "triangular": from initial_lr_fraction at step 0 up to 1 at peak_fraction of the run, then linearly
+    # down to final_lr_fraction, sized to the epoch count (airbench: 0.2, 0.2, 0).
+    name: Literal["cosine", "multistep", "step", "linear", "constant", "triangular"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0)
     milestones: list[int] = Field(default_factory=lambda: [60, 120, 160])
     gamma: float = 0.2
     step_size: int = Field(30, ge=1)  # for "step": multiply by gamma every step_size epochs
     final_lr_fraction: float = Field(0.0, ge=0)
+    initial_lr_fraction: float = Field(0.2, ge=0)
+    peak_fraction: float = Field(0.2, gt=0, lt=1)
 
 
 class TrainConfig(Section):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(128, ge=1)
+    # Forward/backward in chunks of this size, one optimizer step per batch: a large-batch recipe at the speed
+    # of small batches on a CPU, whose caches favour them (BatchNorm then normalises per chunk).
+    micro_batch_size: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
     device: str = "auto"
-    bf16: bool = True
+    # "auto": bf16 autocast only where the hardware does bf16 (CUDA, or a CPU with AVX512-BF16 or AMX);
+    # elsewhere emulated bf16 is many times slower than float32.
+    bf16: bool | Literal["auto"] = "auto"
     channels_last: bool = True
     compile: bool = False
     ema_decay: float = Field(0.0, ge=0, lt=1)
+    # Lookahead (airbench): every k steps the slow weights move toward the fast ones and the fast ones restart
+    # from them; the slow weights' decay rises as lookahead_decay**k * progress**3, and they are the result.
+    lookahead_every: int = Field(0, ge=0)
+    lookahead_decay: float = Field(0.95, gt=0, lt=1)
+    # A patch-whitening layer's bias trains for this many epochs, then freezes (its weights never train).
+    whiten_bias_epochs: int | None = Field(None, ge=0)
     early_stop_patience: int = Field(0, ge=0)  # epochs without improvement before stopping; 0 = never
     early_stop_min_delta: float = Field(0.0, ge=0)
     max_batches_per_epoch: int | None = Field(None, ge=1)  # for smoke tests and benchmarks

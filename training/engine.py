@@ -20,8 +20,10 @@ from .config import Config, save_config
 from .data import ImageArrays, load_split
 from .data.loader import TensorLoader
 from .data.mix import MixedTargets, mixed_cross_entropy
-from .inference import autocast, cross_entropy, predict_logits, topk_accuracy
-from .models import count_parameters, create_model
+from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, topk_accuracy
+from .lookahead import Lookahead
+from .models import ImageClassifier, count_parameters, create_model
+from .models.whitening import dirac_init_, whitening_layers
 from .optim import build_optimizer, build_scheduler
 from .plots import plot_training_curves
 
@@ -46,6 +48,28 @@ def load_data(config: Config) -> tuple[ImageArrays, ImageArrays | None]:
     if d.val_size == 0:
         return load_split(d.dataset, d.root, "all", **kwargs), None
     return load_split(d.dataset, d.root, "train", **kwargs), load_split(d.dataset, d.root, "val", **kwargs)
+
+
+# Airbench fits its whitening on 5,000 training images: the 2x2-patch covariance (12 x 12) is settled
+# long before that, and all 45,000 would hold about 2 GB of patches.
+WHITENING_IMAGES = 5000
+
+
+@torch.no_grad()
+def prepare_model(model: ImageClassifier, config: Config, train_images: np.ndarray) -> None:
+    """The data- and option-dependent initialisation that ``create_model`` cannot do: fit patch-whitening
+    layers on the training split (as the model will see it: normalised), Dirac init, BatchNorm momentum."""
+    layers = whitening_layers(model)
+    if layers:
+        sample = torch.from_numpy(train_images[:WHITENING_IMAGES]).permute(0, 3, 1, 2).float().div_(255)
+        for layer in layers:
+            layer.fit(model.normalize(sample))
+    if config.model.dirac_init:
+        dirac_init_(model.backbone)
+    if config.model.bn_momentum is not None:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = config.model.bn_momentum
 
 
 def evaluate(model: nn.Module, loader: TensorLoader, bf16: bool) -> dict[str, float]:
@@ -79,7 +103,10 @@ class Trainer:
             "dataset": config.data.dataset, "data_root": config.data.root, "val_size": config.data.val_size,
             "split_seed": config.data.split_seed, "recipe": config.recipe,
         }
-        self.model = create_model(config.model.name, len(self.classes), mean, std, **config.model.args).to(self.device)
+        self.bf16 = resolve_bf16(t.bf16, self.device)
+        self.model = create_model(config.model.name, len(self.classes), mean, std, **config.model.args)
+        prepare_model(self.model, config, train_data.images)
+        self.model = self.model.to(self.device)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_loader = TensorLoader(
@@ -95,6 +122,8 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, len(self.train_loader), t.epochs, config.schedule)
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
                     if t.ema_decay > 0 else None)
+        self.lookahead = (Lookahead(self.model, t.lookahead_every, t.lookahead_decay, len(self.train_loader) * t.epochs)
+                          if t.lookahead_every else None)
         self.forward_model: nn.Module = self.model
         if self.dist.enabled:
             self.forward_model = nn.parallel.DistributedDataParallel(
@@ -110,6 +139,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema else None,
             "ema_n_averaged": int(self.ema.n_averaged.item()) if self.ema else 0,
+            "lookahead": self.lookahead.state_dict() if self.lookahead else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
@@ -128,6 +158,8 @@ class Trainer:
         if self.ema and ckpt.get("ema"):
             self.ema.module.load_state_dict(ckpt["ema"])
             self.ema.n_averaged.fill_(ckpt["ema_n_averaged"])
+        if self.lookahead and ckpt.get("lookahead"):
+            self.lookahead.load_state_dict(ckpt["lookahead"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.epoch, self.history, self.best = ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
@@ -140,6 +172,9 @@ class Trainer:
     def train_epoch(self) -> dict[str, float]:
         t, loader = self.config.train, self.train_loader
         loader.set_epoch(self.epoch)
+        if t.whiten_bias_epochs is not None:
+            for layer in whitening_layers(self.model):
+                layer.bias.requires_grad_(self.epoch < t.whiten_bias_epochs)
         self.forward_model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
@@ -147,13 +182,12 @@ class Trainer:
         bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{t.epochs}", unit="batch", leave=False,
                    disable=not self.dist.is_main)
         for x, y in bar:
-            with autocast(self.device, t.bf16):
-                logits = self.forward_model(x)
-                loss = mixed_cross_entropy(logits.float(), y, t.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            logits, loss = self._forward_backward(x, y)
             self.optimizer.step()
             self.scheduler.step()
+            if self.lookahead:
+                self.lookahead.step(self.model, self.scheduler.last_epoch)
             if self.ema:
                 self.ema.update_parameters(self.model)
             hard = y.y_a if isinstance(y, MixedTargets) else y
@@ -163,11 +197,30 @@ class Trainer:
             seen += len(hard)
             if bar.n % 10 == 0:
                 bar.set_postfix(img_s=f"{seen * self.dist.world_size / (time.perf_counter() - start):.0f}")
+        if self.lookahead and self.epoch + 1 == t.epochs:
+            self.lookahead.finish(self.model)
         if not math.isfinite(loss_sum.item()):
             raise FloatingPointError(f"training loss is not finite at epoch {self.epoch + 1}: lower the learning rate")
         elapsed = time.perf_counter() - start
         return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen, "train_time_s": elapsed,
                 "train_images_per_s": seen * self.dist.world_size / elapsed, "lr": self.scheduler.get_last_lr()[0]}
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor | MixedTargets) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients of the batch's mean loss, in micro-batches when ``micro_batch_size`` is set: the same
+        update as one big batch (BatchNorm statistics aside, which then come from each micro-batch)."""
+        t = self.config.train
+        size = t.micro_batch_size or len(x)
+        logits, loss_sum = [], torch.zeros((), device=x.device)
+        for begin in range(0, len(x), size):
+            part = slice(begin, begin + size)
+            target = (MixedTargets(y.y_a[part], y.y_b[part], y.lam) if isinstance(y, MixedTargets) else y[part])
+            with autocast(self.device, self.bf16):
+                out = self.forward_model(x[part])
+                loss = mixed_cross_entropy(out.float(), target, t.label_smoothing) * (len(out) / len(x))
+            loss.backward()
+            logits.append(out.detach())
+            loss_sum += loss.detach()
+        return torch.cat(logits), loss_sum
 
     @property
     def eval_model(self) -> nn.Module:
@@ -189,7 +242,7 @@ class Trainer:
             if main:
                 if self.val_loader is not None:
                     eval_start = time.perf_counter()
-                    record.update(evaluate(self.eval_model, self.val_loader, t.bf16))
+                    record.update(evaluate(self.eval_model, self.val_loader, self.bf16))
                     record["eval_time_s"] = time.perf_counter() - eval_start
                 stop = self._end_epoch(record)
                 epochs_bar.update(1)

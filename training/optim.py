@@ -9,19 +9,32 @@ from torch import nn
 from .config import OptimConfig, ScheduleConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
-    if decay_norm_and_bias:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay, no_decay = [], []
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool, lr: float = 1.0,
+                 norm_lr_scale: float = 1.0) -> list[dict]:
+    """Groups for the optimizer. Every parameter is listed, trainable or not, so a parameter frozen for a
+    while (a whitening bias) keeps its place; the optimizer skips those without a gradient."""
+    norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+    decay, no_decay, norms = [], [], []
     for p in model.parameters():
-        if p.requires_grad:
-            # 1-D parameters are norm scales/shifts and biases.
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if id(p) in norm and norm_lr_scale != 1.0:
+            norms.append(p)
+        # 1-D parameters are norm scales/shifts and biases.
+        elif decay_norm_and_bias or p.ndim > 1:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if norms:
+        norm_decay = weight_decay / norm_lr_scale if decay_norm_and_bias else 0.0
+        groups.append({"params": norms, "lr": lr * norm_lr_scale, "weight_decay": norm_decay})
+    return [g for g in groups if g["params"]]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias)
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias, cfg.lr, cfg.norm_lr_scale)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
@@ -30,6 +43,11 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: ScheduleConfig) -> float:
     """Multiplier of the base lr at a global step; warmup is linear from ~0 for every schedule."""
     epoch = step / steps_per_epoch
+    if cfg.name == "triangular":
+        progress = min(1.0, step / max(steps_per_epoch * epochs, 1))
+        if progress < cfg.peak_fraction:
+            return cfg.initial_lr_fraction + (1 - cfg.initial_lr_fraction) * progress / cfg.peak_fraction
+        return 1 - (1 - cfg.final_lr_fraction) * (progress - cfg.peak_fraction) / (1 - cfg.peak_fraction)
     warmup = cfg.warmup_epochs
     if warmup and epoch < warmup:
         return (step + 1) / (warmup * steps_per_epoch)

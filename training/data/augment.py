@@ -18,12 +18,25 @@ class AugmentParams:
     cutout: int = 0
     color_jitter: float = 0.0
     vertical_flip: bool = False
+    # Airbench's flip: each image gets a random flip in the first epoch and is mirrored relative to it
+    # in every odd epoch after, so every image is seen both ways in any two consecutive epochs.
+    alternate_flip: bool = False
+    pad_mode: str = "zeros"  # or "reflect" (airbench's translation)
 
 
-def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero-pad by ``padding`` and crop back to the original size at a random offset per image."""
+PAD_MODES = ("zeros", "reflect")
+
+
+def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator, mode: str = "zeros") -> torch.Tensor:
+    """Pad by ``padding`` (zeros or reflection) and crop back to the original size at a random offset per image."""
     n, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    if mode not in PAD_MODES:
+        raise ValueError(f"unknown pad mode {mode!r}; valid: {', '.join(PAD_MODES)}")
+    if mode == "reflect":
+        # Reflection padding is not implemented for uint8; the values stay exact through float.
+        padded = torch.nn.functional.pad(x.float(), (padding,) * 4, mode="reflect").to(x.dtype)
+    else:
+        padded = torch.nn.functional.pad(x, (padding,) * 4)
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen, device=gen.device).to(x.device)
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen, device=gen.device).to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
@@ -35,7 +48,16 @@ def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Te
 
 def random_flip(x: torch.Tensor, gen: torch.Generator, dim: int = 3) -> torch.Tensor:
     mask = torch.rand(x.shape[0], generator=gen, device=gen.device).to(x.device) < 0.5
+    return flip_where(x, mask, dim)
+
+
+def flip_where(x: torch.Tensor, mask: torch.Tensor, dim: int = 3) -> torch.Tensor:
     return torch.where(mask[:, None, None, None], x.flip(dim), x)
+
+
+def alternating_flip_mask(base: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Which images to mirror in ``epoch``: the first epoch's random choice ``base``, inverted in odd epochs."""
+    return base ^ bool(epoch % 2)
 
 
 def cutout(x: torch.Tensor, length: int, gen: torch.Generator) -> torch.Tensor:
@@ -67,11 +89,15 @@ def color_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> torc
     return x.clamp_(0, 1)
 
 
-def augment_batch(x: torch.Tensor, params: AugmentParams, gen: torch.Generator) -> torch.Tensor:
-    """uint8 [N, 3, H, W] in, float32 [N, 3, H, W] in [0, 1] out."""
+def augment_batch(x: torch.Tensor, params: AugmentParams, gen: torch.Generator,
+                  flip_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 [N, 3, H, W] in, float32 [N, 3, H, W] in [0, 1] out. ``flip_mask`` (bool [N]) replaces the random
+    horizontal flip when given (the loader's alternating flip)."""
     if params.crop_padding:
-        x = random_crop(x, params.crop_padding, gen)
-    if params.flip:
+        x = random_crop(x, params.crop_padding, gen, params.pad_mode)
+    if flip_mask is not None:
+        x = flip_where(x, flip_mask, dim=3)
+    elif params.flip:
         x = random_flip(x, gen, dim=3)
     if params.vertical_flip:
         x = random_flip(x, gen, dim=2)

@@ -10,7 +10,7 @@ from typing import Iterator
 import torch
 
 from .arrays import ImageArrays
-from .augment import AugmentParams, augment_batch
+from .augment import AugmentParams, alternating_flip_mask, augment_batch
 from .mix import MixParams, MixedTargets, mix_batch
 
 
@@ -39,6 +39,11 @@ class TensorLoader:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.channels_last, self.max_batches = channels_last, max_batches
         self.epoch = 0
+        # The first epoch's flips, fixed by the seed alone, so resume and every rank see the same ones.
+        self.base_flips = None
+        if self.augment is not None and self.augment.flip and self.augment.alternate_flip:
+            flip_gen = torch.Generator().manual_seed(seed * 100_003 - 1)
+            self.base_flips = (torch.rand(len(self.labels), generator=flip_gen) < 0.5).to(self.device)
 
     def set_epoch(self, epoch: int) -> None:
         """The shuffle and augmentation of an epoch depend only on (seed, epoch): resume replays them exactly."""
@@ -63,7 +68,11 @@ class TensorLoader:
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x, y = self.images[idx], self.labels[idx]
-            x = augment_batch(x, self.augment, gen) if self.augment else x.float().div_(255)
+            if self.augment:
+                flips = None if self.base_flips is None else alternating_flip_mask(self.base_flips[idx], self.epoch)
+                x = augment_batch(x, self.augment, gen, flips)
+            else:
+                x = x.float().div_(255)
             if self.mix is not None and self.mix.enabled:
                 x, y = mix_batch(x, y, self.mix, gen)
             if self.channels_last:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..registry import Registry
+from .airbench import AIRBENCH94_WIDTHS, AirbenchNet
 from .res2net import Res2NetBottleneck
 from .resnet import BasicBlock, Bottleneck, ResNet
 from .dla import DLA
@@ -176,6 +177,16 @@ def wrn_28_10(num_classes: int = 10, dropout: float = 0.3, attention: str = "non
 @_register("wrn_16_8", "Wide-ResNet-16-8, dropout 0.3 by default")
 def wrn_16_8(num_classes: int = 10, dropout: float = 0.3, attention: str = "none") -> nn.Module:
     return WideResNet(16, 8, num_classes, dropout, attention)
+
+
+@_register("wrn_16_4", "Wide-ResNet-16-4, dropout 0 by default (about 2.75M parameters)")
+def wrn_16_4(num_classes: int = 10, dropout: float = 0.0, attention: str = "none") -> nn.Module:
+    return WideResNet(16, 4, num_classes, dropout, attention)
+
+
+@_register("airbench94", "airbench94 (Jordan, 2024): frozen patch whitening, 3 conv groups 64-256-256, about 2M parameters")
+def airbench94(num_classes: int = 10, widths: Sequence[int] = AIRBENCH94_WIDTHS, **options) -> nn.Module:
+    return AirbenchNet(num_classes, tuple(widths), **options)
 
 
 @_register("resnet9", "ResNet-9 (Page, 2018), fast to train")

@@ -28,7 +28,8 @@ def _add_data_args(p: argparse.ArgumentParser, split_default: str | None) -> Non
 
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tta", default="none", help="test-time augmentation: none or flip (average with the mirror image)")
+    p.add_argument("--tta", default="none", help="test-time augmentation: none, flip (average with the mirror image) or multicrop (mirror and "
+                        "one-pixel translations, 6 views)")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
 

@@ -24,7 +24,7 @@ from ..checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
 from ..data import SPLITS, ImageArrays, load_split
 from ..data.loader import TensorLoader
 from ..engine import resolve_device
-from ..inference import check_tta, predict_logits
+from ..inference import TTA_DESCRIPTIONS, check_tta, predict_logits, tta_logits_numpy
 from ..plots import plot_training_curves
 from . import figures
 from .gradcam import GradCAM
@@ -87,7 +87,7 @@ class ModelSource:
         if self.kind == "checkpoint":
             loader = TensorLoader(data, batch_size, self.device)
             logits, _ = predict_logits(self.model, _Progress(loader, f"evaluating {self.path.name}"),
-                                       tta_flip=tta == "flip")
+                                       tta=tta)
         else:
             logits = self._predict_onnx(data, tta, batch_size)
         if self.device.type == "cuda":
@@ -99,10 +99,7 @@ class ModelSource:
         for begin in tqdm(range(0, len(data), batch_size), desc=f"evaluating {self.path.name}", unit="batch",
                           leave=False):
             batch = data.images[begin:begin + batch_size].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-            logits = self.model.logits(batch).astype(np.float32)
-            if tta == "flip":
-                logits = (logits + self.model.logits(batch[..., ::-1]).astype(np.float32)) / 2
-            out.append(logits)
+            out.append(tta_logits_numpy(self.model.logits, batch, tta).astype(np.float32))
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
 
@@ -290,7 +287,7 @@ def _pct(x: float) -> str:
 
 def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | None], notes: list[str]) -> None:
     src, data = metrics["source"], metrics["data"]
-    tta = "flip test-time augmentation" if metrics["tta"] == "flip" else "no test-time augmentation"
+    tta = TTA_DESCRIPTIONS[metrics["tta"]]
     lines = [
         f"# Evaluation of `{src['path']}`",
         "",

@@ -1,0 +1,274 @@
+"""Fast-training methods (Page 2018; Jordan 2024): whitening, Dirac init, lookahead, alternating flip,
+triangular schedule, BatchNorm learning-rate scaling, micro-batches, multi-crop TTA."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_overrides
+from training.config import ScheduleConfig, build_config, list_recipes
+from training.data.arrays import ImageArrays
+from training.data.augment import AugmentParams
+from training.data.loader import TensorLoader
+from training.engine import Trainer, prepare_model, resume, train
+from training.inference import TTA_VIEWS, ViewAverage, resolve_bf16, tta_logits_numpy, with_tta
+from training.lookahead import Lookahead
+from training.models import count_parameters, create_model
+from training.models.whitening import PatchWhitening, dirac_init_, image_patches, whitening_layers
+from training.optim import build_optimizer, lr_factor
+
+
+def _correlated_images(n: int = 64, seed: int = 0) -> torch.Tensor:
+    """Float images whose pixels are strongly correlated across channels and neighbours."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, 1, 8, 8, generator=gen).repeat_interleave(4, 2).repeat_interleave(4, 3)
+    return base * torch.tensor([1.0, 0.8, 0.5]).view(1, 3, 1, 1) + 0.1 * torch.randn(n, 3, 32, 32, generator=gen)
+
+
+def test_whitening_is_fitted_from_data_and_decorrelates_patches():
+    layer = PatchWhitening(3, kernel_size=2, eps=1e-8)
+    images = _correlated_images()
+    layer.fit(images)
+    assert not layer.weight.requires_grad and layer.bias.requires_grad
+    out = nn.functional.conv2d(images, layer.weight[:12])  # the positive half, no bias
+    feats = out.permute(0, 2, 3, 1).reshape(-1, 12).double()
+    second_moment = feats.T @ feats / len(feats)
+    assert torch.allclose(second_moment, torch.eye(12, dtype=torch.float64), atol=1e-3)
+    assert torch.equal(layer.weight[12:], -layer.weight[:12])
+    # A second fit on other data gives other filters: they come from the data, not a fixed init.
+    before = layer.weight.clone()
+    layer.fit(_correlated_images(seed=1) * 3)
+    assert not torch.allclose(before, layer.weight)
+
+
+def test_image_patches_order_matches_conv_weights():
+    images = torch.rand(2, 3, 5, 5)
+    patches = image_patches(images, 2)
+    weight = torch.randn(1, 3, 2, 2)
+    conv = nn.functional.conv2d(images, weight).permute(0, 2, 3, 1).reshape(-1)
+    assert torch.allclose(patches @ weight.reshape(-1), conv, atol=1e-5)
+
+
+def test_whitening_weights_stay_frozen_in_training(image_folder, tmp_path):
+    cfg = build_config("airbench94", tiny_overrides(
+        image_folder, tmp_path / "cache", **{"model.name": "airbench94", "model.args": "{widths: [8, 16, 16]}",
+                                             "epochs": 2, "whiten_bias_epochs": 1, "lookahead_every": 0}))
+    trainer = Trainer(cfg, tmp_path / "run")
+    layer = whitening_layers(trainer.model)[0]
+    weight = layer.weight.clone()
+    assert weight.abs().sum() > 0  # fitted on the training split when the trainer built the model
+    trainer.train_epoch()
+    trainer.epoch = 1
+    bias_after_first = layer.bias.clone()
+    assert bias_after_first.abs().sum() > 0  # the bias trained in epoch 1
+    trainer.train_epoch()
+    assert torch.equal(layer.weight, weight)
+    assert torch.equal(layer.bias, bias_after_first) and not layer.bias.requires_grad
+
+
+def test_dirac_init_gives_identity_convolutions():
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.Conv2d(8, 16, 3, padding=1, bias=False))
+    assert dirac_init_(model) == 2
+    x = torch.randn(2, 8, 6, 6)
+    assert torch.allclose(model[0](x), x, atol=1e-6)
+    assert torch.allclose(model[1](x)[:, :8], x, atol=1e-6)  # the first 8 of 16 filters pass channels through
+    assert not torch.allclose(model[1](x)[:, 8:], torch.zeros(2, 8, 6, 6))  # the rest keep their random init
+
+
+def test_dirac_config_option_applies_to_any_model():
+    cfg = build_config("resnet9_half_cpu", ["model.dirac_init=true", "model.bn_momentum=0.4"])
+    model = create_model("resnet9", 10, width=8)
+    prepare_model(model, cfg, np.zeros((4, 32, 32, 3), np.uint8))
+    conv = model.backbone.stages[0][1].body[0][0]
+    x = torch.randn(1, 16, 8, 8)
+    assert torch.allclose(conv(x), x, atol=1e-6)
+    assert all(m.momentum == 0.4 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def _flip_states(loader: TensorLoader, originals: torch.Tensor, epoch: int) -> dict[int, bool]:
+    loader.set_epoch(epoch)
+    states = {}
+    for x, y in loader:
+        for img, label in zip(x, y):
+            i = int(label)
+            if torch.equal(img, originals[i]):
+                states[i] = False
+            elif torch.equal(img, originals[i].flip(2)):
+                states[i] = True
+    return states
+
+
+def test_alternating_flip_flips_each_image_every_other_epoch():
+    n = 40
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    data = ImageArrays(images, np.arange(n), [str(i) for i in range(n)])
+    params = AugmentParams(crop_padding=0, flip=True, alternate_flip=True)
+    loader = TensorLoader(data, 8, train=True, augment=params, seed=3)
+    originals = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    epochs = [_flip_states(loader, originals, e) for e in range(4)]
+    assert all(len(states) == n for states in epochs)
+    assert 10 <= sum(epochs[0].values()) <= 30  # the first epoch's flips are random
+    for i in range(n):
+        assert epochs[1][i] != epochs[0][i] and epochs[2][i] == epochs[0][i] and epochs[3][i] != epochs[2][i]
+    # The random flip, for contrast, does not alternate.
+    random_loader = TensorLoader(data, 8, train=True, augment=AugmentParams(crop_padding=0, flip=True), seed=3)
+    random_epochs = [_flip_states(random_loader, originals, e) for e in range(2)]
+    assert any(random_epochs[0][i] == random_epochs[1][i] for i in range(n))
+
+
+def test_reflect_translation_keeps_image_values():
+    from training.data.augment import random_crop
+
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop(x, 2, torch.Generator().manual_seed(0), "reflect")
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    for img, src in zip(out, x):  # every output pixel value exists in its source image (no zero padding)
+        assert set(img.unique().tolist()) <= set(src.unique().tolist())
+    with pytest.raises(ValueError, match="pad mode"):
+        random_crop(x, 2, torch.Generator(), "wrap")
+
+
+def test_triangular_schedule():
+    tri = ScheduleConfig(name="triangular", initial_lr_fraction=0.2, peak_fraction=0.25, final_lr_fraction=0.0)
+    steps, epochs = 10, 4  # 40 steps, peak at step 10
+    assert lr_factor(0, steps, epochs, tri) == pytest.approx(0.2)
+    assert lr_factor(5, steps, epochs, tri) == pytest.approx(0.6)
+    assert lr_factor(10, steps, epochs, tri) == pytest.approx(1.0)
+    assert lr_factor(25, steps, epochs, tri) == pytest.approx(0.5)
+    assert lr_factor(40, steps, epochs, tri) == pytest.approx(0.0)
+
+
+def test_norm_parameters_get_scaled_lr_and_same_decay_per_step():
+    cfg = build_config("airbench94")
+    model = create_model("airbench94", 10, widths=(8, 8, 8))
+    opt = build_optimizer(model, cfg.optim)
+    norm_group = next(g for g in opt.param_groups if g["lr"] != cfg.optim.lr)
+    assert norm_group["lr"] == pytest.approx(cfg.optim.lr * 64)
+    assert norm_group["lr"] * norm_group["weight_decay"] == pytest.approx(cfg.optim.lr * cfg.optim.weight_decay)
+    bn_params = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
+    assert {id(p) for p in norm_group["params"]} == bn_params
+    listed = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(listed) == sorted(id(p) for p in model.parameters())  # each parameter exactly once
+
+
+def test_lookahead_moves_slow_weights_and_resets_fast_ones():
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.zeros_(model.weight)
+    look = Lookahead(model, every=2, decay=0.5, total_steps=2)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    look.step(model, 1)  # not a multiple of 2: nothing happens
+    assert model.weight.item() == 1.0
+    look.step(model, 2)  # decay 0.5**2 * 1**3 = 0.25: slow = 0 + 0.75 * (1 - 0)
+    assert model.weight.item() == pytest.approx(0.75) and look.slow["weight"].item() == pytest.approx(0.75)
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+    look.finish(model)
+    assert model.weight.item() == pytest.approx(0.75)
+
+
+def test_micro_batches_give_the_gradient_of_the_whole_batch(image_folder, tmp_path):
+    grads = []
+    for micro in ("null", 4):
+        cfg = build_config("airbench94", tiny_overrides(
+            image_folder, tmp_path / "cache", **{"model.name": "airbench94", "model.args": "{widths: [8, 8, 8]}",
+                                                 "micro_batch_size": micro, "lookahead_every": 0}))
+        trainer = Trainer(cfg, tmp_path / f"run{micro}")
+        trainer.model.eval()  # BatchNorm on running statistics, so only the chunking differs
+        x, y = next(iter(trainer.train_loader))
+        trainer.optimizer.zero_grad()
+        trainer._forward_backward(x, y)
+        grads.append(torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_airbench_resume_restores_lookahead_exactly(image_folder, tmp_path, monkeypatch):
+    overrides = tiny_overrides(image_folder, tmp_path / "cache", **{
+        "model.name": "airbench94", "model.args": "{widths: [8, 8, 8]}", "epochs": 4, "lookahead_every": 2,
+        "whiten_bias_epochs": 1, "optim.lr": 0.05, "schedule.name": "triangular", "micro_batch_size": 8})
+    cfg = build_config("airbench94", overrides)
+    train(cfg, tmp_path / "straight")
+    original = Trainer._end_epoch
+
+    def interrupt_after_two(self, record):
+        stop = original(self, record)
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+        return stop
+
+    monkeypatch.setattr(Trainer, "_end_epoch", interrupt_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(build_config("airbench94", overrides), tmp_path / "interrupted")
+    monkeypatch.setattr(Trainer, "_end_epoch", original)
+    state = torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)
+    assert state["lookahead"] is not None
+    resume(tmp_path / "interrupted")
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["lookahead"]["slow"][k], b["lookahead"]["slow"][k]) for k in a["lookahead"]["slow"])
+    # The run ends on the slow weights.
+    assert all(torch.equal(a["model"][k], a["lookahead"]["slow"][k]) for k in a["lookahead"]["slow"])
+    history = json.loads((tmp_path / "straight" / "history.json").read_text())
+    assert [h["val_top1"] for h in history] == [
+        h["val_top1"] for h in json.loads((tmp_path / "interrupted" / "history.json").read_text())]
+
+
+def _manual_multicrop(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def mirror(v):
+        return 0.5 * model(v) + 0.5 * model(v.flip(3))
+
+    padded = nn.functional.pad(x, (1,) * 4, mode="reflect")
+    shifted = [padded[:, :, :32, :32], padded[:, :, 2:, 2:]]
+    return 0.5 * mirror(x) + 0.25 * mirror(shifted[0]) + 0.25 * mirror(shifted[1])
+
+
+def test_multicrop_tta_is_airbench_averaging_in_torch_and_numpy():
+    torch.manual_seed(0)
+    model = create_model("airbench94", 10, widths=(8, 8, 8)).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = _manual_multicrop(model, x)
+        got = with_tta(model, "multicrop")(x)
+        assert torch.allclose(got, expected, atol=1e-5)
+        assert torch.allclose(with_tta(model, "flip")(x), 0.5 * model(x) + 0.5 * model(x.flip(3)), atol=1e-5)
+        numpy_out = tta_logits_numpy(lambda a: model(torch.from_numpy(a)).numpy(), x.numpy(), "multicrop")
+    assert np.allclose(numpy_out, expected.numpy(), atol=1e-5)
+    assert isinstance(with_tta(model, "multicrop"), ViewAverage) and with_tta(model, "none") is model
+    assert sum(w for _, _, w in TTA_VIEWS["multicrop"]) == pytest.approx(1.0)
+
+
+def test_multicrop_tta_export_parity(tiny_run, tmp_path):
+    from export.pipeline import export_checkpoint
+
+    entry, parity = export_checkpoint(tiny_run / "best.pt", "tiny-mc", "fp32", tmp_path, cache_dir=None,
+                                      tta="multicrop")
+    assert parity.passed and parity.top1_agreement == 1.0 and parity.max_abs_prob_diff < 1e-4
+    assert entry.source["tta"] == "multicrop"
+
+
+def test_bf16_auto_follows_the_hardware(monkeypatch):
+    import training.inference as inference
+
+    cpu = torch.device("cpu")
+    assert resolve_bf16(True, cpu) and not resolve_bf16(False, cpu)
+    monkeypatch.setattr(inference, "hardware_bf16", lambda device: False)
+    assert not inference.resolve_bf16("auto", cpu)
+    monkeypatch.setattr(inference, "hardware_bf16", lambda device: True)
+    assert inference.resolve_bf16("auto", cpu)
+
+
+def test_new_models_parameter_counts():
+    assert count_parameters(create_model("wrn_16_4")) == 2_748_890  # Zagoruyko & Komodakis: 2.7M
+    assert count_parameters(create_model("airbench94")) == 1_972_792  # Jordan 2024: about 2M
+
+
+@pytest.mark.parametrize("recipe", list_recipes())
+def test_every_recipe_loads(recipe):
+    cfg = build_config(recipe)
+    create_model(cfg.model.name, 10, **cfg.model.args)
