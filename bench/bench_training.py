@@ -29,7 +29,7 @@ from training.data import ImageArrays  # noqa: E402
 from training.data.augment import AugmentParams  # noqa: E402
 from training.data.loader import TensorLoader  # noqa: E402
 from training.engine import resolve_device  # noqa: E402
-from training.inference import autocast  # noqa: E402
+from training.inference import autocast, resolve_bf16  # noqa: E402
 from training.models import create_model, list_models  # noqa: E402
 
 
@@ -52,6 +52,13 @@ def loader_throughput(device: torch.device, batch_size: int, batches: int) -> fl
     n = sum(len(y) for _, y in loader)
     synchronize(device)
     return n / (time.perf_counter() - start)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -85,18 +92,20 @@ def train_throughput(spec: str, device: torch.device, batch_size: int, steps: in
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["resnet9_half", "se_resnet18", "wrn_16_8", "wrn_28_10"])
+    p.add_argument("--models", nargs="+",
+                   default=["airbench94", "resnet9_half", "se_resnet18", "wrn_16_4", "wrn_16_8", "wrn_28_10"])
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
-    p.add_argument("--no-bf16", action="store_true")
+    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
+                   help="bf16 autocast; auto: only where the hardware has it (as training's default)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if args.models == ["all"]:
         args.models = list_models()
     device = resolve_device(args.device)
-    bf16 = not args.no_bf16
-    results = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    bf16 = resolve_bf16({"auto": "auto", "on": True, "off": False}[args.bf16], device)
+    results = {"device": str(device), "cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                "batch_size": args.batch_size, "bf16": bf16,
                "loader_images_per_s": loader_throughput(device, args.batch_size, 50), "models": {}}
     print(f"| model | train images/s ({device}, batch {args.batch_size}, bf16={bf16}) |\n|---|---|")

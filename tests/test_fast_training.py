@@ -272,3 +272,52 @@ def test_new_models_parameter_counts():
 def test_every_recipe_loads(recipe):
     cfg = build_config(recipe)
     create_model(cfg.model.name, 10, **cfg.model.args)
+
+
+def test_cumulative_ablation_adds_methods_one_by_one_and_a_tta_row(image_folder, tmp_path, capsys):
+    from training.__main__ import main
+
+    out = tmp_path / "ablation"
+    sets = tiny_overrides(image_folder, tmp_path / "cache", **{
+        "model.name": "airbench94", "epochs": 1, "lookahead_every": 0, "alternate_flip": False})
+    argv = ["ablate", "--recipe", "airbench94", "--set", *sets, "--out", str(out), "--device", "cpu",
+            "--step", "baseline", "model.args={widths: [8, 8, 8], whiten: false, dirac: false}",
+            "--step", "+whitening", "model.args.whiten=true",
+            "--step", "+dirac", "model.args.dirac=true", "--tta", "multicrop"]
+    assert main(argv) == 0
+    result = json.loads((out / "ablation.json").read_text())
+    rows = result["variants"]
+    assert [r["variant"] for r in rows] == ["baseline", "+whitening", "+dirac", "+ multicrop TTA"]
+    configs = [json.loads(json.dumps(__import__("yaml").safe_load((out / d / "config.yaml").read_text())))
+               for d in ("baseline", "_whitening", "_dirac")]
+    assert [c["model"]["args"]["whiten"] for c in configs] == [False, True, True]
+    assert [c["model"]["args"]["dirac"] for c in configs] == [False, False, True]
+    assert all(c["model"]["args"]["widths"] == [8, 8, 8] for c in configs)  # earlier steps' settings are kept
+    assert rows[-1]["tta"] == "multicrop" and rows[-1]["run"] == rows[-2]["run"]
+    table = (out / "ablation.md").read_text()
+    assert "+whitening: model.args.whiten=true" in table and "+ multicrop TTA" in table
+
+
+def test_ablation_steps_are_validated(tmp_path, capsys):
+    from training.__main__ import main
+
+    assert main(["ablate", "--recipe", "airbench94", "--step", "a", "x=1", "--step", "a", "y=2"]) == 2
+    assert "used twice" in capsys.readouterr().err
+    assert main(["ablate", "--recipe", "airbench94", "--step", "a", "nonsense"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", ["airbench94", "se_resnet18_cpu", "wrn_16_4_cpu"])
+def test_fast_recipe_two_batch_smoke_run_trains_and_exports(recipe, image_folder, tmp_path):
+    """Each new recipe, unchanged but for the data, batch count and size: two batches, then export (FP32: an
+    untrained net's INT8 top-1 on 15 images may move by one image, which is outside INT8's 0.5-point tolerance)."""
+    from export.pipeline import export_checkpoint
+
+    overrides = [f"data.root={image_folder}", "data.val_size=15", f"data.cache_dir={tmp_path / 'cache'}",
+                 "epochs=1", "batch_size=16", "micro_batch_size=8", "max_batches_per_epoch=2", "eval_batch_size=32"]
+    summary = train(build_config(recipe, overrides), tmp_path / "run")
+    assert summary["epochs_run"] == 1 and (tmp_path / "run" / "best.pt").is_file()
+    entry, parity = export_checkpoint(tmp_path / "run" / "best.pt", f"smoke-{recipe}", "fp32", tmp_path / "models",
+                                      cache_dir=str(tmp_path / "cache"), calibration_count=16, tta="multicrop")
+    assert (tmp_path / "models" / entry.file).stat().st_size > 1000 and entry.source["tta"] == "multicrop"
+    assert parity.samples == 15

@@ -1,9 +1,11 @@
 """Ablations: train every combination of a few settings and tabulate them against the first.
 
 ``--vary use_se=true,false --vary dropout=0.5,0`` gives four variants (the cartesian product, the
-first ``--vary`` outermost); the first variant, every first value, is the baseline. Each variant is
-a run folder under the ablation folder, so re-running the command skips finished variants and
-resumes an interrupted one from its last.pt.
+first ``--vary`` outermost); the first variant, every first value, is the baseline. ``--step`` instead
+adds methods one at a time (each step keeps the settings of the steps before it), as the fast-training
+papers tabulate them, and ``--tta`` adds a last row: the last variant evaluated with test-time
+augmentation. Each variant is a run folder under the ablation folder, so re-running the command skips
+finished variants and resumes an interrupted one from its last.pt.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from tqdm import tqdm
 from ..config import Config, build_config
 from ..engine import resume, train
 from ..models import count_parameters
+from ..inference import check_tta
 from .evaluate import DataSpec, load_model, sample_fingerprint
 from .metrics import compute_metrics, mcnemar
 
@@ -58,8 +61,24 @@ def parse_vary(items: list[str]) -> list[tuple[str, list[str]]]:
             raise ValueError(f"--vary {key} is given twice: list all its values in one --vary")
         axes.append((key, values))
     if not axes:
-        raise ValueError("give at least one --vary KEY=V1,V2")
+        raise ValueError("give at least one --vary KEY=V1,V2 (or --step LABEL KEY=VALUE ...)")
     return axes
+
+
+def parse_steps(steps: list[list[str]]) -> list[tuple[str, list[str]]]:
+    """``[[LABEL, KEY=VALUE, ...], ...]`` -> cumulative (label, assignments): each step adds to the one before."""
+    out, accumulated = [], []
+    for step in steps:
+        if not step or "=" in step[0]:
+            raise ValueError(f"--step {' '.join(step)!r}: start with a label, then KEY=VALUE settings")
+        bad = [a for a in step[1:] if "=" not in a]
+        if bad:
+            raise ValueError(f"--step {step[0]}: {bad[0]!r} is not KEY=VALUE")
+        if step[0] in {label for label, _ in out}:
+            raise ValueError(f"--step label {step[0]!r} is used twice")
+        accumulated = accumulated + step[1:]
+        out.append((step[0], accumulated))
+    return out
 
 
 def variant_dir_name(assignments: list[str]) -> str:
@@ -102,11 +121,20 @@ def _eval_data(spec: DataSpec, loaded: dict[tuple, tuple]) -> tuple[Any, str]:
 
 
 def ablate(recipe: str, vary: list[str], sets: list[str] | None = None, out: str | Path | None = None,
-           split: str = "val", batch_size: int = 256, device: str = "auto") -> dict[str, Any]:
-    axes = parse_vary(vary)
+           split: str = "val", batch_size: int = 256, device: str = "auto", steps: list[list[str]] | None = None,
+           tta: str = "none") -> dict[str, Any]:
+    if steps and vary:
+        raise ValueError("give either --vary (every combination) or --step (methods added one by one), not both")
     sets = list(sets or [])
-    combos = [[f"{key}={value}" for key, value in zip([k for k, _ in axes], values)]
-              for values in itertools.product(*[v for _, v in axes])]
+    if steps:
+        axes, labelled = [], parse_steps(steps)
+        labels, combos = [label for label, _ in labelled], [combo for _, combo in labelled]
+    else:
+        axes = parse_vary(vary)
+        combos = [[f"{key}={value}" for key, value in zip([k for k, _ in axes], values)]
+                  for values in itertools.product(*[v for _, v in axes])]
+        labels = [" ".join(combo) for combo in combos]
+    check_tta(tta)
     # Build every config before training anything: a typo fails now, not after hours.
     configs = [build_config(recipe, sets + combo) for combo in combos]
     out_dir = Path(out) if out else Path("runs") / f"ablate-{configs[0].recipe}"
@@ -116,9 +144,10 @@ def ablate(recipe: str, vary: list[str], sets: list[str] | None = None, out: str
     out_dir.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict[str, Any]] = []
-    for index, (combo, config) in enumerate(tqdm(list(zip(combos, configs)), desc="ablation", unit="variant")):
-        run_dir = out_dir / variant_dir_name(combo)
-        log.info("variant %d/%d: %s", index + 1, len(combos), " ".join(combo))
+    for index, (label, combo, config) in enumerate(tqdm(list(zip(labels, combos, configs)), desc="ablation",
+                                                         unit="variant")):
+        run_dir = out_dir / variant_dir_name([label] if steps else combo)
+        log.info("variant %d/%d: %s", index + 1, len(combos), label)
         started = time.perf_counter()
         status = run_variant(run_dir, config)
         wall = time.perf_counter() - started
@@ -126,20 +155,13 @@ def ablate(recipe: str, vary: list[str], sets: list[str] | None = None, out: str
 
         data, fingerprint = _eval_data(_data_spec(config, split), loaded)
         source = load_model(checkpoint=run_dir / "best.pt", device=device)
-        logits, _ = source.predict(data, "none", batch_size)
-        metrics = compute_metrics(logits, data.labels, source.classes)
         history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
-        rows.append({
-            "variant": " ".join(combo), "settings": dict(s.split("=", 1) for s in combo), "run": str(run_dir),
-            "baseline": index == 0, "status": status, "top1": metrics["top1"], "top5": metrics["top5"],
-            "loss": metrics["loss"], "mean_per_class_accuracy": metrics["mean_per_class_accuracy"],
-            "per_class_accuracy": {c["class"]: c["accuracy"] for c in metrics["per_class"]},
-            "epochs": summary.get("epochs_run"), "best_epoch": summary.get("best", {}).get("epoch"),
-            "train_time_s": summary.get("train_time_s", sum(h.get("train_time_s", 0) for h in history)),
-            "wall_time_this_call_s": wall, "parameters": count_parameters(source.model),
-            "fingerprint": fingerprint, "_correct": logits.argmax(1) == data.labels,
-        })
-
+        views = ["none"] + ([tta] if tta != "none" and index == len(combos) - 1 else [])
+        for view in views:
+            logits, _ = source.predict(data, view, batch_size)
+            metrics = compute_metrics(logits, data.labels, source.classes)
+            rows.append(_row(label if view == "none" else f"+ {view} TTA", combo, run_dir, index, status, metrics,
+                             summary, history, wall, source, fingerprint, logits, data.labels, view))
     base = rows[0]
     for row in rows:
         deltas = {c: row["per_class_accuracy"][c] - base["per_class_accuracy"][c]
@@ -158,11 +180,28 @@ def ablate(recipe: str, vary: list[str], sets: list[str] | None = None, out: str
         del row["_correct"]
 
     result = {"recipe": configs[0].recipe, "vary": [{"key": k, "values": v} for k, v in axes], "set": sets,
+              "steps": [{"label": label, "settings": combo} for label, combo in zip(labels, combos)] if steps else [],
+              "tta": tta,
               "split": split, "num_samples": int(len(loaded[next(iter(loaded))][0])), "variants": rows}
     (out_dir / "ablation.json").write_text(json.dumps(result, indent=2))
     (out_dir / "ablation.md").write_text(format_table(result))
     result["out_dir"] = str(out_dir)
     return result
+
+
+def _row(label: str, combo: list[str], run_dir: Path, index: int, status: str, metrics: dict, summary: dict,
+         history: list[dict], wall: float, source: Any, fingerprint: str, logits: np.ndarray, labels: np.ndarray,
+         tta: str) -> dict[str, Any]:
+    return {
+        "variant": label, "settings": dict(s.split("=", 1) for s in combo), "run": str(run_dir), "tta": tta,
+        "baseline": index == 0 and tta == "none", "status": status, "top1": metrics["top1"], "top5": metrics["top5"],
+        "loss": metrics["loss"], "mean_per_class_accuracy": metrics["mean_per_class_accuracy"],
+        "per_class_accuracy": {c["class"]: c["accuracy"] for c in metrics["per_class"]},
+        "epochs": summary.get("epochs_run"), "best_epoch": summary.get("best", {}).get("epoch"),
+        "train_time_s": summary.get("train_time_s", sum(h.get("train_time_s", 0) for h in history)),
+        "wall_time_this_call_s": wall, "parameters": count_parameters(source.model),
+        "fingerprint": fingerprint, "_correct": logits.argmax(1) == labels,
+    }
 
 
 def _duration(seconds: float) -> str:
@@ -173,7 +212,10 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"# Ablation of `{result['recipe']}`",
         "",
-        f"Varied: {', '.join(v['key'] + ' = ' + ' / '.join(v['values']) for v in result['vary'])}"
+        (f"Varied: {', '.join(v['key'] + ' = ' + ' / '.join(v['values']) for v in result['vary'])}" if result["vary"]
+         else "Methods added one by one (each row keeps the settings of the rows above): "
+         + "; ".join(f"{st['label']}: {' '.join(st['settings'][len(prev['settings']) if prev else 0:]) or '-'}"
+                     for prev, st in zip([None] + result.get("steps", [])[:-1], result.get("steps", []))))
         + (f"; fixed: {' '.join(result['set'])}" if result["set"] else "") + ".",
         f"Each run's best.pt evaluated on the {result['split']} split ({result['num_samples']} images)"
         + (", the split best.pt was selected on" if result["split"] == "val" else "")

@@ -69,7 +69,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     try:
         result = ablate(args.recipe, args.vary, args.set, args.out, split=args.split, batch_size=args.batch_size,
-                        device=args.device)
+                        device=args.device, steps=args.step, tta=args.tta)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume; finished variants are not retrained",
               file=sys.stderr)
@@ -119,6 +119,11 @@ def add_report_commands(sub) -> None:
     p.add_argument("--recipe", required=True, help="recipe name or YAML file")
     p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
                    help="a setting and its values (repeatable); keys as in `train --set`")
+    p.add_argument("--step", action="append", nargs="+", metavar="LABEL KEY=VALUE",
+                   help="instead of --vary: a label and the settings this step adds (repeatable); each step keeps "
+                        "the settings of the steps before it, the first is the baseline")
+    p.add_argument("--tta", default="none", help="also evaluate the last variant with this test-time augmentation "
+                                                 "(flip or multicrop), as a last row")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides shared by every variant")
     p.add_argument("--out", help="ablation folder (default: runs/ablate-<recipe>)")
     p.add_argument("--split", default="val", help=SPLIT_HELP + " (default: val)")
