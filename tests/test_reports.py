@@ -18,7 +18,9 @@ from training.reports.ablate import parse_vary, split_values
 from training.reports.evaluate import load_predictions
 from training.reports.figures import worst_classes
 from training.reports.gradcam import GradCAM
-from training.reports.metrics import compute_metrics, expected_calibration_error, mcnemar
+from training.reports.calibration import calibration_metrics, fit_temperature
+from training.reports.metrics import (brier_score, compute_metrics, expected_calibration_error, mcnemar,
+                                      negative_log_likelihood, reliability_bins, softmax)
 
 REPORT_FILES = ["metrics.json", "predictions.npz", "confusion_matrix.png", "per_class_accuracy.png",
                 "misclassified.png", "gradcam.png", "training_curves.png", "report.md"]
@@ -89,6 +91,38 @@ def test_ece_is_zero_for_calibrated_predictions_and_counts_bins():
     assert expected_calibration_error(probs, labels, n_bins=10) == pytest.approx(0.0)
     overconfident = np.array([[0.9, 0.1]] * 4)
     assert expected_calibration_error(overconfident, labels, n_bins=10) == pytest.approx(0.4)
+
+
+def test_calibration_metrics_match_hand_computed_values():
+    probs = np.array([[0.8, 0.2], [0.6, 0.4], [0.3, 0.7], [0.5, 0.5]])
+    labels = np.array([0, 1, 1, 0])  # right, wrong, right, right (a tie goes to class 0)
+    # Squared distance to the one-hot label, summed over the two classes: 0.08, 0.72, 0.18, 0.5.
+    assert brier_score(probs, labels) == pytest.approx((0.08 + 0.72 + 0.18 + 0.5) / 4)
+    logits = np.log(probs)
+    assert negative_log_likelihood(logits, labels) == pytest.approx(
+        -(math.log(0.8) + math.log(0.4) + math.log(0.7) + math.log(0.5)) / 4)
+    # 15 bins of width 1/15: each confidence lands in a bin of its own, so ECE is the mean |correct - confidence|.
+    assert expected_calibration_error(probs, labels) == pytest.approx((0.2 + 0.6 + 0.3 + 0.5) / 4)
+    bins = reliability_bins(probs, labels)
+    assert sum(bins["count"]) == 4 and bins["count"][7] == 1 and bins["accuracy"][7] == 1.0  # 0.5 in (7/15, 8/15]
+    assert bins["confidence"][8] == pytest.approx(0.6) and bins["accuracy"][8] == 0.0 and bins["accuracy"][0] is None
+    m = calibration_metrics(logits, labels)
+    assert m == pytest.approx({"ece": 0.4, "nll": negative_log_likelihood(logits, labels), "brier": 0.37,
+                               "mean_confidence": 0.65, "accuracy": 0.75})
+    assert calibration_metrics(3 * logits, labels, temperature=3.0) == pytest.approx(m)  # T divides the logits
+
+
+@pytest.mark.parametrize("true_temperature", [0.4, 1.0, 2.5])
+def test_temperature_fit_recovers_the_temperature_labels_were_drawn_with(true_temperature):
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 3, size=(20000, 10))
+    probs = softmax(logits / true_temperature)
+    labels = (probs.cumsum(axis=1) > rng.random((len(probs), 1))).argmax(axis=1)  # one draw per row
+    fitted = fit_temperature(logits, labels)
+    assert fitted == pytest.approx(true_temperature, rel=0.05)
+    # The fit minimises the NLL: nudging T either way cannot lower it.
+    for factor in (0.97, 1.03):
+        assert negative_log_likelihood(logits / (fitted * factor), labels) > negative_log_likelihood(logits / fitted, labels)
 
 
 def _paired(b: int, c: int, both_right: int = 50, both_wrong: int = 7) -> tuple[np.ndarray, np.ndarray]:
