@@ -23,7 +23,7 @@ from training.reports.metrics import (brier_score, compute_metrics, expected_cal
                                       negative_log_likelihood, reliability_bins, softmax)
 
 REPORT_FILES = ["metrics.json", "predictions.npz", "confusion_matrix.png", "per_class_accuracy.png",
-                "misclassified.png", "gradcam.png", "training_curves.png", "report.md"]
+                "misclassified.png", "reliability.png", "gradcam.png", "training_curves.png", "report.md"]
 
 
 def _logits_from(preds: list[int], confidence: list[float], num_classes: int) -> np.ndarray:
@@ -193,8 +193,15 @@ def test_evaluate_writes_every_report_file(tiny_report, tiny_run):
     report = (tiny_report / "report.md").read_text()
     for png in [n for n in REPORT_FILES if n.endswith(".png")]:
         assert f"({png})" in report, png
-    for png in ("confusion_matrix.png", "gradcam.png"):
+    for png in ("confusion_matrix.png", "gradcam.png", "reliability.png"):
         assert Image.open(tiny_report / png).size[0] > 200
+    # Before/after temperature scaling, T fitted on the validation split (the report's own samples here).
+    calibration = metrics["calibration"]
+    assert calibration["temperature"] == pytest.approx(fit_temperature(preds["logits"], preds["labels"]), rel=1e-6)
+    assert calibration["before"]["ece"] == pytest.approx(metrics["ece"])
+    assert calibration["after"]["nll"] < calibration["before"]["nll"]
+    assert sum(calibration["reliability"]["after"]["count"]) == 15
+    assert "## Calibration" in report and "temperature-scaled (T = " in report
 
 
 def test_evaluate_with_flip_tta(tiny_run, tiny_report, tmp_path):
@@ -260,6 +267,20 @@ def _export_onnx(run: Path, path: Path) -> Path:
     entry.key, entry.value = METADATA_KEY, card.model_dump_json()
     onnx.save(proto, str(path))
     return path
+
+
+def test_evaluate_onnx_with_a_temperature_reports_what_its_checkpoint_does(tiny_models_dir, tiny_report, tmp_path):
+    """An exported model divides by T inside its graph: its report undoes that for "before" and uses the
+    recorded T, so both rows match the checkpoint's report, whose T is fitted on the same validation split."""
+    out = tmp_path / "calibrated"
+    assert main(["evaluate", "--onnx", str(tiny_models_dir / "tiny.onnx"), "--out", str(out)]) == 0
+    onnx_cal = json.loads((out / "metrics.json").read_text())["calibration"]
+    torch_cal = json.loads((tiny_report / "metrics.json").read_text())["calibration"]
+    card_t = json.loads((tiny_models_dir / "manifest.json").read_text())["models"][0]["calibration"]["temperature"]
+    assert onnx_cal["temperature"] == card_t and "recorded in the model" in onnx_cal["temperature_origin"]
+    assert onnx_cal["temperature"] == pytest.approx(torch_cal["temperature"], rel=1e-4)
+    for state in ("before", "after"):
+        assert onnx_cal[state] == pytest.approx(torch_cal[state], rel=1e-3, abs=1e-4), state
 
 
 def test_evaluate_onnx_matches_checkpoint_and_skips_gradcam(tiny_run, tiny_report, image_folder, tmp_path, capsys):
