@@ -48,7 +48,7 @@ def fit_calibration(model: nn.Module, images: np.ndarray, labels: np.ndarray, me
     if method == "none":
         return Calibration()
     logits, _ = torch_logits(model, images)
-    # Stored as the float32 the graph holds, so the card states exactly what the graph divides by.
+    # Stored as the float32 the FP32 graph holds, so the card states exactly what that graph divides by.
     temperature = float(np.float32(fit_temperature(logits, labels)))
     return Calibration(method="temperature", temperature=temperature,
                        fitted_on=f"NLL on the validation split ({len(labels)} images), FP32 PyTorch logits of {what}")
