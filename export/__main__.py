@@ -1,7 +1,7 @@
 """Command line for export.
 
-    python -m export --checkpoint RUN/best.pt --name NAME [--precision fp32|fp16|int8] [--default]
-    python -m export verify [NAME]     re-verify a shipped model (default: the manifest's default)
+    python -m export --checkpoint RUN/best.pt --name NAME [--precision fp32|fp16|int8] [--default] [--calibrate none]
+    python -m export verify [NAME]     re-verify a shipped model (default: the manifest's default) and its calibration
     python -m export list              the models in the manifest
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 
-from service.manifest import ManifestError, load_manifest
+from service.manifest import CALIBRATION_METHODS, ManifestError, load_manifest
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -33,6 +33,10 @@ def export_parser() -> argparse.ArgumentParser:
                    help="flip: average the logits of each image and its mirror inside the graph (test-time "
                         "augmentation; twice the compute per image, nothing changes for clients); multicrop: "
                         "also one-pixel translations, 6 views, six times the compute")
+    p.add_argument("--calibrate", choices=CALIBRATION_METHODS, default="temperature",
+                   help="temperature (default): fit one temperature on the validation split and divide the logits by "
+                        "it inside the graph, after any TTA, so that confidences are calibrated; none: leave them as "
+                        "trained")
     return p
 
 
@@ -51,6 +55,7 @@ def verify_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
+    from .calibration import calibration_summary
     from .pipeline import ParityError, export_checkpoint, verify_model
 
     try:
@@ -62,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if argv[:1] == ["verify"]:
             args = verify_parser().parse_args(argv[1:])
-            parity = verify_model(args.name, args.models_dir, args.cache_dir, args.max_val_images)
+            parity, calibration = verify_model(args.name, args.models_dir, args.cache_dir, args.max_val_images)
             print(parity.summary())
+            print(calibration_summary(calibration))
             if not parity.passed:
                 print("FAILED: " + "; ".join(parity.failures), file=sys.stderr)
                 return 1
@@ -71,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args = export_parser().parse_args(argv)
         entry, parity = export_checkpoint(args.checkpoint, args.name, args.precision, args.models_dir, args.default,
-                                          args.calibration_images, args.cache_dir, args.max_val_images, args.tta)
+                                          args.calibration_images, args.cache_dir, args.max_val_images, args.tta,
+                                          args.calibrate)
         print(parity.summary())
+        print(calibration_summary(entry.metrics["calibration"]))
         print(json.dumps({"name": entry.name, "file": entry.file, "sha256": entry.sha256}, indent=2))
         return 0
     except ParityError as exc:

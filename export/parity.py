@@ -57,21 +57,32 @@ def _batches(images: np.ndarray, batch_size: int, desc: str):
 
 
 @torch.no_grad()
-def torch_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
+def torch_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
+    """float64 logits of the FP32 model and its images per second."""
     model = model.eval().float()
     out, start = [], time.perf_counter()
     for x in _batches(images, batch_size, "PyTorch"):
         out.append(model(torch.from_numpy(x)).double())
     elapsed = time.perf_counter() - start
-    return torch.softmax(torch.cat(out), 1).numpy(), len(images) / elapsed
+    return torch.cat(out).numpy(), len(images) / elapsed
 
 
-def onnx_probabilities(classifier: OnnxClassifier, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
+def torch_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
+    logits, speed = torch_logits(model, images, batch_size)
+    return softmax(logits), speed
+
+
+def onnx_logits(classifier: OnnxClassifier, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
     out, start = [], time.perf_counter()
     for x in _batches(images, batch_size, "ONNX Runtime"):
         out.append(classifier.logits(x).astype(np.float64))
     elapsed = time.perf_counter() - start
-    return softmax(np.concatenate(out)), len(images) / elapsed
+    return np.concatenate(out), len(images) / elapsed
+
+
+def onnx_probabilities(classifier: OnnxClassifier, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
+    logits, speed = onnx_logits(classifier, images, batch_size)
+    return softmax(logits), speed
 
 
 def judge(precision: str, torch_probs: np.ndarray | None, onnx_probs: np.ndarray, labels: np.ndarray,
@@ -91,9 +102,17 @@ def judge(precision: str, torch_probs: np.ndarray | None, onnx_probs: np.ndarray
     return parity
 
 
+def parity_and_logits(model: torch.nn.Module, classifier: OnnxClassifier, images: np.ndarray, labels: np.ndarray,
+                      batch_size: int = 256) -> tuple[Parity, np.ndarray]:
+    """The parity of ``classifier`` with ``model``, and the ONNX logits it was measured on (float64)."""
+    torch_probs, torch_speed = torch_probabilities(model, images, batch_size)
+    logits, onnx_speed = onnx_logits(classifier, images, batch_size)
+    onnx_probs = softmax(logits)
+    parity = judge(classifier.card.precision, torch_probs, onnx_probs, labels, topk_accuracy(torch_probs, labels, 1),
+                   torch_speed, onnx_speed)
+    return parity, logits
+
+
 def measure_parity(model: torch.nn.Module, classifier: OnnxClassifier, images: np.ndarray, labels: np.ndarray,
                    batch_size: int = 256) -> Parity:
-    torch_probs, torch_speed = torch_probabilities(model, images, batch_size)
-    onnx_probs, onnx_speed = onnx_probabilities(classifier, images, batch_size)
-    return judge(classifier.card.precision, torch_probs, onnx_probs, labels, topk_accuracy(torch_probs, labels, 1),
-                 torch_speed, onnx_speed)
+    return parity_and_logits(model, classifier, images, labels, batch_size)[0]

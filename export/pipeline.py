@@ -13,13 +13,15 @@ import torch
 
 from service.manifest import Manifest, ManifestError, ModelCard, ModelEntry, load_manifest, save_manifest, sha256_file
 from service.preprocess import to_model_input
-from service.runtime import OnnxClassifier
+from service.runtime import OnnxClassifier, softmax
 from training.checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
 from training.data import ImageArrays, load_split
 from training.inference import with_tta
+from training.reports.calibration import calibration_report
 
+from .calibration import fit_calibration, with_calibration
 from .onnx_export import OPSET, export_fp32, input_spec, write_card
-from .parity import Parity, judge, measure_parity, onnx_probabilities
+from .parity import Parity, judge, onnx_logits, parity_and_logits
 from .variants import to_fp16, to_int8
 
 log = logging.getLogger("export")
@@ -57,10 +59,16 @@ def _data_source(meta: dict, cache_dir: str | None) -> dict:
 def export_checkpoint(
     checkpoint: str | Path, name: str, precision: str = "fp32", models_dir: str | Path = "models",
     make_default: bool = False, calibration_count: int = 1000, cache_dir: str | None = ".cache/datasets",
-    max_val_images: int | None = None, tta: str = "none",
+    max_val_images: int | None = None, tta: str = "none", calibrate: str = "temperature",
 ) -> tuple[ModelEntry, Parity]:
     """``tta="flip"`` puts flip test-time augmentation inside the graph: parity is then measured against
-    the same averaging in PyTorch, and the card's source records it."""
+    the same averaging in PyTorch, and the card's source records it.
+
+    ``calibrate="temperature"`` fits one temperature on the validation split (the images parity uses)
+    and divides the graph's logits by it after the averaging; parity is measured against the same
+    division in PyTorch. The card records the method and T (``calibration``) and, in
+    ``metrics["calibration"]``, ECE/NLL/Brier before and after, and with a T refitted on this
+    variant's own logits. ``"none"`` exports the graph as it was before calibration existed."""
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)
@@ -68,6 +76,8 @@ def export_checkpoint(
     model = with_tta(model_from_checkpoint(ckpt), tta)
     source = _data_source(meta, cache_dir)
     val = _validation(source, max_val_images)
+    calibration = fit_calibration(model, val.images, val.labels, calibrate, f"the checkpoint with tta {tta!r}")
+    model = with_calibration(model, calibration)
     card = ModelCard(
         name=name, arch=meta["arch"], dataset=meta["dataset"], classes=meta["classes"], precision=precision,
         input=input_spec(meta), metrics={"val_top1": 0.0},
@@ -75,6 +85,7 @@ def export_checkpoint(
                 "checkpoint_sha256": sha256_file(checkpoint_file(checkpoint)),
                 "recipe": meta.get("recipe"), "model_args": meta["model_args"], "torch": torch.__version__,
                 "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "opset": OPSET, "tta": tta},
+        calibration=calibration,
     )
     final = models_dir / f"{name}.onnx"
     with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
@@ -91,11 +102,12 @@ def export_checkpoint(
         else:
             raise ValueError(f"unknown precision {precision!r}; valid: fp32, fp16, int8")
         write_card(out, card)
-        parity = measure_parity(model, OnnxClassifier(out, device="cpu"), val.images, val.labels)
+        parity, logits = parity_and_logits(model, OnnxClassifier(out, device="cpu"), val.images, val.labels)
         if not parity.passed:
             raise ParityError(f"{name} ({precision}) failed verification: {'; '.join(parity.failures)}\n{parity.summary()}")
         card.metrics = {"val_top1": parity.onnx_top1, "val_top5": parity.onnx_top5,
-                        "val_samples": parity.samples, "parity": parity.as_dict()}
+                        "val_samples": parity.samples, "parity": parity.as_dict(),
+                        "calibration": _calibration_report(logits, val.labels, calibration.temperature)}
         write_card(out, card)
         os.replace(out, final)
     entry = ModelEntry(**card.model_dump(), file=final.name, sha256=sha256_file(final))
@@ -116,23 +128,34 @@ def _record(entry: ModelEntry, models_dir: Path, make_default: bool) -> None:
     save_manifest(Manifest(default=default, models=models), models_dir)
 
 
+def _calibration_report(graph_logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
+    """Before/after/refit from the logits the graph outputs, which are already divided by ``temperature``."""
+    return calibration_report(graph_logits * temperature, labels, temperature, refit=True)
+
+
 def verify_model(name: str | None, models_dir: str | Path = "models", cache_dir: str | None = ".cache/datasets",
-                 max_val_images: int | None = None) -> Parity:
-    """Re-check a shipped model: hashes of every manifest file, then accuracy against its checkpoint."""
+                 max_val_images: int | None = None) -> tuple[Parity, dict]:
+    """Re-check a shipped model: hashes of every manifest file, then accuracy against its checkpoint
+    (wrapped in the recorded test-time augmentation and temperature), and its calibration: with the
+    recorded T, and with a T refitted on its own logits."""
     models_dir = Path(models_dir)
     manifest = load_manifest(models_dir, verify=True)
     entry = manifest.get(name)
     source = {**entry.source, "cache_dir": cache_dir}
     val = _validation(source, max_val_images)
     classifier = OnnxClassifier(models_dir / entry.file, device="cpu")
+    temperature = entry.calibration.temperature
     checkpoint = Path(entry.source.get("checkpoint", ""))
     if checkpoint.exists():
         model = with_tta(model_from_checkpoint(load_checkpoint(checkpoint)), entry.source.get("tta", "none"))
-        return measure_parity(model, classifier, val.images, val.labels)
+        model = with_calibration(model, entry.calibration)
+        parity, logits = parity_and_logits(model, classifier, val.images, val.labels)
+        return parity, _calibration_report(logits, val.labels, temperature)
     # Without the checkpoint (a fresh clone), compare with the PyTorch accuracy recorded at export time.
     log.warning("checkpoint %s is not here: comparing with the PyTorch accuracy recorded at export", checkpoint)
-    probs, speed = onnx_probabilities(classifier, val.images)
+    logits, speed = onnx_logits(classifier, val.images)
     recorded = entry.metrics.get("parity", {}).get("torch_top1")
     if recorded is None or entry.metrics.get("val_samples") != len(val):
         raise ValueError(f"{entry.name}: no checkpoint and no recorded PyTorch accuracy on the same {len(val)} images")
-    return judge(entry.precision, None, probs, val.labels, recorded, float("nan"), speed)
+    parity = judge(entry.precision, None, softmax(logits), val.labels, recorded, float("nan"), speed)
+    return parity, _calibration_report(logits, val.labels, temperature)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -39,6 +39,28 @@ class InputSpec(BaseModel):
         return self.shape[1], self.shape[2]
 
 
+CalibrationMethod = Literal["temperature", "none"]
+CALIBRATION_METHODS: tuple[str, ...] = get_args(CalibrationMethod)
+
+
+class Calibration(BaseModel):
+    """How the graph turns its logits into calibrated confidences (not INT8 quantisation, whose
+    calibration images ``source["calibration"]`` describes). The division is inside the graph:
+    clients apply nothing, this records what was done."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: CalibrationMethod = "none"
+    temperature: float = Field(default=1.0, gt=0, description="the graph's last step divides the logits by it")
+    fitted_on: str | None = Field(default=None, description="which samples and which logits T was fitted on")
+
+    @model_validator(mode="after")
+    def _none_is_one(self) -> "Calibration":
+        if self.method == "none" and self.temperature != 1.0:
+            raise ValueError(f"calibration method 'none' divides by nothing, yet temperature is {self.temperature}")
+        return self
+
+
 class ModelCard(BaseModel):
     """What a model is: stored in the manifest and in the ONNX file's own metadata."""
 
@@ -53,6 +75,8 @@ class ModelCard(BaseModel):
     output: str = "logits"
     metrics: dict[str, Any] = Field(default_factory=dict)
     source: dict[str, Any] = Field(default_factory=dict)  # checkpoint, recipe, export tool versions
+    # Files exported before calibration existed have no division in their graph, which is what the default says.
+    calibration: Calibration = Field(default_factory=Calibration)
 
     @model_validator(mode="after")
     def _metrics_have_accuracy(self) -> "ModelCard":

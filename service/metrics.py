@@ -20,6 +20,7 @@ REJECTION_REASONS = (
     "not_an_image",            # unreadable or truncated image data
     "image_too_large",         # over the pixel limit (decompression bomb guard)
     "bad_k",
+    "bad_min_confidence",      # min_confidence not a number from 0 to 1
     "unknown_model",
 )
 

@@ -24,8 +24,10 @@ from pathlib import PurePosixPath
 from typing import Iterator
 
 
+from .confidence import parse_min_confidence
 from .settings import default_streams, threads_per_stream
-from .sinks import FORMATS, ENCODING, OutputError, Prediction, Row, format_from_path, make_format, resume_output
+from .sinks import (FORMATS, ENCODING, OutputError, Prediction, Row, confident, format_from_path, make_format,
+                    resume_output)
 from .walk import (Decoded, Entry, WalkStats, count_images, decode_chunk, decode_into, image_bytes, read_error,
                    read_file, rows_view, walk, worker_init)
 
@@ -74,7 +76,8 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         epilog=(
             "output formats (chosen by the --out extension, or --format):\n"
             "  csv    path,label_1,confidence_1,...,label_k,confidence_k,error\n"
-            '  jsonl  {"path": ..., "top_k": [{"label", "index", "confidence"}, ...], "error": null}\n\n'
+            '  jsonl  {"path": ..., "top_k": [{"label", "index", "confidence"}, ...], "error": null}\n'
+            "  with --min-confidence P: a confident column before error (true/false), or a \"confident\" key\n\n"
             "examples:\n"
             "  python -m service score photos/ --out preds.csv\n"
             "  python -m service score photos/ --out preds.jsonl --resume          # continue an interrupted run\n"
@@ -92,6 +95,9 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="folder with manifest.json and the .onnx files (default: models)")
     p.add_argument("--k", type=int, default=5, help="how many labels per image, most likely first (default: 5; "
                    "capped at the number of classes)")
+    p.add_argument("--min-confidence", type=_threshold, metavar="P", help=(
+        "mark each image whose top-1 confidence is below P (0 to 1): a confident column (true/false) in the output, "
+        "and a count in the summary; no image is left out (default: no threshold and no such column)"))
     p.add_argument("--batch-size", type=int, help=(
         f"images per inference call (default: {DEFAULT_BATCH_SIZE}, {DEFAULT_GPU_BATCH_SIZE} with a GPU); with --url, "
         f"images per request (default: "
@@ -120,6 +126,13 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="no progress bar (it is off anyway when stderr is not a terminal)")
     p.set_defaults(fn=run)
     return p
+
+
+def _threshold(text: str) -> float:
+    try:
+        return parse_min_confidence(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------- backends
@@ -554,16 +567,20 @@ class FolderAccuracy:
 @dataclass
 class Summary:
     scored: int = 0
+    unconfident: int = 0  # scored, with a top-1 confidence below --min-confidence
     failed: int = 0
     resumed: int = 0
     elapsed: float = 0.0
     walk: WalkStats = field(default_factory=WalkStats)
     failures: list[str] = field(default_factory=list)  # the first few, for the summary
 
-    def text(self, out: str, interrupted: bool) -> str:
+    def text(self, out: str, interrupted: bool, min_confidence: float | None = None) -> str:
         done = self.scored + self.failed
         rate = done / self.elapsed if self.elapsed > 0 else 0.0
-        parts = [f"scored {self.scored}", f"failed {self.failed}", f"skipped {self.walk.skipped} (not images)"]
+        scored = f"scored {self.scored}"
+        if min_confidence is not None:
+            scored += f" ({self.unconfident} below --min-confidence {min_confidence:g})"
+        parts = [scored, f"failed {self.failed}", f"skipped {self.walk.skipped} (not images)"]
         if self.resumed:
             parts.append(f"{self.resumed} already in {out} (resumed)")
         lines = [("interrupted: " if interrupted else "") + ", ".join(parts)
@@ -716,7 +733,7 @@ def _run(args, fmt_name: str, backend) -> int:
 
     k = min(args.k, len(backend.classes)) if backend.classes else args.k
     backend.k = k
-    fmt = make_format(fmt_name, k, exact_k=backend.classes is not None)
+    fmt = make_format(fmt_name, k, exact_k=backend.classes is not None, min_confidence=args.min_confidence)
     summary = Summary()
     accuracy = None
     if args.labels_from_folders:
@@ -765,6 +782,8 @@ def _run(args, fmt_name: str, backend) -> int:
             for row in rows:
                 if row.error is None:
                     summary.scored += 1
+                    if args.min_confidence is not None and not confident(row, args.min_confidence):
+                        summary.unconfident += 1
                 else:
                     summary.failed += 1
                     if len(summary.failures) < 3:
@@ -786,7 +805,7 @@ def _run(args, fmt_name: str, backend) -> int:
             out.close()
         else:
             out.flush()
-    print(summary.text(args.out, interrupted is not None), file=sys.stderr)
+    print(summary.text(args.out, interrupted is not None, args.min_confidence), file=sys.stderr)
     if accuracy is not None:
         print(accuracy.report(), file=sys.stderr)
     if interrupted:

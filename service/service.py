@@ -1,6 +1,6 @@
 """The BentoML service: top-k CIFAR predictions over HTTP, with adaptive batching across requests.
 
-    POST /classify   multipart/form-data: images (files), k, model -> top-k labels per image
+    POST /classify   multipart/form-data: images (files), k, model, min_confidence -> top-k labels per image
     GET  /models     the manifest's models (POST /models too, BentoML APIs being POST)
     POST /infer      the batchable stage: decoded pixels -> probabilities, batched across requests
     GET  /livez /readyz /metrics /docs.json   BentoML's own
@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .batching import BatchGateway, RouterProbe
+from .confidence import is_confident, parse_min_confidence
 from .manifest import Manifest, ManifestError, ModelEntry, load_manifest
 from .metrics import REJECTION_REASONS, ServiceMetrics
 from .preprocess import ImageDecodeError, decode_pixels, pixels_to_model_input
@@ -79,6 +80,8 @@ class TopK(BaseModel):
 class Prediction(BaseModel):
     filename: str = Field(description="the uploaded file's name, as sent")
     top_k: list[TopK] = Field(description="the k most likely classes, most likely first")
+    confident: Optional[bool] = Field(None, description="whether the top-1 confidence is at least min_confidence; "
+                                                        "present only when the request gave min_confidence")
 
 
 class ClassifyResponse(BaseModel):
@@ -168,14 +171,18 @@ class ClassifyInput(bentoml.IODescriptor):
     k: Annotated[int, Field(ge=1, description="how many classes to return per image, at most the model's class "
                                               "count; default 5, or all classes of a model with fewer")] = DEFAULT_K
     model: Annotated[Optional[str], Field(description="a model name from /models; default: the manifest's default")] = None
+    min_confidence: Annotated[Optional[float], Field(
+        ge=0.0, le=1.0, description="mark each prediction whose top-1 confidence is below this (0 to 1) with "
+                                    "\"confident\": false (and the others true) instead of leaving it out; "
+                                    "default: no threshold and no \"confident\" field")] = None
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> "ClassifyInput":
         parsed = await read_classify_form(request, SETTINGS.max_images, SETTINGS.max_body_bytes)
         if isinstance(parsed, Rejection):
-            return cls.model_construct(images=parsed, k=_NOT_GIVEN, model=None)
+            return cls.model_construct(images=parsed, k=_NOT_GIVEN, model=None, min_confidence=None)
         return cls.model_construct(images=parsed.uploads, k=parsed.fields.get("k", _NOT_GIVEN),
-                                   model=parsed.fields.get("model"))
+                                   model=parsed.fields.get("model"), min_confidence=parsed.fields.get("min_confidence"))
 
 
 class LoadedModel:
@@ -224,13 +231,15 @@ class Classifier:
         return self.ready
 
     @bentoml.api(input_spec=ClassifyInput, output_spec=ClassifyResponse)
-    async def classify(self, images: Any, k: Any = _NOT_GIVEN, model: Any = None) -> Any:
+    async def classify(self, images: Any, k: Any = _NOT_GIVEN, model: Any = None, min_confidence: Any = None) -> Any:
         """Top-k classes for each uploaded image, in the order sent.
 
-        multipart/form-data with one or more `images` files, optional `k` (default 5) and `model`
-        (default: the manifest's default). Errors: 400 bad input (not an image, truncated or empty
-        file, too many images, bad k, malformed form), 404 unknown model, 413 body or image too
-        large, 415 not multipart; each as {"error": message, "reason": label}.
+        multipart/form-data with one or more `images` files, optional `k` (default 5), `model`
+        (default: the manifest's default) and `min_confidence` (0 to 1: each prediction then says
+        whether its top-1 confidence reaches it, as `confident`). Errors: 400 bad input (not an
+        image, truncated or empty file, too many images, bad k or min_confidence, malformed form),
+        404 unknown model, 413 body or image too large, 415 not multipart; each as
+        {"error": message, "reason": label}.
         """
         if isinstance(images, Rejection):
             return self._reject(images)
@@ -238,6 +247,9 @@ class Classifier:
         if isinstance(choice, Rejection):
             return self._reject(choice)
         loaded, k = choice
+        threshold = _threshold(min_confidence)
+        if isinstance(threshold, Rejection):
+            return self._reject(threshold)
         decoded = await anyio.to_thread.run_sync(_decode_all, images, loaded.size, SETTINGS.max_pixels,
                                                  limiter=self._decode_limiter)
         if isinstance(decoded, Rejection):
@@ -260,6 +272,9 @@ class Classifier:
              "top_k": [{"label": classes[c], "index": c, "confidence": p} for c, p in zip(ci, pi)]}
             for upload, ci, pi in zip(images, idx.tolist(), conf.tolist())
         ]
+        if threshold is not None:  # top_k holds at least one class (k >= 1), and the first is the most likely
+            for prediction in predictions:
+                prediction["confident"] = is_confident(prediction["top_k"][0]["confidence"], threshold)
         self.metrics.predicted(loaded.entry.name, len(images))
         return JSONResponse({"model": loaded.entry.name, "predictions": predictions})
 
@@ -316,6 +331,16 @@ class Classifier:
     def _reject(self, rejection: Rejection) -> JSONResponse:
         self.metrics.reject(rejection.reason)
         return JSONResponse(rejection.body(), status_code=rejection.status)
+
+
+def _threshold(value: Any) -> float | None | Rejection:
+    """The min_confidence given, None when absent (JSON null counts as absent, as for ``model``)."""
+    if value is None:
+        return None
+    try:
+        return parse_min_confidence(value)
+    except ValueError as exc:
+        return Rejection(400, "bad_min_confidence", f"min_confidence {exc}")
 
 
 _MEMORY_ADDRESS = re.compile(r" <_io\.BytesIO object at 0x[0-9a-f]+>")
@@ -430,7 +455,8 @@ def document_openapi(spec: Any) -> Any:
     # Other fields are refused (400), not ignored.
     form = attrs.evolve(content["multipart/form-data"].schema, additionalProperties=False)
     content["multipart/form-data"] = attrs.evolve(content["multipart/form-data"], schema=form)
-    form.properties["model"] = {**form.properties["model"], "nullable": True}
+    for name in ("model", "min_confidence"):  # null means "not given", as for an absent field
+        form.properties[name] = {**form.properties[name], "nullable": True}
     instance = _current_instance()
     if instance is not None and getattr(instance, "loaded", None):  # known once the models are loaded
         most = max(len(m.classes) for m in instance.loaded.values())
@@ -447,8 +473,8 @@ def document_openapi(spec: Any) -> Any:
             item.properties["pixels"] = {**item.properties["pixels"], "minLength": length, "maxLength": length,
                                          "pattern": "^([A-Za-z0-9+/]*|[A-Za-z0-9_-]*)$"}
     classify["responses"].update({
-        400: _error_response("bad input: not an image, a truncated or empty file, too many images, a bad k, "
-                             "a malformed form"),
+        400: _error_response("bad input: not an image, a truncated or empty file, too many images, a bad k or "
+                             "min_confidence, a malformed form"),
         404: _error_response("unknown model"),
         413: _error_response("request body over the size limit, or an image over the pixel limit"),
         415: _error_response("not multipart/form-data"),

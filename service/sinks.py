@@ -4,6 +4,9 @@ CSV columns: ``path, label_1, confidence_1, ..., label_k, confidence_k, error``
 (labels and confidences empty on an error row, error empty otherwise).
 JSON Lines: ``{"path": ..., "top_k": [{"label", "index", "confidence"}, ...], "error": null|"..."}``
 (``top_k`` empty on an error row). Paths are POSIX and relative to the scored folder.
+With a ``min_confidence`` threshold, a ``confident`` column before ``error`` (``true``/``false``,
+empty on an error row), or a ``"confident"`` key after ``top_k`` (``null`` on an error row); without
+one, the output is exactly as it was before thresholds existed.
 
 Files are UTF-8; a file name that is not valid UTF-8 is written byte for byte
 (surrogateescape), so it reads back as the same key when resuming.
@@ -16,6 +19,8 @@ import json
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, NamedTuple
+
+from .confidence import is_confident
 
 ENCODING = dict(encoding="utf-8", errors="surrogateescape")
 FORMATS = ("csv", "jsonl")
@@ -38,6 +43,17 @@ class Row:
     error: str | None = None
 
 
+def confident(row: Row, min_confidence: float) -> bool:
+    return bool(row.top_k) and is_confident(row.top_k[0].confidence, min_confidence)
+
+
+def _threshold_mismatch(found: bool, what: str) -> str:
+    """Why an existing output cannot be resumed when only its ``confident`` column or key differs."""
+    if found:
+        return f"it has a {what} but this run writes none: rerun with --min-confidence"
+    return f"it has no {what} but this run writes one: rerun without --min-confidence"
+
+
 def format_from_path(path: str) -> str | None:
     ext = os.path.splitext(path)[1].lower()
     return {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(ext)
@@ -46,16 +62,19 @@ def format_from_path(path: str) -> str | None:
 class CsvFormat:
     name = "csv"
 
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, min_confidence: float | None = None) -> None:
         self.k = k
-        self.columns = ["path"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"confidence_{i}")] + ["error"]
+        self.min_confidence = min_confidence
+        self.columns = (["path"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"confidence_{i}")]
+                        + (["confident"] if min_confidence is not None else []) + ["error"])
 
     def header(self) -> str:
         return self._lines([self.columns])
 
     def format(self, rows: list[Row]) -> str:
         out = []
-        blank = ["", ""] * self.k
+        marked = self.min_confidence is not None
+        blank = ["", ""] * self.k + ([""] if marked else [])
         for row in rows:
             if row.error is not None:
                 out.append([row.path, *blank, row.error])
@@ -64,6 +83,8 @@ class CsvFormat:
                 for p in row.top_k:
                     cells += [p.label, f"{p.confidence:.6f}"]
                 cells += ["", ""] * (self.k - len(row.top_k))
+                if marked:
+                    cells.append("true" if confident(row, self.min_confidence) else "false")
                 cells.append("")
                 out.append(cells)
         return self._lines(out)
@@ -84,6 +105,9 @@ class CsvFormat:
         except StopIteration:
             return
         if header != self.columns:
+            without = [c for c in header if c != "confident"]
+            if without == [c for c in self.columns if c != "confident"]:
+                raise OutputError(_threshold_mismatch("confident" in header, "'confident' column"))
             raise OutputError(_header_mismatch(header, self.columns))
         yield None  # the header is whole
         for cells in reader:
@@ -105,7 +129,7 @@ class CsvFormat:
 def _header_mismatch(found: list[str], expected: list[str]) -> str:
     k_found = sum(c.startswith("label_") for c in found)
     if found[:1] == ["path"] and found[-1:] == ["error"] and k_found:
-        k_expected = (len(expected) - 2) // 2
+        k_expected = sum(c.startswith("label_") for c in expected)
         return f"it has top-{k_found} columns but this run writes top-{k_expected}: rerun with --k {k_found}"
     return f"its header {','.join(found)[:120]!r} is not that of a score file"
 
@@ -113,9 +137,10 @@ def _header_mismatch(found: list[str], expected: list[str]) -> str:
 class JsonlFormat:
     name = "jsonl"
 
-    def __init__(self, k: int, exact_k: bool = True) -> None:
+    def __init__(self, k: int, exact_k: bool = True, min_confidence: float | None = None) -> None:
         self.k = k
         self.exact_k = exact_k  # False when a service may return fewer than k (it caps k at its class count)
+        self.min_confidence = min_confidence
 
     def header(self) -> str:
         return ""
@@ -123,8 +148,12 @@ class JsonlFormat:
     def format(self, rows: list[Row]) -> str:
         lines = []
         for row in rows:
-            top = [{"label": p.label, "index": p.index, "confidence": round(p.confidence, 6)} for p in row.top_k]
-            lines.append(json.dumps({"path": row.path, "top_k": top, "error": row.error}, ensure_ascii=False) + "\n")
+            record = {"path": row.path, "top_k": [{"label": p.label, "index": p.index,
+                                                   "confidence": round(p.confidence, 6)} for p in row.top_k]}
+            if self.min_confidence is not None:
+                record["confident"] = None if row.error is not None else confident(row, self.min_confidence)
+            record["error"] = row.error
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
         return "".join(lines)
 
     def scan(self, lines: Iterator[str]) -> Iterator[Row | None]:
@@ -135,14 +164,18 @@ class JsonlFormat:
                           obj["error"])
             except (ValueError, KeyError, TypeError) as exc:
                 raise OutputError(f"line {n} is not a score record ({type(exc).__name__}: {exc})") from exc
+            marked = self.min_confidence is not None
+            if ("confident" in obj) != marked:
+                raise OutputError(f"line {n}: " + _threshold_mismatch("confident" in obj, "'confident' field"))
             if row.error is None and (len(row.top_k) > self.k or self.exact_k and len(row.top_k) != self.k):
                 raise OutputError(f"line {n} has top-{len(row.top_k)} predictions but this run writes top-{self.k}: "
                                   f"rerun with --k {len(row.top_k)}")
             yield row
 
 
-def make_format(name: str, k: int, exact_k: bool = True) -> CsvFormat | JsonlFormat:
-    return CsvFormat(k) if name == "csv" else JsonlFormat(k, exact_k)
+def make_format(name: str, k: int, exact_k: bool = True,
+                min_confidence: float | None = None) -> CsvFormat | JsonlFormat:
+    return CsvFormat(k, min_confidence) if name == "csv" else JsonlFormat(k, exact_k, min_confidence)
 
 
 def _complete_lines(f, offsets: list[int]) -> Iterator[str]:

@@ -13,7 +13,9 @@ from typing import Any
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-FIELDS = ("images", "k", "model")
+FIELDS = ("images", "k", "model", "min_confidence")
+# The reason a repeated or file-valued non-image field is refused with.
+_FIELD_REASONS = {"k": "bad_k", "model": "malformed_request", "min_confidence": "bad_min_confidence"}
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Upload:
 @dataclass(frozen=True)
 class ParsedForm:
     uploads: list[Upload]
-    fields: dict[str, Any]  # raw values of the fields given ("k", "model"): checked by the API
+    fields: dict[str, Any]  # raw values of the fields given ("k", "model", "min_confidence"): checked by the API
 
 
 class _BodyTooLarge(Exception):
@@ -72,7 +74,7 @@ async def read_classify_form(request: Request, max_images: int, max_body_bytes: 
     if media_type != "multipart/form-data":
         return Rejection(415, "unsupported_media_type",
                          f"send the images as multipart/form-data (got {media_type or 'no content type'}): "
-                         "one 'images' file part per image, optional 'k' and 'model' fields")
+                         "one 'images' file part per image, optional 'k', 'model' and 'min_confidence' fields")
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -123,15 +125,14 @@ async def _check_form(form, max_images: int) -> ParsedForm | Rejection:
         return Rejection(400, "malformed_request",
                          f"unknown form field(s) {', '.join(map(repr, unknown))}; expected {', '.join(FIELDS)}")
     values = {}
-    for key in ("k", "model"):
+    for key, reason in _FIELD_REASONS.items():
         given = form.getlist(key)
         if len(given) > 1:
-            return Rejection(400, "bad_k" if key == "k" else "malformed_request", f"{key!r} given {len(given)} times")
+            return Rejection(400, reason, f"{key!r} given {len(given)} times")
         if given:
             value = given[0]
             if isinstance(value, UploadFile):
-                return Rejection(400, "bad_k" if key == "k" else "malformed_request",
-                                 f"{key!r} must be a plain form field, not a file")
+                return Rejection(400, reason, f"{key!r} must be a plain form field, not a file")
             values[key] = _field_value(value)
     parts = form.getlist("images")
     if not parts:

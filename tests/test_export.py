@@ -1,4 +1,5 @@
-"""Export: ONNX graph contract, parity with PyTorch, FP16/INT8 variants, manifest integrity."""
+"""Export: ONNX graph contract, parity with PyTorch, temperature scaling in the graph, FP16/INT8 variants,
+manifest integrity."""
 from __future__ import annotations
 
 import json
@@ -11,13 +12,15 @@ import pytest
 import torch
 
 from export.__main__ import main as export_main
+from export.onnx_export import export_fp32
 from export.parity import ACCURACY_TOLERANCE_POINTS
-from export.pipeline import ParityError, export_checkpoint
+from export.pipeline import ParityError, export_checkpoint, verify_model
 from service.manifest import METADATA_KEY, ManifestError, load_manifest
 from service.preprocess import decode_image, to_model_input
 from service.runtime import OnnxClassifier, read_card
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.data import load_split
+from training.inference import with_tta
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,8 @@ def test_fp32_parity_and_dynamic_batch(exported, tiny_run):
 
 
 def test_normalisation_in_graph_matches_training_path(exported, tiny_run, image_folder):
-    """Same image through the service's decode path + ONNX and the training loader + PyTorch: same logits."""
+    """Same image through the service's decode path + ONNX and the training loader + PyTorch: same logits
+    (divided by the model's temperature)."""
     models, entry, _ = exported
     path = sorted((image_folder / "beta").iterdir())[0]
     served = to_model_input([decode_image(path.read_bytes())])
@@ -63,7 +67,7 @@ def test_normalisation_in_graph_matches_training_path(exported, tiny_run, image_
     x = torch.from_numpy(data.images[index : index + 1]).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         torch_logits = model_from_checkpoint(ckpt)(x).numpy()
-    np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4)
+    np.testing.assert_allclose(onnx_logits, torch_logits / entry.calibration.temperature, atol=1e-4)
 
 
 def test_flip_tta_inside_the_graph(tiny_run, tmp_path):
@@ -77,10 +81,51 @@ def test_flip_tta_inside_the_graph(tiny_run, tmp_path):
     with torch.no_grad():
         plain = model_from_checkpoint(load_checkpoint(tiny_run / "best.pt")).eval()
         expected = (plain(torch.from_numpy(x)) + plain(torch.from_numpy(mirrored))).numpy() / 2
-    np.testing.assert_allclose(clf.logits(x), expected, atol=1e-4)
+    np.testing.assert_allclose(clf.logits(x), expected / entry.calibration.temperature, atol=1e-4)
+
+
+def _plain_logits(tiny_run: Path, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model_from_checkpoint(load_checkpoint(tiny_run / "best.pt")).eval()(torch.from_numpy(x)).numpy()
+
+
+def test_graph_divides_by_the_recorded_temperature(exported, tiny_run):
+    """Calibration is on by default: the card records T, and the graph's logits are PyTorch's divided by it."""
+    models, entry, parity = exported
+    card = read_card(models / entry.file)
+    assert card.calibration == entry.calibration and card.calibration.method == "temperature"
+    t = card.calibration.temperature
+    assert abs(np.log(t)) > 0.05, f"T = {t} is too close to 1 for this test to tell a division from none"
+    x = np.random.default_rng(1).random((5, 3, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(OnnxClassifier(models / entry.file, device="cpu").logits(x),
+                               _plain_logits(tiny_run, x) / t, rtol=1e-4, atol=1e-4)
+    assert parity.top1_agreement == 1.0 and parity.max_abs_prob_diff < 1e-4  # against PyTorch with the same T
+    calibration = entry.metrics["calibration"]
+    assert calibration["temperature"] == t and calibration["samples"] == parity.samples
+    # T minimises the validation NLL, so it cannot be worse than no temperature there; accuracy does not move.
+    assert calibration["after"]["nll"] < calibration["before"]["nll"]
+    assert calibration["after"]["accuracy"] == calibration["before"]["accuracy"] == pytest.approx(parity.onnx_top1)
+    assert calibration["refit"]["temperature"] == pytest.approx(t, rel=1e-3)  # FP32: its own logits are PyTorch's
+
+
+def test_calibrate_none_exports_the_graph_of_before(tiny_run, tmp_path):
+    """``--calibrate none``: no division, and the very graph the exporter makes of the plain checkpoint."""
+    assert export_main(["--checkpoint", str(tiny_run / "best.pt"), "--name", "plain", "--models-dir", str(tmp_path),
+                        "--calibrate", "none", "--cache-dir", str(tmp_path / "c")]) == 0
+    entry = load_manifest(tmp_path).get("plain")
+    assert entry.calibration.method == "none" and entry.calibration.temperature == 1.0
+    assert entry.metrics["calibration"]["before"] == entry.metrics["calibration"]["after"]
+    reference = tmp_path / "reference.onnx"  # what export made before calibration existed: the plain model's graph
+    export_fp32(with_tta(model_from_checkpoint(load_checkpoint(tiny_run / "best.pt")), "none"), reference, 32)
+    graph = onnx.load(str(tmp_path / entry.file)).graph
+    assert graph == onnx.load(str(reference)).graph  # same nodes, same weights, node for node
+    x = np.random.default_rng(2).random((5, 3, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(OnnxClassifier(tmp_path / entry.file, device="cpu").logits(x),
+                               _plain_logits(tiny_run, x), atol=1e-4)
 
 
 def test_fp16_and_int8_variants(tiny_run, tmp_path):
+    temperatures = {}
     for precision in ("fp16", "int8"):
         try:
             entry, parity = export_checkpoint(tiny_run / "best.pt", f"tiny-{precision}", precision, tmp_path, cache_dir=None)
@@ -95,7 +140,12 @@ def test_fp16_and_int8_variants(tiny_run, tmp_path):
         # inputs and outputs stay float32 for clients
         assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
         assert abs(parity.accuracy_diff_points) <= ACCURACY_TOLERANCE_POINTS[precision]
+        temperatures[precision] = entry.calibration.temperature
+        assert set(entry.metrics["calibration"]) >= {"before", "after", "refit"}  # shared T against the variant's own
     assert load_manifest(tmp_path).default == "tiny-fp16"  # the first model exported becomes the default
+    # T is fitted on the checkpoint's FP32 logits, so every precision of it divides by the same T.
+    fp32 = export_checkpoint(tiny_run / "best.pt", "tiny-fp32", "fp32", tmp_path, cache_dir=None)[0]
+    assert temperatures == {"fp16": fp32.calibration.temperature, "int8": fp32.calibration.temperature}
 
 
 def test_parity_failure_exits_nonzero(tiny_run, tmp_path, monkeypatch, capsys):
@@ -145,7 +195,13 @@ def test_verify_command(exported, tmp_path, capsys):
     models, entry, _ = exported
     m = _copy_models(models, tmp_path / "m")
     assert export_main(["verify", "tiny", "--models-dir", str(m), "--cache-dir", str(tmp_path / "c")]) == 0
-    assert "verified" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "verified" in out and "refit on this model's own logits" in out
+    # The checkpoint is rebuilt with the recorded temperature: the probabilities agree, not just the top-1
+    # (dividing by T moves no argmax, so agreement alone would not notice a missing T).
+    parity, calibration = verify_model("tiny", m, cache_dir=None)
+    assert parity.max_abs_prob_diff < 1e-4 and calibration["temperature"] == entry.calibration.temperature
+    assert calibration["after"] == pytest.approx(entry.metrics["calibration"]["after"])
     data = bytearray((m / entry.file).read_bytes())
     data[-10] ^= 0xFF  # tamper with one byte
     (m / entry.file).write_bytes(bytes(data))

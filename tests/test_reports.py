@@ -18,10 +18,12 @@ from training.reports.ablate import parse_vary, split_values
 from training.reports.evaluate import load_predictions
 from training.reports.figures import worst_classes
 from training.reports.gradcam import GradCAM
-from training.reports.metrics import compute_metrics, expected_calibration_error, mcnemar
+from training.reports.calibration import calibration_metrics, fit_temperature
+from training.reports.metrics import (brier_score, compute_metrics, expected_calibration_error, mcnemar,
+                                      negative_log_likelihood, reliability_bins, softmax)
 
 REPORT_FILES = ["metrics.json", "predictions.npz", "confusion_matrix.png", "per_class_accuracy.png",
-                "misclassified.png", "gradcam.png", "training_curves.png", "report.md"]
+                "misclassified.png", "reliability.png", "gradcam.png", "training_curves.png", "report.md"]
 
 
 def _logits_from(preds: list[int], confidence: list[float], num_classes: int) -> np.ndarray:
@@ -89,6 +91,38 @@ def test_ece_is_zero_for_calibrated_predictions_and_counts_bins():
     assert expected_calibration_error(probs, labels, n_bins=10) == pytest.approx(0.0)
     overconfident = np.array([[0.9, 0.1]] * 4)
     assert expected_calibration_error(overconfident, labels, n_bins=10) == pytest.approx(0.4)
+
+
+def test_calibration_metrics_match_hand_computed_values():
+    probs = np.array([[0.8, 0.2], [0.6, 0.4], [0.3, 0.7], [0.5, 0.5]])
+    labels = np.array([0, 1, 1, 0])  # right, wrong, right, right (a tie goes to class 0)
+    # Squared distance to the one-hot label, summed over the two classes: 0.08, 0.72, 0.18, 0.5.
+    assert brier_score(probs, labels) == pytest.approx((0.08 + 0.72 + 0.18 + 0.5) / 4)
+    logits = np.log(probs)
+    assert negative_log_likelihood(logits, labels) == pytest.approx(
+        -(math.log(0.8) + math.log(0.4) + math.log(0.7) + math.log(0.5)) / 4)
+    # 15 bins of width 1/15: each confidence lands in a bin of its own, so ECE is the mean |correct - confidence|.
+    assert expected_calibration_error(probs, labels) == pytest.approx((0.2 + 0.6 + 0.3 + 0.5) / 4)
+    bins = reliability_bins(probs, labels)
+    assert sum(bins["count"]) == 4 and bins["count"][7] == 1 and bins["accuracy"][7] == 1.0  # 0.5 in (7/15, 8/15]
+    assert bins["confidence"][8] == pytest.approx(0.6) and bins["accuracy"][8] == 0.0 and bins["accuracy"][0] is None
+    m = calibration_metrics(logits, labels)
+    assert m == pytest.approx({"ece": 0.4, "nll": negative_log_likelihood(logits, labels), "brier": 0.37,
+                               "mean_confidence": 0.65, "accuracy": 0.75})
+    assert calibration_metrics(3 * logits, labels, temperature=3.0) == pytest.approx(m)  # T divides the logits
+
+
+@pytest.mark.parametrize("true_temperature", [0.4, 1.0, 2.5])
+def test_temperature_fit_recovers_the_temperature_labels_were_drawn_with(true_temperature):
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 3, size=(20000, 10))
+    probs = softmax(logits / true_temperature)
+    labels = (probs.cumsum(axis=1) > rng.random((len(probs), 1))).argmax(axis=1)  # one draw per row
+    fitted = fit_temperature(logits, labels)
+    assert fitted == pytest.approx(true_temperature, rel=0.05)
+    # The fit minimises the NLL: nudging T either way cannot lower it.
+    for factor in (0.97, 1.03):
+        assert negative_log_likelihood(logits / (fitted * factor), labels) > negative_log_likelihood(logits / fitted, labels)
 
 
 def _paired(b: int, c: int, both_right: int = 50, both_wrong: int = 7) -> tuple[np.ndarray, np.ndarray]:
@@ -159,8 +193,15 @@ def test_evaluate_writes_every_report_file(tiny_report, tiny_run):
     report = (tiny_report / "report.md").read_text()
     for png in [n for n in REPORT_FILES if n.endswith(".png")]:
         assert f"({png})" in report, png
-    for png in ("confusion_matrix.png", "gradcam.png"):
+    for png in ("confusion_matrix.png", "gradcam.png", "reliability.png"):
         assert Image.open(tiny_report / png).size[0] > 200
+    # Before/after temperature scaling, T fitted on the validation split (the report's own samples here).
+    calibration = metrics["calibration"]
+    assert calibration["temperature"] == pytest.approx(fit_temperature(preds["logits"], preds["labels"]), rel=1e-6)
+    assert calibration["before"]["ece"] == pytest.approx(metrics["ece"])
+    assert calibration["after"]["nll"] < calibration["before"]["nll"]
+    assert sum(calibration["reliability"]["after"]["count"]) == 15
+    assert "## Calibration" in report and "temperature-scaled (T = " in report
 
 
 def test_evaluate_with_flip_tta(tiny_run, tiny_report, tmp_path):
@@ -226,6 +267,20 @@ def _export_onnx(run: Path, path: Path) -> Path:
     entry.key, entry.value = METADATA_KEY, card.model_dump_json()
     onnx.save(proto, str(path))
     return path
+
+
+def test_evaluate_onnx_with_a_temperature_reports_what_its_checkpoint_does(tiny_models_dir, tiny_report, tmp_path):
+    """An exported model divides by T inside its graph: its report undoes that for "before" and uses the
+    recorded T, so both rows match the checkpoint's report, whose T is fitted on the same validation split."""
+    out = tmp_path / "calibrated"
+    assert main(["evaluate", "--onnx", str(tiny_models_dir / "tiny.onnx"), "--out", str(out)]) == 0
+    onnx_cal = json.loads((out / "metrics.json").read_text())["calibration"]
+    torch_cal = json.loads((tiny_report / "metrics.json").read_text())["calibration"]
+    card_t = json.loads((tiny_models_dir / "manifest.json").read_text())["models"][0]["calibration"]["temperature"]
+    assert onnx_cal["temperature"] == card_t and "recorded in the model" in onnx_cal["temperature_origin"]
+    assert onnx_cal["temperature"] == pytest.approx(torch_cal["temperature"], rel=1e-4)
+    for state in ("before", "after"):
+        assert onnx_cal[state] == pytest.approx(torch_cal[state], rel=1e-3, abs=1e-4), state
 
 
 def test_evaluate_onnx_matches_checkpoint_and_skips_gradcam(tiny_run, tiny_report, image_folder, tmp_path, capsys):

@@ -282,6 +282,59 @@ def test_fail_on_error_and_user_errors(tree, tiny_models_dir, tmp_path, capsys):
         assert "error: " in err and message in err and "Traceback" not in err, err
 
 
+def test_min_confidence_marks_rows_in_csv_and_jsonl(tree, tiny_models_dir, tmp_path, capsys):
+    common = ["--models-dir", tiny_models_dir, "--no-progress", "--k", 2, "--workers", 0]
+    assert _score(tree, "--out", tmp_path / "plain.csv", *common) == 0
+    plain = {r["path"]: r for r in _csv_rows(tmp_path / "plain.csv")}
+    top1 = sorted(float(r["confidence_1"]) for r in plain.values() if not r["error"])
+    threshold = (top1[len(top1) // 2 - 1] + top1[len(top1) // 2]) / 2  # between two scores: some rows each side
+    assert top1[0] < threshold < top1[-1]
+    capsys.readouterr()
+
+    assert _score(tree, "--out", tmp_path / "marked.csv", "--min-confidence", threshold, *common) == 0
+    rows = _csv_rows(tmp_path / "marked.csv")
+    assert list(rows[0]) == ["path", "label_1", "confidence_1", "label_2", "confidence_2", "confident", "error"]
+    assert [r["path"] for r in rows] == list(plain)  # marked, none left out
+    for row in rows:
+        expected = "" if row["error"] else ("true" if float(row["confidence_1"]) >= threshold else "false")
+        assert row["confident"] == expected and row["label_1"] == plain[row["path"]]["label_1"]
+    below = sum(r["confident"] == "false" for r in rows)
+    assert f"scored {len(GOOD)} ({below} below --min-confidence {threshold:g})" in capsys.readouterr().err
+
+    assert _score(tree, "--out", tmp_path / "marked.jsonl", "--min-confidence", threshold, *common) == 0
+    records = [json.loads(line) for line in (tmp_path / "marked.jsonl").read_text().splitlines()]
+    assert [list(r) for r in records] == [["path", "top_k", "confident", "error"]] * len(records)
+    assert [r["confident"] for r in records] == [None if r["error"] else r["confident"] == "true" for r in rows]
+
+
+def test_min_confidence_out_of_range_is_a_usage_error(tree, tiny_models_dir, tmp_path, capsys):
+    for value in ("1.5", "-0.1", "nan", "high", ""):
+        with pytest.raises(SystemExit) as exit_info:
+            _score(tree, "--models-dir", tiny_models_dir, "--min-confidence", value)
+        assert exit_info.value.code == 2, value
+        err = capsys.readouterr().err
+        assert "usage: " in err and "error: argument --min-confidence: must be " in err and "Traceback" not in err
+    done = subprocess.run([*_cli(), str(tree), "--models-dir", str(tiny_models_dir), "--min-confidence", "2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "between 0 and 1, got 2" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_resume_refuses_another_threshold_setting(tmp_path):
+    seen = []
+    out = tmp_path / "p.csv"
+    out.write_text("path,label_1,confidence_1,error\na.png,x,0.900000,\n")
+    with pytest.raises(OutputError, match="has no 'confident' column .* rerun without --min-confidence"):
+        resume_output(str(out), CsvFormat(1, min_confidence=0.5), seen.append)
+    out.write_text("path,label_1,confidence_1,confident,error\na.png,x,0.900000,true,\n")
+    assert resume_output(str(out), CsvFormat(1, min_confidence=0.5), seen.append) == 1
+    with pytest.raises(OutputError, match="rerun with --min-confidence"):
+        resume_output(str(out), CsvFormat(1), seen.append)
+    out = tmp_path / "p.jsonl"
+    out.write_text('{"path": "a.png", "top_k": [{"label": "x", "index": 0, "confidence": 0.9}], "error": null}\n')
+    with pytest.raises(OutputError, match="line 1: it has no 'confident' field"):
+        resume_output(str(out), JsonlFormat(1, min_confidence=0.5), seen.append)
+
+
 def test_labels_from_folders(image_folder, tiny_models_dir, tmp_path, capsys):
     root = tmp_path / "labelled"
     shutil.copytree(image_folder, root)
@@ -474,3 +527,15 @@ def test_url_mode_against_live_service(tree, tiny_models_dir, tmp_path):
                 assert [t["label"] for t in rr["top_k"]] == [t["label"] for t in lr["top_k"]]
                 assert abs(rr["top_k"][0]["confidence"] - lr["top_k"][0]["confidence"]) < 1e-4
         assert f"scored {len(GOOD)}, failed {len(BAD)}" in done.stderr
+
+
+def test_url_mode_marks_with_min_confidence_locally(tree, tmp_path, monkeypatch):
+    """The threshold is applied to the confidences the service returns (the stand-in's top-1 is 0.5)."""
+    real_client = httpx.Client
+    handler, _ = _classify_handler()
+    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    for threshold, expected in (("0.5", "true"), ("0.6", "false")):
+        out = tmp_path / f"{threshold}.csv"
+        assert _score(tree, "--url", "http://scorer.test", "--out", out, "--k", 1, "--min-confidence", threshold,
+                      "--no-progress") == 0
+        assert {r["confident"] for r in _csv_rows(out) if not r["error"]} == {expected}

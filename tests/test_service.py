@@ -153,6 +153,30 @@ def test_named_model_and_k_as_json(server, jpegs):
         assert all(len(p["top_k"]) == 3 for p in response.json()["predictions"])
 
 
+def test_min_confidence_marks_predictions_and_leaves_none_out(server, jpegs):
+    sent = jpegs[:MAX_IMAGES]
+    plain = _post(server, _files(sent), data={"k": "2"})
+    assert plain.status_code == 200, plain.text
+    assert all("confident" not in p for p in plain.json()["predictions"])  # no threshold: the shape of before
+    top1 = [p["top_k"][0]["confidence"] for p in plain.json()["predictions"]]
+    threshold = float(np.median(top1))
+    for given in (str(threshold), json.dumps(threshold)):
+        marked = _post(server, _files(sent), data={"k": "2", "min_confidence": given})
+        assert marked.status_code == 200, marked.text
+        predictions = marked.json()["predictions"]
+        assert [p["filename"] for p in predictions] == [p.name for p in sent]  # every image, in order
+        assert [[t["label"] for t in p["top_k"]] for p in predictions] == [
+            [t["label"] for t in p["top_k"]] for p in plain.json()["predictions"]]
+        assert [p["top_k"][0]["confidence"] for p in predictions] == pytest.approx(top1, abs=1e-6)
+        assert [p["confident"] for p in predictions] == [c >= threshold for c in top1]
+        assert 0 < sum(p["confident"] for p in predictions) < len(sent)
+    for given, expected in (("0", True), ("1", False)):
+        response = _post(server, _files(jpegs[:3]), data={"min_confidence": given})
+        assert [p["confident"] for p in response.json()["predictions"]] == [expected] * 3
+    absent = _post(server, _files(jpegs[:1]), data={"min_confidence": "null"})  # JSON null: not given
+    assert absent.status_code == 200 and "confident" not in absent.json()["predictions"][0]
+
+
 def test_image_modes_and_sizes_are_converted(server):
     rng = np.random.default_rng(0)
     rgb = Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8))
@@ -196,6 +220,11 @@ BAD_REQUESTS = {
     "k_zero": (lambda j: _files(j[:1]), {"k": "0"}, 400, "bad_k"),
     "k_too_big": (lambda j: _files(j[:1]), {"k": "4"}, 400, "bad_k"),
     "k_not_a_number": (lambda j: _files(j[:1]), {"k": "five"}, 400, "bad_k"),
+    "min_confidence_above_1": (lambda j: _files(j[:1]), {"min_confidence": "1.5"}, 400, "bad_min_confidence"),
+    "min_confidence_negative": (lambda j: _files(j[:1]), {"min_confidence": "-0.1"}, 400, "bad_min_confidence"),
+    "min_confidence_not_a_number": (lambda j: _files(j[:1]), {"min_confidence": "high"}, 400, "bad_min_confidence"),
+    "min_confidence_nan": (lambda j: _files(j[:1]), {"min_confidence": "nan"}, 400, "bad_min_confidence"),
+    "min_confidence_boolean": (lambda j: _files(j[:1]), {"min_confidence": "true"}, 400, "bad_min_confidence"),
     "unknown_model": (lambda j: _files(j[:1]), {"model": "resnet-9000"}, 404, "unknown_model"),
     "no_images": (lambda j: [("k", (None, "1"))], None, 400, "no_images"),
     "misspelt_field": (lambda j: [("image", ("a.jpg", j[0].read_bytes(), "image/jpeg"))], None, 400, "malformed_request"),
@@ -285,6 +314,9 @@ def test_openapi_document_describes_the_api(server):
     assert form["properties"]["images"]["items"] == {"format": "binary", "type": "string"}
     assert form["properties"]["images"]["maxItems"] == MAX_IMAGES
     assert form["properties"]["k"]["type"] == "integer" and form["properties"]["k"]["minimum"] == 1
+    threshold = form["properties"]["min_confidence"]
+    assert (threshold["type"], threshold["minimum"], threshold["maximum"]) == ("number", 0, 1)
+    assert "confident" in spec["components"]["schemas"]["Prediction"]["properties"]
     assert {"200", "400", "404", "413", "415"} <= set(classify["responses"])
     assert "ClassifyError" in spec["components"]["schemas"]
     assert "get" in spec["paths"]["/models"]

@@ -49,6 +49,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        **_data_kwargs(args))
     print(f"top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  loss {metrics['loss']:.4f}  "
           f"ECE {metrics['ece']:.4f}  ({metrics['num_samples']} images, {metrics['images_per_s'] or 0:.0f} images/s)")
+    if metrics.get("calibration"):
+        cal = metrics["calibration"]
+        print(f"calibration: ECE {cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}, NLL {cal['before']['nll']:.4f} "
+              f"-> {cal['after']['nll']:.4f} with temperature {cal['temperature']:.4f} "
+              f"({cal['temperature_origin']})")
     print(f"report: {metrics['out_dir']}/report.md")
     return 0
 
@@ -82,8 +87,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 def add_report_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="write an evaluation report for a checkpoint or ONNX model", description=(
         "Evaluate a checkpoint (or an exported ONNX model) and write a report folder: metrics.json (loss, top-1/3/5, "
-        "per-class precision/recall/F1, confusion matrix and pairs, ECE, throughput), predictions.npz, "
-        "confusion_matrix.png, per_class_accuracy.png, misclassified.png, gradcam.png (checkpoints only), "
+        "per-class precision/recall/F1, confusion matrix and pairs, ECE, calibration before/after temperature "
+        "scaling, throughput), predictions.npz, confusion_matrix.png, per_class_accuracy.png, misclassified.png, "
+        "reliability.png, gradcam.png (checkpoints only), "
         "training_curves.png and report.md. By default the model's own validation split is used, so "
         "`python -m training evaluate --checkpoint runs/X/best.pt` is enough."))
     src = p.add_mutually_exclusive_group()

@@ -11,7 +11,7 @@ import json
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,9 @@ from ..engine import resolve_device
 from ..inference import TTA_DESCRIPTIONS, check_tta, predict_logits, tta_logits_numpy
 from ..plots import plot_training_curves
 from . import figures
+from .calibration import calibration_report, fit_temperature
 from .gradcam import GradCAM
-from .metrics import compute_metrics, softmax
+from .metrics import compute_metrics, reliability_bins, softmax
 
 log = logging.getLogger("training.reports")
 
@@ -164,7 +165,7 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
         if (run_dir / "history.json").is_file():
             history = json.loads((run_dir / "history.json").read_text())
     info = {"name": card.name, "precision": card.precision, "card_metrics": card.metrics,
-            "providers": classifier.providers}
+            "calibration": card.calibration.model_dump(), "providers": classifier.providers}
     return ModelSource("onnx", path, list(card.classes), card.arch, int(card.input.size[0]), defaults, run_dir,
                        history, info, classifier, torch.device("cpu"))
 
@@ -247,6 +248,41 @@ def default_out_dir(source: ModelSource, split: str, tta: str) -> Path:
     return Path("reports") / f"{source.path.stem}-{suffix}"
 
 
+def temperature_for(source: ModelSource, spec: DataSpec, data: ImageArrays, logits: np.ndarray, tta: str,
+                    batch_size: int) -> tuple[np.ndarray, float, str] | None:
+    """(logits without temperature, T, where T comes from) for the before/after calibration section.
+
+    An ONNX model that divides by a temperature inside its graph has it recorded in its card; for
+    anything else T is fitted on the validation split (never on training images), predicted again
+    when the report is of another split. None when there is no validation split to fit on.
+    """
+    calibration = source.info.get("calibration") or {}
+    if source.kind == "onnx" and calibration.get("method") == "temperature":
+        t = float(calibration["temperature"])
+        return logits * t, t, "recorded in the model (fitted at export, divided inside its graph)"
+    if spec.split == "val":
+        fit_logits, fit_labels = logits, data.labels
+    else:
+        val = replace(spec, split="val").load() if spec.val_size else None
+        if val is None or len(val) == 0:
+            return None
+        fit_logits, _ = source.predict(val, tta, batch_size)
+        fit_labels = val.labels
+    where = ("these validation images, so the after row is in-sample, as at export" if spec.split == "val"
+             else f"the validation split ({len(fit_labels)} images)")
+    return logits, fit_temperature(fit_logits, fit_labels), f"fitted here on {where}"
+
+
+def calibration_section(raw_logits: np.ndarray, labels: np.ndarray, temperature: float, origin: str) -> dict[str, Any]:
+    """metrics.json's ``calibration``: before/after numbers and the reliability bins of both."""
+    report = calibration_report(raw_logits, labels, temperature)
+    report["temperature_origin"] = origin
+    z = raw_logits.astype(np.float64)
+    report["reliability"] = {"before": reliability_bins(softmax(z), labels),
+                             "after": reliability_bins(softmax(z / temperature), labels)}
+    return report
+
+
 def _gradcam_samples(labels: np.ndarray, preds: np.ndarray, confidence: np.ndarray, per_group: int) -> list[int]:
     """The most confident correct samples of distinct classes, then the most confident mistakes."""
     correct_idx = np.flatnonzero(preds == labels)
@@ -314,10 +350,24 @@ def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | 
     if metrics["top_confusions"]:
         lines += ["", "Most frequent confusions (true -> predicted): " + ", ".join(
             f"{p['true']} -> {p['predicted']} ({p['count']})" for p in metrics["top_confusions"][:5]) + "."]
+    cal = metrics.get("calibration")
+    if cal:
+        lines += ["", "## Calibration", "",
+                  f"Temperature scaling divides the logits by T = {cal['temperature']:.4f}, "
+                  f"{cal['temperature_origin']}. ECE over 15 equal-width confidence bins; Brier score summed over "
+                  "classes.", "",
+                  "| | ECE | NLL | Brier | mean confidence | accuracy |", "|---|---|---|---|---|---|"]
+        scaled = f"temperature-scaled (T = {cal['temperature']:.3f})"
+        for name, key in (("uncalibrated (T = 1)", "before"), (scaled, "after")):
+            m = cal[key]
+            lines.append(f"| {name} | {m['ece']:.4f} | {m['nll']:.4f} | {m['brier']:.4f} | "
+                         f"{_pct(m['mean_confidence'])} | {_pct(m['accuracy'])} |")
     captions = {
         "confusion_matrix": "Confusion matrix, each row normalised over its true class",
         "per_class_accuracy": "Per-class accuracy; the dashed line is the mean over classes",
         "misclassified": "The most confident mistakes",
+        "reliability": "Reliability diagrams before and after temperature scaling: accuracy per confidence bin "
+                       "against the diagonal of perfect calibration",
         "gradcam": "Grad-CAM heat maps of the predicted class, correct samples (green) then mistakes (red)",
         "training_curves": "Training curves from the run's history",
     }
@@ -365,11 +415,16 @@ def evaluate(checkpoint: str | Path | None = None, onnx: str | Path | None = Non
         **metrics,
     }
     save_predictions(out_dir / PREDICTIONS_FILE, logits, data.labels, classes, fingerprint)
+    scaling = temperature_for(source, spec, data, logits, tta, batch_size)
+    if scaling is None:
+        notes.append("No calibration section: the run held out no validation split to fit a temperature on.")
+    else:
+        metrics["calibration"] = calibration_section(scaling[0], data.labels, scaling[1], scaling[2])
 
     probs = softmax(logits)
     preds, confidence = logits.argmax(1), probs.max(1)
     files: dict[str, str | None] = {}
-    with tqdm(total=5, desc="figures", unit="figure", leave=False) as bar:
+    with tqdm(total=6, desc="figures", unit="figure", leave=False) as bar:
         figures.plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png",
                                       max_classes)
         files["confusion_matrix"] = "confusion_matrix.png"
@@ -381,6 +436,14 @@ def evaluate(checkpoint: str | Path | None = None, onnx: str | Path | None = Non
         metrics["misclassified_shown"] = figures.plot_misclassified(
             data.images, data.labels, preds, confidence, classes, out_dir / "misclassified.png")
         files["misclassified"] = "misclassified.png"
+        bar.update()
+        if "calibration" in metrics:
+            cal = metrics["calibration"]
+            figures.plot_reliability(
+                [(f"uncalibrated (T = 1): ECE {cal['before']['ece']:.4f}", cal["reliability"]["before"]),
+                 (f"temperature-scaled (T = {cal['temperature']:.3f}): ECE {cal['after']['ece']:.4f}",
+                  cal["reliability"]["after"])], out_dir / "reliability.png")
+            files["reliability"] = "reliability.png"
         bar.update()
         if source.supports_gradcam:
             metrics["gradcam_samples"] = render_gradcam(source, data, preds, confidence, classes,

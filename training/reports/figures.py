@@ -147,3 +147,33 @@ def plot_gradcam(images: np.ndarray, cams: np.ndarray, titles: Sequence[str], co
     fig.suptitle("Grad-CAM for the predicted class (last conv stage; red = most evidence)", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_reliability(panels: Sequence[tuple[str, dict]], path: Path) -> None:
+    """Reliability diagrams side by side, one per (title, ``metrics.reliability_bins`` result): accuracy per
+    confidence bin against the diagonal of perfect calibration; the hatched red part of a bar is the gap
+    between the bin's accuracy and its mean confidence, and the grey line the share of samples in each bin."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.6), squeeze=False)
+    for ax, (title, bins) in zip(axes.flat, panels):
+        edges = np.asarray(bins["edges"])
+        width = edges[1] - edges[0]
+        centres = edges[:-1] + width / 2
+        filled = [i for i, n in enumerate(bins["count"]) if n]
+        accuracy = np.array([bins["accuracy"][i] for i in filled])
+        confidence = np.array([bins["confidence"][i] for i in filled])
+        ax.bar(centres[filled], accuracy, width=width, color="tab:blue", edgecolor="black", linewidth=0.5,
+               label="accuracy")
+        ax.bar(centres[filled], np.abs(confidence - accuracy), bottom=np.minimum(accuracy, confidence), width=width,
+               fill=False, hatch="//", edgecolor="tab:red", linewidth=0.5, label="gap to mean confidence")
+        share = np.asarray(bins["count"], dtype=float) / max(1, sum(bins["count"]))
+        ax.plot(centres, share, color="grey", marker=".", linewidth=1, label="share of samples")
+        ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("top-1 confidence")
+        ax.set_ylabel("accuracy")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)

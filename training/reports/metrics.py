@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from scipy import stats
+from scipy.special import logsumexp
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from ..inference import cross_entropy, topk_accuracy
@@ -22,18 +23,45 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
-    """ECE with equal-width confidence bins: sum over bins of |accuracy - mean confidence| x bin share."""
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, list]:
+    """Top-1 confidence in ``n_bins`` equal-width bins: per bin the sample count, accuracy and mean confidence
+    (None for an empty bin). ECE and the reliability diagram both read these."""
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     # Right-closed bins (lo, hi]: a confidence of exactly 1/C for C classes still lands in a bin.
     bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
-    ece = 0.0
+    counts, accuracy, mean_confidence = [], [], []
     for b in range(n_bins):
         mask = bins == b
-        if mask.any():
-            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(ece)
+        counts.append(int(mask.sum()))
+        accuracy.append(float(correct[mask].mean()) if mask.any() else None)
+        mean_confidence.append(float(confidence[mask].mean()) if mask.any() else None)
+    return {"edges": np.linspace(0, 1, n_bins + 1).tolist(), "count": counts, "accuracy": accuracy,
+            "confidence": mean_confidence}
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """ECE with equal-width confidence bins: sum over bins of |accuracy - mean confidence| x bin share."""
+    bins = reliability_bins(probs, labels, n_bins)
+    total = sum(bins["count"])
+    if not total:
+        return 0.0
+    return float(sum(n / total * abs(acc - conf)
+                     for n, acc, conf in zip(bins["count"], bins["accuracy"], bins["confidence"]) if n))
+
+
+def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean -log softmax(logits)[label], in float64 from the logits (no probability underflows to 0)."""
+    z = logits.astype(np.float64)
+    return float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(z)), labels]))
+
+
+def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over samples of the squared distance between the probabilities and the one-hot label
+    (summed over classes, so it ranges from 0 to 2)."""
+    onehot = np.zeros_like(probs, dtype=np.float64)
+    onehot[np.arange(len(labels)), labels] = 1.0
+    return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
 
 
 def top_confusions(cm: np.ndarray, classes: Sequence[str], k: int = 10) -> list[dict[str, Any]]:

@@ -1,0 +1,66 @@
+"""Temperature scaling inside the exported graph: fit T on the validation split, divide the logits by it.
+
+The division is the graph's last step, after any test-time averaging, so every client (the service,
+the scorer, ONNX Runtime called directly) gets calibrated probabilities without doing anything.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.manifest import CALIBRATION_METHODS, Calibration
+from training.reports.calibration import fit_temperature
+
+from .parity import torch_logits
+
+
+class TemperatureScaled(nn.Module):
+    """A model whose logits are divided by a fixed temperature: what the exported graph computes,
+    and so what parity compares it with."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"the temperature must be positive, got {temperature}")
+        self.model = model
+        self.temperature = float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) / self.temperature
+
+
+def with_calibration(model: nn.Module, calibration: Calibration) -> nn.Module:
+    """``model`` with the card's calibration applied; method "none" returns ``model`` itself, so its graph is
+    exactly what it was before calibration existed."""
+    if calibration.method == "temperature":
+        return TemperatureScaled(model, calibration.temperature)
+    return model
+
+
+def fit_calibration(model: nn.Module, images: np.ndarray, labels: np.ndarray, method: str, what: str) -> Calibration:
+    """Fit ``method`` on the FP32 PyTorch logits of ``model`` (already wrapped for test-time augmentation)
+    over ``images``, which must be the validation split. Every precision exported from one checkpoint
+    gets the same T this way (see ``calibration_report(..., refit=True)`` for what a variant's own T
+    would change). ``what`` says which model, for the card."""
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration {method!r}; valid: {', '.join(CALIBRATION_METHODS)}")
+    if method == "none":
+        return Calibration()
+    logits, _ = torch_logits(model, images)
+    # Stored as the float32 the FP32 graph holds, so the card states exactly what that graph divides by.
+    temperature = float(np.float32(fit_temperature(logits, labels)))
+    return Calibration(method="temperature", temperature=temperature,
+                       fitted_on=f"NLL on the validation split ({len(labels)} images), FP32 PyTorch logits of {what}")
+
+
+def calibration_summary(report: dict) -> str:
+    """One line per state (before, after, refit) of a ``training.reports.calibration.calibration_report``."""
+    rows = [("before", 1.0, report["before"]), ("after", report["temperature"], report["after"])]
+    if "refit" in report:
+        rows.append(("refit on this model's own logits", report["refit"]["temperature"], report["refit"]))
+    lines = [f"calibration on {report['samples']} validation images (ECE with 15 bins):"]
+    for name, t, m in rows:
+        lines.append(f"  {name:<33} T={t:<7.4f} ECE {m['ece']:.4f}  NLL {m['nll']:.4f}  Brier {m['brier']:.4f}  "
+                     f"mean confidence {100 * m['mean_confidence']:.2f}%  accuracy {100 * m['accuracy']:.2f}%")
+    return "\n".join(lines)
