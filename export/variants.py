@@ -1,4 +1,4 @@
-"""Lighter variants of an FP32 ONNX model: FP16 for GPUs and static INT8 for CPUs (VNNI/AMX)."""
+"""Lighter variants of an FP32 ONNX model: FP16 for GPUs and static INT8 for CPUs."""
 from __future__ import annotations
 
 import tempfile
@@ -37,6 +37,10 @@ class _Calibration(CalibrationDataReader):
 def to_int8(src: Path, dst: Path, calibration_images: np.ndarray) -> None:
     """Static QDQ quantisation: per-channel int8 weights, uint8 activations calibrated on ``calibration_images``.
 
+    Weights use 7 bits (``reduce_range``): on x86 CPUs without VNNI, ONNX Runtime's u8s8 kernels add pairs of
+    products in saturating int16, and full-range weights overflow there, so a model that is exact on a VNNI/AMX
+    machine loses points on an AVX2-only one (docs/deploy.md has the measurement).
+
     Calibration images must come from the training split: calibrating on the
     validation images would tune the model on the data that measures it.
     """
@@ -46,7 +50,7 @@ def to_int8(src: Path, dst: Path, calibration_images: np.ndarray) -> None:
         quantize_static(
             str(prepared), str(dst), _Calibration(calibration_images.astype(np.float32)),
             quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-            activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
+            activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax, reduce_range=True,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
     onnx.checker.check_model(onnx.load(str(dst)), full_check=True)
