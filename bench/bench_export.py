@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from report_io import write_json  # noqa: E402
 
-from service.manifest import load_manifest  # noqa: E402
-from service.runtime import OnnxClassifier  # noqa: E402
+from inference.manifest import load_manifest  # noqa: E402
+from inference.runtime import OnnxClassifier  # noqa: E402
 from training.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 
 

@@ -48,9 +48,9 @@ sys.path.insert(0, str(ROOT))
 import raw_engine  # noqa: E402
 from report_io import write_json  # noqa: E402
 
-from service.manifest import load_manifest  # noqa: E402
-from service.preprocess import decode_image, to_model_input  # noqa: E402
-from service.runtime import default_threads  # noqa: E402
+from inference.manifest import load_manifest  # noqa: E402
+from inference.preprocess import decode_image, to_model_input  # noqa: E402
+from inference.runtime import default_threads  # noqa: E402
 
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-train-jpg.tar.gz"
 

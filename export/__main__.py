@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 
-from service.manifest import CALIBRATION_METHODS, ManifestError, load_manifest
+from inference.manifest import CALIBRATION_METHODS, ManifestError, load_manifest
 
 
 def export_parser() -> argparse.ArgumentParser:

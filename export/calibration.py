@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.manifest import CALIBRATION_METHODS, Calibration
+from inference.manifest import CALIBRATION_METHODS, Calibration
 from training.reports.calibration import fit_temperature
 
 from .parity import torch_logits

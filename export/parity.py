@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from service.preprocess import to_model_input
-from service.runtime import OnnxClassifier, softmax
+from inference.preprocess import to_model_input
+from inference.runtime import OnnxClassifier, softmax
 from training.inference import topk_accuracy
 
 # Accuracy tolerances in percentage points, and the minimum top-1 agreement, per precision.

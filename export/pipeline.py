@@ -11,9 +11,9 @@ import onnx
 import onnxruntime
 import torch
 
-from service.manifest import Manifest, ManifestError, ModelCard, ModelEntry, load_manifest, save_manifest, sha256_file
-from service.preprocess import to_model_input
-from service.runtime import OnnxClassifier, softmax
+from inference.manifest import Manifest, ManifestError, ModelCard, ModelEntry, load_manifest, save_manifest, sha256_file
+from inference.preprocess import to_model_input
+from inference.runtime import OnnxClassifier, softmax
 from training.checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
 from training.data import ImageArrays, load_split
 from training.inference import with_tta

@@ -155,7 +155,7 @@ class LocalBackend:
 
     def __init__(self, path, device: str, threads: int | None, workers: int | None, batch_size: int | None = None,
                  streams: int | None = None) -> None:
-        from .runtime import OnnxClassifier, default_threads, wants_cuda
+        from inference.runtime import OnnxClassifier, default_threads, wants_cuda
 
         cores = default_threads()
         on_gpu = wants_cuda(device)  # type: ignore[arg-type]
@@ -302,7 +302,7 @@ class LocalBackend:
             return ok, errors
 
     def _rows(self, chunk: list[Entry], decoded: Decoded) -> list[Row]:
-        from .runtime import top_k
+        from inference.runtime import top_k
 
         rows: list[Row | None] = [None] * len(chunk)
         for i, e in enumerate(chunk):
@@ -671,7 +671,7 @@ def _validate(args) -> str:
 def _open_backend(args):
     if args.url:
         return RemoteBackend(args.url, args.model, args.workers, args.timeout, args.batch_size or DEFAULT_URL_BATCH)
-    from .manifest import ManifestError, load_manifest
+    from inference.manifest import ManifestError, load_manifest
 
     try:
         manifest = load_manifest(args.models_dir)

@@ -62,7 +62,7 @@ def settings_env(args: argparse.Namespace, environ: dict[str, str] | None = None
 
 
 def main(args: argparse.Namespace) -> int:
-    from .manifest import ManifestError, load_manifest
+    from inference.manifest import ManifestError, load_manifest
 
     env = settings_env(args)
     try:

@@ -33,18 +33,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from inference.manifest import Manifest, ManifestError, ModelEntry, load_manifest
+from inference.preprocess import ImageDecodeError, decode_pixels, pixels_to_model_input
+
 from .batching import BatchGateway, RouterProbe
 from .confidence import is_confident, parse_min_confidence
-from .manifest import Manifest, ManifestError, ModelEntry, load_manifest
 from .metrics import REJECTION_REASONS, ServiceMetrics
-from .preprocess import ImageDecodeError, decode_pixels, pixels_to_model_input
 from .settings import ServiceSettings
 from .uploads import Rejection, Upload, read_body, read_classify_form
 
 with bentoml.importing():
     import onnxruntime as ort
 
-    from .runtime import OnnxClassifier, top_k, wants_cuda
+    from inference.runtime import OnnxClassifier, top_k, wants_cuda
 
 # Under "bentoml": the logger BentoML configures (INFO) in its server processes.
 log = logging.getLogger("bentoml.cifar")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
 
-from .preprocess import DEFAULT_MAX_PIXELS
+from inference.preprocess import DEFAULT_MAX_PIXELS
 
 # In the repository and inside a built Bento alike, models/ sits next to the service package.
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"

@@ -20,7 +20,8 @@ from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from .preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageDecodeError, decode_pixels, pixels_to_model_input
+from inference.preprocess import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageDecodeError, decode_pixels,
+                                  pixels_to_model_input)
 
 # A 32x32 classifier never needs a file this large; reading one would only cost memory.
 MAX_FILE_BYTES = 256 << 20

@@ -15,9 +15,9 @@ from export.__main__ import main as export_main
 from export.onnx_export import export_fp32
 from export.parity import ACCURACY_TOLERANCE_POINTS
 from export.pipeline import ParityError, export_checkpoint, verify_model
-from service.manifest import METADATA_KEY, ManifestError, load_manifest
-from service.preprocess import decode_image, to_model_input
-from service.runtime import OnnxClassifier, read_card
+from inference.manifest import METADATA_KEY, ManifestError, load_manifest
+from inference.preprocess import decode_image, to_model_input
+from inference.runtime import OnnxClassifier, read_card
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.data import load_split
 from training.inference import with_tta

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from service.preprocess import ImageDecodeError, decode_image, decode_pixels, pixels_to_model_input, to_model_input
+from inference.preprocess import ImageDecodeError, decode_image, decode_pixels, pixels_to_model_input, to_model_input
 
 
 def _encode(image: Image.Image, fmt: str, orientation: int | None = None) -> bytes:
@@ -77,7 +77,7 @@ def _jpeg(image: Image.Image, **save) -> bytes:
 def test_real_cifar_jpegs_take_the_plain_path_with_pillows_pixels(shared_archive):
     import tarfile
 
-    from service.preprocess import plain_jpeg_frame
+    from inference.preprocess import plain_jpeg_frame
 
     seen = 0
     with tarfile.open(shared_archive, "r:gz") as tar:
@@ -93,7 +93,7 @@ def test_real_cifar_jpegs_take_the_plain_path_with_pillows_pixels(shared_archive
 
 
 def test_plain_path_covers_grey_progressive_and_other_sizes_and_leaves_the_rest_to_pillow():
-    from service.preprocess import plain_jpeg_frame
+    from inference.preprocess import plain_jpeg_frame
 
     rng = np.random.default_rng(1)
     colour = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))

@@ -250,7 +250,7 @@ def test_worst_classes_skips_classes_without_samples():
 def _export_onnx(run: Path, path: Path) -> Path:
     import onnx
 
-    from service.manifest import METADATA_KEY, InputSpec, ModelCard
+    from inference.manifest import METADATA_KEY, InputSpec, ModelCard
 
     ckpt = load_checkpoint(run / "best.pt")
     model = model_from_checkpoint(ckpt)

@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, running_service
-from service.preprocess import decode_image, to_model_input
-from service.runtime import OnnxClassifier
+from inference.preprocess import decode_image, to_model_input
+from inference.runtime import OnnxClassifier
 from service.score import RemoteBackend
 from service.score import main as score_main
 from service.sinks import CsvFormat, JsonlFormat, OutputError, resume_output

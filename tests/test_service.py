@@ -94,7 +94,7 @@ def _image_bytes(image: Image.Image, fmt: str, **save) -> bytes:
 
 # ---------------------------------------------------------------------------------------------- imports
 def test_import_loads_neither_torch_nor_training():
-    code = ("import sys, service, service.service\n"
+    code = ("import sys, inference, service, service.service\n"
             "bad = [m for m in ('torch', 'training', 'export') if m in sys.modules]\n"
             "assert not bad, bad\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -381,14 +381,14 @@ def test_streams_and_threads_share_the_cores():
     assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "3", done.stderr[-500:]
 
 
-def test_bentoml_build_packs_service_and_models_only(tmp_path):
+def test_bentoml_build_packs_inference_service_and_models_only(tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
     done = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     (bento,) = [p for p in (tmp_path / "home" / "bentos" / "cifar_classifier").iterdir() if p.name != "latest"]
     src = {p.relative_to(bento / "src").parts[0] for p in (bento / "src").rglob("*") if p.is_file()}
-    assert "service" in src and src <= {"service", "models", "bentofile.yaml"}
+    assert {"inference", "service"} <= src <= {"inference", "service", "models", "bentofile.yaml"}
     assert (bento / "src" / "service" / "service.py").is_file()
     if (ROOT / "models" / "manifest.json").is_file():
         assert (bento / "src" / "models" / "manifest.json").is_file()
