@@ -8,13 +8,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from inference.precisions import precision as precision_entry
 from inference.preprocess import to_model_input
 from inference.runtime import OnnxClassifier, softmax
 from training.inference import topk_accuracy
-
-# Accuracy tolerances in percentage points, and the minimum top-1 agreement, per precision.
-ACCURACY_TOLERANCE_POINTS = {"fp32": 0.05, "fp16": 0.1, "int8": 0.5}
-MIN_AGREEMENT = {"fp32": 0.999}
 
 
 @dataclass
@@ -92,11 +89,12 @@ def judge(precision: str, torch_probs: np.ndarray | None, onnx_probs: np.ndarray
     max_diff = float(np.abs(torch_probs - onnx_probs).max()) if torch_probs is not None else float("nan")
     parity = Parity(precision, len(labels), torch_top1_value, onnx_top1, topk_accuracy(onnx_probs, labels, 5), agreement, max_diff,
                     torch_speed, onnx_speed)
-    tolerance = ACCURACY_TOLERANCE_POINTS[precision]
+    entry = precision_entry(precision)
+    tolerance = entry.tolerance_points
     if abs(parity.accuracy_diff_points) > tolerance:
         parity.failures.append(f"accuracy differs by {parity.accuracy_diff_points:+.3f} points "
                                f"(tolerance {tolerance} for {precision})")
-    needed = MIN_AGREEMENT.get(precision)
+    needed = entry.min_agreement
     if needed is not None and torch_probs is not None and agreement < needed:
         parity.failures.append(f"top-1 agreement {100 * agreement:.2f}% is below {100 * needed:.1f}%")
     return parity

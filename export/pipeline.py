@@ -22,7 +22,7 @@ from training.reports.calibration import calibration_report
 from .calibration import fit_calibration, with_calibration
 from .onnx_export import OPSET, export_fp32, input_spec, write_card
 from .parity import Parity, judge, onnx_logits, parity_and_logits
-from .variants import to_fp16, to_int8
+from .variants import converter
 
 log = logging.getLogger("export")
 
@@ -92,15 +92,12 @@ def export_checkpoint(
         fp32 = Path(tmp) / "fp32.onnx"
         export_fp32(model, fp32, meta["input_size"])
         out = Path(tmp) / "model.onnx"
-        if precision == "fp32":
-            os.replace(fp32, out)
-        elif precision == "fp16":
-            to_fp16(fp32, out)
-        elif precision == "int8":
-            to_int8(fp32, out, calibration_images(source, calibration_count))
-            card.source["calibration"] = f"{calibration_count} training-split images, MinMax, per-channel weights"
+        convert = converter(precision)
+        if convert.calibration is None:
+            convert.convert(fp32, out)
         else:
-            raise ValueError(f"unknown precision {precision!r}; valid: fp32, fp16, int8")
+            convert.convert(fp32, out, calibration_images(source, calibration_count))
+            card.source["calibration"] = f"{calibration_count} {convert.calibration}"
         write_card(out, card)
         parity, logits = parity_and_logits(model, OnnxClassifier(out, device="cpu"), val.images, val.labels)
         if not parity.passed:
