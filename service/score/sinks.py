@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, NamedTuple
 
-from .confidence import is_confident
+from ..confidence import is_confident
 
 ENCODING = dict(encoding="utf-8", errors="surrogateescape")
 FORMATS = ("csv", "jsonl")

@@ -1,0 +1,135 @@
+"""Reading and decoding the scorer's images, in worker processes or in the calling one.
+
+A decode worker writes each chunk's model input into a slot of shared memory and replies with the
+positions that decoded and an error per file that did not; nothing it is given can make it raise.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from inference.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_pixels, pixels_to_model_input
+
+# A 32x32 classifier never needs a file this large; reading one would only cost memory.
+MAX_FILE_BYTES = 256 << 20
+
+
+def worker_init(parent_alive=None, nice: int = 0, parent_end=None) -> None:
+    """Set up a decode worker: Ctrl-C is the parent's to handle, exit when the parent dies, lower priority.
+
+    ``parent_alive`` is the read end of a pipe whose only writer is the parent: when the parent is
+    killed (SIGKILL, OOM) the read sees EOF. Without this, a worker waiting for work would wait forever.
+    ``parent_end`` is that writer, which a forked worker holds a copy of and closes (or EOF never comes).
+    ``nice`` lowers the worker's priority so that it decodes in the gaps ONNX Runtime's threads leave
+    and does not preempt them mid-batch (their parallel sections wait for the slowest thread).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a forked copy of the parent's handler
+    if parent_end is not None:
+        parent_end.close()
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:
+            pass
+    if parent_alive is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent_alive,), daemon=True, name="parent-watch").start()
+
+
+def _exit_with_parent(parent_alive) -> None:
+    try:
+        parent_alive.recv_bytes()
+    except (EOFError, OSError):
+        pass
+    os._exit(1)
+
+
+def read_file(path: str) -> bytes:
+    """The file's bytes; ``OSError`` with a readable message otherwise."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO swapped in after the walk must not block
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError("not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise OSError(f"file is {st.st_size} bytes, over the limit of {MAX_FILE_BYTES}")
+        parts = []
+        while part := os.read(fd, st.st_size + 1 if not parts else 1 << 20):
+            parts.append(part)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def read_error(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "file not found (deleted while scoring?)"
+    if exc.strerror:
+        return f"cannot read file: {exc.strerror}"
+    return f"cannot read file: {exc}"
+
+
+@dataclass
+class Decoded:
+    """A chunk after decoding: the model input of the readable images and an error per unreadable one."""
+
+    batch: np.ndarray  # float32 [n_ok, 3, H, W]
+    ok: list[int]  # positions in the chunk of the rows of ``batch``
+    errors: dict[int, str]  # position -> message
+
+
+_attached: dict = {}
+
+
+def image_bytes(size: tuple[int, int]) -> int:
+    """Bytes of one image as model input (float32, 3 x H x W)."""
+    return 3 * size[0] * size[1] * 4
+
+
+def rows_view(buffer, offset: int, count: int, size: tuple[int, int]) -> np.ndarray:
+    """``count`` images of model input stored in ``buffer`` from byte ``offset``: float32 [count, 3, H, W]."""
+    return np.ndarray((count, 3, *size), dtype=np.float32, buffer=buffer, offset=offset)
+
+
+def decode_into(shm_name: str, offset: int, paths: list[str | None],
+                size: tuple[int, int]) -> tuple[list[int], dict[int, str]]:
+    """``decode_chunk`` in a worker, writing the batch into shared memory at ``offset``; returns (ok, errors).
+
+    The reply stays small (a few hundred bytes), so a worker killed while replying cannot leave a
+    half-sent result that would hang the pool, and the pixels are not pickled through a pipe.
+    """
+    from multiprocessing.shared_memory import SharedMemory
+
+    shm = _attached.get(shm_name)
+    if shm is None:
+        shm = _attached[shm_name] = SharedMemory(shm_name)
+    decoded = decode_chunk(paths, size, out=lambda count: rows_view(shm.buf, offset, count, size))
+    return decoded.ok, decoded.errors
+
+
+def decode_chunk(paths: list[str | None], size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS,
+                 out: Callable[[int], np.ndarray] | None = None) -> Decoded:
+    """Read and decode ``paths`` (None: skip that position); never raises for a bad file.
+
+    ``out(count)``, when given, is where the batch of the ``count`` readable images is written."""
+    pixels, ok, errors = [], [], {}
+    for i, path in enumerate(paths):
+        if path is None:
+            continue
+        try:
+            pixels.append(decode_pixels(read_file(path), size, max_pixels))
+            ok.append(i)
+        except OSError as exc:
+            errors[i] = read_error(exc)
+        except ImageDecodeError as exc:
+            errors[i] = str(exc)
+        except Exception as exc:  # a decoder bug on one file must not cost the other files
+            errors[i] = f"could not decode ({type(exc).__name__}: {exc})"
+    batch = pixels_to_model_input(b"".join(pixels), len(ok), size, out(len(ok)) if out else None)
+    return Decoded(batch, ok, errors)
