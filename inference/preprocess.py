@@ -24,7 +24,11 @@ _MAGIC_FORMATS = ((_JPEG_MAGIC, ("JPEG",)), (b"\x89PNG\r\n\x1a\n", ("PNG",)))
 
 
 class ImageDecodeError(ValueError):
-    """The bytes are not a readable image, or the image is too large. The message says which."""
+    """The bytes are not a readable image (or, as ``ImageTooLarge``, one over the pixel limit)."""
+
+
+class ImageTooLarge(ImageDecodeError):
+    """The image has more pixels than allowed: refused before its pixels are decoded."""
 
 
 def decode_image(data: bytes, size: tuple[int, int] = (32, 32), max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -67,7 +71,7 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int) -> Image.Im
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"image too large: {exc}") from exc
+        raise ImageTooLarge(f"image too large: {exc}") from exc
     except Exception as exc:  # Pillow raises many types for bad data; all mean the same to the caller
         raise ImageDecodeError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
     # A JPEG keeps its orientation only in an EXIF block; without one there is nothing to rotate, and
@@ -84,7 +88,7 @@ def _format_hint(data: bytes) -> tuple[str, ...] | None:
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
-        raise ImageDecodeError(f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
 
 
 # Segments a plain JPEG may have before its frame header: JFIF (APP0), quantisation and Huffman tables,

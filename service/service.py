@@ -16,7 +16,6 @@ its flags. Neither torch nor the training package is imported.
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -26,7 +25,8 @@ import anyio.to_thread
 import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -34,13 +34,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from inference.manifest import Manifest, ManifestError, ModelEntry, load_manifest
-from inference.preprocess import ImageDecodeError, decode_pixels, pixels_to_model_input
+from inference.preprocess import pixels_to_model_input
 
-from .batching import BatchGateway, RouterProbe
-from .confidence import is_confident, parse_min_confidence
-from .metrics import REJECTION_REASONS, ServiceMetrics
+from .bentoml_compat import BatchGateway, RouterProbe
+from .confidence import is_confident
+from .contract import REASONS, ClassifyError, ClassifyResponse, ModelInfo, ModelList, Rejection
+from .metrics import ServiceMetrics
 from .settings import ServiceSettings
-from .uploads import Rejection, Upload, read_body, read_classify_form
+from .uploads import (Upload, decode_uploads, integer_k, model_name, read_body, read_classify_form, rejection_from,
+                      threshold)
 
 with bentoml.importing():
     import onnxruntime as ort
@@ -66,48 +68,11 @@ STREAMS = SETTINGS.inference_streams(ON_GPU)
 INTRA_OP_THREADS = SETTINGS.intra_op_threads(ON_GPU)
 
 DEFAULT_K = 5
-_NOT_GIVEN = object()
 # name -> bytes of one image's pixels, for validating /infer input; filled when the models are loaded.
 _PIXEL_BYTES: dict[str, int] = {}
 
 
-# ---------------------------------------------------------------------------------------------- I/O models
-class TopK(BaseModel):
-    label: str
-    index: int = Field(description="class index in the model's output")
-    confidence: float = Field(ge=0.0, le=1.0, description="softmax probability")
-
-
-class Prediction(BaseModel):
-    filename: str = Field(description="the uploaded file's name, as sent")
-    top_k: list[TopK] = Field(description="the k most likely classes, most likely first")
-    confident: Optional[bool] = Field(None, description="whether the top-1 confidence is at least min_confidence; "
-                                                        "present only when the request gave min_confidence")
-
-
-class ClassifyResponse(BaseModel):
-    model: str = Field(description="the model that answered")
-    predictions: list[Prediction] = Field(description="one entry per image, in the order sent")
-
-
-class ModelInfo(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
-
-    name: str
-    dataset: str
-    arch: str
-    classes: list[str]
-    precision: str
-    accuracy: Optional[float] = Field(description="validation top-1 accuracy recorded at export")
-    input_size: list[int] = Field(description="[height, width] images are resized to")
-    default: bool
-
-
-class ModelList(BaseModel):
-    default: str
-    models: list[ModelInfo]
-
-
+# ---------------------------------------------------------------------------------------------- inputs
 class InferItem(BaseModel):
     """One decoded image for the batchable stage."""
 
@@ -164,26 +129,44 @@ def _validation_error(kind: str, message: str) -> ValidationError:
 class ClassifyInput(bentoml.IODescriptor):
     """multipart/form-data; parsed by hand (not by BentoML) so that limits hold and bad input is a 4xx."""
 
-    images: Annotated[list[Path], Field(
+    # A request either validates into these fields, or it is refused: then ``rejection`` says why and the
+    # others keep their defaults (which is why ``images``, required on the wire, has one here).
+    # ``k``, ``model`` and ``min_confidence`` are None when not given.
+    model_config = ConfigDict(json_schema_extra={"required": ["images"]})
+
+    images: Annotated[list[Annotated[Upload, WithJsonSchema({"type": "string", "format": "binary"})]], Field(
         min_length=1, max_length=SETTINGS.max_images,
         description=f"one file per image (JPEG, PNG, BMP, GIF, TIFF, WebP, ...), at most {SETTINGS.max_images}; "
                     "any size up to the pixel limit, any mode (grayscale, RGBA, palette, CMYK, 16-bit); EXIF "
-                    "rotation is applied and images are resized (bilinear) to the model's input size, 32x32 for CIFAR")]
-    k: Annotated[int, Field(ge=1, description="how many classes to return per image, at most the model's class "
-                                              "count; default 5, or all classes of a model with fewer")] = DEFAULT_K
-    model: Annotated[Optional[str], Field(description="a model name from /models; default: the manifest's default")] = None
-    min_confidence: Annotated[Optional[float], Field(
-        ge=0.0, le=1.0, description="mark each prediction whose top-1 confidence is below this (0 to 1) with "
-                                    "\"confident\": false (and the others true) instead of leaving it out; "
-                                    "default: no threshold and no \"confident\" field")] = None
+                    "rotation is applied and images are resized (bilinear) to the model's input size, 32x32 for CIFAR",
+        default_factory=list)]
+    # Not given: 5, or every class of a model with fewer; the most a model allows is checked against that model.
+    k: Annotated[Optional[Annotated[int, Field(ge=1)]], BeforeValidator(integer_k),
+                 WithJsonSchema({"type": "integer", "minimum": 1}), Field(
+        description="how many classes to return per image, at most the model's class count; default 5, or all "
+                    "classes of a model with fewer", json_schema_extra={"default": DEFAULT_K})] = None
+    model: Annotated[Optional[str], BeforeValidator(model_name),
+                     Field(description="a model name from /models; default: the manifest's default")] = None
+    min_confidence: Annotated[Optional[Annotated[float, Field(ge=0.0, le=1.0)]], BeforeValidator(threshold), Field(
+        description="mark each prediction whose top-1 confidence is below this (0 to 1) with \"confident\": false "
+                    "(and the others true) instead of leaving it out; default: no threshold and no \"confident\" "
+                    "field")] = None
+    rejection: SkipJsonSchema[Optional[Rejection]] = None
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> "ClassifyInput":
-        parsed = await read_classify_form(request, SETTINGS.max_images, SETTINGS.max_body_bytes)
-        if isinstance(parsed, Rejection):
-            return cls.model_construct(images=parsed, k=_NOT_GIVEN, model=None, min_confidence=None)
-        return cls.model_construct(images=parsed.uploads, k=parsed.fields.get("k", _NOT_GIVEN),
-                                   model=parsed.fields.get("model"), min_confidence=parsed.fields.get("min_confidence"))
+        fields = await read_classify_form(request, SETTINGS.max_images, SETTINGS.max_body_bytes)
+        if isinstance(fields, Rejection):
+            return cls(rejection=fields)
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            return cls(rejection=rejection_from(exc))
+
+
+# BentoML takes a field for a file only when it is typed as a path or an image; these are uploads in memory.
+ClassifyInput.media_type = "multipart/form-data"
+ClassifyInput.multipart_fields = ["images"]
 
 
 class LoadedModel:
@@ -232,52 +215,45 @@ class Classifier:
         return self.ready
 
     @bentoml.api(input_spec=ClassifyInput, output_spec=ClassifyResponse)
-    async def classify(self, images: Any, k: Any = _NOT_GIVEN, model: Any = None, min_confidence: Any = None) -> Any:
+    async def classify(self, images: list[Upload], k: Optional[int] = None, model: Optional[str] = None,
+                       min_confidence: Optional[float] = None, rejection: Optional[Rejection] = None) -> JSONResponse:
         """Top-k classes for each uploaded image, in the order sent.
 
         multipart/form-data with one or more `images` files, optional `k` (default 5), `model`
         (default: the manifest's default) and `min_confidence` (0 to 1: each prediction then says
-        whether its top-1 confidence reaches it, as `confident`). Errors: 400 bad input (not an
-        image, truncated or empty file, too many images, bad k or min_confidence, malformed form),
-        404 unknown model, 413 body or image too large, 415 not multipart; each as
-        {"error": message, "reason": label}.
+        whether its top-1 confidence reaches it, as `confident`). A refused request is answered
+        {"error": message, "reason": label}, with the status its reason has (listed below).
         """
-        if isinstance(images, Rejection):
-            return self._reject(images)
+        if rejection is not None:
+            return self._reject(rejection)
         choice = self._choose(model, k)
         if isinstance(choice, Rejection):
             return self._reject(choice)
         loaded, k = choice
-        threshold = _threshold(min_confidence)
-        if isinstance(threshold, Rejection):
-            return self._reject(threshold)
-        decoded = await anyio.to_thread.run_sync(_decode_all, images, loaded.size, SETTINGS.max_pixels,
+        decoded = await anyio.to_thread.run_sync(decode_uploads, images, loaded.size, SETTINGS.max_pixels,
                                                  limiter=self._decode_limiter)
         if isinstance(decoded, Rejection):
             return self._reject(decoded)
-        items = [InferItem.model_construct(model=loaded.entry.name, pixels=pixels) for pixels in decoded]
+        items = [InferItem(model=loaded.entry.name, pixels=pixels) for pixels in decoded]
         try:
             # One dispatcher job per request (measured: one per image costs ~0.1-0.2 ms more CPU per image
             # in BentoML's per-call bookkeeping); a job larger than the room left in a batch is split.
             rows = await self._infer(items)
         except BentoMLException as exc:
             if exc.error_code.value == 503:  # the dispatcher shed the request: over max_latency_ms
-                return JSONResponse({"error": f"overloaded, try again: {exc.message}", "reason": "overloaded"},
-                                    status_code=503, headers={"Retry-After": "1"})
+                return self._reject(Rejection("overloaded", f"overloaded, try again: {exc.message}"),
+                                    headers={"Retry-After": "1"})
             raise
-        probs = np.asarray(rows, dtype=np.float64)
-        idx, conf = top_k(probs, k)
+        idx, conf = top_k(np.asarray(rows, dtype=np.float64), k)
         classes = loaded.classes
-        predictions = [
+        answer = ClassifyResponse.model_validate({"model": loaded.entry.name, "predictions": [
             {"filename": upload.filename,
-             "top_k": [{"label": classes[c], "index": c, "confidence": p} for c, p in zip(ci, pi)]}
-            for upload, ci, pi in zip(images, idx.tolist(), conf.tolist())
-        ]
-        if threshold is not None:  # top_k holds at least one class (k >= 1), and the first is the most likely
-            for prediction in predictions:
-                prediction["confident"] = is_confident(prediction["top_k"][0]["confidence"], threshold)
+             "top_k": [{"label": classes[c], "index": c, "confidence": p} for c, p in zip(ci, pi)],
+             # top_k holds at least one class (k >= 1), and the first is the most likely
+             "confident": None if min_confidence is None else is_confident(pi[0], min_confidence)}
+            for upload, ci, pi in zip(images, idx.tolist(), conf.tolist())]})
         self.metrics.predicted(loaded.entry.name, len(images))
-        return JSONResponse({"model": loaded.entry.name, "predictions": predictions})
+        return JSONResponse(answer.to_json())
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=SETTINGS.max_batch_size,
                  max_latency_ms=SETTINGS.max_latency_ms, input_spec=InferInput)
@@ -304,64 +280,24 @@ class Classifier:
         """The models this service can answer with (also as GET /models)."""
         return model_list(self.manifest)
 
-    def _choose(self, model: Any, k: Any) -> tuple[LoadedModel, int] | Rejection:
-        if model is None or model == "":
-            name = self.manifest.default
-        elif isinstance(model, str):
-            name = model
-        else:
-            return Rejection(400, "malformed_request", f"'model' must be a model name, got {model!r}")
+    def _choose(self, model: Optional[str], k: Optional[int]) -> tuple[LoadedModel, int] | Rejection:
+        """The model asked for and the k to answer with, checked against that model."""
+        name = model or self.manifest.default
         loaded = self.loaded.get(name)
         if loaded is None:
-            return Rejection(404, "unknown_model",
-                             f"unknown model {name[:100]!r}; available: {', '.join(self.loaded)}")
-        if k is _NOT_GIVEN:  # 5, or every class of a model with fewer
-            return loaded, min(DEFAULT_K, len(loaded.classes))
-        if isinstance(k, str):
-            try:
-                k = int(k.strip())
-            except ValueError:
-                return Rejection(400, "bad_k", f"k must be an integer, got {k[:50]!r}")
-        if isinstance(k, bool) or not isinstance(k, int):
-            return Rejection(400, "bad_k", f"k must be an integer, got {k!r}"[:200])
-        if not 1 <= k <= len(loaded.classes):
-            return Rejection(400, "bad_k", f"k must be between 1 and {len(loaded.classes)} "
-                                           f"(model {name!r} has {len(loaded.classes)} classes), got {k}")
+            return Rejection("unknown_model", f"unknown model {name[:100]!r}; available: {', '.join(self.loaded)}")
+        classes = len(loaded.classes)
+        if k is None:
+            return loaded, min(DEFAULT_K, classes)
+        if k > classes:
+            return Rejection("bad_k", f"k must be between 1 and {classes} (model {name!r} has {classes} classes), "
+                                      f"got {k}")
         return loaded, k
 
-    def _reject(self, rejection: Rejection) -> JSONResponse:
-        self.metrics.reject(rejection.reason)
-        return JSONResponse(rejection.body(), status_code=rejection.status)
-
-
-def _threshold(value: Any) -> float | None | Rejection:
-    """The min_confidence given, None when absent (JSON null counts as absent, as for ``model``)."""
-    if value is None:
-        return None
-    try:
-        return parse_min_confidence(value)
-    except ValueError as exc:
-        return Rejection(400, "bad_min_confidence", f"min_confidence {exc}")
-
-
-_MEMORY_ADDRESS = re.compile(r" <_io\.BytesIO object at 0x[0-9a-f]+>")
-
-
-def _decode_all(uploads: list[Upload], size: tuple[int, int], max_pixels: int) -> list[bytes] | Rejection:
-    """Every upload as the model's input pixels, or the first one's problem."""
-    out = []
-    for i, upload in enumerate(uploads):
-        where = f"images[{i}] ({upload.filename!r})"
-        if not upload.data:
-            return Rejection(400, "empty_file", f"{where} is an empty file (0 bytes)")
-        try:
-            out.append(decode_pixels(upload.data, size, max_pixels))
-        except ImageDecodeError as exc:
-            message = _MEMORY_ADDRESS.sub("", str(exc))
-            if "over the limit" in message or "too large" in message:
-                return Rejection(413, "image_too_large", f"{where}: {message}")
-            return Rejection(400, "not_an_image", f"{where}: {message}")
-    return out
+    def _reject(self, rejection: Rejection, headers: dict[str, str] | None = None) -> JSONResponse:
+        if REASONS[rejection.reason].counted:
+            self.metrics.reject(rejection.reason)
+        return JSONResponse(rejection.body(), status_code=rejection.status, headers=headers)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -439,11 +375,7 @@ def document_openapi(spec: Any) -> Any:
     """Add what BentoML cannot infer: /classify's error answers and GET /models."""
     from bentoml._internal.service.openapi.specification import Schema
 
-    spec.components["schemas"]["ClassifyError"] = Schema(
-        type="object", title="ClassifyError", required=["error", "reason"],
-        properties={"error": Schema(type="string", description="what was wrong, for a person"),
-                    "reason": Schema(type="string", enum=[*REJECTION_REASONS, "overloaded"],
-                                     description="what was wrong, for a program (also the metrics label)")})
+    spec.components["schemas"]["ClassifyError"] = Schema(**ClassifyError.model_json_schema())
     # BentoML's own 400 answers (pydantic errors on /infer and /models) carry a list in "detail".
     for name in ("InvalidArgument", "NotFound", "InternalServerError"):
         if name in spec.components["schemas"]:
@@ -455,7 +387,8 @@ def document_openapi(spec: Any) -> Any:
     content = classify["requestBody"]["content"]
     # Other fields are refused (400), not ignored.
     form = attrs.evolve(content["multipart/form-data"].schema, additionalProperties=False)
-    content["multipart/form-data"] = attrs.evolve(content["multipart/form-data"], schema=form)
+    encoding = {name: e for name, e in (content["multipart/form-data"].encoding or {}).items() if name in form.properties}
+    content["multipart/form-data"] = attrs.evolve(content["multipart/form-data"], schema=form, encoding=encoding)
     for name in ("model", "min_confidence"):  # null means "not given", as for an absent field
         form.properties[name] = {**form.properties[name], "nullable": True}
     instance = _current_instance()
@@ -473,14 +406,10 @@ def document_openapi(spec: Any) -> Any:
             length = sizes.pop() // 3 * 4
             item.properties["pixels"] = {**item.properties["pixels"], "minLength": length, "maxLength": length,
                                          "pattern": "^([A-Za-z0-9+/]*|[A-Za-z0-9_-]*)$"}
-    classify["responses"].update({
-        400: _error_response("bad input: not an image, a truncated or empty file, too many images, a bad k or "
-                             "min_confidence, a malformed form"),
-        404: _error_response("unknown model"),
-        413: _error_response("request body over the size limit, or an image over the pixel limit"),
-        415: _error_response("not multipart/form-data"),
-        503: _error_response("overloaded: the request would wait longer than the batching latency limit"),
-    })
+    statuses: dict[int, list[str]] = {}
+    for reason in REASONS.values():
+        statuses.setdefault(reason.status, []).append(reason.when)
+    classify["responses"].update({status: _error_response("; ".join(whens)) for status, whens in statuses.items()})
     models = spec.paths["/models"]
     get = {key: value for key, value in models.post.items() if key != "requestBody"}
     spec.paths["/models"] = attrs.evolve(models, get={**get, "operationId": f"{get['operationId']}_get",

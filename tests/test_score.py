@@ -21,6 +21,7 @@ from PIL import Image
 from conftest import ROOT, running_service
 from inference.preprocess import decode_image, to_model_input
 from inference.runtime import OnnxClassifier
+from service.contract import ModelInfo, ModelList
 from service.score.cli import main as score_main
 from service.score.remote import RemoteBackend
 from service.score.sinks import CsvFormat, JsonlFormat, OutputError, resume_output
@@ -442,8 +443,10 @@ def _classify_handler(fail_first: int = 0, max_images: int = 64):
         if request.url.path == "/readyz":
             return httpx.Response(200, json={"status": "ready"})
         if request.url.path == "/models":
-            return httpx.Response(200, json={"default": "fake", "models": [
-                {"name": "fake", "classes": ["alpha", "beta", "gamma"]}]})
+            listing = ModelList(default="fake", models=[ModelInfo(
+                name="fake", dataset="folder", arch="resnet9", classes=["alpha", "beta", "gamma"], precision="fp32",
+                accuracy=None, input_size=[32, 32], default=True)])
+            return httpx.Response(200, json=listing.model_dump(mode="json"))
         calls["requests"] += 1
         if calls["requests"] <= fail_first:
             return httpx.Response(503, json={"error": "warming up", "reason": "overloaded"})

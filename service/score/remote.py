@@ -6,6 +6,9 @@ import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from pydantic import ValidationError
+
+from ..contract import REASONS, ClassifyError, ClassifyResponse, ModelList
 from .decode import read_error, read_file
 from .errors import RemoteError, UserError
 from .sinks import Prediction, Row
@@ -20,10 +23,6 @@ class RemoteBackend:
 
     RETRIES = 5  # for connection errors, 5xx (503: the service sheds load), 408 and 429; waits double from RETRY_DELAY
     RETRY_DELAY = 0.5
-    # 4xx reasons about the request rather than one of its images: retrying image by image cannot help.
-    REQUEST_ERRORS = frozenset({"bad_k", "unknown_model", "unsupported_media_type", "no_images"})
-    # 4xx reasons meaning "fewer images per request": split the request in two.
-    TOO_BIG = frozenset({"too_many_images", "body_too_large"})
 
     def __init__(self, url: str, model: str | None, workers: int | None, timeout: float, per_request: int) -> None:
         import httpx
@@ -52,12 +51,11 @@ class RemoteBackend:
         except httpx.HTTPError as exc:
             raise UserError(f"cannot reach the service at {self.url}: {exc}") from None
         try:
-            body = listing.json()
-            models = {m["name"]: list(m["classes"]) for m in body["models"]}
-            default = body["default"]
-        except (ValueError, KeyError, TypeError):
+            listed = ModelList.model_validate_json(listing.content)
+        except ValidationError:
             return model, None
-        name = model or default
+        models = {m.name: m.classes for m in listed.models}
+        name = model or listed.default
         if name not in models:
             raise UserError(f"unknown model {name!r}; the service at {self.url} has: {', '.join(models)}")
         return name, models[name]
@@ -92,11 +90,13 @@ class RemoteBackend:
                 rows[i] = row
             return
         status, reason, message = result
-        if reason in self.REQUEST_ERRORS:
+        # What to do is the contract's (contract.REASONS); a 413 without a reason is a proxy's body limit.
+        remedy = REASONS[reason].remedy if reason in REASONS else "fewer" if status == 413 else "alone"
+        if remedy == "stop":
             raise RemoteError(f"the service at {self.url} rejected the request ({status}): {message}")
         if len(items) == 1:
             rows[items[0][0]] = Row(chunk[items[0][0]].rel, error=message)
-        elif reason in self.TOO_BIG or status == 413:
+        elif remedy == "fewer":
             half = (len(items) + 1) // 2
             self.per_request = min(self.per_request, half)
             self._send(chunk, items[:half], rows)
@@ -133,22 +133,15 @@ class RemoteBackend:
 
     def _parse(self, chunk, items, response) -> list[Row]:
         try:
-            body = response.json()
-            predictions = body["predictions"]
-            if len(predictions) != len(items):
-                raise ValueError(f"{len(predictions)} predictions for {len(items)} images")
-            self.name = self.name or body.get("model")
-            rows = []
-            for (i, _), pred in zip(items, predictions):
-                if pred.get("error"):
-                    rows.append(Row(chunk[i].rel, error=str(pred["error"])))
-                else:
-                    rows.append(Row(chunk[i].rel, [Prediction(t["label"], int(t["index"]), float(t["confidence"]))
-                                                   for t in pred["top_k"]]))
-            return rows
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            answer = ClassifyResponse.model_validate_json(response.content)
+            if len(answer.predictions) != len(items):
+                raise ValueError(f"{len(answer.predictions)} predictions for {len(items)} images")
+        except ValueError as exc:  # pydantic's ValidationError among them
             raise RemoteError(f"unexpected answer from {self.url}/classify ({type(exc).__name__}: {exc}): "
                               f"{response.text[:300]}") from None
+        self.name = self.name or answer.model
+        return [Row(chunk[i].rel, [Prediction(t.label, t.index, t.confidence) for t in prediction.top_k])
+                for (i, _), prediction in zip(items, answer.predictions)]
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -156,7 +149,12 @@ class RemoteBackend:
 
 
 def _error_message(response) -> tuple[str | None, str]:
-    """(reason, message) of an error answer: the service's {"error": ..., "reason": ...}, or its text."""
+    """(reason, message) of an error answer: the service's ``ClassifyError``, or what else it says."""
+    try:
+        refusal = ClassifyError.model_validate_json(response.content)
+        return refusal.reason, refusal.error
+    except ValueError:
+        pass
     try:
         body = response.json()
     except ValueError:
