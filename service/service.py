@@ -7,8 +7,9 @@
 
 /classify validates and decodes at the edge (numpy/Pillow, in a thread pool) and hands uint8 pixels
 to ``infer``, whose BentoML dispatcher groups images from concurrent requests into one ONNX Runtime
-batch (see batching.py for how it is called in-process). Every caller mistake is a 4xx JSON
-``{"error": message, "reason": label}``, counted in ``cifar_rejected_inputs_total{reason=...}``.
+batch (bentoml_compat.py calls it in-process). Every refusal is JSON ``{"error": message, "reason":
+label}`` with the status contract.REASONS gives the reason; a caller's mistake is counted in
+``cifar_rejected_inputs_total{reason=...}``.
 
 Settings come from environment variables (settings.py), which ``python -m service serve`` sets from
 its flags. Neither torch nor the training package is imported.
@@ -16,11 +17,9 @@ its flags. Neither torch nor the training package is imported.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import anyio
-import attrs
 import anyio.to_thread
 import bentoml
 import numpy as np
@@ -33,21 +32,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from inference.manifest import Manifest, ManifestError, ModelEntry, load_manifest
 from inference.preprocess import pixels_to_model_input
 
+from . import bentoml_compat
 from .bentoml_compat import BatchGateway, RouterProbe
 from .confidence import is_confident
-from .contract import REASONS, ClassifyError, ClassifyResponse, ModelInfo, ModelList, Rejection
+from .contract import REASONS, ClassifyResponse, ModelList, Rejection
 from .metrics import ServiceMetrics
+from .openapi import document_openapi
 from .settings import ServiceSettings
 from .uploads import (Upload, decode_uploads, integer_k, model_name, read_body, read_classify_form, rejection_from,
                       threshold)
 
-with bentoml.importing():
-    import onnxruntime as ort
+with bentoml.importing():  # onnxruntime may be missing where the Bento is only being built
+    from inference.runtime import top_k, wants_cuda
 
-    from inference.runtime import OnnxClassifier, top_k, wants_cuda
+    from .loading import LoadedModel, load_models, model_list
 
 # Under "bentoml": the logger BentoML configures (INFO) in its server processes.
 log = logging.getLogger("bentoml.cifar")
@@ -164,17 +164,7 @@ class ClassifyInput(bentoml.IODescriptor):
             return cls(rejection=rejection_from(exc))
 
 
-# BentoML takes a field for a file only when it is typed as a path or an image; these are uploads in memory.
-ClassifyInput.media_type = "multipart/form-data"
-ClassifyInput.multipart_fields = ["images"]
-
-
-class LoadedModel:
-    def __init__(self, entry: ModelEntry, classifier: OnnxClassifier) -> None:
-        self.entry = entry
-        self.classifier = classifier
-        self.size = entry.input.size
-        self.classes = entry.classes
+bentoml_compat.declare_multipart(ClassifyInput, ["images"])
 
 
 # ---------------------------------------------------------------------------------------------- the service
@@ -199,11 +189,7 @@ class Classifier:
         _PIXEL_BYTES.update({name: m.size[0] * m.size[1] * 3 for name, m in self.loaded.items()})
         self._decode_limiter = anyio.CapacityLimiter(SETTINGS.decoder_threads)
         self._infer = BatchGateway("infer", lambda: self.to_async.infer, concurrency=STREAMS)
-        # BentoML's API descriptor builds a new wrapper (inspect.signature, functools.wraps: ~50 us) on every
-        # attribute access, and its server looks the API up once per request and once per batched job.
-        # Binding once here, in the instance, answers those look-ups with the same local callable.
-        for name in ("classify", "infer", "models"):
-            self.__dict__[name] = getattr(type(self), name).__get__(self, type(self))
+        bentoml_compat.bind_apis(self, ("classify", "infer", "models"))
         self.ready = True
         log.info("ready: models %s (default %s) on %s; batches of up to %d images within %d ms, %d at once "
                  "on %d thread(s) each",
@@ -300,46 +286,6 @@ class Classifier:
         return JSONResponse(rejection.body(), status_code=rejection.status, headers=headers)
 
 
-# ---------------------------------------------------------------------------------------------- loading
-def load_models(settings: ServiceSettings) -> tuple[Manifest, dict[str, LoadedModel]]:
-    """Every model in the manifest, each file checked against its sha256 first, warmed up and ready."""
-    manifest = load_manifest(settings.models_dir, verify=True)
-    on_gpu = wants_cuda(settings.device)  # type: ignore[arg-type]
-    if on_gpu:
-        _preload_cuda()
-    loaded = {}
-    for entry in manifest.models:
-        classifier = OnnxClassifier(Path(settings.models_dir) / entry.file, device=settings.device,  # type: ignore[arg-type]
-                                    threads=settings.intra_op_threads(on_gpu), spin=False)
-        card = classifier.card
-        if (card.classes, card.precision, card.input) != (entry.classes, entry.precision, entry.input):
-            raise ManifestError(f"model {entry.name!r}: {entry.file} describes itself differently from the manifest "
-                                f"(classes, precision or input); re-export it")
-        if settings.device == "cuda" and not classifier.on_gpu:
-            raise RuntimeError(f"--device cuda, but ONNX Runtime could not use CUDA for {entry.name!r} "
-                               f"(providers {classifier.providers}): check the driver, CUDA 13 and cuDNN 9")
-        height, width = entry.input.size
-        for n in sorted({1, settings.max_batch_size}):  # first-call allocations and kernel choice, before traffic
-            classifier.logits(np.zeros((n, 3, height, width), dtype=np.float32))
-        loaded[entry.name] = LoadedModel(entry, classifier)
-    return manifest, loaded
-
-
-def _preload_cuda() -> None:
-    """Load the pip-installed CUDA 13 / cuDNN 9 libraries (nvidia-* wheels) before the first CUDA session."""
-    try:
-        ort.preload_dlls()
-    except Exception as exc:  # the system's libraries may still be found by the loader
-        log.warning("onnxruntime.preload_dlls() failed (%s); relying on the system's CUDA libraries", exc)
-
-
-def model_list(manifest: Manifest) -> ModelList:
-    return ModelList(default=manifest.default, models=[
-        ModelInfo(name=m.name, dataset=m.dataset, arch=m.arch, classes=m.classes, precision=m.precision,
-                  accuracy=m.metrics.get("val_top1"), input_size=list(m.input.size), default=m.name == manifest.default)
-        for m in manifest.models])
-
-
 # ---------------------------------------------------------------------------------------------- GET /models
 def _current_instance() -> Any:
     try:
@@ -366,71 +312,9 @@ Classifier.add_asgi_middleware(RouterProbe)
 
 
 # ---------------------------------------------------------------------------------------------- OpenAPI
-def _error_response(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ClassifyError"}}}}
-
-
-def document_openapi(spec: Any) -> Any:
-    """Add what BentoML cannot infer: /classify's error answers and GET /models."""
-    from bentoml._internal.service.openapi.specification import Schema
-
-    spec.components["schemas"]["ClassifyError"] = Schema(**ClassifyError.model_json_schema())
-    # BentoML's own 400 answers (pydantic errors on /infer and /models) carry a list in "detail".
-    for name in ("InvalidArgument", "NotFound", "InternalServerError"):
-        if name in spec.components["schemas"]:
-            spec.components["schemas"][name].properties["detail"] = Schema(
-                title="Error Detail", description="a message, or a list of validation errors")
-    classify = spec.paths["/classify"].post
-    for path in ("/classify", "/infer"):  # BentoML leaves the body optional; neither API means anything without one
-        spec.paths[path].post["requestBody"]["required"] = True
-    content = classify["requestBody"]["content"]
-    # Other fields are refused (400), not ignored.
-    form = attrs.evolve(content["multipart/form-data"].schema, additionalProperties=False)
-    encoding = {name: e for name, e in (content["multipart/form-data"].encoding or {}).items() if name in form.properties}
-    content["multipart/form-data"] = attrs.evolve(content["multipart/form-data"], schema=form, encoding=encoding)
-    for name in ("model", "min_confidence"):  # null means "not given", as for an absent field
-        form.properties[name] = {**form.properties[name], "nullable": True}
+def _document(document: dict) -> dict:
     instance = _current_instance()
-    if instance is not None and getattr(instance, "loaded", None):  # known once the models are loaded
-        most = max(len(m.classes) for m in instance.loaded.values())
-        form.properties["k"] = {**form.properties["k"], "maximum": most, "default": min(DEFAULT_K, most)}
-        names = list(instance.loaded)
-        form.properties["model"] = {**form.properties["model"], "enum": [*names, None]}
-        item = spec.components["schemas"]["InferItem"]
-        item.properties["model"] = {**item.properties["model"], "enum": names}
-        sizes = {_PIXEL_BYTES[name] for name in names if name in _PIXEL_BYTES}
-        # One pixel size for every model, a whole number of 3-byte groups: one exact base64 length, no padding
-        # (else the length depends on the model, as the description says).
-        if len(sizes) == 1 and next(iter(sizes)) % 3 == 0:
-            length = sizes.pop() // 3 * 4
-            item.properties["pixels"] = {**item.properties["pixels"], "minLength": length, "maxLength": length,
-                                         "pattern": "^([A-Za-z0-9+/]*|[A-Za-z0-9_-]*)$"}
-    statuses: dict[int, list[str]] = {}
-    for reason in REASONS.values():
-        statuses.setdefault(reason.status, []).append(reason.when)
-    classify["responses"].update({status: _error_response("; ".join(whens)) for status, whens in statuses.items()})
-    models = spec.paths["/models"]
-    get = {key: value for key, value in models.post.items() if key != "requestBody"}
-    spec.paths["/models"] = attrs.evolve(models, get={**get, "operationId": f"{get['operationId']}_get",
-                                                       "x-bentoml-name": "models_get"})
-    return spec
+    return document_openapi(document, getattr(instance, "loaded", None), DEFAULT_K)
 
 
-def _install_openapi_documentation(svc: Any) -> None:
-    base = type(svc)
-
-    class DocumentedService(base):  # type: ignore[misc, valid-type]
-        __slots__ = ()
-
-        @property
-        def openapi_spec(self):  # noqa: D401 - BentoML's property, extended
-            return document_openapi(base.openapi_spec.fget(self))
-
-    try:
-        svc.__class__ = DocumentedService
-    except TypeError as exc:  # a BentoML whose Service cannot be specialised: keep its own document
-        log.warning("cannot extend the OpenAPI document (%s)", exc)
-
-
-_install_openapi_documentation(Classifier)
+bentoml_compat.extend_openapi(Classifier, _document)
