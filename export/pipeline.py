@@ -68,7 +68,7 @@ def export_checkpoint(
     and divides the graph's logits by it after the averaging; parity is measured against the same
     division in PyTorch. The card records the method and T (``calibration``) and, in
     ``metrics["calibration"]``, ECE/NLL/Brier before and after, and with a T refitted on this
-    variant's own logits. ``"none"`` exports the graph as it was before calibration existed."""
+    variant's own logits. ``"none"`` exports the graph without the division."""
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)

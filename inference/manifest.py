@@ -77,7 +77,7 @@ class ModelCard(BaseModel):
     output: str = "logits"
     metrics: dict[str, Any] = Field(default_factory=dict)
     source: dict[str, Any] = Field(default_factory=dict)  # checkpoint, recipe, export tool versions
-    # Files exported before calibration existed have no division in their graph, which is what the default says.
+    # A card without a calibration record describes a graph without the division: the default says so.
     calibration: Calibration = Field(default_factory=Calibration)
 
     @model_validator(mode="after")

@@ -114,8 +114,8 @@ def _forget_stale_wait(dispatcher: Any) -> None:
     BentoML's CorkDispatcher waits for company while ``n * (wn + dt + a) <= optimizer.wait * 0.95``, where
     ``optimizer.wait`` is the mean queueing delay of the last 50 batches, its own deliberate waiting
     included: after a burst it keeps delaying requests that arrive alone, and only unlearns it by a few
-    percent every 5 s (measured: 57 ms instead of 5 ms for a 16-image request at concurrency 1, after a
-    run at concurrency 64). When nothing is queued and no batch is running, that estimate is stale.
+    percent every 5 s (docs/measurements.md, "Service internals"). When nothing is queued and no batch is
+    running, that estimate is stale.
     """
     try:
         if not dispatcher._queue and not dispatcher._sema.is_locked():

@@ -222,8 +222,8 @@ class Classifier:
             return self._reject(decoded)
         items = [InferItem(model=loaded.entry.name, pixels=pixels) for pixels in decoded]
         try:
-            # One dispatcher job per request (measured: one per image costs ~0.1-0.2 ms more CPU per image
-            # in BentoML's per-call bookkeeping); a job larger than the room left in a batch is split.
+            # One dispatcher job per request: one per image pays BentoML's per-call bookkeeping per image
+            # (docs/measurements.md, "Service internals"); a job larger than the room left in a batch is split.
             rows = await self._infer(items)
         except BentoMLException as exc:
             if exc.error_code.value == 503:  # the dispatcher shed the request: over max_latency_ms

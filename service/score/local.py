@@ -18,23 +18,22 @@ from .decode import Decoded, decode_chunk, decode_into, image_bytes, rows_view, 
 from .sinks import Prediction, Row
 from .walk import Entry
 
-# Images per inference call. CPU, 2 x 1-thread streams: the raw engine ran the INT8 model at 3,120-3,240 images/s
-# with 64 or 128 and 2,940-3,100 with 256 (smaller activations stay in cache), FP32 at 1,010-1,070 with 128 and
-# 980-1,065 with 256; and smaller chunks shorten the start and the end of a run, where a stream waits for work.
-# GPU: larger batches (unmeasured here).
+# Images per inference call. On CPU the engine is as fast or faster at 128 than at 256 (smaller activations
+# stay in cache), and smaller chunks shorten the start and the end of a run, where a stream waits for work
+# (docs/measurements.md, "Batch scorer"). On a GPU larger batches (not measured: no GPU here).
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_GPU_BATCH_SIZE = 256
 # CPU inference: decode workers run at a lower priority, filling the gaps ONNX Runtime leaves instead of
-# preempting its threads (measured on 2 cores, fp32: 1530-1680 images/s at equal priority, 1650-1770 niced).
+# preempting its threads (docs/measurements.md, "Batch scorer").
 WORKER_NICE = 10
 SHM_BUDGET_BYTES = 48 << 20  # decoded chunks in flight (3 MiB per 256 CIFAR images)
 
 
 def default_workers(cores: int, on_gpu: bool) -> int:
     """Decode processes. On CPU they run niced (WORKER_NICE) and so take only what inference leaves:
-    one per core, measured on 2 cores 1-5 points of the raw engine ahead of one worker and of decoding
-    between inference calls (bench/bench_score.py). With a GPU decoding is the bottleneck: every core
-    but the one feeding the GPU, at normal priority."""
+    one per core, ahead of one worker and of decoding between inference calls (docs/measurements.md,
+    "Batch scorer"). With a GPU decoding is the bottleneck: every core but the one feeding the GPU, at
+    normal priority."""
     if on_gpu:
         return max(1, cores - 1)
     return max(1, min(cores, 8))
@@ -70,8 +69,8 @@ class LocalBackend:
         self._decoding(cores, on_gpu, workers)
         if self.workers:
             self._new_pool(before_inference=True)
-        # Threads that sleep between batches leave the cores to the decode workers (spinning ones cost
-        # 10-20% of throughput on 2 cores, bench/bench_score.py).
+        # Threads that sleep between batches leave the cores to the decode workers (docs/measurements.md,
+        # "Batch scorer").
         self.clf = OnnxClassifier(path, device=device, threads=threads or threads_per_stream(cores, self.streams),
                                   spin=False)
         if on_gpu and not self.clf.on_gpu:  # CUDA asked for but not there
@@ -87,7 +86,7 @@ class LocalBackend:
             batch_size = DEFAULT_GPU_BATCH_SIZE if on_gpu else DEFAULT_BATCH_SIZE
         self.batch_size = batch_size
         self.slot_bytes = batch_size * image_bytes(self.size)
-        # One slot per chunk in flight, plus the one _pipeline holds before handing it on; within what
+        # One slot per chunk in flight, plus the one the pipeline holds before handing it on; within what
         # /dev/shm can hold (64 MiB in a default Docker container), since writing past it is a SIGBUS.
         slots = min(2 * self.workers + self.streams, max(3, SHM_BUDGET_BYTES // self.slot_bytes),
                     _shm_free() // self.slot_bytes)
@@ -114,10 +113,9 @@ class LocalBackend:
 
         The first pool forks from this process while it is still single-threaded (before ONNX Runtime or
         any thread of ours has started) and has its workers started at once: they inherit the imported
-        decoder, where a forkserver and its workers import it again (measured on 2 cores: 0.26 s less CPU
-        and ready 0.16 s sooner, about 3% of scoring 10,000 CIFAR JPEGs). A pool that replaces a broken
-        one starts from a forkserver instead, since by then this process runs threads that a fork would copy
-        mid-lock.
+        decoder, where a forkserver and its workers import it again (less CPU and ready sooner:
+        docs/measurements.md, "Batch scorer"). A pool that replaces a broken one starts from a forkserver
+        instead, since by then this process runs threads that a fork would copy mid-lock.
         """
         self._close_pool()
         if self._alive is None:

@@ -43,8 +43,7 @@ def pipeline(chunks: Iterator[list[Entry]], backend) -> Iterator[list[Row]]:
     ``backend.streams`` of them being finished (inferred) at once, each on its own thread.
 
     Every chunk is queued for finishing as soon as it is submitted, so a stream that is done takes the next
-    one at once; handing out only the oldest ``streams`` chunks left a stream that finished first idle
-    until the oldest one was done."""
+    one at once rather than waiting, idle, until the oldest chunk is done."""
     streams = getattr(backend, "streams", 1)
     pool = ThreadPoolExecutor(streams, thread_name_prefix="score-infer") if streams > 1 else None
     pending: deque = deque()  # (chunk, handle, future of finish or None), oldest first

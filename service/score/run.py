@@ -184,7 +184,7 @@ def _run(args, fmt_name: str, backend) -> int:
     total: list[int | None] = []
     bar = tqdm(total=None, initial=summary.resumed, unit="img", file=sys.stderr, dynamic_ncols=True,
                disable=True if args.no_progress else None, smoothing=0.05, desc="scoring")
-    if not bar.disable:  # the total is for the bar's ETA; walking the tree twice costs ~4 us an image
+    if not bar.disable:  # the total is only for the bar's ETA: the second walk is not free (docs/measurements.md)
         threading.Thread(target=_count, args=(args.dir, stop, total), daemon=True, name="score-count").start()
     interrupted: KeyboardInterrupt | None = None
     start = time.perf_counter()
