@@ -57,7 +57,8 @@ def main() -> int:
             r = {name: images_per_s(run, batch, args.seconds) for name, run in engines.items()}
             results["batch_sizes"][bs] = r
             print(f"| {bs} | {r['pytorch_eager_fp32']:,.0f} | {r['ort_fp32']:,.0f} | {r['ort_int8']:,.0f} | "
-                  f"{r['ort_int8'] / r['ort_fp32']:.2f}x | {r['ort_fp32'] / r['pytorch_eager_fp32']:.2f}x |", flush=True)
+                  f"{r['ort_int8'] / r['ort_fp32']:.2f}x | {r['ort_fp32'] / r['pytorch_eager_fp32']:.2f}x |",
+                  flush=True)
     if args.out:
         write_json(args.out, results)
     return 0

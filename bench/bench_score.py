@@ -94,7 +94,7 @@ def resolve_model(args, work: Path) -> tuple[Path, str, str]:
     except ManifestError:
         if not args.checkpoint:
             raise SystemExit(f"error: no manifest in {args.models_dir}: export a model, "
-                             "or pass --checkpoint RUN/best.pt")
+                             "or pass --checkpoint RUN/best.pt") from None
     from export.pipeline import export_checkpoint
 
     models = work / "models"

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             manifest = load_manifest("models" if len(argv) < 2 else argv[1], verify=False)
             for m in manifest.models:
                 mark = "*" if m.name == manifest.default else " "
-                print(f"{mark} {m.name:<28} {m.arch:<14} {m.precision:<5} val_top1={100 * m.metrics['val_top1']:.2f}%  {m.file}")
+                print(f"{mark} {m.name:<28} {m.arch:<14} {m.precision:<5} "
+                      f"val_top1={100 * m.metrics['val_top1']:.2f}%  {m.file}")
             return 0
         if argv[:1] == ["verify"]:
             args = verify_parser().parse_args(argv[1:])

@@ -101,7 +101,8 @@ def export_checkpoint(
         write_card(out, card)
         parity, logits = parity_and_logits(model, OnnxClassifier(out, device="cpu"), val.images, val.labels)
         if not parity.passed:
-            raise ParityError(f"{name} ({precision}) failed verification: {'; '.join(parity.failures)}\n{parity.summary()}")
+            raise ParityError(f"{name} ({precision}) failed verification: {'; '.join(parity.failures)}\n"
+                              f"{parity.summary()}")
         card.metrics = {"val_top1": parity.onnx_top1, "val_top5": parity.onnx_top5,
                         "val_samples": parity.samples, "parity": parity.as_dict(),
                         "calibration": _calibration_report(logits, val.labels, calibration.temperature)}

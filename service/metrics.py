@@ -11,7 +11,6 @@ from typing import Any
 
 from .contract import REJECTION_REASONS
 
-
 _created: "ServiceMetrics | None" = None
 
 

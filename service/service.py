@@ -41,8 +41,16 @@ from .contract import REASONS, ClassifyResponse, ModelList, Rejection
 from .metrics import ServiceMetrics
 from .openapi import document_openapi
 from .settings import ServiceSettings
-from .uploads import (Upload, decode_uploads, integer_k, model_name, read_body, read_classify_form, rejection_from,
-                      threshold)
+from .uploads import (
+    Upload,
+    decode_uploads,
+    integer_k,
+    model_name,
+    read_body,
+    read_classify_form,
+    rejection_from,
+    threshold,
+)
 
 with bentoml.importing():  # onnxruntime may be missing where the Bento is only being built
     from inference.runtime import top_k, wants_cuda

@@ -76,7 +76,8 @@ def test_the_http_service_and_the_scorer_do_not_import_each_other():
 
 
 def test_only_one_module_reaches_into_bentoml_internals():
-    paths = [p for package in ("inference", "training", "export", "service", "bench", "tests") for p in _sources(package)]
+    packages = ("inference", "training", "export", "service", "bench", "tests")
+    paths = [path for package in packages for path in _sources(package)]
     users = sorted({_module_name(path) for path in paths for _, target in _imports(path)
                     if target.startswith(BENTOML_INTERNALS)})
     assert users == [BENTOML_OWNER]

@@ -55,8 +55,8 @@ def test_find_dispatcher_uses_the_route_bentoml_registered_and_falls_back_when_a
             raise AssertionError("not called")
 
     factory = Factory()
-    router = SimpleNamespace(routes=[SimpleNamespace(name="infer",
-                                                     endpoint=functools.partial(factory.api_endpoint_wrapper, "infer"))])
+    endpoint = functools.partial(factory.api_endpoint_wrapper, "infer")
+    router = SimpleNamespace(routes=[SimpleNamespace(name="infer", endpoint=endpoint)])
     saved = list(bentoml_compat._routers)
     try:
         bentoml_compat._routers[:] = []

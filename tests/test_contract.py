@@ -47,7 +47,8 @@ REFUSED = {
     "model number": ({"model": 5}, "malformed_request", "'model' must be a model name, got 5"),
     "threshold words": ({"min_confidence": "high"}, "bad_min_confidence",
                         "min_confidence must be a number from 0 to 1, got 'high'"),
-    "threshold above 1": ({"min_confidence": 1.5}, "bad_min_confidence", "min_confidence must be between 0 and 1, got 1.5"),
+    "threshold above 1": ({"min_confidence": 1.5}, "bad_min_confidence",
+                          "min_confidence must be between 0 and 1, got 1.5"),
     "no images": ({"images": []}, "no_images", "no images: send one or more files in the 'images' field"),
 }
 

@@ -130,7 +130,8 @@ def test_fp16_and_int8_variants(tiny_run, tmp_path):
     temperatures = {}
     for precision in ("fp16", "int8"):
         try:
-            entry, parity = export_checkpoint(tiny_run / "best.pt", f"tiny-{precision}", precision, tmp_path, cache_dir=None)
+            entry, parity = export_checkpoint(tiny_run / "best.pt", f"tiny-{precision}", precision, tmp_path,
+                                              cache_dir=None)
         except ParityError as exc:  # a toy model on 15 images may miss by one image; the figures must still be there
             pytest.fail(f"{precision} variant failed parity on the toy model: {exc}")
         proto = onnx.load(str(tmp_path / entry.file))

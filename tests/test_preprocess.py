@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from inference.preprocess import (ImageDecodeError, ImageTooLarge, decode_image, decode_pixels, pixels_to_model_input,
-                                  to_model_input)
+from inference.preprocess import (
+    ImageDecodeError,
+    ImageTooLarge,
+    decode_image,
+    decode_pixels,
+    pixels_to_model_input,
+    to_model_input,
+)
 
 
 def _encode(image: Image.Image, fmt: str, orientation: int | None = None) -> bytes:

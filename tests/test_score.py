@@ -126,7 +126,8 @@ def test_jsonl_schema_and_inline_decoding(tree, tiny_models_dir, tmp_path, capsy
 def test_concurrent_streams_keep_the_output_identical(tree, tiny_models_dir, tmp_path):
     common = ["--models-dir", tiny_models_dir, "--no-progress", "--k", 2, "--batch-size", 2]
     outputs = {}
-    for label, flags in {"one stream": ["--streams", 1, "--workers", 1], "three streams": ["--streams", 3, "--workers", 1],
+    for label, flags in {"one stream": ["--streams", 1, "--workers", 1],
+                         "three streams": ["--streams", 3, "--workers", 1],
                          "streams decoding": ["--streams", 2, "--workers", 0]}.items():
         out = tmp_path / f"{label}.csv"
         assert _score(tree, "--out", out, *flags, *common) == 0

@@ -210,8 +210,10 @@ def _bomb_png() -> bytes:
 
 BAD_REQUESTS = {
     # name: (multipart parts from the JPEGs, other form fields, expected status, expected reason)
-    "not_an_image": (lambda j: [("images", ("notes.jpg", b"these are not pixels", "image/jpeg"))], None, 400, "not_an_image"),
-    "truncated": (lambda j: [("images", ("cut.jpg", j[0].read_bytes()[:200], "image/jpeg"))], None, 400, "not_an_image"),
+    "not_an_image": (lambda j: [("images", ("notes.jpg", b"these are not pixels", "image/jpeg"))], None, 400,
+                     "not_an_image"),
+    "truncated": (lambda j: [("images", ("cut.jpg", j[0].read_bytes()[:200], "image/jpeg"))], None, 400,
+                  "not_an_image"),
     "zero_bytes": (lambda j: [("images", ("empty.jpg", b"", "image/jpeg"))], None, 400, "empty_file"),
     "bomb": (lambda j: [("images", ("bomb.png", _bomb_png(), "image/png"))], None, 413, "image_too_large"),
     "too_many": (lambda j: _files(j[:MAX_IMAGES + 1]), None, 400, "too_many_images"),
@@ -227,7 +229,8 @@ BAD_REQUESTS = {
     "min_confidence_boolean": (lambda j: _files(j[:1]), {"min_confidence": "true"}, 400, "bad_min_confidence"),
     "unknown_model": (lambda j: _files(j[:1]), {"model": "resnet-9000"}, 404, "unknown_model"),
     "no_images": (lambda j: [("k", (None, "1"))], None, 400, "no_images"),
-    "misspelt_field": (lambda j: [("image", ("a.jpg", j[0].read_bytes(), "image/jpeg"))], None, 400, "malformed_request"),
+    "misspelt_field": (lambda j: [("image", ("a.jpg", j[0].read_bytes(), "image/jpeg"))], None, 400,
+                       "malformed_request"),
     "images_as_text": (lambda j: [("images", (None, "http://example.com/cat.jpg"))], None, 400, "malformed_request"),
 }
 
@@ -265,7 +268,8 @@ def _concurrent_requests(url, jpegs) -> tuple[list[httpx.Response], float, float
     with ThreadPoolExecutor(24) as pool:
         responses = list(pool.map(one, range(96)))
     after = _metrics(url)
-    batches = _metric(after, f"{name}_count", method_name="infer") - _metric(before, f"{name}_count", method_name="infer")
+    batches = (_metric(after, f"{name}_count", method_name="infer")
+               - _metric(before, f"{name}_count", method_name="infer"))
     requests = _metric(after, f"{name}_sum", method_name="infer") - _metric(before, f"{name}_sum", method_name="infer")
     return responses, batches, requests
 
@@ -332,7 +336,8 @@ def test_property_based_api_tester_finds_no_server_error_or_undocumented_answer(
     cli = Path(sys.executable).with_name("schemathesis")
     done = subprocess.run([str(cli), "run", f"{server}/docs.json", "--checks", "all",
                            "--exclude-checks", "positive_data_acceptance", "--max-examples", "25", "--seed", "7",
-                           "--no-color"], cwd=tmp_path, capture_output=True, text=True, timeout=600)  # its cache: not in the repo
+                           "--no-color"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # its cache: not in the repo
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     cases = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
     assert cases and cases[1] == cases[2] and int(cases[1]) >= 100, done.stdout[-2000:]

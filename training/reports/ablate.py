@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from ..config import Config, build_config
 from ..engine import resume, train
-from ..models import count_parameters
 from ..inference import check_tta
+from ..models import count_parameters
 from .evaluate import DataSpec, load_model, sample_fingerprint
 from .metrics import compute_metrics, mcnemar
 
