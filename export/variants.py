@@ -1,5 +1,4 @@
-"""The converters that make each precision's file from the exported FP32 one: FP16 for GPUs, static INT8 for
-CPUs (VNNI/AMX). Each is registered with ``@converts(name)`` for a precision of ``inference.precisions``."""
+"""Lighter variants of an FP32 ONNX model: FP16 for GPUs and static INT8 for CPUs (VNNI/AMX)."""
 from __future__ import annotations
 
 import os
@@ -20,6 +19,8 @@ from inference.precisions import precision
 from .onnx_export import INPUT_NAME
 
 
+# Each precision of inference.precisions has one converter here, registered with @converts(name): it makes
+# that precision's file from the exported FP32 one.
 @dataclass(frozen=True)
 class Converter:
     convert: Callable[..., None]  # (src, dst), or (src, dst, calibration images) when ``calibration`` is set
