@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from report_io import write_json  # noqa: E402
 
-from service.manifest import load_manifest  # noqa: E402
-from service.runtime import OnnxClassifier  # noqa: E402
+from inference.manifest import load_manifest  # noqa: E402
+from inference.runtime import OnnxClassifier  # noqa: E402
 from training.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 
 
@@ -57,7 +57,8 @@ def main() -> int:
             r = {name: images_per_s(run, batch, args.seconds) for name, run in engines.items()}
             results["batch_sizes"][bs] = r
             print(f"| {bs} | {r['pytorch_eager_fp32']:,.0f} | {r['ort_fp32']:,.0f} | {r['ort_int8']:,.0f} | "
-                  f"{r['ort_int8'] / r['ort_fp32']:.2f}x | {r['ort_fp32'] / r['pytorch_eager_fp32']:.2f}x |", flush=True)
+                  f"{r['ort_int8'] / r['ort_fp32']:.2f}x | {r['ort_fp32'] / r['pytorch_eager_fp32']:.2f}x |",
+                  flush=True)
     if args.out:
         write_json(args.out, results)
     return 0

@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 import raw_engine  # noqa: E402
 from report_io import write_json  # noqa: E402
 
-from service.manifest import ManifestError, load_manifest  # noqa: E402
-from service.preprocess import decode_image, to_model_input  # noqa: E402
-from service.runtime import default_threads  # noqa: E402
+from inference.manifest import ManifestError, load_manifest  # noqa: E402
+from inference.preprocess import decode_image, to_model_input  # noqa: E402
+from inference.runtime import default_threads  # noqa: E402
 
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-train-jpg.tar.gz"
 SUMMARY = re.compile(r"scored (\d+), failed (\d+).*?; ([\d.]+) s, (\d+) images/s")
@@ -94,7 +94,7 @@ def resolve_model(args, work: Path) -> tuple[Path, str, str]:
     except ManifestError:
         if not args.checkpoint:
             raise SystemExit(f"error: no manifest in {args.models_dir}: export a model, "
-                             "or pass --checkpoint RUN/best.pt")
+                             "or pass --checkpoint RUN/best.pt") from None
     from export.pipeline import export_checkpoint
 
     models = work / "models"

@@ -48,9 +48,9 @@ sys.path.insert(0, str(ROOT))
 import raw_engine  # noqa: E402
 from report_io import write_json  # noqa: E402
 
-from service.manifest import load_manifest  # noqa: E402
-from service.preprocess import decode_image, to_model_input  # noqa: E402
-from service.runtime import default_threads  # noqa: E402
+from inference.manifest import load_manifest  # noqa: E402
+from inference.preprocess import decode_image, to_model_input  # noqa: E402
+from inference.runtime import default_threads  # noqa: E402
 
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-train-jpg.tar.gz"
 
@@ -69,7 +69,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5, help="top-k asked for")
     p.add_argument("--pool", type=int, default=512, help="distinct JPEGs taken from the archive")
     p.add_argument("--streams", type=int, default=0, help="the service's concurrent batches (0: its default)")
-    p.add_argument("--threads", type=int, default=0, help="the service's ONNX Runtime threads per batch (0: its default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="the service's ONNX Runtime threads per batch (0: its default)")
     p.add_argument("--max-batch-size", type=int, default=256, help="the service's adaptive batching limit")
     p.add_argument("--serve-arg", action="append", default=[], help="extra argument for `python -m service serve`")
     p.add_argument("--archive", default=str(ARCHIVE), help="the CIFAR-10 JPEG archive")
@@ -287,8 +288,8 @@ def main(args: argparse.Namespace) -> int:
             levels = []
             for concurrency in [int(c) for c in args.concurrency.split(",")]:
                 levels.append(run_level(args, host, port, server, requests, per_request, concurrency, check))
-                print(f"{per_request} per request, concurrency {concurrency}: {levels[-1]['images_per_s']:.0f} images/s",
-                      file=sys.stderr, flush=True)
+                print(f"{per_request} per request, concurrency {concurrency}: "
+                      f"{levels[-1]['images_per_s']:.0f} images/s", file=sys.stderr, flush=True)
             runs.append({"images_per_request": per_request, "levels": levels})
         # Measured again after the load, the better of the two kept: on a shared machine the engine's
         # ceiling is the least disturbed measurement.
@@ -335,8 +336,9 @@ def main(args: argparse.Namespace) -> int:
         for lv in run["levels"]:
             lat = lv["latency_ms"]
             cpu = lv["server_cpu_ms_per_image"]
-            print(f"| {run['images_per_request']} | {lv['concurrency']} | {lv['requests']} | {lv['images_per_s']:,.0f} | "
-                  f"{lv['fraction_of_raw']:.0%} | {lat['p50']} | {lat['p95']} | {lat['p99']} | {lv['errors']} | "
+            print(f"| {run['images_per_request']} | {lv['concurrency']} | {lv['requests']} | "
+                  f"{lv['images_per_s']:,.0f} | {lv['fraction_of_raw']:.0%} | {lat['p50']} | {lat['p95']} | "
+                  f"{lat['p99']} | {lv['errors']} | "
                   f"{'-' if cpu is None else f'{cpu:.2f}'} |")
     print(f"\nJSON: {args.out}")
     return 0

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from service.runtime import OnnxClassifier, default_threads
+from inference.runtime import OnnxClassifier, default_threads
 
 
 @dataclass(frozen=True)

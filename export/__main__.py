@@ -11,7 +11,8 @@ import json
 import logging
 import sys
 
-from service.manifest import CALIBRATION_METHODS, ManifestError, load_manifest
+from inference.manifest import CALIBRATION_METHODS, ManifestError, load_manifest
+from inference.precisions import PRECISIONS, suits, tolerance_text
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -21,8 +22,8 @@ def export_parser() -> argparse.ArgumentParser:
         "models/manifest.json. Other commands: `python -m export verify [NAME]`, `python -m export list`."))
     p.add_argument("--checkpoint", required=True, help="checkpoint file (RUN/best.pt) or run folder")
     p.add_argument("--name", required=True, help="model name in the manifest; the file is models/NAME.onnx")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
-                   help="fp32; fp16 for GPUs (float32 inputs/outputs); int8 static quantisation for CPUs")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                   help="; ".join(f"{p.name}: {p.help}, for {suits(p)}" for p in PRECISIONS.values()))
     p.add_argument("--models-dir", default="models", help="where the .onnx files and manifest.json live")
     p.add_argument("--default", action="store_true", help="make this the manifest's default model")
     p.add_argument("--calibration-images", type=int, default=1000, help="training-split images to calibrate INT8 with")
@@ -43,8 +44,8 @@ def export_parser() -> argparse.ArgumentParser:
 def verify_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export verify", description=(
         "Check every manifest file against its sha256, then measure the model's accuracy against its checkpoint "
-        "on the validation split. Exits 1 when it misses its tolerance (FP32: 0.05 points and 99.9% agreement; "
-        "FP16: 0.1; INT8: 0.5), 2 on a missing or tampered file."))
+        f"on the validation split. Exits 1 when it misses its tolerance ({tolerance_text()}), 2 on a missing or "
+        "tampered file."))
     p.add_argument("name", nargs="?", help="model name (default: the manifest's default)")
     p.add_argument("--models-dir", default="models")
     p.add_argument("--cache-dir", default=".cache/datasets")
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             manifest = load_manifest("models" if len(argv) < 2 else argv[1], verify=False)
             for m in manifest.models:
                 mark = "*" if m.name == manifest.default else " "
-                print(f"{mark} {m.name:<28} {m.arch:<14} {m.precision:<5} val_top1={100 * m.metrics['val_top1']:.2f}%  {m.file}")
+                print(f"{mark} {m.name:<28} {m.arch:<14} {m.precision:<5} "
+                      f"val_top1={100 * m.metrics['val_top1']:.2f}%  {m.file}")
             return 0
         if argv[:1] == ["verify"]:
             args = verify_parser().parse_args(argv[1:])

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.manifest import CALIBRATION_METHODS, Calibration
+from inference.manifest import CALIBRATION_METHODS, Calibration
 from training.reports.calibration import fit_temperature
 
 from .parity import torch_logits
@@ -32,7 +32,7 @@ class TemperatureScaled(nn.Module):
 
 def with_calibration(model: nn.Module, calibration: Calibration) -> nn.Module:
     """``model`` with the card's calibration applied; method "none" returns ``model`` itself, so its graph is
-    exactly what it was before calibration existed."""
+    exactly the uncalibrated one."""
     if calibration.method == "temperature":
         return TemperatureScaled(model, calibration.temperature)
     return model

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from service.manifest import METADATA_KEY, InputSpec, ModelCard
+from inference.manifest import METADATA_KEY, InputSpec, ModelCard
 
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "logits"

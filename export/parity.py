@@ -8,13 +8,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from service.preprocess import to_model_input
-from service.runtime import OnnxClassifier, softmax
+from inference.precisions import precision as precision_entry
+from inference.preprocess import to_model_input
+from inference.runtime import OnnxClassifier, softmax
 from training.inference import topk_accuracy
-
-# Accuracy tolerances in percentage points, and the minimum top-1 agreement, per precision.
-ACCURACY_TOLERANCE_POINTS = {"fp32": 0.05, "fp16": 0.1, "int8": 0.5}
-MIN_AGREEMENT = {"fp32": 0.999}
 
 
 @dataclass
@@ -48,7 +45,8 @@ class Parity:
         return (f"{self.precision}: PyTorch top-1 {100 * self.torch_top1:.2f}%, ONNX top-1 {100 * self.onnx_top1:.2f}% "
                 f"({self.accuracy_diff_points:+.2f} points), top-1 agreement {100 * self.top1_agreement:.2f}%, "
                 f"max |dp| {self.max_abs_prob_diff:.2e}, {self.samples} images; "
-                f"throughput PyTorch {self.torch_images_per_s:.0f} img/s, ONNX Runtime {self.onnx_images_per_s:.0f} img/s")
+                f"throughput PyTorch {self.torch_images_per_s:.0f} img/s, "
+                f"ONNX Runtime {self.onnx_images_per_s:.0f} img/s")
 
 
 def _batches(images: np.ndarray, batch_size: int, desc: str):
@@ -80,7 +78,8 @@ def onnx_logits(classifier: OnnxClassifier, images: np.ndarray, batch_size: int 
     return np.concatenate(out), len(images) / elapsed
 
 
-def onnx_probabilities(classifier: OnnxClassifier, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
+def onnx_probabilities(classifier: OnnxClassifier, images: np.ndarray,
+                       batch_size: int = 256) -> tuple[np.ndarray, float]:
     logits, speed = onnx_logits(classifier, images, batch_size)
     return softmax(logits), speed
 
@@ -88,15 +87,17 @@ def onnx_probabilities(classifier: OnnxClassifier, images: np.ndarray, batch_siz
 def judge(precision: str, torch_probs: np.ndarray | None, onnx_probs: np.ndarray, labels: np.ndarray,
           torch_top1_value: float, torch_speed: float, onnx_speed: float) -> Parity:
     onnx_top1 = topk_accuracy(onnx_probs, labels, 1)
-    agreement = float((torch_probs.argmax(1) == onnx_probs.argmax(1)).mean()) if torch_probs is not None else float("nan")
-    max_diff = float(np.abs(torch_probs - onnx_probs).max()) if torch_probs is not None else float("nan")
-    parity = Parity(precision, len(labels), torch_top1_value, onnx_top1, topk_accuracy(onnx_probs, labels, 5), agreement, max_diff,
-                    torch_speed, onnx_speed)
-    tolerance = ACCURACY_TOLERANCE_POINTS[precision]
+    compared = torch_probs is not None
+    agreement = float((torch_probs.argmax(1) == onnx_probs.argmax(1)).mean()) if compared else float("nan")
+    max_diff = float(np.abs(torch_probs - onnx_probs).max()) if compared else float("nan")
+    parity = Parity(precision, len(labels), torch_top1_value, onnx_top1, topk_accuracy(onnx_probs, labels, 5),
+                    agreement, max_diff, torch_speed, onnx_speed)
+    entry = precision_entry(precision)
+    tolerance = entry.tolerance_points
     if abs(parity.accuracy_diff_points) > tolerance:
         parity.failures.append(f"accuracy differs by {parity.accuracy_diff_points:+.3f} points "
                                f"(tolerance {tolerance} for {precision})")
-    needed = MIN_AGREEMENT.get(precision)
+    needed = entry.min_agreement
     if needed is not None and torch_probs is not None and agreement < needed:
         parity.failures.append(f"top-1 agreement {100 * agreement:.2f}% is below {100 * needed:.1f}%")
     return parity

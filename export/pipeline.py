@@ -11,9 +11,9 @@ import onnx
 import onnxruntime
 import torch
 
-from service.manifest import Manifest, ManifestError, ModelCard, ModelEntry, load_manifest, save_manifest, sha256_file
-from service.preprocess import to_model_input
-from service.runtime import OnnxClassifier, softmax
+from inference.manifest import Manifest, ManifestError, ModelCard, ModelEntry, load_manifest, save_manifest, sha256_file
+from inference.preprocess import to_model_input
+from inference.runtime import OnnxClassifier, softmax
 from training.checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
 from training.data import ImageArrays, load_split
 from training.inference import with_tta
@@ -22,7 +22,7 @@ from training.reports.calibration import calibration_report
 from .calibration import fit_calibration, with_calibration
 from .onnx_export import OPSET, export_fp32, input_spec, write_card
 from .parity import Parity, judge, onnx_logits, parity_and_logits
-from .variants import to_fp16, to_int8
+from .variants import converter
 
 log = logging.getLogger("export")
 
@@ -68,7 +68,7 @@ def export_checkpoint(
     and divides the graph's logits by it after the averaging; parity is measured against the same
     division in PyTorch. The card records the method and T (``calibration``) and, in
     ``metrics["calibration"]``, ECE/NLL/Brier before and after, and with a T refitted on this
-    variant's own logits. ``"none"`` exports the graph as it was before calibration existed."""
+    variant's own logits. ``"none"`` exports the graph without the division."""
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)
@@ -92,19 +92,17 @@ def export_checkpoint(
         fp32 = Path(tmp) / "fp32.onnx"
         export_fp32(model, fp32, meta["input_size"])
         out = Path(tmp) / "model.onnx"
-        if precision == "fp32":
-            os.replace(fp32, out)
-        elif precision == "fp16":
-            to_fp16(fp32, out)
-        elif precision == "int8":
-            to_int8(fp32, out, calibration_images(source, calibration_count))
-            card.source["calibration"] = f"{calibration_count} training-split images, MinMax, per-channel weights"
+        convert = converter(precision)
+        if convert.calibration is None:
+            convert.convert(fp32, out)
         else:
-            raise ValueError(f"unknown precision {precision!r}; valid: fp32, fp16, int8")
+            convert.convert(fp32, out, calibration_images(source, calibration_count))
+            card.source["calibration"] = f"{calibration_count} {convert.calibration}"
         write_card(out, card)
         parity, logits = parity_and_logits(model, OnnxClassifier(out, device="cpu"), val.images, val.labels)
         if not parity.passed:
-            raise ParityError(f"{name} ({precision}) failed verification: {'; '.join(parity.failures)}\n{parity.summary()}")
+            raise ParityError(f"{name} ({precision}) failed verification: {'; '.join(parity.failures)}\n"
+                              f"{parity.summary()}")
         card.metrics = {"val_top1": parity.onnx_top1, "val_top5": parity.onnx_top5,
                         "val_samples": parity.samples, "parity": parity.as_dict(),
                         "calibration": _calibration_report(logits, val.labels, calibration.temperature)}

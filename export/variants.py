@@ -1,8 +1,11 @@
 """Lighter variants of an FP32 ONNX model: FP16 for GPUs and static INT8 for CPUs."""
 from __future__ import annotations
 
+import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -11,9 +14,51 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
+from inference.precisions import precision
+
 from .onnx_export import INPUT_NAME
 
 
+# Each precision of inference.precisions has one converter here, registered with @converts(name): it makes
+# that precision's file from the exported FP32 one.
+@dataclass(frozen=True)
+class Converter:
+    convert: Callable[..., None]  # (src, dst), or (src, dst, calibration images) when ``calibration`` is set
+    # How calibration images are used, recorded on the card after their count; None: the converter needs none.
+    calibration: str | None = None
+
+
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converts(name: str, calibration: str | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register the decorated function as the converter of precision ``name``; an unknown or repeated name fails
+    at import."""
+
+    def register(convert: Callable[..., None]) -> Callable[..., None]:
+        precision(name)
+        if name in CONVERTERS:
+            raise ValueError(f"precision {name!r} has two converters")
+        CONVERTERS[name] = Converter(convert, calibration)
+        return convert
+
+    return register
+
+
+def converter(name: str) -> Converter:
+    precision(name)
+    if name not in CONVERTERS:
+        raise ValueError(f"precision {name!r} has no converter in export/variants.py")
+    return CONVERTERS[name]
+
+
+@converts("fp32")
+def keep_fp32(src: Path, dst: Path) -> None:
+    """FP32 is what the exporter wrote: the file only moves into place."""
+    os.replace(src, dst)
+
+
+@converts("fp16")
 def to_fp16(src: Path, dst: Path) -> None:
     """Weights and activations in float16; inputs and outputs stay float32 so clients need not change."""
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
@@ -34,6 +79,7 @@ class _Calibration(CalibrationDataReader):
         return None if batch is None else {INPUT_NAME: batch}
 
 
+@converts("int8", calibration="training-split images, MinMax, per-channel weights")
 def to_int8(src: Path, dst: Path, calibration_images: np.ndarray) -> None:
     """Static QDQ quantisation: per-channel int8 weights, uint8 activations calibrated on ``calibration_images``.
 

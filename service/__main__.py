@@ -9,8 +9,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description=(
         "Serve the exported models over HTTP (BentoML) or score folders of images with them."))
     sub = parser.add_subparsers(dest="command", required=True)
+    from .score.cli import add_score_parser
     from .serve_cli import add_serve_parser
-    from .score import add_score_parser
 
     add_serve_parser(sub)
     add_score_parser(sub)

@@ -9,21 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# Why a request was turned away; the label values of cifar_rejected_inputs_total.
-REJECTION_REASONS = (
-    "unsupported_media_type",  # not multipart/form-data
-    "body_too_large",
-    "malformed_request",       # the multipart body does not parse, or a field is not what it should be
-    "no_images",
-    "too_many_images",
-    "empty_file",
-    "not_an_image",            # unreadable or truncated image data
-    "image_too_large",         # over the pixel limit (decompression bomb guard)
-    "bad_k",
-    "bad_min_confidence",      # min_confidence not a number from 0 to 1
-    "unknown_model",
-)
-
+from .contract import REJECTION_REASONS
 
 _created: "ServiceMetrics | None" = None
 

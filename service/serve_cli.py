@@ -42,7 +42,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                  "decode_threads": "cores available"}.get(name, default)
         if name == "models_dir":
             shown = "models/ next to the service package"
-        kwargs = {"choices": setting.choices} if setting.choices else {"metavar": "DIR" if name == "models_dir" else "N"}
+        metavar = "DIR" if name == "models_dir" else "N"
+        kwargs = {"choices": setting.choices} if setting.choices else {"metavar": metavar}
         parser.add_argument(setting.flag, dest=name, default=None,
                             help=f"{setting.help} (env {setting.env}; default: {shown})", **kwargs)
     parser.add_argument("--development", action="store_true",
@@ -62,7 +63,7 @@ def settings_env(args: argparse.Namespace, environ: dict[str, str] | None = None
 
 
 def main(args: argparse.Namespace) -> int:
-    from .manifest import ManifestError, load_manifest
+    from inference.manifest import ManifestError, load_manifest
 
     env = settings_env(args)
     try:

@@ -7,8 +7,9 @@
 
 /classify validates and decodes at the edge (numpy/Pillow, in a thread pool) and hands uint8 pixels
 to ``infer``, whose BentoML dispatcher groups images from concurrent requests into one ONNX Runtime
-batch (see batching.py for how it is called in-process). Every caller mistake is a 4xx JSON
-``{"error": message, "reason": label}``, counted in ``cifar_rejected_inputs_total{reason=...}``.
+batch (bentoml_compat.py calls it in-process). Every refusal is JSON ``{"error": message, "reason":
+label}`` with the status contract.REASONS gives the reason; a caller's mistake is counted in
+``cifar_rejected_inputs_total{reason=...}``.
 
 Settings come from environment variables (settings.py), which ``python -m service serve`` sets from
 its flags. Neither torch nor the training package is imported.
@@ -16,35 +17,45 @@ its flags. Neither torch nor the training package is imported.
 from __future__ import annotations
 
 import logging
-import re
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import anyio
-import attrs
 import anyio.to_thread
 import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .batching import BatchGateway, RouterProbe
-from .confidence import is_confident, parse_min_confidence
-from .manifest import Manifest, ManifestError, ModelEntry, load_manifest
-from .metrics import REJECTION_REASONS, ServiceMetrics
-from .preprocess import ImageDecodeError, decode_pixels, pixels_to_model_input
+from inference.preprocess import pixels_to_model_input
+
+from . import bentoml_compat
+from .bentoml_compat import BatchGateway, RouterProbe
+from .confidence import is_confident
+from .contract import REASONS, ClassifyResponse, ModelList, Rejection
+from .metrics import ServiceMetrics
+from .openapi import document_openapi
 from .settings import ServiceSettings
-from .uploads import Rejection, Upload, read_body, read_classify_form
+from .uploads import (
+    Upload,
+    decode_uploads,
+    integer_k,
+    model_name,
+    read_body,
+    read_classify_form,
+    rejection_from,
+    threshold,
+)
 
-with bentoml.importing():
-    import onnxruntime as ort
+with bentoml.importing():  # onnxruntime may be missing where the Bento is only being built
+    from inference.runtime import top_k, wants_cuda
 
-    from .runtime import OnnxClassifier, top_k, wants_cuda
+    from .loading import LoadedModel, load_models, model_list
 
 # Under "bentoml": the logger BentoML configures (INFO) in its server processes.
 log = logging.getLogger("bentoml.cifar")
@@ -65,48 +76,11 @@ STREAMS = SETTINGS.inference_streams(ON_GPU)
 INTRA_OP_THREADS = SETTINGS.intra_op_threads(ON_GPU)
 
 DEFAULT_K = 5
-_NOT_GIVEN = object()
 # name -> bytes of one image's pixels, for validating /infer input; filled when the models are loaded.
 _PIXEL_BYTES: dict[str, int] = {}
 
 
-# ---------------------------------------------------------------------------------------------- I/O models
-class TopK(BaseModel):
-    label: str
-    index: int = Field(description="class index in the model's output")
-    confidence: float = Field(ge=0.0, le=1.0, description="softmax probability")
-
-
-class Prediction(BaseModel):
-    filename: str = Field(description="the uploaded file's name, as sent")
-    top_k: list[TopK] = Field(description="the k most likely classes, most likely first")
-    confident: Optional[bool] = Field(None, description="whether the top-1 confidence is at least min_confidence; "
-                                                        "present only when the request gave min_confidence")
-
-
-class ClassifyResponse(BaseModel):
-    model: str = Field(description="the model that answered")
-    predictions: list[Prediction] = Field(description="one entry per image, in the order sent")
-
-
-class ModelInfo(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
-
-    name: str
-    dataset: str
-    arch: str
-    classes: list[str]
-    precision: str
-    accuracy: Optional[float] = Field(description="validation top-1 accuracy recorded at export")
-    input_size: list[int] = Field(description="[height, width] images are resized to")
-    default: bool
-
-
-class ModelList(BaseModel):
-    default: str
-    models: list[ModelInfo]
-
-
+# ---------------------------------------------------------------------------------------------- inputs
 class InferItem(BaseModel):
     """One decoded image for the batchable stage."""
 
@@ -163,34 +137,42 @@ def _validation_error(kind: str, message: str) -> ValidationError:
 class ClassifyInput(bentoml.IODescriptor):
     """multipart/form-data; parsed by hand (not by BentoML) so that limits hold and bad input is a 4xx."""
 
-    images: Annotated[list[Path], Field(
+    # A request either validates into these fields, or it is refused: then ``rejection`` says why and the
+    # others keep their defaults (which is why ``images``, required on the wire, has one here).
+    # ``k``, ``model`` and ``min_confidence`` are None when not given.
+    model_config = ConfigDict(json_schema_extra={"required": ["images"]})
+
+    images: Annotated[list[Annotated[Upload, WithJsonSchema({"type": "string", "format": "binary"})]], Field(
         min_length=1, max_length=SETTINGS.max_images,
         description=f"one file per image (JPEG, PNG, BMP, GIF, TIFF, WebP, ...), at most {SETTINGS.max_images}; "
                     "any size up to the pixel limit, any mode (grayscale, RGBA, palette, CMYK, 16-bit); EXIF "
-                    "rotation is applied and images are resized (bilinear) to the model's input size, 32x32 for CIFAR")]
-    k: Annotated[int, Field(ge=1, description="how many classes to return per image, at most the model's class "
-                                              "count; default 5, or all classes of a model with fewer")] = DEFAULT_K
-    model: Annotated[Optional[str], Field(description="a model name from /models; default: the manifest's default")] = None
-    min_confidence: Annotated[Optional[float], Field(
-        ge=0.0, le=1.0, description="mark each prediction whose top-1 confidence is below this (0 to 1) with "
-                                    "\"confident\": false (and the others true) instead of leaving it out; "
-                                    "default: no threshold and no \"confident\" field")] = None
+                    "rotation is applied and images are resized (bilinear) to the model's input size, 32x32 for CIFAR",
+        default_factory=list)]
+    # Not given: 5, or every class of a model with fewer; the most a model allows is checked against that model.
+    k: Annotated[Optional[Annotated[int, Field(ge=1)]], BeforeValidator(integer_k),
+                 WithJsonSchema({"type": "integer", "minimum": 1}), Field(
+        description="how many classes to return per image, at most the model's class count; default 5, or all "
+                    "classes of a model with fewer", json_schema_extra={"default": DEFAULT_K})] = None
+    model: Annotated[Optional[str], BeforeValidator(model_name),
+                     Field(description="a model name from /models; default: the manifest's default")] = None
+    min_confidence: Annotated[Optional[Annotated[float, Field(ge=0.0, le=1.0)]], BeforeValidator(threshold), Field(
+        description="mark each prediction whose top-1 confidence is below this (0 to 1) with \"confident\": false "
+                    "(and the others true) instead of leaving it out; default: no threshold and no \"confident\" "
+                    "field")] = None
+    rejection: SkipJsonSchema[Optional[Rejection]] = None
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> "ClassifyInput":
-        parsed = await read_classify_form(request, SETTINGS.max_images, SETTINGS.max_body_bytes)
-        if isinstance(parsed, Rejection):
-            return cls.model_construct(images=parsed, k=_NOT_GIVEN, model=None, min_confidence=None)
-        return cls.model_construct(images=parsed.uploads, k=parsed.fields.get("k", _NOT_GIVEN),
-                                   model=parsed.fields.get("model"), min_confidence=parsed.fields.get("min_confidence"))
+        fields = await read_classify_form(request, SETTINGS.max_images, SETTINGS.max_body_bytes)
+        if isinstance(fields, Rejection):
+            return cls(rejection=fields)
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            return cls(rejection=rejection_from(exc))
 
 
-class LoadedModel:
-    def __init__(self, entry: ModelEntry, classifier: OnnxClassifier) -> None:
-        self.entry = entry
-        self.classifier = classifier
-        self.size = entry.input.size
-        self.classes = entry.classes
+bentoml_compat.declare_multipart(ClassifyInput, ["images"])
 
 
 # ---------------------------------------------------------------------------------------------- the service
@@ -215,11 +197,7 @@ class Classifier:
         _PIXEL_BYTES.update({name: m.size[0] * m.size[1] * 3 for name, m in self.loaded.items()})
         self._decode_limiter = anyio.CapacityLimiter(SETTINGS.decoder_threads)
         self._infer = BatchGateway("infer", lambda: self.to_async.infer, concurrency=STREAMS)
-        # BentoML's API descriptor builds a new wrapper (inspect.signature, functools.wraps: ~50 us) on every
-        # attribute access, and its server looks the API up once per request and once per batched job.
-        # Binding once here, in the instance, answers those look-ups with the same local callable.
-        for name in ("classify", "infer", "models"):
-            self.__dict__[name] = getattr(type(self), name).__get__(self, type(self))
+        bentoml_compat.bind_apis(self, ("classify", "infer", "models"))
         self.ready = True
         log.info("ready: models %s (default %s) on %s; batches of up to %d images within %d ms, %d at once "
                  "on %d thread(s) each",
@@ -231,52 +209,45 @@ class Classifier:
         return self.ready
 
     @bentoml.api(input_spec=ClassifyInput, output_spec=ClassifyResponse)
-    async def classify(self, images: Any, k: Any = _NOT_GIVEN, model: Any = None, min_confidence: Any = None) -> Any:
+    async def classify(self, images: list[Upload], k: Optional[int] = None, model: Optional[str] = None,
+                       min_confidence: Optional[float] = None, rejection: Optional[Rejection] = None) -> JSONResponse:
         """Top-k classes for each uploaded image, in the order sent.
 
         multipart/form-data with one or more `images` files, optional `k` (default 5), `model`
         (default: the manifest's default) and `min_confidence` (0 to 1: each prediction then says
-        whether its top-1 confidence reaches it, as `confident`). Errors: 400 bad input (not an
-        image, truncated or empty file, too many images, bad k or min_confidence, malformed form),
-        404 unknown model, 413 body or image too large, 415 not multipart; each as
-        {"error": message, "reason": label}.
+        whether its top-1 confidence reaches it, as `confident`). A refused request is answered
+        {"error": message, "reason": label}, with the status its reason has (listed below).
         """
-        if isinstance(images, Rejection):
-            return self._reject(images)
+        if rejection is not None:
+            return self._reject(rejection)
         choice = self._choose(model, k)
         if isinstance(choice, Rejection):
             return self._reject(choice)
         loaded, k = choice
-        threshold = _threshold(min_confidence)
-        if isinstance(threshold, Rejection):
-            return self._reject(threshold)
-        decoded = await anyio.to_thread.run_sync(_decode_all, images, loaded.size, SETTINGS.max_pixels,
+        decoded = await anyio.to_thread.run_sync(decode_uploads, images, loaded.size, SETTINGS.max_pixels,
                                                  limiter=self._decode_limiter)
         if isinstance(decoded, Rejection):
             return self._reject(decoded)
-        items = [InferItem.model_construct(model=loaded.entry.name, pixels=pixels) for pixels in decoded]
+        items = [InferItem(model=loaded.entry.name, pixels=pixels) for pixels in decoded]
         try:
-            # One dispatcher job per request (measured: one per image costs ~0.1-0.2 ms more CPU per image
-            # in BentoML's per-call bookkeeping); a job larger than the room left in a batch is split.
+            # One dispatcher job per request: one per image pays BentoML's per-call bookkeeping per image
+            # (docs/measurements.md, "Service internals"); a job larger than the room left in a batch is split.
             rows = await self._infer(items)
         except BentoMLException as exc:
             if exc.error_code.value == 503:  # the dispatcher shed the request: over max_latency_ms
-                return JSONResponse({"error": f"overloaded, try again: {exc.message}", "reason": "overloaded"},
-                                    status_code=503, headers={"Retry-After": "1"})
+                return self._reject(Rejection("overloaded", f"overloaded, try again: {exc.message}"),
+                                    headers={"Retry-After": "1"})
             raise
-        probs = np.asarray(rows, dtype=np.float64)
-        idx, conf = top_k(probs, k)
+        idx, conf = top_k(np.asarray(rows, dtype=np.float64), k)
         classes = loaded.classes
-        predictions = [
+        answer = ClassifyResponse.model_validate({"model": loaded.entry.name, "predictions": [
             {"filename": upload.filename,
-             "top_k": [{"label": classes[c], "index": c, "confidence": p} for c, p in zip(ci, pi)]}
-            for upload, ci, pi in zip(images, idx.tolist(), conf.tolist())
-        ]
-        if threshold is not None:  # top_k holds at least one class (k >= 1), and the first is the most likely
-            for prediction in predictions:
-                prediction["confident"] = is_confident(prediction["top_k"][0]["confidence"], threshold)
+             "top_k": [{"label": classes[c], "index": c, "confidence": p} for c, p in zip(ci, pi)],
+             # top_k holds at least one class (k >= 1), and the first is the most likely
+             "confident": None if min_confidence is None else is_confident(pi[0], min_confidence)}
+            for upload, ci, pi in zip(images, idx.tolist(), conf.tolist())]})
         self.metrics.predicted(loaded.entry.name, len(images))
-        return JSONResponse({"model": loaded.entry.name, "predictions": predictions})
+        return JSONResponse(answer.to_json())
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=SETTINGS.max_batch_size,
                  max_latency_ms=SETTINGS.max_latency_ms, input_spec=InferInput)
@@ -303,104 +274,24 @@ class Classifier:
         """The models this service can answer with (also as GET /models)."""
         return model_list(self.manifest)
 
-    def _choose(self, model: Any, k: Any) -> tuple[LoadedModel, int] | Rejection:
-        if model is None or model == "":
-            name = self.manifest.default
-        elif isinstance(model, str):
-            name = model
-        else:
-            return Rejection(400, "malformed_request", f"'model' must be a model name, got {model!r}")
+    def _choose(self, model: Optional[str], k: Optional[int]) -> tuple[LoadedModel, int] | Rejection:
+        """The model asked for and the k to answer with, checked against that model."""
+        name = model or self.manifest.default
         loaded = self.loaded.get(name)
         if loaded is None:
-            return Rejection(404, "unknown_model",
-                             f"unknown model {name[:100]!r}; available: {', '.join(self.loaded)}")
-        if k is _NOT_GIVEN:  # 5, or every class of a model with fewer
-            return loaded, min(DEFAULT_K, len(loaded.classes))
-        if isinstance(k, str):
-            try:
-                k = int(k.strip())
-            except ValueError:
-                return Rejection(400, "bad_k", f"k must be an integer, got {k[:50]!r}")
-        if isinstance(k, bool) or not isinstance(k, int):
-            return Rejection(400, "bad_k", f"k must be an integer, got {k!r}"[:200])
-        if not 1 <= k <= len(loaded.classes):
-            return Rejection(400, "bad_k", f"k must be between 1 and {len(loaded.classes)} "
-                                           f"(model {name!r} has {len(loaded.classes)} classes), got {k}")
+            return Rejection("unknown_model", f"unknown model {name[:100]!r}; available: {', '.join(self.loaded)}")
+        classes = len(loaded.classes)
+        if k is None:
+            return loaded, min(DEFAULT_K, classes)
+        if k > classes:
+            return Rejection("bad_k", f"k must be between 1 and {classes} (model {name!r} has {classes} classes), "
+                                      f"got {k}")
         return loaded, k
 
-    def _reject(self, rejection: Rejection) -> JSONResponse:
-        self.metrics.reject(rejection.reason)
-        return JSONResponse(rejection.body(), status_code=rejection.status)
-
-
-def _threshold(value: Any) -> float | None | Rejection:
-    """The min_confidence given, None when absent (JSON null counts as absent, as for ``model``)."""
-    if value is None:
-        return None
-    try:
-        return parse_min_confidence(value)
-    except ValueError as exc:
-        return Rejection(400, "bad_min_confidence", f"min_confidence {exc}")
-
-
-_MEMORY_ADDRESS = re.compile(r" <_io\.BytesIO object at 0x[0-9a-f]+>")
-
-
-def _decode_all(uploads: list[Upload], size: tuple[int, int], max_pixels: int) -> list[bytes] | Rejection:
-    """Every upload as the model's input pixels, or the first one's problem."""
-    out = []
-    for i, upload in enumerate(uploads):
-        where = f"images[{i}] ({upload.filename!r})"
-        if not upload.data:
-            return Rejection(400, "empty_file", f"{where} is an empty file (0 bytes)")
-        try:
-            out.append(decode_pixels(upload.data, size, max_pixels))
-        except ImageDecodeError as exc:
-            message = _MEMORY_ADDRESS.sub("", str(exc))
-            if "over the limit" in message or "too large" in message:
-                return Rejection(413, "image_too_large", f"{where}: {message}")
-            return Rejection(400, "not_an_image", f"{where}: {message}")
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- loading
-def load_models(settings: ServiceSettings) -> tuple[Manifest, dict[str, LoadedModel]]:
-    """Every model in the manifest, each file checked against its sha256 first, warmed up and ready."""
-    manifest = load_manifest(settings.models_dir, verify=True)
-    on_gpu = wants_cuda(settings.device)  # type: ignore[arg-type]
-    if on_gpu:
-        _preload_cuda()
-    loaded = {}
-    for entry in manifest.models:
-        classifier = OnnxClassifier(Path(settings.models_dir) / entry.file, device=settings.device,  # type: ignore[arg-type]
-                                    threads=settings.intra_op_threads(on_gpu), spin=False)
-        card = classifier.card
-        if (card.classes, card.precision, card.input) != (entry.classes, entry.precision, entry.input):
-            raise ManifestError(f"model {entry.name!r}: {entry.file} describes itself differently from the manifest "
-                                f"(classes, precision or input); re-export it")
-        if settings.device == "cuda" and not classifier.on_gpu:
-            raise RuntimeError(f"--device cuda, but ONNX Runtime could not use CUDA for {entry.name!r} "
-                               f"(providers {classifier.providers}): check the driver, CUDA 13 and cuDNN 9")
-        height, width = entry.input.size
-        for n in sorted({1, settings.max_batch_size}):  # first-call allocations and kernel choice, before traffic
-            classifier.logits(np.zeros((n, 3, height, width), dtype=np.float32))
-        loaded[entry.name] = LoadedModel(entry, classifier)
-    return manifest, loaded
-
-
-def _preload_cuda() -> None:
-    """Load the pip-installed CUDA 13 / cuDNN 9 libraries (nvidia-* wheels) before the first CUDA session."""
-    try:
-        ort.preload_dlls()
-    except Exception as exc:  # the system's libraries may still be found by the loader
-        log.warning("onnxruntime.preload_dlls() failed (%s); relying on the system's CUDA libraries", exc)
-
-
-def model_list(manifest: Manifest) -> ModelList:
-    return ModelList(default=manifest.default, models=[
-        ModelInfo(name=m.name, dataset=m.dataset, arch=m.arch, classes=m.classes, precision=m.precision,
-                  accuracy=m.metrics.get("val_top1"), input_size=list(m.input.size), default=m.name == manifest.default)
-        for m in manifest.models])
+    def _reject(self, rejection: Rejection, headers: dict[str, str] | None = None) -> JSONResponse:
+        if REASONS[rejection.reason].counted:
+            self.metrics.reject(rejection.reason)
+        return JSONResponse(rejection.body(), status_code=rejection.status, headers=headers)
 
 
 # ---------------------------------------------------------------------------------------------- GET /models
@@ -429,78 +320,9 @@ Classifier.add_asgi_middleware(RouterProbe)
 
 
 # ---------------------------------------------------------------------------------------------- OpenAPI
-def _error_response(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ClassifyError"}}}}
-
-
-def document_openapi(spec: Any) -> Any:
-    """Add what BentoML cannot infer: /classify's error answers and GET /models."""
-    from bentoml._internal.service.openapi.specification import Schema
-
-    spec.components["schemas"]["ClassifyError"] = Schema(
-        type="object", title="ClassifyError", required=["error", "reason"],
-        properties={"error": Schema(type="string", description="what was wrong, for a person"),
-                    "reason": Schema(type="string", enum=[*REJECTION_REASONS, "overloaded"],
-                                     description="what was wrong, for a program (also the metrics label)")})
-    # BentoML's own 400 answers (pydantic errors on /infer and /models) carry a list in "detail".
-    for name in ("InvalidArgument", "NotFound", "InternalServerError"):
-        if name in spec.components["schemas"]:
-            spec.components["schemas"][name].properties["detail"] = Schema(
-                title="Error Detail", description="a message, or a list of validation errors")
-    classify = spec.paths["/classify"].post
-    for path in ("/classify", "/infer"):  # BentoML leaves the body optional; neither API means anything without one
-        spec.paths[path].post["requestBody"]["required"] = True
-    content = classify["requestBody"]["content"]
-    # Other fields are refused (400), not ignored.
-    form = attrs.evolve(content["multipart/form-data"].schema, additionalProperties=False)
-    content["multipart/form-data"] = attrs.evolve(content["multipart/form-data"], schema=form)
-    for name in ("model", "min_confidence"):  # null means "not given", as for an absent field
-        form.properties[name] = {**form.properties[name], "nullable": True}
+def _document(document: dict) -> dict:
     instance = _current_instance()
-    if instance is not None and getattr(instance, "loaded", None):  # known once the models are loaded
-        most = max(len(m.classes) for m in instance.loaded.values())
-        form.properties["k"] = {**form.properties["k"], "maximum": most, "default": min(DEFAULT_K, most)}
-        names = list(instance.loaded)
-        form.properties["model"] = {**form.properties["model"], "enum": [*names, None]}
-        item = spec.components["schemas"]["InferItem"]
-        item.properties["model"] = {**item.properties["model"], "enum": names}
-        sizes = {_PIXEL_BYTES[name] for name in names if name in _PIXEL_BYTES}
-        # One pixel size for every model, a whole number of 3-byte groups: one exact base64 length, no padding
-        # (else the length depends on the model, as the description says).
-        if len(sizes) == 1 and next(iter(sizes)) % 3 == 0:
-            length = sizes.pop() // 3 * 4
-            item.properties["pixels"] = {**item.properties["pixels"], "minLength": length, "maxLength": length,
-                                         "pattern": "^([A-Za-z0-9+/]*|[A-Za-z0-9_-]*)$"}
-    classify["responses"].update({
-        400: _error_response("bad input: not an image, a truncated or empty file, too many images, a bad k or "
-                             "min_confidence, a malformed form"),
-        404: _error_response("unknown model"),
-        413: _error_response("request body over the size limit, or an image over the pixel limit"),
-        415: _error_response("not multipart/form-data"),
-        503: _error_response("overloaded: the request would wait longer than the batching latency limit"),
-    })
-    models = spec.paths["/models"]
-    get = {key: value for key, value in models.post.items() if key != "requestBody"}
-    spec.paths["/models"] = attrs.evolve(models, get={**get, "operationId": f"{get['operationId']}_get",
-                                                       "x-bentoml-name": "models_get"})
-    return spec
+    return document_openapi(document, getattr(instance, "loaded", None), DEFAULT_K)
 
 
-def _install_openapi_documentation(svc: Any) -> None:
-    base = type(svc)
-
-    class DocumentedService(base):  # type: ignore[misc, valid-type]
-        __slots__ = ()
-
-        @property
-        def openapi_spec(self):  # noqa: D401 - BentoML's property, extended
-            return document_openapi(base.openapi_spec.fget(self))
-
-    try:
-        svc.__class__ = DocumentedService
-    except TypeError as exc:  # a BentoML whose Service cannot be specialised: keep its own document
-        log.warning("cannot extend the OpenAPI document (%s)", exc)
-
-
-_install_openapi_documentation(Classifier)
+bentoml_compat.extend_openapi(Classifier, _document)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
 
-from .preprocess import DEFAULT_MAX_PIXELS
+from inference.preprocess import DEFAULT_MAX_PIXELS
 
 # In the repository and inside a built Bento alike, models/ sits next to the service package.
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -27,9 +27,9 @@ def _cpu_count() -> int:
 def default_streams(cores: int, on_gpu: bool) -> int:
     """Inference batches at once, for the service and the scorer. On CPU one single-threaded stream per core:
     concurrent runs on one session keep both cores busy where one two-threaded run leaves a core idle
-    whenever the event loop or a decoder has the other (measured on 2 cores, bench/). On a GPU two, so that
-    one batch's host work overlaps the other's kernels without a batch per core holding GPU memory (not
-    measured: no GPU was available)."""
+    whenever the event loop or a decoder has the other (docs/measurements.md, "Service settings"). On a GPU
+    two, so that one batch's host work overlaps the other's kernels without a batch per core holding GPU
+    memory (not measured: no GPU was available)."""
     return 2 if on_gpu else cores
 
 
@@ -75,10 +75,12 @@ SETTINGS: dict[str, Setting] = {
                               "adaptive batching: a request whose queueing + inference would exceed this is answered "
                               "503 (load shedding)", minimum=1),
     "max_images": Setting("CIFAR_MAX_IMAGES", "--max-images", "most images in one request", minimum=1),
-    "max_body_bytes": Setting("CIFAR_MAX_BODY_BYTES", "--max-body-bytes", "largest request body in bytes", minimum=1024),
+    "max_body_bytes": Setting("CIFAR_MAX_BODY_BYTES", "--max-body-bytes", "largest request body in bytes",
+                              minimum=1024),
     "max_pixels": Setting("CIFAR_MAX_PIXELS", "--max-pixels",
                           "largest image (width x height) decoded; larger ones are refused before decoding", minimum=1),
-    "decode_threads": Setting("CIFAR_DECODE_THREADS", "--decode-threads", "threads decoding uploaded images", minimum=1),
+    "decode_threads": Setting("CIFAR_DECODE_THREADS", "--decode-threads", "threads decoding uploaded images",
+                              minimum=1),
     "workers": Setting("CIFAR_WORKERS", "--workers", "BentoML worker processes, each with its own copy of the models",
                        minimum=1),
     "timeout_s": Setting("CIFAR_TIMEOUT_S", "--timeout", "seconds before a request is abandoned", minimum=1),
@@ -91,14 +93,13 @@ SETTINGS: dict[str, Setting] = {
 class ServiceSettings:
     models_dir: Path = DEFAULT_MODELS_DIR
     device: str = "auto"
-    # Measured on the 2-core CPU (bench_service.py, INT8 with flip TTA, 16 JPEGs per request, concurrency
-    # 32): two batches at once with one intra-op thread each serve ~2,050 images/s against ~1,550 for one
-    # batch at a time on two threads. One batch at a time leaves a core idle whenever the event loop
-    # hands results back or an intra-op thread waits at a barrier for one the event loop displaced.
+    # Several single-threaded batches at once, not one multi-threaded batch at a time: that leaves a core
+    # idle whenever the event loop hands results back or an intra-op thread waits at a barrier for one the
+    # event loop displaced (docs/measurements.md, "Service settings").
     streams: int = 0  # 0: one per core this process may use
     threads: int = 0  # 0: the cores divided among the streams (one each, by default)
-    # Measured on the 2-core CPU (INT8 and FP32, 16 JPEGs per request, concurrency 32): 256 gives 20-30%
-    # more images/s than 64, each batch paying the hand-offs between event loop and inference thread once.
+    # Large: each batch pays the hand-offs between event loop and inference thread once
+    # (docs/measurements.md, "Service settings").
     max_batch_size: int = 256
     # Only a shedding threshold: the dispatcher waits for a batch adaptively, far less than this.
     max_latency_ms: int = 10_000
@@ -108,8 +109,8 @@ class ServiceSettings:
     decode_threads: int = 0  # 0: one per core
     workers: int = 1
     timeout_s: int = 60
-    # Off by default: the per-request log line costs ~5-10% of single-image throughput (bench_service,
-    # INT8, concurrency 8: 355 -> 394 images/s); /metrics counts requests either way.
+    # Off by default: the per-request log line costs single-image throughput (docs/measurements.md,
+    # "Service settings"); /metrics counts requests either way.
     access_log: str = "off"
 
     @classmethod

@@ -1,31 +1,32 @@
-"""Reading a /classify request at the edge: size limits, multipart parsing, field checks.
+"""Reading a /classify request at the edge: size limits, the multipart form, the typed fields, the images.
 
-Nothing here raises for a bad request: every problem becomes a :class:`Rejection` (HTTP status, a
-reason label for the metrics, a message for the caller), so the API answers all of them in one place
+Nothing here raises for a bad request: every problem becomes a :class:`contract.Rejection` (a reason,
+which gives the HTTP status, and a message for the caller), so the API answers all of them in one place
 with one JSON shape, and nothing the caller sends can turn into a 5xx.
 """
 from __future__ import annotations
 
 import json
+import re
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 
+from inference.preprocess import ImageDecodeError, ImageTooLarge, decode_pixels
+
+from .confidence import parse_min_confidence
+from .contract import REASONS, Rejection
+
 FIELDS = ("images", "k", "model", "min_confidence")
-# The reason a repeated or file-valued non-image field is refused with.
-_FIELD_REASONS = {"k": "bad_k", "model": "malformed_request", "min_confidence": "bad_min_confidence"}
-
-
-@dataclass(frozen=True)
-class Rejection:
-    status: int
-    reason: str  # one of metrics.REJECTION_REASONS
-    message: str
-
-    def body(self) -> dict[str, str]:
-        return {"error": self.message, "reason": self.reason}
+# The reason a field's problems are refused with.
+FIELD_REASONS = {"images": "malformed_request", "k": "bad_k", "model": "malformed_request",
+                 "min_confidence": "bad_min_confidence"}
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,11 @@ class Upload:
     data: bytes
 
 
-@dataclass(frozen=True)
-class ParsedForm:
-    uploads: list[Upload]
-    fields: dict[str, Any]  # raw values of the fields given ("k", "model", "min_confidence"): checked by the API
-
-
 class _BodyTooLarge(Exception):
+    pass
+
+
+class _TooManyImages(Exception):
     pass
 
 
@@ -61,6 +60,25 @@ def _limited_receive(request: Request, limit: int):
     return limited
 
 
+class _FormParser(MultiPartParser):
+    """Starlette's multipart parser, which stops at the first ``images`` file over the limit with an exception
+    of its own: starlette's own limit on files raises the same exception type as a malformed body."""
+
+    def __init__(self, request: Request, stream: Any, max_images: int) -> None:
+        super().__init__(request.headers, stream, max_files=max_images + 1, max_fields=len(FIELDS) * 2,
+                         max_part_size=4096)
+        self.max_images = max_images
+        self.images = 0
+
+    def on_part_end(self) -> None:
+        super().on_part_end()
+        name, value = self.items[-1]
+        if name == "images" and isinstance(value, UploadFile):
+            self.images += 1
+            if self.images > self.max_images:
+                raise _TooManyImages()
+
+
 def _field_value(text: str) -> Any:
     """A non-file form field: JSON (what the OpenAPI document asks for) or, failing that, the plain text."""
     try:
@@ -69,10 +87,12 @@ def _field_value(text: str) -> Any:
         return text
 
 
-async def read_classify_form(request: Request, max_images: int, max_body_bytes: int) -> ParsedForm | Rejection:
+async def read_classify_form(request: Request, max_images: int, max_body_bytes: int) -> dict[str, Any] | Rejection:
+    """The fields given, as raw values for ``ClassifyInput``: ``images`` a list of :class:`Upload`, the others
+    decoded from JSON or left as text."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "multipart/form-data":
-        return Rejection(415, "unsupported_media_type",
+        return Rejection("unsupported_media_type",
                          f"send the images as multipart/form-data (got {media_type or 'no content type'}): "
                          "one 'images' file part per image, optional 'k', 'model' and 'min_confidence' fields")
     declared = request.headers.get("content-length")
@@ -80,22 +100,23 @@ async def read_classify_form(request: Request, max_images: int, max_body_bytes: 
         try:
             declared_bytes = int(declared)
         except ValueError:
-            return Rejection(400, "malformed_request", f"invalid Content-Length {declared!r}")
+            return Rejection("malformed_request", f"invalid Content-Length {declared!r}")
         if declared_bytes > max_body_bytes:
             return _too_large(max_body_bytes, declared_bytes)
 
     limited = Request(request.scope, _limited_receive(request, max_body_bytes))
     try:
-        form = await limited.form(max_files=max_images + 1, max_fields=len(FIELDS) * 2, max_part_size=4096)
+        async with aclosing(limited.stream()) as stream:
+            form = await _FormParser(limited, stream, max_images).parse()
     except _BodyTooLarge:
         return _too_large(max_body_bytes)
-    except Exception as exc:  # starlette's HTTPException / MultiPartException, python-multipart's parse errors
-        detail = getattr(exc, "detail", None) or getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        if "too many files" in str(detail).lower():
-            return Rejection(400, "too_many_images", f"too many images: at most {max_images} per request")
-        return Rejection(400, "malformed_request", f"the multipart body could not be parsed: {detail}")
+    except _TooManyImages:
+        return Rejection("too_many_images", f"too many images: at most {max_images} per request")
+    except Exception as exc:  # starlette's MultiPartException, python-multipart's parse errors
+        detail = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        return Rejection("malformed_request", f"the multipart body could not be parsed: {detail}")
     try:
-        return await _check_form(form, max_images)
+        return await _check_form(form)
     finally:
         await form.close()
 
@@ -116,33 +137,106 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes | Rejection:
 
 def _too_large(limit: int, size: int | None = None) -> Rejection:
     got = f" ({size} bytes)" if size is not None else ""
-    return Rejection(413, "body_too_large", f"request body too large{got}: the limit is {limit} bytes")
+    return Rejection("body_too_large", f"request body too large{got}: the limit is {limit} bytes")
 
 
-async def _check_form(form, max_images: int) -> ParsedForm | Rejection:
+async def _check_form(form) -> dict[str, Any] | Rejection:
     unknown = sorted({key for key in form.keys() if key not in FIELDS})
     if unknown:
-        return Rejection(400, "malformed_request",
+        return Rejection("malformed_request",
                          f"unknown form field(s) {', '.join(map(repr, unknown))}; expected {', '.join(FIELDS)}")
-    values = {}
-    for key, reason in _FIELD_REASONS.items():
+    values: dict[str, Any] = {}
+    for key in FIELDS[1:]:
         given = form.getlist(key)
         if len(given) > 1:
-            return Rejection(400, reason, f"{key!r} given {len(given)} times")
+            return Rejection(FIELD_REASONS[key], f"{key!r} given {len(given)} times")
         if given:
             value = given[0]
             if isinstance(value, UploadFile):
-                return Rejection(400, reason, f"{key!r} must be a plain form field, not a file")
+                return Rejection(FIELD_REASONS[key], f"{key!r} must be a plain form field, not a file")
             values[key] = _field_value(value)
-    parts = form.getlist("images")
-    if not parts:
-        return Rejection(400, "no_images", "no images: send one or more files in the 'images' field")
-    if len(parts) > max_images:
-        return Rejection(400, "too_many_images", f"too many images: {len(parts)} sent, at most {max_images} per request")
     uploads = []
-    for i, part in enumerate(parts):
+    for i, part in enumerate(form.getlist("images")):
         if not isinstance(part, UploadFile):
-            return Rejection(400, "malformed_request",
+            return Rejection("malformed_request",
                              f"images[{i}] is a text field: upload each image as a file (a part with a filename)")
         uploads.append(Upload(part.filename or "", await part.read()))
-    return ParsedForm(uploads, values)
+    values["images"] = uploads
+    return values
+
+
+# ---------------------------------------------------------------------------------------------- the typed fields
+def _refuse(reason: str, message: str) -> PydanticCustomError:
+    """A validation error that names its reason, so that the answer needs no guessing from pydantic's words."""
+    return PydanticCustomError(reason, "{message}", {"message": message})
+
+
+def integer_k(value: Any) -> int:
+    """``k`` as sent: a JSON integer, or text that reads as one."""
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise _refuse("bad_k", f"k must be an integer, got {value[:50]!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _refuse("bad_k", f"k must be an integer, got {value!r}"[:200])
+    return value
+
+
+def model_name(value: Any) -> str | None:
+    """``model`` as sent: a name; empty means the default, as does JSON null."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _refuse("malformed_request", f"'model' must be a model name, got {value!r}"[:200])
+    return value
+
+
+def threshold(value: Any) -> float | None:
+    """``min_confidence`` as sent: a number from 0 to 1 (JSON or text); JSON null means none."""
+    if value is None:
+        return None
+    try:
+        return parse_min_confidence(value)
+    except ValueError as exc:
+        raise _refuse("bad_min_confidence", f"min_confidence {exc}") from None
+
+
+_BOUNDS = {"greater_than_equal": ("at least", "ge"), "less_than_equal": ("at most", "le")}
+
+
+def rejection_from(error: ValidationError) -> Rejection:
+    """The first problem pydantic found with a request's fields, as the refusal the contract names for it."""
+    first = error.errors(include_url=False)[0]
+    field = str(first["loc"][0]) if first["loc"] else "request"
+    if first["type"] in REASONS:
+        return Rejection(first["type"], first["msg"])  # raised by the validators above, in the contract's words
+    if field == "images" and first["type"] == "too_short":
+        return Rejection("no_images", "no images: send one or more files in the 'images' field")
+    if field == "images" and first["type"] == "too_long":
+        return Rejection("too_many_images", f"too many images: at most {first['ctx']['max_length']} per request")
+    reason = FIELD_REASONS.get(field, "malformed_request")
+    if first["type"] in _BOUNDS:
+        words, key = _BOUNDS[first["type"]]
+        return Rejection(reason, f"{field} must be {words} {first['ctx'][key]}, got {first['input']!r}"[:200])
+    return Rejection(reason, f"{field}: {first['msg']}"[:200])
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+_MEMORY_ADDRESS = re.compile(r" <_io\.BytesIO object at 0x[0-9a-f]+>")
+
+
+def decode_uploads(uploads: list[Upload], size: tuple[int, int], max_pixels: int) -> list[bytes] | Rejection:
+    """Every upload as the model's input pixels, or the first one's problem."""
+    out = []
+    for i, upload in enumerate(uploads):
+        where = f"images[{i}] ({upload.filename!r})"
+        if not upload.data:
+            return Rejection("empty_file", f"{where} is an empty file (0 bytes)")
+        try:
+            out.append(decode_pixels(upload.data, size, max_pixels))
+        except ImageTooLarge as exc:
+            return Rejection("image_too_large", f"{where}: {_MEMORY_ADDRESS.sub('', str(exc))}")
+        except ImageDecodeError as exc:
+            return Rejection("not_an_image", f"{where}: {_MEMORY_ADDRESS.sub('', str(exc))}")
+    return out

@@ -2,6 +2,7 @@
 manifest integrity."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,11 +14,12 @@ import torch
 
 from export.__main__ import main as export_main
 from export.onnx_export import export_fp32
-from export.parity import ACCURACY_TOLERANCE_POINTS
 from export.pipeline import ParityError, export_checkpoint, verify_model
-from service.manifest import METADATA_KEY, ManifestError, load_manifest
-from service.preprocess import decode_image, to_model_input
-from service.runtime import OnnxClassifier, read_card
+from export.variants import CONVERTERS, converter
+from inference.manifest import METADATA_KEY, ManifestError, ModelCard, load_manifest
+from inference.precisions import PRECISIONS
+from inference.preprocess import decode_image, to_model_input
+from inference.runtime import OnnxClassifier, read_card
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.data import load_split
 from training.inference import with_tta
@@ -128,7 +130,8 @@ def test_fp16_and_int8_variants(tiny_run, tmp_path):
     temperatures = {}
     for precision in ("fp16", "int8"):
         try:
-            entry, parity = export_checkpoint(tiny_run / "best.pt", f"tiny-{precision}", precision, tmp_path, cache_dir=None)
+            entry, parity = export_checkpoint(tiny_run / "best.pt", f"tiny-{precision}", precision, tmp_path,
+                                              cache_dir=None)
         except ParityError as exc:  # a toy model on 15 images may miss by one image; the figures must still be there
             pytest.fail(f"{precision} variant failed parity on the toy model: {exc}")
         proto = onnx.load(str(tmp_path / entry.file))
@@ -139,7 +142,7 @@ def test_fp16_and_int8_variants(tiny_run, tmp_path):
             assert onnx.TensorProto.INT8 in types and "calibration" in entry.source
         # inputs and outputs stay float32 for clients
         assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-        assert abs(parity.accuracy_diff_points) <= ACCURACY_TOLERANCE_POINTS[precision]
+        assert abs(parity.accuracy_diff_points) <= PRECISIONS[precision].tolerance_points
         temperatures[precision] = entry.calibration.temperature
         assert set(entry.metrics["calibration"]) >= {"before", "after", "refit"}  # shared T against the variant's own
     assert load_manifest(tmp_path).default == "tiny-fp16"  # the first model exported becomes the default
@@ -148,8 +151,18 @@ def test_fp16_and_int8_variants(tiny_run, tmp_path):
     assert temperatures == {"fp16": fp32.calibration.temperature, "int8": fp32.calibration.temperature}
 
 
+def test_every_precision_has_a_converter_and_the_card_accepts_it():
+    """A precision is one entry of inference.precisions plus its converter in export/variants.py."""
+    assert list(CONVERTERS) and set(CONVERTERS) == set(PRECISIONS)
+    card_type = ModelCard.model_json_schema()["properties"]["precision"]
+    assert card_type["enum"] == list(PRECISIONS)
+    with pytest.raises(ValueError, match="unknown precision 'fp8'; valid: fp32, fp16, int8"):
+        converter("fp8")
+
+
 def test_parity_failure_exits_nonzero(tiny_run, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(ACCURACY_TOLERANCE_POINTS, "fp32", -1.0)  # nothing can meet a negative tolerance
+    # nothing can meet a negative tolerance
+    monkeypatch.setitem(PRECISIONS, "fp32", dataclasses.replace(PRECISIONS["fp32"], tolerance_points=-1.0))
     code = export_main(["--checkpoint", str(tiny_run / "best.pt"), "--name", "bad", "--models-dir", str(tmp_path),
                         "--cache-dir", str(tmp_path / "c")])
     assert code == 1

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from service.preprocess import ImageDecodeError, decode_image, decode_pixels, pixels_to_model_input, to_model_input
+from inference.preprocess import (
+    ImageDecodeError,
+    ImageTooLarge,
+    decode_image,
+    decode_pixels,
+    pixels_to_model_input,
+    to_model_input,
+)
 
 
 def _encode(image: Image.Image, fmt: str, orientation: int | None = None) -> bytes:
@@ -55,7 +62,7 @@ def test_data_that_only_starts_like_an_image_is_refused(data):
 def test_empty_and_oversized_are_refused():
     with pytest.raises(ImageDecodeError, match="empty"):
         decode_image(b"")
-    with pytest.raises(ImageDecodeError, match="over the limit"):
+    with pytest.raises(ImageTooLarge, match="over the limit"):  # its own type: the service answers 413 for it
         decode_image(_encode(Image.new("RGB", (100, 100)), "PNG"), max_pixels=9_999)
 
 
@@ -77,7 +84,7 @@ def _jpeg(image: Image.Image, **save) -> bytes:
 def test_real_cifar_jpegs_take_the_plain_path_with_pillows_pixels(shared_archive):
     import tarfile
 
-    from service.preprocess import plain_jpeg_frame
+    from inference.preprocess import plain_jpeg_frame
 
     seen = 0
     with tarfile.open(shared_archive, "r:gz") as tar:
@@ -93,7 +100,7 @@ def test_real_cifar_jpegs_take_the_plain_path_with_pillows_pixels(shared_archive
 
 
 def test_plain_path_covers_grey_progressive_and_other_sizes_and_leaves_the_rest_to_pillow():
-    from service.preprocess import plain_jpeg_frame
+    from inference.preprocess import plain_jpeg_frame
 
     rng = np.random.default_rng(1)
     colour = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
@@ -131,7 +138,7 @@ def test_a_truncated_plain_jpeg_is_refused_in_pillows_words():
 
 def test_a_plain_jpeg_over_the_pixel_limit_is_refused_before_decoding():
     data = _jpeg(Image.new("RGB", (120, 100)))
-    with pytest.raises(ImageDecodeError, match="120x100 = 12000 pixels, over the limit"):
+    with pytest.raises(ImageTooLarge, match="120x100 = 12000 pixels, over the limit"):
         decode_image(data, max_pixels=11_999)
 
 

@@ -15,12 +15,19 @@ from conftest import tiny_overrides
 from training.__main__ import main
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.reports.ablate import parse_vary, split_values
+from training.reports.calibration import calibration_metrics, fit_temperature
 from training.reports.evaluate import load_predictions
 from training.reports.figures import worst_classes
 from training.reports.gradcam import GradCAM
-from training.reports.calibration import calibration_metrics, fit_temperature
-from training.reports.metrics import (brier_score, compute_metrics, expected_calibration_error, mcnemar,
-                                      negative_log_likelihood, reliability_bins, softmax)
+from training.reports.metrics import (
+    brier_score,
+    compute_metrics,
+    expected_calibration_error,
+    mcnemar,
+    negative_log_likelihood,
+    reliability_bins,
+    softmax,
+)
 
 REPORT_FILES = ["metrics.json", "predictions.npz", "confusion_matrix.png", "per_class_accuracy.png",
                 "misclassified.png", "reliability.png", "gradcam.png", "training_curves.png", "report.md"]
@@ -122,7 +129,8 @@ def test_temperature_fit_recovers_the_temperature_labels_were_drawn_with(true_te
     assert fitted == pytest.approx(true_temperature, rel=0.05)
     # The fit minimises the NLL: nudging T either way cannot lower it.
     for factor in (0.97, 1.03):
-        assert negative_log_likelihood(logits / (fitted * factor), labels) > negative_log_likelihood(logits / fitted, labels)
+        worse = negative_log_likelihood(logits / (fitted * factor), labels)
+        assert worse > negative_log_likelihood(logits / fitted, labels)
 
 
 def _paired(b: int, c: int, both_right: int = 50, both_wrong: int = 7) -> tuple[np.ndarray, np.ndarray]:
@@ -250,7 +258,7 @@ def test_worst_classes_skips_classes_without_samples():
 def _export_onnx(run: Path, path: Path) -> Path:
     import onnx
 
-    from service.manifest import METADATA_KEY, InputSpec, ModelCard
+    from inference.manifest import METADATA_KEY, InputSpec, ModelCard
 
     ckpt = load_checkpoint(run / "best.pt")
     model = model_from_checkpoint(ckpt)

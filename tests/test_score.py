@@ -19,11 +19,12 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, running_service
-from service.preprocess import decode_image, to_model_input
-from service.runtime import OnnxClassifier
-from service.score import RemoteBackend
-from service.score import main as score_main
-from service.sinks import CsvFormat, JsonlFormat, OutputError, resume_output
+from inference.preprocess import decode_image, to_model_input
+from inference.runtime import OnnxClassifier
+from service.contract import ModelInfo, ModelList
+from service.score.cli import main as score_main
+from service.score.remote import RemoteBackend
+from service.score.sinks import CsvFormat, JsonlFormat, OutputError, resume_output
 
 GOOD = ["0_top.png", "UPPER.JPG", "a/deep/er/x.bmp", "a/img.jpeg", "a-b/z.png",
         "b/anim.gif", "b/gray.jpg", "b/photo.webp", "b/rgba.png"]
@@ -125,7 +126,8 @@ def test_jsonl_schema_and_inline_decoding(tree, tiny_models_dir, tmp_path, capsy
 def test_concurrent_streams_keep_the_output_identical(tree, tiny_models_dir, tmp_path):
     common = ["--models-dir", tiny_models_dir, "--no-progress", "--k", 2, "--batch-size", 2]
     outputs = {}
-    for label, flags in {"one stream": ["--streams", 1, "--workers", 1], "three streams": ["--streams", 3, "--workers", 1],
+    for label, flags in {"one stream": ["--streams", 1, "--workers", 1],
+                         "three streams": ["--streams", 3, "--workers", 1],
                          "streams decoding": ["--streams", 2, "--workers", 0]}.items():
         out = tmp_path / f"{label}.csv"
         assert _score(tree, "--out", out, *flags, *common) == 0
@@ -136,7 +138,7 @@ def test_concurrent_streams_keep_the_output_identical(tree, tiny_models_dir, tmp
 def test_pipeline_finishes_streams_at_once_and_yields_in_order():
     import threading
 
-    from service.score import _pipeline
+    from service.score.pipeline import pipeline
 
     class Backend:
         streams, inflight = 2, 4
@@ -150,7 +152,7 @@ def test_pipeline_finishes_streams_at_once_and_yields_in_order():
                 self.barrier.wait()
             return [handle]
 
-    assert list(_pipeline(iter([[i] for i in range(9)]), Backend())) == [[i * 10] for i in range(9)]
+    assert list(pipeline(iter([[i] for i in range(9)]), Backend())) == [[i * 10] for i in range(9)]
 
 
 def test_pipeline_hands_the_next_chunk_to_whichever_stream_is_free():
@@ -158,7 +160,7 @@ def test_pipeline_hands_the_next_chunk_to_whichever_stream_is_free():
     not wait until chunk 0 is done and taken."""
     import threading
 
-    from service.score import _pipeline
+    from service.score.pipeline import pipeline
 
     class Backend:
         streams, inflight = 2, 4
@@ -174,14 +176,15 @@ def test_pipeline_hands_the_next_chunk_to_whichever_stream_is_free():
                 self.later_started.set()
             return [handle]
 
-    assert list(_pipeline(iter([[i] for i in range(6)]), Backend())) == [[i] for i in range(6)]
+    assert list(pipeline(iter([[i] for i in range(6)]), Backend())) == [[i] for i in range(6)]
 
 
 def test_decode_workers_killed_mid_run_cost_no_rows(image_folder, tiny_models_dir):
     """Workers killed (as by the OOM killer) with chunks in flight and two streams finishing: the pool is
     replaced and every image is still scored, with the scores it gets when decoded in this process."""
-    from service.score import LocalBackend, _pipeline
-    from service.walk import Entry
+    from service.score.local import LocalBackend
+    from service.score.pipeline import pipeline
+    from service.score.walk import Entry
 
     paths = sorted(image_folder.rglob("*.png"))
     chunks = [[Entry(p.name, str(p)) for p in paths[i:i + 6]] for i in range(0, len(paths), 6)]
@@ -198,7 +201,7 @@ def test_decode_workers_killed_mid_run_cost_no_rows(image_folder, tiny_models_di
                         process.join()
                 yield chunk
 
-        rows = [row for rows in _pipeline(killing_workers(), backend) for row in rows]
+        rows = [row for rows in pipeline(killing_workers(), backend) for row in rows]
     finally:
         backend.close()
     assert backend._generation >= 2  # the pool was replaced
@@ -229,11 +232,11 @@ def test_first_decode_pool_forks_only_from_a_single_threaded_process(image_folde
     """The command line starts its backend single-threaded: its workers fork from it, with nothing to import.
     Started beside another thread (an embedding program), the pool comes from a forkserver instead, which
     copies no other thread's locks. Both decode alike."""
-    from service.score import LocalBackend
-    from service.walk import Entry
+    from service.score.local import LocalBackend
+    from service.score.walk import Entry
 
     paths = sorted(image_folder.rglob("*.png"))[:5]
-    code = ("import sys; from service.score import LocalBackend; from service.walk import Entry\n"
+    code = ("import sys; from service.score.local import LocalBackend; from service.score.walk import Entry\n"
             "b = LocalBackend(sys.argv[1], 'cpu', 1, 2, 8, streams=1); b.k = 1\n"
             "rows = b.finish(chunk := [Entry(p, p) for p in sys.argv[2:]], b.submit(chunk))\n"
             "print(b.start_method, *(f'{r.top_k[0].label}:{r.top_k[0].confidence:.6f}' for r in rows)); b.close()")
@@ -441,8 +444,10 @@ def _classify_handler(fail_first: int = 0, max_images: int = 64):
         if request.url.path == "/readyz":
             return httpx.Response(200, json={"status": "ready"})
         if request.url.path == "/models":
-            return httpx.Response(200, json={"default": "fake", "models": [
-                {"name": "fake", "classes": ["alpha", "beta", "gamma"]}]})
+            listing = ModelList(default="fake", models=[ModelInfo(
+                name="fake", dataset="folder", arch="resnet9", classes=["alpha", "beta", "gamma"], precision="fp32",
+                accuracy=None, input_size=[32, 32], default=True)])
+            return httpx.Response(200, json=listing.model_dump(mode="json"))
         calls["requests"] += 1
         if calls["requests"] <= fail_first:
             return httpx.Response(503, json={"error": "warming up", "reason": "overloaded"})

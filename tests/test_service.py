@@ -94,7 +94,7 @@ def _image_bytes(image: Image.Image, fmt: str, **save) -> bytes:
 
 # ---------------------------------------------------------------------------------------------- imports
 def test_import_loads_neither_torch_nor_training():
-    code = ("import sys, service, service.service\n"
+    code = ("import sys, inference, service, service.service\n"
             "bad = [m for m in ('torch', 'training', 'export') if m in sys.modules]\n"
             "assert not bad, bad\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -210,8 +210,10 @@ def _bomb_png() -> bytes:
 
 BAD_REQUESTS = {
     # name: (multipart parts from the JPEGs, other form fields, expected status, expected reason)
-    "not_an_image": (lambda j: [("images", ("notes.jpg", b"these are not pixels", "image/jpeg"))], None, 400, "not_an_image"),
-    "truncated": (lambda j: [("images", ("cut.jpg", j[0].read_bytes()[:200], "image/jpeg"))], None, 400, "not_an_image"),
+    "not_an_image": (lambda j: [("images", ("notes.jpg", b"these are not pixels", "image/jpeg"))], None, 400,
+                     "not_an_image"),
+    "truncated": (lambda j: [("images", ("cut.jpg", j[0].read_bytes()[:200], "image/jpeg"))], None, 400,
+                  "not_an_image"),
     "zero_bytes": (lambda j: [("images", ("empty.jpg", b"", "image/jpeg"))], None, 400, "empty_file"),
     "bomb": (lambda j: [("images", ("bomb.png", _bomb_png(), "image/png"))], None, 413, "image_too_large"),
     "too_many": (lambda j: _files(j[:MAX_IMAGES + 1]), None, 400, "too_many_images"),
@@ -227,7 +229,8 @@ BAD_REQUESTS = {
     "min_confidence_boolean": (lambda j: _files(j[:1]), {"min_confidence": "true"}, 400, "bad_min_confidence"),
     "unknown_model": (lambda j: _files(j[:1]), {"model": "resnet-9000"}, 404, "unknown_model"),
     "no_images": (lambda j: [("k", (None, "1"))], None, 400, "no_images"),
-    "misspelt_field": (lambda j: [("image", ("a.jpg", j[0].read_bytes(), "image/jpeg"))], None, 400, "malformed_request"),
+    "misspelt_field": (lambda j: [("image", ("a.jpg", j[0].read_bytes(), "image/jpeg"))], None, 400,
+                       "malformed_request"),
     "images_as_text": (lambda j: [("images", (None, "http://example.com/cat.jpg"))], None, 400, "malformed_request"),
 }
 
@@ -265,7 +268,8 @@ def _concurrent_requests(url, jpegs) -> tuple[list[httpx.Response], float, float
     with ThreadPoolExecutor(24) as pool:
         responses = list(pool.map(one, range(96)))
     after = _metrics(url)
-    batches = _metric(after, f"{name}_count", method_name="infer") - _metric(before, f"{name}_count", method_name="infer")
+    batches = (_metric(after, f"{name}_count", method_name="infer")
+               - _metric(before, f"{name}_count", method_name="infer"))
     requests = _metric(after, f"{name}_sum", method_name="infer") - _metric(before, f"{name}_sum", method_name="infer")
     return responses, batches, requests
 
@@ -332,7 +336,8 @@ def test_property_based_api_tester_finds_no_server_error_or_undocumented_answer(
     cli = Path(sys.executable).with_name("schemathesis")
     done = subprocess.run([str(cli), "run", f"{server}/docs.json", "--checks", "all",
                            "--exclude-checks", "positive_data_acceptance", "--max-examples", "25", "--seed", "7",
-                           "--no-color"], cwd=tmp_path, capture_output=True, text=True, timeout=600)  # its cache: not in the repo
+                           "--no-color"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # its cache: not in the repo
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     cases = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
     assert cases and cases[1] == cases[2] and int(cases[1]) >= 100, done.stdout[-2000:]
@@ -381,14 +386,14 @@ def test_streams_and_threads_share_the_cores():
     assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "3", done.stderr[-500:]
 
 
-def test_bentoml_build_packs_service_and_models_only(tmp_path):
+def test_bentoml_build_packs_inference_service_and_models_only(tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
     done = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     (bento,) = [p for p in (tmp_path / "home" / "bentos" / "cifar_classifier").iterdir() if p.name != "latest"]
     src = {p.relative_to(bento / "src").parts[0] for p in (bento / "src").rglob("*") if p.is_file()}
-    assert "service" in src and src <= {"service", "models", "bentofile.yaml"}
+    assert {"inference", "service"} <= src <= {"inference", "service", "models", "bentofile.yaml"}
     assert (bento / "src" / "service" / "service.py").is_file()
     if (ROOT / "models" / "manifest.json").is_file():
         assert (bento / "src" / "models" / "manifest.json").is_file()
@@ -397,49 +402,3 @@ def test_bentoml_build_packs_service_and_models_only(tmp_path):
     assert not re.search(r"^(torch|torchvision)\b", requirements, re.M)
     described = yaml.safe_load((bento / "bento.yaml").read_text())
     assert described["service"] == "service.service:Classifier"
-
-
-# ---------------------------------------------------------------------------------------------- internals
-def test_find_dispatcher_uses_the_route_bentoml_registered_and_falls_back_when_absent():
-    import asyncio
-    import functools
-    from types import SimpleNamespace
-
-    from service import batching
-
-    from bentoml._internal.marshal.dispatcher import NonBlockSema
-
-    class Factory:
-        dispatchers = {"infer": SimpleNamespace(_sema=NonBlockSema(1))}
-
-        async def batch_infer(self, name, args, kwargs):
-            return ("batched", name, args)
-
-        async def api_endpoint_wrapper(self, name, request):
-            raise AssertionError("not called")
-
-    factory = Factory()
-    router = SimpleNamespace(routes=[SimpleNamespace(name="infer",
-                                                     endpoint=functools.partial(factory.api_endpoint_wrapper, "infer"))])
-    saved = list(batching._routers)
-    try:
-        batching._routers[:] = []
-        calls = []
-
-        async def proxy_call(batch):
-            calls.append(batch)
-            return "proxied"
-
-        gateway = batching.BatchGateway("infer", lambda: proxy_call)
-        assert asyncio.run(gateway([1])) == "proxied" and not gateway.in_process and calls == [[1]]
-
-        batching.RouterProbe(SimpleNamespace(app=SimpleNamespace(app=router)))  # the router found through .app links
-        gateway = batching.BatchGateway("infer", lambda: proxy_call, concurrency=2)
-        assert asyncio.run(gateway([2])) == ("batched", "infer", ([2],)) and gateway.in_process
-        sema = factory.dispatchers["infer"]._sema  # widened: two batches may run at once, not three
-        sema.acquire()
-        assert not sema.is_locked()
-        sema.acquire()
-        assert sema.is_locked()
-    finally:
-        batching._routers[:] = saved

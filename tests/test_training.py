@@ -18,7 +18,7 @@ from training.config import AUGMENT_PRESETS, ConfigError, build_config
 from training.data import DATASETS, DatasetError, load_split, stratified_split
 from training.data.augment import AugmentParams, augment_batch, cutout, random_crop
 from training.data.folder import read_image_folder
-from training.data.mix import MixParams, MixedTargets, mix_batch, mixed_cross_entropy
+from training.data.mix import MixedTargets, MixParams, mix_batch, mixed_cross_entropy
 from training.engine import Trainer, resume, train
 from training.models import count_parameters, create_model, list_models
 from training.optim import lr_factor
@@ -249,7 +249,8 @@ def test_early_stopping(image_folder, tmp_path):
 
 def test_cli_lists_models_and_rejects_bad_overrides(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "training", "models"], capture_output=True, text=True, env=env, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-m", "training", "models"], capture_output=True, text=True, env=env,
+                         cwd=ROOT)
     assert out.returncode == 0 and "se_resnet18" in out.stdout and "11,263,042" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "training", "train", "--set", "epochs=0", "--out", str(tmp_path)],
                          capture_output=True, text=True, env=env, cwd=ROOT)
@@ -261,7 +262,8 @@ def test_torchrun_two_processes_gloo(image_folder, tmp_path):
     port = str(free_port())  # port 0 hangs torchrun's static rendezvous: pick a free port ourselves
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", port,
-           "-m", "training", "train", "--recipe", "resnet9_half_cpu", "--out", str(tmp_path / "ddp"), "--set", *overrides]
+           "-m", "training", "train", "--recipe", "resnet9_half_cpu", "--out", str(tmp_path / "ddp"),
+           "--set", *overrides]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]

@@ -55,7 +55,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("models", help="list the model registry: name, parameter count, description").set_defaults(fn=cmd_models)
+    models = sub.add_parser("models", help="list the model registry: name, parameter count, description")
+    models.set_defaults(fn=cmd_models)
     sub.add_parser("recipes", help="list the built-in recipes").set_defaults(fn=cmd_recipes)
 
     p = sub.add_parser("train", help="train a model from a recipe", description=(
@@ -70,7 +71,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("resume", help="continue a run from its last.pt", description=(
-        "Continue an interrupted run exactly where its last completed epoch left it (same config, RNG and data order)."))
+        "Continue an interrupted run exactly where its last completed epoch left it "
+        "(same config, RNG and data order)."))
     p.add_argument("run", help="run folder holding last.pt")
     p.add_argument("--epochs", type=int, help="change the total epoch budget (reshapes cosine/linear schedules)")
     p.set_defaults(fn=cmd_resume)

@@ -8,7 +8,6 @@ from torch import nn
 
 from .config import OptimConfig, ScheduleConfig
 
-
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 

@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from service.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
+from inference.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
 
 from .arrays import DatasetError, ImageArrays
 

@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from ..config import Config, build_config
 from ..engine import resume, train
-from ..models import count_parameters
 from ..inference import check_tta
+from ..models import count_parameters
 from .evaluate import DataSpec, load_model, sample_fingerprint
 from .metrics import compute_metrics, mcnemar
 
@@ -135,11 +135,11 @@ def ablate(recipe: str, vary: list[str], sets: list[str] | None = None, out: str
                   for values in itertools.product(*[v for _, v in axes])]
         labels = [" ".join(combo) for combo in combos]
     check_tta(tta)
-    # Build every config before training anything: a typo fails now, not after hours.
+    # Build every config before training anything: a typo fails at once, not after hours.
     configs = [build_config(recipe, sets + combo) for combo in combos]
     out_dir = Path(out) if out else Path("runs") / f"ablate-{configs[0].recipe}"
     loaded: dict[tuple, tuple] = {}
-    for config in configs:  # a missing or unknown split fails now too
+    for config in configs:  # so does a missing or unknown split
         _eval_data(_data_spec(config, split), loaded)
     out_dir.mkdir(parents=True, exist_ok=True)
 

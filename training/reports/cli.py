@@ -28,8 +28,8 @@ def _add_data_args(p: argparse.ArgumentParser, split_default: str | None) -> Non
 
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tta", default="none", help="test-time augmentation: none, flip (average with the mirror image) or multicrop (mirror and "
-                        "one-pixel translations, 6 views)")
+    p.add_argument("--tta", default="none", help="test-time augmentation: none, flip (average with the mirror "
+                                                  "image) or multicrop (mirror and one-pixel translations, 6 views)")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
 
@@ -51,8 +51,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"ECE {metrics['ece']:.4f}  ({metrics['num_samples']} images, {metrics['images_per_s'] or 0:.0f} images/s)")
     if metrics.get("calibration"):
         cal = metrics["calibration"]
-        print(f"calibration: ECE {cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}, NLL {cal['before']['nll']:.4f} "
-              f"-> {cal['after']['nll']:.4f} with temperature {cal['temperature']:.4f} "
+        print(f"calibration: ECE {cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}, "
+              f"NLL {cal['before']['nll']:.4f} -> {cal['after']['nll']:.4f} with temperature {cal['temperature']:.4f} "
               f"({cal['temperature_origin']})")
     print(f"report: {metrics['out_dir']}/report.md")
     return 0

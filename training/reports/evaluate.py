@@ -74,7 +74,7 @@ class ModelSource:
     run_dir: Path | None = None
     history: list[dict] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
-    model: Any = None  # torch ImageClassifier or service.runtime.OnnxClassifier
+    model: Any = None  # torch ImageClassifier or inference.runtime.OnnxClassifier
     device: torch.device = torch.device("cpu")
 
     @property
@@ -141,7 +141,7 @@ def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
 def _load_onnx_source(path: Path, device: str) -> ModelSource:
     if not path.is_file():
         raise FileNotFoundError(f"no ONNX model at {path}")
-    from service.runtime import OnnxClassifier
+    from inference.runtime import OnnxClassifier
 
     onnx_device = device if device in ("auto", "cpu", "cuda") else "cuda" if device.startswith("cuda") else "cpu"
     classifier = OnnxClassifier(path, device=onnx_device)

@@ -6,7 +6,7 @@ JSON Lines: ``{"path": ..., "top_k": [{"label", "index", "confidence"}, ...], "e
 (``top_k`` empty on an error row). Paths are POSIX and relative to the scored folder.
 With a ``min_confidence`` threshold, a ``confident`` column before ``error`` (``true``/``false``,
 empty on an error row), or a ``"confident"`` key after ``top_k`` (``null`` on an error row); without
-one, the output is exactly as it was before thresholds existed.
+one, the output has neither.
 
 Files are UTF-8; a file name that is not valid UTF-8 is written byte for byte
 (surrogateescape), so it reads back as the same key when resuming.
@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, NamedTuple
 
-from .confidence import is_confident
+from ..confidence import is_confident
 
 ENCODING = dict(encoding="utf-8", errors="surrogateescape")
 FORMATS = ("csv", "jsonl")

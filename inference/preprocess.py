@@ -17,14 +17,18 @@ from PIL import Image, ImageOps
 # with 32x32 inputs has no use for anything near that, so the limit is far lower.
 DEFAULT_MAX_PIXELS = 40_000_000
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-# Naming the format up front skips Pillow's probe of every registered format: ~10 us of the ~100 us a
-# 32x32 JPEG takes (measured with time.process_time on this CPU). Anything else is probed as usual.
+# Naming the format up front skips Pillow's probe of every registered format, a tenth of a small JPEG's
+# decoding time (docs/measurements.md, "Decoding"). Anything else is probed as usual.
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _MAGIC_FORMATS = ((_JPEG_MAGIC, ("JPEG",)), (b"\x89PNG\r\n\x1a\n", ("PNG",)))
 
 
 class ImageDecodeError(ValueError):
-    """The bytes are not a readable image, or the image is too large. The message says which."""
+    """The bytes are not a readable image (or, as ``ImageTooLarge``, one over the pixel limit)."""
+
+
+class ImageTooLarge(ImageDecodeError):
+    """The image has more pixels than allowed: refused before its pixels are decoded."""
 
 
 def decode_image(data: bytes, size: tuple[int, int] = (32, 32), max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -33,8 +37,8 @@ def decode_image(data: bytes, size: tuple[int, int] = (32, 32), max_pixels: int 
 
 
 def decode_pixels(data: bytes, size: tuple[int, int] = (32, 32), max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
-    """``decode_image``'s pixels packed as bytes (H x W x 3), the form batches are joined from: 3-4 us less per
-    CIFAR image than through an array."""
+    """``decode_image``'s pixels packed as bytes (H x W x 3), the form batches are joined from: cheaper than
+    through an array (docs/measurements.md, "Decoding")."""
     return decode_rgb(data, size, max_pixels).tobytes()
 
 
@@ -48,7 +52,8 @@ def decode_rgb(data: bytes, size: tuple[int, int] = (32, 32), max_pixels: int = 
         _check_pixels(width, height, max_pixels)
         try:
             # The decoder Pillow's JPEG plugin would run, with the arguments it would pass, minus the plugin's
-            # Python header parsing: 30-38 instead of 54-84 us per CIFAR JPEG, identical pixels.
+            # Python header parsing, which took a third of a CIFAR JPEG's time; identical pixels
+            # (docs/measurements.md, "Decoding").
             image = Image.frombytes(mode, (width, height), data, "jpeg", mode, "")
         except Exception:  # truncated or corrupt: the general path below says so in Pillow's words
             pass
@@ -67,11 +72,11 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int) -> Image.Im
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"image too large: {exc}") from exc
+        raise ImageTooLarge(f"image too large: {exc}") from exc
     except Exception as exc:  # Pillow raises many types for bad data; all mean the same to the caller
         raise ImageDecodeError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
     # A JPEG keeps its orientation only in an EXIF block; without one there is nothing to rotate, and
-    # skipping exif_transpose's parse saves ~12 us per image. Other formats keep it elsewhere (TIFF tags).
+    # exif_transpose's parse is skipped. Other formats keep it elsewhere (TIFF tags).
     return to_rgb_image(image, size, exif=not (image.format == "JPEG" and "exif" not in image.info))
 
 
@@ -84,7 +89,7 @@ def _format_hint(data: bytes) -> tuple[str, ...] | None:
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
-        raise ImageDecodeError(f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
 
 
 # Segments a plain JPEG may have before its frame header: JFIF (APP0), quantisation and Huffman tables,

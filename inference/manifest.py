@@ -12,6 +12,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .precisions import PrecisionName
+
 MANIFEST_NAME = "manifest.json"
 # Key under which an ONNX file's metadata_props hold its ModelCard as JSON.
 METADATA_KEY = "cifar_model_card"
@@ -70,12 +72,12 @@ class ModelCard(BaseModel):
     arch: str
     dataset: str
     classes: list[str] = Field(min_length=2)
-    precision: Literal["fp32", "fp16", "int8"]
+    precision: PrecisionName  # a name from precisions.PRECISIONS
     input: InputSpec
     output: str = "logits"
     metrics: dict[str, Any] = Field(default_factory=dict)
     source: dict[str, Any] = Field(default_factory=dict)  # checkpoint, recipe, export tool versions
-    # Files exported before calibration existed have no division in their graph, which is what the default says.
+    # A card without a calibration record describes a graph without the division: the default says so.
     calibration: Calibration = Field(default_factory=Calibration)
 
     @model_validator(mode="after")

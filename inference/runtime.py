@@ -53,15 +53,16 @@ def default_threads() -> int:
 def create_session(path: str | Path, device: Device = "auto", threads: int | None = None,
                    spin: bool = True) -> ort.InferenceSession:
     """``spin=False``: idle intra-op threads sleep instead of busy-waiting for the next run, which a
-    server with gaps between batches needs (measured: 1.0 -> 0.74 ms of CPU per served image)."""
+    server with gaps between batches needs: spinning threads take the cores its other work needs
+    (docs/measurements.md, "ONNX Runtime sessions")."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # A memory pattern is traced on a shape's first run and only used from its third. Shipped INT8 model,
-    # 1 thread, batch 256: with it runs 1-2 took 0.23-0.26 s and later ones 0.165-0.18 s; without it run 2
-    # already took 0.166 s and later runs were as fast. One slow run fewer per stream at start, nothing lost.
+    # A memory pattern is traced on a shape's first run and only used from its third: without one, a
+    # stream's second run is already as fast as later ones, and the steady state is no slower
+    # (docs/measurements.md, "ONNX Runtime sessions").
     options.enable_mem_pattern = False
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: fallbacks we chose deliberately are not news

@@ -1,0 +1,10 @@
+"""The model contract, shared by training, export and serving; torch-free.
+
+- ``manifest``: the schema of ``models/manifest.json`` and of the model card every ONNX file carries.
+- ``precisions``: the precisions a model can be exported at, and what each promises.
+- ``preprocess``: image bytes -> the pixels and the float32 tensor every model takes.
+- ``runtime``: ONNX Runtime sessions and the exported classifier.
+
+It imports none of ``training``, ``export`` or ``service`` (tests/test_architecture.py checks it), so
+each of them can depend on it and the serving side stays free of torch.
+"""

@@ -1,0 +1,62 @@
+"""The precisions a model can be exported at: one entry each, read by export, verify, the manifest and the CLI.
+
+A new precision is one entry here plus its converter in ``export/variants.py`` (``CONVERTERS``); a test
+checks that both exist for every name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str
+    help: str  # what it is, for `python -m export --help`
+    # Parity with the FP32 PyTorch checkpoint on the validation split that export and verify demand:
+    tolerance_points: float  # most |ONNX top-1 - PyTorch top-1|, in percentage points
+    min_agreement: float | None  # least share of images whose top-1 class both agree on; None: not checked
+    providers: tuple[str, ...]  # the ONNX Runtime providers it is meant for, most suited first
+
+
+PRECISIONS: dict[str, Precision] = {
+    p.name: p
+    for p in (
+        Precision("fp32", "full precision", tolerance_points=0.05, min_agreement=0.999, providers=(CPU, CUDA)),
+        Precision("fp16", "float16 inside, float32 inputs and outputs", tolerance_points=0.1, min_agreement=None,
+                  providers=(CUDA,)),
+        Precision("int8", "static quantisation calibrated on training images", tolerance_points=0.5,
+                  min_agreement=None, providers=(CPU,)),
+    )
+}
+# The manifest's type for a precision, built from the table so that a new entry is all it takes.
+PrecisionName = Literal[tuple(PRECISIONS)]  # type: ignore[valid-type]
+
+_PROVIDER_WORDS = {CPU: "CPUs", CUDA: "GPUs"}
+
+
+def precision(name: str) -> Precision:
+    """The entry for ``name``; ValueError naming the valid ones otherwise."""
+    try:
+        return PRECISIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown precision {name!r}; valid: {', '.join(PRECISIONS)}") from None
+
+
+def suits(entry: Precision) -> str:
+    """'CPUs', 'GPUs' or 'CPUs and GPUs': the hardware a precision is meant for, in words."""
+    return " and ".join(_PROVIDER_WORDS[p] for p in entry.providers)
+
+
+def tolerance_text() -> str:
+    """The tolerances, as verify's help states them: 'FP32: 0.05 points and 99.9% agreement; FP16: 0.1; ...'."""
+    parts = []
+    for entry in PRECISIONS.values():
+        text = f"{entry.name.upper()}: {entry.tolerance_points:g}"
+        if entry.min_agreement is not None:
+            text += f" points and {100 * entry.min_agreement:g}% agreement"
+        parts.append(text)
+    return "; ".join(parts)

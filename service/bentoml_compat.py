@@ -1,0 +1,269 @@
+"""Every use of BentoML's internals, in one place: what the service needs that BentoML 1.4 has no public API for.
+
+- Batching in-process. BentoML 1.4's documented way for one API to call another of the same service,
+  ``self.to_async.infer(...)``, is an HTTP round trip through the whole ASGI stack with the arguments as
+  JSON, and in 1.4.30+ its aiohttp session is closed under in-flight requests every
+  ``runner_connection.max_requests`` calls (bentoml/BentoML#5540, #5544); it costs several times the
+  latency of a direct call (docs/deploy.md, "Inside"). So /classify hands its decoded images straight to
+  the dispatcher that serves the batchable API's own HTTP route: same queue, same ``max_batch_size`` /
+  ``max_latency_ms``, same adaptive-batch-size histogram on /metrics, no serialisation. The dispatcher
+  runs one batch at a time; it is allowed ``concurrency`` (its semaphore widened, and the service given
+  as many threads for sync APIs), so that a second batch keeps the cores busy while the event loop
+  answers the first. The dispatcher is found once, through the route BentoML registered for the API;
+  :class:`RouterProbe` (an ASGI middleware that only passes requests on) remembers the router.
+- The OpenAPI document: BentoML cannot infer /classify's error answers or GET /models;
+  :func:`extend_openapi` lets the service edit the document as a plain dict.
+- APIs bound once per instance (:func:`bind_apis`), and upload fields declared as the file parts of a
+  multipart form (:func:`declare_multipart`).
+
+``SUPPORTED`` says whether the installed BentoML is a version this was written against. When it is not,
+or when an internal is not where it should be, each part falls back to BentoML's documented behaviour
+(the self-proxy call, BentoML's own document, unbound APIs) and logs a warning.
+:func:`check_internals` lists what is missing; tests/test_bentoml_compat.py fails on any of it.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Sized
+from typing import Any, Awaitable, Callable, Sequence
+
+import bentoml
+
+# Under "bentoml": the logger BentoML configures (INFO) in its server processes.
+log = logging.getLogger("bentoml.cifar.compat")
+
+# The BentoML versions whose internals this module was written against (major.minor); tested with 1.4.39.
+SUPPORTED_VERSIONS = ("1.4",)
+
+
+def _supported(version: str) -> bool:
+    return ".".join(version.split(".")[:2]) in SUPPORTED_VERSIONS
+
+
+SUPPORTED = _supported(bentoml.__version__)
+
+
+def _unsupported(what: str) -> bool:
+    """True (with a warning) when the installed BentoML is not one this module knows."""
+    if not SUPPORTED:
+        log.warning("BentoML %s is not a version this service was written against (%s): %s",
+                    bentoml.__version__, ", ".join(f"{v}.x" for v in SUPPORTED_VERSIONS), what)
+    return not SUPPORTED
+
+
+# ---------------------------------------------------------------------------------------------- batching
+_routers: list[Any] = []
+
+
+class RouterProbe:
+    """Passes every request on unchanged; remembers the router below it, where BentoML's API routes live."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        inner, hops = app, 0
+        while inner is not None and not hasattr(inner, "routes") and hops < 32:
+            inner, hops = getattr(inner, "app", None), hops + 1
+        if inner is not None and hasattr(inner, "routes"):
+            _routers.append(inner)
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.app(scope, receive, send)
+
+
+def find_dispatcher(api_name: str, concurrency: int = 1) -> Callable[[Any], Awaitable[Any]] | None:
+    """``call(batch) -> output`` through the adaptive-batching dispatcher of batchable API ``api_name``,
+    which may run up to ``concurrency`` batches at once."""
+    for router in reversed(_routers):
+        for route in getattr(router, "routes", []):
+            if getattr(route, "name", None) != api_name:
+                continue
+            endpoint = getattr(route, "endpoint", None)
+            factory = getattr(getattr(endpoint, "func", None), "__self__", None)
+            if isinstance(endpoint, functools.partial) and api_name in getattr(factory, "dispatchers", {}):
+                dispatcher = factory.dispatchers[api_name]
+                _allow_concurrent_batches(dispatcher, concurrency)
+                return _caller(factory.batch_infer, dispatcher, api_name)
+    return None
+
+
+def _caller(batch_infer: Callable[..., Awaitable[Any]], dispatcher: Any,
+            api_name: str) -> Callable[[Any], Awaitable[Any]]:
+    async def call(batch: Any) -> Any:
+        _forget_stale_wait(dispatcher)
+        return await batch_infer(api_name, (batch,), {})
+
+    return call
+
+
+def _allow_concurrent_batches(dispatcher: Any, concurrency: int) -> None:
+    """BentoML's CorkDispatcher admits one batch at a time through a ``NonBlockSema(1)``; widen it."""
+    sema = getattr(dispatcher, "_sema", None)
+    if concurrency > 1 and sema is not None and hasattr(sema, "is_locked") and hasattr(sema, "sema"):
+        dispatcher._sema = type(sema)(concurrency)
+        log.info("up to %d batches at once", concurrency)
+    elif concurrency > 1:
+        log.warning("cannot let BentoML's dispatcher run %d batches at once (other internals?): one at a time",
+                    concurrency)
+
+
+def _forget_stale_wait(dispatcher: Any) -> None:
+    """An idle dispatcher should not hold a lone request back for as long as requests queued in a past burst.
+
+    BentoML's CorkDispatcher waits for company while ``n * (wn + dt + a) <= optimizer.wait * 0.95``, where
+    ``optimizer.wait`` is the mean queueing delay of the last 50 batches, its own deliberate waiting
+    included: after a burst it keeps delaying requests that arrive alone, and only unlearns it by a few
+    percent every 5 s (docs/measurements.md, "Service internals"). When nothing is queued and no batch is
+    running, that estimate is stale.
+    """
+    try:
+        if not dispatcher._queue and not dispatcher._sema.is_locked():
+            dispatcher.optimizer.wait = 0
+    except AttributeError:  # other internals: leave the dispatcher as it is
+        pass
+
+
+class BatchGateway:
+    """Resolves the in-process dispatcher on first use; falls back to BentoML's self-proxy if it cannot."""
+
+    def __init__(self, api_name: str, fallback: Callable[[], Callable[[Any], Awaitable[Any]]],
+                 concurrency: int = 1) -> None:
+        self.api_name = api_name
+        self.concurrency = concurrency
+        self._fallback = fallback
+        self._call: Callable[[Any], Awaitable[Any]] | None = None
+        self.in_process = False
+
+    def resolve(self) -> Callable[[Any], Awaitable[Any]]:
+        if self._call is None:
+            call = None if _unsupported("batching through the self-proxy call") else find_dispatcher(
+                self.api_name, self.concurrency)
+            if call is not None:
+                self._call, self.in_process = call, True
+                log.info("batching %r in-process through BentoML's dispatcher", self.api_name)
+            else:
+                log.warning("BentoML's dispatcher for %r was not found (a BentoML version with other internals?): "
+                            "batching through the slower self-proxy call instead", self.api_name)
+                self._call = self._fallback()
+        return self._call
+
+    async def __call__(self, batch: Any) -> Any:
+        return await self.resolve()(batch)
+
+
+# ---------------------------------------------------------------------------------------------- the OpenAPI document
+def _document(spec: Any) -> dict:
+    return spec.asdict()
+
+
+def _specification(document: dict) -> Any:
+    """BentoML's OpenAPISpecification of a document dict: what /docs.json and a Bento's openapi.yaml are made of."""
+    from bentoml._internal.service.openapi.specification import OpenAPISpecification
+    from bentoml._internal.utils.cattr import bentoml_cattr
+
+    return bentoml_cattr.structure(document, OpenAPISpecification)
+
+
+def extend_openapi(service: Any, edit: Callable[[dict], dict]) -> bool:
+    """Serve ``edit(document)`` wherever BentoML serves ``service``'s OpenAPI document (as a dict, JSON's shape).
+
+    BentoML's service object offers no hook: its class is swapped for a subclass whose ``openapi_spec``
+    property edits what BentoML's own returns."""
+    if _unsupported("keeping BentoML's own OpenAPI document"):
+        return False
+    base = type(service)
+
+    class DocumentedService(base):  # type: ignore[misc, valid-type]
+        __slots__ = ()
+
+        @property
+        def openapi_spec(self):  # BentoML's property, edited
+            return _specification(edit(_document(base.openapi_spec.fget(self))))
+
+    try:
+        service.__class__ = DocumentedService
+    except TypeError as exc:  # a BentoML whose Service cannot be specialised: keep its own document
+        log.warning("cannot extend the OpenAPI document (%s)", exc)
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- API objects
+def bind_apis(instance: Any, names: Sequence[str]) -> None:
+    """Bind ``instance``'s APIs once. BentoML's API descriptor builds a new wrapper (inspect.signature,
+    functools.wraps) on every attribute access, and its server looks the API up once per request and once
+    per batched job; bound once, those look-ups find the same callable in the instance."""
+    if _unsupported("API wrappers rebuilt on every access"):
+        return
+    for name in names:
+        instance.__dict__[name] = getattr(type(instance), name).__get__(instance, type(instance))
+
+
+def declare_multipart(descriptor: type, file_fields: Sequence[str]) -> None:
+    """Have BentoML document ``descriptor`` as multipart/form-data whose ``file_fields`` are file parts. It
+    recognises a file field only by a path or image type; an upload read into memory is neither."""
+    descriptor.media_type = "multipart/form-data"
+    descriptor.multipart_fields = list(file_fields)
+
+
+# ---------------------------------------------------------------------------------------------- the check
+def _cork_dispatcher() -> Any:
+    """A dispatcher as BentoML makes one per batchable API (for the check and its test)."""
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+    return CorkDispatcher(max_latency_in_ms=10, max_batch_size=2, fallback=lambda: None)
+
+
+def check_internals() -> list[str]:
+    """What this module relies on and the installed BentoML lacks; empty when everything is where it should be."""
+    problems = [] if SUPPORTED else [f"BentoML {bentoml.__version__} is not among {SUPPORTED_VERSIONS}"]
+
+    def check(what: str, test: Callable[[], bool]) -> None:
+        try:
+            ok = test()
+        except Exception as exc:  # an import or attribute that moved
+            problems.append(f"{what}: {type(exc).__name__}: {exc}")
+        else:
+            if not ok:
+                problems.append(what)
+
+    def app_factory() -> Any:
+        from _bentoml_impl.server.app import ServiceAppFactory
+
+        return ServiceAppFactory
+
+    def sdk(name: str) -> Any:
+        from _bentoml_sdk.method import APIMethod
+        from _bentoml_sdk.service.factory import Service
+
+        return {"APIMethod": APIMethod, "Service": Service}[name]
+
+    check("CorkDispatcher has _queue, optimizer.wait and a NonBlockSema _sema with is_locked() and sema",
+          lambda: (lambda d: isinstance(d._queue, Sized) and hasattr(d.optimizer, "wait")
+                   and callable(d._sema.is_locked) and isinstance(d._sema.sema, int))(_cork_dispatcher()))
+    check("ServiceAppFactory keeps its dispatchers by API name and has batch_infer(name, args, kwargs)",
+          lambda: "self.dispatchers[name]" in inspect.getsource(app_factory().__init__)
+          and list(inspect.signature(app_factory().batch_infer).parameters)[:4] == ["self", "name", "input_args",
+                                                                                    "input_kwargs"])
+    check("ServiceAppFactory routes an API to functools.partial(self.api_endpoint_wrapper, name)",
+          lambda: "functools.partial(self.api_endpoint_wrapper, name)" in inspect.getsource(app_factory()))
+    check("an API's arguments are the input descriptor's fields",
+          lambda: "for k in input_data.model_fields" in inspect.getsource(app_factory().api_endpoint))
+    check("Service.openapi_spec is a property",
+          lambda: isinstance(inspect.getattr_static(sdk("Service"), "openapi_spec"), property))
+    check("APIMethod is a descriptor", lambda: hasattr(sdk("APIMethod"), "__get__"))
+    check("the OpenAPI specification converts to a dict and back",
+          lambda: _specification({"openapi": "3.0.2", "info": {"title": "t", "version": "1"}, "paths": {},
+                              "servers": []}).asdict()["info"]["title"] == "t")
+
+    def multipart() -> bool:
+        class Probe(bentoml.IODescriptor):
+            files: list[int] = []
+            note: str = ""
+
+        declare_multipart(Probe, ["files"])
+        return Probe.mime_type() == "multipart/form-data" and Probe.multipart_fields == ["files"]
+
+    check("IODescriptor reads media_type and multipart_fields", multipart)
+    return problems

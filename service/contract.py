@@ -1,0 +1,113 @@
+"""The HTTP contract of /classify and /models: the answers' types, and the reasons a request is refused.
+
+``REASONS`` is the one table of refusals: for each reason, its HTTP status, what it means, and what a
+client sending many images should do about it. The service answers from it (``Rejection``), the
+OpenAPI document is written from it (service/openapi.py) and the scorer's client acts on it
+(service/score/remote.py). Nothing here imports BentoML or starlette.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# What a client sending many images does about a refusal: "stop" (every request would be refused the
+# same way), "fewer" images per request, each image "alone" (one image spoilt the request), or retry
+# "later".
+Remedy = Literal["stop", "fewer", "alone", "later"]
+
+
+@dataclass(frozen=True)
+class Reason:
+    status: int
+    when: str  # for people: the OpenAPI document's description of the status
+    remedy: Remedy
+    counted: bool = True  # the caller's mistake: counted in cifar_rejected_inputs_total{reason}
+
+
+REASONS: dict[str, Reason] = {
+    "unsupported_media_type": Reason(415, "not multipart/form-data", "stop"),
+    "body_too_large": Reason(413, "request body over the size limit", "fewer"),
+    "malformed_request": Reason(400, "a malformed form (it does not parse, an unknown field, images sent as text)",
+                                "alone"),
+    "no_images": Reason(400, "no images", "stop"),
+    "too_many_images": Reason(400, "too many images", "fewer"),
+    "empty_file": Reason(400, "an empty file", "alone"),
+    "not_an_image": Reason(400, "not an image, or a truncated one", "alone"),
+    "image_too_large": Reason(413, "an image over the pixel limit", "alone"),
+    "bad_k": Reason(400, "a bad k", "stop"),
+    "bad_min_confidence": Reason(400, "a bad min_confidence", "stop"),
+    "unknown_model": Reason(404, "unknown model", "stop"),
+    "overloaded": Reason(503, "overloaded: the request would wait longer than the batching latency limit", "later",
+                         counted=False),
+}
+# The label values of cifar_rejected_inputs_total.
+REJECTION_REASONS: tuple[str, ...] = tuple(name for name, reason in REASONS.items() if reason.counted)
+ReasonName = Literal[tuple(REASONS)]  # type: ignore[valid-type]
+
+
+class ClassifyError(BaseModel):
+    """The body of every refusal of /classify."""
+
+    error: str = Field(description="what was wrong, for a person")
+    reason: ReasonName = Field(description="what was wrong, for a program (also the metrics label)")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A refused request: its reason (a key of ``REASONS``, which gives the status) and a message for the caller."""
+
+    reason: str
+    message: str
+
+    def __post_init__(self) -> None:
+        if self.reason not in REASONS:
+            raise ValueError(f"unknown rejection reason {self.reason!r}; add it to contract.REASONS")
+
+    @property
+    def status(self) -> int:
+        return REASONS[self.reason].status
+
+    def body(self) -> dict[str, str]:
+        return ClassifyError(error=self.message, reason=self.reason).model_dump(mode="json")
+
+
+class TopK(BaseModel):
+    label: str
+    index: int = Field(description="class index in the model's output")
+    confidence: float = Field(ge=0.0, le=1.0, description="softmax probability")
+
+
+class Prediction(BaseModel):
+    filename: str = Field(description="the uploaded file's name, as sent")
+    top_k: list[TopK] = Field(description="the k most likely classes, most likely first")
+    confident: Optional[bool] = Field(None, description="whether the top-1 confidence is at least min_confidence; "
+                                                        "present only when the request gave min_confidence")
+
+
+class ClassifyResponse(BaseModel):
+    model: str = Field(description="the model that answered")
+    predictions: list[Prediction] = Field(description="one entry per image, in the order sent")
+
+    def to_json(self) -> dict:
+        """The answer's JSON: ``confident`` only where a threshold was given."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    dataset: str
+    arch: str
+    classes: list[str]
+    precision: str
+    accuracy: Optional[float] = Field(description="validation top-1 accuracy recorded at export")
+    input_size: list[int] = Field(description="[height, width] images are resized to")
+    default: bool
+
+
+class ModelList(BaseModel):
+    default: str
+    models: list[ModelInfo]

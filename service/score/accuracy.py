@@ -1,0 +1,77 @@
+"""``--labels-from-folders``: accuracy against the parent folder names, per class and overall."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import PurePosixPath
+
+from .sinks import Row
+
+
+class FolderAccuracy:
+    """Accuracy against the parent folder names, accumulated row by row (memory: classes squared)."""
+
+    def __init__(self, classes: list[str] | None, root_name: str, model: str) -> None:
+        self.classes = classes
+        self.model = model
+        self.root_name = root_name
+        self.lookup = {c.casefold(): c for c in classes} if classes else None
+        if classes:
+            self.lookup.update({c: c for c in classes})
+        self.images = Counter()
+        self.top1 = Counter()
+        self.topk = Counter()
+        self.confusions = Counter()
+        self.unknown = Counter()
+        self.k = 0
+
+    def label_of(self, path: str) -> str | None:
+        parent = PurePosixPath(path).parent.name or self.root_name
+        if self.lookup is None:
+            return parent
+        return self.lookup.get(parent) or self.lookup.get(parent.casefold())
+
+    def add(self, row: Row) -> None:
+        if row.error is not None or not row.top_k:
+            return
+        truth = self.label_of(row.path)
+        if truth is None:
+            self.unknown[PurePosixPath(row.path).parent.name or self.root_name] += 1
+            return
+        self.k = max(self.k, len(row.top_k))
+        self.images[truth] += 1
+        predicted = row.top_k[0].label
+        if predicted == truth:
+            self.top1[truth] += 1
+        else:
+            self.confusions[truth, predicted] += 1
+        if any(p.label == truth for p in row.top_k):
+            self.topk[truth] += 1
+
+    def report(self, max_confusions: int = 10) -> str:
+        lines = []
+        n = sum(self.images.values())
+        if n:
+            top1, topk = sum(self.top1.values()), sum(self.topk.values())
+            head = f"accuracy against folder names ({n} images): top-1 {100 * top1 / n:.2f}% ({top1}/{n})"
+            if self.k > 1:
+                head += f", top-{self.k} {100 * topk / n:.2f}%"
+            lines.append(head)
+            order = self.classes or sorted(self.images)
+            width = max(len(c) for c in order if self.images[c]) if any(self.images[c] for c in order) else 5
+            lines.append(f"  {'class':<{width}}  {'images':>7}  {'top-1':>7}")
+            for c in order:
+                if self.images[c]:
+                    lines.append(f"  {c:<{width}}  {self.images[c]:>7}  {100 * self.top1[c] / self.images[c]:>6.2f}%")
+            if self.confusions:
+                lines.append("most frequent confusions (true -> predicted: images, share of the true class):")
+                for (truth, pred), count in self.confusions.most_common(max_confusions):
+                    lines.append(f"  {truth} -> {pred}: {count} ({100 * count / self.images[truth]:.1f}%)")
+        else:
+            lines.append("accuracy against folder names: no scored image is in a folder named after a class")
+        if self.unknown:
+            names = ", ".join(f"{name!r} ({count})" for name, count in sorted(self.unknown.items()))
+            lines.append(f"folder names that are not classes of model {self.model!r} (their "
+                         f"{sum(self.unknown.values())} images are left out of the accuracy): {names}")
+            if self.classes:
+                lines.append(f"  the classes are: {', '.join(self.classes)}")
+        return "\n".join(lines)

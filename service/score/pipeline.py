@@ -1,0 +1,65 @@
+"""Chunks of the walk through a backend's streams, rows out in the walk's order."""
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, Protocol
+
+from .sinks import Row
+from .walk import Entry
+
+
+class Backend(Protocol):
+    """What the pipeline and the run loop need of an engine (local.LocalBackend, remote.RemoteBackend)."""
+
+    batch_size: int  # images per chunk of the walk
+    inflight: int  # chunks submitted ahead of the oldest one not yet taken
+    k: int
+    name: str | None
+    classes: list[str] | None  # None: the remote service did not say
+
+    def submit(self, chunk: list[Entry]) -> Any: ...
+
+    def finish(self, chunk: list[Entry], handle: Any) -> list[Row]: ...
+
+    def close(self) -> None: ...
+
+
+def chunks(entries: Iterator[Entry], size: int, done: set[str]) -> Iterator[list[Entry]]:
+    chunk: list[Entry] = []
+    for entry in entries:
+        if entry.rel in done:
+            continue
+        chunk.append(entry)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def pipeline(chunks: Iterator[list[Entry]], backend) -> Iterator[list[Row]]:
+    """Rows per chunk, in order, with up to ``backend.inflight`` chunks being prepared ahead and up to
+    ``backend.streams`` of them being finished (inferred) at once, each on its own thread.
+
+    Every chunk is queued for finishing as soon as it is submitted, so a stream that is done takes the next
+    one at once rather than waiting, idle, until the oldest chunk is done."""
+    streams = getattr(backend, "streams", 1)
+    pool = ThreadPoolExecutor(streams, thread_name_prefix="score-infer") if streams > 1 else None
+    pending: deque = deque()  # (chunk, handle, future of finish or None), oldest first
+
+    def take_oldest() -> list[Row]:
+        chunk, handle, future = pending.popleft()
+        return future.result() if future is not None else backend.finish(chunk, handle)
+
+    try:
+        for chunk in chunks:
+            handle = backend.submit(chunk)
+            pending.append((chunk, handle, pool.submit(backend.finish, chunk, handle) if pool else None))
+            if len(pending) > backend.inflight:
+                yield take_oldest()
+        while pending:
+            yield take_oldest()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

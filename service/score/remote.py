@@ -1,0 +1,168 @@
+"""The remote engine: a running service's POST /classify, with retries, smaller requests when it says a
+request held too many images, and image by image when one image spoils a request."""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from pydantic import ValidationError
+
+from ..contract import REASONS, ClassifyError, ClassifyResponse, ModelList
+from .decode import read_error, read_file
+from .errors import RemoteError, UserError
+from .sinks import Prediction, Row
+from .walk import Entry
+
+DEFAULT_URL_BATCH = 32  # images per request: the service takes at most 64 by default, and batches across requests
+DEFAULT_URL_WORKERS = 4
+
+
+class RemoteBackend:
+    """A running service: ``workers`` threads each reading a chunk's files and POSTing them to ``URL/classify``."""
+
+    RETRIES = 5  # for connection errors, 5xx (503: the service sheds load), 408 and 429; waits double from RETRY_DELAY
+    RETRY_DELAY = 0.5
+
+    def __init__(self, url: str, model: str | None, workers: int | None, timeout: float, per_request: int) -> None:
+        import httpx
+
+        self.httpx = httpx
+        self.url = url.rstrip("/")
+        self.client = httpx.Client(base_url=self.url, timeout=timeout)
+        self.workers = max(1, DEFAULT_URL_WORKERS if workers is None else workers)
+        self.inflight = self.workers
+        self.per_request = per_request  # lowered when the service says a request held too many images
+        self.batch_size = per_request  # images per chunk of the walk
+        self.k = 5
+        self.name, self.classes = self._model_info(model)
+        self.model = model
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="score-post")
+
+    def _model_info(self, model: str | None) -> tuple[str | None, list[str] | None]:
+        """(model name, classes) from GET /models; (model, None) when the service does not list its models."""
+        httpx = self.httpx
+        try:
+            ready = self.client.get("/readyz")
+            if ready.status_code != 200:
+                raise UserError(f"the service at {self.url} is not ready: GET /readyz answered {ready.status_code} "
+                                f"{ready.text[:200]}")
+            listing = self.client.get("/models")
+        except httpx.HTTPError as exc:
+            raise UserError(f"cannot reach the service at {self.url}: {exc}") from None
+        try:
+            listed = ModelList.model_validate_json(listing.content)
+        except ValidationError:
+            return model, None
+        models = {m.name: m.classes for m in listed.models}
+        name = model or listed.default
+        if name not in models:
+            raise UserError(f"unknown model {name!r}; the service at {self.url} has: {', '.join(models)}")
+        return name, models[name]
+
+    def submit(self, chunk: list[Entry]) -> Future:
+        return self.pool.submit(self._score_chunk, chunk)
+
+    def finish(self, chunk: list[Entry], handle: Future) -> list[Row]:
+        return handle.result()
+
+    def _score_chunk(self, chunk: list[Entry]) -> list[Row]:
+        rows: list[Row | None] = [None] * len(chunk)
+        items = []
+        for i, e in enumerate(chunk):
+            if e.error:
+                rows[i] = Row(e.rel, error=e.error)
+                continue
+            try:
+                items.append((i, read_file(e.path)))
+            except OSError as exc:
+                rows[i] = Row(e.rel, error=read_error(exc))
+        while items:
+            size = self.per_request
+            self._send(chunk, items[:size], rows)
+            items = items[size:]
+        return rows
+
+    def _send(self, chunk: list[Entry], items: list[tuple[int, bytes]], rows: list[Row | None]) -> None:
+        result = self._post(chunk, items)
+        if isinstance(result, list):
+            for (i, _), row in zip(items, result):
+                rows[i] = row
+            return
+        status, reason, message = result
+        # What to do is the contract's (contract.REASONS); a 413 without a reason is a proxy's body limit.
+        remedy = REASONS[reason].remedy if reason in REASONS else "fewer" if status == 413 else "alone"
+        if remedy == "stop":
+            raise RemoteError(f"the service at {self.url} rejected the request ({status}): {message}")
+        if len(items) == 1:
+            rows[items[0][0]] = Row(chunk[items[0][0]].rel, error=message)
+        elif remedy == "fewer":
+            half = (len(items) + 1) // 2
+            self.per_request = min(self.per_request, half)
+            self._send(chunk, items[:half], rows)
+            self._send(chunk, items[half:], rows)
+        else:
+            # One unreadable image fails the whole request: resend one by one so only that file is an error row.
+            for item in items:
+                self._send(chunk, [item], rows)
+
+    def _post(self, chunk: list[Entry], items: list[tuple[int, bytes]]) -> list[Row] | tuple[int, str, str]:
+        """The rows, or (status, reason, message) when the service rejects the request (4xx)."""
+        httpx = self.httpx
+        files = [("images", (os.path.basename(chunk[i].rel), data, "application/octet-stream")) for i, data in items]
+        form = {"k": str(self.k)}
+        if self.model:
+            form["model"] = self.model
+        delay = self.RETRY_DELAY
+        for attempt in range(self.RETRIES + 1):
+            try:
+                response = self.client.post("/classify", files=files, data=form)
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code < 400:
+                    return self._parse(chunk, items, response)
+                reason, message = _error_message(response)
+                if response.status_code < 500 and response.status_code not in (408, 429):
+                    return response.status_code, reason, message
+                problem = f"HTTP {response.status_code}: {message}"
+            if attempt < self.RETRIES:
+                time.sleep(delay)
+                delay *= 2
+        raise RemoteError(f"the service at {self.url} failed {self.RETRIES + 1} times: {problem}")
+
+    def _parse(self, chunk, items, response) -> list[Row]:
+        try:
+            answer = ClassifyResponse.model_validate_json(response.content)
+            if len(answer.predictions) != len(items):
+                raise ValueError(f"{len(answer.predictions)} predictions for {len(items)} images")
+        except ValueError as exc:  # pydantic's ValidationError among them
+            raise RemoteError(f"unexpected answer from {self.url}/classify ({type(exc).__name__}: {exc}): "
+                              f"{response.text[:300]}") from None
+        self.name = self.name or answer.model
+        return [Row(chunk[i].rel, [Prediction(t.label, t.index, t.confidence) for t in prediction.top_k])
+                for (i, _), prediction in zip(items, answer.predictions)]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.client.close()
+
+
+def _error_message(response) -> tuple[str | None, str]:
+    """(reason, message) of an error answer: the service's ``ClassifyError``, or what else it says."""
+    try:
+        refusal = ClassifyError.model_validate_json(response.content)
+        return refusal.reason, refusal.error
+    except ValueError:
+        pass
+    try:
+        body = response.json()
+    except ValueError:
+        return None, response.text.strip()[:500] or f"HTTP {response.status_code}"
+    if isinstance(body, dict):
+        reason = body.get("reason") if isinstance(body.get("reason"), str) else None
+        for key in ("error", "detail", "message"):
+            if body.get(key):
+                value = body[key]
+                return reason, value if isinstance(value, str) else str(value)[:500]
+    return None, str(body)[:500]

@@ -1,0 +1,226 @@
+"""Running one scoring job: check the arguments, open the engine, stream the rows to the output, summarise."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from inference.manifest import ManifestError, load_manifest
+
+from .accuracy import FolderAccuracy
+from .errors import RemoteError, UserError
+from .local import LocalBackend
+from .pipeline import Backend, chunks, pipeline
+from .remote import DEFAULT_URL_BATCH, RemoteBackend
+from .sinks import ENCODING, OutputError, Row, confident, format_from_path, make_format, resume_output
+from .walk import WalkStats, count_images, walk
+
+
+@dataclass
+class Summary:
+    scored: int = 0
+    unconfident: int = 0  # scored, with a top-1 confidence below --min-confidence
+    failed: int = 0
+    resumed: int = 0
+    elapsed: float = 0.0
+    walk: WalkStats = field(default_factory=WalkStats)
+    failures: list[str] = field(default_factory=list)  # the first few, for the summary
+
+    def text(self, out: str, interrupted: bool, min_confidence: float | None = None) -> str:
+        done = self.scored + self.failed
+        rate = done / self.elapsed if self.elapsed > 0 else 0.0
+        scored = f"scored {self.scored}"
+        if min_confidence is not None:
+            scored += f" ({self.unconfident} below --min-confidence {min_confidence:g})"
+        parts = [scored, f"failed {self.failed}", f"skipped {self.walk.skipped} (not images)"]
+        if self.resumed:
+            parts.append(f"{self.resumed} already in {out} (resumed)")
+        lines = [("interrupted: " if interrupted else "") + ", ".join(parts)
+                 + f"; {self.elapsed:.1f} s, {rate:.0f} images/s"]
+        for rel in self.walk.linked_dirs_skipped[:5]:
+            lines.append(f"not entered {rel}/: a link to a folder already scored (a symlink loop?)")
+        if len(self.walk.linked_dirs_skipped) > 5:
+            lines.append(f"... and {len(self.walk.linked_dirs_skipped) - 5} more such links")
+        if self.failures:
+            lines.append("failed files (first few): " + "; ".join(self.failures))
+        if interrupted and out != "-":
+            lines.append(f"the rows so far are in {out}: rerun with --resume to continue")
+        return "\n".join(lines)
+
+
+def _validate(args) -> str:
+    """The output format; UserError for bad arguments."""
+    if not os.path.isdir(args.dir):
+        raise UserError(f"{args.dir} is not a folder" if os.path.exists(args.dir) else f"{args.dir} does not exist")
+    if args.k < 1:
+        raise UserError(f"--k must be at least 1, not {args.k}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers must be 0 or more, not {args.workers}")
+    for flag in ("threads", "streams"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag} must be at least 1, not {value}")
+    fmt = args.format or ("csv" if args.out == "-" else format_from_path(args.out))
+    if fmt is None:
+        raise UserError(f"cannot tell the output format from {args.out!r}: name it .csv or .jsonl, or pass --format")
+    if args.out == "-":
+        if args.resume:
+            raise UserError("--resume needs --out FILE")
+    else:
+        parent = os.path.dirname(os.path.abspath(args.out))
+        if os.path.isdir(args.out):
+            raise UserError(f"--out {args.out} is a folder")
+        if not os.path.isdir(parent):
+            raise UserError(f"cannot write {args.out}: folder {parent} does not exist")
+        if not os.access(parent if not os.path.exists(args.out) else args.out, os.W_OK):
+            raise UserError(f"cannot write {args.out}: permission denied")
+    return fmt
+
+
+def _open_backend(args) -> Backend:
+    if args.url:
+        return RemoteBackend(args.url, args.model, args.workers, args.timeout, args.batch_size or DEFAULT_URL_BATCH)
+    try:
+        manifest = load_manifest(args.models_dir)
+        entry = manifest.get(args.model)
+    except ManifestError as exc:
+        raise UserError(str(exc)) from None
+    except KeyError as exc:
+        raise UserError(exc.args[0]) from None
+    return LocalBackend(os.path.join(args.models_dir, entry.file), args.device, args.threads, args.workers,
+                        args.batch_size, args.streams)
+
+
+class _Terminated(KeyboardInterrupt):
+    pass
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def run(args: argparse.Namespace) -> int:
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    backend = None
+    try:
+        fmt_name = _validate(args)
+        backend = _open_backend(args)
+        return _run(args, fmt_name, backend)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RemoteError as exc:
+        print(f"error: {exc}\nthe rows so far are kept: rerun with --resume to continue", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:  # before scoring started (loading the model, reading back --resume)
+        print("interrupted", file=sys.stderr)
+        return _interrupted_status(exc)
+    finally:
+        if backend is not None:
+            backend.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted_status(exc: KeyboardInterrupt) -> int:
+    return 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
+
+
+def _count(root: str, stop: threading.Event, total: list) -> None:
+    try:
+        total.append(count_images(root, stop))
+    except OSError:
+        total.append(None)
+
+
+def _run(args, fmt_name: str, backend) -> int:
+    from tqdm import tqdm
+
+    k = min(args.k, len(backend.classes)) if backend.classes else args.k
+    backend.k = k
+    fmt = make_format(fmt_name, k, exact_k=backend.classes is not None, min_confidence=args.min_confidence)
+    summary = Summary()
+    accuracy = None
+    if args.labels_from_folders:
+        accuracy = FolderAccuracy(backend.classes, os.path.basename(os.path.abspath(args.dir)),
+                                  backend.name or "(the service's default)")
+
+    try:
+        entries = walk(args.dir, summary.walk)
+    except OSError as exc:
+        raise UserError(f"cannot read {args.dir}: {exc.strerror or exc}") from None
+    done: set[str] = set()
+    if args.out == "-":
+        out = open(sys.stdout.fileno(), "w", closefd=False, newline="", **ENCODING)
+    else:
+        if args.resume and os.path.exists(args.out):
+            def keep(row: Row) -> None:
+                done.add(row.path)
+                if accuracy is not None:
+                    accuracy.add(row)
+            try:
+                summary.resumed = resume_output(args.out, fmt, keep)
+            except OutputError as exc:
+                raise UserError(f"cannot resume {args.out}: {exc}") from None
+            except OSError as exc:
+                raise UserError(f"cannot resume {args.out}: {exc.strerror or exc}") from None
+        try:
+            out = open(args.out, "a" if args.resume else "w", newline="", **ENCODING)
+        except OSError as exc:
+            raise UserError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    if args.out == "-" or out.tell() == 0:
+        out.write(fmt.header())
+        out.flush()
+
+    stop = threading.Event()
+    total: list[int | None] = []
+    bar = tqdm(total=None, initial=summary.resumed, unit="img", file=sys.stderr, dynamic_ncols=True,
+               disable=True if args.no_progress else None, smoothing=0.05, desc="scoring")
+    if not bar.disable:  # the total is only for the bar's ETA: the second walk is not free (docs/measurements.md)
+        threading.Thread(target=_count, args=(args.dir, stop, total), daemon=True, name="score-count").start()
+    interrupted: KeyboardInterrupt | None = None
+    start = time.perf_counter()
+    try:
+        for rows in pipeline(chunks(entries, backend.batch_size, done), backend):
+            out.write(fmt.format(rows))
+            out.flush()
+            for row in rows:
+                if row.error is None:
+                    summary.scored += 1
+                    if args.min_confidence is not None and not confident(row, args.min_confidence):
+                        summary.unconfident += 1
+                else:
+                    summary.failed += 1
+                    if len(summary.failures) < 3:
+                        summary.failures.append(f"{row.path}: {row.error}")
+                if accuracy is not None:
+                    accuracy.add(row)
+            if bar.total is None and total and total[0] is not None:
+                bar.total = total[0]
+            bar.update(len(rows))
+            if summary.failed:
+                bar.set_postfix(failed=summary.failed, refresh=False)
+    except KeyboardInterrupt as exc:
+        interrupted = exc
+    finally:
+        summary.elapsed = time.perf_counter() - start
+        stop.set()
+        bar.close()
+        if args.out != "-":
+            out.close()
+        else:
+            out.flush()
+    print(summary.text(args.out, interrupted is not None, args.min_confidence), file=sys.stderr)
+    if accuracy is not None:
+        print(accuracy.report(), file=sys.stderr)
+    if interrupted:
+        return _interrupted_status(interrupted)
+    return 1 if args.fail_on_error and summary.failed else 0

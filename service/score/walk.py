@@ -1,0 +1,126 @@
+"""Finding the images under a folder, lazily and in a fixed order.
+
+The walk holds one directory's sorted names at a time (never the whole tree),
+follows directory symlinks but enters each real directory once (so a link
+loop or a second link to the same folder is skipped, not walked forever), and
+turns what cannot be opened (broken links, FIFOs, unlistable folders) into
+error entries instead of exceptions.
+
+The order is that of ``sorted(paths)`` for ``pathlib`` paths: component by
+component, names compared by code point.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterator, NamedTuple
+
+from inference.preprocess import IMAGE_EXTENSIONS
+
+
+class Entry(NamedTuple):  # a tuple: one is made per file, and a frozen dataclass costs several times more
+    """One file (or unlistable folder) found by the walk."""
+
+    rel: str  # POSIX path relative to the root: the key written to the output
+    path: str  # the path to open
+    error: str | None = None  # set when the entry failed before it was read
+
+
+@dataclass
+class WalkStats:
+    images: int = 0  # entries with an image extension (including those that will fail)
+    skipped: int = 0  # files without an image extension
+    linked_dirs_skipped: list[str] = field(default_factory=list)  # loops / second links to a visited folder
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _listing(path: str) -> list[tuple[str, str]]:
+    """Sorted (name, kind) of one directory: kind d(ir), f(ile), l(broken link) or o(ther, e.g. a FIFO)."""
+    out = []
+    with os.scandir(path) as it:
+        for entry in it:
+            try:
+                if entry.is_dir():
+                    kind = "d"
+                elif entry.is_file():
+                    kind = "f"
+                elif entry.is_symlink():
+                    kind = "l"
+                else:
+                    kind = "o"
+            except OSError:  # e.g. a symlink into a folder we may not search
+                kind = "l" if entry.is_symlink() else "o"
+            out.append((entry.name, kind))
+    out.sort()
+    return out
+
+
+def _dir_key(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def walk(root: str | os.PathLike, stats: WalkStats | None = None) -> Iterator[Entry]:
+    """Every image-extension file under ``root`` (and error entries), depth first in sorted order.
+
+    Lists ``root`` at once, so an unreadable root raises ``OSError`` here; the rest is lazy.
+    """
+    stats = stats if stats is not None else WalkStats()
+    root = os.fspath(root)
+    visited = {_dir_key(root)}
+    return _walk([("", root, iter(_listing(root)))], visited, stats)
+
+
+def _walk(stack: list[tuple[str, str, Iterator[tuple[str, str]]]], visited: set, stats: WalkStats) -> Iterator[Entry]:
+    while stack:
+        prefix, directory, names = stack[-1]
+        item = next(names, None)
+        if item is None:
+            stack.pop()
+            continue
+        name, kind = item
+        path = os.path.join(directory, name)
+        rel = prefix + name
+        if kind == "d":
+            try:
+                key = _dir_key(path)
+                if key in visited:
+                    stats.linked_dirs_skipped.append(rel)
+                    continue
+                visited.add(key)
+                listing = _listing(path)
+            except OSError as exc:
+                stats.images += 1
+                yield Entry(rel + "/", path, f"cannot list directory: {exc.strerror or exc}")
+                continue
+            stack.append((rel + "/", path, iter(listing)))
+            continue
+        if not is_image_name(name):
+            stats.skipped += 1
+            continue
+        stats.images += 1
+        if kind == "f":
+            yield Entry(rel, path)
+        elif kind == "l":
+            yield Entry(rel, path, _broken_link_message(path))
+        else:
+            yield Entry(rel, path, "not a regular file")
+
+
+def _broken_link_message(path: str) -> str:
+    try:
+        return f"broken symlink (target {os.readlink(path)!r} does not exist or cannot be reached)"
+    except OSError:
+        return "file disappeared while scoring"
+
+
+def count_images(root: str | os.PathLike, stop=None) -> int | None:
+    """How many entries ``walk`` will yield (for a progress bar's total); None when stopped early."""
+    stats = WalkStats()
+    for _ in walk(root, stats):
+        if stop is not None and stop.is_set():
+            return None
+    return stats.images

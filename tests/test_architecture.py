@@ -1,0 +1,89 @@
+"""The import rules between the packages (docs/architecture.md), checked on the source with ``ast``.
+
+Every import counts, including those inside functions: a lazy import still ties one package to another.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+# package -> top-level modules it must never import
+FORBIDDEN = {
+    "inference": {"training", "export", "service", "torch", "torchvision", "onnx", "onnxscript", "bentoml"},
+    "training": {"export", "service", "bentoml"},
+    "export": {"service", "bentoml"},
+    "service": {"training", "export", "torch", "torchvision", "onnx", "onnxscript"},
+}
+# The one module allowed to reach into BentoML's private packages.
+BENTOML_INTERNALS = ("bentoml._internal", "_bentoml_impl", "_bentoml_sdk")
+BENTOML_OWNER = "service.bentoml_compat"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, absolute dotted name) of every import in the file, relative ones resolved."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.append((node.lineno, target))
+            # `from . import x` and `from pkg import sub` name modules too
+            found += [(node.lineno, f"{target}.{alias.name}") for alias in node.names]
+    return found
+
+
+def _sources(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", list(FORBIDDEN))
+def test_packages_import_only_what_the_architecture_allows(package):
+    broken = [f"{path.relative_to(ROOT)}:{line} imports {target}"
+              for path in _sources(package) for line, target in _imports(path)
+              if target.split(".")[0] in FORBIDDEN[package]]
+    assert not broken, "\n".join(broken)
+
+
+def test_the_http_service_and_the_scorer_do_not_import_each_other():
+    broken = []
+    for path in _sources("service"):
+        name = _module_name(path)
+        for line, target in _imports(path):
+            in_scorer = name.startswith("service.score")
+            if in_scorer and (target.startswith("service.service") or target.startswith(BENTOML_OWNER)):
+                broken.append(f"{path.relative_to(ROOT)}:{line} (the scorer) imports {target}")
+            if not in_scorer and name != "service.__main__" and target.startswith("service.score"):
+                broken.append(f"{path.relative_to(ROOT)}:{line} (the HTTP service) imports {target}")
+    assert not broken, "\n".join(broken)
+
+
+def test_only_one_module_reaches_into_bentoml_internals():
+    packages = ("inference", "training", "export", "service", "bench", "tests")
+    paths = [path for package in packages for path in _sources(package)]
+    users = sorted({_module_name(path) for path in paths for _, target in _imports(path)
+                    if target.startswith(BENTOML_INTERNALS)})
+    assert users == [BENTOML_OWNER]
+
+
+def test_the_rules_see_real_imports():
+    """Guards the parser: a rule that finds no imports at all would pass anything."""
+    assert (1, "numpy") in [(1, t) for _, t in _imports(ROOT / "inference" / "preprocess.py")]
+    assert any(t == "inference.manifest" for _, t in _imports(ROOT / "inference" / "runtime.py"))

@@ -1,0 +1,86 @@
+"""service/bentoml_compat.py, the one module that uses BentoML's internals: what it relies on is there, and
+each part falls back to BentoML's documented behaviour when it is not."""
+from __future__ import annotations
+
+import asyncio
+import functools
+from types import SimpleNamespace
+
+import bentoml
+import pytest
+
+from service import bentoml_compat
+
+
+def test_the_installed_bentoml_has_every_internal_the_service_relies_on():
+    """Fails, naming each one, when a BentoML upgrade moves something: read the module's docstring, then update
+    the module or pin BentoML."""
+    problems = bentoml_compat.check_internals()
+    assert not problems, "BentoML changed shape:\n" + "\n".join(problems)
+
+
+def test_versions_outside_the_supported_ones_use_the_documented_fallbacks(monkeypatch, caplog):
+    assert bentoml_compat._supported(bentoml.__version__) and not bentoml_compat._supported("1.5.0")
+    monkeypatch.setattr(bentoml_compat, "SUPPORTED", False)
+
+    async def proxy_call(batch):
+        return "proxied"
+
+    gateway = bentoml_compat.BatchGateway("infer", lambda: proxy_call)
+    assert asyncio.run(gateway([1])) == "proxied" and not gateway.in_process
+    service = SimpleNamespace()
+    assert not bentoml_compat.extend_openapi(service, lambda document: document)
+    assert type(service) is SimpleNamespace
+    assert "not a version this service was written against" in caplog.text
+
+
+def test_the_openapi_document_survives_the_round_trip_through_a_dict():
+    from service.service import Classifier
+
+    document = bentoml_compat._document(Classifier.openapi_spec)
+    assert bentoml_compat._document(bentoml_compat._specification(document)) == document
+    assert "ClassifyError" in document["components"]["schemas"]  # the service's own edit is in
+
+
+def test_find_dispatcher_uses_the_route_bentoml_registered_and_falls_back_when_absent():
+    NonBlockSema = type(bentoml_compat._cork_dispatcher()._sema)  # BentoML's own semaphore
+
+    class Factory:
+        dispatchers = {"infer": SimpleNamespace(_sema=NonBlockSema(1))}
+
+        async def batch_infer(self, name, args, kwargs):
+            return ("batched", name, args)
+
+        async def api_endpoint_wrapper(self, name, request):
+            raise AssertionError("not called")
+
+    factory = Factory()
+    endpoint = functools.partial(factory.api_endpoint_wrapper, "infer")
+    router = SimpleNamespace(routes=[SimpleNamespace(name="infer", endpoint=endpoint)])
+    saved = list(bentoml_compat._routers)
+    try:
+        bentoml_compat._routers[:] = []
+        calls = []
+
+        async def proxy_call(batch):
+            calls.append(batch)
+            return "proxied"
+
+        gateway = bentoml_compat.BatchGateway("infer", lambda: proxy_call)
+        assert asyncio.run(gateway([1])) == "proxied" and not gateway.in_process and calls == [[1]]
+
+        bentoml_compat.RouterProbe(SimpleNamespace(app=SimpleNamespace(app=router)))  # found through .app links
+        gateway = bentoml_compat.BatchGateway("infer", lambda: proxy_call, concurrency=2)
+        assert asyncio.run(gateway([2])) == ("batched", "infer", ([2],)) and gateway.in_process
+        sema = factory.dispatchers["infer"]._sema  # widened: two batches may run at once, not three
+        sema.acquire()
+        assert not sema.is_locked()
+        sema.acquire()
+        assert sema.is_locked()
+    finally:
+        bentoml_compat._routers[:] = saved
+
+
+@pytest.mark.parametrize("version, supported", [("1.4.0", True), ("1.4.39", True), ("1.5.0", False), ("2.0", False)])
+def test_supported_versions_are_major_minor(version, supported):
+    assert bentoml_compat._supported(version) is supported

@@ -1,0 +1,79 @@
+"""The HTTP contract's types and its one table of refusals (service/contract.py), without a server."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from pydantic import ValidationError
+
+from conftest import ROOT
+from service.contract import REASONS, REJECTION_REASONS, ClassifyResponse, Rejection
+from service.uploads import Upload, rejection_from
+
+
+def test_every_reason_has_a_refusal_status_and_only_caller_mistakes_are_counted():
+    assert all(400 <= reason.status < 600 for reason in REASONS.values())
+    assert REJECTION_REASONS == tuple(name for name, reason in REASONS.items() if reason.status < 500)
+    assert Rejection("image_too_large", "x").status == 413 and Rejection("overloaded", "x").status == 503
+    with pytest.raises(ValueError, match="unknown rejection reason 'too_large'"):
+        Rejection("too_large", "a status is never chosen by words")
+
+
+def test_the_deploy_guide_lists_the_table():
+    """docs/deploy.md's table of refusals says what REASONS says, status for status."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    documented = {}
+    for status, names in re.findall(r"^\| (\d{3}) \| (`[a-z_]+`(?: / `[a-z_]+`)*) \|", text, re.M):
+        for name in re.findall(r"`([a-z_]+)`", names):
+            documented[name] = int(status)
+    assert documented == {name: reason.status for name, reason in REASONS.items()}
+
+
+@pytest.fixture(scope="module")
+def classify_input():
+    from service.service import ClassifyInput
+
+    return ClassifyInput
+
+
+IMAGE = [Upload("a.jpg", b"\xff\xd8\xff")]
+REFUSED = {
+    # fields sent (already decoded from JSON or left as text) -> (reason, message)
+    "k five": ({"k": "five"}, "bad_k", "k must be an integer, got 'five'"),
+    "k zero": ({"k": 0}, "bad_k", "k must be at least 1, got 0"),
+    "k true": ({"k": True}, "bad_k", "k must be an integer, got True"),
+    "k float": ({"k": 3.0}, "bad_k", "k must be an integer, got 3.0"),
+    "k null": ({"k": None}, "bad_k", "k must be an integer, got None"),
+    "model number": ({"model": 5}, "malformed_request", "'model' must be a model name, got 5"),
+    "threshold words": ({"min_confidence": "high"}, "bad_min_confidence",
+                        "min_confidence must be a number from 0 to 1, got 'high'"),
+    "threshold above 1": ({"min_confidence": 1.5}, "bad_min_confidence",
+                          "min_confidence must be between 0 and 1, got 1.5"),
+    "no images": ({"images": []}, "no_images", "no images: send one or more files in the 'images' field"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_bad_fields_are_refused_with_their_reason(classify_input, case):
+    fields, reason, message = REFUSED[case]
+    with pytest.raises(ValidationError) as error:
+        classify_input.model_validate({"images": IMAGE, **fields})
+    rejection = rejection_from(error.value)
+    assert (rejection.reason, rejection.message) == (reason, message)
+    assert rejection.status == REASONS[reason].status
+
+
+def test_good_fields_are_typed_and_absent_ones_are_none(classify_input):
+    given = classify_input.model_validate({"images": IMAGE, "k": "3", "model": "tiny", "min_confidence": "0.5"})
+    assert (given.images, given.k, given.model, given.min_confidence, given.rejection) == (IMAGE, 3, "tiny", 0.5, None)
+    absent = classify_input.model_validate({"images": IMAGE, "model": "", "min_confidence": None})
+    assert (absent.k, absent.model, absent.min_confidence) == (None, None, None)
+
+
+def test_the_answer_leaves_confident_out_without_a_threshold():
+    top = [{"label": "cat", "index": 3, "confidence": 0.9}]
+    plain = ClassifyResponse.model_validate({"model": "m", "predictions": [{"filename": "a", "top_k": top}]})
+    assert plain.to_json() == {"model": "m", "predictions": [{"filename": "a", "top_k": top}]}
+    marked = ClassifyResponse.model_validate(
+        {"model": "m", "predictions": [{"filename": "a", "top_k": top, "confident": False}]})
+    assert marked.to_json()["predictions"][0]["confident"] is False
