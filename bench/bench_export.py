@@ -1,8 +1,9 @@
 """ONNX Runtime CPU throughput of a shipped model's FP32 and INT8 files against PyTorch eager on its checkpoint.
 
-    python bench/bench_export.py [--fp32 resnet9-half-cifar10] [--int8 resnet9-half-cifar10-int8]
-        [--batch-sizes 1 64] [--seconds 3] [--out bench/results/export.json]
+python bench/bench_export.py [--fp32 resnet9-half-cifar10] [--int8 resnet9-half-cifar10-int8]
+    [--batch-sizes 1 64] [--seconds 3] [--out bench/results/export.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,9 +57,11 @@ def main() -> int:
             batch = rng.random((bs, 3, *fp32.input.size), dtype=np.float32)
             r = {name: images_per_s(run, batch, args.seconds) for name, run in engines.items()}
             results["batch_sizes"][bs] = r
-            print(f"| {bs} | {r['pytorch_eager_fp32']:,.0f} | {r['ort_fp32']:,.0f} | {r['ort_int8']:,.0f} | "
-                  f"{r['ort_int8'] / r['ort_fp32']:.2f}x | {r['ort_fp32'] / r['pytorch_eager_fp32']:.2f}x |",
-                  flush=True)
+            print(
+                f"| {bs} | {r['pytorch_eager_fp32']:,.0f} | {r['ort_fp32']:,.0f} | {r['ort_int8']:,.0f} | "
+                f"{r['ort_int8'] / r['ort_fp32']:.2f}x | {r['ort_fp32'] / r['pytorch_eager_fp32']:.2f}x |",
+                flush=True,
+            )
     if args.out:
         write_json(args.out, results)
     return 0

@@ -14,6 +14,7 @@ round and after every round, each setting's ratio is taken against the engine ju
 it, and medians over rounds are reported.
 Prints a markdown table and writes the figures as JSON to --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,19 +48,35 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models-dir", default="models", help="models folder with manifest.json (default: models)")
     p.add_argument("--model", help="model name (default: the manifest's default)")
-    p.add_argument("--checkpoint", help="export this checkpoint (fp32) into WORK_DIR/models and benchmark it "
-                   "when there is no manifest (needs the train extras)")
+    p.add_argument(
+        "--checkpoint",
+        help="export this checkpoint (fp32) into WORK_DIR/models and benchmark it "
+        "when there is no manifest (needs the train extras)",
+    )
     p.add_argument("--images", type=int, default=10_000, help="JPEGs to score, split evenly over the classes")
     p.add_argument("--batch-size", type=int, help="the scorer's --batch-size (default: the scorer's own default)")
-    p.add_argument("--engine-batch-sizes", default="64,128,256", help=(
-        "batch sizes the raw engine is measured at; the fastest (with the fastest shape) is the ceiling"))
-    p.add_argument("--configs", default="default,w0,w2", help=(
-        "scorer settings to time, comma-separated: default (the CLI's defaults), wN (--workers N), "
-        "wN-tT-sS-bB (--workers N --threads T --streams S --batch-size B; -tT, -sS and -bB optional)"))
-    p.add_argument("--repeats", type=int, default=3,
-                   help="rounds (every setting, then the engine); medians are reported")
-    p.add_argument("--quiet-below", type=float, default=0.15, help=(
-        "before each measurement wait (up to 3 min) until other processes use fewer cores than this"))
+    p.add_argument(
+        "--engine-batch-sizes",
+        default="64,128,256",
+        help=("batch sizes the raw engine is measured at; the fastest (with the fastest shape) is the ceiling"),
+    )
+    p.add_argument(
+        "--configs",
+        default="default,w0,w2",
+        help=(
+            "scorer settings to time, comma-separated: default (the CLI's defaults), wN (--workers N), "
+            "wN-tT-sS-bB (--workers N --threads T --streams S --batch-size B; -tT, -sS and -bB optional)"
+        ),
+    )
+    p.add_argument(
+        "--repeats", type=int, default=3, help="rounds (every setting, then the engine); medians are reported"
+    )
+    p.add_argument(
+        "--quiet-below",
+        type=float,
+        default=0.15,
+        help=("before each measurement wait (up to 3 min) until other processes use fewer cores than this"),
+    )
     p.add_argument("--archive", default=str(ARCHIVE), help="the CIFAR-10 JPEG archive")
     p.add_argument("--work-dir", default=str(ROOT / ".cache" / "bench-score"), help="where images are extracted")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "score.json"), help="JSON results")
@@ -93,8 +110,9 @@ def resolve_model(args, work: Path) -> tuple[Path, str, str]:
         return Path(args.models_dir), entry.name, str(Path(args.models_dir) / entry.file)
     except ManifestError:
         if not args.checkpoint:
-            raise SystemExit(f"error: no manifest in {args.models_dir}: export a model, "
-                             "or pass --checkpoint RUN/best.pt") from None
+            raise SystemExit(
+                f"error: no manifest in {args.models_dir}: export a model, or pass --checkpoint RUN/best.pt"
+            ) from None
     from export.pipeline import export_checkpoint
 
     models = work / "models"
@@ -159,12 +177,23 @@ def score_flags(config: str) -> list[str]:
     return flags
 
 
-def run_scorer(folder: Path, models_dir: Path, model: str, batch_size: int | None, flags: list[str],
-               out: Path) -> dict:
+def run_scorer(folder: Path, models_dir: Path, model: str, batch_size: int | None, flags: list[str], out: Path) -> dict:
     if batch_size and "--batch-size" not in flags:
         flags = ["--batch-size", str(batch_size), *flags]
-    cmd = [sys.executable, "-m", "service.score", str(folder), "--out", str(out), "--models-dir", str(models_dir),
-           "--model", model, "--no-progress", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.score",
+        str(folder),
+        "--out",
+        str(out),
+        "--models-dir",
+        str(models_dir),
+        "--model",
+        model,
+        "--no-progress",
+        *flags,
+    ]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -173,8 +202,14 @@ def run_scorer(folder: Path, models_dir: Path, model: str, batch_size: int | Non
     hit = SUMMARY.search(done.stderr)
     scored, failed, rate = int(hit[1]), int(hit[2]), float(hit[4])
     rows = sum(1 for _ in open(out)) - 1
-    return {"scored": scored, "failed": failed, "rows": rows, "seconds": (scored + failed) / rate, "wall_s": wall,
-            "images_per_s": rate}
+    return {
+        "scored": scored,
+        "failed": failed,
+        "rows": rows,
+        "seconds": (scored + failed) / rate,
+        "wall_s": wall,
+        "images_per_s": rate,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     folder = extract(Path(args.archive), work, args.images)
     models_dir, model, onnx_path = resolve_model(args, work)
     scorer_batch = args.batch_size or "the scorer's default"
-    print(f"model {model} ({onnx_path}), {args.images} JPEGs in {folder}, scorer batch {scorer_batch}, "
-          f"{default_threads()} usable cores", file=sys.stderr)
+    print(
+        f"model {model} ({onnx_path}), {args.images} JPEGs in {folder}, scorer batch {scorer_batch}, "
+        f"{default_threads()} usable cores",
+        file=sys.stderr,
+    )
     configs = args.configs.split(",")
     raw = RawEngine(onnx_path, folder, [int(b) for b in args.engine_batch_sizes.split(",")])
     raw_rates: list[float] = []
@@ -209,9 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         for config, r in round_runs.items():
             r.update(raw_engine_images_per_s=bracket, fraction_of_raw=r["images_per_s"] / bracket)
             runs[config].append(r)
-        print(f"  round {round_ + 1}: raw {raw_rates[-2]:.0f} -> {raw_rates[-1]:.0f}, " + ", ".join(
-            f"{c} {r['images_per_s']:.0f} ({100 * r['fraction_of_raw']:.0f}%)" for c, r in round_runs.items()),
-            file=sys.stderr)
+        print(
+            f"  round {round_ + 1}: raw {raw_rates[-2]:.0f} -> {raw_rates[-1]:.0f}, "
+            + ", ".join(
+                f"{c} {r['images_per_s']:.0f} ({100 * r['fraction_of_raw']:.0f}%)" for c, r in round_runs.items()
+            ),
+            file=sys.stderr,
+        )
 
     raw_rate = statistics.median(raw_rates)
     results = {}
@@ -223,25 +265,42 @@ def main(argv: list[str] | None = None) -> int:
             "wall_s": statistics.median(r["wall_s"] for r in rs),
             "runs": rs,
         }
-    lines = [f"Batch scoring vs raw ONNX Runtime: {model}, {raw.images} CIFAR-10 JPEGs, scorer batch "
-             f"{scorer_batch}, {default_threads()} cores ({platform.machine()}), "
-             f"median of {args.repeats} interleaved rounds", "",
-             "| setting | flags | images/s | % of raw engine | wall s (incl. start-up) |",
-             "|---|---|---:|---:|---:|",
-             f"| raw engine (pre-decoded float32) | {raw.best.label} (best of {len(raw.shapes)} shapes and "
-             f"batch sizes) | {raw_rate:.0f} | 100% | |"]
+    lines = [
+        f"Batch scoring vs raw ONNX Runtime: {model}, {raw.images} CIFAR-10 JPEGs, scorer batch "
+        f"{scorer_batch}, {default_threads()} cores ({platform.machine()}), "
+        f"median of {args.repeats} interleaved rounds",
+        "",
+        "| setting | flags | images/s | % of raw engine | wall s (incl. start-up) |",
+        "|---|---|---:|---:|---:|",
+        f"| raw engine (pre-decoded float32) | {raw.best.label} (best of {len(raw.shapes)} shapes and "
+        f"batch sizes) | {raw_rate:.0f} | 100% | |",
+    ]
     for config, r in results.items():
-        lines.append(f"| score {config} | {' '.join(r['flags']) or '(defaults)'} | {r['images_per_s']:.0f} | "
-                     f"{100 * r['fraction_of_raw']:.1f}% | {r['wall_s']:.2f} |")
+        lines.append(
+            f"| score {config} | {' '.join(r['flags']) or '(defaults)'} | {r['images_per_s']:.0f} | "
+            f"{100 * r['fraction_of_raw']:.1f}% | {r['wall_s']:.2f} |"
+        )
     lines += ["", f"Decoding alone (decode_image, one core, this process): {raw.decode_per_s:.0f} images/s."]
     print("\n".join(lines))
-    report = {"model": model, "onnx": onnx_path, "images": raw.images, "batch_size": args.batch_size,
-              "cores": default_threads(), "machine": platform.machine(), "python": platform.python_version(),
-              "raw_engine": {"images_per_s": raw_rate, "measurements": raw_rates, "best_shape": raw.best.label,
-                             "shapes": {r.label: r.images_per_s for r in raw.shapes}},
-              "decode_images_per_s_one_core": raw.decode_per_s, "scorer": results,
-              "goal": "scorer defaults >= 90% of the raw engine",
-              "goal_met": results.get("default", {}).get("fraction_of_raw", 0) >= 0.9}
+    report = {
+        "model": model,
+        "onnx": onnx_path,
+        "images": raw.images,
+        "batch_size": args.batch_size,
+        "cores": default_threads(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "raw_engine": {
+            "images_per_s": raw_rate,
+            "measurements": raw_rates,
+            "best_shape": raw.best.label,
+            "shapes": {r.label: r.images_per_s for r in raw.shapes},
+        },
+        "decode_images_per_s_one_core": raw.decode_per_s,
+        "scorer": results,
+        "goal": "scorer defaults >= 90% of the raw engine",
+        "goal_met": results.get("default", {}).get("fraction_of_raw", 0) >= 0.9,
+    }
     write_json(args.out, report)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

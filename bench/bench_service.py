@@ -21,6 +21,7 @@ else the machine is running. The load generator is a minimal asyncio HTTP/1.1 cl
 bodies, so that it takes as little as possible of the CPU it shares with the server.
 Prints a markdown table and writes JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", default=str(ROOT / "models"), help="models folder with manifest.json")
     p.add_argument("--model", help="model name (default: the manifest's default)")
     p.add_argument("--url", help="benchmark a server already running at this URL instead of starting one")
-    p.add_argument("--images-per-request", default="1,16",
-                   help="JPEGs in each POST /classify; comma-separated for several runs (default: 1,16)")
+    p.add_argument(
+        "--images-per-request",
+        default="1,16",
+        help="JPEGs in each POST /classify; comma-separated for several runs (default: 1,16)",
+    )
     p.add_argument("--concurrency", default="1,8,32,64", help="comma-separated concurrency levels")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load per level")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load before each level")
@@ -69,8 +73,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5, help="top-k asked for")
     p.add_argument("--pool", type=int, default=512, help="distinct JPEGs taken from the archive")
     p.add_argument("--streams", type=int, default=0, help="the service's concurrent batches (0: its default)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="the service's ONNX Runtime threads per batch (0: its default)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="the service's ONNX Runtime threads per batch (0: its default)"
+    )
     p.add_argument("--max-batch-size", type=int, default=256, help="the service's adaptive batching limit")
     p.add_argument("--serve-arg", action="append", default=[], help="extra argument for `python -m service serve`")
     p.add_argument("--archive", default=str(ARCHIVE), help="the CIFAR-10 JPEG archive")
@@ -97,8 +102,12 @@ def multipart(files: list[tuple[str, bytes]], fields: dict[str, str]) -> tuple[b
     for name, value in fields.items():
         chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
     for filename, data in files:
-        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{filename}"\r\n'
-                      f"Content-Type: image/jpeg\r\n\r\n".encode() + data + b"\r\n")
+        chunks.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{filename}"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
     chunks.append(f"--{boundary}--\r\n".encode())
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
@@ -108,8 +117,10 @@ def build_requests(jpegs, per_request: int, k: int, model: str, host: str, count
     for r in range(count):
         files = [jpegs[(r * per_request + i) % len(jpegs)] for i in range(per_request)]
         body, content_type = multipart(files, {"k": str(k), "model": model})
-        head = (f"POST /classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"POST /classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
         requests.append(head + body)
     return requests
 
@@ -164,8 +175,23 @@ async def load(host, port, requests, concurrency, duration, max_requests, check=
     counter = [0]
     start = time.perf_counter()
     deadline = start + duration
-    await asyncio.gather(*(_connection(host, port, requests, c * 7, deadline, max_requests, counter, latencies,
-                                       errors, check if c == 0 else None) for c in range(concurrency)))
+    await asyncio.gather(
+        *(
+            _connection(
+                host,
+                port,
+                requests,
+                c * 7,
+                deadline,
+                max_requests,
+                counter,
+                latencies,
+                errors,
+                check if c == 0 else None,
+            )
+            for c in range(concurrency)
+        )
+    )
     elapsed = time.perf_counter() - start
     return {"requests": len(latencies), "elapsed_s": elapsed, "latencies": latencies, "errors": errors}
 
@@ -205,8 +231,21 @@ def free_port() -> int:
 
 
 def start_server(args, port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--models-dir", args.models_dir, "--max-batch-size", str(args.max_batch_size), *args.serve_arg]
+    command = [
+        sys.executable,
+        "-m",
+        "service",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--models-dir",
+        args.models_dir,
+        "--max-batch-size",
+        str(args.max_batch_size),
+        *args.serve_arg,
+    ]
     for flag in ("streams", "threads"):
         if getattr(args, flag):
             command += [f"--{flag}", str(getattr(args, flag))]
@@ -247,8 +286,11 @@ def run_level(args, host, port, server, requests, per_request, concurrency, chec
     ok = result["requests"] - len(result["errors"])
     images = max(1, ok * per_request)
     return {
-        "concurrency": concurrency, "requests": result["requests"], "errors": len(result["errors"]),
-        "error_samples": result["errors"][:3], "elapsed_s": round(result["elapsed_s"], 3),
+        "concurrency": concurrency,
+        "requests": result["requests"],
+        "errors": len(result["errors"]),
+        "error_samples": result["errors"][:3],
+        "elapsed_s": round(result["elapsed_s"], 3),
         "images_per_s": round(ok * per_request / result["elapsed_s"], 1),
         "requests_per_s": round(ok / result["elapsed_s"], 1),
         "latency_ms": {q: round(percentile(lat, float(q[1:])) * 1000, 2) for q in ("p50", "p95", "p99")},
@@ -288,8 +330,11 @@ def main(args: argparse.Namespace) -> int:
             levels = []
             for concurrency in [int(c) for c in args.concurrency.split(",")]:
                 levels.append(run_level(args, host, port, server, requests, per_request, concurrency, check))
-                print(f"{per_request} per request, concurrency {concurrency}: "
-                      f"{levels[-1]['images_per_s']:.0f} images/s", file=sys.stderr, flush=True)
+                print(
+                    f"{per_request} per request, concurrency {concurrency}: {levels[-1]['images_per_s']:.0f} images/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             runs.append({"images_per_request": per_request, "levels": levels})
         # Measured again after the load, the better of the two kept: on a shared machine the engine's
         # ceiling is the least disturbed measurement.
@@ -309,37 +354,54 @@ def main(args: argparse.Namespace) -> int:
         for level in run["levels"]:
             level["fraction_of_raw"] = round(level["images_per_s"] / ceiling, 3)
     report = {
-        "model": entry.name, "precision": entry.precision, "file": entry.file, "k": args.k,
-        "duration_s": args.duration, "streams": args.streams or "default", "threads": args.threads or "default",
+        "model": entry.name,
+        "precision": entry.precision,
+        "file": entry.file,
+        "k": args.k,
+        "duration_s": args.duration,
+        "streams": args.streams or "default",
+        "threads": args.threads or "default",
         "max_batch_size": args.max_batch_size,
         "raw_engine_images_per_s": {label: round(r.images_per_s, 1) for label, r in raw.items()},
         "raw_engine_cpu_ms_per_image": {label: round(r.cpu_ms_per_image, 3) for label, r in raw.items()},
         "raw_engine_ceiling_images_per_s": round(ceiling, 1),
         "raw_engine_ceiling": best.label,
         "runs": runs,
-        "host": {"cpus": os.cpu_count(), "affinity": default_threads(), "machine": platform.machine(),
-                 "processor": platform.processor(), "python": platform.python_version(),
-                 "load_average_after": os.getloadavg()},
+        "host": {
+            "cpus": os.cpu_count(),
+            "affinity": default_threads(),
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+            "load_average_after": os.getloadavg(),
+        },
         "note": "the load generator runs on the same cores as the server",
     }
     write_json(args.out, report)
 
-    raw_text = "; ".join(f"{label}: {r.images_per_s:,.0f} ({r.cpu_ms_per_image:.2f} ms CPU/image)"
-                         for label, r in raw.items())
-    print(f"\nModel `{entry.name}` ({entry.precision}), k={args.k}, max batch {args.max_batch_size}, service "
-          f"streams/threads {args.streams or 'default'}/{args.threads or 'default'}.\n"
-          f"Raw ONNX Runtime (images/s): {raw_text}. Ceiling: {best.label}.\n")
-    print("| JPEGs/request | concurrency | requests | images/s | % of raw | p50 ms | p95 ms | p99 ms | errors "
-          "| server CPU ms/image |")
+    raw_text = "; ".join(
+        f"{label}: {r.images_per_s:,.0f} ({r.cpu_ms_per_image:.2f} ms CPU/image)" for label, r in raw.items()
+    )
+    print(
+        f"\nModel `{entry.name}` ({entry.precision}), k={args.k}, max batch {args.max_batch_size}, service "
+        f"streams/threads {args.streams or 'default'}/{args.threads or 'default'}.\n"
+        f"Raw ONNX Runtime (images/s): {raw_text}. Ceiling: {best.label}.\n"
+    )
+    print(
+        "| JPEGs/request | concurrency | requests | images/s | % of raw | p50 ms | p95 ms | p99 ms | errors "
+        "| server CPU ms/image |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run in runs:
         for lv in run["levels"]:
             lat = lv["latency_ms"]
             cpu = lv["server_cpu_ms_per_image"]
-            print(f"| {run['images_per_request']} | {lv['concurrency']} | {lv['requests']} | "
-                  f"{lv['images_per_s']:,.0f} | {lv['fraction_of_raw']:.0%} | {lat['p50']} | {lat['p95']} | "
-                  f"{lat['p99']} | {lv['errors']} | "
-                  f"{'-' if cpu is None else f'{cpu:.2f}'} |")
+            print(
+                f"| {run['images_per_request']} | {lv['concurrency']} | {lv['requests']} | "
+                f"{lv['images_per_s']:,.0f} | {lv['fraction_of_raw']:.0%} | {lat['p50']} | {lat['p95']} | "
+                f"{lat['p99']} | {lv['errors']} | "
+                f"{'-' if cpu is None else f'{cpu:.2f}'} |"
+            )
     print(f"\nJSON: {args.out}")
     return 0
 

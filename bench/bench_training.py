@@ -10,6 +10,7 @@ The loader figure is the augmentation pipeline alone (crop + flip + Cutout on
 uint8 tensors): it must be well above every model's step throughput, or the
 loader would be the bottleneck.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,12 +41,20 @@ def synchronize(device: torch.device) -> None:
 
 def synthetic(n: int) -> ImageArrays:
     rng = np.random.default_rng(0)
-    return ImageArrays(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n), [str(i) for i in range(10)])
+    return ImageArrays(
+        rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n), [str(i) for i in range(10)]
+    )
 
 
 def loader_throughput(device: torch.device, batch_size: int, batches: int) -> float:
-    loader = TensorLoader(synthetic(batch_size * batches), batch_size, device, train=True,
-                          augment=AugmentParams(4, True, 16), channels_last=True)
+    loader = TensorLoader(
+        synthetic(batch_size * batches),
+        batch_size,
+        device,
+        train=True,
+        augment=AugmentParams(4, True, 16),
+        channels_last=True,
+    )
     next(iter(loader))
     synchronize(device)
     start = time.perf_counter()
@@ -71,7 +80,9 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return name, kwargs
 
 
-def train_throughput(spec: str, device: torch.device, batch_size: int, steps: int, bf16: bool, warmup: int = 2) -> float:
+def train_throughput(
+    spec: str, device: torch.device, batch_size: int, steps: int, bf16: bool, warmup: int = 2
+) -> float:
     name, kwargs = parse_spec(spec)
     model = create_model(name, **kwargs).to(device).to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
@@ -92,22 +103,36 @@ def train_throughput(spec: str, device: torch.device, batch_size: int, steps: in
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+",
-                   default=["airbench94", "resnet9_half", "se_resnet18", "wrn_16_4", "wrn_16_8", "wrn_28_10"])
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["airbench94", "resnet9_half", "se_resnet18", "wrn_16_4", "wrn_16_8", "wrn_28_10"],
+    )
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
-    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
-                   help="bf16 autocast; auto: only where the hardware has it (as training's default)")
+    p.add_argument(
+        "--bf16",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="bf16 autocast; auto: only where the hardware has it (as training's default)",
+    )
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if args.models == ["all"]:
         args.models = list_models()
     device = resolve_device(args.device)
     bf16 = resolve_bf16({"auto": "auto", "on": True, "off": False}[args.bf16], device)
-    results = {"device": str(device), "cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "batch_size": args.batch_size, "bf16": bf16,
-               "loader_images_per_s": loader_throughput(device, args.batch_size, 50), "models": {}}
+    results = {
+        "device": str(device),
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "bf16": bf16,
+        "loader_images_per_s": loader_throughput(device, args.batch_size, 50),
+        "models": {},
+    }
     print(f"| model | train images/s ({device}, batch {args.batch_size}, bf16={bf16}) |\n|---|---|")
     for name in args.models:
         ips = train_throughput(name, device, args.batch_size, args.steps, bf16)

@@ -5,6 +5,7 @@ one stream with every core as intra-op threads, and one stream per core with one
 service's and the scorer's default: concurrent runs on one session, which is thread-safe). The better
 is the ceiling, so that a setting the product uses can never flatter its own ratio.
 """
+
 from __future__ import annotations
 
 import threading
@@ -31,11 +32,12 @@ class EngineRate:
         return f"{self.streams} stream(s) x {self.threads} thread(s), batch {self.batch_size}"
 
 
-def measure(path: str | Path, pixels: np.ndarray, batch_size: int, streams: int, threads: int,
-            seconds: float = 3.0) -> EngineRate:
+def measure(
+    path: str | Path, pixels: np.ndarray, batch_size: int, streams: int, threads: int, seconds: float = 3.0
+) -> EngineRate:
     """``streams`` threads each running batches of ``batch_size`` back to back on one session for ``seconds``."""
     clf = OnnxClassifier(path, device="cpu", threads=threads, spin=streams == 1)
-    batches = [pixels[i:i + batch_size] for i in range(0, len(pixels) - batch_size + 1, batch_size)] or [pixels]
+    batches = [pixels[i : i + batch_size] for i in range(0, len(pixels) - batch_size + 1, batch_size)] or [pixels]
     for batch in batches[:2]:
         clf.logits(batch)
     counts = [0] * streams
@@ -66,9 +68,11 @@ def shapes(cores: int | None = None) -> list[tuple[int, int]]:
     return sorted({(1, cores), (cores, 1)})
 
 
-def ceiling(path: str | Path, pixels: np.ndarray, batch_sizes: Sequence[int], seconds: float = 3.0,
-            cores: int | None = None) -> list[EngineRate]:
+def ceiling(
+    path: str | Path, pixels: np.ndarray, batch_sizes: Sequence[int], seconds: float = 3.0, cores: int | None = None
+) -> list[EngineRate]:
     """Every (shape, batch size) measured; the best first."""
-    rates = [measure(path, pixels, bs, streams, threads, seconds)
-             for streams, threads in shapes(cores) for bs in batch_sizes]
+    rates = [
+        measure(path, pixels, bs, streams, threads, seconds) for streams, threads in shapes(cores) for bs in batch_sizes
+    ]
     return sorted(rates, key=lambda r: -r.images_per_s)

@@ -1,4 +1,5 @@
 """Where every benchmark's JSON results go: one writer, so they all land the same way."""
+
 from __future__ import annotations
 
 import json

@@ -1,9 +1,10 @@
 """Command line for export.
 
-    python -m export --checkpoint RUN/best.pt --name NAME [--precision fp32|fp16|int8] [--default] [--calibrate none]
-    python -m export verify [NAME]     re-verify a shipped model (default: the manifest's default) and its calibration
-    python -m export list              the models in the manifest
+python -m export --checkpoint RUN/best.pt --name NAME [--precision fp32|fp16|int8] [--default] [--calibrate none]
+python -m export verify [NAME]     re-verify a shipped model (default: the manifest's default) and its calibration
+python -m export list              the models in the manifest
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,36 +17,57 @@ from inference.precisions import PRECISIONS, suits, tolerance_text
 
 
 def export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export", description=(
-        "Export a training checkpoint to ONNX (input float32 [N,3,H,W] RGB in [0,1], normalisation inside the graph, "
-        "dynamic batch), verify its accuracy against the checkpoint on the validation split, and record it in "
-        "models/manifest.json. Other commands: `python -m export verify [NAME]`, `python -m export list`."))
+    p = argparse.ArgumentParser(
+        prog="python -m export",
+        description=(
+            "Export a training checkpoint to ONNX (input float32 [N,3,H,W] RGB in [0,1], "
+            "normalisation inside the graph, "
+            "dynamic batch), verify its accuracy against the checkpoint on the validation split, and record it in "
+            "models/manifest.json. Other commands: `python -m export verify [NAME]`, `python -m export list`."
+        ),
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint file (RUN/best.pt) or run folder")
     p.add_argument("--name", required=True, help="model name in the manifest; the file is models/NAME.onnx")
-    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
-                   help="; ".join(f"{p.name}: {p.help}, for {suits(p)}" for p in PRECISIONS.values()))
+    p.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="fp32",
+        help="; ".join(f"{p.name}: {p.help}, for {suits(p)}" for p in PRECISIONS.values()),
+    )
     p.add_argument("--models-dir", default="models", help="where the .onnx files and manifest.json live")
     p.add_argument("--default", action="store_true", help="make this the manifest's default model")
     p.add_argument("--calibration-images", type=int, default=1000, help="training-split images to calibrate INT8 with")
     p.add_argument("--cache-dir", default=".cache/datasets", help="dataset decode cache")
     p.add_argument("--max-val-images", type=int, help="verify on only the first N validation images (quick checks)")
     # training.inference.TTA_CHOICES, spelled out so that --help does not import torch
-    p.add_argument("--tta", choices=["none", "flip", "multicrop"], default="none",
-                   help="flip: average the logits of each image and its mirror inside the graph (test-time "
-                        "augmentation; twice the compute per image, nothing changes for clients); multicrop: "
-                        "also one-pixel translations, 6 views, six times the compute")
-    p.add_argument("--calibrate", choices=CALIBRATION_METHODS, default="temperature",
-                   help="temperature (default): fit one temperature on the validation split and divide the logits by "
-                        "it inside the graph, after any TTA, so that confidences are calibrated; none: leave them as "
-                        "trained")
+    p.add_argument(
+        "--tta",
+        choices=["none", "flip", "multicrop"],
+        default="none",
+        help="flip: average the logits of each image and its mirror inside the graph (test-time "
+        "augmentation; twice the compute per image, nothing changes for clients); multicrop: "
+        "also one-pixel translations, 6 views, six times the compute",
+    )
+    p.add_argument(
+        "--calibrate",
+        choices=CALIBRATION_METHODS,
+        default="temperature",
+        help="temperature (default): fit one temperature on the validation split and divide the logits by "
+        "it inside the graph, after any TTA, so that confidences are calibrated; none: leave them as "
+        "trained",
+    )
     return p
 
 
 def verify_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export verify", description=(
-        "Check every manifest file against its sha256, then measure the model's accuracy against its checkpoint "
-        f"on the validation split. Exits 1 when it misses its tolerance ({tolerance_text()}), 2 on a missing or "
-        "tampered file."))
+    p = argparse.ArgumentParser(
+        prog="python -m export verify",
+        description=(
+            "Check every manifest file against its sha256, then measure the model's accuracy against its checkpoint "
+            f"on the validation split. Exits 1 when it misses its tolerance ({tolerance_text()}), 2 on a missing or "
+            "tampered file."
+        ),
+    )
     p.add_argument("name", nargs="?", help="model name (default: the manifest's default)")
     p.add_argument("--models-dir", default="models")
     p.add_argument("--cache-dir", default=".cache/datasets")
@@ -64,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             manifest = load_manifest("models" if len(argv) < 2 else argv[1], verify=False)
             for m in manifest.models:
                 mark = "*" if m.name == manifest.default else " "
-                print(f"{mark} {m.name:<28} {m.arch:<14} {m.precision:<5} "
-                      f"val_top1={100 * m.metrics['val_top1']:.2f}%  {m.file}")
+                print(
+                    f"{mark} {m.name:<28} {m.arch:<14} {m.precision:<5} "
+                    f"val_top1={100 * m.metrics['val_top1']:.2f}%  {m.file}"
+                )
             return 0
         if argv[:1] == ["verify"]:
             args = verify_parser().parse_args(argv[1:])
@@ -78,9 +102,18 @@ def main(argv: list[str] | None = None) -> int:
             print("verified")
             return 0
         args = export_parser().parse_args(argv)
-        entry, parity = export_checkpoint(args.checkpoint, args.name, args.precision, args.models_dir, args.default,
-                                          args.calibration_images, args.cache_dir, args.max_val_images, args.tta,
-                                          args.calibrate)
+        entry, parity = export_checkpoint(
+            args.checkpoint,
+            args.name,
+            args.precision,
+            args.models_dir,
+            args.default,
+            args.calibration_images,
+            args.cache_dir,
+            args.max_val_images,
+            args.tta,
+            args.calibrate,
+        )
         print(parity.summary())
         print(calibration_summary(entry.metrics["calibration"]))
         print(json.dumps({"name": entry.name, "file": entry.file, "sha256": entry.sha256}, indent=2))

@@ -3,6 +3,7 @@
 The division is the graph's last step, after any test-time averaging, so every client (the service,
 the scorer, ONNX Runtime called directly) gets calibrated probabilities without doing anything.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,8 +51,11 @@ def fit_calibration(model: nn.Module, images: np.ndarray, labels: np.ndarray, me
     logits, _ = torch_logits(model, images)
     # Stored as the float32 the FP32 graph holds, so the card states exactly what that graph divides by.
     temperature = float(np.float32(fit_temperature(logits, labels)))
-    return Calibration(method="temperature", temperature=temperature,
-                       fitted_on=f"NLL on the validation split ({len(labels)} images), FP32 PyTorch logits of {what}")
+    return Calibration(
+        method="temperature",
+        temperature=temperature,
+        fitted_on=f"NLL on the validation split ({len(labels)} images), FP32 PyTorch logits of {what}",
+    )
 
 
 def calibration_summary(report: dict) -> str:
@@ -61,6 +65,8 @@ def calibration_summary(report: dict) -> str:
         rows.append(("refit on this model's own logits", report["refit"]["temperature"], report["refit"]))
     lines = [f"calibration on {report['samples']} validation images (ECE with 15 bins):"]
     for name, t, m in rows:
-        lines.append(f"  {name:<33} T={t:<7.4f} ECE {m['ece']:.4f}  NLL {m['nll']:.4f}  Brier {m['brier']:.4f}  "
-                     f"mean confidence {100 * m['mean_confidence']:.2f}%  accuracy {100 * m['accuracy']:.2f}%")
+        lines.append(
+            f"  {name:<33} T={t:<7.4f} ECE {m['ece']:.4f}  NLL {m['nll']:.4f}  Brier {m['brier']:.4f}  "
+            f"mean confidence {100 * m['mean_confidence']:.2f}%  accuracy {100 * m['accuracy']:.2f}%"
+        )
     return "\n".join(lines)

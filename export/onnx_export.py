@@ -1,4 +1,5 @@
 """PyTorch checkpoint -> ONNX file whose metadata describes it (classes, input spec, metrics)."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,15 @@ def export_fp32(model: torch.nn.Module, path: Path, image_size: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's concern
         program = torch.onnx.export(
-            model, example, dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},), optimize=True, verbose=False,
+            model,
+            example,
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
+            optimize=True,
+            verbose=False,
         )
     program.save(str(path))
     proto = onnx.load(str(path))

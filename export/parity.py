@@ -1,4 +1,5 @@
 """Measure an ONNX model against its PyTorch checkpoint on the same real images."""
+
 from __future__ import annotations
 
 import time
@@ -42,11 +43,13 @@ class Parity:
         return d
 
     def summary(self) -> str:
-        return (f"{self.precision}: PyTorch top-1 {100 * self.torch_top1:.2f}%, ONNX top-1 {100 * self.onnx_top1:.2f}% "
-                f"({self.accuracy_diff_points:+.2f} points), top-1 agreement {100 * self.top1_agreement:.2f}%, "
-                f"max |dp| {self.max_abs_prob_diff:.2e}, {self.samples} images; "
-                f"throughput PyTorch {self.torch_images_per_s:.0f} img/s, "
-                f"ONNX Runtime {self.onnx_images_per_s:.0f} img/s")
+        return (
+            f"{self.precision}: PyTorch top-1 {100 * self.torch_top1:.2f}%, ONNX top-1 {100 * self.onnx_top1:.2f}% "
+            f"({self.accuracy_diff_points:+.2f} points), top-1 agreement {100 * self.top1_agreement:.2f}%, "
+            f"max |dp| {self.max_abs_prob_diff:.2e}, {self.samples} images; "
+            f"throughput PyTorch {self.torch_images_per_s:.0f} img/s, "
+            f"ONNX Runtime {self.onnx_images_per_s:.0f} img/s"
+        )
 
 
 def _batches(images: np.ndarray, batch_size: int, desc: str):
@@ -78,42 +81,69 @@ def onnx_logits(classifier: OnnxClassifier, images: np.ndarray, batch_size: int 
     return np.concatenate(out), len(images) / elapsed
 
 
-def onnx_probabilities(classifier: OnnxClassifier, images: np.ndarray,
-                       batch_size: int = 256) -> tuple[np.ndarray, float]:
+def onnx_probabilities(
+    classifier: OnnxClassifier, images: np.ndarray, batch_size: int = 256
+) -> tuple[np.ndarray, float]:
     logits, speed = onnx_logits(classifier, images, batch_size)
     return softmax(logits), speed
 
 
-def judge(precision: str, torch_probs: np.ndarray | None, onnx_probs: np.ndarray, labels: np.ndarray,
-          torch_top1_value: float, torch_speed: float, onnx_speed: float) -> Parity:
+def judge(
+    precision: str,
+    torch_probs: np.ndarray | None,
+    onnx_probs: np.ndarray,
+    labels: np.ndarray,
+    torch_top1_value: float,
+    torch_speed: float,
+    onnx_speed: float,
+) -> Parity:
     onnx_top1 = topk_accuracy(onnx_probs, labels, 1)
     compared = torch_probs is not None
     agreement = float((torch_probs.argmax(1) == onnx_probs.argmax(1)).mean()) if compared else float("nan")
     max_diff = float(np.abs(torch_probs - onnx_probs).max()) if compared else float("nan")
-    parity = Parity(precision, len(labels), torch_top1_value, onnx_top1, topk_accuracy(onnx_probs, labels, 5),
-                    agreement, max_diff, torch_speed, onnx_speed)
+    parity = Parity(
+        precision,
+        len(labels),
+        torch_top1_value,
+        onnx_top1,
+        topk_accuracy(onnx_probs, labels, 5),
+        agreement,
+        max_diff,
+        torch_speed,
+        onnx_speed,
+    )
     entry = precision_entry(precision)
     tolerance = entry.tolerance_points
     if abs(parity.accuracy_diff_points) > tolerance:
-        parity.failures.append(f"accuracy differs by {parity.accuracy_diff_points:+.3f} points "
-                               f"(tolerance {tolerance} for {precision})")
+        parity.failures.append(
+            f"accuracy differs by {parity.accuracy_diff_points:+.3f} points (tolerance {tolerance} for {precision})"
+        )
     needed = entry.min_agreement
     if needed is not None and torch_probs is not None and agreement < needed:
         parity.failures.append(f"top-1 agreement {100 * agreement:.2f}% is below {100 * needed:.1f}%")
     return parity
 
 
-def parity_and_logits(model: torch.nn.Module, classifier: OnnxClassifier, images: np.ndarray, labels: np.ndarray,
-                      batch_size: int = 256) -> tuple[Parity, np.ndarray]:
+def parity_and_logits(
+    model: torch.nn.Module, classifier: OnnxClassifier, images: np.ndarray, labels: np.ndarray, batch_size: int = 256
+) -> tuple[Parity, np.ndarray]:
     """The parity of ``classifier`` with ``model``, and the ONNX logits it was measured on (float64)."""
     torch_probs, torch_speed = torch_probabilities(model, images, batch_size)
     logits, onnx_speed = onnx_logits(classifier, images, batch_size)
     onnx_probs = softmax(logits)
-    parity = judge(classifier.card.precision, torch_probs, onnx_probs, labels, topk_accuracy(torch_probs, labels, 1),
-                   torch_speed, onnx_speed)
+    parity = judge(
+        classifier.card.precision,
+        torch_probs,
+        onnx_probs,
+        labels,
+        topk_accuracy(torch_probs, labels, 1),
+        torch_speed,
+        onnx_speed,
+    )
     return parity, logits
 
 
-def measure_parity(model: torch.nn.Module, classifier: OnnxClassifier, images: np.ndarray, labels: np.ndarray,
-                   batch_size: int = 256) -> Parity:
+def measure_parity(
+    model: torch.nn.Module, classifier: OnnxClassifier, images: np.ndarray, labels: np.ndarray, batch_size: int = 256
+) -> Parity:
     return parity_and_logits(model, classifier, images, labels, batch_size)[0]

@@ -1,4 +1,5 @@
 """Export a checkpoint at one precision, verify it, and record it in the manifest; or re-verify a shipped model."""
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,15 @@ class ParityError(RuntimeError):
 
 
 def _split(source: dict, split: str) -> ImageArrays:
-    return load_split(source["dataset"], source["data_root"], split, val_size=source["val_size"],
-                      seed=source["split_seed"], cache_dir=source.get("cache_dir"), image_size=source["input_size"])
+    return load_split(
+        source["dataset"],
+        source["data_root"],
+        split,
+        val_size=source["val_size"],
+        seed=source["split_seed"],
+        cache_dir=source.get("cache_dir"),
+        image_size=source["input_size"],
+    )
 
 
 def _validation(source: dict, max_images: int | None) -> ImageArrays:
@@ -52,14 +60,27 @@ def calibration_images(source: dict, count: int, seed: int = 0) -> np.ndarray:
 def _data_source(meta: dict, cache_dir: str | None) -> dict:
     if not meta.get("val_size"):
         raise ValueError("the checkpoint's run held out no validation split, so parity cannot be measured")
-    return {"dataset": meta["dataset"], "data_root": meta["data_root"], "val_size": meta["val_size"],
-            "split_seed": meta["split_seed"], "input_size": meta["input_size"], "cache_dir": cache_dir}
+    return {
+        "dataset": meta["dataset"],
+        "data_root": meta["data_root"],
+        "val_size": meta["val_size"],
+        "split_seed": meta["split_seed"],
+        "input_size": meta["input_size"],
+        "cache_dir": cache_dir,
+    }
 
 
 def export_checkpoint(
-    checkpoint: str | Path, name: str, precision: str = "fp32", models_dir: str | Path = "models",
-    make_default: bool = False, calibration_count: int = 1000, cache_dir: str | None = ".cache/datasets",
-    max_val_images: int | None = None, tta: str = "none", calibrate: str = "temperature",
+    checkpoint: str | Path,
+    name: str,
+    precision: str = "fp32",
+    models_dir: str | Path = "models",
+    make_default: bool = False,
+    calibration_count: int = 1000,
+    cache_dir: str | None = ".cache/datasets",
+    max_val_images: int | None = None,
+    tta: str = "none",
+    calibrate: str = "temperature",
 ) -> tuple[ModelEntry, Parity]:
     """``tta="flip"`` puts flip test-time augmentation inside the graph: parity is then measured against
     the same averaging in PyTorch, and the card's source records it.
@@ -79,12 +100,25 @@ def export_checkpoint(
     calibration = fit_calibration(model, val.images, val.labels, calibrate, f"the checkpoint with tta {tta!r}")
     model = with_calibration(model, calibration)
     card = ModelCard(
-        name=name, arch=meta["arch"], dataset=meta["dataset"], classes=meta["classes"], precision=precision,
-        input=input_spec(meta), metrics={"val_top1": 0.0},
-        source={**{k: v for k, v in source.items() if k != "cache_dir"}, "checkpoint": str(checkpoint),
-                "checkpoint_sha256": sha256_file(checkpoint_file(checkpoint)),
-                "recipe": meta.get("recipe"), "model_args": meta["model_args"], "torch": torch.__version__,
-                "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "opset": OPSET, "tta": tta},
+        name=name,
+        arch=meta["arch"],
+        dataset=meta["dataset"],
+        classes=meta["classes"],
+        precision=precision,
+        input=input_spec(meta),
+        metrics={"val_top1": 0.0},
+        source={
+            **{k: v for k, v in source.items() if k != "cache_dir"},
+            "checkpoint": str(checkpoint),
+            "checkpoint_sha256": sha256_file(checkpoint_file(checkpoint)),
+            "recipe": meta.get("recipe"),
+            "model_args": meta["model_args"],
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "opset": OPSET,
+            "tta": tta,
+        },
         calibration=calibration,
     )
     final = models_dir / f"{name}.onnx"
@@ -101,11 +135,16 @@ def export_checkpoint(
         write_card(out, card)
         parity, logits = parity_and_logits(model, OnnxClassifier(out, device="cpu"), val.images, val.labels)
         if not parity.passed:
-            raise ParityError(f"{name} ({precision}) failed verification: {'; '.join(parity.failures)}\n"
-                              f"{parity.summary()}")
-        card.metrics = {"val_top1": parity.onnx_top1, "val_top5": parity.onnx_top5,
-                        "val_samples": parity.samples, "parity": parity.as_dict(),
-                        "calibration": _calibration_report(logits, val.labels, calibration.temperature)}
+            raise ParityError(
+                f"{name} ({precision}) failed verification: {'; '.join(parity.failures)}\n{parity.summary()}"
+            )
+        card.metrics = {
+            "val_top1": parity.onnx_top1,
+            "val_top5": parity.onnx_top5,
+            "val_samples": parity.samples,
+            "parity": parity.as_dict(),
+            "calibration": _calibration_report(logits, val.labels, calibration.temperature),
+        }
         write_card(out, card)
         os.replace(out, final)
     entry = ModelEntry(**card.model_dump(), file=final.name, sha256=sha256_file(final))
@@ -131,8 +170,12 @@ def _calibration_report(graph_logits: np.ndarray, labels: np.ndarray, temperatur
     return calibration_report(graph_logits * temperature, labels, temperature, refit=True)
 
 
-def verify_model(name: str | None, models_dir: str | Path = "models", cache_dir: str | None = ".cache/datasets",
-                 max_val_images: int | None = None) -> tuple[Parity, dict]:
+def verify_model(
+    name: str | None,
+    models_dir: str | Path = "models",
+    cache_dir: str | None = ".cache/datasets",
+    max_val_images: int | None = None,
+) -> tuple[Parity, dict]:
     """Re-check a shipped model: hashes of every manifest file, then accuracy against its checkpoint
     (wrapped in the recorded test-time augmentation and temperature), and its calibration: with the
     recorded T, and with a T refitted on its own logits."""

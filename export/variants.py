@@ -1,4 +1,5 @@
 """Lighter variants of an FP32 ONNX model: FP16 for GPUs and static INT8 for CPUs."""
+
 from __future__ import annotations
 
 import os
@@ -94,9 +95,15 @@ def to_int8(src: Path, dst: Path, calibration_images: np.ndarray) -> None:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         quantize_static(
-            str(prepared), str(dst), _Calibration(calibration_images.astype(np.float32)),
-            quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-            activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax, reduce_range=True,
+            str(prepared),
+            str(dst),
+            _Calibration(calibration_images.astype(np.float32)),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            reduce_range=True,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
     onnx.checker.check_model(onnx.load(str(dst)), full_check=True)

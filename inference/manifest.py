@@ -3,6 +3,7 @@
 This module is the contract between export (which writes it) and the service
 and batch scorer (which read it); it needs neither torch nor ``training``.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -3,6 +3,7 @@
 A new precision is one entry here plus its converter in ``export/variants.py`` (``CONVERTERS``); a test
 checks that both exist for every name.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,10 +27,20 @@ PRECISIONS: dict[str, Precision] = {
     p.name: p
     for p in (
         Precision("fp32", "full precision", tolerance_points=0.05, min_agreement=0.999, providers=(CPU, CUDA)),
-        Precision("fp16", "float16 inside, float32 inputs and outputs", tolerance_points=0.1, min_agreement=None,
-                  providers=(CUDA,)),
-        Precision("int8", "static quantisation calibrated on training images", tolerance_points=0.5,
-                  min_agreement=None, providers=(CPU,)),
+        Precision(
+            "fp16",
+            "float16 inside, float32 inputs and outputs",
+            tolerance_points=0.1,
+            min_agreement=None,
+            providers=(CUDA,),
+        ),
+        Precision(
+            "int8",
+            "static quantisation calibrated on training images",
+            tolerance_points=0.5,
+            min_agreement=None,
+            providers=(CPU,),
+        ),
     )
 }
 # The manifest's type for a precision, built from the table so that a new entry is all it takes.

@@ -4,6 +4,7 @@ One implementation on purpose: the pixels a model is trained on and the
 pixels it is served must come out of the same steps (EXIF rotation, RGB
 conversion, bilinear resize to the model's input size).
 """
+
 from __future__ import annotations
 
 import io
@@ -113,7 +114,7 @@ def plain_jpeg_frame(data: bytes) -> tuple[str, tuple[int, int]] | None:
             continue
         length = (data[i + 2] << 8) | data[i + 3]
         if marker in _HUFFMAN_FRAMES:
-            frame = data[i + 4:i + 2 + length]
+            frame = data[i + 4 : i + 2 + length]
             if length < 8 or len(frame) < 6 or frame[0] != 8:
                 return None
             height, width, mode = (frame[1] << 8) | frame[2], (frame[3] << 8) | frame[4], _LAYER_MODES.get(frame[5])
@@ -162,7 +163,8 @@ def to_model_input(images: Sequence[np.ndarray] | np.ndarray, out: np.ndarray | 
     return np.multiply(batch.transpose(0, 3, 1, 2), np.float32(1.0 / 255.0), out=out, dtype=np.float32)
 
 
-def pixels_to_model_input(pixels: bytes, count: int, size: tuple[int, int],
-                          out: np.ndarray | None = None) -> np.ndarray:
+def pixels_to_model_input(
+    pixels: bytes, count: int, size: tuple[int, int], out: np.ndarray | None = None
+) -> np.ndarray:
     """``to_model_input`` of ``count`` images given as ``decode_pixels`` output joined together."""
     return to_model_input(np.frombuffer(pixels, dtype=np.uint8).reshape(count, *size, 3), out)

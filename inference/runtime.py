@@ -4,6 +4,7 @@ Asking onnxruntime-gpu for CUDA on a host without a GPU (or without CUDA 13 /
 cuDNN 9) makes it log errors and fall back; we only ask when a device is
 visible, so CPU hosts start quietly.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,9 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def create_session(path: str | Path, device: Device = "auto", threads: int | None = None,
-                   spin: bool = True) -> ort.InferenceSession:
+def create_session(
+    path: str | Path, device: Device = "auto", threads: int | None = None, spin: bool = True
+) -> ort.InferenceSession:
     """``spin=False``: idle intra-op threads sleep instead of busy-waiting for the next run, which a
     server with gaps between batches needs: spinning threads take the cores its other work needs
     (docs/measurements.md, "ONNX Runtime sessions")."""
@@ -71,8 +73,11 @@ def create_session(path: str | Path, device: Device = "auto", threads: int | Non
 
 def read_card(session_or_path: ort.InferenceSession | str | Path) -> ModelCard:
     """The ModelCard an exported file carries in its metadata_props."""
-    session = session_or_path if isinstance(session_or_path, ort.InferenceSession) else ort.InferenceSession(
-        str(session_or_path), providers=["CPUExecutionProvider"])
+    session = (
+        session_or_path
+        if isinstance(session_or_path, ort.InferenceSession)
+        else ort.InferenceSession(str(session_or_path), providers=["CPUExecutionProvider"])
+    )
     props = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in props:
         raise ValueError(f"ONNX model has no {METADATA_KEY!r} metadata: it was not exported by this project")
@@ -82,8 +87,9 @@ def read_card(session_or_path: ort.InferenceSession | str | Path) -> ModelCard:
 class OnnxClassifier:
     """An exported classifier: float32 [N, 3, H, W] in [0, 1] -> logits [N, C]."""
 
-    def __init__(self, path: str | Path, device: Device = "auto", threads: int | None = None,
-                 spin: bool = True) -> None:
+    def __init__(
+        self, path: str | Path, device: Device = "auto", threads: int | None = None, spin: bool = True
+    ) -> None:
         self.path = Path(path)
         self.session = create_session(self.path, device, threads, spin)
         self.card = read_card(self.session)

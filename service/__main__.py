@@ -1,4 +1,5 @@
 """Command line: ``python -m service {serve,score} ...``."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,8 +7,10 @@ import sys
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m service", description=(
-        "Serve the exported models over HTTP (BentoML) or score folders of images with them."))
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description=("Serve the exported models over HTTP (BentoML) or score folders of images with them."),
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     from .score.cli import add_score_parser
     from .serve_cli import add_serve_parser

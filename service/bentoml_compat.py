@@ -21,6 +21,7 @@ or when an internal is not where it should be, each part falls back to BentoML's
 (the self-proxy call, BentoML's own document, unbound APIs) and logs a warning.
 :func:`check_internals` lists what is missing; tests/test_bentoml_compat.py fails on any of it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,8 +49,12 @@ SUPPORTED = _supported(bentoml.__version__)
 def _unsupported(what: str) -> bool:
     """True (with a warning) when the installed BentoML is not one this module knows."""
     if not SUPPORTED:
-        log.warning("BentoML %s is not a version this service was written against (%s): %s",
-                    bentoml.__version__, ", ".join(f"{v}.x" for v in SUPPORTED_VERSIONS), what)
+        log.warning(
+            "BentoML %s is not a version this service was written against (%s): %s",
+            bentoml.__version__,
+            ", ".join(f"{v}.x" for v in SUPPORTED_VERSIONS),
+            what,
+        )
     return not SUPPORTED
 
 
@@ -88,8 +93,9 @@ def find_dispatcher(api_name: str, concurrency: int = 1) -> Callable[[Any], Awai
     return None
 
 
-def _caller(batch_infer: Callable[..., Awaitable[Any]], dispatcher: Any,
-            api_name: str) -> Callable[[Any], Awaitable[Any]]:
+def _caller(
+    batch_infer: Callable[..., Awaitable[Any]], dispatcher: Any, api_name: str
+) -> Callable[[Any], Awaitable[Any]]:
     async def call(batch: Any) -> Any:
         _forget_stale_wait(dispatcher)
         return await batch_infer(api_name, (batch,), {})
@@ -104,8 +110,9 @@ def _allow_concurrent_batches(dispatcher: Any, concurrency: int) -> None:
         dispatcher._sema = type(sema)(concurrency)
         log.info("up to %d batches at once", concurrency)
     elif concurrency > 1:
-        log.warning("cannot let BentoML's dispatcher run %d batches at once (other internals?): one at a time",
-                    concurrency)
+        log.warning(
+            "cannot let BentoML's dispatcher run %d batches at once (other internals?): one at a time", concurrency
+        )
 
 
 def _forget_stale_wait(dispatcher: Any) -> None:
@@ -127,8 +134,9 @@ def _forget_stale_wait(dispatcher: Any) -> None:
 class BatchGateway:
     """Resolves the in-process dispatcher on first use; falls back to BentoML's self-proxy if it cannot."""
 
-    def __init__(self, api_name: str, fallback: Callable[[], Callable[[Any], Awaitable[Any]]],
-                 concurrency: int = 1) -> None:
+    def __init__(
+        self, api_name: str, fallback: Callable[[], Callable[[Any], Awaitable[Any]]], concurrency: int = 1
+    ) -> None:
         self.api_name = api_name
         self.concurrency = concurrency
         self._fallback = fallback
@@ -137,14 +145,20 @@ class BatchGateway:
 
     def resolve(self) -> Callable[[Any], Awaitable[Any]]:
         if self._call is None:
-            call = None if _unsupported("batching through the self-proxy call") else find_dispatcher(
-                self.api_name, self.concurrency)
+            call = (
+                None
+                if _unsupported("batching through the self-proxy call")
+                else find_dispatcher(self.api_name, self.concurrency)
+            )
             if call is not None:
                 self._call, self.in_process = call, True
                 log.info("batching %r in-process through BentoML's dispatcher", self.api_name)
             else:
-                log.warning("BentoML's dispatcher for %r was not found (a BentoML version with other internals?): "
-                            "batching through the slower self-proxy call instead", self.api_name)
+                log.warning(
+                    "BentoML's dispatcher for %r was not found (a BentoML version with other internals?): "
+                    "batching through the slower self-proxy call instead",
+                    self.api_name,
+                )
                 self._call = self._fallback()
         return self._call
 
@@ -239,23 +253,47 @@ def check_internals() -> list[str]:
 
         return {"APIMethod": APIMethod, "Service": Service}[name]
 
-    check("CorkDispatcher has _queue, optimizer.wait and a NonBlockSema _sema with is_locked() and sema",
-          lambda: (lambda d: isinstance(d._queue, Sized) and hasattr(d.optimizer, "wait")
-                   and callable(d._sema.is_locked) and isinstance(d._sema.sema, int))(_cork_dispatcher()))
-    check("ServiceAppFactory keeps its dispatchers by API name and has batch_infer(name, args, kwargs)",
-          lambda: "self.dispatchers[name]" in inspect.getsource(app_factory().__init__)
-          and list(inspect.signature(app_factory().batch_infer).parameters)[:4] == ["self", "name", "input_args",
-                                                                                    "input_kwargs"])
-    check("ServiceAppFactory routes an API to functools.partial(self.api_endpoint_wrapper, name)",
-          lambda: "functools.partial(self.api_endpoint_wrapper, name)" in inspect.getsource(app_factory()))
-    check("an API's arguments are the input descriptor's fields",
-          lambda: "for k in input_data.model_fields" in inspect.getsource(app_factory().api_endpoint))
-    check("Service.openapi_spec is a property",
-          lambda: isinstance(inspect.getattr_static(sdk("Service"), "openapi_spec"), property))
+    check(
+        "CorkDispatcher has _queue, optimizer.wait and a NonBlockSema _sema with is_locked() and sema",
+        lambda: (
+            lambda d: (
+                isinstance(d._queue, Sized)
+                and hasattr(d.optimizer, "wait")
+                and callable(d._sema.is_locked)
+                and isinstance(d._sema.sema, int)
+            )
+        )(_cork_dispatcher()),
+    )
+    check(
+        "ServiceAppFactory keeps its dispatchers by API name and has batch_infer(name, args, kwargs)",
+        lambda: (
+            "self.dispatchers[name]" in inspect.getsource(app_factory().__init__)
+            and list(inspect.signature(app_factory().batch_infer).parameters)[:4]
+            == ["self", "name", "input_args", "input_kwargs"]
+        ),
+    )
+    check(
+        "ServiceAppFactory routes an API to functools.partial(self.api_endpoint_wrapper, name)",
+        lambda: "functools.partial(self.api_endpoint_wrapper, name)" in inspect.getsource(app_factory()),
+    )
+    check(
+        "an API's arguments are the input descriptor's fields",
+        lambda: "for k in input_data.model_fields" in inspect.getsource(app_factory().api_endpoint),
+    )
+    check(
+        "Service.openapi_spec is a property",
+        lambda: isinstance(inspect.getattr_static(sdk("Service"), "openapi_spec"), property),
+    )
     check("APIMethod is a descriptor", lambda: hasattr(sdk("APIMethod"), "__get__"))
-    check("the OpenAPI specification converts to a dict and back",
-          lambda: _specification({"openapi": "3.0.2", "info": {"title": "t", "version": "1"}, "paths": {},
-                              "servers": []}).asdict()["info"]["title"] == "t")
+    check(
+        "the OpenAPI specification converts to a dict and back",
+        lambda: (
+            _specification(
+                {"openapi": "3.0.2", "info": {"title": "t", "version": "1"}, "paths": {}, "servers": []}
+            ).asdict()["info"]["title"]
+            == "t"
+        ),
+    )
 
     def multipart() -> bool:
         class Probe(bentoml.IODescriptor):

@@ -4,6 +4,7 @@ A prediction whose top-1 confidence is below the threshold is marked (``confiden
 dropped: the caller decides what to do with it. The models' confidences are calibrated at export
 (temperature scaling inside the graph), which is what makes a fixed threshold mean something.
 """
+
 from __future__ import annotations
 
 import math

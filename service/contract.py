@@ -5,6 +5,7 @@ client sending many images should do about it. The service answers from it (``Re
 OpenAPI document is written from it (service/openapi.py) and the scorer's client acts on it
 (service/score/remote.py). Nothing here imports BentoML or starlette.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,9 @@ class Reason:
 REASONS: dict[str, Reason] = {
     "unsupported_media_type": Reason(415, "not multipart/form-data", "stop"),
     "body_too_large": Reason(413, "request body over the size limit", "fewer"),
-    "malformed_request": Reason(400, "a malformed form (it does not parse, an unknown field, images sent as text)",
-                                "alone"),
+    "malformed_request": Reason(
+        400, "a malformed form (it does not parse, an unknown field, images sent as text)", "alone"
+    ),
     "no_images": Reason(400, "no images", "stop"),
     "too_many_images": Reason(400, "too many images", "fewer"),
     "empty_file": Reason(400, "an empty file", "alone"),
@@ -39,8 +41,9 @@ REASONS: dict[str, Reason] = {
     "bad_k": Reason(400, "a bad k", "stop"),
     "bad_min_confidence": Reason(400, "a bad min_confidence", "stop"),
     "unknown_model": Reason(404, "unknown model", "stop"),
-    "overloaded": Reason(503, "overloaded: the request would wait longer than the batching latency limit", "later",
-                         counted=False),
+    "overloaded": Reason(
+        503, "overloaded: the request would wait longer than the batching latency limit", "later", counted=False
+    ),
 }
 # The label values of cifar_rejected_inputs_total.
 REJECTION_REASONS: tuple[str, ...] = tuple(name for name, reason in REASONS.items() if reason.counted)
@@ -82,8 +85,11 @@ class TopK(BaseModel):
 class Prediction(BaseModel):
     filename: str = Field(description="the uploaded file's name, as sent")
     top_k: list[TopK] = Field(description="the k most likely classes, most likely first")
-    confident: Optional[bool] = Field(None, description="whether the top-1 confidence is at least min_confidence; "
-                                                        "present only when the request gave min_confidence")
+    confident: Optional[bool] = Field(
+        None,
+        description="whether the top-1 confidence is at least min_confidence; "
+        "present only when the request gave min_confidence",
+    )
 
 
 class ClassifyResponse(BaseModel):

@@ -1,4 +1,5 @@
 """The service's models: every one the manifest lists, checked, loaded into ONNX Runtime and warmed up."""
+
 from __future__ import annotations
 
 import logging
@@ -33,15 +34,23 @@ def load_models(settings: ServiceSettings) -> tuple[Manifest, dict[str, LoadedMo
         _preload_cuda()
     loaded = {}
     for entry in manifest.models:
-        classifier = OnnxClassifier(Path(settings.models_dir) / entry.file, device=settings.device,  # type: ignore[arg-type]
-                                    threads=settings.intra_op_threads(on_gpu), spin=False)
+        classifier = OnnxClassifier(
+            Path(settings.models_dir) / entry.file,
+            device=settings.device,  # type: ignore[arg-type]
+            threads=settings.intra_op_threads(on_gpu),
+            spin=False,
+        )
         card = classifier.card
         if (card.classes, card.precision, card.input) != (entry.classes, entry.precision, entry.input):
-            raise ManifestError(f"model {entry.name!r}: {entry.file} describes itself differently from the manifest "
-                                f"(classes, precision or input); re-export it")
+            raise ManifestError(
+                f"model {entry.name!r}: {entry.file} describes itself differently from the manifest "
+                f"(classes, precision or input); re-export it"
+            )
         if settings.device == "cuda" and not classifier.on_gpu:
-            raise RuntimeError(f"--device cuda, but ONNX Runtime could not use CUDA for {entry.name!r} "
-                               f"(providers {classifier.providers}): check the driver, CUDA 13 and cuDNN 9")
+            raise RuntimeError(
+                f"--device cuda, but ONNX Runtime could not use CUDA for {entry.name!r} "
+                f"(providers {classifier.providers}): check the driver, CUDA 13 and cuDNN 9"
+            )
         height, width = entry.input.size
         for n in sorted({1, settings.max_batch_size}):  # first-call allocations and kernel choice, before traffic
             classifier.logits(np.zeros((n, 3, height, width), dtype=np.float32))
@@ -58,7 +67,19 @@ def _preload_cuda() -> None:
 
 
 def model_list(manifest: Manifest) -> ModelList:
-    return ModelList(default=manifest.default, models=[
-        ModelInfo(name=m.name, dataset=m.dataset, arch=m.arch, classes=m.classes, precision=m.precision,
-                  accuracy=m.metrics.get("val_top1"), input_size=list(m.input.size), default=m.name == manifest.default)
-        for m in manifest.models])
+    return ModelList(
+        default=manifest.default,
+        models=[
+            ModelInfo(
+                name=m.name,
+                dataset=m.dataset,
+                arch=m.arch,
+                classes=m.classes,
+                precision=m.precision,
+                accuracy=m.metrics.get("val_top1"),
+                input_size=list(m.input.size),
+                default=m.name == manifest.default,
+            )
+            for m in manifest.models
+        ],
+    )

@@ -4,6 +4,7 @@ prometheus_client is imported when the counters are created (in the service's ``
 import time: BentoML workers set ``PROMETHEUS_MULTIPROC_DIR`` after importing the service module, and a
 client imported before that would count in a registry that /metrics never reads.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,8 +18,8 @@ _created: "ServiceMetrics | None" = None
 @dataclass
 class ServiceMetrics:
     predictions: Any  # Counter: images classified, by model
-    requests: Any     # Counter: successful /classify requests, by model
-    rejected: Any     # Counter: rejected requests, by reason
+    requests: Any  # Counter: successful /classify requests, by model
+    rejected: Any  # Counter: rejected requests, by reason
 
     @classmethod
     def get(cls) -> "ServiceMetrics":
@@ -33,12 +34,13 @@ class ServiceMetrics:
         import prometheus_client
 
         metrics = cls(
-            predictions=prometheus_client.Counter(
-                "cifar_predictions", "Images classified", labelnames=["model"]),
+            predictions=prometheus_client.Counter("cifar_predictions", "Images classified", labelnames=["model"]),
             requests=prometheus_client.Counter(
-                "cifar_classify_requests", "Successful /classify requests", labelnames=["model"]),
+                "cifar_classify_requests", "Successful /classify requests", labelnames=["model"]
+            ),
             rejected=prometheus_client.Counter(
-                "cifar_rejected_inputs", "Requests refused as the caller's mistake, by reason", labelnames=["reason"]),
+                "cifar_rejected_inputs", "Requests refused as the caller's mistake, by reason", labelnames=["reason"]
+            ),
         )
         for reason in REJECTION_REASONS:  # export zeros, so dashboards and alerts see every series from the start
             metrics.rejected.labels(reason=reason)

@@ -3,6 +3,7 @@
 ``document_openapi`` edits the document as a plain dict (JSON's shape); service.py hands it to
 ``bentoml_compat.extend_openapi``, which owns how BentoML is made to serve the result.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -14,8 +15,10 @@ _BASE64 = "^([A-Za-z0-9+/]*|[A-Za-z0-9_-]*)$"
 
 
 def _refusal(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ClassifyError"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ClassifyError"}}},
+    }
 
 
 def refusals_by_status() -> dict[int, str]:
@@ -35,8 +38,10 @@ def document_openapi(document: dict, loaded: Mapping[str, Any] | None, default_k
     # BentoML's own 400 answers (pydantic errors on /infer and /models) carry a list in "detail".
     for name in ("InvalidArgument", "NotFound", "InternalServerError"):
         if name in schemas:
-            schemas[name]["properties"]["detail"] = {"title": "Error Detail",
-                                                     "description": "a message, or a list of validation errors"}
+            schemas[name]["properties"]["detail"] = {
+                "title": "Error Detail",
+                "description": "a message, or a list of validation errors",
+            }
     paths = document["paths"]
     for path in ("/classify", "/infer"):  # BentoML leaves the body optional; neither API means anything without one
         paths[path]["post"]["requestBody"]["required"] = True

@@ -3,6 +3,7 @@
 Flags become the CIFAR_* environment variables of settings.py, which BentoML's worker processes read;
 ``bentoml serve`` with those variables set (or none: the defaults) is the same service.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     defaults = ServiceSettings()
     env_lines = "\n".join(f"  {s.flag:18} {s.env}" for s in SETTINGS.values())
     parser = sub.add_parser(
-        "serve", help="serve the exported models over HTTP (BentoML)",
+        "serve",
+        help="serve the exported models over HTTP (BentoML)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Serve top-k predictions of the models in a models folder (manifest.json) over HTTP.\n\n"
@@ -30,24 +32,41 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
             "Images of any size and mode are accepted: EXIF rotation is applied, they are converted to RGB\n"
             "and resized (bilinear) to the model's input size (32x32 for CIFAR).\n\n"
             "Every setting can also come from an environment variable (a flag wins), which is how\n"
-            "`bentoml serve` and a container are configured:\n" + env_lines),
+            "`bentoml serve` and a container are configured:\n" + env_lines
+        ),
     )
-    parser.add_argument("--port", type=int, default=int(os.environ.get("BENTOML_PORT", 3000)),
-                        help="TCP port (default: $BENTOML_PORT or 3000)")
-    parser.add_argument("--host", default=os.environ.get("BENTOML_HOST", "0.0.0.0"),
-                        help="address to bind (default: $BENTOML_HOST or 0.0.0.0)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("BENTOML_PORT", 3000)),
+        help="TCP port (default: $BENTOML_PORT or 3000)",
+    )
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("BENTOML_HOST", "0.0.0.0"),
+        help="address to bind (default: $BENTOML_HOST or 0.0.0.0)",
+    )
     for name, setting in SETTINGS.items():
         default = getattr(defaults, name)
-        shown = {"streams": "one per core available, 2 with a GPU", "threads": "cores available / streams",
-                 "decode_threads": "cores available"}.get(name, default)
+        shown = {
+            "streams": "one per core available, 2 with a GPU",
+            "threads": "cores available / streams",
+            "decode_threads": "cores available",
+        }.get(name, default)
         if name == "models_dir":
             shown = "models/ next to the service package"
         metavar = "DIR" if name == "models_dir" else "N"
         kwargs = {"choices": setting.choices} if setting.choices else {"metavar": metavar}
-        parser.add_argument(setting.flag, dest=name, default=None,
-                            help=f"{setting.help} (env {setting.env}; default: {shown})", **kwargs)
-    parser.add_argument("--development", action="store_true",
-                        help="BentoML development mode (a single process, no worker supervisor)")
+        parser.add_argument(
+            setting.flag,
+            dest=name,
+            default=None,
+            help=f"{setting.help} (env {setting.env}; default: {shown})",
+            **kwargs,
+        )
+    parser.add_argument(
+        "--development", action="store_true", help="BentoML development mode (a single process, no worker supervisor)"
+    )
     parser.set_defaults(fn=main)
     return parser
 
@@ -77,10 +96,25 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     env[SETTINGS["models_dir"].env] = str(Path(settings.models_dir).resolve())
-    print(f"serving {', '.join(m.name for m in manifest.models)} (default {manifest.default}) from "
-          f"{settings.models_dir} on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-    command = [sys.executable, "-m", "bentoml", "serve", SERVICE_IMPORT, "--port", str(args.port),
-               "--host", args.host, "--working-dir", str(ROOT)]
+    print(
+        f"serving {', '.join(m.name for m in manifest.models)} (default {manifest.default}) from "
+        f"{settings.models_dir} on http://{args.host}:{args.port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        SERVICE_IMPORT,
+        "--port",
+        str(args.port),
+        "--host",
+        args.host,
+        "--working-dir",
+        str(ROOT),
+    ]
     if args.development:
         command.append("--development")
     # exec: the server is this process, so a supervisor's SIGTERM reaches BentoML's own shutdown.

@@ -14,6 +14,7 @@ label}`` with the status contract.REASONS gives the reason; a caller's mistake i
 Settings come from environment variables (settings.py), which ``python -m service serve`` sets from
 its flags. Neither torch nor the training package is imported.
 """
+
 from __future__ import annotations
 
 import logging
@@ -87,8 +88,9 @@ class InferItem(BaseModel):
     model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64", protected_namespaces=())
 
     model: str = Field(description="a model name from /models")
-    pixels: bytes = Field(description="uint8 RGB pixels, height x width x 3 in row-major order "
-                                      "(the model's input size); base64 in JSON")
+    pixels: bytes = Field(
+        description="uint8 RGB pixels, height x width x 3 in row-major order (the model's input size); base64 in JSON"
+    )
 
     @model_validator(mode="after")
     def _fits_model(self) -> "InferItem":
@@ -96,8 +98,10 @@ class InferItem(BaseModel):
             if self.model not in _PIXEL_BYTES:
                 raise ValueError(f"unknown model {self.model!r}; available: {', '.join(_PIXEL_BYTES)}")
             if len(self.pixels) != _PIXEL_BYTES[self.model]:
-                raise ValueError(f"model {self.model!r} takes {_PIXEL_BYTES[self.model]} pixel bytes per image, "
-                                 f"got {len(self.pixels)}")
+                raise ValueError(
+                    f"model {self.model!r} takes {_PIXEL_BYTES[self.model]} pixel bytes per image, "
+                    f"got {len(self.pixels)}"
+                )
         return self
 
 
@@ -131,7 +135,8 @@ class NoInput(bentoml.IODescriptor):
 def _validation_error(kind: str, message: str) -> ValidationError:
     """A pydantic error, which BentoML answers as 400 {"error", "detail"} like its own validation errors."""
     return ValidationError.from_exception_data(
-        "request", [{"type": PydanticCustomError(kind, message), "loc": (), "input": None}])
+        "request", [{"type": PydanticCustomError(kind, message), "loc": (), "input": None}]
+    )
 
 
 class ClassifyInput(bentoml.IODescriptor):
@@ -142,23 +147,42 @@ class ClassifyInput(bentoml.IODescriptor):
     # ``k``, ``model`` and ``min_confidence`` are None when not given.
     model_config = ConfigDict(json_schema_extra={"required": ["images"]})
 
-    images: Annotated[list[Annotated[Upload, WithJsonSchema({"type": "string", "format": "binary"})]], Field(
-        min_length=1, max_length=SETTINGS.max_images,
-        description=f"one file per image (JPEG, PNG, BMP, GIF, TIFF, WebP, ...), at most {SETTINGS.max_images}; "
-                    "any size up to the pixel limit, any mode (grayscale, RGBA, palette, CMYK, 16-bit); EXIF "
-                    "rotation is applied and images are resized (bilinear) to the model's input size, 32x32 for CIFAR",
-        default_factory=list)]
+    images: Annotated[
+        list[Annotated[Upload, WithJsonSchema({"type": "string", "format": "binary"})]],
+        Field(
+            min_length=1,
+            max_length=SETTINGS.max_images,
+            description=f"one file per image (JPEG, PNG, BMP, GIF, TIFF, WebP, ...), at most {SETTINGS.max_images}; "
+            "any size up to the pixel limit, any mode (grayscale, RGBA, palette, CMYK, 16-bit); EXIF "
+            "rotation is applied and images are resized (bilinear) to the model's input size, 32x32 for CIFAR",
+            default_factory=list,
+        ),
+    ]
     # Not given: 5, or every class of a model with fewer; the most a model allows is checked against that model.
-    k: Annotated[Optional[Annotated[int, Field(ge=1)]], BeforeValidator(integer_k),
-                 WithJsonSchema({"type": "integer", "minimum": 1}), Field(
-        description="how many classes to return per image, at most the model's class count; default 5, or all "
-                    "classes of a model with fewer", json_schema_extra={"default": DEFAULT_K})] = None
-    model: Annotated[Optional[str], BeforeValidator(model_name),
-                     Field(description="a model name from /models; default: the manifest's default")] = None
-    min_confidence: Annotated[Optional[Annotated[float, Field(ge=0.0, le=1.0)]], BeforeValidator(threshold), Field(
-        description="mark each prediction whose top-1 confidence is below this (0 to 1) with \"confident\": false "
-                    "(and the others true) instead of leaving it out; default: no threshold and no \"confident\" "
-                    "field")] = None
+    k: Annotated[
+        Optional[Annotated[int, Field(ge=1)]],
+        BeforeValidator(integer_k),
+        WithJsonSchema({"type": "integer", "minimum": 1}),
+        Field(
+            description="how many classes to return per image, at most the model's class count; default 5, or all "
+            "classes of a model with fewer",
+            json_schema_extra={"default": DEFAULT_K},
+        ),
+    ] = None
+    model: Annotated[
+        Optional[str],
+        BeforeValidator(model_name),
+        Field(description="a model name from /models; default: the manifest's default"),
+    ] = None
+    min_confidence: Annotated[
+        Optional[Annotated[float, Field(ge=0.0, le=1.0)]],
+        BeforeValidator(threshold),
+        Field(
+            description='mark each prediction whose top-1 confidence is below this (0 to 1) with "confident": false '
+            '(and the others true) instead of leaving it out; default: no threshold and no "confident" '
+            "field"
+        ),
+    ] = None
     rejection: SkipJsonSchema[Optional[Rejection]] = None
 
     @classmethod
@@ -199,18 +223,30 @@ class Classifier:
         self._infer = BatchGateway("infer", lambda: self.to_async.infer, concurrency=STREAMS)
         bentoml_compat.bind_apis(self, ("classify", "infer", "models"))
         self.ready = True
-        log.info("ready: models %s (default %s) on %s; batches of up to %d images within %d ms, %d at once "
-                 "on %d thread(s) each",
-                 ", ".join(self.loaded), self.manifest.default,
-                 ", ".join(sorted({m.classifier.providers[0] for m in self.loaded.values()})),
-                 SETTINGS.max_batch_size, SETTINGS.max_latency_ms, STREAMS, INTRA_OP_THREADS)
+        log.info(
+            "ready: models %s (default %s) on %s; batches of up to %d images within %d ms, %d at once "
+            "on %d thread(s) each",
+            ", ".join(self.loaded),
+            self.manifest.default,
+            ", ".join(sorted({m.classifier.providers[0] for m in self.loaded.values()})),
+            SETTINGS.max_batch_size,
+            SETTINGS.max_latency_ms,
+            STREAMS,
+            INTRA_OP_THREADS,
+        )
 
     def __is_ready__(self) -> bool:
         return self.ready
 
     @bentoml.api(input_spec=ClassifyInput, output_spec=ClassifyResponse)
-    async def classify(self, images: list[Upload], k: Optional[int] = None, model: Optional[str] = None,
-                       min_confidence: Optional[float] = None, rejection: Optional[Rejection] = None) -> JSONResponse:
+    async def classify(
+        self,
+        images: list[Upload],
+        k: Optional[int] = None,
+        model: Optional[str] = None,
+        min_confidence: Optional[float] = None,
+        rejection: Optional[Rejection] = None,
+    ) -> JSONResponse:
         """Top-k classes for each uploaded image, in the order sent.
 
         multipart/form-data with one or more `images` files, optional `k` (default 5), `model`
@@ -224,8 +260,9 @@ class Classifier:
         if isinstance(choice, Rejection):
             return self._reject(choice)
         loaded, k = choice
-        decoded = await anyio.to_thread.run_sync(decode_uploads, images, loaded.size, SETTINGS.max_pixels,
-                                                 limiter=self._decode_limiter)
+        decoded = await anyio.to_thread.run_sync(
+            decode_uploads, images, loaded.size, SETTINGS.max_pixels, limiter=self._decode_limiter
+        )
         if isinstance(decoded, Rejection):
             return self._reject(decoded)
         items = [InferItem(model=loaded.entry.name, pixels=pixels) for pixels in decoded]
@@ -235,22 +272,36 @@ class Classifier:
             rows = await self._infer(items)
         except BentoMLException as exc:
             if exc.error_code.value == 503:  # the dispatcher shed the request: over max_latency_ms
-                return self._reject(Rejection("overloaded", f"overloaded, try again: {exc.message}"),
-                                    headers={"Retry-After": "1"})
+                return self._reject(
+                    Rejection("overloaded", f"overloaded, try again: {exc.message}"), headers={"Retry-After": "1"}
+                )
             raise
         idx, conf = top_k(np.asarray(rows, dtype=np.float64), k)
         classes = loaded.classes
-        answer = ClassifyResponse.model_validate({"model": loaded.entry.name, "predictions": [
-            {"filename": upload.filename,
-             "top_k": [{"label": classes[c], "index": c, "confidence": p} for c, p in zip(ci, pi)],
-             # top_k holds at least one class (k >= 1), and the first is the most likely
-             "confident": None if min_confidence is None else is_confident(pi[0], min_confidence)}
-            for upload, ci, pi in zip(images, idx.tolist(), conf.tolist())]})
+        answer = ClassifyResponse.model_validate(
+            {
+                "model": loaded.entry.name,
+                "predictions": [
+                    {
+                        "filename": upload.filename,
+                        "top_k": [{"label": classes[c], "index": c, "confidence": p} for c, p in zip(ci, pi)],
+                        # top_k holds at least one class (k >= 1), and the first is the most likely
+                        "confident": None if min_confidence is None else is_confident(pi[0], min_confidence),
+                    }
+                    for upload, ci, pi in zip(images, idx.tolist(), conf.tolist())
+                ],
+            }
+        )
         self.metrics.predicted(loaded.entry.name, len(images))
         return JSONResponse(answer.to_json())
 
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=SETTINGS.max_batch_size,
-                 max_latency_ms=SETTINGS.max_latency_ms, input_spec=InferInput)
+    @bentoml.api(
+        batchable=True,
+        batch_dim=0,
+        max_batch_size=SETTINGS.max_batch_size,
+        max_latency_ms=SETTINGS.max_latency_ms,
+        input_spec=InferInput,
+    )
     def infer(self, items: list[InferItem]) -> list[list[float]]:
         """Class probabilities for decoded images, batched across concurrent requests.
 
@@ -284,8 +335,9 @@ class Classifier:
         if k is None:
             return loaded, min(DEFAULT_K, classes)
         if k > classes:
-            return Rejection("bad_k", f"k must be between 1 and {classes} (model {name!r} has {classes} classes), "
-                                      f"got {k}")
+            return Rejection(
+                "bad_k", f"k must be between 1 and {classes} (model {name!r} has {classes} classes), got {k}"
+            )
         return loaded, k
 
     def _reject(self, rejection: Rejection, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -313,9 +365,13 @@ async def _options_models(request: Request) -> Response:
     return Response(status_code=204, headers={"Allow": "GET, HEAD, POST, OPTIONS"})
 
 
-Classifier.mount_asgi_app(Starlette(routes=[Route("/models", _get_models, methods=["GET"]),
-                                            Route("/models", _options_models, methods=["OPTIONS"])]),
-                          path="/", name="models_get")
+Classifier.mount_asgi_app(
+    Starlette(
+        routes=[Route("/models", _get_models, methods=["GET"]), Route("/models", _options_models, methods=["OPTIONS"])]
+    ),
+    path="/",
+    name="models_get",
+)
 Classifier.add_asgi_middleware(RouterProbe)
 
 

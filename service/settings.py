@@ -4,6 +4,7 @@
 same thing: the CLI only translates its flags into these variables before BentoML starts its workers,
 which import ``service.service`` afresh and read them here.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,7 +48,7 @@ class Setting:
     env: str
     flag: str
     help: str
-    minimum: int | None = None          # an integer setting, at least this
+    minimum: int | None = None  # an integer setting, at least this
     choices: tuple[str, ...] | None = None
 
 
@@ -63,29 +64,51 @@ def _integer(name: str, text: str, minimum: int) -> int:
 
 SETTINGS: dict[str, Setting] = {
     "models_dir": Setting("CIFAR_MODELS_DIR", "--models-dir", "folder with manifest.json and the ONNX files it lists"),
-    "device": Setting("CIFAR_DEVICE", "--device", "where models run: auto (CUDA when a GPU is visible), cpu or cuda",
-                      choices=("auto", "cpu", "cuda")),
-    "streams": Setting("CIFAR_STREAMS", "--streams",
-                       "inference batches run at once, each in its own thread (ONNX Runtime sessions are "
-                       "thread-safe)", minimum=1),
+    "device": Setting(
+        "CIFAR_DEVICE",
+        "--device",
+        "where models run: auto (CUDA when a GPU is visible), cpu or cuda",
+        choices=("auto", "cpu", "cuda"),
+    ),
+    "streams": Setting(
+        "CIFAR_STREAMS",
+        "--streams",
+        "inference batches run at once, each in its own thread (ONNX Runtime sessions are thread-safe)",
+        minimum=1,
+    ),
     "threads": Setting("CIFAR_THREADS", "--threads", "ONNX Runtime intra-op threads of each batch", minimum=1),
-    "max_batch_size": Setting("CIFAR_MAX_BATCH_SIZE", "--max-batch-size",
-                              "adaptive batching: most images in one inference batch, across requests", minimum=2),
-    "max_latency_ms": Setting("CIFAR_MAX_LATENCY_MS", "--max-latency-ms",
-                              "adaptive batching: a request whose queueing + inference would exceed this is answered "
-                              "503 (load shedding)", minimum=1),
+    "max_batch_size": Setting(
+        "CIFAR_MAX_BATCH_SIZE",
+        "--max-batch-size",
+        "adaptive batching: most images in one inference batch, across requests",
+        minimum=2,
+    ),
+    "max_latency_ms": Setting(
+        "CIFAR_MAX_LATENCY_MS",
+        "--max-latency-ms",
+        "adaptive batching: a request whose queueing + inference would exceed this is answered 503 (load shedding)",
+        minimum=1,
+    ),
     "max_images": Setting("CIFAR_MAX_IMAGES", "--max-images", "most images in one request", minimum=1),
-    "max_body_bytes": Setting("CIFAR_MAX_BODY_BYTES", "--max-body-bytes", "largest request body in bytes",
-                              minimum=1024),
-    "max_pixels": Setting("CIFAR_MAX_PIXELS", "--max-pixels",
-                          "largest image (width x height) decoded; larger ones are refused before decoding", minimum=1),
-    "decode_threads": Setting("CIFAR_DECODE_THREADS", "--decode-threads", "threads decoding uploaded images",
-                              minimum=1),
-    "workers": Setting("CIFAR_WORKERS", "--workers", "BentoML worker processes, each with its own copy of the models",
-                       minimum=1),
+    "max_body_bytes": Setting(
+        "CIFAR_MAX_BODY_BYTES", "--max-body-bytes", "largest request body in bytes", minimum=1024
+    ),
+    "max_pixels": Setting(
+        "CIFAR_MAX_PIXELS",
+        "--max-pixels",
+        "largest image (width x height) decoded; larger ones are refused before decoding",
+        minimum=1,
+    ),
+    "decode_threads": Setting(
+        "CIFAR_DECODE_THREADS", "--decode-threads", "threads decoding uploaded images", minimum=1
+    ),
+    "workers": Setting(
+        "CIFAR_WORKERS", "--workers", "BentoML worker processes, each with its own copy of the models", minimum=1
+    ),
     "timeout_s": Setting("CIFAR_TIMEOUT_S", "--timeout", "seconds before a request is abandoned", minimum=1),
-    "access_log": Setting("CIFAR_ACCESS_LOG", "--access-log", "BentoML's per-request access log line",
-                          choices=("on", "off")),
+    "access_log": Setting(
+        "CIFAR_ACCESS_LOG", "--access-log", "BentoML's per-request access log line", choices=("on", "off")
+    ),
 }
 
 

@@ -4,6 +4,7 @@ Nothing here raises for a bad request: every problem becomes a :class:`contract.
 which gives the HTTP status, and a message for the caller), so the API answers all of them in one place
 with one JSON shape, and nothing the caller sends can turn into a 5xx.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,12 @@ from .contract import REASONS, Rejection
 
 FIELDS = ("images", "k", "model", "min_confidence")
 # The reason a field's problems are refused with.
-FIELD_REASONS = {"images": "malformed_request", "k": "bad_k", "model": "malformed_request",
-                 "min_confidence": "bad_min_confidence"}
+FIELD_REASONS = {
+    "images": "malformed_request",
+    "k": "bad_k",
+    "model": "malformed_request",
+    "min_confidence": "bad_min_confidence",
+}
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,9 @@ class _FormParser(MultiPartParser):
     of its own: starlette's own limit on files raises the same exception type as a malformed body."""
 
     def __init__(self, request: Request, stream: Any, max_images: int) -> None:
-        super().__init__(request.headers, stream, max_files=max_images + 1, max_fields=len(FIELDS) * 2,
-                         max_part_size=4096)
+        super().__init__(
+            request.headers, stream, max_files=max_images + 1, max_fields=len(FIELDS) * 2, max_part_size=4096
+        )
         self.max_images = max_images
         self.images = 0
 
@@ -92,9 +98,11 @@ async def read_classify_form(request: Request, max_images: int, max_body_bytes: 
     decoded from JSON or left as text."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "multipart/form-data":
-        return Rejection("unsupported_media_type",
-                         f"send the images as multipart/form-data (got {media_type or 'no content type'}): "
-                         "one 'images' file part per image, optional 'k', 'model' and 'min_confidence' fields")
+        return Rejection(
+            "unsupported_media_type",
+            f"send the images as multipart/form-data (got {media_type or 'no content type'}): "
+            "one 'images' file part per image, optional 'k', 'model' and 'min_confidence' fields",
+        )
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -143,8 +151,9 @@ def _too_large(limit: int, size: int | None = None) -> Rejection:
 async def _check_form(form) -> dict[str, Any] | Rejection:
     unknown = sorted({key for key in form.keys() if key not in FIELDS})
     if unknown:
-        return Rejection("malformed_request",
-                         f"unknown form field(s) {', '.join(map(repr, unknown))}; expected {', '.join(FIELDS)}")
+        return Rejection(
+            "malformed_request", f"unknown form field(s) {', '.join(map(repr, unknown))}; expected {', '.join(FIELDS)}"
+        )
     values: dict[str, Any] = {}
     for key in FIELDS[1:]:
         given = form.getlist(key)
@@ -158,8 +167,10 @@ async def _check_form(form) -> dict[str, Any] | Rejection:
     uploads = []
     for i, part in enumerate(form.getlist("images")):
         if not isinstance(part, UploadFile):
-            return Rejection("malformed_request",
-                             f"images[{i}] is a text field: upload each image as a file (a part with a filename)")
+            return Rejection(
+                "malformed_request",
+                f"images[{i}] is a text field: upload each image as a file (a part with a filename)",
+            )
         uploads.append(Upload(part.filename or "", await part.read()))
     values["images"] = uploads
     return values

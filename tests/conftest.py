@@ -1,4 +1,5 @@
 """Shared fixtures: small generated datasets (never the real images) and a tiny trained run."""
+
 from __future__ import annotations
 
 import contextlib
@@ -90,10 +91,23 @@ def cifar100_root(tmp_path_factory) -> Path:
 def tiny_overrides(root: Path, out_cache: Path, **extra) -> list[str]:
     """Overrides that make any recipe train in seconds on the generated folder."""
     base = {
-        "data.dataset": "folder", "data.root": str(root), "data.val_size": 15, "data.cache_dir": str(out_cache),
-        "model.name": "resnet9", "model.args": "{width: 8}", "epochs": 2, "batch_size": 16, "eval_batch_size": 32,
-        "optim.name": "sgd", "lr": 0.05, "weight_decay": 0.0005, "schedule.name": "cosine", "warmup_epochs": 0,
-        "bf16": False, "channels_last": False, "threads": 2,
+        "data.dataset": "folder",
+        "data.root": str(root),
+        "data.val_size": 15,
+        "data.cache_dir": str(out_cache),
+        "model.name": "resnet9",
+        "model.args": "{width: 8}",
+        "epochs": 2,
+        "batch_size": 16,
+        "eval_batch_size": 32,
+        "optim.name": "sgd",
+        "lr": 0.05,
+        "weight_decay": 0.0005,
+        "schedule.name": "cosine",
+        "warmup_epochs": 0,
+        "bf16": False,
+        "channels_last": False,
+        "threads": 2,
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
@@ -148,11 +162,23 @@ def running_service(models_dir: Path, log_path: Path, *args: str, env: dict | No
     import httpx
 
     port = free_port()
-    command = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--models-dir", str(models_dir), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "service",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--models-dir",
+        str(models_dir),
+        *args,
+    ]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout

@@ -2,6 +2,7 @@
 
 Every import counts, including those inside functions: a lazy import still ties one package to another.
 """
+
 from __future__ import annotations
 
 import ast
@@ -56,9 +57,12 @@ def _sources(package: str) -> list[Path]:
 
 @pytest.mark.parametrize("package", list(FORBIDDEN))
 def test_packages_import_only_what_the_architecture_allows(package):
-    broken = [f"{path.relative_to(ROOT)}:{line} imports {target}"
-              for path in _sources(package) for line, target in _imports(path)
-              if target.split(".")[0] in FORBIDDEN[package]]
+    broken = [
+        f"{path.relative_to(ROOT)}:{line} imports {target}"
+        for path in _sources(package)
+        for line, target in _imports(path)
+        if target.split(".")[0] in FORBIDDEN[package]
+    ]
     assert not broken, "\n".join(broken)
 
 
@@ -78,8 +82,9 @@ def test_the_http_service_and_the_scorer_do_not_import_each_other():
 def test_only_one_module_reaches_into_bentoml_internals():
     packages = ("inference", "training", "export", "service", "bench", "tests")
     paths = [path for package in packages for path in _sources(package)]
-    users = sorted({_module_name(path) for path in paths for _, target in _imports(path)
-                    if target.startswith(BENTOML_INTERNALS)})
+    users = sorted(
+        {_module_name(path) for path in paths for _, target in _imports(path) if target.startswith(BENTOML_INTERNALS)}
+    )
     assert users == [BENTOML_OWNER]
 
 

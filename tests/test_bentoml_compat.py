@@ -1,5 +1,6 @@
 """service/bentoml_compat.py, the one module that uses BentoML's internals: what it relies on is there, and
 each part falls back to BentoML's documented behaviour when it is not."""
+
 from __future__ import annotations
 
 import asyncio

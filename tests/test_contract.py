@@ -1,4 +1,5 @@
 """The HTTP contract's types and its one table of refusals (service/contract.py), without a server."""
+
 from __future__ import annotations
 
 import re
@@ -45,10 +46,16 @@ REFUSED = {
     "k float": ({"k": 3.0}, "bad_k", "k must be an integer, got 3.0"),
     "k null": ({"k": None}, "bad_k", "k must be an integer, got None"),
     "model number": ({"model": 5}, "malformed_request", "'model' must be a model name, got 5"),
-    "threshold words": ({"min_confidence": "high"}, "bad_min_confidence",
-                        "min_confidence must be a number from 0 to 1, got 'high'"),
-    "threshold above 1": ({"min_confidence": 1.5}, "bad_min_confidence",
-                          "min_confidence must be between 0 and 1, got 1.5"),
+    "threshold words": (
+        {"min_confidence": "high"},
+        "bad_min_confidence",
+        "min_confidence must be a number from 0 to 1, got 'high'",
+    ),
+    "threshold above 1": (
+        {"min_confidence": 1.5},
+        "bad_min_confidence",
+        "min_confidence must be between 0 and 1, got 1.5",
+    ),
     "no images": ({"images": []}, "no_images", "no images: send one or more files in the 'images' field"),
 }
 
@@ -75,5 +82,6 @@ def test_the_answer_leaves_confident_out_without_a_threshold():
     plain = ClassifyResponse.model_validate({"model": "m", "predictions": [{"filename": "a", "top_k": top}]})
     assert plain.to_json() == {"model": "m", "predictions": [{"filename": "a", "top_k": top}]}
     marked = ClassifyResponse.model_validate(
-        {"model": "m", "predictions": [{"filename": "a", "top_k": top, "confident": False}]})
+        {"model": "m", "predictions": [{"filename": "a", "top_k": top, "confident": False}]}
+    )
     assert marked.to_json()["predictions"][0]["confident"] is False

@@ -1,5 +1,6 @@
 """Export: ONNX graph contract, parity with PyTorch, temperature scaling in the graph, FP16/INT8 variants,
 manifest integrity."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -99,8 +100,12 @@ def test_graph_divides_by_the_recorded_temperature(exported, tiny_run):
     t = card.calibration.temperature
     assert abs(np.log(t)) > 0.05, f"T = {t} is too close to 1 for this test to tell a division from none"
     x = np.random.default_rng(1).random((5, 3, 32, 32), dtype=np.float32)
-    np.testing.assert_allclose(OnnxClassifier(models / entry.file, device="cpu").logits(x),
-                               _plain_logits(tiny_run, x) / t, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        OnnxClassifier(models / entry.file, device="cpu").logits(x),
+        _plain_logits(tiny_run, x) / t,
+        rtol=1e-4,
+        atol=1e-4,
+    )
     assert parity.top1_agreement == 1.0 and parity.max_abs_prob_diff < 1e-4  # against PyTorch with the same T
     calibration = entry.metrics["calibration"]
     assert calibration["temperature"] == t and calibration["samples"] == parity.samples
@@ -112,8 +117,23 @@ def test_graph_divides_by_the_recorded_temperature(exported, tiny_run):
 
 def test_calibrate_none_exports_the_graph_of_before(tiny_run, tmp_path):
     """``--calibrate none``: no division, and the very graph the exporter makes of the plain checkpoint."""
-    assert export_main(["--checkpoint", str(tiny_run / "best.pt"), "--name", "plain", "--models-dir", str(tmp_path),
-                        "--calibrate", "none", "--cache-dir", str(tmp_path / "c")]) == 0
+    assert (
+        export_main(
+            [
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--name",
+                "plain",
+                "--models-dir",
+                str(tmp_path),
+                "--calibrate",
+                "none",
+                "--cache-dir",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
     entry = load_manifest(tmp_path).get("plain")
     assert entry.calibration.method == "none" and entry.calibration.temperature == 1.0
     assert entry.metrics["calibration"]["before"] == entry.metrics["calibration"]["after"]
@@ -122,16 +142,18 @@ def test_calibrate_none_exports_the_graph_of_before(tiny_run, tmp_path):
     graph = onnx.load(str(tmp_path / entry.file)).graph
     assert graph == onnx.load(str(reference)).graph  # same nodes, same weights, node for node
     x = np.random.default_rng(2).random((5, 3, 32, 32), dtype=np.float32)
-    np.testing.assert_allclose(OnnxClassifier(tmp_path / entry.file, device="cpu").logits(x),
-                               _plain_logits(tiny_run, x), atol=1e-4)
+    np.testing.assert_allclose(
+        OnnxClassifier(tmp_path / entry.file, device="cpu").logits(x), _plain_logits(tiny_run, x), atol=1e-4
+    )
 
 
 def test_fp16_and_int8_variants(tiny_run, tmp_path):
     temperatures = {}
     for precision in ("fp16", "int8"):
         try:
-            entry, parity = export_checkpoint(tiny_run / "best.pt", f"tiny-{precision}", precision, tmp_path,
-                                              cache_dir=None)
+            entry, parity = export_checkpoint(
+                tiny_run / "best.pt", f"tiny-{precision}", precision, tmp_path, cache_dir=None
+            )
         except ParityError as exc:  # a toy model on 15 images may miss by one image; the figures must still be there
             pytest.fail(f"{precision} variant failed parity on the toy model: {exc}")
         proto = onnx.load(str(tmp_path / entry.file))
@@ -163,8 +185,18 @@ def test_every_precision_has_a_converter_and_the_card_accepts_it():
 def test_parity_failure_exits_nonzero(tiny_run, tmp_path, monkeypatch, capsys):
     # nothing can meet a negative tolerance
     monkeypatch.setitem(PRECISIONS, "fp32", dataclasses.replace(PRECISIONS["fp32"], tolerance_points=-1.0))
-    code = export_main(["--checkpoint", str(tiny_run / "best.pt"), "--name", "bad", "--models-dir", str(tmp_path),
-                        "--cache-dir", str(tmp_path / "c")])
+    code = export_main(
+        [
+            "--checkpoint",
+            str(tiny_run / "best.pt"),
+            "--name",
+            "bad",
+            "--models-dir",
+            str(tmp_path),
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ]
+    )
     assert code == 1
     assert "accuracy differs" in capsys.readouterr().err
     assert not (tmp_path / "bad.onnx").exists()

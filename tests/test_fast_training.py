@@ -1,5 +1,6 @@
 """Fast-training methods (Page 2018; Jordan 2024): whitening, Dirac init, lookahead, alternating flip,
 triangular schedule, BatchNorm learning-rate scaling, micro-batches, multi-crop TTA."""
+
 from __future__ import annotations
 
 import json
@@ -54,9 +55,20 @@ def test_image_patches_order_matches_conv_weights():
 
 
 def test_whitening_weights_stay_frozen_in_training(image_folder, tmp_path):
-    cfg = build_config("airbench94", tiny_overrides(
-        image_folder, tmp_path / "cache", **{"model.name": "airbench94", "model.args": "{widths: [8, 16, 16]}",
-                                             "epochs": 2, "whiten_bias_epochs": 1, "lookahead_every": 0}))
+    cfg = build_config(
+        "airbench94",
+        tiny_overrides(
+            image_folder,
+            tmp_path / "cache",
+            **{
+                "model.name": "airbench94",
+                "model.args": "{widths: [8, 16, 16]}",
+                "epochs": 2,
+                "whiten_bias_epochs": 1,
+                "lookahead_every": 0,
+            },
+        ),
+    )
     trainer = Trainer(cfg, tmp_path / "run")
     layer = whitening_layers(trainer.model)[0]
     weight = layer.weight.clone()
@@ -175,9 +187,19 @@ def test_lookahead_moves_slow_weights_and_resets_fast_ones():
 def test_micro_batches_give_the_gradient_of_the_whole_batch(image_folder, tmp_path):
     grads = []
     for micro in ("null", 4):
-        cfg = build_config("airbench94", tiny_overrides(
-            image_folder, tmp_path / "cache", **{"model.name": "airbench94", "model.args": "{widths: [8, 8, 8]}",
-                                                 "micro_batch_size": micro, "lookahead_every": 0}))
+        cfg = build_config(
+            "airbench94",
+            tiny_overrides(
+                image_folder,
+                tmp_path / "cache",
+                **{
+                    "model.name": "airbench94",
+                    "model.args": "{widths: [8, 8, 8]}",
+                    "micro_batch_size": micro,
+                    "lookahead_every": 0,
+                },
+            ),
+        )
         trainer = Trainer(cfg, tmp_path / f"run{micro}")
         trainer.model.eval()  # BatchNorm on running statistics, so only the chunking differs
         x, y = next(iter(trainer.train_loader))
@@ -188,9 +210,20 @@ def test_micro_batches_give_the_gradient_of_the_whole_batch(image_folder, tmp_pa
 
 
 def test_airbench_resume_restores_lookahead_exactly(image_folder, tmp_path, monkeypatch):
-    overrides = tiny_overrides(image_folder, tmp_path / "cache", **{
-        "model.name": "airbench94", "model.args": "{widths: [8, 8, 8]}", "epochs": 4, "lookahead_every": 2,
-        "whiten_bias_epochs": 1, "optim.lr": 0.05, "schedule.name": "triangular", "micro_batch_size": 8})
+    overrides = tiny_overrides(
+        image_folder,
+        tmp_path / "cache",
+        **{
+            "model.name": "airbench94",
+            "model.args": "{widths: [8, 8, 8]}",
+            "epochs": 4,
+            "lookahead_every": 2,
+            "whiten_bias_epochs": 1,
+            "optim.lr": 0.05,
+            "schedule.name": "triangular",
+            "micro_batch_size": 8,
+        },
+    )
     cfg = build_config("airbench94", overrides)
     train(cfg, tmp_path / "straight")
     original = Trainer._end_epoch
@@ -216,7 +249,8 @@ def test_airbench_resume_restores_lookahead_exactly(image_folder, tmp_path, monk
     assert all(torch.equal(a["model"][k], a["lookahead"]["slow"][k]) for k in a["lookahead"]["slow"])
     history = json.loads((tmp_path / "straight" / "history.json").read_text())
     assert [h["val_top1"] for h in history] == [
-        h["val_top1"] for h in json.loads((tmp_path / "interrupted" / "history.json").read_text())]
+        h["val_top1"] for h in json.loads((tmp_path / "interrupted" / "history.json").read_text())
+    ]
 
 
 def _manual_multicrop(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -246,8 +280,9 @@ def test_multicrop_tta_is_airbench_averaging_in_torch_and_numpy():
 def test_multicrop_tta_export_parity(tiny_run, tmp_path):
     from export.pipeline import export_checkpoint
 
-    entry, parity = export_checkpoint(tiny_run / "best.pt", "tiny-mc", "fp32", tmp_path, cache_dir=None,
-                                      tta="multicrop")
+    entry, parity = export_checkpoint(
+        tiny_run / "best.pt", "tiny-mc", "fp32", tmp_path, cache_dir=None, tta="multicrop"
+    )
     assert parity.passed and parity.top1_agreement == 1.0 and parity.max_abs_prob_diff < 1e-4
     assert entry.source["tta"] == "multicrop"
 
@@ -278,18 +313,41 @@ def test_cumulative_ablation_adds_methods_one_by_one_and_a_tta_row(image_folder,
     from training.__main__ import main
 
     out = tmp_path / "ablation"
-    sets = tiny_overrides(image_folder, tmp_path / "cache", **{
-        "model.name": "airbench94", "epochs": 1, "lookahead_every": 0, "alternate_flip": False})
-    argv = ["ablate", "--recipe", "airbench94", "--set", *sets, "--out", str(out), "--device", "cpu",
-            "--step", "baseline", "model.args={widths: [8, 8, 8], whiten: false, dirac: false}",
-            "--step", "+whitening", "model.args.whiten=true",
-            "--step", "+dirac", "model.args.dirac=true", "--tta", "multicrop"]
+    sets = tiny_overrides(
+        image_folder,
+        tmp_path / "cache",
+        **{"model.name": "airbench94", "epochs": 1, "lookahead_every": 0, "alternate_flip": False},
+    )
+    argv = [
+        "ablate",
+        "--recipe",
+        "airbench94",
+        "--set",
+        *sets,
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--step",
+        "baseline",
+        "model.args={widths: [8, 8, 8], whiten: false, dirac: false}",
+        "--step",
+        "+whitening",
+        "model.args.whiten=true",
+        "--step",
+        "+dirac",
+        "model.args.dirac=true",
+        "--tta",
+        "multicrop",
+    ]
     assert main(argv) == 0
     result = json.loads((out / "ablation.json").read_text())
     rows = result["variants"]
     assert [r["variant"] for r in rows] == ["baseline", "+whitening", "+dirac", "+ multicrop TTA"]
-    configs = [json.loads(json.dumps(__import__("yaml").safe_load((out / d / "config.yaml").read_text())))
-               for d in ("baseline", "_whitening", "_dirac")]
+    configs = [
+        json.loads(json.dumps(__import__("yaml").safe_load((out / d / "config.yaml").read_text())))
+        for d in ("baseline", "_whitening", "_dirac")
+    ]
     assert [c["model"]["args"]["whiten"] for c in configs] == [False, True, True]
     assert [c["model"]["args"]["dirac"] for c in configs] == [False, False, True]
     assert all(c["model"]["args"]["widths"] == [8, 8, 8] for c in configs)  # earlier steps' settings are kept
@@ -313,11 +371,26 @@ def test_fast_recipe_two_batch_smoke_run_trains_and_exports(recipe, image_folder
     untrained net's INT8 top-1 on 15 images may move by one image, which is outside INT8's 0.5-point tolerance)."""
     from export.pipeline import export_checkpoint
 
-    overrides = [f"data.root={image_folder}", "data.val_size=15", f"data.cache_dir={tmp_path / 'cache'}",
-                 "epochs=1", "batch_size=16", "micro_batch_size=8", "max_batches_per_epoch=2", "eval_batch_size=32"]
+    overrides = [
+        f"data.root={image_folder}",
+        "data.val_size=15",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "epochs=1",
+        "batch_size=16",
+        "micro_batch_size=8",
+        "max_batches_per_epoch=2",
+        "eval_batch_size=32",
+    ]
     summary = train(build_config(recipe, overrides), tmp_path / "run")
     assert summary["epochs_run"] == 1 and (tmp_path / "run" / "best.pt").is_file()
-    entry, parity = export_checkpoint(tmp_path / "run" / "best.pt", f"smoke-{recipe}", "fp32", tmp_path / "models",
-                                      cache_dir=str(tmp_path / "cache"), calibration_count=16, tta="multicrop")
+    entry, parity = export_checkpoint(
+        tmp_path / "run" / "best.pt",
+        f"smoke-{recipe}",
+        "fp32",
+        tmp_path / "models",
+        cache_dir=str(tmp_path / "cache"),
+        calibration_count=16,
+        tta="multicrop",
+    )
     assert (tmp_path / "models" / entry.file).stat().st_size > 1000 and entry.source["tta"] == "multicrop"
     assert parity.samples == 15

@@ -1,4 +1,5 @@
 """DLA-34, ViT and EdgeNeXt: pinned sizes, fidelity to the published networks, Grad-CAM, ONNX export parity."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -87,8 +88,18 @@ def test_onnx_export_parity(name, tmp_path):
     path = tmp_path / f"{name}.onnx"
     export_fp32(model, path, 32)
     spec = input_spec({"input_size": 32, "mean": DEFAULT_MEAN, "std": DEFAULT_STD})
-    write_card(path, ModelCard(name=name, arch=name, dataset="generated", classes=classes, precision="fp32",
-                               input=spec, metrics={"val_top1": 0.0}))
+    write_card(
+        path,
+        ModelCard(
+            name=name,
+            arch=name,
+            dataset="generated",
+            classes=classes,
+            precision="fp32",
+            input=spec,
+            metrics={"val_top1": 0.0},
+        ),
+    )
     images, labels = make_arrays(len(classes), per_class=4)
     classifier = OnnxClassifier(path, device="cpu")
     parity = measure_parity(model, classifier, images, labels)

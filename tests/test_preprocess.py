@@ -1,4 +1,5 @@
 """decode_image: the one decoder shared by training's folder reader, the service and batch scoring."""
+
 from __future__ import annotations
 
 import io
@@ -146,8 +147,10 @@ def test_model_input_from_packed_pixels_matches_the_arrays():
     """The batch path (decode_pixels, joined, into a caller's buffer) gives the array path's tensor exactly:
     the pixels in float32 times float32(1/255) (as every model was verified with), channels first."""
     rng = np.random.default_rng(3)
-    datas = [_encode(Image.fromarray(rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)), fmt)
-             for i, fmt in enumerate(["JPEG", "PNG", "JPEG"])]
+    datas = [
+        _encode(Image.fromarray(rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)), fmt)
+        for i, fmt in enumerate(["JPEG", "PNG", "JPEG"])
+    ]
     arrays = [decode_image(d, size=(16, 24)) for d in datas]
     assert [decode_pixels(d, size=(16, 24)) for d in datas] == [a.tobytes() for a in arrays]
     expected = np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)

@@ -1,4 +1,5 @@
 """Evaluation reports, Grad-CAM, model comparison and ablations."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,17 @@ from training.reports.metrics import (
     softmax,
 )
 
-REPORT_FILES = ["metrics.json", "predictions.npz", "confusion_matrix.png", "per_class_accuracy.png",
-                "misclassified.png", "reliability.png", "gradcam.png", "training_curves.png", "report.md"]
+REPORT_FILES = [
+    "metrics.json",
+    "predictions.npz",
+    "confusion_matrix.png",
+    "per_class_accuracy.png",
+    "misclassified.png",
+    "reliability.png",
+    "gradcam.png",
+    "training_curves.png",
+    "report.md",
+]
 
 
 def _logits_from(preds: list[int], confidence: list[float], num_classes: int) -> np.ndarray:
@@ -43,6 +53,7 @@ def _logits_from(preds: list[int], confidence: list[float], num_classes: int) ->
 
 
 # -- metrics ----------------------------------------------------------------------------------------
+
 
 def test_metrics_match_hand_computed_values_with_a_never_predicted_class():
     labels = np.array([0, 0, 0, 1, 1, 2, 2])
@@ -107,15 +118,23 @@ def test_calibration_metrics_match_hand_computed_values():
     assert brier_score(probs, labels) == pytest.approx((0.08 + 0.72 + 0.18 + 0.5) / 4)
     logits = np.log(probs)
     assert negative_log_likelihood(logits, labels) == pytest.approx(
-        -(math.log(0.8) + math.log(0.4) + math.log(0.7) + math.log(0.5)) / 4)
+        -(math.log(0.8) + math.log(0.4) + math.log(0.7) + math.log(0.5)) / 4
+    )
     # 15 bins of width 1/15: each confidence lands in a bin of its own, so ECE is the mean |correct - confidence|.
     assert expected_calibration_error(probs, labels) == pytest.approx((0.2 + 0.6 + 0.3 + 0.5) / 4)
     bins = reliability_bins(probs, labels)
     assert sum(bins["count"]) == 4 and bins["count"][7] == 1 and bins["accuracy"][7] == 1.0  # 0.5 in (7/15, 8/15]
     assert bins["confidence"][8] == pytest.approx(0.6) and bins["accuracy"][8] == 0.0 and bins["accuracy"][0] is None
     m = calibration_metrics(logits, labels)
-    assert m == pytest.approx({"ece": 0.4, "nll": negative_log_likelihood(logits, labels), "brier": 0.37,
-                               "mean_confidence": 0.65, "accuracy": 0.75})
+    assert m == pytest.approx(
+        {
+            "ece": 0.4,
+            "nll": negative_log_likelihood(logits, labels),
+            "brier": 0.37,
+            "mean_confidence": 0.65,
+            "accuracy": 0.75,
+        }
+    )
     assert calibration_metrics(3 * logits, labels, temperature=3.0) == pytest.approx(m)  # T divides the logits
 
 
@@ -144,7 +163,7 @@ def test_mcnemar_exact_binomial_for_few_discordant_pairs():
     assert result["method"] == "exact binomial"
     assert (result["a_right_b_wrong"], result["a_wrong_b_right"], result["both_right"]) == (10, 2, 50)
     # Two-sided: 2 * P(X <= 2), X ~ Binomial(12, 1/2) = 2 * (1 + 12 + 66) / 4096.
-    assert result["p_value"] == pytest.approx(2 * (1 + 12 + 66) / 2 ** 12)
+    assert result["p_value"] == pytest.approx(2 * (1 + 12 + 66) / 2**12)
 
 
 def test_mcnemar_chi_square_with_continuity_correction():
@@ -157,6 +176,7 @@ def test_mcnemar_chi_square_with_continuity_correction():
 
 
 # -- Grad-CAM ---------------------------------------------------------------------------------------
+
 
 def test_gradcam_map_has_input_size_is_normalised_and_not_constant(tiny_run, image_folder):
     model = model_from_checkpoint(load_checkpoint(tiny_run / "best.pt"))
@@ -176,6 +196,7 @@ def test_gradcam_map_has_input_size_is_normalised_and_not_constant(tiny_run, ima
 
 # -- evaluate ---------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_report(tiny_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report") / "val"
@@ -187,8 +208,21 @@ def test_evaluate_writes_every_report_file(tiny_report, tiny_run):
     for name in REPORT_FILES:
         assert (tiny_report / name).is_file() and (tiny_report / name).stat().st_size > 0, name
     metrics = json.loads((tiny_report / "metrics.json").read_text())
-    for key in ("loss", "top1", "top3", "top5", "per_class", "macro_avg", "weighted_avg", "confusion_matrix",
-                "top_confusions", "ece", "num_samples", "wall_time_s", "images_per_s"):
+    for key in (
+        "loss",
+        "top1",
+        "top3",
+        "top5",
+        "per_class",
+        "macro_avg",
+        "weighted_avg",
+        "confusion_matrix",
+        "top_confusions",
+        "ece",
+        "num_samples",
+        "wall_time_s",
+        "images_per_s",
+    ):
         assert key in metrics, key
     assert metrics["num_samples"] == 15  # the run's own validation split by default
     assert len(metrics["per_class"]) == 3
@@ -229,8 +263,11 @@ def cifar100_run(cifar100_root, tmp_path_factory) -> Path:
     from training.engine import train
 
     tmp = tmp_path_factory.mktemp("c100run")
-    overrides = tiny_overrides(cifar100_root, tmp / "cache", **{"data.dataset": "cifar100", "data.val_size": 100,
-                                                               "epochs": 1, "max_batches_per_epoch": 2})
+    overrides = tiny_overrides(
+        cifar100_root,
+        tmp / "cache",
+        **{"data.dataset": "cifar100", "data.val_size": 100, "epochs": 1, "max_batches_per_epoch": 2},
+    )
     train(build_config("resnet9_half_cpu", overrides), tmp / "run")
     return tmp / "run"
 
@@ -264,12 +301,26 @@ def _export_onnx(run: Path, path: Path) -> Path:
     model = model_from_checkpoint(ckpt)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is enough for a test model
-        torch.onnx.export(model, torch.rand(1, 3, 32, 32), str(path), input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(
+            model,
+            torch.rand(1, 3, 32, 32),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
     meta = ckpt["meta"]
-    card = ModelCard(name="tiny", arch=meta["arch"], dataset=meta["dataset"], classes=meta["classes"], precision="fp32",
-                     input=InputSpec(mean=tuple(meta["mean"]), std=tuple(meta["std"])),
-                     metrics={"val_top1": ckpt["best"]["val_top1"]}, source={"checkpoint": str(run / "best.pt")})
+    card = ModelCard(
+        name="tiny",
+        arch=meta["arch"],
+        dataset=meta["dataset"],
+        classes=meta["classes"],
+        precision="fp32",
+        input=InputSpec(mean=tuple(meta["mean"]), std=tuple(meta["std"])),
+        metrics={"val_top1": ckpt["best"]["val_top1"]},
+        source={"checkpoint": str(run / "best.pt")},
+    )
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, card.model_dump_json()
@@ -294,8 +345,24 @@ def test_evaluate_onnx_with_a_temperature_reports_what_its_checkpoint_does(tiny_
 def test_evaluate_onnx_matches_checkpoint_and_skips_gradcam(tiny_run, tiny_report, image_folder, tmp_path, capsys):
     onnx_path = _export_onnx(tiny_run, tmp_path / "tiny.onnx")
     out = tmp_path / "onnx_report"
-    assert main(["evaluate", "--onnx", str(onnx_path), "--dataset", "folder", "--data", str(image_folder),
-                 "--val-size", "15", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--onnx",
+                str(onnx_path),
+                "--dataset",
+                "folder",
+                "--data",
+                str(image_folder),
+                "--val-size",
+                "15",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert not (out / "gradcam.png").exists()
     assert "Grad-CAM skipped" in (out / "report.md").read_text()
     for name in set(REPORT_FILES) - {"gradcam.png"}:
@@ -310,6 +377,7 @@ def test_evaluate_onnx_matches_checkpoint_and_skips_gradcam(tiny_run, tiny_repor
 
 
 # -- compare ----------------------------------------------------------------------------------------
+
 
 def test_compare_checkpoint_against_report_and_two_reports(tiny_run, tiny_report, tmp_path):
     from training.reports.compare import compare
@@ -329,8 +397,9 @@ def test_compare_checkpoint_against_report_and_two_reports(tiny_run, tiny_report
 
 def test_compare_refuses_reports_of_different_samples(tiny_run, tiny_report, tmp_path, capsys):
     other = tmp_path / "all"
-    assert main(["evaluate", "--checkpoint", str(tiny_run), "--split", "all", "--out", str(other),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(["evaluate", "--checkpoint", str(tiny_run), "--split", "all", "--out", str(other), "--device", "cpu"]) == 0
+    )
     capsys.readouterr()
     assert main(["compare", str(tiny_report), str(other)]) == 2
     err = capsys.readouterr().err.strip()
@@ -339,13 +408,22 @@ def test_compare_refuses_reports_of_different_samples(tiny_run, tiny_report, tmp
 
 # -- user errors ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("case", ["missing_checkpoint", "unknown_split", "class_mismatch", "no_model", "bad_tta"])
 def test_user_errors_are_one_line_and_exit_2(case, tiny_run, cifar10_root, tmp_path, capsys):
     args = {
         "missing_checkpoint": ["--checkpoint", str(tmp_path / "nope.pt")],
         "unknown_split": ["--checkpoint", str(tiny_run), "--split", "bogus"],
-        "class_mismatch": ["--checkpoint", str(tiny_run), "--dataset", "cifar10", "--data", str(cifar10_root),
-                           "--split", "test"],
+        "class_mismatch": [
+            "--checkpoint",
+            str(tiny_run),
+            "--dataset",
+            "cifar10",
+            "--data",
+            str(cifar10_root),
+            "--split",
+            "test",
+        ],
         "no_model": [],
         "bad_tta": ["--checkpoint", str(tiny_run), "--tta", "rotate"],
     }[case]
@@ -357,10 +435,13 @@ def test_user_errors_are_one_line_and_exit_2(case, tiny_run, cifar10_root, tmp_p
 
 # -- ablate -----------------------------------------------------------------------------------------
 
+
 def test_vary_parsing():
     assert split_values("[30,60],[50],none") == ["[30,60]", "[50]", "none"]
-    assert parse_vary(["use_se=true,false", "dropout=0.5,0"]) == [("use_se", ["true", "false"]),
-                                                                ("dropout", ["0.5", "0"])]
+    assert parse_vary(["use_se=true,false", "dropout=0.5,0"]) == [
+        ("use_se", ["true", "false"]),
+        ("dropout", ["0.5", "0"]),
+    ]
     for bad in (["dropout"], ["dropout=0.5,0.5"], ["dropout=0.1", "dropout=0.2"], []):
         with pytest.raises(ValueError):
             parse_vary(bad)
@@ -372,8 +453,19 @@ def test_ablation_skips_finished_variants_and_resumes_an_interrupted_one(image_f
 
     out = tmp_path / "ablation"
     sets = tiny_overrides(image_folder, tmp_path / "cache", epochs=2)
-    argv = ["ablate", "--recipe", "resnet9_half_cpu", "--vary", "dropout=0,0.3", "--set", *sets, "--out", str(out),
-            "--device", "cpu"]
+    argv = [
+        "ablate",
+        "--recipe",
+        "resnet9_half_cpu",
+        "--vary",
+        "dropout=0,0.3",
+        "--set",
+        *sets,
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     calls = {"train": 0, "resume": 0}
     real_train, real_resume, real_end_epoch = ablate_mod.train, ablate_mod.resume, Trainer._end_epoch
 
@@ -381,6 +473,7 @@ def test_ablation_skips_finished_variants_and_resumes_an_interrupted_one(image_f
         def wrapper(*args, **kwargs):
             calls[name] += 1
             return fn(*args, **kwargs)
+
         return wrapper
 
     def interrupt_second_variant(self, record):
@@ -420,8 +513,11 @@ def test_ablation_skips_finished_variants_and_resumes_an_interrupted_one(image_f
     assert "dropout=0.3" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("extra", [["--vary", "optim.nosuch=1,2"], ["--vary", "dropout=0,0.1", "--split", "test"]],
-                         ids=["unknown_key", "folder_has_no_test_split"])
+@pytest.mark.parametrize(
+    "extra",
+    [["--vary", "optim.nosuch=1,2"], ["--vary", "dropout=0,0.1", "--split", "test"]],
+    ids=["unknown_key", "folder_has_no_test_split"],
+)
 def test_ablation_rejects_bad_settings_before_training(extra, tmp_path, image_folder, capsys):
     sets = tiny_overrides(image_folder, tmp_path / "cache")
     assert main(["ablate", "--recipe", "resnet9_half_cpu", *extra, "--set", *sets, "--out", str(tmp_path / "a")]) == 2

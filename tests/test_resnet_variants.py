@@ -3,6 +3,7 @@
 Full-size models are built on the meta device: their structure and parameter count
 without allocating or initialising 34M weights. Numbers are checked on tiny instances.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -158,11 +159,13 @@ def test_recipes_build_their_model(recipe):
 # Tiny instances of each family, covering every attention, pool and activation between them.
 TINY = {
     "resnet_ca_gelu": dict(block=BasicBlock, attention="ca", activation="gelu"),
-    "resnet_se_pools_elu": dict(block=BasicBlock, attention="se", reduction=4, attention_pool="avg+max+l1+l2",
-                                activation="elu"),
+    "resnet_se_pools_elu": dict(
+        block=BasicBlock, attention="se", reduction=4, attention_pool="avg+max+l1+l2", activation="elu"
+    ),
     "resnext_se_silu": dict(block=Bottleneck, groups=2, base_width=16, attention="se", reduction=4, activation="silu"),
-    "res2net_ca_v1b": dict(block=Res2NetBottleneck, scale=4, base_width=32, attention="ca", deep_stem=True,
-                           avg_down=True),
+    "res2net_ca_v1b": dict(
+        block=Res2NetBottleneck, scale=4, base_width=32, attention="ca", deep_stem=True, avg_down=True
+    ),
 }
 CLASSES = 3
 
@@ -188,8 +191,18 @@ def test_tiny_onnx_export_parity(family, tmp_path):
     path = tmp_path / f"{family}.onnx"
     export_fp32(model, path, 32)
     spec = input_spec({"input_size": 32, "mean": DEFAULT_MEAN, "std": DEFAULT_STD})
-    write_card(path, ModelCard(name=family, arch=family, dataset="synthetic", classes=["a", "b", "c"],
-                               precision="fp32", input=spec, metrics={"val_top1": 0.0}))
+    write_card(
+        path,
+        ModelCard(
+            name=family,
+            arch=family,
+            dataset="synthetic",
+            classes=["a", "b", "c"],
+            precision="fp32",
+            input=spec,
+            metrics={"val_top1": 0.0},
+        ),
+    )
     images, labels = make_arrays(CLASSES, 8)
     parity = measure_parity(model, OnnxClassifier(path, device="cpu"), images, labels)
     assert parity.passed and parity.top1_agreement == 1.0 and parity.max_abs_prob_diff < 1e-5, parity.summary()

@@ -1,4 +1,5 @@
 """Batch scoring (`python -m service score`): a messy tree, output schemas, resume after a kill, accuracy, --url."""
+
 from __future__ import annotations
 
 import csv
@@ -26,10 +27,23 @@ from service.score.cli import main as score_main
 from service.score.remote import RemoteBackend
 from service.score.sinks import CsvFormat, JsonlFormat, OutputError, resume_output
 
-GOOD = ["0_top.png", "UPPER.JPG", "a/deep/er/x.bmp", "a/img.jpeg", "a-b/z.png",
-        "b/anim.gif", "b/gray.jpg", "b/photo.webp", "b/rgba.png"]
-BAD = {"bad/broken.webp": "broken symlink", "bad/corrupt.jpg": "not a readable image",
-       "bad/truncated.png": "not a readable image", "bad/zero.png": "empty file"}
+GOOD = [
+    "0_top.png",
+    "UPPER.JPG",
+    "a/deep/er/x.bmp",
+    "a/img.jpeg",
+    "a-b/z.png",
+    "b/anim.gif",
+    "b/gray.jpg",
+    "b/photo.webp",
+    "b/rgba.png",
+]
+BAD = {
+    "bad/broken.webp": "broken symlink",
+    "bad/corrupt.jpg": "not a readable image",
+    "bad/truncated.png": "not a readable image",
+    "bad/zero.png": "empty file",
+}
 
 
 def _cli() -> list[str]:
@@ -80,8 +94,23 @@ def _sorted(paths) -> list[str]:
 
 def test_messy_tree_csv(tree, tiny_models_dir, tmp_path, capsys):
     out = tmp_path / "preds.csv"
-    assert _score(tree, "--out", out, "--models-dir", tiny_models_dir, "--k", 2, "--batch-size", 4,
-                  "--workers", 1, "--no-progress") == 0
+    assert (
+        _score(
+            tree,
+            "--out",
+            out,
+            "--models-dir",
+            tiny_models_dir,
+            "--k",
+            2,
+            "--batch-size",
+            4,
+            "--workers",
+            1,
+            "--no-progress",
+        )
+        == 0
+    )
     rows = _csv_rows(out)
     assert list(rows[0]) == ["path", "label_1", "confidence_1", "label_2", "confidence_2", "error"]
     assert [r["path"] for r in rows] == _sorted(GOOD + list(BAD))  # deterministic, sorted, each file once
@@ -126,9 +155,11 @@ def test_jsonl_schema_and_inline_decoding(tree, tiny_models_dir, tmp_path, capsy
 def test_concurrent_streams_keep_the_output_identical(tree, tiny_models_dir, tmp_path):
     common = ["--models-dir", tiny_models_dir, "--no-progress", "--k", 2, "--batch-size", 2]
     outputs = {}
-    for label, flags in {"one stream": ["--streams", 1, "--workers", 1],
-                         "three streams": ["--streams", 3, "--workers", 1],
-                         "streams decoding": ["--streams", 2, "--workers", 0]}.items():
+    for label, flags in {
+        "one stream": ["--streams", 1, "--workers", 1],
+        "three streams": ["--streams", 3, "--workers", 1],
+        "streams decoding": ["--streams", 2, "--workers", 0],
+    }.items():
         out = tmp_path / f"{label}.csv"
         assert _score(tree, "--out", out, *flags, *common) == 0
         outputs[label] = out.read_bytes()
@@ -187,12 +218,16 @@ def test_decode_workers_killed_mid_run_cost_no_rows(image_folder, tiny_models_di
     from service.score.walk import Entry
 
     paths = sorted(image_folder.rglob("*.png"))
-    chunks = [[Entry(p.name, str(p)) for p in paths[i:i + 6]] for i in range(0, len(paths), 6)]
-    expected = OnnxClassifier(tiny_models_dir / "tiny.onnx", device="cpu").probabilities(
-        to_model_input([decode_image(p.read_bytes()) for p in paths])).max(axis=1)
+    chunks = [[Entry(p.name, str(p)) for p in paths[i : i + 6]] for i in range(0, len(paths), 6)]
+    expected = (
+        OnnxClassifier(tiny_models_dir / "tiny.onnx", device="cpu")
+        .probabilities(to_model_input([decode_image(p.read_bytes()) for p in paths]))
+        .max(axis=1)
+    )
     backend = LocalBackend(tiny_models_dir / "tiny.onnx", "cpu", 1, 2, 6, streams=2)
     backend.k = 1
     try:
+
         def killing_workers():
             for n, chunk in enumerate(chunks):
                 if n in (2, 5):  # chunks are in flight: the ones the dead workers held must be redone
@@ -236,12 +271,19 @@ def test_first_decode_pool_forks_only_from_a_single_threaded_process(image_folde
     from service.score.walk import Entry
 
     paths = sorted(image_folder.rglob("*.png"))[:5]
-    code = ("import sys; from service.score.local import LocalBackend; from service.score.walk import Entry\n"
-            "b = LocalBackend(sys.argv[1], 'cpu', 1, 2, 8, streams=1); b.k = 1\n"
-            "rows = b.finish(chunk := [Entry(p, p) for p in sys.argv[2:]], b.submit(chunk))\n"
-            "print(b.start_method, *(f'{r.top_k[0].label}:{r.top_k[0].confidence:.6f}' for r in rows)); b.close()")
-    done = subprocess.run([sys.executable, "-c", code, str(tiny_models_dir / "tiny.onnx"), *map(str, paths)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from service.score.local import LocalBackend; from service.score.walk import Entry\n"
+        "b = LocalBackend(sys.argv[1], 'cpu', 1, 2, 8, streams=1); b.k = 1\n"
+        "rows = b.finish(chunk := [Entry(p, p) for p in sys.argv[2:]], b.submit(chunk))\n"
+        "print(b.start_method, *(f'{r.top_k[0].label}:{r.top_k[0].confidence:.6f}' for r in rows)); b.close()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_models_dir / "tiny.onnx"), *map(str, paths)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     method, *forked = done.stdout.split()
     assert method == "fork"
@@ -317,8 +359,13 @@ def test_min_confidence_out_of_range_is_a_usage_error(tree, tiny_models_dir, tmp
         assert exit_info.value.code == 2, value
         err = capsys.readouterr().err
         assert "usage: " in err and "error: argument --min-confidence: must be " in err and "Traceback" not in err
-    done = subprocess.run([*_cli(), str(tree), "--models-dir", str(tiny_models_dir), "--min-confidence", "2"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*_cli(), str(tree), "--models-dir", str(tiny_models_dir), "--min-confidence", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "between 0 and 1, got 2" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -345,13 +392,18 @@ def test_labels_from_folders(image_folder, tiny_models_dir, tmp_path, capsys):
     shutil.copy(image_folder / "beta" / "0020.png", root / "Misc" / "x.png")
     shutil.copytree(image_folder / "gamma", root / "nested" / "GAMMA")  # matched case-insensitively
     out = tmp_path / "p.jsonl"
-    assert _score(root, "--out", out, "--models-dir", tiny_models_dir, "--labels-from-folders", "--no-progress",
-                  "--k", 2) == 0
+    assert (
+        _score(root, "--out", out, "--models-dir", tiny_models_dir, "--labels-from-folders", "--no-progress", "--k", 2)
+        == 0
+    )
     err = capsys.readouterr().err
     records = [json.loads(line) for line in out.read_text().splitlines()]
     truth = {"alpha": "alpha", "beta": "beta", "gamma": "gamma", "GAMMA": "gamma"}
-    scored = [(truth[PurePosixPath(r["path"]).parent.name], r["top_k"][0]["label"]) for r in records
-              if PurePosixPath(r["path"]).parent.name in truth]
+    scored = [
+        (truth[PurePosixPath(r["path"]).parent.name], r["top_k"][0]["label"])
+        for r in records
+        if PurePosixPath(r["path"]).parent.name in truth
+    ]
     correct = sum(t == p for t, p in scored)
     assert len(scored) == 80
     assert f"top-1 {100 * correct / 80:.2f}% ({correct}/80), top-2" in err
@@ -382,8 +434,20 @@ def test_resume_after_kill(image_folder, tiny_models_dir, tmp_path):
         (d / f"{i:05d}.png").write_bytes(sources[i % len(sources)].read_bytes())
     (root / "d0" / "00007.png").write_bytes(b"broken")
     out = tmp_path / "preds.csv"
-    cmd = [*_cli(), str(root), "--out", str(out), "--models-dir", str(tiny_models_dir), "--batch-size", "4",
-           "--workers", "1", "--k", "1"]
+    cmd = [
+        *_cli(),
+        str(root),
+        "--out",
+        str(out),
+        "--models-dir",
+        str(tiny_models_dir),
+        "--batch-size",
+        "4",
+        "--workers",
+        "1",
+        "--k",
+        "1",
+    ]
     kw = dict(cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     proc = subprocess.Popen(cmd, **kw)
@@ -444,21 +508,35 @@ def _classify_handler(fail_first: int = 0, max_images: int = 64):
         if request.url.path == "/readyz":
             return httpx.Response(200, json={"status": "ready"})
         if request.url.path == "/models":
-            listing = ModelList(default="fake", models=[ModelInfo(
-                name="fake", dataset="folder", arch="resnet9", classes=["alpha", "beta", "gamma"], precision="fp32",
-                accuracy=None, input_size=[32, 32], default=True)])
+            listing = ModelList(
+                default="fake",
+                models=[
+                    ModelInfo(
+                        name="fake",
+                        dataset="folder",
+                        arch="resnet9",
+                        classes=["alpha", "beta", "gamma"],
+                        precision="fp32",
+                        accuracy=None,
+                        input_size=[32, 32],
+                        default=True,
+                    )
+                ],
+            )
             return httpx.Response(200, json=listing.model_dump(mode="json"))
         calls["requests"] += 1
         if calls["requests"] <= fail_first:
             return httpx.Response(503, json={"error": "warming up", "reason": "overloaded"})
         message = email.message_from_bytes(
             b"Content-Type: " + request.headers["content-type"].encode() + b"\r\n\r\n" + request.read(),
-            policy=email.policy.default)
+            policy=email.policy.default,
+        )
         fields = {part.get_param("name", header="content-disposition"): part for part in message.iter_parts()}
         images = [p for p in message.iter_parts() if p.get_param("name", header="content-disposition") == "images"]
         if len(images) > max_images:
-            return httpx.Response(400, json={"error": f"too many images: at most {max_images}",
-                                             "reason": "too_many_images"})
+            return httpx.Response(
+                400, json={"error": f"too many images: at most {max_images}", "reason": "too_many_images"}
+            )
         k = int(fields["k"].get_content())
         calls["sizes"].append(len(images))
         predictions = []
@@ -469,9 +547,15 @@ def _classify_handler(fail_first: int = 0, max_images: int = 64):
                 return httpx.Response(400, json={"error": f"{part.get_filename()}: {exc}", "reason": "not_an_image"})
             label = int(pixels.mean()) % 3
             top = [(label + j) % 3 for j in range(k)]
-            predictions.append({"filename": part.get_filename(), "top_k": [
-                {"label": ["alpha", "beta", "gamma"][c], "index": c, "confidence": 0.5 / (j + 1)}
-                for j, c in enumerate(top)]})
+            predictions.append(
+                {
+                    "filename": part.get_filename(),
+                    "top_k": [
+                        {"label": ["alpha", "beta", "gamma"][c], "index": c, "confidence": 0.5 / (j + 1)}
+                        for j, c in enumerate(top)
+                    ],
+                }
+            )
         return httpx.Response(200, json={"model": "fake", "predictions": predictions})
 
     return handler, calls
@@ -520,8 +604,13 @@ def test_url_mode_against_live_service(tree, tiny_models_dir, tmp_path):
         local, remote = tmp_path / "local.jsonl", tmp_path / "remote.jsonl"
         common = ["--k", "2", "--no-progress", "--batch-size", "5"]
         assert _score(tree, "--out", local, "--models-dir", tiny_models_dir, *common) == 0
-        done = subprocess.run([*_cli(), str(tree), "--out", str(remote), "--url", url, "--model", "tiny", *common],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [*_cli(), str(tree), "--out", str(remote), "--url", url, "--model", "tiny", *common],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         local_rows = [json.loads(line) for line in local.read_text().splitlines()]
         remote_rows = [json.loads(line) for line in remote.read_text().splitlines()]
@@ -541,6 +630,19 @@ def test_url_mode_marks_with_min_confidence_locally(tree, tmp_path, monkeypatch)
     monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
     for threshold, expected in (("0.5", "true"), ("0.6", "false")):
         out = tmp_path / f"{threshold}.csv"
-        assert _score(tree, "--url", "http://scorer.test", "--out", out, "--k", 1, "--min-confidence", threshold,
-                      "--no-progress") == 0
+        assert (
+            _score(
+                tree,
+                "--url",
+                "http://scorer.test",
+                "--out",
+                out,
+                "--k",
+                1,
+                "--min-confidence",
+                threshold,
+                "--no-progress",
+            )
+            == 0
+        )
         assert {r["confident"] for r in _csv_rows(out) if not r["error"]} == {expected}

@@ -4,6 +4,7 @@ Images are real CIFAR-10 JPEGs read from the shared archive into a temporary fol
 here in every mode the service must accept or refuse. Limits are set low on this server so that the
 refusals are cheap to provoke.
 """
+
 from __future__ import annotations
 
 import io
@@ -40,8 +41,21 @@ class Server(str):
 def server(tiny_models_dir, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     env = {**os.environ, "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml_home")), "BENTOML_DO_NOT_TRACK": "true"}
-    with running_service(tiny_models_dir, log_path, "--max-images", str(MAX_IMAGES), "--max-body-bytes", str(MAX_BODY),
-                         "--max-pixels", str(MAX_PIXELS), "--threads", "1", "--decode-threads", "1", env=env) as base:
+    with running_service(
+        tiny_models_dir,
+        log_path,
+        "--max-images",
+        str(MAX_IMAGES),
+        "--max-body-bytes",
+        str(MAX_BODY),
+        "--max-pixels",
+        str(MAX_PIXELS),
+        "--threads",
+        "1",
+        "--decode-threads",
+        "1",
+        env=env,
+    ) as base:
         url = Server(base)
         url.log = log_path
         yield url
@@ -94,9 +108,11 @@ def _image_bytes(image: Image.Image, fmt: str, **save) -> bytes:
 
 # ---------------------------------------------------------------------------------------------- imports
 def test_import_loads_neither_torch_nor_training():
-    code = ("import sys, inference, service, service.service\n"
-            "bad = [m for m in ('torch', 'training', 'export') if m in sys.modules]\n"
-            "assert not bad, bad\n")
+    code = (
+        "import sys, inference, service, service.service\n"
+        "bad = [m for m in ('torch', 'training', 'export') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 
@@ -166,7 +182,8 @@ def test_min_confidence_marks_predictions_and_leaves_none_out(server, jpegs):
         predictions = marked.json()["predictions"]
         assert [p["filename"] for p in predictions] == [p.name for p in sent]  # every image, in order
         assert [[t["label"] for t in p["top_k"]] for p in predictions] == [
-            [t["label"] for t in p["top_k"]] for p in plain.json()["predictions"]]
+            [t["label"] for t in p["top_k"]] for p in plain.json()["predictions"]
+        ]
         assert [p["top_k"][0]["confidence"] for p in predictions] == pytest.approx(top1, abs=1e-6)
         assert [p["confident"] for p in predictions] == [c >= threshold for c in top1]
         assert 0 < sum(p["confident"] for p in predictions) < len(sent)
@@ -210,15 +227,27 @@ def _bomb_png() -> bytes:
 
 BAD_REQUESTS = {
     # name: (multipart parts from the JPEGs, other form fields, expected status, expected reason)
-    "not_an_image": (lambda j: [("images", ("notes.jpg", b"these are not pixels", "image/jpeg"))], None, 400,
-                     "not_an_image"),
-    "truncated": (lambda j: [("images", ("cut.jpg", j[0].read_bytes()[:200], "image/jpeg"))], None, 400,
-                  "not_an_image"),
+    "not_an_image": (
+        lambda j: [("images", ("notes.jpg", b"these are not pixels", "image/jpeg"))],
+        None,
+        400,
+        "not_an_image",
+    ),
+    "truncated": (
+        lambda j: [("images", ("cut.jpg", j[0].read_bytes()[:200], "image/jpeg"))],
+        None,
+        400,
+        "not_an_image",
+    ),
     "zero_bytes": (lambda j: [("images", ("empty.jpg", b"", "image/jpeg"))], None, 400, "empty_file"),
     "bomb": (lambda j: [("images", ("bomb.png", _bomb_png(), "image/png"))], None, 413, "image_too_large"),
-    "too_many": (lambda j: _files(j[:MAX_IMAGES + 1]), None, 400, "too_many_images"),
-    "body_too_large": (lambda j: [("images", ("big.jpg", b"\xff" * (MAX_BODY + 1000), "image/jpeg"))], None, 413,
-                       "body_too_large"),
+    "too_many": (lambda j: _files(j[: MAX_IMAGES + 1]), None, 400, "too_many_images"),
+    "body_too_large": (
+        lambda j: [("images", ("big.jpg", b"\xff" * (MAX_BODY + 1000), "image/jpeg"))],
+        None,
+        413,
+        "body_too_large",
+    ),
     "k_zero": (lambda j: _files(j[:1]), {"k": "0"}, 400, "bad_k"),
     "k_too_big": (lambda j: _files(j[:1]), {"k": "4"}, 400, "bad_k"),
     "k_not_a_number": (lambda j: _files(j[:1]), {"k": "five"}, 400, "bad_k"),
@@ -229,8 +258,12 @@ BAD_REQUESTS = {
     "min_confidence_boolean": (lambda j: _files(j[:1]), {"min_confidence": "true"}, 400, "bad_min_confidence"),
     "unknown_model": (lambda j: _files(j[:1]), {"model": "resnet-9000"}, 404, "unknown_model"),
     "no_images": (lambda j: [("k", (None, "1"))], None, 400, "no_images"),
-    "misspelt_field": (lambda j: [("image", ("a.jpg", j[0].read_bytes(), "image/jpeg"))], None, 400,
-                       "malformed_request"),
+    "misspelt_field": (
+        lambda j: [("image", ("a.jpg", j[0].read_bytes(), "image/jpeg"))],
+        None,
+        400,
+        "malformed_request",
+    ),
     "images_as_text": (lambda j: [("images", (None, "http://example.com/cat.jpg"))], None, 400, "malformed_request"),
 }
 
@@ -250,8 +283,12 @@ def test_bad_input_is_a_4xx_with_a_message_and_the_next_request_succeeds(server,
 def test_not_multipart_is_415_and_json_paths_are_never_read(server, jpegs):
     response = httpx.post(f"{server}/classify", json={"images": ["/etc/passwd"]}, timeout=10)
     assert response.status_code == 415 and response.json()["reason"] == "unsupported_media_type"
-    garbled = httpx.post(f"{server}/classify", content=b"garbage",
-                         headers={"content-type": "multipart/form-data; boundary=x"}, timeout=10)
+    garbled = httpx.post(
+        f"{server}/classify",
+        content=b"garbage",
+        headers={"content-type": "multipart/form-data; boundary=x"},
+        timeout=10,
+    )
     assert garbled.status_code == 400 and garbled.json()["reason"] == "malformed_request"
     assert _post(server, _files(jpegs[:1])).status_code == 200
 
@@ -268,8 +305,9 @@ def _concurrent_requests(url, jpegs) -> tuple[list[httpx.Response], float, float
     with ThreadPoolExecutor(24) as pool:
         responses = list(pool.map(one, range(96)))
     after = _metrics(url)
-    batches = (_metric(after, f"{name}_count", method_name="infer")
-               - _metric(before, f"{name}_count", method_name="infer"))
+    batches = _metric(after, f"{name}_count", method_name="infer") - _metric(
+        before, f"{name}_count", method_name="infer"
+    )
     requests = _metric(after, f"{name}_sum", method_name="infer") - _metric(before, f"{name}_sum", method_name="infer")
     return responses, batches, requests
 
@@ -291,6 +329,7 @@ def test_concurrent_requests_get_their_own_answers(server, jpegs):
     log = server.log.read_text()
     assert "batching 'infer' in-process through BentoML's dispatcher" in log
     from service.settings import _cpu_count
+
     if _cpu_count() > 1:
         assert f"up to {_cpu_count()} batches at once" in log
 
@@ -334,10 +373,26 @@ def test_property_based_api_tester_finds_no_server_error_or_undocumented_answer(
     that every schema-valid request is accepted, since a file part the schema can only call binary may
     still not be an image (a 400, as it should be)."""
     cli = Path(sys.executable).with_name("schemathesis")
-    done = subprocess.run([str(cli), "run", f"{server}/docs.json", "--checks", "all",
-                           "--exclude-checks", "positive_data_acceptance", "--max-examples", "25", "--seed", "7",
-                           "--no-color"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # its cache: not in the repo
+    done = subprocess.run(
+        [
+            str(cli),
+            "run",
+            f"{server}/docs.json",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--max-examples",
+            "25",
+            "--seed",
+            "7",
+            "--no-color",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # its cache: not in the repo
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     cases = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
     assert cases and cases[1] == cases[2] and int(cases[1]) >= 100, done.stdout[-2000:]
@@ -345,26 +400,47 @@ def test_property_based_api_tester_finds_no_server_error_or_undocumented_answer(
 
 # ---------------------------------------------------------------------------------------------- CLI and packaging
 def test_serve_refuses_a_models_dir_without_a_manifest(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "service", "serve", "--models-dir", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--models-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "no model manifest" in done.stderr
 
 
 def test_serve_refuses_a_bad_setting(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "service", "serve", "--max-batch-size", "zero"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--max-batch-size", "zero"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "CIFAR_MAX_BATCH_SIZE must be an integer" in done.stderr
 
 
 def test_access_log_setting_reaches_bentoml():
     """The env variable picks the service's access-log config in the process BentoML imports it in."""
-    probe = ("import service.service as s; print(s.Classifier.config['logging']['access']['enabled'])")
+    probe = "import service.service as s; print(s.Classifier.config['logging']['access']['enabled'])"
     for value, expected in (("on", "True"), ("off", "False"), ("", "False")):
-        done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "CIFAR_ACCESS_LOG": value})
+        done = subprocess.run(
+            [sys.executable, "-c", probe],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "CIFAR_ACCESS_LOG": value},
+        )
         assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == expected, done.stderr[-500:]
-    done = subprocess.run([sys.executable, "-m", "service", "serve", "--access-log", "loud"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--access-log", "loud"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "--access-log" in done.stderr
 
 
@@ -381,15 +457,27 @@ def test_streams_and_threads_share_the_cores():
     assert (both.inference_streams(on_gpu=True), both.intra_op_threads()) == (3, 2)
     # BentoML runs each batch of the sync infer API on one of the service's threads: as many as streams.
     probe = "import service.service as s; print(s.Classifier.config['threads'])"
-    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "CIFAR_STREAMS": "3"})
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CIFAR_STREAMS": "3"},
+    )
     assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "3", done.stderr[-500:]
 
 
 def test_bentoml_build_packs_inference_service_and_models_only(tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
-    done = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     (bento,) = [p for p in (tmp_path / "home" / "bentos" / "cifar_classifier").iterdir() if p.name != "latest"]
     src = {p.relative_to(bento / "src").parts[0] for p in (bento / "src").rglob("*") if p.is_file()}

@@ -1,4 +1,5 @@
 """Training package: registries, readers, split, augmentation, config, training, resume, torchrun."""
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,12 @@ from training.registry import Registry
 
 # Published parameter counts for 10 classes.
 PUBLISHED = {
-    "resnet18": 11_173_962, "resnet34": 21_282_122, "resnet50": 23_520_842, "se_resnet18": 11_263_042,
-    "wrn_28_10": 36_479_194, "wrn_16_8": 10_961_370,
+    "resnet18": 11_173_962,
+    "resnet34": 21_282_122,
+    "resnet50": 23_520_842,
+    "se_resnet18": 11_263_042,
+    "wrn_28_10": 36_479_194,
+    "wrn_16_8": 10_961_370,
 }
 
 
@@ -159,14 +164,25 @@ def test_mix(kind):
     mixed, target = mix_batch(x, y, params, gen)
     assert isinstance(target, MixedTargets) and 0 <= target.lam <= 1 and not torch.equal(mixed, x)
     logits = torch.randn(16, 4)
-    expected = target.lam * torch.nn.functional.cross_entropy(logits, target.y_a) + (1 - target.lam) * \
-        torch.nn.functional.cross_entropy(logits, target.y_b)
+    expected = target.lam * torch.nn.functional.cross_entropy(logits, target.y_a) + (
+        1 - target.lam
+    ) * torch.nn.functional.cross_entropy(logits, target.y_b)
     assert torch.allclose(mixed_cross_entropy(logits, target), expected)
 
 
 def test_config_overrides_reach_their_fields():
-    cfg = build_config("wrn_28_10", ["lr=0.05", "cutmix_alpha=0.7", "mixup_alpha=0.2", "use_se=false",
-                                     "schedule.name=step", "augment.cutout=8", "ema_decay=0.99"])
+    cfg = build_config(
+        "wrn_28_10",
+        [
+            "lr=0.05",
+            "cutmix_alpha=0.7",
+            "mixup_alpha=0.2",
+            "use_se=false",
+            "schedule.name=step",
+            "augment.cutout=8",
+            "ema_decay=0.99",
+        ],
+    )
     assert cfg.optim.lr == 0.05 and cfg.model.args["use_se"] is False and cfg.schedule.name == "step"
     mix = cfg.augment.mix()
     assert (mix.cutmix_alpha, mix.mixup_alpha) == (0.7, 0.2)  # the torchvision alpha mix-up, guarded
@@ -198,9 +214,16 @@ def test_tiny_run_overfits_64_images(tmp_path):
     for i, (img, label) in enumerate(zip(images, labels)):
         (root / f"c{label}").mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(root / f"c{label}" / f"{i}.png")
-    cfg = build_config("resnet9_half_cpu", tiny_overrides(root, tmp_path / "cache", epochs=15, batch_size=16,
-                                                           **{"data.val_size": 0, "augment": "none", "lr": 0.02,
-                                                              "label_smoothing": 0.0}))
+    cfg = build_config(
+        "resnet9_half_cpu",
+        tiny_overrides(
+            root,
+            tmp_path / "cache",
+            epochs=15,
+            batch_size=16,
+            **{"data.val_size": 0, "augment": "none", "lr": 0.02, "label_smoothing": 0.0},
+        ),
+    )
     summary = train(cfg, tmp_path / "run")
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history[-1]["train_acc"] >= 0.95, history[-1]
@@ -213,8 +236,14 @@ def _weights(path: Path) -> dict:
 
 
 def test_resume_continues_the_same_run(image_folder, tmp_path, monkeypatch):
-    overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=4, dropout=0.2, ema_decay=0.9,
-                               **{"augment.cutout": 8, "mixup_alpha": 0.4})
+    overrides = tiny_overrides(
+        image_folder,
+        tmp_path / "cache",
+        epochs=4,
+        dropout=0.2,
+        ema_decay=0.9,
+        **{"augment.cutout": 8, "mixup_alpha": 0.4},
+    )
     cfg = build_config("resnet9_half_cpu", overrides)
     train(cfg, tmp_path / "straight")
 
@@ -241,31 +270,63 @@ def test_resume_continues_the_same_run(image_folder, tmp_path, monkeypatch):
 
 
 def test_early_stopping(image_folder, tmp_path):
-    cfg = build_config("resnet9_half_cpu", tiny_overrides(image_folder, tmp_path / "c", epochs=6, lr=1e-9,
-                                                           early_stop_patience=1, early_stop_min_delta=0.5))
+    cfg = build_config(
+        "resnet9_half_cpu",
+        tiny_overrides(
+            image_folder, tmp_path / "c", epochs=6, lr=1e-9, early_stop_patience=1, early_stop_min_delta=0.5
+        ),
+    )
     summary = train(cfg, tmp_path / "run")
     assert summary["stopped_early"] and summary["epochs_run"] == 2
 
 
 def test_cli_lists_models_and_rejects_bad_overrides(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "training", "models"], capture_output=True, text=True, env=env,
-                         cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "training", "models"], capture_output=True, text=True, env=env, cwd=ROOT
+    )
     assert out.returncode == 0 and "se_resnet18" in out.stdout and "11,263,042" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "training", "train", "--set", "epochs=0", "--out", str(tmp_path)],
-                         capture_output=True, text=True, env=env, cwd=ROOT)
+    bad = subprocess.run(
+        [sys.executable, "-m", "training", "train", "--set", "epochs=0", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     assert bad.returncode == 2 and "epochs" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_torchrun_two_processes_gloo(image_folder, tmp_path):
     overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=2, threads=1)
     port = str(free_port())  # port 0 hangs torchrun's static rendezvous: pick a free port ourselves
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", port,
-           "-m", "training", "train", "--recipe", "resnet9_half_cpu", "--out", str(tmp_path / "ddp"),
-           "--set", *overrides]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        port,
+        "-m",
+        "training",
+        "train",
+        "--recipe",
+        "resnet9_half_cpu",
+        "--out",
+        str(tmp_path / "ddp"),
+        "--set",
+        *overrides,
+    ]
+    result = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     history = json.loads((tmp_path / "ddp" / "history.json").read_text())
     assert len(history) == 2

@@ -1,4 +1,5 @@
 """Command line: ``python -m training {models,recipes,train,resume,evaluate,compare,ablate} ...``."""
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = build_config(args.recipe, args.set)
     out = Path(args.out) if args.out else Path("runs") / config.recipe
     if (out / "last.pt").exists() and not args.force:
-        print(f"error: {out} already holds a run; use `python -m training resume {out}` or --force to start over",
-              file=sys.stderr)
+        print(
+            f"error: {out} already holds a run; use `python -m training resume {out}` or --force to start over",
+            file=sys.stderr,
+        )
         return 2
     summary = train(config, out)
     if os.environ.get("RANK", "0") == "0":
@@ -59,20 +62,31 @@ def get_args_parser() -> argparse.ArgumentParser:
     models.set_defaults(fn=cmd_models)
     sub.add_parser("recipes", help="list the built-in recipes").set_defaults(fn=cmd_recipes)
 
-    p = sub.add_parser("train", help="train a model from a recipe", description=(
-        "Train from a recipe (a name from `recipes` or a YAML path) with key=value overrides, e.g. "
-        "`python -m training train --recipe resnet9_half_cpu --set epochs=5 lr=0.2 dropout=0.1 augment=basic`. "
-        "Bare keys resolve to their section (lr -> optim.lr); unknown ones become model arguments (use_se, dropout). "
-        "The run folder gets config.yaml, history.json, training_curves.png, best.pt and last.pt."))
+    p = sub.add_parser(
+        "train",
+        help="train a model from a recipe",
+        description=(
+            "Train from a recipe (a name from `recipes` or a YAML path) with key=value overrides, e.g. "
+            "`python -m training train --recipe resnet9_half_cpu --set epochs=5 lr=0.2 dropout=0.1 augment=basic`. "
+            "Bare keys resolve to their section (lr -> optim.lr); unknown ones become model "
+            "arguments (use_se, dropout). "
+            "The run folder gets config.yaml, history.json, training_curves.png, best.pt and last.pt."
+        ),
+    )
     p.add_argument("--recipe", default="se_resnet18", help="recipe name or YAML file (default: se_resnet18)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--out", help="run folder (default: runs/<recipe>)")
     p.add_argument("--force", action="store_true", help="start over even if the run folder holds a run")
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("resume", help="continue a run from its last.pt", description=(
-        "Continue an interrupted run exactly where its last completed epoch left it "
-        "(same config, RNG and data order)."))
+    p = sub.add_parser(
+        "resume",
+        help="continue a run from its last.pt",
+        description=(
+            "Continue an interrupted run exactly where its last completed epoch left it "
+            "(same config, RNG and data order)."
+        ),
+    )
     p.add_argument("run", help="run folder holding last.pt")
     p.add_argument("--epochs", type=int, help="change the total epoch budget (reshapes cosine/linear schedules)")
     p.set_defaults(fn=cmd_resume)
@@ -92,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the last completed epoch is in last.pt; continue with `python -m training resume RUN`",
-              file=sys.stderr)
+        print(
+            "interrupted: the last completed epoch is in last.pt; continue with `python -m training resume RUN`",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -1,4 +1,5 @@
 """Checkpoints as plain dicts of tensors and primitives, written atomically and loaded with weights_only=True."""
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """Typed training configuration. The defaults are the SE-ResNet18 reference recipe; recipes in
 ``training/recipes/*.yaml`` override them, and ``key=value`` overrides from the command line go last.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -58,8 +59,15 @@ class AugmentConfig(Section):
     mix_prob: float = Field(1.0, ge=0, le=1)
 
     def params(self) -> AugmentParams:
-        return AugmentParams(self.crop_padding, self.flip, self.cutout, self.color_jitter, self.vertical_flip,
-                             self.alternate_flip, self.pad_mode)
+        return AugmentParams(
+            self.crop_padding,
+            self.flip,
+            self.cutout,
+            self.color_jitter,
+            self.vertical_flip,
+            self.alternate_flip,
+            self.pad_mode,
+        )
 
     def mix(self) -> MixParams:
         return MixParams(self.mixup_alpha, self.cutmix_alpha, self.mix_prob)
@@ -156,8 +164,11 @@ def _parse_value(text: str) -> Any:
 
 def _field_owner(key: str) -> str:
     """Resolve a bare key (``lr``) to its section (``optim.lr``); model arguments are the fallback."""
-    owners = [name for name, f in Config.model_fields.items()
-              if isinstance(f.default_factory, type) and key in f.default_factory.model_fields]
+    owners = [
+        name
+        for name, f in Config.model_fields.items()
+        if isinstance(f.default_factory, type) and key in f.default_factory.model_fields
+    ]
     if len(owners) > 1:
         raise ConfigError(f"{key!r} is ambiguous ({', '.join(owners)}): write it as section.{key}")
     if owners:

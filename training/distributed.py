@@ -1,4 +1,5 @@
 """DistributedDataParallel setup from torchrun's environment (NCCL on GPUs, gloo on CPUs)."""
+
 from __future__ import annotations
 
 import os

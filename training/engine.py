@@ -1,4 +1,5 @@
 """The training loop: one run folder holds the config, history, curves and best/last checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,11 @@ def prepare_model(model: ImageClassifier, config: Config, train_images: np.ndarr
 
 def evaluate(model: nn.Module, loader: TensorLoader, bf16: bool) -> dict[str, float]:
     logits, labels = predict_logits(model, loader, bf16)
-    return {"val_loss": cross_entropy(logits, labels), "val_top1": topk_accuracy(logits, labels, 1),
-            "val_top5": topk_accuracy(logits, labels, 5)}
+    return {
+        "val_loss": cross_entropy(logits, labels),
+        "val_top1": topk_accuracy(logits, labels, 1),
+        "val_top5": topk_accuracy(logits, labels, 5),
+    }
 
 
 class Trainer:
@@ -98,10 +102,18 @@ class Trainer:
         self.classes = train_data.classes
         mean, std = channel_stats(train_data.images)
         self.meta: dict[str, Any] = {
-            "arch": config.model.name, "model_args": dict(config.model.args), "num_classes": len(self.classes),
-            "classes": self.classes, "mean": mean, "std": std, "input_size": config.data.image_size,
-            "dataset": config.data.dataset, "data_root": config.data.root, "val_size": config.data.val_size,
-            "split_seed": config.data.split_seed, "recipe": config.recipe,
+            "arch": config.model.name,
+            "model_args": dict(config.model.args),
+            "num_classes": len(self.classes),
+            "classes": self.classes,
+            "mean": mean,
+            "std": std,
+            "input_size": config.data.image_size,
+            "dataset": config.data.dataset,
+            "data_root": config.data.root,
+            "val_size": config.data.val_size,
+            "split_seed": config.data.split_seed,
+            "recipe": config.recipe,
         }
         self.bf16 = resolve_bf16(t.bf16, self.device)
         self.model = create_model(config.model.name, len(self.classes), mean, std, **config.model.args)
@@ -110,24 +122,42 @@ class Trainer:
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_loader = TensorLoader(
-            train_data, t.batch_size, self.device, train=True, augment=config.augment.params(), mix=config.augment.mix(),
-            seed=t.seed, rank=self.dist.rank, world_size=self.dist.world_size, channels_last=t.channels_last,
+            train_data,
+            t.batch_size,
+            self.device,
+            train=True,
+            augment=config.augment.params(),
+            mix=config.augment.mix(),
+            seed=t.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            channels_last=t.channels_last,
             max_batches=t.max_batches_per_epoch,
         )
         if len(self.train_loader) == 0:
             raise ValueError(f"batch_size {t.batch_size} exceeds the {len(train_data)} training images per process")
-        self.val_loader = (TensorLoader(val_data, t.eval_batch_size, self.device, channels_last=t.channels_last)
-                           if val_data is not None and self.dist.is_main else None)
+        self.val_loader = (
+            TensorLoader(val_data, t.eval_batch_size, self.device, channels_last=t.channels_last)
+            if val_data is not None and self.dist.is_main
+            else None
+        )
         self.optimizer = build_optimizer(self.model, config.optim)
         self.scheduler = build_scheduler(self.optimizer, len(self.train_loader), t.epochs, config.schedule)
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
-                    if t.ema_decay > 0 else None)
-        self.lookahead = (Lookahead(self.model, t.lookahead_every, t.lookahead_decay, len(self.train_loader) * t.epochs)
-                          if t.lookahead_every else None)
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
+            if t.ema_decay > 0
+            else None
+        )
+        self.lookahead = (
+            Lookahead(self.model, t.lookahead_every, t.lookahead_decay, len(self.train_loader) * t.epochs)
+            if t.lookahead_every
+            else None
+        )
         self.forward_model: nn.Module = self.model
         if self.dist.enabled:
             self.forward_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         if t.compile:
             self.forward_model = torch.compile(self.forward_model)
         self.epoch, self.history, self.best = 0, [], {"val_top1": -1.0, "epoch": -1}
@@ -179,8 +209,9 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         seen, start = 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{t.epochs}", unit="batch", leave=False,
-                   disable=not self.dist.is_main)
+        bar = tqdm(
+            loader, desc=f"epoch {self.epoch + 1}/{t.epochs}", unit="batch", leave=False, disable=not self.dist.is_main
+        )
         for x, y in bar:
             self.optimizer.zero_grad(set_to_none=True)
             logits, loss = self._forward_backward(x, y)
@@ -202,8 +233,13 @@ class Trainer:
         if not math.isfinite(loss_sum.item()):
             raise FloatingPointError(f"training loss is not finite at epoch {self.epoch + 1}: lower the learning rate")
         elapsed = time.perf_counter() - start
-        return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen, "train_time_s": elapsed,
-                "train_images_per_s": seen * self.dist.world_size / elapsed, "lr": self.scheduler.get_last_lr()[0]}
+        return {
+            "train_loss": loss_sum.item() / seen,
+            "train_acc": correct.item() / seen,
+            "train_time_s": elapsed,
+            "train_images_per_s": seen * self.dist.world_size / elapsed,
+            "lr": self.scheduler.get_last_lr()[0],
+        }
 
     def _forward_backward(self, x: torch.Tensor, y: torch.Tensor | MixedTargets) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of the batch's mean loss, in micro-batches when ``micro_batch_size`` is set: the same
@@ -213,7 +249,7 @@ class Trainer:
         logits, loss_sum = [], torch.zeros((), device=x.device)
         for begin in range(0, len(x), size):
             part = slice(begin, begin + size)
-            target = (MixedTargets(y.y_a[part], y.y_b[part], y.lam) if isinstance(y, MixedTargets) else y[part])
+            target = MixedTargets(y.y_a[part], y.y_b[part], y.lam) if isinstance(y, MixedTargets) else y[part]
             with autocast(self.device, self.bf16):
                 out = self.forward_model(x[part])
                 loss = mixed_cross_entropy(out.float(), target, t.label_smoothing) * (len(out) / len(x))
@@ -232,8 +268,13 @@ class Trainer:
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.out_dir / "config.yaml")
-            log.info("%s: %s parameters, %d training images, device %s", self.config.model.name,
-                     f"{count_parameters(self.model):,}", len(self.train_loader.labels), self.device)
+            log.info(
+                "%s: %s parameters, %d training images, device %s",
+                self.config.model.name,
+                f"{count_parameters(self.model):,}",
+                len(self.train_loader.labels),
+                self.device,
+            )
         stop = False
         epochs_bar = tqdm(total=t.epochs, initial=self.epoch, desc="training", unit="epoch", disable=not main)
         while self.epoch < t.epochs and not stop:
@@ -246,13 +287,19 @@ class Trainer:
                     record["eval_time_s"] = time.perf_counter() - eval_start
                 stop = self._end_epoch(record)
                 epochs_bar.update(1)
-                epochs_bar.set_postfix(val_top1=f"{record.get('val_top1', float('nan')):.4f}",
-                                       best=f"{self.best['val_top1']:.4f}")
+                epochs_bar.set_postfix(
+                    val_top1=f"{record.get('val_top1', float('nan')):.4f}", best=f"{self.best['val_top1']:.4f}"
+                )
             stop = distributed.broadcast_flag(stop, self.dist)
         epochs_bar.close()
         distributed.barrier(self.dist)
-        summary = {"run": str(self.out_dir), "epochs_run": self.epoch, "best": self.best,
-                   "stopped_early": stop, "train_time_s": sum(h["train_time_s"] for h in self.history)}
+        summary = {
+            "run": str(self.out_dir),
+            "epochs_run": self.epoch,
+            "best": self.best,
+            "stopped_early": stop,
+            "train_time_s": sum(h["train_time_s"] for h in self.history),
+        }
         if main:
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         distributed.cleanup(self.dist)
@@ -264,8 +311,12 @@ class Trainer:
         score = record.get("val_top1", record["train_acc"])
         improved = score > self.best["val_top1"] + t.early_stop_min_delta
         if improved or self.best["epoch"] < 0:
-            self.best = {"val_top1": score, "epoch": record["epoch"], "val_top5": record.get("val_top5"),
-                         "val_loss": record.get("val_loss")}
+            self.best = {
+                "val_top1": score,
+                "epoch": record["epoch"],
+                "val_top5": record.get("val_top5"),
+                "val_loss": record.get("val_loss"),
+            }
             self.bad_epochs = 0
         else:
             self.bad_epochs += 1
@@ -288,8 +339,12 @@ def resume(out_dir: str | Path, epochs: int | None = None) -> dict[str, Any]:
     config = Config.model_validate(ckpt["config"])
     if epochs is not None:
         if epochs != config.train.epochs and config.schedule.name in ("cosine", "linear"):
-            log.warning("changing epochs from %d to %d reshapes the %s schedule: the run is no longer the one started",
-                        config.train.epochs, epochs, config.schedule.name)
+            log.warning(
+                "changing epochs from %d to %d reshapes the %s schedule: the run is no longer the one started",
+                config.train.epochs,
+                epochs,
+                config.schedule.name,
+            )
         config.train.epochs = epochs
     trainer = Trainer(config, out_dir)
     trainer.restore(ckpt)

@@ -1,4 +1,5 @@
 """Batched prediction and the top-k accuracy helpers used by training, evaluation and export."""
+
 from __future__ import annotations
 
 import contextlib
@@ -41,8 +42,14 @@ def autocast(device: torch.device, enabled: bool):
 TTA_VIEWS: dict[str, tuple[tuple[int, bool, float], ...]] = {
     "none": ((1, False, 1.0),),
     "flip": ((1, False, 0.5), (1, True, 0.5)),
-    "multicrop": ((1, False, 0.25), (1, True, 0.25), (0, False, 0.125), (0, True, 0.125),
-                  (2, False, 0.125), (2, True, 0.125)),
+    "multicrop": (
+        (1, False, 0.25),
+        (1, True, 0.25),
+        (0, False, 0.125),
+        (0, True, 0.125),
+        (2, False, 0.125),
+        (2, True, 0.125),
+    ),
 }
 TTA_CHOICES = tuple(TTA_VIEWS)
 TTA_DESCRIPTIONS = {
@@ -64,10 +71,12 @@ class ViewAverage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[2], x.shape[3]
-        padded = (nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
-                  if any(offset != 1 for offset, _, _ in self.views) else x)
-        crops = [x if offset == 1 else padded[:, :, offset:offset + h, offset:offset + w]
-                 for offset, _, _ in self.views]
+        padded = (
+            nn.functional.pad(x, (1, 1, 1, 1), mode="reflect") if any(offset != 1 for offset, _, _ in self.views) else x
+        )
+        crops = [
+            x if offset == 1 else padded[:, :, offset : offset + h, offset : offset + w] for offset, _, _ in self.views
+        ]
         batch = torch.cat([c.flip(3) if mirrored else c for c, (_, mirrored, _) in zip(crops, self.views)])
         logits = self.model(batch).float().unflatten(0, (len(self.views), -1))
         return (logits * self.weights).sum(0)
@@ -91,15 +100,16 @@ def tta_logits_numpy(logits_fn, batch: np.ndarray, tta: str) -> np.ndarray:
         return logits_fn(batch)
     h, w = batch.shape[2:]
     padded = np.pad(batch, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
-    crops = [batch if o == 1 else padded[:, :, o:o + h, o:o + w] for o, _, _ in views]
+    crops = [batch if o == 1 else padded[:, :, o : o + h, o : o + w] for o, _, _ in views]
     stacked = np.concatenate([c[..., ::-1] if m else c for c, (_, m, _) in zip(crops, views)])
     logits = np.asarray(logits_fn(np.ascontiguousarray(stacked)), dtype=np.float32).reshape(len(views), len(batch), -1)
     return np.tensordot(np.array([v[2] for v in views], np.float32), logits, axes=1)
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, loader: TensorLoader, bf16: bool = False,
-                   tta: str = "none") -> tuple[np.ndarray, np.ndarray]:
+def predict_logits(
+    model: nn.Module, loader: TensorLoader, bf16: bool = False, tta: str = "none"
+) -> tuple[np.ndarray, np.ndarray]:
     """Return float32 logits [N, C] and labels [N] over a non-shuffled loader."""
     model = with_tta(model, tta).eval()
     logits, labels = [], []

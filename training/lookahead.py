@@ -5,6 +5,7 @@ and the network restarts from the slow copy. ``decay_t = decay**every * progress
 network runs free) and reaches ``decay**every`` at the end; the final weights are the slow copy. Floating-point
 buffers (BatchNorm statistics) are averaged with the weights, so the copy is a complete model state.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,7 +22,7 @@ class Lookahead:
         self.slow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
 
     def decay_at(self, step: int) -> float:
-        return self.decay ** self.every * min(step / self.total_steps, 1.0) ** 3
+        return self.decay**self.every * min(step / self.total_steps, 1.0) ** 3
 
     @torch.no_grad()
     def step(self, model: nn.Module, step: int) -> None:

@@ -1,4 +1,5 @@
 """Optimizer and per-step learning-rate schedule from the config."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,9 @@ from .config import OptimConfig, ScheduleConfig
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool, lr: float = 1.0,
-                 norm_lr_scale: float = 1.0) -> list[dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float, decay_norm_and_bias: bool, lr: float = 1.0, norm_lr_scale: float = 1.0
+) -> list[dict]:
     """Groups for the optimizer. Every parameter is listed, trainable or not, so a parameter frozen for a
     while (a whitening bias) keeps its place; the optimizer skips those without a gradient."""
     norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}

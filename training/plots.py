@@ -1,4 +1,5 @@
 """Figures, rendered headless with matplotlib's Agg backend."""
+
 from __future__ import annotations
 
 from pathlib import Path

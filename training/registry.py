@@ -4,6 +4,7 @@ Registration is by decorator; a duplicate name fails at import time and an
 unknown name fails with the list of valid ones, so typos never fall through
 to a default.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar

@@ -1,4 +1,5 @@
 """``python -m service.score DIR ...``: the ``score`` command on its own."""
+
 import sys
 
 from .cli import main

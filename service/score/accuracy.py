@@ -1,4 +1,5 @@
 """``--labels-from-folders``: accuracy against the parent folder names, per class and overall."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -70,8 +71,10 @@ class FolderAccuracy:
             lines.append("accuracy against folder names: no scored image is in a folder named after a class")
         if self.unknown:
             names = ", ".join(f"{name!r} ({count})" for name, count in sorted(self.unknown.items()))
-            lines.append(f"folder names that are not classes of model {self.model!r} (their "
-                         f"{sum(self.unknown.values())} images are left out of the accuracy): {names}")
+            lines.append(
+                f"folder names that are not classes of model {self.model!r} (their "
+                f"{sum(self.unknown.values())} images are left out of the accuracy): {names}"
+            )
             if self.classes:
                 lines.append(f"  the classes are: {', '.join(self.classes)}")
         return "\n".join(lines)

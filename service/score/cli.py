@@ -1,4 +1,5 @@
 """The ``score`` command line: ``python -m service score DIR ...`` (or ``python -m service.score DIR ...``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,19 +14,21 @@ from .sinks import FORMATS
 
 def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "score", help="score every image under a folder; write CSV or JSON Lines",
+        "score",
+        help="score every image under a folder; write CSV or JSON Lines",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Walk DIR recursively (sorted, following directory links once each), classify every file with an "
             "image extension, and stream one row per file to --out: its path relative to DIR, the top-k labels "
             "and confidences, and an error message for files that could not be read (those never stop the run). "
             "Files without an image extension are skipped and counted. A progress bar and, at the end, a summary "
-            "(scored, failed, skipped, time, images/s) go to stderr."),
+            "(scored, failed, skipped, time, images/s) go to stderr."
+        ),
         epilog=(
             "output formats (chosen by the --out extension, or --format):\n"
             "  csv    path,label_1,confidence_1,...,label_k,confidence_k,error\n"
             '  jsonl  {"path": ..., "top_k": [{"label", "index", "confidence"}, ...], "error": null}\n'
-            "  with --min-confidence P: a confident column before error (true/false), or a \"confident\" key\n\n"
+            '  with --min-confidence P: a confident column before error (true/false), or a "confident" key\n\n'
             "examples:\n"
             "  python -m service score photos/ --out preds.csv\n"
             "  python -m service score photos/ --out preds.jsonl --resume          # continue an interrupted run\n"
@@ -33,45 +36,97 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
             "  python -m service score photos/ --url http://localhost:3000 --out preds.csv\n\n"
             "exit status: 0 done (even if some files failed), 1 with --fail-on-error and a failed file, or when\n"
             "the service stops answering, 2 usage errors, 130/143 interrupted by Ctrl-C/SIGTERM (the output\n"
-            "stays valid for --resume)."))
+            "stays valid for --resume)."
+        ),
+    )
     p.add_argument("dir", metavar="DIR", help="folder to score (searched recursively)")
-    p.add_argument("--out", "-o", default="-", metavar="FILE",
-                   help="output file, .csv or .jsonl (default: CSV on stdout)")
+    p.add_argument(
+        "--out", "-o", default="-", metavar="FILE", help="output file, .csv or .jsonl (default: CSV on stdout)"
+    )
     p.add_argument("--format", choices=FORMATS, help="output format when --out has another extension or is stdout")
     p.add_argument("--model", help="model name from the manifest (default: the manifest's default model)")
-    p.add_argument("--models-dir", default="models",
-                   help="folder with manifest.json and the .onnx files (default: models)")
-    p.add_argument("--k", type=int, default=5, help="how many labels per image, most likely first (default: 5; "
-                   "capped at the number of classes)")
-    p.add_argument("--min-confidence", type=_threshold, metavar="P", help=(
-        "mark each image whose top-1 confidence is below P (0 to 1): a confident column (true/false) in the output, "
-        "and a count in the summary; no image is left out (default: no threshold and no such column)"))
-    p.add_argument("--batch-size", type=int, help=(
-        f"images per inference call (default: {DEFAULT_BATCH_SIZE}, {DEFAULT_GPU_BATCH_SIZE} with a GPU); with --url, "
-        f"images per request (default: "
-        f"{DEFAULT_URL_BATCH}, halved when the service answers that a request held too many)"))
-    p.add_argument("--workers", type=int, metavar="N", help=(
-        "decode processes running beside inference; 0 decodes in the main process between inference calls "
-        "(default: one per usable core, up to 8, at a lower priority than inference; with a GPU, all cores but one; "
-        "with --url, concurrent requests, default "
-        f"{DEFAULT_URL_WORKERS})"))
-    p.add_argument("--streams", type=int, metavar="N", help=(
-        "inference batches run at once, each on its own thread (default: one per usable core on CPU, 2 with a GPU)"))
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per stream (default: the usable cores "
-                   "divided among the streams)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="where the model runs: auto picks CUDA when a GPU is visible (default: auto)")
+    p.add_argument(
+        "--models-dir", default="models", help="folder with manifest.json and the .onnx files (default: models)"
+    )
+    p.add_argument(
+        "--k",
+        type=int,
+        default=5,
+        help="how many labels per image, most likely first (default: 5; capped at the number of classes)",
+    )
+    p.add_argument(
+        "--min-confidence",
+        type=_threshold,
+        metavar="P",
+        help=(
+            "mark each image whose top-1 confidence is below P (0 to 1): a confident column "
+            "(true/false) in the output, "
+            "and a count in the summary; no image is left out (default: no threshold and no such column)"
+        ),
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help=(
+            f"images per inference call (default: {DEFAULT_BATCH_SIZE}, {DEFAULT_GPU_BATCH_SIZE} "
+            f"with a GPU); with --url, "
+            f"images per request (default: "
+            f"{DEFAULT_URL_BATCH}, halved when the service answers that a request held too many)"
+        ),
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help=(
+            "decode processes running beside inference; 0 decodes in the main process between inference calls "
+            "(default: one per usable core, up to 8, at a lower priority than inference; with a "
+            "GPU, all cores but one; "
+            "with --url, concurrent requests, default "
+            f"{DEFAULT_URL_WORKERS})"
+        ),
+    )
+    p.add_argument(
+        "--streams",
+        type=int,
+        metavar="N",
+        help=(
+            "inference batches run at once, each on its own thread (default: one per usable core on CPU, 2 with a GPU)"
+        ),
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="ONNX Runtime intra-op threads per stream (default: the usable cores divided among the streams)",
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the model runs: auto picks CUDA when a GPU is visible (default: auto)",
+    )
     p.add_argument("--url", help="score through a running service (POST URL/classify) instead of a local model")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request with --url (default: 120)")
-    p.add_argument("--resume", action="store_true", help=(
-        "keep the rows already in --out and score only the files not in it (a trailing half-written line "
-        "is dropped); error rows count as done: rerun without --resume to retry them"))
-    p.add_argument("--labels-from-folders", action="store_true", help=(
-        "DIR is class-per-folder: take each image's parent folder name as its true label and report accuracy, "
-        "per-class accuracy and the most frequent confusions at the end"))
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help=(
+            "keep the rows already in --out and score only the files not in it (a trailing half-written line "
+            "is dropped); error rows count as done: rerun without --resume to retry them"
+        ),
+    )
+    p.add_argument(
+        "--labels-from-folders",
+        action="store_true",
+        help=(
+            "DIR is class-per-folder: take each image's parent folder name as its true label and report accuracy, "
+            "per-class accuracy and the most frequent confusions at the end"
+        ),
+    )
     p.add_argument("--fail-on-error", action="store_true", help="exit 1 when any file could not be scored")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (it is off anyway when stderr is not a terminal)")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a terminal)"
+    )
     p.set_defaults(fn=run)
     return p
 
@@ -94,4 +149,3 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = get_args_parser().parse_args(["score", *argv])
     return args.fn(args)
-

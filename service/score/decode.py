@@ -3,6 +3,7 @@
 A decode worker writes each chunk's model input into a slot of shared memory and replies with the
 positions that decoded and an error per file that did not; nothing it is given can make it raise.
 """
+
 from __future__ import annotations
 
 import os
@@ -97,8 +98,9 @@ def rows_view(buffer, offset: int, count: int, size: tuple[int, int]) -> np.ndar
     return np.ndarray((count, 3, *size), dtype=np.float32, buffer=buffer, offset=offset)
 
 
-def decode_into(shm_name: str, offset: int, paths: list[str | None],
-                size: tuple[int, int]) -> tuple[list[int], dict[int, str]]:
+def decode_into(
+    shm_name: str, offset: int, paths: list[str | None], size: tuple[int, int]
+) -> tuple[list[int], dict[int, str]]:
     """``decode_chunk`` in a worker, writing the batch into shared memory at ``offset``; returns (ok, errors).
 
     The reply stays small (a few hundred bytes), so a worker killed while replying cannot leave a
@@ -113,8 +115,12 @@ def decode_into(shm_name: str, offset: int, paths: list[str | None],
     return decoded.ok, decoded.errors
 
 
-def decode_chunk(paths: list[str | None], size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS,
-                 out: Callable[[int], np.ndarray] | None = None) -> Decoded:
+def decode_chunk(
+    paths: list[str | None],
+    size: tuple[int, int],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    out: Callable[[int], np.ndarray] | None = None,
+) -> Decoded:
     """Read and decode ``paths`` (None: skip that position); never raises for a bad file.
 
     ``out(count)``, when given, is where the batch of the ``count`` readable images is written."""

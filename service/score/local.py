@@ -4,6 +4,7 @@ Workers write each decoded chunk into a slot of one shared-memory block; inferen
 A worker that dies (a decoder crash, or killed for memory) costs no rows: its chunks are decoded again
 in a fresh pool, then file by file.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -54,8 +55,15 @@ class LocalBackend:
     positions that decoded (and an error per file that did not); inference reads the slot in place.
     """
 
-    def __init__(self, path, device: str, threads: int | None, workers: int | None, batch_size: int | None = None,
-                 streams: int | None = None) -> None:
+    def __init__(
+        self,
+        path,
+        device: str,
+        threads: int | None,
+        workers: int | None,
+        batch_size: int | None = None,
+        streams: int | None = None,
+    ) -> None:
         from inference.runtime import OnnxClassifier, default_threads, wants_cuda
 
         cores = default_threads()
@@ -71,8 +79,9 @@ class LocalBackend:
             self._new_pool(before_inference=True)
         # Threads that sleep between batches leave the cores to the decode workers (docs/measurements.md,
         # "Batch scorer").
-        self.clf = OnnxClassifier(path, device=device, threads=threads or threads_per_stream(cores, self.streams),
-                                  spin=False)
+        self.clf = OnnxClassifier(
+            path, device=device, threads=threads or threads_per_stream(cores, self.streams), spin=False
+        )
         if on_gpu and not self.clf.on_gpu:  # CUDA asked for but not there
             on_gpu = False
             self._decoding(cores, on_gpu, workers)
@@ -88,11 +97,14 @@ class LocalBackend:
         self.slot_bytes = batch_size * image_bytes(self.size)
         # One slot per chunk in flight, plus the one the pipeline holds before handing it on; within what
         # /dev/shm can hold (64 MiB in a default Docker container), since writing past it is a SIGBUS.
-        slots = min(2 * self.workers + self.streams, max(3, SHM_BUDGET_BYTES // self.slot_bytes),
-                    _shm_free() // self.slot_bytes)
+        slots = min(
+            2 * self.workers + self.streams, max(3, SHM_BUDGET_BYTES // self.slot_bytes), _shm_free() // self.slot_bytes
+        )
         if self.workers and slots < 3:
-            print(f"warning: not enough shared memory for batches of {batch_size}: decoding in this process",
-                  file=sys.stderr)
+            print(
+                f"warning: not enough shared memory for batches of {batch_size}: decoding in this process",
+                file=sys.stderr,
+            )
             self.workers = 0
             self._close_pool()
         self.inflight = max(2, slots - 1) if self.workers else 2 * self.streams
@@ -131,8 +143,12 @@ class LocalBackend:
         else:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["service.score.decode"])
-        self.pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=worker_init,
-                                        initargs=(self._alive[0], self.worker_nice, self._alive[1]))
+        self.pool = ProcessPoolExecutor(
+            self.workers,
+            mp_context=ctx,
+            initializer=worker_init,
+            initargs=(self._alive[0], self.worker_nice, self._alive[1]),
+        )
         self.start_method = ctx.get_start_method()
         if self.start_method == "fork":
             self.pool.submit(int).result()  # forks every worker now, before this process starts a thread
@@ -170,8 +186,9 @@ class LocalBackend:
                 ok, errors = future.result()
             except BrokenProcessPool:
                 ok, errors = self._recover(paths, slot * self.slot_bytes, generation)
-            return self._rows(chunk, Decoded(rows_view(self.shm.buf, slot * self.slot_bytes, len(ok), self.size),
-                                             ok, errors))
+            return self._rows(
+                chunk, Decoded(rows_view(self.shm.buf, slot * self.slot_bytes, len(ok), self.size), ok, errors)
+            )
         finally:
             self._free.append(slot)
 

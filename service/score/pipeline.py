@@ -1,4 +1,5 @@
 """Chunks of the walk through a backend's streams, rows out in the walk's order."""
+
 from __future__ import annotations
 
 from collections import deque

@@ -1,5 +1,6 @@
 """The remote engine: a running service's POST /classify, with retries, smaller requests when it says a
 request held too many images, and image by image when one image spoils a request."""
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,10 @@ class RemoteBackend:
         try:
             ready = self.client.get("/readyz")
             if ready.status_code != 200:
-                raise UserError(f"the service at {self.url} is not ready: GET /readyz answered {ready.status_code} "
-                                f"{ready.text[:200]}")
+                raise UserError(
+                    f"the service at {self.url} is not ready: GET /readyz answered {ready.status_code} "
+                    f"{ready.text[:200]}"
+                )
             listing = self.client.get("/models")
         except httpx.HTTPError as exc:
             raise UserError(f"cannot reach the service at {self.url}: {exc}") from None
@@ -137,11 +140,14 @@ class RemoteBackend:
             if len(answer.predictions) != len(items):
                 raise ValueError(f"{len(answer.predictions)} predictions for {len(items)} images")
         except ValueError as exc:  # pydantic's ValidationError among them
-            raise RemoteError(f"unexpected answer from {self.url}/classify ({type(exc).__name__}: {exc}): "
-                              f"{response.text[:300]}") from None
+            raise RemoteError(
+                f"unexpected answer from {self.url}/classify ({type(exc).__name__}: {exc}): {response.text[:300]}"
+            ) from None
         self.name = self.name or answer.model
-        return [Row(chunk[i].rel, [Prediction(t.label, t.index, t.confidence) for t in prediction.top_k])
-                for (i, _), prediction in zip(items, answer.predictions)]
+        return [
+            Row(chunk[i].rel, [Prediction(t.label, t.index, t.confidence) for t in prediction.top_k])
+            for (i, _), prediction in zip(items, answer.predictions)
+        ]
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

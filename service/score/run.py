@@ -1,4 +1,5 @@
 """Running one scoring job: check the arguments, open the engine, stream the rows to the output, summarise."""
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,9 @@ class Summary:
         parts = [scored, f"failed {self.failed}", f"skipped {self.walk.skipped} (not images)"]
         if self.resumed:
             parts.append(f"{self.resumed} already in {out} (resumed)")
-        lines = [("interrupted: " if interrupted else "") + ", ".join(parts)
-                 + f"; {self.elapsed:.1f} s, {rate:.0f} images/s"]
+        lines = [
+            ("interrupted: " if interrupted else "") + ", ".join(parts) + f"; {self.elapsed:.1f} s, {rate:.0f} images/s"
+        ]
         for rel in self.walk.linked_dirs_skipped[:5]:
             lines.append(f"not entered {rel}/: a link to a folder already scored (a symlink loop?)")
         if len(self.walk.linked_dirs_skipped) > 5:
@@ -93,8 +95,14 @@ def _open_backend(args) -> Backend:
         raise UserError(str(exc)) from None
     except KeyError as exc:
         raise UserError(exc.args[0]) from None
-    return LocalBackend(os.path.join(args.models_dir, entry.file), args.device, args.threads, args.workers,
-                        args.batch_size, args.streams)
+    return LocalBackend(
+        os.path.join(args.models_dir, entry.file),
+        args.device,
+        args.threads,
+        args.workers,
+        args.batch_size,
+        args.streams,
+    )
 
 
 class _Terminated(KeyboardInterrupt):
@@ -150,8 +158,9 @@ def _run(args, fmt_name: str, backend) -> int:
     summary = Summary()
     accuracy = None
     if args.labels_from_folders:
-        accuracy = FolderAccuracy(backend.classes, os.path.basename(os.path.abspath(args.dir)),
-                                  backend.name or "(the service's default)")
+        accuracy = FolderAccuracy(
+            backend.classes, os.path.basename(os.path.abspath(args.dir)), backend.name or "(the service's default)"
+        )
 
     try:
         entries = walk(args.dir, summary.walk)
@@ -162,10 +171,12 @@ def _run(args, fmt_name: str, backend) -> int:
         out = open(sys.stdout.fileno(), "w", closefd=False, newline="", **ENCODING)
     else:
         if args.resume and os.path.exists(args.out):
+
             def keep(row: Row) -> None:
                 done.add(row.path)
                 if accuracy is not None:
                     accuracy.add(row)
+
             try:
                 summary.resumed = resume_output(args.out, fmt, keep)
             except OutputError as exc:
@@ -182,8 +193,16 @@ def _run(args, fmt_name: str, backend) -> int:
 
     stop = threading.Event()
     total: list[int | None] = []
-    bar = tqdm(total=None, initial=summary.resumed, unit="img", file=sys.stderr, dynamic_ncols=True,
-               disable=True if args.no_progress else None, smoothing=0.05, desc="scoring")
+    bar = tqdm(
+        total=None,
+        initial=summary.resumed,
+        unit="img",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=True if args.no_progress else None,
+        smoothing=0.05,
+        desc="scoring",
+    )
     if not bar.disable:  # the total is only for the bar's ETA: the second walk is not free (docs/measurements.md)
         threading.Thread(target=_count, args=(args.dir, stop, total), daemon=True, name="score-count").start()
     interrupted: KeyboardInterrupt | None = None

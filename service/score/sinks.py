@@ -11,6 +11,7 @@ one, the output has neither.
 Files are UTF-8; a file name that is not valid UTF-8 is written byte for byte
 (surrogateescape), so it reads back as the same key when resuming.
 """
+
 from __future__ import annotations
 
 import csv
@@ -65,8 +66,12 @@ class CsvFormat:
     def __init__(self, k: int, min_confidence: float | None = None) -> None:
         self.k = k
         self.min_confidence = min_confidence
-        self.columns = (["path"] + [c for i in range(1, k + 1) for c in (f"label_{i}", f"confidence_{i}")]
-                        + (["confident"] if min_confidence is not None else []) + ["error"])
+        self.columns = (
+            ["path"]
+            + [c for i in range(1, k + 1) for c in (f"label_{i}", f"confidence_{i}")]
+            + (["confident"] if min_confidence is not None else [])
+            + ["error"]
+        )
 
     def header(self) -> str:
         return self._lines([self.columns])
@@ -148,8 +153,12 @@ class JsonlFormat:
     def format(self, rows: list[Row]) -> str:
         lines = []
         for row in rows:
-            record = {"path": row.path, "top_k": [{"label": p.label, "index": p.index,
-                                                   "confidence": round(p.confidence, 6)} for p in row.top_k]}
+            record = {
+                "path": row.path,
+                "top_k": [
+                    {"label": p.label, "index": p.index, "confidence": round(p.confidence, 6)} for p in row.top_k
+                ],
+            }
             if self.min_confidence is not None:
                 record["confident"] = None if row.error is not None else confident(row, self.min_confidence)
             record["error"] = row.error
@@ -160,21 +169,27 @@ class JsonlFormat:
         for n, line in enumerate(lines, 1):
             try:
                 obj = json.loads(line)
-                row = Row(obj["path"], [Prediction(p["label"], p["index"], p["confidence"]) for p in obj["top_k"]],
-                          obj["error"])
+                row = Row(
+                    obj["path"],
+                    [Prediction(p["label"], p["index"], p["confidence"]) for p in obj["top_k"]],
+                    obj["error"],
+                )
             except (ValueError, KeyError, TypeError) as exc:
                 raise OutputError(f"line {n} is not a score record ({type(exc).__name__}: {exc})") from exc
             marked = self.min_confidence is not None
             if ("confident" in obj) != marked:
                 raise OutputError(f"line {n}: " + _threshold_mismatch("confident" in obj, "'confident' field"))
             if row.error is None and (len(row.top_k) > self.k or self.exact_k and len(row.top_k) != self.k):
-                raise OutputError(f"line {n} has top-{len(row.top_k)} predictions but this run writes top-{self.k}: "
-                                  f"rerun with --k {len(row.top_k)}")
+                raise OutputError(
+                    f"line {n} has top-{len(row.top_k)} predictions but this run writes top-{self.k}: "
+                    f"rerun with --k {len(row.top_k)}"
+                )
             yield row
 
 
-def make_format(name: str, k: int, exact_k: bool = True,
-                min_confidence: float | None = None) -> CsvFormat | JsonlFormat:
+def make_format(
+    name: str, k: int, exact_k: bool = True, min_confidence: float | None = None
+) -> CsvFormat | JsonlFormat:
     return CsvFormat(k, min_confidence) if name == "csv" else JsonlFormat(k, exact_k, min_confidence)
 
 

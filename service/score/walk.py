@@ -9,6 +9,7 @@ error entries instead of exceptions.
 The order is that of ``sorted(paths)`` for ``pathlib`` paths: component by
 component, names compared by code point.
 """
+
 from __future__ import annotations
 
 import os

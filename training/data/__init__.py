@@ -1,4 +1,5 @@
 """Dataset registry and split loading: ``load_split(name, root, "train"|"val"|"test"|"all")``."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,16 +27,25 @@ def cifar100(root: str | Path, train: bool = True, **_) -> ImageArrays:
 
 
 @DATASETS.register("folder")
-def folder(root: str | Path, train: bool = True, image_size: int = 32, cache_dir: str | Path | None = None) -> ImageArrays:
+def folder(
+    root: str | Path, train: bool = True, image_size: int = 32, cache_dir: str | Path | None = None
+) -> ImageArrays:
     """A class-per-folder image tree, or a .tar/.tar.gz of one."""
     if not train:
-        raise DatasetError("a folder dataset has no separate test split: point --data at the test folder and use split 'all'")
+        raise DatasetError(
+            "a folder dataset has no separate test split: point --data at the test folder and use split 'all'"
+        )
     return read_image_folder(root, image_size, cache_dir)
 
 
 def load_split(
-    name: str, root: str | Path, split: str, val_size: int = 5000, seed: int = 42,
-    cache_dir: str | Path | None = None, image_size: int = 32,
+    name: str,
+    root: str | Path,
+    split: str,
+    val_size: int = 5000,
+    seed: int = 42,
+    cache_dir: str | Path | None = None,
+    image_size: int = 32,
 ) -> ImageArrays:
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")

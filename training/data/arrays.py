@@ -1,4 +1,5 @@
 """The in-memory form every dataset reader returns."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

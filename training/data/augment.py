@@ -4,6 +4,7 @@ Whole batches are augmented with tensor ops (as airbench does) instead of
 per-image PIL transforms: on a GPU the data never leaves the device, and on
 this 2-core CPU it costs a few percent of a training step.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -84,13 +85,14 @@ def color_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> torc
     x = x * factor()
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * factor() + mean
-    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     x = (x - gray) * factor() + gray
     return x.clamp_(0, 1)
 
 
-def augment_batch(x: torch.Tensor, params: AugmentParams, gen: torch.Generator,
-                  flip_mask: torch.Tensor | None = None) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, params: AugmentParams, gen: torch.Generator, flip_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """uint8 [N, 3, H, W] in, float32 [N, 3, H, W] in [0, 1] out. ``flip_mask`` (bool [N]) replaces the random
     horizontal flip when given (the loader's alternating flip)."""
     if params.crop_padding:

@@ -3,6 +3,7 @@
 No download is attempted: this product runs where the internet is not, so a
 missing folder is an error that says what was expected where.
 """
+
 from __future__ import annotations
 
 import pickle

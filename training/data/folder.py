@@ -3,6 +3,7 @@
 Decoded images are cached as one .npz per source (keyed by path, size and
 mtime), because decoding 50,000 JPEGs costs seconds and every run needs them.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -3,6 +3,7 @@
 CIFAR fits in 150 MB as uint8, so there is no per-sample Dataset and no
 worker processes: a batch is one index_select plus a few tensor ops.
 """
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -11,7 +12,7 @@ import torch
 
 from .arrays import ImageArrays
 from .augment import AugmentParams, alternating_flip_mask, augment_batch
-from .mix import MixParams, MixedTargets, mix_batch
+from .mix import MixedTargets, MixParams, mix_batch
 
 
 class TensorLoader:

@@ -3,6 +3,7 @@
 ``mix_batch`` returns the mixed images with both label sets and the mixing
 weight; ``mixed_cross_entropy`` turns that into lam * CE(y_a) + (1 - lam) * CE(y_b).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,7 +36,9 @@ def _rng(gen: torch.Generator) -> np.random.Generator:
     return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device)))
 
 
-def mix_batch(x: torch.Tensor, y: torch.Tensor, params: MixParams, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | MixedTargets]:
+def mix_batch(
+    x: torch.Tensor, y: torch.Tensor, params: MixParams, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | MixedTargets]:
     """x float [N, 3, H, W]; with probability ``prob`` apply Mixup or CutMix (chosen evenly when both are on)."""
     rng = _rng(gen)
     if not params.enabled or rng.random() >= params.prob:
@@ -58,7 +61,9 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, params: MixParams, gen: torch.Ge
     return x, MixedTargets(y, y[perm], float(lam))
 
 
-def mixed_cross_entropy(logits: torch.Tensor, target: torch.Tensor | MixedTargets, label_smoothing: float = 0.0) -> torch.Tensor:
+def mixed_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor | MixedTargets, label_smoothing: float = 0.0
+) -> torch.Tensor:
     if isinstance(target, MixedTargets):
         return target.lam * F.cross_entropy(logits, target.y_a, label_smoothing=label_smoothing) + (
             1 - target.lam

@@ -3,6 +3,7 @@
 numpy's PCG64 generator gives the same permutation on every platform and
 numpy version that supports it, so "seed 42" names one split everywhere.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +12,8 @@ from .arrays import DatasetError
 
 
 def stratified_split(labels: np.ndarray, val_size: int, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
-    """Return (train_indices, val_indices); each class gets its share of ``val_size``, remainders spread by class order."""
+    """Return (train_indices, val_indices); each class gets its share of ``val_size``, remainders spread by
+    class order."""
     labels = np.asarray(labels)
     if not 0 <= val_size < len(labels):
         raise DatasetError(f"val_size must be in [0, {len(labels)}), got {val_size}")

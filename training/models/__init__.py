@@ -4,6 +4,7 @@ Every model takes RGB images scaled to [0, 1] and normalises them itself, so
 training, evaluation and the exported ONNX graph all see the same numbers and
 a client never needs to know the mean and std.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -13,10 +14,10 @@ from torch import nn
 
 from ..registry import Registry
 from .airbench import AIRBENCH94_WIDTHS, AirbenchNet
-from .res2net import Res2NetBottleneck
-from .resnet import BasicBlock, Bottleneck, ResNet
 from .dla import DLA
 from .edgenext import EdgeNeXt
+from .res2net import Res2NetBottleneck
+from .resnet import BasicBlock, Bottleneck, ResNet
 from .resnet9 import ResNet9
 from .vit import VisionTransformer
 from .wide_resnet import WideResNet
@@ -93,32 +94,37 @@ def _se(use_se: bool) -> str:
 
 
 @_register("resnet18", "CIFAR ResNet-18 (3x3 stem, no max-pool)")
-def resnet18(num_classes: int = 10, dropout: float = 0.0, attention: str = "none", reduction: int | None = None,
-             **options) -> nn.Module:
+def resnet18(
+    num_classes: int = 10, dropout: float = 0.0, attention: str = "none", reduction: int | None = None, **options
+) -> nn.Module:
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, attention, reduction, dropout, **options)
 
 
 @_register("resnet34", "CIFAR ResNet-34 (3x3 stem, no max-pool)")
-def resnet34(num_classes: int = 10, dropout: float = 0.0, attention: str = "none", reduction: int | None = None,
-             **options) -> nn.Module:
+def resnet34(
+    num_classes: int = 10, dropout: float = 0.0, attention: str = "none", reduction: int | None = None, **options
+) -> nn.Module:
     return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, attention, reduction, dropout, **options)
 
 
 @_register("resnet50", "CIFAR ResNet-50, bottleneck blocks (3x3 stem, no max-pool)")
-def resnet50(num_classes: int = 10, dropout: float = 0.0, attention: str = "none", reduction: int | None = None,
-             **options) -> nn.Module:
+def resnet50(
+    num_classes: int = 10, dropout: float = 0.0, attention: str = "none", reduction: int | None = None, **options
+) -> nn.Module:
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, attention, reduction, dropout, **options)
 
 
 @_register("se_resnet18", "ResNet-18 with Squeeze-and-Excitation in every block (use_se switches it off)")
-def se_resnet18(num_classes: int = 10, dropout: float = 0.0, use_se: bool = True, reduction: int | None = None,
-                **options) -> nn.Module:
+def se_resnet18(
+    num_classes: int = 10, dropout: float = 0.0, use_se: bool = True, reduction: int | None = None, **options
+) -> nn.Module:
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, _se(use_se), reduction, dropout, **options)
 
 
 @_register("se_resnet34", "ResNet-34 with Squeeze-and-Excitation in every block (use_se switches it off)")
-def se_resnet34(num_classes: int = 10, dropout: float = 0.0, use_se: bool = True, reduction: int | None = None,
-                **options) -> nn.Module:
+def se_resnet34(
+    num_classes: int = 10, dropout: float = 0.0, use_se: bool = True, reduction: int | None = None, **options
+) -> nn.Module:
     return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, _se(use_se), reduction, dropout, **options)
 
 
@@ -131,10 +137,26 @@ RESNEXT29 = dict(depths=(3, 3, 3), widths=(64, 128, 256))  # Xie et al.'s CIFAR 
 
 
 @_register("resnext29", "generic CIFAR ResNeXt-29: resnext29(cardinality, base_width), 2x64d by default")
-def resnext29(num_classes: int = 10, dropout: float = 0.0, cardinality: int = 2, base_width: int = 64,
-              attention: str = "none", reduction: int | None = None, **options) -> nn.Module:
-    return ResNet(Bottleneck, num_classes=num_classes, attention=attention, reduction=reduction, dropout=dropout,
-                  groups=cardinality, base_width=base_width, **RESNEXT29, **options)
+def resnext29(
+    num_classes: int = 10,
+    dropout: float = 0.0,
+    cardinality: int = 2,
+    base_width: int = 64,
+    attention: str = "none",
+    reduction: int | None = None,
+    **options,
+) -> nn.Module:
+    return ResNet(
+        Bottleneck,
+        num_classes=num_classes,
+        attention=attention,
+        reduction=reduction,
+        dropout=dropout,
+        groups=cardinality,
+        base_width=base_width,
+        **RESNEXT29,
+        **options,
+    )
 
 
 @_register("resnext29_8x64d", "ResNeXt-29 8x64d, the paper's CIFAR model (34.4M parameters)")
@@ -148,10 +170,26 @@ def resnext29_2x64d(num_classes: int = 10, **kwargs) -> nn.Module:
 
 
 @_register("res2net50", "CIFAR Res2Net-50: res2net50(scale, base_width), 26w x 4s by default")
-def res2net50(num_classes: int = 10, dropout: float = 0.0, scale: int = 4, base_width: int = 26,
-              attention: str = "none", reduction: int | None = None, **options) -> nn.Module:
-    return ResNet(Res2NetBottleneck, (3, 4, 6, 3), num_classes, attention, reduction, dropout,
-                  scale=scale, base_width=base_width, **options)
+def res2net50(
+    num_classes: int = 10,
+    dropout: float = 0.0,
+    scale: int = 4,
+    base_width: int = 26,
+    attention: str = "none",
+    reduction: int | None = None,
+    **options,
+) -> nn.Module:
+    return ResNet(
+        Res2NetBottleneck,
+        (3, 4, 6, 3),
+        num_classes,
+        attention,
+        reduction,
+        dropout,
+        scale=scale,
+        base_width=base_width,
+        **options,
+    )
 
 
 @_register("res2net50_v1b", "Res2Net-50 v1b: deep 3x3 stem and average-pooled downsampling shortcuts")
@@ -165,7 +203,9 @@ def res2net50_ca_v1b(num_classes: int = 10, **kwargs) -> nn.Module:
 
 
 @_register("wrn", "generic Wide-ResNet: wrn(depth, widen, dropout)")
-def wrn(num_classes: int = 10, depth: int = 28, widen: int = 10, dropout: float = 0.3, attention: str = "none") -> nn.Module:
+def wrn(
+    num_classes: int = 10, depth: int = 28, widen: int = 10, dropout: float = 0.3, attention: str = "none"
+) -> nn.Module:
     return WideResNet(depth, widen, num_classes, dropout, attention)
 
 
@@ -184,7 +224,9 @@ def wrn_16_4(num_classes: int = 10, dropout: float = 0.0, attention: str = "none
     return WideResNet(16, 4, num_classes, dropout, attention)
 
 
-@_register("airbench94", "airbench94 (Jordan, 2024): frozen patch whitening, 3 conv groups 64-256-256, about 2M parameters")
+@_register(
+    "airbench94", "airbench94 (Jordan, 2024): frozen patch whitening, 3 conv groups 64-256-256, about 2M parameters"
+)
 def airbench94(num_classes: int = 10, widths: Sequence[int] = AIRBENCH94_WIDTHS, **options) -> nn.Module:
     return AirbenchNet(num_classes, tuple(widths), **options)
 

@@ -4,6 +4,7 @@ ReLU is the default and the only one the reference numbers were measured with;
 the others are ablations. ReLU, ELU and SiLU run in place (they are applied to
 fresh BatchNorm outputs); GELU has no in-place form.
 """
+
 from __future__ import annotations
 
 from functools import partial

@@ -7,6 +7,7 @@ option the paper ablates is a constructor argument, so the ablation is a set of 
 3x3 convolutions), ``bn_scale`` (learnable BatchNorm scale; the paper freezes it at 1),
 ``logit_scale`` (1/9 in the paper) and ``widths`` (64-256-256; the paper's 95% variant is 128-384-384).
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,18 +32,27 @@ class ScaleFreeBatchNorm(nn.BatchNorm2d):
 class ConvGroup(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, bn_momentum: float, bn_scale: bool) -> None:
         super().__init__(
-            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2),
-            ScaleFreeBatchNorm(c_out, bn_momentum, bn_scale), nn.GELU(),
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+            nn.MaxPool2d(2),
+            ScaleFreeBatchNorm(c_out, bn_momentum, bn_scale),
+            nn.GELU(),
             nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-            ScaleFreeBatchNorm(c_out, bn_momentum, bn_scale), nn.GELU(),
+            ScaleFreeBatchNorm(c_out, bn_momentum, bn_scale),
+            nn.GELU(),
         )
 
 
 class AirbenchNet(nn.Module):
     def __init__(
-        self, num_classes: int = 10, widths: tuple[int, int, int] | list[int] = AIRBENCH94_WIDTHS,
-        whiten: bool = True, dirac: bool = True, bn_scale: bool = False, bn_momentum: float = FAST_BN_MOMENTUM,
-        logit_scale: float = 1 / 9, whiten_eps: float = 5e-4,
+        self,
+        num_classes: int = 10,
+        widths: tuple[int, int, int] | list[int] = AIRBENCH94_WIDTHS,
+        whiten: bool = True,
+        dirac: bool = True,
+        bn_scale: bool = False,
+        bn_momentum: float = FAST_BN_MOMENTUM,
+        logit_scale: float = 1 / 9,
+        whiten_eps: float = 5e-4,
     ) -> None:
         super().__init__()
         if len(widths) != 3:

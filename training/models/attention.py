@@ -5,6 +5,7 @@ attention type, so every architecture gets every attention for free. Each entry
 of ``ATTENTION`` is called as ``(channels, reduction, pool)``; a ``reduction`` of
 None means the module's published default.
 """
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ their children. The ImageNet network downsamples 32x; here the stem is a
 3x3 convolution and levels 1 and 2 keep their resolution, so the last level
 is 4x4 like the last stage of a CIFAR ResNet.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -28,8 +29,11 @@ class Block(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c_out),
         )
         self.relu = nn.ReLU(inplace=True)
 
@@ -40,8 +44,9 @@ class Block(nn.Module):
 class Tree(nn.Module):
     """A tree of ``levels`` levels; a level root also feeds its (downsampled) input to the deepest Root."""
 
-    def __init__(self, levels: int, c_in: int, c_out: int, stride: int = 1, level_root: bool = False,
-                 root_dim: int = 0) -> None:
+    def __init__(
+        self, levels: int, c_in: int, c_out: int, stride: int = 1, level_root: bool = False, root_dim: int = 0
+    ) -> None:
         super().__init__()
         root_dim = (root_dim or 2 * c_out) + (c_in if level_root else 0)
         self.levels, self.level_root = levels, level_root
@@ -50,11 +55,15 @@ class Tree(nn.Module):
             self.tree1 = Block(c_in, c_out, stride)
             self.tree2 = Block(c_out, c_out, 1)
             self.root = nn.Sequential(
-                nn.Conv2d(root_dim, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+                nn.Conv2d(root_dim, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+            )
             # The reference code also builds this projection in trees of two levels, where forward never uses
             # it; as in timm it lives only here, so DDP finds no parameter without a gradient.
-            self.project = nn.Identity() if c_in == c_out else nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+            self.project = (
+                nn.Identity()
+                if c_in == c_out
+                else nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+            )
         else:
             self.tree1 = Tree(levels - 1, c_in, c_out, stride)
             self.tree2 = Tree(levels - 1, c_out, c_out, root_dim=root_dim + c_out)
@@ -70,8 +79,13 @@ class Tree(nn.Module):
 
 
 class DLA(nn.Module):
-    def __init__(self, num_classes: int = 10, levels: Sequence[int] = DLA34_LEVELS,
-                 channels: Sequence[int] = DLA34_CHANNELS, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        levels: Sequence[int] = DLA34_LEVELS,
+        channels: Sequence[int] = DLA34_CHANNELS,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.stem = _conv_bn(3, channels[0])
         convs, c_in = [], channels[0]
@@ -79,8 +93,10 @@ class DLA(nn.Module):
             for _ in range(levels[level]):
                 convs.append(_conv_bn(c_in, channels[level]))
                 c_in = channels[level]
-        trees = [Tree(levels[i], channels[i - 1], channels[i], stride, level_root=i > 2)
-                 for i, stride in zip(range(2, 6), TREE_STRIDES)]
+        trees = [
+            Tree(levels[i], channels[i - 1], channels[i], stride, level_root=i > 2)
+            for i, stride in zip(range(2, 6), TREE_STRIDES)
+        ]
         self.levels = nn.Sequential(*convs, *trees)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)

@@ -6,6 +6,7 @@ convolutions, then cross-covariance ("transposed") attention across channels,
 whose cost is linear in the number of pixels. Stage 2's SDTA adds a Fourier
 positional encoding. Everything but the stem follows the reference code.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,14 @@ from torch.nn import functional as F
 
 from .layers import DropPath, LayerNorm2d, Mlp, init_transformer_weights, merge_heads, split_heads
 
-SMALL = dict(depths=(3, 3, 9, 3), dims=(48, 96, 160, 304), kernel_sizes=(3, 5, 7, 9), sdta_blocks=(0, 1, 1, 1),
-             split_scales=(2, 2, 3, 4), pos_embed=(False, True, False, False))
+SMALL = dict(
+    depths=(3, 3, 9, 3),
+    dims=(48, 96, 160, 304),
+    kernel_sizes=(3, 5, 7, 9),
+    sdta_blocks=(0, 1, 1, 1),
+    split_scales=(2, 2, 3, 4),
+    pos_embed=(False, True, False, False),
+)
 
 
 class InvertedBottleneck(nn.Module):
@@ -52,7 +59,8 @@ class SplitDepthwise(nn.Module):
         super().__init__()
         self.width = math.ceil(dim / scales)
         self.convs = nn.ModuleList(
-            nn.Conv2d(self.width, self.width, 3, padding=1, groups=self.width) for _ in range(max(scales - 1, 1)))
+            nn.Conv2d(self.width, self.width, 3, padding=1, groups=self.width) for _ in range(max(scales - 1, 1))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         chunks = torch.split(x, self.width, 1)
@@ -60,7 +68,7 @@ class SplitDepthwise(nn.Module):
         for conv, chunk in zip(self.convs, chunks):
             y = conv(chunk if y is None else y + chunk)
             out.append(y)
-        return torch.cat([*out, *chunks[len(self.convs):]], 1)
+        return torch.cat([*out, *chunks[len(self.convs) :]], 1)
 
 
 class FourierPositions(nn.Module):
@@ -107,8 +115,9 @@ class CrossCovarianceAttention(nn.Module):
 class SDTAEncoder(nn.Module):
     """Split depth-wise transposed attention; as in the reference, the MLP's residual is the block's input."""
 
-    def __init__(self, dim: int, scales: int, heads: int, pos_embed: bool, expansion: int, layer_scale: float,
-                 drop_path: float) -> None:
+    def __init__(
+        self, dim: int, scales: int, heads: int, pos_embed: bool, expansion: int, layer_scale: float, drop_path: float
+    ) -> None:
         super().__init__()
         self.split = SplitDepthwise(dim, scales)
         self.pos = FourierPositions(dim) if pos_embed else None
@@ -130,10 +139,19 @@ class SDTAEncoder(nn.Module):
 
 class EdgeNeXt(nn.Module):
     def __init__(
-        self, num_classes: int = 10, depths: Sequence[int] = SMALL["depths"], dims: Sequence[int] = SMALL["dims"],
-        kernel_sizes: Sequence[int] = SMALL["kernel_sizes"], sdta_blocks: Sequence[int] = SMALL["sdta_blocks"],
-        split_scales: Sequence[int] = SMALL["split_scales"], pos_embed: Sequence[bool] = SMALL["pos_embed"],
-        heads: int = 8, expansion: int = 4, stem_stride: int = 1, layer_scale: float = 1e-6, drop_path: float = 0.1,
+        self,
+        num_classes: int = 10,
+        depths: Sequence[int] = SMALL["depths"],
+        dims: Sequence[int] = SMALL["dims"],
+        kernel_sizes: Sequence[int] = SMALL["kernel_sizes"],
+        sdta_blocks: Sequence[int] = SMALL["sdta_blocks"],
+        split_scales: Sequence[int] = SMALL["split_scales"],
+        pos_embed: Sequence[bool] = SMALL["pos_embed"],
+        heads: int = 8,
+        expansion: int = 4,
+        stem_stride: int = 1,
+        layer_scale: float = 1e-6,
+        drop_path: float = 0.1,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -148,8 +166,9 @@ class EdgeNeXt(nn.Module):
             blocks = [] if i == 0 else [LayerNorm2d(dims[i - 1], eps=1e-6), nn.Conv2d(dims[i - 1], dims[i], 2, 2)]
             for j in range(depth):
                 if j >= depth - sdta_blocks[i]:
-                    blocks.append(SDTAEncoder(dims[i], split_scales[i], heads, pos_embed[i], expansion, layer_scale,
-                                              next(rates)))
+                    blocks.append(
+                        SDTAEncoder(dims[i], split_scales[i], heads, pos_embed[i], expansion, layer_scale, next(rates))
+                    )
                 else:
                     blocks.append(ConvEncoder(dims[i], kernel_sizes[i], expansion, layer_scale, next(rates)))
             stages.append(nn.Sequential(*blocks))

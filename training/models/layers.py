@@ -1,4 +1,5 @@
 """Pieces the transformer-style models share: stochastic depth, channel LayerNorm, MLP, head split, init."""
+
 from __future__ import annotations
 
 import torch
@@ -38,7 +39,8 @@ class Mlp(nn.Sequential):
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
         super().__init__(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout))
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+        )
 
 
 def split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -6,6 +6,7 @@ one block mixes several receptive-field sizes. ``width = planes * base_width / 6
 (26w x 4s is the paper's Res2Net-50). The network around it, the shortcuts, the
 attention and the v1b tweaks are ``ResNet``'s.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,9 +21,18 @@ class Res2NetBottleneck(nn.Module):
     expansion = 4
 
     def __init__(
-        self, in_planes: int, planes: int, stride: int, attention: str = "none", reduction: int | None = None, *,
-        attention_pool: str = "avg", activation: str = "relu", avg_down: bool = False,
-        scale: int = 4, base_width: int = 26,
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int,
+        attention: str = "none",
+        reduction: int | None = None,
+        *,
+        attention_pool: str = "avg",
+        activation: str = "relu",
+        avg_down: bool = False,
+        scale: int = 4,
+        base_width: int = 26,
     ) -> None:
         super().__init__()
         if scale < 1:
@@ -35,7 +45,9 @@ class Res2NetBottleneck(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, self.width * scale, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(self.width * scale)
         convolved = max(1, scale - 1)  # the last group is passed through, unless it is the only one
-        self.convs = nn.ModuleList(nn.Conv2d(self.width, self.width, 3, stride, 1, bias=False) for _ in range(convolved))
+        self.convs = nn.ModuleList(
+            nn.Conv2d(self.width, self.width, 3, stride, 1, bias=False) for _ in range(convolved)
+        )
         self.bns = nn.ModuleList(nn.BatchNorm2d(self.width) for _ in range(convolved))
         self.passed = scale > 1
         self.pool = nn.AvgPool2d(3, stride, 1) if self.passed and self.first else nn.Identity()

@@ -8,6 +8,7 @@ the "v1b"/ResNet-D tweaks (``deep_stem``, ``avg_down``) and, with the block in
 ("none", "se", "ca"), ``reduction``, ``attention_pool`` (SE's descriptors) and
 ``activation`` ("relu", "elu", "gelu", "silu").
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,16 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(
-        self, in_planes: int, planes: int, stride: int, attention: str = "none", reduction: int | None = None, *,
-        attention_pool: str = "avg", activation: str = "relu", avg_down: bool = False,
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int,
+        attention: str = "none",
+        reduction: int | None = None,
+        *,
+        attention_pool: str = "avg",
+        activation: str = "relu",
+        avg_down: bool = False,
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
@@ -46,9 +55,18 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(
-        self, in_planes: int, planes: int, stride: int, attention: str = "none", reduction: int | None = None, *,
-        attention_pool: str = "avg", activation: str = "relu", avg_down: bool = False,
-        groups: int = 1, base_width: int = 64,
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int,
+        attention: str = "none",
+        reduction: int | None = None,
+        *,
+        attention_pool: str = "avg",
+        activation: str = "relu",
+        avg_down: bool = False,
+        groups: int = 1,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
         width = int(planes * base_width / 64) * groups
@@ -76,8 +94,11 @@ def _shortcut(in_planes: int, out_planes: int, stride: int, avg_down: bool = Fal
     if stride == 1 and in_planes == out_planes:
         return nn.Identity()
     if avg_down and stride > 1:
-        return nn.Sequential(nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False),
-                             nn.Conv2d(in_planes, out_planes, 1, bias=False), nn.BatchNorm2d(out_planes))
+        return nn.Sequential(
+            nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False),
+            nn.Conv2d(in_planes, out_planes, 1, bias=False),
+            nn.BatchNorm2d(out_planes),
+        )
     return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride, bias=False), nn.BatchNorm2d(out_planes))
 
 
@@ -118,7 +139,9 @@ class ResNet(nn.Module):
             blocks = []
             for j in range(depth):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(block(in_planes, width, stride, attention, reduction, activation=activation, **block_options))
+                blocks.append(
+                    block(in_planes, width, stride, attention, reduction, activation=activation, **block_options)
+                )
                 in_planes = width * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)

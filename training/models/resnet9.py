@@ -3,6 +3,7 @@
 conv-pool stages with two residual units and a scaled linear head; ``width``
 sets the stem width (64 is the original, 32 the half-width CPU default).
 """
+
 from __future__ import annotations
 
 import torch

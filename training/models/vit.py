@@ -5,6 +5,7 @@ tokens instead of reading a class token: Beyer et al. (2022, "Better plain ViT
 baselines") find it no worse, and with every token spatial the final tokens
 form an 8x8 feature map that Grad-CAM reads like a convolutional stage.
 """
+
 from __future__ import annotations
 
 import torch
@@ -55,8 +56,18 @@ class TokenGrid(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, num_classes: int = 10, image_size: int = 32, patch_size: int = 4, dim: int = 384, depth: int = 6,
-                 heads: int = 6, mlp_ratio: float = 4.0, dropout: float = 0.0, drop_path: float = 0.1) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        image_size: int = 32,
+        patch_size: int = 4,
+        dim: int = 384,
+        depth: int = 6,
+        heads: int = 6,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        drop_path: float = 0.1,
+    ) -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")

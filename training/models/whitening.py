@@ -7,6 +7,7 @@ computed once from data and never trained; only the bias is, for the first few e
 ``dirac_init_`` makes convolutions start as identities, so a deep plain stack starts near the
 shallow network it contains.
 """
+
 from __future__ import annotations
 
 import torch
@@ -50,8 +51,12 @@ def dirac_init_(module: nn.Module) -> int:
     (a whitening layer excluded); the other filters keep their initialisation. Returns how many convs."""
     count = 0
     for m in module.modules():
-        if (isinstance(m, nn.Conv2d) and not isinstance(m, PatchWhitening) and m.groups == 1
-                and all(k % 2 == 1 for k in m.kernel_size)):
+        if (
+            isinstance(m, nn.Conv2d)
+            and not isinstance(m, PatchWhitening)
+            and m.groups == 1
+            and all(k % 2 == 1 for k in m.kernel_size)
+        ):
             w = m.weight
             nn.init.dirac_(w[: min(w.shape[0], w.shape[1])])
             count += 1

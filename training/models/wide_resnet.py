@@ -2,6 +2,7 @@
 
 WRN-28-10 has 36.5M parameters and WRN-16-8 11.0M for 10 classes.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -11,7 +12,9 @@ from .resnet import _init_weights
 
 
 class WideBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float, attention: str, reduction: int) -> None:
+    def __init__(
+        self, in_planes: int, planes: int, stride: int, dropout: float, attention: str, reduction: int
+    ) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
@@ -34,8 +37,13 @@ class WideBlock(nn.Module):
 
 class WideResNet(nn.Module):
     def __init__(
-        self, depth: int = 28, widen: int = 10, num_classes: int = 10, dropout: float = 0.3,
-        attention: str = "none", reduction: int = 16,
+        self,
+        depth: int = 28,
+        widen: int = 10,
+        num_classes: int = 10,
+        dropout: float = 0.3,
+        attention: str = "none",
+        reduction: int = 16,
     ) -> None:
         super().__init__()
         if (depth - 4) % 6:

@@ -7,6 +7,7 @@ papers tabulate them, and ``--tta`` adds a last row: the last variant evaluated 
 augmentation. Each variant is a run folder under the ablation folder, so re-running the command skips
 finished variants and resumes an interrupted one from its last.pt.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -120,9 +121,17 @@ def _eval_data(spec: DataSpec, loaded: dict[tuple, tuple]) -> tuple[Any, str]:
     return loaded[key]
 
 
-def ablate(recipe: str, vary: list[str], sets: list[str] | None = None, out: str | Path | None = None,
-           split: str = "val", batch_size: int = 256, device: str = "auto", steps: list[list[str]] | None = None,
-           tta: str = "none") -> dict[str, Any]:
+def ablate(
+    recipe: str,
+    vary: list[str],
+    sets: list[str] | None = None,
+    out: str | Path | None = None,
+    split: str = "val",
+    batch_size: int = 256,
+    device: str = "auto",
+    steps: list[list[str]] | None = None,
+    tta: str = "none",
+) -> dict[str, Any]:
     if steps and vary:
         raise ValueError("give either --vary (every combination) or --step (methods added one by one), not both")
     sets = list(sets or [])
@@ -131,8 +140,10 @@ def ablate(recipe: str, vary: list[str], sets: list[str] | None = None, out: str
         labels, combos = [label for label, _ in labelled], [combo for _, combo in labelled]
     else:
         axes = parse_vary(vary)
-        combos = [[f"{key}={value}" for key, value in zip([k for k, _ in axes], values)]
-                  for values in itertools.product(*[v for _, v in axes])]
+        combos = [
+            [f"{key}={value}" for key, value in zip([k for k, _ in axes], values)]
+            for values in itertools.product(*[v for _, v in axes])
+        ]
         labels = [" ".join(combo) for combo in combos]
     check_tta(tta)
     # Build every config before training anything: a typo fails at once, not after hours.
@@ -144,8 +155,9 @@ def ablate(recipe: str, vary: list[str], sets: list[str] | None = None, out: str
     out_dir.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict[str, Any]] = []
-    for index, (label, combo, config) in enumerate(tqdm(list(zip(labels, combos, configs)), desc="ablation",
-                                                         unit="variant")):
+    for index, (label, combo, config) in enumerate(
+        tqdm(list(zip(labels, combos, configs)), desc="ablation", unit="variant")
+    ):
         run_dir = out_dir / variant_dir_name([label] if steps else combo)
         log.info("variant %d/%d: %s", index + 1, len(combos), label)
         started = time.perf_counter()
@@ -160,13 +172,31 @@ def ablate(recipe: str, vary: list[str], sets: list[str] | None = None, out: str
         for view in views:
             logits, _ = source.predict(data, view, batch_size)
             metrics = compute_metrics(logits, data.labels, source.classes)
-            rows.append(_row(label if view == "none" else f"+ {view} TTA", combo, run_dir, index, status, metrics,
-                             summary, history, wall, source, fingerprint, logits, data.labels, view))
+            rows.append(
+                _row(
+                    label if view == "none" else f"+ {view} TTA",
+                    combo,
+                    run_dir,
+                    index,
+                    status,
+                    metrics,
+                    summary,
+                    history,
+                    wall,
+                    source,
+                    fingerprint,
+                    logits,
+                    data.labels,
+                    view,
+                )
+            )
     base = rows[0]
     for row in rows:
-        deltas = {c: row["per_class_accuracy"][c] - base["per_class_accuracy"][c]
-                  for c in row["per_class_accuracy"]
-                  if row["per_class_accuracy"][c] is not None and base["per_class_accuracy"].get(c) is not None}
+        deltas = {
+            c: row["per_class_accuracy"][c] - base["per_class_accuracy"][c]
+            for c in row["per_class_accuracy"]
+            if row["per_class_accuracy"][c] is not None and base["per_class_accuracy"].get(c) is not None
+        }
         row["top1_diff_points"] = 100 * (row["top1"] - base["top1"])
         row["loss_diff"] = row["loss"] - base["loss"]
         row["per_class_mean_diff_points"] = 100 * float(np.mean(list(deltas.values()))) if deltas else None
@@ -179,28 +209,57 @@ def ablate(recipe: str, vary: list[str], sets: list[str] | None = None, out: str
     for row in rows:
         del row["_correct"]
 
-    result = {"recipe": configs[0].recipe, "vary": [{"key": k, "values": v} for k, v in axes], "set": sets,
-              "steps": [{"label": label, "settings": combo} for label, combo in zip(labels, combos)] if steps else [],
-              "tta": tta,
-              "split": split, "num_samples": int(len(loaded[next(iter(loaded))][0])), "variants": rows}
+    result = {
+        "recipe": configs[0].recipe,
+        "vary": [{"key": k, "values": v} for k, v in axes],
+        "set": sets,
+        "steps": [{"label": label, "settings": combo} for label, combo in zip(labels, combos)] if steps else [],
+        "tta": tta,
+        "split": split,
+        "num_samples": int(len(loaded[next(iter(loaded))][0])),
+        "variants": rows,
+    }
     (out_dir / "ablation.json").write_text(json.dumps(result, indent=2))
     (out_dir / "ablation.md").write_text(format_table(result))
     result["out_dir"] = str(out_dir)
     return result
 
 
-def _row(label: str, combo: list[str], run_dir: Path, index: int, status: str, metrics: dict, summary: dict,
-         history: list[dict], wall: float, source: Any, fingerprint: str, logits: np.ndarray, labels: np.ndarray,
-         tta: str) -> dict[str, Any]:
+def _row(
+    label: str,
+    combo: list[str],
+    run_dir: Path,
+    index: int,
+    status: str,
+    metrics: dict,
+    summary: dict,
+    history: list[dict],
+    wall: float,
+    source: Any,
+    fingerprint: str,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    tta: str,
+) -> dict[str, Any]:
     return {
-        "variant": label, "settings": dict(s.split("=", 1) for s in combo), "run": str(run_dir), "tta": tta,
-        "baseline": index == 0 and tta == "none", "status": status, "top1": metrics["top1"], "top5": metrics["top5"],
-        "loss": metrics["loss"], "mean_per_class_accuracy": metrics["mean_per_class_accuracy"],
+        "variant": label,
+        "settings": dict(s.split("=", 1) for s in combo),
+        "run": str(run_dir),
+        "tta": tta,
+        "baseline": index == 0 and tta == "none",
+        "status": status,
+        "top1": metrics["top1"],
+        "top5": metrics["top5"],
+        "loss": metrics["loss"],
+        "mean_per_class_accuracy": metrics["mean_per_class_accuracy"],
         "per_class_accuracy": {c["class"]: c["accuracy"] for c in metrics["per_class"]},
-        "epochs": summary.get("epochs_run"), "best_epoch": summary.get("best", {}).get("epoch"),
+        "epochs": summary.get("epochs_run"),
+        "best_epoch": summary.get("best", {}).get("epoch"),
         "train_time_s": summary.get("train_time_s", sum(h.get("train_time_s", 0) for h in history)),
-        "wall_time_this_call_s": wall, "parameters": count_parameters(source.model),
-        "fingerprint": fingerprint, "_correct": logits.argmax(1) == labels,
+        "wall_time_this_call_s": wall,
+        "parameters": count_parameters(source.model),
+        "fingerprint": fingerprint,
+        "_correct": logits.argmax(1) == labels,
     }
 
 
@@ -212,11 +271,17 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"# Ablation of `{result['recipe']}`",
         "",
-        (f"Varied: {', '.join(v['key'] + ' = ' + ' / '.join(v['values']) for v in result['vary'])}" if result["vary"]
-         else "Methods added one by one (each row keeps the settings of the rows above): "
-         + "; ".join(f"{st['label']}: {' '.join(st['settings'][len(prev['settings']) if prev else 0:]) or '-'}"
-                     for prev, st in zip([None] + result.get("steps", [])[:-1], result.get("steps", []))))
-        + (f"; fixed: {' '.join(result['set'])}" if result["set"] else "") + ".",
+        (
+            f"Varied: {', '.join(v['key'] + ' = ' + ' / '.join(v['values']) for v in result['vary'])}"
+            if result["vary"]
+            else "Methods added one by one (each row keeps the settings of the rows above): "
+            + "; ".join(
+                f"{st['label']}: {' '.join(st['settings'][len(prev['settings']) if prev else 0 :]) or '-'}"
+                for prev, st in zip([None] + result.get("steps", [])[:-1], result.get("steps", []))
+            )
+        )
+        + (f"; fixed: {' '.join(result['set'])}" if result["set"] else "")
+        + ".",
         f"Each run's best.pt evaluated on the {result['split']} split ({result['num_samples']} images)"
         + (", the split best.pt was selected on" if result["split"] == "val" else "")
         + "; the first row is the baseline.",

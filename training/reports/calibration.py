@@ -5,6 +5,7 @@ fitted by minimising the negative log-likelihood on the validation split, never 
 whose logits the model was fitted to. numpy only, so a checkpoint's logits and an ONNX model's are
 measured by the same code.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,12 +34,21 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     if len(z) == 0:
         raise ValueError("no samples to fit a temperature on")
     lo, hi = np.log(TEMPERATURE_BOUNDS)
-    result = minimize_scalar(lambda log_t: negative_log_likelihood(z / np.exp(log_t), labels),
-                             bounds=(lo, hi), method="bounded", options={"xatol": 1e-6})
+    result = minimize_scalar(
+        lambda log_t: negative_log_likelihood(z / np.exp(log_t), labels),
+        bounds=(lo, hi),
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
     temperature = float(np.exp(result.x))
     if min(abs(result.x - lo), abs(result.x - hi)) < 1e-3:
-        log.warning("the fitted temperature %.4g is at the bound of %s: the logits of these %d samples carry "
-                    "little calibration signal", temperature, TEMPERATURE_BOUNDS, len(z))
+        log.warning(
+            "the fitted temperature %.4g is at the bound of %s: the logits of these %d samples carry "
+            "little calibration signal",
+            temperature,
+            TEMPERATURE_BOUNDS,
+            len(z),
+        )
     return temperature
 
 
@@ -48,13 +58,18 @@ def calibration_metrics(logits: np.ndarray, labels: np.ndarray, temperature: flo
     z = np.asarray(logits, dtype=np.float64) / temperature
     labels = np.asarray(labels, dtype=np.int64)
     probs = softmax(z)
-    return {"ece": expected_calibration_error(probs, labels), "nll": negative_log_likelihood(z, labels),
-            "brier": brier_score(probs, labels), "mean_confidence": float(probs.max(axis=1).mean()),
-            "accuracy": float((probs.argmax(axis=1) == labels).mean())}
+    return {
+        "ece": expected_calibration_error(probs, labels),
+        "nll": negative_log_likelihood(z, labels),
+        "brier": brier_score(probs, labels),
+        "mean_confidence": float(probs.max(axis=1).mean()),
+        "accuracy": float((probs.argmax(axis=1) == labels).mean()),
+    }
 
 
-def calibration_report(raw_logits: np.ndarray, labels: np.ndarray, temperature: float,
-                       refit: bool = False) -> dict[str, Any]:
+def calibration_report(
+    raw_logits: np.ndarray, labels: np.ndarray, temperature: float, refit: bool = False
+) -> dict[str, Any]:
     """Calibration of ``raw_logits`` (undivided) before and after dividing by ``temperature``.
 
     With ``refit``, also after dividing by the temperature fitted on these very logits: for a model
@@ -62,7 +77,8 @@ def calibration_report(raw_logits: np.ndarray, labels: np.ndarray, temperature: 
     how much a temperature of its own would gain.
     """
     report: dict[str, Any] = {
-        "samples": int(len(labels)), "temperature": float(temperature),
+        "samples": int(len(labels)),
+        "temperature": float(temperature),
         "before": calibration_metrics(raw_logits, labels),
         "after": calibration_metrics(raw_logits, labels, temperature),
     }

@@ -3,6 +3,7 @@
 Each handler returns an exit code; user errors raise ValueError/KeyError/FileNotFoundError, which
 ``training.__main__.main`` turns into a one-line ``error: ...`` and exit code 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,24 +20,37 @@ def _add_data_args(p: argparse.ArgumentParser, split_default: str | None) -> Non
     g = p.add_argument_group("data (default: the model's own, from its checkpoint, ONNX metadata or report)")
     g.add_argument("--dataset", help="dataset name: cifar10, cifar100 or folder")
     g.add_argument("--data", dest="root", metavar="ROOT", help="dataset folder or archive")
-    g.add_argument("--split", default=split_default,
-                   help=SPLIT_HELP + (f" (default: {split_default})" if split_default else
-                                      " (default: a report's own split, else val)"))
+    g.add_argument(
+        "--split",
+        default=split_default,
+        help=SPLIT_HELP
+        + (f" (default: {split_default})" if split_default else " (default: a report's own split, else val)"),
+    )
     g.add_argument("--val-size", type=int, help="held-out size that defines train/val (default: the run's)")
     g.add_argument("--split-seed", type=int, help="seed of the train/val split (default: the run's)")
     g.add_argument("--cache-dir", help="where decoded folder datasets are cached (default: the run's)")
 
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tta", default="none", help="test-time augmentation: none, flip (average with the mirror "
-                                                  "image) or multicrop (mirror and one-pixel translations, 6 views)")
+    p.add_argument(
+        "--tta",
+        default="none",
+        help="test-time augmentation: none, flip (average with the mirror "
+        "image) or multicrop (mirror and one-pixel translations, 6 views)",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
 
 
 def _data_kwargs(args: argparse.Namespace) -> dict:
-    return {"dataset": args.dataset, "root": args.root, "split": args.split, "val_size": args.val_size,
-            "split_seed": args.split_seed, "cache_dir": args.cache_dir}
+    return {
+        "dataset": args.dataset,
+        "root": args.root,
+        "split": args.split,
+        "val_size": args.val_size,
+        "split_seed": args.split_seed,
+        "cache_dir": args.cache_dir,
+    }
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -44,16 +58,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.checkpoint is None and args.onnx is None:
         raise ValueError("give --checkpoint RUN/best.pt or --onnx MODEL.onnx")
-    metrics = evaluate(checkpoint=args.checkpoint, onnx=args.onnx, out=args.out, tta=args.tta,
-                       batch_size=args.batch_size, device=args.device, max_classes=args.max_classes,
-                       **_data_kwargs(args))
-    print(f"top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  loss {metrics['loss']:.4f}  "
-          f"ECE {metrics['ece']:.4f}  ({metrics['num_samples']} images, {metrics['images_per_s'] or 0:.0f} images/s)")
+    metrics = evaluate(
+        checkpoint=args.checkpoint,
+        onnx=args.onnx,
+        out=args.out,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        device=args.device,
+        max_classes=args.max_classes,
+        **_data_kwargs(args),
+    )
+    print(
+        f"top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  loss {metrics['loss']:.4f}  "
+        f"ECE {metrics['ece']:.4f}  ({metrics['num_samples']} images, {metrics['images_per_s'] or 0:.0f} images/s)"
+    )
     if metrics.get("calibration"):
         cal = metrics["calibration"]
-        print(f"calibration: ECE {cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}, "
-              f"NLL {cal['before']['nll']:.4f} -> {cal['after']['nll']:.4f} with temperature {cal['temperature']:.4f} "
-              f"({cal['temperature_origin']})")
+        print(
+            f"calibration: ECE {cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}, "
+            f"NLL {cal['before']['nll']:.4f} -> {cal['after']['nll']:.4f} with temperature {cal['temperature']:.4f} "
+            f"({cal['temperature_origin']})"
+        )
     print(f"report: {metrics['out_dir']}/report.md")
     return 0
 
@@ -61,8 +86,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, format_comparison, write_comparison
 
-    result = compare(args.a, args.b, tta=args.tta, batch_size=args.batch_size, device=args.device, alpha=args.alpha,
-                     **_data_kwargs(args))
+    result = compare(
+        args.a,
+        args.b,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        device=args.device,
+        alpha=args.alpha,
+        **_data_kwargs(args),
+    )
     if args.out:
         write_comparison(result, args.out)
     print(json.dumps(result, indent=2) if args.json else format_comparison(result))
@@ -73,11 +105,19 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from .ablate import ablate, format_table
 
     try:
-        result = ablate(args.recipe, args.vary, args.set, args.out, split=args.split, batch_size=args.batch_size,
-                        device=args.device, steps=args.step, tta=args.tta)
+        result = ablate(
+            args.recipe,
+            args.vary,
+            args.set,
+            args.out,
+            split=args.split,
+            batch_size=args.batch_size,
+            device=args.device,
+            steps=args.step,
+            tta=args.tta,
+        )
     except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume; finished variants are not retrained",
-              file=sys.stderr)
+        print("interrupted: run the same command again to resume; finished variants are not retrained", file=sys.stderr)
         return 130
     print(format_table(result))
     print(f"table: {result['out_dir']}/ablation.md and ablation.json")
@@ -85,28 +125,43 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def add_report_commands(sub) -> None:
-    p = sub.add_parser("evaluate", help="write an evaluation report for a checkpoint or ONNX model", description=(
-        "Evaluate a checkpoint (or an exported ONNX model) and write a report folder: metrics.json (loss, top-1/3/5, "
-        "per-class precision/recall/F1, confusion matrix and pairs, ECE, calibration before/after temperature "
-        "scaling, throughput), predictions.npz, confusion_matrix.png, per_class_accuracy.png, misclassified.png, "
-        "reliability.png, gradcam.png (checkpoints only), "
-        "training_curves.png and report.md. By default the model's own validation split is used, so "
-        "`python -m training evaluate --checkpoint runs/X/best.pt` is enough."))
+    p = sub.add_parser(
+        "evaluate",
+        help="write an evaluation report for a checkpoint or ONNX model",
+        description=(
+            "Evaluate a checkpoint (or an exported ONNX model) and write a report folder: "
+            "metrics.json (loss, top-1/3/5, "
+            "per-class precision/recall/F1, confusion matrix and pairs, ECE, calibration before/after temperature "
+            "scaling, throughput), predictions.npz, confusion_matrix.png, per_class_accuracy.png, misclassified.png, "
+            "reliability.png, gradcam.png (checkpoints only), "
+            "training_curves.png and report.md. By default the model's own validation split is used, so "
+            "`python -m training evaluate --checkpoint runs/X/best.pt` is enough."
+        ),
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="checkpoint file, or a run folder (uses its best.pt)")
     src.add_argument("--onnx", help="exported ONNX model (class names from its metadata; no Grad-CAM)")
     p.add_argument("--out", help="report folder (default: RUN/report-<checkpoint>-<split> or reports/<onnx>-<split>)")
-    p.add_argument("--max-classes", type=int, default=MAX_CLASSES,
-                   help=f"above this many classes the plots show only the worst ones (default: {MAX_CLASSES})")
+    p.add_argument(
+        "--max-classes",
+        type=int,
+        default=MAX_CLASSES,
+        help=f"above this many classes the plots show only the worst ones (default: {MAX_CLASSES})",
+    )
     _add_data_args(p, "val")
     _add_runtime_args(p)
     p.set_defaults(fn=cmd_evaluate)
 
-    p = sub.add_parser("compare", help="compare two models on the same samples (McNemar's test)", description=(
-        "Accuracy of A and B on the same samples, the difference, and McNemar's test on the paired predictions "
-        "(exact binomial below 25 discordant samples, chi-square with continuity correction otherwise). "
-        "A and B may each be a checkpoint, a run folder, an ONNX file or an `evaluate` report folder; "
-        "reports of different sample sets are refused."))
+    p = sub.add_parser(
+        "compare",
+        help="compare two models on the same samples (McNemar's test)",
+        description=(
+            "Accuracy of A and B on the same samples, the difference, and McNemar's test on the paired predictions "
+            "(exact binomial below 25 discordant samples, chi-square with continuity correction otherwise). "
+            "A and B may each be a checkpoint, a run folder, an ONNX file or an `evaluate` report folder; "
+            "reports of different sample sets are refused."
+        ),
+    )
     p.add_argument("a", help="model or report A (the reference)")
     p.add_argument("b", help="model or report B (the difference is B - A)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
@@ -116,20 +171,39 @@ def add_report_commands(sub) -> None:
     _add_runtime_args(p)
     p.set_defaults(fn=cmd_compare)
 
-    p = sub.add_parser("ablate", help="train and tabulate variants of a recipe (resumable)", description=(
-        "Train every combination of the --vary values (sequentially; the first combination is the baseline), "
-        "evaluate each best.pt, and write ablation.md / ablation.json: top-1, loss, per-class mean difference "
-        "vs the baseline, McNemar p-value, time. Re-running skips finished variants and resumes an interrupted one. "
-        "Example: `python -m training ablate --recipe se_resnet18 --vary use_se=true,false --vary dropout=0.5,0 "
-        "--vary augment=full,basic`."))
+    p = sub.add_parser(
+        "ablate",
+        help="train and tabulate variants of a recipe (resumable)",
+        description=(
+            "Train every combination of the --vary values (sequentially; the first combination is the baseline), "
+            "evaluate each best.pt, and write ablation.md / ablation.json: top-1, loss, per-class mean difference "
+            "vs the baseline, McNemar p-value, time. Re-running skips finished variants and resumes "
+            "an interrupted one. "
+            "Example: `python -m training ablate --recipe se_resnet18 --vary use_se=true,false --vary dropout=0.5,0 "
+            "--vary augment=full,basic`."
+        ),
+    )
     p.add_argument("--recipe", required=True, help="recipe name or YAML file")
-    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
-                   help="a setting and its values (repeatable); keys as in `train --set`")
-    p.add_argument("--step", action="append", nargs="+", metavar="LABEL KEY=VALUE",
-                   help="instead of --vary: a label and the settings this step adds (repeatable); each step keeps "
-                        "the settings of the steps before it, the first is the baseline")
-    p.add_argument("--tta", default="none", help="also evaluate the last variant with this test-time augmentation "
-                                                 "(flip or multicrop), as a last row")
+    p.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a setting and its values (repeatable); keys as in `train --set`",
+    )
+    p.add_argument(
+        "--step",
+        action="append",
+        nargs="+",
+        metavar="LABEL KEY=VALUE",
+        help="instead of --vary: a label and the settings this step adds (repeatable); each step keeps "
+        "the settings of the steps before it, the first is the baseline",
+    )
+    p.add_argument(
+        "--tta",
+        default="none",
+        help="also evaluate the last variant with this test-time augmentation (flip or multicrop), as a last row",
+    )
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides shared by every variant")
     p.add_argument("--out", help="ablation folder (default: runs/ablate-<recipe>)")
     p.add_argument("--split", default="val", help=SPLIT_HELP + " (default: val)")

@@ -4,6 +4,7 @@ Each side is a checkpoint (file, or run folder holding best.pt), an ONNX file, o
 written by ``evaluate`` (its predictions.npz is paired sample by sample). Reports of different
 sample sets are refused: the test is only valid on paired predictions.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,19 +46,37 @@ def classify(path: str | Path) -> str:
         return "report"
     if path.is_file() or (path.is_dir() and (path / "best.pt").is_file()):
         return "checkpoint"
-    raise FileNotFoundError(f"{path} is neither a checkpoint, a run folder with best.pt, an .onnx file nor a report "
-                            f"folder with {PREDICTIONS_FILE}")
+    raise FileNotFoundError(
+        f"{path} is neither a checkpoint, a run folder with best.pt, an .onnx file nor a report "
+        f"folder with {PREDICTIONS_FILE}"
+    )
 
 
 def _report_side(path: Path) -> Side:
     report = load_predictions(path)
     metrics = report["metrics"]
-    return Side(str(path), "report", report["labels"], report["predictions"], report["classes"],
-                report["fingerprint"], metrics.get("data", {}), metrics.get("tta", "none"))
+    return Side(
+        str(path),
+        "report",
+        report["labels"],
+        report["predictions"],
+        report["classes"],
+        report["fingerprint"],
+        metrics.get("data", {}),
+        metrics.get("tta", "none"),
+    )
 
 
-def _model_side(path: Path, kind: str, data_args: dict[str, Any], defaults: dict[str, Any], tta: str,
-                batch_size: int, device: str, loaded: dict[tuple, tuple]) -> Side:
+def _model_side(
+    path: Path,
+    kind: str,
+    data_args: dict[str, Any],
+    defaults: dict[str, Any],
+    tta: str,
+    batch_size: int,
+    device: str,
+    loaded: dict[tuple, tuple],
+) -> Side:
     source = load_model(path if kind == "checkpoint" else None, path if kind == "onnx" else None, device)
     spec = resolve_data(source, defaults=defaults, **data_args)
     key = tuple(sorted(asdict(spec).items()))
@@ -67,21 +86,45 @@ def _model_side(path: Path, kind: str, data_args: dict[str, Any], defaults: dict
     data, fingerprint = loaded[key]
     check_classes(source, data, spec)
     logits, _ = source.predict(data, tta, batch_size)
-    return Side(str(path), kind, data.labels, logits.argmax(1), source.classes, fingerprint,
-                {**asdict(spec), "fingerprint": fingerprint}, tta)
+    return Side(
+        str(path),
+        kind,
+        data.labels,
+        logits.argmax(1),
+        source.classes,
+        fingerprint,
+        {**asdict(spec), "fingerprint": fingerprint},
+        tta,
+    )
 
 
-def compare(a: str | Path, b: str | Path, dataset: str | None = None, root: str | None = None,
-            split: str | None = None, val_size: int | None = None, split_seed: int | None = None,
-            cache_dir: str | None = None, tta: str = "none", batch_size: int = 256, device: str = "auto",
-            alpha: float = 0.05) -> dict[str, Any]:
+def compare(
+    a: str | Path,
+    b: str | Path,
+    dataset: str | None = None,
+    root: str | None = None,
+    split: str | None = None,
+    val_size: int | None = None,
+    split_seed: int | None = None,
+    cache_dir: str | None = None,
+    tta: str = "none",
+    batch_size: int = 256,
+    device: str = "auto",
+    alpha: float = 0.05,
+) -> dict[str, Any]:
     kinds = [classify(a), classify(b)]
     sides: list[Side | None] = [_report_side(Path(p)) if k == "report" else None for p, k in zip((a, b), kinds)]
     # A model compared with a report is evaluated on the report's samples unless told otherwise.
     report_data = next((s.data for s in sides if s is not None), {})
     defaults = {k: report_data.get(k) for k in ("dataset", "root", "val_size", "split_seed", "cache_dir")}
-    data_args = {"dataset": dataset, "root": root, "split": split or report_data.get("split", "val"),
-                 "val_size": val_size, "split_seed": split_seed, "cache_dir": cache_dir}
+    data_args = {
+        "dataset": dataset,
+        "root": root,
+        "split": split or report_data.get("split", "val"),
+        "val_size": val_size,
+        "split_seed": split_seed,
+        "cache_dir": cache_dir,
+    }
     loaded: dict[tuple, tuple] = {}
     for i, (path, kind) in enumerate(zip((a, b), kinds)):
         if sides[i] is None:
@@ -92,16 +135,27 @@ def compare(a: str | Path, b: str | Path, dataset: str | None = None, root: str 
             f"A and B were evaluated on different samples (A: {len(side_a.labels)} of "
             f"{side_a.data.get('dataset')} {side_a.data.get('split')}, B: {len(side_b.labels)} of "
             f"{side_b.data.get('dataset')} {side_b.data.get('split')}; fingerprints {side_a.fingerprint[:12]} vs "
-            f"{side_b.fingerprint[:12]}): evaluate both on the same --data and --split")
+            f"{side_b.fingerprint[:12]}): evaluate both on the same --data and --split"
+        )
     if len(side_a.classes) != len(side_b.classes):
         raise ValueError(f"A has {len(side_a.classes)} classes and B has {len(side_b.classes)}: not the same task")
     test = mcnemar(side_a.correct, side_b.correct)
     difference = side_b.accuracy - side_a.accuracy
     return {
-        "a": {"path": side_a.name, "kind": side_a.kind, "tta": side_a.tta, "top1": side_a.accuracy,
-              "correct": int(side_a.correct.sum())},
-        "b": {"path": side_b.name, "kind": side_b.kind, "tta": side_b.tta, "top1": side_b.accuracy,
-              "correct": int(side_b.correct.sum())},
+        "a": {
+            "path": side_a.name,
+            "kind": side_a.kind,
+            "tta": side_a.tta,
+            "top1": side_a.accuracy,
+            "correct": int(side_a.correct.sum()),
+        },
+        "b": {
+            "path": side_b.name,
+            "kind": side_b.kind,
+            "tta": side_b.tta,
+            "top1": side_b.accuracy,
+            "correct": int(side_b.correct.sum()),
+        },
         "num_samples": int(len(side_a.labels)),
         "data": side_a.data,
         "difference_points": 100 * difference,
@@ -121,15 +175,17 @@ def format_comparison(result: dict[str, Any]) -> str:
     def tta(side: dict[str, Any]) -> str:
         return f"  (tta {side['tta']})" if side["tta"] != "none" else ""
 
-    return "\n".join([
-        f"samples: {n} ({data.get('dataset')} {data.get('root')}, split {data.get('split')})",
-        f"A  {a['path']:<{width}}  top-1 {100 * a['top1']:6.2f}%  ({a['correct']}/{n}){tta(a)}",
-        f"B  {b['path']:<{width}}  top-1 {100 * b['top1']:6.2f}%  ({b['correct']}/{n}){tta(b)}",
-        f"difference B - A: {result['difference_points']:+.2f} points",
-        f"McNemar ({test['method']}): A right & B wrong = {test['a_right_b_wrong']}, "
-        f"A wrong & B right = {test['a_wrong_b_right']}, statistic = {test['statistic']:.3f}, "
-        f"p = {test['p_value']:.4g} -> {verdict}",
-    ])
+    return "\n".join(
+        [
+            f"samples: {n} ({data.get('dataset')} {data.get('root')}, split {data.get('split')})",
+            f"A  {a['path']:<{width}}  top-1 {100 * a['top1']:6.2f}%  ({a['correct']}/{n}){tta(a)}",
+            f"B  {b['path']:<{width}}  top-1 {100 * b['top1']:6.2f}%  ({b['correct']}/{n}){tta(b)}",
+            f"difference B - A: {result['difference_points']:+.2f} points",
+            f"McNemar ({test['method']}): A right & B wrong = {test['a_right_b_wrong']}, "
+            f"A wrong & B right = {test['a_wrong_b_right']}, statistic = {test['statistic']:.3f}, "
+            f"p = {test['p_value']:.4g} -> {verdict}",
+        ]
+    )
 
 
 def write_comparison(result: dict[str, Any], out_dir: str | Path) -> Path:
@@ -138,4 +194,3 @@ def write_comparison(result: dict[str, Any], out_dir: str | Path) -> Path:
     (out_dir / "compare.json").write_text(json.dumps(result, indent=2))
     (out_dir / "compare.md").write_text("# Comparison\n\n```\n" + format_comparison(result) + "\n```\n")
     return out_dir
-

@@ -4,6 +4,7 @@
 ``resolve_data`` picks the evaluation split, by default the model's own validation split;
 ``evaluate`` writes the report folder. ``compare`` and ``ablate`` reuse the first two.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,8 +54,9 @@ class DataSpec:
     def load(self) -> ImageArrays:
         if self.split not in SPLITS:
             raise ValueError(f"unknown split {self.split!r}; valid: {', '.join(SPLITS)}")
-        return load_split(self.dataset, self.root, self.split, self.val_size, self.split_seed, self.cache_dir,
-                          self.image_size)
+        return load_split(
+            self.dataset, self.root, self.split, self.val_size, self.split_seed, self.cache_dir, self.image_size
+        )
 
     def describe(self) -> str:
         extra = f", {self.val_size} held out with seed {self.split_seed}" if self.split in ("train", "val") else ""
@@ -87,8 +89,7 @@ class ModelSource:
         start = time.perf_counter()
         if self.kind == "checkpoint":
             loader = TensorLoader(data, batch_size, self.device)
-            logits, _ = predict_logits(self.model, _Progress(loader, f"evaluating {self.path.name}"),
-                                       tta=tta)
+            logits, _ = predict_logits(self.model, _Progress(loader, f"evaluating {self.path.name}"), tta=tta)
         else:
             logits = self._predict_onnx(data, tta, batch_size)
         if self.device.type == "cuda":
@@ -97,9 +98,10 @@ class ModelSource:
 
     def _predict_onnx(self, data: ImageArrays, tta: str, batch_size: int) -> np.ndarray:
         out = []
-        for begin in tqdm(range(0, len(data), batch_size), desc=f"evaluating {self.path.name}", unit="batch",
-                          leave=False):
-            batch = data.images[begin:begin + batch_size].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        for begin in tqdm(
+            range(0, len(data), batch_size), desc=f"evaluating {self.path.name}", unit="batch", leave=False
+        ):
+            batch = data.images[begin : begin + batch_size].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
             out.append(tta_logits_numpy(self.model.logits, batch, tta).astype(np.float32))
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
@@ -126,16 +128,37 @@ def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
     dev = resolve_device(device)
     model = model_from_checkpoint(ckpt).to(dev)
     config = ckpt.get("config") or {}
-    defaults = {"dataset": meta.get("dataset"), "root": meta.get("data_root"), "val_size": meta.get("val_size"),
-                "split_seed": meta.get("split_seed"), "cache_dir": config.get("data", {}).get("cache_dir")}
+    defaults = {
+        "dataset": meta.get("dataset"),
+        "root": meta.get("data_root"),
+        "val_size": meta.get("val_size"),
+        "split_seed": meta.get("split_seed"),
+        "cache_dir": config.get("data", {}).get("cache_dir"),
+    }
     run_dir = file.parent
     history = list(ckpt.get("history") or [])
     if (run_dir / "history.json").is_file():
         history = json.loads((run_dir / "history.json").read_text())
-    info = {"recipe": meta.get("recipe"), "epoch": ckpt.get("epoch"), "best": ckpt.get("best"),
-            "model_args": meta.get("model_args"), "used_ema": bool(ckpt.get("ema"))}
-    return ModelSource("checkpoint", file, list(meta["classes"]), meta["arch"], int(meta.get("input_size", 32)),
-                       defaults, run_dir, history, info, model, dev)
+    info = {
+        "recipe": meta.get("recipe"),
+        "epoch": ckpt.get("epoch"),
+        "best": ckpt.get("best"),
+        "model_args": meta.get("model_args"),
+        "used_ema": bool(ckpt.get("ema")),
+    }
+    return ModelSource(
+        "checkpoint",
+        file,
+        list(meta["classes"]),
+        meta["arch"],
+        int(meta.get("input_size", 32)),
+        defaults,
+        run_dir,
+        history,
+        info,
+        model,
+        dev,
+    )
 
 
 def _load_onnx_source(path: Path, device: str) -> ModelSource:
@@ -147,8 +170,12 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
     classifier = OnnxClassifier(path, device=onnx_device)
     card = classifier.card
     src = dict(card.source)
-    defaults = {"dataset": src.get("dataset", card.dataset), "root": src.get("data_root"),
-                "val_size": src.get("val_size"), "split_seed": src.get("split_seed")}
+    defaults = {
+        "dataset": src.get("dataset", card.dataset),
+        "root": src.get("data_root"),
+        "val_size": src.get("val_size"),
+        "split_seed": src.get("split_seed"),
+    }
     run_dir, history = None, []
     checkpoint = src.get("checkpoint")
     if checkpoint and Path(checkpoint).exists():
@@ -157,21 +184,42 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
         run_dir = ckpt_path if ckpt_path.is_dir() else ckpt_path.parent
         try:
             meta = load_checkpoint(ckpt_path)["meta"]
-            for key, meta_key in (("dataset", "dataset"), ("root", "data_root"), ("val_size", "val_size"),
-                                  ("split_seed", "split_seed")):
+            for key, meta_key in (
+                ("dataset", "dataset"),
+                ("root", "data_root"),
+                ("val_size", "val_size"),
+                ("split_seed", "split_seed"),
+            ):
                 defaults[key] = defaults.get(key) or meta.get(meta_key)
         except (OSError, KeyError, RuntimeError) as exc:
             log.warning("could not read the source checkpoint %s: %s", checkpoint, exc)
         if (run_dir / "history.json").is_file():
             history = json.loads((run_dir / "history.json").read_text())
-    info = {"name": card.name, "precision": card.precision, "card_metrics": card.metrics,
-            "calibration": card.calibration.model_dump(), "providers": classifier.providers}
-    return ModelSource("onnx", path, list(card.classes), card.arch, int(card.input.size[0]), defaults, run_dir,
-                       history, info, classifier, torch.device("cpu"))
+    info = {
+        "name": card.name,
+        "precision": card.precision,
+        "card_metrics": card.metrics,
+        "calibration": card.calibration.model_dump(),
+        "providers": classifier.providers,
+    }
+    return ModelSource(
+        "onnx",
+        path,
+        list(card.classes),
+        card.arch,
+        int(card.input.size[0]),
+        defaults,
+        run_dir,
+        history,
+        info,
+        classifier,
+        torch.device("cpu"),
+    )
 
 
-def load_model(checkpoint: str | Path | None = None, onnx: str | Path | None = None,
-               device: str = "auto") -> ModelSource:
+def load_model(
+    checkpoint: str | Path | None = None, onnx: str | Path | None = None, device: str = "auto"
+) -> ModelSource:
     if (checkpoint is None) == (onnx is None):
         raise ValueError("give exactly one of --checkpoint and --onnx")
     if checkpoint is not None:
@@ -179,9 +227,16 @@ def load_model(checkpoint: str | Path | None = None, onnx: str | Path | None = N
     return _load_onnx_source(Path(onnx), device)
 
 
-def resolve_data(source: ModelSource | None, dataset: str | None = None, root: str | None = None,
-                 split: str = "val", val_size: int | None = None, split_seed: int | None = None,
-                 cache_dir: str | None = None, defaults: dict[str, Any] | None = None) -> DataSpec:
+def resolve_data(
+    source: ModelSource | None,
+    dataset: str | None = None,
+    root: str | None = None,
+    split: str = "val",
+    val_size: int | None = None,
+    split_seed: int | None = None,
+    cache_dir: str | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> DataSpec:
     """The evaluation split: explicit arguments first, then ``defaults``, then what the model records."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
@@ -192,10 +247,15 @@ def resolve_data(source: ModelSource | None, dataset: str | None = None, root: s
     known.update({k: v for k, v in given.items() if v is not None})
     if not known.get("root") or not known.get("dataset"):
         raise ValueError("the model does not record its dataset: pass --dataset NAME and --data ROOT")
-    return DataSpec(dataset=known["dataset"], root=str(known["root"]), split=split,
-                    val_size=int(known.get("val_size", 5000)), split_seed=int(known.get("split_seed", 42)),
-                    image_size=source.image_size if source else int(known.get("image_size", 32)),
-                    cache_dir=known.get("cache_dir", ".cache/datasets"))
+    return DataSpec(
+        dataset=known["dataset"],
+        root=str(known["root"]),
+        split=split,
+        val_size=int(known.get("val_size", 5000)),
+        split_seed=int(known.get("split_seed", 42)),
+        image_size=source.image_size if source else int(known.get("image_size", 32)),
+        cache_dir=known.get("cache_dir", ".cache/datasets"),
+    )
 
 
 def sample_fingerprint(data: ImageArrays) -> str:
@@ -210,8 +270,10 @@ def sample_fingerprint(data: ImageArrays) -> str:
 def check_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> str | None:
     """Raise on a class-count mismatch; return a warning when the counts agree but the names differ."""
     if len(data.classes) != len(source.classes):
-        raise ValueError(f"{source.path} predicts {len(source.classes)} classes but {spec.dataset} {spec.root} has "
-                         f"{len(data.classes)}: pass the dataset the model was trained on (--dataset/--data)")
+        raise ValueError(
+            f"{source.path} predicts {len(source.classes)} classes but {spec.dataset} {spec.root} has "
+            f"{len(data.classes)}: pass the dataset the model was trained on (--dataset/--data)"
+        )
     if list(data.classes) != list(source.classes):
         differ = [f"{m}/{d}" for m, d in zip(source.classes, data.classes) if m != d]
         message = f"class names differ between model and data ({', '.join(differ[:5])}...): label order assumed equal"
@@ -221,9 +283,14 @@ def check_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> str
 
 
 def save_predictions(path: Path, logits: np.ndarray, labels: np.ndarray, classes: list[str], fingerprint: str) -> None:
-    np.savez_compressed(path, logits=logits.astype(np.float32), labels=labels.astype(np.int64),
-                        predictions=logits.argmax(1).astype(np.int64), classes=np.array(classes),
-                        fingerprint=np.array(fingerprint))
+    np.savez_compressed(
+        path,
+        logits=logits.astype(np.float32),
+        labels=labels.astype(np.int64),
+        predictions=logits.argmax(1).astype(np.int64),
+        classes=np.array(classes),
+        fingerprint=np.array(fingerprint),
+    )
 
 
 def load_predictions(report_dir: str | Path) -> dict[str, Any]:
@@ -248,8 +315,9 @@ def default_out_dir(source: ModelSource, split: str, tta: str) -> Path:
     return Path("reports") / f"{source.path.stem}-{suffix}"
 
 
-def temperature_for(source: ModelSource, spec: DataSpec, data: ImageArrays, logits: np.ndarray, tta: str,
-                    batch_size: int) -> tuple[np.ndarray, float, str] | None:
+def temperature_for(
+    source: ModelSource, spec: DataSpec, data: ImageArrays, logits: np.ndarray, tta: str, batch_size: int
+) -> tuple[np.ndarray, float, str] | None:
     """(logits without temperature, T, where T comes from) for the before/after calibration section.
 
     An ONNX model that divides by a temperature inside its graph has it recorded in its card; for
@@ -268,8 +336,11 @@ def temperature_for(source: ModelSource, spec: DataSpec, data: ImageArrays, logi
             return None
         fit_logits, _ = source.predict(val, tta, batch_size)
         fit_labels = val.labels
-    where = ("these validation images, so the after row is in-sample, as at export" if spec.split == "val"
-             else f"the validation split ({len(fit_labels)} images)")
+    where = (
+        "these validation images, so the after row is in-sample, as at export"
+        if spec.split == "val"
+        else f"the validation split ({len(fit_labels)} images)"
+    )
     return logits, fit_temperature(fit_logits, fit_labels), f"fitted here on {where}"
 
 
@@ -278,8 +349,10 @@ def calibration_section(raw_logits: np.ndarray, labels: np.ndarray, temperature:
     report = calibration_report(raw_logits, labels, temperature)
     report["temperature_origin"] = origin
     z = raw_logits.astype(np.float64)
-    report["reliability"] = {"before": reliability_bins(softmax(z), labels),
-                             "after": reliability_bins(softmax(z / temperature), labels)}
+    report["reliability"] = {
+        "before": reliability_bins(softmax(z), labels),
+        "after": reliability_bins(softmax(z / temperature), labels),
+    }
     return report
 
 
@@ -298,8 +371,15 @@ def _gradcam_samples(labels: np.ndarray, preds: np.ndarray, confidence: np.ndarr
     return chosen
 
 
-def render_gradcam(source: ModelSource, data: ImageArrays, preds: np.ndarray, confidence: np.ndarray,
-                   classes: list[str], path: Path, per_group: int = GRADCAM_PER_GROUP) -> list[int]:
+def render_gradcam(
+    source: ModelSource,
+    data: ImageArrays,
+    preds: np.ndarray,
+    confidence: np.ndarray,
+    classes: list[str],
+    path: Path,
+    per_group: int = GRADCAM_PER_GROUP,
+) -> list[int]:
     indices = _gradcam_samples(data.labels, preds, confidence, per_group)
     if not indices:
         figures.plot_gradcam(np.zeros((0,)), np.zeros((0,)), [], [], path)
@@ -311,8 +391,11 @@ def render_gradcam(source: ModelSource, data: ImageArrays, preds: np.ndarray, co
     for i in indices:
         ok = bool(preds[i] == data.labels[i])
         correct.append(ok)
-        titles.append(f"{classes[preds[i]]} ({confidence[i]:.2f})" if ok
-                      else f"{classes[data.labels[i]]} -> {classes[preds[i]]} ({confidence[i]:.2f})")
+        titles.append(
+            f"{classes[preds[i]]} ({confidence[i]:.2f})"
+            if ok
+            else f"{classes[data.labels[i]]} -> {classes[preds[i]]} ({confidence[i]:.2f})"
+        )
     figures.plot_gradcam(images, cams, titles, correct, path)
     return indices
 
@@ -340,34 +423,55 @@ def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | 
     ]
     recorded = (src.get("best") or {}).get("val_top1")
     if recorded is not None and data["split"] == "val":
-        lines += ["", f"Training recorded {_pct(recorded)} val top-1 for this checkpoint (with the run's bf16 setting; "
-                  "this evaluation runs in fp32, so a few samples may differ)."]
+        lines += [
+            "",
+            f"Training recorded {_pct(recorded)} val top-1 for this checkpoint (with the run's bf16 setting; "
+            "this evaluation runs in fp32, so a few samples may differ).",
+        ]
     ranked = sorted((c for c in metrics["per_class"] if c["accuracy"] is not None), key=lambda c: c["accuracy"])
     if len(ranked) >= 2:
-        weak, strong = ranked[:min(5, len(ranked) // 2)], ranked[::-1][:min(3, len(ranked) // 2)]
-        lines += ["", "Weakest classes: " + ", ".join(f"{c['class']} {_pct(c['accuracy'])}" for c in weak)
-                  + "; strongest: " + ", ".join(f"{c['class']} {_pct(c['accuracy'])}" for c in strong) + "."]
+        weak, strong = ranked[: min(5, len(ranked) // 2)], ranked[::-1][: min(3, len(ranked) // 2)]
+        lines += [
+            "",
+            "Weakest classes: "
+            + ", ".join(f"{c['class']} {_pct(c['accuracy'])}" for c in weak)
+            + "; strongest: "
+            + ", ".join(f"{c['class']} {_pct(c['accuracy'])}" for c in strong)
+            + ".",
+        ]
     if metrics["top_confusions"]:
-        lines += ["", "Most frequent confusions (true -> predicted): " + ", ".join(
-            f"{p['true']} -> {p['predicted']} ({p['count']})" for p in metrics["top_confusions"][:5]) + "."]
+        lines += [
+            "",
+            "Most frequent confusions (true -> predicted): "
+            + ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})" for p in metrics["top_confusions"][:5])
+            + ".",
+        ]
     cal = metrics.get("calibration")
     if cal:
-        lines += ["", "## Calibration", "",
-                  f"Temperature scaling divides the logits by T = {cal['temperature']:.4f}, "
-                  f"{cal['temperature_origin']}. ECE over 15 equal-width confidence bins; Brier score summed over "
-                  "classes.", "",
-                  "| | ECE | NLL | Brier | mean confidence | accuracy |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Calibration",
+            "",
+            f"Temperature scaling divides the logits by T = {cal['temperature']:.4f}, "
+            f"{cal['temperature_origin']}. ECE over 15 equal-width confidence bins; Brier score summed over "
+            "classes.",
+            "",
+            "| | ECE | NLL | Brier | mean confidence | accuracy |",
+            "|---|---|---|---|---|---|",
+        ]
         scaled = f"temperature-scaled (T = {cal['temperature']:.3f})"
         for name, key in (("uncalibrated (T = 1)", "before"), (scaled, "after")):
             m = cal[key]
-            lines.append(f"| {name} | {m['ece']:.4f} | {m['nll']:.4f} | {m['brier']:.4f} | "
-                         f"{_pct(m['mean_confidence'])} | {_pct(m['accuracy'])} |")
+            lines.append(
+                f"| {name} | {m['ece']:.4f} | {m['nll']:.4f} | {m['brier']:.4f} | "
+                f"{_pct(m['mean_confidence'])} | {_pct(m['accuracy'])} |"
+            )
     captions = {
         "confusion_matrix": "Confusion matrix, each row normalised over its true class",
         "per_class_accuracy": "Per-class accuracy; the dashed line is the mean over classes",
         "misclassified": "The most confident mistakes",
         "reliability": "Reliability diagrams before and after temperature scaling: accuracy per confidence bin "
-                       "against the diagonal of perfect calibration",
+        "against the diagonal of perfect calibration",
         "gradcam": "Grad-CAM heat maps of the predicted class, correct samples (green) then mistakes (red)",
         "training_curves": "Training curves from the run's history",
     }
@@ -377,16 +481,30 @@ def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | 
             lines += ["", f"**{caption}.**", "", f"![{key}]({files[key]})"]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    lines += ["", f"All numbers: `{METRICS_FILE}`; per-sample logits and labels: `{PREDICTIONS_FILE}` "
-              "(`python -m training compare` pairs two reports)."]
+    lines += [
+        "",
+        f"All numbers: `{METRICS_FILE}`; per-sample logits and labels: `{PREDICTIONS_FILE}` "
+        "(`python -m training compare` pairs two reports).",
+    ]
     path.write_text("\n".join(lines) + "\n")
 
 
-def evaluate(checkpoint: str | Path | None = None, onnx: str | Path | None = None, out: str | Path | None = None,
-             dataset: str | None = None, root: str | None = None, split: str = "val", tta: str = "none",
-             val_size: int | None = None, split_seed: int | None = None, cache_dir: str | None = None,
-             batch_size: int = 256, device: str = "auto", gradcam_per_group: int = GRADCAM_PER_GROUP,
-             max_classes: int = figures.MAX_CLASSES) -> dict[str, Any]:
+def evaluate(
+    checkpoint: str | Path | None = None,
+    onnx: str | Path | None = None,
+    out: str | Path | None = None,
+    dataset: str | None = None,
+    root: str | None = None,
+    split: str = "val",
+    tta: str = "none",
+    val_size: int | None = None,
+    split_seed: int | None = None,
+    cache_dir: str | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    gradcam_per_group: int = GRADCAM_PER_GROUP,
+    max_classes: int = figures.MAX_CLASSES,
+) -> dict[str, Any]:
     """Evaluate a checkpoint or ONNX model and write the report folder; returns the metrics."""
     check_tta(tta)
     source = load_model(checkpoint, onnx, device)
@@ -425,29 +543,39 @@ def evaluate(checkpoint: str | Path | None = None, onnx: str | Path | None = Non
     preds, confidence = logits.argmax(1), probs.max(1)
     files: dict[str, str | None] = {}
     with tqdm(total=6, desc="figures", unit="figure", leave=False) as bar:
-        figures.plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png",
-                                      max_classes)
+        figures.plot_confusion_matrix(
+            np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png", max_classes
+        )
         files["confusion_matrix"] = "confusion_matrix.png"
         bar.update()
-        figures.plot_per_class_accuracy([c["accuracy"] for c in metrics["per_class"]], classes,
-                                        out_dir / "per_class_accuracy.png", max_classes)
+        figures.plot_per_class_accuracy(
+            [c["accuracy"] for c in metrics["per_class"]], classes, out_dir / "per_class_accuracy.png", max_classes
+        )
         files["per_class_accuracy"] = "per_class_accuracy.png"
         bar.update()
         metrics["misclassified_shown"] = figures.plot_misclassified(
-            data.images, data.labels, preds, confidence, classes, out_dir / "misclassified.png")
+            data.images, data.labels, preds, confidence, classes, out_dir / "misclassified.png"
+        )
         files["misclassified"] = "misclassified.png"
         bar.update()
         if "calibration" in metrics:
             cal = metrics["calibration"]
             figures.plot_reliability(
-                [(f"uncalibrated (T = 1): ECE {cal['before']['ece']:.4f}", cal["reliability"]["before"]),
-                 (f"temperature-scaled (T = {cal['temperature']:.3f}): ECE {cal['after']['ece']:.4f}",
-                  cal["reliability"]["after"])], out_dir / "reliability.png")
+                [
+                    (f"uncalibrated (T = 1): ECE {cal['before']['ece']:.4f}", cal["reliability"]["before"]),
+                    (
+                        f"temperature-scaled (T = {cal['temperature']:.3f}): ECE {cal['after']['ece']:.4f}",
+                        cal["reliability"]["after"],
+                    ),
+                ],
+                out_dir / "reliability.png",
+            )
             files["reliability"] = "reliability.png"
         bar.update()
         if source.supports_gradcam:
-            metrics["gradcam_samples"] = render_gradcam(source, data, preds, confidence, classes,
-                                                        out_dir / "gradcam.png", gradcam_per_group)
+            metrics["gradcam_samples"] = render_gradcam(
+                source, data, preds, confidence, classes, out_dir / "gradcam.png", gradcam_per_group
+            )
             files["gradcam"] = "gradcam.png"
         else:
             notes.append("Grad-CAM skipped: an ONNX model exposes no gradients; evaluate its checkpoint for heat maps.")
@@ -459,8 +587,10 @@ def evaluate(checkpoint: str | Path | None = None, onnx: str | Path | None = Non
             notes.append("No training curves: no history.json next to the model and none in the checkpoint.")
         bar.update()
     if len(classes) > max_classes:
-        notes.append(f"With {len(classes)} classes the confusion matrix and bar chart show the {max_classes} worst "
-                     "classes; metrics.json has all of them.")
+        notes.append(
+            f"With {len(classes)} classes the confusion matrix and bar chart show the {max_classes} worst "
+            "classes; metrics.json has all of them."
+        )
     metrics["notes"] = notes
     metrics["files"] = {k: v for k, v in files.items() if v}
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))

@@ -3,6 +3,7 @@
 With many classes (CIFAR-100) a full matrix or bar chart is an unreadable wall of labels, so above
 ``max_classes`` the figures show the worst classes only and say so in their titles.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -62,13 +63,21 @@ def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path, ma
         fontsize = 8 if len(col_labels) <= 12 else 6
         for (i, j), value in np.ndenumerate(matrix):
             if value >= 0.005:
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=fontsize,
-                        color="white" if value > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=fontsize,
+                    color="white" if value > 0.5 else "black",
+                )
     _save(fig, path)
 
 
-def plot_per_class_accuracy(accuracy: Sequence[float | None], classes: Sequence[str], path: Path,
-                            max_classes: int = MAX_CLASSES) -> None:
+def plot_per_class_accuracy(
+    accuracy: Sequence[float | None], classes: Sequence[str], path: Path, max_classes: int = MAX_CLASSES
+) -> None:
     """Bars of per-class accuracy with the mean over all classes as a line."""
     valid = [a for a in accuracy if a is not None]
     mean = float(np.mean(valid)) if valid else 0.0
@@ -86,8 +95,15 @@ def plot_per_class_accuracy(accuracy: Sequence[float | None], classes: Sequence[
     bars = ax.bar(range(len(keep)), values, color=colors)
     ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
     ax.axhline(100 * mean, color="black", linestyle="--", linewidth=1)
-    ax.annotate(f"mean of {len(valid)}\nclasses: {100 * mean:.1f}%", xy=(1, 100 * mean),
-                xycoords=("axes fraction", "data"), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.annotate(
+        f"mean of {len(valid)}\nclasses: {100 * mean:.1f}%",
+        xy=(1, 100 * mean),
+        xycoords=("axes fraction", "data"),
+        xytext=(4, 0),
+        textcoords="offset points",
+        va="center",
+        fontsize=8,
+    )
     ax.set_xticks(range(len(keep)), labels, rotation=45, ha="right", rotation_mode="anchor")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
@@ -103,8 +119,16 @@ def _message_figure(text: str, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_misclassified(images: np.ndarray, labels: np.ndarray, preds: np.ndarray, confidence: np.ndarray,
-                       classes: Sequence[str], path: Path, count: int = 24, columns: int = 6) -> list[int]:
+def plot_misclassified(
+    images: np.ndarray,
+    labels: np.ndarray,
+    preds: np.ndarray,
+    confidence: np.ndarray,
+    classes: Sequence[str],
+    path: Path,
+    count: int = 24,
+    columns: int = 6,
+) -> list[int]:
     """The most confident mistakes, most confident first; returns the sample indices shown."""
     wrong = np.flatnonzero(preds != labels)
     if len(wrong) == 0:
@@ -118,16 +142,18 @@ def plot_misclassified(images: np.ndarray, labels: np.ndarray, preds: np.ndarray
         ax.axis("off")
     for ax, i in zip(axes.flat, shown):
         ax.imshow(images[i], interpolation="nearest")
-        ax.set_title(f"true: {classes[labels[i]]}\npred: {classes[preds[i]]} ({confidence[i]:.2f})", fontsize=8,
-                     color="darkred")
+        ax.set_title(
+            f"true: {classes[labels[i]]}\npred: {classes[preds[i]]} ({confidence[i]:.2f})", fontsize=8, color="darkred"
+        )
     fig.suptitle("most confident mistakes (confidence = softmax probability of the predicted class)", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
     return [int(i) for i in shown]
 
 
-def plot_gradcam(images: np.ndarray, cams: np.ndarray, titles: Sequence[str], correct: Sequence[bool], path: Path,
-                 columns: int = 4) -> None:
+def plot_gradcam(
+    images: np.ndarray, cams: np.ndarray, titles: Sequence[str], correct: Sequence[bool], path: Path, columns: int = 4
+) -> None:
     """Each sample as its image above its Grad-CAM overlay; correct samples first, titles in green, mistakes in red."""
     n = len(images)
     if n == 0:
@@ -161,10 +187,20 @@ def plot_reliability(panels: Sequence[tuple[str, dict]], path: Path) -> None:
         filled = [i for i, n in enumerate(bins["count"]) if n]
         accuracy = np.array([bins["accuracy"][i] for i in filled])
         confidence = np.array([bins["confidence"][i] for i in filled])
-        ax.bar(centres[filled], accuracy, width=width, color="tab:blue", edgecolor="black", linewidth=0.5,
-               label="accuracy")
-        ax.bar(centres[filled], np.abs(confidence - accuracy), bottom=np.minimum(accuracy, confidence), width=width,
-               fill=False, hatch="//", edgecolor="tab:red", linewidth=0.5, label="gap to mean confidence")
+        ax.bar(
+            centres[filled], accuracy, width=width, color="tab:blue", edgecolor="black", linewidth=0.5, label="accuracy"
+        )
+        ax.bar(
+            centres[filled],
+            np.abs(confidence - accuracy),
+            bottom=np.minimum(accuracy, confidence),
+            width=width,
+            fill=False,
+            hatch="//",
+            edgecolor="tab:red",
+            linewidth=0.5,
+            label="gap to mean confidence",
+        )
         share = np.asarray(bins["count"], dtype=float) / max(1, sum(bins["count"]))
         ax.plot(centres, share, color="grey", marker=".", linewidth=1, label="share of samples")
         ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1)

@@ -3,6 +3,7 @@
 The map for class c is ReLU(sum_k w_k A_k), where A is the layer's activation and w_k the
 spatial mean of d logit_c / d A_k; it is upsampled bilinearly to the input size and scaled to [0, 1].
 """
+
 from __future__ import annotations
 
 import numpy as np

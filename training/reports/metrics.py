@@ -2,6 +2,7 @@
 
 They take numpy arrays only, so a checkpoint and an ONNX model get the same numbers.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -36,8 +37,12 @@ def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) ->
         counts.append(int(mask.sum()))
         accuracy.append(float(correct[mask].mean()) if mask.any() else None)
         mean_confidence.append(float(confidence[mask].mean()) if mask.any() else None)
-    return {"edges": np.linspace(0, 1, n_bins + 1).tolist(), "count": counts, "accuracy": accuracy,
-            "confidence": mean_confidence}
+    return {
+        "edges": np.linspace(0, 1, n_bins + 1).tolist(),
+        "count": counts,
+        "accuracy": accuracy,
+        "confidence": mean_confidence,
+    }
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
@@ -46,8 +51,13 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     total = sum(bins["count"])
     if not total:
         return 0.0
-    return float(sum(n / total * abs(acc - conf)
-                     for n, acc, conf in zip(bins["count"], bins["accuracy"], bins["confidence"]) if n))
+    return float(
+        sum(
+            n / total * abs(acc - conf)
+            for n, acc, conf in zip(bins["count"], bins["accuracy"], bins["confidence"])
+            if n
+        )
+    )
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -75,8 +85,14 @@ def top_confusions(cm: np.ndarray, classes: Sequence[str], k: int = 10) -> list[
         if off[t, p] == 0:
             break
         row = cm[t].sum()
-        pairs.append({"true": classes[t], "predicted": classes[p], "count": int(off[t, p]),
-                      "share_of_true_class": float(off[t, p] / row) if row else 0.0})
+        pairs.append(
+            {
+                "true": classes[t],
+                "predicted": classes[p],
+                "count": int(off[t, p]),
+                "share_of_true_class": float(off[t, p] / row) if row else 0.0,
+            }
+        )
     return pairs
 
 
@@ -95,17 +111,22 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, classes: Sequence[st
     preds = logits.argmax(axis=1)
     all_labels = np.arange(num_classes)
     cm = confusion_matrix(labels, preds, labels=all_labels)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, preds, labels=all_labels, zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(labels, preds, labels=all_labels, zero_division=0)
     present = all_labels[support > 0]
     averages = {}
     for average in ("macro", "weighted"):
         p, r, f, _ = precision_recall_fscore_support(labels, preds, labels=present, average=average, zero_division=0)
         averages[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
     per_class = [
-        {"class": name, "accuracy": float(recall[c]) if support[c] else None, "precision": float(precision[c]),
-         "recall": float(recall[c]), "f1": float(f1[c]), "support": int(support[c]),
-         "predicted": int(cm[:, c].sum())}
+        {
+            "class": name,
+            "accuracy": float(recall[c]) if support[c] else None,
+            "precision": float(precision[c]),
+            "recall": float(recall[c]),
+            "f1": float(f1[c]),
+            "support": int(support[c]),
+            "predicted": int(cm[:, c].sum()),
+        }
         for c, name in enumerate(classes)
     ]
     return {
@@ -148,6 +169,13 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, exact_below: int = MCN
         method = "chi-square with continuity correction"
         statistic = float((abs(b - c) - 1) ** 2 / n)
         p_value = float(stats.chi2.sf(statistic, df=1))
-    return {"a_right_b_wrong": b, "a_wrong_b_right": c, "both_right": int((correct_a & correct_b).sum()),
-            "both_wrong": int((~correct_a & ~correct_b).sum()), "discordant": n, "method": method,
-            "statistic": statistic, "p_value": min(p_value, 1.0)}
+    return {
+        "a_right_b_wrong": b,
+        "a_wrong_b_right": c,
+        "both_right": int((correct_a & correct_b).sum()),
+        "both_wrong": int((~correct_a & ~correct_b).sum()),
+        "discordant": n,
+        "method": method,
+        "statistic": statistic,
+        "p_value": min(p_value, 1.0),
+    }
