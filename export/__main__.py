@@ -3,6 +3,8 @@
 python -m export --checkpoint RUN/best.pt --name NAME [--precision fp32|fp16|int8] [--default] [--calibrate none]
 python -m export verify [NAME]     re-verify a shipped model (default: the manifest's default) and its calibration
 python -m export list              the models in the manifest
+python -m export rederive REF --name NAME [--precision P] [--default]   a variant of a shipped FP32 graph whose
+                                   checkpoint is gone: calibrated and/or converted, verified against that graph
 """
 
 from __future__ import annotations
@@ -75,6 +77,28 @@ def verify_parser() -> argparse.ArgumentParser:
     return p
 
 
+def rederive_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export rederive",
+        description=(
+            "Derive a model from a shipped FP32 graph when the checkpoint it came from is not here: fit a "
+            "temperature on the graph's validation logits and append the division to it (unless --calibrate "
+            "none), convert it to --precision, verify it against the FP32 graph's logits divided by the same "
+            "temperature, and record it in the manifest (the same name replaces the reference)."
+        ),
+    )
+    p.add_argument("reference", help="name of a shipped, uncalibrated FP32 model")
+    p.add_argument("--name", required=True, help="name of the derived model")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32")
+    p.add_argument("--calibrate", choices=CALIBRATION_METHODS, default="temperature")
+    p.add_argument("--default", action="store_true", help="make the derived model the manifest's default")
+    p.add_argument("--models-dir", default="models")
+    p.add_argument("--calibration-images", type=int, default=1000, help="training-split images to calibrate INT8 with")
+    p.add_argument("--cache-dir", default=".cache/datasets")
+    p.add_argument("--max-val-images", type=int)
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
@@ -100,6 +124,25 @@ def main(argv: list[str] | None = None) -> int:
                 print("FAILED: " + "; ".join(parity.failures), file=sys.stderr)
                 return 1
             print("verified")
+            return 0
+        if argv[:1] == ["rederive"]:
+            from .rederive import rederive
+
+            args = rederive_parser().parse_args(argv[1:])
+            entry, parity = rederive(
+                args.reference,
+                args.name,
+                args.precision,
+                args.models_dir,
+                args.default,
+                args.calibrate,
+                args.calibration_images,
+                args.cache_dir,
+                args.max_val_images,
+            )
+            print(parity.summary())
+            print(calibration_summary(entry.metrics["calibration"]))
+            print(json.dumps({"name": entry.name, "file": entry.file, "sha256": entry.sha256}, indent=2))
             return 0
         args = export_parser().parse_args(argv)
         entry, parity = export_checkpoint(

@@ -252,3 +252,40 @@ def test_verify_command(exported, tmp_path, capsys):
     (m / entry.file).write_bytes(bytes(data))
     assert export_main(["verify", "tiny", "--models-dir", str(m)]) == 2
     assert "tiny.onnx" in capsys.readouterr().err
+
+
+def test_rederive_calibrates_and_converts_a_shipped_fp32_graph_without_its_checkpoint(tiny_run, tmp_path):
+    import onnx
+
+    from export.__main__ import main
+    from export.pipeline import export_checkpoint
+    from export.rederive import rederive
+    from inference.manifest import load_manifest
+    from inference.runtime import OnnxClassifier
+
+    models = tmp_path / "models"
+    export_checkpoint(tiny_run / "best.pt", "raw", "fp32", models, cache_dir=None, calibrate="none")
+    entry, parity = rederive("raw", "cal", "fp32", models, cache_dir=None)
+    t = entry.calibration.temperature
+    assert entry.calibration.method == "temperature" and t != 1.0
+    assert parity.passed and parity.top1_agreement == 1.0
+    assert entry.source["derived_from"]["name"] == "raw" and entry.source["checkpoint"] == str(tiny_run / "best.pt")
+    x = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+    raw_logits = OnnxClassifier(models / "raw.onnx", device="cpu").logits(x)
+    cal_logits = OnnxClassifier(models / "cal.onnx", device="cpu").logits(x)
+    assert np.allclose(cal_logits, raw_logits / t, rtol=1e-5, atol=1e-6)
+    assert [n.op_type for n in onnx.load(str(models / "cal.onnx")).graph.node][-1] == "Div"
+    assert entry.metrics["calibration"]["after"]["nll"] <= entry.metrics["calibration"]["before"]["nll"]
+
+    int8, int8_parity = rederive("raw", "cal-int8", "int8", models, cache_dir=None, make_default=True)
+    assert int8_parity.passed and int8.calibration.temperature == t
+    assert load_manifest(models).default == "cal-int8"
+    with pytest.raises(ValueError, match="re-derive from an FP32 graph"):
+        rederive("cal-int8", "x", "fp32", models, cache_dir=None)
+    with pytest.raises(ValueError, match="already calibrated"):
+        rederive("cal", "x", "fp32", models, cache_dir=None)
+    # The same name replaces the reference in the manifest; the CLI refuses an unknown reference with exit 2.
+    rederive("raw", "raw", "fp32", models, cache_dir=None)
+    replaced = load_manifest(models).get("raw")
+    assert replaced.calibration.temperature == t and replaced.source["derived_from"]["sha256"] != replaced.sha256
+    assert main(["rederive", "nope", "--name", "y", "--models-dir", str(models)]) == 2

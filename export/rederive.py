@@ -1,0 +1,134 @@
+"""Re-derive a shipped model from its FP32 graph when the checkpoint it came from is gone.
+
+The FP32 graph was verified against its checkpoint when it was exported, so it can stand in for it: a
+temperature is fitted on its validation-split logits and appended to the graph as a last Div node, a
+precision's converter runs on that graph, and parity is measured against the FP32 graph's logits divided
+by the same T. Everything else on the card (input spec, classes, the checkpoint it came from) is kept;
+``source["derived_from"]`` names the graph and its sha256.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+from onnx import helper, numpy_helper
+
+from inference.manifest import Calibration, ModelCard, ModelEntry, load_manifest, sha256_file
+from inference.runtime import OnnxClassifier, softmax
+from training.inference import topk_accuracy
+from training.reports.calibration import fit_temperature
+
+from .onnx_export import write_card
+from .parity import Parity, judge, onnx_logits
+from .pipeline import ParityError, _calibration_report, _record, _validation, calibration_images
+from .variants import converter
+
+
+def append_temperature(src: Path, dst: Path, temperature: float) -> None:
+    """Copy the graph with its output divided by ``temperature`` (the output keeps its name)."""
+    model = onnx.load(str(src))
+    graph = model.graph
+    output = graph.output[0].name
+    raw = f"{output}_before_temperature"
+    for node in graph.node:
+        node.output[:] = [raw if name == output else name for name in node.output]
+        node.input[:] = [raw if name == output else name for name in node.input]
+    graph.initializer.append(numpy_helper.from_array(np.array(temperature, np.float32), "calibration_temperature"))
+    graph.node.append(helper.make_node("Div", [raw, "calibration_temperature"], [output], name="temperature"))
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(dst))
+
+
+def rederive(
+    reference: str,
+    name: str,
+    precision: str = "fp32",
+    models_dir: str | Path = "models",
+    make_default: bool = False,
+    calibrate: str = "temperature",
+    calibration_count: int = 1000,
+    cache_dir: str | None = ".cache/datasets",
+    max_val_images: int | None = None,
+) -> tuple[ModelEntry, Parity]:
+    models_dir = Path(models_dir)
+    manifest = load_manifest(models_dir, verify=True)
+    ref = manifest.get(reference)
+    if ref.precision != "fp32":
+        raise ValueError(f"{reference} is {ref.precision}: re-derive from an FP32 graph")
+    if ref.calibration.method != "none":
+        raise ValueError(
+            f"{reference} is already calibrated (T={ref.calibration.temperature}): derive from it with "
+            "--calibrate none, or from the uncalibrated graph"
+        )
+    source = {**ref.source, "cache_dir": cache_dir}
+    val = _validation(source, max_val_images)
+    ref_path = models_dir / ref.file
+    ref_logits, ref_speed = onnx_logits(OnnxClassifier(ref_path, device="cpu"), val.images)
+    calibration = Calibration()
+    if calibrate == "temperature":
+        temperature = float(np.float32(fit_temperature(ref_logits, val.labels)))
+        calibration = Calibration(
+            method="temperature",
+            temperature=temperature,
+            fitted_on=f"NLL on the validation split ({len(val)} images), logits of the FP32 "
+            f"graph {ref.file} (sha256 {ref.sha256[:12]})",
+        )
+    elif calibrate != "none":
+        raise ValueError(f"unknown calibration {calibrate!r}; valid: temperature, none")
+    card = ModelCard(
+        **{
+            **ref.model_dump(include=set(ModelCard.model_fields)),
+            "name": name,
+            "precision": precision,
+            "metrics": {"val_top1": 0.0},
+            "calibration": calibration,
+            "source": {
+                **ref.source,
+                "onnxruntime": onnxruntime.__version__,
+                "onnx": onnx.__version__,
+                "derived_from": {"name": ref.name, "file": ref.file, "sha256": ref.sha256},
+            },
+        }
+    )
+    final = models_dir / f"{name}.onnx"
+    with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
+        fp32, out = Path(tmp) / "fp32.onnx", Path(tmp) / "model.onnx"
+        if calibration.method == "temperature":
+            append_temperature(ref_path, fp32, calibration.temperature)
+        else:
+            shutil.copyfile(ref_path, fp32)
+        convert = converter(precision)
+        if convert.calibration is None:
+            convert.convert(fp32, out)
+        else:
+            convert.convert(fp32, out, calibration_images(source, calibration_count))
+            card.source["calibration"] = f"{calibration_count} {convert.calibration}"
+        write_card(out, card)
+        logits, speed = onnx_logits(OnnxClassifier(out, device="cpu"), val.images)
+        expected = softmax(ref_logits / calibration.temperature)
+        parity = judge(
+            precision, expected, softmax(logits), val.labels, topk_accuracy(expected, val.labels, 1), ref_speed, speed
+        )
+        if not parity.passed:
+            raise ParityError(
+                f"{name} ({precision}) failed verification against {ref.file}: "
+                f"{'; '.join(parity.failures)}\n{parity.summary()}"
+            )
+        card.metrics = {
+            "val_top1": parity.onnx_top1,
+            "val_top5": parity.onnx_top5,
+            "val_samples": parity.samples,
+            "parity": parity.as_dict(),
+            "calibration": _calibration_report(logits, val.labels, calibration.temperature),
+        }
+        write_card(out, card)
+        os.replace(out, final)
+    entry = ModelEntry(**card.model_dump(), file=final.name, sha256=sha256_file(final))
+    _record(entry, models_dir, make_default)
+    return entry, parity
