@@ -450,7 +450,15 @@ def test_resume_after_kill(image_folder, tiny_models_dir, tmp_path):
         "--k",
         "1",
     ]
-    kw = dict(cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as in a shell: a SIGINT disposition the test process inherited or set (ignored) must not reach the
+    # scorer, which would then never see the interrupt (Python installs its handler only over the default).
+    kw = dict(
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
     proc = subprocess.Popen(cmd, **kw)
     _wait_for_lines(out, 40, proc)
