@@ -44,7 +44,7 @@ def _split(source: dict, split: str) -> ImageArrays:
     )
 
 
-def _validation(source: dict, max_images: int | None) -> ImageArrays:
+def validation_split(source: dict, max_images: int | None) -> ImageArrays:
     val = _split(source, "val")
     return val.subset(np.arange(min(max_images, len(val)))) if max_images else val
 
@@ -96,7 +96,7 @@ def export_checkpoint(
     meta = ckpt["meta"]
     model = with_tta(model_from_checkpoint(ckpt), tta)
     source = _data_source(meta, cache_dir)
-    val = _validation(source, max_val_images)
+    val = validation_split(source, max_val_images)
     calibration = fit_calibration(model, val.images, val.labels, calibrate, f"the checkpoint with tta {tta!r}")
     model = with_calibration(model, calibration)
     card = ModelCard(
@@ -126,30 +126,48 @@ def export_checkpoint(
         fp32 = Path(tmp) / "fp32.onnx"
         export_fp32(model, fp32, meta["input_size"])
         out = Path(tmp) / "model.onnx"
-        convert = converter(precision)
-        if convert.calibration is None:
-            convert.convert(fp32, out)
-        else:
-            convert.convert(fp32, out, calibration_images(source, calibration_count))
-            card.source["calibration"] = f"{calibration_count} {convert.calibration}"
-        write_card(out, card)
+        convert_variant(fp32, out, card, source, calibration_count)
         parity, logits = parity_and_logits(model, OnnxClassifier(out, device="cpu"), val.images, val.labels)
-        if not parity.passed:
-            raise ParityError(
-                f"{name} ({precision}) failed verification: {'; '.join(parity.failures)}\n{parity.summary()}"
-            )
-        card.metrics = {
-            "val_top1": parity.onnx_top1,
-            "val_top5": parity.onnx_top5,
-            "val_samples": parity.samples,
-            "parity": parity.as_dict(),
-            "calibration": _calibration_report(logits, val.labels, calibration.temperature),
-        }
-        write_card(out, card)
-        os.replace(out, final)
+        publish(out, final, card, parity, logits, val.labels, "")
+    return record_entry(card, final, models_dir, make_default), parity
+
+
+def convert_variant(fp32: Path, out: Path, card: ModelCard, source: dict, calibration_count: int) -> None:
+    """The card's precision from the FP32 graph, and the card written into it; INT8 calibration images come
+    from the training split of ``source``."""
+    convert = converter(card.precision)
+    if convert.calibration is None:
+        convert.convert(fp32, out)
+    else:
+        convert.convert(fp32, out, calibration_images(source, calibration_count))
+        card.source["calibration"] = f"{calibration_count} {convert.calibration}"
+    write_card(out, card)
+
+
+def publish(
+    out: Path, final: Path, card: ModelCard, parity: Parity, logits: np.ndarray, labels: np.ndarray, against: str
+) -> None:
+    """Refuse a graph that misses parity; otherwise write its metrics into the card and move it into place."""
+    if not parity.passed:
+        raise ParityError(
+            f"{card.name} ({card.precision}) failed verification{against}: {'; '.join(parity.failures)}\n"
+            f"{parity.summary()}"
+        )
+    card.metrics = {
+        "val_top1": parity.onnx_top1,
+        "val_top5": parity.onnx_top5,
+        "val_samples": parity.samples,
+        "parity": parity.as_dict(),
+        "calibration": _calibration_report(logits, labels, card.calibration.temperature),
+    }
+    write_card(out, card)
+    os.replace(out, final)
+
+
+def record_entry(card: ModelCard, final: Path, models_dir: Path, make_default: bool) -> ModelEntry:
     entry = ModelEntry(**card.model_dump(), file=final.name, sha256=sha256_file(final))
     _record(entry, models_dir, make_default)
-    return entry, parity
+    return entry
 
 
 def _record(entry: ModelEntry, models_dir: Path, make_default: bool) -> None:
@@ -183,7 +201,7 @@ def verify_model(
     manifest = load_manifest(models_dir, verify=True)
     entry = manifest.get(name)
     source = {**entry.source, "cache_dir": cache_dir}
-    val = _validation(source, max_val_images)
+    val = validation_split(source, max_val_images)
     classifier = OnnxClassifier(models_dir / entry.file, device="cpu")
     temperature = entry.calibration.temperature
     checkpoint = Path(entry.source.get("checkpoint", ""))

@@ -9,7 +9,6 @@ by the same T. Everything else on the card (input spec, classes, the checkpoint 
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,15 +18,13 @@ import onnx
 import onnxruntime
 from onnx import helper, numpy_helper
 
-from inference.manifest import Calibration, ModelCard, ModelEntry, load_manifest, sha256_file
+from inference.manifest import Calibration, ModelCard, ModelEntry, load_manifest
 from inference.runtime import OnnxClassifier, softmax
 from training.inference import topk_accuracy
 from training.reports.calibration import fit_temperature
 
-from .onnx_export import write_card
 from .parity import Parity, judge, onnx_logits
-from .pipeline import ParityError, _calibration_report, _record, _validation, calibration_images
-from .variants import converter
+from .pipeline import convert_variant, publish, record_entry, validation_split
 
 
 def append_temperature(src: Path, dst: Path, temperature: float) -> None:
@@ -67,7 +64,7 @@ def rederive(
             "--calibrate none, or from the uncalibrated graph"
         )
     source = {**ref.source, "cache_dir": cache_dir}
-    val = _validation(source, max_val_images)
+    val = validation_split(source, max_val_images)
     ref_path = models_dir / ref.file
     ref_logits, ref_speed = onnx_logits(OnnxClassifier(ref_path, device="cpu"), val.images)
     calibration = Calibration()
@@ -103,32 +100,11 @@ def rederive(
             append_temperature(ref_path, fp32, calibration.temperature)
         else:
             shutil.copyfile(ref_path, fp32)
-        convert = converter(precision)
-        if convert.calibration is None:
-            convert.convert(fp32, out)
-        else:
-            convert.convert(fp32, out, calibration_images(source, calibration_count))
-            card.source["calibration"] = f"{calibration_count} {convert.calibration}"
-        write_card(out, card)
+        convert_variant(fp32, out, card, source, calibration_count)
         logits, speed = onnx_logits(OnnxClassifier(out, device="cpu"), val.images)
         expected = softmax(ref_logits / calibration.temperature)
         parity = judge(
             precision, expected, softmax(logits), val.labels, topk_accuracy(expected, val.labels, 1), ref_speed, speed
         )
-        if not parity.passed:
-            raise ParityError(
-                f"{name} ({precision}) failed verification against {ref.file}: "
-                f"{'; '.join(parity.failures)}\n{parity.summary()}"
-            )
-        card.metrics = {
-            "val_top1": parity.onnx_top1,
-            "val_top5": parity.onnx_top5,
-            "val_samples": parity.samples,
-            "parity": parity.as_dict(),
-            "calibration": _calibration_report(logits, val.labels, calibration.temperature),
-        }
-        write_card(out, card)
-        os.replace(out, final)
-    entry = ModelEntry(**card.model_dump(), file=final.name, sha256=sha256_file(final))
-    _record(entry, models_dir, make_default)
-    return entry, parity
+        publish(out, final, card, parity, logits, val.labels, f" against {ref.file}")
+    return record_entry(card, final, models_dir, make_default), parity

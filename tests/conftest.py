@@ -201,3 +201,29 @@ def running_service(models_dir: Path, log_path: Path, *args: str, env: dict | No
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def train_straight_and_resumed(recipe: str, overrides: list[str], out: Path, monkeypatch, stop_after: int = 2):
+    """Train the same config twice: straight through into out/straight, and interrupted after epoch
+    ``stop_after`` (as Ctrl-C would) then resumed into out/interrupted. Returns both last.pt states."""
+    import torch
+
+    from training.config import build_config
+    from training.engine import Trainer, resume, train
+
+    train(build_config(recipe, overrides), out / "straight")
+    original = Trainer._end_epoch
+
+    def interrupt(self, record):
+        stop = original(self, record)
+        if record["epoch"] == stop_after:
+            raise KeyboardInterrupt
+        return stop
+
+    monkeypatch.setattr(Trainer, "_end_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(build_config(recipe, overrides), out / "interrupted")
+    monkeypatch.setattr(Trainer, "_end_epoch", original)
+    assert torch.load(out / "interrupted" / "last.pt", weights_only=True)["epoch"] == stop_after
+    resume(out / "interrupted")
+    return tuple(torch.load(out / run / "last.pt", weights_only=True) for run in ("straight", "interrupted"))

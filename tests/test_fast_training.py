@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_overrides
+from conftest import tiny_overrides, train_straight_and_resumed
 from training.config import ScheduleConfig, build_config, list_recipes
 from training.data.arrays import ImageArrays
 from training.data.augment import AugmentParams
 from training.data.loader import TensorLoader
-from training.engine import Trainer, prepare_model, resume, train
+from training.engine import Trainer, prepare_model, train
 from training.inference import TTA_VIEWS, ViewAverage, resolve_bf16, tta_logits_numpy, with_tta
 from training.lookahead import Lookahead
 from training.models import count_parameters, create_model
@@ -224,25 +224,8 @@ def test_airbench_resume_restores_lookahead_exactly(image_folder, tmp_path, monk
             "micro_batch_size": 8,
         },
     )
-    cfg = build_config("airbench94", overrides)
-    train(cfg, tmp_path / "straight")
-    original = Trainer._end_epoch
-
-    def interrupt_after_two(self, record):
-        stop = original(self, record)
-        if record["epoch"] == 2:
-            raise KeyboardInterrupt
-        return stop
-
-    monkeypatch.setattr(Trainer, "_end_epoch", interrupt_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        train(build_config("airbench94", overrides), tmp_path / "interrupted")
-    monkeypatch.setattr(Trainer, "_end_epoch", original)
-    state = torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)
-    assert state["lookahead"] is not None
-    resume(tmp_path / "interrupted")
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)
+    a, b = train_straight_and_resumed("airbench94", overrides, tmp_path, monkeypatch)
+    assert a["lookahead"] is not None
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(a["lookahead"]["slow"][k], b["lookahead"]["slow"][k]) for k in a["lookahead"]["slow"])
     # The run ends on the slow weights.

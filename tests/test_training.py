@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, free_port, make_arrays, tiny_overrides
+from conftest import ROOT, free_port, make_arrays, tiny_overrides, train_straight_and_resumed
 from training.config import AUGMENT_PRESETS, ConfigError, build_config
 from training.data import DATASETS, DatasetError, load_split, stratified_split
 from training.data.augment import AugmentParams, augment_batch, cutout, random_crop
 from training.data.folder import read_image_folder
 from training.data.mix import MixedTargets, MixParams, mix_batch, mixed_cross_entropy
-from training.engine import Trainer, resume, train
+from training.engine import train
 from training.models import count_parameters, create_model, list_models
 from training.optim import lr_factor
 from training.registry import Registry
@@ -231,10 +231,6 @@ def test_tiny_run_overfits_64_images(tmp_path):
     assert summary["epochs_run"] == 15 and (tmp_path / "run" / "training_curves.png").stat().st_size > 1000
 
 
-def _weights(path: Path) -> dict:
-    return torch.load(path, weights_only=True)["model"]
-
-
 def test_resume_continues_the_same_run(image_folder, tmp_path, monkeypatch):
     overrides = tiny_overrides(
         image_folder,
@@ -244,25 +240,8 @@ def test_resume_continues_the_same_run(image_folder, tmp_path, monkeypatch):
         ema_decay=0.9,
         **{"augment.cutout": 8, "mixup_alpha": 0.4},
     )
-    cfg = build_config("resnet9_half_cpu", overrides)
-    train(cfg, tmp_path / "straight")
-
-    original = Trainer._end_epoch
-
-    def interrupt_after_two(self, record):
-        stop = original(self, record)
-        if record["epoch"] == 2:
-            raise KeyboardInterrupt
-        return stop
-
-    monkeypatch.setattr(Trainer, "_end_epoch", interrupt_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        train(build_config("resnet9_half_cpu", overrides), tmp_path / "interrupted")
-    monkeypatch.setattr(Trainer, "_end_epoch", original)
-    assert torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)["epoch"] == 2
-    resume(tmp_path / "interrupted")
-
-    a, b = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "interrupted" / "last.pt")
+    states = train_straight_and_resumed("resnet9_half_cpu", overrides, tmp_path, monkeypatch)
+    a, b = (state["model"] for state in states)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ha = json.loads((tmp_path / "straight" / "history.json").read_text())
     hb = json.loads((tmp_path / "interrupted" / "history.json").read_text())
