@@ -99,6 +99,15 @@ def rederive_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _report(entry, parity) -> int:
+    from .calibration import calibration_summary
+
+    print(parity.summary())
+    print(calibration_summary(entry.metrics["calibration"]))
+    print(json.dumps({"name": entry.name, "file": entry.file, "sha256": entry.sha256}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
@@ -140,10 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.cache_dir,
                 args.max_val_images,
             )
-            print(parity.summary())
-            print(calibration_summary(entry.metrics["calibration"]))
-            print(json.dumps({"name": entry.name, "file": entry.file, "sha256": entry.sha256}, indent=2))
-            return 0
+            return _report(entry, parity)
         args = export_parser().parse_args(argv)
         entry, parity = export_checkpoint(
             args.checkpoint,
@@ -157,10 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             args.tta,
             args.calibrate,
         )
-        print(parity.summary())
-        print(calibration_summary(entry.metrics["calibration"]))
-        print(json.dumps({"name": entry.name, "file": entry.file, "sha256": entry.sha256}, indent=2))
-        return 0
+        return _report(entry, parity)
     except ParityError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
