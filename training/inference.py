@@ -67,7 +67,6 @@ class ViewAverage(nn.Module):
         super().__init__()
         check_tta(tta)
         self.model, self.views = model, TTA_VIEWS[tta]
-        self.register_buffer("weights", torch.tensor([v[2] for v in self.views]).view(-1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[2], x.shape[3]
@@ -79,7 +78,8 @@ class ViewAverage(nn.Module):
         ]
         batch = torch.cat([c.flip(3) if mirrored else c for c, (_, mirrored, _) in zip(crops, self.views)])
         logits = self.model(batch).float().unflatten(0, (len(self.views), -1))
-        return (logits * self.weights).sum(0)
+        # Plain-float weights: wrapping happens after the model is on its device, where a buffer would not follow.
+        return sum(weight * view for (_, _, weight), view in zip(self.views, logits))
 
 
 def check_tta(tta: str) -> None:
