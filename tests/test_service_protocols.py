@@ -119,7 +119,7 @@ def test_tritonclient_speaks_to_the_service(server, jpegs):
     classes = result.as_numpy("probabilities")
     assert classes.shape == (len(sent), 2)
     for row, prediction in zip(classes, expected):
-        parsed = [entry.decode().split(":") for entry in row]
+        parsed = [(entry.decode() if isinstance(entry, bytes) else entry).split(":") for entry in row]
         assert [int(index) for _, index, _ in parsed] == [t["index"] for t in prediction["top_k"][:2]]
         assert [label for _, _, label in parsed] == [t["label"] for t in prediction["top_k"][:2]]
         assert [float(score) for score, _, _ in parsed] == pytest.approx(
@@ -351,6 +351,7 @@ def test_the_page_classifies_a_dropped_jpeg_in_a_real_browser(server, jpegs):
             page.wait_for_function("document.getElementById('model').options.length === 2")
             assert model.input_value() == "tiny"
             assert page.get_by_label("Classes shown per image").input_value() == "3"
+            assert not page.locator("#key-field").is_visible()  # no keys configured: no key asked for
             page.keyboard.press("Tab")  # the first stop is the model choice: reachable without a mouse
             assert page.evaluate("document.activeElement.id") == "model"
             page.get_by_label("Choose images").set_input_files(str(image))
