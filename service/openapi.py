@@ -229,9 +229,16 @@ def _document_page(paths: dict) -> None:
 
 
 def _document_keys(document: dict) -> None:
-    """The inference routes ask for ``Authorization: Bearer KEY``."""
-    document["components"].setdefault("securitySchemes", {})["api_key"] = {"type": "http", "scheme": "bearer"}
+    """The inference routes ask for ``Authorization: Bearer KEY``: said in words and statuses, as BentoML's
+    document model has no securitySchemes."""
     for path, operations in document["paths"].items():
-        if requires_key(path.replace("{name}", "m")):
-            for operation in operations.values():
-                operation["security"] = [{"api_key": []}]
+        if not requires_key(path.replace("{name}", "m")):
+            continue
+        for operation in operations.values():
+            operation["description"] = (
+                operation.get("description", "") + "\n\nRequires `Authorization: Bearer KEY` (API keys are configured)."
+            ).strip()
+            for status in (401, 403):
+                operation["responses"].setdefault(
+                    str(status), _refusal("; ".join(r.when for r in REASONS.values() if r.status == status))
+                )
