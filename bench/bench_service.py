@@ -1,7 +1,8 @@
 """Load-test the HTTP service on loopback against the raw ONNX Runtime engine of the same model.
 
     python bench/bench_service.py [--models-dir models] [--model NAME] [--images-per-request 1,16]
-                                  [--concurrency 1,8,32,64] [--duration 10] [--out bench/results/service.json]
+                                  [--concurrency 1,8,32,64] [--routes classify,v2] [--duration 10]
+                                  [--out bench/results/service.json]
 
 Starts ``python -m service serve`` on a free port (or uses --url), waits for /readyz, then:
 
@@ -10,10 +11,13 @@ Starts ``python -m service serve`` on a free port (or uses --url), waits for /re
    size and at the service's max batch size, while the server is idle, before and again after the load
    (the better kept: the machine may be shared); the best of all is the ceiling the service is compared
    with;
-2. for each concurrency: that many keep-alive connections each POSTing /classify back to back for
+2. for each concurrency: that many keep-alive connections each POSTing to a route back to back for
    --duration seconds (at most --max-requests requests), every request carrying --images-per-request
    real CIFAR-10 JPEGs from the shared archive, after a short warm-up at that concurrency; once per
-   request size.
+   request size and route. Routes (--routes): ``classify`` (POST /classify, multipart) and ``v2`` (the
+   Open Inference Protocol: POST /v2/models/NAME/infer, the JPEGs as a BYTES tensor in base64 JSON, top-k
+   through the classification extension). The routes take turns at each level, so that they are compared
+   under the same conditions; the report gives v2's images/s as a fraction of /classify's.
 
 Besides throughput and latency, each level reports the CPU time the server's processes spent per
 image (from /proc), to compare with the raw engine's: unlike throughput, it does not depend on what
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import platform
@@ -67,6 +72,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="JPEGs in each POST /classify; comma-separated for several runs (default: 1,16)",
     )
     p.add_argument("--concurrency", default="1,8,32,64", help="comma-separated concurrency levels")
+    p.add_argument(
+        "--routes",
+        default="classify",
+        help="comma-separated: classify (multipart /classify), v2 (Open Inference Protocol, BYTES images)",
+    )
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load per level")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load before each level")
     p.add_argument("--max-requests", type=int, default=20_000, help="at most this many requests per level")
@@ -112,17 +122,52 @@ def multipart(files: list[tuple[str, bytes]], fields: dict[str, str]) -> tuple[b
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
 
-def build_requests(jpegs, per_request: int, k: int, model: str, host: str, count: int = 32) -> list[bytes]:
+def v2_infer(files: list[tuple[str, bytes]], k: int) -> bytes:
+    """An Open Inference Protocol request: the files as a BYTES tensor (base64), the top k as strings."""
+    request = {
+        "inputs": [
+            {
+                "name": "images",
+                "shape": [len(files)],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(data).decode() for _, data in files],
+            }
+        ],
+        "outputs": [{"name": "probabilities", "parameters": {"classification": k}}],
+    }
+    return json.dumps(request).encode()
+
+
+def build_requests(
+    jpegs, per_request: int, k: int, model: str, host: str, count: int = 32, route: str = "classify"
+) -> list[bytes]:
     requests = []
     for r in range(count):
         files = [jpegs[(r * per_request + i) % len(jpegs)] for i in range(per_request)]
-        body, content_type = multipart(files, {"k": str(k), "model": model})
+        if route == "v2":
+            path, body, content_type = f"/v2/models/{model}/infer", v2_infer(files, k), "application/json"
+        else:
+            body, content_type = multipart(files, {"k": str(k), "model": model})
+            path = "/classify"
         head = (
-            f"POST /classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode()
         requests.append(head + body)
     return requests
+
+
+def answer_check(route: str, model: str, per_request: int, k: int):
+    """Checks the first answer of a level: the right model, one prediction per image."""
+
+    def check(body: bytes) -> None:
+        answer = json.loads(body)
+        if route == "v2":
+            assert answer["model_name"] == model and answer["outputs"][0]["shape"] == [per_request, k], answer
+        else:
+            assert answer["model"] == model and len(answer["predictions"]) == per_request, answer
+
+    return check
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -314,6 +359,9 @@ def main(args: argparse.Namespace) -> int:
         host, port = "127.0.0.1", free_port()
         server = start_server(args, port)
     sizes = [int(n) for n in str(args.images_per_request).split(",")]
+    routes = [r.strip() for r in args.routes.split(",") if r.strip()]
+    if set(routes) - {"classify", "v2"}:
+        raise SystemExit(f"--routes: classify and/or v2, got {args.routes!r}")
     try:
         wait_ready(host, port)
         model_path = Path(args.models_dir) / entry.file
@@ -321,21 +369,23 @@ def main(args: argparse.Namespace) -> int:
         raw = raw_rates(model_path, batch_sizes, jpegs, entry.input.size)
         runs = []
         for per_request in sizes:
-            requests = build_requests(jpegs, per_request, args.k, entry.name, f"{host}:{port}")
-
-            def check(body: bytes, per_request=per_request) -> None:
-                answer = json.loads(body)
-                assert answer["model"] == entry.name and len(answer["predictions"]) == per_request, answer
-
-            levels = []
+            by_route = {
+                route: build_requests(jpegs, per_request, args.k, entry.name, f"{host}:{port}", route=route)
+                for route in routes
+            }
+            levels: dict[str, list[dict]] = {route: [] for route in routes}
             for concurrency in [int(c) for c in args.concurrency.split(",")]:
-                levels.append(run_level(args, host, port, server, requests, per_request, concurrency, check))
-                print(
-                    f"{per_request} per request, concurrency {concurrency}: {levels[-1]['images_per_s']:.0f} images/s",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            runs.append({"images_per_request": per_request, "levels": levels})
+                for route in routes:  # in turns, so that both see the same machine
+                    check = answer_check(route, entry.name, per_request, args.k)
+                    level = run_level(args, host, port, server, by_route[route], per_request, concurrency, check)
+                    levels[route].append(level)
+                    print(
+                        f"{route}: {per_request} per request, concurrency {concurrency}: "
+                        f"{level['images_per_s']:.0f} images/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            runs += [{"route": route, "images_per_request": per_request, "levels": levels[route]} for route in routes]
         # Measured again after the load, the better of the two kept: on a shared machine the engine's
         # ceiling is the least disturbed measurement.
         again = raw_rates(model_path, batch_sizes, jpegs, entry.input.size)
@@ -353,6 +403,7 @@ def main(args: argparse.Namespace) -> int:
     for run in runs:
         for level in run["levels"]:
             level["fraction_of_raw"] = round(level["images_per_s"] / ceiling, 3)
+    comparison = route_comparison(runs)
     report = {
         "model": entry.name,
         "precision": entry.precision,
@@ -367,6 +418,7 @@ def main(args: argparse.Namespace) -> int:
         "raw_engine_ceiling_images_per_s": round(ceiling, 1),
         "raw_engine_ceiling": best.label,
         "runs": runs,
+        "v2_vs_classify": comparison,
         "host": {
             "cpus": os.cpu_count(),
             "affinity": default_threads(),
@@ -388,22 +440,50 @@ def main(args: argparse.Namespace) -> int:
         f"Raw ONNX Runtime (images/s): {raw_text}. Ceiling: {best.label}.\n"
     )
     print(
-        "| JPEGs/request | concurrency | requests | images/s | % of raw | p50 ms | p95 ms | p99 ms | errors "
+        "| route | JPEGs/request | concurrency | requests | images/s | % of raw | p50 ms | p95 ms | p99 ms | errors "
         "| server CPU ms/image |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run in runs:
         for lv in run["levels"]:
             lat = lv["latency_ms"]
             cpu = lv["server_cpu_ms_per_image"]
             print(
-                f"| {run['images_per_request']} | {lv['concurrency']} | {lv['requests']} | "
+                f"| {run['route']} | {run['images_per_request']} | {lv['concurrency']} | {lv['requests']} | "
                 f"{lv['images_per_s']:,.0f} | {lv['fraction_of_raw']:.0%} | {lat['p50']} | {lat['p95']} | "
                 f"{lat['p99']} | {lv['errors']} | "
                 f"{'-' if cpu is None else f'{cpu:.2f}'} |"
             )
+    for row in comparison:
+        print(
+            f"\nv2 / classify, {row['images_per_request']} per request, concurrency {row['concurrency']}: "
+            f"{row['v2_images_per_s']:,.0f} / {row['classify_images_per_s']:,.0f} images/s = {row['ratio']:.2f}"
+        )
     print(f"\nJSON: {args.out}")
     return 0
+
+
+def route_comparison(runs: list[dict]) -> list[dict]:
+    """v2's images/s against /classify's at each request size and concurrency both were run at."""
+    rates = {
+        (run["route"], run["images_per_request"], level["concurrency"]): level["images_per_s"]
+        for run in runs
+        for level in run["levels"]
+    }
+    out = []
+    for (route, per_request, concurrency), v2 in rates.items():
+        classify = rates.get(("classify", per_request, concurrency))
+        if route == "v2" and classify:
+            out.append(
+                {
+                    "images_per_request": per_request,
+                    "concurrency": concurrency,
+                    "classify_images_per_s": classify,
+                    "v2_images_per_s": v2,
+                    "ratio": round(v2 / classify, 3),
+                }
+            )
+    return out
 
 
 if __name__ == "__main__":

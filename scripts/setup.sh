@@ -13,4 +13,10 @@ if [ "${1:-all}" = "serve" ]; then
     python -m pip install -q -e .
 else
     python -m pip install -q -e ".[train,test]"
+    # The page's browser test drives Debian's Chromium through Playwright (never Playwright's own download).
+    # Without root or apt the test skips and says why.
+    if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+            || echo "chromium could not be installed: the browser test will be skipped" >&2
+    fi
 fi

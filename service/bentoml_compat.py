@@ -15,6 +15,7 @@
   :func:`extend_openapi` lets the service edit the document as a plain dict.
 - APIs bound once per instance (:func:`bind_apis`), and upload fields declared as the file parts of a
   multipart form (:func:`declare_multipart`).
+- BentoML's API UI page (:func:`openapi_ui_page`), which the service serves at /docs: its own page takes /.
 
 ``SUPPORTED`` says whether the installed BentoML is a version this was written against. When it is not,
 or when an internal is not where it should be, each part falls back to BentoML's documented behaviour
@@ -28,6 +29,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Sized
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
 import bentoml
@@ -221,6 +223,23 @@ def declare_multipart(descriptor: type, file_fields: Sequence[str]) -> None:
     descriptor.multipart_fields = list(file_fields)
 
 
+# ---------------------------------------------------------------------------------------------- the API UI
+def openapi_ui_page() -> Path | None:
+    """The HTML file BentoML serves at / (its Swagger UI), or None where it is not. It loads its scripts from
+    ``./static_content/`` and the document from ``./docs.json``, which BentoML keeps serving, so it works from
+    any top-level path."""
+    try:
+        from _bentoml_impl.server import app
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        name = "main-ui.html" if BentoMLContainer.new_index else "main-openapi.html"
+        page = Path(app.__file__).parent / name
+    except Exception as exc:  # other internals
+        log.warning("BentoML's API UI page was not found (%s)", exc)
+        return None
+    return page if page.is_file() else None
+
+
 # ---------------------------------------------------------------------------------------------- the check
 def _cork_dispatcher() -> Any:
     """A dispatcher as BentoML makes one per batchable API (for the check and its test)."""
@@ -285,6 +304,7 @@ def check_internals() -> list[str]:
         lambda: isinstance(inspect.getattr_static(sdk("Service"), "openapi_spec"), property),
     )
     check("APIMethod is a descriptor", lambda: hasattr(sdk("APIMethod"), "__get__"))
+    check("BentoML's API UI page is a file", lambda: openapi_ui_page() is not None)
     check(
         "the OpenAPI specification converts to a dict and back",
         lambda: (

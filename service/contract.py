@@ -1,5 +1,8 @@
 """The HTTP contract of /classify and /models: the answers' types, and the reasons a request is refused.
 
+The Open Inference Protocol routes (service/oip.py) refuse for the same reasons, with the same statuses,
+in that protocol's own error shape.
+
 ``REASONS`` is the one table of refusals: for each reason, its HTTP status, what it means, and what a
 client sending many images should do about it. The service answers from it (``Rejection``), the
 OpenAPI document is written from it (service/openapi.py) and the scorer's client acts on it
@@ -28,10 +31,14 @@ class Reason:
 
 
 REASONS: dict[str, Reason] = {
-    "unsupported_media_type": Reason(415, "not multipart/form-data", "stop"),
+    "unsupported_media_type": Reason(415, "neither multipart/form-data nor application/json", "stop"),
     "body_too_large": Reason(413, "request body over the size limit", "fewer"),
     "malformed_request": Reason(
-        400, "a malformed form (it does not parse, an unknown field, images sent as text)", "alone"
+        400, "a malformed form or JSON body (it does not parse, an unknown field, images sent as text)", "alone"
+    ),
+    "bad_encoding": Reason(400, "an image's data in a JSON body is not valid base64", "alone"),
+    "bad_tensor": Reason(
+        400, "an inference protocol input or output the model does not take (name, datatype, shape or data)", "stop"
     ),
     "no_images": Reason(400, "no images", "stop"),
     "too_many_images": Reason(400, "too many images", "fewer"),
@@ -41,6 +48,8 @@ REASONS: dict[str, Reason] = {
     "bad_k": Reason(400, "a bad k", "stop"),
     "bad_min_confidence": Reason(400, "a bad min_confidence", "stop"),
     "unknown_model": Reason(404, "unknown model", "stop"),
+    "unauthorized": Reason(401, "no API key, where the service requires one", "stop"),
+    "forbidden": Reason(403, "an API key the service does not know", "stop"),
     "overloaded": Reason(
         503, "overloaded: the request would wait longer than the batching latency limit", "later", counted=False
     ),
@@ -74,6 +83,15 @@ class Rejection:
 
     def body(self) -> dict[str, str]:
         return ClassifyError(error=self.message, reason=self.reason).model_dump(mode="json")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The answer's headers: when to retry a refusal worth retrying, how to authenticate a missing key."""
+        if REASONS[self.reason].remedy == "later":
+            return {"Retry-After": "1"}
+        if self.status == 401:
+            return {"WWW-Authenticate": "Bearer"}
+        return {}
 
 
 class TopK(BaseModel):

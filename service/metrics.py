@@ -50,5 +50,10 @@ class ServiceMetrics:
         self.rejected.labels(reason=reason).inc()
 
     def predicted(self, model: str, images: int) -> None:
+        """A /classify request answered."""
         self.requests.labels(model=model).inc()
+        self.predictions.labels(model=model).inc(images)
+
+    def inferred(self, model: str, images: int) -> None:
+        """An inference protocol request answered: its images count, the request is BentoML's to count."""
         self.predictions.labels(model=model).inc(images)

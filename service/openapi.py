@@ -1,4 +1,5 @@
-"""What the OpenAPI document says beyond what BentoML infers: /classify's refusals, its form, GET /models.
+"""What the OpenAPI document says beyond what BentoML infers: /classify's refusals, its form and JSON body,
+GET /models, the Open Inference Protocol's routes, the page, and the API keys when they are asked for.
 
 ``document_openapi`` edits the document as a plain dict (JSON's shape); service.py hands it to
 ``bentoml_compat.extend_openapi``, which owns how BentoML is made to serve the result.
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from .access import requires_key
 from .contract import REASONS, ClassifyError
+from .oip import InferRequest, InferResponse, ModelMetadata, OipError, ServerMetadata
 
 # base64 of a whole number of 3-byte groups, in either alphabet: no padding
 _BASE64 = "^([A-Za-z0-9+/]*|[A-Za-z0-9_-]*)$"
@@ -29,10 +32,10 @@ def refusals_by_status() -> dict[int, str]:
     return {status: "; ".join(texts) for status, texts in whens.items()}
 
 
-def document_openapi(document: dict, loaded: Mapping[str, Any] | None, default_k: int) -> dict:
+def document_openapi(document: dict, loaded: Mapping[str, Any] | None, default_k: int, api_keys: bool = False) -> dict:
     """``document`` with /classify's refusals, its form's limits and GET /models added. ``loaded`` (name -> a
     loaded model with ``classes`` and ``size``) is None until the models are loaded, and then bounds k, names
-    the models and fixes the length of /infer's pixels."""
+    the models and fixes the length of /infer's pixels. ``api_keys``: the inference routes ask for a key."""
     schemas = document["components"]["schemas"]
     schemas["ClassifyError"] = ClassifyError.model_json_schema()
     # BentoML's own 400 answers (pydantic errors on /infer and /models) carry a list in "detail".
@@ -62,13 +65,180 @@ def document_openapi(document: dict, loaded: Mapping[str, Any] | None, default_k
         item = schemas["InferItem"]["properties"]
         item["model"]["enum"] = names
         sizes = {m.size[0] * m.size[1] * 3 for m in loaded.values()}
-        # One pixel size for every model, a whole number of 3-byte groups: one exact base64 length, no padding
-        # (else the length depends on the model, as the description says).
+        # One pixel size for every model, a whole number of 3-byte groups: base64 lengths without padding for
+        # uint8 and for float32 pixels (else the length depends on the model, as the description says).
         if len(sizes) == 1 and next(iter(sizes)) % 3 == 0:
             length = sizes.pop() // 3 * 4
-            item["pixels"].update(minLength=length, maxLength=length, pattern=_BASE64)
+            item["pixels"].update(minLength=length, maxLength=4 * length, pattern=_BASE64)
+    # The JSON body takes the form's fields, the images base64-encoded.
+    classify["requestBody"]["content"]["application/json"] = {"schema": _classify_json(properties)}
     classify["responses"].update({status: _refusal(text) for status, text in refusals_by_status().items()})
     models = paths["/models"]
     get = {key: value for key, value in models["post"].items() if key != "requestBody"}
     models["get"] = {**get, "operationId": f"{get['operationId']}_get", "x-bentoml-name": "models_get"}
+    _document_oip(document, list(loaded) if loaded else None)
+    _document_page(paths)
+    if api_keys:
+        _document_keys(document)
     return document
+
+
+def _classify_json(form: dict[str, Any]) -> dict[str, Any]:
+    """/classify's JSON body: the form's fields, ``images`` as objects with the file base64-encoded."""
+    images = form["images"]
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["images"],
+        "properties": {
+            "images": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": images["maxItems"],
+                "description": "one object per image: the file's name (echoed in the answer) and its bytes",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["data"],
+                    "properties": {
+                        "filename": {"type": "string", "default": ""},
+                        # base64's alphabet and padding; line breaks and spaces (as `base64` writes) are ignored
+                        "data": {"type": "string", "format": "byte", "pattern": r"^[A-Za-z0-9+/=\s]*$"},
+                    },
+                },
+            },
+            **{name: form[name] for name in ("k", "model", "min_confidence")},
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------- the protocol
+_OIP_TAG = "Open Inference Protocol"
+
+
+def _openapi30(schema: Any) -> Any:
+    """pydantic's JSON Schema in OpenAPI 3.0's dialect: ``anyOf [X, null]`` is ``X`` with ``nullable``, and
+    references point into components."""
+    if isinstance(schema, list):
+        return [_openapi30(value) for value in schema]
+    if not isinstance(schema, dict):
+        return schema
+    options = schema.get("anyOf")
+    if options and {"type": "null"} in options:
+        rest = [option for option in options if option != {"type": "null"}]
+        others = {key: value for key, value in schema.items() if key != "anyOf"}
+        inner = rest[0] if len(rest) == 1 else {"anyOf": rest}
+        if "$ref" in inner:  # 3.0 ignores siblings of $ref
+            inner = {"allOf": [inner]}
+        return _openapi30({**others, **inner, "nullable": True})
+    out = {key: _openapi30(value) for key, value in schema.items()}
+    if isinstance(out.get("$ref"), str):
+        out["$ref"] = out["$ref"].replace("#/$defs/", "#/components/schemas/")
+    return out
+
+
+def _component(schemas: dict, model: Any) -> dict[str, str]:
+    schema = _openapi30(model.model_json_schema(ref_template="#/components/schemas/{model}"))
+    for name, definition in schema.pop("$defs", {}).items():
+        schemas[name] = definition
+    schemas[model.__name__] = schema
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(description: str, ref: dict[str, str]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ref}}}
+
+
+def _document_oip(document: dict, names: list[str] | None) -> None:
+    schemas = document["components"]["schemas"]
+    error = _component(schemas, OipError)
+    refs = {model: _component(schemas, model) for model in (InferRequest, InferResponse, ModelMetadata, ServerMetadata)}
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    if names:
+        name["schema"]["enum"] = names
+    refusals = {str(status): _json(text, error) for status, text in refusals_by_status().items()}
+    unknown = {"404": _json("unknown model", error)}
+    loading = {"503": _json("the models are not loaded yet", error)}
+
+    def get(operation: str, summary: str, responses: dict, parameters: list | None = None) -> dict:
+        return {
+            "get": {
+                "tags": [_OIP_TAG],
+                "operationId": operation,
+                "summary": summary,
+                **({"parameters": parameters} if parameters else {}),
+                "responses": responses,
+            }
+        }
+
+    paths = document["paths"]
+    paths["/v2"] = get("oip_server_metadata", "Server metadata", {"200": _json("the server", refs[ServerMetadata])})
+    paths["/v2/health/live"] = get("oip_server_live", "Server live", {"200": {"description": "live"}})
+    paths["/v2/health/ready"] = get(
+        "oip_server_ready",
+        "Server ready",
+        {"200": {"description": "ready"}, "400": {"description": "not ready: the models are loading"}},
+    )
+    paths["/v2/models/{name}"] = get(
+        "oip_model_metadata",
+        "Model metadata: its inputs (send one of them) and outputs",
+        {"200": _json("the model", refs[ModelMetadata]), **unknown, **loading},
+        [name],
+    )
+    paths["/v2/models/{name}/ready"] = get(
+        "oip_model_ready",
+        "Model ready",
+        {"200": {"description": "ready"}, "400": {"description": "not ready"}, **unknown},
+        [name],
+    )
+    paths["/v2/models/{name}/infer"] = {
+        "post": {
+            "tags": [_OIP_TAG],
+            "operationId": "oip_model_infer",
+            "summary": "Inference: FP32 pixels or BYTES image files in, probabilities or top-k classes out",
+            "description": "Input `images` (BYTES [N], each element a base64 image file) or the model's FP32 "
+            "input [N, 3, H, W] (RGB in [0, 1]); output `probabilities` (FP32 [N, classes]), or with the "
+            "output parameter `classification: k` the top k as BYTES `score:index:label`. Batched with "
+            "/classify's requests.",
+            "parameters": [name],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": refs[InferRequest]}}},
+            "responses": {"200": _json("the outputs", refs[InferResponse]), **refusals, **loading},
+        }
+    }
+
+
+def _document_page(paths: dict) -> None:
+    html = {"text/html": {"schema": {"type": "string"}}}
+    paths["/"] = {
+        "get": {
+            "operationId": "page",
+            "summary": "A page to try the models: drop images, see each one's top classes",
+            "responses": {"200": {"description": "the page", "content": html}},
+        }
+    }
+    paths["/docs"] = {
+        "get": {
+            "operationId": "api_ui",
+            "summary": "This document in BentoML's API UI",
+            "responses": {
+                "200": {"description": "the UI", "content": html},
+                "404": _json("the UI is not available", {"$ref": "#/components/schemas/OipError"}),
+            },
+        }
+    }
+
+
+def _document_keys(document: dict) -> None:
+    """The inference routes ask for ``Authorization: Bearer KEY``: said in words and statuses, as BentoML's
+    document model has no securitySchemes."""
+    for path, operations in document["paths"].items():
+        if not requires_key(path.replace("{name}", "m")):
+            continue
+        for operation in operations.values():
+            operation["description"] = (
+                operation.get("description", "") + "\n\nRequires `Authorization: Bearer KEY` (API keys are configured)."
+            ).strip()
+            for status in (401, 403):
+                operation["responses"].setdefault(
+                    str(status), _refusal("; ".join(r.when for r in REASONS.values() if r.status == status))
+                )

@@ -26,9 +26,12 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Serve top-k predictions of the models in a models folder (manifest.json) over HTTP.\n\n"
-            "  POST /classify  multipart/form-data: images (files, one per image), k, model\n"
+            "  POST /classify  multipart/form-data: images (files, one per image), k, model; or the same as JSON\n"
+            "                  with each image base64-encoded\n"
             "  GET  /models    the models, their classes, precision and accuracy\n"
-            "  GET  /livez /readyz /metrics, and the OpenAPI document at /docs.json\n\n"
+            "  /v2/...         the Open Inference Protocol (KServe v2, Triton's HTTP API)\n"
+            "  GET  /          a page to try the models in a browser\n"
+            "  GET  /livez /readyz /metrics, the OpenAPI document at /docs.json, its UI at /docs\n\n"
             "Images of any size and mode are accepted: EXIF rotation is applied, they are converted to RGB\n"
             "and resized (bilinear) to the model's input size (32x32 for CIFAR).\n\n"
             "Every setting can also come from an environment variable (a flag wins), which is how\n"
@@ -52,10 +55,15 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
             "streams": "one per core available, 2 with a GPU",
             "threads": "cores available / streams",
             "decode_threads": "cores available",
+            "api_keys": "none: no key asked for",
+            "api_keys_file": "none",
+            "cors_origins": "none",
         }.get(name, default)
         if name == "models_dir":
             shown = "models/ next to the service package"
-        metavar = "DIR" if name == "models_dir" else "N"
+        metavar = {"models_dir": "DIR", "api_keys_file": "FILE", "api_keys": "KEYS", "cors_origins": "ORIGINS"}.get(
+            name, "N"
+        )
         kwargs = {"choices": setting.choices} if setting.choices else {"metavar": metavar}
         parser.add_argument(
             setting.flag,
@@ -77,7 +85,8 @@ def settings_env(args: argparse.Namespace, environ: dict[str, str] | None = None
     for name, setting in SETTINGS.items():
         value = getattr(args, name, None)
         if value is not None:
-            env[setting.env] = str(Path(value).resolve()) if name == "models_dir" else str(value)
+            is_path = name in ("models_dir", "api_keys_file")
+            env[setting.env] = str(Path(value).resolve()) if is_path else str(value)
     return env
 
 
@@ -87,6 +96,7 @@ def main(args: argparse.Namespace) -> int:
     env = settings_env(args)
     try:
         settings = ServiceSettings.from_env(env)
+        settings.api_key_set()  # an unreadable or empty key file stops here, not in every worker
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,15 +1,19 @@
 """The BentoML service: top-k CIFAR predictions over HTTP, with adaptive batching across requests.
 
-    POST /classify   multipart/form-data: images (files), k, model, min_confidence -> top-k labels per image
+    POST /classify   multipart/form-data: images (files), k, model, min_confidence -> top-k labels per image;
+                     or application/json, the same fields with each image file base64-encoded
     GET  /models     the manifest's models (POST /models too, BentoML APIs being POST)
     POST /infer      the batchable stage: decoded pixels -> probabilities, batched across requests
+    /v2/...          the Open Inference Protocol (oip.py, oip_http.py), through the same batchable stage
+    GET  /           a page to try the models (page.py); BentoML's API UI at /docs
     GET  /livez /readyz /metrics /docs.json   BentoML's own
 
 /classify validates and decodes at the edge (numpy/Pillow, in a thread pool) and hands uint8 pixels
 to ``infer``, whose BentoML dispatcher groups images from concurrent requests into one ONNX Runtime
 batch (bentoml_compat.py calls it in-process). Every refusal is JSON ``{"error": message, "reason":
-label}`` with the status contract.REASONS gives the reason; a caller's mistake is counted in
-``cifar_rejected_inputs_total{reason=...}``.
+label}`` with the status contract.REASONS gives the reason (on /v2, the protocol's ``{"error": message}``);
+a caller's mistake is counted in ``cifar_rejected_inputs_total{reason=...}``. API keys and CORS, when
+configured, are middleware (access.py).
 
 Settings come from environment variables (settings.py), which ``python -m service serve`` sets from
 its flags. Neither torch nor the training package is imported.
@@ -18,7 +22,7 @@ its flags. Neither torch nor the training package is imported.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import anyio
 import anyio.to_thread
@@ -29,6 +33,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -36,11 +41,14 @@ from starlette.routing import Route
 from inference.preprocess import pixels_to_model_input
 
 from . import bentoml_compat
+from .access import ApiKeyGate, cors_options
 from .bentoml_compat import BatchGateway, RouterProbe
 from .confidence import is_confident
 from .contract import REASONS, ClassifyResponse, ModelList, Rejection
 from .metrics import ServiceMetrics
+from .oip_http import oip_routes
 from .openapi import document_openapi
+from .page import page_routes
 from .settings import ServiceSettings
 from .uploads import (
     Upload,
@@ -48,7 +56,7 @@ from .uploads import (
     integer_k,
     model_name,
     read_body,
-    read_classify_form,
+    read_classify_fields,
     rejection_from,
     threshold,
 )
@@ -77,8 +85,10 @@ STREAMS = SETTINGS.inference_streams(ON_GPU)
 INTRA_OP_THREADS = SETTINGS.intra_op_threads(ON_GPU)
 
 DEFAULT_K = 5
-# name -> bytes of one image's pixels, for validating /infer input; filled when the models are loaded.
+SERVICE_NAME = "cifar_classifier"
+# name -> bytes of one image's uint8 pixels, for validating /infer input; filled when the models are loaded.
 _PIXEL_BYTES: dict[str, int] = {}
+_ITEM_SIZE = {"uint8": 1, "float32": 4}
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -89,20 +99,41 @@ class InferItem(BaseModel):
 
     model: str = Field(description="a model name from /models")
     pixels: bytes = Field(
-        description="uint8 RGB pixels, height x width x 3 in row-major order (the model's input size); base64 in JSON"
+        description="uint8 RGB pixels, height x width x 3 in row-major order (the model's input size); with "
+        "dtype float32, the model's input itself: float32 little-endian, 3 x height x width, RGB in [0, 1]; "
+        "base64 in JSON"
     )
+    dtype: Literal["uint8", "float32"] = Field("uint8", description="how pixels is to be read")
 
     @model_validator(mode="after")
     def _fits_model(self) -> "InferItem":
         if _PIXEL_BYTES:
             if self.model not in _PIXEL_BYTES:
                 raise ValueError(f"unknown model {self.model!r}; available: {', '.join(_PIXEL_BYTES)}")
-            if len(self.pixels) != _PIXEL_BYTES[self.model]:
+            expected = _PIXEL_BYTES[self.model] * _ITEM_SIZE[self.dtype]
+            if len(self.pixels) != expected:
                 raise ValueError(
-                    f"model {self.model!r} takes {_PIXEL_BYTES[self.model]} pixel bytes per image, "
+                    f"model {self.model!r} takes {expected} bytes of {self.dtype} pixels per image, "
                     f"got {len(self.pixels)}"
                 )
         return self
+
+
+def model_input(items: list[InferItem], size: tuple[int, int]) -> np.ndarray:
+    """The float32 [N, 3, H, W] batch of items for one model, decoded pixels and float tensors alike."""
+    if all(item.dtype == "uint8" for item in items):
+        return pixels_to_model_input(b"".join(item.pixels for item in items), len(items), size)
+    batch = np.empty((len(items), 3, *size), dtype=np.float32)
+    for dtype in _ITEM_SIZE:
+        rows = [row for row, item in enumerate(items) if item.dtype == dtype]
+        if rows:
+            joined = b"".join(items[row].pixels for row in rows)
+            batch[rows] = (
+                pixels_to_model_input(joined, len(rows), size)
+                if dtype == "uint8"
+                else np.frombuffer(joined, dtype="<f4").reshape(len(rows), 3, *size)
+            )
+    return batch
 
 
 class InferInput(bentoml.IODescriptor):
@@ -140,7 +171,8 @@ def _validation_error(kind: str, message: str) -> ValidationError:
 
 
 class ClassifyInput(bentoml.IODescriptor):
-    """multipart/form-data; parsed by hand (not by BentoML) so that limits hold and bad input is a 4xx."""
+    """multipart/form-data, or the same fields as JSON; parsed by hand (not by BentoML) so that limits hold and
+    bad input is a 4xx."""
 
     # A request either validates into these fields, or it is refused: then ``rejection`` says why and the
     # others keep their defaults (which is why ``images``, required on the wire, has one here).
@@ -187,7 +219,7 @@ class ClassifyInput(bentoml.IODescriptor):
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> "ClassifyInput":
-        fields = await read_classify_form(request, SETTINGS.max_images, SETTINGS.max_body_bytes)
+        fields = await read_classify_fields(request, SETTINGS.max_images, SETTINGS.max_body_bytes)
         if isinstance(fields, Rejection):
             return cls(rejection=fields)
         try:
@@ -201,7 +233,7 @@ bentoml_compat.declare_multipart(ClassifyInput, ["images"])
 
 # ---------------------------------------------------------------------------------------------- the service
 @bentoml.service(
-    name="cifar_classifier",
+    name=SERVICE_NAME,
     workers=SETTINGS.workers,
     threads=STREAMS,  # threads for sync APIs: each running batch of infer takes one
     traffic={"timeout": SETTINGS.timeout_s},
@@ -251,8 +283,9 @@ class Classifier:
 
         multipart/form-data with one or more `images` files, optional `k` (default 5), `model`
         (default: the manifest's default) and `min_confidence` (0 to 1: each prediction then says
-        whether its top-1 confidence reaches it, as `confident`). A refused request is answered
-        {"error": message, "reason": label}, with the status its reason has (listed below).
+        whether its top-1 confidence reaches it, as `confident`). Or application/json with the same
+        fields, `images` a list of {"filename", "data": base64 of the file}. A refused request is
+        answered {"error": message, "reason": label}, with the status its reason has (listed below).
         """
         if rejection is not None:
             return self._reject(rejection)
@@ -260,23 +293,10 @@ class Classifier:
         if isinstance(choice, Rejection):
             return self._reject(choice)
         loaded, k = choice
-        decoded = await anyio.to_thread.run_sync(
-            decode_uploads, images, loaded.size, SETTINGS.max_pixels, limiter=self._decode_limiter
-        )
-        if isinstance(decoded, Rejection):
-            return self._reject(decoded)
-        items = [InferItem(model=loaded.entry.name, pixels=pixels) for pixels in decoded]
-        try:
-            # One dispatcher job per request: one per image pays BentoML's per-call bookkeeping per image
-            # (docs/measurements.md, "Service internals"); a job larger than the room left in a batch is split.
-            rows = await self._infer(items)
-        except BentoMLException as exc:
-            if exc.error_code.value == 503:  # the dispatcher shed the request: over max_latency_ms
-                return self._reject(
-                    Rejection("overloaded", f"overloaded, try again: {exc.message}"), headers={"Retry-After": "1"}
-                )
-            raise
-        idx, conf = top_k(np.asarray(rows, dtype=np.float64), k)
+        probabilities = await self.predict_uploads(loaded, images)
+        if isinstance(probabilities, Rejection):
+            return self._reject(probabilities)
+        idx, conf = top_k(probabilities, k)
         classes = loaded.classes
         answer = ClassifyResponse.model_validate(
             {
@@ -294,6 +314,40 @@ class Classifier:
         )
         self.metrics.predicted(loaded.entry.name, len(images))
         return JSONResponse(answer.to_json())
+
+    async def predict_uploads(self, loaded: LoadedModel, uploads: list[Upload]) -> np.ndarray | Rejection:
+        """Probabilities [N, classes] of encoded image files, decoded here and batched with other requests."""
+        decoded = await anyio.to_thread.run_sync(
+            decode_uploads, uploads, loaded.size, SETTINGS.max_pixels, limiter=self._decode_limiter
+        )
+        if isinstance(decoded, Rejection):
+            return decoded
+        return await self._batched([InferItem(model=loaded.entry.name, pixels=pixels) for pixels in decoded])
+
+    async def predict_tensor(self, loaded: LoadedModel, tensor: np.ndarray) -> np.ndarray | Rejection:
+        """Probabilities [N, classes] of the model's own input, float32 [N, 3, H, W], batched with other requests."""
+        rows = np.ascontiguousarray(tensor, dtype="<f4")
+        return await self._batched(
+            [InferItem(model=loaded.entry.name, pixels=row.tobytes(), dtype="float32") for row in rows]
+        )
+
+    async def _batched(self, items: list[InferItem]) -> np.ndarray | Rejection:
+        try:
+            # One dispatcher job per request: one per image pays BentoML's per-call bookkeeping per image
+            # (docs/measurements.md, "Service internals"); a job larger than the room left in a batch is split.
+            rows = await self._infer(items)
+        except BentoMLException as exc:
+            if exc.error_code.value == 503:  # the dispatcher shed the request: over max_latency_ms
+                return Rejection("overloaded", f"overloaded, try again: {exc.message}")
+            raise
+        return np.asarray(rows, dtype=np.float64)
+
+    def count_refusal(self, rejection: Rejection) -> None:
+        if REASONS[rejection.reason].counted:
+            self.metrics.reject(rejection.reason)
+
+    def count_predictions(self, model: str, images: int) -> None:
+        self.metrics.inferred(model, images)
 
     @bentoml.api(
         batchable=True,
@@ -314,7 +368,7 @@ class Classifier:
             groups.setdefault(item.model, []).append(i)
         for name, positions in groups.items():
             loaded = self.loaded[name]
-            batch = pixels_to_model_input(b"".join(items[i].pixels for i in positions), len(positions), loaded.size)
+            batch = model_input([items[i] for i in positions], loaded.size)
             probs = loaded.classifier.probabilities(batch)  # concurrent runs are safe: sessions are thread-safe
             for i, row in zip(positions, probs.tolist()):
                 out[i] = row
@@ -340,10 +394,9 @@ class Classifier:
             )
         return loaded, k
 
-    def _reject(self, rejection: Rejection, headers: dict[str, str] | None = None) -> JSONResponse:
-        if REASONS[rejection.reason].counted:
-            self.metrics.reject(rejection.reason)
-        return JSONResponse(rejection.body(), status_code=rejection.status, headers=headers)
+    def _reject(self, rejection: Rejection) -> JSONResponse:
+        self.count_refusal(rejection)
+        return JSONResponse(rejection.body(), status_code=rejection.status, headers=rejection.headers)
 
 
 # ---------------------------------------------------------------------------------------------- GET /models
@@ -367,18 +420,33 @@ async def _options_models(request: Request) -> Response:
 
 Classifier.mount_asgi_app(
     Starlette(
-        routes=[Route("/models", _get_models, methods=["GET"]), Route("/models", _options_models, methods=["OPTIONS"])]
+        routes=[
+            Route("/models", _get_models, methods=["GET"]),
+            Route("/models", _options_models, methods=["OPTIONS"]),
+            *oip_routes(_current_instance, SERVICE_NAME, SETTINGS.max_images, SETTINGS.max_body_bytes),
+            *page_routes(),
+        ]
     ),
     path="/",
     name="models_get",
 )
+# The first added is the outer: CORS answers a browser's preflight before a key is asked for.
+if SETTINGS.cors_origin_list:
+    Classifier.add_asgi_middleware(CORSMiddleware, **cors_options(SETTINGS.cors_origin_list))
+if SETTINGS.api_keys or SETTINGS.api_keys_file:
+    Classifier.add_asgi_middleware(ApiKeyGate, keys=SETTINGS.api_key_set())
 Classifier.add_asgi_middleware(RouterProbe)
 
 
 # ---------------------------------------------------------------------------------------------- OpenAPI
 def _document(document: dict) -> dict:
     instance = _current_instance()
-    return document_openapi(document, getattr(instance, "loaded", None), DEFAULT_K)
+    return document_openapi(
+        document,
+        getattr(instance, "loaded", None),
+        DEFAULT_K,
+        api_keys=bool(SETTINGS.api_keys or SETTINGS.api_keys_file),
+    )
 
 
 bentoml_compat.extend_openapi(Classifier, _document)

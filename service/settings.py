@@ -50,6 +50,7 @@ class Setting:
     help: str
     minimum: int | None = None  # an integer setting, at least this
     choices: tuple[str, ...] | None = None
+    text: bool = False  # plain text (neither an integer, a choice nor a path)
 
 
 def _integer(name: str, text: str, minimum: int) -> int:
@@ -109,6 +110,22 @@ SETTINGS: dict[str, Setting] = {
     "access_log": Setting(
         "CIFAR_ACCESS_LOG", "--access-log", "BentoML's per-request access log line", choices=("on", "off")
     ),
+    "api_keys": Setting(
+        "CIFAR_API_KEYS",
+        "--api-keys",
+        "comma-separated keys; when set, the inference routes require 'Authorization: Bearer KEY' (a flag shows "
+        "in the process list: prefer the variable or --api-keys-file)",
+        text=True,
+    ),
+    "api_keys_file": Setting(
+        "CIFAR_API_KEYS_FILE", "--api-keys-file", "a file of API keys, one per line ('#' starts a comment)"
+    ),
+    "cors_origins": Setting(
+        "CIFAR_CORS_ORIGINS",
+        "--cors-origins",
+        "comma-separated origins browsers may call the API from ('*': any); default: none (no CORS headers)",
+        text=True,
+    ),
 }
 
 
@@ -135,6 +152,10 @@ class ServiceSettings:
     # Off by default: the per-request log line costs single-image throughput (docs/measurements.md,
     # "Service settings"); /metrics counts requests either way.
     access_log: str = "off"
+    # Off by default: no key needed, no cross-origin calls allowed.
+    api_keys: str = ""
+    api_keys_file: Path | None = None
+    cors_origins: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServiceSettings":
@@ -150,13 +171,18 @@ class ServiceSettings:
                 if text not in setting.choices:
                     raise SettingsError(f"{setting.env} must be one of {', '.join(setting.choices)}, got {text!r}")
                 values[name] = text
+            elif setting.text:
+                values[name] = text
             else:
                 values[name] = Path(text)
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
         """The variables that reproduce these settings in another process."""
-        return {SETTINGS[f.name].env: str(getattr(self, f.name)) for f in fields(self)}
+        return {
+            SETTINGS[f.name].env: "" if getattr(self, f.name) is None else str(getattr(self, f.name))
+            for f in fields(self)
+        }
 
     def inference_streams(self, on_gpu: bool = False) -> int:
         return self.streams or default_streams(_cpu_count(), on_gpu)
@@ -167,3 +193,22 @@ class ServiceSettings:
     @property
     def decoder_threads(self) -> int:
         return self.decode_threads or _cpu_count()
+
+    def api_key_set(self) -> frozenset[str]:
+        """The keys from ``api_keys`` and ``api_keys_file`` together; empty: no key is asked for."""
+        keys = {key.strip() for key in self.api_keys.split(",")}
+        if self.api_keys_file is not None:
+            try:
+                lines = Path(self.api_keys_file).read_text().splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise SettingsError(f"CIFAR_API_KEYS_FILE {self.api_keys_file}: {exc}") from None
+            file_keys = {line.split("#", 1)[0].strip() for line in lines} - {""}
+            if not file_keys:
+                # An empty file would silently open the service that the file was meant to close.
+                raise SettingsError(f"CIFAR_API_KEYS_FILE {self.api_keys_file} holds no key")
+            keys |= file_keys
+        return frozenset(keys - {""})
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]

@@ -1,4 +1,5 @@
-"""Reading a /classify request at the edge: size limits, the multipart form, the typed fields, the images.
+"""Reading a /classify request at the edge: size limits, the multipart form or JSON body, the typed fields,
+the images.
 
 Nothing here raises for a bad request: every problem becomes a :class:`contract.Rejection` (a reason,
 which gives the HTTP status, and a message for the caller), so the API answers all of them in one place
@@ -7,6 +8,8 @@ with one JSON shape, and nothing the caller sends can turn into a 5xx.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from contextlib import aclosing
@@ -96,12 +99,13 @@ def _field_value(text: str) -> Any:
 async def read_classify_form(request: Request, max_images: int, max_body_bytes: int) -> dict[str, Any] | Rejection:
     """The fields given, as raw values for ``ClassifyInput``: ``images`` a list of :class:`Upload`, the others
     decoded from JSON or left as text."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "multipart/form-data":
+    given = media_type(request)
+    if given != "multipart/form-data":
         return Rejection(
             "unsupported_media_type",
-            f"send the images as multipart/form-data (got {media_type or 'no content type'}): "
-            "one 'images' file part per image, optional 'k', 'model' and 'min_confidence' fields",
+            f"send the images as multipart/form-data (got {given or 'no content type'}): "
+            "one 'images' file part per image, optional 'k', 'model' and 'min_confidence' fields; "
+            "or as application/json with each image base64-encoded",
         )
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -127,6 +131,83 @@ async def read_classify_form(request: Request, max_images: int, max_body_bytes: 
         return await _check_form(form)
     finally:
         await form.close()
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_classify_fields(request: Request, max_images: int, max_body_bytes: int) -> dict[str, Any] | Rejection:
+    """/classify's fields, as raw values for ``ClassifyInput``, from a multipart form or a JSON body."""
+    if media_type(request) == "application/json":
+        return await read_classify_json(request, max_images, max_body_bytes)
+    return await read_classify_form(request, max_images, max_body_bytes)
+
+
+async def read_classify_json(request: Request, max_images: int, max_body_bytes: int) -> dict[str, Any] | Rejection:
+    """``{"images": [{"filename": ..., "data": base64}, ...], "k": ..., "model": ..., "min_confidence": ...}``:
+    the same fields as the form, each image's file base64-encoded."""
+    body = await read_body(request, max_body_bytes)
+    if isinstance(body, Rejection):
+        return body
+    try:
+        raw = json.loads(body)
+    except ValueError as exc:  # also bytes that are not UTF-8
+        return Rejection("malformed_request", f"the JSON body could not be parsed: {exc}"[:300])
+    if not isinstance(raw, dict):
+        return Rejection("malformed_request", "the JSON body must be an object with an 'images' list")
+    unknown = sorted(key for key in raw if key not in FIELDS)
+    if unknown:
+        return Rejection(
+            "malformed_request", f"unknown field(s) {', '.join(map(repr, unknown))}; expected {', '.join(FIELDS)}"[:300]
+        )
+    for key, (types, words) in _JSON_TYPES.items():
+        value = raw.get(key)
+        # JSON has types, so they count: "3" is not a k here, though a form field can only be text.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            return Rejection(FIELD_REASONS[key], f"{key!r} must be {words}, got {value!r}"[:200])
+    images = raw.get("images", [])
+    if not isinstance(images, list):
+        return Rejection("malformed_request", '\'images\' must be a list of {"filename": ..., "data": base64}')
+    if len(images) > max_images:
+        return Rejection("too_many_images", f"too many images: at most {max_images} per request")
+    uploads = []
+    for i, image in enumerate(images):
+        upload = _json_image(i, image)
+        if isinstance(upload, Rejection):
+            return upload
+        uploads.append(upload)
+    return {**{key: raw[key] for key in FIELDS[1:] if key in raw}, "images": uploads}
+
+
+_JSON_TYPES = {
+    "k": (int, "a JSON integer"),
+    "model": (str, "a model name (a string) or null"),
+    "min_confidence": ((int, float), "a JSON number from 0 to 1, or null"),
+}
+
+
+def _json_image(i: int, image: Any) -> Upload | Rejection:
+    if not isinstance(image, dict) or not isinstance(image.get("data"), str) or not set(image) <= {"filename", "data"}:
+        return Rejection(
+            "malformed_request", f'images[{i}] must be an object {{"filename": name, "data": base64 of the file}}'
+        )
+    filename = image.get("filename", "")
+    if not isinstance(filename, str):
+        return Rejection("malformed_request", f"images[{i}]: 'filename' must be a string")
+    try:
+        return Upload(filename, decode_base64(image["data"]))
+    except ValueError as exc:
+        return Rejection("bad_encoding", f"images[{i}] ({filename[:100]!r}): 'data' is not valid base64 ({exc})")
+
+
+def decode_base64(text: str) -> bytes:
+    """Standard base64 (RFC 4648, padded); line breaks and spaces, as ``base64`` writes them, are ignored.
+    ``ValueError`` if it is not base64."""
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:  # ValueError: characters outside ASCII
+        raise ValueError(str(exc)) from None
 
 
 async def read_body(request: Request, max_body_bytes: int) -> bytes | Rejection:

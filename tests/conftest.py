@@ -132,6 +132,26 @@ def shared_archive() -> Path:
     return SHARED_ARCHIVE
 
 
+def extract_jpegs(archive: Path, out: Path, count: int = 12) -> list[Path]:
+    """``count`` real CIFAR-10 JPEGs of four classes (airplane, cat, ship, truck) from the archive, written to
+    ``out``; sorted by name."""
+    import re
+    import tarfile
+
+    wanted = re.compile(r"^cifar10/train/(airplane|cat|ship|truck)/000[0-9]\.jpg$")
+    paths = []
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            if member.isfile() and wanted.match(member.name) and int(member.name[-5]) < (count + 3) // 4:
+                path = out / member.name.replace("cifar10/train/", "").replace("/", "_")
+                path.write_bytes(tar.extractfile(member).read())
+                paths.append(path)
+            if len(paths) == count:
+                break
+    assert len(paths) == count
+    return sorted(paths)
+
+
 @pytest.fixture(scope="session")
 def tiny_models_dir(tiny_run, tmp_path_factory) -> Path:
     """A models/ folder with the tiny run exported as 'tiny' (fp32, the default) and 'tiny-int8', plus manifest.json."""

@@ -1,0 +1,298 @@
+"""The Open Inference Protocol (KServe v2, Triton's HTTP/REST API) on the wire: its JSON types, and the
+translation between them and what the service classifies.
+
+Each model takes one of two inputs and answers one output:
+
+- ``input`` (the manifest's input name): ``FP32 [N, 3, H, W]``, the model's own input (RGB in [0, 1]);
+- ``images``: ``BYTES [N]``, encoded image files (JPEG, PNG, ...), each element base64 in JSON, decoded and
+  resized by the same code as /classify's uploads;
+- ``probabilities``: ``FP32 [N, classes]``; or, when the request asks for it with Triton's classification
+  extension (output parameter ``"classification": k``), ``BYTES [N, k]`` strings ``"score:index:label"``,
+  most likely first.
+
+Every problem is a :class:`contract.Rejection`, answered ``{"error": message}`` with the reason's status.
+Nothing here imports BentoML or starlette; service/oip_http.py serves it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Annotated, Any, Optional, Protocol, Sequence, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .contract import Rejection
+from .uploads import Upload, decode_base64
+
+IMAGES_INPUT = "images"
+OUTPUT = "probabilities"
+# Triton's name for an ONNX Runtime model, which is what every model here is.
+PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ["classification"]
+
+# Strict: a string is not an integer here, and a field the protocol does not define is a mistake, not noise.
+_STRICT = ConfigDict(strict=True, extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------------- wire types
+class MetadataTensor(BaseModel):
+    name: str
+    datatype: str = Field(description="FP32, BYTES, ...")
+    shape: list[int] = Field(description="-1: any size along that axis (the batch)")
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str] = Field(description="protocol extensions this server supports")
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    platform: str
+    inputs: list[MetadataTensor] = Field(description="send exactly one of these")
+    outputs: list[MetadataTensor]
+
+
+class OipError(BaseModel):
+    """The body of every refusal on /v2."""
+
+    error: str = Field(description="what was wrong")
+
+
+class RequestInput(BaseModel):
+    model_config = _STRICT
+
+    name: str = Field(description=f"the model's FP32 input name (see its metadata) or {IMAGES_INPUT!r}")
+    shape: list[Annotated[int, Field(ge=0)]]
+    datatype: str = Field(description=f"FP32 for the model's input, BYTES for {IMAGES_INPUT!r}")
+    parameters: Optional[dict[str, Any]] = None
+    data: list[Any] = Field(
+        description="the elements in row-major order, flat or nested; BYTES elements are base64 strings of "
+        "encoded image files"
+    )
+
+
+class OutputParameters(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")  # others (binary_data, ...) are ignored: JSON answers
+
+    classification: Optional[Annotated[int, Field(ge=1)]] = Field(
+        None, description='Triton\'s classification extension: the top k as BYTES "score:index:label"'
+    )
+
+
+class RequestOutput(BaseModel):
+    model_config = _STRICT
+
+    name: str = Field(description=f"{OUTPUT!r}")
+    parameters: Optional[OutputParameters] = None
+
+
+class InferRequest(BaseModel):
+    model_config = _STRICT
+
+    id: Optional[str] = Field(None, description="echoed in the answer")
+    parameters: Optional[dict[str, Any]] = None
+    inputs: list[RequestInput] = Field(min_length=1, max_length=1, description="one input: FP32 pixels or images")
+    outputs: Optional[list[RequestOutput]] = Field(
+        None, min_length=1, max_length=1, description=f"default: {OUTPUT!r} as probabilities"
+    )
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Optional[dict[str, Any]] = None
+    data: Union[list[float], list[str]] = Field(description="row-major, flat")
+
+
+class InferResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str
+    model_version: Optional[str] = None
+    id: Optional[str] = None
+    outputs: list[ResponseOutput]
+
+
+# ---------------------------------------------------------------------------------------------- translation
+class ModelView(Protocol):
+    """What the translation needs of a loaded model (loading.LoadedModel)."""
+
+    classes: list[str]
+    size: tuple[int, int]
+
+    @property
+    def entry(self) -> Any: ...
+
+
+def server_metadata(name: str) -> ServerMetadata:
+    try:
+        version = metadata.version("cifar-classifier")
+    except metadata.PackageNotFoundError:  # a Bento holds the source, not the installed package
+        version = "unknown"
+    return ServerMetadata(name=name, version=version, extensions=EXTENSIONS)
+
+
+def model_metadata(model: ModelView) -> ModelMetadata:
+    height, width = model.size
+    return ModelMetadata(
+        name=model.entry.name,
+        platform=PLATFORM,
+        inputs=[
+            MetadataTensor(name=model.entry.input.name, datatype="FP32", shape=[-1, 3, height, width]),
+            MetadataTensor(name=IMAGES_INPUT, datatype="BYTES", shape=[-1]),
+        ],
+        outputs=[MetadataTensor(name=OUTPUT, datatype="FP32", shape=[-1, len(model.classes)])],
+    )
+
+
+@dataclass(frozen=True)
+class InferPlan:
+    """A checked request: either ``images`` (encoded files) or ``tensor`` (float32 [N, 3, H, W]), and the
+    outputs asked for, each ``(name, k)`` with k None for the probabilities."""
+
+    id: Optional[str]
+    images: Optional[list[Upload]]
+    tensor: Optional[np.ndarray]
+    outputs: list[tuple[str, Optional[int]]]
+
+
+def read_infer_request(body: bytes, model: ModelView, max_images: int) -> InferPlan | Rejection:
+    try:
+        request = InferRequest.model_validate_json(body)
+    except ValidationError as exc:
+        return Rejection("malformed_request", f"not an inference request: {_first_problem(exc)}")
+    (given,) = request.inputs
+    input_name = model.entry.input.name
+    takes = {input_name: "FP32", IMAGES_INPUT: "BYTES"}
+    if given.name not in takes:
+        return Rejection(
+            "bad_tensor", f"unknown input {given.name[:100]!r}: model {model.entry.name!r} takes {_inputs(model)}"
+        )
+    if given.datatype != takes[given.name]:
+        return Rejection(
+            "bad_tensor", f"input {given.name!r} is {takes[given.name]}, not {given.datatype[:20]!r}: {_inputs(model)}"
+        )
+    if given.parameters and "binary_data_size" in given.parameters:
+        return Rejection(
+            "bad_tensor",
+            "the binary tensor data extension is not supported: send the data as JSON "
+            "(tritonclient: set_data_from_numpy(..., binary_data=False))",
+        )
+    outputs = _outputs(request.outputs, model)
+    if isinstance(outputs, Rejection):
+        return outputs
+    count = given.shape[0] if given.shape else 0
+    if count == 0:
+        return Rejection("no_images", f"no images: input {given.name!r} has shape {given.shape}")
+    if count > max_images:
+        return Rejection("too_many_images", f"too many images: at most {max_images} per request, got {count}")
+    if given.name == IMAGES_INPUT:
+        images = _images(given)
+        return images if isinstance(images, Rejection) else InferPlan(request.id, images, None, outputs)
+    tensor = _tensor(given, model)
+    return tensor if isinstance(tensor, Rejection) else InferPlan(request.id, None, tensor, outputs)
+
+
+def _inputs(model: ModelView) -> str:
+    height, width = model.size
+    return (
+        f"{model.entry.input.name!r} (FP32 [N, 3, {height}, {width}], RGB in [0, 1]) or {IMAGES_INPUT!r} "
+        "(BYTES [N], encoded image files, base64 in JSON)"
+    )
+
+
+def _outputs(asked: Optional[list[RequestOutput]], model: ModelView) -> list[tuple[str, Optional[int]]] | Rejection:
+    if asked is None:
+        return [(OUTPUT, None)]
+    out = []
+    classes = len(model.classes)
+    for output in asked:
+        if output.name != OUTPUT:
+            return Rejection("bad_tensor", f"unknown output {output.name[:100]!r}: the model's output is {OUTPUT!r}")
+        k = output.parameters.classification if output.parameters else None
+        if k is not None and k > classes:
+            return Rejection("bad_k", f"classification must be between 1 and {classes} (the model's classes), got {k}")
+        out.append((output.name, k))
+    return out
+
+
+def _images(given: RequestInput) -> list[Upload] | Rejection:
+    if len(given.shape) != 1:
+        return Rejection("bad_tensor", f"input {IMAGES_INPUT!r} has shape [N], not {given.shape}")
+    if len(given.data) != given.shape[0]:
+        return Rejection(
+            "bad_tensor", f"input {IMAGES_INPUT!r} has shape {given.shape} but {len(given.data)} data elements"
+        )
+    uploads = []
+    for i, element in enumerate(given.data):
+        if not isinstance(element, str):
+            return Rejection("bad_tensor", f"{IMAGES_INPUT}[{i}] must be a base64 string of an image file")
+        try:
+            uploads.append(Upload(f"{IMAGES_INPUT}[{i}]", decode_base64(element)))
+        except ValueError as exc:
+            return Rejection("bad_encoding", f"{IMAGES_INPUT}[{i}] is not valid base64 ({exc})")
+    return uploads
+
+
+def _tensor(given: RequestInput, model: ModelView) -> np.ndarray | Rejection:
+    height, width = model.size
+    expected = [given.shape[0], 3, height, width]
+    if given.shape != expected:
+        return Rejection("bad_tensor", f"input {given.name!r} has shape [N, 3, {height}, {width}], not {given.shape}")
+    try:
+        values = np.asarray(given.data)
+    except (ValueError, TypeError, OverflowError):  # ragged nesting
+        return Rejection("bad_tensor", f"input {given.name!r}: data is not a regular array of numbers")
+    if values.dtype.kind not in "fiu":
+        return Rejection("bad_tensor", f"input {given.name!r}: FP32 data must be numbers")
+    if values.size != int(np.prod(expected)):
+        return Rejection("bad_tensor", f"input {given.name!r} has shape {given.shape} but {values.size} data elements")
+    tensor = values.astype(np.float32).reshape(expected)
+    if not (np.isfinite(tensor).all() and tensor.min() >= 0.0 and tensor.max() <= 1.0):
+        return Rejection("bad_tensor", f"input {given.name!r}: values must be in [0, 1] (RGB scaled from 0..255)")
+    return tensor
+
+
+def infer_response(model: ModelView, plan: InferPlan, probabilities: np.ndarray) -> InferResponse:
+    """The answer for ``plan`` given the probabilities [N, classes] of its images."""
+    from inference.runtime import top_k  # onnxruntime: present wherever a model is loaded
+
+    count, classes = probabilities.shape
+    outputs = []
+    for name, k in plan.outputs:
+        if k is None:
+            outputs.append(
+                ResponseOutput(
+                    name=name,
+                    shape=[count, classes],
+                    datatype="FP32",
+                    data=probabilities.astype(np.float32).ravel().tolist(),
+                )
+            )
+            continue
+        index, score = top_k(probabilities, k)
+        outputs.append(
+            ResponseOutput(
+                name=name,
+                shape=[count, k],
+                datatype="BYTES",
+                data=_classification(index.ravel().tolist(), score.ravel().tolist(), model.classes),
+            )
+        )
+    return InferResponse(model_name=model.entry.name, id=plan.id, outputs=outputs)
+
+
+def _classification(index: Sequence[int], score: Sequence[float], labels: Sequence[str]) -> list[str]:
+    # Triton writes the score with C++'s std::to_string, six decimals.
+    return [f"{p:f}:{c}:{labels[c]}" for c, p in zip(index, score)]
+
+
+def _first_problem(error: ValidationError) -> str:
+    first = error.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"[:300]

@@ -1,0 +1,126 @@
+"""The Open Inference Protocol's REST routes (service/oip.py has its types), mounted on the BentoML service.
+
+    GET  /v2                          server metadata
+    GET  /v2/health/live|ready        200, or 400 while the models load (as Triton answers)
+    GET  /v2/models/{name}            model metadata: inputs, outputs, datatypes, shapes
+    GET  /v2/models/{name}/ready
+    POST /v2/models/{name}/infer
+
+Inference goes through the service's own batchable API (:class:`Engine`), so these requests and /classify's
+share batches. Model names may contain '/' (the route takes the rest of the path), so that no name reaches
+BentoML's plain-text 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional, Protocol
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from .contract import Rejection
+from .oip import InferPlan, ModelView, OipError, infer_response, model_metadata, read_infer_request, server_metadata
+from .uploads import Upload, read_body
+
+
+class Engine(Protocol):
+    """What the routes need of the running service (service.Classifier)."""
+
+    loaded: Mapping[str, ModelView]
+    ready: bool
+
+    async def predict_uploads(self, model: Any, uploads: list[Upload]) -> np.ndarray | Rejection: ...
+
+    async def predict_tensor(self, model: Any, tensor: np.ndarray) -> np.ndarray | Rejection: ...
+
+    def count_refusal(self, rejection: Rejection) -> None: ...
+
+    def count_predictions(self, model: str, images: int) -> None: ...
+
+
+def oip_routes(
+    engine: Callable[[], Optional[Engine]], server_name: str, max_images: int, max_body_bytes: int
+) -> list[BaseRoute]:
+    """The routes, given a function that returns the running service (None until it is loaded)."""
+
+    def refuse(rejection: Rejection, running: Optional[Engine] = None) -> JSONResponse:
+        if running is not None:
+            running.count_refusal(rejection)
+        return JSONResponse(
+            OipError(error=rejection.message).model_dump(), status_code=rejection.status, headers=rejection.headers
+        )
+
+    def not_loaded() -> JSONResponse:
+        return JSONResponse(OipError(error="the models are not loaded yet").model_dump(), status_code=503)
+
+    def find(running: Engine, name: str) -> Any:
+        model = running.loaded.get(name)
+        if model is None:
+            return refuse(
+                Rejection("unknown_model", f"unknown model {name[:100]!r}; available: {', '.join(running.loaded)}"),
+                running,
+            )
+        return model
+
+    async def server(request: Request) -> Response:
+        return JSONResponse(server_metadata(server_name).model_dump())
+
+    async def live(request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def ready(request: Request) -> Response:
+        running = engine()
+        return Response(status_code=200 if running is not None and running.ready else 400)
+
+    async def metadata(request: Request) -> Response:
+        running = engine()
+        if running is None:
+            return not_loaded()
+        model = find(running, request.path_params["name"])
+        if isinstance(model, Response):
+            return model
+        return JSONResponse(model_metadata(model).model_dump())
+
+    async def model_ready(request: Request) -> Response:
+        running = engine()
+        if running is None:
+            return Response(status_code=400)
+        model = find(running, request.path_params["name"])
+        return model if isinstance(model, Response) else Response(status_code=200 if running.ready else 400)
+
+    async def infer(request: Request) -> Response:
+        running = engine()
+        if running is None:
+            return not_loaded()
+        model = find(running, request.path_params["name"])
+        if isinstance(model, Response):
+            return model
+        body = await read_body(request, max_body_bytes)
+        if isinstance(body, Rejection):
+            return refuse(body, running)
+        plan = read_infer_request(body, model, max_images)
+        if isinstance(plan, Rejection):
+            return refuse(plan, running)
+        probabilities = await _predict(running, model, plan)
+        if isinstance(probabilities, Rejection):
+            return refuse(probabilities, running)
+        running.count_predictions(model.entry.name, len(probabilities))
+        return JSONResponse(infer_response(model, plan, probabilities).model_dump(mode="json", exclude_none=True))
+
+    return [
+        Route("/v2", server, methods=["GET"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        # Before the metadata route, whose name takes the rest of the path.
+        Route("/v2/models/{name:path}/ready", model_ready, methods=["GET"]),
+        Route("/v2/models/{name:path}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name:path}", metadata, methods=["GET"]),
+    ]
+
+
+async def _predict(running: Engine, model: Any, plan: InferPlan) -> np.ndarray | Rejection:
+    if plan.images is not None:
+        return await running.predict_uploads(model, plan.images)
+    return await running.predict_tensor(model, plan.tensor)

@@ -1,0 +1,186 @@
+"""Optional API keys and CORS: the settings, the gate on its own, and one live server with both configured."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from conftest import ROOT, running_service
+from service.access import ApiKeyGate, requires_key
+from service.settings import ServiceSettings, SettingsError
+
+ORIGIN = "http://page.example"
+
+
+def test_keys_come_from_the_variable_and_the_file(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# rotated monthly\nfile-key-1\n\n  file-key-2  # the batch job\n")
+    settings = ServiceSettings.from_env({"CIFAR_API_KEYS": "env-key, ,other", "CIFAR_API_KEYS_FILE": str(keys)})
+    assert settings.api_key_set() == {"env-key", "other", "file-key-1", "file-key-2"}
+    assert ServiceSettings.from_env({}).api_key_set() == frozenset()
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(SettingsError, match="holds no key"):
+        ServiceSettings.from_env({"CIFAR_API_KEYS_FILE": str(empty)}).api_key_set()
+    with pytest.raises(SettingsError, match="CIFAR_API_KEYS_FILE"):
+        ServiceSettings.from_env({"CIFAR_API_KEYS_FILE": str(tmp_path / "missing")}).api_key_set()
+    assert ServiceSettings.from_env({"CIFAR_CORS_ORIGINS": "https://a.test, https://b.test"}).cors_origin_list == [
+        "https://a.test",
+        "https://b.test",
+    ]
+
+
+def test_serve_refuses_a_key_file_without_keys(tmp_path):
+    empty = tmp_path / "keys"
+    empty.write_text("\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--api-keys-file", str(empty)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "holds no key" in done.stderr
+
+
+def test_the_gate_guards_only_the_inference_routes():
+    assert all(requires_key(p) for p in ("/classify", "/infer", "/v2/models/tiny/infer", "/v2/models/a/b/infer"))
+    assert not any(
+        requires_key(p)
+        for p in (
+            "/",
+            "/docs",
+            "/docs.json",
+            "/models",
+            "/metrics",
+            "/readyz",
+            "/v2",
+            "/v2/models/tiny",
+            "/static/app.js",
+        )
+    )
+
+
+def _call(gate: ApiKeyGate, path: str, authorization: bytes | None) -> tuple[int, bytes]:
+    sent: list[dict] = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"classified"})
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    async def send(message):
+        sent.append(message)
+
+    gate.app = app
+    headers = [(b"authorization", authorization)] if authorization is not None else []
+    asyncio.run(gate({"type": "http", "method": "POST", "path": path, "headers": headers}, receive, send))
+    return sent[0]["status"], sent[1]["body"]
+
+
+def test_the_gate_answers_401_403_or_passes(monkeypatch):
+    from service import metrics
+
+    monkeypatch.setattr(metrics.ServiceMetrics, "get", classmethod(lambda cls: type("M", (), {"reject": print})()))
+    gate = ApiKeyGate(None, frozenset({"alpha-key", "beta-key"}))
+    assert gate.known(b"beta-key") and not gate.known(b"beta-ke") and not gate.known(b"beta-keyy")
+    assert _call(gate, "/classify", b"Bearer alpha-key") == (200, b"classified")
+    assert _call(gate, "/classify", b"bearer beta-key") == (200, b"classified")  # the scheme is case-insensitive
+    status, body = _call(gate, "/classify", None)
+    assert status == 401 and b'"reason": "unauthorized"' in body
+    assert _call(gate, "/classify", b"Basic alpha-key")[0] == 401
+    status, body = _call(gate, "/v2/models/tiny/infer", b"Bearer wrong")
+    assert status == 403 and body == b'{"error": "unknown API key"}'  # the protocol's error object on /v2
+    with pytest.raises(ValueError):
+        ApiKeyGate(None, frozenset())
+
+
+@pytest.fixture(scope="module")
+def guarded(tiny_models_dir, tmp_path_factory):
+    home = tmp_path_factory.mktemp("bentoml_home")
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "CIFAR_API_KEYS": "first-key,second-key",
+        "CIFAR_CORS_ORIGINS": ORIGIN,
+    }
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with running_service(tiny_models_dir, log, "--threads", "1", env=env) as url:
+        yield url
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_live_service_with_keys_and_cors(guarded):
+    files = [("images", ("red.png", _png(), "image/png"))]
+    assert httpx.post(f"{guarded}/classify", files=files).status_code == 401
+    missing = httpx.post(f"{guarded}/classify", files=files)
+    assert missing.json()["reason"] == "unauthorized" and missing.headers["www-authenticate"] == "Bearer"
+    wrong = httpx.post(f"{guarded}/classify", files=files, headers={"Authorization": "Bearer third-key"})
+    assert wrong.status_code == 403 and wrong.json()["reason"] == "forbidden"
+    right = httpx.post(f"{guarded}/classify", files=files, headers={"Authorization": "Bearer second-key"})
+    assert right.status_code == 200, right.text
+    body = {
+        "inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(_png()).decode()]}]
+    }
+    assert httpx.post(f"{guarded}/v2/models/tiny/infer", json=body).json() == {
+        "error": "this service requires an API key: 'Authorization: Bearer KEY'"
+    }
+    assert (
+        httpx.post(
+            f"{guarded}/v2/models/tiny/infer", json=body, headers={"Authorization": "Bearer first-key"}
+        ).status_code
+        == 200
+    )
+    for path in (
+        "/readyz",
+        "/livez",
+        "/metrics",
+        "/models",
+        "/v2/health/ready",
+        "/v2/models/tiny",
+        "/",
+        "/static/app.js",
+    ):
+        assert httpx.get(f"{guarded}{path}").status_code == 200, path  # health, metadata and the page stay open
+    metrics = httpx.get(f"{guarded}/metrics").text
+    assert 'cifar_rejected_inputs_total{reason="unauthorized"} 3.0' in metrics
+    spec = httpx.get(f"{guarded}/docs.json").json()
+    for path, method in (("/classify", "post"), ("/infer", "post"), ("/v2/models/{name}/infer", "post")):
+        operation = spec["paths"][path][method]
+        assert "Authorization: Bearer KEY" in operation["description"] and {"401", "403"} <= set(operation["responses"])
+    assert "Authorization" not in spec["paths"]["/models"]["get"].get("description", "")
+
+    preflight = httpx.options(
+        f"{guarded}/classify",
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == ORIGIN
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    other = httpx.options(
+        f"{guarded}/classify", headers={"Origin": "http://elsewhere.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert "access-control-allow-origin" not in other.headers
+    simple = httpx.get(f"{guarded}/models", headers={"Origin": ORIGIN})
+    assert simple.headers["access-control-allow-origin"] == ORIGIN

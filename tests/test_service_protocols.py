@@ -1,0 +1,378 @@
+"""The service's other ways in, end to end on one live server: the Open Inference Protocol (driven by the
+official tritonclient), JSON on /classify, and the page at / in a real browser (Debian's Chromium through
+Playwright). The server runs one inference stream, so that requests from both routes visibly share batches.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from conftest import ROOT, extract_jpegs, running_service
+
+MAX_IMAGES = 8
+MAX_BODY = 600_000
+TINY_CLASSES = ["alpha", "beta", "gamma"]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models_dir, tmp_path_factory):
+    home = tmp_path_factory.mktemp("bentoml_home")
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+    args = ["--max-images", str(MAX_IMAGES), "--max-body-bytes", str(MAX_BODY), "--max-pixels", "1000000"]
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with running_service(tiny_models_dir, log, *args, "--streams", "1", "--threads", "1", env=env) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def jpegs(shared_archive, tmp_path_factory) -> list[Path]:
+    return extract_jpegs(shared_archive, tmp_path_factory.mktemp("jpegs"))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _classify_multipart(url: str, paths: list[Path], **fields) -> dict:
+    files = [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+    response = httpx.post(f"{url}/classify", files=files, data=fields, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _v2_images_body(paths: list[Path], k: int | None = None) -> dict:
+    output = {"name": "probabilities", **({"parameters": {"classification": k}} if k else {})}
+    return {
+        "inputs": [
+            {
+                "name": "images",
+                "shape": [len(paths)],
+                "datatype": "BYTES",
+                "data": [_b64(p.read_bytes()) for p in paths],
+            }
+        ],
+        "outputs": [output],
+    }
+
+
+def _top_by_index(prediction: dict) -> dict[int, float]:
+    return {t["index"]: t["confidence"] for t in prediction["top_k"]}
+
+
+# ---------------------------------------------------------------------------------------------- tritonclient
+def test_tritonclient_speaks_to_the_service(server, jpegs):
+    """The official client: health, metadata, infer with BYTES images and with the FP32 tensor, and Triton's
+    classification output; its top-1 is /classify's on the same images."""
+    import tritonclient.http as triton
+
+    from inference.preprocess import decode_image, to_model_input
+
+    client = triton.InferenceServerClient(url=server.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny")
+    assert "classification" in client.get_server_metadata()["extensions"]
+    meta = client.get_model_metadata("tiny")
+    assert meta["name"] == "tiny"
+    assert {(t["name"], t["datatype"], tuple(t["shape"])) for t in meta["inputs"]} == {
+        ("input", "FP32", (-1, 3, 32, 32)),
+        ("images", "BYTES", (-1,)),
+    }
+    assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}]
+
+    sent = jpegs[:MAX_IMAGES]
+    expected = _classify_multipart(server, sent, k="3")["predictions"]
+
+    images = triton.InferInput("images", [len(sent)], "BYTES")
+    images.set_data_from_numpy(np.array([_b64(p.read_bytes()) for p in sent], dtype=object), binary_data=False)
+    result = client.infer("tiny", [images], outputs=[triton.InferRequestedOutput("probabilities", binary_data=False)])
+    from_bytes = result.as_numpy("probabilities")
+    assert from_bytes.shape == (len(sent), 3) and from_bytes.dtype == np.float32
+    for row, prediction in zip(from_bytes, expected):
+        assert dict(enumerate(row.tolist())) == pytest.approx(_top_by_index(prediction), abs=1e-5)
+        assert int(row.argmax()) == prediction["top_k"][0]["index"]
+
+    pixels = to_model_input([decode_image(p.read_bytes(), (32, 32)) for p in sent])
+    tensor = triton.InferInput("input", list(pixels.shape), "FP32")
+    tensor.set_data_from_numpy(pixels, binary_data=False)
+    ranked = triton.InferRequestedOutput("probabilities", binary_data=False, class_count=2)
+    result = client.infer("tiny", [tensor], outputs=[ranked], request_id="tensor-1")
+    assert result.get_response()["id"] == "tensor-1"
+    classes = result.as_numpy("probabilities")
+    assert classes.shape == (len(sent), 2)
+    for row, prediction in zip(classes, expected):
+        parsed = [(entry.decode() if isinstance(entry, bytes) else entry).split(":") for entry in row]
+        assert [int(index) for _, index, _ in parsed] == [t["index"] for t in prediction["top_k"][:2]]
+        assert [label for _, _, label in parsed] == [t["label"] for t in prediction["top_k"][:2]]
+        assert [float(score) for score, _, _ in parsed] == pytest.approx(
+            [t["confidence"] for t in prediction["top_k"][:2]], abs=1e-5
+        )
+
+    with pytest.raises(triton.InferenceServerException, match="unknown model 'nope'"):
+        client.get_model_metadata("nope")
+
+
+# ---------------------------------------------------------------------------------------------- JSON /classify
+def test_json_classify_answers_as_multipart_does(server, jpegs):
+    sent = jpegs[:5]
+    body = {
+        "images": [{"filename": p.name, "data": _b64(p.read_bytes())} for p in sent],
+        "k": 2,
+        "model": "tiny-int8",
+        "min_confidence": 0.5,
+    }
+    response = httpx.post(f"{server}/classify", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    expected = _classify_multipart(server, sent, k="2", model="tiny-int8", min_confidence="0.5")
+    assert answer["model"] == expected["model"] == "tiny-int8"
+    assert [p["filename"] for p in answer["predictions"]] == [p.name for p in sent]
+    for got, want in zip(answer["predictions"], expected["predictions"]):
+        assert _top_by_index(got) == pytest.approx(_top_by_index(want), abs=1e-6)
+        assert got["top_k"][0]["label"] == want["top_k"][0]["label"] and got["confident"] == want["confident"]
+    # line breaks, as `base64` writes them, are ignored; no filename is an empty one
+    wrapped = base64.encodebytes(sent[0].read_bytes()).decode()
+    response = httpx.post(f"{server}/classify", json={"images": [{"data": wrapped}]}, timeout=30)
+    assert response.status_code == 200 and response.json()["predictions"][0]["filename"] == ""
+
+
+# ---------------------------------------------------------------------------------------------- batching
+def _metric(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_both_routes_go_through_the_same_batching(server, jpegs):
+    name = "bentoml_service_adaptive_batch_size"
+    before = httpx.get(f"{server}/metrics").text
+    v2_body = json.dumps(_v2_images_body(jpegs[:2], k=1))
+
+    def one(i: int) -> httpx.Response:
+        if i % 2:
+            return httpx.post(f"{server}/v2/models/tiny/infer", content=v2_body, timeout=60)
+        files = [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in jpegs[:2]]
+        return httpx.post(f"{server}/classify", files=files, timeout=60)
+
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(one, range(64)))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200][:2]
+    after = httpx.get(f"{server}/metrics").text
+    jobs = _metric(after, f"{name}_sum", method_name="infer") - _metric(before, f"{name}_sum", method_name="infer")
+    batches = _metric(after, f"{name}_count", method_name="infer") - _metric(
+        before, f"{name}_count", method_name="infer"
+    )
+    assert jobs == 64  # every request of either route was one job of the batchable API
+    assert batches < 64  # and jobs that arrived together ran together
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+def _bomb_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (1500, 1000)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _tensor_input(shape, data, name="input", datatype="FP32") -> dict:
+    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
+
+
+def _images_input(elements: list) -> dict:
+    return _tensor_input([len(elements)], elements, name="images", datatype="BYTES")
+
+
+ZEROS = [0.0] * (3 * 32 * 32)
+V2_BAD = {
+    # name: (model, body as bytes or JSON-able, status, words expected in the message)
+    "not JSON": ("tiny", b"{inputs: [", 400, "not an inference request"),
+    "not an object": ("tiny", [1, 2], 400, "not an inference request"),
+    "no inputs": ("tiny", {"inputs": []}, 400, "inputs"),
+    "two inputs": ("tiny", {"inputs": _images_input(["AA=="])["inputs"] * 2}, 400, "inputs"),
+    "unknown field": ("tiny", {**_images_input(["AA=="]), "priority": 1}, 400, "priority"),
+    "shape as text": ("tiny", _tensor_input(["1", 3, 32, 32], ZEROS), 400, "shape"),
+    "unknown input": ("tiny", _tensor_input([1, 3, 32, 32], ZEROS, name="pixels"), 400, "unknown input 'pixels'"),
+    "wrong datatype": ("tiny", _tensor_input([1, 3, 32, 32], ZEROS, datatype="INT8"), 400, "is FP32, not 'INT8'"),
+    "wrong shape": ("tiny", _tensor_input([1, 32, 32, 3], ZEROS), 400, "shape [N, 3, 32, 32]"),
+    "data short of shape": ("tiny", _tensor_input([2, 3, 32, 32], ZEROS), 400, "data elements"),
+    "ragged data": ("tiny", _tensor_input([1, 3, 32, 32], [[0.0, 0.0], [0.0]]), 400, "regular array"),
+    "text data": ("tiny", _tensor_input([1, 3, 32, 32], ["0"] * 3072), 400, "must be numbers"),
+    "out of range": ("tiny", _tensor_input([1, 3, 32, 32], [255.0] * 3072), 400, "in [0, 1]"),
+    "no images": ("tiny", _tensor_input([0], [], name="images", datatype="BYTES"), 400, "no images"),
+    "too many images": ("tiny", _images_input(["AA=="] * (MAX_IMAGES + 1)), 400, "too many images"),
+    "bad base64": ("tiny", _images_input(["not base64!"]), 400, "images[0] is not valid base64"),
+    "not an image": ("tiny", _images_input([_b64(b"these are not pixels")]), 400, "images[0]"),
+    "empty image": ("tiny", _images_input([""]), 400, "empty file"),
+    "image over the pixel limit": ("tiny", _images_input([_b64(_bomb_png())]), 413, "over the limit"),
+    "body too large": ("tiny", _images_input([_b64(b"\xff" * MAX_BODY)]), 413, "request body too large"),
+    "unknown output": ("tiny", {**_images_input(["AA=="]), "outputs": [{"name": "logits"}]}, 400, "'logits'"),
+    "classification over the classes": (
+        "tiny",
+        {**_images_input(["AA=="]), "outputs": [{"name": "probabilities", "parameters": {"classification": 4}}]},
+        400,
+        "between 1 and 3",
+    ),
+    "binary extension": (
+        "tiny",
+        {
+            "inputs": [
+                {"name": "images", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 8}, "data": []}
+            ]
+        },
+        400,
+        "binary_data=False",
+    ),
+    "unknown model": ("resnet-9000", _images_input(["AA=="]), 404, "unknown model 'resnet-9000'"),
+}
+
+
+@pytest.mark.parametrize("case", list(V2_BAD))
+def test_bad_inference_requests_are_4xx_with_the_protocol_error(server, jpegs, case):
+    model, body, status, words = V2_BAD[case]
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.post(f"{server}/v2/models/{model}/infer", content=content, timeout=30)
+    assert response.status_code == status, response.text
+    assert list(response.json()) == ["error"] and words in response.json()["error"], response.text
+    ok = httpx.post(f"{server}/v2/models/tiny/infer", json=_v2_images_body(jpegs[:1]), timeout=30)
+    assert ok.status_code == 200, ok.text
+
+
+def test_metadata_and_readiness_of_an_unknown_model_are_404(server):
+    for path in ("/v2/models/nope", "/v2/models/nope/ready", "/v2/models/a/b/infer"):
+        method = httpx.post if path.endswith("infer") else httpx.get
+        response = method(f"{server}{path}", timeout=10)
+        assert response.status_code == 404 and "unknown model" in response.json()["error"], (path, response.text)
+    assert httpx.get(f"{server}/v2/health/live").status_code == 200
+    assert httpx.get(f"{server}/v2/models/tiny-int8/ready").status_code == 200
+
+
+JSON_BAD = {
+    # name: (body as bytes or JSON-able, status, reason, words expected in the message)
+    "not JSON": (b'{"images": [', 400, "malformed_request", "could not be parsed"),
+    "not an object": ([], 400, "malformed_request", "must be an object"),
+    "unknown field": ({"images": [], "top": 3}, 400, "malformed_request", "'top'"),
+    "images not a list": ({"images": "cat.jpg"}, 400, "malformed_request", "must be a list"),
+    "image without data": ({"images": [{"filename": "a.jpg"}]}, 400, "malformed_request", "images[0]"),
+    "no images": ({"images": []}, 400, "no_images", "no images"),
+    "too many images": ({"images": [{"data": "AA=="}] * (MAX_IMAGES + 1)}, 400, "too_many_images", "at most 8"),
+    "bad base64": (
+        {"images": [{"filename": "ok.jpg", "data": "AA=="}, {"filename": "cat.jpg", "data": "c@t"}]},
+        400,
+        "bad_encoding",
+        "images[1] ('cat.jpg')",
+    ),
+    "not an image": ({"images": [{"filename": "x.jpg", "data": _b64(b"not pixels")}]}, 400, "not_an_image", "x.jpg"),
+    "image over the pixel limit": ({"images": [{"data": _b64(_bomb_png())}]}, 413, "image_too_large", "limit"),
+    "body too large": ({"images": [{"data": _b64(b"\xff" * MAX_BODY)}]}, 413, "body_too_large", "too large"),
+    "k as text": ({"images": [{"data": "AA=="}], "k": "3"}, 400, "bad_k", "JSON integer"),
+    "k too big": ({"images": [{"data": "AA=="}], "k": 4}, 400, "bad_k", "between 1 and 3"),
+    "unknown model": ({"images": [{"data": "AA=="}], "model": "nope"}, 404, "unknown_model", "'nope'"),
+}
+
+
+@pytest.mark.parametrize("case", list(JSON_BAD))
+def test_bad_json_classify_requests_are_4xx_with_a_reason(server, jpegs, case):
+    body, status, reason, words = JSON_BAD[case]
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.post(
+        f"{server}/classify", content=content, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert response.status_code == status, response.text
+    assert response.json()["reason"] == reason and words in response.json()["error"], response.text
+
+
+# ---------------------------------------------------------------------------------------------- the document
+def test_the_openapi_document_lists_the_new_routes(server):
+    spec = httpx.get(f"{server}/docs.json").json()
+    for path in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/ready", "/"):
+        assert "get" in spec["paths"][path], path
+    infer = spec["paths"]["/v2/models/{name}/infer"]["post"]
+    assert infer["parameters"][0]["schema"]["enum"] == ["tiny", "tiny-int8"]
+    assert {"200", "400", "404", "413"} <= set(infer["responses"])
+    assert "InferRequest" in spec["components"]["schemas"]
+    assert "Authorization" not in infer.get("description", "")  # no keys configured
+    json_body = spec["paths"]["/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert json_body["properties"]["images"]["maxItems"] == MAX_IMAGES
+    assert json_body["properties"]["images"]["items"]["required"] == ["data"]
+    cross = httpx.get(f"{server}/models", headers={"Origin": "http://page.example"})
+    assert "access-control-allow-origin" not in cross.headers  # CORS is off unless configured
+    docs = httpx.get(f"{server}/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()  # BentoML's UI, moved from /
+
+
+# ---------------------------------------------------------------------------------------------- the page
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("no chromium on this machine (scripts/setup.sh installs Debian's package when run as root)")
+    return path
+
+
+def test_the_page_classifies_a_dropped_jpeg_in_a_real_browser(server, jpegs):
+    """Headless Chromium opens /, picks a real JPEG through the labelled file input, and the bars it draws
+    say what /classify says; nothing is fetched from anywhere but the service. Screenshot:
+    test-artifacts/page.png."""
+    executable = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+    image = jpegs[0]
+    expected = _classify_multipart(server, [image], k="3")["predictions"][0]["top_k"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "page.png"
+    requested: list[str] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 700})
+            page.on("request", lambda request: requested.append(request.url))
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{server}/")
+            model = page.get_by_label("Model")  # controls are found by their labels, as a screen reader does
+            page.wait_for_function("document.getElementById('model').options.length === 2")
+            assert model.input_value() == "tiny"
+            assert page.get_by_label("Classes shown per image").input_value() == "3"
+            assert not page.locator("#key-field").is_visible()  # no keys configured: no key asked for
+            page.keyboard.press("Tab")  # the first stop is the model choice: reachable without a mouse
+            assert page.evaluate("document.activeElement.id") == "model"
+            page.get_by_label("Choose images").set_input_files(str(image))
+            page.wait_for_selector(".bars li", timeout=20_000)
+            rows = page.eval_on_selector_all(
+                ".bars li", "rows => rows.map(r => [r.dataset.label, Number(r.dataset.confidence), r.innerText])"
+            )
+            widths = page.eval_on_selector_all(".bars .fill", "bars => bars.map(b => b.style.width)")
+            status = page.locator("#status").inner_text()
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert [label for label, _, _ in rows] == [t["label"] for t in expected]
+    assert [c for _, c, _ in rows] == pytest.approx([t["confidence"] for t in expected], abs=1e-6)
+    assert all(label in text and "%" in text for label, _, text in rows)
+    assert [float(w.rstrip("%")) for w in widths] == pytest.approx([100 * t["confidence"] for t in expected], abs=0.06)
+    assert "1 of 1 image(s) classified by tiny" in status
+    assert requested and all(url.startswith(server) or url.startswith("blob:") for url in requested), requested
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
