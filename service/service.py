@@ -1,6 +1,6 @@
 """The BentoML service: top-k CIFAR predictions over HTTP, with adaptive batching across requests.
 
-    POST /classify   multipart/form-data: images (files), k, model, min_confidence -> top-k labels per image
+    POST /classify   multipart/form-data: images (files), k, model, min_confidence, fit -> top-k labels per image
     GET  /models     the manifest's models (POST /models too, BentoML APIs being POST)
     POST /infer      the batchable stage: decoded pixels -> probabilities, batched across requests
     GET  /livez /readyz /metrics /docs.json   BentoML's own
@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from inference.fits import FITS, fit_help
 from inference.preprocess import pixels_to_model_input
 
 from . import bentoml_compat
@@ -45,6 +46,7 @@ from .settings import ServiceSettings
 from .uploads import (
     Upload,
     decode_uploads,
+    fit_name,
     integer_k,
     model_name,
     read_body,
@@ -154,7 +156,8 @@ class ClassifyInput(bentoml.IODescriptor):
             max_length=SETTINGS.max_images,
             description=f"one file per image (JPEG, PNG, BMP, GIF, TIFF, WebP, ...), at most {SETTINGS.max_images}; "
             "any size up to the pixel limit, any mode (grayscale, RGBA, palette, CMYK, 16-bit); EXIF "
-            "rotation is applied and images are resized (bilinear) to the model's input size, 32x32 for CIFAR",
+            "rotation is applied and images are fitted (see fit) and resized (bilinear) to the model's input "
+            "size, 32x32 for CIFAR",
             default_factory=list,
         ),
     ]
@@ -181,6 +184,15 @@ class ClassifyInput(bentoml.IODescriptor):
             description='mark each prediction whose top-1 confidence is below this (0 to 1) with "confident": false '
             '(and the others true) instead of leaving it out; default: no threshold and no "confident" '
             "field"
+        ),
+    ] = None
+    fit: Annotated[
+        Optional[str],
+        BeforeValidator(fit_name),
+        WithJsonSchema({"type": "string", "enum": list(FITS)}),
+        Field(
+            description="how an image of another aspect ratio than the model's input is fitted to it: "
+            f"{fit_help()}; default: the model's own (/models lists it)"
         ),
     ] = None
     rejection: SkipJsonSchema[Optional[Rejection]] = None
@@ -245,13 +257,15 @@ class Classifier:
         k: Optional[int] = None,
         model: Optional[str] = None,
         min_confidence: Optional[float] = None,
+        fit: Optional[str] = None,
         rejection: Optional[Rejection] = None,
     ) -> JSONResponse:
         """Top-k classes for each uploaded image, in the order sent.
 
         multipart/form-data with one or more `images` files, optional `k` (default 5), `model`
-        (default: the manifest's default) and `min_confidence` (0 to 1: each prediction then says
-        whether its top-1 confidence reaches it, as `confident`). A refused request is answered
+        (default: the manifest's default), `min_confidence` (0 to 1: each prediction then says
+        whether its top-1 confidence reaches it, as `confident`) and `fit` (center_crop, squash or pad:
+        how a photo of another aspect ratio is fitted; default: the model's own). A refused request is answered
         {"error": message, "reason": label}, with the status its reason has (listed below).
         """
         if rejection is not None:
@@ -260,8 +274,11 @@ class Classifier:
         if isinstance(choice, Rejection):
             return self._reject(choice)
         loaded, k = choice
+        fitted = resolve_fit(fit, loaded.entry.input.fit)
+        if isinstance(fitted, Rejection):
+            return self._reject(fitted)
         decoded = await anyio.to_thread.run_sync(
-            decode_uploads, images, loaded.size, SETTINGS.max_pixels, limiter=self._decode_limiter
+            decode_uploads, images, loaded.size, SETTINGS.max_pixels, fitted, limiter=self._decode_limiter
         )
         if isinstance(decoded, Rejection):
             return self._reject(decoded)
