@@ -105,7 +105,9 @@ def rederive_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=".cache/datasets")
     p.add_argument("--max-val-images", type=int)
     p.add_argument(
-        "--fit", choices=list(FITS), help="the derived model's fit for photos of another shape (default: the reference's)"
+        "--fit",
+        choices=list(FITS),
+        help="the derived model's fit for photos of another shape (default: the reference's)",
     )
     return p
 

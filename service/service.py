@@ -52,6 +52,7 @@ from .uploads import (
     read_body,
     read_classify_form,
     rejection_from,
+    resolve_fit,
     threshold,
 )
 

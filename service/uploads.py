@@ -261,9 +261,7 @@ def resolve_fit(requested: str | None, model_fit: str) -> str | Rejection:
 _MEMORY_ADDRESS = re.compile(r" <_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
-def decode_uploads(
-    uploads: list[Upload], size: tuple[int, int], max_pixels: int, fit: str
-) -> list[bytes] | Rejection:
+def decode_uploads(uploads: list[Upload], size: tuple[int, int], max_pixels: int, fit: str) -> list[bytes] | Rejection:
     """Every upload as the model's input pixels, fitted the way ``fit`` (a name from ``inference.fits``; see
     ``resolve_fit``) says, or the first one's problem."""
     out = []

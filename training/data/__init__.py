@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..registry import Registry
 from inference.fits import DEFAULT_FIT
 
+from ..registry import Registry
 from .arrays import DatasetError, ImageArrays
 from .cifar import read_cifar10, read_cifar100
 from .folder import read_image_folder
