@@ -27,38 +27,41 @@ Size = tuple[int, int]  # (height, width), as the input spec's shape has it
 class Fit:
     name: str
     help: str  # what it does, for help texts and the OpenAPI document
-    apply: Callable[[Image.Image, Size], Image.Image]  # an RGB image -> one of exactly ``size``
+    # (an RGB image, the target size, the frame's shown (width, height) before any reduced-size decode)
+    # -> an image of exactly ``size``; the frame sets the geometry, so a reduced decode rounded up to
+    # whole pixels is cropped and padded like the full one
+    apply: Callable[[Image.Image, Size, tuple[int, int]], Image.Image]
     # Output pixels per source pixel along the axis that needs the most detail: a reduced-size decode
     # (JPEG DCT scaling) may shrink the source until this reaches 1/2, and no further.
     scale: Callable[[tuple[int, int], Size], float]  # (source width, height), target size
 
 
-def _squash(image: Image.Image, size: Size) -> Image.Image:
+def _squash(image: Image.Image, size: Size, frame: tuple[int, int]) -> Image.Image:
     height, width = size
     return image if image.size == (width, height) else image.resize((width, height), RESAMPLE)
 
 
-def _center_crop(image: Image.Image, size: Size) -> Image.Image:
+def _center_crop(image: Image.Image, size: Size, frame: tuple[int, int]) -> Image.Image:
     """Resize the shorter side to the target and keep the centre: one resize of the centre box, which is
     a resize-then-crop without the intermediate image."""
     height, width = size
     if image.size == (width, height):
         return image
-    src_w, src_h = image.size
-    scale = max(width / src_w, height / src_h)
-    box_w, box_h = width / scale, height / scale
-    left, top = (src_w - box_w) / 2, (src_h - box_h) / 2
+    scale = max(width / frame[0], height / frame[1])
+    # The centre box as a share of the frame, laid on the image as decoded.
+    share_w, share_h = width / scale / frame[0], height / scale / frame[1]
+    box_w, box_h = share_w * image.size[0], share_h * image.size[1]
+    left, top = (image.size[0] - box_w) / 2, (image.size[1] - box_h) / 2
     return image.resize((width, height), RESAMPLE, box=(left, top, left + box_w, top + box_h))
 
 
-def _pad(image: Image.Image, size: Size) -> Image.Image:
+def _pad(image: Image.Image, size: Size, frame: tuple[int, int]) -> Image.Image:
     """Resize the longer side to the target and centre the whole frame on PAD_COLOR bars."""
     height, width = size
     if image.size == (width, height):
         return image
-    src_w, src_h = image.size
-    scale = min(width / src_w, height / src_h)
-    inner = (max(1, min(width, round(src_w * scale))), max(1, min(height, round(src_h * scale))))
+    scale = min(width / frame[0], height / frame[1])
+    inner = (max(1, min(width, round(frame[0] * scale))), max(1, min(height, round(frame[1] * scale))))
     canvas = Image.new("RGB", (width, height), PAD_COLOR)
     canvas.paste(image.resize(inner, RESAMPLE), ((width - inner[0]) // 2, (height - inner[1]) // 2))
     return canvas
@@ -111,9 +114,12 @@ def get_fit(name: str) -> Fit:
         raise ValueError(f"unknown fit {name!r}; valid: {', '.join(FITS)}") from None
 
 
-def fit_image(image: Image.Image, size: Size, fit: str = DEFAULT_FIT) -> Image.Image:
-    """``image`` (RGB) fitted to ``size`` (height, width) the way ``fit`` names."""
-    return get_fit(fit).apply(image, size)
+def fit_image(
+    image: Image.Image, size: Size, fit: str = DEFAULT_FIT, frame: tuple[int, int] | None = None
+) -> Image.Image:
+    """``image`` (RGB) fitted to ``size`` (height, width) the way ``fit`` names. ``frame``: the (width,
+    height) the image had as shown before a reduced-size decode (default: its own size)."""
+    return get_fit(fit).apply(image, size, frame or image.size)
 
 
 def fit_help() -> str:

@@ -92,7 +92,7 @@ def decode_rgb(
         except Exception:  # truncated or corrupt: the general path below says so in Pillow's words
             pass
         else:
-            return to_rgb_image(image, size, exif=False, fit=fit)
+            return to_rgb_image(image, size, exif=False, fit=fit, frame=(width, height))
     return _decode_any(data, size, max_pixels, fit, reduce)
 
 
@@ -114,8 +114,12 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, r
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=_format_hint(data))
             _check_pixels(*image.size, max_pixels)
+            frame = None  # the geometry is the loaded image's own, unless it is decoded reduced
             if reduce and image.format == "JPEG":
-                _draft(image, size, fit)
+                frame = _shown_size(image)
+                factor = dct_reduction(frame, size, fit)
+                if factor > 1:  # Pillow's JPEG plugin picks the same reduction for this size (Image.draft)
+                    image.draft(image.mode, (image.size[0] // factor, image.size[1] // factor))
             image.load()
     except ImageDecodeError:
         raise
@@ -125,18 +129,20 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, r
         raise ImageDecodeError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
     # A JPEG keeps its orientation only in an EXIF block; without one there is nothing to rotate, and
     # exif_transpose's parse is skipped. Other formats keep it elsewhere (TIFF tags).
-    return to_rgb_image(image, size, exif=not (image.format == "JPEG" and "exif" not in image.info), fit=fit)
+    exif = not (image.format == "JPEG" and "exif" not in image.info)
+    return to_rgb_image(image, size, exif=exif, fit=fit, frame=frame)
 
 
-def _draft(image: Image.Image, size: tuple[int, int], fit: str) -> None:
-    """Ask Pillow's JPEG plugin for a reduced-size decode (``Image.draft``), judged on the frame as shown:
-    a quarter-turned photo's stored width is its shown height."""
+def _shown_size(image: Image.Image) -> tuple[int, int]:
+    """An opened JPEG's (width, height) as shown: a quarter-turned photo's stored width is its height."""
     width, height = image.size
-    if "exif" in image.info and image.getexif().get(0x0112) in _QUARTER_TURNS:
-        width, height = height, width
-    factor = dct_reduction((width, height), size, fit)
-    if factor > 1:
-        image.draft(image.mode, (image.size[0] // factor, image.size[1] // factor))
+    if "exif" not in image.info:
+        return width, height
+    try:
+        turned = image.getexif().get(0x0112) in _QUARTER_TURNS
+    except Exception:  # a broken EXIF block: exif_transpose will not turn it either
+        turned = False
+    return (height, width) if turned else (width, height)
 
 
 def _format_hint(data: bytes) -> tuple[str, ...] | None:
@@ -184,16 +190,22 @@ def plain_jpeg_frame(data: bytes) -> tuple[str, tuple[int, int]] | None:
 
 
 def to_rgb_image(
-    image: Image.Image, size: tuple[int, int] = (32, 32), exif: bool = True, fit: str = DEFAULT_FIT
+    image: Image.Image,
+    size: tuple[int, int] = (32, 32),
+    exif: bool = True,
+    fit: str = DEFAULT_FIT,
+    frame: tuple[int, int] | None = None,
 ) -> Image.Image:
     """An opened image upright, in RGB, fitted to ``size`` (height, width) the way ``fit`` says.
-    ``exif=False``: the caller knows the image has no EXIF orientation to apply."""
+    ``exif=False``: the caller knows the image has no EXIF orientation to apply. ``frame``: the upright
+    (width, height) before a reduced-size decode, which sets the fit's geometry."""
     if exif:
         try:
             image = ImageOps.exif_transpose(image)
         except Exception:  # a broken EXIF block should not cost the image
             pass
-    return get_fit(fit).apply(_to_rgb(image), size)
+    image = _to_rgb(image)
+    return get_fit(fit).apply(image, size, frame or image.size)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
