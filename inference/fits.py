@@ -49,7 +49,8 @@ def _center_crop(image: Image.Image, size: Size, frame: tuple[int, int]) -> Imag
         return image
     scale = max(width / frame[0], height / frame[1])
     # The centre box as a share of the frame, laid on the image as decoded.
-    share_w, share_h = width / scale / frame[0], height / scale / frame[1]
+    # (at most all of it: the division may leave 1 + 1e-16, and a box past the edge is refused)
+    share_w, share_h = min(1.0, width / scale / frame[0]), min(1.0, height / scale / frame[1])
     box_w, box_h = share_w * image.size[0], share_h * image.size[1]
     left, top = (image.size[0] - box_w) / 2, (image.size[1] - box_h) / 2
     return image.resize((width, height), RESAMPLE, box=(left, top, left + box_w, top + box_h))

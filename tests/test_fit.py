@@ -135,7 +135,9 @@ def test_the_reduction_keeps_twice_the_detail_the_fit_needs():
 
 
 @pytest.mark.parametrize("fit", list(FITS))
-@pytest.mark.parametrize("seed, shape", [(0, (4000, 3000)), (1, (2000, 1500)), (2, (640, 480)), (3, (1080, 1920))])
+@pytest.mark.parametrize(
+    "seed, shape", [(0, (4000, 3000)), (1, (2000, 1500)), (2, (640, 480)), (3, (1080, 1920)), (4, (632, 474))]
+)
 def test_reduced_decode_matches_the_full_decode(fit, seed, shape):
     data = _encode(_photo(*shape, seed=seed), quality=90)
     reduced, full = decode_image(data, fit=fit), decode_image(data, fit=fit, reduce=False)
