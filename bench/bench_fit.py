@@ -47,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models-dir", default=str(ROOT / "models"), help="models folder with manifest.json")
     p.add_argument("--model", help="model name (default: the manifest's default)")
-    p.add_argument("--limit", type=int, help="only the first N validation images (default: all 5,000)")
+    p.add_argument("--limit", type=int, help="only N validation images, evenly spaced (default: all 5,000)")
     p.add_argument("--cache-dir", default=str(ROOT / ".cache" / "datasets"), help="dataset decode cache")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "fit.json"), help="JSON results")
     return p
@@ -105,7 +105,9 @@ def main(args: argparse.Namespace) -> int:
     entry = load_manifest(args.models_dir).get(args.model)
     val = validation_split(entry, args.cache_dir)
     count = min(args.limit or len(val), len(val))
-    images, labels = val.images[:count], val.labels[:count]
+    # Evenly spaced over the split, which is in class order: the first N would be one class.
+    picked = np.linspace(0, len(val) - 1, count).round().astype(int)
+    images, labels = val.images[picked], val.labels[picked]
     classifier = OnnxClassifier(Path(args.models_dir) / entry.file, device="cpu")
 
     def top1(pixels: list[np.ndarray]) -> float:
