@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 
+from inference.fits import DEFAULT_FIT, FITS, fit_help
 from inference.manifest import CALIBRATION_METHODS, ManifestError, load_manifest
 from inference.precisions import PRECISIONS, suits, tolerance_text
 
@@ -58,6 +59,13 @@ def export_parser() -> argparse.ArgumentParser:
         "it inside the graph, after any TTA, so that confidences are calibrated; none: leave them as "
         "trained",
     )
+    p.add_argument(
+        "--fit",
+        choices=list(FITS),
+        help=f"how the service and the scorer fit a photo of another aspect ratio to the model's input, "
+        f"recorded in its card ({fit_help()}; default: the training run's, {DEFAULT_FIT} for a run that "
+        "recorded none); a request or `service score --fit` may still choose another",
+    )
     return p
 
 
@@ -96,6 +104,11 @@ def rederive_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-images", type=int, default=1000, help="training-split images to calibrate INT8 with")
     p.add_argument("--cache-dir", default=".cache/datasets")
     p.add_argument("--max-val-images", type=int)
+    p.add_argument(
+        "--fit",
+        choices=list(FITS),
+        help="the derived model's fit for photos of another shape (default: the reference's)",
+    )
     return p
 
 
@@ -148,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.calibration_images,
                 args.cache_dir,
                 args.max_val_images,
+                args.fit,
             )
             return _report(entry, parity)
         args = export_parser().parse_args(argv)
@@ -162,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             args.max_val_images,
             args.tta,
             args.calibrate,
+            args.fit,
         )
         return _report(entry, parity)
     except ParityError as exc:

@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from inference.fits import DEFAULT_FIT
 from inference.manifest import METADATA_KEY, InputSpec, ModelCard
 
 OPSET = 18
@@ -17,9 +18,17 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 log = logging.getLogger("export")
 
 
-def input_spec(meta: dict) -> InputSpec:
+def input_spec(meta: dict, fit: str | None = None) -> InputSpec:
+    """The card's input spec from a checkpoint's meta. ``fit``: how serving fits photos of another shape;
+    default the training run's (a run from before runs recorded one: inference.fits.DEFAULT_FIT)."""
     size = int(meta["input_size"])
-    return InputSpec(name=INPUT_NAME, shape=(3, size, size), mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+    return InputSpec(
+        name=INPUT_NAME,
+        shape=(3, size, size),
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+        fit=fit or meta.get("fit", DEFAULT_FIT),
+    )
 
 
 def export_fp32(model: torch.nn.Module, path: Path, image_size: int) -> None:

@@ -12,6 +12,7 @@ import onnx
 import onnxruntime
 import torch
 
+from inference.fits import LEGACY_FIT
 from inference.manifest import Manifest, ManifestError, ModelCard, ModelEntry, load_manifest, save_manifest, sha256_file
 from inference.preprocess import to_model_input
 from inference.runtime import OnnxClassifier, softmax
@@ -41,6 +42,7 @@ def _split(source: dict, split: str) -> ImageArrays:
         seed=source["split_seed"],
         cache_dir=source.get("cache_dir"),
         image_size=source["input_size"],
+        fit=source.get("fit", LEGACY_FIT),
     )
 
 
@@ -66,6 +68,7 @@ def _data_source(meta: dict, cache_dir: str | None) -> dict:
         "val_size": meta["val_size"],
         "split_seed": meta["split_seed"],
         "input_size": meta["input_size"],
+        "fit": meta.get("fit", LEGACY_FIT),  # how the run's folder images were fitted: parity reads the same
         "cache_dir": cache_dir,
     }
 
@@ -81,6 +84,7 @@ def export_checkpoint(
     max_val_images: int | None = None,
     tta: str = "none",
     calibrate: str = "temperature",
+    fit: str | None = None,
 ) -> tuple[ModelEntry, Parity]:
     """``tta="flip"`` puts flip test-time augmentation inside the graph: parity is then measured against
     the same averaging in PyTorch, and the card's source records it.
@@ -89,7 +93,10 @@ def export_checkpoint(
     and divides the graph's logits by it after the averaging; parity is measured against the same
     division in PyTorch. The card records the method and T (``calibration``) and, in
     ``metrics["calibration"]``, ECE/NLL/Brier before and after, and with a T refitted on this
-    variant's own logits. ``"none"`` exports the graph without the division."""
+    variant's own logits. ``"none"`` exports the graph without the division.
+
+    ``fit`` (a name from inference.fits): how serving fits photos of another shape, recorded in the card's
+    input spec; default the training run's, or inference.fits.DEFAULT_FIT for a run that recorded none."""
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)
@@ -105,7 +112,7 @@ def export_checkpoint(
         dataset=meta["dataset"],
         classes=meta["classes"],
         precision=precision,
-        input=input_spec(meta),
+        input=input_spec(meta, fit),
         metrics={"val_top1": 0.0},
         source={
             **{k: v for k, v in source.items() if k != "cache_dir"},

@@ -52,7 +52,9 @@ def rederive(
     calibration_count: int = 1000,
     cache_dir: str | None = ".cache/datasets",
     max_val_images: int | None = None,
+    fit: str | None = None,
 ) -> tuple[ModelEntry, Parity]:
+    """``fit``: the derived card's fit for photos of another shape (inference.fits); default the reference's."""
     models_dir = Path(models_dir)
     manifest = load_manifest(models_dir, verify=True)
     ref = manifest.get(reference)
@@ -85,6 +87,7 @@ def rederive(
             "precision": precision,
             "metrics": {"val_top1": 0.0},
             "calibration": calibration,
+            "input": {**ref.input.model_dump(), "fit": fit or ref.input.fit},  # validated with the card
             "source": {
                 **ref.source,
                 "onnxruntime": onnxruntime.__version__,

@@ -2,6 +2,7 @@
 
 - ``manifest``: the schema of ``models/manifest.json`` and of the model card every ONNX file carries.
 - ``precisions``: the precisions a model can be exported at, and what each promises.
+- ``fits``: how an image of another aspect ratio is fitted to the model's input (crop, squash, pad).
 - ``preprocess``: image bytes -> the pixels and the float32 tensor every model takes.
 - ``runtime``: ONNX Runtime sessions and the exported classifier.
 

@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .fits import LEGACY_FIT, FitName
 from .precisions import PrecisionName
 
 MANIFEST_NAME = "manifest.json"
@@ -34,6 +35,11 @@ class InputSpec(BaseModel):
     dtype: Literal["float32"] = "float32"
     scale: tuple[float, float] = (0.0, 1.0)  # pixel/255: the model normalises inside its graph
     resize: Literal["bilinear"] = "bilinear"
+    # A card without one was written when every image was resized straight: the default says so. New
+    # exports name theirs (inference.fits.DEFAULT_FIT unless the training run used another).
+    fit: FitName = Field(
+        default=LEGACY_FIT, description="how an image of another aspect ratio is fitted (a name from inference.fits)"
+    )
     mean: tuple[float, float, float]  # applied inside the graph; recorded for reference
     std: tuple[float, float, float]
 

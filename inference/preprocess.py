@@ -2,7 +2,10 @@
 
 One implementation on purpose: the pixels a model is trained on and the
 pixels it is served must come out of the same steps (EXIF rotation, RGB
-conversion, bilinear resize to the model's input size).
+conversion, fitting to the model's input size the way ``inference.fits`` names).
+
+A JPEG much larger than the model's input is decoded at a reduced size (libjpeg's DCT scaling, by 2, 4
+or 8) while it stays at least twice the size the fit needs; the resize then averages what is left.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
+from .fits import DEFAULT_FIT, get_fit
+
 # Pillow's own bomb guard warns at ~89 MP and fails at twice that; a classifier
 # with 32x32 inputs has no use for anything near that, so the limit is far lower.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -22,6 +27,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", "
 # decoding time (docs/measurements.md, "Decoding"). Anything else is probed as usual.
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _MAGIC_FORMATS = ((_JPEG_MAGIC, ("JPEG",)), (b"\x89PNG\r\n\x1a\n", ("PNG",)))
+# The reductions libjpeg's DCT scaling offers Pillow, largest first.
+_DCT_REDUCTIONS = (8, 4, 2)
+# EXIF orientations that turn the stored frame a quarter: its width is the shown height.
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
 
 
 class ImageDecodeError(ValueError):
@@ -32,43 +41,85 @@ class ImageTooLarge(ImageDecodeError):
     """The image has more pixels than allowed: refused before its pixels are decoded."""
 
 
-def decode_image(data: bytes, size: tuple[int, int] = (32, 32), max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode image bytes to uint8 [H, W, 3] RGB of ``size`` (height, width)."""
-    return np.asarray(decode_rgb(data, size, max_pixels), dtype=np.uint8)
+def decode_image(
+    data: bytes,
+    size: tuple[int, int] = (32, 32),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    fit: str = DEFAULT_FIT,
+    reduce: bool = True,
+) -> np.ndarray:
+    """Decode image bytes to uint8 [H, W, 3] RGB of ``size`` (height, width); see ``decode_rgb``."""
+    return np.asarray(decode_rgb(data, size, max_pixels, fit, reduce), dtype=np.uint8)
 
 
-def decode_pixels(data: bytes, size: tuple[int, int] = (32, 32), max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+def decode_pixels(
+    data: bytes,
+    size: tuple[int, int] = (32, 32),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    fit: str = DEFAULT_FIT,
+    reduce: bool = True,
+) -> bytes:
     """``decode_image``'s pixels packed as bytes (H x W x 3), the form batches are joined from: cheaper than
     through an array (docs/measurements.md, "Decoding")."""
-    return decode_rgb(data, size, max_pixels).tobytes()
+    return decode_rgb(data, size, max_pixels, fit, reduce).tobytes()
 
 
-def decode_rgb(data: bytes, size: tuple[int, int] = (32, 32), max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode image bytes to an RGB image of ``size`` (height, width); ``ImageDecodeError`` if they are not one."""
+def decode_rgb(
+    data: bytes,
+    size: tuple[int, int] = (32, 32),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    fit: str = DEFAULT_FIT,
+    reduce: bool = True,
+) -> Image.Image:
+    """Decode image bytes to an RGB image of ``size`` (height, width), fitted the way ``fit`` (a name from
+    ``inference.fits.FITS``) says; ``ImageDecodeError`` if they are not an image. The pixel limit is checked
+    on the header's size before anything is decoded. ``reduce=False`` decodes a large JPEG at full size
+    (the reference the reduced decode is measured against)."""
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
+    get_fit(fit)  # an unknown name is the caller's error, not the image's
     frame = plain_jpeg_frame(data)
     if frame is not None:
         mode, (width, height) = frame
         _check_pixels(width, height, max_pixels)
+        factor = dct_reduction((width, height), size, fit) if reduce else 1
         try:
-            # The decoder Pillow's JPEG plugin would run, with the arguments it would pass, minus the plugin's
-            # Python header parsing, which took a third of a CIFAR JPEG's time; identical pixels
-            # (docs/measurements.md, "Decoding").
-            image = Image.frombytes(mode, (width, height), data, "jpeg", mode, "")
+            # The decoder Pillow's JPEG plugin would run, with the arguments it would pass (the reduction
+            # as its draft() would), minus the plugin's Python header parsing, which took a third of a
+            # CIFAR JPEG's time; identical pixels (docs/measurements.md, "Decoding").
+            shape = (-(-width // factor), -(-height // factor))
+            image = Image.frombytes(mode, shape, data, "jpeg", mode, "", factor, 0)
         except Exception:  # truncated or corrupt: the general path below says so in Pillow's words
             pass
         else:
-            return to_rgb_image(image, size, exif=False)
-    return _decode_any(data, size, max_pixels)
+            return to_rgb_image(image, size, exif=False, fit=fit, frame=(width, height))
+    return _decode_any(data, size, max_pixels, fit, reduce)
 
 
-def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int) -> Image.Image:
+def dct_reduction(source: tuple[int, int], size: tuple[int, int], fit: str = DEFAULT_FIT) -> int:
+    """The largest JPEG DCT reduction (8, 4, 2, or 1: none) that keeps the part of a ``source`` (width,
+    height, as shown) the fit uses at least twice ``size`` (height, width): what the resize then averages
+    still has two source pixels per output pixel, so the result differs from a full decode's only by
+    resampling."""
+    scale = get_fit(fit).scale(source, size)
+    for factor in _DCT_REDUCTIONS:
+        if scale * factor <= 0.5:
+            return factor
+    return 1
+
+
+def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, reduce: bool) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=_format_hint(data))
             _check_pixels(*image.size, max_pixels)
+            frame = None  # the geometry is the loaded image's own, unless it is decoded reduced
+            if reduce and image.format == "JPEG":
+                frame = _shown_size(image)
+                factor = dct_reduction(frame, size, fit)
+                if factor > 1:  # Pillow's JPEG plugin picks the same reduction for this size (Image.draft)
+                    image.draft(image.mode, (image.size[0] // factor, image.size[1] // factor))
             image.load()
     except ImageDecodeError:
         raise
@@ -78,7 +129,20 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int) -> Image.Im
         raise ImageDecodeError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
     # A JPEG keeps its orientation only in an EXIF block; without one there is nothing to rotate, and
     # exif_transpose's parse is skipped. Other formats keep it elsewhere (TIFF tags).
-    return to_rgb_image(image, size, exif=not (image.format == "JPEG" and "exif" not in image.info))
+    exif = not (image.format == "JPEG" and "exif" not in image.info)
+    return to_rgb_image(image, size, exif=exif, fit=fit, frame=frame)
+
+
+def _shown_size(image: Image.Image) -> tuple[int, int]:
+    """An opened JPEG's (width, height) as shown: a quarter-turned photo's stored width is its height."""
+    width, height = image.size
+    if "exif" not in image.info:
+        return width, height
+    try:
+        turned = image.getexif().get(0x0112) in _QUARTER_TURNS
+    except Exception:  # a broken EXIF block: exif_transpose will not turn it either
+        turned = False
+    return (height, width) if turned else (width, height)
 
 
 def _format_hint(data: bytes) -> tuple[str, ...] | None:
@@ -125,18 +189,23 @@ def plain_jpeg_frame(data: bytes) -> tuple[str, tuple[int, int]] | None:
     return None
 
 
-def to_rgb_image(image: Image.Image, size: tuple[int, int] = (32, 32), exif: bool = True) -> Image.Image:
-    """``exif=False``: the caller knows the image has no EXIF orientation to apply."""
+def to_rgb_image(
+    image: Image.Image,
+    size: tuple[int, int] = (32, 32),
+    exif: bool = True,
+    fit: str = DEFAULT_FIT,
+    frame: tuple[int, int] | None = None,
+) -> Image.Image:
+    """An opened image upright, in RGB, fitted to ``size`` (height, width) the way ``fit`` says.
+    ``exif=False``: the caller knows the image has no EXIF orientation to apply. ``frame``: the upright
+    (width, height) before a reduced-size decode, which sets the fit's geometry."""
     if exif:
         try:
             image = ImageOps.exif_transpose(image)
         except Exception:  # a broken EXIF block should not cost the image
             pass
     image = _to_rgb(image)
-    height, width = size
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    return image
+    return get_fit(fit).apply(image, size, frame or image.size)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -47,6 +47,7 @@ REASONS: dict[str, Reason] = {
     "image_too_large": Reason(413, "an image over the pixel limit", "alone"),
     "bad_k": Reason(400, "a bad k", "stop"),
     "bad_min_confidence": Reason(400, "a bad min_confidence", "stop"),
+    "bad_fit": Reason(400, "an unknown fit", "stop"),
     "unknown_model": Reason(404, "unknown model", "stop"),
     "unauthorized": Reason(401, "no API key, where the service requires one", "stop"),
     "forbidden": Reason(403, "an API key the service does not know", "stop"),
@@ -129,6 +130,7 @@ class ModelInfo(BaseModel):
     precision: str
     accuracy: Optional[float] = Field(description="validation top-1 accuracy recorded at export")
     input_size: list[int] = Field(description="[height, width] images are resized to")
+    fit: str = Field(description="how an image of another aspect ratio is fitted unless a request names another")
     default: bool
 
 

@@ -78,6 +78,7 @@ def model_list(manifest: Manifest) -> ModelList:
                 precision=m.precision,
                 accuracy=m.metrics.get("val_top1"),
                 input_size=list(m.input.size),
+                fit=m.input.fit,
                 default=m.name == manifest.default,
             )
             for m in manifest.models

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .contract import Rejection
-from .uploads import Upload, decode_base64
+from .uploads import Upload, decode_base64, resolve_fit
 
 IMAGES_INPUT = "images"
 OUTPUT = "probabilities"
@@ -152,13 +152,14 @@ def model_metadata(model: ModelView) -> ModelMetadata:
 
 @dataclass(frozen=True)
 class InferPlan:
-    """A checked request: either ``images`` (encoded files) or ``tensor`` (float32 [N, 3, H, W]), and the
-    outputs asked for, each ``(name, k)`` with k None for the probabilities."""
+    """A checked request: either ``images`` (encoded files, fitted as ``fit``) or ``tensor`` (float32
+    [N, 3, H, W]), and the outputs asked for, each ``(name, k)`` with k None for the probabilities."""
 
     id: Optional[str]
     images: Optional[list[Upload]]
     tensor: Optional[np.ndarray]
     outputs: list[tuple[str, Optional[int]]]
+    fit: str
 
 
 def read_infer_request(body: bytes, model: ModelView, max_images: int) -> InferPlan | Rejection:
@@ -191,11 +192,18 @@ def read_infer_request(body: bytes, model: ModelView, max_images: int) -> InferP
         return Rejection("no_images", f"no images: input {given.name!r} has shape {given.shape}")
     if count > max_images:
         return Rejection("too_many_images", f"too many images: at most {max_images} per request, got {count}")
+    # The request's parameter "fit" (the same names as /classify's field) picks how BYTES images are fitted.
+    requested = (request.parameters or {}).get("fit")
+    if requested is not None and not isinstance(requested, str):
+        return Rejection("bad_fit", f"parameter 'fit' must be a string, got {requested!r}"[:200])
+    fit = resolve_fit(requested, model.entry.input.fit)
+    if isinstance(fit, Rejection):
+        return fit
     if given.name == IMAGES_INPUT:
         images = _images(given)
-        return images if isinstance(images, Rejection) else InferPlan(request.id, images, None, outputs)
+        return images if isinstance(images, Rejection) else InferPlan(request.id, images, None, outputs, fit)
     tensor = _tensor(given, model)
-    return tensor if isinstance(tensor, Rejection) else InferPlan(request.id, None, tensor, outputs)
+    return tensor if isinstance(tensor, Rejection) else InferPlan(request.id, None, tensor, outputs, fit)
 
 
 def _inputs(model: ModelView) -> str:

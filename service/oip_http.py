@@ -31,7 +31,7 @@ class Engine(Protocol):
     loaded: Mapping[str, ModelView]
     ready: bool
 
-    async def predict_uploads(self, model: Any, uploads: list[Upload]) -> np.ndarray | Rejection: ...
+    async def predict_uploads(self, model: Any, uploads: list[Upload], fit: str) -> np.ndarray | Rejection: ...
 
     async def predict_tensor(self, model: Any, tensor: np.ndarray) -> np.ndarray | Rejection: ...
 
@@ -122,5 +122,5 @@ def oip_routes(
 
 async def _predict(running: Engine, model: Any, plan: InferPlan) -> np.ndarray | Rejection:
     if plan.images is not None:
-        return await running.predict_uploads(model, plan.images)
+        return await running.predict_uploads(model, plan.images, plan.fit)
     return await running.predict_tensor(model, plan.tensor)

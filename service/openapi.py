@@ -55,8 +55,9 @@ def document_openapi(document: dict, loaded: Mapping[str, Any] | None, default_k
     # Only the form's own fields are parts (ClassifyInput's hidden ``rejection`` is not).
     media["encoding"] = {name: e for name, e in media.get("encoding", {}).items() if name in form["properties"]}
     properties = form["properties"]
-    for name in ("model", "min_confidence"):  # null means "not given", as for an absent field
+    for name in ("model", "min_confidence", "fit"):  # null means "not given", as for an absent field
         properties[name]["nullable"] = True
+    properties["fit"]["enum"] = [*properties["fit"]["enum"], None]
     if loaded:
         most = max(len(m.classes) for m in loaded.values())
         properties["k"].update(maximum=most, default=min(default_k, most))

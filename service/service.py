@@ -1,6 +1,6 @@
 """The BentoML service: top-k CIFAR predictions over HTTP, with adaptive batching across requests.
 
-    POST /classify   multipart/form-data: images (files), k, model, min_confidence -> top-k labels per image;
+    POST /classify   multipart/form-data: images (files), k, model, min_confidence, fit -> top-k labels per image;
                      or application/json, the same fields with each image file base64-encoded
     GET  /models     the manifest's models (POST /models too, BentoML APIs being POST)
     POST /infer      the batchable stage: decoded pixels -> probabilities, batched across requests
@@ -38,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from inference.fits import FITS, fit_help
 from inference.preprocess import pixels_to_model_input
 
 from . import bentoml_compat
@@ -53,11 +54,13 @@ from .settings import ServiceSettings
 from .uploads import (
     Upload,
     decode_uploads,
+    fit_name,
     integer_k,
     model_name,
     read_body,
     read_classify_fields,
     rejection_from,
+    resolve_fit,
     threshold,
 )
 
@@ -186,7 +189,8 @@ class ClassifyInput(bentoml.IODescriptor):
             max_length=SETTINGS.max_images,
             description=f"one file per image (JPEG, PNG, BMP, GIF, TIFF, WebP, ...), at most {SETTINGS.max_images}; "
             "any size up to the pixel limit, any mode (grayscale, RGBA, palette, CMYK, 16-bit); EXIF "
-            "rotation is applied and images are resized (bilinear) to the model's input size, 32x32 for CIFAR",
+            "rotation is applied and images are fitted (see fit) and resized (bilinear) to the model's input "
+            "size, 32x32 for CIFAR",
             default_factory=list,
         ),
     ]
@@ -213,6 +217,15 @@ class ClassifyInput(bentoml.IODescriptor):
             description='mark each prediction whose top-1 confidence is below this (0 to 1) with "confident": false '
             '(and the others true) instead of leaving it out; default: no threshold and no "confident" '
             "field"
+        ),
+    ] = None
+    fit: Annotated[
+        Optional[str],
+        BeforeValidator(fit_name),
+        WithJsonSchema({"type": "string", "enum": list(FITS)}),
+        Field(
+            description="how an image of another aspect ratio than the model's input is fitted to it: "
+            f"{fit_help()}; default: the model's own (/models lists it)"
         ),
     ] = None
     rejection: SkipJsonSchema[Optional[Rejection]] = None
@@ -277,15 +290,17 @@ class Classifier:
         k: Optional[int] = None,
         model: Optional[str] = None,
         min_confidence: Optional[float] = None,
+        fit: Optional[str] = None,
         rejection: Optional[Rejection] = None,
     ) -> JSONResponse:
         """Top-k classes for each uploaded image, in the order sent.
 
         multipart/form-data with one or more `images` files, optional `k` (default 5), `model`
-        (default: the manifest's default) and `min_confidence` (0 to 1: each prediction then says
-        whether its top-1 confidence reaches it, as `confident`). Or application/json with the same
-        fields, `images` a list of {"filename", "data": base64 of the file}. A refused request is
-        answered {"error": message, "reason": label}, with the status its reason has (listed below).
+        (default: the manifest's default), `min_confidence` (0 to 1: each prediction then says
+        whether its top-1 confidence reaches it, as `confident`) and `fit` (center_crop, squash or pad:
+        how a photo of another aspect ratio is fitted; default: the model's own). Or application/json with the same
+        fields, `images` a list of {"filename", "data": base64 of the file}. A refused request is answered
+        {"error": message, "reason": label}, with the status its reason has (listed below).
         """
         if rejection is not None:
             return self._reject(rejection)
@@ -293,7 +308,10 @@ class Classifier:
         if isinstance(choice, Rejection):
             return self._reject(choice)
         loaded, k = choice
-        probabilities = await self.predict_uploads(loaded, images)
+        fitted = resolve_fit(fit, loaded.entry.input.fit)
+        if isinstance(fitted, Rejection):
+            return self._reject(fitted)
+        probabilities = await self.predict_uploads(loaded, images, fitted)
         if isinstance(probabilities, Rejection):
             return self._reject(probabilities)
         idx, conf = top_k(probabilities, k)
@@ -315,10 +333,11 @@ class Classifier:
         self.metrics.predicted(loaded.entry.name, len(images))
         return JSONResponse(answer.to_json())
 
-    async def predict_uploads(self, loaded: LoadedModel, uploads: list[Upload]) -> np.ndarray | Rejection:
-        """Probabilities [N, classes] of encoded image files, decoded here and batched with other requests."""
+    async def predict_uploads(self, loaded: LoadedModel, uploads: list[Upload], fit: str) -> np.ndarray | Rejection:
+        """Probabilities [N, classes] of encoded image files, decoded here (fitted as ``fit``, a name from
+        ``inference.fits``) and batched with other requests."""
         decoded = await anyio.to_thread.run_sync(
-            decode_uploads, uploads, loaded.size, SETTINGS.max_pixels, limiter=self._decode_limiter
+            decode_uploads, uploads, loaded.size, SETTINGS.max_pixels, fit, limiter=self._decode_limiter
         )
         if isinstance(decoded, Rejection):
             return decoded

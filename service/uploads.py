@@ -22,18 +22,20 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 
+from inference.fits import FITS
 from inference.preprocess import ImageDecodeError, ImageTooLarge, decode_pixels
 
 from .confidence import parse_min_confidence
 from .contract import REASONS, Rejection
 
-FIELDS = ("images", "k", "model", "min_confidence")
+FIELDS = ("images", "k", "model", "min_confidence", "fit")
 # The reason a field's problems are refused with.
 FIELD_REASONS = {
     "images": "malformed_request",
     "k": "bad_k",
     "model": "malformed_request",
     "min_confidence": "bad_min_confidence",
+    "fit": "bad_fit",
 }
 
 
@@ -104,7 +106,7 @@ async def read_classify_form(request: Request, max_images: int, max_body_bytes: 
         return Rejection(
             "unsupported_media_type",
             f"send the images as multipart/form-data (got {given or 'no content type'}): "
-            "one 'images' file part per image, optional 'k', 'model' and 'min_confidence' fields; "
+            "one 'images' file part per image, optional 'k', 'model', 'min_confidence' and 'fit' fields; "
             "or as application/json with each image base64-encoded",
         )
     declared = request.headers.get("content-length")
@@ -145,7 +147,8 @@ async def read_classify_fields(request: Request, max_images: int, max_body_bytes
 
 
 async def read_classify_json(request: Request, max_images: int, max_body_bytes: int) -> dict[str, Any] | Rejection:
-    """``{"images": [{"filename": ..., "data": base64}, ...], "k": ..., "model": ..., "min_confidence": ...}``:
+    """``{"images": [{"filename": ..., "data": base64}, ...], "k": ..., "model": ..., "min_confidence": ...,
+    "fit": ...}``:
     the same fields as the form, each image's file base64-encoded."""
     body = await read_body(request, max_body_bytes)
     if isinstance(body, Rejection):
@@ -184,6 +187,7 @@ _JSON_TYPES = {
     "k": (int, "a JSON integer"),
     "model": (str, "a model name (a string) or null"),
     "min_confidence": ((int, float), "a JSON number from 0 to 1, or null"),
+    "fit": (str, "a fit name (a string) or null"),
 }
 
 
@@ -294,6 +298,19 @@ def threshold(value: Any) -> float | None:
         raise _refuse("bad_min_confidence", f"min_confidence {exc}") from None
 
 
+def fit_name(value: Any) -> str | None:
+    """``fit`` as sent: a name from ``inference.fits.FITS``; empty means the model's own, as does JSON null."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or value not in FITS:
+        raise _refuse("bad_fit", _unknown_fit(value))
+    return value
+
+
+def _unknown_fit(value: Any) -> str:
+    return f"fit must be one of {', '.join(FITS)}, got {value!r}"[:200]
+
+
 _BOUNDS = {"greater_than_equal": ("at least", "ge"), "less_than_equal": ("at most", "le")}
 
 
@@ -315,18 +332,28 @@ def rejection_from(error: ValidationError) -> Rejection:
 
 
 # ---------------------------------------------------------------------------------------------- decoding
+def resolve_fit(requested: str | None, model_fit: str) -> str | Rejection:
+    """The fit to decode with: the request's (any route's field, already a name or None) or the model's own."""
+    if requested is None:
+        return model_fit
+    if requested not in FITS:
+        return Rejection("bad_fit", _unknown_fit(requested))
+    return requested
+
+
 _MEMORY_ADDRESS = re.compile(r" <_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
-def decode_uploads(uploads: list[Upload], size: tuple[int, int], max_pixels: int) -> list[bytes] | Rejection:
-    """Every upload as the model's input pixels, or the first one's problem."""
+def decode_uploads(uploads: list[Upload], size: tuple[int, int], max_pixels: int, fit: str) -> list[bytes] | Rejection:
+    """Every upload as the model's input pixels, fitted the way ``fit`` (a name from ``inference.fits``; see
+    ``resolve_fit``) says, or the first one's problem."""
     out = []
     for i, upload in enumerate(uploads):
         where = f"images[{i}] ({upload.filename!r})"
         if not upload.data:
             return Rejection("empty_file", f"{where} is an empty file (0 bytes)")
         try:
-            out.append(decode_pixels(upload.data, size, max_pixels))
+            out.append(decode_pixels(upload.data, size, max_pixels, fit))
         except ImageTooLarge as exc:
             return Rejection("image_too_large", f"{where}: {_MEMORY_ADDRESS.sub('', str(exc))}")
         except ImageDecodeError as exc:

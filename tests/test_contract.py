@@ -57,6 +57,8 @@ REFUSED = {
         "min_confidence must be between 0 and 1, got 1.5",
     ),
     "no images": ({"images": []}, "no_images", "no images: send one or more files in the 'images' field"),
+    "fit unknown": ({"fit": "stretch"}, "bad_fit", "fit must be one of center_crop, squash, pad, got 'stretch'"),
+    "fit number": ({"fit": 3}, "bad_fit", "fit must be one of center_crop, squash, pad, got 3"),
 }
 
 
@@ -71,10 +73,30 @@ def test_bad_fields_are_refused_with_their_reason(classify_input, case):
 
 
 def test_good_fields_are_typed_and_absent_ones_are_none(classify_input):
-    given = classify_input.model_validate({"images": IMAGE, "k": "3", "model": "tiny", "min_confidence": "0.5"})
-    assert (given.images, given.k, given.model, given.min_confidence, given.rejection) == (IMAGE, 3, "tiny", 0.5, None)
-    absent = classify_input.model_validate({"images": IMAGE, "model": "", "min_confidence": None})
-    assert (absent.k, absent.model, absent.min_confidence) == (None, None, None)
+    given = classify_input.model_validate(
+        {"images": IMAGE, "k": "3", "model": "tiny", "min_confidence": "0.5", "fit": "pad"}
+    )
+    assert (given.images, given.k, given.model, given.min_confidence, given.fit, given.rejection) == (
+        IMAGE,
+        3,
+        "tiny",
+        0.5,
+        "pad",
+        None,
+    )
+    absent = classify_input.model_validate({"images": IMAGE, "model": "", "min_confidence": None, "fit": ""})
+    assert (absent.k, absent.model, absent.min_confidence, absent.fit) == (None, None, None, None)
+
+
+def test_the_fit_is_the_requests_or_else_the_models():
+    """``resolve_fit``: what every route (a form field, a JSON field, a protocol parameter) decodes with."""
+    from service.uploads import resolve_fit
+
+    assert resolve_fit(None, "squash") == "squash"
+    assert resolve_fit("pad", "squash") == "pad"
+    refused = resolve_fit("letterbox", "squash")
+    assert isinstance(refused, Rejection) and (refused.reason, refused.status) == ("bad_fit", 400)
+    assert "center_crop, squash, pad" in refused.message
 
 
 def test_the_answer_leaves_confident_out_without_a_threshold():

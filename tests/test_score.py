@@ -529,6 +529,7 @@ def _classify_handler(fail_first: int = 0, max_images: int = 64):
                         precision="fp32",
                         accuracy=None,
                         input_size=[32, 32],
+                        fit="center_crop",
                         default=True,
                     )
                 ],
@@ -656,3 +657,48 @@ def test_url_mode_marks_with_min_confidence_locally(tree, tmp_path, monkeypatch)
             == 0
         )
         assert {r["confident"] for r in _csv_rows(out) if not r["error"]} == {expected}
+
+
+# ---------------------------------------------------------------------------------------------- --fit
+def _top1_confidences(path: Path) -> dict[str, float]:
+    return {r["path"]: float(r["confidence_1"]) for r in _csv_rows(path) if not r["error"]}
+
+
+def test_fit_reaches_the_decoders_and_defaults_to_the_models(tree, tiny_models_dir, tmp_path):
+    clf = OnnxClassifier(tiny_models_dir / "tiny.onnx", device="cpu")
+    assert clf.card.input.fit == "center_crop"
+    scored = {}
+    for fit in (None, "squash", "pad"):
+        out = tmp_path / f"{fit}.csv"
+        args = [tree, "--out", out, "--models-dir", tiny_models_dir, "--workers", 1, "--no-progress"]
+        assert _score(*args, *(["--fit", fit] if fit else [])) == 0
+        scored[fit] = _top1_confidences(out)
+        expected = clf.probabilities(
+            to_model_input([decode_image((tree / p).read_bytes(), fit=fit or "center_crop") for p in GOOD])
+        ).max(axis=1)
+        for path, p in zip(GOOD, expected):
+            assert abs(scored[fit][path] - p) < 2e-6, (fit, path)
+    wide = "UPPER.JPG"  # 40x24: the three fits see different pixels
+    assert len({scored[fit][wide] for fit in scored}) == 3
+    assert scored["pad"]["b/gray.jpg"] == scored[None]["b/gray.jpg"]  # 32x32: no fit changes it
+
+
+def test_fit_is_sent_to_the_service_and_a_bad_one_is_a_usage_error(tree, tmp_path, monkeypatch, capsys):
+    real_client = httpx.Client
+    handler, _ = _classify_handler()
+    sent = []
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/classify":
+            sent.append(b'name="fit"\r\n\r\npad\r\n' in request.read())
+        return handler(request)
+
+    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(recording), **kw))
+    out = tmp_path / "p.csv"
+    assert _score(tree, "--url", "http://scorer.test", "--out", out, "--fit", "pad", "--no-progress") == 0
+    assert sent and all(sent)
+    with pytest.raises(SystemExit) as exit_info:
+        _score(tree, "--out", out, "--fit", "stretch")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --fit: invalid choice: 'stretch'" in err and "center_crop" in err

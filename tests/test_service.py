@@ -120,6 +120,7 @@ def test_ready_live_and_models(server, tiny_models_dir):
         info = by_name[entry["name"]]
         assert info["classes"] == TINY_CLASSES == entry["classes"]
         assert info["dataset"] == entry["dataset"] and info["accuracy"] == entry["metrics"]["val_top1"]
+        assert info["fit"] == entry["input"]["fit"] == "center_crop"  # a new export's default
 
 
 # ---------------------------------------------------------------------------------------------- predictions
@@ -145,6 +146,29 @@ def test_default_k_is_all_classes_of_a_small_model_and_probabilities_sum_to_one(
     top = response.json()["predictions"][0]["top_k"]
     assert [t["label"] for t in top] != [] and len(top) == 3  # default 5, capped at the model's 3 classes
     assert sum(t["confidence"] for t in top) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_fit_is_the_models_unless_the_request_names_another(server, jpegs):
+    """A wide photo is answered as its fitted 32x32 thumbnail would be: the model's own fit (center_crop for
+    the tiny models) without a ``fit`` field, the request's with one."""
+    from inference.fits import FITS, fit_image
+
+    cifar = Image.open(jpegs[0]).convert("RGB")
+    wide = cifar.resize((128, 96), Image.Resampling.BICUBIC)  # 4:3; still fits within the body limit
+    wide_png = _image_bytes(wide, "PNG")
+
+    def confidences(data: bytes, name: str, fields: dict | None = None) -> list[float]:
+        response = _post(server, [("images", (name, data, "image/png"))], data=fields)
+        assert response.status_code == 200, response.text
+        return [t["confidence"] for t in response.json()["predictions"][0]["top_k"]]
+
+    answers = {}
+    for fit in FITS:
+        thumbnail = _image_bytes(fit_image(wide, (32, 32), fit), "PNG")
+        answers[fit] = confidences(wide_png, "wide.png", {"fit": fit})
+        assert answers[fit] == confidences(thumbnail, "thumb.png"), fit  # 32x32: every fit leaves it alone
+    assert confidences(wide_png, "wide.png") == answers["center_crop"]
+    assert answers["squash"] != answers["center_crop"] != answers["pad"]
 
 
 def test_named_model_and_k_as_json(server, jpegs):
@@ -243,6 +267,7 @@ BAD_REQUESTS = {
     "min_confidence_not_a_number": (lambda j: _files(j[:1]), {"min_confidence": "high"}, 400, "bad_min_confidence"),
     "min_confidence_nan": (lambda j: _files(j[:1]), {"min_confidence": "nan"}, 400, "bad_min_confidence"),
     "min_confidence_boolean": (lambda j: _files(j[:1]), {"min_confidence": "true"}, 400, "bad_min_confidence"),
+    "fit_unknown": (lambda j: _files(j[:1]), {"fit": "stretch"}, 400, "bad_fit"),
     "unknown_model": (lambda j: _files(j[:1]), {"model": "resnet-9000"}, 404, "unknown_model"),
     "no_images": (lambda j: [("k", (None, "1"))], None, 400, "no_images"),
     "misspelt_field": (
@@ -349,6 +374,7 @@ def test_openapi_document_describes_the_api(server):
     assert form["properties"]["k"]["type"] == "integer" and form["properties"]["k"]["minimum"] == 1
     threshold = form["properties"]["min_confidence"]
     assert (threshold["type"], threshold["minimum"], threshold["maximum"]) == ("number", 0, 1)
+    assert form["properties"]["fit"]["enum"] == ["center_crop", "squash", "pad", None]
     assert "confident" in spec["components"]["schemas"]["Prediction"]["properties"]
     assert {"200", "400", "404", "413", "415"} <= set(classify["responses"])
     assert "ClassifyError" in spec["components"]["schemas"]

@@ -154,6 +154,33 @@ def test_json_classify_answers_as_multipart_does(server, jpegs):
     assert response.status_code == 200 and response.json()["predictions"][0]["filename"] == ""
 
 
+def test_fit_reaches_json_classify_and_v2(server, jpegs):
+    """A wide photo sent as JSON or as v2 BYTES is fitted as the request says, exactly as multipart's field does."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.open(jpegs[0]).convert("RGB").resize((128, 96)).save(buffer, "PNG")
+    wide = buffer.getvalue()
+    answers = {}
+    for fit in ("squash", "pad"):
+        files = [("images", ("wide.png", wide, "image/png"))]
+        multipart = httpx.post(f"{server}/classify", files=files, data={"fit": fit, "k": "3", "model": "tiny"}, timeout=30)
+        assert multipart.status_code == 200, multipart.text
+        answers[fit] = _top_by_index(multipart.json()["predictions"][0])
+        body = {"images": [{"filename": "wide.png", "data": _b64(wide)}], "fit": fit, "k": 3, "model": "tiny"}
+        as_json = httpx.post(f"{server}/classify", json=body, timeout=30)
+        assert as_json.status_code == 200, as_json.text
+        assert _top_by_index(as_json.json()["predictions"][0]) == pytest.approx(answers[fit], abs=1e-6)
+        v2 = {**_images_input([_b64(wide)]), "parameters": {"fit": fit}}
+        response = httpx.post(f"{server}/v2/models/tiny/infer", json=v2, timeout=30)
+        assert response.status_code == 200, response.text
+        probabilities = response.json()["outputs"][0]["data"]
+        assert dict(enumerate(probabilities)) == pytest.approx(answers[fit], abs=1e-6)
+    assert answers["squash"] != pytest.approx(answers["pad"], abs=1e-6)  # the fit did reach the decoder
+
+
 # ---------------------------------------------------------------------------------------------- batching
 def _metric(text: str, name: str, **labels) -> float:
     total = 0.0
@@ -246,6 +273,8 @@ V2_BAD = {
         "binary_data=False",
     ),
     "unknown model": ("resnet-9000", _images_input(["AA=="]), 404, "unknown model 'resnet-9000'"),
+    "unknown fit": ("tiny", {**_images_input(["AA=="]), "parameters": {"fit": "stretch"}}, 400, "'stretch'"),
+    "fit not a string": ("tiny", {**_images_input(["AA=="]), "parameters": {"fit": 2}}, 400, "must be a string"),
 }
 
 
@@ -290,6 +319,8 @@ JSON_BAD = {
     "k as text": ({"images": [{"data": "AA=="}], "k": "3"}, 400, "bad_k", "JSON integer"),
     "k too big": ({"images": [{"data": "AA=="}], "k": 4}, 400, "bad_k", "between 1 and 3"),
     "unknown model": ({"images": [{"data": "AA=="}], "model": "nope"}, 404, "unknown_model", "'nope'"),
+    "unknown fit": ({"images": [{"data": "AA=="}], "fit": "stretch"}, 400, "bad_fit", "'stretch'"),
+    "fit not a string": ({"images": [{"data": "AA=="}], "fit": 1}, 400, "bad_fit", "fit name"),
 }
 
 

@@ -120,6 +120,49 @@ def test_folder_reader_tree_and_cache(image_folder, tmp_path):
     assert np.array_equal(cached.images, data.images) and cached.classes == data.classes
 
 
+def test_folder_reader_fits_photos_as_serving_does_and_caches_each_fit_apart(tmp_path):
+    """A folder of 4:3 images: each fit gives the service's pixels (inference.preprocess), and a cache
+    written under one fit is not read back for another."""
+    from PIL import Image
+
+    from inference.fits import FITS
+    from inference.preprocess import decode_image
+
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    files = sorted(root.rglob("*.png"))
+    seen = {}
+    for fit in FITS:
+        for _ in range(2):  # decoded, then read back from the cache
+            arrays = read_image_folder(root, 32, tmp_path / "cache", fit=fit)
+            expected = np.stack([decode_image(f.read_bytes(), fit=fit) for f in files])
+            np.testing.assert_array_equal(arrays.images, expected)
+        seen[fit] = arrays.images
+    assert not np.array_equal(seen["center_crop"], seen["squash"])
+    assert not np.array_equal(seen["pad"], seen["squash"])
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == len(FITS)
+    assert build_config("resnet9_half_cpu", []).data.fit == "center_crop"
+    with pytest.raises(ConfigError, match="fit"):
+        build_config("resnet9_half_cpu", ["data.fit=stretch"])
+
+
+def test_the_run_records_its_fit_and_export_writes_it_on_the_card(tiny_run):
+    from export.onnx_export import input_spec
+    from training.checkpoint import load_checkpoint
+
+    meta = load_checkpoint(tiny_run / "best.pt")["meta"]
+    assert meta["fit"] == "center_crop"
+    assert input_spec(meta).fit == "center_crop"
+    assert input_spec({**meta, "fit": "pad"}).fit == "pad"
+    assert input_spec(meta, "squash").fit == "squash"  # export --fit
+    older = {k: v for k, v in meta.items() if k != "fit"}  # a run from before runs recorded one
+    assert input_spec(older).fit == "center_crop"
+
+
 def test_folder_reader_on_shared_archive_sample(shared_archive, tmp_path):
     """A few real JPEGs from the shared archive, read both as a tree and as a .tar.gz."""
     tree = tmp_path / "tree"

@@ -10,6 +10,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from inference.fits import DEFAULT_FIT, FitName
+
 from .data.augment import AugmentParams
 from .data.mix import MixParams
 
@@ -26,6 +28,9 @@ class DataConfig(Section):
     val_size: int = Field(5000, ge=0)
     split_seed: int = 42
     image_size: int = Field(32, ge=8)
+    # How a folder dataset's images of another shape are fitted to image_size (inference.fits); the
+    # export records it on the model's card, so serving fits photos the same way.
+    fit: FitName = DEFAULT_FIT
     cache_dir: str = ".cache/datasets"
 
 

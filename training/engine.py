@@ -45,7 +45,7 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 def load_data(config: Config) -> tuple[ImageArrays, ImageArrays | None]:
     d = config.data
-    kwargs = dict(val_size=d.val_size, seed=d.split_seed, cache_dir=d.cache_dir, image_size=d.image_size)
+    kwargs = dict(val_size=d.val_size, seed=d.split_seed, cache_dir=d.cache_dir, image_size=d.image_size, fit=d.fit)
     if d.val_size == 0:
         return load_split(d.dataset, d.root, "all", **kwargs), None
     return load_split(d.dataset, d.root, "train", **kwargs), load_split(d.dataset, d.root, "val", **kwargs)
@@ -109,6 +109,7 @@ class Trainer:
             "mean": mean,
             "std": std,
             "input_size": config.data.image_size,
+            "fit": config.data.fit,
             "dataset": config.data.dataset,
             "data_root": config.data.root,
             "val_size": config.data.val_size,

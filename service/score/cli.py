@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from inference.fits import FITS, fit_help
+
 from ..confidence import parse_min_confidence
 from .local import DEFAULT_BATCH_SIZE, DEFAULT_GPU_BATCH_SIZE
 from .remote import DEFAULT_URL_BATCH, DEFAULT_URL_WORKERS
@@ -63,6 +65,12 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
             "(true/false) in the output, "
             "and a count in the summary; no image is left out (default: no threshold and no such column)"
         ),
+    )
+    p.add_argument(
+        "--fit",
+        choices=list(FITS),
+        help=f"how an image of another aspect ratio than the model's input is fitted to it ({fit_help()}; "
+        "default: the model's own, from its card)",
     )
     p.add_argument(
         "--batch-size",

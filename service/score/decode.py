@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from inference.fits import DEFAULT_FIT
 from inference.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_pixels, pixels_to_model_input
 
 # A 32x32 classifier never needs a file this large; reading one would only cost memory.
@@ -99,7 +100,7 @@ def rows_view(buffer, offset: int, count: int, size: tuple[int, int]) -> np.ndar
 
 
 def decode_into(
-    shm_name: str, offset: int, paths: list[str | None], size: tuple[int, int]
+    shm_name: str, offset: int, paths: list[str | None], size: tuple[int, int], fit: str = DEFAULT_FIT
 ) -> tuple[list[int], dict[int, str]]:
     """``decode_chunk`` in a worker, writing the batch into shared memory at ``offset``; returns (ok, errors).
 
@@ -111,7 +112,7 @@ def decode_into(
     shm = _attached.get(shm_name)
     if shm is None:
         shm = _attached[shm_name] = SharedMemory(shm_name)
-    decoded = decode_chunk(paths, size, out=lambda count: rows_view(shm.buf, offset, count, size))
+    decoded = decode_chunk(paths, size, fit=fit, out=lambda count: rows_view(shm.buf, offset, count, size))
     return decoded.ok, decoded.errors
 
 
@@ -120,6 +121,7 @@ def decode_chunk(
     size: tuple[int, int],
     max_pixels: int = DEFAULT_MAX_PIXELS,
     out: Callable[[int], np.ndarray] | None = None,
+    fit: str = DEFAULT_FIT,
 ) -> Decoded:
     """Read and decode ``paths`` (None: skip that position); never raises for a bad file.
 
@@ -129,7 +131,7 @@ def decode_chunk(
         if path is None:
             continue
         try:
-            pixels.append(decode_pixels(read_file(path), size, max_pixels))
+            pixels.append(decode_pixels(read_file(path), size, max_pixels, fit))
             ok.append(i)
         except OSError as exc:
             errors[i] = read_error(exc)

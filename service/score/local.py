@@ -63,6 +63,7 @@ class LocalBackend:
         workers: int | None,
         batch_size: int | None = None,
         streams: int | None = None,
+        fit: str | None = None,
     ) -> None:
         from inference.runtime import OnnxClassifier, default_threads, wants_cuda
 
@@ -91,6 +92,7 @@ class LocalBackend:
         self.name = self.card.name
         self.classes = list(self.card.classes)
         self.size = self.card.input.size
+        self.fit = fit or self.card.input.fit  # how the workers fit each image to ``size``
         if batch_size is None:
             batch_size = DEFAULT_GPU_BATCH_SIZE if on_gpu else DEFAULT_BATCH_SIZE
         self.batch_size = batch_size
@@ -167,7 +169,7 @@ class LocalBackend:
         if self.pool is None:
             return None
         slot = self._free.pop()
-        task = (decode_into, self.shm.name, slot * self.slot_bytes, self._paths(chunk), self.size)
+        task = (decode_into, self.shm.name, slot * self.slot_bytes, self._paths(chunk), self.size, self.fit)
         with self._pool_lock:  # not while a stream is replacing the pool
             try:
                 future = self.pool.submit(*task)
@@ -179,7 +181,7 @@ class LocalBackend:
     def finish(self, chunk: list[Entry], handle) -> list[Row]:
         paths = self._paths(chunk)
         if handle is None:
-            return self._rows(chunk, decode_chunk(paths, self.size))
+            return self._rows(chunk, decode_chunk(paths, self.size, fit=self.fit))
         generation, slot, future = handle
         try:
             try:
@@ -198,7 +200,7 @@ class LocalBackend:
             if generation == self._generation:
                 self._new_pool()
             try:
-                return self.pool.submit(decode_into, self.shm.name, offset, paths, self.size).result()
+                return self.pool.submit(decode_into, self.shm.name, offset, paths, self.size, self.fit).result()
             except BrokenProcessPool:
                 self._new_pool()
             ok, errors = [], {}
@@ -207,7 +209,9 @@ class LocalBackend:
                     continue
                 row = offset + len(ok) * image_bytes(self.size)
                 try:
-                    one_ok, one_errors = self.pool.submit(decode_into, self.shm.name, row, [path], self.size).result()
+                    one_ok, one_errors = self.pool.submit(
+                        decode_into, self.shm.name, row, [path], self.size, self.fit
+                    ).result()
                 except BrokenProcessPool:
                     self._new_pool()
                     errors[i] = "the image decoder crashed on this file"

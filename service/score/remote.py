@@ -25,7 +25,15 @@ class RemoteBackend:
     RETRIES = 5  # for connection errors, 5xx (503: the service sheds load), 408 and 429; waits double from RETRY_DELAY
     RETRY_DELAY = 0.5
 
-    def __init__(self, url: str, model: str | None, workers: int | None, timeout: float, per_request: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        model: str | None,
+        workers: int | None,
+        timeout: float,
+        per_request: int,
+        fit: str | None = None,
+    ) -> None:
         import httpx
 
         self.httpx = httpx
@@ -38,6 +46,7 @@ class RemoteBackend:
         self.k = 5
         self.name, self.classes = self._model_info(model)
         self.model = model
+        self.fit = fit  # None: the service's model's own
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="score-post")
 
     def _model_info(self, model: str | None) -> tuple[str | None, list[str] | None]:
@@ -116,6 +125,8 @@ class RemoteBackend:
         form = {"k": str(self.k)}
         if self.model:
             form["model"] = self.model
+        if self.fit:
+            form["fit"] = self.fit
         delay = self.RETRY_DELAY
         for attempt in range(self.RETRIES + 1):
             try:

@@ -87,7 +87,9 @@ def _validate(args) -> str:
 
 def _open_backend(args) -> Backend:
     if args.url:
-        return RemoteBackend(args.url, args.model, args.workers, args.timeout, args.batch_size or DEFAULT_URL_BATCH)
+        return RemoteBackend(
+            args.url, args.model, args.workers, args.timeout, args.batch_size or DEFAULT_URL_BATCH, args.fit
+        )
     try:
         manifest = load_manifest(args.models_dir)
         entry = manifest.get(args.model)
@@ -102,6 +104,7 @@ def _open_backend(args) -> Backend:
         args.workers,
         args.batch_size,
         args.streams,
+        args.fit,
     )
 
 

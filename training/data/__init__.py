@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from inference.fits import DEFAULT_FIT
+
 from ..registry import Registry
 from .arrays import DatasetError, ImageArrays
 from .cifar import read_cifar10, read_cifar100
@@ -28,14 +30,19 @@ def cifar100(root: str | Path, train: bool = True, **_) -> ImageArrays:
 
 @DATASETS.register("folder")
 def folder(
-    root: str | Path, train: bool = True, image_size: int = 32, cache_dir: str | Path | None = None
+    root: str | Path,
+    train: bool = True,
+    image_size: int = 32,
+    cache_dir: str | Path | None = None,
+    fit: str = DEFAULT_FIT,
 ) -> ImageArrays:
-    """A class-per-folder image tree, or a .tar/.tar.gz of one."""
+    """A class-per-folder image tree, or a .tar/.tar.gz of one; images of another shape are fitted to
+    ``image_size`` square as ``fit`` names (inference.fits), as the service fits them."""
     if not train:
         raise DatasetError(
             "a folder dataset has no separate test split: point --data at the test folder and use split 'all'"
         )
-    return read_image_folder(root, image_size, cache_dir)
+    return read_image_folder(root, image_size, cache_dir, fit)
 
 
 def load_split(
@@ -46,13 +53,14 @@ def load_split(
     seed: int = 42,
     cache_dir: str | Path | None = None,
     image_size: int = 32,
+    fit: str = DEFAULT_FIT,
 ) -> ImageArrays:
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     reader = DATASETS.get(name)
     if split == "test":
-        return reader(root, train=False, image_size=image_size, cache_dir=cache_dir)
-    full = reader(root, train=True, image_size=image_size, cache_dir=cache_dir)
+        return reader(root, train=False, image_size=image_size, cache_dir=cache_dir, fit=fit)
+    full = reader(root, train=True, image_size=image_size, cache_dir=cache_dir, fit=fit)
     if split == "all":
         return full
     train_idx, val_idx = stratified_split(full.labels, val_size, seed)

@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from inference.fits import DEFAULT_FIT
 from inference.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
 
 from .arrays import DatasetError, ImageArrays
@@ -22,16 +23,20 @@ from .arrays import DatasetError, ImageArrays
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
-def read_image_folder(root: str | Path, image_size: int = 32, cache_dir: str | Path | None = None) -> ImageArrays:
+def read_image_folder(
+    root: str | Path, image_size: int = 32, cache_dir: str | Path | None = None, fit: str = DEFAULT_FIT
+) -> ImageArrays:
+    """Every image under ``root`` decoded the way the service decodes it (``inference.preprocess``),
+    fitted to ``image_size`` square as ``fit`` names."""
     root = Path(root)
     if not root.exists():
         raise DatasetError(f"image folder or archive {root} does not exist")
-    cache = _cache_path(root, image_size, cache_dir) if cache_dir else None
+    cache = _cache_path(root, image_size, fit, cache_dir) if cache_dir else None
     if cache and cache.is_file():
         with np.load(cache, allow_pickle=False) as npz:
             return ImageArrays(npz["images"], npz["labels"], [str(c) for c in npz["classes"]])
     entries = list(_iter_archive(root) if root.name.endswith(ARCHIVE_SUFFIXES) else _iter_tree(root))
-    arrays = _decode_all(entries, root, image_size)
+    arrays = _decode_all(entries, root, image_size, fit)
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         # A per-process temporary name: torchrun ranks may decode and cache the same source at once.
@@ -41,9 +46,11 @@ def read_image_folder(root: str | Path, image_size: int = 32, cache_dir: str | P
     return arrays
 
 
-def _cache_path(root: Path, image_size: int, cache_dir: str | Path) -> Path:
+def _cache_path(root: Path, image_size: int, fit: str, cache_dir: str | Path) -> Path:
     stat = root.stat()
     key = f"{root.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{image_size}"
+    if fit != "squash":  # the key squashed folders were cached under before fits were named
+        key += f"|{fit}"
     if root.is_dir():  # a tree's own mtime misses edits in subfolders: fold those in too
         key += "|" + "|".join(f"{p.name}:{p.stat().st_mtime_ns}" for p in sorted(root.iterdir()) if p.is_dir())
     return Path(cache_dir) / f"{root.name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
@@ -68,7 +75,7 @@ def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
         raise DatasetError(f"cannot read archive {root}: {exc}") from exc
 
 
-def _decode_all(entries: list[tuple[str, str, bytes]], root: Path, image_size: int) -> ImageArrays:
+def _decode_all(entries: list[tuple[str, str, bytes]], root: Path, image_size: int, fit: str) -> ImageArrays:
     # Sorted by path so that the order, and so the validation split, is the same on every machine.
     entries.sort(key=lambda e: e[0])
     if not entries:
@@ -79,7 +86,7 @@ def _decode_all(entries: list[tuple[str, str, bytes]], root: Path, image_size: i
     labels = np.empty(len(entries), dtype=np.int64)
     for i, (_, cls, data) in enumerate(tqdm(entries, desc=f"decoding {root.name}", unit="img", leave=False)):
         try:
-            images[i] = decode_image(data, (image_size, image_size))
+            images[i] = decode_image(data, (image_size, image_size), fit=fit)
         except ImageDecodeError as exc:
             raise DatasetError(f"{root}: an image of class {cls!r} is unreadable: {exc}") from exc
         labels[i] = index[cls]

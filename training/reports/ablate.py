@@ -109,7 +109,7 @@ def _data_spec(config: Config, split: str) -> DataSpec:
     d = config.data
     if split in ("val",) and d.val_size == 0:
         raise ValueError("the ablation's runs have no validation split (val_size=0): set val_size or pass --split test")
-    return DataSpec(d.dataset, d.root, split, d.val_size, d.split_seed, d.image_size, d.cache_dir)
+    return DataSpec(d.dataset, d.root, split, d.val_size, d.split_seed, d.image_size, d.cache_dir, d.fit)
 
 
 def _eval_data(spec: DataSpec, loaded: dict[tuple, tuple]) -> tuple[Any, str]:

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from inference.fits import DEFAULT_FIT, LEGACY_FIT
+
 from ..checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
 from ..data import SPLITS, ImageArrays, load_split
 from ..data.loader import TensorLoader
@@ -50,12 +52,20 @@ class DataSpec:
     split_seed: int = 42
     image_size: int = 32
     cache_dir: str | None = ".cache/datasets"
+    fit: str = DEFAULT_FIT  # how a folder's images of another shape are fitted (inference.fits)
 
     def load(self) -> ImageArrays:
         if self.split not in SPLITS:
             raise ValueError(f"unknown split {self.split!r}; valid: {', '.join(SPLITS)}")
         return load_split(
-            self.dataset, self.root, self.split, self.val_size, self.split_seed, self.cache_dir, self.image_size
+            self.dataset,
+            self.root,
+            self.split,
+            self.val_size,
+            self.split_seed,
+            self.cache_dir,
+            self.image_size,
+            self.fit,
         )
 
     def describe(self) -> str:
@@ -134,6 +144,7 @@ def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
         "val_size": meta.get("val_size"),
         "split_seed": meta.get("split_seed"),
         "cache_dir": config.get("data", {}).get("cache_dir"),
+        "fit": meta.get("fit", LEGACY_FIT),
     }
     run_dir = file.parent
     history = list(ckpt.get("history") or [])
@@ -175,6 +186,7 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
         "root": src.get("data_root"),
         "val_size": src.get("val_size"),
         "split_seed": src.get("split_seed"),
+        "fit": card.input.fit,
     }
     run_dir, history = None, []
     checkpoint = src.get("checkpoint")
@@ -255,6 +267,7 @@ def resolve_data(
         split_seed=int(known.get("split_seed", 42)),
         image_size=source.image_size if source else int(known.get("image_size", 32)),
         cache_dir=known.get("cache_dir", ".cache/datasets"),
+        fit=known.get("fit", DEFAULT_FIT),
     )
 
 

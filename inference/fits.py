@@ -1,0 +1,128 @@
+"""How an image whose shape differs from the model's input is made to fit it: one entry per choice.
+
+The model card's input spec names one (``InputSpec.fit``); a request or ``service score --fit`` may
+name another; training's folder reader uses the recipe's. All of them go through ``fit_image``, so
+the pixels a model is trained on and the pixels it is served come out of the same steps.
+
+A new choice is one entry here: the manifest's schema, the service's ``fit`` field, the scorer's and
+export's ``--fit`` read the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from PIL import Image
+
+# Letterbox colour: mid-grey is what the normalised input is closest to zero at for natural-image
+# datasets, so the bars carry as little signal as a constant can.
+PAD_COLOR = (128, 128, 128)
+RESAMPLE = Image.Resampling.BILINEAR
+
+Size = tuple[int, int]  # (height, width), as the input spec's shape has it
+
+
+@dataclass(frozen=True)
+class Fit:
+    name: str
+    help: str  # what it does, for help texts and the OpenAPI document
+    # (an RGB image, the target size, the frame's shown (width, height) before any reduced-size decode)
+    # -> an image of exactly ``size``; the frame sets the geometry, so a reduced decode rounded up to
+    # whole pixels is cropped and padded like the full one
+    apply: Callable[[Image.Image, Size, tuple[int, int]], Image.Image]
+    # Output pixels per source pixel along the axis that needs the most detail: a reduced-size decode
+    # (JPEG DCT scaling) may shrink the source until this reaches 1/2, and no further.
+    scale: Callable[[tuple[int, int], Size], float]  # (source width, height), target size
+
+
+def _squash(image: Image.Image, size: Size, frame: tuple[int, int]) -> Image.Image:
+    height, width = size
+    return image if image.size == (width, height) else image.resize((width, height), RESAMPLE)
+
+
+def _center_crop(image: Image.Image, size: Size, frame: tuple[int, int]) -> Image.Image:
+    """Resize the shorter side to the target and keep the centre: one resize of the centre box, which is
+    a resize-then-crop without the intermediate image."""
+    height, width = size
+    if image.size == (width, height):
+        return image
+    scale = max(width / frame[0], height / frame[1])
+    # The centre box as a share of the frame, laid on the image as decoded.
+    # (at most all of it: the division may leave 1 + 1e-16, and a box past the edge is refused)
+    share_w, share_h = min(1.0, width / scale / frame[0]), min(1.0, height / scale / frame[1])
+    box_w, box_h = share_w * image.size[0], share_h * image.size[1]
+    left, top = (image.size[0] - box_w) / 2, (image.size[1] - box_h) / 2
+    return image.resize((width, height), RESAMPLE, box=(left, top, left + box_w, top + box_h))
+
+
+def _pad(image: Image.Image, size: Size, frame: tuple[int, int]) -> Image.Image:
+    """Resize the longer side to the target and centre the whole frame on PAD_COLOR bars."""
+    height, width = size
+    if image.size == (width, height):
+        return image
+    scale = min(width / frame[0], height / frame[1])
+    inner = (max(1, min(width, round(frame[0] * scale))), max(1, min(height, round(frame[1] * scale))))
+    canvas = Image.new("RGB", (width, height), PAD_COLOR)
+    canvas.paste(image.resize(inner, RESAMPLE), ((width - inner[0]) // 2, (height - inner[1]) // 2))
+    return canvas
+
+
+def _larger_scale(source: tuple[int, int], size: Size) -> float:
+    return max(size[1] / source[0], size[0] / source[1])
+
+
+def _smaller_scale(source: tuple[int, int], size: Size) -> float:
+    return min(size[1] / source[0], size[0] / source[1])
+
+
+FITS: dict[str, Fit] = {
+    f.name: f
+    for f in (
+        Fit(
+            "center_crop",
+            "resize the shorter side to the model's input and keep the centre (the sides of a wide photo are cut)",
+            _center_crop,
+            _larger_scale,
+        ),
+        Fit(
+            "squash",
+            "resize straight to the model's input, whatever the aspect ratio (a wide photo is squeezed)",
+            _squash,
+            _larger_scale,
+        ),
+        Fit(
+            "pad",
+            "resize the longer side to the model's input and pad the rest with grey bars (the whole frame is kept)",
+            _pad,
+            _smaller_scale,
+        ),
+    )
+}
+# The manifest's type for a fit, built from the table so that a new entry is all it takes.
+FitName = Literal[tuple(FITS)]  # type: ignore[valid-type]
+# What a new export and training's folder reader use; the common practice for classifiers.
+DEFAULT_FIT = "center_crop"
+# What a model card written before cards named their fit means: images were resized straight.
+LEGACY_FIT = "squash"
+
+
+def get_fit(name: str) -> Fit:
+    """The entry for ``name``; ValueError naming the valid ones otherwise."""
+    try:
+        return FITS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown fit {name!r}; valid: {', '.join(FITS)}") from None
+
+
+def fit_image(
+    image: Image.Image, size: Size, fit: str = DEFAULT_FIT, frame: tuple[int, int] | None = None
+) -> Image.Image:
+    """``image`` (RGB) fitted to ``size`` (height, width) the way ``fit`` names. ``frame``: the (width,
+    height) the image had as shown before a reduced-size decode (default: its own size)."""
+    return get_fit(fit).apply(image, size, frame or image.size)
+
+
+def fit_help() -> str:
+    """'center_crop: ...; squash: ...; pad: ...', for help texts."""
+    return "; ".join(f"{f.name}: {f.help}" for f in FITS.values())

@@ -1,0 +1,225 @@
+"""Fitting photos of another shape (inference.fits) and decoding large JPEGs at a reduced size (inference.preprocess).
+
+Every image is generated here: marker images whose expected pixels are known, and smooth "photos"
+(gradients, shapes and sensor-like noise) saved as JPEG at camera sizes.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile, ImageOps, JpegImagePlugin
+
+import inference.preprocess as preprocess
+from conftest import ROOT
+from inference.fits import FITS, LEGACY_FIT, PAD_COLOR, fit_image, get_fit
+from inference.manifest import InputSpec, ModelCard, load_manifest
+from inference.preprocess import ImageTooLarge, dct_reduction, decode_image
+
+RED, BLUE, GREY = (230, 20, 20), (20, 20, 230), (100, 100, 100)
+
+
+def _encode(image: Image.Image, fmt: str = "JPEG", orientation: int | None = None, **save) -> bytes:
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        save["exif"] = exif
+    buf = io.BytesIO()
+    image.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def _marked(width: int = 160, height: int = 120) -> Image.Image:
+    """Grey, a red square in the centre, a blue band down the left tenth."""
+    pixels = np.full((height, width, 3), GREY, dtype=np.uint8)
+    side = min(width, height) // 6
+    pixels[height // 2 - side // 2 : height // 2 + side // 2, width // 2 - side // 2 : width // 2 + side // 2] = RED
+    pixels[:, : width // 10] = BLUE
+    return Image.fromarray(pixels)
+
+
+def _mask(pixels: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    return np.abs(pixels.astype(int) - colour).sum(axis=2) < 60
+
+
+def _centroid(mask: np.ndarray) -> tuple[float, float]:
+    rows, cols = np.nonzero(mask)
+    return rows.mean(), cols.mean()
+
+
+def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Something like a photo: smooth gradients, a few hard-edged shapes, and noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    pixels = np.stack([x / width * 200 + 30, y / height * 180 + 40, (x + y) / (width + height) * 120 + 60], axis=-1)
+    for _ in range(6):
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(0.05, 0.2) * min(width, height)
+        pixels[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    pixels += rng.normal(0, 6, pixels.shape)
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------- the table
+def test_an_unknown_fit_names_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown fit 'stretch'; valid: center_crop, squash, pad"):
+        get_fit("stretch")
+    with pytest.raises(ValueError, match="unknown fit"):
+        decode_image(_encode(_marked()), fit="stretch")
+
+
+@pytest.mark.parametrize("fit", list(FITS))
+@pytest.mark.parametrize("source", [(160, 120), (120, 160), (1000, 7), (7, 1000), (32, 32), (5, 5)])
+@pytest.mark.parametrize("size", [(32, 32), (24, 40)])
+def test_every_fit_gives_exactly_the_size_asked_for(fit, source, size):
+    assert fit_image(_photo(*source), size, fit).size == (size[1], size[0])
+
+
+@pytest.mark.parametrize("fit", list(FITS))
+def test_an_image_of_the_models_shape_is_left_alone_so_cifar_is_unaffected(fit):
+    image = _photo(32, 32)
+    np.testing.assert_array_equal(np.asarray(fit_image(image, (32, 32), fit)), np.asarray(image))
+    bigger_square = _photo(96, 96)  # any square source: crop, squash and pad are the same resize
+    np.testing.assert_array_equal(
+        np.asarray(fit_image(bigger_square, (32, 32), fit)), np.asarray(fit_image(bigger_square, (32, 32), "squash"))
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the expected pixels
+@pytest.mark.parametrize("fit", list(FITS))
+@pytest.mark.parametrize("shape", [(160, 120), (120, 160)])
+def test_a_centred_marker_stays_centred(fit, shape):
+    pixels = decode_image(_encode(_marked(*shape), "PNG"), fit=fit)
+    rows, cols = _centroid(_mask(pixels, RED))
+    assert abs(rows - 15.5) < 0.6 and abs(cols - 15.5) < 0.6, (rows, cols)
+
+
+def test_center_crop_keeps_the_marker_square_and_cuts_the_sides():
+    pixels = decode_image(_encode(_marked(), "PNG"), fit="center_crop")
+    red = _mask(pixels, RED)
+    height, width = np.ptp(np.nonzero(red)[0]) + 1, np.ptp(np.nonzero(red)[1]) + 1
+    assert abs(height - width) <= 1  # the 4:3 frame is not squeezed
+    assert not _mask(pixels, BLUE).any()  # the left band is outside the centre crop
+
+
+def test_squash_is_the_straight_resize_of_before():
+    image = _marked()
+    expected = np.asarray(image.resize((32, 32), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(decode_image(_encode(image, "PNG"), fit="squash"), expected)
+    jpeg = _encode(_photo(640, 480))
+    before = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(decode_image(jpeg, fit="squash", reduce=False), before)
+    red = _mask(decode_image(_encode(_marked(320, 120), "PNG"), fit="squash"), RED)
+    assert np.ptp(np.nonzero(red)[0]) > np.ptp(np.nonzero(red)[1])  # squeezed: taller than wide now
+
+
+def test_pad_keeps_the_whole_frame_between_grey_bars():
+    pixels = decode_image(_encode(_marked(), "PNG"), fit="pad")  # 160x120 -> 32x24 inside, 4 rows above and below
+    assert (pixels[:4] == PAD_COLOR).all() and (pixels[-4:] == PAD_COLOR).all()
+    assert not (pixels[4:-4] == PAD_COLOR).all(axis=2).any()
+    assert _mask(pixels, BLUE)[4:-4, :2].all()  # the left band is kept
+    portrait = decode_image(_encode(_marked(120, 160), "PNG"), fit="pad")  # bars left and right
+    assert (portrait[:, :4] == PAD_COLOR).all() and (portrait[:, -4:] == PAD_COLOR).all()
+
+
+# ---------------------------------------------------------------------------------------------- reduced-size decoding
+def test_the_reduction_keeps_twice_the_detail_the_fit_needs():
+    assert dct_reduction((4000, 3000), (32, 32)) == 8
+    assert dct_reduction((640, 480), (32, 32)) == 4  # 480/8 = 60 < 64
+    assert dct_reduction((128, 128), (32, 32)) == 2
+    assert dct_reduction((100, 100), (32, 32)) == 1
+    # pad uses the whole frame, scaled by its longer side: a 4000x500 panorama keeps 64 pixels across
+    assert dct_reduction((4000, 500), (32, 32), "pad") == 8
+    assert dct_reduction((4000, 500), (32, 32), "center_crop") == 4  # 500/4 = 125 >= 64, 500/8 = 62 < 64
+
+
+@pytest.mark.parametrize("fit", list(FITS))
+@pytest.mark.parametrize(
+    "seed, shape", [(0, (4000, 3000)), (1, (2000, 1500)), (2, (640, 480)), (3, (1080, 1920)), (4, (632, 474))]
+)
+def test_reduced_decode_matches_the_full_decode(fit, seed, shape):
+    data = _encode(_photo(*shape, seed=seed), quality=90)
+    reduced, full = decode_image(data, fit=fit), decode_image(data, fit=fit, reduce=False)
+    assert np.abs(reduced.astype(int) - full.astype(int)).mean() < 1.5
+
+
+def test_the_plain_path_reduces_as_pillows_draft_does(monkeypatch):
+    data = _encode(_photo(2000, 1500))
+    assert preprocess.plain_jpeg_frame(data) is not None
+    decoded_sizes = []
+    frombytes = Image.frombytes
+
+    def spy(mode, size, *args):
+        decoded_sizes.append(size)
+        return frombytes(mode, size, *args)
+
+    monkeypatch.setattr(preprocess.Image, "frombytes", spy)
+    ours = decode_image(data, fit="center_crop")
+    assert decoded_sizes == [(250, 188)]  # 2000x1500 / 8, rounded up
+    image = Image.open(io.BytesIO(data))
+    image.draft("RGB", (250, 187))
+    assert image.size == (250, 188)
+    np.testing.assert_array_equal(
+        ours, np.asarray(fit_image(image.convert("RGB"), (32, 32), "center_crop", frame=(2000, 1500)))
+    )
+
+
+@pytest.mark.parametrize("orientation, turned", [(6, True), (8, True), (3, False)])
+def test_exif_rotated_photos_come_out_upright(orientation, turned):
+    """A phone's portrait photo: stored landscape, shown turned. Reduced, fitted to a landscape input, it is
+    the upright photo's fit; without the turn it would be far off."""
+    stored = _photo(1600, 900, seed=4)
+    data = _encode(stored, orientation=orientation)
+    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    assert upright.size == ((900, 1600) if turned else (1600, 900))
+    for fit in FITS:
+        expected = np.asarray(fit_image(upright, (24, 40), fit)).astype(int)
+        decoded = decode_image(data, size=(24, 40), fit=fit).astype(int)
+        assert np.abs(decoded - expected).mean() < 1.5, fit
+        unturned = np.asarray(fit_image(Image.open(io.BytesIO(data)).convert("RGB"), (24, 40), fit)).astype(int)
+        assert np.abs(unturned - expected).mean() > 10, fit
+
+
+def test_a_quarter_turned_photo_is_reduced_by_its_shown_shape(monkeypatch):
+    """Stored 4000 wide and 600 high, shown 600 wide: cropped to a 32-high, 320-wide input the shown width
+    600 needs 640 pixels, so no reduction; judged by the stored shape it would be reduced by 8."""
+    drafts = []
+    jpeg = JpegImagePlugin.JpegImageFile
+    draft = jpeg.draft
+    monkeypatch.setattr(jpeg, "draft", lambda self, mode, size: drafts.append(size) or draft(self, mode, size))
+    data = _encode(_photo(600, 4000).transpose(Image.Transpose.ROTATE_90), orientation=6)
+    decode_image(data, size=(32, 320), fit="center_crop")
+    decode_image(_encode(_photo(4000, 3000)), size=(32, 32), fit="center_crop")  # EXIF-free: the plain path
+    decode_image(_encode(_photo(4000, 3000), orientation=1), size=(32, 32), fit="center_crop")
+    assert drafts == [(500, 375)]
+
+
+@pytest.mark.parametrize("orientation", [None, 6])
+def test_the_pixel_limit_refuses_a_bomb_from_its_header(orientation, monkeypatch):
+    data = _encode(_photo(3000, 2000), orientation=orientation)
+    header_only = data[: data.index(b"\xff\xda")]  # no pixel data at all: refused all the same
+
+    def decoded(*args, **kwargs):
+        pytest.fail("pixels were decoded")
+
+    monkeypatch.setattr(preprocess.Image, "frombytes", decoded)  # the plain path's decoder
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decoded)  # the general path's
+    for sample in (data, header_only):
+        with pytest.raises(ImageTooLarge, match="3000x2000 = 6000000 pixels, over the limit of 5999999"):
+            decode_image(sample, max_pixels=5_999_999)
+
+
+# ---------------------------------------------------------------------------------------------- the model card
+def test_a_card_without_a_fit_reads_as_squash_and_a_bad_one_is_refused():
+    old = {"shape": [3, 32, 32], "mean": [0.5] * 3, "std": [0.25] * 3}
+    assert InputSpec.model_validate(old).fit == LEGACY_FIT == "squash"
+    assert InputSpec.model_validate({**old, "fit": "pad"}).fit == "pad"
+    with pytest.raises(ValueError, match="fit"):
+        InputSpec.model_validate({**old, "fit": "stretch"})
+    assert set(ModelCard.model_json_schema()["$defs"]["InputSpec"]["properties"]["fit"]["enum"]) == set(FITS)
+
+
+def test_the_shipped_models_read_as_squash():
+    manifest = load_manifest(ROOT / "models", verify=False)
+    assert {m.input.fit for m in manifest.models} == {"squash"}
