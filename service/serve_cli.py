@@ -52,6 +52,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
             "streams": "one per core available, 2 with a GPU",
             "threads": "cores available / streams",
             "decode_threads": "cores available",
+            "workers": "one per visible GPU, 1 on a CPU host",
         }.get(name, default)
         if name == "models_dir":
             shown = "models/ next to the service package"
@@ -83,6 +84,7 @@ def settings_env(args: argparse.Namespace, environ: dict[str, str] | None = None
 
 def main(args: argparse.Namespace) -> int:
     from inference.manifest import ManifestError, load_manifest
+    from inference.runtime import CudaPlacementError, device_kind
 
     env = settings_env(args)
     try:
@@ -92,13 +94,16 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         manifest = load_manifest(settings.models_dir, verify=True)
-    except ManifestError as exc:
+        if settings.device == "cuda":
+            _check_cuda(manifest, Path(settings.models_dir))
+    except (ManifestError, CudaPlacementError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     env[SETTINGS["models_dir"].env] = str(Path(settings.models_dir).resolve())
+    kind = device_kind(settings.device)  # type: ignore[arg-type]
     print(
-        f"serving {', '.join(m.name for m in manifest.models)} (default {manifest.default}) from "
-        f"{settings.models_dir} on http://{args.host}:{args.port}",
+        f"serving {', '.join(m.name for m in manifest.models)} (default on {kind}: "
+        f"{manifest.default_for(kind).name}) from {settings.models_dir} on http://{args.host}:{args.port}",
         file=sys.stderr,
         flush=True,
     )
@@ -120,3 +125,12 @@ def main(args: argparse.Namespace) -> int:
     # exec: the server is this process, so a supervisor's SIGTERM reaches BentoML's own shutdown.
     os.execve(sys.executable, command, env)
     return 0  # not reached
+
+
+def _check_cuda(manifest, models_dir: Path) -> None:
+    """``--device cuda``: refuse here, with the model's name and the reason, rather than in every worker's
+    traceback, when a model cannot run wholly on CUDA (the workers check again as they load)."""
+    from inference.runtime import open_session
+
+    for entry in manifest.models:
+        open_session(models_dir / entry.file, "cuda", threads=1)

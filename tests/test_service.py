@@ -328,10 +328,10 @@ def test_concurrent_requests_get_their_own_answers(server, jpegs):
     assert _metric(_metrics(server), "cifar_predictions_total", model="tiny") == predictions_before + 192
     log = server.log.read_text()
     assert "batching 'infer' in-process through BentoML's dispatcher" in log
-    from service.settings import _cpu_count
+    from service.settings import cpu_count
 
-    if _cpu_count() > 1:
-        assert f"up to {_cpu_count()} batches at once" in log
+    if cpu_count() > 1:
+        assert f"up to {cpu_count()} batches at once" in log
 
 
 def test_concurrent_requests_share_a_batch(tiny_models_dir, jpegs, tmp_path):
@@ -445,9 +445,9 @@ def test_access_log_setting_reaches_bentoml():
 
 
 def test_streams_and_threads_share_the_cores():
-    from service.settings import ServiceSettings, _cpu_count
+    from service.settings import ServiceSettings, cpu_count
 
-    cores = _cpu_count()
+    cores = cpu_count()
     default = ServiceSettings.from_env({})
     assert (default.inference_streams(), default.intra_op_threads()) == (cores, 1)
     assert (default.inference_streams(on_gpu=True), default.intra_op_threads(on_gpu=True)) == (2, max(1, cores // 2))
