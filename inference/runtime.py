@@ -68,6 +68,11 @@ def default_threads() -> int:
 class CudaPlacementError(RuntimeError):
     """``device="cuda"``, and a model cannot run wholly on CUDA here."""
 
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(f"--device cuda, but model {model!r} cannot run wholly on CUDA: {reason}")
+        self.model = model
+        self.reason = reason
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -96,7 +101,7 @@ def decide_placement(
     if cuda_failure is None:
         return Placement(CUDA, device_id)
     if device == "cuda":
-        raise CudaPlacementError(f"--device cuda, but model {model!r} cannot run wholly on CUDA: {cuda_failure}")
+        raise CudaPlacementError(model, cuda_failure)
     return Placement(CPU, fallback=cuda_failure)
 
 
@@ -133,6 +138,8 @@ def session_options(threads: int | None = None, spin: bool = True, strict_cuda: 
     options.enable_mem_pattern = False
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: fallbacks we chose deliberately are not news
+    if strict_cuda:
+        options.log_severity_level = 4  # a refusal is explained by ``explain_cuda_failure``, and raised
     return options
 
 
@@ -196,7 +203,7 @@ def explain_cuda_failure(path: Path, error: str, device_id: int = 0) -> str:
     if placed is None:
         return (
             "ONNX Runtime could not create the CUDA provider: no GPU visible, or the driver or the CUDA 13 / "
-            "cuDNN 9 libraries are missing (`python -m service doctor` says which)"
+            "cuDNN 9 libraries are missing"
         )
     on_cpu = Counter(op for op, provider in placed if provider == CPU)
     if not on_cpu:

@@ -96,8 +96,11 @@ def main(args: argparse.Namespace) -> int:
         manifest = load_manifest(settings.models_dir, verify=True)
         if settings.device == "cuda":
             _check_cuda(manifest, Path(settings.models_dir))
-    except (ManifestError, CudaPlacementError) as exc:
+    except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except CudaPlacementError as exc:
+        print(f"error: {exc}\n`python -m service doctor --device cuda` checks this host in full", file=sys.stderr)
         return 2
     env[SETTINGS["models_dir"].env] = str(Path(settings.models_dir).resolve())
     kind = device_kind(settings.device)  # type: ignore[arg-type]
