@@ -13,4 +13,9 @@ if [ "${1:-all}" = "serve" ]; then
     python -m pip install -q -e .
 else
     python -m pip install -q -e ".[train,test]"
+    # `docker-compose config` checks deploy/compose.yaml in the tests (no daemon needed); Debian's package.
+    if ! command -v docker-compose >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose) >/dev/null 2>&1 ||
+            echo "docker-compose could not be installed: the Compose file's check will be skipped" >&2
+    fi
 fi

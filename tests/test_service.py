@@ -20,7 +20,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from conftest import ROOT, running_service
@@ -466,27 +465,3 @@ def test_streams_and_threads_share_the_cores():
         env={**os.environ, "CIFAR_STREAMS": "3"},
     )
     assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "3", done.stderr[-500:]
-
-
-def test_bentoml_build_packs_inference_service_and_models_only(tmp_path):
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
-    done = subprocess.run(
-        [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    (bento,) = [p for p in (tmp_path / "home" / "bentos" / "cifar_classifier").iterdir() if p.name != "latest"]
-    src = {p.relative_to(bento / "src").parts[0] for p in (bento / "src").rglob("*") if p.is_file()}
-    assert {"inference", "service"} <= src <= {"inference", "service", "models", "bentofile.yaml"}
-    assert (bento / "src" / "service" / "service.py").is_file()
-    if (ROOT / "models" / "manifest.json").is_file():
-        assert (bento / "src" / "models" / "manifest.json").is_file()
-    requirements = (bento / "env" / "python" / "requirements.txt").read_text().lower()
-    assert "onnxruntime-gpu[cuda,cudnn]==1.31.1" in requirements and "bentoml==" in requirements
-    assert not re.search(r"^(torch|torchvision)\b", requirements, re.M)
-    described = yaml.safe_load((bento / "bento.yaml").read_text())
-    assert described["service"] == "service.service:Classifier"
