@@ -165,7 +165,8 @@ def diagnose(
 
 
 def _host(report: Report, device: str, gpus: GpuReport, has_cuda_ep: bool, cuda_wanted: bool, preload) -> None:
-    need = "fail" if device == "cuda" else "info"
+    # Missing CUDA pieces: fatal for --device cuda; for auto a warning where a GPU is there to be used, else a fact.
+    need = "fail" if device == "cuda" else ("warn" if gpus.gpus and device == "auto" else "info")
     if gpus.gpus:
         for gpu in gpus.gpus:
             report.add("ok", f"GPU {gpu.index}", f"{gpu.name}, {gpu.memory_gib:.0f} GiB ({gpu.uuid})")

@@ -224,9 +224,9 @@ class Classifier:
         self.settings = SETTINGS
         self.ready = False
         self.metrics = ServiceMetrics.get()
-        self.models: LoadedModels = load_models(SETTINGS, WORKER)
-        self.manifest = self.models.manifest
-        self.loaded = self.models.models
+        self.served: LoadedModels = load_models(SETTINGS, WORKER)
+        self.manifest = self.served.manifest
+        self.loaded = self.served.models
         _PIXEL_BYTES.clear()
         _PIXEL_BYTES.update({name: m.size[0] * m.size[1] * 3 for name, m in self.loaded.items()})
         self._decode_limiter = anyio.CapacityLimiter(SETTINGS.decoder_threads(WORKER.cores))
@@ -238,8 +238,8 @@ class Classifier:
             "on %d thread(s) each",
             WORKER.describe(),
             ", ".join(f"{name} on {m.classifier.placement.describe()}" for name, m in self.loaded.items()),
-            self.models.default.name,
-            self.models.default.reason,
+            self.served.default.name,
+            self.served.default.reason,
             SETTINGS.max_batch_size,
             SETTINGS.max_latency_ms,
             STREAMS,
@@ -334,11 +334,11 @@ class Classifier:
     @bentoml.api(route="/models", input_spec=NoInput)
     def models(self) -> ModelList:
         """The models this service can answer with (also as GET /models)."""
-        return model_list(self.models)
+        return model_list(self.served)
 
     def _choose(self, model: Optional[str], k: Optional[int]) -> tuple[LoadedModel, int] | Rejection:
         """The model asked for and the k to answer with, checked against that model."""
-        name = model or self.models.default.name
+        name = model or self.served.default.name
         loaded = self.loaded.get(name)
         if loaded is None:
             return Rejection("unknown_model", f"unknown model {name[:100]!r}; available: {', '.join(self.loaded)}")
@@ -369,7 +369,7 @@ async def _get_models(request: Request) -> JSONResponse:
     instance = _current_instance()
     if instance is None:
         return JSONResponse({"error": "the models are not loaded yet"}, status_code=503)
-    return JSONResponse(model_list(instance.models).model_dump(mode="json"))
+    return JSONResponse(model_list(instance.served).model_dump(mode="json"))
 
 
 async def _options_models(request: Request) -> Response:

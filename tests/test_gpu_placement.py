@@ -459,3 +459,27 @@ def test_doctor_report_verdicts():
     report.add("fail", "model a", "cannot run wholly on CUDA")
     assert not report.passed
     assert report.render().endswith("will NOT work on this host: GPU: none (and 1 more failure(s) above)")
+
+
+@pytest.mark.parametrize(("device", "status"), [("auto", "warn"), ("cuda", "fail")])
+def test_doctor_names_a_cuda_library_that_does_not_load_on_a_gpu_host(monkeypatch, device, status):
+    """A faked host: one GPU and a driver, cuDNN missing. Under auto the service would fall back to the CPU (a
+    warning); under cuda it would refuse (a failure)."""
+    import service.doctor as doctor
+    from service.gpus import Gpu, GpuReport
+
+    def cdll(name):
+        if name == "libcudnn.so.9":
+            raise OSError("libcudnn.so.9: cannot open shared object file")
+        return object()
+
+    monkeypatch.setattr(doctor.ctypes, "CDLL", cdll)
+    report = doctor.Report(device)
+    gpus = GpuReport([Gpu(0, "NVIDIA H200", "GPU-0", 139.8)], "580.65.06")
+    doctor._host(report, device, gpus, True, True, preload=lambda: None)
+    found = {f.topic: f for f in report.findings}
+    assert found["GPU 0"].status == "ok" and found["NVIDIA driver"].text == "580.65.06"
+    libraries = found["CUDA libraries"]
+    assert libraries.status == status and libraries.text.startswith("cannot load libcudnn.so.9")
+    assert "libcudart" not in libraries.text
+    assert report.passed == (device == "auto")

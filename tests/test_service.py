@@ -126,6 +126,15 @@ def test_ready_live_and_models(server, tiny_models_dir):
     by_name = {m["name"]: m for m in listed["models"]}
     assert set(by_name) == {"tiny", "tiny-int8"}
     assert by_name["tiny"]["default"] and not by_name["tiny-int8"]["default"]
+    # no per-device default in this manifest: `default` on every host, and the answer says so and where it runs
+    assert (
+        listed["device"] == "cpu" and listed["default_reason"] == "the manifest's default (it names none for cpu hosts)"
+    )
+    assert by_name["tiny"]["default_for"] == ["cpu", "cuda"] and by_name["tiny-int8"]["default_for"] == []
+    assert all(m["provider"] == "CPUExecutionProvider" and m["fallback"] is None for m in listed["models"])
+    log = server.log.read_text()
+    assert "model tiny-int8: every node on CPUExecutionProvider" in log  # the start-up line naming the provider
+    assert "ready: worker 1 of 1 on the CPU" in log
     assert by_name["tiny"]["precision"] == "fp32" and by_name["tiny-int8"]["precision"] == "int8"
     manifest = json.loads((tiny_models_dir / "manifest.json").read_text())
     for entry in manifest["models"]:
