@@ -4,9 +4,9 @@ Asking onnxruntime-gpu for CUDA on a host without a GPU (or without CUDA 13 / cu
 and fall back; we only ask when a device is visible, so CPU hosts start quietly.
 
 A CUDA session is created with the CPU fallback of compute nodes disabled: ONNX Runtime otherwise runs every
-node the CUDA provider has no kernel for (an INT8 graph's QLinearConv, for one) on the CPU, with copies to and
-fro, and says nothing. A model that cannot run wholly on CUDA is refused under ``device="cuda"`` and served on
-the CPU, with the reason, under ``"auto"`` (``decide_placement``).
+node the CUDA provider has no kernel for on the CPU, with copies to and fro, and says nothing (onnxruntime
+issues #12229 and #24807: QLinearConv of INT8 graphs). A model that cannot run wholly on CUDA is refused under
+``device="cuda"`` and served on the CPU, with the reason, under ``"auto"`` (``decide_placement``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import onnxruntime as ort
 from .manifest import METADATA_KEY, DefaultChoice, DeviceKind, Manifest, ModelCard
 
 Device = Literal["auto", "cpu", "cuda"]
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
