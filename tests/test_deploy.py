@@ -172,3 +172,20 @@ def test_the_dockerfile_runs_as_the_bentoml_user_on_python_slim(bento):
     assert users and users[-1] == "bentoml"  # the last USER: the server never runs as root
     assert re.search(r"^EXPOSE 3000$", dockerfile, re.M)
     assert "requirements.txt" in dockerfile
+
+
+def test_the_doctor_runs_from_the_bento_as_in_the_image(bento):
+    """In the image the Bento's code is under src/ (docs/deploy.md runs the doctor there): it must need nothing
+    else, and find the Bento's own models."""
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "doctor", "--device", "auto", "--no-speed"],
+        cwd=bento / "src",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    count = len(yaml.safe_load((ROOT / "models" / "manifest.json").read_text())["models"])
+    models = re.escape(str(bento / "src" / "models"))
+    assert re.search(rf"ok\s+manifest\s+{models}: {count} model\(s\)", done.stdout), done.stdout
+    assert done.stdout.rstrip().endswith("--device auto: will work on this host")
