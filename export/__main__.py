@@ -5,6 +5,10 @@ python -m export verify [NAME]     re-verify a shipped model (default: the manif
 python -m export list              the models in the manifest
 python -m export rederive REF --name NAME [--precision P] [--default]   a variant of a shipped FP32 graph whose
                                    checkpoint is gone: calibrated and/or converted, verified against that graph
+python -m export default NAME [--for cpu|cuda]   make a listed model the default (on one kind of device)
+
+--default-for cpu|cuda (export, rederive) makes the model the default on that kind of device only; --default makes
+it the default everywhere no per-device default is set.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import sys
 
 from inference.fits import DEFAULT_FIT, FITS, fit_help
-from inference.manifest import CALIBRATION_METHODS, ManifestError, load_manifest
+from inference.manifest import CALIBRATION_METHODS, DEVICE_KINDS, ManifestError, load_manifest
 from inference.precisions import PRECISIONS, suits, tolerance_text
 
 
@@ -39,6 +43,7 @@ def export_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--models-dir", default="models", help="where the .onnx files and manifest.json live")
     p.add_argument("--default", action="store_true", help="make this the manifest's default model")
+    _add_default_for(p)
     p.add_argument("--calibration-images", type=int, default=1000, help="training-split images to calibrate INT8 with")
     p.add_argument("--cache-dir", default=".cache/datasets", help="dataset decode cache")
     p.add_argument("--max-val-images", type=int, help="verify on only the first N validation images (quick checks)")
@@ -95,11 +100,12 @@ def rederive_parser() -> argparse.ArgumentParser:
             "temperature, and record it in the manifest (the same name replaces the reference)."
         ),
     )
-    p.add_argument("reference", help="name of a shipped, uncalibrated FP32 model")
+    p.add_argument("reference", help="name of a shipped FP32 model (a calibrated one with --calibrate none)")
     p.add_argument("--name", required=True, help="name of the derived model")
     p.add_argument("--precision", choices=list(PRECISIONS), default="fp32")
     p.add_argument("--calibrate", choices=CALIBRATION_METHODS, default="temperature")
     p.add_argument("--default", action="store_true", help="make the derived model the manifest's default")
+    _add_default_for(p)
     p.add_argument("--models-dir", default="models")
     p.add_argument("--calibration-images", type=int, default=1000, help="training-split images to calibrate INT8 with")
     p.add_argument("--cache-dir", default=".cache/datasets")
@@ -110,6 +116,43 @@ def rederive_parser() -> argparse.ArgumentParser:
         help="the derived model's fit for photos of another shape (default: the reference's)",
     )
     return p
+
+
+def _add_default_for(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--default-for",
+        action="append",
+        choices=DEVICE_KINDS,
+        default=[],
+        help="make it the default on this kind of host only (repeatable): cpu for CPU hosts, cuda for GPU hosts; "
+        "the service and the scorer pick the default of the device they run on",
+    )
+
+
+def default_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export default",
+        description="Make a model listed in the manifest the default, everywhere (no --for) or on one kind of host.",
+    )
+    p.add_argument("name", help="a model name from `python -m export list`")
+    p.add_argument("--for", dest="kinds", action="append", choices=DEVICE_KINDS, default=[], help="cpu or cuda")
+    p.add_argument("--models-dir", default="models")
+    return p
+
+
+def _list(models_dir: str) -> int:
+    manifest = load_manifest(models_dir, verify=False)
+    roles: dict[str, list[str]] = {}
+    for kind in DEVICE_KINDS:
+        roles.setdefault(manifest.default_for(kind).name, []).append(kind)  # type: ignore[arg-type]
+    for m in manifest.models:
+        mark = "*" if m.name == manifest.default else " "
+        where = f"  default on {'+'.join(roles[m.name])}" if m.name in roles else ""
+        print(
+            f"{mark} {m.name:<28} {m.arch:<14} {m.precision:<5} "
+            f"val_top1={100 * m.metrics['val_top1']:.2f}%  {m.file}{where}"
+        )
+    return 0
 
 
 def _report(entry, parity) -> int:
@@ -129,14 +172,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if argv[:1] == ["list"]:
-            manifest = load_manifest("models" if len(argv) < 2 else argv[1], verify=False)
-            for m in manifest.models:
-                mark = "*" if m.name == manifest.default else " "
-                print(
-                    f"{mark} {m.name:<28} {m.arch:<14} {m.precision:<5} "
-                    f"val_top1={100 * m.metrics['val_top1']:.2f}%  {m.file}"
-                )
-            return 0
+            return _list("models" if len(argv) < 2 else argv[1])
+        if argv[:1] == ["default"]:
+            from .pipeline import set_default
+
+            args = default_parser().parse_args(argv[1:])
+            set_default(args.models_dir, args.name, args.kinds)
+            return _list(args.models_dir)
         if argv[:1] == ["verify"]:
             args = verify_parser().parse_args(argv[1:])
             parity, calibration = verify_model(args.name, args.models_dir, args.cache_dir, args.max_val_images)
@@ -162,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.cache_dir,
                 args.max_val_images,
                 args.fit,
+                args.default_for,
             )
             return _report(entry, parity)
         args = export_parser().parse_args(argv)
@@ -177,13 +220,14 @@ def main(argv: list[str] | None = None) -> int:
             args.tta,
             args.calibrate,
             args.fit,
+            args.default_for,
         )
         return _report(entry, parity)
     except ParityError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
     except (ManifestError, FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
 
 

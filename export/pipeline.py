@@ -6,6 +6,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -85,6 +86,7 @@ def export_checkpoint(
     tta: str = "none",
     calibrate: str = "temperature",
     fit: str | None = None,
+    default_for: Sequence[str] = (),
 ) -> tuple[ModelEntry, Parity]:
     """``tta="flip"`` puts flip test-time augmentation inside the graph: parity is then measured against
     the same averaging in PyTorch, and the card's source records it.
@@ -96,7 +98,9 @@ def export_checkpoint(
     variant's own logits. ``"none"`` exports the graph without the division.
 
     ``fit`` (a name from inference.fits): how serving fits photos of another shape, recorded in the card's
-    input spec; default the training run's, or inference.fits.DEFAULT_FIT for a run that recorded none."""
+    input spec; default the training run's, or inference.fits.DEFAULT_FIT for a run that recorded none.
+    ``make_default`` makes it the manifest's ``default``; ``default_for`` the default on those kinds of device
+    (``cpu``, ``cuda``)."""
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)
@@ -136,7 +140,7 @@ def export_checkpoint(
         convert_variant(fp32, out, card, source, calibration_count)
         parity, logits = parity_and_logits(model, OnnxClassifier(out, device="cpu"), val.images, val.labels)
         publish(out, final, card, parity, logits, val.labels, "")
-    return record_entry(card, final, models_dir, make_default), parity
+    return record_entry(card, final, models_dir, make_default, default_for), parity
 
 
 def convert_variant(fp32: Path, out: Path, card: ModelCard, source: dict, calibration_count: int) -> None:
@@ -171,23 +175,40 @@ def publish(
     os.replace(out, final)
 
 
-def record_entry(card: ModelCard, final: Path, models_dir: Path, make_default: bool) -> ModelEntry:
+def record_entry(
+    card: ModelCard, final: Path, models_dir: Path, make_default: bool, default_for: Sequence[str] = ()
+) -> ModelEntry:
     entry = ModelEntry(**card.model_dump(), file=final.name, sha256=sha256_file(final))
-    _record(entry, models_dir, make_default)
+    _record(entry, models_dir, make_default, default_for)
     return entry
 
 
-def _record(entry: ModelEntry, models_dir: Path, make_default: bool) -> None:
+def _record(entry: ModelEntry, models_dir: Path, make_default: bool, default_for: Sequence[str]) -> None:
     try:
         manifest = load_manifest(models_dir, verify=False)
         models = [m for m in manifest.models if m.name != entry.name] + [entry]
         default = entry.name if make_default else manifest.default
+        defaults = dict(manifest.defaults)
     except ManifestError as exc:
         if (models_dir / "manifest.json").exists():
             raise  # never overwrite a manifest we cannot read: it may list models we would forget
-        models, default = [entry], entry.name
+        models, default, defaults = [entry], entry.name, {}
         log.info("starting a new manifest (%s)", exc)
-    save_manifest(Manifest(default=default, models=models), models_dir)
+    defaults.update({kind: entry.name for kind in default_for})
+    save_manifest(Manifest(default=default, defaults=defaults, models=models), models_dir)
+
+
+def set_default(models_dir: str | Path, name: str, kinds: Sequence[str] = ()) -> Manifest:
+    """Make a listed model the default (``kinds`` empty) or the default on those kinds of device."""
+    manifest = load_manifest(models_dir, verify=False)
+    manifest.get(name)  # KeyError naming the models when it is not listed
+    if kinds:
+        manifest = manifest.model_copy(update={"defaults": {**manifest.defaults, **{k: name for k in kinds}}})
+    else:
+        manifest = manifest.model_copy(update={"default": name})
+    manifest = Manifest.model_validate(manifest.model_dump())
+    save_manifest(manifest, models_dir)
+    return manifest
 
 
 def _calibration_report(graph_logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:

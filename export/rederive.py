@@ -4,7 +4,8 @@ The FP32 graph was verified against its checkpoint when it was exported, so it c
 temperature is fitted on its validation-split logits and appended to the graph as a last Div node, a
 precision's converter runs on that graph, and parity is measured against the FP32 graph's logits divided
 by the same T. Everything else on the card (input spec, classes, the checkpoint it came from) is kept;
-``source["derived_from"]`` names the graph and its sha256.
+``source["derived_from"]`` names the graph and its sha256. A graph that is calibrated already (``--calibrate
+none``) is converted as it is, and the derived card keeps its calibration record.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -53,6 +55,7 @@ def rederive(
     cache_dir: str | None = ".cache/datasets",
     max_val_images: int | None = None,
     fit: str | None = None,
+    default_for: Sequence[str] = (),
 ) -> tuple[ModelEntry, Parity]:
     """``fit``: the derived card's fit for photos of another shape (inference.fits); default the reference's."""
     models_dir = Path(models_dir)
@@ -60,7 +63,8 @@ def rederive(
     ref = manifest.get(reference)
     if ref.precision != "fp32":
         raise ValueError(f"{reference} is {ref.precision}: re-derive from an FP32 graph")
-    if ref.calibration.method != "none":
+    inherited = ref.calibration.method != "none"
+    if inherited and calibrate != "none":
         raise ValueError(
             f"{reference} is already calibrated (T={ref.calibration.temperature}): derive from it with "
             "--calibrate none, or from the uncalibrated graph"
@@ -69,7 +73,8 @@ def rederive(
     val = validation_split(source, max_val_images)
     ref_path = models_dir / ref.file
     ref_logits, ref_speed = onnx_logits(OnnxClassifier(ref_path, device="cpu"), val.images)
-    calibration = Calibration()
+    # A calibrated reference already divides by its T: the derived graph inherits the division and its record.
+    calibration = ref.calibration if inherited else Calibration()
     if calibrate == "temperature":
         temperature = float(np.float32(fit_temperature(ref_logits, val.labels)))
         calibration = Calibration(
@@ -99,15 +104,15 @@ def rederive(
     final = models_dir / f"{name}.onnx"
     with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
         fp32, out = Path(tmp) / "fp32.onnx", Path(tmp) / "model.onnx"
-        if calibration.method == "temperature":
+        if calibration.method == "temperature" and not inherited:
             append_temperature(ref_path, fp32, calibration.temperature)
         else:
             shutil.copyfile(ref_path, fp32)
         convert_variant(fp32, out, card, source, calibration_count)
         logits, speed = onnx_logits(OnnxClassifier(out, device="cpu"), val.images)
-        expected = softmax(ref_logits / calibration.temperature)
+        expected = softmax(ref_logits if inherited else ref_logits / calibration.temperature)
         parity = judge(
             precision, expected, softmax(logits), val.labels, topk_accuracy(expected, val.labels, 1), ref_speed, speed
         )
         publish(out, final, card, parity, logits, val.labels, f" against {ref.file}")
-    return record_entry(card, final, models_dir, make_default), parity
+    return record_entry(card, final, models_dir, make_default, default_for), parity

@@ -99,11 +99,28 @@ class ModelEntry(ModelCard):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+# The kinds of device a model is served on: a CUDA session is a GPU host's, every other one a CPU host's.
+DeviceKind = Literal["cpu", "cuda"]
+DEVICE_KINDS: tuple[str, ...] = get_args(DeviceKind)
+
+
+class DefaultChoice(BaseModel):
+    """The default model on one kind of device, and why it is that one (for /models, doctor and logs)."""
+
+    name: str
+    reason: str
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[1] = 1
+    # The default on any device without an entry in ``defaults``: all a manifest from before per-device defaults
+    # has, and what a reader that knows only ``default`` uses.
     default: str
+    defaults: dict[DeviceKind, str] = Field(
+        default_factory=dict, description="the default per kind of device, where it differs from `default`"
+    )
     models: list[ModelEntry] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -112,9 +129,16 @@ class Manifest(BaseModel):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"duplicate model names: {', '.join(duplicates)}")
-        if self.default not in names:
-            raise ValueError(f"default model {self.default!r} is not among the models ({', '.join(names)})")
+        for role, name in [("default", self.default), *((f"default for {k}", n) for k, n in self.defaults.items())]:
+            if name not in names:
+                raise ValueError(f"{role} model {name!r} is not among the models ({', '.join(names)})")
         return self
+
+    def default_for(self, kind: DeviceKind) -> DefaultChoice:
+        """The one rule, for the service and the scorer alike: the device's own default, else ``default``."""
+        if kind in self.defaults:
+            return DefaultChoice(name=self.defaults[kind], reason=f"the manifest's default for {kind} hosts")
+        return DefaultChoice(name=self.default, reason=f"the manifest's default (it names none for {kind} hosts)")
 
     def get(self, name: str | None = None) -> ModelEntry:
         name = name or self.default

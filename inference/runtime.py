@@ -1,46 +1,59 @@
-"""ONNX Runtime sessions: the CUDA provider where a GPU is really there, the CPU provider otherwise.
+"""ONNX Runtime sessions: wholly on CUDA where a GPU is really there, on the CPU otherwise; never half and half.
 
-Asking onnxruntime-gpu for CUDA on a host without a GPU (or without CUDA 13 /
-cuDNN 9) makes it log errors and fall back; we only ask when a device is
-visible, so CPU hosts start quietly.
+Asking onnxruntime-gpu for CUDA on a host without a GPU (or without CUDA 13 / cuDNN 9) makes it log errors
+and fall back; we only ask when a device is visible, so CPU hosts start quietly.
+
+A CUDA session is created with the CPU fallback of compute nodes disabled: ONNX Runtime otherwise runs every
+node the CUDA provider has no kernel for on the CPU, with copies to and fro, and says nothing (onnxruntime
+issues #12229 and #24807: QLinearConv of INT8 graphs). A model that cannot run wholly on CUDA is refused under
+``device="cuda"`` and served on the CPU, with the reason, under ``"auto"`` (``decide_placement``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
 import numpy as np
 import onnxruntime as ort
 
-from .manifest import METADATA_KEY, ModelCard
+from .manifest import METADATA_KEY, DefaultChoice, DeviceKind, Manifest, ModelCard
 
 Device = Literal["auto", "cpu", "cuda"]
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+# ONNX Runtime's session option (onnxruntime_session_options_config_keys.h): fail session creation when any node
+# would run on the CPU provider. With it, the CPU provider must not be listed explicitly: ONNX Runtime adds it
+# itself for the nodes it is allowed to hold (none) and refuses the explicit listing as a conflict.
+DISABLE_CPU_FALLBACK = "session.disable_cpu_ep_fallback"
+
+log = logging.getLogger("inference.runtime")
 
 
 def gpu_present() -> bool:
     """True when an NVIDIA driver and at least one device are visible to this process."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         return False
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
+    if CUDA not in ort.get_available_providers():
         return False
     return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia").exists()
 
 
-CUDA = "CUDAExecutionProvider"
-
-
-def choose_providers(device: Device = "auto") -> list[str]:
-    if device == "cuda" or (device == "auto" and gpu_present()):
-        return [CUDA, "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
 def wants_cuda(device: Device = "auto") -> bool:
-    """Whether sessions for ``device`` will ask for CUDA first (they may still fall back: see ``on_gpu``)."""
-    return choose_providers(device)[0] == CUDA
+    """Whether sessions for ``device`` ask for CUDA (a model may still end up on the CPU: ``Placement``)."""
+    return device == "cuda" or (device == "auto" and gpu_present())
+
+
+def device_kind(device: Device = "auto") -> DeviceKind:
+    """The kind of host ``device`` means here, which picks the manifest's default model."""
+    return "cuda" if wants_cuda(device) else "cpu"
 
 
 def default_threads() -> int:
@@ -51,24 +64,173 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def create_session(
-    path: str | Path, device: Device = "auto", threads: int | None = None, spin: bool = True
-) -> ort.InferenceSession:
+class CudaPlacementError(RuntimeError):
+    """``device="cuda"``, and a model cannot run wholly on CUDA here."""
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(f"--device cuda, but model {model!r} cannot run wholly on CUDA: {reason}")
+        self.model = model
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one model's session runs."""
+
+    provider: str  # the ONNX Runtime provider that runs every node
+    device_id: int | None = None  # the CUDA device (an index among the visible ones); None on the CPU
+    fallback: str | None = None  # why a model meant for CUDA runs on the CPU instead; None when it runs where asked
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.provider == CUDA
+
+    def describe(self) -> str:
+        return f"{self.provider} (GPU {self.device_id})" if self.on_gpu else self.provider
+
+
+def decide_placement(
+    device: Device, cuda_wanted: bool, model: str, cuda_failure: str | None, device_id: int = 0
+) -> Placement:
+    """Where ``model`` runs, given the device asked for, whether CUDA was tried, and why a CUDA session that
+    may not fall back to the CPU could not be created (None: it was). ``cuda`` refuses; ``auto`` serves it
+    on the CPU and says why."""
+    if not cuda_wanted:
+        return Placement(CPU)
+    if cuda_failure is None:
+        return Placement(CUDA, device_id)
+    if device == "cuda":
+        raise CudaPlacementError(model, cuda_failure)
+    return Placement(CPU, fallback=cuda_failure)
+
+
+def choose_default(manifest: Manifest, cuda_wanted: bool, placed: Mapping[str, Placement]) -> DefaultChoice:
+    """The default model here, for the service and the scorer alike: the manifest's default for the kind of host
+    the models run on (``Manifest.default_for``); on a GPU host whose CUDA default had to fall back to the CPU
+    (``placed`` holds the models placed so far), the CPU hosts' default instead."""
+    if not cuda_wanted:
+        return manifest.default_for("cpu")
+    choice = manifest.default_for("cuda")
+    where = placed.get(choice.name)
+    if where is None or where.on_gpu:
+        return choice
+    cpu = manifest.default_for("cpu")
+    return DefaultChoice(
+        name=cpu.name, reason=f"{cpu.reason}, as {choice.name} ({choice.reason}) cannot run on CUDA: {where.fallback}"
+    )
+
+
+def session_options(threads: int | None = None, spin: bool = True, strict_cuda: bool = False) -> ort.SessionOptions:
     """``spin=False``: idle intra-op threads sleep instead of busy-waiting for the next run, which a
     server with gaps between batches needs: spinning threads take the cores its other work needs
-    (docs/measurements.md, "ONNX Runtime sessions")."""
+    (docs/measurements.md, "ONNX Runtime sessions"). ``strict_cuda``: no node may fall back to the CPU."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if strict_cuda:
+        options.add_session_config_entry(DISABLE_CPU_FALLBACK, "1")
     # A memory pattern is traced on a shape's first run and only used from its third: without one, a
     # stream's second run is already as fast as later ones, and the steady state is no slower
     # (docs/measurements.md, "ONNX Runtime sessions").
     options.enable_mem_pattern = False
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: fallbacks we chose deliberately are not news
-    return ort.InferenceSession(str(path), sess_options=options, providers=choose_providers(device))
+    if strict_cuda:
+        options.log_severity_level = 4  # a refusal is explained by ``explain_cuda_failure``, and raised
+    return options
+
+
+def cuda_provider(device_id: int = 0) -> tuple[str, dict[str, str]]:
+    # Adaptive batching sends every batch size from 1 to the maximum; cuDNN's exhaustive search (the default)
+    # benchmarks the convolutions again for each new shape, in the request's path. Not measured: no GPU here.
+    return CUDA, {"device_id": str(device_id), "cudnn_conv_algo_search": "HEURISTIC"}
+
+
+_preloaded = False
+
+
+def preload_cuda() -> str | None:
+    """Load the pip-installed CUDA 13 / cuDNN 9 libraries (nvidia-* wheels) before the first CUDA session, once;
+    the error, when ONNX Runtime could not (the system's libraries may still be found)."""
+    global _preloaded
+    if _preloaded:
+        return None
+    _preloaded = True
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # whatever the loader raised: the caller reports it, the session says the rest
+        log.warning("onnxruntime.preload_dlls() failed (%s); relying on the system's CUDA libraries", exc)
+        return str(exc)
+    return None
+
+
+def open_session(
+    path: str | Path, device: Device = "auto", threads: int | None = None, spin: bool = True, device_id: int = 0
+) -> tuple[ort.InferenceSession, Placement]:
+    """A session for ``path`` and where it runs: wholly on CUDA device ``device_id`` when ``device`` asks for
+    CUDA and the model can run there, on the CPU otherwise (``decide_placement``)."""
+    path = Path(path)
+    cuda_wanted = wants_cuda(device)
+    failure = None
+    if cuda_wanted:
+        preload_cuda()
+        try:
+            session = ort.InferenceSession(
+                str(path),
+                sess_options=session_options(threads, spin, strict_cuda=True),
+                providers=[cuda_provider(device_id)],
+            )
+        except Exception as exc:  # ONNX Runtime's Fail / InvalidArgument / RuntimeException share only Exception
+            failure = explain_cuda_failure(path, str(exc), device_id)
+    placement = decide_placement(device, cuda_wanted, path.stem, failure, device_id)
+    if not placement.on_gpu:
+        session = ort.InferenceSession(str(path), sess_options=session_options(threads, spin), providers=[CPU])
+    return session, placement
+
+
+def explain_cuda_failure(path: Path, error: str, device_id: int = 0) -> str:
+    """Why a session that may not fall back to the CPU failed: no CUDA provider here, or the nodes (by op type)
+    that CUDA has no kernel for, found by running the model once with fallback allowed and profiling on."""
+    if CUDA not in ort.get_available_providers():
+        return "this ONNX Runtime build has no CUDA provider (install onnxruntime-gpu)"
+    try:
+        placed = node_providers(path, [cuda_provider(device_id), CPU])
+    except Exception as exc:  # the probe itself failed: ONNX Runtime's first answer is the best there is
+        return f"{error} (probing the placement failed too: {exc})"
+    if placed is None:
+        return (
+            "ONNX Runtime could not create the CUDA provider: no GPU visible, or the driver or the CUDA 13 / "
+            "cuDNN 9 libraries are missing"
+        )
+    on_cpu = Counter(op for op, provider in placed if provider == CPU)
+    if not on_cpu:
+        return error
+    ops = ", ".join(f"{op} x{n}" for op, n in sorted(on_cpu.items()))
+    return f"{sum(on_cpu.values())} of {len(placed)} nodes have no CUDA kernel and would run on the CPU ({ops})"
+
+
+def node_providers(path: str | Path, providers: list) -> list[tuple[str, str]] | None:
+    """(op type, provider) of every node ONNX Runtime ran in one batch-1 run of ``path`` with ``providers``
+    (fallback allowed), from its profile; None when the first provider asked for could not be created."""
+    first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        options = session_options(threads=1)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "placement")
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        if session.get_providers()[0] != first:
+            return None
+        inp = session.get_inputs()[0]
+        shape = [1, *(d if isinstance(d, int) else 1 for d in inp.shape[1:])]
+        session.run(None, {inp.name: np.zeros(shape, dtype=np.float32)})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    return [
+        (e["args"]["op_name"], e["args"]["provider"])
+        for e in events
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and "provider" in e.get("args", {})
+    ]
 
 
 def read_card(session_or_path: ort.InferenceSession | str | Path) -> ModelCard:
@@ -76,7 +238,7 @@ def read_card(session_or_path: ort.InferenceSession | str | Path) -> ModelCard:
     session = (
         session_or_path
         if isinstance(session_or_path, ort.InferenceSession)
-        else ort.InferenceSession(str(session_or_path), providers=["CPUExecutionProvider"])
+        else ort.InferenceSession(str(session_or_path), providers=[CPU])
     )
     props = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in props:
@@ -85,13 +247,18 @@ def read_card(session_or_path: ort.InferenceSession | str | Path) -> ModelCard:
 
 
 class OnnxClassifier:
-    """An exported classifier: float32 [N, 3, H, W] in [0, 1] -> logits [N, C]."""
+    """An exported classifier: float32 [N, 3, H, W] in [0, 1] -> logits [N, C]. ``placement`` says where it runs."""
 
     def __init__(
-        self, path: str | Path, device: Device = "auto", threads: int | None = None, spin: bool = True
+        self,
+        path: str | Path,
+        device: Device = "auto",
+        threads: int | None = None,
+        spin: bool = True,
+        device_id: int = 0,
     ) -> None:
         self.path = Path(path)
-        self.session = create_session(self.path, device, threads, spin)
+        self.session, self.placement = open_session(self.path, device, threads, spin, device_id)
         self.card = read_card(self.session)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
@@ -102,7 +269,7 @@ class OnnxClassifier:
 
     @property
     def on_gpu(self) -> bool:
-        return self.providers[0] == CUDA
+        return self.placement.on_gpu
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]

@@ -13,10 +13,14 @@ if [ "${1:-all}" = "serve" ]; then
     python -m pip install -q -e .
 else
     python -m pip install -q -e ".[train,test]"
-    # The page's browser test drives Debian's Chromium through Playwright (never Playwright's own download).
-    # Without root or apt the test skips and says why.
-    if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-            || echo "chromium could not be installed: the browser test will be skipped" >&2
+    # Debian packages the tests use, installed when missing (root and apt-get only; otherwise those tests skip
+    # and say why): Chromium, which the page's browser test drives through Playwright (never Playwright's own
+    # download), and docker-compose, whose `config` checks deploy/compose.yaml (no daemon needed).
+    missing=()
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+    if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+            || echo "could not install ${missing[*]}: the tests that need them will be skipped" >&2
     fi
 fi

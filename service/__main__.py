@@ -1,4 +1,4 @@
-"""Command line: ``python -m service {serve,score} ...``."""
+"""Command line: ``python -m service {serve,score,doctor} ...``."""
 
 from __future__ import annotations
 
@@ -9,14 +9,19 @@ import sys
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m service",
-        description=("Serve the exported models over HTTP (BentoML) or score folders of images with them."),
+        description=(
+            "Serve the exported models over HTTP (BentoML), score folders of images with them, or check that "
+            "this host can serve them (doctor)."
+        ),
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from .doctor import add_doctor_parser
     from .score.cli import add_score_parser
     from .serve_cli import add_serve_parser
 
     add_serve_parser(sub)
     add_score_parser(sub)
+    add_doctor_parser(sub)
     return parser
 
 

@@ -131,9 +131,21 @@ class ModelInfo(BaseModel):
     accuracy: Optional[float] = Field(description="validation top-1 accuracy recorded at export")
     input_size: list[int] = Field(description="[height, width] images are resized to")
     fit: str = Field(description="how an image of another aspect ratio is fitted unless a request names another")
-    default: bool
+    default: bool = Field(description="whether requests without `model` get this one here")
+    # Optional where a service from before per-device defaults does not send them, so that clients read both.
+    default_for: list[str] = Field(
+        default_factory=list, description="the kinds of host (cpu, cuda) whose default the manifest makes it"
+    )
+    provider: Optional[str] = Field(
+        None, description="the ONNX Runtime provider every node of this model runs on here (CUDA or CPU)"
+    )
+    fallback: Optional[str] = Field(
+        None, description="why a model meant for CUDA runs on the CPU here (--device auto); absent when it does not"
+    )
 
 
 class ModelList(BaseModel):
-    default: str
+    default: str = Field(description="the model requests without `model` get here")
+    default_reason: Optional[str] = Field(None, description="why that one: the manifest's rule for this host")
+    device: Optional[str] = Field(None, description="where the default runs here: cpu or cuda")
     models: list[ModelInfo]

@@ -1,4 +1,4 @@
-"""The service's models: every one the manifest lists, checked, loaded into ONNX Runtime and warmed up."""
+"""The service's models: every one the manifest lists, checked, placed (CUDA or CPU), loaded and warmed up."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from inference.manifest import Manifest, ManifestError, ModelEntry, load_manifest
-from inference.runtime import OnnxClassifier, wants_cuda
+from inference.manifest import DEVICE_KINDS, DefaultChoice, Manifest, ManifestError, ModelEntry, load_manifest
+from inference.runtime import OnnxClassifier, choose_default, wants_cuda
 
 from .contract import ModelInfo, ModelList
 from .settings import ServiceSettings
+from .workers import WorkerPlacement
 
 # Under "bentoml": the logger BentoML configures (INFO) in its server processes.
 log = logging.getLogger("bentoml.cifar")
@@ -26,19 +26,29 @@ class LoadedModel:
         self.classes = entry.classes
 
 
-def load_models(settings: ServiceSettings) -> tuple[Manifest, dict[str, LoadedModel]]:
-    """Every model in the manifest, each file checked against its sha256 first, warmed up and ready."""
+class LoadedModels:
+    """The manifest, its models as this worker runs them, and the default here."""
+
+    def __init__(self, manifest: Manifest, models: dict[str, LoadedModel], default: DefaultChoice) -> None:
+        self.manifest = manifest
+        self.models = models
+        self.default = default
+
+
+def load_models(settings: ServiceSettings, worker: WorkerPlacement) -> LoadedModels:
+    """Every model in the manifest, each file checked against its sha256 first, placed on this worker's GPU
+    (or the CPU), warmed up and ready. Under ``--device cuda`` a model that cannot run wholly on CUDA stops
+    the start-up (``CudaPlacementError``, naming it); under ``auto`` it is served on the CPU with a warning."""
     manifest = load_manifest(settings.models_dir, verify=True)
-    on_gpu = wants_cuda(settings.device)  # type: ignore[arg-type]
-    if on_gpu:
-        _preload_cuda()
+    cuda_wanted = wants_cuda(settings.device)  # type: ignore[arg-type]
     loaded = {}
     for entry in manifest.models:
         classifier = OnnxClassifier(
             Path(settings.models_dir) / entry.file,
             device=settings.device,  # type: ignore[arg-type]
-            threads=settings.intra_op_threads(on_gpu),
+            threads=settings.intra_op_threads(cuda_wanted, worker.cores),
             spin=False,
+            device_id=worker.device_id or 0,
         )
         card = classifier.card
         if (card.classes, card.precision, card.input) != (entry.classes, entry.precision, entry.input):
@@ -46,29 +56,25 @@ def load_models(settings: ServiceSettings) -> tuple[Manifest, dict[str, LoadedMo
                 f"model {entry.name!r}: {entry.file} describes itself differently from the manifest "
                 f"(classes, precision or input); re-export it"
             )
-        if settings.device == "cuda" and not classifier.on_gpu:
-            raise RuntimeError(
-                f"--device cuda, but ONNX Runtime could not use CUDA for {entry.name!r} "
-                f"(providers {classifier.providers}): check the driver, CUDA 13 and cuDNN 9"
-            )
+        placement = classifier.placement
+        if placement.fallback:
+            log.warning("model %s: served on %s, not CUDA: %s", entry.name, placement.provider, placement.fallback)
+        else:
+            log.info("model %s: every node on %s", entry.name, placement.describe())
         height, width = entry.input.size
         for n in sorted({1, settings.max_batch_size}):  # first-call allocations and kernel choice, before traffic
             classifier.logits(np.zeros((n, 3, height, width), dtype=np.float32))
         loaded[entry.name] = LoadedModel(entry, classifier)
-    return manifest, loaded
+    default = choose_default(manifest, cuda_wanted, {n: m.classifier.placement for n, m in loaded.items()})
+    return LoadedModels(manifest, loaded, default)
 
 
-def _preload_cuda() -> None:
-    """Load the pip-installed CUDA 13 / cuDNN 9 libraries (nvidia-* wheels) before the first CUDA session."""
-    try:
-        ort.preload_dlls()
-    except Exception as exc:  # the system's libraries may still be found by the loader
-        log.warning("onnxruntime.preload_dlls() failed (%s); relying on the system's CUDA libraries", exc)
-
-
-def model_list(manifest: Manifest) -> ModelList:
+def model_list(models: LoadedModels) -> ModelList:
+    manifest = models.manifest
     return ModelList(
-        default=manifest.default,
+        default=models.default.name,
+        default_reason=models.default.reason,
+        device="cuda" if models.models[models.default.name].classifier.on_gpu else "cpu",
         models=[
             ModelInfo(
                 name=m.name,
@@ -79,7 +85,10 @@ def model_list(manifest: Manifest) -> ModelList:
                 accuracy=m.metrics.get("val_top1"),
                 input_size=list(m.input.size),
                 fit=m.input.fit,
-                default=m.name == manifest.default,
+                default=m.name == models.default.name,
+                default_for=[k for k in DEVICE_KINDS if manifest.default_for(k).name == m.name],  # type: ignore[arg-type]
+                provider=models.models[m.name].classifier.placement.provider,
+                fallback=models.models[m.name].classifier.placement.fallback,
             )
             for m in manifest.models
         ],

@@ -58,6 +58,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
             "api_keys": "none: no key asked for",
             "api_keys_file": "none",
             "cors_origins": "none",
+            "workers": "one per visible GPU, 1 on a CPU host",
         }.get(name, default)
         if name == "models_dir":
             shown = "models/ next to the service package"
@@ -92,6 +93,7 @@ def settings_env(args: argparse.Namespace, environ: dict[str, str] | None = None
 
 def main(args: argparse.Namespace) -> int:
     from inference.manifest import ManifestError, load_manifest
+    from inference.runtime import CudaPlacementError, device_kind
 
     env = settings_env(args)
     try:
@@ -102,13 +104,19 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         manifest = load_manifest(settings.models_dir, verify=True)
+        if settings.device == "cuda":
+            _check_cuda(manifest, Path(settings.models_dir))
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except CudaPlacementError as exc:
+        print(f"error: {exc}\n`python -m service doctor --device cuda` checks this host in full", file=sys.stderr)
+        return 2
     env[SETTINGS["models_dir"].env] = str(Path(settings.models_dir).resolve())
+    kind = device_kind(settings.device)  # type: ignore[arg-type]
     print(
-        f"serving {', '.join(m.name for m in manifest.models)} (default {manifest.default}) from "
-        f"{settings.models_dir} on http://{args.host}:{args.port}",
+        f"serving {', '.join(m.name for m in manifest.models)} (default on {kind}: "
+        f"{manifest.default_for(kind).name}) from {settings.models_dir} on http://{args.host}:{args.port}",
         file=sys.stderr,
         flush=True,
     )
@@ -130,3 +138,12 @@ def main(args: argparse.Namespace) -> int:
     # exec: the server is this process, so a supervisor's SIGTERM reaches BentoML's own shutdown.
     os.execve(sys.executable, command, env)
     return 0  # not reached
+
+
+def _check_cuda(manifest, models_dir: Path) -> None:
+    """``--device cuda``: refuse here, with the model's name and the reason, rather than in every worker's
+    traceback, when a model cannot run wholly on CUDA (the workers check again as they load)."""
+    from inference.runtime import open_session
+
+    for entry in manifest.models:
+        open_session(models_dir / entry.file, "cuda", threads=1)

@@ -46,11 +46,12 @@ from .access import ApiKeyGate, cors_options
 from .bentoml_compat import BatchGateway, RouterProbe
 from .confidence import is_confident
 from .contract import REASONS, ClassifyResponse, ModelList, Rejection
+from .gpus import gpu_report
 from .metrics import ServiceMetrics
 from .oip_http import oip_routes
 from .openapi import document_openapi
 from .page import page_routes
-from .settings import ServiceSettings
+from .settings import ServiceSettings, cpu_count
 from .uploads import (
     Upload,
     decode_uploads,
@@ -63,11 +64,12 @@ from .uploads import (
     resolve_fit,
     threshold,
 )
+from .workers import place_worker, worker_count
 
 with bentoml.importing():  # onnxruntime may be missing where the Bento is only being built
     from inference.runtime import top_k, wants_cuda
 
-    from .loading import LoadedModel, load_models, model_list
+    from .loading import LoadedModel, LoadedModels, load_models, model_list
 
 # Under "bentoml": the logger BentoML configures (INFO) in its server processes.
 log = logging.getLogger("bentoml.cifar")
@@ -84,8 +86,13 @@ def _on_gpu() -> bool:
 
 
 ON_GPU = _on_gpu()
-STREAMS = SETTINGS.inference_streams(ON_GPU)
-INTRA_OP_THREADS = SETTINGS.intra_op_threads(ON_GPU)
+# One worker per visible GPU unless --workers says otherwise; BentoML makes GPUS devices visible to the workers
+# (resources below) and each takes its own by its index (service/workers.py).
+GPUS = len(gpu_report().gpus) if ON_GPU else 0
+WORKERS = worker_count(SETTINGS.workers, GPUS)
+WORKER = place_worker(bentoml.server_context.worker_index, WORKERS, GPUS, cpu_count())
+STREAMS = SETTINGS.inference_streams(ON_GPU, WORKER.cores)
+INTRA_OP_THREADS = SETTINGS.intra_op_threads(ON_GPU, WORKER.cores)
 
 DEFAULT_K = 5
 SERVICE_NAME = "cifar_classifier"
@@ -208,7 +215,7 @@ class ClassifyInput(bentoml.IODescriptor):
     model: Annotated[
         Optional[str],
         BeforeValidator(model_name),
-        Field(description="a model name from /models; default: the manifest's default"),
+        Field(description="a model name from /models; default: the default on this host (GET /models)"),
     ] = None
     min_confidence: Annotated[
         Optional[Annotated[float, Field(ge=0.0, le=1.0)]],
@@ -247,7 +254,8 @@ bentoml_compat.declare_multipart(ClassifyInput, ["images"])
 # ---------------------------------------------------------------------------------------------- the service
 @bentoml.service(
     name=SERVICE_NAME,
-    workers=SETTINGS.workers,
+    workers=WORKERS,
+    **({"resources": {"gpu": GPUS}} if GPUS else {}),
     threads=STREAMS,  # threads for sync APIs: each running batch of infer takes one
     traffic={"timeout": SETTINGS.timeout_s},
     # The self-proxy (only used if the in-process dispatcher is not found) must not recycle its session
@@ -261,19 +269,22 @@ class Classifier:
         self.settings = SETTINGS
         self.ready = False
         self.metrics = ServiceMetrics.get()
-        self.manifest, self.loaded = load_models(SETTINGS)
+        self.served: LoadedModels = load_models(SETTINGS, WORKER)
+        self.manifest = self.served.manifest
+        self.loaded = self.served.models
         _PIXEL_BYTES.clear()
         _PIXEL_BYTES.update({name: m.size[0] * m.size[1] * 3 for name, m in self.loaded.items()})
-        self._decode_limiter = anyio.CapacityLimiter(SETTINGS.decoder_threads)
+        self._decode_limiter = anyio.CapacityLimiter(SETTINGS.decoder_threads(WORKER.cores))
         self._infer = BatchGateway("infer", lambda: self.to_async.infer, concurrency=STREAMS)
         bentoml_compat.bind_apis(self, ("classify", "infer", "models"))
         self.ready = True
         log.info(
-            "ready: models %s (default %s) on %s; batches of up to %d images within %d ms, %d at once "
+            "ready: %s; models %s; default %s (%s); batches of up to %d images within %d ms, %d at once "
             "on %d thread(s) each",
-            ", ".join(self.loaded),
-            self.manifest.default,
-            ", ".join(sorted({m.classifier.providers[0] for m in self.loaded.values()})),
+            WORKER.describe(),
+            ", ".join(f"{name} on {m.classifier.placement.describe()}" for name, m in self.loaded.items()),
+            self.served.default.name,
+            self.served.default.reason,
             SETTINGS.max_batch_size,
             SETTINGS.max_latency_ms,
             STREAMS,
@@ -296,7 +307,7 @@ class Classifier:
         """Top-k classes for each uploaded image, in the order sent.
 
         multipart/form-data with one or more `images` files, optional `k` (default 5), `model`
-        (default: the manifest's default), `min_confidence` (0 to 1: each prediction then says
+        (default: the default on this host, as GET /models says), `min_confidence` (0 to 1: each prediction then says
         whether its top-1 confidence reaches it, as `confident`) and `fit` (center_crop, squash or pad:
         how a photo of another aspect ratio is fitted; default: the model's own). Or application/json with the same
         fields, `images` a list of {"filename", "data": base64 of the file}. A refused request is answered
@@ -396,11 +407,11 @@ class Classifier:
     @bentoml.api(route="/models", input_spec=NoInput)
     def models(self) -> ModelList:
         """The models this service can answer with (also as GET /models)."""
-        return model_list(self.manifest)
+        return model_list(self.served)
 
     def _choose(self, model: Optional[str], k: Optional[int]) -> tuple[LoadedModel, int] | Rejection:
         """The model asked for and the k to answer with, checked against that model."""
-        name = model or self.manifest.default
+        name = model or self.served.default.name
         loaded = self.loaded.get(name)
         if loaded is None:
             return Rejection("unknown_model", f"unknown model {name[:100]!r}; available: {', '.join(self.loaded)}")
@@ -430,7 +441,7 @@ async def _get_models(request: Request) -> JSONResponse:
     instance = _current_instance()
     if instance is None:
         return JSONResponse({"error": "the models are not loaded yet"}, status_code=503)
-    return JSONResponse(model_list(instance.manifest).model_dump(mode="json"))
+    return JSONResponse(model_list(instance.served).model_dump(mode="json"))
 
 
 async def _options_models(request: Request) -> Response:

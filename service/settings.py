@@ -18,7 +18,7 @@ from inference.preprocess import DEFAULT_MAX_PIXELS
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
@@ -104,7 +104,11 @@ SETTINGS: dict[str, Setting] = {
         "CIFAR_DECODE_THREADS", "--decode-threads", "threads decoding uploaded images", minimum=1
     ),
     "workers": Setting(
-        "CIFAR_WORKERS", "--workers", "BentoML worker processes, each with its own copy of the models", minimum=1
+        "CIFAR_WORKERS",
+        "--workers",
+        "BentoML worker processes, each with its own copy of the models and its share of the cores; 0: one per "
+        "visible GPU, each pinned to its own device, or 1 on a CPU host",
+        minimum=0,
     ),
     "timeout_s": Setting("CIFAR_TIMEOUT_S", "--timeout", "seconds before a request is abandoned", minimum=1),
     "access_log": Setting(
@@ -147,7 +151,7 @@ class ServiceSettings:
     max_body_bytes: int = 32 * 1024 * 1024
     max_pixels: int = DEFAULT_MAX_PIXELS
     decode_threads: int = 0  # 0: one per core
-    workers: int = 1
+    workers: int = 0  # 0: one per visible GPU (service/workers.py), 1 on a CPU host
     timeout_s: int = 60
     # Off by default: the per-request log line costs single-image throughput (docs/measurements.md,
     # "Service settings"); /metrics counts requests either way.
@@ -184,15 +188,15 @@ class ServiceSettings:
             for f in fields(self)
         }
 
-    def inference_streams(self, on_gpu: bool = False) -> int:
-        return self.streams or default_streams(_cpu_count(), on_gpu)
+    # ``cores``: the cores one worker sizes its threads for (service/workers.py); None: all this process may use.
+    def inference_streams(self, on_gpu: bool = False, cores: int | None = None) -> int:
+        return self.streams or default_streams(cores or cpu_count(), on_gpu)
 
-    def intra_op_threads(self, on_gpu: bool = False) -> int:
-        return self.threads or threads_per_stream(_cpu_count(), self.inference_streams(on_gpu))
+    def intra_op_threads(self, on_gpu: bool = False, cores: int | None = None) -> int:
+        return self.threads or threads_per_stream(cores or cpu_count(), self.inference_streams(on_gpu, cores))
 
-    @property
-    def decoder_threads(self) -> int:
-        return self.decode_threads or _cpu_count()
+    def decoder_threads(self, cores: int | None = None) -> int:
+        return self.decode_threads or cores or cpu_count()
 
     def api_key_set(self) -> frozenset[str]:
         """The keys from ``api_keys`` and ``api_keys_file`` together; empty: no key is asked for."""

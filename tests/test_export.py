@@ -284,6 +284,13 @@ def test_rederive_calibrates_and_converts_a_shipped_fp32_graph_without_its_check
         rederive("cal-int8", "x", "fp32", models, cache_dir=None)
     with pytest.raises(ValueError, match="already calibrated"):
         rederive("cal", "x", "fp32", models, cache_dir=None)
+    # --calibrate none from a calibrated graph: the division is already in it, and so is its record
+    same, same_parity = rederive(
+        "cal", "cal-copy", "fp32", models, calibrate="none", cache_dir=None, default_for=["cuda"]
+    )
+    assert same.calibration == entry.calibration and same_parity.passed and same_parity.top1_agreement == 1.0
+    assert np.allclose(OnnxClassifier(models / "cal-copy.onnx", device="cpu").logits(x), cal_logits, atol=1e-6)
+    assert load_manifest(models).default_for("cuda").name == "cal-copy"
     # The same name replaces the reference in the manifest; the CLI refuses an unknown reference with exit 2.
     rederive("raw", "raw", "fp32", models, cache_dir=None)
     replaced = load_manifest(models).get("raw")

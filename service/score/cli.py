@@ -46,7 +46,11 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         "--out", "-o", default="-", metavar="FILE", help="output file, .csv or .jsonl (default: CSV on stdout)"
     )
     p.add_argument("--format", choices=FORMATS, help="output format when --out has another extension or is stdout")
-    p.add_argument("--model", help="model name from the manifest (default: the manifest's default model)")
+    p.add_argument(
+        "--model",
+        help="model name from the manifest (default: the manifest's default for the device it runs on: the CPU "
+        "hosts' or the CUDA hosts'; with --url, the service's default)",
+    )
     p.add_argument(
         "--models-dir", default="models", help="folder with manifest.json and the .onnx files (default: models)"
     )
@@ -111,7 +115,8 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         "--device",
         choices=["auto", "cpu", "cuda"],
         default="auto",
-        help="where the model runs: auto picks CUDA when a GPU is visible (default: auto)",
+        help="where the model runs: auto picks CUDA when a GPU is visible and the CPU for a model that cannot run "
+        "wholly on CUDA; cuda refuses such a model (default: auto)",
     )
     p.add_argument("--url", help="score through a running service (POST URL/classify) instead of a local model")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request with --url (default: 120)")

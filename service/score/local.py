@@ -16,6 +16,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from ..settings import default_streams, threads_per_stream
 from .decode import Decoded, decode_chunk, decode_into, image_bytes, rows_view, worker_init
+from .errors import UserError
 from .sinks import Prediction, Row
 from .walk import Entry
 
@@ -65,7 +66,7 @@ class LocalBackend:
         streams: int | None = None,
         fit: str | None = None,
     ) -> None:
-        from inference.runtime import OnnxClassifier, default_threads, wants_cuda
+        from inference.runtime import CudaPlacementError, OnnxClassifier, default_threads, wants_cuda
 
         cores = default_threads()
         on_gpu = wants_cuda(device)  # type: ignore[arg-type]
@@ -80,10 +81,14 @@ class LocalBackend:
             self._new_pool(before_inference=True)
         # Threads that sleep between batches leave the cores to the decode workers (docs/measurements.md,
         # "Batch scorer").
-        self.clf = OnnxClassifier(
-            path, device=device, threads=threads or threads_per_stream(cores, self.streams), spin=False
-        )
-        if on_gpu and not self.clf.on_gpu:  # CUDA asked for but not there
+        try:
+            self.clf = OnnxClassifier(
+                path, device=device, threads=threads or threads_per_stream(cores, self.streams), spin=False
+            )
+        except CudaPlacementError as exc:  # --device cuda and the model cannot run wholly on CUDA
+            self.close()
+            raise UserError(str(exc)) from None
+        if on_gpu and not self.clf.on_gpu:  # --device auto: CUDA asked for, the model runs on the CPU
             on_gpu = False
             self._decoding(cores, on_gpu, workers)
             self._close_pool()

@@ -90,21 +90,32 @@ def _open_backend(args) -> Backend:
         return RemoteBackend(
             args.url, args.model, args.workers, args.timeout, args.batch_size or DEFAULT_URL_BATCH, args.fit
         )
+    from inference.runtime import choose_default, wants_cuda
+
+    cuda_wanted = wants_cuda(args.device)
     try:
         manifest = load_manifest(args.models_dir)
-        entry = manifest.get(args.model)
+        entry = manifest.get(args.model or choose_default(manifest, cuda_wanted, {}).name)
     except ManifestError as exc:
         raise UserError(str(exc)) from None
     except KeyError as exc:
         raise UserError(exc.args[0]) from None
+    backend = _local(args, entry.file, args.device)
+    if args.model is None and backend.clf.placement.fallback:
+        # the GPU host's default cannot run on CUDA here: the CPU hosts' default, on the CPU (one rule with the service)
+        choice = choose_default(manifest, cuda_wanted, {entry.name: backend.clf.placement})
+        if choice.name != entry.name:
+            print(f"warning: scoring with {choice.name}: {choice.reason}", file=sys.stderr)
+            backend.close()
+            backend = _local(args, manifest.get(choice.name).file, "cpu")
+    elif backend.clf.placement.fallback:
+        print(f"warning: {entry.name} runs on the CPU: {backend.clf.placement.fallback}", file=sys.stderr)
+    return backend
+
+
+def _local(args, file: str, device: str) -> LocalBackend:
     return LocalBackend(
-        os.path.join(args.models_dir, entry.file),
-        args.device,
-        args.threads,
-        args.workers,
-        args.batch_size,
-        args.streams,
-        args.fit,
+        os.path.join(args.models_dir, file), device, args.threads, args.workers, args.batch_size, args.streams, args.fit
     )
 
 

@@ -1,0 +1,312 @@
+"""``python -m service doctor``: will the service work on this host, with this --device? One command, one report.
+
+It looks at what the service will meet: Python, ONNX Runtime and its providers, the CUDA 13 / cuDNN 9
+libraries, the GPUs and the driver; it places every model of the manifest as the service would (wholly on
+CUDA, or on the CPU), checks each on its provider (top-1 agreement with the CPU provider on generated
+images, or accuracy on a labelled folder) and times it at batch 1 and 256. The exit status says whether
+everything ``--device`` asks for will work: 0 yes, 1 no (the report says why), 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from inference.manifest import DEVICE_KINDS, ManifestError, ModelEntry, load_manifest
+from inference.precisions import precision
+from inference.preprocess import IMAGE_EXTENSIONS, decode_image, to_model_input
+
+from .gpus import GpuReport, gpu_report
+
+# The shared objects onnxruntime-gpu 1.31's CUDA provider loads, by soname: the driver's own library, then the
+# CUDA 13 runtime, cuBLAS and cuDNN 9 (from the nvidia-* wheels once onnxruntime.preload_dlls() has run).
+CUDA_LIBRARIES = ("libcuda.so.1", "libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13", "libcudnn.so.9")
+GENERATED_IMAGES = 256
+# Least top-1 agreement between a model on CUDA and the same file on the CPU provider, on generated images.
+# Loose enough for near-ties that float16 accumulation order flips; a wrong kernel or layout agrees far less.
+MIN_AGREEMENT = 0.97
+SPEED_BATCHES = (1, 256)
+SPEED_SECONDS = 0.5  # per batch size: enough runs to average out one slow first call, short enough to wait for
+
+Status = Literal["ok", "warn", "fail", "info"]
+
+
+@dataclass
+class Finding:
+    status: Status
+    topic: str
+    text: str
+
+
+@dataclass
+class Report:
+    device: str
+    findings: list[Finding] = field(default_factory=list)
+
+    def add(self, status: Status, topic: str, text: str) -> None:
+        self.findings.append(Finding(status, topic, text))
+
+    @property
+    def failures(self) -> list[Finding]:
+        return [f for f in self.findings if f.status == "fail"]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def render(self) -> str:
+        marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL", "info": "    "}
+        width = max((len(f.topic) for f in self.findings), default=0)
+        lines = [f"{marks[f.status]} {f.topic:<{width}}  {f.text}" for f in self.findings]
+        if self.passed:
+            warned = sum(f.status == "warn" for f in self.findings)
+            tail = f" ({warned} warning(s) above)" if warned else ""
+            lines.append(f"\n--device {self.device}: will work on this host{tail}")
+        else:
+            first, more = self.failures[0], len(self.failures) - 1
+            tail = f" (and {more} more failure(s) above)" if more else ""
+            lines.append(f"\n--device {self.device}: will NOT work on this host: {first.topic}: {first.text}{tail}")
+        return "\n".join(lines)
+
+
+def add_doctor_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "doctor",
+        help="check that this host can serve the models (GPU, CUDA, each model on its provider)",
+        description=__doc__.split("\n\n", 1)[1].strip() if __doc__ else None,
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="what the service will be started with: auto (CUDA when a GPU is visible, models that cannot run "
+        "there on the CPU with a warning), cpu, or cuda (every model wholly on CUDA) (default: auto)",
+    )
+    p.add_argument("--models-dir", default=None, help="manifest and ONNX files (default: the service's models/)")
+    p.add_argument(
+        "--folder",
+        metavar="DIR",
+        help="a labelled folder (one sub-folder per class, named as the model's classes): check accuracy on it "
+        "instead of agreement on generated images",
+    )
+    p.add_argument("--max-images", type=int, default=2000, help="most images read from --folder (default: 2000)")
+    p.add_argument("--no-speed", action="store_true", help="skip the images/s measurement")
+    p.set_defaults(fn=main)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    from .settings import DEFAULT_MODELS_DIR
+
+    models_dir = Path(args.models_dir) if args.models_dir else DEFAULT_MODELS_DIR
+    if args.folder and not Path(args.folder).is_dir():
+        print(f"error: --folder {args.folder} is not a folder", file=sys.stderr)
+        return 2
+    if args.max_images < 1:
+        print("error: --max-images must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        report = diagnose(args.device, models_dir, args.folder, args.max_images, speed=not args.no_speed)
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.render(), flush=True)
+    return 0 if report.passed else 1
+
+
+def diagnose(
+    device: str,
+    models_dir: Path,
+    folder: str | None = None,
+    max_images: int = 2000,
+    speed: bool = True,
+    gpus: GpuReport | None = None,
+) -> Report:
+    import onnxruntime as ort
+
+    from inference.runtime import CUDA, choose_default, preload_cuda, wants_cuda
+
+    # ONNX Runtime logs its failed CUDA attempts as errors on stderr; this report states them once, in words.
+    ort.set_default_logger_severity(4)
+    report = Report(device)
+    report.add("info", "python", f"{platform.python_version()} ({sys.executable})")
+    report.add("info", "onnxruntime", f"{ort.__version__}, providers: {', '.join(ort.get_available_providers())}")
+    gpus = gpu_report() if gpus is None else gpus
+    cuda_wanted = wants_cuda(device)  # type: ignore[arg-type]
+    _host(report, device, gpus, CUDA in ort.get_available_providers(), cuda_wanted, preload_cuda)
+
+    manifest = load_manifest(models_dir, verify=True)
+    report.add("ok", "manifest", f"{models_dir}: {len(manifest.models)} model(s), every file matches its sha256")
+    for kind in DEVICE_KINDS:
+        choice = manifest.default_for(kind)  # type: ignore[arg-type]
+        report.add("info", f"default on {kind}", f"{choice.name} ({choice.reason})")
+
+    labelled = _read_folder(Path(folder), manifest.models[0], max_images) if folder else None
+    if labelled is not None:
+        report.add("info", "folder", f"{folder}: {len(labelled[0])} labelled image(s)")
+    placements = {}
+    for entry in manifest.models:
+        placement = _check_model(report, entry, models_dir, device, labelled, speed)
+        if placement is not None:
+            placements[entry.name] = placement
+    if placements:
+        here = choose_default(manifest, cuda_wanted, placements)
+        where = "CUDA" if placements.get(here.name) and placements[here.name].on_gpu else "the CPU"
+        report.add("info", "default here", f"{here.name} on {where} ({here.reason})")
+    return report
+
+
+def _host(report: Report, device: str, gpus: GpuReport, has_cuda_ep: bool, cuda_wanted: bool, preload) -> None:
+    # Missing CUDA pieces: fatal for --device cuda; for auto a warning where a GPU is there to be used, else a fact.
+    need = "fail" if device == "cuda" else ("warn" if gpus.gpus and device == "auto" else "info")
+    if gpus.gpus:
+        for gpu in gpus.gpus:
+            report.add("ok", f"GPU {gpu.index}", f"{gpu.name}, {gpu.memory_gib:.0f} GiB ({gpu.uuid})")
+    else:
+        report.add(need, "GPU", f"no GPU visible to this process ({gpus.problem or 'NVML lists none'})")
+    report.add("info" if gpus.driver else need, "NVIDIA driver", gpus.driver or "not visible")
+    if not has_cuda_ep:
+        report.add(need, "CUDA provider", "this ONNX Runtime has none (install onnxruntime-gpu)")
+        return
+    if not (gpus.gpus or device == "cuda"):
+        report.add("info", "CUDA libraries", "not checked: no GPU to use them")
+        return
+    failed = preload()
+    if failed:
+        report.add("warn", "preload_dlls", f"onnxruntime.preload_dlls() failed: {failed}")
+    missing = []
+    for name in CUDA_LIBRARIES:
+        try:
+            ctypes.CDLL(name)
+        except OSError as exc:
+            missing.append(f"{name} ({exc})")
+    if missing:
+        report.add(need, "CUDA libraries", "cannot load " + "; ".join(missing))
+    else:
+        report.add("ok", "CUDA libraries", f"loaded: {', '.join(CUDA_LIBRARIES)}")
+    if cuda_wanted:
+        report.add("info", "sessions", "CUDA, with CPU fallback of nodes disabled (session.disable_cpu_ep_fallback)")
+
+
+def _check_model(
+    report: Report,
+    entry: ModelEntry,
+    models_dir: Path,
+    device: str,
+    labelled: tuple[np.ndarray, np.ndarray] | None,
+    speed: bool,
+):
+    from inference.runtime import CudaPlacementError, OnnxClassifier
+
+    path = models_dir / entry.file
+    topic = f"model {entry.name}"
+    try:
+        model = OnnxClassifier(path, device=device)  # type: ignore[arg-type]
+    except CudaPlacementError as exc:  # --device cuda: the service would refuse to start
+        report.add("fail", topic, f"cannot run wholly on CUDA: {exc.reason}")
+        return None
+    placement = model.placement
+    cpu = model if not model.on_gpu else OnnxClassifier(path, device="cpu")
+    status = "ok"
+    where = placement.describe()
+    if placement.fallback:
+        status = "warn"
+        where = f"{placement.provider}, not CUDA: {placement.fallback}"
+    report.add(status, topic, f"{entry.precision}, every node on {where}")
+
+    if labelled is not None:
+        images, labels = labelled
+        accuracy = _accuracy(model, images, labels)
+        text = f"accuracy {100 * accuracy:.2f}% on {len(labels)} images (recorded on validation: "
+        text += f"{100 * entry.metrics['val_top1']:.2f}%)"
+        if model.on_gpu:
+            on_cpu = _accuracy(cpu, images, labels)
+            gap = 100 * abs(accuracy - on_cpu)
+            allowed = precision(entry.precision).tolerance_points
+            text += f", CPU provider {100 * on_cpu:.2f}%"
+            report.add("ok" if gap <= allowed else "fail", topic, f"{text}, gap {gap:.2f} <= {allowed:g} points")
+        else:
+            report.add("ok", topic, text)
+    else:
+        images = generated_images(GENERATED_IMAGES, entry.input.size)
+        probs = model.probabilities(images)
+        if not np.isfinite(probs).all():
+            report.add("fail", topic, "non-finite outputs on generated images")
+        elif model.on_gpu:
+            agreement = float((probs.argmax(1) == cpu.probabilities(images).argmax(1)).mean())
+            ok = agreement >= MIN_AGREEMENT
+            report.add(
+                "ok" if ok else "fail",
+                topic,
+                f"top-1 agreement with the CPU provider {100 * agreement:.1f}% on {len(images)} generated images "
+                f"(least {100 * MIN_AGREEMENT:g}%)",
+            )
+        else:
+            report.add("ok", topic, f"runs on {len(images)} generated images, finite probabilities")
+    if speed:
+        rates = ", ".join(f"batch {n}: {images_per_second(model, n, entry.input.size):,.0f}" for n in SPEED_BATCHES)
+        report.add("info", topic, f"images/s on {placement.provider}: {rates}")
+    return placement
+
+
+def generated_images(count: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """Smooth random colour fields with some noise, float32 [count, 3, H, W] in [0, 1]: structured enough that a
+    CIFAR model's top-1 class is not a coin toss between near-tied logits, as it is on white noise."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    coarse = rng.random((count, 3, 4, 4), dtype=np.float32)
+    smooth = np.repeat(np.repeat(coarse, -(-height // 4), axis=2), -(-width // 4), axis=3)[:, :, :height, :width]
+    noisy = smooth + rng.normal(0, 0.05, smooth.shape).astype(np.float32)
+    return np.clip(noisy, 0, 1).astype(np.float32)
+
+
+def images_per_second(model, batch: int, size: tuple[int, int]) -> float:
+    x = generated_images(batch, size, seed=1)
+    model.logits(x)  # first-call allocations and kernel choice
+    runs, start = 0, time.perf_counter()
+    while runs < 2 or time.perf_counter() - start < SPEED_SECONDS:
+        model.logits(x)
+        runs += 1
+    return runs * batch / (time.perf_counter() - start)
+
+
+def _accuracy(model, images: np.ndarray, labels: np.ndarray, batch: int = 256) -> float:
+    predicted = np.concatenate([model.logits(images[i : i + batch]).argmax(1) for i in range(0, len(images), batch)])
+    return float((predicted == labels).mean())
+
+
+def _read_folder(folder: Path, entry: ModelEntry, max_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``max_images`` images of ``folder/CLASS/...`` whose CLASS is one of the model's classes, spread
+    over the classes (sorted paths, taken in turn), as model input and class indices."""
+    index = {name: i for i, name in enumerate(entry.classes)}
+    per_class = {
+        d.name: sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        for d in sorted(folder.iterdir())
+        if d.is_dir() and d.name in index
+    }
+    if not per_class:
+        raise ManifestError(f"--folder {folder} has no sub-folder named after a class ({', '.join(entry.classes)})")
+    chosen: list[tuple[Path, int]] = []
+    depth = 0
+    while len(chosen) < max_images and any(depth < len(paths) for paths in per_class.values()):
+        for name, paths in per_class.items():
+            if depth < len(paths) and len(chosen) < max_images:
+                chosen.append((paths[depth], index[name]))
+        depth += 1
+    pixels = []
+    labels = []
+    for path, label in chosen:
+        try:
+            pixels.append(decode_image(path.read_bytes(), entry.input.size))
+            labels.append(label)
+        except (OSError, ValueError):  # an unreadable file is not the host's problem: skipped
+            continue
+    return to_model_input(np.stack(pixels)), np.asarray(labels)

@@ -1,0 +1,191 @@
+"""What ships to a GPU host, checked without one: the Kubernetes and Compose manifests under deploy/ (validated
+by kubernetes-validate and docker-compose) and the container recipe `bentoml build` generates."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+DEPLOY = ROOT / "deploy"
+KUBERNETES = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
+COMPOSE = DEPLOY / "compose.yaml"
+# The oldest Kubernetes the manifests are checked against, besides kubernetes-validate's newest.
+OLDEST_KUBERNETES = "1.29.0"
+BENTO_LIMIT_MIB = 40  # the Bento: service code and three ResNet-9-half models (about 14 MiB today)
+IMAGE_USER_UID = 1034  # BentoML's Dockerfile: user bentoml
+
+
+def _documents() -> dict[str, dict]:
+    docs = {}
+    for path in KUBERNETES:
+        for doc in yaml.safe_load_all(path.read_text()):
+            docs[doc["kind"]] = doc
+    return docs
+
+
+def _container(deployment: dict) -> dict:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+# ---------------------------------------------------------------------------------------------- Kubernetes
+def test_kubernetes_manifests_pass_strict_schema_validation():
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+    assert {"Deployment", "Service"} <= set(_documents())
+    for version in (kubernetes_validate.latest_version(), OLDEST_KUBERNETES):
+        for doc in _documents().values():
+            kubernetes_validate.validate(doc, version, strict=True)
+    # strict: a misspelt field fails, so the check above can fail
+    broken = copy.deepcopy(_documents()["Deployment"])
+    _container(broken)["livenesProbe"] = _container(broken).pop("livenessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="livenesProbe"):
+        kubernetes_validate.validate(broken, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_the_deployment_asks_for_a_gpu_probes_health_and_runs_locked_down():
+    from service.settings import ServiceSettings
+
+    docs = _documents()
+    pod = docs["Deployment"]["spec"]["template"]
+    container = _container(docs["Deployment"])
+    resources = container["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == 1
+    assert {"cpu", "memory"} <= set(resources["requests"])
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
+    assert annotations["prometheus.io/port"] == str(container["ports"][0]["containerPort"]) == "3000"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["CIFAR_DEVICE"] == "cuda" and env["BENTOML_HOME"].startswith("/tmp/")
+    # graceful termination outlasts the preStop pause plus the longest request, itself longer than a batch window
+    defaults = ServiceSettings()
+    pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    grace = pod["spec"]["terminationGracePeriodSeconds"]
+    assert grace > pause + defaults.timeout_s and defaults.timeout_s > defaults.max_latency_ms / 1000
+    security = pod["spec"]["securityContext"]
+    assert security["runAsNonRoot"] and security["runAsUser"] == IMAGE_USER_UID
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/tmp" in mounts  # BENTOML_HOME and Python's temporary files: the one writable place
+    service = docs["Service"]
+    assert service["spec"]["selector"] == docs["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
+
+
+# ---------------------------------------------------------------------------------------------- Compose
+def _compose_config(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["docker-compose", "-f", str(path), "config", "-q"], capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None,
+    reason="docker-compose not installed (Debian's docker-compose package; .ci/run installs it with apt-get)",
+)
+def test_compose_file_passes_docker_compose_config(tmp_path):
+    done = _compose_config(COMPOSE)
+    assert done.returncode == 0, done.stderr
+    broken = yaml.safe_load(COMPOSE.read_text())
+    broken["services"]["classifier"]["deploy"]["resources"]["reservations"]["device"] = [{"driver": "nvidia"}]
+    (tmp_path / "compose.yaml").write_text(yaml.safe_dump(broken))
+    done = _compose_config(tmp_path / "compose.yaml")
+    assert done.returncode != 0 and "device" in done.stderr  # the schema check can fail
+
+
+def test_compose_reserves_the_gpus_and_runs_locked_down():
+    from service.settings import ServiceSettings
+
+    service = yaml.safe_load(COMPOSE.read_text())["services"]["classifier"]
+    (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] == "all"
+    assert service["environment"]["CIFAR_DEVICE"] == "cuda"
+    assert service["read_only"] is True and "/tmp" in service["tmpfs"]
+    assert service["user"].split(":")[0] == str(IMAGE_USER_UID)
+    assert int(service["stop_grace_period"].rstrip("s")) > ServiceSettings().timeout_s
+    assert "/readyz" in " ".join(service["healthcheck"]["test"])
+
+
+# ---------------------------------------------------------------------------------------------- the container recipe
+@pytest.fixture(scope="module")
+def bento(tmp_path_factory) -> Path:
+    """`bentoml build` into a throw-away BENTOML_HOME (a few seconds: nothing is downloaded)."""
+    import os
+
+    home = tmp_path_factory.mktemp("bentoml_home")
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+    done = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (built,) = [p for p in (home / "bentos" / "cifar_classifier").iterdir() if p.name != "latest"]
+    return built
+
+
+def test_the_bento_packs_the_service_code_and_the_models_only(bento):
+    src = bento / "src"
+    files = {p.relative_to(src) for p in src.rglob("*") if p.is_file()}
+    assert {f.parts[0] for f in files} == {"inference", "service", "models", "bentofile.yaml"}
+    assert all(f.suffix == ".py" for f in files if f.parts[0] in ("inference", "service"))
+    assert not any("__pycache__" in f.parts for f in files)
+    manifest = yaml.safe_load((ROOT / "models" / "manifest.json").read_text())
+    shipped = {Path("models") / m["file"] for m in manifest["models"]} | {Path("models/manifest.json")}
+    assert {f for f in files if f.parts[0] == "models"} == shipped | {Path("models/README.md")}
+    size = sum(p.stat().st_size for p in bento.rglob("*") if p.is_file())
+    assert size < BENTO_LIMIT_MIB * 2**20, f"the Bento is {size / 2**20:.1f} MiB"
+    described = yaml.safe_load((bento / "bento.yaml").read_text())
+    assert described["service"] == "service.service:Classifier"
+
+
+def test_the_requirements_bring_onnxruntime_gpu_with_cuda_13_and_cudnn_9_and_no_torch(bento):
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text().lower()
+    lines = [line.split("#")[0].strip() for line in requirements.splitlines() if line.split("#")[0].strip()]
+    assert "onnxruntime-gpu[cuda,cudnn]==1.31.1" in lines  # the extras pull the CUDA 13 and cuDNN 9 wheels
+    assert not any(re.match(r"onnxruntime(==|>|<|$)", line) for line in lines)  # not the CPU-only wheel too
+    assert any(line.startswith("bentoml==") for line in lines)
+    assert not any(re.match(r"(torch|torchvision|onnx|onnxscript)\b(?![-_])", line) for line in lines), lines
+
+
+def test_the_dockerfile_runs_as_the_bentoml_user_on_python_slim(bento):
+    dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
+    assert "nvidia/cuda" not in dockerfile  # CUDA comes from the wheels, the driver from the host
+    assert re.search(rf"^ARG BENTO_USER_UID={IMAGE_USER_UID}$", dockerfile, re.M)  # the uid the manifests run as
+    users = re.findall(r"^USER (\S+)", dockerfile, re.M)
+    assert users and users[-1] == "bentoml"  # the last USER: the server never runs as root
+    assert re.search(r"^EXPOSE 3000$", dockerfile, re.M)
+    assert "requirements.txt" in dockerfile
+
+
+def test_the_doctor_runs_from_the_bento_as_in_the_image(bento):
+    """In the image the Bento's code is under src/ (docs/deploy.md runs the doctor there): it must need nothing
+    else, and find the Bento's own models."""
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "doctor", "--device", "auto", "--no-speed"],
+        cwd=bento / "src",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    count = len(yaml.safe_load((ROOT / "models" / "manifest.json").read_text())["models"])
+    models = re.escape(str(bento / "src" / "models"))
+    assert re.search(rf"ok\s+manifest\s+{models}: {count} model\(s\)", done.stdout), done.stdout
+    assert done.stdout.rstrip().endswith("--device auto: will work on this host")
