@@ -284,7 +284,15 @@ def test_models_on_a_cpu_host_names_the_cpu_default_and_no_fallback(tmp_path):
 # ---------------------------------------------------------------------------------------------- the scorer
 def _score_args(models_dir: Path, device: str, model: str | None = None) -> Namespace:
     return Namespace(
-        url=None, models_dir=str(models_dir), model=model, device=device, threads=1, workers=0, batch_size=8, streams=1
+        url=None,
+        models_dir=str(models_dir),
+        model=model,
+        device=device,
+        threads=1,
+        workers=0,
+        batch_size=8,
+        streams=1,
+        fit=None,
     )
 
 

@@ -166,7 +166,9 @@ def test_fit_reaches_json_classify_and_v2(server, jpegs):
     answers = {}
     for fit in ("squash", "pad"):
         files = [("images", ("wide.png", wide, "image/png"))]
-        multipart = httpx.post(f"{server}/classify", files=files, data={"fit": fit, "k": "3", "model": "tiny"}, timeout=30)
+        multipart = httpx.post(
+            f"{server}/classify", files=files, data={"fit": fit, "k": "3", "model": "tiny"}, timeout=30
+        )
         assert multipart.status_code == 200, multipart.text
         answers[fit] = _top_by_index(multipart.json()["predictions"][0])
         body = {"images": [{"filename": "wide.png", "data": _b64(wide)}], "fit": fit, "k": 3, "model": "tiny"}
