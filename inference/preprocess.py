@@ -64,10 +64,11 @@ def decode_rgb(data: bytes, size: tuple[int, int] = (32, 32), max_pixels: int = 
 
 
 def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int) -> Image.Image:
+    stream = io.BytesIO(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=_format_hint(data))
+            image = Image.open(stream, formats=_format_hint(data))
             _check_pixels(*image.size, max_pixels)
             image.load()
     except ImageDecodeError:
@@ -75,7 +76,10 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int) -> Image.Im
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"image too large: {exc}") from exc
     except Exception as exc:  # Pillow raises many types for bad data; all mean the same to the caller
-        raise ImageDecodeError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
+        # Pillow names a stream it cannot identify by its repr, a memory address: the same file must get the
+        # same message in every process (a batch scorer's error rows are compared and resumed across runs).
+        message = str(exc).replace(f" {stream!r}", "")
+        raise ImageDecodeError(f"not a readable image ({type(exc).__name__}: {message})") from exc
     # A JPEG keeps its orientation only in an EXIF block; without one there is nothing to rotate, and
     # exif_transpose's parse is skipped. Other formats keep it elsewhere (TIFF tags).
     return to_rgb_image(image, size, exif=not (image.format == "JPEG" and "exif" not in image.info))

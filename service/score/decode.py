@@ -69,11 +69,21 @@ def read_file(path: str) -> bytes:
 
 
 def read_error(exc: OSError) -> str:
+    """The error row of a file that could not be read."""
     if isinstance(exc, FileNotFoundError):
         return "file not found (deleted while scoring?)"
     if exc.strerror:
         return f"cannot read file: {exc.strerror}"
     return f"cannot read file: {exc}"
+
+
+def failure_message(exc: Exception) -> str:
+    """The error row of a file that could not be read or decoded, worded alike by every engine."""
+    if isinstance(exc, OSError):
+        return read_error(exc)
+    if isinstance(exc, ImageDecodeError):
+        return str(exc)
+    return f"could not decode ({type(exc).__name__}: {exc})"  # a decoder bug on one file must not cost the others
 
 
 @dataclass
@@ -131,11 +141,7 @@ def decode_chunk(
         try:
             pixels.append(decode_pixels(read_file(path), size, max_pixels))
             ok.append(i)
-        except OSError as exc:
-            errors[i] = read_error(exc)
-        except ImageDecodeError as exc:
-            errors[i] = str(exc)
-        except Exception as exc:  # a decoder bug on one file must not cost the other files
-            errors[i] = f"could not decode ({type(exc).__name__}: {exc})"
+        except Exception as exc:
+            errors[i] = failure_message(exc)
     batch = pixels_to_model_input(b"".join(pixels), len(ok), size, out(len(ok)) if out else None)
     return Decoded(batch, ok, errors)
