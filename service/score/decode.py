@@ -51,7 +51,7 @@ def _exit_with_parent(parent_alive) -> None:
     os._exit(1)
 
 
-def read_file(path: str) -> bytes:
+def read_file(path: str | bytes) -> bytes:
     """The file's bytes; ``OSError`` with a readable message otherwise."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO swapped in after the walk must not block
     try:

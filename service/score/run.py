@@ -10,13 +10,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from inference.manifest import ManifestError, load_manifest
-
 from .accuracy import FolderAccuracy
+from .engines import choose_engine
 from .errors import RemoteError, UserError
-from .local import LocalBackend
-from .pipeline import Backend, chunks, pipeline
-from .remote import DEFAULT_URL_BATCH, RemoteBackend
+from .pipeline import Backend, chunks
 from .sinks import ENCODING, OutputError, Row, confident, format_from_path, make_format, resume_output
 from .walk import WalkStats, count_images, walk
 
@@ -64,10 +61,12 @@ def _validate(args) -> str:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be 0 or more, not {args.workers}")
-    for flag in ("threads", "streams"):
+    for flag in ("threads", "streams", "actors"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise UserError(f"--{flag} must be at least 1, not {value}")
+    if getattr(args, "gpus_per_actor", None) is not None and not args.gpus_per_actor > 0:
+        raise UserError(f"--gpus-per-actor must be more than 0, not {args.gpus_per_actor}")
     fmt = args.format or ("csv" if args.out == "-" else format_from_path(args.out))
     if fmt is None:
         raise UserError(f"cannot tell the output format from {args.out!r}: name it .csv or .jsonl, or pass --format")
@@ -85,26 +84,6 @@ def _validate(args) -> str:
     return fmt
 
 
-def _open_backend(args) -> Backend:
-    if args.url:
-        return RemoteBackend(args.url, args.model, args.workers, args.timeout, args.batch_size or DEFAULT_URL_BATCH)
-    try:
-        manifest = load_manifest(args.models_dir)
-        entry = manifest.get(args.model)
-    except ManifestError as exc:
-        raise UserError(str(exc)) from None
-    except KeyError as exc:
-        raise UserError(exc.args[0]) from None
-    return LocalBackend(
-        os.path.join(args.models_dir, entry.file),
-        args.device,
-        args.threads,
-        args.workers,
-        args.batch_size,
-        args.streams,
-    )
-
-
 class _Terminated(KeyboardInterrupt):
     pass
 
@@ -120,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
     backend = None
     try:
         fmt_name = _validate(args)
-        backend = _open_backend(args)
+        backend = choose_engine(args).open(args)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, _on_sigterm)  # an engine may have set its own (ray.init does)
         return _run(args, fmt_name, backend)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -149,7 +130,7 @@ def _count(root: str, stop: threading.Event, total: list) -> None:
         total.append(None)
 
 
-def _run(args, fmt_name: str, backend) -> int:
+def _run(args, fmt_name: str, backend: Backend) -> int:
     from tqdm import tqdm
 
     k = min(args.k, len(backend.classes)) if backend.classes else args.k
@@ -208,7 +189,7 @@ def _run(args, fmt_name: str, backend) -> int:
     interrupted: KeyboardInterrupt | None = None
     start = time.perf_counter()
     try:
-        for rows in pipeline(chunks(entries, backend.batch_size, done), backend):
+        for rows in backend.rows(chunks(entries, backend.batch_size, done)):
             out.write(fmt.format(rows))
             out.flush()
             for row in rows:
