@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install the project (idempotent).
-#   bash scripts/setup.sh          everything: serving, training/export (torch) and tests
+#   bash scripts/setup.sh          everything: serving, training/export (torch), Ray Data scoring and tests
 #   bash scripts/setup.sh serve    serving only: no torch
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,5 +12,5 @@ python -m pip install -q --upgrade pip
 if [ "${1:-all}" = "serve" ]; then
     python -m pip install -q -e .
 else
-    python -m pip install -q -e ".[train,test]"
+    python -m pip install -q -e ".[train,test,ray]"
 fi

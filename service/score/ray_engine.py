@@ -37,9 +37,6 @@ MISSING = "--engine ray needs Ray Data, an optional extra: pip install -e '.[ray
 # object store at once; a window bounds both, at the cost of one actor pool start per window.
 WINDOW_FILES = 1_000_000
 CHUNKS_PER_BLOCK = 8  # chunks of the walk (--batch-size files each) per block: one read-and-decode task
-# Restarts of an actor (a node lost) and retries of its batches. Ray Data's default is forever, which would
-# never end a run whose decoder crashes its process on some file: after these the run stops (exit 1, resumable).
-RESTARTS = 3
 
 
 def _import_ray():
@@ -164,9 +161,10 @@ def default_actors(cpus: float, gpus: float, gpus_per_actor: float | None, cpus_
 
 def check_resources(actors: int, cpus_per_actor: int, gpus_per_actor: float | None, cpus: float, gpus: float) -> None:
     """UserError when the pool cannot run. Ray Data fuses the task stages (read, decode) into the actor stage
-    when both ask for the same resources, as CPU actors do: each actor then reads, decodes and infers its
-    batches, and the actors may hold every CPU. GPU actors ask for a GPU, so the stages stay tasks, which need
-    a CPU beside the actors."""
+    when both ask for the same resources and nothing else of Ray (retry limits included), as the CPU actors
+    and their stages do: each actor then reads, decodes and infers its batches, no pixels go through the
+    object store, and the actors may hold every CPU. GPU actors ask for a GPU, so the stages stay tasks, which
+    need a CPU beside the actors."""
     if gpus_per_actor:
         if actors * gpus_per_actor > gpus + 1e-9:
             raise UserError(
@@ -222,9 +220,12 @@ class RayBackend:
             cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
             self.actors = actors or default_actors(cpus, gpus, gpus_per_actor, self.threads)
             check_resources(self.actors, self.threads, gpus_per_actor, cpus, gpus)
-            where = "a local Ray instance" if address is None else f"the Ray cluster at {address}"
+            if not self._owns_connection:
+                where = "the Ray instance this process is connected to"
+            else:
+                where = "a local Ray instance" if address is None else f"the Ray cluster at {address}"
             print(
-                f"ray: {where} with {cpus:g} CPUs and {gpus:g} GPUs; {self.actors} model actors of {self.threads} "
+                f"ray: {where}, with {cpus:g} CPUs and {gpus:g} GPUs; {self.actors} model actors of {self.threads} "
                 f"CPU(s)" + (f" and {gpus_per_actor:g} GPU" if gpus_per_actor else ""),
                 file=sys.stderr,
             )
@@ -264,10 +265,16 @@ class RayBackend:
                     }
                 )
             )
+        # The same CPUs as a CPU actor, so that Ray fuses the two stages into the actors (check_resources).
+        task_cpus = self.threads if not self.gpus_per_actor else 1
         return (
             ray.data.from_arrow(blocks)
-            .map_batches(read_files, fn_kwargs={"root": self.root}, batch_format="pyarrow", batch_size=None)
-            .map_batches(decode_files, fn_kwargs={"size": self.size}, batch_format="pyarrow", batch_size=None)
+            .map_batches(
+                read_files, fn_kwargs={"root": self.root}, batch_format="pyarrow", batch_size=None, num_cpus=task_cpus
+            )
+            .map_batches(
+                decode_files, fn_kwargs={"size": self.size}, batch_format="pyarrow", batch_size=None, num_cpus=task_cpus
+            )
             .map_batches(
                 Classify,
                 fn_constructor_kwargs={
@@ -282,8 +289,6 @@ class RayBackend:
                 batch_size=self.batch_size,
                 num_cpus=self.threads,
                 num_gpus=self.gpus_per_actor,
-                max_restarts=RESTARTS,
-                max_task_retries=RESTARTS,
             )
         )
 
