@@ -213,8 +213,8 @@ class RayBackend:
         _quiet(ray)
         try:
             with open(model_path, "rb") as f:
-                # Passed inside a tuple, the reference reaches the actors as it is: as a constructor argument of
-                # its own, Ray would store the bytes once per actor pool and warn that restarting needs them.
+                # Stored once for every actor of every window's pool; inside a tuple, the reference reaches the
+                # actors as it is and each fetches the bytes itself.
                 self._model = (ray.put(f.read()),)
             resources = ray.cluster_resources()
             cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
