@@ -109,10 +109,11 @@ def dct_reduction(source: tuple[int, int], size: tuple[int, int], fit: str = DEF
 
 
 def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, reduce: bool) -> Image.Image:
+    stream = io.BytesIO(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=_format_hint(data))
+            image = Image.open(stream, formats=_format_hint(data))
             _check_pixels(*image.size, max_pixels)
             frame = None  # the geometry is the loaded image's own, unless it is decoded reduced
             if reduce and image.format == "JPEG":
@@ -126,7 +127,10 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, r
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(f"image too large: {exc}") from exc
     except Exception as exc:  # Pillow raises many types for bad data; all mean the same to the caller
-        raise ImageDecodeError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
+        # Pillow names a stream it cannot identify by its repr, a memory address: the same file must get the
+        # same message in every process (a batch scorer's error rows are compared and resumed across runs).
+        message = str(exc).replace(f" {stream!r}", "")
+        raise ImageDecodeError(f"not a readable image ({type(exc).__name__}: {message})") from exc
     # A JPEG keeps its orientation only in an EXIF block; without one there is nothing to rotate, and
     # exif_transpose's parse is skipped. Other formats keep it elsewhere (TIFF tags).
     exif = not (image.format == "JPEG" and "exif" not in image.info)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install the project (idempotent).
-#   bash scripts/setup.sh          everything: serving, training/export (torch) and tests
+#   bash scripts/setup.sh          everything: serving, training/export (torch), Ray Data scoring and tests
 #   bash scripts/setup.sh serve    serving only: no torch
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ python -m pip install -q --upgrade pip
 if [ "${1:-all}" = "serve" ]; then
     python -m pip install -q -e .
 else
-    python -m pip install -q -e ".[train,test]"
+    python -m pip install -q -e ".[train,test,ray]"
     # Debian packages the tests use, installed when missing (root and apt-get only; otherwise those tests skip
     # and say why): Chromium, which the page's browser test drives through Playwright (never Playwright's own
     # download), and docker-compose, whose `config` checks deploy/compose.yaml (no daemon needed).

@@ -88,6 +88,37 @@ def test_only_one_module_reaches_into_bentoml_internals():
     assert users == [BENTOML_OWNER]
 
 
+# Ray (and the pyarrow it brings) is an optional extra: one module uses it, and only once the engine is opened.
+RAY_OWNER = "service.score.ray_engine"
+
+
+def _module_level_imports(path: Path) -> list[tuple[int, str]]:
+    """The imports of ``_imports`` that run when the module is imported (not those inside functions)."""
+    lazy = {
+        node.lineno
+        for function in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for node in ast.walk(function)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+    }
+    return [(line, target) for line, target in _imports(path) if line not in lazy]
+
+
+def test_only_the_ray_engine_imports_ray_and_only_when_it_is_used():
+    paths = [path for package in FORBIDDEN for path in _sources(package)]
+    users = sorted(
+        {_module_name(p) for p in paths for _, target in _imports(p) if target.split(".")[0] in ("ray", "pyarrow")}
+    )
+    assert users == [RAY_OWNER]
+    eager = [
+        f"{path.relative_to(ROOT)}:{line} imports {target} at module level"
+        for path in paths
+        for line, target in _module_level_imports(path)
+        if target.split(".")[0] in ("ray", "pyarrow") or target.startswith(RAY_OWNER)
+    ]
+    assert not eager, "\n".join(eager)
+
+
 def test_the_rules_see_real_imports():
     """Guards the parser: a rule that finds no imports at all would pass anything."""
     assert (1, "numpy") in [(1, t) for _, t in _imports(ROOT / "inference" / "preprocess.py")]

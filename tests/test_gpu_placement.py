@@ -297,7 +297,9 @@ def _score_args(models_dir: Path, device: str, model: str | None = None) -> Name
 
 
 def test_the_scorer_picks_the_default_of_its_device(tmp_path):
-    from service.score.run import _open_backend
+    from service.score.engines import ENGINES
+
+    _open_backend = ENGINES["local"].open
 
     models = _models_dir(tmp_path, [INT8, FP32], INT8, {"cpu": FP32, "cuda": INT8})
     backend = _open_backend(_score_args(models, "cpu"))
@@ -310,8 +312,10 @@ def test_the_scorer_picks_the_default_of_its_device(tmp_path):
 def test_the_scorer_falls_back_to_the_cpu_default_when_the_cuda_default_cannot_run_on_cuda(
     cuda_lacks_a_kernel, tmp_path, capsys
 ):
+    from service.score.engines import ENGINES
     from service.score.errors import UserError
-    from service.score.run import _open_backend
+
+    _open_backend = ENGINES["local"].open
 
     models = _models_dir(tmp_path, [INT8, FP32], INT8, {"cpu": INT8, "cuda": FP32})
     backend = _open_backend(_score_args(models, "auto"))

@@ -60,6 +60,16 @@ def test_data_that_only_starts_like_an_image_is_refused(data):
         decode_image(data)
 
 
+def test_an_unidentified_image_gets_the_same_message_every_time():
+    """Pillow names the stream by its memory address; the message must not (batch scoring's error rows)."""
+    messages = set()
+    for _ in range(2):
+        with pytest.raises(ImageDecodeError) as info:
+            decode_image(b"plain text, not an image")
+        messages.add(str(info.value))
+    assert messages == {"not a readable image (UnidentifiedImageError: cannot identify image file)"}
+
+
 def test_empty_and_oversized_are_refused():
     with pytest.raises(ImageDecodeError, match="empty"):
         decode_image(b"")

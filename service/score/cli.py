@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 from inference.fits import FITS, fit_help
 
 from ..confidence import parse_min_confidence
+from .engines import ENGINES
 from .local import DEFAULT_BATCH_SIZE, DEFAULT_GPU_BATCH_SIZE
 from .remote import DEFAULT_URL_BATCH, DEFAULT_URL_WORKERS
 from .run import run
@@ -35,7 +37,10 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
             "  python -m service score photos/ --out preds.csv\n"
             "  python -m service score photos/ --out preds.jsonl --resume          # continue an interrupted run\n"
             "  python -m service score val/ --out val.csv --labels-from-folders   # class-per-folder: accuracy\n"
-            "  python -m service score photos/ --url http://localhost:3000 --out preds.csv\n\n"
+            "  python -m service score photos/ --url http://localhost:3000 --out preds.csv\n"
+            "  python -m service score photos/ --engine ray --out preds.csv       # Ray Data, local instance\n"
+            "  python -m service score /shared/photos --engine ray --address auto --out preds.csv  # a cluster\n\n"
+            f"engines (--engine):\n{_engines_help()}\n"
             "exit status: 0 done (even if some files failed), 1 with --fail-on-error and a failed file, or when\n"
             "the service stops answering, 2 usage errors, 130/143 interrupted by Ctrl-C/SIGTERM (the output\n"
             "stays valid for --resume)."
@@ -109,7 +114,10 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument(
         "--threads",
         type=int,
-        help="ONNX Runtime intra-op threads per stream (default: the usable cores divided among the streams)",
+        help=(
+            "ONNX Runtime intra-op threads per stream (default: the usable cores divided among the streams); "
+            "with --engine ray, per actor, which holds as many of the cluster's CPUs (default: 1)"
+        ),
     )
     p.add_argument(
         "--device",
@@ -118,8 +126,38 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         help="where the model runs: auto picks CUDA when a GPU is visible and the CPU for a model that cannot run "
         "wholly on CUDA; cuda refuses such a model (default: auto)",
     )
+    p.add_argument(
+        "--engine",
+        choices=list(ENGINES),
+        help="what scores the images (see below; default: local, or remote when --url is given)",
+    )
     p.add_argument("--url", help="score through a running service (POST URL/classify) instead of a local model")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request with --url (default: 120)")
+    p.add_argument(
+        "--address",
+        metavar="ADDR",
+        help=(
+            "with --engine ray: the Ray cluster to run on, 'auto' (the cluster this machine belongs to) or "
+            "ray://HEAD:10001 (Ray Client); DIR must be at the same absolute path on every node "
+            "(default: start a local Ray instance with this machine's cores)"
+        ),
+    )
+    p.add_argument(
+        "--actors",
+        type=int,
+        metavar="N",
+        help=(
+            "with --engine ray: model actors, each holding one ONNX Runtime session and --threads CPUs "
+            "(default: one per GPU share with --gpus-per-actor, otherwise the cluster's CPUs less one in eight, "
+            "at least one, left for reading and decoding)"
+        ),
+    )
+    p.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        metavar="F",
+        help="with --engine ray: GPUs each actor holds (e.g. 0.5: two actors share one); its session runs on CUDA",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -142,6 +180,13 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     )
     p.set_defaults(fn=run)
     return p
+
+
+def _engines_help() -> str:
+    return "".join(
+        textwrap.fill(engine.help, 104, initial_indent=f"  {name:<8}", subsequent_indent=" " * 10) + "\n"
+        for name, engine in ENGINES.items()
+    )
 
 
 def _threshold(text: str) -> float:

@@ -52,7 +52,7 @@ def _exit_with_parent(parent_alive) -> None:
     os._exit(1)
 
 
-def read_file(path: str) -> bytes:
+def read_file(path: str | bytes) -> bytes:
     """The file's bytes; ``OSError`` with a readable message otherwise."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO swapped in after the walk must not block
     try:
@@ -70,11 +70,21 @@ def read_file(path: str) -> bytes:
 
 
 def read_error(exc: OSError) -> str:
+    """The error row of a file that could not be read."""
     if isinstance(exc, FileNotFoundError):
         return "file not found (deleted while scoring?)"
     if exc.strerror:
         return f"cannot read file: {exc.strerror}"
     return f"cannot read file: {exc}"
+
+
+def failure_message(exc: Exception) -> str:
+    """The error row of a file that could not be read or decoded, worded alike by every engine."""
+    if isinstance(exc, OSError):
+        return read_error(exc)
+    if isinstance(exc, ImageDecodeError):
+        return str(exc)
+    return f"could not decode ({type(exc).__name__}: {exc})"  # a decoder bug on one file must not cost the others
 
 
 @dataclass
@@ -133,11 +143,7 @@ def decode_chunk(
         try:
             pixels.append(decode_pixels(read_file(path), size, max_pixels, fit))
             ok.append(i)
-        except OSError as exc:
-            errors[i] = read_error(exc)
-        except ImageDecodeError as exc:
-            errors[i] = str(exc)
-        except Exception as exc:  # a decoder bug on one file must not cost the other files
-            errors[i] = f"could not decode ({type(exc).__name__}: {exc})"
+        except Exception as exc:
+            errors[i] = failure_message(exc)
     batch = pixels_to_model_input(b"".join(pixels), len(ok), size, out(len(ok)) if out else None)
     return Decoded(batch, ok, errors)

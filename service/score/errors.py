@@ -6,4 +6,5 @@ class UserError(Exception):
 
 
 class RemoteError(RuntimeError):
-    """The service failed in a way retrying did not fix: the run stops (exit 1) and can be resumed."""
+    """The service or the Ray cluster failed in a way retrying did not fix: the run stops (exit 1) and can be
+    resumed."""

@@ -13,10 +13,12 @@ import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Iterator
 
 from ..settings import default_streams, threads_per_stream
 from .decode import Decoded, decode_chunk, decode_into, image_bytes, rows_view, worker_init
 from .errors import UserError
+from .pipeline import pipeline
 from .sinks import Prediction, Row
 from .walk import Entry
 
@@ -169,6 +171,9 @@ class LocalBackend:
     @staticmethod
     def _paths(chunk: list[Entry]) -> list[str | None]:
         return [None if e.error else e.path for e in chunk]
+
+    def rows(self, chunks: Iterator[list[Entry]]) -> Iterator[list[Row]]:
+        return pipeline(chunks, self)
 
     def submit(self, chunk: list[Entry]):
         if self.pool is None:

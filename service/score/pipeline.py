@@ -1,4 +1,5 @@
-"""Chunks of the walk through a backend's streams, rows out in the walk's order."""
+"""What an engine is to the run loop (``Backend``), and chunks of the walk through a ``ChunkBackend``'s streams,
+rows out in the walk's order."""
 
 from __future__ import annotations
 
@@ -11,19 +12,29 @@ from .walk import Entry
 
 
 class Backend(Protocol):
-    """What the pipeline and the run loop need of an engine (local.LocalBackend, remote.RemoteBackend)."""
+    """What the run loop needs of an engine (local.LocalBackend, remote.RemoteBackend, ray_engine.RayBackend):
+    chunks of the walk in, rows out. The run loop owns the walk, the output, resume and the summary."""
 
     batch_size: int  # images per chunk of the walk
-    inflight: int  # chunks submitted ahead of the oldest one not yet taken
     k: int
     name: str | None
     classes: list[str] | None  # None: the remote service did not say
 
+    def rows(self, chunks: Iterator[list[Entry]]) -> Iterator[list[Row]]:
+        """The rows of every chunk, one list per chunk (or per batch: ``ray_engine`` regroups them)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ChunkBackend(Backend, Protocol):
+    """An engine that ``pipeline`` drives chunk by chunk (local.LocalBackend, remote.RemoteBackend)."""
+
+    inflight: int  # chunks submitted ahead of the oldest one not yet taken
+
     def submit(self, chunk: list[Entry]) -> Any: ...
 
     def finish(self, chunk: list[Entry], handle: Any) -> list[Row]: ...
-
-    def close(self) -> None: ...
 
 
 def chunks(entries: Iterator[Entry], size: int, done: set[str]) -> Iterator[list[Entry]]:
@@ -39,7 +50,7 @@ def chunks(entries: Iterator[Entry], size: int, done: set[str]) -> Iterator[list
         yield chunk
 
 
-def pipeline(chunks: Iterator[list[Entry]], backend) -> Iterator[list[Row]]:
+def pipeline(chunks: Iterator[list[Entry]], backend: ChunkBackend) -> Iterator[list[Row]]:
     """Rows per chunk, in order, with up to ``backend.inflight`` chunks being prepared ahead and up to
     ``backend.streams`` of them being finished (inferred) at once, each on its own thread.
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterator
 
 from pydantic import ValidationError
 
 from ..contract import REASONS, ClassifyError, ClassifyResponse, ModelList
 from .decode import read_error, read_file
 from .errors import RemoteError, UserError
+from .pipeline import pipeline
 from .sinks import Prediction, Row
 from .walk import Entry
 
@@ -71,6 +73,9 @@ class RemoteBackend:
         if name not in models:
             raise UserError(f"unknown model {name!r}; the service at {self.url} has: {', '.join(models)}")
         return name, models[name]
+
+    def rows(self, chunks: Iterator[list[Entry]]) -> Iterator[list[Row]]:
+        return pipeline(chunks, self)
 
     def submit(self, chunk: list[Entry]) -> Future:
         return self.pool.submit(self._score_chunk, chunk)

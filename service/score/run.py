@@ -10,13 +10,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from inference.manifest import ManifestError, load_manifest
-
 from .accuracy import FolderAccuracy
+from .engines import choose_engine
 from .errors import RemoteError, UserError
-from .local import LocalBackend
-from .pipeline import Backend, chunks, pipeline
-from .remote import DEFAULT_URL_BATCH, RemoteBackend
+from .pipeline import Backend, chunks
 from .sinks import ENCODING, OutputError, Row, confident, format_from_path, make_format, resume_output
 from .walk import WalkStats, count_images, walk
 
@@ -64,10 +61,12 @@ def _validate(args) -> str:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be 0 or more, not {args.workers}")
-    for flag in ("threads", "streams"):
+    for flag in ("threads", "streams", "actors"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise UserError(f"--{flag} must be at least 1, not {value}")
+    if getattr(args, "gpus_per_actor", None) is not None and not args.gpus_per_actor > 0:
+        raise UserError(f"--gpus-per-actor must be more than 0, not {args.gpus_per_actor}")
     fmt = args.format or ("csv" if args.out == "-" else format_from_path(args.out))
     if fmt is None:
         raise UserError(f"cannot tell the output format from {args.out!r}: name it .csv or .jsonl, or pass --format")
@@ -85,40 +84,6 @@ def _validate(args) -> str:
     return fmt
 
 
-def _open_backend(args) -> Backend:
-    if args.url:
-        return RemoteBackend(
-            args.url, args.model, args.workers, args.timeout, args.batch_size or DEFAULT_URL_BATCH, args.fit
-        )
-    from inference.runtime import choose_default, wants_cuda
-
-    cuda_wanted = wants_cuda(args.device)
-    try:
-        manifest = load_manifest(args.models_dir)
-        entry = manifest.get(args.model or choose_default(manifest, cuda_wanted, {}).name)
-    except ManifestError as exc:
-        raise UserError(str(exc)) from None
-    except KeyError as exc:
-        raise UserError(exc.args[0]) from None
-    backend = _local(args, entry.file, args.device)
-    if args.model is None and backend.clf.placement.fallback:
-        # the GPU host's default cannot run on CUDA here: the CPU hosts' default, on the CPU (one rule with the service)
-        choice = choose_default(manifest, cuda_wanted, {entry.name: backend.clf.placement})
-        if choice.name != entry.name:
-            print(f"warning: scoring with {choice.name}: {choice.reason}", file=sys.stderr)
-            backend.close()
-            backend = _local(args, manifest.get(choice.name).file, "cpu")
-    elif backend.clf.placement.fallback:
-        print(f"warning: {entry.name} runs on the CPU: {backend.clf.placement.fallback}", file=sys.stderr)
-    return backend
-
-
-def _local(args, file: str, device: str) -> LocalBackend:
-    return LocalBackend(
-        os.path.join(args.models_dir, file), device, args.threads, args.workers, args.batch_size, args.streams, args.fit
-    )
-
-
 class _Terminated(KeyboardInterrupt):
     pass
 
@@ -134,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
     backend = None
     try:
         fmt_name = _validate(args)
-        backend = _open_backend(args)
+        backend = choose_engine(args).open(args)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, _on_sigterm)  # an engine may have set its own (ray.init does)
         return _run(args, fmt_name, backend)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -163,7 +130,7 @@ def _count(root: str, stop: threading.Event, total: list) -> None:
         total.append(None)
 
 
-def _run(args, fmt_name: str, backend) -> int:
+def _run(args, fmt_name: str, backend: Backend) -> int:
     from tqdm import tqdm
 
     k = min(args.k, len(backend.classes)) if backend.classes else args.k
@@ -222,7 +189,7 @@ def _run(args, fmt_name: str, backend) -> int:
     interrupted: KeyboardInterrupt | None = None
     start = time.perf_counter()
     try:
-        for rows in pipeline(chunks(entries, backend.batch_size, done), backend):
+        for rows in backend.rows(chunks(entries, backend.batch_size, done)):
             out.write(fmt.format(rows))
             out.flush()
             for row in rows:

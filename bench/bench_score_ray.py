@@ -1,0 +1,164 @@
+"""Benchmark `python -m service score --engine ray` (Ray Data, a local Ray instance) against the local engine.
+
+    python bench/bench_score_ray.py [--images 10000] [--repeats 2] [--out bench/results/score-ray.json]
+
+Images: the first N/10 JPEGs of each class of ../shared/data/cifar10-train-jpg.tar.gz, extracted once into
+--work-dir (bench_score.py's extract). Each run is the real CLI in a fresh process, local and ray in
+interleaved rounds so that a slow spell of the shared machine hits both alike; medians are reported. Two
+figures per run: the scorer's own images/s (its summary: from the first chunk to the last row, so for Ray
+the actor pool's start is in it, the Ray instance's start is not) and the wall time of the whole command
+(interpreter, Ray's start, model load). Both outputs are checked to hold the same rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench_score import ARCHIVE, SUMMARY, extract, wait_until_quiet  # noqa: E402
+from report_io import write_json  # noqa: E402
+
+from inference.manifest import load_manifest  # noqa: E402
+from inference.runtime import default_threads  # noqa: E402
+
+ENGINES = {
+    "local": [],
+    "ray": ["--engine", "ray"],
+}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models-dir", default="models", help="models folder with manifest.json (default: models)")
+    p.add_argument("--model", help="model name (default: the manifest's default)")
+    p.add_argument("--images", type=int, default=10_000, help="JPEGs to score, split evenly over the classes")
+    p.add_argument("--repeats", type=int, default=2, help="rounds of (local, ray); medians are reported")
+    p.add_argument(
+        "--ray-flags", default="", help="more flags for the ray runs, e.g. '--actors 1' (default: the CLI's defaults)"
+    )
+    p.add_argument(
+        "--quiet-below",
+        type=float,
+        default=0.0,
+        help=(
+            "before each run wait (up to 3 min) until other processes use fewer cores than this; 0: do not wait, "
+            "only record their load (default: 0, as both engines are measured in the same rounds)"
+        ),
+    )
+    p.add_argument("--archive", default=str(ARCHIVE), help="the CIFAR-10 JPEG archive")
+    p.add_argument("--work-dir", default=str(ROOT / ".cache" / "bench-score"), help="where images are extracted")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "score-ray.json"), help="JSON results")
+    return p
+
+
+def run(folder: Path, models_dir: str, model: str, flags: list[str], out: Path) -> dict:
+    cmd = [sys.executable, "-m", "service", "score", str(folder), "--out", str(out)]
+    cmd += ["--models-dir", models_dir, "--model", model, "--no-progress", *flags]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"scorer failed ({done.returncode}): {done.stderr}")
+    hit = SUMMARY.search(done.stderr)
+    return {
+        "scored": int(hit[1]),
+        "failed": int(hit[2]),
+        "scoring_s": float(hit[3]),
+        "images_per_s": float(hit[4]),
+        "wall_s": wall,
+        "images_per_s_wall": (int(hit[1]) + int(hit[2])) / wall,
+    }
+
+
+def sorted_rows(path: Path) -> list[list[str]]:
+    with open(path, newline="") as f:
+        header, *rows = list(csv.reader(f))
+    return [header, *sorted(rows)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    folder = extract(Path(args.archive), work, args.images)
+    model = load_manifest(args.models_dir).get(args.model).name
+    engines = {"local": ENGINES["local"], "ray": ENGINES["ray"] + args.ray_flags.split()}
+    print(f"model {model}, {args.images} JPEGs in {folder}, {default_threads()} usable cores", file=sys.stderr)
+    runs: dict[str, list[dict]] = {name: [] for name in engines}
+    for round_ in range(args.repeats):
+        for name, flags in engines.items():
+            load = wait_until_quiet(args.quiet_below if args.quiet_below > 0 else float("inf"))
+            r = run(folder, args.models_dir, model, flags, work / f"{name}.csv")
+            assert r["scored"] + r["failed"] == args.images, r
+            r["load_before"] = load
+            runs[name].append(r)
+        assert sorted_rows(work / "ray.csv") == sorted_rows(work / "local.csv"), "the engines' rows differ"
+        print(
+            f"  round {round_ + 1}: "
+            + ", ".join(
+                f"{n} {rs[-1]['images_per_s']:.0f}/s ({rs[-1]['wall_s']:.1f} s wall)" for n, rs in runs.items()
+            ),
+            file=sys.stderr,
+        )
+    results = {
+        name: {
+            "flags": engines[name],
+            "images_per_s": statistics.median(r["images_per_s"] for r in rs),
+            "wall_s": statistics.median(r["wall_s"] for r in rs),
+            "images_per_s_wall": statistics.median(r["images_per_s_wall"] for r in rs),
+            "runs": rs,
+        }
+        for name, rs in runs.items()
+    }
+    local = results["local"]
+    lines = [
+        f"score: local engine vs Ray Data (a local Ray instance), {model}, {args.images} CIFAR-10 JPEGs, "
+        f"{default_threads()} cores ({platform.machine()}), median of {args.repeats} interleaved rounds",
+        "",
+        "| engine | flags | images/s (scoring) | vs local | wall s (whole command) | images/s (wall) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {' '.join(r['flags']) or '(defaults)'} | {r['images_per_s']:.0f} | "
+            f"{r['images_per_s'] / local['images_per_s']:.2f}x | {r['wall_s']:.1f} | {r['images_per_s_wall']:.0f} |"
+        )
+    print("\n".join(lines))
+    write_json(
+        args.out,
+        {
+            "model": model,
+            "images": args.images,
+            "cores": default_threads(),
+            "cpu": _cpu_model(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "engines": results,
+            "ray_vs_local_scoring": results["ray"]["images_per_s"] / local["images_per_s"],
+            "ray_vs_local_wall": local["wall_s"] / results["ray"]["wall_s"],
+            "rows_identical": True,
+        },
+    )
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

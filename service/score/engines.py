@@ -1,0 +1,135 @@
+"""The scoring engines, one table: what each is, which of the engine-only flags it takes, how it is opened.
+
+``run`` opens the chosen engine and drives it through the ``Backend`` protocol (pipeline.py); the walk,
+the output, resume and the summary are the same for all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from inference.manifest import Manifest, ManifestError, ModelEntry, load_manifest
+from inference.runtime import choose_default, wants_cuda
+
+from .errors import UserError
+from .local import LocalBackend
+from .pipeline import Backend
+from .remote import DEFAULT_URL_BATCH, RemoteBackend
+
+# Flags that only some engines take (argparse dest -> flag): left unset, they do not count.
+ENGINE_ONLY_FLAGS = {
+    "url": "--url",
+    "workers": "--workers",
+    "streams": "--streams",
+    "threads": "--threads",
+    "address": "--address",
+    "actors": "--actors",
+    "gpus_per_actor": "--gpus-per-actor",
+}
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    help: str
+    flags: frozenset[str]  # the ENGINE_ONLY_FLAGS it takes
+    open: Callable[[argparse.Namespace], Backend]
+
+
+def _manifest(args: argparse.Namespace) -> Manifest:
+    try:
+        return load_manifest(args.models_dir)
+    except ManifestError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _entry(manifest: Manifest, name: str | None) -> ModelEntry:
+    try:
+        return manifest.get(name)
+    except KeyError as exc:
+        raise UserError(exc.args[0]) from None
+
+
+def model_path(args: argparse.Namespace, on_gpu: bool) -> str:
+    """The .onnx file of ``--model``, or of the manifest's default for the device it will run on."""
+    manifest = _manifest(args)
+    entry = _entry(manifest, args.model or choose_default(manifest, on_gpu, {}).name)
+    return os.path.join(args.models_dir, entry.file)
+
+
+def _open_local(args: argparse.Namespace) -> Backend:
+    manifest = _manifest(args)
+    cuda_wanted = wants_cuda(args.device)
+    entry = _entry(manifest, args.model or choose_default(manifest, cuda_wanted, {}).name)
+    backend = _local(args, entry.file, args.device)
+    placement = backend.clf.placement
+    if args.model is None and placement.fallback:
+        # the GPU host's default cannot run on CUDA here: the CPU hosts' default, on the CPU (one rule with the service)
+        choice = choose_default(manifest, cuda_wanted, {entry.name: placement})
+        if choice.name != entry.name:
+            print(f"warning: scoring with {choice.name}: {choice.reason}", file=sys.stderr)
+            backend.close()
+            return _local(args, _entry(manifest, choice.name).file, "cpu")
+    if placement.fallback:
+        print(f"warning: {entry.name} runs on the CPU: {placement.fallback}", file=sys.stderr)
+    return backend
+
+
+def _local(args: argparse.Namespace, file: str, device: str) -> LocalBackend:
+    return LocalBackend(
+        os.path.join(args.models_dir, file), device, args.threads, args.workers, args.batch_size, args.streams, args.fit
+    )
+
+
+def _open_remote(args: argparse.Namespace) -> Backend:
+    if not args.url:
+        raise UserError("--engine remote needs --url URL (a running service)")
+    return RemoteBackend(
+        args.url, args.model, args.workers, args.timeout, args.batch_size or DEFAULT_URL_BATCH, args.fit
+    )
+
+
+def _open_ray(args: argparse.Namespace) -> Backend:
+    from .ray_engine import open_ray  # Ray is imported only when this engine is used
+
+    return open_ray(args, model_path(args, on_gpu=bool(args.gpus_per_actor)))
+
+
+ENGINES = {
+    engine.name: engine
+    for engine in (
+        Engine(
+            "local",
+            "ONNX Runtime in this process, decoding in worker processes (the default)",
+            frozenset({"workers", "streams", "threads"}),
+            _open_local,
+        ),
+        Engine(
+            "remote",
+            "a running service's POST /classify (--url; the default when --url is given)",
+            frozenset({"url", "workers"}),
+            _open_remote,
+        ),
+        Engine(
+            "ray",
+            "Ray Data: reading and decoding tasks and a pool of model actors, on a local Ray instance or a "
+            "cluster (--address; needs pip install -e '.[ray]')",
+            frozenset({"address", "actors", "gpus_per_actor", "threads"}),
+            _open_ray,
+        ),
+    )
+}
+
+
+def choose_engine(args: argparse.Namespace) -> Engine:
+    """The engine ``--engine`` names (remote when only ``--url`` is given); UserError for a flag it does not take."""
+    engine = ENGINES[args.engine or ("remote" if args.url else "local")]
+    for dest, flag in ENGINE_ONLY_FLAGS.items():
+        if getattr(args, dest, None) is not None and dest not in engine.flags:
+            takers = [name for name, other in ENGINES.items() if dest in other.flags]
+            raise UserError(f"{flag} is not for --engine {engine.name} (it is for --engine {', '.join(takers)})")
+    return engine

@@ -1,0 +1,374 @@
+"""The Ray engine (``--engine ray``): reading, decoding and inference as Ray Data stages, on a local Ray instance
+or a cluster.
+
+The walk, resume, the output and the summary stay in this process (run.py), as with the other engines. Each
+window of the walk's pending files becomes one dataset: its files' bytes are read and decoded with the
+project's decoder by tasks (two stages, which Ray runs fused in one task per block), a pool of actors, each
+holding one ONNX Runtime session (on CUDA when the actor holds a GPU), infers, and the rows come back here to
+be written, in the order their batches finish (not the walk's). A file that cannot be read or decoded is an
+error row with the local engine's wording (decode.failure_message).
+
+Every use of Ray is in this module, and Ray is imported only when the engine is opened: ``service`` runs
+without it. Nodes read the files themselves: on a cluster, DIR must be at the same absolute path on every
+node (a shared file system). The model travels with the job (the actors get its bytes) and so does this
+project's code (``py_modules``); the nodes need Ray and the project's base dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from typing import Iterator
+
+from inference.preprocess import DEFAULT_MAX_PIXELS, decode_pixels, pixels_to_model_input
+from inference.runtime import default_threads, read_card
+
+from .decode import failure_message, read_file
+from .errors import RemoteError, UserError
+from .local import DEFAULT_BATCH_SIZE, DEFAULT_GPU_BATCH_SIZE
+from .sinks import ENCODING, Prediction, Row
+from .walk import Entry
+
+MISSING = "--engine ray needs Ray Data, an optional extra: pip install -e '.[ray]'"
+# Files per dataset. One dataset for a whole folder would hold every pending path in this process and in the
+# object store at once; a window bounds both, at the cost of one actor pool start per window.
+WINDOW_FILES = 1_000_000
+CHUNKS_PER_BLOCK = 8  # chunks of the walk (--batch-size files each) per block: one read-and-decode task
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the extra: ray[data] brings pyarrow with it)
+    except ImportError:
+        raise UserError(MISSING) from None
+    return ray
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode(**ENCODING)
+
+
+def _raw(text: str | None) -> bytes | None:
+    """Paths and messages travel as bytes: a file name that is not UTF-8 (surrogate-escaped) is no Arrow string."""
+    return None if text is None else text.encode(**ENCODING)
+
+
+# ------------------------------------------------------------------------------------------------ the stages
+# Each stage takes and returns an Arrow table with the columns ``rel`` and ``error`` (binary; error null for a
+# file still going), and adds what it made. They run in Ray's worker processes, which import this module.
+
+
+def read_files(batch, root: bytes):
+    """Stage 1: the bytes of each file (``data``, null where reading failed or the walk had found an error)."""
+    import pyarrow as pa
+
+    data, errors = [], []
+    for rel, error in zip(batch.column("rel").to_pylist(), batch.column("error").to_pylist()):
+        content = None
+        if error is None:
+            try:
+                content = read_file(os.path.join(root, rel))
+            except Exception as exc:
+                error = _raw(failure_message(exc))
+        data.append(content)
+        errors.append(error)
+    return pa.table(
+        {
+            "rel": batch.column("rel"),
+            "error": pa.array(errors, pa.binary()),
+            "data": pa.array(data, pa.large_binary()),  # a block may hold more than 2 GiB of files
+        }
+    )
+
+
+def decode_files(batch, size: tuple[int, int], fit: str, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Stage 2: the project's decoder, ``data`` -> ``pixels`` (H x W x 3 uint8 bytes, null where it failed)."""
+    import pyarrow as pa
+
+    pixels, errors = [], []
+    for data, error in zip(batch.column("data").to_pylist(), batch.column("error").to_pylist()):
+        decoded = None
+        if error is None:
+            try:
+                decoded = decode_pixels(data, size, max_pixels, fit)
+            except Exception as exc:
+                error = _raw(failure_message(exc))
+        pixels.append(decoded)
+        errors.append(error)
+    return pa.table(
+        {"rel": batch.column("rel"), "error": pa.array(errors, pa.binary()), "pixels": pa.array(pixels, pa.binary())}
+    )
+
+
+class Classify:
+    """Stage 3, in each actor of the pool: one ONNX Runtime session; ``pixels`` -> top-k ``index`` and
+    ``confidence`` (empty lists on error rows)."""
+
+    def __init__(self, model: tuple, size: tuple[int, int], k: int, threads: int, device: str) -> None:
+        import ray
+
+        from inference.runtime import OnnxClassifier
+
+        # The model's bytes come through the object store (``model`` holds their reference), so that no node
+        # needs the models folder; the session reads its file once.
+        with tempfile.TemporaryDirectory(prefix="score-model-") as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            with open(path, "wb") as f:
+                f.write(ray.get(model[0]))
+            self.clf = OnnxClassifier(path, device=device, threads=threads, spin=False)  # type: ignore[arg-type]
+        self.size = size
+        self.k = k
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        from inference.runtime import top_k
+
+        errors = batch.column("error").to_pylist()
+        pixels = batch.column("pixels").to_pylist()
+        ok = [i for i, error in enumerate(errors) if error is None]
+        index: list[list[int]] = [[] for _ in errors]
+        confidence: list[list[float]] = [[] for _ in errors]
+        if ok:
+            model_input = pixels_to_model_input(b"".join(pixels[i] for i in ok), len(ok), self.size)
+            idx, conf = top_k(self.clf.probabilities(model_input), self.k)
+            for i, cs, ps in zip(ok, idx.tolist(), conf.tolist()):
+                index[i], confidence[i] = cs, ps
+        return pa.table(
+            {
+                "rel": batch.column("rel"),
+                "error": batch.column("error"),
+                "index": pa.array(index, pa.list_(pa.int32())),
+                "confidence": pa.array(confidence, pa.list_(pa.float64())),
+            }
+        )
+
+
+# ------------------------------------------------------------------------------------------------ the engine
+
+
+def default_actors(cpus: float, gpus: float, gpus_per_actor: float | None, cpus_per_actor: int) -> int:
+    """One actor per GPU share; on CPUs, one per ``cpus_per_actor`` of the cluster's CPUs (Ray runs the read and
+    decode stages inside CPU actors: see ``check_resources``)."""
+    if gpus_per_actor:
+        return max(1, int(gpus / gpus_per_actor + 1e-9))
+    return max(1, int(cpus) // cpus_per_actor)
+
+
+def check_resources(actors: int, cpus_per_actor: int, gpus_per_actor: float | None, cpus: float, gpus: float) -> None:
+    """UserError when the pool cannot run. Ray Data fuses the task stages (read, decode) into the actor stage
+    when both ask for the same resources and nothing else of Ray (retry limits included), as the CPU actors
+    and their stages do: each actor then reads, decodes and infers its batches, no pixels go through the
+    object store, and the actors may hold every CPU. GPU actors ask for a GPU, so the stages stay tasks, which
+    need a CPU beside the actors."""
+    if gpus_per_actor:
+        if actors * gpus_per_actor > gpus + 1e-9:
+            raise UserError(
+                f"--actors {actors} x --gpus-per-actor {gpus_per_actor:g} need more than the {gpus:g} GPUs "
+                "of the Ray cluster"
+            )
+        if actors * cpus_per_actor >= cpus:
+            raise UserError(
+                f"--actors {actors} x --threads {cpus_per_actor} take all {cpus:g} CPUs of the Ray cluster: none "
+                "is left to read and decode the images (use fewer actors or threads)"
+            )
+    elif actors * cpus_per_actor > cpus:
+        raise UserError(
+            f"--actors {actors} x --threads {cpus_per_actor} need more than the {cpus:g} CPUs of the Ray cluster"
+        )
+
+
+class RayBackend:
+    """A Ray instance started here (``address`` None) or a cluster; see the module's docstring."""
+
+    def __init__(
+        self,
+        model_path: str,
+        root: str,
+        address: str | None = None,
+        actors: int | None = None,
+        gpus_per_actor: float | None = None,
+        threads: int | None = None,
+        batch_size: int | None = None,
+        device: str = "auto",
+        fit: str | None = None,
+    ) -> None:
+        if device == "cuda" and not gpus_per_actor:
+            raise UserError("--device cuda with --engine ray needs --gpus-per-actor (the GPUs Ray gives each actor)")
+        self.ray = ray = _import_ray()
+        card = read_card(model_path)
+        self.name = card.name
+        self.classes = list(card.classes)
+        self.size = tuple(card.input.size)
+        self.fit = fit or card.input.fit  # how each image is fitted to ``size``: the request's, or the model's
+        self.k = 5
+        self.root = os.fsencode(os.path.abspath(root))
+        self.threads = threads or 1
+        self.gpus_per_actor = gpus_per_actor
+        self.batch_size = batch_size or (DEFAULT_GPU_BATCH_SIZE if gpus_per_actor else DEFAULT_BATCH_SIZE)
+        self._stream = None
+        self._owns_connection = _connect(ray, address)
+        _quiet(ray)
+        try:
+            with open(model_path, "rb") as f:
+                # Stored once for every actor of every window's pool; inside a tuple, the reference reaches the
+                # actors as it is and each fetches the bytes itself.
+                self._model = (ray.put(f.read()),)
+            resources = ray.cluster_resources()
+            cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+            self.actors = actors or default_actors(cpus, gpus, gpus_per_actor, self.threads)
+            check_resources(self.actors, self.threads, gpus_per_actor, cpus, gpus)
+            if not self._owns_connection:
+                where = "the Ray instance this process is connected to"
+            else:
+                where = "a local Ray instance" if address is None else f"the Ray cluster at {address}"
+            print(
+                f"ray: {where}, with {cpus:g} CPUs and {gpus:g} GPUs; {self.actors} model actors of {self.threads} "
+                f"CPU(s)" + (f" and {gpus_per_actor:g} GPU" if gpus_per_actor else ""),
+                file=sys.stderr,
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    def rows(self, chunks: Iterator[list[Entry]]) -> Iterator[list[Row]]:
+        self._stream = self._rows(chunks)
+        return self._stream
+
+    def _rows(self, chunks: Iterator[list[Entry]]) -> Iterator[list[Row]]:
+        window: list[list[Entry]] = []
+        files = 0
+        for chunk in chunks:
+            window.append(chunk)
+            files += len(chunk)
+            if files >= WINDOW_FILES:
+                yield from self._score(window)
+                window, files = [], 0
+        if window:
+            yield from self._score(window)
+
+    def _dataset(self, window: list[list[Entry]]):
+        import pyarrow as pa
+
+        ray = self.ray
+        blocks = []
+        per_block = max(1, min(CHUNKS_PER_BLOCK, len(window) // (2 * self.actors)))  # small folders: work for all
+        for start in range(0, len(window), per_block):
+            entries = [e for chunk in window[start : start + per_block] for e in chunk]
+            blocks.append(
+                pa.table(
+                    {
+                        "rel": pa.array([_raw(e.rel) for e in entries], pa.binary()),
+                        "error": pa.array([_raw(e.error) for e in entries], pa.binary()),
+                    }
+                )
+            )
+        # The same CPUs as a CPU actor, so that Ray fuses the two stages into the actors (check_resources).
+        task_cpus = self.threads if not self.gpus_per_actor else 1
+        return (
+            ray.data.from_arrow(blocks)
+            .map_batches(
+                read_files, fn_kwargs={"root": self.root}, batch_format="pyarrow", batch_size=None, num_cpus=task_cpus
+            )
+            .map_batches(
+                decode_files,
+                fn_kwargs={"size": self.size, "fit": self.fit},
+                batch_format="pyarrow",
+                batch_size=None,
+                num_cpus=task_cpus,
+            )
+            .map_batches(
+                Classify,
+                fn_constructor_kwargs={
+                    "model": self._model,
+                    "size": self.size,
+                    "k": self.k,
+                    "threads": self.threads,
+                    "device": "cuda" if self.gpus_per_actor else "cpu",
+                },
+                compute=ray.data.ActorPoolStrategy(size=self.actors),
+                batch_format="pyarrow",
+                batch_size=self.batch_size,
+                num_cpus=self.threads,
+                num_gpus=self.gpus_per_actor,
+            )
+        )
+
+    def _score(self, window: list[list[Entry]]) -> Iterator[list[Row]]:
+        batches = iter(self._dataset(window).iter_batches(batch_size=None, batch_format="pyarrow"))
+        try:
+            for table in batches:
+                yield self._table_rows(table)
+        except self.ray.exceptions.RayError as exc:
+            raise RemoteError(f"the Ray job failed: {type(exc).__name__}: {str(exc).strip()[:1000]}") from None
+        finally:
+            batches.close()  # stops the dataset's executor when the run ends early
+
+    def _table_rows(self, table) -> list[Row]:
+        classes = self.classes
+        rows = []
+        for rel, error, index, confidence in zip(
+            table.column("rel").to_pylist(),
+            table.column("error").to_pylist(),
+            table.column("index").to_pylist(),
+            table.column("confidence").to_pylist(),
+        ):
+            if error is not None:
+                rows.append(Row(_text(rel), error=_text(error)))
+            else:
+                rows.append(Row(_text(rel), [Prediction(classes[c], c, p) for c, p in zip(index, confidence)]))
+        return rows
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()  # the dataset's executor stops before Ray does
+            self._stream = None
+        if self._owns_connection:
+            self._owns_connection = False
+            self.ray.shutdown()
+
+
+def _connect(ray, address: str | None) -> bool:
+    """Start or join Ray; False when this process was connected already (a program embedding the scorer)."""
+    if ray.is_initialized():
+        return False
+    common = dict(logging_level=logging.ERROR, log_to_driver=False)
+    try:
+        if address is None:
+            # "local": a new instance even where a cluster runs on this machine (that takes --address auto).
+            ray.init(address="local", num_cpus=default_threads(), include_dashboard=False, **common)
+        else:
+            import inference
+            import service
+
+            # The cluster's workers get this checkout's code, whatever version the nodes have installed.
+            ray.init(address=address, runtime_env={"py_modules": [inference, service]}, **common)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(f"cannot start or reach Ray at {address or 'a local instance'}: {exc}") from None
+    return True
+
+
+def _quiet(ray) -> None:
+    """Ray Data's own progress bars and per-dataset log lines would interleave with the scorer's bar."""
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if getattr(handler, "stream", None) in (sys.stderr, sys.stdout):
+            handler.setLevel(logging.ERROR)
+
+
+def open_ray(args: argparse.Namespace, model_path: str) -> RayBackend:
+    return RayBackend(
+        model_path,
+        args.dir,
+        address=args.address,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        device=args.device,
+        fit=args.fit,
+    )

@@ -1,0 +1,246 @@
+"""The Ray engine (`python -m service score --engine ray`): the local engine's rows, error rows, summary and
+resume, on a small local Ray instance (2 CPUs) that every test of this module shares."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from service.score import ray_engine
+from service.score.cli import main as score_main
+from service.score.errors import UserError
+
+BROKEN = {  # file -> what its error row says, in both engines
+    "alpha/corrupt.jpg": "not a readable image",
+    "beta/notes.png": "cannot identify image file",  # a text file with an image's extension
+    "gamma/truncated.png": "not a readable image",
+    "gamma/gone.jpg": "broken symlink",
+}
+
+
+def _score(*args) -> int:
+    return score_main([str(a) for a in args])
+
+
+def _rows(path: Path) -> list[list[str]]:
+    with open(path, newline="") as f:
+        header, *rows = list(csv.reader(f))
+    return [header, *sorted(rows)]
+
+
+def _copies(image_folder: Path, root: Path, count: int) -> None:
+    """``count`` images in class folders named as the tiny model's classes, PNG and JPEG."""
+    sources = sorted(image_folder.rglob("*.png"))
+    for i in range(count):
+        source = sources[i % len(sources)]
+        folder = root / source.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        if i % 3:
+            shutil.copy(source, folder / f"{i:05d}.png")
+        else:
+            Image.open(source).save(folder / f"{i:05d}.jpg", quality=90)
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local Ray instance for this module (this process connects to it; subprocesses get --address)."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        object_store_memory=200 << 20,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+    )
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def three_hundred(image_folder, tmp_path_factory) -> Path:
+    """300 image files: 296 readable, a corrupt JPEG, a text file named .png, a truncated PNG, a broken link;
+    and a file without an image extension (skipped)."""
+    root = tmp_path_factory.mktemp("three-hundred")
+    _copies(image_folder, root, 296)
+    (root / "alpha/corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 10)
+    (root / "beta/notes.png").write_text("a text file, not an image")
+    (root / "gamma/truncated.png").write_bytes((image_folder / "gamma" / "0040.png").read_bytes()[:120])
+    os.symlink("missing.jpg", root / "gamma/gone.jpg")
+    (root / "README.txt").write_text("not an image either")
+    return root
+
+
+def test_ray_engine_gives_the_local_engines_rows_and_summary(
+    ray_address, three_hundred, tiny_models_dir, tmp_path, capsys, monkeypatch
+):
+    common = ["--models-dir", tiny_models_dir, "--k", 2, "--batch-size", 16, "--labels-from-folders", "--no-progress"]
+    assert _score(three_hundred, "--out", tmp_path / "local.csv", *common) == 0
+    local_err = capsys.readouterr().err
+    monkeypatch.setattr(ray_engine, "WINDOW_FILES", 160)  # two datasets, one after the other
+    assert _score(three_hundred, "--out", tmp_path / "ray.csv", "--engine", "ray", *common) == 0
+    ray_err = capsys.readouterr().err
+
+    local, ray = _rows(tmp_path / "local.csv"), _rows(tmp_path / "ray.csv")
+    assert len(local) == 1 + 300 and ray == local  # header and every row, byte for byte once sorted by path
+    errors = {row[0]: row[-1] for row in ray[1:] if row[-1]}
+    assert set(errors) == set(BROKEN) and all(BROKEN[path] in message for path, message in errors.items())
+    assert "ray: the Ray instance this process is connected to, with 2 CPUs" in ray_err  # not a new one
+    for err in (local_err, ray_err):
+        assert "scored 296, failed 4, skipped 1 (not images)" in err and "Traceback" not in err, err
+    # The accuracy report comes from the rows alike.
+    assert ray_err[ray_err.index("accuracy against") :] == local_err[local_err.index("accuracy against") :]
+
+
+def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the scorer exited ({proc.returncode}) before writing {count} lines: {proc.stderr.read()}")
+        time.sleep(0.005)
+    pytest.fail(f"no {count} lines in {path} after {timeout} s")
+
+
+def test_ray_engine_resumes_an_interrupted_run_scoring_each_file_once(
+    ray_address, image_folder, tiny_models_dir, tmp_path
+):
+    """Killed (SIGKILL) part-way, then resumed and interrupted with Ctrl-C, then resumed to the end: each file
+    is in the output exactly once, with the rows the local engine gives. The scorer runs as a driver of its
+    own against the module's Ray instance (--address)."""
+    root = tmp_path / "many"
+    _copies(image_folder, root, 3000)
+    (root / "beta" / "broken.png").write_bytes(b"broken")
+    out = tmp_path / "ray.csv"
+    common = ["--models-dir", str(tiny_models_dir), "--batch-size", "8", "--k", "1"]
+    ray_cmd = [sys.executable, "-m", "service", "score", str(root), "--out", str(out), *common]
+    ray_cmd += ["--engine", "ray", "--address", ray_address]
+    kw = dict(
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C as in a shell
+    )
+
+    proc = subprocess.Popen(ray_cmd, **kw)
+    _wait_for_lines(out, 40, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lines = out.read_bytes().count(b"\n")
+    assert 40 <= lines < 3002, "the run should have been killed part-way"
+    with open(out, "a") as f:
+        f.write("alpha/00999.png,al")  # as if killed in the middle of a write
+
+    proc = subprocess.Popen([*ray_cmd, "--resume"], **kw)
+    _wait_for_lines(out, lines + 40, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err and "--resume" in err and "Traceback" not in err, err
+
+    done = subprocess.run([*ray_cmd, "--resume"], **kw, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "already in" in done.stderr and "Traceback" not in done.stderr
+
+    assert _score(root, "--out", tmp_path / "local.csv", *common, "--no-progress") == 0
+    rows = _rows(out)
+    paths = [row[0] for row in rows[1:]]
+    assert len(paths) == len(set(paths)) == 3001  # each file exactly once
+    assert rows == _rows(tmp_path / "local.csv")
+    assert [row[0] for row in rows[1:] if row[-1]] == ["beta/broken.png"]
+
+
+def test_ray_engine_usage_errors(three_hundred, tiny_models_dir, tmp_path, capsys, monkeypatch):
+    """Flags of other engines are refused before anything starts; without Ray, one line naming the extra."""
+    models = ["--models-dir", tiny_models_dir, "--no-progress", "--out", tmp_path / "p.csv"]
+    cases = {
+        "--address is not for --engine local (it is for --engine ray)": ["--address", "auto"],
+        "--workers is not for --engine ray (it is for --engine local, remote)": ["--engine", "ray", "--workers", 2],
+        "--engine remote needs --url": ["--engine", "remote"],
+        "--gpus-per-actor must be more than 0": ["--engine", "ray", "--gpus-per-actor", 0],
+        "--actors must be at least 1": ["--engine", "ray", "--actors", 0],
+    }
+    for message, args in cases.items():
+        assert _score(three_hundred, *models, *args) == 2, message
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "Traceback" not in err, err
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as without the extra
+    assert _score(three_hundred, *models, "--engine", "ray") == 2
+    assert capsys.readouterr().err == f"error: {ray_engine.MISSING}\n"
+    assert "pip install -e '.[ray]'" in ray_engine.MISSING
+
+
+def test_the_scorer_runs_without_importing_ray(tiny_models_dir, image_folder, tmp_path):
+    code = (
+        "import sys, service.__main__\n"
+        "from service.score.cli import main\n"
+        "assert main([sys.argv[1], '--models-dir', sys.argv[2], '--out', sys.argv[3], '--no-progress']) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'pyarrow')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(image_folder), str(tiny_models_dir), str(tmp_path / "p.csv")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_actor_pool_sizes_and_resource_checks():
+    assert ray_engine.default_actors(cpus=16, gpus=0, gpus_per_actor=None, cpus_per_actor=1) == 16
+    assert ray_engine.default_actors(cpus=16, gpus=0, gpus_per_actor=None, cpus_per_actor=4) == 4
+    assert ray_engine.default_actors(cpus=16, gpus=2, gpus_per_actor=0.5, cpus_per_actor=1) == 4
+    assert ray_engine.default_actors(cpus=1, gpus=0, gpus_per_actor=None, cpus_per_actor=2) == 1
+    ray_engine.check_resources(2, 1, None, cpus=2, gpus=0)  # CPU actors may hold every CPU (stages fused)
+    ray_engine.check_resources(4, 1, 0.5, cpus=8, gpus=2)
+    for args, message in (
+        ((3, 1, None, 2, 0), "need more than the 2 CPUs"),
+        ((5, 1, 0.5, 8, 2), "need more than the 2 GPUs"),
+        ((2, 1, 1.0, 2, 2), "none is left to read and decode"),  # GPU actors: the stages stay CPU tasks
+    ):
+        with pytest.raises(UserError, match=message):
+            ray_engine.check_resources(*args[:3], cpus=args[3], gpus=args[4])
+
+
+def test_stages_turn_every_failure_into_the_local_engines_error_row(image_folder, tmp_path):
+    """The read and decode stages on their own (no Ray): bytes paths, a non-UTF-8 name, a missing file."""
+    pa = pytest.importorskip("pyarrow")
+    good = (image_folder / "alpha" / "0000.png").read_bytes()
+    odd = os.fsencode("caf\udce9.png")  # a name that is not UTF-8
+    (tmp_path / os.fsdecode(odd)).write_bytes(good)
+    (tmp_path / "text.png").write_text("hello")
+    rels = [odd, b"text.png", b"missing.png", b"walked.png"]
+    batch = pa.table(
+        {
+            "rel": pa.array(rels, pa.binary()),
+            "error": pa.array([None, None, None, b"broken symlink (...)"], pa.binary()),
+        }
+    )
+    read = ray_engine.read_files(batch, os.fsencode(str(tmp_path)))
+    decoded = ray_engine.decode_files(read, (32, 32), "center_crop")
+    errors = decoded.column("error").to_pylist()
+    assert errors[0] is None and len(decoded.column("pixels")[0].as_py()) == 32 * 32 * 3
+    assert errors[1] == b"not a readable image (UnidentifiedImageError: cannot identify image file)"
+    assert errors[2] == b"file not found (deleted while scoring?)"
+    assert errors[3] == b"broken symlink (...)" and decoded.column("pixels").to_pylist()[1:] == [None] * 3
+    np.testing.assert_array_equal(
+        np.frombuffer(decoded.column("pixels")[0].as_py(), np.uint8).reshape(32, 32, 3),
+        np.asarray(Image.open(tmp_path / os.fsdecode(odd)).convert("RGB")),
+    )
