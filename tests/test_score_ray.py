@@ -56,14 +56,22 @@ def _copies(image_folder: Path, root: Path, count: int) -> None:
 def ray_address():
     """A local Ray instance for this module (this process connects to it; subprocesses get --address)."""
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
-    ray.init(
-        address="local",
-        num_cpus=2,
-        object_store_memory=200 << 20,
-        include_dashboard=False,
-        logging_level="ERROR",
-        log_to_driver=False,
-    )
+    for attempt in (1, 2):
+        try:
+            ray.init(
+                address="local",
+                num_cpus=2,
+                object_store_memory=200 << 20,
+                include_dashboard=False,
+                logging_level="ERROR",
+                log_to_driver=False,
+            )
+            break
+        except Exception as exc:
+            # Ray gives its raylet a fixed 30 s to register; on two cores busy with other work it can take longer.
+            ray.shutdown()
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
