@@ -143,7 +143,9 @@ def test_the_bento_packs_the_service_code_and_the_models_only(bento):
     src = bento / "src"
     files = {p.relative_to(src) for p in src.rglob("*") if p.is_file()}
     assert {f.parts[0] for f in files} == {"inference", "service", "models", "bentofile.yaml"}
-    assert all(f.suffix == ".py" for f in files if f.parts[0] in ("inference", "service"))
+    static = {f for f in files if f.parts[:2] == ("service", "static")}  # the page at / (no build step)
+    assert static == {Path("service/static") / p.name for p in (ROOT / "service" / "static").iterdir() if p.is_file()}
+    assert static and all(f.suffix == ".py" for f in files - static if f.parts[0] in ("inference", "service"))
     assert not any("__pycache__" in f.parts for f in files)
     manifest = yaml.safe_load((ROOT / "models" / "manifest.json").read_text())
     shipped = {Path("models") / m["file"] for m in manifest["models"]} | {Path("models/manifest.json")}
