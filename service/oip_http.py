@@ -64,6 +64,14 @@ def oip_routes(
             )
         return model
 
+    def located(request: Request) -> tuple[Engine, Any] | Response:
+        """The running service and the model the path names, or the answer that says why not."""
+        running = engine()
+        if running is None:
+            return not_loaded()
+        model = find(running, request.path_params["name"])
+        return model if isinstance(model, Response) else (running, model)
+
     async def server(request: Request) -> Response:
         return JSONResponse(server_metadata(server_name).model_dump())
 
@@ -75,13 +83,10 @@ def oip_routes(
         return Response(status_code=200 if running is not None and running.ready else 400)
 
     async def metadata(request: Request) -> Response:
-        running = engine()
-        if running is None:
-            return not_loaded()
-        model = find(running, request.path_params["name"])
-        if isinstance(model, Response):
-            return model
-        return JSONResponse(model_metadata(model).model_dump())
+        found = located(request)
+        if isinstance(found, Response):
+            return found
+        return JSONResponse(model_metadata(found[1]).model_dump())
 
     async def model_ready(request: Request) -> Response:
         running = engine()
@@ -91,12 +96,10 @@ def oip_routes(
         return model if isinstance(model, Response) else Response(status_code=200 if running.ready else 400)
 
     async def infer(request: Request) -> Response:
-        running = engine()
-        if running is None:
-            return not_loaded()
-        model = find(running, request.path_params["name"])
-        if isinstance(model, Response):
-            return model
+        found = located(request)
+        if isinstance(found, Response):
+            return found
+        running, model = found
         body = await read_body(request, max_body_bytes)
         if isinstance(body, Rejection):
             return refuse(body, running)
