@@ -40,13 +40,6 @@ class Engine:
     open: Callable[[argparse.Namespace], Backend]
 
 
-def _manifest(args: argparse.Namespace) -> Manifest:
-    try:
-        return load_manifest(args.models_dir)
-    except ManifestError as exc:
-        raise UserError(str(exc)) from None
-
-
 def _entry(manifest: Manifest, name: str | None) -> ModelEntry:
     try:
         return manifest.get(name)
@@ -54,17 +47,18 @@ def _entry(manifest: Manifest, name: str | None) -> ModelEntry:
         raise UserError(exc.args[0]) from None
 
 
-def model_path(args: argparse.Namespace, on_gpu: bool) -> str:
-    """The .onnx file of ``--model``, or of the manifest's default for the device it will run on."""
-    manifest = _manifest(args)
-    entry = _entry(manifest, args.model or choose_default(manifest, on_gpu, {}).name)
-    return os.path.join(args.models_dir, entry.file)
+def chosen_model(args: argparse.Namespace, on_gpu: bool) -> tuple[Manifest, ModelEntry]:
+    """The manifest under ``--models-dir`` and ``--model``'s entry, or the default for the device it will run on."""
+    try:
+        manifest = load_manifest(args.models_dir)
+    except ManifestError as exc:
+        raise UserError(str(exc)) from None
+    return manifest, _entry(manifest, args.model or choose_default(manifest, on_gpu, {}).name)
 
 
 def _open_local(args: argparse.Namespace) -> Backend:
-    manifest = _manifest(args)
     cuda_wanted = wants_cuda(args.device)
-    entry = _entry(manifest, args.model or choose_default(manifest, cuda_wanted, {}).name)
+    manifest, entry = chosen_model(args, cuda_wanted)
     backend = _local(args, entry.file, args.device)
     placement = backend.clf.placement
     if args.model is None and placement.fallback:
@@ -96,7 +90,8 @@ def _open_remote(args: argparse.Namespace) -> Backend:
 def _open_ray(args: argparse.Namespace) -> Backend:
     from .ray_engine import open_ray  # Ray is imported only when this engine is used
 
-    return open_ray(args, model_path(args, on_gpu=bool(args.gpus_per_actor)))
+    _, entry = chosen_model(args, on_gpu=bool(args.gpus_per_actor))
+    return open_ray(args, os.path.join(args.models_dir, entry.file))
 
 
 ENGINES = {
