@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -42,10 +43,24 @@ class Parity:
         d["passed"] = self.passed
         return d
 
+    @property
+    def compared(self) -> bool:
+        """Whether PyTorch ran beside ONNX Runtime; without the checkpoint only the recorded top-1 is compared."""
+        return not math.isnan(self.top1_agreement)
+
     def summary(self) -> str:
+        accuracy = (
+            f"{self.precision}: PyTorch top-1 {100 * self.torch_top1:.2f}%"
+            f"{'' if self.compared else ' (recorded at export)'}, ONNX top-1 {100 * self.onnx_top1:.2f}% "
+            f"({self.accuracy_diff_points:+.2f} points), "
+        )
+        if not self.compared:
+            return (
+                f"{accuracy}{self.samples} images; no checkpoint here, so no per-image agreement; "
+                f"throughput ONNX Runtime {self.onnx_images_per_s:.0f} img/s"
+            )
         return (
-            f"{self.precision}: PyTorch top-1 {100 * self.torch_top1:.2f}%, ONNX top-1 {100 * self.onnx_top1:.2f}% "
-            f"({self.accuracy_diff_points:+.2f} points), top-1 agreement {100 * self.top1_agreement:.2f}%, "
+            f"{accuracy}top-1 agreement {100 * self.top1_agreement:.2f}%, "
             f"max |dp| {self.max_abs_prob_diff:.2e}, {self.samples} images; "
             f"throughput PyTorch {self.torch_images_per_s:.0f} img/s, "
             f"ONNX Runtime {self.onnx_images_per_s:.0f} img/s"

@@ -296,3 +296,18 @@ def test_rederive_calibrates_and_converts_a_shipped_fp32_graph_without_its_check
     replaced = load_manifest(models).get("raw")
     assert replaced.calibration.temperature == t and replaced.source["derived_from"]["sha256"] != replaced.sha256
     assert main(["rederive", "nope", "--name", "y", "--models-dir", str(models)]) == 2
+
+
+def test_a_check_without_the_checkpoint_says_so_instead_of_printing_nan():
+    """`export verify` in a fresh clone has no checkpoint: it compares with the recorded PyTorch top-1 only,
+    and its summary must not pretend to a per-image agreement it did not measure."""
+    from export.parity import judge
+
+    labels = np.array([0, 1, 1, 0])
+    probs = np.eye(2)[[0, 1, 0, 0]]
+    alone = judge("fp32", None, probs, labels, 0.75, float("nan"), 100.0)
+    assert alone.passed and not alone.compared
+    assert "nan" not in alone.summary() and "recorded at export" in alone.summary()
+    beside = judge("fp32", probs, probs, labels, 0.75, 50.0, 100.0)
+    assert beside.compared and "top-1 agreement 100.00%" in beside.summary()
+    assert not judge("fp32", None, probs, labels, 0.25, float("nan"), 100.0).passed
