@@ -237,6 +237,21 @@ def test_config_overrides_reach_their_fields():
         build_config(None, ["lr=-1"])
 
 
+def test_a_mistyped_key_is_named_not_a_stack_trace(image_folder, tmp_path, capsys):
+    """A bare --set key that is no config field goes to the model; a typo must come back as one line."""
+    from training.__main__ import main as training_main
+    from training.models import create_model
+
+    with pytest.raises(ValueError, match="'wrn_16_4' takes no argument 'epochz'"):
+        create_model("wrn_16_4", 10, epochz=3)
+    with pytest.raises(TypeError):  # a TypeError of another kind is a bug, and stays one
+        create_model("wrn_16_4", 10, dropout=object())
+    overrides = [*tiny_overrides(image_folder, tmp_path / "cache"), "epochz=3"]
+    args = ["train", "--recipe", "resnet9_half_cpu", "--set", *overrides, "--out", str(tmp_path / "r")]
+    assert training_main(args) == 2
+    assert "'resnet9' takes no argument 'epochz'" in capsys.readouterr().err
+
+
 def test_lr_schedules():
     from training.config import ScheduleConfig
 

@@ -7,6 +7,7 @@ a client never needs to know the mean and std.
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import torch
@@ -73,7 +74,17 @@ def create_model(
     **kwargs,
 ) -> ImageClassifier:
     """Build a registered model; ``kwargs`` go to its constructor (dropout, use_se, ...)."""
-    backbone = MODELS.get(name)(num_classes=num_classes, **kwargs)
+    constructor = MODELS.get(name)
+    try:
+        backbone = constructor(num_classes=num_classes, **kwargs)
+    except TypeError as exc:
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if bad is None:
+            raise
+        raise ValueError(
+            f"model {name!r} takes no argument {bad.group(1)!r} (given: {', '.join(kwargs)}; "
+            "a --set key that is no configuration field is passed to the model)"
+        ) from exc
     return ImageClassifier(backbone, mean, std)
 
 
