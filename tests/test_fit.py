@@ -220,6 +220,8 @@ def test_a_card_without_a_fit_reads_as_squash_and_a_bad_one_is_refused():
     assert set(ModelCard.model_json_schema()["$defs"]["InputSpec"]["properties"]["fit"]["enum"]) == set(FITS)
 
 
-def test_the_shipped_models_read_as_squash():
+def test_the_shipped_models_from_before_fits_read_as_squash():
+    """The ResNet-9 files were exported before cards named a fit: they keep serving as they always have."""
     manifest = load_manifest(ROOT / "models", verify=False)
-    assert {m.input.fit for m in manifest.models} == {"squash"}
+    legacy = [m for m in manifest.models if m.arch == "resnet9_half"]
+    assert legacy and {m.input.fit for m in legacy} == {"squash"}
