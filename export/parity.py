@@ -83,11 +83,6 @@ def torch_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = 2
     return torch.cat(out).numpy(), len(images) / elapsed
 
 
-def torch_probabilities(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
-    logits, speed = torch_logits(model, images, batch_size)
-    return softmax(logits), speed
-
-
 def onnx_logits(classifier: OnnxClassifier, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
     out, start = [], time.perf_counter()
     for x in _batches(images, batch_size, "ONNX Runtime"):
@@ -143,7 +138,20 @@ def parity_and_logits(
     model: torch.nn.Module, classifier: OnnxClassifier, images: np.ndarray, labels: np.ndarray, batch_size: int = 256
 ) -> tuple[Parity, np.ndarray]:
     """The parity of ``classifier`` with ``model``, and the ONNX logits it was measured on (float64)."""
-    torch_probs, torch_speed = torch_probabilities(model, images, batch_size)
+    reference, torch_speed = torch_logits(model, images, batch_size)
+    return parity_against(reference, torch_speed, classifier, images, labels, batch_size)
+
+
+def parity_against(
+    reference_logits: np.ndarray,
+    torch_speed: float,
+    classifier: OnnxClassifier,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int = 256,
+) -> tuple[Parity, np.ndarray]:
+    """``parity_and_logits`` with the PyTorch logits already computed (float64, what the graph should output)."""
+    torch_probs = softmax(reference_logits)
     logits, onnx_speed = onnx_logits(classifier, images, batch_size)
     onnx_probs = softmax(logits)
     parity = judge(

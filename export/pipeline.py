@@ -24,7 +24,7 @@ from training.reports.calibration import calibration_report
 
 from .calibration import fit_calibration, with_calibration
 from .onnx_export import OPSET, export_fp32, input_spec, write_card
-from .parity import Parity, judge, onnx_logits, parity_and_logits
+from .parity import Parity, judge, onnx_logits, parity_against, parity_and_logits, torch_logits
 from .variants import converter
 
 log = logging.getLogger("export")
@@ -108,8 +108,13 @@ def export_checkpoint(
     model = with_tta(model_from_checkpoint(ckpt), tta)
     source = _data_source(meta, cache_dir)
     val = validation_split(source, max_val_images)
-    calibration = fit_calibration(model, val.images, val.labels, calibrate, f"the checkpoint with tta {tta!r}")
+    # One PyTorch pass serves both the temperature fit and parity: with multi-crop TTA on a wide network it
+    # is most of an export's time.
+    logits, torch_speed = torch_logits(model, val.images)
+    what = f"the checkpoint with tta {tta!r}"
+    calibration = fit_calibration(None, None, val.labels, calibrate, what, logits=logits)
     model = with_calibration(model, calibration)
+    reference = logits / calibration.temperature if calibration.method == "temperature" else logits
     card = ModelCard(
         name=name,
         arch=meta["arch"],
@@ -138,8 +143,9 @@ def export_checkpoint(
         export_fp32(model, fp32, meta["input_size"])
         out = Path(tmp) / "model.onnx"
         convert_variant(fp32, out, card, source, calibration_count)
-        parity, logits = parity_and_logits(model, OnnxClassifier(out, device="cpu"), val.images, val.labels)
-        publish(out, final, card, parity, logits, val.labels, "")
+        classifier = OnnxClassifier(out, device="cpu")
+        parity, graph_logits = parity_against(reference, torch_speed, classifier, val.images, val.labels)
+        publish(out, final, card, parity, graph_logits, val.labels, "")
     return record_entry(card, final, models_dir, make_default, default_for), parity
 
 
