@@ -6,6 +6,7 @@ python -m export list              the models in the manifest
 python -m export rederive REF --name NAME [--precision P] [--default]   a variant of a shipped FP32 graph whose
                                    checkpoint is gone: calibrated and/or converted, verified against that graph
 python -m export default NAME [--for cpu|cuda]   make a listed model the default (on one kind of device)
+python -m export card NAME [NAME ...]   the models' measured figures as a markdown table, for models/README.md
 
 --default-for cpu|cuda (export, rederive) makes the model the default on that kind of device only; --default makes
 it the default everywhere no per-device default is set.
@@ -140,6 +141,17 @@ def default_parser() -> argparse.ArgumentParser:
     return p
 
 
+def card_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export card",
+        description="Print the listed models' measured figures (accuracy, parity, calibration, speed, size) as one "
+        "markdown table, a column per model, read from the manifest.",
+    )
+    p.add_argument("names", nargs="+", help="model names from `python -m export list`")
+    p.add_argument("--models-dir", default="models")
+    return p
+
+
 def _list(models_dir: str) -> int:
     manifest = load_manifest(models_dir, verify=False)
     roles: dict[str, list[str]] = {}
@@ -179,6 +191,13 @@ def main(argv: list[str] | None = None) -> int:
             args = default_parser().parse_args(argv[1:])
             set_default(args.models_dir, args.name, args.kinds)
             return _list(args.models_dir)
+        if argv[:1] == ["card"]:
+            from .card import card_table
+
+            args = card_parser().parse_args(argv[1:])
+            manifest = load_manifest(args.models_dir, verify=False)
+            print(card_table([manifest.get(n) for n in args.names], args.models_dir))
+            return 0
         if argv[:1] == ["verify"]:
             args = verify_parser().parse_args(argv[1:])
             parity, calibration = verify_model(args.name, args.models_dir, args.cache_dir, args.max_val_images)

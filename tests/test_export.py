@@ -311,3 +311,19 @@ def test_a_check_without_the_checkpoint_says_so_instead_of_printing_nan():
     beside = judge("fp32", probs, probs, labels, 0.75, 50.0, 100.0)
     assert beside.compared and "top-1 agreement 100.00%" in beside.summary()
     assert not judge("fp32", None, probs, labels, 0.25, float("nan"), 100.0).passed
+
+
+def test_card_table_prints_each_models_measured_figures(tiny_models_dir, capsys):
+    manifest = load_manifest(tiny_models_dir, verify=False)
+    assert export_main(["card", "tiny", "tiny-int8", "--models-dir", str(tiny_models_dir)]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0] == "| | `tiny` | `tiny-int8` |" and all(line.count("|") == 4 for line in table)
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table[2:]}
+    for column, name in enumerate(["tiny", "tiny-int8"]):
+        entry = manifest.get(name)
+        assert rows["precision"][column].rstrip(" |") == entry.precision
+        assert rows["validation top-1"][column].rstrip(" |") == f"{100 * entry.metrics['val_top1']:.2f}%"
+        size = (tiny_models_dir / entry.file).stat().st_size / 2**20
+        assert rows["file size"][column].rstrip(" |") == f"{size:.1f} MiB"
+    assert export_main(["card", "nope", "--models-dir", str(tiny_models_dir)]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err

@@ -1,0 +1,66 @@
+"""The model card's figures as a markdown table, read from the manifest, so that the card says what was measured.
+
+`python -m export card NAME [NAME ...]` prints one column per model; the prose around it (recipe, training time,
+CPU) is written by hand in models/README.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from inference.manifest import ModelEntry
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _before_after(metric: str, digits: int = 4) -> Callable[[ModelEntry], str]:
+    def row(e: ModelEntry) -> str:
+        c = e.metrics.get("calibration")
+        if not c:
+            return "n/a"
+        return f"{c['before'][metric]:.{digits}f} -> {c['after'][metric]:.{digits}f}"
+
+    return row
+
+
+def _parity(e: ModelEntry) -> str:
+    p = e.metrics.get("parity") or {}
+    if not p:
+        return "n/a"
+    against = "its FP32 graph" if e.source.get("derived_from") else "PyTorch"
+    agreement = p.get("top1_agreement")
+    agreement_text = "" if agreement is None or agreement != agreement else f", {100 * agreement:.2f}% same top-1"
+    return f"{p['accuracy_diff_points']:+.2f} points against {against}{agreement_text}"
+
+
+def _speed(e: ModelEntry) -> str:
+    speed = (e.metrics.get("parity") or {}).get("onnx_images_per_s")
+    return "n/a" if speed is None else f"{speed:,.0f}"
+
+
+ROWS: list[tuple[str, Callable[[ModelEntry], str]]] = [
+    ("architecture", lambda e: e.arch),
+    ("precision", lambda e: e.precision),
+    ("test-time augmentation (in the graph)", lambda e: str(e.source.get("tta", "none"))),
+    ("fit for photos of another shape", lambda e: e.input.fit),
+    ("recipe", lambda e: str(e.source.get("recipe") or "n/a")),
+    ("validation images", lambda e: str(e.metrics.get("val_samples", "n/a"))),
+    ("validation top-1", lambda e: _pct(e.metrics.get("val_top1"))),
+    ("validation top-5", lambda e: _pct(e.metrics.get("val_top5"))),
+    ("parity", _parity),
+    ("temperature", lambda e: f"{e.calibration.temperature:.4f}" if e.calibration.method == "temperature" else "none"),
+    ("ECE before -> after", _before_after("ece")),
+    ("NLL before -> after", _before_after("nll")),
+    ("ONNX Runtime images/s during verification (CPU, batch 256)", _speed),
+]
+
+
+def card_table(entries: list[ModelEntry], models_dir: str | Path) -> str:
+    models_dir = Path(models_dir)
+    rows = [*ROWS, ("file size", lambda e: f"{(models_dir / e.file).stat().st_size / 2**20:.1f} MiB")]
+    lines = ["| | " + " | ".join(f"`{e.name}`" for e in entries) + " |", "|---" * (len(entries) + 1) + "|"]
+    lines += [f"| {title} | " + " | ".join(cell(e) for e in entries) + " |" for title, cell in rows]
+    return "\n".join(lines)
