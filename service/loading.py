@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -61,12 +63,37 @@ def load_models(settings: ServiceSettings, worker: WorkerPlacement) -> LoadedMod
             log.warning("model %s: served on %s, not CUDA: %s", entry.name, placement.provider, placement.fallback)
         else:
             log.info("model %s: every node on %s", entry.name, placement.describe())
-        height, width = entry.input.size
-        for n in sorted({1, settings.max_batch_size}):  # first-call allocations and kernel choice, before traffic
-            classifier.logits(np.zeros((n, 3, height, width), dtype=np.float32))
+        warm_up(classifier, entry.input.size, settings.max_batch_size)
         loaded[entry.name] = LoadedModel(entry, classifier)
     default = choose_default(manifest, cuda_wanted, {n: m.classifier.placement for n, m in loaded.items()})
     return LoadedModels(manifest, loaded, default)
+
+
+WARM_UP_SECONDS = 2.0
+
+
+def warm_up(
+    classifier: OnnxClassifier,
+    size: tuple[int, int],
+    max_batch_size: int,
+    budget_s: float = WARM_UP_SECONDS,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[int]:
+    """Run the model before traffic, so that first-call allocations and kernel choice are not paid by a request:
+    batch 1 twice (the second call times one image), then the largest batch up to ``max_batch_size`` that the
+    budget allows. A full batch of a wide network with multi-crop TTA, or of a float16 graph on a CPU, takes
+    a minute there; that is start-up time for every worker, so such a model warms up on a smaller batch and
+    its first full batch pays the rest. Returns the batch sizes run."""
+    height, width = size
+    one = np.zeros((1, 3, height, width), dtype=np.float32)
+    classifier.logits(one)
+    start = clock()
+    classifier.logits(one)
+    per_image = max(clock() - start, 1e-9)
+    batch = min(max_batch_size, max(1, int(budget_s / per_image)))
+    if batch > 1:
+        classifier.logits(np.zeros((batch, 3, height, width), dtype=np.float32))
+    return [1, 1, batch] if batch > 1 else [1, 1]
 
 
 def model_list(models: LoadedModels) -> ModelList:

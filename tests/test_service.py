@@ -490,3 +490,27 @@ def test_streams_and_threads_share_the_cores():
         env={**os.environ, "CIFAR_STREAMS": "3"},
     )
     assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "3", done.stderr[-500:]
+
+
+class _CostedModel:
+    """A stand-in classifier whose every call advances a fake clock by its batch size times a cost per image."""
+
+    def __init__(self, per_image_s: float) -> None:
+        self.per_image_s, self.now, self.batches = per_image_s, 0.0, []
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        self.batches.append(len(x))
+        self.now += len(x) * self.per_image_s
+        return np.zeros((len(x), 3), dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    "per_image_s, expected",
+    [(0.001, 256), (0.04, 50), (0.5, 4), (5.0, 1)],  # ResNet-9; WRN multi-crop INT8; WRN FP16 on a CPU; hopeless
+)
+def test_warm_up_runs_the_largest_batch_its_budget_allows(per_image_s, expected):
+    from service.loading import warm_up
+
+    model = _CostedModel(per_image_s)
+    ran = warm_up(model, (32, 32), max_batch_size=256, budget_s=2.0, clock=lambda: model.now)
+    assert model.batches == ran == ([1, 1, expected] if expected > 1 else [1, 1])
