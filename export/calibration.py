@@ -13,8 +13,6 @@ from torch import nn
 from inference.manifest import CALIBRATION_METHODS, Calibration
 from training.reports.calibration import fit_temperature
 
-from .parity import torch_logits
-
 
 class TemperatureScaled(nn.Module):
     """A model whose logits are divided by a fixed temperature: what the exported graph computes,
@@ -39,25 +37,15 @@ def with_calibration(model: nn.Module, calibration: Calibration) -> nn.Module:
     return model
 
 
-def fit_calibration(
-    model: nn.Module | None,
-    images: np.ndarray | None,
-    labels: np.ndarray,
-    method: str,
-    what: str,
-    logits: np.ndarray | None = None,
-) -> Calibration:
-    """Fit ``method`` on the FP32 PyTorch logits of ``model`` (already wrapped for test-time augmentation)
-    over ``images``, which must be the validation split, or on those ``logits`` when the caller has them.
-    Every precision exported from one checkpoint gets the same T this way (see
+def fit_calibration(logits: np.ndarray, labels: np.ndarray, method: str, what: str) -> Calibration:
+    """Fit ``method`` on the FP32 PyTorch logits (float64) of the model wrapped for test-time augmentation,
+    over the validation split. Every precision exported from one checkpoint gets the same T this way (see
     ``calibration_report(..., refit=True)`` for what a variant's own T would change). ``what`` says which
     model, for the card."""
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration {method!r}; valid: {', '.join(CALIBRATION_METHODS)}")
     if method == "none":
         return Calibration()
-    if logits is None:
-        logits, _ = torch_logits(model, images)
     # Stored as the float32 the FP32 graph holds, so the card states exactly what that graph divides by.
     temperature = float(np.float32(fit_temperature(logits, labels)))
     return Calibration(

@@ -6,6 +6,7 @@ CPU) is written by hand in models/README.md.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +33,7 @@ def _parity(e: ModelEntry) -> str:
         return "n/a"
     against = "its FP32 graph" if e.source.get("derived_from") else "PyTorch"
     agreement = p.get("top1_agreement")
-    agreement_text = "" if agreement is None or agreement != agreement else f", {100 * agreement:.2f}% same top-1"
+    agreement_text = "" if agreement is None or math.isnan(agreement) else f", {100 * agreement:.2f}% same top-1"
     return f"{p['accuracy_diff_points']:+.2f} points against {against}{agreement_text}"
 
 

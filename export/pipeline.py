@@ -111,10 +111,9 @@ def export_checkpoint(
     # One PyTorch pass serves both the temperature fit and parity: with multi-crop TTA on a wide network it
     # is most of an export's time.
     logits, torch_speed = torch_logits(model, val.images)
-    what = f"the checkpoint with tta {tta!r}"
-    calibration = fit_calibration(None, None, val.labels, calibrate, what, logits=logits)
+    calibration = fit_calibration(logits, val.labels, calibrate, f"the checkpoint with tta {tta!r}")
     model = with_calibration(model, calibration)
-    reference = logits / calibration.temperature if calibration.method == "temperature" else logits
+    reference = logits / calibration.temperature  # what the graph outputs (T is 1 when uncalibrated)
     card = ModelCard(
         name=name,
         arch=meta["arch"],
