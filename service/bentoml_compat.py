@@ -11,6 +11,11 @@
   as many threads for sync APIs), so that a second batch keeps the cores busy while the event loop
   answers the first. The dispatcher is found once, through the route BentoML registered for the API;
   :class:`RouterProbe` (an ASGI middleware that only passes requests on) remembers the router.
+- One queue per model. BentoML keeps one dispatcher per API, and a dispatcher learns one cost per image
+  from every batch it runs: with a fast and a slow model behind one API, that estimate is wrong for both,
+  and it sheds the fast model's requests for the slow one's cost. :class:`KeyedDispatchers` gives each
+  key (the service passes the model's name) its own dispatcher, with the API's limits and a share of its
+  semaphore, so that the models' batches together stay within the concurrency allowed.
 - The OpenAPI document: BentoML cannot infer /classify's error answers or GET /models;
   :func:`extend_openapi` lets the service edit the document as a plain dict.
 - APIs bound once per instance (:func:`bind_apis`), and upload fields declared as the file parts of a
@@ -29,6 +34,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Sized
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -79,9 +85,10 @@ class RouterProbe:
         await self.app(scope, receive, send)
 
 
-def find_dispatcher(api_name: str, concurrency: int = 1) -> Callable[[Any], Awaitable[Any]] | None:
-    """``call(batch) -> output`` through the adaptive-batching dispatcher of batchable API ``api_name``,
-    which may run up to ``concurrency`` batches at once."""
+def find_dispatcher(api_name: str, concurrency: int = 1) -> Callable[..., Awaitable[Any]] | None:
+    """``call(batch, key=None) -> output`` through the adaptive-batching dispatcher of batchable API
+    ``api_name``, which may run up to ``concurrency`` batches at once; calls with the same ``key`` share a
+    queue, calls with different keys do not (see :class:`KeyedDispatchers`)."""
     for router in reversed(_routers):
         for route in getattr(router, "routes", []):
             if getattr(route, "name", None) != api_name:
@@ -89,18 +96,64 @@ def find_dispatcher(api_name: str, concurrency: int = 1) -> Callable[[Any], Awai
             endpoint = getattr(route, "endpoint", None)
             factory = getattr(getattr(endpoint, "func", None), "__self__", None)
             if isinstance(endpoint, functools.partial) and api_name in getattr(factory, "dispatchers", {}):
-                dispatcher = factory.dispatchers[api_name]
-                _allow_concurrent_batches(dispatcher, concurrency)
-                return _caller(factory.batch_infer, dispatcher, api_name)
+                _allow_concurrent_batches(factory.dispatchers[api_name], concurrency)
+                if not isinstance(factory.dispatchers, KeyedDispatchers):
+                    factory.dispatchers = KeyedDispatchers(factory.dispatchers, api_name)
+                return _caller(factory.batch_infer, factory.dispatchers, api_name)
     return None
 
 
+# The queue a batch call joins. BentoML's ``batch_infer`` looks its dispatcher up by API name inside the call,
+# in the caller's task, so the key travels as a context variable rather than an argument it does not take.
+_queue_key: ContextVar[str | None] = ContextVar("cifar_batch_queue", default=None)
+
+
+class KeyedDispatchers(dict):
+    """BentoML's table of dispatchers by API name, answering for API ``keyed`` one dispatcher per queue key.
+
+    A key's dispatcher is made on its first call, like the API's own: same ``max_latency_ms``,
+    ``max_batch_size`` and batch dimension, and the same semaphore, so that every key's batches together run
+    at most as many at once as the API's alone did. Each has its own queue and its own latency estimate.
+    Calls without a key (the API's own HTTP route) use the API's dispatcher.
+    """
+
+    def __init__(self, table: dict, keyed: str) -> None:
+        super().__init__(table)
+        self.keyed = keyed
+        self.by_key: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        key = _queue_key.get()
+        if name != self.keyed or key is None:
+            return super().__getitem__(name)
+        if key not in self.by_key:
+            self.by_key[key] = _sibling(super().__getitem__(name))
+            log.info("a batching queue of its own for %r", key)
+        return self.by_key[key]
+
+
+def _sibling(dispatcher: Any) -> Any:
+    """A new dispatcher with ``dispatcher``'s limits, sharing its semaphore."""
+    return type(dispatcher)(
+        max_latency_in_ms=round(dispatcher.max_latency * 1000),
+        max_batch_size=dispatcher.max_batch_size,
+        shared_sema=dispatcher._sema,
+        fallback=dispatcher.fallback,
+        get_batch_size=dispatcher.get_batch_size,
+        batch_dim=dispatcher.batch_dim,
+    )
+
+
 def _caller(
-    batch_infer: Callable[..., Awaitable[Any]], dispatcher: Any, api_name: str
-) -> Callable[[Any], Awaitable[Any]]:
-    async def call(batch: Any) -> Any:
-        _forget_stale_wait(dispatcher)
-        return await batch_infer(api_name, (batch,), {})
+    batch_infer: Callable[..., Awaitable[Any]], dispatchers: dict, api_name: str
+) -> Callable[..., Awaitable[Any]]:
+    async def call(batch: Any, key: str | None = None) -> Any:
+        token = _queue_key.set(key)
+        try:
+            _forget_stale_wait(dispatchers[api_name])
+            return await batch_infer(api_name, (batch,), {})
+        finally:
+            _queue_key.reset(token)
 
     return call
 
@@ -142,10 +195,10 @@ class BatchGateway:
         self.api_name = api_name
         self.concurrency = concurrency
         self._fallback = fallback
-        self._call: Callable[[Any], Awaitable[Any]] | None = None
+        self._call: Callable[..., Awaitable[Any]] | None = None
         self.in_process = False
 
-    def resolve(self) -> Callable[[Any], Awaitable[Any]]:
+    def resolve(self) -> Callable[..., Awaitable[Any]]:
         if self._call is None:
             call = (
                 None
@@ -161,11 +214,13 @@ class BatchGateway:
                     "batching through the slower self-proxy call instead",
                     self.api_name,
                 )
-                self._call = self._fallback()
+                fallback = self._fallback()
+                self._call = lambda batch, key=None: fallback(batch)  # the proxy has one queue for all
         return self._call
 
-    async def __call__(self, batch: Any) -> Any:
-        return await self.resolve()(batch)
+    async def __call__(self, batch: Any, key: str | None = None) -> Any:
+        """``batch`` through the dispatcher; calls with the same ``key`` are batched together, in-process."""
+        return await self.resolve()(batch, key)
 
 
 # ---------------------------------------------------------------------------------------------- the OpenAPI document
@@ -290,6 +345,16 @@ def check_internals() -> list[str]:
             and list(inspect.signature(app_factory().batch_infer).parameters)[:4]
             == ["self", "name", "input_args", "input_kwargs"]
         ),
+    )
+    check(
+        "batch_infer looks its dispatcher up as self.dispatchers[name] in the caller's task",
+        lambda: "await self.dispatchers[name](" in inspect.getsource(app_factory().batch_infer),
+    )
+    check(
+        "a dispatcher can be made like another, sharing its semaphore",
+        lambda: (
+            lambda d: (lambda s: s._sema is d._sema and s.max_latency == d.max_latency and s is not d)(_sibling(d))
+        )(_cork_dispatcher()),
     )
     check(
         "ServiceAppFactory routes an API to functools.partial(self.api_endpoint_wrapper, name)",

@@ -20,6 +20,7 @@ class ServiceMetrics:
     predictions: Any  # Counter: images classified, by model
     requests: Any  # Counter: successful /classify requests, by model
     rejected: Any  # Counter: rejected requests, by reason
+    batches: Any  # Histogram: images in each batch a model ran, by model
 
     @classmethod
     def get(cls) -> "ServiceMetrics":
@@ -41,6 +42,12 @@ class ServiceMetrics:
             rejected=prometheus_client.Counter(
                 "cifar_rejected_inputs", "Requests refused as the caller's mistake, by reason", labelnames=["reason"]
             ),
+            batches=prometheus_client.Histogram(
+                "cifar_batch_images",
+                "Images in each batch a model ran",
+                labelnames=["model"],
+                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            ),
         )
         for reason in REJECTION_REASONS:  # export zeros, so dashboards and alerts see every series from the start
             metrics.rejected.labels(reason=reason)
@@ -53,6 +60,10 @@ class ServiceMetrics:
         """A /classify request answered."""
         self.requests.labels(model=model).inc()
         self.predictions.labels(model=model).inc(images)
+
+    def batched(self, model: str, images: int) -> None:
+        """A batch of ``images`` ran on ``model``."""
+        self.batches.labels(model=model).observe(images)
 
     def inferred(self, model: str, images: int) -> None:
         """An inference protocol request answered: its images count, the request is BentoML's to count."""

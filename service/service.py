@@ -365,7 +365,9 @@ class Classifier:
         try:
             # One dispatcher job per request: one per image pays BentoML's per-call bookkeeping per image
             # (docs/measurements.md, "Service internals"); a job larger than the room left in a batch is split.
-            rows = await self._infer(items)
+            # One queue per model: a batch never waits for another model, and each model's cost per image is
+            # learnt from its own batches (bentoml_compat.KeyedDispatchers).
+            rows = await self._infer(items, key=items[0].model)  # callers pass one model's items
         except BentoMLException as exc:
             if exc.error_code.value == 503:  # the dispatcher shed the request: over max_latency_ms
                 return Rejection("overloaded", f"overloaded, try again: {exc.message}")
@@ -400,6 +402,7 @@ class Classifier:
             loaded = self.loaded[name]
             batch = model_input([items[i] for i in positions], loaded.size)
             probs = loaded.classifier.probabilities(batch)  # concurrent runs are safe: sessions are thread-safe
+            self.metrics.batched(name, len(positions))
             for i, row in zip(positions, probs.tolist()):
                 out[i] = row
         return out

@@ -85,3 +85,61 @@ def test_find_dispatcher_uses_the_route_bentoml_registered_and_falls_back_when_a
 @pytest.mark.parametrize("version, supported", [("1.4.0", True), ("1.4.39", True), ("1.5.0", False), ("2.0", False)])
 def test_supported_versions_are_major_minor(version, supported):
     assert bentoml_compat._supported(version) is supported
+
+
+def test_each_key_gets_a_dispatcher_of_its_own_with_the_apis_limits_and_semaphore():
+    base = bentoml_compat._cork_dispatcher()
+    other = bentoml_compat._cork_dispatcher()
+    table = bentoml_compat.KeyedDispatchers({"infer": base, "other": other}, "infer")
+
+    def lookup(name, key):
+        token = bentoml_compat._queue_key.set(key)
+        try:
+            return table[name]
+        finally:
+            bentoml_compat._queue_key.reset(token)
+
+    fast, slow = lookup("infer", "fast"), lookup("infer", "slow")
+    assert fast is not slow and base not in (fast, slow)
+    assert lookup("infer", "fast") is fast  # made once, then kept
+    assert lookup("infer", None) is base and lookup("other", "fast") is other
+    for d in (fast, slow):
+        assert d._sema is base._sema and d._queue is not base._queue and d.optimizer is not base.optimizer
+        assert (d.max_latency, d.max_batch_size, d.batch_dim) == (base.max_latency, base.max_batch_size, base.batch_dim)
+
+
+def test_calls_with_different_keys_are_batched_apart():
+    """Through a real dispatcher, looked up as BentoML's batch_infer does: jobs queued together under one key
+    share a batch; under two keys they never do."""
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+    batches: list[tuple] = []
+
+    async def run_batch(jobs):
+        batches.append(tuple(jobs))
+        await asyncio.sleep(0.01)
+        return list(jobs)
+
+    class Factory:
+        def __init__(self):
+            self.dispatchers = {
+                "infer": CorkDispatcher(
+                    max_latency_in_ms=5000, max_batch_size=64, fallback=lambda: None, get_batch_size=lambda job: 1
+                )
+            }
+
+        async def batch_infer(self, name, args, kwargs):
+            return await self.dispatchers[name](run_batch)(args[0])
+
+    async def main():
+        factory = Factory()
+        factory.dispatchers = bentoml_compat.KeyedDispatchers(factory.dispatchers, "infer")
+        call = bentoml_compat._caller(factory.batch_infer, factory.dispatchers, "infer")
+        jobs = [(key, i) for i in range(40) for key in ("a", "b")]
+        answers = await asyncio.gather(*(call(job, key=job[0]) for job in jobs))
+        return answers
+
+    answers = asyncio.run(main())
+    assert answers == [(key, i) for i in range(40) for key in ("a", "b")]
+    assert all(len({key for key, _ in batch}) == 1 for batch in batches), batches
+    assert any(len(batch) > 1 for batch in batches)  # still batched within a key

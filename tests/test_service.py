@@ -317,13 +317,15 @@ def test_neither_multipart_nor_json_is_415_and_json_paths_are_never_read(server,
 
 
 # ---------------------------------------------------------------------------------------------- batching and metrics
-def _concurrent_requests(url, jpegs) -> tuple[list[httpx.Response], float, float]:
-    """96 two-image requests from 24 threads; (responses, batches run, requests batched) from /metrics."""
+def _concurrent_requests(url, jpegs, models=("",)) -> tuple[list[httpx.Response], float, float]:
+    """96 two-image requests from 24 threads, taking turns at ``models`` ("": the default); (responses,
+    batches run, requests batched) from /metrics."""
     name = "bentoml_service_adaptive_batch_size"
     before = _metrics(url)
 
     def one(i: int) -> httpx.Response:
-        return _post(url, _files([jpegs[i % len(jpegs)], jpegs[(i + 1) % len(jpegs)]]), {"k": "3"})
+        fields = {"k": "3", **({"model": models[i % len(models)]} if models[i % len(models)] else {})}
+        return _post(url, _files([jpegs[i % len(jpegs)], jpegs[(i + 1) % len(jpegs)]]), fields)
 
     with ThreadPoolExecutor(24) as pool:
         responses = list(pool.map(one, range(96)))
@@ -366,6 +368,33 @@ def test_concurrent_requests_share_a_batch(tiny_models_dir, jpegs, tmp_path):
     assert all(r.status_code == 200 for r in responses)
     assert requests == 96
     assert batches < 96
+
+
+def test_each_model_has_its_own_batching_queue(tiny_models_dir, jpegs, tmp_path):
+    """Requests for two models at once: batched, but never into one batch together (a fast model's images
+    would wait for a slow one's), and each model's queue is its own."""
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml_home"), "BENTOML_DO_NOT_TRACK": "true"}
+    with running_service(tiny_models_dir, tmp_path / "server.log", "--streams", "1", "--threads", "1", env=env) as url:
+        before = _metrics(url)
+        responses, batches, requests = _concurrent_requests(url, jpegs, models=("tiny", "tiny-int8"))
+        after = _metrics(url)
+    assert all(r.status_code == 200 for r in responses)
+    assert [r.json()["model"] for r in responses[:4]] == ["tiny", "tiny-int8"] * 2
+    assert requests == 96 and batches < 96
+    runs = {
+        model: _metric(after, "cifar_batch_images_count", model=model)
+        - _metric(before, "cifar_batch_images_count", model=model)
+        for model in ("tiny", "tiny-int8")
+    }
+    images = {
+        model: _metric(after, "cifar_batch_images_sum", model=model)
+        - _metric(before, "cifar_batch_images_sum", model=model)
+        for model in ("tiny", "tiny-int8")
+    }
+    assert images == {"tiny": 96, "tiny-int8": 96}
+    assert sum(runs.values()) == batches  # each batch ran one model only
+    log = (tmp_path / "server.log").read_text()
+    assert "a batching queue of its own for 'tiny'" in log and "a batching queue of its own for 'tiny-int8'" in log
 
 
 # ---------------------------------------------------------------------------------------------- OpenAPI
