@@ -438,8 +438,9 @@ def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | 
     if recorded is not None and data["split"] == "val":
         lines += [
             "",
-            f"Training recorded {_pct(recorded)} val top-1 for this checkpoint (with the run's bf16 setting; "
-            "this evaluation runs in fp32, so a few samples may differ).",
+            f"Training recorded {_pct(recorded)} val top-1 for this checkpoint, without test-time augmentation "
+            "and in the run's precision (bf16 where its hardware had it); this evaluation runs in fp32, so a few "
+            "samples may differ even without augmentation.",
         ]
     ranked = sorted((c for c in metrics["per_class"] if c["accuracy"] is not None), key=lambda c: c["accuracy"])
     if len(ranked) >= 2:
