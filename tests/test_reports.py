@@ -406,6 +406,25 @@ def test_compare_refuses_reports_of_different_samples(tiny_run, tiny_report, tmp
     assert err.startswith("error:") and "different samples" in err and "\n" not in err
 
 
+def test_an_onnx_model_with_tta_in_its_graph_is_described_so_and_not_augmented_twice(tiny_run, tmp_path, capsys):
+    from export.pipeline import export_checkpoint
+
+    models = tmp_path / "models"
+    export_checkpoint(tiny_run / "best.pt", "tiny-flip", "fp32", models, cache_dir=None, tta="flip")
+    out = tmp_path / "flip"
+    assert main(["evaluate", "--onnx", str(models / "tiny-flip.onnx"), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["tta"] == "none" and metrics["source"]["graph_tta"] == "flip"
+    assert "flip test-time augmentation (the image and its mirror) inside the graph" in (out / "report.md").read_text()
+    assert "no test-time augmentation" not in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert (
+        main(["evaluate", "--onnx", str(models / "tiny-flip.onnx"), "--tta", "flip", "--out", str(tmp_path / "r")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "already averages flip views inside its graph" in err and not (tmp_path / "r" / "metrics.json").exists()
+
+
 # -- user errors ------------------------------------------------------------------------------------
 
 

@@ -213,6 +213,8 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
         "card_metrics": card.metrics,
         "calibration": card.calibration.model_dump(),
         "providers": classifier.providers,
+        # The averaging its export put inside the graph: every call of the file already does it.
+        "graph_tta": src.get("tta", "none"),
     }
     return ModelSource(
         "onnx",
@@ -419,7 +421,8 @@ def _pct(x: float) -> str:
 
 def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | None], notes: list[str]) -> None:
     src, data = metrics["source"], metrics["data"]
-    tta = TTA_DESCRIPTIONS[metrics["tta"]]
+    in_graph = src.get("graph_tta", "none")
+    tta = TTA_DESCRIPTIONS[metrics["tta"]] if in_graph == "none" else f"{TTA_DESCRIPTIONS[in_graph]} inside the graph"
     lines = [
         f"# Evaluation of `{src['path']}`",
         "",
@@ -522,6 +525,12 @@ def evaluate(
     """Evaluate a checkpoint or ONNX model and write the report folder; returns the metrics."""
     check_tta(tta)
     source = load_model(checkpoint, onnx, device)
+    in_graph = source.info.get("graph_tta", "none")
+    if tta != "none" and in_graph != "none":
+        raise ValueError(
+            f"{source.path} already averages {in_graph} views inside its graph (its card's source.tta); "
+            "evaluate it with --tta none"
+        )
     spec = resolve_data(source, dataset, root, split, val_size, split_seed, cache_dir)
     data = spec.load()
     if len(data) == 0:
