@@ -22,11 +22,8 @@ import argparse
 import asyncio
 import os
 import platform
-import signal
-import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -87,13 +84,7 @@ def main(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.models_dir)
     fast, slow = manifest.get(args.fast), manifest.get(args.slow)
     jpegs = bench_service.read_jpegs(Path(args.archive), args.pool)
-    server = None
-    if args.url:
-        parsed = urlparse(args.url)
-        host, port = parsed.hostname, parsed.port or 80
-    else:
-        host, port = "127.0.0.1", bench_service.free_port()
-        server = bench_service.start_server(args, port)
+    host, port, server = bench_service.open_server(args)
     requests = {
         entry.name: bench_service.build_requests(jpegs, args.images_per_request, args.k, entry.name, f"{host}:{port}")
         for entry in (fast, slow)
@@ -120,12 +111,7 @@ def main(args: argparse.Namespace) -> int:
                 flush=True,
             )
     finally:
-        if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+        bench_service.stop_server(server)
 
     report = {
         "label": args.label,

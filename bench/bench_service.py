@@ -301,6 +301,26 @@ def start_server(args, port: int) -> subprocess.Popen:
         return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def open_server(args) -> tuple[str, int, subprocess.Popen | None]:
+    """(host, port, the server process) of ``args.url``, or of a server started here (process None for a URL)."""
+    if args.url:
+        parsed = urlparse(args.url)
+        return parsed.hostname, parsed.port or 80, None
+    port = free_port()
+    return "127.0.0.1", port, start_server(args, port)
+
+
+def stop_server(server: subprocess.Popen | None) -> None:
+    """Stop a server started by :func:`open_server` and its workers; nothing for a server given by URL."""
+    if server is None:
+        return
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+
+
 def wait_ready(host: str, port: int, timeout: float = 120.0) -> None:
     import httpx
 
@@ -351,13 +371,7 @@ def main(args: argparse.Namespace) -> int:
     jpegs = read_jpegs(Path(args.archive), args.pool)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 
-    server = None
-    if args.url:
-        parsed = urlparse(args.url)
-        host, port = parsed.hostname, parsed.port or 80
-    else:
-        host, port = "127.0.0.1", free_port()
-        server = start_server(args, port)
+    host, port, server = open_server(args)
     sizes = [int(n) for n in str(args.images_per_request).split(",")]
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
     if set(routes) - {"classify", "v2"}:
@@ -391,12 +405,7 @@ def main(args: argparse.Namespace) -> int:
         again = raw_rates(model_path, batch_sizes, jpegs, entry.input.size)
         raw = {label: max(raw[label], again[label], key=lambda r: r.images_per_s) for label in raw}
     finally:
-        if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+        stop_server(server)
 
     best = max(raw.values(), key=lambda r: r.images_per_s)
     ceiling = best.images_per_s

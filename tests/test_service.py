@@ -317,14 +317,15 @@ def test_neither_multipart_nor_json_is_415_and_json_paths_are_never_read(server,
 
 
 # ---------------------------------------------------------------------------------------------- batching and metrics
-def _concurrent_requests(url, jpegs, models=("",)) -> tuple[list[httpx.Response], float, float]:
-    """96 two-image requests from 24 threads, taking turns at ``models`` ("": the default); (responses,
+def _concurrent_requests(url, jpegs, models=(None,)) -> tuple[list[httpx.Response], float, float]:
+    """96 two-image requests from 24 threads, taking turns at ``models`` (None: the default); (responses,
     batches run, requests batched) from /metrics."""
     name = "bentoml_service_adaptive_batch_size"
     before = _metrics(url)
 
     def one(i: int) -> httpx.Response:
-        fields = {"k": "3", **({"model": models[i % len(models)]} if models[i % len(models)] else {})}
+        model = models[i % len(models)]
+        fields = {"k": "3", **({"model": model} if model else {})}
         return _post(url, _files([jpegs[i % len(jpegs)], jpegs[(i + 1) % len(jpegs)]]), fields)
 
     with ThreadPoolExecutor(24) as pool:
@@ -381,16 +382,11 @@ def test_each_model_has_its_own_batching_queue(tiny_models_dir, jpegs, tmp_path)
     assert all(r.status_code == 200 for r in responses)
     assert [r.json()["model"] for r in responses[:4]] == ["tiny", "tiny-int8"] * 2
     assert requests == 96 and batches < 96
-    runs = {
-        model: _metric(after, "cifar_batch_images_count", model=model)
-        - _metric(before, "cifar_batch_images_count", model=model)
-        for model in ("tiny", "tiny-int8")
-    }
-    images = {
-        model: _metric(after, "cifar_batch_images_sum", model=model)
-        - _metric(before, "cifar_batch_images_sum", model=model)
-        for model in ("tiny", "tiny-int8")
-    }
+
+    def grew(name: str) -> dict[str, float]:
+        return {m: _metric(after, name, model=m) - _metric(before, name, model=m) for m in ("tiny", "tiny-int8")}
+
+    runs, images = grew("cifar_batch_images_count"), grew("cifar_batch_images_sum")
     assert images == {"tiny": 96, "tiny-int8": 96}
     assert sum(runs.values()) == batches  # each batch ran one model only
     log = (tmp_path / "server.log").read_text()
