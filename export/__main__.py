@@ -72,6 +72,7 @@ def export_parser() -> argparse.ArgumentParser:
         f"recorded in its card ({fit_help()}; default: the training run's, {DEFAULT_FIT} for a run that "
         "recorded none); a request or `service score --fit` may still choose another",
     )
+    _add_reference_cache(p)
     return p
 
 
@@ -88,6 +89,7 @@ def verify_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", default="models")
     p.add_argument("--cache-dir", default=".cache/datasets")
     p.add_argument("--max-val-images", type=int)
+    _add_reference_cache(p)
     return p
 
 
@@ -127,6 +129,24 @@ def _add_default_for(p: argparse.ArgumentParser) -> None:
         default=[],
         help="make it the default on this kind of host only (repeatable): cpu for CPU hosts, cuda for GPU hosts; "
         "the service and the scorer pick the default of the device they run on",
+    )
+
+
+def _add_reference_cache(p: argparse.ArgumentParser) -> None:
+    # export.reference.DEFAULT_FOLDER, spelled out so that --help does not import torch
+    p.add_argument(
+        "--reference-cache",
+        default=".cache/reference_logits",
+        help="folder where the checkpoint's PyTorch logits on the validation images are kept, so that exporting "
+        "another precision of the same checkpoint, or verifying one, skips that pass (found only by the "
+        "checkpoint's bytes, the TTA, the images and the torch version); default %(default)s",
+    )
+    p.add_argument(
+        "--no-reference-cache",
+        dest="reference_cache",
+        action="store_const",
+        const=None,
+        help="run the PyTorch pass again and keep nothing",
     )
 
 
@@ -200,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if argv[:1] == ["verify"]:
             args = verify_parser().parse_args(argv[1:])
-            parity, calibration = verify_model(args.name, args.models_dir, args.cache_dir, args.max_val_images)
+            parity, calibration = verify_model(
+                args.name, args.models_dir, args.cache_dir, args.max_val_images, args.reference_cache
+            )
             print(parity.summary())
             print(calibration_summary(calibration))
             if not parity.passed:
@@ -240,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             args.calibrate,
             args.fit,
             args.default_for,
+            args.reference_cache,
         )
         return _report(entry, parity)
     except ParityError as exc:

@@ -24,7 +24,8 @@ from training.reports.calibration import calibration_report
 
 from .calibration import fit_calibration, with_calibration
 from .onnx_export import OPSET, export_fp32, input_spec, write_card
-from .parity import Parity, judge, onnx_logits, parity_against, parity_and_logits, torch_logits
+from .parity import Parity, judge, onnx_logits, parity_against, torch_logits
+from .reference import ReferenceCache
 from .variants import converter
 
 log = logging.getLogger("export")
@@ -87,6 +88,7 @@ def export_checkpoint(
     calibrate: str = "temperature",
     fit: str | None = None,
     default_for: Sequence[str] = (),
+    reference_cache: str | Path | None = None,
 ) -> tuple[ModelEntry, Parity]:
     """``tta="flip"`` puts flip test-time augmentation inside the graph: parity is then measured against
     the same averaging in PyTorch, and the card's source records it.
@@ -100,7 +102,8 @@ def export_checkpoint(
     ``fit`` (a name from inference.fits): how serving fits photos of another shape, recorded in the card's
     input spec; default the training run's, or inference.fits.DEFAULT_FIT for a run that recorded none.
     ``make_default`` makes it the manifest's ``default``; ``default_for`` the default on those kinds of device
-    (``cpu``, ``cuda``)."""
+    (``cpu``, ``cuda``). ``reference_cache``: a folder where the checkpoint's PyTorch logits are kept (see
+    export.reference), so that the next precision of the same checkpoint, or its verification, skips that pass."""
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)
@@ -108,9 +111,11 @@ def export_checkpoint(
     model = with_tta(model_from_checkpoint(ckpt), tta)
     source = _data_source(meta, cache_dir)
     val = validation_split(source, max_val_images)
-    # One PyTorch pass serves both the temperature fit and parity: with multi-crop TTA on a wide network it
-    # is most of an export's time.
-    logits, torch_speed = torch_logits(model, val.images)
+    checkpoint_sha256 = sha256_file(checkpoint_file(checkpoint))
+    # One PyTorch pass serves both the temperature fit and parity.
+    logits, torch_speed = ReferenceCache(reference_cache).logits(
+        checkpoint_sha256, tta, val.images, lambda: torch_logits(model, val.images)
+    )
     calibration = fit_calibration(logits, val.labels, calibrate, f"the checkpoint with tta {tta!r}")
     model = with_calibration(model, calibration)
     reference = logits / calibration.temperature  # what the graph outputs (T is 1 when uncalibrated)
@@ -125,7 +130,7 @@ def export_checkpoint(
         source={
             **{k: v for k, v in source.items() if k != "cache_dir"},
             "checkpoint": str(checkpoint),
-            "checkpoint_sha256": sha256_file(checkpoint_file(checkpoint)),
+            "checkpoint_sha256": checkpoint_sha256,
             "recipe": meta.get("recipe"),
             "model_args": meta["model_args"],
             "torch": torch.__version__,
@@ -226,10 +231,12 @@ def verify_model(
     models_dir: str | Path = "models",
     cache_dir: str | None = ".cache/datasets",
     max_val_images: int | None = None,
+    reference_cache: str | Path | None = None,
 ) -> tuple[Parity, dict]:
     """Re-check a shipped model: hashes of every manifest file, then accuracy against its checkpoint
     (wrapped in the recorded test-time augmentation and temperature), and its calibration: with the
-    recorded T, and with a T refitted on its own logits."""
+    recorded T, and with a T refitted on its own logits. With ``reference_cache``, the checkpoint's logits
+    kept there by its export (same checkpoint bytes, TTA and images) stand in for a new PyTorch pass."""
     models_dir = Path(models_dir)
     manifest = load_manifest(models_dir, verify=True)
     entry = manifest.get(name)
@@ -237,14 +244,30 @@ def verify_model(
     val = validation_split(source, max_val_images)
     classifier = OnnxClassifier(models_dir / entry.file, device="cpu")
     temperature = entry.calibration.temperature
-    checkpoint = Path(entry.source.get("checkpoint", ""))
-    if checkpoint.exists():
-        model = with_tta(model_from_checkpoint(load_checkpoint(checkpoint)), entry.source.get("tta", "none"))
-        model = with_calibration(model, entry.calibration)
-        parity, logits = parity_and_logits(model, classifier, val.images, val.labels)
+    checkpoint = checkpoint_file(entry.source.get("checkpoint") or "-")
+    sha = sha256_file(checkpoint) if checkpoint.is_file() else None
+    recorded_sha = entry.source.get("checkpoint_sha256")
+    if sha is not None and recorded_sha not in (None, sha):
+        # a run folder trained again: comparing with it would report a parity failure that is not the file's
+        log.warning("%s is not the checkpoint %s was exported from (its sha256 differs)", checkpoint, entry.name)
+        sha = None
+    if sha is not None:
+        tta = entry.source.get("tta", "none")
+
+        def compute() -> tuple[np.ndarray, float]:
+            return torch_logits(with_tta(model_from_checkpoint(load_checkpoint(checkpoint)), tta), val.images)
+
+        reference, speed = ReferenceCache(reference_cache).logits(sha, tta, val.images, compute)
+        # the recorded temperature, as the graph applies it after the averaging
+        reference = reference / temperature
+        parity, logits = parity_against(reference, speed, classifier, val.images, val.labels)
         return parity, _calibration_report(logits, val.labels, temperature)
     # Without the checkpoint (a fresh clone), compare with the PyTorch accuracy recorded at export time.
-    log.warning("checkpoint %s is not here: comparing with the PyTorch accuracy recorded at export", checkpoint)
+    log.warning(
+        "comparing %s with the PyTorch accuracy recorded at export: no usable checkpoint at %s",
+        entry.name,
+        checkpoint,
+    )
     logits, speed = onnx_logits(classifier, val.images)
     recorded = entry.metrics.get("parity", {}).get("torch_top1")
     if recorded is None or entry.metrics.get("val_samples") != len(val):

@@ -195,6 +195,7 @@ def test_parity_failure_exits_nonzero(tiny_run, tmp_path, monkeypatch, capsys):
             str(tmp_path),
             "--cache-dir",
             str(tmp_path / "c"),
+            "--no-reference-cache",
         ]
     )
     assert code == 1
@@ -239,7 +240,8 @@ def test_manifest_errors(exported, tmp_path):
 def test_verify_command(exported, tmp_path, capsys):
     models, entry, _ = exported
     m = _copy_models(models, tmp_path / "m")
-    assert export_main(["verify", "tiny", "--models-dir", str(m), "--cache-dir", str(tmp_path / "c")]) == 0
+    args = ["--models-dir", str(m), "--cache-dir", str(tmp_path / "c"), "--reference-cache", str(tmp_path / "r")]
+    assert export_main(["verify", "tiny", *args]) == 0
     out = capsys.readouterr().out
     assert "verified" in out and "refit on this model's own logits" in out
     # The checkpoint is rebuilt with the recorded temperature: the probabilities agree, not just the top-1
@@ -327,3 +329,75 @@ def test_card_table_prints_each_models_measured_figures(tiny_models_dir, capsys)
         assert rows["file size"][column].rstrip(" |") == f"{size:.1f} MiB"
     assert export_main(["card", "nope", "--models-dir", str(tiny_models_dir)]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def counted_torch_passes(monkeypatch) -> list[str]:
+    """Each PyTorch reference pass that export and verify run, recorded as it happens."""
+    import export.pipeline as pipeline
+
+    calls: list[str] = []
+    real = pipeline.torch_logits
+
+    def counted(model, images, *args, **kwargs):
+        calls.append(type(model).__name__)
+        return real(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "torch_logits", counted)
+    return calls
+
+
+def test_the_exports_and_checks_of_one_checkpoint_share_one_pytorch_pass(tiny_run, tmp_path, counted_torch_passes):
+    ref = tmp_path / "ref"
+    fp32, p32 = export_checkpoint(tiny_run / "best.pt", "t32", "fp32", tmp_path, cache_dir=None, reference_cache=ref)
+    int8, p8 = export_checkpoint(tiny_run / "best.pt", "t8", "int8", tmp_path, cache_dir=None, reference_cache=ref)
+    assert len(counted_torch_passes) == 1 and len(list(ref.glob("*.npz"))) == 1
+    # the same reference: the same temperature fitted, the same PyTorch accuracy judged against
+    assert int8.calibration.temperature == fp32.calibration.temperature and p8.torch_top1 == p32.torch_top1
+
+    # another TTA is another reference
+    export_checkpoint(tiny_run / "best.pt", "tf", "fp32", tmp_path, cache_dir=None, tta="flip", reference_cache=ref)
+    assert len(counted_torch_passes) == 2 and len(list(ref.glob("*.npz"))) == 2
+
+    kept, _ = verify_model("t32", tmp_path, cache_dir=None, reference_cache=ref)
+    assert len(counted_torch_passes) == 2  # verified against the kept logits
+    fresh, _ = verify_model("t32", tmp_path, cache_dir=None)
+    assert len(counted_torch_passes) == 3
+    assert kept.passed and kept.top1_agreement == 1.0 and kept.max_abs_prob_diff < 1e-4
+    assert kept.torch_top1 == fresh.torch_top1 and kept.onnx_top1 == fresh.onnx_top1
+    assert kept.max_abs_prob_diff == pytest.approx(fresh.max_abs_prob_diff, abs=1e-6)
+
+
+def test_a_damaged_or_foreign_reference_entry_is_recomputed(tiny_run, tmp_path, counted_torch_passes):
+    ref = tmp_path / "ref"
+    first, _ = export_checkpoint(tiny_run / "best.pt", "a", "fp32", tmp_path, cache_dir=None, reference_cache=ref)
+    (entry,) = ref.glob("*.npz")
+    entry.write_bytes(b"not an npz")
+    second, _ = export_checkpoint(tiny_run / "best.pt", "b", "fp32", tmp_path, cache_dir=None, reference_cache=ref)
+    assert len(counted_torch_passes) == 2 and second.calibration.temperature == first.calibration.temperature
+
+    # an entry whose stored key is not the one asked for (here: other logits renamed into place) is not read
+    with np.load(entry) as data:
+        stored = {k: data[k] for k in data.files}
+    np.savez(entry, **{**stored, "key": str(stored["key"]).replace('"tta": "none"', '"tta": "flip"')})
+    export_checkpoint(tiny_run / "best.pt", "c", "fp32", tmp_path, cache_dir=None, reference_cache=ref)
+    assert len(counted_torch_passes) == 3
+
+
+def test_verify_ignores_a_checkpoint_that_is_not_the_one_exported(tiny_run, tmp_path, counted_torch_passes):
+    """A run folder trained again holds another checkpoint at the recorded path: comparing with it would report a
+    parity failure that is not the file's, so verify falls back to the accuracy recorded at export."""
+    ckpt = tmp_path / "run" / "best.pt"
+    ckpt.parent.mkdir()
+    shutil.copy(tiny_run / "best.pt", ckpt)
+    models = tmp_path / "models"
+    export_checkpoint(ckpt, "t", "fp32", models, cache_dir=None)
+    assert len(counted_torch_passes) == 1
+
+    state = torch.load(ckpt, weights_only=True)
+    for tensor in state["model"].values():
+        if tensor.is_floating_point():
+            tensor.mul_(-1.0)
+    torch.save(state, ckpt)
+    parity, _ = verify_model("t", models, cache_dir=None)
+    assert len(counted_torch_passes) == 1 and not parity.compared and parity.passed
