@@ -24,9 +24,7 @@ import io
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -132,11 +130,7 @@ def service_result(args, data: bytes, entry) -> dict:
         level_args = argparse.Namespace(warmup=args.warmup, duration=args.duration, max_requests=10**6)
         return bench_service.run_level(level_args, host, port, server, requests, 1, args.concurrency, check)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        bench_service.stop_server(server)
 
 
 def main(args: argparse.Namespace) -> int:
