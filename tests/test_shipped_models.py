@@ -50,7 +50,10 @@ def test_each_shipped_model_names_real_photos(name, photos):
     probs = classifier.probabilities(batch)
     assert probs.shape == (len(data), len(entry.classes)) and np.allclose(probs.sum(1), 1.0, atol=1e-4)
     predicted = [entry.classes[i] for i in probs.argmax(1)]
-    # These are training images (the validation split is not known without decoding the whole archive):
-    # a working model names nearly all of them, a card read wrongly names about one in ten.
+    # These are training images (the validation split is not known without decoding the whole archive), no
+    # harder than the validation images: a working model names at least its recorded validation share of them,
+    # less three binomial standard deviations for so few; a card read wrongly names about one in ten.
     accuracy = float(np.mean([p == t for p, t in zip(predicted, labels)]))
-    assert accuracy >= 0.85, f"{name}: {accuracy:.0%} of {len(labels)} photos"
+    recorded = entry.metrics["val_top1"]
+    floor = recorded - 3 * np.sqrt(recorded * (1 - recorded) / len(labels))
+    assert accuracy >= floor, f"{name}: {accuracy:.0%} of {len(labels)} photos, below {floor:.0%}"
