@@ -57,3 +57,12 @@ def test_each_shipped_model_names_real_photos(name, photos):
     recorded = entry.metrics["val_top1"]
     floor = recorded - 3 * np.sqrt(recorded * (1 - recorded) / len(labels))
     assert accuracy >= floor, f"{name}: {accuracy:.0%} of {len(labels)} photos, below {floor:.0%}"
+
+
+def test_models_stay_within_the_repositorys_size_rule():
+    """models/ under 100 MiB in all and no file over 50 MiB: what the repository (and every Bento, which packs
+    them all) can carry."""
+    files = [p for p in MODELS.rglob("*") if p.is_file()]
+    sizes = {p.relative_to(MODELS).as_posix(): p.stat().st_size for p in files}
+    assert sum(sizes.values()) < 100 * 2**20, f"models/ is {sum(sizes.values()) / 2**20:.1f} MiB"
+    assert not {name: size for name, size in sizes.items() if size > 50 * 2**20}
