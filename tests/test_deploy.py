@@ -20,7 +20,7 @@ KUBERNETES = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 COMPOSE = DEPLOY / "compose.yaml"
 # The oldest Kubernetes the manifests are checked against, besides kubernetes-validate's newest.
 OLDEST_KUBERNETES = "1.29.0"
-# The Bento beside its models (code, the page, the environment description): about 1 MiB today. The models are
+# The Bento beside its models (code, the page, the environment description): under 1 MiB today. The models are
 # bounded by the repository's own rule (test_shipped_models: models/ under 100 MiB, no file over 50 MiB).
 BENTO_CODE_LIMIT_MIB = 5
 IMAGE_USER_UID = 1034  # BentoML's Dockerfile: user bentoml
