@@ -26,6 +26,7 @@ from training.reports.metrics import (
     expected_calibration_error,
     mcnemar,
     negative_log_likelihood,
+    paired_difference_interval,
     reliability_bins,
     softmax,
 )
@@ -173,6 +174,18 @@ def test_mcnemar_chi_square_with_continuity_correction():
     # Chi-square with one degree of freedom: P(X > s) = erfc(sqrt(s / 2)).
     assert result["p_value"] == pytest.approx(math.erfc(math.sqrt(9.025 / 2)))
     assert mcnemar(*_paired(0, 0))["p_value"] == 1.0
+
+
+def test_paired_difference_interval_uses_the_discordant_pairs():
+    low, high = paired_difference_interval(*_paired(30, 10))  # 97 samples, B - A = -20/97
+    n, half = 97, 1.959964 * math.sqrt(40 - 20**2 / 97) / 97
+    assert (low, high) == (pytest.approx(-20 / n - half, abs=1e-6), pytest.approx(-20 / n + half, abs=1e-6))
+    # The same accuracies with fewer disagreements are a surer difference: the interval narrows.
+    narrow = paired_difference_interval(*_paired(20, 0, both_right=60, both_wrong=17))
+    assert narrow[1] - narrow[0] < high - low
+    assert paired_difference_interval(*_paired(0, 0)) == (0.0, 0.0)
+    with pytest.raises(ValueError):
+        paired_difference_interval(np.ones(3, bool), np.ones(4, bool))
 
 
 # -- Grad-CAM ---------------------------------------------------------------------------------------
@@ -373,7 +386,7 @@ def test_evaluate_onnx_matches_checkpoint_and_skips_gradcam(tiny_run, tiny_repor
     capsys.readouterr()
     assert main(["compare", str(tiny_report), str(out)]) == 0
     text = capsys.readouterr().out
-    assert "difference B - A: +0.00 points" in text and "p = 1" in text
+    assert "difference B - A: +0.00 points, 95% interval +0.00 to +0.00" in text and "p = 1" in text
 
 
 # -- compare ----------------------------------------------------------------------------------------
@@ -387,6 +400,8 @@ def test_compare_checkpoint_against_report_and_two_reports(tiny_run, tiny_report
     metrics = json.loads((tiny_report / "metrics.json").read_text())
     assert result["b"]["top1"] == pytest.approx(metrics["top1"])
     assert result["difference_points"] == pytest.approx(100 * (result["b"]["top1"] - result["a"]["top1"]))
+    low, high = result["difference_interval_points"]
+    assert low <= result["difference_points"] <= high and result["interval_confidence"] == pytest.approx(0.95)
     test = result["mcnemar"]
     assert test["a_right_b_wrong"] + test["a_wrong_b_right"] + test["both_right"] + test["both_wrong"] == 15
     assert 0.0 <= test["p_value"] <= 1.0

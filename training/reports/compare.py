@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .evaluate import PREDICTIONS_FILE, check_classes, load_model, load_predictions, resolve_data, sample_fingerprint
-from .metrics import mcnemar
+from .metrics import mcnemar, paired_difference_interval
 
 
 @dataclass
@@ -141,6 +141,7 @@ def compare(
         raise ValueError(f"A has {len(side_a.classes)} classes and B has {len(side_b.classes)}: not the same task")
     test = mcnemar(side_a.correct, side_b.correct)
     difference = side_b.accuracy - side_a.accuracy
+    low, high = paired_difference_interval(side_a.correct, side_b.correct, 1 - alpha)
     return {
         "a": {
             "path": side_a.name,
@@ -159,6 +160,9 @@ def compare(
         "num_samples": int(len(side_a.labels)),
         "data": side_a.data,
         "difference_points": 100 * difference,
+        # Sample noise only: a second training run of either model would move its accuracy as well.
+        "difference_interval_points": [100 * low, 100 * high],
+        "interval_confidence": 1 - alpha,
         "mcnemar": test,
         "alpha": alpha,
         "significant": bool(test["p_value"] < alpha),
@@ -167,6 +171,7 @@ def compare(
 
 def format_comparison(result: dict[str, Any]) -> str:
     a, b, test = result["a"], result["b"], result["mcnemar"]
+    low, high = result["difference_interval_points"]
     n = result["num_samples"]
     data = result["data"]
     verdict = ("significant" if result["significant"] else "not significant") + f" at alpha = {result['alpha']}"
@@ -180,7 +185,8 @@ def format_comparison(result: dict[str, Any]) -> str:
             f"samples: {n} ({data.get('dataset')} {data.get('root')}, split {data.get('split')})",
             f"A  {a['path']:<{width}}  top-1 {100 * a['top1']:6.2f}%  ({a['correct']}/{n}){tta(a)}",
             f"B  {b['path']:<{width}}  top-1 {100 * b['top1']:6.2f}%  ({b['correct']}/{n}){tta(b)}",
-            f"difference B - A: {result['difference_points']:+.2f} points",
+            f"difference B - A: {result['difference_points']:+.2f} points, {100 * result['interval_confidence']:.0f}% "
+            f"interval {low:+.2f} to {high:+.2f} (paired; the samples' noise, not that between training runs)",
             f"McNemar ({test['method']}): A right & B wrong = {test['a_right_b_wrong']}, "
             f"A wrong & B right = {test['a_wrong_b_right']}, statistic = {test['statistic']:.3f}, "
             f"p = {test['p_value']:.4g} -> {verdict}",

@@ -1,4 +1,5 @@
-"""Classification metrics over logits and labels, and McNemar's test for paired predictions.
+"""Classification metrics over logits and labels, and McNemar's test and a confidence interval for paired
+predictions.
 
 They take numpy arrays only, so a checkpoint and an ONNX model get the same numbers.
 """
@@ -179,3 +180,27 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, exact_below: int = MCN
         "statistic": statistic,
         "p_value": min(p_value, 1.0),
     }
+
+
+def paired_difference_interval(
+    correct_a: np.ndarray, correct_b: np.ndarray, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Confidence interval of accuracy(B) - accuracy(A) on the same samples (Wald, for paired proportions).
+
+    The variance comes from the discordant pairs alone, so for two models that mostly agree it is far
+    narrower than two independent binomial errors would suggest. It states how much the samples alone could
+    move the difference; the noise between training runs (seeds) is not in it.
+    """
+    correct_a = np.asarray(correct_a, dtype=bool)
+    correct_b = np.asarray(correct_b, dtype=bool)
+    if correct_a.shape != correct_b.shape or correct_a.size == 0:
+        raise ValueError(
+            f"paired predictions must be non-empty and of one length: {correct_a.shape} vs {correct_b.shape}"
+        )
+    n = correct_a.size
+    b = int((correct_a & ~correct_b).sum())
+    c = int((~correct_a & correct_b).sum())
+    difference = (c - b) / n
+    standard_error = float(np.sqrt(max(b + c - (c - b) ** 2 / n, 0.0))) / n
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    return difference - z * standard_error, difference + z * standard_error
