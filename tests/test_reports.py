@@ -408,6 +408,19 @@ def test_compare_checkpoint_against_report_and_two_reports(tiny_run, tiny_report
     assert main(["compare", str(tiny_report), str(tiny_report), "--out", str(tmp_path / "cmp")]) == 0
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert saved["mcnemar"]["discordant"] == 0 and saved["mcnemar"]["p_value"] == 1.0
+    assert not (tmp_path / "cmp" / "curves.png").exists()  # reports carry no training history
+
+
+def test_compare_of_two_runs_draws_both_learning_curves(tiny_run, tmp_path):
+    from training.reports.compare import CURVES_FILE, compare, write_comparison
+
+    result = compare(tiny_run / "last.pt", tiny_run, device="cpu")
+    history = json.loads((tiny_run / "history.json").read_text())
+    assert result["histories"]["a"] == history and result["histories"]["b"] == history
+    out = write_comparison(result, tmp_path / "cmp")
+    with Image.open(out / CURVES_FILE) as figure:
+        assert figure.size[0] > 500
+    assert f"]({CURVES_FILE})" in (out / "compare.md").read_text()
 
 
 def test_compare_refuses_reports_of_different_samples(tiny_run, tiny_report, tmp_path, capsys):

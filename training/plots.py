@@ -33,3 +33,22 @@ def plot_training_curves(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_compared_curves(histories: dict[str, list[dict]], path: Path) -> None:
+    """Two or more training runs on shared axes: validation top-1 and training loss by epoch."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, history in histories.items():
+        epochs = [h["epoch"] for h in history]
+        if history and history[0].get("val_top1") is not None:
+            axes[0].plot(epochs, [100 * h["val_top1"] for h in history], marker=".", label=name)
+        axes[1].plot(epochs, [h["train_loss"] for h in history], marker=".", label=name)
+    axes[0].set_title("validation top-1 (%), no TTA")
+    axes[1].set_title("training loss")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -8,14 +8,17 @@ sample sets are refused: the test is only valid on paired predictions.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..plots import plot_compared_curves
 from .evaluate import PREDICTIONS_FILE, check_classes, load_model, load_predictions, resolve_data, sample_fingerprint
 from .metrics import mcnemar, paired_difference_interval
+
+CURVES_FILE = "curves.png"
 
 
 @dataclass
@@ -28,6 +31,7 @@ class Side:
     fingerprint: str
     data: dict[str, Any]
     tta: str
+    history: list[dict] = field(default_factory=list)  # the training run's, per epoch; none for a report
 
     @property
     def correct(self) -> np.ndarray:
@@ -95,6 +99,7 @@ def _model_side(
         fingerprint,
         {**asdict(spec), "fingerprint": fingerprint},
         tta,
+        source.history,
     )
 
 
@@ -166,6 +171,7 @@ def compare(
         "mcnemar": test,
         "alpha": alpha,
         "significant": bool(test["p_value"] < alpha),
+        "histories": {"a": side_a.history, "b": side_b.history},
     }
 
 
@@ -198,5 +204,12 @@ def write_comparison(result: dict[str, Any], out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "compare.json").write_text(json.dumps(result, indent=2))
-    (out_dir / "compare.md").write_text("# Comparison\n\n```\n" + format_comparison(result) + "\n```\n")
+    text = "# Comparison\n\n```\n" + format_comparison(result) + "\n```\n"
+    histories = result.get("histories", {})
+    if histories.get("a") and histories.get("b"):
+        # Both sides come from training runs: their learning curves on shared axes.
+        labels = {"a": f"A {result['a']['path']}", "b": f"B {result['b']['path']}"}
+        plot_compared_curves({labels[k]: histories[k] for k in ("a", "b")}, out_dir / CURVES_FILE)
+        text += f"\n![learning curves of A and B]({CURVES_FILE})\n"
+    (out_dir / "compare.md").write_text(text)
     return out_dir
