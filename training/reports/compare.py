@@ -205,8 +205,8 @@ def write_comparison(result: dict[str, Any], out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "compare.json").write_text(json.dumps(result, indent=2))
     text = "# Comparison\n\n```\n" + format_comparison(result) + "\n```\n"
-    histories = result.get("histories", {})
-    if histories.get("a") and histories.get("b"):
+    histories = result["histories"]
+    if histories["a"] and histories["b"]:
         # Both sides come from training runs: their learning curves on shared axes.
         labels = {"a": f"A {result['a']['path']}", "b": f"B {result['b']['path']}"}
         plot_compared_curves({labels[k]: histories[k] for k in ("a", "b")}, out_dir / CURVES_FILE)

@@ -147,6 +147,15 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, classes: Sequence[st
     }
 
 
+def _discordant(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Both correctness vectors as bool arrays, with b = A right and B wrong, c = A wrong and B right."""
+    correct_a = np.asarray(correct_a, dtype=bool)
+    correct_b = np.asarray(correct_b, dtype=bool)
+    if correct_a.shape != correct_b.shape:
+        raise ValueError(f"paired predictions differ in length: {correct_a.shape} vs {correct_b.shape}")
+    return correct_a, correct_b, int((correct_a & ~correct_b).sum()), int((~correct_a & correct_b).sum())
+
+
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, exact_below: int = MCNEMAR_EXACT_BELOW) -> dict[str, Any]:
     """McNemar's test on paired per-sample correctness.
 
@@ -154,12 +163,7 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, exact_below: int = MCN
     ``exact_below`` of them the two-sided exact binomial test is used, otherwise the chi-square
     statistic with continuity correction, (|b - c| - 1)^2 / (b + c), on one degree of freedom.
     """
-    correct_a = np.asarray(correct_a, dtype=bool)
-    correct_b = np.asarray(correct_b, dtype=bool)
-    if correct_a.shape != correct_b.shape:
-        raise ValueError(f"paired predictions differ in length: {correct_a.shape} vs {correct_b.shape}")
-    b = int((correct_a & ~correct_b).sum())
-    c = int((~correct_a & correct_b).sum())
+    correct_a, correct_b, b, c = _discordant(correct_a, correct_b)
     n = b + c
     if n == 0:
         method, statistic, p_value = "none (no discordant pairs)", 0.0, 1.0
@@ -191,15 +195,10 @@ def paired_difference_interval(
     narrower than two independent binomial errors would suggest. It states how much the samples alone could
     move the difference; the noise between training runs (seeds) is not in it.
     """
-    correct_a = np.asarray(correct_a, dtype=bool)
-    correct_b = np.asarray(correct_b, dtype=bool)
-    if correct_a.shape != correct_b.shape or correct_a.size == 0:
-        raise ValueError(
-            f"paired predictions must be non-empty and of one length: {correct_a.shape} vs {correct_b.shape}"
-        )
+    correct_a, _, b, c = _discordant(correct_a, correct_b)
     n = correct_a.size
-    b = int((correct_a & ~correct_b).sum())
-    c = int((~correct_a & correct_b).sum())
+    if n == 0:
+        raise ValueError("no paired predictions")
     difference = (c - b) / n
     standard_error = float(np.sqrt(max(b + c - (c - b) ** 2 / n, 0.0))) / n
     z = float(stats.norm.ppf(0.5 + confidence / 2))
