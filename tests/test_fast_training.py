@@ -335,8 +335,19 @@ def test_cumulative_ablation_adds_methods_one_by_one_and_a_tta_row(image_folder,
     assert [c["model"]["args"]["dirac"] for c in configs] == [False, False, True]
     assert all(c["model"]["args"]["widths"] == [8, 8, 8] for c in configs)  # earlier steps' settings are kept
     assert rows[-1]["tta"] == "multicrop" and rows[-1]["run"] == rows[-2]["run"]
+    # Each step is tested against the row above it (the TTA row against its own checkpoint without TTA).
+    assert rows[0]["vs_previous"] is None
+    for previous, row in zip(rows, rows[1:]):
+        step = row["vs_previous"]
+        assert step["variant"] == previous["variant"]
+        assert step["top1_diff_points"] == pytest.approx(100 * (row["top1"] - previous["top1"]))
+        assert step["diff_interval"]["low"] <= step["top1_diff_points"] <= step["diff_interval"]["high"]
+        assert 0.0 <= step["mcnemar"]["p_value"] <= 1.0
     table = (out / "ablation.md").read_text()
     assert "+whitening: model.args.whiten=true" in table and "+ multicrop TTA" in table
+    assert "gain vs row above" in table
+    dirac_row = next(line for line in table.splitlines() if line.startswith("| +dirac |"))
+    assert f"{rows[2]['vs_previous']['top1_diff_points']:+.2f}" in dirac_row
 
 
 def test_ablation_steps_are_validated(tmp_path, capsys):

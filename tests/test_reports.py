@@ -555,7 +555,12 @@ def test_ablation_skips_finished_variants_and_resumes_an_interrupted_one(image_f
     assert rows[0]["baseline"] and rows[0]["top1_diff_points"] == 0.0 and rows[0]["per_class_mean_diff_points"] == 0.0
     assert rows[1]["top1_diff_points"] == pytest.approx(100 * (rows[1]["top1"] - rows[0]["top1"]))
     assert 0.0 <= rows[1]["mcnemar_vs_baseline"]["p_value"] <= 1.0
+    interval = rows[1]["diff_interval_vs_baseline"]
+    assert interval["confidence"] == 0.95 and interval["low"] <= rows[1]["top1_diff_points"] <= interval["high"]
+    assert rows[0]["diff_interval_vs_baseline"] is None
+    assert all(r["vs_previous"] is None for r in rows)  # --vary is a grid, not a sequence of steps
     table = (out / "ablation.md").read_text()
+    assert "gain vs row above" not in table and "95% interval" in table
     assert "| dropout=0 (baseline) |" in table and "| dropout=0.3 |" in table
     assert "dropout=0.3" in capsys.readouterr().out
 

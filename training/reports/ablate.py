@@ -27,9 +27,11 @@ from ..engine import resume, train
 from ..inference import check_tta
 from ..models import count_parameters
 from .evaluate import DataSpec, load_model, sample_fingerprint
-from .metrics import compute_metrics, mcnemar
+from .metrics import compute_metrics, mcnemar, paired_difference_interval
 
 log = logging.getLogger("training.reports")
+
+CONFIDENCE = 0.95
 
 
 def split_values(text: str) -> list[str]:
@@ -204,8 +206,20 @@ def ablate(
         loss = min(deltas, key=deltas.get) if deltas else None
         row["largest_class_gain"] = {"class": gain, "points": 100 * deltas[gain]} if gain else None
         row["largest_class_loss"] = {"class": loss, "points": 100 * deltas[loss]} if loss else None
-        same = row["fingerprint"] == base["fingerprint"]
-        row["mcnemar_vs_baseline"] = mcnemar(base["_correct"], row["_correct"]) if same and row is not base else None
+        row["mcnemar_vs_baseline"], row["diff_interval_vs_baseline"] = _paired(base, row)
+    # Steps are cumulative, so each method's own effect is its row against the row above (for the TTA row:
+    # the same checkpoint without TTA), not against the baseline.
+    for previous, row in zip([None, *rows[:-1]], rows):
+        if steps and previous is not None:
+            test, interval = _paired(previous, row)
+            row["vs_previous"] = {
+                "variant": previous["variant"],
+                "top1_diff_points": 100 * (row["top1"] - previous["top1"]),
+                "mcnemar": test,
+                "diff_interval": interval,
+            }
+        else:
+            row["vs_previous"] = None
     for row in rows:
         del row["_correct"]
 
@@ -263,11 +277,25 @@ def _row(
     }
 
 
+def _paired(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, float] | None]:
+    """McNemar's test and the 95% interval of B's accuracy minus A's (points), where both rows were
+    evaluated on the same samples; (None, None) for a row against itself or on other samples."""
+    if a is b or a["fingerprint"] != b["fingerprint"]:
+        return None, None
+    low, high = paired_difference_interval(a["_correct"], b["_correct"], CONFIDENCE)
+    return mcnemar(a["_correct"], b["_correct"]), {"confidence": CONFIDENCE, "low": 100 * low, "high": 100 * high}
+
+
+def _interval_text(interval: dict[str, float] | None) -> str:
+    return "" if interval is None else f"{interval['low']:+.2f} .. {interval['high']:+.2f}"
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def format_table(result: dict[str, Any]) -> str:
+    stepped = bool(result.get("steps"))
     lines = [
         f"# Ablation of `{result['recipe']}`",
         "",
@@ -286,14 +314,23 @@ def format_table(result: dict[str, Any]) -> str:
         + (", the split best.pt was selected on" if result["split"] == "val" else "")
         + "; the first row is the baseline.",
         "Per-class diff is the mean over classes of the per-class accuracy change (points); "
-        "p is McNemar's test vs the baseline.",
+        "p is McNemar's test vs the baseline; the 95% interval is the paired (Wald) interval of the top-1 "
+        "difference in points, from the validation samples alone (the noise between training runs is not in it)."
+        + (
+            " The row-above columns test each step against the row before it (for the TTA row: the same "
+            "checkpoint without TTA)."
+            if stepped
+            else ""
+        ),
         "",
-        "| variant | top-1 | diff | loss | per-class diff | p vs baseline | largest class gain | largest class loss "
-        "| epochs | train time | params |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | top-1 | diff | 95% interval | loss | per-class diff | p vs baseline | "
+        + ("gain vs row above | its 95% interval | its p | " if stepped else "")
+        + "largest class gain | largest class loss | epochs | train time | params |",
+        "|" + "---|" * (14 if stepped else 11),
     ]
     for row in result["variants"]:
         test = row["mcnemar_vs_baseline"]
+        previous = row.get("vs_previous")
         per_class = row["per_class_mean_diff_points"]
         gain = row["largest_class_gain"] if not row["baseline"] else None
         loss = row["largest_class_loss"] if not row["baseline"] else None
@@ -301,9 +338,18 @@ def format_table(result: dict[str, Any]) -> str:
             row["variant"] + (" (baseline)" if row["baseline"] else ""),
             f"{100 * row['top1']:.2f}%",
             f"{row['top1_diff_points']:+.2f}",
+            _interval_text(row.get("diff_interval_vs_baseline")),
             f"{row['loss']:.4f}",
             "" if per_class is None else f"{per_class:+.2f}",
             "" if test is None else f"{test['p_value']:.3g}",
+        ]
+        if stepped:
+            cells += [
+                "" if previous is None else f"{previous['top1_diff_points']:+.2f}",
+                "" if previous is None else _interval_text(previous["diff_interval"]),
+                "" if previous is None or previous["mcnemar"] is None else f"{previous['mcnemar']['p_value']:.3g}",
+            ]
+        cells += [
             "" if gain is None else f"{gain['class']} {gain['points']:+.1f}",
             "" if loss is None else f"{loss['class']} {loss['points']:+.1f}",
             str(row["epochs"]),

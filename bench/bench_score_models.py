@@ -1,0 +1,138 @@
+"""`python -m service score` on every shipped file (or those named), with the CLI's defaults: the model
+card's throughput table.
+
+    python bench/bench_score_models.py [--models-dir models] [--model NAME ...] [--images 2000]
+        [--repeats 3] [--out bench/results/score-models.json]
+
+Images: the first N/10 JPEGs of each class of ../shared/data/cifar10-train-jpg.tar.gz (bench_score.py's
+extract). Each run is the real CLI in a fresh process, timed by its own summary (walk + read + decode +
+inference + writing, model load excluded). Rounds go over every model in turn, so a slow spell of the
+shared, virtual machine hits them alike; before each run it waits until the other processes are quiet, and
+medians over rounds are reported with the spread. The processor is named in the results, since the
+figures differ by a factor of three between the machines this project runs on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench_score import ARCHIVE, extract, run_scorer, wait_until_quiet  # noqa: E402
+from report_io import write_json  # noqa: E402
+
+from inference.manifest import ManifestError, load_manifest  # noqa: E402
+from inference.runtime import default_threads  # noqa: E402
+
+TTA_VIEWS = {None: 1, "none": 1, "flip": 2, "multicrop": 6}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models-dir", default="models", help="models folder with manifest.json (default: models)")
+    p.add_argument("--model", action="append", help="a model name; repeat for several (default: every model)")
+    p.add_argument("--images", type=int, default=2_000, help="JPEGs to score, split evenly over the classes")
+    p.add_argument("--repeats", type=int, default=3, help="rounds over every model; medians are reported")
+    p.add_argument(
+        "--quiet-below",
+        type=float,
+        default=0.15,
+        help="before each run wait (up to 3 min) until other processes use fewer cores than this",
+    )
+    p.add_argument("--archive", default=str(ARCHIVE), help="the CIFAR-10 JPEG archive")
+    p.add_argument("--work-dir", default=str(ROOT / ".cache" / "bench-score"), help="where images are extracted")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "score-models.json"), help="JSON results")
+    return p
+
+
+def cpu_model() -> str:
+    """The processor as /proc/cpuinfo names it, with its family/model numbers and the vector extensions that
+    decide ONNX Runtime's kernels (a virtual machine often reports only 'AMD EPYC')."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        return platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    isa = [name for name in ("avx512_bf16", "avx512_vnni", "amx_tile", "avx512f", "avx2") if name in flags]
+    best = next((n for n in isa if n != "avx2"), "avx2") if isa else "no AVX"
+    return (
+        f"{fields.get('model name', platform.machine())} (family {fields.get('cpu family', '?')} "
+        f"model {fields.get('model', '?')}), {default_threads()} usable cores, best vector extension {best}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        manifest = load_manifest(args.models_dir)
+    except ManifestError as e:
+        raise SystemExit(f"error: {e}") from None
+    entries = {m.name: m for m in manifest.models}
+    names = args.model or list(entries)
+    unknown = [n for n in names if n not in entries]
+    if unknown:
+        raise SystemExit(f"error: no model {', '.join(unknown)} in {args.models_dir} (there: {', '.join(entries)})")
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    folder = extract(Path(args.archive), work, args.images)
+    cpu = cpu_model()
+    print(f"{len(names)} models, {args.images} JPEGs in {folder}, {args.repeats} rounds; {cpu}", file=sys.stderr)
+
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    for round_ in range(args.repeats):
+        for name in names:
+            load = wait_until_quiet(args.quiet_below)
+            r = run_scorer(folder, Path(args.models_dir), name, None, [], work / "preds.csv")
+            if r["failed"] or r["rows"] != r["scored"]:
+                raise SystemExit(f"error: {name} failed on {r['failed']} images")
+            rates[name].append(r["images_per_s"])
+            print(f"  round {round_ + 1}: {name} {r['images_per_s']:.0f} images/s (load {load:.2f})", file=sys.stderr)
+
+    results = {}
+    for name in names:
+        entry = entries[name]
+        tta = entry.source.get("tta")
+        results[name] = {
+            "precision": entry.precision,
+            "tta": tta or "none",
+            "views_per_image": TTA_VIEWS.get(tta, 1),
+            "images_per_s": statistics.median(rates[name]),
+            "runs": rates[name],
+        }
+    lines = [
+        f"`service score` with its defaults, {args.images} CIFAR-10 JPEGs, median of {args.repeats} rounds; {cpu}",
+        "",
+        "| model | precision | TTA views | images/s | runs |",
+        "|---|---|---:|---:|---|",
+    ]
+    for name, r in results.items():
+        runs = ", ".join(f"{x:.0f}" for x in r["runs"])
+        lines.append(f"| {name} | {r['precision']} | {r['views_per_image']} | {r['images_per_s']:.0f} | {runs} |")
+    print("\n".join(lines))
+    write_json(
+        args.out,
+        {
+            "command": "python -m service score FOLDER --model NAME --out OUT.csv --no-progress",
+            "cpu": cpu,
+            "images": args.images,
+            "repeats": args.repeats,
+            "models": results,
+        },
+    )
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
