@@ -23,6 +23,8 @@ from inference.fits import DEFAULT_FIT, FITS, fit_help
 from inference.manifest import CALIBRATION_METHODS, DEVICE_KINDS, ManifestError, load_manifest
 from inference.precisions import PRECISIONS, suits, tolerance_text
 
+from .int8_ranges import ACTIVATION_RANGES, ranges_help
+
 
 def export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -46,6 +48,7 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--default", action="store_true", help="make this the manifest's default model")
     _add_default_for(p)
     p.add_argument("--calibration-images", type=int, default=1000, help="training-split images to calibrate INT8 with")
+    _add_int8_ranges(p)
     p.add_argument("--cache-dir", default=".cache/datasets", help="dataset decode cache")
     p.add_argument("--max-val-images", type=int, help="verify on only the first N validation images (quick checks)")
     # training.inference.TTA_CHOICES, spelled out so that --help does not import torch
@@ -111,6 +114,7 @@ def rederive_parser() -> argparse.ArgumentParser:
     _add_default_for(p)
     p.add_argument("--models-dir", default="models")
     p.add_argument("--calibration-images", type=int, default=1000, help="training-split images to calibrate INT8 with")
+    _add_int8_ranges(p)
     p.add_argument("--cache-dir", default=".cache/datasets")
     p.add_argument("--max-val-images", type=int)
     p.add_argument(
@@ -119,6 +123,14 @@ def rederive_parser() -> argparse.ArgumentParser:
         help="the derived model's fit for photos of another shape (default: the reference's)",
     )
     return p
+
+
+def _add_int8_ranges(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--int8-ranges",
+        choices=list(ACTIVATION_RANGES),
+        help=f"INT8 only: how each activation's range is set from the calibration images ({ranges_help()})",
+    )
 
 
 def _add_default_for(p: argparse.ArgumentParser) -> None:
@@ -246,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.max_val_images,
                 args.fit,
                 args.default_for,
+                args.int8_ranges,
             )
             return _report(entry, parity)
         args = export_parser().parse_args(argv)
@@ -263,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             args.fit,
             args.default_for,
             args.reference_cache,
+            args.int8_ranges,
         )
         return _report(entry, parity)
     except ParityError as exc:

@@ -23,6 +23,7 @@ from training.inference import with_tta
 from training.reports.calibration import calibration_report
 
 from .calibration import fit_calibration, with_calibration
+from .int8_ranges import DEFAULT_ACTIVATION_RANGE, activation_range
 from .onnx_export import OPSET, export_fp32, input_spec, write_card
 from .parity import Parity, judge, onnx_logits, parity_against, torch_logits
 from .reference import ReferenceCache
@@ -89,6 +90,7 @@ def export_checkpoint(
     fit: str | None = None,
     default_for: Sequence[str] = (),
     reference_cache: str | Path | None = None,
+    activation_ranges: str | None = None,
 ) -> tuple[ModelEntry, Parity]:
     """``tta="flip"`` puts flip test-time augmentation inside the graph: parity is then measured against
     the same averaging in PyTorch, and the card's source records it.
@@ -103,7 +105,9 @@ def export_checkpoint(
     input spec; default the training run's, or inference.fits.DEFAULT_FIT for a run that recorded none.
     ``make_default`` makes it the manifest's ``default``; ``default_for`` the default on those kinds of device
     (``cpu``, ``cuda``). ``reference_cache``: a folder where the checkpoint's PyTorch logits are kept (see
-    export.reference), so that the next precision of the same checkpoint, or its verification, skips that pass."""
+    export.reference), so that the next precision of the same checkpoint, or its verification, skips that pass.
+    ``activation_ranges`` (INT8 only): how the activations' ranges are calibrated (export/int8_ranges.py)."""
+    check_activation_ranges(precision, activation_ranges)
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)
@@ -146,22 +150,41 @@ def export_checkpoint(
         fp32 = Path(tmp) / "fp32.onnx"
         export_fp32(model, fp32, meta["input_size"])
         out = Path(tmp) / "model.onnx"
-        convert_variant(fp32, out, card, source, calibration_count)
+        convert_variant(fp32, out, card, source, calibration_count, activation_ranges)
         classifier = OnnxClassifier(out, device="cpu")
         parity, graph_logits = parity_against(reference, torch_speed, classifier, val.images, val.labels)
         publish(out, final, card, parity, graph_logits, val.labels, "")
     return record_entry(card, final, models_dir, make_default, default_for), parity
 
 
-def convert_variant(fp32: Path, out: Path, card: ModelCard, source: dict, calibration_count: int) -> None:
+def check_activation_ranges(precision: str, activation_ranges: str | None) -> None:
+    """Refuse, before any work, a range method for a precision that is not calibrated, or an unknown one."""
+    if activation_ranges is None:
+        return
+    if converter(precision).calibration is None:
+        raise ValueError(f"--int8-ranges applies to INT8 only, not {precision}")
+    activation_range(activation_ranges)
+
+
+def convert_variant(
+    fp32: Path,
+    out: Path,
+    card: ModelCard,
+    source: dict,
+    calibration_count: int,
+    activation_ranges: str | None = None,
+) -> None:
     """The card's precision from the FP32 graph, and the card written into it; INT8 calibration images come
-    from the training split of ``source``."""
+    from the training split of ``source``, and its activation ranges from ``activation_ranges``
+    (export/int8_ranges.py; default MinMax), which only a calibrated precision accepts."""
+    check_activation_ranges(card.precision, activation_ranges)
     convert = converter(card.precision)
     if convert.calibration is None:
         convert.convert(fp32, out)
     else:
-        convert.convert(fp32, out, calibration_images(source, calibration_count))
-        card.source["calibration"] = f"{calibration_count} {convert.calibration}"
+        ranges = activation_range(activation_ranges or DEFAULT_ACTIVATION_RANGE)
+        used = convert.convert(fp32, out, calibration_images(source, calibration_count), ranges.name)
+        card.source["calibration"] = f"{used} " + convert.calibration.format(ranges=ranges.label)
     write_card(out, card)
 
 

@@ -26,7 +26,7 @@ from training.inference import topk_accuracy
 from training.reports.calibration import fit_temperature
 
 from .parity import Parity, judge, onnx_logits
-from .pipeline import convert_variant, publish, record_entry, validation_split
+from .pipeline import check_activation_ranges, convert_variant, publish, record_entry, validation_split
 
 
 def append_temperature(src: Path, dst: Path, temperature: float) -> None:
@@ -56,8 +56,11 @@ def rederive(
     max_val_images: int | None = None,
     fit: str | None = None,
     default_for: Sequence[str] = (),
+    activation_ranges: str | None = None,
 ) -> tuple[ModelEntry, Parity]:
-    """``fit``: the derived card's fit for photos of another shape (inference.fits); default the reference's."""
+    """``fit``: the derived card's fit for photos of another shape (inference.fits); default the reference's.
+    ``activation_ranges`` (INT8 only): how the activations' ranges are calibrated (export/int8_ranges.py)."""
+    check_activation_ranges(precision, activation_ranges)
     models_dir = Path(models_dir)
     manifest = load_manifest(models_dir, verify=True)
     ref = manifest.get(reference)
@@ -108,7 +111,7 @@ def rederive(
             append_temperature(ref_path, fp32, calibration.temperature)
         else:
             shutil.copyfile(ref_path, fp32)
-        convert_variant(fp32, out, card, source, calibration_count)
+        convert_variant(fp32, out, card, source, calibration_count, activation_ranges)
         logits, speed = onnx_logits(OnnxClassifier(out, device="cpu"), val.images)
         expected = softmax(ref_logits if inherited else ref_logits / calibration.temperature)
         parity = judge(

@@ -17,6 +17,7 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from inference.precisions import precision
 
+from .int8_ranges import DEFAULT_ACTIVATION_RANGE, activation_range
 from .onnx_export import INPUT_NAME
 
 
@@ -24,19 +25,24 @@ from .onnx_export import INPUT_NAME
 # that precision's file from the exported FP32 one.
 @dataclass(frozen=True)
 class Converter:
-    convert: Callable[..., None]  # (src, dst), or (src, dst, calibration images) when ``calibration`` is set
-    # How calibration images are used, recorded on the card after their count; None: the converter needs none.
+    # (src, dst), or (src, dst, calibration images, activation range name) -> the number of images it used,
+    # when ``calibration`` is set
+    convert: Callable[..., int | None]
+    # How calibration images are used, recorded on the card after their count ("{ranges}": the activation
+    # range's label, int8_ranges.py); None: the converter needs none.
     calibration: str | None = None
 
 
 CONVERTERS: dict[str, Converter] = {}
 
 
-def converts(name: str, calibration: str | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def converts(
+    name: str, calibration: str | None = None
+) -> Callable[[Callable[..., int | None]], Callable[..., int | None]]:
     """Register the decorated function as the converter of precision ``name``; an unknown or repeated name fails
     at import."""
 
-    def register(convert: Callable[..., None]) -> Callable[..., None]:
+    def register(convert: Callable[..., int | None]) -> Callable[..., int | None]:
         precision(name)
         if name in CONVERTERS:
             raise ValueError(f"precision {name!r} has two converters")
@@ -71,18 +77,29 @@ def to_fp16(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
+CALIBRATION_BATCH = 50
+
+
 class _Calibration(CalibrationDataReader):
-    def __init__(self, images: np.ndarray, batch_size: int = 64) -> None:
-        self.batches = iter([images[i : i + batch_size] for i in range(0, len(images), batch_size)])
+    """The images in batches; with ``equal``, all of one size (a remainder smaller than a batch is left out)."""
+
+    def __init__(self, images: np.ndarray, batch_size: int | None = None, equal: bool = False) -> None:
+        batch_size = min(batch_size or CALIBRATION_BATCH, len(images))
+        end = len(images) - len(images) % batch_size if equal else len(images)
+        self.used = end
+        self.batches = iter([images[i : min(i + batch_size, end)] for i in range(0, end, batch_size)])
 
     def get_next(self):
         batch = next(self.batches, None)
         return None if batch is None else {INPUT_NAME: batch}
 
 
-@converts("int8", calibration="training-split images, MinMax, per-channel weights")
-def to_int8(src: Path, dst: Path, calibration_images: np.ndarray) -> None:
-    """Static QDQ quantisation: per-channel int8 weights, uint8 activations calibrated on ``calibration_images``.
+@converts("int8", calibration="training-split images, {ranges}, per-channel weights")
+def to_int8(
+    src: Path, dst: Path, calibration_images: np.ndarray, activation_ranges: str = DEFAULT_ACTIVATION_RANGE
+) -> int:
+    """Static QDQ quantisation: per-channel int8 weights, uint8 activations calibrated on ``calibration_images``
+    with the range method ``activation_ranges`` (int8_ranges.py).
 
     Weights use 7 bits (``reduce_range``): on x86 CPUs without VNNI, ONNX Runtime's u8s8 kernels add pairs of
     products in saturating int16, and full-range weights overflow there, so a model that is exact on a VNNI/AMX
@@ -91,19 +108,22 @@ def to_int8(src: Path, dst: Path, calibration_images: np.ndarray) -> None:
     Calibration images must come from the training split: calibrating on the
     validation images would tune the model on the data that measures it.
     """
+    ranges = activation_range(activation_ranges)
+    reader = _Calibration(calibration_images.astype(np.float32), equal=ranges.equal_batches)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared),
             str(dst),
-            _Calibration(calibration_images.astype(np.float32)),
+            reader,
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QUInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=CalibrationMethod[ranges.ort_method],
             reduce_range=True,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, **ranges.options},
         )
     onnx.checker.check_model(onnx.load(str(dst)), full_check=True)
+    return reader.used

@@ -401,3 +401,53 @@ def test_verify_ignores_a_checkpoint_that_is_not_the_one_exported(tiny_run, tmp_
     torch.save(state, ckpt)
     parity, _ = verify_model("t", models, cache_dir=None)
     assert len(counted_torch_passes) == 1 and not parity.compared and parity.passed
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_each_int8_activation_range_reaches_the_quantiser_and_the_card(exported, tmp_path, monkeypatch, method):
+    """--int8-ranges: the chosen method is what ONNX Runtime's calibrator runs with, the graph it makes still
+    classifies like the FP32 one, and the card says which method and how many images were used."""
+    import export.variants as variants
+    from export.int8_ranges import ACTIVATION_RANGES
+    from export.pipeline import convert_variant
+
+    seen = {}
+    real = variants.quantize_static
+
+    def spy(*args, **kwargs):
+        seen.update(method=kwargs["calibrate_method"], options=kwargs["extra_options"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(variants, "quantize_static", spy)
+    monkeypatch.setattr(variants, "CALIBRATION_BATCH", 16)  # the toy training split has 45 images
+    models, entry, _ = exported
+    card = ModelCard(**{**entry.model_dump(include=set(ModelCard.model_fields)), "name": "q", "precision": "int8"})
+    source = {**entry.source, "cache_dir": None}
+    out = tmp_path / "q.onnx"
+    # 40 images: the histogram methods need batches of one size, so they use 32 of them
+    convert_variant(models / entry.file, out, card, source, 40, method)
+    ranges = ACTIVATION_RANGES[method]
+    assert seen["method"].name == ranges.ort_method
+    assert all(seen["options"][k] == v for k, v in ranges.options.items())
+    assert (
+        card.source["calibration"]
+        == f"{32 if ranges.equal_batches else 40} training-split images, {ranges.label}, per-channel weights"
+    )
+    proto = onnx.load(str(out))
+    assert onnx.TensorProto.INT8 in {init.data_type for init in proto.graph.initializer}
+    from export.pipeline import validation_split
+
+    # in distribution: clipped ranges are fitted to such images
+    x = to_model_input(validation_split(source, None).images)
+    fp32 = OnnxClassifier(models / entry.file, device="cpu").logits(x)
+    int8 = OnnxClassifier(out, device="cpu").logits(x)
+    assert np.abs(int8 - fp32).max() < 0.25 * np.abs(fp32).max()
+
+
+def test_int8_ranges_are_refused_for_other_precisions_before_any_work(tiny_run, tmp_path, capsys):
+    argv = ["--checkpoint", str(tiny_run / "best.pt"), "--name", "x", "--models-dir", str(tmp_path)]
+    assert export_main([*argv, "--precision", "fp16", "--int8-ranges", "entropy"]) == 2
+    assert "--int8-ranges applies to INT8 only, not fp16" in capsys.readouterr().err
+    assert not (tmp_path / "manifest.json").exists()
+    with pytest.raises(SystemExit):
+        export_main([*argv, "--precision", "int8", "--int8-ranges", "p99"])
