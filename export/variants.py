@@ -123,7 +123,15 @@ def to_int8(
             activation_type=QuantType.QUInt8,
             calibrate_method=CalibrationMethod[ranges.ort_method],
             reduce_range=True,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, **ranges.options},
+            extra_options={
+                "ActivationSymmetric": False,
+                "WeightSymmetric": True,
+                # A BatchNormalization that no convolution absorbs (after a pooling) has 1-D scales; the
+                # quantiser's default channel axis (1) does not exist there, so it warned and fell back to one
+                # scale for all channels.
+                "QDQOpTypePerChannelSupportToAxis": {"BatchNormalization": 0},
+                **ranges.options,
+            },
         )
     onnx.checker.check_model(onnx.load(str(dst)), full_check=True)
     return reader.used
