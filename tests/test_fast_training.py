@@ -4,6 +4,7 @@ triangular schedule, BatchNorm learning-rate scaling, micro-batches, multi-crop 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -322,11 +323,19 @@ def test_cumulative_ablation_adds_methods_one_by_one_and_a_tta_row(image_folder,
         "model.args.dirac=true",
         "--tta",
         "multicrop",
+        "--target-top1",
+        "40",
     ]
     assert main(argv) == 0
     result = json.loads((out / "ablation.json").read_text())
     rows = result["variants"]
     assert [r["variant"] for r in rows] == ["baseline", "+whitening", "+dirac", "+ multicrop TTA"]
+    assert result["target_top1"] == pytest.approx(0.40)
+    for row in rows[:-1]:  # from each run's own history; the TTA row has no per-epoch figures
+        history = json.loads((Path(row["run"]) / "history.json").read_text())
+        reached = [h["epoch"] for h in history if h["val_top1"] >= 0.40]
+        assert row["epochs_to_target"] == (reached[0] if reached else None)
+    assert rows[-1]["epochs_to_target"] is None
     configs = [
         json.loads(json.dumps(__import__("yaml").safe_load((out / d / "config.yaml").read_text())))
         for d in ("baseline", "_whitening", "_dirac")
@@ -345,9 +354,22 @@ def test_cumulative_ablation_adds_methods_one_by_one_and_a_tta_row(image_folder,
         assert 0.0 <= step["mcnemar"]["p_value"] <= 1.0
     table = (out / "ablation.md").read_text()
     assert "+whitening: model.args.whiten=true" in table and "+ multicrop TTA" in table
-    assert "gain vs row above" in table
+    assert "gain vs row above" in table and "| epochs to 40% |" in table
+    rows_md = [line for line in table.splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in rows_md}) == 1  # header, delimiter and rows: one column count
     dirac_row = next(line for line in table.splitlines() if line.startswith("| +dirac |"))
     assert f"{rows[2]['vs_previous']['top1_diff_points']:+.2f}" in dirac_row
+
+
+def test_epochs_to_reach_is_the_first_epoch_at_or_above_the_target():
+    from training.reports.ablate import epochs_to_reach
+
+    history = [{"epoch": 1, "val_top1": 0.5}, {"epoch": 2, "val_top1": 0.92}, {"epoch": 3, "val_top1": 0.91}]
+    assert epochs_to_reach(history, 0.92) == 2
+    assert epochs_to_reach(history, 0.5) == 1
+    assert epochs_to_reach(history, 0.93) is None
+    assert epochs_to_reach(history, None) is None
+    assert epochs_to_reach([{"epoch": 1}], 0.1) is None  # a run without a validation split
 
 
 def test_ablation_steps_are_validated(tmp_path, capsys):
@@ -357,6 +379,9 @@ def test_ablation_steps_are_validated(tmp_path, capsys):
     assert "used twice" in capsys.readouterr().err
     assert main(["ablate", "--recipe", "airbench94", "--step", "a", "nonsense"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["ablate", "--recipe", "airbench94", "--step", "a", "x=1", "--target-top1", "120"])
+    assert "not a percentage in (0, 100]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("recipe", ["airbench94", "se_resnet18_cpu", "wrn_16_4_cpu"])

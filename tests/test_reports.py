@@ -561,6 +561,7 @@ def test_ablation_skips_finished_variants_and_resumes_an_interrupted_one(image_f
     assert all(r["vs_previous"] is None for r in rows)  # --vary is a grid, not a sequence of steps
     table = (out / "ablation.md").read_text()
     assert "gain vs row above" not in table and "95% interval" in table
+    assert len({line.count("|") for line in table.splitlines() if line.startswith("|")}) == 1
     assert "| dropout=0 (baseline) |" in table and "| dropout=0.3 |" in table
     assert "dropout=0.3" in capsys.readouterr().out
 

@@ -133,7 +133,11 @@ def ablate(
     device: str = "auto",
     steps: list[list[str]] | None = None,
     tta: str = "none",
+    target_top1: float | None = None,
 ) -> dict[str, Any]:
+    """``target_top1`` (a fraction): also report each run's first epoch whose validation top-1 reached it."""
+    if target_top1 is not None and not 0 < target_top1 <= 1:
+        raise ValueError(f"target top-1 {target_top1} is not a fraction in (0, 1]")
     if steps and vary:
         raise ValueError("give either --vary (every combination) or --step (methods added one by one), not both")
     sets = list(sets or [])
@@ -190,6 +194,7 @@ def ablate(
                     logits,
                     data.labels,
                     view,
+                    target_top1,
                 )
             )
     base = rows[0]
@@ -230,6 +235,7 @@ def ablate(
         "steps": [{"label": label, "settings": combo} for label, combo in zip(labels, combos)] if steps else [],
         "tta": tta,
         "split": split,
+        "target_top1": target_top1,
         "num_samples": int(len(loaded[next(iter(loaded))][0])),
         "variants": rows,
     }
@@ -254,6 +260,7 @@ def _row(
     logits: np.ndarray,
     labels: np.ndarray,
     tta: str,
+    target_top1: float | None,
 ) -> dict[str, Any]:
     return {
         "variant": label,
@@ -269,6 +276,8 @@ def _row(
         "per_class_accuracy": {c["class"]: c["accuracy"] for c in metrics["per_class"]},
         "epochs": summary.get("epochs_run"),
         "best_epoch": summary.get("best", {}).get("epoch"),
+        # per-epoch figures are without TTA, so a TTA row has none of its own
+        "epochs_to_target": epochs_to_reach(history, target_top1) if tta == "none" else None,
         "train_time_s": summary.get("train_time_s", sum(h.get("train_time_s", 0) for h in history)),
         "wall_time_this_call_s": wall,
         "parameters": count_parameters(source.model),
@@ -290,12 +299,26 @@ def _interval_text(interval: dict[str, float] | None) -> str:
     return "" if interval is None else f"{interval['low']:+.2f} .. {interval['high']:+.2f}"
 
 
+def epochs_to_reach(history: list[dict], target_top1: float | None) -> int | None:
+    """The first epoch whose validation top-1 (the training run's own, without TTA) reached the target."""
+    if target_top1 is None:
+        return None
+    return next((h["epoch"] for h in history if h.get("val_top1") is not None and h["val_top1"] >= target_top1), None)
+
+
+def _epochs_to_text(row: dict[str, Any]) -> str:
+    if row["tta"] != "none":
+        return ""
+    return "not reached" if row["epochs_to_target"] is None else str(row["epochs_to_target"])
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def format_table(result: dict[str, Any]) -> str:
     stepped = bool(result.get("steps"))
+    target = result.get("target_top1")
     lines = [
         f"# Ablation of `{result['recipe']}`",
         "",
@@ -321,13 +344,21 @@ def format_table(result: dict[str, Any]) -> str:
             "checkpoint without TTA)."
             if stepped
             else ""
+        )
+        + (
+            f" Epochs to {100 * target:g}%: the first epoch whose validation top-1 (each run's history, "
+            "without TTA) reached it."
+            if target is not None
+            else ""
         ),
         "",
         "| variant | top-1 | diff | 95% interval | loss | per-class diff | p vs baseline | "
         + ("gain vs row above | its 95% interval | its p | " if stepped else "")
-        + "largest class gain | largest class loss | epochs | train time | params |",
-        "|" + "---|" * (14 if stepped else 11),
+        + "largest class gain | largest class loss | epochs | "
+        + (f"epochs to {100 * target:g}% | " if target is not None else "")
+        + "train time | params |",
     ]
+    lines.append("|" + "---|" * (lines[-1].count("|") - 1))
     for row in result["variants"]:
         test = row["mcnemar_vs_baseline"]
         previous = row.get("vs_previous")
@@ -353,6 +384,7 @@ def format_table(result: dict[str, Any]) -> str:
             "" if gain is None else f"{gain['class']} {gain['points']:+.1f}",
             "" if loss is None else f"{loss['class']} {loss['points']:+.1f}",
             str(row["epochs"]),
+            *([_epochs_to_text(row)] if target is not None else []),
             _duration(row["train_time_s"]),
             f"{row['parameters']:,}",
         ]

@@ -115,6 +115,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             device=args.device,
             steps=args.step,
             tta=args.tta,
+            target_top1=None if args.target_top1 is None else args.target_top1 / 100,
         )
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume; finished variants are not retrained", file=sys.stderr)
@@ -122,6 +123,16 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     print(format_table(result))
     print(f"table: {result['out_dir']}/ablation.md and ablation.json")
     return 0
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"{text} is not a percentage in (0, 100]")
+    return value
 
 
 def add_report_commands(sub) -> None:
@@ -203,6 +214,12 @@ def add_report_commands(sub) -> None:
         "--tta",
         default="none",
         help="also evaluate the last variant with this test-time augmentation (flip or multicrop), as a last row",
+    )
+    p.add_argument(
+        "--target-top1",
+        type=_percent,
+        metavar="PERCENT",
+        help="also tabulate the epochs each variant took to reach this validation top-1, e.g. 92",
     )
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides shared by every variant")
     p.add_argument("--out", help="ablation folder (default: runs/ablate-<recipe>)")
