@@ -384,7 +384,7 @@ def test_ablation_steps_are_validated(tmp_path, capsys):
     assert "not a percentage in (0, 100]" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("recipe", ["airbench94", "se_resnet18_cpu", "wrn_16_4_cpu"])
+@pytest.mark.parametrize("recipe", ["airbench94", "airbench94_muon", "se_resnet18_cpu", "wrn_16_4_cpu"])
 def test_fast_recipe_two_batch_smoke_run_trains_and_exports(recipe, image_folder, tmp_path):
     """Each new recipe, unchanged but for the data, batch count and size: two batches, then export (FP32: an
     untrained net's INT8 top-1 on 15 images may move by one image, which is outside INT8's 0.5-point tolerance)."""

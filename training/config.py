@@ -79,7 +79,7 @@ class AugmentConfig(Section):
 
 
 class OptimConfig(Section):
-    name: Literal["sgd", "adamw"] = "adamw"
+    name: Literal["sgd", "adamw", "muon"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     momentum: float = 0.9
     nesterov: bool = True
@@ -90,6 +90,11 @@ class OptimConfig(Section):
     # BatchNorm parameters train at lr x this, with weight decay / this so their decay per step is unchanged:
     # airbench's 64 lets the shifts move as fast as the scale-free BatchNorm needs.
     norm_lr_scale: float = Field(1.0, gt=0)
+    # "muon" (training/muon.py): convolution filters take orthogonalised momentum steps at these settings
+    # (airbench94_muon's 0.24, 0.6 and 3); every other parameter takes Nesterov SGD at lr, as with "sgd".
+    muon_lr: float = Field(0.24, gt=0)
+    muon_momentum: float = Field(0.6, ge=0, lt=1)
+    muon_ns_steps: int = Field(3, ge=1)
 
 
 class ScheduleConfig(Section):

@@ -8,19 +8,28 @@ import torch
 from torch import nn
 
 from .config import OptimConfig, ScheduleConfig
+from .muon import Muon
 
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, decay_norm_and_bias: bool, lr: float = 1.0, norm_lr_scale: float = 1.0
+    model: nn.Module,
+    weight_decay: float,
+    decay_norm_and_bias: bool,
+    lr: float = 1.0,
+    norm_lr_scale: float = 1.0,
+    filters: dict | None = None,
 ) -> list[dict]:
     """Groups for the optimizer. Every parameter is listed, trainable or not, so a parameter frozen for a
-    while (a whitening bias) keeps its place; the optimizer skips those without a gradient."""
+    while (a whitening bias) keeps its place; the optimizer skips those without a gradient. ``filters``, when
+    given, are the settings of a last group holding the convolution filters (4-D weights), for Muon."""
     norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
-    decay, no_decay, norms = [], [], []
+    decay, no_decay, norms, convs = [], [], [], []
     for p in model.parameters():
-        if id(p) in norm and norm_lr_scale != 1.0:
+        if filters is not None and p.ndim == 4:
+            convs.append(p)
+        elif id(p) in norm and norm_lr_scale != 1.0:
             norms.append(p)
         # 1-D parameters are norm scales/shifts and biases.
         elif decay_norm_and_bias or p.ndim > 1:
@@ -31,14 +40,33 @@ def param_groups(
     if norms:
         norm_decay = weight_decay / norm_lr_scale if decay_norm_and_bias else 0.0
         groups.append({"params": norms, "lr": lr * norm_lr_scale, "weight_decay": norm_decay})
+    if convs:
+        groups.append({"params": convs, **filters})
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def _sgd(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias, cfg.lr, cfg.norm_lr_scale)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+def _adamw(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias, cfg.lr, cfg.norm_lr_scale)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def _muon(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    filters = {"lr": cfg.muon_lr, "momentum": cfg.muon_momentum, "weight_decay": 0.0, "muon": True}
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias, cfg.lr, cfg.norm_lr_scale, filters)
+    return Muon(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, ns_steps=cfg.muon_ns_steps)
+
+
+# One entry per value of OptimConfig.name.
+OPTIMIZERS = {"sgd": _sgd, "adamw": _adamw, "muon": _muon}
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    return OPTIMIZERS[cfg.name](model, cfg)
 
 
 def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: ScheduleConfig) -> float:

@@ -1,0 +1,136 @@
+"""Muon (training/muon.py): the orthogonalisation, the two kinds of step, the parameter routing, exact resume."""
+
+from __future__ import annotations
+
+import math
+import typing
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_overrides, train_straight_and_resumed
+from training.config import OptimConfig, build_config
+from training.models import create_model
+from training.muon import Muon, orthogonalize
+from training.optim import OPTIMIZERS, build_optimizer
+
+
+@pytest.mark.parametrize("shape", [(16, 40), (40, 16)])
+@pytest.mark.parametrize("steps", [3, 5])
+def test_orthogonalize_keeps_singular_vectors_and_pushes_values_towards_one(shape, steps):
+    gen = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(shape[0], 16, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(shape[1], 16, generator=gen, dtype=torch.float64))
+    s = torch.logspace(0, -1, 16, dtype=torch.float64)  # singular values spread over a factor of 10
+    g = u @ torch.diag(s) @ v.T
+    x = orthogonalize(g, steps)
+    inner = u.T @ x @ v  # diagonal if x has g's singular vectors
+    assert (inner - torch.diag(torch.diagonal(inner))).abs().max() < 1e-8
+    values = torch.diagonal(inner)
+    # About 0.7-1.2, as the coefficients promise, and in g's order.
+    assert values.min() > 0.6 and values.max() < 1.25
+    assert torch.allclose(torch.linalg.svdvals(x).sort().values, values.sort().values)
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+
+
+def _set_grads(model: nn.Module, step: int) -> None:
+    gen = torch.Generator().manual_seed(100 + step)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=gen)
+
+
+def test_groups_without_the_muon_flag_step_exactly_as_torch_sgd():
+    a, b = _model(), _model()
+    settings = dict(lr=0.1, momentum=0.85, nesterov=True, weight_decay=5e-3)
+    muon = Muon(a.parameters(), ns_steps=3, **settings)
+    sgd = torch.optim.SGD(b.parameters(), **settings)
+    for step in range(3):
+        _set_grads(a, step)
+        _set_grads(b, step)
+        muon.step()
+        sgd.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_a_muon_step_rescales_the_filters_then_follows_the_orthogonalised_nesterov_momentum():
+    model = _model()
+    conv = model[0].weight
+    before = conv.detach().clone()
+    opt = Muon([{"params": [conv], "muon": True, "lr": 0.24, "momentum": 0.6}], lr=1.0, ns_steps=3)
+    _set_grads(model, 0)
+    grad = conv.grad.clone()
+    opt.step()
+    rescaled = before * math.sqrt(8) / before.norm()
+    direction = orthogonalize((1.6 * grad).reshape(8, -1), 3).view_as(grad)  # first step: g + 0.6 g
+    assert torch.allclose(conv.detach(), rescaled - 0.24 * direction, atol=1e-6)
+    # No weight decay on filters: the rescaling already fixes their scale.
+    opt2 = Muon([{"params": [conv], "muon": True}], lr=0.1, weight_decay=0.5)
+    conv.grad = torch.zeros_like(conv)
+    opt2.step()
+    assert conv.norm().item() == pytest.approx(math.sqrt(8), rel=1e-5)
+
+
+def test_muon_routes_filters_to_muon_and_everything_else_to_sgd():
+    cfg = build_config("airbench94_muon")
+    model = create_model("airbench94", 10, widths=(8, 8, 8))
+    opt = build_optimizer(model, cfg.optim)
+    assert isinstance(opt, Muon) and opt.ns_steps == cfg.optim.muon_ns_steps == 3
+    muon_groups = [g for g in opt.param_groups if g["muon"]]
+    assert len(muon_groups) == 1
+    filters = muon_groups[0]
+    assert filters["lr"] == cfg.optim.muon_lr and filters["momentum"] == cfg.optim.muon_momentum
+    assert {id(p) for p in filters["params"]} == {id(p) for p in model.parameters() if p.ndim == 4}
+    others = [g for g in opt.param_groups if not g["muon"]]
+    assert all(g["momentum"] == cfg.optim.momentum for g in others)
+    assert any(g["lr"] == pytest.approx(cfg.optim.lr * 64) for g in others)  # BatchNorm shifts
+    head = next(m for m in model.modules() if isinstance(m, nn.Linear)).weight
+    assert any(p is head for g in others for p in g["params"])
+    listed = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(listed) == sorted(id(p) for p in model.parameters())  # each parameter exactly once
+
+
+def test_every_optimizer_name_has_a_builder():
+    names = typing.get_args(OptimConfig.model_fields["name"].annotation)
+    assert set(names) == set(OPTIMIZERS)
+
+
+def test_muon_learns_a_small_problem():
+    torch.manual_seed(0)
+    x = torch.randn(256, 3, 8, 8)
+    y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()
+    model = _model()
+    opt = build_optimizer(model, OptimConfig(name="muon", lr=0.05, momentum=0.9, weight_decay=0.0, muon_lr=0.05))
+    losses = []
+    for _ in range(40):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_muon_resume_is_exact(image_folder, tmp_path, monkeypatch):
+    overrides = tiny_overrides(
+        image_folder,
+        tmp_path / "cache",
+        **{
+            "model.name": "airbench94",
+            "model.args": "{widths: [8, 8, 8]}",
+            "optim.name": "muon",
+            "epochs": 3,
+            "whiten_bias_epochs": 1,
+            "schedule.name": "linear",
+            "micro_batch_size": 8,
+        },
+    )
+    a, b = train_straight_and_resumed("airbench94_muon", overrides, tmp_path, monkeypatch)
+    assert any(group.get("muon") for group in a["optimizer"]["param_groups"])
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["model"].keys() == b["model"].keys()
