@@ -305,6 +305,50 @@ def test_resume_continues_the_same_run(image_folder, tmp_path, monkeypatch):
     assert [h["val_top1"] for h in ha] == [h["val_top1"] for h in hb]
 
 
+def test_train_resume_continues_a_run_of_the_same_config_and_refuses_another(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    from training.__main__ import main as training_main
+    from training.engine import Trainer
+
+    overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=3)
+
+    def cli(out, *extra, sets=overrides):
+        return training_main(["train", "--recipe", "resnet9_half_cpu", "--set", *sets, "--out", str(out), *extra])
+
+    assert cli(tmp_path / "straight") == 0
+    original = Trainer._end_epoch
+
+    def interrupt(self, record):
+        stop = original(self, record)
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+        return stop
+
+    monkeypatch.setattr(Trainer, "_end_epoch", interrupt)
+    assert cli(tmp_path / "run", "--resume") == 130  # nothing to continue yet: it starts, and is interrupted
+    monkeypatch.setattr(Trainer, "_end_epoch", original)
+    capsys.readouterr()
+    assert cli(tmp_path / "run") == 2 and "--resume" in capsys.readouterr().err
+
+    last = tmp_path / "run" / "last.pt"
+    before = last.read_bytes()
+    assert cli(tmp_path / "run", "--resume", sets=[*overrides, "lr=0.01", "epochs=5"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr: 0.05 -> 0.01" in err and "train.epochs: 3 -> 5" in err
+    assert last.read_bytes() == before  # refused before anything was written
+
+    assert cli(tmp_path / "run", "--resume") == 0
+    a, b = (torch.load(tmp_path / run / "last.pt", weights_only=True) for run in ("straight", "run"))
+    assert a["epoch"] == b["epoch"] == 3
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # A finished run has nothing left to do.
+    assert cli(tmp_path / "run", "--resume") == 0
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 3
+    with pytest.raises(SystemExit):
+        cli(tmp_path / "run", "--resume", "--force")
+
+
 def test_early_stopping(image_folder, tmp_path):
     cfg = build_config(
         "resnet9_half_cpu",

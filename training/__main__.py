@@ -31,17 +31,32 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine import train
+    from .checkpoint import load_checkpoint
+    from .config import Config, config_differences
+    from .engine import resume, train
 
     config = build_config(args.recipe, args.set)
     out = Path(args.out) if args.out else Path("runs") / config.recipe
-    if (out / "last.pt").exists() and not args.force:
+    if (out / "last.pt").exists() and args.resume:
+        started = Config.model_validate(load_checkpoint(out / "last.pt")["config"])
+        differences = config_differences(started, config)
+        if differences:
+            print(
+                f"error: {out} holds a run of another configuration, so it cannot be continued with this one "
+                f"(started -> asked): {'; '.join(differences)}",
+                file=sys.stderr,
+            )
+            return 2
+        summary = resume(out)
+    elif (out / "last.pt").exists() and not args.force:
         print(
-            f"error: {out} already holds a run; use `python -m training resume {out}` or --force to start over",
+            f"error: {out} already holds a run; continue it with `python -m training resume {out}` (or this "
+            "command with --resume), or start over with --force",
             file=sys.stderr,
         )
         return 2
-    summary = train(config, out)
+    else:
+        summary = train(config, out)
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps(summary, indent=2))
     return 0
@@ -76,7 +91,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="se_resnet18", help="recipe name or YAML file (default: se_resnet18)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--out", help="run folder (default: runs/<recipe>)")
-    p.add_argument("--force", action="store_true", help="start over even if the run folder holds a run")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--force", action="store_true", help="start over even if the run folder holds a run")
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="if the run folder holds a run of this same configuration, continue it exactly (as `resume`), else "
+        "start it: one command to re-run after any interruption (a preempted machine, a closed session)",
+    )
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser(

@@ -217,5 +217,21 @@ def build_config(recipe: str | None = None, overrides: list[str] | None = None) 
         raise ConfigError(f"invalid configuration:\n{exc}") from exc
 
 
+def config_differences(a: Config, b: Config) -> list[str]:
+    """The fields where two configs differ, as ``section.field: a -> b``."""
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(node, dict) or not node:
+            return {prefix: node}
+        return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+
+    left, right = flat(a.model_dump(mode="json")), flat(b.model_dump(mode="json"))
+    return [
+        f"{key.rstrip('.')}: {left.get(key, '(unset)')} -> {right.get(key, '(unset)')}"
+        for key in sorted(left.keys() | right.keys())
+        if left.get(key, "(unset)") != right.get(key, "(unset)")
+    ]
+
+
 def save_config(config: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
