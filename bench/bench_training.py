@@ -1,7 +1,7 @@
 """Training throughput (images/s) per model, and the data loader's own throughput for comparison.
 
     python bench/bench_training.py [--models se_resnet18 resnet18:activation=gelu ...] [--steps 5]
-        [--batch-size 128] [--device auto] [--out bench/results/training.json]
+        [--batch-size 128] [--device auto] [--optimizer sgd|adamw|muon] [--out bench/results/training.json]
 
 A model is a registry name, optionally with constructor arguments after a colon
 (``resnet18:attention=se,attention_pool=avg+max``); ``--models all`` is every registered model.
@@ -26,12 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from report_io import write_json  # noqa: E402
 
+from training.config import OptimConfig  # noqa: E402
 from training.data import ImageArrays  # noqa: E402
 from training.data.augment import AugmentParams  # noqa: E402
 from training.data.loader import TensorLoader  # noqa: E402
 from training.engine import resolve_device  # noqa: E402
 from training.inference import autocast, resolve_bf16  # noqa: E402
 from training.models import create_model, list_models  # noqa: E402
+from training.optim import OPTIMIZERS, build_optimizer  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -81,11 +83,11 @@ def parse_spec(spec: str) -> tuple[str, dict]:
 
 
 def train_throughput(
-    spec: str, device: torch.device, batch_size: int, steps: int, bf16: bool, warmup: int = 2
+    spec: str, device: torch.device, batch_size: int, steps: int, bf16: bool, warmup: int = 2, optimizer: str = "sgd"
 ) -> float:
     name, kwargs = parse_spec(spec)
     model = create_model(name, **kwargs).to(device).to(memory_format=torch.channels_last).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    opt = build_optimizer(model, OptimConfig(name=optimizer, lr=0.01, momentum=0.9, nesterov=True))
     x = torch.rand(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch_size,), device=device)
     for i in range(warmup + steps):
@@ -117,6 +119,12 @@ def main() -> int:
         default="auto",
         help="bf16 autocast; auto: only where the hardware has it (as training's default)",
     )
+    p.add_argument(
+        "--optimizer",
+        choices=list(OPTIMIZERS),
+        default="sgd",
+        help="the optimizer whose step is timed with the model's (muon: Newton-Schulz per filter bank)",
+    )
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if args.models == ["all"]:
@@ -130,12 +138,13 @@ def main() -> int:
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
         "bf16": bf16,
+        "optimizer": args.optimizer,
         "loader_images_per_s": loader_throughput(device, args.batch_size, 50),
         "models": {},
     }
-    print(f"| model | train images/s ({device}, batch {args.batch_size}, bf16={bf16}) |\n|---|---|")
+    print(f"| model | train images/s ({device}, batch {args.batch_size}, bf16={bf16}, {args.optimizer}) |\n|---|---|")
     for name in args.models:
-        ips = train_throughput(name, device, args.batch_size, args.steps, bf16)
+        ips = train_throughput(name, device, args.batch_size, args.steps, bf16, optimizer=args.optimizer)
         results["models"][name] = ips
         print(f"| {name} | {ips:,.0f} |", flush=True)
     print(f"| data loader alone (crop+flip+cutout) | {results['loader_images_per_s']:,.0f} |")
