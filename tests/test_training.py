@@ -349,6 +349,23 @@ def test_train_resume_continues_a_run_of_the_same_config_and_refuses_another(
         cli(tmp_path / "run", "--resume", "--force")
 
 
+def test_recipes_lists_each_recipe_with_its_resolved_settings(capsys):
+    from training.__main__ import main as training_main
+    from training.config import list_recipes
+
+    assert training_main(["recipes"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert sorted(rows) == list_recipes()
+    for name, (_, model, epochs, batch, optimizer) in rows.items():
+        config = build_config(name)  # defaults included: a recipe that sets no optimizer shows the default's
+        assert (model, int(epochs), int(batch), optimizer) == (
+            config.model.name,
+            config.train.epochs,
+            config.train.batch_size,
+            config.optim.name,
+        )
+
+
 def test_early_stopping(image_folder, tmp_path):
     cfg = build_config(
         "resnet9_half_cpu",

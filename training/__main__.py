@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, build_config, list_recipes, load_recipe
+from .config import ConfigError, build_config, list_recipes
 from .data import DatasetError
 
 
@@ -24,9 +24,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
+    print(f"{'recipe':<22} {'model':<18} {'epochs':>6} {'batch':>6}  optimizer")
     for name in list_recipes():
-        raw = load_recipe(name)
-        print(f"{name:<22} model={raw.get('model', {}).get('name')} epochs={raw.get('train', {}).get('epochs')}")
+        config = build_config(name)
+        t = config.train
+        print(f"{name:<22} {config.model.name:<18} {t.epochs:>6} {t.batch_size:>6}  {config.optim.name}")
     return 0
 
 
