@@ -33,23 +33,12 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
-    from .config import Config, config_differences
     from .engine import resume, train
 
     config = build_config(args.recipe, args.set)
     out = Path(args.out) if args.out else Path("runs") / config.recipe
     if (out / "last.pt").exists() and args.resume:
-        started = Config.model_validate(load_checkpoint(out / "last.pt")["config"])
-        differences = config_differences(started, config)
-        if differences:
-            print(
-                f"error: {out} holds a run of another configuration, so it cannot be continued with this one "
-                f"(started -> asked): {'; '.join(differences)}",
-                file=sys.stderr,
-            )
-            return 2
-        summary = resume(out)
+        summary = resume(out, expected=config)
     elif (out / "last.pt").exists() and not args.force:
         print(
             f"error: {out} already holds a run; continue it with `python -m training resume {out}` (or this "

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config, save_config
+from .config import Config, ConfigError, config_differences, save_config
 from .data import ImageArrays, load_split
 from .data.loader import TensorLoader
 from .data.mix import MixedTargets, mixed_cross_entropy
@@ -334,10 +334,17 @@ def train(config: Config, out_dir: str | Path) -> dict[str, Any]:
     return Trainer(config, out_dir).fit()
 
 
-def resume(out_dir: str | Path, epochs: int | None = None) -> dict[str, Any]:
-    """Continue a run from its last.pt with the config it was started with (optionally more epochs)."""
+def resume(out_dir: str | Path, epochs: int | None = None, expected: Config | None = None) -> dict[str, Any]:
+    """Continue a run from its last.pt with the config it was started with (optionally more epochs). With
+    ``expected``, a run started with any other config is refused (ConfigError naming the differences)."""
     ckpt = load_checkpoint(Path(out_dir) / "last.pt")
     config = Config.model_validate(ckpt["config"])
+    differences = config_differences(config, expected) if expected is not None else []
+    if differences:
+        raise ConfigError(
+            f"{out_dir} holds a run of another configuration, so it cannot be continued with this one "
+            f"(started -> asked): {'; '.join(differences)}"
+        )
     if epochs is not None:
         if epochs != config.train.epochs and config.schedule.name in ("cosine", "linear"):
             log.warning(
