@@ -87,8 +87,8 @@ def train_throughput(
 ) -> float:
     name, kwargs = parse_spec(spec)
     model = create_model(name, **kwargs).to(device).to(memory_format=torch.channels_last).train()
-    opt = build_optimizer(model, OptimConfig(name=optimizer, lr=0.01, momentum=0.9, nesterov=True))
     x = torch.rand(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    opt = build_optimizer(model, OptimConfig(name=optimizer, lr=0.01, momentum=0.9, nesterov=True), x[:2])
     y = torch.randint(0, 10, (batch_size,), device=device)
     for i in range(warmup + steps):
         if i == warmup:

@@ -12,7 +12,7 @@ from torch import nn
 from conftest import tiny_overrides, train_straight_and_resumed
 from training.config import OptimConfig, build_config
 from training.models import create_model
-from training.muon import Muon, orthogonalize
+from training.muon import Muon, filters_by_normalisation, orthogonalize
 from training.optim import OPTIMIZERS, build_optimizer
 
 
@@ -79,13 +79,16 @@ def test_a_muon_step_rescales_the_filters_then_follows_the_orthogonalised_nester
 def test_muon_routes_filters_to_muon_and_everything_else_to_sgd():
     cfg = build_config("airbench94_muon")
     model = create_model("airbench94", 10, widths=(8, 8, 8))
-    opt = build_optimizer(model, cfg.optim)
+    opt = build_optimizer(model, cfg.optim, torch.rand(2, 3, 32, 32))
     assert isinstance(opt, Muon) and opt.ns_steps == cfg.optim.muon_ns_steps == 3
     muon_groups = [g for g in opt.param_groups if g["muon"]]
     assert len(muon_groups) == 1
     filters = muon_groups[0]
     assert filters["lr"] == cfg.optim.muon_lr and filters["momentum"] == cfg.optim.muon_momentum
-    assert {id(p) for p in filters["params"]} == {id(p) for p in model.parameters() if p.ndim == 4}
+    # Every trainable filter bank (each feeds a BatchNorm, the first of a group through its max-pool); the
+    # frozen whitening filters take no step at all.
+    trainable = {id(p) for p in model.parameters() if p.ndim == 4 and p.requires_grad}
+    assert len(trainable) == 6 and {id(p) for p in filters["params"]} == trainable
     others = [g for g in opt.param_groups if not g["muon"]]
     assert all(g["momentum"] == cfg.optim.momentum for g in others)
     assert any(g["lr"] == pytest.approx(cfg.optim.lr * 64) for g in others)  # BatchNorm shifts
@@ -93,6 +96,33 @@ def test_muon_routes_filters_to_muon_and_everything_else_to_sgd():
     assert any(p is head for g in others for p in g["params"])
     listed = [id(p) for g in opt.param_groups for p in g["params"]]
     assert sorted(listed) == sorted(id(p) for p in model.parameters())  # each parameter exactly once
+
+
+def test_filters_feeding_a_sum_keep_sgd_in_a_pre_activation_network():
+    model = create_model("wrn_16_4", 10)
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    before = bn.running_mean.clone(), int(bn.num_batches_tracked)
+    normalised, others = filters_by_normalisation(model, torch.rand(2, 3, 32, 32))
+    # Pre-activation: the stem and each block's first convolution feed a BatchNorm; the second convolution
+    # and the projection shortcut feed the residual sum, where their scale is part of the function.
+    assert set(normalised) == {n for n in dict(model.named_parameters()) if n.endswith(("stem.weight", "conv1.weight"))}
+    assert set(others) == {n for n in dict(model.named_parameters()) if n.endswith(("conv2.weight", "shortcut.weight"))}
+    assert len(normalised) == 7 and len(others) == 9
+    assert model.training and torch.equal(bn.running_mean, before[0]) and int(bn.num_batches_tracked) == before[1]
+    opt = build_optimizer(model, build_config("airbench94_muon").optim, torch.rand(2, 3, 32, 32))
+    muon = next(g for g in opt.param_groups if g["muon"])
+    assert {id(p) for p in muon["params"]} == {id(p) for p in normalised.values()}
+    assert all(any(p is q for g in opt.param_groups if not g["muon"] for q in g["params"]) for p in others.values())
+
+
+def test_squeeze_excitation_filters_keep_sgd_and_a_net_without_norms_is_refused():
+    _, others = filters_by_normalisation(create_model("se_resnet18", 10), torch.rand(2, 3, 32, 32))
+    assert len(others) == 16 and all(".attention.fc." in n for n in others), sorted(others)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 2))
+    with pytest.raises(ValueError, match="no convolution"):
+        build_optimizer(plain, OptimConfig(name="muon"), torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="example input"):
+        build_optimizer(_model(), OptimConfig(name="muon"))
 
 
 def test_every_optimizer_name_has_a_builder():
@@ -105,7 +135,8 @@ def test_muon_learns_a_small_problem():
     x = torch.randn(256, 3, 8, 8)
     y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()
     model = _model()
-    opt = build_optimizer(model, OptimConfig(name="muon", lr=0.05, momentum=0.9, weight_decay=0.0, muon_lr=0.05))
+    cfg = OptimConfig(name="muon", lr=0.05, momentum=0.9, weight_decay=0.0, muon_lr=0.05)
+    opt = build_optimizer(model, cfg, x[:2])
     losses = []
     for _ in range(40):
         loss = nn.functional.cross_entropy(model(x), y)

@@ -56,13 +56,18 @@ def load_data(config: Config) -> tuple[ImageArrays, ImageArrays | None]:
 WHITENING_IMAGES = 5000
 
 
+def as_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 images [N, H, W, C] as the model takes them: float [N, C, H, W] in 0-1."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+
+
 @torch.no_grad()
 def prepare_model(model: ImageClassifier, config: Config, train_images: np.ndarray) -> None:
     """The data- and option-dependent initialisation that ``create_model`` cannot do: fit patch-whitening
     layers on the training split (as the model will see it: normalised), Dirac init, BatchNorm momentum."""
     layers = whitening_layers(model)
     if layers:
-        sample = torch.from_numpy(train_images[:WHITENING_IMAGES]).permute(0, 3, 1, 2).float().div_(255)
+        sample = as_float(train_images[:WHITENING_IMAGES])
         for layer in layers:
             layer.fit(model.normalize(sample))
     if config.model.dirac_init:
@@ -142,7 +147,8 @@ class Trainer:
             if val_data is not None and self.dist.is_main
             else None
         )
-        self.optimizer = build_optimizer(self.model, config.optim)
+        example = as_float(train_data.images[:2]).to(self.device)
+        self.optimizer = build_optimizer(self.model, config.optim, example)
         self.scheduler = build_scheduler(self.optimizer, len(self.train_loader), t.epochs, config.schedule)
         self.ema = (
             AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)

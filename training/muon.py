@@ -7,7 +7,9 @@ the momentum matrix with its singular values pushed towards 1 (a quintic Newton-
 every direction the gradient names moves the same distance, however small its singular value. Before each
 step the bank is rescaled to norm sqrt(out_channels): behind BatchNorm a filter's scale only sets its
 effective learning rate, so fixing it keeps that rate at the group's ``lr``. That is why filters take no
-weight decay here, and why Muon is meant for networks whose convolutions feed a normalisation layer.
+weight decay here, and why only filters whose output reaches a normalisation layer take Muon steps
+(``filters_by_normalisation``); the others (a pre-activation block's last convolution, which feeds a sum) keep
+SGD, where their scale is part of the function.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import math
 from collections.abc import Iterable
 
 import torch
+from torch import nn
+
+from .models.layers import NORM_LAYERS
 
 # The quintic's coefficients (Jordan et al.): chosen for the steepest slope at zero, so that a few steps
 # bring even small singular values near 1; the iteration then oscillates within about 0.7-1.2 instead of
@@ -34,6 +39,52 @@ def orthogonalize(matrix: torch.Tensor, steps: int, eps: float = 1e-7) -> torch.
         gram = x @ x.T
         x = a * x + (b * gram + c * gram @ gram) @ x
     return x.T if tall else x
+
+
+# Modules with f(a x) = a f(x) for a > 0: a filter's scale passes through them to the normalisation layer
+# unchanged (airbench's convolution, max-pool, BatchNorm order).
+SCALE_EQUIVARIANT = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.ReLU, nn.Identity, nn.Dropout, nn.Flatten)
+
+
+@torch.no_grad()
+def filters_by_normalisation(model: nn.Module, example: torch.Tensor) -> tuple[dict, dict]:
+    """The trainable convolution filters whose output reaches a normalisation layer, directly or through
+    scale-equivariant modules only, and the other trainable filters, each as {parameter name: weight}.
+    Traced by one forward pass of ``example`` in eval mode, which changes no state of the model."""
+    names = {m: name for name, m in model.named_modules()}
+    source: dict[int, nn.Conv2d] = {}  # id of a tensor -> the convolution whose scale it carries
+    seen: list[torch.Tensor] = []  # kept alive, so no id is reused during the pass
+    reached: set[nn.Conv2d] = set()
+    passing: dict[nn.Module, nn.Conv2d] = {}
+
+    def before(module: nn.Module, args: tuple) -> None:
+        for arg in args:
+            conv = source.get(id(arg)) if isinstance(arg, torch.Tensor) else None
+            if conv is not None and isinstance(module, NORM_LAYERS):
+                reached.add(conv)
+            elif conv is not None and isinstance(module, SCALE_EQUIVARIANT):
+                passing[module] = conv
+
+    def after(module: nn.Module, args: tuple, out) -> None:
+        conv = module if isinstance(module, nn.Conv2d) else passing.pop(module, None)
+        if conv is not None and isinstance(out, torch.Tensor):
+            source[id(out)] = conv
+            seen.append(out)
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [h for m in leaves for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    training = model.training
+    try:
+        model.eval()
+        model(example)
+    finally:
+        model.train(training)
+        for h in handles:
+            h.remove()
+    convs = [m for m in leaves if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
+    normalised = {f"{names[m]}.weight": m.weight for m in convs if m in reached}
+    others = {f"{names[m]}.weight": m.weight for m in convs if m not in reached}
+    return normalised, others
 
 
 class Muon(torch.optim.Optimizer):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch import nn
 
 from .config import OptimConfig, ScheduleConfig
-from .muon import Muon
+from .models.layers import NORM_LAYERS
+from .muon import Muon, filters_by_normalisation
 
-NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+log = logging.getLogger(__name__)
 
 
 def param_groups(
@@ -20,14 +22,15 @@ def param_groups(
     lr: float = 1.0,
     norm_lr_scale: float = 1.0,
     filters: dict | None = None,
+    filter_ids: frozenset[int] = frozenset(),
 ) -> list[dict]:
     """Groups for the optimizer. Every parameter is listed, trainable or not, so a parameter frozen for a
-    while (a whitening bias) keeps its place; the optimizer skips those without a gradient. ``filters``, when
-    given, are the settings of a last group holding the convolution filters (4-D weights), for Muon."""
+    while (a whitening bias) keeps its place; the optimizer skips those without a gradient. ``filters`` are
+    the settings of a last group holding the parameters whose ids are ``filter_ids`` (Muon's filters)."""
     norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
     decay, no_decay, norms, convs = [], [], [], []
     for p in model.parameters():
-        if filters is not None and p.ndim == 4:
+        if id(p) in filter_ids:
             convs.append(p)
         elif id(p) in norm and norm_lr_scale != 1.0:
             norms.append(p)
@@ -41,23 +44,31 @@ def param_groups(
         norm_decay = weight_decay / norm_lr_scale if decay_norm_and_bias else 0.0
         groups.append({"params": norms, "lr": lr * norm_lr_scale, "weight_decay": norm_decay})
     if convs:
-        groups.append({"params": convs, **filters})
+        groups.append({"params": convs, **(filters or {})})
     return [g for g in groups if g["params"]]
 
 
-def _sgd(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def _sgd(model: nn.Module, cfg: OptimConfig, example: torch.Tensor | None) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias, cfg.lr, cfg.norm_lr_scale)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
-def _adamw(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def _adamw(model: nn.Module, cfg: OptimConfig, example: torch.Tensor | None) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias, cfg.lr, cfg.norm_lr_scale)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 
-def _muon(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def _muon(model: nn.Module, cfg: OptimConfig, example: torch.Tensor | None) -> torch.optim.Optimizer:
+    if example is None:
+        raise ValueError("muon needs an example input, to find the filters that feed a normalisation layer")
+    normalised, others = filters_by_normalisation(model, example)
+    if not normalised:
+        raise ValueError(f"muon: no convolution of {type(model).__name__} feeds a normalisation layer; use sgd")
+    if others:
+        log.info("muon: %d filter banks feed no normalisation layer and take SGD: %s", len(others), ", ".join(others))
     filters = {"lr": cfg.muon_lr, "momentum": cfg.muon_momentum, "weight_decay": 0.0, "muon": True}
-    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias, cfg.lr, cfg.norm_lr_scale, filters)
+    ids = frozenset(id(p) for p in normalised.values())
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias, cfg.lr, cfg.norm_lr_scale, filters, ids)
     return Muon(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, ns_steps=cfg.muon_ns_steps)
 
 
@@ -65,8 +76,9 @@ def _muon(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
 OPTIMIZERS = {"sgd": _sgd, "adamw": _adamw, "muon": _muon}
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    return OPTIMIZERS[cfg.name](model, cfg)
+def build_optimizer(model: nn.Module, cfg: OptimConfig, example: torch.Tensor | None = None) -> torch.optim.Optimizer:
+    """``example``, a batch of inputs, lets Muon trace which filters feed a normalisation layer."""
+    return OPTIMIZERS[cfg.name](model, cfg, example)
 
 
 def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: ScheduleConfig) -> float:

@@ -1,10 +1,15 @@
-"""Pieces the transformer-style models share: stochastic depth, channel LayerNorm, MLP, head split, init."""
+"""Pieces the models share: the normalisation layers' table, stochastic depth, channel LayerNorm, MLP, head
+split, init."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+# Layers whose output does not change when their input is scaled: what lets a normalised network's filters be
+# rescaled freely (Muon) and its norm parameters take their own learning rate.
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
 class DropPath(nn.Module):
