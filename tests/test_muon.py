@@ -44,9 +44,10 @@ def _set_grads(model: nn.Module, step: int) -> None:
         p.grad = torch.randn(p.shape, generator=gen)
 
 
-def test_groups_without_the_muon_flag_step_exactly_as_torch_sgd():
+@pytest.mark.parametrize("momentum, nesterov", [(0.85, True), (0.85, False), (0.0, False)])
+def test_groups_without_the_muon_flag_step_exactly_as_torch_sgd(momentum, nesterov):
     a, b = _model(), _model()
-    settings = dict(lr=0.1, momentum=0.85, nesterov=True, weight_decay=5e-3)
+    settings = dict(lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=5e-3)
     muon = Muon(a.parameters(), ns_steps=3, **settings)
     sgd = torch.optim.SGD(b.parameters(), **settings)
     for step in range(3):
@@ -56,6 +57,7 @@ def test_groups_without_the_muon_flag_step_exactly_as_torch_sgd():
         sgd.step()
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.allclose(pa, pb, atol=1e-6)
+    assert (len(muon.state) > 0) == (momentum > 0)  # as SGD: no momentum buffer without momentum
 
 
 def test_a_muon_step_rescales_the_filters_then_follows_the_orthogonalised_nesterov_momentum():

@@ -122,12 +122,14 @@ class Muon(torch.optim.Optimizer):
                 grad = p.grad
                 if not group["muon"] and group["weight_decay"]:
                     grad = grad.add(p, alpha=group["weight_decay"])
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    buf = state["momentum_buffer"] = grad.clone()
-                else:
-                    buf = state["momentum_buffer"].mul_(momentum).add_(grad)
-                direction = grad.add(buf, alpha=momentum) if nesterov else buf
+                direction = grad
+                if momentum:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        buf = state["momentum_buffer"] = grad.clone()
+                    else:
+                        buf = state["momentum_buffer"].mul_(momentum).add_(grad)
+                    direction = grad.add(buf, alpha=momentum) if nesterov else buf
                 if group["muon"]:
                     p.mul_(math.sqrt(p.shape[0]) / (p.norm() + 1e-12))
                     rows = direction.reshape(p.shape[0], -1)
