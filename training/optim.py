@@ -21,18 +21,18 @@ def param_groups(
     decay_norm_and_bias: bool,
     lr: float = 1.0,
     norm_lr_scale: float = 1.0,
-    filters: dict | None = None,
-    filter_ids: frozenset[int] = frozenset(),
+    own_group: dict | None = None,
 ) -> list[dict]:
     """Groups for the optimizer. Every parameter is listed, trainable or not, so a parameter frozen for a
-    while (a whitening bias) keeps its place; the optimizer skips those without a gradient. ``filters`` are
-    the settings of a last group holding the parameters whose ids are ``filter_ids`` (Muon's filters)."""
+    while (a whitening bias) keeps its place; the optimizer skips those without a gradient. ``own_group``, a
+    group with its own settings (Muon's filters), comes last as given, and its parameters are in no other."""
     norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
-    decay, no_decay, norms, convs = [], [], [], []
+    taken = {id(p) for p in own_group["params"]} if own_group else set()
+    decay, no_decay, norms = [], [], []
     for p in model.parameters():
-        if id(p) in filter_ids:
-            convs.append(p)
-        elif id(p) in norm and norm_lr_scale != 1.0:
+        if id(p) in taken:
+            continue
+        if id(p) in norm and norm_lr_scale != 1.0:
             norms.append(p)
         # 1-D parameters are norm scales/shifts and biases.
         elif decay_norm_and_bias or p.ndim > 1:
@@ -43,8 +43,8 @@ def param_groups(
     if norms:
         norm_decay = weight_decay / norm_lr_scale if decay_norm_and_bias else 0.0
         groups.append({"params": norms, "lr": lr * norm_lr_scale, "weight_decay": norm_decay})
-    if convs:
-        groups.append({"params": convs, **(filters or {})})
+    if own_group:
+        groups.append(own_group)
     return [g for g in groups if g["params"]]
 
 
@@ -66,9 +66,11 @@ def _muon(model: nn.Module, cfg: OptimConfig, example: torch.Tensor | None) -> t
         raise ValueError(f"muon: no convolution of {type(model).__name__} feeds a normalisation layer; use sgd")
     if others:
         log.info("muon: %d filter banks feed no normalisation layer and take SGD: %s", len(others), ", ".join(others))
-    filters = {"lr": cfg.muon_lr, "momentum": cfg.muon_momentum, "weight_decay": 0.0, "muon": True}
-    ids = frozenset(id(p) for p in normalised.values())
-    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias, cfg.lr, cfg.norm_lr_scale, filters, ids)
+    ids = {id(p) for p in normalised.values()}
+    # In the model's order, as the other groups, whatever order the tracing met them in.
+    filters = [p for p in model.parameters() if id(p) in ids]
+    own = {"params": filters, "lr": cfg.muon_lr, "momentum": cfg.muon_momentum, "weight_decay": 0.0, "muon": True}
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias, cfg.lr, cfg.norm_lr_scale, own)
     return Muon(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, ns_steps=cfg.muon_ns_steps)
 
 
