@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import warnings
 from pathlib import Path
 
@@ -40,6 +41,7 @@ REPORT_FILES = [
     "reliability.png",
     "gradcam.png",
     "training_curves.png",
+    "history.json",
     "report.md",
 ]
 
@@ -242,6 +244,7 @@ def test_evaluate_writes_every_report_file(tiny_report, tiny_run):
     assert np.array(metrics["confusion_matrix"]).sum() == metrics["num_samples"]
     preds = load_predictions(tiny_report)
     assert preds["logits"].shape == (15, 3)
+    assert preds["history"] == json.loads((tiny_run / "history.json").read_text())
     assert metrics["top1"] == pytest.approx(float((preds["predictions"] == preds["labels"]).mean()))
     # The same checkpoint on the same split scores what training recorded for it.
     assert metrics["top1"] == pytest.approx(load_checkpoint(tiny_run / "best.pt")["best"]["val_top1"])
@@ -408,7 +411,17 @@ def test_compare_checkpoint_against_report_and_two_reports(tiny_run, tiny_report
     assert main(["compare", str(tiny_report), str(tiny_report), "--out", str(tmp_path / "cmp")]) == 0
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert saved["mcnemar"]["discordant"] == 0 and saved["mcnemar"]["p_value"] == 1.0
-    assert not (tmp_path / "cmp" / "curves.png").exists()  # reports carry no training history
+    assert "histories" not in saved  # they stay in the runs; the figure is drawn from them
+    # Reports keep their run's history, so two reports are compared with both learning curves too.
+    assert (tmp_path / "cmp" / "curves.png").stat().st_size > 1000
+    assert "](curves.png)" in (tmp_path / "cmp" / "compare.md").read_text()
+    # A report without its run's history (of a model that had none, or from before reports kept it) still
+    # compares; only the figure is left out.
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_report, bare)
+    (bare / "history.json").unlink()
+    assert main(["compare", str(bare), str(tiny_report), "--out", str(tmp_path / "cmp-bare")]) == 0
+    assert not (tmp_path / "cmp-bare" / "curves.png").exists()
 
 
 def test_compare_of_two_runs_draws_both_learning_curves(tiny_run, tmp_path):

@@ -31,7 +31,7 @@ class Side:
     fingerprint: str
     data: dict[str, Any]
     tta: str
-    history: list[dict] = field(default_factory=list)  # the training run's, per epoch; none for a report
+    history: list[dict] = field(default_factory=list)  # the training run's, per epoch, where it is known
 
     @property
     def correct(self) -> np.ndarray:
@@ -68,6 +68,7 @@ def _report_side(path: Path) -> Side:
         report["fingerprint"],
         metrics.get("data", {}),
         metrics.get("tta", "none"),
+        report["history"],
     )
 
 
@@ -203,7 +204,9 @@ def format_comparison(result: dict[str, Any]) -> str:
 def write_comparison(result: dict[str, Any], out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "compare.json").write_text(json.dumps(result, indent=2))
+    # The histories are the runs' own (history.json beside each); the figure below is what they are here for.
+    saved = {k: v for k, v in result.items() if k != "histories"}
+    (out_dir / "compare.json").write_text(json.dumps(saved, indent=2))
     text = "# Comparison\n\n```\n" + format_comparison(result) + "\n```\n"
     histories = result["histories"]
     if histories["a"] and histories["b"]:

@@ -38,6 +38,8 @@ log = logging.getLogger("training.reports")
 
 PREDICTIONS_FILE = "predictions.npz"
 METRICS_FILE = "metrics.json"
+# The run's per-epoch history, kept with the report so a comparison of two reports can draw both curves.
+HISTORY_FILE = "history.json"
 GRADCAM_PER_GROUP = 4
 
 
@@ -309,7 +311,8 @@ def save_predictions(path: Path, logits: np.ndarray, labels: np.ndarray, classes
 
 
 def load_predictions(report_dir: str | Path) -> dict[str, Any]:
-    """A report folder's per-sample predictions plus its metrics.json (under ``metrics``)."""
+    """A report folder's per-sample predictions plus its metrics.json (under ``metrics``) and the run's
+    history (under ``history``; empty for a report of a model without one, or written before reports kept it)."""
     report_dir = Path(report_dir)
     path = report_dir / PREDICTIONS_FILE
     if not path.is_file():
@@ -320,6 +323,8 @@ def load_predictions(report_dir: str | Path) -> dict[str, Any]:
     out["classes"] = [str(c) for c in out["classes"]]
     metrics_path = report_dir / METRICS_FILE
     out["metrics"] = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    history_path = report_dir / HISTORY_FILE
+    out["history"] = json.loads(history_path.read_text()) if history_path.is_file() else []
     return out
 
 
@@ -605,6 +610,7 @@ def evaluate(
         bar.update()
         if source.history:
             plot_training_curves(source.history, out_dir / "training_curves.png")
+            (out_dir / HISTORY_FILE).write_text(json.dumps(source.history, indent=1))
             files["training_curves"] = "training_curves.png"
         else:
             notes.append("No training curves: no history.json next to the model and none in the checkpoint.")
