@@ -21,27 +21,32 @@ PAD_COLOR = (128, 128, 128)
 RESAMPLE = Image.Resampling.BILINEAR
 
 Size = tuple[int, int]  # (height, width), as the input spec's shape has it
+# (width, height) of an image that shows its frame: its size, or less where a reduction by a factor that
+# does not divide the frame left a last row and column averaged from fewer source pixels than the others
+Extent = tuple[float, float]
 
 
 @dataclass(frozen=True)
 class Fit:
     name: str
     help: str  # what it does, for help texts and the OpenAPI document
-    # (an RGB image, the target size, the frame's shown (width, height) before any reduced-size decode)
+    # (an RGB image, the target size, the frame's shown (width, height) before any reduced-size decode,
+    # the extent: how much of the image, from its top left, shows that frame, in its own pixels)
     # -> an image of exactly ``size``; the frame sets the geometry, so a reduced decode rounded up to
     # whole pixels is cropped and padded like the full one
-    apply: Callable[[Image.Image, Size, tuple[int, int]], Image.Image]
+    apply: Callable[[Image.Image, Size, tuple[int, int], Extent], Image.Image]
     # Output pixels per source pixel along the axis that needs the most detail: a reduced-size decode
-    # (JPEG DCT scaling) may shrink the source until this reaches 1/2, and no further.
+    # (JPEG DCT scaling, or Image.reduce for other formats) may shrink the source until this reaches 1/2, and no
+    # further.
     scale: Callable[[tuple[int, int], Size], float]  # (source width, height), target size
 
 
-def _squash(image: Image.Image, size: Size, frame: tuple[int, int]) -> Image.Image:
+def _squash(image: Image.Image, size: Size, frame: tuple[int, int], extent: Extent) -> Image.Image:
     height, width = size
-    return image if image.size == (width, height) else image.resize((width, height), RESAMPLE)
+    return image if image.size == (width, height) else image.resize((width, height), RESAMPLE, box=(0, 0, *extent))
 
 
-def _center_crop(image: Image.Image, size: Size, frame: tuple[int, int]) -> Image.Image:
+def _center_crop(image: Image.Image, size: Size, frame: tuple[int, int], extent: Extent) -> Image.Image:
     """Resize the shorter side to the target and keep the centre: one resize of the centre box, which is
     a resize-then-crop without the intermediate image."""
     height, width = size
@@ -51,12 +56,12 @@ def _center_crop(image: Image.Image, size: Size, frame: tuple[int, int]) -> Imag
     # The centre box as a share of the frame, laid on the image as decoded.
     # (at most all of it: the division may leave 1 + 1e-16, and a box past the edge is refused)
     share_w, share_h = min(1.0, width / scale / frame[0]), min(1.0, height / scale / frame[1])
-    box_w, box_h = share_w * image.size[0], share_h * image.size[1]
-    left, top = (image.size[0] - box_w) / 2, (image.size[1] - box_h) / 2
+    box_w, box_h = share_w * extent[0], share_h * extent[1]
+    left, top = (extent[0] - box_w) / 2, (extent[1] - box_h) / 2
     return image.resize((width, height), RESAMPLE, box=(left, top, left + box_w, top + box_h))
 
 
-def _pad(image: Image.Image, size: Size, frame: tuple[int, int]) -> Image.Image:
+def _pad(image: Image.Image, size: Size, frame: tuple[int, int], extent: Extent) -> Image.Image:
     """Resize the longer side to the target and centre the whole frame on PAD_COLOR bars."""
     height, width = size
     if image.size == (width, height):
@@ -64,7 +69,9 @@ def _pad(image: Image.Image, size: Size, frame: tuple[int, int]) -> Image.Image:
     scale = min(width / frame[0], height / frame[1])
     inner = (max(1, min(width, round(frame[0] * scale))), max(1, min(height, round(frame[1] * scale))))
     canvas = Image.new("RGB", (width, height), PAD_COLOR)
-    canvas.paste(image.resize(inner, RESAMPLE), ((width - inner[0]) // 2, (height - inner[1]) // 2))
+    canvas.paste(
+        image.resize(inner, RESAMPLE, box=(0, 0, *extent)), ((width - inner[0]) // 2, (height - inner[1]) // 2)
+    )
     return canvas
 
 
@@ -116,11 +123,16 @@ def get_fit(name: str) -> Fit:
 
 
 def fit_image(
-    image: Image.Image, size: Size, fit: str = DEFAULT_FIT, frame: tuple[int, int] | None = None
+    image: Image.Image,
+    size: Size,
+    fit: str = DEFAULT_FIT,
+    frame: tuple[int, int] | None = None,
+    extent: Extent | None = None,
 ) -> Image.Image:
     """``image`` (RGB) fitted to ``size`` (height, width) the way ``fit`` names. ``frame``: the (width,
-    height) the image had as shown before a reduced-size decode (default: its own size)."""
-    return get_fit(fit).apply(image, size, frame or image.size)
+    height) the image had as shown before a reduced-size decode (default: its own size); ``extent``: the part
+    of the image that shows it (default: all of it)."""
+    return get_fit(fit).apply(image, size, frame or image.size, extent or image.size)
 
 
 def fit_help() -> str:

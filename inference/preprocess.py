@@ -5,19 +5,22 @@ pixels it is served must come out of the same steps (EXIF rotation, RGB
 conversion, fitting to the model's input size the way ``inference.fits`` names).
 
 A JPEG much larger than the model's input is decoded at a reduced size (libjpeg's DCT scaling, by 2, 4
-or 8) while it stays at least twice the size the fit needs; the resize then averages what is left.
+or 8) while it stays at least twice the size the fit needs; the resize then averages what is left. Other
+formats have no reduced decode: right after loading, such an image is shrunk by a whole factor
+(``Image.reduce``, box averages) under the same rule, before anything else copies it at full size.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from .fits import DEFAULT_FIT, get_fit
+from .fits import DEFAULT_FIT, Extent, fit_image, get_fit
 
 # Pillow's own bomb guard warns at ~89 MP and fails at twice that; a classifier
 # with 32x32 inputs has no use for anything near that, so the limit is far lower.
@@ -101,11 +104,8 @@ def dct_reduction(source: tuple[int, int], size: tuple[int, int], fit: str = DEF
     height, as shown) the fit uses at least twice ``size`` (height, width): what the resize then averages
     still has two source pixels per output pixel, so the result differs from a full decode's only by
     resampling."""
-    scale = get_fit(fit).scale(source, size)
-    for factor in _DCT_REDUCTIONS:
-        if scale * factor <= 0.5:
-            return factor
-    return 1
+    most = reduction(source, size, fit)
+    return next((factor for factor in _DCT_REDUCTIONS if factor <= most), 1)
 
 
 def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, reduce: bool) -> Image.Image:
@@ -134,7 +134,49 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, r
     # A JPEG keeps its orientation only in an EXIF block; without one there is nothing to rotate, and
     # exif_transpose's parse is skipped. Other formats keep it elsewhere (TIFF tags).
     exif = not (image.format == "JPEG" and "exif" not in image.info)
-    return to_rgb_image(image, size, exif=exif, fit=fit, frame=frame)
+    extent = None
+    if reduce and frame is None:  # not a JPEG: nothing was reduced while decoding
+        image, frame, extent = shrink(image, size, fit, exif)
+        exif = False
+    return to_rgb_image(image, size, exif=exif, fit=fit, frame=frame, extent=extent)
+
+
+def reduction(source: tuple[int, int], size: tuple[int, int], fit: str = DEFAULT_FIT) -> int:
+    """The largest whole factor (1: none) that keeps the part of a ``source`` (width, height) the fit uses at
+    least twice ``size`` (height, width), as ``dct_reduction`` does for the factors libjpeg offers."""
+    return max(1, math.floor(0.5 / get_fit(fit).scale(source, size)))
+
+
+def shrink(
+    image: Image.Image, size: tuple[int, int], fit: str = DEFAULT_FIT, exif: bool = True
+) -> tuple[Image.Image, tuple[int, int], Extent]:
+    """A loaded image turned upright (``exif``) and box-averaged down by ``reduction``; its upright (width,
+    height) before that, the frame the fit's geometry is taken from; and the extent in the reduced image
+    that shows the frame (a last partial block is one pixel, but only a fraction of one of the frame's).
+    An image too small to reduce comes back as it was (turned), so its pixels are what they were without
+    this step."""
+    if exif:
+        try:
+            # In place: no full-size copy for the usual image that has nothing to turn.
+            ImageOps.exif_transpose(image, in_place=True)
+        except Exception:  # a broken EXIF block should not cost the image
+            pass
+    frame = image.size
+    factor = reduction(frame, size, fit)
+    if factor == 1:
+        return image, frame, frame
+    return _reducible(image).reduce(factor), frame, (frame[0] / factor, frame[1] / factor)
+
+
+def _reducible(image: Image.Image) -> Image.Image:
+    """The image in a mode whose pixels may be averaged: not palette indices, single bits or 16-bit grey
+    (which ``Image.reduce`` refuses), converted as ``_to_rgb`` would convert them."""
+    image = _to_8bit(image)
+    if image.mode == "1":
+        return image.convert("L")
+    if image.mode in ("P", "PA"):
+        return image.convert("RGBA" if _transparent(image) else "RGB")
+    return image
 
 
 def _shown_size(image: Image.Image) -> tuple[int, int]:
@@ -199,31 +241,41 @@ def to_rgb_image(
     exif: bool = True,
     fit: str = DEFAULT_FIT,
     frame: tuple[int, int] | None = None,
+    extent: Extent | None = None,
 ) -> Image.Image:
     """An opened image upright, in RGB, fitted to ``size`` (height, width) the way ``fit`` says.
     ``exif=False``: the caller knows the image has no EXIF orientation to apply. ``frame``: the upright
-    (width, height) before a reduced-size decode, which sets the fit's geometry."""
+    (width, height) before a reduced-size decode, which sets the fit's geometry; ``extent``: the part of
+    the image that shows it (default: all of it)."""
     if exif:
         try:
             image = ImageOps.exif_transpose(image)
         except Exception:  # a broken EXIF block should not cost the image
             pass
-    image = _to_rgb(image)
-    return get_fit(fit).apply(image, size, frame or image.size)
+    return fit_image(_to_rgb(image), size, fit, frame, extent)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: scale to 8 bits instead of clipping everything to white.
-        arr = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    image = _to_8bit(image)
+    if _transparent(image):
         # Transparent pixels go onto white, which is what a viewer shows.
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
+        return image
+    # 16/32-bit grayscale: scale to 8 bits instead of clipping everything to white.
+    arr = np.asarray(image, dtype=np.float64)
+    peak = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
+    return Image.fromarray(np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+
+
+def _transparent(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
 
 
 def to_model_input(images: Sequence[np.ndarray] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

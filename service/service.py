@@ -25,7 +25,6 @@ import logging
 from typing import Annotated, Any, Literal, Optional
 
 import anyio
-import anyio.to_thread
 import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException
@@ -347,9 +346,7 @@ class Classifier:
     async def predict_uploads(self, loaded: LoadedModel, uploads: list[Upload], fit: str) -> np.ndarray | Rejection:
         """Probabilities [N, classes] of encoded image files, decoded here (fitted as ``fit``, a name from
         ``inference.fits``) and batched with other requests."""
-        decoded = await anyio.to_thread.run_sync(
-            decode_uploads, uploads, loaded.size, SETTINGS.max_pixels, fit, limiter=self._decode_limiter
-        )
+        decoded = await decode_uploads(uploads, loaded.size, SETTINGS.max_pixels, fit, self._decode_limiter)
         if isinstance(decoded, Rejection):
             return decoded
         return await self._batched([InferItem(model=loaded.entry.name, pixels=pixels) for pixels in decoded])

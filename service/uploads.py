@@ -16,6 +16,8 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 from starlette.datastructures import UploadFile
@@ -344,18 +346,34 @@ def resolve_fit(requested: str | None, model_fit: str) -> str | Rejection:
 _MEMORY_ADDRESS = re.compile(r" <_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
-def decode_uploads(uploads: list[Upload], size: tuple[int, int], max_pixels: int, fit: str) -> list[bytes] | Rejection:
+async def decode_uploads(
+    uploads: list[Upload],
+    size: tuple[int, int],
+    max_pixels: int,
+    fit: str,
+    limiter: anyio.CapacityLimiter | None = None,
+) -> list[bytes] | Rejection:
     """Every upload as the model's input pixels, fitted the way ``fit`` (a name from ``inference.fits``; see
-    ``resolve_fit``) says, or the first one's problem."""
+    ``resolve_fit``) says, or the first one's problem. One worker-thread call per image: a cancelled request
+    (its timeout) stops between images instead of decoding all of them first; ``limiter`` bounds the threads
+    all requests decode on together."""
     out = []
     for i, upload in enumerate(uploads):
-        where = f"images[{i}] ({upload.filename!r})"
-        if not upload.data:
-            return Rejection("empty_file", f"{where} is an empty file (0 bytes)")
-        try:
-            out.append(decode_pixels(upload.data, size, max_pixels, fit))
-        except ImageTooLarge as exc:
-            return Rejection("image_too_large", f"{where}: {_MEMORY_ADDRESS.sub('', str(exc))}")
-        except ImageDecodeError as exc:
-            return Rejection("not_an_image", f"{where}: {_MEMORY_ADDRESS.sub('', str(exc))}")
+        pixels = await anyio.to_thread.run_sync(decode_upload, i, upload, size, max_pixels, fit, limiter=limiter)
+        if isinstance(pixels, Rejection):
+            return pixels
+        out.append(pixels)
     return out
+
+
+def decode_upload(i: int, upload: Upload, size: tuple[int, int], max_pixels: int, fit: str) -> bytes | Rejection:
+    """``images[i]`` as the model's input pixels, or its problem."""
+    where = f"images[{i}] ({upload.filename!r})"
+    if not upload.data:
+        return Rejection("empty_file", f"{where} is an empty file (0 bytes)")
+    try:
+        return decode_pixels(upload.data, size, max_pixels, fit)
+    except ImageTooLarge as exc:
+        return Rejection("image_too_large", f"{where}: {_MEMORY_ADDRESS.sub('', str(exc))}")
+    except ImageDecodeError as exc:
+        return Rejection("not_an_image", f"{where}: {_MEMORY_ADDRESS.sub('', str(exc))}")

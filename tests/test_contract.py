@@ -107,3 +107,29 @@ def test_the_answer_leaves_confident_out_without_a_threshold():
         {"model": "m", "predictions": [{"filename": "a", "top_k": top, "confident": False}]}
     )
     assert marked.to_json()["predictions"][0]["confident"] is False
+
+
+def test_decoding_stops_between_images_once_the_request_is_cancelled(monkeypatch):
+    """One worker-thread call per image: a request's timeout (a cancelled scope) ends its decoding after the
+    image in hand, where one call for all of them would decode every image first."""
+    import anyio
+    import anyio.from_thread
+
+    from service import uploads
+
+    decoded, scopes = [], []
+
+    def decode(data, size, max_pixels, fit):
+        decoded.append(data)
+        anyio.from_thread.run_sync(scopes[0].cancel)
+        return bytes(size[0] * size[1] * 3)
+
+    monkeypatch.setattr(uploads, "decode_pixels", decode)
+
+    async def request():
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            await uploads.decode_uploads([Upload(f"{i}.png", bytes([i])) for i in range(4)], (32, 32), 10**6, "squash")
+
+    anyio.run(request)
+    assert decoded == [bytes([0])]

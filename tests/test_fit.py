@@ -144,6 +144,65 @@ def test_reduced_decode_matches_the_full_decode(fit, seed, shape):
     assert np.abs(reduced.astype(int) - full.astype(int)).mean() < 1.5
 
 
+def _transparent(image: Image.Image) -> Image.Image:
+    """RGBA: a clear hole (black underneath, which must not show) and a half-clear lower part."""
+    pixels = np.asarray(image.convert("RGBA")).copy()
+    height, width = pixels.shape[:2]
+    pixels[height // 5 : height // 2, width // 5 : width // 2] = (0, 0, 0, 0)
+    pixels[2 * height // 3 :, :, 3] = 100
+    return Image.fromarray(pixels)
+
+
+def _grey16(image: Image.Image) -> Image.Image:
+    return Image.fromarray(np.asarray(image.convert("L")).astype(np.uint16) * 257)
+
+
+LARGE_NON_JPEGS = {
+    "rgba png": (lambda photo: _transparent(photo), "PNG", None),
+    "palette png": (lambda photo: photo.quantize(64), "PNG", None),
+    "16-bit grey png": (_grey16, "PNG", None),
+    "bilevel png": (lambda photo: photo.convert("1"), "PNG", None),
+    "rgb webp, turned": (lambda photo: photo, "WEBP", 6),
+}
+
+
+@pytest.mark.parametrize("case", list(LARGE_NON_JPEGS))
+def test_a_large_image_of_another_format_is_shrunk_before_conversion(case, monkeypatch):
+    """No reduced decode outside JPEG: the loaded image is box-averaged by a whole factor before it is
+    turned, converted or composited. The result is not bit-identical to the full-size path (box averages
+    then a bilinear resize weigh the source pixels a little differently from one bilinear resize), hence
+    the tolerance; the extent keeps a last partial block from stretching the geometry."""
+    make, fmt, orientation = LARGE_NON_JPEGS[case]
+    save = {"lossless": True} if fmt == "WEBP" else {}
+    data = _encode(make(_photo(1500, 1100, seed=5)), fmt, orientation=orientation, **save)
+    shown = (1100, 1500) if orientation else (1500, 1100)
+    converted = []
+    to_rgb = preprocess._to_rgb
+    monkeypatch.setattr(preprocess, "_to_rgb", lambda image: converted.append(image.size) or to_rgb(image))
+    for fit in FITS:
+        factor = preprocess.reduction(shown, (32, 32), fit)
+        assert factor > 2, fit
+        reduced = decode_image(data, fit=fit).astype(int)
+        full = decode_image(data, fit=fit, reduce=False).astype(int)
+        assert converted == [(-(-shown[0] // factor), -(-shown[1] // factor)), shown], fit
+        converted.clear()
+        difference = np.abs(reduced - full)
+        assert difference.mean() < 0.5 and difference.max() < 12, (fit, difference.mean(), difference.max())
+
+
+def test_an_image_too_small_to_reduce_is_decoded_as_before():
+    for shape in [(100, 100), (127, 64), (32, 32)]:
+        data = _encode(_transparent(_photo(*shape)), "PNG")
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        shrunk, frame, extent = preprocess.shrink(image, (32, 32))
+        assert shrunk is image and frame == extent == shape
+        for fit in FITS:
+            np.testing.assert_array_equal(decode_image(data, fit=fit), decode_image(data, fit=fit, reduce=False))
+    assert preprocess.reduction((6000, 6000), (32, 32)) == 93  # 6000 / 93 = 64.5: still twice 32
+    assert preprocess.reduction((128, 128), (32, 32)) == 2
+
+
 def test_the_plain_path_reduces_as_pillows_draft_does(monkeypatch):
     data = _encode(_photo(2000, 1500))
     assert preprocess.plain_jpeg_frame(data) is not None
