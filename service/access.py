@@ -15,7 +15,7 @@ import json
 import re
 from typing import Any
 
-from .contract import ReasonName, Rejection
+from .contract import REASONS, ReasonName, Rejection
 
 # The routes that run a model.
 _INFERENCE = re.compile(r"^/(classify|infer|v2/models/.+/infer)/?$")
@@ -62,17 +62,22 @@ class ApiKeyGate:
 
     @staticmethod
     async def _refuse(scope, send, reason: ReasonName, message: str) -> None:
-        from .metrics import ServiceMetrics  # prometheus_client: imported only once a worker serves
+        await send_rejection(scope, send, Rejection(reason, message))
 
-        rejection = Rejection(reason, message)
-        ServiceMetrics.get().reject(reason)
-        # The Open Inference Protocol's error object on its routes, the contract's elsewhere.
-        body = {"error": message} if scope["path"].startswith("/v2/") else rejection.body()
-        payload = json.dumps(body).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-        headers += [(name.lower().encode(), value.encode()) for name, value in rejection.headers.items()]
-        await send({"type": "http.response.start", "status": rejection.status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+
+async def send_rejection(scope, send, rejection: Rejection) -> None:
+    """Answer a refusal from ASGI middleware, before the app sees the request: counted as the app counts it,
+    in the Open Inference Protocol's error object on its routes and the contract's elsewhere."""
+    from .metrics import ServiceMetrics  # prometheus_client: imported only once a worker serves
+
+    if REASONS[rejection.reason].counted:
+        ServiceMetrics.get().reject(rejection.reason)
+    body = {"error": rejection.message} if scope["path"].startswith("/v2/") else rejection.body()
+    payload = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    headers += [(name.lower().encode(), value.encode()) for name, value in rejection.headers.items()]
+    await send({"type": "http.response.start", "status": rejection.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def cors_options(origins: list[str]) -> dict[str, Any]:

@@ -38,7 +38,10 @@ REASONS: dict[str, Reason] = {
     ),
     "bad_encoding": Reason(400, "an image's data in a JSON body is not valid base64", "alone"),
     "bad_tensor": Reason(
-        400, "an inference protocol input or output the model does not take (name, datatype, shape or data)", "stop"
+        400,
+        "an inference protocol input or output, or /infer pixels, the model does not take (name, datatype, shape or "
+        "data)",
+        "stop",
     ),
     "no_images": Reason(400, "no images", "stop"),
     "too_many_images": Reason(400, "too many images", "fewer"),

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .contract import Rejection
-from .uploads import Upload, decode_base64, resolve_fit
+from .uploads import Upload, decode_base64, resolve_fit, tensor_rejection
 
 IMAGES_INPUT = "images"
 OUTPUT = "probabilities"
@@ -261,9 +261,7 @@ def _tensor(given: RequestInput, model: ModelView) -> np.ndarray | Rejection:
     if values.size != int(np.prod(expected)):
         return Rejection("bad_tensor", f"input {given.name!r} has shape {given.shape} but {values.size} data elements")
     tensor = values.astype(np.float32).reshape(expected)
-    if not (np.isfinite(tensor).all() and tensor.min() >= 0.0 and tensor.max() <= 1.0):
-        return Rejection("bad_tensor", f"input {given.name!r}: values must be in [0, 1] (RGB scaled from 0..255)")
-    return tensor
+    return tensor_rejection(tensor, f"input {given.name!r}") or tensor
 
 
 def infer_response(model: ModelView, plan: InferPlan, probabilities: np.ndarray) -> InferResponse:

@@ -38,7 +38,7 @@ def document_openapi(document: dict, loaded: Mapping[str, Any] | None, default_k
     the models and fixes the length of /infer's pixels. ``api_keys``: the inference routes ask for a key."""
     schemas = document["components"]["schemas"]
     schemas["ClassifyError"] = ClassifyError.model_json_schema()
-    # BentoML's own 400 answers (pydantic errors on /infer and /models) carry a list in "detail".
+    # BentoML's own 400 answers (pydantic errors on /models) carry a list in "detail".
     for name in ("InvalidArgument", "NotFound", "InternalServerError"):
         if name in schemas:
             schemas[name]["properties"]["detail"] = {
@@ -73,7 +73,10 @@ def document_openapi(document: dict, loaded: Mapping[str, Any] | None, default_k
             item["pixels"].update(minLength=length, maxLength=4 * length, pattern=_BASE64)
     # The JSON body takes the form's fields, the images base64-encoded.
     classify["requestBody"]["content"]["application/json"] = {"schema": _classify_json(properties)}
-    classify["responses"].update({status: _refusal(text) for status, text in refusals_by_status().items()})
+    for path in ("/classify", "/infer"):  # both refuse with the contract's table (InferGate for /infer)
+        paths[path]["post"]["responses"].update(
+            {status: _refusal(text) for status, text in refusals_by_status().items()}
+        )
     models = paths["/models"]
     get = {key: value for key, value in models["post"].items() if key != "requestBody"}
     models["get"] = {**get, "operationId": f"{get['operationId']}_get", "x-bentoml-name": "models_get"}

@@ -30,7 +30,6 @@ import numpy as np
 from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 from pydantic.json_schema import SkipJsonSchema
-from pydantic_core import PydanticCustomError
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -41,7 +40,7 @@ from inference.fits import FITS, fit_help
 from inference.preprocess import pixels_to_model_input
 
 from . import bentoml_compat
-from .access import ApiKeyGate, cors_options
+from .access import ApiKeyGate, cors_options, send_rejection
 from .bentoml_compat import BatchGateway, RouterProbe
 from .confidence import is_confident
 from .contract import REASONS, ClassifyResponse, ModelList, Rejection
@@ -56,11 +55,14 @@ from .uploads import (
     decode_uploads,
     fit_name,
     integer_k,
+    media_type,
     model_name,
     read_body,
     read_classify_fields,
+    refusal_error,
     rejection_from,
     resolve_fit,
+    tensor_rejection,
     threshold,
 )
 from .workers import place_worker, worker_count
@@ -118,13 +120,20 @@ class InferItem(BaseModel):
     def _fits_model(self) -> "InferItem":
         if _PIXEL_BYTES:
             if self.model not in _PIXEL_BYTES:
-                raise ValueError(f"unknown model {self.model!r}; available: {', '.join(_PIXEL_BYTES)}")
+                raise refusal_error(
+                    "unknown_model", f"unknown model {self.model[:100]!r}; available: {', '.join(_PIXEL_BYTES)}"
+                )
             expected = _PIXEL_BYTES[self.model] * _ITEM_SIZE[self.dtype]
             if len(self.pixels) != expected:
-                raise ValueError(
+                raise refusal_error(
+                    "bad_tensor",
                     f"model {self.model!r} takes {expected} bytes of {self.dtype} pixels per image, "
-                    f"got {len(self.pixels)}"
+                    f"got {len(self.pixels)}",
                 )
+        if self.dtype == "float32":
+            refused = tensor_rejection(np.frombuffer(self.pixels, dtype="<f4"), "float32 pixels")
+            if refused is not None:
+                raise refusal_error(refused.reason, refused.message)
         return self
 
 
@@ -146,19 +155,51 @@ def model_input(items: list[InferItem], size: tuple[int, int]) -> np.ndarray:
 
 
 class InferInput(bentoml.IODescriptor):
-    """application/json: {"items": [...]}; read within the body limit, every problem a 400."""
+    """application/json: {"items": [...]}, read within the body limit. ``InferGate`` reads it before BentoML
+    does, so that a refusal is the contract's (its reason, status and count), not BentoML's generic 400."""
 
     items: Annotated[list[InferItem], Field(max_length=SETTINGS.max_batch_size)]
 
     @classmethod
-    async def from_http_request(cls, request: Request, serde: Any) -> "InferInput":
-        media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        if media_type not in ("application/json", ""):
-            raise _validation_error("unsupported_media_type", f"send JSON (application/json), not {media_type}")
+    async def read(cls, request: Request) -> "InferInput | Rejection":
+        given = media_type(request)
+        if given not in ("application/json", ""):
+            return Rejection("unsupported_media_type", f"send JSON (application/json), not {given}")
         body = await read_body(request, SETTINGS.max_body_bytes)
         if isinstance(body, Rejection):
-            raise _validation_error(body.reason, body.message)
-        return cls.model_validate_json(body or b"{}")
+            return body
+        try:
+            return cls.model_validate_json(body or b"{}")
+        except ValidationError as exc:
+            return rejection_from(exc)
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> "InferInput":
+        given = getattr(request.state, InferGate.STATE, None) or await cls.read(request)
+        if isinstance(given, Rejection):  # no gate in front: BentoML's 400 is all there is
+            raise _validation_error(given.reason, given.message)
+        return given
+
+
+class InferGate:
+    """ASGI middleware: reads and checks a POST /infer body, answers a refusal itself, and leaves what it read
+    in the request's state for ``InferInput``, so the body is parsed once."""
+
+    STATE = "infer_input"
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != "/infer":
+            await self.app(scope, receive, send)
+            return
+        given = await InferInput.read(Request(scope, receive))
+        if isinstance(given, Rejection):
+            await send_rejection(scope, send, given)
+            return
+        scope.setdefault("state", {})[self.STATE] = given
+        await self.app(scope, receive, send)
 
 
 class NoInput(bentoml.IODescriptor):
@@ -175,7 +216,7 @@ class NoInput(bentoml.IODescriptor):
 def _validation_error(kind: str, message: str) -> ValidationError:
     """A pydantic error, which BentoML answers as 400 {"error", "detail"} like its own validation errors."""
     return ValidationError.from_exception_data(
-        "request", [{"type": PydanticCustomError(kind, message), "loc": (), "input": None}]
+        "request", [{"type": refusal_error(kind, message), "loc": (), "input": None}]
     )
 
 
@@ -465,6 +506,7 @@ if SETTINGS.cors_origin_list:
     Classifier.add_asgi_middleware(CORSMiddleware, **cors_options(SETTINGS.cors_origin_list))
 if SETTINGS.api_keys or SETTINGS.api_keys_file:
     Classifier.add_asgi_middleware(ApiKeyGate, keys=SETTINGS.api_key_set())
+Classifier.add_asgi_middleware(InferGate)
 Classifier.add_asgi_middleware(RouterProbe)
 
 

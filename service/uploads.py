@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import numpy as np
 from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 from starlette.datastructures import UploadFile
@@ -264,7 +265,7 @@ async def _check_form(form) -> dict[str, Any] | Rejection:
 
 
 # ---------------------------------------------------------------------------------------------- the typed fields
-def _refuse(reason: str, message: str) -> PydanticCustomError:
+def refusal_error(reason: str, message: str) -> PydanticCustomError:
     """A validation error that names its reason, so that the answer needs no guessing from pydantic's words."""
     return PydanticCustomError(reason, "{message}", {"message": message})
 
@@ -275,9 +276,9 @@ def integer_k(value: Any) -> int:
         try:
             return int(value.strip())
         except ValueError:
-            raise _refuse("bad_k", f"k must be an integer, got {value[:50]!r}") from None
+            raise refusal_error("bad_k", f"k must be an integer, got {value[:50]!r}") from None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _refuse("bad_k", f"k must be an integer, got {value!r}"[:200])
+        raise refusal_error("bad_k", f"k must be an integer, got {value!r}"[:200])
     return value
 
 
@@ -286,7 +287,7 @@ def model_name(value: Any) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise _refuse("malformed_request", f"'model' must be a model name, got {value!r}"[:200])
+        raise refusal_error("malformed_request", f"'model' must be a model name, got {value!r}"[:200])
     return value
 
 
@@ -297,7 +298,7 @@ def threshold(value: Any) -> float | None:
     try:
         return parse_min_confidence(value)
     except ValueError as exc:
-        raise _refuse("bad_min_confidence", f"min_confidence {exc}") from None
+        raise refusal_error("bad_min_confidence", f"min_confidence {exc}") from None
 
 
 def fit_name(value: Any) -> str | None:
@@ -305,7 +306,7 @@ def fit_name(value: Any) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str) or value not in FITS:
-        raise _refuse("bad_fit", _unknown_fit(value))
+        raise refusal_error("bad_fit", _unknown_fit(value))
     return value
 
 
@@ -324,13 +325,21 @@ def rejection_from(error: ValidationError) -> Rejection:
         return Rejection(first["type"], first["msg"])  # raised by the validators above, in the contract's words
     if field == "images" and first["type"] == "too_short":
         return Rejection("no_images", "no images: send one or more files in the 'images' field")
-    if field == "images" and first["type"] == "too_long":
+    if field in ("images", "items") and first["type"] == "too_long":  # items: /infer's images
         return Rejection("too_many_images", f"too many images: at most {first['ctx']['max_length']} per request")
     reason = FIELD_REASONS.get(field, "malformed_request")
     if first["type"] in _BOUNDS:
         words, key = _BOUNDS[first["type"]]
         return Rejection(reason, f"{field} must be {words} {first['ctx'][key]}, got {first['input']!r}"[:200])
     return Rejection(reason, f"{field}: {first['msg']}"[:200])
+
+
+def tensor_rejection(values: np.ndarray, what: str) -> Rejection | None:
+    """A model input given as floats that no decoded image can be: NaN, infinite or outside [0, 1]. The models
+    would answer it with probabilities of NaN, or with confidence about pixels they never saw."""
+    if bool(np.all((values >= 0.0) & (values <= 1.0))):  # NaN compares false
+        return None
+    return Rejection("bad_tensor", f"{what}: values must be in [0, 1] (RGB scaled from 0..255)")
 
 
 # ---------------------------------------------------------------------------------------------- decoding

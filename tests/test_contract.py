@@ -133,3 +133,16 @@ def test_decoding_stops_between_images_once_the_request_is_cancelled(monkeypatch
 
     anyio.run(request)
     assert decoded == [bytes([0])]
+
+
+def test_infer_items_are_refused_with_the_contracts_reasons():
+    from service.service import SETTINGS, InferInput
+
+    item = {"model": "tiny", "pixels": "AAAAAA==", "dtype": "float32"}  # one float, 0.0
+    with pytest.raises(ValidationError) as error:
+        InferInput.model_validate({"items": [item] * (SETTINGS.max_batch_size + 1)})
+    assert rejection_from(error.value).reason == "too_many_images"
+    with pytest.raises(ValidationError) as error:
+        InferInput.model_validate({"items": [{**item, "pixels": "AADAfw=="}]})  # NaN
+    refused = rejection_from(error.value)
+    assert (refused.reason, refused.status) == ("bad_tensor", 400) and "[0, 1]" in refused.message

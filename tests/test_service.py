@@ -7,6 +7,7 @@ refusals are cheap to provoke.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -316,6 +317,49 @@ def test_neither_multipart_nor_json_is_415_and_json_paths_are_never_read(server,
     assert _post(server, _files(jpegs[:1])).status_code == 200
 
 
+def _infer_body(pixels: bytes, dtype: str = "float32", model: str = "tiny") -> dict:
+    return {"items": [{"model": model, "pixels": base64.b64encode(pixels).decode(), "dtype": dtype}]}
+
+
+def _floats(value: float) -> bytes:
+    return (
+        np.full((3, 32, 32), 0.5, dtype="<f4")
+        .tobytes()
+        .replace(np.float32(0.5).tobytes(), np.float32(value).tobytes(), 1)
+    )
+
+
+BAD_INFER_REQUESTS = {
+    # name: (body as JSON, or raw bytes with a content type) -> (status, reason)
+    "nan": (_infer_body(_floats(float("nan"))), 400, "bad_tensor"),
+    "infinite": (_infer_body(_floats(float("inf"))), 400, "bad_tensor"),
+    "above 1": (_infer_body(_floats(1.5)), 400, "bad_tensor"),
+    "negative": (_infer_body(_floats(-0.01)), 400, "bad_tensor"),
+    "short pixels": (_infer_body(b"\0" * 100, "uint8"), 400, "bad_tensor"),
+    "unknown model": (_infer_body(b"\0" * 3072, "uint8", model="resnet-9000"), 404, "unknown_model"),
+    "not json": ((b"items", "text/plain"), 415, "unsupported_media_type"),
+    "garbled json": ((b"{items: [", "application/json"), 400, "malformed_request"),
+    "too large": ((b" " * (MAX_BODY + 1), "application/json"), 413, "body_too_large"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INFER_REQUESTS))
+def test_infer_refuses_with_the_contracts_reason_status_and_count(server, case):
+    """/infer answers a refusal as /classify does, float pixels no image could give included (the model would
+    answer NaN, or be confident about pixels it never saw); a good float tensor is served."""
+    body, status, reason = BAD_INFER_REQUESTS[case]
+    before = _metric(_metrics(server), "cifar_rejected_inputs_total", reason=reason)
+    if isinstance(body, dict):
+        response = httpx.post(f"{server}/infer", json=body, timeout=30)
+    else:
+        response = httpx.post(f"{server}/infer", content=body[0], headers={"content-type": body[1]}, timeout=30)
+    assert response.status_code == status, response.text
+    assert response.json()["reason"] == reason and len(response.json()["error"]) > 10
+    assert _metric(_metrics(server), "cifar_rejected_inputs_total", reason=reason) == before + 1
+    good = httpx.post(f"{server}/infer", json=_infer_body(_floats(1.0)), timeout=30)
+    assert good.status_code == 200 and abs(sum(good.json()[0]) - 1) < 1e-4
+
+
 # ---------------------------------------------------------------------------------------------- batching and metrics
 def _concurrent_requests(url, jpegs, models=(None,)) -> tuple[list[httpx.Response], float, float]:
     """96 two-image requests from 24 threads, taking turns at ``models`` (None: the default); (responses,
@@ -410,6 +454,8 @@ def test_openapi_document_describes_the_api(server):
     assert form["properties"]["fit"]["enum"] == ["center_crop", "squash", "pad", None]
     assert "confident" in spec["components"]["schemas"]["Prediction"]["properties"]
     assert {"200", "400", "404", "413", "415"} <= set(classify["responses"])
+    refusal = spec["paths"]["/infer"]["post"]["responses"]["404"]["content"]["application/json"]["schema"]
+    assert refusal == {"$ref": "#/components/schemas/ClassifyError"}  # /infer refuses as /classify does
     assert "ClassifyError" in spec["components"]["schemas"]
     assert "get" in spec["paths"]["/models"]
     for path in ("/livez", "/readyz", "/metrics"):
