@@ -184,3 +184,26 @@ def test_a_live_service_with_keys_and_cors(guarded):
     assert "access-control-allow-origin" not in other.headers
     simple = httpx.get(f"{guarded}/models", headers={"Origin": ORIGIN})
     assert simple.headers["access-control-allow-origin"] == ORIGIN
+
+
+def test_the_scorer_sends_its_key_and_never_shows_it(guarded, tmp_path, monkeypatch, capsys):
+    from service.score.cli import main as score
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes(_png())
+    out = tmp_path / "p.csv"
+    common = [str(folder), "--url", guarded, "--out", str(out), "--no-progress"]
+    monkeypatch.delenv("CIFAR_API_KEY", raising=False)
+    assert score(common) == 1
+    assert "(401)" in capsys.readouterr().err
+    assert score([*common, "--api-key", "third-key-not-known"]) == 1
+    shown = capsys.readouterr()
+    assert "(403)" in shown.err and "third-key-not-known" not in shown.out + shown.err
+    assert score([*common, "--api-key", "first-key"]) == 0
+    assert "scored 2" in capsys.readouterr().err and len(out.read_text().splitlines()) == 3
+    monkeypatch.setenv("CIFAR_API_KEY", "second-key")
+    out.unlink()
+    assert score(common) == 0
+    assert "first-key" not in capsys.readouterr().err

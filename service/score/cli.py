@@ -11,7 +11,7 @@ from inference.fits import FITS, fit_help
 from ..confidence import parse_min_confidence
 from .engines import ENGINES
 from .local import DEFAULT_BATCH_SIZE, DEFAULT_GPU_BATCH_SIZE
-from .remote import DEFAULT_URL_BATCH, DEFAULT_URL_WORKERS
+from .remote import API_KEY_VARIABLE, DEFAULT_URL_BATCH, DEFAULT_URL_WORKERS
 from .run import run
 from .sinks import FORMATS
 
@@ -132,6 +132,12 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         help="what scores the images (see below; default: local, or remote when --url is given)",
     )
     p.add_argument("--url", help="score through a running service (POST URL/classify) instead of a local model")
+    p.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help=f"with --url, the key of a service that asks for one, sent as 'Authorization: Bearer KEY' (default: the "
+        f"{API_KEY_VARIABLE} variable; prefer it: a flag shows in the process list)",
+    )
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request with --url (default: 120)")
     p.add_argument(
         "--address",

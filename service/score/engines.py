@@ -18,11 +18,12 @@ from inference.runtime import choose_default, wants_cuda
 from .errors import UserError
 from .local import LocalBackend
 from .pipeline import Backend
-from .remote import DEFAULT_URL_BATCH, RemoteBackend
+from .remote import API_KEY_VARIABLE, DEFAULT_URL_BATCH, RemoteBackend
 
 # Flags that only some engines take (argparse dest -> flag): left unset, they do not count.
 ENGINE_ONLY_FLAGS = {
     "url": "--url",
+    "api_key": "--api-key",
     "workers": "--workers",
     "streams": "--streams",
     "threads": "--threads",
@@ -83,7 +84,13 @@ def _open_remote(args: argparse.Namespace) -> Backend:
     if not args.url:
         raise UserError("--engine remote needs --url URL (a running service)")
     return RemoteBackend(
-        args.url, args.model, args.workers, args.timeout, args.batch_size or DEFAULT_URL_BATCH, args.fit
+        args.url,
+        args.model,
+        args.workers,
+        args.timeout,
+        args.batch_size or DEFAULT_URL_BATCH,
+        args.fit,
+        args.api_key or os.environ.get(API_KEY_VARIABLE) or None,
     )
 
 
@@ -106,7 +113,7 @@ ENGINES = {
         Engine(
             "remote",
             "a running service's POST /classify (--url; the default when --url is given)",
-            frozenset({"url", "workers"}),
+            frozenset({"url", "workers", "api_key"}),
             _open_remote,
         ),
         Engine(

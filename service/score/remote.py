@@ -19,6 +19,8 @@ from .walk import Entry
 
 DEFAULT_URL_BATCH = 32  # images per request: the service takes at most 64 by default, and batches across requests
 DEFAULT_URL_WORKERS = 4
+# The client's one key; the service's own list of keys is CIFAR_API_KEYS (service/access.py).
+API_KEY_VARIABLE = "CIFAR_API_KEY"
 
 
 class RemoteBackend:
@@ -35,12 +37,14 @@ class RemoteBackend:
         timeout: float,
         per_request: int,
         fit: str | None = None,
+        api_key: str | None = None,
     ) -> None:
         import httpx
 
         self.httpx = httpx
         self.url = url.rstrip("/")
-        self.client = httpx.Client(base_url=self.url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
         self.workers = max(1, DEFAULT_URL_WORKERS if workers is None else workers)
         self.inflight = self.workers
         self.per_request = per_request  # lowered when the service says a request held too many images
@@ -110,7 +114,8 @@ class RemoteBackend:
         # What to do is the contract's (contract.REASONS); a 413 without a reason is a proxy's body limit.
         remedy = REASONS[reason].remedy if reason in REASONS else "fewer" if status == 413 else "alone"
         if remedy == "stop":
-            raise RemoteError(f"the service at {self.url} rejected the request ({status}): {message}")
+            hint = f" (--api-key, or the {API_KEY_VARIABLE} variable)" if status in (401, 403) else ""
+            raise RemoteError(f"the service at {self.url} rejected the request ({status}): {message}{hint}")
         if len(items) == 1:
             rows[items[0][0]] = Row(chunk[items[0][0]].rel, error=message)
         elif remedy == "fewer":
