@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from .access import requires_key
 from .contract import REASONS, ClassifyError
 from .oip import InferRequest, InferResponse, ModelMetadata, OipError, ServerMetadata
+from .uploads import FIELDS
 
 # base64 of a whole number of 3-byte groups, in either alphabet: no padding
 _BASE64 = "^([A-Za-z0-9+/]*|[A-Za-z0-9_-]*)$"
@@ -111,7 +112,7 @@ def _classify_json(form: dict[str, Any]) -> dict[str, Any]:
                     },
                 },
             },
-            **{name: form[name] for name in ("k", "model", "min_confidence")},
+            **{name: form[name] for name in FIELDS if name != "images"},
         },
     }
 

@@ -146,3 +146,17 @@ def test_infer_items_are_refused_with_the_contracts_reasons():
         InferInput.model_validate({"items": [{**item, "pixels": "AADAfw=="}]})  # NaN
     refused = rejection_from(error.value)
     assert (refused.reason, refused.status) == ("bad_tensor", 400) and "[0, 1]" in refused.message
+
+
+def test_the_json_body_schema_takes_every_field_the_form_does(classify_input):
+    """The JSON body is refused for any field its schema does not list (additionalProperties false), so the
+    schema must list every field the service reads."""
+    from service.openapi import _classify_json
+    from service.uploads import FIELDS
+
+    form = classify_input.model_json_schema()["properties"]
+    form["images"]["maxItems"] = 8
+    schema = _classify_json(form)
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) == set(FIELDS)
+    assert schema["properties"]["fit"] == form["fit"]
