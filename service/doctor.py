@@ -149,11 +149,24 @@ def diagnose(
         choice = manifest.default_for(kind)  # type: ignore[arg-type]
         report.add("info", f"default on {kind}", f"{choice.name} ({choice.reason})")
 
-    labelled = _read_folder(Path(folder), manifest.models[0], max_images) if folder else None
-    if labelled is not None:
-        report.add("info", "folder", f"{folder}: {len(labelled[0])} labelled image(s)")
+    # Each model's images decoded at its own input size and with its own fit; models that share both (and
+    # their classes) share one reading.
+    readings: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
     placements = {}
     for entry in manifest.models:
+        labelled = None
+        if folder:
+            key = (tuple(entry.classes), entry.input.size, entry.input.fit)
+            if key not in readings:
+                readings[key] = _read_folder(Path(folder), entry, max_images)
+                height, width = entry.input.size
+                report.add(
+                    "info",
+                    "folder",
+                    f"{folder}: {len(readings[key][1])} labelled image(s), at {height}x{width}, "
+                    f"{entry.input.fit} (model {entry.name})",
+                )
+            labelled = readings[key]
         placement = _check_model(report, entry, models_dir, device, labelled, speed)
         if placement is not None:
             placements[entry.name] = placement
@@ -285,7 +298,8 @@ def _accuracy(model, images: np.ndarray, labels: np.ndarray, batch: int = 256) -
 
 def _read_folder(folder: Path, entry: ModelEntry, max_images: int) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``max_images`` images of ``folder/CLASS/...`` whose CLASS is one of the model's classes, spread
-    over the classes (sorted paths, taken in turn), as model input and class indices."""
+    over the classes (sorted paths, taken in turn), as the model's input (its size, its fit) and class
+    indices; ``ManifestError`` if none is readable."""
     index = {name: i for i, name in enumerate(entry.classes)}
     per_class = {
         d.name: sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -305,8 +319,13 @@ def _read_folder(folder: Path, entry: ModelEntry, max_images: int) -> tuple[np.n
     labels = []
     for path, label in chosen:
         try:
-            pixels.append(decode_image(path.read_bytes(), entry.input.size))
+            pixels.append(decode_image(path.read_bytes(), entry.input.size, fit=entry.input.fit))
             labels.append(label)
         except (OSError, ValueError):  # an unreadable file is not the host's problem: skipped
             continue
+    if not pixels:
+        raise ManifestError(
+            f"--folder {folder}: no readable image in the sub-folders named after a class "
+            f"({', '.join(sorted(per_class))}; read: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
     return to_model_input(np.stack(pixels)), np.asarray(labels)

@@ -495,3 +495,37 @@ def test_doctor_names_a_cuda_library_that_does_not_load_on_a_gpu_host(monkeypatc
     assert libraries.status == status and libraries.text.startswith("cannot load libcudnn.so.9")
     assert "libcudart" not in libraries.text
     assert report.passed == (device == "auto")
+
+
+def _entry(size: tuple[int, int], fit: str):
+    """What the doctor reads of a model card for --folder: its classes and its input."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(classes=["cat", "dog"], input=SimpleNamespace(size=size, fit=fit))
+
+
+def test_doctor_reads_a_folder_at_each_models_size_and_fit(tmp_path):
+    from PIL import Image
+
+    from inference.preprocess import decode_image
+    from service.doctor import _read_folder
+
+    (tmp_path / "cat").mkdir()
+    photo = Image.linear_gradient("L").resize((40, 20)).convert("RGB")
+    photo.save(tmp_path / "cat" / "wide.png")
+    data = (tmp_path / "cat" / "wide.png").read_bytes()
+    images, labels = _read_folder(tmp_path, _entry((16, 24), "pad"), 10)
+    assert images.shape == (1, 3, 16, 24) and labels.tolist() == [0]
+    expected = decode_image(data, (16, 24), fit="pad").transpose(2, 0, 1).astype(np.float32) / 255
+    np.testing.assert_allclose(images[0], expected, atol=1e-6)
+
+
+def test_doctor_folder_without_a_readable_image_is_a_clear_error(tmp_path):
+    from inference.manifest import ManifestError
+    from service.doctor import _read_folder
+
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "notes.jpg").write_bytes(b"not an image")
+    (tmp_path / "dog").mkdir()
+    with pytest.raises(ManifestError, match="no readable image in the sub-folders named after a class"):
+        _read_folder(tmp_path, _entry((32, 32), "center_crop"), 10)
