@@ -158,11 +158,19 @@ def _caller(
     return call
 
 
+_CAPACITY = "_cifar_capacity"  # set on a widened semaphore: how many batches it admits in all
+
+
 def _allow_concurrent_batches(dispatcher: Any, concurrency: int) -> None:
-    """BentoML's CorkDispatcher admits one batch at a time through a ``NonBlockSema(1)``; widen it."""
+    """BentoML's CorkDispatcher admits one batch at a time through a ``NonBlockSema(1)``, a plain counter;
+    widen it in place. A new semaphore would leave a batch running now to release onto the old one, and
+    each batch after it to take from the new one and release onto it: one more admitted for good."""
     sema = getattr(dispatcher, "_sema", None)
-    if concurrency > 1 and sema is not None and hasattr(sema, "is_locked") and hasattr(sema, "sema"):
-        dispatcher._sema = type(sema)(concurrency)
+    if concurrency > 1 and hasattr(sema, "is_locked") and isinstance(getattr(sema, "sema", None), int):
+        capacity = getattr(sema, _CAPACITY, 1)  # BentoML's 1, or what an earlier call made it
+        if concurrency > capacity:
+            sema.sema += concurrency - capacity
+            setattr(sema, _CAPACITY, concurrency)
         log.info("up to %d batches at once", concurrency)
     elif concurrency > 1:
         log.warning(

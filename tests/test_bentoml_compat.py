@@ -82,6 +82,22 @@ def test_find_dispatcher_uses_the_route_bentoml_registered_and_falls_back_when_a
         bentoml_compat._routers[:] = saved
 
 
+def test_the_semaphore_is_widened_in_place_under_a_running_batch():
+    """A batch that took BentoML's semaphore before it was widened releases onto the same object: the
+    dispatcher admits ``concurrency`` batches afterwards, not one more."""
+    NonBlockSema = type(bentoml_compat._cork_dispatcher()._sema)
+    sema = NonBlockSema(1)
+    dispatcher = SimpleNamespace(_sema=sema)
+    assert sema.acquire()  # a batch is running
+    bentoml_compat._allow_concurrent_batches(dispatcher, 2)
+    bentoml_compat._allow_concurrent_batches(dispatcher, 2)  # found again: no wider
+    assert dispatcher._sema is sema
+    assert sema.acquire() and sema.is_locked()  # a second batch, and no third
+    sema.release()
+    sema.release()  # both done
+    assert sema.acquire() and sema.acquire() and not sema.acquire()
+
+
 @pytest.mark.parametrize("version, supported", [("1.4.0", True), ("1.4.39", True), ("1.5.0", False), ("2.0", False)])
 def test_supported_versions_are_major_minor(version, supported):
     assert bentoml_compat._supported(version) is supported
