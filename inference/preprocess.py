@@ -6,7 +6,7 @@ conversion, fitting to the model's input size the way ``inference.fits`` names).
 
 A JPEG much larger than the model's input is decoded at a reduced size (libjpeg's DCT scaling, by 2, 4
 or 8) while it stays at least twice the size the fit needs; the resize then averages what is left. Other
-formats have no reduced decode: right after loading, such an image is shrunk by a whole factor
+formats have no reduced decode: right after loading, one over a megapixel is shrunk by a whole factor
 (``Image.reduce``, box averages) under the same rule, before anything else copies it at full size.
 """
 
@@ -25,6 +25,10 @@ from .fits import DEFAULT_FIT, Extent, fit_image, get_fit
 # Pillow's own bomb guard warns at ~89 MP and fails at twice that; a classifier
 # with 32x32 inputs has no use for anything near that, so the limit is far lower.
 DEFAULT_MAX_PIXELS = 40_000_000
+# A non-JPEG image up to this size is fitted from its full-size pixels, as it always was: its full-size
+# copies (turned, converted, composited) cost little, a 6000x6000 RGBA PNG's about 1 s and 400 MiB
+# (docs/measurements.md, "Decoding").
+SHRINK_ABOVE_PIXELS = 1_000_000
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 # Naming the format up front skips Pillow's probe of every registered format, a tenth of a small JPEG's
 # decoding time (docs/measurements.md, "Decoding"). Anything else is probed as usual.
@@ -153,8 +157,8 @@ def shrink(
     """A loaded image turned upright (``exif``) and box-averaged down by ``reduction``; its upright (width,
     height) before that, the frame the fit's geometry is taken from; and the extent in the reduced image
     that shows the frame (a last partial block is one pixel, but only a fraction of one of the frame's).
-    An image too small to reduce comes back as it was (turned), so its pixels are what they were without
-    this step."""
+    An image too small to reduce, or of at most ``SHRINK_ABOVE_PIXELS``, comes back as it was (turned), so
+    its pixels are what they were without this step."""
     if exif:
         try:
             # In place: no full-size copy for the usual image that has nothing to turn.
@@ -163,7 +167,7 @@ def shrink(
             pass
     frame = image.size
     factor = reduction(frame, size, fit)
-    if factor == 1:
+    if factor == 1 or frame[0] * frame[1] <= SHRINK_ABOVE_PIXELS:
         return image, frame, frame
     return _reducible(image).reduce(factor), frame, (frame[0] / factor, frame[1] / factor)
 
