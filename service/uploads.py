@@ -93,12 +93,19 @@ class _FormParser(MultiPartParser):
                 raise _TooManyImages()
 
 
-def _field_value(text: str) -> Any:
-    """A non-file form field: JSON (what the OpenAPI document asks for) or, failing that, the plain text."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+def _field_value(key: str, text: str) -> Any:
+    """A non-file form field. A number (``k``, ``min_confidence``) as JSON, what the OpenAPI document asks for
+    (``null``: not given), or failing that the text. A name (``model``, ``fit``) as the text, since a model may
+    be named ``null`` or ``1e5``; quoted as a JSON string, the string inside (BentoML's client sends every
+    field as JSON)."""
+    if key in _NUMBERS or text.startswith('"'):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text
+        if key in _NUMBERS or isinstance(value, str):
+            return value
+    return text
 
 
 async def read_classify_form(request: Request, max_images: int, max_body_bytes: int) -> dict[str, Any] | Rejection:
@@ -192,6 +199,8 @@ _JSON_TYPES = {
     "min_confidence": ((int, float), "a JSON number from 0 to 1, or null"),
     "fit": (str, "a fit name (a string) or null"),
 }
+# The fields that are numbers; the others are names.
+_NUMBERS = frozenset(key for key, (types, _) in _JSON_TYPES.items() if types is not str)
 
 
 def _json_image(i: int, image: Any) -> Upload | Rejection:
@@ -251,7 +260,7 @@ async def _check_form(form) -> dict[str, Any] | Rejection:
             value = given[0]
             if isinstance(value, UploadFile):
                 return Rejection(FIELD_REASONS[key], f"{key!r} must be a plain form field, not a file")
-            values[key] = _field_value(value)
+            values[key] = _field_value(key, value)
     uploads = []
     for i, part in enumerate(form.getlist("images")):
         if not isinstance(part, UploadFile):

@@ -160,3 +160,23 @@ def test_the_json_body_schema_takes_every_field_the_form_does(classify_input):
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]) == set(FIELDS)
     assert schema["properties"]["fit"] == form["fit"]
+
+
+@pytest.mark.parametrize(
+    "given, read",
+    [
+        ({"model": "1e5", "fit": "pad"}, {"model": "1e5", "fit": "pad"}),  # names are text, even number-like
+        ({"model": "null"}, {"model": "null"}),  # a model may be named null: omit the field for the default
+        ({"model": '"tiny"', "fit": '"squash"'}, {"model": "tiny", "fit": "squash"}),  # BentoML's client quotes
+        ({"k": "3", "min_confidence": "0.5"}, {"k": 3, "min_confidence": 0.5}),
+        ({"k": "five", "min_confidence": "null"}, {"k": "five", "min_confidence": None}),
+    ],
+)
+def test_form_fields_read_numbers_as_json_and_names_as_text(given, read):
+    import anyio
+    from starlette.datastructures import FormData
+
+    from service.uploads import _check_form
+
+    fields = anyio.run(_check_form, FormData(list(given.items())))
+    assert fields == {**read, "images": []}
