@@ -237,6 +237,31 @@ def test_airbench_resume_restores_lookahead_exactly(image_folder, tmp_path, monk
     ]
 
 
+def test_an_early_stopped_lookahead_run_ends_on_the_slow_weights_and_stays_finished(image_folder, tmp_path):
+    from training.engine import resume
+
+    overrides = tiny_overrides(
+        image_folder,
+        tmp_path / "cache",
+        **{
+            "model.name": "airbench94",
+            "model.args": "{widths: [8, 8, 8]}",
+            "epochs": 6,
+            "lookahead_every": 3,  # 2 steps an epoch: epoch 2 ends between merges, on the fast weights
+            "early_stop_patience": 1,
+            "early_stop_min_delta": 1.0,  # no epoch after the first can improve by that
+        },
+    )
+    summary = train(build_config("airbench94", overrides), tmp_path / "run")
+    assert summary["stopped_early"] and summary["epochs_run"] == 2
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert all(torch.equal(last["model"][k], last["lookahead"]["slow"][k]) for k in last["lookahead"]["slow"])
+    files = {name: (tmp_path / "run" / name).read_bytes() for name in ("last.pt", "history.json")}
+    again = resume(tmp_path / "run")
+    assert again["stopped_early"] and again["epochs_run"] == 2
+    assert all((tmp_path / "run" / name).read_bytes() == data for name, data in files.items())
+
+
 def _manual_multicrop(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     def mirror(v):
         return 0.5 * model(v) + 0.5 * model(v.flip(3))

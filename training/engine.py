@@ -272,6 +272,11 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         t = self.config.train
         main = self.dist.is_main
+        # A run that stopped early has finished: resuming it must not train on, nor rewrite its files.
+        stop = self._patience_exhausted()
+        if self.epoch >= t.epochs or stop:
+            distributed.cleanup(self.dist)
+            return self._summary(stop)
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.out_dir / "config.yaml")
@@ -282,16 +287,12 @@ class Trainer:
                 len(self.train_loader.labels),
                 self.device,
             )
-        stop = False
         epochs_bar = tqdm(total=t.epochs, initial=self.epoch, desc="training", unit="epoch", disable=not main)
         while self.epoch < t.epochs and not stop:
             record = {"epoch": self.epoch + 1, **self.train_epoch()}
             self.epoch += 1
             if main:
-                if self.val_loader is not None:
-                    eval_start = time.perf_counter()
-                    record.update(evaluate(self.eval_model, self.val_loader, self.bf16))
-                    record["eval_time_s"] = time.perf_counter() - eval_start
+                record.update(self._evaluate())
                 stop = self._end_epoch(record)
                 epochs_bar.update(1)
                 epochs_bar.set_postfix(
@@ -299,41 +300,78 @@ class Trainer:
                 )
             stop = distributed.broadcast_flag(stop, self.dist)
         epochs_bar.close()
+        if stop and self.lookahead and self.epoch < t.epochs:
+            self._finish_early()
         distributed.barrier(self.dist)
-        summary = {
-            "run": str(self.out_dir),
-            "epochs_run": self.epoch,
-            "best": self.best,
-            "stopped_early": stop,
-            "train_time_s": sum(h["train_time_s"] for h in self.history),
-        }
+        summary = self._summary(stop)
         if main:
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         distributed.cleanup(self.dist)
         return summary
 
+    def _summary(self, stopped_early: bool) -> dict[str, Any]:
+        return {
+            "run": str(self.out_dir),
+            "epochs_run": self.epoch,
+            "best": self.best,
+            "stopped_early": stopped_early,
+            "train_time_s": sum(h["train_time_s"] for h in self.history),
+        }
+
+    def _evaluate(self) -> dict[str, float]:
+        if self.val_loader is None:
+            return {}
+        start = time.perf_counter()
+        return {**evaluate(self.eval_model, self.val_loader, self.bf16), "eval_time_s": time.perf_counter() - start}
+
+    def _patience_exhausted(self) -> bool:
+        patience = self.config.train.early_stop_patience
+        return bool(patience and self.bad_epochs >= patience)
+
+    def _improves(self, score: float) -> bool:
+        return score > self.best["val_top1"] + self.config.train.early_stop_min_delta
+
+    def _finish_early(self) -> None:
+        """Lookahead's result is its slow weights, which the last epoch only takes when the run goes the
+        whole way: take them now, and record what they score as the last epoch's (last.pt, and best.pt if
+        they beat it). The patience count stays exhausted, so a resume still finds the run finished."""
+        self.lookahead.finish(self.model)
+        if not self.dist.is_main:
+            return
+        record = {**self.history[-1], **self._evaluate()}
+        self.history[-1] = record
+        improved = self.val_loader is not None and self._improves(record["val_top1"])
+        if improved:
+            self.best = self._best_entry(record["val_top1"], record)
+        self._save(improved)
+
+    def _best_entry(self, score: float, record: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "val_top1": score,
+            "epoch": record["epoch"],
+            "val_top5": record.get("val_top5"),
+            "val_loss": record.get("val_loss"),
+        }
+
     def _end_epoch(self, record: dict[str, Any]) -> bool:
-        t = self.config.train
         self.history.append(record)
         score = record.get("val_top1", record["train_acc"])
-        improved = score > self.best["val_top1"] + t.early_stop_min_delta
+        improved = self._improves(score)
         if improved or self.best["epoch"] < 0:
-            self.best = {
-                "val_top1": score,
-                "epoch": record["epoch"],
-                "val_top5": record.get("val_top5"),
-                "val_loss": record.get("val_loss"),
-            }
+            self.best = self._best_entry(score, record)
             self.bad_epochs = 0
         else:
             self.bad_epochs += 1
+        self._save(improved)
+        return self._patience_exhausted()
+
+    def _save(self, improved: bool) -> None:
         state = self.state()
         save_checkpoint(state, self.out_dir / "last.pt")
         if improved:
             save_checkpoint(state, self.out_dir / "best.pt")
         (self.out_dir / "history.json").write_text(json.dumps(self.history, indent=2))
         plot_training_curves(self.history, self.out_dir / "training_curves.png")
-        return bool(t.early_stop_patience and self.bad_epochs >= t.early_stop_patience)
 
 
 def train(config: Config, out_dir: str | Path) -> dict[str, Any]:
