@@ -252,6 +252,25 @@ def test_a_mistyped_key_is_named_not_a_stack_trace(image_folder, tmp_path, capsy
     assert "'resnet9' takes no argument 'epochz'" in capsys.readouterr().err
 
 
+def test_exponent_numbers_reach_the_model_as_numbers(image_folder, tmp_path, capsys):
+    """YAML 1.1 reads 1e-1 as a string; a recipe or --set value written so must still be a number."""
+    from training.__main__ import main as training_main
+
+    cfg = build_config("vit_small_patch4", ["drop_path=1e-1", "dropout=5E-1", "model.args.widths=[1e2, 2]"])
+    assert cfg.model.args["drop_path"] == 0.1 and cfg.model.args["dropout"] == 0.5
+    assert cfg.model.args["widths"] == [100.0, 2]
+    recipe = tmp_path / "exp.yaml"
+    recipe.write_text("model: {name: resnet9, args: {dropout: 5e-1}}\noptim: {weight_decay: 5e-4}\n")
+    cfg = build_config(str(recipe))
+    assert cfg.model.args["dropout"] == 0.5 and cfg.optim.weight_decay == 5e-4
+    # An argument of the wrong kind is named in one line, not a stack trace.
+    overrides = [*tiny_overrides(image_folder, tmp_path / "cache"), "model.args={width: 8, dropout: half}"]
+    args = ["train", "--recipe", "resnet9_half_cpu", "--set", *overrides, "--out", str(tmp_path / "r")]
+    assert training_main(args) == 2
+    err = capsys.readouterr().err
+    assert "error: model 'resnet9' cannot be built" in err and "dropout='half' is not a number" in err
+
+
 def test_lr_schedules():
     from training.config import ScheduleConfig
 

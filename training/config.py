@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,6 +153,22 @@ class ConfigError(ValueError):
     pass
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as recipes and overrides are read: YAML 1.1 plus 1.2's floats without a dot or an exponent sign
+    (``1e-1``, ``5e3``), which 1.1 reads as strings, and a string reaches a model argument as it is."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
@@ -162,14 +179,14 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ConfigError(f"no recipe {name_or_path!r}; built-in recipes: {', '.join(list_recipes())}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _load_yaml(path.read_text()) or {}
     raw.setdefault("recipe", path.stem)
     return raw
 
 
 def _parse_value(text: str) -> Any:
     # YAML's scalars give true/false, numbers, lists ([60,120]) and null for free.
-    return yaml.safe_load(text) if text != "" else ""
+    return _load_yaml(text) if text != "" else ""
 
 
 def _field_owner(key: str) -> str:

@@ -23,7 +23,7 @@ from .data.loader import TensorLoader
 from .data.mix import MixedTargets, mixed_cross_entropy
 from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, topk_accuracy
 from .lookahead import Lookahead
-from .models import ImageClassifier, count_parameters, create_model
+from .models import ImageClassifier, argument_error, count_parameters, create_model
 from .models.whitening import dirac_init_, whitening_layers
 from .optim import build_optimizer, build_scheduler
 from .plots import plot_training_curves
@@ -122,7 +122,10 @@ class Trainer:
             "recipe": config.recipe,
         }
         self.bf16 = resolve_bf16(t.bf16, self.device)
-        self.model = create_model(config.model.name, len(self.classes), mean, std, **config.model.args)
+        try:
+            self.model = create_model(config.model.name, len(self.classes), mean, std, **config.model.args)
+        except TypeError as exc:  # a model argument of the wrong kind, from a recipe or --set
+            raise ConfigError(argument_error(config.model.name, config.model.args, exc)) from exc
         prepare_model(self.model, config, train_data.images)
         self.model = self.model.to(self.device)
         if t.channels_last:
