@@ -446,6 +446,18 @@ def test_each_int8_activation_range_reaches_the_quantiser_and_the_card(exported,
     assert np.abs(int8 - fp32).max() < 0.25 * np.abs(fp32).max()
 
 
+def test_a_validation_subset_is_drawn_from_every_class_not_the_first_ones(image_folder):
+    """A folder dataset's split is sorted by class: its first 5 of 15 images would be one class."""
+    from export.pipeline import validation_split
+
+    source = {"dataset": "folder", "data_root": str(image_folder), "val_size": 15, "split_seed": 42}
+    source.update(input_size=32, fit="squash", cache_dir=None)
+    assert len(set(validation_split(source, None).labels[:5])) == 1
+    subset = validation_split(source, 5)
+    assert len(subset) == 5 and len(set(subset.labels)) > 1
+    assert np.array_equal(subset.images, validation_split(source, 5).images)  # the same images every time
+
+
 def test_int8_ranges_are_refused_for_other_precisions_before_any_work(tiny_run, tmp_path, capsys):
     argv = ["--checkpoint", str(tiny_run / "best.pt"), "--name", "x", "--models-dir", str(tmp_path)]
     assert export_main([*argv, "--precision", "fp16", "--int8-ranges", "entropy"]) == 2

@@ -52,7 +52,9 @@ def load_data(config: Config) -> tuple[ImageArrays, ImageArrays | None]:
 
 
 # Airbench fits its whitening on 5,000 training images: the 2x2-patch covariance (12 x 12) is settled
-# long before that, and all 45,000 would hold about 2 GB of patches.
+# long before that, and all 45,000 would hold about 2 GB of patches. They are the split's first 5,000: in
+# CIFAR's python batches that is a shuffled sample, but a folder dataset is sorted by class (airplanes and
+# automobiles); a random sample would change every existing whitened recipe's weights, so it is not taken.
 WHITENING_IMAGES = 5000
 
 
