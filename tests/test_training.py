@@ -385,6 +385,42 @@ def test_recipes_lists_each_recipe_with_its_resolved_settings(capsys):
         )
 
 
+def test_a_write_that_fails_midway_leaves_the_old_file(tmp_path):
+    from training.files import write_atomic
+
+    target = tmp_path / "history.json"
+    target.write_text("[1, 2]")
+
+    def crash(f):
+        f.write(b"[1, 2, 3")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, crash)
+    assert target.read_text() == "[1, 2]" and [p.name for p in tmp_path.iterdir()] == ["history.json"]
+
+
+def test_every_file_of_a_run_is_written_atomically(image_folder, tmp_path, monkeypatch):
+    """Each is synced to disk and renamed into place, so a crash never leaves a truncated one."""
+    synced, replaced = set(), {}
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd):
+        synced.add(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    def spy_replace(src, dst):
+        replaced[os.path.basename(dst)] = str(src)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    train(build_config("resnet9_half_cpu", tiny_overrides(image_folder, tmp_path / "c", epochs=1)), tmp_path / "run")
+    names = ("config.yaml", "history.json", "summary.json", "last.pt", "best.pt")
+    assert all(name in replaced and replaced[name] in synced for name in names), (replaced, synced)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs_run"] == 1
+
+
 def test_early_stopping(image_folder, tmp_path):
     cfg = build_config(
         "resnet9_half_cpu",

@@ -15,6 +15,7 @@ from inference.fits import DEFAULT_FIT, FitName
 
 from .data.augment import AugmentParams
 from .data.mix import MixParams
+from .files import write_text_atomic
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -251,4 +252,4 @@ def config_differences(a: Config, b: Config) -> list[str]:
 
 
 def save_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

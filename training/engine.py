@@ -21,6 +21,7 @@ from .config import Config, ConfigError, config_differences, save_config
 from .data import ImageArrays, load_split
 from .data.loader import TensorLoader
 from .data.mix import MixedTargets, mixed_cross_entropy
+from .files import write_text_atomic
 from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, topk_accuracy
 from .lookahead import Lookahead
 from .models import ImageClassifier, argument_error, count_parameters, create_model
@@ -310,7 +311,7 @@ class Trainer:
         distributed.barrier(self.dist)
         summary = self._summary(stop)
         if main:
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_text_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=2))
         distributed.cleanup(self.dist)
         return summary
 
@@ -375,7 +376,7 @@ class Trainer:
         save_checkpoint(state, self.out_dir / "last.pt")
         if improved:
             save_checkpoint(state, self.out_dir / "best.pt")
-        (self.out_dir / "history.json").write_text(json.dumps(self.history, indent=2))
+        write_text_atomic(self.out_dir / "history.json", json.dumps(self.history, indent=2))
         plot_training_curves(self.history, self.out_dir / "training_curves.png")
 
 
