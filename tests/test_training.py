@@ -271,6 +271,29 @@ def test_exponent_numbers_reach_the_model_as_numbers(image_folder, tmp_path, cap
     assert "error: model 'resnet9' cannot be built" in err and "dropout='half' is not a number" in err
 
 
+def test_a_device_or_schedule_that_cannot_be_is_refused_with_a_reason(image_folder, tmp_path, monkeypatch, capsys):
+    from training.__main__ import main as training_main
+    from training.config import validate_config
+
+    with pytest.raises(ConfigError, match="unknown device 'gpu'"):
+        build_config("resnet9_half_cpu", ["device=gpu"])
+    with pytest.raises(ConfigError, match=r"milestones \[120, 160\] are not below train.epochs 100"):
+        build_config("se_resnet18", ["schedule.name=multistep", "milestones=[60,120,160]"])
+    with pytest.raises(ConfigError, match="warmup_epochs 5 is not below train.epochs 5"):
+        build_config("resnet9_half_cpu", ["epochs=5"])
+    assert build_config("airbench94", ["epochs=1", "warmup_epochs=2"]).train.epochs == 1  # no warmup there
+    # a run already under way is warned about, not stranded
+    raw = build_config("resnet9_half_cpu").model_dump()
+    raw["train"]["epochs"] = 5
+    assert validate_config(raw, started=True).train.epochs == 5
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    overrides = [*tiny_overrides(image_folder, tmp_path / "cache"), "device=cuda"]
+    args = ["train", "--recipe", "resnet9_half_cpu", "--set", *overrides, "--out", str(tmp_path / "r")]
+    assert training_main(args) == 2
+    assert "device 'cuda': this machine has no usable CUDA GPU" in capsys.readouterr().err
+
+
 def test_lr_schedules():
     from training.config import ScheduleConfig
 

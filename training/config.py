@@ -4,12 +4,13 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from inference.fits import DEFAULT_FIT, FitName
 
@@ -18,6 +19,7 @@ from .data.mix import MixParams
 from .files import write_text_atomic
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+log = logging.getLogger(__name__)
 
 
 class Section(BaseModel):
@@ -121,7 +123,7 @@ class TrainConfig(Section):
     eval_batch_size: int = Field(1024, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"  # auto (CUDA where there is one), cpu, cuda or cuda:N
     # "auto": bf16 autocast only where the hardware does bf16 (CUDA, or a CPU with AVX512-BF16 or AMX);
     # elsewhere emulated bf16 is many times slower than float32.
     bf16: bool | Literal["auto"] = "auto"
@@ -139,6 +141,13 @@ class TrainConfig(Section):
     max_batches_per_epoch: int | None = Field(None, ge=1)  # for smoke tests and benchmarks
     threads: int | None = Field(None, ge=1)
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
+            raise ValueError(f"unknown device {value!r}: use auto, cpu, cuda or cuda:N")
+        return value
+
 
 class Config(Section):
     recipe: str = "se_resnet18"
@@ -148,6 +157,35 @@ class Config(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _schedule_fits_the_run(self, info: ValidationInfo) -> Config:
+        problems = schedule_problems(self)
+        # A run already under way keeps the config it started with: refusing it would strand its checkpoints.
+        if problems and (info.context or {}).get("started"):
+            for problem in problems:
+                log.warning("%s", problem)
+        elif problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def schedule_problems(config: Config) -> list[str]:
+    """What in the schedule the run's length makes pointless."""
+    s, epochs = config.schedule, config.train.epochs
+    problems = []
+    late = [m for m in s.milestones if m >= epochs]
+    if s.name == "multistep" and late:
+        problems.append(
+            f"schedule.milestones {late} are not below train.epochs {epochs}: the learning rate would never drop there"
+        )
+    # the triangular schedule has no warmup: it starts at initial_lr_fraction instead
+    if s.name != "triangular" and s.warmup_epochs >= epochs:
+        problems.append(
+            f"schedule.warmup_epochs {s.warmup_epochs:g} is not below train.epochs {epochs}: the run would end "
+            "before its warmup does"
+        )
+    return problems
 
 
 class ConfigError(ValueError):
@@ -228,9 +266,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def build_config(recipe: str | None = None, overrides: list[str] | None = None) -> Config:
     raw = load_recipe(recipe) if recipe else {}
-    raw = apply_overrides(raw, overrides or [])
+    return validate_config(apply_overrides(raw, overrides or []))
+
+
+def validate_config(raw: dict[str, Any], started: bool = False) -> Config:
+    """``raw`` as a Config, or a ConfigError listing every invalid field. ``started``: the config of a run
+    under way, whose schedule problems are warned about, not refused."""
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={"started": started})
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration:\n{exc}") from exc
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config, ConfigError, config_differences, save_config
+from .config import Config, ConfigError, config_differences, save_config, validate_config
 from .data import ImageArrays, load_split
 from .data.loader import TensorLoader
 from .data.mix import MixedTargets, mixed_cross_entropy
@@ -35,7 +35,14 @@ log = logging.getLogger("training")
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {name!r}: this machine has no usable CUDA GPU; use device=cpu (or auto)")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device {name!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    return device
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
@@ -388,7 +395,7 @@ def resume(out_dir: str | Path, epochs: int | None = None, expected: Config | No
     """Continue a run from its last.pt with the config it was started with (optionally more epochs). With
     ``expected``, a run started with any other config is refused (ConfigError naming the differences)."""
     ckpt = load_checkpoint(Path(out_dir) / "last.pt")
-    config = Config.model_validate(ckpt["config"])
+    config = validate_config(ckpt["config"], started=True)
     differences = config_differences(config, expected) if expected is not None else []
     if differences:
         raise ConfigError(
@@ -403,7 +410,7 @@ def resume(out_dir: str | Path, epochs: int | None = None, expected: Config | No
                 epochs,
                 config.schedule.name,
             )
-        config.train.epochs = epochs
+        config = validate_config({**config.model_dump(), "train": {**config.train.model_dump(), "epochs": epochs}})
     trainer = Trainer(config, out_dir)
     trainer.restore(ckpt)
     return trainer.fit()
