@@ -262,6 +262,26 @@ def test_an_early_stopped_lookahead_run_ends_on_the_slow_weights_and_stays_finis
     assert all((tmp_path / "run" / name).read_bytes() == data for name, data in files.items())
 
 
+def test_changing_the_epochs_of_a_run_warns_of_what_it_reshapes(image_folder, tmp_path, caplog):
+    from training.engine import resume
+
+    overrides = tiny_overrides(
+        image_folder,
+        tmp_path / "cache",
+        **{
+            "model.name": "airbench94",
+            "model.args": "{widths: [8, 8, 8]}",
+            "schedule.name": "triangular",
+            "epochs": 1,
+            "lookahead_every": 2,
+        },
+    )
+    train(build_config("airbench94", overrides), tmp_path / "run")
+    with caplog.at_level("WARNING", logger="training"):
+        assert resume(tmp_path / "run", epochs=2)["epochs_run"] == 2
+    assert "reshapes the triangular learning-rate schedule and lookahead's decay ramp" in caplog.text
+
+
 def _manual_multicrop(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     def mirror(v):
         return 0.5 * model(v) + 0.5 * model(v.flip(3))

@@ -101,7 +101,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("run", help="run folder holding last.pt")
-    p.add_argument("--epochs", type=int, help="change the total epoch budget (reshapes cosine/linear schedules)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="change the total epoch budget (reshapes cosine, linear and triangular schedules and lookahead)",
+    )
     p.set_defaults(fn=cmd_resume)
 
     from .reports.cli import add_report_commands

@@ -391,6 +391,17 @@ def train(config: Config, out_dir: str | Path) -> dict[str, Any]:
     return Trainer(config, out_dir).fit()
 
 
+def sized_to_the_run(config: Config) -> list[str]:
+    """What is spread over the whole run, and so changes shape mid-run when its epoch count does. A warmup
+    is not: it lasts warmup_epochs whatever the total."""
+    sized = []
+    if config.schedule.name in ("cosine", "linear", "triangular"):
+        sized.append(f"the {config.schedule.name} learning-rate schedule")
+    if config.train.lookahead_every:
+        sized.append("lookahead's decay ramp")
+    return sized
+
+
 def resume(out_dir: str | Path, epochs: int | None = None, expected: Config | None = None) -> dict[str, Any]:
     """Continue a run from its last.pt with the config it was started with (optionally more epochs). With
     ``expected``, a run started with any other config is refused (ConfigError naming the differences)."""
@@ -403,12 +414,13 @@ def resume(out_dir: str | Path, epochs: int | None = None, expected: Config | No
             f"(started -> asked): {'; '.join(differences)}"
         )
     if epochs is not None:
-        if epochs != config.train.epochs and config.schedule.name in ("cosine", "linear"):
+        reshaped = sized_to_the_run(config)
+        if epochs != config.train.epochs and reshaped:
             log.warning(
-                "changing epochs from %d to %d reshapes the %s schedule: the run is no longer the one started",
+                "changing epochs from %d to %d reshapes %s: the run is no longer the one started",
                 config.train.epochs,
                 epochs,
-                config.schedule.name,
+                " and ".join(reshaped),
             )
         config = validate_config({**config.model_dump(), "train": {**config.train.model_dump(), "epochs": epochs}})
     trainer = Trainer(config, out_dir)
