@@ -471,6 +471,15 @@ def test_cli_lists_models_and_rejects_bad_overrides(tmp_path):
     assert bad.returncode == 2 and "epochs" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.parametrize("backend, device", [("nccl", torch.device("cuda", 1)), ("gloo", torch.device("cpu"))])
+def test_a_flag_is_broadcast_from_where_the_backend_can_send_it(backend, device, monkeypatch):
+    from training import distributed
+
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda group=None: backend)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert distributed.collective_device() == device
+
+
 def test_torchrun_two_processes_gloo(image_folder, tmp_path):
     overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=2, threads=1)
     port = str(free_port())  # port 0 hangs torchrun's static rendezvous: pick a free port ourselves
