@@ -480,8 +480,25 @@ def test_a_flag_is_broadcast_from_where_the_backend_can_send_it(backend, device,
     assert distributed.collective_device() == device
 
 
-def test_torchrun_two_processes_gloo(image_folder, tmp_path):
-    overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=2, threads=1)
+@pytest.mark.parametrize(
+    "recipe, extra",
+    [
+        ("resnet9_half_cpu", {}),
+        # its whitening bias freezes after epoch 1, under a DDP built while it trained; 2 steps an epoch
+        (
+            "airbench94",
+            {
+                "model.name": "airbench94",
+                "model.args": "{widths: [8, 8, 8]}",
+                "batch_size": 8,
+                "whiten_bias_epochs": 1,
+                "lookahead_every": 0,
+            },
+        ),
+    ],
+)
+def test_torchrun_two_processes_gloo(recipe, extra, image_folder, tmp_path):
+    overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=2, threads=1, **extra)
     port = str(free_port())  # port 0 hangs torchrun's static rendezvous: pick a free port ourselves
     cmd = [
         sys.executable,
@@ -497,7 +514,7 @@ def test_torchrun_two_processes_gloo(image_folder, tmp_path):
         "training",
         "train",
         "--recipe",
-        "resnet9_half_cpu",
+        recipe,
         "--out",
         str(tmp_path / "ddp"),
         "--set",
@@ -514,5 +531,5 @@ def test_torchrun_two_processes_gloo(image_folder, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     history = json.loads((tmp_path / "ddp" / "history.json").read_text())
     assert len(history) == 2
-    # each of the 2 ranks sees half of the 45 training images per epoch: 22 // 16 = 1 batch each
+    # each of the 2 ranks sees half of the 45 training images per epoch: 22 // 16 = 1 batch each (2 of 8)
     assert history[0]["train_images_per_s"] > 0 and (tmp_path / "ddp" / "best.pt").exists()

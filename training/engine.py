@@ -176,7 +176,11 @@ class Trainer:
         self.forward_model: nn.Module = self.model
         if self.dist.enabled:
             self.forward_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                # DDP expects a gradient for every parameter that trained when it was built; a whitening bias
+                # that freezes mid-run would leave it waiting for one, unless it looks for unused parameters.
+                find_unused_parameters=t.whiten_bias_epochs is not None and bool(whitening_layers(self.model)),
             )
         if t.compile:
             self.forward_model = torch.compile(self.forward_model)
