@@ -315,6 +315,27 @@ def test_a_check_without_the_checkpoint_says_so_instead_of_printing_nan():
     assert not judge("fp32", None, probs, labels, 0.25, float("nan"), 100.0).passed
 
 
+def test_each_precision_is_held_to_its_agreement_and_probability_limits():
+    from export.parity import judge
+
+    labels = np.zeros(1000, dtype=int)
+    reference = np.tile([0.7, 0.2, 0.1], (1000, 1))
+
+    def check(precision: str, flipped: int, shift: float = 0.0):
+        probs = reference + [shift, -shift, 0.0]
+        probs[:flipped] = [0.2, 0.7, 0.1]
+        same_accuracy = float((probs.argmax(1) == labels).mean())  # so that only agreement and |dp| are judged
+        return judge(precision, reference, probs, labels, same_accuracy, 1.0, 1.0).failures
+
+    for name, entry in PRECISIONS.items():
+        allowed = int(1000 * (1 - entry.min_agreement))
+        assert not any("agreement" in failure for failure in check(name, allowed))
+        assert any(f"is below {100 * entry.min_agreement:g}% for {name}" in f for f in check(name, allowed + 1))
+    assert check("fp32", 0, 5e-5) == []
+    assert check("fp32", 0, 2e-4) == ["a probability differs by 2.00e-04 (at most 0.0001 for fp32)"]
+    assert check("fp16", 0, 2e-2) == [] and check("int8", 0, 0.1) == []  # their probabilities move by design
+
+
 def test_card_table_prints_each_models_measured_figures(tiny_models_dir, capsys):
     manifest = load_manifest(tiny_models_dir, verify=False)
     assert export_main(["card", "tiny", "tiny-int8", "--models-dir", str(tiny_models_dir)]) == 0
