@@ -50,7 +50,9 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-images", type=int, default=1000, help="training-split images to calibrate INT8 with")
     _add_int8_ranges(p)
     p.add_argument("--cache-dir", default=".cache/datasets", help="dataset decode cache")
-    p.add_argument("--max-val-images", type=int, help="verify on only the first N validation images (quick checks)")
+    p.add_argument(
+        "--max-val-images", type=int, help="verify on N validation images drawn with a fixed seed (quick checks)"
+    )
     # training.inference.TTA_CHOICES, spelled out so that --help does not import torch
     p.add_argument(
         "--tta",

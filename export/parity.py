@@ -129,8 +129,11 @@ def judge(
             f"accuracy differs by {parity.accuracy_diff_points:+.3f} points (tolerance {tolerance} for {precision})"
         )
     needed = entry.min_agreement
-    if needed is not None and torch_probs is not None and agreement < needed:
-        parity.failures.append(f"top-1 agreement {100 * agreement:.2f}% is below {100 * needed:.1f}%")
+    if needed is not None and compared and agreement < needed:
+        parity.failures.append(f"top-1 agreement {100 * agreement:.2f}% is below {100 * needed:g}% for {precision}")
+    most = entry.max_prob_diff
+    if most is not None and compared and max_diff > most:
+        parity.failures.append(f"a probability differs by {max_diff:.2e} (at most {most:g} for {precision})")
     return parity
 
 

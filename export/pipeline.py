@@ -50,16 +50,22 @@ def _split(source: dict, split: str) -> ImageArrays:
 
 
 def validation_split(source: dict, max_images: int | None) -> ImageArrays:
+    """The validation split, or ``max_images`` of it drawn at random (seeded): a folder dataset's images are
+    sorted by class, so its first N would be one or two classes."""
     val = _split(source, "val")
-    return val.subset(np.arange(min(max_images, len(val)))) if max_images else val
+    return val.subset(_sample(len(val), max_images)) if max_images and max_images < len(val) else val
 
 
 def calibration_images(source: dict, count: int, seed: int = 0) -> np.ndarray:
     """``count`` images from the training split (never validation), as float32 model input."""
     train = _split(source, "train")
+    return to_model_input(train.images[_sample(len(train), count, seed)])
+
+
+def _sample(total: int, count: int, seed: int = 0) -> np.ndarray:
+    """``count`` distinct indices below ``total``, in order, the same for the same seed everywhere (PCG64)."""
     rng = np.random.Generator(np.random.PCG64(seed))
-    idx = np.sort(rng.choice(len(train), size=min(count, len(train)), replace=False))
-    return to_model_input(train.images[idx])
+    return np.sort(rng.choice(total, size=min(count, total), replace=False))
 
 
 def _data_source(meta: dict, cache_dir: str | None) -> dict:

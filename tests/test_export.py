@@ -315,6 +315,27 @@ def test_a_check_without_the_checkpoint_says_so_instead_of_printing_nan():
     assert not judge("fp32", None, probs, labels, 0.25, float("nan"), 100.0).passed
 
 
+def test_each_precision_is_held_to_its_agreement_and_probability_limits():
+    from export.parity import judge
+
+    labels = np.zeros(1000, dtype=int)
+    reference = np.tile([0.7, 0.2, 0.1], (1000, 1))
+
+    def check(precision: str, flipped: int, shift: float = 0.0):
+        probs = reference + [shift, -shift, 0.0]
+        probs[:flipped] = [0.2, 0.7, 0.1]
+        same_accuracy = float((probs.argmax(1) == labels).mean())  # so that only agreement and |dp| are judged
+        return judge(precision, reference, probs, labels, same_accuracy, 1.0, 1.0).failures
+
+    for name, entry in PRECISIONS.items():
+        allowed = int(1000 * (1 - entry.min_agreement))
+        assert not any("agreement" in failure for failure in check(name, allowed))
+        assert any(f"is below {100 * entry.min_agreement:g}% for {name}" in f for f in check(name, allowed + 1))
+    assert check("fp32", 0, 5e-5) == []
+    assert check("fp32", 0, 2e-4) == ["a probability differs by 2.00e-04 (at most 0.0001 for fp32)"]
+    assert check("fp16", 0, 2e-2) == [] and check("int8", 0, 0.1) == []  # their probabilities move by design
+
+
 def test_card_table_prints_each_models_measured_figures(tiny_models_dir, capsys):
     manifest = load_manifest(tiny_models_dir, verify=False)
     assert export_main(["card", "tiny", "tiny-int8", "--models-dir", str(tiny_models_dir)]) == 0
@@ -444,6 +465,18 @@ def test_each_int8_activation_range_reaches_the_quantiser_and_the_card(exported,
     fp32 = OnnxClassifier(models / entry.file, device="cpu").logits(x)
     int8 = OnnxClassifier(out, device="cpu").logits(x)
     assert np.abs(int8 - fp32).max() < 0.25 * np.abs(fp32).max()
+
+
+def test_a_validation_subset_is_drawn_from_every_class_not_the_first_ones(image_folder):
+    """A folder dataset's split is sorted by class: its first 5 of 15 images would be one class."""
+    from export.pipeline import validation_split
+
+    source = {"dataset": "folder", "data_root": str(image_folder), "val_size": 15, "split_seed": 42}
+    source.update(input_size=32, fit="squash", cache_dir=None)
+    assert len(set(validation_split(source, None).labels[:5])) == 1
+    subset = validation_split(source, 5)
+    assert len(subset) == 5 and len(set(subset.labels)) > 1
+    assert np.array_equal(subset.images, validation_split(source, 5).images)  # the same images every time
 
 
 def test_int8_ranges_are_refused_for_other_precisions_before_any_work(tiny_run, tmp_path, capsys):

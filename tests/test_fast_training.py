@@ -210,13 +210,18 @@ def test_micro_batches_give_the_gradient_of_the_whole_batch(image_folder, tmp_pa
     assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
 
 
+def tiny_airbench(image_folder: Path, cache: Path, **extra) -> list[str]:
+    """``tiny_overrides`` for an airbench94 of 8 channels a layer."""
+    return tiny_overrides(
+        image_folder, cache, **{"model.name": "airbench94", "model.args": "{widths: [8, 8, 8]}"}, **extra
+    )
+
+
 def test_airbench_resume_restores_lookahead_exactly(image_folder, tmp_path, monkeypatch):
-    overrides = tiny_overrides(
+    overrides = tiny_airbench(
         image_folder,
         tmp_path / "cache",
         **{
-            "model.name": "airbench94",
-            "model.args": "{widths: [8, 8, 8]}",
             "epochs": 4,
             "lookahead_every": 2,
             "whiten_bias_epochs": 1,
@@ -235,6 +240,39 @@ def test_airbench_resume_restores_lookahead_exactly(image_folder, tmp_path, monk
     assert [h["val_top1"] for h in history] == [
         h["val_top1"] for h in json.loads((tmp_path / "interrupted" / "history.json").read_text())
     ]
+
+
+def test_an_early_stopped_lookahead_run_ends_on_the_slow_weights_and_stays_finished(image_folder, tmp_path):
+    from training.engine import resume
+
+    overrides = tiny_airbench(
+        image_folder,
+        tmp_path / "cache",
+        epochs=6,
+        lookahead_every=3,  # 2 steps an epoch: epoch 2 ends between merges, on the fast weights
+        early_stop_patience=1,
+        early_stop_min_delta=1.0,  # no epoch after the first can improve by that
+    )
+    summary = train(build_config("airbench94", overrides), tmp_path / "run")
+    assert summary["stopped_early"] and summary["epochs_run"] == 2
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert all(torch.equal(last["model"][k], last["lookahead"]["slow"][k]) for k in last["lookahead"]["slow"])
+    files = {name: (tmp_path / "run" / name).read_bytes() for name in ("last.pt", "history.json")}
+    again = resume(tmp_path / "run")
+    assert again["stopped_early"] and again["epochs_run"] == 2
+    assert all((tmp_path / "run" / name).read_bytes() == data for name, data in files.items())
+
+
+def test_changing_the_epochs_of_a_run_warns_of_what_it_reshapes(image_folder, tmp_path, caplog):
+    from training.engine import resume
+
+    overrides = tiny_airbench(
+        image_folder, tmp_path / "cache", epochs=1, lookahead_every=2, **{"schedule.name": "triangular"}
+    )
+    train(build_config("airbench94", overrides), tmp_path / "run")
+    with caplog.at_level("WARNING", logger="training"):
+        assert resume(tmp_path / "run", epochs=2)["epochs_run"] == 2
+    assert "reshapes the triangular learning-rate schedule and lookahead's decay ramp" in caplog.text
 
 
 def _manual_multicrop(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

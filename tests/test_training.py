@@ -252,6 +252,48 @@ def test_a_mistyped_key_is_named_not_a_stack_trace(image_folder, tmp_path, capsy
     assert "'resnet9' takes no argument 'epochz'" in capsys.readouterr().err
 
 
+def test_exponent_numbers_reach_the_model_as_numbers(image_folder, tmp_path, capsys):
+    """YAML 1.1 reads 1e-1 as a string; a recipe or --set value written so must still be a number."""
+    from training.__main__ import main as training_main
+
+    cfg = build_config("vit_small_patch4", ["drop_path=1e-1", "dropout=5E-1", "model.args.widths=[1e2, 2]"])
+    assert cfg.model.args["drop_path"] == 0.1 and cfg.model.args["dropout"] == 0.5
+    assert cfg.model.args["widths"] == [100.0, 2]
+    recipe = tmp_path / "exp.yaml"
+    recipe.write_text("model: {name: resnet9, args: {dropout: 5e-1}}\noptim: {weight_decay: 5e-4}\n")
+    cfg = build_config(str(recipe))
+    assert cfg.model.args["dropout"] == 0.5 and cfg.optim.weight_decay == 5e-4
+    # An argument of the wrong kind is named in one line, not a stack trace.
+    overrides = [*tiny_overrides(image_folder, tmp_path / "cache"), "model.args={width: 8, dropout: half}"]
+    args = ["train", "--recipe", "resnet9_half_cpu", "--set", *overrides, "--out", str(tmp_path / "r")]
+    assert training_main(args) == 2
+    err = capsys.readouterr().err
+    assert "error: model 'resnet9' cannot be built" in err and "dropout='half' is not a number" in err
+
+
+def test_a_device_or_schedule_that_cannot_be_is_refused_with_a_reason(image_folder, tmp_path, monkeypatch, capsys):
+    from training.__main__ import main as training_main
+    from training.config import validate_config
+
+    with pytest.raises(ConfigError, match="unknown device 'gpu'"):
+        build_config("resnet9_half_cpu", ["device=gpu"])
+    with pytest.raises(ConfigError, match=r"milestones \[120, 160\] are not below train.epochs 100"):
+        build_config("se_resnet18", ["schedule.name=multistep", "milestones=[60,120,160]"])
+    with pytest.raises(ConfigError, match="warmup_epochs 5 is not below train.epochs 5"):
+        build_config("resnet9_half_cpu", ["epochs=5"])
+    assert build_config("airbench94", ["epochs=1", "warmup_epochs=2"]).train.epochs == 1  # no warmup there
+    # a run already under way is warned about, not stranded
+    raw = build_config("resnet9_half_cpu").model_dump()
+    raw["train"]["epochs"] = 5
+    assert validate_config(raw, started=True).train.epochs == 5
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    overrides = [*tiny_overrides(image_folder, tmp_path / "cache"), "device=cuda"]
+    args = ["train", "--recipe", "resnet9_half_cpu", "--set", *overrides, "--out", str(tmp_path / "r")]
+    assert training_main(args) == 2
+    assert "device 'cuda': this machine has no usable CUDA GPU" in capsys.readouterr().err
+
+
 def test_lr_schedules():
     from training.config import ScheduleConfig
 
@@ -366,6 +408,42 @@ def test_recipes_lists_each_recipe_with_its_resolved_settings(capsys):
         )
 
 
+def test_a_write_that_fails_midway_leaves_the_old_file(tmp_path):
+    from training.files import write_atomic
+
+    target = tmp_path / "history.json"
+    target.write_text("[1, 2]")
+
+    def crash(f):
+        f.write(b"[1, 2, 3")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, crash)
+    assert target.read_text() == "[1, 2]" and [p.name for p in tmp_path.iterdir()] == ["history.json"]
+
+
+def test_every_file_of_a_run_is_written_atomically(image_folder, tmp_path, monkeypatch):
+    """Each is synced to disk and renamed into place, so a crash never leaves a truncated one."""
+    synced, replaced = set(), {}
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd):
+        synced.add(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    def spy_replace(src, dst):
+        replaced[os.path.basename(dst)] = str(src)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    train(build_config("resnet9_half_cpu", tiny_overrides(image_folder, tmp_path / "c", epochs=1)), tmp_path / "run")
+    names = ("config.yaml", "history.json", "summary.json", "last.pt", "best.pt")
+    assert all(name in replaced and replaced[name] in synced for name in names), (replaced, synced)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs_run"] == 1
+
+
 def test_early_stopping(image_folder, tmp_path):
     cfg = build_config(
         "resnet9_half_cpu",
@@ -393,8 +471,34 @@ def test_cli_lists_models_and_rejects_bad_overrides(tmp_path):
     assert bad.returncode == 2 and "epochs" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_torchrun_two_processes_gloo(image_folder, tmp_path):
-    overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=2, threads=1)
+@pytest.mark.parametrize("backend, device", [("nccl", torch.device("cuda", 1)), ("gloo", torch.device("cpu"))])
+def test_a_flag_is_broadcast_from_where_the_backend_can_send_it(backend, device, monkeypatch):
+    from training import distributed
+
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda group=None: backend)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert distributed.collective_device() == device
+
+
+@pytest.mark.parametrize(
+    "recipe, extra",
+    [
+        ("resnet9_half_cpu", {}),
+        # its whitening bias freezes after epoch 1, under a DDP built while it trained; 2 steps an epoch
+        (
+            "airbench94",
+            {
+                "model.name": "airbench94",
+                "model.args": "{widths: [8, 8, 8]}",
+                "batch_size": 8,
+                "whiten_bias_epochs": 1,
+                "lookahead_every": 0,
+            },
+        ),
+    ],
+)
+def test_torchrun_two_processes_gloo(recipe, extra, image_folder, tmp_path):
+    overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=2, threads=1, **extra)
     port = str(free_port())  # port 0 hangs torchrun's static rendezvous: pick a free port ourselves
     cmd = [
         sys.executable,
@@ -410,7 +514,7 @@ def test_torchrun_two_processes_gloo(image_folder, tmp_path):
         "training",
         "train",
         "--recipe",
-        "resnet9_half_cpu",
+        recipe,
         "--out",
         str(tmp_path / "ddp"),
         "--set",
@@ -427,5 +531,5 @@ def test_torchrun_two_processes_gloo(image_folder, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     history = json.loads((tmp_path / "ddp" / "history.json").read_text())
     assert len(history) == 2
-    # each of the 2 ranks sees half of the 45 training images per epoch: 22 // 16 = 1 batch each
+    # each of the 2 ranks sees half of the 45 training images per epoch: 22 // 16 = 1 batch each (2 of 8)
     assert history[0]["train_images_per_s"] > 0 and (tmp_path / "ddp" / "best.pt").exists()

@@ -75,7 +75,7 @@ def get_args_parser() -> argparse.ArgumentParser:
             "Train from a recipe (a name from `recipes` or a YAML path) with key=value overrides, e.g. "
             "`python -m training train --recipe resnet9_half_cpu --set epochs=5 lr=0.2 dropout=0.1 augment=basic`. "
             "Bare keys resolve to their section (lr -> optim.lr); unknown ones become model "
-            "arguments (use_se, dropout). "
+            "arguments (use_se, dropout). Values are YAML: numbers (1e-3 too), true/false, [lists], {mappings}. "
             "The run folder gets config.yaml, history.json, training_curves.png, best.pt and last.pt."
         ),
     )
@@ -101,7 +101,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("run", help="run folder holding last.pt")
-    p.add_argument("--epochs", type=int, help="change the total epoch budget (reshapes cosine/linear schedules)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="change the total epoch budget (reshapes cosine, linear and triangular schedules and lookahead)",
+    )
     p.set_defaults(fn=cmd_resume)
 
     from .reports.cli import add_report_commands

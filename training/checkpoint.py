@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .files import write_atomic
 from .models import ImageClassifier, create_model
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    # rename is atomic: a crash mid-write leaves the previous checkpoint intact.
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def checkpoint_file(path: str | Path) -> Path:

@@ -4,18 +4,22 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from inference.fits import DEFAULT_FIT, FitName
 
 from .data.augment import AugmentParams
 from .data.mix import MixParams
+from .files import write_text_atomic
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+log = logging.getLogger(__name__)
 
 
 class Section(BaseModel):
@@ -119,7 +123,7 @@ class TrainConfig(Section):
     eval_batch_size: int = Field(1024, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"  # auto (CUDA where there is one), cpu, cuda or cuda:N
     # "auto": bf16 autocast only where the hardware does bf16 (CUDA, or a CPU with AVX512-BF16 or AMX);
     # elsewhere emulated bf16 is many times slower than float32.
     bf16: bool | Literal["auto"] = "auto"
@@ -137,6 +141,13 @@ class TrainConfig(Section):
     max_batches_per_epoch: int | None = Field(None, ge=1)  # for smoke tests and benchmarks
     threads: int | None = Field(None, ge=1)
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
+            raise ValueError(f"unknown device {value!r}: use auto, cpu, cuda or cuda:N")
+        return value
+
 
 class Config(Section):
     recipe: str = "se_resnet18"
@@ -147,9 +158,54 @@ class Config(Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @model_validator(mode="after")
+    def _schedule_fits_the_run(self, info: ValidationInfo) -> Config:
+        problems = schedule_problems(self)
+        # A run already under way keeps the config it started with: refusing it would strand its checkpoints.
+        if problems and (info.context or {}).get("started"):
+            for problem in problems:
+                log.warning("%s", problem)
+        elif problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def schedule_problems(config: Config) -> list[str]:
+    """What in the schedule the run's length makes pointless."""
+    s, epochs = config.schedule, config.train.epochs
+    problems = []
+    late = [m for m in s.milestones if m >= epochs]
+    if s.name == "multistep" and late:
+        problems.append(
+            f"schedule.milestones {late} are not below train.epochs {epochs}: the learning rate would never drop there"
+        )
+    # the triangular schedule has no warmup: it starts at initial_lr_fraction instead
+    if s.name != "triangular" and s.warmup_epochs >= epochs:
+        problems.append(
+            f"schedule.warmup_epochs {s.warmup_epochs:g} is not below train.epochs {epochs}: the run would end "
+            "before its warmup does"
+        )
+    return problems
+
 
 class ConfigError(ValueError):
     pass
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as recipes and overrides are read: YAML 1.1 plus 1.2's floats without a dot or an exponent sign
+    (``1e-1``, ``5e3``), which 1.1 reads as strings, and a string reaches a model argument as it is."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
 
 
 def list_recipes() -> list[str]:
@@ -162,14 +218,14 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ConfigError(f"no recipe {name_or_path!r}; built-in recipes: {', '.join(list_recipes())}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _load_yaml(path.read_text()) or {}
     raw.setdefault("recipe", path.stem)
     return raw
 
 
 def _parse_value(text: str) -> Any:
     # YAML's scalars give true/false, numbers, lists ([60,120]) and null for free.
-    return yaml.safe_load(text) if text != "" else ""
+    return _load_yaml(text) if text != "" else ""
 
 
 def _field_owner(key: str) -> str:
@@ -210,9 +266,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def build_config(recipe: str | None = None, overrides: list[str] | None = None) -> Config:
     raw = load_recipe(recipe) if recipe else {}
-    raw = apply_overrides(raw, overrides or [])
+    return validate_config(apply_overrides(raw, overrides or []))
+
+
+def validate_config(raw: dict[str, Any], started: bool = False) -> Config:
+    """``raw`` as a Config, or a ConfigError listing every invalid field. ``started``: the config of a run
+    under way, whose schedule problems are warned about, not refused."""
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={"started": started})
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration:\n{exc}") from exc
 
@@ -234,4 +295,4 @@ def config_differences(a: Config, b: Config) -> list[str]:
 
 
 def save_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -45,9 +45,14 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     """Share rank 0's decision (e.g. early stop) so every rank leaves the loop together."""
     if not info.enabled:
         return flag
-    t = torch.tensor([int(flag)])
+    t = torch.tensor([int(flag)], device=collective_device())
     dist.broadcast(t, 0)
     return bool(t.item())
+
+
+def collective_device() -> torch.device:
+    """Where a tensor for a collective must be: NCCL moves CUDA tensors only."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def cleanup(info: DistInfo) -> None:

@@ -17,13 +17,14 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config, ConfigError, config_differences, save_config
+from .config import Config, ConfigError, config_differences, save_config, validate_config
 from .data import ImageArrays, load_split
 from .data.loader import TensorLoader
 from .data.mix import MixedTargets, mixed_cross_entropy
+from .files import write_text_atomic
 from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, topk_accuracy
 from .lookahead import Lookahead
-from .models import ImageClassifier, count_parameters, create_model
+from .models import ImageClassifier, argument_error, count_parameters, create_model
 from .models.whitening import dirac_init_, whitening_layers
 from .optim import build_optimizer, build_scheduler
 from .plots import plot_training_curves
@@ -34,7 +35,14 @@ log = logging.getLogger("training")
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {name!r}: this machine has no usable CUDA GPU; use device=cpu (or auto)")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device {name!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    return device
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
@@ -52,7 +60,9 @@ def load_data(config: Config) -> tuple[ImageArrays, ImageArrays | None]:
 
 
 # Airbench fits its whitening on 5,000 training images: the 2x2-patch covariance (12 x 12) is settled
-# long before that, and all 45,000 would hold about 2 GB of patches.
+# long before that, and all 45,000 would hold about 2 GB of patches. They are the split's first 5,000: in
+# CIFAR's python batches that is a shuffled sample, but a folder dataset is sorted by class (airplanes and
+# automobiles); a random sample would change every existing whitened recipe's weights, so it is not taken.
 WHITENING_IMAGES = 5000
 
 
@@ -122,7 +132,10 @@ class Trainer:
             "recipe": config.recipe,
         }
         self.bf16 = resolve_bf16(t.bf16, self.device)
-        self.model = create_model(config.model.name, len(self.classes), mean, std, **config.model.args)
+        try:
+            self.model = create_model(config.model.name, len(self.classes), mean, std, **config.model.args)
+        except TypeError as exc:  # a model argument of the wrong kind, from a recipe or --set
+            raise ConfigError(argument_error(config.model.name, config.model.args, exc)) from exc
         prepare_model(self.model, config, train_data.images)
         self.model = self.model.to(self.device)
         if t.channels_last:
@@ -163,7 +176,11 @@ class Trainer:
         self.forward_model: nn.Module = self.model
         if self.dist.enabled:
             self.forward_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                # DDP expects a gradient for every parameter that trained when it was built; a whitening bias
+                # that freezes mid-run would leave it waiting for one, unless it looks for unused parameters.
+                find_unused_parameters=t.whiten_bias_epochs is not None and bool(whitening_layers(self.model)),
             )
         if t.compile:
             self.forward_model = torch.compile(self.forward_model)
@@ -272,6 +289,11 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         t = self.config.train
         main = self.dist.is_main
+        # A run that stopped early has finished: resuming it must not train on, nor rewrite its files.
+        stop = self._patience_exhausted()
+        if self.epoch >= t.epochs or stop:
+            distributed.cleanup(self.dist)
+            return self._summary(stop)
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.out_dir / "config.yaml")
@@ -282,16 +304,12 @@ class Trainer:
                 len(self.train_loader.labels),
                 self.device,
             )
-        stop = False
         epochs_bar = tqdm(total=t.epochs, initial=self.epoch, desc="training", unit="epoch", disable=not main)
         while self.epoch < t.epochs and not stop:
             record = {"epoch": self.epoch + 1, **self.train_epoch()}
             self.epoch += 1
             if main:
-                if self.val_loader is not None:
-                    eval_start = time.perf_counter()
-                    record.update(evaluate(self.eval_model, self.val_loader, self.bf16))
-                    record["eval_time_s"] = time.perf_counter() - eval_start
+                record.update(self._evaluate())
                 stop = self._end_epoch(record)
                 epochs_bar.update(1)
                 epochs_bar.set_postfix(
@@ -299,52 +317,100 @@ class Trainer:
                 )
             stop = distributed.broadcast_flag(stop, self.dist)
         epochs_bar.close()
+        if stop and self.lookahead and self.epoch < t.epochs:
+            self._finish_early()
         distributed.barrier(self.dist)
-        summary = {
-            "run": str(self.out_dir),
-            "epochs_run": self.epoch,
-            "best": self.best,
-            "stopped_early": stop,
-            "train_time_s": sum(h["train_time_s"] for h in self.history),
-        }
+        summary = self._summary(stop)
         if main:
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_text_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=2))
         distributed.cleanup(self.dist)
         return summary
 
+    def _summary(self, stopped_early: bool) -> dict[str, Any]:
+        return {
+            "run": str(self.out_dir),
+            "epochs_run": self.epoch,
+            "best": self.best,
+            "stopped_early": stopped_early,
+            "train_time_s": sum(h["train_time_s"] for h in self.history),
+        }
+
+    def _evaluate(self) -> dict[str, float]:
+        if self.val_loader is None:
+            return {}
+        start = time.perf_counter()
+        return {**evaluate(self.eval_model, self.val_loader, self.bf16), "eval_time_s": time.perf_counter() - start}
+
+    def _patience_exhausted(self) -> bool:
+        patience = self.config.train.early_stop_patience
+        return bool(patience and self.bad_epochs >= patience)
+
+    def _improves(self, score: float) -> bool:
+        return score > self.best["val_top1"] + self.config.train.early_stop_min_delta
+
+    def _finish_early(self) -> None:
+        """Lookahead's result is its slow weights, which the last epoch only takes when the run goes the
+        whole way: take them now, and record what they score as the last epoch's (last.pt, and best.pt if
+        they beat it). The patience count stays exhausted, so a resume still finds the run finished."""
+        self.lookahead.finish(self.model)
+        if not self.dist.is_main:
+            return
+        record = {**self.history[-1], **self._evaluate()}
+        self.history[-1] = record
+        improved = self.val_loader is not None and self._improves(record["val_top1"])
+        if improved:
+            self.best = self._best_entry(record["val_top1"], record)
+        self._save(improved)
+
+    def _best_entry(self, score: float, record: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "val_top1": score,
+            "epoch": record["epoch"],
+            "val_top5": record.get("val_top5"),
+            "val_loss": record.get("val_loss"),
+        }
+
     def _end_epoch(self, record: dict[str, Any]) -> bool:
-        t = self.config.train
         self.history.append(record)
         score = record.get("val_top1", record["train_acc"])
-        improved = score > self.best["val_top1"] + t.early_stop_min_delta
+        improved = self._improves(score)
         if improved or self.best["epoch"] < 0:
-            self.best = {
-                "val_top1": score,
-                "epoch": record["epoch"],
-                "val_top5": record.get("val_top5"),
-                "val_loss": record.get("val_loss"),
-            }
+            self.best = self._best_entry(score, record)
             self.bad_epochs = 0
         else:
             self.bad_epochs += 1
+        self._save(improved)
+        return self._patience_exhausted()
+
+    def _save(self, improved: bool) -> None:
         state = self.state()
         save_checkpoint(state, self.out_dir / "last.pt")
         if improved:
             save_checkpoint(state, self.out_dir / "best.pt")
-        (self.out_dir / "history.json").write_text(json.dumps(self.history, indent=2))
+        write_text_atomic(self.out_dir / "history.json", json.dumps(self.history, indent=2))
         plot_training_curves(self.history, self.out_dir / "training_curves.png")
-        return bool(t.early_stop_patience and self.bad_epochs >= t.early_stop_patience)
 
 
 def train(config: Config, out_dir: str | Path) -> dict[str, Any]:
     return Trainer(config, out_dir).fit()
 
 
+def sized_to_the_run(config: Config) -> list[str]:
+    """What is spread over the whole run, and so changes shape mid-run when its epoch count does. A warmup
+    is not: it lasts warmup_epochs whatever the total."""
+    sized = []
+    if config.schedule.name in ("cosine", "linear", "triangular"):
+        sized.append(f"the {config.schedule.name} learning-rate schedule")
+    if config.train.lookahead_every:
+        sized.append("lookahead's decay ramp")
+    return sized
+
+
 def resume(out_dir: str | Path, epochs: int | None = None, expected: Config | None = None) -> dict[str, Any]:
     """Continue a run from its last.pt with the config it was started with (optionally more epochs). With
     ``expected``, a run started with any other config is refused (ConfigError naming the differences)."""
     ckpt = load_checkpoint(Path(out_dir) / "last.pt")
-    config = Config.model_validate(ckpt["config"])
+    config = validate_config(ckpt["config"], started=True)
     differences = config_differences(config, expected) if expected is not None else []
     if differences:
         raise ConfigError(
@@ -352,14 +418,15 @@ def resume(out_dir: str | Path, epochs: int | None = None, expected: Config | No
             f"(started -> asked): {'; '.join(differences)}"
         )
     if epochs is not None:
-        if epochs != config.train.epochs and config.schedule.name in ("cosine", "linear"):
+        reshaped = sized_to_the_run(config)
+        if epochs != config.train.epochs and reshaped:
             log.warning(
-                "changing epochs from %d to %d reshapes the %s schedule: the run is no longer the one started",
+                "changing epochs from %d to %d reshapes %s: the run is no longer the one started",
                 config.train.epochs,
                 epochs,
-                config.schedule.name,
+                " and ".join(reshaped),
             )
-        config.train.epochs = epochs
+        config = validate_config({**config.model_dump(), "train": {**config.train.model_dump(), "epochs": epochs}})
     trainer = Trainer(config, out_dir)
     trainer.restore(ckpt)
     return trainer.fit()

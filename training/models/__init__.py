@@ -7,6 +7,7 @@ a client never needs to know the mean and std.
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Sequence
 
@@ -86,6 +87,22 @@ def create_model(
             "a --set key that is no configuration field is passed to the model)"
         ) from exc
     return ImageClassifier(backbone, mean, std)
+
+
+def argument_error(name: str, kwargs: dict, exc: TypeError) -> str:
+    """What to tell the user when a constructor raised ``exc`` on ``kwargs``: the arguments whose value is not
+    of its default's kind (a number or a switch given as text), or else all of them, and the error itself."""
+    params = inspect.signature(MODELS.get(name)).parameters
+    suspects = []
+    for key, value in kwargs.items():
+        default = params[key].default if key in params else None
+        if isinstance(default, (bool, int, float)) and not isinstance(value, (bool, int, float)):
+            kind = "true or false" if isinstance(default, bool) else "a number"
+            suspects.append(f"{key}={value!r} is not {kind} (default {default!r})")
+        elif isinstance(default, str) and not isinstance(value, str):
+            suspects.append(f"{key}={value!r} is not a string (default {default!r})")
+    given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return f"model {name!r} cannot be built from its arguments ({'; '.join(suspects) or given}): {exc}"
 
 
 def list_models() -> list[str]:
