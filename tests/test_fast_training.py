@@ -47,6 +47,32 @@ def test_whitening_is_fitted_from_data_and_decorrelates_patches():
     assert not torch.allclose(before, layer.weight)
 
 
+@pytest.mark.parametrize("how", ["random", "first"])
+def test_whitening_sample_option_reaches_the_fit(how, monkeypatch):
+    """A folder dataset's split is sorted by class: its first 5,000 images are one or two classes. The
+    default fits the whitening on a seeded sample of every class; "first" keeps the runs made before."""
+    from training.engine import WHITENING_IMAGES
+
+    per_class = 3000
+    # Class c's images are all of grey level 40 * c, so a fitted sample tells which classes it drew from.
+    images = np.repeat(np.arange(4, dtype=np.uint8) * 40, per_class)[:, None, None, None] * np.ones(
+        (1, 32, 32, 3), np.uint8
+    )
+    seen = []
+    monkeypatch.setattr(PatchWhitening, "fit", lambda self, x: seen.append(x))
+    cfg = build_config("airbench94", [f"train.whiten_sample={how}", "train.seed=3"])
+    prepare_model(create_model("airbench94", 4), cfg, images)
+    (fitted,) = seen
+    assert len(fitted) == WHITENING_IMAGES
+    classes = torch.unique(fitted[:, 0, 0, 0]).numel()
+    assert classes == (4 if how == "random" else 2)
+    if how == "random":  # seeded: the same sample again, and nothing drawn from the streams that train the model
+        model = create_model("airbench94", 4)
+        state = torch.get_rng_state()
+        prepare_model(model, cfg, images)
+        assert torch.equal(seen[1], fitted) and torch.equal(torch.get_rng_state(), state)
+
+
 def test_image_patches_order_matches_conv_weights():
     images = torch.rand(2, 3, 5, 5)
     patches = image_patches(images, 2)

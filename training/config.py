@@ -136,6 +136,10 @@ class TrainConfig(Section):
     lookahead_decay: float = Field(0.95, gt=0, lt=1)
     # A patch-whitening layer's bias trains for this many epochs, then freezes (its weights never train).
     whiten_bias_epochs: int | None = Field(None, ge=0)
+    # Which training images the whitening is fitted on: "random", a seeded sample of the split (as the paper's
+    # shuffled CIFAR gives); "first", the split's first ones, which for a folder dataset (sorted by class) are
+    # one or two classes: the runs documented before this option existed.
+    whiten_sample: Literal["random", "first"] = "random"
     early_stop_patience: int = Field(0, ge=0)  # epochs without improvement before stopping; 0 = never
     early_stop_min_delta: float = Field(0.0, ge=0)
     max_batches_per_epoch: int | None = Field(None, ge=1)  # for smoke tests and benchmarks

@@ -60,9 +60,7 @@ def load_data(config: Config) -> tuple[ImageArrays, ImageArrays | None]:
 
 
 # Airbench fits its whitening on 5,000 training images: the 2x2-patch covariance (12 x 12) is settled
-# long before that, and all 45,000 would hold about 2 GB of patches. They are the split's first 5,000: in
-# CIFAR's python batches that is a shuffled sample, but a folder dataset is sorted by class (airplanes and
-# automobiles); a random sample would change every existing whitened recipe's weights, so it is not taken.
+# long before that, and all 45,000 would hold about 2 GB of patches.
 WHITENING_IMAGES = 5000
 
 
@@ -71,13 +69,22 @@ def as_float(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
 
 
+def whitening_sample(images: np.ndarray, how: str, seed: int) -> np.ndarray:
+    """The images a whitening layer is fitted on (``TrainConfig.whiten_sample``). Its own generator, so the
+    sample takes nothing from the random streams that initialise and train the model."""
+    if how == "first" or len(images) <= WHITENING_IMAGES:
+        return images[:WHITENING_IMAGES]
+    chosen = np.random.default_rng(seed).choice(len(images), WHITENING_IMAGES, replace=False)
+    return images[np.sort(chosen)]
+
+
 @torch.no_grad()
 def prepare_model(model: ImageClassifier, config: Config, train_images: np.ndarray) -> None:
     """The data- and option-dependent initialisation that ``create_model`` cannot do: fit patch-whitening
     layers on the training split (as the model will see it: normalised), Dirac init, BatchNorm momentum."""
     layers = whitening_layers(model)
     if layers:
-        sample = as_float(train_images[:WHITENING_IMAGES])
+        sample = as_float(whitening_sample(train_images, config.train.whiten_sample, config.train.seed))
         for layer in layers:
             layer.fit(model.normalize(sample))
     if config.model.dirac_init:
