@@ -100,6 +100,10 @@ def test_cifar_python_readers(cifar10_root, cifar100_root):
     assert np.array_equal(train.images[0], images[0]) and train.labels[0] == labels[0]
     c100 = load_split("cifar100", cifar100_root, "train", val_size=100)
     assert len(c100) == 100 and len(c100.classes) == 100 and np.bincount(c100.labels).max() == 1
+    # Not resized, so another size is refused rather than recorded as the model's input.
+    for name, root in (("cifar10", cifar10_root), ("cifar100", cifar100_root)):
+        with pytest.raises(DatasetError, match="data.image_size must be 32, not 64"):
+            load_split(name, root, "train", val_size=10, image_size=64)
 
 
 def test_cifar_reader_errors(tmp_path):

@@ -130,7 +130,7 @@ class Trainer:
             "classes": self.classes,
             "mean": mean,
             "std": std,
-            "input_size": config.data.image_size,
+            "input_size": int(train_data.images.shape[1]),  # what it trained on, which export's graph takes
             "fit": config.data.fit,
             "dataset": config.data.dataset,
             "data_root": config.data.root,

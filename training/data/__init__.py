@@ -16,15 +16,30 @@ DATASETS: Registry = Registry("dataset")
 SPLITS = ("train", "val", "test", "all")
 
 
+CIFAR_SIZE = 32
+
+
+def _cifar_size(name: str, image_size: int) -> None:
+    # The python batches hold 32x32 arrays and are not resized: another size would be recorded as the
+    # model's input while it trained on 32x32, and its export would not take the images it was trained on.
+    if image_size != CIFAR_SIZE:
+        raise DatasetError(
+            f"{name} images are {CIFAR_SIZE}x{CIFAR_SIZE} and are not resized: data.image_size must be "
+            f"{CIFAR_SIZE}, not {image_size} (a folder dataset is fitted to any size)"
+        )
+
+
 @DATASETS.register("cifar10")
-def cifar10(root: str | Path, train: bool = True, **_) -> ImageArrays:
+def cifar10(root: str | Path, train: bool = True, image_size: int = CIFAR_SIZE, **_) -> ImageArrays:
     """The python-format CIFAR-10 folder (cifar-10-batches-py)."""
+    _cifar_size("cifar10", image_size)
     return read_cifar10(root, train)
 
 
 @DATASETS.register("cifar100")
-def cifar100(root: str | Path, train: bool = True, **_) -> ImageArrays:
+def cifar100(root: str | Path, train: bool = True, image_size: int = CIFAR_SIZE, **_) -> ImageArrays:
     """The python-format CIFAR-100 folder (cifar-100-python), fine labels."""
+    _cifar_size("cifar100", image_size)
     return read_cifar100(root, train)
 
 
