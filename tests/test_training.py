@@ -275,7 +275,7 @@ def test_exponent_numbers_reach_the_model_as_numbers(image_folder, tmp_path, cap
     assert "error: model 'resnet9' cannot be built" in err and "dropout='half' is not a number" in err
 
 
-def test_a_device_or_schedule_that_cannot_be_is_refused_with_a_reason(image_folder, tmp_path, monkeypatch, capsys):
+def test_an_impossible_device_schedule_or_micro_batch_is_refused(image_folder, tmp_path, monkeypatch, capsys):
     from training.__main__ import main as training_main
     from training.config import validate_config
 
@@ -286,6 +286,9 @@ def test_a_device_or_schedule_that_cannot_be_is_refused_with_a_reason(image_fold
     with pytest.raises(ConfigError, match="warmup_epochs 5 is not below train.epochs 5"):
         build_config("resnet9_half_cpu", ["epochs=5"])
     assert build_config("airbench94", ["epochs=1", "warmup_epochs=2"]).train.epochs == 1  # no warmup there
+    with pytest.raises(ConfigError, match="micro_batch_size 300 does not divide train.batch_size 1024"):
+        build_config("airbench94_cpu", ["micro_batch_size=300"])
+    assert build_config("airbench94_cpu", ["micro_batch_size=128"]).train.micro_batch_size == 128
     # a run already under way is warned about, not stranded
     raw = build_config("resnet9_half_cpu").model_dump()
     raw["train"]["epochs"] = 5

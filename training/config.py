@@ -164,7 +164,7 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _schedule_fits_the_run(self, info: ValidationInfo) -> Config:
-        problems = schedule_problems(self)
+        problems = config_problems(self)
         # A run already under way keeps the config it started with: refusing it would strand its checkpoints.
         if problems and (info.context or {}).get("started"):
             for problem in problems:
@@ -174,10 +174,16 @@ class Config(Section):
         return self
 
 
-def schedule_problems(config: Config) -> list[str]:
-    """What in the schedule the run's length makes pointless."""
-    s, epochs = config.schedule, config.train.epochs
+def config_problems(config: Config) -> list[str]:
+    """Settings that each pass validation but together make part of the run pointless."""
+    s, t, epochs = config.schedule, config.train, config.train.epochs
     problems = []
+    if t.micro_batch_size and t.batch_size % t.micro_batch_size:
+        # Every step would end on a small remainder chunk, whose BatchNorm statistics are those of a few images.
+        problems.append(
+            f"train.micro_batch_size {t.micro_batch_size} does not divide train.batch_size {t.batch_size}: "
+            "pick a divisor"
+        )
     late = [m for m in s.milestones if m >= epochs]
     if s.name == "multistep" and late:
         problems.append(
