@@ -143,6 +143,7 @@ def export_checkpoint(
             "checkpoint_sha256": checkpoint_sha256,
             "recipe": meta.get("recipe"),
             "model_args": meta["model_args"],
+            **({"members": meta["members"]} if "members" in meta else {}),  # an ensemble's checkpoints
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,

@@ -1,4 +1,4 @@
-"""Command line: ``python -m training {models,recipes,train,resume,evaluate,compare,ablate} ...``."""
+"""Command line: ``python -m training {models,recipes,train,resume,ensemble,evaluate,compare,ablate} ...``."""
 
 from __future__ import annotations
 
@@ -60,6 +60,21 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from .ensemble import join_checkpoints
+
+    meta = join_checkpoints(args.checkpoints, args.out)
+    for member in meta["members"]:
+        top1 = member["val_top1"]
+        recorded = f"{100 * top1:.2f}% val top-1 at its best epoch" if top1 is not None else "no recorded accuracy"
+        print(f"  {member['checkpoint']}: {member['arch']} ({member['recipe']}), {recorded}")
+    print(
+        f"ensemble of {len(meta['members'])} written to {args.out}; measure it with "
+        f"`python -m training evaluate --checkpoint {args.out} --tta multicrop`"
+    )
+    return 0
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +122,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="change the total epoch budget (reshapes cosine, linear and triangular schedules and lookahead)",
     )
     p.set_defaults(fn=cmd_resume)
+
+    p = sub.add_parser(
+        "ensemble",
+        help="join trained checkpoints into one that averages their probabilities",
+        description=(
+            "Join checkpoints trained on the same data (classes, dataset, split, input size) into one ensemble "
+            "checkpoint: its output is the log of the members' mean softmax probability. `evaluate`, `compare` "
+            "and `python -m export` take it as any checkpoint; the exported graph holds every member."
+        ),
+    )
+    p.add_argument("checkpoints", nargs="+", help="two or more checkpoint files or run folders (their best.pt)")
+    p.add_argument("--out", required=True, help="the ensemble checkpoint to write, e.g. runs/ensembles/NAME.pt")
+    p.set_defaults(fn=cmd_ensemble)
 
     from .reports.cli import add_report_commands
 

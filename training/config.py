@@ -17,6 +17,7 @@ from inference.fits import DEFAULT_FIT, FitName
 from .data.augment import AugmentParams
 from .data.mix import MixParams
 from .files import write_text_atomic
+from .models.ensemble import ENSEMBLE_ARCH
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 log = logging.getLogger(__name__)
@@ -46,6 +47,16 @@ class ModelConfig(Section):
     # update rates, not the network, so a checkpoint still rebuilds from name and args alone).
     dirac_init: bool = False  # identity-initialise every ungrouped odd-kernel convolution (Jordan 2024)
     bn_momentum: float | None = Field(None, gt=0, le=1)  # every BatchNorm's momentum; airbench's fast 0.4
+
+    @field_validator("name")
+    @classmethod
+    def _trainable(cls, name: str) -> str:
+        if name == ENSEMBLE_ARCH:
+            raise ValueError(
+                "an ensemble is not trained: train its members, then join their checkpoints with "
+                "`python -m training ensemble RUN RUN ... --out FILE`"
+            )
+        return name
 
 
 AUGMENT_PRESETS: dict[str, dict[str, Any]] = {

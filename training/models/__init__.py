@@ -18,6 +18,7 @@ from ..registry import Registry
 from .airbench import AIRBENCH94_WIDTHS, AirbenchNet
 from .dla import DLA
 from .edgenext import EdgeNeXt
+from .ensemble import ENSEMBLE_ARCH, Ensemble
 from .res2net import Res2NetBottleneck
 from .resnet import BasicBlock, Bottleneck, ResNet
 from .resnet9 import ResNet9
@@ -74,7 +75,13 @@ def create_model(
     std: Sequence[float] = DEFAULT_STD,
     **kwargs,
 ) -> ImageClassifier:
-    """Build a registered model; ``kwargs`` go to its constructor (dropout, use_se, ...)."""
+    """Build a registered model; ``kwargs`` go to its constructor (dropout, use_se, ...).
+
+    ``ensemble`` (an ensemble checkpoint's arch, not a registered model: it is assembled from trained
+    checkpoints, not trained) takes ``members``, each a member's arch, num_classes, mean, std and model_args;
+    each member normalises its own input, so the ensemble's ``mean`` and ``std`` are the identity."""
+    if name == ENSEMBLE_ARCH:
+        return _ensemble(num_classes, mean, std, **kwargs)
     constructor = MODELS.get(name)
     try:
         backbone = constructor(num_classes=num_classes, **kwargs)
@@ -87,6 +94,21 @@ def create_model(
             "a --set key that is no configuration field is passed to the model)"
         ) from exc
     return ImageClassifier(backbone, mean, std)
+
+
+def _ensemble(
+    num_classes: int, mean: Sequence[float], std: Sequence[float], members: Sequence[dict]
+) -> ImageClassifier:
+    for spec in members:
+        if spec["arch"] == ENSEMBLE_ARCH:
+            raise ValueError("an ensemble's member cannot itself be an ensemble")
+        if spec["num_classes"] != num_classes:
+            raise ValueError(f"an ensemble member has {spec['num_classes']} classes, the ensemble {num_classes}")
+    built = [
+        create_model(spec["arch"], spec["num_classes"], spec["mean"], spec["std"], **spec["model_args"])
+        for spec in members
+    ]
+    return ImageClassifier(Ensemble(built), mean, std)
 
 
 def argument_error(name: str, kwargs: dict, exc: TypeError) -> str:

@@ -145,7 +145,7 @@ def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
         "root": meta.get("data_root"),
         "val_size": meta.get("val_size"),
         "split_seed": meta.get("split_seed"),
-        "cache_dir": config.get("data", {}).get("cache_dir"),
+        "cache_dir": config.get("data", {}).get("cache_dir") or meta.get("cache_dir"),  # an ensemble has no config
         "fit": meta.get("fit", LEGACY_FIT),
     }
     run_dir = file.parent

@@ -1,0 +1,124 @@
+"""Ensembles: checkpoints joined into one network that averages their probabilities, then evaluated, exported
+and verified as any checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from export.pipeline import export_checkpoint, verify_model
+from inference.runtime import OnnxClassifier
+from training.__main__ import main as training_main
+from training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from training.config import ConfigError, build_config
+from training.ensemble import join_checkpoints
+from training.models import create_model
+from training.models.ensemble import Ensemble
+
+
+def _mean_probabilities(models, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.stack([torch.softmax(m(x), dim=1) for m in models]).mean(0)
+
+
+def test_the_ensemble_outputs_the_log_of_its_members_mean_probability():
+    torch.manual_seed(0)
+    members = [create_model("resnet9", 4, width=4).eval(), create_model("airbench94", 4, widths=(8, 8, 8)).eval()]
+    x = torch.rand(5, 3, 32, 32)
+    with torch.no_grad():
+        out = Ensemble(members)(x)
+    expected = _mean_probabilities(members, x)
+    assert torch.allclose(torch.softmax(out, dim=1), expected, atol=1e-6)
+    assert torch.allclose(out.exp().sum(1), torch.ones(5), atol=1e-5)  # log-probabilities, not raw scores
+    with pytest.raises(ValueError, match="at least two"):
+        Ensemble(members[:1])
+
+
+@pytest.fixture(scope="module")
+def other_member(tiny_run, tmp_path_factory):
+    """A checkpoint of another architecture on the same data as the tiny run (random weights: an ensemble only
+    needs members that agree on data and classes)."""
+    ckpt = load_checkpoint(tiny_run / "best.pt")
+    meta = dict(ckpt["meta"], arch="airbench94", model_args={"widths": [8, 8, 8]}, recipe="other")
+    torch.manual_seed(1)
+    model = create_model(meta["arch"], meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])
+    path = tmp_path_factory.mktemp("other") / "best.pt"
+    save_checkpoint({"meta": meta, "model": model.state_dict(), "best": {"val_top1": 0.5}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ensemble_file(tiny_run, other_member, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ensemble") / "pair.pt"
+    join_checkpoints([tiny_run, other_member], out)
+    return out
+
+
+def test_a_joined_checkpoint_rebuilds_into_the_members_average(tiny_run, other_member, ensemble_file):
+    ckpt = load_checkpoint(ensemble_file)
+    meta = ckpt["meta"]
+    assert meta["arch"] == "ensemble" and [m["arch"] for m in meta["members"]] == ["resnet9", "airbench94"]
+    assert meta["classes"] == load_checkpoint(tiny_run / "best.pt")["meta"]["classes"]
+    assert meta["members"][1]["val_top1"] == 0.5 and len(meta["members"][0]["checkpoint_sha256"]) == 64
+    # Each member served with the weights its own checkpoint serves (the tiny run's EMA).
+    members = [model_from_checkpoint(load_checkpoint(p)) for p in (tiny_run / "best.pt", other_member)]
+    x = torch.rand(6, 3, 32, 32)
+    with torch.no_grad():
+        joined = torch.softmax(model_from_checkpoint(ckpt)(x), dim=1)
+    assert torch.allclose(joined, _mean_probabilities(members, x), atol=1e-6)
+
+
+def test_members_trained_on_other_data_are_refused(tiny_run, other_member, tmp_path):
+    ckpt = load_checkpoint(other_member)
+    for key, value, said in (
+        ("classes", ["x", "y", "z"], "classes"),
+        ("split_seed", 7, "split_seed"),
+        ("data_root", str(tmp_path / "elsewhere"), "different data"),
+    ):
+        odd = tmp_path / f"{key}.pt"
+        save_checkpoint(dict(ckpt, meta=dict(ckpt["meta"], **{key: value})), odd)
+        with pytest.raises(ValueError, match=said):
+            join_checkpoints([tiny_run, odd], tmp_path / "out.pt")
+    with pytest.raises(ValueError, match="twice"):
+        join_checkpoints([tiny_run, tiny_run / "best.pt"], tmp_path / "out.pt")
+    with pytest.raises(ValueError, match="at least two"):
+        join_checkpoints([tiny_run], tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_an_ensemble_is_not_a_member_and_not_trained(tiny_run, ensemble_file, tmp_path, capsys):
+    assert training_main(["ensemble", str(ensemble_file), str(tiny_run), "--out", str(tmp_path / "e.pt")]) == 2
+    assert "already an ensemble" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="not trained"):
+        build_config("resnet9_half_cpu", ["model.name=ensemble"])
+
+
+def test_the_command_joins_and_names_each_member(tiny_run, other_member, tmp_path, capsys):
+    out = tmp_path / "e.pt"
+    assert training_main(["ensemble", str(tiny_run), str(other_member), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "50.00% val top-1" in printed and str(out) in printed and out.is_file()
+
+
+def test_an_ensemble_exports_verifies_and_evaluates(ensemble_file, tmp_path):
+    models = tmp_path / "models"
+    entry, parity = export_checkpoint(ensemble_file, "pair", "fp32", models, cache_dir=None, tta="flip")
+    assert parity.passed and parity.max_abs_prob_diff < 1e-4
+    assert [m["arch"] for m in entry.source["members"]] == ["resnet9", "airbench94"]
+    # The graph holds both members: its probabilities are their flip-averaged mean (divided by the fitted T).
+    model = model_from_checkpoint(load_checkpoint(ensemble_file))
+    x = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        t = torch.from_numpy(x)
+        logits = (model(t) + model(t.flip(3))) / 2 / entry.calibration.temperature
+    onnx_logits = OnnxClassifier(models / entry.file, device="cpu").logits(x)
+    np.testing.assert_allclose(onnx_logits, logits.numpy(), atol=1e-4)
+    parity, _ = verify_model("pair", models, cache_dir=None)
+    assert parity.passed
+
+    from training.reports.evaluate import evaluate
+
+    metrics = evaluate(checkpoint=ensemble_file, out=tmp_path / "report", tta="flip", device="cpu")
+    assert metrics["top1"] == pytest.approx(entry.metrics["val_top1"], abs=1 / 15 + 1e-9)
+    assert (tmp_path / "report" / "report.md").is_file()

@@ -1,0 +1,112 @@
+"""Join trained checkpoints into one ensemble checkpoint, which evaluate, compare and export take as any other.
+
+The members must have been trained on the same data: same classes in the same order, same dataset, images and
+train/validation split, same input size and fit; otherwise the ensemble's validation figures would mix
+images some members trained on. Each member keeps its own normalisation and contributes the weights that
+its checkpoint serves (the EMA where the run kept one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from inference.fits import LEGACY_FIT
+from inference.manifest import sha256_file
+
+from .checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .models import create_model
+from .models.ensemble import ENSEMBLE_ARCH, member_spec
+
+# Meta entries every member must share: what the ensemble's split, classes and input are.
+SHARED_KEYS = ("classes", "num_classes", "dataset", "val_size", "split_seed", "input_size", "fit")
+
+
+def _same_root(a: str | None, b: str | None) -> bool:
+    if a == b:
+        return True
+    if a is None or b is None:
+        return False
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def _shared(meta: dict, key: str):
+    # A run from before runs recorded their fit used the legacy one.
+    return meta.get(key, LEGACY_FIT) if key == "fit" else meta.get(key)
+
+
+def check_compatible(metas: Sequence[dict], names: Sequence[str]) -> None:
+    """Refuse members trained on different data, naming the first difference."""
+    first, first_name = metas[0], names[0]
+    for meta, name in zip(metas[1:], names[1:]):
+        if meta["arch"] == ENSEMBLE_ARCH:
+            raise ValueError(f"{name} is already an ensemble: join its members instead")
+        for key in SHARED_KEYS:
+            mine, theirs = _shared(meta, key), _shared(first, key)
+            if mine != theirs:
+                raise ValueError(f"{name} and {first_name} differ in {key} ({mine!r} against {theirs!r})")
+        if not _same_root(meta.get("data_root"), first.get("data_root")):
+            raise ValueError(
+                f"{name} and {first_name} were trained on different data ({meta.get('data_root')!r} against "
+                f"{first.get('data_root')!r})"
+            )
+    if first["arch"] == ENSEMBLE_ARCH:
+        raise ValueError(f"{first_name} is already an ensemble: join its members instead")
+
+
+def join_checkpoints(paths: Sequence[str | Path], out: str | Path) -> dict:
+    """Write the ensemble of the checkpoints (files, or run folders for their best.pt) to ``out``; returns
+    its meta."""
+    if len(paths) < 2:
+        raise ValueError("an ensemble needs at least two checkpoints")
+    files = [checkpoint_file(p) for p in paths]
+    if len({f.resolve() for f in files if f.exists()}) < len(files):
+        raise ValueError("the same checkpoint is given twice: an ensemble of a model with itself is that model")
+    ckpts = [load_checkpoint(f) for f in files]
+    for ckpt, file in zip(ckpts, files):
+        if "meta" not in ckpt or "model" not in ckpt:
+            raise ValueError(f"{file} is not a training checkpoint (no meta/model entries)")
+    metas = [c["meta"] for c in ckpts]
+    check_compatible(metas, [str(f) for f in files])
+    first = metas[0]
+    specs = [member_spec(m) for m in metas]
+    meta = {
+        "arch": ENSEMBLE_ARCH,
+        "model_args": {"members": specs},
+        "num_classes": first["num_classes"],
+        "classes": list(first["classes"]),
+        # Each member normalises its own input; the ensemble passes it on as it comes.
+        "mean": [0.0] * len(first["mean"]),
+        "std": [1.0] * len(first["std"]),
+        "input_size": first["input_size"],
+        "fit": first.get("fit", LEGACY_FIT),
+        "dataset": first["dataset"],
+        "data_root": first["data_root"],
+        "val_size": first["val_size"],
+        "split_seed": first["split_seed"],
+        "recipe": "ensemble(" + ", ".join(str(m.get("recipe") or m["arch"]) for m in metas) + ")",
+        "cache_dir": ((ckpts[0].get("config") or {}).get("data") or {}).get("cache_dir"),
+        "members": [
+            {
+                "checkpoint": str(file),
+                "checkpoint_sha256": sha256_file(file),
+                "arch": m["arch"],
+                "recipe": m.get("recipe"),
+                "epoch": c.get("epoch"),
+                "val_top1": (c.get("best") or {}).get("val_top1"),
+                "used_ema": bool(c.get("ema")),
+            }
+            for file, m, c in zip(files, metas, ckpts)
+        ],
+    }
+    model = create_model(ENSEMBLE_ARCH, meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])
+    members = model.backbone.members
+    for member, ckpt in zip(members, ckpts):
+        member.load_state_dict(model_from_checkpoint(ckpt).state_dict())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"meta": meta, "model": model.state_dict(), "torch_version": str(torch.__version__)}, out)
+    return meta
