@@ -122,3 +122,43 @@ def test_an_ensemble_exports_verifies_and_evaluates(ensemble_file, tmp_path):
     metrics = evaluate(checkpoint=ensemble_file, out=tmp_path / "report", tta="flip", device="cpu")
     assert metrics["top1"] == pytest.approx(entry.metrics["val_top1"], abs=1 / 15 + 1e-9)
     assert (tmp_path / "report" / "report.md").is_file()
+
+
+def _report(folder, logits, labels, fingerprint="same", tta="flip"):
+    from training.reports.evaluate import METRICS_FILE, save_predictions
+
+    folder.mkdir()
+    save_predictions(
+        folder / "predictions.npz", np.asarray(logits, np.float32), np.asarray(labels), ["a", "b"], fingerprint
+    )
+    (folder / METRICS_FILE).write_text(f'{{"tta": "{tta}"}}')
+    return folder
+
+
+def test_reports_estimate_their_ensemble_from_the_saved_logits(tmp_path, capsys):
+    from training.ensemble import estimate_from_reports
+
+    labels = [0, 0, 1, 1]
+    # A is right on the first three, confidently wrong on the last; B is right only on the last, confidently,
+    # and barely wrong elsewhere: the mean probability is right on all four.
+    a = _report(tmp_path / "a", [[2, 0], [2, 0], [0, 2], [4, 0]], labels)
+    b = _report(tmp_path / "b", [[0, 0.5], [0, 0.5], [0.5, 0], [0, 9]], labels)
+    result = estimate_from_reports([a, b])
+    assert [m["top1"] for m in result["members"]] == [0.75, 0.25]
+    assert result["top1"] == 1.0
+    vs = result["against_best_member"]
+    assert vs["member"] == str(a) and vs["difference"] == 0.25 and vs["mcnemar"]["p_value"] == 1.0  # one image
+    assert training_main(["ensemble", str(a), str(b)]) == 0
+    assert "100.00%  their mean probability, 4 images: +25.00 points" in capsys.readouterr().out
+
+    elsewhere = _report(tmp_path / "c", [[1, 0]] * 4, labels, fingerprint="other")
+    with pytest.raises(ValueError, match="different samples"):
+        estimate_from_reports([a, elsewhere])
+    assert training_main(["ensemble", str(a), str(b), "--out", str(tmp_path / "e.pt")]) == 2
+    assert "not weights" in capsys.readouterr().err
+
+
+def test_reports_and_checkpoints_are_not_mixed(tiny_run, tmp_path, capsys):
+    a = _report(tmp_path / "a", [[1, 0]], [0])
+    assert training_main(["ensemble", str(a), str(tiny_run), "--out", str(tmp_path / "e.pt")]) == 2
+    assert "not a mixture" in capsys.readouterr().err

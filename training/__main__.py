@@ -61,8 +61,20 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from .ensemble import join_checkpoints
+    from .ensemble import estimate_from_reports, join_checkpoints
+    from .reports.compare import classify
 
+    kinds = {classify(path) for path in args.checkpoints}
+    if kinds == {"report"}:
+        if args.out:
+            raise ValueError("reports hold predictions, not weights: give checkpoints to write an ensemble")
+        result = estimate_from_reports(args.checkpoints)
+        print(json.dumps(result, indent=2) if args.json else _format_estimate(result))
+        return 0
+    if kinds != {"checkpoint"}:
+        raise ValueError("give checkpoints (or run folders) to join, or report folders to estimate, not a mixture")
+    if not args.out:
+        raise ValueError("--out is required to write the ensemble checkpoint")
     meta = join_checkpoints(args.checkpoints, args.out)
     for member in meta["members"]:
         top1 = member["val_top1"]
@@ -73,6 +85,18 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         f"`python -m training evaluate --checkpoint {args.out} --tta multicrop`"
     )
     return 0
+
+
+def _format_estimate(result: dict) -> str:
+    lines = [f"{100 * m['top1']:.2f}%  {m['report']} (tta {m['tta']})" for m in result["members"]]
+    vs = result["against_best_member"]
+    low, high = vs["interval_95"]
+    lines.append(
+        f"{100 * result['top1']:.2f}%  their mean probability, {result['samples']} images: "
+        f"{100 * vs['difference']:+.2f} points against the best member (95% interval {100 * low:+.2f} to "
+        f"{100 * high:+.2f}, McNemar p = {vs['mcnemar']['p_value']:.3g})"
+    )
+    return "\n".join(lines)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -129,11 +153,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         description=(
             "Join checkpoints trained on the same data (classes, dataset, split, input size) into one ensemble "
             "checkpoint: its output is the log of the members' mean softmax probability. `evaluate`, `compare` "
-            "and `python -m export` take it as any checkpoint; the exported graph holds every member."
+            "and `python -m export` take it as any checkpoint; the exported graph holds every member. Given "
+            "report folders instead, print what their models' ensemble would score on the reports' images."
         ),
     )
-    p.add_argument("checkpoints", nargs="+", help="two or more checkpoint files or run folders (their best.pt)")
-    p.add_argument("--out", required=True, help="the ensemble checkpoint to write, e.g. runs/ensembles/NAME.pt")
+    p.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="MODEL",
+        help="two or more checkpoint files or run folders (their best.pt) to join; or report folders of "
+        "`evaluate` on the same images, to print what their ensemble would score without building it",
+    )
+    p.add_argument("--out", help="the ensemble checkpoint to write, e.g. runs/ensembles/NAME.pt")
+    p.add_argument("--json", action="store_true", help="print a reports' estimate as JSON")
     p.set_defaults(fn=cmd_ensemble)
 
     from .reports.cli import add_report_commands

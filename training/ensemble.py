@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from inference.fits import LEGACY_FIT
@@ -110,3 +111,42 @@ def join_checkpoints(paths: Sequence[str | Path], out: str | Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"meta": meta, "model": model.state_dict(), "torch_version": str(torch.__version__)}, out)
     return meta
+
+
+def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
+    """What the ensemble of the reports' models would score on their samples, from their saved logits alone:
+    each member's top-1, the average's, and the average against the best member (McNemar, paired interval).
+    A way to choose members before joining their checkpoints; the joined checkpoint's own report is the figure
+    (it averages the members before, not after, any test-time augmentation)."""
+    from .reports.evaluate import load_predictions
+    from .reports.metrics import mcnemar, paired_difference_interval, softmax
+
+    if len(paths) < 2:
+        raise ValueError("an ensemble needs at least two reports")
+    reports = [load_predictions(p) for p in paths]
+    first = reports[0]
+    for path, report in zip(paths[1:], reports[1:]):
+        if report["fingerprint"] != first["fingerprint"] or report["classes"] != first["classes"]:
+            raise ValueError(f"{path} and {paths[0]} are reports on different samples or classes: nothing to pair")
+    labels = first["labels"]
+    probabilities = [softmax(r["logits"]) for r in reports]
+    members = [
+        {"report": str(p), "tta": r["metrics"].get("tta", "none"), "top1": float((pr.argmax(1) == labels).mean())}
+        for p, r, pr in zip(paths, reports, probabilities)
+    ]
+    correct = np.mean(probabilities, axis=0).argmax(1) == labels
+    best = max(range(len(members)), key=lambda i: members[i]["top1"])
+    best_correct = probabilities[best].argmax(1) == labels
+    low, high = paired_difference_interval(best_correct, correct)
+    return {
+        "samples": int(labels.size),
+        "members": members,
+        "top1": float(correct.mean()),
+        "against_best_member": {
+            "member": members[best]["report"],
+            "difference": float(correct.mean() - best_correct.mean()),
+            "interval_95": [low, high],
+            "mcnemar": mcnemar(best_correct, correct),
+        },
+    }
+
