@@ -149,4 +149,3 @@ def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
             "mcnemar": mcnemar(best_correct, correct),
         },
     }
-
