@@ -477,3 +477,16 @@ def test_fast_recipe_two_batch_smoke_run_trains_and_exports(recipe, image_folder
     )
     assert (tmp_path / "models" / entry.file).stat().st_size > 1000 and entry.source["tta"] == "multicrop"
     assert parity.samples == 15
+
+
+def test_airbench_pools_globally_as_the_paper_does_at_32_and_takes_other_sizes():
+    torch.manual_seed(0)
+    model = create_model("airbench94", 5, widths=(8, 8, 8)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        features = model.backbone.stages(model.backbone.act(model.backbone.whiten(model.normalize(x))))
+        assert features.shape[-2:] == (3, 3)
+        paper = model.backbone.fc(nn.MaxPool2d(3)(features).flatten(1)) * model.backbone.logit_scale
+        assert torch.equal(model(x), paper)
+        for size in (24, 64, 96):
+            assert model(torch.rand(2, 3, size, size)).shape == (2, 5)
