@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+
+from inference.files import write_atomic
 
 log = logging.getLogger("export")
 
@@ -90,9 +90,9 @@ class ReferenceCache:
     def _write(self, path: Path, key: dict, logits: np.ndarray, speed: float) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # written whole, then renamed: an interrupted export leaves no half entry to be read later
-            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as f:
-                np.savez(f, logits=logits.astype(np.float64), images_per_s=speed, key=json.dumps(key))
-            os.replace(f.name, path)
+            # an interrupted export leaves no half entry to be read later
+            write_atomic(
+                path, lambda f: np.savez(f, logits=logits.astype(np.float64), images_per_s=speed, key=json.dumps(key))
+            )
         except OSError as exc:
             log.warning("could not keep the reference logits in %s (%s); the export goes on", path.parent, exc)

@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .files import write_text_atomic
 from .fits import LEGACY_FIT, FitName
 from .precisions import PrecisionName
 
@@ -185,7 +186,5 @@ def verify_files(manifest: Manifest, models_dir: Path) -> None:
 
 def save_manifest(manifest: Manifest, models_dir: str | Path) -> Path:
     path = Path(models_dir) / MANIFEST_NAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
     return path

@@ -416,7 +416,7 @@ def test_recipes_lists_each_recipe_with_its_resolved_settings(capsys):
 
 
 def test_a_write_that_fails_midway_leaves_the_old_file(tmp_path):
-    from training.files import write_atomic
+    from inference.files import write_atomic
 
     target = tmp_path / "history.json"
     target.write_text("[1, 2]")

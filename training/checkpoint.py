@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from .files import write_atomic
+from inference.files import write_atomic
+
 from .models import ImageClassifier, create_model
 
 

@@ -12,11 +12,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from inference.files import write_text_atomic
 from inference.fits import DEFAULT_FIT, FitName
 
 from .data.augment import AugmentParams
 from .data.mix import MixParams
-from .files import write_text_atomic
 from .models.ensemble import ENSEMBLE_ARCH
 
 RECIPES_DIR = Path(__file__).parent / "recipes"

@@ -15,13 +15,14 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from inference.files import write_text_atomic
+
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, config_differences, save_config, validate_config
 from .data import ImageArrays, load_split
 from .data.loader import TensorLoader
 from .data.mix import MixedTargets, mixed_cross_entropy
-from .files import write_text_atomic
 from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, topk_accuracy
 from .lookahead import Lookahead
 from .models import ImageClassifier, argument_error, count_parameters, create_model

@@ -1,5 +1,5 @@
-"""Atomic file writes: a reader, or a run resumed after a crash, finds the old file or the new one, never a
-truncated one."""
+"""Atomic file writes: a reader (the service loading the manifest, a run resumed after a crash) finds the old
+file or the new one, never a truncated one. Torch-free, so the service side can use it too."""
 
 from __future__ import annotations
 
