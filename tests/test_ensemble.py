@@ -162,3 +162,22 @@ def test_reports_and_checkpoints_are_not_mixed(tiny_run, tmp_path, capsys):
     a = _report(tmp_path / "a", [[1, 0]], [0])
     assert training_main(["ensemble", str(a), str(tiny_run), "--out", str(tmp_path / "e.pt")]) == 2
     assert "not a mixture" in capsys.readouterr().err
+
+
+def test_each_member_averages_its_own_views_before_the_members_are_averaged(tiny_run, other_member, tmp_path):
+    out = tmp_path / "e.pt"
+    meta = join_checkpoints([tiny_run, other_member], out, tta=["flip", "none"])
+    assert [m["tta"] for m in meta["members"]] == ["flip", "none"]
+    a, b = (model_from_checkpoint(load_checkpoint(p)) for p in (tiny_run / "best.pt", other_member))
+    x = torch.rand(4, 3, 32, 32)
+    model = model_from_checkpoint(load_checkpoint(out))
+    assert model.cam_layer is model.backbone.members[0].model.cam_layer  # Grad-CAM reaches past the member's TTA
+    with torch.no_grad():
+        joined = torch.softmax(model(x), dim=1)
+        flipped = (a(x) + a(x.flip(3))) / 2
+        expected = (torch.softmax(flipped, dim=1) + torch.softmax(b(x), dim=1)) / 2
+    assert torch.allclose(joined, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="one per member"):
+        join_checkpoints([tiny_run, other_member], out, tta=["flip"])
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        join_checkpoints([tiny_run, other_member], out, tta=["flip", "sideways"])

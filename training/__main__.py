@@ -66,8 +66,11 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
     kinds = {classify(path) for path in args.checkpoints}
     if kinds == {"report"}:
-        if args.out:
-            raise ValueError("reports hold predictions, not weights: give checkpoints to write an ensemble")
+        if args.out or args.tta:
+            raise ValueError(
+                "reports hold predictions, not weights: give checkpoints to write an ensemble (a report's "
+                "test-time augmentation is the one it was evaluated with)"
+            )
         result = estimate_from_reports(args.checkpoints)
         print(json.dumps(result, indent=2) if args.json else _format_estimate(result))
         return 0
@@ -75,11 +78,11 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         raise ValueError("give checkpoints (or run folders) to join, or report folders to estimate, not a mixture")
     if not args.out:
         raise ValueError("--out is required to write the ensemble checkpoint")
-    meta = join_checkpoints(args.checkpoints, args.out)
+    meta = join_checkpoints(args.checkpoints, args.out, args.tta)
     for member in meta["members"]:
         top1 = member["val_top1"]
         recorded = f"{100 * top1:.2f}% val top-1 at its best epoch" if top1 is not None else "no recorded accuracy"
-        print(f"  {member['checkpoint']}: {member['arch']} ({member['recipe']}), {recorded}")
+        print(f"  {member['checkpoint']}: {member['arch']} ({member['recipe']}), {recorded}, tta {member['tta']}")
     print(
         f"ensemble of {len(meta['members'])} written to {args.out}; measure it with "
         f"`python -m training evaluate --checkpoint {args.out} --tta multicrop`"
@@ -165,6 +168,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         "`evaluate` on the same images, to print what their ensemble would score without building it",
     )
     p.add_argument("--out", help="the ensemble checkpoint to write, e.g. runs/ensembles/NAME.pt")
+    p.add_argument(
+        "--tta",
+        nargs="+",
+        default=[],
+        metavar="TTA",
+        help="each member's own test-time augmentation (none, flip, multicrop), one per checkpoint in order, "
+        "averaged inside the member; default none (the ensemble as a whole can still take evaluate's or "
+        "export's --tta)",
+    )
     p.add_argument("--json", action="store_true", help="print a reports' estimate as JSON")
     p.set_defaults(fn=cmd_ensemble)
 

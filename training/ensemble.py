@@ -18,6 +18,7 @@ from inference.fits import LEGACY_FIT
 from inference.manifest import sha256_file
 
 from .checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .inference import check_tta
 from .models import create_model
 from .models.ensemble import ENSEMBLE_ARCH, member_spec
 
@@ -58,11 +59,17 @@ def check_compatible(metas: Sequence[dict], names: Sequence[str]) -> None:
         raise ValueError(f"{first_name} is already an ensemble: join its members instead")
 
 
-def join_checkpoints(paths: Sequence[str | Path], out: str | Path) -> dict:
+def join_checkpoints(paths: Sequence[str | Path], out: str | Path, tta: Sequence[str] = ()) -> dict:
     """Write the ensemble of the checkpoints (files, or run folders for their best.pt) to ``out``; returns
-    its meta."""
+    its meta. ``tta``: each member's own test-time augmentation (none for all when empty), averaged inside
+    the member before the members are; a cheap member can then average views where a costly one does not."""
     if len(paths) < 2:
         raise ValueError("an ensemble needs at least two checkpoints")
+    tta = list(tta) or ["none"] * len(paths)
+    if len(tta) != len(paths):
+        raise ValueError(f"{len(tta)} test-time augmentations for {len(paths)} members: give one per member")
+    for choice in tta:
+        check_tta(choice)
     files = [checkpoint_file(p) for p in paths]
     if len({f.resolve() for f in files if f.exists()}) < len(files):
         raise ValueError("the same checkpoint is given twice: an ensemble of a model with itself is that model")
@@ -73,7 +80,7 @@ def join_checkpoints(paths: Sequence[str | Path], out: str | Path) -> dict:
     metas = [c["meta"] for c in ckpts]
     check_compatible(metas, [str(f) for f in files])
     first = metas[0]
-    specs = [member_spec(m) for m in metas]
+    specs = [member_spec(m, t) for m, t in zip(metas, tta)]
     meta = {
         "arch": ENSEMBLE_ARCH,
         "model_args": {"members": specs},
@@ -99,14 +106,14 @@ def join_checkpoints(paths: Sequence[str | Path], out: str | Path) -> dict:
                 "epoch": c.get("epoch"),
                 "val_top1": (c.get("best") or {}).get("val_top1"),
                 "used_ema": bool(c.get("ema")),
+                "tta": t,
             }
-            for file, m, c in zip(files, metas, ckpts)
+            for file, m, c, t in zip(files, metas, ckpts, tta)
         ],
     }
     model = create_model(ENSEMBLE_ARCH, meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])
-    members = model.backbone.members
-    for member, ckpt in zip(members, ckpts):
-        member.load_state_dict(model_from_checkpoint(ckpt).state_dict())
+    for member, ckpt in zip(model.backbone.members, ckpts):
+        getattr(member, "model", member).load_state_dict(model_from_checkpoint(ckpt).state_dict())  # past its TTA
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"meta": meta, "model": model.state_dict(), "torch_version": str(torch.__version__)}, out)

@@ -78,8 +78,9 @@ def create_model(
     """Build a registered model; ``kwargs`` go to its constructor (dropout, use_se, ...).
 
     ``ensemble`` (an ensemble checkpoint's arch, not a registered model: it is assembled from trained
-    checkpoints, not trained) takes ``members``, each a member's arch, num_classes, mean, std and model_args;
-    each member normalises its own input, so the ensemble's ``mean`` and ``std`` are the identity."""
+    checkpoints, not trained) takes ``members``, each a member's arch, num_classes, mean, std, model_args and
+    optionally tta (the views it averages before the ensemble averages the members); each member normalises
+    its own input, so the ensemble's ``mean`` and ``std`` are the identity."""
     if name == ENSEMBLE_ARCH:
         return _ensemble(num_classes, mean, std, **kwargs)
     constructor = MODELS.get(name)
@@ -104,8 +105,13 @@ def _ensemble(
             raise ValueError("an ensemble's member cannot itself be an ensemble")
         if spec["num_classes"] != num_classes:
             raise ValueError(f"an ensemble member has {spec['num_classes']} classes, the ensemble {num_classes}")
+    from ..inference import with_tta  # a member's own test-time augmentation, inside the ensemble
+
     built = [
-        create_model(spec["arch"], spec["num_classes"], spec["mean"], spec["std"], **spec["model_args"])
+        with_tta(
+            create_model(spec["arch"], spec["num_classes"], spec["mean"], spec["std"], **spec["model_args"]),
+            spec.get("tta", "none"),
+        )
         for spec in members
     ]
     return ImageClassifier(Ensemble(built), mean, std)

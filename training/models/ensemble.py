@@ -16,7 +16,8 @@ from torch.nn import functional as F
 
 # The ``arch`` of an ensemble checkpoint: built from its members' descriptions, never trained as such.
 ENSEMBLE_ARCH = "ensemble"
-# What create_model needs of each member, as ``model_args["members"]`` of the ensemble's checkpoint stores it.
+# What create_model needs of each member, as ``model_args["members"]`` of the ensemble's checkpoint stores it;
+# a member's ``tta`` (optional, default none) is the test-time augmentation it averages over inside the ensemble.
 MEMBER_KEYS = ("arch", "num_classes", "mean", "std", "model_args")
 
 
@@ -32,13 +33,14 @@ class Ensemble(nn.Module):
     @property
     def cam_layer(self) -> nn.Module:
         # Grad-CAM of the ensemble's decision as seen in the first member's last stage: a map needs one layer.
-        return self.members[0].cam_layer
+        first = self.members[0]
+        return getattr(first, "model", first).cam_layer  # through a member's own TTA wrapper
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         log_probs = torch.stack([F.log_softmax(member(x).float(), dim=1) for member in self.members])
         return torch.logsumexp(log_probs, dim=0) - math.log(len(self.members))
 
 
-def member_spec(meta: dict) -> dict:
-    """What rebuilds a member from its checkpoint's meta."""
-    return {key: meta[key] for key in MEMBER_KEYS}
+def member_spec(meta: dict, tta: str = "none") -> dict:
+    """What rebuilds a member from its checkpoint's meta, with the test-time augmentation it runs."""
+    return {**{key: meta[key] for key in MEMBER_KEYS}, "tta": tta}
