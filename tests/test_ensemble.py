@@ -38,9 +38,11 @@ def test_the_ensemble_outputs_the_log_of_its_members_mean_probability():
 @pytest.fixture(scope="module")
 def other_member(tiny_run, tmp_path_factory):
     """A checkpoint of another architecture on the same data as the tiny run (random weights: an ensemble only
-    needs members that agree on data and classes)."""
+    needs members that agree on data and classes). Its logits are scaled up so that it decides, rather than
+    leaving the ensemble near ties that INT8's rounding would flip."""
     ckpt = load_checkpoint(tiny_run / "best.pt")
-    meta = dict(ckpt["meta"], arch="airbench94", model_args={"widths": [8, 8, 8]}, recipe="other")
+    args = {"widths": [8, 8, 8], "logit_scale": 20.0}
+    meta = dict(ckpt["meta"], arch="airbench94", model_args=args, recipe="other")
     torch.manual_seed(1)
     model = create_model(meta["arch"], meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])
     path = tmp_path_factory.mktemp("other") / "best.pt"
@@ -181,3 +183,14 @@ def test_each_member_averages_its_own_views_before_the_members_are_averaged(tiny
         join_checkpoints([tiny_run, other_member], out, tta=["flip"])
     with pytest.raises(ValueError, match="unknown test-time augmentation"):
         join_checkpoints([tiny_run, other_member], out, tta=["flip", "sideways"])
+
+
+def test_an_ensemble_quantises_to_int8(ensemble_file, tmp_path):
+    import onnx
+
+    entry, parity = export_checkpoint(ensemble_file, "pair-int8", "int8", tmp_path, cache_dir=None)
+    assert parity.passed and parity.top1_agreement >= 0.98
+    proto = onnx.load(str(tmp_path / entry.file))
+    assert onnx.TensorProto.INT8 in {init.data_type for init in proto.graph.initializer}
+    logits = OnnxClassifier(tmp_path / entry.file, device="cpu").logits(np.ones((2, 3, 32, 32), np.float32))
+    assert np.isfinite(logits).all()
