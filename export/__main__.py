@@ -7,6 +7,8 @@ python -m export rederive REF --name NAME [--precision P] [--default]   a varian
                                    checkpoint is gone: calibrated and/or converted, verified against that graph
 python -m export default NAME [--for cpu|cuda]   make a listed model the default (on one kind of device)
 python -m export card NAME [NAME ...]   the models' measured figures as a markdown table, for models/README.md
+python -m export recover NAME --out FILE   the checkpoint of a shipped FP32 graph whose run is gone, rebuilt from
+                                   the graph's weights and proven to reproduce it (for ensembles, Grad-CAM, other TTA)
 
 --default-for cpu|cuda (export, rederive) makes the model the default on that kind of device only; --default makes
 it the default everywhere no per-device default is set.
@@ -127,6 +129,24 @@ def rederive_parser() -> argparse.ArgumentParser:
     return p
 
 
+def recover_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export recover",
+        description=(
+            "Rebuild the training checkpoint of a shipped FP32 model whose run is gone: the network from its "
+            "card, its weights from the graph's initializers; written only once, with the card's test-time "
+            "augmentation and temperature, it reproduces the graph on the validation split within FP32's limits. "
+            "The checkpoint then joins ensembles (`python -m training ensemble`) and reports like any other."
+        ),
+    )
+    p.add_argument("name", help="name of a shipped FP32 model")
+    p.add_argument("--out", required=True, help="checkpoint file to write, e.g. runs/recovered/NAME.pt")
+    p.add_argument("--models-dir", default="models")
+    p.add_argument("--cache-dir", default=".cache/datasets")
+    p.add_argument("--max-val-images", type=int, help="prove it on N validation images drawn with a fixed seed")
+    return p
+
+
 def _add_int8_ranges(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--int8-ranges",
@@ -243,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
                 print("FAILED: " + "; ".join(parity.failures), file=sys.stderr)
                 return 1
             print("verified")
+            return 0
+        if argv[:1] == ["recover"]:
+            from .recover import recover_checkpoint
+
+            args = recover_parser().parse_args(argv[1:])
+            meta, parity = recover_checkpoint(args.name, args.out, args.models_dir, args.cache_dir, args.max_val_images)
+            print(parity.summary())
+            print(f"{args.out}: {meta['arch']} checkpoint rebuilt from {meta['recovered_from']['file']}")
             return 0
         if argv[:1] == ["rederive"]:
             from .rederive import rederive

@@ -511,3 +511,43 @@ def test_the_manifest_is_synced_and_renamed_into_place(exported, tmp_path, monke
     path = save_manifest(load_manifest(models), tmp_path)
     assert replaced["manifest.json"] in synced and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
     assert [m["name"] for m in json.loads(path.read_text())["models"]] == ["tiny"]
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_recover_rebuilds_the_checkpoint_a_graph_was_exported_from(tiny_run, tmp_path, capsys, tta):
+    """The exporter keeps the state dict's names on the initializers, so the weights come back exactly; the
+    recovered checkpoint then serves as the original does (here: its EMA weights, with the card's data)."""
+    models = tmp_path / "models"
+    entry, _ = export_checkpoint(tiny_run / "best.pt", "tiny", "fp32", models, cache_dir=None, tta=tta)
+    out = tmp_path / "recovered.pt"
+    args = ["recover", "tiny", "--out", str(out), "--models-dir", str(models), "--cache-dir", str(tmp_path / "c")]
+    assert export_main(args) == 0
+    assert "top-1 agreement 100.00%" in capsys.readouterr().out
+    original, recovered = load_checkpoint(tiny_run / "best.pt"), load_checkpoint(out)
+    served, rebuilt = model_from_checkpoint(original), model_from_checkpoint(recovered)
+    # The exporter's optimiser folds some BatchNorms into their convolutions: those come back as the same function.
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(served(x), rebuilt(x), atol=1e-5)
+    weights = rebuilt.state_dict()
+    kept = [k for k, v in served.state_dict().items() if torch.equal(v, weights[k])]
+    assert "backbone.fc.weight" in kept and "normalize.mean" in kept
+    meta = recovered["meta"]
+    same = ("arch", "model_args", "classes", "mean", "std", "input_size", "fit", "dataset", "val_size", "split_seed")
+    assert {k: meta[k] for k in same} == {k: original["meta"][k] for k in same}
+    assert meta["recovered_from"]["sha256"] == entry.sha256
+
+
+def test_recover_refuses_rounded_weights_and_graphs_of_another_network(tiny_run, tmp_path, capsys):
+    models = tmp_path / "models"
+    export_checkpoint(tiny_run / "best.pt", "tiny-int8", "int8", models, cache_dir=None)
+    assert export_main(["recover", "tiny-int8", "--out", str(tmp_path / "x.pt"), "--models-dir", str(models)]) == 2
+    assert "rounded" in capsys.readouterr().err
+    export_checkpoint(tiny_run / "best.pt", "tiny", "fp32", models, cache_dir=None)
+    manifest = json.loads((models / "manifest.json").read_text())
+    for m in manifest["models"]:
+        if m["name"] == "tiny":
+            m["source"]["model_args"] = {"width": 16}  # a card that names another network than the graph holds
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    assert export_main(["recover", "tiny", "--out", str(tmp_path / "x.pt"), "--models-dir", str(models)]) == 2
+    assert "in the graph" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()

@@ -1,0 +1,155 @@
+"""Recover a training checkpoint from a shipped FP32 graph when the run that made it is gone.
+
+This project's exporter keeps the network's parameter and buffer names on the graph's initializers (the
+state dict's own, behind a ``model.`` for each wrapper: test-time augmentation, temperature), and the card
+records the arch, model arguments, classes, normalisation and data split. So the network can be rebuilt and
+its weights read back. A BatchNorm that the exporter folded into its convolution comes back as one that only
+shifts (the same function; its training statistics are not in the graph). The rebuilt checkpoint is proven
+before it is written: wrapped in the card's test-time augmentation and temperature, it must give the graph's
+own outputs on the validation split within FP32's parity limits. It serves where a checkpoint is needed and a
+graph is not enough: joining an ensemble (`python -m training ensemble`), Grad-CAM, another test-time
+augmentation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from inference.fits import LEGACY_FIT
+from inference.manifest import ModelEntry, load_manifest
+from inference.runtime import OnnxClassifier
+from training.checkpoint import save_checkpoint
+from training.inference import with_tta
+from training.models import ImageClassifier, create_model
+
+from .parity import Parity, parity_against, torch_logits
+from .pipeline import ParityError, validation_split
+
+# BatchNorm's update counter is not part of the computation, so the exporter leaves it out of the graph.
+NOT_IN_GRAPH = ("num_batches_tracked",)
+
+
+def recovered_meta(entry: ModelEntry) -> dict:
+    """A training checkpoint's meta from a card: what rebuilds the network and names its data."""
+    src = entry.source
+    missing = [k for k in ("model_args", "dataset", "data_root", "val_size", "split_seed") if k not in src]
+    if missing:
+        raise ValueError(f"{entry.name}'s card lacks {', '.join(missing)}: it does not say how to rebuild its network")
+    return {
+        "arch": entry.arch,
+        "model_args": src["model_args"],
+        "num_classes": len(entry.classes),
+        "classes": list(entry.classes),
+        "mean": list(entry.input.mean),
+        "std": list(entry.input.std),
+        "input_size": entry.input.size[0],
+        "fit": src.get("fit", LEGACY_FIT),  # how the run's images were fitted, not the card's choice for photos
+        "dataset": src["dataset"],
+        "data_root": src["data_root"],
+        "val_size": src["val_size"],
+        "split_seed": src["split_seed"],
+        "recipe": src.get("recipe"),
+        **({"members": src["members"]} if "members" in src else {}),
+        "recovered_from": {"name": entry.name, "file": entry.file, "sha256": entry.sha256},
+    }
+
+
+def _wrapper_prefix(names, key: str) -> str:
+    """The ``model.`` of each wrapper the graph was exported through (export/calibration.TemperatureScaled,
+    training.inference.ViewAverage): each holds the network as ``.model``, and the exporter names a tensor
+    by its path from the outermost module."""
+    for depth in range(3):
+        if "model." * depth + key in names:
+            return "model." * depth
+    return ""
+
+
+def weights_from_graph(path: Path, model: ImageClassifier) -> dict[str, torch.Tensor]:
+    """The model's state dict with every tensor read from the graph's initializer of the same name."""
+    graph = {init.name: init for init in onnx.load(str(path)).graph.initializer}
+    state, missing = model.state_dict(), []
+    prefix = _wrapper_prefix(graph, next(iter(state)))
+    for key, tensor in state.items():
+        init = graph.get(prefix + key)
+        if init is None:
+            if not key.endswith(NOT_IN_GRAPH):
+                missing.append(key)
+            continue
+        value = numpy_helper.to_array(init)
+        if value.shape != tuple(tensor.shape):
+            raise ValueError(
+                f"{path.name}: {key} is {list(value.shape)} in the graph, {list(tensor.shape)} in the model"
+            )
+        state[key] = torch.from_numpy(np.array(value)).to(tensor.dtype)
+    missing = _unfold_batchnorms(model, state, graph, prefix, missing)
+    if missing:
+        raise ValueError(
+            f"{path.name} lacks {len(missing)} of the network's tensors by name ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}): it was not exported by this project from this network, or "
+            "its exporter folded them into others"
+        )
+    return state
+
+
+def _unfold_batchnorms(model: nn.Module, state: dict, graph: dict, prefix: str, missing: list[str]) -> list[str]:
+    """A BatchNorm that the exporter's optimiser folded into the convolution before it leaves that convolution's
+    weight scaled (same name) and a shift named ``<conv>.weight_bias``; it comes back as a BatchNorm that only adds
+    the shift, which computes the same in evaluation (all a graph holds; its training statistics are gone).
+    Returns the keys still missing."""
+    gone, conv = set(missing), None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            conv = name
+            continue
+        if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+            continue
+        keys = {f"{name}.{k}" for k in ("weight", "bias", "running_mean", "running_var")}
+        shift = graph.get(f"{prefix}{conv}.weight_bias") if conv is not None else None
+        if keys <= gone and shift is not None and module.affine and module.track_running_stats:
+            bias = torch.from_numpy(np.array(numpy_helper.to_array(shift)))
+            state[f"{name}.weight"] = torch.ones_like(state[f"{name}.weight"])
+            state[f"{name}.bias"] = bias.to(state[f"{name}.bias"].dtype)
+            state[f"{name}.running_mean"] = torch.zeros_like(state[f"{name}.running_mean"])
+            state[f"{name}.running_var"] = torch.full_like(state[f"{name}.running_var"], 1.0 - module.eps)
+            gone -= keys
+        conv = None
+    return [k for k in missing if k in gone]
+
+
+def recover_checkpoint(
+    name: str,
+    out: str | Path,
+    models_dir: str | Path = "models",
+    cache_dir: str | None = ".cache/datasets",
+    max_val_images: int | None = None,
+) -> tuple[dict, Parity]:
+    """Write the checkpoint of the shipped FP32 model ``name`` to ``out`` once it reproduces the graph."""
+    models_dir = Path(models_dir)
+    entry = load_manifest(models_dir, verify=True).get(name)
+    if entry.precision != "fp32":
+        raise ValueError(f"{name} is {entry.precision}: its weights were rounded; recover from its FP32 graph")
+    meta = recovered_meta(entry)
+    tta = entry.source.get("tta", "none")
+    model = create_model(meta["arch"], meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])
+    model.load_state_dict(weights_from_graph(models_dir / entry.file, model))
+    model.eval()
+    val = validation_split({**entry.source, "cache_dir": cache_dir}, max_val_images)
+    with torch.no_grad():
+        logits, speed = torch_logits(with_tta(model, tta), val.images)
+    graph = OnnxClassifier(models_dir / entry.file, device="cpu")
+    parity, _ = parity_against(logits / entry.calibration.temperature, speed, graph, val.images, val.labels)
+    if not parity.passed:
+        raise ParityError(
+            f"the network rebuilt from {entry.file} does not reproduce it: {'; '.join(parity.failures)}\n"
+            f"{parity.summary()}"
+        )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"meta": meta, "model": model.state_dict(), "torch_version": str(torch.__version__)}, out)
+    return meta, parity
