@@ -82,6 +82,13 @@ def test_members_trained_on_other_data_are_refused(tiny_run, other_member, tmp_p
         save_checkpoint(dict(ckpt, meta=dict(ckpt["meta"], **{key: value})), odd)
         with pytest.raises(ValueError, match=said):
             join_checkpoints([tiny_run, odd], tmp_path / "out.pt")
+    odd_fit = tmp_path / "fit.pt"
+    save_checkpoint(
+        dict(ckpt, meta=dict(ckpt["meta"], fit="pad" if ckpt["meta"]["fit"] != "pad" else "squash")), odd_fit
+    )
+    with pytest.raises(ValueError, match="--fit"):
+        join_checkpoints([tiny_run, odd_fit], tmp_path / "out.pt")
+    assert join_checkpoints([tiny_run, odd_fit], tmp_path / "fit-chosen.pt", fit="center_crop")["fit"] == "center_crop"
     with pytest.raises(ValueError, match="twice"):
         join_checkpoints([tiny_run, tiny_run / "best.pt"], tmp_path / "out.pt")
     with pytest.raises(ValueError, match="at least two"):

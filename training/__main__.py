@@ -66,7 +66,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
     kinds = {classify(path) for path in args.checkpoints}
     if kinds == {"report"}:
-        if args.out or args.tta:
+        if args.out or args.tta or args.fit:
             raise ValueError(
                 "reports hold predictions, not weights: give checkpoints to write an ensemble (a report's "
                 "test-time augmentation is the one it was evaluated with)"
@@ -78,7 +78,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         raise ValueError("give checkpoints (or run folders) to join, or report folders to estimate, not a mixture")
     if not args.out:
         raise ValueError("--out is required to write the ensemble checkpoint")
-    meta = join_checkpoints(args.checkpoints, args.out, args.tta)
+    meta = join_checkpoints(args.checkpoints, args.out, args.tta, args.fit)
     for member in meta["members"]:
         top1 = member["val_top1"]
         recorded = f"{100 * top1:.2f}% val top-1 at its best epoch" if top1 is not None else "no recorded accuracy"
@@ -176,6 +176,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="each member's own test-time augmentation (none, flip, multicrop), one per checkpoint in order, "
         "averaged inside the member; default none (the ensemble as a whole can still take evaluate's or "
         "export's --tta)",
+    )
+    p.add_argument(
+        "--fit",
+        help="how the dataset's images are fitted to the input, for members trained with different fits "
+        "(squash, center_crop, pad)",
     )
     p.add_argument("--json", action="store_true", help="print a reports' estimate as JSON")
     p.set_defaults(fn=cmd_ensemble)

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from inference.fits import LEGACY_FIT
+from inference.fits import FITS, LEGACY_FIT
 from inference.manifest import sha256_file
 
 from .checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -40,14 +40,23 @@ def _shared(meta: dict, key: str):
     return meta.get(key, LEGACY_FIT) if key == "fit" else meta.get(key)
 
 
-def check_compatible(metas: Sequence[dict], names: Sequence[str]) -> None:
-    """Refuse members trained on different data, naming the first difference."""
+def check_compatible(metas: Sequence[dict], names: Sequence[str], fit_given: bool = False) -> None:
+    """Refuse members trained on different data, naming the first difference. With ``fit_given`` the members'
+    fits may differ: the caller has chosen the ensemble's."""
     first, first_name = metas[0], names[0]
     for meta, name in zip(metas[1:], names[1:]):
         if meta["arch"] == ENSEMBLE_ARCH:
             raise ValueError(f"{name} is already an ensemble: join its members instead")
         for key in SHARED_KEYS:
             mine, theirs = _shared(meta, key), _shared(first, key)
+            if key == "fit" and fit_given:
+                continue
+            if key == "fit" and mine != theirs:
+                raise ValueError(
+                    f"{name} and {first_name} were trained with different fits ({mine!r} against {theirs!r}): "
+                    "choose the ensemble's with --fit (it changes nothing where the dataset's images already have "
+                    "the input size, as CIFAR's do)"
+                )
             if mine != theirs:
                 raise ValueError(f"{name} and {first_name} differ in {key} ({mine!r} against {theirs!r})")
         if not _same_root(meta.get("data_root"), first.get("data_root")):
@@ -59,10 +68,16 @@ def check_compatible(metas: Sequence[dict], names: Sequence[str]) -> None:
         raise ValueError(f"{first_name} is already an ensemble: join its members instead")
 
 
-def join_checkpoints(paths: Sequence[str | Path], out: str | Path, tta: Sequence[str] = ()) -> dict:
+def join_checkpoints(
+    paths: Sequence[str | Path], out: str | Path, tta: Sequence[str] = (), fit: str | None = None
+) -> dict:
     """Write the ensemble of the checkpoints (files, or run folders for their best.pt) to ``out``; returns
     its meta. ``tta``: each member's own test-time augmentation (none for all when empty), averaged inside
-    the member before the members are; a cheap member can then average views where a costly one does not."""
+    the member before the members are; a cheap member can then average views where a costly one does not.
+    ``fit`` (inference.fits): how the dataset's images are fitted to the input, for members trained with
+    different ones."""
+    if fit is not None and fit not in FITS:
+        raise ValueError(f"unknown fit {fit!r}; valid: {', '.join(FITS)}")
     if len(paths) < 2:
         raise ValueError("an ensemble needs at least two checkpoints")
     tta = list(tta) or ["none"] * len(paths)
@@ -78,7 +93,7 @@ def join_checkpoints(paths: Sequence[str | Path], out: str | Path, tta: Sequence
         if "meta" not in ckpt or "model" not in ckpt:
             raise ValueError(f"{file} is not a training checkpoint (no meta/model entries)")
     metas = [c["meta"] for c in ckpts]
-    check_compatible(metas, [str(f) for f in files])
+    check_compatible(metas, [str(f) for f in files], fit_given=fit is not None)
     first = metas[0]
     specs = [member_spec(m, t) for m, t in zip(metas, tta)]
     meta = {
@@ -90,7 +105,7 @@ def join_checkpoints(paths: Sequence[str | Path], out: str | Path, tta: Sequence
         "mean": [0.0] * len(first["mean"]),
         "std": [1.0] * len(first["std"]),
         "input_size": first["input_size"],
-        "fit": first.get("fit", LEGACY_FIT),
+        "fit": fit or first.get("fit", LEGACY_FIT),
         "dataset": first["dataset"],
         "data_root": first["data_root"],
         "val_size": first["val_size"],
