@@ -83,9 +83,10 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         top1 = member["val_top1"]
         recorded = f"{100 * top1:.2f}% val top-1 at its best epoch" if top1 is not None else "no recorded accuracy"
         print(f"  {member['checkpoint']}: {member['arch']} ({member['recipe']}), {recorded}, tta {member['tta']}")
+    own_views = any(m["tta"] != "none" for m in meta["members"])
     print(
         f"ensemble of {len(meta['members'])} written to {args.out}; measure it with "
-        f"`python -m training evaluate --checkpoint {args.out} --tta multicrop`"
+        f"`python -m training evaluate --checkpoint {args.out}{'' if own_views else ' --tta multicrop'}`"
     )
     return 0
 
