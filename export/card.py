@@ -42,10 +42,29 @@ def _speed(e: ModelEntry) -> str:
     return "n/a" if speed is None else f"{speed:,.0f}"
 
 
+def _members(e: ModelEntry) -> list[dict]:
+    return e.source.get("members") or []
+
+
+def _architecture(e: ModelEntry) -> str:
+    members = _members(e)
+    return e.arch if not members else f"{e.arch} of " + " + ".join(m["arch"] for m in members)
+
+
+def _tta(e: ModelEntry) -> str:
+    """The graph's own averaging, and each ensemble member's inside it."""
+    own = str(e.source.get("tta", "none"))
+    members = _members(e)
+    if not any(m.get("tta", "none") != "none" for m in members):
+        return own
+    inside = ", ".join(f"{m['arch']} {m.get('tta', 'none')}" for m in members)
+    return inside if own == "none" else f"{own} over ({inside})"
+
+
 ROWS: list[tuple[str, Callable[[ModelEntry], str]]] = [
-    ("architecture", lambda e: e.arch),
+    ("architecture", _architecture),
     ("precision", lambda e: e.precision),
-    ("test-time augmentation (in the graph)", lambda e: str(e.source.get("tta", "none"))),
+    ("test-time augmentation (in the graph)", _tta),
     ("fit for photos of another shape", lambda e: e.input.fit),
     ("recipe", lambda e: str(e.source.get("recipe") or "n/a")),
     ("validation images", lambda e: str(e.metrics.get("val_samples", "n/a"))),

@@ -126,6 +126,15 @@ def test_an_ensemble_exports_verifies_and_evaluates(ensemble_file, tmp_path):
     parity, _ = verify_model("pair", models, cache_dir=None)
     assert parity.passed
 
+    from export.card import card_table
+
+    table = card_table([entry], models)
+    assert "| architecture | ensemble of resnet9 + airbench94 |" in table
+    assert "| test-time augmentation (in the graph) | flip |" in table
+    members = [dict(m, tta=t) for m, t in zip(entry.source["members"], ("flip", "none"))]
+    own_views = entry.model_copy(update={"source": {**entry.source, "tta": "none", "members": members}})
+    assert "| resnet9 flip, airbench94 none |" in card_table([own_views], models)
+
     from training.reports.evaluate import evaluate
 
     metrics = evaluate(checkpoint=ensemble_file, out=tmp_path / "report", tta="flip", device="cpu")
