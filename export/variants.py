@@ -94,6 +94,22 @@ class _Calibration(CalibrationDataReader):
         return None if batch is None else {INPUT_NAME: batch}
 
 
+# Ops whose outputs are probabilities or log-probabilities (an ensemble's averaging starts with them).
+PROBABILITY_OPS = ("Softmax", "LogSoftmax")
+
+
+def probability_tail(model: onnx.ModelProto) -> list[str]:
+    """The nodes from the first (log-)softmax on: their values span many orders of magnitude (an ensemble's
+    log-probabilities reach -30 and below), so 256 uint8 steps would move probabilities by tenths. They are
+    a handful of cheap ops, kept in float."""
+    tail, produced = [], set()
+    for node in model.graph.node:  # topologically sorted, as the ONNX checker requires
+        if node.op_type in PROBABILITY_OPS or produced.intersection(node.input):
+            tail.append(node.name)
+            produced.update(node.output)
+    return tail
+
+
 @converts("int8", calibration="training-split images, {ranges}, per-channel weights")
 def to_int8(
     src: Path, dst: Path, calibration_images: np.ndarray, activation_ranges: str = DEFAULT_ACTIVATION_RANGE
@@ -117,6 +133,7 @@ def to_int8(
             str(prepared),
             str(dst),
             reader,
+            nodes_to_exclude=probability_tail(onnx.load(str(prepared))),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             weight_type=QuantType.QInt8,
