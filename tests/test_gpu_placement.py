@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from conftest import ROOT
 
 MODELS = ROOT / "models"
-INT8, FP32, FP16 = "resnet9-half-cifar10-int8", "resnet9-half-cifar10", "resnet9-half-cifar10-fp16"
+INT8, FP32, FP16 = "resnet9-airbench94-cifar10-int8", "resnet9-airbench94-cifar10", "resnet9-airbench94-cifar10-fp16"
 
 
 def _shipped() -> dict:
