@@ -1,6 +1,6 @@
 """ONNX Runtime CPU throughput of a shipped model's FP32 and INT8 files against PyTorch eager on its checkpoint.
 
-python bench/bench_export.py [--fp32 resnet9-half-cifar10] [--int8 resnet9-half-cifar10-int8]
+python bench/bench_export.py [--fp32 resnet9-airbench94-cifar10] [--int8 resnet9-airbench94-cifar10-int8]
     [--batch-sizes 1 64] [--seconds 3] [--out bench/results/export.json]
 """
 
@@ -35,8 +35,8 @@ def images_per_s(run, batch: np.ndarray, seconds: float) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models-dir", default="models")
-    p.add_argument("--fp32", default="resnet9-half-cifar10")
-    p.add_argument("--int8", default="resnet9-half-cifar10-int8")
+    p.add_argument("--fp32", default="resnet9-airbench94-cifar10")
+    p.add_argument("--int8", default="resnet9-airbench94-cifar10-int8")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--out", type=Path)
