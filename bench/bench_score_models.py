@@ -32,6 +32,12 @@ from inference.runtime import default_threads  # noqa: E402
 TTA_VIEWS = {None: 1, "none": 1, "flip": 2, "multicrop": 6}
 
 
+def _views(source: dict) -> int:
+    """Network passes per image: the graph's own views, times each ensemble member's summed over members."""
+    members = source.get("members") or [{}]
+    return TTA_VIEWS.get(source.get("tta"), 1) * sum(TTA_VIEWS.get(m.get("tta"), 1) for m in members)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models-dir", default="models", help="models folder with manifest.json (default: models)")
@@ -106,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {
             "precision": entry.precision,
             "tta": tta or "none",
-            "views_per_image": TTA_VIEWS.get(tta, 1),
+            "views_per_image": _views(entry.source),
             "images_per_s": statistics.median(rates[name]),
             "runs": rates[name],
         }
