@@ -24,7 +24,7 @@ from torch import nn
 from inference.fits import LEGACY_FIT
 from inference.manifest import ModelEntry, load_manifest
 from inference.runtime import OnnxClassifier
-from training.checkpoint import save_checkpoint
+from training.checkpoint import save_model_checkpoint
 from training.inference import with_tta
 from training.models import ImageClassifier, create_model
 
@@ -149,7 +149,5 @@ def recover_checkpoint(
             f"the network rebuilt from {entry.file} does not reproduce it: {'; '.join(parity.failures)}\n"
             f"{parity.summary()}"
         )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint({"meta": meta, "model": model.state_dict(), "torch_version": str(torch.__version__)}, out)
+    save_model_checkpoint(meta, model, out)
     return meta, parity

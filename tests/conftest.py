@@ -113,6 +113,28 @@ def tiny_overrides(root: Path, out_cache: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+@pytest.fixture
+def atomic_writes(monkeypatch) -> tuple[set, dict]:
+    """Spies on os.fsync and os.replace: the paths synced, and each replaced file's name -> the temporary file
+    renamed onto it. A file written atomically has its temporary file among the synced ones."""
+    import os
+
+    synced, replaced = set(), {}
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd):
+        synced.add(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    def spy_replace(src, dst):
+        replaced[os.path.basename(dst)] = str(src)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    return synced, replaced
+
+
 @pytest.fixture(scope="session")
 def tiny_run(image_folder, tmp_path_factory) -> Path:
     """A run folder of a tiny ResNet-9 trained for 3 epochs on the generated folder."""

@@ -488,26 +488,12 @@ def test_int8_ranges_are_refused_for_other_precisions_before_any_work(tiny_run, 
         export_main([*argv, "--precision", "int8", "--int8-ranges", "p99"])
 
 
-def test_the_manifest_is_synced_and_renamed_into_place(exported, tmp_path, monkeypatch):
+def test_the_manifest_is_synced_and_renamed_into_place(exported, tmp_path, atomic_writes):
     """The service reads manifest.json at start: a crash while an export records a model must leave the old one."""
-    import os
-
     from inference.manifest import save_manifest
 
     models, _, _ = exported
-    synced, replaced = set(), {}
-    fsync, replace = os.fsync, os.replace
-
-    def spy_fsync(fd):
-        synced.add(os.readlink(f"/proc/self/fd/{fd}"))
-        fsync(fd)
-
-    def spy_replace(src, dst):
-        replaced[os.path.basename(dst)] = str(src)
-        replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", spy_fsync)
-    monkeypatch.setattr(os, "replace", spy_replace)
+    synced, replaced = atomic_writes
     path = save_manifest(load_manifest(models), tmp_path)
     assert replaced["manifest.json"] in synced and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
     assert [m["name"] for m in json.loads(path.read_text())["models"]] == ["tiny"]

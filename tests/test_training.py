@@ -430,21 +430,9 @@ def test_a_write_that_fails_midway_leaves_the_old_file(tmp_path):
     assert target.read_text() == "[1, 2]" and [p.name for p in tmp_path.iterdir()] == ["history.json"]
 
 
-def test_every_file_of_a_run_is_written_atomically(image_folder, tmp_path, monkeypatch):
+def test_every_file_of_a_run_is_written_atomically(image_folder, tmp_path, atomic_writes):
     """Each is synced to disk and renamed into place, so a crash never leaves a truncated one."""
-    synced, replaced = set(), {}
-    fsync, replace = os.fsync, os.replace
-
-    def spy_fsync(fd):
-        synced.add(os.readlink(f"/proc/self/fd/{fd}"))
-        fsync(fd)
-
-    def spy_replace(src, dst):
-        replaced[os.path.basename(dst)] = str(src)
-        replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", spy_fsync)
-    monkeypatch.setattr(os, "replace", spy_replace)
+    synced, replaced = atomic_writes
     train(build_config("resnet9_half_cpu", tiny_overrides(image_folder, tmp_path / "c", epochs=1)), tmp_path / "run")
     names = ("config.yaml", "history.json", "summary.json", "last.pt", "best.pt")
     assert all(name in replaced and replaced[name] in synced for name in names), (replaced, synced)

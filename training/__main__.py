@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from inference.fits import FITS
+
 from .config import ConfigError, build_config, list_recipes
 from .data import DatasetError
 
@@ -180,8 +182,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--fit",
-        help="how the dataset's images are fitted to the input, for members trained with different fits "
-        "(squash, center_crop, pad)",
+        choices=list(FITS),
+        help="how the dataset's images are fitted to the input, for members trained with different fits",
     )
     p.add_argument("--json", action="store_true", help="print a reports' estimate as JSON")
     p.set_defaults(fn=cmd_ensemble)

@@ -16,6 +16,14 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     write_atomic(path, lambda f: torch.save(state, f))
 
 
+def save_model_checkpoint(meta: dict[str, Any], model: torch.nn.Module, path: str | Path) -> None:
+    """A checkpoint of a network and its meta alone, with no training state (an ensemble, a recovered network):
+    evaluate, compare and export read it as any other."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"meta": meta, "model": model.state_dict(), "torch_version": str(torch.__version__)}, path)
+
+
 def checkpoint_file(path: str | Path) -> Path:
     """A checkpoint file, or a run folder standing for its best.pt."""
     path = Path(path)

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from inference.fits import FITS, LEGACY_FIT
 from inference.manifest import sha256_file
 
-from .checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint, save_checkpoint
-from .inference import check_tta
+from .checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint, save_model_checkpoint
+from .inference import check_tta, network_of
 from .models import create_model
 from .models.ensemble import ENSEMBLE_ARCH, member_spec
 
@@ -43,29 +42,27 @@ def _shared(meta: dict, key: str):
 def check_compatible(metas: Sequence[dict], names: Sequence[str], fit_given: bool = False) -> None:
     """Refuse members trained on different data, naming the first difference. With ``fit_given`` the members'
     fits may differ: the caller has chosen the ensemble's."""
-    first, first_name = metas[0], names[0]
-    for meta, name in zip(metas[1:], names[1:]):
+    for meta, name in zip(metas, names):
         if meta["arch"] == ENSEMBLE_ARCH:
             raise ValueError(f"{name} is already an ensemble: join its members instead")
-        for key in SHARED_KEYS:
+    first, first_name = metas[0], names[0]
+    keys = [k for k in SHARED_KEYS if not (k == "fit" and fit_given)]
+    for meta, name in zip(metas[1:], names[1:]):
+        for key in keys:
             mine, theirs = _shared(meta, key), _shared(first, key)
-            if key == "fit" and fit_given:
-                continue
-            if key == "fit" and mine != theirs:
-                raise ValueError(
-                    f"{name} and {first_name} were trained with different fits ({mine!r} against {theirs!r}): "
-                    "choose the ensemble's with --fit (it changes nothing where the dataset's images already have "
-                    "the input size, as CIFAR's do)"
-                )
             if mine != theirs:
-                raise ValueError(f"{name} and {first_name} differ in {key} ({mine!r} against {theirs!r})")
+                hint = (
+                    ": choose the ensemble's with --fit (it changes nothing where the dataset's images already "
+                    "have the input size, as CIFAR's do)"
+                    if key == "fit"
+                    else ""
+                )
+                raise ValueError(f"{name} and {first_name} differ in {key} ({mine!r} against {theirs!r}){hint}")
         if not _same_root(meta.get("data_root"), first.get("data_root")):
             raise ValueError(
                 f"{name} and {first_name} were trained on different data ({meta.get('data_root')!r} against "
                 f"{first.get('data_root')!r})"
             )
-    if first["arch"] == ENSEMBLE_ARCH:
-        raise ValueError(f"{first_name} is already an ensemble: join its members instead")
 
 
 def join_checkpoints(
@@ -128,10 +125,8 @@ def join_checkpoints(
     }
     model = create_model(ENSEMBLE_ARCH, meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])
     for member, ckpt in zip(model.backbone.members, ckpts):
-        getattr(member, "model", member).load_state_dict(model_from_checkpoint(ckpt).state_dict())  # past its TTA
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint({"meta": meta, "model": model.state_dict(), "torch_version": str(torch.__version__)}, out)
+        network_of(member).load_state_dict(model_from_checkpoint(ckpt).state_dict())
+    save_model_checkpoint(meta, model, out)
     return meta
 
 

@@ -82,6 +82,11 @@ class ViewAverage(nn.Module):
         return sum(weight * view for (_, _, weight), view in zip(self.views, logits))
 
 
+def network_of(module: nn.Module) -> nn.Module:
+    """The network inside a ViewAverage, or the module itself."""
+    return module.model if isinstance(module, ViewAverage) else module
+
+
 def check_tta(tta: str) -> None:
     if tta not in TTA_VIEWS:
         raise ValueError(f"unknown test-time augmentation {tta!r}; valid: {', '.join(TTA_CHOICES)}")

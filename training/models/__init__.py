@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..inference import with_tta
 from ..registry import Registry
 from .airbench import AIRBENCH94_WIDTHS, AirbenchNet
 from .dla import DLA
@@ -105,8 +106,6 @@ def _ensemble(
             raise ValueError("an ensemble's member cannot itself be an ensemble")
         if spec["num_classes"] != num_classes:
             raise ValueError(f"an ensemble member has {spec['num_classes']} classes, the ensemble {num_classes}")
-    from ..inference import with_tta  # a member's own test-time augmentation, inside the ensemble
-
     built = [
         with_tta(
             create_model(spec["arch"], spec["num_classes"], spec["mean"], spec["std"], **spec["model_args"]),

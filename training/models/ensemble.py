@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..inference import network_of
+
 # The ``arch`` of an ensemble checkpoint: built from its members' descriptions, never trained as such.
 ENSEMBLE_ARCH = "ensemble"
 # What create_model needs of each member, as ``model_args["members"]`` of the ensemble's checkpoint stores it;
@@ -33,8 +35,7 @@ class Ensemble(nn.Module):
     @property
     def cam_layer(self) -> nn.Module:
         # Grad-CAM of the ensemble's decision as seen in the first member's last stage: a map needs one layer.
-        first = self.members[0]
-        return getattr(first, "model", first).cam_layer  # through a member's own TTA wrapper
+        return network_of(self.members[0]).cam_layer  # through a member's own TTA wrapper
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         log_probs = torch.stack([F.log_softmax(member(x).float(), dim=1) for member in self.members])
