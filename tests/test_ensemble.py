@@ -93,6 +93,8 @@ def test_members_trained_on_other_data_are_refused(tiny_run, other_member, tmp_p
         join_checkpoints([tiny_run, tiny_run / "best.pt"], tmp_path / "out.pt")
     with pytest.raises(ValueError, match="at least two"):
         join_checkpoints([tiny_run], tmp_path / "out.pt")
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):  # not "given twice"
+        join_checkpoints([tiny_run, tmp_path / "nothing.pt"], tmp_path / "out.pt")
     assert not (tmp_path / "out.pt").exists()
 
 

@@ -83,9 +83,9 @@ def join_checkpoints(
     for choice in tta:
         check_tta(choice)
     files = [checkpoint_file(p) for p in paths]
-    if len({f.resolve() for f in files if f.exists()}) < len(files):
+    ckpts = [load_checkpoint(f) for f in files]  # a missing file is named here
+    if len({f.resolve() for f in files}) < len(files):
         raise ValueError("the same checkpoint is given twice: an ensemble of a model with itself is that model")
-    ckpts = [load_checkpoint(f) for f in files]
     for ckpt, file in zip(ckpts, files):
         if "meta" not in ckpt or "model" not in ckpt:
             raise ValueError(f"{file} is not a training checkpoint (no meta/model entries)")
