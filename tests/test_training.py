@@ -400,11 +400,15 @@ def test_train_resume_continues_a_run_of_the_same_config_and_refuses_another(
 
 def test_recipes_lists_each_recipe_with_its_resolved_settings(capsys):
     from training.__main__ import main as training_main
-    from training.config import list_recipes
+    from training.config import list_ensemble_recipes, list_recipes
 
     assert training_main(["recipes"]) == 0
-    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    networks, _, ensembles = capsys.readouterr().out.partition("\nensemble recipes")
+    rows = {line.split()[0]: line.split() for line in networks.splitlines()[1:] if line.strip()}
     assert sorted(rows) == list_recipes()
+    # Ensemble recipes are listed apart, with their members: they have no one model, epoch count or optimizer.
+    assert [line.split()[0] for line in ensembles.splitlines()[1:]] == list_ensemble_recipes()
+    assert "resnet9_half_cpu (tta flip)" in ensembles
     for name, (_, model, epochs, batch, optimizer) in rows.items():
         config = build_config(name)  # defaults included: a recipe that sets no optimizer shows the default's
         assert (model, int(epochs), int(batch), optimizer) == (

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from inference.fits import FITS
 
-from .config import ConfigError, build_config, list_recipes
+from .config import ConfigError, build_config, is_ensemble_recipe, list_ensemble_recipes, list_recipes
 from .data import DatasetError
 
 
@@ -26,17 +26,28 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
+    from .ensemble_recipe import load_ensemble_recipe
+
     print(f"{'recipe':<22} {'model':<18} {'epochs':>6} {'batch':>6}  optimizer")
     for name in list_recipes():
         config = build_config(name)
         t = config.train
         print(f"{name:<22} {config.model.name:<18} {t.epochs:>6} {t.batch_size:>6}  {config.optim.name}")
+    ensembles = list_ensemble_recipes()
+    if ensembles:
+        print("\nensemble recipes (members trained in turn, then joined):")
+        for name in ensembles:
+            members = load_ensemble_recipe(name).members
+            listed = ", ".join(f"{m.recipe}{' ' + ' '.join(m.set) if m.set else ''} (tta {m.tta})" for m in members)
+            print(f"{name:<22} {listed}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine import resume, train
 
+    if is_ensemble_recipe(args.recipe):
+        return _train_ensemble(args)
     config = build_config(args.recipe, args.set)
     out = Path(args.out) if args.out else Path("runs") / config.recipe
     if (out / "last.pt").exists() and args.resume:
@@ -52,6 +63,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = train(config, out)
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _train_ensemble(args: argparse.Namespace) -> int:
+    from .ensemble_recipe import RESOLVED_FILE, load_ensemble_recipe, train_ensemble
+
+    recipe = load_ensemble_recipe(args.recipe)
+    out = Path(args.out) if args.out else Path("runs") / recipe.name
+    if (out / RESOLVED_FILE).exists() and not (args.resume or args.force):
+        print(
+            f"error: {out} already holds an ensemble run; continue it with this command and --resume (finished "
+            "members are kept), or start over with --force",
+            file=sys.stderr,
+        )
+        return 2
+    summary = train_ensemble(recipe, out, args.set, resume=args.resume)
+    print(json.dumps(summary, indent=2))
+    print(
+        f"ensemble written to {summary['checkpoint']}; measure it with `python -m training evaluate --checkpoint "
+        f"{summary['checkpoint']}`"
+    )
     return 0
 
 
@@ -121,7 +153,9 @@ def get_args_parser() -> argparse.ArgumentParser:
             "`python -m training train --recipe resnet9_half_cpu --set epochs=5 lr=0.2 dropout=0.1 augment=basic`. "
             "Bare keys resolve to their section (lr -> optim.lr); unknown ones become model "
             "arguments (use_se, dropout). Values are YAML: numbers (1e-3 too), true/false, [lists], {mappings}. "
-            "The run folder gets config.yaml, history.json, training_curves.png, best.pt and last.pt."
+            "The run folder gets config.yaml, history.json, training_curves.png, best.pt and last.pt. An ensemble "
+            "recipe trains each member into its own folder inside the run folder, then joins them into best.pt; "
+            "--set applies to every member."
         ),
     )
     p.add_argument("--recipe", default="se_resnet18", help="recipe name or YAML file (default: se_resnet18)")

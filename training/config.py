@@ -229,18 +229,56 @@ def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
+# The top-level key that makes a recipe an ensemble recipe (training/ensemble_recipe.py): members, not a network.
+ENSEMBLE_KEY = "ensemble"
+
+
+def _recipe_files() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
+
+
+def is_ensemble_recipe(name_or_path: str) -> bool:
+    return ENSEMBLE_KEY in _read_recipe(name_or_path)
+
+
 def list_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    """The built-in recipes that train one network."""
+    return [name for name in _recipe_files() if not is_ensemble_recipe(name)]
 
 
-def load_recipe(name_or_path: str) -> dict[str, Any]:
+def list_ensemble_recipes() -> list[str]:
+    """The built-in recipes that train several networks and join them (training/ensemble_recipe.py)."""
+    return [name for name in _recipe_files() if is_ensemble_recipe(name)]
+
+
+def _read_recipe(name_or_path: str) -> dict[str, Any]:
     path = Path(name_or_path)
     if not path.suffix:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise ConfigError(f"no recipe {name_or_path!r}; built-in recipes: {', '.join(list_recipes())}")
+        raise ConfigError(f"no recipe {name_or_path!r}; built-in recipes: {', '.join(_recipe_files())}")
     raw = _load_yaml(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe {str(path)!r} is not a mapping of sections")
     raw.setdefault("recipe", path.stem)
+    return raw
+
+
+def load_recipe(name_or_path: str) -> dict[str, Any]:
+    """A network recipe's raw settings (an ensemble recipe is refused: it names other recipes, not settings)."""
+    raw = _read_recipe(name_or_path)
+    if ENSEMBLE_KEY in raw:
+        raise ConfigError(
+            f"{raw['recipe']!r} is an ensemble recipe (it trains several networks and joins them): train it with "
+            f"`python -m training train --recipe {name_or_path}`; its members' recipes are the ones to build"
+        )
+    return raw
+
+
+def load_ensemble_recipe_raw(name_or_path: str) -> dict[str, Any]:
+    raw = _read_recipe(name_or_path)
+    if ENSEMBLE_KEY not in raw:
+        raise ConfigError(f"{raw['recipe']!r} trains one network, not an ensemble (no {ENSEMBLE_KEY!r} section)")
     return raw
 
 

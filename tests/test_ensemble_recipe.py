@@ -1,0 +1,138 @@
+"""Ensemble recipes: one `train --recipe` trains each member from its own recipe, then joins them; an
+interrupted run resumes without retraining finished members."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_overrides
+from inference.manifest import sha256_file
+from training.__main__ import main as training_main
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.config import ConfigError, build_config, list_ensemble_recipes, list_recipes
+from training.ensemble_recipe import load_ensemble_recipe, member_configs
+
+MEMBERS = [
+    {"recipe": "resnet9_half_cpu", "set": ["model.name=resnet9", "model.args={width: 8}", "epochs=2"], "tta": "flip"},
+    {
+        "recipe": "airbench94_muon",
+        "set": ["model.name=airbench94", "model.args={widths: [8, 8, 8]}", "epochs=1", "micro_batch_size=null"],
+        "tta": "none",
+    },
+]
+
+
+def _recipe(tmp_path, members=None, **section) -> str:
+    path = tmp_path / "pair.yaml"
+    path.write_text(yaml.safe_dump({"ensemble": {"members": members or MEMBERS, **section}}))
+    return str(path)
+
+
+def _shared_overrides(image_folder, tmp_path) -> list[str]:
+    """The tiny settings for every member, less what the members set for themselves."""
+    own = ("model.name=", "model.args=", "epochs=")
+    return [s for s in tiny_overrides(image_folder, tmp_path / "cache") if not s.startswith(own)]
+
+
+def test_an_ensemble_recipe_trains_its_members_resumes_after_an_interruption_and_joins_them(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    import training.engine as engine
+
+    recipe, out = _recipe(tmp_path, fit="center_crop"), tmp_path / "run"
+    sets = _shared_overrides(image_folder, tmp_path)
+
+    def cli(*extra, overrides=sets):
+        return training_main(["train", "--recipe", recipe, "--set", *overrides, "--out", str(out), *extra])
+
+    real_train = engine.train
+
+    def machine_lost_during_member_2(config, folder):
+        if folder.name.startswith("2-"):
+            raise KeyboardInterrupt
+        return real_train(config, folder)
+
+    monkeypatch.setattr(engine, "train", machine_lost_during_member_2)
+    assert cli() == 130
+    first = out / "1-resnet9_half_cpu"
+    assert (first / "summary.json").is_file() and not (out / "best.pt").exists()
+    finished_at = (first / "last.pt").stat().st_mtime_ns
+    monkeypatch.setattr(engine, "train", real_train)
+
+    assert cli() == 2  # the folder holds a run: neither silently continued nor overwritten
+    assert "--resume" in capsys.readouterr().err
+    assert cli("--resume", overrides=[*sets, "lr=0.01"]) == 2  # another configuration is refused
+    assert "another recipe or other overrides" in capsys.readouterr().err
+
+    assert cli("--resume") == 0
+    assert (first / "last.pt").stat().st_mtime_ns == finished_at  # the finished member was not trained again
+    second = out / "2-airbench94_muon"
+    histories = [json.loads((f / "history.json").read_text()) for f in (first, second)]
+    assert [len(h) for h in histories] == [2, 1]  # the member's own `set` (epochs=1) over the recipe's
+
+    ckpt = load_checkpoint(out / "best.pt")
+    meta = ckpt["meta"]
+    assert meta["arch"] == "ensemble" and meta["fit"] == "center_crop"
+    assert [(m["arch"], m["tta"]) for m in meta["members"]] == [("resnet9", "flip"), ("airbench94", "none")]
+    assert [m["checkpoint_sha256"] for m in meta["members"]] == [sha256_file(f / "best.pt") for f in (first, second)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_time_s"] == pytest.approx(sum(m["train_time_s"] for m in summary["members"]))
+    # The joined network is the members' average, each with its own TTA: the flip member averages the logits
+    # of its two views (as `evaluate --tta flip` does), then the members' probabilities are averaged.
+    members = [model_from_checkpoint(load_checkpoint(f / "best.pt")).eval() for f in (first, second)]
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        flip = (members[0](x) + members[0](x.flip(3))) / 2
+        expected = (torch.softmax(flip, 1) + torch.softmax(members[1](x), 1)) / 2
+        joined = torch.softmax(model_from_checkpoint(ckpt)(x), 1)
+    assert torch.allclose(joined, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("members", "section", "said"),
+    [
+        (MEMBERS[:1], {}, "at least 2"),
+        ([MEMBERS[0], {**MEMBERS[1], "tta": "sideways"}], {}, "unknown test-time augmentation 'sideways'"),
+        ([MEMBERS[0], {"recipe": "resnet9_airbench94"}], {}, "itself an ensemble recipe"),
+        (MEMBERS, {"fit": "stretch"}, "fit"),
+        ([MEMBERS[0], {**MEMBERS[1], "epochs": 3}], {}, "Extra inputs"),
+    ],
+)
+def test_invalid_ensemble_recipes_are_refused_naming_the_problem(tmp_path, members, section, said):
+    with pytest.raises(ConfigError, match=said):
+        load_ensemble_recipe(_recipe(tmp_path, members, **section))
+
+
+def test_a_member_setting_no_network_takes_is_refused_before_any_member_trains(tmp_path, capsys):
+    recipe, out = _recipe(tmp_path), tmp_path / "run"
+    assert training_main(["train", "--recipe", recipe, "--set", "no_such_knob=1", "--out", str(out)]) == 2
+    assert "member 1 (resnet9_half_cpu)" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_ensemble_recipe_is_not_a_network_config_and_sections_beside_it_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="is an ensemble recipe"):
+        build_config("resnet9_airbench94")
+    path = tmp_path / "mixed.yaml"
+    path.write_text(yaml.safe_dump({"ensemble": {"members": MEMBERS}, "train": {"epochs": 3}}))
+    with pytest.raises(ConfigError, match="belong in the members"):
+        load_ensemble_recipe(str(path))
+
+
+@pytest.mark.parametrize("name", list_ensemble_recipes())
+def test_every_shipped_ensemble_recipe_builds_its_members(name):
+    recipe = load_ensemble_recipe(name)
+    configs = member_configs(recipe)
+    assert len(configs) == len(recipe.members) >= 2
+    assert all(c.recipe in list_recipes() for c in configs)
+
+
+def test_the_default_models_recipe_is_an_ensemble_recipe():
+    """The shipped default is reproduced by one command: its recipe trains both members."""
+    recipe = load_ensemble_recipe("resnet9_airbench94")
+    assert [(m.recipe, m.tta) for m in recipe.members] == [("resnet9_half_cpu", "flip"), ("airbench94_muon", "none")]
+    airbench = member_configs(recipe)[1]
+    assert airbench.train.epochs == 16 and airbench.train.whiten_sample == "first"

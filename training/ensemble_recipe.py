@@ -1,0 +1,157 @@
+"""Ensemble recipes: one recipe file that trains several networks, each from its own recipe, and joins them
+(training/ensemble.py), so that one ``python -m training train --recipe NAME`` reproduces a shipped ensemble.
+
+    # training/recipes/NAME.yaml
+    ensemble:
+      fit: center_crop            # optional: the ensemble's fit, for members trained with different ones
+      members:
+        - {recipe: resnet9_half_cpu, tta: flip}
+        - {recipe: airbench94_muon, set: [epochs=16], tta: none}
+
+The run folder holds one ordinary run folder per member (``1-resnet9_half_cpu/``, ...), trained one after
+another, each resumable exactly as any run; then ``best.pt`` (the joined ensemble, so evaluate and export take
+the folder as they take any run's), ``ensemble.yaml`` (the resolved recipe and overrides) and
+``summary.json``. Command-line overrides apply to every member, after the member's own ``set``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from inference.files import write_text_atomic
+from inference.fits import FitName
+
+from .config import ENSEMBLE_KEY, Config, ConfigError, build_config, is_ensemble_recipe, load_ensemble_recipe_raw
+from .inference import TTA_CHOICES
+from .models import create_model
+from .models.ensemble import ENSEMBLE_ARCH
+
+RESOLVED_FILE = "ensemble.yaml"
+JOINED_FILE = "best.pt"
+
+
+class MemberRecipe(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    recipe: str
+    set: list[str] = Field(default_factory=list)
+    tta: str = "none"
+
+    @field_validator("tta")
+    @classmethod
+    def _known_tta(cls, value: str) -> str:
+        if value not in TTA_CHOICES:
+            raise ValueError(f"unknown test-time augmentation {value!r}; valid: {', '.join(TTA_CHOICES)}")
+        return value
+
+    @field_validator("recipe")
+    @classmethod
+    def _network_recipe(cls, value: str) -> str:
+        if is_ensemble_recipe(value):
+            raise ValueError(f"{value!r} is itself an ensemble recipe: list its members instead")
+        return value
+
+
+class EnsembleRecipe(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    members: list[MemberRecipe] = Field(min_length=2)
+    fit: FitName | None = None
+
+    def folder(self, index: int) -> str:
+        return f"{index + 1}-{Path(self.members[index].recipe).stem}"
+
+
+def load_ensemble_recipe(name_or_path: str) -> EnsembleRecipe:
+    raw = load_ensemble_recipe_raw(name_or_path)
+    section = raw.get(ENSEMBLE_KEY)
+    extra = sorted(set(raw) - {ENSEMBLE_KEY, "recipe"})
+    if extra:
+        raise ConfigError(
+            f"ensemble recipe {raw['recipe']!r}: sections {extra} belong in the members' recipes (or their `set`)"
+        )
+    if not isinstance(section, dict):
+        raise ConfigError(f"ensemble recipe {raw['recipe']!r}: `{ENSEMBLE_KEY}` must hold `members` (and `fit`)")
+    try:
+        return EnsembleRecipe(name=raw["recipe"], **section)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid ensemble recipe {raw['recipe']!r}:\n{exc}") from exc
+
+
+def member_configs(recipe: EnsembleRecipe, overrides: list[str] | None = None) -> list[Config]:
+    """Each member's full configuration: its recipe, its own ``set``, then the command line's overrides. The
+    network is built once with each, so a model argument that no member takes is refused before any trains."""
+    configs = []
+    for i, member in enumerate(recipe.members):
+        try:
+            config = build_config(member.recipe, [*member.set, *(overrides or [])])
+            create_model(config.model.name, 10, **config.model.args)
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise ConfigError(f"ensemble member {i + 1} ({member.recipe}): {exc}") from exc
+        configs.append(config)
+    return configs
+
+
+def _resolved(recipe: EnsembleRecipe, overrides: list[str]) -> dict[str, Any]:
+    return {"recipe": recipe.model_dump(mode="json"), "overrides": list(overrides)}
+
+
+def train_ensemble(
+    recipe: EnsembleRecipe, out: str | Path, overrides: list[str] | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """Train the members one after another into ``out``'s member folders, then join them into ``out/best.pt``.
+    With ``resume``, a member folder that holds a run continues it exactly (a finished one returns at once);
+    a folder started with another recipe or other overrides is refused, naming both."""
+    from .engine import resume as resume_run
+    from .engine import train
+    from .ensemble import join_checkpoints
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "an ensemble recipe trains its members one after another in one process; under torchrun, train each "
+            "member's recipe on its own and join them with `python -m training ensemble`"
+        )
+    out, overrides = Path(out), list(overrides or [])
+    configs = member_configs(recipe, overrides)  # every member is checked before the first one trains
+    resolved = _resolved(recipe, overrides)
+    record = out / RESOLVED_FILE
+    if resume and record.is_file():
+        started = yaml.safe_load(record.read_text())
+        if started != resolved:
+            raise ConfigError(
+                f"{out} holds an ensemble run of another recipe or other overrides, so it cannot be continued "
+                f"with this one (started: {json.dumps(started)}; asked: {json.dumps(resolved)})"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(record, yaml.safe_dump(resolved, sort_keys=False))
+    summaries = []
+    for i, (member, config) in enumerate(zip(recipe.members, configs)):
+        folder = out / recipe.folder(i)
+        print(f"ensemble member {i + 1}/{len(configs)}: {member.recipe} -> {folder}", flush=True)
+        if resume and (folder / "last.pt").is_file():
+            summaries.append(resume_run(folder, expected=config))
+        else:
+            summaries.append(train(config, folder))
+    folders = [out / recipe.folder(i) for i in range(len(configs))]
+    meta = join_checkpoints(folders, out / JOINED_FILE, [m.tta for m in recipe.members], recipe.fit)
+    summary = {
+        "run": str(out),
+        "arch": ENSEMBLE_ARCH,
+        "recipe": recipe.name,
+        "members": [
+            {**s, "recipe": m.recipe, "tta": m.tta, "sha256": joined["checkpoint_sha256"]}
+            for s, m, joined in zip(summaries, recipe.members, meta["members"])
+        ],
+        # The members' own training time, summed: what one machine training them in turn spends.
+        "train_time_s": sum(s["train_time_s"] for s in summaries),
+        "checkpoint": str(out / JOINED_FILE),
+    }
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
