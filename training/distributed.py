@@ -55,6 +55,23 @@ def collective_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+def rng_state() -> dict:
+    """This process's random state: the CPU generator's and its own CUDA device's (dropout draws from them)."""
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def gather_rng_states(info: DistInfo) -> list[dict]:
+    """Every rank's random state, in rank order, on every rank. Each rank draws its own dropout masks, so a
+    resumed run is only the uninterrupted one if each rank gets its own state back, not rank 0's."""
+    mine = rng_state()
+    if not info.enabled:
+        return [mine]
+    states: list = [None] * info.world_size
+    dist.all_gather_object(states, mine)
+    return states
+
+
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

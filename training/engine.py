@@ -194,6 +194,8 @@ class Trainer:
             self.forward_model = torch.compile(self.forward_model)
         self.epoch, self.history, self.best = 0, [], {"val_top1": -1.0, "epoch": -1}
         self.bad_epochs = 0
+        # Every rank's random state at the end of the last epoch; only rank 0 saves, so all ranks send theirs.
+        self.rng_states: list[dict] | None = None
 
     # -- state --------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -210,6 +212,7 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng_ranks": self.rng_states or distributed.gather_rng_states(self.dist),
             "config": self.config.model_dump(mode="json"),
             "meta": self.meta,
             "torch_version": str(torch.__version__),
@@ -226,6 +229,24 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.epoch, self.history, self.best = ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
         self.bad_epochs = ckpt.get("bad_epochs", 0)
+        self._restore_rng(ckpt)
+
+    def _restore_rng(self, ckpt: dict[str, Any]) -> None:
+        ranks = ckpt.get("rng_ranks") or []
+        if len(ranks) == self.dist.world_size:
+            own = ranks[self.dist.rank]
+            torch.set_rng_state(own["cpu"])
+            if own.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(own["cuda"])
+            return
+        if ranks:
+            log.warning(
+                "%s was saved by %d processes and resumes on %d: every rank continues rank 0's random stream, so "
+                "dropout draws differ from the uninterrupted run",
+                self.out_dir,
+                len(ranks),
+                self.dist.world_size,
+            )
         torch.set_rng_state(ckpt["rng_cpu"])
         if ckpt.get("rng_cuda") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
@@ -316,6 +337,7 @@ class Trainer:
         while self.epoch < t.epochs and not stop:
             record = {"epoch": self.epoch + 1, **self.train_epoch()}
             self.epoch += 1
+            self.rng_states = distributed.gather_rng_states(self.dist)
             if main:
                 record.update(self._evaluate())
                 stop = self._end_epoch(record)
