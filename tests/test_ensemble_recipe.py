@@ -41,7 +41,7 @@ def _shared_overrides(image_folder, tmp_path) -> list[str]:
 def test_an_ensemble_recipe_trains_its_members_resumes_after_an_interruption_and_joins_them(
     image_folder, tmp_path, monkeypatch, capsys
 ):
-    import training.engine as engine
+    import training.ensemble_recipe as runner
 
     recipe, out = _recipe(tmp_path, fit="center_crop"), tmp_path / "run"
     sets = _shared_overrides(image_folder, tmp_path)
@@ -49,19 +49,19 @@ def test_an_ensemble_recipe_trains_its_members_resumes_after_an_interruption_and
     def cli(*extra, overrides=sets):
         return training_main(["train", "--recipe", recipe, "--set", *overrides, "--out", str(out), *extra])
 
-    real_train = engine.train
+    real_train = runner.train
 
     def machine_lost_during_member_2(config, folder):
         if folder.name.startswith("2-"):
             raise KeyboardInterrupt
         return real_train(config, folder)
 
-    monkeypatch.setattr(engine, "train", machine_lost_during_member_2)
+    monkeypatch.setattr(runner, "train", machine_lost_during_member_2)
     assert cli() == 130
     first = out / "1-resnet9_half_cpu"
     assert (first / "summary.json").is_file() and not (out / "best.pt").exists()
     finished_at = (first / "last.pt").stat().st_mtime_ns
-    monkeypatch.setattr(engine, "train", real_train)
+    monkeypatch.setattr(runner, "train", real_train)
 
     assert cli() == 2  # the folder holds a run: neither silently continued nor overwritten
     assert "--resume" in capsys.readouterr().err

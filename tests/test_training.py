@@ -398,6 +398,28 @@ def test_train_resume_continues_a_run_of_the_same_config_and_refuses_another(
         cli(tmp_path / "run", "--resume", "--force")
 
 
+@pytest.mark.parametrize(
+    ("model", "size", "said"),
+    [("vit_small_patch4", 40, "takes 32x32 images"), ("airbench94", 8, "cannot take 8x8"), ("resnet18", 32, "no_such")],
+)
+def test_a_network_that_cannot_take_the_image_size_is_refused_before_the_data_is_read(
+    model, size, said, image_folder, tmp_path, monkeypatch
+):
+    import training.engine as engine
+
+    def read(*_args, **_kwargs):
+        raise AssertionError("the data was read before the network was checked")
+
+    monkeypatch.setattr(engine, "load_data", read)
+    extra = {"model.name": model, "model.args": "{}", "image_size": size}
+    if model == "resnet18":
+        extra["model.args"] = "{no_such: 1}"
+    config = build_config("resnet9_half_cpu", tiny_overrides(image_folder, tmp_path / "cache", **extra))
+    with pytest.raises(ConfigError, match=said):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_recipes_lists_each_recipe_with_its_resolved_settings(capsys):
     from training.__main__ import main as training_main
     from training.config import list_ensemble_recipes, list_recipes

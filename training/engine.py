@@ -105,9 +105,28 @@ def evaluate(model: nn.Module, loader: TensorLoader, bf16: bool) -> dict[str, fl
     }
 
 
+def check_network_takes_its_input(config: Config) -> None:
+    """Build the network once and pass it a blank image of ``data.image_size``, before any data is read: a
+    network that cannot take that size (a ViT built for another, a stack of poolings too deep for it) is refused
+    now, naming the setting, rather than at the first batch after the data has loaded."""
+    name, args, size = config.model.name, config.model.args, config.data.image_size
+    try:
+        model = create_model(name, 2, **args).eval()
+    except TypeError as exc:  # a model argument of the wrong kind, from a recipe or --set
+        raise ConfigError(argument_error(name, args, exc)) from exc
+    except ValueError as exc:  # an argument the model does not take, or a value it refuses
+        raise ConfigError(str(exc)) from exc
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size))
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"model {name!r} cannot take {size}x{size} images (data.image_size): {exc}") from exc
+
+
 class Trainer:
     def __init__(self, config: Config, out_dir: str | Path) -> None:
         self.config, self.out_dir = config, Path(out_dir)
+        check_network_takes_its_input(config)
         self.device = resolve_device(config.train.device)
         self.dist = distributed.setup(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:
@@ -140,10 +159,7 @@ class Trainer:
             "recipe": config.recipe,
         }
         self.bf16 = resolve_bf16(t.bf16, self.device)
-        try:
-            self.model = create_model(config.model.name, len(self.classes), mean, std, **config.model.args)
-        except TypeError as exc:  # a model argument of the wrong kind, from a recipe or --set
-            raise ConfigError(argument_error(config.model.name, config.model.args, exc)) from exc
+        self.model = create_model(config.model.name, len(self.classes), mean, std, **config.model.args)
         prepare_model(self.model, config, train_data.images)
         self.model = self.model.to(self.device)
         if t.channels_last:

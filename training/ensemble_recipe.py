@@ -28,8 +28,10 @@ from inference.files import write_text_atomic
 from inference.fits import FitName
 
 from .config import ENSEMBLE_KEY, Config, ConfigError, build_config, is_ensemble_recipe, load_ensemble_recipe_raw
+from .engine import check_network_takes_its_input, train
+from .engine import resume as resume_run
+from .ensemble import join_checkpoints
 from .inference import TTA_CHOICES
-from .models import create_model
 from .models.ensemble import ENSEMBLE_ARCH
 
 RESOLVED_FILE = "ensemble.yaml"
@@ -86,14 +88,14 @@ def load_ensemble_recipe(name_or_path: str) -> EnsembleRecipe:
 
 
 def member_configs(recipe: EnsembleRecipe, overrides: list[str] | None = None) -> list[Config]:
-    """Each member's full configuration: its recipe, its own ``set``, then the command line's overrides. The
-    network is built once with each, so a model argument that no member takes is refused before any trains."""
+    """Each member's full configuration: its recipe, its own ``set``, then the command line's overrides. Each
+    network is built and given one image first, so a setting no member can take is refused before any trains."""
     configs = []
     for i, member in enumerate(recipe.members):
         try:
             config = build_config(member.recipe, [*member.set, *(overrides or [])])
-            create_model(config.model.name, 10, **config.model.args)
-        except (ConfigError, TypeError, ValueError) as exc:
+            check_network_takes_its_input(config)
+        except ConfigError as exc:
             raise ConfigError(f"ensemble member {i + 1} ({member.recipe}): {exc}") from exc
         configs.append(config)
     return configs
@@ -109,10 +111,6 @@ def train_ensemble(
     """Train the members one after another into ``out``'s member folders, then join them into ``out/best.pt``.
     With ``resume``, a member folder that holds a run continues it exactly (a finished one returns at once);
     a folder started with another recipe or other overrides is refused, naming both."""
-    from .engine import resume as resume_run
-    from .engine import train
-    from .ensemble import join_checkpoints
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(
             "an ensemble recipe trains its members one after another in one process; under torchrun, train each "
