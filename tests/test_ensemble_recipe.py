@@ -68,6 +68,8 @@ def test_an_ensemble_recipe_trains_its_members_resumes_after_an_interruption_and
     assert cli("--resume", overrides=[*sets, "lr=0.01"]) == 2  # another configuration is refused
     assert "another recipe or other overrides" in capsys.readouterr().err
 
+    assert training_main(["resume", str(out)]) == 2  # `resume` takes one run: it names the command that continues
+    assert f"train --recipe pair --out {out} --resume" in capsys.readouterr().err
     assert cli("--resume") == 0
     assert (first / "last.pt").stat().st_mtime_ns == finished_at  # the finished member was not trained again
     second = out / "2-airbench94_muon"

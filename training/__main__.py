@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
+
 from inference.fits import FITS
 
 from .config import ConfigError, build_config, is_ensemble_recipe, list_ensemble_recipes, list_recipes
@@ -89,7 +91,15 @@ def _train_ensemble(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from .engine import resume
+    from .ensemble_recipe import RESOLVED_FILE
 
+    record = Path(args.run) / RESOLVED_FILE
+    if record.is_file():
+        name = (yaml.safe_load(record.read_text()).get("recipe") or {}).get("name", "RECIPE")
+        raise ConfigError(
+            f"{args.run} is an ensemble run: continue it with `python -m training train --recipe {name} --out "
+            f"{args.run} --resume` (finished members are kept, the unfinished one continues exactly)"
+        )
     print(json.dumps(resume(args.run, args.epochs), indent=2))
     return 0
 
