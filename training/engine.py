@@ -228,7 +228,8 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "rng_ranks": self.rng_states or distributed.gather_rng_states(self.dist),
+            # Gathered by every rank at the end of each epoch; only the main rank saves, so none is gathered here.
+            "rng_ranks": self.rng_states or [distributed.rng_state()],
             "config": self.config.model_dump(mode="json"),
             "meta": self.meta,
             "torch_version": str(torch.__version__),
