@@ -110,12 +110,35 @@ def probability_tail(model: onnx.ModelProto) -> list[str]:
     return tail
 
 
-@converts("int8", calibration="training-split images, {ranges}, per-channel weights")
+# Ops that apply weights: the first of them on each path from the input is where the image enters a network.
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def input_layers(model: onnx.ModelProto) -> list[str]:
+    """The weighted nodes that read the input image through weight-free ops only (normalisation, the views of
+    test-time augmentation): each network's stem, or a frozen patch-whitening layer. With 3 input channels they
+    are a small share of the work, and their outputs feed everything after them: kept in float, they cost no
+    measurable speed and remove the largest per-layer rounding (docs/deploy.md, "INT8")."""
+    initializers = {init.name for init in model.graph.initializer}
+    reached = {tensor.name for tensor in model.graph.input}
+    found = []
+    for node in model.graph.node:  # topologically sorted
+        if not reached.intersection(t for t in node.input if t and t not in initializers):
+            continue
+        if node.op_type in WEIGHTED_OPS:
+            found.append(node.name)
+        else:
+            reached.update(node.output)
+    return found
+
+
+@converts("int8", calibration="training-split images, {ranges}, per-channel weights, input layers in float")
 def to_int8(
     src: Path, dst: Path, calibration_images: np.ndarray, activation_ranges: str = DEFAULT_ACTIVATION_RANGE
 ) -> int:
     """Static QDQ quantisation: per-channel int8 weights, uint8 activations calibrated on ``calibration_images``
-    with the range method ``activation_ranges`` (int8_ranges.py).
+    with the range method ``activation_ranges`` (int8_ranges.py). The input layers and the probability tail
+    stay float (``input_layers``, ``probability_tail``).
 
     Weights use 7 bits (``reduce_range``): on x86 CPUs without VNNI, ONNX Runtime's u8s8 kernels add pairs of
     products in saturating int16, and full-range weights overflow there, so a model that is exact on a VNNI/AMX
@@ -129,11 +152,12 @@ def to_int8(
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        graph = onnx.load(str(prepared))
         quantize_static(
             str(prepared),
             str(dst),
             reader,
-            nodes_to_exclude=probability_tail(onnx.load(str(prepared))),
+            nodes_to_exclude=input_layers(graph) + probability_tail(graph),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             weight_type=QuantType.QInt8,

@@ -212,9 +212,13 @@ def test_an_ensemble_quantises_to_int8(ensemble_file, tmp_path):
     assert onnx.TensorProto.INT8 in {init.data_type for init in proto.graph.initializer}
     # The members' log-probabilities and their average stay float: uint8 steps over them would move
     # probabilities by tenths.
-    from export.variants import probability_tail
+    from export.variants import input_layers, probability_tail
 
     tail = set(probability_tail(proto))
     assert tail and not [n.name for n in proto.graph.node if n.name in tail and n.op_type == "QuantizeLinear"]
+    # Each member's first layer (the ResNet-9's stem, airbench94's whitening) reads the image and stays float.
+    initializers = {i.name: i.data_type for i in proto.graph.initializer}
+    first = [n for n in proto.graph.node if n.name in input_layers(proto)]
+    assert len(first) == 2 and all(initializers.get(n.input[1]) == onnx.TensorProto.FLOAT for n in first)
     logits = OnnxClassifier(tmp_path / entry.file, device="cpu").logits(np.ones((2, 3, 32, 32), np.float32))
     assert np.isfinite(logits).all()

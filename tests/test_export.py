@@ -454,7 +454,8 @@ def test_each_int8_activation_range_reaches_the_quantiser_and_the_card(exported,
     assert all(seen["options"][k] == v for k, v in ranges.options.items())
     assert (
         card.source["calibration"]
-        == f"{32 if ranges.equal_batches else 40} training-split images, {ranges.label}, per-channel weights"
+        == f"{32 if ranges.equal_batches else 40} training-split images, {ranges.label}, per-channel weights, "
+        "input layers in float"
     )
     proto = onnx.load(str(out))
     assert onnx.TensorProto.INT8 in {init.data_type for init in proto.graph.initializer}
@@ -465,6 +466,65 @@ def test_each_int8_activation_range_reaches_the_quantiser_and_the_card(exported,
     fp32 = OnnxClassifier(models / entry.file, device="cpu").logits(x)
     int8 = OnnxClassifier(out, device="cpu").logits(x)
     assert np.abs(int8 - fp32).max() < 0.25 * np.abs(fp32).max()
+
+
+def _weight_feeds(proto) -> dict[str, str]:
+    """Each Conv/Gemm node's name -> the tensor its weight input comes from."""
+    return {n.name: n.input[1] for n in proto.graph.node if n.op_type in ("Conv", "Gemm")}
+
+
+def test_int8_keeps_the_layers_that_read_the_image_in_float_and_quantises_the_rest(exported, tmp_path, monkeypatch):
+    import export.variants as variants
+    from export.pipeline import convert_variant
+    from export.variants import input_layers
+
+    models, entry, _ = exported
+    fp32 = onnx.load(str(models / entry.file))
+    first = input_layers(fp32)
+    # The toy ResNet-9's stem only: the normalisation before it has no weights, every later conv reads a conv.
+    convs = [n.name for n in fp32.graph.node if n.op_type == "Conv"]
+    assert first == convs[:1] and len(convs) > 1
+    monkeypatch.setattr(variants, "CALIBRATION_BATCH", 16)
+    card = ModelCard(**{**entry.model_dump(include=set(ModelCard.model_fields)), "name": "q", "precision": "int8"})
+    out = tmp_path / "q.onnx"
+    convert_variant(models / entry.file, out, card, {**entry.source, "cache_dir": None}, 32)
+    proto = onnx.load(str(out))
+    dequantized = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    initializers = {i.name: i for i in proto.graph.initializer}
+    feeds = _weight_feeds(proto)
+    stem = [name for name in feeds if name.startswith(first[0])]
+    assert stem and all(feeds[n] in initializers and feeds[n] not in dequantized for n in stem)
+    assert initializers[feeds[stem[0]]].data_type == onnx.TensorProto.FLOAT
+    quantized = [n for n, w in feeds.items() if w in dequantized]
+    assert len(quantized) >= len(convs) - 1  # every other conv (and the head) takes int8 weights
+
+
+def test_input_layers_reach_through_weight_free_ops_to_each_branch():
+    """Two branches of one input (an ensemble's members, TTA's views): each branch's first weighted op is an
+    input layer, found through Mul/Flip-like ops; a conv fed by a conv is not."""
+    from onnx import TensorProto, helper
+
+    from export.variants import input_layers
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], [0.0] * 108)
+    w2 = helper.make_tensor("w2", TensorProto.FLOAT, [4, 4, 3, 3], [0.0] * 144)
+    s = helper.make_tensor("s", TensorProto.FLOAT, [1], [2.0])
+    nodes = [
+        helper.make_node("Mul", ["x", "s"], ["xs"], name="normalise"),
+        helper.make_node("Conv", ["xs", "w"], ["a"], name="stem_a", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["a", "w2"], ["a2"], name="body_a", pads=[1, 1, 1, 1]),
+        helper.make_node("Neg", ["xs"], ["xn"], name="view"),
+        helper.make_node("Conv", ["xn", "w"], ["b"], name="stem_b", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["a2", "b"], ["y"], name="join"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [w, w2, s],
+    )
+    assert input_layers(helper.make_model(graph)) == ["stem_a", "stem_b"]
 
 
 def test_a_validation_subset_is_drawn_from_every_class_not_the_first_ones(image_folder):
