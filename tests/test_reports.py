@@ -589,3 +589,14 @@ def test_ablation_rejects_bad_settings_before_training(extra, tmp_path, image_fo
     assert main(["ablate", "--recipe", "resnet9_half_cpu", *extra, "--set", *sets, "--out", str(tmp_path / "a")]) == 2
     assert capsys.readouterr().err.startswith("error:")
     assert not any((tmp_path / "a").glob("*/last.pt"))
+
+
+def test_a_file_that_is_no_checkpoint_is_refused_in_one_line_not_a_traceback(tiny_models_dir, tmp_path, capsys):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(256)) * 4)
+    onnx_file = next(tiny_models_dir.glob("*.onnx"))
+    for path, said in ((junk, "not a file torch.save wrote"), (onnx_file, "evaluate it with --onnx")):
+        assert main(["evaluate", "--checkpoint", str(path), "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err and "weights_only` set to `False`" not in err
+    assert not (tmp_path / "r").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = checkpoint_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    # TorchVersion is a plain str subclass; early checkpoints of this project stored one.
-    with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        # TorchVersion is a plain str subclass; early checkpoints of this project stored one.
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        hint = (
+            "it is an exported ONNX model: evaluate it with --onnx, verify it with `python -m export verify NAME`"
+            if path.suffix.lower() == ".onnx"
+            else "not a file torch.save wrote, or one holding objects other than tensors and plain data, which "
+            f"weights_only loading refuses: {_reason(exc)}"
+        )
+        raise ValueError(f"{path} is not a training checkpoint this project can read ({hint})") from exc
+
+
+def _reason(exc: Exception) -> str:
+    """The specific part of torch.load's error: its weights_only message wraps it in advice to turn the
+    safety off, which this project never does."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> ImageClassifier:
