@@ -600,3 +600,14 @@ def test_a_file_that_is_no_checkpoint_is_refused_in_one_line_not_a_traceback(tin
         err = capsys.readouterr().err
         assert said in err and "Traceback" not in err and "weights_only` set to `False`" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_no_sample_figures_leaves_out_the_figures_made_of_dataset_images(tiny_run, image_folder, tmp_path):
+    out = tmp_path / "shipped"
+    argv = ["evaluate", "--checkpoint", str(tiny_run), "--data", str(image_folder), "--out", str(out)]
+    assert main([*argv, "--no-sample-figures"]) == 0
+    report = (out / "report.md").read_text()
+    assert not (out / "misclassified.png").exists() and not (out / "gradcam.png").exists()
+    assert "misclassified.png" not in report and "gradcam.png" not in report and "--no-sample-figures" in report
+    for name in ("confusion_matrix.png", "per_class_accuracy.png", "reliability.png", "metrics.json"):
+        assert (out / name).is_file(), name

@@ -66,6 +66,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         max_classes=args.max_classes,
+        sample_figures=not args.no_sample_figures,
         **_data_kwargs(args),
     )
     print(
@@ -158,6 +159,12 @@ def add_report_commands(sub) -> None:
         type=int,
         default=MAX_CLASSES,
         help=f"above this many classes the plots show only the worst ones (default: {MAX_CLASSES})",
+    )
+    p.add_argument(
+        "--no-sample-figures",
+        action="store_true",
+        help="leave out misclassified.png and gradcam.png, the figures made of the dataset's own images (as the "
+        "reports under models/reports do: the repository holds no copies of the data)",
     )
     _add_data_args(p, "val")
     _add_runtime_args(p)

@@ -526,8 +526,11 @@ def evaluate(
     device: str = "auto",
     gradcam_per_group: int = GRADCAM_PER_GROUP,
     max_classes: int = figures.MAX_CLASSES,
+    sample_figures: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint or ONNX model and write the report folder; returns the metrics."""
+    """Evaluate a checkpoint or ONNX model and write the report folder; returns the metrics. Without
+    ``sample_figures`` the two figures made of the dataset's own images (misclassified samples, Grad-CAM) are
+    left out, for a report kept where copies of the data must not be."""
     check_tta(tta)
     source = load_model(checkpoint, onnx, device)
     in_graph = source.info.get("graph_tta", "none")
@@ -581,10 +584,16 @@ def evaluate(
         )
         files["per_class_accuracy"] = "per_class_accuracy.png"
         bar.update()
-        metrics["misclassified_shown"] = figures.plot_misclassified(
-            data.images, data.labels, preds, confidence, classes, out_dir / "misclassified.png"
-        )
-        files["misclassified"] = "misclassified.png"
+        if sample_figures:
+            metrics["misclassified_shown"] = figures.plot_misclassified(
+                data.images, data.labels, preds, confidence, classes, out_dir / "misclassified.png"
+            )
+            files["misclassified"] = "misclassified.png"
+        else:
+            notes.append(
+                "Misclassified samples and Grad-CAM are left out (--no-sample-figures): they are made of the "
+                "dataset's images. The same command without the flag writes them."
+            )
         bar.update()
         if "calibration" in metrics:
             cal = metrics["calibration"]
@@ -600,7 +609,9 @@ def evaluate(
             )
             files["reliability"] = "reliability.png"
         bar.update()
-        if source.supports_gradcam:
+        if not sample_figures:
+            pass
+        elif source.supports_gradcam:
             metrics["gradcam_samples"] = render_gradcam(
                 source, data, preds, confidence, classes, out_dir / "gradcam.png", gradcam_per_group
             )
