@@ -64,6 +64,10 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+class ModelFileError(ValueError):
+    """ONNX Runtime cannot load the file on the CPU: not ONNX, truncated, or made of operators it lacks."""
+
+
 class CudaPlacementError(RuntimeError):
     """``device="cuda"``, and a model cannot run wholly on CUDA here."""
 
@@ -186,7 +190,13 @@ def open_session(
             failure = explain_cuda_failure(path, str(exc), device_id)
     placement = decide_placement(device, cuda_wanted, path.stem, failure, device_id)
     if not placement.on_gpu:
-        session = ort.InferenceSession(str(path), sess_options=session_options(threads, spin), providers=[CPU])
+        try:
+            session = ort.InferenceSession(str(path), sess_options=session_options(threads, spin), providers=[CPU])
+        except Exception as exc:  # ONNX Runtime's error types share only Exception
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise ModelFileError(f"{path} is not an ONNX model ONNX Runtime can load ({reason[:200]})") from exc
     return session, placement
 
 

@@ -599,6 +599,8 @@ def test_a_file_that_is_no_checkpoint_is_refused_in_one_line_not_a_traceback(tin
         assert main(["evaluate", "--checkpoint", str(path), "--out", str(tmp_path / "r")]) == 2
         err = capsys.readouterr().err
         assert said in err and "Traceback" not in err and "weights_only` set to `False`" not in err
+    assert main(["evaluate", "--onnx", str(junk), "--out", str(tmp_path / "r")]) == 2
+    assert "is not an ONNX model ONNX Runtime can load" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 

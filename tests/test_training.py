@@ -420,6 +420,20 @@ def test_a_network_that_cannot_take_the_image_size_is_refused_before_the_data_is
     assert not (tmp_path / "run").exists()
 
 
+def test_a_recipe_or_override_that_is_not_yaml_is_refused_in_one_line(tmp_path, capsys):
+    from training.__main__ import main as training_main
+
+    broken, binary = tmp_path / "broken.yaml", tmp_path / "binary.yaml"
+    broken.write_text("model: {name: [\n")
+    binary.write_bytes(bytes(range(128, 256)))
+    for recipe in (broken, binary):
+        assert training_main(["train", "--recipe", str(recipe), "--out", str(tmp_path / "run")]) == 2
+        assert "is not a YAML file" in capsys.readouterr().err
+    assert training_main(["train", "--recipe", "resnet9_half_cpu", "--set", "lr=[1", "--out", str(tmp_path / "r")]) == 2
+    assert "value '[1' is not YAML" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "r").exists()
+
+
 def test_recipes_lists_each_recipe_with_its_resolved_settings(capsys):
     from training.__main__ import main as training_main
     from training.config import list_ensemble_recipes, list_recipes

@@ -257,7 +257,10 @@ def _read_recipe(name_or_path: str) -> dict[str, Any]:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ConfigError(f"no recipe {name_or_path!r}; built-in recipes: {', '.join(_recipe_files())}")
-    raw = _load_yaml(path.read_text()) or {}
+    try:
+        raw = _load_yaml(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"recipe {str(path)!r} is not a YAML file: {_first_line(exc)}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {str(path)!r} is not a mapping of sections")
     raw.setdefault("recipe", path.stem)
@@ -282,9 +285,17 @@ def load_ensemble_recipe_raw(name_or_path: str) -> dict[str, Any]:
     return raw
 
 
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines[:2])[:200] or type(exc).__name__
+
+
 def _parse_value(text: str) -> Any:
     # YAML's scalars give true/false, numbers, lists ([60,120]) and null for free.
-    return _load_yaml(text) if text != "" else ""
+    try:
+        return _load_yaml(text) if text != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"value {text!r} is not YAML ({_first_line(exc)}): quote it, or close its brackets") from exc
 
 
 def _field_owner(key: str) -> str:

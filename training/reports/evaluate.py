@@ -180,7 +180,7 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
     from inference.runtime import OnnxClassifier
 
     onnx_device = device if device in ("auto", "cpu", "cuda") else "cuda" if device.startswith("cuda") else "cpu"
-    classifier = OnnxClassifier(path, device=onnx_device)
+    classifier = OnnxClassifier(path, device=onnx_device)  # a file it cannot load: ModelFileError, a ValueError
     card = classifier.card
     src = dict(card.source)
     defaults = {
