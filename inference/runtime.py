@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .manifest import METADATA_KEY, DefaultChoice, DeviceKind, Manifest, ModelCard
+from .messages import exception_summary
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -195,8 +196,9 @@ def open_session(
         except Exception as exc:  # ONNX Runtime's error types share only Exception
             if not type(exc).__module__.startswith("onnxruntime"):
                 raise
-            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            raise ModelFileError(f"{path} is not an ONNX model ONNX Runtime can load ({reason[:200]})") from exc
+            raise ModelFileError(
+                f"{path} is not an ONNX model ONNX Runtime can load ({exception_summary(exc)})"
+            ) from exc
     return session, placement
 
 

@@ -9,8 +9,6 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
 from inference.fits import FITS
 
 from .config import ConfigError, build_config, is_ensemble_recipe, list_ensemble_recipes, list_recipes
@@ -69,11 +67,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_ensemble(args: argparse.Namespace) -> int:
-    from .ensemble_recipe import RESOLVED_FILE, load_ensemble_recipe, train_ensemble
+    from .ensemble_recipe import load_ensemble_recipe, started_run, train_ensemble
 
     recipe = load_ensemble_recipe(args.recipe)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
-    if (out / RESOLVED_FILE).exists() and not (args.resume or args.force):
+    if started_run(out) is not None and not (args.resume or args.force):
         print(
             f"error: {out} already holds an ensemble run; continue it with this command and --resume (finished "
             "members are kept), or start over with --force",
@@ -91,11 +89,11 @@ def _train_ensemble(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from .engine import resume
-    from .ensemble_recipe import RESOLVED_FILE
+    from .ensemble_recipe import started_run
 
-    record = Path(args.run) / RESOLVED_FILE
-    if record.is_file():
-        name = (yaml.safe_load(record.read_text()).get("recipe") or {}).get("name", "RECIPE")
+    started = started_run(args.run)
+    if started is not None:
+        name = started["recipe"]["name"]
         raise ConfigError(
             f"{args.run} is an ensemble run: continue it with `python -m training train --recipe {name} --out "
             f"{args.run} --resume` (finished members are kept, the unfinished one continues exactly)"

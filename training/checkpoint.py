@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from inference.files import write_atomic
+from inference.messages import exception_summary
 
 from .models import ImageClassifier, create_model
 
@@ -44,20 +45,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "it is an exported ONNX model: evaluate it with --onnx, verify it with `python -m export verify NAME`"
             if path.suffix.lower() == ".onnx"
             else "not a file torch.save wrote, or one holding objects other than tensors and plain data, which "
-            f"weights_only loading refuses: {_reason(exc)}"
+            f"weights_only loading refuses: {exception_summary(exc, after='WeightsUnpickler error:')}"
         )
+        # torch's weights_only message wraps the reason in advice to turn the safety off: only the reason is kept.
         raise ValueError(f"{path} is not a training checkpoint this project can read ({hint})") from exc
-
-
-def _reason(exc: Exception) -> str:
-    """The specific part of torch.load's error: its weights_only message wraps it in advice to turn the
-    safety off, which this project never does."""
-    text = str(exc)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> ImageClassifier:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from inference.files import write_text_atomic
 from inference.fits import DEFAULT_FIT, FitName
+from inference.messages import exception_summary
 
 from .data.augment import AugmentParams
 from .data.mix import MixParams
@@ -260,7 +261,7 @@ def _read_recipe(name_or_path: str) -> dict[str, Any]:
     try:
         raw = _load_yaml(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"recipe {str(path)!r} is not a YAML file: {_first_line(exc)}") from exc
+        raise ConfigError(f"recipe {str(path)!r} is not a YAML file: {exception_summary(exc, lines=2)}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {str(path)!r} is not a mapping of sections")
     raw.setdefault("recipe", path.stem)
@@ -285,17 +286,14 @@ def load_ensemble_recipe_raw(name_or_path: str) -> dict[str, Any]:
     return raw
 
 
-def _first_line(exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return "; ".join(lines[:2])[:200] or type(exc).__name__
-
-
 def _parse_value(text: str) -> Any:
     # YAML's scalars give true/false, numbers, lists ([60,120]) and null for free.
     try:
         return _load_yaml(text) if text != "" else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"value {text!r} is not YAML ({_first_line(exc)}): quote it, or close its brackets") from exc
+        raise ConfigError(
+            f"value {text!r} is not YAML ({exception_summary(exc, lines=2)}): quote it, or close its brackets"
+        ) from exc
 
 
 def _field_owner(key: str) -> str:

@@ -105,6 +105,12 @@ def _resolved(recipe: EnsembleRecipe, overrides: list[str]) -> dict[str, Any]:
     return {"recipe": recipe.model_dump(mode="json"), "overrides": list(overrides)}
 
 
+def started_run(out: str | Path) -> dict[str, Any] | None:
+    """What the ensemble run in ``out`` was started with (its recipe and overrides), or None if none was."""
+    record = Path(out) / RESOLVED_FILE
+    return yaml.safe_load(record.read_text()) if record.is_file() else None
+
+
 def train_ensemble(
     recipe: EnsembleRecipe, out: str | Path, overrides: list[str] | None = None, resume: bool = False
 ) -> dict[str, Any]:
@@ -119,16 +125,14 @@ def train_ensemble(
     out, overrides = Path(out), list(overrides or [])
     configs = member_configs(recipe, overrides)  # every member is checked before the first one trains
     resolved = _resolved(recipe, overrides)
-    record = out / RESOLVED_FILE
-    if resume and record.is_file():
-        started = yaml.safe_load(record.read_text())
-        if started != resolved:
-            raise ConfigError(
-                f"{out} holds an ensemble run of another recipe or other overrides, so it cannot be continued "
-                f"with this one (started: {json.dumps(started)}; asked: {json.dumps(resolved)})"
-            )
+    started = started_run(out) if resume else None
+    if started is not None and started != resolved:
+        raise ConfigError(
+            f"{out} holds an ensemble run of another recipe or other overrides, so it cannot be continued "
+            f"with this one (started: {json.dumps(started)}; asked: {json.dumps(resolved)})"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(record, yaml.safe_dump(resolved, sort_keys=False))
+    write_text_atomic(out / RESOLVED_FILE, yaml.safe_dump(resolved, sort_keys=False))
     summaries = []
     for i, (member, config) in enumerate(zip(recipe.members, configs)):
         folder = out / recipe.folder(i)

@@ -609,14 +609,12 @@ def evaluate(
             )
             files["reliability"] = "reliability.png"
         bar.update()
-        if not sample_figures:
-            pass
-        elif source.supports_gradcam:
+        if sample_figures and source.supports_gradcam:
             metrics["gradcam_samples"] = render_gradcam(
                 source, data, preds, confidence, classes, out_dir / "gradcam.png", gradcam_per_group
             )
             files["gradcam"] = "gradcam.png"
-        else:
+        elif sample_figures:
             notes.append("Grad-CAM skipped: an ONNX model exposes no gradients; evaluate its checkpoint for heat maps.")
         bar.update()
         if source.history:
