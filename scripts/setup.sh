@@ -4,6 +4,20 @@
 #   bash scripts/setup.sh serve    serving only: no torch
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Refuse at once when the disk cannot hold the install: pip would otherwise stop midway with "No space left on
+# device" and leave a half-built .venv. Measured: the full .venv is about 7.2 GB (a CUDA build of torch with
+# its NVIDIA libraries), the serving one about 0.6 GB; the rest is room for the dataset cache and the tests.
+# SETUP_NEED_MB overrides the figure.
+if [ "${1:-all}" = "serve" ]; then need_mb=${SETUP_NEED_MB:-1000}; else need_mb=${SETUP_NEED_MB:-9000}; fi
+free_mb=$(df -Pm . | awk 'NR == 2 {print $4}')
+venv_mb=0
+if [ -d .venv ]; then venv_mb=$(du -sm .venv | cut -f1); fi
+if [ $((free_mb + venv_mb)) -lt "$need_mb" ]; then
+    echo "setup: not enough disk: this install needs about $((need_mb / 1000)) GB (${need_mb} MB) for .venv," \
+        "the dataset cache and the tests; $(pwd) has ${free_mb} MB free (plus ${venv_mb} MB in .venv)." \
+        "Free some space, or clone onto a larger disk." >&2
+    exit 1
+fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
