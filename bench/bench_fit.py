@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,7 +31,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from report_io import write_json  # noqa: E402
+from report_io import host_record, write_json  # noqa: E402
 
 from inference.fits import FITS  # noqa: E402
 from inference.manifest import load_manifest  # noqa: E402
@@ -134,7 +132,7 @@ def main(args: argparse.Namespace) -> int:
         "photo": {"width": PHOTO[0], "height": PHOTO[1], "format": "JPEG quality 90"},
         "top1": {scenario: {fit: round(acc, 4) for fit, acc in accs.items()} for scenario, accs in results.items()},
         "elapsed_s": round(time.perf_counter() - started, 1),
-        "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
+        "host": host_record(),
     }
     write_json(args.out, report)
     print(f"Model `{entry.name}` ({entry.precision}), {count} validation images, top-1 %:\n")

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -29,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import bench_service  # noqa: E402
-from report_io import write_json  # noqa: E402
+from report_io import host_record, write_json  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
 
@@ -124,12 +122,7 @@ def main(args: argparse.Namespace) -> int:
         "threads": args.threads or "default",
         "max_batch_size": args.max_batch_size,
         "phases": report_phases,
-        "host": {
-            "cpus": os.cpu_count(),
-            "machine": platform.machine(),
-            "python": platform.python_version(),
-            "load_average_after": os.getloadavg(),
-        },
+        "host": host_record(),
         "note": "the load generator runs on the same cores as the server",
     }
     write_json(args.out, report)

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -36,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import bench_service  # noqa: E402
-from report_io import write_json  # noqa: E402
+from report_io import host_record, write_json  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
 from inference.preprocess import dct_reduction, decode_image  # noqa: E402
@@ -147,13 +145,7 @@ def main(args: argparse.Namespace) -> int:
         "decode": decode,
         "variants": {label: kwargs for label, kwargs in VARIANTS.items()},
         "classify": service,
-        "host": {
-            "cpus": os.cpu_count(),
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-            "python": platform.python_version(),
-            "load_average_after": os.getloadavg(),
-        },
+        "host": host_record(),
         "note": "one process, one core for decoding; the load generator shares the cores with the server",
     }
     write_json(args.out, report)

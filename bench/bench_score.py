@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -34,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import raw_engine  # noqa: E402
-from report_io import write_json  # noqa: E402
+from report_io import cpu_model, host_record, write_json  # noqa: E402
 
 from inference.manifest import ManifestError, load_manifest  # noqa: E402
 from inference.preprocess import decode_image, to_model_input  # noqa: E402
@@ -267,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     lines = [
         f"Batch scoring vs raw ONNX Runtime: {model}, {raw.images} CIFAR-10 JPEGs, scorer batch "
-        f"{scorer_batch}, {default_threads()} cores ({platform.machine()}), "
+        f"{scorer_batch}, {default_threads()} cores ({cpu_model()}), "
         f"median of {args.repeats} interleaved rounds",
         "",
         "| setting | flags | images/s | % of raw engine | wall s (incl. start-up) |",
@@ -287,9 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "onnx": onnx_path,
         "images": raw.images,
         "batch_size": args.batch_size,
-        "cores": default_threads(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
+        "host": host_record(),
         "raw_engine": {
             "images_per_s": raw_rate,
             "measurements": raw_rates,

@@ -15,7 +15,6 @@ figures differ by a factor of three between the machines this project runs on.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -24,10 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_score import ARCHIVE, extract, run_scorer, wait_until_quiet  # noqa: E402
-from report_io import write_json  # noqa: E402
+from report_io import cpu_model, host_record, write_json  # noqa: E402
 
 from inference.manifest import ManifestError, load_manifest  # noqa: E402
-from inference.runtime import default_threads  # noqa: E402
 
 TTA_VIEWS = {None: 1, "none": 1, "flip": 2, "multicrop": 6}
 
@@ -54,28 +52,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=str(ROOT / ".cache" / "bench-score"), help="where images are extracted")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "score-models.json"), help="JSON results")
     return p
-
-
-def cpu_model() -> str:
-    """The processor as /proc/cpuinfo names it, with its family/model numbers and the vector extensions that
-    decide ONNX Runtime's kernels (a virtual machine often reports only 'AMD EPYC')."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break
-                key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-    except OSError:
-        return platform.processor() or platform.machine()
-    flags = set(fields.get("flags", "").split())
-    isa = [name for name in ("avx512_bf16", "avx512_vnni", "amx_tile", "avx512f", "avx2") if name in flags]
-    best = next((n for n in isa if n != "avx2"), "avx2") if isa else "no AVX"
-    return (
-        f"{fields.get('model name', platform.machine())} (family {fields.get('cpu family', '?')} "
-        f"model {fields.get('model', '?')}), {default_threads()} usable cores, best vector extension {best}"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "command": "python -m service score FOLDER --model NAME --out OUT.csv --no-progress",
             "cpu": cpu,
+            "host": host_record(),
             "images": args.images,
             "repeats": args.repeats,
             "models": results,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_score import ARCHIVE, SUMMARY, extract, wait_until_quiet  # noqa: E402
-from report_io import write_json  # noqa: E402
+from report_io import cpu_model, host_record, write_json  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
 from inference.runtime import default_threads  # noqa: E402
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     local = results["local"]
     lines = [
         f"score: local engine vs Ray Data (a local Ray instance), {model}, {args.images} CIFAR-10 JPEGs, "
-        f"{default_threads()} cores ({platform.machine()}), median of {args.repeats} interleaved rounds",
+        f"{default_threads()} cores ({cpu_model()}), median of {args.repeats} interleaved rounds",
         "",
         "| engine | flags | images/s (scoring) | vs local | wall s (whole command) | images/s (wall) |",
         "|---|---|---:|---:|---:|---:|",
@@ -139,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": model,
             "images": args.images,
             "cores": default_threads(),
-            "cpu": _cpu_model(),
-            "machine": platform.machine(),
-            "python": platform.python_version(),
+            "host": host_record(),
             "engines": results,
             "ray_vs_local_scoring": results["ray"]["images_per_s"] / local["images_per_s"],
             "ray_vs_local_wall": local["wall_s"] / results["ray"]["wall_s"],
@@ -150,14 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ import asyncio
 import base64
 import json
 import os
-import platform
 import re
 import signal
 import socket
@@ -52,11 +51,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import raw_engine  # noqa: E402
-from report_io import write_json  # noqa: E402
+from report_io import host_record, write_json  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
 from inference.preprocess import decode_image, to_model_input  # noqa: E402
-from inference.runtime import default_threads  # noqa: E402
 
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-train-jpg.tar.gz"
 
@@ -428,14 +426,7 @@ def main(args: argparse.Namespace) -> int:
         "raw_engine_ceiling": best.label,
         "runs": runs,
         "v2_vs_classify": comparison,
-        "host": {
-            "cpus": os.cpu_count(),
-            "affinity": default_threads(),
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-            "python": platform.python_version(),
-            "load_average_after": os.getloadavg(),
-        },
+        "host": host_record(),
         "note": "the load generator runs on the same cores as the server",
     }
     write_json(args.out, report)

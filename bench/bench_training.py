@@ -24,7 +24,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from report_io import write_json  # noqa: E402
+from report_io import host_record, write_json  # noqa: E402
 
 from training.config import OptimConfig  # noqa: E402
 from training.data import ImageArrays  # noqa: E402
@@ -63,13 +63,6 @@ def loader_throughput(device: torch.device, batch_size: int, batches: int) -> fl
     n = sum(len(y) for _, y in loader)
     synchronize(device)
     return n / (time.perf_counter() - start)
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -133,7 +126,7 @@ def main() -> int:
     bf16 = resolve_bf16({"auto": "auto", "on": True, "off": False}[args.bf16], device)
     results = {
         "device": str(device),
-        "cpu": cpu_model(),
+        "host": host_record(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
