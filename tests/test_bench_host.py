@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -11,7 +13,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 import report_io  # noqa: E402
 
 CPUINFO = """processor\t: 0
-vendor_id\t: {vendor}
 cpu family\t: {family}
 model\t\t: {model}
 model name\t: {name}
@@ -22,33 +23,33 @@ model name\t: another block, never read
 """
 
 
-def _cpuinfo(tmp_path, **fields) -> str:
+@pytest.mark.parametrize(
+    "name, family, model, flags, expected",
+    [
+        ("AMD EPYC", 25, 1, "fpu sse2 avx avx2", "AMD EPYC (family 25 model 1), best vector extension avx2"),
+        (
+            "AMD EPYC",
+            25,
+            17,
+            "avx2 avx512f avx512_vnni avx512_bf16",
+            "AMD EPYC (family 25 model 17), best vector extension avx512_bf16",
+        ),
+        (
+            "Intel(R) Xeon(R) Platinum 8480+",
+            6,
+            143,
+            "avx2 avx512f avx512_vnni avx512_bf16 amx_tile",
+            "Intel(R) Xeon(R) Platinum 8480+ (family 6 model 143), best vector extension amx_tile",
+        ),
+        ("QEMU Virtual CPU", 6, 6, "fpu sse2", "QEMU Virtual CPU (family 6 model 6), best vector extension no AVX2"),
+    ],
+)
+def test_cpu_model_names_the_processor_its_family_and_model_and_best_vector_extension(
+    tmp_path, name, family, model, flags, expected
+):
     path = tmp_path / "cpuinfo"
-    path.write_text(CPUINFO.format(**fields))
-    return str(path)
-
-
-def test_cpu_model_names_the_processor_its_family_and_model_and_best_vector_extension(tmp_path):
-    zen3 = _cpuinfo(tmp_path, vendor="AuthenticAMD", family=25, model=1, name="AMD EPYC", flags="fpu sse2 avx avx2")
-    assert report_io.cpu_model(zen3) == "AMD EPYC (family 25 model 1), best vector extension avx2"
-    spr = _cpuinfo(
-        tmp_path,
-        vendor="GenuineIntel",
-        family=6,
-        model=143,
-        name="Intel(R) Xeon(R) Platinum 8480+",
-        flags="avx2 avx512f avx512_vnni avx512_bf16 amx_tile",
-    )
-    assert report_io.cpu_model(spr).endswith("(family 6 model 143), best vector extension amx_tile")
-    zen4 = _cpuinfo(
-        tmp_path,
-        vendor="AuthenticAMD",
-        family=25,
-        model=17,
-        name="AMD EPYC",
-        flags="avx2 avx512f avx512_vnni avx512_bf16",
-    )
-    assert report_io.cpu_model(zen4).endswith("best vector extension avx512_bf16")
+    path.write_text(CPUINFO.format(name=name, family=family, model=model, flags=flags))
+    assert report_io.cpu_model(path) == expected
 
 
 def test_host_records_the_cpu_cores_and_load(tmp_path):
