@@ -70,6 +70,9 @@ def test_an_ensemble_recipe_trains_its_members_resumes_after_an_interruption_and
 
     assert training_main(["resume", str(out)]) == 2  # `resume` takes one run: it names the command that continues
     assert f"train --recipe pair --out {out} --resume" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="members have not all finished") as unfinished:
+        load_checkpoint(out)  # what evaluate, compare and export read: the finished member is named instead
+    assert str(first / "best.pt") in str(unfinished.value)
     assert cli("--resume") == 0
     assert (first / "last.pt").stat().st_mtime_ns == finished_at  # the finished member was not trained again
     second = out / "2-airbench94_muon"

@@ -13,6 +13,11 @@ from inference.messages import exception_summary
 
 from .models import ImageClassifier, create_model
 
+# A run folder's files: the checkpoint that stands for the run, and the record an ensemble recipe's run starts with
+# (its members train in numbered sub-folders; BEST_FILE is written once the last has finished).
+BEST_FILE = "best.pt"
+ENSEMBLE_RUN_FILE = "ensemble.yaml"
+
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     write_atomic(path, lambda f: torch.save(state, f))
@@ -29,13 +34,25 @@ def save_model_checkpoint(meta: dict[str, Any], model: torch.nn.Module, path: st
 def checkpoint_file(path: str | Path) -> Path:
     """A checkpoint file, or a run folder standing for its best.pt."""
     path = Path(path)
-    return path / "best.pt" if path.is_dir() else path
+    return path / BEST_FILE if path.is_dir() else path
+
+
+def _missing(path: Path) -> str:
+    run = path.parent
+    if path.name == BEST_FILE and (run / ENSEMBLE_RUN_FILE).is_file():
+        finished = sorted(str(member) for member in run.glob(f"*/{BEST_FILE}"))
+        return (
+            f"no checkpoint at {path}: {run} is an ensemble recipe's run whose members have not all finished "
+            f"training (its {BEST_FILE} is written after the last); "
+            + (f"the members' own checkpoints so far: {', '.join(finished)}" if finished else "no member has one yet")
+        )
+    return f"no checkpoint at {path}"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = checkpoint_file(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise FileNotFoundError(_missing(path))
     try:
         # TorchVersion is a plain str subclass; early checkpoints of this project stored one.
         with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from inference.files import write_text_atomic
 
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import BEST_FILE, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, config_differences, save_config, validate_config
 from .data import ImageArrays, load_split
 from .data.loader import TensorLoader
@@ -433,7 +433,7 @@ class Trainer:
         state = self.state()
         save_checkpoint(state, self.out_dir / "last.pt")
         if improved:
-            save_checkpoint(state, self.out_dir / "best.pt")
+            save_checkpoint(state, self.out_dir / BEST_FILE)
         write_text_atomic(self.out_dir / "history.json", json.dumps(self.history, indent=2))
         plot_training_curves(self.history, self.out_dir / "training_curves.png")
 

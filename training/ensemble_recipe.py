@@ -27,15 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from inference.files import write_text_atomic
 from inference.fits import FitName
 
+from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE
 from .config import ENSEMBLE_KEY, Config, ConfigError, build_config, is_ensemble_recipe, load_ensemble_recipe_raw
 from .engine import check_network_takes_its_input, train
 from .engine import resume as resume_run
 from .ensemble import join_checkpoints
 from .inference import TTA_CHOICES
 from .models.ensemble import ENSEMBLE_ARCH
-
-RESOLVED_FILE = "ensemble.yaml"
-JOINED_FILE = "best.pt"
 
 
 class MemberRecipe(BaseModel):
@@ -107,7 +105,7 @@ def _resolved(recipe: EnsembleRecipe, overrides: list[str]) -> dict[str, Any]:
 
 def started_run(out: str | Path) -> dict[str, Any] | None:
     """What the ensemble run in ``out`` was started with (its recipe and overrides), or None if none was."""
-    record = Path(out) / RESOLVED_FILE
+    record = Path(out) / ENSEMBLE_RUN_FILE
     return yaml.safe_load(record.read_text()) if record.is_file() else None
 
 
@@ -132,7 +130,7 @@ def train_ensemble(
             f"with this one (started: {json.dumps(started)}; asked: {json.dumps(resolved)})"
         )
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / RESOLVED_FILE, yaml.safe_dump(resolved, sort_keys=False))
+    write_text_atomic(out / ENSEMBLE_RUN_FILE, yaml.safe_dump(resolved, sort_keys=False))
     summaries = []
     for i, (member, config) in enumerate(zip(recipe.members, configs)):
         folder = out / recipe.folder(i)
@@ -142,7 +140,7 @@ def train_ensemble(
         else:
             summaries.append(train(config, folder))
     folders = [out / recipe.folder(i) for i in range(len(configs))]
-    meta = join_checkpoints(folders, out / JOINED_FILE, [m.tta for m in recipe.members], recipe.fit)
+    meta = join_checkpoints(folders, out / BEST_FILE, [m.tta for m in recipe.members], recipe.fit)
     summary = {
         "run": str(out),
         "arch": ENSEMBLE_ARCH,
@@ -153,7 +151,7 @@ def train_ensemble(
         ],
         # The members' own training time, summed: what one machine training them in turn spends.
         "train_time_s": sum(s["train_time_s"] for s in summaries),
-        "checkpoint": str(out / JOINED_FILE),
+        "checkpoint": str(out / BEST_FILE),
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
