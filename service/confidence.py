@@ -20,8 +20,11 @@ def parse_min_confidence(value: object) -> float:
             number = float(value.strip())
         except ValueError:
             raise ValueError(f"must be a number from 0 to 1, got {value[:50]!r}") from None
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
+    elif isinstance(value, float):
+        number = value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        # a JSON integer has no size limit; float() of one past 1e308 raises OverflowError
+        number = float(value) if abs(value) <= 1 else (math.inf if value > 0 else -math.inf)
     else:
         raise ValueError(f"must be a number from 0 to 1, got {value!r}"[:200])
     if math.isnan(number) or not 0.0 <= number <= 1.0:

@@ -101,7 +101,7 @@ def _field_value(key: str, text: str) -> Any:
     if key in _NUMBERS or text.startswith('"'):
         try:
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: brackets nested thousands deep
             return text
         if key in _NUMBERS or isinstance(value, str):
             return value
@@ -167,6 +167,8 @@ async def read_classify_json(request: Request, max_images: int, max_body_bytes: 
         raw = json.loads(body)
     except ValueError as exc:  # also bytes that are not UTF-8
         return Rejection("malformed_request", f"the JSON body could not be parsed: {exc}"[:300])
+    except RecursionError:
+        return Rejection("malformed_request", "the JSON body could not be parsed: arrays or objects nested too deep")
     if not isinstance(raw, dict):
         return Rejection("malformed_request", "the JSON body must be an object with an 'images' list")
     unknown = sorted(key for key in raw if key not in FIELDS)
@@ -279,8 +281,10 @@ def refusal_error(reason: str, message: str) -> PydanticCustomError:
     return PydanticCustomError(reason, "{message}", {"message": message})
 
 
-def integer_k(value: Any) -> int:
-    """``k`` as sent: a JSON integer, or text that reads as one."""
+def integer_k(value: Any) -> int | None:
+    """``k`` as sent: a JSON integer, or text that reads as one; JSON null means not given."""
+    if value is None:
+        return None
     if isinstance(value, str):
         try:
             return int(value.strip())

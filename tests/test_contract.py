@@ -44,7 +44,6 @@ REFUSED = {
     "k zero": ({"k": 0}, "bad_k", "k must be at least 1, got 0"),
     "k true": ({"k": True}, "bad_k", "k must be an integer, got True"),
     "k float": ({"k": 3.0}, "bad_k", "k must be an integer, got 3.0"),
-    "k null": ({"k": None}, "bad_k", "k must be an integer, got None"),
     "model number": ({"model": 5}, "malformed_request", "'model' must be a model name, got 5"),
     "threshold words": (
         {"min_confidence": "high"},
@@ -55,6 +54,16 @@ REFUSED = {
         {"min_confidence": 1.5},
         "bad_min_confidence",
         "min_confidence must be between 0 and 1, got 1.5",
+    ),
+    "threshold past float": (
+        {"min_confidence": 10**400},
+        "bad_min_confidence",
+        "min_confidence must be between 0 and 1, got inf",
+    ),
+    "threshold negative past float": (
+        {"min_confidence": -(10**400)},
+        "bad_min_confidence",
+        "min_confidence must be between 0 and 1, got -inf",
     ),
     "no images": ({"images": []}, "no_images", "no images: send one or more files in the 'images' field"),
     "fit unknown": ({"fit": "stretch"}, "bad_fit", "fit must be one of center_crop, squash, pad, got 'stretch'"),
@@ -84,7 +93,7 @@ def test_good_fields_are_typed_and_absent_ones_are_none(classify_input):
         "pad",
         None,
     )
-    absent = classify_input.model_validate({"images": IMAGE, "model": "", "min_confidence": None, "fit": ""})
+    absent = classify_input.model_validate({"images": IMAGE, "k": None, "model": "", "min_confidence": None, "fit": ""})
     assert (absent.k, absent.model, absent.min_confidence, absent.fit) == (None, None, None, None)
 
 

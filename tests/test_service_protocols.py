@@ -323,6 +323,15 @@ JSON_BAD = {
     "unknown model": ({"images": [{"data": "AA=="}], "model": "nope"}, 404, "unknown_model", "'nope'"),
     "unknown fit": ({"images": [{"data": "AA=="}], "fit": "stretch"}, 400, "bad_fit", "'stretch'"),
     "fit not a string": ({"images": [{"data": "AA=="}], "fit": 1}, 400, "bad_fit", "fit name"),
+    # Python's JSON parser raises RecursionError, not ValueError, on brackets nested thousands deep
+    "nested too deep": (b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "malformed_request", "deep"),
+    # a JSON integer has no size limit: float() of one past 1e308 overflows
+    "huge min_confidence": (
+        b'{"images": [{"data": "AA=="}], "min_confidence": 1' + b"0" * 400 + b"}",
+        400,
+        "bad_min_confidence",
+        "between 0 and 1",
+    ),
 }
 
 
