@@ -112,7 +112,16 @@ def dct_reduction(source: tuple[int, int], size: tuple[int, int], fit: str = DEF
     return next((factor for factor in _DCT_REDUCTIONS if factor <= most), 1)
 
 
+def _allow_in_pillow(max_pixels: int) -> None:
+    """Pillow refuses on its own, in ``Image.open``, any image over its module-wide ``MAX_IMAGE_PIXELS`` (about
+    89.5 million pixels): a larger ``max_pixels`` is raised there. Only ever raised, since threads decoding
+    with other limits share it; each call's own limit is ``_check_pixels``."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, reduce: bool) -> Image.Image:
+    _allow_in_pillow(max_pixels)
     stream = io.BytesIO(data)
     try:
         with warnings.catch_warnings():
@@ -129,7 +138,8 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, r
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge(f"image too large: {exc}") from exc
+        # Pillow's limit is at least max_pixels (_allow_in_pillow), so the image is over ours too: ours is named.
+        raise ImageTooLarge(f"image is over the limit of {max_pixels} pixels ({exc})") from exc
     except Exception as exc:  # Pillow raises many types for bad data; all mean the same to the caller
         # Pillow names a stream it cannot identify by its repr, a memory address: the same file must get the
         # same message in every process (a batch scorer's error rows are compared and resumed across runs).

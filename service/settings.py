@@ -200,7 +200,10 @@ class ServiceSettings:
 
     def api_key_set(self) -> frozenset[str]:
         """The keys from ``api_keys`` and ``api_keys_file`` together; empty: no key is asked for."""
-        keys = {key.strip() for key in self.api_keys.split(",")}
+        keys = {key.strip() for key in self.api_keys.split(",")} - {""}
+        if self.api_keys.strip() and not keys:
+            # Commas and spaces only: as an empty key file, a gate meant to close the service and holding no key.
+            raise SettingsError(f"CIFAR_API_KEYS / --api-keys {self.api_keys!r} holds no key")
         if self.api_keys_file is not None:
             try:
                 lines = Path(self.api_keys_file).read_text().splitlines()

@@ -77,6 +77,19 @@ def test_empty_and_oversized_are_refused():
         decode_image(_encode(Image.new("RGB", (100, 100)), "PNG"), max_pixels=9_999)
 
 
+def test_the_pixel_limit_is_ours_even_past_pillows_own(monkeypatch):
+    """Pillow refuses in Image.open any image over its module-wide MAX_IMAGE_PIXELS (89.5 M pixels; made small
+    here): a larger max_pixels must still decode such an image, and one over both is refused naming ours."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)
+    png = _encode(Image.new("RGB", (100, 100), (200, 10, 10)), "PNG")  # 10,000 pixels: twice Pillow's limit
+    assert decode_image(png, max_pixels=20_000)[0, 0].tolist() == [200, 10, 10]
+    larger = _encode(Image.new("RGB", (200, 250)), "PNG")  # 50,000 pixels: over both
+    with pytest.raises(ImageTooLarge, match="over the limit of 20000 pixels"):
+        decode_image(larger, max_pixels=20_000)
+    with pytest.raises(ImageTooLarge, match="over the limit of 9999"):
+        decode_image(png, max_pixels=9_999)
+
+
 # ---------------------------------------------------------------------------------------------- plain JPEGs
 def _pillow(data: bytes, size=(32, 32)) -> np.ndarray:
     """What Pillow's own JPEG plugin decodes (resized like decode_image when the size differs)."""

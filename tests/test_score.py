@@ -25,7 +25,7 @@ from inference.runtime import OnnxClassifier
 from service.contract import ModelInfo, ModelList
 from service.score.cli import main as score_main
 from service.score.remote import RemoteBackend
-from service.score.sinks import CsvFormat, JsonlFormat, OutputError, resume_output
+from service.score.sinks import ENCODING, CsvFormat, JsonlFormat, OutputError, resume_output
 
 GOOD = [
     "0_top.png",
@@ -80,7 +80,7 @@ def tree(tmp_path_factory, image_folder) -> Path:
 
 
 def _csv_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
+    with open(path, newline="", **ENCODING) as f:  # a name that is not UTF-8 is written as its bytes
         return list(csv.DictReader(f))
 
 
@@ -320,6 +320,11 @@ def test_fail_on_error_and_user_errors(tree, tiny_models_dir, tmp_path, capsys):
         "cannot tell the output format": [tree, "--out", tmp_path / "p.parquet", *models],
         "no model manifest": [tree, "--models-dir", tmp_path],
         "--resume needs --out FILE": [tree, "--resume", *models],
+        "--timeout must be a number of seconds above 0, not -1": [tree, "--url", "http://x.test", "--timeout", -1],
+        "--timeout must be a number of seconds above 0, not nan": [tree, "--url", "http://x.test", "--timeout", "nan"],
+        "--resume needs --out to be a file it can read back": [
+            *(tree, "--out", "/dev/null", "--format", "csv", "--resume", *models)
+        ],
     }
     for message, args in cases.items():
         assert _score(*args) == 2, message
@@ -490,6 +495,46 @@ def test_resume_after_kill(image_folder, tiny_models_dir, tmp_path):
     assert [r["path"] for r in rows] == expected  # every file exactly once, still in order
     assert [r["path"] for r in rows if r["error"]] == ["d0/00007.png"]
     assert all(r["label_1"] in ("alpha", "beta", "gamma") for r in rows if not r["error"])
+
+
+def test_odd_file_names_round_trip_through_resume_and_the_service(image_folder, tiny_models_dir, tmp_path, monkeypatch):
+    """A carriage return in a name (the CSV writer quotes only its own line terminator) and a name that is not
+    UTF-8 (which the HTTP client refuses to encode) are rows like any other, locally and with --url."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    source = (image_folder / "alpha" / "0000.png").read_bytes()
+    names = [b"a.png", b"x\ry.png", b"caf\xe9.png", b"z.png"]
+    for name in names:
+        (folder / os.fsdecode(name)).write_bytes(source)
+    expected = _sorted(os.fsdecode(n) for n in names)
+    out = tmp_path / "p.csv"
+    assert _score(folder, "--out", out, "--models-dir", tiny_models_dir, "--no-progress") == 0
+    rows = _csv_rows(out)
+    assert [r["path"] for r in rows] == expected and not any(r["error"] for r in rows)
+    out.write_bytes(out.read_bytes().rsplit(b"\n", 2)[0] + b"\n")  # the last row lost, as after a kill
+    assert _score(folder, "--out", out, "--resume", "--models-dir", tiny_models_dir, "--no-progress") == 0
+    assert [r["path"] for r in _csv_rows(out)] == expected  # read back whole: nothing scored twice
+
+    real_client = httpx.Client
+    handler, _ = _classify_handler()
+    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    remote = tmp_path / "remote.csv"
+    assert _score(folder, "--url", "http://scorer.test", "--out", remote, "--no-progress") == 0
+    rows = _csv_rows(remote)
+    assert [r["path"] for r in rows] == expected and not any(r["error"] for r in rows)
+
+
+def test_output_to_a_pipe_given_as_a_path(tree, tiny_models_dir, tmp_path):
+    """--out /dev/stdout piped on: the header is written once, without asking a pipe where it stands."""
+    done = subprocess.run(
+        [*_cli(), str(tree / "a-b"), "--out", "/dev/stdout", "--format", "csv", "--models-dir", str(tiny_models_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("path,label_1") and [line.split(",")[0] for line in lines[1:]] == ["z.png"]
 
 
 def test_resume_reads_back_and_rejects_other_k(tmp_path):

@@ -28,6 +28,8 @@ def test_keys_come_from_the_variable_and_the_file(tmp_path):
     empty.write_text("# nothing yet\n")
     with pytest.raises(SettingsError, match="holds no key"):
         ServiceSettings.from_env({"CIFAR_API_KEYS_FILE": str(empty)}).api_key_set()
+    with pytest.raises(SettingsError, match="holds no key"):
+        ServiceSettings.from_env({"CIFAR_API_KEYS": " , "}).api_key_set()
     with pytest.raises(SettingsError, match="CIFAR_API_KEYS_FILE"):
         ServiceSettings.from_env({"CIFAR_API_KEYS_FILE": str(tmp_path / "missing")}).api_key_set()
     assert ServiceSettings.from_env({"CIFAR_CORS_ORIGINS": "https://a.test, https://b.test"}).cors_origin_list == [
@@ -36,11 +38,12 @@ def test_keys_come_from_the_variable_and_the_file(tmp_path):
     ]
 
 
-def test_serve_refuses_a_key_file_without_keys(tmp_path):
+@pytest.mark.parametrize("given", ["--api-keys-file", "--api-keys"])
+def test_serve_refuses_a_key_file_or_list_without_keys(tmp_path, given):
     empty = tmp_path / "keys"
     empty.write_text("\n")
     done = subprocess.run(
-        [sys.executable, "-m", "service", "serve", "--api-keys-file", str(empty)],
+        [sys.executable, "-m", "service", "serve", given, str(empty) if given == "--api-keys-file" else " , "],
         cwd=ROOT,
         capture_output=True,
         text=True,

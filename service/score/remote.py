@@ -131,7 +131,10 @@ class RemoteBackend:
     def _post(self, chunk: list[Entry], items: list[tuple[int, bytes]]) -> list[Row] | tuple[int, str, str]:
         """The rows, or (status, reason, message) when the service rejects the request (4xx)."""
         httpx = self.httpx
-        files = [("images", (os.path.basename(chunk[i].rel), data, "application/octet-stream")) for i, data in items]
+        files = [
+            ("images", (_sendable(os.path.basename(chunk[i].rel)), data, "application/octet-stream"))
+            for i, data in items
+        ]
         form = {"k": str(self.k)}
         if self.model:
             form["model"] = self.model
@@ -193,3 +196,9 @@ def _error_message(response) -> tuple[str | None, str]:
                 value = body[key]
                 return reason, value if isinstance(value, str) else str(value)[:500]
     return None, str(body)[:500]
+
+
+def _sendable(name: str) -> str:
+    """A file name as UTF-8 can carry it: a name that is not UTF-8 on disk holds surrogate escapes, which the HTTP
+    client refuses to encode. The service uses the name only to label its answer; rows are matched by position."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

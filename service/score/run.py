@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -70,6 +71,9 @@ def _validate(args) -> str:
     fmt = args.format or ("csv" if args.out == "-" else format_from_path(args.out))
     if fmt is None:
         raise UserError(f"cannot tell the output format from {args.out!r}: name it .csv or .jsonl, or pass --format")
+    timeout = getattr(args, "timeout", None)
+    if timeout is not None and not 0 < timeout < math.inf:
+        raise UserError(f"--timeout must be a number of seconds above 0, not {timeout}")
     if args.out == "-":
         if args.resume:
             raise UserError("--resume needs --out FILE")
@@ -77,6 +81,8 @@ def _validate(args) -> str:
         parent = os.path.dirname(os.path.abspath(args.out))
         if os.path.isdir(args.out):
             raise UserError(f"--out {args.out} is a folder")
+        if args.resume and os.path.exists(args.out) and not os.path.isfile(args.out):
+            raise UserError(f"--resume needs --out to be a file it can read back; {args.out} is not a regular file")
         if not os.path.isdir(parent):
             raise UserError(f"cannot write {args.out}: folder {parent} does not exist")
         if not os.access(parent if not os.path.exists(args.out) else args.out, os.W_OK):
@@ -168,7 +174,7 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
             out = open(args.out, "a" if args.resume else "w", newline="", **ENCODING)
         except OSError as exc:
             raise UserError(f"cannot write {args.out}: {exc.strerror or exc}") from None
-    if args.out == "-" or out.tell() == 0:
+    if args.out == "-" or not out.seekable() or out.tell() == 0:  # a pipe or terminal given as a path
         out.write(fmt.header())
         out.flush()
 

@@ -97,7 +97,12 @@ class CsvFormat:
     @staticmethod
     def _lines(rows: list[list[str]]) -> str:
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(rows)
+        minimal = csv.writer(buf, lineterminator="\n")
+        # The writer quotes a field holding its line terminator ("\n") but not a carriage return, which a reader
+        # takes as the end of the line: a file name with one is quoted here, so the row reads back whole.
+        quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        for row in rows:
+            (quoted if any("\r" in cell for cell in row) else minimal).writerow(row)
         return buf.getvalue()
 
     def scan(self, lines: Iterator[str]) -> Iterator[Row | None]:
