@@ -307,6 +307,7 @@ def test_first_decode_pool_forks_only_from_a_single_threaded_process(image_folde
 
 def test_fail_on_error_and_user_errors(tree, tiny_models_dir, tmp_path, capsys):
     models = ["--models-dir", tiny_models_dir, "--no-progress"]
+    to_dev_null = ["--out", "/dev/null", "--format", "csv"]
     assert _score(tree, "--out", tmp_path / "p.csv", "--fail-on-error", *models) == 1
     assert _score(tree / "a-b", "--out", tmp_path / "q.csv", "--fail-on-error", *models) == 0
     capsys.readouterr()
@@ -322,9 +323,7 @@ def test_fail_on_error_and_user_errors(tree, tiny_models_dir, tmp_path, capsys):
         "--resume needs --out FILE": [tree, "--resume", *models],
         "--timeout must be a number of seconds above 0, not -1": [tree, "--url", "http://x.test", "--timeout", -1],
         "--timeout must be a number of seconds above 0, not nan": [tree, "--url", "http://x.test", "--timeout", "nan"],
-        "--resume needs --out to be a file it can read back": [
-            *(tree, "--out", "/dev/null", "--format", "csv", "--resume", *models)
-        ],
+        "--resume needs --out to be a file it can read back": [tree, *to_dev_null, "--resume", *models],
     }
     for message, args in cases.items():
         assert _score(*args) == 2, message
