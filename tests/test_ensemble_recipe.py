@@ -96,6 +96,15 @@ def test_an_ensemble_recipe_trains_its_members_resumes_after_an_interruption_and
         joined = torch.softmax(model_from_checkpoint(ckpt)(x), 1)
     assert torch.allclose(joined, expected, atol=1e-5)
 
+    # A run of the other kind in the folder is refused, not overwritten: each kind's best.pt stays its own.
+    joined_sha, member_sha = sha256_file(out / "best.pt"), sha256_file(first / "best.pt")
+    single = ["train", "--recipe", "resnet9_half_cpu", "--set", *sets]
+    assert training_main([*single, "--out", str(out)]) == 2
+    assert "holds an ensemble recipe's run" in capsys.readouterr().err
+    assert training_main(["train", "--recipe", recipe, "--set", *sets, "--out", str(first), "--resume"]) == 2
+    assert "holds a single network's run" in capsys.readouterr().err
+    assert (sha256_file(out / "best.pt"), sha256_file(first / "best.pt")) == (joined_sha, member_sha)
+
 
 @pytest.mark.parametrize(
     ("members", "section", "said"),

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import ROOT, free_port, make_arrays, tiny_overrides, train_straight_and_resumed
+from training.checkpoint import load_checkpoint
 from training.config import AUGMENT_PRESETS, ConfigError, build_config
 from training.data import DATASETS, DatasetError, load_split, stratified_split
 from training.data.augment import AugmentParams, augment_batch, cutout, random_crop
@@ -156,7 +157,6 @@ def test_folder_reader_fits_photos_as_serving_does_and_caches_each_fit_apart(tmp
 
 def test_the_run_records_its_fit_and_export_writes_it_on_the_card(tiny_run):
     from export.onnx_export import input_spec
-    from training.checkpoint import load_checkpoint
 
     meta = load_checkpoint(tiny_run / "best.pt")["meta"]
     assert meta["fit"] == "center_crop"
@@ -394,6 +394,10 @@ def test_train_resume_continues_a_run_of_the_same_config_and_refuses_another(
     # A finished run has nothing left to do.
     assert cli(tmp_path / "run", "--resume") == 0
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 3
+    # Stopped between its last checkpoint and its summary: resuming writes the summary (ablate reads it).
+    (tmp_path / "run" / "summary.json").unlink()
+    assert cli(tmp_path / "run", "--resume") == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs_run"] == 3
     with pytest.raises(SystemExit):
         cli(tmp_path / "run", "--resume", "--force")
 
@@ -483,11 +487,24 @@ def test_early_stopping(image_folder, tmp_path):
     cfg = build_config(
         "resnet9_half_cpu",
         tiny_overrides(
-            image_folder, tmp_path / "c", epochs=6, lr=1e-9, early_stop_patience=1, early_stop_min_delta=0.5
+            image_folder, tmp_path / "c", epochs=6, lr=1e-9, early_stop_patience=1, early_stop_min_delta=2.0
         ),
     )
     summary = train(cfg, tmp_path / "run")
     assert summary["stopped_early"] and summary["epochs_run"] == 2
+    # no epoch beats the threshold (a top-1 above 1): the first is still the best so far, and its checkpoint written
+    assert summary["best"]["epoch"] == 1 and load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 1
+
+
+def test_best_is_written_before_last(image_folder, tmp_path, monkeypatch):
+    """last.pt is where a resume starts: once it is written the epoch is done, so best.pt must already be."""
+    import training.engine as engine
+
+    written = []
+    real = engine.save_checkpoint
+    monkeypatch.setattr(engine, "save_checkpoint", lambda state, path: (written.append(path.name), real(state, path)))
+    train(build_config("resnet9_half_cpu", tiny_overrides(image_folder, tmp_path / "c", epochs=1)), tmp_path / "run")
+    assert written == ["best.pt", "last.pt"]
 
 
 def test_cli_lists_models_and_rejects_bad_overrides(tmp_path):

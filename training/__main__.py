@@ -11,6 +11,7 @@ from pathlib import Path
 
 from inference.fits import FITS
 
+from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE
 from .config import ConfigError, build_config, is_ensemble_recipe, list_ensemble_recipes, list_recipes
 from .data import DatasetError
 
@@ -50,6 +51,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_ensemble(args)
     config = build_config(args.recipe, args.set)
     out = Path(args.out) if args.out else Path("runs") / config.recipe
+    if (out / ENSEMBLE_RUN_FILE).exists() and not args.force:
+        print(
+            f"error: {out} holds an ensemble recipe's run, whose {BEST_FILE} this run would replace; train into "
+            "another folder, or start over with --force",
+            file=sys.stderr,
+        )
+        return 2
     if (out / "last.pt").exists() and args.resume:
         summary = resume(out, expected=config)
     elif (out / "last.pt").exists() and not args.force:
@@ -71,6 +79,13 @@ def _train_ensemble(args: argparse.Namespace) -> int:
 
     recipe = load_ensemble_recipe(args.recipe)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
+    if (out / "last.pt").exists() and not args.force:
+        print(
+            f"error: {out} holds a single network's run, whose {BEST_FILE} the joined ensemble would replace; "
+            "train into another folder, or start over with --force",
+            file=sys.stderr,
+        )
+        return 2
     if started_run(out) is not None and not (args.resume or args.force):
         print(
             f"error: {out} already holds an ensemble run; continue it with this command and --resume (finished "

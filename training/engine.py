@@ -339,7 +339,11 @@ class Trainer:
         stop = self._patience_exhausted()
         if self.epoch >= t.epochs or stop:
             distributed.cleanup(self.dist)
-            return self._summary(stop)
+            summary = self._summary(stop)
+            if main and not (self.out_dir / "summary.json").is_file():
+                # stopped between its last checkpoint and its summary: what ablate and ensembles read is written
+                write_text_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=2))
+            return summary
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.out_dir / "config.yaml")
@@ -420,20 +424,22 @@ class Trainer:
     def _end_epoch(self, record: dict[str, Any]) -> bool:
         self.history.append(record)
         score = record.get("val_top1", record["train_acc"])
-        improved = self._improves(score)
-        if improved or self.best["epoch"] < 0:
+        new_best = self._improves(score) or self.best["epoch"] < 0
+        if new_best:
             self.best = self._best_entry(score, record)
             self.bad_epochs = 0
         else:
             self.bad_epochs += 1
-        self._save(improved)
+        self._save(new_best)
         return self._patience_exhausted()
 
-    def _save(self, improved: bool) -> None:
+    def _save(self, new_best: bool) -> None:
         state = self.state()
-        save_checkpoint(state, self.out_dir / "last.pt")
-        if improved:
+        # best.pt first: last.pt is where a resume starts, so once it is written the epoch counts as done and
+        # a best.pt not yet written would never be.
+        if new_best:
             save_checkpoint(state, self.out_dir / BEST_FILE)
+        save_checkpoint(state, self.out_dir / "last.pt")
         write_text_atomic(self.out_dir / "history.json", json.dumps(self.history, indent=2))
         plot_training_curves(self.history, self.out_dir / "training_curves.png")
 
