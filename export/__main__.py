@@ -2,7 +2,7 @@
 
 python -m export --checkpoint RUN/best.pt --name NAME [--precision fp32|fp16|int8] [--default] [--calibrate none]
 python -m export verify [NAME]     re-verify a shipped model (default: the manifest's default) and its calibration
-python -m export list              the models in the manifest
+python -m export list [--models-dir DIR]   the models in the manifest
 python -m export rederive REF --name NAME [--precision P] [--default]   a variant of a shipped FP32 graph whose
                                    checkpoint is gone: calibrated and/or converted, verified against that graph
 python -m export default NAME [--for cpu|cuda]   make a listed model the default (on one kind of device)
@@ -24,6 +24,7 @@ import sys
 from inference.fits import DEFAULT_FIT, FITS, fit_help
 from inference.manifest import CALIBRATION_METHODS, DEVICE_KINDS, ManifestError, load_manifest
 from inference.precisions import PRECISIONS, suits, tolerance_text
+from training.cli_types import positive_int
 
 from .int8_ranges import ACTIVATION_RANGES, ranges_help
 
@@ -49,11 +50,15 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", default="models", help="where the .onnx files and manifest.json live")
     p.add_argument("--default", action="store_true", help="make this the manifest's default model")
     _add_default_for(p)
-    p.add_argument("--calibration-images", type=int, default=1000, help="training-split images to calibrate INT8 with")
+    p.add_argument(
+        "--calibration-images", type=positive_int, default=1000, help="training-split images to calibrate INT8 with"
+    )
     _add_int8_ranges(p)
     p.add_argument("--cache-dir", default=".cache/datasets", help="dataset decode cache")
     p.add_argument(
-        "--max-val-images", type=int, help="verify on N validation images drawn with a fixed seed (quick checks)"
+        "--max-val-images",
+        type=positive_int,
+        help="verify on N validation images drawn with a fixed seed (quick checks)",
     )
     # training.inference.TTA_CHOICES, spelled out so that --help does not import torch
     p.add_argument(
@@ -95,7 +100,7 @@ def verify_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="model name (default: the manifest's default)")
     p.add_argument("--models-dir", default="models")
     p.add_argument("--cache-dir", default=".cache/datasets")
-    p.add_argument("--max-val-images", type=int)
+    p.add_argument("--max-val-images", type=positive_int)
     _add_reference_cache(p)
     return p
 
@@ -117,10 +122,12 @@ def rederive_parser() -> argparse.ArgumentParser:
     p.add_argument("--default", action="store_true", help="make the derived model the manifest's default")
     _add_default_for(p)
     p.add_argument("--models-dir", default="models")
-    p.add_argument("--calibration-images", type=int, default=1000, help="training-split images to calibrate INT8 with")
+    p.add_argument(
+        "--calibration-images", type=positive_int, default=1000, help="training-split images to calibrate INT8 with"
+    )
     _add_int8_ranges(p)
     p.add_argument("--cache-dir", default=".cache/datasets")
-    p.add_argument("--max-val-images", type=int)
+    p.add_argument("--max-val-images", type=positive_int)
     p.add_argument(
         "--fit",
         choices=list(FITS),
@@ -143,7 +150,9 @@ def recover_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint file to write, e.g. runs/recovered/NAME.pt")
     p.add_argument("--models-dir", default="models")
     p.add_argument("--cache-dir", default=".cache/datasets")
-    p.add_argument("--max-val-images", type=int, help="prove it on N validation images drawn with a fixed seed")
+    p.add_argument(
+        "--max-val-images", type=positive_int, help="prove it on N validation images drawn with a fixed seed"
+    )
     return p
 
 
@@ -195,6 +204,15 @@ def default_parser() -> argparse.ArgumentParser:
     return p
 
 
+def list_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export list",
+        description="The models in the manifest; * marks the default, and the per-device defaults are named.",
+    )
+    p.add_argument("--models-dir", default="models")
+    return p
+
+
 def card_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m export card",
@@ -238,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if argv[:1] == ["list"]:
-            return _list("models" if len(argv) < 2 else argv[1])
+            return _list(list_parser().parse_args(argv[1:]).models_dir)
         if argv[:1] == ["default"]:
             from .pipeline import set_default
 

@@ -160,8 +160,8 @@ def export_checkpoint(
         convert_variant(fp32, out, card, source, calibration_count, activation_ranges)
         classifier = OnnxClassifier(out, device="cpu")
         parity, graph_logits = parity_against(reference, torch_speed, classifier, val.images, val.labels)
-        publish(out, final, card, parity, graph_logits, val.labels, "")
-    return record_entry(card, final, models_dir, make_default, default_for), parity
+        publish(out, card, parity, graph_logits, val.labels, "")
+        return record_entry(card, out, final, models_dir, make_default, default_for), parity
 
 
 def check_activation_ranges(precision: str, activation_ranges: str | None) -> None:
@@ -195,10 +195,9 @@ def convert_variant(
     write_card(out, card)
 
 
-def publish(
-    out: Path, final: Path, card: ModelCard, parity: Parity, logits: np.ndarray, labels: np.ndarray, against: str
-) -> None:
-    """Refuse a graph that misses parity; otherwise write its metrics into the card and move it into place."""
+def publish(out: Path, card: ModelCard, parity: Parity, logits: np.ndarray, labels: np.ndarray, against: str) -> None:
+    """Refuse a graph that misses parity; otherwise write its metrics into the card (``record_entry`` then moves
+    it into place)."""
     if not parity.passed:
         raise ParityError(
             f"{card.name} ({card.precision}) failed verification{against}: {'; '.join(parity.failures)}\n"
@@ -212,18 +211,22 @@ def publish(
         "calibration": _calibration_report(logits, labels, card.calibration.temperature),
     }
     write_card(out, card)
-    os.replace(out, final)
 
 
 def record_entry(
-    card: ModelCard, final: Path, models_dir: Path, make_default: bool, default_for: Sequence[str] = ()
+    card: ModelCard, out: Path, final: Path, models_dir: Path, make_default: bool, default_for: Sequence[str] = ()
 ) -> ModelEntry:
-    entry = ModelEntry(**card.model_dump(), file=final.name, sha256=sha256_file(final))
-    _record(entry, models_dir, make_default, default_for)
+    """Move the verified graph ``out`` to ``final`` and list it in the manifest. The new manifest is made (and a
+    manifest that cannot be read refused) before the file is replaced, so a refusal leaves the shipped file
+    as the manifest knows it; only a stop between the two renames can part them."""
+    entry = ModelEntry(**card.model_dump(), file=final.name, sha256=sha256_file(out))
+    manifest = _with_entry(entry, models_dir, make_default, default_for)
+    os.replace(out, final)
+    save_manifest(manifest, models_dir)
     return entry
 
 
-def _record(entry: ModelEntry, models_dir: Path, make_default: bool, default_for: Sequence[str]) -> None:
+def _with_entry(entry: ModelEntry, models_dir: Path, make_default: bool, default_for: Sequence[str]) -> Manifest:
     try:
         manifest = load_manifest(models_dir, verify=False)
         models = [m for m in manifest.models if m.name != entry.name] + [entry]
@@ -235,7 +238,7 @@ def _record(entry: ModelEntry, models_dir: Path, make_default: bool, default_for
         models, default, defaults = [entry], entry.name, {}
         log.info("starting a new manifest (%s)", exc)
     defaults.update({kind: entry.name for kind in default_for})
-    save_manifest(Manifest(default=default, defaults=defaults, models=models), models_dir)
+    return Manifest(default=default, defaults=defaults, models=models)
 
 
 def set_default(models_dir: str | Path, name: str, kinds: Sequence[str] = ()) -> Manifest:

@@ -117,5 +117,5 @@ def rederive(
         parity = judge(
             precision, expected, softmax(logits), val.labels, topk_accuracy(expected, val.labels, 1), ref_speed, speed
         )
-        publish(out, final, card, parity, logits, val.labels, f" against {ref.file}")
-    return record_entry(card, final, models_dir, make_default, default_for), parity
+        publish(out, card, parity, logits, val.labels, f" against {ref.file}")
+        return record_entry(card, out, final, models_dir, make_default, default_for), parity

@@ -237,6 +237,26 @@ def test_manifest_errors(exported, tmp_path):
         load_manifest(m)
 
 
+def test_an_export_into_a_folder_whose_manifest_is_broken_leaves_the_shipped_file(tiny_run, exported, tmp_path):
+    """The manifest is read, and a broken one refused, before the verified graph replaces the shipped file: the
+    file stays the one the manifest lists."""
+    models, entry, _ = exported
+    m = _copy_models(models, tmp_path / "m")
+    raw = json.loads((m / "manifest.json").read_text())
+    (m / "manifest.json").write_text(json.dumps(dict(raw, default="nope")))
+    before = (m / entry.file).read_bytes()
+    with pytest.raises(ManifestError, match="default model 'nope'"):
+        export_checkpoint(tiny_run / "best.pt", entry.name, "fp32", m, cache_dir=None, calibrate="none")
+    assert (m / entry.file).read_bytes() == before
+    assert sorted(p.name for p in m.iterdir()) == sorted(p.name for p in models.iterdir())  # no stray files
+
+
+def test_export_list_reads_the_folder_it_is_given(exported, capsys):
+    models, entry, _ = exported
+    assert export_main(["list", "--models-dir", str(models)]) == 0
+    assert entry.name in capsys.readouterr().out
+
+
 def test_verify_command(exported, tmp_path, capsys):
     models, entry, _ = exported
     m = _copy_models(models, tmp_path / "m")

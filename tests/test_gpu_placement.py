@@ -98,8 +98,10 @@ def test_export_records_and_changes_the_per_device_defaults(tmp_path):
     card = ModelCard.model_validate(
         {k: v for k, v in _shipped()["models"][0].items() if k in ModelCard.model_fields} | {"name": "again"}
     )
-    shutil.copyfile(models / f"{INT8}.onnx", models / "again.onnx")
-    record_entry(card, models / "again.onnx", models, make_default=False, default_for=["cuda"])
+    staged = tmp_path / "staged.onnx"  # what export verified, moved into place as it is recorded
+    shutil.copyfile(models / f"{INT8}.onnx", staged)
+    record_entry(card, staged, models / "again.onnx", models, make_default=False, default_for=["cuda"])
+    assert (models / "again.onnx").is_file() and not staged.exists()
     manifest = load_manifest(models)
     assert (manifest.default, manifest.defaults) == (INT8, {"cuda": "again"})
     assert main(["default", FP32, "--for", "cpu", "--models-dir", str(models)]) == 0
@@ -109,7 +111,8 @@ def test_export_records_and_changes_the_per_device_defaults(tmp_path):
     assert load_manifest(models).default == "again"
     assert main(["default", "nope", "--for", "cuda", "--models-dir", str(models)]) == 2
     # re-recording a model keeps the other defaults
-    record_entry(card, models / "again.onnx", models, make_default=False)
+    shutil.copyfile(models / "again.onnx", staged)
+    record_entry(card, staged, models / "again.onnx", models, make_default=False)
     assert load_manifest(models).defaults == {"cuda": "again", "cpu": FP32}
 
 

@@ -466,6 +466,21 @@ def test_an_onnx_model_with_tta_in_its_graph_is_described_so_and_not_augmented_t
     assert "already averages flip views inside its graph" in err and not (tmp_path / "r" / "metrics.json").exists()
 
 
+def test_an_onnx_model_is_evaluated_on_the_images_its_run_saw_not_with_its_serving_fit(tiny_run, tmp_path):
+    """export --fit chooses how served photos are fitted; the run's own validation images were fitted as it
+    trained (what parity read at export), and evaluate --onnx must read the same."""
+    from export.pipeline import export_checkpoint
+
+    models = tmp_path / "models"
+    entry, _ = export_checkpoint(tiny_run / "best.pt", "tiny-pad", "fp32", models, cache_dir=None, fit="pad")
+    assert (entry.input.fit, entry.source["fit"]) == ("pad", "center_crop")
+    out = tmp_path / "pad"
+    assert main(["evaluate", "--onnx", str(models / "tiny-pad.onnx"), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["fit"] == "center_crop"
+    assert metrics["top1"] == pytest.approx(entry.metrics["val_top1"], abs=1e-9)
+
+
 # -- user errors ------------------------------------------------------------------------------------
 
 
@@ -581,14 +596,49 @@ def test_ablation_skips_finished_variants_and_resumes_an_interrupted_one(image_f
 
 @pytest.mark.parametrize(
     "extra",
-    [["--vary", "optim.nosuch=1,2"], ["--vary", "dropout=0,0.1", "--split", "test"]],
-    ids=["unknown_key", "folder_has_no_test_split"],
+    [
+        ["--vary", "optim.nosuch=1,2"],
+        ["--vary", "dropout=0,0.1", "--split", "test"],
+        ["--vary", "dropout=0,0.1", "--device", "gpu"],
+    ],
+    ids=["unknown_key", "folder_has_no_test_split", "not_a_device"],
 )
 def test_ablation_rejects_bad_settings_before_training(extra, tmp_path, image_folder, capsys):
     sets = tiny_overrides(image_folder, tmp_path / "cache")
     assert main(["ablate", "--recipe", "resnet9_half_cpu", *extra, "--set", *sets, "--out", str(tmp_path / "a")]) == 2
     assert capsys.readouterr().err.startswith("error:")
     assert not any((tmp_path / "a").glob("*/last.pt"))
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["evaluate", "--checkpoint", "RUN", "--batch-size", "0"], "--batch-size: 0 is not at least 1"),
+        (["compare", "A", "B", "--alpha", "1.5"], "--alpha: 1.5 is not a significance level"),
+        (["compare", "A", "B", "--alpha", "0"], "--alpha: 0 is not a significance level"),
+    ],
+)
+def test_out_of_range_numbers_are_usage_errors(args, said, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert done.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_ablate_refuses_a_batch_size_below_1_before_training(tmp_path, image_folder, capsys):
+    sets = tiny_overrides(image_folder, tmp_path / "cache")
+    with pytest.raises(SystemExit) as done:
+        main(
+            ["ablate", "--recipe", "resnet9_half_cpu", "--vary", "dropout=0,0.1", "--set", *sets]
+            + ["--out", str(tmp_path / "a"), "--batch-size", "-1"]
+        )
+    assert done.value.code == 2 and "--batch-size: -1 is not at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_device_that_is_none_is_named_in_one_line(tiny_run, tmp_path, capsys):
+    assert main(["evaluate", "--checkpoint", str(tiny_run), "--device", "gpu", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "device 'gpu': not a device; use auto, cpu, cuda or cuda:N" in err and "Traceback" not in err
 
 
 def test_a_file_that_is_no_checkpoint_is_refused_in_one_line_not_a_traceback(tiny_models_dir, tmp_path, capsys):

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from ..cli_types import percent, positive_int, significance
 from ..data import SPLITS
 from .figures import MAX_CLASSES
 
@@ -38,7 +39,7 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
         help="test-time augmentation: none, flip (average with the mirror "
         "image) or multicrop (mirror and one-pixel translations, 6 views)",
     )
-    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size (default: 256)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
 
 
@@ -103,8 +104,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
+    from ..engine import resolve_device
     from .ablate import ablate, format_table
 
+    resolve_device(args.device)  # a device this machine lacks is named now, not after the first variant trains
     try:
         result = ablate(
             args.recipe,
@@ -124,16 +127,6 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     print(format_table(result))
     print(f"table: {result['out_dir']}/ablation.md and ablation.json")
     return 0
-
-
-def _percent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 100:
-        raise argparse.ArgumentTypeError(f"{text} is not a percentage in (0, 100]")
-    return value
 
 
 def add_report_commands(sub) -> None:
@@ -182,7 +175,7 @@ def add_report_commands(sub) -> None:
     )
     p.add_argument("a", help="model or report A (the reference)")
     p.add_argument("b", help="model or report B (the difference is B - A)")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
+    p.add_argument("--alpha", type=significance, default=0.05, help="significance level (default: 0.05)")
     p.add_argument("--out", help="also write compare.json and compare.md to this folder")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_data_args(p, None)
@@ -224,13 +217,13 @@ def add_report_commands(sub) -> None:
     )
     p.add_argument(
         "--target-top1",
-        type=_percent,
+        type=percent,
         metavar="PERCENT",
         help="also tabulate the epochs each variant took to reach this validation top-1, e.g. 92",
     )
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides shared by every variant")
     p.add_argument("--out", help="ablation folder (default: runs/ablate-<recipe>)")
     p.add_argument("--split", default="val", help=SPLIT_HELP + " (default: val)")
-    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size (default: 256)")
     p.add_argument("--device", default="auto", help="evaluation device: auto, cpu or cuda (default: auto)")
     p.set_defaults(fn=cmd_ablate)

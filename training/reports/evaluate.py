@@ -188,7 +188,8 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
         "root": src.get("data_root"),
         "val_size": src.get("val_size"),
         "split_seed": src.get("split_seed"),
-        "fit": card.input.fit,
+        # how the run's images were fitted (what parity read at export), not the card's choice for photos
+        "fit": src.get("fit", LEGACY_FIT),
     }
     run_dir, history = None, []
     checkpoint = src.get("checkpoint")

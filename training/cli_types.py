@@ -1,0 +1,36 @@
+"""Argument types shared by the training and export command lines: a bad value is refused by argparse with a
+usage line naming the flag, before any data is read or any network trained."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def _number(text: str, kind: type) -> float | int:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not at least 1")
+    return value
+
+
+def percent(text: str) -> float:
+    value = _number(text, float)
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"{text} is not a percentage in (0, 100]")
+    return value
+
+
+def significance(text: str) -> float:
+    """A significance level: strictly between 0 and 1 (0 would make every interval infinite)."""
+    value = _number(text, float)
+    if not 0 < value < 1 or math.isnan(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a significance level between 0 and 1, such as 0.05")
+    return value
