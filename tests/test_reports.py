@@ -466,6 +466,31 @@ def test_an_onnx_model_with_tta_in_its_graph_is_described_so_and_not_augmented_t
     assert "already averages flip views inside its graph" in err and not (tmp_path / "r" / "metrics.json").exists()
 
 
+def test_a_re_evaluation_stopped_midway_leaves_no_metrics_of_the_previous_one(
+    tiny_run, tiny_report, tmp_path, monkeypatch, atomic_writes
+):
+    """compare reads a report's TTA and data from metrics.json: new predictions beside the earlier evaluation's
+    metrics would pass for what they are not. Every report file is written atomically."""
+    import training.reports.evaluate as evaluate_module
+
+    out = tmp_path / "report"
+    shutil.copytree(tiny_report, out)
+    assert json.loads((out / "metrics.json").read_text())["tta"] == "none"
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(evaluate_module, "temperature_for", stopped)
+        evaluate_module.evaluate(checkpoint=str(tiny_run / "best.pt"), out=str(out), tta="flip", device="cpu")
+    assert not (out / "metrics.json").exists()
+
+    synced, replaced = atomic_writes
+    assert main(["evaluate", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out), "--device", "cpu"]) == 0
+    for name in ("predictions.npz", "metrics.json", "report.md"):
+        assert name in replaced and replaced[name] in synced, name
+
+
 def test_an_onnx_model_is_evaluated_on_the_images_its_run_saw_not_with_its_serving_fit(tiny_run, tmp_path):
     """export --fit chooses how served photos are fitted; the run's own validation images were fitted as it
     trained (what parity read at export), and evaluate --onnx must read the same."""

@@ -22,6 +22,8 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from inference.files import write_text_atomic
+
 from ..config import Config, build_config
 from ..engine import resume, train
 from ..inference import check_tta
@@ -239,8 +241,8 @@ def ablate(
         "num_samples": int(len(loaded[next(iter(loaded))][0])),
         "variants": rows,
     }
-    (out_dir / "ablation.json").write_text(json.dumps(result, indent=2))
-    (out_dir / "ablation.md").write_text(format_table(result))
+    write_text_atomic(out_dir / "ablation.json", json.dumps(result, indent=2))
+    write_text_atomic(out_dir / "ablation.md", format_table(result))
     result["out_dir"] = str(out_dir)
     return result
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from inference.files import write_text_atomic
+
 from ..plots import plot_compared_curves
 from .evaluate import PREDICTIONS_FILE, check_classes, load_model, load_predictions, resolve_data, sample_fingerprint
 from .metrics import mcnemar, paired_difference_interval
@@ -206,7 +208,7 @@ def write_comparison(result: dict[str, Any], out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     # The histories are the runs' own (history.json beside each); the figure below is what they are here for.
     saved = {k: v for k, v in result.items() if k != "histories"}
-    (out_dir / "compare.json").write_text(json.dumps(saved, indent=2))
+    write_text_atomic(out_dir / "compare.json", json.dumps(saved, indent=2))
     text = "# Comparison\n\n```\n" + format_comparison(result) + "\n```\n"
     histories = result["histories"]
     if histories["a"] and histories["b"]:
@@ -214,5 +216,5 @@ def write_comparison(result: dict[str, Any], out_dir: str | Path) -> Path:
         labels = {"a": f"A {result['a']['path']}", "b": f"B {result['b']['path']}"}
         plot_compared_curves({labels[k]: histories[k] for k in ("a", "b")}, out_dir / CURVES_FILE)
         text += f"\n![learning curves of A and B]({CURVES_FILE})\n"
-    (out_dir / "compare.md").write_text(text)
+    write_text_atomic(out_dir / "compare.md", text)
     return out_dir

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from inference.files import write_atomic, write_text_atomic
 from inference.fits import DEFAULT_FIT, LEGACY_FIT
 
 from ..checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
@@ -301,8 +302,12 @@ def check_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> str
 
 
 def save_predictions(path: Path, logits: np.ndarray, labels: np.ndarray, classes: list[str], fingerprint: str) -> None:
+    write_atomic(path, lambda f: _savez(f, logits, labels, classes, fingerprint))
+
+
+def _savez(f, logits: np.ndarray, labels: np.ndarray, classes: list[str], fingerprint: str) -> None:
     np.savez_compressed(
-        path,
+        f,
         logits=logits.astype(np.float32),
         labels=labels.astype(np.int64),
         predictions=logits.argmax(1).astype(np.int64),
@@ -509,7 +514,7 @@ def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | 
         f"All numbers: `{METRICS_FILE}`; per-sample logits and labels: `{PREDICTIONS_FILE}` "
         "(`python -m training compare` pairs two reports).",
     ]
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def evaluate(
@@ -564,6 +569,9 @@ def evaluate(
         "host": platform.node(),
         **metrics,
     }
+    # A report stopped midway must not pair these predictions with an earlier evaluation's metrics (compare
+    # reads its TTA and data from them): the old metrics go before the new predictions arrive.
+    (out_dir / METRICS_FILE).unlink(missing_ok=True)
     save_predictions(out_dir / PREDICTIONS_FILE, logits, data.labels, classes, fingerprint)
     scaling = temperature_for(source, spec, data, logits, tta, batch_size)
     if scaling is None:
@@ -620,7 +628,7 @@ def evaluate(
         bar.update()
         if source.history:
             plot_training_curves(source.history, out_dir / "training_curves.png")
-            (out_dir / HISTORY_FILE).write_text(json.dumps(source.history, indent=1))
+            write_text_atomic(out_dir / HISTORY_FILE, json.dumps(source.history, indent=1))
             files["training_curves"] = "training_curves.png"
         else:
             notes.append("No training curves: no history.json next to the model and none in the checkpoint.")
@@ -632,7 +640,7 @@ def evaluate(
         )
     metrics["notes"] = notes
     metrics["files"] = {k: v for k, v in files.items() if v}
-    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    write_text_atomic(out_dir / METRICS_FILE, json.dumps(metrics, indent=2))
     write_report_md(out_dir / "report.md", metrics, files, notes)
     metrics["out_dir"] = str(out_dir)
     return metrics
