@@ -12,6 +12,7 @@ formats have no reduced decode: right after loading, one over a megapixel is shr
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import warnings
@@ -34,6 +35,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", "
 # decoding time (docs/measurements.md, "Decoding"). Anything else is probed as usual.
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _MAGIC_FORMATS = ((_JPEG_MAGIC, ("JPEG",)), (b"\x89PNG\r\n\x1a\n", ("PNG",)))
+# The only formats Pillow may open here (uploads are untrusted): the raster formats images are sent in. Left
+# out on purpose: EPS, which Pillow hands to Ghostscript when the host has it, and the scientific, video and
+# legacy formats (FITS, HDF5, GRIB, MPEG, WMF, PSD, ...) that no photo comes in and each add a parser.
+DECODABLE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "ICO", "PPM", "TGA", "QOI", "AVIF", "JPEG2000")
 # The reductions libjpeg's DCT scaling offers Pillow, largest first.
 _DCT_REDUCTIONS = (8, 4, 2)
 # EXIF orientations that turn the stored frame a quarter: its width is the shown height.
@@ -126,7 +131,7 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, r
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(stream, formats=_format_hint(data))
+            image = Image.open(stream, formats=_format_hint(data) or _decodable())
             _check_pixels(*image.size, max_pixels)
             frame = None  # the geometry is the loaded image's own, unless it is decoded reduced
             if reduce and image.format == "JPEG":
@@ -203,6 +208,13 @@ def _shown_size(image: Image.Image) -> tuple[int, int]:
     except Exception:  # a broken EXIF block: exif_transpose will not turn it either
         turned = False
     return (height, width) if turned else (width, height)
+
+
+@functools.cache
+def _decodable() -> tuple[str, ...]:
+    """DECODABLE_FORMATS that this Pillow has a reader for (an unknown name would fail every open)."""
+    Image.init()
+    return tuple(name for name in DECODABLE_FORMATS if name in Image.OPEN)
 
 
 def _format_hint(data: bytes) -> tuple[str, ...] | None:

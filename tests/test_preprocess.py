@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from inference.preprocess import (
+    DECODABLE_FORMATS,
     ImageDecodeError,
     ImageTooLarge,
     decode_image,
@@ -75,6 +76,31 @@ def test_empty_and_oversized_are_refused():
         decode_image(b"")
     with pytest.raises(ImageTooLarge, match="over the limit"):  # its own type: the service answers 413 for it
         decode_image(_encode(Image.new("RGB", (100, 100)), "PNG"), max_pixels=9_999)
+
+
+Image.init()  # every plugin registered, so that SAVE lists all Pillow can write here
+
+
+@pytest.mark.parametrize("fmt", [f for f in DECODABLE_FORMATS if f in Image.SAVE])
+def test_every_decodable_format_that_pillow_writes_here_decodes(fmt):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    assert decode_image(_encode(image, fmt)).shape == (32, 32, 3)
+
+
+def test_no_reader_outside_the_list_is_offered_an_upload(monkeypatch):
+    """EPS goes to Ghostscript when the host has it: an upload must never reach that plugin, nor any other
+    reader outside DECODABLE_FORMATS."""
+    from PIL import EpsImagePlugin
+
+    offered = []
+    monkeypatch.setattr(EpsImagePlugin, "_accept", lambda prefix: offered.append(prefix) or True)
+    Image.init()
+    monkeypatch.setitem(Image.OPEN, "EPS", (EpsImagePlugin.EpsImageFile, EpsImagePlugin._accept))
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    with pytest.raises(ImageDecodeError, match="not a readable image"):
+        decode_image(eps)
+    assert offered == []
+    assert "EPS" not in DECODABLE_FORMATS
 
 
 def test_the_pixel_limit_is_ours_even_past_pillows_own(monkeypatch):
