@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .contract import Rejection
@@ -83,6 +83,10 @@ def oip_routes(
         return Response(status_code=200 if running is not None and running.ready else 400)
 
     async def metadata(request: Request) -> Response:
+        if request.path_params["name"].endswith("/infer"):
+            # GET .../infer: the POST-only route matched all but the method, and this one took the rest as a
+            # model's name; answered as the router answers any other route's wrong method.
+            return PlainTextResponse("Method Not Allowed", status_code=405, headers={"Allow": "POST"})
         found = located(request)
         if isinstance(found, Response):
             return found

@@ -300,6 +300,12 @@ def test_metadata_and_readiness_of_an_unknown_model_are_404(server):
     assert httpx.get(f"{server}/v2/models/tiny-int8/ready").status_code == 200
 
 
+def test_infer_with_the_wrong_method_is_405_not_an_unknown_model(server):
+    for method in ("GET", "PUT"):
+        response = httpx.request(method, f"{server}/v2/models/tiny/infer", timeout=10)
+        assert response.status_code == 405 and response.headers["allow"] == "POST", (method, response.text)
+
+
 JSON_BAD = {
     # name: (body as bytes or JSON-able, status, reason, words expected in the message)
     "not JSON": (b'{"images": [', 400, "malformed_request", "could not be parsed"),
