@@ -105,6 +105,13 @@ def test_an_ensemble_recipe_trains_its_members_resumes_after_an_interruption_and
     assert "holds a single network's run" in capsys.readouterr().err
     assert (sha256_file(out / "best.pt"), sha256_file(first / "best.pt")) == (joined_sha, member_sha)
 
+    # Started over and stopped during member 2: nothing of the old run passes for the new one's (a resume would
+    # have taken the old member 2 for finished).
+    monkeypatch.setattr(runner, "train", machine_lost_during_member_2)
+    assert cli("--force") == 130
+    assert not (out / "best.pt").exists() and not (out / "summary.json").exists()
+    assert (first / "summary.json").is_file() and not (second / "summary.json").exists()
+
 
 @pytest.mark.parametrize(
     ("members", "section", "said"),

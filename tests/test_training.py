@@ -496,6 +496,26 @@ def test_early_stopping(image_folder, tmp_path):
     assert summary["best"]["epoch"] == 1 and load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 1
 
 
+def test_force_starts_over_without_the_previous_runs_files(image_folder, tmp_path, monkeypatch):
+    """Stopped during its first epoch, a run started over with --force leaves nothing of the old run that could
+    pass for its own (a best.pt, a summary saying it finished, a last.pt a resume would continue)."""
+    from training.__main__ import main as training_main
+    from training.engine import Trainer
+
+    out = tmp_path / "run"
+    train_cli = ["train", "--recipe", "resnet9_half_cpu", "--out", str(out)]
+    sets = ["--set", *tiny_overrides(image_folder, tmp_path / "cache", epochs=1)]
+    assert training_main([*train_cli, *sets]) == 0
+    assert all((out / name).exists() for name in ("last.pt", "best.pt", "summary.json", "history.json"))
+
+    def stopped(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_epoch", stopped)
+    assert training_main([*train_cli, *sets, "--force"]) == 130
+    assert not any((out / name).exists() for name in ("last.pt", "best.pt", "summary.json", "history.json"))
+
+
 def test_best_is_written_before_last(image_folder, tmp_path, monkeypatch):
     """last.pt is where a resume starts: once it is written the epoch is done, so best.pt must already be."""
     import training.engine as engine

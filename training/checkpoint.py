@@ -17,6 +17,14 @@ from .models import ImageClassifier, create_model
 # (its members train in numbered sub-folders; BEST_FILE is written once the last has finished).
 BEST_FILE = "best.pt"
 ENSEMBLE_RUN_FILE = "ensemble.yaml"
+# What a run writes as it trains; a run started over removes the previous one's first, so that nothing of it
+# (a best.pt, a summary saying it finished) passes for the new run's if the new one is stopped early.
+RUN_FILES = ("last.pt", BEST_FILE, "summary.json", "history.json", "training_curves.png")
+
+
+def clear_run(folder: str | Path, names: tuple[str, ...] = RUN_FILES) -> None:
+    for name in names:
+        (Path(folder) / name).unlink(missing_ok=True)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:

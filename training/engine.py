@@ -18,7 +18,7 @@ from tqdm import tqdm
 from inference.files import write_text_atomic
 
 from . import distributed
-from .checkpoint import BEST_FILE, load_checkpoint, save_checkpoint
+from .checkpoint import BEST_FILE, clear_run, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, config_differences, save_config, validate_config
 from .data import ImageArrays, load_split
 from .data.loader import TensorLoader
@@ -351,6 +351,8 @@ class Trainer:
             return summary
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.epoch == 0:  # a new run (--force over an old one): none of the old one's files may remain
+                clear_run(self.out_dir)
             save_config(self.config, self.out_dir / "config.yaml")
             log.info(
                 "%s: %s parameters, %d training images, device %s",

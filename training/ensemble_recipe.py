@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from inference.files import write_text_atomic
 from inference.fits import FitName
 
-from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE
+from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, clear_run
 from .config import ENSEMBLE_KEY, Config, ConfigError, build_config, is_ensemble_recipe, load_ensemble_recipe_raw
 from .engine import check_network_takes_its_input, train
 from .engine import resume as resume_run
@@ -130,6 +130,10 @@ def train_ensemble(
             f"with this one (started: {json.dumps(started)}; asked: {json.dumps(resolved)})"
         )
     out.mkdir(parents=True, exist_ok=True)
+    if not resume:  # started over: the old joined network, its summary and every member's run go first
+        clear_run(out, (BEST_FILE, "summary.json"))
+        for i in range(len(configs)):
+            clear_run(out / recipe.folder(i))
     write_text_atomic(out / ENSEMBLE_RUN_FILE, yaml.safe_dump(resolved, sort_keys=False))
     summaries = []
     for i, (member, config) in enumerate(zip(recipe.members, configs)):
