@@ -56,6 +56,10 @@ class _TooManyImages(Exception):
     pass
 
 
+class _Unfinished(Exception):
+    pass
+
+
 def _limited_receive(request: Request, limit: int):
     """The request's receive channel, failing once more than ``limit`` body bytes have arrived."""
     receive = request.receive
@@ -83,8 +87,22 @@ class _FormParser(MultiPartParser):
         )
         self.max_images = max_images
         self.images = 0
+        self.in_part = False
+
+    async def parse(self) -> Any:
+        form = await super().parse()
+        if self.in_part:
+            # python-multipart drops a part the body ends inside: the request would read as one without it.
+            await form.close()
+            raise _Unfinished()
+        return form
+
+    def on_part_begin(self) -> None:
+        super().on_part_begin()
+        self.in_part = True
 
     def on_part_end(self) -> None:
+        self.in_part = False
         super().on_part_end()
         name, value = self.items[-1]
         if name == "images" and isinstance(value, UploadFile):
@@ -136,6 +154,10 @@ async def read_classify_form(request: Request, max_images: int, max_body_bytes: 
         return _too_large(max_body_bytes)
     except _TooManyImages:
         return Rejection("too_many_images", f"too many images: at most {max_images} per request")
+    except _Unfinished:
+        return Rejection(
+            "malformed_request", "the multipart body ends inside a part: its closing boundary (--BOUNDARY--) is missing"
+        )
     except Exception as exc:  # starlette's MultiPartException, python-multipart's parse errors
         detail = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         return Rejection("malformed_request", f"the multipart body could not be parsed: {detail}")

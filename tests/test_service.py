@@ -317,6 +317,23 @@ def test_neither_multipart_nor_json_is_415_and_json_paths_are_never_read(server,
         timeout=10,
     )
     assert garbled.status_code == 400 and garbled.json()["reason"] == "malformed_request"
+    part = (
+        b'--x\r\nContent-Disposition: form-data; name="images"; filename="a.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + jpegs[0].read_bytes()
+    )
+    for body in (part, part + b'\r\n--x\r\nContent-Disposition: form-data; name="k"\r\n\r\n2'):
+        unfinished = httpx.post(
+            f"{server}/classify", content=body, headers={"content-type": "multipart/form-data; boundary=x"}, timeout=10
+        )
+        assert unfinished.status_code == 400 and unfinished.json()["reason"] == "malformed_request", unfinished.text
+        assert "closing boundary" in unfinished.json()["error"]  # not "no images": an image was sent
+    finished = httpx.post(
+        f"{server}/classify",
+        content=part + b"\r\n--x--\r\n",
+        headers={"content-type": "multipart/form-data; boundary=x"},
+        timeout=10,
+    )
+    assert finished.status_code == 200, finished.text
     assert _post(server, _files(jpegs[:1])).status_code == 200
 
 
