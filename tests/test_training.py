@@ -235,6 +235,14 @@ def test_config_overrides_reach_their_fields():
     assert cfg.augment.params().cutout == 8 and cfg.train.ema_decay == 0.99
     basic = build_config("wrn_28_10", ["augment=basic"])
     assert basic.augment.cutout == AUGMENT_PRESETS["basic"]["cutout"] == 0
+    # A mapping for a section sets those fields and keeps the recipe's others, as dotted keys do.
+    recipe = build_config("airbench94_muon").augment
+    mapped = build_config("airbench94_muon", ["augment={cutout: 8}"]).augment
+    assert mapped == build_config("airbench94_muon", ["augment.cutout=8"]).augment
+    assert (mapped.cutout, mapped.pad_mode, mapped.alternate_flip) == (8, recipe.pad_mode, recipe.alternate_flip)
+    assert (recipe.pad_mode, recipe.alternate_flip) == ("reflect", True)  # not the defaults: the check means it
+    # model.args are the network's own arguments: a mapping replaces them whole
+    assert build_config("airbench94_muon", ["model.args={widths: [8, 8, 8]}"]).model.args == {"widths": [8, 8, 8]}
     with pytest.raises(ConfigError, match="recipe"):
         build_config("no_such_recipe")
     with pytest.raises(ConfigError, match="lr"):

@@ -312,6 +312,11 @@ def _field_owner(key: str) -> str:
     return f"model.args.{key}"
 
 
+# The sections of typed fields: a mapping given for one is merged into the recipe's. model is not among them: its
+# args are the chosen network's own keyword arguments, which a mapping replaces whole.
+MERGED_SECTIONS = ("data", "augment", "optim", "schedule", "train")
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for item in overrides:
         if "=" not in item:
@@ -328,7 +333,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"cannot set {key!r}: {part!r} is not a section")
-        node[path[-1]] = _parse_value(value)
+        parsed = _parse_value(value)
+        if path[-1] in MERGED_SECTIONS and len(path) == 1 and isinstance(parsed, dict):
+            # augment={cutout: 8} sets those fields, as augment.cutout=8 does: replacing the section would drop
+            # the recipe's other settings of it without a word (airbench's reflect padding, its alternating flip)
+            node[path[-1]] = {**(node.get(path[-1]) or {}), **parsed}
+        else:
+            node[path[-1]] = parsed
     return raw
 
 
