@@ -214,7 +214,7 @@ class ServiceSettings:
                 # An empty file would silently open the service that the file was meant to close.
                 raise SettingsError(f"CIFAR_API_KEYS_FILE {self.api_keys_file} holds no key")
             keys |= file_keys
-        return frozenset(keys - {""})
+        return frozenset(keys)
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -52,21 +52,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = build_config(args.recipe, args.set)
     out = Path(args.out) if args.out else Path("runs") / config.recipe
     if (out / ENSEMBLE_RUN_FILE).exists() and not args.force:
-        print(
-            f"error: {out} holds an ensemble recipe's run, whose {BEST_FILE} this run would replace; train into "
-            "another folder, or start over with --force",
-            file=sys.stderr,
+        raise ConfigError(
+            f"{out} holds an ensemble recipe's run, whose {BEST_FILE} this run would replace; train into "
+            "another folder, or start over with --force"
         )
-        return 2
     if (out / "last.pt").exists() and args.resume:
         summary = resume(out, expected=config)
     elif (out / "last.pt").exists() and not args.force:
-        print(
-            f"error: {out} already holds a run; continue it with `python -m training resume {out}` (or this "
-            "command with --resume), or start over with --force",
-            file=sys.stderr,
+        raise ConfigError(
+            f"{out} already holds a run; continue it with `python -m training resume {out}` (or this "
+            "command with --resume), or start over with --force"
         )
-        return 2
     else:
         summary = train(config, out)
     if os.environ.get("RANK", "0") == "0":
@@ -80,19 +76,15 @@ def _train_ensemble(args: argparse.Namespace) -> int:
     recipe = load_ensemble_recipe(args.recipe)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
     if (out / "last.pt").exists() and not args.force:
-        print(
-            f"error: {out} holds a single network's run, whose {BEST_FILE} the joined ensemble would replace; "
-            "train into another folder, or start over with --force",
-            file=sys.stderr,
+        raise ConfigError(
+            f"{out} holds a single network's run, whose {BEST_FILE} the joined ensemble would replace; "
+            "train into another folder, or start over with --force"
         )
-        return 2
     if started_run(out) is not None and not (args.resume or args.force):
-        print(
-            f"error: {out} already holds an ensemble run; continue it with this command and --resume (finished "
-            "members are kept), or start over with --force",
-            file=sys.stderr,
+        raise ConfigError(
+            f"{out} already holds an ensemble run; continue it with this command and --resume (finished "
+            "members are kept), or start over with --force"
         )
-        return 2
     summary = train_ensemble(recipe, out, args.set, resume=args.resume)
     print(json.dumps(summary, indent=2))
     print(
