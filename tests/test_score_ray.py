@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -252,3 +253,42 @@ def test_stages_turn_every_failure_into_the_local_engines_error_row(image_folder
         np.frombuffer(decoded.column("pixels")[0].as_py(), np.uint8).reshape(32, 32, 3),
         np.asarray(Image.open(tmp_path / os.fsdecode(odd)).convert("RGB")),
     )
+
+
+class _RecordingRay:
+    """Stands in for the ray module at shutdown: records which of Ray Data's pipeline threads are still alive."""
+
+    def __init__(self):
+        self.alive_at_shutdown = None
+
+    def shutdown(self):
+        alive = [t for t in threading.enumerate() if t.name == ray_engine.PIPELINE_THREAD]
+        self.alive_at_shutdown = alive
+
+
+def _closing_backend() -> tuple[ray_engine.RayBackend, _RecordingRay]:
+    backend = ray_engine.RayBackend.__new__(ray_engine.RayBackend)
+    backend.ray, backend._stream, backend._owns_connection = _RecordingRay(), None, True
+    return backend, backend.ray
+
+
+def test_ray_shuts_down_after_the_pipeline_threads_end(monkeypatch):
+    """A Ray Data thread still in a Ray call when Ray shuts down makes Ray end the process with status 1 (a
+    Ctrl-C answered 1, not 130): close() lets them finish first, and waits no longer than its grace period."""
+    backend, ray = _closing_backend()
+    finishing = threading.Thread(target=time.sleep, args=(0.5,), name=ray_engine.PIPELINE_THREAD)
+    finishing.start()
+    backend.close()
+    assert ray.alive_at_shutdown == []
+
+    monkeypatch.setattr(ray_engine, "PIPELINE_GRACE_S", 0.2)
+    backend, ray = _closing_backend()
+    release = threading.Event()
+    stuck = threading.Thread(target=release.wait, name=ray_engine.PIPELINE_THREAD, daemon=True)
+    stuck.start()
+    start = time.monotonic()
+    backend.close()
+    release.set()
+    assert ray.alive_at_shutdown == [stuck] and time.monotonic() - start < 5  # waited, then shut down anyway
+    backend.close()  # a second close does nothing
+    assert ray.alive_at_shutdown == [stuck]

@@ -21,6 +21,8 @@ import logging
 import os
 import sys
 import tempfile
+import threading
+import time
 from typing import Iterator
 
 from inference.preprocess import DEFAULT_MAX_PIXELS, decode_pixels, pixels_to_model_input
@@ -37,6 +39,11 @@ MISSING = "--engine ray needs Ray Data, an optional extra: pip install -e '.[ray
 # object store at once; a window bounds both, at the cost of one actor pool start per window.
 WINDOW_FILES = 1_000_000
 CHUNKS_PER_BLOCK = 8  # chunks of the walk (--batch-size files each) per block: one read-and-decode task
+# Ray Data pulls a dataset's batches in threads of its own, which end shortly after the iterator is closed. One
+# still inside a Ray call when ray.shutdown() runs reaches Ray's shut-down core worker, which then ends the whole
+# process with status 1: a Ctrl-C answered 1 instead of 130 on a busy machine. Shutdown waits for them, this long.
+PIPELINE_THREAD = "iter_threaded"
+PIPELINE_GRACE_S = 10.0
 
 
 def _import_ray():
@@ -329,7 +336,15 @@ class RayBackend:
             self._stream = None
         if self._owns_connection:
             self._owns_connection = False
+            _join_pipeline_threads(PIPELINE_GRACE_S)
             self.ray.shutdown()
+
+
+def _join_pipeline_threads(timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread.name == PIPELINE_THREAD and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _connect(ray, address: str | None) -> bool:
