@@ -235,27 +235,35 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
 _PLAIN_SEGMENTS = frozenset({0xE0, 0xDB, 0xC4, 0xDD, 0xFE})
 _HUFFMAN_FRAMES = frozenset({0xC0, 0xC1, 0xC2})  # baseline, extended sequential, progressive
 _LAYER_MODES = {1: "L", 3: "RGB"}
+_START_OF_SCAN = 0xDA
 
 
 def plain_jpeg_frame(data: bytes) -> tuple[str, tuple[int, int]] | None:
-    """(mode, (width, height)) of an 8-bit grey or colour JPEG with nothing before its frame header but the
-    segments above, read from the header alone; None for anything else, decoded the general way."""
+    """(mode, (width, height)) of an 8-bit grey or colour JPEG with nothing before its first scan but its frame
+    header and the segments above, read from the headers alone; None for anything else, decoded the general
+    way."""
     if not data.startswith(_JPEG_MAGIC):
         return None
+    found = None
     i, end = 2, len(data)
     while i + 4 <= end and data[i] == 0xFF:
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
             continue
+        if marker == _START_OF_SCAN:
+            return found
         length = (data[i + 2] << 8) | data[i + 3]
-        if marker in _HUFFMAN_FRAMES:
+        if marker in _HUFFMAN_FRAMES and found is None:
             frame = data[i + 4 : i + 2 + length]
             if length < 8 or len(frame) < 6 or frame[0] != 8:
                 return None
             height, width, mode = (frame[1] << 8) | frame[2], (frame[3] << 8) | frame[4], _LAYER_MODES.get(frame[5])
-            return (mode, (width, height)) if mode and width and height else None
-        if marker not in _PLAIN_SEGMENTS or length < 2:
+            if not (mode and width and height):
+                return None
+            # The segments between the frame header and the scan count too: Pillow reads an EXIF block there.
+            found = mode, (width, height)
+        elif marker not in _PLAIN_SEGMENTS or length < 2:
             return None
         i += 2 + length
     return None

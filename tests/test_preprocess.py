@@ -178,6 +178,37 @@ def test_plain_path_covers_grey_progressive_and_other_sizes_and_leaves_the_rest_
         assert decode_image(data).shape == (32, 32, 3), name
 
 
+def _segments(data: bytes) -> tuple[list[bytes], bytes]:
+    """A JPEG's segments up to and with its start of scan, and the rest."""
+    segments, i = [], 2
+    while True:
+        length = (data[i + 2] << 8) | data[i + 3]
+        segments.append(data[i : i + 2 + length])
+        i += 2 + length
+        if segments[-1][1] == 0xDA:
+            return segments, data[i:]
+
+
+def test_an_exif_block_after_the_frame_header_still_turns_the_image():
+    """Pillow reads an EXIF block anywhere before the scan; one after the frame header (allowed, though cameras
+    write it first) kept the plain path, which never turns, so the image came out lying on its side."""
+    from inference.preprocess import plain_jpeg_frame
+
+    halves = np.zeros((32, 64, 3), np.uint8)
+    halves[:, :32, 0] = halves[:, 32:, 2] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90
+    first = _jpeg(Image.fromarray(halves), exif=exif, quality=95)
+    segments, scan = _segments(first)
+    assert [s[1] for s in segments[:2]] == [0xE0, 0xE1]  # Pillow writes JFIF, then EXIF, before the frame
+    app1 = segments.pop(1)
+    after = b"\xff\xd8" + b"".join(segments[:-1]) + app1 + segments[-1] + scan
+    assert Image.open(io.BytesIO(after)).getexif()[0x0112] == 6
+    assert plain_jpeg_frame(after) is None
+    np.testing.assert_array_equal(decode_image(after), decode_image(first))
+    assert decode_image(after)[:8, :, 0].mean() > 200  # red (the left half) is on top once turned
+
+
 def test_a_truncated_plain_jpeg_is_refused_in_pillows_words():
     data = _jpeg(Image.fromarray(np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)))
     with pytest.raises(ImageDecodeError, match="not a readable image") as caught:
