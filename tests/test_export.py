@@ -568,6 +568,22 @@ def test_int8_ranges_are_refused_for_other_precisions_before_any_work(tiny_run, 
         export_main([*argv, "--precision", "int8", "--int8-ranges", "p99"])
 
 
+def test_a_damaged_or_foreign_checkpoint_file_is_refused_in_one_line(tmp_path, capsys):
+    """A copy cut short, a text file, a bare tensor: each is named as no checkpoint, never a traceback."""
+    whole = tmp_path / "whole.pt"
+    torch.save({"meta": {}, "model": {"w": torch.zeros(4096)}}, whole)
+    files = {"truncated.pt": whole.read_bytes()[:-10], "notes.pt": b"hello\n"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    for name in (*files, "tensor.pt"):
+        argv = ["--checkpoint", str(tmp_path / name), "--name", "x", "--models-dir", str(tmp_path / "m")]
+        assert export_main(argv) == 2, name
+        err = capsys.readouterr().err
+        assert f"{tmp_path / name} is not a training checkpoint" in err and "Traceback" not in err, err
+    assert not list((tmp_path / "m").glob("*"))
+
+
 def test_the_manifest_is_synced_and_renamed_into_place(exported, tmp_path, atomic_writes):
     """The service reads manifest.json at start: a crash while an export records a model must leave the old one."""
     from inference.manifest import save_manifest

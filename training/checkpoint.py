@@ -64,16 +64,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         # TorchVersion is a plain str subclass; early checkpoints of this project stored one.
         with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    # A damaged file (a truncated copy, a text file) fails inside torch with whatever its reader hit: an OSError
+    # from the zip reader, a KeyError or IndexError from the unpickler's stack, not only an UnpicklingError.
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, IndexError, OSError) as exc:
         hint = (
             "it is an exported ONNX model: evaluate it with --onnx, verify it with `python -m export verify NAME`"
             if path.suffix.lower() == ".onnx"
-            else "not a file torch.save wrote, or one holding objects other than tensors and plain data, which "
-            f"weights_only loading refuses: {exception_summary(exc, after='WeightsUnpickler error:')}"
+            else "not a file torch.save wrote in full (a truncated or damaged copy?), or one holding objects other "
+            "than tensors and plain data, which weights_only loading refuses; torch said: "
+            f"{exception_summary(exc, after='WeightsUnpickler error:')}"
         )
         # torch's weights_only message wraps the reason in advice to turn the safety off: only the reason is kept.
         raise ValueError(f"{path} is not a training checkpoint this project can read ({hint})") from exc
+    # torch.save writes anything: a bare state_dict or tensor would otherwise fail later on a missing key.
+    if not isinstance(ckpt, dict) or "meta" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{path} is not a training checkpoint (no meta/model entries)")
+    return ckpt
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> ImageClassifier:

@@ -86,9 +86,6 @@ def join_checkpoints(
     ckpts = [load_checkpoint(f) for f in files]  # a missing file is named here
     if len({f.resolve() for f in files}) < len(files):
         raise ValueError("the same checkpoint is given twice: an ensemble of a model with itself is that model")
-    for ckpt, file in zip(ckpts, files):
-        if "meta" not in ckpt or "model" not in ckpt:
-            raise ValueError(f"{file} is not a training checkpoint (no meta/model entries)")
     metas = [c["meta"] for c in ckpts]
     check_compatible(metas, [str(f) for f in files], fit_given=fit is not None)
     first = metas[0]

@@ -134,8 +134,6 @@ class _Progress:
 
 def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
     ckpt = load_checkpoint(path)
-    if "meta" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path} is not a training checkpoint (no meta/model entries)")
     file = checkpoint_file(path)
     meta = ckpt["meta"]
     dev = resolve_device(device)
