@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -40,8 +41,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     )
     parser.add_argument(
         "--port",
-        type=int,
-        default=int(os.environ.get("BENTOML_PORT", 3000)),
+        type=tcp_port,
+        # A string default goes through tcp_port only when serve runs: a bad $BENTOML_PORT is named there, and
+        # does not stop the other commands from starting.
+        default=os.environ.get("BENTOML_PORT", "3000"),
         help="TCP port (default: $BENTOML_PORT or 3000)",
     )
     parser.add_argument(
@@ -80,6 +83,31 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     return parser
 
 
+def tcp_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    # 0 would have the system pick a port, which the banner and the log could not name.
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1 to 65535; $BENTOML_PORT sets the default)")
+    return port
+
+
+def bind_error(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on, or None. BentoML's supervisor finds out only once started, in a
+    traceback with exit status 1 (a port taken, a host that is no address here)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            # as the supervisor binds: a port still in TIME_WAIT after a restart is free
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
 def settings_env(args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The environment the server runs with: the caller's, overridden by the flags given."""
     env = dict(os.environ if environ is None else environ)
@@ -111,6 +139,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
     except CudaPlacementError as exc:
         print(f"error: {exc}\n`python -m service doctor --device cuda` checks this host in full", file=sys.stderr)
+        return 2
+    unbindable = bind_error(args.host, args.port)
+    if unbindable:
+        print(f"error: {unbindable}", file=sys.stderr)
         return 2
     env[SETTINGS["models_dir"].env] = str(Path(settings.models_dir).resolve())
     kind = device_kind(settings.device)  # type: ignore[arg-type]

@@ -536,6 +536,31 @@ def test_serve_refuses_a_bad_setting(tmp_path):
     assert done.returncode == 2 and "CIFAR_MAX_BATCH_SIZE must be an integer" in done.stderr
 
 
+def test_serve_refuses_a_port_out_of_range_or_taken_in_one_line(tiny_models_dir, monkeypatch, capsys):
+    import socket
+
+    from service.__main__ import get_args_parser
+    from service.__main__ import main as service_main
+
+    def started(*args):
+        raise AssertionError("bentoml serve was started")
+
+    monkeypatch.setattr(os, "execve", started)
+    for port in ("70000", "0", "-1"):
+        with pytest.raises(SystemExit) as done:
+            service_main(["serve", "--port", port, "--models-dir", str(tiny_models_dir)])
+        assert done.value.code == 2 and f"'{port}' is not a TCP port" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["serve", "--host", "127.0.0.1", "--port", str(port), "--models-dir", str(tiny_models_dir)]
+        assert service_main(argv) == 2
+    assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in capsys.readouterr().err
+    monkeypatch.setenv("BENTOML_PORT", "http")
+    assert get_args_parser().parse_args(["doctor"]).command == "doctor"  # a bad default stops serve alone
+
+
 def test_access_log_setting_reaches_bentoml():
     """The env variable picks the service's access-log config in the process BentoML imports it in."""
     probe = "import service.service as s; print(s.Classifier.config['logging']['access']['enabled'])"
