@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -123,6 +124,29 @@ def test_folder_reader_tree_and_cache(image_folder, tmp_path):
     assert list(tmp_path.glob("*.npz"))
     cached = read_image_folder(image_folder, cache_dir=tmp_path)
     assert np.array_equal(cached.images, data.images) and cached.classes == data.classes
+
+
+@pytest.mark.parametrize(
+    "extra, said",
+    [
+        ("cat/kittens/k.png", "(cat/ and cat/kittens/)"),  # would have been a class 'kittens'
+        ("dog/2019/d.png", "(cat/ and dog/2019/)"),
+        ("more/cat/c.png", "(cat/ and more/cat/)"),  # would have merged into 'cat'
+        ("dog/broken.png", "dog/broken.png (class 'dog') is unreadable"),
+    ],
+)
+def test_folder_reader_refuses_class_folders_out_of_line_and_names_an_unreadable_image(tmp_path, extra, said):
+    from PIL import Image
+
+    root = tmp_path / "tree"
+    for name in ("cat/0.png", "dog/0.png", extra):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32)).save(root / name)
+    if extra.endswith("broken.png"):
+        (root / extra).write_bytes(b"\x89PNG cut short")
+    with pytest.raises(DatasetError) as refused:
+        read_image_folder(root)
+    assert said in str(refused.value)
 
 
 def test_folder_reader_fits_photos_as_serving_does_and_caches_each_fit_apart(tmp_path):
@@ -360,6 +384,41 @@ def test_resume_continues_the_same_run(image_folder, tmp_path, monkeypatch):
     ha = json.loads((tmp_path / "straight" / "history.json").read_text())
     hb = json.loads((tmp_path / "interrupted" / "history.json").read_text())
     assert [h["val_top1"] for h in ha] == [h["val_top1"] for h in hb]
+
+
+def test_an_interrupt_points_to_resume_only_where_a_run_has_an_epoch_to_continue(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    from training.__main__ import main as training_main
+    from training.engine import Trainer
+    from training.reports import cli as reports_cli
+
+    overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=2)
+    original = Trainer._end_epoch
+
+    def stop_in_epoch_1(self, record):
+        raise KeyboardInterrupt
+
+    def stop_after_epoch_1(self, record):
+        original(self, record)
+        raise KeyboardInterrupt
+
+    for stop, run in ((stop_in_epoch_1, tmp_path / "first"), (stop_after_epoch_1, tmp_path / "second")):
+        monkeypatch.setattr(Trainer, "_end_epoch", stop)
+        argv = ["train", "--recipe", "resnet9_half_cpu", "--set", *overrides, "--out", str(run)]
+        assert training_main(argv) == 130
+    first, second = re.findall(r"interrupted[^\n]*", capsys.readouterr().err)  # after the progress bars
+    assert first == f"interrupted before {tmp_path / 'first'} completed an epoch: nothing to continue; run the " + (
+        "same command again"
+    )
+    assert f"continue with `python -m training resume {tmp_path / 'second'}`" in second
+
+    def evaluating(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reports_cli, "cmd_evaluate", evaluating)
+    assert training_main(["evaluate", "--checkpoint", str(tmp_path / "second")]) == 130
+    assert capsys.readouterr().err == "interrupted\n"  # no run to resume
 
 
 def test_train_resume_continues_a_run_of_the_same_config_and_refuses_another(

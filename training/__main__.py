@@ -51,6 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_ensemble(args)
     config = build_config(args.recipe, args.set)
     out = Path(args.out) if args.out else Path("runs") / config.recipe
+    args.run = out  # for the message of an interrupt
     if (out / ENSEMBLE_RUN_FILE).exists() and not args.force:
         raise ConfigError(
             f"{out} holds an ensemble recipe's run, whose {BEST_FILE} this run would replace; train into "
@@ -75,6 +76,7 @@ def _train_ensemble(args: argparse.Namespace) -> int:
 
     recipe = load_ensemble_recipe(args.recipe)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
+    args.run, args.ensemble_run = out, True  # for the message of an interrupt
     if (out / "last.pt").exists() and not args.force:
         raise ConfigError(
             f"{out} holds a single network's run, whose {BEST_FILE} the joined ensemble would replace; "
@@ -252,11 +254,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "interrupted: the last completed epoch is in last.pt; continue with `python -m training resume RUN`",
-            file=sys.stderr,
-        )
+        print(_interrupted(args), file=sys.stderr)
         return 130
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """Where to go on after Ctrl-C. Only train and resume leave a run to continue, and only once an epoch has
+    been saved: evaluate or compare sent to `resume`, or a run stopped in its first epoch, would find none."""
+    run = getattr(args, "run", None) if args.fn in (cmd_train, cmd_resume) else None
+    if run is None:
+        return "interrupted"
+    if getattr(args, "ensemble_run", False):
+        return f"interrupted: the members {run} has finished are kept; continue with the same command and --resume"
+    last = Path(run) / "last.pt"
+    if not last.is_file():
+        return f"interrupted before {run} completed an epoch: nothing to continue; run the same command again"
+    return f"interrupted: the last completed epoch is in {last}; continue with `python -m training resume {run}`"
 
 
 if __name__ == "__main__":

@@ -80,14 +80,30 @@ def _decode_all(entries: list[tuple[str, str, bytes]], root: Path, image_size: i
     entries.sort(key=lambda e: e[0])
     if not entries:
         raise DatasetError(f"{root} holds no images in class folders (expected <class>/<image> files)")
+    _check_side_by_side([PurePosixPath(name).parent for name, _, _ in entries], root)
     classes = sorted({cls for _, cls, _ in entries})
     index = {c: i for i, c in enumerate(classes)}
     images = np.empty((len(entries), image_size, image_size, 3), dtype=np.uint8)
     labels = np.empty(len(entries), dtype=np.int64)
-    for i, (_, cls, data) in enumerate(tqdm(entries, desc=f"decoding {root.name}", unit="img", leave=False)):
+    for i, (name, cls, data) in enumerate(tqdm(entries, desc=f"decoding {root.name}", unit="img", leave=False)):
         try:
             images[i] = decode_image(data, (image_size, image_size), fit=fit)
         except ImageDecodeError as exc:
-            raise DatasetError(f"{root}: an image of class {cls!r} is unreadable: {exc}") from exc
+            raise DatasetError(f"{root}: {name} (class {cls!r}) is unreadable: {exc}") from exc
         labels[i] = index[cls]
     return ImageArrays(images, labels, classes)
+
+
+def _check_side_by_side(folders: list[PurePosixPath], root: Path) -> None:
+    """An image's class is the folder it sits in, by name alone: a subfolder of a class folder
+    (cat/kittens/) would become a class of its own, and class folders under different parents
+    (cat/2019/, dog/2019/) would merge into one, so both are refused rather than trained on."""
+    by_parent: dict[PurePosixPath, PurePosixPath] = {}
+    for folder in folders:
+        by_parent.setdefault(folder.parent, folder)
+    if len(by_parent) > 1:
+        first, second = sorted(by_parent.values())[:2]
+        raise DatasetError(
+            f"{root}: images sit in folders of more than one level or parent ({first}/ and {second}/); the folder "
+            "an image sits in is its class, so the class folders must sit side by side in one folder"
+        )
