@@ -447,6 +447,20 @@ def test_compare_refuses_reports_of_different_samples(tiny_run, tiny_report, tmp
     assert err.startswith("error:") and "different samples" in err and "\n" not in err
 
 
+def test_compare_refuses_a_side_that_is_no_model_before_evaluating_the_other(tiny_run, tmp_path, monkeypatch, capsys):
+    from training.reports.evaluate import ModelSource
+
+    def evaluated(self, *args, **kwargs):
+        raise AssertionError(f"{self.path} was evaluated")
+
+    monkeypatch.setattr(ModelSource, "predict", evaluated)
+    notes = tmp_path / "b.pt"
+    notes.write_text("not a checkpoint\n")
+    assert main(["compare", str(tiny_run), str(notes), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{notes} is not a training checkpoint" in err and "Traceback" not in err
+
+
 def test_an_onnx_model_with_tta_in_its_graph_is_described_so_and_not_augmented_twice(tiny_run, tmp_path, capsys):
     from export.pipeline import export_checkpoint
 

@@ -17,7 +17,15 @@ import numpy as np
 from inference.files import write_text_atomic
 
 from ..plots import plot_compared_curves
-from .evaluate import PREDICTIONS_FILE, check_classes, load_model, load_predictions, resolve_data, sample_fingerprint
+from .evaluate import (
+    PREDICTIONS_FILE,
+    ModelSource,
+    check_classes,
+    load_model,
+    load_predictions,
+    resolve_data,
+    sample_fingerprint,
+)
 from .metrics import mcnemar, paired_difference_interval
 
 CURVES_FILE = "curves.png"
@@ -75,16 +83,15 @@ def _report_side(path: Path) -> Side:
 
 
 def _model_side(
+    source: ModelSource,
     path: Path,
     kind: str,
     data_args: dict[str, Any],
     defaults: dict[str, Any],
     tta: str,
     batch_size: int,
-    device: str,
     loaded: dict[tuple, tuple],
 ) -> Side:
-    source = load_model(path if kind == "checkpoint" else None, path if kind == "onnx" else None, device)
     spec = resolve_data(source, defaults=defaults, **data_args)
     key = tuple(sorted(asdict(spec).items()))
     if key not in loaded:  # both sides on the same split: load and hash it once
@@ -133,10 +140,19 @@ def compare(
         "split_seed": split_seed,
         "cache_dir": cache_dir,
     }
+    # Both models are loaded before either is evaluated: a B that is no model, or a model of another task, is
+    # refused before A's pass over the data, which can take minutes.
+    sources = [
+        None if side else load_model(p if k == "checkpoint" else None, p if k == "onnx" else None, device)
+        for p, k, side in zip((a, b), kinds, sides)
+    ]
+    class_counts = [len(side.classes if side else source.classes) for side, source in zip(sides, sources)]
+    if class_counts[0] != class_counts[1]:
+        raise ValueError(f"A has {class_counts[0]} classes and B has {class_counts[1]}: not the same task")
     loaded: dict[tuple, tuple] = {}
     for i, (path, kind) in enumerate(zip((a, b), kinds)):
         if sides[i] is None:
-            sides[i] = _model_side(Path(path), kind, data_args, defaults, tta, batch_size, device, loaded)
+            sides[i] = _model_side(sources[i], Path(path), kind, data_args, defaults, tta, batch_size, loaded)
     side_a, side_b = sides
     if side_a.fingerprint != side_b.fingerprint or len(side_a.labels) != len(side_b.labels):
         raise ValueError(
@@ -145,8 +161,6 @@ def compare(
             f"{side_b.data.get('dataset')} {side_b.data.get('split')}; fingerprints {side_a.fingerprint[:12]} vs "
             f"{side_b.fingerprint[:12]}): evaluate both on the same --data and --split"
         )
-    if len(side_a.classes) != len(side_b.classes):
-        raise ValueError(f"A has {len(side_a.classes)} classes and B has {len(side_b.classes)}: not the same task")
     test = mcnemar(side_a.correct, side_b.correct)
     difference = side_b.accuracy - side_a.accuracy
     low, high = paired_difference_interval(side_a.correct, side_b.correct, 1 - alpha)
