@@ -114,9 +114,9 @@ def export_checkpoint(
     export.reference), so that the next precision of the same checkpoint, or its verification, skips that pass.
     ``activation_ranges`` (INT8 only): how the activations' ranges are calibrated (export/int8_ranges.py)."""
     check_activation_ranges(precision, activation_ranges)
+    ckpt = load_checkpoint(checkpoint)  # before the folder is made: a refused export leaves nothing behind
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = load_checkpoint(checkpoint)
     meta = ckpt["meta"]
     model = with_tta(model_from_checkpoint(ckpt), tta)
     source = _data_source(meta, cache_dir)

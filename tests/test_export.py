@@ -581,7 +581,19 @@ def test_a_damaged_or_foreign_checkpoint_file_is_refused_in_one_line(tmp_path, c
         assert export_main(argv) == 2, name
         err = capsys.readouterr().err
         assert f"{tmp_path / name} is not a training checkpoint" in err and "Traceback" not in err, err
-    assert not list((tmp_path / "m").glob("*"))
+    assert not (tmp_path / "m").exists()  # a refused export leaves no folder behind
+
+
+def test_an_unreadable_checkpoint_is_named_as_unreadable_not_as_no_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "best.pt"
+    torch.save({"meta": {}, "model": {}}, path)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(torch, "load", denied)  # as root, chmod would not stop the read
+    with pytest.raises(ValueError, match=r"cannot read .*best.pt: Permission denied"):
+        load_checkpoint(path)
 
 
 def test_the_manifest_is_synced_and_renamed_into_place(exported, tmp_path, atomic_writes):

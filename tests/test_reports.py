@@ -392,6 +392,23 @@ def test_evaluate_onnx_matches_checkpoint_and_skips_gradcam(tiny_run, tiny_repor
     assert "difference B - A: +0.00 points, 95% interval +0.00 to +0.00" in text and "p = 1" in text
 
 
+def test_evaluate_onnx_goes_on_when_the_checkpoint_its_card_names_is_damaged(
+    tiny_run, image_folder, tmp_path, caplog
+):
+    """The card's checkpoint only lends the run's split and history: a damaged file there is a warning."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_run / "best.pt", run / "best.pt")
+    onnx_path = _export_onnx(run, tmp_path / "tiny.onnx")
+    (run / "best.pt").write_bytes(b"not a checkpoint any more")
+    out = tmp_path / "report"
+    args = ["evaluate", "--onnx", str(onnx_path), "--dataset", "folder", "--data", str(image_folder)]
+    with caplog.at_level("WARNING"):
+        assert main([*args, "--val-size", "15", "--out", str(out), "--no-sample-figures"]) == 0
+    assert (out / "metrics.json").is_file()
+    assert "could not read the source checkpoint" in caplog.text and "not a training checkpoint" in caplog.text
+
+
 # -- compare ----------------------------------------------------------------------------------------
 
 

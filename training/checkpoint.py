@@ -65,6 +65,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         # TorchVersion is a plain str subclass; early checkpoints of this project stored one.
         with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as exc:  # the file may be fine: say what stopped us, not that it is no checkpoint
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
     # A damaged file (a truncated copy, a text file) fails inside torch with whatever its reader hit: an OSError
     # from the zip reader, a KeyError or IndexError from the unpickler's stack, not only an UnpicklingError.
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, IndexError, OSError) as exc:

@@ -205,7 +205,7 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
                 ("split_seed", "split_seed"),
             ):
                 defaults[key] = defaults.get(key) or meta.get(meta_key)
-        except (OSError, KeyError, RuntimeError) as exc:
+        except (OSError, KeyError, RuntimeError, ValueError) as exc:  # ValueError: not a readable checkpoint
             log.warning("could not read the source checkpoint %s: %s", checkpoint, exc)
         if (run_dir / "history.json").is_file():
             history = json.loads((run_dir / "history.json").read_text())
