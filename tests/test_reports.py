@@ -392,9 +392,7 @@ def test_evaluate_onnx_matches_checkpoint_and_skips_gradcam(tiny_run, tiny_repor
     assert "difference B - A: +0.00 points, 95% interval +0.00 to +0.00" in text and "p = 1" in text
 
 
-def test_evaluate_onnx_goes_on_when_the_checkpoint_its_card_names_is_damaged(
-    tiny_run, image_folder, tmp_path, caplog
-):
+def test_evaluate_onnx_goes_on_when_the_checkpoint_its_card_names_is_damaged(tiny_run, image_folder, tmp_path, caplog):
     """The card's checkpoint only lends the run's split and history: a damaged file there is a warning."""
     run = tmp_path / "run"
     run.mkdir()
