@@ -258,6 +258,8 @@ def test_airbench_resume_restores_lookahead_exactly(image_folder, tmp_path, monk
     )
     a, b = train_straight_and_resumed("airbench94", overrides, tmp_path, monkeypatch)
     assert a["lookahead"] is not None
+    # every floating-point tensor has a slow copy, so the comparisons below cover the whole network
+    assert set(a["lookahead"]["slow"]) == {k for k, v in a["model"].items() if v.is_floating_point()}
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(a["lookahead"]["slow"][k], b["lookahead"]["slow"][k]) for k in a["lookahead"]["slow"])
     # The run ends on the slow weights.
@@ -282,6 +284,7 @@ def test_an_early_stopped_lookahead_run_ends_on_the_slow_weights_and_stays_finis
     summary = train(build_config("airbench94", overrides), tmp_path / "run")
     assert summary["stopped_early"] and summary["epochs_run"] == 2
     last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert set(last["lookahead"]["slow"]) == {k for k, v in last["model"].items() if v.is_floating_point()}
     assert all(torch.equal(last["model"][k], last["lookahead"]["slow"][k]) for k in last["lookahead"]["slow"])
     files = {name: (tmp_path / "run" / name).read_bytes() for name in ("last.pt", "history.json")}
     again = resume(tmp_path / "run")
@@ -353,8 +356,15 @@ def test_new_models_parameter_counts():
 
 @pytest.mark.parametrize("recipe", list_recipes())
 def test_every_recipe_loads(recipe):
+    """Each recipe's model builds from its args and maps a batch of its image size to one logit a class (run on
+    the meta device: shapes only, no arithmetic)."""
     cfg = build_config(recipe)
-    create_model(cfg.model.name, 10, **cfg.model.args)
+    model = create_model(cfg.model.name, 10, **cfg.model.args).eval()
+    assert count_parameters(model) > 0
+    size = cfg.data.image_size
+    with torch.no_grad():
+        out = model.to("meta")(torch.empty(2, 3, size, size, device="meta"))
+    assert tuple(out.shape) == (2, 10)
 
 
 def test_cumulative_ablation_adds_methods_one_by_one_and_a_tta_row(image_folder, tmp_path, capsys):

@@ -116,15 +116,16 @@ def test_export_records_and_changes_the_per_device_defaults(tmp_path):
     assert load_manifest(models).defaults == {"cuda": "again", "cpu": FP32}
 
 
-def test_export_and_rederive_take_default_for():
+def test_export_and_rederive_take_default_for(capsys):
     from export.__main__ import export_parser, rederive_parser
 
     args = export_parser().parse_args(["--checkpoint", "x", "--name", "y", "--default-for", "cuda"])
     assert args.default_for == ["cuda"]
     args = rederive_parser().parse_args(["ref", "--name", "y", "--default-for", "cpu", "--default-for", "cuda"])
     assert args.default_for == ["cpu", "cuda"]
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:
         rederive_parser().parse_args(["ref", "--name", "y", "--default-for", "tpu"])
+    assert refused.value.code == 2 and "argument --default-for: invalid choice: 'tpu'" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- placement

@@ -186,7 +186,7 @@ def test_paired_difference_interval_uses_the_discordant_pairs():
     narrow = paired_difference_interval(*_paired(20, 0, both_right=60, both_wrong=17))
     assert narrow[1] - narrow[0] < high - low
     assert paired_difference_interval(*_paired(0, 0)) == (0.0, 0.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"paired predictions differ in length: \(3,\) vs \(4,\)"):
         paired_difference_interval(np.ones(3, bool), np.ones(4, bool))
 
 
@@ -571,8 +571,14 @@ def test_vary_parsing():
         ("use_se", ["true", "false"]),
         ("dropout", ["0.5", "0"]),
     ]
-    for bad in (["dropout"], ["dropout=0.5,0.5"], ["dropout=0.1", "dropout=0.2"], []):
-        with pytest.raises(ValueError):
+    for bad, said in (
+        (["dropout"], "is not KEY=V1,V2"),
+        (["dropout=0.5,0.5"], "repeats a value"),
+        (["dropout=0.1", "dropout=0.2"], "given twice"),
+        (["=0.1,0.2"], "empty key or value"),
+        ([], "at least one --vary"),
+    ):
+        with pytest.raises(ValueError, match=said):
             parse_vary(bad)
 
 

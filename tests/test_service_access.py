@@ -102,7 +102,7 @@ def test_the_gate_answers_401_403_or_passes(monkeypatch):
     assert _call(gate, "/classify", b"Basic alpha-key")[0] == 401
     status, body = _call(gate, "/v2/models/tiny/infer", b"Bearer wrong")
     assert status == 403 and body == b'{"error": "unknown API key"}'  # the protocol's error object on /v2
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs at least one key"):
         ApiKeyGate(None, frozenset())
 
 

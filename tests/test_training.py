@@ -465,8 +465,10 @@ def test_train_resume_continues_a_run_of_the_same_config_and_refuses_another(
     (tmp_path / "run" / "summary.json").unlink()
     assert cli(tmp_path / "run", "--resume") == 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs_run"] == 3
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
         cli(tmp_path / "run", "--resume", "--force")
+    assert refused.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
