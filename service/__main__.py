@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -31,4 +30,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from service.score.ray_engine import end_process
+
+    end_process(main())

@@ -268,7 +268,7 @@ class _RecordingRay:
 
 def _closing_backend() -> tuple[ray_engine.RayBackend, _RecordingRay]:
     backend = ray_engine.RayBackend.__new__(ray_engine.RayBackend)
-    backend.ray, backend._stream, backend._owns_connection = _RecordingRay(), None, True
+    backend.ray, backend._stream, backend._owns_connection, backend._address = _RecordingRay(), None, True, None
     return backend, backend.ray
 
 
@@ -301,3 +301,28 @@ def test_ray_shuts_down_after_the_pipeline_threads_end(monkeypatch):
     assert stuck.timeouts and all(t is not None and t <= 0.2 for t in stuck.timeouts), stuck.timeouts
     backend.close()  # a second close does nothing
     assert ray.alive_at_shutdown == [stuck]
+
+
+def test_a_cluster_connection_is_left_to_the_process_end_which_keeps_its_status(tmp_path):
+    """Shutting Ray down raced its own threads, which then ended the process with status 1: the connection to
+    a cluster is not shut down at close, and the command's process ends with os._exit and its own status
+    (no exit handler runs: Ray's would shut down), Ray loaded or not."""
+    backend, ray = _closing_backend()
+    backend._address = "10.0.0.1:6379"
+    backend.close()
+    assert ray.alive_at_shutdown is None  # not shut down: the process's end disconnects it
+
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('exit handler ran', flush=True))\n"
+        "if sys.argv[1] == 'ray':\n"
+        "    sys.modules['ray'] = type(sys)('ray')  # as if the Ray engine had run\n"
+        "from service.score.ray_engine import end_process\n"
+        "print('scored', flush=False)\n"
+        "end_process(130)\n"
+    )
+    for loaded, handler_runs in (("ray", False), ("none", True)):
+        done = subprocess.run([sys.executable, "-c", script, loaded], cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 130, (loaded, done.stderr)
+        assert done.stdout.startswith("scored\n"), (loaded, done.stdout)  # flushed before os._exit
+        assert ("exit handler ran" in done.stdout) == handler_runs, (loaded, done.stdout)

@@ -1,8 +1,8 @@
 """``python -m service.score DIR ...``: the ``score`` command on its own."""
 
-import sys
-
 from .cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from service.score.ray_engine import end_process
+
+    end_process(main())
