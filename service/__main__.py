@@ -30,6 +30,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from service.score.ray_engine import end_process
+    from service.process_end import end_process
 
     end_process(main())

@@ -317,7 +317,7 @@ def test_a_cluster_connection_is_left_to_the_process_end_which_keeps_its_status(
         "atexit.register(lambda: print('exit handler ran', flush=True))\n"
         "if sys.argv[1] == 'ray':\n"
         "    sys.modules['ray'] = type(sys)('ray')  # as if the Ray engine had run\n"
-        "from service.score.ray_engine import end_process\n"
+        "from service.process_end import end_process\n"
         "print('scored', flush=False)\n"
         "end_process(130)\n"
     )

@@ -3,6 +3,6 @@
 from .cli import main
 
 if __name__ == "__main__":
-    from service.score.ray_engine import end_process
+    from service.process_end import end_process
 
     end_process(main())

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Iterator, NoReturn
+from typing import Iterator
 
 from inference.preprocess import DEFAULT_MAX_PIXELS, decode_pixels, pixels_to_model_input
 from inference.runtime import default_threads, read_card
@@ -340,20 +340,8 @@ class RayBackend:
             _join_pipeline_threads(PIPELINE_GRACE_S)
             if self._address is None:
                 self.ray.shutdown()  # the instance is this process's own: its Ray processes stop with it
-            # A cluster's connection is left to the end of the process (end_process), which the cluster sees as
-            # the job's end. Shutting it down here raced Ray's threads as above, though none of them was left.
-
-
-def end_process(status: int) -> NoReturn:
-    """End a ``python -m service`` process with ``status``. Once Ray is loaded, with os._exit after flushing
-    (the output files are closed by then), as Ray ends its own workers: a Ray thread that reaches the core
-    worker while it is shut down, at ray.shutdown() or in Ray's exit handler, ends the process with status 1,
-    which replaced a Ctrl-C's 130 on a busy machine. Without Ray, the ordinary exit."""
-    if "ray" in sys.modules:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-    sys.exit(status)
+            # A cluster's connection is left to the process's end (service/process_end.py), which the cluster sees
+            # as the job's end. Shutting it down here raced Ray's threads as above, though none of them was left.
 
 
 def _join_pipeline_threads(timeout: float) -> None:
