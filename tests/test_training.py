@@ -421,6 +421,31 @@ def test_an_interrupt_points_to_resume_only_where_a_run_has_an_epoch_to_continue
     assert capsys.readouterr().err == "interrupted\n"  # no run to resume
 
 
+def test_an_interrupt_mid_epoch_closes_the_progress_bars_before_its_message(image_folder, tmp_path, monkeypatch):
+    """Ctrl-C inside an epoch: both bars are closed as the interrupt passes, not when they are collected, so
+    the message printed next does not land on a half-drawn bar."""
+    from training import engine
+    from training.__main__ import main as training_main
+
+    bars = []
+
+    class Recorded(engine.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    def ctrl_c(self, x, y):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "tqdm", Recorded)
+    monkeypatch.setattr(engine.Trainer, "_forward_backward", ctrl_c)
+    overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=2)
+    argv = ["train", "--recipe", "resnet9_half_cpu", "--set", *overrides, "--out", str(tmp_path / "run")]
+    assert training_main(argv) == 130
+    assert [bar.desc for bar in bars] == ["training", "epoch 1/2"]
+    assert all(bar.disable for bar in bars)  # tqdm.close() sets it; an open bar still draws
+
+
 def test_train_resume_continues_a_run_of_the_same_config_and_refuses_another(
     image_folder, tmp_path, monkeypatch, capsys
 ):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from inference.fits import FITS
 
-from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE
+from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE
 from .config import ConfigError, build_config, is_ensemble_recipe, list_ensemble_recipes, list_recipes
 from .data import DatasetError
 
@@ -57,9 +57,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{out} holds an ensemble recipe's run, whose {BEST_FILE} this run would replace; train into "
             "another folder, or start over with --force"
         )
-    if (out / "last.pt").exists() and args.resume:
+    if (out / LAST_FILE).exists() and args.resume:
         summary = resume(out, expected=config)
-    elif (out / "last.pt").exists() and not args.force:
+    elif (out / LAST_FILE).exists() and not args.force:
         raise ConfigError(
             f"{out} already holds a run; continue it with `python -m training resume {out}` (or this "
             "command with --resume), or start over with --force"
@@ -77,7 +77,7 @@ def _train_ensemble(args: argparse.Namespace) -> int:
     recipe = load_ensemble_recipe(args.recipe)
     out = Path(args.out) if args.out else Path("runs") / recipe.name
     args.run, args.ensemble_run = out, True  # for the message of an interrupt
-    if (out / "last.pt").exists() and not args.force:
+    if (out / LAST_FILE).exists() and not args.force:
         raise ConfigError(
             f"{out} holds a single network's run, whose {BEST_FILE} the joined ensemble would replace; "
             "train into another folder, or start over with --force"
@@ -266,7 +266,7 @@ def _interrupted(args: argparse.Namespace) -> str:
         return "interrupted"
     if getattr(args, "ensemble_run", False):
         return f"interrupted: the members {run} has finished are kept; continue with the same command and --resume"
-    last = Path(run) / "last.pt"
+    last = Path(run) / LAST_FILE
     if not last.is_file():
         return f"interrupted before {run} completed an epoch: nothing to continue; run the same command again"
     return f"interrupted: the last completed epoch is in {last}; continue with `python -m training resume {run}`"

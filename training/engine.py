@@ -18,7 +18,7 @@ from tqdm import tqdm
 from inference.files import write_text_atomic
 
 from . import distributed
-from .checkpoint import BEST_FILE, clear_run, load_checkpoint, save_checkpoint
+from .checkpoint import BEST_FILE, LAST_FILE, clear_run, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, config_differences, save_config, validate_config
 from .data import ImageArrays, load_split
 from .data.loader import TensorLoader
@@ -287,22 +287,23 @@ class Trainer:
         bar = tqdm(
             loader, desc=f"epoch {self.epoch + 1}/{t.epochs}", unit="batch", leave=False, disable=not self.dist.is_main
         )
-        for x, y in bar:
-            self.optimizer.zero_grad(set_to_none=True)
-            logits, loss = self._forward_backward(x, y)
-            self.optimizer.step()
-            self.scheduler.step()
-            if self.lookahead:
-                self.lookahead.step(self.model, self.scheduler.last_epoch)
-            if self.ema:
-                self.ema.update_parameters(self.model)
-            hard = y.y_a if isinstance(y, MixedTargets) else y
-            # Accumulate on-device: a .item() per step would sync the GPU every batch.
-            loss_sum += loss.detach() * len(hard)
-            correct += (logits.argmax(1) == hard).sum()
-            seen += len(hard)
-            if bar.n % 10 == 0:
-                bar.set_postfix(img_s=f"{seen * self.dist.world_size / (time.perf_counter() - start):.0f}")
+        with bar:  # closed on Ctrl-C too, so the message that follows starts on a line of its own
+            for x, y in bar:
+                self.optimizer.zero_grad(set_to_none=True)
+                logits, loss = self._forward_backward(x, y)
+                self.optimizer.step()
+                self.scheduler.step()
+                if self.lookahead:
+                    self.lookahead.step(self.model, self.scheduler.last_epoch)
+                if self.ema:
+                    self.ema.update_parameters(self.model)
+                hard = y.y_a if isinstance(y, MixedTargets) else y
+                # Accumulate on-device: a .item() per step would sync the GPU every batch.
+                loss_sum += loss.detach() * len(hard)
+                correct += (logits.argmax(1) == hard).sum()
+                seen += len(hard)
+                if bar.n % 10 == 0:
+                    bar.set_postfix(img_s=f"{seen * self.dist.world_size / (time.perf_counter() - start):.0f}")
         if self.lookahead and self.epoch + 1 == t.epochs:
             self.lookahead.finish(self.model)
         if not math.isfinite(loss_sum.item()):
@@ -362,19 +363,19 @@ class Trainer:
                 self.device,
             )
         epochs_bar = tqdm(total=t.epochs, initial=self.epoch, desc="training", unit="epoch", disable=not main)
-        while self.epoch < t.epochs and not stop:
-            record = {"epoch": self.epoch + 1, **self.train_epoch()}
-            self.epoch += 1
-            self.rng_states = distributed.gather_rng_states(self.dist)
-            if main:
-                record.update(self._evaluate())
-                stop = self._end_epoch(record)
-                epochs_bar.update(1)
-                epochs_bar.set_postfix(
-                    val_top1=f"{record.get('val_top1', float('nan')):.4f}", best=f"{self.best['val_top1']:.4f}"
-                )
-            stop = distributed.broadcast_flag(stop, self.dist)
-        epochs_bar.close()
+        with epochs_bar:
+            while self.epoch < t.epochs and not stop:
+                record = {"epoch": self.epoch + 1, **self.train_epoch()}
+                self.epoch += 1
+                self.rng_states = distributed.gather_rng_states(self.dist)
+                if main:
+                    record.update(self._evaluate())
+                    stop = self._end_epoch(record)
+                    epochs_bar.update(1)
+                    epochs_bar.set_postfix(
+                        val_top1=f"{record.get('val_top1', float('nan')):.4f}", best=f"{self.best['val_top1']:.4f}"
+                    )
+                stop = distributed.broadcast_flag(stop, self.dist)
         if stop and self.lookahead and self.epoch < t.epochs:
             self._finish_early()
         distributed.barrier(self.dist)
@@ -446,7 +447,7 @@ class Trainer:
         # a best.pt not yet written would never be.
         if new_best:
             save_checkpoint(state, self.out_dir / BEST_FILE)
-        save_checkpoint(state, self.out_dir / "last.pt")
+        save_checkpoint(state, self.out_dir / LAST_FILE)
         write_text_atomic(self.out_dir / "history.json", json.dumps(self.history, indent=2))
         plot_training_curves(self.history, self.out_dir / "training_curves.png")
 
@@ -469,7 +470,7 @@ def sized_to_the_run(config: Config) -> list[str]:
 def resume(out_dir: str | Path, epochs: int | None = None, expected: Config | None = None) -> dict[str, Any]:
     """Continue a run from its last.pt with the config it was started with (optionally more epochs). With
     ``expected``, a run started with any other config is refused (ConfigError naming the differences)."""
-    ckpt = load_checkpoint(Path(out_dir) / "last.pt")
+    ckpt = load_checkpoint(Path(out_dir) / LAST_FILE)
     config = validate_config(ckpt["config"], started=True)
     differences = config_differences(config, expected) if expected is not None else []
     if differences:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from inference.files import write_text_atomic
 from inference.fits import FitName
 
-from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, clear_run
+from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, clear_run
 from .config import ENSEMBLE_KEY, Config, ConfigError, build_config, is_ensemble_recipe, load_ensemble_recipe_raw
 from .engine import check_network_takes_its_input, train
 from .engine import resume as resume_run
@@ -139,7 +139,7 @@ def train_ensemble(
     for i, (member, config) in enumerate(zip(recipe.members, configs)):
         folder = out / recipe.folder(i)
         print(f"ensemble member {i + 1}/{len(configs)}: {member.recipe} -> {folder}", flush=True)
-        if resume and (folder / "last.pt").is_file():
+        if resume and (folder / LAST_FILE).is_file():
             summaries.append(resume_run(folder, expected=config))
         else:
             summaries.append(train(config, folder))

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from inference.files import write_text_atomic
 
+from ..checkpoint import LAST_FILE
 from ..config import Config, build_config
 from ..engine import resume, train
 from ..inference import check_tta
@@ -97,11 +98,11 @@ def _same_config(run_dir: Path, config: Config) -> bool:
 
 def run_variant(run_dir: Path, config: Config) -> str:
     """Train, resume or skip one variant; returns which it did."""
-    if (run_dir / "last.pt").is_file() and not _same_config(run_dir, config):
+    if (run_dir / LAST_FILE).is_file() and not _same_config(run_dir, config):
         raise ValueError(f"{run_dir} holds a run with a different configuration: use another --out or remove it")
-    if (run_dir / "summary.json").is_file() and (run_dir / "last.pt").is_file():
+    if (run_dir / "summary.json").is_file() and (run_dir / LAST_FILE).is_file():
         return "finished earlier"
-    if (run_dir / "last.pt").is_file():
+    if (run_dir / LAST_FILE).is_file():
         log.info("resuming %s", run_dir)
         resume(run_dir)
         return "resumed"
