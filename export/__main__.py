@@ -333,6 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ManifestError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Graphs are built and checked in a temporary folder, and moved in beside the new manifest only once
+        # verified; a recovered checkpoint is written to a temporary file and renamed: a stop leaves no part.
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -421,6 +421,24 @@ def test_an_interrupt_points_to_resume_only_where_a_run_has_an_epoch_to_continue
     assert capsys.readouterr().err == "interrupted\n"  # no run to resume
 
 
+def test_ctrl_c_while_torch_loads_ends_in_one_line():
+    """The first seconds of `python -m training` go to importing torch; a Ctrl-C there is answered as one later
+    would be (exit 130, one line), not with an import traceback. The interrupt is raised by an import hook, so
+    the test does not race the import."""
+    hook = (
+        "import runpy, sys\n"
+        "class CtrlC:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+        "sys.argv = ['training', 'models']\n"
+        "runpy.run_module('training', run_name='__main__', alter_sys=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", hook], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr) == (130, "interrupted\n")
+
+
 def test_an_interrupt_mid_epoch_closes_the_progress_bars_before_its_message(image_folder, tmp_path, monkeypatch):
     """Ctrl-C inside an epoch: both bars are closed as the interrupt passes, not when they are collected, so
     the message printed next does not land on a half-drawn bar."""

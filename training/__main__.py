@@ -11,9 +11,13 @@ from pathlib import Path
 
 from inference.fits import FITS
 
-from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE
-from .config import ConfigError, build_config, is_ensemble_recipe, list_ensemble_recipes, list_recipes
-from .data import DatasetError
+try:
+    from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE
+    from .config import ConfigError, build_config, is_ensemble_recipe, list_ensemble_recipes, list_recipes
+    from .data import DatasetError
+except KeyboardInterrupt:  # Ctrl-C while torch loads (seconds): nothing has started, so no traceback
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
