@@ -300,12 +300,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
-    if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
         return image
-    # 16/32-bit grayscale: scale to 8 bits instead of clipping everything to white.
-    arr = np.asarray(image, dtype=np.float64)
-    peak = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
-    return Image.fromarray(np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+    # 16/32-bit integer or float grey: scaled to 8 bits, where Pillow's conversion would clip it (16-bit images
+    # come out white, floats in [0, 1] black). Floats that stay within [0, 1] are read as scikit-image and
+    # OpenCV write them (1.0 is white); larger ones as the integer scales. NaN and infinities are black.
+    arr = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    top = arr.max(initial=0.0)
+    if image.mode == "F" and top <= 1.0:
+        peak = 1.0
+    else:
+        peak = 65535.0 if image.mode.startswith("I;16") or top > 255 else 255.0
+    return Image.fromarray(np.rint(np.clip(arr * (255.0 / peak), 0, 255)).astype(np.uint8), "L")
 
 
 def _transparent(image: Image.Image) -> bool:

@@ -157,6 +157,18 @@ def _grey16(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.asarray(image.convert("L")).astype(np.uint16) * 257)
 
 
+@pytest.mark.parametrize("scale", [1.0, 255.0])
+def test_a_float_tiff_decodes_as_its_8_bit_grey(scale):
+    """A 32-bit float grey TIFF (a microscope's or a numpy pipeline's) in [0, 1] or in [0, 255] gives the
+    picture its 8-bit version gives; Pillow's own conversion clipped [0, 1] to near black."""
+    grey = _photo(64, 48).convert("L")
+    floats = Image.fromarray(np.asarray(grey, dtype=np.float32) * np.float32(scale / 255.0), "F")
+    for fit in FITS:
+        expected = decode_image(_encode(grey, "PNG"), fit=fit).astype(int)
+        got = decode_image(_encode(floats, "TIFF"), fit=fit).astype(int)
+        assert np.abs(got - expected).max() <= 1, fit
+
+
 LARGE_NON_JPEGS = {
     "rgba png": (lambda photo: _transparent(photo), "PNG", None),
     "palette png": (lambda photo: photo.quantize(64), "PNG", None),
