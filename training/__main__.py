@@ -41,10 +41,11 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     ensembles = list_ensemble_recipes()
     if ensembles:
         print("\nensemble recipes (members trained in turn, then joined):")
+        width = max(22, *map(len, ensembles))
         for name in ensembles:
             members = load_ensemble_recipe(name).members
             listed = ", ".join(f"{m.recipe}{' ' + ' '.join(m.set) if m.set else ''} (tta {m.tta})" for m in members)
-            print(f"{name:<22} {listed}")
+            print(f"{name:<{width}} {listed}")
     return 0
 
 
