@@ -98,11 +98,12 @@ def _same_config(run_dir: Path, config: Config) -> bool:
 
 def run_variant(run_dir: Path, config: Config) -> str:
     """Train, resume or skip one variant; returns which it did."""
-    if (run_dir / LAST_FILE).is_file() and not _same_config(run_dir, config):
+    started = (run_dir / LAST_FILE).is_file()
+    if started and not _same_config(run_dir, config):
         raise ValueError(f"{run_dir} holds a run with a different configuration: use another --out or remove it")
-    if (run_dir / "summary.json").is_file() and (run_dir / LAST_FILE).is_file():
+    if started and (run_dir / "summary.json").is_file():
         return "finished earlier"
-    if (run_dir / LAST_FILE).is_file():
+    if started:
         log.info("resuming %s", run_dir)
         resume(run_dir)
         return "resumed"
