@@ -15,13 +15,14 @@ from .models import ImageClassifier, create_model
 
 # A run folder's files: the checkpoint that stands for the run, the last completed epoch's (what a resume
 # continues from), and the record an ensemble recipe's run starts with (its members train in numbered
-# sub-folders; BEST_FILE is written once the last has finished).
+# sub-folders; BEST_FILE is written once the last has finished), and the summary a finished run leaves.
 BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
+SUMMARY_FILE = "summary.json"
 ENSEMBLE_RUN_FILE = "ensemble.yaml"
 # What a run writes as it trains; a run started over removes the previous one's first, so that nothing of it
 # (a best.pt, a summary saying it finished) passes for the new run's if the new one is stopped early.
-RUN_FILES = (LAST_FILE, BEST_FILE, "summary.json", "history.json", "training_curves.png")
+RUN_FILES = (LAST_FILE, BEST_FILE, SUMMARY_FILE, "history.json", "training_curves.png")
 
 
 def clear_run(folder: str | Path, names: tuple[str, ...] = RUN_FILES) -> None:

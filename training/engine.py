@@ -18,7 +18,7 @@ from tqdm import tqdm
 from inference.files import write_text_atomic
 
 from . import distributed
-from .checkpoint import BEST_FILE, LAST_FILE, clear_run, load_checkpoint, save_checkpoint
+from .checkpoint import BEST_FILE, LAST_FILE, SUMMARY_FILE, clear_run, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, config_differences, save_config, validate_config
 from .data import ImageArrays, load_split
 from .data.loader import TensorLoader
@@ -346,9 +346,9 @@ class Trainer:
         if self.epoch >= t.epochs or stop:
             distributed.cleanup(self.dist)
             summary = self._summary(stop)
-            if main and not (self.out_dir / "summary.json").is_file():
+            if main and not (self.out_dir / SUMMARY_FILE).is_file():
                 # stopped between its last checkpoint and its summary: what ablate and ensembles read is written
-                write_text_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=2))
+                write_text_atomic(self.out_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
             return summary
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -381,7 +381,7 @@ class Trainer:
         distributed.barrier(self.dist)
         summary = self._summary(stop)
         if main:
-            write_text_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=2))
+            write_text_atomic(self.out_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
         distributed.cleanup(self.dist)
         return summary
 

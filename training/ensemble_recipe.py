@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from inference.files import write_text_atomic
 from inference.fits import FitName
 
-from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, clear_run
+from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE, clear_run
 from .config import ENSEMBLE_KEY, Config, ConfigError, build_config, is_ensemble_recipe, load_ensemble_recipe_raw
 from .engine import check_network_takes_its_input, train
 from .engine import resume as resume_run
@@ -131,7 +131,7 @@ def train_ensemble(
         )
     out.mkdir(parents=True, exist_ok=True)
     if not resume:  # started over: the old joined network, its summary and every member's run go first
-        clear_run(out, (BEST_FILE, "summary.json"))
+        clear_run(out, (BEST_FILE, SUMMARY_FILE))
         for i in range(len(configs)):
             clear_run(out / recipe.folder(i))
     write_text_atomic(out / ENSEMBLE_RUN_FILE, yaml.safe_dump(resolved, sort_keys=False))
@@ -157,5 +157,5 @@ def train_ensemble(
         "train_time_s": sum(s["train_time_s"] for s in summaries),
         "checkpoint": str(out / BEST_FILE),
     }
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    write_text_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2))
     return summary

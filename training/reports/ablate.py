@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from inference.files import write_text_atomic
 
-from ..checkpoint import LAST_FILE
+from ..checkpoint import LAST_FILE, SUMMARY_FILE
 from ..config import Config, build_config
 from ..engine import resume, train
 from ..inference import check_tta
@@ -101,7 +101,7 @@ def run_variant(run_dir: Path, config: Config) -> str:
     started = (run_dir / LAST_FILE).is_file()
     if started and not _same_config(run_dir, config):
         raise ValueError(f"{run_dir} holds a run with a different configuration: use another --out or remove it")
-    if started and (run_dir / "summary.json").is_file():
+    if started and (run_dir / SUMMARY_FILE).is_file():
         return "finished earlier"
     if started:
         log.info("resuming %s", run_dir)
@@ -173,7 +173,7 @@ def ablate(
         started = time.perf_counter()
         status = run_variant(run_dir, config)
         wall = time.perf_counter() - started
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
 
         data, fingerprint = _eval_data(_data_spec(config, split), loaded)
         source = load_model(checkpoint=run_dir / "best.pt", device=device)
