@@ -203,6 +203,9 @@ async def read_classify_json(request: Request, max_images: int, max_body_bytes: 
         # JSON has types, so they count: "3" is not a k here, though a form field can only be text.
         if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
             return Rejection(FIELD_REASONS[key], f"{key!r} must be {words}, got {value!r}"[:200])
+        rejection = _lone_surrogate(repr(key), value) if isinstance(value, str) else None
+        if rejection is not None:
+            return rejection
     images = raw.get("images", [])
     if not isinstance(images, list):
         return Rejection("malformed_request", '\'images\' must be a list of {"filename": ..., "data": base64}')
@@ -235,10 +238,23 @@ def _json_image(i: int, image: Any) -> Upload | Rejection:
     filename = image.get("filename", "")
     if not isinstance(filename, str):
         return Rejection("malformed_request", f"images[{i}]: 'filename' must be a string")
+    rejection = _lone_surrogate(f"images[{i}]: 'filename'", filename)
+    if rejection is not None:
+        return rejection
     try:
         return Upload(filename, decode_base64(image["data"]))
     except ValueError as exc:
         return Rejection("bad_encoding", f"images[{i}] ({filename[:100]!r}): 'data' is not valid base64 ({exc})")
+
+
+def _lone_surrogate(what: str, text: str) -> Rejection | None:
+    """A lone UTF-16 surrogate ("\\udc00") is valid JSON to ``json.loads`` but not Unicode text: echoed in the
+    answer, it could not be encoded. Refused here, as the pydantic-parsed routes refuse it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return Rejection("malformed_request", f"{what} holds a lone surrogate (\\u{ord(text[exc.start]):04x})")
+    return None
 
 
 def decode_base64(text: str) -> bytes:

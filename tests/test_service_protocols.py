@@ -216,14 +216,26 @@ def test_both_routes_go_through_the_same_batching(server, jpegs):
 
 
 # ---------------------------------------------------------------------------------------------- refusals
-def _bomb_png() -> bytes:
+def _png(size: tuple[int, int]) -> bytes:
     import io
 
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.new("L", (1500, 1000)).save(buffer, "PNG")
+    Image.new("L", size).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def _bomb_png() -> bytes:
+    return _png((1500, 1000))
+
+
+def _lone_surrogate_body(field: str) -> bytes:
+    """A valid image whose filename (or a named field) holds "\\udc00": json.loads accepts it, UTF-8 cannot
+    encode it, so an answer echoing it failed with a 500."""
+    image = {"filename": "cat\udc00.png" if field == "filename" else "cat.png", "data": _b64(_png((32, 32)))}
+    body = json.dumps({"images": [image], **({field: "tiny\udc00"} if field != "filename" else {})})
+    return body.encode()
 
 
 def _tensor_input(shape, data, name="input", datatype="FP32") -> dict:
@@ -329,6 +341,8 @@ JSON_BAD = {
     "unknown model": ({"images": [{"data": "AA=="}], "model": "nope"}, 404, "unknown_model", "'nope'"),
     "unknown fit": ({"images": [{"data": "AA=="}], "fit": "stretch"}, 400, "bad_fit", "'stretch'"),
     "fit not a string": ({"images": [{"data": "AA=="}], "fit": 1}, 400, "bad_fit", "fit name"),
+    "filename with a lone surrogate": (_lone_surrogate_body("filename"), 400, "malformed_request", "\\udc00"),
+    "model with a lone surrogate": (_lone_surrogate_body("model"), 400, "malformed_request", "\\udc00"),
     # Python's JSON parser raises RecursionError, not ValueError, on brackets nested thousands deep
     "nested too deep": (b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "malformed_request", "deep"),
     # a JSON integer has no size limit: float() of one past 1e308 overflows
