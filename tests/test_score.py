@@ -324,11 +324,93 @@ def test_fail_on_error_and_user_errors(tree, tiny_models_dir, tmp_path, capsys):
         "--timeout must be a number of seconds above 0, not -1": [tree, "--url", "http://x.test", "--timeout", -1],
         "--timeout must be a number of seconds above 0, not nan": [tree, "--url", "http://x.test", "--timeout", "nan"],
         "--resume needs --out to be a file it can read back": [tree, *to_dev_null, "--resume", *models],
+        # a folder has no suffix either: the message says what is wrong, not that the format is unknown
+        f"--out {tmp_path} is a folder": [tree, "--out", tmp_path, *models],
     }
     for message, args in cases.items():
         assert _score(*args) == 2, message
         err = capsys.readouterr().err
         assert "error: " in err and message in err and "Traceback" not in err, err
+    # a device that refuses every write: the header already fails
+    assert _score(tree, "--out", "/dev/full", "--format", "csv", *models) == 1
+    err = capsys.readouterr().err
+    assert "error: cannot write /dev/full: No space left on device" in err and "Traceback" not in err, err
+
+
+def _many_images(image_folder: Path, root: Path, count: int) -> Path:
+    sources = sorted(image_folder.rglob("*.png"))
+    for i in range(count):
+        d = root / f"d{i // 100}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{i:04d}.png").write_bytes(sources[i % len(sources)].read_bytes())
+    return root
+
+
+def test_a_failing_write_stops_the_run_with_the_rows_kept_for_resume(image_folder, tiny_models_dir, tmp_path):
+    """A disk that fills up mid-run (here: a file-size limit, EFBIG): a one-line error and the summary with the
+    resume hint, not a traceback; the rows written so far resume to the complete output."""
+    import resource
+
+    root = _many_images(image_folder, tmp_path / "many", 300)
+    out = tmp_path / "preds.csv"
+    cmd = [*_cli(), root, "--out", out, "--models-dir", tiny_models_dir, "--batch-size", 8, "--k", 1, "--workers", 0]
+    cmd = [str(c) for c in cmd]
+    limit = 4096  # a few dozen rows: the run is stopped part-way
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, preexec_fn=small_files)
+    assert done.returncode == 1, done.stderr
+    assert f"error: cannot write {out}: File too large" in done.stderr, done.stderr
+    assert "stopped: scored" in done.stderr and "rerun with --resume" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert 0 < len(_csv_rows(out)) < 300 and out.stat().st_size <= limit
+
+    done = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = _csv_rows(out)
+    assert [r["path"] for r in rows] == _sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    assert not any(r["error"] for r in rows)
+
+
+def test_no_shared_memory_means_decoding_in_process(image_folder, tiny_models_dir, monkeypatch, capsys):
+    """/dev/shm missing or read-only: the decode workers' shared memory cannot be made, so the scorer warns and
+    decodes in its own process instead of failing with a traceback."""
+    import multiprocessing.shared_memory
+
+    from service.score.local import LocalBackend
+    from service.score.walk import Entry
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(multiprocessing.shared_memory, "SharedMemory", refused)
+    backend = LocalBackend(tiny_models_dir / "tiny.onnx", "cpu", 1, 1, 4, streams=1)
+    try:
+        assert backend.workers == 0 and backend.pool is None and backend.shm is None
+        backend.k = 1
+        paths = sorted(image_folder.rglob("*.png"))[:4]
+        chunk = [Entry(str(p), str(p)) for p in paths]
+        rows = backend.finish(chunk, backend.submit(chunk))
+    finally:
+        backend.close()
+    assert [r.error for r in rows] == [None] * 4 and all(r.top_k for r in rows)
+    err = capsys.readouterr().err
+    assert "warning: no shared memory for the decode workers (Permission denied): decoding in this process" in err
+
+
+def test_a_reader_that_goes_away_stops_the_scorer_quietly(image_folder, tiny_models_dir, tmp_path):
+    """`score DIR | head -1`: once the reader has closed the pipe, the scorer ends as a Unix tool does (status
+    128 + SIGPIPE, nothing on standard error), not with a BrokenPipeError traceback."""
+    root = _many_images(image_folder, tmp_path / "many", 300)
+    cmd = [*_cli(), root, "--models-dir", tiny_models_dir, "--batch-size", 4, "--k", 1, "--no-progress"]
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"path,")
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE, err
+    assert "Traceback" not in err and "Error" not in err, err
 
 
 def test_min_confidence_marks_rows_in_csv_and_jsonl(tree, tiny_models_dir, tmp_path, capsys):

@@ -110,20 +110,24 @@ class LocalBackend:
             2 * self.workers + self.streams, max(3, SHM_BUDGET_BYTES // self.slot_bytes), _shm_free() // self.slot_bytes
         )
         if self.workers and slots < 3:
-            print(
-                f"warning: not enough shared memory for batches of {batch_size}: decoding in this process",
-                file=sys.stderr,
-            )
-            self.workers = 0
-            self._close_pool()
-        self.inflight = max(2, slots - 1) if self.workers else 2 * self.streams
+            self._decode_here(f"not enough shared memory for batches of {batch_size}")
         if self.workers:
             from multiprocessing.shared_memory import SharedMemory
 
-            self.shm = SharedMemory(create=True, size=slots * self.slot_bytes)
+            try:
+                self.shm = SharedMemory(create=True, size=slots * self.slot_bytes)
+            except OSError as exc:  # /dev/shm missing or read-only, a file-size limit
+                self._decode_here(f"no shared memory for the decode workers ({exc.strerror or exc})")
+        self.inflight = max(2, slots - 1) if self.workers else 2 * self.streams
+        if self.workers:
             self._free = list(range(slots))
             if self.pool is None:
                 self._new_pool()
+
+    def _decode_here(self, why: str) -> None:
+        print(f"warning: {why}: decoding in this process", file=sys.stderr)
+        self.workers = 0
+        self._close_pool()
 
     def _decoding(self, cores: int, on_gpu: bool, workers: int | None) -> None:
         self.workers = default_workers(cores, on_gpu) if workers is None else workers

@@ -29,7 +29,8 @@ class Summary:
     walk: WalkStats = field(default_factory=WalkStats)
     failures: list[str] = field(default_factory=list)  # the first few, for the summary
 
-    def text(self, out: str, interrupted: bool, min_confidence: float | None = None) -> str:
+    def text(self, out: str, stopped: str | None = None, min_confidence: float | None = None) -> str:
+        """``stopped``: why the run ended before the last image ("interrupted", a write error), or None."""
         done = self.scored + self.failed
         rate = done / self.elapsed if self.elapsed > 0 else 0.0
         scored = f"scored {self.scored}"
@@ -39,7 +40,7 @@ class Summary:
         if self.resumed:
             parts.append(f"{self.resumed} already in {out} (resumed)")
         lines = [
-            ("interrupted: " if interrupted else "") + ", ".join(parts) + f"; {self.elapsed:.1f} s, {rate:.0f} images/s"
+            (f"{stopped}: " if stopped else "") + ", ".join(parts) + f"; {self.elapsed:.1f} s, {rate:.0f} images/s"
         ]
         for rel in self.walk.linked_dirs_skipped[:5]:
             lines.append(f"not entered {rel}/: a link to a folder already scored (a symlink loop?)")
@@ -47,7 +48,7 @@ class Summary:
             lines.append(f"... and {len(self.walk.linked_dirs_skipped) - 5} more such links")
         if self.failures:
             lines.append("failed files (first few): " + "; ".join(self.failures))
-        if interrupted and out != "-":
+        if stopped and out != "-":
             lines.append(f"the rows so far are in {out}: rerun with --resume to continue")
         return "\n".join(lines)
 
@@ -68,6 +69,8 @@ def _validate(args) -> str:
             raise UserError(f"--{flag} must be at least 1, not {value}")
     if getattr(args, "gpus_per_actor", None) is not None and not args.gpus_per_actor > 0:
         raise UserError(f"--gpus-per-actor must be more than 0, not {args.gpus_per_actor}")
+    if args.out != "-" and os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a folder")
     fmt = args.format or ("csv" if args.out == "-" else format_from_path(args.out))
     if fmt is None:
         raise UserError(f"cannot tell the output format from {args.out!r}: name it .csv or .jsonl, or pass --format")
@@ -79,8 +82,6 @@ def _validate(args) -> str:
             raise UserError("--resume needs --out FILE")
     else:
         parent = os.path.dirname(os.path.abspath(args.out))
-        if os.path.isdir(args.out):
-            raise UserError(f"--out {args.out} is a folder")
         if args.resume and os.path.exists(args.out) and not os.path.isfile(args.out):
             raise UserError(f"--resume needs --out to be a file it can read back; {args.out} is not a regular file")
         if not os.path.isdir(parent):
@@ -92,6 +93,22 @@ def _validate(args) -> str:
 
 class _Terminated(KeyboardInterrupt):
     pass
+
+
+class _OutputLost(Exception):
+    """Writing the output failed (a full disk, a pipe whose reader has gone): the run cannot go on."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror or str(error))
+        self.error = error
+
+
+def _write(out, text: str) -> None:
+    try:
+        out.write(text)
+        out.flush()
+    except OSError as exc:
+        raise _OutputLost(exc) from exc
 
 
 def _on_sigterm(signum, frame):
@@ -118,6 +135,14 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:  # before scoring started (loading the model, reading back --resume)
         print("interrupted", file=sys.stderr)
         return _interrupted_status(exc)
+    except _OutputLost as exc:
+        if isinstance(exc.error, BrokenPipeError):
+            # The reader has gone (`score DIR | head`): stop quietly, as Unix tools do, and keep Python from
+            # complaining when it flushes standard output at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 128 + signal.SIGPIPE
+        print(f"error: cannot write {_output_name(args.out)}: {exc}", file=sys.stderr)
+        return 1
     finally:
         if backend is not None:
             backend.close()
@@ -175,8 +200,11 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
         except OSError as exc:
             raise UserError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     if args.out == "-" or not out.seekable() or out.tell() == 0:  # a pipe or terminal given as a path
-        out.write(fmt.header())
-        out.flush()
+        try:
+            _write(out, fmt.header())
+        except _OutputLost:
+            _close(out, args.out)
+            raise
 
     stop = threading.Event()
     total: list[int | None] = []
@@ -193,11 +221,11 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
     if not bar.disable:  # the total is only for the bar's ETA: the second walk is not free (docs/measurements.md)
         threading.Thread(target=_count, args=(args.dir, stop, total), daemon=True, name="score-count").start()
     interrupted: KeyboardInterrupt | None = None
+    lost: _OutputLost | None = None
     start = time.perf_counter()
     try:
         for rows in backend.rows(chunks(entries, backend.batch_size, done)):
-            out.write(fmt.format(rows))
-            out.flush()
+            _write(out, fmt.format(rows))
             for row in rows:
                 if row.error is None:
                     summary.scored += 1
@@ -216,17 +244,36 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
                 bar.set_postfix(failed=summary.failed, refresh=False)
     except KeyboardInterrupt as exc:
         interrupted = exc
+    except _OutputLost as exc:
+        lost = exc
     finally:
         summary.elapsed = time.perf_counter() - start
         stop.set()
         bar.close()
-        if args.out != "-":
-            out.close()
-        else:
-            out.flush()
-    print(summary.text(args.out, interrupted is not None, args.min_confidence), file=sys.stderr)
+        _close(out, args.out)
+    if lost is not None and isinstance(lost.error, BrokenPipeError):
+        raise lost
+    if lost is not None:
+        print(f"error: cannot write {_output_name(args.out)}: {lost}", file=sys.stderr)
+    stopped = "interrupted" if interrupted else "stopped" if lost else None
+    print(summary.text(args.out, stopped, args.min_confidence), file=sys.stderr)
     if accuracy is not None:
         print(accuracy.report(), file=sys.stderr)
     if interrupted:
         return _interrupted_status(interrupted)
-    return 1 if args.fail_on_error and summary.failed else 0
+    return 1 if lost or (args.fail_on_error and summary.failed) else 0
+
+
+def _output_name(path: str) -> str:
+    return "standard output" if path == "-" else path
+
+
+def _close(out, path: str) -> None:
+    """Close a file output, flush standard output; a write that fails here was reported by the one before."""
+    try:
+        if path != "-":
+            out.close()
+        else:
+            out.flush()
+    except OSError:
+        pass
