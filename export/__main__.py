@@ -19,14 +19,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 
 from inference.fits import DEFAULT_FIT, FITS, fit_help
-from inference.manifest import CALIBRATION_METHODS, DEVICE_KINDS, ManifestError, load_manifest
+from inference.manifest import (
+    CALIBRATION_METHODS,
+    DEVICE_KINDS,
+    MODEL_NAME_PATTERN,
+    MODEL_NAME_RULE,
+    ManifestError,
+    load_manifest,
+)
 from inference.precisions import PRECISIONS, suits, tolerance_text
 from training.cli_types import positive_int
 
 from .int8_ranges import ACTIVATION_RANGES, ranges_help
+
+
+def model_name(text: str) -> str:
+    """A name the manifest will take, checked before the checkpoint is read and the validation pass is run."""
+    if not re.fullmatch(MODEL_NAME_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a model name: {MODEL_NAME_RULE}")
+    return text
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -40,7 +55,9 @@ def export_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint file (RUN/best.pt) or run folder")
-    p.add_argument("--name", required=True, help="model name in the manifest; the file is models/NAME.onnx")
+    p.add_argument(
+        "--name", required=True, type=model_name, help="model name in the manifest; the file is models/NAME.onnx"
+    )
     p.add_argument(
         "--precision",
         choices=list(PRECISIONS),
@@ -116,7 +133,7 @@ def rederive_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("reference", help="name of a shipped FP32 model (a calibrated one with --calibrate none)")
-    p.add_argument("--name", required=True, help="name of the derived model")
+    p.add_argument("--name", required=True, type=model_name, help="name of the derived model")
     p.add_argument("--precision", choices=list(PRECISIONS), default="fp32")
     p.add_argument("--calibrate", choices=CALIBRATION_METHODS, default="temperature")
     p.add_argument("--default", action="store_true", help="make the derived model the manifest's default")

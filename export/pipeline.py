@@ -116,7 +116,14 @@ def export_checkpoint(
     check_activation_ranges(precision, activation_ranges)
     ckpt = load_checkpoint(checkpoint)  # before the folder is made: a refused export leaves nothing behind
     models_dir = Path(models_dir)
-    models_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        models_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"--models-dir {models_dir} is not a folder") from None
+    except OSError as exc:
+        raise ValueError(f"cannot make --models-dir {models_dir}: {exc.strerror or exc}") from None
+    if not os.access(models_dir, os.W_OK | os.X_OK):  # found now, not after the validation pass
+        raise ValueError(f"cannot write to --models-dir {models_dir}: permission denied")
     meta = ckpt["meta"]
     model = with_tta(model_from_checkpoint(ckpt), tta)
     source = _data_source(meta, cache_dir)

@@ -71,12 +71,18 @@ class Calibration(BaseModel):
         return self
 
 
+# A model's name: also its file's (NAME.onnx) and a URL path segment (/v2/models/NAME), so nothing that needs
+# quoting in either.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MODEL_NAME_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
 class ModelCard(BaseModel):
     """What a model is: stored in the manifest and in the ONNX file's own metadata."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
     arch: str
     dataset: str
     classes: list[str] = Field(min_length=2)

@@ -588,6 +588,33 @@ def test_int8_ranges_are_refused_for_other_precisions_before_any_work(tiny_run, 
     assert refused.value.code == 2 and "argument --int8-ranges: invalid choice: 'p99'" in capsys.readouterr().err
 
 
+def test_a_bad_name_or_models_folder_is_refused_before_the_validation_pass(tiny_run, tmp_path, capsys, monkeypatch):
+    """A name the manifest cannot take, a --models-dir that is a file or cannot be made: one line, exit 2, and
+    nothing read past the checkpoint (the PyTorch pass over the validation split never starts)."""
+    import export.pipeline
+
+    def never(*args, **kwargs):
+        raise AssertionError("the validation split was read")
+
+    monkeypatch.setattr(export.pipeline, "validation_split", never)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    argv = ["--checkpoint", str(tiny_run / "best.pt")]
+    with pytest.raises(SystemExit) as refused:
+        export_main([*argv, "--name", "bad name!", "--models-dir", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "argument --name: 'bad name!' is not a model name: 1 to 64 letters" in err
+    assert not (tmp_path / "m").exists()
+    cases = {
+        str(a_file): f"--models-dir {a_file} is not a folder",
+        str(a_file / "sub"): f"--models-dir {a_file / 'sub'} is not a folder",
+    }
+    for models_dir, message in cases.items():
+        assert export_main([*argv, "--name", "x", "--models-dir", models_dir]) == 2, models_dir
+        err = capsys.readouterr().err
+        assert f"error: {message}" in err and "Traceback" not in err, err
+
+
 def test_a_damaged_or_foreign_checkpoint_file_is_refused_in_one_line(tmp_path, capsys):
     """A copy cut short, a text file, a bare tensor: each is named as no checkpoint, never a traceback."""
     whole = tmp_path / "whole.pt"
