@@ -628,6 +628,21 @@ def test_force_starts_over_without_the_previous_runs_files(image_folder, tmp_pat
     assert not any((out / name).exists() for name in ("last.pt", "best.pt", "summary.json", "history.json"))
 
 
+@pytest.mark.parametrize("recipe", ["resnet9_half_cpu", "resnet9_airbench94"])
+def test_an_out_that_cannot_be_a_folder_is_refused_before_the_data_is_read(image_folder, tmp_path, capsys, recipe):
+    """--out naming a file (or a path through one): one line, exit 2, before the dataset is read (the overrides
+    point at a folder that does not exist: reading it would fail with another message)."""
+    from training.__main__ import main as training_main
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    sets = ["--set", *tiny_overrides(tmp_path / "no-such-data", tmp_path / "cache", epochs=1)]
+    for out in (a_file, a_file / "run"):
+        assert training_main(["train", "--recipe", recipe, "--out", str(out), *sets]) == 2
+        err = capsys.readouterr().err
+        assert f"error: --out {out} is not a folder" in err and "Traceback" not in err, err
+
+
 def test_best_is_written_before_last(image_folder, tmp_path, monkeypatch):
     """last.pt is where a resume starts: once it is written the epoch is done, so best.pt must already be."""
     import training.engine as engine

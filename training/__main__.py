@@ -55,7 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if is_ensemble_recipe(args.recipe):
         return _train_ensemble(args)
     config = build_config(args.recipe, args.set)
-    out = Path(args.out) if args.out else Path("runs") / config.recipe
+    out = _run_folder(Path(args.out) if args.out else Path("runs") / config.recipe)
     args.run = out  # for the message of an interrupt
     if (out / ENSEMBLE_RUN_FILE).exists() and not args.force:
         raise ConfigError(
@@ -76,11 +76,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_folder(out: Path) -> Path:
+    """The run folder, made now: an --out that cannot be one is refused before the dataset is read and the
+    network built (minutes), not when the first checkpoint is due."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"--out {out} is not a folder") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot make --out {out}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to --out {out}: permission denied")
+    return out
+
+
 def _train_ensemble(args: argparse.Namespace) -> int:
     from .ensemble_recipe import load_ensemble_recipe, started_run, train_ensemble
 
     recipe = load_ensemble_recipe(args.recipe)
-    out = Path(args.out) if args.out else Path("runs") / recipe.name
+    out = _run_folder(Path(args.out) if args.out else Path("runs") / recipe.name)
     args.run, args.ensemble_run = out, True  # for the message of an interrupt
     if (out / LAST_FILE).exists() and not args.force:
         raise ConfigError(
