@@ -191,10 +191,12 @@ def _reducible(image: Image.Image) -> Image.Image:
     """The image in a mode whose pixels may be averaged: not palette indices, single bits or 16-bit grey
     (which ``Image.reduce`` refuses), converted as ``_to_rgb`` would convert them."""
     image = _to_8bit(image)
+    if _transparent(image) and image.mode not in ("RGBA", "LA"):
+        return image.convert("RGBA")  # before averaging: a colour key names exact pixel values
     if image.mode == "1":
         return image.convert("L")
-    if image.mode in ("P", "PA"):
-        return image.convert("RGBA" if _transparent(image) else "RGB")
+    if image.mode == "P":
+        return image.convert("RGB")
     return image
 
 
@@ -299,23 +301,34 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+# A float image whose largest value is under this is in [0, 1], overshoot included (a bicubic or Lanczos resize
+# rings past 1 at sharp edges); read on the [0, 255] scale it would be black to the eye (under 2 of 255).
+FLOAT_UNIT_BELOW = 2.0
+
+
 def _to_8bit(image: Image.Image) -> Image.Image:
     if image.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
         return image
     # 16/32-bit integer or float grey: scaled to 8 bits, where Pillow's conversion would clip it (16-bit images
-    # come out white, floats in [0, 1] black). Floats that stay within [0, 1] are read as scikit-image and
-    # OpenCV write them (1.0 is white); larger ones as the integer scales. NaN and infinities are black.
+    # come out white, floats in [0, 1] black). Floats below FLOAT_UNIT_BELOW are read as scikit-image and
+    # OpenCV write them (1.0 is white; a resize's overshoot past 1 clips); larger ones as the integer scales.
+    # NaN and infinities are black.
     arr = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     top = arr.max(initial=0.0)
-    if image.mode == "F" and top <= 1.0:
+    if image.mode == "F" and top < FLOAT_UNIT_BELOW:
         peak = 1.0
     else:
         peak = 65535.0 if image.mode.startswith("I;16") or top > 255 else 255.0
     return Image.fromarray(np.rint(np.clip(arr * (255.0 / peak), 0, 255)).astype(np.uint8), "L")
 
 
+# Modes whose "transparency" (a PNG's tRNS chunk, a GIF's) names a palette entry or a colour key: the pixels
+# of that index or value are clear. Pillow turns the key into alpha when it converts them to RGBA.
+KEYED_MODES = ("P", "1", "L", "RGB")
+
+
 def _transparent(image: Image.Image) -> bool:
-    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    return image.mode in ("RGBA", "LA", "PA") or (image.mode in KEYED_MODES and "transparency" in image.info)
 
 
 def to_model_input(images: Sequence[np.ndarray] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -153,6 +153,31 @@ def _transparent(image: Image.Image) -> Image.Image:
     return Image.fromarray(pixels)
 
 
+def _colour_keyed(image: Image.Image, mode: str = "RGB") -> Image.Image:
+    """RGB or grey with a colour key (a PNG tRNS chunk, as PNG optimisers write): a black hole, clear."""
+    pixels = np.asarray(image.convert(mode)).copy()
+    height, width = pixels.shape[:2]
+    pixels[pixels == 0] = 1  # black only in the hole
+    pixels[height // 5 : height // 2, width // 5 : width // 2] = 0
+    keyed = Image.fromarray(pixels, mode)
+    keyed.info["transparency"] = (0, 0, 0) if mode == "RGB" else 0
+    return keyed
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("shape", [(64, 48), (1500, 1100)])
+def test_a_colour_keyed_png_is_put_on_white_like_its_rgba_twin(mode, shape):
+    """The clear pixels of a colour-keyed PNG show white, as those of the same picture with an alpha channel
+    do, at full size and when a large image is shrunk before conversion; they were decoded as black."""
+    keyed = _colour_keyed(_photo(*shape, seed=3), mode)
+    twin = keyed.convert("RGBA")  # Pillow's own reading of the key
+    assert np.asarray(twin)[shape[1] // 3, shape[0] // 3, 3] == 0
+    for fit in FITS:
+        got = decode_image(_encode(keyed, "PNG", transparency=keyed.info["transparency"]), fit=fit)
+        expected = decode_image(_encode(twin, "PNG"), fit=fit)
+        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1, fit
+
+
 def _grey16(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.asarray(image.convert("L")).astype(np.uint16) * 257)
 
@@ -167,6 +192,18 @@ def test_a_float_tiff_decodes_as_its_8_bit_grey(scale):
         expected = decode_image(_encode(grey, "PNG"), fit=fit).astype(int)
         got = decode_image(_encode(floats, "TIFF"), fit=fit).astype(int)
         assert np.abs(got - expected).max() <= 1, fit
+
+
+def test_a_float_tiff_that_overshoots_1_is_still_read_as_0_to_1():
+    """A [0, 1] image resized with a bicubic filter rings a little past 1 at its edges: it is the same picture
+    with its brightest pixels clipped, not a [0, 255] image (which read so came out black)."""
+    grey = _photo(64, 48).convert("L")
+    floats = np.asarray(grey, dtype=np.float32) / np.float32(255.0)
+    floats[0, :8] = 1.05  # the overshoot
+    expected = decode_image(_encode(grey, "PNG"), fit="squash").astype(int)
+    got = decode_image(_encode(Image.fromarray(floats, "F"), "TIFF"), fit="squash").astype(int)
+    assert np.abs(got - expected)[2:].max() <= 1  # below the row the overshoot's 8 pixels blur into
+    assert got.mean() > 100
 
 
 LARGE_NON_JPEGS = {
