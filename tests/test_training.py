@@ -641,6 +641,7 @@ def test_an_out_that_cannot_be_a_folder_is_refused_before_the_data_is_read(image
         assert training_main(["train", "--recipe", recipe, "--out", str(out), *sets]) == 2
         err = capsys.readouterr().err
         assert f"error: --out {out} is not a folder" in err and "Traceback" not in err, err
+    assert not (a_file / "run").exists() and a_file.is_file()
 
 
 def test_best_is_written_before_last(image_folder, tmp_path, monkeypatch):

@@ -77,16 +77,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _run_folder(out: Path) -> Path:
-    """The run folder, made now: an --out that cannot be one is refused before the dataset is read and the
-    network built (minutes), not when the first checkpoint is due."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ConfigError(f"--out {out} is not a folder") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot make --out {out}: {exc.strerror or exc}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write to --out {out}: permission denied")
+    """``out``, refused now if it cannot become a run folder (a file, a path through one, a folder it may not
+    write in), before the dataset is read and the network built (minutes), not when the first checkpoint is
+    due. Nothing is made here: a run refused later leaves no folder behind."""
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out} is not a folder" + ("" if existing == out else f": {existing} is a file"))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to --out {out}: permission denied on {existing}")
     return out
 
 
