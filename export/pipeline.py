@@ -125,6 +125,7 @@ def export_checkpoint(
     if not os.access(models_dir, os.W_OK | os.X_OK):  # found now, not after the validation pass
         raise ValueError(f"cannot write to --models-dir {models_dir}: permission denied")
     meta = ckpt["meta"]
+    check_replacement(models_dir, name, meta["arch"], meta["classes"], precision)
     model = with_tta(model_from_checkpoint(ckpt), tta)
     source = _data_source(meta, cache_dir)
     val = validation_split(source, max_val_images)
@@ -231,6 +232,25 @@ def record_entry(
     os.replace(out, final)
     save_manifest(manifest, models_dir)
     return entry
+
+
+def check_replacement(models_dir: Path, name: str, arch: str, classes: Sequence[str], precision: str) -> None:
+    """Refuse, before any work, to record ``name`` over a listed model of another network, classes or precision:
+    the manifest keeps one entry per name, so that model would be dropped, and its checkpoint may be long gone.
+    Re-exporting the same kind of model under its name (a new training run, a calibrated FP32) stays allowed.
+    An unreadable manifest is refused here too, not after the conversion."""
+    if not (models_dir / "manifest.json").exists():
+        return
+    listed = {m.name: m for m in load_manifest(models_dir, verify=False).models}.get(name)
+    if listed is None:
+        return
+    old = (listed.arch, list(listed.classes), listed.precision)
+    if old != (arch, list(classes), precision):
+        raise ValueError(
+            f"{name!r} is already in {models_dir / 'manifest.json'} as a {listed.precision} {listed.arch} of "
+            f"{len(listed.classes)} classes; this {precision} {arch} of {len(classes)} classes would replace it: "
+            "give it another --name (or remove the old entry from the manifest first)"
+        )
 
 
 def _with_entry(entry: ModelEntry, models_dir: Path, make_default: bool, default_for: Sequence[str]) -> Manifest:

@@ -26,7 +26,14 @@ from training.inference import topk_accuracy
 from training.reports.calibration import fit_temperature
 
 from .parity import Parity, judge, onnx_logits
-from .pipeline import check_activation_ranges, convert_variant, publish, record_entry, validation_split
+from .pipeline import (
+    check_activation_ranges,
+    check_replacement,
+    convert_variant,
+    publish,
+    record_entry,
+    validation_split,
+)
 
 
 def append_temperature(src: Path, dst: Path, temperature: float) -> None:
@@ -66,6 +73,7 @@ def rederive(
     ref = manifest.get(reference)
     if ref.precision != "fp32":
         raise ValueError(f"{reference} is {ref.precision}: re-derive from an FP32 graph")
+    check_replacement(models_dir, name, ref.arch, ref.classes, precision)
     inherited = ref.calibration.method != "none"
     if inherited and calibrate != "none":
         raise ValueError(

@@ -615,6 +615,39 @@ def test_a_bad_name_or_models_folder_is_refused_before_the_validation_pass(tiny_
         assert f"error: {message}" in err and "Traceback" not in err, err
 
 
+def test_a_name_listed_for_another_kind_of_model_is_not_replaced(exported, tiny_run, tmp_path, capsys, monkeypatch):
+    """The manifest keeps one entry per name: exporting or re-deriving under the name of a listed model of
+    another precision, network or classes would drop it. Refused in one line, before the validation pass, with
+    the manifest and files untouched; the same kind of model under its own name is still re-exported."""
+    import shutil
+
+    import export.pipeline
+    import export.rederive
+
+    models = tmp_path / "models"
+    shutil.copytree(exported[0], models)
+    before = {p.name: p.read_bytes() for p in models.iterdir()}
+
+    def never(*args, **kwargs):
+        raise AssertionError("the validation split was read")
+
+    monkeypatch.setattr(export.pipeline, "validation_split", never)
+    monkeypatch.setattr(export.rederive, "validation_split", never)
+    refused = {
+        "export": ["--checkpoint", str(tiny_run / "best.pt"), "--name", "tiny", "--precision", "int8"],
+        "rederive": ["rederive", "tiny", "--name", "tiny", "--precision", "fp16", "--calibrate", "none"],
+    }
+    for how, argv in refused.items():
+        assert export_main([*argv, "--models-dir", str(models)]) == 2, how
+        err = capsys.readouterr().err
+        assert "'tiny' is already in" in err and "as a fp32 resnet9 of 3 classes" in err, err
+        assert "give it another --name" in err and "Traceback" not in err, err
+    assert {p.name: p.read_bytes() for p in models.iterdir()} == before
+    monkeypatch.undo()
+    entry, _ = export_checkpoint(tiny_run / "best.pt", "tiny", "fp32", models, cache_dir=None)
+    assert [m.name for m in load_manifest(models).models] == ["tiny"] and entry.precision == "fp32"
+
+
 def test_a_damaged_or_foreign_checkpoint_file_is_refused_in_one_line(tmp_path, capsys):
     """A copy cut short, a text file, a bare tensor: each is named as no checkpoint, never a traceback."""
     whole = tmp_path / "whole.pt"
