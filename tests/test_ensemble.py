@@ -178,6 +178,54 @@ def test_reports_estimate_their_ensemble_from_the_saved_logits(tmp_path, capsys)
     assert "not weights" in capsys.readouterr().err
 
 
+def test_the_ensemble_never_goes_over_a_member_or_a_runs_own_checkpoints(tiny_run, other_member, tmp_path, capsys):
+    """`--out` naming a member, the run's best.pt or last.pt (which resume continues from), a folder, or a path
+    through a file: one line, exit 2, and every file as it was."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    cases = {
+        run / "best.pt": "is one of the members",
+        run / "last.pt": f"would replace the last.pt of the run in {run}",
+        tmp_path: "is a folder: name the checkpoint file to write",
+        a_file / "pair.pt": f"{a_file}: File exists",
+    }
+    for out, message in cases.items():
+        assert training_main(["ensemble", str(run), str(other_member), "--out", str(out)]) == 2, out
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert training_main(["evaluate", "--checkpoint", str(run), "--out", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {a_file}: File exists" in err and "Traceback" not in err, err
+
+
+def test_a_damaged_or_incomplete_report_is_named_not_a_traceback(tmp_path, capsys):
+    labels = [0, 1]
+    good = _report(tmp_path / "good", [[1, 0], [0, 1]], labels)
+    cut = _report(tmp_path / "cut", [[1, 0], [0, 1]], labels)
+    data = (cut / "predictions.npz").read_bytes()
+    (cut / "predictions.npz").write_bytes(data[: len(data) // 2])
+    unfinished = _report(tmp_path / "unfinished", [[1, 0], [0, 1]], labels)
+    (unfinished / "metrics.json").unlink()  # written last: an evaluation stopped before it
+    edited = _report(tmp_path / "edited", [[1, 0], [0, 1]], labels)
+    (edited / "metrics.json").write_text('{"tta": "fl')
+    cases = {
+        cut: f"{cut / 'predictions.npz'} is damaged",
+        unfinished: f"no metrics.json in {unfinished}: the report is incomplete",
+        edited: f"{edited / 'metrics.json'} is not valid JSON",
+    }
+    for report, message in cases.items():
+        for command in (["ensemble", str(good), str(report)], ["compare", str(good), str(report)]):
+            assert training_main(command) == 2, (command, report)
+            err = capsys.readouterr().err
+            assert message in err and "Traceback" not in err, err
+
+
 def test_reports_and_checkpoints_are_not_mixed(tiny_run, tmp_path, capsys):
     a = _report(tmp_path / "a", [[1, 0]], [0])
     assert training_main(["ensemble", str(a), str(tiny_run), "--out", str(tmp_path / "e.pt")]) == 2

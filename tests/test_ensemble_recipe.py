@@ -157,3 +157,16 @@ def test_the_default_models_recipe_is_an_ensemble_recipe():
     assert [(m.recipe, m.tta) for m in recipe.members] == [("resnet9_half_cpu", "flip"), ("airbench94_muon", "none")]
     airbench = member_configs(recipe)[1]
     assert airbench.train.epochs == 16 and airbench.train.whiten_sample == "first"
+
+
+def test_a_damaged_record_of_an_ensemble_run_is_named_not_a_traceback(tmp_path, capsys):
+    """ensemble.yaml cut short or edited: one line naming it and the way out, for train --resume and resume."""
+    from training.__main__ import main as training_main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "ensemble.yaml").write_text("recipe: {name: resnet9_airbench94, members: [")
+    for command in (["train", "--recipe", "resnet9_airbench94", "--out", str(out), "--resume"], ["resume", str(out)]):
+        assert training_main(command) == 2, command
+        err = capsys.readouterr().err
+        assert f"{out / 'ensemble.yaml'} is damaged" in err and "--force" in err and "Traceback" not in err, err

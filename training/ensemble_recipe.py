@@ -106,7 +106,15 @@ def _resolved(recipe: EnsembleRecipe, overrides: list[str]) -> dict[str, Any]:
 def started_run(out: str | Path) -> dict[str, Any] | None:
     """What the ensemble run in ``out`` was started with (its recipe and overrides), or None if none was."""
     record = Path(out) / ENSEMBLE_RUN_FILE
-    return yaml.safe_load(record.read_text()) if record.is_file() else None
+    if not record.is_file():
+        return None
+    try:
+        started = yaml.safe_load(record.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{record} is damaged ({exc}); start the run over with --force") from None
+    if not isinstance(started, dict):
+        raise ConfigError(f"{record} is damaged (not a mapping); start the run over with --force")
+    return started
 
 
 def train_ensemble(

@@ -12,6 +12,7 @@ import json
 import logging
 import platform
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -321,15 +322,30 @@ def load_predictions(report_dir: str | Path) -> dict[str, Any]:
     path = report_dir / PREDICTIONS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {PREDICTIONS_FILE} in {report_dir}: re-run `python -m training evaluate`")
-    with np.load(path, allow_pickle=False) as npz:
-        out = {k: npz[k] for k in npz.files}
+    metrics_path = report_dir / METRICS_FILE
+    if not metrics_path.is_file():  # written last: an evaluation stopped part-way leaves only the predictions
+        raise FileNotFoundError(
+            f"no {METRICS_FILE} in {report_dir}: the report is incomplete; re-run `python -m training evaluate`"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            out = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise ValueError(f"{path} is damaged ({exc}): re-run `python -m training evaluate`") from None
     out["fingerprint"] = str(out["fingerprint"])
     out["classes"] = [str(c) for c in out["classes"]]
-    metrics_path = report_dir / METRICS_FILE
-    out["metrics"] = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    out["metrics"] = read_json(metrics_path)
     history_path = report_dir / HISTORY_FILE
-    out["history"] = json.loads(history_path.read_text()) if history_path.is_file() else []
+    out["history"] = read_json(history_path) if history_path.is_file() else []
     return out
+
+
+def read_json(path: Path) -> Any:
+    """A report's or a run's JSON file; a damaged one is named, with what to do."""
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:  # also bytes that are not UTF-8
+        raise ValueError(f"{path} is not valid JSON ({exc}): it was cut short or edited; write it again") from None
 
 
 def default_out_dir(source: ModelSource, split: str, tta: str) -> Path:
