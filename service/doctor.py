@@ -86,11 +86,14 @@ def add_doctor_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],
-        default="auto",
+        default=None,
         help="what the service will be started with: auto (CUDA when a GPU is visible, models that cannot run "
-        "there on the CPU with a warning), cpu, or cuda (every model wholly on CUDA) (default: auto)",
+        "there on the CPU with a warning), cpu, or cuda (every model wholly on CUDA) (default: CIFAR_DEVICE, "
+        "else auto)",
     )
-    p.add_argument("--models-dir", default=None, help="manifest and ONNX files (default: the service's models/)")
+    p.add_argument(
+        "--models-dir", default=None, help="manifest and ONNX files (default: CIFAR_MODELS_DIR, else models/)"
+    )
     p.add_argument(
         "--folder",
         metavar="DIR",
@@ -104,9 +107,18 @@ def add_doctor_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def main(args: argparse.Namespace) -> int:
-    from .settings import DEFAULT_MODELS_DIR
+    from .settings import ServiceSettings, SettingsError
 
-    models_dir = Path(args.models_dir) if args.models_dir else DEFAULT_MODELS_DIR
+    # The service's own settings, as `serve` reads them: a value it would refuse is refused here too, and the
+    # models folder and device checked are the ones it would use.
+    try:
+        settings = ServiceSettings.from_env()
+        settings.api_key_set()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    models_dir = Path(args.models_dir) if args.models_dir else settings.models_dir
+    device = args.device or settings.device
     if args.folder and not Path(args.folder).is_dir():
         print(f"error: --folder {args.folder} is not a folder", file=sys.stderr)
         return 2
@@ -114,7 +126,7 @@ def main(args: argparse.Namespace) -> int:
         print("error: --max-images must be at least 1", file=sys.stderr)
         return 2
     try:
-        report = diagnose(args.device, models_dir, args.folder, args.max_images, speed=not args.no_speed)
+        report = diagnose(device, models_dir, args.folder, args.max_images, speed=not args.no_speed)
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -398,13 +398,14 @@ def test_the_service_asks_bentoml_for_one_worker_per_gpu_and_pins_each(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------- doctor
-def _doctor(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def _doctor(*args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "service", "doctor", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -462,6 +463,25 @@ def test_doctor_usage_errors_are_exit_2(tmp_path):
     assert done.returncode == 2 and "no model manifest" in done.stderr and "Traceback" not in done.stderr
     done = _doctor("--folder", str(tmp_path / "nope"), "--no-speed")
     assert done.returncode == 2 and "is not a folder" in done.stderr
+
+
+def test_doctor_reads_the_services_own_settings(tmp_path):
+    """What `serve` would refuse, the doctor refuses (exit 2, the same message); the models folder and device it
+    checks are the service's CIFAR_MODELS_DIR and CIFAR_DEVICE unless given, not models/ and auto."""
+    refused = {
+        "CIFAR_MAX_BATCH_SIZE": ("abc", "CIFAR_MAX_BATCH_SIZE must be an integer, got 'abc'"),
+        "CIFAR_DEVICE": ("gpu", "CIFAR_DEVICE must be one of"),
+        "CIFAR_API_KEYS_FILE": (str(tmp_path / "nope"), f"CIFAR_API_KEYS_FILE {tmp_path / 'nope'}"),
+    }
+    for name, (value, message) in refused.items():
+        done = _doctor("--no-speed", env={name: value})
+        assert done.returncode == 2 and f"error: {message}" in done.stderr, (name, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr
+    done = _doctor("--no-speed", env={"CIFAR_MODELS_DIR": str(tmp_path)})
+    assert done.returncode == 2 and f"no model manifest at {tmp_path}" in done.stderr, done.stderr[-2000:]
+    models = _models_dir(tmp_path, [INT8], INT8, None)
+    done = _doctor("--no-speed", env={"CIFAR_MODELS_DIR": str(models), "CIFAR_DEVICE": "cpu"})
+    assert done.returncode == 0 and done.stdout.rstrip().endswith("--device cpu: will work on this host"), done.stdout
 
 
 def test_doctor_report_verdicts():
