@@ -644,6 +644,14 @@ def test_an_out_that_cannot_be_a_folder_is_refused_before_the_data_is_read(image
     assert not (a_file / "run").exists() and a_file.is_file()
 
 
+def test_resume_refuses_an_epoch_budget_below_1_as_a_usage_error(tmp_path, capsys):
+    from training.__main__ import main as training_main
+
+    with pytest.raises(SystemExit) as refused:
+        training_main(["resume", str(tmp_path), "--epochs", "0"])
+    assert refused.value.code == 2 and "argument --epochs: 0 is not at least 1" in capsys.readouterr().err
+
+
 def test_best_is_written_before_last(image_folder, tmp_path, monkeypatch):
     """last.pt is where a resume starts: once it is written the epoch is done, so best.pt must already be."""
     import training.engine as engine

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from inference.fits import FITS
 
+from .cli_types import positive_int
+
 try:
     from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE
     from .config import ConfigError, build_config, is_ensemble_recipe, list_ensemble_recipes, list_recipes
@@ -216,7 +218,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder holding last.pt")
     p.add_argument(
         "--epochs",
-        type=int,
+        type=positive_int,
         help="change the total epoch budget (reshapes cosine, linear and triangular schedules and lookahead)",
     )
     p.set_defaults(fn=cmd_resume)
