@@ -462,6 +462,15 @@ def test_compare_refuses_reports_of_different_samples(tiny_run, tiny_report, tmp
     assert err.startswith("error:") and "different samples" in err and "\n" not in err
 
 
+def test_compare_refuses_evaluation_settings_when_both_sides_are_reports(tiny_report, capsys):
+    """A report's predictions are fixed: --tta or --split cannot apply to it, so asking for them is refused
+    instead of being ignored."""
+    for extra, named in ((["--tta", "flip"], "--tta"), (["--split", "train", "--data", "x"], "--data and --split")):
+        assert main(["compare", str(tiny_report), str(tiny_report), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {named} would change how a model is evaluated" in err and "Traceback" not in err, err
+
+
 def test_compare_refuses_a_side_that_is_no_model_before_evaluating_the_other(tiny_run, tmp_path, monkeypatch, capsys):
     from training.reports.evaluate import ModelSource
 

@@ -86,8 +86,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare, format_comparison, write_comparison
+    from .compare import classify, compare, format_comparison, write_comparison
 
+    flags = {"root": "--data"}
+    given = [flags.get(k, f"--{k.replace('_', '-')}") for k, v in _data_kwargs(args).items() if v is not None]
+    given += ["--tta"] if args.tta != "none" else []
+    if given and classify(args.a) == classify(args.b) == "report":
+        raise ValueError(
+            f"{' and '.join(given)} would change how a model is evaluated, and both sides are reports of "
+            "evaluations already made: evaluate again with those settings, or compare the models themselves"
+        )
     result = compare(
         args.a,
         args.b,
