@@ -128,7 +128,11 @@ def main(args: argparse.Namespace) -> int:
         settings = ServiceSettings.from_env(env)
         settings.api_key_set()  # an unreadable or empty key file stops here, not in every worker
     except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = str(exc)
+        for name, setting in SETTINGS.items():
+            if getattr(args, name, None) is not None:  # the value came from the flag: name what was typed
+                message = message.replace(setting.env, setting.flag)
+        print(f"error: {message}", file=sys.stderr)
         return 2
     try:
         manifest = load_manifest(settings.models_dir, verify=True)

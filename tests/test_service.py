@@ -525,15 +525,14 @@ def test_serve_refuses_a_models_dir_without_a_manifest(tmp_path):
     assert done.returncode == 2 and "no model manifest" in done.stderr
 
 
-def test_serve_refuses_a_bad_setting(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "service", "serve", "--max-batch-size", "zero"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2 and "CIFAR_MAX_BATCH_SIZE must be an integer" in done.stderr
+def test_serve_refuses_a_bad_setting_naming_where_it_came_from(tmp_path):
+    """A flag's bad value is named by the flag the user typed, an environment variable's by the variable."""
+    serve = [sys.executable, "-m", "service", "serve"]
+    run = dict(cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([*serve, "--max-batch-size", "zero"], **run)
+    assert done.returncode == 2 and "error: --max-batch-size must be an integer, got 'zero'" in done.stderr
+    done = subprocess.run(serve, env={**os.environ, "CIFAR_MAX_BATCH_SIZE": "zero"}, **run)
+    assert done.returncode == 2 and "error: CIFAR_MAX_BATCH_SIZE must be an integer, got 'zero'" in done.stderr
 
 
 def test_serve_refuses_a_port_out_of_range_or_taken_in_one_line(tiny_models_dir, monkeypatch, capsys):
