@@ -112,8 +112,7 @@ def main(args: argparse.Namespace) -> int:
     # The service's own settings, as `serve` reads them: a value it would refuse is refused here too, and the
     # models folder and device checked are the ones it would use.
     try:
-        settings = ServiceSettings.from_env()
-        settings.api_key_set()
+        settings = ServiceSettings.checked()
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

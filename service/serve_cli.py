@@ -125,8 +125,7 @@ def main(args: argparse.Namespace) -> int:
 
     env = settings_env(args)
     try:
-        settings = ServiceSettings.from_env(env)
-        settings.api_key_set()  # an unreadable or empty key file stops here, not in every worker
+        settings = ServiceSettings.checked(env)  # an unreadable or empty key file stops here, not in every worker
     except SettingsError as exc:
         message = str(exc)
         for name, setting in SETTINGS.items():

@@ -181,6 +181,14 @@ class ServiceSettings:
                 values[name] = Path(text)
         return cls(**values)
 
+    @classmethod
+    def checked(cls, environ: Mapping[str, str] | None = None) -> "ServiceSettings":
+        """``from_env`` with the key file read too: what `serve` refuses before it starts any worker, and the
+        doctor refuses alike."""
+        settings = cls.from_env(environ)
+        settings.api_key_set()
+        return settings
+
     def to_env(self) -> dict[str, str]:
         """The variables that reproduce these settings in another process."""
         return {
