@@ -88,6 +88,7 @@ def weights_from_graph(path: Path, model: ImageClassifier) -> dict[str, torch.Te
             )
         state[key] = torch.from_numpy(np.array(value)).to(tensor.dtype)
     missing = _unfold_batchnorms(model, state, graph, prefix, missing)
+    missing = _merged_constants(state, graph, missing)
     if missing:
         raise ValueError(
             f"{path.name} lacks {len(missing)} of the network's tensors by name ({', '.join(missing[:3])}"
@@ -120,6 +121,27 @@ def _unfold_batchnorms(model: nn.Module, state: dict, graph: dict, prefix: str, 
             gone -= keys
         conv = None
     return [k for k in missing if k in gone]
+
+
+def _merged_constants(state: dict, graph: dict, missing: list[str]) -> list[str]:
+    """The exporter keeps one initializer of any set with equal values and points every user at it, so a tensor
+    that still holds the value the network is built with (a member's normalisation, the ones of a BatchNorm
+    without learnable scale, a bias that stayed zero) can be gone by name while its twin of another member or
+    layer is there; a bias that stayed zero (a whitening bias never trained) is dropped, as adding zero is
+    nothing. Such a tensor keeps its built value when the graph holds a twin of exactly that value, or when it
+    is a zero bias; the parity check against the graph's own outputs then proves the whole. Returns the keys
+    still missing."""
+    left = []
+    for key in missing:
+        built = state[key].detach().cpu().numpy()
+        if key.endswith(".bias") and not built.any():
+            continue
+        if not any(
+            tuple(init.dims) == built.shape and np.array_equal(numpy_helper.to_array(init), built)
+            for init in graph.values()
+        ):
+            left.append(key)
+    return left
 
 
 def recover_checkpoint(

@@ -144,6 +144,29 @@ def test_an_ensemble_exports_verifies_and_evaluates(ensemble_file, tmp_path):
     assert (tmp_path / "report" / "report.md").is_file()
 
 
+def test_an_exported_ensemble_is_recovered_although_the_exporter_merged_its_equal_tensors(ensemble_file, tmp_path):
+    """The exporter keeps one of any initializers with equal values: the second member's normalisation (the same
+    as the first's) and airbench94's fixed BatchNorm scales are gone by name; recover still rebuilds the pair."""
+    import onnx
+
+    from export.__main__ import main as export_main
+
+    models = tmp_path / "models"
+    entry, _ = export_checkpoint(ensemble_file, "pair", "fp32", models, cache_dir=None)
+    names = {init.name for init in onnx.load(str(models / entry.file)).graph.initializer}
+    assert not any("members.1.normalize" in n for n in names)  # what made recover fail before
+    out = tmp_path / "recovered.pt"
+    argv = ["recover", "pair", "--out", str(out), "--models-dir", str(models), "--cache-dir", str(tmp_path / "c")]
+    assert export_main(argv) == 0
+    original, recovered = (
+        model_from_checkpoint(load_checkpoint(ensemble_file)),
+        model_from_checkpoint(load_checkpoint(out)),
+    )
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(original(x), recovered(x), atol=1e-5)
+
+
 def _report(folder, logits, labels, fingerprint="same", tta="flip"):
     from training.reports.evaluate import METRICS_FILE, save_predictions
 
