@@ -74,13 +74,18 @@ def document_openapi(document: dict, loaded: Mapping[str, Any] | None, default_k
             item["pixels"].update(minLength=length, maxLength=4 * length, pattern=_BASE64)
     # The JSON body takes the form's fields, the images base64-encoded.
     classify["requestBody"]["content"]["application/json"] = {"schema": _classify_json(properties)}
-    for path in ("/classify", "/infer"):  # both refuse with the contract's table (InferGate for /infer)
+    for path in ("/classify", "/infer"):  # both refuse with the contract's table (BodyGate for /infer)
         paths[path]["post"]["responses"].update(
             {status: _refusal(text) for status, text in refusals_by_status().items()}
         )
     models = paths["/models"]
     get = {key: value for key, value in models["post"].items() if key != "requestBody"}
     models["get"] = {**get, "operationId": f"{get['operationId']}_get", "x-bentoml-name": "models_get"}
+    body_refusals = [REASONS[name] for name in ("malformed_request", "body_too_large")]  # BodyGate's for POST /models
+    models["post"]["responses"] = {
+        **models["post"]["responses"],
+        **{reason.status: _refusal(reason.when) for reason in body_refusals},
+    }
     _document_oip(document, list(loaded) if loaded else None)
     _document_page(paths)
     if api_keys:

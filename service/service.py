@@ -155,7 +155,7 @@ def model_input(items: list[InferItem], size: tuple[int, int]) -> np.ndarray:
 
 
 class InferInput(bentoml.IODescriptor):
-    """application/json: {"items": [...]}, read within the body limit. ``InferGate`` reads it before BentoML
+    """application/json: {"items": [...]}, read within the body limit. ``BodyGate`` reads it before BentoML
     does, so that a refusal is the contract's (its reason, status and count), not BentoML's generic 400."""
 
     items: Annotated[list[InferItem], Field(max_length=SETTINGS.max_batch_size)]
@@ -175,42 +175,60 @@ class InferInput(bentoml.IODescriptor):
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> "InferInput":
-        given = getattr(request.state, InferGate.STATE, None) or await cls.read(request)
-        if isinstance(given, Rejection):  # no gate in front: BentoML's 400 is all there is
-            raise _validation_error(given.reason, given.message)
-        return given
-
-
-class InferGate:
-    """ASGI middleware: reads and checks a POST /infer body, answers a refusal itself, and leaves what it read
-    in the request's state for ``InferInput``, so the body is parsed once."""
-
-    STATE = "infer_input"
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != "/infer":
-            await self.app(scope, receive, send)
-            return
-        given = await InferInput.read(Request(scope, receive))
-        if isinstance(given, Rejection):
-            await send_rejection(scope, send, given)
-            return
-        scope.setdefault("state", {})[self.STATE] = given
-        await self.app(scope, receive, send)
+        return await _gated(cls, request)
 
 
 class NoInput(bentoml.IODescriptor):
     """No parameters: an empty body or an empty JSON object."""
 
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    async def read(cls, request: Request) -> "NoInput | Rejection":
+        body = await read_body(request, 4096)
+        if isinstance(body, Rejection) or not body.strip():
+            return body if isinstance(body, Rejection) else cls()
+        try:
+            return cls.model_validate_json(body)
+        except ValidationError as exc:
+            return rejection_from(exc)
+
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> "NoInput":
-        body = await read_body(request, 4096)
-        if isinstance(body, Rejection):
-            raise _validation_error(body.reason, body.message)
-        return cls.model_validate_json(body) if body.strip() else cls()
+        return await _gated(cls, request)
+
+
+async def _gated(cls, request: Request):
+    """The input ``BodyGate`` read for this request, or (no gate in front) read here, where a refusal can only be
+    BentoML's 400."""
+    given = getattr(request.state, BodyGate.STATE, None) or await cls.read(request)
+    if isinstance(given, Rejection):
+        raise _validation_error(given.reason, given.message)
+    return given
+
+
+class BodyGate:
+    """ASGI middleware: reads and checks the body of a POST to a JSON API that BentoML would parse (``READERS``),
+    answers a refusal itself, in the contract's reason, status and count rather than BentoML's generic 400,
+    and leaves what it read in the request's state for the API's input, so the body is parsed once."""
+
+    STATE = "gated_input"
+    READERS = {"/infer": InferInput.read, "/models": NoInput.read}
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        read = self.READERS.get(scope["path"].rstrip("/")) if scope["type"] == "http" else None
+        if read is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        given = await read(Request(scope, receive))
+        if isinstance(given, Rejection):
+            await send_rejection(scope, send, given)
+            return
+        scope.setdefault("state", {})[self.STATE] = given
+        await self.app(scope, receive, send)
 
 
 def _validation_error(kind: str, message: str) -> ValidationError:
@@ -506,7 +524,7 @@ if SETTINGS.cors_origin_list:
     Classifier.add_asgi_middleware(CORSMiddleware, **cors_options(SETTINGS.cors_origin_list))
 if SETTINGS.api_keys or SETTINGS.api_keys_file:
     Classifier.add_asgi_middleware(ApiKeyGate, keys=SETTINGS.api_key_set())
-Classifier.add_asgi_middleware(InferGate)
+Classifier.add_asgi_middleware(BodyGate)
 Classifier.add_asgi_middleware(RouterProbe)
 
 

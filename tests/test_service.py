@@ -132,6 +132,23 @@ def test_ready_live_and_models(server, tiny_models_dir):
         assert info["fit"] == entry["input"]["fit"] == "center_crop"  # a new export's default
 
 
+def test_post_models_refuses_a_body_it_does_not_take_in_the_contracts_shape(server):
+    """POST /models takes no parameters: a body that does not parse, or names a field, is the contract's 400
+    (error and reason, counted), not BentoML's own {"error", "detail"}; an empty body or {} lists the models."""
+    assert httpx.post(f"{server}/models").status_code == 200
+    assert httpx.post(f"{server}/models", content=b"{}", headers={"content-type": "application/json"}).is_success
+    for body in (b"{not json", b'{"model": "tiny"}', b"[1, 2]"):
+        answer = httpx.post(f"{server}/models", content=body, headers={"content-type": "application/json"})
+        assert answer.status_code == 400, (body, answer.text)
+        assert set(answer.json()) == {"error", "reason"} and answer.json()["reason"] == "malformed_request", answer.text
+    huge = httpx.post(f"{server}/models", content=b" " * 5000, headers={"content-type": "application/json"})
+    assert huge.status_code == 413 and huge.json()["reason"] == "body_too_large", huge.text
+    spec = httpx.get(f"{server}/docs.json").json()["paths"]["/models"]
+    for status in ("400", "413"):
+        schema = spec["post"]["responses"][status]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ClassifyError"}, status
+
+
 # ---------------------------------------------------------------------------------------------- predictions
 def test_classify_top_k_in_order_with_filenames(server, jpegs):
     sent = jpegs[:5]
