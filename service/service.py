@@ -22,6 +22,7 @@ its flags. Neither torch nor the training package is imported.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Annotated, Any, Literal, Optional
 
 import anyio
@@ -49,7 +50,7 @@ from .metrics import ServiceMetrics
 from .oip_http import oip_routes
 from .openapi import document_openapi
 from .page import page_routes
-from .settings import ServiceSettings, cpu_count
+from .settings import ServiceSettings, SettingsError, cpu_count
 from .uploads import (
     Upload,
     decode_uploads,
@@ -76,7 +77,13 @@ with bentoml.importing():  # onnxruntime may be missing where the Bento is only 
 log = logging.getLogger("bentoml.cifar")
 
 # Read when BentoML imports this module in each worker: the decorators below need them at class creation.
-SETTINGS = ServiceSettings.from_env()
+# `bentoml serve` (the container's command) imports it directly, without `python -m service serve`'s checks:
+# a bad CIFAR_* value or key file is then one line and exit 2, not BentoML's traceback of the import.
+try:
+    SETTINGS = ServiceSettings.checked()
+except SettingsError as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def _on_gpu() -> bool:
