@@ -662,6 +662,11 @@ def test_ablation_skips_finished_variants_and_resumes_an_interrupted_one(image_f
     assert "| dropout=0 (baseline) |" in table and "| dropout=0.3 |" in table
     assert "dropout=0.3" in capsys.readouterr().out
 
+    (second / "summary.json").write_text('{"best_val_top1": 0.')  # a copy cut short
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{second / 'summary.json'} is not valid JSON" in err and "Traceback" not in err, err
+
 
 @pytest.mark.parametrize(
     "extra",

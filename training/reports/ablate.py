@@ -29,7 +29,7 @@ from ..config import Config, build_config
 from ..engine import resume, train
 from ..inference import check_tta
 from ..models import count_parameters
-from .evaluate import DataSpec, load_model, sample_fingerprint
+from .evaluate import DataSpec, load_model, read_json, sample_fingerprint
 from .metrics import compute_metrics, mcnemar, paired_difference_interval
 
 log = logging.getLogger("training.reports")
@@ -173,11 +173,11 @@ def ablate(
         started = time.perf_counter()
         status = run_variant(run_dir, config)
         wall = time.perf_counter() - started
-        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+        summary = read_json(run_dir / SUMMARY_FILE)
 
         data, fingerprint = _eval_data(_data_spec(config, split), loaded)
         source = load_model(checkpoint=run_dir / "best.pt", device=device)
-        history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
+        history = read_json(run_dir / "history.json") if (run_dir / "history.json").is_file() else []
         views = ["none"] + ([tta] if tta != "none" and index == len(combos) - 1 else [])
         for view in views:
             logits, _ = source.predict(data, view, batch_size)
