@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,6 +149,83 @@ def test_folder_reader_refuses_class_folders_out_of_line_and_names_an_unreadable
     with pytest.raises(DatasetError) as refused:
         read_image_folder(root)
     assert said in str(refused.value)
+
+
+def _tree(root: Path, names: list[str], value: int = 0) -> Path:
+    from PIL import Image
+
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), (value, 2 * value % 256, 3 * value % 256)).save(root / name)
+    return root
+
+
+def test_folder_reader_follows_symlinked_class_folders_once_and_says_which_folders_it_left_out(tmp_path, caplog):
+    elsewhere = _tree(tmp_path / "elsewhere", ["0.png", "1.png"])
+    root = _tree(tmp_path / "tree", ["cat/0.png", "cat/1.png"])
+    (root / "dog").symlink_to(elsewhere, target_is_directory=True)
+    (root / "cat" / "up").symlink_to(root, target_is_directory=True)  # a loop: not followed
+    (root / "bird").mkdir()
+    with caplog.at_level(logging.WARNING):
+        data = read_image_folder(root)
+    assert data.classes == ["cat", "dog"] and len(data) == 4
+    assert "left out, not classes: bird" in caplog.text
+
+
+def test_folder_reader_names_a_damaged_archive_and_a_file_it_cannot_read(tmp_path):
+    root = _tree(tmp_path / "tree", [f"{c}/{i}.png" for c in ("cat", "dog") for i in range(30)])
+    whole = tmp_path / "whole.tar.gz"
+    with tarfile.open(whole, "w:gz") as tar:
+        tar.add(root, arcname="tree")
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # a download that stopped half-way
+    with pytest.raises(DatasetError, match="cut.tar.gz: it is truncated or damaged"):
+        read_image_folder(cut)
+    (tmp_path / "photos.zip").write_bytes(b"PK\x03\x04 not read")
+    (tmp_path / "cat.png").write_bytes((root / "cat" / "0.png").read_bytes())
+    for name in ("photos.zip", "cat.png"):
+        with pytest.raises(DatasetError, match="is a file, not a folder of class folders"):
+            read_image_folder(tmp_path / name)
+    upper = tmp_path / "WHOLE.TAR.GZ"
+    upper.write_bytes(whole.read_bytes())
+    assert len(read_image_folder(upper)) == 60  # the suffix in capitals is still an archive
+
+
+def test_the_cache_of_a_tree_sees_an_image_replaced_inside_a_class_folder(tmp_path):
+    """The cache is keyed by every image's name, size and mtime: an image overwritten in place (the class
+    folder's own mtime unchanged) or a file added deeper down is decoded again, not read stale."""
+    root = _tree(tmp_path / "tree", ["cat/0.png", "dog/0.png"], value=10)
+    first = read_image_folder(root, cache_dir=tmp_path / "cache")
+    folder_mtime = (root / "cat").stat().st_mtime_ns
+    _tree(root, ["cat/0.png"], value=200)
+    os.utime(root / "cat", ns=(folder_mtime, folder_mtime))
+    again = read_image_folder(root, cache_dir=tmp_path / "cache")
+    assert not np.array_equal(first.images[0], again.images[0]) and again.images[0, 0, 0, 0] == 200
+
+
+def test_a_split_that_leaves_a_class_nothing_to_train_on_is_refused_naming_it():
+    labels = np.array([0] + [1] * 9)
+    with pytest.raises(DatasetError, match="every image of class rare into validation"):
+        stratified_split(labels, 5, classes=["rare", "common"])
+
+
+def test_training_refuses_one_class_and_ends_a_diverging_run_in_one_line(tmp_path, capsys):
+    from training.__main__ import main as training_main
+    from training.engine import channel_stats
+
+    one = _tree(tmp_path / "one", [f"cat/{i}.png" for i in range(20)])
+    sets = tiny_overrides(one, tmp_path / "cache", epochs=1, **{"data.val_size": 4, "batch_size": 4})
+    assert training_main(["train", "--recipe", "resnet9_half_cpu", "--set", *sets, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "holds 1 class (cat): a classifier needs images in at least two class folders" in err, err
+    # Blue is 0 in every image: its std is 0, which would divide by zero at any learning rate.
+    mean, std = channel_stats(np.zeros((4, 32, 32, 3), np.uint8) + np.array([10, 20, 0], np.uint8))
+    assert std == [1.0, 1.0, 1.0] and mean[2] == 0.0
+    two = _tree(tmp_path / "two", [f"{c}/{i}.png" for c in ("cat", "dog") for i in range(10)], value=50)
+    sets = tiny_overrides(two, tmp_path / "cache", epochs=1, lr=1e30, **{"data.val_size": 4, "batch_size": 4})
+    assert training_main(["train", "--recipe", "resnet9_half_cpu", "--set", *sets, "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "error: training loss is not finite at epoch 1" in err and "Traceback" not in err, err
 
 
 def test_folder_reader_fits_photos_as_serving_does_and_caches_each_fit_apart(tmp_path):
@@ -642,6 +721,32 @@ def test_an_out_that_cannot_be_a_folder_is_refused_before_the_data_is_read(image
         err = capsys.readouterr().err
         assert f"error: --out {out} is not a folder" in err and "Traceback" not in err, err
     assert not (a_file / "run").exists() and a_file.is_file()
+
+
+def test_resume_refuses_a_run_whose_data_has_changed_since_it_started(image_folder, tmp_path, capsys):
+    """A class added would not fit the network's head (a traceback before), a class renamed would shift every
+    label and images edited change the normalisation: each is named, and the run's files are left alone."""
+    import shutil
+
+    from training.__main__ import main as training_main
+
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    sets = tiny_overrides(data, tmp_path / "cache", epochs=1)
+    run = tmp_path / "run"
+    assert training_main(["train", "--recipe", "resnet9_half_cpu", "--set", *sets, "--out", str(run)]) == 0
+    last = (run / "last.pt").read_bytes()
+    _tree(data, [f"delta/{i}.png" for i in range(5)], value=99)
+    assert training_main(["resume", str(run), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "was trained on other data than" in err and "'delta'" in err and "Traceback" not in err, err
+    shutil.rmtree(data / "delta")
+    (data / "alpha").rename(data / "aardvark")  # same images, another class name
+    assert training_main(["resume", str(run), "--epochs", "2"]) == 2
+    assert "classes ['alpha', 'beta', 'gamma'] -> ['aardvark', 'beta', 'gamma']" in capsys.readouterr().err
+    assert (run / "last.pt").read_bytes() == last
+    (data / "aardvark").rename(data / "alpha")
+    assert training_main(["resume", str(run), "--epochs", "2"]) == 0  # the same data again: it continues
 
 
 def test_resume_refuses_an_epoch_budget_below_1_as_a_usage_error(tmp_path, capsys):

@@ -276,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:  # the run diverged: the settings' fault, named by the trainer
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(_interrupted(args), file=sys.stderr)
         return 130

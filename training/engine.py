@@ -20,7 +20,7 @@ from inference.files import write_text_atomic
 from . import distributed
 from .checkpoint import BEST_FILE, LAST_FILE, SUMMARY_FILE, clear_run, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, config_differences, save_config, validate_config
-from .data import ImageArrays, load_split
+from .data import DatasetError, ImageArrays, load_split
 from .data.loader import TensorLoader
 from .data.mix import MixedTargets, mixed_cross_entropy
 from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, topk_accuracy
@@ -51,10 +51,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# A channel that (nearly) never changes carries nothing to normalise: dividing by its std would only blow up
+# the rounding noise, or divide by zero, and the run would diverge at any learning rate.
+MIN_CHANNEL_STD = 1e-3
+
+
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images, on the [0, 1] scale."""
+    """Per-channel mean and std of uint8 images, on the [0, 1] scale (std 1 for a constant channel)."""
     flat = images.reshape(-1, 3).astype(np.float64) / 255.0
-    return flat.mean(0).round(4).tolist(), flat.std(0).round(4).tolist()
+    std = [s if s >= MIN_CHANNEL_STD else 1.0 for s in flat.std(0).round(4).tolist()]
+    return flat.mean(0).round(4).tolist(), std
 
 
 def load_data(config: Config) -> tuple[ImageArrays, ImageArrays | None]:
@@ -63,6 +69,26 @@ def load_data(config: Config) -> tuple[ImageArrays, ImageArrays | None]:
     if d.val_size == 0:
         return load_split(d.dataset, d.root, "all", **kwargs), None
     return load_split(d.dataset, d.root, "train", **kwargs), load_split(d.dataset, d.root, "val", **kwargs)
+
+
+# What a run's checkpoint records of its data that the same data gives again (``Trainer._check_same_data``).
+DATA_KEYS = ("classes", "mean", "std", "input_size")
+
+
+def check_trainable(train: ImageArrays, val: ImageArrays | None, root: str) -> None:
+    """Refuse data no classifier can learn from; warn where the validation split takes most of it."""
+    if len(train.classes) < 2:
+        raise DatasetError(
+            f"{root} holds {len(train.classes)} class ({', '.join(train.classes)}): a classifier needs images in at "
+            "least two class folders"
+        )
+    if val is not None and len(val) > len(train):
+        log.warning(
+            "the validation split (val_size %d) is larger than what is left to train on (%d images): lower "
+            "data.val_size for a dataset of this size",
+            len(val),
+            len(train),
+        )
 
 
 # Airbench fits its whitening on 5,000 training images: the 2x2-patch covariance (12 x 12) is settled
@@ -146,6 +172,7 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
 
         train_data, val_data = load_data(config)
+        check_trainable(train_data, val_data, config.data.root)
         self.classes = train_data.classes
         mean, std = channel_stats(train_data.images)
         self.meta: dict[str, Any] = {
@@ -241,6 +268,7 @@ class Trainer:
         }
 
     def restore(self, ckpt: dict[str, Any]) -> None:
+        self._check_same_data(ckpt.get("meta") or {})
         self.model.load_state_dict(ckpt["model"])
         if self.ema and ckpt.get("ema"):
             self.ema.module.load_state_dict(ckpt["ema"])
@@ -252,6 +280,17 @@ class Trainer:
         self.epoch, self.history, self.best = ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
         self.bad_epochs = ckpt.get("bad_epochs", 0)
         self._restore_rng(ckpt)
+
+    def _check_same_data(self, saved: dict[str, Any]) -> None:
+        """A run continues only on the data it started on: classes added or renamed would shift every label (or
+        not fit the network's head), and images added, removed or edited change the normalisation it keeps."""
+        changed = [key for key in DATA_KEYS if key in saved and saved[key] != self.meta[key]]
+        if changed:
+            said = "; ".join(f"{key} {saved[key]} -> {self.meta[key]}" for key in changed)
+            raise ConfigError(
+                f"{self.out_dir} was trained on other data than {self.meta['data_root']} holds now ({said}): it "
+                "cannot be continued; restore the data, or start a new run in another folder"
+            )
 
     def _restore_rng(self, ckpt: dict[str, Any]) -> None:
         ranks = ckpt.get("rng_ranks") or []

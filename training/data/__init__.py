@@ -78,7 +78,7 @@ def load_split(
     full = reader(root, train=True, image_size=image_size, cache_dir=cache_dir, fit=fit)
     if split == "all":
         return full
-    train_idx, val_idx = stratified_split(full.labels, val_size, seed)
+    train_idx, val_idx = stratified_split(full.labels, val_size, seed, full.classes)
     return full.subset(train_idx if split == "train" else val_idx)
 
 

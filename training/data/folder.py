@@ -7,8 +7,10 @@ mtime), because decoding 50,000 JPEGs costs seconds and every run needs them.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -22,6 +24,8 @@ from .arrays import DatasetError, ImageArrays
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
+log = logging.getLogger(__name__)
+
 
 def read_image_folder(
     root: str | Path, image_size: int = 32, cache_dir: str | Path | None = None, fit: str = DEFAULT_FIT
@@ -31,12 +35,20 @@ def read_image_folder(
     root = Path(root)
     if not root.exists():
         raise DatasetError(f"image folder or archive {root} does not exist")
+    archive = root.is_file()
+    if archive and not (root.name.lower().endswith(ARCHIVE_SUFFIXES) or _is_tar(root)):
+        raise DatasetError(
+            f"{root} is a file, not a folder of class folders or a tar archive of one "
+            f"({', '.join(ARCHIVE_SUFFIXES)}; .zip is not read: unpack it, or pack it as .tar.gz)"
+        )
     cache = _cache_path(root, image_size, fit, cache_dir) if cache_dir else None
     if cache and cache.is_file():
         with np.load(cache, allow_pickle=False) as npz:
             return ImageArrays(npz["images"], npz["labels"], [str(c) for c in npz["classes"]])
-    entries = list(_iter_archive(root) if root.name.endswith(ARCHIVE_SUFFIXES) else _iter_tree(root))
+    entries = list(_iter_archive(root) if archive else _iter_tree(root))
     arrays = _decode_all(entries, root, image_size, fit)
+    if not archive:
+        _warn_empty_class_folders(root, entries, arrays.classes)
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         # A per-process temporary name: torchrun ranks may decode and cache the same source at once.
@@ -51,17 +63,42 @@ def _cache_path(root: Path, image_size: int, fit: str, cache_dir: str | Path) ->
     key = f"{root.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{image_size}"
     if fit != "squash":  # the key squashed folders were cached under before fits were named
         key += f"|{fit}"
-    if root.is_dir():  # a tree's own mtime misses edits in subfolders: fold those in too
-        key += "|" + "|".join(f"{p.name}:{p.stat().st_mtime_ns}" for p in sorted(root.iterdir()) if p.is_dir())
+    if root.is_dir():  # a tree's own mtime misses edits inside it: every image's name, size and mtime is folded in
+        digest = hashlib.sha1()
+        for path in _tree_images(root):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}|".encode())
+        key += "|" + digest.hexdigest()
     return Path(cache_dir) / f"{root.name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
 
 
+def _is_tar(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except (OSError, EOFError):
+        return False
+
+
+def _tree_images(root: Path) -> list[Path]:
+    """The image files under ``root``, sorted, through symlinked folders too (each real folder once, so that a
+    link back up the tree is not a loop)."""
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs.sort()
+        found += [Path(folder) / f for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(p for p in found if p.is_file())
+
+
 def _iter_tree(root: Path) -> Iterator[tuple[str, str, bytes]]:
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-            rel = path.relative_to(root)
-            if len(rel.parts) >= 2:
-                yield rel.as_posix(), rel.parts[-2], path.read_bytes()
+    for path in _tree_images(root):
+        rel = path.relative_to(root)
+        if len(rel.parts) >= 2:
+            yield rel.as_posix(), rel.parts[-2], path.read_bytes()
 
 
 def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
@@ -73,6 +110,16 @@ def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
                     yield member.name, name.parts[-2], tar.extractfile(member).read()
     except tarfile.TarError as exc:
         raise DatasetError(f"cannot read archive {root}: {exc}") from exc
+    except (EOFError, zlib.error, OSError) as exc:  # a download or copy cut short, a damaged compressed stream
+        raise DatasetError(f"cannot read archive {root}: it is truncated or damaged ({exc})") from exc
+
+
+def _warn_empty_class_folders(root: Path, entries: list[tuple[str, str, bytes]], classes: list[str]) -> None:
+    """A class folder without images is not a class: the model would not know it, so say so."""
+    parent = root / PurePosixPath(entries[0][0]).parent.parent
+    empty = sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name not in classes)
+    if empty:
+        log.warning("%s: folder(s) without images left out, not classes: %s", parent, ", ".join(empty))
 
 
 def _decode_all(entries: list[tuple[str, str, bytes]], root: Path, image_size: int, fit: str) -> ImageArrays:

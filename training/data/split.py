@@ -11,21 +11,30 @@ import numpy as np
 from .arrays import DatasetError
 
 
-def stratified_split(labels: np.ndarray, val_size: int, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, val_size: int, seed: int = 42, classes: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Return (train_indices, val_indices); each class gets its share of ``val_size``, remainders spread by
-    class order."""
+    class order. A class left with no training image is refused (``classes`` names it)."""
     labels = np.asarray(labels)
     if not 0 <= val_size < len(labels):
         raise DatasetError(f"val_size must be in [0, {len(labels)}), got {val_size}")
-    classes, counts = np.unique(labels, return_counts=True)
+    present, counts = np.unique(labels, return_counts=True)
     exact = counts * val_size / len(labels)
     per_class = np.floor(exact).astype(int)
     # Largest remainders get the leftover samples, so the total is exactly val_size.
     leftover = val_size - per_class.sum()
     per_class[np.argsort(-(exact - per_class), kind="stable")[:leftover]] += 1
+    lost = [int(c) for c, n, n_val in zip(present, counts, per_class) if n_val >= n]
+    if lost:
+        names = [classes[c] if classes is not None else str(c) for c in lost]
+        raise DatasetError(
+            f"val_size {val_size} takes every image of class {', '.join(names)} into validation, leaving none to "
+            "train on: lower val_size, or add images to that class"
+        )
     rng = np.random.Generator(np.random.PCG64(seed))
     train, val = [], []
-    for cls, n_val in zip(classes, per_class):
+    for cls, n_val in zip(present, per_class):
         idx = np.flatnonzero(labels == cls)
         idx = idx[rng.permutation(len(idx))]
         val.append(idx[:n_val])
