@@ -365,6 +365,17 @@ def test_a_mistyped_key_is_named_not_a_stack_trace(image_folder, tmp_path, capsy
     args = ["train", "--recipe", "resnet9_half_cpu", "--set", *overrides, "--out", str(tmp_path / "r")]
     assert training_main(args) == 2
     assert "'resnet9' takes no argument 'epochz'" in capsys.readouterr().err
+    overrides = [*tiny_overrides(image_folder, tmp_path / "cache"), "model.args={width: -2}"]
+    args = ["train", "--recipe", "resnet9_half_cpu", "--set", *overrides, "--out", str(tmp_path / "r")]
+    assert training_main(args) == 2  # torch's own refusal of a layer, before any data is read
+    assert "model 'resnet9' cannot be built from its arguments (width=-2)" in capsys.readouterr().err
+
+
+def test_a_seed_the_generators_cannot_take_is_refused_naming_the_setting():
+    for value, said in (("split_seed=-1", "data.split_seed"), ("seed=99999999999999999999", "train.seed")):
+        with pytest.raises(ConfigError, match=said):
+            build_config("resnet9_half_cpu", [value])
+    assert build_config("resnet9_half_cpu", ["seed=7", "split_seed=0"]).train.seed == 7
 
 
 def test_exponent_numbers_reach_the_model_as_numbers(image_folder, tmp_path, capsys):

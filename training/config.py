@@ -28,11 +28,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# numpy's and torch's generators take seeds of 0 up to 64 bits (torch adds the process's rank).
+MAX_SEED = 2**63
+
+
 class DataConfig(Section):
     dataset: str = "folder"
     root: str = "../shared/data/cifar10-train-jpg.tar.gz"
     val_size: int = Field(5000, ge=0)
-    split_seed: int = 42
+    split_seed: int = Field(42, ge=0, lt=MAX_SEED)
     image_size: int = Field(32, ge=8)
     # How a folder dataset's images of another shape are fitted to image_size (inference.fits); the
     # export records it on the model's card, so serving fits photos the same way.
@@ -134,7 +138,7 @@ class TrainConfig(Section):
     micro_batch_size: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=MAX_SEED)
     device: str = "auto"  # auto (CUDA where there is one), cpu, cuda or cuda:N
     # "auto": bf16 autocast only where the hardware does bf16 (CUDA, or a CPU with AVX512-BF16 or AMX);
     # elsewhere emulated bf16 is many times slower than float32.
