@@ -260,6 +260,7 @@ def test_evaluate_writes_every_report_file(tiny_report, tiny_run):
     assert calibration["after"]["nll"] < calibration["before"]["nll"]
     assert sum(calibration["reliability"]["after"]["count"]) == 15
     assert "## Calibration" in report and "temperature-scaled (T = " in report
+    assert f"| {100 * metrics['top1']:.2f}% | n/a | n/a |" in report  # 3 classes: top-3 and top-5 say nothing
 
 
 def test_evaluate_with_flip_tta(tiny_run, tiny_report, tmp_path):
@@ -502,6 +503,9 @@ def test_an_onnx_model_with_tta_in_its_graph_is_described_so_and_not_augmented_t
     )
     err = capsys.readouterr().err
     assert "already averages flip views inside its graph" in err and not (tmp_path / "r" / "metrics.json").exists()
+    onnx = str(models / "tiny-flip.onnx")
+    assert main(["compare", onnx, str(tiny_run), "--tta", "flip", "--out", str(tmp_path / "c")]) == 2
+    assert "already averages flip views inside its graph" in capsys.readouterr().err  # compare: not twice either
 
 
 def test_a_re_evaluation_stopped_midway_leaves_no_metrics_of_the_previous_one(
@@ -519,7 +523,7 @@ def test_a_re_evaluation_stopped_midway_leaves_no_metrics_of_the_previous_one(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(evaluate_module, "temperature_for", stopped)
+        patch.setattr(evaluate_module, "calibration_section", stopped)  # after the new predictions are saved
         evaluate_module.evaluate(checkpoint=str(tiny_run / "best.pt"), out=str(out), tta="flip", device="cpu")
     assert not (out / "metrics.json").exists()
 
@@ -542,6 +546,56 @@ def test_an_onnx_model_is_evaluated_on_the_images_its_run_saw_not_with_its_servi
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data"]["fit"] == "center_crop"
     assert metrics["top1"] == pytest.approx(entry.metrics["val_top1"], abs=1e-9)
+
+
+def test_a_folder_of_some_of_the_models_classes_is_scored_by_class_name(tiny_run, image_folder, tmp_path, capsys):
+    """Class folders are matched to the model's classes by name (ignoring case), so a folder holding some of
+    them, spelled otherwise, is scored against the right labels; a class the model does not know is refused,
+    and the model's own held-out size is not applied to a folder too small for it without saying what to do."""
+    own = tmp_path / "own"
+    shutil.copytree(image_folder / "gamma", own / "gamma")
+    shutil.copytree(image_folder / "beta", own / "Beta")
+    out = tmp_path / "own-report"
+    argv = ["evaluate", "--checkpoint", str(tiny_run), "--data", str(own), "--split", "all", "--device", "cpu"]
+    assert main([*argv, "--out", str(out)]) == 0
+    whole = tmp_path / "whole"
+    assert (
+        main(
+            ["evaluate", "--checkpoint", str(tiny_run), "--data", str(image_folder), "--split", "all"]
+            + ["--out", str(whole), "--device", "cpu"]
+        )
+        == 0
+    )
+    mine, all_of_it = load_predictions(out), load_predictions(whole)
+    assert sorted(set(mine["labels"].tolist())) == [1, 2]  # beta and gamma, in the model's order
+    on_both = np.isin(all_of_it["labels"], [1, 2])
+    assert (mine["predictions"] == mine["labels"]).mean() == pytest.approx(
+        (all_of_it["predictions"] == all_of_it["labels"])[on_both].mean()
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    alpha = metrics["per_class"][0]
+    assert alpha["class"] == "alpha" and alpha["accuracy"] is None  # no images of it here
+    report = (out / "report.md").read_text()
+    assert "matched to the model's classes by name, ignoring case" in report and "2 of the model's 3" in report
+    shutil.copytree(image_folder / "alpha", own / "delta")
+    assert main([*argv, "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert "holds classes" in err and "does not predict: delta" in err and "alpha, beta, gamma" in err, err
+    small = tmp_path / "small"
+    for name in ("alpha", "beta"):
+        (small / name).mkdir(parents=True)
+        for f in sorted((image_folder / name).iterdir())[:3]:
+            shutil.copy(f, small / name / f.name)
+    assert main(["evaluate", "--checkpoint", str(tiny_run), "--data", str(small), "--out", str(tmp_path / "r3")]) == 2
+    assert "pass --split all" in capsys.readouterr().err
+    assert (
+        main(
+            ["evaluate", "--checkpoint", str(tiny_run), "--data", str(small), "--split", "all"]
+            + ["--out", str(tmp_path / "r3"), "--device", "cpu"]
+        )
+        == 0
+    )  # no calibration section, not an error
+    assert "No calibration section" in (tmp_path / "r3" / "report.md").read_text()
 
 
 # -- user errors ------------------------------------------------------------------------------------
@@ -690,6 +744,7 @@ def test_ablation_rejects_bad_settings_before_training(extra, tmp_path, image_fo
         (["evaluate", "--checkpoint", "RUN", "--batch-size", "0"], "--batch-size: 0 is not at least 1"),
         (["compare", "A", "B", "--alpha", "1.5"], "--alpha: 1.5 is not a significance level"),
         (["compare", "A", "B", "--alpha", "0"], "--alpha: 0 is not a significance level"),
+        (["evaluate", "--checkpoint", "RUN", "--max-classes", "0"], "--max-classes: 0 is not at least 1"),
     ],
 )
 def test_out_of_range_numbers_are_usage_errors(args, said, capsys):
@@ -731,7 +786,8 @@ def test_a_file_that_is_no_checkpoint_is_refused_in_one_line_not_a_traceback(tin
 def test_no_sample_figures_leaves_out_the_figures_made_of_dataset_images(tiny_run, image_folder, tmp_path):
     out = tmp_path / "shipped"
     argv = ["evaluate", "--checkpoint", str(tiny_run), "--data", str(image_folder), "--out", str(out)]
-    assert main([*argv, "--no-sample-figures"]) == 0
+    assert main(argv) == 0 and (out / "gradcam.png").is_file()  # a first report in the same folder
+    assert main([*argv, "--no-sample-figures"]) == 0  # its figures of the data go, not left behind
     report = (out / "report.md").read_text()
     assert not (out / "misclassified.png").exists() and not (out / "gradcam.png").exists()
     assert "misclassified.png" not in report and "gradcam.png" not in report and "--no-sample-figures" in report

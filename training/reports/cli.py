@@ -157,7 +157,7 @@ def add_report_commands(sub) -> None:
     p.add_argument("--out", help="report folder (default: RUN/report-<checkpoint>-<split> or reports/<onnx>-<split>)")
     p.add_argument(
         "--max-classes",
-        type=int,
+        type=positive_int,
         default=MAX_CLASSES,
         help=f"above this many classes the plots show only the worst ones (default: {MAX_CLASSES})",
     )

@@ -20,9 +20,10 @@ from ..plots import plot_compared_curves
 from .evaluate import (
     PREDICTIONS_FILE,
     ModelSource,
-    check_classes,
+    check_view,
     load_model,
     load_predictions,
+    match_classes,
     resolve_data,
     sample_fingerprint,
 )
@@ -94,11 +95,11 @@ def _model_side(
 ) -> Side:
     spec = resolve_data(source, defaults=defaults, **data_args)
     key = tuple(sorted(asdict(spec).items()))
-    if key not in loaded:  # both sides on the same split: load and hash it once
-        data = spec.load()
-        loaded[key] = (data, sample_fingerprint(data))
-    data, fingerprint = loaded[key]
-    check_classes(source, data, spec)
+    if key not in loaded:  # both sides on the same split: load it once
+        loaded[key] = spec.load()
+    check_view(source, tta)
+    data, _ = match_classes(source, loaded[key], spec)
+    fingerprint = sample_fingerprint(data)
     logits, _ = source.predict(data, tta, batch_size)
     return Side(
         str(path),

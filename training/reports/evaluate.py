@@ -26,7 +26,7 @@ from inference.files import write_atomic, write_text_atomic
 from inference.fits import DEFAULT_FIT, LEGACY_FIT
 
 from ..checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
-from ..data import SPLITS, ImageArrays, load_split
+from ..data import SPLITS, DatasetError, ImageArrays, load_split
 from ..data.loader import TensorLoader
 from ..engine import resolve_device
 from ..inference import TTA_DESCRIPTIONS, check_tta, predict_logits, tta_logits_numpy
@@ -42,6 +42,15 @@ PREDICTIONS_FILE = "predictions.npz"
 METRICS_FILE = "metrics.json"
 # The run's per-epoch history, kept with the report so a comparison of two reports can draw both curves.
 HISTORY_FILE = "history.json"
+# Every figure a report may hold: one an evaluation does not write this time is removed from a reused --out.
+FIGURES = (
+    "confusion_matrix.png",
+    "per_class_accuracy.png",
+    "misclassified.png",
+    "reliability.png",
+    "gradcam.png",
+    "training_curves.png",
+)
 GRADCAM_PER_GROUP = 4
 
 
@@ -61,16 +70,25 @@ class DataSpec:
     def load(self) -> ImageArrays:
         if self.split not in SPLITS:
             raise ValueError(f"unknown split {self.split!r}; valid: {', '.join(SPLITS)}")
-        return load_split(
-            self.dataset,
-            self.root,
-            self.split,
-            self.val_size,
-            self.split_seed,
-            self.cache_dir,
-            self.image_size,
-            self.fit,
-        )
+        try:
+            return load_split(
+                self.dataset,
+                self.root,
+                self.split,
+                self.val_size,
+                self.split_seed,
+                self.cache_dir,
+                self.image_size,
+                self.fit,
+            )
+        except DatasetError as exc:
+            if self.split in ("train", "val") and str(exc).startswith("val_size"):
+                # the model's own held-out size, applied to a folder of the user's: say how to score all of it
+                raise DatasetError(
+                    f"{self.root}: {exc}; the {self.split} split holds out the model's {self.val_size} images: to "
+                    "score every image of this data pass --split all (or --val-size N)"
+                ) from None
+            raise
 
     def describe(self) -> str:
         extra = f", {self.val_size} held out with seed {self.split_seed}" if self.split in ("train", "val") else ""
@@ -285,19 +303,58 @@ def sample_fingerprint(data: ImageArrays) -> str:
     return digest.hexdigest()
 
 
-def check_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> str | None:
-    """Raise on a class-count mismatch; return a warning when the counts agree but the names differ."""
-    if len(data.classes) != len(source.classes):
-        raise ValueError(
-            f"{source.path} predicts {len(source.classes)} classes but {spec.dataset} {spec.root} has "
-            f"{len(data.classes)}: pass the dataset the model was trained on (--dataset/--data)"
+def match_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> tuple[ImageArrays, str | None]:
+    """The data with its labels in the model's class order, matched by name (exactly, else ignoring case), so
+    that a folder holding some of the model's classes, or its class folders spelled ``Cat/``, is scored
+    right; a class the model does not know is refused. Only when no name matches at all and the counts agree
+    (data whose classes are not named as the model's) is the label order assumed equal, with a note.
+    Returns the data and a note for the report, or None where nothing needed saying."""
+    model, given = list(source.classes), list(data.classes)
+    if given == model:
+        return data, None
+    folded = {}
+    for i, name in enumerate(model):
+        folded.setdefault(name.casefold(), i)
+    index = [model.index(c) if c in model else folded.get(c.casefold()) for c in given]
+    unknown = [c for c, i in zip(given, index) if i is None]
+    if len(unknown) == len(given) and len(given) == len(model):
+        message = (
+            f"no class name of the data is one of the model's ({', '.join(given[:5])}...): label order assumed equal"
         )
-    if list(data.classes) != list(source.classes):
-        differ = [f"{m}/{d}" for m, d in zip(source.classes, data.classes) if m != d]
-        message = f"class names differ between model and data ({', '.join(differ[:5])}...): label order assumed equal"
         log.warning(message)
-        return message
-    return None
+        return data, message
+    if unknown:
+        raise ValueError(
+            f"{spec.dataset} {spec.root} holds classes {source.path} does not predict: {', '.join(unknown[:5])}"
+            f"{', ...' if len(unknown) > 5 else ''} (its classes: {', '.join(model)}); a folder's class folders are "
+            "matched to the model's classes by name"
+        )
+    if len(set(index)) < len(index):
+        raise ValueError(f"{spec.dataset} {spec.root} has two class folders for one class of the model: {given}")
+    labels = np.asarray(index, dtype=np.int64)[data.labels]
+    mapped = ImageArrays(data.images, labels, model)
+    missing = [c for i, c in enumerate(model) if i not in set(index)]
+    notes = []
+    if [model[i] for i in index] != given:
+        case = ", ignoring case" if any(c not in model for c in given) else ""
+        notes.append(f"the data's class folders are matched to the model's classes by name{case}")
+    if missing:
+        more = ", ..." if len(missing) > 5 else ""
+        notes.append(
+            f"the data holds {len(given)} of the model's {len(model)} classes (none of "
+            f"{', '.join(missing[:5])}{more}): those have no per-class accuracy, and a prediction of one is wrong"
+        )
+    return mapped, "; ".join(notes) or None
+
+
+def check_view(source: ModelSource, tta: str) -> None:
+    """Test-time augmentation on top of a graph that already averages views would average twice."""
+    in_graph = source.info.get("graph_tta", "none")
+    if tta != "none" and in_graph != "none":
+        raise ValueError(
+            f"{source.path} already averages {in_graph} views inside its graph (its card's source.tta); "
+            "evaluate it with --tta none"
+        )
 
 
 def save_predictions(path: Path, logits: np.ndarray, labels: np.ndarray, classes: list[str], fingerprint: str) -> None:
@@ -371,7 +428,10 @@ def temperature_for(
     if spec.split == "val":
         fit_logits, fit_labels = logits, data.labels
     else:
-        val = replace(spec, split="val").load() if spec.val_size else None
+        try:
+            val = replace(spec, split="val").load() if spec.val_size else None
+        except DatasetError:  # data of the user's own, too small for the model's held-out size
+            val = None
         if val is None or len(val) == 0:
             return None
         fit_logits, _ = source.predict(val, tta, batch_size)
@@ -444,6 +504,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+def _top(metrics: dict[str, Any], k: int) -> str:
+    """Top-k, or n/a where the model has no more than k classes (every label is then among its top k)."""
+    return _pct(metrics[f"top{k}"]) if metrics["num_classes"] > k else "n/a"
+
+
 def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | None], notes: list[str]) -> None:
     src, data = metrics["source"], metrics["data"]
     in_graph = src.get("graph_tta", "none")
@@ -456,7 +521,7 @@ def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | 
         "",
         "| top-1 | top-3 | top-5 | loss | ECE | macro F1 | mean per-class accuracy |",
         "|---|---|---|---|---|---|---|",
-        f"| {_pct(metrics['top1'])} | {_pct(metrics['top3'])} | {_pct(metrics['top5'])} | {metrics['loss']:.4f} | "
+        f"| {_pct(metrics['top1'])} | {_top(metrics, 3)} | {_top(metrics, 5)} | {metrics['loss']:.4f} | "
         f"{metrics['ece']:.4f} | {metrics['macro_avg']['f1']:.4f} | {_pct(metrics['mean_per_class_accuracy'])} |",
         "",
         f"Prediction took {metrics['wall_time_s']:.2f} s ({metrics['images_per_s'] or 0:.0f} images/s) on "
@@ -553,17 +618,13 @@ def evaluate(
     left out, for a report kept where copies of the data must not be."""
     check_tta(tta)
     source = load_model(checkpoint, onnx, device)
-    in_graph = source.info.get("graph_tta", "none")
-    if tta != "none" and in_graph != "none":
-        raise ValueError(
-            f"{source.path} already averages {in_graph} views inside its graph (its card's source.tta); "
-            "evaluate it with --tta none"
-        )
+    check_view(source, tta)
     spec = resolve_data(source, dataset, root, split, val_size, split_seed, cache_dir)
     data = spec.load()
     if len(data) == 0:
         raise ValueError(f"{spec.dataset} {spec.root} split {split!r} has no samples")
-    notes = [n for n in [check_classes(source, data, spec)] if n]
+    data, note = match_classes(source, data, spec)
+    notes = [note] if note else []
     classes = source.classes
     out_dir = Path(out) if out else default_out_dir(source, split, tta)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -583,13 +644,16 @@ def evaluate(
         "host": platform.node(),
         **metrics,
     }
+    scaling = temperature_for(source, spec, data, logits, tta, batch_size)
     # A report stopped midway must not pair these predictions with an earlier evaluation's metrics (compare
     # reads its TTA and data from them): the old metrics go before the new predictions arrive.
     (out_dir / METRICS_FILE).unlink(missing_ok=True)
     save_predictions(out_dir / PREDICTIONS_FILE, logits, data.labels, classes, fingerprint)
-    scaling = temperature_for(source, spec, data, logits, tta, batch_size)
     if scaling is None:
-        notes.append("No calibration section: the run held out no validation split to fit a temperature on.")
+        notes.append(
+            "No calibration section: no validation split to fit a temperature on (the run held out none, or "
+            "this data is smaller than the images it holds out)."
+        )
     else:
         metrics["calibration"] = calibration_section(scaling[0], data.labels, scaling[1], scaling[2])
 
@@ -654,6 +718,9 @@ def evaluate(
         )
     metrics["notes"] = notes
     metrics["files"] = {k: v for k, v in files.items() if v}
+    written = {*files.values(), HISTORY_FILE if source.history else None}
+    for stale in set(FIGURES + (HISTORY_FILE,)) - written:  # an earlier report's, in a reused --out
+        (out_dir / stale).unlink(missing_ok=True)
     write_text_atomic(out_dir / METRICS_FILE, json.dumps(metrics, indent=2))
     write_report_md(out_dir / "report.md", metrics, files, notes)
     metrics["out_dir"] = str(out_dir)
