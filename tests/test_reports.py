@@ -461,6 +461,7 @@ def test_compare_refuses_reports_of_different_samples(tiny_run, tiny_report, tmp
     assert main(["compare", str(tiny_report), str(other)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "different samples" in err and "\n" not in err
+    assert "their data settings differ: split val vs all" in err  # what to line up, not only that they differ
 
 
 def test_compare_refuses_evaluation_settings_when_both_sides_are_reports(tiny_report, capsys):

@@ -156,11 +156,27 @@ def compare(
             sides[i] = _model_side(sources[i], Path(path), kind, data_args, defaults, tta, batch_size, loaded)
     side_a, side_b = sides
     if side_a.fingerprint != side_b.fingerprint or len(side_a.labels) != len(side_b.labels):
+        settings = ("root", "split", "val_size", "split_seed", "image_size", "fit")
+        differ = [
+            f"{k} {side_a.data.get(k)} vs {side_b.data.get(k)}"
+            for k in settings
+            if side_a.data.get(k) != side_b.data.get(k)
+        ]
+        why = (
+            f"; their data settings differ: {', '.join(differ)}"
+            + (
+                " (each model reads images fitted as its run trained)"
+                if any(d.startswith("fit") for d in differ)
+                else ""
+            )
+            if differ
+            else ""
+        )
         raise ValueError(
             f"A and B were evaluated on different samples (A: {len(side_a.labels)} of "
             f"{side_a.data.get('dataset')} {side_a.data.get('split')}, B: {len(side_b.labels)} of "
             f"{side_b.data.get('dataset')} {side_b.data.get('split')}; fingerprints {side_a.fingerprint[:12]} vs "
-            f"{side_b.fingerprint[:12]}): evaluate both on the same --data and --split"
+            f"{side_b.fingerprint[:12]}{why}): evaluate both on the same --data and --split"
         )
     test = mcnemar(side_a.correct, side_b.correct)
     difference = side_b.accuracy - side_a.accuracy
