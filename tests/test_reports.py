@@ -161,6 +161,24 @@ def _paired(b: int, c: int, both_right: int = 50, both_wrong: int = 7) -> tuple[
     return np.array(a), np.array(bb)
 
 
+def test_a_temperature_fitted_where_every_sample_is_right_by_a_wide_margin_is_flagged(tiny_run, tmp_path, monkeypatch):
+    """The NLL of such logits keeps falling as T shrinks, so the fit stops near the bound: the report must say
+    the temperature-scaled row means nothing, not show ECE 0 as a result (the bound check missed T = 0.011)."""
+    import training.reports.evaluate as evaluate_module
+    from training.reports.calibration import meaningless_fit
+
+    logits = np.array([[9.0, 0.0, 0.0], [0.0, 8.0, 0.0], [0.0, 0.0, 7.0]] * 5, dtype=np.float32)
+    labels = np.array([0, 1, 2] * 5)
+    t = fit_temperature(logits, labels)
+    assert meaningless_fit(logits, labels, t)  # every one right: T is wherever the NLL flattened out
+    wrong = np.array([0, 1, 0] * 5)  # one in three wrong: a real fit, away from the bounds
+    assert not meaningless_fit(logits, wrong, 0.6) and meaningless_fit(logits, wrong, 95.0)
+    monkeypatch.setattr(evaluate_module, "fit_temperature", lambda *a: 0.0105)
+    out = tmp_path / "r"
+    assert main(["evaluate", "--checkpoint", str(tiny_run), "--out", str(out), "--device", "cpu"]) == 0
+    assert "where it means little: those images carry no calibration signal" in (out / "report.md").read_text()
+
+
 def test_mcnemar_exact_binomial_for_few_discordant_pairs():
     result = mcnemar(*_paired(10, 2))
     assert result["method"] == "exact binomial"

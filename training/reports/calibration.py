@@ -24,6 +24,14 @@ log = logging.getLogger("training.reports")
 TEMPERATURE_BOUNDS = (0.01, 100.0)
 
 
+def meaningless_fit(logits: np.ndarray, labels: np.ndarray, temperature: float) -> bool:
+    """Whether a T fitted on these samples means nothing: where every sample is right the NLL only falls as
+    T shrinks (the search stops wherever it flattens to zero), and a T at (within 10% of) an end of the
+    search range was still being pushed there (samples wrong by wide margins)."""
+    near_bound = any(abs(np.log(temperature / bound)) < 0.1 for bound in TEMPERATURE_BOUNDS)
+    return near_bound or bool((np.asarray(logits).argmax(1) == np.asarray(labels)).all())
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The T that minimises the mean NLL of softmax(logits / T) over these samples.
 
@@ -41,9 +49,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         options={"xatol": 1e-6},
     )
     temperature = float(np.exp(result.x))
-    if min(abs(result.x - lo), abs(result.x - hi)) < 1e-3:
+    if meaningless_fit(z, labels, temperature):
         log.warning(
-            "the fitted temperature %.4g is at the bound of %s: the logits of these %d samples carry "
+            "the fitted temperature %.4g (search range %s) means little: the logits of these %d samples carry "
             "little calibration signal",
             temperature,
             TEMPERATURE_BOUNDS,

@@ -32,7 +32,7 @@ from ..engine import resolve_device
 from ..inference import TTA_DESCRIPTIONS, check_tta, predict_logits, tta_logits_numpy
 from ..plots import plot_training_curves
 from . import figures
-from .calibration import calibration_report, fit_temperature
+from .calibration import calibration_report, fit_temperature, meaningless_fit
 from .gradcam import GradCAM
 from .metrics import compute_metrics, reliability_bins, softmax
 
@@ -441,7 +441,14 @@ def temperature_for(
         if spec.split == "val"
         else f"the validation split ({len(fit_labels)} images)"
     )
-    return logits, fit_temperature(fit_logits, fit_labels), f"fitted here on {where}"
+    t = fit_temperature(fit_logits, fit_labels)
+    caveat = (
+        ", where it means little: those images carry no calibration signal (every one right, or wrong by wide "
+        "margins), so the temperature-scaled row says nothing about other images"
+        if meaningless_fit(fit_logits, fit_labels, t)
+        else ""
+    )
+    return logits, t, f"fitted here on {where}{caveat}"
 
 
 def calibration_section(raw_logits: np.ndarray, labels: np.ndarray, temperature: float, origin: str) -> dict[str, Any]:
