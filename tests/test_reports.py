@@ -594,6 +594,12 @@ def test_a_folder_of_some_of_the_models_classes_is_scored_by_class_name(tiny_run
     metrics = json.loads((out / "metrics.json").read_text())
     alpha = metrics["per_class"][0]
     assert alpha["class"] == "alpha" and alpha["accuracy"] is None  # no images of it here
+    # T is fitted on the folder's own validation split, its labels in the model's order too.
+    assert "in-sample for those" in metrics["calibration"]["temperature_origin"]
+    val_only = tmp_path / "own-val"
+    assert main(["evaluate", "--checkpoint", str(tiny_run), "--data", str(own), "--out", str(val_only)]) == 0
+    val_metrics = json.loads((val_only / "metrics.json").read_text())
+    assert metrics["calibration"]["temperature"] == pytest.approx(val_metrics["calibration"]["temperature"], rel=1e-4)
     report = (out / "report.md").read_text()
     assert "matched to the model's classes by name, ignoring case" in report and "2 of the model's 3" in report
     shutil.copytree(image_folder / "alpha", own / "delta")

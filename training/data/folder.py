@@ -117,7 +117,7 @@ def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
 def _warn_empty_class_folders(root: Path, entries: list[tuple[str, str, bytes]], classes: list[str]) -> None:
     """A class folder without images is not a class: the model would not know it, so say so."""
     parent = root / PurePosixPath(entries[0][0]).parent.parent
-    empty = sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name not in classes)
+    empty = sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name not in classes and p.name[0] != ".")
     if empty:
         log.warning("%s: folder(s) without images left out, not classes: %s", parent, ", ".join(empty))
 

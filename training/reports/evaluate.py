@@ -434,12 +434,14 @@ def temperature_for(
             val = None
         if val is None or len(val) == 0:
             return None
+        val, _ = match_classes(source, val, spec)  # labels in the model's order, as the scored data's
         fit_logits, _ = source.predict(val, tta, batch_size)
         fit_labels = val.labels
     where = (
         "these validation images, so the after row is in-sample, as at export"
         if spec.split == "val"
-        else f"the validation split ({len(fit_labels)} images)"
+        else f"the validation split ({len(fit_labels)} images"
+        + (", which are among the images scored here: in-sample for those)" if spec.split == "all" else ")")
     )
     t = fit_temperature(fit_logits, fit_labels)
     caveat = (
