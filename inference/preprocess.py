@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import os
 import warnings
 from typing import Sequence
 
@@ -31,6 +32,15 @@ DEFAULT_MAX_PIXELS = 40_000_000
 # (docs/measurements.md, "Decoding").
 SHRINK_ABOVE_PIXELS = 1_000_000
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file name is an image's: an image extension, and not the AppleDouble metadata ("._cat.jpg")
+    that copies and archives made on a Mac leave beside each file, which holds no image."""
+    base = os.path.basename(name)
+    return not base.startswith("._") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
+
+
 # Naming the format up front skips Pillow's probe of every registered format, a tenth of a small JPEG's
 # decoding time (docs/measurements.md, "Decoding"). Anything else is probed as usual.
 _JPEG_MAGIC = b"\xff\xd8\xff"

@@ -76,6 +76,7 @@ def tree(tmp_path_factory, image_folder) -> Path:
     os.symlink("..", root / "a/loop")  # a/loop/a/loop/... must not be walked
     (root / "notes.txt").write_text("not an image")
     (root / "b/README").write_text("no extension either")
+    (root / "b/._photo.webp").write_bytes(b"\x00\x05\x16\x07 AppleDouble metadata a Mac leaves beside a copy")
     return root
 
 
@@ -128,7 +129,7 @@ def test_messy_tree_csv(tree, tiny_models_dir, tmp_path, capsys):
         assert [row["label_1"], row["label_2"]] == [clf.card.classes[i] for i in order[:2]]
         assert abs(float(row["confidence_1"]) - p[order[0]]) < 2e-6
     err = capsys.readouterr().err
-    assert f"scored {len(GOOD)}, failed {len(BAD)}, skipped 2 (not images)" in err
+    assert f"scored {len(GOOD)}, failed {len(BAD)}, skipped 3 (not images)" in err
     assert "a/loop" in err and "images/s" in err and "Traceback" not in err
 
 

@@ -166,6 +166,7 @@ def test_folder_reader_follows_symlinked_class_folders_once_and_says_which_folde
     (root / "dog").symlink_to(elsewhere, target_is_directory=True)
     (root / "cat" / "up").symlink_to(root, target_is_directory=True)  # a loop: not followed
     (root / "bird").mkdir()
+    (root / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # a Mac's copy: metadata, no image
     with caplog.at_level(logging.WARNING):
         data = read_image_folder(root)
     assert data.classes == ["cat", "dog"] and len(data) == 4

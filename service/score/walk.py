@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
-from inference.preprocess import IMAGE_EXTENSIONS
+from inference.preprocess import is_image_name
 
 
 class Entry(NamedTuple):  # a tuple: one is made per file, and a frozen dataclass costs several times more
@@ -32,10 +32,6 @@ class WalkStats:
     images: int = 0  # entries with an image extension (including those that will fail)
     skipped: int = 0  # files without an image extension
     linked_dirs_skipped: list[str] = field(default_factory=list)  # loops / second links to a visited folder
-
-
-def is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _listing(path: str) -> list[tuple[str, str]]:

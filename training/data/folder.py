@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from inference.fits import DEFAULT_FIT
-from inference.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
+from inference.preprocess import ImageDecodeError, decode_image, is_image_name
 
 from .arrays import DatasetError, ImageArrays
 
@@ -90,7 +90,7 @@ def _tree_images(root: Path) -> list[Path]:
             continue
         seen.add(real)
         dirs.sort()
-        found += [Path(folder) / f for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+        found += [Path(folder) / f for f in files if is_image_name(f)]
     return sorted(p for p in found if p.is_file())
 
 
@@ -106,7 +106,7 @@ def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
         with tarfile.open(root) as tar:
             for member in tar:
                 name = PurePosixPath(member.name)
-                if member.isfile() and name.suffix.lower() in IMAGE_EXTENSIONS and len(name.parts) >= 2:
+                if member.isfile() and is_image_name(name.name) and len(name.parts) >= 2:
                     yield member.name, name.parts[-2], tar.extractfile(member).read()
     except tarfile.TarError as exc:
         raise DatasetError(f"cannot read archive {root}: {exc}") from exc
