@@ -30,6 +30,7 @@ from inference.manifest import (
     MODEL_NAME_RULE,
     ManifestError,
     load_manifest,
+    set_default,
 )
 from inference.precisions import PRECISIONS, suits, tolerance_text
 from training.cli_types import positive_int
@@ -268,15 +269,11 @@ def _report(entry, parity) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
-    from .calibration import calibration_summary
-    from .pipeline import ParityError, export_checkpoint, verify_model
-
     try:
+        # The manifest's own commands need no torch: they run on the serving install (scripts/setup.sh serve).
         if argv[:1] == ["list"]:
             return _list(list_parser().parse_args(argv[1:]).models_dir)
         if argv[:1] == ["default"]:
-            from .pipeline import set_default
-
             args = default_parser().parse_args(argv[1:])
             set_default(args.models_dir, args.name, args.kinds)
             return _list(args.models_dir)
@@ -287,6 +284,23 @@ def main(argv: list[str] | None = None) -> int:
             manifest = load_manifest(args.models_dir, verify=False)
             print(card_table([manifest.get(n) for n in args.names], args.models_dir))
             return 0
+        return _conversion_command(argv)
+    except (ManifestError, FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # Graphs are built and checked in a temporary folder, and moved in beside the new manifest only once
+        # verified; a recovered checkpoint is written to a temporary file and renamed: a stop leaves no part.
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+
+
+def _conversion_command(argv: list[str]) -> int:
+    """The commands that run a network (torch, ONNX Runtime): export, verify, recover, rederive."""
+    from .calibration import calibration_summary
+    from .pipeline import ParityError, export_checkpoint, verify_model
+
+    try:
         if argv[:1] == ["verify"]:
             args = verify_parser().parse_args(argv[1:])
             parity, calibration = verify_model(
@@ -347,14 +361,6 @@ def main(argv: list[str] | None = None) -> int:
     except ParityError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
-    except (ManifestError, FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        # Graphs are built and checked in a temporary folder, and moved in beside the new manifest only once
-        # verified; a recovered checkpoint is written to a temporary file and renamed: a stop leaves no part.
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -268,19 +268,6 @@ def _with_entry(entry: ModelEntry, models_dir: Path, make_default: bool, default
     return Manifest(default=default, defaults=defaults, models=models)
 
 
-def set_default(models_dir: str | Path, name: str, kinds: Sequence[str] = ()) -> Manifest:
-    """Make a listed model the default (``kinds`` empty) or the default on those kinds of device."""
-    manifest = load_manifest(models_dir, verify=False)
-    manifest.get(name)  # KeyError naming the models when it is not listed
-    if kinds:
-        manifest = manifest.model_copy(update={"defaults": {**manifest.defaults, **{k: name for k in kinds}}})
-    else:
-        manifest = manifest.model_copy(update={"default": name})
-    manifest = Manifest.model_validate(manifest.model_dump())
-    save_manifest(manifest, models_dir)
-    return manifest
-
-
 def _calibration_report(graph_logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
     """Before/after/refit from the logits the graph outputs, which are already divided by ``temperature``."""
     return calibration_report(graph_logits * temperature, labels, temperature, refit=True)

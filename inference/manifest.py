@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Sequence, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -194,3 +194,16 @@ def save_manifest(manifest: Manifest, models_dir: str | Path) -> Path:
     path = Path(models_dir) / MANIFEST_NAME
     write_text_atomic(path, json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
     return path
+
+
+def set_default(models_dir: str | Path, name: str, kinds: Sequence[str] = ()) -> Manifest:
+    """Make a listed model the default (``kinds`` empty) or the default on those kinds of device."""
+    manifest = load_manifest(models_dir, verify=False)
+    manifest.get(name)  # KeyError naming the models when it is not listed
+    if kinds:
+        manifest = manifest.model_copy(update={"defaults": {**manifest.defaults, **{k: name for k in kinds}}})
+    else:
+        manifest = manifest.model_copy(update={"default": name})
+    manifest = Manifest.model_validate(manifest.model_dump())
+    save_manifest(manifest, models_dir)
+    return manifest

@@ -725,3 +725,34 @@ def test_recover_refuses_rounded_weights_and_graphs_of_another_network(tiny_run,
     (models / "manifest.json").write_text(json.dumps(manifest))
     assert export_main(["recover", "tiny", "--out", str(tmp_path / "x.pt"), "--models-dir", str(models)]) == 2
     assert "in the graph" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+
+
+NO_TORCH = (
+    "import sys, importlib.abc\n"
+    "class Blocked(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path, target=None):\n"
+    "        if name.split('.')[0] in ('torch', 'torchvision', 'onnx'):\n"
+    "            raise ImportError('not on the serving install: ' + name)\n"
+    "sys.meta_path.insert(0, Blocked())\n"
+    "from export.__main__ import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def test_the_manifests_own_commands_run_on_the_serving_install_without_torch(tiny_models_dir, tmp_path):
+    """docs/deploy.md lists the models with `python -m export list` on `scripts/setup.sh serve`, which has no
+    torch: list, default and card must not import it (the conversions may)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, models)
+    run = dict(cwd=ROOT, capture_output=True, text=True, timeout=120)
+    for argv in (["list"], ["default", "tiny-int8", "--for", "cpu"], ["card", "tiny"]):
+        done = subprocess.run([sys.executable, "-c", NO_TORCH, *argv, "--models-dir", str(models)], **run)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (argv, done.stderr[-1500:])
+    assert load_manifest(models).defaults["cpu"] == "tiny-int8"
+    done = subprocess.run([sys.executable, "-c", NO_TORCH, "verify", "tiny", "--models-dir", str(models)], **run)
+    assert done.returncode != 0 and "not on the serving install: torch" in done.stderr  # the blocker works
