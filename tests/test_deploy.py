@@ -70,6 +70,11 @@ def test_the_deployment_asks_for_a_gpu_probes_health_and_runs_locked_down():
     assert annotations["prometheus.io/port"] == str(container["ports"][0]["containerPort"]) == "3000"
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["CIFAR_DEVICE"] == "cuda" and env["BENTOML_HOME"].startswith("/tmp/")
+    # No CPU limit, so the pod sees every core of the node: its threads are sized to the cores it asks for.
+    assert "cpu" not in resources["limits"] and int(env["CIFAR_DECODE_THREADS"]) == int(resources["requests"]["cpu"])
+    assert int(env["CIFAR_THREADS"]) <= int(resources["requests"]["cpu"])
+    if container["image"].endswith(":latest"):
+        assert container["imagePullPolicy"] == "Always"  # a re-pushed :latest must not be shadowed by a stale copy
     # graceful termination outlasts the preStop pause plus the longest request, itself longer than a batch window
     defaults = ServiceSettings()
     pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
