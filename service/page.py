@@ -17,7 +17,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 # Everything the page uses comes from this server: a page that needs the network elsewhere fails here first.
 _POLICY = (
     "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
 )
 
 

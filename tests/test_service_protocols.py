@@ -438,3 +438,94 @@ def test_the_page_classifies_a_dropped_jpeg_in_a_real_browser(server, jpegs):
     assert requested and all(url.startswith(server) or url.startswith("blob:") for url in requested), requested
     assert shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
+
+
+def _wait_for_status(page, start: str, seconds: float = 30) -> None:
+    """Poll the page's status line from here: the page's policy forbids evaluating strings, which
+    wait_for_function does for an expression."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not page.inner_text("#status").startswith(start):
+        assert time.monotonic() < deadline, f"status {page.inner_text('#status')!r}, waiting for {start!r}"
+        page.wait_for_timeout(100)
+
+
+def test_the_page_survives_its_users_and_odd_answers_in_a_real_browser(server, jpegs):
+    """What a person does on the page, against the real service with some answers replaced (Playwright's
+    routes): Enter in the key field does not put the key in the URL; k offers no more than the model's
+    classes; the file button shows keyboard focus; an overloaded answer is asked again after Retry-After; a
+    200 that is not the service's answer is an error on its card, not a page stuck at "Classifying"; the same
+    file chosen again runs again; and a model changed mid-run stops the old run, whose late answers change
+    nothing."""
+    executable = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+    held, seen, odd = [], {"tiny": 0, "tiny-int8": 0}, {"login": 1, "busy": 1}
+
+    def classify(route):
+        model = (
+            "tiny-int8" if b'name="model"\r\n\r\ntiny-int8\r\n' in (route.request.post_data_buffer or b"") else "tiny"
+        )
+        seen[model] += 1
+        if odd["login"]:  # a proxy's login page, with a 200
+            odd["login"] -= 1
+            return route.fulfill(status=200, content_type="text/html", body="<html>sign in</html>")
+        if odd["busy"]:
+            odd["busy"] -= 1
+            return route.fulfill(
+                status=503, headers={"Retry-After": "1"}, json={"error": "busy", "reason": "overloaded"}
+            )
+        if model == "tiny" and holding[0]:
+            return held.append(route)  # answered only after the model has changed
+        return route.continue_()
+
+    holding = [False]
+    status = "#status"
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.route("**/classify", classify)
+            page.goto(f"{server}/")
+            page.wait_for_function("document.getElementById('model').options.length === 2")
+            # The tiny models have 3 classes: k = 5 would be refused for every image.
+            assert page.eval_on_selector_all("#k option", "o => o.map(x => x.value)") == ["1", "3"]
+            page.evaluate("document.getElementById('key-field').hidden = false")
+            page.get_by_label("API key").fill("s3cret")
+            page.get_by_label("API key").press("Enter")
+            page.wait_for_timeout(300)
+            assert page.url == f"{server}/" and "s3cret" not in page.url
+            page.evaluate("document.getElementById('api-key').value = ''")
+            page.focus("#files")
+            page.keyboard.press("Shift+Tab")
+            page.keyboard.press("Tab")  # focus by keyboard: :focus-visible
+            outline = page.eval_on_selector("label[for=files]", "l => getComputedStyle(l).outlineStyle")
+            assert outline != "none"
+            chooser = page.get_by_label("Choose images")
+            chooser.set_input_files(str(jpegs[0]))  # the login page: an error on the card
+            _wait_for_status(page, "0 of 1")
+            assert "Not an answer of this service (200, text/html" in page.inner_text(".answer.error")
+            chooser.set_input_files(str(jpegs[0]))  # the same file again: 503 once, then answered
+            _wait_for_status(page, "1 of 1")
+            assert page.locator(".bars li").count() == 3
+            holding[0] = True
+            chooser.set_input_files([str(p) for p in jpegs[:6]])
+            page.wait_for_timeout(500)
+            before = seen["tiny"]
+            page.select_option("#model", "tiny-int8")
+            _wait_for_status(page, "6 of 6 image(s) classified by tiny-int8")
+            for route in held:  # the old run's answers arrive late
+                try:
+                    route.continue_()
+                except Exception:  # aborted by the page: nothing to answer
+                    pass
+            page.wait_for_timeout(1000)
+            final = page.inner_text(status)
+            bars = page.locator(".bars").count()
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert final.startswith("6 of 6 image(s) classified by tiny-int8") and bars == 6, final
+    assert 1 <= len(held) <= 4 and seen["tiny"] == before  # no request of the old model after the change

@@ -3,14 +3,19 @@
 "use strict";
 
 const CONCURRENT = 4; // requests in flight at once: each image is its own request, so one bad file spoils nothing
+const RETRIES = 3; // an overloaded service (503) is asked again after its Retry-After, this many times
+const K_CHOICES = [1, 3, 5];
 const KEY_STORE = "cifar-api-key";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
-  model: $("model"), modelInfo: $("model-info"), k: $("k"), keyField: $("key-field"), key: $("api-key"),
-  drop: $("drop"), files: $("files"), status: $("status"), error: $("error"), results: $("results"),
+  controls: $("controls"), model: $("model"), modelInfo: $("model-info"), k: $("k"), keyField: $("key-field"),
+  key: $("api-key"), drop: $("drop"), files: $("files"), sizeHint: $("size-hint"), status: $("status"),
+  error: $("error"), results: $("results"),
 };
 let picked = []; // the files shown, classified again when the model or k changes
+let current = null; // the run on screen: {id, controller}; an older run's answers are dropped, its requests aborted
+let thumbnails = []; // object URLs of the cards on screen, released when they go
 
 function percent(p) {
   return `${(100 * p).toFixed(p >= 0.995 || p < 0.001 ? 0 : 1)}%`;
@@ -30,17 +35,30 @@ async function loadModels() {
       const option = new Option(model.name, model.name, model.default, model.default);
       option.dataset.info = `${model.arch}, ${model.precision}, ${model.classes.length} classes` +
         (model.accuracy == null ? "" : `, validation accuracy ${percent(model.accuracy)}`);
+      option.dataset.classes = String(model.classes.length);
+      option.dataset.size = Array.isArray(model.input_size) ? model.input_size.join(" x ") : "";
       ui.model.add(option);
     }
     describeModel();
   } catch (error) {
-    ui.error.textContent = `Could not list the models: ${error.message}`;
+    ui.error.textContent = `Could not list the models: ${error.message}. Reload the page to try again.`;
   }
 }
 
 function describeModel() {
   const option = ui.model.selectedOptions[0];
   ui.modelInfo.textContent = option ? option.dataset.info : "";
+  if (option && option.dataset.size) {
+    ui.sizeHint.textContent = `each is shrunk to the model's ${option.dataset.size} pixels`;
+  }
+  // The service refuses a k above the model's class count: offer only what this model can answer.
+  const classes = option ? Number(option.dataset.classes) : Infinity;
+  const choices = K_CHOICES.filter((k) => k < classes);
+  if (classes !== Infinity && !choices.includes(classes) && classes <= K_CHOICES.at(-1)) choices.push(classes);
+  const wanted = Number(ui.k.value) || 3;
+  ui.k.replaceChildren(...choices.map((k) => new Option(String(k), String(k))));
+  const kept = choices.filter((k) => k <= wanted).at(-1) ?? choices[0];
+  ui.k.value = String(kept);
 }
 
 function card(file) {
@@ -48,6 +66,7 @@ function card(file) {
   item.className = "card";
   const thumbnail = document.createElement("img");
   thumbnail.src = URL.createObjectURL(file);
+  thumbnails.push(thumbnail.src);
   thumbnail.alt = `thumbnail of ${file.name}`;
   const body = document.createElement("div");
   body.className = "body";
@@ -94,58 +113,89 @@ function drawBars(answer, prediction, fileName) {
   answer.replaceChildren(bars);
 }
 
-async function classify(file, answer) {
-  const form = new FormData();
-  form.append("images", file, file.name);
-  form.append("k", ui.k.value);
-  if (ui.model.value) form.append("model", ui.model.value);
-  let response;
-  try {
-    response = await fetch("classify", { method: "POST", body: form, headers: headers() });
-  } catch (error) {
-    answer.textContent = `The service did not answer: ${error.message}`;
-    answer.className = "answer error";
-    return false;
-  }
-  const body = await response.json().catch(() => ({ error: `${response.status} ${response.statusText}` }));
-  if (!response.ok) {
-    if (response.status === 401 || response.status === 403) {
-      ui.keyField.hidden = false;
-      ui.error.textContent = response.status === 401 ? "This service asks for an API key." : "That API key is not known.";
-      ui.key.focus();
+const sleep = (ms, signal) => new Promise((resolve) => {
+  const timer = setTimeout(resolve, ms);
+  signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
+});
+
+// One image's answer: its prediction, or {error} with a message for a person. Never throws.
+async function classify(file, settings, signal) {
+  for (let attempt = 0; ; attempt += 1) {
+    const form = new FormData();
+    form.append("images", file, file.name);
+    form.append("k", settings.k);
+    if (settings.model) form.append("model", settings.model);
+    let response;
+    try {
+      response = await fetch("classify", { method: "POST", body: form, headers: headers(), signal });
+    } catch (error) {
+      return { error: `The service did not answer: ${error.message}` };
     }
-    answer.textContent = body.error || `${response.status} ${response.statusText}`;
-    answer.className = "answer error";
-    return false;
+    const body = await response.json().catch(() => null);
+    if (response.status === 503 && attempt < RETRIES && !signal.aborted) {
+      const seconds = Number(response.headers.get("Retry-After")) || 1;
+      await sleep(1000 * seconds, signal);
+      continue;
+    }
+    if (!response.ok) {
+      if (response.status === 401 || response.status === 403) {
+        ui.keyField.hidden = false;
+        ui.error.textContent = response.status === 401 ? "This service asks for an API key." : "That API key is not known.";
+        ui.key.focus();
+      }
+      return { error: (body && body.error) || `${response.status} ${response.statusText}` };
+    }
+    const prediction = body && Array.isArray(body.predictions) ? body.predictions[0] : null;
+    if (!prediction || !Array.isArray(prediction.top_k)) {
+      // e.g. a proxy in front of the service answering with its own page
+      return { error: `Not an answer of this service (${response.status}, ${response.headers.get("content-type")})` };
+    }
+    return { prediction };
   }
-  drawBars(answer, body.predictions[0], file.name);
-  return true;
 }
 
 async function run(files) {
+  if (current) current.controller.abort();
+  const self = { controller: new AbortController() };
+  current = self;
+  const settings = { model: ui.model.value, k: ui.k.value }; // read once: a change starts another run
   ui.error.textContent = "";
+  for (const url of thumbnails) URL.revokeObjectURL(url);
+  thumbnails = [];
   ui.results.replaceChildren();
   const jobs = files.map((file) => [file, card(file)]);
-  let done = 0;
-  let failed = 0;
+  let classified = 0;
   ui.status.textContent = `Classifying ${files.length} image(s)…`;
   const worker = async () => {
-    while (jobs.length) {
+    while (jobs.length && current === self) {
       const [file, answer] = jobs.shift();
-      if (!(await classify(file, answer))) failed += 1;
-      done += 1;
+      const result = await classify(file, settings, self.controller.signal);
+      if (current !== self) return; // a newer run owns the page now
+      if (result.prediction) {
+        drawBars(answer, result.prediction, file.name);
+        classified += 1;
+      } else {
+        answer.textContent = result.error;
+        answer.className = "answer error";
+      }
     }
   };
   await Promise.all(Array.from({ length: Math.min(CONCURRENT, files.length) }, worker));
-  ui.status.textContent = `${done - failed} of ${files.length} image(s) classified by ${ui.model.value}` +
-    (failed ? `; ${failed} could not be` : "") + ".";
+  if (current !== self) return;
+  const failed = files.length - classified;
+  ui.status.textContent = `${classified} of ${files.length} image(s) classified` +
+    (settings.model ? ` by ${settings.model}` : "") + (failed ? `; ${failed} could not be` : "") + ".";
 }
 
-function pick(fileList) {
+function pick(fileList, leftOut = 0) {
   picked = Array.from(fileList);
+  ui.files.value = ""; // choosing the same file again is then a change too (to retry it)
   if (picked.length) run(picked);
+  if (leftOut) ui.error.textContent = `${leftOut} dropped file(s) left out: not images.`;
 }
 
+// The form holds only choices: Enter in the key field must not submit it (the key would go into the URL).
+ui.controls.addEventListener("submit", (event) => event.preventDefault());
 ui.files.addEventListener("change", () => pick(ui.files.files));
 ui.model.addEventListener("change", () => { describeModel(); if (picked.length) run(picked); });
 ui.k.addEventListener("change", () => { if (picked.length) run(picked); });
@@ -162,6 +212,13 @@ for (const type of ["dragleave", "drop"]) {
 }
 ui.drop.addEventListener("drop", (event) => {
   event.preventDefault();
-  pick(Array.from(event.dataTransfer.files).filter((file) => file.type.startsWith("image/") || !file.type));
+  const files = Array.from(event.dataTransfer.files);
+  const images = files.filter((file) => file.type.startsWith("image/") || !file.type);
+  if (images.length) pick(images, files.length - images.length);
+  else if (files.length) ui.error.textContent = "None of the dropped files is an image.";
 });
+// A file dropped beside the zone would otherwise replace the page with itself.
+for (const type of ["dragover", "drop"]) {
+  document.addEventListener(type, (event) => { if (!ui.drop.contains(event.target)) event.preventDefault(); });
+}
 loadModels();
