@@ -18,7 +18,7 @@ from training.__main__ import main
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.reports.ablate import parse_vary, split_values
 from training.reports.calibration import calibration_metrics, fit_temperature
-from training.reports.evaluate import load_predictions
+from training.reports.evaluate import FIGURES, load_predictions
 from training.reports.figures import worst_classes
 from training.reports.gradcam import GradCAM
 from training.reports.metrics import (
@@ -32,18 +32,8 @@ from training.reports.metrics import (
     softmax,
 )
 
-REPORT_FILES = [
-    "metrics.json",
-    "predictions.npz",
-    "confusion_matrix.png",
-    "per_class_accuracy.png",
-    "misclassified.png",
-    "reliability.png",
-    "gradcam.png",
-    "training_curves.png",
-    "history.json",
-    "report.md",
-]
+# Every figure a report of a checkpoint writes (the module's own list, which also says what a reused --out loses).
+REPORT_FILES = ["metrics.json", "predictions.npz", *FIGURES, "history.json", "report.md"]
 
 
 def _logits_from(preds: list[int], confidence: list[float], num_classes: int) -> np.ndarray:
