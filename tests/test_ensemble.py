@@ -71,6 +71,19 @@ def test_a_joined_checkpoint_rebuilds_into_the_members_average(tiny_run, other_m
     assert torch.allclose(joined, _mean_probabilities(members, x), atol=1e-6)
 
 
+def test_members_that_held_out_nothing_record_no_validation_accuracy(tiny_run, other_member, tmp_path):
+    """A run with val_size 0 ranks its epochs by training accuracy; joined, that is not shown as val top-1."""
+    paths = []
+    for path in (tiny_run / "best.pt", other_member):
+        ckpt = load_checkpoint(path)
+        all_data = tmp_path / f"{len(paths)}.pt"
+        save_checkpoint(dict(ckpt, meta=dict(ckpt["meta"], val_size=0)), all_data)
+        paths.append(all_data)
+    meta = join_checkpoints(paths, tmp_path / "pair.pt")
+    assert [m["val_top1"] for m in meta["members"]] == [None, None]
+    assert join_checkpoints([tiny_run, other_member], tmp_path / "kept.pt")["members"][1]["val_top1"] == 0.5
+
+
 def test_members_trained_on_other_data_are_refused(tiny_run, other_member, tmp_path):
     ckpt = load_checkpoint(other_member)
     for key, value, said in (

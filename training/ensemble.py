@@ -132,7 +132,8 @@ def join_checkpoints(
                 "arch": m["arch"],
                 "recipe": m.get("recipe"),
                 "epoch": c.get("epoch"),
-                "val_top1": (c.get("best") or {}).get("val_top1"),
+                # A run that held out nothing (val_size 0) ranked its epochs by training accuracy: not a val top-1.
+                "val_top1": (c.get("best") or {}).get("val_top1") if m.get("val_size") != 0 else None,
                 "used_ema": bool(c.get("ema")),
                 "tta": t,
             }
