@@ -80,6 +80,8 @@ def document_openapi(document: dict, loaded: Mapping[str, Any] | None, default_k
         )
     models = paths["/models"]
     get = {key: value for key, value in models["post"].items() if key != "requestBody"}
+    # GET takes no body, so it has nothing to refuse as malformed (BentoML lists a 400 for every API).
+    get["responses"] = {status: r for status, r in get["responses"].items() if str(status) != "400"}
     models["get"] = {**get, "operationId": f"{get['operationId']}_get", "x-bentoml-name": "models_get"}
     body_refusals = [REASONS[name] for name in ("malformed_request", "body_too_large")]  # BodyGate's for POST /models
     models["post"]["responses"] = {

@@ -147,6 +147,7 @@ def test_post_models_refuses_a_body_it_does_not_take_in_the_contracts_shape(serv
     for status in ("400", "413"):
         schema = spec["post"]["responses"][status]["content"]["application/json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/ClassifyError"}, status
+    assert "400" not in spec["get"]["responses"] and "200" in spec["get"]["responses"]  # GET takes no body
 
 
 # ---------------------------------------------------------------------------------------------- predictions
