@@ -182,6 +182,17 @@ def test_folder_reader_names_a_damaged_archive_and_a_file_it_cannot_read(tmp_pat
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # a download that stopped half-way
     with pytest.raises(DatasetError, match="cut.tar.gz: it is truncated or damaged"):
         read_image_folder(cut)
+    plain = tmp_path / "whole.tar"
+    with tarfile.open(plain, "w") as tar:
+        tar.add(root, arcname="tree")
+    assert len(read_image_folder(plain)) == 60
+    with tarfile.open(plain) as tar:
+        members = tar.getmembers()
+        boundary = members[len(members) // 2].offset  # a copy cut between two members, on a block boundary
+    short = tmp_path / "short.tar"
+    short.write_bytes(plain.read_bytes()[:boundary])
+    with pytest.raises(DatasetError, match="short.tar: it is truncated or damaged .*without the end-of-archive"):
+        read_image_folder(short)  # tarfile alone reads it as a smaller dataset, without a word
     (tmp_path / "photos.zip").write_bytes(b"PK\x03\x04 not read")
     (tmp_path / "cat.png").write_bytes((root / "cat" / "0.png").read_bytes())
     for name in ("photos.zip", "cat.png"):

@@ -101,6 +101,12 @@ def _iter_tree(root: Path) -> Iterator[tuple[str, str, bytes]]:
             yield rel.as_posix(), rel.parts[-2], path.read_bytes()
 
 
+# Compressed archives check their own length (gzip's, bzip2's and xz's trailers); a plain tar has only its
+# end-of-archive blocks, and tarfile stops without a word where a copy cut on a block boundary ends.
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")
+END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
+
+
 def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
     try:
         with tarfile.open(root) as tar:
@@ -108,6 +114,10 @@ def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
                 name = PurePosixPath(member.name)
                 if member.isfile() and is_image_name(name.name) and len(name.parts) >= 2:
                     yield member.name, name.parts[-2], tar.extractfile(member).read()
+            with open(root, "rb") as f:
+                plain = not f.read(6).startswith(COMPRESSED_MAGIC)
+            if plain and tar.offset + END_OF_ARCHIVE > root.stat().st_size:
+                raise EOFError(f"it ends after {tar.offset} bytes without the end-of-archive blocks")
     except tarfile.TarError as exc:
         raise DatasetError(f"cannot read archive {root}: {exc}") from exc
     except (EOFError, zlib.error, OSError) as exc:  # a download or copy cut short, a damaged compressed stream
