@@ -124,13 +124,12 @@ def _unfold_batchnorms(model: nn.Module, state: dict, graph: dict, prefix: str, 
 
 
 def _merged_constants(state: dict, graph: dict, missing: list[str]) -> list[str]:
-    """The exporter keeps one initializer of any set with equal values and points every user at it, so a tensor
-    that still holds the value the network is built with (a member's normalisation, the ones of a BatchNorm
-    without learnable scale, a bias that stayed zero) can be gone by name while its twin of another member or
-    layer is there; a bias that stayed zero (a whitening bias never trained) is dropped, as adding zero is
-    nothing. Such a tensor keeps its built value when the graph holds a twin of exactly that value, or when it
-    is a zero bias; the parity check against the graph's own outputs then proves the whole. Returns the keys
-    still missing."""
+    """The exporter keeps one initializer of any set with equal values and points every user at it, and drops a
+    zero bias (adding zero is nothing). So a tensor that still holds the value the network is built with (a
+    member's normalisation, the ones of a BatchNorm without learnable scale, a whitening bias never trained) can
+    be gone by name. It keeps its built value when the graph holds a twin of exactly that value, or when it is
+    a zero bias; the parity check against the graph's own outputs then proves the whole. Returns the keys still
+    missing."""
     left = []
     for key in missing:
         built = state[key].detach().cpu().numpy()

@@ -143,13 +143,10 @@ def check_network_takes_its_input(config: Config) -> None:
     name, args, size = config.model.name, config.model.args, config.data.image_size
     try:
         model = create_model(name, 2, **args).eval()
-    except TypeError as exc:  # a model argument of the wrong kind, from a recipe or --set
+    except (TypeError, RuntimeError) as exc:  # an argument of the wrong kind, or a value torch refuses (width -2)
         raise ConfigError(argument_error(name, args, exc)) from exc
     except ValueError as exc:  # an argument the model does not take, or a value it refuses
         raise ConfigError(str(exc)) from exc
-    except RuntimeError as exc:  # a value torch refuses when it builds a layer (a negative width)
-        given = ", ".join(f"{k}={v!r}" for k, v in args.items())
-        raise ConfigError(f"model {name!r} cannot be built from its arguments ({given}): {exc}") from exc
     try:
         with torch.no_grad():
             model(torch.zeros(1, 3, size, size))

@@ -41,11 +41,12 @@ def read_image_folder(
             f"{root} is a file, not a folder of class folders or a tar archive of one "
             f"({', '.join(ARCHIVE_SUFFIXES)}; .zip is not read: unpack it, or pack it as .tar.gz)"
         )
-    cache = _cache_path(root, image_size, fit, cache_dir) if cache_dir else None
+    images = None if archive else _tree_images(root)  # walked once: for the cache key and for reading
+    cache = _cache_path(root, image_size, fit, cache_dir, images) if cache_dir else None
     if cache and cache.is_file():
         with np.load(cache, allow_pickle=False) as npz:
             return ImageArrays(npz["images"], npz["labels"], [str(c) for c in npz["classes"]])
-    entries = list(_iter_archive(root) if archive else _iter_tree(root))
+    entries = list(_iter_archive(root) if archive else _iter_tree(root, images))
     arrays = _decode_all(entries, root, image_size, fit)
     if not archive:
         _warn_empty_class_folders(root, entries, arrays.classes)
@@ -58,14 +59,14 @@ def read_image_folder(
     return arrays
 
 
-def _cache_path(root: Path, image_size: int, fit: str, cache_dir: str | Path) -> Path:
+def _cache_path(root: Path, image_size: int, fit: str, cache_dir: str | Path, images: list[Path] | None) -> Path:
     stat = root.stat()
     key = f"{root.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{image_size}"
     if fit != "squash":  # the key squashed folders were cached under before fits were named
         key += f"|{fit}"
-    if root.is_dir():  # a tree's own mtime misses edits inside it: every image's name, size and mtime is folded in
+    if images is not None:  # a tree's own mtime misses edits inside it: every image's name, size and mtime is in
         digest = hashlib.sha1()
-        for path in _tree_images(root):
+        for path in images:
             stat = path.stat()
             digest.update(f"{path.relative_to(root).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}|".encode())
         key += "|" + digest.hexdigest()
@@ -94,8 +95,8 @@ def _tree_images(root: Path) -> list[Path]:
     return sorted(p for p in found if p.is_file())
 
 
-def _iter_tree(root: Path) -> Iterator[tuple[str, str, bytes]]:
-    for path in _tree_images(root):
+def _iter_tree(root: Path, images: list[Path]) -> Iterator[tuple[str, str, bytes]]:
+    for path in images:
         rel = path.relative_to(root)
         if len(rel.parts) >= 2:
             yield rel.as_posix(), rel.parts[-2], path.read_bytes()

@@ -116,7 +116,7 @@ def _ensemble(
     return ImageClassifier(Ensemble(built), mean, std)
 
 
-def argument_error(name: str, kwargs: dict, exc: TypeError) -> str:
+def argument_error(name: str, kwargs: dict, exc: Exception) -> str:
     """What to tell the user when a constructor raised ``exc`` on ``kwargs``: the arguments whose value is not
     of its default's kind (a number or a switch given as text), or else all of them, and the error itself."""
     params = inspect.signature(MODELS.get(name)).parameters

@@ -157,21 +157,12 @@ def compare(
     side_a, side_b = sides
     if side_a.fingerprint != side_b.fingerprint or len(side_a.labels) != len(side_b.labels):
         settings = ("root", "split", "val_size", "split_seed", "image_size", "fit")
-        differ = [
-            f"{k} {side_a.data.get(k)} vs {side_b.data.get(k)}"
-            for k in settings
-            if side_a.data.get(k) != side_b.data.get(k)
-        ]
-        why = (
-            f"; their data settings differ: {', '.join(differ)}"
-            + (
-                " (each model reads images fitted as its run trained)"
-                if any(d.startswith("fit") for d in differ)
-                else ""
-            )
-            if differ
-            else ""
-        )
+        differ = [k for k in settings if side_a.data.get(k) != side_b.data.get(k)]
+        why = "".join(f", {k} {side_a.data.get(k)} vs {side_b.data.get(k)}" for k in differ)
+        if differ:
+            why = "; their data settings differ: " + why[2:]
+        if "fit" in differ:
+            why += " (each model reads images fitted as its run trained)"
         raise ValueError(
             f"A and B were evaluated on different samples (A: {len(side_a.labels)} of "
             f"{side_a.data.get('dataset')} {side_a.data.get('split')}, B: {len(side_b.labels)} of "
