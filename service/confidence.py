@@ -23,8 +23,11 @@ def parse_min_confidence(value: object) -> float:
     elif isinstance(value, float):
         number = value
     elif isinstance(value, int) and not isinstance(value, bool):
-        # a JSON integer has no size limit; float() of one past 1e308 raises OverflowError
-        number = float(value) if abs(value) <= 1 else (math.inf if value > 0 else -math.inf)
+        if not 0 <= value <= 1:  # a JSON integer has no size limit: float() of one past 1e308 raises
+            sign = "a negative" if value < 0 else "a"
+            shown = str(value) if abs(value) < 10**50 else f"{sign} number of {len(str(abs(value)))} digits"
+            raise ValueError(f"must be between 0 and 1, got {shown}")
+        number = float(value)
     else:
         raise ValueError(f"must be a number from 0 to 1, got {value!r}"[:200])
     if math.isnan(number) or not 0.0 <= number <= 1.0:

@@ -56,15 +56,11 @@ class ServiceMetrics:
     def reject(self, reason: str) -> None:
         self.rejected.labels(reason=reason).inc()
 
-    def predicted(self, model: str, images: int) -> None:
-        """A /classify request answered."""
+    def answered(self, model: str) -> None:
+        """A /classify request answered (its images are counted by the batch they ran in)."""
         self.requests.labels(model=model).inc()
-        self.predictions.labels(model=model).inc(images)
 
     def batched(self, model: str, images: int) -> None:
-        """A batch of ``images`` ran on ``model``."""
+        """A batch of ``images`` ran on ``model``: every route's images (/classify, /v2, /infer) pass here."""
         self.batches.labels(model=model).observe(images)
-
-    def inferred(self, model: str, images: int) -> None:
-        """An inference protocol request answered: its images count, the request is BentoML's to count."""
         self.predictions.labels(model=model).inc(images)

@@ -31,6 +31,13 @@ OUTPUT = "probabilities"
 # Triton's name for an ONNX Runtime model, which is what every model here is.
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["classification"]
+# The manifest holds one file per model name, so each model has one version; clients that pin one (the
+# protocol's /versions/<v>/ paths, tritonclient's model_version) name this.
+VERSION = "1"
+BINARY_REFUSAL = (
+    "the binary tensor data extension is not supported: send the data as JSON "
+    "(tritonclient: set_data_from_numpy(..., binary_data=False))"
+)
 
 # Strict: a string is not an integer here, and a field the protocol does not define is a mistake, not noise.
 _STRICT = ConfigDict(strict=True, extra="forbid")
@@ -51,6 +58,7 @@ class ServerMetadata(BaseModel):
 
 class ModelMetadata(BaseModel):
     name: str
+    versions: list[str] = Field(description="each model has one")
     platform: str
     inputs: list[MetadataTensor] = Field(description="send exactly one of these")
     outputs: list[MetadataTensor]
@@ -141,6 +149,7 @@ def model_metadata(model: ModelView) -> ModelMetadata:
     height, width = model.size
     return ModelMetadata(
         name=model.entry.name,
+        versions=[VERSION],
         platform=PLATFORM,
         inputs=[
             MetadataTensor(name=model.entry.input.name, datatype="FP32", shape=[-1, 3, height, width]),
@@ -179,11 +188,7 @@ def read_infer_request(body: bytes, model: ModelView, max_images: int) -> InferP
             "bad_tensor", f"input {given.name!r} is {takes[given.name]}, not {given.datatype[:20]!r}: {_inputs(model)}"
         )
     if given.parameters and "binary_data_size" in given.parameters:
-        return Rejection(
-            "bad_tensor",
-            "the binary tensor data extension is not supported: send the data as JSON "
-            "(tritonclient: set_data_from_numpy(..., binary_data=False))",
-        )
+        return Rejection("bad_tensor", BINARY_REFUSAL)
     outputs = _outputs(request.outputs, model)
     if isinstance(outputs, Rejection):
         return outputs
@@ -256,6 +261,8 @@ def _tensor(given: RequestInput, model: ModelView) -> np.ndarray | Rejection:
         values = np.asarray(given.data)
     except (ValueError, TypeError, OverflowError):  # ragged nesting
         return Rejection("bad_tensor", f"input {given.name!r}: data is not a regular array of numbers")
+    if values.dtype.kind == "O" and all(type(v) is int for v in values.ravel()):  # past 64 bits: numbers still
+        return tensor_rejection(np.array([np.inf]), f"input {given.name!r}")
     if values.dtype.kind not in "fiu":
         return Rejection("bad_tensor", f"input {given.name!r}: FP32 data must be numbers")
     if values.size != int(np.prod(expected)):
@@ -290,7 +297,7 @@ def infer_response(model: ModelView, plan: InferPlan, probabilities: np.ndarray)
                 data=_classification(index.ravel().tolist(), score.ravel().tolist(), model.classes),
             )
         )
-    return InferResponse(model_name=model.entry.name, id=plan.id, outputs=outputs)
+    return InferResponse(model_name=model.entry.name, model_version=VERSION, id=plan.id, outputs=outputs)
 
 
 def _classification(index: Sequence[int], score: Sequence[float], labels: Sequence[str]) -> list[str]:

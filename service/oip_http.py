@@ -6,9 +6,9 @@
     GET  /v2/models/{name}/ready
     POST /v2/models/{name}/infer
 
-Inference goes through the service's own batchable API (:class:`Engine`), so these requests and /classify's
-share batches. Model names may contain '/' (the route takes the rest of the path), so that no name reaches
-BentoML's plain-text 404.
+and the same under /v2/models/{name}/versions/1/ (each model has one version). Inference goes through the
+service's own batchable API (:class:`Engine`), so these requests and /classify's share batches. Any other
+path under /v2/models/ is answered in the protocol's error shape, never BentoML's plain text.
 """
 
 from __future__ import annotations
@@ -17,11 +17,21 @@ from typing import Any, Callable, Mapping, Optional, Protocol
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .contract import Rejection
-from .oip import InferPlan, ModelView, OipError, infer_response, model_metadata, read_infer_request, server_metadata
+from .oip import (
+    BINARY_REFUSAL,
+    VERSION,
+    InferPlan,
+    ModelView,
+    OipError,
+    infer_response,
+    model_metadata,
+    read_infer_request,
+    server_metadata,
+)
 from .uploads import Upload, read_body
 
 
@@ -36,8 +46,6 @@ class Engine(Protocol):
     async def predict_tensor(self, model: Any, tensor: np.ndarray) -> np.ndarray | Rejection: ...
 
     def count_refusal(self, rejection: Rejection) -> None: ...
-
-    def count_predictions(self, model: str, images: int) -> None: ...
 
 
 def oip_routes(
@@ -64,12 +72,21 @@ def oip_routes(
             )
         return model
 
+    def find_version(running: Engine, request: Request) -> Any:
+        """The model the path names, at the version it names if it names one."""
+        name, version = request.path_params["name"], request.path_params.get("version")
+        model = find(running, name)
+        if isinstance(model, Response) or version in (None, VERSION):
+            return model
+        wrong = f"model {name!r} has no version {version[:20]!r}; its one version is {VERSION!r}"
+        return refuse(Rejection("unknown_model", wrong), running)
+
     def located(request: Request) -> tuple[Engine, Any] | Response:
         """The running service and the model the path names, or the answer that says why not."""
         running = engine()
         if running is None:
             return not_loaded()
-        model = find(running, request.path_params["name"])
+        model = find_version(running, request)
         return model if isinstance(model, Response) else (running, model)
 
     async def server(request: Request) -> Response:
@@ -83,10 +100,6 @@ def oip_routes(
         return Response(status_code=200 if running is not None and running.ready else 400)
 
     async def metadata(request: Request) -> Response:
-        if request.path_params["name"].endswith("/infer"):
-            # GET .../infer: the POST-only route matched all but the method, and this one took the rest as a
-            # model's name; answered as the router answers any other route's wrong method.
-            return PlainTextResponse("Method Not Allowed", status_code=405, headers={"Allow": "POST"})
         found = located(request)
         if isinstance(found, Response):
             return found
@@ -96,7 +109,7 @@ def oip_routes(
         running = engine()
         if running is None:
             return Response(status_code=400)
-        model = find(running, request.path_params["name"])
+        model = find_version(running, request)
         return model if isinstance(model, Response) else Response(status_code=200 if running.ready else 400)
 
     async def infer(request: Request) -> Response:
@@ -104,6 +117,8 @@ def oip_routes(
         if isinstance(found, Response):
             return found
         running, model = found
+        if "inference-header-content-length" in request.headers:  # the body is JSON followed by raw tensor bytes
+            return refuse(Rejection("bad_tensor", BINARY_REFUSAL), running)
         body = await read_body(request, max_body_bytes)
         if isinstance(body, Rejection):
             return refuse(body, running)
@@ -113,17 +128,42 @@ def oip_routes(
         probabilities = await _predict(running, model, plan)
         if isinstance(probabilities, Rejection):
             return refuse(probabilities, running)
-        running.count_predictions(model.entry.name, len(probabilities))
         return JSONResponse(infer_response(model, plan, probabilities).model_dump(mode="json", exclude_none=True))
+
+    actions = (("", metadata, "GET"), ("/ready", model_ready, "GET"), ("/infer", infer, "POST"))
+    model_routes = [
+        Route(f"/v2/models/{{name}}{versioned}{action}", handler, methods=[method])
+        for versioned in ("", "/versions/{version}")
+        for action, handler, method in actions
+    ]
+
+    async def elsewhere(request: Request) -> Response:
+        """Any other path under /v2/models/: a name with '/' in it, a trailing slash, a route's wrong method.
+        Answered in the protocol's shape, not BentoML's plain text."""
+        path = request.url.path
+        for route in model_routes:
+            if route.path_regex.match(path):
+                allowed = ", ".join(sorted(route.methods or ()))
+                return JSONResponse(
+                    OipError(error=f"{request.method} is not allowed on {path[:200]}; use {allowed}").model_dump(),
+                    status_code=405,
+                    headers={"Allow": allowed},
+                )
+        return JSONResponse(
+            OipError(
+                error=f"no such route: {path[:200]}; a model's routes are /v2/models/NAME[/versions/{VERSION}]"
+                "[/ready|/infer]"
+            ).model_dump(),
+            status_code=404,
+        )
 
     return [
         Route("/v2", server, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
-        # Before the metadata route, whose name takes the rest of the path.
-        Route("/v2/models/{name:path}/ready", model_ready, methods=["GET"]),
-        Route("/v2/models/{name:path}/infer", infer, methods=["POST"]),
-        Route("/v2/models/{name:path}", metadata, methods=["GET"]),
+        *model_routes,
+        # Last: a route above that matched the path but not the method is answered here.
+        Route("/v2/models/{rest:path}", elsewhere, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
     ]
 
 

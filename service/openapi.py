@@ -7,11 +7,12 @@ GET /models, the Open Inference Protocol's routes, the page, and the API keys wh
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping
 
 from .access import requires_key
 from .contract import REASONS, ClassifyError
-from .oip import InferRequest, InferResponse, ModelMetadata, OipError, ServerMetadata
+from .oip import VERSION, InferRequest, InferResponse, ModelMetadata, OipError, ServerMetadata
 from .uploads import FIELDS
 
 # base64 of a whole number of 3-byte groups, in either alphabet: no padding
@@ -217,6 +218,15 @@ def _document_oip(document: dict, names: list[str] | None) -> None:
             "responses": {"200": _json("the outputs", refs[InferResponse]), **refusals, **loading},
         }
     }
+    version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "enum": [VERSION]}}
+    for action in ("", "/ready", "/infer"):
+        pinned = copy.deepcopy(paths[f"/v2/models/{{name}}{action}"])
+        for operation in pinned.values():
+            operation["operationId"] += "_version"
+            operation["summary"] += f" (each model has one version, {VERSION!r})"
+            operation["parameters"].append(version)
+            operation["responses"].setdefault("404", unknown["404"])
+        paths[f"/v2/models/{{name}}/versions/{{version}}{action}"] = pinned
 
 
 def _document_page(paths: dict) -> None:

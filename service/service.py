@@ -406,7 +406,7 @@ class Classifier:
                 ],
             }
         )
-        self.metrics.predicted(loaded.entry.name, len(images))
+        self.metrics.answered(loaded.entry.name)
         return JSONResponse(answer.to_json())
 
     async def predict_uploads(self, loaded: LoadedModel, uploads: list[Upload], fit: str) -> np.ndarray | Rejection:
@@ -440,9 +440,6 @@ class Classifier:
     def count_refusal(self, rejection: Rejection) -> None:
         if REASONS[rejection.reason].counted:
             self.metrics.reject(rejection.reason)
-
-    def count_predictions(self, model: str, images: int) -> None:
-        self.metrics.inferred(model, images)
 
     @bentoml.api(
         batchable=True,

@@ -178,6 +178,20 @@ async def read_classify_fields(request: Request, max_images: int, max_body_bytes
     return await read_classify_form(request, max_images, max_body_bytes)
 
 
+class _RepeatedKey(Exception):
+    def __init__(self, key: str, times: int):
+        super().__init__(key)
+        self.times = times
+
+
+def _without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        key = next(k for k in found if sum(1 for name, _ in pairs if name == k) > 1)
+        raise _RepeatedKey(key, sum(1 for name, _ in pairs if name == key))
+    return found
+
+
 async def read_classify_json(request: Request, max_images: int, max_body_bytes: int) -> dict[str, Any] | Rejection:
     """``{"images": [{"filename": ..., "data": base64}, ...], "k": ..., "model": ..., "min_confidence": ...,
     "fit": ...}``:
@@ -186,7 +200,9 @@ async def read_classify_json(request: Request, max_images: int, max_body_bytes: 
     if isinstance(body, Rejection):
         return body
     try:
-        raw = json.loads(body)
+        raw = json.loads(body, object_pairs_hook=_without_repeats)
+    except _RepeatedKey as exc:  # json.loads keeps the last silently; a form's repeated field is refused too
+        return Rejection("malformed_request", f"{exc.args[0][:100]!r} given {exc.times} times")
     except ValueError as exc:  # also bytes that are not UTF-8
         return Rejection("malformed_request", f"the JSON body could not be parsed: {exc}"[:300])
     except RecursionError:

@@ -58,12 +58,12 @@ REFUSED = {
     "threshold past float": (
         {"min_confidence": 10**400},
         "bad_min_confidence",
-        "min_confidence must be between 0 and 1, got inf",
+        "min_confidence must be between 0 and 1, got a number of 401 digits",
     ),
     "threshold negative past float": (
         {"min_confidence": -(10**400)},
         "bad_min_confidence",
-        "min_confidence must be between 0 and 1, got -inf",
+        "min_confidence must be between 0 and 1, got a negative number of 401 digits",
     ),
     "no images": ({"images": []}, "no_images", "no images: send one or more files in the 'images' field"),
     "fit unknown": ({"fit": "stretch"}, "bad_fit", "fit must be one of center_crop, squash, pad, got 'stretch'"),

@@ -398,6 +398,23 @@ def test_infer_refuses_with_the_contracts_reason_status_and_count(server, case):
     assert good.status_code == 200 and abs(sum(good.json()[0]) - 1) < 1e-4
 
 
+def test_every_route_counts_the_images_it_classifies(server, jpegs):
+    """cifar_predictions_total is images classified, whichever route they came by."""
+
+    def count() -> float:
+        return _metric(_metrics(server), "cifar_predictions_total", model="tiny")
+
+    before = count()
+    assert httpx.post(f"{server}/infer", json=_infer_body(_floats(1.0)), timeout=30).status_code == 200
+    assert count() == before + 1
+    assert _post(server, _files(jpegs[:2]), {"model": "tiny"}).status_code == 200
+    assert count() == before + 3
+    images = [base64.b64encode(p.read_bytes()).decode() for p in jpegs[:3]]
+    v2 = {"inputs": [{"name": "images", "shape": [3], "datatype": "BYTES", "data": images}]}
+    assert httpx.post(f"{server}/v2/models/tiny/infer", json=v2, timeout=30).status_code == 200
+    assert count() == before + 6
+
+
 # ---------------------------------------------------------------------------------------------- batching and metrics
 def _concurrent_requests(url, jpegs, models=(None,)) -> tuple[list[httpx.Response], float, float]:
     """96 two-image requests from 24 threads, taking turns at ``models`` (None: the default); (responses,

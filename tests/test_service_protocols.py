@@ -262,6 +262,7 @@ V2_BAD = {
     "ragged data": ("tiny", _tensor_input([1, 3, 32, 32], [[0.0, 0.0], [0.0]]), 400, "regular array"),
     "text data": ("tiny", _tensor_input([1, 3, 32, 32], ["0"] * 3072), 400, "must be numbers"),
     "out of range": ("tiny", _tensor_input([1, 3, 32, 32], [255.0] * 3072), 400, "in [0, 1]"),
+    "integer past 64 bits": ("tiny", _tensor_input([1, 3, 32, 32], [10**30] + [0] * 3071), 400, "in [0, 1]"),
     "no images": ("tiny", _tensor_input([0], [], name="images", datatype="BYTES"), 400, "no images"),
     "too many images": ("tiny", _images_input(["AA=="] * (MAX_IMAGES + 1)), 400, "too many images"),
     "bad base64": ("tiny", _images_input(["not base64!"]), 400, "images[0] is not valid base64"),
@@ -304,18 +305,58 @@ def test_bad_inference_requests_are_4xx_with_the_protocol_error(server, jpegs, c
 
 
 def test_metadata_and_readiness_of_an_unknown_model_are_404(server):
-    for path in ("/v2/models/nope", "/v2/models/nope/ready", "/v2/models/a/b/infer"):
-        method = httpx.post if path.endswith("infer") else httpx.get
+    for path, words in (
+        ("/v2/models/nope", "unknown model 'nope'"),
+        ("/v2/models/nope/ready", "unknown model 'nope'"),
+        ("/v2/models/nope/versions/1/infer", "unknown model 'nope'"),
+        ("/v2/models/tiny/versions/2", "no version '2'"),
+        ("/v2/models/tiny/versions/2/infer", "no version '2'"),
+        ("/v2/models/a/b/infer", "no such route"),  # a name cannot hold '/'
+        ("/v2/models/tiny/infer/", "no such route"),
+    ):
+        method = httpx.post if path.rstrip("/").endswith("infer") else httpx.get
         response = method(f"{server}{path}", timeout=10)
-        assert response.status_code == 404 and "unknown model" in response.json()["error"], (path, response.text)
+        assert response.status_code == 404 and words in response.json()["error"], (path, response.text)
     assert httpx.get(f"{server}/v2/health/live").status_code == 200
     assert httpx.get(f"{server}/v2/models/tiny-int8/ready").status_code == 200
 
 
+def test_a_model_answers_at_its_one_version(server, jpegs):
+    """The protocol's /versions/<v>/ paths and tritonclient's model_version: each model has version "1"."""
+    import tritonclient.http as triton
+
+    meta = httpx.get(f"{server}/v2/models/tiny/versions/1", timeout=10).json()
+    assert meta["name"] == "tiny" and meta["versions"] == ["1"]
+    assert httpx.get(f"{server}/v2/models/tiny/versions/1/ready", timeout=10).status_code == 200
+    plain = httpx.post(f"{server}/v2/models/tiny/infer", json=_v2_images_body(jpegs[:2]), timeout=30).json()
+    pinned = httpx.post(f"{server}/v2/models/tiny/versions/1/infer", json=_v2_images_body(jpegs[:2]), timeout=30)
+    assert pinned.status_code == 200 and pinned.json() == plain and plain["model_version"] == "1"
+
+    client = triton.InferenceServerClient(url=server.removeprefix("http://"))
+    assert client.is_model_ready("tiny", "1") and not client.is_model_ready("tiny", "2")
+    images = triton.InferInput("images", [1], "BYTES")
+    images.set_data_from_numpy(np.array([_b64(jpegs[0].read_bytes())], dtype=object), binary_data=False)
+    result = client.infer("tiny", [images], model_version="1")
+    assert result.get_response()["model_version"] == "1"
+
+
+def test_a_binary_tensor_request_is_refused_saying_so(server, jpegs):
+    """tritonclient sends its inputs as raw bytes after the JSON unless told binary_data=False."""
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(url=server.removeprefix("http://"))
+    tensor = triton.InferInput("input", [1, 3, 32, 32], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 3, 32, 32), dtype=np.float32))  # binary by default
+    with pytest.raises(triton.InferenceServerException, match="binary_data=False"):
+        client.infer("tiny", [tensor])
+
+
 def test_infer_with_the_wrong_method_is_405_not_an_unknown_model(server):
     for method in ("GET", "PUT"):
-        response = httpx.request(method, f"{server}/v2/models/tiny/infer", timeout=10)
-        assert response.status_code == 405 and response.headers["allow"] == "POST", (method, response.text)
+        for path in ("/v2/models/tiny/infer", "/v2/models/tiny/versions/1/infer"):
+            response = httpx.request(method, f"{server}{path}", timeout=10)
+            assert response.status_code == 405 and response.headers["allow"] == "POST", (method, response.text)
+            assert "not allowed" in response.json()["error"]
 
 
 JSON_BAD = {
@@ -350,8 +391,16 @@ JSON_BAD = {
         b'{"images": [{"data": "AA=="}], "min_confidence": 1' + b"0" * 400 + b"}",
         400,
         "bad_min_confidence",
-        "between 0 and 1",
+        "a number of 401 digits",
     ),
+    "integer min_confidence over 1": (
+        {"images": [{"data": "AA=="}], "min_confidence": 2},
+        400,
+        "bad_min_confidence",
+        "got 2",
+    ),
+    # json.loads keeps the last of a repeated key; the form refuses a repeated field, so JSON does too
+    "k given twice": (b'{"images": [{"data": "AA=="}], "k": 2, "k": 3}', 400, "malformed_request", "'k' given 2 times"),
 }
 
 
@@ -376,6 +425,11 @@ def test_the_openapi_document_lists_the_new_routes(server):
     assert {"200", "400", "404", "413"} <= set(infer["responses"])
     assert "InferRequest" in spec["components"]["schemas"]
     assert "Authorization" not in infer.get("description", "")  # no keys configured
+    pinned = spec["paths"]["/v2/models/{name}/versions/{version}/infer"]["post"]
+    assert [p["name"] for p in pinned["parameters"]] == ["name", "version"] and pinned["operationId"].endswith(
+        "_version"
+    )
+    assert "get" in spec["paths"]["/v2/models/{name}/versions/{version}/ready"]
     json_body = spec["paths"]["/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert json_body["properties"]["images"]["maxItems"] == MAX_IMAGES
     assert json_body["properties"]["images"]["items"]["required"] == ["data"]
