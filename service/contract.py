@@ -147,8 +147,24 @@ class ModelInfo(BaseModel):
     )
 
 
+class FitInfo(BaseModel):
+    name: str
+    help: str = Field(description="what it does to an image of another aspect ratio")
+
+
+class Limits(BaseModel):
+    """What one request may hold here; past them it is refused (413 or 400, see the reasons)."""
+
+    max_images: int = Field(description="images in one request")
+    max_body_bytes: int = Field(description="bytes of one request body")
+    max_pixels: int = Field(description="pixels (width x height) of one image")
+
+
 class ModelList(BaseModel):
     default: str = Field(description="the model requests without `model` get here")
     default_reason: Optional[str] = Field(None, description="why that one: the manifest's rule for this host")
     device: Optional[str] = Field(None, description="where the default runs here: cpu or cuda")
     models: list[ModelInfo]
+    # Optional where a service from before them does not send them, so that clients read both.
+    fits: list[FitInfo] = Field(default_factory=list, description="the fits a request may name (`fit`)")
+    limits: Optional[Limits] = Field(None, description="what one request may hold here")

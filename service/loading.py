@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
+from inference.fits import FITS
 from inference.manifest import DEVICE_KINDS, DefaultChoice, Manifest, ManifestError, ModelEntry, load_manifest
 from inference.runtime import OnnxClassifier, choose_default, wants_cuda
 
-from .contract import ModelInfo, ModelList
+from .contract import FitInfo, Limits, ModelInfo, ModelList
 from .settings import ServiceSettings
 from .workers import WorkerPlacement
 
@@ -96,9 +97,11 @@ def warm_up(
     return [1, 1, batch] if batch > 1 else [1, 1]
 
 
-def model_list(models: LoadedModels) -> ModelList:
+def model_list(models: LoadedModels, limits: Optional[Limits] = None) -> ModelList:
     manifest = models.manifest
     return ModelList(
+        fits=[FitInfo(name=fit.name, help=fit.help) for fit in FITS.values()],
+        limits=limits,
         default=models.default.name,
         default_reason=models.default.reason,
         device="cuda" if models.models[models.default.name].classifier.on_gpu else "cpu",

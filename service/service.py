@@ -44,7 +44,7 @@ from . import bentoml_compat
 from .access import ApiKeyGate, cors_options, send_rejection
 from .bentoml_compat import BatchGateway, RouterProbe
 from .confidence import is_confident
-from .contract import REASONS, ClassifyResponse, ModelList, Rejection
+from .contract import REASONS, ClassifyResponse, Limits, ModelList, Rejection
 from .gpus import gpu_report
 from .metrics import ServiceMetrics
 from .oip_http import oip_routes
@@ -102,6 +102,7 @@ WORKER = place_worker(bentoml.server_context.worker_index, WORKERS, GPUS, cpu_co
 STREAMS = SETTINGS.inference_streams(ON_GPU, WORKER.cores)
 INTRA_OP_THREADS = SETTINGS.intra_op_threads(ON_GPU, WORKER.cores)
 
+LIMITS = Limits(max_images=SETTINGS.max_images, max_body_bytes=SETTINGS.max_body_bytes, max_pixels=SETTINGS.max_pixels)
 DEFAULT_K = 5
 SERVICE_NAME = "cifar_classifier"
 # name -> bytes of one image's uint8 pixels, for validating /infer input; filled when the models are loaded.
@@ -470,7 +471,7 @@ class Classifier:
     @bentoml.api(route="/models", input_spec=NoInput)
     def models(self) -> ModelList:
         """The models this service can answer with (also as GET /models)."""
-        return model_list(self.served)
+        return model_list(self.served, LIMITS)
 
     def _choose(self, model: Optional[str], k: Optional[int]) -> tuple[LoadedModel, int] | Rejection:
         """The model asked for and the k to answer with, checked against that model."""
@@ -504,7 +505,7 @@ async def _get_models(request: Request) -> JSONResponse:
     instance = _current_instance()
     if instance is None:
         return JSONResponse({"error": "the models are not loaded yet"}, status_code=503)
-    return JSONResponse(model_list(instance.served).model_dump(mode="json"))
+    return JSONResponse(model_list(instance.served, LIMITS).model_dump(mode="json"))
 
 
 async def _options_models(request: Request) -> Response:

@@ -494,6 +494,59 @@ def test_the_page_classifies_a_dropped_jpeg_in_a_real_browser(server, jpegs):
     print(f"screenshot: {shot}")
 
 
+def test_the_page_sends_the_fit_and_threshold_chosen_and_says_the_limits(server, jpegs):
+    """The page's fit and "unsure below" controls reach /classify as `fit` and `min_confidence`, each card
+    says what the service answered for the threshold, a threshold that is no percentage is refused on the
+    page, and the hint gives the service's limits in numbers."""
+    executable = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+    sent: list[bytes] = []
+
+    def classify(route):
+        sent.append(route.request.post_data_buffer or b"")
+        route.continue_()
+
+    image = jpegs[0]
+    top1 = _classify_multipart(server, [image], k="1")["predictions"][0]["top_k"][0]["confidence"]
+    threshold = round(100 * top1, 1) + 0.1  # just above this image's top-1: unsure
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.route("**/classify", classify)
+            page.goto(f"{server}/")
+            page.wait_for_function("document.getElementById('model').options.length === 2")
+            limits = page.inner_text("#limits-hint")
+            fits = page.eval_on_selector_all("#fit option", "o => o.map(x => [x.value, x.text])")
+            fit_info = page.inner_text("#fit-info")
+            page.get_by_label("Mark unsure below (%)").fill(str(threshold))
+            page.get_by_label("Choose images").set_input_files(str(image))
+            _wait_for_status(page, "1 of 1")
+            first_mark = page.inner_text(".mark")
+            page.get_by_label("Mark unsure below (%)").fill("")
+            page.select_option("#fit", "pad")
+            _wait_for_status(page, "1 of 1")
+            marks_when_off = page.locator(".mark").count()
+            page.get_by_label("Mark unsure below (%)").fill("150")
+            page.get_by_label("Mark unsure below (%)").press("Tab")
+            page.wait_for_timeout(300)
+            refusal = page.inner_text("#error")
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert limits == "up to 0.572 MB and 1 megapixels each", limits  # MAX_BODY, --max-pixels 1000000
+    assert [value for value, _ in fits] == ["", "center_crop", "squash", "pad"], fits
+    assert fits[0][1] == "the model's own (center_crop)" and fit_info.startswith("center_crop: "), (fits, fit_info)
+    minimum = f'name="min_confidence"\r\n\r\n{threshold / 100}'
+    assert minimum.encode() in sent[0] and b'name="fit"' not in sent[0], sent[0][-300:]
+    assert first_mark.startswith("unsure: under"), first_mark
+    assert b'name="fit"\r\n\r\npad\r\n' in sent[1] and b"min_confidence" not in sent[1], sent[1][-300:]
+    assert marks_when_off == 0 and len(sent) == 2  # the refused threshold sent nothing
+    assert "percentage from 0 to 100" in refusal, refusal
+
+
 def _wait_for_status(page, start: str, seconds: float = 30) -> None:
     """Poll the page's status line from here: the page's policy forbids evaluating strings, which
     wait_for_function does for an expression."""

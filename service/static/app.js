@@ -9,10 +9,12 @@ const KEY_STORE = "cifar-api-key";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
-  controls: $("controls"), model: $("model"), modelInfo: $("model-info"), k: $("k"), keyField: $("key-field"),
-  key: $("api-key"), drop: $("drop"), files: $("files"), sizeHint: $("size-hint"), status: $("status"),
+  controls: $("controls"), model: $("model"), modelInfo: $("model-info"), k: $("k"), fit: $("fit"),
+  fitInfo: $("fit-info"), threshold: $("threshold"), keyField: $("key-field"), key: $("api-key"), drop: $("drop"),
+  files: $("files"), sizeHint: $("size-hint"), limitsHint: $("limits-hint"), status: $("status"),
   error: $("error"), results: $("results"),
 };
+let fits = {}; // name -> what it does, as the service lists them
 let picked = []; // the files shown, classified again when the model or k changes
 let current = null; // the run on screen: {id, controller}; an older run's answers are dropped, its requests aborted
 let thumbnails = []; // object URLs of the cards on screen, released when they go
@@ -37,15 +39,41 @@ async function loadModels() {
         (model.accuracy == null ? "" : `, validation accuracy ${percent(model.accuracy)}`);
       option.dataset.classes = String(model.classes.length);
       option.dataset.size = Array.isArray(model.input_size) ? model.input_size.join(" x ") : "";
+      option.dataset.fit = model.fit || "";
       ui.model.add(option);
     }
+    fits = Object.fromEntries((listed.fits || []).map((fit) => [fit.name, fit.help]));
+    ui.fit.replaceChildren(new Option("the model's own", ""), ...Object.keys(fits).map((name) => new Option(name, name)));
+    if (listed.limits) ui.limitsHint.textContent = limitsText(listed.limits);
     describeModel();
   } catch (error) {
     ui.error.textContent = `Could not list the models: ${error.message}. Reload the page to try again.`;
   }
 }
 
+const figure = (value) => String(Number(value.toPrecision(3)));
+
+function limitsText(limits) {
+  return `up to ${figure(limits.max_body_bytes / 2 ** 20)} MB and ${figure(limits.max_pixels / 1e6)} megapixels each`;
+}
+
+function describeFit() {
+  const own = ui.model.selectedOptions[0]?.dataset.fit;
+  ui.fit.options[0].text = own ? `the model's own (${own})` : "the model's own";
+  const name = ui.fit.value || own;
+  ui.fitInfo.textContent = name && fits[name] ? `${name}: ${fits[name]}` : "";
+}
+
+// The threshold as the service takes it (0 to 1), null when off, or undefined when it is not a percentage.
+function minConfidence() {
+  const text = ui.threshold.value.trim();
+  if (!text && ui.threshold.validity.valid) return null;
+  const percentage = Number(text);
+  return text && Number.isFinite(percentage) && percentage >= 0 && percentage <= 100 ? percentage / 100 : undefined;
+}
+
 function describeModel() {
+  describeFit();
   const option = ui.model.selectedOptions[0];
   ui.modelInfo.textContent = option ? option.dataset.info : "";
   if (option && option.dataset.size) {
@@ -81,7 +109,7 @@ function card(file) {
   return answer;
 }
 
-function drawBars(answer, prediction, fileName) {
+function drawBars(answer, prediction, fileName, threshold) {
   const bars = document.createElement("ol");
   bars.className = "bars";
   bars.setAttribute("aria-label", `most likely classes of ${fileName}`);
@@ -111,6 +139,13 @@ function drawBars(answer, prediction, fileName) {
     bars.append(row);
   }
   answer.replaceChildren(bars);
+  if (typeof prediction.confident === "boolean") {
+    const mark = document.createElement("p");
+    mark.className = prediction.confident ? "mark confident" : "mark unsure";
+    mark.textContent = prediction.confident ? `confident (at least ${percent(threshold)})` :
+      `unsure: under ${percent(threshold)}`;
+    answer.append(mark);
+  }
 }
 
 const sleep = (ms, signal) => new Promise((resolve) => {
@@ -125,6 +160,8 @@ async function classify(file, settings, signal) {
     form.append("images", file, file.name);
     form.append("k", settings.k);
     if (settings.model) form.append("model", settings.model);
+    if (settings.fit) form.append("fit", settings.fit);
+    if (settings.minConfidence !== null) form.append("min_confidence", String(settings.minConfidence));
     let response;
     try {
       response = await fetch("classify", { method: "POST", body: form, headers: headers(), signal });
@@ -158,7 +195,13 @@ async function run(files) {
   if (current) current.controller.abort();
   const self = { controller: new AbortController() };
   current = self;
-  const settings = { model: ui.model.value, k: ui.k.value }; // read once: a change starts another run
+  // read once: a change starts another run
+  const settings = { model: ui.model.value, k: ui.k.value, fit: ui.fit.value, minConfidence: minConfidence() };
+  if (settings.minConfidence === undefined) {
+    ui.error.textContent = "Mark unsure below: enter a percentage from 0 to 100, or leave it empty.";
+    ui.threshold.focus();
+    return;
+  }
   ui.error.textContent = "";
   for (const url of thumbnails) URL.revokeObjectURL(url);
   thumbnails = [];
@@ -172,7 +215,7 @@ async function run(files) {
       const result = await classify(file, settings, self.controller.signal);
       if (current !== self) return; // a newer run owns the page now
       if (result.prediction) {
-        drawBars(answer, result.prediction, file.name);
+        drawBars(answer, result.prediction, file.name, settings.minConfidence);
         classified += 1;
       } else {
         answer.textContent = result.error;
@@ -199,6 +242,8 @@ ui.controls.addEventListener("submit", (event) => event.preventDefault());
 ui.files.addEventListener("change", () => pick(ui.files.files));
 ui.model.addEventListener("change", () => { describeModel(); if (picked.length) run(picked); });
 ui.k.addEventListener("change", () => { if (picked.length) run(picked); });
+ui.fit.addEventListener("change", () => { describeFit(); if (picked.length) run(picked); });
+ui.threshold.addEventListener("change", () => { if (picked.length) run(picked); });
 ui.key.value = sessionStorage.getItem(KEY_STORE) || "";
 ui.key.addEventListener("change", () => {
   sessionStorage.setItem(KEY_STORE, ui.key.value.trim());
