@@ -66,7 +66,11 @@ def export_parser() -> argparse.ArgumentParser:
         help="; ".join(f"{p.name}: {p.help}, for {suits(p)}" for p in PRECISIONS.values()),
     )
     p.add_argument("--models-dir", default="models", help="where the .onnx files and manifest.json live")
-    p.add_argument("--default", action="store_true", help="make this the manifest's default model")
+    p.add_argument(
+        "--default",
+        action="store_true",
+        help="make this the default on every kind of host (replaces per-device defaults)",
+    )
     _add_default_for(p)
     p.add_argument(
         "--calibration-images", type=positive_int, default=1000, help="training-split images to calibrate INT8 with"
@@ -137,7 +141,11 @@ def rederive_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, type=model_name, help="name of the derived model")
     p.add_argument("--precision", choices=list(PRECISIONS), default="fp32")
     p.add_argument("--calibrate", choices=CALIBRATION_METHODS, default="temperature")
-    p.add_argument("--default", action="store_true", help="make the derived model the manifest's default")
+    p.add_argument(
+        "--default",
+        action="store_true",
+        help="make the derived model the default on every kind of host (replaces per-device defaults)",
+    )
     _add_default_for(p)
     p.add_argument("--models-dir", default="models")
     p.add_argument(
@@ -214,7 +222,8 @@ def _add_reference_cache(p: argparse.ArgumentParser) -> None:
 def default_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m export default",
-        description="Make a model listed in the manifest the default, everywhere (no --for) or on one kind of host.",
+        description="Make a model listed in the manifest the default on one kind of host (--for), or on every "
+        "kind (no --for: the per-device defaults are replaced by this one).",
     )
     p.add_argument("name", help="a model name from `python -m export list`")
     p.add_argument("--for", dest="kinds", action="append", choices=DEVICE_KINDS, default=[], help="cpu or cuda")
@@ -225,7 +234,7 @@ def default_parser() -> argparse.ArgumentParser:
 def list_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m export list",
-        description="The models in the manifest; * marks the default, and the per-device defaults are named.",
+        description="The models in the manifest; * marks a default, named with the kinds of host it is the default on.",
     )
     p.add_argument("--models-dir", default="models")
     return p
@@ -247,11 +256,12 @@ def _list(models_dir: str) -> int:
     roles: dict[str, list[str]] = {}
     for kind in DEVICE_KINDS:
         roles.setdefault(manifest.default_for(kind).name, []).append(kind)  # type: ignore[arg-type]
+    width = max(len(m.name) for m in manifest.models)
     for m in manifest.models:
-        mark = "*" if m.name == manifest.default else " "
+        mark = "*" if m.name in roles else " "  # what some kind of host serves by default
         where = f"  default on {'+'.join(roles[m.name])}" if m.name in roles else ""
         print(
-            f"{mark} {m.name:<28} {m.arch:<14} {m.precision:<5} "
+            f"{mark} {m.name:<{width}} {m.arch:<14} {m.precision:<5} "
             f"val_top1={100 * m.metrics['val_top1']:.2f}%  {m.file}{where}"
         )
     return 0

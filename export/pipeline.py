@@ -258,7 +258,7 @@ def _with_entry(entry: ModelEntry, models_dir: Path, make_default: bool, default
         manifest = load_manifest(models_dir, verify=False)
         models = [m for m in manifest.models if m.name != entry.name] + [entry]
         default = entry.name if make_default else manifest.default
-        defaults = dict(manifest.defaults)
+        defaults = {} if make_default else dict(manifest.defaults)  # the default everywhere, as `export default`
     except ManifestError as exc:
         if (models_dir / "manifest.json").exists():
             raise  # never overwrite a manifest we cannot read: it may list models we would forget

@@ -197,13 +197,14 @@ def save_manifest(manifest: Manifest, models_dir: str | Path) -> Path:
 
 
 def set_default(models_dir: str | Path, name: str, kinds: Sequence[str] = ()) -> Manifest:
-    """Make a listed model the default (``kinds`` empty) or the default on those kinds of device."""
+    """Make a listed model the default on those kinds of device, or (``kinds`` empty) on every kind: the
+    per-device defaults go, or they would still overrule the plain one on their hosts."""
     manifest = load_manifest(models_dir, verify=False)
     manifest.get(name)  # KeyError naming the models when it is not listed
     if kinds:
         manifest = manifest.model_copy(update={"defaults": {**manifest.defaults, **{k: name for k in kinds}}})
     else:
-        manifest = manifest.model_copy(update={"default": name})
+        manifest = manifest.model_copy(update={"default": name, "defaults": {}})
     manifest = Manifest.model_validate(manifest.model_dump())
     save_manifest(manifest, models_dir)
     return manifest

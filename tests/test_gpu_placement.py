@@ -107,13 +107,21 @@ def test_export_records_and_changes_the_per_device_defaults(tmp_path):
     assert main(["default", FP32, "--for", "cpu", "--models-dir", str(models)]) == 0
     manifest = load_manifest(models)
     assert manifest.defaults == {"cuda": "again", "cpu": FP32} and manifest.default == INT8
-    assert main(["default", "again", "--models-dir", str(models)]) == 0
-    assert load_manifest(models).default == "again"
     assert main(["default", "nope", "--for", "cuda", "--models-dir", str(models)]) == 2
     # re-recording a model keeps the other defaults
     shutil.copyfile(models / "again.onnx", staged)
     record_entry(card, staged, models / "again.onnx", models, make_default=False)
     assert load_manifest(models).defaults == {"cuda": "again", "cpu": FP32}
+    # without --for, the default everywhere: the per-device defaults would otherwise still overrule it
+    assert main(["default", INT8, "--models-dir", str(models)]) == 0
+    manifest = load_manifest(models)
+    assert manifest.defaults == {} and {manifest.default_for(k).name for k in ("cpu", "cuda")} == {INT8}
+    shutil.copyfile(models / "again.onnx", staged)
+    record_entry(card, staged, models / "again.onnx", models, make_default=False, default_for=["cuda"])
+    shutil.copyfile(models / "again.onnx", staged)
+    record_entry(card, staged, models / "again.onnx", models, make_default=True)
+    manifest = load_manifest(models)
+    assert manifest.defaults == {} and {manifest.default_for(k).name for k in ("cpu", "cuda")} == {"again"}
 
 
 def test_export_and_rederive_take_default_for(capsys):
