@@ -4,6 +4,8 @@ interrupted run resumes without retraining finished members."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 
 import pytest
 import torch
@@ -69,11 +71,13 @@ def test_an_ensemble_recipe_trains_its_members_resumes_after_an_interruption_and
     assert "another recipe or other overrides" in capsys.readouterr().err
 
     assert training_main(["resume", str(out)]) == 2  # `resume` takes one run: it names the command that continues
-    assert f"train --recipe pair --out {out} --resume" in capsys.readouterr().err
+    named = re.search(r"`python -m training (train [^`]+)`", capsys.readouterr().err)
+    assert named and "--recipe pair.yaml --set " in named[1] and named[1].endswith(f"--out {out} --resume"), named
     with pytest.raises(FileNotFoundError, match="members have not all finished") as unfinished:
         load_checkpoint(out)  # what evaluate, compare and export read: the finished member is named instead
     assert str(first / "best.pt") in str(unfinished.value)
-    assert cli("--resume") == 0
+    monkeypatch.chdir(tmp_path)  # where the recipe file is
+    assert training_main(shlex.split(named[1])) == 0  # the command named, as given: the run's own overrides
     assert (first / "last.pt").stat().st_mtime_ns == finished_at  # the finished member was not trained again
     second = out / "2-airbench94_muon"
     histories = [json.loads((f / "history.json").read_text()) for f in (first, second)]

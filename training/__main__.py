@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -121,10 +122,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     started = started_run(args.run)
     if started is not None:
-        name = started["recipe"]["name"]
+        # the overrides it was started with: without them the run would be refused as another configuration
+        given, name = started.get("overrides") or [], started["recipe"]["name"]
+        # a recipe of the user's own is known by its file's name only: the file is what --recipe takes
+        recipe = name if name in list_ensemble_recipes() else f"{name}.yaml"
+        command = ["python", "-m", "training", "train", "--recipe", recipe]
+        command += [*(["--set", *given] if given else []), "--out", str(args.run), "--resume"]
         raise ConfigError(
-            f"{args.run} is an ensemble run: continue it with `python -m training train --recipe {name} --out "
-            f"{args.run} --resume` (finished members are kept, the unfinished one continues exactly)"
+            f"{args.run} is an ensemble run: continue it with `{shlex.join(command)}` (finished members are "
+            "kept, the unfinished one continues exactly)"
         )
     print(json.dumps(resume(args.run, args.epochs), indent=2))
     return 0
