@@ -52,20 +52,16 @@ def export_parser() -> argparse.ArgumentParser:
             "Export a training checkpoint to ONNX (input float32 [N,3,H,W] RGB in [0,1], "
             "normalisation inside the graph, "
             "dynamic batch), verify its accuracy against the checkpoint on the validation split, and record it in "
-            "models/manifest.json. Other commands: `python -m export verify [NAME]`, `python -m export list`."
+            "models/manifest.json. Other commands (each with --help): verify [NAME], list, default NAME, card "
+            "NAME..., rederive REFERENCE, recover NAME."
         ),
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint file (RUN/best.pt) or run folder")
     p.add_argument(
         "--name", required=True, type=model_name, help="model name in the manifest; the file is models/NAME.onnx"
     )
-    p.add_argument(
-        "--precision",
-        choices=list(PRECISIONS),
-        default="fp32",
-        help="; ".join(f"{p.name}: {p.help}, for {suits(p)}" for p in PRECISIONS.values()),
-    )
-    p.add_argument("--models-dir", default="models", help="where the .onnx files and manifest.json live")
+    _add_precision(p, "the graph's numbers")
+    _add_models_dir(p)
     p.add_argument(
         "--default",
         action="store_true",
@@ -76,12 +72,7 @@ def export_parser() -> argparse.ArgumentParser:
         "--calibration-images", type=positive_int, default=1000, help="training-split images to calibrate INT8 with"
     )
     _add_int8_ranges(p)
-    p.add_argument("--cache-dir", default=".cache/datasets", help="dataset decode cache")
-    p.add_argument(
-        "--max-val-images",
-        type=positive_int,
-        help="verify on N validation images drawn with a fixed seed (quick checks)",
-    )
+    _add_data_flags(p)
     # training.inference.TTA_CHOICES, spelled out so that --help does not import torch
     p.add_argument(
         "--tta",
@@ -91,14 +82,7 @@ def export_parser() -> argparse.ArgumentParser:
         "augmentation; twice the compute per image, nothing changes for clients); multicrop: "
         "also one-pixel translations, 6 views, six times the compute",
     )
-    p.add_argument(
-        "--calibrate",
-        choices=CALIBRATION_METHODS,
-        default="temperature",
-        help="temperature (default): fit one temperature on the validation split and divide the logits by "
-        "it inside the graph, after any TTA, so that confidences are calibrated; none: leave them as "
-        "trained",
-    )
+    _add_calibrate(p)
     p.add_argument(
         "--fit",
         choices=list(FITS),
@@ -120,9 +104,8 @@ def verify_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("name", nargs="?", help="model name (default: the manifest's default)")
-    p.add_argument("--models-dir", default="models")
-    p.add_argument("--cache-dir", default=".cache/datasets")
-    p.add_argument("--max-val-images", type=positive_int)
+    _add_models_dir(p)
+    _add_data_flags(p)
     _add_reference_cache(p)
     return p
 
@@ -139,21 +122,20 @@ def rederive_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("reference", help="name of a shipped FP32 model (a calibrated one with --calibrate none)")
     p.add_argument("--name", required=True, type=model_name, help="name of the derived model")
-    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32")
-    p.add_argument("--calibrate", choices=CALIBRATION_METHODS, default="temperature")
+    _add_precision(p, "the derived graph's numbers")
+    _add_calibrate(p)
     p.add_argument(
         "--default",
         action="store_true",
         help="make the derived model the default on every kind of host (replaces per-device defaults)",
     )
     _add_default_for(p)
-    p.add_argument("--models-dir", default="models")
+    _add_models_dir(p)
     p.add_argument(
         "--calibration-images", type=positive_int, default=1000, help="training-split images to calibrate INT8 with"
     )
     _add_int8_ranges(p)
-    p.add_argument("--cache-dir", default=".cache/datasets")
-    p.add_argument("--max-val-images", type=positive_int)
+    _add_data_flags(p)
     p.add_argument(
         "--fit",
         choices=list(FITS),
@@ -174,12 +156,43 @@ def recover_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", help="name of a shipped FP32 model")
     p.add_argument("--out", required=True, help="checkpoint file to write, e.g. runs/recovered/NAME.pt")
-    p.add_argument("--models-dir", default="models")
-    p.add_argument("--cache-dir", default=".cache/datasets")
-    p.add_argument(
-        "--max-val-images", type=positive_int, help="prove it on N validation images drawn with a fixed seed"
-    )
+    _add_models_dir(p)
+    _add_data_flags(p)
     return p
+
+
+def _add_models_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models-dir", default="models", help="where the .onnx files and manifest.json live")
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    """The validation data every command that measures a model reads."""
+    p.add_argument("--cache-dir", default=".cache/datasets", help="dataset decode cache")
+    p.add_argument(
+        "--max-val-images",
+        type=positive_int,
+        help="measure on N validation images drawn with a fixed seed (quick checks; default: all of them)",
+    )
+
+
+def _add_precision(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="fp32",
+        help=f"{what}: " + "; ".join(f"{x.name}: {x.help}, for {suits(x)}" for x in PRECISIONS.values()),
+    )
+
+
+def _add_calibrate(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--calibrate",
+        choices=CALIBRATION_METHODS,
+        default="temperature",
+        help="temperature (default): fit one temperature on the validation split and divide the logits by "
+        "it inside the graph, after any TTA, so that confidences are calibrated; none: leave them as "
+        "trained",
+    )
 
 
 def _add_int8_ranges(p: argparse.ArgumentParser) -> None:
@@ -227,7 +240,7 @@ def default_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", help="a model name from `python -m export list`")
     p.add_argument("--for", dest="kinds", action="append", choices=DEVICE_KINDS, default=[], help="cpu or cuda")
-    p.add_argument("--models-dir", default="models")
+    _add_models_dir(p)
     return p
 
 
@@ -236,7 +249,7 @@ def list_parser() -> argparse.ArgumentParser:
         prog="python -m export list",
         description="The models in the manifest; * marks a default, named with the kinds of host it is the default on.",
     )
-    p.add_argument("--models-dir", default="models")
+    _add_models_dir(p)
     return p
 
 
@@ -247,7 +260,7 @@ def card_parser() -> argparse.ArgumentParser:
         "markdown table, a column per model, read from the manifest.",
     )
     p.add_argument("names", nargs="+", help="model names from `python -m export list`")
-    p.add_argument("--models-dir", default="models")
+    _add_models_dir(p)
     return p
 
 

@@ -5,6 +5,7 @@ Every import counts, including those inside functions: a lazy import still ties 
 
 from __future__ import annotations
 
+import argparse
 import ast
 from pathlib import Path
 
@@ -123,3 +124,32 @@ def test_the_rules_see_real_imports():
     """Guards the parser: a rule that finds no imports at all would pass anything."""
     assert (1, "numpy") in [(1, t) for _, t in _imports(ROOT / "inference" / "preprocess.py")]
     assert any(t == "inference.manifest" for _, t in _imports(ROOT / "inference" / "runtime.py"))
+
+
+def _undocumented(parser: argparse.ArgumentParser, where: str) -> list[str]:
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                missing += _undocumented(sub, f"{where} {name}")
+        elif action.help is None:
+            missing.append(f"{where} {'/'.join(action.option_strings) or action.dest}")
+    return missing
+
+
+def test_every_command_line_flag_says_what_it_does():
+    """`--help` is where a user learns a flag: none may be listed without a word."""
+    import export.__main__ as export_cli
+    import service.__main__ as service_cli
+    import training.__main__ as training_cli
+
+    parsers = {
+        "training": training_cli.get_args_parser(),
+        "service": service_cli.get_args_parser(),
+        **{
+            f"export {name}": getattr(export_cli, f"{name}_parser")()
+            for name in ("export", "verify", "rederive", "recover", "default", "list", "card")
+        },
+    }
+    missing = [flag for where, parser in parsers.items() for flag in _undocumented(parser, where)]
+    assert not missing, missing
