@@ -127,7 +127,7 @@ SETTINGS: dict[str, Setting] = {
     "cors_origins": Setting(
         "CIFAR_CORS_ORIGINS",
         "--cors-origins",
-        "comma-separated origins browsers may call the API from ('*': any); default: none (no CORS headers)",
+        "comma-separated origins browsers may call the API from ('*': any); unset, no CORS headers",
         text=True,
     ),
 }

@@ -760,6 +760,8 @@ def test_ablation_rejects_bad_settings_before_training(extra, tmp_path, image_fo
         (["compare", "A", "B", "--alpha", "1.5"], "--alpha: 1.5 is not a significance level"),
         (["compare", "A", "B", "--alpha", "0"], "--alpha: 0 is not a significance level"),
         (["evaluate", "--checkpoint", "RUN", "--max-classes", "0"], "--max-classes: 0 is not at least 1"),
+        (["evaluate", "--checkpoint", "RUN", "--val-size", "-1"], "--val-size: -1 is not at least 0"),
+        (["compare", "A", "B", "--split-seed", "-3"], "--split-seed: -3 is not at least 0"),
     ],
 )
 def test_out_of_range_numbers_are_usage_errors(args, said, capsys):

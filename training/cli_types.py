@@ -21,6 +21,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not at least 0")
+    return value
+
+
 def percent(text: str) -> float:
     value = _number(text, float)
     if not 0 < value <= 100:

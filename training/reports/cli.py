@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from ..cli_types import percent, positive_int, significance
+from ..cli_types import non_negative_int, percent, positive_int, significance
 from ..data import SPLITS
 from .figures import MAX_CLASSES
 
@@ -27,8 +27,10 @@ def _add_data_args(p: argparse.ArgumentParser, split_default: str | None) -> Non
         help=SPLIT_HELP
         + (f" (default: {split_default})" if split_default else " (default: a report's own split, else val)"),
     )
-    g.add_argument("--val-size", type=int, help="held-out size that defines train/val (default: the run's)")
-    g.add_argument("--split-seed", type=int, help="seed of the train/val split (default: the run's)")
+    g.add_argument(
+        "--val-size", type=non_negative_int, help="held-out size that defines train/val (default: the run's)"
+    )
+    g.add_argument("--split-seed", type=non_negative_int, help="seed of the train/val split (default: the run's)")
     g.add_argument("--cache-dir", help="where decoded folder datasets are cached (default: the run's)")
 
 
