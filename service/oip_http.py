@@ -78,7 +78,7 @@ def oip_routes(
         model = find(running, name)
         if isinstance(model, Response) or version in (None, VERSION):
             return model
-        wrong = f"model {name!r} has no version {version[:20]!r}; its one version is {VERSION!r}"
+        wrong = f"model {name[:100]!r} has no version {version[:20]!r}; its one version is {VERSION!r}"
         return refuse(Rejection("unknown_model", wrong), running)
 
     def located(request: Request) -> tuple[Engine, Any] | Response:
