@@ -22,7 +22,7 @@ from PIL import Image
 from conftest import ROOT, running_service
 from inference.preprocess import decode_image, to_model_input
 from inference.runtime import OnnxClassifier
-from service.contract import ModelInfo, ModelList
+from service.contract import Limits, ModelInfo, ModelList
 from service.score.cli import main as score_main
 from service.score.remote import RemoteBackend
 from service.score.sinks import ENCODING, CsvFormat, JsonlFormat, OutputError, resume_output
@@ -637,9 +637,10 @@ def test_resume_reads_back_and_rejects_other_k(tmp_path):
     assert resume_output(str(out), CsvFormat(1), seen.append) == 0 and out.read_text() == ""
 
 
-def _classify_handler(fail_first: int = 0, max_images: int = 64):
-    """A stand-in for the service's GET /models and POST /classify, with its 4xx answers."""
-    calls = {"requests": 0, "sizes": []}
+def _classify_handler(fail_first: int = 0, max_images: int = 64, max_body: int | None = None, says_limits=False):
+    """A stand-in for the service's GET /models and POST /classify, with its 4xx answers; ``says_limits``: its
+    GET /models lists the limits, as the service does."""
+    calls = {"requests": 0, "sizes": [], "too_large": 0}
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/readyz":
@@ -660,13 +661,20 @@ def _classify_handler(fail_first: int = 0, max_images: int = 64):
                         default=True,
                     )
                 ],
+                limits=Limits(max_images=max_images, max_body_bytes=max_body or 2**25, max_pixels=10**6)
+                if says_limits
+                else None,
             )
             return httpx.Response(200, json=listing.model_dump(mode="json"))
         calls["requests"] += 1
+        body = request.read()
+        if max_body is not None and len(body) > max_body:
+            calls["too_large"] += 1
+            return httpx.Response(413, json={"error": "request body too large", "reason": "body_too_large"})
         if calls["requests"] <= fail_first:
             return httpx.Response(503, json={"error": "warming up", "reason": "overloaded"})
         message = email.message_from_bytes(
-            b"Content-Type: " + request.headers["content-type"].encode() + b"\r\n\r\n" + request.read(),
+            b"Content-Type: " + request.headers["content-type"].encode() + b"\r\n\r\n" + body,
             policy=email.policy.default,
         )
         fields = {part.get_param("name", header="content-disposition"): part for part in message.iter_parts()}
@@ -732,6 +740,31 @@ def test_url_mode_splits_and_falls_back_to_single_images(tree, tmp_path, monkeyp
     serve(handler)
     assert _score(tree, "--url", "http://scorer.test", "--out", out, "--no-progress") == 1
     assert "failed 6 times: HTTP 503: warming up" in capsys.readouterr().err
+
+
+def test_url_mode_sizes_its_requests_to_the_limits_the_service_lists(tmp_path, monkeypatch):
+    """GET /models says how many images and bytes a request may hold: no request is refused for its size."""
+    from service.score.remote import FORM_OVERHEAD, PART_OVERHEAD
+
+    folder = tmp_path / "noise"
+    folder.mkdir()
+    for i in range(8):  # noise does not compress: files of one size, larger than the overheads
+        Image.fromarray(_rgb(64, 64, i)).save(folder / f"{i}.png")
+    size = max(p.stat().st_size for p in folder.iterdir())
+    limit = FORM_OVERHEAD + 2 * (size + PART_OVERHEAD)  # two files a request, by the client's own reckoning
+    real_client = httpx.Client
+    for says in (False, True):
+        handler, calls = _classify_handler(max_images=3, max_body=limit, says_limits=says)
+        transport = httpx.MockTransport(handler)
+        monkeypatch.setattr(httpx, "Client", lambda transport=transport, **kw: real_client(transport=transport, **kw))
+        out = tmp_path / f"p{says}.csv"
+        assert _score(folder, "--url", "http://scorer.test", "--out", out, "--batch-size", 8, "--no-progress") == 0
+        rows = _csv_rows(out)
+        assert len(rows) == 8 and not any(r["error"] for r in rows)
+        if says:
+            assert calls["too_large"] == 0 and sorted(calls["sizes"]) == [2, 2, 2, 2], calls
+        else:  # three at a time, as many as it may send, refused for their bytes: learnt from the refusals
+            assert calls["too_large"] > 0, calls
 
 
 @pytest.mark.slow

@@ -131,7 +131,11 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         choices=list(ENGINES),
         help="what scores the images (see below; default: local, or remote when --url is given)",
     )
-    p.add_argument("--url", help="score through a running service (POST URL/classify) instead of a local model")
+    p.add_argument(
+        "--url",
+        help="score through a running service (POST URL/classify) instead of a local model; requests are sized to "
+        "the images and bytes its GET /models says a request may hold",
+    )
     p.add_argument(
         "--api-key",
         metavar="KEY",

@@ -10,7 +10,7 @@ from typing import Iterator
 
 from pydantic import ValidationError
 
-from ..contract import REASONS, ClassifyError, ClassifyResponse, ModelList
+from ..contract import REASONS, ClassifyError, ClassifyResponse, Limits, ModelList
 from .decode import read_error, read_file
 from .errors import RemoteError, UserError
 from .pipeline import pipeline
@@ -19,6 +19,10 @@ from .walk import Entry
 
 DEFAULT_URL_BATCH = 32  # images per request: the service takes at most 64 by default, and batches across requests
 DEFAULT_URL_WORKERS = 4
+# A multipart part's headers and boundary beside its file's bytes, and the form's other fields: generous, so
+# that a request sized to the service's body limit by its files' bytes stays under it.
+PART_OVERHEAD = 1024
+FORM_OVERHEAD = 4096
 # The client's one key; the service's own list of keys is CIFAR_API_KEYS (service/access.py).
 API_KEY_VARIABLE = "CIFAR_API_KEY"
 
@@ -50,6 +54,7 @@ class RemoteBackend:
         self.per_request = per_request  # lowered when the service says a request held too many images
         self.batch_size = per_request  # images per chunk of the walk
         self.k = 5
+        self.max_body_bytes: int | None = None  # the service's, when it says (GET /models' limits)
         self.name, self.classes = self._model_info(model)
         self.model = model
         self.fit = fit  # None: the service's model's own
@@ -72,11 +77,33 @@ class RemoteBackend:
             listed = ModelList.model_validate_json(listing.content)
         except ValidationError:
             return model, None
+        self._take(listed.limits)
         models = {m.name: m.classes for m in listed.models}
         name = model or listed.default
         if name not in models:
             raise UserError(f"unknown model {name!r}; the service at {self.url} has: {', '.join(models)}")
         return name, models[name]
+
+    def _take(self, limits: Limits | None) -> None:
+        """Requests sized to what the service says it takes, so that none is refused for its size first."""
+        if limits is None:  # a service from before it listed its limits: learnt from its refusals instead
+            return
+        self.per_request = min(self.per_request, limits.max_images)
+        self.max_body_bytes = limits.max_body_bytes
+
+    def _request_size(self, items: list[tuple[int, bytes]]) -> int:
+        """How many of ``items``, from the first, make the next request: at most per_request images and, when the
+        service's body limit is known, as many as fit in it (at least one: a file over the limit alone is
+        refused with the service's own message)."""
+        if self.max_body_bytes is None:
+            return self.per_request
+        room, count = self.max_body_bytes - FORM_OVERHEAD, 0
+        for _, data in items[: self.per_request]:
+            room -= len(data) + PART_OVERHEAD
+            if room < 0:
+                break
+            count += 1
+        return max(1, count)
 
     def rows(self, chunks: Iterator[list[Entry]]) -> Iterator[list[Row]]:
         return pipeline(chunks, self)
@@ -99,7 +126,7 @@ class RemoteBackend:
             except OSError as exc:
                 rows[i] = Row(e.rel, error=read_error(exc))
         while items:
-            size = self.per_request
+            size = self._request_size(items)
             self._send(chunk, items[:size], rows)
             items = items[size:]
         return rows
