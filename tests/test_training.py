@@ -443,6 +443,8 @@ def test_lr_schedules():
     assert lr_factor(99, 10, 10, cos) < 0.01
     step = ScheduleConfig(name="step", step_size=3, gamma=0.5)
     assert [lr_factor(e * 10, 10, 9, step) for e in (0, 3, 6)] == [1.0, 0.5, 0.25]
+    half = ScheduleConfig(name="cosine", warmup_epochs=0.5)  # 21.5 steps of warmup: the peak is 1, never past it
+    assert max(lr_factor(s, 43, 10, half) for s in range(43 * 10)) == 1.0
 
 
 def test_tiny_run_overfits_64_images(tmp_path):

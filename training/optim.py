@@ -93,7 +93,8 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: ScheduleConfig)
         return 1 - (1 - cfg.final_lr_fraction) * (progress - cfg.peak_fraction) / (1 - cfg.peak_fraction)
     warmup = cfg.warmup_epochs
     if warmup and epoch < warmup:
-        return (step + 1) / (warmup * steps_per_epoch)
+        # a fractional warmup's last step would pass 1 (e.g. 0.5 epochs of 43 steps: 22/21.5)
+        return min(1.0, (step + 1) / (warmup * steps_per_epoch))
     floor = cfg.final_lr_fraction
     progress = min(1.0, (epoch - warmup) / max(epochs - warmup, 1e-8))
     if cfg.name == "cosine":
