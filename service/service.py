@@ -38,6 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from inference.fits import FITS, fit_help
+from inference.manifest import ManifestError, load_manifest
 from inference.preprocess import pixels_to_model_input
 
 from . import bentoml_compat
@@ -81,7 +82,12 @@ log = logging.getLogger("bentoml.cifar")
 # a bad CIFAR_* value or key file is then one line and exit 2, not BentoML's traceback of the import.
 try:
     SETTINGS = ServiceSettings.checked()
-except SettingsError as exc:
+    if bentoml.server_context.worker_index is None:
+        # The server's own process, not a worker: a missing or tampered model folder (a mount that is not
+        # there) is refused here once; a worker would raise it in tracebacks, and outside a container BentoML
+        # starts the worker again every few seconds. The workers check the files again as they load them.
+        load_manifest(SETTINGS.models_dir, verify=True)
+except (SettingsError, ManifestError) as exc:
     print(f"error: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
 

@@ -572,13 +572,15 @@ def test_serve_refuses_a_bad_setting_naming_where_it_came_from(tmp_path):
 
 def test_bentoml_serve_itself_refuses_a_bad_setting_in_one_line(tmp_path):
     """The container runs `bentoml serve` on the service, without `python -m service serve`'s checks: a bad
-    value or an unreadable key file is still one line and exit 2, not a traceback of the module's import."""
+    value, an unreadable key file or a missing models folder is still one line and exit 2, not a traceback."""
     bentoml = Path(sys.executable).with_name("bentoml")
     argv = [str(bentoml), "serve", "service.service:Classifier", "--port", "1"]  # refused before it listens
     run = dict(cwd=ROOT, capture_output=True, text=True, timeout=120)
     for env, said in (
         ({"CIFAR_MAX_IMAGES": "abc"}, "error: CIFAR_MAX_IMAGES must be an integer, got 'abc'"),
         ({"CIFAR_API_KEYS_FILE": str(tmp_path / "none")}, f"error: CIFAR_API_KEYS_FILE {tmp_path / 'none'}:"),
+        # a models folder that is not there (a mount missing): once, not a worker's traceback again and again
+        ({"CIFAR_MODELS_DIR": str(tmp_path / "none")}, f"error: no model manifest at {tmp_path / 'none'}"),
     ):
         done = subprocess.run(argv, env={**os.environ, **env}, **run)
         assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr[-800:]
