@@ -62,12 +62,7 @@ def export_parser() -> argparse.ArgumentParser:
     )
     _add_precision(p, "the graph's numbers")
     _add_models_dir(p)
-    p.add_argument(
-        "--default",
-        action="store_true",
-        help="make this the default on every kind of host (replaces per-device defaults)",
-    )
-    _add_default_for(p)
+    _add_defaults(p)
     p.add_argument(
         "--calibration-images", type=positive_int, default=1000, help="training-split images to calibrate INT8 with"
     )
@@ -124,12 +119,7 @@ def rederive_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, type=model_name, help="name of the derived model")
     _add_precision(p, "the derived graph's numbers")
     _add_calibrate(p)
-    p.add_argument(
-        "--default",
-        action="store_true",
-        help="make the derived model the default on every kind of host (replaces per-device defaults)",
-    )
-    _add_default_for(p)
+    _add_defaults(p)
     _add_models_dir(p)
     p.add_argument(
         "--calibration-images", type=positive_int, default=1000, help="training-split images to calibrate INT8 with"
@@ -203,7 +193,12 @@ def _add_int8_ranges(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_default_for(p: argparse.ArgumentParser) -> None:
+def _add_defaults(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--default",
+        action="store_true",
+        help="make the model the default on every kind of host (replaces per-device defaults)",
+    )
     p.add_argument(
         "--default-for",
         action="append",

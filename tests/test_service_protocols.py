@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -498,8 +499,6 @@ def test_the_page_sends_the_fit_and_threshold_chosen_and_says_the_limits(server,
     """The page's fit and "unsure below" controls reach /classify as `fit` and `min_confidence`, each card
     says what the service answered for the threshold, a threshold that is no percentage is refused on the
     page, and the hint gives the service's limits in numbers."""
-    executable = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
     sent: list[bytes] = []
 
     def classify(route):
@@ -509,32 +508,22 @@ def test_the_page_sends_the_fit_and_threshold_chosen_and_says_the_limits(server,
     image = jpegs[0]
     top1 = _classify_multipart(server, [image], k="1")["predictions"][0]["top_k"][0]["confidence"]
     threshold = round(100 * top1, 1) + 0.1  # just above this image's top-1: unsure
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.route("**/classify", classify)
-            page.goto(f"{server}/")
-            page.wait_for_function("document.getElementById('model').options.length === 2")
-            limits = page.inner_text("#limits-hint")
-            fits = page.eval_on_selector_all("#fit option", "o => o.map(x => [x.value, x.text])")
-            fit_info = page.inner_text("#fit-info")
-            page.get_by_label("Mark unsure below (%)").fill(str(threshold))
-            page.get_by_label("Choose images").set_input_files(str(image))
-            _wait_for_status(page, "1 of 1")
-            first_mark = page.inner_text(".mark")
-            page.get_by_label("Mark unsure below (%)").fill("")
-            page.select_option("#fit", "pad")
-            _wait_for_status(page, "1 of 1")
-            marks_when_off = page.locator(".mark").count()
-            page.get_by_label("Mark unsure below (%)").fill("150")
-            page.get_by_label("Mark unsure below (%)").press("Tab")
-            page.wait_for_timeout(300)
-            refusal = page.inner_text("#error")
-        finally:
-            browser.close()
+    with _page(server, classify) as (page, errors):
+        limits = page.inner_text("#limits-hint")
+        fits = page.eval_on_selector_all("#fit option", "o => o.map(x => [x.value, x.text])")
+        fit_info = page.inner_text("#fit-info")
+        page.get_by_label("Mark unsure below (%)").fill(str(threshold))
+        page.get_by_label("Choose images").set_input_files(str(image))
+        _wait_for_status(page, "1 of 1")
+        first_mark = page.inner_text(".mark")
+        page.get_by_label("Mark unsure below (%)").fill("")
+        page.select_option("#fit", "pad")
+        _wait_for_status(page, "1 of 1")
+        marks_when_off = page.locator(".mark").count()
+        page.get_by_label("Mark unsure below (%)").fill("150")
+        page.get_by_label("Mark unsure below (%)").press("Tab")
+        page.wait_for_timeout(300)
+        refusal = page.inner_text("#error")
     assert not errors, errors
     assert limits == "up to 0.572 MB and 1 megapixels each", limits  # MAX_BODY, --max-pixels 1000000
     assert [value for value, _ in fits] == ["", "center_crop", "squash", "pad"], fits
@@ -545,6 +534,27 @@ def test_the_page_sends_the_fit_and_threshold_chosen_and_says_the_limits(server,
     assert b'name="fit"\r\n\r\npad\r\n' in sent[1] and b"min_confidence" not in sent[1], sent[1][-300:]
     assert marks_when_off == 0 and len(sent) == 2  # the refused threshold sent nothing
     assert "percentage from 0 to 100" in refusal, refusal
+
+
+@contextmanager
+def _page(server: str, classify=None):
+    """The page open in headless Chromium with its models listed, and the script errors it raises; ``classify``
+    (a Playwright route handler) stands between the page and /classify."""
+    executable = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            if classify is not None:
+                page.route("**/classify", classify)
+            page.goto(f"{server}/")
+            page.wait_for_function("document.getElementById('model').options.length === 2")
+            yield page, errors
+        finally:
+            browser.close()
 
 
 def _wait_for_status(page, start: str, seconds: float = 30) -> None:
@@ -565,8 +575,6 @@ def test_the_page_survives_its_users_and_odd_answers_in_a_real_browser(server, j
     200 that is not the service's answer is an error on its card, not a page stuck at "Classifying"; the same
     file chosen again runs again; and a model changed mid-run stops the old run, whose late answers change
     nothing."""
-    executable = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
     held, seen, odd = [], {"tiny": 0, "tiny-int8": 0}, {"login": 1, "busy": 1}
 
     def classify(route):
@@ -588,51 +596,41 @@ def test_the_page_survives_its_users_and_odd_answers_in_a_real_browser(server, j
 
     holding = [False]
     status = "#status"
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.route("**/classify", classify)
-            page.goto(f"{server}/")
-            page.wait_for_function("document.getElementById('model').options.length === 2")
-            # The tiny models have 3 classes: k = 5 would be refused for every image.
-            assert page.eval_on_selector_all("#k option", "o => o.map(x => x.value)") == ["1", "3"]
-            page.evaluate("document.getElementById('key-field').hidden = false")
-            page.get_by_label("API key").fill("s3cret")
-            page.get_by_label("API key").press("Enter")
-            page.wait_for_timeout(300)
-            assert page.url == f"{server}/" and "s3cret" not in page.url
-            page.evaluate("document.getElementById('api-key').value = ''")
-            page.focus("#files")
-            page.keyboard.press("Shift+Tab")
-            page.keyboard.press("Tab")  # focus by keyboard: :focus-visible
-            outline = page.eval_on_selector("label[for=files]", "l => getComputedStyle(l).outlineStyle")
-            assert outline != "none"
-            chooser = page.get_by_label("Choose images")
-            chooser.set_input_files(str(jpegs[0]))  # the login page: an error on the card
-            _wait_for_status(page, "0 of 1")
-            assert "Not an answer of this service (200, text/html" in page.inner_text(".answer.error")
-            chooser.set_input_files(str(jpegs[0]))  # the same file again: 503 once, then answered
-            _wait_for_status(page, "1 of 1")
-            assert page.locator(".bars li").count() == 3
-            holding[0] = True
-            chooser.set_input_files([str(p) for p in jpegs[:6]])
-            page.wait_for_timeout(500)
-            before = seen["tiny"]
-            page.select_option("#model", "tiny-int8")
-            _wait_for_status(page, "6 of 6 image(s) classified by tiny-int8")
-            for route in held:  # the old run's answers arrive late
-                try:
-                    route.continue_()
-                except Exception:  # aborted by the page: nothing to answer
-                    pass
-            page.wait_for_timeout(1000)
-            final = page.inner_text(status)
-            bars = page.locator(".bars").count()
-        finally:
-            browser.close()
+    with _page(server, classify) as (page, errors):
+        # The tiny models have 3 classes: k = 5 would be refused for every image.
+        assert page.eval_on_selector_all("#k option", "o => o.map(x => x.value)") == ["1", "3"]
+        page.evaluate("document.getElementById('key-field').hidden = false")
+        page.get_by_label("API key").fill("s3cret")
+        page.get_by_label("API key").press("Enter")
+        page.wait_for_timeout(300)
+        assert page.url == f"{server}/" and "s3cret" not in page.url
+        page.evaluate("document.getElementById('api-key').value = ''")
+        page.focus("#files")
+        page.keyboard.press("Shift+Tab")
+        page.keyboard.press("Tab")  # focus by keyboard: :focus-visible
+        outline = page.eval_on_selector("label[for=files]", "l => getComputedStyle(l).outlineStyle")
+        assert outline != "none"
+        chooser = page.get_by_label("Choose images")
+        chooser.set_input_files(str(jpegs[0]))  # the login page: an error on the card
+        _wait_for_status(page, "0 of 1")
+        assert "Not an answer of this service (200, text/html" in page.inner_text(".answer.error")
+        chooser.set_input_files(str(jpegs[0]))  # the same file again: 503 once, then answered
+        _wait_for_status(page, "1 of 1")
+        assert page.locator(".bars li").count() == 3
+        holding[0] = True
+        chooser.set_input_files([str(p) for p in jpegs[:6]])
+        page.wait_for_timeout(500)
+        before = seen["tiny"]
+        page.select_option("#model", "tiny-int8")
+        _wait_for_status(page, "6 of 6 image(s) classified by tiny-int8")
+        for route in held:  # the old run's answers arrive late
+            try:
+                route.continue_()
+            except Exception:  # aborted by the page: nothing to answer
+                pass
+        page.wait_for_timeout(1000)
+        final = page.inner_text(status)
+        bars = page.locator(".bars").count()
     assert not errors, errors
     assert final.startswith("6 of 6 image(s) classified by tiny-int8") and bars == 6, final
     assert 1 <= len(held) <= 4 and seen["tiny"] == before  # no request of the old model after the change
