@@ -375,6 +375,22 @@ def test_each_precision_is_held_to_its_agreement_and_probability_limits():
     assert check("fp16", 0, 2e-2) == [] and check("int8", 0, 0.1) == []  # their probabilities move by design
 
 
+def test_a_difference_of_exactly_the_tolerance_passes():
+    """25 images of 5,000 is 0.5 points, which floating point makes 0.5000000000000004."""
+    from export.parity import judge
+
+    labels = np.zeros(5000, dtype=int)
+    for name, entry in PRECISIONS.items():
+        images = round(entry.tolerance_points * 50)  # the tolerance in images of 5,000
+        probs = np.tile([0.9, 0.1], (5000, 1))
+        probs[:images] = [0.1, 0.9]
+        right = float((probs.argmax(1) == labels).mean())
+        assert right == (5000 - images) / 5000
+        assert not any("accuracy differs" in f for f in judge(name, None, probs, labels, 1.0, 1.0, 1.0).failures)
+        probs[images] = [0.1, 0.9]  # one image more
+        assert any("accuracy differs" in f for f in judge(name, None, probs, labels, 1.0, 1.0, 1.0).failures)
+
+
 def test_card_table_prints_each_models_measured_figures(tiny_models_dir, capsys):
     manifest = load_manifest(tiny_models_dir, verify=False)
     assert export_main(["card", "tiny", "tiny-int8", "--models-dir", str(tiny_models_dir)]) == 0

@@ -444,6 +444,8 @@ def test_epochs_to_reach_is_the_first_epoch_at_or_above_the_target():
     assert epochs_to_reach(history, 0.93) is None
     assert epochs_to_reach(history, None) is None
     assert epochs_to_reach([{"epoch": 1}], 0.1) is None  # a run without a validation split
+    # typed as a percentage: 89.34 / 100 is 0.8934000000000001, above the 4,467 of 5,000 an epoch scored
+    assert epochs_to_reach([{"epoch": 1, "val_top1": 4467 / 5000}], 89.34 / 100) == 1
 
 
 def test_ablation_steps_are_validated(tmp_path, capsys):

@@ -307,7 +307,9 @@ def epochs_to_reach(history: list[dict], target_top1: float | None) -> int | Non
     """The first epoch whose validation top-1 (the training run's own, without TTA) reached the target."""
     if target_top1 is None:
         return None
-    return next((h["epoch"] for h in history if h.get("val_top1") is not None and h["val_top1"] >= target_top1), None)
+    # The target comes as a percentage divided by 100 (89.34 -> 0.8934000000000001): an accuracy equal to it counts.
+    reached = target_top1 - 1e-9
+    return next((h["epoch"] for h in history if h.get("val_top1") is not None and h["val_top1"] >= reached), None)
 
 
 def _epochs_to_text(row: dict[str, Any]) -> str:
@@ -342,7 +344,8 @@ def format_table(result: dict[str, Any]) -> str:
         + "; the first row is the baseline.",
         "Per-class diff is the mean over classes of the per-class accuracy change (points); "
         "p is McNemar's test vs the baseline; the 95% interval is the paired (Wald) interval of the top-1 "
-        "difference in points, from the validation samples alone (the noise between training runs is not in it)."
+        f"difference in points, from the {result['split']} samples alone (the noise between training runs is not in "
+        "it)."
         + (
             " The row-above columns test each step against the row before it (for the TTA row: the same "
             "checkpoint without TTA)."
