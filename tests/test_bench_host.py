@@ -57,3 +57,28 @@ def test_host_records_the_cpu_cores_and_load(tmp_path):
     assert record["cpu"] == report_io.cpu_model()
     assert record["usable_cores"] >= 1 and len(record["load_average_after"]) == 3
     assert report_io.cpu_model(tmp_path / "missing")  # no /proc/cpuinfo: the platform's name, never an error
+
+
+def test_the_calibration_crossfit_undoes_a_graphs_temperature_and_measures_each_half_both_ways(tmp_path):
+    import json
+
+    import calibration_crossfit as crossfit
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 400)
+    raw = rng.normal(size=(400, 3)) + 4 * np.eye(3)[labels]  # over-confident: T well below 1 fits
+    for kind, stored in (("onnx", raw / 0.5), ("checkpoint", raw)):  # a calibrated graph answers logits / T
+        report = tmp_path / kind
+        report.mkdir()
+        np.savez(report / "predictions.npz", logits=stored, labels=labels)
+        metrics = {"source": {"kind": kind}, "calibration": {"temperature": 0.5}}
+        (report / "metrics.json").write_text(json.dumps(metrics))
+        logits, read_labels = crossfit.raw_logits(report)
+        assert np.allclose(logits, raw) and (read_labels == labels).all()
+    found = crossfit.crossfit(raw, labels, splits=3, seed=0)
+    assert len(found["gaps"]) == 6 and found["largest_gap"] == max(found["gaps"])
+    assert found["mean_gap"] > -0.01  # T fitted on a half itself is at least as good there, up to ECE's bins
+    out = tmp_path / "out.json"
+    assert crossfit.main([str(tmp_path / "onnx"), "--splits", "1", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["reports"]["onnx"]["images"] == 400

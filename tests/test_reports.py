@@ -362,6 +362,10 @@ def test_evaluate_onnx_with_a_temperature_reports_what_its_checkpoint_does(tiny_
     torch_cal = json.loads((tiny_report / "metrics.json").read_text())["calibration"]
     card_t = json.loads((tiny_models_dir / "manifest.json").read_text())["models"][0]["calibration"]["temperature"]
     assert onnx_cal["temperature"] == card_t and "recorded in the model" in onnx_cal["temperature_origin"]
+    assert "so the after row is in-sample" in onnx_cal["temperature_origin"]  # fitted on these very images
+    # the table's loss and ECE are of the divided answers: the report gives the raw ones beside them
+    report = (out / "report.md").read_text()
+    assert f"before it: loss {onnx_cal['before']['nll']:.4f}, ECE {onnx_cal['before']['ece']:.4f}" in report
     assert onnx_cal["temperature"] == pytest.approx(torch_cal["temperature"], rel=1e-4)
     for state in ("before", "after"):
         assert onnx_cal[state] == pytest.approx(torch_cal[state], rel=1e-3, abs=1e-4), state

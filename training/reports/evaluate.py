@@ -424,7 +424,13 @@ def temperature_for(
     calibration = source.info.get("calibration") or {}
     if source.kind == "onnx" and calibration.get("method") == "temperature":
         t = float(calibration["temperature"])
-        return logits * t, t, "recorded in the model (fitted at export, divided inside its graph)"
+        fitted = (
+            "recorded in the model (fitted at export on these validation images, so the after row is in-sample; "
+            "divided inside its graph)"
+            if spec.split == "val"
+            else "recorded in the model (fitted at export on the validation split, divided inside its graph)"
+        )
+        return logits * t, t, fitted
     if spec.split == "val":
         fit_logits, fit_labels = logits, data.labels
     else:
@@ -536,6 +542,17 @@ def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | 
         f"Prediction took {metrics['wall_time_s']:.2f} s ({metrics['images_per_s'] or 0:.0f} images/s) on "
         f"{metrics['device']}.",
     ]
+    calibration = metrics.get("calibration") or {}
+    if calibration.get("temperature_origin", "").startswith("recorded in the model"):
+        # the table is of what the model answers, which its graph has already divided by T: a checkpoint's
+        # report of the same network shows its raw logits' loss and ECE, so say both
+        before = calibration["before"]
+        lines += [
+            "",
+            f"Loss and ECE are of the model's answers, which its graph divides by its temperature "
+            f"(T = {calibration['temperature']:.4f}); before it: loss {before['nll']:.4f}, ECE {before['ece']:.4f}, "
+            "as a checkpoint's report shows them.",
+        ]
     recorded = (src.get("best") or {}).get("val_top1")
     if recorded is not None and data["split"] == "val":
         lines += [

@@ -1,0 +1,85 @@
+"""How optimistic an in-sample "after temperature" ECE is: for each report of a calibrated model, fit T on one
+half of its validation images and measure ECE on the other half, against T fitted on that half itself.
+
+Reads only a report folder's predictions.npz and metrics.json (no model, no data), so it runs anywhere:
+
+    python bench/calibration_crossfit.py models/reports/resnet9-airbench94-cifar10-int8 ... \
+        --out bench/results/calibration-crossfit.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from report_io import write_json  # noqa: E402
+
+from training.reports.calibration import fit_temperature  # noqa: E402
+from training.reports.metrics import expected_calibration_error, softmax  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("reports", nargs="+", help="report folders (python -m training evaluate --out ...)")
+    p.add_argument("--splits", type=int, default=4, help="random halvings, each measured both ways")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first halving")
+    p.add_argument("--out", help="write the results as JSON here")
+    return p
+
+
+def raw_logits(report: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The report's logits before any temperature (a calibrated graph's outputs are already divided by it)."""
+    saved = np.load(report / "predictions.npz")
+    metrics = json.loads((report / "metrics.json").read_text())
+    recorded = (metrics.get("calibration") or {}).get("temperature")
+    source = metrics.get("source") or {}
+    divided = source.get("kind") == "onnx" and recorded is not None
+    logits = saved["logits"].astype(np.float64)
+    return (logits * recorded if divided else logits), saved["labels"]
+
+
+def ece(logits: np.ndarray, labels: np.ndarray, t: float) -> float:
+    return expected_calibration_error(softmax(logits / t), labels)
+
+
+def crossfit(logits: np.ndarray, labels: np.ndarray, splits: int, seed: int) -> dict:
+    """Held-out minus in-sample ECE on each half: T fitted on the other half against T fitted on this one."""
+    gaps = []
+    for s in range(splits):
+        first = np.random.default_rng(seed + s).permutation(len(labels)) < len(labels) // 2
+        for measured, fitted in ((first, ~first), (~first, first)):
+            own = fit_temperature(logits[measured], labels[measured])
+            other = fit_temperature(logits[fitted], labels[fitted])
+            gaps.append(ece(logits[measured], labels[measured], other) - ece(logits[measured], labels[measured], own))
+    return {
+        "images": int(len(labels)),
+        "gaps": [round(g, 5) for g in gaps],
+        "largest_gap": round(max(gaps), 5),
+        "mean_gap": round(float(np.mean(gaps)), 5),
+        "in_sample_ece": round(ece(logits, labels, fit_temperature(logits, labels)), 5),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    results = {}
+    for folder in args.reports:
+        logits, labels = raw_logits(Path(folder))
+        results[Path(folder).name] = found = crossfit(logits, labels, args.splits, args.seed)
+        print(
+            f"{Path(folder).name}: in-sample ECE {found['in_sample_ece']:.4f}; held-out minus in-sample on "
+            f"{found['images'] // 2}-image halves: mean {found['mean_gap']:+.4f}, largest {found['largest_gap']:+.4f}"
+        )
+    if args.out:
+        write_json(args.out, {"method": __doc__.split("\n\n")[0], "splits": args.splits, "reports": results})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
