@@ -879,3 +879,31 @@ def test_torchrun_two_processes_gloo(recipe, extra, image_folder, tmp_path):
     assert len(history) == 2
     # each of the 2 ranks sees half of the 45 training images per epoch: 22 // 16 = 1 batch each (2 of 8)
     assert history[0]["train_images_per_s"] > 0 and (tmp_path / "ddp" / "best.pt").exists()
+
+
+def test_the_curves_say_when_the_training_loss_is_label_smoothed(tmp_path, monkeypatch):
+    """A smoothed loss cannot fall below about 0.5 (0.1 over 10 classes) and sits above the validation loss for
+    that reason alone: the legend must say which loss it is."""
+    import matplotlib.axes
+
+    from training.plots import plot_training_curves
+
+    labels: list[str] = []
+    real_plot = matplotlib.axes.Axes.plot
+
+    def plot(self, *args, **kwargs):
+        labels.append(kwargs.get("label", ""))
+        return real_plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    history = [
+        {"epoch": e, "train_loss": 0.6, "val_loss": 0.4, "train_acc": 0.9, "val_top1": 0.9, "lr": 0.1} for e in (1, 2)
+    ]
+    for smoothing, said in (
+        (0.1, "label-smoothed, 0.1"),
+        (None, "label-smoothed if its recipe smooths"),
+        (0.0, "train"),
+    ):
+        labels.clear()
+        plot_training_curves(history, tmp_path / "curves.png", smoothing)
+        assert labels[0] == said if smoothing == 0.0 else said in labels[0], labels

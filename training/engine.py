@@ -499,7 +499,7 @@ class Trainer:
             save_checkpoint(state, self.out_dir / BEST_FILE)
         save_checkpoint(state, self.out_dir / LAST_FILE)
         write_text_atomic(self.out_dir / "history.json", json.dumps(self.history, indent=2))
-        plot_training_curves(self.history, self.out_dir / "training_curves.png")
+        plot_training_curves(self.history, self.out_dir / "training_curves.png", self.config.train.label_smoothing)
 
 
 def train(config: Config, out_dir: str | Path) -> dict[str, Any]:

@@ -10,12 +10,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_training_curves(history: list[dict], path: Path) -> None:
+def plot_training_curves(history: list[dict], path: Path, label_smoothing: float | None = 0.0) -> None:
+    """``label_smoothing``: the run's (None: not known). A smoothed training loss has a floor well above 0 and
+    is not the validation loss's quantity, so the legend says which it is."""
     if not history:
         return
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    axes[0].plot(epochs, [h["train_loss"] for h in history], label="train")
+    if label_smoothing is None:
+        train = "train (the run's loss: label-smoothed if its recipe smooths)"
+    elif label_smoothing:
+        train = f"train (label-smoothed, {label_smoothing:g}: not comparable with validation)"
+    else:
+        train = "train"
+    axes[0].plot(epochs, [h["train_loss"] for h in history], label=train)
     if history[0].get("val_loss") is not None:
         axes[0].plot(epochs, [h["val_loss"] for h in history], label="validation")
     axes[0].set_title("loss")

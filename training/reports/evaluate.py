@@ -171,6 +171,7 @@ def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
     if (run_dir / "history.json").is_file():
         history = json.loads((run_dir / "history.json").read_text())
     info = {
+        "label_smoothing": (config.get("train") or {}).get("label_smoothing", 0.0),
         "recipe": meta.get("recipe"),
         "epoch": ckpt.get("epoch"),
         "best": ckpt.get("best"),
@@ -731,7 +732,7 @@ def evaluate(
             notes.append("Grad-CAM skipped: an ONNX model exposes no gradients; evaluate its checkpoint for heat maps.")
         bar.update()
         if source.history:
-            plot_training_curves(source.history, out_dir / "training_curves.png")
+            plot_training_curves(source.history, out_dir / "training_curves.png", source.info.get("label_smoothing"))
             write_text_atomic(out_dir / HISTORY_FILE, json.dumps(source.history, indent=1))
             files["training_curves"] = "training_curves.png"
         else:
