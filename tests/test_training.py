@@ -900,7 +900,7 @@ def test_the_curves_say_when_the_training_loss_is_label_smoothed(tmp_path, monke
         {"epoch": e, "train_loss": 0.6, "val_loss": 0.4, "train_acc": 0.9, "val_top1": 0.9, "lr": 0.1} for e in (1, 2)
     ]
     for smoothing, said in (
-        (0.1, "label-smoothed, 0.1"),
+        (0.1, "label-smoothed 0.1"),
         (None, "label-smoothed if its recipe smooths"),
         (0.0, "train"),
     ):

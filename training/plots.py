@@ -18,9 +18,9 @@ def plot_training_curves(history: list[dict], path: Path, label_smoothing: float
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     if label_smoothing is None:
-        train = "train (the run's loss: label-smoothed if its recipe smooths)"
+        train = "train (label-smoothed if its recipe smooths)"
     elif label_smoothing:
-        train = f"train (label-smoothed, {label_smoothing:g}: not comparable with validation)"
+        train = f"train (label-smoothed {label_smoothing:g}: not comparable)"
     else:
         train = "train"
     axes[0].plot(epochs, [h["train_loss"] for h in history], label=train)
@@ -36,7 +36,7 @@ def plot_training_curves(history: list[dict], path: Path, label_smoothing: float
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(loc="upper right", fontsize="small")
     axes[1].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
