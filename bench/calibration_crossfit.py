@@ -10,7 +10,6 @@ Reads only a report folder's predictions.npz and metrics.json (no model, no data
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from report_io import write_json  # noqa: E402
 
 from training.reports.calibration import fit_temperature  # noqa: E402
+from training.reports.evaluate import load_predictions, logits_before_temperature  # noqa: E402
 from training.reports.metrics import expected_calibration_error, softmax  # noqa: E402
 
 
@@ -35,13 +35,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def raw_logits(report: Path) -> tuple[np.ndarray, np.ndarray]:
     """The report's logits before any temperature (a calibrated graph's outputs are already divided by it)."""
-    saved = np.load(report / "predictions.npz")
-    metrics = json.loads((report / "metrics.json").read_text())
-    recorded = (metrics.get("calibration") or {}).get("temperature")
-    source = metrics.get("source") or {}
-    divided = source.get("kind") == "onnx" and recorded is not None
-    logits = saved["logits"].astype(np.float64)
-    return (logits * recorded if divided else logits), saved["labels"]
+    loaded = load_predictions(report)
+    return logits_before_temperature(loaded).astype(np.float64), loaded["labels"]
 
 
 def ece(logits: np.ndarray, labels: np.ndarray, t: float) -> float:

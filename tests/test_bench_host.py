@@ -71,8 +71,11 @@ def test_the_calibration_crossfit_undoes_a_graphs_temperature_and_measures_each_
     for kind, stored in (("onnx", raw / 0.5), ("checkpoint", raw)):  # a calibrated graph answers logits / T
         report = tmp_path / kind
         report.mkdir()
-        np.savez(report / "predictions.npz", logits=stored, labels=labels)
-        metrics = {"source": {"kind": kind}, "calibration": {"temperature": 0.5}}
+        np.savez(
+            report / "predictions.npz", logits=stored, labels=labels, fingerprint=np.array("f"), classes=np.array(["a"])
+        )
+        calibrated = {"calibration": {"method": "temperature", "temperature": 0.5}} if kind == "onnx" else {}
+        metrics = {"source": {"kind": kind, **calibrated}, "calibration": {"temperature": 0.5}}
         (report / "metrics.json").write_text(json.dumps(metrics))
         logits, read_labels = crossfit.raw_logits(report)
         assert np.allclose(logits, raw) and (read_labels == labels).all()

@@ -306,3 +306,35 @@ def test_an_ensemble_quantises_to_int8(ensemble_file, tmp_path):
     assert len(first) == 2 and all(initializers.get(n.input[1]) == onnx.TensorProto.FLOAT for n in first)
     logits = OnnxClassifier(tmp_path / entry.file, device="cpu").logits(np.ones((2, 3, 32, 32), np.float32))
     assert np.isfinite(logits).all()
+
+
+def test_an_estimate_undoes_a_calibrated_graphs_temperature_as_the_joined_network_would(tmp_path):
+    """A calibrated ONNX file's report holds its logits divided by T; the joined network averages each member's
+    softmax of its raw logits. Averaged as stored, the calibrated member would weigh more (here: the answer
+    would flip)."""
+    import json
+
+    from training.ensemble import estimate_from_reports
+
+    raw = {"checkpoint": np.array([[2.0, 0.0]]), "onnx": np.array([[0.0, 1.5]])}
+    paths = []
+    for kind, logits in raw.items():
+        folder = tmp_path / kind
+        folder.mkdir()
+        stored = logits / 0.5 if kind == "onnx" else logits
+        np.savez(
+            folder / "predictions.npz",
+            logits=stored,
+            labels=np.array([0]),
+            predictions=stored.argmax(1),
+            fingerprint=np.array("same"),
+            classes=np.array(["a", "b"]),
+        )
+        source = {
+            "kind": kind,
+            **({"calibration": {"method": "temperature", "temperature": 0.5}} if kind == "onnx" else {}),
+        }
+        (folder / "metrics.json").write_text(json.dumps({"source": source, "tta": "none"}))
+        paths.append(folder)
+    # softmax [0.88, 0.12] and [0.18, 0.82] average to class 0 (right); with the divided logits' [0.05, 0.95], to 1
+    assert estimate_from_reports(paths)["top1"] == 1.0

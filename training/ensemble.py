@@ -152,7 +152,7 @@ def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
     each member's top-1, the average's, and the average against the best member (McNemar, paired interval).
     A way to choose members before joining their checkpoints; the joined checkpoint's own report is the figure
     (it averages the members before, not after, any test-time augmentation)."""
-    from .reports.evaluate import load_predictions
+    from .reports.evaluate import load_predictions, logits_before_temperature
     from .reports.metrics import mcnemar, paired_difference_interval, softmax
 
     if len(paths) < 2:
@@ -163,7 +163,8 @@ def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
         if report["fingerprint"] != first["fingerprint"] or report["classes"] != first["classes"]:
             raise ValueError(f"{path} and {paths[0]} are reports on different samples or classes: nothing to pair")
     labels = first["labels"]
-    probabilities = [softmax(r["logits"]) for r in reports]
+    # as the joined network averages them: each member's softmax of its own logits, without a graph's temperature
+    probabilities = [softmax(logits_before_temperature(r)) for r in reports]
     members = [
         {"report": str(p), "tta": r["metrics"].get("tta", "none"), "top1": float((pr.argmax(1) == labels).mean())}
         for p, r, pr in zip(paths, reports, probabilities)

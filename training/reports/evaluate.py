@@ -398,6 +398,17 @@ def load_predictions(report_dir: str | Path) -> dict[str, Any]:
     return out
 
 
+def logits_before_temperature(report: dict[str, Any]) -> np.ndarray:
+    """A loaded report's logits as its network computes them: a calibrated ONNX graph answers its logits divided
+    by the temperature in its card, a checkpoint its raw logits. Reports of both kinds compare (or average) on
+    equal terms only like this."""
+    source = report["metrics"].get("source") or {}
+    calibration = source.get("calibration") or {}
+    if source.get("kind") == "onnx" and calibration.get("method") == "temperature":
+        return report["logits"] * float(calibration["temperature"])
+    return report["logits"]
+
+
 def read_json(path: Path) -> Any:
     """A report's or a run's JSON file; a damaged one is named, with what to do."""
     try:
