@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import re
+from collections import Counter
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -186,9 +187,9 @@ class _RepeatedKey(Exception):
 
 def _without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     found = dict(pairs)
-    if len(found) < len(pairs):
-        key = next(k for k in found if sum(1 for name, _ in pairs if name == k) > 1)
-        raise _RepeatedKey(key, sum(1 for name, _ in pairs if name == key))
+    if len(found) < len(pairs):  # one pass: an object of a million keys must not cost a million squared
+        key, times = Counter(name for name, _ in pairs).most_common(1)[0]
+        raise _RepeatedKey(key, times)
     return found
 
 
