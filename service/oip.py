@@ -261,7 +261,7 @@ def _tensor(given: RequestInput, model: ModelView) -> np.ndarray | Rejection:
         values = np.asarray(given.data)
     except (ValueError, TypeError, OverflowError):  # ragged nesting
         return Rejection("bad_tensor", f"input {given.name!r}: data is not a regular array of numbers")
-    if values.dtype.kind == "O" and all(type(v) is int for v in values.ravel()):  # past 64 bits: numbers still
+    if values.dtype.kind == "O" and all(type(v) in (int, float) for v in values.ravel()):  # an int past 64 bits
         return tensor_rejection(np.array([np.inf]), f"input {given.name!r}")
     if values.dtype.kind not in "fiu":
         return Rejection("bad_tensor", f"input {given.name!r}: FP32 data must be numbers")

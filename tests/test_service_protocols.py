@@ -264,6 +264,7 @@ V2_BAD = {
     "text data": ("tiny", _tensor_input([1, 3, 32, 32], ["0"] * 3072), 400, "must be numbers"),
     "out of range": ("tiny", _tensor_input([1, 3, 32, 32], [255.0] * 3072), 400, "in [0, 1]"),
     "integer past 64 bits": ("tiny", _tensor_input([1, 3, 32, 32], [10**30] + [0] * 3071), 400, "in [0, 1]"),
+    "one past 64 bits among floats": ("tiny", _tensor_input([1, 3, 32, 32], [10**30] + [0.5] * 3071), 400, "in [0, 1]"),
     "no images": ("tiny", _tensor_input([0], [], name="images", datatype="BYTES"), 400, "no images"),
     "too many images": ("tiny", _images_input(["AA=="] * (MAX_IMAGES + 1)), 400, "too many images"),
     "bad base64": ("tiny", _images_input(["not base64!"]), 400, "images[0] is not valid base64"),
