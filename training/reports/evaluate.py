@@ -398,15 +398,21 @@ def load_predictions(report_dir: str | Path) -> dict[str, Any]:
     return out
 
 
+def graph_temperature(source: dict[str, Any]) -> float | None:
+    """The temperature a report's calibrated ONNX graph divides its logits by (its card's); None for a checkpoint
+    or a graph without one."""
+    calibration = source.get("calibration") or {}
+    if source.get("kind") == "onnx" and calibration.get("method") == "temperature":
+        return float(calibration["temperature"])
+    return None
+
+
 def logits_before_temperature(report: dict[str, Any]) -> np.ndarray:
     """A loaded report's logits as its network computes them: a calibrated ONNX graph answers its logits divided
     by the temperature in its card, a checkpoint its raw logits. Reports of both kinds compare (or average) on
     equal terms only like this."""
-    source = report["metrics"].get("source") or {}
-    calibration = source.get("calibration") or {}
-    if source.get("kind") == "onnx" and calibration.get("method") == "temperature":
-        return report["logits"] * float(calibration["temperature"])
-    return report["logits"]
+    t = graph_temperature(report["metrics"].get("source") or {})
+    return report["logits"] if t is None else report["logits"] * t
 
 
 def read_json(path: Path) -> Any:
@@ -555,7 +561,7 @@ def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | 
         f"{metrics['device']}.",
     ]
     calibration = metrics.get("calibration") or {}
-    if calibration.get("temperature_origin", "").startswith("recorded in the model"):
+    if calibration and graph_temperature(src) is not None:
         # the table is of what the model answers, which its graph has already divided by T: a checkpoint's
         # report of the same network shows its raw logits' loss and ECE, so say both
         before = calibration["before"]
