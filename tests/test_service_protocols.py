@@ -469,7 +469,7 @@ def test_the_page_classifies_a_dropped_jpeg_in_a_real_browser(server, jpegs):
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(f"{server}/")
             model = page.get_by_label("Model")  # controls are found by their labels, as a screen reader does
-            page.wait_for_function("document.getElementById('model').options.length === 2")
+            _wait_for_models(page)
             assert model.input_value() == "tiny"
             assert page.get_by_label("Classes shown per image").input_value() == "3"
             assert not page.locator("#key-field").is_visible()  # no keys configured: no key asked for
@@ -552,10 +552,22 @@ def _page(server: str, classify=None):
             if classify is not None:
                 page.route("**/classify", classify)
             page.goto(f"{server}/")
-            page.wait_for_function("document.getElementById('model').options.length === 2")
+            _wait_for_models(page)
             yield page, errors
         finally:
             browser.close()
+
+
+def _wait_for_models(page, count: int = 2, seconds: float = 30) -> None:
+    """Until the model list has loaded, polled from here: wait_for_function with an expression evaluates a string
+    in the page once it has to poll, which the page's policy forbids (the test then fails only when the list is
+    not there at the first look)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while page.locator("#model option").count() < count:
+        assert time.monotonic() < deadline, "the page did not list the models"
+        page.wait_for_timeout(100)
 
 
 def _wait_for_status(page, start: str, seconds: float = 30) -> None:
