@@ -16,10 +16,11 @@ from PIL import Image
 from conftest import tiny_overrides
 from training.__main__ import main
 from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.reports import figures
 from training.reports.ablate import parse_vary, split_values
 from training.reports.calibration import calibration_metrics, fit_temperature
 from training.reports.evaluate import FIGURES, load_predictions
-from training.reports.figures import worst_classes
+from training.reports.figures import MIN_BIN_SAMPLES, worst_classes
 from training.reports.gradcam import GradCAM
 from training.reports.metrics import (
     brier_score,
@@ -206,8 +207,10 @@ def test_gradcam_map_has_input_size_is_normalised_and_not_constant(tiny_run, ima
     before = {k: v.clone() for k, v in model.state_dict().items()}
     paths = sorted(image_folder.glob("*/*.png"))[::10][:4]
     images = torch.from_numpy(np.stack([np.asarray(Image.open(p)) for p in paths])).permute(0, 3, 1, 2).float() / 255
-    cams = GradCAM(model)(images)
+    cam = GradCAM(model)
+    cams = cam(images)
     assert cams.shape == (len(paths), 32, 32)
+    assert cam.map_size == (4, 4)  # ResNet-9's last stage after three poolings: what the figure must admit to
     assert cams.min() >= 0.0 and cams.max() <= 1.0
     assert all(cam.max() - cam.min() > 0.1 for cam in cams), "a trained model's map should vary over the image"
     # Any input size gives a map of that size (bilinear upsampling of the last stage).
@@ -269,6 +272,60 @@ def test_evaluate_writes_every_report_file(tiny_report, tiny_run):
     assert sum(calibration["reliability"]["after"]["count"]) == 15
     assert "## Calibration" in report and "temperature-scaled (T = " in report
     assert f"| {100 * metrics['top1']:.2f}% | n/a | n/a |" in report  # 3 classes: top-3 and top-5 say nothing
+
+
+def test_each_figure_says_which_model_views_and_images_it_shows(tiny_run, tmp_path, monkeypatch):
+    """A figure is often shared alone: its heading names the model, the views (TTA) and the images; the
+    reliability diagram says its after panel is in-sample, the mistakes what their confidence is, Grad-CAM how
+    coarse its maps are and that they come from one view while the predictions came from several."""
+    import matplotlib.axes
+    import matplotlib.figure
+
+    headings, titles = [], []
+    real_suptitle, real_title = matplotlib.figure.Figure.suptitle, matplotlib.axes.Axes.set_title
+
+    def suptitle(self, text, *args, **kwargs):
+        headings.append(text)
+        return real_suptitle(self, text, *args, **kwargs)
+
+    def set_title(self, text, *args, **kwargs):
+        titles.append(text)
+        return real_title(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle", suptitle)
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", set_title)
+    out = tmp_path / "flip"
+    assert main(["evaluate", "--checkpoint", str(tiny_run), "--tta", "flip", "--out", str(out), "--device", "cpu"]) == 0
+    model = f"{load_checkpoint(tiny_run)['meta']['arch']} checkpoint {tiny_run.name}/best.pt"
+    assert len(headings) == 6 and all(model in h for h in headings), headings
+    views = [h for h in headings if "flip TTA · val split, 15 images" in h]
+    assert len(views) == 5, headings  # all but the training curves, which say they are the run's
+    assert any("its training run, by epoch" in h for h in headings)
+    assert any("uncalibrated (T = 1)" in h and "most confident mistakes" in h for h in headings)
+    cam = next(h for h in headings if h.startswith("Grad-CAM"))
+    assert "4x4 map of the last stage" in cam and "from the image alone, predictions from the TTA views" in cam
+    assert any(t.startswith("temperature-scaled") and "in-sample" in t for t in titles), titles
+
+
+def test_reliability_fades_bins_of_few_samples_and_keeps_its_legend_off_the_bars(tmp_path, monkeypatch):
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: saved.append(fig))
+    rng = np.random.default_rng(0)
+    confidence = np.concatenate([rng.uniform(0.9, 1.0, 300), [0.15, 0.16]])  # two samples alone in a low bin
+    probs = np.concatenate([confidence[:, None], np.repeat((1 - confidence[:, None]) / 9, 9, axis=1)], axis=1)
+    bins = reliability_bins(probs, np.zeros(len(confidence), dtype=int))
+    figures.plot_reliability([("before", bins), ("after", bins)], tmp_path / "r.png", subtitle="m · no TTA")
+    (fig,) = saved
+    top = [ax for ax in fig.axes if ax.get_ylabel() == "accuracy in the bin"]
+    counts = [ax for ax in fig.axes if ax.get_ylabel() == "samples (log)"]
+    assert len(top) == 2 and len(counts) == 2 and all(ax.get_yscale() == "log" for ax in counts)
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    for ax in top:
+        filled = [p for p in ax.patches if p.get_fill()]
+        sparse = [p for p in filled if p.get_x() < 0.2]
+        assert sparse and all(p.get_alpha() == 0.3 for p in sparse)  # 2 samples < MIN_BIN_SAMPLES
+        assert all(p.get_alpha() in (None, 1.0) for p in filled if p.get_x() >= 0.8)
+    assert MIN_BIN_SAMPLES > 2 and fig._suptitle.get_text() == "m · no TTA"
 
 
 def test_evaluate_with_flip_tta(tiny_run, tiny_report, tmp_path):
@@ -394,6 +451,10 @@ def test_evaluate_onnx_matches_checkpoint_and_skips_gradcam(tiny_run, tiny_repor
     )
     assert not (out / "gradcam.png").exists()
     assert "Grad-CAM skipped" in (out / "report.md").read_text()
+    # its curves are its run's: what they measure comes from the checkpoint the card names
+    smoothing = load_checkpoint(tiny_run / "best.pt")["config"]["train"]["label_smoothing"]
+    curves = json.loads((out / "metrics.json").read_text())["source"]["curves"]
+    assert smoothing and curves["label_smoothing"] == smoothing and curves["eval_weights"] == "EMA"
     for name in set(REPORT_FILES) - {"gradcam.png"}:
         assert (out / name).is_file(), name
     onnx_preds, torch_preds = load_predictions(out), load_predictions(tiny_report)

@@ -26,6 +26,7 @@ from training.data.mix import MixedTargets, MixParams, mix_batch, mixed_cross_en
 from training.engine import train
 from training.models import count_parameters, create_model, list_models
 from training.optim import lr_factor
+from training.plots import CurveInfo, plot_training_curves
 from training.registry import Registry
 
 # Published parameter counts for 10 classes.
@@ -886,8 +887,6 @@ def test_the_curves_say_when_the_training_loss_is_label_smoothed(tmp_path, monke
     that reason alone: the legend must say which loss it is."""
     import matplotlib.axes
 
-    from training.plots import plot_training_curves
-
     labels: list[str] = []
     real_plot = matplotlib.axes.Axes.plot
 
@@ -905,5 +904,23 @@ def test_the_curves_say_when_the_training_loss_is_label_smoothed(tmp_path, monke
         (0.0, "train"),
     ):
         labels.clear()
-        plot_training_curves(history, tmp_path / "curves.png", smoothing)
+        plot_training_curves(history, tmp_path / "curves.png", CurveInfo(smoothing))
         assert labels[0] == said if smoothing == 0.0 else said in labels[0], labels
+
+
+@pytest.mark.parametrize(
+    "train, optim, weights, smoothing, lr_says",
+    [
+        ({"ema_decay": 0.99, "lookahead_every": 0, "label_smoothing": 0.2}, {"name": "sgd"}, "EMA", 0.2, None),
+        ({"ema_decay": 0.0, "lookahead_every": 5, "label_smoothing": 0.1}, {"name": "sgd"}, "lookahead", 0.1, None),
+        ({"ema_decay": 0.0, "lookahead_every": 0, "label_smoothing": 0.0}, {"name": "muon"}, None, 0.0, "muon_lr"),
+    ],
+)
+def test_the_curves_say_which_weights_validation_ran_on_and_whose_rate(train, optim, weights, smoothing, lr_says):
+    """Validation runs on the EMA or lookahead weights where the recipe keeps them (so it can sit above the
+    training accuracy, a running mean over augmented batches); the history's rate is the first group's."""
+    info = CurveInfo.from_config({"train": train, "optim": optim})
+    assert (info.eval_weights, info.label_smoothing) == (weights, smoothing)
+    assert info.validation_label("validation") == (f"validation ({weights} weights)" if weights else "validation")
+    assert (lr_says in info.lr_title()) if lr_says else info.lr_title() == "learning rate (end of epoch)"
+    assert CurveInfo.from_config(None) == CurveInfo() and CurveInfo().label_smoothing is None  # not known

@@ -28,7 +28,7 @@ from .lookahead import Lookahead
 from .models import ImageClassifier, argument_error, count_parameters, create_model
 from .models.whitening import dirac_init_, whitening_layers
 from .optim import build_optimizer, build_scheduler
-from .plots import plot_training_curves
+from .plots import CurveInfo, plot_training_curves
 
 log = logging.getLogger("training")
 
@@ -499,7 +499,12 @@ class Trainer:
             save_checkpoint(state, self.out_dir / BEST_FILE)
         save_checkpoint(state, self.out_dir / LAST_FILE)
         write_text_atomic(self.out_dir / "history.json", json.dumps(self.history, indent=2))
-        plot_training_curves(self.history, self.out_dir / "training_curves.png", self.config.train.label_smoothing)
+        plot_training_curves(
+            self.history,
+            self.out_dir / "training_curves.png",
+            CurveInfo.from_config(self.config.model_dump(mode="json")),
+            f"{self.config.model.name} · run {self.out_dir.name}",
+        )
 
 
 def train(config: Config, out_dir: str | Path) -> dict[str, Any]:

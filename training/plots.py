@@ -2,59 +2,103 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
-def plot_training_curves(history: list[dict], path: Path, label_smoothing: float | None = 0.0) -> None:
-    """``label_smoothing``: the run's (None: not known). A smoothed training loss has a floor well above 0 and
-    is not the validation loss's quantity, so the legend says which it is."""
+@dataclass(frozen=True)
+class CurveInfo:
+    """What a run's history measures, from its configuration; None: not known (a file without its config)."""
+
+    label_smoothing: float | None = None
+    # the weights validation ran on when they are not the trained ones: "EMA", "lookahead"
+    eval_weights: str | None = None
+    optimizer: str | None = None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | None) -> CurveInfo:
+        if not config:
+            return cls()
+        train, optim = config.get("train") or {}, config.get("optim") or {}
+        weights = "EMA" if train.get("ema_decay") else "lookahead" if train.get("lookahead_every") else None
+        return cls(train.get("label_smoothing", 0.0), weights, optim.get("name"))
+
+    def train_loss_label(self) -> str:
+        # A smoothed training loss has a floor well above 0 and is not the validation loss's quantity.
+        if self.label_smoothing is None:
+            return "train (label-smoothed if its recipe smooths)"
+        if self.label_smoothing:
+            return f"train (label-smoothed {self.label_smoothing:g}: not comparable)"
+        return "train"
+
+    def validation_label(self, what: str) -> str:
+        return f"{what} ({self.eval_weights} weights)" if self.eval_weights else what
+
+    def lr_title(self) -> str:
+        # the history keeps the first parameter group's rate; Muon's filters follow the same schedule at muon_lr
+        group = "first parameter group; Muon's filters: muon_lr, same schedule" if self.optimizer == "muon" else ""
+        return f"learning rate (end of epoch{'; ' + group if group else ''})"
+
+
+def plot_training_curves(
+    history: list[dict], path: Path, info: CurveInfo | None = None, subtitle: str | None = None
+) -> None:
     if not history:
         return
+    info = info or CurveInfo()
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    if label_smoothing is None:
-        train = "train (label-smoothed if its recipe smooths)"
-    elif label_smoothing:
-        train = f"train (label-smoothed {label_smoothing:g}: not comparable)"
-    else:
-        train = "train"
-    axes[0].plot(epochs, [h["train_loss"] for h in history], label=train)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
+    axes[0].plot(epochs, [h["train_loss"] for h in history], label=info.train_loss_label())
     if history[0].get("val_loss") is not None:
-        axes[0].plot(epochs, [h["val_loss"] for h in history], label="validation")
+        axes[0].plot(epochs, [h["val_loss"] for h in history], label=info.validation_label("validation"))
     axes[0].set_title("loss")
-    axes[1].plot(epochs, [100 * h["train_acc"] for h in history], label="train")
+    # the training figures are running means over the epoch's augmented batches, as the weights changed
+    axes[1].plot(epochs, [100 * h["train_acc"] for h in history], label="train (running mean, augmented)")
     if history[0].get("val_top1") is not None:
-        axes[1].plot(epochs, [100 * h["val_top1"] for h in history], label="validation top-1")
+        axes[1].plot(
+            epochs, [100 * h["val_top1"] for h in history], label=info.validation_label("validation top-1, no TTA")
+        )
     axes[1].set_title("accuracy (%)")
     axes[2].plot(epochs, [h["lr"] for h in history])
-    axes[2].set_title("learning rate (end of epoch)")
+    axes[2].set_title(info.lr_title(), fontsize="medium")
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(loc="upper right", fontsize="small")
-    axes[1].legend()
+    axes[1].legend(fontsize="small")
+    if subtitle:
+        fig.suptitle(subtitle, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def plot_compared_curves(histories: dict[str, list[dict]], path: Path) -> None:
+def plot_compared_curves(
+    histories: dict[str, list[dict]], path: Path, infos: dict[str, CurveInfo] | None = None
+) -> None:
     """Two or more training runs on shared axes: validation top-1 and training loss by epoch."""
+    infos = infos or {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, history in histories.items():
         epochs = [h["epoch"] for h in history]
         if history and history[0].get("val_top1") is not None:
             axes[0].plot(epochs, [100 * h["val_top1"] for h in history], marker=".", label=name)
-        axes[1].plot(epochs, [h["train_loss"] for h in history], marker=".", label=name)
+        smoothing = infos.get(name, CurveInfo()).label_smoothing
+        label = name if smoothing is None else f"{name}, label smoothing {smoothing:g}"
+        axes[1].plot(epochs, [h["train_loss"] for h in history], marker=".", label=label)
     axes[0].set_title("validation top-1 (%), no TTA")
-    axes[1].set_title("training loss")
+    axes[1].set_title("training loss (with each recipe's label smoothing)")
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

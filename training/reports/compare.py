@@ -16,7 +16,7 @@ import numpy as np
 
 from inference.files import write_text_atomic
 
-from ..plots import plot_compared_curves
+from ..plots import CurveInfo, plot_compared_curves
 from .evaluate import (
     PREDICTIONS_FILE,
     ModelSource,
@@ -43,6 +43,7 @@ class Side:
     data: dict[str, Any]
     tta: str
     history: list[dict] = field(default_factory=list)  # the training run's, per epoch, where it is known
+    curves: CurveInfo = field(default_factory=CurveInfo)  # what that history measures
 
     @property
     def correct(self) -> np.ndarray:
@@ -80,6 +81,7 @@ def _report_side(path: Path) -> Side:
         metrics.get("data", {}),
         metrics.get("tta", "none"),
         report["history"],
+        CurveInfo(**((metrics.get("source") or {}).get("curves") or {})),
     )
 
 
@@ -111,6 +113,7 @@ def _model_side(
         {**asdict(spec), "fingerprint": fingerprint},
         tta,
         source.history,
+        CurveInfo(**source.info.get("curves", {})),
     )
 
 
@@ -197,6 +200,7 @@ def compare(
         "alpha": alpha,
         "significant": bool(test["p_value"] < alpha),
         "histories": {"a": side_a.history, "b": side_b.history},
+        "curves": {"a": side_a.curves, "b": side_b.curves},
     }
 
 
@@ -229,14 +233,18 @@ def write_comparison(result: dict[str, Any], out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # The histories are the runs' own (history.json beside each); the figure below is what they are here for.
-    saved = {k: v for k, v in result.items() if k != "histories"}
+    saved = {k: v for k, v in result.items() if k not in ("histories", "curves")}
     write_text_atomic(out_dir / "compare.json", json.dumps(saved, indent=2))
     text = "# Comparison\n\n```\n" + format_comparison(result) + "\n```\n"
     histories = result["histories"]
     if histories["a"] and histories["b"]:
         # Both sides come from training runs: their learning curves on shared axes.
         labels = {"a": f"A {result['a']['path']}", "b": f"B {result['b']['path']}"}
-        plot_compared_curves({labels[k]: histories[k] for k in ("a", "b")}, out_dir / CURVES_FILE)
+        plot_compared_curves(
+            {labels[k]: histories[k] for k in ("a", "b")},
+            out_dir / CURVES_FILE,
+            {labels[k]: result["curves"][k] for k in ("a", "b")},
+        )
         text += f"\n![learning curves of A and B]({CURVES_FILE})\n"
     write_text_atomic(out_dir / "compare.md", text)
     return out_dir

@@ -30,7 +30,7 @@ from ..data import SPLITS, DatasetError, ImageArrays, load_split
 from ..data.loader import TensorLoader
 from ..engine import resolve_device
 from ..inference import TTA_DESCRIPTIONS, check_tta, predict_logits, tta_logits_numpy
-from ..plots import plot_training_curves
+from ..plots import CurveInfo, plot_training_curves
 from . import figures
 from .calibration import calibration_report, fit_temperature, meaningless_fit
 from .gradcam import GradCAM
@@ -171,7 +171,8 @@ def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
     if (run_dir / "history.json").is_file():
         history = json.loads((run_dir / "history.json").read_text())
     info = {
-        "label_smoothing": (config.get("train") or {}).get("label_smoothing", 0.0),
+        # what the history's curves measure; an ensemble's checkpoint has no config of its own
+        "curves": asdict(CurveInfo.from_config(config)),
         "recipe": meta.get("recipe"),
         "epoch": ckpt.get("epoch"),
         "best": ckpt.get("best"),
@@ -210,14 +211,16 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
         # how the run's images were fitted (what parity read at export), not the card's choice for photos
         "fit": src.get("fit", LEGACY_FIT),
     }
-    run_dir, history = None, []
+    run_dir, history, curves = None, [], CurveInfo()
     checkpoint = src.get("checkpoint")
     if checkpoint and Path(checkpoint).exists():
         # The exported file names its checkpoint: borrow the run's data split and history from it.
         ckpt_path = Path(checkpoint)
         run_dir = ckpt_path if ckpt_path.is_dir() else ckpt_path.parent
         try:
-            meta = load_checkpoint(ckpt_path)["meta"]
+            ckpt = load_checkpoint(ckpt_path)
+            meta = ckpt["meta"]
+            curves = CurveInfo.from_config(ckpt.get("config"))
             for key, meta_key in (
                 ("dataset", "dataset"),
                 ("root", "data_root"),
@@ -237,6 +240,7 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
         "providers": classifier.providers,
         # The averaging its export put inside the graph: every call of the file already does it.
         "graph_tta": src.get("tta", "none"),
+        "curves": asdict(curves),
     }
     return ModelSource(
         "onnx",
@@ -512,14 +516,24 @@ def render_gradcam(
     classes: list[str],
     path: Path,
     per_group: int = GRADCAM_PER_GROUP,
+    tta: str = "none",
+    subtitle: str | None = None,
 ) -> list[int]:
     indices = _gradcam_samples(data.labels, preds, confidence, per_group)
     if not indices:
-        figures.plot_gradcam(np.zeros((0,)), np.zeros((0,)), [], [], path)
+        figures.plot_gradcam(np.zeros((0,)), np.zeros((0,)), [], [], path, subtitle=subtitle)
         return []
     images = data.images[indices]
     batch = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(source.device)
-    cams = GradCAM(source.model)(batch, torch.from_numpy(preds[indices]))
+    cam = GradCAM(source.model)
+    cams = cam(batch, torch.from_numpy(preds[indices]))
+    height, width = cam.map_size
+    # the overlay is smooth at the image's size; say how coarse the map under it is, and what it is not
+    note = [f"{height}x{width} map of the last stage, upsampled; each scaled to its own maximum"]
+    if source.arch == "ensemble":
+        note.append("first member's layer")
+    if tta != "none":
+        note.append("from the image alone, predictions from the TTA views")
     titles, correct = [], []
     for i in indices:
         ok = bool(preds[i] == data.labels[i])
@@ -529,7 +543,7 @@ def render_gradcam(
             if ok
             else f"{classes[data.labels[i]]} -> {classes[preds[i]]} ({confidence[i]:.2f})"
         )
-    figures.plot_gradcam(images, cams, titles, correct, path)
+    figures.plot_gradcam(images, cams, titles, correct, path, subtitle=subtitle, map_note="; ".join(note))
     return indices
 
 
@@ -640,6 +654,31 @@ def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | 
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
+TTA_SHORT = {"none": "no TTA", "flip": "flip TTA", "multicrop": "multi-crop TTA"}
+
+
+def model_label(source: ModelSource) -> str:
+    if source.kind == "onnx":
+        return f"{source.info['name']} ({source.info['precision']} ONNX graph)"
+    return f"{source.arch} checkpoint {source.path.parent.name}/{source.path.name}"
+
+
+def figure_subtitle(source: ModelSource, split: str, tta: str, num_samples: int) -> str:
+    """Which model, views and images a report's figures show, for each figure's heading."""
+    in_graph = source.info.get("graph_tta", "none") if source.kind == "onnx" else "none"
+    views = f"{TTA_SHORT[in_graph]} in the graph" if in_graph != "none" else TTA_SHORT[tta]
+    return f"{model_label(source)} · {views} · {split} split, {num_samples:,} images"
+
+
+def confidence_note(source: ModelSource) -> str:
+    """What a report's per-sample confidence is: a checkpoint's softmax is before any temperature; a
+    calibrated graph answers after its own."""
+    t = graph_temperature({"kind": source.kind, "calibration": source.info.get("calibration")})
+    if t is not None:
+        return f"softmax probability of the predicted class, calibrated (the graph divides by T = {t:.3f})"
+    return "softmax probability of the predicted class, uncalibrated (T = 1)"
+
+
 def evaluate(
     checkpoint: str | Path | None = None,
     onnx: str | Path | None = None,
@@ -703,21 +742,33 @@ def evaluate(
 
     probs = softmax(logits)
     preds, confidence = logits.argmax(1), probs.max(1)
+    subtitle = figure_subtitle(source, spec.split, tta, len(data))
     files: dict[str, str | None] = {}
     with tqdm(total=6, desc="figures", unit="figure", leave=False) as bar:
         figures.plot_confusion_matrix(
-            np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png", max_classes
+            np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png", max_classes, subtitle
         )
         files["confusion_matrix"] = "confusion_matrix.png"
         bar.update()
         figures.plot_per_class_accuracy(
-            [c["accuracy"] for c in metrics["per_class"]], classes, out_dir / "per_class_accuracy.png", max_classes
+            [c["accuracy"] for c in metrics["per_class"]],
+            classes,
+            out_dir / "per_class_accuracy.png",
+            max_classes,
+            subtitle,
         )
         files["per_class_accuracy"] = "per_class_accuracy.png"
         bar.update()
         if sample_figures:
             metrics["misclassified_shown"] = figures.plot_misclassified(
-                data.images, data.labels, preds, confidence, classes, out_dir / "misclassified.png"
+                data.images,
+                data.labels,
+                preds,
+                confidence,
+                classes,
+                out_dir / "misclassified.png",
+                subtitle=subtitle,
+                confidence_note=confidence_note(source),
             )
             files["misclassified"] = "misclassified.png"
         else:
@@ -728,28 +779,37 @@ def evaluate(
         bar.update()
         if "calibration" in metrics:
             cal = metrics["calibration"]
+            # T fitted on the very images shown flatters the after panel; the figure says so, as the report does
+            fitted_here = {"val": "\nT fitted on these images: in-sample", "all": "\nT fitted on the val part of these"}
             figures.plot_reliability(
                 [
                     (f"uncalibrated (T = 1): ECE {cal['before']['ece']:.4f}", cal["reliability"]["before"]),
                     (
-                        f"temperature-scaled (T = {cal['temperature']:.3f}): ECE {cal['after']['ece']:.4f}",
+                        f"temperature-scaled (T = {cal['temperature']:.3f}): ECE {cal['after']['ece']:.4f}"
+                        + fitted_here.get(spec.split, ""),
                         cal["reliability"]["after"],
                     ),
                 ],
                 out_dir / "reliability.png",
+                subtitle,
             )
             files["reliability"] = "reliability.png"
         bar.update()
         if sample_figures and source.supports_gradcam:
             metrics["gradcam_samples"] = render_gradcam(
-                source, data, preds, confidence, classes, out_dir / "gradcam.png", gradcam_per_group
+                source, data, preds, confidence, classes, out_dir / "gradcam.png", gradcam_per_group, tta, subtitle
             )
             files["gradcam"] = "gradcam.png"
         elif sample_figures:
             notes.append("Grad-CAM skipped: an ONNX model exposes no gradients; evaluate its checkpoint for heat maps.")
         bar.update()
         if source.history:
-            plot_training_curves(source.history, out_dir / "training_curves.png", source.info.get("label_smoothing"))
+            plot_training_curves(
+                source.history,
+                out_dir / "training_curves.png",
+                CurveInfo(**source.info["curves"]),
+                f"{model_label(source)} · its training run, by epoch",
+            )
             write_text_atomic(out_dir / HISTORY_FILE, json.dumps(source.history, indent=1))
             files["training_curves"] = "training_curves.png"
         else:

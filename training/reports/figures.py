@@ -19,9 +19,21 @@ MAX_CLASSES = 20
 DPI = 110
 
 
+# A reliability bin with fewer samples than this is drawn faded: its accuracy is mostly noise.
+MIN_BIN_SAMPLES = 20
+
+
 def _save(fig, path: Path) -> None:
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
+
+
+def _suptitle(fig, *lines: str | None) -> None:
+    """The figure's heading: what it shows, then which model, views and images (``subtitle``), so that a
+    figure shared alone still says what it is of."""
+    text = "\n".join(line for line in lines if line)
+    if text:
+        fig.suptitle(text, fontsize=9)
 
 
 def worst_classes(accuracy: Sequence[float | None], k: int) -> np.ndarray:
@@ -31,7 +43,9 @@ def worst_classes(accuracy: Sequence[float | None], k: int) -> np.ndarray:
     return np.array(order[:k], dtype=int)
 
 
-def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path, max_classes: int = MAX_CLASSES) -> None:
+def plot_confusion_matrix(
+    cm: np.ndarray, classes: Sequence[str], path: Path, max_classes: int = MAX_CLASSES, subtitle: str | None = None
+) -> None:
     """Row-normalised confusion matrix (each row: where that true class's samples went)."""
     cm = np.asarray(cm, dtype=float)
     rows = cm.sum(axis=1, keepdims=True)
@@ -72,11 +86,16 @@ def plot_confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path, ma
                     fontsize=fontsize,
                     color="white" if value > 0.5 else "black",
                 )
+    _suptitle(fig, subtitle)
     _save(fig, path)
 
 
 def plot_per_class_accuracy(
-    accuracy: Sequence[float | None], classes: Sequence[str], path: Path, max_classes: int = MAX_CLASSES
+    accuracy: Sequence[float | None],
+    classes: Sequence[str],
+    path: Path,
+    max_classes: int = MAX_CLASSES,
+    subtitle: str | None = None,
 ) -> None:
     """Bars of per-class accuracy with the mean over all classes as a line."""
     valid = [a for a in accuracy if a is not None]
@@ -93,8 +112,11 @@ def plot_per_class_accuracy(
     fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(keep) + 2), 4.5))
     colors = ["tab:red" if v < 100 * mean else "tab:blue" for v in values]
     bars = ax.bar(range(len(keep)), values, color=colors)
-    ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
-    ax.axhline(100 * mean, color="black", linestyle="--", linewidth=1)
+    # the labels sit on a white box above the mean line, which would otherwise strike through those near it
+    labels_ = ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1, zorder=3)
+    for label in labels_:
+        label.set_bbox({"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.85})
+    ax.axhline(100 * mean, color="black", linestyle="--", linewidth=1, zorder=2)
     ax.annotate(
         f"mean of {len(valid)}\nclasses: {100 * mean:.1f}%",
         xy=(1, 100 * mean),
@@ -109,6 +131,7 @@ def plot_per_class_accuracy(
     ax.set_ylim(0, 105)
     ax.set_title(title + " (red: below the mean)")
     ax.grid(axis="y", alpha=0.3)
+    _suptitle(fig, subtitle)
     _save(fig, path)
 
 
@@ -128,8 +151,11 @@ def plot_misclassified(
     path: Path,
     count: int = 24,
     columns: int = 6,
+    subtitle: str | None = None,
+    confidence_note: str = "softmax probability of the predicted class",
 ) -> list[int]:
-    """The most confident mistakes, most confident first; returns the sample indices shown."""
+    """The most confident mistakes, most confident first; returns the sample indices shown.
+    ``confidence_note`` says what the confidence is (before or after the model's temperature)."""
     wrong = np.flatnonzero(preds != labels)
     if len(wrong) == 0:
         _message_figure("no misclassified samples", path)
@@ -145,16 +171,24 @@ def plot_misclassified(
         ax.set_title(
             f"true: {classes[labels[i]]}\npred: {classes[preds[i]]} ({confidence[i]:.2f})", fontsize=8, color="darkred"
         )
-    fig.suptitle("most confident mistakes (confidence = softmax probability of the predicted class)", fontsize=10)
+    _suptitle(fig, f"most confident mistakes (confidence: {confidence_note})", subtitle)
     fig.tight_layout()
     _save(fig, path)
     return [int(i) for i in shown]
 
 
 def plot_gradcam(
-    images: np.ndarray, cams: np.ndarray, titles: Sequence[str], correct: Sequence[bool], path: Path, columns: int = 4
+    images: np.ndarray,
+    cams: np.ndarray,
+    titles: Sequence[str],
+    correct: Sequence[bool],
+    path: Path,
+    columns: int = 4,
+    subtitle: str | None = None,
+    map_note: str = "last conv stage",
 ) -> None:
-    """Each sample as its image above its Grad-CAM overlay; correct samples first, titles in green, mistakes in red."""
+    """Each sample as its image above its Grad-CAM overlay; correct samples first, titles in green, mistakes in
+    red. ``map_note`` says where the maps come from and how coarse they are, which the upsampled overlay hides."""
     n = len(images)
     if n == 0:
         _message_figure("no samples for Grad-CAM", path)
@@ -170,46 +204,87 @@ def plot_gradcam(
         axes[row, col].set_title(titles[k], fontsize=8, color="darkgreen" if correct[k] else "darkred")
         axes[row + 1, col].imshow(images[k], interpolation="bilinear")
         axes[row + 1, col].imshow(cams[k], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
-    fig.suptitle("Grad-CAM for the predicted class (last conv stage; red = most evidence)", fontsize=10)
+    _suptitle(fig, f"Grad-CAM for the predicted class (red = most evidence; {map_note})", subtitle)
     fig.tight_layout()
     _save(fig, path)
 
 
-def plot_reliability(panels: Sequence[tuple[str, dict]], path: Path) -> None:
+def plot_reliability(panels: Sequence[tuple[str, dict]], path: Path, subtitle: str | None = None) -> None:
     """Reliability diagrams side by side, one per (title, ``metrics.reliability_bins`` result): accuracy per
-    confidence bin against the diagonal of perfect calibration; the hatched red part of a bar is the gap
-    between the bin's accuracy and its mean confidence, and the grey line the share of samples in each bin."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.6), squeeze=False)
-    for ax, (title, bins) in zip(axes.flat, panels):
+    confidence bin against the diagonal of perfect calibration, the hatched red part of a bar the gap between
+    the bin's accuracy and its mean confidence. Under each, the samples per bin (log scale: most samples sit in
+    the top bin); a bin of fewer than ``MIN_BIN_SAMPLES`` is drawn faded, its accuracy being mostly noise."""
+    fig, axes = plt.subplots(
+        2,
+        len(panels),
+        figsize=(4.6 * len(panels), 5.8),
+        squeeze=False,
+        sharex=True,
+        gridspec_kw={"height_ratios": [3.2, 1]},
+    )
+    for column, (title, bins) in enumerate(panels):
+        ax, counts_ax = axes[0, column], axes[1, column]
         edges = np.asarray(bins["edges"])
         width = edges[1] - edges[0]
         centres = edges[:-1] + width / 2
-        filled = [i for i, n in enumerate(bins["count"]) if n]
-        accuracy = np.array([bins["accuracy"][i] for i in filled])
-        confidence = np.array([bins["confidence"][i] for i in filled])
-        ax.bar(
-            centres[filled], accuracy, width=width, color="tab:blue", edgecolor="black", linewidth=0.5, label="accuracy"
-        )
-        ax.bar(
-            centres[filled],
-            np.abs(confidence - accuracy),
-            bottom=np.minimum(accuracy, confidence),
-            width=width,
-            fill=False,
-            hatch="//",
-            edgecolor="tab:red",
-            linewidth=0.5,
-            label="gap to mean confidence",
-        )
-        share = np.asarray(bins["count"], dtype=float) / max(1, sum(bins["count"]))
-        ax.plot(centres, share, color="grey", marker=".", linewidth=1, label="share of samples")
-        ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1)
+        counts = np.asarray(bins["count"], dtype=int)
+        for sparse in (False, True):
+            shown = [i for i, n in enumerate(counts) if n and (n < MIN_BIN_SAMPLES) == sparse]
+            if not shown:
+                continue
+            accuracy = np.array([bins["accuracy"][i] for i in shown])
+            confidence = np.array([bins["confidence"][i] for i in shown])
+            alpha = 0.3 if sparse else 1.0
+            ax.bar(
+                centres[shown],
+                accuracy,
+                width=width,
+                color="tab:blue",
+                edgecolor="black",
+                linewidth=0.5,
+                alpha=alpha,
+                label=f"accuracy, bins under {MIN_BIN_SAMPLES} samples faded" if sparse else "accuracy",
+            )
+            ax.bar(
+                centres[shown],
+                np.abs(confidence - accuracy),
+                bottom=np.minimum(accuracy, confidence),
+                width=width,
+                fill=False,
+                hatch="//",
+                edgecolor="tab:red",
+                linewidth=0.5,
+                alpha=alpha,
+                label=None if sparse else "gap to the bin's mean confidence",
+            )
+        ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1, label="perfect calibration")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-        ax.set_xlabel("top-1 confidence")
-        ax.set_ylabel("accuracy")
-        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("accuracy in the bin")
+        ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(loc="upper left", fontsize=8)
+        filled = counts > 0
+        counts_ax.bar(centres[filled], counts[filled], width=width, color="grey", edgecolor="black", linewidth=0.5)
+        counts_ax.set_yscale("log")
+        counts_ax.set_ylim(0.7, max(10, counts.max()) * 2)
+        counts_ax.set_ylabel("samples (log)")
+        counts_ax.set_xlabel("top-1 confidence")
+        counts_ax.grid(alpha=0.3)
+    # one legend for all panels, below them, where it covers no bar
+    handles, labels = {}, []
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    _suptitle(fig, subtitle)
     fig.tight_layout()
+    fig.legend(
+        [handles[label] for label in labels],
+        labels,
+        loc="lower center",
+        ncol=2,
+        fontsize=8,
+        bbox_to_anchor=(0.5, -0.06),
+    )
     _save(fig, path)

@@ -20,6 +20,8 @@ class GradCAM:
         self.layer = layer if layer is not None else model.cam_layer
         self._activation: torch.Tensor | None = None
         self._gradient: torch.Tensor | None = None
+        # (height, width) of the layer's activation in the last call: the maps' real resolution
+        self.map_size: tuple[int, int] | None = None
 
     def _forward_hook(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
         self._activation = output
@@ -47,6 +49,7 @@ class GradCAM:
             handle.remove()
             self._activation = self._gradient = None
             self.model.train(was_training)
+        self.map_size = (int(activation.shape[-2]), int(activation.shape[-1]))
         weights = gradient.float().mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * activation.float()).sum(dim=1, keepdim=True))
         cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
