@@ -11,3 +11,23 @@ def exception_summary(exc: BaseException, after: str | None = None, lines: int =
         text = text.split(after, 1)[1]
     kept = [line.strip() for line in text.splitlines() if line.strip()][:lines]
     return "; ".join(kept)[:limit] or type(exc).__name__
+
+
+def validation_problems(error, limit: int = 600) -> str:
+    """Every problem of a pydantic ``ValidationError`` on one line, ``where: what (got VALUE)``, without pydantic's
+    banner and documentation links. Typed as Any to keep pydantic out of this module's imports."""
+    problems = []
+    for problem in error.errors(include_url=False):
+        where = ".".join(str(part) for part in problem["loc"])
+        what = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            what = "no such setting"
+        given = problem.get("input")
+        # a scalar shows what was typed; a section's whole mapping would drown the message
+        shown = (
+            f" (got {given!r:.60})"
+            if isinstance(given, (str, int, float, bool)) and problem["type"] != "missing"
+            else ""
+        )
+        problems.append(f"{where}: {what}{shown}" if where else what)  # a check across fields names them itself
+    return "; ".join(problems)[:limit]

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -784,6 +785,140 @@ def test_resume_refuses_an_epoch_budget_below_1_as_a_usage_error(tmp_path, capsy
     with pytest.raises(SystemExit) as refused:
         training_main(["resume", str(tmp_path), "--epochs", "0"])
     assert refused.value.code == 2 and "argument --epochs: 0 is not at least 1" in capsys.readouterr().err
+
+
+def test_sigterm_is_answered_as_ctrl_c_and_a_resume_elsewhere_takes_only_where_the_run_runs(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    """A scheduler preempts with SIGTERM: the checkpoint being written goes (no 11 MB .tmp left for good), the
+    message says how to go on (with this resume's own --epochs), exit 143. The run then continues from another
+    folder of the same images (--set data.root), but not with a setting that changes what it computes."""
+    import signal
+
+    import training.checkpoint as checkpoint
+    from training.__main__ import main as training_main
+
+    overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=2)
+    run = tmp_path / "run"
+    argv = ["train", "--recipe", "resnet9_half_cpu", "--set", *overrides, "--out", str(run)]
+    real_save = checkpoint.torch.save
+    calls = []
+
+    def terminated_while_writing_epoch_2(state, f):
+        calls.append(state["epoch"])
+        if state["epoch"] == 2:
+            f.write(b"half a checkpoint")
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_save(state, f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", terminated_while_writing_epoch_2)
+    assert training_main(argv) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert f"SIGTERM: interrupted: the last completed epoch is in {run / 'last.pt'}" in err
+    assert sorted(p.name for p in run.iterdir() if ".tmp" in p.name) == []
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main() put the default handler back
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+
+    moved = tmp_path / "moved"
+    shutil.copytree(image_folder, moved)
+    assert training_main(["resume", str(run), "--set", "lr=0.5"]) == 2
+    assert "'lr' would make it another run" in capsys.readouterr().err
+    assert training_main(["resume", str(run), "--epochs", "3", "--set", f"data.root={moved}", "threads=1"]) == 0
+    config = torch.load(run / "last.pt", weights_only=True)["config"]
+    assert (config["data"]["root"], config["train"]["threads"], config["train"]["epochs"]) == (str(moved), 1, 3)
+    assert training_main(["resume", str(run), "--epochs", "2"]) == 2
+    assert "has trained 3 epochs already: --epochs 2 would train none" in capsys.readouterr().err
+    # train --resume from the new place: the same run (where it runs is not what it is)
+    sets = [o for o in overrides if not o.startswith(("data.root=", "epochs="))] + [f"data.root={moved}", "epochs=3"]
+    assert training_main(["train", "--recipe", "resnet9_half_cpu", "--set", *sets, "--out", str(run), "--resume"]) == 0
+
+
+def test_the_advice_after_an_interrupted_resume_repeats_its_epochs(image_folder, tmp_path, monkeypatch, capsys):
+    from training.__main__ import main as training_main
+    from training.engine import Trainer
+
+    run = tmp_path / "run"
+    overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=1)
+    assert training_main(["train", "--recipe", "resnet9_half_cpu", "--set", *overrides, "--out", str(run)]) == 0
+    original = Trainer._end_epoch
+
+    def stop_in_epoch_3(self, record):
+        if record["epoch"] == 3:
+            raise KeyboardInterrupt
+        return original(self, record)
+
+    monkeypatch.setattr(Trainer, "_end_epoch", stop_in_epoch_3)
+    capsys.readouterr()
+    assert training_main(["resume", str(run), "--epochs", "4"]) == 130
+    assert f"continue with `python -m training resume {run} --epochs 4`" in capsys.readouterr().err
+
+
+def test_a_resume_removes_the_temporary_checkpoints_of_killed_writers_only(tmp_path):
+    from training.checkpoint import remove_stale_temporaries
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale, live = tmp_path / f"last.pt.{int(dead.stdout)}.tmp", tmp_path / f"best.pt.{os.getpid()}.tmp"
+    for path in (stale, live, tmp_path / "notes.txt.1.tmp"):
+        path.write_bytes(b"x")
+    remove_stale_temporaries(tmp_path)
+    assert not stale.exists() and live.exists() and (tmp_path / "notes.txt.1.tmp").exists()
+
+
+def test_a_checkpoint_the_disk_cannot_hold_is_an_os_error_naming_the_file(tmp_path):
+    """torch wraps the OSError of a full disk in its own RuntimeError ("unexpected pos ..."): the user is told
+    what ran out, on which file, and no temporary file is left."""
+    import errno
+    import resource
+
+    from training.checkpoint import save_checkpoint
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))
+    try:
+        with pytest.raises(OSError) as raised:
+            save_checkpoint({"weights": torch.zeros(100_000)}, tmp_path / "last.pt")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert raised.value.errno == errno.EFBIG and raised.value.filename == str(tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_setting_is_one_line_naming_each_problem(tmp_path, capsys):
+    from training.__main__ import main as training_main
+
+    argv = ["train", "--recipe", "resnet9_half_cpu", "--set", "epochs=abc", "bogus.x=3", "--out", str(tmp_path / "r")]
+    assert training_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pydantic" not in err, err
+    assert "train.epochs: Input should be a valid integer" in err and "(got 'abc')" in err
+    assert "bogus: no such setting" in err
+
+
+def test_a_damaged_dataset_cache_is_decoded_again_and_a_failed_write_leaves_nothing(
+    image_folder, tmp_path, monkeypatch, caplog
+):
+    import importlib
+
+    folder = importlib.import_module("training.data.folder")  # the package's `folder` is a reader function
+    cache = tmp_path / "cache"
+    first = read_image_folder(image_folder, cache_dir=cache)
+    (written,) = cache.iterdir()
+    written.write_bytes(b"")  # an interrupted copy, a full disk at the time
+    with caplog.at_level("WARNING"):
+        again = read_image_folder(image_folder, cache_dir=cache)
+    assert "is damaged" in caplog.text and np.array_equal(first.images, again.images)
+    assert written.stat().st_size > 0  # written anew
+
+    def full_disk(f, **arrays):
+        f.write(b"part")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(folder.np, "savez", full_disk)
+    other = tmp_path / "other"
+    with caplog.at_level("WARNING"):
+        assert np.array_equal(read_image_folder(image_folder, cache_dir=other).images, first.images)
+    assert "could not write the dataset cache" in caplog.text and list(other.iterdir()) == []
 
 
 def test_best_is_written_before_last(image_folder, tmp_path, monkeypatch):

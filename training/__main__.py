@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from inference.fits import FITS
@@ -16,7 +19,14 @@ from .cli_types import positive_int
 
 try:
     from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE
-    from .config import ConfigError, build_config, is_ensemble_recipe, list_ensemble_recipes, list_recipes
+    from .config import (
+        PLACEMENT_KEYS,
+        ConfigError,
+        build_config,
+        is_ensemble_recipe,
+        list_ensemble_recipes,
+        list_recipes,
+    )
     from .data import DatasetError
 except KeyboardInterrupt:  # Ctrl-C while torch loads (seconds): nothing has started, so no traceback
     print("interrupted", file=sys.stderr)
@@ -132,7 +142,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             f"{args.run} is an ensemble run: continue it with `{shlex.join(command)}` (finished members are "
             "kept, the unfinished one continues exactly)"
         )
-    print(json.dumps(resume(args.run, args.epochs), indent=2))
+    print(json.dumps(resume(args.run, args.epochs, placement=args.set), indent=2))
     return 0
 
 
@@ -227,6 +237,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=positive_int,
         help="change the total epoch budget (reshapes cosine, linear and triangular schedules and lookahead)",
     )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"where the run goes on, if not where it started: {', '.join(PLACEMENT_KEYS)} (e.g. "
+        "data.root=/new/path device=cpu); nothing else, which would make it another run",
+    )
     p.set_defaults(fn=cmd_resume)
 
     p = sub.add_parser(
@@ -270,11 +288,39 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a scheduler preempting the job, a closed terminal), handled as Ctrl-C is: the file
+    being written is removed, and the way to continue is printed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts():
+    catchable = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = {s: signal.signal(s, _terminate) for s in catchable}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = get_args_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        with _signals_as_interrupts():
+            return args.fn(args)
     except (ConfigError, DatasetError, KeyError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
         return 2
@@ -285,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as exc:  # the run diverged: the settings' fault, named by the trainer
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Terminated as exc:
+        print(f"{signal.Signals(exc.signum).name}: {_interrupted(args)}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print(_interrupted(args), file=sys.stderr)
         return 130
@@ -301,7 +350,13 @@ def _interrupted(args: argparse.Namespace) -> str:
     last = Path(run) / LAST_FILE
     if not last.is_file():
         return f"interrupted before {run} completed an epoch: nothing to continue; run the same command again"
-    return f"interrupted: the last completed epoch is in {last}; continue with `python -m training resume {run}`"
+    command = ["python", "-m", "training", "resume", str(run)]
+    if args.fn is cmd_resume:  # what this resume was asked for, or following the advice would drop it
+        command += [
+            *(["--epochs", str(args.epochs)] if args.epochs else []),
+            *(["--set", *args.set] if args.set else []),
+        ]
+    return f"interrupted: the last completed epoch is in {last}; continue with `{shlex.join(command)}`"
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,41 @@ RUN_FILES = (LAST_FILE, BEST_FILE, SUMMARY_FILE, "history.json", "training_curve
 
 
 def clear_run(folder: str | Path, names: tuple[str, ...] = RUN_FILES) -> None:
+    remove_stale_temporaries(folder)
     for name in names:
         (Path(folder) / name).unlink(missing_ok=True)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path) -> None:
+    """The temporary checkpoints (``NAME.PID.tmp``, ``inference.files.write_atomic``'s) of processes that were
+    killed while writing (SIGKILL, a lost machine: no cleanup ran), each as large as a checkpoint; a live
+    writer's are kept."""
+    for tmp in Path(folder).glob("*.pt.*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    write_atomic(path, lambda f: torch.save(state, f))
+    try:
+        write_atomic(path, lambda f: torch.save(state, f))
+    except RuntimeError as exc:
+        # torch's writer wraps the OSError of a full disk or a file-size limit in a RuntimeError of its own
+        # ("unexpected pos ..."): the user needs the OSError, which names what ran out
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, OSError):
+            raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from exc
+        raise
 
 
 def save_model_checkpoint(meta: dict[str, Any], model: torch.nn.Module, path: str | Path) -> None:

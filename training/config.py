@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from inference.files import write_text_atomic
 from inference.fits import DEFAULT_FIT, FitName
-from inference.messages import exception_summary
+from inference.messages import exception_summary, validation_problems
 
 from .data.augment import AugmentParams
 from .data.mix import MixParams
@@ -358,11 +358,17 @@ def validate_config(raw: dict[str, Any], started: bool = False) -> Config:
     try:
         return Config.model_validate(raw, context={"started": started})
     except ValidationError as exc:
-        raise ConfigError(f"invalid configuration:\n{exc}") from exc
+        raise ConfigError(f"invalid configuration: {validation_problems(exc)}") from exc
 
 
-def config_differences(a: Config, b: Config) -> list[str]:
-    """The fields where two configs differ, as ``section.field: a -> b``."""
+# Where a run runs, not what it computes: the data's location (the data itself is checked when a run resumes),
+# the device and threads, the evaluation batch. A resumed run may take new values for these (a preempted run
+# continued on another machine, from another folder); any other change would make it another run.
+PLACEMENT_KEYS = ("data.root", "data.cache_dir", "train.device", "train.threads", "train.eval_batch_size")
+
+
+def config_differences(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The fields where two configs differ, as ``section.field: a -> b``; ``ignore``: fields left out."""
 
     def flat(node: Any, prefix: str = "") -> dict[str, Any]:
         if not isinstance(node, dict) or not node:
@@ -373,8 +379,27 @@ def config_differences(a: Config, b: Config) -> list[str]:
     return [
         f"{key.rstrip('.')}: {left.get(key, '(unset)')} -> {right.get(key, '(unset)')}"
         for key in sorted(left.keys() | right.keys())
-        if left.get(key, "(unset)") != right.get(key, "(unset)")
+        if left.get(key, "(unset)") != right.get(key, "(unset)") and key.rstrip(".") not in ignore
     ]
+
+
+def with_placement(config: Config, overrides: list[str] | None = None, like: Config | None = None) -> Config:
+    """``config`` run elsewhere: its ``PLACEMENT_KEYS`` taken from ``like`` and then set by ``overrides``
+    (``key=value``, bare keys as ``--set`` takes them). Any other key is refused: it would change the run."""
+    raw = config.model_dump(mode="json")
+    if like is not None:
+        source = like.model_dump(mode="json")
+        for key in PLACEMENT_KEYS:
+            section, name = key.split(".")
+            raw[section][name] = source[section][name]
+    for item in overrides or []:
+        key = item.split("=", 1)[0]
+        if (key if "." in key else _field_owner(key)) not in PLACEMENT_KEYS:
+            raise ConfigError(
+                f"a resumed run takes new values only for where it runs ({', '.join(PLACEMENT_KEYS)}): {key!r} "
+                "would make it another run; start one with `python -m training train`"
+            )
+    return validate_config(apply_overrides(raw, list(overrides or [])), started=True)
 
 
 def save_config(config: Config, path: Path) -> None:

@@ -18,8 +18,24 @@ from tqdm import tqdm
 from inference.files import write_text_atomic
 
 from . import distributed
-from .checkpoint import BEST_FILE, LAST_FILE, SUMMARY_FILE, clear_run, load_checkpoint, save_checkpoint
-from .config import Config, ConfigError, config_differences, save_config, validate_config
+from .checkpoint import (
+    BEST_FILE,
+    LAST_FILE,
+    SUMMARY_FILE,
+    clear_run,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from .config import (
+    PLACEMENT_KEYS,
+    Config,
+    ConfigError,
+    config_differences,
+    save_config,
+    validate_config,
+    with_placement,
+)
 from .data import DatasetError, ImageArrays, load_split
 from .data.loader import TensorLoader
 from .data.mix import MixedTargets, mixed_cross_entropy
@@ -522,16 +538,31 @@ def sized_to_the_run(config: Config) -> list[str]:
     return sized
 
 
-def resume(out_dir: str | Path, epochs: int | None = None, expected: Config | None = None) -> dict[str, Any]:
+def resume(
+    out_dir: str | Path,
+    epochs: int | None = None,
+    expected: Config | None = None,
+    placement: list[str] | None = None,
+) -> dict[str, Any]:
     """Continue a run from its last.pt with the config it was started with (optionally more epochs). With
-    ``expected``, a run started with any other config is refused (ConfigError naming the differences)."""
+    ``expected``, a run started with any other config is refused (ConfigError naming the differences), but for
+    where it runs (``PLACEMENT_KEYS``), which it takes from ``expected``; ``placement`` sets those alone."""
+    remove_stale_temporaries(out_dir)
     ckpt = load_checkpoint(Path(out_dir) / LAST_FILE)
-    config = validate_config(ckpt["config"], started=True)
-    differences = config_differences(config, expected) if expected is not None else []
+    started = validate_config(ckpt["config"], started=True)
+    differences = config_differences(started, expected, ignore=PLACEMENT_KEYS) if expected is not None else []
     if differences:
         raise ConfigError(
             f"{out_dir} holds a run of another configuration, so it cannot be continued with this one "
             f"(started -> asked): {'; '.join(differences)}"
+        )
+    config = with_placement(started, placement, like=expected)
+    moved = config_differences(started, config)
+    if moved:
+        log.info("the run continues elsewhere (started -> now): %s", "; ".join(moved))
+    if epochs is not None and epochs < ckpt["epoch"]:
+        raise ConfigError(
+            f"{out_dir} has trained {ckpt['epoch']} epochs already: --epochs {epochs} would train none; give more"
         )
     if epochs is not None:
         reshaped = sized_to_the_run(config)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from inference.files import write_text_atomic
 from inference.fits import FitName
+from inference.messages import validation_problems
 
 from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE, clear_run
 from .config import ENSEMBLE_KEY, Config, ConfigError, build_config, is_ensemble_recipe, load_ensemble_recipe_raw
@@ -82,7 +83,7 @@ def load_ensemble_recipe(name_or_path: str) -> EnsembleRecipe:
     try:
         return EnsembleRecipe(name=raw["recipe"], **section)
     except ValidationError as exc:
-        raise ConfigError(f"invalid ensemble recipe {raw['recipe']!r}:\n{exc}") from exc
+        raise ConfigError(f"invalid ensemble recipe {raw['recipe']!r}: {validation_problems(exc)}") from exc
 
 
 def member_configs(recipe: EnsembleRecipe, overrides: list[str] | None = None) -> list[Config]:

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import tarfile
+import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -17,7 +18,9 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from inference.files import write_atomic
 from inference.fits import DEFAULT_FIT
+from inference.messages import exception_summary
 from inference.preprocess import ImageDecodeError, decode_image, is_image_name
 
 from .arrays import DatasetError, ImageArrays
@@ -44,19 +47,40 @@ def read_image_folder(
     images = None if archive else _tree_images(root)  # walked once: for the cache key and for reading
     cache = _cache_path(root, image_size, fit, cache_dir, images) if cache_dir else None
     if cache and cache.is_file():
-        with np.load(cache, allow_pickle=False) as npz:
-            return ImageArrays(npz["images"], npz["labels"], [str(c) for c in npz["classes"]])
+        cached = _read_cache(cache)
+        if cached is not None:
+            return cached
     entries = list(_iter_archive(root) if archive else _iter_tree(root, images))
     arrays = _decode_all(entries, root, image_size, fit)
     if not archive:
         _warn_empty_class_folders(root, entries, arrays.classes)
     if cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        # A per-process temporary name: torchrun ranks may decode and cache the same source at once.
-        tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, images=arrays.images, labels=arrays.labels, classes=np.array(arrays.classes))
-        os.replace(tmp, cache)
+        _write_cache(cache, arrays)
     return arrays
+
+
+def _read_cache(cache: Path) -> ImageArrays | None:
+    """The cached arrays, or None (with a warning) where the file is damaged: a cache is decoded again, never
+    a reason to stop."""
+    try:
+        with np.load(cache, allow_pickle=False) as npz:
+            return ImageArrays(npz["images"], npz["labels"], [str(c) for c in npz["classes"]])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        log.warning("the dataset cache %s is damaged (%s): decoding the images again", cache, exception_summary(exc))
+        return None
+
+
+def _write_cache(cache: Path, arrays: ImageArrays) -> None:
+    """Written atomically (a temporary file of this process, removed on any failure, then renamed: torchrun
+    ranks may cache the same source at once). A cache that cannot be written only costs the next run a decode."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(
+            cache,
+            lambda f: np.savez(f, images=arrays.images, labels=arrays.labels, classes=np.array(arrays.classes)),
+        )
+    except OSError as exc:
+        log.warning("could not write the dataset cache %s (%s): the next run decodes the images again", cache, exc)
 
 
 def _cache_path(root: Path, image_size: int, fit: str, cache_dir: str | Path, images: list[Path] | None) -> Path:
