@@ -23,6 +23,7 @@ import re
 import sys
 
 from inference.fits import DEFAULT_FIT, FITS, fit_help
+from inference.interrupts import interrupted_status, stopped_by, terminations_as_interrupts
 from inference.manifest import (
     CALIBRATION_METHODS,
     DEVICE_KINDS,
@@ -288,29 +289,34 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     try:
-        # The manifest's own commands need no torch: they run on the serving install (scripts/setup.sh serve).
-        if argv[:1] == ["list"]:
-            return _list(list_parser().parse_args(argv[1:]).models_dir)
-        if argv[:1] == ["default"]:
-            args = default_parser().parse_args(argv[1:])
-            set_default(args.models_dir, args.name, args.kinds)
-            return _list(args.models_dir)
-        if argv[:1] == ["card"]:
-            from .card import card_table
-
-            args = card_parser().parse_args(argv[1:])
-            manifest = load_manifest(args.models_dir, verify=False)
-            print(card_table([manifest.get(n) for n in args.names], args.models_dir))
-            return 0
-        return _conversion_command(argv)
+        with terminations_as_interrupts():
+            return _command(argv)
     except (ManifestError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated
         # Graphs are built and checked in a temporary folder, and moved in beside the new manifest only once
         # verified; a recovered checkpoint is written to a temporary file and renamed: a stop leaves no part.
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
+        print(f"{stopped_by(exc)}interrupted: nothing was written", file=sys.stderr)
+        return interrupted_status(exc)
+
+
+def _command(argv: list[str]) -> int:
+    """The manifest's own commands need no torch: they run on the serving install (scripts/setup.sh serve)."""
+    if argv[:1] == ["list"]:
+        return _list(list_parser().parse_args(argv[1:]).models_dir)
+    if argv[:1] == ["default"]:
+        args = default_parser().parse_args(argv[1:])
+        set_default(args.models_dir, args.name, args.kinds)
+        return _list(args.models_dir)
+    if argv[:1] == ["card"]:
+        from .card import card_table
+
+        args = card_parser().parse_args(argv[1:])
+        manifest = load_manifest(args.models_dir, verify=False)
+        print(card_table([manifest.get(n) for n in args.names], args.models_dir))
+        return 0
+    return _conversion_command(argv)
 
 
 def _conversion_command(argv: list[str]) -> int:

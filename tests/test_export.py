@@ -251,22 +251,32 @@ def test_an_export_into_a_folder_whose_manifest_is_broken_leaves_the_shipped_fil
     assert sorted(p.name for p in m.iterdir()) == sorted(p.name for p in models.iterdir())  # no stray files
 
 
-def test_ctrl_c_during_an_export_leaves_the_models_folder_as_it_was(tiny_run, exported, tmp_path, monkeypatch, capsys):
-    """Stopped while the new graph is being verified: one line and exit 130, no traceback, and the folder holds
-    what it held (the shipped file, its manifest, no temporary folder)."""
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_a_stop_during_an_export_leaves_the_models_folder_as_it_was(
+    stop, tiny_run, exported, tmp_path, monkeypatch, capsys
+):
+    """Stopped while the new graph is being verified, by Ctrl-C or a scheduler's SIGTERM: one line and exit
+    130/143, no traceback, and the folder holds what it held (the shipped file, its manifest, no temporary
+    folder)."""
+    import os
+    import signal
+
     import export.pipeline
 
     models, entry, _ = exported
     m = _copy_models(models, tmp_path / "m")
     before = {p.name: p.read_bytes() for p in m.iterdir() if p.is_file()}
 
-    def ctrl_c(*args, **kwargs):
+    def stopped(*args, **kwargs):
+        if stop == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)  # its handler raises at the next instruction
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export.pipeline, "parity_against", ctrl_c)
+    monkeypatch.setattr(export.pipeline, "parity_against", stopped)
     argv = ["--checkpoint", str(tiny_run / "best.pt"), "--name", entry.name, "--models-dir", str(m)]
-    assert export_main([*argv, "--calibrate", "none", "--no-reference-cache"]) == 130
-    assert capsys.readouterr().err.endswith("interrupted: nothing was written\n")
+    status = export_main([*argv, "--calibrate", "none", "--no-reference-cache"])
+    said = "SIGTERM: interrupted: nothing was written\n" if stop == "sigterm" else "interrupted: nothing was written\n"
+    assert (status, capsys.readouterr().err.endswith(said)) == (143 if stop == "sigterm" else 130, True)
     assert {p.name: p.read_bytes() for p in m.iterdir()} == before
 
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import shlex
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from inference.fits import FITS
+from inference.interrupts import interrupted_status, stopped_by, terminations_as_interrupts
 
 from .cli_types import positive_int
 
@@ -288,38 +286,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (a scheduler preempting the job, a closed terminal), handled as Ctrl-C is: the file
-    being written is removed, and the way to continue is printed."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated(signum)
-
-
-@contextlib.contextmanager
-def _signals_as_interrupts():
-    catchable = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    previous = {s: signal.signal(s, _terminate) for s in catchable}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = get_args_parser().parse_args(argv)
     try:
-        with _signals_as_interrupts():
+        with terminations_as_interrupts():
             return args.fn(args)
     except (ConfigError, DatasetError, KeyError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
@@ -331,12 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as exc:  # the run diverged: the settings' fault, named by the trainer
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except Terminated as exc:
-        print(f"{signal.Signals(exc.signum).name}: {_interrupted(args)}", file=sys.stderr)
-        return 128 + exc.signum
-    except KeyboardInterrupt:
-        print(_interrupted(args), file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated
+        print(f"{stopped_by(exc)}{_interrupted(args)}", file=sys.stderr)
+        return interrupted_status(exc)
 
 
 def _interrupted(args: argparse.Namespace) -> str:

@@ -11,6 +11,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from inference.interrupts import interrupted_status, raise_terminated
+
 from .accuracy import FolderAccuracy
 from .engines import choose_engine
 from .errors import RemoteError, UserError
@@ -91,10 +93,6 @@ def _validate(args) -> str:
     return fmt
 
 
-class _Terminated(KeyboardInterrupt):
-    pass
-
-
 class _OutputLost(Exception):
     """Writing the output failed (a full disk, a pipe whose reader has gone): the run cannot go on."""
 
@@ -111,20 +109,16 @@ def _write(out, text: str) -> None:
         raise _OutputLost(exc) from exc
 
 
-def _on_sigterm(signum, frame):
-    raise _Terminated()
-
-
 def run(args: argparse.Namespace) -> int:
     previous = None
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
     backend = None
     try:
         fmt_name = _validate(args)
         backend = choose_engine(args).open(args)
         if previous is not None:
-            signal.signal(signal.SIGTERM, _on_sigterm)  # an engine may have set its own (ray.init does)
+            signal.signal(signal.SIGTERM, raise_terminated)  # an engine may have set its own (ray.init does)
         return _run(args, fmt_name, backend)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -134,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt as exc:  # before scoring started (loading the model, reading back --resume)
         print("interrupted", file=sys.stderr)
-        return _interrupted_status(exc)
+        return interrupted_status(exc)
     except _OutputLost as exc:
         if isinstance(exc.error, BrokenPipeError):
             # The reader has gone (`score DIR | head`): stop quietly, as Unix tools do, and keep Python from
@@ -148,10 +142,6 @@ def run(args: argparse.Namespace) -> int:
             backend.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupted_status(exc: KeyboardInterrupt) -> int:
-    return 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
 
 
 def _count(root: str, stop: threading.Event, total: list) -> None:
@@ -260,7 +250,7 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
     if accuracy is not None:
         print(accuracy.report(), file=sys.stderr)
     if interrupted:
-        return _interrupted_status(interrupted)
+        return interrupted_status(interrupted)
     return 1 if lost or (args.fail_on_error and summary.failed) else 0
 
 

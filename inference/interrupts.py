@@ -1,0 +1,47 @@
+"""SIGTERM and SIGHUP (a scheduler preempting a job, a closed terminal) answered as Ctrl-C is: the command's own
+cleanup runs (a file being written is removed, a run keeps its last checkpoint) and it says where it stopped,
+where the default action would end the process on the spot. Torch-free: the scorer uses it too."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator
+
+CAUGHT = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+class Terminated(KeyboardInterrupt):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+def interrupted_status(exc: KeyboardInterrupt) -> int:
+    """The exit status of a command stopped by ``exc``: 128 + the signal's number, as the shell reports it."""
+    return 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
+
+
+def stopped_by(exc: KeyboardInterrupt) -> str:
+    """``SIGTERM: `` for a termination, nothing for Ctrl-C: the prefix of the message that follows."""
+    return f"{signal.Signals(exc.signum).name}: " if isinstance(exc, Terminated) else ""
+
+
+@contextlib.contextmanager
+def terminations_as_interrupts() -> Iterator[None]:
+    """Within it, SIGTERM and SIGHUP raise ``Terminated``; the previous handlers are put back after. Only the
+    main thread may set handlers: elsewhere it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, raise_terminated) for s in CAUGHT}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
