@@ -569,6 +569,14 @@ def test_resume_after_kill(image_folder, tiny_models_dir, tmp_path):
     assert proc.returncode == 130 and "interrupted" in err and "--resume" in err and "Traceback" not in err, err
     assert out.read_bytes().endswith(b"\n")
 
+    lines = out.read_bytes().count(b"\n")
+    proc = subprocess.Popen(cmd + ["--resume"], **kw)  # and by a scheduler's SIGTERM, which ends it the same way
+    _wait_for_lines(out, lines + 40, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "interrupted" in err and "--resume" in err and "Traceback" not in err, err
+    assert out.read_bytes().endswith(b"\n")
+
     done = subprocess.run(cmd + ["--resume"], **kw, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "already in" in done.stderr and "scored " in done.stderr
