@@ -681,6 +681,22 @@ def test_a_folder_of_some_of_the_models_classes_is_scored_by_class_name(tiny_run
 # -- user errors ------------------------------------------------------------------------------------
 
 
+def test_compare_refuses_an_out_that_is_a_file_before_evaluating_and_ensemble_names_onnx(
+    tiny_run, tmp_path, monkeypatch, capsys
+):
+    from training.reports import compare as compare_module
+
+    monkeypatch.setattr(compare_module, "compare", lambda *a, **k: pytest.fail("evaluated before refusing"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["compare", str(tiny_run), str(tiny_run), "--out", str(blocker / "cmp")]) == 2
+    assert f"{blocker} is a file, not a folder" in capsys.readouterr().err
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"x")
+    assert main(["ensemble", str(tiny_run), str(onnx), "--out", str(tmp_path / "e.pt")]) == 2
+    assert "an ONNX file holds no weights to join" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["missing_checkpoint", "unknown_split", "class_mismatch", "no_model", "bad_tta"])
 def test_user_errors_are_one_line_and_exit_2(case, tiny_run, cifar10_root, tmp_path, capsys):
     args = {

@@ -158,6 +158,11 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         result = estimate_from_reports(args.checkpoints)
         print(json.dumps(result, indent=2) if args.json else _format_estimate(result))
         return 0
+    if "onnx" in kinds:
+        raise ValueError(
+            "an ONNX file holds no weights to join: give the checkpoints (or run folders) it was exported from, "
+            "or report folders to estimate; export the joined checkpoint afterwards"
+        )
     if kinds != {"checkpoint"}:
         raise ValueError("give checkpoints (or run folders) to join, or report folders to estimate, not a mixture")
     if not args.out:

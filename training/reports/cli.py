@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from ..cli_types import non_negative_int, percent, positive_int, significance
 from ..data import SPLITS
@@ -98,6 +99,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"{' and '.join(given)} would change how a model is evaluated, and both sides are reports of "
             "evaluations already made: evaluate again with those settings, or compare the models themselves"
         )
+    if args.out:  # an --out that can never be a folder is said now, not after both models were evaluated
+        path = Path(args.out)
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise ValueError(f"--out {args.out}: {existing} is a file, not a folder")
     result = compare(
         args.a,
         args.b,
