@@ -854,6 +854,21 @@ def test_the_advice_after_an_interrupted_resume_repeats_its_epochs(image_folder,
     assert f"continue with `python -m training resume {run} --epochs 4`" in capsys.readouterr().err
 
 
+def test_a_damaged_last_checkpoint_names_what_is_left_to_go_on_from(image_folder, tmp_path, capsys):
+    from training.__main__ import main as training_main
+
+    run = tmp_path / "run"
+    overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=1)
+    assert training_main(["train", "--recipe", "resnet9_half_cpu", "--set", *overrides, "--out", str(run)]) == 0
+    (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:1000])  # a copy cut short
+    capsys.readouterr()
+    assert training_main(["resume", str(run), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a training checkpoint" in err and "best.pt (epoch 1) holds the whole training state" in err
+    shutil.copy(run / "best.pt", run / "last.pt")  # as the message says
+    assert training_main(["resume", str(run), "--epochs", "2"]) == 0
+
+
 def test_a_resume_removes_the_temporary_checkpoints_of_killed_writers_only(tmp_path):
     from training.checkpoint import remove_stale_temporaries
 

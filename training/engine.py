@@ -538,6 +538,23 @@ def sized_to_the_run(config: Config) -> list[str]:
     return sized
 
 
+def _last_or_advice(run: Path) -> dict[str, Any]:
+    """The run's last.pt; where it is damaged, the error says what is left to go on from."""
+    try:
+        return load_checkpoint(run / LAST_FILE)
+    except ValueError as exc:
+        try:
+            best = load_checkpoint(run / BEST_FILE)
+        except (ValueError, FileNotFoundError):
+            raise exc from None
+        if "optimizer" not in best:
+            raise
+        raise ConfigError(
+            f"{exc}. Its {BEST_FILE} (epoch {best['epoch']}) holds the whole training state too: copy it over "
+            f"{LAST_FILE} to continue from that epoch, or start over with `train --force`"
+        ) from exc
+
+
 def resume(
     out_dir: str | Path,
     epochs: int | None = None,
@@ -548,7 +565,7 @@ def resume(
     ``expected``, a run started with any other config is refused (ConfigError naming the differences), but for
     where it runs (``PLACEMENT_KEYS``), which it takes from ``expected``; ``placement`` sets those alone."""
     remove_stale_temporaries(out_dir)
-    ckpt = load_checkpoint(Path(out_dir) / LAST_FILE)
+    ckpt = _last_or_advice(Path(out_dir))
     started = validate_config(ckpt["config"], started=True)
     differences = config_differences(started, expected, ignore=PLACEMENT_KEYS) if expected is not None else []
     if differences:
