@@ -32,16 +32,25 @@ def stopped_by(exc: KeyboardInterrupt) -> str:
     return f"{signal.Signals(exc.signum).name}: " if isinstance(exc, Terminated) else ""
 
 
+def take_over_terminations() -> dict[int, object]:
+    """SIGTERM and SIGHUP raise ``Terminated`` from now on, except where they are ignored (``nohup`` ignores
+    SIGHUP so that a run outlives its terminal: that stays so). Returns the handlers replaced, for
+    ``give_back``; nothing where this is not the main thread, which alone may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, raise_terminated) for s in CAUGHT if signal.getsignal(s) is not signal.SIG_IGN}
+
+
+def give_back(previous: dict[int, object]) -> None:
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
 @contextlib.contextmanager
 def terminations_as_interrupts() -> Iterator[None]:
-    """Within it, SIGTERM and SIGHUP raise ``Terminated``; the previous handlers are put back after. Only the
-    main thread may set handlers: elsewhere it changes nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, raise_terminated) for s in CAUGHT}
+    """``take_over_terminations`` within it, the previous handlers back after."""
+    previous = take_over_terminations()
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        give_back(previous)

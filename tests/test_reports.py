@@ -523,6 +523,29 @@ def test_compare_of_two_runs_draws_both_learning_curves(tiny_run, tmp_path):
     with Image.open(out / CURVES_FILE) as figure:
         assert figure.size[0] > 500
     assert f"]({CURVES_FILE})" in (out / "compare.md").read_text()
+    assert result["curves"]["a"]["label_smoothing"] == load_checkpoint(tiny_run)["config"]["train"]["label_smoothing"]
+
+
+def test_compare_json_prints_the_whole_result(tiny_run, tiny_report, capsys):
+    capsys.readouterr()
+    assert main(["compare", str(tiny_report), str(tiny_run), "--device", "cpu", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["difference_points"] == 0 and printed["num_samples"] == 15
+
+
+def test_an_ablation_stopped_by_sigterm_says_so(monkeypatch, tmp_path, capsys):
+    import signal
+
+    from inference.interrupts import Terminated
+    from training.reports import ablate
+
+    def preempted(*args, **kwargs):
+        raise Terminated(signal.SIGTERM)
+
+    monkeypatch.setattr(ablate, "ablate", preempted)
+    status = main(["ablate", "--recipe", "resnet9_half_cpu", "--vary", "lr=0.1,0.2", "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert (status, "SIGTERM: interrupted: run the same command again" in err) == (143, True), err
 
 
 def test_compare_refuses_reports_of_different_samples(tiny_run, tiny_report, tmp_path, capsys):

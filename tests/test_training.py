@@ -795,6 +795,8 @@ def test_sigterm_is_answered_as_ctrl_c_and_a_resume_elsewhere_takes_only_where_t
     folder of the same images (--set data.root), but not with a setting that changes what it computes."""
     import signal
 
+    from PIL import Image
+
     import training.checkpoint as checkpoint
     from training.__main__ import main as training_main
 
@@ -812,18 +814,30 @@ def test_sigterm_is_answered_as_ctrl_c_and_a_resume_elsewhere_takes_only_where_t
         return real_save(state, f)
 
     monkeypatch.setattr(checkpoint.torch, "save", terminated_while_writing_epoch_2)
+    handler_before = signal.getsignal(signal.SIGTERM)
     assert training_main(argv) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
     assert f"SIGTERM: interrupted: the last completed epoch is in {run / 'last.pt'}" in err
     assert sorted(p.name for p in run.iterdir() if ".tmp" in p.name) == []
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main() put the default handler back
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # main() put the handler back
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
 
     moved = tmp_path / "moved"
     shutil.copytree(image_folder, moved)
     assert training_main(["resume", str(run), "--set", "lr=0.5"]) == 2
     assert "'lr' would make it another run" in capsys.readouterr().err
+    assert training_main(["resume", str(run), "--epochs", "1"]) == 2  # 1 of 2 trained: it would train none
+    assert "has trained 1 epochs already: --epochs 1 would train none" in capsys.readouterr().err
+    # the same folder but for one image: its mean and std barely move, the images and their split do
+    edited = tmp_path / "edited"
+    shutil.copytree(image_folder, edited)
+    one = sorted(edited.glob("*/*.png"))[0]
+    pixels = np.asarray(Image.open(one)).copy()
+    pixels[0, 0] ^= 1
+    Image.fromarray(pixels).save(one)
+    assert training_main(["resume", str(run), "--set", f"data.root={edited}"]) == 2
+    assert "other images, or another split of them" in capsys.readouterr().err
     assert training_main(["resume", str(run), "--epochs", "3", "--set", f"data.root={moved}", "threads=1"]) == 0
     config = torch.load(run / "last.pt", weights_only=True)["config"]
     assert (config["data"]["root"], config["train"]["threads"], config["train"]["epochs"]) == (str(moved), 1, 3)
@@ -852,6 +866,14 @@ def test_the_advice_after_an_interrupted_resume_repeats_its_epochs(image_folder,
     capsys.readouterr()
     assert training_main(["resume", str(run), "--epochs", "4"]) == 130
     assert f"continue with `python -m training resume {run} --epochs 4`" in capsys.readouterr().err
+    # train --resume from a new place, stopped before an epoch was saved there: last.pt still has the old one
+    moved = tmp_path / "moved"
+    shutil.copytree(image_folder, moved)
+    sets = [o for o in overrides if not o.startswith(("data.root=", "epochs="))] + [f"data.root={moved}", "epochs=4"]
+    argv = ["train", "--recipe", "resnet9_half_cpu", "--set", *sets, "--out", str(run), "--resume"]
+    assert training_main(argv) == 130  # the run of 4 epochs, at its epoch 3 again
+    advice = capsys.readouterr().err.splitlines()[-1]
+    assert f"continue with `python -m training resume {run} --set " in advice and f"data.root={moved}`" in advice
 
 
 def test_a_damaged_last_checkpoint_names_what_is_left_to_go_on_from(image_folder, tmp_path, capsys):
@@ -873,11 +895,29 @@ def test_a_resume_removes_the_temporary_checkpoints_of_killed_writers_only(tmp_p
     from training.checkpoint import remove_stale_temporaries
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale, live = tmp_path / f"last.pt.{int(dead.stdout)}.tmp", tmp_path / f"best.pt.{os.getpid()}.tmp"
-    for path in (stale, live, tmp_path / "notes.txt.1.tmp"):
+    stale, live = tmp_path / f"last.pt.{int(dead.stdout)}.tmp", tmp_path / f"best.pt.{os.getppid()}.tmp"
+    # a predecessor killed under the pid this process now has (a restarted container's small pids)
+    own = tmp_path / f"best.pt.{os.getpid()}.tmp"
+    for path in (stale, live, own, tmp_path / "notes.txt.1.tmp"):
         path.write_bytes(b"x")
     remove_stale_temporaries(tmp_path)
-    assert not stale.exists() and live.exists() and (tmp_path / "notes.txt.1.tmp").exists()
+    assert not stale.exists() and not own.exists() and live.exists() and (tmp_path / "notes.txt.1.tmp").exists()
+
+
+def test_nohup_keeps_a_run_alive_when_its_terminal_closes():
+    """nohup ignores SIGHUP; the commands take over SIGTERM and SIGHUP only where they are not ignored."""
+    import signal
+
+    from inference.interrupts import raise_terminated, terminations_as_interrupts
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with terminations_as_interrupts():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is raise_terminated
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def test_a_checkpoint_the_disk_cannot_hold_is_an_os_error_naming_the_file(tmp_path):
@@ -1062,7 +1102,8 @@ def test_the_curves_say_when_the_training_loss_is_label_smoothed(tmp_path, monke
     "train, optim, weights, smoothing, lr_says",
     [
         ({"ema_decay": 0.99, "lookahead_every": 0, "label_smoothing": 0.2}, {"name": "sgd"}, "EMA", 0.2, None),
-        ({"ema_decay": 0.0, "lookahead_every": 5, "label_smoothing": 0.1}, {"name": "sgd"}, "lookahead", 0.1, None),
+        # lookahead writes its slow weights into the network, which validation runs as it is
+        ({"ema_decay": 0.0, "lookahead_every": 5, "label_smoothing": 0.1}, {"name": "sgd"}, None, 0.1, None),
         ({"ema_decay": 0.0, "lookahead_every": 0, "label_smoothing": 0.0}, {"name": "muon"}, None, 0.0, "muon_lr"),
     ],
 )

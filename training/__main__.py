@@ -24,6 +24,7 @@ try:
         is_ensemble_recipe,
         list_ensemble_recipes,
         list_recipes,
+        placement_overrides,
     )
     from .data import DatasetError
 except KeyboardInterrupt:  # Ctrl-C while torch loads (seconds): nothing has started, so no traceback
@@ -323,12 +324,16 @@ def _interrupted(args: argparse.Namespace) -> str:
     last = Path(run) / LAST_FILE
     if not last.is_file():
         return f"interrupted before {run} completed an epoch: nothing to continue; run the same command again"
+    # what this command was asked for that the resume must be told again: a run continued elsewhere and stopped
+    # before its next epoch was saved still has the old place in its last.pt
     command = ["python", "-m", "training", "resume", str(run)]
-    if args.fn is cmd_resume:  # what this resume was asked for, or following the advice would drop it
-        command += [
-            *(["--epochs", str(args.epochs)] if args.epochs else []),
-            *(["--set", *args.set] if args.set else []),
-        ]
+    if args.fn is cmd_resume:
+        placement = args.set
+    else:
+        placement = placement_overrides(args.set) if args.resume else []
+    if args.fn is cmd_resume and args.epochs:
+        command += ["--epochs", str(args.epochs)]
+    command += ["--set", *placement] if placement else []
     return f"interrupted: the last completed epoch is in {last}; continue with `{shlex.join(command)}`"
 
 

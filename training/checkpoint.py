@@ -45,10 +45,12 @@ def _alive(pid: int) -> bool:
 def remove_stale_temporaries(folder: str | Path) -> None:
     """The temporary checkpoints (``NAME.PID.tmp``, ``inference.files.write_atomic``'s) of processes that were
     killed while writing (SIGKILL, a lost machine: no cleanup ran), each as large as a checkpoint; a live
-    writer's are kept."""
+    writer's are kept (another process's, one alive under that pid)."""
     for tmp in Path(folder).glob("*.pt.*.tmp"):
         pid = tmp.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and not _alive(int(pid)):
+        # this process has not started writing where it calls this: a file under its own pid is a killed
+        # predecessor's (a container restarted after preemption often gets the same small pid)
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
             tmp.unlink(missing_ok=True)
 
 

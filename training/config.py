@@ -365,6 +365,17 @@ def validate_config(raw: dict[str, Any], started: bool = False) -> Config:
 # the device and threads, the evaluation batch. A resumed run may take new values for these (a preempted run
 # continued on another machine, from another folder); any other change would make it another run.
 PLACEMENT_KEYS = ("data.root", "data.cache_dir", "train.device", "train.threads", "train.eval_batch_size")
+# Those of them that change the arithmetic (kernels, the order of sums): a run moved so is no longer bit-identical.
+NUMERICS_KEYS = ("train.device", "train.threads")
+
+
+def placement_overrides(overrides: list[str]) -> list[str]:
+    """The ``key=value`` overrides among ``overrides`` that set where a run runs."""
+    return [item for item in overrides if "=" in item and _full_key(item.split("=", 1)[0]) in PLACEMENT_KEYS]
+
+
+def _full_key(key: str) -> str:
+    return key if "." in key else _field_owner(key)
 
 
 def config_differences(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -394,7 +405,7 @@ def with_placement(config: Config, overrides: list[str] | None = None, like: Con
             raw[section][name] = source[section][name]
     for item in overrides or []:
         key = item.split("=", 1)[0]
-        if (key if "." in key else _field_owner(key)) not in PLACEMENT_KEYS:
+        if _full_key(key) not in PLACEMENT_KEYS:
             raise ConfigError(
                 f"a resumed run takes new values only for where it runs ({', '.join(PLACEMENT_KEYS)}): {key!r} "
                 "would make it another run; start one with `python -m training train`"

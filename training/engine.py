@@ -28,6 +28,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import (
+    NUMERICS_KEYS,
     PLACEMENT_KEYS,
     Config,
     ConfigError,
@@ -88,7 +89,7 @@ def load_data(config: Config) -> tuple[ImageArrays, ImageArrays | None]:
 
 
 # What a run's checkpoint records of its data that the same data gives again (``Trainer._check_same_data``).
-DATA_KEYS = ("classes", "mean", "std", "input_size")
+DATA_KEYS = ("classes", "mean", "std", "input_size", "data_fingerprint")
 
 
 def check_trainable(train: ImageArrays, val: ImageArrays | None, root: str) -> None:
@@ -205,6 +206,9 @@ class Trainer:
             "val_size": config.data.val_size,
             "split_seed": config.data.split_seed,
             "recipe": config.recipe,
+            # the images and their split, which a resume from another data.root must find again: the mean and
+            # std above barely move when a few images change, and one image more reshuffles the split
+            "data_fingerprint": ":".join(part.fingerprint() for part in (train_data, val_data) if part is not None),
         }
         self.bf16 = resolve_bf16(t.bf16, self.device)
         self.model = create_model(config.model.name, len(self.classes), mean, std, **config.model.args)
@@ -302,7 +306,12 @@ class Trainer:
         not fit the network's head), and images added, removed or edited change the normalisation it keeps."""
         changed = [key for key in DATA_KEYS if key in saved and saved[key] != self.meta[key]]
         if changed:
-            said = "; ".join(f"{key} {saved[key]} -> {self.meta[key]}" for key in changed)
+            said = "; ".join(
+                "other images, or another split of them"
+                if key == "data_fingerprint"
+                else f"{key} {saved[key]} -> {self.meta[key]}"
+                for key in changed
+            )
             raise ConfigError(
                 f"{self.out_dir} was trained on other data than {self.meta['data_root']} holds now ({said}): it "
                 "cannot be continued; restore the data, or start a new run in another folder"
@@ -543,6 +552,8 @@ def _last_or_advice(run: Path) -> dict[str, Any]:
     try:
         return load_checkpoint(run / LAST_FILE)
     except ValueError as exc:
+        if isinstance(exc.__cause__, PermissionError):  # the file may be whole: copying over it would lose it
+            raise
         try:
             best = load_checkpoint(run / BEST_FILE)
         except (ValueError, FileNotFoundError):
@@ -577,9 +588,18 @@ def resume(
     moved = config_differences(started, config)
     if moved:
         log.info("the run continues elsewhere (started -> now): %s", "; ".join(moved))
-    if epochs is not None and epochs < ckpt["epoch"]:
+    numerics = [d for d in moved if d.startswith(NUMERICS_KEYS)]
+    if numerics:
+        log.warning(
+            "%s: other kernels or another order of floating-point sums from here on, so the run continues, but "
+            "not bit for bit as it would have where it started",
+            "; ".join(numerics),
+        )
+    trained = ckpt["epoch"]
+    if epochs is not None and (epochs < trained or epochs == trained < started.train.epochs):
+        # the last case would mark the run finished without its last epoch's work (lookahead's final sync)
         raise ConfigError(
-            f"{out_dir} has trained {ckpt['epoch']} epochs already: --epochs {epochs} would train none; give more"
+            f"{out_dir} has trained {trained} epochs already: --epochs {epochs} would train none; give more"
         )
     if epochs is not None:
         reshaped = sized_to_the_run(config)

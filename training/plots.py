@@ -18,7 +18,8 @@ class CurveInfo:
     """What a run's history measures, from its configuration; None: not known (a file without its config)."""
 
     label_smoothing: float | None = None
-    # the weights validation ran on when they are not the trained ones: "EMA", "lookahead"
+    # the weights validation ran on when they are not the trained ones: "EMA" (lookahead writes its slow
+    # weights into the network itself, which validation then runs as it is)
     eval_weights: str | None = None
     optimizer: str | None = None
 
@@ -27,8 +28,7 @@ class CurveInfo:
         if not config:
             return cls()
         train, optim = config.get("train") or {}, config.get("optim") or {}
-        weights = "EMA" if train.get("ema_decay") else "lookahead" if train.get("lookahead_every") else None
-        return cls(train.get("label_smoothing", 0.0), weights, optim.get("name"))
+        return cls(train.get("label_smoothing", 0.0), "EMA" if train.get("ema_decay") else None, optim.get("name"))
 
     def train_loss_label(self) -> str:
         # A smoothed training loss has a floor well above 0 and is not the validation loss's quantity.

@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from inference.interrupts import interrupted_status, raise_terminated
+from inference.interrupts import give_back, interrupted_status, stopped_by, take_over_terminations
 
 from .accuracy import FolderAccuracy
 from .engines import choose_engine
@@ -110,15 +110,13 @@ def _write(out, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, raise_terminated)
+    previous = take_over_terminations()
     backend = None
     try:
         fmt_name = _validate(args)
         backend = choose_engine(args).open(args)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, raise_terminated)  # an engine may have set its own (ray.init does)
+        for s, handler in take_over_terminations().items():  # an engine may have set its own (ray.init does)
+            previous.setdefault(s, handler)
         return _run(args, fmt_name, backend)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -127,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}\nthe rows so far are kept: rerun with --resume to continue", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:  # before scoring started (loading the model, reading back --resume)
-        print("interrupted", file=sys.stderr)
+        print(f"{stopped_by(exc)}interrupted", file=sys.stderr)
         return interrupted_status(exc)
     except _OutputLost as exc:
         if isinstance(exc.error, BrokenPipeError):
@@ -140,8 +138,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if backend is not None:
             backend.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        give_back(previous)
 
 
 def _count(root: str, stop: threading.Event, total: list) -> None:
@@ -245,7 +242,7 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
         raise lost
     if lost is not None:
         print(f"error: cannot write {_output_name(args.out)}: {lost}", file=sys.stderr)
-    stopped = "interrupted" if interrupted else "stopped" if lost else None
+    stopped = f"{stopped_by(interrupted)}interrupted" if interrupted else "stopped" if lost else None
     print(summary.text(args.out, stopped, args.min_confidence), file=sys.stderr)
     if accuracy is not None:
         print(accuracy.report(), file=sys.stderr)

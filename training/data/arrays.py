@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,15 @@ class ImageArrays:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def fingerprint(self) -> str:
+        """A digest of the images and labels in order: reports pair only on equal ones, and a run resumes only
+        on the images it started on."""
+        digest = hashlib.sha256()
+        digest.update(str(self.images.shape).encode())
+        digest.update(np.ascontiguousarray(self.images).tobytes())
+        digest.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        return digest.hexdigest()
 
     def subset(self, indices: np.ndarray) -> "ImageArrays":
         return ImageArrays(self.images[indices], self.labels[indices], self.classes)

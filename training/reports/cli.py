@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from inference.interrupts import interrupted_status, stopped_by
+
 from ..cli_types import non_negative_int, percent, positive_int, significance
 from ..data import SPLITS
 from .figures import MAX_CLASSES
@@ -137,9 +139,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             tta=args.tta,
             target_top1=None if args.target_top1 is None else args.target_top1 / 100,
         )
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume; finished variants are not retrained", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated
+        print(
+            f"{stopped_by(exc)}interrupted: run the same command again to resume; finished variants are not retrained",
+            file=sys.stderr,
+        )
+        return interrupted_status(exc)
     print(format_table(result))
     print(f"table: {result['out_dir']}/ablation.md and ablation.json")
     return 0

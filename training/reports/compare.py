@@ -200,7 +200,7 @@ def compare(
         "alpha": alpha,
         "significant": bool(test["p_value"] < alpha),
         "histories": {"a": side_a.history, "b": side_b.history},
-        "curves": {"a": side_a.curves, "b": side_b.curves},
+        "curves": {"a": asdict(side_a.curves), "b": asdict(side_b.curves)},
     }
 
 
@@ -243,7 +243,7 @@ def write_comparison(result: dict[str, Any], out_dir: str | Path) -> Path:
         plot_compared_curves(
             {labels[k]: histories[k] for k in ("a", "b")},
             out_dir / CURVES_FILE,
-            {labels[k]: result["curves"][k] for k in ("a", "b")},
+            {labels[k]: CurveInfo(**result["curves"][k]) for k in ("a", "b")},
         )
         text += f"\n![learning curves of A and B]({CURVES_FILE})\n"
     write_text_atomic(out_dir / "compare.md", text)

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -301,11 +300,7 @@ def resolve_data(
 
 def sample_fingerprint(data: ImageArrays) -> str:
     """A digest of the images and labels in order: two reports can be paired only if theirs match."""
-    digest = hashlib.sha256()
-    digest.update(str(data.images.shape).encode())
-    digest.update(np.ascontiguousarray(data.images).tobytes())
-    digest.update(np.ascontiguousarray(data.labels, dtype=np.int64).tobytes())
-    return digest.hexdigest()
+    return data.fingerprint()
 
 
 def match_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> tuple[ImageArrays, str | None]:
