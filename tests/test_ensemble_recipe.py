@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 
 import pytest
 import torch
@@ -108,6 +109,13 @@ def test_an_ensemble_recipe_trains_its_members_resumes_after_an_interruption_and
     assert training_main(["train", "--recipe", recipe, "--set", *sets, "--out", str(first), "--resume"]) == 2
     assert "holds a single network's run" in capsys.readouterr().err
     assert (sha256_file(out / "best.pt"), sha256_file(first / "best.pt")) == (joined_sha, member_sha)
+
+    # where it runs is not what it is: the same run goes on from a copy of its data elsewhere
+    moved = tmp_path / "moved"
+    shutil.copytree(image_folder, moved)
+    elsewhere = [s for s in sets if not s.startswith("data.root=")] + [f"data.root={moved}"]
+    assert cli("--resume", overrides=elsewhere) == 0
+    assert cli("--resume", overrides=[*elsewhere, "lr=0.01"]) == 2
 
     # Started over and stopped during member 2: nothing of the old run passes for the new one's (a resume would
     # have taken the old member 2 for finished).

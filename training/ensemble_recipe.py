@@ -29,7 +29,15 @@ from inference.fits import FitName
 from inference.messages import validation_problems
 
 from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE, clear_run
-from .config import ENSEMBLE_KEY, Config, ConfigError, build_config, is_ensemble_recipe, load_ensemble_recipe_raw
+from .config import (
+    ENSEMBLE_KEY,
+    Config,
+    ConfigError,
+    build_config,
+    is_ensemble_recipe,
+    load_ensemble_recipe_raw,
+    placement_overrides,
+)
 from .engine import check_network_takes_its_input, train
 from .engine import resume as resume_run
 from .ensemble import join_checkpoints
@@ -104,6 +112,13 @@ def _resolved(recipe: EnsembleRecipe, overrides: list[str]) -> dict[str, Any]:
     return {"recipe": recipe.model_dump(mode="json"), "overrides": list(overrides)}
 
 
+def _what_it_computes(resolved: dict[str, Any]) -> dict[str, Any]:
+    """A run as resolved, less where it runs: a run continued from another data.root or device is the same run
+    (each member's resume checks its data and warns of numerics, ``engine.resume``)."""
+    placement = placement_overrides(resolved.get("overrides") or [])
+    return {**resolved, "overrides": [o for o in resolved.get("overrides") or [] if o not in placement]}
+
+
 def started_run(out: str | Path) -> dict[str, Any] | None:
     """What the ensemble run in ``out`` was started with (its recipe and overrides), or None if none was."""
     record = Path(out) / ENSEMBLE_RUN_FILE
@@ -133,7 +148,7 @@ def train_ensemble(
     configs = member_configs(recipe, overrides)  # every member is checked before the first one trains
     resolved = _resolved(recipe, overrides)
     started = started_run(out) if resume else None
-    if started is not None and started != resolved:
+    if started is not None and _what_it_computes(started) != _what_it_computes(resolved):
         raise ConfigError(
             f"{out} holds an ensemble run of another recipe or other overrides, so it cannot be continued "
             f"with this one (started: {json.dumps(started)}; asked: {json.dumps(resolved)})"
