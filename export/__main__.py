@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import re
 import sys
 
@@ -33,6 +32,7 @@ from inference.manifest import (
     load_manifest,
     set_default,
 )
+from inference.messages import configure_logging
 from inference.precisions import PRECISIONS, suits, tolerance_text
 from training.cli_types import positive_int
 
@@ -286,7 +286,7 @@ def _report(entry, parity) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     argv = sys.argv[1:] if argv is None else argv
     try:
         with terminations_as_interrupts():

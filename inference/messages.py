@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 
 def exception_summary(exc: BaseException, after: str | None = None, lines: int = 1, limit: int = 200) -> str:
     """The first ``lines`` non-blank lines of ``exc``'s text (from ``after`` on, where it occurs), joined and cut
@@ -31,3 +33,16 @@ def validation_problems(error, limit: int = 600) -> str:
         )
         problems.append(f"{where}: {what}{shown}" if where else what)  # a check across fields names them itself
     return "; ".join(problems)[:limit]
+
+
+# The project's own loggers, which speak at INFO; libraries (onnxscript, onnx_ir, torch) speak at INFO by the
+# hundred lines during an export, so they are heard from WARNING up.
+OWN_LOGGERS = ("training", "export", "inference", "service")
+
+
+def configure_logging() -> None:
+    """Logging for a command line: this project's messages at INFO, other libraries' from WARNING."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # a no-op where handlers exist already
+    logging.getLogger().setLevel(logging.WARNING)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)

@@ -153,3 +153,21 @@ def test_every_command_line_flag_says_what_it_does():
     }
     missing = [flag for where, parser in parsers.items() for flag in _undocumented(parser, where)]
     assert not missing, missing
+
+
+def test_a_command_line_hears_its_own_info_and_libraries_only_from_warning():
+    """An export ran hundreds of onnxscript/onnx_ir INFO lines past the user before its own messages."""
+    import logging
+
+    from inference.messages import OWN_LOGGERS, configure_logging
+
+    saved = {name: logging.getLogger(name).level for name in ("", *OWN_LOGGERS)}
+    try:
+        configure_logging()
+        assert logging.getLogger("export.pipeline").isEnabledFor(logging.INFO)
+        assert logging.getLogger("training").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("onnx_ir.passes.common").isEnabledFor(logging.INFO)
+        assert logging.getLogger("onnx_ir.passes.common").isEnabledFor(logging.WARNING)
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shlex
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from inference.fits import FITS
 from inference.interrupts import interrupted_status, stopped_by, terminations_as_interrupts
+from inference.messages import configure_logging
 
 from .cli_types import positive_int
 
@@ -293,7 +293,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     args = get_args_parser().parse_args(argv)
     try:
         with terminations_as_interrupts():
