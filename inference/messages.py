@@ -37,7 +37,7 @@ def validation_problems(error, limit: int = 600) -> str:
 
 # The project's own loggers, which speak at INFO; libraries (onnxscript, onnx_ir, torch) speak at INFO by the
 # hundred lines during an export, so they are heard from WARNING up.
-OWN_LOGGERS = ("training", "export", "inference", "service")
+OWN_LOGGERS = ("training", "export", "inference")  # the service logs as bentoml.cifar, under BentoML's setup
 
 
 def configure_logging() -> None:

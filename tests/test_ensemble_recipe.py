@@ -8,6 +8,7 @@ import re
 import shlex
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -125,6 +126,53 @@ def test_an_ensemble_recipe_trains_its_members_resumes_after_an_interruption_and
     assert (first / "summary.json").is_file() and not (second / "summary.json").exists()
 
 
+def test_an_ensemble_run_lost_mid_way_goes_on_from_a_copy_of_its_data_elsewhere(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    """Member 1 trained on the data where it was, member 2 trains on the copy: the join accepts the two roots
+    by the images' fingerprint; a copy that differs by one image is refused, and the record keeps the old place."""
+    from PIL import Image
+
+    import training.ensemble_recipe as runner
+
+    recipe, out = _recipe(tmp_path), tmp_path / "run"
+    sets = _shared_overrides(image_folder, tmp_path)
+    real_train = runner.train
+
+    def machine_lost_during_member_2(config, folder):
+        if folder.name.startswith("2-"):
+            raise KeyboardInterrupt
+        return real_train(config, folder)
+
+    def cli(overrides):
+        return training_main(["train", "--recipe", recipe, "--set", *overrides, "--out", str(out), "--resume"])
+
+    monkeypatch.setattr(runner, "train", machine_lost_during_member_2)
+    assert cli(sets) == 130
+    monkeypatch.setattr(runner, "train", real_train)
+    record = (out / "ensemble.yaml").read_text()
+
+    edited = tmp_path / "edited"
+    shutil.copytree(image_folder, edited)
+    one = sorted(edited.glob("*/*.png"))[0]
+    pixels = np.asarray(Image.open(one)).copy()
+    pixels[0, 0] ^= 1
+    Image.fromarray(pixels).save(one)
+    assert cli([s for s in sets if not s.startswith("data.root=")] + [f"data.root={edited}"]) == 2
+    assert "other images, or another split of them" in capsys.readouterr().err
+    assert (out / "ensemble.yaml").read_text() == record  # the refused place is not recorded
+
+    moved = tmp_path / "moved"
+    shutil.copytree(image_folder, moved)
+    assert cli([s for s in sets if not s.startswith("data.root=")] + [f"data.root={moved}"]) == 0
+    roots = [
+        load_checkpoint(out / f / "best.pt")["meta"]["data_root"] for f in ("1-resnet9_half_cpu", "2-airbench94_muon")
+    ]
+    assert roots == [str(image_folder), str(moved)]
+    assert load_checkpoint(out / "best.pt")["meta"]["arch"] == "ensemble"
+    assert f"data.root={moved}" in (out / "ensemble.yaml").read_text()
+
+
 @pytest.mark.parametrize(
     ("members", "section", "said"),
     [
@@ -177,8 +225,12 @@ def test_a_damaged_record_of_an_ensemble_run_is_named_not_a_traceback(tmp_path, 
 
     out = tmp_path / "run"
     out.mkdir()
-    (out / "ensemble.yaml").write_text("recipe: {name: resnet9_airbench94, members: [")
-    for command in (["train", "--recipe", "resnet9_airbench94", "--out", str(out), "--resume"], ["resume", str(out)]):
-        assert training_main(command) == 2, command
-        err = capsys.readouterr().err
-        assert f"{out / 'ensemble.yaml'} is damaged" in err and "--force" in err and "Traceback" not in err, err
+    for text in ("recipe: {name: resnet9_airbench94, members: [", "recipe: {name: resnet9_airbench94}\noverrides: [1]"):
+        (out / "ensemble.yaml").write_text(text)
+        for command in (
+            ["train", "--recipe", "resnet9_airbench94", "--out", str(out), "--resume"],
+            ["resume", str(out)],
+        ):
+            assert training_main(command) == 2, command
+            err = capsys.readouterr().err
+            assert f"{out / 'ensemble.yaml'} is damaged" in err and "--force" in err and "Traceback" not in err, err

@@ -65,7 +65,10 @@ def check_compatible(metas: Sequence[dict], names: Sequence[str], fit_given: boo
                     else ""
                 )
                 raise ValueError(f"{name} and {first_name} differ in {key} ({mine!r} against {theirs!r}){hint}")
-        if not _same_root(meta.get("data_root"), first.get("data_root")):
+        # a run continued from a copy of its data elsewhere has members of two roots and one fingerprint
+        fingerprint = meta.get("data_fingerprint")
+        same_images = fingerprint is not None and fingerprint == first.get("data_fingerprint")
+        if not same_images and not _same_root(meta.get("data_root"), first.get("data_root")):
             raise ValueError(
                 f"{name} and {first_name} were trained on different data ({meta.get('data_root')!r} against "
                 f"{first.get('data_root')!r})"

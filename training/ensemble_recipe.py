@@ -128,8 +128,13 @@ def started_run(out: str | Path) -> dict[str, Any] | None:
         started = yaml.safe_load(record.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{record} is damaged ({exc}); start the run over with --force") from None
-    if not isinstance(started, dict):
-        raise ConfigError(f"{record} is damaged (not a mapping); start the run over with --force")
+    overrides = started.get("overrides") if isinstance(started, dict) else None
+    if not isinstance(started, dict) or not (
+        isinstance(overrides, list) and all(isinstance(item, str) for item in overrides)
+    ):
+        raise ConfigError(
+            f"{record} is damaged (not a recipe and a list of overrides); start the run over with --force"
+        )
     return started
 
 
@@ -158,7 +163,12 @@ def train_ensemble(
         clear_run(out, (BEST_FILE, SUMMARY_FILE))
         for i in range(len(configs)):
             clear_run(out / recipe.folder(i))
-    write_text_atomic(out / ENSEMBLE_RUN_FILE, yaml.safe_dump(resolved, sort_keys=False))
+    # A run continued from another place keeps its record until its first member has accepted the move (its
+    # data found again): a refused move must not leave its data.root in the record `resume` quotes.
+    recorded = started == resolved
+    if started is None:
+        write_text_atomic(out / ENSEMBLE_RUN_FILE, yaml.safe_dump(resolved, sort_keys=False))
+        recorded = True
     summaries = []
     for i, (member, config) in enumerate(zip(recipe.members, configs)):
         folder = out / recipe.folder(i)
@@ -167,6 +177,9 @@ def train_ensemble(
             summaries.append(resume_run(folder, expected=config))
         else:
             summaries.append(train(config, folder))
+        if not recorded:
+            write_text_atomic(out / ENSEMBLE_RUN_FILE, yaml.safe_dump(resolved, sort_keys=False))
+            recorded = True
     folders = [out / recipe.folder(i) for i in range(len(configs))]
     meta = join_checkpoints(folders, out / BEST_FILE, [m.tta for m in recipe.members], recipe.fit)
     summary = {
