@@ -22,7 +22,7 @@ import re
 import sys
 
 from inference.fits import DEFAULT_FIT, FITS, fit_help
-from inference.interrupts import interrupted_status, stopped_by, terminations_as_interrupts
+from inference.interrupts import say_stopped, terminations_as_interrupts
 from inference.manifest import (
     CALIBRATION_METHODS,
     DEVICE_KINDS,
@@ -297,8 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated
         # Graphs are built and checked in a temporary folder, and moved in beside the new manifest only once
         # verified; a recovered checkpoint is written to a temporary file and renamed: a stop leaves no part.
-        print(f"{stopped_by(exc)}interrupted: nothing was written", file=sys.stderr)
-        return interrupted_status(exc)
+        return say_stopped(exc, "interrupted: nothing was written")
 
 
 def _command(argv: list[str]) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from typing import Iterator
 
@@ -44,6 +45,16 @@ def take_over_terminations() -> dict[int, object]:
 def give_back(previous: dict[int, object]) -> None:
     for s, handler in previous.items():
         signal.signal(s, handler)
+
+
+def say_stopped(exc: KeyboardInterrupt, message: str) -> int:
+    """Print ``message`` (after the signal's name, for a termination) and return the exit status. A closed
+    terminal (SIGHUP) takes stderr with it: the message is then lost, not turned into a traceback and exit 1."""
+    try:
+        print(f"{stopped_by(exc)}{message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
+    return interrupted_status(exc)
 
 
 @contextlib.contextmanager

@@ -171,3 +171,21 @@ def test_a_command_line_hears_its_own_info_and_libraries_only_from_warning():
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
+
+
+def test_a_stop_whose_terminal_is_gone_still_exits_with_the_signals_status(monkeypatch):
+    """SIGHUP from a closed terminal takes stderr with it: the message is lost, the status is still 128 + 1."""
+    import signal
+
+    from inference.interrupts import Terminated, say_stopped
+
+    class Gone:
+        def write(self, text):
+            raise OSError(5, "Input/output error")
+
+        def flush(self):
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr("sys.stderr", Gone())
+    assert say_stopped(Terminated(signal.SIGHUP), "interrupted") == 128 + signal.SIGHUP
+    assert say_stopped(KeyboardInterrupt(), "interrupted") == 130

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from inference.fits import FITS
-from inference.interrupts import interrupted_status, stopped_by, terminations_as_interrupts
+from inference.interrupts import say_stopped, terminations_as_interrupts
 from inference.messages import configure_logging
 
 from .cli_types import positive_int
@@ -309,8 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated
-        print(f"{stopped_by(exc)}{_interrupted(args)}", file=sys.stderr)
-        return interrupted_status(exc)
+        return say_stopped(exc, _interrupted(args))
 
 
 def _interrupted(args: argparse.Namespace) -> str:

@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from inference.interrupts import give_back, interrupted_status, stopped_by, take_over_terminations
+from inference.interrupts import give_back, interrupted_status, say_stopped, stopped_by, take_over_terminations
 
 from .accuracy import FolderAccuracy
 from .engines import choose_engine
@@ -125,8 +125,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}\nthe rows so far are kept: rerun with --resume to continue", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:  # before scoring started (loading the model, reading back --resume)
-        print(f"{stopped_by(exc)}interrupted", file=sys.stderr)
-        return interrupted_status(exc)
+        return say_stopped(exc, "interrupted")
     except _OutputLost as exc:
         if isinstance(exc.error, BrokenPipeError):
             # The reader has gone (`score DIR | head`): stop quietly, as Unix tools do, and keep Python from

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from inference.interrupts import interrupted_status, stopped_by
+from inference.interrupts import say_stopped
 
 from ..cli_types import non_negative_int, percent, positive_int, significance
 from ..data import SPLITS
@@ -140,11 +139,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             target_top1=None if args.target_top1 is None else args.target_top1 / 100,
         )
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated
-        print(
-            f"{stopped_by(exc)}interrupted: run the same command again to resume; finished variants are not retrained",
-            file=sys.stderr,
+        return say_stopped(
+            exc, "interrupted: run the same command again to resume; finished variants are not retrained"
         )
-        return interrupted_status(exc)
     print(format_table(result))
     print(f"table: {result['out_dir']}/ablation.md and ablation.json")
     return 0
