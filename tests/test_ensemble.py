@@ -86,15 +86,21 @@ def test_members_that_held_out_nothing_record_no_validation_accuracy(tiny_run, o
 
 def test_members_trained_on_other_data_are_refused(tiny_run, other_member, tmp_path):
     ckpt = load_checkpoint(other_member)
-    for key, value, said in (
-        ("classes", ["x", "y", "z"], "classes"),
-        ("split_seed", 7, "split_seed"),
-        ("data_root", str(tmp_path / "elsewhere"), "different data"),
+    elsewhere = str(tmp_path / "elsewhere")
+    for key, changed, said in (
+        ("classes", {"classes": ["x", "y", "z"]}, "classes"),
+        ("split_seed", {"split_seed": 7}, "split_seed"),
+        ("data_root", {"data_root": elsewhere, "data_fingerprint": "other images"}, "different data"),
     ):
         odd = tmp_path / f"{key}.pt"
-        save_checkpoint(dict(ckpt, meta=dict(ckpt["meta"], **{key: value})), odd)
+        save_checkpoint(dict(ckpt, meta=dict(ckpt["meta"], **changed)), odd)
         with pytest.raises(ValueError, match=said):
             join_checkpoints([tiny_run, odd], tmp_path / "out.pt")
+    # another root holding the same images (a run continued from a copy of its data): the same data
+    moved = tmp_path / "moved.pt"
+    save_checkpoint(dict(ckpt, meta=dict(ckpt["meta"], data_root=elsewhere)), moved)
+    assert load_checkpoint(tiny_run)["meta"]["data_fingerprint"] == ckpt["meta"]["data_fingerprint"]
+    join_checkpoints([tiny_run, moved], tmp_path / "moved-pair.pt")
     odd_fit = tmp_path / "fit.pt"
     save_checkpoint(
         dict(ckpt, meta=dict(ckpt["meta"], fit="pad" if ckpt["meta"]["fit"] != "pad" else "squash")), odd_fit
