@@ -23,10 +23,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
+# Every serving package at the version the Bento's image installs (deploy/serving.lock, which
+# scripts/lock_serving.py writes from a tested environment): the tests run what ships.
 if [ "${1:-all}" = "serve" ]; then
-    python -m pip install -q -e .
+    python -m pip install -q -c deploy/serving.lock -e .
 else
-    python -m pip install -q -e ".[train,test,ray]"
+    python -m pip install -q -c deploy/serving.lock -e ".[train,test,ray]"
     # Debian packages the tests use, installed when missing (root and apt-get only; otherwise those tests skip
     # and say why): Chromium, which the page's browser test drives through Playwright (never Playwright's own
     # download), and docker-compose, whose `config` checks deploy/compose.yaml (no daemon needed).

@@ -8,16 +8,20 @@ import re
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
 KUBERNETES = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 COMPOSE = DEPLOY / "compose.yaml"
+LOCK = DEPLOY / "serving.lock"
 # The oldest Kubernetes the manifests are checked against, besides kubernetes-validate's newest.
 OLDEST_KUBERNETES = "1.29.0"
 # The Bento beside its models (code, the page, the environment description): under 1 MiB today. The models are
@@ -163,13 +167,59 @@ def test_the_bento_packs_the_service_code_and_the_models_only(bento):
     assert described["service"] == "service.service:Classifier"
 
 
-def test_the_requirements_bring_onnxruntime_gpu_with_cuda_13_and_cudnn_9_and_no_torch(bento):
-    requirements = (bento / "env" / "python" / "requirements.txt").read_text().lower()
-    lines = [line.split("#")[0].strip() for line in requirements.splitlines() if line.split("#")[0].strip()]
-    assert "onnxruntime-gpu[cuda,cudnn]==1.31.1" in lines  # the extras pull the CUDA 13 and cuDNN 9 wheels
-    assert not any(re.match(r"onnxruntime(==|>|<|$)", line) for line in lines)  # not the CPU-only wheel too
-    assert any(line.startswith("bentoml==") for line in lines)
-    assert not any(re.match(r"(torch|torchvision|onnx|onnxscript)\b(?![-_])", line) for line in lines), lines
+def _pins(text: str) -> dict[str, str]:
+    """`name==version` lines (comments and blank lines skipped) as {canonical name: version}; any other line
+    fails: the Bento and the lock hold exact versions only."""
+    pins = {}
+    for line in text.splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            requirement = Requirement(line)
+            (spec,) = requirement.specifier
+            assert spec.operator == "==" and not requirement.extras and not requirement.marker, line
+            pins[canonicalize_name(requirement.name)] = spec.version
+    return pins
+
+
+def test_the_bento_installs_the_lock_exactly_with_cuda_13_and_cudnn_9_and_no_torch(bento):
+    pins = _pins((bento / "env" / "python" / "requirements.txt").read_text())
+    assert pins == {**_pins(LOCK.read_text()), "bentoml": metadata.version("bentoml")}  # bentoml: added by the build
+    assert pins["onnxruntime-gpu"] == "1.31.1" and "onnxruntime" not in pins  # not the CPU-only wheel too
+    # onnxruntime-gpu 1.31's CUDA provider: CUDA 13 and cuDNN 9 from wheels (its `cuda` and `cudnn` extras)
+    for name in ("nvidia-cuda-runtime", "nvidia-cuda-nvrtc", "nvidia-cublas"):
+        assert pins[name].startswith("13."), (name, pins[name])
+    assert pins["nvidia-cudnn-cu13"].startswith("9.") and {"nvidia-cufft", "nvidia-curand"} <= set(pins)
+    assert not {"torch", "torchvision", "onnx", "onnxscript"} & set(pins)
+
+
+def _serving_closure() -> set[str]:
+    """The installed distributions the serving install needs: the project's base requirements (no extras) and
+    ONNX Runtime's `cuda` and `cudnn` extras, followed through each installed package's own requirements."""
+    wanted = [(Requirement("cifar-classifier"), ()), (Requirement("onnxruntime-gpu"), ("cuda", "cudnn"))]
+    found: set[tuple[str, tuple[str, ...]]] = set()
+    while wanted:
+        requirement, extras = wanted.pop()
+        name = canonicalize_name(requirement.name)
+        extras = tuple(sorted(set(extras) | requirement.extras))
+        if (name, extras) in found:
+            continue
+        found.add((name, extras))
+        for line in metadata.requires(name) or []:
+            needed = Requirement(line)
+            environments = [{"extra": extra} for extra in extras or ("",)]
+            if not needed.marker or any(needed.marker.evaluate(env) for env in environments):
+                wanted.append((needed, ()))
+    return {name for name, _ in found} - {"cifar-classifier"}
+
+
+def test_the_lock_is_the_serving_closure_at_the_versions_the_tests_run_with():
+    """scripts/setup.sh installs under the lock, so a mismatch means the lock was not rewritten after a
+    dependency changed (`python scripts/lock_serving.py`) or the environment was not set up by it."""
+    pins = _pins(LOCK.read_text())
+    closure = _serving_closure()
+    assert closure - set(pins) == set(), "serving packages the lock misses"
+    assert set(pins) - closure == set(), "locked packages the serving install no longer needs"
+    assert {name: metadata.version(name) for name in pins} == pins
 
 
 def test_the_dockerfile_runs_as_the_bentoml_user_on_python_slim(bento):
