@@ -16,6 +16,7 @@ from training.config import build_config
 from training.models import DEFAULT_MEAN, DEFAULT_STD, count_parameters, create_model
 from training.models.dla import DLA
 from training.models.edgenext import EdgeNeXt
+from training.models.layers import DropPath
 from training.reports.gradcam import GradCAM
 
 # Parameter counts with 10 classes, pinned so an accidental change to an architecture shows.
@@ -28,6 +29,8 @@ PARAMS = {
     # Published EdgeNeXt-S is 5.59M with 1000 classes; the 10-way head saves 302K, the 3x3 stem 1K.
     "edgenext_small": 5_283_874,
 }
+# Values of the recipes' regularisation arguments that no recipe or default uses.
+NON_DEFAULT = {"drop_path": 0.3, "dropout": 0.2}
 # Instances small enough to build, run and export in well under a second each.
 TINY = {
     "dla34": dict(channels=(4, 4, 8, 8, 8, 8)),
@@ -62,10 +65,30 @@ def test_tiny_forward_and_gradcam(name):
     assert cams.shape == (3, 32, 32) and np.isfinite(cams).all()
 
 
+def test_drop_path_drops_whole_samples_at_its_rate_and_rescales_the_rest():
+    torch.manual_seed(0)
+    layer = DropPath(0.25).train()
+    x = torch.ones(4000, 3, 2, 2)
+    out = layer(x)
+    per_sample = out.flatten(1)
+    assert torch.all(per_sample == per_sample[:, :1])  # a sample is kept or dropped whole
+    kept = per_sample[:, 0] > 0
+    assert torch.allclose(per_sample[kept, 0], torch.tensor(1 / 0.75))  # kept ones scaled by 1 / keep
+    assert abs(kept.float().mean().item() - 0.75) < 0.03  # binomial sd 0.007
+    assert torch.equal(layer.eval()(x), x) and torch.equal(DropPath(0.0).train()(x), x)
+
+
 def test_training_mode_stochastic_depth_and_backward():
-    model = create_model("edgenext_small", 10, **TINY["edgenext_small"], drop_path=0.5).train()
-    model(torch.rand(4, 3, 32, 32)).sum().backward()
+    # ViT: EdgeNeXt's layer scale starts its branches at 1e-6, too small for a dropped one to show.
+    model = create_model("vit_small_patch4", 10, **TINY["vit_small_patch4"], drop_path=0.5, dropout=0.0)
+    images = torch.rand(4, 3, 32, 32)
+    torch.manual_seed(0)
+    first, second = model.train()(images), model(images)
+    assert not torch.allclose(first, second)  # branches dropped at random while training
+    first.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+    with torch.no_grad():
+        assert torch.equal(model.eval()(images), model(images))  # and never in eval mode
 
 
 def test_vit_rejects_other_sizes_clearly():
@@ -79,6 +102,13 @@ def test_recipe_names_its_model_and_its_arguments_reach_it(name):
     config = build_config(name)
     assert config.model.name == name
     create_model(name, **config.model.args, **TINY[name])
+    # The recipe's regularisation settings, each given a value no default has, show up in the built network.
+    args = {**config.model.args, **{key: value for key, value in NON_DEFAULT.items() if key in config.model.args}}
+    model = create_model(name, **args, **TINY[name])
+    if "drop_path" in args:  # the deepest block drops at the rate asked (earlier ones less, by depth)
+        assert max(m.p for m in model.modules() if isinstance(m, DropPath)) == pytest.approx(args["drop_path"])
+    if "dropout" in args:  # the head's (EdgeNeXt's inner MLPs keep their own 0)
+        assert args["dropout"] in {m.p for m in model.modules() if isinstance(m, nn.Dropout)}
 
 
 @pytest.mark.parametrize("name", TINY)

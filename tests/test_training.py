@@ -320,13 +320,27 @@ def test_augmentations():
 
 
 @pytest.mark.parametrize("kind", ["mixup", "cutmix"])
-def test_mix(kind):
-    gen = torch.Generator().manual_seed(0)
-    x, y = torch.rand(16, 3, 32, 32), torch.arange(16) % 4
+@pytest.mark.parametrize("seed", range(4))
+def test_mix(kind, seed):
+    """Each image is filled with its own index and is its own class, so what was mixed into it can be read
+    from its pixels: the second targets must name that image, and lam must be the share of the first."""
+    gen = torch.Generator().manual_seed(seed)
+    n = 16
+    x, y = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 32, 32).clone(), torch.arange(n)
     params = MixParams(mixup_alpha=1.0 if kind == "mixup" else 0, cutmix_alpha=1.0 if kind == "cutmix" else 0)
     mixed, target = mix_batch(x, y, params, gen)
-    assert isinstance(target, MixedTargets) and 0 <= target.lam <= 1 and not torch.equal(mixed, x)
-    logits = torch.randn(16, 4)
+    assert isinstance(target, MixedTargets) and 0 <= target.lam <= 1 and torch.equal(target.y_a, y)
+    assert sorted(target.y_b.tolist()) == list(range(n))  # a permutation of the batch
+    for i in range(n):
+        j = int(target.y_b[i])
+        if kind == "mixup":
+            assert torch.allclose(mixed[i], torch.full_like(mixed[i], target.lam * i + (1 - target.lam) * j))
+        elif j != i:  # a box of image j pasted into image i: lam is the share of i's own pixels left
+            own = (mixed[i] == i).float().mean().item()
+            assert own == pytest.approx(target.lam) and torch.all((mixed[i] == i) | (mixed[i] == j))
+        else:
+            assert torch.equal(mixed[i], x[i])
+    logits = torch.randn(n, n)
     expected = target.lam * torch.nn.functional.cross_entropy(logits, target.y_a) + (
         1 - target.lam
     ) * torch.nn.functional.cross_entropy(logits, target.y_b)
