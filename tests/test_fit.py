@@ -212,6 +212,16 @@ def test_a_float_tiff_that_overshoots_1_is_still_read_as_0_to_1():
     assert got.mean() > 100
 
 
+@pytest.mark.parametrize("shape", [(64, 48), (1500, 1100)])
+def test_a_16_bit_grey_png_decodes_as_its_8_bit_twin(shape):
+    """16-bit samples are read on their own scale (65535 is white), at full size and shrunk."""
+    grey = _photo(*shape, seed=4).convert("L")
+    for fit in FITS:
+        expected = decode_image(_encode(grey, "PNG"), fit=fit).astype(int)
+        got = decode_image(_encode(_grey16(grey), "PNG"), fit=fit).astype(int)
+        assert np.abs(got - expected).max() <= 1, fit
+
+
 LARGE_NON_JPEGS = {
     "rgba png": (lambda photo: _transparent(photo), "PNG", None),
     "palette png": (lambda photo: photo.quantize(64), "PNG", None),

@@ -738,9 +738,16 @@ def test_user_errors_are_one_line_and_exit_2(case, tiny_run, cifar10_root, tmp_p
         "no_model": [],
         "bad_tta": ["--checkpoint", str(tiny_run), "--tta", "rotate"],
     }[case]
+    said = {
+        "missing_checkpoint": "no checkpoint at",
+        "unknown_split": "unknown split 'bogus'",
+        "class_mismatch": "does not predict: airplane",
+        "no_model": "give --checkpoint RUN/best.pt or --onnx MODEL.onnx",
+        "bad_tta": "unknown test-time augmentation 'rotate'",
+    }[case]
     assert main(["evaluate", *args, "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "\n" not in err, err
+    assert err.startswith("error:") and "\n" not in err and said in err, err
     assert not (tmp_path / "r" / "metrics.json").exists()
 
 
@@ -842,18 +849,19 @@ def test_ablation_skips_finished_variants_and_resumes_an_interrupted_one(image_f
 
 
 @pytest.mark.parametrize(
-    "extra",
+    ("extra", "said"),
     [
-        ["--vary", "optim.nosuch=1,2"],
-        ["--vary", "dropout=0,0.1", "--split", "test"],
-        ["--vary", "dropout=0,0.1", "--device", "gpu"],
+        (["--vary", "optim.nosuch=1,2"], "optim.nosuch: no such setting"),
+        (["--vary", "dropout=0,0.1", "--split", "test"], "a folder dataset has no separate test split"),
+        (["--vary", "dropout=0,0.1", "--device", "gpu"], "device 'gpu': not a device"),
     ],
     ids=["unknown_key", "folder_has_no_test_split", "not_a_device"],
 )
-def test_ablation_rejects_bad_settings_before_training(extra, tmp_path, image_folder, capsys):
+def test_ablation_rejects_bad_settings_before_training(extra, said, tmp_path, image_folder, capsys):
     sets = tiny_overrides(image_folder, tmp_path / "cache")
     assert main(["ablate", "--recipe", "resnet9_half_cpu", *extra, "--set", *sets, "--out", str(tmp_path / "a")]) == 2
-    assert capsys.readouterr().err.startswith("error:")
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and said in err, err
     assert not any((tmp_path / "a").glob("*/last.pt"))
 
 
