@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_overrides
+from conftest import ROOT, tiny_overrides
 from inference.manifest import sha256_file
 from training.__main__ import main as training_main
 from training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -215,8 +215,17 @@ def test_the_default_models_recipe_is_an_ensemble_recipe():
     """The shipped default is reproduced by one command: its recipe trains both members."""
     recipe = load_ensemble_recipe("resnet9_airbench94")
     assert [(m.recipe, m.tta) for m in recipe.members] == [("resnet9_half_cpu", "flip"), ("airbench94_muon", "none")]
-    airbench = member_configs(recipe)[1]
-    assert airbench.train.epochs == 16 and airbench.train.whiten_sample == "first"
+    configs = member_configs(recipe)
+    assert configs[1].train.epochs == 16 and configs[1].train.whiten_sample == "first"
+    # the shipped default's own record: the same members, in the same order, with the same views
+    manifest = json.loads((ROOT / "models" / "manifest.json").read_text())
+    for default in manifest["defaults"].values():
+        (entry,) = [m for m in manifest["models"] if m["name"] == default]
+        assert entry["source"]["recipe"] == f"ensemble({', '.join(m.recipe for m in recipe.members)})"
+        members = entry["source"]["model_args"]["members"]
+        assert [(m["arch"], m["tta"]) for m in members] == [
+            (c.model.name, m.tta) for c, m in zip(configs, recipe.members)
+        ]
 
 
 def test_a_damaged_record_of_an_ensemble_run_is_named_not_a_traceback(tmp_path, capsys):

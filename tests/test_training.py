@@ -272,7 +272,9 @@ def test_folder_reader_fits_photos_as_serving_does_and_caches_each_fit_apart(tmp
         build_config("resnet9_half_cpu", ["data.fit=stretch"])
 
 
-def test_the_run_records_its_fit_and_export_writes_it_on_the_card(tiny_run):
+def test_the_run_records_its_fit_and_the_cards_input_spec_takes_it(tiny_run):
+    """What export writes on the card is input_spec's answer (tests/test_score.py reads it back from an exported
+    card)."""
     from export.onnx_export import input_spec
 
     meta = load_checkpoint(tiny_run / "best.pt")["meta"]
