@@ -527,10 +527,13 @@ def test_compare_of_two_runs_draws_both_learning_curves(tiny_run, tmp_path):
 
 
 def test_compare_json_prints_the_whole_result(tiny_run, tiny_report, capsys):
+    from training.reports.compare import compare
+
     capsys.readouterr()
     assert main(["compare", str(tiny_report), str(tiny_run), "--device", "cpu", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["difference_points"] == 0 and printed["num_samples"] == 15
+    assert printed == json.loads(json.dumps(compare(str(tiny_report), str(tiny_run), device="cpu")))
 
 
 def test_an_ablation_stopped_by_sigterm_says_so(monkeypatch, tmp_path, capsys):
