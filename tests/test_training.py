@@ -1086,8 +1086,12 @@ def test_torchrun_two_processes_gloo(recipe, extra, image_folder, tmp_path):
     _torchrun("train", "--recipe", recipe, "--out", str(tmp_path / "ddp"), "--set", *overrides)
     history = json.loads((tmp_path / "ddp" / "history.json").read_text())
     assert len(history) == 2
-    # each of the 2 ranks sees half of the 45 training images per epoch: 22 // 16 = 1 batch each (2 of 8)
     assert history[0]["train_images_per_s"] > 0 and (tmp_path / "ddp" / "best.pt").exists()
+    # each of the 2 ranks sees half of the 45 training images per epoch: 22 // 16 = 1 batch (2 of 8), where one
+    # process alone would take 2 (5); the schedule counts the steps taken
+    last = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert len(last["rng_ranks"]) == 2
+    assert last["scheduler"]["last_epoch"] == 2 * ((45 // 2) // last["config"]["train"]["batch_size"])
 
 
 def test_the_curves_say_when_the_training_loss_is_label_smoothed(tmp_path, monkeypatch):
