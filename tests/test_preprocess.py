@@ -83,8 +83,15 @@ Image.init()  # every plugin registered, so that SAVE lists all Pillow can write
 
 @pytest.mark.parametrize("fmt", [f for f in DECODABLE_FORMATS if f in Image.SAVE])
 def test_every_decodable_format_that_pillow_writes_here_decodes(fmt):
+    """To the pixels Pillow itself reads from the same bytes, fitted as the model's input is."""
+    from inference.fits import DEFAULT_FIT, fit_image
+
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8))
-    assert decode_image(_encode(image, fmt)).shape == (32, 32, 3)
+    data = _encode(image, fmt)
+    got = decode_image(data)
+    assert got.shape == (32, 32, 3)
+    expected = np.asarray(fit_image(Image.open(io.BytesIO(data)).convert("RGB"), (32, 32), DEFAULT_FIT))
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
 
 
 def test_no_reader_outside_the_list_is_offered_an_upload(monkeypatch):
