@@ -21,8 +21,10 @@ Starts ``python -m service serve`` on a free port (or uses --url), waits for /re
 
 Besides throughput and latency, each level reports the CPU time the server's processes spent per
 image (from /proc), to compare with the raw engine's: unlike throughput, it does not depend on what
-else the machine is running. The load generator is a minimal asyncio HTTP/1.1 client sending prebuilt
-bodies, so that it takes as little as possible of the CPU it shares with the server.
+else the machine is running; and the memory they held (PSS and RSS, sampled every 0.25 s), once ready
+and at the peak of each level, to size a container's memory limit by. The load generator is a minimal
+asyncio HTTP/1.1 client sending prebuilt bodies, so that it takes as little as possible of the CPU it
+shares with the server.
 Prints a markdown table and writes JSON.
 """
 
@@ -40,6 +42,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -244,27 +247,79 @@ def raw_rates(path: Path, batch_sizes: list[int], jpegs, size) -> dict[str, raw_
     return {r.label: r for r in raw_engine.ceiling(path, pixels, batch_sizes)}
 
 
-def tree_cpu_seconds(root: int | None) -> float | None:
-    """CPU time (user + system) of a process and all its descendants (the server's workers), from /proc."""
-    if root is None or not Path("/proc").is_dir():
-        return None
-    parent, cpu = {}, {}
+def _process_tree(root: int) -> dict[int, list[str]]:
+    """/proc/PID/stat fields (after the command) of a process and all its descendants (the server's workers)."""
+    parent, fields = {}, {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command: state, ppid, ...
+            after_command = stat.read_text().rsplit(")", 1)[1].split()  # state, ppid, ...
         except OSError:
             continue
         pid = int(stat.parent.name)
-        parent[pid] = int(fields[1])
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in cpu:
+        parent[pid], fields[pid] = int(after_command[1]), after_command
+    tree = {}
+    for pid in fields:
         p = pid
         while p and p != root:
             p = parent.get(p, 0)
         if p == root:
-            total += cpu[pid]
-    return total
+            tree[pid] = fields[pid]
+    return tree
+
+
+def tree_cpu_seconds(root: int | None) -> float | None:
+    """CPU time (user + system) of a process and all its descendants, from /proc."""
+    if root is None or not Path("/proc").is_dir():
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum((int(f[11]) + int(f[12])) / ticks for f in _process_tree(root).values())
+
+
+def tree_memory_mib(root: int | None) -> dict[str, float] | None:
+    """Resident memory of a process and all its descendants, from /proc/PID/smaps_rollup: the sum of their
+    RSS (pages shared between the workers counted in each) and of their PSS (each shared page split among
+    its sharers: what they hold together, near what a container's memory limit counts)."""
+    if root is None or not Path("/proc").is_dir():
+        return None
+    total = {"rss": 0.0, "pss": 0.0}
+    for pid in _process_tree(root):
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:  # gone since the tree was read, or not ours to read
+            continue
+        for line in rollup.splitlines():
+            key, _, value = line.partition(":")
+            if key in ("Rss", "Pss"):
+                total[key.lower()] += int(value.split()[0]) / 1024
+    return {k: round(v, 1) for k, v in total.items()}
+
+
+class MemoryPeak:
+    """The largest PSS total of a process tree, sampled every ``interval`` seconds while the block runs."""
+
+    def __init__(self, root: int | None, interval: float = 0.25) -> None:
+        self.root, self.interval, self.peak = root, interval, None
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        memory = tree_memory_mib(self.root)
+        if memory and (self.peak is None or memory["pss"] > self.peak["pss"]):
+            self.peak = memory
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> MemoryPeak:
+        self._sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
 
 
 def free_port() -> int:
@@ -341,7 +396,8 @@ def run_level(args, host, port, server, requests, per_request, concurrency, chec
     asyncio.run(load(host, port, requests, concurrency, args.warmup, args.max_requests))
     server_cpu = tree_cpu_seconds(server.pid if server else None)
     client_cpu = time.process_time()
-    result = asyncio.run(load(host, port, requests, concurrency, args.duration, args.max_requests, check))
+    with MemoryPeak(server.pid if server else None) as memory:
+        result = asyncio.run(load(host, port, requests, concurrency, args.duration, args.max_requests, check))
     client_cpu = time.process_time() - client_cpu
     if server_cpu is not None:
         server_cpu = tree_cpu_seconds(server.pid) - server_cpu
@@ -360,6 +416,7 @@ def run_level(args, host, port, server, requests, per_request, concurrency, chec
         "server_cpu_ms_per_image": None if server_cpu is None else round(server_cpu * 1000 / images, 3),
         "server_cores_used": None if server_cpu is None else round(server_cpu / result["elapsed_s"], 2),
         "client_cpu_ms_per_image": round(client_cpu * 1000 / images, 3),
+        "server_memory_peak_mib": memory.peak,
     }
 
 
@@ -376,6 +433,7 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--routes: classify and/or v2, got {args.routes!r}")
     try:
         wait_ready(host, port)
+        memory_ready = tree_memory_mib(server.pid if server else None)
         model_path = Path(args.models_dir) / entry.file
         batch_sizes = sorted({*sizes, args.max_batch_size})
         raw = raw_rates(model_path, batch_sizes, jpegs, entry.input.size)
@@ -426,6 +484,8 @@ def main(args: argparse.Namespace) -> int:
         "raw_engine_ceiling": best.label,
         "runs": runs,
         "v2_vs_classify": comparison,
+        "models_loaded": len(manifest.models),
+        "server_memory_mib": {"ready": memory_ready, "peak_under_load": _peak(runs)},
         "host": host_record(),
         "note": "the load generator runs on the same cores as the server",
     }
@@ -454,6 +514,13 @@ def main(args: argparse.Namespace) -> int:
                 f"{lat['p99']} | {lv['errors']} | "
                 f"{'-' if cpu is None else f'{cpu:.2f}'} |"
             )
+    if memory_ready:
+        peak = report["server_memory_mib"]["peak_under_load"]
+        print(
+            f"\nServer memory, {len(manifest.models)} models loaded (PSS of all its processes): "
+            f"{memory_ready['pss']:,.0f} MiB ready, {peak['pss']:,.0f} MiB at the peak of the load "
+            f"(RSS summed over the processes: {memory_ready['rss']:,.0f} / {peak['rss']:,.0f})"
+        )
     for row in comparison:
         print(
             f"\nv2 / classify, {row['images_per_request']} per request, concurrency {row['concurrency']}: "
@@ -461,6 +528,11 @@ def main(args: argparse.Namespace) -> int:
         )
     print(f"\nJSON: {args.out}")
     return 0
+
+
+def _peak(runs: list[dict]) -> dict[str, float] | None:
+    peaks = [level["server_memory_peak_mib"] for run in runs for level in run["levels"]]
+    return max((p for p in peaks if p), key=lambda p: p["pss"], default=None)
 
 
 def route_comparison(runs: list[dict]) -> list[dict]:

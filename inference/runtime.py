@@ -125,11 +125,17 @@ def choose_default(manifest: Manifest, cuda_wanted: bool, placed: Mapping[str, P
     )
 
 
-def session_options(threads: int | None = None, spin: bool = True, strict_cuda: bool = False) -> ort.SessionOptions:
+def session_options(
+    threads: int | None = None, spin: bool = True, strict_cuda: bool = False, memory_arena: bool = True
+) -> ort.SessionOptions:
     """``spin=False``: idle intra-op threads sleep instead of busy-waiting for the next run, which a
     server with gaps between batches needs: spinning threads take the cores its other work needs
-    (docs/measurements.md, "ONNX Runtime sessions"). ``strict_cuda``: no node may fall back to the CPU."""
+    (docs/measurements.md, "ONNX Runtime sessions"). ``strict_cuda``: no node may fall back to the CPU.
+    ``memory_arena=False``: a run's CPU buffers go back to the system when it ends; ONNX Runtime's arena
+    otherwise keeps the largest run's for good, which for a server of several models is GiBs held for
+    their rare full batches (docs/measurements.md, "Service memory")."""
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = memory_arena
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
     if not spin:
@@ -172,7 +178,12 @@ def preload_cuda() -> str | None:
 
 
 def open_session(
-    path: str | Path, device: Device = "auto", threads: int | None = None, spin: bool = True, device_id: int = 0
+    path: str | Path,
+    device: Device = "auto",
+    threads: int | None = None,
+    spin: bool = True,
+    device_id: int = 0,
+    memory_arena: bool = True,
 ) -> tuple[ort.InferenceSession, Placement]:
     """A session for ``path`` and where it runs: wholly on CUDA device ``device_id`` when ``device`` asks for
     CUDA and the model can run there, on the CPU otherwise (``decide_placement``)."""
@@ -184,7 +195,7 @@ def open_session(
         try:
             session = ort.InferenceSession(
                 str(path),
-                sess_options=session_options(threads, spin, strict_cuda=True),
+                sess_options=session_options(threads, spin, strict_cuda=True, memory_arena=memory_arena),
                 providers=[cuda_provider(device_id)],
             )
         except Exception as exc:  # ONNX Runtime's Fail / InvalidArgument / RuntimeException share only Exception
@@ -192,7 +203,8 @@ def open_session(
     placement = decide_placement(device, cuda_wanted, path.stem, failure, device_id)
     if not placement.on_gpu:
         try:
-            session = ort.InferenceSession(str(path), sess_options=session_options(threads, spin), providers=[CPU])
+            options = session_options(threads, spin, memory_arena=memory_arena)
+            session = ort.InferenceSession(str(path), sess_options=options, providers=[CPU])
         except Exception as exc:  # ONNX Runtime's error types share only Exception
             if not type(exc).__module__.startswith("onnxruntime"):
                 raise
@@ -259,7 +271,11 @@ def read_card(session_or_path: ort.InferenceSession | str | Path) -> ModelCard:
 
 
 class OnnxClassifier:
-    """An exported classifier: float32 [N, 3, H, W] in [0, 1] -> logits [N, C]. ``placement`` says where it runs."""
+    """An exported classifier: float32 [N, 3, H, W] in [0, 1] -> logits [N, C]. ``placement`` says where it runs.
+
+    ``max_run_images``: a larger batch is run in pieces of at most this many images. ONNX Runtime's memory
+    arena keeps the buffers of the largest run for good, so this bounds what each model holds; on the CPU
+    pieces of 64 run as fast as whole batches of 256 (docs/measurements.md, "Service memory")."""
 
     def __init__(
         self,
@@ -268,9 +284,14 @@ class OnnxClassifier:
         threads: int | None = None,
         spin: bool = True,
         device_id: int = 0,
+        memory_arena: bool = True,
+        max_run_images: int | None = None,
     ) -> None:
+        if max_run_images is not None and max_run_images < 1:
+            raise ValueError(f"max_run_images must be at least 1, got {max_run_images}")
         self.path = Path(path)
-        self.session, self.placement = open_session(self.path, device, threads, spin, device_id)
+        self.max_run_images = max_run_images
+        self.session, self.placement = open_session(self.path, device, threads, spin, device_id, memory_arena)
         self.card = read_card(self.session)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
@@ -284,7 +305,14 @@ class OnnxClassifier:
         return self.placement.on_gpu
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        step = self.max_run_images
+        if step is None or len(batch) <= step:
+            return self._run(batch)
+        return np.concatenate([self._run(batch[start : start + step]) for start in range(0, len(batch), step)])
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         return softmax(self.logits(batch).astype(np.float64))

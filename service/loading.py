@@ -52,7 +52,9 @@ def load_models(settings: ServiceSettings, worker: WorkerPlacement) -> LoadedMod
             threads=settings.intra_op_threads(cuda_wanted, worker.cores),
             spin=False,
             device_id=worker.device_id or 0,
+            memory_arena=settings.memory_arena == "on",
         )
+        classifier.max_run_images = settings.run_images(classifier.on_gpu)
         card = classifier.card
         if (card.classes, card.precision, card.input) != (entry.classes, entry.precision, entry.input):
             raise ManifestError(

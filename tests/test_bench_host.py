@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +90,26 @@ def test_the_calibration_crossfit_undoes_a_graphs_temperature_and_measures_each_
     out = tmp_path / "out.json"
     assert crossfit.main([str(tmp_path / "onnx"), "--splits", "1", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["reports"]["onnx"]["images"] == 400
+
+
+def test_the_service_benchmark_counts_the_memory_of_a_process_and_its_children():
+    """A child holding 256 MiB: its tree holds at least that, the parent's tree too, and the sampler sees it."""
+    import subprocess
+
+    import bench_service
+
+    hold = "import time; x = bytearray(256 << 20); x[::4096] = b'1' * (256 << 8); print(flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()  # its pages are touched
+        alone = bench_service.tree_memory_mib(child.pid)
+        assert alone["rss"] >= alone["pss"] > 256, alone
+        rollup = Path("/proc/self/smaps_rollup").read_text()
+        own = next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")) / 1024
+        assert bench_service.tree_memory_mib(os.getpid())["pss"] > own + 256  # this process and its child
+        with bench_service.MemoryPeak(child.pid, interval=0.05) as memory:
+            time.sleep(0.2)
+        assert memory.peak["pss"] > 256, memory.peak
+    finally:
+        child.kill()
+        child.wait()

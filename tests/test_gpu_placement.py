@@ -293,6 +293,40 @@ def test_models_on_a_cpu_host_names_the_cpu_default_and_no_fallback(tmp_path):
     assert all(m.provider == "CPUExecutionProvider" and m.fallback is None for m in listed.models)
 
 
+def test_the_service_runs_cpu_models_in_pieces_and_keeps_the_arena_as_asked(tmp_path):
+    """Both memory settings reach every model's session: the run size (64 by default on the CPU) and the arena."""
+    from service.loading import load_models
+    from service.settings import ServiceSettings
+    from service.workers import place_worker
+
+    models = _models_dir(tmp_path, [INT8, FP16], INT8, {"cpu": INT8, "cuda": FP16})
+    for arena, run, expected in (("on", 0, 64), ("off", 3, 3)):
+        settings = ServiceSettings(
+            models_dir=models, device="cpu", max_batch_size=8, memory_arena=arena, max_run_images=run
+        )
+        loaded = load_models(settings, place_worker(None, 1, 0, 2))
+        for model in loaded.models.values():
+            assert model.classifier.max_run_images == expected
+            assert model.classifier.session.get_session_options().enable_cpu_mem_arena is (arena == "on")
+    assert ServiceSettings(max_run_images=0).run_images(on_gpu=True) is None  # a GPU keeps its whole batches
+    assert ServiceSettings(max_run_images=16).run_images(on_gpu=True) == 16
+
+
+def test_a_batch_larger_than_a_run_is_run_in_pieces_with_the_same_answer(monkeypatch):
+    from inference.runtime import OnnxClassifier
+
+    whole = OnnxClassifier(MODELS / f"{INT8}.onnx", device="cpu")
+    pieces = OnnxClassifier(MODELS / f"{INT8}.onnx", device="cpu", max_run_images=3)
+    sizes = []
+    run = pieces._run
+    monkeypatch.setattr(pieces, "_run", lambda batch: sizes.append(len(batch)) or run(batch))
+    images = np.random.default_rng(0).random((10, 3, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(pieces.logits(images), whole.logits(images), rtol=1e-5, atol=1e-5)
+    assert sizes == [3, 3, 3, 1]
+    with pytest.raises(ValueError, match="at least 1"):
+        OnnxClassifier(MODELS / f"{INT8}.onnx", device="cpu", max_run_images=0)
+
+
 # ---------------------------------------------------------------------------------------------- the scorer
 def _score_args(models_dir: Path, device: str, model: str | None = None) -> Namespace:
     return Namespace(
