@@ -58,6 +58,7 @@ from report_io import host_record, write_json  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
 from inference.preprocess import decode_image, to_model_input  # noqa: E402
+from service.settings import CPU_RUN_IMAGES  # noqa: E402
 
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-train-jpg.tar.gz"
 
@@ -282,16 +283,18 @@ def tree_memory_mib(root: int | None) -> dict[str, float] | None:
     if root is None or not Path("/proc").is_dir():
         return None
     total = {"rss": 0.0, "pss": 0.0}
+    read = False
     for pid in _process_tree(root):
         try:
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
         except OSError:  # gone since the tree was read, or not ours to read
             continue
+        read = True
         for line in rollup.splitlines():
             key, _, value = line.partition(":")
             if key in ("Rss", "Pss"):
                 total[key.lower()] += int(value.split()[0]) / 1024
-    return {k: round(v, 1) for k, v in total.items()}
+    return {k: round(v, 1) for k, v in total.items()} if read else None
 
 
 class MemoryPeak:
@@ -435,7 +438,8 @@ def main(args: argparse.Namespace) -> int:
         wait_ready(host, port)
         memory_ready = tree_memory_mib(server.pid if server else None)
         model_path = Path(args.models_dir) / entry.file
-        batch_sizes = sorted({*sizes, args.max_batch_size})
+        # CPU_RUN_IMAGES: the pieces the service runs a large batch in on the CPU (service/settings.py)
+        batch_sizes = sorted({*sizes, args.max_batch_size, CPU_RUN_IMAGES})
         raw = raw_rates(model_path, batch_sizes, jpegs, entry.input.size)
         runs = []
         for per_request in sizes:
@@ -478,6 +482,7 @@ def main(args: argparse.Namespace) -> int:
         "streams": args.streams or "default",
         "threads": args.threads or "default",
         "max_batch_size": args.max_batch_size,
+        "serve_args": args.serve_arg,
         "raw_engine_images_per_s": {label: round(r.images_per_s, 1) for label, r in raw.items()},
         "raw_engine_cpu_ms_per_image": {label: round(r.cpu_ms_per_image, 3) for label, r in raw.items()},
         "raw_engine_ceiling_images_per_s": round(ceiling, 1),

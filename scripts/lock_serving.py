@@ -3,8 +3,10 @@
 The Bento's image installs exactly these (bentofile.yaml's requirements) and scripts/setup.sh constrains
 every install to them, so an image built any day runs the versions the tests ran against. pip
 resolves the closure (`pip install --dry-run --report`, nothing installed) from the project's base
-requirements plus ONNX Runtime's CUDA 13 / cuDNN 9 extras, pinned to this environment's versions; the result
-is for Linux x86-64 and this Python (3.11, the image's). Run it after changing a serving dependency:
+requirements plus ONNX Runtime's CUDA 13 / cuDNN 9 extras, pinned to this environment's versions, and refuses
+to write a pin this environment does not have (no test ran with it). For Linux x86-64 and CPython 3.11, the
+image's. After changing or upgrading a serving dependency: install the new version into the full environment
+without the lock (`.venv/bin/pip install -e ".[train,test,ray]" NAME==VERSION`), run the tests, then
 
     .venv/bin/python scripts/lock_serving.py
 """
@@ -12,9 +14,11 @@ is for Linux x86-64 and this Python (3.11, the image's). Run it after changing a
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -58,11 +62,35 @@ def resolve(constraints: Path, report: Path) -> list[tuple[str, str]]:
     return sorted(pins.items())
 
 
+def untested(pins: list[tuple[str, str]]) -> list[str]:
+    """Pins this environment does not have at that version: pip chose them, no test ran with them."""
+    found = []
+    for name, version in pins:
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            installed = None
+        if installed != version:
+            found.append(f"{name}=={version} (installed: {installed or 'not at all'})")
+    return found
+
+
 def main() -> int:
+    if sys.version_info[:2] != (3, 11) or platform.system() != "Linux" or platform.machine() != "x86_64":
+        print("lock_serving: run it with CPython 3.11 on Linux x86-64, the image's platform", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
         constraints = Path(tmp) / "installed.txt"
         constraints.write_text(installed_versions())
         pins = resolve(constraints, Path(tmp) / "report.json")
+    missing = untested(pins)
+    if missing:
+        print(
+            "lock_serving: not written: the full environment (bash scripts/setup.sh) must hold every serving package "
+            "at the version locked; these it does not: " + ", ".join(missing),
+            file=sys.stderr,
+        )
+        return 1
     LOCK.write_text(HEADER + "".join(f"{name}=={version}\n" for name, version in pins))
     print(f"{LOCK.relative_to(ROOT)}: {len(pins)} packages")
     return 0

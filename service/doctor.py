@@ -16,9 +16,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .settings import ServiceSettings
 
 from inference.manifest import DEVICE_KINDS, ManifestError, ModelEntry, load_manifest
 from inference.precisions import precision
@@ -125,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
         print("error: --max-images must be at least 1", file=sys.stderr)
         return 2
     try:
-        report = diagnose(device, models_dir, args.folder, args.max_images, speed=not args.no_speed)
+        report = diagnose(device, models_dir, args.folder, args.max_images, speed=not args.no_speed, settings=settings)
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -140,9 +143,14 @@ def diagnose(
     max_images: int = 2000,
     speed: bool = True,
     gpus: GpuReport | None = None,
+    settings: ServiceSettings | None = None,
 ) -> Report:
+    """``settings``: how the service would run the models (arena, run size); its defaults when None."""
     import onnxruntime as ort
 
+    from .settings import ServiceSettings
+
+    settings = ServiceSettings() if settings is None else settings
     from inference.runtime import CUDA, choose_default, preload_cuda, wants_cuda
 
     # ONNX Runtime logs its failed CUDA attempts as errors on stderr; this report states them once, in words.
@@ -178,7 +186,7 @@ def diagnose(
                     f"{entry.input.fit} (model {entry.name})",
                 )
             labelled = readings[key]
-        placement = _check_model(report, entry, models_dir, device, labelled, speed)
+        placement = _check_model(report, entry, models_dir, device, labelled, speed, settings)
         if placement is not None:
             placements[entry.name] = placement
     if placements:
@@ -227,18 +235,21 @@ def _check_model(
     device: str,
     labelled: tuple[np.ndarray, np.ndarray] | None,
     speed: bool,
+    settings: ServiceSettings,
 ):
     from inference.runtime import CudaPlacementError, OnnxClassifier
 
     path = models_dir / entry.file
     topic = f"model {entry.name}"
     try:
-        model = OnnxClassifier(path, device=device)  # type: ignore[arg-type]
+        # as the service runs it: its arena setting, and its batches in pieces
+        model = OnnxClassifier(path, device=device, memory_arena=settings.memory_arena == "on")  # type: ignore[arg-type]
+        model.max_run_images = settings.run_images(model.on_gpu)
     except CudaPlacementError as exc:  # --device cuda: the service would refuse to start
         report.add("fail", topic, f"cannot run wholly on CUDA: {exc.reason}")
         return None
     placement = model.placement
-    cpu = model if not model.on_gpu else OnnxClassifier(path, device="cpu")
+    cpu = model if not model.on_gpu else OnnxClassifier(path, device="cpu", max_run_images=settings.run_images(False))
     status = "ok"
     where = placement.describe()
     if placement.fallback:

@@ -62,6 +62,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
             "api_keys_file": "none",
             "cors_origins": "none",
             "workers": "one per visible GPU, 1 on a CPU host",
+            "max_run_images": "64 on the CPU, whole batches on a GPU",
         }.get(name, default)
         if name == "models_dir":
             shown = "models/ next to the service package"

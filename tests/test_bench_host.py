@@ -107,9 +107,20 @@ def test_the_service_benchmark_counts_the_memory_of_a_process_and_its_children()
         rollup = Path("/proc/self/smaps_rollup").read_text()
         own = next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")) / 1024
         assert bench_service.tree_memory_mib(os.getpid())["pss"] > own + 256  # this process and its child
+    finally:
+        child.kill()
+        child.wait()
+    # Memory held only between the sampler's first and last samples: only its thread can see it.
+    brief = "import time; print(flush=True); time.sleep(0.3); x = bytearray(256 << 20); x[::4096] = b'1' * (256 << 8)"
+    child = subprocess.Popen(
+        [sys.executable, "-c", brief + "; time.sleep(0.5); del x; time.sleep(60)"], stdout=subprocess.PIPE
+    )
+    try:
+        child.stdout.readline()
         with bench_service.MemoryPeak(child.pid, interval=0.05) as memory:
-            time.sleep(0.2)
+            time.sleep(1.5)
         assert memory.peak["pss"] > 256, memory.peak
+        assert bench_service.tree_memory_mib(child.pid)["pss"] < 128  # given back by the time the block ended
     finally:
         child.kill()
         child.wait()

@@ -312,6 +312,28 @@ def test_the_service_runs_cpu_models_in_pieces_and_keeps_the_arena_as_asked(tmp_
     assert ServiceSettings(max_run_images=16).run_images(on_gpu=True) == 16
 
 
+def test_the_doctor_runs_each_model_as_the_service_would(tmp_path, monkeypatch):
+    from inference import runtime
+    from service.doctor import diagnose
+    from service.gpus import GpuReport
+    from service.settings import ServiceSettings
+
+    made = []
+    real = runtime.OnnxClassifier
+
+    def recorded(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(runtime, "OnnxClassifier", recorded)
+    models = _models_dir(tmp_path, [INT8], INT8, None)
+    settings = ServiceSettings(models_dir=models, device="cpu", memory_arena="off", max_run_images=5)
+    report = diagnose("cpu", models, speed=False, gpus=GpuReport([], None), settings=settings)
+    assert report.passed and made
+    for model in made:
+        assert model.max_run_images == 5 and model.session.get_session_options().enable_cpu_mem_arena is False
+
+
 def test_a_batch_larger_than_a_run_is_run_in_pieces_with_the_same_answer(monkeypatch):
     from inference.runtime import OnnxClassifier
 
