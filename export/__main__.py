@@ -30,6 +30,7 @@ from inference.manifest import (
     MODEL_NAME_RULE,
     ManifestError,
     load_manifest,
+    remove_models,
     set_default,
 )
 from inference.messages import configure_logging
@@ -53,8 +54,8 @@ def export_parser() -> argparse.ArgumentParser:
             "Export a training checkpoint to ONNX (input float32 [N,3,H,W] RGB in [0,1], "
             "normalisation inside the graph, "
             "dynamic batch), verify its accuracy against the checkpoint on the validation split, and record it in "
-            "models/manifest.json. Other commands (each with --help): verify [NAME], list, default NAME, card "
-            "NAME..., rederive REFERENCE, recover NAME."
+            "models/manifest.json. Other commands (each with --help): verify [NAME], list, default NAME, remove "
+            "NAME..., card NAME..., rederive REFERENCE, recover NAME."
         ),
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint file (RUN/best.pt) or run folder")
@@ -240,6 +241,18 @@ def default_parser() -> argparse.ArgumentParser:
     return p
 
 
+def remove_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export remove",
+        description="Take models out of the manifest and delete their ONNX files (their reports/ folders stay). "
+        "A default model is refused: make another the default first. A service started afterwards loads only the "
+        "models left, and holds less memory.",
+    )
+    p.add_argument("names", nargs="+", help="model names from `python -m export list`")
+    _add_models_dir(p)
+    return p
+
+
 def list_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m export list",
@@ -307,6 +320,10 @@ def _command(argv: list[str]) -> int:
     if argv[:1] == ["default"]:
         args = default_parser().parse_args(argv[1:])
         set_default(args.models_dir, args.name, args.kinds)
+        return _list(args.models_dir)
+    if argv[:1] == ["remove"]:
+        args = remove_parser().parse_args(argv[1:])
+        remove_models(args.models_dir, args.names)
         return _list(args.models_dir)
     if argv[:1] == ["card"]:
         from .card import card_table

@@ -196,6 +196,28 @@ def save_manifest(manifest: Manifest, models_dir: str | Path) -> Path:
     return path
 
 
+def remove_models(models_dir: str | Path, names: Sequence[str]) -> Manifest:
+    """Take listed models out of the manifest, then delete their files: a server started in between finds a
+    manifest naming only files that exist. A default, or every model, is refused (the manifest needs both)."""
+    manifest = load_manifest(models_dir, verify=False)
+    gone = [manifest.get(name) for name in dict.fromkeys(names)]  # KeyError naming the models
+    defaults = {manifest.default, *manifest.defaults.values()}
+    for entry in gone:
+        if entry.name in defaults:
+            raise ValueError(
+                f"{entry.name} is a default model: make another one the default first "
+                f"(python -m export default OTHER [--for cpu|cuda])"
+            )
+    kept = [m for m in manifest.models if m not in gone]
+    if not kept:
+        raise ValueError("that would remove every model: a manifest lists at least one")
+    manifest = Manifest.model_validate({**manifest.model_dump(), "models": [m.model_dump() for m in kept]})
+    save_manifest(manifest, models_dir)
+    for entry in gone:
+        (Path(models_dir) / entry.file).unlink(missing_ok=True)
+    return manifest
+
+
 def set_default(models_dir: str | Path, name: str, kinds: Sequence[str] = ()) -> Manifest:
     """Make a listed model the default on those kinds of device, or (``kinds`` empty) on every kind: the
     per-device defaults go, or they would still overrule the plain one on their hosts."""

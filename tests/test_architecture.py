@@ -148,7 +148,7 @@ def test_every_command_line_flag_says_what_it_does():
         "service": service_cli.get_args_parser(),
         **{
             f"export {name}": getattr(export_cli, f"{name}_parser")()
-            for name in ("export", "verify", "rederive", "recover", "default", "list", "card")
+            for name in ("export", "verify", "rederive", "recover", "default", "remove", "list", "card")
         },
     }
     missing = [flag for where, parser in parsers.items() for flag in _undocumented(parser, where)]

@@ -312,6 +312,22 @@ def test_the_service_runs_cpu_models_in_pieces_and_keeps_the_arena_as_asked(tmp_
     assert ServiceSettings(max_run_images=16).run_images(on_gpu=True) == 16
 
 
+def test_remove_takes_models_out_of_the_manifest_and_deletes_their_files_but_never_a_default(tmp_path, capsys):
+    from export.__main__ import main
+    from inference.manifest import load_manifest
+
+    models = _models_dir(tmp_path, [INT8, FP32, FP16], INT8, {"cuda": FP16})
+    for refused, said in (([INT8], "is a default model"), ([FP16], "is a default model"), (["nope"], "unknown")):
+        assert main(["remove", *refused, "--models-dir", str(models)]) == 2
+        assert said in capsys.readouterr().err
+    assert main(["remove", FP32, FP32, "--models-dir", str(models)]) == 0
+    manifest = load_manifest(models)  # the files left match the manifest (it verifies them)
+    assert sorted(m.name for m in manifest.models) == sorted([INT8, FP16])
+    assert (manifest.default, manifest.defaults) == (INT8, {"cuda": FP16})
+    assert sorted(p.name for p in models.glob("*.onnx")) == sorted([f"{INT8}.onnx", f"{FP16}.onnx"])
+    assert f" {FP32}.onnx" not in capsys.readouterr().out  # the list printed after it
+
+
 def test_the_doctor_runs_each_model_as_the_service_would(tmp_path, monkeypatch):
     from inference import runtime
     from service.doctor import diagnose
