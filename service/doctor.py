@@ -237,19 +237,19 @@ def _check_model(
     speed: bool,
     settings: ServiceSettings,
 ):
-    from inference.runtime import CudaPlacementError, OnnxClassifier
+    from inference.runtime import CudaPlacementError
+
+    from .loading import open_classifier
 
     path = models_dir / entry.file
     topic = f"model {entry.name}"
     try:
-        # as the service runs it: its arena setting, and its batches in pieces
-        model = OnnxClassifier(path, device=device, memory_arena=settings.memory_arena == "on")  # type: ignore[arg-type]
-        model.max_run_images = settings.run_images(model.on_gpu)
+        model = open_classifier(path, settings, device)  # as the service runs it
     except CudaPlacementError as exc:  # --device cuda: the service would refuse to start
         report.add("fail", topic, f"cannot run wholly on CUDA: {exc.reason}")
         return None
     placement = model.placement
-    cpu = model if not model.on_gpu else OnnxClassifier(path, device="cpu", max_run_images=settings.run_images(False))
+    cpu = model if not model.on_gpu else open_classifier(path, settings, "cpu")
     status = "ok"
     where = placement.describe()
     if placement.fallback:

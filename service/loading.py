@@ -46,15 +46,14 @@ def load_models(settings: ServiceSettings, worker: WorkerPlacement) -> LoadedMod
     cuda_wanted = wants_cuda(settings.device)  # type: ignore[arg-type]
     loaded = {}
     for entry in manifest.models:
-        classifier = OnnxClassifier(
+        classifier = open_classifier(
             Path(settings.models_dir) / entry.file,
-            device=settings.device,  # type: ignore[arg-type]
+            settings,
+            settings.device,
             threads=settings.intra_op_threads(cuda_wanted, worker.cores),
             spin=False,
             device_id=worker.device_id or 0,
-            memory_arena=settings.memory_arena == "on",
         )
-        classifier.max_run_images = settings.run_images(classifier.on_gpu)
         card = classifier.card
         if (card.classes, card.precision, card.input) != (entry.classes, entry.precision, entry.input):
             raise ManifestError(
@@ -70,6 +69,14 @@ def load_models(settings: ServiceSettings, worker: WorkerPlacement) -> LoadedMod
         loaded[entry.name] = LoadedModel(entry, classifier)
     default = choose_default(manifest, cuda_wanted, {n: m.classifier.placement for n, m in loaded.items()})
     return LoadedModels(manifest, loaded, default)
+
+
+def open_classifier(path: Path, settings: ServiceSettings, device: str, **session) -> OnnxClassifier:
+    """A model as the service runs it: ONNX Runtime's arena as set, and a large batch in pieces where the
+    model is placed (``settings.run_images``); ``session``: OnnxClassifier's threads, spin, device_id."""
+    classifier = OnnxClassifier(path, device=device, memory_arena=settings.memory_arena == "on", **session)  # type: ignore[arg-type]
+    classifier.max_run_images = settings.run_images(classifier.on_gpu)
+    return classifier
 
 
 WARM_UP_SECONDS = 2.0

@@ -329,19 +329,19 @@ def test_remove_takes_models_out_of_the_manifest_and_deletes_their_files_but_nev
 
 
 def test_the_doctor_runs_each_model_as_the_service_would(tmp_path, monkeypatch):
-    from inference import runtime
+    from service import loading
     from service.doctor import diagnose
     from service.gpus import GpuReport
     from service.settings import ServiceSettings
 
     made = []
-    real = runtime.OnnxClassifier
+    real = loading.OnnxClassifier
 
     def recorded(*args, **kwargs):
         made.append(real(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(runtime, "OnnxClassifier", recorded)
+    monkeypatch.setattr(loading, "OnnxClassifier", recorded)
     models = _models_dir(tmp_path, [INT8], INT8, None)
     settings = ServiceSettings(models_dir=models, device="cpu", memory_arena="off", max_run_images=5)
     report = diagnose("cpu", models, speed=False, gpus=GpuReport([], None), settings=settings)
