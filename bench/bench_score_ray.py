@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_score import ARCHIVE, SUMMARY, extract, wait_until_quiet  # noqa: E402
+from bench_score import ARCHIVE, extract, run_scorer, wait_until_quiet  # noqa: E402
 from report_io import cpu_model, host_record, write_json  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
@@ -59,25 +57,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(folder: Path, models_dir: str, model: str, flags: list[str], out: Path) -> dict:
-    cmd = [sys.executable, "-m", "service", "score", str(folder), "--out", str(out)]
-    cmd += ["--models-dir", models_dir, "--model", model, "--no-progress", *flags]
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"scorer failed ({done.returncode}): {done.stderr}")
-    hit = SUMMARY.search(done.stderr)
-    return {
-        "scored": int(hit[1]),
-        "failed": int(hit[2]),
-        "scoring_s": float(hit[3]),
-        "images_per_s": float(hit[4]),
-        "wall_s": wall,
-        "images_per_s_wall": (int(hit[1]) + int(hit[2])) / wall,
-    }
-
-
 def sorted_rows(path: Path) -> list[list[str]]:
     with open(path, newline="") as f:
         header, *rows = list(csv.reader(f))
@@ -96,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     for round_ in range(args.repeats):
         for name, flags in engines.items():
             load = wait_until_quiet(args.quiet_below if args.quiet_below > 0 else float("inf"))
-            r = run(folder, args.models_dir, model, flags, work / f"{name}.csv")
+            r = run_scorer(folder, Path(args.models_dir), model, None, flags, work / f"{name}.csv")
             assert r["scored"] + r["failed"] == args.images, r
             r["load_before"] = load
             runs[name].append(r)
