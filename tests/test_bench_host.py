@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -111,14 +110,16 @@ def test_the_service_benchmark_counts_the_memory_of_a_process_and_its_children()
         child.kill()
         child.wait()
     # Memory held only between the sampler's first and last samples: only its thread can see it.
+    # The child says when it has let go, so a loaded machine's scheduling cannot end the block before that.
     brief = "import time; print(flush=True); time.sleep(0.3); x = bytearray(256 << 20); x[::4096] = b'1' * (256 << 8)"
     child = subprocess.Popen(
-        [sys.executable, "-c", brief + "; time.sleep(0.5); del x; time.sleep(60)"], stdout=subprocess.PIPE
+        [sys.executable, "-c", brief + "; time.sleep(1.0); del x; print(flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
     )
     try:
         child.stdout.readline()
         with bench_service.MemoryPeak(child.pid, interval=0.05) as memory:
-            time.sleep(1.5)
+            child.stdout.readline()  # freed
         assert memory.peak["pss"] > 256, memory.peak
         assert bench_service.tree_memory_mib(child.pid)["pss"] < 128  # given back by the time the block ended
     finally:
