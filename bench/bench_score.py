@@ -206,7 +206,6 @@ def run_scorer(folder: Path, models_dir: Path, model: str, batch_size: int | Non
         "failed": failed,
         "rows": rows,
         "seconds": (scored + failed) / rate,
-        "scoring_s": float(hit[3]),
         "wall_s": wall,
         "images_per_s": rate,
         "images_per_s_wall": (scored + failed) / wall,
