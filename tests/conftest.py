@@ -193,6 +193,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_lines(path: Path, count: int, proc, timeout: float = 60) -> None:
+    """Wait until the scorer subprocess `proc` has written `count` lines to `path`; fail if it exits first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the scorer exited ({proc.returncode}) before writing {count} lines: {proc.stderr.read()}")
+        time.sleep(0.005)
+    pytest.fail(f"no {count} lines in {path} after {timeout} s")
+
+
 @contextlib.contextmanager
 def running_service(models_dir: Path, log_path: Path, *args: str, env: dict | None = None, timeout: float = 90):
     """Start `python -m service serve` on a free port, wait for /readyz, yield its URL, stop it on exit."""

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, running_service
+from conftest import ROOT, running_service, wait_for_lines
 from inference.preprocess import decode_image, to_model_input
 from inference.runtime import OnnxClassifier
 from service.contract import Limits, ModelInfo, ModelList
@@ -501,17 +501,6 @@ def test_labels_from_folders(image_folder, tiny_models_dir, tmp_path, capsys):
     assert "'Misc' (1)" in err and "the classes are: alpha, beta, gamma" in err
 
 
-def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_bytes().count(b"\n") >= count:
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"the scorer exited ({proc.returncode}) before writing {count} lines: {proc.stderr.read()}")
-        time.sleep(0.005)
-    pytest.fail(f"no {count} lines in {path} after {timeout} s")
-
-
 def test_resume_after_kill(image_folder, tiny_models_dir, tmp_path):
     root = tmp_path / "many"
     sources = sorted(image_folder.rglob("*.png"))
@@ -548,7 +537,7 @@ def test_resume_after_kill(image_folder, tiny_models_dir, tmp_path):
     )
 
     proc = subprocess.Popen(cmd, **kw)
-    _wait_for_lines(out, 40, proc)
+    wait_for_lines(out, 40, proc)
     workers = _children(proc.pid)  # the decode worker and multiprocessing's resource tracker
     assert workers
     proc.send_signal(signal.SIGKILL)
@@ -563,7 +552,7 @@ def test_resume_after_kill(image_folder, tiny_models_dir, tmp_path):
         f.write("d1/00999.png,al")  # as if killed in the middle of a write
 
     proc = subprocess.Popen(cmd + ["--resume"], **kw)  # interrupted again, politely this time
-    _wait_for_lines(out, lines + 40, proc)
+    wait_for_lines(out, lines + 40, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err and "--resume" in err and "Traceback" not in err, err
@@ -571,7 +560,7 @@ def test_resume_after_kill(image_folder, tiny_models_dir, tmp_path):
 
     lines = out.read_bytes().count(b"\n")
     proc = subprocess.Popen(cmd + ["--resume"], **kw)  # and by a scheduler's SIGTERM, which ends it the same way
-    _wait_for_lines(out, lines + 40, proc)
+    wait_for_lines(out, lines + 40, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "SIGTERM: interrupted" in err and "--resume" in err and "Traceback" not in err

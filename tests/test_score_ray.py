@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, wait_for_lines
 from service.score import ray_engine
 from service.score.cli import main as score_main
 from service.score.errors import UserError
@@ -114,17 +114,6 @@ def test_ray_engine_gives_the_local_engines_rows_and_summary(
     assert ray_err[ray_err.index("accuracy against") :] == local_err[local_err.index("accuracy against") :]
 
 
-def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_bytes().count(b"\n") >= count:
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"the scorer exited ({proc.returncode}) before writing {count} lines: {proc.stderr.read()}")
-        time.sleep(0.005)
-    pytest.fail(f"no {count} lines in {path} after {timeout} s")
-
-
 def test_ray_engine_resumes_an_interrupted_run_scoring_each_file_once(
     ray_address, image_folder, tiny_models_dir, tmp_path
 ):
@@ -147,7 +136,7 @@ def test_ray_engine_resumes_an_interrupted_run_scoring_each_file_once(
     )
 
     proc = subprocess.Popen(ray_cmd, **kw)
-    _wait_for_lines(out, 40, proc)
+    wait_for_lines(out, 40, proc, timeout=180)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     lines = out.read_bytes().count(b"\n")
@@ -156,7 +145,7 @@ def test_ray_engine_resumes_an_interrupted_run_scoring_each_file_once(
         f.write("alpha/00999.png,al")  # as if killed in the middle of a write
 
     proc = subprocess.Popen([*ray_cmd, "--resume"], **kw)
-    _wait_for_lines(out, lines + 40, proc)
+    wait_for_lines(out, lines + 40, proc, timeout=180)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted" in err and "--resume" in err and "Traceback" not in err, err
