@@ -256,7 +256,11 @@ def check_replacement(models_dir: Path, name: str, arch: str, classes: Sequence[
 def _with_entry(entry: ModelEntry, models_dir: Path, make_default: bool, default_for: Sequence[str]) -> Manifest:
     try:
         manifest = load_manifest(models_dir, verify=False)
-        models = [m for m in manifest.models if m.name != entry.name] + [entry]
+        # A re-export keeps its place, so the listing's order (and the manifest's diff) stays as it was.
+        names = [m.name for m in manifest.models]
+        models = [entry if m.name == entry.name else m for m in manifest.models]
+        if entry.name not in names:
+            models.append(entry)
         default = entry.name if make_default else manifest.default
         defaults = {} if make_default else dict(manifest.defaults)  # the default everywhere, as `export default`
     except ManifestError as exc:

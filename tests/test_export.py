@@ -251,6 +251,19 @@ def test_an_export_into_a_folder_whose_manifest_is_broken_leaves_the_shipped_fil
     assert sorted(p.name for p in m.iterdir()) == sorted(p.name for p in models.iterdir())  # no stray files
 
 
+def test_a_re_export_keeps_its_place_in_the_manifest(tiny_run, exported, tmp_path):
+    """Replacing a listed model (a new run, a new INT8 conversion) changes its entry where it stands: the listing
+    keeps its order and the manifest's diff is that entry's alone."""
+    models, entry, _ = exported
+    m = _copy_models(models, tmp_path / "m")
+    export_checkpoint(tiny_run / "best.pt", "tiny-second", "fp32", m, cache_dir=None, calibrate="none")
+    before = json.loads((m / "manifest.json").read_text())
+    export_checkpoint(tiny_run / "best.pt", entry.name, "fp32", m, cache_dir=None, calibrate="none")
+    after = json.loads((m / "manifest.json").read_text())
+    assert [e["name"] for e in after["models"]] == [e["name"] for e in before["models"]] == [entry.name, "tiny-second"]
+    assert after["models"][1] == before["models"][1]
+
+
 @pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
 def test_a_stop_during_an_export_leaves_the_models_folder_as_it_was(
     stop, tiny_run, exported, tmp_path, monkeypatch, capsys
