@@ -50,7 +50,7 @@ class _Graph:
         return found[0] if len(found) == 1 else None
 
     def produced_by(self, tensor: str, op_type: str) -> onnx.NodeProto | None:
-        """The node of ``op_type`` that makes ``tensor`` and is its only reader's source, if any."""
+        """The node of ``op_type`` that makes ``tensor``, if nothing else reads that node's output."""
         node = self.producer.get(tensor)
         if node is None or node.op_type != op_type or node.domain not in ("", "ai.onnx"):
             return None

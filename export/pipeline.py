@@ -257,9 +257,8 @@ def _with_entry(entry: ModelEntry, models_dir: Path, make_default: bool, default
     try:
         manifest = load_manifest(models_dir, verify=False)
         # A re-export keeps its place, so the listing's order (and the manifest's diff) stays as it was.
-        names = [m.name for m in manifest.models]
         models = [entry if m.name == entry.name else m for m in manifest.models]
-        if entry.name not in names:
+        if all(m.name != entry.name for m in manifest.models):
             models.append(entry)
         default = entry.name if make_default else manifest.default
         defaults = {} if make_default else dict(manifest.defaults)  # the default everywhere, as `export default`
