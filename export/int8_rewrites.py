@@ -20,7 +20,7 @@ The rewrites run in order, so a BatchNorm folded away can expose a ReLU to move.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -86,16 +86,16 @@ def fold_pooled_batchnorms(model: onnx.ModelProto) -> int:
             continue
         conv = graph.producer[pool.input[0]]
         weight = graph.constant(conv.input[1])
-        if weight is None or (len(conv.input) > 2 and conv.input[2] and graph.constant(conv.input[2]) is None):
+        bias = graph.constant(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros(1)
+        if weight is None or bias is None:
             continue
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         gamma, beta, mean, var = (s.astype(np.float64) for s in stats)  # type: ignore[union-attr]
         scale = gamma / np.sqrt(var + eps)
         if not (scale > 0).all():  # a decreasing channel turns the maximum into a minimum: not exact
             continue
-        bias = graph.constant(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else 0.0
         new_weight = weight.astype(np.float64) * scale.reshape(-1, *[1] * (weight.ndim - 1))
-        new_bias = (np.asarray(bias, np.float64) - mean) * scale + beta
+        new_bias = (bias.astype(np.float64) - mean) * scale + beta
         x = conv.input[0]
         del conv.input[:]
         conv.input.extend(
@@ -107,7 +107,7 @@ def fold_pooled_batchnorms(model: onnx.ModelProto) -> int:
         )
         pool.output[0] = bn.output[0]
         removed.append(bn)
-    _keep_nodes(model, [n for n in graph.nodes if not any(n is bn for bn in removed)])
+    _edit_nodes(model, graph.nodes, drop=removed)
     return len(removed)
 
 
@@ -125,12 +125,7 @@ def relu_before_pool(model: onnx.ModelProto) -> int:
         relu.input[0], relu.output[0] = pool.input[0], f"{pooled}.relu_before_pool"
         pool.input[0], pool.output[0] = relu.output[0], out
         moved.append((pool, relu))
-    order = []
-    for node in graph.nodes:
-        order.extend(relu for pool, relu in moved if pool is node)
-        if not any(node is relu for _, relu in moved):
-            order.append(node)
-    _keep_nodes(model, order)
+    _edit_nodes(model, graph.nodes, drop=[relu for _, relu in moved], before=moved)
     return len(moved)
 
 
@@ -164,21 +159,39 @@ def fuse_gelu(model: onnx.ModelProto) -> int:
         dropped += [div, erf, add, first]
         gelu = helper.make_node("Gelu", [x], [second.output[0]], name=f"{second.name}.gelu", domain=MICROSOFT)
         fused.append((second, gelu))
-    if fused:
-        if not any(op.domain == MICROSOFT for op in model.opset_import):
-            model.opset_import.append(helper.make_opsetid(MICROSOFT, 1))
-        order = []
-        for node in graph.nodes:
-            if not any(node is d for d in dropped):
-                order.append(next((gelu for last, gelu in fused if last is node), node))
-        _keep_nodes(model, order)
+    if fused and not any(op.domain == MICROSOFT for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MICROSOFT, 1))
+    _edit_nodes(model, graph.nodes, drop=dropped, replace=fused)
     return len(fused)
 
 
-def _keep_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> None:
-    """Replace the graph's nodes (copies: protobuf's repeated fields copy on extend) and drop initializers
-    nothing reads any more."""
-    copies = [onnx.NodeProto.FromString(node.SerializeToString()) for node in nodes]
+Pairs = Sequence[tuple[onnx.NodeProto, onnx.NodeProto]]
+
+
+def _edit_nodes(
+    model: onnx.ModelProto,
+    nodes: list[onnx.NodeProto],
+    drop: Sequence[onnx.NodeProto] = (),
+    replace: Pairs = (),
+    before: Pairs = (),
+) -> None:
+    """Write ``nodes`` (``_Graph.nodes``, edited in place) back as the graph's, leaving out ``drop``, putting
+    the second node of each ``replace`` pair in place of the first, and the second of each ``before`` pair
+    just before the first; then drop the initializers nothing reads any more. Nodes are matched by identity.
+    Nothing to edit leaves the graph as it was."""
+    if not (drop or replace or before):
+        return
+    dropped = {id(node) for node in drop}
+    replaced = {id(old): new for old, new in replace}
+    inserted = {id(at): new for at, new in before}
+    order = []
+    for node in nodes:
+        if id(node) in inserted:
+            order.append(inserted[id(node)])
+        if id(node) not in dropped:
+            order.append(replaced.get(id(node), node))
+    # Copies: protobuf's repeated fields copy on extend, and clearing the field first would free the originals.
+    copies = [onnx.NodeProto.FromString(node.SerializeToString()) for node in order]
     del model.graph.node[:]
     model.graph.node.extend(copies)
     used = {name for node in model.graph.node for name in node.input}

@@ -159,6 +159,7 @@ def to_int8(
         fp32 = onnx.load(str(src))
         changed = rewrite_for_int8(fp32)
         log.info("INT8 graph rewrites: %s", ", ".join(f"{name} {n}" for name, n in changed.items()))
+        # A file, not the ModelProto: given one, quant_pre_process writes external data its own check cannot read.
         onnx.save(fp32, str(rewritten))
         quant_pre_process(str(rewritten), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load(str(prepared))
