@@ -77,6 +77,9 @@ def fold_pooled_batchnorms(model: onnx.ModelProto) -> int:
     """Conv -> MaxPool -> BatchNormalization (every channel's scale > 0) => Conv with the BN folded -> MaxPool."""
     graph = _Graph(model)
     removed = []
+    # Convolutions that share a weight and a BatchNorm's parameters (the two branches of a flip-TTA graph) share
+    # the folded constants too, so the file does not grow by a copy of each weight.
+    folded: dict[tuple[str, ...], tuple[str, str]] = {}
     for bn in graph.nodes:
         if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
             continue
@@ -90,21 +93,22 @@ def fold_pooled_batchnorms(model: onnx.ModelProto) -> int:
         if weight is None or bias is None:
             continue
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-        gamma, beta, mean, var = (s.astype(np.float64) for s in stats)  # type: ignore[union-attr]
-        scale = gamma / np.sqrt(var + eps)
-        if not (scale > 0).all():  # a decreasing channel turns the maximum into a minimum: not exact
-            continue
-        new_weight = weight.astype(np.float64) * scale.reshape(-1, *[1] * (weight.ndim - 1))
-        new_bias = (bias.astype(np.float64) - mean) * scale + beta
+        key = (*conv.input[1:3], *bn.input[1:5], repr(eps))
+        if key not in folded:
+            gamma, beta, mean, var = (s.astype(np.float64) for s in stats)  # type: ignore[union-attr]
+            scale = gamma / np.sqrt(var + eps)
+            if not (scale > 0).all():  # a decreasing channel turns the maximum into a minimum: not exact
+                continue
+            new_weight = weight.astype(np.float64) * scale.reshape(-1, *[1] * (weight.ndim - 1))
+            new_bias = (bias.astype(np.float64) - mean) * scale + beta
+            stem = f"{conv.name or conv.input[1]}.bn_folded"
+            folded[key] = (
+                graph.add_constant(new_weight, f"{stem}.weight"),
+                graph.add_constant(new_bias, f"{stem}.bias"),
+            )
         x = conv.input[0]
         del conv.input[:]
-        conv.input.extend(
-            [
-                x,
-                graph.add_constant(new_weight, f"{conv.name}.bn_folded.weight"),
-                graph.add_constant(new_bias, f"{conv.name}.bn_folded.bias"),
-            ]
-        )
+        conv.input.extend([x, *folded[key]])
         pool.output[0] = bn.output[0]
         removed.append(bn)
     _edit_nodes(model, graph.nodes, drop=removed)

@@ -125,3 +125,35 @@ def test_the_int8_file_runs_the_rewritten_graph(pooled_graph, tmp_path, monkeypa
     fp32, int8 = _run(pooled_graph, images), _run(out, images)
     # Quantised, so close rather than equal: within a few percent of the logits' spread.
     assert np.abs(int8 - fp32).max() < 0.1 * (fp32.max() - fp32.min())
+
+
+class FlipAveraged(nn.Module):
+    """One Conv -> MaxPool -> BN -> ReLU run on the image and on its mirror, as the flip-TTA export does: the
+    two convolutions read one weight, the two BatchNorms one set of statistics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 5)
+        with torch.no_grad():
+            self.bn.running_var.fill_(2.0)
+            self.bn.bias.fill_(0.3)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.bn(nn.functional.max_pool2d(self.conv(x), 2))).amax(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.branch(x) + self.branch(torch.flip(x, dims=[3]))) / 2
+
+
+def test_convolutions_sharing_a_weight_share_the_folded_one(tmp_path):
+    path = tmp_path / "flip.onnx"
+    export_fp32(FlipAveraged().eval(), path, 32)
+    model = onnx.load(str(path))
+    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    assert len(convs) == 2 and convs[0].input[1] == convs[1].input[1]  # the export shares the weight
+    assert rewrite_for_int8(model)["pooled BatchNorms folded"] == 2
+    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    assert convs[0].input[1:] == convs[1].input[1:]
+    assert sum(init.dims[:1] == [8] and len(init.dims) == 4 for init in model.graph.initializer) == 1
+    x = np.random.default_rng(2).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(_run(model, x), _run(path, x), rtol=1e-4, atol=1e-4)
