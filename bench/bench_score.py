@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import raw_engine  # noqa: E402
+import termination  # noqa: E402
 from report_io import cpu_model, host_record, write_json  # noqa: E402
-from termination import exit_on_sigterm  # noqa: E402
 
 from inference.manifest import ManifestError, load_manifest  # noqa: E402
 from inference.preprocess import decode_image, to_model_input  # noqa: E402
@@ -215,7 +215,6 @@ def run_scorer(folder: Path, models_dir: Path, model: str, batch_size: int | Non
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    exit_on_sigterm()
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     folder = extract(Path(args.archive), work, args.images)
@@ -307,4 +306,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    termination.run(main)

@@ -22,9 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import termination  # noqa: E402
 from bench_score import ARCHIVE, extract, run_scorer, wait_until_quiet  # noqa: E402
 from report_io import cpu_model, host_record, write_json  # noqa: E402
-from termination import exit_on_sigterm  # noqa: E402
 
 from inference.manifest import ManifestError, load_manifest  # noqa: E402
 
@@ -57,7 +57,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    exit_on_sigterm()
     try:
         manifest = load_manifest(args.models_dir)
     except ManifestError as e:
@@ -120,4 +119,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    termination.run(main)

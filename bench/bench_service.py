@@ -54,8 +54,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import raw_engine  # noqa: E402
+import termination  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
-from termination import exit_on_sigterm  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
 from inference.preprocess import decode_image, to_model_input  # noqa: E402
@@ -425,7 +425,6 @@ def run_level(args, host, port, server, requests, per_request, concurrency, chec
 
 
 def main(args: argparse.Namespace) -> int:
-    exit_on_sigterm()
     manifest = load_manifest(args.models_dir)
     entry = manifest.get(args.model)
     jpegs = read_jpegs(Path(args.archive), args.pool)
@@ -566,4 +565,4 @@ def route_comparison(runs: list[dict]) -> list[dict]:
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    termination.run(lambda: main(get_args_parser().parse_args()))

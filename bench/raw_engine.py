@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from inference.runtime import OnnxClassifier, default_threads
+from inference.runtime import OnnxClassifier, SessionSettings, default_threads
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def measure(
     path: str | Path, pixels: np.ndarray, batch_size: int, streams: int, threads: int, seconds: float = 3.0
 ) -> EngineRate:
     """``streams`` threads each running batches of ``batch_size`` back to back on one session for ``seconds``."""
-    clf = OnnxClassifier(path, device="cpu", threads=threads, spin=streams == 1)
+    clf = OnnxClassifier(path, device="cpu", settings=SessionSettings(threads=threads, spin=streams == 1))
     batches = [pixels[i : i + batch_size] for i in range(0, len(pixels) - batch_size + 1, batch_size)] or [pixels]
     for batch in batches[:2]:
         clf.logits(batch)

@@ -1,20 +1,23 @@
-"""A benchmark stopped with SIGTERM (`kill`, `pkill`, `timeout`) ends what it started.
+"""A benchmark stopped with Ctrl-C, SIGTERM or SIGHUP (`kill`, `pkill`, `timeout`) ends what it started.
 
-Python's default SIGTERM action ends the process at once: no `finally`, no `with` exit, so the scorer child of
-`subprocess.run` or a server started in its own session keeps running and disturbs whatever is measured next.
-Raised as SystemExit, the signal unwinds the stack as Ctrl-C does: `subprocess.run` kills its child and
-`finally: stop_server(...)` runs."""
+Python's default SIGTERM action ends the process where it stands: no `finally`, no `with` exit, so the scorer
+child of `subprocess.run` or a server started in its own session keeps running and disturbs whatever is
+measured next. Answered as Ctrl-C is (inference/interrupts.py), the signal unwinds the stack: `subprocess.run`
+kills its child and `finally: stop_server(...)` runs."""
 
 from __future__ import annotations
 
-import signal
-from types import FrameType
+import sys
+from typing import Callable, NoReturn
+
+from inference.interrupts import say_stopped, terminations_as_interrupts
 
 
-def _exit(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
-def exit_on_sigterm() -> None:
-    """Make SIGTERM unwind this process (exit status 143) instead of ending it where it stands."""
-    signal.signal(signal.SIGTERM, _exit)
+def run(main: Callable[[], int]) -> NoReturn:
+    """Exit with ``main()``'s status, or with 128 + the signal's number and one line when stopped."""
+    with terminations_as_interrupts():
+        try:
+            status = main()
+        except KeyboardInterrupt as exc:
+            status = say_stopped(exc, "benchmark stopped; no results written")
+    sys.exit(status)

@@ -21,11 +21,11 @@ import json
 import re
 import sys
 
+from inference.devices import DEVICE_KINDS
 from inference.fits import DEFAULT_FIT, FITS, fit_help
 from inference.interrupts import say_stopped, terminations_as_interrupts
 from inference.manifest import (
     CALIBRATION_METHODS,
-    DEVICE_KINDS,
     MODEL_NAME_PATTERN,
     MODEL_NAME_RULE,
     ManifestError,
@@ -277,7 +277,7 @@ def _list(models_dir: str) -> int:
     manifest = load_manifest(models_dir, verify=False)
     roles: dict[str, list[str]] = {}
     for kind in DEVICE_KINDS:
-        roles.setdefault(manifest.default_for(kind).name, []).append(kind)  # type: ignore[arg-type]
+        roles.setdefault(manifest.default_for(kind).name, []).append(kind)
     width = max(len(m.name) for m in manifest.models)
     for m in manifest.models:
         mark = "*" if m.name in roles else " "  # what some kind of host serves by default

@@ -13,6 +13,7 @@ from typing import Any, Literal, Sequence, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .devices import DeviceKind
 from .files import write_text_atomic
 from .fits import LEGACY_FIT, FitName
 from .precisions import PrecisionName
@@ -104,11 +105,6 @@ class ModelCard(BaseModel):
 class ModelEntry(ModelCard):
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-
-
-# The kinds of device a model is served on: a CUDA session is a GPU host's, every other one a CPU host's.
-DeviceKind = Literal["cpu", "cuda"]
-DEVICE_KINDS: tuple[str, ...] = get_args(DeviceKind)
 
 
 class DefaultChoice(BaseModel):

@@ -18,15 +18,14 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Mapping
 
 import numpy as np
 import onnxruntime as ort
 
-from .manifest import METADATA_KEY, DefaultChoice, DeviceKind, Manifest, ModelCard
+from .devices import Device, DeviceKind
+from .manifest import METADATA_KEY, DefaultChoice, Manifest, ModelCard
 from .messages import exception_summary
-
-Device = Literal["auto", "cpu", "cuda"]
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -125,20 +124,32 @@ def choose_default(manifest: Manifest, cuda_wanted: bool, placed: Mapping[str, P
     )
 
 
-def session_options(
-    threads: int | None = None, spin: bool = True, strict_cuda: bool = False, memory_arena: bool = True
-) -> ort.SessionOptions:
-    """``spin=False``: idle intra-op threads sleep instead of busy-waiting for the next run, which a
-    server with gaps between batches needs: spinning threads take the cores its other work needs
-    (docs/measurements.md, "ONNX Runtime sessions"). ``strict_cuda``: no node may fall back to the CPU.
+@dataclass(frozen=True)
+class SessionSettings:
+    """How a session runs, wherever it is placed.
+
+    ``threads``: intra-op threads (None: every core this process may use). ``spin=False``: idle intra-op
+    threads sleep instead of busy-waiting for the next run, which a server with gaps between batches needs:
+    spinning threads take the cores its other work needs (docs/measurements.md, "ONNX Runtime sessions").
     ``memory_arena=False``: a run's CPU buffers go back to the system when it ends; ONNX Runtime's arena
-    otherwise keeps the largest run's for good, which for a server of several models is GiBs held for
-    their rare full batches (docs/measurements.md, "Service memory")."""
+    otherwise keeps the largest run's for good, which for a server of several models is GiBs held for their
+    rare full batches (docs/measurements.md, "Service memory")."""
+
+    threads: int | None = None
+    spin: bool = True
+    memory_arena: bool = True
+
+
+DEFAULT_SESSION = SessionSettings()  # frozen: one shared default
+
+
+def session_options(settings: SessionSettings = DEFAULT_SESSION, strict_cuda: bool = False) -> ort.SessionOptions:
+    """ONNX Runtime's options for ``settings``; ``strict_cuda``: no node may fall back to the CPU."""
     options = ort.SessionOptions()
-    options.enable_cpu_mem_arena = memory_arena
-    options.intra_op_num_threads = threads or default_threads()
+    options.enable_cpu_mem_arena = settings.memory_arena
+    options.intra_op_num_threads = settings.threads or default_threads()
     options.inter_op_num_threads = 1
-    if not spin:
+    if not settings.spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if strict_cuda:
         options.add_session_config_entry(DISABLE_CPU_FALLBACK, "1")
@@ -178,12 +189,7 @@ def preload_cuda() -> str | None:
 
 
 def open_session(
-    path: str | Path,
-    device: Device = "auto",
-    threads: int | None = None,
-    spin: bool = True,
-    device_id: int = 0,
-    memory_arena: bool = True,
+    path: str | Path, device: Device = "auto", settings: SessionSettings = DEFAULT_SESSION, device_id: int = 0
 ) -> tuple[ort.InferenceSession, Placement]:
     """A session for ``path`` and where it runs: wholly on CUDA device ``device_id`` when ``device`` asks for
     CUDA and the model can run there, on the CPU otherwise (``decide_placement``)."""
@@ -195,7 +201,7 @@ def open_session(
         try:
             session = ort.InferenceSession(
                 str(path),
-                sess_options=session_options(threads, spin, strict_cuda=True, memory_arena=memory_arena),
+                sess_options=session_options(settings, strict_cuda=True),
                 providers=[cuda_provider(device_id)],
             )
         except Exception as exc:  # ONNX Runtime's Fail / InvalidArgument / RuntimeException share only Exception
@@ -203,8 +209,7 @@ def open_session(
     placement = decide_placement(device, cuda_wanted, path.stem, failure, device_id)
     if not placement.on_gpu:
         try:
-            options = session_options(threads, spin, memory_arena=memory_arena)
-            session = ort.InferenceSession(str(path), sess_options=options, providers=[CPU])
+            session = ort.InferenceSession(str(path), sess_options=session_options(settings), providers=[CPU])
         except Exception as exc:  # ONNX Runtime's error types share only Exception
             if not type(exc).__module__.startswith("onnxruntime"):
                 raise
@@ -240,7 +245,7 @@ def node_providers(path: str | Path, providers: list) -> list[tuple[str, str]] |
     (fallback allowed), from its profile; None when the first provider asked for could not be created."""
     first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
     with tempfile.TemporaryDirectory() as tmp:
-        options = session_options(threads=1)
+        options = session_options(SessionSettings(threads=1))
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "placement")
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -281,17 +286,15 @@ class OnnxClassifier:
         self,
         path: str | Path,
         device: Device = "auto",
-        threads: int | None = None,
-        spin: bool = True,
+        settings: SessionSettings = DEFAULT_SESSION,
         device_id: int = 0,
-        memory_arena: bool = True,
         max_run_images: int | None = None,
     ) -> None:
         if max_run_images is not None and max_run_images < 1:
             raise ValueError(f"max_run_images must be at least 1, got {max_run_images}")
         self.path = Path(path)
         self.max_run_images = max_run_images
-        self.session, self.placement = open_session(self.path, device, threads, spin, device_id, memory_arena)
+        self.session, self.placement = open_session(self.path, device, settings, device_id)
         self.card = read_card(self.session)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name

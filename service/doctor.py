@@ -23,7 +23,8 @@ import numpy as np
 if TYPE_CHECKING:
     from .settings import ServiceSettings
 
-from inference.manifest import DEVICE_KINDS, ManifestError, ModelEntry, load_manifest
+from inference.devices import DEVICE_KINDS, Device
+from inference.manifest import ManifestError, ModelEntry, load_manifest
 from inference.precisions import precision
 from inference.preprocess import IMAGE_EXTENSIONS, decode_image, to_model_input
 
@@ -51,7 +52,7 @@ class Finding:
 
 @dataclass
 class Report:
-    device: str
+    device: Device
     findings: list[Finding] = field(default_factory=list)
 
     def add(self, status: Status, topic: str, text: str) -> None:
@@ -137,7 +138,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def diagnose(
-    device: str,
+    device: Device,
     models_dir: Path,
     folder: str | None = None,
     max_images: int = 2000,
@@ -159,13 +160,13 @@ def diagnose(
     report.add("info", "python", f"{platform.python_version()} ({sys.executable})")
     report.add("info", "onnxruntime", f"{ort.__version__}, providers: {', '.join(ort.get_available_providers())}")
     gpus = gpu_report() if gpus is None else gpus
-    cuda_wanted = wants_cuda(device)  # type: ignore[arg-type]
+    cuda_wanted = wants_cuda(device)
     _host(report, device, gpus, CUDA in ort.get_available_providers(), cuda_wanted, preload_cuda)
 
     manifest = load_manifest(models_dir, verify=True)
     report.add("ok", "manifest", f"{models_dir}: {len(manifest.models)} model(s), every file matches its sha256")
     for kind in DEVICE_KINDS:
-        choice = manifest.default_for(kind)  # type: ignore[arg-type]
+        choice = manifest.default_for(kind)
         report.add("info", f"default on {kind}", f"{choice.name} ({choice.reason})")
 
     # Each model's images decoded at its own input size and with its own fit; models that share both (and
@@ -196,7 +197,7 @@ def diagnose(
     return report
 
 
-def _host(report: Report, device: str, gpus: GpuReport, has_cuda_ep: bool, cuda_wanted: bool, preload) -> None:
+def _host(report: Report, device: Device, gpus: GpuReport, has_cuda_ep: bool, cuda_wanted: bool, preload) -> None:
     # Missing CUDA pieces: fatal for --device cuda; for auto a warning where a GPU is there to be used, else a fact.
     need = "fail" if device == "cuda" else ("warn" if gpus.gpus and device == "auto" else "info")
     if gpus.gpus:
@@ -232,7 +233,7 @@ def _check_model(
     report: Report,
     entry: ModelEntry,
     models_dir: Path,
-    device: str,
+    device: Device,
     labelled: tuple[np.ndarray, np.ndarray] | None,
     speed: bool,
     settings: ServiceSettings,

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
+from inference.devices import DEVICE_KINDS, Device
 from inference.fits import FITS
-from inference.manifest import DEVICE_KINDS, DefaultChoice, Manifest, ManifestError, ModelEntry, load_manifest
-from inference.runtime import OnnxClassifier, choose_default, wants_cuda
+from inference.manifest import DefaultChoice, Manifest, ManifestError, ModelEntry, load_manifest
+from inference.runtime import DEFAULT_SESSION, OnnxClassifier, SessionSettings, choose_default, wants_cuda
 
 from .contract import FitInfo, Limits, ModelInfo, ModelList
 from .settings import ServiceSettings
@@ -43,15 +45,14 @@ def load_models(settings: ServiceSettings, worker: WorkerPlacement) -> LoadedMod
     (or the CPU), warmed up and ready. Under ``--device cuda`` a model that cannot run wholly on CUDA stops
     the start-up (``CudaPlacementError``, naming it); under ``auto`` it is served on the CPU with a warning."""
     manifest = load_manifest(settings.models_dir, verify=True)
-    cuda_wanted = wants_cuda(settings.device)  # type: ignore[arg-type]
+    cuda_wanted = wants_cuda(settings.device)
     loaded = {}
     for entry in manifest.models:
         classifier = open_classifier(
             Path(settings.models_dir) / entry.file,
             settings,
             settings.device,
-            threads=settings.intra_op_threads(cuda_wanted, worker.cores),
-            spin=False,
+            SessionSettings(threads=settings.intra_op_threads(cuda_wanted, worker.cores), spin=False),
             device_id=worker.device_id or 0,
         )
         card = classifier.card
@@ -71,10 +72,17 @@ def load_models(settings: ServiceSettings, worker: WorkerPlacement) -> LoadedMod
     return LoadedModels(manifest, loaded, default)
 
 
-def open_classifier(path: Path, settings: ServiceSettings, device: str, **session) -> OnnxClassifier:
-    """A model as the service runs it: ONNX Runtime's arena as set, and a large batch in pieces where the
-    model is placed (``settings.run_images``); ``session``: OnnxClassifier's threads, spin, device_id."""
-    classifier = OnnxClassifier(path, device=device, memory_arena=settings.memory_arena == "on", **session)  # type: ignore[arg-type]
+def open_classifier(
+    path: Path,
+    settings: ServiceSettings,
+    device: Device,
+    session: SessionSettings = DEFAULT_SESSION,
+    device_id: int = 0,
+) -> OnnxClassifier:
+    """A model as the service runs it: ONNX Runtime's arena as ``settings`` say, and a large batch in pieces
+    where the model is placed (``settings.run_images``)."""
+    session = replace(session, memory_arena=settings.memory_arena == "on")
+    classifier = OnnxClassifier(path, device=device, settings=session, device_id=device_id)
     classifier.max_run_images = settings.run_images(classifier.on_gpu)
     return classifier
 
@@ -125,7 +133,7 @@ def model_list(models: LoadedModels, limits: Optional[Limits] = None) -> ModelLi
                 input_size=list(m.input.size),
                 fit=m.input.fit,
                 default=m.name == models.default.name,
-                default_for=[k for k in DEVICE_KINDS if manifest.default_for(k).name == m.name],  # type: ignore[arg-type]
+                default_for=[k for k in DEVICE_KINDS if manifest.default_for(k).name == m.name],
                 provider=models.models[m.name].classifier.placement.provider,
                 fallback=models.models[m.name].classifier.placement.fallback,
             )

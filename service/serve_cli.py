@@ -149,7 +149,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {unbindable}", file=sys.stderr)
         return 2
     env[SETTINGS["models_dir"].env] = str(Path(settings.models_dir).resolve())
-    kind = device_kind(settings.device)  # type: ignore[arg-type]
+    kind = device_kind(settings.device)
     print(
         f"serving {', '.join(m.name for m in manifest.models)} (default on {kind}: "
         f"{manifest.default_for(kind).name}) from {settings.models_dir} on http://{args.host}:{args.port}",
@@ -179,7 +179,7 @@ def main(args: argparse.Namespace) -> int:
 def _check_cuda(manifest, models_dir: Path) -> None:
     """``--device cuda``: refuse here, with the model's name and the reason, rather than in every worker's
     traceback, when a model cannot run wholly on CUDA (the workers check again as they load)."""
-    from inference.runtime import open_session
+    from inference.runtime import SessionSettings, open_session
 
     for entry in manifest.models:
-        open_session(models_dir / entry.file, "cuda", threads=1)
+        open_session(models_dir / entry.file, "cuda", SessionSettings(threads=1))

@@ -94,7 +94,7 @@ except (SettingsError, ManifestError) as exc:
 
 def _on_gpu() -> bool:
     try:
-        return wants_cuda(SETTINGS.device)  # type: ignore[arg-type]
+        return wants_cuda(SETTINGS.device)
     except NameError:  # onnxruntime not importable where the service is only being built
         return False
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Mapping
+from typing import Literal, Mapping, get_args
 
+from inference.devices import DEVICES, Device
 from inference.preprocess import DEFAULT_MAX_PIXELS
+
+Switch = Literal["on", "off"]
+SWITCH: tuple[Switch, ...] = get_args(Switch)
 
 # In the repository and inside a built Bento alike, models/ sits next to the service package.
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -74,7 +78,7 @@ SETTINGS: dict[str, Setting] = {
         "CIFAR_DEVICE",
         "--device",
         "where models run: auto (CUDA when a GPU is visible), cpu or cuda",
-        choices=("auto", "cpu", "cuda"),
+        choices=DEVICES,
     ),
     "streams": Setting(
         "CIFAR_STREAMS",
@@ -116,9 +120,7 @@ SETTINGS: dict[str, Setting] = {
         minimum=0,
     ),
     "timeout_s": Setting("CIFAR_TIMEOUT_S", "--timeout", "seconds before a request is abandoned", minimum=1),
-    "access_log": Setting(
-        "CIFAR_ACCESS_LOG", "--access-log", "BentoML's per-request access log line", choices=("on", "off")
-    ),
+    "access_log": Setting("CIFAR_ACCESS_LOG", "--access-log", "BentoML's per-request access log line", choices=SWITCH),
     "max_run_images": Setting(
         "CIFAR_MAX_RUN_IMAGES",
         "--max-run-images",
@@ -131,7 +133,7 @@ SETTINGS: dict[str, Setting] = {
         "--memory-arena",
         "ONNX Runtime's CPU memory arena: on keeps each model's largest batch's buffers between batches (GiBs for "
         "the shipped models once warmed up), off gives them back after each batch",
-        choices=("on", "off"),
+        choices=SWITCH,
     ),
     "api_keys": Setting(
         "CIFAR_API_KEYS",
@@ -155,7 +157,7 @@ SETTINGS: dict[str, Setting] = {
 @dataclass(frozen=True)
 class ServiceSettings:
     models_dir: Path = DEFAULT_MODELS_DIR
-    device: str = "auto"
+    device: Device = "auto"
     # Several single-threaded batches at once, not one multi-threaded batch at a time: that leaves a core
     # idle whenever the event loop hands results back or an intra-op thread waits at a barrier for one the
     # event loop displaced (docs/measurements.md, "Service settings").
@@ -175,14 +177,21 @@ class ServiceSettings:
     timeout_s: int = 60
     # Off by default: the per-request log line costs single-image throughput (docs/measurements.md,
     # "Service settings"); /metrics counts requests either way.
-    access_log: str = "off"
+    access_log: Switch = "off"
     # On: with runs of at most CPU_RUN_IMAGES, the arena holds about 2 GiB for the shipped models and serves
     # 5-15% more images/s than without it (docs/measurements.md, "Service memory").
-    memory_arena: str = "on"
+    memory_arena: Switch = "on"
     # Off by default: no key needed, no cross-origin calls allowed.
     api_keys: str = ""
     api_keys_file: Path | None = None
     cors_origins: str = ""
+
+    def __post_init__(self) -> None:
+        # Built directly too (the doctor, tests), not only through ``from_env``: a choice holds what its type says.
+        for name, setting in SETTINGS.items():
+            value = getattr(self, name)
+            if setting.choices is not None and value not in setting.choices:
+                raise SettingsError(f"{name} must be one of {', '.join(setting.choices)}, got {value!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServiceSettings":

@@ -1,4 +1,5 @@
-"""A benchmark stopped with SIGTERM ends the child it was waiting on (bench/termination.py)."""
+"""A benchmark stopped with SIGTERM ends the child it was waiting on, and says so in one line
+(bench/termination.py)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,16 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 PARENT = textwrap.dedent(
     """
     import subprocess, sys
-    sys.path.insert(0, {bench!r})
-    from termination import exit_on_sigterm
-    if {install}:
-        exit_on_sigterm()
+    sys.path[:0] = [{root!r}, {bench!r}]
+    from termination import run
     child = "import os, time; open({pid_file!r}, 'w').write(str(os.getpid())); time.sleep(120)"
-    subprocess.run([sys.executable, "-c", child])
+    def main():
+        subprocess.run([sys.executable, "-c", child], stderr=subprocess.DEVNULL)  # the pipe is the parent's
+        return 0
+    if {install}:
+        run(main)
+    else:
+        sys.exit(main())
     """
 )
 
@@ -38,17 +43,18 @@ def _alive(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _stop_parent(tmp_path, install: bool) -> tuple[int, int]:
-    """(the parent's exit status after SIGTERM, its child's pid)."""
+def _stop_parent(tmp_path, install: bool) -> tuple[int, str, int]:
+    """(the parent's exit status after SIGTERM, what it printed on stderr, its child's pid)."""
     pid_file = tmp_path / "child.pid"
-    code = PARENT.format(bench=str(ROOT / "bench"), install=install, pid_file=str(pid_file))
-    parent = subprocess.Popen([sys.executable, "-c", code])
+    code = PARENT.format(root=str(ROOT), bench=str(ROOT / "bench"), install=install, pid_file=str(pid_file))
+    parent = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (pid_file.exists() and pid_file.read_text()):
         assert time.monotonic() < deadline and parent.poll() is None, "the child never started"
         time.sleep(0.05)
     parent.send_signal(signal.SIGTERM)
-    return parent.wait(timeout=30), int(pid_file.read_text())
+    _, err = parent.communicate(timeout=30)
+    return parent.returncode, err, int(pid_file.read_text())
 
 
 def _ended_within(pid: int, seconds: float) -> bool:
@@ -61,14 +67,15 @@ def _ended_within(pid: int, seconds: float) -> bool:
 
 
 def test_sigterm_ends_the_benchmark_and_its_child(tmp_path):
-    status, child = _stop_parent(tmp_path, install=True)
+    status, err, child = _stop_parent(tmp_path, install=True)
     assert status == 128 + signal.SIGTERM
+    assert err.strip() == "SIGTERM: benchmark stopped; no results written"  # one line, no traceback
     assert _ended_within(child, 10)
 
 
 def test_without_it_the_child_outlives_the_benchmark(tmp_path):
     """What the handler is for: Python's default SIGTERM leaves the child running."""
-    status, child = _stop_parent(tmp_path, install=False)
+    status, _, child = _stop_parent(tmp_path, install=False)
     try:
         assert status == -signal.SIGTERM
         assert not _ended_within(child, 1)

@@ -294,7 +294,8 @@ def test_models_on_a_cpu_host_names_the_cpu_default_and_no_fallback(tmp_path):
 
 
 def test_the_service_runs_cpu_models_in_pieces_and_keeps_the_arena_as_asked(tmp_path):
-    """Both memory settings reach every model's session: the run size (64 by default on the CPU) and the arena."""
+    """Both memory settings reach every model's session: the run size (64 by default on the CPU) and the arena;
+    and the threads the worker's cores give each stream, sleeping between batches."""
     from service.loading import load_models
     from service.settings import ServiceSettings
     from service.workers import place_worker
@@ -304,10 +305,14 @@ def test_the_service_runs_cpu_models_in_pieces_and_keeps_the_arena_as_asked(tmp_
         settings = ServiceSettings(
             models_dir=models, device="cpu", max_batch_size=8, memory_arena=arena, max_run_images=run
         )
-        loaded = load_models(settings, place_worker(None, 1, 0, 2))
+        worker = place_worker(None, 1, 0, 2)
+        loaded = load_models(settings, worker)
         for model in loaded.models.values():
             assert model.classifier.max_run_images == expected
-            assert model.classifier.session.get_session_options().enable_cpu_mem_arena is (arena == "on")
+            options = model.classifier.session.get_session_options()
+            assert options.enable_cpu_mem_arena is (arena == "on")
+            assert options.intra_op_num_threads == settings.intra_op_threads(False, worker.cores)
+            assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert ServiceSettings(max_run_images=0).run_images(on_gpu=True) is None  # a GPU keeps its whole batches
     assert ServiceSettings(max_run_images=16).run_images(on_gpu=True) == 16
 

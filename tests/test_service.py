@@ -634,6 +634,18 @@ def test_access_log_setting_reaches_bentoml():
     assert done.returncode == 2 and "--access-log" in done.stderr
 
 
+def test_settings_built_directly_hold_only_their_choices():
+    """The doctor and tests build ServiceSettings without the environment: a device or switch outside its
+    choices is refused there too, so the typed fields say what they hold."""
+    from service.settings import ServiceSettings, SettingsError
+
+    assert ServiceSettings(device="cuda", memory_arena="off").device == "cuda"
+    with pytest.raises(SettingsError, match="device must be one of auto, cpu, cuda, got 'gpu'"):
+        ServiceSettings(device="gpu")  # type: ignore[arg-type]
+    with pytest.raises(SettingsError, match="memory_arena must be one of on, off"):
+        ServiceSettings(memory_arena="yes")  # type: ignore[arg-type]
+
+
 def test_streams_and_threads_share_the_cores():
     from service.settings import ServiceSettings, cpu_count
 

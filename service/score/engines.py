@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+from inference.devices import Device
 from inference.manifest import Manifest, ManifestError, ModelEntry, load_manifest
 from inference.runtime import choose_default, wants_cuda
 
@@ -74,7 +75,7 @@ def _open_local(args: argparse.Namespace) -> Backend:
     return backend
 
 
-def _local(args: argparse.Namespace, file: str, device: str) -> LocalBackend:
+def _local(args: argparse.Namespace, file: str, device: Device) -> LocalBackend:
     return LocalBackend(
         os.path.join(args.models_dir, file), device, args.threads, args.workers, args.batch_size, args.streams, args.fit
     )

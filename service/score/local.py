@@ -15,6 +15,8 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterator
 
+from inference.devices import Device
+
 from ..settings import default_streams, threads_per_stream
 from .decode import Decoded, decode_chunk, decode_into, image_bytes, rows_view, worker_init
 from .errors import UserError
@@ -61,17 +63,17 @@ class LocalBackend:
     def __init__(
         self,
         path,
-        device: str,
+        device: Device,
         threads: int | None,
         workers: int | None,
         batch_size: int | None = None,
         streams: int | None = None,
         fit: str | None = None,
     ) -> None:
-        from inference.runtime import CudaPlacementError, OnnxClassifier, default_threads, wants_cuda
+        from inference.runtime import CudaPlacementError, OnnxClassifier, SessionSettings, default_threads, wants_cuda
 
         cores = default_threads()
-        on_gpu = wants_cuda(device)  # type: ignore[arg-type]
+        on_gpu = wants_cuda(device)
         self.streams = default_streams(cores, on_gpu) if streams is None else streams
         self._pool_lock = threading.Lock()  # the decode pool is replaced from whichever stream finds it broken
         self.pool: ProcessPoolExecutor | None = None
@@ -84,9 +86,8 @@ class LocalBackend:
         # Threads that sleep between batches leave the cores to the decode workers (docs/measurements.md,
         # "Batch scorer").
         try:
-            self.clf = OnnxClassifier(
-                path, device=device, threads=threads or threads_per_stream(cores, self.streams), spin=False
-            )
+            session = SessionSettings(threads=threads or threads_per_stream(cores, self.streams), spin=False)
+            self.clf = OnnxClassifier(path, device=device, settings=session)
         except CudaPlacementError as exc:  # --device cuda and the model cannot run wholly on CUDA
             self.close()
             raise UserError(str(exc)) from None

@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Iterator
 
+from inference.devices import Device
 from inference.preprocess import DEFAULT_MAX_PIXELS, decode_pixels, pixels_to_model_input
 from inference.runtime import default_threads, read_card
 
@@ -115,10 +116,10 @@ class Classify:
     """Stage 3, in each actor of the pool: one ONNX Runtime session; ``pixels`` -> top-k ``index`` and
     ``confidence`` (empty lists on error rows)."""
 
-    def __init__(self, model: tuple, size: tuple[int, int], k: int, threads: int, device: str) -> None:
+    def __init__(self, model: tuple, size: tuple[int, int], k: int, threads: int, device: Device) -> None:
         import ray
 
-        from inference.runtime import OnnxClassifier
+        from inference.runtime import OnnxClassifier, SessionSettings
 
         # The model's bytes come through the object store (``model`` holds their reference), so that no node
         # needs the models folder; the session reads its file once.
@@ -126,7 +127,7 @@ class Classify:
             path = os.path.join(tmp, "model.onnx")
             with open(path, "wb") as f:
                 f.write(ray.get(model[0]))
-            self.clf = OnnxClassifier(path, device=device, threads=threads, spin=False)  # type: ignore[arg-type]
+            self.clf = OnnxClassifier(path, device=device, settings=SessionSettings(threads=threads, spin=False))
         self.size = size
         self.k = k
 
@@ -201,7 +202,7 @@ class RayBackend:
         gpus_per_actor: float | None = None,
         threads: int | None = None,
         batch_size: int | None = None,
-        device: str = "auto",
+        device: Device = "auto",
         fit: str | None = None,
     ) -> None:
         if device == "cuda" and not gpus_per_actor:
