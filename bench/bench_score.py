@@ -192,6 +192,7 @@ def run_scorer(folder: Path, models_dir: Path, model: str, batch_size: int | Non
         "--model",
         model,
         "--no-progress",
+        "--overwrite",  # each run replaces the last one's rows
         *flags,
     ]
     start = time.perf_counter()

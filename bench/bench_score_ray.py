@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import termination  # noqa: E402
 from bench_score import ARCHIVE, extract, run_scorer, wait_until_quiet  # noqa: E402
 from report_io import cpu_model, host_record, write_json  # noqa: E402
 
@@ -129,4 +130,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    termination.run(main)

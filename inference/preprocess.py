@@ -16,6 +16,7 @@ import functools
 import io
 import math
 import os
+import re
 import warnings
 from typing import Sequence
 
@@ -135,6 +136,10 @@ def _allow_in_pillow(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
+# How Pillow's DecompressionBombWarning/Error states the image's size ("Image size (N pixels) exceeds ...").
+_PILLOW_SIZE = re.compile(r"Image size \((\d+) pixels\)")
+
+
 def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, reduce: bool) -> Image.Image:
     _allow_in_pillow(max_pixels)
     stream = io.BytesIO(data)
@@ -153,8 +158,11 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, r
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow's limit is at least max_pixels (_allow_in_pillow), so the image is over ours too: ours is named.
-        raise ImageTooLarge(f"image is over the limit of {max_pixels} pixels ({exc})") from exc
+        # Pillow's limit is at least max_pixels (_allow_in_pillow), so the image is over ours too: ours is named,
+        # with the size Pillow read (its own limit and advice mean nothing to the user).
+        found = _PILLOW_SIZE.search(str(exc))
+        size = f"{found[1]} pixels" if found else "larger"
+        raise ImageTooLarge(f"image is {size}, over the limit of {max_pixels}") from exc
     except Exception as exc:  # Pillow raises many types for bad data; all mean the same to the caller
         # Pillow names a stream it cannot identify by its repr, a memory address: the same file must get the
         # same message in every process (a batch scorer's error rows are compared and resumed across runs).

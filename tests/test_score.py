@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, running_service, wait_for_lines
-from inference.preprocess import decode_image, to_model_input
+from inference.preprocess import decode_image, is_image_name, to_model_input
 from inference.runtime import OnnxClassifier
 from service.contract import Limits, ModelInfo, ModelList
 from service.score.cli import main as score_main
@@ -456,6 +456,46 @@ def test_min_confidence_out_of_range_is_a_usage_error(tree, tiny_models_dir, tmp
     assert done.returncode == 2 and "between 0 and 1, got 2" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_an_existing_output_is_continued_or_replaced_only_when_asked(tree, tiny_models_dir, tmp_path, capsys):
+    """Nothing of the user's is replaced silently: an existing --out needs --resume or --overwrite, an image the
+    run scores is never an output, a contradicting --format and a folder without images are usage errors, all
+    found before the output is opened."""
+    common = ["--models-dir", tiny_models_dir, "--no-progress"]
+    kept = tmp_path / "kept.csv"
+    kept.write_text("my notes\n")
+    assert _score(tree, "--out", kept, *common) == 2
+    assert f"{kept} exists: --resume continues it, --overwrite replaces it" in capsys.readouterr().err
+    assert kept.read_text() == "my notes\n"
+    assert _score(tree, "--out", kept, "--resume", "--overwrite", *common) == 2
+    assert "pass one of them" in capsys.readouterr().err
+    assert _score(tree, "--out", kept, "--overwrite", *common) == 0
+    assert _csv_rows(kept) and kept.read_text().startswith("path,label_1,")
+    # A run that stopped before its first row left only the header: nothing to lose, so it is simply replaced.
+    header_only = tmp_path / "header.csv"
+    header_only.write_text(kept.read_text().splitlines()[0] + "\n")
+    assert _score(tree, "--out", header_only, *common) == 0 and _csv_rows(header_only)
+    capsys.readouterr()
+
+    folder = tmp_path / "photos"
+    shutil.copytree(tree / "b", folder)
+    image = next(p for p in sorted(folder.rglob("*")) if p.is_file() and is_image_name(p.name))
+    before = image.read_bytes()
+    assert _score(folder, "--out", image, "--format", "csv", "--overwrite", *common) == 2
+    assert f"--out {image} is one of the images under {folder}" in capsys.readouterr().err
+    assert image.read_bytes() == before
+
+    assert _score(tree, "--out", tmp_path / "x.csv", "--format", "jsonl", *common) == 2
+    assert "--format jsonl contradicts --out" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+
+    empty = tmp_path / "no-images"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "notes.txt").write_text("not an image")
+    assert _score(empty, "--out", kept, "--overwrite", *common) == 2
+    err = capsys.readouterr().err
+    assert f"error: no image files under {empty} (1 other files skipped; image extensions: " in err
+    assert _csv_rows(kept)  # the earlier rows are still there
+
+
 def test_resume_refuses_another_threshold_setting(tmp_path):
     seen = []
     out = tmp_path / "p.csv"
@@ -735,7 +775,7 @@ def test_url_mode_splits_and_falls_back_to_single_images(tree, tmp_path, monkeyp
 
     handler, _ = _classify_handler(fail_first=10**6)
     serve(handler)
-    assert _score(tree, "--url", "http://scorer.test", "--out", out, "--no-progress") == 1
+    assert _score(tree, "--url", "http://scorer.test", "--out", out, "--overwrite", "--no-progress") == 1
     assert "failed 6 times: HTTP 503: warming up" in capsys.readouterr().err
 
 

@@ -36,21 +36,26 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
             "examples:\n"
             "  python -m service score photos/ --out preds.csv\n"
             "  python -m service score photos/ --out preds.jsonl --resume          # continue an interrupted run\n"
+            "  python -m service score photos/ --out preds.csv --overwrite         # replace an earlier run's rows\n"
             "  python -m service score val/ --out val.csv --labels-from-folders   # class-per-folder: accuracy\n"
             "  python -m service score photos/ --url http://localhost:3000 --out preds.csv\n"
             "  python -m service score photos/ --engine ray --out preds.csv       # Ray Data, local instance\n"
             "  python -m service score /shared/photos --engine ray --address auto --out preds.csv  # a cluster\n\n"
             f"engines (--engine):\n{_engines_help()}\n"
             "exit status: 0 done (even if some files failed), 1 with --fail-on-error and a failed file, or when\n"
-            "the service stops answering, 2 usage errors, 130/143 interrupted by Ctrl-C/SIGTERM (the output\n"
-            "stays valid for --resume)."
+            "the service stops answering, 2 usage errors (DIR holds no image file, --out exists without --resume\n"
+            "or --overwrite, ...), 130/143 interrupted by Ctrl-C/SIGTERM (the output stays valid for --resume)."
         ),
     )
     p.add_argument("dir", metavar="DIR", help="folder to score (searched recursively)")
     p.add_argument(
         "--out", "-o", default="-", metavar="FILE", help="output file, .csv or .jsonl (default: CSV on stdout)"
     )
-    p.add_argument("--format", choices=FORMATS, help="output format when --out has another extension or is stdout")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="output format when --out is stdout or has neither extension (.csv, .jsonl or .ndjson name their own)",
+    )
     p.add_argument(
         "--model",
         help="model name from the manifest (default: the manifest's default for the device it runs on: the CPU "
@@ -173,8 +178,13 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         action="store_true",
         help=(
             "keep the rows already in --out and score only the files not in it (a trailing half-written line "
-            "is dropped); error rows count as done: rerun without --resume to retry them"
+            "is dropped); error rows count as done: rerun with --overwrite to retry them"
         ),
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file (without --resume or this, an existing file is left alone: an error)",
     )
     p.add_argument(
         "--labels-from-folders",

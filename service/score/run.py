@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import signal
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from inference.interrupts import give_back, interrupted_status, say_stopped, stopped_by, take_over_terminations
+from inference.preprocess import IMAGE_EXTENSIONS, is_image_name
 
 from .accuracy import FolderAccuracy
 from .engines import choose_engine
@@ -73,16 +75,22 @@ def _validate(args) -> str:
         raise UserError(f"--gpus-per-actor must be more than 0, not {args.gpus_per_actor}")
     if args.out != "-" and os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is a folder")
-    fmt = args.format or ("csv" if args.out == "-" else format_from_path(args.out))
+    named = None if args.out == "-" else format_from_path(args.out)
+    if args.format and named and args.format != named:
+        raise UserError(f"--format {args.format} contradicts --out {args.out} (a {named} name): drop one of them")
+    fmt = args.format or named or ("csv" if args.out == "-" else None)
     if fmt is None:
         raise UserError(f"cannot tell the output format from {args.out!r}: name it .csv or .jsonl, or pass --format")
     timeout = getattr(args, "timeout", None)
     if timeout is not None and not 0 < timeout < math.inf:
         raise UserError(f"--timeout must be a number of seconds above 0, not {timeout}")
+    if args.resume and getattr(args, "overwrite", False):
+        raise UserError("--resume keeps the rows in --out, --overwrite replaces them: pass one of them")
     if args.out == "-":
         if args.resume:
             raise UserError("--resume needs --out FILE")
     else:
+        _check_existing_output(args)
         parent = os.path.dirname(os.path.abspath(args.out))
         if args.resume and os.path.exists(args.out) and not os.path.isfile(args.out):
             raise UserError(f"--resume needs --out to be a file it can read back; {args.out} is not a regular file")
@@ -91,6 +99,28 @@ def _validate(args) -> str:
         if not os.access(parent if not os.path.exists(args.out) else args.out, os.W_OK):
             raise UserError(f"cannot write {args.out}: permission denied")
     return fmt
+
+
+def _check_existing_output(args) -> None:
+    """An existing --out is continued (--resume) or replaced (--overwrite), never silently; and never an
+    image the run scores, even with --overwrite."""
+    if not os.path.isfile(args.out):
+        return  # a new file, or a device, pipe or /dev/null: nothing of the user's is replaced
+    inside = os.path.commonpath([os.path.realpath(args.out), os.path.realpath(args.dir)]) == os.path.realpath(args.dir)
+    if inside and is_image_name(args.out):
+        raise UserError(f"--out {args.out} is one of the images under {args.dir}: write the rows elsewhere")
+    if not args.resume and not getattr(args, "overwrite", False) and not _holds_no_rows(args.out):
+        raise UserError(f"{args.out} exists: --resume continues it, --overwrite replaces it")
+
+
+def _holds_no_rows(path: str) -> bool:
+    """An empty file, or only the CSV header a run that stopped before its first row leaves: nothing to lose."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:  # unreadable: left alone, as a file with rows is
+        return False
+    return not head or (head.count(b"\n") == 1 and head.startswith(b"path,label_1,") and head.endswith(b",error\n"))
 
 
 class _OutputLost(Exception):
@@ -162,8 +192,15 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
 
     try:
         entries = walk(args.dir, summary.walk)
+        first = next(entries, None)  # before the output is opened: a wrong folder replaces no file
     except OSError as exc:
         raise UserError(f"cannot read {args.dir}: {exc.strerror or exc}") from None
+    if first is None:
+        raise UserError(
+            f"no image files under {args.dir} ({summary.walk.skipped} other files skipped; "
+            f"image extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    entries = itertools.chain([first], entries)
     done: set[str] = set()
     if args.out == "-":
         out = open(sys.stdout.fileno(), "w", closefd=False, newline="", **ENCODING)
