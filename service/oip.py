@@ -246,7 +246,7 @@ def _images(given: RequestInput) -> list[Upload] | Rejection:
         if not isinstance(element, str):
             return Rejection("bad_tensor", f"{IMAGES_INPUT}[{i}] must be a base64 string of an image file")
         try:
-            uploads.append(Upload(f"{IMAGES_INPUT}[{i}]", decode_base64(element)))
+            uploads.append(Upload("", decode_base64(element)))  # no file name: images[i] says which
         except ValueError as exc:
             return Rejection("bad_encoding", f"{IMAGES_INPUT}[{i}] is not valid base64 ({exc})")
     return uploads

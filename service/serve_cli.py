@@ -27,14 +27,14 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Serve top-k predictions of the models in a models folder (manifest.json) over HTTP.\n\n"
-            "  POST /classify  multipart/form-data: images (files, one per image), k, model; or the same as JSON\n"
-            "                  with each image base64-encoded\n"
+            "  POST /classify  multipart/form-data: images (files, one per image), and optionally k, model, fit,\n"
+            "                  min_confidence; or the same as JSON with each image base64-encoded\n"
             "  GET  /models    the models, their classes, precision and accuracy\n"
             "  /v2/...         the Open Inference Protocol (KServe v2, Triton's HTTP API)\n"
             "  GET  /          a page to try the models in a browser\n"
             "  GET  /livez /readyz /metrics, the OpenAPI document at /docs.json, its UI at /docs\n\n"
-            "Images of any size and mode are accepted: EXIF rotation is applied, they are converted to RGB\n"
-            "and resized (bilinear) to the model's input size (32x32 for CIFAR).\n\n"
+            "Images of any mode up to --max-pixels pixels are accepted: EXIF rotation is applied, they are\n"
+            "converted to RGB and fitted (the model's fit, or the request's) to its input size (32x32 for CIFAR).\n\n"
             "Every setting can also come from an environment variable (a flag wins), which is how\n"
             "`bentoml serve` and a container are configured:\n" + env_lines
         ),

@@ -247,7 +247,7 @@ class ServiceSettings:
         keys = {key.strip() for key in self.api_keys.split(",")} - {""}
         if self.api_keys.strip() and not keys:
             # Commas and spaces only: as an empty key file, a gate meant to close the service and holding no key.
-            raise SettingsError(f"CIFAR_API_KEYS / --api-keys {self.api_keys!r} holds no key")
+            raise SettingsError(f"CIFAR_API_KEYS {self.api_keys!r} holds no key")
         if self.api_keys_file is not None:
             try:
                 lines = Path(self.api_keys_file).read_text().splitlines()

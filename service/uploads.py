@@ -445,7 +445,7 @@ async def decode_uploads(
 
 def decode_upload(i: int, upload: Upload, size: tuple[int, int], max_pixels: int, fit: str) -> bytes | Rejection:
     """``images[i]`` as the model's input pixels, or its problem."""
-    where = f"images[{i}] ({upload.filename!r})"
+    where = f"images[{i}] ({upload.filename!r})" if upload.filename else f"images[{i}]"
     if not upload.data:
         return Rejection("empty_file", f"{where} is an empty file (0 bytes)")
     try:

@@ -49,7 +49,8 @@ def test_serve_refuses_a_key_file_or_list_without_keys(tmp_path, given):
         text=True,
         timeout=120,
     )
-    assert done.returncode == 2 and "holds no key" in done.stderr
+    said = f"error: {given} {str(empty) if given == '--api-keys-file' else repr(',')} holds no key"
+    assert done.returncode == 2 and said in done.stderr, done.stderr  # the flag typed, named once
 
 
 def test_the_gate_guards_only_the_inference_routes():
