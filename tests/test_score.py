@@ -496,6 +496,24 @@ def test_an_existing_output_is_continued_or_replaced_only_when_asked(tree, tiny_
     assert _csv_rows(kept)  # the earlier rows are still there
 
 
+def test_resume_refuses_a_file_another_model_or_fit_wrote(tree, tiny_models_dir, tmp_path, capsys):
+    """A few rows of a resumed file are scored again: written with another --fit, they differ and the file is
+    refused, untouched; with the same settings the run continues it."""
+    common = ["--models-dir", tiny_models_dir, "--no-progress"]
+    out = tmp_path / "p.csv"
+    assert _score(tree, "--out", out, "--fit", "center_crop", *common) == 0
+    whole = out.read_text()
+    cut = "".join(whole.splitlines(keepends=True)[:5])  # the header and the first rows: 32x32, 24x40, 48x64 images
+    out.write_text(cut)
+    capsys.readouterr()
+    assert _score(tree, "--out", out, "--resume", "--fit", "pad", *common) == 2
+    err = capsys.readouterr().err
+    assert f"cannot resume {out}: " in err and "it was written with another --model, --fit or model file" in err
+    assert out.read_text() == cut
+    assert _score(tree, "--out", out, "--resume", "--fit", "center_crop", *common) == 0
+    assert out.read_text() == whole
+
+
 def test_resume_refuses_another_threshold_setting(tmp_path):
     seen = []
     out = tmp_path / "p.csv"

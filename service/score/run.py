@@ -20,7 +20,7 @@ from .engines import choose_engine
 from .errors import RemoteError, UserError
 from .pipeline import Backend, chunks
 from .sinks import ENCODING, OutputError, Row, confident, format_from_path, make_format, resume_output
-from .walk import WalkStats, count_images, walk
+from .walk import Entry, WalkStats, count_images, walk
 
 
 @dataclass
@@ -170,6 +170,38 @@ def run(args: argparse.Namespace) -> int:
         give_back(previous)
 
 
+# Rows of a resumed file scored again, and how far their top-1 confidence may move: the file holds 6 decimals, and
+# another batch size or engine moves a confidence by far less than another model or fit does.
+RESUME_CHECK_ROWS = 8
+RESUME_TOLERANCE = 1e-3
+
+
+def _check_same_scoring(backend: Backend, args, written: list[Row]) -> None:
+    """A resumed file must not mix two models' or fits' rows: a few of its rows are scored again and compared
+    (their file names and order say nothing of the model that scored them)."""
+    if not written:
+        return
+    entries = [Entry(row.path, os.path.join(args.dir, row.path)) for row in written]
+    again = [row for rows in backend.rows(chunks(iter(entries), backend.batch_size, set())) for row in rows]
+    differ = [
+        (old, new)
+        for old, new in zip(written, again)
+        if new.error is None
+        and (
+            new.top_k[0].label != old.top_k[0].label
+            or abs(new.top_k[0].confidence - old.top_k[0].confidence) > RESUME_TOLERANCE
+        )
+    ]
+    if differ:
+        old, new = differ[0]
+        raise UserError(
+            f"cannot resume {args.out}: {len(differ)} of {len(written)} of its rows scored again differ "
+            f"({old.path!r}: {old.top_k[0].label} {old.top_k[0].confidence:.4f} there, {new.top_k[0].label} "
+            f"{new.top_k[0].confidence:.4f} now); it was written with another --model, --fit or model file: "
+            "rerun with those, or --overwrite"
+        )
+
+
 def _count(root: str, stop: threading.Event, total: list) -> None:
     try:
         total.append(count_images(root, stop))
@@ -202,6 +234,7 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
         )
     entries = itertools.chain([first], entries)
     done: set[str] = set()
+    written: list[Row] = []  # the first few rows --resume keeps, scored again to check they are this run's
     if args.out == "-":
         out = open(sys.stdout.fileno(), "w", closefd=False, newline="", **ENCODING)
     else:
@@ -209,6 +242,8 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
 
             def keep(row: Row) -> None:
                 done.add(row.path)
+                if row.error is None and len(written) < RESUME_CHECK_ROWS:
+                    written.append(row)
                 if accuracy is not None:
                     accuracy.add(row)
 
@@ -218,6 +253,7 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
                 raise UserError(f"cannot resume {args.out}: {exc}") from None
             except OSError as exc:
                 raise UserError(f"cannot resume {args.out}: {exc.strerror or exc}") from None
+            _check_same_scoring(backend, args, written)
         try:
             out = open(args.out, "a" if args.resume else "w", newline="", **ENCODING)
         except OSError as exc:
