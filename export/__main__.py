@@ -33,7 +33,7 @@ from inference.manifest import (
     remove_models,
     set_default,
 )
-from inference.messages import configure_logging
+from inference.messages import configure_logging, os_error_text
 from inference.precisions import PRECISIONS, suits, tolerance_text
 from training.cli_types import positive_int
 
@@ -54,13 +54,17 @@ def export_parser() -> argparse.ArgumentParser:
             "Export a training checkpoint to ONNX (input float32 [N,3,H,W] RGB in [0,1], "
             "normalisation inside the graph, "
             "dynamic batch), verify its accuracy against the checkpoint on the validation split, and record it in "
-            "models/manifest.json. Other commands (each with --help): verify [NAME], list, default NAME, remove "
+            "the manifest.json of --models-dir (default models/). Other commands (each with --help): verify [NAME], "
+            "list, default NAME, remove "
             "NAME..., card NAME..., rederive REFERENCE, recover NAME."
         ),
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint file (RUN/best.pt) or run folder")
     p.add_argument(
-        "--name", required=True, type=model_name, help="model name in the manifest; the file is models/NAME.onnx"
+        "--name",
+        required=True,
+        type=model_name,
+        help="model name in the manifest; the file is NAME.onnx in --models-dir",
     )
     _add_precision(p, "the graph's numbers")
     _add_models_dir(p)
@@ -306,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
             return _command(argv)
     except (ManifestError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path through a file, a full disk, a permission: the path and the reason, one line
+        print(f"error: {os_error_text(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated
         # Graphs are built and checked in a temporary folder, and moved in beside the new manifest only once

@@ -24,7 +24,7 @@ from torch import nn
 from inference.fits import LEGACY_FIT
 from inference.manifest import ModelEntry, load_manifest
 from inference.runtime import OnnxClassifier
-from training.checkpoint import save_model_checkpoint
+from training.checkpoint import check_checkpoint_out, save_model_checkpoint
 from training.inference import with_tta
 from training.models import ImageClassifier, create_model
 
@@ -152,6 +152,7 @@ def recover_checkpoint(
 ) -> tuple[dict, Parity]:
     """Write the checkpoint of the shipped FP32 model ``name`` to ``out`` once it reproduces the graph."""
     models_dir = Path(models_dir)
+    check_checkpoint_out(Path(out))  # before minutes of work, not after
     entry = load_manifest(models_dir, verify=True).get(name)
     if entry.precision != "fp32":
         raise ValueError(f"{name} is {entry.precision}: its weights were rounded; recover from its FP32 graph")

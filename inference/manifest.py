@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .devices import DeviceKind
 from .files import write_text_atomic
 from .fits import LEGACY_FIT, FitName
+from .messages import validation_problems
 from .precisions import PrecisionName
 
 MANIFEST_NAME = "manifest.json"
@@ -162,12 +163,16 @@ def sha256_file(path: Path) -> str:
 def load_manifest(models_dir: str | Path, verify: bool = True) -> Manifest:
     """Parse and validate ``models_dir/manifest.json``; with ``verify``, check every file's sha256 too."""
     path = Path(models_dir) / MANIFEST_NAME
+    if path.exists() and not path.is_file():
+        raise ManifestError(f"{path} is a folder (or a device), not a manifest file")
     if not path.is_file():
         raise ManifestError(f"no model manifest at {path}: export a model first (python -m export ...)")
     try:
-        manifest = Manifest.model_validate_json(path.read_text())
-    except ValidationError as exc:
-        raise ManifestError(f"invalid manifest {path}:\n{exc}") from exc
+        manifest = Manifest.model_validate_json(path.read_bytes())
+    except ValidationError as exc:  # bad JSON, bad UTF-8 and bad fields alike, each named on one line
+        raise ManifestError(f"invalid manifest {path}: {validation_problems(exc)}") from exc
+    except OSError as exc:
+        raise ManifestError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if verify:
         verify_files(manifest, Path(models_dir))
     return manifest
@@ -175,15 +180,20 @@ def load_manifest(models_dir: str | Path, verify: bool = True) -> Manifest:
 
 def verify_files(manifest: Manifest, models_dir: Path) -> None:
     for entry in manifest.models:
-        file = models_dir / entry.file
-        if not file.is_file():
-            raise ManifestError(f"model {entry.name!r}: file {file} is missing")
-        actual = sha256_file(file)
-        if actual != entry.sha256:
-            raise ManifestError(
-                f"model {entry.name!r}: file {file} does not match the manifest "
-                f"(sha256 {actual[:12]}..., expected {entry.sha256[:12]}...): it is truncated, tampered with or stale"
-            )
+        verify_file(entry, models_dir)
+
+
+def verify_file(entry: ModelEntry, models_dir: Path) -> None:
+    """ManifestError when ``entry``'s file is missing or is not the file the manifest recorded."""
+    file = models_dir / entry.file
+    if not file.is_file():
+        raise ManifestError(f"model {entry.name!r}: file {file} is missing")
+    actual = sha256_file(file)
+    if actual != entry.sha256:
+        raise ManifestError(
+            f"model {entry.name!r}: file {file} does not match the manifest "
+            f"(sha256 {actual[:12]}..., expected {entry.sha256[:12]}...): it is truncated, tampered with or stale"
+        )
 
 
 def save_manifest(manifest: Manifest, models_dir: str | Path) -> Path:
@@ -218,7 +228,7 @@ def set_default(models_dir: str | Path, name: str, kinds: Sequence[str] = ()) ->
     """Make a listed model the default on those kinds of device, or (``kinds`` empty) on every kind: the
     per-device defaults go, or they would still overrule the plain one on their hosts."""
     manifest = load_manifest(models_dir, verify=False)
-    manifest.get(name)  # KeyError naming the models when it is not listed
+    verify_file(manifest.get(name), Path(models_dir))  # KeyError naming the models when it is not listed
     if kinds:
         manifest = manifest.model_copy(update={"defaults": {**manifest.defaults, **{k: name for k in kinds}}})
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 
 def exception_summary(exc: BaseException, after: str | None = None, lines: int = 1, limit: int = 200) -> str:
@@ -13,6 +14,18 @@ def exception_summary(exc: BaseException, after: str | None = None, lines: int =
         text = text.split(after, 1)[1]
     kept = [line.strip() for line in text.splitlines() if line.strip()][:lines]
     return "; ".join(kept)[:limit] or type(exc).__name__
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OSError on one line: the path and the reason. A folder wanted where a file is (``mkdir`` of a path
+    that is a file, or one under a file) names that file, where the errno text alone says "File exists"."""
+    path = exc.filename
+    if path is not None and isinstance(exc, (FileExistsError, NotADirectoryError)):
+        file = next((p for p in (Path(path), *Path(path).parents) if p.is_file()), None)
+        if file is not None:
+            return f"{file} is a file, not a folder"
+    where = f"{path}: " if path is not None else ""
+    return f"{where}{exc.strerror or exc}"
 
 
 def validation_problems(error, limit: int = 600) -> str:

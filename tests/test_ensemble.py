@@ -231,7 +231,7 @@ def test_the_ensemble_never_goes_over_a_member_or_a_runs_own_checkpoints(tiny_ru
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
     cases = {
-        run / "best.pt": "is one of the members",
+        run / "best.pt": "is one of the members: write to another file",
         run / "last.pt": f"would replace the last.pt of the run in {run}",
         tmp_path: "is a folder: name the checkpoint file to write",
         a_file / "pair.pt": f"{a_file}: File exists",

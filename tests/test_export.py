@@ -766,6 +766,26 @@ def test_recover_refuses_rounded_weights_and_graphs_of_another_network(tiny_run,
     assert "in the graph" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
 
 
+def test_recover_writes_only_a_new_checkpoint_file(tiny_run, tmp_path, capsys):
+    """Not into a folder, not under a file, never over a run's best.pt or last.pt: refused before any work."""
+    models = tmp_path / "models"
+    export_checkpoint(tiny_run / "best.pt", "tiny", "fp32", models, cache_dir=None)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (tmp_path / "afile").write_text("")
+    before = (run / "best.pt").read_bytes()
+    capsys.readouterr()
+    for out, said in (
+        (tmp_path, "is a folder: name the checkpoint file to write"),
+        (tmp_path / "afile" / "x.pt", f"{tmp_path / 'afile'} is a file, not a folder"),
+        (run / "best.pt", f"would replace the best.pt of the run in {run}"),
+    ):
+        assert export_main(["recover", "tiny", "--out", str(out), "--models-dir", str(models)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and len(err.strip().splitlines()) == 1, err
+    assert (run / "best.pt").read_bytes() == before
+
+
 NO_TORCH = (
     "import sys, importlib.abc\n"
     "class Blocked(importlib.abc.MetaPathFinder):\n"

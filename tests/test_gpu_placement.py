@@ -333,6 +333,31 @@ def test_remove_takes_models_out_of_the_manifest_and_deletes_their_files_but_nev
     assert f" {FP32}.onnx" not in capsys.readouterr().out  # the list printed after it
 
 
+def test_default_refuses_a_missing_or_altered_file_and_manifest_errors_are_one_line(tmp_path, capsys):
+    from export.__main__ import main
+
+    models = _models_dir(tmp_path, [INT8, FP32, FP16], INT8, None)
+    (models / f"{FP16}.onnx").unlink()
+    assert main(["default", FP16, "--for", "cuda", "--models-dir", str(models)]) == 2
+    assert f"model {FP16!r}: file {models / f'{FP16}.onnx'} is missing" in capsys.readouterr().err
+    (models / f"{FP32}.onnx").unlink()  # a hard link to the shipped file: replaced, never written through
+    (models / f"{FP32}.onnx").write_bytes(b"x")
+    assert main(["default", FP32, "--models-dir", str(models)]) == 2
+    assert "does not match the manifest" in capsys.readouterr().err
+    assert json.loads((models / "manifest.json").read_text())["default"] == INT8  # unchanged
+
+    for text, said in (
+        ("{}", "default: Field required; models: Field required"),
+        ('{"schema_version": 1, "default": "x", "models": [', "Invalid JSON: EOF while parsing"),
+        (b"\xff\xfe", "Invalid JSON"),
+    ):
+        (models / "manifest.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+        assert main(["list", "--models-dir", str(models)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: invalid manifest {models / 'manifest.json'}: {said}"), err
+        assert len(err.strip().splitlines()) == 1 and "pydantic.dev" not in err, err
+
+
 def test_the_doctor_runs_each_model_as_the_service_would(tmp_path, monkeypatch):
     from service import loading
     from service.doctor import diagnose

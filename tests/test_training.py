@@ -1156,3 +1156,76 @@ def test_the_curves_say_which_weights_validation_ran_on_and_whose_rate(train, op
     assert info.validation_label("validation") == (f"validation ({weights} weights)" if weights else "validation")
     assert (lr_says in info.lr_title()) if lr_says else info.lr_title() == "learning rate (end of epoch)"
     assert CurveInfo.from_config(None) == CurveInfo() and CurveInfo().label_smoothing is None  # not known
+
+
+def test_every_set_counts_and_a_key_set_twice_is_refused(tmp_path, capsys):
+    """`--set a --set b` is a and b (argparse's default keeps only the last --set: a wrong run, silently);
+    one key given twice, an empty key and a resume override without '=' are refused in one line."""
+    from training.__main__ import get_args_parser
+    from training.__main__ import main as training_main
+
+    parser = get_args_parser()
+    assert parser.parse_args(["train", "--set", "epochs=1", "--set", "lr=0.1", "momentum=0.8"]).set == [
+        "epochs=1",
+        "lr=0.1",
+        "momentum=0.8",
+    ]
+    assert parser.parse_args(["resume", "r", "--set", "train.threads=1", "--set", "device=cpu"]).set == [
+        "train.threads=1",
+        "device=cpu",
+    ]
+    assert parser.parse_args(["ensemble", "a", "b", "--tta", "flip", "--tta", "none"]).tta == ["flip", "none"]
+    assert parser.parse_args(["ablate", "--recipe", "x", "--set", "lr=0.1", "--set", "epochs=1"]).set == [
+        "lr=0.1",
+        "epochs=1",
+    ]
+    out = ["--out", str(tmp_path / "run")]
+    for argv, said in (
+        (["train", "--recipe", "resnet9_half_cpu", "--set", "epochs=abc", "--set", "lr=0.1", *out], "epochs"),
+        (["train", "--recipe", "resnet9_half_cpu", "--set", "epochs=1", "--set", "epochs=2", *out], "set twice"),
+        (["train", "--recipe", "resnet9_half_cpu", "--set", "lr=0.1", "optim.lr=0.2", *out], "optim.lr is set twice"),
+        (["train", "--recipe", "resnet9_half_cpu", "--set", "=5", *out], "'=5' has no key before '='"),
+        (["resume", str(tmp_path / "run"), "--set", "bogus"], "'bogus' is not key=value"),
+    ):
+        assert training_main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "run").exists()  # refused before anything was made
+
+
+def test_a_checkpoint_whose_meta_or_weights_do_not_hold_is_refused_in_one_line(tiny_run, tmp_path, capsys):
+    from training.__main__ import main as training_main
+
+    ckpt = torch.load(tiny_run / "best.pt", map_location="cpu", weights_only=True)
+    cases = {
+        "meta-text.pt": ({**ckpt, "meta": "resnet9_half"}, "its meta is not a mapping"),
+        "meta-short.pt": ({**ckpt, "meta": {"arch": "resnet9_half"}}, "its meta lacks 'num_classes'"),
+        "classes.pt": (
+            {**ckpt, "meta": {**ckpt["meta"], "num_classes": 5}},
+            "weights do not fit the network its meta describes (resnet9, 5 classes): size mismatch",
+        ),
+        "no-weights.pt": ({**ckpt, "model": {}, "ema": None}, "weights do not fit the network its meta describes"),
+    }
+    for name, (content, said) in cases.items():
+        torch.save(content, tmp_path / name)
+        for argv in (
+            ["evaluate", "--checkpoint", str(tmp_path / name), "--device", "cpu"],
+            ["compare", str(tiny_run), str(tmp_path / name)],
+        ):
+            assert training_main(argv) == 2, (name, argv)
+            err = capsys.readouterr().err
+            assert said in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (name, err)
+
+
+def test_an_os_error_names_the_file_in_the_way(tmp_path):
+    """`--out afile/sub` where afile is a file: "afile is a file, not a folder", not errno's "File exists"."""
+    from inference.messages import os_error_text
+
+    (tmp_path / "afile").write_text("")
+    for target in (tmp_path / "afile", tmp_path / "afile" / "sub" / "deeper"):
+        with pytest.raises(OSError) as raised:
+            target.mkdir(parents=True, exist_ok=True)
+        assert os_error_text(raised.value) == f"{tmp_path / 'afile'} is a file, not a folder"
+    with pytest.raises(OSError) as raised:
+        open(tmp_path / "missing" / "x")
+    assert os_error_text(raised.value) == f"{tmp_path / 'missing' / 'x'}: No such file or directory"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from inference.fits import FITS
 from inference.interrupts import say_stopped, terminations_as_interrupts
-from inference.messages import configure_logging
+from inference.messages import configure_logging, os_error_text
 
 from .cli_types import positive_int
 
@@ -21,6 +21,7 @@ try:
         PLACEMENT_KEYS,
         ConfigError,
         build_config,
+        check_distinct,
         is_ensemble_recipe,
         list_ensemble_recipes,
         list_recipes,
@@ -215,7 +216,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--recipe", default="se_resnet18", help="recipe name or YAML file (default: se_resnet18)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument(
+        "--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="config overrides (repeatable)"
+    )
     p.add_argument("--out", help="run folder (default: runs/<recipe>)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--force", action="store_true", help="start over even if the run folder holds a run")
@@ -244,6 +247,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set",
         nargs="*",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
         help=f"where the run goes on, if not where it started: {', '.join(PLACEMENT_KEYS)} (e.g. "
@@ -272,6 +276,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tta",
         nargs="+",
+        action="extend",
         default=[],
         metavar="TTA",
         help="each member's own test-time augmentation (none, flip, multicrop), one per checkpoint in order, "
@@ -296,14 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     args = get_args_parser().parse_args(argv)
     try:
+        check_distinct(getattr(args, "set", None) or [])  # --set's of train, resume and ablate, however many
         with terminations_as_interrupts():
             return args.fn(args)
     except (ConfigError, DatasetError, KeyError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a path that is a file where a folder is wanted, a full disk, a permission
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"error: {os_error_text(exc)}", file=sys.stderr)
         return 2
     except FloatingPointError as exc:  # the run diverged: the settings' fault, named by the trainer
         print(f"error: {exc}", file=sys.stderr)

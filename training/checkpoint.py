@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -24,6 +24,9 @@ ENSEMBLE_RUN_FILE = "ensemble.yaml"
 # What a run writes as it trains; a run started over removes the previous one's first, so that nothing of it
 # (a best.pt, a summary saying it finished) passes for the new run's if the new one is stopped early.
 RUN_FILES = (LAST_FILE, BEST_FILE, SUMMARY_FILE, "history.json", "training_curves.png")
+# What every checkpoint's meta holds, whoever wrote it (a run, an ensemble, a recovered network): enough to
+# rebuild the network and to name its classes and input.
+META_KEYS = ("arch", "num_classes", "mean", "std", "model_args", "classes", "input_size")
 
 
 def clear_run(folder: str | Path, names: tuple[str, ...] = RUN_FILES) -> None:
@@ -74,6 +77,21 @@ def save_model_checkpoint(meta: dict[str, Any], model: torch.nn.Module, path: st
     save_checkpoint({"meta": meta, "model": model.state_dict(), "torch_version": str(torch.__version__)}, path)
 
 
+def check_checkpoint_out(out: Path, inputs: Sequence[Path] = (), inputs_are: str = "the inputs") -> None:
+    """A checkpoint made from others (an ensemble, a recovered network) goes to a new file: not a folder, not
+    under a file, never over one of ``inputs``, nor over a run's own best.pt or last.pt (that run could then
+    be neither evaluated as itself nor resumed)."""
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: name the checkpoint file to write, e.g. {out / 'model.pt'}")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ValueError(f"--out {out}: {above} is a file, not a folder")
+    if out.resolve() in {p.resolve() for p in inputs}:
+        raise ValueError(f"--out {out} is one of {inputs_are}: write to another file")
+    if out.name in (BEST_FILE, LAST_FILE) and (out.parent / LAST_FILE).is_file():
+        raise ValueError(f"--out {out} would replace the {out.name} of the run in {out.parent}: write it elsewhere")
+
+
 def checkpoint_file(path: str | Path) -> Path:
     """A checkpoint file, or a run folder standing for its best.pt."""
     path = Path(path)
@@ -117,13 +135,31 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     # torch.save writes anything: a bare state_dict or tensor would otherwise fail later on a missing key.
     if not isinstance(ckpt, dict) or "meta" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path} is not a training checkpoint (no meta/model entries)")
+    meta = ckpt["meta"]
+    missing = [key for key in META_KEYS if key not in meta] if isinstance(meta, dict) else None
+    if missing is None or missing or not isinstance(ckpt["model"], dict):
+        what = (
+            "its meta is not a mapping"
+            if missing is None
+            else f"its meta lacks {', '.join(repr(k) for k in missing)}"
+            if missing
+            else "its weights are not a mapping of tensors"
+        )
+        raise ValueError(f"{path} is not a training checkpoint this project wrote ({what})")
     return ckpt
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> ImageClassifier:
-    """Rebuild the network a checkpoint describes; prefers the EMA weights when the run kept them."""
+    """Rebuild the network a checkpoint describes; prefers the EMA weights when the run kept them. ValueError
+    when its weights do not fit that network (another version of the model's code, a hand-edited meta)."""
     meta = ckpt["meta"]
     model = create_model(meta["arch"], meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])
     weights = ckpt.get("ema") if use_ema and ckpt.get("ema") else ckpt["model"]
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as exc:  # torch lists every mismatch: the first is enough
+        raise ValueError(
+            f"the checkpoint's weights do not fit the network its meta describes ({meta['arch']}, "
+            f"{meta['num_classes']} classes): {exception_summary(exc, after='ImageClassifier:', limit=160)}"
+        ) from None
     return model.eval()

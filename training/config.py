@@ -321,11 +321,30 @@ def _field_owner(key: str) -> str:
 MERGED_SECTIONS = ("data", "augment", "optim", "schedule", "train")
 
 
+def _split_override(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value")
+    key, value = item.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {item!r} has no key before '='")
+    return key, value
+
+
+def check_distinct(overrides: list[str]) -> None:
+    """One command line's overrides set each key once: a second value is a mistake (an edited, copied command),
+    not a choice. (Layers of overrides, a recipe member's then the command line's, do replace earlier values.)"""
+    given: dict[str, str] = {}
+    for item in overrides:
+        key, _ = _split_override(item)
+        dotted = key if "." in key or key == "augment" else _field_owner(key)
+        if dotted in given:
+            raise ConfigError(f"{dotted} is set twice ({given[dotted]!r} and {item!r}): keep one")
+        given[dotted] = item
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value")
-        key, value = item.split("=", 1)
+        key, value = _split_override(item)
         if key == "augment" and not value.startswith("{"):
             if value not in AUGMENT_PRESETS:
                 raise ConfigError(f"unknown augment preset {value!r}; valid: {', '.join(AUGMENT_PRESETS)}")
@@ -404,7 +423,7 @@ def with_placement(config: Config, overrides: list[str] | None = None, like: Con
             section, name = key.split(".")
             raw[section][name] = source[section][name]
     for item in overrides or []:
-        key = item.split("=", 1)[0]
+        key, _ = _split_override(item)
         if _full_key(key) not in PLACEMENT_KEYS:
             raise ConfigError(
                 f"a resumed run takes new values only for where it runs ({', '.join(PLACEMENT_KEYS)}): {key!r} "

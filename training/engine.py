@@ -62,7 +62,7 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ConfigError(f"device {name!r}: this machine has no usable CUDA GPU; use device=cpu (or auto)")
+            raise ConfigError(f"device {name!r}: this machine has no usable CUDA GPU; use cpu (or auto)")
         if device.index is not None and device.index >= count:
             raise ConfigError(f"device {name!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
     return device

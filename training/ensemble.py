@@ -17,8 +17,7 @@ from inference.fits import FITS, LEGACY_FIT
 from inference.manifest import sha256_file
 
 from .checkpoint import (
-    BEST_FILE,
-    LAST_FILE,
+    check_checkpoint_out,
     checkpoint_file,
     load_checkpoint,
     model_from_checkpoint,
@@ -75,17 +74,6 @@ def check_compatible(metas: Sequence[dict], names: Sequence[str], fit_given: boo
             )
 
 
-def _check_out(out: Path, members: Sequence[Path]) -> None:
-    """The ensemble goes to a new file: never over a member, nor over a run's own best.pt or last.pt (that run
-    could then be neither evaluated as itself nor resumed)."""
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder: name the checkpoint file to write, e.g. {out / 'ensemble.pt'}")
-    if out.resolve() in {m.resolve() for m in members}:
-        raise ValueError(f"--out {out} is one of the members: write the ensemble to another file")
-    if out.name in (BEST_FILE, LAST_FILE) and (out.parent / LAST_FILE).is_file():
-        raise ValueError(f"--out {out} would replace the {out.name} of the run in {out.parent}: write it elsewhere")
-
-
 def join_checkpoints(
     paths: Sequence[str | Path], out: str | Path, tta: Sequence[str] = (), fit: str | None = None
 ) -> dict:
@@ -104,7 +92,7 @@ def join_checkpoints(
     for choice in tta:
         check_tta(choice)
     files = [checkpoint_file(p) for p in paths]
-    _check_out(Path(out), files)
+    check_checkpoint_out(Path(out), files, "the members")
     ckpts = [load_checkpoint(f) for f in files]  # a missing file is named here
     if len({f.resolve() for f in files}) < len(files):
         raise ValueError("the same checkpoint is given twice: an ensemble of a model with itself is that model")

@@ -239,7 +239,14 @@ def add_report_commands(sub) -> None:
         metavar="PERCENT",
         help="also tabulate the epochs each variant took to reach this validation top-1, e.g. 92",
     )
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides shared by every variant")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides shared by every variant (repeatable)",
+    )
     p.add_argument("--out", help="ablation folder (default: runs/ablate-<recipe>)")
     p.add_argument("--split", default="val", help=SPLIT_HELP + " (default: val)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size (default: 256)")

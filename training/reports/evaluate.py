@@ -84,8 +84,9 @@ class DataSpec:
             if self.split in ("train", "val") and str(exc).startswith("val_size"):
                 # the model's own held-out size, applied to a folder of the user's: say how to score all of it
                 raise DatasetError(
-                    f"{self.root}: {exc}; the {self.split} split holds out the model's {self.val_size} images: to "
-                    "score every image of this data pass --split all (or --val-size N)"
+                    f"{self.root}: {exc}; the {self.split} split holds out {self.val_size} images (the model's own "
+                    "held-out size, or --val-size): to score every image of this data pass --split all, or a "
+                    "smaller --val-size"
                 ) from None
             raise
 
