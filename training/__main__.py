@@ -13,7 +13,7 @@ from inference.fits import FITS
 from inference.interrupts import say_stopped, terminations_as_interrupts
 from inference.messages import configure_logging, os_error_text
 
-from .cli_types import positive_int
+from .cli_types import add_set_option, positive_int
 
 try:
     from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE
@@ -216,9 +216,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--recipe", default="se_resnet18", help="recipe name or YAML file (default: se_resnet18)")
-    p.add_argument(
-        "--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="config overrides (repeatable)"
-    )
+    add_set_option(p, "config overrides (repeatable)")
     p.add_argument("--out", help="run folder (default: runs/<recipe>)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--force", action="store_true", help="start over even if the run folder holds a run")
@@ -244,13 +242,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=positive_int,
         help="change the total epoch budget (reshapes cosine, linear and triangular schedules and lookahead)",
     )
-    p.add_argument(
-        "--set",
-        nargs="*",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"where the run goes on, if not where it started: {', '.join(PLACEMENT_KEYS)} (e.g. "
+    add_set_option(
+        p,
+        f"where the run goes on, if not where it started: {', '.join(PLACEMENT_KEYS)} (e.g. "
         "data.root=/new/path device=cpu); nothing else, which would make it another run",
     )
     p.set_defaults(fn=cmd_resume)

@@ -41,3 +41,9 @@ def significance(text: str) -> float:
     if not 0 < value < 1 or math.isnan(value):
         raise argparse.ArgumentTypeError(f"{text} is not a significance level between 0 and 1, such as 0.05")
     return value
+
+
+def add_set_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE ...``, repeatable: every --set's overrides count (argparse's plain nargs keeps only
+    the last --set, silently dropping the others)."""
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help=help)

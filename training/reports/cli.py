@@ -12,7 +12,7 @@ from pathlib import Path
 
 from inference.interrupts import say_stopped
 
-from ..cli_types import non_negative_int, percent, positive_int, significance
+from ..cli_types import add_set_option, non_negative_int, percent, positive_int, significance
 from ..data import SPLITS
 from .figures import MAX_CLASSES
 
@@ -239,14 +239,7 @@ def add_report_commands(sub) -> None:
         metavar="PERCENT",
         help="also tabulate the epochs each variant took to reach this validation top-1, e.g. 92",
     )
-    p.add_argument(
-        "--set",
-        nargs="*",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="overrides shared by every variant (repeatable)",
-    )
+    add_set_option(p, "overrides shared by every variant (repeatable)")
     p.add_argument("--out", help="ablation folder (default: runs/ablate-<recipe>)")
     p.add_argument("--split", default="val", help=SPLIT_HELP + " (default: val)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size (default: 256)")
