@@ -200,6 +200,7 @@ def _add_int8_ranges(p: argparse.ArgumentParser) -> None:
 
 
 def _add_defaults(p: argparse.ArgumentParser) -> None:
+    p = p.add_mutually_exclusive_group()  # every kind of host, or some: both at once says neither
     p.add_argument(
         "--default",
         action="store_true",

@@ -766,6 +766,14 @@ def test_recover_refuses_rounded_weights_and_graphs_of_another_network(tiny_run,
     assert "in the graph" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
 
 
+@pytest.mark.parametrize("command", [["--checkpoint", "x.pt"], ["rederive", "x"]])
+def test_default_everywhere_and_default_on_some_hosts_are_not_given_together(command, capsys):
+    with pytest.raises(SystemExit) as refused:
+        export_main([*command, "--name", "y", "--precision", "int8", "--default", "--default-for", "cpu"])
+    assert refused.value.code == 2
+    assert "argument --default-for: not allowed with argument --default" in capsys.readouterr().err
+
+
 def test_recover_writes_only_a_new_checkpoint_file(tiny_run, tmp_path, capsys):
     """Not into a folder, not under a file, never over a run's best.pt or last.pt: refused before any work."""
     models = tmp_path / "models"
