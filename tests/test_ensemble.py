@@ -234,7 +234,7 @@ def test_the_ensemble_never_goes_over_a_member_or_a_runs_own_checkpoints(tiny_ru
         run / "best.pt": "is one of the members: write to another file",
         run / "last.pt": f"would replace the last.pt of the run in {run}",
         tmp_path: "is a folder: name the checkpoint file to write",
-        a_file / "pair.pt": f"{a_file}: File exists",
+        a_file / "pair.pt": f"{a_file} is a file, not a folder",
     }
     for out, message in cases.items():
         assert training_main(["ensemble", str(run), str(other_member), "--out", str(out)]) == 2, out
@@ -243,7 +243,7 @@ def test_the_ensemble_never_goes_over_a_member_or_a_runs_own_checkpoints(tiny_ru
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert training_main(["evaluate", "--checkpoint", str(run), "--out", str(a_file)]) == 2
     err = capsys.readouterr().err
-    assert f"error: {a_file}: File exists" in err and "Traceback" not in err, err
+    assert f"error: {a_file} is a file, not a folder" in err and "Traceback" not in err, err
 
 
 def test_a_damaged_or_incomplete_report_is_named_not_a_traceback(tmp_path, capsys):

@@ -638,7 +638,8 @@ def test_train_resume_continues_a_run_of_the_same_config_and_refuses_another(
 
     last = tmp_path / "run" / "last.pt"
     before = last.read_bytes()
-    assert cli(tmp_path / "run", "--resume", sets=[*overrides, "lr=0.01", "epochs=5"]) == 2
+    changed = tiny_overrides(image_folder, tmp_path / "cache", epochs=5, lr=0.01)
+    assert cli(tmp_path / "run", "--resume", sets=changed) == 2
     err = capsys.readouterr().err
     assert "optim.lr: 0.05 -> 0.01" in err and "train.epochs: 3 -> 5" in err
     assert last.read_bytes() == before  # refused before anything was written
