@@ -395,7 +395,7 @@ def test_a_mistyped_key_is_named_not_a_stack_trace(image_folder, tmp_path, capsy
     args = ["train", "--recipe", "resnet9_half_cpu", "--set", *overrides, "--out", str(tmp_path / "r")]
     assert training_main(args) == 2
     assert "'resnet9' takes no argument 'epochz'" in capsys.readouterr().err
-    overrides = [*tiny_overrides(image_folder, tmp_path / "cache"), "model.args={width: -2}"]
+    overrides = tiny_overrides(image_folder, tmp_path / "cache", **{"model.args": "{width: -2}"})
     args = ["train", "--recipe", "resnet9_half_cpu", "--set", *overrides, "--out", str(tmp_path / "r")]
     assert training_main(args) == 2  # torch's own refusal of a layer, before any data is read
     assert "model 'resnet9' cannot be built from its arguments (width=-2)" in capsys.readouterr().err
@@ -420,7 +420,7 @@ def test_exponent_numbers_reach_the_model_as_numbers(image_folder, tmp_path, cap
     cfg = build_config(str(recipe))
     assert cfg.model.args["dropout"] == 0.5 and cfg.optim.weight_decay == 5e-4
     # An argument of the wrong kind is named in one line, not a stack trace.
-    overrides = [*tiny_overrides(image_folder, tmp_path / "cache"), "model.args={width: 8, dropout: half}"]
+    overrides = tiny_overrides(image_folder, tmp_path / "cache", **{"model.args": "{width: 8, dropout: half}"})
     args = ["train", "--recipe", "resnet9_half_cpu", "--set", *overrides, "--out", str(tmp_path / "r")]
     assert training_main(args) == 2
     err = capsys.readouterr().err
