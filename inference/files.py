@@ -26,3 +26,9 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def file_in_the_way(path: str | Path) -> Path | None:
+    """The file standing where ``path`` or one of the folders above it would be, if any (``mkdir`` then fails
+    with errno's bare "File exists" or "Not a directory")."""
+    return next((p for p in (Path(path), *Path(path).parents) if p.is_file()), None)

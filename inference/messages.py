@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+
+from .files import file_in_the_way
 
 
 def exception_summary(exc: BaseException, after: str | None = None, lines: int = 1, limit: int = 200) -> str:
@@ -21,7 +22,7 @@ def os_error_text(exc: OSError) -> str:
     that is a file, or one under a file) names that file, where the errno text alone says "File exists"."""
     path = exc.filename
     if path is not None and isinstance(exc, (FileExistsError, NotADirectoryError)):
-        file = next((p for p in (Path(path), *Path(path).parents) if p.is_file()), None)
+        file = file_in_the_way(path)
         if file is not None:
             return f"{file} is a file, not a folder"
     where = f"{path}: " if path is not None else ""

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import torch
 
-from inference.files import write_atomic
+from inference.files import file_in_the_way, write_atomic
 from inference.messages import exception_summary
 
 from .models import ImageClassifier, create_model
@@ -83,8 +83,8 @@ def check_checkpoint_out(out: Path, inputs: Sequence[Path] = (), inputs_are: str
     be neither evaluated as itself nor resumed)."""
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder: name the checkpoint file to write, e.g. {out / 'model.pt'}")
-    above = next((p for p in out.parents if p.exists()), None)
-    if above is not None and not above.is_dir():
+    above = file_in_the_way(out.parent)
+    if above is not None:
         raise ValueError(f"--out {out}: {above} is a file, not a folder")
     if out.resolve() in {p.resolve() for p in inputs}:
         raise ValueError(f"--out {out} is one of {inputs_are}: write to another file")
@@ -135,18 +135,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     # torch.save writes anything: a bare state_dict or tensor would otherwise fail later on a missing key.
     if not isinstance(ckpt, dict) or "meta" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path} is not a training checkpoint (no meta/model entries)")
-    meta = ckpt["meta"]
-    missing = [key for key in META_KEYS if key not in meta] if isinstance(meta, dict) else None
-    if missing is None or missing or not isinstance(ckpt["model"], dict):
-        what = (
-            "its meta is not a mapping"
-            if missing is None
-            else f"its meta lacks {', '.join(repr(k) for k in missing)}"
-            if missing
-            else "its weights are not a mapping of tensors"
-        )
-        raise ValueError(f"{path} is not a training checkpoint this project wrote ({what})")
+    problem = _malformed(ckpt)
+    if problem:
+        raise ValueError(f"{path} is not a training checkpoint this project wrote ({problem})")
     return ckpt
+
+
+def _malformed(ckpt: dict[str, Any]) -> str | None:
+    """What keeps a loaded dict with meta and model entries from being a checkpoint, if anything."""
+    if not isinstance(ckpt["meta"], dict):
+        return "its meta is not a mapping"
+    missing = [key for key in META_KEYS if key not in ckpt["meta"]]
+    if missing:
+        return f"its meta lacks {', '.join(repr(k) for k in missing)}"
+    if not isinstance(ckpt["model"], dict):
+        return "its weights are not a mapping of tensors"
+    return None
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> ImageClassifier:

@@ -19,7 +19,16 @@ from .accuracy import FolderAccuracy
 from .engines import choose_engine
 from .errors import RemoteError, UserError
 from .pipeline import Backend, chunks
-from .sinks import ENCODING, OutputError, Row, confident, format_from_path, make_format, resume_output
+from .sinks import (
+    ENCODING,
+    OutputError,
+    Row,
+    confident,
+    format_from_path,
+    holds_no_rows,
+    make_format,
+    resume_output,
+)
 from .walk import Entry, WalkStats, count_images, walk
 
 
@@ -109,18 +118,8 @@ def _check_existing_output(args) -> None:
     inside = os.path.commonpath([os.path.realpath(args.out), os.path.realpath(args.dir)]) == os.path.realpath(args.dir)
     if inside and is_image_name(args.out):
         raise UserError(f"--out {args.out} is one of the images under {args.dir}: write the rows elsewhere")
-    if not args.resume and not getattr(args, "overwrite", False) and not _holds_no_rows(args.out):
+    if not args.resume and not getattr(args, "overwrite", False) and not holds_no_rows(args.out):
         raise UserError(f"{args.out} exists: --resume continues it, --overwrite replaces it")
-
-
-def _holds_no_rows(path: str) -> bool:
-    """An empty file, or only the CSV header a run that stopped before its first row leaves: nothing to lose."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:  # unreadable: left alone, as a file with rows is
-        return False
-    return not head or (head.count(b"\n") == 1 and head.startswith(b"path,label_1,") and head.endswith(b",error\n"))
 
 
 class _OutputLost(Exception):

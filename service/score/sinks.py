@@ -192,6 +192,17 @@ class JsonlFormat:
             yield row
 
 
+def holds_no_rows(path: str) -> bool:
+    """An empty file, or only the CSV header (``CsvFormat.header``, any k) that a run stopped before its first
+    row leaves: replacing it loses nothing."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:  # unreadable: left alone, as a file with rows is
+        return False
+    return not head or (head.count(b"\n") == 1 and head.startswith(b"path,label_1,") and head.endswith(b",error\n"))
+
+
 def make_format(
     name: str, k: int, exact_k: bool = True, min_confidence: float | None = None
 ) -> CsvFormat | JsonlFormat:
