@@ -37,7 +37,7 @@ from inference.messages import configure_logging, os_error_text
 from inference.precisions import PRECISIONS, suits, tolerance_text
 from training.cli_types import positive_int
 
-from .int8_ranges import ACTIVATION_RANGES, ranges_help
+from .int8_ranges import ACTIVATION_RANGES, DEFAULT_CALIBRATION_IMAGES, ranges_help
 
 
 def model_name(text: str) -> str:
@@ -70,7 +70,9 @@ def export_parser() -> argparse.ArgumentParser:
     _add_models_dir(p)
     _add_defaults(p)
     p.add_argument(
-        "--calibration-images", type=positive_int, default=1000, help="training-split images to calibrate INT8 with"
+        "--calibration-images",
+        type=positive_int,
+        help=f"INT8 only: training-split images to calibrate with (default {DEFAULT_CALIBRATION_IMAGES})",
     )
     _add_int8_ranges(p)
     _add_data_flags(p)
@@ -128,7 +130,9 @@ def rederive_parser() -> argparse.ArgumentParser:
     _add_defaults(p)
     _add_models_dir(p)
     p.add_argument(
-        "--calibration-images", type=positive_int, default=1000, help="training-split images to calibrate INT8 with"
+        "--calibration-images",
+        type=positive_int,
+        help=f"INT8 only: training-split images to calibrate with (default {DEFAULT_CALIBRATION_IMAGES})",
     )
     _add_int8_ranges(p)
     _add_data_flags(p)

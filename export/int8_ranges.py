@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Training-split images the activations' ranges are computed on, unless --calibration-images says otherwise.
+DEFAULT_CALIBRATION_IMAGES = 1000
+
 
 @dataclass(frozen=True)
 class ActivationRange:

@@ -23,7 +23,7 @@ from training.inference import with_tta
 from training.reports.calibration import calibration_report
 
 from .calibration import fit_calibration, with_calibration
-from .int8_ranges import DEFAULT_ACTIVATION_RANGE, activation_range
+from .int8_ranges import DEFAULT_ACTIVATION_RANGE, DEFAULT_CALIBRATION_IMAGES, activation_range
 from .onnx_export import OPSET, export_fp32, input_spec, write_card
 from .parity import Parity, judge, onnx_logits, parity_against, torch_logits
 from .reference import ReferenceCache
@@ -88,7 +88,7 @@ def export_checkpoint(
     precision: str = "fp32",
     models_dir: str | Path = "models",
     make_default: bool = False,
-    calibration_count: int = 1000,
+    calibration_count: int | None = None,
     cache_dir: str | None = ".cache/datasets",
     max_val_images: int | None = None,
     tta: str = "none",
@@ -113,7 +113,7 @@ def export_checkpoint(
     (``cpu``, ``cuda``). ``reference_cache``: a folder where the checkpoint's PyTorch logits are kept (see
     export.reference), so that the next precision of the same checkpoint, or its verification, skips that pass.
     ``activation_ranges`` (INT8 only): how the activations' ranges are calibrated (export/int8_ranges.py)."""
-    check_activation_ranges(precision, activation_ranges)
+    check_calibration_options(precision, activation_ranges, calibration_count)
     ckpt = load_checkpoint(checkpoint)  # before the folder is made: a refused export leaves nothing behind
     models_dir = Path(models_dir)
     try:
@@ -172,13 +172,20 @@ def export_checkpoint(
         return record_entry(card, out, final, models_dir, make_default, default_for), parity
 
 
-def check_activation_ranges(precision: str, activation_ranges: str | None) -> None:
-    """Refuse, before any work, a range method for a precision that is not calibrated, or an unknown one."""
-    if activation_ranges is None:
-        return
-    if converter(precision).calibration is None:
-        raise ValueError(f"--int8-ranges applies to INT8 only, not {precision}")
-    activation_range(activation_ranges)
+def check_calibration_options(
+    precision: str, activation_ranges: str | None, calibration_count: int | None = None
+) -> None:
+    """Refuse, before any work, a range method or a number of calibration images for a precision that is not
+    calibrated (the option would be ignored), or an unknown range method."""
+    given = [
+        flag
+        for flag, value in (("--int8-ranges", activation_ranges), ("--calibration-images", calibration_count))
+        if value is not None
+    ]
+    if given and converter(precision).calibration is None:
+        raise ValueError(f"{' and '.join(given)} applies to INT8 only, not {precision}")
+    if activation_ranges is not None:
+        activation_range(activation_ranges)
 
 
 def convert_variant(
@@ -186,19 +193,21 @@ def convert_variant(
     out: Path,
     card: ModelCard,
     source: dict,
-    calibration_count: int,
+    calibration_count: int | None,
     activation_ranges: str | None = None,
 ) -> None:
     """The card's precision from the FP32 graph, and the card written into it; INT8 calibration images come
     from the training split of ``source``, and its activation ranges from ``activation_ranges``
     (export/int8_ranges.py; default MinMax), which only a calibrated precision accepts."""
-    check_activation_ranges(card.precision, activation_ranges)
+    check_calibration_options(card.precision, activation_ranges, calibration_count)
     convert = converter(card.precision)
     if convert.calibration is None:
         convert.convert(fp32, out)
     else:
         ranges = activation_range(activation_ranges or DEFAULT_ACTIVATION_RANGE)
-        used = convert.convert(fp32, out, calibration_images(source, calibration_count), ranges.name)
+        used = convert.convert(
+            fp32, out, calibration_images(source, calibration_count or DEFAULT_CALIBRATION_IMAGES), ranges.name
+        )
         card.source["calibration"] = f"{used} " + convert.calibration.format(ranges=ranges.label)
     write_card(out, card)
 

@@ -27,7 +27,7 @@ from training.reports.calibration import fit_temperature
 
 from .parity import Parity, judge, onnx_logits
 from .pipeline import (
-    check_activation_ranges,
+    check_calibration_options,
     check_replacement,
     convert_variant,
     publish,
@@ -58,7 +58,7 @@ def rederive(
     models_dir: str | Path = "models",
     make_default: bool = False,
     calibrate: str = "temperature",
-    calibration_count: int = 1000,
+    calibration_count: int | None = None,
     cache_dir: str | None = ".cache/datasets",
     max_val_images: int | None = None,
     fit: str | None = None,
@@ -67,7 +67,7 @@ def rederive(
 ) -> tuple[ModelEntry, Parity]:
     """``fit``: the derived card's fit for photos of another shape (inference.fits); default the reference's.
     ``activation_ranges`` (INT8 only): how the activations' ranges are calibrated (export/int8_ranges.py)."""
-    check_activation_ranges(precision, activation_ranges)
+    check_calibration_options(precision, activation_ranges, calibration_count)
     models_dir = Path(models_dir)
     manifest = load_manifest(models_dir, verify=True)
     ref = manifest.get(reference)

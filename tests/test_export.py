@@ -622,6 +622,9 @@ def test_int8_ranges_are_refused_for_other_precisions_before_any_work(tiny_run, 
     assert export_main([*argv, "--precision", "fp16", "--int8-ranges", "entropy"]) == 2
     assert "--int8-ranges applies to INT8 only, not fp16" in capsys.readouterr().err
     assert not (tmp_path / "manifest.json").exists()
+    assert export_main([*argv, "--calibration-images", "64"]) == 2  # FP32 would have ignored it
+    assert "--calibration-images applies to INT8 only, not fp32" in capsys.readouterr().err
+    assert not (tmp_path / "manifest.json").exists()
     with pytest.raises(SystemExit) as refused:
         export_main([*argv, "--precision", "int8", "--int8-ranges", "p99"])
     assert refused.value.code == 2 and "argument --int8-ranges: invalid choice: 'p99'" in capsys.readouterr().err

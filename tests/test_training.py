@@ -97,6 +97,19 @@ def test_split_uneven_classes():
         stratified_split(labels, 10)
 
 
+def test_a_missing_relative_dataset_names_where_it_was_looked_for(tmp_path, monkeypatch):
+    """The default data root is relative to the repository: started elsewhere, the message says where it
+    looked, not only the relative path that looks right."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetError) as missing:
+        read_image_folder("../shared/data/cifar10.tar.gz")
+    assert f"relative to the current folder {tmp_path}" in str(missing.value)
+    assert str(tmp_path.parent / "shared/data/cifar10.tar.gz") in str(missing.value)
+    with pytest.raises(DatasetError) as absolute:
+        read_image_folder(tmp_path / "none")
+    assert "current folder" not in str(absolute.value)
+
+
 def test_cifar_python_readers(cifar10_root, cifar100_root):
     train = DATASETS.get("cifar10")(cifar10_root)
     test = DATASETS.get("cifar10")(cifar10_root, train=False)

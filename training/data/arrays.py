@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 
 class DatasetError(ValueError):
     """A dataset folder or archive is missing or not in the expected format."""
+
+
+def missing_path_text(path: str | Path) -> str:
+    """``path`` as a "does not exist" message names it: a relative one also as where it was looked for,
+    since the defaults (``../shared/data/...``) are relative to the repository root, not to wherever the
+    command was started."""
+    path = Path(path)
+    if path.is_absolute():
+        return str(path)
+    return f"{path} (relative to the current folder {os.getcwd()}: {Path(os.path.abspath(path))})"
 
 
 @dataclass

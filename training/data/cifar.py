@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .arrays import DatasetError, ImageArrays
+from .arrays import DatasetError, ImageArrays, missing_path_text
 
 CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR100_DIR = "cifar-100-python"
@@ -23,7 +23,7 @@ def _locate(root: str | Path, folder: str) -> Path:
         if candidate.name == folder and candidate.is_dir():
             return candidate
     raise DatasetError(
-        f"expected the python-format folder {folder!r} at {root / folder} (or {root} itself); "
+        f"expected the python-format folder {folder!r} at {missing_path_text(root / folder)} (or {root} itself); "
         "download and unpack the dataset there first (no download is attempted)"
     )
 

@@ -23,7 +23,7 @@ from inference.fits import DEFAULT_FIT
 from inference.messages import exception_summary
 from inference.preprocess import ImageDecodeError, decode_image, is_image_name
 
-from .arrays import DatasetError, ImageArrays
+from .arrays import DatasetError, ImageArrays, missing_path_text
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
@@ -37,7 +37,7 @@ def read_image_folder(
     fitted to ``image_size`` square as ``fit`` names."""
     root = Path(root)
     if not root.exists():
-        raise DatasetError(f"image folder or archive {root} does not exist")
+        raise DatasetError(f"image folder or archive {missing_path_text(root)} does not exist")
     archive = root.is_file()
     if archive and not (root.name.lower().endswith(ARCHIVE_SUFFIXES) or _is_tar(root)):
         raise DatasetError(
