@@ -185,6 +185,9 @@ def test_mcnemar_chi_square_with_continuity_correction():
     # Chi-square with one degree of freedom: P(X > s) = erfc(sqrt(s / 2)).
     assert result["p_value"] == pytest.approx(math.erfc(math.sqrt(9.025 / 2)))
     assert mcnemar(*_paired(0, 0))["p_value"] == 1.0
+    tied = mcnemar(*_paired(30, 30))  # uncorrected for the sign, (0 - 1)^2 / 60 would give p = 0.90
+    assert tied["statistic"] == 0.0 and tied["p_value"] == 1.0
+    assert mcnemar(*_paired(31, 30))["p_value"] == 1.0  # |b - c| = 1: the correction takes it all
 
 
 def test_paired_difference_interval_uses_the_discordant_pairs():

@@ -161,7 +161,8 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, exact_below: int = MCN
 
     Only discordant pairs count: b = A right and B wrong, c = A wrong and B right. With fewer than
     ``exact_below`` of them the two-sided exact binomial test is used, otherwise the chi-square
-    statistic with continuity correction, (|b - c| - 1)^2 / (b + c), on one degree of freedom.
+    statistic with continuity correction, max(|b - c| - 1, 0)^2 / (b + c), on one degree of freedom (the
+    correction never pushes the statistic above zero when b = c: equal counts are no evidence, p = 1).
     """
     correct_a, correct_b, b, c = _discordant(correct_a, correct_b)
     n = b + c
@@ -172,7 +173,7 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, exact_below: int = MCN
         p_value = float(stats.binomtest(min(b, c), n, 0.5, alternative="two-sided").pvalue)
     else:
         method = "chi-square with continuity correction"
-        statistic = float((abs(b - c) - 1) ** 2 / n)
+        statistic = float(max(abs(b - c) - 1, 0) ** 2 / n)
         p_value = float(stats.chi2.sf(statistic, df=1))
     return {
         "a_right_b_wrong": b,
