@@ -769,7 +769,8 @@ def test_vary_parsing():
     for bad, said in (
         (["dropout"], "is not KEY=V1,V2"),
         (["dropout=0.5,0.5"], "repeats a value"),
-        (["dropout=0.1", "dropout=0.2"], "given twice"),
+        (["dropout=0.1,0.3", "dropout=0.2,0.4"], "given twice"),
+        (["dropout=0.5,0", "epochs=4"], "gives one value: vary it over two or more, or pass --set epochs=4"),
         (["=0.1,0.2"], "empty key or value"),
         ([], "at least one --vary"),
     ):

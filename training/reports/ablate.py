@@ -63,6 +63,8 @@ def parse_vary(items: list[str]) -> list[tuple[str, list[str]]]:
             raise ValueError(f"--vary {item!r}: empty key or value")
         if len(set(values)) != len(values):
             raise ValueError(f"--vary {item!r} repeats a value")
+        if len(values) < 2:  # nothing to compare: a setting every variant shares is --set's job
+            raise ValueError(f"--vary {item!r} gives one value: vary it over two or more, or pass --set {item}")
         if key in {k for k, _ in axes}:
             raise ValueError(f"--vary {key} is given twice: list all its values in one --vary")
         axes.append((key, values))
