@@ -103,6 +103,13 @@ def test_an_ensemble_recipe_trains_its_members_resumes_after_an_interruption_and
         joined = torch.softmax(model_from_checkpoint(ckpt)(x), 1)
     assert torch.allclose(joined, expected, atol=1e-5)
 
+    # Finished: nothing to continue, and neither message says to continue it.
+    assert cli() == 2
+    assert f"holds a finished ensemble run, joined into {out / 'best.pt'}" in capsys.readouterr().err
+    assert training_main(["resume", str(out)]) == 2
+    said = capsys.readouterr().err
+    assert "is a finished ensemble run" in said and f"evaluate --checkpoint {out / 'best.pt'}" in said
+
     # A run of the other kind in the folder is refused, not overwritten: each kind's best.pt stays its own.
     joined_sha, member_sha = sha256_file(out / "best.pt"), sha256_file(first / "best.pt")
     single = ["train", "--recipe", "resnet9_half_cpu", "--set", *sets]

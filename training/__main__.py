@@ -102,7 +102,7 @@ def _run_folder(out: Path) -> Path:
 
 
 def _train_ensemble(args: argparse.Namespace) -> int:
-    from .ensemble_recipe import load_ensemble_recipe, started_run, train_ensemble
+    from .ensemble_recipe import finished_run, load_ensemble_recipe, started_run, train_ensemble
 
     recipe = load_ensemble_recipe(args.recipe)
     out = _run_folder(Path(args.out) if args.out else Path("runs") / recipe.name)
@@ -113,6 +113,11 @@ def _train_ensemble(args: argparse.Namespace) -> int:
             "train into another folder, or start over with --force"
         )
     if started_run(out) is not None and not (args.resume or args.force):
+        if finished_run(out):
+            raise ConfigError(
+                f"{out} holds a finished ensemble run, joined into {out / BEST_FILE}; train into another folder, "
+                "or start over with --force"
+            )
         raise ConfigError(
             f"{out} already holds an ensemble run; continue it with this command and --resume (finished "
             "members are kept), or start over with --force"
@@ -128,9 +133,15 @@ def _train_ensemble(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from .engine import resume
-    from .ensemble_recipe import started_run
+    from .ensemble_recipe import finished_run, started_run
 
     started = started_run(args.run)
+    if started is not None and finished_run(args.run):
+        best = Path(args.run) / BEST_FILE
+        raise ConfigError(
+            f"{args.run} is a finished ensemble run, its members joined into {best}: nothing to continue (measure "
+            f"it with `python -m training evaluate --checkpoint {best}`)"
+        )
     if started is not None:
         # the overrides it was started with: without them the run would be refused as another configuration
         given, name = started.get("overrides") or [], started["recipe"]["name"]

@@ -138,6 +138,11 @@ def started_run(out: str | Path) -> dict[str, Any] | None:
     return started
 
 
+def finished_run(out: str | Path) -> bool:
+    """Whether the ensemble run in ``out`` joined its members (its summary is written after the join)."""
+    return (Path(out) / SUMMARY_FILE).is_file() and (Path(out) / BEST_FILE).is_file()
+
+
 def train_ensemble(
     recipe: EnsembleRecipe, out: str | Path, overrides: list[str] | None = None, resume: bool = False
 ) -> dict[str, Any]:
