@@ -20,6 +20,7 @@ import argparse
 import json
 import re
 import sys
+from pathlib import Path
 
 from inference.devices import DEVICE_KINDS
 from inference.fits import DEFAULT_FIT, FITS, fit_help
@@ -32,6 +33,7 @@ from inference.manifest import (
     load_manifest,
     remove_models,
     set_default,
+    verify_file,
 )
 from inference.messages import configure_logging, os_error_text
 from inference.precisions import PRECISIONS, suits, tolerance_text
@@ -275,7 +277,8 @@ def card_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m export card",
         description="Print the listed models' measured figures (accuracy, parity, calibration, speed, size) as one "
-        "markdown table, a column per model, read from the manifest.",
+        "markdown table, a column per model, read from the manifest; refused (exit 2) for a model whose file is "
+        "missing or not the one the figures were measured on (its sha256).",
     )
     p.add_argument("names", nargs="+", help="model names from `python -m export list`")
     _add_models_dir(p)
@@ -342,7 +345,10 @@ def _command(argv: list[str]) -> int:
 
         args = card_parser().parse_args(argv[1:])
         manifest = load_manifest(args.models_dir, verify=False)
-        print(card_table([manifest.get(n) for n in args.names], args.models_dir))
+        entries = [manifest.get(n) for n in args.names]
+        for entry in entries:  # the figures describe the recorded file, not whatever stands there now
+            verify_file(entry, Path(args.models_dir))
+        print(card_table(entries, args.models_dir))
         return 0
     return _conversion_command(argv)
 

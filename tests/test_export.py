@@ -430,6 +430,19 @@ def test_card_table_prints_each_models_measured_figures(tiny_models_dir, capsys)
     assert "unknown model 'nope'" in capsys.readouterr().err
 
 
+def test_card_table_is_refused_for_a_file_the_figures_were_not_measured_on(tiny_models_dir, tmp_path, capsys):
+    copy = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, copy)
+    file = copy / load_manifest(copy, verify=False).get("tiny-int8").file
+    file.write_bytes(file.read_bytes()[:1000])  # a copy cut short
+    assert export_main(["card", "tiny", "tiny-int8", "--models-dir", str(copy)]) == 2
+    captured = capsys.readouterr()
+    assert "model 'tiny-int8'" in captured.err and "sha256" in captured.err and not captured.out
+    file.unlink()
+    assert export_main(["card", "tiny-int8", "--models-dir", str(copy)]) == 2
+    assert f"file {file} is missing" in capsys.readouterr().err
+
+
 @pytest.fixture
 def counted_torch_passes(monkeypatch) -> list[str]:
     """Each PyTorch reference pass that export and verify run, recorded as it happens."""
