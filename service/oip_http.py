@@ -141,6 +141,14 @@ def oip_routes(
         """Any other path under /v2/models/: a name with '/' in it, a trailing slash, a route's wrong method.
         Answered in the protocol's shape, not BentoML's plain text."""
         path = request.url.path
+        if path.rstrip("/") == "/v2/models":  # the protocol has no list of models; this service has one
+            return JSONResponse(
+                OipError(
+                    error="the Open Inference Protocol has no list of models: GET /models lists this service's; "
+                    "a model's metadata is GET /v2/models/NAME"
+                ).model_dump(),
+                status_code=404,
+            )
         for route in model_routes:
             if route.path_regex.match(path):
                 allowed = ", ".join(sorted(route.methods or ()))
@@ -163,7 +171,10 @@ def oip_routes(
         Route("/v2/health/ready", ready, methods=["GET"]),
         *model_routes,
         # Last: a route above that matched the path but not the method is answered here.
-        Route("/v2/models/{rest:path}", elsewhere, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
+        *(
+            Route(path, elsewhere, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
+            for path in ("/v2/models", "/v2/models/{rest:path}")  # the first answered as is, not redirected
+        ),
     ]
 
 

@@ -315,9 +315,11 @@ def test_metadata_and_readiness_of_an_unknown_model_are_404(server):
         ("/v2/models/tiny/versions/2/infer", "no version '2'"),
         ("/v2/models/a/b/infer", "no such route"),  # a name cannot hold '/'
         ("/v2/models/tiny/infer/", "no such route"),
+        ("/v2/models", "GET /models lists this service's"),  # answered, not redirected to the next one
+        ("/v2/models/", "GET /models lists this service's"),
     ):
         method = httpx.post if path.rstrip("/").endswith("infer") else httpx.get
-        response = method(f"{server}{path}", timeout=10)
+        response = method(f"{server}{path}", timeout=10)  # httpx follows no redirect unless told
         assert response.status_code == 404 and words in response.json()["error"], (path, response.text)
     assert httpx.get(f"{server}/v2/health/live").status_code == 200
     assert httpx.get(f"{server}/v2/models/tiny-int8/ready").status_code == 200
