@@ -179,18 +179,28 @@ async def read_classify_fields(request: Request, max_images: int, max_body_bytes
     return await read_classify_form(request, max_images, max_body_bytes)
 
 
-class _RepeatedKey(Exception):
-    def __init__(self, key: str, times: int):
-        super().__init__(key)
-        self.times = times
+class _JsonObject(dict):
+    """A JSON object as ``json.loads`` makes it, with the key it was given more than once, if any: json.loads
+    keeps the last silently, and a form's repeated field is refused, so this is judged where the object is
+    read (a repeated ``k`` is a bad k, as in a form; any other, a malformed request)."""
+
+    repeated: tuple[str, int] | None = None
 
 
-def _without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found = dict(pairs)
+def _noting_repeats(pairs: list[tuple[str, Any]]) -> _JsonObject:
+    found = _JsonObject(pairs)
     if len(found) < len(pairs):  # one pass: an object of a million keys must not cost a million squared
-        key, times = Counter(name for name, _ in pairs).most_common(1)[0]
-        raise _RepeatedKey(key, times)
+        found.repeated = Counter(name for name, _ in pairs).most_common(1)[0]
     return found
+
+
+def _repeat_refused(what: str, value: Any) -> Rejection | None:
+    repeated = getattr(value, "repeated", None)
+    if repeated is None:
+        return None
+    key, times = repeated
+    reason = "malformed_request" if what else FIELD_REASONS.get(key, "malformed_request")
+    return Rejection(reason, f"{what}{key[:100]!r} given {times} times")
 
 
 async def read_classify_json(request: Request, max_images: int, max_body_bytes: int) -> dict[str, Any] | Rejection:
@@ -201,15 +211,16 @@ async def read_classify_json(request: Request, max_images: int, max_body_bytes: 
     if isinstance(body, Rejection):
         return body
     try:
-        raw = json.loads(body, object_pairs_hook=_without_repeats)
-    except _RepeatedKey as exc:  # json.loads keeps the last silently; a form's repeated field is refused too
-        return Rejection("malformed_request", f"{exc.args[0][:100]!r} given {exc.times} times")
+        raw = json.loads(body, object_pairs_hook=_noting_repeats)
     except ValueError as exc:  # also bytes that are not UTF-8
         return Rejection("malformed_request", f"the JSON body could not be parsed: {exc}"[:300])
     except RecursionError:
         return Rejection("malformed_request", "the JSON body could not be parsed: arrays or objects nested too deep")
     if not isinstance(raw, dict):
         return Rejection("malformed_request", "the JSON body must be an object with an 'images' list")
+    rejection = _repeat_refused("", raw)
+    if rejection is not None:
+        return rejection
     unknown = sorted(key for key in raw if key not in FIELDS)
     if unknown:
         return Rejection(
@@ -252,6 +263,9 @@ def _json_image(i: int, image: Any) -> Upload | Rejection:
         return Rejection(
             "malformed_request", f'images[{i}] must be an object {{"filename": name, "data": base64 of the file}}'
         )
+    rejection = _repeat_refused(f"images[{i}]: ", image)
+    if rejection is not None:
+        return rejection
     filename = image.get("filename", "")
     if not isinstance(filename, str):
         return Rejection("malformed_request", f"images[{i}]: 'filename' must be a string")
@@ -337,8 +351,9 @@ def refusal_error(reason: str, message: str) -> PydanticCustomError:
 
 
 def integer_k(value: Any) -> int | None:
-    """``k`` as sent: a JSON integer, or text that reads as one; JSON null means not given."""
-    if value is None:
+    """``k`` as sent: a JSON integer, or text that reads as one; JSON null or an empty form field means not
+    given (as for every optional field: a browser form sends an input left blank as one)."""
+    if value is None or value == "":
         return None
     if isinstance(value, str):
         try:
@@ -360,8 +375,9 @@ def model_name(value: Any) -> str | None:
 
 
 def threshold(value: Any) -> float | None:
-    """``min_confidence`` as sent: a number from 0 to 1 (JSON or text); JSON null means none."""
-    if value is None:
+    """``min_confidence`` as sent: a number from 0 to 1 (JSON or text); JSON null or an empty form field means
+    none."""
+    if value is None or value == "":
         return None
     try:
         return parse_min_confidence(value)

@@ -198,6 +198,14 @@ def test_fit_is_the_models_unless_the_request_names_another(server, jpegs):
     assert answers["squash"] != answers["center_crop"] != answers["pad"]
 
 
+def test_an_empty_form_field_means_not_given_for_every_optional_field(server, jpegs):
+    """A browser form sends an input left blank as an empty field: the default, whichever field it is."""
+    plain = _post(server, _files(jpegs[:1]))
+    blank = _post(server, _files(jpegs[:1]), {"k": "", "model": "", "min_confidence": "", "fit": ""})
+    assert plain.status_code == blank.status_code == 200, blank.text
+    assert blank.json() == plain.json() and "confident" not in blank.json()["predictions"][0]
+
+
 def test_named_model_and_k_as_json(server, jpegs):
     # The OpenAPI document declares the non-file fields as JSON: '"tiny-int8"' and '3' must work too.
     for model in ("tiny-int8", '"tiny-int8"'):

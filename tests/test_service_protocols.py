@@ -403,8 +403,17 @@ JSON_BAD = {
         "bad_min_confidence",
         "got 2",
     ),
-    # json.loads keeps the last of a repeated key; the form refuses a repeated field, so JSON does too
-    "k given twice": (b'{"images": [{"data": "AA=="}], "k": 2, "k": 3}', 400, "malformed_request", "'k' given 2 times"),
+    # json.loads keeps the last of a repeated key; the form refuses a repeated field (for the same reason as a
+    # bad value of it), so JSON does too
+    "k given twice": (b'{"images": [{"data": "AA=="}], "k": 2, "k": 3}', 400, "bad_k", "'k' given 2 times"),
+    "fit given twice": (b'{"images": [{"data": "AA=="}], "fit": "pad", "fit": "pad"}', 400, "bad_fit", "'fit' given"),
+    "images given twice": (b'{"images": [], "images": [{"data": "AA=="}]}', 400, "malformed_request", "'images' given"),
+    "an image's data given twice": (
+        b'{"images": [{"data": "AA==", "data": "AA=="}]}',
+        400,
+        "malformed_request",
+        "images[0]: 'data' given 2 times",
+    ),
 }
 
 
