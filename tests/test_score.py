@@ -840,7 +840,7 @@ def test_url_mode_against_live_service(tree, tiny_models_dir, tmp_path):
         remote_rows = [json.loads(line) for line in remote.read_text().splitlines()]
         assert [r["path"] for r in remote_rows] == [r["path"] for r in local_rows]
         for lr, rr in zip(local_rows, remote_rows):
-            assert (lr["error"] is None) == (rr["error"] is None), (lr, rr)
+            assert rr["error"] == lr["error"], (lr, rr)  # worded alike, not "images[0] ('name'): ..."
             if lr["error"] is None:
                 assert [t["label"] for t in rr["top_k"]] == [t["label"] for t in lr["top_k"]]
                 assert abs(rr["top_k"][0]["confidence"] - lr["top_k"][0]["confidence"]) < 1e-4

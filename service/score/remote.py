@@ -144,7 +144,8 @@ class RemoteBackend:
             hint = f" (--api-key, or the {API_KEY_VARIABLE} variable)" if status in (401, 403) else ""
             raise RemoteError(f"the service at {self.url} rejected the request ({status}): {message}{hint}")
         if len(items) == 1:
-            rows[items[0][0]] = Row(chunk[items[0][0]].rel, error=message)
+            entry = chunk[items[0][0]]
+            rows[items[0][0]] = Row(entry.rel, error=_row_error(message, _sendable(os.path.basename(entry.rel))))
         elif remedy == "fewer":
             half = (len(items) + 1) // 2
             self.per_request = min(self.per_request, half)
@@ -223,6 +224,16 @@ def _error_message(response) -> tuple[str | None, str]:
                 value = body[key]
                 return reason, value if isinstance(value, str) else str(value)[:500]
     return None, str(body)[:500]
+
+
+def _row_error(message: str, sent_name: str) -> str:
+    """The service's refusal of a one-image request as the local engines word the row: without the
+    "images[0] ('name')" the service names the image by (the row names the file already)."""
+    for where in (f"images[0] ({sent_name!r})", "images[0]"):
+        for joint in (": ", " is an "):  # "...: not a readable image ...", "... is an empty file (0 bytes)"
+            if message.startswith(where + joint):
+                return message[len(where + joint) :]
+    return message
 
 
 def _sendable(name: str) -> str:
