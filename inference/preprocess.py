@@ -28,6 +28,10 @@ from .fits import DEFAULT_FIT, Extent, fit_image, get_fit
 # Pillow's own bomb guard warns at ~89 MP and fails at twice that; a classifier
 # with 32x32 inputs has no use for anything near that, so the limit is far lower.
 DEFAULT_MAX_PIXELS = 40_000_000
+# Also checked on the header, whatever the pixel limit: a decoder's cost grows with the rows as well as the pixels
+# (a 1 x 39,000,000 PNG within the pixel limit took seconds and over a gigabyte to decode and fit), and no photo
+# has a side past JPEG's own largest.
+MAX_SIDE = 65_535
 # A non-JPEG image up to this size is fitted from its full-size pixels, as it always was: its full-size
 # copies (turned, converted, composited) cost little, a 6000x6000 RGBA PNG's about 1 s and 400 MiB
 # (docs/measurements.md, "Decoding").
@@ -48,8 +52,9 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _MAGIC_FORMATS = ((_JPEG_MAGIC, ("JPEG",)), (b"\x89PNG\r\n\x1a\n", ("PNG",)))
 # The only formats Pillow may open here (uploads are untrusted): the raster formats images are sent in. Left
 # out on purpose: EPS, which Pillow hands to Ghostscript when the host has it, and the scientific, video and
-# legacy formats (FITS, HDF5, GRIB, MPEG, WMF, PSD, ...) that no photo comes in and each add a parser.
-DECODABLE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "ICO", "PPM", "TGA", "QOI", "AVIF", "JPEG2000")
+# legacy formats (FITS, HDF5, GRIB, MPEG, WMF, PSD, ...) that no photo comes in and each add a parser. Nor ICO:
+# Pillow decodes an icon's image while opening it, before its size can be checked against the pixel limit.
+DECODABLE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "PPM", "TGA", "QOI", "AVIF", "JPEG2000")
 # The reductions libjpeg's DCT scaling offers Pillow, largest first.
 _DCT_REDUCTIONS = (8, 4, 2)
 # EXIF orientations that turn the stored frame a quarter: its width is the shown height.
@@ -247,6 +252,8 @@ def _format_hint(data: bytes) -> tuple[str, ...] | None:
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
+    if max(width, height) > MAX_SIDE:
+        raise ImageTooLarge(f"image is {width}x{height}: a side over the limit of {MAX_SIDE} pixels")
 
 
 # Segments a plain JPEG may have before its frame header: JFIF (APP0), quantisation and Huffman tables,

@@ -10,6 +10,7 @@ from PIL import Image, ImageOps
 
 from inference.preprocess import (
     DECODABLE_FORMATS,
+    MAX_SIDE,
     ImageDecodeError,
     ImageTooLarge,
     decode_image,
@@ -108,6 +109,31 @@ def test_no_reader_outside_the_list_is_offered_an_upload(monkeypatch):
         decode_image(eps)
     assert offered == []
     assert "EPS" not in DECODABLE_FORMATS
+
+
+def test_an_icon_is_not_decoded_since_pillow_decodes_it_before_its_size_can_be_checked(monkeypatch):
+    """Pillow's ICO reader decodes the icon's image inside Image.open: a 9400x9400 icon took 380 MB before the
+    pixel limit could refuse it. No icon reaches that reader."""
+    from PIL import IcoImagePlugin
+
+    offered = []
+    monkeypatch.setattr(IcoImagePlugin, "_accept", lambda prefix: offered.append(prefix) or True)
+    Image.init()
+    monkeypatch.setitem(Image.OPEN, "ICO", (IcoImagePlugin.IcoImageFile, IcoImagePlugin._accept))
+    icon = _encode(Image.new("RGBA", (16, 16), (10, 20, 30, 255)), "ICO")
+    with pytest.raises(ImageDecodeError, match="not a readable image"):
+        decode_image(icon)
+    assert offered == [] and "ICO" not in DECODABLE_FORMATS
+
+
+def test_a_side_past_the_limit_is_refused_from_the_header_whatever_the_pixels():
+    """A 1 x 39,000,000 PNG is within the pixel limit, but decoding and fitting its rows took seconds and a
+    gigabyte; the side limit refuses it from its header."""
+    thin = _encode(Image.new("L", (1, MAX_SIDE + 1)), "PNG")
+    with pytest.raises(ImageTooLarge, match=f"image is 1x{MAX_SIDE + 1}: a side over the limit of {MAX_SIDE}"):
+        decode_image(thin, fit="squash")
+    longest = _encode(Image.new("L", (MAX_SIDE, 1), 255), "PNG")
+    assert decode_image(longest, fit="pad").shape == (32, 32, 3)  # the limit itself is served
 
 
 def test_the_pixel_limit_is_ours_even_past_pillows_own(monkeypatch):
