@@ -57,6 +57,11 @@ REASONS: dict[str, Reason] = {
     "overloaded": Reason(
         503, "overloaded: the request would wait longer than the batching latency limit", "later", counted=False
     ),
+    # nginx's status for it: the answer reaches no one, but the access log and the request metrics record it,
+    # and not as the server's failure
+    "client_closed": Reason(
+        499, "the client closed the connection before its whole request arrived", "later", counted=False
+    ),
 }
 # The label values of cifar_rejected_inputs_total.
 REJECTION_REASONS: tuple[str, ...] = tuple(name for name, reason in REASONS.items() if reason.counted)

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from pydantic_core import PydanticCustomError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from inference.fits import FITS
 from inference.preprocess import ImageDecodeError, ImageTooLarge, decode_pixels
@@ -155,6 +155,8 @@ async def read_classify_form(request: Request, max_images: int, max_body_bytes: 
         return _too_large(max_body_bytes)
     except _TooManyImages:
         return Rejection("too_many_images", f"too many images: at most {max_images} per request")
+    except ClientDisconnect:
+        return _client_closed()
     except _Unfinished:
         return Rejection(
             "malformed_request", "the multipart body ends inside a part: its closing boundary (--BOUNDARY--) is missing"
@@ -303,12 +305,19 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes | Rejection:
     if declared.isdigit() and int(declared) > max_body_bytes:
         return _too_large(max_body_bytes, int(declared))
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_body_bytes:
-            return _too_large(max_body_bytes)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body_bytes:
+                return _too_large(max_body_bytes)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        return _client_closed()
     return b"".join(chunks)
+
+
+def _client_closed() -> Rejection:
+    return Rejection("client_closed", "the client closed the connection before its whole request arrived")
 
 
 def _too_large(limit: int, size: int | None = None) -> Rejection:

@@ -330,6 +330,47 @@ def test_bad_input_is_a_4xx_with_a_message_and_the_next_request_succeeds(server,
     assert _post(server, _files(jpegs[:1])).status_code == 200
 
 
+def test_a_client_that_hangs_up_mid_body_is_no_server_error(server):
+    """Headers and part of a body, then the connection closed: recorded as nginx's 499, not as a 500 with a
+    traceback, nor as the client's malformed request, on every route that reads a body."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    host, port = urlsplit(server).hostname, urlsplit(server).port
+    cases = (
+        ("/classify", "application/json", b'{"images": [{"da'),
+        ("/classify", "multipart/form-data; boundary=x", b'--x\r\nContent-Disposition: form-data; name="images"'),
+        ("/v2/models/tiny/infer", "application/json", b'{"inputs": [{"na'),
+        ("/infer", "application/json", b'{"items": [{"pi'),
+    )
+    log_before = len(server.log.read_text())
+    before = _metrics(server)
+    for path, content_type, part in cases:
+        with socket.create_connection((host, port), timeout=10) as conn:
+            head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: 100000\r\n\r\n"
+            conn.sendall(head.encode() + part)
+            time.sleep(0.3)
+
+    def count(text: str, path: str, code: str) -> float:
+        return _metric(text, "bentoml_service_request_total", endpoint=path, http_response_code=code)
+
+    deadline = time.monotonic() + 20
+    while True:
+        after = _metrics(server)
+        closed = {p: count(after, p, "499") - count(before, p, "499") for p, _, _ in cases}
+        if closed == {"/classify": 2, "/v2/models/tiny/infer": 1, "/infer": 1} or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert closed == {"/classify": 2, "/v2/models/tiny/infer": 1, "/infer": 1}, closed
+    for path, _, _ in cases:
+        assert count(after, path, "500") == count(before, path, "500") and count(after, path, "400") == count(
+            before, path, "400"
+        ), path
+    assert "Traceback" not in server.log.read_text()[log_before:]
+    assert _metric(after, "cifar_rejected_inputs_total") == _metric(before, "cifar_rejected_inputs_total")
+
+
 def test_neither_multipart_nor_json_is_415_and_json_paths_are_never_read(server, jpegs):
     response = httpx.post(f"{server}/classify", content=b"cat.jpg", headers={"content-type": "text/plain"}, timeout=10)
     assert response.status_code == 415 and response.json()["reason"] == "unsupported_media_type"
