@@ -21,6 +21,9 @@
 - APIs bound once per instance (:func:`bind_apis`), and upload fields declared as the file parts of a
   multipart form (:func:`declare_multipart`).
 - BentoML's API UI page (:func:`openapi_ui_page`), which the service serves at /docs: its own page takes /.
+- A metrics folder per server (:func:`serve_with_own_metrics`): ``bentoml serve`` keeps its workers' metrics in
+  ``$BENTOML_HOME/prometheus_multiproc_dir`` and empties it when it starts, so every other BentoML server
+  started on the host reset this one's /metrics and mixed its own counts in.
 
 ``SUPPORTED`` says whether the installed BentoML is a version this was written against. When it is not,
 or when an internal is not where it should be, each part falls back to BentoML's documented behaviour
@@ -33,6 +36,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import sys
 from collections.abc import Sized
 from contextvars import ContextVar
 from pathlib import Path
@@ -311,6 +315,33 @@ def _cork_dispatcher() -> Any:
     return CorkDispatcher(max_latency_in_ms=10, max_batch_size=2, fallback=lambda: None)
 
 
+# ---------------------------------------------------------------------------------------------- metrics folder
+METRICS_FOLDER = "cifar-metrics"  # beside BentoML's own prometheus_multiproc_dir, which a plain `bentoml serve` empties
+
+
+def metrics_folder(port: int) -> Path:
+    """The folder of the metrics of the server on ``port``: one server per port, so no other server's."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.bentoml_home.get()) / METRICS_FOLDER / f"port-{port}"
+
+
+def serve_with_own_metrics(argv: list[str], port: int) -> None:
+    """``bentoml ARGV`` (its command line's entry point, in this process) with the workers' metrics in
+    ``metrics_folder(port)``, which BentoML empties at the start as it would its shared one."""
+    if not _unsupported("the metrics stay in BentoML's shared folder, which other servers on this host empty"):
+        try:
+            from bentoml._internal.configuration.containers import BentoMLContainer
+
+            BentoMLContainer.prometheus_multiproc_dir.set(str(metrics_folder(port)))
+        except Exception as exc:  # an internal that moved: BentoML's shared folder, as `bentoml serve` has it
+            log.warning("metrics stay in BentoML's shared folder (%s: %s)", type(exc).__name__, exc)
+    from bentoml_cli.cli import cli
+
+    sys.argv = ["bentoml", *argv]
+    cli()
+
+
 def check_internals() -> list[str]:
     """What this module relies on and the installed BentoML lacks; empty when everything is where it should be."""
     problems = [] if SUPPORTED else [f"BentoML {bentoml.__version__} is not among {SUPPORTED_VERSIONS}"]
@@ -397,4 +428,14 @@ def check_internals() -> list[str]:
         return Probe.mime_type() == "multipart/form-data" and Probe.multipart_fields == ["files"]
 
     check("IODescriptor reads media_type and multipart_fields", multipart)
+
+    def own_metrics() -> bool:
+        from bentoml._internal.configuration.containers import BentoMLContainer
+        from bentoml_cli.cli import cli
+
+        return callable(cli) and callable(BentoMLContainer.prometheus_multiproc_dir.set)
+
+    check(
+        "BentoMLContainer.prometheus_multiproc_dir can be set, and bentoml_cli.cli.cli is the command line", own_metrics
+    )
     return problems

@@ -159,7 +159,8 @@ def main(args: argparse.Namespace) -> int:
     command = [
         sys.executable,
         "-m",
-        "bentoml",
+        "service.bentoml_serve",
+        str(args.port),
         "serve",
         SERVICE_IMPORT,
         "--port",

@@ -31,15 +31,17 @@ TINY_CLASSES = ["alpha", "beta", "gamma"]
 
 
 class Server(str):
-    """The base URL, with the server's log file."""
+    """The base URL, with the server's log file and its BENTOML_HOME."""
 
     log: Path
+    bentoml_home: Path
 
 
 @pytest.fixture(scope="module")
 def server(tiny_models_dir, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml_home")), "BENTOML_DO_NOT_TRACK": "true"}
+    home = tmp_path_factory.mktemp("bentoml_home")
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
     with running_service(
         tiny_models_dir,
         log_path,
@@ -56,7 +58,7 @@ def server(tiny_models_dir, tmp_path_factory):
         env=env,
     ) as base:
         url = Server(base)
-        url.log = log_path
+        url.log, url.bentoml_home = log_path, home
         yield url
 
 
@@ -328,6 +330,18 @@ def test_bad_input_is_a_4xx_with_a_message_and_the_next_request_succeeds(server,
     assert body["reason"] == reason and len(body["error"]) > 10
     assert _metric(_metrics(server), "cifar_rejected_inputs_total", reason=reason) == before + 1
     assert _post(server, _files(jpegs[:1])).status_code == 200
+
+
+def test_the_servers_metrics_are_its_own_not_in_the_folder_every_bentoml_server_empties(server):
+    """`bentoml serve` keeps its workers' metrics in $BENTOML_HOME/prometheus_multiproc_dir and empties it when it
+    starts: any other BentoML server on the host would reset this one's /metrics. This one's are kept apart."""
+    from urllib.parse import urlsplit
+
+    httpx.get(f"{server}/models", timeout=10)  # a request, so that the worker has written its counters
+    own = server.bentoml_home / "cifar-metrics" / f"port-{urlsplit(server).port}"
+    assert any(own.glob("*.db")), sorted(server.bentoml_home.rglob("*"))
+    shared = server.bentoml_home / "prometheus_multiproc_dir"
+    assert not shared.exists() or not any(shared.iterdir())
 
 
 def test_a_client_that_hangs_up_mid_body_is_no_server_error(server):
