@@ -36,7 +36,11 @@ MAX_SIDE = 65_535
 # copies (turned, converted, composited) cost little, a 6000x6000 RGBA PNG's about 1 s and 400 MiB
 # (docs/measurements.md, "Decoding").
 SHRINK_ABOVE_PIXELS = 1_000_000
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+# The file names of DECODABLE_FORMATS (below), which the scorer and training's folder reader pick up.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".tga", ".qoi"}
+    | {".avif", ".jp2", ".j2k"}
+)
 
 
 def is_image_name(name: str) -> bool:

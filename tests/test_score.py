@@ -559,6 +559,17 @@ def test_labels_from_folders(image_folder, tiny_models_dir, tmp_path, capsys):
     assert "'Misc' (1)" in err and "the classes are: alpha, beta, gamma" in err
 
 
+def test_a_folder_named_in_another_unicode_form_or_case_is_the_same_class():
+    import unicodedata
+
+    from service.score.accuracy import FolderAccuracy
+
+    accuracy = FolderAccuracy(["café", "dog"], "photos", "m")
+    decomposed = unicodedata.normalize("NFD", "Café")  # a folder copied from macOS, capitalised
+    assert decomposed != "Café" and accuracy.label_of(f"{decomposed}/x.jpg") == "café"
+    assert accuracy.label_of("DOG/y.jpg") == "dog" and accuracy.label_of("cat/z.jpg") is None
+
+
 def test_resume_after_kill(image_folder, tiny_models_dir, tmp_path):
     root = tmp_path / "many"
     sources = sorted(image_folder.rglob("*.png"))

@@ -149,7 +149,7 @@ def test_folder_reader_tree_and_cache(image_folder, tmp_path):
         ("cat/kittens/k.png", "(cat/ and cat/kittens/)"),  # would have been a class 'kittens'
         ("dog/2019/d.png", "(cat/ and dog/2019/)"),
         ("more/cat/c.png", "(cat/ and more/cat/)"),  # would have merged into 'cat'
-        ("dog/broken.png", "dog/broken.png (class 'dog') is unreadable"),
+        ("dog/broken.png", "1 of 3 images cannot be used (remove or fix them): dog/broken.png: not a readable image"),
     ],
 )
 def test_folder_reader_refuses_class_folders_out_of_line_and_names_an_unreadable_image(tmp_path, extra, said):
@@ -186,6 +186,55 @@ def test_folder_reader_follows_symlinked_class_folders_once_and_says_which_folde
         data = read_image_folder(root)
     assert data.classes == ["cat", "dog"] and len(data) == 4
     assert "left out, not classes: bird" in caplog.text
+
+
+def test_folder_reader_leaves_hidden_folders_out_and_says_what_else_it_left_out_every_time(tmp_path, caplog):
+    """A viewer's .thumbnails/ is no class; an image beside the class folders is in none, and both warnings
+    are said again when the decoded images come from the cache."""
+    root = _tree(tmp_path / "tree", ["cat/0.png", "dog/0.png", ".thumbnails/0.png", "cat/.1.png", "stray.png"])
+    (root / "bird").mkdir()
+    for _ in range(2):  # decoded, then from the cache
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            data = read_image_folder(root, cache_dir=tmp_path / "cache")
+        assert data.classes == ["cat", "dog"] and len(data) == 2
+        assert "1 image(s) beside the class folders left out, in no class: stray.png" in caplog.text
+        assert "left out, not classes: bird" in caplog.text
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+
+
+def test_folder_reader_unifies_class_names_and_lists_every_unusable_image_in_one_pass(tmp_path):
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFD", "café")  # as a folder copied from macOS spells it
+    root = _tree(tmp_path / "tree", [f"{decomposed}/0.png", "dog/0.png", "dog/1.png", "dog/2.png"])
+    assert read_image_folder(root).classes == ["café", "dog"] == [unicodedata.normalize("NFC", "café"), "dog"]
+    (root / "dog" / "1.png").write_bytes(b"")
+    (root / "dog" / "2.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError) as refused:
+        read_image_folder(root)
+    said = str(refused.value)
+    assert "2 of 4 images cannot be used" in said and "dog/1.png: empty file" in said and "dog/2.png: not a" in said
+
+
+def test_folder_reader_refuses_a_name_that_is_not_text_naming_it(tmp_path):
+    root = _tree(tmp_path / "tree", ["dog/0.png"])
+    latin1 = os.fsdecode(bytes(root) + b"/caf\xe9")  # a folder named in Latin-1 on a UTF-8 file system
+    _tree(Path(latin1), ["0.png"])
+    with pytest.raises(DatasetError, match="the name 'caf\ufffd/0.png' is not UTF-8 text"):
+        read_image_folder(root, cache_dir=tmp_path / "cache")
+
+
+def test_a_large_photo_of_ones_own_is_not_held_to_the_services_upload_limit(tmp_path):
+    from PIL import Image
+
+    from inference.preprocess import DEFAULT_MAX_PIXELS
+
+    root = _tree(tmp_path / "tree", ["cat/0.png", "dog/0.png"])
+    side = int(DEFAULT_MAX_PIXELS**0.5) + 8  # just over the service's limit
+    Image.new("RGB", (side, side), (200, 0, 0)).save(root / "cat" / "big.jpg", quality=50)
+    data = read_image_folder(root)
+    assert len(data) == 3 and data.images[data.labels == 0][1][16, 16, 0] > 150  # cat/big.jpg, after cat/0.png
 
 
 def test_folder_reader_names_a_damaged_archive_and_a_file_it_cannot_read(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import PurePosixPath
 
+from inference.classes import folded
+
 from .sinks import Row
 
 
@@ -15,7 +17,7 @@ class FolderAccuracy:
         self.classes = classes
         self.model = model
         self.root_name = root_name
-        self.lookup = {c.casefold(): c for c in classes} if classes else None
+        self.lookup = {folded(c): c for c in classes} if classes else None
         if classes:
             self.lookup.update({c: c for c in classes})
         self.images = Counter()
@@ -29,7 +31,7 @@ class FolderAccuracy:
         parent = PurePosixPath(path).parent.name or self.root_name
         if self.lookup is None:
             return parent
-        return self.lookup.get(parent) or self.lookup.get(parent.casefold())
+        return self.lookup.get(parent) or self.lookup.get(folded(parent))
 
     def add(self, row: Row) -> None:
         if row.error is not None or not row.top_k:

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import tarfile
+import unicodedata
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -21,11 +22,15 @@ from tqdm import tqdm
 from inference.files import write_atomic
 from inference.fits import DEFAULT_FIT
 from inference.messages import exception_summary
-from inference.preprocess import ImageDecodeError, decode_image, is_image_name
+from inference.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, is_image_name
 
 from .arrays import DatasetError, ImageArrays, missing_path_text
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+# The user's own files, not uploads: larger photos than the service takes (a 48-megapixel phone photo) are
+# decoded, a JPEG at a reduced size (inference.preprocess); the limit only guards memory.
+MAX_PIXELS = 250_000_000
+UNUSABLE_LISTED = 10  # files named in the error; the count says how many more
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,8 @@ def read_image_folder(
             f"({', '.join(ARCHIVE_SUFFIXES)}; .zip is not read: unpack it, or pack it as .tar.gz)"
         )
     images = None if archive else _tree_images(root)  # walked once: for the cache key and for reading
+    if images is not None:
+        _warn_left_out(root, images)  # on every read, a cached one too
     cache = _cache_path(root, image_size, fit, cache_dir, images) if cache_dir else None
     if cache and cache.is_file():
         cached = _read_cache(cache)
@@ -52,8 +59,6 @@ def read_image_folder(
             return cached
     entries = list(_iter_archive(root) if archive else _iter_tree(root, images))
     arrays = _decode_all(entries, root, image_size, fit)
-    if not archive:
-        _warn_empty_class_folders(root, entries, arrays.classes)
     if cache:
         _write_cache(cache, arrays)
     return arrays
@@ -106,7 +111,8 @@ def _is_tar(path: Path) -> bool:
 
 def _tree_images(root: Path) -> list[Path]:
     """The image files under ``root``, sorted, through symlinked folders too (each real folder once, so that a
-    link back up the tree is not a loop)."""
+    link back up the tree is not a loop). Hidden folders and files (a viewer's .thumbnails/, an editor's
+    .trash/) are no part of the dataset: a hidden folder would otherwise be a class."""
     found, seen = [], set()
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
@@ -114,16 +120,38 @@ def _tree_images(root: Path) -> list[Path]:
             dirs.clear()
             continue
         seen.add(real)
-        dirs.sort()
-        found += [Path(folder) / f for f in files if is_image_name(f)]
-    return sorted(p for p in found if p.is_file())
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(folder) / f for f in files if is_image_name(f) and not f.startswith(".")]
+    images = sorted(p for p in found if p.is_file())
+    for path in images:
+        _check_name(path.relative_to(root).as_posix(), root)
+    return images
+
+
+def _check_name(name: str, root: Path) -> None:
+    """A file or folder name that is not text (bytes of another encoding than the file system's, read back with
+    surrogate escapes) cannot be a class name a model card or a report holds: refused here, naming it."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        raise DatasetError(
+            f"{root}: the name {shown!r} is not UTF-8 text (the \ufffd stands for its other bytes); rename it, "
+            "since a class name has to be written on the model's card"
+        ) from None
 
 
 def _iter_tree(root: Path, images: list[Path]) -> Iterator[tuple[str, str, bytes]]:
     for path in images:
         rel = path.relative_to(root)
         if len(rel.parts) >= 2:
-            yield rel.as_posix(), rel.parts[-2], path.read_bytes()
+            yield rel.as_posix(), _class_name(rel.parts[-2]), path.read_bytes()
+
+
+def _class_name(folder: str) -> str:
+    """A class folder's name as a class: NFC, so that a folder copied from macOS (whose file system wrote
+    "café" decomposed) names the same class as the one a model was trained on elsewhere."""
+    return unicodedata.normalize("NFC", folder)
 
 
 # Compressed archives check their own length (gzip's, bzip2's and xz's trailers); a plain tar has only its
@@ -137,8 +165,10 @@ def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
         with tarfile.open(root) as tar:
             for member in tar:
                 name = PurePosixPath(member.name)
-                if member.isfile() and is_image_name(name.name) and len(name.parts) >= 2:
-                    yield member.name, name.parts[-2], tar.extractfile(member).read()
+                hidden = any(part.startswith(".") and part not in (".", "..") for part in name.parts)
+                if member.isfile() and is_image_name(name.name) and len(name.parts) >= 2 and not hidden:
+                    _check_name(member.name, root)
+                    yield member.name, _class_name(name.parts[-2]), tar.extractfile(member).read()
             with open(root, "rb") as f:
                 plain = not f.read(6).startswith(COMPRESSED_MAGIC)
             if plain and tar.offset + END_OF_ARCHIVE > root.stat().st_size:
@@ -149,10 +179,20 @@ def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
         raise DatasetError(f"cannot read archive {root}: it is truncated or damaged ({exc})") from exc
 
 
-def _warn_empty_class_folders(root: Path, entries: list[tuple[str, str, bytes]], classes: list[str]) -> None:
-    """A class folder without images is not a class: the model would not know it, so say so."""
-    parent = root / PurePosixPath(entries[0][0]).parent.parent
-    empty = sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name not in classes and p.name[0] != ".")
+def _warn_left_out(root: Path, images: list[Path]) -> None:
+    """What the tree holds that is not trained on, said: images beside the class folders (an image's class is the
+    folder it sits in) and a class folder without images (the model would not know that class)."""
+    loose = [p.name for p in images if p.parent == root]
+    if loose:
+        shown = ", ".join(loose[:5]) + (f" and {len(loose) - 5} more" if len(loose) > 5 else "")
+        log.warning("%s: %d image(s) beside the class folders left out, in no class: %s", root, len(loose), shown)
+    class_folders = {p.parent for p in images if p.parent != root}
+    if not class_folders:
+        return
+    parent = min(class_folders).parent
+    empty = sorted(
+        p.name for p in parent.iterdir() if p.is_dir() and p not in class_folders and not p.name.startswith(".")
+    )
     if empty:
         log.warning("%s: folder(s) without images left out, not classes: %s", parent, ", ".join(empty))
 
@@ -161,18 +201,29 @@ def _decode_all(entries: list[tuple[str, str, bytes]], root: Path, image_size: i
     # Sorted by path so that the order, and so the validation split, is the same on every machine.
     entries.sort(key=lambda e: e[0])
     if not entries:
-        raise DatasetError(f"{root} holds no images in class folders (expected <class>/<image> files)")
+        raise DatasetError(
+            f"{root} holds no images in class folders (expected <class>/<image> files, an image being a file "
+            f"named {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
     _check_side_by_side([PurePosixPath(name).parent for name, _, _ in entries], root)
     classes = sorted({cls for _, cls, _ in entries})
     index = {c: i for i, c in enumerate(classes)}
     images = np.empty((len(entries), image_size, image_size, 3), dtype=np.uint8)
     labels = np.empty(len(entries), dtype=np.int64)
+    unusable = []
     for i, (name, cls, data) in enumerate(tqdm(entries, desc=f"decoding {root.name}", unit="img", leave=False)):
         try:
-            images[i] = decode_image(data, (image_size, image_size), fit=fit)
+            images[i] = decode_image(data, (image_size, image_size), max_pixels=MAX_PIXELS, fit=fit)
         except ImageDecodeError as exc:
-            raise DatasetError(f"{root}: {name} (class {cls!r}) is unreadable: {exc}") from exc
+            unusable.append(f"{name}: {exc}")  # all of them, in one pass: not one decode of the folder per file
         labels[i] = index[cls]
+    if unusable:
+        listed = "; ".join(unusable[:UNUSABLE_LISTED]) + (
+            f"; and {len(unusable) - UNUSABLE_LISTED} more" if len(unusable) > UNUSABLE_LISTED else ""
+        )
+        raise DatasetError(
+            f"{root}: {len(unusable)} of {len(entries)} images cannot be used (remove or fix them): {listed}"
+        )
     return ImageArrays(images, labels, classes)
 
 

@@ -11,6 +11,19 @@ import numpy as np
 from .arrays import DatasetError
 
 
+class SplitTooLarge(DatasetError):
+    """A validation split of at least the dataset's size; worded for training (its setting), which a command
+    that holds out the split for another reason words in its own terms (``val_size``, ``images``)."""
+
+    def __init__(self, val_size: int, images: int):
+        self.val_size, self.images = val_size, images
+        super().__init__(
+            f"data.val_size {val_size} (the validation split's size; 5000 by default, sized for CIFAR) must be "
+            f"smaller than the dataset's {images} images: give a smaller one, e.g. --set data.val_size="
+            f"{max(1, images // 10)} (a tenth), or 0 for none"
+        )
+
+
 def stratified_split(
     labels: np.ndarray, val_size: int, seed: int = 42, classes: list[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -18,7 +31,7 @@ def stratified_split(
     class order. A class left with no training image is refused (``classes`` names it)."""
     labels = np.asarray(labels)
     if not 0 <= val_size < len(labels):
-        raise DatasetError(f"val_size must be in [0, {len(labels)}), got {val_size}")
+        raise SplitTooLarge(val_size, len(labels))
     present, counts = np.unique(labels, return_counts=True)
     exact = counts * val_size / len(labels)
     per_class = np.floor(exact).astype(int)

@@ -21,12 +21,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from inference.classes import folded
 from inference.files import write_atomic, write_text_atomic
 from inference.fits import DEFAULT_FIT, LEGACY_FIT
 
 from ..checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
 from ..data import SPLITS, DatasetError, ImageArrays, load_split
 from ..data.loader import TensorLoader
+from ..data.split import SplitTooLarge
 from ..engine import resolve_device
 from ..inference import TTA_DESCRIPTIONS, check_tta, predict_logits, tta_logits_numpy
 from ..plots import CurveInfo, plot_training_curves
@@ -80,15 +82,13 @@ class DataSpec:
                 self.image_size,
                 self.fit,
             )
-        except DatasetError as exc:
-            if self.split in ("train", "val") and str(exc).startswith("val_size"):
-                # the model's own held-out size, applied to a folder of the user's: say how to score all of it
-                raise DatasetError(
-                    f"{self.root}: {exc}; the {self.split} split holds out {self.val_size} images (the model's own "
-                    "held-out size, or --val-size): to score every image of this data pass --split all, or a "
-                    "smaller --val-size"
-                ) from None
-            raise
+        except SplitTooLarge as exc:
+            # the model's own held-out size, applied to a folder of the user's: say how to score all of it
+            raise DatasetError(
+                f"{self.root} holds {exc.images} images, and the {self.split} split holds out {self.val_size} (the "
+                "model's own held-out size, or --val-size): to score every image of this data pass --split all, or "
+                "a smaller --val-size"
+            ) from None
 
     def describe(self) -> str:
         extra = f", {self.val_size} held out with seed {self.split_seed}" if self.split in ("train", "val") else ""
@@ -305,7 +305,8 @@ def sample_fingerprint(data: ImageArrays) -> str:
 
 
 def match_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> tuple[ImageArrays, str | None]:
-    """The data with its labels in the model's class order, matched by name (exactly, else ignoring case), so
+    """The data with its labels in the model's class order, matched by name (exactly, else ``inference.classes.
+    folded``: ignoring case and Unicode normalisation), so
     that a folder holding some of the model's classes, or its class folders spelled ``Cat/``, is scored
     right; a class the model does not know is refused. Only when no name matches at all and the counts agree
     (data whose classes are not named as the model's) is the label order assumed equal, with a note.
@@ -313,10 +314,10 @@ def match_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> tup
     model, given = list(source.classes), list(data.classes)
     if given == model:
         return data, None
-    folded = {}
+    by_folded: dict[str, int] = {}
     for i, name in enumerate(model):
-        folded.setdefault(name.casefold(), i)
-    index = [model.index(c) if c in model else folded.get(c.casefold()) for c in given]
+        by_folded.setdefault(folded(name), i)
+    index = [model.index(c) if c in model else by_folded.get(folded(c)) for c in given]
     unknown = [c for c, i in zip(given, index) if i is None]
     if len(unknown) == len(given) and len(given) == len(model):
         message = (
