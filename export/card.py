@@ -69,7 +69,7 @@ ROWS: list[tuple[str, Callable[[ModelEntry], str]]] = [
     ("recipe", lambda e: str(e.source.get("recipe") or "n/a")),
     ("validation images", lambda e: str(e.metrics.get("val_samples", "n/a"))),
     ("validation top-1", lambda e: _pct(e.metrics.get("val_top1"))),
-    ("validation top-5", lambda e: _pct(e.metrics.get("val_top5"))),
+    ("validation top-5", lambda e: _pct(e.metrics.get("val_top5")) if len(e.classes) > 5 else "n/a"),
     ("parity", _parity),
     ("temperature", lambda e: f"{e.calibration.temperature:.4f}" if e.calibration.method == "temperature" else "none"),
     ("ECE before -> after", _before_after("ece")),

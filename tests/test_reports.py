@@ -58,7 +58,9 @@ def test_metrics_match_hand_computed_values_with_a_never_predicted_class():
     assert m["num_samples"] == 7
     assert m["confusion_matrix"] == [[2, 1, 0], [0, 2, 0], [1, 1, 0]]
     assert m["top1"] == pytest.approx(4 / 7)
-    assert m["top3"] == m["top5"] == pytest.approx(1.0)  # k is capped at the 3 classes
+    assert m["top3"] is None and m["top5"] is None  # every label is among 3 classes' top 3: no measure at all
+    four = compute_metrics(_logits_from([0, 0], [0.7, 0.7], 4), np.array([3, 1]), ["a", "b", "c", "d"])
+    assert four["top3"] == 0.5 and four["top5"] is None  # d is not among a, b, c (ties go to the lower index)
     per = {c["class"]: c for c in m["per_class"]}
     assert per["a"]["precision"] == pytest.approx(2 / 3) and per["a"]["recall"] == pytest.approx(2 / 3)
     assert per["b"]["precision"] == pytest.approx(1 / 2) and per["b"]["recall"] == pytest.approx(1.0)

@@ -75,7 +75,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         **_data_kwargs(args),
     )
     print(
-        f"top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  loss {metrics['loss']:.4f}  "
+        f"top-1 {100 * metrics['top1']:.2f}%  "
+        + (f"top-5 {100 * metrics['top5']:.2f}%  " if metrics["top5"] is not None else "")
+        + f"loss {metrics['loss']:.4f}  "
         f"ECE {metrics['ece']:.4f}  ({metrics['num_samples']} images, {metrics['images_per_s'] or 0:.0f} images/s)"
     )
     if metrics.get("calibration"):

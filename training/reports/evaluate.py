@@ -550,7 +550,7 @@ def _pct(x: float) -> str:
 
 def _top(metrics: dict[str, Any], k: int) -> str:
     """Top-k, or n/a where the model has no more than k classes (every label is then among its top k)."""
-    return _pct(metrics[f"top{k}"]) if metrics["num_classes"] > k else "n/a"
+    return _pct(metrics[f"top{k}"]) if metrics[f"top{k}"] is not None else "n/a"
 
 
 def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | None], notes: list[str]) -> None:

@@ -135,8 +135,9 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, classes: Sequence[st
         "num_classes": num_classes,
         "loss": cross_entropy(logits, labels),
         "top1": topk_accuracy(logits, labels, 1),
-        "top3": topk_accuracy(logits, labels, 3),
-        "top5": topk_accuracy(logits, labels, 5),
+        # None where every label is among a model's top k (k classes or fewer): 100% would mean nothing
+        "top3": topk_accuracy(logits, labels, 3) if num_classes > 3 else None,
+        "top5": topk_accuracy(logits, labels, 5) if num_classes > 5 else None,
         "mean_per_class_accuracy": float(recall[present].mean()) if len(present) else 0.0,
         "ece": expected_calibration_error(probs, labels),
         "macro_avg": averages["macro"],
