@@ -411,6 +411,13 @@ def test_mix(kind, seed):
     assert torch.allclose(mixed_cross_entropy(logits, target), expected)
 
 
+def test_a_data_path_from_home_is_expanded(monkeypatch, tmp_path):
+    """`--set data.root=~/photos`: the shell leaves a ~ after '=' alone, so the config expands it."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = build_config("resnet9_half_cpu", ["data.root=~/photos", "data.cache_dir=~/cache"])
+    assert (cfg.data.root, cfg.data.cache_dir) == (str(tmp_path / "photos"), str(tmp_path / "cache"))
+
+
 def test_config_overrides_reach_their_fields():
     cfg = build_config(
         "wrn_28_10",

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,12 @@ class DataConfig(Section):
     # export records it on the model's card, so serving fits photos the same way.
     fit: FitName = DEFAULT_FIT
     cache_dir: str = ".cache/datasets"
+
+    @field_validator("root", "cache_dir")
+    @classmethod
+    def _home(cls, path: str) -> str:
+        # --set data.root=~/photos reaches us unexpanded: the shell expands ~ only at the start of a word
+        return os.path.expanduser(path)
 
 
 class ModelConfig(Section):
