@@ -1299,3 +1299,16 @@ def test_an_os_error_names_the_file_in_the_way(tmp_path):
     with pytest.raises(OSError) as raised:
         open(tmp_path / "missing" / "x")
     assert os_error_text(raised.value) == f"{tmp_path / 'missing' / 'x'}: No such file or directory"
+
+
+def test_a_batch_size_that_leaves_much_of_each_epoch_out_is_said(image_folder, tmp_path, caplog):
+    """45 training images in batches of 30: one batch an epoch, a third of the images left for the next."""
+    from training.engine import Trainer
+
+    for batch_size, warned in ((30, True), (15, False)):
+        cfg = build_config("resnet9_half_cpu", tiny_overrides(image_folder, tmp_path / "cache", batch_size=batch_size))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            Trainer(cfg, tmp_path / f"run{batch_size}")
+        said = "each epoch trains on 30 of the 45 training images per process (whole batches of 30" in caplog.text
+        assert said == warned, caplog.text

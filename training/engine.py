@@ -144,6 +144,10 @@ def prepare_model(model: ImageClassifier, config: Config, train_images: np.ndarr
                 m.momentum = config.model.bn_momentum
 
 
+# Every epoch leaves out what does not fill a last whole batch; past this share of the images, said.
+DROPPED_SHARE_WARNED = 0.10
+
+
 def evaluate(model: nn.Module, loader: TensorLoader, bf16: bool) -> dict[str, float]:
     logits, labels = predict_logits(model, loader, bf16)
     return {
@@ -231,6 +235,17 @@ class Trainer:
         )
         if len(self.train_loader) == 0:
             raise ValueError(f"batch_size {t.batch_size} exceeds the {len(train_data)} training images per process")
+        per_process = len(train_data) // self.dist.world_size
+        seen = len(self.train_loader) * t.batch_size
+        if not t.max_batches_per_epoch and per_process - seen > DROPPED_SHARE_WARNED * per_process:
+            log.warning(
+                "each epoch trains on %d of the %d training images per process (whole batches of %d; the rest, "
+                "other images each epoch, wait for the next): a batch_size dividing %d more evenly would use them",
+                seen,
+                per_process,
+                t.batch_size,
+                per_process,
+            )
         self.val_loader = (
             TensorLoader(val_data, t.eval_batch_size, self.device, channels_last=t.channels_last)
             if val_data is not None and self.dist.is_main
