@@ -312,6 +312,26 @@ def test_each_figure_says_which_model_views_and_images_it_shows(tiny_run, tmp_pa
     assert any(t.startswith("temperature-scaled") and "in-sample" in t for t in titles), titles
 
 
+def test_a_confusion_matrix_of_long_and_cjk_class_names_stays_readable_and_says_what_it_could_not_draw(
+    tmp_path, caplog
+):
+    """A 200-character class name is cut in the figure (it squeezed the matrix to a dot); a name the font has no
+    glyphs for is one line of the log, not a UserWarning per character."""
+    import logging
+
+    classes = ["x" * 200, "猫", "dog"]
+    cm = np.array([[3, 1, 0], [0, 4, 0], [1, 0, 2]])
+    path = tmp_path / "cm.png"
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        figures.plot_confusion_matrix(cm, classes, path)
+    assert not [w for w in caught if "missing from font" in str(w.message)]
+    assert "cm.png: the plotting font has no glyphs for some characters of the class names" in caplog.text
+    width, height = Image.open(path).size
+    assert width < 1500 and height < 1500, (width, height)  # the 200-character label made it 2,469 x 2,194
+    assert figures.short_label("x" * 200) == "x" * 23 + "\u2026" and figures.short_label("dog") == "dog"
+
+
 def test_reliability_fades_bins_of_few_samples_and_keeps_its_legend_off_the_bars(tmp_path, monkeypatch):
     saved = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: saved.append(fig))

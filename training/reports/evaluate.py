@@ -535,11 +535,8 @@ def render_gradcam(
     for i in indices:
         ok = bool(preds[i] == data.labels[i])
         correct.append(ok)
-        titles.append(
-            f"{classes[preds[i]]} ({confidence[i]:.2f})"
-            if ok
-            else f"{classes[data.labels[i]]} -> {classes[preds[i]]} ({confidence[i]:.2f})"
-        )
+        true, predicted = figures.short_label(classes[data.labels[i]]), figures.short_label(classes[preds[i]])
+        titles.append(f"{predicted} ({confidence[i]:.2f})" if ok else f"{true} -> {predicted} ({confidence[i]:.2f})")
     figures.plot_gradcam(images, cams, titles, correct, path, subtitle=subtitle, map_note="; ".join(note))
     return indices
 

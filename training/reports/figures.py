@@ -6,6 +6,8 @@ With many classes (CIFAR-100) a full matrix or bar chart is an unreadable wall o
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -17,15 +19,39 @@ import numpy as np  # noqa: E402
 
 MAX_CLASSES = 20
 DPI = 110
+log = logging.getLogger("training.reports")
 
 
 # A reliability bin with fewer samples than this is drawn faded: its accuracy is mostly noise.
 MIN_BIN_SAMPLES = 20
 
 
+# A class name longer than this is cut in figures (a 200-character name squeezed a confusion matrix to a dot);
+# report.md and metrics.json hold it whole.
+LABEL_CHARS = 24
+
+
+def short_label(name: str) -> str:
+    return name if len(name) <= LABEL_CHARS else name[: LABEL_CHARS - 1] + "\u2026"
+
+
 def _save(fig, path: Path) -> None:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
+    missing = False
+    for warning in caught:  # matplotlib warns once per character the font lacks (CJK class names): said once
+        if "missing from font" in str(warning.message):
+            missing = True
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if missing:
+        log.warning(
+            "%s: the plotting font has no glyphs for some characters of the class names (drawn as boxes); "
+            "report.md names the classes in full",
+            path.name,
+        )
 
 
 def _suptitle(fig, *lines: str | None) -> None:
@@ -50,6 +76,7 @@ def plot_confusion_matrix(
     cm = np.asarray(cm, dtype=float)
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    classes = [short_label(c) for c in classes]
     n = len(classes)
     if n > max_classes:
         accuracy = [norm[i, i] if rows[i, 0] else None for i in range(n)]
@@ -108,7 +135,7 @@ def plot_per_class_accuracy(
         keep = np.array([i for i, a in enumerate(accuracy) if a is not None], dtype=int)
         title = "per-class accuracy"
     values = [100 * accuracy[i] for i in keep]
-    labels = [classes[i] for i in keep]
+    labels = [short_label(classes[i]) for i in keep]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(keep) + 2), 4.5))
     colors = ["tab:red" if v < 100 * mean else "tab:blue" for v in values]
     bars = ax.bar(range(len(keep)), values, color=colors)
@@ -169,7 +196,9 @@ def plot_misclassified(
     for ax, i in zip(axes.flat, shown):
         ax.imshow(images[i], interpolation="nearest")
         ax.set_title(
-            f"true: {classes[labels[i]]}\npred: {classes[preds[i]]} ({confidence[i]:.2f})", fontsize=8, color="darkred"
+            f"true: {short_label(classes[labels[i]])}\npred: {short_label(classes[preds[i]])} ({confidence[i]:.2f})",
+            fontsize=8,
+            color="darkred",
         )
     _suptitle(fig, f"most confident mistakes (confidence: {confidence_note})", subtitle)
     fig.tight_layout()
