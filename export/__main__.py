@@ -78,6 +78,7 @@ def export_parser() -> argparse.ArgumentParser:
     )
     _add_int8_ranges(p)
     _add_data_flags(p)
+    _add_data_root(p)
     # training.inference.TTA_CHOICES, spelled out so that --help does not import torch
     p.add_argument(
         "--tta",
@@ -111,6 +112,7 @@ def verify_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="model name (default: the manifest's default)")
     _add_models_dir(p)
     _add_data_flags(p)
+    _add_data_root(p)
     _add_reference_cache(p)
     return p
 
@@ -174,6 +176,16 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
         "--max-val-images",
         type=positive_int,
         help="measure on N validation images drawn with a fixed seed (quick checks; default: all of them)",
+    )
+
+
+def _add_data_root(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data",
+        metavar="ROOT",
+        help="the run's dataset where it is now, when it has moved since training or is on another machine (its "
+        "validation images must be the run's: checked where their fingerprint is recorded); default: where the "
+        "run read it",
     )
 
 
@@ -362,7 +374,7 @@ def _conversion_command(argv: list[str]) -> int:
         if argv[:1] == ["verify"]:
             args = verify_parser().parse_args(argv[1:])
             parity, calibration = verify_model(
-                args.name, args.models_dir, args.cache_dir, args.max_val_images, args.reference_cache
+                args.name, args.models_dir, args.cache_dir, args.max_val_images, args.reference_cache, args.data
             )
             print(parity.summary())
             print(calibration_summary(calibration))
@@ -414,6 +426,7 @@ def _conversion_command(argv: list[str]) -> int:
             args.default_for,
             args.reference_cache,
             args.int8_ranges,
+            args.data,
         )
         return _report(entry, parity)
     except ParityError as exc:

@@ -53,6 +53,12 @@ def validation_split(source: dict, max_images: int | None) -> ImageArrays:
     """The validation split, or ``max_images`` of it drawn at random (seeded): a folder dataset's images are
     sorted by class, so its first N would be one or two classes."""
     val = _split(source, "val")
+    expected = source.get("val_fingerprint")
+    if expected and val.fingerprint() != expected:
+        raise ValueError(
+            f"{source['data_root']} does not hold the validation images the model was measured on (other images, "
+            "or another split or fit of them): give --data the run's own dataset"
+        )
     return val.subset(_sample(len(val), max_images)) if max_images and max_images < len(val) else val
 
 
@@ -68,16 +74,25 @@ def _sample(total: int, count: int, seed: int = 0) -> np.ndarray:
     return np.sort(rng.choice(total, size=min(count, total), replace=False))
 
 
-def _data_source(meta: dict, cache_dir: str | None) -> dict:
+def _data_source(meta: dict, cache_dir: str | None, data_root: str | None = None) -> dict:
+    """Where the run's validation images are read from: where it read them, or ``data_root`` (``--data``: the
+    same dataset moved, or on another machine), which must hold the very images (their fingerprint, recorded
+    on the card too, so that verify checks the same)."""
     if not meta.get("val_size"):
-        raise ValueError("the checkpoint's run held out no validation split, so parity cannot be measured")
+        raise ValueError(
+            "the checkpoint's run held out no validation split (data.val_size 0), so parity cannot be measured: "
+            "export checks the graph against the checkpoint on held-out images; train with one "
+            "(--set data.val_size=N)"
+        )
+    fingerprints = str(meta.get("data_fingerprint") or "").split(":")
     return {
         "dataset": meta["dataset"],
-        "data_root": meta["data_root"],
+        "data_root": data_root or meta["data_root"],
         "val_size": meta["val_size"],
         "split_seed": meta["split_seed"],
         "input_size": meta["input_size"],
         "fit": meta.get("fit", LEGACY_FIT),  # how the run's folder images were fitted: parity reads the same
+        **({"val_fingerprint": fingerprints[1]} if len(fingerprints) == 2 else {}),  # training's, validation's
         "cache_dir": cache_dir,
     }
 
@@ -97,6 +112,7 @@ def export_checkpoint(
     default_for: Sequence[str] = (),
     reference_cache: str | Path | None = None,
     activation_ranges: str | None = None,
+    data_root: str | None = None,
 ) -> tuple[ModelEntry, Parity]:
     """``tta="flip"`` puts flip test-time augmentation inside the graph: parity is then measured against
     the same averaging in PyTorch, and the card's source records it.
@@ -112,7 +128,8 @@ def export_checkpoint(
     ``make_default`` makes it the manifest's ``default``; ``default_for`` the default on those kinds of device
     (``cpu``, ``cuda``). ``reference_cache``: a folder where the checkpoint's PyTorch logits are kept (see
     export.reference), so that the next precision of the same checkpoint, or its verification, skips that pass.
-    ``activation_ranges`` (INT8 only): how the activations' ranges are calibrated (export/int8_ranges.py)."""
+    ``activation_ranges`` (INT8 only): how the activations' ranges are calibrated (export/int8_ranges.py).
+    ``data_root``: where the run's dataset is now, when it has moved since training (``_data_source``)."""
     check_calibration_options(precision, activation_ranges, calibration_count)
     ckpt = load_checkpoint(checkpoint)  # before the folder is made: a refused export leaves nothing behind
     models_dir = Path(models_dir)
@@ -127,7 +144,7 @@ def export_checkpoint(
     meta = ckpt["meta"]
     check_replacement(models_dir, name, meta["arch"], meta["classes"], precision)
     model = with_tta(model_from_checkpoint(ckpt), tta)
-    source = _data_source(meta, cache_dir)
+    source = _data_source(meta, cache_dir, data_root)
     val = validation_split(source, max_val_images)
     checkpoint_sha256 = sha256_file(checkpoint_file(checkpoint))
     # One PyTorch pass serves both the temperature fit and parity.
@@ -291,6 +308,7 @@ def verify_model(
     cache_dir: str | None = ".cache/datasets",
     max_val_images: int | None = None,
     reference_cache: str | Path | None = None,
+    data_root: str | None = None,
 ) -> tuple[Parity, dict]:
     """Re-check a shipped model: hashes of every manifest file, then accuracy against its checkpoint
     (wrapped in the recorded test-time augmentation and temperature), and its calibration: with the
@@ -299,7 +317,7 @@ def verify_model(
     models_dir = Path(models_dir)
     manifest = load_manifest(models_dir, verify=True)
     entry = manifest.get(name)
-    source = {**entry.source, "cache_dir": cache_dir}
+    source = {**entry.source, "cache_dir": cache_dir, **({"data_root": data_root} if data_root else {})}
     val = validation_split(source, max_val_images)
     classifier = OnnxClassifier(models_dir / entry.file, device="cpu")
     temperature = entry.calibration.temperature

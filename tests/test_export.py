@@ -643,6 +643,30 @@ def test_int8_ranges_are_refused_for_other_precisions_before_any_work(tiny_run, 
     assert refused.value.code == 2 and "argument --int8-ranges: invalid choice: 'p99'" in capsys.readouterr().err
 
 
+def test_a_run_whose_dataset_moved_is_exported_from_where_it_is_now_and_only_from_the_same_images(
+    tiny_run, image_folder, tmp_path, capsys
+):
+    from PIL import Image
+
+    moved = tmp_path / "moved"
+    shutil.copytree(image_folder, moved)
+    models = tmp_path / "models"
+    argv = ["--checkpoint", str(tiny_run), "--name", "m", "--models-dir", str(models), "--cache-dir", ""]
+    assert export_main([*argv, "--data", str(moved)]) == 0
+    entry = load_manifest(models).get("m")
+    assert entry.source["data_root"] == str(moved) and len(entry.source["val_fingerprint"]) == 64
+    assert export_main(["verify", "m", "--models-dir", str(models), "--cache-dir", "", "--data", str(moved)]) == 0
+    capsys.readouterr()
+    other = tmp_path / "other"  # the same names, one picture changed: not the images the run was measured on
+    shutil.copytree(image_folder, other)
+    for path in sorted(other.rglob("*.png")):
+        Image.new("RGB", (32, 32), (255, 0, 0)).save(path)
+    assert export_main([*argv, "--name", "m2", "--data", str(other)]) == 2
+    assert f"{other} does not hold the validation images the model was measured on" in capsys.readouterr().err
+    assert export_main(["verify", "m", "--models-dir", str(models), "--cache-dir", "", "--data", str(other)]) == 2
+    assert "does not hold the validation images" in capsys.readouterr().err
+
+
 def test_a_bad_name_or_models_folder_is_refused_before_the_validation_pass(tiny_run, tmp_path, capsys, monkeypatch):
     """A name the manifest cannot take, a --models-dir that is a file or cannot be made: one line, exit 2, and
     nothing read past the checkpoint (the PyTorch pass over the validation split never starts)."""

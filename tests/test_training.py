@@ -534,7 +534,7 @@ def test_lr_schedules():
     assert max(lr_factor(s, 43, 10, half) for s in range(43 * 10)) == 1.0
 
 
-def test_tiny_run_overfits_64_images(tmp_path):
+def test_tiny_run_overfits_64_images(tmp_path, caplog):
     """64 images, no augmentation: the training loop must drive training accuracy near 100%."""
     from PIL import Image
 
@@ -553,7 +553,9 @@ def test_tiny_run_overfits_64_images(tmp_path):
             **{"data.val_size": 0, "augment": "none", "lr": 0.02, "label_smoothing": 0.0},
         ),
     )
-    summary = train(cfg, tmp_path / "run")
+    with caplog.at_level(logging.WARNING):
+        summary = train(cfg, tmp_path / "run")
+    assert "data.val_size 0: no validation split" in caplog.text and "cannot be exported" in caplog.text
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history[-1]["train_acc"] >= 0.95, history[-1]
     assert history[-1]["train_loss"] < history[0]["train_loss"]

@@ -84,6 +84,10 @@ def load_data(config: Config) -> tuple[ImageArrays, ImageArrays | None]:
     d = config.data
     kwargs = dict(val_size=d.val_size, seed=d.split_seed, cache_dir=d.cache_dir, image_size=d.image_size, fit=d.fit)
     if d.val_size == 0:
+        log.warning(
+            "data.val_size 0: no validation split, so the best epoch is ranked by training accuracy and the run "
+            "cannot be exported (python -m export checks the graph against the checkpoint on held-out images)"
+        )
         return load_split(d.dataset, d.root, "all", **kwargs), None
     return load_split(d.dataset, d.root, "train", **kwargs), load_split(d.dataset, d.root, "val", **kwargs)
 
