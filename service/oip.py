@@ -137,12 +137,16 @@ class ModelView(Protocol):
     def entry(self) -> Any: ...
 
 
-def server_metadata(name: str) -> ServerMetadata:
+def package_version() -> str:
+    """The installed project's version, which the protocol's server metadata and the OpenAPI document give."""
     try:
-        version = metadata.version("cifar-classifier")
+        return metadata.version("cifar-classifier")
     except metadata.PackageNotFoundError:  # a Bento holds the source, not the installed package
-        version = "unknown"
-    return ServerMetadata(name=name, version=version, extensions=EXTENSIONS)
+        return "unknown"
+
+
+def server_metadata(name: str) -> ServerMetadata:
+    return ServerMetadata(name=name, version=package_version(), extensions=EXTENSIONS)
 
 
 def model_metadata(model: ModelView) -> ModelMetadata:

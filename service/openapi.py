@@ -12,9 +12,11 @@ from typing import Any, Mapping
 
 from .access import requires_key
 from .contract import REASONS, ClassifyError
-from .oip import VERSION, InferRequest, InferResponse, ModelMetadata, OipError, ServerMetadata
+from .oip import VERSION, InferRequest, InferResponse, ModelMetadata, OipError, ServerMetadata, package_version
 from .uploads import FIELDS
 
+# BentoML's own error answers: {"error": message}
+_BENTOML_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}}
 # base64 of a whole number of 3-byte groups, in either alphabet: no padding
 _BASE64 = "^([A-Za-z0-9+/]*|[A-Za-z0-9_-]*)$"
 
@@ -26,11 +28,13 @@ def _refusal(description: str) -> dict[str, Any]:
     }
 
 
-def refusals_by_status() -> dict[int, str]:
-    """Each refusal status of /classify with what it means, from the contract's table."""
+def refusals_by_status(skip: tuple[str, ...] = ()) -> dict[int, str]:
+    """Each refusal status of /classify with what it means, from the contract's table, less the reasons
+    ``skip`` names (those a route never gives)."""
     whens: dict[int, list[str]] = {}
-    for reason in REASONS.values():
-        whens.setdefault(reason.status, []).append(reason.when)
+    for name, reason in REASONS.items():
+        if name not in skip:
+            whens.setdefault(reason.status, []).append(reason.when)
     return {status: "; ".join(texts) for status, texts in whens.items()}
 
 
@@ -38,6 +42,7 @@ def document_openapi(document: dict, loaded: Mapping[str, Any] | None, default_k
     """``document`` with /classify's refusals, its form's limits and GET /models added. ``loaded`` (name -> a
     loaded model with ``classes`` and ``size``) is None until the models are loaded, and then bounds k, names
     the models and fixes the length of /infer's pixels. ``api_keys``: the inference routes ask for a key."""
+    document.setdefault("info", {})["version"] = package_version()  # BentoML writes the Bento's, "None" outside one
     schemas = document["components"]["schemas"]
     schemas["ClassifyError"] = ClassifyError.model_json_schema()
     # BentoML's own 400 answers (pydantic errors on /models) carry a list in "detail".
@@ -79,6 +84,14 @@ def document_openapi(document: dict, loaded: Mapping[str, Any] | None, default_k
         paths[path]["post"]["responses"].update(
             {status: _refusal(text) for status, text in refusals_by_status().items()}
         )
+        # BentoML's own answer, {"error": ...} without a reason: not the caller's mistake, nor one of ours
+        paths[path]["post"]["responses"]["504"] = {
+            "description": "not answered within the server's --timeout seconds: fewer or smaller images per "
+            "request, or a longer --timeout",
+            "content": {
+                "application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}
+            },
+        }
     models = paths["/models"]
     get = {key: value for key, value in models["post"].items() if key != "requestBody"}
     # GET takes no body, so it has nothing to refuse as malformed (BentoML lists a 400 for every API).
@@ -169,7 +182,10 @@ def _document_oip(document: dict, names: list[str] | None) -> None:
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     if names:
         name["schema"]["enum"] = names
-    refusals = {str(status): _json(text, error) for status, text in refusals_by_status().items()}
+    # the protocol's body is read as JSON whatever its Content-Type, as its clients send it: no 415
+    refusals = {
+        str(status): _json(text, error) for status, text in refusals_by_status(("unsupported_media_type",)).items()
+    }
     unknown = {"404": _json("unknown model", error)}
     loading = {"503": _json("the models are not loaded yet", error)}
 
