@@ -151,7 +151,9 @@ def oip_routes(
             )
         for route in model_routes:
             if route.path_regex.match(path):
-                allowed = ", ".join(sorted(route.methods or ()))
+                allowed = ", ".join(sorted({*(route.methods or ()), "OPTIONS"}))
+                if request.method == "OPTIONS":  # what the route takes (a CORS preflight was answered before this)
+                    return Response(status_code=204, headers={"Allow": allowed})
                 return JSONResponse(
                     OipError(error=f"{request.method} is not allowed on {path[:200]}; use {allowed}").model_dump(),
                     status_code=405,
@@ -172,7 +174,7 @@ def oip_routes(
         *model_routes,
         # Last: a route above that matched the path but not the method is answered here.
         *(
-            Route(path, elsewhere, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
+            Route(path, elsewhere, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
             for path in ("/v2/models", "/v2/models/{rest:path}")  # the first answered as is, not redirected
         ),
     ]

@@ -359,8 +359,11 @@ def test_infer_with_the_wrong_method_is_405_not_an_unknown_model(server):
     for method in ("GET", "PUT"):
         for path in ("/v2/models/tiny/infer", "/v2/models/tiny/versions/1/infer"):
             response = httpx.request(method, f"{server}{path}", timeout=10)
-            assert response.status_code == 405 and response.headers["allow"] == "POST", (method, response.text)
+            assert response.status_code == 405 and response.headers["allow"] == "OPTIONS, POST", (method, response.text)
             assert "not allowed" in response.json()["error"]
+    for path, allowed in (("/v2/models/tiny/infer", "OPTIONS, POST"), ("/v2/models/tiny", "GET, HEAD, OPTIONS")):
+        response = httpx.options(f"{server}{path}", timeout=10)  # what the route takes, not a plain-text 405
+        assert response.status_code == 204 and response.headers["allow"] == allowed, (path, response.text)
 
 
 JSON_BAD = {
