@@ -120,7 +120,9 @@ _ITEM_SIZE = {"uint8": 1, "float32": 4}
 class InferItem(BaseModel):
     """One decoded image for the batchable stage."""
 
-    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64", protected_namespaces=())
+    # extra="forbid": a field this route does not read (a "fit": the pixels are fitted already) is refused, not
+    # silently ignored
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64", protected_namespaces=(), extra="forbid")
 
     model: str = Field(description="a model name from /models")
     pixels: bytes = Field(
@@ -172,7 +174,7 @@ class InferInput(bentoml.IODescriptor):
     """application/json: {"items": [...]}, read within the body limit. ``BodyGate`` reads it before BentoML
     does, so that a refusal is the contract's (its reason, status and count), not BentoML's generic 400."""
 
-    items: Annotated[list[InferItem], Field(max_length=SETTINGS.max_batch_size)]
+    items: Annotated[list[InferItem], Field(min_length=1, max_length=SETTINGS.max_batch_size)]
 
     @classmethod
     async def read(cls, request: Request) -> "InferInput | Rejection":

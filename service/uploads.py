@@ -418,6 +418,11 @@ def rejection_from(error: ValidationError) -> Rejection:
         return Rejection(first["type"], first["msg"])  # raised by the validators above, in the contract's words
     if field == "images" and first["type"] == "too_short":
         return Rejection("no_images", "no images: send one or more files in the 'images' field")
+    if field == "items" and first["type"] == "too_short":  # /infer's
+        return Rejection("no_images", "no items: send one or more in 'items'")
+    if first["type"] == "extra_forbidden":
+        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]).lstrip(".")
+        return Rejection("malformed_request", f"unknown field {where[:200]}: this route does not read it")
     if field in ("images", "items") and first["type"] == "too_long":  # items: /infer's images
         return Rejection("too_many_images", f"too many images: at most {first['ctx']['max_length']} per request")
     reason = FIELD_REASONS.get(field, "malformed_request")

@@ -441,6 +441,13 @@ BAD_INFER_REQUESTS = {
     "not json": ((b"items", "text/plain"), 415, "unsupported_media_type"),
     "garbled json": ((b"{items: [", "application/json"), 400, "malformed_request"),
     "too large": ((b" " * (MAX_BODY + 1), "application/json"), 413, "body_too_large"),
+    # a field /infer does not read would be silently ignored (the pixels are fitted already)
+    "unknown item field": (
+        {"items": [{**_infer_body(b"\0" * 3072, "uint8")["items"][0], "fit": "pad"}]},
+        400,
+        "malformed_request",
+    ),
+    "no items": ({"items": []}, 400, "no_images"),
 }
 
 
@@ -456,6 +463,8 @@ def test_infer_refuses_with_the_contracts_reason_status_and_count(server, case):
         response = httpx.post(f"{server}/infer", content=body[0], headers={"content-type": body[1]}, timeout=30)
     assert response.status_code == status, response.text
     assert response.json()["reason"] == reason and len(response.json()["error"]) > 10
+    if case == "unknown item field":
+        assert "unknown field items[0].fit" in response.json()["error"], response.text
     assert _metric(_metrics(server), "cifar_rejected_inputs_total", reason=reason) == before + 1
     good = httpx.post(f"{server}/infer", json=_infer_body(_floats(1.0)), timeout=30)
     assert good.status_code == 200 and abs(sum(good.json()[0]) - 1) < 1e-4
