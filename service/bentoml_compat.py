@@ -21,6 +21,10 @@
 - APIs bound once per instance (:func:`bind_apis`), and upload fields declared as the file parts of a
   multipart form (:func:`declare_multipart`).
 - BentoML's API UI page (:func:`openapi_ui_page`), which the service serves at /docs: its own page takes /.
+- Request metrics labelled by route (:func:`label_metrics_by_route`): BentoML labels its request counters and
+  histograms with the request's path, so every made-up path and model name made new series (about 4 KB of
+  /metrics each, without bound); they are labelled with the route's template, and a path no route takes
+  with ``UNMATCHED``.
 - A metrics folder per server (:func:`serve_with_own_metrics`): ``bentoml serve`` keeps its workers' metrics in
   ``$BENTOML_HOME/prometheus_multiproc_dir`` and empties it when it starts, so every other BentoML server
   started on the host reset this one's /metrics and mixed its own counts in.
@@ -315,6 +319,78 @@ def _cork_dispatcher() -> Any:
     return CorkDispatcher(max_latency_in_ms=10, max_batch_size=2, fallback=lambda: None)
 
 
+# ---------------------------------------------------------------------------------------------- metrics labels
+UNMATCHED = "(unmatched)"  # the endpoint label of a request no route takes
+_REAL_PATH = "cifar.real_path"  # the scope key the path is kept under while the metrics middleware sees the label
+
+
+def route_label(scope: dict, routes: Sequence[Any] | None = None) -> str:
+    """The template of the route that takes the request (``/v2/models/{name}/infer``), or ``UNMATCHED``: a
+    bounded set of labels, whatever paths clients send."""
+    from starlette.routing import Match
+
+    if routes is None:
+        if not _routers:
+            return scope["path"]
+        routes = _routers[-1].routes
+    for route in routes:
+        try:
+            match, child = route.matches(scope)
+        except Exception:  # a route of a kind that cannot judge this scope
+            continue
+        if match is Match.NONE:
+            continue
+        inner = getattr(route, "routes", None)  # a mounted app's own routes
+        if inner:
+            label = route_label({**scope, **child}, inner)
+            if label != UNMATCHED:
+                return label
+            continue
+        return str(getattr(route, "path", "") or UNMATCHED)
+    return UNMATCHED
+
+
+class _RealPath:
+    """Below the metrics middleware: everything else (tracing, the access log, the routes) sees the real path."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if _REAL_PATH in scope:
+            scope = {**scope, "path": scope[_REAL_PATH]}
+        await self.app(scope, receive, send)
+
+
+def label_metrics_by_route() -> None:
+    """Make BentoML's request-metrics middleware, as the service's app is built, label requests by route."""
+    if _unsupported("request metrics keep one series per path, unbounded"):
+        return
+    try:
+        from bentoml._internal.server.http import instruments
+
+        base = instruments.RunnerTrafficMetricsMiddleware
+        if getattr(base, "labels_by_route", False):
+            return
+
+        class RouteLabelledMetrics(base):  # type: ignore[misc, valid-type]
+            labels_by_route = True
+
+            def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+                super().__init__(_RealPath(app), *args, **kwargs)
+
+            async def __call__(self, scope, receive, send) -> None:
+                if scope["type"] == "http" and scope["path"] != "/metrics":
+                    label = route_label(scope)
+                    if label != scope["path"]:
+                        scope = {**scope, "path": label, _REAL_PATH: scope["path"]}
+                await super().__call__(scope, receive, send)
+
+        instruments.RunnerTrafficMetricsMiddleware = RouteLabelledMetrics
+    except Exception as exc:  # an internal that moved: labelled by path, as BentoML does
+        log.warning("request metrics stay labelled by path (%s: %s)", type(exc).__name__, exc)
+
+
 # ---------------------------------------------------------------------------------------------- metrics folder
 METRICS_FOLDER = "cifar-metrics"  # beside BentoML's own prometheus_multiproc_dir, which a plain `bentoml serve` empties
 
@@ -428,6 +504,23 @@ def check_internals() -> list[str]:
         return Probe.mime_type() == "multipart/form-data" and Probe.multipart_fields == ["files"]
 
     check("IODescriptor reads media_type and multipart_fields", multipart)
+
+    def metrics_middleware() -> bool:
+        from bentoml._internal.server.http import instruments
+
+        source = inspect.getsource(app_factory().middlewares.fget)
+        call = inspect.getsource(instruments.RunnerTrafficMetricsMiddleware.__call__)
+        return (
+            "from bentoml._internal.server.http.instruments import" in source
+            and "RunnerTrafficMetricsMiddleware" in source
+            and 'endpoint = scope["path"]' in call
+            and "await self.app(scope, receive" in call
+        )
+
+    check(
+        "the app's middlewares import RunnerTrafficMetricsMiddleware when built, and it labels by scope['path']",
+        metrics_middleware,
+    )
 
     def own_metrics() -> bool:
         from bentoml._internal.configuration.containers import BentoMLContainer

@@ -43,7 +43,7 @@ from inference.preprocess import pixels_to_model_input
 
 from . import bentoml_compat
 from .access import ApiKeyGate, cors_options, send_rejection
-from .bentoml_compat import BatchGateway, RouterProbe
+from .bentoml_compat import BatchGateway, RouterProbe, label_metrics_by_route
 from .confidence import is_confident
 from .contract import REASONS, ClassifyResponse, Limits, ModelList, Rejection
 from .gpus import gpu_report
@@ -539,6 +539,7 @@ if SETTINGS.api_keys or SETTINGS.api_keys_file:
     Classifier.add_asgi_middleware(ApiKeyGate, keys=SETTINGS.api_key_set())
 Classifier.add_asgi_middleware(BodyGate)
 Classifier.add_asgi_middleware(RouterProbe)
+label_metrics_by_route()
 
 
 # ---------------------------------------------------------------------------------------------- OpenAPI

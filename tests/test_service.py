@@ -344,6 +344,33 @@ def test_the_servers_metrics_are_its_own_not_in_the_folder_every_bentoml_server_
     assert not shared.exists() or not any(shared.iterdir())
 
 
+def _series(text: str) -> set[str]:
+    """Every metric line's name and labels, without its value."""
+    return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_request_metrics_are_labelled_by_route_so_made_up_paths_add_no_series(server):
+    """BentoML labels its request metrics with the path: every made-up path or model name was a new series
+    (4 KB of /metrics each, without bound). Labelled by route, a thousand such requests add none after the first."""
+    import random
+
+    rng = random.Random(0)
+    paths = [f"/x{rng.getrandbits(40):x}" for _ in range(20)] + [f"/v2/models/m{i}" for i in range(20)]
+    with httpx.Client(base_url=server, timeout=10) as client:
+        assert client.get("/models").status_code == 200  # a route without parameters keeps its path
+        for path in (paths[0], paths[20]):  # the two series these make: unmatched, and the metadata route's
+            client.get(path)
+        before = _series(_metrics(server))
+        for path in paths:
+            assert client.get(path).status_code == 404
+        text = _metrics(server)
+    assert _series(text) == before and not any(path in text for path in paths)
+    unmatched = _metric(text, "bentoml_service_request_total", endpoint="(unmatched)", http_response_code="404")
+    by_name = _metric(text, "bentoml_service_request_total", endpoint="/v2/models/{name}", http_response_code="404")
+    assert unmatched >= 20 and by_name >= 20
+    assert _metric(text, "bentoml_service_request_total", endpoint="/models", http_response_code="200") >= 1
+
+
 def test_a_client_that_hangs_up_mid_body_is_no_server_error(server):
     """Headers and part of a body, then the connection closed: recorded as nginx's 499, not as a 500 with a
     traceback, nor as the client's malformed request, on every route that reads a body."""
@@ -358,6 +385,7 @@ def test_a_client_that_hangs_up_mid_body_is_no_server_error(server):
         ("/v2/models/tiny/infer", "application/json", b'{"inputs": [{"na'),
         ("/infer", "application/json", b'{"items": [{"pi'),
     )
+    labels = ("/classify", "/v2/models/{name}/infer", "/infer")  # requests are counted by route
     log_before = len(server.log.read_text())
     before = _metrics(server)
     for path, content_type, part in cases:
@@ -372,15 +400,15 @@ def test_a_client_that_hangs_up_mid_body_is_no_server_error(server):
     deadline = time.monotonic() + 20
     while True:
         after = _metrics(server)
-        closed = {p: count(after, p, "499") - count(before, p, "499") for p, _, _ in cases}
-        if closed == {"/classify": 2, "/v2/models/tiny/infer": 1, "/infer": 1} or time.monotonic() > deadline:
+        closed = {label: count(after, label, "499") - count(before, label, "499") for label in labels}
+        if closed == {"/classify": 2, "/v2/models/{name}/infer": 1, "/infer": 1} or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert closed == {"/classify": 2, "/v2/models/tiny/infer": 1, "/infer": 1}, closed
-    for path, _, _ in cases:
-        assert count(after, path, "500") == count(before, path, "500") and count(after, path, "400") == count(
-            before, path, "400"
-        ), path
+    assert closed == {"/classify": 2, "/v2/models/{name}/infer": 1, "/infer": 1}, closed
+    for label in labels:
+        assert count(after, label, "500") == count(before, label, "500") and count(after, label, "400") == count(
+            before, label, "400"
+        ), label
     assert "Traceback" not in server.log.read_text()[log_before:]
     assert _metric(after, "cifar_rejected_inputs_total") == _metric(before, "cifar_rejected_inputs_total")
 
