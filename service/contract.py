@@ -31,7 +31,9 @@ class Reason:
 
 
 REASONS: dict[str, Reason] = {
-    "unsupported_media_type": Reason(415, "neither multipart/form-data nor application/json", "stop"),
+    "unsupported_media_type": Reason(
+        415, "neither multipart/form-data nor application/json, or a compressed body (Content-Encoding)", "stop"
+    ),
     "body_too_large": Reason(413, "request body over the size limit", "fewer"),
     "malformed_request": Reason(
         400, "a malformed form or JSON body (it does not parse, an unknown field, images sent as text)", "alone"

@@ -182,10 +182,11 @@ def _document_oip(document: dict, names: list[str] | None) -> None:
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     if names:
         name["schema"]["enum"] = names
-    # the protocol's body is read as JSON whatever its Content-Type, as its clients send it: no 415
+    # the protocol's body is read as JSON whatever its Content-Type, as its clients send it: 415 only when compressed
     refusals = {
         str(status): _json(text, error) for status, text in refusals_by_status(("unsupported_media_type",)).items()
     }
+    refusals["415"] = _json("a compressed body (Content-Encoding): send it uncompressed", error)
     unknown = {"404": _json("unknown model", error)}
     loading = {"503": _json("the models are not loaded yet", error)}
 

@@ -138,6 +138,9 @@ async def read_classify_form(request: Request, max_images: int, max_body_bytes: 
             "one 'images' file part per image, optional 'k', 'model', 'min_confidence' and 'fit' fields; "
             "or as application/json with each image base64-encoded",
         )
+    encoded = _encoding_refused(request)
+    if encoded is not None:
+        return encoded
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -301,6 +304,9 @@ def decode_base64(text: str) -> bytes:
 
 async def read_body(request: Request, max_body_bytes: int) -> bytes | Rejection:
     """The whole body of a non-multipart request, within the size limit."""
+    encoded = _encoding_refused(request)
+    if encoded is not None:
+        return encoded
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_body_bytes:
         return _too_large(max_body_bytes, int(declared))
@@ -314,6 +320,17 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes | Rejection:
     except ClientDisconnect:
         return _client_closed()
     return b"".join(chunks)
+
+
+def _encoding_refused(request: Request) -> Rejection | None:
+    """A compressed body (Content-Encoding: gzip, ...) is not decompressed here: refused as HTTP says (415),
+    rather than read as bytes that do not parse."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    return Rejection(
+        "unsupported_media_type", f"Content-Encoding {encoding[:50]!r} is not read: send the body uncompressed"
+    )
 
 
 def _client_closed() -> Rejection:

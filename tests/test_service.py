@@ -413,6 +413,21 @@ def test_a_client_that_hangs_up_mid_body_is_no_server_error(server):
     assert _metric(after, "cifar_rejected_inputs_total") == _metric(before, "cifar_rejected_inputs_total")
 
 
+def test_a_compressed_body_is_415_on_every_route_not_bytes_that_do_not_parse(server):
+    import gzip
+
+    body = gzip.compress(b'{"images": []}')
+    for path, content_type in (
+        ("/classify", "application/json"),
+        ("/classify", "multipart/form-data; boundary=x"),
+        ("/v2/models/tiny/infer", "application/json"),
+    ):
+        headers = {"content-type": content_type, "content-encoding": "gzip"}
+        response = httpx.post(f"{server}{path}", content=body, headers=headers, timeout=10)
+        assert response.status_code == 415, (path, response.text)
+        assert "Content-Encoding 'gzip' is not read: send the body uncompressed" in response.json()["error"]
+
+
 def test_neither_multipart_nor_json_is_415_and_json_paths_are_never_read(server, jpegs):
     response = httpx.post(f"{server}/classify", content=b"cat.jpg", headers={"content-type": "text/plain"}, timeout=10)
     assert response.status_code == 415 and response.json()["reason"] == "unsupported_media_type"
@@ -467,6 +482,7 @@ BAD_INFER_REQUESTS = {
     "short pixels": (_infer_body(b"\0" * 100, "uint8"), 400, "bad_tensor"),
     "unknown model": (_infer_body(b"\0" * 3072, "uint8", model="resnet-9000"), 404, "unknown_model"),
     "not json": ((b"items", "text/plain"), 415, "unsupported_media_type"),
+    "gzipped": ((b"\x1f\x8b\x08\x00", "application/json", "gzip"), 415, "unsupported_media_type"),
     "garbled json": ((b"{items: [", "application/json"), 400, "malformed_request"),
     "too large": ((b" " * (MAX_BODY + 1), "application/json"), 413, "body_too_large"),
     # a field /infer does not read would be silently ignored (the pixels are fitted already)
@@ -488,7 +504,8 @@ def test_infer_refuses_with_the_contracts_reason_status_and_count(server, case):
     if isinstance(body, dict):
         response = httpx.post(f"{server}/infer", json=body, timeout=30)
     else:
-        response = httpx.post(f"{server}/infer", content=body[0], headers={"content-type": body[1]}, timeout=30)
+        headers = {"content-type": body[1], **({"content-encoding": body[2]} if len(body) > 2 else {})}
+        response = httpx.post(f"{server}/infer", content=body[0], headers=headers, timeout=30)
     assert response.status_code == status, response.text
     assert response.json()["reason"] == reason and len(response.json()["error"]) > 10
     if case == "unknown item field":
