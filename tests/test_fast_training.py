@@ -484,7 +484,6 @@ def test_fast_recipe_two_batch_smoke_run_trains_and_exports(recipe, image_folder
         "fp32",
         tmp_path / "models",
         cache_dir=str(tmp_path / "cache"),
-        calibration_count=16,
         tta="multicrop",
     )
     assert (tmp_path / "models" / entry.file).stat().st_size > 1000 and entry.source["tta"] == "multicrop"
