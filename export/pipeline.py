@@ -19,6 +19,7 @@ from inference.preprocess import to_model_input
 from inference.runtime import OnnxClassifier, softmax
 from training.checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
 from training.data import ImageArrays, load_split
+from training.data.split import SplitTooLarge
 from training.inference import with_tta
 from training.reports.calibration import calibration_report
 
@@ -49,15 +50,28 @@ def _split(source: dict, split: str) -> ImageArrays:
     )
 
 
-def validation_split(source: dict, max_images: int | None) -> ImageArrays:
+def validation_split(source: dict, max_images: int | None, moved: bool = False) -> ImageArrays:
     """The validation split, or ``max_images`` of it drawn at random (seeded): a folder dataset's images are
-    sorted by class, so its first N would be one or two classes."""
-    val = _split(source, "val")
-    expected = source.get("val_fingerprint")
-    if expected and val.fingerprint() != expected:
+    sorted by class, so its first N would be one or two classes. ``moved``: read from where ``--data`` says the
+    dataset is now, so compared with the fingerprint the run recorded of its validation images."""
+    try:
+        val = _split(source, "val")
+    except SplitTooLarge as exc:
+        if not moved:
+            raise
         raise ValueError(
-            f"{source['data_root']} does not hold the validation images the model was measured on (other images, "
-            "or another split or fit of them): give --data the run's own dataset"
+            f"--data {source['data_root']} holds {exc.images} images, fewer than the run held out for validation "
+            f"({exc.val_size}): not the run's dataset"
+        ) from None
+    expected = source.get("val_fingerprint")
+    if moved and expected and val.fingerprint() != expected:
+        # Warned, not refused: the same files decode to other pixels under another Pillow or libjpeg, and parity
+        # (the graph against the checkpoint on the same images) is judged either way.
+        log.warning(
+            "--data %s does not give the validation images the run was measured on (other images, another split "
+            "of them, or the same files decoded by another Pillow or libjpeg): the figures measured now are not "
+            "comparable with the run's",
+            source["data_root"],
         )
     return val.subset(_sample(len(val), max_images)) if max_images and max_images < len(val) else val
 
@@ -76,8 +90,8 @@ def _sample(total: int, count: int, seed: int = 0) -> np.ndarray:
 
 def _data_source(meta: dict, cache_dir: str | None, data_root: str | None = None) -> dict:
     """Where the run's validation images are read from: where it read them, or ``data_root`` (``--data``: the
-    same dataset moved, or on another machine), which must hold the very images (their fingerprint, recorded
-    on the card too, so that verify checks the same)."""
+    same dataset moved, or on another machine), compared with the fingerprint the run recorded of them (also
+    written on the card, for ``verify --data``)."""
     if not meta.get("val_size"):
         raise ValueError(
             "the checkpoint's run held out no validation split (data.val_size 0), so parity cannot be measured: "
@@ -145,7 +159,7 @@ def export_checkpoint(
     check_replacement(models_dir, name, meta["arch"], meta["classes"], precision)
     model = with_tta(model_from_checkpoint(ckpt), tta)
     source = _data_source(meta, cache_dir, data_root)
-    val = validation_split(source, max_val_images)
+    val = validation_split(source, max_val_images, moved=data_root is not None)
     checkpoint_sha256 = sha256_file(checkpoint_file(checkpoint))
     # One PyTorch pass serves both the temperature fit and parity.
     logits, torch_speed = ReferenceCache(reference_cache).logits(
@@ -239,7 +253,7 @@ def publish(out: Path, card: ModelCard, parity: Parity, logits: np.ndarray, labe
         )
     card.metrics = {
         "val_top1": parity.onnx_top1,
-        "val_top5": parity.onnx_top5,
+        "val_top5": parity.onnx_top5 if len(card.classes) > 5 else None,  # else every label is among the top 5
         "val_samples": parity.samples,
         "parity": parity.as_dict(),
         "calibration": _calibration_report(logits, labels, card.calibration.temperature),
@@ -318,7 +332,7 @@ def verify_model(
     manifest = load_manifest(models_dir, verify=True)
     entry = manifest.get(name)
     source = {**entry.source, "cache_dir": cache_dir, **({"data_root": data_root} if data_root else {})}
-    val = validation_split(source, max_val_images)
+    val = validation_split(source, max_val_images, moved=data_root is not None)
     classifier = OnnxClassifier(models_dir / entry.file, device="cpu")
     temperature = entry.calibration.temperature
     checkpoint = checkpoint_file(entry.source.get("checkpoint") or "-")

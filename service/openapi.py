@@ -88,9 +88,7 @@ def document_openapi(document: dict, loaded: Mapping[str, Any] | None, default_k
         paths[path]["post"]["responses"]["504"] = {
             "description": "not answered within the server's --timeout seconds: fewer or smaller images per "
             "request, or a longer --timeout",
-            "content": {
-                "application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}
-            },
+            "content": {"application/json": {"schema": _BENTOML_ERROR}},
         }
     models = paths["/models"]
     get = {key: value for key, value in models["post"].items() if key != "requestBody"}

@@ -643,9 +643,11 @@ def test_int8_ranges_are_refused_for_other_precisions_before_any_work(tiny_run, 
     assert refused.value.code == 2 and "argument --int8-ranges: invalid choice: 'p99'" in capsys.readouterr().err
 
 
-def test_a_run_whose_dataset_moved_is_exported_from_where_it_is_now_and_only_from_the_same_images(
-    tiny_run, image_folder, tmp_path, capsys
+def test_a_run_whose_dataset_moved_is_exported_from_where_it_is_now_and_other_images_are_said(
+    tiny_run, image_folder, tmp_path, capsys, caplog
 ):
+    import logging
+
     from PIL import Image
 
     moved = tmp_path / "moved"
@@ -661,10 +663,21 @@ def test_a_run_whose_dataset_moved_is_exported_from_where_it_is_now_and_only_fro
     shutil.copytree(image_folder, other)
     for path in sorted(other.rglob("*.png")):
         Image.new("RGB", (32, 32), (255, 0, 0)).save(path)
-    assert export_main([*argv, "--name", "m2", "--data", str(other)]) == 2
-    assert f"{other} does not hold the validation images the model was measured on" in capsys.readouterr().err
-    assert export_main(["verify", "m", "--models-dir", str(models), "--cache-dir", "", "--data", str(other)]) == 2
-    assert "does not hold the validation images" in capsys.readouterr().err
+    assert "does not give the validation images" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        export_main([*argv, "--name", "m2", "--data", str(other)])  # parity judges the graph on them either way
+    assert f"--data {other} does not give the validation images the run was measured on" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        export_main(["verify", "m", "--models-dir", str(models), "--cache-dir", "", "--data", str(other)])
+    assert "does not give the validation images" in caplog.text
+    small = tmp_path / "small"  # fewer images than the run held out: not its dataset, said as such
+    for folder in ("alpha", "beta"):
+        shutil.copytree(image_folder / folder, small / folder, ignore=lambda d, names: sorted(names)[3:])
+    assert export_main([*argv, "--name", "m3", "--data", str(small)]) == 2
+    assert "holds 6 images, fewer than the run held out for validation (15): not the run's dataset" in (
+        capsys.readouterr().err
+    )
 
 
 def test_a_bad_name_or_models_folder_is_refused_before_the_validation_pass(tiny_run, tmp_path, capsys, monkeypatch):

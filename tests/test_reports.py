@@ -322,10 +322,16 @@ def test_a_confusion_matrix_of_long_and_cjk_class_names_stays_readable_and_says_
     classes = ["x" * 200, "猫", "dog"]
     cm = np.array([[3, 1, 0], [0, 4, 0], [1, 0, 2]])
     path = tmp_path / "cm.png"
+    images = np.zeros((2, 32, 32, 3), dtype=np.uint8)
     with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
         warnings.simplefilter("always")
         figures.plot_confusion_matrix(cm, classes, path)
+        # laid out (tight_layout draws the titles) before it is saved
+        figures.plot_misclassified(
+            images, np.array([1, 0]), np.array([0, 1]), np.array([0.9, 0.8]), classes, tmp_path / "m.png"
+        )
     assert not [w for w in caught if "missing from font" in str(w.message)]
+    assert "m.png: the plotting font has no glyphs" in caplog.text
     assert "cm.png: the plotting font has no glyphs for some characters of the class names" in caplog.text
     width, height = Image.open(path).size
     assert width < 1500 and height < 1500, (width, height)  # the 200-character label made it 2,469 x 2,194

@@ -31,6 +31,9 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 # decoded, a JPEG at a reduced size (inference.preprocess); the limit only guards memory.
 MAX_PIXELS = 250_000_000
 UNUSABLE_LISTED = 10  # files named in the error; the count says how many more
+# In the cache key: a cache written by a reader that chose other files or named classes otherwise (hidden folders,
+# the image extensions, Unicode forms) is not this reader's.
+READER_VERSION = 2
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +93,16 @@ def _write_cache(cache: Path, arrays: ImageArrays) -> None:
 
 def _cache_path(root: Path, image_size: int, fit: str, cache_dir: str | Path, images: list[Path] | None) -> Path:
     stat = root.stat()
-    key = f"{root.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{image_size}"
+    key = f"{root.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{image_size}|{READER_VERSION}"
     if fit != "squash":  # the key squashed folders were cached under before fits were named
         key += f"|{fit}"
     if images is not None:  # a tree's own mtime misses edits inside it: every image's name, size and mtime is in
         digest = hashlib.sha1()
         for path in images:
             stat = path.stat()
-            digest.update(f"{path.relative_to(root).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}|".encode())
+            digest.update(
+                os.fsencode(path.relative_to(root).as_posix()) + f":{stat.st_size}:{stat.st_mtime_ns}|".encode()
+            )
         key += "|" + digest.hexdigest()
     return Path(cache_dir) / f"{root.name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
 
@@ -124,20 +129,21 @@ def _tree_images(root: Path) -> list[Path]:
         found += [Path(folder) / f for f in files if is_image_name(f) and not f.startswith(".")]
     images = sorted(p for p in found if p.is_file())
     for path in images:
-        _check_name(path.relative_to(root).as_posix(), root)
+        _check_class_name(path.relative_to(root).parent.as_posix(), root)
     return images
 
 
-def _check_name(name: str, root: Path) -> None:
-    """A file or folder name that is not text (bytes of another encoding than the file system's, read back with
-    surrogate escapes) cannot be a class name a model card or a report holds: refused here, naming it."""
+def _check_class_name(folder: str, root: Path) -> None:
+    """A class folder's name that is not text (bytes of another encoding than the file system's, read back with
+    surrogate escapes) cannot be a class name a model card or a report holds: refused here, naming it. (A file's
+    own name may be anything: it names no class.)"""
     try:
-        name.encode("utf-8")
+        folder.encode("utf-8")
     except UnicodeEncodeError:
-        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        shown = folder.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         raise DatasetError(
-            f"{root}: the name {shown!r} is not UTF-8 text (the \ufffd stands for its other bytes); rename it, "
-            "since a class name has to be written on the model's card"
+            f"{root}: the folder name {shown!r} is not UTF-8 text (the \ufffd stands for its other bytes); rename "
+            "it, since a class name has to be written on the model's card"
         ) from None
 
 
@@ -167,7 +173,7 @@ def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
                 name = PurePosixPath(member.name)
                 hidden = any(part.startswith(".") and part not in (".", "..") for part in name.parts)
                 if member.isfile() and is_image_name(name.name) and len(name.parts) >= 2 and not hidden:
-                    _check_name(member.name, root)
+                    _check_class_name(str(name.parent), root)
                     yield member.name, _class_name(name.parts[-2]), tar.extractfile(member).read()
             with open(root, "rb") as f:
                 plain = not f.read(6).startswith(COMPRESSED_MAGIC)
@@ -179,9 +185,16 @@ def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
         raise DatasetError(f"cannot read archive {root}: it is truncated or damaged ({exc})") from exc
 
 
+_said_left_out: set[tuple] = set()  # once per tree and what it holds: training reads it for each split
+
+
 def _warn_left_out(root: Path, images: list[Path]) -> None:
     """What the tree holds that is not trained on, said: images beside the class folders (an image's class is the
     folder it sits in) and a class folder without images (the model would not know that class)."""
+    said = (str(root.resolve()), len(images))
+    if said in _said_left_out:
+        return
+    _said_left_out.add(said)
     loose = [p.name for p in images if p.parent == root]
     if loose:
         shown = ", ".join(loose[:5]) + (f" and {len(loose) - 5} more" if len(loose) > 5 else "")

@@ -19,8 +19,9 @@ class SplitTooLarge(DatasetError):
         self.val_size, self.images = val_size, images
         super().__init__(
             f"data.val_size {val_size} (the validation split's size; 5000 by default, sized for CIFAR) must be "
-            f"smaller than the dataset's {images} images: give a smaller one, e.g. --set data.val_size="
-            f"{max(1, images // 10)} (a tenth), or 0 for none"
+            f"smaller than the dataset's {images} images: give a smaller one"
+            + (f", e.g. --set data.val_size={images // 10} (a tenth)" if images >= 10 else "")
+            + ", or 0 for none"
         )
 
 

@@ -35,9 +35,12 @@ def short_label(name: str) -> str:
     return name if len(name) <= LABEL_CHARS else name[: LABEL_CHARS - 1] + "\u2026"
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path, tight: bool = False) -> None:
+    """``tight``: lay the figure out first (``tight_layout`` draws the text, so its warnings are caught too)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        if tight:
+            fig.tight_layout()
         fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     missing = False
@@ -201,8 +204,7 @@ def plot_misclassified(
             color="darkred",
         )
     _suptitle(fig, f"most confident mistakes (confidence: {confidence_note})", subtitle)
-    fig.tight_layout()
-    _save(fig, path)
+    _save(fig, path, tight=True)
     return [int(i) for i in shown]
 
 
@@ -234,8 +236,7 @@ def plot_gradcam(
         axes[row + 1, col].imshow(images[k], interpolation="bilinear")
         axes[row + 1, col].imshow(cams[k], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
     _suptitle(fig, f"Grad-CAM for the predicted class (red = most evidence; {map_note})", subtitle)
-    fig.tight_layout()
-    _save(fig, path)
+    _save(fig, path, tight=True)
 
 
 def plot_reliability(panels: Sequence[tuple[str, dict]], path: Path, subtitle: str | None = None) -> None:
