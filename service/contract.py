@@ -22,6 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field
 Remedy = Literal["stop", "fewer", "alone", "later"]
 
 
+# A body from which no byte arrives for this long is refused (408): a stalled client, or one trickling its body
+# to hold a connection, frees its request slot long before --timeout (60 s) would answer it as the server's 504.
+BODY_IDLE_S = 20.0
+
+
 @dataclass(frozen=True)
 class Reason:
     status: int
@@ -58,6 +63,9 @@ REASONS: dict[str, Reason] = {
     "forbidden": Reason(403, "an API key the service does not know", "stop"),
     "overloaded": Reason(
         503, "overloaded: the request would wait longer than the batching latency limit", "later", counted=False
+    ),
+    "body_stalled": Reason(
+        408, f"no byte of the request body arrived for {BODY_IDLE_S:g} seconds", "alone", counted=False
     ),
     # nginx's status for it: the answer reaches no one, but the access log and the request metrics record it,
     # and not as the server's failure

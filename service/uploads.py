@@ -30,7 +30,7 @@ from inference.fits import FITS
 from inference.preprocess import ImageDecodeError, ImageTooLarge, decode_pixels
 
 from .confidence import parse_min_confidence
-from .contract import REASONS, Rejection
+from .contract import BODY_IDLE_S, REASONS, Rejection
 
 FIELDS = ("images", "k", "model", "min_confidence", "fit")
 # The reason a field's problems are refused with.
@@ -62,13 +62,15 @@ class _Unfinished(Exception):
 
 
 def _limited_receive(request: Request, limit: int):
-    """The request's receive channel, failing once more than ``limit`` body bytes have arrived."""
+    """The request's receive channel, failing once more than ``limit`` body bytes have arrived, or when none
+    arrives for ``BODY_IDLE_S`` (TimeoutError)."""
     receive = request.receive
     seen = 0
 
     async def limited():
         nonlocal seen
-        message = await receive()
+        with anyio.fail_after(BODY_IDLE_S):
+            message = await receive()
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
@@ -160,6 +162,8 @@ async def read_classify_form(request: Request, max_images: int, max_body_bytes: 
         return Rejection("too_many_images", f"too many images: at most {max_images} per request")
     except ClientDisconnect:
         return _client_closed()
+    except TimeoutError:
+        return _stalled()
     except _Unfinished:
         return Rejection(
             "malformed_request", "the multipart body ends inside a part: its closing boundary (--BOUNDARY--) is missing"
@@ -310,16 +314,23 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes | Rejection:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_body_bytes:
         return _too_large(max_body_bytes, int(declared))
-    chunks, size = [], 0
+    chunks = []
+    limited = Request(request.scope, _limited_receive(request, max_body_bytes))
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                return _too_large(max_body_bytes)
-            chunks.append(chunk)
+        async with aclosing(limited.stream()) as stream:
+            async for chunk in stream:
+                chunks.append(chunk)
+    except _BodyTooLarge:
+        return _too_large(max_body_bytes)
     except ClientDisconnect:
         return _client_closed()
+    except TimeoutError:
+        return _stalled()
     return b"".join(chunks)
+
+
+def _stalled() -> Rejection:
+    return Rejection("body_stalled", f"no byte of the request body arrived for {BODY_IDLE_S:g} seconds")
 
 
 def _encoding_refused(request: Request) -> Rejection | None:

@@ -14,9 +14,12 @@ from service.uploads import Upload, rejection_from
 
 def test_every_reason_has_a_refusal_status_and_only_caller_mistakes_are_counted():
     assert all(400 <= reason.status < 600 for reason in REASONS.values())
-    # counted: a client's mistake; a client that hung up (499) made none, and an overloaded server (503) is ours
+    # counted: a client's mistake in what it sent; a connection that stalled (408) or hung up (499) sent nothing
+    # to judge, and an overloaded server (503) is ours
     assert REJECTION_REASONS == tuple(
-        name for name, reason in REASONS.items() if reason.status < 500 and name != "client_closed"
+        name
+        for name, reason in REASONS.items()
+        if reason.status < 500 and name not in ("body_stalled", "client_closed")
     )
     assert Rejection("image_too_large", "x").status == 413 and Rejection("overloaded", "x").status == 503
     with pytest.raises(ValueError, match="unknown rejection reason 'too_large'"):
@@ -192,3 +195,33 @@ def test_form_fields_read_numbers_as_json_and_names_as_text(given, read):
 
     fields = anyio.run(_check_form, FormData(list(given.items())))
     assert fields == {**read, "images": []}
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "multipart/form-data; boundary=x"])
+def test_a_body_that_stops_arriving_is_refused_as_stalled_long_before_the_timeout(monkeypatch, content_type):
+    """A client that sends part of its body and then nothing: 408 once no byte came for BODY_IDLE_S (made short
+    here), not a request slot held until --timeout answers the server's 504."""
+    import anyio
+
+    import service.uploads as uploads
+
+    monkeypatch.setattr(uploads, "BODY_IDLE_S", 0.2)
+    sent = iter([{"type": "http.request", "body": b"--x\r\nContent-Disposition: form-data; na", "more_body": True}])
+
+    async def receive():
+        message = next(sent, None)
+        if message is None:
+            await anyio.sleep(3600)  # the client says nothing more
+        return message
+
+    scope = {"type": "http", "method": "POST", "path": "/classify", "query_string": b""}
+    scope["headers"] = [(b"content-type", content_type.encode())]
+    request = uploads.Request(scope, receive)
+
+    async def read():
+        with anyio.fail_after(10):
+            return await uploads.read_classify_fields(request, max_images=4, max_body_bytes=10_000)
+
+    refused = anyio.run(read)
+    assert isinstance(refused, Rejection) and refused.reason == "body_stalled" and refused.status == 408
+    assert "no byte of the request body arrived for 0.2 seconds" in refused.message
