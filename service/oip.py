@@ -16,6 +16,7 @@ Nothing here imports BentoML or starlette; service/oip_http.py serves it.
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Annotated, Any, Optional, Protocol, Sequence, Union
@@ -177,7 +178,9 @@ class InferPlan:
 
 def read_infer_request(body: bytes, model: ModelView, max_images: int) -> InferPlan | Rejection:
     try:
-        request = InferRequest.model_validate_json(body)
+        # A UTF-8 byte-order mark (some Windows tools write one) is allowed before JSON text (RFC 8259, 8.1) and
+        # /classify's json.loads skips it; pydantic's parser does not.
+        request = InferRequest.model_validate_json(body.removeprefix(codecs.BOM_UTF8))
     except ValidationError as exc:
         return Rejection("malformed_request", f"not an inference request: {_first_problem(exc)}")
     (given,) = request.inputs

@@ -6,6 +6,7 @@ Playwright). The server runs one inference stream, so that requests from both ro
 from __future__ import annotations
 
 import base64
+import codecs
 import json
 import os
 import shutil
@@ -153,6 +154,21 @@ def test_json_classify_answers_as_multipart_does(server, jpegs):
     wrapped = base64.encodebytes(sent[0].read_bytes()).decode()
     response = httpx.post(f"{server}/classify", json={"images": [{"data": wrapped}]}, timeout=30)
     assert response.status_code == 200 and response.json()["predictions"][0]["filename"] == ""
+
+
+def test_a_utf8_byte_order_mark_before_json_is_read_on_both_routes(server, jpegs):
+    """Some Windows tools write a BOM before JSON text; RFC 8259 lets a parser skip it, and both routes do."""
+    data = _b64(jpegs[0].read_bytes())
+    headers = {"content-type": "application/json"}
+    bom = codecs.BOM_UTF8
+    classify_body = bom + json.dumps({"images": [{"data": data}]}).encode()
+    classify = httpx.post(f"{server}/classify", content=classify_body, headers=headers, timeout=30)
+    assert classify.status_code == 200, classify.text
+    v2_body = json.dumps(_images_input([data])).encode()
+    plain = httpx.post(f"{server}/v2/models/tiny/infer", content=v2_body, headers=headers, timeout=30)
+    marked = httpx.post(f"{server}/v2/models/tiny/infer", content=bom + v2_body, headers=headers, timeout=30)
+    assert plain.status_code == marked.status_code == 200, marked.text
+    assert marked.json()["outputs"] == plain.json()["outputs"]
 
 
 def test_fit_reaches_json_classify_and_v2(server, jpegs):
