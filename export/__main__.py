@@ -145,6 +145,7 @@ def rederive_parser() -> argparse.ArgumentParser:
         choices=list(FITS),
         help="the derived model's fit for photos of another shape (default: the reference's)",
     )
+    _add_data_root(p)
     return p
 
 
@@ -162,6 +163,7 @@ def recover_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint file to write, e.g. runs/recovered/NAME.pt")
     _add_models_dir(p)
     _add_data_flags(p)
+    _add_data_root(p)
     return p
 
 
@@ -183,9 +185,9 @@ def _add_data_root(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         metavar="ROOT",
-        help="the run's dataset where it is now, when it has moved since training or is on another machine (its "
-        "validation images must be the run's: checked where their fingerprint is recorded); default: where the "
-        "run read it",
+        help="the run's dataset where it is now, when it has moved since training or is on another machine (a "
+        "warning says when its validation images are not the ones the run recorded a fingerprint of); default: "
+        "where the run read it",
     )
 
 
@@ -387,7 +389,9 @@ def _conversion_command(argv: list[str]) -> int:
             from .recover import recover_checkpoint
 
             args = recover_parser().parse_args(argv[1:])
-            meta, parity = recover_checkpoint(args.name, args.out, args.models_dir, args.cache_dir, args.max_val_images)
+            meta, parity = recover_checkpoint(
+                args.name, args.out, args.models_dir, args.cache_dir, args.max_val_images, args.data
+            )
             print(parity.summary())
             print(f"{args.out}: {meta['arch']} checkpoint rebuilt from {meta['recovered_from']['file']}")
             return 0
@@ -408,6 +412,7 @@ def _conversion_command(argv: list[str]) -> int:
                 args.fit,
                 args.default_for,
                 args.int8_ranges,
+                args.data,
             )
             return _report(entry, parity)
         args = export_parser().parse_args(argv)

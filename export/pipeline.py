@@ -50,6 +50,11 @@ def _split(source: dict, split: str) -> ImageArrays:
     )
 
 
+def source_at(source: dict, cache_dir: str | None, data_root: str | None) -> dict:
+    """A card's or run's data source, read from ``data_root`` (``--data``: where the dataset is now) if given."""
+    return {**source, "cache_dir": cache_dir, **({"data_root": data_root} if data_root else {})}
+
+
 def validation_split(source: dict, max_images: int | None, moved: bool = False) -> ImageArrays:
     """The validation split, or ``max_images`` of it drawn at random (seeded): a folder dataset's images are
     sorted by class, so its first N would be one or two classes. ``moved``: read from where ``--data`` says the
@@ -331,8 +336,7 @@ def verify_model(
     models_dir = Path(models_dir)
     manifest = load_manifest(models_dir, verify=True)
     entry = manifest.get(name)
-    source = {**entry.source, "cache_dir": cache_dir, **({"data_root": data_root} if data_root else {})}
-    val = validation_split(source, max_val_images, moved=data_root is not None)
+    val = validation_split(source_at(entry.source, cache_dir, data_root), max_val_images, moved=data_root is not None)
     classifier = OnnxClassifier(models_dir / entry.file, device="cpu")
     temperature = entry.calibration.temperature
     checkpoint = checkpoint_file(entry.source.get("checkpoint") or "-")

@@ -29,14 +29,15 @@ from training.inference import with_tta
 from training.models import ImageClassifier, create_model
 
 from .parity import Parity, parity_against, torch_logits
-from .pipeline import ParityError, validation_split
+from .pipeline import ParityError, source_at, validation_split
 
 # BatchNorm's update counter is not part of the computation, so the exporter leaves it out of the graph.
 NOT_IN_GRAPH = ("num_batches_tracked",)
 
 
-def recovered_meta(entry: ModelEntry) -> dict:
-    """A training checkpoint's meta from a card: what rebuilds the network and names its data."""
+def recovered_meta(entry: ModelEntry, data_root: str | None = None) -> dict:
+    """A training checkpoint's meta from a card: what rebuilds the network and names its data (``data_root``:
+    where that dataset is now, if it has moved since the training; later commands read it there)."""
     src = entry.source
     missing = [k for k in ("model_args", "dataset", "data_root", "val_size", "split_seed") if k not in src]
     if missing:
@@ -51,7 +52,7 @@ def recovered_meta(entry: ModelEntry) -> dict:
         "input_size": entry.input.size[0],
         "fit": src.get("fit", LEGACY_FIT),  # how the run's images were fitted, not the card's choice for photos
         "dataset": src["dataset"],
-        "data_root": src["data_root"],
+        "data_root": data_root or src["data_root"],
         "val_size": src["val_size"],
         "split_seed": src["split_seed"],
         "recipe": src.get("recipe"),
@@ -149,19 +150,21 @@ def recover_checkpoint(
     models_dir: str | Path = "models",
     cache_dir: str | None = ".cache/datasets",
     max_val_images: int | None = None,
+    data_root: str | None = None,
 ) -> tuple[dict, Parity]:
-    """Write the checkpoint of the shipped FP32 model ``name`` to ``out`` once it reproduces the graph."""
+    """Write the checkpoint of the shipped FP32 model ``name`` to ``out`` once it reproduces the graph;
+    ``data_root``: where its dataset is now (``--data``), if it has moved since the training."""
     models_dir = Path(models_dir)
     check_checkpoint_out(Path(out))  # before minutes of work, not after
     entry = load_manifest(models_dir, verify=True).get(name)
     if entry.precision != "fp32":
         raise ValueError(f"{name} is {entry.precision}: its weights were rounded; recover from its FP32 graph")
-    meta = recovered_meta(entry)
+    meta = recovered_meta(entry, data_root)
     tta = entry.source.get("tta", "none")
     model = create_model(meta["arch"], meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])
     model.load_state_dict(weights_from_graph(models_dir / entry.file, model))
     model.eval()
-    val = validation_split({**entry.source, "cache_dir": cache_dir}, max_val_images)
+    val = validation_split(source_at(entry.source, cache_dir, data_root), max_val_images, moved=data_root is not None)
     with torch.no_grad():
         logits, speed = torch_logits(with_tta(model, tta), val.images)
     graph = OnnxClassifier(models_dir / entry.file, device="cpu")

@@ -32,6 +32,7 @@ from .pipeline import (
     convert_variant,
     publish,
     record_entry,
+    source_at,
     validation_split,
 )
 
@@ -64,9 +65,11 @@ def rederive(
     fit: str | None = None,
     default_for: Sequence[str] = (),
     activation_ranges: str | None = None,
+    data_root: str | None = None,
 ) -> tuple[ModelEntry, Parity]:
     """``fit``: the derived card's fit for photos of another shape (inference.fits); default the reference's.
-    ``activation_ranges`` (INT8 only): how the activations' ranges are calibrated (export/int8_ranges.py)."""
+    ``activation_ranges`` (INT8 only): how the activations' ranges are calibrated (export/int8_ranges.py).
+    ``data_root``: where the reference's dataset is now (``--data``), if it has moved since its training."""
     check_calibration_options(precision, activation_ranges, calibration_count)
     models_dir = Path(models_dir)
     manifest = load_manifest(models_dir, verify=True)
@@ -80,8 +83,8 @@ def rederive(
             f"{reference} is already calibrated (T={ref.calibration.temperature}): derive from it with "
             "--calibrate none, or from the uncalibrated graph"
         )
-    source = {**ref.source, "cache_dir": cache_dir}
-    val = validation_split(source, max_val_images)
+    source = source_at(ref.source, cache_dir, data_root)
+    val = validation_split(source, max_val_images, moved=data_root is not None)
     ref_path = models_dir / ref.file
     ref_logits, ref_speed = onnx_logits(OnnxClassifier(ref_path, device="cpu"), val.images)
     # A calibrated reference already divides by its T: the derived graph inherits the division and its record.

@@ -680,6 +680,46 @@ def test_a_run_whose_dataset_moved_is_exported_from_where_it_is_now_and_other_im
     )
 
 
+def test_rederive_and_recover_read_a_dataset_that_moved_after_the_export_from_data(
+    tiny_run, image_folder, tmp_path, capsys
+):
+    """The card names the folder the model was exported from; once the dataset has moved, --data says where it
+    is now, as for export and verify, and a recovered checkpoint records the new place for later commands."""
+    before, now = tmp_path / "before", tmp_path / "now"
+    shutil.copytree(image_folder, before)
+    models = tmp_path / "models"
+    argv = ["--models-dir", str(models), "--cache-dir", ""]
+    assert export_main(["--checkpoint", str(tiny_run), "--name", "m", "--data", str(before), *argv]) == 0
+    before.rename(now)
+    capsys.readouterr()
+    out = tmp_path / "recovered.pt"
+    assert export_main(["recover", "m", "--out", str(out), *argv]) == 2  # the card's folder is gone
+    assert str(before) in capsys.readouterr().err and not out.exists()
+    assert export_main(["recover", "m", "--out", str(out), *argv, "--data", str(now)]) == 0
+    assert load_checkpoint(out)["meta"]["data_root"] == str(now)
+    assert export_main(["rederive", "m", "--name", "m-int8", "--precision", "int8", "--calibrate", "none", *argv]) == 2
+    assert str(before) in capsys.readouterr().err
+    assert (
+        export_main(
+            [
+                "rederive",
+                "m",
+                "--name",
+                "m-int8",
+                "--precision",
+                "int8",
+                "--calibrate",
+                "none",
+                *argv,
+                "--data",
+                str(now),
+            ]
+        )
+        == 0
+    )
+    assert load_manifest(models).get("m-int8").source["derived_from"]["name"] == "m"
+
+
 def test_a_bad_name_or_models_folder_is_refused_before_the_validation_pass(tiny_run, tmp_path, capsys, monkeypatch):
     """A name the manifest cannot take, a --models-dir that is a file or cannot be made: one line, exit 2, and
     nothing read past the checkpoint (the PyTorch pass over the validation split never starts)."""
