@@ -63,6 +63,9 @@ def test_a_joined_checkpoint_rebuilds_into_the_members_average(tiny_run, other_m
     assert meta["arch"] == "ensemble" and [m["arch"] for m in meta["members"]] == ["resnet9", "airbench94"]
     assert meta["classes"] == load_checkpoint(tiny_run / "best.pt")["meta"]["classes"]
     assert meta["members"][1]["val_top1"] == 0.5 and len(meta["members"][0]["checkpoint_sha256"]) == 64
+    # the members' common fingerprint of their images, which export and verify check a moved dataset against
+    member_fingerprint = load_checkpoint(tiny_run / "best.pt")["meta"]["data_fingerprint"]
+    assert meta["data_fingerprint"] == member_fingerprint and ":" in member_fingerprint
     # Each member served with the weights its own checkpoint serves (the tiny run's EMA).
     members = [model_from_checkpoint(load_checkpoint(p)) for p in (tiny_run / "best.pt", other_member)]
     x = torch.rand(6, 3, 32, 32)
@@ -107,7 +110,12 @@ def test_members_trained_on_other_data_are_refused(tiny_run, other_member, tmp_p
     )
     with pytest.raises(ValueError, match="--fit"):
         join_checkpoints([tiny_run, odd_fit], tmp_path / "out.pt")
-    assert join_checkpoints([tiny_run, odd_fit], tmp_path / "fit-chosen.pt", fit="center_crop")["fit"] == "center_crop"
+    chosen = join_checkpoints([tiny_run, odd_fit], tmp_path / "fit-chosen.pt", fit="center_crop")
+    # one member read its images with another fit: no fingerprint is the ensemble's, so none is recorded
+    assert chosen["fit"] == "center_crop" and "data_fingerprint" not in chosen
+    unprinted = tmp_path / "unprinted.pt"  # a member that recorded none (a recovered checkpoint)
+    save_checkpoint(dict(ckpt, meta={k: v for k, v in ckpt["meta"].items() if k != "data_fingerprint"}), unprinted)
+    assert "data_fingerprint" not in join_checkpoints([tiny_run, unprinted], tmp_path / "unprinted-pair.pt")
     with pytest.raises(ValueError, match="twice"):
         join_checkpoints([tiny_run, tiny_run / "best.pt"], tmp_path / "out.pt")
     with pytest.raises(ValueError, match="at least two"):

@@ -74,6 +74,16 @@ def check_compatible(metas: Sequence[dict], names: Sequence[str], fit_given: boo
             )
 
 
+def _common_fingerprint(metas: Sequence[dict], fit: str) -> dict:
+    """The members' fingerprint of their images, where they all recorded the same one and read them with the
+    ensemble's fit: export and verify then check a moved dataset (--data) against it, as for a single run."""
+    fingerprints = {m.get("data_fingerprint") for m in metas}
+    fits = {_shared(m, "fit") for m in metas}
+    if len(fingerprints) == 1 and None not in fingerprints and fits == {fit}:
+        return {"data_fingerprint": fingerprints.pop()}
+    return {}
+
+
 def join_checkpoints(
     paths: Sequence[str | Path], out: str | Path, tta: Sequence[str] = (), fit: str | None = None
 ) -> dict:
@@ -116,6 +126,7 @@ def join_checkpoints(
         "split_seed": first["split_seed"],
         "recipe": "ensemble(" + ", ".join(str(m.get("recipe") or m["arch"]) for m in metas) + ")",
         "cache_dir": ((ckpts[0].get("config") or {}).get("data") or {}).get("cache_dir"),
+        **_common_fingerprint(metas, fit or first.get("fit", LEGACY_FIT)),
         "members": [
             {
                 "checkpoint": str(file),
