@@ -926,3 +926,16 @@ def test_fit_is_sent_to_the_service_and_a_bad_one_is_a_usage_error(tree, tmp_pat
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "argument --fit: invalid choice: 'stretch'" in err and "center_crop" in err
+
+
+@pytest.mark.parametrize("name", ["plain.jpg", 'a"quote.jpg', "it's.jpg", "both'\".jpg", "x): y.jpg", "a%22b.jpg"])
+def test_a_refusal_row_reads_as_the_local_engines_whatever_name_the_service_quotes(name):
+    """The service names a refused image by the file name it received, which can differ from the one sent (a
+    client may percent-encode a quote): the remote row drops that naming, whatever the name holds."""
+    from service.score.remote import _row_error
+    from service.uploads import Upload, decode_upload
+
+    for data, local in ((b"", "empty file (0 bytes)"), (b"these are not pixels", "not a readable image")):
+        refusal = decode_upload(0, Upload(name, data), (32, 32), 10**6, "center_crop")
+        assert refusal.message.startswith(f"images[0] ({name!r})")
+        assert _row_error(refusal.message).startswith(local), refusal.message

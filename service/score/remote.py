@@ -4,6 +4,7 @@ request held too many images, and image by image when one image spoils a request
 from __future__ import annotations
 
 import os
+import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
@@ -145,7 +146,7 @@ class RemoteBackend:
             raise RemoteError(f"the service at {self.url} rejected the request ({status}): {message}{hint}")
         if len(items) == 1:
             entry = chunk[items[0][0]]
-            rows[items[0][0]] = Row(entry.rel, error=_row_error(message, _sendable(os.path.basename(entry.rel))))
+            rows[items[0][0]] = Row(entry.rel, error=_row_error(message))
         elif remedy == "fewer":
             half = (len(items) + 1) // 2
             self.per_request = min(self.per_request, half)
@@ -226,14 +227,17 @@ def _error_message(response) -> tuple[str | None, str]:
     return None, str(body)[:500]
 
 
-def _row_error(message: str, sent_name: str) -> str:
+# How the service names the image of a one-image request: "images[0]", then the file name it received as Python's
+# repr writes it (in single quotes, or double ones when the name holds a single quote), which need not be the name
+# sent: a client may percent-encode a quote in a multipart header. Then ": " or " is an " ("... is an empty file").
+_SERVICE_NAMING = re.compile(r"""images\[0\](?: \((?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\))?(?:: | is an )""")
+
+
+def _row_error(message: str) -> str:
     """The service's refusal of a one-image request as the local engines word the row: without the
     "images[0] ('name')" the service names the image by (the row names the file already)."""
-    for where in (f"images[0] ({sent_name!r})", "images[0]"):
-        for joint in (": ", " is an "):  # "...: not a readable image ...", "... is an empty file (0 bytes)"
-            if message.startswith(where + joint):
-                return message[len(where + joint) :]
-    return message
+    named = _SERVICE_NAMING.match(message)
+    return message[named.end() :] if named else message
 
 
 def _sendable(name: str) -> str:
