@@ -34,7 +34,7 @@ from pydantic.json_schema import SkipJsonSchema
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from inference.fits import FITS, fit_help
@@ -516,8 +516,26 @@ async def _get_models(request: Request) -> JSONResponse:
     return JSONResponse(model_list(instance.served, LIMITS).model_dump(mode="json"))
 
 
+MODELS_METHODS = ("GET", "HEAD", "POST", "OPTIONS")
+
+
 async def _options_models(request: Request) -> Response:
-    return Response(status_code=204, headers={"Allow": "GET, HEAD, POST, OPTIONS"})
+    return Response(status_code=204, headers={"Allow": ", ".join(MODELS_METHODS)})
+
+
+class ModelsMethodGate:
+    """ASGI middleware: /models is served by two routers (BentoML's POST API, the mounted GET listing), and
+    BentoML's 405 for another method named POST alone; a 405 must name every method the path takes."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/models" and scope["method"] not in MODELS_METHODS:
+            refusal = PlainTextResponse("Method Not Allowed", 405, headers={"Allow": ", ".join(MODELS_METHODS)})
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 Classifier.mount_asgi_app(
@@ -538,6 +556,7 @@ if SETTINGS.cors_origin_list:
 if SETTINGS.api_keys or SETTINGS.api_keys_file:
     Classifier.add_asgi_middleware(ApiKeyGate, keys=SETTINGS.api_key_set())
 Classifier.add_asgi_middleware(BodyGate)
+Classifier.add_asgi_middleware(ModelsMethodGate)
 Classifier.add_asgi_middleware(RouterProbe)
 label_metrics_by_route()
 

@@ -251,7 +251,9 @@ def running_service(models_dir: Path, log_path: Path, *args: str, env: dict | No
             time.sleep(0.25)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        # A server that exited (and took its group with it) has no group left: the failure above is the news.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:

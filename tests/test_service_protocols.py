@@ -382,6 +382,15 @@ def test_infer_with_the_wrong_method_is_405_not_an_unknown_model(server):
         assert response.status_code == 204 and response.headers["allow"] == allowed, (path, response.text)
 
 
+def test_a_wrong_method_on_models_names_every_method_the_path_takes(server):
+    """GET lists the models and POST is BentoML's API: a 405 naming POST alone would hide the listing."""
+    for method in ("DELETE", "PUT", "PATCH"):
+        response = httpx.request(method, f"{server}/models", timeout=10)
+        assert response.status_code == 405 and response.headers["allow"] == "GET, HEAD, POST, OPTIONS", method
+    assert httpx.get(f"{server}/models", timeout=10).status_code == 200
+    assert httpx.options(f"{server}/models", timeout=10).headers["allow"] == "GET, HEAD, POST, OPTIONS"
+
+
 JSON_BAD = {
     # name: (body as bytes or JSON-able, status, reason, words expected in the message)
     "not JSON": (b'{"images": [', 400, "malformed_request", "could not be parsed"),
