@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, force it to disk, then rename it over ``path``."""
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, force it to disk, then rename it over ``path``. What
+    ``write`` returns (``f.write``'s count, ``torch.save``'s None) is ignored."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:

@@ -8,7 +8,11 @@ import contextlib
 import signal
 import sys
 import threading
-from typing import Iterator
+from types import FrameType
+from typing import Any, Callable, Iterator
+
+# What ``signal.signal`` takes and returns: a function, SIG_DFL or SIG_IGN, or None for one not set from Python.
+Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 CAUGHT = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
@@ -33,7 +37,7 @@ def stopped_by(exc: KeyboardInterrupt) -> str:
     return f"{signal.Signals(exc.signum).name}: " if isinstance(exc, Terminated) else ""
 
 
-def take_over_terminations() -> dict[int, object]:
+def take_over_terminations() -> dict[int, Handler]:
     """SIGTERM and SIGHUP raise ``Terminated`` from now on, except where they are ignored (``nohup`` ignores
     SIGHUP so that a run outlives its terminal: that stays so). Returns the handlers replaced, for
     ``give_back``; nothing where this is not the main thread, which alone may set handlers."""
@@ -42,7 +46,7 @@ def take_over_terminations() -> dict[int, object]:
     return {s: signal.signal(s, raise_terminated) for s in CAUGHT if signal.getsignal(s) is not signal.SIG_IGN}
 
 
-def give_back(previous: dict[int, object]) -> None:
+def give_back(previous: dict[int, Handler]) -> None:
     for s, handler in previous.items():
         signal.signal(s, handler)
 

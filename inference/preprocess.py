@@ -155,7 +155,7 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, r
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(stream, formats=_format_hint(data) or _decodable())
+            image: Image.Image = Image.open(stream, formats=_format_hint(data) or _decodable())
             _check_pixels(*image.size, max_pixels)
             frame = None  # the geometry is the loaded image's own, unless it is decoded reduced
             if reduce and image.format == "JPEG":
@@ -170,8 +170,8 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, r
         # Pillow's limit is at least max_pixels (_allow_in_pillow), so the image is over ours too: ours is named,
         # with the size Pillow read (its own limit and advice mean nothing to the user).
         found = _PILLOW_SIZE.search(str(exc))
-        size = f"{found[1]} pixels" if found else "larger"
-        raise ImageTooLarge(f"image is {size}, over the limit of {max_pixels}") from exc
+        pixels = f"{found[1]} pixels" if found else "larger"
+        raise ImageTooLarge(f"image is {pixels}, over the limit of {max_pixels}") from exc
     except Exception as exc:  # Pillow raises many types for bad data; all mean the same to the caller
         # Pillow names a stream it cannot identify by its repr, a memory address: the same file must get the
         # same message in every process (a batch scorer's error rows are compared and resumed across runs).

@@ -103,7 +103,11 @@ def find_dispatcher(api_name: str, concurrency: int = 1) -> Callable[..., Awaita
                 continue
             endpoint = getattr(route, "endpoint", None)
             factory = getattr(getattr(endpoint, "func", None), "__self__", None)
-            if isinstance(endpoint, functools.partial) and api_name in getattr(factory, "dispatchers", {}):
+            if (
+                isinstance(endpoint, functools.partial)
+                and factory is not None
+                and api_name in getattr(factory, "dispatchers", {})
+            ):
                 _allow_concurrent_batches(factory.dispatchers[api_name], concurrency)
                 if not isinstance(factory.dispatchers, KeyedDispatchers):
                     factory.dispatchers = KeyedDispatchers(factory.dispatchers, api_name)
@@ -174,7 +178,12 @@ def _allow_concurrent_batches(dispatcher: Any, concurrency: int) -> None:
     widen it in place. A new semaphore would leave a batch running now to release onto the old one, and
     each batch after it to take from the new one and release onto it: one more admitted for good."""
     sema = getattr(dispatcher, "_sema", None)
-    if concurrency > 1 and hasattr(sema, "is_locked") and isinstance(getattr(sema, "sema", None), int):
+    if (
+        concurrency > 1
+        and sema is not None
+        and hasattr(sema, "is_locked")
+        and isinstance(getattr(sema, "sema", None), int)
+    ):
         capacity = getattr(sema, _CAPACITY, 1)  # BentoML's 1, or what an earlier call made it
         if concurrency > capacity:
             sema.sema += concurrency - capacity
@@ -261,7 +270,7 @@ def extend_openapi(service: Any, edit: Callable[[dict], dict]) -> bool:
         return False
     base = type(service)
 
-    class DocumentedService(base):  # type: ignore[misc, valid-type]
+    class DocumentedService(base):  # type: ignore[misc, valid-type]  # a base known at run time only
         __slots__ = ()
 
         @property
@@ -287,7 +296,7 @@ def bind_apis(instance: Any, names: Sequence[str]) -> None:
         instance.__dict__[name] = getattr(type(instance), name).__get__(instance, type(instance))
 
 
-def declare_multipart(descriptor: type, file_fields: Sequence[str]) -> None:
+def declare_multipart(descriptor: type[bentoml.IODescriptor], file_fields: Sequence[str]) -> None:
     """Have BentoML document ``descriptor`` as multipart/form-data whose ``file_fields`` are file parts. It
     recognises a file field only by a path or image type; an upload read into memory is neither."""
     descriptor.media_type = "multipart/form-data"
@@ -374,7 +383,7 @@ def label_metrics_by_route() -> None:
         if getattr(base, "labels_by_route", False):
             return
 
-        class RouteLabelledMetrics(base):  # type: ignore[misc, valid-type]
+        class RouteLabelledMetrics(instruments.RunnerTrafficMetricsMiddleware):
             labels_by_route = True
 
             def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
@@ -387,7 +396,9 @@ def label_metrics_by_route() -> None:
                         scope = {**scope, "path": label, _REAL_PATH: scope["path"]}
                 await super().__call__(scope, receive, send)
 
-        instruments.RunnerTrafficMetricsMiddleware = RouteLabelledMetrics
+        # Ours in BentoML's module, where the app's middlewares import it from when built; mypy refuses any assignment
+        # to a name a class statement bound (the ignore).
+        instruments.RunnerTrafficMetricsMiddleware = RouteLabelledMetrics  # type: ignore[misc]
     except Exception as exc:  # an internal that moved: labelled by path, as BentoML does
         log.warning("request metrics stay labelled by path (%s: %s)", type(exc).__name__, exc)
 
@@ -510,7 +521,7 @@ def check_internals() -> list[str]:
         from bentoml._internal.server.http import instruments
 
         source = inspect.getsource(app_factory().middlewares.fget)
-        bentomls = instruments.RunnerTrafficMetricsMiddleware
+        bentomls: type = instruments.RunnerTrafficMetricsMiddleware
         while getattr(bentomls, "labels_by_route", False):  # ours, put in its place once the service was imported
             bentomls = bentomls.__mro__[1]
         call = inspect.getsource(bentomls.__call__)

@@ -12,7 +12,7 @@ OpenAPI document is written from it (service/openapi.py) and the scorer's client
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -75,7 +75,29 @@ REASONS: dict[str, Reason] = {
 }
 # The label values of cifar_rejected_inputs_total.
 REJECTION_REASONS: tuple[str, ...] = tuple(name for name, reason in REASONS.items() if reason.counted)
-ReasonName = Literal[tuple(REASONS)]  # type: ignore[valid-type]
+# The table's names, in its order (the OpenAPI document lists them so). Spelt out, since a type checker cannot read
+# a Literal off the table; tests/test_contract.py checks that they agree.
+ReasonName = Literal[
+    "unsupported_media_type",
+    "body_too_large",
+    "malformed_request",
+    "bad_encoding",
+    "bad_tensor",
+    "no_images",
+    "too_many_images",
+    "empty_file",
+    "not_an_image",
+    "image_too_large",
+    "bad_k",
+    "bad_min_confidence",
+    "bad_fit",
+    "unknown_model",
+    "unauthorized",
+    "forbidden",
+    "overloaded",
+    "body_stalled",
+    "client_closed",
+]
 
 
 class ClassifyError(BaseModel):
@@ -85,11 +107,16 @@ class ClassifyError(BaseModel):
     reason: ReasonName = Field(description="what was wrong, for a program (also the metrics label)")
 
 
+def is_reason(name: str) -> TypeGuard[ReasonName]:
+    """Whether ``name``, a string from elsewhere (pydantic's error type), is a key of ``REASONS``."""
+    return name in REASONS
+
+
 @dataclass(frozen=True)
 class Rejection:
     """A refused request: its reason (a key of ``REASONS``, which gives the status) and a message for the caller."""
 
-    reason: str
+    reason: ReasonName
     message: str
 
     def __post_init__(self) -> None:

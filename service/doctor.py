@@ -199,7 +199,7 @@ def diagnose(
 
 def _host(report: Report, device: Device, gpus: GpuReport, has_cuda_ep: bool, cuda_wanted: bool, preload) -> None:
     # Missing CUDA pieces: fatal for --device cuda; for auto a warning where a GPU is there to be used, else a fact.
-    need = "fail" if device == "cuda" else ("warn" if gpus.gpus and device == "auto" else "info")
+    need: Status = "fail" if device == "cuda" else ("warn" if gpus.gpus and device == "auto" else "info")
     if gpus.gpus:
         for gpu in gpus.gpus:
             report.add("ok", f"GPU {gpu.index}", f"{gpu.name}, {gpu.memory_gib:.0f} GiB ({gpu.uuid})")
@@ -251,7 +251,7 @@ def _check_model(
         return None
     placement = model.placement
     cpu = model if not model.on_gpu else open_classifier(path, settings, "cpu")
-    status = "ok"
+    status: Status = "ok"
     where = placement.describe()
     if placement.fallback:
         status = "warn"

@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .contract import Rejection
-from .uploads import Upload, decode_base64, resolve_fit, tensor_rejection
+from .uploads import Upload, decode_base64, out_of_range, resolve_fit, tensor_rejection
 
 IMAGES_INPUT = "images"
 OUTPUT = "probabilities"
@@ -166,12 +166,11 @@ def model_metadata(model: ModelView) -> ModelMetadata:
 
 @dataclass(frozen=True)
 class InferPlan:
-    """A checked request: either ``images`` (encoded files, fitted as ``fit``) or ``tensor`` (float32
+    """A checked request: its ``inputs``, either images (encoded files, fitted as ``fit``) or a tensor (float32
     [N, 3, H, W]), and the outputs asked for, each ``(name, k)`` with k None for the probabilities."""
 
     id: Optional[str]
-    images: Optional[list[Upload]]
-    tensor: Optional[np.ndarray]
+    inputs: Union[list[Upload], np.ndarray]
     outputs: list[tuple[str, Optional[int]]]
     fit: str
 
@@ -213,9 +212,9 @@ def read_infer_request(body: bytes, model: ModelView, max_images: int) -> InferP
         return fit
     if given.name == IMAGES_INPUT:
         images = _images(given)
-        return images if isinstance(images, Rejection) else InferPlan(request.id, images, None, outputs, fit)
+        return images if isinstance(images, Rejection) else InferPlan(request.id, images, outputs, fit)
     tensor = _tensor(given, model)
-    return tensor if isinstance(tensor, Rejection) else InferPlan(request.id, None, tensor, outputs, fit)
+    return tensor if isinstance(tensor, Rejection) else InferPlan(request.id, tensor, outputs, fit)
 
 
 def _inputs(model: ModelView) -> str:
@@ -269,7 +268,7 @@ def _tensor(given: RequestInput, model: ModelView) -> np.ndarray | Rejection:
     except (ValueError, TypeError, OverflowError):  # ragged nesting
         return Rejection("bad_tensor", f"input {given.name!r}: data is not a regular array of numbers")
     if values.dtype.kind == "O" and all(type(v) in (int, float) for v in values.ravel()):  # an int past 64 bits
-        return tensor_rejection(np.array([np.inf]), f"input {given.name!r}")
+        return out_of_range(f"input {given.name!r}")
     if values.dtype.kind not in "fiu":
         return Rejection("bad_tensor", f"input {given.name!r}: FP32 data must be numbers")
     if values.size != int(np.prod(expected)):

@@ -181,6 +181,6 @@ def oip_routes(
 
 
 async def _predict(running: Engine, model: Any, plan: InferPlan) -> np.ndarray | Rejection:
-    if plan.images is not None:
-        return await running.predict_uploads(model, plan.images, plan.fit)
-    return await running.predict_tensor(model, plan.tensor)
+    if isinstance(plan.inputs, np.ndarray):
+        return await running.predict_tensor(model, plan.inputs)
+    return await running.predict_uploads(model, plan.inputs, plan.fit)

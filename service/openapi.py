@@ -177,7 +177,7 @@ def _document_oip(document: dict, names: list[str] | None) -> None:
     schemas = document["components"]["schemas"]
     error = _component(schemas, OipError)
     refs = {model: _component(schemas, model) for model in (InferRequest, InferResponse, ModelMetadata, ServerMetadata)}
-    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    name: dict[str, Any] = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     if names:
         name["schema"]["enum"] = names
     # the protocol's body is read as JSON whatever its Content-Type, as its clients send it: 415 only when compressed

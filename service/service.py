@@ -45,7 +45,7 @@ from . import bentoml_compat
 from .access import ApiKeyGate, cors_options, send_rejection
 from .bentoml_compat import BatchGateway, RouterProbe, label_metrics_by_route
 from .confidence import is_confident
-from .contract import REASONS, ClassifyResponse, Limits, ModelList, Rejection
+from .contract import REASONS, ClassifyResponse, Limits, ModelList, ReasonName, Rejection
 from .gpus import gpu_report
 from .metrics import ServiceMetrics
 from .oip_http import oip_routes
@@ -130,7 +130,7 @@ class InferItem(BaseModel):
         "dtype float32, the model's input itself: float32 little-endian, 3 x height x width, RGB in [0, 1]; "
         "base64 in JSON"
     )
-    dtype: Literal["uint8", "float32"] = Field("uint8", description="how pixels is to be read")
+    dtype: Literal["uint8", "float32"] = Field(default="uint8", description="how pixels is to be read")
 
     @model_validator(mode="after")
     def _fits_model(self) -> "InferItem":
@@ -247,7 +247,7 @@ class BodyGate:
         await self.app(scope, receive, send)
 
 
-def _validation_error(kind: str, message: str) -> ValidationError:
+def _validation_error(kind: ReasonName, message: str) -> ValidationError:
     """A pydantic error, which BentoML answers as 400 {"error", "detail"} like its own validation errors."""
     return ValidationError.from_exception_data(
         "request", [{"type": refusal_error(kind, message), "loc": (), "input": None}]
@@ -349,7 +349,8 @@ class Classifier:
         _PIXEL_BYTES.clear()
         _PIXEL_BYTES.update({name: m.size[0] * m.size[1] * 3 for name, m in self.loaded.items()})
         self._decode_limiter = anyio.CapacityLimiter(SETTINGS.decoder_threads(WORKER.cores))
-        self._infer = BatchGateway("infer", lambda: self.to_async.infer, concurrency=STREAMS)
+        # to_async: set on each instance by BentoML, when it makes one; mypy sees only the class's own attributes.
+        self._infer = BatchGateway("infer", lambda: self.to_async.infer, concurrency=STREAMS)  # type: ignore[attr-defined]
         bentoml_compat.bind_apis(self, ("classify", "infer", "models"))
         self.ready = True
         log.info(
@@ -538,7 +539,9 @@ class ModelsMethodGate:
         await self.app(scope, receive, send)
 
 
-Classifier.mount_asgi_app(
+# @bentoml.service made Classifier a bentoml.Service, whose methods are called on it here; mypy keeps a decorated
+# class's own type, which has none of them (hence each call's ignore).
+Classifier.mount_asgi_app(  # type: ignore[attr-defined]  # a Service: see above
     Starlette(
         routes=[
             Route("/models", _get_models, methods=["GET"]),
@@ -552,12 +555,12 @@ Classifier.mount_asgi_app(
 )
 # The first added is the outer: CORS answers a browser's preflight before a key is asked for.
 if SETTINGS.cors_origin_list:
-    Classifier.add_asgi_middleware(CORSMiddleware, **cors_options(SETTINGS.cors_origin_list))
+    Classifier.add_asgi_middleware(CORSMiddleware, **cors_options(SETTINGS.cors_origin_list))  # type: ignore[attr-defined]  # a Service: see above
 if SETTINGS.api_keys or SETTINGS.api_keys_file:
-    Classifier.add_asgi_middleware(ApiKeyGate, keys=SETTINGS.api_key_set())
-Classifier.add_asgi_middleware(BodyGate)
-Classifier.add_asgi_middleware(ModelsMethodGate)
-Classifier.add_asgi_middleware(RouterProbe)
+    Classifier.add_asgi_middleware(ApiKeyGate, keys=SETTINGS.api_key_set())  # type: ignore[attr-defined]  # a Service: see above
+Classifier.add_asgi_middleware(BodyGate)  # type: ignore[attr-defined]  # a Service: see above
+Classifier.add_asgi_middleware(ModelsMethodGate)  # type: ignore[attr-defined]  # a Service: see above
+Classifier.add_asgi_middleware(RouterProbe)  # type: ignore[attr-defined]  # a Service: see above
 label_metrics_by_route()
 
 

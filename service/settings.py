@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal, Mapping, get_args
+from typing import Any, Literal, Mapping, get_args
 
 from inference.devices import DEVICES, Device
 from inference.preprocess import DEFAULT_MAX_PIXELS
@@ -196,7 +196,8 @@ class ServiceSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServiceSettings":
         environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        # Any: each value has its own field's type (its Setting says which), which no one type of the dict can say.
+        values: dict[str, Any] = {}
         for name, setting in SETTINGS.items():
             text = environ.get(setting.env, "").strip()
             if not text:

@@ -30,11 +30,11 @@ from inference.fits import FITS
 from inference.preprocess import ImageDecodeError, ImageTooLarge, decode_pixels
 
 from .confidence import parse_min_confidence
-from .contract import BODY_IDLE_S, REASONS, Rejection
+from .contract import BODY_IDLE_S, ReasonName, Rejection, is_reason
 
 FIELDS = ("images", "k", "model", "min_confidence", "fit")
 # The reason a field's problems are refused with.
-FIELD_REASONS = {
+FIELD_REASONS: dict[str, ReasonName] = {
     "images": "malformed_request",
     "k": "bad_k",
     "model": "malformed_request",
@@ -257,7 +257,7 @@ async def read_classify_json(request: Request, max_images: int, max_body_bytes: 
     return {**{key: raw[key] for key in FIELDS[1:] if key in raw}, "images": uploads}
 
 
-_JSON_TYPES = {
+_JSON_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
     "k": (int, "a JSON integer"),
     "model": (str, "a model name (a string) or null"),
     "min_confidence": ((int, float), "a JSON number from 0 to 1, or null"),
@@ -382,7 +382,7 @@ async def _check_form(form) -> dict[str, Any] | Rejection:
 
 
 # ---------------------------------------------------------------------------------------------- the typed fields
-def refusal_error(reason: str, message: str) -> PydanticCustomError:
+def refusal_error(reason: ReasonName, message: str) -> PydanticCustomError:
     """A validation error that names its reason, so that the answer needs no guessing from pydantic's words."""
     return PydanticCustomError(reason, "{message}", {"message": message})
 
@@ -442,8 +442,9 @@ def rejection_from(error: ValidationError) -> Rejection:
     """The first problem pydantic found with a request's fields, as the refusal the contract names for it."""
     first = error.errors(include_url=False)[0]
     field = str(first["loc"][0]) if first["loc"] else "request"
-    if first["type"] in REASONS:
-        return Rejection(first["type"], first["msg"])  # raised by the validators above, in the contract's words
+    kind = first["type"]
+    if is_reason(kind):
+        return Rejection(kind, first["msg"])  # raised by the validators above, in the contract's words
     if field == "images" and first["type"] == "too_short":
         return Rejection("no_images", "no images: send one or more files in the 'images' field")
     if field == "items" and first["type"] == "too_short":  # /infer's
@@ -465,6 +466,11 @@ def tensor_rejection(values: np.ndarray, what: str) -> Rejection | None:
     would answer it with probabilities of NaN, or with confidence about pixels they never saw."""
     if bool(np.all((values >= 0.0) & (values <= 1.0))):  # NaN compares false
         return None
+    return out_of_range(what)
+
+
+def out_of_range(what: str) -> Rejection:
+    """The refusal of model input values outside [0, 1] (``tensor_rejection``'s)."""
     return Rejection("bad_tensor", f"{what}: values must be in [0, 1] (RGB scaled from 0..255)")
 
 

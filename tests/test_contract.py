@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from typing import get_args
 
 import pytest
 from pydantic import ValidationError
 
 from conftest import ROOT
-from service.contract import REASONS, REJECTION_REASONS, ClassifyResponse, Rejection
+from service.contract import REASONS, REJECTION_REASONS, ClassifyResponse, ReasonName, Rejection
 from service.uploads import Upload, rejection_from
 
 
@@ -24,6 +25,11 @@ def test_every_reason_has_a_refusal_status_and_only_caller_mistakes_are_counted(
     assert Rejection("image_too_large", "x").status == 413 and Rejection("overloaded", "x").status == 503
     with pytest.raises(ValueError, match="unknown rejection reason 'too_large'"):
         Rejection("too_large", "a status is never chosen by words")
+
+
+def test_reason_name_is_the_tables_names_in_order():
+    """Spelt out for the type checker; ClassifyError's schema (the OpenAPI document) lists them in this order."""
+    assert get_args(ReasonName) == tuple(REASONS)
 
 
 def test_the_deploy_guide_lists_the_table():

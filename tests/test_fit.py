@@ -7,6 +7,7 @@ Every image is generated here: marker images whose expected pixels are known, an
 from __future__ import annotations
 
 import io
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -14,8 +15,9 @@ from PIL import Image, ImageFile, ImageOps, JpegImagePlugin
 
 import inference.preprocess as preprocess
 from conftest import ROOT
-from inference.fits import FITS, LEGACY_FIT, PAD_COLOR, fit_image, get_fit
+from inference.fits import FITS, LEGACY_FIT, PAD_COLOR, FitName, fit_image, get_fit
 from inference.manifest import InputSpec, ModelCard, load_manifest
+from inference.precisions import PRECISIONS, PrecisionName
 from inference.preprocess import ImageTooLarge, dct_reduction, decode_image
 
 RED, BLUE, GREY = (230, 20, 20), (20, 20, 230), (100, 100, 100)
@@ -62,6 +64,13 @@ def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
 
 
 # ---------------------------------------------------------------------------------------------- the table
+def test_the_manifests_name_types_are_the_tables_names_in_order():
+    """FitName and PrecisionName are spelt out for the type checker; the schema's enums list them, in the tables'
+    order."""
+    assert get_args(FitName) == tuple(FITS)
+    assert get_args(PrecisionName) == tuple(PRECISIONS)
+
+
 def test_an_unknown_fit_names_the_valid_ones():
     with pytest.raises(ValueError, match="unknown fit 'stretch'; valid: center_crop, squash, pad"):
         get_fit("stretch")

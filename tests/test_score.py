@@ -211,6 +211,14 @@ def test_pipeline_hands_the_next_chunk_to_whichever_stream_is_free():
     assert list(pipeline(iter([[i] for i in range(6)]), Backend())) == [[i] for i in range(6)]
 
 
+def test_a_chunk_with_a_file_left_without_a_row_is_an_error_not_a_lost_file():
+    from service.score.sinks import Row, whole
+
+    assert whole([Row("a.png"), Row("b.png", error="x")]) == [Row("a.png"), Row("b.png", error="x")]
+    with pytest.raises(RuntimeError, match="1 of 2 files were given no row"):
+        whole([Row("a.png"), None])
+
+
 def test_decode_workers_killed_mid_run_cost_no_rows(image_folder, tiny_models_dir):
     """Workers killed (as by the OOM killer) with chunks in flight and two streams finishing: the pool is
     replaced and every image is still scored, with the scores it gets when decoded in this process."""

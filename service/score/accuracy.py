@@ -17,14 +17,15 @@ class FolderAccuracy:
         self.classes = classes
         self.model = model
         self.root_name = root_name
-        self.lookup = {folded(c): c for c in classes} if classes else None
+        self.lookup: dict[str, str] | None = None
         if classes:
+            self.lookup = {folded(c): c for c in classes}
             self.lookup.update({c: c for c in classes})
-        self.images = Counter()
-        self.top1 = Counter()
-        self.topk = Counter()
-        self.confusions = Counter()
-        self.unknown = Counter()
+        self.images: Counter[str] = Counter()
+        self.top1: Counter[str] = Counter()
+        self.topk: Counter[str] = Counter()
+        self.confusions: Counter[tuple[str, str]] = Counter()  # (truth, predicted)
+        self.unknown: Counter[str] = Counter()
         self.k = 0
 
     def label_of(self, path: str) -> str | None:

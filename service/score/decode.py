@@ -61,7 +61,7 @@ def read_file(path: str | bytes) -> bytes:
             raise OSError("not a regular file")
         if st.st_size > MAX_FILE_BYTES:
             raise OSError(f"file is {st.st_size} bytes, over the limit of {MAX_FILE_BYTES}")
-        parts = []
+        parts: list[bytes] = []
         while part := os.read(fd, st.st_size + 1 if not parts else 1 << 20):
             parts.append(part)
         return b"".join(parts)

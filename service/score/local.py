@@ -11,9 +11,10 @@ import multiprocessing
 import os
 import sys
 import threading
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Iterator
+from multiprocessing.context import BaseContext
+from typing import TYPE_CHECKING, Iterator, TypeVar
 
 from inference.devices import Device
 
@@ -21,8 +22,15 @@ from ..settings import default_streams, threads_per_stream
 from .decode import Decoded, decode_chunk, decode_into, image_bytes, rows_view, worker_init
 from .errors import UserError
 from .pipeline import pipeline
-from .sinks import Prediction, Row
+from .sinks import Prediction, Row, whole
 from .walk import Entry
+
+if TYPE_CHECKING:
+    from multiprocessing.shared_memory import SharedMemory
+
+T = TypeVar("T")
+# A chunk in the workers' hands: (the pool's generation, its slot of the shared memory, the workers' reply)
+_Handle = tuple[int, int, Future[tuple[list[int], dict[int, str]]]]
 
 # Images per inference call. On CPU the engine is as fast or faster at 128 than at 256 (smaller activations
 # stay in cache), and smaller chunks shorten the start and the end of a run, where a stream waits for work
@@ -43,6 +51,13 @@ def default_workers(cores: int, on_gpu: bool) -> int:
     if on_gpu:
         return max(1, cores - 1)
     return max(1, min(cores, 8))
+
+
+def _opened(part: T | None) -> T:
+    """The decode pool or the shared memory of a backend whose workers decode: it has both until ``close``."""
+    if part is None:
+        raise RuntimeError("the scoring engine is closed")
+    return part
 
 
 def _shm_free() -> int:
@@ -76,8 +91,8 @@ class LocalBackend:
         on_gpu = wants_cuda(device)
         self.streams = default_streams(cores, on_gpu) if streams is None else streams
         self._pool_lock = threading.Lock()  # the decode pool is replaced from whichever stream finds it broken
-        self.pool: ProcessPoolExecutor | None = None
-        self.shm = None
+        self.pool: ProcessPoolExecutor | None = None  # None: decoding in this process, or closed
+        self.shm: SharedMemory | None = None  # there whenever the pool is
         self._generation = 0
         self._alive = None
         self._decoding(cores, on_gpu, workers)
@@ -134,7 +149,7 @@ class LocalBackend:
         self.workers = default_workers(cores, on_gpu) if workers is None else workers
         self.worker_nice = 0 if on_gpu else WORKER_NICE
 
-    def _new_pool(self, before_inference: bool = False) -> None:
+    def _new_pool(self, before_inference: bool = False) -> ProcessPoolExecutor:
         """Start the decode pool, replacing a broken one. Callers hold ``_pool_lock`` (or are ``__init__``).
 
         The first pool forks from this process while it is still single-threaded (before ONNX Runtime or
@@ -153,11 +168,12 @@ class LocalBackend:
             resource_tracker.ensure_running()  # shared with the workers, not one each that unlinks our memory
             sys.stdout.flush()  # a fork copies unwritten buffers, which each worker would write again at exit
             sys.stderr.flush()
-            ctx = multiprocessing.get_context("fork")
+            ctx: BaseContext = multiprocessing.get_context("fork")
         else:
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["service.score.decode"])
-        self.pool = ProcessPoolExecutor(
+            forkserver = multiprocessing.get_context("forkserver")
+            forkserver.set_forkserver_preload(["service.score.decode"])
+            ctx = forkserver
+        pool = self.pool = ProcessPoolExecutor(
             self.workers,
             mp_context=ctx,
             initializer=worker_init,
@@ -165,8 +181,9 @@ class LocalBackend:
         )
         self.start_method = ctx.get_start_method()
         if self.start_method == "fork":
-            self.pool.submit(int).result()  # forks every worker now, before this process starts a thread
+            pool.submit(int).result()  # forks every worker now, before this process starts a thread
         self._generation += 1
+        return pool
 
     def _close_pool(self) -> None:
         if self.pool is not None:
@@ -180,55 +197,56 @@ class LocalBackend:
     def rows(self, chunks: Iterator[list[Entry]]) -> Iterator[list[Row]]:
         return pipeline(chunks, self)
 
-    def submit(self, chunk: list[Entry]):
-        if self.pool is None:
+    def submit(self, chunk: list[Entry]) -> _Handle | None:
+        """The chunk handed to the decode workers, or None where it is decoded in this process (in ``finish``)."""
+        if self.pool is None or self.shm is None:
             return None
         slot = self._free.pop()
-        task = (decode_into, self.shm.name, slot * self.slot_bytes, self._paths(chunk), self.size, self.fit)
+        task = (self.shm.name, slot * self.slot_bytes, self._paths(chunk), self.size, self.fit)
         with self._pool_lock:  # not while a stream is replacing the pool
             try:
-                future = self.pool.submit(*task)
+                future = self.pool.submit(decode_into, *task)
             except BrokenProcessPool:  # a worker died since the last chunk; the chunks it took are redone in finish
-                self._new_pool()
-                future = self.pool.submit(*task)
+                future = self._new_pool().submit(decode_into, *task)
             return self._generation, slot, future
 
-    def finish(self, chunk: list[Entry], handle) -> list[Row]:
+    def finish(self, chunk: list[Entry], handle: _Handle | None) -> list[Row]:
         paths = self._paths(chunk)
         if handle is None:
             return self._rows(chunk, decode_chunk(paths, self.size, fit=self.fit))
         generation, slot, future = handle
         try:
+            shm = _opened(self.shm)
             try:
                 ok, errors = future.result()
             except BrokenProcessPool:
-                ok, errors = self._recover(paths, slot * self.slot_bytes, generation)
+                ok, errors = self._recover(shm, paths, slot * self.slot_bytes, generation)
             return self._rows(
-                chunk, Decoded(rows_view(self.shm.buf, slot * self.slot_bytes, len(ok), self.size), ok, errors)
+                chunk, Decoded(rows_view(shm.buf, slot * self.slot_bytes, len(ok), self.size), ok, errors)
             )
         finally:
             self._free.append(slot)
 
-    def _recover(self, paths: list[str | None], offset: int, generation: int) -> tuple[list[int], dict[int, str]]:
+    def _recover(
+        self, shm: SharedMemory, paths: list[str | None], offset: int, generation: int
+    ) -> tuple[list[int], dict[int, str]]:
         """A worker died (a decoder crash, or killed for memory): retry in a fresh pool, then file by file."""
         with self._pool_lock:  # one stream replaces the pool; the others and submit wait for it
-            if generation == self._generation:
-                self._new_pool()
+            pool = self._new_pool() if generation == self._generation else _opened(self.pool)
             try:
-                return self.pool.submit(decode_into, self.shm.name, offset, paths, self.size, self.fit).result()
+                return pool.submit(decode_into, shm.name, offset, paths, self.size, self.fit).result()
             except BrokenProcessPool:
-                self._new_pool()
-            ok, errors = [], {}
+                pool = self._new_pool()
+            ok: list[int] = []
+            errors: dict[int, str] = {}
             for i, path in enumerate(paths):
                 if path is None:
                     continue
                 row = offset + len(ok) * image_bytes(self.size)
                 try:
-                    one_ok, one_errors = self.pool.submit(
-                        decode_into, self.shm.name, row, [path], self.size, self.fit
-                    ).result()
+                    one_ok, one_errors = pool.submit(decode_into, shm.name, row, [path], self.size, self.fit).result()
                 except BrokenProcessPool:
-                    self._new_pool()
+                    pool = self._new_pool()
                     errors[i] = "the image decoder crashed on this file"
                     continue
                 if one_ok:
@@ -252,7 +270,7 @@ class LocalBackend:
             classes = self.classes
             for i, cs, ps in zip(decoded.ok, idx.tolist(), conf.tolist()):
                 rows[i] = Row(chunk[i].rel, [Prediction(classes[c], c, p) for c, p in zip(cs, ps)])
-        return rows
+        return whole(rows)
 
     def close(self) -> None:
         self._close_pool()

@@ -17,8 +17,14 @@ class Backend(Protocol):
 
     batch_size: int  # images per chunk of the walk
     k: int
-    name: str | None
-    classes: list[str] | None  # None: the remote service did not say
+
+    # Read-only to the run loop, so an engine that always knows them (``name: str``) is one too.
+    @property
+    def name(self) -> str | None: ...
+
+    @property
+    def classes(self) -> list[str] | None:  # None: the remote service did not say
+        ...
 
     def rows(self, chunks: Iterator[list[Entry]]) -> Iterator[list[Row]]:
         """The rows of every chunk, one list per chunk (or per batch: ``ray_engine`` regroups them)."""

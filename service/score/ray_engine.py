@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Iterator
+from typing import Generator, Iterator
 
 from inference.devices import Device
 from inference.preprocess import DEFAULT_MAX_PIXELS, decode_pixels, pixels_to_model_input
@@ -56,8 +56,8 @@ def _import_ray():
     return ray
 
 
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode(**ENCODING)
+def _text(value: bytes) -> str:
+    return value.decode(**ENCODING)
 
 
 def _raw(text: str | None) -> bytes | None:
@@ -218,7 +218,7 @@ class RayBackend:
         self.threads = threads or 1
         self.gpus_per_actor = gpus_per_actor
         self.batch_size = batch_size or (DEFAULT_GPU_BATCH_SIZE if gpus_per_actor else DEFAULT_BATCH_SIZE)
-        self._stream = None
+        self._stream: Generator[list[Row], None, None] | None = None
         self._address = address
         self._owns_connection = _connect(ray, address)
         _quiet(ray)
@@ -248,7 +248,7 @@ class RayBackend:
         self._stream = self._rows(chunks)
         return self._stream
 
-    def _rows(self, chunks: Iterator[list[Entry]]) -> Iterator[list[Row]]:
+    def _rows(self, chunks: Iterator[list[Entry]]) -> Generator[list[Row], None, None]:
         window: list[list[Entry]] = []
         files = 0
         for chunk in chunks:

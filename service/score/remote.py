@@ -15,7 +15,7 @@ from ..contract import REASONS, ClassifyError, ClassifyResponse, Limits, ModelLi
 from .decode import read_error, read_file
 from .errors import RemoteError, UserError
 from .pipeline import pipeline
-from .sinks import Prediction, Row
+from .sinks import Prediction, Row, whole
 from .walk import Entry
 
 DEFAULT_URL_BATCH = 32  # images per request: the service takes at most 64 by default, and batches across requests
@@ -130,7 +130,7 @@ class RemoteBackend:
             size = self._request_size(items)
             self._send(chunk, items[:size], rows)
             items = items[size:]
-        return rows
+        return whole(rows)
 
     def _send(self, chunk: list[Entry], items: list[tuple[int, bytes]], rows: list[Row | None]) -> None:
         result = self._post(chunk, items)
@@ -157,8 +157,9 @@ class RemoteBackend:
             for item in items:
                 self._send(chunk, [item], rows)
 
-    def _post(self, chunk: list[Entry], items: list[tuple[int, bytes]]) -> list[Row] | tuple[int, str, str]:
-        """The rows, or (status, reason, message) when the service rejects the request (4xx)."""
+    def _post(self, chunk: list[Entry], items: list[tuple[int, bytes]]) -> list[Row] | tuple[int, str | None, str]:
+        """The rows, or (status, reason, message) when the service rejects the request (4xx); reason None where
+        the answer names none."""
         httpx = self.httpx
         files = [
             ("images", (_sendable(os.path.basename(chunk[i].rel)), data, "application/octet-stream"))

@@ -19,11 +19,17 @@ import io
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, TypedDict
 
 from ..confidence import is_confident
 
-ENCODING = dict(encoding="utf-8", errors="surrogateescape")
+
+class _Encoding(TypedDict):  # so that ``**ENCODING`` checks as the keywords of open(), str.encode, bytes.decode
+    encoding: str
+    errors: str
+
+
+ENCODING: _Encoding = {"encoding": "utf-8", "errors": "surrogateescape"}
 FORMATS = ("csv", "jsonl")
 
 
@@ -33,7 +39,8 @@ class OutputError(ValueError):
 
 class Prediction(NamedTuple):  # a tuple: k are made per image
     label: str
-    index: int
+    # Shadows tuple.index, which nothing calls on a Prediction; mypy refuses any field that overrides a method.
+    index: int  # type: ignore[assignment]
     confidence: float
 
 
@@ -42,6 +49,14 @@ class Row:
     path: str
     top_k: list[Prediction] = field(default_factory=list)
     error: str | None = None
+
+
+def whole(rows: list[Row | None]) -> list[Row]:
+    """A chunk's rows, once its engine has given every entry one (a prediction or an error)."""
+    given = [row for row in rows if row is not None]
+    if len(given) < len(rows):  # an engine's bug: a file without a row would be lost from the output
+        raise RuntimeError(f"{len(rows) - len(given)} of {len(rows)} files were given no row")
+    return given
 
 
 def confident(row: Row, min_confidence: float) -> bool:
@@ -88,7 +103,7 @@ class CsvFormat:
                 for p in row.top_k:
                     cells += [p.label, f"{p.confidence:.6f}"]
                 cells += ["", ""] * (self.k - len(row.top_k))
-                if marked:
+                if self.min_confidence is not None:
                     cells.append("true" if confident(row, self.min_confidence) else "false")
                 cells.append("")
                 out.append(cells)
@@ -158,7 +173,7 @@ class JsonlFormat:
     def format(self, rows: list[Row]) -> str:
         lines = []
         for row in rows:
-            record = {
+            record: dict[str, object] = {
                 "path": row.path,
                 "top_k": [
                     {"label": p.label, "index": p.index, "confidence": round(p.confidence, 6)} for p in row.top_k
