@@ -104,16 +104,16 @@ def _data_source(meta: dict, cache_dir: str | None, data_root: str | None = None
             "(--set data.val_size=N)"
         )
     fingerprints = str(meta.get("data_fingerprint") or "").split(":")
-    return {
+    recorded = {
         "dataset": meta["dataset"],
-        "data_root": data_root or meta["data_root"],
+        "data_root": meta["data_root"],
         "val_size": meta["val_size"],
         "split_seed": meta["split_seed"],
         "input_size": meta["input_size"],
         "fit": meta.get("fit", LEGACY_FIT),  # how the run's folder images were fitted: parity reads the same
         **({"val_fingerprint": fingerprints[1]} if len(fingerprints) == 2 else {}),  # training's, validation's
-        "cache_dir": cache_dir,
     }
+    return source_at(recorded, cache_dir, data_root)
 
 
 def export_checkpoint(

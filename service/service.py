@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, cast
 
 import anyio
 import bentoml
@@ -539,9 +539,10 @@ class ModelsMethodGate:
         await self.app(scope, receive, send)
 
 
-# @bentoml.service made Classifier a bentoml.Service, whose methods are called on it here; mypy keeps a decorated
-# class's own type, which has none of them (hence each call's ignore).
-Classifier.mount_asgi_app(  # type: ignore[attr-defined]  # a Service: see above
+# @bentoml.service made Classifier a bentoml.Service; mypy keeps a decorated class's own type, which has none of a
+# Service's methods, so they are called through this name.
+SERVICE = cast(bentoml.Service, Classifier)
+SERVICE.mount_asgi_app(
     Starlette(
         routes=[
             Route("/models", _get_models, methods=["GET"]),
@@ -555,12 +556,12 @@ Classifier.mount_asgi_app(  # type: ignore[attr-defined]  # a Service: see above
 )
 # The first added is the outer: CORS answers a browser's preflight before a key is asked for.
 if SETTINGS.cors_origin_list:
-    Classifier.add_asgi_middleware(CORSMiddleware, **cors_options(SETTINGS.cors_origin_list))  # type: ignore[attr-defined]  # a Service: see above
+    SERVICE.add_asgi_middleware(CORSMiddleware, **cors_options(SETTINGS.cors_origin_list))
 if SETTINGS.api_keys or SETTINGS.api_keys_file:
-    Classifier.add_asgi_middleware(ApiKeyGate, keys=SETTINGS.api_key_set())  # type: ignore[attr-defined]  # a Service: see above
-Classifier.add_asgi_middleware(BodyGate)  # type: ignore[attr-defined]  # a Service: see above
-Classifier.add_asgi_middleware(ModelsMethodGate)  # type: ignore[attr-defined]  # a Service: see above
-Classifier.add_asgi_middleware(RouterProbe)  # type: ignore[attr-defined]  # a Service: see above
+    SERVICE.add_asgi_middleware(ApiKeyGate, keys=SETTINGS.api_key_set())
+SERVICE.add_asgi_middleware(BodyGate)
+SERVICE.add_asgi_middleware(ModelsMethodGate)
+SERVICE.add_asgi_middleware(RouterProbe)
 label_metrics_by_route()
 
 

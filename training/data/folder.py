@@ -128,8 +128,8 @@ def _tree_images(root: Path) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [Path(folder) / f for f in files if is_image_name(f) and not f.startswith(".")]
     images = sorted(p for p in found if p.is_file())
-    for path in images:
-        _check_class_name(path.relative_to(root).parent.as_posix(), root)
+    for folder in sorted({path.parent for path in images}):  # each folder once, not once per image in it
+        _check_class_name(folder.relative_to(root).as_posix(), root)
     return images
 
 
