@@ -65,18 +65,19 @@ class ApiKeyGate:
         await send_rejection(scope, send, Rejection(reason, message))
 
 
-async def send_rejection(scope, send, rejection: Rejection) -> None:
+async def send_rejection(scope, send, rejection: Rejection, headers: dict[str, str] | None = None) -> None:
     """Answer a refusal from ASGI middleware, before the app sees the request: counted as the app counts it,
-    in the Open Inference Protocol's error object on its routes and the contract's elsewhere."""
+    in the Open Inference Protocol's error object on its routes and the contract's elsewhere. ``headers`` are
+    added to the rejection's own (a 405's ``Allow``)."""
     from .metrics import ServiceMetrics  # prometheus_client: imported only once a worker serves
 
     if REASONS[rejection.reason].counted:
         ServiceMetrics.get().reject(rejection.reason)
     body = {"error": rejection.message} if scope["path"].startswith("/v2/") else rejection.body()
     payload = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    headers += [(name.lower().encode(), value.encode()) for name, value in rejection.headers.items()]
-    await send({"type": "http.response.start", "status": rejection.status, "headers": headers})
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw += [(name.lower().encode(), value.encode()) for name, value in {**rejection.headers, **(headers or {})}.items()]
+    await send({"type": "http.response.start", "status": rejection.status, "headers": raw})
     await send({"type": "http.response.body", "body": payload})
 
 

@@ -59,6 +59,9 @@ REASONS: dict[str, Reason] = {
     "bad_min_confidence": Reason(400, "a bad min_confidence", "stop"),
     "bad_fit": Reason(400, "an unknown fit", "stop"),
     "unknown_model": Reason(404, "unknown model", "stop"),
+    "method_not_allowed": Reason(
+        405, "a method the path does not take (the Allow header names those it does)", "stop", counted=False
+    ),
     "unauthorized": Reason(401, "no API key, where the service requires one", "stop"),
     "forbidden": Reason(403, "an API key the service does not know", "stop"),
     "overloaded": Reason(
@@ -92,6 +95,7 @@ ReasonName = Literal[
     "bad_min_confidence",
     "bad_fit",
     "unknown_model",
+    "method_not_allowed",
     "unauthorized",
     "forbidden",
     "overloaded",

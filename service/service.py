@@ -34,7 +34,7 @@ from pydantic.json_schema import SkipJsonSchema
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from inference.fits import FITS, fit_help
@@ -517,26 +517,33 @@ async def _get_models(request: Request) -> JSONResponse:
     return JSONResponse(model_list(instance.served, LIMITS).model_dump(mode="json"))
 
 
-MODELS_METHODS = ("GET", "HEAD", "POST", "OPTIONS")
+# The methods of the paths BentoML's API routes serve (/models also has the mounted GET listing). BentoML answers
+# any other method, OPTIONS included, with a plain-text 405 naming POST alone.
+API_METHODS: dict[str, tuple[str, ...]] = {
+    "/classify": ("POST", "OPTIONS"),
+    "/infer": ("POST", "OPTIONS"),
+    "/models": ("GET", "HEAD", "POST", "OPTIONS"),
+}
 
 
-async def _options_models(request: Request) -> Response:
-    return Response(status_code=204, headers={"Allow": ", ".join(MODELS_METHODS)})
-
-
-class ModelsMethodGate:
-    """ASGI middleware: /models is served by two routers (BentoML's POST API, the mounted GET listing), and
-    BentoML's 405 for another method named POST alone; a 405 must name every method the path takes."""
+class MethodGate:
+    """ASGI middleware: OPTIONS on an API path answers what the path takes (204, ``Allow``), and another method
+    it does not take is refused in the contract's shape (405 ``method_not_allowed``) with the same ``Allow``."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/models" and scope["method"] not in MODELS_METHODS:
-            refusal = PlainTextResponse("Method Not Allowed", 405, headers={"Allow": ", ".join(MODELS_METHODS)})
-            await refusal(scope, receive, send)
+        allowed = API_METHODS.get(scope["path"]) if scope["type"] == "http" else None
+        if allowed is None or (scope["method"] in allowed and scope["method"] != "OPTIONS"):
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        allow = {"Allow": ", ".join(allowed)}
+        if scope["method"] == "OPTIONS":
+            await Response(status_code=204, headers=allow)(scope, receive, send)
+            return
+        message = f"{scope['method'][:20]} is not allowed on {scope['path']}; it takes {', '.join(allowed)}"
+        await send_rejection(scope, send, Rejection("method_not_allowed", message), allow)
 
 
 # @bentoml.service made Classifier a bentoml.Service; mypy keeps a decorated class's own type, which has none of a
@@ -546,7 +553,6 @@ SERVICE.mount_asgi_app(
     Starlette(
         routes=[
             Route("/models", _get_models, methods=["GET"]),
-            Route("/models", _options_models, methods=["OPTIONS"]),
             *oip_routes(_current_instance, SERVICE_NAME, SETTINGS.max_images, SETTINGS.max_body_bytes),
             *page_routes(),
         ]
@@ -560,7 +566,7 @@ if SETTINGS.cors_origin_list:
 if SETTINGS.api_keys or SETTINGS.api_keys_file:
     SERVICE.add_asgi_middleware(ApiKeyGate, keys=SETTINGS.api_key_set())
 SERVICE.add_asgi_middleware(BodyGate)
-SERVICE.add_asgi_middleware(ModelsMethodGate)
+SERVICE.add_asgi_middleware(MethodGate)
 SERVICE.add_asgi_middleware(RouterProbe)
 label_metrics_by_route()
 

@@ -382,13 +382,22 @@ def test_infer_with_the_wrong_method_is_405_not_an_unknown_model(server):
         assert response.status_code == 204 and response.headers["allow"] == allowed, (path, response.text)
 
 
-def test_a_wrong_method_on_models_names_every_method_the_path_takes(server):
-    """GET lists the models and POST is BentoML's API: a 405 naming POST alone would hide the listing."""
-    for method in ("DELETE", "PUT", "PATCH"):
-        response = httpx.request(method, f"{server}/models", timeout=10)
-        assert response.status_code == 405 and response.headers["allow"] == "GET, HEAD, POST, OPTIONS", method
+def test_a_wrong_method_on_an_api_path_names_every_method_the_path_takes(server):
+    """GET lists the models and POST is BentoML's API: a 405 naming POST alone would hide the listing, and
+    BentoML's own 405 (plain text, OPTIONS included) is not the contract's refusal."""
+    for path, allowed in (
+        ("/models", "GET, HEAD, POST, OPTIONS"),
+        ("/classify", "POST, OPTIONS"),
+        ("/infer", "POST, OPTIONS"),
+    ):
+        for method in ("DELETE", "PUT", "PATCH", "GET") if path != "/models" else ("DELETE", "PUT", "PATCH"):
+            response = httpx.request(method, f"{server}{path}", timeout=10)
+            assert response.status_code == 405 and response.headers["allow"] == allowed, (path, method)
+            body = response.json()
+            assert body["reason"] == "method_not_allowed" and method in body["error"], (path, body)
+        options = httpx.options(f"{server}{path}", timeout=10)
+        assert options.status_code == 204 and options.headers["allow"] == allowed, (path, options.text)
     assert httpx.get(f"{server}/models", timeout=10).status_code == 200
-    assert httpx.options(f"{server}/models", timeout=10).headers["allow"] == "GET, HEAD, POST, OPTIONS"
 
 
 JSON_BAD = {
