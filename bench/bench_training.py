@@ -1,10 +1,14 @@
 """Training throughput (images/s) per model, and the data loader's own throughput for comparison.
 
     python bench/bench_training.py [--models se_resnet18 resnet18:activation=gelu ...] [--steps 5]
-        [--batch-size 128] [--device auto] [--optimizer sgd|adamw|muon] [--out bench/results/training.json]
+        [--batch-size 128] [--device auto] [--optimizer sgd|adamw|muon] [--image-size 32]
+        [--out bench/results/training.json]
 
 A model is a registry name, optionally with constructor arguments after a colon
 (``resnet18:attention=se,attention_pool=avg+max``); ``--models all`` is every registered model.
+
+``--image-size`` times smaller images: what an epoch of progressive resizing
+(``augment.progressive_sizes``) costs against one at full size.
 
 The loader figure is the augmentation pipeline alone (crop + flip + Cutout on
 uint8 tensors): it must be well above every model's step throughput, or the
@@ -76,11 +80,18 @@ def parse_spec(spec: str) -> tuple[str, dict]:
 
 
 def train_throughput(
-    spec: str, device: torch.device, batch_size: int, steps: int, bf16: bool, warmup: int = 2, optimizer: str = "sgd"
+    spec: str,
+    device: torch.device,
+    batch_size: int,
+    steps: int,
+    bf16: bool,
+    warmup: int = 2,
+    optimizer: str = "sgd",
+    image_size: int = 32,
 ) -> float:
     name, kwargs = parse_spec(spec)
     model = create_model(name, **kwargs).to(device).to(memory_format=torch.channels_last).train()
-    x = torch.rand(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    x = torch.rand(batch_size, 3, image_size, image_size, device=device).contiguous(memory_format=torch.channels_last)
     opt = build_optimizer(model, OptimConfig(name=optimizer, lr=0.01, momentum=0.9, nesterov=True), x[:2])
     y = torch.randint(0, 10, (batch_size,), device=device)
     for i in range(warmup + steps):
@@ -96,7 +107,7 @@ def train_throughput(
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def training_gflop_per_image(spec: str) -> float:
+def training_gflop_per_image(spec: str, image_size: int = 32) -> float:
     """Forward and backward FLOPs of one training image, counted by PyTorch's FLOP counter (a multiply-add is
     2 FLOPs) on a batch of 2 in float32: what the images/s figure is to be read against (images/s x GFLOP
     per image = GFLOP/s achieved, against the CPU's peak)."""
@@ -105,7 +116,7 @@ def training_gflop_per_image(spec: str) -> float:
     name, kwargs = parse_spec(spec)
     model = create_model(name, **kwargs).train()
     with FlopCounterMode(display=False) as counter:
-        model(torch.rand(2, 3, 32, 32)).sum().backward()
+        model(torch.rand(2, 3, image_size, image_size)).sum().backward()
     return counter.get_total_flops() / 2 / 1e9
 
 
@@ -131,6 +142,9 @@ def main() -> int:
         default="sgd",
         help="the optimizer whose step is timed with the model's (muon: Newton-Schulz per filter bank)",
     )
+    p.add_argument(
+        "--image-size", type=int, default=32, help="side of the training images (smaller: progressive resizing)"
+    )
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     if args.models == ["all"]:
@@ -143,6 +157,7 @@ def main() -> int:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
+        "image_size": args.image_size,
         "bf16": bf16,
         "optimizer": args.optimizer,
         "loader_images_per_s": loader_throughput(device, args.batch_size, 50),
@@ -150,12 +165,15 @@ def main() -> int:
         "training_gflop_per_image": {},
     }
     print(
-        f"| model | train images/s ({device}, batch {args.batch_size}, bf16={bf16}, {args.optimizer}) "
+        f"| model | train images/s ({device}, batch {args.batch_size}, {args.image_size}x{args.image_size}, "
+        f"bf16={bf16}, {args.optimizer}) "
         "| GFLOP per training image | GFLOP/s |\n|---|---|---|---|"
     )
     for name in args.models:
-        ips = train_throughput(name, device, args.batch_size, args.steps, bf16, optimizer=args.optimizer)
-        gflop = training_gflop_per_image(name)
+        ips = train_throughput(
+            name, device, args.batch_size, args.steps, bf16, optimizer=args.optimizer, image_size=args.image_size
+        )
+        gflop = training_gflop_per_image(name, args.image_size)
         results["models"][name] = ips
         results["training_gflop_per_image"][name] = gflop
         print(f"| {name} | {ips:,.0f} | {gflop:.3f} | {ips * gflop:,.0f} |", flush=True)

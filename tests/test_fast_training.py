@@ -501,3 +501,70 @@ def test_airbench_pools_globally_as_the_paper_does_at_32_and_takes_other_sizes()
         assert torch.equal(model(x), paper)
         for size in (24, 64, 96):
             assert model(torch.rand(2, 3, size, size)).shape == (2, 5)
+
+
+def test_progressive_resizing_plan_sizes_each_epoch_and_the_validation_stays_full():
+    from training.data.augment import size_at
+
+    plan = ((1, 16), (3, 24), (5, 32))
+    assert [size_at(plan, epoch, 32) for epoch in range(6)] == [16, 16, 24, 24, 32, 32]
+    assert [size_at(((3, 16), (4, 32)), epoch, 32) for epoch in range(4)] == [32, 32, 16, 32]
+    assert size_at((), 7, 32) == 32
+    n = 24
+    images = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    data = ImageArrays(images, np.arange(n) % 3, ["a", "b", "c"])
+    loader = TensorLoader(data, 8, train=True, augment=AugmentParams(progressive_sizes=plan), seed=1)
+    for epoch, size in [(0, 16), (2, 24), (4, 32)]:
+        loader.set_epoch(epoch)
+        assert {tuple(x.shape[1:]) for x, _ in loader} == {(3, size, size)}
+    val = TensorLoader(data, 8, augment=AugmentParams(progressive_sizes=plan))
+    val.set_epoch(0)
+    assert {tuple(x.shape[1:]) for x, _ in val} == {(3, 32, 32)}
+
+
+def test_progressive_resizing_averages_instead_of_sampling():
+    from training.data.augment import resize_batch
+
+    # A one-pixel checkerboard: sampling every other pixel would give all 0 or all 1; an antialiased
+    # downscale gives its mean, 0.5, away from the border.
+    board = (torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2
+    x = board.float().expand(2, 3, 32, 32)
+    small = resize_batch(x, 16)
+    assert small.shape == (2, 3, 16, 16)
+    assert torch.allclose(small[..., 1:-1, 1:-1], torch.full_like(small[..., 1:-1, 1:-1], 0.5), atol=1e-6)
+    assert resize_batch(x, 32) is x
+
+
+@pytest.mark.parametrize(
+    "plan, problem",
+    [
+        ("{1: 16}", "end below data.image_size 32"),
+        ("{1: 16, 9: 32}", "after the run's last"),
+        ("{1: 48, 2: 32}", "only downscales"),
+        ("{0: 16, 2: 32}", "epochs count from 1"),
+        ("{1: 4, 2: 32}", "at least 8 pixels"),
+    ],
+)
+def test_progressive_resizing_plans_that_cannot_work_are_refused(plan, problem):
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError, match=problem):
+        build_config("resnet9_half_cpu", ["epochs=8", f"progressive_sizes={plan}"])
+
+
+def test_progressive_resizing_trains_small_then_full_and_resumes_exactly(image_folder, tmp_path, monkeypatch):
+    from training.data import loader as loader_module
+
+    seen: list[int] = []
+    original = loader_module.resize_batch
+
+    def spy(x, size):
+        seen.append(size)
+        return original(x, size)
+
+    monkeypatch.setattr(loader_module, "resize_batch", spy)
+    overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=3, progressive_sizes="{1: 16, 3: 32}")
+    a, b = train_straight_and_resumed("resnet9_half_cpu", overrides, tmp_path, monkeypatch)
+    # 45 training images in batches of 16: 2 batches an epoch; the straight run's epochs come first.
+    assert seen[:6] == [16, 16, 16, 16, 32, 32]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -89,6 +89,19 @@ class AugmentConfig(Section):
     mixup_alpha: float = Field(0.0, ge=0)
     cutmix_alpha: float = Field(0.0, ge=0)
     mix_prob: float = Field(1.0, ge=0, le=1)
+    # Progressive resizing (fast.ai's DAWNBench entries, FFCV): {first epoch counting from 1: size}; early
+    # epochs train on downscaled images, which cost about size^2 as much, and the last ones at data.image_size.
+    progressive_sizes: dict[int, int] = Field(default_factory=dict)
+
+    @field_validator("progressive_sizes")
+    @classmethod
+    def _sizes(cls, sizes: dict[int, int]) -> dict[int, int]:
+        for epoch, size in sizes.items():
+            if epoch < 1:
+                raise ValueError(f"epoch {epoch}: epochs count from 1")
+            if size < 8:
+                raise ValueError(f"size {size} at epoch {epoch}: the networks here need at least 8 pixels a side")
+        return dict(sorted(sizes.items()))
 
     def params(self) -> AugmentParams:
         return AugmentParams(
@@ -99,6 +112,7 @@ class AugmentConfig(Section):
             self.vertical_flip,
             self.alternate_flip,
             self.pad_mode,
+            tuple(self.progressive_sizes.items()),
         )
 
     def mix(self) -> MixParams:
@@ -207,6 +221,7 @@ def config_problems(config: Config) -> list[str]:
             f"train.micro_batch_size {t.micro_batch_size} does not divide train.batch_size {t.batch_size}: "
             "pick a divisor"
         )
+    problems += _progressive_problems(config)
     late = [m for m in s.milestones if m >= epochs]
     if s.name == "multistep" and late:
         problems.append(
@@ -217,6 +232,27 @@ def config_problems(config: Config) -> list[str]:
         problems.append(
             f"schedule.warmup_epochs {s.warmup_epochs:g} is not below train.epochs {epochs}: the run would end "
             "before its warmup does"
+        )
+    return problems
+
+
+def _progressive_problems(config: Config) -> list[str]:
+    sizes, full, epochs = config.augment.progressive_sizes, config.data.image_size, config.train.epochs
+    if not sizes:
+        return []
+    problems = []
+    if any(size > full for size in sizes.values()):
+        problems.append(
+            f"augment.progressive_sizes {sizes} go above data.image_size {full}: progressive resizing only downscales"
+        )
+    late = [epoch for epoch in sizes if epoch > epochs]
+    if late:
+        problems.append(f"augment.progressive_sizes start epochs {late} after the run's last, {epochs}")
+    if list(sizes.values())[-1] < full:
+        # BatchNorm statistics and the filters' scale must end on the size the model is evaluated and served at.
+        problems.append(
+            f"augment.progressive_sizes {sizes} end below data.image_size {full}: add {{EPOCH: {full}}} so the "
+            "last epochs train at the size the model is evaluated at"
         )
     return problems
 

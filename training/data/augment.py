@@ -23,6 +23,9 @@ class AugmentParams:
     # in every odd epoch after, so every image is seen both ways in any two consecutive epochs.
     alternate_flip: bool = False
     pad_mode: str = "zeros"  # or "reflect" (airbench's translation)
+    # Progressive resizing: ((first epoch counting from 1, size), ...) in epoch order; each batch is
+    # downscaled to the size of its epoch after the other augmentations. Empty: the data's own size.
+    progressive_sizes: tuple[tuple[int, int], ...] = ()
 
 
 PAD_MODES = ("zeros", "reflect")
@@ -59,6 +62,23 @@ def flip_where(x: torch.Tensor, mask: torch.Tensor, dim: int = 3) -> torch.Tenso
 def alternating_flip_mask(base: torch.Tensor, epoch: int) -> torch.Tensor:
     """Which images to mirror in ``epoch``: the first epoch's random choice ``base``, inverted in odd epochs."""
     return base ^ bool(epoch % 2)
+
+
+def size_at(sizes: tuple[tuple[int, int], ...], epoch: int, full: int) -> int:
+    """The training image size of 0-based ``epoch`` under a progressive-resizing plan (``full`` before its first
+    step, and always when the plan is empty)."""
+    size = full
+    for first_epoch, step_size in sizes:
+        if epoch + 1 >= first_epoch:
+            size = step_size
+    return size
+
+
+def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Float [N, C, H, W] downscaled to size x size; antialiased so the small images are averages, not samples."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 def cutout(x: torch.Tensor, length: int, gen: torch.Generator) -> torch.Tensor:

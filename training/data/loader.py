@@ -11,7 +11,7 @@ from typing import Iterator
 import torch
 
 from .arrays import ImageArrays
-from .augment import AugmentParams, alternating_flip_mask, augment_batch
+from .augment import AugmentParams, alternating_flip_mask, augment_batch, resize_batch, size_at
 from .mix import MixedTargets, MixParams, mix_batch
 
 
@@ -50,6 +50,11 @@ class TensorLoader:
         """The shuffle and augmentation of an epoch depend only on (seed, epoch): resume replays them exactly."""
         self.epoch = epoch
 
+    def image_size(self) -> int:
+        """The side of this epoch's batches: the data's own, or a smaller one early in a progressive-resizing plan."""
+        full = self.images.shape[-1]
+        return size_at(self.augment.progressive_sizes, self.epoch, full) if self.augment else full
+
     def _indices(self, gen: torch.Generator) -> torch.Tensor:
         n = len(self.labels)
         order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
@@ -72,6 +77,7 @@ class TensorLoader:
             if self.augment:
                 flips = None if self.base_flips is None else alternating_flip_mask(self.base_flips[idx], self.epoch)
                 x = augment_batch(x, self.augment, gen, flips)
+                x = resize_batch(x, self.image_size())
             else:
                 x = x.float().div_(255)
             if self.mix is not None and self.mix.enabled:
