@@ -220,13 +220,13 @@ def _add_int8_ranges(p: argparse.ArgumentParser) -> None:
 
 
 def _add_defaults(p: argparse.ArgumentParser) -> None:
-    p = p.add_mutually_exclusive_group()  # every kind of host, or some: both at once says neither
-    p.add_argument(
+    group = p.add_mutually_exclusive_group()  # every kind of host, or some: both at once says neither
+    group.add_argument(
         "--default",
         action="store_true",
         help="make the model the default on every kind of host (replaces per-device defaults)",
     )
-    p.add_argument(
+    group.add_argument(
         "--default-for",
         action="append",
         choices=DEVICE_KINDS,

@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from inference.fits import DEFAULT_FIT
+from inference.fits import DEFAULT_FIT, FitName
 from inference.manifest import METADATA_KEY, InputSpec, ModelCard
 
 OPSET = 18
@@ -18,7 +18,7 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 log = logging.getLogger("export")
 
 
-def input_spec(meta: dict, fit: str | None = None) -> InputSpec:
+def input_spec(meta: dict, fit: FitName | None = None) -> InputSpec:
     """The card's input spec from a checkpoint's meta. ``fit``: how serving fits photos of another shape;
     default the training run's (a run from before runs recorded one: inference.fits.DEFAULT_FIT)."""
     size = int(meta["input_size"])
@@ -48,6 +48,7 @@ def export_fp32(model: torch.nn.Module, path: Path, image_size: int) -> None:
             optimize=True,
             verbose=False,
         )
+    assert program is not None  # None comes from the legacy (dynamo=False) exporter only
     program.save(str(path))
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)

@@ -109,8 +109,11 @@ def judge(
 ) -> Parity:
     onnx_top1 = topk_accuracy(onnx_probs, labels, 1)
     compared = torch_probs is not None
-    agreement = float((torch_probs.argmax(1) == onnx_probs.argmax(1)).mean()) if compared else float("nan")
-    max_diff = float(np.abs(torch_probs - onnx_probs).max()) if compared else float("nan")
+    if torch_probs is None:
+        agreement = max_diff = float("nan")
+    else:
+        agreement = float((torch_probs.argmax(1) == onnx_probs.argmax(1)).mean())
+        max_diff = float(np.abs(torch_probs - onnx_probs).max())
     parity = Parity(
         precision,
         len(labels),

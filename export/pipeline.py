@@ -13,8 +13,10 @@ import onnx
 import onnxruntime
 import torch
 
-from inference.fits import LEGACY_FIT
+from inference.devices import DeviceKind
+from inference.fits import LEGACY_FIT, FitName
 from inference.manifest import Manifest, ManifestError, ModelCard, ModelEntry, load_manifest, save_manifest, sha256_file
+from inference.precisions import PrecisionName
 from inference.preprocess import to_model_input
 from inference.runtime import OnnxClassifier, softmax
 from training.checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
@@ -119,7 +121,7 @@ def _data_source(meta: dict, cache_dir: str | None, data_root: str | None = None
 def export_checkpoint(
     checkpoint: str | Path,
     name: str,
-    precision: str = "fp32",
+    precision: PrecisionName = "fp32",
     models_dir: str | Path = "models",
     make_default: bool = False,
     calibration_count: int | None = None,
@@ -127,8 +129,8 @@ def export_checkpoint(
     max_val_images: int | None = None,
     tta: str = "none",
     calibrate: str = "temperature",
-    fit: str | None = None,
-    default_for: Sequence[str] = (),
+    fit: FitName | None = None,
+    default_for: Sequence[DeviceKind] = (),
     reference_cache: str | Path | None = None,
     activation_ranges: str | None = None,
     data_root: str | None = None,
@@ -267,7 +269,12 @@ def publish(out: Path, card: ModelCard, parity: Parity, logits: np.ndarray, labe
 
 
 def record_entry(
-    card: ModelCard, out: Path, final: Path, models_dir: Path, make_default: bool, default_for: Sequence[str] = ()
+    card: ModelCard,
+    out: Path,
+    final: Path,
+    models_dir: Path,
+    make_default: bool,
+    default_for: Sequence[DeviceKind] = (),
 ) -> ModelEntry:
     """Move the verified graph ``out`` to ``final`` and list it in the manifest. The new manifest is made (and a
     manifest that cannot be read refused) before the file is replaced, so a refusal leaves the shipped file
@@ -298,7 +305,7 @@ def check_replacement(models_dir: Path, name: str, arch: str, classes: Sequence[
         )
 
 
-def _with_entry(entry: ModelEntry, models_dir: Path, make_default: bool, default_for: Sequence[str]) -> Manifest:
+def _with_entry(entry: ModelEntry, models_dir: Path, make_default: bool, default_for: Sequence[DeviceKind]) -> Manifest:
     try:
         manifest = load_manifest(models_dir, verify=False)
         # A re-export keeps its place, so the listing's order (and the manifest's diff) stays as it was.

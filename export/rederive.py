@@ -20,7 +20,10 @@ import onnx
 import onnxruntime
 from onnx import helper, numpy_helper
 
+from inference.devices import DeviceKind
+from inference.fits import FitName
 from inference.manifest import Calibration, ModelCard, ModelEntry, load_manifest
+from inference.precisions import PrecisionName
 from inference.runtime import OnnxClassifier, softmax
 from training.inference import topk_accuracy
 from training.reports.calibration import fit_temperature
@@ -55,15 +58,15 @@ def append_temperature(src: Path, dst: Path, temperature: float) -> None:
 def rederive(
     reference: str,
     name: str,
-    precision: str = "fp32",
+    precision: PrecisionName = "fp32",
     models_dir: str | Path = "models",
     make_default: bool = False,
     calibrate: str = "temperature",
     calibration_count: int | None = None,
     cache_dir: str | None = ".cache/datasets",
     max_val_images: int | None = None,
-    fit: str | None = None,
-    default_for: Sequence[str] = (),
+    fit: FitName | None = None,
+    default_for: Sequence[DeviceKind] = (),
     activation_ranges: str | None = None,
     data_root: str | None = None,
 ) -> tuple[ModelEntry, Parity]:

@@ -106,7 +106,8 @@ def probability_tail(model: onnx.ModelProto) -> list[str]:
     """The nodes from the first (log-)softmax on: their values span many orders of magnitude (an ensemble's
     log-probabilities reach -30 and below), so 256 uint8 steps would move probabilities by tenths. They are
     a handful of cheap ops, kept in float."""
-    tail, produced = [], set()
+    tail: list[str] = []
+    produced: set[str] = set()
     for node in model.graph.node:  # topologically sorted, as the ONNX checker requires
         if node.op_type in PROBABILITY_OPS or produced.intersection(node.input):
             tail.append(node.name)
