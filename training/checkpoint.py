@@ -158,7 +158,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> ImageCl
     when its weights do not fit that network (another version of the model's code, a hand-edited meta)."""
     meta = ckpt["meta"]
     model = create_model(meta["arch"], meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])
-    weights = ckpt.get("ema") if use_ema and ckpt.get("ema") else ckpt["model"]
+    weights = ckpt["ema"] if use_ema and ckpt.get("ema") else ckpt["model"]
     try:
         model.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError) as exc:  # torch lists every mismatch: the first is enough

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import TypeVar
+
+_Number = TypeVar("_Number", int, float)
 
 
-def _number(text: str, kind: type) -> float | int:
+def _number(text: str, kind: type[_Number]) -> _Number:
     try:
         return kind(text)
     except ValueError:

@@ -348,7 +348,9 @@ def _field_owner(key: str) -> str:
     owners = [
         name
         for name, f in Config.model_fields.items()
-        if isinstance(f.default_factory, type) and key in f.default_factory.model_fields
+        if isinstance(f.default_factory, type)
+        and issubclass(f.default_factory, BaseModel)
+        and key in f.default_factory.model_fields
     ]
     if len(owners) > 1:
         raise ConfigError(f"{key!r} is ambiguous ({', '.join(owners)}): write it as section.{key}")

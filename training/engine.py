@@ -82,14 +82,26 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 def load_data(config: Config) -> tuple[ImageArrays, ImageArrays | None]:
     d = config.data
-    kwargs = dict(val_size=d.val_size, seed=d.split_seed, cache_dir=d.cache_dir, image_size=d.image_size, fit=d.fit)
+
+    def load(split: str) -> ImageArrays:
+        return load_split(
+            d.dataset,
+            d.root,
+            split,
+            val_size=d.val_size,
+            seed=d.split_seed,
+            cache_dir=d.cache_dir,
+            image_size=d.image_size,
+            fit=d.fit,
+        )
+
     if d.val_size == 0:
         log.warning(
             "data.val_size 0: no validation split, so the best epoch is ranked by training accuracy and the run "
             "cannot be exported (python -m export checks the graph against the checkpoint on held-out images)"
         )
-        return load_split(d.dataset, d.root, "all", **kwargs), None
-    return load_split(d.dataset, d.root, "train", **kwargs), load_split(d.dataset, d.root, "val", **kwargs)
+        return load("all"), None
+    return load("train"), load("val")
 
 
 # What a run's checkpoint records of its data that the same data gives again (``Trainer._check_same_data``).
@@ -152,7 +164,7 @@ def prepare_model(model: ImageClassifier, config: Config, train_images: np.ndarr
 DROPPED_SHARE_WARNED = 0.10
 
 
-def evaluate(model: nn.Module, loader: TensorLoader, bf16: bool) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: TensorLoader, bf16: bool) -> dict[str, float | None]:
     logits, labels = predict_logits(model, loader, bf16)
     return {
         "val_loss": cross_entropy(logits, labels),
@@ -278,7 +290,9 @@ class Trainer:
                 find_unused_parameters=t.whiten_bias_epochs is not None and bool(whitening_layers(self.model)),
             )
         if t.compile:
-            self.forward_model = torch.compile(self.forward_model)
+            # typed as returning a callable: given a Module, torch.compile returns an OptimizedModule, a Module
+            self.forward_model = torch.compile(self.forward_model)  # type: ignore[assignment]
+        self.history: list[dict[str, Any]]
         self.epoch, self.history, self.best = 0, [], {"val_top1": -1.0, "epoch": -1}
         self.bad_epochs = 0
         # Every rank's random state at the end of the last epoch; only rank 0 saves, so all ranks send theirs.
@@ -448,7 +462,7 @@ class Trainer:
         epochs_bar = tqdm(total=t.epochs, initial=self.epoch, desc="training", unit="epoch", disable=not main)
         with epochs_bar:
             while self.epoch < t.epochs and not stop:
-                record = {"epoch": self.epoch + 1, **self.train_epoch()}
+                record: dict[str, float | None] = {"epoch": self.epoch + 1, **self.train_epoch()}
                 self.epoch += 1
                 self.rng_states = distributed.gather_rng_states(self.dist)
                 if main:
@@ -488,7 +502,7 @@ class Trainer:
             "train_time_s": sum(h["train_time_s"] for h in self.history),
         }
 
-    def _evaluate(self) -> dict[str, float]:
+    def _evaluate(self) -> dict[str, float | None]:
         if self.val_loader is None:
             return {}
         start = time.perf_counter()
@@ -505,6 +519,7 @@ class Trainer:
         """Lookahead's result is its slow weights, which the last epoch only takes when the run goes the
         whole way: take them now, and record what they score as the last epoch's (last.pt, and best.pt if
         they beat it). The patience count stays exhausted, so a resume still finds the run finished."""
+        assert self.lookahead is not None  # only a run with lookahead finishes early this way
         self.lookahead.finish(self.model)
         if not self.dist.is_main:
             return

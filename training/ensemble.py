@@ -25,7 +25,7 @@ from .checkpoint import (
 )
 from .inference import check_tta, network_of
 from .models import create_model
-from .models.ensemble import ENSEMBLE_ARCH, member_spec
+from .models.ensemble import ENSEMBLE_ARCH, Ensemble, member_spec
 
 # Meta entries every member must share: what the ensemble's split, classes and input are.
 SHARED_KEYS = ("classes", "num_classes", "dataset", "val_size", "split_seed", "input_size", "fit")
@@ -143,7 +143,9 @@ def join_checkpoints(
         ],
     }
     model = create_model(ENSEMBLE_ARCH, meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])
-    for member, ckpt in zip(model.backbone.members, ckpts):
+    ensemble = model.backbone
+    assert isinstance(ensemble, Ensemble)  # what create_model builds for ENSEMBLE_ARCH
+    for member, ckpt in zip(ensemble.members, ckpts):
         network_of(member).load_state_dict(model_from_checkpoint(ckpt).state_dict())
     save_model_checkpoint(meta, model, out)
     return meta

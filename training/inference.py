@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from .data.loader import TensorLoader
+from .data.mix import MixedTargets
 
 
 def hardware_bf16(device: torch.device) -> bool:
@@ -111,14 +113,23 @@ def tta_logits_numpy(logits_fn, batch: np.ndarray, tta: str) -> np.ndarray:
     return np.tensordot(np.array([v[2] for v in views], np.float32), logits, axes=1)
 
 
+class Batches(Protocol):
+    """Images and labels in batches on ``device``: a TensorLoader, or one seen through a progress bar."""
+
+    device: torch.device
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | MixedTargets]]: ...
+
+
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, loader: TensorLoader, bf16: bool = False, tta: str = "none"
+    model: nn.Module, loader: Batches, bf16: bool = False, tta: str = "none"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return float32 logits [N, C] and labels [N] over a non-shuffled loader."""
     model = with_tta(model, tta).eval()
     logits, labels = [], []
     for x, y in loader:
+        assert isinstance(y, torch.Tensor), "an evaluation loader does not mix its labels"
         with autocast(loader.device, bf16):
             out = model(x).float()
         logits.append(out.cpu())

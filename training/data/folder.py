@@ -60,7 +60,7 @@ def read_image_folder(
         cached = _read_cache(cache)
         if cached is not None:
             return cached
-    entries = list(_iter_archive(root) if archive else _iter_tree(root, images))
+    entries = list(_iter_archive(root) if images is None else _iter_tree(root, images))
     arrays = _decode_all(entries, root, image_size, fit)
     if cache:
         _write_cache(cache, arrays)
@@ -128,8 +128,8 @@ def _tree_images(root: Path) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [Path(folder) / f for f in files if is_image_name(f) and not f.startswith(".")]
     images = sorted(p for p in found if p.is_file())
-    for folder in sorted({path.parent for path in images}):  # each folder once, not once per image in it
-        _check_class_name(folder.relative_to(root).as_posix(), root)
+    for parent in sorted({path.parent for path in images}):  # each folder once, not once per image in it
+        _check_class_name(parent.relative_to(root).as_posix(), root)
     return images
 
 
@@ -174,7 +174,9 @@ def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
                 hidden = any(part.startswith(".") and part not in (".", "..") for part in name.parts)
                 if member.isfile() and is_image_name(name.name) and len(name.parts) >= 2 and not hidden:
                     _check_class_name(str(name.parent), root)
-                    yield member.name, _class_name(name.parts[-2]), tar.extractfile(member).read()
+                    file = tar.extractfile(member)
+                    assert file is not None  # a regular file's member always has contents
+                    yield member.name, _class_name(name.parts[-2]), file.read()
             with open(root, "rb") as f:
                 plain = not f.read(6).startswith(COMPRESSED_MAGIC)
             if plain and tar.offset + END_OF_ARCHIVE > root.stat().st_size:

@@ -71,6 +71,7 @@ class TensorLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | MixedTargets]]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = self._indices(gen).to(self.device)
+        y: torch.Tensor | MixedTargets
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x, y = self.images[idx], self.labels[idx]

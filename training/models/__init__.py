@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Sequence
+from typing import Sequence, TypedDict
 
 import torch
 from torch import nn
@@ -39,6 +39,10 @@ def _register(name: str, description: str):
 
 
 class Normalize(nn.Module):
+    # Buffers, declared for their type: nn.Module's __getattr__ would type them Tensor | Module.
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -58,7 +62,8 @@ class ImageClassifier(nn.Module):
 
     @property
     def cam_layer(self) -> nn.Module:
-        return self.backbone.cam_layer
+        # nn.Module's __getattr__ is typed Tensor | Module; every backbone's cam_layer is a Module property
+        return self.backbone.cam_layer  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.normalize(x))
@@ -188,7 +193,13 @@ def ca_resnet18(num_classes: int = 10, dropout: float = 0.0, reduction: int | No
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, "ca", reduction, dropout, **options)
 
 
-RESNEXT29 = dict(depths=(3, 3, 3), widths=(64, 128, 256))  # Xie et al.'s CIFAR net: 3 stages of 3 blocks, 256-1024 out
+class _Stages(TypedDict):
+    depths: tuple[int, ...]
+    widths: tuple[int, ...]
+
+
+# Xie et al.'s CIFAR net: 3 stages of 3 blocks, 256-1024 out
+RESNEXT29 = _Stages(depths=(3, 3, 3), widths=(64, 128, 256))
 
 
 @_register("resnext29", "generic CIFAR ResNeXt-29: resnext29(cardinality, base_width), 2x64d by default")

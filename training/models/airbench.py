@@ -10,6 +10,8 @@ option the paper ablates is a constructor argument, so the ablation is a set of 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -46,7 +48,7 @@ class AirbenchNet(nn.Module):
     def __init__(
         self,
         num_classes: int = 10,
-        widths: tuple[int, int, int] | list[int] = AIRBENCH94_WIDTHS,
+        widths: Sequence[int] = AIRBENCH94_WIDTHS,
         whiten: bool = True,
         dirac: bool = True,
         bn_scale: bool = False,

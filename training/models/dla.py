@@ -51,6 +51,8 @@ class Tree(nn.Module):
         root_dim = (root_dim or 2 * c_out) + (c_in if level_root else 0)
         self.levels, self.level_root = levels, level_root
         self.downsample = nn.MaxPool2d(stride, stride) if stride > 1 else nn.Identity()
+        self.tree1: Block | Tree
+        self.tree2: Block | Tree
         if levels == 1:
             self.tree1 = Block(c_in, c_out, stride)
             self.tree2 = Block(c_out, c_out, 1)

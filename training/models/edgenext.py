@@ -10,7 +10,7 @@ positional encoding. Everything but the stem follows the reference code.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Sequence, TypedDict
 
 import torch
 from torch import nn
@@ -18,7 +18,17 @@ from torch.nn import functional as F
 
 from .layers import DropPath, LayerNorm2d, Mlp, init_transformer_weights, merge_heads, split_heads
 
-SMALL = dict(
+
+class _Size(TypedDict):
+    depths: tuple[int, ...]
+    dims: tuple[int, ...]
+    kernel_sizes: tuple[int, ...]
+    sdta_blocks: tuple[int, ...]
+    split_scales: tuple[int, ...]
+    pos_embed: tuple[bool, ...]
+
+
+SMALL = _Size(
     depths=(3, 3, 9, 3),
     dims=(48, 96, 160, 304),
     kernel_sizes=(3, 5, 7, 9),

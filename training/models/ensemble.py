@@ -35,7 +35,9 @@ class Ensemble(nn.Module):
     @property
     def cam_layer(self) -> nn.Module:
         # Grad-CAM of the ensemble's decision as seen in the first member's last stage: a map needs one layer.
-        return network_of(self.members[0]).cam_layer  # through a member's own TTA wrapper
+        # Through a member's own TTA wrapper. nn.Module's __getattr__ is typed Tensor | Module; cam_layer is a
+        # Module property of every network.
+        return network_of(self.members[0]).cam_layer  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         log_probs = torch.stack([F.log_softmax(member(x).float(), dim=1) for member in self.members])

@@ -59,7 +59,7 @@ class Res2NetBottleneck(nn.Module):
 
     def forward(self, x):
         groups = torch.split(self.act(self.bn1(self.conv1(x))), self.width, 1)
-        outs = []
+        outs: list[torch.Tensor] = []
         for group, conv, bn in zip(groups, self.convs, self.bns):
             y = group if not outs or self.first else outs[-1] + group
             outs.append(self.act(bn(conv(y))))

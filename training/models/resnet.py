@@ -11,11 +11,16 @@ the "v1b"/ResNet-D tweaks (``deep_stem``, ``avg_down``) and, with the block in
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from .activation import make_activation
 from .attention import make_attention
+
+if TYPE_CHECKING:  # res2net builds on this module's shortcut
+    from .res2net import Res2NetBottleneck
 
 
 class BasicBlock(nn.Module):
@@ -120,7 +125,7 @@ class ResNet(nn.Module):
 
     def __init__(
         self,
-        block: type[nn.Module],
+        block: type[BasicBlock | Bottleneck | Res2NetBottleneck],
         depths: tuple[int, ...],
         num_classes: int = 10,
         attention: str = "none",

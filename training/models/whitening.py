@@ -22,6 +22,8 @@ def image_patches(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class PatchWhitening(nn.Conv2d):
+    bias: torch.Tensor  # built with bias=True, so never the None that nn.Conv2d's type allows
+
     def __init__(self, in_channels: int = 3, kernel_size: int = 2, eps: float = 5e-4) -> None:
         dim = in_channels * kernel_size * kernel_size
         super().__init__(in_channels, 2 * dim, kernel_size, padding=0, bias=True)

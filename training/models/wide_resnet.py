@@ -32,7 +32,7 @@ class WideBlock(nn.Module):
         out = self.conv2(self.dropout(self.relu(self.bn2(out))))
         out = self.attention(out)
         # The projection shortcut reads the pre-activated input, as in the reference code.
-        return out + (x if self.equal else self.shortcut(pre))
+        return out + (x if self.shortcut is None else self.shortcut(pre))
 
 
 class WideResNet(nn.Module):

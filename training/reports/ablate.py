@@ -53,7 +53,7 @@ def split_values(text: str) -> list[str]:
 
 
 def parse_vary(items: list[str]) -> list[tuple[str, list[str]]]:
-    axes = []
+    axes: list[tuple[str, list[str]]] = []
     for item in items:
         if "=" not in item:
             raise ValueError(f"--vary {item!r} is not KEY=V1,V2,...")
@@ -75,7 +75,8 @@ def parse_vary(items: list[str]) -> list[tuple[str, list[str]]]:
 
 def parse_steps(steps: list[list[str]]) -> list[tuple[str, list[str]]]:
     """``[[LABEL, KEY=VALUE, ...], ...]`` -> cumulative (label, assignments): each step adds to the one before."""
-    out, accumulated = [], []
+    out: list[tuple[str, list[str]]] = []
+    accumulated: list[str] = []
     for step in steps:
         if not step or "=" in step[0]:
             raise ValueError(f"--step {' '.join(step)!r}: start with a label, then KEY=VALUE settings")
@@ -213,8 +214,8 @@ def ablate(
         row["top1_diff_points"] = 100 * (row["top1"] - base["top1"])
         row["loss_diff"] = row["loss"] - base["loss"]
         row["per_class_mean_diff_points"] = 100 * float(np.mean(list(deltas.values()))) if deltas else None
-        gain = max(deltas, key=deltas.get) if deltas else None
-        loss = min(deltas, key=deltas.get) if deltas else None
+        gain = max(deltas, key=deltas.__getitem__) if deltas else None
+        loss = min(deltas, key=deltas.__getitem__) if deltas else None
         row["largest_class_gain"] = {"class": gain, "points": 100 * deltas[gain]} if gain else None
         row["largest_class_loss"] = {"class": loss, "points": 100 * deltas[loss]} if loss else None
         row["mcnemar_vs_baseline"], row["diff_interval_vs_baseline"] = _paired(base, row)

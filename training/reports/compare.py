@@ -16,6 +16,7 @@ import numpy as np
 
 from inference.files import write_text_atomic
 
+from ..data import ImageArrays
 from ..plots import CurveInfo, plot_compared_curves
 from .evaluate import (
     PREDICTIONS_FILE,
@@ -93,7 +94,7 @@ def _model_side(
     defaults: dict[str, Any],
     tta: str,
     batch_size: int,
-    loaded: dict[tuple, tuple],
+    loaded: dict[tuple, ImageArrays],
 ) -> Side:
     spec = resolve_data(source, defaults=defaults, **data_args)
     key = tuple(sorted(asdict(spec).items()))
@@ -132,9 +133,9 @@ def compare(
     alpha: float = 0.05,
 ) -> dict[str, Any]:
     kinds = [classify(a), classify(b)]
-    sides: list[Side | None] = [_report_side(Path(p)) if k == "report" else None for p, k in zip((a, b), kinds)]
+    reports = [_report_side(Path(p)) if k == "report" else None for p, k in zip((a, b), kinds)]
     # A model compared with a report is evaluated on the report's samples unless told otherwise.
-    report_data = next((s.data for s in sides if s is not None), {})
+    report_data = next((s.data for s in reports if s is not None), {})
     defaults = {k: report_data.get(k) for k in ("dataset", "root", "val_size", "split_seed", "cache_dir")}
     data_args = {
         "dataset": dataset,
@@ -144,20 +145,20 @@ def compare(
         "split_seed": split_seed,
         "cache_dir": cache_dir,
     }
-    # Both models are loaded before either is evaluated: a B that is no model, or a model of another task, is
-    # refused before A's pass over the data, which can take minutes.
-    sources = [
-        None if side else load_model(p if k == "checkpoint" else None, p if k == "onnx" else None, device)
-        for p, k, side in zip((a, b), kinds, sides)
+    # Each of A and B: its report's side, or its model. Both models are loaded before either is evaluated: a B
+    # that is no model, or a model of another task, is refused before A's pass over the data, which can take minutes.
+    inputs: list[Side | ModelSource] = [
+        side if side is not None else load_model(p if k == "checkpoint" else None, p if k == "onnx" else None, device)
+        for p, k, side in zip((a, b), kinds, reports)
     ]
-    class_counts = [len(side.classes if side else source.classes) for side, source in zip(sides, sources)]
+    class_counts = [len(x.classes) for x in inputs]
     if class_counts[0] != class_counts[1]:
         raise ValueError(f"A has {class_counts[0]} classes and B has {class_counts[1]}: not the same task")
-    loaded: dict[tuple, tuple] = {}
-    for i, (path, kind) in enumerate(zip((a, b), kinds)):
-        if sides[i] is None:
-            sides[i] = _model_side(sources[i], Path(path), kind, data_args, defaults, tta, batch_size, loaded)
-    side_a, side_b = sides
+    loaded: dict[tuple, ImageArrays] = {}
+    side_a, side_b = [
+        x if isinstance(x, Side) else _model_side(x, Path(path), kind, data_args, defaults, tta, batch_size, loaded)
+        for x, path, kind in zip(inputs, (a, b), kinds)
+    ]
     if side_a.fingerprint != side_b.fingerprint or len(side_a.labels) != len(side_b.labels):
         settings = ("root", "split", "val_size", "split_seed", "image_size", "fit")
         differ = [k for k in settings if side_a.data.get(k) != side_b.data.get(k)]

@@ -12,6 +12,7 @@ import logging
 import platform
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,12 +23,14 @@ import torch
 from tqdm import tqdm
 
 from inference.classes import folded
+from inference.devices import DEVICES, Device
 from inference.files import write_atomic, write_text_atomic
 from inference.fits import DEFAULT_FIT, LEGACY_FIT
 
 from ..checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
 from ..data import SPLITS, DatasetError, ImageArrays, load_split
 from ..data.loader import TensorLoader
+from ..data.mix import MixedTargets
 from ..data.split import SplitTooLarge
 from ..engine import resolve_device
 from ..inference import TTA_DESCRIPTIONS, check_tta, predict_logits, tta_logits_numpy
@@ -147,7 +150,7 @@ class _Progress:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | MixedTargets]]:
         return iter(tqdm(self.loader, desc=self.desc, unit="batch", leave=False))
 
 
@@ -199,7 +202,7 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
         raise FileNotFoundError(f"no ONNX model at {path}")
     from inference.runtime import OnnxClassifier
 
-    onnx_device = device if device in ("auto", "cpu", "cuda") else "cuda" if device.startswith("cuda") else "cpu"
+    onnx_device: Device = device if device in DEVICES else "cuda" if device.startswith("cuda") else "cpu"
     classifier = OnnxClassifier(path, device=onnx_device)  # a file it cannot load: ModelFileError, a ValueError
     card = classifier.card
     src = dict(card.source)
@@ -264,6 +267,7 @@ def load_model(
         raise ValueError("give exactly one of --checkpoint and --onnx")
     if checkpoint is not None:
         return _load_checkpoint_source(Path(checkpoint), device)
+    assert onnx is not None  # exactly one of the two is given
     return _load_onnx_source(Path(onnx), device)
 
 
@@ -317,8 +321,8 @@ def match_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> tup
     by_folded: dict[str, int] = {}
     for i, name in enumerate(model):
         by_folded.setdefault(folded(name), i)
-    index = [model.index(c) if c in model else by_folded.get(folded(c)) for c in given]
-    unknown = [c for c, i in zip(given, index) if i is None]
+    found = [model.index(c) if c in model else by_folded.get(folded(c)) for c in given]
+    unknown = [c for c, i in zip(given, found) if i is None]
     if len(unknown) == len(given) and len(given) == len(model):
         message = (
             f"no class name of the data is one of the model's ({', '.join(given[:5])}...): label order assumed equal"
@@ -331,6 +335,7 @@ def match_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> tup
             f"{', ...' if len(unknown) > 5 else ''} (its classes: {', '.join(model)}); a folder's class folders are "
             "matched to the model's classes by name"
         )
+    index = [i for i in found if i is not None]  # all of them: an unknown class was refused above
     if len(set(index)) < len(index):
         raise ValueError(f"{spec.dataset} {spec.root} has two class folders for one class of the model: {given}")
     labels = np.asarray(index, dtype=np.int64)[data.labels]
@@ -427,6 +432,7 @@ def read_json(path: Path) -> Any:
 def default_out_dir(source: ModelSource, split: str, tta: str) -> Path:
     suffix = f"{split}-tta-{tta}" if tta != "none" else split
     if source.kind == "checkpoint":
+        assert source.run_dir is not None  # a checkpoint's source always names its run folder
         return source.run_dir / f"report-{source.path.stem}-{suffix}"
     return Path("reports") / f"{source.path.stem}-{suffix}"
 
@@ -524,6 +530,7 @@ def render_gradcam(
     batch = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(source.device)
     cam = GradCAM(source.model)
     cams = cam(batch, torch.from_numpy(preds[indices]))
+    assert cam.map_size is not None  # set by the call
     height, width = cam.map_size
     # the overlay is smooth at the image's size; say how coarse the map under it is, and what it is not
     note = [f"{height}x{width} map of the last stage, upsampled; each scaled to its own maximum"]

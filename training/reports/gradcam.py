@@ -17,7 +17,8 @@ class GradCAM:
 
     def __init__(self, model: nn.Module, layer: nn.Module | None = None) -> None:
         self.model = model
-        self.layer = layer if layer is not None else model.cam_layer
+        # nn.Module's __getattr__ is typed Tensor | Module; every network's cam_layer is a Module property
+        self.layer: nn.Module = layer if layer is not None else model.cam_layer  # type: ignore[assignment]
         self._activation: torch.Tensor | None = None
         self._gradient: torch.Tensor | None = None
         # (height, width) of the layer's activation in the last call: the maps' real resolution
@@ -42,8 +43,11 @@ class GradCAM:
                     targets = logits.argmax(1)
                 targets = torch.as_tensor(targets, device=logits.device, dtype=torch.long)
                 score = logits.gather(1, targets[:, None]).sum()
+                # The hooks set both: the forward pass went through the layer, the backward pass back to it.
+                assert self._activation is not None
                 # inputs= limits the backward pass to the hooked activation: no parameter .grad is written.
                 torch.autograd.backward(score, inputs=[self._activation])
+                assert self._gradient is not None
             activation, gradient = self._activation.detach(), self._gradient.detach()
         finally:
             handle.remove()
