@@ -71,6 +71,7 @@ class TensorLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | MixedTargets]]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = self._indices(gen).to(self.device)
+        size = self.image_size()
         y: torch.Tensor | MixedTargets
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
@@ -78,7 +79,7 @@ class TensorLoader:
             if self.augment:
                 flips = None if self.base_flips is None else alternating_flip_mask(self.base_flips[idx], self.epoch)
                 x = augment_batch(x, self.augment, gen, flips)
-                x = resize_batch(x, self.image_size())
+                x = resize_batch(x, size)
             else:
                 x = x.float().div_(255)
             if self.mix is not None and self.mix.enabled:

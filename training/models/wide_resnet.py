@@ -23,8 +23,8 @@ class WideBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.attention = ATTENTION.get(attention)(planes, reduction)
         self.relu = nn.ReLU(inplace=True)
-        self.equal = stride == 1 and in_planes == planes
-        self.shortcut = None if self.equal else nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+        equal = stride == 1 and in_planes == planes
+        self.shortcut = None if equal else nn.Conv2d(in_planes, planes, 1, stride, bias=False)
 
     def forward(self, x):
         pre = self.relu(self.bn1(x))
