@@ -173,6 +173,11 @@ class TrainConfig(Section):
     lookahead_decay: float = Field(0.95, gt=0, lt=1)
     # A patch-whitening layer's bias trains for this many epochs, then freezes (its weights never train).
     whiten_bias_epochs: int | None = Field(None, ge=0)
+    # Knowledge distillation: a trained checkpoint or run folder (an ensemble's too) whose logits on each
+    # training image join its label as a target: (1 - weight) x cross-entropy + weight x T^2 x KL at T.
+    distill_from: str | None = None
+    distill_weight: float = Field(0.5, ge=0, le=1)
+    distill_temperature: float = Field(4.0, gt=0)
     # Which training images the whitening is fitted on: "random", a seeded sample of the split (as the paper's
     # shuffled CIFAR gives); "first", the split's first ones, which for a folder dataset (sorted by class) are
     # one or two classes: the runs documented before this option existed.
@@ -181,6 +186,11 @@ class TrainConfig(Section):
     early_stop_min_delta: float = Field(0.0, ge=0)
     max_batches_per_epoch: int | None = Field(None, ge=1)  # for smoke tests and benchmarks
     threads: int | None = Field(None, ge=1)
+
+    @field_validator("distill_from")
+    @classmethod
+    def _teacher_home(cls, path: str | None) -> str | None:
+        return None if path is None else os.path.expanduser(path)
 
     @field_validator("device")
     @classmethod
@@ -222,6 +232,11 @@ def config_problems(config: Config) -> list[str]:
             "pick a divisor"
         )
     problems += _progressive_problems(config)
+    if t.distill_from and config.augment.mix().enabled:
+        # a mixed image's teacher target would be the mix of two images' logits, which this trainer does not form
+        problems.append(
+            "train.distill_from does not combine with Mixup or CutMix: set mixup_alpha and cutmix_alpha to 0"
+        )
     late = [m for m in s.milestones if m >= epochs]
     if s.name == "multistep" and late:
         problems.append(

@@ -39,7 +39,9 @@ from .config import (
 )
 from .data import DatasetError, ImageArrays, load_split
 from .data.loader import TensorLoader
-from .data.mix import MixedTargets, mixed_cross_entropy
+from .data.mix import mixed_cross_entropy
+from .data.targets import DistilledTargets, Targets, hard_labels, part_of
+from .distill import distill_loss, load_or_compute
 from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, topk_accuracy
 from .lookahead import Lookahead
 from .models import ImageClassifier, argument_error, count_parameters, create_model
@@ -231,6 +233,19 @@ class Trainer:
             "data_fingerprint": ":".join(part.fingerprint() for part in (train_data, val_data) if part is not None),
         }
         self.bf16 = resolve_bf16(t.bf16, self.device)
+        teacher = None
+        if t.distill_from:
+            teacher, self.meta["teacher"] = load_or_compute(
+                t.distill_from,
+                self.out_dir,
+                self.meta,
+                train_data.images,
+                batch_size=t.eval_batch_size,
+                device=self.device,
+                bf16=self.bf16,
+                mirror=config.augment.flip,
+                save=self.dist.is_main,
+            )
         self.model = create_model(config.model.name, len(self.classes), mean, std, **config.model.args)
         prepare_model(self.model, config, train_data.images)
         self.model = self.model.to(self.device)
@@ -248,6 +263,7 @@ class Trainer:
             world_size=self.dist.world_size,
             channels_last=t.channels_last,
             max_batches=t.max_batches_per_epoch,
+            teacher=teacher,
         )
         if len(self.train_loader) == 0:
             raise ValueError(f"batch_size {t.batch_size} exceeds the {len(train_data)} training images per process")
@@ -394,7 +410,7 @@ class Trainer:
                     self.lookahead.step(self.model, self.scheduler.last_epoch)
                 if self.ema:
                     self.ema.update_parameters(self.model)
-                hard = y.y_a if isinstance(y, MixedTargets) else y
+                hard = hard_labels(y)
                 # Accumulate on-device: a .item() per step would sync the GPU every batch.
                 loss_sum += loss.detach() * len(hard)
                 correct += (logits.argmax(1) == hard).sum()
@@ -414,7 +430,7 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
         }
 
-    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor | MixedTargets) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_backward(self, x: torch.Tensor, y: Targets) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of the batch's mean loss, in micro-batches when ``micro_batch_size`` is set: the same
         update as one big batch (BatchNorm statistics aside, which then come from each micro-batch)."""
         t = self.config.train
@@ -422,10 +438,14 @@ class Trainer:
         logits, loss_sum = [], torch.zeros((), device=x.device)
         for begin in range(0, len(x), size):
             part = slice(begin, begin + size)
-            target = MixedTargets(y.y_a[part], y.y_b[part], y.lam) if isinstance(y, MixedTargets) else y[part]
+            target = part_of(y, part)
             with autocast(self.device, self.bf16):
                 out = self.forward_model(x[part])
-                loss = mixed_cross_entropy(out.float(), target, t.label_smoothing) * (len(out) / len(x))
+                if isinstance(target, DistilledTargets):
+                    loss = distill_loss(out.float(), target, t.label_smoothing, t.distill_weight, t.distill_temperature)
+                else:
+                    loss = mixed_cross_entropy(out.float(), target, t.label_smoothing)
+                loss = loss * (len(out) / len(x))
             loss.backward()
             logits.append(out.detach())
             loss_sum += loss.detach()

@@ -31,7 +31,7 @@ from .models.ensemble import ENSEMBLE_ARCH, Ensemble, member_spec
 SHARED_KEYS = ("classes", "num_classes", "dataset", "val_size", "split_seed", "input_size", "fit")
 
 
-def _same_root(a: str | None, b: str | None) -> bool:
+def same_root(a: str | None, b: str | None) -> bool:
     if a == b:
         return True
     if a is None or b is None:
@@ -67,7 +67,7 @@ def check_compatible(metas: Sequence[dict], names: Sequence[str], fit_given: boo
         # a run continued from a copy of its data elsewhere has members of two roots and one fingerprint
         fingerprint = meta.get("data_fingerprint")
         same_images = fingerprint is not None and fingerprint == first.get("data_fingerprint")
-        if not same_images and not _same_root(meta.get("data_root"), first.get("data_root")):
+        if not same_images and not same_root(meta.get("data_root"), first.get("data_root")):
             raise ValueError(
                 f"{name} and {first_name} were trained on different data ({meta.get('data_root')!r} against "
                 f"{first.get('data_root')!r})"

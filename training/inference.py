@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.mix import MixedTargets
+from .data.targets import Targets
 
 
 def hardware_bf16(device: torch.device) -> bool:
@@ -118,7 +118,7 @@ class Batches(Protocol):
 
     device: torch.device
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | MixedTargets]]: ...
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Targets]]: ...
 
 
 @torch.no_grad()

@@ -12,7 +12,8 @@ import torch
 
 from .arrays import ImageArrays
 from .augment import AugmentParams, alternating_flip_mask, augment_batch, resize_batch, size_at
-from .mix import MixedTargets, MixParams, mix_batch
+from .mix import MixParams, mix_batch
+from .targets import DistilledTargets, Targets
 
 
 class TensorLoader:
@@ -29,11 +30,16 @@ class TensorLoader:
         world_size: int = 1,
         channels_last: bool = False,
         max_batches: int | None = None,
+        teacher: torch.Tensor | None = None,
     ) -> None:
         self.device = torch.device(device)
         # uint8 on the device: 4x less memory and transfer than preprocessed floats.
         self.images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous().to(self.device)
         self.labels = torch.from_numpy(data.labels).to(self.device)
+        # a teacher's logits for each image, which the training batches carry beside the labels (training.distill)
+        self.teacher = teacher.to(self.device) if teacher is not None and train else None
+        if self.teacher is not None and len(self.teacher) != len(self.labels):
+            raise ValueError(f"{len(self.teacher)} teacher logits for {len(self.labels)} images")
         self.batch_size, self.train = batch_size, train
         self.augment = augment if train else None
         self.mix = mix if train else None
@@ -68,11 +74,11 @@ class TensorLoader:
         batches = n // self.batch_size if self.train else -(-n // self.batch_size)
         return min(batches, self.max_batches) if self.max_batches else batches
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | MixedTargets]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Targets]]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = self._indices(gen).to(self.device)
         size = self.image_size()
-        y: torch.Tensor | MixedTargets
+        y: Targets
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x, y = self.images[idx], self.labels[idx]
@@ -84,6 +90,8 @@ class TensorLoader:
                 x = x.float().div_(255)
             if self.mix is not None and self.mix.enabled:
                 x, y = mix_batch(x, y, self.mix, gen)
+            elif self.teacher is not None:
+                y = DistilledTargets(y, self.teacher[idx])
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y

@@ -30,8 +30,8 @@ from inference.fits import DEFAULT_FIT, LEGACY_FIT
 from ..checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
 from ..data import SPLITS, DatasetError, ImageArrays, load_split
 from ..data.loader import TensorLoader
-from ..data.mix import MixedTargets
 from ..data.split import SplitTooLarge
+from ..data.targets import Targets
 from ..engine import resolve_device
 from ..inference import TTA_DESCRIPTIONS, check_tta, predict_logits, tta_logits_numpy
 from ..plots import CurveInfo, plot_training_curves
@@ -150,7 +150,7 @@ class _Progress:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | MixedTargets]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Targets]]:
         return iter(tqdm(self.loader, desc=self.desc, unit="batch", leave=False))
 
 

@@ -1,0 +1,139 @@
+"""Knowledge distillation: the loss, the teacher's targets, and a run that learns from a trained checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_overrides, train_straight_and_resumed
+from torch import nn
+
+from training import distill
+from training.config import ConfigError, build_config
+from training.data.arrays import ImageArrays
+from training.data.augment import AugmentParams
+from training.data.loader import TensorLoader
+from training.data.targets import DistilledTargets, hard_labels, part_of
+from training.engine import train
+
+
+def test_distill_loss_is_the_weighted_sum_of_cross_entropy_and_softened_kl():
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(6, 4, generator=gen), torch.randn(6, 4, generator=gen)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    target = DistilledTargets(labels, teacher)
+    ce = F.cross_entropy(student, labels, label_smoothing=0.1)
+    p = F.softmax(teacher / 3, 1)
+    kl = (p * (p.log() - F.log_softmax(student / 3, 1))).sum(1).mean()
+    got = distill.distill_loss(student, target, label_smoothing=0.1, weight=0.25, temperature=3.0)
+    assert torch.allclose(got, 0.75 * ce + 0.25 * 9 * kl, atol=1e-6)
+    assert torch.allclose(distill.distill_loss(student, target, 0.1, 0.0, 3.0), ce)
+    # a student that answers as the teacher does has nothing left to learn from it
+    assert distill.distill_loss(teacher, target, 0.0, 1.0, 3.0).abs() < 1e-6
+
+
+def test_targets_slice_per_micro_batch_and_count_accuracy_on_the_labels():
+    target = DistilledTargets(torch.arange(8), torch.arange(16.0).reshape(8, 2))
+    part = part_of(target, slice(2, 5))
+    assert isinstance(part, DistilledTargets)
+    assert part.labels.tolist() == [2, 3, 4] and part.teacher[:, 0].tolist() == [4.0, 6.0, 8.0]
+    assert torch.equal(hard_labels(target), target.labels)
+
+
+class _LeftHeavy(nn.Module):
+    """Answers differently for an image and its mirror: the mean of the left and right halves' brightness."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return torch.stack([x[..., :half].mean((1, 2, 3)), 2 * x[..., half:].mean((1, 2, 3))], 1)
+
+
+def test_teacher_logits_average_each_image_with_its_mirror():
+    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    model = _LeftHeavy()
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    plain = distill.teacher_logits(model, images, 2, torch.device("cpu"), bf16=False, mirror=False)
+    mirrored = distill.teacher_logits(model, images, 2, torch.device("cpu"), bf16=False, mirror=True)
+    assert torch.allclose(plain, model(x), atol=1e-6)
+    assert torch.allclose(mirrored, (model(x) + model(x.flip(3))) / 2, atol=1e-6)
+    assert not torch.allclose(plain, mirrored)
+
+
+def test_each_training_batch_carries_the_teacher_logits_of_its_own_images():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
+    data = ImageArrays(images, rng.integers(0, 3, 40), ["a", "b", "c"])
+    # the teacher's "logit" of an image is its brightness, which the batch's images show again
+    teacher = torch.from_numpy(images.reshape(40, -1).astype(np.float32).mean(1, keepdims=True))
+    no_change = AugmentParams(crop_padding=0, flip=False)
+    loader = TensorLoader(data, 8, train=True, augment=no_change, teacher=teacher, seed=3)
+    batches = list(loader)
+    assert len(batches) == 5
+    for x, y in batches:
+        assert isinstance(y, DistilledTargets)
+        assert torch.allclose(x.mean((1, 2, 3)) * 255, y.teacher[:, 0], atol=1e-3)
+    # validation batches (train=False) stay plain labels
+    x, y = next(iter(TensorLoader(data, 8, teacher=teacher)))
+    assert isinstance(y, torch.Tensor)
+    with pytest.raises(ValueError, match="3 teacher logits for 40 images"):
+        TensorLoader(data, 8, train=True, teacher=teacher[:3])
+
+
+def student_overrides(image_folder, tmp_path, teacher, **extra) -> list[str]:
+    return tiny_overrides(
+        image_folder,
+        tmp_path / "cache",
+        **{"model.name": "airbench94", "model.args": "{widths: [8, 8, 8]}"},
+        distill_from=str(teacher),
+        micro_batch_size=8,
+        **extra,
+    )
+
+
+def test_a_student_learns_from_a_trained_run_and_resumes_on_its_kept_targets(
+    image_folder, tiny_run, tmp_path, monkeypatch
+):
+    calls, losses = [], []
+    compute, loss = distill.teacher_logits, distill.distill_loss
+
+    def count(*args, **kwargs):
+        calls.append(1)
+        return compute(*args, **kwargs)
+
+    def spy(logits, target, label_smoothing, weight, temperature):
+        losses.append((weight, temperature))
+        return loss(logits, target, label_smoothing, weight, temperature)
+
+    monkeypatch.setattr(distill, "teacher_logits", count)
+    monkeypatch.setattr("training.engine.distill_loss", spy)
+    overrides = student_overrides(
+        image_folder, tmp_path, tiny_run, epochs=3, distill_weight=0.7, distill_temperature=2.5
+    )
+    a, b = train_straight_and_resumed("airbench94_cpu", overrides, tmp_path, monkeypatch)
+    # once for each run; the resumed one read its targets back from its folder
+    assert len(calls) == 2
+    assert losses and set(losses) == {(0.7, 2.5)}
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    kept = torch.load(tmp_path / "straight" / distill.TEACHER_FILE, weights_only=True)
+    assert kept["logits"].shape == (45, 3) and kept["mirror"] is True
+    assert a["meta"]["teacher"]["sha256"] == kept["sha256"] == a["meta"]["teacher"]["sha256"]
+    assert a["meta"]["teacher"]["checkpoint"].endswith("best.pt")
+
+
+def test_a_teacher_of_another_split_or_other_classes_is_refused(image_folder, tiny_run, tmp_path):
+    other_split = student_overrides(image_folder, tmp_path, tiny_run, epochs=1, **{"data.val_size": 12})
+    with pytest.raises(distill.TeacherError, match="another split"):
+        train(build_config("airbench94_cpu", other_split), tmp_path / "split")
+    meta = torch.load(tiny_run / "best.pt", weights_only=True)["meta"]
+    with pytest.raises(distill.TeacherError, match="has classes"):
+        distill.check_teacher({**meta, "classes": ["x", "y", "z"]}, meta, tiny_run)
+    with pytest.raises(distill.TeacherError, match="takes 64-pixel images"):
+        distill.check_teacher({**meta, "input_size": 64}, meta, tiny_run)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(build_config("airbench94_cpu", student_overrides(image_folder, tmp_path, tmp_path / "none.pt")), tmp_path / "x")
+
+
+def test_distillation_does_not_combine_with_mixup(image_folder, tmp_path, tiny_run):
+    with pytest.raises(ConfigError, match="does not combine with Mixup"):
+        build_config("airbench94_cpu", student_overrides(image_folder, tmp_path, tiny_run, mixup_alpha=0.2))

@@ -1,0 +1,149 @@
+"""Knowledge distillation (Hinton, Vinyals & Dean, 2015) from a trained checkpoint, an ensemble's included.
+
+The teacher's logits for every training image are computed once, before the first epoch, on the image and its
+mirror image averaged (the student sees both under flip augmentation, and a crop's few pixels of translation
+change no label), and kept in the run folder: every epoch then costs what it costs without a teacher, and a
+resumed run reads the same targets back instead of recomputing them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from inference.manifest import sha256_file
+
+from .checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .data.targets import DistilledTargets
+from .ensemble import same_root
+from .inference import autocast
+
+log = logging.getLogger(__name__)
+
+TEACHER_FILE = "teacher_logits.pt"
+
+
+class TeacherError(ValueError):
+    """A teacher that cannot teach this run: other classes, another input size, or other validation images."""
+
+
+def distill_loss(
+    logits: torch.Tensor, target: DistilledTargets, label_smoothing: float, weight: float, temperature: float
+) -> torch.Tensor:
+    """(1 - weight) x the labels' cross-entropy + weight x T^2 x KL(teacher || student), both softened by T: the
+    T^2 keeps the soft term's gradients on the scale of the hard one's as T changes (Hinton et al., section 2)."""
+    hard = F.cross_entropy(logits, target.labels, label_smoothing=label_smoothing)
+    soft = F.kl_div(
+        F.log_softmax(logits / temperature, dim=1),
+        F.log_softmax(target.teacher.float() / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1 - weight) * hard + weight * temperature**2 * soft
+
+
+def check_teacher(teacher: dict[str, Any], student: dict[str, Any], path: Path) -> None:
+    """The teacher must answer with the student's classes, take its input, and never have trained on the
+    student's validation images: distilling those would carry their labels into the student and inflate every
+    figure measured on them."""
+    t = teacher
+    if list(t["classes"]) != list(student["classes"]):
+        raise TeacherError(f"teacher {path} has classes {t['classes']}, the student's data {student['classes']}")
+    if t["input_size"] != student["input_size"]:
+        raise TeacherError(
+            f"teacher {path} takes {t['input_size']}-pixel images, the student trains on {student['input_size']}"
+        )
+    split = ("val_size", "split_seed")
+    fingerprint = t.get("data_fingerprint")
+    # An ensemble whose members read the images with other fits (no matter for CIFAR's 32x32 images) records no
+    # fingerprint of its own: its split is then named by the data's root, size and seed alone.
+    same = (
+        fingerprint == student["data_fingerprint"]
+        if fingerprint is not None
+        else all(t.get(k) == student[k] for k in split) and same_root(t.get("data_root"), student["data_root"])
+    )
+    if not same:
+        raise TeacherError(
+            f"teacher {path} was trained on other images or another split of them (val_size {t.get('val_size')}, "
+            f"split_seed {t.get('split_seed')}, data {t.get('data_root')!r}; the student: val_size "
+            f"{student['val_size']}, split_seed {student['split_seed']}, data {student['data_root']!r}): it may have "
+            "learnt the student's validation images, so only a teacher trained on the same split can teach it"
+        )
+    if fingerprint is None:
+        log.warning(
+            "teacher %s records no fingerprint of its images: its split is taken to be the student's from the "
+            "data's path, val_size and split_seed",
+            path,
+        )
+
+
+def teacher_logits(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool,
+    mirror: bool,
+) -> torch.Tensor:
+    """float32 [N, classes]: the teacher's logits for uint8 images [N, H, W, C], averaged with those of the mirror
+    images when ``mirror``."""
+    model = model.to(device).eval()
+    out = []
+    with torch.inference_mode():
+        for begin in tqdm(range(0, len(images), batch_size), desc="teacher", unit="batch", leave=False):
+            x = torch.from_numpy(images[begin : begin + batch_size]).to(device).permute(0, 3, 1, 2).float().div_(255)
+            views = [x, x.flip(3)] if mirror else [x]
+            with autocast(device, bf16):
+                logits = torch.stack([model(view).float() for view in views]).mean(0)
+            out.append(logits.cpu())
+    return torch.cat(out)
+
+
+def load_or_compute(
+    source: str,
+    run_dir: Path,
+    student: dict[str, Any],
+    images: np.ndarray,
+    *,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool,
+    mirror: bool,
+    save: bool = True,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The teacher's logits for the training images, from the run folder when this teacher already gave them
+    (a resume), else computed and saved there; with a record of the teacher for the student's meta."""
+    path = checkpoint_file(source)
+    cached_path = run_dir / TEACHER_FILE
+    cached = torch.load(cached_path, map_location="cpu", weights_only=True) if cached_path.is_file() else None
+    sha = sha256_file(path) if path.is_file() else None
+    key = {"data_fingerprint": student["data_fingerprint"], "mirror": mirror}
+    if cached is not None and all(cached.get(k) == v for k, v in key.items()) and sha in (None, cached["sha256"]):
+        if sha is None:
+            log.warning("teacher %s is gone: the run continues on its logits kept in %s", path, cached_path)
+        return cached["logits"], cached["teacher"]
+    ckpt = load_checkpoint(path)  # a missing or unreadable teacher is named here
+    check_teacher(ckpt["meta"], student, path)
+    model = model_from_checkpoint(ckpt)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    log.info("teacher %s: logits for %d training images%s", path, len(images), " and their mirrors" if mirror else "")
+    logits = teacher_logits(model, images, batch_size, device, bf16, mirror)
+    best = ckpt.get("best") or {}
+    record = {
+        "checkpoint": str(path),
+        "sha256": sha,
+        "arch": ckpt["meta"]["arch"],
+        "recipe": ckpt["meta"].get("recipe"),
+        "val_top1": best.get("val_top1"),
+    }
+    if save:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint({**key, "sha256": sha, "teacher": record, "logits": logits}, cached_path)
+    return logits, record
