@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_overrides, train_straight_and_resumed
 from torch import nn
 
+from conftest import tiny_overrides, train_straight_and_resumed
 from training import distill
 from training.config import ConfigError, build_config
 from training.data.arrays import ImageArrays
@@ -131,7 +131,10 @@ def test_a_teacher_of_another_split_or_other_classes_is_refused(image_folder, ti
     with pytest.raises(distill.TeacherError, match="takes 64-pixel images"):
         distill.check_teacher({**meta, "input_size": 64}, meta, tiny_run)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        train(build_config("airbench94_cpu", student_overrides(image_folder, tmp_path, tmp_path / "none.pt")), tmp_path / "x")
+        train(
+            build_config("airbench94_cpu", student_overrides(image_folder, tmp_path, tmp_path / "none.pt")),
+            tmp_path / "x",
+        )
 
 
 def test_distillation_does_not_combine_with_mixup(image_folder, tmp_path, tiny_run):
