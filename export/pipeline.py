@@ -190,6 +190,7 @@ def export_checkpoint(
             "recipe": meta.get("recipe"),
             "model_args": meta["model_args"],
             **({"members": meta["members"]} if "members" in meta else {}),  # an ensemble's checkpoints
+            **({"teacher": meta["teacher"]} if "teacher" in meta else {}),  # what a distilled model learnt from
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,

@@ -119,6 +119,13 @@ def test_a_student_learns_from_a_trained_run_and_resumes_on_its_kept_targets(
     assert kept["logits"].shape == (45, 3) and kept["mirror"] is True
     assert a["meta"]["teacher"]["sha256"] == kept["sha256"] == a["meta"]["teacher"]["sha256"]
     assert a["meta"]["teacher"]["checkpoint"].endswith("best.pt")
+    # the exported model's card names its teacher
+    from export.pipeline import export_checkpoint
+    from inference.manifest import load_manifest
+
+    export_checkpoint(tmp_path / "straight" / "best.pt", "student", "fp32", tmp_path / "models", cache_dir=None)
+    card = load_manifest(tmp_path / "models").get("student")
+    assert card.source["teacher"] == a["meta"]["teacher"]
 
 
 def test_a_teacher_of_another_split_or_other_classes_is_refused(image_folder, tiny_run, tmp_path):
