@@ -137,6 +137,10 @@ def test_a_teacher_of_another_split_or_other_classes_is_refused(image_folder, ti
         distill.check_teacher({**meta, "classes": ["x", "y", "z"]}, meta, tiny_run)
     with pytest.raises(distill.TeacherError, match="takes 64-pixel images"):
         distill.check_teacher({**meta, "input_size": 64}, meta, tiny_run)
+    with pytest.raises(distill.TeacherError, match="an exported ONNX model"):
+        train(
+            build_config("airbench94_cpu", student_overrides(image_folder, tmp_path, "models/x.onnx")), tmp_path / "o"
+        )
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(
             build_config("airbench94_cpu", student_overrides(image_folder, tmp_path, tmp_path / "none.pt")),

@@ -120,6 +120,11 @@ def load_or_compute(
     """The teacher's logits for the training images, from the run folder when this teacher already gave them
     (a resume), else computed and saved there; with a record of the teacher for the student's meta."""
     path = checkpoint_file(source)
+    if path.suffix.lower() == ".onnx":
+        raise TeacherError(
+            f"teacher {path} is an exported ONNX model: distillation takes the training checkpoint or run folder "
+            "it was exported from (an ensemble's: `python -m training ensemble RUN RUN --out FILE`)"
+        )
     cached_path = run_dir / TEACHER_FILE
     cached = torch.load(cached_path, map_location="cpu", weights_only=True) if cached_path.is_file() else None
     sha = sha256_file(path) if path.is_file() else None
