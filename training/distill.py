@@ -61,8 +61,8 @@ def check_teacher(teacher: dict[str, Any], student: dict[str, Any], path: Path) 
         )
     split = ("val_size", "split_seed")
     fingerprint = t.get("data_fingerprint")
-    # An ensemble whose members read the images with other fits (no matter for CIFAR's 32x32 images) records no
-    # fingerprint of its own: its split is then named by the data's root, size and seed alone.
+    # A checkpoint from before runs recorded one, or an ensemble whose members read the images with other fits,
+    # has no fingerprint: its split is then named by the data's root, size and seed alone.
     same = (
         fingerprint == student["data_fingerprint"]
         if fingerprint is not None
