@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -151,3 +153,27 @@ def test_a_teacher_of_another_split_or_other_classes_is_refused(image_folder, ti
 def test_distillation_does_not_combine_with_mixup(image_folder, tmp_path, tiny_run):
     with pytest.raises(ConfigError, match="does not combine with Mixup"):
         build_config("airbench94_cpu", student_overrides(image_folder, tmp_path, tiny_run, mixup_alpha=0.2))
+
+
+def test_a_run_resumes_on_its_kept_targets_when_the_teacher_is_gone(
+    image_folder, tiny_run, tmp_path, caplog, monkeypatch
+):
+    from training.engine import Trainer, resume
+
+    teacher = tmp_path / "teacher.pt"
+    shutil.copy(tiny_run / "best.pt", teacher)
+    config = build_config("airbench94_cpu", student_overrides(image_folder, tmp_path, teacher, epochs=2))
+    original = Trainer._end_epoch
+
+    def interrupt(self, record):
+        original(self, record)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_end_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "run")
+    monkeypatch.setattr(Trainer, "_end_epoch", original)
+    teacher.unlink()
+    resume(tmp_path / "run")
+    assert "is gone: the run continues on its logits kept in" in caplog.text
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 2
