@@ -177,3 +177,20 @@ def test_a_run_resumes_on_its_kept_targets_when_the_teacher_is_gone(
     resume(tmp_path / "run")
     assert "is gone: the run continues on its logits kept in" in caplog.text
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.parametrize("junk", [b"not a torch file", None])
+def test_kept_logits_that_cannot_be_read_are_computed_again(tiny_run, tmp_path, caplog, junk):
+    meta = torch.load(tiny_run / "best.pt", weights_only=True)["meta"]
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    kept = tmp_path / distill.TEACHER_FILE
+    if junk is None:
+        torch.save({"something": torch.zeros(2)}, kept)
+    else:
+        kept.write_bytes(junk)
+    logits, record = distill.load_or_compute(
+        str(tiny_run), tmp_path, meta, images, batch_size=4, device=torch.device("cpu"), bf16=False, mirror=True
+    )
+    assert logits.shape == (5, 3) and record["checkpoint"].endswith("best.pt")
+    assert "computed again" in caplog.text
+    assert torch.equal(torch.load(kept, weights_only=True)["logits"], logits)

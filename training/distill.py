@@ -9,6 +9,7 @@ resumed run reads the same targets back instead of recomputing them.
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,22 @@ def teacher_logits(
     return torch.cat(out)
 
 
+def _kept(path: Path) -> dict[str, Any] | None:
+    """The teacher's logits a run folder keeps, or None where there are none or they cannot be read (they are
+    then computed again: nothing of the run is lost)."""
+    if not path.is_file():
+        return None
+    try:
+        kept = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, IndexError, OSError) as exc:
+        log.warning("%s cannot be read (%s): the teacher's logits are computed again", path, type(exc).__name__)
+        return None
+    if not isinstance(kept, dict) or not {"logits", "sha256", "teacher"} <= kept.keys():
+        log.warning("%s is not a file of teacher logits: they are computed again", path)
+        return None
+    return kept
+
+
 def load_or_compute(
     source: str,
     run_dir: Path,
@@ -126,7 +143,7 @@ def load_or_compute(
             "it was exported from (an ensemble's: `python -m training ensemble RUN RUN --out FILE`)"
         )
     cached_path = run_dir / TEACHER_FILE
-    cached = torch.load(cached_path, map_location="cpu", weights_only=True) if cached_path.is_file() else None
+    cached = _kept(cached_path)
     sha = sha256_file(path) if path.is_file() else None
     key = {"data_fingerprint": student["data_fingerprint"], "mirror": mirror}
     if cached is not None and all(cached.get(k) == v for k, v in key.items()) and sha in (None, cached["sha256"]):
