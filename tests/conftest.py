@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +193,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """``python -m training ARGS`` as two gloo processes under torchrun, one thread each; fails on a non-zero exit."""
+    port = str(free_port())  # port 0 hangs torchrun's static rendezvous: pick a free port ourselves
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    result = subprocess.run(
+        [*cmd, "--master_port", port, "-m", "training", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def wait_for_lines(path: Path, count: int, proc, timeout: float = 60) -> None:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import tiny_overrides, train_straight_and_resumed
+from conftest import tiny_overrides, torchrun, train_straight_and_resumed
 from training import distill
 from training.config import ConfigError, build_config
 from training.data.arrays import ImageArrays
@@ -194,3 +194,12 @@ def test_kept_logits_that_cannot_be_read_are_computed_again(tiny_run, tmp_path, 
     assert logits.shape == (5, 3) and record["checkpoint"].endswith("best.pt")
     assert "computed again" in caplog.text
     assert torch.equal(torch.load(kept, weights_only=True)["logits"], logits)
+
+
+def test_under_torchrun_one_rank_runs_the_teacher_and_the_other_reads_its_logits(image_folder, tiny_run, tmp_path):
+    overrides = student_overrides(image_folder, tmp_path, tiny_run, epochs=1, threads=1)
+    result = torchrun("train", "--recipe", "airbench94_cpu", "--out", str(tmp_path / "ddp"), "--set", *overrides)
+    assert result.stderr.count("logits for 45 training images") == 1, result.stderr[-3000:]
+    kept = torch.load(tmp_path / "ddp" / distill.TEACHER_FILE, weights_only=True)
+    best = torch.load(tmp_path / "ddp" / "best.pt", weights_only=True)
+    assert best["meta"]["teacher"] == kept["teacher"] and kept["logits"].shape == (45, 3)

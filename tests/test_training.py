@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, free_port, make_arrays, tiny_overrides, train_straight_and_resumed
+from conftest import ROOT, make_arrays, tiny_overrides, torchrun, train_straight_and_resumed
 from training.checkpoint import load_checkpoint
 from training.config import AUGMENT_PRESETS, ConfigError, build_config
 from training.data import DATASETS, DatasetError, load_split, stratified_split
@@ -1133,20 +1133,6 @@ def test_a_flag_is_broadcast_from_where_the_backend_can_send_it(backend, device,
     assert distributed.collective_device() == device
 
 
-def _torchrun(*args: str) -> None:
-    port = str(free_port())  # port 0 hangs torchrun's static rendezvous: pick a free port ourselves
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    result = subprocess.run(
-        [*cmd, "--master_port", port, "-m", "training", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
 def test_torchrun_resume_gives_each_rank_its_own_random_stream_back(image_folder, tmp_path):
     """Two ranks draw different dropout masks; a run interrupted after epoch 1 and resumed must end with the
     weights of the uninterrupted run (a constant schedule, so a 1-epoch run resumed to 2 is the same run)."""
@@ -1156,10 +1142,10 @@ def test_torchrun_resume_gives_each_rank_its_own_random_stream_back(image_folder
         threads=1,
         **{"model.args": "{width: 8, dropout: 0.5}", "schedule.name": "constant", "ema_decay": 0},
     )
-    _torchrun("train", "--recipe", "resnet9_half_cpu", "--out", str(tmp_path / "straight"), "--set", *sets)
+    torchrun("train", "--recipe", "resnet9_half_cpu", "--out", str(tmp_path / "straight"), "--set", *sets)
     one = [s if not s.startswith("epochs=") else "epochs=1" for s in sets]
-    _torchrun("train", "--recipe", "resnet9_half_cpu", "--out", str(tmp_path / "resumed"), "--set", *one)
-    _torchrun("resume", str(tmp_path / "resumed"), "--epochs", "2")
+    torchrun("train", "--recipe", "resnet9_half_cpu", "--out", str(tmp_path / "resumed"), "--set", *one)
+    torchrun("resume", str(tmp_path / "resumed"), "--epochs", "2")
     straight, resumed = (torch.load(tmp_path / r / "last.pt", weights_only=True) for r in ("straight", "resumed"))
     assert resumed["epoch"] == straight["epoch"] == 2 and len(resumed["rng_ranks"]) == 2
     assert not torch.equal(resumed["rng_ranks"][0]["cpu"], resumed["rng_ranks"][1]["cpu"])
@@ -1186,7 +1172,7 @@ def test_torchrun_resume_gives_each_rank_its_own_random_stream_back(image_folder
 )
 def test_torchrun_two_processes_gloo(recipe, extra, image_folder, tmp_path):
     overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=2, threads=1, **extra)
-    _torchrun("train", "--recipe", recipe, "--out", str(tmp_path / "ddp"), "--set", *overrides)
+    torchrun("train", "--recipe", recipe, "--out", str(tmp_path / "ddp"), "--set", *overrides)
     history = json.loads((tmp_path / "ddp" / "history.json").read_text())
     assert len(history) == 2
     assert history[0]["train_images_per_s"] > 0 and (tmp_path / "ddp" / "best.pt").exists()

@@ -235,6 +235,11 @@ class Trainer:
         self.bf16 = resolve_bf16(t.bf16, self.device)
         teacher = None
         if t.distill_from:
+            # rank 0 runs the teacher and keeps its logits in the run folder; the other ranks read them back
+            # after it instead of each repeating the pass (minutes). A rank on another node, which does not
+            # see that folder, computes them itself.
+            if not self.dist.is_main:
+                distributed.barrier(self.dist)
             teacher, self.meta["teacher"] = load_or_compute(
                 t.distill_from,
                 self.out_dir,
@@ -246,6 +251,8 @@ class Trainer:
                 mirror=config.augment.flip,
                 save=self.dist.is_main,
             )
+            if self.dist.is_main:
+                distributed.barrier(self.dist)
         self.model = create_model(config.model.name, len(self.classes), mean, std, **config.model.args)
         prepare_model(self.model, config, train_data.images)
         self.model = self.model.to(self.device)
