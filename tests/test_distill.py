@@ -150,6 +150,21 @@ def test_a_teacher_of_another_split_or_other_classes_is_refused(image_folder, ti
         )
 
 
+def test_a_teacher_that_cannot_be_used_is_refused_before_the_dataset_is_read(image_folder, tmp_path, monkeypatch):
+    def read(config):
+        raise AssertionError("the dataset was read first")
+
+    monkeypatch.setattr("training.engine.load_data", read)
+    with pytest.raises(FileNotFoundError, match=r"train.distill_from: no checkpoint at .*none.pt"):
+        train(build_config("airbench94_cpu", student_overrides(image_folder, tmp_path, tmp_path / "none.pt")), tmp_path)
+    with pytest.raises(distill.TeacherError, match="an exported ONNX model"):
+        train(build_config("airbench94_cpu", student_overrides(image_folder, tmp_path, "models/x.onnx")), tmp_path)
+    # where the run folder keeps the teacher's logits the run can go on without it: the dataset is read
+    (tmp_path / distill.TEACHER_FILE).write_bytes(b"kept")
+    with pytest.raises(AssertionError, match="dataset was read first"):
+        train(build_config("airbench94_cpu", student_overrides(image_folder, tmp_path, tmp_path / "none.pt")), tmp_path)
+
+
 def test_distillation_does_not_combine_with_mixup(image_folder, tmp_path, tiny_run):
     with pytest.raises(ConfigError, match="does not combine with Mixup"):
         build_config("airbench94_cpu", student_overrides(image_folder, tmp_path, tiny_run, mixup_alpha=0.2))

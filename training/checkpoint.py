@@ -98,7 +98,8 @@ def checkpoint_file(path: str | Path) -> Path:
     return path / BEST_FILE if path.is_dir() else path
 
 
-def _missing(path: Path) -> str:
+def missing_checkpoint(path: Path) -> str:
+    """What to say of a checkpoint that is not there (an unfinished ensemble run's members named)."""
     run = path.parent
     if path.name == BEST_FILE and (run / ENSEMBLE_RUN_FILE).is_file():
         finished = sorted(str(member) for member in run.glob(f"*/{BEST_FILE}"))
@@ -113,7 +114,7 @@ def _missing(path: Path) -> str:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = checkpoint_file(path)
     if not path.is_file():
-        raise FileNotFoundError(_missing(path))
+        raise FileNotFoundError(missing_checkpoint(path))
     try:
         # TorchVersion is a plain str subclass; early checkpoints of this project stored one.
         with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):

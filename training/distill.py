@@ -20,7 +20,13 @@ from tqdm import tqdm
 
 from inference.manifest import sha256_file
 
-from .checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .checkpoint import (
+    checkpoint_file,
+    load_checkpoint,
+    missing_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from .data.targets import DistilledTargets
 from .ensemble import same_root
 from .inference import autocast
@@ -122,6 +128,21 @@ def _kept(path: Path) -> dict[str, Any] | None:
     return kept
 
 
+def teacher_file(source: str, run_dir: Path) -> Path:
+    """The teacher's checkpoint file. Called before the dataset is read (minutes for a large one), so that a
+    teacher that cannot be used is refused at once: an ONNX file, or a missing checkpoint where the run folder
+    keeps no logits of it to continue on."""
+    path = checkpoint_file(source)
+    if path.suffix.lower() == ".onnx":
+        raise TeacherError(
+            f"teacher {path} is an exported ONNX model: distillation takes the training checkpoint or run folder "
+            "it was exported from (an ensemble's: `python -m training ensemble RUN RUN --out FILE`)"
+        )
+    if not path.is_file() and not (run_dir / TEACHER_FILE).is_file():
+        raise FileNotFoundError(f"train.distill_from: {missing_checkpoint(path)}")
+    return path
+
+
 def load_or_compute(
     source: str,
     run_dir: Path,
@@ -136,12 +157,7 @@ def load_or_compute(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """The teacher's logits for the training images, from the run folder when this teacher already gave them
     (a resume), else computed and saved there; with a record of the teacher for the student's meta."""
-    path = checkpoint_file(source)
-    if path.suffix.lower() == ".onnx":
-        raise TeacherError(
-            f"teacher {path} is an exported ONNX model: distillation takes the training checkpoint or run folder "
-            "it was exported from (an ensemble's: `python -m training ensemble RUN RUN --out FILE`)"
-        )
+    path = teacher_file(source, run_dir)
     cached_path = run_dir / TEACHER_FILE
     cached = _kept(cached_path)
     sha = sha256_file(path) if path.is_file() else None

@@ -41,7 +41,7 @@ from .data import DatasetError, ImageArrays, load_split
 from .data.loader import TensorLoader
 from .data.mix import mixed_cross_entropy
 from .data.targets import DistilledTargets, Targets, hard_labels, part_of
-from .distill import distill_loss, load_or_compute
+from .distill import distill_loss, load_or_compute, teacher_file
 from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, topk_accuracy
 from .lookahead import Lookahead
 from .models import ImageClassifier, argument_error, count_parameters, create_model
@@ -197,6 +197,8 @@ class Trainer:
     def __init__(self, config: Config, out_dir: str | Path) -> None:
         self.config, self.out_dir = config, Path(out_dir)
         check_network_takes_its_input(config)
+        if config.train.distill_from:
+            teacher_file(config.train.distill_from, self.out_dir)
         self.device = resolve_device(config.train.device)
         self.dist = distributed.setup(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:
