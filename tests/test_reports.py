@@ -459,6 +459,31 @@ def test_evaluate_onnx_with_a_temperature_reports_what_its_checkpoint_does(tiny_
         assert onnx_cal[state] == pytest.approx(torch_cal[state], rel=1e-3, abs=1e-4), state
 
 
+def test_an_onnx_model_runs_on_the_device_asked_for_or_is_refused_in_one_line(tiny_models_dir, monkeypatch, capsys):
+    """--device for an ONNX model: cuda:N reaches the runtime as GPU N; a device that is none was run on the CPU
+    unsaid, and CUDA that cannot run the model was a traceback."""
+    import inference.runtime
+    from inference.runtime import CudaPlacementError
+
+    opened = []
+
+    class Refused:
+        def __init__(self, path, device="auto", device_id=0, **kwargs):
+            opened.append((device, device_id))
+            raise CudaPlacementError("tiny", "no CUDA here")
+
+    monkeypatch.setattr(inference.runtime, "OnnxClassifier", Refused)
+    model = str(tiny_models_dir / "tiny.onnx")
+    for device in ("cuda:3", "cuda"):
+        assert main(["evaluate", "--onnx", model, "--device", device]) == 2
+    assert opened == [("cuda", 3), ("cuda", 0)]
+    assert "error: --device cuda, but model 'tiny' cannot run wholly on CUDA: no CUDA here" in capsys.readouterr().err
+    for device in ("tpu", "gpu", "cuda:x", "cpu:1"):
+        assert main(["evaluate", "--onnx", model, "--device", device]) == 2
+        assert f"error: --device {device!r}: not a device" in capsys.readouterr().err
+    assert len(opened) == 2
+
+
 def test_evaluate_onnx_matches_checkpoint_and_skips_gradcam(tiny_run, tiny_report, image_folder, tmp_path, capsys):
     onnx_path = _export_onnx(tiny_run, tmp_path / "tiny.onnx")
     out = tmp_path / "onnx_report"

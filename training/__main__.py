@@ -16,6 +16,8 @@ from inference.messages import configure_logging, os_error_text
 from .cli_types import add_set_option, positive_int
 
 try:
+    from inference.runtime import CudaPlacementError
+
     from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE
     from .config import (
         PLACEMENT_KEYS,
@@ -309,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         check_distinct(getattr(args, "set", None) or [])  # --set's of train, resume and ablate, however many
         with terminations_as_interrupts():
             return args.fn(args)
-    except (ConfigError, DatasetError, KeyError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DatasetError, KeyError, FileNotFoundError, ValueError, CudaPlacementError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a path that is a file where a folder is wanted, a full disk, a permission

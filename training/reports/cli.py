@@ -44,7 +44,7 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
         "image) or multicrop (mirror and one-pixel translations, 6 views)",
     )
     p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size (default: 256)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
 
 def _data_kwargs(args: argparse.Namespace) -> dict:
@@ -245,5 +245,5 @@ def add_report_commands(sub) -> None:
     p.add_argument("--out", help="ablation folder (default: runs/ablate-<recipe>)")
     p.add_argument("--split", default="val", help=SPLIT_HELP + " (default: val)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size (default: 256)")
-    p.add_argument("--device", default="auto", help="evaluation device: auto, cpu or cuda (default: auto)")
+    p.add_argument("--device", default="auto", help="evaluation device: auto, cpu, cuda or cuda:N (default: auto)")
     p.set_defaults(fn=cmd_ablate)

@@ -28,6 +28,7 @@ from inference.files import write_atomic, write_text_atomic
 from inference.fits import DEFAULT_FIT, LEGACY_FIT
 
 from ..checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
+from ..config import ConfigError
 from ..data import SPLITS, DatasetError, ImageArrays, load_split
 from ..data.loader import TensorLoader
 from ..data.split import SplitTooLarge
@@ -197,13 +198,24 @@ def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
     )
 
 
+def onnx_placement(device: str) -> tuple[Device, int]:
+    """``--device`` for an ONNX model: auto, cpu, cuda or cuda:N (N among the visible GPUs), as for a checkpoint.
+    Anything else is refused: it ran on the CPU unsaid, and cuda:N on GPU 0."""
+    kind, colon, index = device.partition(":")
+    for known in DEVICES:
+        if kind == known and (not colon or (known == "cuda" and index.isdigit())):
+            return known, int(index or 0)
+    raise ConfigError(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N")
+
+
 def _load_onnx_source(path: Path, device: str) -> ModelSource:
     if not path.is_file():
         raise FileNotFoundError(f"no ONNX model at {path}")
     from inference.runtime import OnnxClassifier
 
-    onnx_device: Device = device if device in DEVICES else "cuda" if device.startswith("cuda") else "cpu"
-    classifier = OnnxClassifier(path, device=onnx_device)  # a file it cannot load: ModelFileError, a ValueError
+    onnx_device, device_id = onnx_placement(device)
+    # a file it cannot load: ModelFileError, a ValueError; cuda where it cannot run: CudaPlacementError
+    classifier = OnnxClassifier(path, device=onnx_device, device_id=device_id)
     card = classifier.card
     src = dict(card.source)
     defaults = {
