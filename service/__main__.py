@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -25,7 +26,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    try:
+        parser = get_args_parser()  # imports numpy, ONNX Runtime, Pillow: most of a second
+    except KeyboardInterrupt:  # Ctrl-C before anything has started: no traceback, the status of an interrupt
+        print("interrupted", file=sys.stderr)
+        return 130
+    args = parser.parse_args(argv)
     return args.fn(args)
 
 

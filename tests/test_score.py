@@ -346,6 +346,24 @@ def test_fail_on_error_and_user_errors(tree, tiny_models_dir, tmp_path, capsys):
     assert "error: cannot write /dev/full: No space left on device" in err and "Traceback" not in err, err
 
 
+def test_only_the_scoring_models_file_is_checked_against_the_manifest(tree, tiny_models_dir, tmp_path, capsys):
+    """A folder with the manifest and one model's file scores with that model; the missing or altered file of
+    the model asked for is named, never another model's."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(tiny_models_dir / "manifest.json", models)
+    shutil.copy(tiny_models_dir / "tiny.onnx", models)
+    args = [tree / "a-b", "--models-dir", models, "--no-progress", "--out", tmp_path / "p.csv", "--overwrite"]
+    assert _score(*args, "--model", "tiny") == 0
+    assert [(row["path"], row["error"]) for row in _csv_rows(tmp_path / "p.csv")] == [("z.png", "")]
+    capsys.readouterr()
+    assert _score(*args, "--model", "tiny-int8") == 2
+    assert f"error: model 'tiny-int8': file {models / 'tiny-int8.onnx'} is missing" in capsys.readouterr().err
+    (models / "tiny.onnx").write_bytes((models / "tiny.onnx").read_bytes()[:-10])
+    assert _score(*args, "--model", "tiny") == 2
+    assert "error: model 'tiny': file" in capsys.readouterr().err
+
+
 def _many_images(image_folder: Path, root: Path, count: int) -> Path:
     sources = sorted(image_folder.rglob("*.png"))
     for i in range(count):
@@ -947,3 +965,16 @@ def test_a_refusal_row_reads_as_the_local_engines_whatever_name_the_service_quot
         refusal = decode_upload(0, Upload(name, data), (32, 32), 10**6, "center_crop")
         assert refusal.message.startswith(f"images[0] ({name!r})")
         assert _row_error(refusal.message).startswith(local), refusal.message
+
+
+def test_ctrl_c_while_the_command_line_loads_is_an_interrupt_without_a_traceback(monkeypatch, capsys):
+    """The imports behind the parser take most of a second: Ctrl-C there was a KeyboardInterrupt traceback."""
+    import service.score.cli
+    from service.__main__ import main as service_main
+
+    def interrupted(sub):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(service.score.cli, "add_score_parser", interrupted)
+    assert service_main(["score", "anywhere"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"

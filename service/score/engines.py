@@ -10,10 +10,11 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from inference.devices import Device
-from inference.manifest import Manifest, ManifestError, ModelEntry, load_manifest
+from inference.manifest import Manifest, ManifestError, ModelEntry, load_manifest, verify_file
 from inference.runtime import choose_default, wants_cuda
 
 from .errors import UserError
@@ -42,20 +43,27 @@ class Engine:
     open: Callable[[argparse.Namespace], Backend]
 
 
-def _entry(manifest: Manifest, name: str | None) -> ModelEntry:
+def _entry(manifest: Manifest, name: str | None, models_dir: str | Path) -> ModelEntry:
+    """``name``'s entry, its file checked against the manifest: only the model that scores, so a folder holding
+    just that model's file (of a manifest listing more) scores with it, and another model's missing file is
+    not blamed."""
     try:
-        return manifest.get(name)
+        entry = manifest.get(name)
+        verify_file(entry, Path(models_dir))
     except KeyError as exc:
         raise UserError(exc.args[0]) from None
+    except ManifestError as exc:
+        raise UserError(str(exc)) from None
+    return entry
 
 
 def chosen_model(args: argparse.Namespace, on_gpu: bool) -> tuple[Manifest, ModelEntry]:
     """The manifest under ``--models-dir`` and ``--model``'s entry, or the default for the device it will run on."""
     try:
-        manifest = load_manifest(args.models_dir)
+        manifest = load_manifest(args.models_dir, verify=False)
     except ManifestError as exc:
         raise UserError(str(exc)) from None
-    return manifest, _entry(manifest, args.model or choose_default(manifest, on_gpu, {}).name)
+    return manifest, _entry(manifest, args.model or choose_default(manifest, on_gpu, {}).name, args.models_dir)
 
 
 def _open_local(args: argparse.Namespace) -> Backend:
@@ -69,7 +77,7 @@ def _open_local(args: argparse.Namespace) -> Backend:
         if choice.name != entry.name:
             print(f"warning: scoring with {choice.name}: {choice.reason}", file=sys.stderr)
             backend.close()
-            return _local(args, _entry(manifest, choice.name).file, "cpu")
+            return _local(args, _entry(manifest, choice.name, args.models_dir).file, "cpu")
     if placement.fallback:
         print(f"warning: {entry.name} runs on the CPU: {placement.fallback}", file=sys.stderr)
     return backend
