@@ -540,6 +540,25 @@ def test_resume_refuses_a_file_another_model_or_fit_wrote(tree, tiny_models_dir,
     assert out.read_text() == whole
 
 
+def test_resume_refuses_a_file_written_for_another_folder(tree, image_folder, tiny_models_dir, tmp_path, capsys):
+    """Its rows name files of another folder, which the new one does not hold: continuing would mix two folders'
+    rows under relative paths, counted as 'already' scored."""
+    common = ["--models-dir", tiny_models_dir, "--no-progress"]
+    out = tmp_path / "p.csv"
+    assert _score(tree / "b", "--out", out, *common) == 0
+    kept = out.read_text()
+    capsys.readouterr()
+    assert _score(image_folder, "--out", out, "--resume", *common) == 2
+    err = capsys.readouterr().err
+    assert f"cannot resume {out}: none of the " in err and "it was written for another folder" in err, err
+    assert out.read_text() == kept
+    # a file deleted since (some of the rows' files still there) is no other folder: the run continues
+    (tmp_path / "b").mkdir()
+    for name in ("anim.gif", "gray.jpg"):
+        shutil.copy(tree / "b" / name, tmp_path / "b" / name)
+    assert _score(tmp_path / "b", "--out", out, "--resume", *common) == 0
+
+
 def test_resume_refuses_another_threshold_setting(tmp_path):
     seen = []
     out = tmp_path / "p.csv"

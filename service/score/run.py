@@ -180,6 +180,12 @@ def _check_same_scoring(backend: Backend, args, written: list[Row]) -> None:
     (their file names and order say nothing of the model that scored them)."""
     if not written:
         return
+    if not any(os.path.lexists(os.path.join(args.dir, row.path)) for row in written):
+        raise UserError(
+            f"cannot resume {args.out}: none of the {len(written)} of its rows checked names a file under "
+            f"{args.dir} (the first: {written[0].path!r}); it was written for another folder: rerun with that "
+            "folder, or --overwrite"
+        )
     entries = [Entry(row.path, os.path.join(args.dir, row.path)) for row in written]
     again = [row for rows in backend.rows(chunks(iter(entries), backend.batch_size, set())) for row in rows]
     differ = [
