@@ -640,6 +640,11 @@ def test_compare_refuses_a_side_that_is_no_model_before_evaluating_the_other(tin
     assert main(["compare", str(tiny_run), str(notes), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert f"{notes} is not a training checkpoint" in err and "Traceback" not in err
+    # a path that is not there is named so; a folder that holds none of them is named for what it is not
+    (tmp_path / "empty").mkdir()
+    for path, said in ((tmp_path / "gone", "does not exist (give a checkpoint"), (tmp_path / "empty", "is not a")):
+        assert main(["compare", str(tiny_run), str(path), "--device", "cpu"]) == 2
+        assert f"error: {path} {said}" in capsys.readouterr().err
 
 
 def test_an_onnx_model_with_tta_in_its_graph_is_described_so_and_not_augmented_twice(tiny_run, tmp_path, capsys):

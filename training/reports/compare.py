@@ -63,10 +63,10 @@ def classify(path: str | Path) -> str:
         return "report"
     if path.is_file() or (path.is_dir() and (path / "best.pt").is_file()):
         return "checkpoint"
-    raise FileNotFoundError(
-        f"{path} is neither a checkpoint, a run folder with best.pt, an .onnx file nor a report "
-        f"folder with {PREDICTIONS_FILE}"
-    )
+    what = "a checkpoint, a run folder with best.pt, an .onnx file or a report folder with " + PREDICTIONS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (give {what})")
+    raise FileNotFoundError(f"{path} is not {what}")
 
 
 def _report_side(path: Path) -> Side:
