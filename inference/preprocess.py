@@ -336,6 +336,13 @@ FLOAT_UNIT_BELOW = 2.0
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
+    key = image.info.get("transparency")
+    if image.mode == "RGB" and isinstance(key, tuple) and max(key) > 255:
+        # A 16-bit RGB PNG: Pillow keeps each sample's high byte, but compares the key's low bytes with them, so
+        # other pixels were clear and the key's were not. Keyed on the high bytes too (a pixel within 1/256 of the
+        # key in every channel is clear with it: the 16-bit samples are gone by now).
+        image.info["transparency"] = tuple(value >> 8 for value in key)
+        return image
     if image.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
         return image
     # 16/32-bit integer or float grey: scaled to 8 bits, where Pillow's conversion would clip it (16-bit images
@@ -347,8 +354,15 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     if image.mode == "F" and top < FLOAT_UNIT_BELOW:
         peak = 1.0
     else:
-        peak = 65535.0 if image.mode.startswith("I;16") or top > 255 else 255.0
-    return Image.fromarray(np.rint(np.clip(arr * (255.0 / peak), 0, 255)).astype(np.uint8), "L")
+        # Pillow reads a PGM of any maxval above 255 onto the 16-bit scale (mode I): a dark one is no 8-bit image
+        sixteen = image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PPM")
+        peak = 65535.0 if sixteen or top > 255 else 255.0
+    grey = Image.fromarray(np.rint(np.clip(arr * (255.0 / peak), 0, 255)).astype(np.uint8), "L")
+    if isinstance(key, int) and image.mode != "F":
+        # a 16-bit grey PNG's colour key (tRNS) names a 16-bit value: its pixels are clear, as an 8-bit key's are
+        clear = np.asarray(image) == key
+        return Image.merge("LA", (grey, Image.fromarray(np.where(clear, 0, 255).astype(np.uint8), "L")))
+    return grey
 
 
 # Modes whose "transparency" (a PNG's tRNS chunk, a GIF's) names a palette entry or a colour key: the pixels

@@ -194,6 +194,56 @@ def test_a_colour_keyed_png_is_put_on_white_like_its_rgba_twin(mode, shape):
         assert np.abs(got.astype(int) - white.astype(int)).max() <= 1, fit
 
 
+def _png16(samples: np.ndarray, key: tuple[int, ...]) -> bytes:
+    """A 16-bit grey ([H, W]) or RGB ([H, W, 3]) PNG with a colour key (tRNS), which Pillow cannot write."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = samples.shape[:2]
+    header = struct.pack(">IIBBBBB", width, height, 16, 2 if samples.ndim == 3 else 0, 0, 0, 0)
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in samples)
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            chunk(b"IHDR", header),
+            chunk(b"tRNS", struct.pack(f">{len(key)}H", *key)),
+            chunk(b"IDAT", zlib.compress(rows)),
+            chunk(b"IEND", b""),
+        ]
+    )
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("shape", [(64, 48), (1500, 1100)])
+def test_a_16_bit_colour_keyed_png_is_put_on_white_like_its_8_bit_twin(mode, shape):
+    """A 16-bit PNG's key names 16-bit values: grey lost it in the conversion to 8 bits, and RGB kept it at 16
+    bits against pixels Pillow had cut to 8, so that no pixel matched: the clear pixels showed their colour."""
+    keyed = _colour_keyed(_photo(*shape, seed=6), mode)
+    pixels = np.asarray(keyed).astype(np.int64)
+    pixels[pixels == 9] = 8
+    pixels[pixels == 0] = 9  # the hole in a colour no other pixel has, not black (0 is 0 on both scales)
+    key8 = (9, 9, 9) if mode == "RGB" else 9
+    twin = Image.fromarray(pixels.astype(np.uint8), mode)
+    # a low byte unlike the high one: Pillow compares a 16-bit key's low byte with its 8-bit pixels (the high)
+    data = _png16(pixels * 256 + 37, tuple(np.atleast_1d(key8) * 256 + 37))
+    for fit in FITS:
+        expected = decode_image(_encode(twin, "PNG", transparency=key8), fit=fit).astype(int)
+        got = decode_image(data, fit=fit).astype(int)
+        assert np.abs(got - expected).max() <= 1, fit
+
+
+def test_a_dark_16_bit_pgm_is_read_on_its_16_bit_scale():
+    """Pillow reads a PGM whose maxval is over 255 as 32-bit integers on the 65535 scale: values that happen to
+    stay under 256 are a near-black picture, not an 8-bit one."""
+    dark = np.full((32, 32), 200, dtype=">u2")
+    assert decode_image(b"P5 32 32 65535\n" + dark.tobytes(), fit="squash").max() <= 1
+    bright = b"P5 32 32 1000\n" + np.full((32, 32), 1000, dtype=">u2").tobytes()  # maxval 1000 is white
+    assert decode_image(bright, fit="squash").min() == 255
+
+
 def _grey16(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.asarray(image.convert("L")).astype(np.uint16) * 257)
 
