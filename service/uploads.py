@@ -183,6 +183,15 @@ def media_type(request: Request) -> str:
 
 async def read_classify_fields(request: Request, max_images: int, max_body_bytes: int) -> dict[str, Any] | Rejection:
     """/classify's fields, as raw values for ``ClassifyInput``, from a multipart form or a JSON body."""
+    # A field in the URL (`/classify?k=1&model=x`) would be left unread, the request answered with the defaults
+    # as if that were asked; another query parameter (a cache-buster) asks nothing and is let be.
+    in_url = sorted({key for key in request.query_params if key in FIELDS})
+    if in_url:
+        return Rejection(
+            "malformed_request",
+            f"{', '.join(map(repr, in_url))} in the URL's query string: /classify reads its fields from the body "
+            "only; send them as form fields (or keys of the JSON body)",
+        )
     if media_type(request) == "application/json":
         return await read_classify_json(request, max_images, max_body_bytes)
     return await read_classify_form(request, max_images, max_body_bytes)

@@ -235,3 +235,25 @@ def test_a_body_that_stops_arriving_is_refused_as_stalled_long_before_the_timeou
     refused = anyio.run(read)
     assert isinstance(refused, Rejection) and refused.reason == "body_stalled" and refused.status == 408
     assert "no byte of the request body arrived for 0.2 seconds" in refused.message
+
+
+def test_a_classify_field_in_the_url_is_refused_not_ignored():
+    """`/classify?k=1&model=x` was answered with the default model and k; a parameter that is no field (a
+    cache-buster) still asks nothing."""
+    import anyio
+
+    import service.uploads as uploads
+
+    async def receive():
+        return {"type": "http.request", "body": b'{"images": []}', "more_body": False}
+
+    def read(query: bytes):
+        scope = {"type": "http", "method": "POST", "path": "/classify", "query_string": query}
+        scope["headers"] = [(b"content-type", b"application/json")]
+        request = uploads.Request(scope, receive)
+        return anyio.run(uploads.read_classify_fields, request, 4, 10_000)
+
+    refused = read(b"model=nope&k=1&v=3")
+    assert isinstance(refused, Rejection) and refused.reason == "malformed_request" and refused.status == 400
+    assert refused.message.startswith("'k', 'model' in the URL's query string: /classify reads its fields")
+    assert read(b"v=3") == {"images": []}
