@@ -95,7 +95,8 @@ def document_openapi(document: dict, loaded: Mapping[str, Any] | None, default_k
     # GET takes no body, so it has nothing to refuse as malformed (BentoML lists a 400 for every API).
     get["responses"] = {status: r for status, r in get["responses"].items() if str(status) != "400"}
     models["get"] = {**get, "operationId": f"{get['operationId']}_get", "x-bentoml-name": "models_get"}
-    body_refusals = [REASONS[name] for name in ("malformed_request", "body_too_large")]  # BodyGate's for POST /models
+    # BodyGate's for POST /models (415 also for a compressed body, as on every route)
+    body_refusals = [REASONS[name] for name in ("malformed_request", "body_too_large", "unsupported_media_type")]
     models["post"]["responses"] = {
         **models["post"]["responses"],
         **{reason.status: _refusal(reason.when) for reason in body_refusals},

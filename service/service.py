@@ -204,6 +204,9 @@ class NoInput(bentoml.IODescriptor):
         body = await read_body(request, 4096)
         if isinstance(body, Rejection) or not body.strip():
             return body if isinstance(body, Rejection) else cls()
+        given = media_type(request)
+        if given not in ("application/json", ""):  # as /infer answers a body of another kind
+            return Rejection("unsupported_media_type", f"send JSON (application/json), or no body, not {given}")
         try:
             return cls.model_validate_json(body)
         except ValidationError as exc:

@@ -145,8 +145,11 @@ def test_post_models_refuses_a_body_it_does_not_take_in_the_contracts_shape(serv
         assert set(answer.json()) == {"error", "reason"} and answer.json()["reason"] == "malformed_request", answer.text
     huge = httpx.post(f"{server}/models", content=b" " * 5000, headers={"content-type": "application/json"})
     assert huge.status_code == 413 and huge.json()["reason"] == "body_too_large", huge.text
+    # a body of another kind is refused as /infer refuses it (it was a 400 "Invalid JSON")
+    text = httpx.post(f"{server}/models", content=b"hi", headers={"content-type": "text/plain"})
+    assert text.status_code == 415 and text.json()["reason"] == "unsupported_media_type", text.text
     spec = httpx.get(f"{server}/docs.json").json()["paths"]["/models"]
-    for status in ("400", "413"):
+    for status in ("400", "413", "415"):
         schema = spec["post"]["responses"][status]["content"]["application/json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/ClassifyError"}, status
     assert "400" not in spec["get"]["responses"] and "200" in spec["get"]["responses"]  # GET takes no body
