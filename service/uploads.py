@@ -170,6 +170,12 @@ async def read_classify_form(request: Request, max_images: int, max_body_bytes: 
         )
     except Exception as exc:  # starlette's MultiPartException, python-multipart's parse errors
         detail = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        # starlette says "Invalid multipart data." of every python-multipart error; the cause says which
+        cause = str(exc.__cause__) if exc.__cause__ is not None else ""
+        if "header size" in cause.lower():  # a header line over its limit: a file name of several KB
+            detail = f"{cause.rstrip('.')} (a part's header line, its file name included, is limited to 4 KB)"
+        elif cause:
+            detail = cause
         return Rejection("malformed_request", f"the multipart body could not be parsed: {detail}")
     try:
         return await _check_form(form)

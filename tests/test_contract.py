@@ -257,3 +257,28 @@ def test_a_classify_field_in_the_url_is_refused_not_ignored():
     assert isinstance(refused, Rejection) and refused.reason == "malformed_request" and refused.status == 400
     assert refused.message.startswith("'k', 'model' in the URL's query string: /classify reads its fields")
     assert read(b"v=3") == {"images": []}
+
+
+def test_a_multipart_file_name_over_the_header_limit_is_named_as_such():
+    """python-multipart refuses a part header line over about 4 KB; starlette called it "Invalid multipart data."
+    as any other error."""
+    import anyio
+
+    import service.uploads as uploads
+
+    def read(name: bytes):
+        body = b'--x\r\nContent-Disposition: form-data; name="images"; filename="' + name + b'"\r\n\r\nabc\r\n--x--\r\n'
+
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        scope = {"type": "http", "method": "POST", "path": "/classify", "query_string": b""}
+        scope["headers"] = [(b"content-type", b"multipart/form-data; boundary=x")]
+        return anyio.run(uploads.read_classify_fields, uploads.Request(scope, receive), 4, 100_000)
+
+    refused = read("猫".encode() * 2000)
+    assert isinstance(refused, Rejection) and refused.reason == "malformed_request"
+    assert "Maximum header size exceeded (a part's header line, its file name included, is limited to 4 KB)" in (
+        refused.message
+    )
+    assert read(b"cat.png")["images"][0].filename == "cat.png"
