@@ -48,6 +48,12 @@ class Engine(Protocol):
     def count_refusal(self, rejection: Rejection) -> None: ...
 
 
+STATISTICS_REFUSAL = (
+    "this server does not implement Triton's statistics extension (GET /v2 lists the extensions it does): "
+    "GET /metrics has its request counts and latencies"
+)
+
+
 def oip_routes(
     engine: Callable[[], Optional[Engine]], server_name: str, max_images: int, max_body_bytes: int
 ) -> list[BaseRoute]:
@@ -62,6 +68,11 @@ def oip_routes(
 
     def not_loaded() -> JSONResponse:
         return JSONResponse(OipError(error="the models are not loaded yet").model_dump(), status_code=503)
+
+    def no_statistics() -> JSONResponse:
+        """Triton's statistics extension (tritonclient's get_inference_statistics), which this server does not
+        have: said so, not as a model named "stats" it does not know (nor counted as the caller's mistake)."""
+        return JSONResponse(OipError(error=STATISTICS_REFUSAL).model_dump(), status_code=404)
 
     def find(running: Engine, name: str) -> Any:
         model = running.loaded.get(name)
@@ -100,6 +111,9 @@ def oip_routes(
         return Response(status_code=200 if running is not None and running.ready else 400)
 
     async def metadata(request: Request) -> Response:
+        running = engine()
+        if request.path_params["name"] == "stats" and (running is None or "stats" not in running.loaded):
+            return no_statistics()
         found = located(request)
         if isinstance(found, Response):
             return found
@@ -149,6 +163,8 @@ def oip_routes(
                 ).model_dump(),
                 status_code=404,
             )
+        if request.method == "GET" and path.rstrip("/").endswith("/stats"):  # a model's (or a version's) statistics
+            return no_statistics()
         for route in model_routes:
             if route.path_regex.match(path):
                 allowed = ", ".join(sorted({*(route.methods or ()), "OPTIONS"}))

@@ -333,12 +333,22 @@ def test_metadata_and_readiness_of_an_unknown_model_are_404(server):
         ("/v2/models/tiny/infer/", "no such route"),
         ("/v2/models", "GET /models lists this service's"),  # answered, not redirected to the next one
         ("/v2/models/", "GET /models lists this service's"),
+        # tritonclient's get_inference_statistics: an extension this server does not have, not a model "stats"
+        ("/v2/models/stats", "does not implement Triton's statistics extension"),
+        ("/v2/models/tiny/stats", "does not implement Triton's statistics extension"),
+        ("/v2/models/tiny/versions/1/stats", "does not implement Triton's statistics extension"),
     ):
         method = httpx.post if path.rstrip("/").endswith("infer") else httpx.get
         response = method(f"{server}{path}", timeout=10)  # httpx follows no redirect unless told
         assert response.status_code == 404 and words in response.json()["error"], (path, response.text)
     assert httpx.get(f"{server}/v2/health/live").status_code == 200
     assert httpx.get(f"{server}/v2/models/tiny-int8/ready").status_code == 200
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(url=server.removeprefix("http://"))
+    with pytest.raises(InferenceServerException, match="statistics extension"):
+        client.get_inference_statistics()
 
 
 def test_a_model_answers_at_its_one_version(server, jpegs):
