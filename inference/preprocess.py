@@ -360,7 +360,7 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     grey = Image.fromarray(np.rint(np.clip(arr * (255.0 / peak), 0, 255)).astype(np.uint8), "L")
     if isinstance(key, int) and image.mode != "F":
         # a 16-bit grey PNG's colour key (tRNS) names a 16-bit value: its pixels are clear, as an 8-bit key's are
-        clear = np.asarray(image) == key
+        clear = arr == key  # the integer samples, exact in float64
         return Image.merge("LA", (grey, Image.fromarray(np.where(clear, 0, 255).astype(np.uint8), "L")))
     return grey
 

@@ -23,7 +23,7 @@ from typing import Mapping
 import numpy as np
 import onnxruntime as ort
 
-from .devices import Device, DeviceKind
+from .devices import CudaPlacementError, Device, DeviceKind
 from .manifest import METADATA_KEY, DefaultChoice, Manifest, ModelCard
 from .messages import exception_summary
 
@@ -66,15 +66,6 @@ def default_threads() -> int:
 
 class ModelFileError(ValueError):
     """ONNX Runtime cannot load the file on the CPU: not ONNX, truncated, or made of operators it lacks."""
-
-
-class CudaPlacementError(RuntimeError):
-    """``device="cuda"``, and a model cannot run wholly on CUDA here."""
-
-    def __init__(self, model: str, reason: str) -> None:
-        super().__init__(f"--device cuda, but model {model!r} cannot run wholly on CUDA: {reason}")
-        self.model = model
-        self.reason = reason
 
 
 @dataclass(frozen=True)

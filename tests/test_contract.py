@@ -237,44 +237,36 @@ def test_a_body_that_stops_arriving_is_refused_as_stalled_long_before_the_timeou
     assert "no byte of the request body arrived for 0.2 seconds" in refused.message
 
 
-def test_a_classify_field_in_the_url_is_refused_not_ignored():
-    """`/classify?k=1&model=x` was answered with the default model and k; a parameter that is no field (a
-    cache-buster) still asks nothing."""
+def _read_classify(body: bytes, content_type: bytes, query: bytes = b""):
+    """``read_classify_fields`` of one POST /classify whose whole body arrives at once."""
     import anyio
 
     import service.uploads as uploads
 
     async def receive():
-        return {"type": "http.request", "body": b'{"images": []}', "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
-    def read(query: bytes):
-        scope = {"type": "http", "method": "POST", "path": "/classify", "query_string": query}
-        scope["headers"] = [(b"content-type", b"application/json")]
-        request = uploads.Request(scope, receive)
-        return anyio.run(uploads.read_classify_fields, request, 4, 10_000)
+    scope = {"type": "http", "method": "POST", "path": "/classify", "query_string": query}
+    scope["headers"] = [(b"content-type", content_type)]
+    return anyio.run(uploads.read_classify_fields, uploads.Request(scope, receive), 4, 100_000)
 
-    refused = read(b"model=nope&k=1&v=3")
+
+def test_a_classify_field_in_the_url_is_refused_not_ignored():
+    """`/classify?k=1&model=x` was answered with the default model and k; a parameter that is no field (a
+    cache-buster) still asks nothing."""
+    refused = _read_classify(b'{"images": []}', b"application/json", b"model=nope&k=1&v=3")
     assert isinstance(refused, Rejection) and refused.reason == "malformed_request" and refused.status == 400
     assert refused.message.startswith("'k', 'model' in the URL's query string: /classify reads its fields")
-    assert read(b"v=3") == {"images": []}
+    assert _read_classify(b'{"images": []}', b"application/json", b"v=3") == {"images": []}
 
 
 def test_a_multipart_file_name_over_the_header_limit_is_named_as_such():
     """python-multipart refuses a part header line over about 4 KB; starlette called it "Invalid multipart data."
     as any other error."""
-    import anyio
-
-    import service.uploads as uploads
 
     def read(name: bytes):
         body = b'--x\r\nContent-Disposition: form-data; name="images"; filename="' + name + b'"\r\n\r\nabc\r\n--x--\r\n'
-
-        async def receive():
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        scope = {"type": "http", "method": "POST", "path": "/classify", "query_string": b""}
-        scope["headers"] = [(b"content-type", b"multipart/form-data; boundary=x")]
-        return anyio.run(uploads.read_classify_fields, uploads.Request(scope, receive), 4, 100_000)
+        return _read_classify(body, b"multipart/form-data; boundary=x")
 
     refused = read("猫".encode() * 2000)
     assert isinstance(refused, Rejection) and refused.reason == "malformed_request"

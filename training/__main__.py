@@ -9,6 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from inference.devices import CudaPlacementError
 from inference.fits import FITS
 from inference.interrupts import say_stopped, terminations_as_interrupts
 from inference.messages import configure_logging, os_error_text
@@ -16,8 +17,6 @@ from inference.messages import configure_logging, os_error_text
 from .cli_types import add_set_option, positive_int
 
 try:
-    from inference.runtime import CudaPlacementError
-
     from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE
     from .config import (
         PLACEMENT_KEYS,

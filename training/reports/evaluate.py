@@ -202,9 +202,8 @@ def onnx_placement(device: str) -> tuple[Device, int]:
     """``--device`` for an ONNX model: auto, cpu, cuda or cuda:N (N among the visible GPUs), as for a checkpoint.
     Anything else is refused: it ran on the CPU unsaid, and cuda:N on GPU 0."""
     kind, colon, index = device.partition(":")
-    for known in DEVICES:
-        if kind == known and (not colon or (known == "cuda" and index.isdigit())):
-            return known, int(index or 0)
+    if kind in DEVICES and (not colon or (kind == "cuda" and index.isdigit())):
+        return kind, int(index or 0)
     raise ConfigError(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N")
 
 
