@@ -522,6 +522,68 @@ def test_an_existing_output_is_continued_or_replaced_only_when_asked(tree, tiny_
     assert _csv_rows(kept)  # the earlier rows are still there
 
 
+def test_overwrite_stopped_before_its_first_rows_keeps_the_old_ones(
+    tree, tiny_models_dir, tmp_path, capsys, monkeypatch
+):
+    """--overwrite replaces the old rows only once new ones are written: a Ctrl-C while the first batch decodes
+    left a header-only file where the old results were. Once rows are written the file is the new run's,
+    resumable, with the old file's mode, and a link to it still a link."""
+    import service.score.run as run
+
+    common = ["--models-dir", tiny_models_dir, "--no-progress", "--batch-size", "2"]
+    old = tmp_path / "old.csv"
+    assert _score(tree, "--out", old, "--k", "1", *common) == 0
+    old.chmod(0o640)
+    before = old.read_bytes()
+    link = tmp_path / "link.csv"
+    link.symlink_to(old)
+    real_chunks = run.chunks
+
+    def interrupted_at(n):
+        def chunks(*a, **kw):
+            for i, chunk in enumerate(real_chunks(*a, **kw)):
+                if i == n:
+                    raise KeyboardInterrupt
+                yield chunk
+
+        return chunks
+
+    monkeypatch.setattr(run, "chunks", interrupted_at(0))
+    assert _score(tree, "--out", link, "--k", "2", "--overwrite", *common) == 130
+    err = capsys.readouterr().err
+    assert f"{link} is as it was" in err and "--resume" not in err, err
+    assert old.read_bytes() == before and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "old.csv"]  # no partial file left
+
+    monkeypatch.setattr(run, "chunks", real_chunks)
+    real_write, writes = run._write, []
+
+    def write_twice(out, text):  # the header, the first batch's rows, then Ctrl-C
+        writes.append(text)
+        if len(writes) == 3:
+            raise KeyboardInterrupt
+        real_write(out, text)
+
+    monkeypatch.setattr(run, "_write", write_twice)
+    assert _score(tree, "--out", link, "--k", "2", "--overwrite", *common) == 130
+    err = capsys.readouterr().err
+    assert "rerun with --resume to continue" in err
+    rows = _csv_rows(old)
+    assert len(rows) == 2 and "label_2" in rows[0] and link.is_symlink()
+    monkeypatch.setattr(run, "_write", real_write)
+    assert oct(old.stat().st_mode & 0o777) == oct(0o640)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "old.csv"]
+    assert _score(tree, "--out", link, "--k", "2", "--resume", *common) == 0
+    assert len(_csv_rows(old)) == len(_csv_rows_of_a_full_run(tree, tiny_models_dir, tmp_path))
+
+
+def _csv_rows_of_a_full_run(tree, models, tmp_path) -> list[dict]:
+    out = tmp_path / "full" / "p.csv"
+    out.parent.mkdir()
+    assert _score(tree, "--out", out, "--k", "2", "--models-dir", models, "--no-progress") == 0
+    return _csv_rows(out)
+
+
 def test_resume_refuses_a_file_another_model_or_fit_wrote(tree, tiny_models_dir, tmp_path, capsys):
     """A few rows of a resumed file are scored again: written with another --fit, they differ and the file is
     refused, untouched; with the same settings the run continues it."""

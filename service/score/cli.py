@@ -184,7 +184,8 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an existing --out file (without --resume or this, an existing file is left alone: an error)",
+        help="replace an existing --out file, once the first new rows are written (a run stopped before then "
+        "leaves it as it was; without --resume or this, an existing file is left alone: an error)",
     )
     p.add_argument(
         "--labels-from-folders",

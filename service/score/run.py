@@ -6,8 +6,10 @@ import argparse
 import itertools
 import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,8 +44,11 @@ class Summary:
     walk: WalkStats = field(default_factory=WalkStats)
     failures: list[str] = field(default_factory=list)  # the first few, for the summary
 
-    def text(self, out: str, stopped: str | None = None, min_confidence: float | None = None) -> str:
-        """``stopped``: why the run ended before the last image ("interrupted", a write error), or None."""
+    def text(
+        self, out: str, stopped: str | None = None, min_confidence: float | None = None, replaced: bool = True
+    ) -> str:
+        """``stopped``: why the run ended before the last image ("interrupted", a write error), or None.
+        ``replaced``: False when --overwrite stopped before its first rows, so ``out`` still holds the old ones."""
         done = self.scored + self.failed
         rate = done / self.elapsed if self.elapsed > 0 else 0.0
         scored = f"scored {self.scored}"
@@ -62,7 +67,10 @@ class Summary:
         if self.failures:
             lines.append("failed files (first few): " + "; ".join(self.failures))
         if stopped and out != "-":
-            lines.append(f"the rows so far are in {out}: rerun with --resume to continue")
+            if replaced:
+                lines.append(f"the rows so far are in {out}: rerun with --resume to continue")
+            else:
+                lines.append(f"{out} is as it was: it is replaced only once the new rows begin")
         return "\n".join(lines)
 
 
@@ -128,6 +136,38 @@ class _OutputLost(Exception):
     def __init__(self, error: OSError) -> None:
         super().__init__(error.strerror or str(error))
         self.error = error
+
+
+class _Replacement:
+    """--overwrite of a file that holds rows: the new rows go to a hidden file beside it, which takes its place
+    once it holds the first of them, so a run stopped before then (Ctrl-C while the first batch decodes, a full
+    disk) leaves the old rows where they were. A link is followed: the file it names is replaced."""
+
+    def __init__(self, path: str) -> None:
+        self.target = os.path.realpath(path)
+        folder, name = os.path.split(self.target)
+        fd, self.temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=folder)
+        os.close(fd)
+        try:
+            shutil.copymode(self.target, self.temp)  # mkstemp's 0600 would otherwise become the output's mode
+        except OSError:
+            pass
+        self.done = False
+
+    def commit(self) -> None:
+        if not self.done:
+            try:
+                os.replace(self.temp, self.target)
+            except OSError as exc:
+                raise _OutputLost(exc) from exc
+            self.done = True
+
+    def abandon(self) -> None:
+        if not self.done:
+            try:
+                os.unlink(self.temp)
+            except OSError:
+                pass
 
 
 def _write(out, text: str) -> None:
@@ -240,6 +280,7 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
     entries = itertools.chain([first], entries)
     done: set[str] = set()
     written: list[Row] = []  # the first few rows --resume keeps, scored again to check they are this run's
+    replacement: _Replacement | None = None
     if args.out == "-":
         out = open(sys.stdout.fileno(), "w", closefd=False, newline="", **ENCODING)
     else:
@@ -260,14 +301,21 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
                 raise UserError(f"cannot resume {args.out}: {exc.strerror or exc}") from None
             _check_same_scoring(backend, args, written)
         try:
-            out = open(args.out, "a" if args.resume else "w", newline="", **ENCODING)
+            if getattr(args, "overwrite", False) and os.path.isfile(args.out) and not holds_no_rows(args.out):
+                replacement = _Replacement(args.out)
+            path = replacement.temp if replacement else args.out
+            out = open(path, "a" if args.resume else "w", newline="", **ENCODING)
         except OSError as exc:
+            if replacement is not None:
+                replacement.abandon()
             raise UserError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     if args.out == "-" or not out.seekable() or out.tell() == 0:  # a pipe or terminal given as a path
         try:
             _write(out, fmt.header())
         except _OutputLost:
             _close(out, args.out)
+            if replacement is not None:
+                replacement.abandon()
             raise
 
     stop = threading.Event()
@@ -290,6 +338,8 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
     try:
         for rows in backend.rows(chunks(entries, backend.batch_size, done)):
             _write(out, fmt.format(rows))
+            if replacement is not None:
+                replacement.commit()
             for row in rows:
                 if row.error is None:
                     summary.scored += 1
@@ -315,12 +365,15 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
         stop.set()
         bar.close()
         _close(out, args.out)
+        if replacement is not None:
+            replacement.abandon()
     if lost is not None and isinstance(lost.error, BrokenPipeError):
         raise lost
     if lost is not None:
         print(f"error: cannot write {_output_name(args.out)}: {lost}", file=sys.stderr)
     stopped = f"{stopped_by(interrupted)}interrupted" if interrupted else "stopped" if lost else None
-    print(summary.text(args.out, stopped, args.min_confidence), file=sys.stderr)
+    replaced = replacement is None or replacement.done
+    print(summary.text(args.out, stopped, args.min_confidence, replaced), file=sys.stderr)
     if accuracy is not None:
         print(accuracy.report(), file=sys.stderr)
     if interrupted:
