@@ -537,25 +537,19 @@ def test_overwrite_stopped_before_its_first_rows_keeps_the_old_ones(
     before = old.read_bytes()
     link = tmp_path / "link.csv"
     link.symlink_to(old)
-    real_chunks = run.chunks
 
-    def interrupted_at(n):
-        def chunks(*a, **kw):
-            for i, chunk in enumerate(real_chunks(*a, **kw)):
-                if i == n:
-                    raise KeyboardInterrupt
-                yield chunk
+    def chunks_interrupted(*a, **kw):  # Ctrl-C before the first batch is handed to the engine
+        raise KeyboardInterrupt
+        yield
 
-        return chunks
-
-    monkeypatch.setattr(run, "chunks", interrupted_at(0))
+    monkeypatch.setattr(run, "chunks", chunks_interrupted)
     assert _score(tree, "--out", link, "--k", "2", "--overwrite", *common) == 130
     err = capsys.readouterr().err
     assert f"{link} is as it was" in err and "--resume" not in err, err
     assert old.read_bytes() == before and link.is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "old.csv"]  # no partial file left
 
-    monkeypatch.setattr(run, "chunks", real_chunks)
+    monkeypatch.undo()
     real_write, writes = run._write, []
 
     def write_twice(out, text):  # the header, the first batch's rows, then Ctrl-C
@@ -574,14 +568,10 @@ def test_overwrite_stopped_before_its_first_rows_keeps_the_old_ones(
     assert oct(old.stat().st_mode & 0o777) == oct(0o640)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "old.csv"]
     assert _score(tree, "--out", link, "--k", "2", "--resume", *common) == 0
-    assert len(_csv_rows(old)) == len(_csv_rows_of_a_full_run(tree, tiny_models_dir, tmp_path))
-
-
-def _csv_rows_of_a_full_run(tree, models, tmp_path) -> list[dict]:
-    out = tmp_path / "full" / "p.csv"
-    out.parent.mkdir()
-    assert _score(tree, "--out", out, "--k", "2", "--models-dir", models, "--no-progress") == 0
-    return _csv_rows(out)
+    full = tmp_path / "full" / "p.csv"
+    full.parent.mkdir()
+    assert _score(tree, "--out", full, "--k", "2", *common) == 0
+    assert len(_csv_rows(old)) == len(_csv_rows(full))
 
 
 def test_resume_refuses_a_file_another_model_or_fit_wrote(tree, tiny_models_dir, tmp_path, capsys):
