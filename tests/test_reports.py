@@ -907,6 +907,12 @@ def test_ablation_skips_finished_variants_and_resumes_an_interrupted_one(image_f
     assert "| dropout=0 (baseline) |" in table and "| dropout=0.3 |" in table
     assert "dropout=0.3" in capsys.readouterr().out
 
+    (baseline / "last.pt").unlink()  # deleted to save space: the variant has finished, and its best.pt is read
+    assert main(argv) == 0 and calls == {"train": 2, "resume": 1}
+    again = json.loads((out / "ablation.json").read_text())["variants"]
+    assert [(r["status"], r["top1"], r["loss"]) for r in again] == [(r["status"], r["top1"], r["loss"]) for r in rows]
+    capsys.readouterr()
+
     (second / "summary.json").write_text('{"best_val_top1": 0.')  # a copy cut short
     assert main(argv) == 2
     err = capsys.readouterr().err

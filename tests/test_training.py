@@ -212,6 +212,26 @@ def test_folder_reader_leaves_hidden_folders_out_and_says_what_else_it_left_out_
     assert "left out" not in caplog.text
 
 
+def test_folder_reader_refuses_a_class_folder_it_cannot_list_and_a_link_to_nothing(tmp_path, monkeypatch):
+    """Either would otherwise be skipped without a word: a class folder it may not read (left out as one
+    "without images", so the model would lack that class), an image link whose target is gone."""
+    root = _tree(tmp_path / "tree", ["cat/0.png", "dog/0.png"])
+    scandir = os.scandir
+
+    def denied(path="."):
+        if Path(path).name == "dog":  # as for a user without read permission on it (the tests may run as root)
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(DatasetError, match=f"cannot list the folder {root / 'dog'}: permission denied"):
+        read_image_folder(root)
+    monkeypatch.setattr(os, "scandir", scandir)
+    (root / "dog" / "1.png").symlink_to(tmp_path / "moved" / "1.png")
+    with pytest.raises(DatasetError, match=r"1 image link\(s\) point to nothing \(remove or fix them\): dog/1.png"):
+        read_image_folder(root)
+
+
 def test_folder_reader_unifies_class_names_and_lists_every_unusable_image_in_one_pass(tmp_path):
     import unicodedata
 
@@ -836,6 +856,26 @@ def test_early_stopping(image_folder, tmp_path):
     assert summary["stopped_early"] and summary["epochs_run"] == 2
     # no epoch beats the threshold (a top-1 above 1): the first is still the best so far, and its checkpoint written
     assert summary["best"]["epoch"] == 1 and load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 1
+
+
+def test_a_run_folder_without_its_last_checkpoint_is_not_trained_over(image_folder, tmp_path, capsys):
+    """A finished run whose last.pt was deleted to save space still holds its best.pt, history and summary:
+    neither train nor train --resume (which has nothing to continue from) replaces them without --force."""
+    from training.__main__ import main as training_main
+
+    out = tmp_path / "run"
+    train_cli = ["train", "--recipe", "resnet9_half_cpu", "--out", str(out)]
+    train_cli += ["--set", *tiny_overrides(image_folder, tmp_path / "cache", epochs=1)]
+    assert training_main(train_cli) == 0
+    (out / "last.pt").unlink()
+    best = (out / "best.pt").read_bytes()
+    capsys.readouterr()
+    for again in ([], ["--resume"]):
+        assert training_main([*train_cli, *again]) == 2
+        err = capsys.readouterr().err
+        assert f"{out} holds a run's files (best.pt, summary.json, history.json" in err and "--force" in err, err
+        assert (out / "best.pt").read_bytes() == best and not (out / "last.pt").exists()
+    assert training_main([*train_cli, "--force"]) == 0 and (out / "last.pt").is_file()
 
 
 def test_force_starts_over_without_the_previous_runs_files(image_folder, tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ from inference.messages import configure_logging, os_error_text
 from .cli_types import add_set_option, positive_int
 
 try:
-    from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE
+    from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, RUN_FILES
     from .config import (
         PLACEMENT_KEYS,
         ConfigError,
@@ -76,12 +76,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{out} holds an ensemble recipe's run, whose {BEST_FILE} this run would replace; train into "
             "another folder, or start over with --force"
         )
-    if (out / LAST_FILE).exists() and args.resume:
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if LAST_FILE in held and args.resume:
         summary = resume(out, expected=config)
-    elif (out / LAST_FILE).exists() and not args.force:
+    elif LAST_FILE in held and not args.force:
         raise ConfigError(
             f"{out} already holds a run; continue it with `python -m training resume {out}` (or this "
             "command with --resume), or start over with --force"
+        )
+    elif held and not args.force:
+        # a finished run whose last.pt was deleted to save space, or a folder of someone's files: training would
+        # replace them, and --resume has nothing to continue from
+        raise ConfigError(
+            f"{out} holds a run's files ({', '.join(held)}) but no {LAST_FILE} to continue from; train into "
+            "another folder, or start over with --force (which removes them)"
         )
     else:
         summary = train(config, out)

@@ -119,7 +119,7 @@ def _tree_images(root: Path) -> list[Path]:
     link back up the tree is not a loop). Hidden folders and files (a viewer's .thumbnails/, an editor's
     .trash/) are no part of the dataset: a hidden folder would otherwise be a class."""
     found, seen = [], set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
+    for folder, dirs, files in os.walk(root, onerror=_unreadable_folder, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
             dirs.clear()
@@ -128,9 +128,25 @@ def _tree_images(root: Path) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [Path(folder) / f for f in files if is_image_name(f) and not f.startswith(".")]
     images = sorted(p for p in found if p.is_file())
+    dangling = sorted(p for p in found if p.is_symlink() and not p.exists())
+    if dangling:  # a copy that kept the links but not what they point to: the class would silently shrink
+        shown = ", ".join(str(p.relative_to(root)) for p in dangling[:UNUSABLE_LISTED])
+        more = f" and {len(dangling) - UNUSABLE_LISTED} more" if len(dangling) > UNUSABLE_LISTED else ""
+        raise DatasetError(
+            f"{root}: {len(dangling)} image link(s) point to nothing (remove or fix them): {shown}{more}"
+        )
     for parent in sorted({path.parent for path in images}):  # each folder once, not once per image in it
         _check_class_name(parent.relative_to(root).as_posix(), root)
     return images
+
+
+def _unreadable_folder(exc: OSError) -> None:
+    """os.walk's default is to skip a folder it cannot list: a class folder without read permission would
+    then be left out as one without images, and the model trained without that class."""
+    reason = exc.strerror or type(exc).__name__
+    raise DatasetError(
+        f"cannot list the folder {exc.filename}: {reason.lower()}; make it readable, or move it out of the dataset"
+    )
 
 
 def _check_class_name(folder: str, root: Path) -> None:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from inference.files import write_text_atomic
 
-from ..checkpoint import LAST_FILE, SUMMARY_FILE
+from ..checkpoint import BEST_FILE, LAST_FILE, SUMMARY_FILE
 from ..config import Config, build_config
 from ..engine import resume, train
 from ..inference import check_tta
@@ -102,9 +102,11 @@ def _same_config(run_dir: Path, config: Config) -> bool:
 def run_variant(run_dir: Path, config: Config) -> str:
     """Train, resume or skip one variant; returns which it did."""
     started = (run_dir / LAST_FILE).is_file()
-    if started and not _same_config(run_dir, config):
+    # what is evaluated is best.pt: a finished variant whose last.pt was deleted to save space is not retrained
+    finished = (run_dir / SUMMARY_FILE).is_file() and (started or (run_dir / BEST_FILE).is_file())
+    if (started or finished) and not _same_config(run_dir, config):
         raise ValueError(f"{run_dir} holds a run with a different configuration: use another --out or remove it")
-    if started and (run_dir / SUMMARY_FILE).is_file():
+    if finished:
         return "finished earlier"
     if started:
         log.info("resuming %s", run_dir)
@@ -179,7 +181,7 @@ def ablate(
         summary = read_json(run_dir / SUMMARY_FILE)
 
         data, fingerprint = _eval_data(_data_spec(config, split), loaded)
-        source = load_model(checkpoint=run_dir / "best.pt", device=device)
+        source = load_model(checkpoint=run_dir / BEST_FILE, device=device)
         history = read_json(run_dir / "history.json") if (run_dir / "history.json").is_file() else []
         views = ["none"] + ([tta] if tta != "none" and index == len(combos) - 1 else [])
         for view in views:
