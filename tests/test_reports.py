@@ -925,8 +925,9 @@ def test_ablation_skips_finished_variants_and_resumes_an_interrupted_one(image_f
         (["--vary", "optim.nosuch=1,2"], "optim.nosuch: no such setting"),
         (["--vary", "dropout=0,0.1", "--split", "test"], "a folder dataset has no separate test split"),
         (["--vary", "dropout=0,0.1", "--device", "gpu"], "device 'gpu': not a device"),
+        (["--vary", "dropout=0,0.1", "--set", "dropout=0.2"], "model.args.dropout is set twice"),
     ],
-    ids=["unknown_key", "folder_has_no_test_split", "not_a_device"],
+    ids=["unknown_key", "folder_has_no_test_split", "not_a_device", "varied_and_set"],
 )
 def test_ablation_rejects_bad_settings_before_training(extra, said, tmp_path, image_folder, capsys):
     sets = tiny_overrides(image_folder, tmp_path / "cache")

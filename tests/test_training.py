@@ -509,6 +509,22 @@ def test_a_seed_the_generators_cannot_take_is_refused_naming_the_setting():
     assert build_config("resnet9_half_cpu", ["seed=7", "split_seed=0"]).train.seed == 7
 
 
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("gamma=-0.5", "schedule.gamma: Input should be greater than 0"),  # would have trained uphill
+        ("lr=.inf", "optim.lr: Input should be a finite number"),  # would have failed at its first step
+        ("weight_decay=.inf", "optim.weight_decay: Input should be a finite number"),
+        ("momentum=1.5", "optim.momentum: Input should be less than 1"),
+        ("betas=[0.9, 1.0]", "optim.betas.1: Input should be less than 1"),
+        ("milestones=[-10, 20]", "schedule.milestones.0: Input should be greater than or equal to 0"),
+    ],
+)
+def test_an_optimizer_or_schedule_setting_out_of_its_range_is_refused_naming_it(value, said):
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        build_config("resnet9_half_cpu", [value])
+
+
 def test_exponent_numbers_reach_the_model_as_numbers(image_folder, tmp_path, capsys):
     """YAML 1.1 reads 1e-1 as a string; a recipe or --set value written so must still be a number."""
     from training.__main__ import main as training_main
@@ -798,6 +814,22 @@ def test_a_recipe_or_override_that_is_not_yaml_is_refused_in_one_line(tmp_path, 
     assert training_main(["train", "--recipe", "resnet9_half_cpu", "--set", "lr=[1", "--out", str(tmp_path / "r")]) == 2
     assert "value '[1' is not YAML" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and not (tmp_path / "r").exists()
+
+
+def test_a_recipe_file_that_is_empty_or_has_a_section_that_is_no_mapping_is_refused_naming_it(tmp_path, capsys):
+    """The empty file used to train every default (se_resnet18); the list to blame the --set given with it."""
+    from training.__main__ import main as training_main
+
+    empty, listed, bare = tmp_path / "empty.yaml", tmp_path / "listed.yaml", tmp_path / "bare.yaml"
+    empty.write_text("")
+    listed.write_text("model: {name: resnet9}\ntrain: [1, 2]\n")
+    bare.write_text("model: {name: resnet9}\ntrain:\n")  # a section with nothing under it: its defaults
+    for recipe, said in ((empty, "is empty: it names no model"), (listed, "train is not a mapping of settings")):
+        assert training_main(["train", "--recipe", str(recipe), "--set", "epochs=1", "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err
+        assert f"recipe {str(recipe)!r}" in err and said in err, err
+    assert build_config(str(bare), ["epochs=1"]).train.epochs == 1
+    assert not (tmp_path / "r").exists()
 
 
 def test_recipes_lists_each_recipe_with_its_resolved_settings(capsys):

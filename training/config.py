@@ -8,7 +8,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -26,8 +26,11 @@ log = logging.getLogger(__name__)
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # an infinite learning rate or decay passes every bound (inf > 0) and ends the run at its first step
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
+
+DecayRate = Annotated[float, Field(ge=0, lt=1)]  # a decay rate: 1 would never forget, above it diverge
 
 # numpy's and torch's generators take seeds of 0 up to 64 bits (torch adds the process's rank).
 MAX_SEED = 2**63
@@ -122,9 +125,9 @@ class AugmentConfig(Section):
 class OptimConfig(Section):
     name: Literal["sgd", "adamw", "muon"] = "adamw"
     lr: float = Field(1e-3, gt=0)
-    momentum: float = 0.9
+    momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[DecayRate, DecayRate] = (0.9, 0.999)
     weight_decay: float = Field(5e-2, ge=0)
     # Decaying BatchNorm scales and biases only shrinks them; off by default as in most modern recipes.
     decay_norm_and_bias: bool = False
@@ -143,8 +146,8 @@ class ScheduleConfig(Section):
     # down to final_lr_fraction, sized to the epoch count (airbench: 0.2, 0.2, 0).
     name: Literal["cosine", "multistep", "step", "linear", "constant", "triangular"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0)
-    milestones: list[int] = Field(default_factory=lambda: [60, 120, 160])
-    gamma: float = 0.2
+    milestones: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [60, 120, 160])
+    gamma: float = Field(0.2, gt=0)  # a negative one would turn the steps uphill
     step_size: int = Field(30, ge=1)  # for "step": multiply by gamma every step_size epochs
     final_lr_fraction: float = Field(0.0, ge=0)
     initial_lr_fraction: float = Field(0.2, ge=0)
@@ -323,9 +326,11 @@ def _read_recipe(name_or_path: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"no recipe {name_or_path!r}; built-in recipes: {', '.join(_recipe_files())}")
     try:
-        raw = _load_yaml(path.read_text()) or {}
+        raw = _load_yaml(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"recipe {str(path)!r} is not a YAML file: {exception_summary(exc, lines=2)}") from exc
+    if raw is None:  # an empty file would otherwise train every default (se_resnet18) as if that were asked
+        raise ConfigError(f"recipe {str(path)!r} is empty: it names no model and no settings")
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {str(path)!r} is not a mapping of sections")
     raw.setdefault("recipe", path.stem)
@@ -340,6 +345,15 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
             f"{raw['recipe']!r} is an ensemble recipe (it trains several networks and joins them): train it with "
             f"`python -m training train --recipe {name_or_path}`; its members' recipes are the ones to build"
         )
+    for section in ("model", *MERGED_SECTIONS):
+        if raw.get(section, {}) is None:  # `train:` with nothing under it: no settings of that section
+            del raw[section]
+        elif not isinstance(raw.get(section, {}), dict):
+            # said here: an override of the section would otherwise be blamed for it ("not a section")
+            raise ConfigError(
+                f"recipe {name_or_path!r}: {section} is not a mapping of settings (it is {raw[section]!r}); write "
+                f"it as {section}: {{key: value, ...}}"
+            )
     return raw
 
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from inference.files import write_text_atomic
 
 from ..checkpoint import BEST_FILE, LAST_FILE, SUMMARY_FILE
-from ..config import Config, build_config
+from ..config import Config, build_config, check_distinct
 from ..engine import resume, train
 from ..inference import check_tta
 from ..models import count_parameters
@@ -160,6 +160,9 @@ def ablate(
             for values in itertools.product(*[v for _, v in axes])
         ]
         labels = [" ".join(combo) for combo in combos]
+        # a key both fixed by --set and varied takes the varied values in every variant: the --set is a mistake
+        # (a step may change what --set gave the steps before it)
+        check_distinct(sets + vary)
     check_tta(tta)
     # Build every config before training anything: a typo fails at once, not after hours.
     configs = [build_config(recipe, sets + combo) for combo in combos]
