@@ -910,6 +910,34 @@ def test_a_run_folder_without_its_last_checkpoint_is_not_trained_over(image_fold
     assert training_main([*train_cli, "--force"]) == 0 and (out / "last.pt").is_file()
 
 
+def test_resume_takes_a_runs_last_checkpoint_for_its_folder_and_says_when_nothing_is_left(
+    tiny_run, tmp_path, capsys, caplog, monkeypatch
+):
+    import shutil
+
+    import training.__main__ as cli
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    with caplog.at_level(logging.INFO):
+        assert cli.main(["resume", str(run / "last.pt")]) == 0
+    assert json.loads(capsys.readouterr().out)["epochs_run"] == 3
+    assert f"{run} has trained its 3 epochs: nothing left to train" in caplog.text
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+    assert cli.main(["resume", str(run / "best.pt")]) == 2
+    assert f"resume takes a run folder (the one holding last.pt), not the file {run / 'best.pt'}" in (
+        capsys.readouterr().err
+    )
+
+    def refused_by_the_system(args):  # as mkdir of a run folder in /proc answers
+        raise FileNotFoundError(2, "No such file or directory", "/proc/run")
+
+    monkeypatch.setattr(cli, "cmd_resume", refused_by_the_system)
+    assert cli.main(["resume", str(run)]) == 2
+    assert capsys.readouterr().err == "error: /proc/run: No such file or directory\n"
+
+
 def test_force_starts_over_without_the_previous_runs_files(image_folder, tmp_path, monkeypatch):
     """Stopped during its first epoch, a run started over with --force leaves nothing of the old run that could
     pass for its own (a best.pt, a summary saying it finished, a last.pt a resume would continue)."""

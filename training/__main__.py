@@ -144,6 +144,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from .engine import resume
     from .ensemble_recipe import finished_run, started_run
 
+    if Path(args.run).is_file():  # the checkpoint itself named: its run folder is meant
+        if Path(args.run).name != LAST_FILE:
+            raise ConfigError(f"resume takes a run folder (the one holding {LAST_FILE}), not the file {args.run}")
+        args.run = str(Path(args.run).parent)
     started = started_run(args.run)
     if started is not None and finished_run(args.run):
         best = Path(args.run) / BEST_FILE
@@ -319,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         with terminations_as_interrupts():
             return args.fn(args)
     except (ConfigError, DatasetError, KeyError, FileNotFoundError, ValueError, CudaPlacementError) as exc:
-        print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
+        if isinstance(exc, OSError) and exc.errno is not None:  # the system's, not one of ours naming what is missing
+            text = os_error_text(exc)
+        else:
+            text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"error: {text}", file=sys.stderr)
         return 2
     except OSError as exc:  # a path that is a file where a folder is wanted, a full disk, a permission
         print(f"error: {os_error_text(exc)}", file=sys.stderr)

@@ -471,6 +471,11 @@ class Trainer:
         stop = self._patience_exhausted()
         if self.epoch >= t.epochs or stop:
             distributed.cleanup(self.dist)
+            if stop:
+                log.info("%s stopped early (no better epoch for its patience): nothing left to train", self.out_dir)
+            else:
+                trained = f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}"
+                log.info("%s has trained its %s: nothing left to train (more: resume --epochs)", self.out_dir, trained)
             summary = self._summary(stop)
             if main and not (self.out_dir / SUMMARY_FILE).is_file():
                 # stopped between its last checkpoint and its summary: what ablate and ensembles read is written
