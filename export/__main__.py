@@ -24,7 +24,7 @@ from pathlib import Path
 
 from inference.devices import DEVICE_KINDS
 from inference.fits import DEFAULT_FIT, FITS, fit_help
-from inference.interrupts import say_stopped, terminations_as_interrupts
+from inference.interrupts import interrupt_within, say_stopped, terminations_as_interrupts
 from inference.manifest import (
     CALIBRATION_METHODS,
     MODEL_NAME_PATTERN,
@@ -339,7 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated
         # Graphs are built and checked in a temporary folder, and moved in beside the new manifest only once
         # verified; a recovered checkpoint is written to a temporary file and renamed: a stop leaves no part.
-        return say_stopped(exc, "interrupted: nothing was written")
+        # (a stop that arrives while a model is recorded waits for the record to be whole, and says so)
+        return say_stopped(exc, f"interrupted: {(getattr(exc, '__notes__', None) or ['nothing was written'])[0]}")
+    except Exception as exc:
+        stop = interrupt_within(exc)
+        if stop is None:
+            raise
+        return say_stopped(stop, "interrupted: nothing was written")
 
 
 def _command(argv: list[str]) -> int:

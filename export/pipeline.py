@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -15,7 +16,17 @@ import torch
 
 from inference.devices import DeviceKind
 from inference.fits import LEGACY_FIT, FitName
-from inference.manifest import Manifest, ManifestError, ModelCard, ModelEntry, load_manifest, save_manifest, sha256_file
+from inference.interrupts import interrupts_held
+from inference.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestError,
+    ModelCard,
+    ModelEntry,
+    load_manifest,
+    save_manifest,
+    sha256_file,
+)
 from inference.precisions import PrecisionName
 from inference.preprocess import to_model_input
 from inference.runtime import OnnxClassifier, softmax
@@ -279,12 +290,42 @@ def record_entry(
 ) -> ModelEntry:
     """Move the verified graph ``out`` to ``final`` and list it in the manifest. The new manifest is made (and a
     manifest that cannot be read refused) before the file is replaced, so a refusal leaves the shipped file
-    as the manifest knows it; only a stop between the two renames can part them."""
+    as the manifest knows it; the file and the manifest then change together (see ``_replace_listed``)."""
     entry = ModelEntry(**card.model_dump(), file=final.name, sha256=sha256_file(out))
     manifest = _with_entry(entry, models_dir, make_default, default_for)
-    os.replace(out, final)
-    save_manifest(manifest, models_dir)
+    recorded = False
+    try:
+        with interrupts_held():
+            _replace_listed(out, final, manifest, models_dir)
+            recorded = True
+    except KeyboardInterrupt as exc:  # one that arrived during the renames, acted on once they were done
+        if recorded:
+            exc.add_note(f"{entry.name} was recorded in {models_dir / MANIFEST_NAME} before the stop")
+        raise
     return entry
+
+
+def _replace_listed(out: Path, final: Path, manifest: Manifest, models_dir: Path) -> None:
+    """``out`` in place of ``final`` and ``manifest`` saved, or neither: where the manifest cannot be saved (a
+    full disk), the file it lists comes back, so the shipped model still matches its sha256 and the service
+    still starts. The caller holds off interrupts; only a kill between the renames can part them."""
+    kept = final.with_name(f".{final.name}.kept")  # hidden: the service lists models from the manifest only
+    kept.unlink(missing_ok=True)  # left by a process killed here before
+    if final.is_file():
+        try:
+            os.link(final, kept)
+        except OSError:  # a file system without hard links
+            shutil.copy2(final, kept)
+    try:
+        os.replace(out, final)
+        save_manifest(manifest, models_dir)
+    except BaseException:
+        if kept.exists():
+            os.replace(kept, final)
+        else:
+            final.unlink(missing_ok=True)  # not listed: it would only be mistaken for a model
+        raise
+    kept.unlink(missing_ok=True)
 
 
 def check_replacement(models_dir: Path, name: str, arch: str, classes: Sequence[str], precision: str) -> None:

@@ -51,6 +51,19 @@ def give_back(previous: dict[int, Handler]) -> None:
         signal.signal(s, handler)
 
 
+def interrupt_within(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or termination behind ``exc``, where a library turned it into an error of its own (torch's
+    ONNX exporter, stopped while it imports, reports a failed export); None where there is none."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def say_stopped(exc: KeyboardInterrupt, message: str) -> int:
     """Print ``message`` (after the signal's name, for a termination) and return the exit status. A closed
     terminal (SIGHUP) takes stderr with it: the message is then lost, not turned into a traceback and exit 1."""
@@ -69,3 +82,22 @@ def terminations_as_interrupts() -> Iterator[None]:
         yield
     finally:
         give_back(previous)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP held off while the body runs (renames that must happen together), then acted
+    on as they would have been: the body is never stopped halfway. Only the main thread may set handlers:
+    elsewhere the body runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    signals = [s for s in (signal.SIGINT, *CAUGHT) if signal.getsignal(s) not in (signal.SIG_IGN, None)]
+    previous = {s: signal.signal(s, lambda signum, _frame: held.append(signum)) for s in signals}
+    try:
+        yield
+    finally:
+        give_back(previous)
+        if held:
+            signal.raise_signal(held[0])  # to the handler it would have met: KeyboardInterrupt, Terminated

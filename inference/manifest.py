@@ -76,6 +76,7 @@ class Calibration(BaseModel):
 # A model's name: also its file's (NAME.onnx) and a URL path segment (/v2/models/NAME), so nothing that needs
 # quoting in either.
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MODEL_FILE_PATTERN = MODEL_NAME_PATTERN.removesuffix("$") + r"\.onnx$"
 MODEL_NAME_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
@@ -100,11 +101,15 @@ class ModelCard(BaseModel):
     def _metrics_have_accuracy(self) -> "ModelCard":
         if "val_top1" not in self.metrics:
             raise ValueError(f"model {self.name!r}: metrics must include val_top1")
+        top1 = self.metrics["val_top1"]
+        if isinstance(top1, bool) or not isinstance(top1, (int, float)) or not 0 <= top1 <= 1:
+            raise ValueError(f"model {self.name!r}: metrics.val_top1 must be a fraction from 0 to 1, not {top1!r}")
         return self
 
 
 class ModelEntry(ModelCard):
-    file: str
+    # a file in the models folder itself: one elsewhere (../x) would be read, and deleted by `export remove`
+    file: str = Field(pattern=MODEL_FILE_PATTERN)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 

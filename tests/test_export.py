@@ -251,6 +251,28 @@ def test_an_export_into_a_folder_whose_manifest_is_broken_leaves_the_shipped_fil
     assert sorted(p.name for p in m.iterdir()) == sorted(p.name for p in models.iterdir())  # no stray files
 
 
+def test_a_manifest_entry_whose_file_is_outside_the_folder_or_whose_accuracy_is_no_fraction_is_refused(
+    exported, tmp_path, capsys
+):
+    """`remove` used to delete a file named ../outside.onnx beside the models folder, and `list` to end in a
+    TypeError on a val_top1 of null."""
+    models, entry, _ = exported
+    m = _copy_models(models, tmp_path / "m")
+    (tmp_path / "outside.onnx").write_bytes((m / entry.file).read_bytes())
+    raw = json.loads((m / "manifest.json").read_text())
+    second = dict(raw["models"][0], name="second", file="../outside.onnx")
+    for broken, said in (
+        ({**raw, "models": [*raw["models"], second]}, "models.1.file: String should match pattern"),
+        ({**raw, "models": [dict(raw["models"][0], metrics={"val_top1": None})]}, "val_top1 must be a fraction"),
+    ):
+        (m / "manifest.json").write_text(json.dumps(broken))
+        for command in (["remove", "second"], ["list"]):
+            assert export_main([*command, "--models-dir", str(m)]) == 2
+            err = capsys.readouterr().err
+            assert said in err and "Traceback" not in err, err
+    assert (tmp_path / "outside.onnx").is_file()
+
+
 def test_a_re_export_keeps_its_place_in_the_manifest(tiny_run, exported, tmp_path):
     """Replacing a listed model (a new run, a new INT8 conversion) changes its entry where it stands: the listing
     keeps its order and the manifest's diff is that entry's alone."""
@@ -291,6 +313,80 @@ def test_a_stop_during_an_export_leaves_the_models_folder_as_it_was(
     said = "SIGTERM: interrupted: nothing was written\n" if stop == "sigterm" else "interrupted: nothing was written\n"
     assert (status, capsys.readouterr().err.endswith(said)) == (143 if stop == "sigterm" else 130, True)
     assert {p.name: p.read_bytes() for p in m.iterdir()} == before
+
+
+def test_a_stop_while_a_model_is_recorded_waits_for_the_record_and_a_failed_record_restores_the_old_file(
+    tiny_run, exported, tmp_path, monkeypatch, capsys
+):
+    """The graph's rename and the manifest's save happen together or not at all: a Ctrl-C between them used to
+    leave the new graph under the old sha256 (the service refusing to start) and say nothing was written; a
+    manifest that cannot be saved (a full disk) used to leave the old graph replaced all the same."""
+    import errno
+    import signal
+
+    import export.pipeline
+    from inference.manifest import verify_file
+
+    models, entry, _ = exported
+    argv = ["--checkpoint", str(tiny_run / "best.pt"), "--name", entry.name, "--calibrate", "none"]
+    argv += ["--no-reference-cache", "--max-val-images", "10"]  # another graph's figures than the shipped one's
+    save = export.pipeline.save_manifest
+
+    def stopped_between(manifest, models_dir):
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C after the graph's rename, before the manifest's save
+        return save(manifest, models_dir)
+
+    m = _copy_models(models, tmp_path / "stopped")
+    monkeypatch.setattr(export.pipeline, "save_manifest", stopped_between)
+    assert export_main([*argv, "--models-dir", str(m)]) == 130
+    assert capsys.readouterr().err.endswith(
+        f"interrupted: {entry.name} was recorded in {m / 'manifest.json'} before the stop\n"
+    )
+    recorded = load_manifest(m, verify=False).get(entry.name)
+    verify_file(recorded, m)  # the file is the one its manifest lists
+    assert recorded.metrics["val_samples"] == 10 and sorted(p.name for p in m.iterdir()) == sorted(
+        p.name for p in models.iterdir()
+    )
+
+    def full_disk(manifest, models_dir):
+        raise OSError(errno.ENOSPC, "No space left on device", str(models_dir / "manifest.json"))
+
+    m = _copy_models(models, tmp_path / "full")
+    before = {p.name: p.read_bytes() for p in m.iterdir()}
+    monkeypatch.setattr(export.pipeline, "save_manifest", full_disk)
+    assert export_main([*argv, "--models-dir", str(m)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in m.iterdir()} == before
+
+
+def test_a_stop_that_torchs_exporter_reports_as_its_own_failure_is_said_as_a_stop(
+    tiny_run, exported, tmp_path, monkeypatch, capsys
+):
+    """Ctrl-C while the exporter imports its parts surfaces as a failed export (an AttributeError of a half-imported
+    module, raised from the KeyboardInterrupt): it used to print a hundred-line traceback and exit 1."""
+    import export.pipeline
+
+    models, entry, _ = exported
+    m = _copy_models(models, tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in m.iterdir()}
+
+    def exporter_stopped(*args, **kwargs):
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise AttributeError("module 'torch._dynamo' has no attribute 'exc'")  # noqa: B904
+        except AttributeError as exc:
+            raise RuntimeError("Failed to export the model with torch.export") from exc
+
+    monkeypatch.setattr(export.pipeline, "export_fp32", exporter_stopped)
+    argv = ["--checkpoint", str(tiny_run / "best.pt"), "--name", entry.name, "--models-dir", str(m)]
+    assert export_main([*argv, "--calibrate", "none", "--no-reference-cache"]) == 130
+    assert capsys.readouterr().err.endswith("interrupted: nothing was written\n")
+    assert {p.name: p.read_bytes() for p in m.iterdir()} == before
+    monkeypatch.setattr(export.pipeline, "export_fp32", lambda *a, **k: 1 / 0)  # a failure of its own: a bug
+    with pytest.raises(ZeroDivisionError):
+        export_main([*argv, "--calibrate", "none", "--no-reference-cache"])
 
 
 def test_export_list_reads_the_folder_it_is_given(exported, capsys):
@@ -880,11 +976,19 @@ def test_recover_writes_only_a_new_checkpoint_file(tiny_run, tmp_path, capsys):
         (tmp_path, "is a folder: name the checkpoint file to write"),
         (tmp_path / "afile" / "x.pt", f"{tmp_path / 'afile'} is a file, not a folder"),
         (run / "best.pt", f"would replace the best.pt of the run in {run}"),
+        (run / "config.yaml", "is not a checkpoint's name: end it in .pt"),  # these were replaced
+        (models / "manifest.json", "is not a checkpoint's name: end it in .pt"),
+        (models / "tiny.onnx", "is not a checkpoint's name: end it in .pt"),
+        (models / "tiny.pt", "is in a models folder (beside its manifest.json)"),
     ):
         assert export_main(["recover", "tiny", "--out", str(out), "--models-dir", str(models)]) == 2
         err = capsys.readouterr().err
         assert said in err and len(err.strip().splitlines()) == 1, err
     assert (run / "best.pt").read_bytes() == before
+    assert sorted(p.name for p in models.iterdir()) == ["manifest.json", "tiny.onnx"]
+    assert (
+        export_main(["verify", "tiny", "--models-dir", str(models)]) == 0
+    )  # the graph and manifest are still the shipped ones
 
 
 NO_TORCH = (

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from inference.files import file_in_the_way, write_atomic
+from inference.manifest import MANIFEST_NAME
 from inference.messages import exception_summary
 
 from .models import ImageClassifier, create_model
@@ -77,6 +78,9 @@ def save_model_checkpoint(meta: dict[str, Any], model: torch.nn.Module, path: st
     save_checkpoint({"meta": meta, "model": model.state_dict(), "torch_version": str(torch.__version__)}, path)
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+
+
 def check_checkpoint_out(out: Path, inputs: Sequence[Path] = (), inputs_are: str = "the inputs") -> None:
     """A checkpoint made from others (an ensemble, a recovered network) goes to a new file: not a folder, not
     under a file, never over one of ``inputs``, nor over a run's own best.pt or last.pt (that run could then
@@ -90,6 +94,13 @@ def check_checkpoint_out(out: Path, inputs: Sequence[Path] = (), inputs_are: str
         raise ValueError(f"--out {out} is one of {inputs_are}: write to another file")
     if out.name in (BEST_FILE, LAST_FILE) and (out.parent / LAST_FILE).is_file():
         raise ValueError(f"--out {out} would replace the {out.name} of the run in {out.parent}: write it elsewhere")
+    if out.suffix not in CHECKPOINT_SUFFIXES:  # a slip of the shell's completion: a manifest, a graph, a config
+        raise ValueError(f"--out {out} is not a checkpoint's name: end it in .pt (a checkpoint replaces no other file)")
+    if (out.parent / MANIFEST_NAME).is_file():
+        raise ValueError(
+            f"--out {out} is in a models folder (beside its {MANIFEST_NAME}), which holds the served models only: "
+            "write the checkpoint elsewhere"
+        )
 
 
 def checkpoint_file(path: str | Path) -> Path:
