@@ -161,6 +161,7 @@ def recover_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", help="name of a shipped FP32 model")
     p.add_argument("--out", required=True, help="checkpoint file to write, e.g. runs/recovered/NAME.pt")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     _add_models_dir(p)
     _add_data_flags(p)
     _add_data_root(p)
@@ -396,7 +397,7 @@ def _conversion_command(argv: list[str]) -> int:
 
             args = recover_parser().parse_args(argv[1:])
             meta, parity = recover_checkpoint(
-                args.name, args.out, args.models_dir, args.cache_dir, args.max_val_images, args.data
+                args.name, args.out, args.models_dir, args.cache_dir, args.max_val_images, args.data, args.force
             )
             print(parity.summary())
             print(f"{args.out}: {meta['arch']} checkpoint rebuilt from {meta['recovered_from']['file']}")

@@ -68,19 +68,26 @@ def source_at(source: dict, cache_dir: str | None, data_root: str | None) -> dic
     return {**source, "cache_dir": cache_dir, **({"data_root": data_root} if data_root else {})}
 
 
-def validation_split(source: dict, max_images: int | None, moved: bool = False) -> ImageArrays:
+def validation_split(source: dict, max_images: int | None, classes: Sequence[str], moved: bool = False) -> ImageArrays:
     """The validation split, or ``max_images`` of it drawn at random (seeded): a folder dataset's images are
-    sorted by class, so its first N would be one or two classes. ``moved``: read from where ``--data`` says the
-    dataset is now, so compared with the fingerprint the run recorded of its validation images."""
+    sorted by class, so its first N would be one or two classes. ``classes``: the model's, which the data's must
+    be (its labels are indices into them). ``moved``: read from where ``--data`` says the dataset is now, so
+    compared with the fingerprint the run recorded of its validation images."""
+    where = f"--data {source['data_root']}" if moved else f"{source['data_root']}"
     try:
         val = _split(source, "val")
     except SplitTooLarge as exc:
         if not moved:
             raise
         raise ValueError(
-            f"--data {source['data_root']} holds {exc.images} images, fewer than the run held out for validation "
+            f"{where} holds {exc.images} images, fewer than the run held out for validation "
             f"({exc.val_size}): not the run's dataset"
         ) from None
+    if list(val.classes) != list(classes):  # other labels: the accuracy, temperature and parity would be wrong
+        raise ValueError(
+            f"{where} holds the classes {', '.join(val.classes)}, not the model's ({', '.join(classes)}): "
+            "not the dataset it was trained on"
+        )
     expected = source.get("val_fingerprint")
     if moved and expected and val.fingerprint() != expected:
         # Warned, not refused: the same files decode to other pixels under another Pillow or libjpeg, and parity
@@ -177,7 +184,7 @@ def export_checkpoint(
     check_replacement(models_dir, name, meta["arch"], meta["classes"], precision)
     model = with_tta(model_from_checkpoint(ckpt), tta)
     source = _data_source(meta, cache_dir, data_root)
-    val = validation_split(source, max_val_images, moved=data_root is not None)
+    val = validation_split(source, max_val_images, meta["classes"], moved=data_root is not None)
     checkpoint_sha256 = sha256_file(checkpoint_file(checkpoint))
     # One PyTorch pass serves both the temperature fit and parity.
     logits, torch_speed = ReferenceCache(reference_cache).logits(
@@ -385,7 +392,8 @@ def verify_model(
     models_dir = Path(models_dir)
     manifest = load_manifest(models_dir, verify=True)
     entry = manifest.get(name)
-    val = validation_split(source_at(entry.source, cache_dir, data_root), max_val_images, moved=data_root is not None)
+    source = source_at(entry.source, cache_dir, data_root)
+    val = validation_split(source, max_val_images, entry.classes, moved=data_root is not None)
     classifier = OnnxClassifier(models_dir / entry.file, device="cpu")
     temperature = entry.calibration.temperature
     checkpoint = checkpoint_file(entry.source.get("checkpoint") or "-")

@@ -151,11 +151,13 @@ def recover_checkpoint(
     cache_dir: str | None = ".cache/datasets",
     max_val_images: int | None = None,
     data_root: str | None = None,
+    replace: bool = False,
 ) -> tuple[dict, Parity]:
     """Write the checkpoint of the shipped FP32 model ``name`` to ``out`` once it reproduces the graph;
-    ``data_root``: where its dataset is now (``--data``), if it has moved since the training."""
+    ``data_root``: where its dataset is now (``--data``), if it has moved since the training; ``replace``:
+    write over an existing ``out``."""
     models_dir = Path(models_dir)
-    check_checkpoint_out(Path(out))  # before minutes of work, not after
+    check_checkpoint_out(Path(out), replace=replace)  # before minutes of work, not after
     entry = load_manifest(models_dir, verify=True).get(name)
     if entry.precision != "fp32":
         raise ValueError(f"{name} is {entry.precision}: its weights were rounded; recover from its FP32 graph")
@@ -164,7 +166,8 @@ def recover_checkpoint(
     model = create_model(meta["arch"], meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])
     model.load_state_dict(weights_from_graph(models_dir / entry.file, model))
     model.eval()
-    val = validation_split(source_at(entry.source, cache_dir, data_root), max_val_images, moved=data_root is not None)
+    source = source_at(entry.source, cache_dir, data_root)
+    val = validation_split(source, max_val_images, entry.classes, moved=data_root is not None)
     with torch.no_grad():
         logits, speed = torch_logits(with_tta(model, tta), val.images)
     graph = OnnxClassifier(models_dir / entry.file, device="cpu")

@@ -87,7 +87,7 @@ def rederive(
             "--calibrate none, or from the uncalibrated graph"
         )
     source = source_at(ref.source, cache_dir, data_root)
-    val = validation_split(source, max_val_images, moved=data_root is not None)
+    val = validation_split(source, max_val_images, ref.classes, moved=data_root is not None)
     ref_path = models_dir / ref.file
     ref_logits, ref_speed = onnx_logits(OnnxClassifier(ref_path, device="cpu"), val.images)
     # A calibrated reference already divides by its T: the derived graph inherits the division and its record.

@@ -230,7 +230,8 @@ def test_reports_estimate_their_ensemble_from_the_saved_logits(tmp_path, capsys)
 
 def test_the_ensemble_never_goes_over_a_member_or_a_runs_own_checkpoints(tiny_run, other_member, tmp_path, capsys):
     """`--out` naming a member, the run's best.pt or last.pt (which resume continues from), a folder, or a path
-    through a file: one line, exit 2, and every file as it was."""
+    through a file: one line, exit 2, and every file as it was. Any other existing file only with --force; and a
+    report is not written into a run's folder (it replaced the run's history.json)."""
     import shutil
 
     run = tmp_path / "run"
@@ -249,6 +250,22 @@ def test_the_ensemble_never_goes_over_a_member_or_a_runs_own_checkpoints(tiny_ru
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    # An existing checkpoint (another model, a finished run's best.pt whose last.pt is gone) only with --force.
+    (run / "last.pt").unlink()
+    (tmp_path / "pair.pt").write_bytes(b"another model")
+    for out in (run / "best.pt", tmp_path / "pair.pt"):
+        kept = out.read_bytes()
+        assert training_main(["ensemble", str(tiny_run), str(other_member), "--out", str(out)]) == 2, out
+        assert f"--out {out} exists: write to a new file, or replace it with --force" in capsys.readouterr().err
+        assert out.read_bytes() == kept
+    assert training_main(["ensemble", str(tiny_run), str(other_member), "--out", str(out), "--force"]) == 0
+    assert load_checkpoint(out)["meta"]["arch"] == "ensemble"
+    assert training_main(["evaluate", "--checkpoint", str(tiny_run), "--out", str(run)]) == 2  # replaced its history
+    err = capsys.readouterr().err
+    assert f"--out {run} holds a training run (best.pt, summary.json)" in err, err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == {
+        name: data for name, data in before.items() if name != "last.pt"
+    }
     assert training_main(["evaluate", "--checkpoint", str(run), "--out", str(a_file)]) == 2
     err = capsys.readouterr().err
     assert f"error: {a_file} is a file, not a folder" in err and "Traceback" not in err, err

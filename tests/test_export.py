@@ -649,7 +649,7 @@ def test_each_int8_activation_range_reaches_the_quantiser_and_the_card(exported,
     from export.pipeline import validation_split
 
     # in distribution: clipped ranges are fitted to such images
-    x = to_model_input(validation_split(source, None).images)
+    x = to_model_input(validation_split(source, None, entry.classes).images)
     fp32 = OnnxClassifier(models / entry.file, device="cpu").logits(x)
     int8 = OnnxClassifier(out, device="cpu").logits(x)
     assert np.abs(int8 - fp32).max() < 0.25 * np.abs(fp32).max()
@@ -720,10 +720,40 @@ def test_a_validation_subset_is_drawn_from_every_class_not_the_first_ones(image_
 
     source = {"dataset": "folder", "data_root": str(image_folder), "val_size": 15, "split_seed": 42}
     source.update(input_size=32, fit="squash", cache_dir=None)
-    assert len(set(validation_split(source, None).labels[:5])) == 1
-    subset = validation_split(source, 5)
+    classes = ["alpha", "beta", "gamma"]
+    assert len(set(validation_split(source, None, classes).labels[:5])) == 1
+    subset = validation_split(source, 5, classes)
     assert len(subset) == 5 and len(set(subset.labels)) > 1
-    assert np.array_equal(subset.images, validation_split(source, 5).images)  # the same images every time
+    assert np.array_equal(subset.images, validation_split(source, 5, classes).images)  # the same images every time
+
+
+def test_data_whose_classes_are_not_the_models_is_refused_before_any_figure_is_measured(
+    tiny_run, exported, tmp_path, capsys
+):
+    """--data naming a folder of other classes used to end in an IndexError traceback (more classes) or to
+    ship a temperature and accuracy measured on wrong labels (as many classes, other names)."""
+    import shutil
+
+    from PIL import Image
+
+    models, entry, _ = exported
+    m = _copy_models(models, tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in m.iterdir()}
+    renamed, more = tmp_path / "renamed", tmp_path / "more"
+    shutil.copytree(entry.source["data_root"], renamed)
+    (renamed / "gamma").rename(renamed / "delta")
+    shutil.copytree(entry.source["data_root"], more)
+    (more / "delta").mkdir()
+    for i in range(5):
+        Image.new("RGB", (32, 32), (i, 0, 0)).save(more / "delta" / f"{i}.png")
+    for data, shown in ((renamed, "alpha, beta, delta"), (more, "alpha, beta, delta, gamma")):
+        argv = ["--checkpoint", str(tiny_run / "best.pt"), "--name", entry.name, "--models-dir", str(m)]
+        assert export_main([*argv, "--data", str(data), "--no-reference-cache", "--cache-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert f"--data {data} holds the classes {shown}, not the model's (alpha, beta, gamma)" in err, err
+        assert export_main(["verify", entry.name, "--models-dir", str(m), "--data", str(data)]) == 2
+        assert "not the dataset it was trained on" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in m.iterdir()} == before
 
 
 def test_int8_ranges_are_refused_for_other_precisions_before_any_work(tiny_run, tmp_path, capsys):

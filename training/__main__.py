@@ -193,7 +193,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         raise ValueError("give checkpoints (or run folders) to join, or report folders to estimate, not a mixture")
     if not args.out:
         raise ValueError("--out is required to write the ensemble checkpoint")
-    meta = join_checkpoints(args.checkpoints, args.out, args.tta, args.fit)
+    meta = join_checkpoints(args.checkpoints, args.out, args.tta, args.fit, replace=args.force)
     for member in meta["members"]:
         top1 = member["val_top1"]
         recorded = f"{100 * top1:.2f}% val top-1 at its best epoch" if top1 is not None else "no recorded accuracy"
@@ -291,6 +291,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "`evaluate` on the same images, to print what their ensemble would score without building it",
     )
     p.add_argument("--out", help="the ensemble checkpoint to write, e.g. runs/ensembles/NAME.pt")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument(
         "--tta",
         nargs="+",

@@ -81,10 +81,12 @@ def save_model_checkpoint(meta: dict[str, Any], model: torch.nn.Module, path: st
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 
 
-def check_checkpoint_out(out: Path, inputs: Sequence[Path] = (), inputs_are: str = "the inputs") -> None:
+def check_checkpoint_out(
+    out: Path, inputs: Sequence[Path] = (), inputs_are: str = "the inputs", replace: bool = False
+) -> None:
     """A checkpoint made from others (an ensemble, a recovered network) goes to a new file: not a folder, not
     under a file, never over one of ``inputs``, nor over a run's own best.pt or last.pt (that run could then
-    be neither evaluated as itself nor resumed)."""
+    be neither evaluated as itself nor resumed); over another file only with ``replace`` (--force)."""
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder: name the checkpoint file to write, e.g. {out / 'model.pt'}")
     above = file_in_the_way(out.parent)
@@ -101,6 +103,8 @@ def check_checkpoint_out(out: Path, inputs: Sequence[Path] = (), inputs_are: str
             f"--out {out} is in a models folder (beside its {MANIFEST_NAME}), which holds the served models only: "
             "write the checkpoint elsewhere"
         )
+    if out.exists() and not replace:  # another model, a finished run's best.pt: whatever it is, it is not lost
+        raise ValueError(f"--out {out} exists: write to a new file, or replace it with --force")
 
 
 def checkpoint_file(path: str | Path) -> Path:

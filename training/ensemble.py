@@ -85,13 +85,17 @@ def _common_fingerprint(metas: Sequence[dict], fit: str) -> dict:
 
 
 def join_checkpoints(
-    paths: Sequence[str | Path], out: str | Path, tta: Sequence[str] = (), fit: str | None = None
+    paths: Sequence[str | Path],
+    out: str | Path,
+    tta: Sequence[str] = (),
+    fit: str | None = None,
+    replace: bool = False,
 ) -> dict:
     """Write the ensemble of the checkpoints (files, or run folders for their best.pt) to ``out``; returns
     its meta. ``tta``: each member's own test-time augmentation (none for all when empty), averaged inside
     the member before the members are; a cheap member can then average views where a costly one does not.
     ``fit`` (inference.fits): how the dataset's images are fitted to the input, for members trained with
-    different ones."""
+    different ones. ``replace``: write over an existing ``out``."""
     if fit is not None and fit not in FITS:
         raise ValueError(f"unknown fit {fit!r}; valid: {', '.join(FITS)}")
     if len(paths) < 2:
@@ -102,7 +106,7 @@ def join_checkpoints(
     for choice in tta:
         check_tta(choice)
     files = [checkpoint_file(p) for p in paths]
-    check_checkpoint_out(Path(out), files, "the members")
+    check_checkpoint_out(Path(out), files, "the members", replace)
     ckpts = [load_checkpoint(f) for f in files]  # a missing file is named here
     if len({f.resolve() for f in files}) < len(files):
         raise ValueError("the same checkpoint is given twice: an ensemble of a model with itself is that model")

@@ -186,7 +186,7 @@ def train_ensemble(
             write_text_atomic(out / ENSEMBLE_RUN_FILE, yaml.safe_dump(resolved, sort_keys=False))
             recorded = True
     folders = [out / recipe.folder(i) for i in range(len(configs))]
-    meta = join_checkpoints(folders, out / BEST_FILE, [m.tta for m in recipe.members], recipe.fit)
+    meta = join_checkpoints(folders, out / BEST_FILE, [m.tta for m in recipe.members], recipe.fit, replace=True)
     summary = {
         "run": str(out),
         "arch": ENSEMBLE_ARCH,

@@ -27,7 +27,7 @@ from inference.devices import DEVICES, Device
 from inference.files import write_atomic, write_text_atomic
 from inference.fits import DEFAULT_FIT, LEGACY_FIT
 
-from ..checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
+from ..checkpoint import BEST_FILE, LAST_FILE, SUMMARY_FILE, checkpoint_file, load_checkpoint, model_from_checkpoint
 from ..config import ConfigError
 from ..data import SPLITS, DatasetError, ImageArrays, load_split
 from ..data.loader import TensorLoader
@@ -691,6 +691,17 @@ def confidence_note(source: ModelSource) -> str:
     return "softmax probability of the predicted class, uncalibrated (T = 1)"
 
 
+def _check_report_out(out: Path) -> None:
+    """A report folder is a report's own: in a run's folder it would replace the run's history.json and curves
+    (and `ensemble` and `compare` would then take the folder for a report, not the run)."""
+    held = [name for name in (LAST_FILE, BEST_FILE, SUMMARY_FILE) if (out / name).is_file()]  # a report has none
+    if held:
+        raise ValueError(
+            f"--out {out} holds a training run ({', '.join(held)}): write the report to another folder (by default "
+            f"it goes to a folder inside the run's)"
+        )
+
+
 def evaluate(
     checkpoint: str | Path | None = None,
     onnx: str | Path | None = None,
@@ -712,6 +723,8 @@ def evaluate(
     ``sample_figures`` the two figures made of the dataset's own images (misclassified samples, Grad-CAM) are
     left out, for a report kept where copies of the data must not be."""
     check_tta(tta)
+    if out is not None:
+        _check_report_out(Path(out))
     source = load_model(checkpoint, onnx, device)
     check_view(source, tta)
     spec = resolve_data(source, dataset, root, split, val_size, split_seed, cache_dir)
@@ -743,6 +756,7 @@ def evaluate(
     # A report stopped midway must not pair these predictions with an earlier evaluation's metrics (compare
     # reads its TTA and data from them): the old metrics go before the new predictions arrive.
     (out_dir / METRICS_FILE).unlink(missing_ok=True)
+    (out_dir / "report.md").unlink(missing_ok=True)  # nor a person read the earlier report beside them
     save_predictions(out_dir / PREDICTIONS_FILE, logits, data.labels, classes, fingerprint)
     if scaling is None:
         notes.append(
