@@ -672,8 +672,8 @@ def test_an_onnx_model_with_tta_in_its_graph_is_described_so_and_not_augmented_t
 def test_a_re_evaluation_stopped_midway_leaves_no_metrics_of_the_previous_one(
     tiny_run, tiny_report, tmp_path, monkeypatch, atomic_writes
 ):
-    """compare reads a report's TTA and data from metrics.json: new predictions beside the earlier evaluation's
-    metrics would pass for what they are not. Every report file is written atomically."""
+    """compare reads a report's TTA and data from metrics.json, a person report.md: new predictions beside the
+    earlier evaluation's metrics would pass for what they are not. Every report file is written atomically."""
     import training.reports.evaluate as evaluate_module
 
     out = tmp_path / "report"
@@ -687,6 +687,7 @@ def test_a_re_evaluation_stopped_midway_leaves_no_metrics_of_the_previous_one(
         patch.setattr(evaluate_module, "calibration_section", stopped)  # after the new predictions are saved
         evaluate_module.evaluate(checkpoint=str(tiny_run / "best.pt"), out=str(out), tta="flip", device="cpu")
     assert not (out / "metrics.json").exists()
+    assert not (out / "report.md").exists()  # nor the earlier report's text, for a person to read beside them
 
     synced, replaced = atomic_writes
     assert main(["evaluate", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out), "--device", "cpu"]) == 0
