@@ -194,12 +194,12 @@ def test_an_exported_ensemble_is_recovered_although_the_exporter_merged_its_equa
         assert torch.allclose(original(x), recovered(x), atol=1e-5)
 
 
-def _report(folder, logits, labels, fingerprint="same", tta="flip"):
+def _report(folder, logits, labels, fingerprint="same", tta="flip", classes=("a", "b")):
     from training.reports.evaluate import METRICS_FILE, save_predictions
 
     folder.mkdir()
     save_predictions(
-        folder / "predictions.npz", np.asarray(logits, np.float32), np.asarray(labels), ["a", "b"], fingerprint
+        folder / "predictions.npz", np.asarray(logits, np.float32), np.asarray(labels), list(classes), fingerprint
     )
     (folder / METRICS_FILE).write_text(f'{{"tta": "{tta}"}}')
     return folder
@@ -286,11 +286,36 @@ def test_a_damaged_or_incomplete_report_is_named_not_a_traceback(tmp_path, capsy
         unfinished: f"no metrics.json in {unfinished}: the report is incomplete",
         edited: f"{edited / 'metrics.json'} is not valid JSON",
     }
+    # Valid JSON or npz of the wrong shape: each used to end in an AttributeError or TypeError traceback.
+    for name, metrics in (("listed", "[1, 2]"), ("nothing", "null"), ("sourceless", '{"source": 7}')):
+        report = _report(tmp_path / name, [[1, 0], [0, 1]], labels)
+        (report / "metrics.json").write_text(metrics)
+        cases[report] = f"{report / 'metrics.json'} is not a report's metrics"
+    historic = _report(tmp_path / "historic", [[1, 0], [0, 1]], labels)
+    (historic / "history.json").write_text("[1, 2]")
+    cases[historic] = f"{historic / 'history.json'} is not a run's history"
+    keyless = _report(tmp_path / "keyless", [[1, 0], [0, 1]], labels)
+    np.savez(keyless / "predictions.npz", logits=np.zeros((2, 2), np.float32))
+    cases[keyless] = f"{keyless / 'predictions.npz'} holds no labels, predictions, classes, fingerprint: not a report's"
     for report, message in cases.items():
         for command in (["ensemble", str(good), str(report)], ["compare", str(good), str(report)]):
             assert training_main(command) == 2, (command, report)
             err = capsys.readouterr().err
             assert message in err and "Traceback" not in err, err
+
+
+def test_compare_refuses_reports_of_other_classes_and_a_report_with_itself(tmp_path, capsys):
+    """Predictions are indices into each model's own classes: reports of as many classes of other names used
+    to be compared as if they were the same task."""
+    a = _report(tmp_path / "a", [[1, 0], [0, 1]], [0, 1])
+    b = _report(tmp_path / "b", [[1, 0], [1, 0]], [0, 1])
+    other = _report(tmp_path / "other", [[1, 0], [0, 1]], [0, 1], classes=("cat", "dog"))
+    assert training_main(["compare", str(a), str(b)]) == 0
+    capsys.readouterr()
+    assert training_main(["compare", str(a), str(other)]) == 2
+    assert "A predicts the classes a, b and B cat, dog: not the same task" in capsys.readouterr().err
+    assert training_main(["compare", str(a), str(tmp_path / "." / "a")]) == 2
+    assert "a model compared with itself differs in nothing" in capsys.readouterr().err
 
 
 def test_reports_and_checkpoints_are_not_mixed(tiny_run, tmp_path, capsys):

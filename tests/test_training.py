@@ -1371,8 +1371,18 @@ def test_a_checkpoint_whose_meta_or_weights_do_not_hold_is_refused_in_one_line(t
         "meta-text.pt": ({**ckpt, "meta": "resnet9_half"}, "its meta is not a mapping"),
         "meta-short.pt": ({**ckpt, "meta": {"arch": "resnet9_half"}}, "its meta lacks 'num_classes'"),
         "classes.pt": (
-            {**ckpt, "meta": {**ckpt["meta"], "num_classes": 5}},
+            {**ckpt, "meta": {**ckpt["meta"], "num_classes": 5, "classes": list("abcde")}},
             "weights do not fit the network its meta describes (resnet9, 5 classes): size mismatch",
+        ),
+        # each used to end in a TypeError traceback inside the network's constructor or the data reader
+        "args.pt": ({**ckpt, "meta": {**ckpt["meta"], "model_args": None}}, "its meta's model_args is not of the kind"),
+        "size.pt": (
+            {**ckpt, "meta": {**ckpt["meta"], "input_size": "big"}},
+            "its meta's input_size is not of the kind",
+        ),
+        "count.pt": (
+            {**ckpt, "meta": {**ckpt["meta"], "num_classes": 5}},
+            "its meta names 3 classes for num_classes 5",
         ),
         "no-weights.pt": ({**ckpt, "model": {}, "ema": None}, "weights do not fit the network its meta describes"),
     }

@@ -28,6 +28,15 @@ RUN_FILES = (LAST_FILE, BEST_FILE, SUMMARY_FILE, "history.json", "training_curve
 # What every checkpoint's meta holds, whoever wrote it (a run, an ensemble, a recovered network): enough to
 # rebuild the network and to name its classes and input.
 META_KEYS = ("arch", "num_classes", "mean", "std", "model_args", "classes", "input_size")
+META_KINDS: dict[str, type | tuple[type, ...]] = {
+    "arch": str,
+    "num_classes": int,
+    "mean": (list, tuple),
+    "std": (list, tuple),
+    "model_args": dict,
+    "classes": (list, tuple),
+    "input_size": int,
+}
 
 
 def clear_run(folder: str | Path, names: tuple[str, ...] = RUN_FILES) -> None:
@@ -166,6 +175,14 @@ def _malformed(ckpt: dict[str, Any]) -> str | None:
         return f"its meta lacks {', '.join(repr(k) for k in missing)}"
     if not isinstance(ckpt["model"], dict):
         return "its weights are not a mapping of tensors"
+    meta = ckpt["meta"]  # a hand-edited one would otherwise fail deep in the network's constructor
+    wrong = [
+        key for key, kind in META_KINDS.items() if not isinstance(meta[key], kind) or isinstance(meta[key], bool)
+    ]
+    if wrong:
+        return f"its meta's {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} not of the kind a run writes"
+    if len(meta["classes"]) != meta["num_classes"]:
+        return f"its meta names {len(meta['classes'])} classes for num_classes {meta['num_classes']}"
     return None
 
 

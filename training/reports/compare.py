@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.classes import folded
 from inference.files import write_text_atomic
 
 from ..data import ImageArrays
@@ -132,6 +133,8 @@ def compare(
     device: str = "auto",
     alpha: float = 0.05,
 ) -> dict[str, Any]:
+    if Path(a).resolve() == Path(b).resolve():
+        raise ValueError(f"A and B are both {a}: a model compared with itself differs in nothing")
     kinds = [classify(a), classify(b)]
     reports = [_report_side(Path(p)) if k == "report" else None for p, k in zip((a, b), kinds)]
     # A model compared with a report is evaluated on the report's samples unless told otherwise.
@@ -154,6 +157,12 @@ def compare(
     class_counts = [len(x.classes) for x in inputs]
     if class_counts[0] != class_counts[1]:
         raise ValueError(f"A has {class_counts[0]} classes and B has {class_counts[1]}: not the same task")
+    if [folded(c) for c in inputs[0].classes] != [folded(c) for c in inputs[1].classes]:
+        # a prediction is an index into its own model's classes: other names (or order) would pair other things
+        raise ValueError(
+            f"A predicts the classes {', '.join(inputs[0].classes)} and B {', '.join(inputs[1].classes)}: not the "
+            "same task"
+        )
     loaded: dict[tuple, ImageArrays] = {}
     side_a, side_b = [
         x if isinstance(x, Side) else _model_side(x, Path(path), kind, data_args, defaults, tta, batch_size, loaded)

@@ -375,6 +375,9 @@ def check_view(source: ModelSource, tta: str) -> None:
         )
 
 
+PREDICTION_KEYS = ("logits", "labels", "predictions", "classes", "fingerprint")  # what _savez writes
+
+
 def save_predictions(path: Path, logits: np.ndarray, labels: np.ndarray, classes: list[str], fingerprint: str) -> None:
     write_atomic(path, lambda f: _savez(f, logits, labels, classes, fingerprint))
 
@@ -407,11 +410,20 @@ def load_predictions(report_dir: str | Path) -> dict[str, Any]:
             out = {k: npz[k] for k in npz.files}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
         raise ValueError(f"{path} is damaged ({exc}): re-run `python -m training evaluate`") from None
+    missing = [key for key in PREDICTION_KEYS if key not in out]
+    if missing:
+        raise ValueError(f"{path} holds no {', '.join(missing)}: not a report's; re-run `python -m training evaluate`")
     out["fingerprint"] = str(out["fingerprint"])
     out["classes"] = [str(c) for c in out["classes"]]
     out["metrics"] = read_json(metrics_path)
+    if not isinstance(out["metrics"], dict) or not all(
+        isinstance(out["metrics"].get(section, {}), dict) for section in ("source", "data")
+    ):
+        raise ValueError(f"{metrics_path} is not a report's metrics (edited?): re-run `python -m training evaluate`")
     history_path = report_dir / HISTORY_FILE
     out["history"] = read_json(history_path) if history_path.is_file() else []
+    if not isinstance(out["history"], list) or not all(isinstance(epoch, dict) for epoch in out["history"]):
+        raise ValueError(f"{history_path} is not a run's history (a list of epochs): copy the run's own, or delete it")
     return out
 
 
