@@ -349,8 +349,16 @@ def main(argv: list[str] | None = None) -> int:
         return say_stopped(stop, "interrupted: nothing was written")
 
 
+COMMANDS = ("verify", "list", "default", "remove", "card", "rederive", "recover")
+
+
 def _command(argv: list[str]) -> int:
     """The manifest's own commands need no torch: they run on the serving install (scripts/setup.sh serve)."""
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:  # else: "required: --checkpoint, --name"
+        raise ValueError(
+            f"unknown command {argv[0]!r}: export takes --checkpoint RUN/best.pt --name NAME, or one of "
+            f"{', '.join(COMMANDS)}"
+        )
     if argv[:1] == ["list"]:
         return _list(list_parser().parse_args(argv[1:]).models_dir)
     if argv[:1] == ["default"]:

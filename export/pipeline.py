@@ -220,6 +220,7 @@ def export_checkpoint(
     final = models_dir / f"{name}.onnx"
     with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
+        log.info("exporting the network to ONNX (opset %d)", OPSET)  # a few seconds to a minute, without a bar
         export_fp32(model, fp32, meta["input_size"])
         out = Path(tmp) / "model.onnx"
         convert_variant(fp32, out, card, source, calibration_count, activation_ranges)
@@ -262,6 +263,7 @@ def convert_variant(
         convert.convert(fp32, out)
     else:
         ranges = activation_range(activation_ranges or DEFAULT_ACTIVATION_RANGE)
+        log.info("calibrating the %s graph's activation ranges (%s)", card.precision, ranges.label)
         used = convert.convert(
             fp32, out, calibration_images(source, calibration_count or DEFAULT_CALIBRATION_IMAGES), ranges.name
         )
@@ -339,12 +341,19 @@ def check_replacement(models_dir: Path, name: str, arch: str, classes: Sequence[
     """Refuse, before any work, to record ``name`` over a listed model of another network, classes or precision:
     the manifest keeps one entry per name, so that model would be dropped, and its checkpoint may be long gone.
     Re-exporting the same kind of model under its name (a new training run, a calibrated FP32) stays allowed.
-    An unreadable manifest is refused here too, not after the conversion."""
-    if not (models_dir / "manifest.json").exists():
-        return
-    listed = {m.name: m for m in load_manifest(models_dir, verify=False).models}.get(name)
+    An unreadable manifest is refused here too, not after the conversion, and so is a folder in the graph's
+    place; replacing a file is said."""
+    final = models_dir / f"{name}.onnx"
+    if final.exists() and not final.is_file():
+        raise ValueError(f"{final} is not a file (a folder?): the graph of {name!r} would be written there")
+    listed = None
+    if (models_dir / MANIFEST_NAME).exists():
+        listed = {m.name: m for m in load_manifest(models_dir, verify=False).models}.get(name)
     if listed is None:
+        if final.exists():
+            log.warning("%s is in no manifest entry: the new graph replaces it once verified", final)
         return
+    log.info("%r is listed in %s: the new graph replaces it once verified", name, models_dir / MANIFEST_NAME)
     old = (listed.arch, list(listed.classes), listed.precision)
     if old != (arch, list(classes), precision):
         raise ValueError(

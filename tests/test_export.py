@@ -389,6 +389,27 @@ def test_a_stop_that_torchs_exporter_reports_as_its_own_failure_is_said_as_a_sto
         export_main([*argv, "--calibrate", "none", "--no-reference-cache"])
 
 
+def test_a_mistyped_command_or_a_folder_in_the_graphs_place_is_refused_first_and_a_replacement_is_said(
+    tiny_run, exported, tmp_path, capsys, caplog
+):
+    import logging
+
+    models, entry, _ = exported
+    for typo in ("lst", "verfy"):  # used to say "the following arguments are required: --checkpoint, --name"
+        assert export_main([typo, "--models-dir", str(models)]) == 2
+        assert f"unknown command {typo!r}" in capsys.readouterr().err
+    m = _copy_models(models, tmp_path / "m")
+    (m / "other.onnx").mkdir()  # used to fail after the whole export, naming a temporary file
+    argv = ["--checkpoint", str(tiny_run / "best.pt"), "--models-dir", str(m), "--calibrate", "none"]
+    argv += ["--no-reference-cache"]
+    assert export_main([*argv, "--name", "other"]) == 2
+    assert f"{m / 'other.onnx'} is not a file (a folder?)" in capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="export"):
+        assert export_main([*argv, "--name", entry.name]) == 0
+    assert f"{entry.name!r} is listed in {m / 'manifest.json'}: the new graph replaces it once verified" in caplog.text
+    assert "exporting the network to ONNX" in caplog.text
+
+
 def test_export_list_reads_the_folder_it_is_given(exported, capsys):
     models, entry, _ = exported
     assert export_main(["list", "--models-dir", str(models)]) == 0

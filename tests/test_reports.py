@@ -567,6 +567,12 @@ def test_compare_checkpoint_against_report_and_two_reports(tiny_run, tiny_report
     (bare / "history.json").unlink()
     assert main(["compare", str(bare), str(tiny_report), "--out", str(tmp_path / "cmp-bare")]) == 0
     assert not (tmp_path / "cmp-bare" / "curves.png").exists()
+    # Into the folder of the comparison above: its figure (of other runs) does not stay beside these numbers.
+    assert main(["compare", str(bare), str(tiny_report), "--out", str(tmp_path / "cmp")]) == 0
+    assert (
+        not (tmp_path / "cmp" / "curves.png").exists()
+        and "curves.png" not in (tmp_path / "cmp" / "compare.md").read_text()
+    )
 
 
 def test_compare_of_two_runs_draws_both_learning_curves(tiny_run, tmp_path):

@@ -176,9 +176,7 @@ def _malformed(ckpt: dict[str, Any]) -> str | None:
     if not isinstance(ckpt["model"], dict):
         return "its weights are not a mapping of tensors"
     meta = ckpt["meta"]  # a hand-edited one would otherwise fail deep in the network's constructor
-    wrong = [
-        key for key, kind in META_KINDS.items() if not isinstance(meta[key], kind) or isinstance(meta[key], bool)
-    ]
+    wrong = [key for key, kind in META_KINDS.items() if not isinstance(meta[key], kind) or isinstance(meta[key], bool)]
     if wrong:
         return f"its meta's {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} not of the kind a run writes"
     if len(meta["classes"]) != meta["num_classes"]:

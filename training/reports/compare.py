@@ -133,8 +133,6 @@ def compare(
     device: str = "auto",
     alpha: float = 0.05,
 ) -> dict[str, Any]:
-    if Path(a).resolve() == Path(b).resolve():
-        raise ValueError(f"A and B are both {a}: a model compared with itself differs in nothing")
     kinds = [classify(a), classify(b)]
     reports = [_report_side(Path(p)) if k == "report" else None for p, k in zip((a, b), kinds)]
     # A model compared with a report is evaluated on the report's samples unless told otherwise.
@@ -244,8 +242,11 @@ def write_comparison(result: dict[str, Any], out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     # The histories are the runs' own (history.json beside each); the figure below is what they are here for.
     saved = {k: v for k, v in result.items() if k not in ("histories", "curves")}
-    write_text_atomic(out_dir / "compare.json", json.dumps(saved, indent=2))
     text = "# Comparison\n\n```\n" + format_comparison(result) + "\n```\n"
+    # The earlier comparison's files go first: a figure that fails (or one this comparison has none of) must not
+    # stand beside the new numbers, nor the old numbers beside a new figure.
+    for name in ("compare.json", "compare.md", CURVES_FILE):
+        (out_dir / name).unlink(missing_ok=True)
     histories = result["histories"]
     if histories["a"] and histories["b"]:
         # Both sides come from training runs: their learning curves on shared axes.
@@ -257,4 +258,5 @@ def write_comparison(result: dict[str, Any], out_dir: str | Path) -> Path:
         )
         text += f"\n![learning curves of A and B]({CURVES_FILE})\n"
     write_text_atomic(out_dir / "compare.md", text)
+    write_text_atomic(out_dir / "compare.json", json.dumps(saved, indent=2))  # last: its presence says whole
     return out_dir

@@ -712,6 +712,15 @@ def _check_report_out(out: Path) -> None:
             f"--out {out} holds a training run ({', '.join(held)}): write the report to another folder (by default "
             f"it goes to a folder inside the run's)"
         )
+    # Any other folder holding files is someone's: its report.md or figures of the same names would be replaced.
+    # A report's own (even one stopped after its predictions) is rewritten.
+    if out.is_dir() and not (out / PREDICTIONS_FILE).is_file():
+        others = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        if others:
+            raise ValueError(
+                f"--out {out} holds files and no report ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+                ": write the report to a new or empty folder"
+            )
 
 
 def evaluate(
