@@ -686,15 +686,16 @@ def test_an_interrupt_points_to_resume_only_where_a_run_has_an_epoch_to_continue
     assert capsys.readouterr().err == "interrupted\n"  # no run to resume
 
 
-def test_ctrl_c_while_torch_loads_ends_in_one_line():
-    """The first seconds of `python -m training` go to importing torch; a Ctrl-C there is answered as one later
-    would be (exit 130, one line), not with an import traceback. The interrupt is raised by an import hook, so
-    the test does not race the import."""
+@pytest.mark.parametrize("module", ["torch", "matplotlib"])
+def test_ctrl_c_while_torch_loads_ends_in_one_line(module):
+    """The first seconds of `python -m training` go to importing torch, then matplotlib for the reports' parser;
+    a Ctrl-C there is answered as one later would be (exit 130, one line), not with an import traceback. The
+    interrupt is raised by an import hook, so the test does not race the import."""
     hook = (
         "import runpy, sys\n"
         "class CtrlC:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch':\n"
+        f"        if name == {module!r}:\n"
         "            raise KeyboardInterrupt\n"
         "sys.meta_path.insert(0, CtrlC())\n"
         "sys.argv = ['training', 'models']\n"

@@ -318,7 +318,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
-    args = get_args_parser().parse_args(argv)
+    try:
+        parser = get_args_parser()  # imports the reports' figures (matplotlib): a second or two
+    except KeyboardInterrupt:  # Ctrl-C then: nothing has started, so no traceback
+        print("interrupted", file=sys.stderr)
+        return 130
+    args = parser.parse_args(argv)
     try:
         check_distinct(getattr(args, "set", None) or [])  # --set's of train, resume and ablate, however many
         with terminations_as_interrupts():
