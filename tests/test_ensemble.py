@@ -302,7 +302,7 @@ def test_a_damaged_or_incomplete_report_is_named_not_a_traceback(tmp_path, capsy
     cases[historic] = f"{historic / 'history.json'} is not a run's history"
     keyless = _report(tmp_path / "keyless", [[1, 0], [0, 1]], labels)
     np.savez(keyless / "predictions.npz", logits=np.zeros((2, 2), np.float32))
-    cases[keyless] = f"{keyless / 'predictions.npz'} holds no labels, predictions, classes, fingerprint: not a report's"
+    cases[keyless] = f"{keyless / 'predictions.npz'} holds no labels, classes, fingerprint: not a report's"
     for report, message in cases.items():
         for command in (["ensemble", str(good), str(report)], ["compare", str(good), str(report)]):
             assert training_main(command) == 2, (command, report)

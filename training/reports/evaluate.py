@@ -375,7 +375,7 @@ def check_view(source: ModelSource, tta: str) -> None:
         )
 
 
-PREDICTION_KEYS = ("logits", "labels", "predictions", "classes", "fingerprint")  # what _savez writes
+PREDICTION_KEYS = ("logits", "labels", "classes", "fingerprint")  # what a report's predictions need (_savez)
 
 
 def save_predictions(path: Path, logits: np.ndarray, labels: np.ndarray, classes: list[str], fingerprint: str) -> None:
@@ -413,6 +413,8 @@ def load_predictions(report_dir: str | Path) -> dict[str, Any]:
     missing = [key for key in PREDICTION_KEYS if key not in out]
     if missing:
         raise ValueError(f"{path} holds no {', '.join(missing)}: not a report's; re-run `python -m training evaluate`")
+    if "predictions" not in out:  # derived from the logits: a file written by hand (or a tool) may leave it out
+        out["predictions"] = out["logits"].argmax(1)
     out["fingerprint"] = str(out["fingerprint"])
     out["classes"] = [str(c) for c in out["classes"]]
     out["metrics"] = read_json(metrics_path)
