@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .settings import ServiceSettings
 
 from inference.devices import DEVICE_KINDS, Device
+from inference.interrupts import say_stopped, terminations_as_interrupts
 from inference.manifest import ManifestError, ModelEntry, load_manifest
 from inference.precisions import precision
 from inference.preprocess import IMAGE_EXTENSIONS, decode_image, to_model_input
@@ -129,10 +130,14 @@ def main(args: argparse.Namespace) -> int:
         print("error: --max-images must be at least 1", file=sys.stderr)
         return 2
     try:
-        report = diagnose(device, models_dir, args.folder, args.max_images, speed=not args.no_speed, settings=settings)
+        with terminations_as_interrupts():
+            speed = not args.no_speed
+            report = diagnose(device, models_dir, args.folder, args.max_images, speed=speed, settings=settings)
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated: the checks so far are not a report
+        return say_stopped(exc, "interrupted")
     print(report.render(), flush=True)
     return 0 if report.passed else 1
 
@@ -238,16 +243,20 @@ def _check_model(
     speed: bool,
     settings: ServiceSettings,
 ):
-    from inference.runtime import CudaPlacementError
+    from inference.runtime import CudaPlacementError, ModelFileError
 
-    from .loading import open_classifier
+    from .loading import check_card, open_classifier
 
     path = models_dir / entry.file
     topic = f"model {entry.name}"
     try:
         model = open_classifier(path, settings, device)  # as the service runs it
+        check_card(entry, model.card)
     except CudaPlacementError as exc:  # --device cuda: the service would refuse to start
         report.add("fail", topic, f"cannot run wholly on CUDA: {exc.reason}")
+        return None
+    except (ModelFileError, ManifestError) as exc:  # the service would refuse to start too
+        report.add("fail", topic, str(exc))
         return None
     placement = model.placement
     cpu = model if not model.on_gpu else open_classifier(path, settings, "cpu")

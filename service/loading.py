@@ -12,8 +12,16 @@ import numpy as np
 
 from inference.devices import DEVICE_KINDS, Device
 from inference.fits import FITS
-from inference.manifest import DefaultChoice, Manifest, ManifestError, ModelEntry, load_manifest
-from inference.runtime import DEFAULT_SESSION, OnnxClassifier, SessionSettings, choose_default, wants_cuda
+from inference.manifest import DefaultChoice, Manifest, ManifestError, ModelCard, ModelEntry, load_manifest
+from inference.runtime import (
+    DEFAULT_SESSION,
+    OnnxClassifier,
+    SessionSettings,
+    choose_default,
+    open_session,
+    read_card,
+    wants_cuda,
+)
 
 from .contract import FitInfo, Limits, ModelInfo, ModelList
 from .settings import ServiceSettings
@@ -55,12 +63,7 @@ def load_models(settings: ServiceSettings, worker: WorkerPlacement) -> LoadedMod
             SessionSettings(threads=settings.intra_op_threads(cuda_wanted, worker.cores), spin=False),
             device_id=worker.device_id or 0,
         )
-        card = classifier.card
-        if (card.classes, card.precision, card.input) != (entry.classes, entry.precision, entry.input):
-            raise ManifestError(
-                f"model {entry.name!r}: {entry.file} describes itself differently from the manifest "
-                f"(classes, precision or input); re-export it"
-            )
+        check_card(entry, classifier.card)
         placement = classifier.placement
         if placement.fallback:
             log.warning("model %s: served on %s, not CUDA: %s", entry.name, placement.provider, placement.fallback)
@@ -70,6 +73,28 @@ def load_models(settings: ServiceSettings, worker: WorkerPlacement) -> LoadedMod
         loaded[entry.name] = LoadedModel(entry, classifier)
     default = choose_default(manifest, cuda_wanted, {n: m.classifier.placement for n, m in loaded.items()})
     return LoadedModels(manifest, loaded, default)
+
+
+def check_card(entry: ModelEntry, card: ModelCard) -> None:
+    """ManifestError when a file's own card and its manifest entry disagree on what it takes and answers."""
+    if (card.classes, card.precision, card.input) != (entry.classes, entry.precision, entry.input):
+        raise ManifestError(
+            f"model {entry.name!r}: {entry.file} describes itself differently from the manifest "
+            f"(classes, precision or input); re-export it"
+        )
+
+
+def check_model_files(manifest: Manifest, models_dir: Path) -> None:
+    """What a worker would refuse as it loads the models, refused once before the server starts: BentoML starts
+    a worker that fails again every few seconds, for ever. Each file is opened on the CPU and closed again: a
+    ManifestError where ONNX Runtime cannot load it or its card is not its entry."""
+    for entry in manifest.models:
+        try:
+            session, _ = open_session(Path(models_dir) / entry.file, "cpu", SessionSettings(threads=1))
+            card = read_card(session)
+        except ValueError as exc:  # ModelFileError; no card, or one of another schema: not this project's export
+            raise ManifestError(f"model {entry.name!r}: {exc}") from None
+        check_card(entry, card)
 
 
 def open_classifier(

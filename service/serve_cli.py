@@ -124,6 +124,8 @@ def main(args: argparse.Namespace) -> int:
     from inference.manifest import ManifestError, load_manifest
     from inference.runtime import CudaPlacementError, device_kind
 
+    from .loading import check_model_files
+
     env = settings_env(args)
     try:
         settings = ServiceSettings.checked(env)  # an unreadable or empty key file stops here, not in every worker
@@ -136,6 +138,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         manifest = load_manifest(settings.models_dir, verify=True)
+        check_model_files(manifest, Path(settings.models_dir))  # before "serving ...": a worker would fail for ever
         if settings.device == "cuda":
             _check_cuda(manifest, Path(settings.models_dir))
     except ManifestError as exc:

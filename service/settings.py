@@ -62,6 +62,11 @@ class Setting:
     text: bool = False  # plain text (neither an integer, a choice nor a path)
 
 
+# What every integer setting must fit: ONNX Runtime takes its thread counts as 32-bit integers, and a larger
+# limit ends start-up in a worker's traceback (then BentoML's restart loop), not in one line here.
+INTEGER_MAXIMUM = 2**31 - 1
+
+
 def _integer(name: str, text: str, minimum: int) -> int:
     try:
         value = int(text)
@@ -69,6 +74,8 @@ def _integer(name: str, text: str, minimum: int) -> int:
         raise SettingsError(f"{name} must be an integer, got {text!r}") from None
     if value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    if value > INTEGER_MAXIMUM:
+        raise SettingsError(f"{name} must be at most {INTEGER_MAXIMUM}, got {value}")
     return value
 
 

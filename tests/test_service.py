@@ -692,6 +692,61 @@ def test_serve_refuses_a_bad_setting_naming_where_it_came_from(tmp_path):
     assert done.returncode == 2 and "error: CIFAR_MAX_BATCH_SIZE must be an integer, got 'zero'" in done.stderr
 
 
+def _damaged_models(tiny_models_dir: Path, tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Copies of the tiny models folder whose files pass their sha256 but fail as a worker loads them."""
+    import hashlib
+    import shutil
+
+    from inference.manifest import load_manifest
+
+    made = {}
+    for kind in ("relabelled", "junk"):
+        models = tmp_path / kind
+        shutil.copytree(tiny_models_dir, models)
+        raw = json.loads((models / "manifest.json").read_text())
+        entry = raw["models"][0]
+        if kind == "relabelled":  # the manifest's classes, not the file's own
+            entry["classes"] = [f"{c}-x" for c in entry["classes"]]
+            said = f"model {entry['name']!r}: {entry['file']} describes itself differently from the manifest"
+        else:  # bytes ONNX Runtime cannot load, recorded with their own hash
+            (models / entry["file"]).write_bytes(b"not onnx at all")
+            entry["sha256"] = hashlib.sha256(b"not onnx at all").hexdigest()
+            said = f"model {entry['name']!r}: {models / entry['file']} is not an ONNX model ONNX Runtime can load"
+        (models / "manifest.json").write_text(json.dumps(raw))
+        load_manifest(models, verify=True)  # every hash still matches
+        made[kind] = (models, said)
+    return made
+
+
+def test_serve_refuses_a_model_a_worker_could_not_load_before_it_starts(tiny_models_dir, tmp_path, monkeypatch, capsys):
+    """A file ONNX Runtime cannot load, or whose card is not its manifest entry, passes the manifest's sha256
+    check: the server used to start, and BentoML to start the failing worker again every ten seconds, for ever."""
+    from service.__main__ import main as service_main
+
+    def started(*args):
+        raise AssertionError("bentoml serve was started")
+
+    monkeypatch.setattr(os, "execve", started)
+    damaged = _damaged_models(tiny_models_dir, tmp_path)
+    for models, said in damaged.values():
+        assert service_main(["serve", "--models-dir", str(models)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "serving" not in err and "Traceback" not in err, err
+    # The container's own command, without serve's checks: refused once by the server's process.
+    models, said = damaged["relabelled"]
+    argv = [str(Path(sys.executable).with_name("bentoml")), "serve", "service.service:Classifier", "--port", "1"]
+    env = {**os.environ, "CIFAR_MODELS_DIR": str(models)}
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr[-800:]
+    for models, said in damaged.values():  # the doctor says the same as a failed check, not in a traceback
+        assert service_main(["doctor", "--no-speed", "--device", "cpu", "--models-dir", str(models)]) == 1
+        out = capsys.readouterr().out
+        assert re.search(r"FAIL\s+model tiny\s+", out) and said.split(": ", 1)[1] in out, out
+        assert "will NOT work on this host" in out
+    assert service_main(["serve", "--models-dir", str(tiny_models_dir), "--threads", str(2**31)]) == 2
+    assert f"error: --threads must be at most {2**31 - 1}, got {2**31}" in capsys.readouterr().err
+
+
 def test_bentoml_serve_itself_refuses_a_bad_setting_in_one_line(tmp_path):
     """The container runs `bentoml serve` on the service, without `python -m service serve`'s checks: a bad
     value, an unreadable key file or a missing models folder is still one line and exit 2, not a traceback."""
