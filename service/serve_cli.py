@@ -126,6 +126,14 @@ def main(args: argparse.Namespace) -> int:
 
     from .loading import check_model_files
 
+    empty = [
+        s.flag
+        for name, s in SETTINGS.items()
+        if isinstance(getattr(args, name, None), str) and not getattr(args, name).strip()
+    ]
+    if empty:  # `--api-keys "$UNSET"` would serve with no key at all, `--models-dir ''` from the current folder
+        print(f"error: {empty[0]} is empty: give a value, or leave the flag out for its default", file=sys.stderr)
+        return 2
     env = settings_env(args)
     try:
         settings = ServiceSettings.checked(env)  # an unreadable or empty key file stops here, not in every worker
@@ -183,7 +191,11 @@ def main(args: argparse.Namespace) -> int:
 def _check_cuda(manifest, models_dir: Path) -> None:
     """``--device cuda``: refuse here, with the model's name and the reason, rather than in every worker's
     traceback, when a model cannot run wholly on CUDA (the workers check again as they load)."""
+    import onnxruntime as ort
+
     from inference.runtime import SessionSettings, open_session
 
+    # Its failed CUDA attempts are logged in colour before the one line below says why, as the doctor's are not.
+    ort.set_default_logger_severity(4)
     for entry in manifest.models:
         open_session(models_dir / entry.file, "cuda", SessionSettings(threads=1))

@@ -549,6 +549,15 @@ def test_doctor_fails_for_cuda_on_this_host_with_the_reason():
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.skipif(not _no_gpu_here(), reason="a GPU is visible")
+def test_serve_under_cuda_on_a_host_without_one_says_why_in_its_own_lines_only(tiny_models_dir):
+    """ONNX Runtime's own failed attempts (eight coloured lines, two per model) used to come before the reason."""
+    argv = [sys.executable, "-m", "service", "serve", "--device", "cuda", "--models-dir", str(tiny_models_dir)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: --device cuda, but model 'tiny'"), done.stderr
+    assert len(done.stderr.splitlines()) == 2 and "onnxruntime" not in done.stderr, done.stderr
+
+
 def test_doctor_checks_accuracy_on_a_labelled_folder(tmp_path, shared_archive):
     classes = _shipped()["models"][0]["classes"]
     folder = tmp_path / "labelled"

@@ -747,6 +747,23 @@ def test_serve_refuses_a_model_a_worker_could_not_load_before_it_starts(tiny_mod
     assert f"error: --threads must be at most {2**31 - 1}, got {2**31}" in capsys.readouterr().err
 
 
+def test_serve_refuses_a_flag_given_empty(tiny_models_dir, monkeypatch, capsys):
+    """`--api-keys "$KEYS"` with KEYS unset served with no key asked for; an empty path flag meant the current
+    folder ("/work/main: Is a directory" for a key file)."""
+    from service.__main__ import main as service_main
+
+    def started(*args):
+        raise AssertionError("bentoml serve was started")
+
+    monkeypatch.setattr(os, "execve", started)
+    for flag in ("--api-keys", "--api-keys-file", "--models-dir"):
+        argv = ["serve", "--models-dir", str(tiny_models_dir), flag, " "]
+        assert service_main(argv) == 2, flag
+        assert (
+            capsys.readouterr().err == f"error: {flag} is empty: give a value, or leave the flag out for its default\n"
+        )
+
+
 def test_bentoml_serve_itself_refuses_a_bad_setting_in_one_line(tmp_path):
     """The container runs `bentoml serve` on the service, without `python -m service serve`'s checks: a bad
     value, an unreadable key file or a missing models folder is still one line and exit 2, not a traceback."""
