@@ -82,5 +82,14 @@ def card_table(entries: list[ModelEntry], models_dir: str | Path) -> str:
     models_dir = Path(models_dir)
     rows = [*ROWS, ("file size", lambda e: f"{(models_dir / e.file).stat().st_size / 2**20:.1f} MiB")]
     lines = ["| | " + " | ".join(f"`{e.name}`" for e in entries) + " |", "|---" * (len(entries) + 1) + "|"]
-    lines += [f"| {title} | " + " | ".join(cell(e) for e in entries) + " |" for title, cell in rows]
+    lines += [f"| {title} | " + " | ".join(_cell(cell, e) for e in entries) + " |" for title, cell in rows]
     return "\n".join(lines)
+
+
+def _cell(cell: Callable[[ModelEntry], str], entry: ModelEntry) -> str:
+    """A card's figures are free-form in the manifest's schema: one edited by hand (a calibration without its
+    "before") is shown as such, not the whole table lost to "error: before"."""
+    try:
+        return cell(entry)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "n/a (not as export writes it)"

@@ -168,6 +168,8 @@ def sha256_file(path: Path) -> str:
 def load_manifest(models_dir: str | Path, verify: bool = True) -> Manifest:
     """Parse and validate ``models_dir/manifest.json``; with ``verify``, check every file's sha256 too."""
     path = Path(models_dir) / MANIFEST_NAME
+    if Path(models_dir).exists() and not Path(models_dir).is_dir():  # else "no model manifest at FILE/manifest.json"
+        raise ManifestError(f"models folder {models_dir} is a file, not a folder")
     if path.exists() and not path.is_file():
         raise ManifestError(f"{path} is a folder (or a device), not a manifest file")
     if not path.is_file():

@@ -547,6 +547,18 @@ def test_card_table_prints_each_models_measured_figures(tiny_models_dir, capsys)
     assert "unknown model 'nope'" in capsys.readouterr().err
 
 
+def test_card_table_shows_a_figure_edited_by_hand_as_such(tiny_models_dir, tmp_path, capsys):
+    """A calibration record without its "before" used to lose the whole table to "error: before"."""
+    copy = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, copy)
+    raw = json.loads((copy / "manifest.json").read_text())
+    del raw["models"][0]["metrics"]["calibration"]["before"]
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    assert export_main(["card", "tiny", "--models-dir", str(copy)]) == 0
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in capsys.readouterr().out.splitlines()}
+    assert "n/a (not as export writes it)" in rows["ECE before -> after"] and "MiB" in rows["file size"]
+
+
 def test_card_table_is_refused_for_a_file_the_figures_were_not_measured_on(tiny_models_dir, tmp_path, capsys):
     copy = tmp_path / "models"
     shutil.copytree(tiny_models_dir, copy)

@@ -764,6 +764,21 @@ def test_serve_refuses_a_flag_given_empty(tiny_models_dir, monkeypatch, capsys):
         )
 
 
+def test_doctor_takes_its_flags_over_the_variables_and_a_models_folder_that_is_a_file_is_named(
+    tiny_models_dir, monkeypatch, capsys
+):
+    """CIFAR_DEVICE=gpu was refused by the doctor even under --device cpu (serve takes the flag); a models folder
+    that is a file was "no model manifest at FILE/manifest.json"."""
+    from service.__main__ import main as service_main
+
+    monkeypatch.setenv("CIFAR_DEVICE", "gpu")
+    assert service_main(["doctor", "--no-speed", "--device", "cpu", "--models-dir", str(tiny_models_dir)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("--device cpu: will work on this host")
+    a_file = tiny_models_dir / "tiny.onnx"
+    assert service_main(["doctor", "--no-speed", "--device", "cpu", "--models-dir", str(a_file)]) == 2
+    assert capsys.readouterr().err == f"error: models folder {a_file} is a file, not a folder\n"
+
+
 def test_bentoml_serve_itself_refuses_a_bad_setting_in_one_line(tmp_path):
     """The container runs `bentoml serve` on the service, without `python -m service serve`'s checks: a bad
     value, an unreadable key file or a missing models folder is still one line and exit 2, not a traceback."""
