@@ -73,7 +73,7 @@ def validation_split(source: dict, max_images: int | None, classes: Sequence[str
     sorted by class, so its first N would be one or two classes. ``classes``: the model's, which the data's must
     be (its labels are indices into them). ``moved``: read from where ``--data`` says the dataset is now, so
     compared with the fingerprint the run recorded of its validation images."""
-    where = f"--data {source['data_root']}" if moved else f"{source['data_root']}"
+    where = f"--data {source['data_root']}" if moved else str(source["data_root"])
     try:
         val = _split(source, "val")
     except SplitTooLarge as exc:

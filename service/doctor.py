@@ -113,20 +113,19 @@ def add_doctor_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def main(args: argparse.Namespace) -> int:
-    from .settings import ServiceSettings, SettingsError
+    from .settings import SETTINGS, ServiceSettings, SettingsError
 
     # The service's own settings, as `serve` reads them: a value it would refuse is refused here too, and the
     # models folder and device checked are the ones it would use.
     # A flag overrides its variable before the variables are checked, as for `serve`: CIFAR_DEVICE=gpu is no
     # error under --device cpu.
-    flags = {"CIFAR_DEVICE": args.device, "CIFAR_MODELS_DIR": args.models_dir}
+    flags = {SETTINGS[name].env: getattr(args, name) for name in ("device", "models_dir")}
     try:
         settings = ServiceSettings.checked({**os.environ, **{k: v for k, v in flags.items() if v is not None}})
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    models_dir = Path(settings.models_dir)
-    device = settings.device
+    models_dir, device = settings.models_dir, settings.device
     if args.folder and not Path(args.folder).is_dir():
         print(f"error: --folder {args.folder} is not a folder", file=sys.stderr)
         return 2

@@ -130,14 +130,17 @@ def _tree_images(root: Path) -> list[Path]:
     images = sorted(p for p in found if p.is_file())
     dangling = sorted(p for p in found if p.is_symlink() and not p.exists())
     if dangling:  # a copy that kept the links but not what they point to: the class would silently shrink
-        shown = ", ".join(str(p.relative_to(root)) for p in dangling[:UNUSABLE_LISTED])
-        more = f" and {len(dangling) - UNUSABLE_LISTED} more" if len(dangling) > UNUSABLE_LISTED else ""
-        raise DatasetError(
-            f"{root}: {len(dangling)} image link(s) point to nothing (remove or fix them): {shown}{more}"
-        )
+        shown = _listed([str(p.relative_to(root)) for p in dangling], ", ")
+        raise DatasetError(f"{root}: {len(dangling)} image link(s) point to nothing (remove or fix them): {shown}")
     for parent in sorted({path.parent for path in images}):  # each folder once, not once per image in it
         _check_class_name(parent.relative_to(root).as_posix(), root)
     return images
+
+
+def _listed(names: list[str], sep: str) -> str:
+    """The first UNUSABLE_LISTED of ``names``, and how many more."""
+    more = len(names) - UNUSABLE_LISTED
+    return sep.join(names[:UNUSABLE_LISTED]) + (f"{sep}and {more} more" if more > 0 else "")
 
 
 def _unreadable_folder(exc: OSError) -> None:
@@ -249,11 +252,9 @@ def _decode_all(entries: list[tuple[str, str, bytes]], root: Path, image_size: i
             unusable.append(f"{name}: {exc}")  # all of them, in one pass: not one decode of the folder per file
         labels[i] = index[cls]
     if unusable:
-        listed = "; ".join(unusable[:UNUSABLE_LISTED]) + (
-            f"; and {len(unusable) - UNUSABLE_LISTED} more" if len(unusable) > UNUSABLE_LISTED else ""
-        )
         raise DatasetError(
-            f"{root}: {len(unusable)} of {len(entries)} images cannot be used (remove or fix them): {listed}"
+            f"{root}: {len(unusable)} of {len(entries)} images cannot be used (remove or fix them): "
+            + _listed(unusable, "; ")
         )
     return ImageArrays(images, labels, classes)
 
