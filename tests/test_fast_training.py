@@ -460,24 +460,35 @@ def test_ablation_steps_are_validated(tmp_path, capsys):
     assert "not a percentage in (0, 100]" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("recipe", ["airbench94", "airbench94_muon", "se_resnet18_cpu", "wrn_16_4_cpu"])
-def test_fast_recipe_two_batch_smoke_run_trains_and_exports(recipe, image_folder, tmp_path):
-    """Each new recipe, unchanged but for the data, batch count and size: two batches, then export (FP32: an
-    untrained net's INT8 top-1 on 15 images may move by one image, which is outside INT8's 0.5-point tolerance)."""
+@pytest.mark.parametrize(
+    ("recipe", "epochs"),
+    [
+        ("airbench94", 1),
+        ("airbench94_muon", 1),
+        ("se_resnet18_cpu", 1),
+        ("wrn_16_4_cpu", 1),
+        # the GPU recipes warm up for 2 epochs, and refuse a run that ends before its warm-up does
+        ("se_resnet18_gpu", 3),
+        ("wrn_16_4_gpu", 3),
+    ],
+)
+def test_fast_recipe_two_batch_smoke_run_trains_and_exports(recipe, epochs, image_folder, tmp_path):
+    """Each new recipe, unchanged but for the data, batch count and size: two batches an epoch, then export (FP32:
+    an untrained net's INT8 top-1 on 15 images may move by one image, which is outside INT8's 0.5-point tolerance)."""
     from export.pipeline import export_checkpoint
 
     overrides = [
         f"data.root={image_folder}",
         "data.val_size=15",
         f"data.cache_dir={tmp_path / 'cache'}",
-        "epochs=1",
+        f"epochs={epochs}",
         "batch_size=16",
         "micro_batch_size=8",
         "max_batches_per_epoch=2",
         "eval_batch_size=32",
     ]
     summary = train(build_config(recipe, overrides), tmp_path / "run")
-    assert summary["epochs_run"] == 1 and (tmp_path / "run" / "best.pt").is_file()
+    assert summary["epochs_run"] == epochs and (tmp_path / "run" / "best.pt").is_file()
     entry, parity = export_checkpoint(
         tmp_path / "run" / "best.pt",
         f"smoke-{recipe}",
