@@ -59,6 +59,7 @@ REASONS: dict[str, Reason] = {
     "bad_min_confidence": Reason(400, "a bad min_confidence", "stop"),
     "bad_fit": Reason(400, "an unknown fit", "stop"),
     "unknown_model": Reason(404, "unknown model", "stop"),
+    "no_such_path": Reason(404, "a path the service does not serve", "stop", counted=False),
     "method_not_allowed": Reason(
         405, "a method the path does not take (the Allow header names those it does)", "stop", counted=False
     ),
@@ -95,6 +96,7 @@ ReasonName = Literal[
     "bad_min_confidence",
     "bad_fit",
     "unknown_model",
+    "no_such_path",
     "method_not_allowed",
     "unauthorized",
     "forbidden",

@@ -552,6 +552,26 @@ class MethodGate:
         await send_rejection(scope, send, Rejection("method_not_allowed", message), allow)
 
 
+class PathGate:
+    """ASGI middleware: a path no route takes is refused in the shape of every other refusal (404
+    ``no_such_path``, naming the API's paths). BentoML's router answered it with the text "Not Found", which a
+    client reading every other refusal's JSON cannot parse; that router is BentoML's, outside the app mounted
+    here, so an exception handler of ours never sees the request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or bentoml_compat.route_label(scope) != bentoml_compat.UNMATCHED:
+            await self.app(scope, receive, send)
+            return
+        message = (
+            f"no {scope['path'][:200]!r} on this service: the API is /classify, /infer, /models and /v2/... "
+            "(the Open Inference Protocol), described at /docs.json"
+        )
+        await send_rejection(scope, send, Rejection("no_such_path", message))
+
+
 # @bentoml.service made Classifier a bentoml.Service; mypy keeps a decorated class's own type, which has none of a
 # Service's methods, so they are called through this name.
 SERVICE = cast(bentoml.Service, Classifier)
@@ -573,6 +593,7 @@ if SETTINGS.api_keys or SETTINGS.api_keys_file:
     SERVICE.add_asgi_middleware(ApiKeyGate, keys=SETTINGS.api_key_set())
 SERVICE.add_asgi_middleware(BodyGate)
 SERVICE.add_asgi_middleware(MethodGate)
+SERVICE.add_asgi_middleware(PathGate)
 SERVICE.add_asgi_middleware(RouterProbe)
 label_metrics_by_route()
 

@@ -354,6 +354,21 @@ def _series(text: str) -> set[str]:
     return {line.rsplit(" ", 1)[0] for line in lines if 'pid="' not in line}
 
 
+def test_a_path_the_service_does_not_serve_is_refused_in_json_as_every_other_refusal(server):
+    """A mistyped path was answered with the text "Not Found": a client that reads the JSON error of every other
+    refusal failed to parse it. Now the contract's error (the protocol's on /v2), naming the API's paths."""
+    with httpx.Client(base_url=server, timeout=10) as client:
+        for path in ("/clasify", "/v2/nothing/here", "/models/x"):
+            response = client.get(path)
+            assert response.status_code == 404, path
+            assert response.headers["content-type"].startswith("application/json"), (path, response.text)
+            body = response.json()
+            assert "/classify" in body["error"] and repr(path) in body["error"], body
+            assert body.get("reason") == (None if path.startswith("/v2/") else "no_such_path"), body
+        # a refusal, not a rejected input: no input was read
+        assert 'reason="no_such_path"' not in _metrics(server)
+
+
 def test_request_metrics_are_labelled_by_route_so_made_up_paths_add_no_series(server):
     """BentoML labels its request metrics with the path: every made-up path or model name was a new series
     (4 KB of /metrics each, without bound). Labelled by route, a thousand such requests add none after the first."""
