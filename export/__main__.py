@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 from pathlib import Path
@@ -36,10 +37,12 @@ from inference.manifest import (
     verify_file,
 )
 from inference.messages import configure_logging, os_error_text
-from inference.precisions import PRECISIONS, suits, tolerance_text
+from inference.precisions import PRECISIONS, suits, tolerance_text, unsuited_hosts
 from training.cli_types import positive_int
 
 from .int8_ranges import ACTIVATION_RANGES, DEFAULT_CALIBRATION_IMAGES, ranges_help
+
+log = logging.getLogger("export")
 
 
 def model_name(text: str) -> str:
@@ -363,7 +366,10 @@ def _command(argv: list[str]) -> int:
         return _list(list_parser().parse_args(argv[1:]).models_dir)
     if argv[:1] == ["default"]:
         args = default_parser().parse_args(argv[1:])
-        set_default(args.models_dir, args.name, args.kinds)
+        manifest = set_default(args.models_dir, args.name, args.kinds)
+        warning = unsuited_hosts(args.name, manifest.get(args.name).precision, args.kinds or DEVICE_KINDS)
+        if warning:
+            log.warning("%s", warning)
         return _list(args.models_dir)
     if argv[:1] == ["remove"]:
         args = remove_parser().parse_args(argv[1:])

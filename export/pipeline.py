@@ -14,7 +14,7 @@ import onnx
 import onnxruntime
 import torch
 
-from inference.devices import DeviceKind
+from inference.devices import DEVICE_KINDS, DeviceKind
 from inference.fits import LEGACY_FIT, FitName
 from inference.interrupts import interrupts_held
 from inference.manifest import (
@@ -27,7 +27,7 @@ from inference.manifest import (
     save_manifest,
     sha256_file,
 )
-from inference.precisions import PrecisionName
+from inference.precisions import PrecisionName, unsuited_hosts
 from inference.preprocess import to_model_input
 from inference.runtime import OnnxClassifier, softmax
 from training.checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
@@ -311,6 +311,9 @@ def record_entry(
         if recorded:
             exc.add_note(f"{entry.name} was recorded in {models_dir / MANIFEST_NAME} before the stop")
         raise
+    warning = unsuited_hosts(entry.name, entry.precision, DEVICE_KINDS if make_default else default_for)
+    if warning:
+        log.warning("%s", warning)
     return entry
 
 

@@ -7,7 +7,7 @@ A new precision is one entry here, its name in ``PrecisionName``, plus its conve
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -60,6 +60,8 @@ PRECISIONS: dict[str, Precision] = {
 PrecisionName = Literal["fp32", "fp16", "int8"]
 
 _PROVIDER_WORDS = {CPU: "CPUs", CUDA: "GPUs"}
+# The provider each kind of host (inference.devices.DEVICE_KINDS) serves its models with.
+_KIND_PROVIDERS = {"cpu": CPU, "cuda": CUDA}
 
 
 def precision(name: str) -> Precision:
@@ -86,3 +88,17 @@ def tolerance_text() -> str:
             limits.append(f"|dp| {entry.max_prob_diff:g}")
         parts.append(f"{entry.name.upper()}: {', '.join(limits)}")
     return "; ".join(parts)
+
+
+def unsuited_hosts(name: str, precision_name: str, kinds: Sequence[str]) -> str | None:
+    """A warning when model ``name`` becomes the default on ``kinds`` of host its precision is not meant for
+    (an FP16 graph on CPU hosts, an INT8 one on GPU hosts): it runs there, slowly, so it is not refused."""
+    entry = precision(precision_name)
+    unsuited = [kind for kind in kinds if _KIND_PROVIDERS[kind] not in entry.providers]
+    if not unsuited:
+        return None
+    hosts = " and ".join(_PROVIDER_WORDS[_KIND_PROVIDERS[kind]].removesuffix("s") + " hosts" for kind in unsuited)
+    return (
+        f"{name} is now the default on {hosts}, but {entry.name.upper()} is meant for {suits(entry)}: it runs "
+        f"there, slowly; `python -m export default NAME --for {unsuited[0]}` names a model that suits them"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -1064,6 +1065,29 @@ NO_TORCH = (
     "from export.__main__ import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
+
+
+def test_a_default_on_hosts_its_precision_does_not_suit_is_warned_about(tiny_run, tiny_models_dir, tmp_path, caplog):
+    """`default tiny-int8` (every kind of host) made an INT8 graph the GPU hosts' default, and `export --default`
+    an INT8 or FP16 one, without a word: it runs there, slowly. Warned, not refused; a suited default says nothing."""
+    from export.__main__ import main
+    from export.pipeline import export_checkpoint
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, models)
+    with caplog.at_level(logging.WARNING, logger="export"):
+        assert main(["default", "tiny-int8", "--models-dir", str(models)]) == 0
+    assert "tiny-int8 is now the default on GPU hosts, but INT8 is meant for CPUs" in caplog.text
+    assert "export default NAME --for cuda" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="export"):
+        assert main(["default", "tiny-int8", "--for", "cpu", "--models-dir", str(models)]) == 0
+        assert main(["default", "tiny", "--models-dir", str(models)]) == 0  # FP32 suits both kinds
+    assert "is now the default" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="export"):
+        export_checkpoint(tiny_run / "best.pt", "tiny-fp16", "fp16", models, cache_dir=None, default_for=["cpu"])
+    assert "tiny-fp16 is now the default on CPU hosts, but FP16 is meant for GPUs" in caplog.text
+    assert load_manifest(models).defaults["cpu"] == "tiny-fp16"
 
 
 def test_the_manifests_own_commands_run_on_the_serving_install_without_torch(tiny_models_dir, tmp_path):
