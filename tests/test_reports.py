@@ -406,11 +406,13 @@ def test_worst_classes_skips_classes_without_samples():
 
 
 def _export_onnx(run: Path, path: Path) -> Path:
+    """``run``: a run folder (its best.pt) or a checkpoint file."""
     import onnx
 
     from inference.manifest import METADATA_KEY, InputSpec, ModelCard
 
-    ckpt = load_checkpoint(run / "best.pt")
+    checkpoint = run if run.is_file() else run / "best.pt"
+    ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is enough for a test model
@@ -432,7 +434,7 @@ def _export_onnx(run: Path, path: Path) -> Path:
         precision="fp32",
         input=InputSpec(mean=tuple(meta["mean"]), std=tuple(meta["std"])),
         metrics={"val_top1": ckpt["best"]["val_top1"]},
-        source={"checkpoint": str(run / "best.pt")},
+        source={"checkpoint": str(checkpoint)},
     )
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
@@ -535,6 +537,21 @@ def test_evaluate_onnx_goes_on_when_the_checkpoint_its_card_names_is_damaged(tin
         assert main([*args, "--val-size", "15", "--out", str(out), "--no-sample-figures"]) == 0
     assert (out / "metrics.json").is_file()
     assert "could not read the source checkpoint" in caplog.text and "not a training checkpoint" in caplog.text
+
+
+def test_evaluate_onnx_draws_the_curves_of_a_checkpoint_copied_out_of_its_run(tiny_run, image_folder, tmp_path):
+    """The report of a model exported from a checkpoint with no history.json beside it (one copied out of its
+    run, as a GPU machine's are sent back) had no training curves, though the checkpoint holds its history."""
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(tiny_run / "best.pt", loose / "model.pt")
+    onnx_path = _export_onnx(loose / "model.pt", tmp_path / "tiny.onnx")
+    out = tmp_path / "report"
+    args = ["evaluate", "--onnx", str(onnx_path), "--dataset", "folder", "--data", str(image_folder)]
+    assert main([*args, "--val-size", "15", "--out", str(out), "--no-sample-figures"]) == 0
+    assert (out / "training_curves.png").is_file()
+    own = load_checkpoint(loose / "model.pt")["history"]  # the epochs up to the one best.pt was saved at
+    assert own and json.loads((out / "history.json").read_text()) == own
 
 
 # -- compare ----------------------------------------------------------------------------------------

@@ -235,6 +235,9 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
             ckpt = load_checkpoint(ckpt_path)
             meta = ckpt["meta"]
             curves = CurveInfo.from_config(ckpt.get("config"))
+            # its own, as a checkpoint's report takes it: a checkpoint copied out of its run (one a GPU
+            # machine sent back) has no history.json beside it
+            history = list(ckpt.get("history") or [])
             for key, meta_key in (
                 ("dataset", "dataset"),
                 ("root", "data_root"),
