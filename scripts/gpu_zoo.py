@@ -42,23 +42,19 @@ RUNS = (
     ("wrn_16_4", "wrn_16_4_gpu", ()),
     ("resnet18", "se_resnet18_gpu", ("model.args.use_se=false",)),
 )
-# What the timing builds: the network and arguments each run trains.
-TIMED = {
-    "se_resnet18": ("se_resnet18", {"use_se": True}),
-    "wrn_16_4": ("wrn_16_4", {}),
-    "resnet18": ("se_resnet18", {"use_se": False}),
-}
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def step_seconds(name: str, args: dict, batch: int, device: torch.device) -> float:
-    """Seconds per bf16 channels_last training step at this batch size, after warm-up."""
+def step_seconds(recipe: str, sets: tuple[str, ...], batch: int, device: torch.device) -> float:
+    """Seconds per bf16 channels_last training step of the recipe's network at this batch size, after warm-up."""
+    from training.config import build_config
     from training.models import create_model
 
-    model = create_model(name, 10, **args).to(device).to(memory_format=torch.channels_last)
+    config = build_config(recipe, list(sets))
+    model = create_model(config.model.name, 10, **config.model.args).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     x = torch.randn(batch, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
@@ -162,26 +158,26 @@ def main() -> None:
         device = torch.device("cuda")
         log(f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
         per_epoch = {}
-        for run, (name, margs) in TIMED.items():
-            per_epoch[run] = step_seconds(name, margs, 512, device) * (45_000 // 512) * OVERHEAD
+        for run, recipe, sets in RUNS:
+            per_epoch[run] = step_seconds(recipe, sets, 512, device) * (45_000 // 512) * OVERHEAD
             log(f"{run}: about {per_epoch[run]:.2f} s per epoch")
         epochs = min(args.max_epochs, int((deadline - time.time()) / sum(per_epoch.values())))
         if epochs < 10:
             raise SystemExit(f"{epochs} epochs fit the budget: too few to be worth it")
     log(f"{epochs} epochs each")
 
-    took = {"se_resnet18": train(*RUNS[0][:3], epochs, args.data, args.runs, args.set)}
+    took = {"se_resnet18": train(*RUNS[0], epochs, args.data, args.runs, args.set)}
     slim("se_resnet18", args.runs, args.out)
     # WRN-16-4 takes what the ablation leaves, judged by what SE-ResNet18 really took.
     wrn_epochs = epochs
     if not args.epochs:
         left = deadline - time.time() - took["se_resnet18"] * 1.05
         wrn_epochs = max(10, min(args.max_epochs, int(left / per_epoch["wrn_16_4"])))
-    took["wrn_16_4"] = train(*RUNS[1][:3], wrn_epochs, args.data, args.runs, args.set)
+    took["wrn_16_4"] = train(*RUNS[1], wrn_epochs, args.data, args.runs, args.set)
     slim("wrn_16_4", args.runs, args.out)
     reports = args.runs / "reports"  # under $OUT every file would come back on its own
     if args.epochs or deadline - time.time() > took["se_resnet18"] * 1.05:
-        took["resnet18"] = train(*RUNS[2][:3], epochs, args.data, args.runs, args.set)
+        took["resnet18"] = train(*RUNS[2], epochs, args.data, args.runs, args.set)
         for run in ("se_resnet18", "resnet18"):
             for tta in ("none", "multicrop"):
                 evaluate(run, args.runs, reports, tta, shlex.split(args.eval_args))

@@ -155,6 +155,13 @@ class _Progress:
         return iter(tqdm(self.loader, desc=self.desc, unit="batch", leave=False))
 
 
+def _run_history(run_dir: Path, own: list | None) -> list:
+    """The training history of a checkpoint in ``run_dir``: the run's history.json beside it, else the one the
+    checkpoint holds itself (one copied out of its run, as a GPU machine sends them back, has none beside it)."""
+    path = run_dir / HISTORY_FILE
+    return json.loads(path.read_text()) if path.is_file() else list(own or [])
+
+
 def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
     ckpt = load_checkpoint(path)
     file = checkpoint_file(path)
@@ -171,9 +178,7 @@ def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
         "fit": meta.get("fit", LEGACY_FIT),
     }
     run_dir = file.parent
-    history = list(ckpt.get("history") or [])
-    if (run_dir / "history.json").is_file():
-        history = json.loads((run_dir / "history.json").read_text())
+    history = _run_history(run_dir, ckpt.get("history"))
     info = {
         # what the history's curves measure; an ensemble's checkpoint has no config of its own
         "curves": asdict(CurveInfo.from_config(config)),
@@ -226,6 +231,7 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
         "fit": src.get("fit", LEGACY_FIT),
     }
     run_dir, history, curves = None, [], CurveInfo()
+    own_history = None
     checkpoint = src.get("checkpoint")
     if checkpoint and Path(checkpoint).exists():
         # The exported file names its checkpoint: borrow the run's data split and history from it.
@@ -235,9 +241,7 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
             ckpt = load_checkpoint(ckpt_path)
             meta = ckpt["meta"]
             curves = CurveInfo.from_config(ckpt.get("config"))
-            # its own, as a checkpoint's report takes it: a checkpoint copied out of its run (one a GPU
-            # machine sent back) has no history.json beside it
-            history = list(ckpt.get("history") or [])
+            own_history = ckpt.get("history")
             for key, meta_key in (
                 ("dataset", "dataset"),
                 ("root", "data_root"),
@@ -247,8 +251,7 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
                 defaults[key] = defaults.get(key) or meta.get(meta_key)
         except (OSError, KeyError, RuntimeError, ValueError) as exc:  # ValueError: not a readable checkpoint
             log.warning("could not read the source checkpoint %s: %s", checkpoint, exc)
-        if (run_dir / "history.json").is_file():
-            history = json.loads((run_dir / "history.json").read_text())
+        history = _run_history(run_dir, own_history)
     info = {
         "name": card.name,
         "precision": card.precision,
