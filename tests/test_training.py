@@ -632,6 +632,61 @@ def test_resume_continues_the_same_run(image_folder, tmp_path, monkeypatch):
     assert [h["val_top1"] for h in ha] == [h["val_top1"] for h in hb]
 
 
+def test_checkpoint_every_saves_last_pt_on_its_epochs_new_bests_and_the_end_and_resumes_exactly(
+    image_folder, tmp_path, monkeypatch
+):
+    """last.pt is written every k-th epoch, at the end and with every new best.pt (which is thus never ahead of
+    it); history.json shows every epoch; a run interrupted between saves resumes from the last saved epoch and
+    ends bit for bit where the uninterrupted one did."""
+    import training.engine as engine
+    from training.engine import Trainer, resume
+
+    saves: list[tuple[str, str, int]] = []
+    original_save = engine.save_checkpoint
+
+    def spy(state, path):
+        saves.append((path.parent.name, path.name, state["epoch"]))
+        original_save(state, path)
+
+    monkeypatch.setattr(engine, "save_checkpoint", spy)
+    overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=5, checkpoint_every=3)
+    train(build_config("resnet9_half_cpu", overrides), tmp_path / "straight")
+    history = json.loads((tmp_path / "straight" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
+    bests, top = [], -1.0
+    for h in history:
+        if h["val_top1"] > top:
+            bests.append(h["epoch"])
+            top = h["val_top1"]
+    saved_last = sorted({e for e in range(1, 6) if e % 3 == 0 or e == 5} | set(bests))
+    assert [e for run, name, e in saves if name == "last.pt"] == saved_last
+    assert [e for run, name, e in saves if name == "best.pt"] == bests
+    assert len(saved_last) < 5, (bests, saved_last)  # else this run tests nothing of the option
+
+    # interrupted in an epoch after the last save: the resume trains the unsaved epochs again
+    unsaved = [e for e in range(1, 6) if e not in saved_last]
+    stop_at = unsaved[0] if unsaved else 4
+    original_end = Trainer._end_epoch
+
+    def interrupt(self, record):
+        stop = original_end(self, record)
+        if record["epoch"] == stop_at:
+            raise KeyboardInterrupt
+        return stop
+
+    monkeypatch.setattr(Trainer, "_end_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(build_config("resnet9_half_cpu", overrides), tmp_path / "interrupted")
+    monkeypatch.setattr(Trainer, "_end_epoch", original_end)
+    last = torch.load(tmp_path / "interrupted" / "last.pt", weights_only=True)
+    assert last["epoch"] == max(e for e in saved_last if e <= stop_at)
+    resume(tmp_path / "interrupted")
+    a, b = (torch.load(tmp_path / r / "last.pt", weights_only=True)["model"] for r in ("straight", "interrupted"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    again = json.loads((tmp_path / "interrupted" / "history.json").read_text())
+    assert [h["val_top1"] for h in again] == [h["val_top1"] for h in history]
+
+
 def test_a_run_is_a_function_of_its_seed(image_folder, tmp_path):
     """The same recipe and seed train the same weights bit for bit (the default's ResNet-9 came out identical on
     two processors, docs/fast-training.md); another ``train.seed`` reaches the initialisation, the data order and
@@ -1039,7 +1094,7 @@ def test_sigterm_is_answered_as_ctrl_c_and_a_resume_elsewhere_takes_only_where_t
     handler_before = signal.getsignal(signal.SIGTERM)
     assert training_main(argv) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
-    assert f"SIGTERM: interrupted: the last completed epoch is in {run / 'last.pt'}" in err
+    assert f"SIGTERM: interrupted: the last saved epoch is in {run / 'last.pt'}" in err
     assert sorted(p.name for p in run.iterdir() if ".tmp" in p.name) == []
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
     assert signal.getsignal(signal.SIGTERM) is handler_before  # main() put the handler back

@@ -256,8 +256,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "resume",
         help="continue a run from its last.pt",
         description=(
-            "Continue an interrupted run exactly where its last completed epoch left it "
-            "(same config, RNG and data order)."
+            "Continue an interrupted run exactly where its last saved epoch left it (same config, RNG and data order)."
         ),
     )
     p.add_argument("run", help="run folder holding last.pt")
@@ -366,7 +365,7 @@ def _interrupted(args: argparse.Namespace) -> str:
     if args.fn is cmd_resume and args.epochs:
         command += ["--epochs", str(args.epochs)]
     command += ["--set", *placement] if placement else []
-    return f"interrupted: the last completed epoch is in {last}; continue with `{shlex.join(command)}`"
+    return f"interrupted: the last saved epoch is in {last}; continue with `{shlex.join(command)}`"
 
 
 if __name__ == "__main__":

@@ -581,8 +581,14 @@ class Trainer:
             self.bad_epochs = 0
         else:
             self.bad_epochs += 1
-        self._save(new_best)
-        return self._patience_exhausted()
+        stop = self._patience_exhausted()
+        t = self.config.train
+        due = new_best or stop or self.epoch >= t.epochs or self.epoch % t.checkpoint_every == 0
+        if due:
+            self._save(new_best)
+        else:  # what a resume restores lives in last.pt; history.json only shows the epochs as they pass
+            write_text_atomic(self.out_dir / "history.json", json.dumps(self.history, indent=2))
+        return stop
 
     def _save(self, new_best: bool) -> None:
         state = self.state()
