@@ -6,13 +6,22 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 
 from inference.devices import DEVICE_KINDS, Device
 from inference.fits import FITS
-from inference.manifest import DefaultChoice, Manifest, ManifestError, ModelCard, ModelEntry, load_manifest
+from inference.manifest import (
+    MANIFEST_NAME,
+    DefaultChoice,
+    Manifest,
+    ManifestError,
+    ModelCard,
+    ModelEntry,
+    load_manifest,
+    sha256_file,
+)
 from inference.runtime import (
     DEFAULT_SESSION,
     OnnxClassifier,
@@ -82,6 +91,26 @@ def check_card(entry: ModelEntry, card: ModelCard) -> None:
             f"model {entry.name!r}: {entry.file} describes itself differently from the manifest "
             f"(classes, precision or input); re-export it"
         )
+
+
+# Set by `python -m service serve` for the server it starts: the sha256 of the manifest.json whose files it has
+# just verified and opened. The server's process skips its own check of the same manifest (a second opening of
+# every file, about a second of start-up); `bentoml serve` run directly has no such mark and checks.
+CHECKED_ENV = "CIFAR_CHECKED_MANIFEST"
+
+
+def manifest_digest(models_dir: Path) -> str:
+    return sha256_file(Path(models_dir) / MANIFEST_NAME)
+
+
+def checked_before(models_dir: Path, env: Mapping[str, str]) -> bool:
+    """Whether ``serve`` checked this very manifest before starting the server (the workers check each file
+    they load again in any case)."""
+    mark = env.get(CHECKED_ENV)
+    try:
+        return bool(mark) and mark == manifest_digest(models_dir)
+    except OSError:
+        return False
 
 
 def check_model_files(manifest: Manifest, models_dir: Path) -> None:

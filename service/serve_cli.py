@@ -124,7 +124,7 @@ def main(args: argparse.Namespace) -> int:
     from inference.manifest import ManifestError, load_manifest
     from inference.runtime import CudaPlacementError, device_kind
 
-    from .loading import check_model_files
+    from .loading import CHECKED_ENV, check_model_files, manifest_digest
 
     empty = [
         s.flag
@@ -160,6 +160,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {unbindable}", file=sys.stderr)
         return 2
     env[SETTINGS["models_dir"].env] = str(Path(settings.models_dir).resolve())
+    env[CHECKED_ENV] = manifest_digest(Path(settings.models_dir))
     kind = device_kind(settings.device)
     print(
         f"serving {', '.join(m.name for m in manifest.models)} (default on {kind}: "

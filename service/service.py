@@ -22,6 +22,7 @@ its flags. Neither torch nor the training package is imported.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, cast
@@ -73,7 +74,7 @@ from .workers import place_worker, worker_count
 with bentoml.importing():  # onnxruntime may be missing where the Bento is only being built
     from inference.runtime import top_k, wants_cuda
 
-    from .loading import LoadedModel, LoadedModels, check_model_files, load_models, model_list
+    from .loading import LoadedModel, LoadedModels, check_model_files, checked_before, load_models, model_list
 
 # Under "bentoml": the logger BentoML configures (INFO) in its server processes.
 log = logging.getLogger("bentoml.cifar")
@@ -87,9 +88,12 @@ try:
         # The server's own process, not a worker: a missing or tampered model folder (a mount that is not
         # there) is refused here once; a worker would raise it in tracebacks, and outside a container BentoML
         # starts the worker again every few seconds. The workers check the files again as they load them.
-        manifest = load_manifest(SETTINGS.models_dir, verify=True)
-        if "check_model_files" in globals():  # onnxruntime is there to open them (not where a Bento is built)
-            check_model_files(manifest, Path(SETTINGS.models_dir))
+        # onnxruntime is there to open them where check_model_files is (not where a Bento is built).
+        opens = "check_model_files" in globals()
+        if not (opens and checked_before(Path(SETTINGS.models_dir), os.environ)):
+            manifest = load_manifest(SETTINGS.models_dir, verify=True)
+            if opens:
+                check_model_files(manifest, Path(SETTINGS.models_dir))
 except (SettingsError, ManifestError) as exc:
     print(f"error: {exc}", file=sys.stderr)
     raise SystemExit(2) from None

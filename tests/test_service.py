@@ -8,6 +8,7 @@ refusals are cheap to provoke.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, extract_jpegs, running_service
+from conftest import ROOT, extract_jpegs, free_port, running_service
 
 MAX_IMAGES = 8
 MAX_BODY = 600_000
@@ -760,6 +761,39 @@ def test_serve_refuses_a_model_a_worker_could_not_load_before_it_starts(tiny_mod
         assert "will NOT work on this host" in out
     assert service_main(["serve", "--models-dir", str(tiny_models_dir), "--threads", str(2**31)]) == 2
     assert f"error: --threads must be at most {2**31 - 1}, got {2**31}" in capsys.readouterr().err
+
+
+def test_the_server_does_not_open_the_files_serve_has_just_checked_again(
+    tiny_models_dir, tmp_path, monkeypatch, capsys
+):
+    """`python -m service serve` opened every model file, then the server it started opened them all again
+    (about a second). serve now hands the server the digest of the manifest it checked; the server skips its
+    check of that manifest only, and checks any other (the container's `bentoml serve`, a changed manifest)."""
+    from service.__main__ import main as service_main
+    from service.loading import CHECKED_ENV
+
+    started: dict = {}
+
+    def exec_spy(path, argv, env):
+        started.update(env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execve", exec_spy)
+    with pytest.raises(SystemExit):
+        service_main(["serve", "--models-dir", str(tiny_models_dir), "--port", str(free_port())])
+    digest = hashlib.sha256((tiny_models_dir / "manifest.json").read_bytes()).hexdigest()
+    assert started[CHECKED_ENV] == digest
+
+    # A file the server's check would refuse (its card relabelled, its sha256 recorded): the server's process
+    # starts when serve's mark names this manifest, and refuses it under any other mark.
+    models, said = _damaged_models(tiny_models_dir, tmp_path)["relabelled"]
+    mark = hashlib.sha256((models / "manifest.json").read_bytes()).hexdigest()
+    code = "import service.service"
+    for value, expected in ((mark, 0), (digest, 2), ("", 2)):
+        env = {**os.environ, "CIFAR_MODELS_DIR": str(models), CHECKED_ENV: value}
+        done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == expected, (value, done.stderr[-800:])
+        assert (said in done.stderr) == (expected == 2), done.stderr[-800:]
 
 
 def test_serve_refuses_a_flag_given_empty(tiny_models_dir, monkeypatch, capsys):
