@@ -32,11 +32,10 @@ from pathlib import Path
 import torch
 
 PART_BYTES = 15 * 2**20
-# Wall time per epoch over the timed forward/backward steps: augmentation, evaluation, and above all the
-# whole training state saved and the curves drawn after every epoch (1.3 was assumed in the first H200 run,
-# which then took 1.9-2.2 times the timed steps, and so left the later networks too little time). Those runs
-# saved every epoch; these save every CHECKPOINT_EVERY-th and on new bests, which should cost less, but until a
-# run measures it the old factor stands (a run that ends early wastes device time, one that overruns a network).
+# Wall time per epoch over the timed forward/backward steps (augmentation, evaluation, checkpoints, curves), as
+# the H200 runs that saved every epoch measured it (docs/fast-training.md, "On a GPU"). Saving less should lower
+# it, but until a run measures that the factor stands: a run that ends early wastes device time, one that
+# overruns loses a network.
 OVERHEAD = 2.1
 # Epochs between whole-state checkpoints: on the CPU one costs 0.3-0.7 s and the curves 0.3-0.6 s, as much as a
 # whole epoch of SE-ResNet18 on the H200 (2 s); the device run is not resumed, so little is lost by fewer.
