@@ -15,6 +15,10 @@ import json
 import re
 from typing import Any
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+
 from .contract import REASONS, ReasonName, Rejection
 
 # The routes that run a model.
@@ -81,11 +85,49 @@ async def send_rejection(scope, send, rejection: Rejection, headers: dict[str, s
     await send({"type": "http.response.body", "body": payload})
 
 
+CORS_METHODS = ("GET", "POST", "OPTIONS")
+CORS_HEADERS = ("Authorization", "Content-Type")
+
+
 def cors_options(origins: list[str]) -> dict[str, Any]:
     """starlette's CORSMiddleware options for ``origins``: the methods and headers the API uses."""
     return {
         "allow_origins": origins,
-        "allow_methods": ["GET", "POST", "OPTIONS"],
-        "allow_headers": ["Authorization", "Content-Type"],
+        "allow_methods": list(CORS_METHODS),
+        "allow_headers": list(CORS_HEADERS),
         "max_age": 600,
     }
+
+
+class CorsGate(CORSMiddleware):
+    """starlette's CORS middleware, whose refused preflight is answered like every other refusal (400
+    ``cors_refused`` in JSON, saying what was refused and what the service allows) instead of its text
+    "Disallowed CORS origin", which the page's script or a developer's console would show as it is."""
+
+    def __init__(self, app: Any, allow_origins: list[str], **options: Any) -> None:
+        super().__init__(app, allow_origins=allow_origins, **options)
+        self._origins = allow_origins
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "OPTIONS":
+            headers = Headers(scope=scope)
+            if "origin" in headers and "access-control-request-method" in headers:  # a preflight, as starlette's
+                response = self.preflight_response(request_headers=headers)
+                if response.status_code == 400:
+                    await send_rejection(scope, send, self._refusal(response), self._kept_headers(response))
+                    return
+        await super().__call__(scope, receive, send)
+
+    def _refusal(self, response: Response) -> Rejection:
+        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")
+        return Rejection(
+            "cors_refused",
+            f"CORS preflight refused ({refused}): this service allows the origins {', '.join(self._origins)}, "
+            f"the methods {', '.join(CORS_METHODS)} and the request headers {', '.join(CORS_HEADERS)} "
+            "(CIFAR_CORS_ORIGINS names the origins)",
+        )
+
+    @staticmethod
+    def _kept_headers(response: Response) -> dict[str, str]:
+        """starlette's preflight headers (the methods, headers and max-age allowed, Vary), not its body's."""
+        return {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}

@@ -63,6 +63,12 @@ REASONS: dict[str, Reason] = {
     "method_not_allowed": Reason(
         405, "a method the path does not take (the Allow header names those it does)", "stop", counted=False
     ),
+    "cors_refused": Reason(
+        400,
+        "a browser's CORS preflight from an origin, or for a method or header, the service does not allow",
+        "stop",
+        counted=False,
+    ),
     "unauthorized": Reason(401, "no API key, where the service requires one", "stop"),
     "forbidden": Reason(403, "an API key the service does not know", "stop"),
     "overloaded": Reason(
@@ -98,6 +104,7 @@ ReasonName = Literal[
     "unknown_model",
     "no_such_path",
     "method_not_allowed",
+    "cors_refused",
     "unauthorized",
     "forbidden",
     "overloaded",

@@ -34,7 +34,6 @@ from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 from pydantic.json_schema import SkipJsonSchema
 from starlette.applications import Starlette
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -44,7 +43,7 @@ from inference.manifest import ManifestError, load_manifest
 from inference.preprocess import pixels_to_model_input
 
 from . import bentoml_compat
-from .access import ApiKeyGate, cors_options, send_rejection
+from .access import ApiKeyGate, CorsGate, cors_options, send_rejection
 from .bentoml_compat import BatchGateway, RouterProbe, label_metrics_by_route
 from .confidence import is_confident
 from .contract import REASONS, ClassifyResponse, Limits, ModelList, ReasonName, Rejection
@@ -592,7 +591,7 @@ SERVICE.mount_asgi_app(
 )
 # The first added is the outer: CORS answers a browser's preflight before a key is asked for.
 if SETTINGS.cors_origin_list:
-    SERVICE.add_asgi_middleware(CORSMiddleware, **cors_options(SETTINGS.cors_origin_list))
+    SERVICE.add_asgi_middleware(CorsGate, **cors_options(SETTINGS.cors_origin_list))
 if SETTINGS.api_keys or SETTINGS.api_keys_file:
     SERVICE.add_asgi_middleware(ApiKeyGate, keys=SETTINGS.api_key_set())
 SERVICE.add_asgi_middleware(BodyGate)

@@ -16,11 +16,13 @@ from service.uploads import Upload, rejection_from
 def test_every_reason_has_a_refusal_status_and_only_caller_mistakes_are_counted():
     assert all(400 <= reason.status < 600 for reason in REASONS.values())
     # counted: a client's mistake in what it sent; a connection that stalled (408) or hung up (499) sent nothing
-    # to judge, a wrong method (405) or path (404) sent no input, and an overloaded server (503) is ours
+    # to judge, a wrong method (405), path (404) or CORS preflight (400) sent no input, and an overloaded server
+    # (503) is ours
     assert REJECTION_REASONS == tuple(
         name
         for name, reason in REASONS.items()
-        if reason.status < 500 and name not in ("body_stalled", "client_closed", "method_not_allowed", "no_such_path")
+        if reason.status < 500
+        and name not in ("body_stalled", "client_closed", "method_not_allowed", "no_such_path", "cors_refused")
     )
     assert Rejection("image_too_large", "x").status == 413 and Rejection("overloaded", "x").status == 503
     with pytest.raises(ValueError, match="unknown rejection reason 'too_large'"):
