@@ -68,6 +68,16 @@ def source_at(source: dict, cache_dir: str | None, data_root: str | None) -> dic
     return {**source, "cache_dir": cache_dir, **({"data_root": data_root} if data_root else {})}
 
 
+def from_project(path: str, models_dir: Path) -> str:
+    """A path the manifest recorded relative to the folder the export ran in: as it stands from the current
+    folder, else from the project's (the one holding the models folder, where the exports run), so that `export
+    verify` finds the data and the checkpoint from any folder."""
+    if Path(path).is_absolute() or Path(path).exists():
+        return path
+    beside = Path(models_dir).resolve().parent / path
+    return str(beside) if beside.exists() else path
+
+
 def validation_split(source: dict, max_images: int | None, classes: Sequence[str], moved: bool = False) -> ImageArrays:
     """The validation split, or ``max_images`` of it drawn at random (seeded): a folder dataset's images are
     sorted by class, so its first N would be one or two classes. ``classes``: the model's, which the data's must
@@ -404,11 +414,12 @@ def verify_model(
     models_dir = Path(models_dir)
     manifest = load_manifest(models_dir, verify=True)
     entry = manifest.get(name)
-    source = source_at(entry.source, cache_dir, data_root)
+    recorded = {**entry.source, "data_root": from_project(entry.source["data_root"], models_dir)}
+    source = source_at(recorded, cache_dir, data_root)
     val = validation_split(source, max_val_images, entry.classes, moved=data_root is not None)
     classifier = OnnxClassifier(models_dir / entry.file, device="cpu")
     temperature = entry.calibration.temperature
-    checkpoint = checkpoint_file(entry.source.get("checkpoint") or "-")
+    checkpoint = checkpoint_file(from_project(entry.source.get("checkpoint") or "-", models_dir))
     sha = sha256_file(checkpoint) if checkpoint.is_file() else None
     recorded_sha = entry.source.get("checkpoint_sha256")
     if sha is not None and recorded_sha not in (None, sha):

@@ -436,6 +436,30 @@ def test_verify_command(exported, tmp_path, capsys):
     assert "tiny.onnx" in capsys.readouterr().err
 
 
+def test_verify_reads_the_manifests_relative_paths_from_the_project_from_any_folder(
+    exported, tiny_run, image_folder, tmp_path, monkeypatch, capsys
+):
+    """The shipped manifest records the data and checkpoint relative to the project (`../shared/...`,
+    `runs/...`, where the exports ran): `export verify` from another folder read them from there, found
+    neither, and asked for --data."""
+    models, entry, _ = exported
+    project = tmp_path / "project"
+    m = _copy_models(models, project / "models")
+    (project / "runs").mkdir()
+    shutil.copytree(tiny_run, project / "runs" / "tiny")
+    shutil.copytree(image_folder, project / "data")
+    raw = json.loads((m / "manifest.json").read_text())
+    (card,) = [e for e in raw["models"] if e["name"] == "tiny"]
+    card["source"] |= {"data_root": "data", "checkpoint": "runs/tiny/best.pt"}
+    (m / "manifest.json").write_text(json.dumps(raw))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert export_main(["verify", "tiny", "--models-dir", str(m), "--no-reference-cache"]) == 0, capsys.readouterr()
+    out = capsys.readouterr()
+    assert "verified" in out.out and "no usable checkpoint" not in out.err  # the checkpoint was found and run
+
+
 def test_rederive_calibrates_and_converts_a_shipped_fp32_graph_without_its_checkpoint(tiny_run, tmp_path):
     import onnx
 
