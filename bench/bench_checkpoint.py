@@ -1,0 +1,117 @@
+"""What the trainer's end-of-epoch save costs per recipe: the whole training state written (last.pt; best.pt
+too on a new best) and the curves drawn, the work `train.checkpoint_every` skips on the other epochs.
+
+    python bench/bench_checkpoint.py [--recipes se_resnet18_gpu wrn_16_4_gpu ...] [--epochs 100] [--repeats 5]
+        [--out bench/results/checkpoint.json]
+
+Each recipe's real Trainer is built on a small generated image folder (the state's size depends on the network
+and optimizer, not on the data), given a history of ``--epochs`` records, and saved ``--repeats`` times: the
+median seconds of one checkpoint file (``torch.save`` + fsync) and of the curves, and the file's size. Compare
+them with an epoch's training time (bench_training.py) to see what saving every epoch costs a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from report_io import host_record, write_json  # noqa: E402
+
+from training.checkpoint import save_checkpoint  # noqa: E402
+from training.config import build_config  # noqa: E402
+from training.engine import Trainer  # noqa: E402
+from training.plots import CurveInfo, plot_training_curves  # noqa: E402
+
+
+def image_folder(root: Path, classes: int = 10, per_class: int = 205) -> Path:
+    """Enough images for the largest recipe batch (2,000) besides the validation split."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
+def history(epochs: int) -> list[dict]:
+    return [
+        {
+            "epoch": e,
+            "train_loss": 2.0 / e,
+            "train_acc": 1 - 0.5 / e,
+            "val_loss": 1.5 / e,
+            "val_top1": 1 - 0.6 / e,
+            "val_top5": 1 - 0.1 / e,
+            "lr": 0.1 * (1 - e / (epochs + 1)),
+            "train_time_s": 2.0,
+        }
+        for e in range(1, epochs + 1)
+    ]
+
+
+def measure(recipe: str, folder: Path, work: Path, epochs: int, repeats: int) -> dict:
+    sets = [
+        "data.dataset=folder",
+        f"data.root={folder}",
+        "data.val_size=10",
+        f"data.cache_dir={work / 'cache'}",
+        f"epochs={epochs}",
+        "threads=2",
+        "device=cpu",
+    ]
+    trainer = Trainer(build_config(recipe, sets), work / recipe)
+    trainer.out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.history = history(epochs)
+    trainer.epoch = epochs
+    info = CurveInfo.from_config(trainer.config.model_dump(mode="json"))
+    saves, plots = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        save_checkpoint(trainer.state(), trainer.out_dir / "last.pt")
+        saves.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        plot_training_curves(trainer.history, trainer.out_dir / "training_curves.png", info, recipe)
+        plots.append(time.perf_counter() - start)
+    return {
+        "model": trainer.config.model.name,
+        "checkpoint_mb": round((trainer.out_dir / "last.pt").stat().st_size / 2**20, 1),
+        "checkpoint_s": round(statistics.median(saves), 3),
+        "curves_s": round(statistics.median(plots), 3),
+        "checkpoint_runs_s": [round(s, 3) for s in saves],
+        "curves_runs_s": [round(s, 3) for s in plots],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", nargs="+", default=["se_resnet18_gpu", "wrn_16_4_gpu", "airbench94_muon"])
+    parser.add_argument("--epochs", type=int, default=100, help="records in the history the curves draw")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default="bench/results/checkpoint.json")
+    args = parser.parse_args()
+    results = {"host": host_record(), "epochs": args.epochs, "repeats": args.repeats, "recipes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = image_folder(Path(tmp) / "images")
+        for recipe in args.recipes:
+            row = measure(recipe, folder, Path(tmp), args.epochs, args.repeats)
+            results["recipes"][recipe] = row
+            print(
+                f"{recipe:20s} {row['model']:14s} checkpoint {row['checkpoint_mb']:6.1f} MiB "
+                f"{row['checkpoint_s']:.3f} s, curves {row['curves_s']:.3f} s",
+                flush=True,
+            )
+    write_json(args.out, results)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
