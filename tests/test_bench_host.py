@@ -125,3 +125,29 @@ def test_the_service_benchmark_counts_the_memory_of_a_process_and_its_children()
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_checkpoint_benchmark_times_the_state_the_trainer_saves(tmp_path, monkeypatch):
+    """bench_checkpoint.py writes the real Trainer's state: its file is the size of a trained run's last.pt of
+    the same recipe (the same network, optimizer and config), not a bare state_dict's."""
+    import json
+
+    import bench_checkpoint
+
+    folder = bench_checkpoint.image_folder(tmp_path / "images", classes=3, per_class=180)
+    row = bench_checkpoint.measure("resnet9_half_cpu", folder, tmp_path, epochs=10, repeats=1)
+    saved = tmp_path / "resnet9_half_cpu" / "last.pt"
+    assert row["model"] == "resnet9_half" and row["checkpoint_s"] > 0 and row["curves_s"] > 0
+    assert row["checkpoint_mb"] == round(saved.stat().st_size / 2**20, 1)
+    import torch
+
+    state = torch.load(saved, weights_only=True)
+    assert {"model", "optimizer", "ema", "history", "rng_cpu"} <= set(state) and len(state["history"]) == 10
+    out = tmp_path / "out.json"
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["bench_checkpoint", "--recipes", "resnet9_half_cpu", "--epochs", "10", "--repeats", "1", "--out", str(out)],
+    )
+    bench_checkpoint.main()
+    assert json.loads(out.read_text())["recipes"]["resnet9_half_cpu"]["checkpoint_mb"] > 1
