@@ -568,10 +568,15 @@ class PathGate:
         if scope["type"] != "http" or bentoml_compat.route_label(scope) != bentoml_compat.UNMATCHED:
             await self.app(scope, receive, send)
             return
-        message = (
-            f"no {scope['path'][:200]!r} on this service: the API is /classify, /infer, /models and /v2/... "
-            "(the Open Inference Protocol), described at /docs.json"
-        )
+        path = scope["path"]
+        bare = path.rstrip("/")
+        if bare and bare != path and bentoml_compat.route_label({**scope, "path": bare}) != bentoml_compat.UNMATCHED:
+            message = f"no {path[:200]!r} on this service: did you mean {bare!r}, without the trailing slash?"
+        else:
+            message = (
+                f"no {path[:200]!r} on this service: the API is /classify, /infer, /models and /v2/... "
+                "(the Open Inference Protocol), described at /docs.json"
+            )
         await send_rejection(scope, send, Rejection("no_such_path", message))
 
 

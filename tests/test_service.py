@@ -368,6 +368,10 @@ def test_a_path_the_service_does_not_serve_is_refused_in_json_as_every_other_ref
             assert body.get("reason") == (None if path.startswith("/v2/") else "no_such_path"), body
         # a refusal, not a rejected input: no input was read
         assert 'reason="no_such_path"' not in _metrics(server)
+        # a trailing slash on a real path is named as the mistake it is
+        slash = client.post("/classify/", files={"images": ("a.png", b"x", "image/png")})
+        assert slash.status_code == 404 and slash.json()["reason"] == "no_such_path", slash.text
+        assert "did you mean '/classify', without the trailing slash?" in slash.json()["error"]
 
 
 def test_request_metrics_are_labelled_by_route_so_made_up_paths_add_no_series(server):
