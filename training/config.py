@@ -189,7 +189,8 @@ class TrainConfig(Section):
     whiten_sample: Literal["random", "first"] = "random"
     # last.pt (where a resume starts) and the curves are written every this many epochs, at the run's end, and with
     # every new best.pt (so best.pt is never ahead of last.pt). 1 on a CPU, where an epoch takes minutes; on a GPU
-    # an epoch of a small network takes seconds and writing the whole training state as long.
+    # an epoch of a small network takes seconds, and the save and the curves are a tenth of it
+    # (bench/bench_checkpoint.py).
     checkpoint_every: int = Field(1, ge=1)
     early_stop_patience: int = Field(0, ge=0)  # epochs without improvement before stopping; 0 = never
     early_stop_min_delta: float = Field(0.0, ge=0)
