@@ -571,7 +571,7 @@ class PathGate:
         path = scope["path"]
         bare = path.rstrip("/")
         if bare and bare != path and bentoml_compat.route_label({**scope, "path": bare}) != bentoml_compat.UNMATCHED:
-            message = f"no {path[:200]!r} on this service: did you mean {bare!r}, without the trailing slash?"
+            message = f"no {path[:200]!r} on this service: did you mean {bare[:200]!r}, without the trailing slash?"
         else:
             message = (
                 f"no {path[:200]!r} on this service: the API is /classify, /infer, /models and /v2/... "
