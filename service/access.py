@@ -99,6 +99,15 @@ def cors_options(origins: list[str]) -> dict[str, Any]:
     }
 
 
+def _preflight_headers(scope) -> Headers | None:
+    """A browser's CORS preflight's headers (as starlette tells one: OPTIONS with Origin and
+    Access-Control-Request-Method), or None for any other request."""
+    if scope["type"] != "http" or scope["method"] != "OPTIONS":
+        return None
+    headers = Headers(scope=scope)
+    return headers if "origin" in headers and "access-control-request-method" in headers else None
+
+
 class CorsGate(CORSMiddleware):
     """starlette's CORS middleware, whose refused preflight is answered like every other refusal (400
     ``cors_refused`` in JSON, saying what was refused and what the service allows) instead of its text
@@ -109,14 +118,15 @@ class CorsGate(CORSMiddleware):
         self._origins = allow_origins
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["method"] == "OPTIONS":
-            headers = Headers(scope=scope)
-            if "origin" in headers and "access-control-request-method" in headers:  # a preflight, as starlette's
-                response = self.preflight_response(request_headers=headers)
-                if response.status_code == 400:
-                    await send_rejection(scope, send, self._refusal(response), self._kept_headers(response))
-                    return
-        await super().__call__(scope, receive, send)
+        headers = _preflight_headers(scope)
+        if headers is None:
+            await super().__call__(scope, receive, send)
+            return
+        response = self.preflight_response(request_headers=headers)
+        if response.status_code == 400:
+            await send_rejection(scope, send, self._refusal(response), self._kept_headers(response))
+        else:
+            await response(scope, receive, send)
 
     def _refusal(self, response: Response) -> Rejection:
         refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")

@@ -587,8 +587,11 @@ class Trainer:
         if due:
             self._save(new_best)
         else:  # what a resume restores lives in last.pt; history.json only shows the epochs as they pass
-            write_text_atomic(self.out_dir / "history.json", json.dumps(self.history, indent=2))
+            self._write_history()
         return stop
+
+    def _write_history(self) -> None:
+        write_text_atomic(self.out_dir / "history.json", json.dumps(self.history, indent=2))
 
     def _save(self, new_best: bool) -> None:
         state = self.state()
@@ -597,7 +600,7 @@ class Trainer:
         if new_best:
             save_checkpoint(state, self.out_dir / BEST_FILE)
         save_checkpoint(state, self.out_dir / LAST_FILE)
-        write_text_atomic(self.out_dir / "history.json", json.dumps(self.history, indent=2))
+        self._write_history()
         plot_training_curves(
             self.history,
             self.out_dir / "training_curves.png",
