@@ -21,7 +21,7 @@ import warnings
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .fits import DEFAULT_FIT, Extent, fit_image, get_fit
 
@@ -176,7 +176,11 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, r
         # Pillow names a stream it cannot identify by its repr, a memory address: the same file must get the
         # same message in every process (a batch scorer's error rows are compared and resumed across runs).
         message = str(exc).replace(f" {stream!r}", "")
-        raise ImageDecodeError(f"not a readable image ({type(exc).__name__}: {message})") from exc
+        # Unidentified: not one of the formats Pillow is allowed to open here (an ICO, a PDF, or no image at all).
+        formats = (
+            f"; readable formats: {', '.join(DECODABLE_FORMATS)}" if isinstance(exc, UnidentifiedImageError) else ""
+        )
+        raise ImageDecodeError(f"not a readable image ({type(exc).__name__}: {message}){formats}") from exc
     # A JPEG keeps its orientation only in an EXIF block; without one there is nothing to rotate, and
     # exif_transpose's parse is skipped. Other formats keep it elsewhere (TIFF tags).
     exif = not (image.format == "JPEG" and "exif" not in image.info)

@@ -69,6 +69,11 @@ class ApiKeyGate:
         await send_rejection(scope, send, Rejection(reason, message))
 
 
+def _protocol_path(path: str) -> bool:
+    """A path of the Open Inference Protocol, whose errors are its own object ``{"error"}``."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
 async def send_rejection(scope, send, rejection: Rejection, headers: dict[str, str] | None = None) -> None:
     """Answer a refusal from ASGI middleware, before the app sees the request: counted as the app counts it,
     in the Open Inference Protocol's error object on its routes and the contract's elsewhere. ``headers`` are
@@ -77,7 +82,7 @@ async def send_rejection(scope, send, rejection: Rejection, headers: dict[str, s
 
     if REASONS[rejection.reason].counted:
         ServiceMetrics.get().reject(rejection.reason)
-    body = {"error": rejection.message} if scope["path"].startswith("/v2/") else rejection.body()
+    body = {"error": rejection.message} if _protocol_path(scope["path"]) else rejection.body()
     payload = json.dumps(body).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     raw += [(name.lower().encode(), value.encode()) for name, value in {**rejection.headers, **(headers or {})}.items()]
@@ -124,17 +129,31 @@ class CorsGate(CORSMiddleware):
             return
         response = self.preflight_response(request_headers=headers)
         if response.status_code == 400:
-            await send_rejection(scope, send, self._refusal(response), self._kept_headers(response))
+            await send_rejection(scope, send, self._refusal(response, headers), self._kept_headers(response))
         else:
             await response(scope, receive, send)
 
-    def _refusal(self, response: Response) -> Rejection:
-        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")
+    def _refusal(self, response: Response, asked: Headers) -> Rejection:
+        failures = bytes(response.body).decode().removeprefix("Disallowed CORS ").split(", ")
+        refused = []  # what the browser asked for that is not allowed, in starlette's order of checks
+        for failure in failures:
+            if failure == "origin":
+                refused.append(f"the origin {asked['origin'][:100]!r}")
+            elif failure == "method":
+                refused.append(f"the method {asked['access-control-request-method'][:20]!r}")
+            elif failure == "headers":
+                names = [name.strip().lower() for name in asked.get("access-control-request-headers", "").split(",")]
+                named = ", ".join(repr(name[:50]) for name in names if name and name not in self.allow_headers)
+                refused.append(f"the request header(s) {named[:200]}")
+            else:  # private-network, or what a later starlette checks
+                refused.append(failure[:50])
+        # starlette adds the CORS-safelisted headers to the ones named, as its Access-Control-Allow-Headers says
+        allowed_headers = sorted({name.title() for name in self.allow_headers})
         return Rejection(
             "cors_refused",
-            f"CORS preflight refused ({refused}): this service allows the origins {', '.join(self._origins)}, "
-            f"the methods {', '.join(CORS_METHODS)} and the request headers {', '.join(CORS_HEADERS)} "
-            "(CIFAR_CORS_ORIGINS names the origins)",
+            f"CORS preflight refused ({'; '.join(refused)}): this service allows the origins "
+            f"{', '.join(self._origins)}, the methods {', '.join(CORS_METHODS)} and the request headers "
+            f"{', '.join(allowed_headers)} (CIFAR_CORS_ORIGINS names the origins)",
         )
 
     @staticmethod

@@ -191,7 +191,8 @@ def read_infer_request(body: bytes, model: ModelView, max_images: int) -> InferP
         )
     if given.datatype != takes[given.name]:
         return Rejection(
-            "bad_tensor", f"input {given.name!r} is {takes[given.name]}, not {given.datatype[:20]!r}: {_inputs(model)}"
+            "bad_tensor",
+            f"input {given.name!r} must be {takes[given.name]}, got {given.datatype[:20]!r}: {_inputs(model)}",
         )
     if given.parameters and "binary_data_size" in given.parameters:
         return Rejection("bad_tensor", BINARY_REFUSAL)
@@ -242,7 +243,7 @@ def _outputs(asked: Optional[list[RequestOutput]], model: ModelView) -> list[tup
 
 def _images(given: RequestInput) -> list[Upload] | Rejection:
     if len(given.shape) != 1:
-        return Rejection("bad_tensor", f"input {IMAGES_INPUT!r} has shape [N], not {given.shape}")
+        return Rejection("bad_tensor", f"input {IMAGES_INPUT!r} must have shape [N], got {given.shape}")
     if len(given.data) != given.shape[0]:
         return Rejection(
             "bad_tensor", f"input {IMAGES_INPUT!r} has shape {given.shape} but {len(given.data)} data elements"
@@ -262,7 +263,9 @@ def _tensor(given: RequestInput, model: ModelView) -> np.ndarray | Rejection:
     height, width = model.size
     expected = [given.shape[0], 3, height, width]
     if given.shape != expected:
-        return Rejection("bad_tensor", f"input {given.name!r} has shape [N, 3, {height}, {width}], not {given.shape}")
+        return Rejection(
+            "bad_tensor", f"input {given.name!r} must have shape [N, 3, {height}, {width}], got {given.shape}"
+        )
     try:
         values = np.asarray(given.data)
     except (ValueError, TypeError, OverflowError):  # ragged nesting

@@ -34,6 +34,7 @@ from bentoml.exceptions import BentoMLException
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
 from pydantic.json_schema import SkipJsonSchema
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -358,6 +359,9 @@ class Classifier:
         _PIXEL_BYTES.clear()
         _PIXEL_BYTES.update({name: m.size[0] * m.size[1] * 3 for name, m in self.loaded.items()})
         self._decode_limiter = anyio.CapacityLimiter(SETTINGS.decoder_threads(WORKER.cores))
+        # python-multipart logs a WARNING for each malformed body before raising; the client's mistake is answered
+        # (400, saying what) and counted, and is no warning about this service.
+        logging.getLogger("python_multipart").setLevel(logging.ERROR)
         # to_async: set on each instance by BentoML, when it makes one; mypy sees only the class's own attributes.
         self._infer = BatchGateway("infer", lambda: self.to_async.infer, concurrency=STREAMS)  # type: ignore[attr-defined]
         bentoml_compat.bind_apis(self, ("classify", "infer", "models"))
@@ -573,11 +577,53 @@ class PathGate:
         if bare and bare != path and bentoml_compat.route_label({**scope, "path": bare}) != bentoml_compat.UNMATCHED:
             message = f"no {path[:200]!r} on this service: did you mean {bare[:200]!r}, without the trailing slash?"
         else:
-            message = (
-                f"no {path[:200]!r} on this service: the API is /classify, /infer, /models and /v2/... "
-                "(the Open Inference Protocol), described at /docs.json"
-            )
+            message = _no_such_path(path)
         await send_rejection(scope, send, Rejection("no_such_path", message))
+
+
+def _no_such_path(path: str) -> str:
+    return (
+        f"no {path[:200]!r} on this service: the API is /classify, /infer, /models and /v2/... "
+        "(the Open Inference Protocol), described at /docs.json"
+    )
+
+
+class PlainRefusalGate:
+    """ASGI middleware: the 404 and 405 that the routers answer in plain text ("Method Not Allowed" for a POST
+    to a GET-only route such as /readyz or /v2, "Not Found" for a missing file under /static) become the
+    contract's refusal, as PathGate's and MethodGate's are; a 405 keeps the route's ``Allow``. Only a plain-text
+    answer is replaced: the routes' own JSON refusals pass as they are."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        replaced = False
+
+        async def guarded(message) -> None:
+            nonlocal replaced
+            if replaced:  # the plain body, already answered for
+                return
+            if message["type"] == "http.response.start" and message["status"] in (404, 405):
+                headers = Headers(raw=message["headers"])
+                if headers.get("content-type", "").startswith("text/plain"):
+                    replaced = True
+                    await send_rejection(scope, send, *self._refusal(scope, message["status"], headers))
+                    return
+            await send(message)
+
+        await self.app(scope, receive, guarded)
+
+    @staticmethod
+    def _refusal(scope, status: int, headers: Headers) -> tuple[Rejection, dict[str, str]]:
+        if status == 404:
+            return Rejection("no_such_path", _no_such_path(scope["path"])), {}
+        allow = headers.get("allow", "")
+        message = f"{scope['method'][:20]} is not allowed on {scope['path'][:200]}; it takes {allow or 'other methods'}"
+        return Rejection("method_not_allowed", message), ({"Allow": allow} if allow else {})
 
 
 # @bentoml.service made Classifier a bentoml.Service; mypy keeps a decorated class's own type, which has none of a
@@ -602,6 +648,7 @@ if SETTINGS.api_keys or SETTINGS.api_keys_file:
 SERVICE.add_asgi_middleware(BodyGate)
 SERVICE.add_asgi_middleware(MethodGate)
 SERVICE.add_asgi_middleware(PathGate)
+SERVICE.add_asgi_middleware(PlainRefusalGate)
 SERVICE.add_asgi_middleware(RouterProbe)
 label_metrics_by_route()
 

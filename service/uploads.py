@@ -152,6 +152,10 @@ async def read_classify_form(request: Request, max_images: int, max_body_bytes: 
         if declared_bytes > max_body_bytes:
             return _too_large(max_body_bytes, declared_bytes)
 
+    if not _boundary(request.headers.get("content-type", "")):
+        return Rejection(
+            "malformed_request", f"the Content-Type multipart/form-data names no boundary=... ({MULTIPART_SHAPE})"
+        )
     limited = Request(request.scope, _limited_receive(request, max_body_bytes))
     try:
         async with aclosing(limited.stream()) as stream:
@@ -175,7 +179,7 @@ async def read_classify_form(request: Request, max_images: int, max_body_bytes: 
         if "header size" in cause.lower():  # a header line over its limit: a file name of several KB
             detail = f"{cause.rstrip('.')} (a part's header line, its file name included, is limited to 4 KB)"
         elif cause:
-            detail = cause
+            detail = f"{cause.rstrip('.')} ({MULTIPART_SHAPE})"
         return Rejection("malformed_request", f"the multipart body could not be parsed: {detail}")
     try:
         return await _check_form(form)
@@ -283,9 +287,18 @@ _NUMBERS = frozenset(key for key, (types, _) in _JSON_TYPES.items() if types is 
 
 
 def _json_image(i: int, image: Any) -> Upload | Rejection:
-    if not isinstance(image, dict) or not isinstance(image.get("data"), str) or not set(image) <= {"filename", "data"}:
+    shape = '{"filename": name, "data": base64 of the file}'
+    if not isinstance(image, dict):
+        return Rejection("malformed_request", f"images[{i}] must be an object {shape}, got {_json_type(image)}")
+    unknown = sorted(set(image) - {"filename", "data"})
+    if unknown:
+        named = ", ".join(repr(name[:50]) for name in unknown[:5])
+        return Rejection("malformed_request", f"images[{i}]: unknown field(s) {named}; an image is {shape}")
+    if "data" not in image:
+        return Rejection("malformed_request", f"images[{i}] has no 'data': an image is {shape}")
+    if not isinstance(image["data"], str):
         return Rejection(
-            "malformed_request", f'images[{i}] must be an object {{"filename": name, "data": base64 of the file}}'
+            "malformed_request", f"images[{i}]: 'data' must be a base64 string, got {_json_type(image['data'])}"
         )
     rejection = _repeat_refused(f"images[{i}]: ", image)
     if rejection is not None:
@@ -302,6 +315,12 @@ def _json_image(i: int, image: Any) -> Upload | Rejection:
         return Rejection("bad_encoding", f"images[{i}] ({filename[:100]!r}): 'data' is not valid base64 ({exc})")
 
 
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for a message to a client that wrote JSON."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
 def _lone_surrogate(what: str, text: str) -> Rejection | None:
     """A lone UTF-16 surrogate ("\\udc00") is valid JSON to ``json.loads`` but not Unicode text: echoed in the
     answer, it could not be encoded. Refused here, as the pydantic-parsed routes refuse it."""
@@ -314,11 +333,22 @@ def _lone_surrogate(what: str, text: str) -> Rejection | None:
 
 def decode_base64(text: str) -> bytes:
     """Standard base64 (RFC 4648, padded); line breaks and spaces, as ``base64`` writes them, are ignored.
-    ``ValueError`` if it is not base64."""
+    ``ValueError`` if it is not base64, saying how to mend the two usual mistakes."""
     try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as exc:  # ValueError: characters outside ASCII
-        raise ValueError(str(exc)) from None
+        raise ValueError(f"{exc}{base64_hint(text)}") from None
+
+
+def base64_hint(text: str) -> str:
+    """How to mend what a client most often sends for base64: a browser's data URL (``FileReader`` gives one),
+    or the URL-safe alphabet. Empty when neither is recognised."""
+    head = text[:200]
+    if head.startswith("data:") and ";base64," in head:
+        return "; this is a data URL: send only the base64 after 'base64,'"
+    if ("-" in text or "_" in text) and not ("+" in text or "/" in text):
+        return "; this looks like URL-safe base64 ('-' and '_'): use the standard alphabet ('+' and '/')"
+    return ""
 
 
 async def read_body(request: Request, max_body_bytes: int) -> bytes | Rejection:
@@ -342,6 +372,22 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes | Rejection:
     except TimeoutError:
         return _stalled()
     return b"".join(chunks)
+
+
+# What a parse error of python-multipart means to a client that did not build its body with an HTTP library.
+MULTIPART_SHAPE = (
+    "the body must be parts that each start with '--' and the boundary the Content-Type names; "
+    "let the HTTP client build it: curl -F images=@cat.jpg, requests' files=, a browser's FormData"
+)
+
+
+def _boundary(content_type: str) -> str:
+    """The boundary parameter of a multipart Content-Type, unquoted; empty if it names none."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "boundary":
+            return value.strip().strip('"')
+    return ""
 
 
 def _stalled() -> Rejection:
@@ -389,7 +435,8 @@ async def _check_form(form) -> dict[str, Any] | Rejection:
         if not isinstance(part, UploadFile):
             return Rejection(
                 "malformed_request",
-                f"images[{i}] is a text field: upload each image as a file (a part with a filename)",
+                f"images[{i}] is a text field: upload each image as a file, a part with a filename "
+                "(curl: -F images=@cat.jpg)",
             )
         uploads.append(Upload(part.filename or "", await part.read()))
     values["images"] = uploads
@@ -457,23 +504,37 @@ def rejection_from(error: ValidationError) -> Rejection:
     """The first problem pydantic found with a request's fields, as the refusal the contract names for it."""
     first = error.errors(include_url=False)[0]
     field = str(first["loc"][0]) if first["loc"] else "request"
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]).lstrip(".")
+    where = where[:200] or "request"
     kind = first["type"]
     if is_reason(kind):
         return Rejection(kind, first["msg"])  # raised by the validators above, in the contract's words
+    if kind == "bytes_invalid_encoding":  # /infer's pixels
+        hint = base64_hint(first["input"]) if isinstance(first["input"], str) else ""
+        return Rejection("bad_encoding", f"{where} is not valid base64 ({first['ctx']['encoding_error']}){hint}")
     if field == "images" and first["type"] == "too_short":
         return Rejection("no_images", "no images: send one or more files in the 'images' field")
     if field == "items" and first["type"] == "too_short":  # /infer's
         return Rejection("no_images", "no items: send one or more in 'items'")
     if first["type"] == "extra_forbidden":
-        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]).lstrip(".")
-        return Rejection("malformed_request", f"unknown field {where[:200]}: this route does not read it")
+        return Rejection("malformed_request", f"unknown field {where}: this route does not read it")
     if field in ("images", "items") and first["type"] == "too_long":  # items: /infer's images
-        return Rejection("too_many_images", f"too many images: at most {first['ctx']['max_length']} per request")
+        limit, count = first["ctx"]["max_length"], first["ctx"].get("actual_length")
+        got = f", got {count}" if count is not None else ""
+        return Rejection("too_many_images", f"too many images: at most {limit} per request{got}")
     reason = FIELD_REASONS.get(field, "malformed_request")
     if first["type"] in _BOUNDS:
         words, key = _BOUNDS[first["type"]]
-        return Rejection(reason, f"{field} must be {words} {first['ctx'][key]}, got {first['input']!r}"[:200])
-    return Rejection(reason, f"{field}: {first['msg']}"[:200])
+        return Rejection(reason, f"{field} must be {words} {first['ctx'][key]}, got {_shown(first['input'])}"[:200])
+    return Rejection(reason, f"{where}: {first['msg']}"[:300])
+
+
+def _shown(value: Any) -> str:
+    """A request's value as the client wrote it (JSON's ``true``, not Python's ``True``)."""
+    try:
+        return json.dumps(value)[:100]
+    except (TypeError, ValueError):
+        return repr(value)[:100]
 
 
 def tensor_rejection(values: np.ndarray, what: str) -> Rejection | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import get_args
 
@@ -168,11 +169,23 @@ def test_infer_items_are_refused_with_the_contracts_reasons():
     item = {"model": "tiny", "pixels": "AAAAAA==", "dtype": "float32"}  # one float, 0.0
     with pytest.raises(ValidationError) as error:
         InferInput.model_validate({"items": [item] * (SETTINGS.max_batch_size + 1)})
-    assert rejection_from(error.value).reason == "too_many_images"
+    refused = rejection_from(error.value)
+    assert refused.reason == "too_many_images" and f"got {SETTINGS.max_batch_size + 1}" in refused.message
     with pytest.raises(ValidationError) as error:
         InferInput.model_validate({"items": [{**item, "pixels": "AADAfw=="}]})  # NaN
     refused = rejection_from(error.value)
     assert (refused.reason, refused.status) == ("bad_tensor", 400) and "[0, 1]" in refused.message
+    # the field is named where it is, not as the list that holds it
+    with pytest.raises(ValidationError) as error:
+        InferInput.model_validate_json('{"items": [{"model": "tiny"}]}')
+    assert rejection_from(error.value).message == "items[0].pixels: Field required"
+    # base64 that is not: the reason /classify and /v2 give, and how to mend a browser's data URL
+    data_url = {"items": [{**item, "pixels": "data:application/octet-stream;base64,AAAAAA=="}]}
+    with pytest.raises(ValidationError) as error:
+        InferInput.model_validate_json(json.dumps(data_url))
+    refused = rejection_from(error.value)
+    assert refused.reason == "bad_encoding" and refused.message.startswith("items[0].pixels is not valid base64")
+    assert "send only the base64 after 'base64,'" in refused.message
 
 
 def test_the_json_body_schema_takes_every_field_the_form_does(classify_input):

@@ -69,7 +69,12 @@ def test_an_unidentified_image_gets_the_same_message_every_time():
         with pytest.raises(ImageDecodeError) as info:
             decode_image(b"plain text, not an image")
         messages.add(str(info.value))
-    assert messages == {"not a readable image (UnidentifiedImageError: cannot identify image file)"}
+    (message,) = messages
+    # and says which formats are read (an ICO, a PDF is not one of them)
+    assert message == (
+        "not a readable image (UnidentifiedImageError: cannot identify image file); readable formats: "
+        + ", ".join(DECODABLE_FORMATS)
+    )
 
 
 def test_empty_and_oversized_are_refused():

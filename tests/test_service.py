@@ -374,6 +374,26 @@ def test_a_path_the_service_does_not_serve_is_refused_in_json_as_every_other_ref
         assert "did you mean '/classify', without the trailing slash?" in slash.json()["error"]
 
 
+def test_the_routers_plain_text_404_and_405_are_refused_in_json_too(server):
+    """A POST to a GET-only route (/readyz, /v2) and a missing file under /static were answered by the routers in
+    plain text ("Method Not Allowed", "Not Found"); now as every other refusal, a 405 keeping its Allow."""
+    with httpx.Client(base_url=server, timeout=10) as client:
+        for path in ("/readyz", "/docs.json", "/v2", "/v2/health/live"):
+            response = client.post(path)
+            assert response.status_code == 405 and "GET" in response.headers["allow"], (path, response.text)
+            assert response.headers["content-type"].startswith("application/json"), (path, response.text)
+            body = response.json()
+            assert f"POST is not allowed on {path}; it takes" in body["error"], body
+            assert body.get("reason") == (None if path.startswith("/v2") else "method_not_allowed"), body
+        missing = client.get("/static/nothing.js")
+        assert missing.status_code == 404 and missing.json()["reason"] == "no_such_path", missing.text
+        assert "'/static/nothing.js'" in missing.json()["error"]
+        # the page's own files and the routes' JSON refusals pass as they were
+        assert client.get("/static/app.js").status_code == 200
+        unknown = client.get("/v2/models/nothing")
+        assert unknown.status_code == 404 and set(unknown.json()) == {"error"} and "nothing" in unknown.json()["error"]
+
+
 def test_request_metrics_are_labelled_by_route_so_made_up_paths_add_no_series(server):
     """BentoML labels its request metrics with the path: every made-up path or model name was a new series
     (4 KB of /metrics each, without bound). Labelled by route, a thousand such requests add none after the first."""
@@ -466,6 +486,13 @@ def test_neither_multipart_nor_json_is_415_and_json_paths_are_never_read(server,
         timeout=10,
     )
     assert garbled.status_code == 400 and garbled.json()["reason"] == "malformed_request"
+    assert "let the HTTP client build it: curl -F images=@cat.jpg" in garbled.json()["error"], garbled.text
+    for content_type in ("multipart/form-data", "multipart/form-data; boundary=", 'multipart/form-data; boundary=""'):
+        unbounded = httpx.post(
+            f"{server}/classify", content=b"--x\r\n", headers={"content-type": content_type}, timeout=10
+        )
+        assert unbounded.status_code == 400, (content_type, unbounded.text)
+        assert "names no boundary=" in unbounded.json()["error"], (content_type, unbounded.text)
     part = (
         b'--x\r\nContent-Disposition: form-data; name="images"; filename="a.jpg"\r\n'
         b"Content-Type: image/jpeg\r\n\r\n" + jpegs[0].read_bytes()

@@ -188,12 +188,15 @@ def test_a_live_service_with_keys_and_cors(guarded):
     assert "access-control-allow-origin" not in other.headers
     # refused as every other refusal is, in JSON with its reason, not starlette's text "Disallowed CORS origin"
     assert other.status_code == 400 and other.json()["reason"] == "cors_refused", other.text
-    assert "(origin)" in other.json()["error"] and ORIGIN in other.json()["error"]
+    assert "(the origin 'http://elsewhere.example')" in other.json()["error"] and ORIGIN in other.json()["error"]
     header = httpx.options(
         f"{guarded}/v2/models/tiny/infer",
         headers={"Origin": ORIGIN, "Access-Control-Request-Method": "PUT", "Access-Control-Request-Headers": "x-a"},
     )
-    assert header.status_code == 400 and "(method, headers)" in header.json()["error"]  # the protocol's error object
+    # the protocol's error object, naming what was refused, and every header allowed (the safelisted ones too)
+    refused = header.json()["error"]
+    assert header.status_code == 400 and "(the method 'PUT'; the request header(s) 'x-a')" in refused, refused
+    assert "the request headers Accept, Accept-Language, Authorization, Content-Language, Content-Type" in refused
     assert set(header.json()) == {"error"} and "GET, POST, OPTIONS" in header.headers["access-control-allow-methods"]
     simple = httpx.get(f"{guarded}/models", headers={"Origin": ORIGIN})
     assert simple.headers["access-control-allow-origin"] == ORIGIN
