@@ -31,6 +31,7 @@ from inference.manifest import (
     MODEL_NAME_PATTERN,
     MODEL_NAME_RULE,
     ManifestError,
+    file_problems,
     load_manifest,
     remove_models,
     set_default,
@@ -49,6 +50,8 @@ def model_name(text: str) -> str:
     """A name the manifest will take, checked before the checkpoint is read and the validation pass is run."""
     if not re.fullmatch(MODEL_NAME_PATTERN, text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a model name: {MODEL_NAME_RULE}")
+    if text.lower().endswith(".onnx"):  # else the file would be NAME.onnx.onnx
+        raise argparse.ArgumentTypeError(f"{text!r}: give the name without .onnx (the file is NAME.onnx)")
     return text
 
 
@@ -100,6 +103,12 @@ def export_parser() -> argparse.ArgumentParser:
         "recorded none); a request or `service score --fit` may still choose another",
     )
     _add_reference_cache(p)
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="NAME is already listed: replace its file and its measured figures with this export (same network, "
+        "classes and precision; measured on all the validation images)",
+    )
     return p
 
 
@@ -107,9 +116,10 @@ def verify_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m export verify",
         description=(
-            "Check every manifest file against its sha256, then measure the model's accuracy against its checkpoint "
-            f"on the validation split. Exits 1 when it misses its tolerance ({tolerance_text()}), 2 on a missing or "
-            "tampered file."
+            "Check the model's file against its sha256 (the other listed files too: their trouble is warned of), "
+            "then measure its accuracy against its checkpoint on the validation split, and against the top-1 its "
+            f"card records. Exits 1 when it misses its tolerance ({tolerance_text()}) or the card's figure, 2 on a "
+            "missing or tampered file."
         ),
     )
     p.add_argument("name", nargs="?", help="model name (default: the manifest's default)")
@@ -149,6 +159,11 @@ def rederive_parser() -> argparse.ArgumentParser:
         help="the derived model's fit for photos of another shape (default: the reference's)",
     )
     _add_data_root(p)
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="NAME is already listed (and is not REFERENCE, which its own name replaces): replace its file and figures",
+    )
     return p
 
 
@@ -304,7 +319,9 @@ def card_parser() -> argparse.ArgumentParser:
 
 
 def _list(models_dir: str) -> int:
+    """Exits 1 when a listed file is missing or not the recorded one (the service would refuse to start)."""
     manifest = load_manifest(models_dir, verify=False)
+    problems = file_problems(manifest, Path(models_dir))
     roles: dict[str, list[str]] = {}
     for kind in DEVICE_KINDS:
         roles.setdefault(manifest.default_for(kind).name, []).append(kind)
@@ -312,11 +329,16 @@ def _list(models_dir: str) -> int:
     for m in manifest.models:
         mark = "*" if m.name in roles else " "  # what some kind of host serves by default
         where = f"  default on {'+'.join(roles[m.name])}" if m.name in roles else ""
+        samples = m.metrics.get("val_samples")
+        on = f" ({samples} images)" if samples else ""
+        broken = "  BROKEN: the file is missing or not the recorded one" if m.name in problems else ""
         print(
             f"{mark} {m.name:<{width}} {m.arch:<14} {m.precision:<5} "
-            f"val_top1={100 * m.metrics['val_top1']:.2f}%  {m.file}{where}"
+            f"val_top1={100 * m.metrics['val_top1']:.2f}%{on}  {m.file}{where}{broken}"
         )
-    return 0
+    for problem in problems.values():
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def _report(entry, parity) -> int:
@@ -362,6 +384,9 @@ def _command(argv: list[str]) -> int:
             f"unknown command {argv[0]!r}: export takes --checkpoint RUN/best.pt --name NAME, or one of "
             f"{', '.join(COMMANDS)}"
         )
+    late = [word for word in argv[1:] if word in COMMANDS]
+    if argv and argv[0].startswith("-") and late and "--checkpoint" not in argv:
+        raise ValueError(f"put the command first: python -m export {late[0]} [options] (its options after it)")
     if argv[:1] == ["list"]:
         return _list(list_parser().parse_args(argv[1:]).models_dir)
     if argv[:1] == ["default"]:
@@ -370,11 +395,13 @@ def _command(argv: list[str]) -> int:
         warning = unsuited_hosts(args.name, manifest.get(args.name).precision, args.kinds or DEVICE_KINDS)
         if warning:
             log.warning("%s", warning)
-        return _list(args.models_dir)
+        _list(args.models_dir)  # done: a broken file elsewhere is marked, and is not this command's failure
+        return 0
     if argv[:1] == ["remove"]:
         args = remove_parser().parse_args(argv[1:])
         remove_models(args.models_dir, args.names)
-        return _list(args.models_dir)
+        _list(args.models_dir)
+        return 0
     if argv[:1] == ["card"]:
         from .card import card_table
 
@@ -434,6 +461,7 @@ def _conversion_command(argv: list[str]) -> int:
                 args.default_for,
                 args.int8_ranges,
                 args.data,
+                args.replace,
             )
             return _report(entry, parity)
         args = export_parser().parse_args(argv)
@@ -453,6 +481,7 @@ def _conversion_command(argv: list[str]) -> int:
             args.reference_cache,
             args.int8_ranges,
             args.data,
+            args.replace,
         )
         return _report(entry, parity)
     except ParityError as exc:

@@ -23,15 +23,17 @@ from inference.manifest import (
     ManifestError,
     ModelCard,
     ModelEntry,
+    file_problems,
     load_manifest,
     save_manifest,
     sha256_file,
+    verify_file,
 )
 from inference.precisions import PrecisionName, unsuited_hosts
 from inference.preprocess import to_model_input
 from inference.runtime import OnnxClassifier, softmax
 from training.checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
-from training.data import ImageArrays, load_split
+from training.data import DatasetError, ImageArrays, load_split
 from training.data.split import SplitTooLarge
 from training.inference import with_tta
 from training.reports.calibration import calibration_report
@@ -51,16 +53,22 @@ class ParityError(RuntimeError):
 
 
 def _split(source: dict, split: str) -> ImageArrays:
-    return load_split(
-        source["dataset"],
-        source["data_root"],
-        split,
-        val_size=source["val_size"],
-        seed=source["split_seed"],
-        cache_dir=source.get("cache_dir"),
-        image_size=source["input_size"],
-        fit=source.get("fit", LEGACY_FIT),
-    )
+    try:
+        return load_split(
+            source["dataset"],
+            source["data_root"],
+            split,
+            val_size=source["val_size"],
+            seed=source["split_seed"],
+            cache_dir=source.get("cache_dir"),
+            image_size=source["input_size"],
+            fit=source.get("fit", LEGACY_FIT),
+        )
+    except DatasetError as exc:
+        if source["data_root"] is None or Path(source["data_root"]).exists():
+            raise
+        # the run's dataset has moved, or this is another machine: every command that reads it takes --data
+        raise DatasetError(f"{exc}; give --data ROOT, where that dataset is now") from None
 
 
 def source_at(source: dict, cache_dir: str | None, data_root: str | None) -> dict:
@@ -162,6 +170,7 @@ def export_checkpoint(
     reference_cache: str | Path | None = None,
     activation_ranges: str | None = None,
     data_root: str | None = None,
+    replace: bool = False,
 ) -> tuple[ModelEntry, Parity]:
     """``tta="flip"`` puts flip test-time augmentation inside the graph: parity is then measured against
     the same averaging in PyTorch, and the card's source records it.
@@ -178,7 +187,8 @@ def export_checkpoint(
     (``cpu``, ``cuda``). ``reference_cache``: a folder where the checkpoint's PyTorch logits are kept (see
     export.reference), so that the next precision of the same checkpoint, or its verification, skips that pass.
     ``activation_ranges`` (INT8 only): how the activations' ranges are calibrated (export/int8_ranges.py).
-    ``data_root``: where the run's dataset is now, when it has moved since training (``_data_source``)."""
+    ``data_root``: where the run's dataset is now, when it has moved since training (``_data_source``).
+    ``replace``: a model already listed under ``name`` may be replaced (``check_replacement``)."""
     check_calibration_options(precision, activation_ranges, calibration_count)
     ckpt = load_checkpoint(checkpoint)  # before the folder is made: a refused export leaves nothing behind
     models_dir = Path(models_dir)
@@ -191,7 +201,13 @@ def export_checkpoint(
     if not os.access(models_dir, os.W_OK | os.X_OK):  # found now, not after the validation pass
         raise ValueError(f"cannot write to --models-dir {models_dir}: permission denied")
     meta = ckpt["meta"]
-    check_replacement(models_dir, name, meta["arch"], meta["classes"], precision)
+    check_replacement(models_dir, name, meta["arch"], meta["classes"], precision, replace, max_val_images)
+    if max_val_images is not None and (make_default or default_for):
+        log.warning(
+            "%r becomes a default with figures measured on %d validation images only (--max-val-images)",
+            name,
+            max_val_images,
+        )
     model = with_tta(model_from_checkpoint(ckpt), tta)
     source = _data_source(meta, cache_dir, data_root)
     val = validation_split(source, max_val_images, meta["classes"], moved=data_root is not None)
@@ -350,12 +366,22 @@ def _replace_listed(out: Path, final: Path, manifest: Manifest, models_dir: Path
     kept.unlink(missing_ok=True)
 
 
-def check_replacement(models_dir: Path, name: str, arch: str, classes: Sequence[str], precision: str) -> None:
-    """Refuse, before any work, to record ``name`` over a listed model of another network, classes or precision:
-    the manifest keeps one entry per name, so that model would be dropped, and its checkpoint may be long gone.
-    Re-exporting the same kind of model under its name (a new training run, a calibrated FP32) stays allowed.
-    An unreadable manifest is refused here too, not after the conversion, and so is a folder in the graph's
-    place; replacing a file is said."""
+def check_replacement(
+    models_dir: Path,
+    name: str,
+    arch: str,
+    classes: Sequence[str],
+    precision: str,
+    replace: bool = False,
+    max_val_images: int | None = None,
+) -> None:
+    """Refuse, before any work, to record ``name`` over a listed model unless ``replace`` is asked for: the
+    manifest keeps one entry per name, so the listed file and its measured figures would be gone, and its
+    checkpoint may be long gone too. Even asked, a model of another network, classes or precision is refused,
+    and so is a quick check (``max_val_images``) over figures measured on more images. Re-exporting the same kind
+    of model under its name (a new training run, a calibrated FP32) is what ``replace`` is for. An unreadable
+    manifest is refused here too, not after the conversion, and so is a folder in the graph's place; replacing a
+    file is said."""
     final = models_dir / f"{name}.onnx"
     if final.exists() and not final.is_file():
         raise ValueError(f"{final} is not a file (a folder?): the graph of {name!r} would be written there")
@@ -366,7 +392,6 @@ def check_replacement(models_dir: Path, name: str, arch: str, classes: Sequence[
         if final.exists():
             log.warning("%s is in no manifest entry: the new graph replaces it once verified", final)
         return
-    log.info("%r is listed in %s: the new graph replaces it once verified", name, models_dir / MANIFEST_NAME)
     old = (listed.arch, list(listed.classes), listed.precision)
     if old != (arch, list(classes), precision):
         raise ValueError(
@@ -374,6 +399,19 @@ def check_replacement(models_dir: Path, name: str, arch: str, classes: Sequence[
             f"{len(listed.classes)} classes; this {precision} {arch} of {len(classes)} classes would replace it: "
             "give it another --name (or remove the old entry from the manifest first)"
         )
+    samples = listed.metrics.get("val_samples")
+    measured = f"val_top1 {100 * listed.metrics['val_top1']:.2f}% on {samples} images" if samples else "its figures"
+    if not replace:
+        raise ValueError(
+            f"{name!r} is already listed in {models_dir / MANIFEST_NAME} ({measured}): pass --replace to replace "
+            "its file and figures with this export, or give another --name"
+        )
+    if max_val_images is not None and samples and max_val_images < samples:
+        raise ValueError(
+            f"--max-val-images {max_val_images} would replace {name!r}'s figures ({measured}) with a quick "
+            "check's: measure on all the validation images to replace it, or give another --name"
+        )
+    log.info("%r is listed in %s: the new graph replaces it once verified", name, models_dir / MANIFEST_NAME)
 
 
 def _with_entry(entry: ModelEntry, models_dir: Path, make_default: bool, default_for: Sequence[DeviceKind]) -> Manifest:
@@ -412,8 +450,12 @@ def verify_model(
     recorded T, and with a T refitted on its own logits. With ``reference_cache``, the checkpoint's logits
     kept there by its export (same checkpoint bytes, TTA and images) stand in for a new PyTorch pass."""
     models_dir = Path(models_dir)
-    manifest = load_manifest(models_dir, verify=True)
+    manifest = load_manifest(models_dir, verify=False)
     entry = manifest.get(name)
+    verify_file(entry, models_dir)  # this model's file; another's trouble is said, and is that model's verify
+    for other, problem in file_problems(manifest, models_dir).items():
+        if other != entry.name:
+            log.warning("%s", problem)
     recorded = {**entry.source, "data_root": from_project(entry.source["data_root"], models_dir)}
     source = source_at(recorded, cache_dir, data_root)
     val = validation_split(source, max_val_images, entry.classes, moved=data_root is not None)
@@ -436,7 +478,7 @@ def verify_model(
         # the recorded temperature, as the graph applies it after the averaging
         reference = reference / temperature
         parity, logits = parity_against(reference, speed, classifier, val.images, val.labels)
-        return parity, _calibration_report(logits, val.labels, temperature)
+        return _against_card(parity, entry), _calibration_report(logits, val.labels, temperature)
     # Without the checkpoint (a fresh clone), compare with the PyTorch accuracy recorded at export time.
     log.warning(
         "comparing %s with the PyTorch accuracy recorded at export: no usable checkpoint at %s",
@@ -448,4 +490,26 @@ def verify_model(
     if recorded is None or entry.metrics.get("val_samples") != len(val):
         raise ValueError(f"{entry.name}: no checkpoint and no recorded PyTorch accuracy on the same {len(val)} images")
     parity = judge(entry.precision, None, softmax(logits), val.labels, recorded, float("nan"), speed)
-    return parity, _calibration_report(logits, val.labels, temperature)
+    return _against_card(parity, entry), _calibration_report(logits, val.labels, temperature)
+
+
+# How far the card's top-1 may be from a new measurement on the same images: the same file gives the same
+# answers on one kind of CPU, and INT8 kernels of another (VNNI, AMX) may move a few images of 5,000.
+CARD_TOLERANCE_POINTS = 0.3
+
+
+def _against_card(parity: Parity, entry: ModelEntry) -> Parity:
+    """``parity`` failed too when the card's top-1, which the listing, the card table and /models show, is not
+    what the file scores on the same images: the manifest is not hashed, so a figure edited by hand (or left
+    from another file) is found only here."""
+    claimed, samples = entry.metrics.get("val_top1"), entry.metrics.get("val_samples")
+    if claimed is None or samples != parity.samples:
+        return parity
+    gap = 100 * (parity.onnx_top1 - claimed)
+    if abs(gap) > CARD_TOLERANCE_POINTS:
+        parity.failures.append(
+            f"the manifest says val_top1 {100 * claimed:.2f}% on these {samples} images, the file scores "
+            f"{100 * parity.onnx_top1:.2f}% ({gap:+.2f} points, over {CARD_TOLERANCE_POINTS}): the card's figures "
+            "are not this file's; export it again to record them"
+        )
+    return parity

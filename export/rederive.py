@@ -69,17 +69,19 @@ def rederive(
     default_for: Sequence[DeviceKind] = (),
     activation_ranges: str | None = None,
     data_root: str | None = None,
+    replace: bool = False,
 ) -> tuple[ModelEntry, Parity]:
     """``fit``: the derived card's fit for photos of another shape (inference.fits); default the reference's.
     ``activation_ranges`` (INT8 only): how the activations' ranges are calibrated (export/int8_ranges.py).
-    ``data_root``: where the reference's dataset is now (``--data``), if it has moved since its training."""
+    ``data_root``: where the reference's dataset is now (``--data``), if it has moved since its training.
+    ``replace``: another model listed under ``name`` may be replaced; naming the reference itself replaces it."""
     check_calibration_options(precision, activation_ranges, calibration_count)
     models_dir = Path(models_dir)
     manifest = load_manifest(models_dir, verify=True)
     ref = manifest.get(reference)
     if ref.precision != "fp32":
         raise ValueError(f"{reference} is {ref.precision}: re-derive from an FP32 graph")
-    check_replacement(models_dir, name, ref.arch, ref.classes, precision)
+    check_replacement(models_dir, name, ref.arch, ref.classes, precision, replace or name == reference, max_val_images)
     inherited = ref.calibration.method != "none"
     if inherited and calibrate != "none":
         raise ValueError(

@@ -190,6 +190,17 @@ def verify_files(manifest: Manifest, models_dir: Path) -> None:
         verify_file(entry, models_dir)
 
 
+def file_problems(manifest: Manifest, models_dir: Path) -> dict[str, str]:
+    """Each listed model whose file is missing or not the recorded one, with ``verify_file``'s message."""
+    problems = {}
+    for entry in manifest.models:
+        try:
+            verify_file(entry, models_dir)
+        except ManifestError as exc:
+            problems[entry.name] = str(exc)
+    return problems
+
+
 def verify_file(entry: ModelEntry, models_dir: Path) -> None:
     """ManifestError when ``entry``'s file is missing or is not the file the manifest recorded."""
     file = models_dir / entry.file

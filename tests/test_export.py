@@ -281,7 +281,7 @@ def test_a_re_export_keeps_its_place_in_the_manifest(tiny_run, exported, tmp_pat
     m = _copy_models(models, tmp_path / "m")
     export_checkpoint(tiny_run / "best.pt", "tiny-second", "fp32", m, cache_dir=None, calibrate="none")
     before = json.loads((m / "manifest.json").read_text())
-    export_checkpoint(tiny_run / "best.pt", entry.name, "fp32", m, cache_dir=None, calibrate="none")
+    export_checkpoint(tiny_run / "best.pt", entry.name, "fp32", m, cache_dir=None, calibrate="none", replace=True)
     after = json.loads((m / "manifest.json").read_text())
     assert [e["name"] for e in after["models"]] == [e["name"] for e in before["models"]] == [entry.name, "tiny-second"]
     assert after["models"][1] == before["models"][1]
@@ -309,7 +309,7 @@ def test_a_stop_during_an_export_leaves_the_models_folder_as_it_was(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(export.pipeline, "parity_against", stopped)
-    argv = ["--checkpoint", str(tiny_run / "best.pt"), "--name", entry.name, "--models-dir", str(m)]
+    argv = ["--checkpoint", str(tiny_run / "best.pt"), "--name", entry.name, "--models-dir", str(m), "--replace"]
     status = export_main([*argv, "--calibrate", "none", "--no-reference-cache"])
     said = "SIGTERM: interrupted: nothing was written\n" if stop == "sigterm" else "interrupted: nothing was written\n"
     assert (status, capsys.readouterr().err.endswith(said)) == (143 if stop == "sigterm" else 130, True)
@@ -330,7 +330,7 @@ def test_a_stop_while_a_model_is_recorded_waits_for_the_record_and_a_failed_reco
 
     models, entry, _ = exported
     argv = ["--checkpoint", str(tiny_run / "best.pt"), "--name", entry.name, "--calibrate", "none"]
-    argv += ["--no-reference-cache", "--max-val-images", "10"]  # another graph's figures than the shipped one's
+    argv += ["--no-reference-cache", "--tta", "flip", "--replace"]  # another graph than the shipped one
     save = export.pipeline.save_manifest
 
     def stopped_between(manifest, models_dir):
@@ -345,7 +345,7 @@ def test_a_stop_while_a_model_is_recorded_waits_for_the_record_and_a_failed_reco
     )
     recorded = load_manifest(m, verify=False).get(entry.name)
     verify_file(recorded, m)  # the file is the one its manifest lists
-    assert recorded.metrics["val_samples"] == 10 and sorted(p.name for p in m.iterdir()) == sorted(
+    assert recorded.source["tta"] == "flip" and sorted(p.name for p in m.iterdir()) == sorted(
         p.name for p in models.iterdir()
     )
 
@@ -381,7 +381,7 @@ def test_a_stop_that_torchs_exporter_reports_as_its_own_failure_is_said_as_a_sto
             raise RuntimeError("Failed to export the model with torch.export") from exc
 
     monkeypatch.setattr(export.pipeline, "export_fp32", exporter_stopped)
-    argv = ["--checkpoint", str(tiny_run / "best.pt"), "--name", entry.name, "--models-dir", str(m)]
+    argv = ["--checkpoint", str(tiny_run / "best.pt"), "--name", entry.name, "--models-dir", str(m), "--replace"]
     assert export_main([*argv, "--calibrate", "none", "--no-reference-cache"]) == 130
     assert capsys.readouterr().err.endswith("interrupted: nothing was written\n")
     assert {p.name: p.read_bytes() for p in m.iterdir()} == before
@@ -406,7 +406,7 @@ def test_a_mistyped_command_or_a_folder_in_the_graphs_place_is_refused_first_and
     assert export_main([*argv, "--name", "other"]) == 2
     assert f"{m / 'other.onnx'} is not a file (a folder?)" in capsys.readouterr().err
     with caplog.at_level(logging.INFO, logger="export"):
-        assert export_main([*argv, "--name", entry.name]) == 0
+        assert export_main([*argv, "--name", entry.name, "--replace"]) == 0
     assert f"{entry.name!r} is listed in {m / 'manifest.json'}: the new graph replaces it once verified" in caplog.text
     assert "exporting the network to ONNX" in caplog.text
 
@@ -434,6 +434,91 @@ def test_verify_command(exported, tmp_path, capsys):
     (m / entry.file).write_bytes(bytes(data))
     assert export_main(["verify", "tiny", "--models-dir", str(m)]) == 2
     assert "tiny.onnx" in capsys.readouterr().err
+
+
+def test_verify_judges_the_cards_figure_and_only_the_named_models_file(exported, tiny_run, tmp_path, capsys, caplog):
+    """The manifest is not hashed: a val_top1 edited by hand (or left from another file) was shown by `list`,
+    the card table and /models, and verify passed. And another model's tampered file blocked verify NAME."""
+    import logging
+
+    models, entry, _ = exported
+    m = _copy_models(models, tmp_path / "m")
+    export_checkpoint(tiny_run / "best.pt", "second", "fp32", m, cache_dir=None, calibrate="none")
+    args = ["--models-dir", str(m), "--cache-dir", str(tmp_path / "c"), "--no-reference-cache"]
+    raw = json.loads((m / "manifest.json").read_text())
+    (card,) = [e for e in raw["models"] if e["name"] == "tiny"]
+    true_top1 = card["metrics"]["val_top1"]
+    card["metrics"]["val_top1"] = 0.99
+    (m / "manifest.json").write_text(json.dumps(raw))
+    assert export_main(["verify", "tiny", *args]) == 1
+    err = capsys.readouterr().err
+    assert f"the manifest says val_top1 99.00% on these {card['metrics']['val_samples']} images" in err, err
+    card["metrics"]["val_top1"] = true_top1
+    (m / "manifest.json").write_text(json.dumps(raw))
+    (m / "second.onnx").write_bytes((m / "second.onnx").read_bytes()[:-10])  # another model's file, truncated
+    with caplog.at_level(logging.WARNING, logger="export"):
+        assert export_main(["verify", "tiny", *args]) == 0
+    assert "verified" in capsys.readouterr().out and "model 'second': file" in caplog.text
+    assert export_main(["verify", "second", *args]) == 2
+    # list marks it, names why, and fails; it still lists every model
+    assert export_main(["list", "--models-dir", str(m)]) == 1
+    listed = capsys.readouterr()
+    lines = {line.lstrip("* ").split()[0]: line for line in listed.out.splitlines()}
+    assert "BROKEN" in lines["second"] and "BROKEN" not in lines["tiny"], listed.out
+    assert f"({card['metrics']['val_samples']} images)" in lines["tiny"], listed.out
+    assert "error: model 'second': file" in listed.err
+
+
+def test_a_listed_model_is_replaced_only_when_asked_and_never_by_a_quick_check(
+    exported, tiny_run, tmp_path, capsys, monkeypatch
+):
+    """An export under a listed name replaced the shipped file and its figures with no flag, and an export with
+    --max-val-images (a quick check) put its figures on a handful of images in their place."""
+    import export.pipeline
+    import export.rederive  # imported before the patch: it binds validation_split when first imported
+
+    models, entry, _ = exported
+    m = _copy_models(models, tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in m.iterdir()}
+
+    def never(*args, **kwargs):
+        raise AssertionError("the validation split was read")
+
+    monkeypatch.setattr(export.pipeline, "validation_split", never)
+    monkeypatch.setattr(export.rederive, "validation_split", never)
+    argv = ["--checkpoint", str(tiny_run / "best.pt"), "--name", "tiny", "--models-dir", str(m)]
+    samples = entry.metrics["val_samples"]
+    assert export_main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"'tiny' is already listed in {m / 'manifest.json'}" in err and "pass --replace" in err, err
+    assert f"on {samples} images" in err
+    assert export_main([*argv, "--replace", "--max-val-images", str(samples - 1)]) == 2
+    assert f"--max-val-images {samples - 1} would replace 'tiny'" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in m.iterdir()} == before
+    # rederive too, unless the name is the reference's own (which it replaces by design)
+    raw = json.loads((m / "manifest.json").read_text())
+    raw["models"].append(dict(raw["models"][0], name="tiny-b", file="tiny-b.onnx"))
+    (m / "manifest.json").write_text(json.dumps(raw))
+    (m / "tiny-b.onnx").write_bytes((m / entry.file).read_bytes())
+    assert export_main(["rederive", "tiny", "--name", "tiny-b", "--calibrate", "none", "--models-dir", str(m)]) == 2
+    assert "'tiny-b' is already listed" in capsys.readouterr().err
+    # a name that is a file name, and a command after the options, are named as the mistakes they are
+    with pytest.raises(SystemExit):
+        export_main(["--checkpoint", str(tiny_run / "best.pt"), "--name", "x.onnx", "--models-dir", str(m)])
+    assert "give the name without .onnx" in capsys.readouterr().err
+    assert export_main(["--models-dir", str(m), "list"]) == 2
+    assert "put the command first: python -m export list" in capsys.readouterr().err
+
+
+def test_verify_of_a_model_whose_dataset_has_moved_asks_for_data(exported, tmp_path, capsys):
+    models, entry, _ = exported
+    m = _copy_models(models, tmp_path / "m")
+    raw = json.loads((m / "manifest.json").read_text())
+    raw["models"][0]["source"]["data_root"] = str(tmp_path / "gone")
+    (m / "manifest.json").write_text(json.dumps(raw))
+    assert export_main(["verify", "tiny", "--models-dir", str(m), "--no-reference-cache"]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist; give --data ROOT, where that dataset is now" in err and "Traceback" not in err, err
 
 
 def test_verify_reads_the_manifests_relative_paths_from_the_project_from_any_folder(
@@ -805,7 +890,7 @@ def test_data_whose_classes_are_not_the_models_is_refused_before_any_figure_is_m
     for i in range(5):
         Image.new("RGB", (32, 32), (i, 0, 0)).save(more / "delta" / f"{i}.png")
     for data, shown in ((renamed, "alpha, beta, delta"), (more, "alpha, beta, delta, gamma")):
-        argv = ["--checkpoint", str(tiny_run / "best.pt"), "--name", entry.name, "--models-dir", str(m)]
+        argv = ["--checkpoint", str(tiny_run / "best.pt"), "--name", entry.name, "--models-dir", str(m), "--replace"]
         assert export_main([*argv, "--data", str(data), "--no-reference-cache", "--cache-dir", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert f"--data {data} holds the classes {shown}, not the model's (alpha, beta, gamma)" in err, err
@@ -960,7 +1045,7 @@ def test_a_name_listed_for_another_kind_of_model_is_not_replaced(exported, tiny_
         assert "give it another --name" in err and "Traceback" not in err, err
     assert {p.name: p.read_bytes() for p in models.iterdir()} == before
     monkeypatch.undo()
-    entry, _ = export_checkpoint(tiny_run / "best.pt", "tiny", "fp32", models, cache_dir=None)
+    entry, _ = export_checkpoint(tiny_run / "best.pt", "tiny", "fp32", models, cache_dir=None, replace=True)
     assert [m.name for m in load_manifest(models).models] == ["tiny"] and entry.precision == "fp32"
 
 
