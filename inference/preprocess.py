@@ -73,6 +73,10 @@ class ImageTooLarge(ImageDecodeError):
     """The image has more pixels than allowed: refused before its pixels are decoded."""
 
 
+class OverPixelLimit(ImageTooLarge):
+    """Over the caller's ``max_pixels``, which the caller may raise (a side over ``MAX_SIDE`` is not)."""
+
+
 def decode_image(
     data: bytes,
     size: tuple[int, int] = (32, 32),
@@ -171,7 +175,7 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, r
         # with the size Pillow read (its own limit and advice mean nothing to the user).
         found = _PILLOW_SIZE.search(str(exc))
         pixels = f"{found[1]} pixels" if found else "larger"
-        raise ImageTooLarge(f"image is {pixels}, over the limit of {max_pixels}") from exc
+        raise OverPixelLimit(f"image is {pixels}, over the limit of {max_pixels}") from exc
     except Exception as exc:  # Pillow raises many types for bad data; all mean the same to the caller
         # Pillow names a stream it cannot identify by its repr, a memory address: the same file must get the
         # same message in every process (a batch scorer's error rows are compared and resumed across runs).
@@ -259,7 +263,7 @@ def _format_hint(data: bytes) -> tuple[str, ...] | None:
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
-        raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
+        raise OverPixelLimit(f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}")
     if max(width, height) > MAX_SIDE:
         raise ImageTooLarge(f"image is {width}x{height}: a side over the limit of {MAX_SIDE} pixels")
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 from inference.devices import DEVICE_KINDS, Device
 from inference.interrupts import say_stopped, terminations_as_interrupts
-from inference.manifest import ManifestError, ModelEntry, load_manifest
+from inference.manifest import ManifestError, ModelEntry, file_problems, load_manifest
 from inference.precisions import precision
 from inference.preprocess import IMAGE_EXTENSIONS, decode_image, to_model_input
 
@@ -171,8 +171,19 @@ def diagnose(
     cuda_wanted = wants_cuda(device)
     _host(report, device, gpus, CUDA in ort.get_available_providers(), cuda_wanted, preload_cuda)
 
-    manifest = load_manifest(models_dir, verify=True)
-    report.add("ok", "manifest", f"{models_dir}: {len(manifest.models)} model(s), every file matches its sha256")
+    # Each file checked on its own: a missing or altered one is its model's failed check in the report (exit 1),
+    # not a usage error, and every other model is still checked.
+    manifest = load_manifest(models_dir, verify=False)
+    bad_files = file_problems(manifest, Path(models_dir))
+    if bad_files:
+        report.add(
+            "info",
+            "manifest",
+            f"{models_dir}: {len(manifest.models)} model(s), {len(bad_files)} of them without the file it records "
+            "(below)",
+        )
+    else:
+        report.add("ok", "manifest", f"{models_dir}: {len(manifest.models)} model(s), every file matches its sha256")
     for kind in DEVICE_KINDS:
         choice = manifest.default_for(kind)
         report.add("info", f"default on {kind}", f"{choice.name} ({choice.reason})")
@@ -182,6 +193,9 @@ def diagnose(
     readings: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
     placements = {}
     for entry in manifest.models:
+        if entry.name in bad_files:
+            report.add("fail", f"model {entry.name}", bad_files[entry.name])
+            continue
         labelled = None
         if folder:
             key = (tuple(entry.classes), entry.input.size, entry.input.fit)

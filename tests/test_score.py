@@ -330,6 +330,7 @@ def test_fail_on_error_and_user_errors(tree, tiny_models_dir, tmp_path, capsys):
         "cannot tell the output format": [tree, "--out", tmp_path / "p.parquet", *models],
         "no model manifest": [tree, "--models-dir", tmp_path],
         "--resume needs --out FILE": [tree, "--resume", *models],
+        "--max-pixels must be at least 1, not 0": [tree, "--max-pixels", 0, *models],
         "--timeout must be a number of seconds above 0, not -1": [tree, "--url", "http://x.test", "--timeout", -1],
         "--timeout must be a number of seconds above 0, not nan": [tree, "--url", "http://x.test", "--timeout", "nan"],
         "--resume needs --out to be a file it can read back": [tree, *to_dev_null, "--resume", *models],
@@ -344,6 +345,71 @@ def test_fail_on_error_and_user_errors(tree, tiny_models_dir, tmp_path, capsys):
     assert _score(tree, "--out", "/dev/full", "--format", "csv", *models) == 1
     err = capsys.readouterr().err
     assert "error: cannot write /dev/full: No space left on device" in err and "Traceback" not in err, err
+
+
+def test_a_malformed_url_is_a_usage_error_naming_it(tree, capsys):
+    """httpx refused these in a traceback (exit 1), or as an "unsupported protocol 'localhost://'"."""
+    cases = {
+        "http://[::1": " is not a valid URL: Invalid port",
+        "http://localhost:30a0": " is not a valid URL: Invalid port: '30a0'",
+        "localhost:3000": " names no protocol: did you mean --url http://localhost:3000?",
+        "ftp://scorer.test": ": the service is reached by http:// or https://, not ftp://",
+        "http://": " names no host",
+        "http://scorer.test:70000": ": port 70000 is not a TCP port (1 to 65535)",
+    }
+    for url, message in cases.items():
+        assert _score(tree, "--url", url, "--no-progress") == 2, url
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --url {url!r}{message}") and err.count("\n") == 1, err
+
+
+def test_flags_of_another_engine_are_refused_and_their_defaults_do_not_count(
+    tree, tiny_models_dir, tmp_path, monkeypatch, capsys
+):
+    """--timeout, --device, --models-dir and --max-pixels were ignored by the engines that do not use them; a
+    default (argparse's, before) must not count as given."""
+    url = ["--url", "http://scorer.test"]
+    cases: dict[str, list] = {
+        "--timeout is not for --engine local (it is for --engine remote)": ["--timeout", 5],
+        "--device is not for --engine remote (it is for --engine local, ray)": [*url, "--device", "cuda"],
+        "--models-dir is not for --engine remote (it is for --engine local, ray)": [*url, "--models-dir", "/nope"],
+        "--max-pixels is not for --engine remote (it is for --engine local, ray)": [*url, "--max-pixels", 10**9],
+        "--timeout is not for --engine ray (it is for --engine remote)": ["--engine", "ray", "--timeout", 5],
+    }
+    for message, args in cases.items():
+        assert _score(tree, "--no-progress", "--out", "/dev/null", "--format", "csv", *args) == 2, message
+        err = capsys.readouterr().err
+        assert err == f"error: {message}\n", err
+    # Left out, each engine's flags take their defaults, and the other engines' do not count.
+    assert _score(tree / "a-b", "--models-dir", tiny_models_dir, "--out", tmp_path / "local.csv", "--no-progress") == 0
+    real_client = httpx.Client
+    handler, _ = _classify_handler()
+    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    assert _score(tree / "a-b", *url, "--out", tmp_path / "remote.csv", "--no-progress") == 0
+
+
+def test_max_pixels_reaches_the_decoders_and_the_error_row_says_how_to_raise_it(tree, tiny_models_dir, tmp_path):
+    """An image over the pixel limit could not be scored at all: score had no --max-pixels, as serve has."""
+    from inference.preprocess import ImageTooLarge
+    from service.score.decode import failure_message
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("a/img.jpeg", "a/deep/er/x.bmp"):  # 64x48 and 20x20
+        shutil.copy(tree / name, folder)
+    common = [folder, "--models-dir", tiny_models_dir, "--no-progress", "--overwrite"]
+    for workers in (1, 0):  # decoding in worker processes, and in this one
+        out = tmp_path / f"{workers}.csv"
+        assert _score(*common, "--out", out, "--workers", workers, "--max-pixels", 48 * 64 - 1) == 0
+        errors = {r["path"]: r["error"] for r in _csv_rows(out)}
+        assert errors == {
+            "x.bmp": "",
+            "img.jpeg": "image is 64x48 = 3072 pixels, over the limit of 3071; --max-pixels raises the limit",
+        }, workers
+        assert _score(*common, "--out", out, "--workers", workers, "--max-pixels", 48 * 64) == 0
+        assert not any(r["error"] for r in _csv_rows(out))
+    # a side over MAX_SIDE is over a limit no flag raises
+    assert "--max-pixels" not in failure_message(ImageTooLarge("image is 1x70000: a side over the limit"))
 
 
 def test_only_the_scoring_models_file_is_checked_against_the_manifest(tree, tiny_models_dir, tmp_path, capsys):
@@ -744,21 +810,27 @@ def test_resume_after_kill(image_folder, tiny_models_dir, tmp_path):
 
 def test_odd_file_names_round_trip_through_resume_and_the_service(image_folder, tiny_models_dir, tmp_path, monkeypatch):
     """A carriage return in a name (the CSV writer quotes only its own line terminator) and a name that is not
-    UTF-8 (which the HTTP client refuses to encode) are rows like any other, locally and with --url."""
+    UTF-8 (which the HTTP client refuses to encode) are rows like any other, locally and with --url. JSON Lines
+    escapes the bytes of such a name that do not decode, so that each line stays UTF-8 (a JSON text)."""
     folder = tmp_path / "odd"
     folder.mkdir()
     source = (image_folder / "alpha" / "0000.png").read_bytes()
-    names = [b"a.png", b"x\ry.png", b"caf\xe9.png", b"z.png"]
+    names = [b"a.png", b"x\ry.png", b"caf\xe9.png", b"bad\xff\xfe.jpg", b"z.png"]
     for name in names:
         (folder / os.fsdecode(name)).write_bytes(source)
     expected = _sorted(os.fsdecode(n) for n in names)
-    out = tmp_path / "p.csv"
-    assert _score(folder, "--out", out, "--models-dir", tiny_models_dir, "--no-progress") == 0
-    rows = _csv_rows(out)
-    assert [r["path"] for r in rows] == expected and not any(r["error"] for r in rows)
-    out.write_bytes(out.read_bytes().rsplit(b"\n", 2)[0] + b"\n")  # the last row lost, as after a kill
-    assert _score(folder, "--out", out, "--resume", "--models-dir", tiny_models_dir, "--no-progress") == 0
-    assert [r["path"] for r in _csv_rows(out)] == expected  # read back whole: nothing scored twice
+
+    def jsonl_rows(path: Path) -> list[dict]:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]  # strict UTF-8
+
+    for out, rows_of in ((tmp_path / "p.csv", _csv_rows), (tmp_path / "p.jsonl", jsonl_rows)):
+        assert _score(folder, "--out", out, "--models-dir", tiny_models_dir, "--no-progress") == 0
+        rows = rows_of(out)
+        assert [r["path"] for r in rows] == expected and not any(r["error"] for r in rows)
+        for cut in (5, 2):  # the last rows lost, as after a kill: the odd names among them, then among those kept
+            out.write_bytes(out.read_bytes().rsplit(b"\n", cut)[0] + b"\n")
+            assert _score(folder, "--out", out, "--resume", "--models-dir", tiny_models_dir, "--no-progress") == 0
+            assert [r["path"] for r in rows_of(out)] == expected  # read back whole: nothing scored twice
 
     real_client = httpx.Client
     handler, _ = _classify_handler()

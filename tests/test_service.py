@@ -859,6 +859,29 @@ def test_doctor_takes_its_flags_over_the_variables_and_a_models_folder_that_is_a
     assert capsys.readouterr().err == f"error: models folder {a_file} is a file, not a folder\n"
 
 
+def test_doctor_reports_every_missing_or_altered_model_file_as_a_failed_check(tiny_models_dir, tmp_path, capsys):
+    """A missing or altered model file was a usage error (exit 2, one line, no report) naming only the first;
+    it is a failed check of its model in the full report (exit 1), and the other models are still checked."""
+    import shutil
+
+    from service.__main__ import main as service_main
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, models)
+    argv = ["doctor", "--no-speed", "--device", "cpu", "--models-dir", str(models)]
+    (models / "tiny-int8.onnx").unlink()
+    assert service_main(argv) == 1
+    out = capsys.readouterr().out
+    assert re.search(rf"FAIL\s+model tiny-int8\s+model 'tiny-int8': file {models / 'tiny-int8.onnx'} is missing", out)
+    assert re.search(r"ok\s+model tiny\s+fp32, every node on CPUExecutionProvider", out), out
+    assert "--device cpu: will NOT work on this host: model tiny-int8:" in out
+    (models / "tiny.onnx").write_bytes((models / "tiny.onnx").read_bytes()[:-10])
+    assert service_main(argv) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"FAIL\s+model tiny\s+model 'tiny': file .* does not match the manifest", out), out
+    assert re.search(r"FAIL\s+model tiny-int8\s+.* is missing", out) and "(and 1 more failure(s) above)" in out
+
+
 def test_bentoml_serve_itself_refuses_a_bad_setting_in_one_line(tmp_path):
     """The container runs `bentoml serve` on the service, without `python -m service serve`'s checks: a bad
     value, an unreadable key file or a missing models folder is still one line and exit 2, not a traceback."""

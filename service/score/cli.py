@@ -9,7 +9,8 @@ import textwrap
 from inference.fits import FITS, fit_help
 
 from ..confidence import parse_min_confidence
-from .engines import ENGINES
+from ..settings import SETTINGS
+from .engines import ENGINE_ONLY_FLAGS, ENGINES
 from .local import DEFAULT_BATCH_SIZE, DEFAULT_GPU_BATCH_SIZE
 from .remote import API_KEY_VARIABLE, DEFAULT_URL_BATCH, DEFAULT_URL_WORKERS
 from .run import run
@@ -62,7 +63,8 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         "hosts' or the CUDA hosts'; with --url, the service's default)",
     )
     p.add_argument(
-        "--models-dir", default="models", help="folder with manifest.json and the .onnx files (default: models)"
+        "--models-dir",
+        help=f"folder with manifest.json and the .onnx files (default: {_default('models_dir')}; not with --url)",
     )
     p.add_argument(
         "--k",
@@ -127,9 +129,15 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],
-        default="auto",
         help="where the model runs: auto picks CUDA when a GPU is visible and the CPU for a model that cannot run "
-        "wholly on CUDA; cuda refuses such a model (default: auto)",
+        f"wholly on CUDA; cuda refuses such a model (default: {_default('device')}; not with --url)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        metavar="N",
+        help=f"{SETTINGS['max_pixels'].help} (default: {_default('max_pixels')}, as the service's --max-pixels; "
+        "not with --url: the service's own limit applies)",
     )
     p.add_argument(
         "--engine",
@@ -147,7 +155,7 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         help=f"with --url, the key of a service that asks for one, sent as 'Authorization: Bearer KEY' (default: the "
         f"{API_KEY_VARIABLE} variable; prefer it: a flag shows in the process list)",
     )
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request with --url (default: 120)")
+    p.add_argument("--timeout", type=float, help=f"seconds per request with --url (default: {_default('timeout'):g})")
     p.add_argument(
         "--address",
         metavar="ADDR",
@@ -201,6 +209,11 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     )
     p.set_defaults(fn=run)
     return p
+
+
+def _default(dest: str):
+    """An engine-only flag's default, filled in once the engine is chosen (engines.ENGINE_ONLY_FLAGS)."""
+    return ENGINE_ONLY_FLAGS[dest].default
 
 
 def _engines_help() -> str:

@@ -16,7 +16,13 @@ from typing import Callable
 import numpy as np
 
 from inference.fits import DEFAULT_FIT
-from inference.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_pixels, pixels_to_model_input
+from inference.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    OverPixelLimit,
+    decode_pixels,
+    pixels_to_model_input,
+)
 
 # A 32x32 classifier never needs a file this large; reading one would only cost memory.
 MAX_FILE_BYTES = 256 << 20
@@ -82,6 +88,8 @@ def failure_message(exc: Exception) -> str:
     """The error row of a file that could not be read or decoded, worded alike by every engine."""
     if isinstance(exc, OSError):
         return read_error(exc)
+    if isinstance(exc, OverPixelLimit):
+        return f"{exc}; --max-pixels raises the limit"
     if isinstance(exc, ImageDecodeError):
         return str(exc)
     return f"could not decode ({type(exc).__name__}: {exc})"  # a decoder bug on one file must not cost the others
@@ -110,7 +118,12 @@ def rows_view(buffer, offset: int, count: int, size: tuple[int, int]) -> np.ndar
 
 
 def decode_into(
-    shm_name: str, offset: int, paths: list[str | None], size: tuple[int, int], fit: str = DEFAULT_FIT
+    shm_name: str,
+    offset: int,
+    paths: list[str | None],
+    size: tuple[int, int],
+    fit: str = DEFAULT_FIT,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[list[int], dict[int, str]]:
     """``decode_chunk`` in a worker, writing the batch into shared memory at ``offset``; returns (ok, errors).
 
@@ -122,7 +135,7 @@ def decode_into(
     shm = _attached.get(shm_name)
     if shm is None:
         shm = _attached[shm_name] = SharedMemory(shm_name)
-    decoded = decode_chunk(paths, size, fit=fit, out=lambda count: rows_view(shm.buf, offset, count, size))
+    decoded = decode_chunk(paths, size, max_pixels, fit=fit, out=lambda count: rows_view(shm.buf, offset, count, size))
     return decoded.ok, decoded.errors
 
 

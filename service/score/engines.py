@@ -11,27 +11,40 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from inference.devices import Device
 from inference.manifest import Manifest, ManifestError, ModelEntry, load_manifest, verify_file
+from inference.preprocess import DEFAULT_MAX_PIXELS
 from inference.runtime import choose_default, wants_cuda
 
 from .errors import UserError
 from .local import LocalBackend
 from .pipeline import Backend
-from .remote import API_KEY_VARIABLE, DEFAULT_URL_BATCH, RemoteBackend
+from .remote import API_KEY_VARIABLE, DEFAULT_URL_BATCH, DEFAULT_URL_TIMEOUT, RemoteBackend
 
-# Flags that only some engines take (argparse dest -> flag): left unset, they do not count.
+
+class EngineFlag(NamedTuple):
+    flag: str
+    # Filled in once the engine is chosen: argparse's own default would be taken for a value the user gave,
+    # and the flag refused by the engines that do not take it. None: the engine chooses.
+    default: object = None
+
+
+# Flags that only some engines take (argparse dest -> flag and default): left unset, they do not count.
 ENGINE_ONLY_FLAGS = {
-    "url": "--url",
-    "api_key": "--api-key",
-    "workers": "--workers",
-    "streams": "--streams",
-    "threads": "--threads",
-    "address": "--address",
-    "actors": "--actors",
-    "gpus_per_actor": "--gpus-per-actor",
+    "url": EngineFlag("--url"),
+    "api_key": EngineFlag("--api-key"),
+    "timeout": EngineFlag("--timeout", DEFAULT_URL_TIMEOUT),
+    "models_dir": EngineFlag("--models-dir", "models"),
+    "device": EngineFlag("--device", "auto"),
+    "max_pixels": EngineFlag("--max-pixels", DEFAULT_MAX_PIXELS),
+    "workers": EngineFlag("--workers"),
+    "streams": EngineFlag("--streams"),
+    "threads": EngineFlag("--threads"),
+    "address": EngineFlag("--address"),
+    "actors": EngineFlag("--actors"),
+    "gpus_per_actor": EngineFlag("--gpus-per-actor"),
 }
 
 
@@ -85,13 +98,18 @@ def _open_local(args: argparse.Namespace) -> Backend:
 
 def _local(args: argparse.Namespace, file: str, device: Device) -> LocalBackend:
     return LocalBackend(
-        os.path.join(args.models_dir, file), device, args.threads, args.workers, args.batch_size, args.streams, args.fit
+        os.path.join(args.models_dir, file),
+        device,
+        args.threads,
+        args.workers,
+        args.batch_size,
+        args.streams,
+        args.fit,
+        args.max_pixels,
     )
 
 
 def _open_remote(args: argparse.Namespace) -> Backend:
-    if not args.url:
-        raise UserError("--engine remote needs --url URL (a running service)")
     return RemoteBackend(
         args.url,
         args.model,
@@ -116,20 +134,20 @@ ENGINES = {
         Engine(
             "local",
             "ONNX Runtime in this process, decoding in worker processes (the default)",
-            frozenset({"workers", "streams", "threads"}),
+            frozenset({"models_dir", "device", "max_pixels", "workers", "streams", "threads"}),
             _open_local,
         ),
         Engine(
             "remote",
             "a running service's POST /classify (--url; the default when --url is given)",
-            frozenset({"url", "workers", "api_key"}),
+            frozenset({"url", "api_key", "timeout", "workers"}),
             _open_remote,
         ),
         Engine(
             "ray",
             "Ray Data: reading and decoding tasks and a pool of model actors, on a local Ray instance or a "
             "cluster (--address; needs pip install -e '.[ray]')",
-            frozenset({"address", "actors", "gpus_per_actor", "threads"}),
+            frozenset({"models_dir", "device", "max_pixels", "address", "actors", "gpus_per_actor", "threads"}),
             _open_ray,
         ),
     )
@@ -137,10 +155,16 @@ ENGINES = {
 
 
 def choose_engine(args: argparse.Namespace) -> Engine:
-    """The engine ``--engine`` names (remote when only ``--url`` is given); UserError for a flag it does not take."""
+    """The engine ``--engine`` names (remote when only ``--url`` is given); UserError for a flag it does not take.
+    The defaults of the flags it takes and was not given are filled in ``args``."""
     engine = ENGINES[args.engine or ("remote" if args.url else "local")]
-    for dest, flag in ENGINE_ONLY_FLAGS.items():
+    if engine.name == "remote" and not args.url:  # first: without --url, the other flags tell nothing
+        raise UserError("--engine remote needs --url URL (a running service)")
+    for dest, option in ENGINE_ONLY_FLAGS.items():
         if getattr(args, dest, None) is not None and dest not in engine.flags:
             takers = [name for name, other in ENGINES.items() if dest in other.flags]
-            raise UserError(f"{flag} is not for --engine {engine.name} (it is for --engine {', '.join(takers)})")
+            raise UserError(f"{option.flag} is not for --engine {engine.name} (it is for --engine {', '.join(takers)})")
+    for dest in engine.flags:
+        if getattr(args, dest, None) is None:
+            setattr(args, dest, ENGINE_ONLY_FLAGS[dest].default)
     return engine

@@ -17,6 +17,7 @@ from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Iterator, TypeVar
 
 from inference.devices import Device
+from inference.preprocess import DEFAULT_MAX_PIXELS
 
 from ..settings import default_streams, threads_per_stream
 from .decode import Decoded, decode_chunk, decode_into, image_bytes, rows_view, worker_init
@@ -84,6 +85,7 @@ class LocalBackend:
         batch_size: int | None = None,
         streams: int | None = None,
         fit: str | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         from inference.runtime import CudaPlacementError, OnnxClassifier, SessionSettings, default_threads, wants_cuda
 
@@ -116,6 +118,7 @@ class LocalBackend:
         self.classes = list(self.card.classes)
         self.size = self.card.input.size
         self.fit = fit or self.card.input.fit  # how the workers fit each image to ``size``
+        self.max_pixels = max_pixels
         if batch_size is None:
             batch_size = DEFAULT_GPU_BATCH_SIZE if on_gpu else DEFAULT_BATCH_SIZE
         self.batch_size = batch_size
@@ -202,7 +205,7 @@ class LocalBackend:
         if self.pool is None or self.shm is None:
             return None
         slot = self._free.pop()
-        task = (self.shm.name, slot * self.slot_bytes, self._paths(chunk), self.size, self.fit)
+        task = (self.shm.name, slot * self.slot_bytes, self._paths(chunk), self.size, self.fit, self.max_pixels)
         with self._pool_lock:  # not while a stream is replacing the pool
             try:
                 future = self.pool.submit(decode_into, *task)
@@ -213,7 +216,7 @@ class LocalBackend:
     def finish(self, chunk: list[Entry], handle: _Handle | None) -> list[Row]:
         paths = self._paths(chunk)
         if handle is None:
-            return self._rows(chunk, decode_chunk(paths, self.size, fit=self.fit))
+            return self._rows(chunk, decode_chunk(paths, self.size, self.max_pixels, fit=self.fit))
         generation, slot, future = handle
         try:
             shm = _opened(self.shm)
@@ -234,7 +237,7 @@ class LocalBackend:
         with self._pool_lock:  # one stream replaces the pool; the others and submit wait for it
             pool = self._new_pool() if generation == self._generation else _opened(self.pool)
             try:
-                return pool.submit(decode_into, shm.name, offset, paths, self.size, self.fit).result()
+                return pool.submit(decode_into, shm.name, offset, paths, self.size, self.fit, self.max_pixels).result()
             except BrokenProcessPool:
                 pool = self._new_pool()
             ok: list[int] = []
@@ -244,7 +247,9 @@ class LocalBackend:
                     continue
                 row = offset + len(ok) * image_bytes(self.size)
                 try:
-                    one_ok, one_errors = pool.submit(decode_into, shm.name, row, [path], self.size, self.fit).result()
+                    one_ok, one_errors = pool.submit(
+                        decode_into, shm.name, row, [path], self.size, self.fit, self.max_pixels
+                    ).result()
                 except BrokenProcessPool:
                     pool = self._new_pool()
                     errors[i] = "the image decoder crashed on this file"

@@ -204,6 +204,7 @@ class RayBackend:
         batch_size: int | None = None,
         device: Device = "auto",
         fit: str | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         if device == "cuda" and not gpus_per_actor:
             raise UserError("--device cuda with --engine ray needs --gpus-per-actor (the GPUs Ray gives each actor)")
@@ -213,6 +214,7 @@ class RayBackend:
         self.classes = list(card.classes)
         self.size = tuple(card.input.size)
         self.fit = fit or card.input.fit  # how each image is fitted to ``size``: the request's, or the model's
+        self.max_pixels = max_pixels
         self.k = 5
         self.root = os.fsencode(os.path.abspath(root))
         self.threads = threads or 1
@@ -285,7 +287,7 @@ class RayBackend:
             )
             .map_batches(
                 decode_files,
-                fn_kwargs={"size": self.size, "fit": self.fit},
+                fn_kwargs={"size": self.size, "fit": self.fit, "max_pixels": self.max_pixels},
                 batch_format="pyarrow",
                 batch_size=None,
                 num_cpus=task_cpus,
@@ -391,4 +393,5 @@ def open_ray(args: argparse.Namespace, model_path: str) -> RayBackend:
         batch_size=args.batch_size,
         device=args.device,
         fit=args.fit,
+        max_pixels=args.max_pixels,
     )

@@ -20,6 +20,7 @@ from .walk import Entry
 
 DEFAULT_URL_BATCH = 32  # images per request: the service takes at most 64 by default, and batches across requests
 DEFAULT_URL_WORKERS = 4
+DEFAULT_URL_TIMEOUT = 120.0  # seconds per request
 # A multipart part's headers and boundary beside its file's bytes, and the form's other fields: generous, so
 # that a request sized to the service's body limit by its files' bytes stays under it.
 PART_OVERHEAD = 1024
@@ -47,7 +48,7 @@ class RemoteBackend:
         import httpx
 
         self.httpx = httpx
-        self.url = url.rstrip("/")
+        self.url = checked_url(url).rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
         self.workers = max(1, DEFAULT_URL_WORKERS if workers is None else workers)
@@ -206,6 +207,26 @@ class RemoteBackend:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.client.close()
+
+
+def checked_url(url: str) -> str:
+    """``url``, or a UserError naming it and what is wrong with it: httpx's own error would be a traceback, or
+    an "unsupported protocol 'localhost://'" for a URL that only lacks its http://."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise UserError(f"--url {url!r} is not a valid URL: {exc}") from None
+    if "://" not in url or not parsed.scheme:
+        raise UserError(f"--url {url!r} names no protocol: did you mean --url http://{url.split('://')[-1]}?")
+    if parsed.scheme not in ("http", "https"):
+        raise UserError(f"--url {url!r}: the service is reached by http:// or https://, not {parsed.scheme}://")
+    if not parsed.host:
+        raise UserError(f"--url {url!r} names no host (as in http://localhost:3000)")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise UserError(f"--url {url!r}: port {parsed.port} is not a TCP port (1 to 65535)")
+    return url
 
 
 def _error_message(response) -> tuple[str | None, str]:

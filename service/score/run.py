@@ -18,7 +18,7 @@ from inference.interrupts import give_back, interrupted_status, say_stopped, sto
 from inference.preprocess import IMAGE_EXTENSIONS, is_image_name
 
 from .accuracy import FolderAccuracy
-from .engines import choose_engine
+from .engines import ENGINE_ONLY_FLAGS, choose_engine
 from .errors import RemoteError, UserError
 from .pipeline import Backend, chunks
 from .sinks import (
@@ -84,10 +84,10 @@ def _validate(args) -> str:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be 0 or more, not {args.workers}")
-    for flag in ("threads", "streams", "actors"):
-        value = getattr(args, flag, None)
+    for dest in ("threads", "streams", "actors", "max_pixels"):
+        value = getattr(args, dest, None)
         if value is not None and value < 1:
-            raise UserError(f"--{flag} must be at least 1, not {value}")
+            raise UserError(f"{ENGINE_ONLY_FLAGS[dest].flag} must be at least 1, not {value}")
     if getattr(args, "gpus_per_actor", None) is not None and not args.gpus_per_actor > 0:
         raise UserError(f"--gpus-per-actor must be more than 0, not {args.gpus_per_actor}")
     if args.out != "-" and os.path.isdir(args.out):

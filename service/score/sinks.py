@@ -8,8 +8,11 @@ With a ``min_confidence`` threshold, a ``confident`` column before ``error`` (``
 empty on an error row), or a ``"confident"`` key after ``top_k`` (``null`` on an error row); without
 one, the output has neither.
 
-Files are UTF-8; a file name that is not valid UTF-8 is written byte for byte
-(surrogateescape), so it reads back as the same key when resuming.
+A file name that is not valid UTF-8 holds a surrogate escape (U+DC80 to U+DCFF) for each byte that does not
+decode. JSON Lines writes each as the JSON escape ``\\udcXX`` (as ``json.dumps`` does with ``ensure_ascii``):
+the file stays UTF-8, and ``json.loads`` reads the same key back when resuming. CSV has no escapes: such a
+name's bytes are written as they are on disk (``surrogateescape``), so that line of the file is not valid UTF-8,
+and reading it back with ``surrogateescape`` gives the same key when resuming. All else is UTF-8.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import csv
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, NamedTuple, TypedDict
 
@@ -31,6 +35,9 @@ class _Encoding(TypedDict):  # so that ``**ENCODING`` checks as the keywords of 
 
 ENCODING: _Encoding = {"encoding": "utf-8", "errors": "surrogateescape"}
 FORMATS = ("csv", "jsonl")
+# Written as JSON escapes: a lone surrogate has no UTF-8 encoding, and written as its byte it made the line no
+# JSON text. Each is inside a string of the record (JSON's own syntax is ASCII), where an escape reads back as it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class OutputError(ValueError):
@@ -183,7 +190,7 @@ class JsonlFormat:
                 record["confident"] = None if row.error is not None else confident(row, self.min_confidence)
             record["error"] = row.error
             lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-        return "".join(lines)
+        return _SURROGATE.sub(lambda found: f"\\u{ord(found[0]):04x}", "".join(lines))
 
     def scan(self, lines: Iterator[str]) -> Iterator[Row | None]:
         for n, line in enumerate(lines, 1):
