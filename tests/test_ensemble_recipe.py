@@ -75,11 +75,11 @@ def test_an_ensemble_recipe_trains_its_members_resumes_after_an_interruption_and
 
     assert training_main(["resume", str(out)]) == 2  # `resume` takes one run: it names the command that continues
     named = re.search(r"`python -m training (train [^`]+)`", capsys.readouterr().err)
-    assert named and "--recipe pair.yaml --set " in named[1] and named[1].endswith(f"--out {out} --resume"), named
+    assert named and f"--recipe {tmp_path.resolve() / 'pair.yaml'} --set " in named[1], named
+    assert named[1].endswith(f"--out {out} --resume"), named
     with pytest.raises(FileNotFoundError, match="members have not all finished") as unfinished:
         load_checkpoint(out)  # what evaluate, compare and export read: the finished member is named instead
     assert str(first / "best.pt") in str(unfinished.value)
-    monkeypatch.chdir(tmp_path)  # where the recipe file is
     assert training_main(shlex.split(named[1])) == 0  # the command named, as given: the run's own overrides
     assert (first / "last.pt").stat().st_mtime_ns == finished_at  # the finished member was not trained again
     second = out / "2-airbench94_muon"
@@ -200,6 +200,76 @@ def test_a_member_setting_no_network_takes_is_refused_before_any_member_trains(t
     recipe, out = _recipe(tmp_path), tmp_path / "run"
     assert training_main(["train", "--recipe", recipe, "--set", "no_such_knob=1", "--out", str(out)]) == 2
     assert "member 1 (resnet9_half_cpu)" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ("data.split_seed=7", "differ in split_seed (7 against 42)"),
+        ("data.val_size=10", "differ in val_size (10 against 5000)"),
+        ("data.dataset=cifar10", "differ in dataset ('cifar10' against 'folder')"),
+        ("data.image_size=40", "differ in input_size (40 against 32)"),
+        ("data.root=/elsewhere", "were trained on different data ('/elsewhere' against"),
+        ("data.fit=pad", "fit images differently ('pad' against 'center_crop'): give the ensemble's `fit`"),
+    ],
+)
+def test_members_the_join_would_refuse_are_refused_before_any_member_trains(
+    tmp_path, monkeypatch, capsys, setting, said
+):
+    import training.ensemble_recipe as runner
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a member trained")
+
+    monkeypatch.setattr(runner, "train", no_training)
+    other = {**MEMBERS[0], "set": [*MEMBERS[0]["set"], setting]}
+    recipe, out = _recipe(tmp_path, [MEMBERS[0], other]), tmp_path / "run"
+    # the recipes' own data, which is never read: the command line's settings would override the members'
+    assert training_main(["train", "--recipe", recipe, "--set", "warmup_epochs=0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "member 2 (resnet9_half_cpu) and member 1 (resnet9_half_cpu)" in err and said in err, err
+    assert not out.exists()
+
+
+def test_members_of_different_fits_are_joined_with_the_ensembles_fit(tmp_path):
+    other = {**MEMBERS[0], "set": [*MEMBERS[0]["set"], "data.fit=pad"]}
+    recipe = load_ensemble_recipe(_recipe(tmp_path, [MEMBERS[0], other], fit="squash"))
+    configs = member_configs(recipe, ["warmup_epochs=0"])
+    assert [c.data.fit for c in configs] == ["center_crop", "pad"]
+
+
+def test_resume_names_a_users_recipe_file_from_anywhere_and_old_records_still_resume(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    """The record holds the recipe file as resolved: the command `resume` names works from any folder. A record
+    from before, of its name only, still names that and is still continued."""
+    import training.ensemble_recipe as runner
+
+    def machine_lost_during_member_1(config, folder):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "train", machine_lost_during_member_1)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    recipe, out = "../pair.yaml", tmp_path / "run"
+    _recipe(tmp_path)
+    command = ["train", "--recipe", recipe, "--set", *_shared_overrides(image_folder, tmp_path), "--out", str(out)]
+    assert training_main(command) == 130
+    record = yaml.safe_load((out / "ensemble.yaml").read_text())
+    assert record["file"] == str((tmp_path / "pair.yaml").resolve())
+
+    monkeypatch.chdir(tmp_path.parent)
+    assert training_main(["resume", str(out)]) == 2
+    named = re.search(r"`python -m training (train [^`]+)`", capsys.readouterr().err)
+    assert named and f"--recipe {record['file']} --set " in named[1], named
+    assert training_main(shlex.split(named[1])) == 130  # continued (and lost again), not refused
+
+    del record["file"]
+    (out / "ensemble.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
+    assert training_main(["resume", str(out)]) == 2
+    assert "--recipe pair.yaml --set " in capsys.readouterr().err
+    assert training_main(shlex.split(named[1])) == 130  # the same run, though its record lacks the file
+    assert "another recipe" not in capsys.readouterr().err
 
 
 def test_an_ensemble_recipe_is_not_a_network_config_and_sections_beside_it_are_refused(tmp_path):

@@ -950,8 +950,13 @@ def test_ablation_skips_finished_variants_and_resumes_an_interrupted_one(image_f
         (["--vary", "dropout=0,0.1", "--split", "test"], "a folder dataset has no separate test split"),
         (["--vary", "dropout=0,0.1", "--device", "gpu"], "device 'gpu': not a device"),
         (["--vary", "dropout=0,0.1", "--set", "dropout=0.2"], "model.args.dropout is set twice"),
+        # a key no config field has is a model argument: only building the network refuses it, for every step
+        (
+            ["--step", "base", "cutout=4", "--step", "more", "cutouts=8"],
+            "variant 'more': model 'resnet9' takes no argument 'cutouts'",
+        ),
     ],
-    ids=["unknown_key", "folder_has_no_test_split", "not_a_device", "varied_and_set"],
+    ids=["unknown_key", "folder_has_no_test_split", "not_a_device", "varied_and_set", "model_argument_typo"],
 )
 def test_ablation_rejects_bad_settings_before_training(extra, said, tmp_path, image_folder, capsys):
     sets = tiny_overrides(image_folder, tmp_path / "cache")

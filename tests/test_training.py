@@ -946,6 +946,27 @@ def test_early_stopping(image_folder, tmp_path):
     assert summary["best"]["epoch"] == 1 and load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 1
 
 
+def test_more_epochs_for_a_run_that_stopped_early_are_refused(image_folder, tmp_path, capsys, caplog):
+    """Its patience ended it, not its epochs: --epochs would train none, and is refused before the warning that
+    it reshapes the schedule; a plain resume still finds it finished."""
+    from training.__main__ import main as training_main
+
+    overrides = tiny_overrides(
+        image_folder, tmp_path / "c", epochs=6, lr=1e-9, early_stop_patience=1, early_stop_min_delta=2.0
+    )
+    run = tmp_path / "run"
+    assert train(build_config("resnet9_half_cpu", overrides), run)["stopped_early"]
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    with caplog.at_level(logging.INFO):
+        assert training_main(["resume", str(run), "--epochs", "20"]) == 2
+        err = capsys.readouterr().err
+        assert f"{run} stopped early at epoch 2 (early_stop_patience 1" in err and "--epochs 20 would train none" in err
+        assert "reshapes" not in caplog.text and "Traceback" not in err
+        assert training_main(["resume", str(run)]) == 0
+        assert "stopped early (no better epoch for its patience): nothing left to train" in caplog.text
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+
 def test_a_run_folder_without_its_last_checkpoint_is_not_trained_over(image_folder, tmp_path, capsys):
     """A finished run whose last.pt was deleted to save space still holds its best.pt, history and summary:
     neither train nor train --resume (which has nothing to continue from) replaces them without --force."""
@@ -1406,17 +1427,45 @@ def test_every_set_counts_and_a_key_set_twice_is_refused(tmp_path, capsys):
         "epochs=1",
     ]
     out = ["--out", str(tmp_path / "run")]
+    nowhere = ["--set", f"data.root={tmp_path / 'no-data'}", *out]
     for argv, said in (
         (["train", "--recipe", "resnet9_half_cpu", "--set", "epochs=abc", "--set", "lr=0.1", *out], "epochs"),
         (["train", "--recipe", "resnet9_half_cpu", "--set", "epochs=1", "--set", "epochs=2", *out], "set twice"),
         (["train", "--recipe", "resnet9_half_cpu", "--set", "lr=0.1", "optim.lr=0.2", *out], "optim.lr is set twice"),
         (["train", "--recipe", "resnet9_half_cpu", "--set", "=5", *out], "'=5' has no key before '='"),
         (["resume", str(tmp_path / "run"), "--set", "bogus"], "'bogus' is not key=value"),
+        # a preset or a section after a field would undo it, whichever came first winning without a word (no data
+        # there: a regression fails at once instead of training)
+        (["train", "--recipe", "resnet9_half_cpu", "--set", "cutout=8", "augment=basic", *nowhere], "would undo it"),
+        (["train", "--recipe", "resnet9_half_cpu", "--set", "epochs=5", "train={epochs: 6}", *nowhere], "set twice"),
+        # true is not a number (pydantic reads it as 1), and an empty data root is not the current folder
+        (["train", "--recipe", "resnet9_half_cpu", "--set", "epochs=true", *nowhere], "must be a number, not true"),
+        (["train", "--recipe", "resnet9_half_cpu", "--set", "data.root=", *out], "data.root: is empty"),
     ):
         assert training_main(argv) == 2, argv
         err = capsys.readouterr().err
         assert said in err and "Traceback" not in err, (argv, err)
     assert not (tmp_path / "run").exists()  # refused before anything was made
+    # a preset first and a field after it is a preset tweaked, in that order
+    from training.config import build_config, check_distinct
+
+    check_distinct(["augment=basic", "cutout=8"])
+    assert build_config("resnet9_half_cpu", ["augment=basic", "cutout=8"]).augment.cutout == 8
+    # an empty --out is an unset variable, not the default folder; a setting given as a flag is pointed to --set
+    for argv, said in (
+        (["train", "--recipe", "resnet9_half_cpu", "--out", ""], "argument --out: is empty"),
+        (["train", "--recipe", "resnet9_half_cpu", "--epochs", "3"], "settings are given with --set: --set epochs=3"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            training_main(argv)
+        assert exit_.value.code == 2 and said in capsys.readouterr().err, argv
+    # the recipe file that is the run folder's config.yaml would be overwritten by the run's own
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "config.yaml").write_text(f"# my notes\nmodel: {{name: resnet9_half}}\ndata: {{root: {tmp_path / 'no'}}}\n")
+    assert training_main(["train", "--recipe", str(own / "config.yaml"), "--out", str(own)]) == 2
+    assert "is the config.yaml a run in" in capsys.readouterr().err
+    assert (own / "config.yaml").read_text().startswith("# my notes")
 
 
 def test_a_checkpoint_whose_meta_or_weights_do_not_hold_is_refused_in_one_line(tiny_run, tmp_path, capsys):

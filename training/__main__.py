@@ -14,7 +14,7 @@ from inference.fits import FITS
 from inference.interrupts import say_stopped, terminations_as_interrupts
 from inference.messages import configure_logging, os_error_text
 
-from .cli_types import add_set_option, positive_int
+from .cli_types import add_set_option, path_text, positive_int
 
 try:
     from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, RUN_FILES
@@ -75,6 +75,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"{out} holds an ensemble recipe's run, whose {BEST_FILE} this run would replace; train into "
             "another folder, or start over with --force"
+        )
+    recipe_file = Path(args.recipe) if args.recipe.endswith((".yaml", ".yml")) else None
+    if recipe_file is not None and recipe_file.resolve() == (out / "config.yaml").resolve() and not args.resume:
+        # a new run writes its settings there, over the user's file and its comments
+        raise ConfigError(
+            f"--recipe {args.recipe} is the config.yaml a run in {out} writes: copy the recipe elsewhere, or "
+            "train into another --out"
         )
     held = [name for name in RUN_FILES if (out / name).exists()]
     if LAST_FILE in held and args.resume:
@@ -158,8 +165,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if started is not None:
         # the overrides it was started with: without them the run would be refused as another configuration
         given, name = started.get("overrides") or [], started["recipe"]["name"]
-        # a recipe of the user's own is known by its file's name only: the file is what --recipe takes
-        recipe = name if name in list_ensemble_recipes() else f"{name}.yaml"
+        # a recipe of the user's own is recorded by its file, which --recipe takes from any folder; an older
+        # record holds its name only, which is a built-in's or the file's own
+        recipe = started.get("file") or (name if name in list_ensemble_recipes() else f"{name}.yaml")
         command = ["python", "-m", "training", "train", "--recipe", recipe]
         command += [*(["--set", *given] if given else []), "--out", str(args.run), "--resume"]
         raise ConfigError(
@@ -241,7 +249,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--recipe", default="se_resnet18", help="recipe name or YAML file (default: se_resnet18)")
     add_set_option(p, "config overrides (repeatable)")
-    p.add_argument("--out", help="run folder (default: runs/<recipe>)")
+    p.add_argument("--out", type=path_text, help="run folder (default: runs/<recipe>)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--force", action="store_true", help="start over even if the run folder holds a run")
     again.add_argument(
@@ -289,7 +297,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="two or more checkpoint files or run folders (their best.pt) to join; or report folders of "
         "`evaluate` on the same images, to print what their ensemble would score without building it",
     )
-    p.add_argument("--out", help="the ensemble checkpoint to write, e.g. runs/ensembles/NAME.pt")
+    p.add_argument("--out", type=path_text, help="the ensemble checkpoint to write, e.g. runs/ensembles/NAME.pt")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument(
         "--tta",
@@ -322,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C then: nothing has started, so no traceback
         print("interrupted", file=sys.stderr)
         return 130
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(_unrecognized(args, unknown))
     try:
         check_distinct(getattr(args, "set", None) or [])  # --set's of train, resume and ablate, however many
         with terminations_as_interrupts():
@@ -342,6 +352,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated
         return say_stopped(exc, _interrupted(args))
+
+
+def _unrecognized(args: argparse.Namespace, unknown: list[str]) -> str:
+    """argparse's "unrecognized arguments", and where a setting given as a flag (``--epochs 1``) goes instead."""
+    from .config import ConfigError, _field_owner
+
+    text = f"unrecognized arguments: {' '.join(unknown)}"
+    flag = next((word for word in unknown if word.startswith("--")), None)
+    if flag is None or not hasattr(args, "set"):
+        return text
+    key, _, value = flag[2:].replace("-", "_").partition("=")
+    try:
+        dotted = _field_owner(key)
+    except ConfigError:  # a key of two sections: still a setting
+        dotted = key
+    if dotted.startswith("model.args."):  # no section has it: not a setting either
+        return text
+    following = unknown[unknown.index(flag) + 1 : unknown.index(flag) + 2]
+    shown = value or (following[0] if following and not following[0].startswith("-") else "VALUE")
+    return f"{text} (settings are given with --set: --set {key}={shown})"
 
 
 def _interrupted(args: argparse.Namespace) -> str:

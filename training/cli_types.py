@@ -46,6 +46,14 @@ def significance(text: str) -> float:
     return value
 
 
+def path_text(text: str) -> str:
+    """A path given on the command line: an empty one (an unset $OUT in a script) is a mistake, not the default
+    folder or the current one."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a path")
+    return text
+
+
 def add_set_option(parser: argparse.ArgumentParser, help: str) -> None:
     """``--set KEY=VALUE ...``, repeatable: every --set's overrides count (argparse's plain nargs keeps only
     the last --set, silently dropping the others)."""

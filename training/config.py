@@ -8,7 +8,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -28,6 +28,17 @@ log = logging.getLogger(__name__)
 class Section(BaseModel):
     # an infinite learning rate or decay passes every bound (inf > 0) and ends the run at its first step
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1 for an int field: --set epochs=true trained one epoch without a word
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            annotation = cls.model_fields[info.field_name].annotation
+            accepted = {annotation, *get_args(annotation)}
+            if bool not in accepted and accepted & {int, float}:
+                raise ValueError(f"must be a number, not {str(value).lower()}")
+        return value
 
 
 DecayRate = Annotated[float, Field(ge=0, lt=1)]  # a decay rate: 1 would never forget, above it diverge
@@ -49,7 +60,9 @@ class DataConfig(Section):
 
     @field_validator("root", "cache_dir")
     @classmethod
-    def _home(cls, path: str) -> str:
+    def _home(cls, path: str, info: ValidationInfo) -> str:
+        if info.field_name == "root" and not path.strip():  # "" would read the current folder, all of it
+            raise ValueError("is empty: give the image folder or archive to read (data.root=PATH)")
         # --set data.root=~/photos reaches us unexpanded: the shell expands ~ only at the start of a word
         return os.path.expanduser(path)
 
@@ -413,14 +426,54 @@ def _split_override(item: str) -> tuple[str, str]:
 
 def check_distinct(overrides: list[str]) -> None:
     """One command line's overrides set each key once: a second value is a mistake (an edited, copied command),
-    not a choice. (Layers of overrides, a recipe member's then the command line's, do replace earlier values.)"""
-    given: dict[str, str] = {}
+    not a choice. A preset or a whole section sets fields without naming them: after one, a field may be set
+    again (``augment=basic cutout=8``, a preset tweaked), but not before it (``cutout=8 augment=basic`` would
+    undo the cutout without a word). (Layers of overrides, a recipe member's then the command line's, do replace
+    earlier values.)"""
+    named: dict[str, str] = {}  # field -> the override that named it
+    covered: dict[str, str] = {}  # field or section -> the preset or section override that set it unnamed
     for item in overrides:
-        key, _ = _split_override(item)
-        dotted = key if "." in key or key == "augment" else _field_owner(key)
-        if dotted in given:
-            raise ConfigError(f"{dotted} is set twice ({given[dotted]!r} and {item!r}): keep one")
-        given[dotted] = item
+        fields, implicit = _fields_set(item)
+        for field in fields:
+            if implicit:
+                undone = next((known for known in named if _overlap(known, field)), None)
+                if undone is not None:
+                    raise ConfigError(
+                        f"{item!r} sets {undone} again after {named[undone]!r}, and would undo it: put the "
+                        f"preset or section first and the field after it, or keep one"
+                    )
+                twice = next((known for known in covered if _overlap(known, field)), None)
+                if twice is not None and covered[twice] != item:
+                    raise ConfigError(f"{field} is set twice ({covered[twice]!r} and {item!r}): keep one")
+                covered[field] = item
+            elif field in named:
+                raise ConfigError(f"{field} is set twice ({named[field]!r} and {item!r}): keep one")
+            else:
+                named[field] = item
+
+
+def _fields_set(item: str) -> tuple[set[str], bool]:
+    """The dotted fields an override sets, and whether it sets them without naming them: ``augment=basic`` each
+    of the preset's (unnamed), ``train={epochs: 5}`` those of the mapping (a merged section: named),
+    ``model={...}`` the whole section (unnamed)."""
+    key, value = _split_override(item)
+    dotted = key if "." in key or key == "augment" else _field_owner(key)
+    if dotted == "augment" and not value.startswith("{"):
+        return {f"augment.{name}" for name in AUGMENT_PRESETS.get(value, {})} or {"augment"}, True
+    if "." not in dotted and value.lstrip().startswith("{"):
+        try:
+            parsed = _parse_value(value)
+        except ConfigError:
+            return {dotted}, True  # apply_overrides says what is wrong with it
+        if dotted in MERGED_SECTIONS and isinstance(parsed, dict) and parsed:
+            return {f"{dotted}.{name}" for name in parsed}, False
+        return {dotted}, True
+    return {dotted}, False
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether setting ``a`` and ``b`` touches one field: equal, or one a section holding the other."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -193,6 +193,13 @@ def check_network_takes_its_input(config: Config) -> None:
         raise ConfigError(f"model {name!r} cannot take {size}x{size} images (data.image_size): {exc}") from exc
 
 
+def recorded_data(config: Config) -> dict[str, Any]:
+    """What a run's checkpoint records of where its data comes from and how it is split, known from the config
+    before any image is read (an ensemble recipe checks its members' against each other with it)."""
+    d = config.data
+    return {"fit": d.fit, "dataset": d.dataset, "data_root": d.root, "val_size": d.val_size, "split_seed": d.split_seed}
+
+
 class Trainer:
     def __init__(self, config: Config, out_dir: str | Path) -> None:
         self.config, self.out_dir = config, Path(out_dir)
@@ -224,11 +231,7 @@ class Trainer:
             "mean": mean,
             "std": std,
             "input_size": int(train_data.images.shape[1]),  # what it trained on, which export's graph takes
-            "fit": config.data.fit,
-            "dataset": config.data.dataset,
-            "data_root": config.data.root,
-            "val_size": config.data.val_size,
-            "split_seed": config.data.split_seed,
+            **recorded_data(config),
             "recipe": config.recipe,
             # the images and their split, which a resume from another data.root must find again: the mean and
             # std above barely move when a few images change, and one image more reshuffles the split
@@ -543,8 +546,7 @@ class Trainer:
         return {**evaluate(self.eval_model, self.val_loader, self.bf16), "eval_time_s": time.perf_counter() - start}
 
     def _patience_exhausted(self) -> bool:
-        patience = self.config.train.early_stop_patience
-        return bool(patience and self.bad_epochs >= patience)
+        return patience_exhausted(self.config, self.bad_epochs)
 
     def _improves(self, score: float) -> bool:
         return score > self.best["val_top1"] + self.config.train.early_stop_min_delta
@@ -613,6 +615,12 @@ def train(config: Config, out_dir: str | Path) -> dict[str, Any]:
     return Trainer(config, out_dir).fit()
 
 
+def patience_exhausted(config: Config, bad_epochs: int) -> bool:
+    """Whether early stopping has ended the run: as many epochs without a better one as its patience."""
+    patience = config.train.early_stop_patience
+    return bool(patience and bad_epochs >= patience)
+
+
 def sized_to_the_run(config: Config) -> list[str]:
     """What is spread over the whole run, and so changes shape mid-run when its epoch count does. A warmup
     is not: it lasts warmup_epochs whatever the total."""
@@ -673,6 +681,14 @@ def resume(
             "; ".join(numerics),
         )
     trained = ckpt["epoch"]
+    if epochs is not None and patience_exhausted(started, ckpt.get("bad_epochs", 0)):
+        # it would only be reported finished again; its patience is the setting that ended it, which a resume keeps
+        patience = started.train.early_stop_patience
+        raise ConfigError(
+            f"{out_dir} stopped early at epoch {trained} (early_stop_patience {patience}: no better epoch in its "
+            f"last {patience}): it has finished, so --epochs {epochs} would train none; to train on, start a new "
+            "run in another folder with a larger early_stop_patience"
+        )
     if epochs is not None and (epochs < trained or epochs == trained < started.train.epochs):
         # the last case would mark the run finished without its last epoch's work (lookahead's final sync)
         raise ConfigError(

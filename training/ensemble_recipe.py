@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from inference.files import write_text_atomic
 from inference.fits import FitName
@@ -38,9 +38,9 @@ from .config import (
     load_ensemble_recipe_raw,
     placement_overrides,
 )
-from .engine import check_network_takes_its_input, train
+from .engine import check_network_takes_its_input, recorded_data, train
 from .engine import resume as resume_run
-from .ensemble import join_checkpoints
+from .ensemble import check_compatible, join_checkpoints
 from .inference import TTA_CHOICES
 from .models.ensemble import ENSEMBLE_ARCH
 
@@ -73,6 +73,13 @@ class EnsembleRecipe(BaseModel):
     name: str
     members: list[MemberRecipe] = Field(min_length=2)
     fit: FitName | None = None
+    # Where a recipe of the user's own was read from: its name alone, unlike a built-in's, finds no recipe again.
+    # Not a field, so a recipe file cannot set it.
+    _file: str | None = PrivateAttr(None)
+
+    @property
+    def file(self) -> str | None:
+        return self._file
 
     def folder(self, index: int) -> str:
         return f"{index + 1}-{Path(self.members[index].recipe).stem}"
@@ -89,14 +96,18 @@ def load_ensemble_recipe(name_or_path: str) -> EnsembleRecipe:
     if not isinstance(section, dict):
         raise ConfigError(f"ensemble recipe {raw['recipe']!r}: `{ENSEMBLE_KEY}` must hold `members` (and `fit`)")
     try:
-        return EnsembleRecipe(name=raw["recipe"], **section)
+        recipe = EnsembleRecipe(name=raw["recipe"], **section)
     except ValidationError as exc:
         raise ConfigError(f"invalid ensemble recipe {raw['recipe']!r}: {validation_problems(exc)}") from exc
+    if Path(name_or_path).suffix:  # a file, as config._read_recipe reads it; a name without one is a built-in's
+        recipe._file = str(Path(name_or_path).resolve())
+    return recipe
 
 
 def member_configs(recipe: EnsembleRecipe, overrides: list[str] | None = None) -> list[Config]:
     """Each member's full configuration: its recipe, its own ``set``, then the command line's overrides. Each
-    network is built and given one image first, so a setting no member can take is refused before any trains."""
+    network is built and given one image first, so a setting no member can take is refused before any trains;
+    so are members the join would refuse, trained on other data, splits or input sizes."""
     configs = []
     for i, member in enumerate(recipe.members):
         try:
@@ -105,18 +116,48 @@ def member_configs(recipe: EnsembleRecipe, overrides: list[str] | None = None) -
         except ConfigError as exc:
             raise ConfigError(f"ensemble member {i + 1} ({member.recipe}): {exc}") from exc
         configs.append(config)
+    _check_joinable(recipe, configs)
     return configs
 
 
+def _check_joinable(recipe: EnsembleRecipe, configs: list[Config]) -> None:
+    """The join's own check (``ensemble.check_compatible``) on what each member's checkpoint will record of its
+    data; the classes and the images' fingerprint, known only once the data is read, follow from those."""
+    names = [f"member {i + 1} ({member.recipe})" for i, member in enumerate(recipe.members)]
+    first = configs[0].data.fit
+    odd = next((i for i, config in enumerate(configs) if config.data.fit != first), None)
+    if recipe.fit is None and odd is not None:
+        # check_compatible's advice names the ensemble command's --fit; a recipe chooses it in its own file
+        raise ConfigError(
+            f"ensemble recipe {recipe.name!r}: {names[odd]} and {names[0]} fit images differently "
+            f"({configs[odd].data.fit!r} against {first!r}): give the ensemble's `fit` beside its `members`"
+        )
+    metas = [
+        {"arch": config.model.name, "input_size": config.data.image_size, **recorded_data(config)} for config in configs
+    ]
+    try:
+        check_compatible(metas, names, fit_given=True)
+    except ValueError as exc:
+        raise ConfigError(
+            f"ensemble recipe {recipe.name!r}: {exc}; the join takes only networks trained on the same data, split "
+            "and input size: give the members the same (in their `set`, or for all with --set)"
+        ) from exc
+
+
 def _resolved(recipe: EnsembleRecipe, overrides: list[str]) -> dict[str, Any]:
-    return {"recipe": recipe.model_dump(mode="json"), "overrides": list(overrides)}
+    """The run's record; ``file``, where the recipe is the user's own, is what ``resume`` tells to train again."""
+    resolved = {"recipe": recipe.model_dump(mode="json"), "overrides": list(overrides)}
+    return {**resolved, "file": recipe.file} if recipe.file else resolved
 
 
 def _what_it_computes(resolved: dict[str, Any]) -> dict[str, Any]:
-    """A run as resolved, less where it runs: a run continued from another data.root or device is the same run
-    (each member's resume checks its data and warns of numerics, ``engine.resume``)."""
+    """A run as resolved, less where it runs and where its recipe file lies: a run continued from another
+    data.root or device is the same run (each member's resume checks its data and warns of numerics,
+    ``engine.resume``), and so is one continued from a moved recipe file, or from a record made before the file
+    was recorded."""
     placement = placement_overrides(resolved.get("overrides") or [])
-    return {**resolved, "overrides": [o for o in resolved.get("overrides") or [] if o not in placement]}
+    kept = {key: value for key, value in resolved.items() if key != "file"}
+    return {**kept, "overrides": [o for o in resolved.get("overrides") or [] if o not in placement]}
 
 
 def started_run(out: str | Path) -> dict[str, Any] | None:
@@ -130,7 +171,9 @@ def started_run(out: str | Path) -> dict[str, Any] | None:
         raise ConfigError(f"{record} is damaged ({exc}); start the run over with --force") from None
     overrides = started.get("overrides") if isinstance(started, dict) else None
     if not isinstance(started, dict) or not (
-        isinstance(overrides, list) and all(isinstance(item, str) for item in overrides)
+        isinstance(overrides, list)
+        and all(isinstance(item, str) for item in overrides)
+        and isinstance(started.get("file", ""), str)
     ):
         raise ConfigError(
             f"{record} is damaged (not a recipe and a list of overrides); start the run over with --force"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from inference.interrupts import say_stopped
 
-from ..cli_types import add_set_option, non_negative_int, percent, positive_int, significance
+from ..cli_types import add_set_option, non_negative_int, path_text, percent, positive_int, significance
 from ..data import SPLITS
 from .figures import MAX_CLASSES
 
@@ -166,7 +166,11 @@ def add_report_commands(sub) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="checkpoint file, or a run folder (uses its best.pt)")
     src.add_argument("--onnx", help="exported ONNX model (class names from its metadata; no Grad-CAM)")
-    p.add_argument("--out", help="report folder (default: RUN/report-<checkpoint>-<split> or reports/<onnx>-<split>)")
+    p.add_argument(
+        "--out",
+        type=path_text,
+        help="report folder (default: RUN/report-<checkpoint>-<split> or reports/<onnx>-<split>)",
+    )
     p.add_argument(
         "--max-classes",
         type=positive_int,
@@ -196,7 +200,7 @@ def add_report_commands(sub) -> None:
     p.add_argument("a", help="model or report A (the reference)")
     p.add_argument("b", help="model or report B (the difference is B - A)")
     p.add_argument("--alpha", type=significance, default=0.05, help="significance level (default: 0.05)")
-    p.add_argument("--out", help="also write compare.json and compare.md to this folder")
+    p.add_argument("--out", type=path_text, help="also write compare.json and compare.md to this folder")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_data_args(p, None)
     _add_runtime_args(p)
@@ -242,7 +246,7 @@ def add_report_commands(sub) -> None:
         help="also tabulate the epochs each variant took to reach this validation top-1, e.g. 92",
     )
     add_set_option(p, "overrides shared by every variant (repeatable)")
-    p.add_argument("--out", help="ablation folder (default: runs/ablate-<recipe>)")
+    p.add_argument("--out", type=path_text, help="ablation folder (default: runs/ablate-<recipe>)")
     p.add_argument("--split", default="val", help=SPLIT_HELP + " (default: val)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size (default: 256)")
     p.add_argument("--device", default="auto", help="evaluation device: auto, cpu, cuda or cuda:N (default: auto)")
