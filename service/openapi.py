@@ -42,7 +42,15 @@ def document_openapi(document: dict, loaded: Mapping[str, Any] | None, default_k
     """``document`` with /classify's refusals, its form's limits and GET /models added. ``loaded`` (name -> a
     loaded model with ``classes`` and ``size``) is None until the models are loaded, and then bounds k, names
     the models and fixes the length of /infer's pixels. ``api_keys``: the inference routes ask for a key."""
-    document.setdefault("info", {})["version"] = package_version()  # BentoML writes the Bento's, "None" outside one
+    info = document.setdefault("info", {})
+    info["version"] = package_version()  # BentoML writes the Bento's, "None" outside one
+    # BentoML's own description is its badges, images from elsewhere that every viewer of /docs would fetch
+    info["description"] = (
+        "Image classification with the models of the service's manifest (GET /models). POST /classify takes "
+        "image files (multipart/form-data, or JSON with each file base64-encoded) and answers each image's top-k "
+        "classes with confidences; /v2/... is the Open Inference Protocol that Triton and KServe clients speak. "
+        'Every refusal of a request is a 4xx whose JSON says what was wrong: {"error", "reason"}.'
+    )
     schemas = document["components"]["schemas"]
     schemas["ClassifyError"] = ClassifyError.model_json_schema()
     # BentoML's own 400 answers (pydantic errors on /models) carry a list in "detail".

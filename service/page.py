@@ -4,10 +4,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -25,11 +26,22 @@ async def _index(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": _POLICY})
 
 
+# BentoML's API UI page embeds Google Tag Manager: a page of this service would tell a third party that it was
+# opened, from where, by whom. Its snippet is cut out, and the policy keeps anything else it fetches on this
+# server (Swagger UI's inline styles and data: images are its own).
+_DOCS_POLICY = (
+    "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "connect-src 'self'; frame-src 'none'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+_TRACKER = re.compile(r"<!-- Google Tag Manager.*?<!-- End Google Tag Manager[^>]*-->", re.DOTALL)
+
+
 async def _docs(request: Request) -> Response:
     page = bentoml_compat.openapi_ui_page()
     if page is None:
         return JSONResponse({"error": "BentoML's API UI is not available; the document is at /docs.json"}, 404)
-    return FileResponse(page)
+    html = _TRACKER.sub("", page.read_text(encoding="utf-8"))
+    return HTMLResponse(html, headers={"Content-Security-Policy": _DOCS_POLICY})
 
 
 def page_routes() -> list[BaseRoute]:

@@ -532,6 +532,31 @@ def _chromium() -> str:
     return path
 
 
+def test_the_api_ui_renders_the_document_and_fetches_nothing_from_elsewhere(server):
+    """BentoML's API UI page (/docs) embedded Google Tag Manager: opening it told a third party. The snippet is
+    cut and a policy keeps every fetch on this server; Swagger UI still renders the service's operations."""
+    response = httpx.get(f"{server}/docs", timeout=10)
+    assert response.status_code == 200 and "googletagmanager" not in response.text
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+    executable = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+    requested: list[str] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("request", lambda request: requested.append(request.url))
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{server}/docs")
+            page.get_by_text("/classify", exact=True).first.wait_for(timeout=30_000)
+        finally:
+            browser.close()
+    assert not errors, errors
+    elsewhere = [url for url in requested if not url.startswith((server, "data:"))]
+    assert requested and not elsewhere, elsewhere
+
+
 def test_the_page_classifies_a_dropped_jpeg_in_a_real_browser(server, jpegs):
     """Headless Chromium opens /, picks a real JPEG through the labelled file input, and the bars it draws
     say what /classify says; nothing is fetched from anywhere but the service. Screenshot:
