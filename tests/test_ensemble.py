@@ -272,6 +272,14 @@ def test_the_ensemble_never_goes_over_a_member_or_a_runs_own_checkpoints(tiny_ru
     assert training_main(["evaluate", "--checkpoint", str(tiny_run), "--out", str(notes)]) == 2
     assert f"--out {notes} holds files and no report (report.md)" in capsys.readouterr().err
     assert (notes / "report.md").read_text() == "my notes"
+    # another model's report: an ensemble or a comparison reading that folder would get this model's figures
+    report = tmp_path / "report"
+    assert training_main(["evaluate", "--checkpoint", str(tiny_run), "--out", str(report)]) == 0
+    kept = (report / "metrics.json").read_bytes()
+    assert training_main(["evaluate", "--checkpoint", str(other_member), "--out", str(report)]) == 2
+    assert f"--out {report} holds the report of another model (" in capsys.readouterr().err
+    assert (report / "metrics.json").read_bytes() == kept
+    assert training_main(["evaluate", "--checkpoint", str(tiny_run), "--out", str(report)]) == 0  # its own: again
     assert training_main(["evaluate", "--checkpoint", str(run), "--out", str(a_file)]) == 2
     err = capsys.readouterr().err
     assert f"error: {a_file} is a file, not a folder" in err and "Traceback" not in err, err

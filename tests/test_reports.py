@@ -590,6 +590,12 @@ def test_compare_checkpoint_against_report_and_two_reports(tiny_run, tiny_report
         not (tmp_path / "cmp" / "curves.png").exists()
         and "curves.png" not in (tmp_path / "cmp" / "compare.md").read_text()
     )
+    # someone's folder (a run's, notes) is not a comparison's: its compare.md used to be replaced
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "compare.md").write_text("my notes")
+    assert main(["compare", str(bare), str(tiny_report), "--out", str(notes)]) == 2
+    assert (notes / "compare.md").read_text() == "my notes"
 
 
 def test_compare_of_two_runs_draws_both_learning_curves(tiny_run, tmp_path):

@@ -92,7 +92,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import classify, compare, format_comparison, write_comparison
+    from .compare import check_comparison_out, classify, compare, format_comparison, write_comparison
 
     flags = {"root": "--data"}
     given = [flags.get(k, f"--{k.replace('_', '-')}") for k, v in _data_kwargs(args).items() if v is not None]
@@ -107,6 +107,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         existing = next(p for p in (path, *path.parents) if p.exists())
         if not existing.is_dir():
             raise ValueError(f"--out {args.out}: {existing} is a file, not a folder")
+        check_comparison_out(path)
     result = compare(
         args.a,
         args.b,

@@ -237,8 +237,21 @@ def format_comparison(result: dict[str, Any]) -> str:
     )
 
 
+def check_comparison_out(out_dir: Path) -> None:
+    """A comparison folder is a comparison's own: in a run's or a report's folder, or one of someone's files,
+    its compare.md and curves would replace theirs (or sit among them, as if theirs). An earlier comparison
+    (its compare.json) is rewritten."""
+    if not out_dir.is_dir() or (out_dir / "compare.json").is_file():
+        return
+    others = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise ValueError(f"--out {out_dir} holds files and no comparison ({shown}): write it to a new or empty folder")
+
+
 def write_comparison(result: dict[str, Any], out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
+    check_comparison_out(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # The histories are the runs' own (history.json beside each); the figure below is what they are here for.
     saved = {k: v for k, v in result.items() if k not in ("histories", "curves")}

@@ -711,14 +711,22 @@ def confidence_note(source: ModelSource) -> str:
     return "softmax probability of the predicted class, uncalibrated (T = 1)"
 
 
-def _check_report_out(out: Path) -> None:
+def _check_report_out(out: Path, model: str | Path | None = None) -> None:
     """A report folder is a report's own: in a run's folder it would replace the run's history.json and curves
-    (and `ensemble` and `compare` would then take the folder for a report, not the run)."""
+    (and `ensemble` and `compare` would then take the folder for a report, not the run); and the report of
+    another ``model`` (a checkpoint or ONNX path) is that model's, whose figures an ensemble or a comparison
+    may read."""
     held = [name for name in (LAST_FILE, BEST_FILE, SUMMARY_FILE) if (out / name).is_file()]  # a report has none
     if held:
         raise ValueError(
             f"--out {out} holds a training run ({', '.join(held)}): write the report to another folder (by default "
             f"it goes to a folder inside the run's)"
+        )
+    reported = _reported_model(out)
+    if model is not None and reported is not None and _same_file(reported, model) is False:
+        raise ValueError(
+            f"--out {out} holds the report of another model ({reported}): write this one to another folder, "
+            "or delete that report first"
         )
     # Any other folder holding files is someone's: its report.md or figures of the same names would be replaced.
     # A report's own (even one stopped after its predictions) is rewritten.
@@ -729,6 +737,25 @@ def _check_report_out(out: Path) -> None:
                 f"--out {out} holds files and no report ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
                 ": write the report to a new or empty folder"
             )
+
+
+def _reported_model(out: Path) -> str | None:
+    """The model path a report folder's metrics name, or None (no report there, or one that cannot be read)."""
+    try:
+        path = json.loads((out / METRICS_FILE).read_text())["source"]["path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return path if isinstance(path, str) else None
+
+
+def _same_file(reported: str, model: str | Path) -> bool | None:
+    """Whether the report's model and ``model`` are one file or run folder (a run folder's report names its
+    best.pt); None when the report's path is not here to tell (a report copied from another machine)."""
+    given, named = Path(model), Path(reported)
+    if not named.exists():
+        return None
+    candidates = {given.resolve(), (given / BEST_FILE).resolve()}
+    return named.resolve() in candidates or (named / BEST_FILE).resolve() in candidates
 
 
 def evaluate(
@@ -753,7 +780,7 @@ def evaluate(
     left out, for a report kept where copies of the data must not be."""
     check_tta(tta)
     if out is not None:
-        _check_report_out(Path(out))
+        _check_report_out(Path(out), checkpoint or onnx)
     source = load_model(checkpoint, onnx, device)
     check_view(source, tta)
     spec = resolve_data(source, dataset, root, split, val_size, split_seed, cache_dir)
