@@ -1029,3 +1029,11 @@ def test_no_sample_figures_leaves_out_the_figures_made_of_dataset_images(tiny_ru
     assert "misclassified.png" not in report and "gradcam.png" not in report and "--no-sample-figures" in report
     for name in ("confusion_matrix.png", "per_class_accuracy.png", "reliability.png", "metrics.json"):
         assert (out / name).is_file(), name
+
+
+def test_evaluate_of_a_run_that_held_out_nothing_says_so(tiny_run, tmp_path):
+    """A run trained with data.val_size=0 has no val split: the error said only "has no samples"."""
+    from training.reports.evaluate import evaluate
+
+    with pytest.raises(ValueError, match=r"has no samples \(the run held out none: data.val_size=0; .*--split all\)"):
+        evaluate(tiny_run, out=tmp_path / "r", val_size=0, device="cpu")

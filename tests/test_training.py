@@ -1433,7 +1433,6 @@ def test_every_set_counts_and_a_key_set_twice_is_refused(tmp_path, capsys):
         (["train", "--recipe", "resnet9_half_cpu", "--set", "epochs=1", "--set", "epochs=2", *out], "set twice"),
         (["train", "--recipe", "resnet9_half_cpu", "--set", "lr=0.1", "optim.lr=0.2", *out], "optim.lr is set twice"),
         (["train", "--recipe", "resnet9_half_cpu", "--set", "=5", *out], "'=5' has no key before '='"),
-        (["resume", str(tmp_path / "run"), "--set", "bogus"], "'bogus' is not key=value"),
         # a preset or a section after a field would undo it, whichever came first winning without a word (no data
         # there: a regression fails at once instead of training)
         (["train", "--recipe", "resnet9_half_cpu", "--set", "cutout=8", "augment=basic", *nowhere], "would undo it"),
@@ -1455,6 +1454,9 @@ def test_every_set_counts_and_a_key_set_twice_is_refused(tmp_path, capsys):
     for argv, said in (
         (["train", "--recipe", "resnet9_half_cpu", "--out", ""], "argument --out: is empty"),
         (["train", "--recipe", "resnet9_half_cpu", "--epochs", "3"], "settings are given with --set: --set epochs=3"),
+        (["resume", str(tmp_path / "run"), "--set", "bogus"], "'bogus' after --set is not KEY=VALUE"),
+        # the run folder after --set was taken for a setting, and argparse said the run was missing
+        (["resume", "--set", "device=cpu", str(tmp_path / "run")], "give the command's own arguments"),
     ):
         with pytest.raises(SystemExit) as exit_:
             training_main(argv)

@@ -330,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C then: nothing has started, so no traceback
         print("interrupted", file=sys.stderr)
         return 130
+    _check_set_words(parser, sys.argv[1:] if argv is None else argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         parser.error(_unrecognized(args, unknown))
@@ -352,6 +353,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated
         return say_stopped(exc, _interrupted(args))
+
+
+def _check_set_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """--set takes every word after it up to the next option: a run folder or model after it was taken for a
+    setting, and argparse said the run was missing. Said as what it is."""
+    taking = False
+    for word in argv:
+        if word == "--set":
+            taking = True
+        elif word.startswith("-"):
+            taking = False
+        elif taking and "=" not in word:
+            parser.error(
+                f"{word!r} after --set is not KEY=VALUE: --set takes every word after it, so give the command's "
+                "own arguments (a run folder, a model) before --set"
+            )
 
 
 def _unrecognized(args: argparse.Namespace, unknown: list[str]) -> str:

@@ -786,7 +786,10 @@ def evaluate(
     spec = resolve_data(source, dataset, root, split, val_size, split_seed, cache_dir)
     data = spec.load()
     if len(data) == 0:
-        raise ValueError(f"{spec.dataset} {spec.root} split {split!r} has no samples")
+        held_out = " (the run held out none: data.val_size=0; evaluate it on other images, --data ROOT --split all)"
+        raise ValueError(
+            f"{spec.dataset} {spec.root} split {split!r} has no samples{held_out if split == 'val' else ''}"
+        )
     data, note = match_classes(source, data, spec)
     notes = [note] if note else []
     classes = source.classes
