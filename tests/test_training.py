@@ -1440,6 +1440,9 @@ def test_every_set_counts_and_a_key_set_twice_is_refused(tmp_path, capsys):
         # true is not a number (pydantic reads it as 1), and an empty data root is not the current folder
         (["train", "--recipe", "resnet9_half_cpu", "--set", "epochs=true", *nowhere], "must be a number, not true"),
         (["train", "--recipe", "resnet9_half_cpu", "--set", "data.root=", *out], "data.root: is empty"),
+        # a model's name given as a recipe points to its recipes; a missing file is named as a file
+        (["train", "--recipe", "resnet9_half", *out], "(recipes named like it: resnet9_half_cpu, resnet9_half_muon)"),
+        (["train", "--recipe", str(tmp_path / "mine.yaml"), *out], f"recipe file {tmp_path / 'mine.yaml'} does not"),
     ):
         assert training_main(argv) == 2, argv
         err = capsys.readouterr().err

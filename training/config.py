@@ -341,8 +341,13 @@ def _read_recipe(name_or_path: str) -> dict[str, Any]:
     path = Path(name_or_path)
     if not path.suffix:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
+    if Path(name_or_path).suffix and not path.is_file():  # a file the user named
+        where = "is a folder" if path.is_dir() else "does not exist"
+        raise ConfigError(f"recipe file {name_or_path} {where}; built-in recipes: {', '.join(_recipe_files())}")
     if not path.is_file():
-        raise ConfigError(f"no recipe {name_or_path!r}; built-in recipes: {', '.join(_recipe_files())}")
+        close = [name for name in _recipe_files() if name.startswith(f"{name_or_path}_") or name_or_path in name]
+        hint = f" (recipes named like it: {', '.join(close)})" if close else ""
+        raise ConfigError(f"no recipe {name_or_path!r}{hint}; built-in recipes: {', '.join(_recipe_files())}")
     try:
         raw = _load_yaml(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
