@@ -165,11 +165,22 @@ def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
 
     if len(paths) < 2:
         raise ValueError("an ensemble needs at least two reports")
+    if len({Path(p).resolve() for p in paths}) < len(paths):
+        raise ValueError("the same report is given twice: an ensemble of a model with itself is that model")
     reports = [load_predictions(p) for p in paths]
     first = reports[0]
     for path, report in zip(paths[1:], reports[1:]):
-        if report["fingerprint"] != first["fingerprint"] or report["classes"] != first["classes"]:
-            raise ValueError(f"{path} and {paths[0]} are reports on different samples or classes: nothing to pair")
+        if report["classes"] != first["classes"]:
+            raise ValueError(
+                f"{path} and {paths[0]} are reports on different classes ({len(report['classes'])} against "
+                f"{len(first['classes'])}): nothing to pair"
+            )
+        if report["fingerprint"] != first["fingerprint"]:
+            raise ValueError(
+                f"{path} and {paths[0]} are reports on different samples ({len(report['labels'])} against "
+                f"{len(first['labels'])} images, fingerprints {report['fingerprint'][:12]} and "
+                f"{first['fingerprint'][:12]}): evaluate both on the same --data and --split"
+            )
     labels = first["labels"]
     # as the joined network averages them: each member's softmax of its own logits, without a graph's temperature
     probabilities = [softmax(logits_before_temperature(r)) for r in reports]
