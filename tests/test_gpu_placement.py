@@ -397,6 +397,8 @@ def test_a_batch_larger_than_a_run_is_run_in_pieces_with_the_same_answer(monkeyp
 
 # ---------------------------------------------------------------------------------------------- the scorer
 def _score_args(models_dir: Path, device: str, model: str | None = None) -> Namespace:
+    from inference.preprocess import DEFAULT_MAX_PIXELS
+
     return Namespace(
         url=None,
         models_dir=str(models_dir),
@@ -407,6 +409,7 @@ def _score_args(models_dir: Path, device: str, model: str | None = None) -> Name
         batch_size=8,
         streams=1,
         fit=None,
+        max_pixels=DEFAULT_MAX_PIXELS,
     )
 
 
