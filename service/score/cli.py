@@ -171,8 +171,8 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         metavar="N",
         help=(
             "with --engine ray: model actors, each holding one ONNX Runtime session and --threads CPUs "
-            "(default: one per GPU share with --gpus-per-actor, otherwise the cluster's CPUs less one in eight, "
-            "at least one, left for reading and decoding)"
+            "(default: one per GPU share with --gpus-per-actor, otherwise one per --threads of the cluster's CPUs: "
+            "each actor reads and decodes its own batches too)"
         ),
     )
     p.add_argument(
