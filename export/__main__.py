@@ -385,7 +385,8 @@ def _command(argv: list[str]) -> int:
             f"{', '.join(COMMANDS)}"
         )
     late = [word for word in argv[1:] if word in COMMANDS]
-    if argv and argv[0].startswith("-") and late and "--checkpoint" not in argv:
+    exporting = any(word == "--checkpoint" or word.startswith("--checkpoint=") for word in argv)
+    if argv and argv[0].startswith("-") and late and not exporting:
         raise ValueError(f"put the command first: python -m export {late[0]} [options] (its options after it)")
     if argv[:1] == ["list"]:
         return _list(list_parser().parse_args(argv[1:]).models_dir)

@@ -437,6 +437,18 @@ def _calibration_report(graph_logits: np.ndarray, labels: np.ndarray, temperatur
     return calibration_report(graph_logits * temperature, labels, temperature, refit=True)
 
 
+def listed_model(models_dir: Path, name: str | None) -> ModelEntry:
+    """The manifest's entry ``name`` (the default when None), its file checked against its sha256: a missing or
+    altered file of another listed model is warned of, and is that model's trouble, not this command's."""
+    manifest = load_manifest(models_dir, verify=False)
+    entry = manifest.get(name)
+    verify_file(entry, models_dir)
+    for other, problem in file_problems(manifest, models_dir).items():
+        if other != entry.name:
+            log.warning("%s", problem)
+    return entry
+
+
 def verify_model(
     name: str | None,
     models_dir: str | Path = "models",
@@ -450,12 +462,7 @@ def verify_model(
     recorded T, and with a T refitted on its own logits. With ``reference_cache``, the checkpoint's logits
     kept there by its export (same checkpoint bytes, TTA and images) stand in for a new PyTorch pass."""
     models_dir = Path(models_dir)
-    manifest = load_manifest(models_dir, verify=False)
-    entry = manifest.get(name)
-    verify_file(entry, models_dir)  # this model's file; another's trouble is said, and is that model's verify
-    for other, problem in file_problems(manifest, models_dir).items():
-        if other != entry.name:
-            log.warning("%s", problem)
+    entry = listed_model(models_dir, name)
     recorded = {**entry.source, "data_root": from_project(entry.source["data_root"], models_dir)}
     source = source_at(recorded, cache_dir, data_root)
     val = validation_split(source, max_val_images, entry.classes, moved=data_root is not None)

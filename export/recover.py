@@ -22,14 +22,14 @@ from onnx import numpy_helper
 from torch import nn
 
 from inference.fits import LEGACY_FIT
-from inference.manifest import ModelEntry, load_manifest
+from inference.manifest import ModelEntry
 from inference.runtime import OnnxClassifier
 from training.checkpoint import check_checkpoint_out, save_model_checkpoint
 from training.inference import with_tta
 from training.models import ImageClassifier, create_model
 
 from .parity import Parity, parity_against, torch_logits
-from .pipeline import ParityError, source_at, validation_split
+from .pipeline import ParityError, listed_model, source_at, validation_split
 
 # BatchNorm's update counter is not part of the computation, so the exporter leaves it out of the graph.
 NOT_IN_GRAPH = ("num_batches_tracked",)
@@ -158,7 +158,7 @@ def recover_checkpoint(
     write over an existing ``out``."""
     models_dir = Path(models_dir)
     check_checkpoint_out(Path(out), replace=replace)  # before minutes of work, not after
-    entry = load_manifest(models_dir, verify=True).get(name)
+    entry = listed_model(models_dir, name)
     if entry.precision != "fp32":
         raise ValueError(f"{name} is {entry.precision}: its weights were rounded; recover from its FP32 graph")
     meta = recovered_meta(entry, data_root)

@@ -22,7 +22,7 @@ from onnx import helper, numpy_helper
 
 from inference.devices import DeviceKind
 from inference.fits import FitName
-from inference.manifest import Calibration, ModelCard, ModelEntry, load_manifest
+from inference.manifest import Calibration, ModelCard, ModelEntry
 from inference.precisions import PrecisionName
 from inference.runtime import OnnxClassifier, softmax
 from training.inference import topk_accuracy
@@ -33,6 +33,7 @@ from .pipeline import (
     check_calibration_options,
     check_replacement,
     convert_variant,
+    listed_model,
     publish,
     record_entry,
     source_at,
@@ -77,8 +78,7 @@ def rederive(
     ``replace``: another model listed under ``name`` may be replaced; naming the reference itself replaces it."""
     check_calibration_options(precision, activation_ranges, calibration_count)
     models_dir = Path(models_dir)
-    manifest = load_manifest(models_dir, verify=True)
-    ref = manifest.get(reference)
+    ref = listed_model(models_dir, reference)
     if ref.precision != "fp32":
         raise ValueError(f"{reference} is {ref.precision}: re-derive from an FP32 graph")
     check_replacement(models_dir, name, ref.arch, ref.classes, precision, replace or name == reference, max_val_images)

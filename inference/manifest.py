@@ -198,6 +198,9 @@ def file_problems(manifest: Manifest, models_dir: Path) -> dict[str, str]:
             verify_file(entry, models_dir)
         except ManifestError as exc:
             problems[entry.name] = str(exc)
+        except OSError as exc:  # a file that cannot be read (permissions, a folder in its place)
+            reason = exc.strerror or exc
+            problems[entry.name] = f"model {entry.name!r}: file {models_dir / entry.file} cannot be read ({reason})"
     return problems
 
 

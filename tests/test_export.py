@@ -460,6 +460,24 @@ def test_verify_judges_the_cards_figure_and_only_the_named_models_file(exported,
         assert export_main(["verify", "tiny", *args]) == 0
     assert "verified" in capsys.readouterr().out and "model 'second': file" in caplog.text
     assert export_main(["verify", "second", *args]) == 2
+    # rederive and recover of this model go on too (they refused another model's file as verify did)
+    derived = ["rederive", "tiny", "--name", "tiny-r", "--calibrate", "none", "--models-dir", str(m)]
+    assert export_main([*derived, "--cache-dir", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    # a file that cannot be read is a problem of that model's, named, not an error of the listing
+    import inference.manifest
+
+    hashed = inference.manifest.sha256_file
+
+    def unreadable(path):
+        if Path(path).name == "tiny-r.onnx":
+            raise PermissionError(13, "Permission denied", str(path))
+        return hashed(path)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(inference.manifest, "sha256_file", unreadable)
+        assert export_main(["list", "--models-dir", str(m)]) == 1
+    assert "tiny-r.onnx cannot be read (Permission denied)" in capsys.readouterr().err
     # list marks it, names why, and fails; it still lists every model
     assert export_main(["list", "--models-dir", str(m)]) == 1
     listed = capsys.readouterr()

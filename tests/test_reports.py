@@ -596,6 +596,11 @@ def test_compare_checkpoint_against_report_and_two_reports(tiny_run, tiny_report
     (notes / "compare.md").write_text("my notes")
     assert main(["compare", str(bare), str(tiny_report), "--out", str(notes)]) == 2
     assert (notes / "compare.md").read_text() == "my notes"
+    # what a comparison stopped midway leaves (its compare.json is written last) is its own, to be rewritten
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "curves.png").write_bytes(b"half a figure")
+    assert main(["compare", str(bare), str(tiny_report), "--out", str(stopped)]) == 0
 
 
 def test_compare_of_two_runs_draws_both_learning_curves(tiny_run, tmp_path):
@@ -966,7 +971,8 @@ def test_ablation_skips_finished_variants_and_resumes_an_interrupted_one(image_f
 )
 def test_ablation_rejects_bad_settings_before_training(extra, said, tmp_path, image_folder, capsys):
     sets = tiny_overrides(image_folder, tmp_path / "cache")
-    assert main(["ablate", "--recipe", "resnet9_half_cpu", *extra, "--set", *sets, "--out", str(tmp_path / "a")]) == 2
+    # the tiny settings first: their model.args mapping replaces the whole dict, so a dropout before it is undone
+    assert main(["ablate", "--recipe", "resnet9_half_cpu", "--set", *sets, *extra, "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and said in err, err
     assert not any((tmp_path / "a").glob("*/last.pt"))
@@ -1037,3 +1043,17 @@ def test_evaluate_of_a_run_that_held_out_nothing_says_so(tiny_run, tmp_path):
 
     with pytest.raises(ValueError, match=r"has no samples \(the run held out none: data.val_size=0; .*--split all\)"):
         evaluate(tiny_run, out=tmp_path / "r", val_size=0, device="cpu")
+
+
+def test_two_onnx_files_of_one_name_do_not_share_the_default_report_folder(tiny_models_dir, tmp_path, monkeypatch):
+    """An ONNX model's default report folder is reports/<file name>-<split>: a second file of the same name
+    wrote over the first one's report, which `ensemble` and `compare` would then read as the first's."""
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+        shutil.copy(tiny_models_dir / "tiny.onnx", tmp_path / side / "tiny.onnx")
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--onnx", "a/tiny.onnx", "--no-sample-figures"]) == 0
+    kept = (tmp_path / "reports" / "tiny-val" / "metrics.json").read_bytes()
+    assert main(["evaluate", "--onnx", "b/tiny.onnx", "--no-sample-figures"]) == 2
+    assert (tmp_path / "reports" / "tiny-val" / "metrics.json").read_bytes() == kept
+    assert main(["evaluate", "--onnx", "a/tiny.onnx", "--no-sample-figures"]) == 0  # its own: rewritten

@@ -1453,6 +1453,12 @@ def test_every_set_counts_and_a_key_set_twice_is_refused(tmp_path, capsys):
 
     check_distinct(["augment=basic", "cutout=8"])
     assert build_config("resnet9_half_cpu", ["augment=basic", "cutout=8"]).augment.cutout == 8
+    # a preset sets only its own fields (ablate checks each variant's values, not the --vary text), an empty
+    # mapping of a merged section sets nothing, and a mapping for model.args replaces the whole dict
+    check_distinct(["pad_mode=reflect", "augment=basic"])
+    check_distinct(["epochs=5", "train={}"])
+    with pytest.raises(ConfigError, match="would undo it"):
+        check_distinct(["model.args.width=24", "model.args={}"])
     # an empty --out is an unset variable, not the default folder; a setting given as a flag is pointed to --set
     for argv, said in (
         (["train", "--recipe", "resnet9_half_cpu", "--out", ""], "argument --out: is empty"),
@@ -1468,8 +1474,9 @@ def test_every_set_counts_and_a_key_set_twice_is_refused(tmp_path, capsys):
     own = tmp_path / "own"
     own.mkdir()
     (own / "config.yaml").write_text(f"# my notes\nmodel: {{name: resnet9_half}}\ndata: {{root: {tmp_path / 'no'}}}\n")
-    assert training_main(["train", "--recipe", str(own / "config.yaml"), "--out", str(own)]) == 2
-    assert "is the config.yaml a run in" in capsys.readouterr().err
+    for again in ([], ["--resume"]):  # --resume with nothing to resume starts a run all the same
+        assert training_main(["train", "--recipe", str(own / "config.yaml"), "--out", str(own), *again]) == 2
+        assert "is the config.yaml a run in" in capsys.readouterr().err
     assert (own / "config.yaml").read_text().startswith("# my notes")
 
 

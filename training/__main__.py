@@ -76,14 +76,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{out} holds an ensemble recipe's run, whose {BEST_FILE} this run would replace; train into "
             "another folder, or start over with --force"
         )
+    held = [name for name in RUN_FILES if (out / name).exists()]
     recipe_file = Path(args.recipe) if args.recipe.endswith((".yaml", ".yml")) else None
-    if recipe_file is not None and recipe_file.resolve() == (out / "config.yaml").resolve() and not args.resume:
-        # a new run writes its settings there, over the user's file and its comments
+    starts = not (args.resume and LAST_FILE in held)  # a new run, which writes its settings to config.yaml
+    if starts and recipe_file is not None and recipe_file.resolve() == (out / "config.yaml").resolve():
         raise ConfigError(
             f"--recipe {args.recipe} is the config.yaml a run in {out} writes: copy the recipe elsewhere, or "
             "train into another --out"
         )
-    held = [name for name in RUN_FILES if (out / name).exists()]
     if LAST_FILE in held and args.resume:
         summary = resume(out, expected=config)
     elif LAST_FILE in held and not args.force:

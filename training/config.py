@@ -465,14 +465,15 @@ def _fields_set(item: str) -> tuple[set[str], bool]:
     dotted = key if "." in key or key == "augment" else _field_owner(key)
     if dotted == "augment" and not value.startswith("{"):
         return {f"augment.{name}" for name in AUGMENT_PRESETS.get(value, {})} or {"augment"}, True
-    if "." not in dotted and value.lstrip().startswith("{"):
+    if value.lstrip().startswith("{"):
         try:
             parsed = _parse_value(value)
         except ConfigError:
             return {dotted}, True  # apply_overrides says what is wrong with it
-        if dotted in MERGED_SECTIONS and isinstance(parsed, dict) and parsed:
-            return {f"{dotted}.{name}" for name in parsed}, False
-        return {dotted}, True
+        if dotted in MERGED_SECTIONS and isinstance(parsed, dict):
+            return {f"{dotted}.{name}" for name in parsed}, False  # merged: it sets what it names, {} nothing
+        if isinstance(parsed, dict):  # a mapping replaced whole (model, model.args): every field under it
+            return {dotted}, True
     return {dotted}, False
 
 

@@ -173,7 +173,11 @@ def ablate(
         labels = [" ".join(combo) for combo in combos]
         # a key both fixed by --set and varied takes the varied values in every variant: the --set is a mistake
         # (a step may change what --set gave the steps before it)
-        check_distinct(sets + vary)
+        for combo in combos:  # each variant's values: a preset varied is its fields, not the whole section
+            try:
+                check_distinct(sets + combo)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} (--vary's values come after every --set: drop that --set)") from None
     check_tta(tta)
     # Build every config, and its network, before training anything: a typo fails at once, not after hours.
     configs = [_variant_config(recipe, sets + combo, label) for label, combo in zip(labels, combos)]

@@ -32,6 +32,7 @@ from .evaluate import (
 from .metrics import mcnemar, paired_difference_interval
 
 CURVES_FILE = "curves.png"
+COMPARISON_HEADER = "# Comparison\n\n"
 
 
 @dataclass
@@ -243,10 +244,21 @@ def check_comparison_out(out_dir: Path) -> None:
     (its compare.json) is rewritten."""
     if not out_dir.is_dir() or (out_dir / "compare.json").is_file():
         return
-    others = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
+    others = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(".") and not _left_by_comparison(p))
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise ValueError(f"--out {out_dir} holds files and no comparison ({shown}): write it to a new or empty folder")
+
+
+def _left_by_comparison(path: Path) -> bool:
+    """A file a comparison stopped midway leaves (its compare.json is written last): the figure, or its own
+    compare.md, not someone's of that name."""
+    if path.name == CURVES_FILE:
+        return True
+    try:
+        return path.name == "compare.md" and path.read_text().startswith(COMPARISON_HEADER)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def write_comparison(result: dict[str, Any], out_dir: str | Path) -> Path:
@@ -255,7 +267,7 @@ def write_comparison(result: dict[str, Any], out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     # The histories are the runs' own (history.json beside each); the figure below is what they are here for.
     saved = {k: v for k, v in result.items() if k not in ("histories", "curves")}
-    text = "# Comparison\n\n```\n" + format_comparison(result) + "\n```\n"
+    text = COMPARISON_HEADER + "```\n" + format_comparison(result) + "\n```\n"
     # The earlier comparison's files go first: a figure that fails (or one this comparison has none of) must not
     # stand beside the new numbers, nor the old numbers beside a new figure.
     for name in ("compare.json", "compare.md", CURVES_FILE):

@@ -722,12 +722,8 @@ def _check_report_out(out: Path, model: str | Path | None = None) -> None:
             f"--out {out} holds a training run ({', '.join(held)}): write the report to another folder (by default "
             f"it goes to a folder inside the run's)"
         )
-    reported = _reported_model(out)
-    if model is not None and reported is not None and _same_file(reported, model) is False:
-        raise ValueError(
-            f"--out {out} holds the report of another model ({reported}): write this one to another folder, "
-            "or delete that report first"
-        )
+    if model is not None:
+        _check_not_anothers(out, model, f"--out {out}")
     # Any other folder holding files is someone's: its report.md or figures of the same names would be replaced.
     # A report's own (even one stopped after its predictions) is rewritten.
     if out.is_dir() and not (out / PREDICTIONS_FILE).is_file():
@@ -737,6 +733,15 @@ def _check_report_out(out: Path, model: str | Path | None = None) -> None:
                 f"--out {out} holds files and no report ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
                 ": write the report to a new or empty folder"
             )
+
+
+def _check_not_anothers(out: Path, model: str | Path, named: str) -> None:
+    reported = _reported_model(out)
+    if reported is not None and _same_file(reported, model) is False:
+        raise ValueError(
+            f"{named} holds the report of another model ({reported}): write this one to another folder (--out), "
+            "or delete that report first"
+        )
 
 
 def _reported_model(out: Path) -> str | None:
@@ -794,6 +799,8 @@ def evaluate(
     notes = [note] if note else []
     classes = source.classes
     out_dir = Path(out) if out else default_out_dir(source, split, tta)
+    if not out:  # two ONNX files of one name go to one default folder, reports/<name>-<split>
+        _check_not_anothers(out_dir, checkpoint or onnx or "", f"the default report folder {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     logits, seconds = source.predict(data, tta, batch_size)
