@@ -356,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_set_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    """--set takes every word after it up to the next option: a run folder or model after it was taken for a
-    setting, and argparse said the run was missing. Said as what it is."""
+    """--set takes every word after it up to the next option: a run folder or model after it would be taken for
+    a setting, and argparse would say the run is missing. Said as what it is."""
     taking = False
     for word in argv:
         if word == "--set":
