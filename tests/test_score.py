@@ -404,7 +404,8 @@ def test_max_pixels_reaches_the_decoders_and_the_error_row_says_how_to_raise_it(
         errors = {r["path"]: r["error"] for r in _csv_rows(out)}
         assert errors == {
             "x.bmp": "",
-            "img.jpeg": "image is 64x48 = 3072 pixels, over the limit of 3071; --max-pixels raises the limit",
+            "img.jpeg": "image is 64x48 = 3072 pixels, over the limit of 3071; --max-pixels raises the limit "
+            "(score again with --overwrite: --resume keeps this row)",
         }, workers
         assert _score(*common, "--out", out, "--workers", workers, "--max-pixels", 48 * 64) == 0
         assert not any(r["error"] for r in _csv_rows(out))

@@ -89,7 +89,7 @@ def failure_message(exc: Exception) -> str:
     if isinstance(exc, OSError):
         return read_error(exc)
     if isinstance(exc, OverPixelLimit):
-        return f"{exc}; --max-pixels raises the limit"
+        return f"{exc}; --max-pixels raises the limit (score again with --overwrite: --resume keeps this row)"
     if isinstance(exc, ImageDecodeError):
         return str(exc)
     return f"could not decode ({type(exc).__name__}: {exc})"  # a decoder bug on one file must not cost the others
