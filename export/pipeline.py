@@ -27,7 +27,6 @@ from inference.manifest import (
     load_manifest,
     save_manifest,
     sha256_file,
-    verify_file,
 )
 from inference.precisions import PrecisionName, unsuited_hosts
 from inference.preprocess import to_model_input
@@ -442,10 +441,11 @@ def listed_model(models_dir: Path, name: str | None) -> ModelEntry:
     altered file of another listed model is warned of, and is that model's trouble, not this command's."""
     manifest = load_manifest(models_dir, verify=False)
     entry = manifest.get(name)
-    verify_file(entry, models_dir)
-    for other, problem in file_problems(manifest, models_dir).items():
-        if other != entry.name:
-            log.warning("%s", problem)
+    problems = file_problems(manifest, models_dir)  # each file hashed once
+    if entry.name in problems:
+        raise ManifestError(problems.pop(entry.name))
+    for problem in problems.values():
+        log.warning("%s", problem)
     return entry
 
 

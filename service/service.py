@@ -555,8 +555,13 @@ class MethodGate:
         if scope["method"] == "OPTIONS":
             await Response(status_code=204, headers=allow)(scope, receive, send)
             return
-        message = f"{scope['method'][:20]} is not allowed on {scope['path']}; it takes {', '.join(allowed)}"
-        await send_rejection(scope, send, Rejection("method_not_allowed", message), allow)
+        await send_rejection(scope, send, _not_allowed(scope, allow["Allow"]), allow)
+
+
+def _not_allowed(scope, allow: str) -> Rejection:
+    """The refusal of a method the path does not take; ``allow``: the methods it does, as the Allow header."""
+    message = f"{scope['method'][:20]} is not allowed on {scope['path'][:200]}; it takes {allow or 'other methods'}"
+    return Rejection("method_not_allowed", message)
 
 
 class PathGate:
@@ -622,8 +627,7 @@ class PlainRefusalGate:
         if status == 404:
             return Rejection("no_such_path", _no_such_path(scope["path"])), {}
         allow = headers.get("allow", "")
-        message = f"{scope['method'][:20]} is not allowed on {scope['path'][:200]}; it takes {allow or 'other methods'}"
-        return Rejection("method_not_allowed", message), ({"Allow": allow} if allow else {})
+        return _not_allowed(scope, allow), ({"Allow": allow} if allow else {})
 
 
 # @bentoml.service made Classifier a bentoml.Service; mypy keeps a decorated class's own type, which has none of a

@@ -373,7 +373,7 @@ def _check_set_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:
 
 def _unrecognized(args: argparse.Namespace, unknown: list[str]) -> str:
     """argparse's "unrecognized arguments", and where a setting given as a flag (``--epochs 1``) goes instead."""
-    from .config import ConfigError, _field_owner
+    from .config import ConfigError, field_owner
 
     text = f"unrecognized arguments: {' '.join(unknown)}"
     flag = next((word for word in unknown if word.startswith("--")), None)
@@ -381,7 +381,7 @@ def _unrecognized(args: argparse.Namespace, unknown: list[str]) -> str:
         return text
     key, _, value = flag[2:].replace("-", "_").partition("=")
     try:
-        dotted = _field_owner(key)
+        dotted = field_owner(key)
     except ConfigError:  # a key of two sections: still a setting
         dotted = key
     if dotted.startswith("model.args."):  # no section has it: not a setting either

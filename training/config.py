@@ -397,7 +397,7 @@ def _parse_value(text: str) -> Any:
         ) from exc
 
 
-def _field_owner(key: str) -> str:
+def field_owner(key: str) -> str:
     """Resolve a bare key (``lr``) to its section (``optim.lr``); model arguments are the fallback."""
     owners = [
         name
@@ -462,7 +462,7 @@ def _fields_set(item: str) -> tuple[set[str], bool]:
     of the preset's (unnamed), ``train={epochs: 5}`` those of the mapping (a merged section: named),
     ``model={...}`` the whole section (unnamed)."""
     key, value = _split_override(item)
-    dotted = key if "." in key or key == "augment" else _field_owner(key)
+    dotted = key if "." in key or key == "augment" else field_owner(key)
     if dotted == "augment" and not value.startswith("{"):
         return {f"augment.{name}" for name in AUGMENT_PRESETS.get(value, {})} or {"augment"}, True
     if value.lstrip().startswith("{"):
@@ -490,7 +490,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 raise ConfigError(f"unknown augment preset {value!r}; valid: {', '.join(AUGMENT_PRESETS)}")
             raw["augment"] = {**raw.get("augment", {}), **AUGMENT_PRESETS[value]}
             continue
-        path = (key if "." in key else _field_owner(key)).split(".")
+        path = (key if "." in key else field_owner(key)).split(".")
         node = raw
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -534,7 +534,7 @@ def placement_overrides(overrides: list[str]) -> list[str]:
 
 
 def _full_key(key: str) -> str:
-    return key if "." in key else _field_owner(key)
+    return key if "." in key else field_owner(key)
 
 
 def config_differences(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> list[str]:

@@ -32,6 +32,7 @@ from .config import (
     PLACEMENT_KEYS,
     Config,
     ConfigError,
+    build_config,
     config_differences,
     save_config,
     validate_config,
@@ -173,6 +174,18 @@ def evaluate(model: nn.Module, loader: TensorLoader, bf16: bool) -> dict[str, fl
         "val_top1": topk_accuracy(logits, labels, 1),
         "val_top5": topk_accuracy(logits, labels, 5) if logits.shape[1] > 5 else None,  # else 100% by definition
     }
+
+
+def buildable_config(recipe: str, overrides: list[str], what: str) -> Config:
+    """``build_config``'s configuration, its network built and given one image (a --set key that is no field
+    becomes a model argument, which only building the network refuses); a refusal names ``what`` (an ensemble
+    member, an ablation variant), so that it comes before anything trains and says which."""
+    try:
+        config = build_config(recipe, overrides)
+        check_network_takes_its_input(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from exc
+    return config
 
 
 def check_network_takes_its_input(config: Config) -> None:

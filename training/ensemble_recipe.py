@@ -33,12 +33,11 @@ from .config import (
     ENSEMBLE_KEY,
     Config,
     ConfigError,
-    build_config,
     is_ensemble_recipe,
     load_ensemble_recipe_raw,
     placement_overrides,
 )
-from .engine import check_network_takes_its_input, recorded_data, train
+from .engine import buildable_config, recorded_data, train
 from .engine import resume as resume_run
 from .ensemble import check_compatible, join_checkpoints
 from .inference import TTA_CHOICES
@@ -110,12 +109,8 @@ def member_configs(recipe: EnsembleRecipe, overrides: list[str] | None = None) -
     so are members the join would refuse, trained on other data, splits or input sizes."""
     configs = []
     for i, member in enumerate(recipe.members):
-        try:
-            config = build_config(member.recipe, [*member.set, *(overrides or [])])
-            check_network_takes_its_input(config)
-        except ConfigError as exc:
-            raise ConfigError(f"ensemble member {i + 1} ({member.recipe}): {exc}") from exc
-        configs.append(config)
+        what = f"ensemble member {i + 1} ({member.recipe})"
+        configs.append(buildable_config(member.recipe, [*member.set, *(overrides or [])], what))
     _check_joinable(recipe, configs)
     return configs
 

@@ -25,8 +25,8 @@ from tqdm import tqdm
 from inference.files import write_text_atomic
 
 from ..checkpoint import BEST_FILE, LAST_FILE, SUMMARY_FILE
-from ..config import Config, ConfigError, build_config, check_distinct
-from ..engine import check_network_takes_its_input, resume, train
+from ..config import Config, ConfigError, check_distinct
+from ..engine import buildable_config, resume, train
 from ..inference import check_tta
 from ..models import count_parameters
 from .evaluate import DataSpec, load_model, read_json, sample_fingerprint
@@ -99,17 +99,6 @@ def _same_config(run_dir: Path, config: Config) -> bool:
     return not saved.is_file() or yaml.safe_load(saved.read_text()) == config.model_dump(mode="json")
 
 
-def _variant_config(recipe: str, overrides: list[str], label: str) -> Config:
-    """The variant's configuration, its network built and given one image: a --set key that is no configuration
-    field becomes a model argument, which only building the network can refuse."""
-    try:
-        config = build_config(recipe, overrides)
-        check_network_takes_its_input(config)
-    except ConfigError as exc:
-        raise ConfigError(f"variant {label!r}: {exc}") from exc
-    return config
-
-
 def run_variant(run_dir: Path, config: Config) -> str:
     """Train, resume or skip one variant; returns which it did."""
     started = (run_dir / LAST_FILE).is_file()
@@ -180,7 +169,7 @@ def ablate(
                 raise ConfigError(f"{exc} (--vary's values come after every --set: drop that --set)") from None
     check_tta(tta)
     # Build every config, and its network, before training anything: a typo fails at once, not after hours.
-    configs = [_variant_config(recipe, sets + combo, label) for label, combo in zip(labels, combos)]
+    configs = [buildable_config(recipe, sets + combo, f"variant {label!r}") for label, combo in zip(labels, combos)]
     out_dir = Path(out) if out else Path("runs") / f"ablate-{configs[0].recipe}"
     loaded: dict[tuple, tuple] = {}
     for config in configs:  # so does a missing or unknown split

@@ -756,11 +756,9 @@ def _reported_model(out: Path) -> str | None:
 def _same_file(reported: str, model: str | Path) -> bool | None:
     """Whether the report's model and ``model`` are one file or run folder (a run folder's report names its
     best.pt); None when the report's path is not here to tell (a report copied from another machine)."""
-    given, named = Path(model), Path(reported)
-    if not named.exists():
+    if not Path(reported).exists():
         return None
-    candidates = {given.resolve(), (given / BEST_FILE).resolve()}
-    return named.resolve() in candidates or (named / BEST_FILE).resolve() in candidates
+    return checkpoint_file(reported).resolve() == checkpoint_file(model).resolve()
 
 
 def evaluate(
