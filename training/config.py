@@ -196,6 +196,11 @@ class TrainConfig(Section):
     # 1, not the textbook 4: label smoothing and ensembles' averaged probabilities already make this project's
     # teachers under-confident, and softening them further taught less (docs/fast-training.md, "Knowledge distillation")
     distill_temperature: float = Field(1.0, gt=0)
+    # Dynamic data pruning (InfoBatch, training/data/prune.py): each epoch skips this share of the images whose
+    # last loss was below the mean, and weighs the kept ones among them up by as much; 0 trains on every image.
+    prune_ratio: float = Field(0.0, ge=0, lt=1)
+    # The share of the run's epochs that prune; the rest, at the end, train on every image (the paper's 0.875).
+    prune_until: float = Field(0.875, gt=0, le=1)
     # Which training images the whitening is fitted on: "random", a seeded sample of the split (as the paper's
     # shuffled CIFAR gives); "first", the split's first ones, which for a folder dataset (sorted by class) are
     # one or two classes: the runs documented before this option existed.
@@ -259,6 +264,12 @@ def config_problems(config: Config) -> list[str]:
         # a mixed image's teacher target would be the mix of two images' logits, which this trainer does not form
         problems.append(
             "train.distill_from does not combine with Mixup or CutMix: set mixup_alpha and cutmix_alpha to 0"
+        )
+    if t.prune_ratio and int(t.prune_until * epochs) < 2:
+        # the first epoch has no losses to prune by, and the epochs from prune_until on train on every image
+        problems.append(
+            f"train.prune_ratio {t.prune_ratio:g} with train.prune_until {t.prune_until:g} of {epochs} epochs: no "
+            "epoch would prune; raise prune_until or the epochs, or set prune_ratio to 0"
         )
     late = [m for m in s.milestones if m >= epochs]
     if s.name == "multistep" and late:

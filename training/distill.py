@@ -41,17 +41,25 @@ class TeacherError(ValueError):
 
 
 def distill_loss(
-    logits: torch.Tensor, target: DistilledTargets, label_smoothing: float, weight: float, temperature: float
+    logits: torch.Tensor,
+    target: DistilledTargets,
+    label_smoothing: float,
+    weight: float,
+    temperature: float,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """(1 - weight) x the labels' cross-entropy + weight x T^2 x KL(teacher || student), both softened by T: the
-    T^2 keeps the soft term's gradients on the scale of the hard one's as T changes (Hinton et al., section 2)."""
-    hard = F.cross_entropy(logits, target.labels, label_smoothing=label_smoothing)
+    T^2 keeps the soft term's gradients on the scale of the hard one's as T changes (Hinton et al., section 2).
+    The batch's mean, or each image's with ``reduction="none"``."""
+    hard = F.cross_entropy(logits, target.labels, label_smoothing=label_smoothing, reduction=reduction)
     soft = F.kl_div(
         F.log_softmax(logits / temperature, dim=1),
         F.log_softmax(target.teacher.float() / temperature, dim=1),
-        reduction="batchmean",
+        reduction="none",
         log_target=True,
-    )
+    ).sum(1)
+    if reduction == "mean":
+        soft = soft.mean()
     return (1 - weight) * hard + weight * temperature**2 * soft
 
 

@@ -41,7 +41,8 @@ from .config import (
 from .data import DatasetError, ImageArrays, load_split
 from .data.loader import TensorLoader
 from .data.mix import mixed_cross_entropy
-from .data.targets import DistilledTargets, Targets, hard_labels, part_of
+from .data.prune import PruneParams
+from .data.targets import DistilledTargets, PrunedTargets, Targets, hard_labels, part_of
 from .distill import distill_loss, load_or_compute, teacher_file
 from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, topk_accuracy
 from .lookahead import Lookahead
@@ -221,6 +222,9 @@ class Trainer:
             teacher_file(config.train.distill_from, self.out_dir)
         self.device = resolve_device(config.train.device)
         self.dist = distributed.setup(self.device.type)
+        if config.train.prune_ratio and self.dist.enabled:
+            # each process would see its own images' losses only, and draw its plans from a different mean
+            raise ConfigError("train.prune_ratio works in one process only: set it to 0 to train on several")
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
         t = config.train
@@ -289,6 +293,7 @@ class Trainer:
             channels_last=t.channels_last,
             max_batches=t.max_batches_per_epoch,
             teacher=teacher,
+            prune=PruneParams(t.prune_ratio, int(t.prune_until * t.epochs)),
         )
         if len(self.train_loader) == 0:
             raise ValueError(f"batch_size {t.batch_size} exceeds the {len(train_data)} training images per process")
@@ -346,6 +351,7 @@ class Trainer:
             "ema": self.ema.module.state_dict() if self.ema else None,
             "ema_n_averaged": int(self.ema.n_averaged.item()) if self.ema else 0,
             "lookahead": self.lookahead.state_dict() if self.lookahead else None,
+            "pruning": self.train_loader.pruning.state_dict() if self.train_loader.pruning else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
@@ -369,6 +375,8 @@ class Trainer:
             self.ema.n_averaged.fill_(ckpt["ema_n_averaged"])
         if self.lookahead and ckpt.get("lookahead"):
             self.lookahead.load_state_dict(ckpt["lookahead"])
+        if self.train_loader.pruning and ckpt.get("pruning"):
+            self.train_loader.pruning.load_state_dict(ckpt["pruning"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.epoch, self.history, self.best = ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
@@ -447,34 +455,49 @@ class Trainer:
         if not math.isfinite(loss_sum.item()):
             raise FloatingPointError(f"training loss is not finite at epoch {self.epoch + 1}: lower the learning rate")
         elapsed = time.perf_counter() - start
-        return {
+        record = {
             "train_loss": loss_sum.item() / seen,
             "train_acc": correct.item() / seen,
             "train_time_s": elapsed,
             "train_images_per_s": seen * self.dist.world_size / elapsed,
             "lr": self.scheduler.get_last_lr()[0],
         }
+        if loader.pruning is not None:
+            # the share of the epoch's batches' images it trained on
+            record["train_kept"] = seen / (len(loader) * t.batch_size)
+        return record
 
     def _forward_backward(self, x: torch.Tensor, y: Targets) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of the batch's mean loss, in micro-batches when ``micro_batch_size`` is set: the same
-        update as one big batch (BatchNorm statistics aside, which then come from each micro-batch)."""
-        t = self.config.train
-        size = t.micro_batch_size or len(x)
+        update as one big batch (BatchNorm statistics aside, which then come from each micro-batch). A pruned
+        batch's loss is its images' weighted sum over the batch's size before pruning, and each image's loss
+        is recorded for the next epochs' pruning."""
+        size = self.config.train.micro_batch_size or len(x)
         logits, loss_sum = [], torch.zeros((), device=x.device)
         for begin in range(0, len(x), size):
             part = slice(begin, begin + size)
             target = part_of(y, part)
             with autocast(self.device, self.bf16):
                 out = self.forward_model(x[part])
-                if isinstance(target, DistilledTargets):
-                    loss = distill_loss(out.float(), target, t.label_smoothing, t.distill_weight, t.distill_temperature)
+                if isinstance(target, PrunedTargets):
+                    losses = self._loss(out.float(), target.target, reduction="none")
+                    self.train_loader.record_losses(target.index, losses.detach())
+                    loss = (losses * target.weight).sum() / target.full
                 else:
-                    loss = mixed_cross_entropy(out.float(), target, t.label_smoothing)
-                loss = loss * (len(out) / len(x))
+                    loss = self._loss(out.float(), target) * (len(out) / len(x))
             loss.backward()
             logits.append(out.detach())
             loss_sum += loss.detach()
         return torch.cat(logits), loss_sum
+
+    def _loss(self, logits: torch.Tensor, target: Targets, reduction: str = "mean") -> torch.Tensor:
+        t = self.config.train
+        if isinstance(target, DistilledTargets):
+            return distill_loss(
+                logits, target, t.label_smoothing, t.distill_weight, t.distill_temperature, reduction=reduction
+            )
+        assert not isinstance(target, PrunedTargets)
+        return mixed_cross_entropy(logits, target, t.label_smoothing, reduction=reduction)
 
     @property
     def eval_model(self) -> nn.Module:

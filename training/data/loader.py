@@ -13,7 +13,8 @@ import torch
 from .arrays import ImageArrays
 from .augment import AugmentParams, alternating_flip_mask, augment_batch, resize_batch, size_at
 from .mix import MixParams, mix_batch
-from .targets import DistilledTargets, Targets
+from .prune import LossPruning, PruneParams
+from .targets import DistilledTargets, PrunedTargets, Targets
 
 
 class TensorLoader:
@@ -31,6 +32,7 @@ class TensorLoader:
         channels_last: bool = False,
         max_batches: int | None = None,
         teacher: torch.Tensor | None = None,
+        prune: PruneParams | None = None,
     ) -> None:
         self.device = torch.device(device)
         # uint8 on the device: 4x less memory and transfer than preprocessed floats.
@@ -46,6 +48,12 @@ class TensorLoader:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.channels_last, self.max_batches = channels_last, max_batches
         self.epoch = 0
+        # each training image's last loss, from which a pruning epoch skips some the network already fits
+        self.pruning = (
+            LossPruning(len(self.labels), prune, seed, self.device)
+            if prune is not None and prune.enabled and train
+            else None
+        )
         # The first epoch's flips, fixed by the seed alone, so resume and every rank see the same ones.
         self.base_flips = None
         if self.augment is not None and self.augment.flip and self.augment.alternate_flip:
@@ -55,6 +63,11 @@ class TensorLoader:
     def set_epoch(self, epoch: int) -> None:
         """The shuffle and augmentation of an epoch depend only on (seed, epoch): resume replays them exactly."""
         self.epoch = epoch
+
+    def record_losses(self, index: torch.Tensor, losses: torch.Tensor) -> None:
+        """Each trained image's loss, which the next epochs' pruning plans read."""
+        if self.pruning is not None:
+            self.pruning.record(index, losses)
 
     def image_size(self) -> int:
         """The side of this epoch's batches: the data's own, or a smaller one early in a progressive-resizing plan."""
@@ -78,9 +91,16 @@ class TensorLoader:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = self._indices(gen).to(self.device)
         size = self.image_size()
+        pruning = self.pruning if self.pruning is not None and self.pruning.records(self.epoch) else None
+        plan = pruning.plan(self.epoch) if pruning is not None else None
         y: Targets
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            full = len(idx)
+            if plan is not None:
+                kept = plan.keep[idx]
+                # a step on no image would still move the schedule; train on one instead (only tiny batches get here)
+                idx = idx[kept] if kept.any() else idx[:1]
             x, y = self.images[idx], self.labels[idx]
             if self.augment:
                 flips = None if self.base_flips is None else alternating_flip_mask(self.base_flips[idx], self.epoch)
@@ -92,6 +112,8 @@ class TensorLoader:
                 x, y = mix_batch(x, y, self.mix, gen)
             elif self.teacher is not None:
                 y = DistilledTargets(y, self.teacher[idx])
+            if plan is not None:
+                y = PrunedTargets(y, idx, plan.weight[idx], full)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y

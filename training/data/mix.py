@@ -62,10 +62,11 @@ def mix_batch(
 
 
 def mixed_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor | MixedTargets, label_smoothing: float = 0.0
+    logits: torch.Tensor, target: torch.Tensor | MixedTargets, label_smoothing: float = 0.0, reduction: str = "mean"
 ) -> torch.Tensor:
+    """The batch's mean loss, or each image's with ``reduction="none"``."""
     if isinstance(target, MixedTargets):
-        return target.lam * F.cross_entropy(logits, target.y_a, label_smoothing=label_smoothing) + (
-            1 - target.lam
-        ) * F.cross_entropy(logits, target.y_b, label_smoothing=label_smoothing)
-    return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+        return target.lam * F.cross_entropy(
+            logits, target.y_a, label_smoothing=label_smoothing, reduction=reduction
+        ) + (1 - target.lam) * F.cross_entropy(logits, target.y_b, label_smoothing=label_smoothing, reduction=reduction)
+    return F.cross_entropy(logits, target, label_smoothing=label_smoothing, reduction=reduction)

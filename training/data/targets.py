@@ -1,5 +1,6 @@
 """What a training batch's images are trained towards: their labels, two label sets mixed (Mixup, CutMix), or
-their labels with a teacher's logits (knowledge distillation)."""
+their labels with a teacher's logits (knowledge distillation); in a pruned epoch, any of those with each image's
+index and loss weight (training.data.prune)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,18 @@ class DistilledTargets:
         return DistilledTargets(self.labels[part], self.teacher[part])
 
 
-Targets = Union[torch.Tensor, MixedTargets, DistilledTargets]
+@dataclass
+class PrunedTargets:
+    """A batch of a pruning run: its targets, each image's index in the training set (its loss is recorded there)
+    and loss weight, and the batch's size before pruning, by which its weighted loss is divided."""
+
+    target: Union[torch.Tensor, MixedTargets, DistilledTargets]
+    index: torch.Tensor
+    weight: torch.Tensor
+    full: int
+
+
+Targets = Union[torch.Tensor, MixedTargets, DistilledTargets, PrunedTargets]
 
 
 def hard_labels(target: Targets) -> torch.Tensor:
@@ -31,6 +43,8 @@ def hard_labels(target: Targets) -> torch.Tensor:
         return target.y_a
     if isinstance(target, DistilledTargets):
         return target.labels
+    if isinstance(target, PrunedTargets):
+        return hard_labels(target.target)
     return target
 
 
@@ -38,4 +52,8 @@ def part_of(target: Targets, part: slice) -> Targets:
     """The targets of a micro-batch."""
     if isinstance(target, MixedTargets):
         return MixedTargets(target.y_a[part], target.y_b[part], target.lam)
+    if isinstance(target, PrunedTargets):
+        inner = part_of(target.target, part)
+        assert not isinstance(inner, PrunedTargets)
+        return PrunedTargets(inner, target.index[part], target.weight[part], target.full)
     return target[part]
