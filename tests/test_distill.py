@@ -103,9 +103,9 @@ def test_a_student_learns_from_a_trained_run_and_resumes_on_its_kept_targets(
         calls.append(1)
         return compute(*args, **kwargs)
 
-    def spy(logits, target, label_smoothing, weight, temperature):
+    def spy(logits, target, label_smoothing, weight, temperature, **kwargs):
         losses.append((weight, temperature))
-        return loss(logits, target, label_smoothing, weight, temperature)
+        return loss(logits, target, label_smoothing, weight, temperature, **kwargs)
 
     monkeypatch.setattr(distill, "teacher_logits", count)
     monkeypatch.setattr("training.engine.distill_loss", spy)

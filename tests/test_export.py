@@ -316,8 +316,20 @@ def test_a_stop_during_an_export_leaves_the_models_folder_as_it_was(
     assert {p.name: p.read_bytes() for p in m.iterdir()} == before
 
 
+@pytest.fixture
+def ctrl_c_as_in_a_shell():
+    """Python's own SIGINT handler, which raises KeyboardInterrupt: a test process that a shell without job
+    control started in the background (``pytest &`` in a script) inherits SIGINT ignored, where Ctrl-C does
+    nothing at all."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_a_stop_while_a_model_is_recorded_waits_for_the_record_and_a_failed_record_restores_the_old_file(
-    tiny_run, exported, tmp_path, monkeypatch, capsys
+    tiny_run, exported, tmp_path, monkeypatch, capsys, ctrl_c_as_in_a_shell
 ):
     """The graph's rename and the manifest's save happen together or not at all: a Ctrl-C between them used to
     leave the new graph under the old sha256 (the service refusing to start) and say nothing was written; a

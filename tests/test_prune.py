@@ -72,6 +72,22 @@ def test_the_loader_shrinks_its_batches_keeps_their_count_and_carries_indices_an
     assert all(isinstance(y, torch.Tensor) and len(y) == 16 for _, y in loader)
 
 
+def test_each_images_loss_averages_to_the_batch_loss_for_labels_mixes_and_teachers():
+    from training.data.mix import MixedTargets, mixed_cross_entropy
+    from training.data.targets import DistilledTargets
+    from training.distill import distill_loss
+
+    gen = torch.Generator().manual_seed(0)
+    logits, teacher = torch.randn(12, 5, generator=gen), torch.randn(12, 5, generator=gen)
+    labels, other = torch.randint(0, 5, (12,), generator=gen), torch.randint(0, 5, (12,), generator=gen)
+    for target in (labels, MixedTargets(labels, other, 0.3)):
+        each = mixed_cross_entropy(logits, target, 0.1, reduction="none")
+        assert each.shape == (12,) and torch.allclose(each.mean(), mixed_cross_entropy(logits, target, 0.1))
+    target = DistilledTargets(labels, teacher)
+    each = distill_loss(logits, target, 0.1, 0.5, 2.0, reduction="none")
+    assert each.shape == (12,) and torch.allclose(each.mean(), distill_loss(logits, target, 0.1, 0.5, 2.0))
+
+
 def test_a_pruned_step_is_the_full_batch_step_when_nothing_is_skipped(image_folder, tmp_path):
     overrides = tiny_overrides(image_folder, tmp_path / "cache", label_smoothing=0.1, epochs=4)
     plain = Trainer(build_config("resnet9_half_cpu", overrides), tmp_path / "a")
