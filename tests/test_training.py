@@ -632,6 +632,38 @@ def test_resume_continues_the_same_run(image_folder, tmp_path, monkeypatch):
     assert [h["val_top1"] for h in ha] == [h["val_top1"] for h in hb]
 
 
+def test_a_resume_says_config_yaml_was_edited_and_keeps_the_edit(image_folder, tmp_path, caplog):
+    """Editing a run's config.yaml and resuming used to continue the started configuration silently and write
+    it back over the edit."""
+    import yaml
+
+    from training.config import build_config
+    from training.engine import resume, train
+
+    run = tmp_path / "run"
+    train(build_config("resnet9_half_cpu", tiny_overrides(image_folder, tmp_path / "cache", epochs=1)), run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["optim"]["lr"] = 0.123
+    edited = yaml.safe_dump(config)
+    (run / "config.yaml").write_text(edited)
+    with caplog.at_level("WARNING", logger="training"):
+        resume(run, epochs=2)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "was edited since the run started" in said and "optim.lr: 0.05 -> 0.123" in said
+    assert (run / "config.edited.yaml").read_text() == edited
+    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 0.05
+    caplog.clear()
+    (run / "config.yaml").write_text("optim: [")  # not YAML any more: said, kept, and the run still resumes
+    with caplog.at_level("WARNING", logger="training"):
+        resume(run, epochs=3)
+    assert "no longer reads as a configuration" in " ".join(r.getMessage() for r in caplog.records)
+    assert (run / "config.edited.yaml").read_text() == "optim: ["
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="training"):
+        resume(run, epochs=4)  # config.yaml was written back: nothing to say
+    assert "edited" not in " ".join(r.getMessage() for r in caplog.records)
+
+
 def test_checkpoint_every_saves_last_pt_on_its_epochs_new_bests_and_the_end_and_resumes_exactly(
     image_folder, tmp_path, monkeypatch
 ):

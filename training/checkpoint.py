@@ -24,7 +24,9 @@ SUMMARY_FILE = "summary.json"
 ENSEMBLE_RUN_FILE = "ensemble.yaml"
 # What a run writes as it trains; a run started over removes the previous one's first, so that nothing of it
 # (a best.pt, a summary saying it finished) passes for the new run's if the new one is stopped early.
-RUN_FILES = (LAST_FILE, BEST_FILE, SUMMARY_FILE, "history.json", "training_curves.png")
+# a run's config.yaml as a user edited it, kept aside when a resume writes back the configuration it started with
+EDITED_CONFIG = "config.edited.yaml"
+RUN_FILES = (LAST_FILE, BEST_FILE, SUMMARY_FILE, "history.json", "training_curves.png", EDITED_CONFIG)
 # What every checkpoint's meta holds, whoever wrote it (a run, an ensemble, a recovered network): enough to
 # rebuild the network and to name its classes and input.
 META_KEYS = ("arch", "num_classes", "mean", "std", "model_args", "classes", "input_size")

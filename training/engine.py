@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
@@ -20,6 +21,7 @@ from inference.files import write_text_atomic
 from . import distributed
 from .checkpoint import (
     BEST_FILE,
+    EDITED_CONFIG,
     LAST_FILE,
     SUMMARY_FILE,
     clear_run,
@@ -687,6 +689,32 @@ def _last_or_advice(run: Path) -> dict[str, Any]:
         ) from exc
 
 
+def keep_edited_config(out_dir: Path, started: Config) -> None:
+    """A run's config.yaml edited by hand does not change a resume, which continues the configuration kept in
+    last.pt and writes it back to config.yaml: say so, and keep the edited file beside it, not lose it."""
+    path = out_dir / "config.yaml"
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return
+    try:
+        edited = config_differences(started, validate_config(yaml.safe_load(text), started=True))
+    except (yaml.YAMLError, ConfigError, TypeError) as exc:
+        edited = [f"it no longer reads as a configuration ({str(exc).splitlines()[0]})"]
+    if not edited:
+        return
+    write_text_atomic(out_dir / EDITED_CONFIG, text)
+    log.warning(
+        "%s was edited since the run started (started -> file: %s): a resume continues the configuration it "
+        "started with, kept in last.pt, and config.yaml is written back to it; the edited file is kept as %s. "
+        "To train with it, start a new run: python -m training train --recipe %s --out NEW_FOLDER",
+        path,
+        "; ".join(edited),
+        out_dir / EDITED_CONFIG,
+        out_dir / EDITED_CONFIG,
+    )
+
+
 def resume(
     out_dir: str | Path,
     epochs: int | None = None,
@@ -705,6 +733,7 @@ def resume(
             f"{out_dir} holds a run of another configuration, so it cannot be continued with this one "
             f"(started -> asked): {'; '.join(differences)}"
         )
+    keep_edited_config(Path(out_dir), started)
     config = with_placement(started, placement, like=expected)
     moved = config_differences(started, config)
     if moved:
