@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_overrides, train_straight_and_resumed
+from conftest import make_arrays, tiny_overrides, train_straight_and_resumed
 from training.config import ConfigError, build_config
 from training.data.arrays import ImageArrays
 from training.data.loader import TensorLoader
 from training.data.prune import LossPruning, PruneParams
 from training.data.targets import PrunedTargets
 from training.engine import Trainer
-
-
-def _arrays(n: int) -> ImageArrays:
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
-    return ImageArrays(images, (np.arange(n) % 3).astype(np.int64), ["a", "b", "c"])
 
 
 def test_a_plan_skips_only_below_mean_images_about_ratio_of_them_and_weighs_the_kept_ones_up():
@@ -53,7 +46,7 @@ def test_plans_depend_on_seed_and_epoch_only_and_spare_the_first_the_last_and_th
 
 
 def test_the_loader_shrinks_its_batches_keeps_their_count_and_carries_indices_and_weights():
-    data = _arrays(96)
+    data = ImageArrays(*make_arrays(3, 32, size=8), ["a", "b", "c"])
     loader = TensorLoader(data, 16, train=True, prune=PruneParams(0.5, last_epoch=3), seed=1)
     batches = list(loader)
     assert len(batches) == len(loader) == 6

@@ -19,6 +19,7 @@ from inference.messages import exception_summary, validation_problems
 
 from .data.augment import AugmentParams
 from .data.mix import MixParams
+from .data.prune import PruneParams
 from .models.ensemble import ENSEMBLE_ARCH
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -215,6 +216,9 @@ class TrainConfig(Section):
     max_batches_per_epoch: int | None = Field(None, ge=1)  # for smoke tests and benchmarks
     threads: int | None = Field(None, ge=1)
 
+    def prune_params(self) -> PruneParams:
+        return PruneParams(self.prune_ratio, int(self.prune_until * self.epochs))
+
     @field_validator("distill_from")
     @classmethod
     def _teacher_home(cls, path: str | None) -> str | None:
@@ -265,7 +269,7 @@ def config_problems(config: Config) -> list[str]:
         problems.append(
             "train.distill_from does not combine with Mixup or CutMix: set mixup_alpha and cutmix_alpha to 0"
         )
-    if t.prune_ratio and int(t.prune_until * epochs) < 2:
+    if t.prune_ratio and not t.prune_params().enabled:
         # the first epoch has no losses to prune by, and the epochs from prune_until on train on every image
         problems.append(
             f"train.prune_ratio {t.prune_ratio:g} with train.prune_until {t.prune_until:g} of {epochs} epochs: no "

@@ -43,7 +43,6 @@ from .config import (
 from .data import DatasetError, ImageArrays, load_split
 from .data.loader import TensorLoader
 from .data.mix import mixed_cross_entropy
-from .data.prune import PruneParams
 from .data.targets import DistilledTargets, PrunedTargets, Targets, hard_labels, part_of
 from .distill import distill_loss, load_or_compute, teacher_file
 from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, topk_accuracy
@@ -295,7 +294,7 @@ class Trainer:
             channels_last=t.channels_last,
             max_batches=t.max_batches_per_epoch,
             teacher=teacher,
-            prune=PruneParams(t.prune_ratio, int(t.prune_until * t.epochs)),
+            prune=t.prune_params(),
         )
         if len(self.train_loader) == 0:
             raise ValueError(f"batch_size {t.batch_size} exceeds the {len(train_data)} training images per process")

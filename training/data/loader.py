@@ -91,8 +91,7 @@ class TensorLoader:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = self._indices(gen).to(self.device)
         size = self.image_size()
-        pruning = self.pruning if self.pruning is not None and self.pruning.records(self.epoch) else None
-        plan = pruning.plan(self.epoch) if pruning is not None else None
+        plan = self.pruning.plan(self.epoch) if self.pruning is not None and self.pruning.records(self.epoch) else None
         y: Targets
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]

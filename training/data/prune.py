@@ -56,10 +56,7 @@ class LossPruning:
         weight = torch.ones(n, device=device)
         if not 1 <= epoch < self.params.last_epoch:
             return EpochPlan(keep, weight)
-        seen = ~self.scores.isnan()
-        if not seen.any():
-            return EpochPlan(keep, weight)
-        low = self.scores < self.scores[seen].mean()
+        low = self.scores < self.scores.nanmean()  # False for every image while none has a loss (the mean is NaN)
         # its own generator: the augmentation's draws stay those of the same run without pruning
         gen = torch.Generator().manual_seed(self.seed * 100_003 + 50_021 + epoch)
         drop = low & (torch.rand(n, generator=gen).to(device) < self.params.ratio)
