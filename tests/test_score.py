@@ -25,7 +25,16 @@ from inference.runtime import OnnxClassifier
 from service.contract import Limits, ModelInfo, ModelList
 from service.score.cli import main as score_main
 from service.score.remote import RemoteBackend
-from service.score.sinks import ENCODING, CsvFormat, JsonlFormat, OutputError, resume_output
+from service.score.sinks import (
+    ENCODING,
+    CsvFormat,
+    JsonlFormat,
+    OutputError,
+    Prediction,
+    Row,
+    make_format,
+    resume_output,
+)
 
 GOOD = [
     "0_top.png",
@@ -345,6 +354,19 @@ def test_fail_on_error_and_user_errors(tree, tiny_models_dir, tmp_path, capsys):
     assert _score(tree, "--out", "/dev/full", "--format", "csv", *models) == 1
     err = capsys.readouterr().err
     assert "error: cannot write /dev/full: No space left on device" in err and "Traceback" not in err, err
+
+
+def test_fail_on_error_counts_the_failed_rows_a_resume_keeps(tree, tiny_models_dir, tmp_path, capsys):
+    """A run stopped after its failed files and resumed exited 0 with --fail-on-error: its status hung on where the
+    first run stopped."""
+    out = tmp_path / "p.csv"
+    models = ["--models-dir", tiny_models_dir, "--no-progress"]
+    assert _score(tree, "--out", out, *models) == 0
+    capsys.readouterr()
+    assert _score(tree, "--out", out, "--resume", "--fail-on-error", *models) == 1
+    assert f"already in {out} (resumed, {len(BAD)} of them failed)" in capsys.readouterr().err
+    assert _score(tree / "a-b", "--out", tmp_path / "q.csv", *models) == 0
+    assert _score(tree / "a-b", "--out", tmp_path / "q.csv", "--resume", "--fail-on-error", *models) == 0
 
 
 def test_a_malformed_url_is_a_usage_error_naming_it(tree, capsys):
@@ -873,6 +895,35 @@ def test_resume_reads_back_and_rejects_other_k(tmp_path):
     assert resume_output(str(out), CsvFormat(1), seen.append) == 0 and out.read_text() == ""
 
 
+@pytest.mark.parametrize("fmt", [CsvFormat(2), JsonlFormat(2)], ids=["csv", "jsonl"])
+def test_resume_leaves_a_one_line_file_of_another_kind_alone(tmp_path, fmt):
+    """A file without a whole line was taken for a run stopped in its first write and emptied, whatever it held."""
+    out = tmp_path / f"p.{fmt.name}"
+    out.write_text("customer_id,name,total")  # someone else's file, its only line without a newline
+    with pytest.raises(OutputError, match="not a score file: it begins 'customer_id,name,total'"):
+        resume_output(str(out), fmt, list().append)
+    assert out.read_text() == "customer_id,name,total"
+    for cut in (1, 5, 12, 40):  # what a run stopped in its first write leaves is still dropped
+        out.write_text((fmt.header() + fmt.format([Row("a.png", error="empty file (0 bytes)")]))[:cut])
+        assert resume_output(str(out), fmt, list().append) == 0 and out.read_text() == ""
+
+
+@pytest.mark.parametrize("name", ["csv", "jsonl"])
+def test_resume_refuses_a_file_marked_at_another_min_confidence(tmp_path, name):
+    """The file said only that it had a 'confident' column, not at which threshold: resumed with another, the
+    column mixed the two."""
+    written = make_format(name, 1, min_confidence=0.5)
+    rows = [Row("a.png", [Prediction("x", 0, 0.7)]), Row("b.png", [Prediction("x", 0, 0.4999997)])]
+    out = tmp_path / f"p.{name}"
+    out.write_text(written.header() + written.format(rows))  # b.png: 0.500000 in the file, marked false
+    assert resume_output(str(out), make_format(name, 1, min_confidence=0.5), list().append) == 2
+    assert resume_output(str(out), make_format(name, 1, min_confidence=0.6), list().append) == 2
+    for other, what in ((0.8, "confidence 0.7 confident"), (0.45, "confidence 0.5 not confident")):
+        with pytest.raises(OutputError, match=f"marks {what}, which --min-confidence {other:g} does not"):
+            resume_output(str(out), make_format(name, 1, min_confidence=other), list().append)
+    assert out.read_text() == written.header() + written.format(rows)
+
+
 def _classify_handler(fail_first: int = 0, max_images: int = 64, max_body: int | None = None, says_limits=False):
     """A stand-in for the service's GET /models and POST /classify, with its 4xx answers; ``says_limits``: its
     GET /models lists the limits, as the service does."""
@@ -976,6 +1027,29 @@ def test_url_mode_splits_and_falls_back_to_single_images(tree, tmp_path, monkeyp
     serve(handler)
     assert _score(tree, "--url", "http://scorer.test", "--out", out, "--overwrite", "--no-progress") == 1
     assert "failed 6 times: HTTP 503: warming up" in capsys.readouterr().err
+
+
+def test_a_service_that_stops_answering_says_what_the_output_holds(tree, tmp_path, monkeypatch, capfd):
+    """Every such stop advised --resume: refused for standard output, and after an --overwrite that had not yet
+    replaced the file, it would have kept the very rows being replaced."""
+    real_client = httpx.Client
+    handler, _ = _classify_handler(fail_first=10**6)
+    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    monkeypatch.setattr(RemoteBackend, "RETRY_DELAY", 0.001)
+    url = ["--url", "http://scorer.test", "--no-progress"]
+    old = tmp_path / "old.csv"
+    old.write_text("path,label_1,confidence_1,error\na.png,alpha,0.900000,\n")
+    cases = {
+        (): "",
+        ("--out", old, "--overwrite"): f"{old} is as it was: it is replaced only once the new rows begin",
+        ("--out", tmp_path / "new.csv"): f"the rows so far are in {tmp_path / 'new.csv'}: rerun with --resume",
+    }
+    for args, hint in cases.items():
+        assert _score(tree, *url, *args) == 1
+        err = capfd.readouterr().err
+        assert "failed 6 times: HTTP 503: warming up" in err and "stopped: scored 0" in err, err
+        assert ("--resume" in err) == ("--resume" in hint) and hint in err, err
+    assert old.read_text() == "path,label_1,confidence_1,error\na.png,alpha,0.900000,\n"
 
 
 def test_url_mode_sizes_its_requests_to_the_limits_the_service_lists(tmp_path, monkeypatch):

@@ -40,6 +40,7 @@ class Summary:
     unconfident: int = 0  # scored, with a top-1 confidence below --min-confidence
     failed: int = 0
     resumed: int = 0
+    resumed_failed: int = 0  # error rows among the resumed: --fail-on-error counts them too
     elapsed: float = 0.0
     walk: WalkStats = field(default_factory=WalkStats)
     failures: list[str] = field(default_factory=list)  # the first few, for the summary
@@ -56,7 +57,8 @@ class Summary:
             scored += f" ({self.unconfident} below --min-confidence {min_confidence:g})"
         parts = [scored, f"failed {self.failed}", f"skipped {self.walk.skipped} (not images)"]
         if self.resumed:
-            parts.append(f"{self.resumed} already in {out} (resumed)")
+            failed = f", {self.resumed_failed} of them failed" if self.resumed_failed else ""
+            parts.append(f"{self.resumed} already in {out} (resumed{failed})")
         lines = [
             (f"{stopped}: " if stopped else "") + ", ".join(parts) + f"; {self.elapsed:.1f} s, {rate:.0f} images/s"
         ]
@@ -288,7 +290,9 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
 
             def keep(row: Row) -> None:
                 done.add(row.path)
-                if row.error is None and len(written) < RESUME_CHECK_ROWS:
+                if row.error is not None:
+                    summary.resumed_failed += 1
+                elif len(written) < RESUME_CHECK_ROWS:
                     written.append(row)
                 if accuracy is not None:
                     accuracy.add(row)
@@ -334,6 +338,7 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
         threading.Thread(target=_count, args=(args.dir, stop, total), daemon=True, name="score-count").start()
     interrupted: KeyboardInterrupt | None = None
     lost: _OutputLost | None = None
+    failure: RemoteError | None = None
     start = time.perf_counter()
     try:
         for rows in backend.rows(chunks(entries, backend.batch_size, done)):
@@ -360,6 +365,8 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
         interrupted = exc
     except _OutputLost as exc:
         lost = exc
+    except RemoteError as exc:  # here, not in run(): the summary knows whether there are rows to resume
+        failure = exc
     finally:
         summary.elapsed = time.perf_counter() - start
         stop.set()
@@ -371,14 +378,18 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
         raise lost
     if lost is not None:
         print(f"error: cannot write {_output_name(args.out)}: {lost}", file=sys.stderr)
-    stopped = f"{stopped_by(interrupted)}interrupted" if interrupted else "stopped" if lost else None
+    if failure is not None:
+        print(f"error: {failure}", file=sys.stderr)
+    stopped = f"{stopped_by(interrupted)}interrupted" if interrupted else "stopped" if lost or failure else None
     replaced = replacement is None or replacement.done
     print(summary.text(args.out, stopped, args.min_confidence, replaced), file=sys.stderr)
     if accuracy is not None:
         print(accuracy.report(), file=sys.stderr)
     if interrupted:
         return interrupted_status(interrupted)
-    return 1 if lost or (args.fail_on_error and summary.failed) else 0
+    # A file that failed before an interruption is as unscored as one that failed now: a resumed run's status
+    # must not depend on where the first run stopped.
+    return 1 if lost or failure or (args.fail_on_error and (summary.failed or summary.resumed_failed)) else 0
 
 
 def _output_name(path: str) -> str:

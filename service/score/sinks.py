@@ -77,6 +77,28 @@ def _threshold_mismatch(found: bool, what: str) -> str:
     return f"it has no {what} but this run writes one: rerun without --min-confidence"
 
 
+# Confidences are written to 6 decimals, and marked by their unrounded value: one written this close to the
+# threshold may be marked either way.
+_ROUNDING = 1e-6
+
+
+def _other_threshold(row: Row, marked: object, min_confidence: float) -> str | None:
+    """Why a resumed row's ``confident`` mark is not this run's threshold's (the file was written with another
+    --min-confidence, and its column would mix the two), or None."""
+    if row.error is not None or not row.top_k:
+        return None
+    top = row.top_k[0].confidence
+    if (marked is True and top < min_confidence - _ROUNDING) or (
+        marked is not True and top >= min_confidence + _ROUNDING
+    ):
+        return (
+            f"it marks confidence {top:g} {'confident' if marked is True else 'not confident'}, which "
+            f"--min-confidence {min_confidence:g} does not: it was written with another --min-confidence; rerun "
+            "with that, or --overwrite"
+        )
+    return None
+
+
 def format_from_path(path: str) -> str | None:
     ext = os.path.splitext(path)[1].lower()
     return {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(ext)
@@ -84,6 +106,7 @@ def format_from_path(path: str) -> str | None:
 
 class CsvFormat:
     name = "csv"
+    opening = "path,label_1,"  # how every file of this format begins, whatever its k (resume_output)
 
     def __init__(self, k: int, min_confidence: float | None = None) -> None:
         self.k = k
@@ -155,7 +178,11 @@ class CsvFormat:
                             top.append(Prediction(label, -1, float(conf)))
                         except ValueError:
                             raise OutputError(f"line {reader.line_num}: confidence {conf!r} is not a number") from None
-            yield Row(cells[0], top, error)
+            row = Row(cells[0], top, error)
+            if self.min_confidence is not None:
+                if why := _other_threshold(row, cells[-2] == "true", self.min_confidence):
+                    raise OutputError(f"line {reader.line_num}: {why}")
+            yield row
 
 
 def _header_mismatch(found: list[str], expected: list[str]) -> str:
@@ -168,6 +195,7 @@ def _header_mismatch(found: list[str], expected: list[str]) -> str:
 
 class JsonlFormat:
     name = "jsonl"
+    opening = '{"path": '
 
     def __init__(self, k: int, exact_k: bool = True, min_confidence: float | None = None) -> None:
         self.k = k
@@ -206,6 +234,9 @@ class JsonlFormat:
             marked = self.min_confidence is not None
             if ("confident" in obj) != marked:
                 raise OutputError(f"line {n}: " + _threshold_mismatch("confident" in obj, "'confident' field"))
+            if self.min_confidence is not None:
+                if why := _other_threshold(row, obj["confident"], self.min_confidence):
+                    raise OutputError(f"line {n}: {why}")
             if row.error is None and (len(row.top_k) > self.k or self.exact_k and len(row.top_k) != self.k):
                 raise OutputError(
                     f"line {n} has top-{len(row.top_k)} predictions but this run writes top-{self.k}: "
@@ -265,6 +296,13 @@ def resume_output(path: str, fmt: CsvFormat | JsonlFormat, on_row: Callable[[Row
                 on_row(row)
                 count += 1
             good = offsets[0]
+        if good == 0:
+            # Not one whole line to tell what the file is: what would be dropped must be the start of a score file
+            # (a run stopped in its first write), not the only line of another file given as --out by mistake.
+            f.seek(0)
+            head = f.read(120).decode(**ENCODING)
+            if head[: len(fmt.opening)] != fmt.opening[: len(head)]:
+                raise OutputError(f"it is not a score file: it begins {head!r}")
     if os.path.getsize(path) != good:
         os.truncate(path, good)
     return count
