@@ -386,7 +386,16 @@ def check_replacement(
         raise ValueError(f"{final} is not a file (a folder?): the graph of {name!r} would be written there")
     listed = None
     if (models_dir / MANIFEST_NAME).exists():
-        listed = {m.name: m for m in load_manifest(models_dir, verify=False).models}.get(name)
+        models = {m.name: m for m in load_manifest(models_dir, verify=False).models}
+        listed = models.get(name)
+        # on a case-insensitive file system (macOS, Windows; a checkout of the models there) Tiny.onnx is tiny.onnx:
+        # the new graph would replace the listed model's file under it, breaking that entry's sha256
+        twin = next((other for other in models if other != name and other.casefold() == name.casefold()), None)
+        if twin is not None:
+            raise ValueError(
+                f"--name {name!r} differs from the listed {twin!r} only in case, and their files would be one on a "
+                f"case-insensitive file system: give another --name (or {twin!r} with --replace)"
+            )
     if listed is None:
         if final.exists():
             log.warning("%s is in no manifest entry: the new graph replaces it once verified", final)

@@ -1246,3 +1246,16 @@ def test_the_manifests_own_commands_run_on_the_serving_install_without_torch(tin
     assert load_manifest(models).defaults["cpu"] == "tiny-int8"
     done = subprocess.run([sys.executable, "-c", NO_TORCH, "verify", "tiny", "--models-dir", str(models)], **run)
     assert done.returncode != 0 and "not on the serving install: torch" in done.stderr  # the blocker works
+
+
+def test_a_name_that_differs_from_a_listed_one_only_in_case_is_refused(exported, tiny_run, tmp_path, capsys):
+    """On a case-insensitive file system (macOS, Windows) TINY.onnx is tiny.onnx: the export would replace the
+    listed model's file under it and leave that entry's sha256 wrong. Refused before any work, files untouched."""
+    models = tmp_path / "models"
+    shutil.copytree(exported[0], models)
+    before = {p.name: p.read_bytes() for p in models.iterdir()}
+    argv = ["--checkpoint", str(tiny_run / "best.pt"), "--name", "TINY", "--models-dir", str(models)]
+    assert export_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "differs from the listed 'tiny' only in case" in err and "Traceback" not in err, err
+    assert {p.name: p.read_bytes() for p in models.iterdir()} == before

@@ -1571,3 +1571,52 @@ def test_a_batch_size_that_leaves_much_of_each_epoch_out_is_said(image_folder, t
             Trainer(cfg, tmp_path / f"run{batch_size}")
         said = "each epoch trains on 30 of the 45 training images per process (whole batches of 30" in caplog.text
         assert said == warned, caplog.text
+
+
+def test_a_recipe_that_is_a_folder_is_said_to_be_one(tmp_path, capsys):
+    """`--recipe training/recipes` (a completion stopped short) was answered "no recipe", as if mistyped."""
+    from training.__main__ import main as training_main
+
+    (tmp_path / "mine.yaml").write_text("model: {name: resnet9}\n")
+    for recipe in (str(tmp_path), f"{tmp_path}/"):
+        assert training_main(["train", "--recipe", recipe, "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert f"recipe {recipe} is a folder" in err and "mine.yaml" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_mistyped_setting_is_answered_with_the_setting_meant():
+    """A typo was said as "no such setting", or for a bare key as an argument the model does not take, without
+    the name the user meant; and a key with spaces around '=' became a model argument named "lr "."""
+    from training.engine import check_network_takes_its_input
+
+    tiny = ["model.name=resnet9", "model.args={width: 8}"]
+    for override, meant in (
+        ("train.epohcs=1", "did you mean train.epochs?"),
+        ("optim.lrr=0.1", "did you mean optim.lr?"),
+        ("trian.epochs=1", "did you mean train?"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(meant)):
+            build_config("resnet9_half_cpu", [*tiny, override])
+    for override, meant in (
+        ("epohcs=1", "did you mean train.epochs?"),
+        ("model.args.dropuot=0.1", "did you mean dropout?"),
+    ):
+        config = build_config("resnet9_half_cpu", [*tiny[:1], override])
+        with pytest.raises(ConfigError, match=re.escape(meant)):
+            check_network_takes_its_input(config)
+    with pytest.raises(ConfigError) as refused:
+        check_network_takes_its_input(build_config("resnet9_half_cpu", [*tiny[:1], "bogus=1"]))
+    assert "did you mean" not in str(refused.value)  # nothing is like it: no guess
+    assert build_config("resnet9_half_cpu", ["lr = 0.1"]).optim.lr == 0.1
+
+
+def test_a_run_folder_inside_the_image_folder_it_trains_on_is_refused(image_folder, tmp_path):
+    """Its training_curves.png was read back by the next run on that folder: the run folder became a class."""
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    config = build_config("resnet9_half_cpu", tiny_overrides(data, tmp_path / "cache", epochs=1))
+    for out in (data / "run", data, data / "alpha" / "run"):
+        with pytest.raises(ConfigError, match="is inside the dataset"):
+            train(config, out)
+    assert sorted(p.name for p in data.iterdir()) == ["alpha", "beta", "gamma"] and not (data / "run").exists()

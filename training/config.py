@@ -4,11 +4,12 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Sequence, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -354,6 +355,12 @@ def list_ensemble_recipes() -> list[str]:
 
 def _read_recipe(name_or_path: str) -> dict[str, Any]:
     path = Path(name_or_path)
+    # a folder (training/recipes, a tab completion stopped short) is not "no recipe"; a built-in's name still wins
+    # over a folder of that name in the current one (a run folder)
+    if path.is_dir() and name_or_path not in _recipe_files():
+        inside = sorted(p.name for p in path.glob("*.y*ml"))
+        shown = f" (in it: {', '.join(inside[:8])}{' ...' if len(inside) > 8 else ''})" if inside else ""
+        raise ConfigError(f"recipe {name_or_path} is a folder: give a recipe's YAML file{shown} or a built-in name")
     if not path.suffix:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
     if Path(name_or_path).suffix and not path.is_file():  # a file the user named
@@ -441,7 +448,9 @@ def _split_override(item: str) -> tuple[str, str]:
     key, value = item.split("=", 1)
     if not key.strip():
         raise ConfigError(f"override {item!r} has no key before '='")
-    return key, value
+    # "lr = 0.1", quoted as one word: the key's spaces would make it a model argument named "lr " (the value's
+    # are YAML's to ignore)
+    return key.strip(), value
 
 
 def check_distinct(overrides: list[str]) -> None:
@@ -532,7 +541,46 @@ def validate_config(raw: dict[str, Any], started: bool = False) -> Config:
     try:
         return Config.model_validate(raw, context={"started": started})
     except ValidationError as exc:
-        raise ConfigError(f"invalid configuration: {validation_problems(exc)}") from exc
+        unknown = [".".join(map(str, e["loc"])) for e in exc.errors() if e["type"] == "extra_forbidden"]
+        raise ConfigError(f"invalid configuration: {validation_problems(exc)}{did_you_mean(unknown)}") from exc
+
+
+def _setting_names() -> dict[str, list[str]]:
+    """Each setting's own name -> its dotted names (``name`` is in three sections)."""
+    names: dict[str, list[str]] = {}
+    for section, f in Config.model_fields.items():
+        if isinstance(f.default_factory, type) and issubclass(f.default_factory, BaseModel):
+            for name in f.default_factory.model_fields:
+                names.setdefault(name, []).append(f"{section}.{name}")
+    return names
+
+
+def close_settings(key: str) -> list[str]:
+    """The settings a mistyped key most likely meant, dotted (``epohcs`` and ``optim.epochs`` -> ``train.epochs``),
+    those of the section it names first; none for a key like no setting (a model's own argument)."""
+    section, _, name = key.rpartition(".")
+    if not section and key in Config.model_fields:  # a section's own name: nothing mistyped
+        return []
+    names = _setting_names()
+    close = [dotted for match in difflib.get_close_matches(name, names, n=2, cutoff=0.75) for dotted in names[match]]
+    if not section:  # a section mistyped (trian.epochs is refused as the section trian)
+        close += difflib.get_close_matches(name, [s for s in Config.model_fields if s != "recipe"], n=1, cutoff=0.75)
+    own = [dotted for dotted in close if dotted.startswith(f"{section}.")]
+    return [dotted for dotted in own or close if dotted != key][:2]
+
+
+def did_you_mean(keys: list[str], arguments: Sequence[str] = ()) -> str:
+    """A hint for the mistyped ``keys`` that are close to a setting (or to one of a model's ``arguments``), to
+    append to the error naming them ("" if none is): a typo said only as "no such setting", or as an argument the
+    model does not take, leaves the user to search the recipe for the right name."""
+    hints = [
+        (key, close)
+        for key in keys
+        if (close := difflib.get_close_matches(key, arguments, n=1, cutoff=0.75) or close_settings(key))
+    ]
+    if len(hints) == 1:
+        return f"; did you mean {' or '.join(hints[0][1])}?"
+    return "".join(f"; {key}: did you mean {' or '.join(close)}?" for key, close in hints)
 
 
 # Where a run runs, not what it computes: the data's location (the data itself is checked when a run resumes),

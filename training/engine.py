@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ from .config import (
     ConfigError,
     build_config,
     config_differences,
+    did_you_mean,
     save_config,
     validate_config,
     with_placement,
@@ -47,7 +49,7 @@ from .data.targets import DistilledTargets, PrunedTargets, Targets, hard_labels,
 from .distill import distill_loss, load_or_compute, teacher_file
 from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, topk_accuracy
 from .lookahead import Lookahead
-from .models import ImageClassifier, argument_error, count_parameters, create_model
+from .models import MODELS, ImageClassifier, argument_error, count_parameters, create_model
 from .models.whitening import dirac_init_, whitening_layers
 from .optim import build_optimizer, build_scheduler
 from .plots import CurveInfo, plot_training_curves
@@ -200,7 +202,10 @@ def check_network_takes_its_input(config: Config) -> None:
     except (TypeError, RuntimeError) as exc:  # an argument of the wrong kind, or a value torch refuses (width -2)
         raise ConfigError(argument_error(name, args, exc)) from exc
     except ValueError as exc:  # an argument the model does not take, or a value it refuses
-        raise ConfigError(str(exc)) from exc
+        taken = inspect.signature(MODELS.get(name)).parameters
+        unknown = [] if any(p.kind is p.VAR_KEYWORD for p in taken.values()) else [k for k in args if k not in taken]
+        # a bare --set key that is no setting lands here: a mistyped setting (epohcs) as much as a model argument
+        raise ConfigError(f"{exc}{did_you_mean(unknown, [p for p in taken if p != 'num_classes'])}") from exc
     try:
         with torch.no_grad():
             model(torch.zeros(1, 3, size, size))
@@ -649,7 +654,23 @@ class Trainer:
 
 
 def train(config: Config, out_dir: str | Path) -> dict[str, Any]:
+    check_out_of_the_data(config, Path(out_dir))
     return Trainer(config, out_dir).fit()
+
+
+def check_out_of_the_data(config: Config, out_dir: Path) -> None:
+    """Refuse a run folder inside the image folder it trains on: its training_curves.png would be read back as
+    an image, making the run folder a class of its own (or an image of one) for every later run on that data."""
+    root = Path(config.data.root)
+    # CIFAR's readers take their batch files by name; an archive cannot be written into; absent data is said later
+    if config.data.dataset != "folder" or not root.is_dir():
+        return
+    out, root = out_dir.resolve(), root.resolve()
+    if out == root or root in out.parents:
+        raise ConfigError(
+            f"--out {out_dir} is inside the dataset {config.data.root} (data.root): the run's training_curves.png "
+            "would be read as an image of it by later runs; train into a folder outside it"
+        )
 
 
 def patience_exhausted(config: Config, bad_epochs: int) -> bool:
