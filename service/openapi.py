@@ -17,6 +17,10 @@ from .uploads import FIELDS
 
 # BentoML's own error answers: {"error": message}
 _BENTOML_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}}
+# BentoML's answer to a request not answered within --timeout (every route that classifies)
+_TIMED_OUT = (
+    "not answered within the server's --timeout seconds: fewer or smaller images per request, or a longer --timeout"
+)
 # base64 of a whole number of 3-byte groups, in either alphabet: no padding
 _BASE64 = "^([A-Za-z0-9+/]*|[A-Za-z0-9_-]*)$"
 
@@ -94,8 +98,7 @@ def document_openapi(document: dict, loaded: Mapping[str, Any] | None, default_k
         )
         # BentoML's own answer, {"error": ...} without a reason: not the caller's mistake, nor one of ours
         paths[path]["post"]["responses"]["504"] = {
-            "description": "not answered within the server's --timeout seconds: fewer or smaller images per "
-            "request, or a longer --timeout",
+            "description": _TIMED_OUT,
             "content": {"application/json": {"schema": _BENTOML_ERROR}},
         }
     models = paths["/models"]
@@ -196,6 +199,8 @@ def _document_oip(document: dict, names: list[str] | None) -> None:
     refusals["415"] = _json("a compressed body (Content-Encoding): send it uncompressed", error)
     unknown = {"404": _json("unknown model", error)}
     loading = {"503": _json("the models are not loaded yet", error)}
+    # BentoML's --timeout covers the mounted routes too, answered {"error"}: the protocol's own shape
+    timed_out = {"504": _json(_TIMED_OUT, error)}
 
     def get(operation: str, summary: str, responses: dict, parameters: list | None = None) -> dict:
         return {
@@ -239,7 +244,7 @@ def _document_oip(document: dict, names: list[str] | None) -> None:
             "/classify's requests.",
             "parameters": [name],
             "requestBody": {"required": True, "content": {"application/json": {"schema": refs[InferRequest]}}},
-            "responses": {"200": _json("the outputs", refs[InferResponse]), **refusals, **loading},
+            "responses": {"200": _json("the outputs", refs[InferResponse]), **refusals, **loading, **timed_out},
         }
     }
     version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "enum": [VERSION]}}

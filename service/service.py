@@ -245,7 +245,9 @@ class BodyGate:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
-        read = self.READERS.get(scope["path"].rstrip("/")) if scope["type"] == "http" else None
+        # The exact path: BentoML serves no "/infer/", which PathGate refuses (404 naming the path without the
+        # slash) whatever its body; read here, a bad body was refused as if the path were served.
+        read = self.READERS.get(scope["path"]) if scope["type"] == "http" else None
         if read is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return

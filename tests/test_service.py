@@ -374,6 +374,19 @@ def test_a_path_the_service_does_not_serve_is_refused_in_json_as_every_other_ref
         assert "did you mean '/classify', without the trailing slash?" in slash.json()["error"]
 
 
+def test_a_trailing_slash_on_a_json_api_is_no_such_path_whatever_its_body(server):
+    """POST /infer/ and /models/ (no such paths) had their body read and judged as if they were served: a bad body
+    was a 400 (counted as the caller's malformed request), and only a good one reached the 404 saying the path."""
+    json_type = {"content-type": "application/json"}
+    with httpx.Client(base_url=server, timeout=10) as client:
+        for path in ("/infer/", "/models/"):
+            for body in (b"{not json", b'{"items": []}', b"{}"):
+                answer = client.post(path, content=body, headers=json_type)
+                assert answer.status_code == 404, (path, body, answer.text)
+                assert answer.json()["reason"] == "no_such_path", answer.text
+                assert f"did you mean {path.rstrip('/')!r}, without the trailing slash?" in answer.json()["error"]
+
+
 def test_the_routers_plain_text_404_and_405_are_refused_in_json_too(server):
     """A POST to a GET-only route (/readyz, /v2) and a missing file under /static were answered by the routers in
     plain text ("Method Not Allowed", "Not Found"); now as every other refusal, a 405 keeping its Allow."""

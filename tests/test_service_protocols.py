@@ -524,6 +524,36 @@ def test_the_openapi_document_lists_the_new_routes(server):
     assert docs.status_code == 200 and "swagger" in docs.text.lower()  # BentoML's UI, moved from /
 
 
+def test_an_inference_request_past_the_timeout_is_a_504_the_document_lists(tiny_models_dir, tmp_path):
+    """BentoML's --timeout covers the protocol's routes too: a request not answered in time is its 504 {"error"},
+    which the document listed for /classify and /infer but not for /v2/models/NAME/infer (an undocumented status,
+    to schemathesis and to clients generated from the document)."""
+    import socket
+    import time
+
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
+    with running_service(tiny_models_dir, tmp_path / "server.log", "--timeout", "1", env=env) as url:
+        spec = httpx.get(f"{url}/docs.json", timeout=10).json()
+        for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+            timed_out = spec["paths"][path]["post"]["responses"]["504"]
+            assert timed_out["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/OipError"}
+        # a body trickled in, each byte well within the stall limit, the whole past the timeout
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            head = "POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            sock.sendall(f"{head}Content-Length: 100\r\n\r\n".encode())
+            sock.settimeout(0.25)
+            answer, deadline = b"", time.monotonic() + 10
+            while b"\r\n\r\n{" not in answer and time.monotonic() < deadline:
+                try:
+                    answer += sock.recv(4096)
+                except socket.timeout:
+                    sock.sendall(b" ")
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 504"), answer
+    assert set(json.loads(body[: body.rindex(b"}") + 1])) == {"error"}, answer
+
+
 # ---------------------------------------------------------------------------------------------- the page
 def _chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
