@@ -129,7 +129,12 @@ def decode_rgb(
             pass
         else:
             return to_rgb_image(image, size, exif=False, fit=fit, frame=(width, height))
-    return _decode_any(data, size, max_pixels, fit, reduce)
+    with warnings.catch_warnings():
+        # Pillow warns of what it skips in a damaged file (an EXIF tag past the block's end, a malformed MPO) and
+        # reads the rest, as this does: the warning only reached stderr, through the scorer's progress bar.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return _decode_any(data, size, max_pixels, fit, reduce)
 
 
 def dct_reduction(source: tuple[int, int], size: tuple[int, int], fit: str = DEFAULT_FIT) -> int:
@@ -154,20 +159,19 @@ _PILLOW_SIZE = re.compile(r"Image size \((\d+) pixels\)")
 
 
 def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, reduce: bool) -> Image.Image:
+    """The general path, with Pillow's DecompressionBombWarning an error (``decode_rgb`` sets the filters)."""
     _allow_in_pillow(max_pixels)
     stream = io.BytesIO(data)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image: Image.Image = Image.open(stream, formats=_format_hint(data) or _decodable())
-            _check_pixels(*image.size, max_pixels)
-            frame = None  # the geometry is the loaded image's own, unless it is decoded reduced
-            if reduce and image.format == "JPEG":
-                frame = _shown_size(image)
-                factor = dct_reduction(frame, size, fit)
-                if factor > 1:  # Pillow's JPEG plugin picks the same reduction for this size (Image.draft)
-                    image.draft(image.mode, (image.size[0] // factor, image.size[1] // factor))
-            image.load()
+        image: Image.Image = Image.open(stream, formats=_format_hint(data) or _decodable())
+        _check_pixels(*image.size, max_pixels)
+        frame = None  # the geometry is the loaded image's own, unless it is decoded reduced
+        if reduce and image.format == "JPEG":
+            frame = _shown_size(image)
+            factor = dct_reduction(frame, size, fit)
+            if factor > 1:  # Pillow's JPEG plugin picks the same reduction for this size (Image.draft)
+                image.draft(image.mode, (image.size[0] // factor, image.size[1] // factor))
+        image.load()
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -356,7 +360,8 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     # 16/32-bit integer or float grey: scaled to 8 bits, where Pillow's conversion would clip it (16-bit images
     # come out white, floats in [0, 1] black). Floats below FLOAT_UNIT_BELOW are read as scikit-image and
     # OpenCV write them (1.0 is white; a resize's overshoot past 1 clips); larger ones as the integer scales.
-    # NaN and infinities are black.
+    # Values past 16 bits (32-bit counts, depths) have no scale that says where white is: their brightest pixel
+    # is. NaN and infinities are black.
     arr = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     top = arr.max(initial=0.0)
     if image.mode == "F" and top < FLOAT_UNIT_BELOW:
@@ -364,7 +369,7 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     else:
         # Pillow reads a PGM of any maxval above 255 onto the 16-bit scale (mode I): a dark one is no 8-bit image
         sixteen = image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PPM")
-        peak = 65535.0 if sixteen or top > 255 else 255.0
+        peak = top if top > 65535 else 65535.0 if sixteen or top > 255 else 255.0
     grey = Image.fromarray(np.rint(np.clip(arr * (255.0 / peak), 0, 255)).astype(np.uint8), "L")
     if isinstance(key, int) and image.mode != "F":
         # a 16-bit grey PNG's colour key (tRNS) names a 16-bit value: its pixels are clear, as an 8-bit key's are

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from inference.interrupts import interrupt_within, say_stopped
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -28,9 +29,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = get_args_parser()  # imports numpy, ONNX Runtime, Pillow: most of a second
-    except KeyboardInterrupt:  # Ctrl-C before anything has started: no traceback, the status of an interrupt
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, ImportError) as exc:
+        # Ctrl-C before anything has started: no traceback, the status of an interrupt. One that lands in ONNX
+        # Runtime's native module comes out as its ImportError ("initialization failed").
+        stop = interrupt_within(exc)
+        if stop is None:
+            raise
+        return say_stopped(stop, "interrupted")
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -285,3 +285,46 @@ def test_model_input_from_packed_pixels_matches_the_arrays():
     fresh = to_model_input(arrays)
     assert fresh.dtype == np.float32 and fresh.flags.c_contiguous
     np.testing.assert_array_equal(fresh, expected)
+
+
+@pytest.mark.parametrize("mode, white", [("I", 2**31 - 1), ("I", 1_000_000), ("F", 1e6)])
+def test_a_grey_tiff_past_16_bits_is_scaled_to_its_brightest_pixel(mode, white):
+    """32-bit integers (Pillow's mode I) or floats above 65535 were read on the 16-bit scale: all but the darkest
+    pixels came out white. No scale says where their white is: the brightest pixel is."""
+    grey = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48), dtype=np.uint8))
+    grey.putpixel((0, 0), 255)
+    dtype = np.int32 if mode == "I" else np.float32
+    deep = Image.fromarray(np.rint(np.asarray(grey, dtype=np.float64) * (white / 255)).astype(dtype), mode)
+    data = _encode(deep, "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == mode
+    got = decode_image(data, fit="squash").astype(int)
+    assert np.abs(got - decode_image(_encode(grey, "PNG"), fit="squash").astype(int)).max() <= 1
+
+
+def _exif_jpeg(pixels: np.ndarray, tags: list[bytes], tail: bytes = b"") -> bytes:
+    """A JPEG whose EXIF block holds ``tags`` (12-byte little-endian IFD entries), then ``tail``."""
+    import struct
+
+    ifd = b"II*\x00" + struct.pack("<LH", 8, len(tags)) + b"".join(tags) + b"\0\0\0\0" + tail
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", exif=b"Exif\x00\x00" + ifd)
+    return buf.getvalue()
+
+
+def test_a_corrupt_exif_block_is_read_as_far_as_it_goes_without_a_warning():
+    """Pillow warns ("Truncated File Read", "Possibly corrupt EXIF data") of a tag whose data is past the block's
+    end: from the scorer's decode workers that went to stderr, through its progress bar. The image is decoded as
+    before: turned by the orientation tag that is intact."""
+    import struct
+    import warnings
+
+    pixels = np.asarray(_asymmetric())
+    turn = struct.pack("<HHLHH", 0x0112, 3, 1, 6, 0)  # orientation 6: a quarter turn
+    past_the_end = struct.pack("<HHLL", 0x010E, 2, 20, 40)  # a 20-byte description at offset 40 of a 46-byte block
+    corrupt = _exif_jpeg(pixels, [turn, past_the_end], tail=b"abcdefgh")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = decode_image(corrupt, size=(24, 40), fit="squash")
+    assert [str(w.message) for w in caught] == []
+    np.testing.assert_array_equal(got, decode_image(_exif_jpeg(pixels, [turn]), size=(24, 40), fit="squash"))
+    assert got[:6].mean() < 40 < 200 < got[-12:].mean()  # turned: the left third's dark band is now on top

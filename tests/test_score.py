@@ -888,7 +888,7 @@ def test_resume_reads_back_and_rejects_other_k(tmp_path):
     with pytest.raises(OutputError, match="--k 1"):
         resume_output(str(out), JsonlFormat(3), seen.append)
     out = tmp_path / "p.csv"
-    out.write_text("path,label_1,confidence_1,error\n")
+    out.write_text("path,label_1,confidence_1,error\na.png,x,0.900000,\n")
     with pytest.raises(OutputError, match="rerun with --k 1"):
         resume_output(str(out), CsvFormat(2), seen.append)
     out.write_text("path,lab")  # killed while writing the header: start afresh
@@ -1196,3 +1196,92 @@ def test_ctrl_c_while_the_command_line_loads_is_an_interrupt_without_a_traceback
     monkeypatch.setattr(service.score.cli, "add_score_parser", interrupted)
     assert service_main(["score", "anywhere"]) == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_ctrl_c_inside_onnx_runtimes_import_is_an_interrupt_too(monkeypatch, capsys):
+    """ONNX Runtime's native module turns a Ctrl-C during its import into ``ImportError: initialization failed``
+    (the interrupt as its cause): that was a traceback and status 1. Any other ImportError is still raised."""
+    import service.score.cli
+    from service.__main__ import main as service_main
+
+    def interrupted(sub):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise ImportError("initialization failed") from exc
+
+    monkeypatch.setattr(service.score.cli, "add_score_parser", interrupted)
+    assert service_main(["score", "anywhere"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+    def missing(sub):
+        raise ImportError("no module named something")
+
+    monkeypatch.setattr(service.score.cli, "add_score_parser", missing)
+    with pytest.raises(ImportError, match="something"):
+        service_main(["score", "anywhere"])
+
+
+@pytest.mark.parametrize(
+    "command, after",
+    [
+        (["service.score"], "numpy"),  # python -m service.score had no guard at all while it imported
+        (["service.score"], "onnxruntime.capi._ld_preload"),  # the next import is ONNX Runtime's native module
+        (["service", "score"], "onnxruntime.capi._ld_preload"),
+    ],
+)
+def test_ctrl_c_while_the_command_imports(tmp_path, command, after):
+    """A real SIGINT, sent as soon as -X importtime reports that ``after`` is imported: the rest of the imports
+    (ONNX Runtime's native module takes some 30 ms, then most of a second more) are still to come."""
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "a.png")
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", *command, str(tmp_path), "--out", os.devnull, "--format", "csv"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    for line in proc.stderr:
+        if line.rsplit("|", 1)[-1].strip() == after:
+            time.sleep(0.01)  # into the native module's initialisation, where the interrupt became an ImportError
+            proc.send_signal(signal.SIGINT)
+            break
+    err = [line for line in proc.communicate(timeout=60)[1].splitlines() if not line.startswith("import time:")]
+    # A process that ends itself by SIGINT (as Python may, once a native module saw the interrupt) is also 130 to
+    # the shell; what matters is the one line, without a traceback.
+    assert proc.returncode in (130, -signal.SIGINT) and err == ["interrupted"], (proc.returncode, err)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_write_that_fails_on_a_device_advises_no_resume(tree, monkeypatch, capfd):
+    """--out /dev/full (JSON Lines: no header to fail first) or a pipe: the summary advised --resume, which
+    refuses anything but a regular file."""
+    real_client = httpx.Client
+    handler, _ = _classify_handler()
+    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    assert _score(tree, "--url", "http://scorer.test", "--out", "/dev/full", "--format", "jsonl", "--no-progress") == 1
+    err = capfd.readouterr().err
+    assert "error: cannot write /dev/full: No space left on device" in err and "stopped: scored 0" in err, err
+    assert "the rows so far went to /dev/full, which --resume cannot read back: rerun to score all" in err, err
+    assert "rerun with --resume" not in err, err
+
+
+def test_resume_starts_a_header_only_file_again_whatever_its_k_or_threshold(tree, tmp_path, monkeypatch, capsys):
+    """A run stopped before its first row leaves only the CSV header: resumed with another --k or
+    --min-confidence it was refused ("rerun with --k 1"), though it held no row to keep or to mix with."""
+    out = tmp_path / "p.csv"
+    other_k, other_threshold = "path,label_1,confidence_1,error\n", CsvFormat(2, min_confidence=0.5).header()
+    for header in (other_k, other_threshold):
+        out.write_text(header)
+        assert resume_output(str(out), CsvFormat(2), list().append) == 0 and out.read_text() == ""
+
+    real_client = httpx.Client
+    handler, _ = _classify_handler()
+    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    out.write_text("path,label_1,confidence_1,error\n")
+    assert _score(tree, "--url", "http://scorer.test", "--out", out, "--k", 2, "--resume", "--no-progress") == 0
+    rows = _csv_rows(out)
+    assert list(rows[0]) == ["path", "label_1", "confidence_1", "label_2", "confidence_2", "error"]
+    assert [r["path"] for r in rows] == _sorted(GOOD + list(BAD))
+    assert "already in" not in capsys.readouterr().err

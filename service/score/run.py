@@ -46,10 +46,16 @@ class Summary:
     failures: list[str] = field(default_factory=list)  # the first few, for the summary
 
     def text(
-        self, out: str, stopped: str | None = None, min_confidence: float | None = None, replaced: bool = True
+        self,
+        out: str,
+        stopped: str | None = None,
+        min_confidence: float | None = None,
+        replaced: bool = True,
+        resumable: bool = True,
     ) -> str:
         """``stopped``: why the run ended before the last image ("interrupted", a write error), or None.
-        ``replaced``: False when --overwrite stopped before its first rows, so ``out`` still holds the old ones."""
+        ``replaced``: False when --overwrite stopped before its first rows, so ``out`` still holds the old ones.
+        ``resumable``: False when ``out`` is no regular file (a pipe, a device), which --resume refuses."""
         done = self.scored + self.failed
         rate = done / self.elapsed if self.elapsed > 0 else 0.0
         scored = f"scored {self.scored}"
@@ -69,10 +75,12 @@ class Summary:
         if self.failures:
             lines.append("failed files (first few): " + "; ".join(self.failures))
         if stopped and out != "-":
-            if replaced:
+            if not replaced:
+                lines.append(f"{out} is as it was: it is replaced only once the new rows begin")
+            elif resumable:
                 lines.append(f"the rows so far are in {out}: rerun with --resume to continue")
             else:
-                lines.append(f"{out} is as it was: it is replaced only once the new rows begin")
+                lines.append(f"the rows so far went to {out}, which --resume cannot read back: rerun to score all")
         return "\n".join(lines)
 
 
@@ -382,7 +390,8 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
         print(f"error: {failure}", file=sys.stderr)
     stopped = f"{stopped_by(interrupted)}interrupted" if interrupted else "stopped" if lost or failure else None
     replaced = replacement is None or replacement.done
-    print(summary.text(args.out, stopped, args.min_confidence, replaced), file=sys.stderr)
+    resumable = os.path.isfile(args.out)
+    print(summary.text(args.out, stopped, args.min_confidence, replaced, resumable), file=sys.stderr)
     if accuracy is not None:
         print(accuracy.report(), file=sys.stderr)
     if interrupted:

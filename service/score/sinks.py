@@ -275,9 +275,14 @@ def resume_output(path: str, fmt: CsvFormat | JsonlFormat, on_row: Callable[[Row
     """Read an existing output: call ``on_row`` per complete record, drop a trailing partial line.
 
     Returns the number of records kept. The file is truncated after the last complete
-    record (or to nothing when not even the CSV header is whole), so appending to it
+    record (or to nothing when it holds no record, header or not), so appending to it
     continues a valid file.
     """
+    if holds_no_rows(path):
+        # A run stopped before its first row: no rows to keep, so none whose --k or --min-confidence must match.
+        # Started again, as a file whose first line was cut short is.
+        os.truncate(path, 0)
+        return 0
     offsets = [0]
     good = count = 0
     with open(path, "rb") as f:
