@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -16,6 +18,18 @@ from inference.manifest import METADATA_KEY, InputSpec, ModelCard
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 log = logging.getLogger("export")
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """An OSError of a write itself (a full disk, a file-size limit) names no file: it is raised naming ``path``,
+    so the user learns where, not only what ran out."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
 def input_spec(meta: dict, fit: FitName | None = None) -> InputSpec:
@@ -49,7 +63,8 @@ def export_fp32(model: torch.nn.Module, path: Path, image_size: int) -> None:
             verbose=False,
         )
     assert program is not None  # None comes from the legacy (dynamo=False) exporter only
-    program.save(str(path))
+    with writing(path):
+        program.save(str(path))
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
 
@@ -65,4 +80,5 @@ def write_card(path: Path, card: ModelCard) -> None:
         proto.metadata_props.add(key=key, value=value)
     proto.producer_name = "cifar-classifier export"
     onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, str(path))
+    with writing(path):
+        onnx.save(proto, str(path))

@@ -39,7 +39,7 @@ from training.reports.calibration import calibration_report
 
 from .calibration import fit_calibration, with_calibration
 from .int8_ranges import DEFAULT_ACTIVATION_RANGE, DEFAULT_CALIBRATION_IMAGES, activation_range
-from .onnx_export import OPSET, export_fp32, input_spec, write_card
+from .onnx_export import OPSET, export_fp32, input_spec, write_card, writing
 from .parity import Parity, judge, onnx_logits, parity_against, torch_logits
 from .reference import ReferenceCache
 from .variants import converter
@@ -355,7 +355,8 @@ def _replace_listed(out: Path, final: Path, manifest: Manifest, models_dir: Path
             shutil.copy2(final, kept)
     try:
         os.replace(out, final)
-        save_manifest(manifest, models_dir)
+        with writing(models_dir / MANIFEST_NAME):
+            save_manifest(manifest, models_dir)
     except BaseException:
         if kept.exists():
             os.replace(kept, final)

@@ -28,6 +28,7 @@ from inference.runtime import OnnxClassifier, softmax
 from training.inference import topk_accuracy
 from training.reports.calibration import fit_temperature
 
+from .onnx_export import writing
 from .parity import Parity, judge, onnx_logits
 from .pipeline import (
     check_calibration_options,
@@ -53,7 +54,8 @@ def append_temperature(src: Path, dst: Path, temperature: float) -> None:
     graph.initializer.append(numpy_helper.from_array(np.array(temperature, np.float32), "calibration_temperature"))
     graph.node.append(helper.make_node("Div", [raw, "calibration_temperature"], [output], name="temperature"))
     onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(dst))
+    with writing(dst):
+        onnx.save(model, str(dst))
 
 
 def rederive(

@@ -20,7 +20,7 @@ from inference.precisions import precision
 
 from .int8_ranges import DEFAULT_ACTIVATION_RANGE, activation_range
 from .int8_rewrites import rewrite_for_int8
-from .onnx_export import INPUT_NAME
+from .onnx_export import INPUT_NAME, writing
 
 log = logging.getLogger("export")
 
@@ -78,7 +78,8 @@ def to_fp16(src: Path, dst: Path) -> None:
     graph.graph.sort()
     model = ir.to_proto(graph)
     onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(dst))
+    with writing(dst):
+        onnx.save(model, str(dst))
 
 
 CALIBRATION_BATCH = 50
@@ -161,7 +162,8 @@ def to_int8(
         changed = rewrite_for_int8(fp32)
         log.info("INT8 graph rewrites: %s", ", ".join(f"{name} {n}" for name, n in changed.items()))
         # A file, not the ModelProto: given one, quant_pre_process writes external data its own check cannot read.
-        onnx.save(fp32, str(rewritten))
+        with writing(rewritten):
+            onnx.save(fp32, str(rewritten))
         quant_pre_process(str(rewritten), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load(str(prepared))
         quantize_static(

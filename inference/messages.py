@@ -13,8 +13,15 @@ def exception_summary(exc: BaseException, after: str | None = None, lines: int =
     text = str(exc)
     if after and after in text:
         text = text.split(after, 1)[1]
-    kept = [line.strip() for line in text.splitlines() if line.strip()][:lines]
-    return "; ".join(kept)[:limit] or type(exc).__name__
+    kept = "; ".join([line.strip() for line in text.splitlines() if line.strip()][:lines])
+    if len(kept) <= limit:
+        return kept or type(exc).__name__
+    # a text cut mid-sentence reads as the whole of it: end after the last sentence that fits, unless that
+    # drops over half of what fits, and else say it is cut
+    sentence = kept[: limit + 1].rfind(". ")
+    if sentence > limit // 2:
+        return kept[: sentence + 1]
+    return kept[: limit - 4].rsplit(" ", 1)[0] + " ..."
 
 
 def os_error_text(exc: OSError) -> str:

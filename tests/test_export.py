@@ -1259,3 +1259,26 @@ def test_a_name_that_differs_from_a_listed_one_only_in_case_is_refused(exported,
     err = capsys.readouterr().err
     assert "differs from the listed 'tiny' only in case" in err and "Traceback" not in err, err
     assert {p.name: p.read_bytes() for p in models.iterdir()} == before
+
+
+def test_a_graph_the_disk_cannot_hold_is_an_error_naming_the_file_and_the_models_folder_is_kept(
+    exported, tiny_run, tmp_path, capsys
+):
+    """The writes of onnx and torch's exporter fail with an OSError naming no file ("error: File too large"):
+    the user is told which file, and the models folder holds what it held."""
+    import resource
+
+    models, entry, _ = exported
+    m = _copy_models(models, tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in m.iterdir()}
+    argv = ["--checkpoint", str(tiny_run / "best.pt"), "--name", "other", "--models-dir", str(m)]
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--no-reference-cache", "--calibrate", "none"]
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))  # a graph of the tiny network is 400 kB
+    try:
+        assert export_main(argv) == 2
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    said = capsys.readouterr().err.rsplit("\r", 1)[-1]  # after the progress bars
+    assert said.startswith(f"error: {m}/") and said.endswith(".onnx: File too large\n"), said
+    assert {p.name: p.read_bytes() for p in m.iterdir()} == before

@@ -1057,3 +1057,53 @@ def test_two_onnx_files_of_one_name_do_not_share_the_default_report_folder(tiny_
     assert main(["evaluate", "--onnx", "b/tiny.onnx", "--no-sample-figures"]) == 2
     assert (tmp_path / "reports" / "tiny-val" / "metrics.json").read_bytes() == kept
     assert main(["evaluate", "--onnx", "a/tiny.onnx", "--no-sample-figures"]) == 0  # its own: rewritten
+
+
+def test_a_report_folder_inside_the_image_folder_evaluated_is_refused(tiny_run, image_folder, tmp_path, capsys):
+    """Its PNG figures were read by every later run on that folder: the report folder became a class."""
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    shutil.copy(tiny_run / "best.pt", data / "model.pt")  # its default report folder is beside it
+    for argv, named in (
+        (["--checkpoint", str(tiny_run), "--data", str(data), "--out", str(data / "report")], "--out"),
+        (["--checkpoint", str(tiny_run), "--data", str(data), "--out", str(data / "alpha" / "report")], "--out"),
+        (["--checkpoint", str(data / "model.pt"), "--data", str(data)], "the default report folder"),
+    ):
+        assert main(["evaluate", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {named} ") and f"is inside the dataset {data}" in err, err
+    assert sorted(p.name for p in data.iterdir()) == ["alpha", "beta", "gamma", "model.pt"]
+    assert len(list((data / "alpha").iterdir())) == 20
+
+
+def test_an_ablation_folder_inside_the_image_folder_is_refused_before_any_folder_is_made(
+    image_folder, tmp_path, capsys
+):
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    sets = tiny_overrides(data, tmp_path / "cache", epochs=1)
+    argv = ["ablate", "--recipe", "resnet9_half_cpu", "--vary", "dropout=0,0.1", "--set", *sets]
+    assert main([*argv, "--out", str(data / "ablation")]) == 2
+    assert f"--out {data / 'ablation'} is inside the dataset" in capsys.readouterr().err
+    assert sorted(p.name for p in data.iterdir()) == ["alpha", "beta", "gamma"]  # not even an empty folder
+
+
+def test_an_ablation_is_not_written_into_a_training_run_or_a_folder_of_other_files(
+    tiny_run, image_folder, tmp_path, capsys
+):
+    """Its table and variant folders went in beside the run's own files without a word."""
+    run, notes = tmp_path / "run", tmp_path / "notes"
+    shutil.copytree(tiny_run, run)
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    sets = tiny_overrides(image_folder, tmp_path / "cache", epochs=1)
+    argv = ["ablate", "--recipe", "resnet9_half_cpu", "--vary", "dropout=0,0.1", "--set", *sets]
+    for out, said in (
+        (run, "holds a training run (last.pt, best.pt, summary.json"),
+        (notes, "holds files and no ablation (notes.txt)"),
+    ):
+        before = sorted(p.name for p in out.iterdir())
+        assert main([*argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out} {said}" in err and err.count("\n") == 1, err
+        assert sorted(p.name for p in out.iterdir()) == before

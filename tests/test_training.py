@@ -1178,6 +1178,14 @@ def test_sigterm_is_answered_as_ctrl_c_and_a_resume_elsewhere_takes_only_where_t
     assert training_main(["train", "--recipe", "resnet9_half_cpu", "--set", *sets, "--out", str(run), "--resume"]) == 0
 
 
+def test_the_placement_kept_for_the_advice_after_a_stop_reads_keys_as_set_does():
+    """``--set "data.root = /x"`` (one quoted word) sets data.root: the advice to resume must repeat it."""
+    from training.config import placement_overrides
+
+    given = ["data.root = /new/place", "threads =1", "lr = 0.1", "epochs=2"]
+    assert placement_overrides(given) == ["data.root = /new/place", "threads =1"]
+
+
 def test_the_advice_after_an_interrupted_resume_repeats_its_epochs(image_folder, tmp_path, monkeypatch, capsys):
     from training.__main__ import main as training_main
     from training.engine import Trainer
@@ -1219,6 +1227,60 @@ def test_a_damaged_last_checkpoint_names_what_is_left_to_go_on_from(image_folder
     assert "is not a training checkpoint" in err and "best.pt (epoch 1) holds the whole training state" in err
     shutil.copy(run / "best.pt", run / "last.pt")  # as the message says
     assert training_main(["resume", str(run), "--epochs", "2"]) == 0
+
+
+def test_a_run_killed_between_its_first_best_and_last_checkpoints_is_told_to_go_on_from_best(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    """best.pt is written before last.pt: a run killed between the two in its first epoch has a best.pt holding
+    the whole training state and no last.pt. resume and train --resume say so, not only that last.pt is missing."""
+    import training.engine as engine
+    from training.__main__ import main as training_main
+
+    run = tmp_path / "run"
+    argv = ["train", "--recipe", "resnet9_half_cpu", "--out", str(run)]
+    argv += ["--set", *tiny_overrides(image_folder, tmp_path / "cache", epochs=2)]
+    real = engine.save_checkpoint
+
+    def killed_before_last(state, path):
+        if path.name == "last.pt":
+            raise KeyboardInterrupt
+        real(state, path)
+
+    monkeypatch.setattr(engine, "save_checkpoint", killed_before_last)
+    assert training_main(argv) == 130
+    monkeypatch.setattr(engine, "save_checkpoint", real)
+    assert (run / "best.pt").is_file() and not (run / "last.pt").exists()
+    capsys.readouterr()
+    advice = "Its best.pt (epoch 1) holds the whole training state too: copy it to last.pt"
+    assert training_main(["resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no checkpoint at {run / 'last.pt'}. {advice} to continue from that epoch"), err
+    assert training_main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"{advice} and train with --resume to continue from that epoch" in err and err.count("\n") == 1, err
+    shutil.copy(run / "best.pt", run / "last.pt")  # as the message says
+    assert training_main([*argv, "--resume"]) == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_a_cut_library_message_ends_at_a_sentence_or_says_it_is_cut(tmp_path):
+    """torch's text for a truncated checkpoint runs on into advice; cut at 200 characters it ended mid-sentence
+    ("... your checkpoint file is"), as if that were all it said."""
+    from inference.messages import exception_summary
+
+    two = ValueError("The archive is damaged: no central directory. " + "This part is advice, " * 20)
+    assert exception_summary(two, limit=80) == "The archive is damaged: no central directory."
+    summary = exception_summary(ValueError("one sentence " * 30), limit=60)
+    assert summary == "one sentence one sentence one sentence one sentence one ..."  # cut between words
+    assert exception_summary(ValueError("short. text"), limit=60) == "short. text"
+    cut = tmp_path / "cut.pt"
+    torch.save({"meta": {}, "model": {"w": torch.zeros(4096)}}, cut)
+    cut.write_bytes(cut.read_bytes()[:1000])
+    with pytest.raises(ValueError) as refused:
+        load_checkpoint(cut)
+    said = str(refused.value).split("torch said: ", 1)[1]
+    assert said.endswith((".)", " ...)")), said
 
 
 def test_a_resume_removes_the_temporary_checkpoints_of_killed_writers_only(tmp_path):

@@ -64,7 +64,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine import resume, train
+    from .engine import best_to_go_on_from, resume, train
 
     if is_ensemble_recipe(args.recipe):
         return _train_ensemble(args)
@@ -92,11 +92,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             "command with --resume), or start over with --force"
         )
     elif held and not args.force:
-        # a finished run whose last.pt was deleted to save space, or a folder of someone's files: training would
-        # replace them, and --resume has nothing to continue from
+        # a finished run whose last.pt was deleted to save space, one killed before its first last.pt, or a folder
+        # of someone's files: training would replace them, and --resume has nothing to continue from
+        advice = best_to_go_on_from(out)
         raise ConfigError(
             f"{out} holds a run's files ({', '.join(held)}) but no {LAST_FILE} to continue from; train into "
             "another folder, or start over with --force (which removes them)"
+            + (f". {advice} and train with --resume to continue from that epoch" if advice else "")
         )
     else:
         summary = train(config, out)

@@ -593,7 +593,7 @@ NUMERICS_KEYS = ("train.device", "train.threads")
 
 def placement_overrides(overrides: list[str]) -> list[str]:
     """The ``key=value`` overrides among ``overrides`` that set where a run runs."""
-    return [item for item in overrides if "=" in item and _full_key(item.split("=", 1)[0]) in PLACEMENT_KEYS]
+    return [item for item in overrides if "=" in item and _full_key(_split_override(item)[0]) in PLACEMENT_KEYS]
 
 
 def _full_key(key: str) -> str:

@@ -658,15 +658,21 @@ def train(config: Config, out_dir: str | Path) -> dict[str, Any]:
     return Trainer(config, out_dir).fit()
 
 
-def check_out_of_the_data(config: Config, out_dir: Path) -> None:
-    """Refuse a run folder inside the image folder it trains on: its training_curves.png would be read back as
-    an image, making the run folder a class of its own (or an image of one) for every later run on that data."""
-    root = Path(config.data.root)
+def inside_the_data(dataset: str, root: str | Path, out: Path) -> bool:
+    """Whether ``out`` is (or is inside) the image folder of a folder dataset: a PNG written there (a run's
+    training_curves.png, a report's figures) would be read back as an image, making its folder a class of its
+    own (or an image of one) for every later run on that data."""
+    root = Path(root)
     # CIFAR's readers take their batch files by name; an archive cannot be written into; absent data is said later
-    if config.data.dataset != "folder" or not root.is_dir():
-        return
-    out, root = out_dir.resolve(), root.resolve()
-    if out == root or root in out.parents:
+    if dataset != "folder" or not root.is_dir():
+        return False
+    out, root = out.resolve(), root.resolve()
+    return out == root or root in out.parents
+
+
+def check_out_of_the_data(config: Config, out_dir: Path) -> None:
+    """Refuse a run folder inside the image folder it trains on (``inside_the_data``)."""
+    if inside_the_data(config.data.dataset, config.data.root, out_dir):
         raise ConfigError(
             f"--out {out_dir} is inside the dataset {config.data.root} (data.root): the run's training_curves.png "
             "would be read as an image of it by later runs; train into a folder outside it"
@@ -690,23 +696,30 @@ def sized_to_the_run(config: Config) -> list[str]:
     return sized
 
 
+def best_to_go_on_from(run: Path) -> str | None:
+    """Advice for a run without a usable last.pt (damaged, or missing: killed between writing best.pt and last.pt
+    in its first epoch), where its best.pt is whole and holds the training state; None where it is not."""
+    try:
+        best = load_checkpoint(run / BEST_FILE)
+    except (ValueError, FileNotFoundError):
+        return None
+    if "optimizer" not in best:  # a checkpoint of a network alone (an ensemble, a recovered one)
+        return None
+    over = "over" if (run / LAST_FILE).exists() else "to"
+    return f"Its {BEST_FILE} (epoch {best['epoch']}) holds the whole training state too: copy it {over} {LAST_FILE}"
+
+
 def _last_or_advice(run: Path) -> dict[str, Any]:
-    """The run's last.pt; where it is damaged, the error says what is left to go on from."""
+    """The run's last.pt; where it is damaged or missing, the error says what is left to go on from."""
     try:
         return load_checkpoint(run / LAST_FILE)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         if isinstance(exc.__cause__, PermissionError):  # the file may be whole: copying over it would lose it
             raise
-        try:
-            best = load_checkpoint(run / BEST_FILE)
-        except (ValueError, FileNotFoundError):
-            raise exc from None
-        if "optimizer" not in best:
+        advice = best_to_go_on_from(run)
+        if advice is None:
             raise
-        raise ConfigError(
-            f"{exc}. Its {BEST_FILE} (epoch {best['epoch']}) holds the whole training state too: copy it over "
-            f"{LAST_FILE} to continue from that epoch, or start over with `train --force`"
-        ) from exc
+        raise ConfigError(f"{exc}. {advice} to continue from that epoch, or start over with `train --force`") from exc
 
 
 def keep_edited_config(out_dir: Path, started: Config) -> None:

@@ -33,7 +33,7 @@ from ..data import SPLITS, DatasetError, ImageArrays, load_split
 from ..data.loader import TensorLoader
 from ..data.split import SplitTooLarge
 from ..data.targets import Targets
-from ..engine import resolve_device
+from ..engine import inside_the_data, resolve_device
 from ..inference import TTA_DESCRIPTIONS, check_tta, predict_logits, tta_logits_numpy
 from ..plots import CurveInfo, plot_training_curves
 from . import figures
@@ -787,6 +787,13 @@ def evaluate(
     source = load_model(checkpoint, onnx, device)
     check_view(source, tta)
     spec = resolve_data(source, dataset, root, split, val_size, split_seed, cache_dir)
+    out_dir = Path(out) if out else default_out_dir(source, split, tta)
+    if inside_the_data(spec.dataset, spec.root, out_dir):
+        named = f"--out {out_dir}" if out else f"the default report folder {out_dir}"
+        raise ValueError(
+            f"{named} is inside the dataset {spec.root}: the report's figures would be read as images of it by "
+            "later runs; write the report to a folder outside it (--out)"
+        )
     data = spec.load()
     if len(data) == 0:
         held_out = " (the run held out none: data.val_size=0; evaluate it on other images, --data ROOT --split all)"
@@ -796,7 +803,6 @@ def evaluate(
     data, note = match_classes(source, data, spec)
     notes = [note] if note else []
     classes = source.classes
-    out_dir = Path(out) if out else default_out_dir(source, split, tta)
     if not out:  # two ONNX files of one name go to one default folder, reports/<name>-<split>
         _check_not_anothers(out_dir, checkpoint or onnx or "", f"the default report folder {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
