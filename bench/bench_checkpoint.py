@@ -24,9 +24,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import termination  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
 
 from training.checkpoint import save_checkpoint  # noqa: E402
+from training.cli_types import positive_int  # noqa: E402
 from training.config import build_config  # noqa: E402
 from training.engine import Trainer  # noqa: E402
 from training.plots import CurveInfo, plot_training_curves  # noqa: E402
@@ -65,6 +67,8 @@ def measure(recipe: str, folder: Path, work: Path, epochs: int, repeats: int) ->
         "data.val_size=10",
         f"data.cache_dir={work / 'cache'}",
         f"epochs={epochs}",
+        # the recipe's warmup would refuse a history no longer than it, and changes nothing saved but a number
+        "schedule.warmup_epochs=0",
         "threads=2",
         "device=cpu",
     ]
@@ -91,13 +95,22 @@ def measure(recipe: str, folder: Path, work: Path, epochs: int, repeats: int) ->
     }
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", nargs="+", default=["se_resnet18_gpu", "wrn_16_4_gpu", "airbench94_muon"])
-    parser.add_argument("--epochs", type=int, default=100, help="records in the history the curves draw")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default="bench/results/checkpoint.json")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        default=["se_resnet18_gpu", "wrn_16_4_gpu", "airbench94_muon"],
+        help="built-in recipes whose trainer state is saved",
+    )
+    parser.add_argument("--epochs", type=positive_int, default=100, help="records in the history the curves draw")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="saves per recipe; the median is reported")
+    parser.add_argument("--out", default="bench/results/checkpoint.json", help="JSON results")
+    return parser
+
+
+def main() -> int:
+    args = get_args_parser().parse_args()
     results = {"host": host_record(), "epochs": args.epochs, "repeats": args.repeats, "recipes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = image_folder(Path(tmp) / "images")
@@ -111,7 +124,8 @@ def main() -> None:
             )
     write_json(args.out, results)
     print(f"written to {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    termination.run(main)

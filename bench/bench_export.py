@@ -16,11 +16,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from report_io import write_json  # noqa: E402
+import termination  # noqa: E402
+from report_io import host_record, write_json  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
 from inference.runtime import OnnxClassifier  # noqa: E402
 from training.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from training.cli_types import positive_int  # noqa: E402
 
 
 def images_per_s(run, batch: np.ndarray, seconds: float) -> float:
@@ -32,15 +34,23 @@ def images_per_s(run, batch: np.ndarray, seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
-def main() -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models-dir", default="models")
-    p.add_argument("--fp32", default="resnet9-airbench94-cifar10")
-    p.add_argument("--int8", default="resnet9-airbench94-cifar10-int8")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
-    p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--out", type=Path)
-    args = p.parse_args()
+    p.add_argument("--models-dir", default="models", help="models folder with manifest.json (default: models)")
+    p.add_argument(
+        "--fp32",
+        default="resnet9-airbench94-cifar10",
+        help="the FP32 model; its manifest entry's source checkpoint is the PyTorch eager one",
+    )
+    p.add_argument("--int8", default="resnet9-airbench94-cifar10-int8", help="the INT8 model")
+    p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 64], help="batch sizes to time")
+    p.add_argument("--seconds", type=float, default=3.0, help="seconds of runs per engine and batch size")
+    p.add_argument("--out", type=Path, help="write the results as JSON here (default: only the table)")
+    return p
+
+
+def main() -> int:
+    args = get_args_parser().parse_args()
     manifest = load_manifest(args.models_dir)
     fp32, int8 = manifest.get(args.fp32), manifest.get(args.int8)
     model = model_from_checkpoint(load_checkpoint(fp32.source["checkpoint"]))
@@ -62,10 +72,11 @@ def main() -> int:
                 f"{r['ort_int8'] / r['ort_fp32']:.2f}x | {r['ort_fp32'] / r['pytorch_eager_fp32']:.2f}x |",
                 flush=True,
             )
+    results["host"] = host_record()  # the load average as the measurement ended
     if args.out:
         write_json(args.out, results)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    termination.run(main)

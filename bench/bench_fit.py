@@ -31,6 +31,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import termination  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
 
 from inference.fits import FITS  # noqa: E402
@@ -145,4 +146,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    termination.run(lambda: main(get_args_parser().parse_args()))

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import bench_service  # noqa: E402
+import termination  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
@@ -82,21 +83,23 @@ def main(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.models_dir)
     fast, slow = manifest.get(args.fast), manifest.get(args.slow)
     jpegs = bench_service.read_jpegs(Path(args.archive), args.pool)
-    host, port, server = bench_service.open_server(args)
-    requests = {
-        entry.name: bench_service.build_requests(jpegs, args.images_per_request, args.k, entry.name, f"{host}:{port}")
-        for entry in (fast, slow)
-    }
-    phases = {
-        "fast alone": {fast.name: (requests[fast.name], args.concurrency)},
-        "slow alone": {slow.name: (requests[slow.name], args.slow_concurrency)},
-        "both": {
-            fast.name: (requests[fast.name], args.concurrency),
-            slow.name: (requests[slow.name], args.slow_concurrency),
-        },
-    }
     report_phases = {}
-    try:
+    host, port, server = bench_service.open_server(args)
+    try:  # from the server's start on: whatever stops the run, it stops the server
+        requests = {
+            entry.name: bench_service.build_requests(
+                jpegs, args.images_per_request, args.k, entry.name, f"{host}:{port}"
+            )
+            for entry in (fast, slow)
+        }
+        phases = {
+            "fast alone": {fast.name: (requests[fast.name], args.concurrency)},
+            "slow alone": {slow.name: (requests[slow.name], args.slow_concurrency)},
+            "both": {
+                fast.name: (requests[fast.name], args.concurrency),
+                slow.name: (requests[slow.name], args.slow_concurrency),
+            },
+        }
         bench_service.wait_ready(host, port)
         for phase, clients in phases.items():
             asyncio.run(_phase(host, port, clients, args.warmup))
@@ -145,4 +148,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    termination.run(lambda: main(get_args_parser().parse_args()))

@@ -39,6 +39,7 @@ from report_io import cpu_model, host_record, write_json  # noqa: E402
 from inference.manifest import ManifestError, load_manifest  # noqa: E402
 from inference.preprocess import decode_image, to_model_input  # noqa: E402
 from inference.runtime import default_threads  # noqa: E402
+from training.cli_types import positive_int  # noqa: E402
 
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-train-jpg.tar.gz"
 SUMMARY = re.compile(r"scored (\d+), failed (\d+).*?; ([\d.]+) s, (\d+) images/s")
@@ -53,10 +54,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="export this checkpoint (fp32) into WORK_DIR/models and benchmark it "
         "when there is no manifest (needs the train extras)",
     )
-    p.add_argument("--images", type=int, default=10_000, help="JPEGs to score, split evenly over the classes")
-    p.add_argument("--batch-size", type=int, help="the scorer's --batch-size (default: the scorer's own default)")
+    p.add_argument("--images", type=at_least_ten, default=10_000, help="JPEGs to score, split evenly over the classes")
+    p.add_argument(
+        "--batch-size", type=positive_int, help="the scorer's --batch-size (default: the scorer's own default)"
+    )
     p.add_argument(
         "--engine-batch-sizes",
+        type=positive_ints,
         default="64,128,256",
         help=("batch sizes the raw engine is measured at; the fastest (with the fastest shape) is the ceiling"),
     )
@@ -69,7 +73,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument(
-        "--repeats", type=int, default=3, help="rounds (every setting, then the engine); medians are reported"
+        "--repeats", type=positive_int, default=3, help="rounds (every setting, then the engine); medians are reported"
     )
     p.add_argument(
         "--quiet-below",
@@ -81,6 +85,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=str(ROOT / ".cache" / "bench-score"), help="where images are extracted")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "score.json"), help="JSON results")
     return p
+
+
+def at_least_ten(text: str) -> int:
+    """--images: a tenth of it is taken from each class, so fewer than ten would be none at all."""
+    value = positive_int(text)
+    if value < 10:
+        raise argparse.ArgumentTypeError(f"{text} is below 10 (a tenth of the images comes from each class)")
+    return value
+
+
+def positive_ints(text: str) -> list[int]:
+    """A comma-separated list of counts, checked before anything is measured."""
+    return [positive_int(part) for part in text.split(",")]
 
 
 def extract(archive: Path, dest: Path, count: int) -> Path:
@@ -227,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     configs = args.configs.split(",")
-    raw = RawEngine(onnx_path, folder, [int(b) for b in args.engine_batch_sizes.split(",")])
+    for config in configs:
+        score_flags(config)  # a bad one refused now, not after the engine's measurement
+    raw = RawEngine(onnx_path, folder, args.engine_batch_sizes)
     raw_rates: list[float] = []
     runs: dict[str, list[dict]] = {c: [] for c in configs}
     # Rounds interleave the engine and every setting, so a slow spell of the (shared, virtual) machine

@@ -23,10 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import termination  # noqa: E402
-from bench_score import ARCHIVE, extract, run_scorer, wait_until_quiet  # noqa: E402
+from bench_score import ARCHIVE, at_least_ten, extract, run_scorer, wait_until_quiet  # noqa: E402
 from report_io import cpu_model, host_record, write_json  # noqa: E402
 
 from inference.manifest import ManifestError, load_manifest  # noqa: E402
+from training.cli_types import positive_int  # noqa: E402
 
 TTA_VIEWS = {None: 1, "none": 1, "flip": 2, "multicrop": 6}
 
@@ -41,8 +42,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models-dir", default="models", help="models folder with manifest.json (default: models)")
     p.add_argument("--model", action="append", help="a model name; repeat for several (default: every model)")
-    p.add_argument("--images", type=int, default=2_000, help="JPEGs to score, split evenly over the classes")
-    p.add_argument("--repeats", type=int, default=3, help="rounds over every model; medians are reported")
+    p.add_argument("--images", type=at_least_ten, default=2_000, help="JPEGs to score, split evenly over the classes")
+    p.add_argument("--repeats", type=positive_int, default=3, help="rounds over every model; medians are reported")
     p.add_argument(
         "--quiet-below",
         type=float,
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(
         args.out,
         {
-            "command": "python -m service score FOLDER --model NAME --out OUT.csv --no-progress",
+            "scorer_command": "python -m service score FOLDER --model NAME --out OUT.csv --no-progress",
             "cpu": cpu,
             "host": host_record(),
             "images": args.images,

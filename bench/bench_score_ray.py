@@ -22,11 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import termination  # noqa: E402
-from bench_score import ARCHIVE, extract, run_scorer, wait_until_quiet  # noqa: E402
+from bench_score import ARCHIVE, at_least_ten, extract, run_scorer, wait_until_quiet  # noqa: E402
 from report_io import cpu_model, host_record, write_json  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
 from inference.runtime import default_threads  # noqa: E402
+from training.cli_types import positive_int  # noqa: E402
 
 ENGINES = {
     "local": [],
@@ -38,8 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models-dir", default="models", help="models folder with manifest.json (default: models)")
     p.add_argument("--model", help="model name (default: the manifest's default)")
-    p.add_argument("--images", type=int, default=10_000, help="JPEGs to score, split evenly over the classes")
-    p.add_argument("--repeats", type=int, default=2, help="rounds of (local, ray); medians are reported")
+    p.add_argument("--images", type=at_least_ten, default=10_000, help="JPEGs to score, split evenly over the classes")
+    p.add_argument("--repeats", type=positive_int, default=2, help="rounds of (local, ray); medians are reported")
     p.add_argument(
         "--ray-flags", default="", help="more flags for the ray runs, e.g. '--actors 1' (default: the CLI's defaults)"
     )

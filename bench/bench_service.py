@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 import raw_engine  # noqa: E402
 import termination  # noqa: E402
+from bench_score import positive_ints  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
@@ -71,12 +72,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="benchmark a server already running at this URL instead of starting one")
     p.add_argument(
         "--images-per-request",
+        type=positive_ints,
         default="1,16",
         help="JPEGs in each POST /classify; comma-separated for several runs (default: 1,16)",
     )
-    p.add_argument("--concurrency", default="1,8,32,64", help="comma-separated concurrency levels")
+    p.add_argument("--concurrency", type=positive_ints, default="1,8,32,64", help="comma-separated concurrency levels")
     p.add_argument(
         "--routes",
+        type=route_list,
         default="classify",
         help="comma-separated: classify (multipart /classify), v2 (Open Inference Protocol, BYTES images)",
     )
@@ -94,6 +97,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive", default=str(ARCHIVE), help="the CIFAR-10 JPEG archive")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "service.json"), help="JSON results")
     return p
+
+
+def route_list(text: str) -> list[str]:
+    names = [r.strip() for r in text.split(",") if r.strip()]
+    if not names or set(names) - {"classify", "v2"}:
+        raise argparse.ArgumentTypeError(f"classify and/or v2, got {text!r}")
+    return names
 
 
 def read_jpegs(archive: Path, count: int) -> list[tuple[str, bytes]]:
@@ -430,11 +440,8 @@ def main(args: argparse.Namespace) -> int:
     jpegs = read_jpegs(Path(args.archive), args.pool)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 
+    sizes, routes = args.images_per_request, args.routes
     host, port, server = open_server(args)
-    sizes = [int(n) for n in str(args.images_per_request).split(",")]
-    routes = [r.strip() for r in args.routes.split(",") if r.strip()]
-    if set(routes) - {"classify", "v2"}:
-        raise SystemExit(f"--routes: classify and/or v2, got {args.routes!r}")
     try:
         wait_ready(host, port)
         memory_ready = tree_memory_mib(server.pid if server else None)
@@ -449,7 +456,7 @@ def main(args: argparse.Namespace) -> int:
                 for route in routes
             }
             levels: dict[str, list[dict]] = {route: [] for route in routes}
-            for concurrency in [int(c) for c in args.concurrency.split(",")]:
+            for concurrency in args.concurrency:
                 for route in routes:  # in turns, so that both see the same machine
                     check = answer_check(route, entry.name, per_request, args.k)
                     level = run_level(args, host, port, server, by_route[route], per_request, concurrency, check)

@@ -28,8 +28,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import termination  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
 
+from training.cli_types import positive_int  # noqa: E402
 from training.config import OptimConfig  # noqa: E402
 from training.data import ImageArrays  # noqa: E402
 from training.data.augment import AugmentParams  # noqa: E402
@@ -120,16 +122,17 @@ def training_gflop_per_image(spec: str, image_size: int = 32) -> float:
     return counter.get_total_flops() / 2 / 1e9
 
 
-def main() -> int:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--models",
         nargs="+",
         default=["airbench94", "resnet9_half", "se_resnet18", "wrn_16_4", "wrn_16_8", "wrn_28_10"],
+        help="registry names, each optionally NAME:key=value,... (constructor arguments); all: every model",
     )
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=positive_int, default=5, help="timed training steps per model, after 2 warm-up")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per training step")
+    p.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu, cuda or cuda:N")
     p.add_argument(
         "--bf16",
         choices=["auto", "on", "off"],
@@ -143,10 +146,17 @@ def main() -> int:
         help="the optimizer whose step is timed with the model's (muon: Newton-Schulz per filter bank)",
     )
     p.add_argument(
-        "--image-size", type=int, default=32, help="side of the training images (smaller: progressive resizing)"
+        "--image-size",
+        type=positive_int,
+        default=32,
+        help="side of the training images (smaller: progressive resizing)",
     )
-    p.add_argument("--out", type=Path)
-    args = p.parse_args()
+    p.add_argument("--out", type=Path, help="write the results as JSON here (default: only the table)")
+    return p
+
+
+def main() -> int:
+    args = get_args_parser().parse_args()
     if args.models == ["all"]:
         args.models = list_models()
     device = resolve_device(args.device)
@@ -184,4 +194,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    termination.run(main)

@@ -17,8 +17,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from report_io import write_json  # noqa: E402
+import termination  # noqa: E402
+from report_io import host_record, write_json  # noqa: E402
 
+from training.cli_types import positive_int  # noqa: E402
 from training.reports.calibration import fit_temperature  # noqa: E402
 from training.reports.evaluate import load_predictions, logits_before_temperature  # noqa: E402
 from training.reports.metrics import expected_calibration_error, softmax  # noqa: E402
@@ -27,7 +29,7 @@ from training.reports.metrics import expected_calibration_error, softmax  # noqa
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("reports", nargs="+", help="report folders (python -m training evaluate --out ...)")
-    p.add_argument("--splits", type=int, default=4, help="random halvings, each measured both ways")
+    p.add_argument("--splits", type=positive_int, default=4, help="random halvings, each measured both ways")
     p.add_argument("--seed", type=int, default=0, help="seed of the first halving")
     p.add_argument("--out", help="write the results as JSON here")
     return p
@@ -72,9 +74,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{found['images'] // 2}-image halves: mean {found['mean_gap']:+.4f}, largest {found['largest_gap']:+.4f}"
         )
     if args.out:
-        write_json(args.out, {"method": __doc__.split("\n\n")[0], "splits": args.splits, "reports": results})
+        write_json(
+            args.out,
+            {"method": __doc__.split("\n\n")[0], "splits": args.splits, "reports": results, "host": host_record()},
+        )
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    termination.run(main)

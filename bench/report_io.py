@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
+import sys
 from pathlib import Path
 
 from inference.runtime import default_threads
@@ -15,9 +17,14 @@ VECTOR_EXTENSIONS = ("amx_tile", "avx512_bf16", "avx512_vnni", "avx512f", "avx2"
 
 
 def write_json(path: str | Path, results: dict) -> None:
+    """``results`` with the command line that made them, so that a figure can be measured again the same way."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    path.write_text(json.dumps({"command": command_line(), **results}, indent=2) + "\n")
+
+
+def command_line() -> str:
+    return shlex.join(["python", *sys.argv])
 
 
 def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:

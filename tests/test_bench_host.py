@@ -151,3 +151,42 @@ def test_the_checkpoint_benchmark_times_the_state_the_trainer_saves(tmp_path, mo
     )
     bench_checkpoint.main()
     assert json.loads(out.read_text())["recipes"]["resnet9_half_cpu"]["checkpoint_mb"] > 1
+
+
+BENCHMARKS = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem.startswith(("bench_", "calibration_")))
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_every_flag_of_every_benchmark_says_what_it_is(name):
+    import argparse
+    import importlib
+
+    parser = importlib.import_module(name).get_args_parser()
+    bare = [
+        a.option_strings or a.dest for a in parser._actions if not a.help and not isinstance(a, argparse._HelpAction)
+    ]
+    assert not bare, f"{name}: no help for {bare}"
+
+
+def test_the_results_name_the_command_that_made_them_and_the_cpu(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(sys, "argv", ["bench/bench_x.py", "--out", "a b.json"])
+    report_io.write_json(tmp_path / "x.json", {"figure": 1})
+    assert json.loads((tmp_path / "x.json").read_text())["command"] == "python bench/bench_x.py --out 'a b.json'"
+
+    import calibration_crossfit
+
+    out = tmp_path / "crossfit.json"
+    report = ROOT / "models" / "reports" / "resnet9-half-cifar10-int8"
+    assert calibration_crossfit.main([str(report), "--splits", "1", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["host"]["cpu"] == report_io.cpu_model()
+
+
+def test_the_checkpoint_benchmark_takes_a_history_shorter_than_the_recipes_warmup(tmp_path):
+    """resnet9_half_cpu warms up over 5 epochs: a 2-record history is still a state to save."""
+    import bench_checkpoint
+
+    folder = bench_checkpoint.image_folder(tmp_path / "images", classes=3, per_class=180)
+    row = bench_checkpoint.measure("resnet9_half_cpu", folder, tmp_path, epochs=2, repeats=1)
+    assert row["checkpoint_mb"] > 1
