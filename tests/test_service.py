@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -595,6 +596,122 @@ def test_every_route_counts_the_images_it_classifies(server, jpegs):
     v2 = {"inputs": [{"name": "images", "shape": [3], "datatype": "BYTES", "data": images}]}
     assert httpx.post(f"{server}/v2/models/tiny/infer", json=v2, timeout=30).status_code == 200
     assert count() == before + 6
+
+
+# ---------------------------------------------------------------------------------------------- the page
+# tests/test_service_protocols.py drives the page's main paths in Chromium; these are the odd users and answers.
+@contextmanager
+def _page(server: str, *, width: int = 1000, init_script: str | None = None, classify=None):
+    """The page open in headless Chromium with its models listed, and the script errors it raised; ``classify``
+    (a Playwright route handler) stands between the page and /classify, ``init_script`` runs before the page's."""
+    import shutil
+
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("no chromium on this machine (scripts/setup.sh installs Debian's package when run as root)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable, args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            if init_script is not None:
+                page.add_init_script(init_script)
+            if classify is not None:
+                page.route("**/classify", classify)
+            page.goto(f"{server}/")
+            _until(page, lambda: page.locator("#model option").count() == 2, "the models listed")
+            yield page, errors
+        finally:
+            browser.close()
+
+
+def _until(page, done, what: str, seconds: float = 15) -> None:
+    """Poll from here: the page's policy forbids the string evaluation wait_for_function does for an expression."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, f"not {what}: status {page.inner_text('#status')!r}"
+        page.wait_for_timeout(100)
+
+
+def _png(tmp_path: Path, name: str = "photo.png") -> str:
+    path = tmp_path / name
+    path.write_bytes(_image_bytes(Image.new("RGB", (40, 30), (200, 40, 40)), "PNG"))
+    return str(path)
+
+
+def test_the_page_works_where_the_browser_blocks_session_storage(server, tmp_path):
+    """A browser blocking site data throws on any use of sessionStorage: reading the saved key threw before the
+    models were listed, and the page stayed empty, saying nothing."""
+    blocked = (
+        "Object.defineProperty(window, 'sessionStorage', "
+        "{get() { throw new DOMException('access is denied', 'SecurityError'); }});"
+    )
+    with _page(server, init_script=blocked) as (page, errors):
+        page.get_by_label("Choose images").set_input_files(_png(tmp_path))
+        _until(page, lambda: page.inner_text("#status").startswith("1 of 1"), "classified")
+    assert not errors, errors
+
+
+def test_a_threshold_refused_mid_run_leaves_the_run_on_screen_to_finish(server, tmp_path):
+    """A "Mark unsure below" changed to no percentage while images were being classified stopped the run and started
+    none: its cards said "classifying…" and the status "Classifying 3 image(s)…" for good."""
+    held: list = []
+    with _page(server, classify=lambda route: held.append(route)) as (page, errors):
+        page.get_by_label("Choose images").set_input_files([_png(tmp_path, f"{i}.png") for i in range(3)])
+        _until(page, lambda: len(held) == 3, "sent")
+        page.get_by_label("Mark unsure below (%)").fill("150")
+        page.get_by_label("Mark unsure below (%)").press("Tab")
+        refusal = page.inner_text("#error")
+        for route in held:
+            route.continue_()
+        _until(page, lambda: page.inner_text("#status").startswith("3 of 3 image(s) classified"), "classified")
+        cards = page.eval_on_selector_all(".answer", "answers => answers.map(a => a.innerText)")
+        # dropped with a file that is no image: the note on it came in place of the refusal
+        page.evaluate(
+            """() => { const files = new DataTransfer();
+              files.items.add(new File(["x"], "a.png", {type: "image/png"}));
+              files.items.add(new File(["x"], "notes.txt", {type: "text/plain"}));
+              document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: files})); }"""
+        )
+        both = page.inner_text("#error")
+    assert not errors, errors
+    assert "percentage from 0 to 100" in refusal, refusal
+    assert "percentage from 0 to 100" in both and "1 dropped file(s) left out" in both, both
+    assert len(cards) == 3 and not any("classifying" in card for card in cards), cards
+
+
+def test_a_gateways_own_error_object_is_its_status_on_the_card_not_object_object(server, tmp_path):
+    """A proxy in front of the service answering {"error": {...}} put "[object Object]" on the card."""
+
+    def gateway(route):
+        route.fulfill(status=502, json={"error": {"code": 502, "message": "upstream connect error"}})
+
+    with _page(server, classify=gateway) as (page, errors):
+        page.get_by_label("Choose images").set_input_files(_png(tmp_path))
+        _until(page, lambda: page.inner_text("#status").startswith("0 of 1"), "refused")
+        card = page.inner_text(".answer.error")
+    assert not errors, errors
+    assert card.startswith("502") and "object" not in card, card
+
+
+def test_the_pages_cards_stay_on_a_narrow_screen(server, tmp_path):
+    """On a screen narrower than a card's 17rem (a small phone, or larger text) the cards ran off the page."""
+    with _page(server, width=300) as (page, errors):
+        page.get_by_label("Choose images").set_input_files([_png(tmp_path, "a.png"), _png(tmp_path, "b.png")])
+        _until(page, lambda: page.inner_text("#status").startswith("2 of 2"), "classified")
+        drop = page.locator("#drop").bounding_box()
+        cards = [page.locator(".card").nth(i).bounding_box() for i in range(2)]
+        bars = [page.locator(".bars").nth(i).bounding_box() for i in range(2)]
+    assert not errors, errors
+    for card, bar in zip(cards, bars):
+        assert card["x"] >= drop["x"] and card["x"] + card["width"] <= drop["x"] + drop["width"] + 0.5, (card, drop)
+        assert bar["x"] + bar["width"] <= card["x"] + card["width"] - 1, (bar, card)  # inside its border
 
 
 # ---------------------------------------------------------------------------------------------- batching and metrics

@@ -180,7 +180,10 @@ async function classify(file, settings, signal) {
         ui.error.textContent = response.status === 401 ? "This service asks for an API key." : "That API key is not known.";
         ui.key.focus();
       }
-      return { error: (body && body.error) || `${response.status} ${response.statusText}` };
+      // A proxy or gateway in front of the service may answer with an `error` of its own shape (an object):
+      // only the service's message, a string, is shown as it is.
+      const message = body && typeof body.error === "string" ? body.error : "";
+      return { error: message || `${response.status} ${response.statusText}` };
     }
     const prediction = body && Array.isArray(body.predictions) ? body.predictions[0] : null;
     if (!prediction || !Array.isArray(prediction.top_k)) {
@@ -192,16 +195,17 @@ async function classify(file, settings, signal) {
 }
 
 async function run(files) {
-  if (current) current.controller.abort();
-  const self = { controller: new AbortController() };
-  current = self;
   // read once: a change starts another run
   const settings = { model: ui.model.value, k: ui.k.value, fit: ui.fit.value, minConfidence: minConfidence() };
+  // Refused before the run on screen is stopped: stopped for nothing, its cards would say "classifying…" for good.
   if (settings.minConfidence === undefined) {
     ui.error.textContent = "Mark unsure below: enter a percentage from 0 to 100, or leave it empty.";
     ui.threshold.focus();
     return;
   }
+  if (current) current.controller.abort();
+  const self = { controller: new AbortController() };
+  current = self;
   ui.error.textContent = "";
   for (const url of thumbnails) URL.revokeObjectURL(url);
   thumbnails = [];
@@ -234,7 +238,8 @@ function pick(fileList, leftOut = 0) {
   picked = Array.from(fileList);
   ui.files.value = ""; // choosing the same file again is then a change too (to retry it)
   if (picked.length) run(picked);
-  if (leftOut) ui.error.textContent = `${leftOut} dropped file(s) left out: not images.`;
+  // after the run's own message (a refused threshold), not in its place
+  if (leftOut) ui.error.textContent = `${ui.error.textContent} ${leftOut} dropped file(s) left out: not images.`.trim();
 }
 
 // The form holds only choices: Enter in the key field must not submit it (the key would go into the URL).
@@ -244,9 +249,15 @@ ui.model.addEventListener("change", () => { describeModel(); if (picked.length) 
 ui.k.addEventListener("change", () => { if (picked.length) run(picked); });
 ui.fit.addEventListener("change", () => { describeFit(); if (picked.length) run(picked); });
 ui.threshold.addEventListener("change", () => { if (picked.length) run(picked); });
-ui.key.value = sessionStorage.getItem(KEY_STORE) || "";
+// A browser that blocks site data (cookies) throws on any use of sessionStorage: the key is then typed again
+// after a reload, where an uncaught throw here stopped the script before the models were listed or drops taken.
+const session = {
+  get: () => { try { return sessionStorage.getItem(KEY_STORE); } catch { return null; } },
+  set: (value) => { try { sessionStorage.setItem(KEY_STORE, value); } catch { /* kept in the field only */ } },
+};
+ui.key.value = session.get() || "";
 ui.key.addEventListener("change", () => {
-  sessionStorage.setItem(KEY_STORE, ui.key.value.trim());
+  session.set(ui.key.value.trim());
   if (picked.length) run(picked);
 });
 for (const type of ["dragenter", "dragover"]) {
