@@ -16,8 +16,9 @@ import platform
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 
@@ -135,7 +136,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         with terminations_as_interrupts():
             speed = not args.no_speed
-            report = diagnose(device, models_dir, args.folder, args.max_images, speed=speed, settings=settings)
+            report = diagnose(
+                device, models_dir, args.folder, args.max_images, speed=speed, settings=settings, say=_say
+            )
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -143,6 +146,12 @@ def main(args: argparse.Namespace) -> int:
         return say_stopped(exc, "interrupted")
     print(report.render(), flush=True)
     return 0 if report.passed else 1
+
+
+def _say(text: str) -> None:
+    # The report comes at the end, on stdout; a run takes minutes on a busy host, so what it is doing meanwhile
+    # goes to stderr, a line a step, which leaves stdout the report alone.
+    print(text, file=sys.stderr, flush=True)
 
 
 def diagnose(
@@ -153,8 +162,13 @@ def diagnose(
     speed: bool = True,
     gpus: GpuReport | None = None,
     settings: ServiceSettings | None = None,
+    say: Callable[[str], None] = lambda text: None,
 ) -> Report:
-    """``settings``: how the service would run the models (arena, run size); its defaults when None."""
+    """``settings``: how the service would run the models (arena, run size); its defaults when None. ``say``
+    is told each step as it starts."""
+    # Read first: a manifest the service would refuse is a usage error, said alone and without the host's wait.
+    manifest = load_manifest(models_dir, verify=False)
+    say("checking the host: ONNX Runtime, GPUs, CUDA libraries")
     import onnxruntime as ort
 
     from .settings import ServiceSettings
@@ -173,7 +187,7 @@ def diagnose(
 
     # Each file checked on its own: a missing or altered one is its model's failed check in the report (exit 1),
     # not a usage error, and every other model is still checked.
-    manifest = load_manifest(models_dir, verify=False)
+    say(f"checking the sha256 of {len(manifest.models)} model file(s) in {models_dir}")
     bad_files = file_problems(manifest, Path(models_dir))
     if bad_files:
         report.add(
@@ -192,14 +206,20 @@ def diagnose(
     # their classes) share one reading.
     readings: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
     placements = {}
-    for entry in manifest.models:
+    for number, entry in enumerate(manifest.models, 1):
         if entry.name in bad_files:
-            report.add("fail", f"model {entry.name}", bad_files[entry.name])
+            problem, path = bad_files[entry.name], Path(models_dir) / entry.file
+            # file_problems calls anything but a file "missing": a folder there (a copy or mount gone wrong) is not
+            if path.exists() and not path.is_file():
+                problem = f"model {entry.name!r}: {path} is {'a folder, ' if path.is_dir() else ''}not a file"
+            report.add("fail", f"model {entry.name}", problem)
             continue
+        position = f"({number}/{len(manifest.models)})"
         labelled = None
         if folder:
             key = (tuple(entry.classes), entry.input.size, entry.input.fit)
             if key not in readings:
+                say(f"reading {folder} for {entry.name} {position}")
                 readings[key] = _read_folder(Path(folder), entry, max_images)
                 height, width = entry.input.size
                 report.add(
@@ -209,7 +229,9 @@ def diagnose(
                     f"{entry.input.fit} (model {entry.name})",
                 )
             labelled = readings[key]
-        placement = _check_model(report, entry, models_dir, device, labelled, speed, settings)
+        say(f"checking {entry.name} {position}")
+        timing = partial(say, f"timing {entry.name} {position}")
+        placement = _check_model(report, entry, models_dir, device, labelled, speed, settings, timing)
         if placement is not None:
             placements[entry.name] = placement
     if placements:
@@ -259,6 +281,7 @@ def _check_model(
     labelled: tuple[np.ndarray, np.ndarray] | None,
     speed: bool,
     settings: ServiceSettings,
+    timing: Callable[[], None] = lambda: None,
 ):
     from inference.runtime import CudaPlacementError, ModelFileError
 
@@ -314,6 +337,7 @@ def _check_model(
         else:
             report.add("ok", topic, f"runs on {len(images)} generated images, finite probabilities")
     if speed:
+        timing()
         rates = ", ".join(f"batch {n}: {images_per_second(model, n, entry.input.size):,.0f}" for n in SPEED_BATCHES)
         report.add("info", topic, f"images/s on {placement.provider}: {rates}")
     return placement

@@ -1012,6 +1012,47 @@ def test_doctor_reports_every_missing_or_altered_model_file_as_a_failed_check(ti
     assert re.search(r"FAIL\s+model tiny-int8\s+.* is missing", out) and "(and 1 more failure(s) above)" in out
 
 
+def test_doctor_says_each_step_on_stderr_as_it_starts(tiny_models_dir, monkeypatch, capsys):
+    """A full doctor run (about 4.5 minutes on a busy host) printed nothing until its report, as if hung: it
+    says each step on stderr as it starts, a model's check and its timing with its place in the list, and
+    leaves stdout the report alone."""
+    from service import doctor
+    from service.__main__ import main as service_main
+
+    monkeypatch.setattr(doctor, "SPEED_SECONDS", 0.01)
+    seen = []
+    timed = doctor.images_per_second
+
+    def images_per_second(*args):  # what stderr said by the time the first model is timed
+        seen.append(capsys.readouterr())
+        return timed(*args)
+
+    monkeypatch.setattr(doctor, "images_per_second", images_per_second)
+    assert service_main(["doctor", "--device", "cpu", "--models-dir", str(tiny_models_dir)]) == 0
+    first, out, err = seen[0], capsys.readouterr().out, "".join(c.err for c in seen) + capsys.readouterr().err
+    assert first.out == "" and first.err.splitlines()[-2:] == ["checking tiny (1/2)", "timing tiny (1/2)"], first
+    assert err.splitlines()[0].startswith("checking the host")
+    assert "checking tiny-int8 (2/2)\ntiming tiny-int8 (2/2)\n" in err, err
+    assert out.rstrip().endswith("--device cpu: will work on this host") and "timing" not in out, out
+
+
+def test_doctor_says_a_folder_in_place_of_a_model_file_is_not_a_file(tiny_models_dir, tmp_path, capsys):
+    """A folder where a model's .onnx file should be was reported as "missing", sending the user to look
+    for a file that is there."""
+    import shutil
+
+    from service.__main__ import main as service_main
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, models)
+    (models / "tiny-int8.onnx").unlink()
+    (models / "tiny-int8.onnx").mkdir()
+    assert service_main(["doctor", "--no-speed", "--device", "cpu", "--models-dir", str(models)]) == 1
+    out = capsys.readouterr().out
+    said = f"model 'tiny-int8': {models / 'tiny-int8.onnx'} is a folder, not a file"
+    assert re.search(rf"FAIL\s+model tiny-int8\s+{re.escape(said)}$", out, re.M) and "missing" not in out, out
+
+
 def test_bentoml_serve_itself_refuses_a_bad_setting_in_one_line(tmp_path):
     """The container runs `bentoml serve` on the service, without `python -m service serve`'s checks: a bad
     value, an unreadable key file or a missing models folder is still one line and exit 2, not a traceback."""
