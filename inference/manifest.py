@@ -208,7 +208,9 @@ def verify_file(entry: ModelEntry, models_dir: Path) -> None:
     """ManifestError when ``entry``'s file is missing or is not the file the manifest recorded."""
     file = models_dir / entry.file
     if not file.is_file():
-        raise ManifestError(f"model {entry.name!r}: file {file} is missing")
+        # a folder there (a copy or a mount gone wrong) is not a missing file: the fix differs
+        there = "is a folder, not a file" if file.is_dir() else "is not a file" if file.exists() else "is missing"
+        raise ManifestError(f"model {entry.name!r}: file {file} {there}")
     actual = sha256_file(file)
     if actual != entry.sha256:
         raise ManifestError(

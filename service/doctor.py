@@ -208,11 +208,7 @@ def diagnose(
     placements = {}
     for number, entry in enumerate(manifest.models, 1):
         if entry.name in bad_files:
-            problem, path = bad_files[entry.name], Path(models_dir) / entry.file
-            # file_problems calls anything but a file "missing": a folder there (a copy or mount gone wrong) is not
-            if path.exists() and not path.is_file():
-                problem = f"model {entry.name!r}: {path} is {'a folder, ' if path.is_dir() else ''}not a file"
-            report.add("fail", f"model {entry.name}", problem)
+            report.add("fail", f"model {entry.name}", bad_files[entry.name])
             continue
         position = f"({number}/{len(manifest.models)})"
         labelled = None

@@ -1049,7 +1049,7 @@ def test_doctor_says_a_folder_in_place_of_a_model_file_is_not_a_file(tiny_models
     (models / "tiny-int8.onnx").mkdir()
     assert service_main(["doctor", "--no-speed", "--device", "cpu", "--models-dir", str(models)]) == 1
     out = capsys.readouterr().out
-    said = f"model 'tiny-int8': {models / 'tiny-int8.onnx'} is a folder, not a file"
+    said = f"model 'tiny-int8': file {models / 'tiny-int8.onnx'} is a folder, not a file"
     assert re.search(rf"FAIL\s+model tiny-int8\s+{re.escape(said)}$", out, re.M) and "missing" not in out, out
 
 
