@@ -64,6 +64,16 @@ def interrupt_within(exc: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
+def stopped_while_importing(exc: KeyboardInterrupt | ImportError) -> int:
+    """The status for a command whose imports ended with ``exc``: a Ctrl-C then, even one that landed in ONNX
+    Runtime's native module (which turns it into its ImportError, "initialization failed"), is an interrupt,
+    said in one line; any other ImportError is raised again."""
+    stop = interrupt_within(exc)
+    if stop is None:
+        raise exc
+    return say_stopped(stop, "interrupted")
+
+
 def say_stopped(exc: KeyboardInterrupt, message: str) -> int:
     """Print ``message`` (after the signal's name, for a termination) and return the exit status. A closed
     terminal (SIGHUP) takes stderr with it: the message is then lost, not turned into a traceback and exit 1."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from inference.interrupts import interrupt_within, say_stopped
+from inference.interrupts import stopped_while_importing
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -29,13 +29,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = get_args_parser()  # imports numpy, ONNX Runtime, Pillow: most of a second
-    except (KeyboardInterrupt, ImportError) as exc:
-        # Ctrl-C before anything has started: no traceback, the status of an interrupt. One that lands in ONNX
-        # Runtime's native module comes out as its ImportError ("initialization failed").
-        stop = interrupt_within(exc)
-        if stop is None:
-            raise
-        return say_stopped(stop, "interrupted")
+    except (KeyboardInterrupt, ImportError) as exc:  # Ctrl-C before anything has started: no traceback
+        return stopped_while_importing(exc)
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -17,7 +17,7 @@ from inference.messages import configure_logging, os_error_text
 from .cli_types import add_set_option, path_text, positive_int
 
 try:
-    from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, RUN_FILES
+    from .checkpoint import BEST_FILE, CONFIG_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, RUN_FILES
     from .config import (
         PLACEMENT_KEYS,
         ConfigError,
@@ -79,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     held = [name for name in RUN_FILES if (out / name).exists()]
     recipe_file = Path(args.recipe) if args.recipe.endswith((".yaml", ".yml")) else None
     starts = not (args.resume and LAST_FILE in held)  # a new run, which writes its settings to config.yaml
-    if starts and recipe_file is not None and recipe_file.resolve() == (out / "config.yaml").resolve():
+    if starts and recipe_file is not None and recipe_file.resolve() == (out / CONFIG_FILE).resolve():
         raise ConfigError(
             f"--recipe {args.recipe} is the config.yaml a run in {out} writes: copy the recipe elsewhere, or "
             "train into another --out"

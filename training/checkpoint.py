@@ -22,6 +22,7 @@ BEST_FILE = "best.pt"
 LAST_FILE = "last.pt"
 SUMMARY_FILE = "summary.json"
 ENSEMBLE_RUN_FILE = "ensemble.yaml"
+CONFIG_FILE = "config.yaml"  # the configuration a run trains, as YAML (its recipe, for a new run)
 # What a run writes as it trains; a run started over removes the previous one's first, so that nothing of it
 # (a best.pt, a summary saying it finished) passes for the new run's if the new one is stopped early.
 # a run's config.yaml as a user edited it, kept aside when a resume writes back the configuration it started with

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -22,6 +21,7 @@ from inference.files import write_text_atomic
 from . import distributed
 from .checkpoint import (
     BEST_FILE,
+    CONFIG_FILE,
     EDITED_CONFIG,
     LAST_FILE,
     SUMMARY_FILE,
@@ -49,7 +49,7 @@ from .data.targets import DistilledTargets, PrunedTargets, Targets, hard_labels,
 from .distill import distill_loss, load_or_compute, teacher_file
 from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, topk_accuracy
 from .lookahead import Lookahead
-from .models import MODELS, ImageClassifier, argument_error, count_parameters, create_model
+from .models import ImageClassifier, UnknownArgument, argument_error, count_parameters, create_model
 from .models.whitening import dirac_init_, whitening_layers
 from .optim import build_optimizer, build_scheduler
 from .plots import CurveInfo, plot_training_curves
@@ -201,11 +201,11 @@ def check_network_takes_its_input(config: Config) -> None:
         model = create_model(name, 2, **args).eval()
     except (TypeError, RuntimeError) as exc:  # an argument of the wrong kind, or a value torch refuses (width -2)
         raise ConfigError(argument_error(name, args, exc)) from exc
-    except ValueError as exc:  # an argument the model does not take, or a value it refuses
-        taken = inspect.signature(MODELS.get(name)).parameters
-        unknown = [] if any(p.kind is p.VAR_KEYWORD for p in taken.values()) else [k for k in args if k not in taken]
+    except UnknownArgument as exc:
         # a bare --set key that is no setting lands here: a mistyped setting (epohcs) as much as a model argument
-        raise ConfigError(f"{exc}{did_you_mean(unknown, [p for p in taken if p != 'num_classes'])}") from exc
+        raise ConfigError(f"{exc}{did_you_mean(exc.unknown, exc.taken)}") from exc
+    except ValueError as exc:  # a value the model refuses
+        raise ConfigError(str(exc)) from exc
     try:
         with torch.no_grad():
             model(torch.zeros(1, 3, size, size))
@@ -530,7 +530,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.epoch == 0:  # a new run (--force over an old one): none of the old one's files may remain
                 clear_run(self.out_dir)
-            save_config(self.config, self.out_dir / "config.yaml")
+            save_config(self.config, self.out_dir / CONFIG_FILE)
             log.info(
                 "%s: %s parameters, %d training images, device %s",
                 self.config.model.name,
@@ -725,7 +725,7 @@ def _last_or_advice(run: Path) -> dict[str, Any]:
 def keep_edited_config(out_dir: Path, started: Config) -> None:
     """A run's config.yaml edited by hand does not change a resume, which continues the configuration kept in
     last.pt and writes it back to config.yaml: say so, and keep the edited file beside it, not lose it."""
-    path = out_dir / "config.yaml"
+    path = out_dir / CONFIG_FILE
     try:
         text = path.read_text()
     except (FileNotFoundError, UnicodeDecodeError):

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from inference.interrupts import interrupt_within, say_stopped
+from inference.interrupts import stopped_while_importing
 
 
 def main() -> int:
     try:
         from .cli import main as score  # imports numpy, ONNX Runtime, Pillow: most of a second
-    except (KeyboardInterrupt, ImportError) as exc:
-        # As in service/__main__.py: a Ctrl-C during the imports, even inside ONNX Runtime's native module (which
-        # turns it into an ImportError), is an interrupt, not a traceback.
-        stop = interrupt_within(exc)
-        if stop is None:
-            raise
-        return say_stopped(stop, "interrupted")
+    except (KeyboardInterrupt, ImportError) as exc:  # as in service/__main__.py
+        return stopped_while_importing(exc)
     return score()
 
 

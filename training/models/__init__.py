@@ -74,6 +74,15 @@ DEFAULT_MEAN = (0.4914, 0.4822, 0.4465)
 DEFAULT_STD = (0.2470, 0.2435, 0.2616)
 
 
+class UnknownArgument(ValueError):
+    """A model argument its constructor does not take: ``unknown``, those given it has no parameter for;
+    ``taken``, the ones it has (to guess the one meant)."""
+
+    def __init__(self, message: str, unknown: list[str], taken: list[str]) -> None:
+        super().__init__(message)
+        self.unknown, self.taken = unknown, taken
+
+
 def create_model(
     name: str,
     num_classes: int = 10,
@@ -96,9 +105,15 @@ def create_model(
         bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
         if bad is None:
             raise
-        raise ValueError(
+        params = inspect.signature(constructor).parameters
+        named = [p.name for p in params.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        # a constructor open to any keyword passed it on: the argument refused is not one of its own
+        open_ended = len(named) < len(params)
+        raise UnknownArgument(
             f"model {name!r} takes no argument {bad.group(1)!r} (given: {', '.join(kwargs)}; "
-            "a --set key that is no configuration field is passed to the model)"
+            "a --set key that is no configuration field is passed to the model)",
+            unknown=[] if open_ended else [k for k in kwargs if k not in params],
+            taken=[p for p in named if p != "num_classes"],
         ) from exc
     return ImageClassifier(backbone, mean, std)
 

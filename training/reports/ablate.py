@@ -24,12 +24,12 @@ from tqdm import tqdm
 
 from inference.files import write_text_atomic
 
-from ..checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE
+from ..checkpoint import BEST_FILE, CONFIG_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE
 from ..config import Config, ConfigError, check_distinct
 from ..engine import buildable_config, check_out_of_the_data, resume, train
 from ..inference import check_tta
 from ..models import count_parameters
-from .evaluate import DataSpec, load_model, read_json, sample_fingerprint
+from .evaluate import DataSpec, check_own_folder, load_model, read_json, sample_fingerprint
 from .metrics import compute_metrics, mcnemar, paired_difference_interval
 
 log = logging.getLogger("training.reports")
@@ -96,7 +96,7 @@ def variant_dir_name(assignments: list[str]) -> str:
 
 
 def _same_config(run_dir: Path, config: Config) -> bool:
-    saved = run_dir / "config.yaml"
+    saved = run_dir / CONFIG_FILE
     return not saved.is_file() or yaml.safe_load(saved.read_text()) == config.model_dump(mode="json")
 
 
@@ -115,22 +115,6 @@ def run_variant(run_dir: Path, config: Config) -> str:
         return "resumed"
     train(config, run_dir)
     return "trained"
-
-
-def _check_ablation_out(out: Path) -> None:
-    """An ablation folder holds its table and its variants' run folders: in a training run's folder they would be
-    mixed in among the run's own files, in a folder of someone's files (a report's) beside theirs. An ablation's
-    own folder, even one stopped before its table, is reused: the re-run skips finished variants."""
-    held = [name for name in (LAST_FILE, BEST_FILE, SUMMARY_FILE, ENSEMBLE_RUN_FILE) if (out / name).is_file()]
-    if held:
-        raise ValueError(f"--out {out} holds a training run ({', '.join(held)}): write the ablation to another folder")
-    if out.is_dir() and not (out / ABLATION_FILE).is_file():
-        others = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
-        if others:
-            raise ValueError(
-                f"--out {out} holds files and no ablation ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
-                ": write the ablation to a new or empty folder"
-            )
 
 
 def _data_spec(config: Config, split: str) -> DataSpec:
@@ -188,7 +172,11 @@ def ablate(
     # Build every config, and its network, before training anything: a typo fails at once, not after hours.
     configs = [buildable_config(recipe, sets + combo, f"variant {label!r}") for label, combo in zip(labels, combos)]
     out_dir = Path(out) if out else Path("runs") / f"ablate-{configs[0].recipe}"
-    _check_ablation_out(out_dir)
+    # Its table and its variants' run folders: not among a run's or someone's files. An ablation's own folder,
+    # even one stopped before its table (variant folders only), is reused: the re-run skips finished variants.
+    check_own_folder(
+        out_dir, "ablation", ABLATION_FILE, (LAST_FILE, BEST_FILE, SUMMARY_FILE, ENSEMBLE_RUN_FILE), files_only=True
+    )
     for config in configs:  # the variants' run folders go in it, each trained on its own data.root (if varied)
         check_out_of_the_data(config, out_dir)
     loaded: dict[tuple, tuple] = {}

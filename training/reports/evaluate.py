@@ -716,22 +716,36 @@ def _check_report_out(out: Path, model: str | Path | None = None) -> None:
     (and `ensemble` and `compare` would then take the folder for a report, not the run); and the report of
     another ``model`` (a checkpoint or ONNX path) is that model's, whose figures an ensemble or a comparison
     may read."""
-    held = [name for name in (LAST_FILE, BEST_FILE, SUMMARY_FILE) if (out / name).is_file()]  # a report has none
-    if held:
-        raise ValueError(
-            f"--out {out} holds a training run ({', '.join(held)}): write the report to another folder (by default "
-            f"it goes to a folder inside the run's)"
-        )
     if model is not None:
         _check_not_anothers(out, model, f"--out {out}")
-    # Any other folder holding files is someone's: its report.md or figures of the same names would be replaced.
-    # A report's own (even one stopped after its predictions) is rewritten.
-    if out.is_dir() and not (out / PREDICTIONS_FILE).is_file():
-        others = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    # A report's own folder (even one stopped after its predictions) is rewritten; any other holding files is
+    # someone's: its report.md or figures of the same names would be replaced.
+    check_own_folder(
+        out,
+        "report",
+        PREDICTIONS_FILE,
+        (LAST_FILE, BEST_FILE, SUMMARY_FILE),
+        elsewhere=" (by default it goes to a folder inside the run's)",
+    )
+
+
+def check_own_folder(
+    out: Path, kind: str, own_file: str, run_files: tuple[str, ...], files_only: bool = False, elsewhere: str = ""
+) -> None:
+    """Refuse ``out`` as the folder of a new ``kind`` (a report, an ablation) where it holds a training run (any
+    of ``run_files``), or, without the ``own_file`` that marks a ``kind``'s own folder, anything else (files
+    only, with ``files_only``): what the ``kind`` writes would be mixed in among those files or replace them."""
+    held = [name for name in run_files if (out / name).is_file()]
+    if held:
+        raise ValueError(
+            f"--out {out} holds a training run ({', '.join(held)}): write the {kind} to another folder{elsewhere}"
+        )
+    if out.is_dir() and not (out / own_file).is_file():
+        others = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and (p.is_file() or not files_only))
         if others:
             raise ValueError(
-                f"--out {out} holds files and no report ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
-                ": write the report to a new or empty folder"
+                f"--out {out} holds files and no {kind} ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+                f": write the {kind} to a new or empty folder"
             )
 
 
