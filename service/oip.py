@@ -40,6 +40,10 @@ BINARY_REFUSAL = (
     "(tritonclient: set_data_from_numpy(..., binary_data=False))"
 )
 
+# The JSON values a request may hold besides its input's elements: the names, shape, datatype, outputs, id and
+# parameters around them.
+ENVELOPE_VALUES = 1024
+
 # Strict: a string is not an integer here, and a field the protocol does not define is a mistake, not noise.
 _STRICT = ConfigDict(strict=True, extra="forbid")
 
@@ -176,6 +180,9 @@ class InferPlan:
 
 
 def read_infer_request(body: bytes, model: ModelView, max_images: int) -> InferPlan | Rejection:
+    crowded = _too_many_values(body, model, max_images)
+    if crowded is not None:
+        return crowded
     try:
         # A UTF-8 byte-order mark (some Windows tools write one) is allowed before JSON text (RFC 8259, 8.1) and
         # /classify's json.loads skips it; pydantic's parser does not.
@@ -216,6 +223,32 @@ def read_infer_request(body: bytes, model: ModelView, max_images: int) -> InferP
         return images if isinstance(images, Rejection) else InferPlan(request.id, images, outputs, fit)
     tensor = _tensor(given, model)
     return tensor if isinstance(tensor, Rejection) else InferPlan(request.id, tensor, outputs, fit)
+
+
+def _too_many_values(body: bytes, model: ModelView, max_images: int) -> Rejection | None:
+    """A body holding more JSON values than the largest request the model takes, refused before it is parsed.
+    Parsed, each value is a Python object of 30 to 60 bytes where the JSON spends 2 to 4: a 32 MB body of numbers
+    costs 600 MB and 1.5 s before its shape can be checked, one of empty arrays 1.2 GB and 8 s.
+
+    Every value but the first in an array or object follows a comma, so a body holds at most one value more than
+    its commas and opening brackets. Counted in the raw bytes, those inside strings count too: base64 has none,
+    and only an ``id`` or parameter holding more than ``ENVELOPE_VALUES`` of them would be refused wrongly."""
+    shape = _tensor_shape(model, max_images)
+    # An FP32 input nested along every axis holds its numbers and the arrays around them.
+    limit = int(np.cumprod(shape).sum()) + ENVELOPE_VALUES
+    separators = body.count(b",") + body.count(b"[") + body.count(b"{")
+    if separators < limit:
+        return None
+    return Rejection(
+        "too_many_images",
+        f"too many images: at most {max_images} per request, as FP32 {shape} at most {limit} JSON values with the "
+        f"rest of the request; this body has {separators} ',' '[' and '{{'",
+    )
+
+
+def _tensor_shape(model: ModelView, count: int) -> list[int]:
+    height, width = model.size
+    return [count, 3, height, width]
 
 
 def _inputs(model: ModelView) -> str:
@@ -261,7 +294,7 @@ def _images(given: RequestInput) -> list[Upload] | Rejection:
 
 def _tensor(given: RequestInput, model: ModelView) -> np.ndarray | Rejection:
     height, width = model.size
-    expected = [given.shape[0], 3, height, width]
+    expected = _tensor_shape(model, given.shape[0])
     if given.shape != expected:
         return Rejection(
             "bad_tensor", f"input {given.name!r} must have shape [N, 3, {height}, {width}], got {given.shape}"

@@ -282,6 +282,8 @@ V2_BAD = {
     "integer past 64 bits": ("tiny", _tensor_input([1, 3, 32, 32], [10**30] + [0] * 3071), 400, "in [0, 1]"),
     "one past 64 bits among floats": ("tiny", _tensor_input([1, 3, 32, 32], [10**30] + [0.5] * 3071), 400, "in [0, 1]"),
     "no images": ("tiny", _tensor_input([0], [], name="images", datatype="BYTES"), 400, "no images"),
+    # within the size limit, but more numbers than MAX_IMAGES images hold: refused before they are parsed
+    "more numbers than the most images": ("tiny", _tensor_input([1, 3, 32, 32], [0] * 100_000), 400, "too many images"),
     "too many images": ("tiny", _images_input(["AA=="] * (MAX_IMAGES + 1)), 400, "too many images"),
     "bad base64": ("tiny", _images_input(["not base64!"]), 400, "images[0] is not valid base64"),
     "data URL": ("tiny", _images_input(["data:image/png;base64,AA=="]), 400, "send only the base64 after"),
@@ -785,3 +787,61 @@ def test_the_page_survives_its_users_and_odd_answers_in_a_real_browser(server, j
     assert not errors, errors
     assert final.startswith("6 of 6 image(s) classified by tiny-int8") and bars == 6, final
     assert 1 <= len(held) <= 4 and seen["tiny"] == before  # no request of the old model after the change
+
+
+# ---------------------------------------------------------------------------------------------- /v2's cost
+def _oip_model():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        classes=TINY_CLASSES,
+        size=(32, 32),
+        entry=SimpleNamespace(name="tiny", input=SimpleNamespace(name="input", fit="pad")),
+    )
+
+
+@pytest.mark.parametrize("element", [b"0.5", b"0", b"[]", b'"ab"'])
+def test_a_v2_body_of_more_values_than_the_largest_request_is_refused_before_it_is_parsed(element):
+    """Parsed, each JSON value is a Python object ten times its size in the body: a body within the size limit
+    must not cost more than the largest request the model takes before it is refused."""
+    import tracemalloc
+
+    from service.oip import read_infer_request
+
+    head = b'{"inputs": [{"name": "input", "shape": [2, 3, 32, 32], "datatype": "FP32", "data": ['
+    body = head + b",".join([element] * 1_000_000) + b"]}]}"
+    tracemalloc.start()
+    try:
+        refused = read_infer_request(body, _oip_model(), max_images=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert getattr(refused, "reason", None) == "too_many_images", refused
+    assert "at most 2 per request" in refused.message
+    assert peak < len(body) // 10, peak
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_the_largest_v2_tensor_request_is_read(nested):
+    """The bound on a body's values lets through the most images of the model's input, nested along every axis,
+    with the rest of the request around them."""
+    from service.oip import read_infer_request
+
+    pixels = np.random.default_rng(0).random((2, 3, 32, 32)).astype(np.float32)
+    body = {
+        "id": "a, b, [c], {d}",
+        "parameters": {"fit": "pad", "note": ",".join(["x"] * 100)},
+        "inputs": [
+            {
+                "name": "input",
+                "shape": [2, 3, 32, 32],
+                "datatype": "FP32",
+                "data": pixels.tolist() if nested else pixels.ravel().tolist(),
+            }
+        ],
+        "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}],
+    }
+    plan = read_infer_request(json.dumps(body).encode(), _oip_model(), max_images=2)
+    assert not hasattr(plan, "reason"), plan
+    assert plan.inputs.shape == (2, 3, 32, 32) and np.array_equal(plan.inputs, pixels)
+    assert plan.id == body["id"] and plan.outputs == [("probabilities", 2)]
