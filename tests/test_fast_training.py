@@ -14,7 +14,7 @@ from torch import nn
 from conftest import tiny_overrides, train_straight_and_resumed
 from training.config import ScheduleConfig, build_config, list_recipes
 from training.data.arrays import ImageArrays
-from training.data.augment import AugmentParams
+from training.data.augment import AugmentParams, to_unit
 from training.data.loader import TensorLoader
 from training.engine import Trainer, prepare_model, train
 from training.inference import TTA_VIEWS, ViewAverage, resolve_bf16, tta_logits_numpy, with_tta
@@ -148,7 +148,7 @@ def test_alternating_flip_flips_each_image_every_other_epoch():
     data = ImageArrays(images, np.arange(n), [str(i) for i in range(n)])
     params = AugmentParams(crop_padding=0, flip=True, alternate_flip=True)
     loader = TensorLoader(data, 8, train=True, augment=params, seed=3)
-    originals = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    originals = to_unit(torch.from_numpy(images).permute(0, 3, 1, 2))
     epochs = [_flip_states(loader, originals, e) for e in range(4)]
     assert all(len(states) == n for states in epochs)
     assert 10 <= sum(epochs[0].values()) <= 30  # the first epoch's flips are random

@@ -27,6 +27,7 @@ from .checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
+from .data.augment import to_unit
 from .data.targets import DistilledTargets
 from .ensemble import same_root
 from .inference import autocast
@@ -112,7 +113,7 @@ def teacher_logits(
     out = []
     with torch.inference_mode():
         for begin in tqdm(range(0, len(images), batch_size), desc="teacher", unit="batch", leave=False):
-            x = torch.from_numpy(images[begin : begin + batch_size]).to(device).permute(0, 3, 1, 2).float().div_(255)
+            x = to_unit(torch.from_numpy(images[begin : begin + batch_size]).to(device).permute(0, 3, 1, 2))
             views = [x, x.flip(3)] if mirror else [x]
             with autocast(device, bf16):
                 logits = torch.stack([model(view).float() for view in views]).mean(0)

@@ -43,6 +43,7 @@ from .config import (
     with_placement,
 )
 from .data import DatasetError, ImageArrays, load_split
+from .data.augment import to_unit
 from .data.loader import TensorLoader
 from .data.mix import mixed_cross_entropy
 from .data.targets import DistilledTargets, PrunedTargets, Targets, hard_labels, part_of
@@ -138,7 +139,7 @@ WHITENING_IMAGES = 5000
 
 def as_float(images: np.ndarray) -> torch.Tensor:
     """uint8 images [N, H, W, C] as the model takes them: float [N, C, H, W] in 0-1."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+    return to_unit(torch.from_numpy(images).permute(0, 3, 1, 2))
 
 
 def whitening_sample(images: np.ndarray, how: str, seed: int) -> np.ndarray:

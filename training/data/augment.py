@@ -29,6 +29,14 @@ class AugmentParams:
 
 
 PAD_MODES = ("zeros", "reflect")
+# uint8 times float32(1/255), as the service scales its input (inference.preprocess.to_model_input): dividing by
+# 255 instead puts 126 of the 256 values one float32 step away from the served ones.
+UNIT_SCALE = 1.0 / 255.0
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images as float32 in [0, 1], bit for bit the values the service feeds the model."""
+    return x.float().mul_(UNIT_SCALE)
 
 
 def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator, mode: str = "zeros") -> torch.Tensor:
@@ -125,7 +133,7 @@ def augment_batch(
         x = random_flip(x, gen, dim=2)
     if params.cutout:
         x = cutout(x, params.cutout, gen)
-    out = x.float().div_(255)
+    out = to_unit(x)
     if params.color_jitter:
         out = color_jitter(out, params.color_jitter, gen)
     return out

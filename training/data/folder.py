@@ -7,16 +7,20 @@ mtime), because decoding 50,000 JPEGs costs seconds and every run needs them.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 import tarfile
 import unicodedata
 import zipfile
 import zlib
+from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import numpy as np
+import PIL
+from PIL import features
 from tqdm import tqdm
 
 from inference.files import write_atomic
@@ -33,7 +37,11 @@ MAX_PIXELS = 250_000_000
 UNUSABLE_LISTED = 10  # files named in the error; the count says how many more
 # In the cache key: a cache written by a reader that chose other files or named classes otherwise (hidden folders,
 # the image extensions, Unicode forms) is not this reader's.
-READER_VERSION = 2
+READER_VERSION = 3
+# Also in the key: what turns a file into pixels, the shared decoder's code and the libraries under it. A cache decoded
+# before an edit to it or a Pillow upgrade would train on pixels that the service no longer computes.
+DECODER_MODULES = ("inference.preprocess", "inference.fits")
+DECODER_LIBRARIES = ("jpg", "zlib", "webp", "libtiff")
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +60,9 @@ def read_image_folder(
             f"{root} is a file, not a folder of class folders or a tar archive of one "
             f"({', '.join(ARCHIVE_SUFFIXES)}; .zip is not read: unpack it, or pack it as .tar.gz)"
         )
-    images = None if archive else _tree_images(root)  # walked once: for the cache key and for reading
+    images, others = (None, []) if archive else _tree_images(root)  # walked once: for the cache key and reading
     if images is not None:
-        _warn_left_out(root, images)  # on every read, a cached one too
+        _warn_left_out(root, images, others)  # on every read, a cached one too
     cache = _cache_path(root, image_size, fit, cache_dir, images) if cache_dir else None
     if cache and cache.is_file():
         cached = _read_cache(cache)
@@ -93,9 +101,7 @@ def _write_cache(cache: Path, arrays: ImageArrays) -> None:
 
 def _cache_path(root: Path, image_size: int, fit: str, cache_dir: str | Path, images: list[Path] | None) -> Path:
     stat = root.stat()
-    key = f"{root.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{image_size}|{READER_VERSION}"
-    if fit != "squash":  # the key squashed folders were cached under before fits were named
-        key += f"|{fit}"
+    key = f"{root.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{image_size}|{READER_VERSION}|{fit}|{_decoder_key()}"
     if images is not None:  # a tree's own mtime misses edits inside it: every image's name, size and mtime is in
         digest = hashlib.sha1()
         for path in images:
@@ -107,6 +113,15 @@ def _cache_path(root: Path, image_size: int, fit: str, cache_dir: str | Path, im
     return Path(cache_dir) / f"{root.name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
 
 
+def _decoder_key() -> str:
+    digest = hashlib.sha1()
+    for name in DECODER_MODULES:
+        digest.update(Path(importlib.import_module(name).__file__ or name).read_bytes())
+    versions = [PIL.__version__, *(str(features.version(library)) for library in DECODER_LIBRARIES)]
+    digest.update("|".join(versions).encode())
+    return digest.hexdigest()
+
+
 def _is_tar(path: Path) -> bool:
     try:
         return tarfile.is_tarfile(path)
@@ -114,11 +129,12 @@ def _is_tar(path: Path) -> bool:
         return False
 
 
-def _tree_images(root: Path) -> list[Path]:
+def _tree_images(root: Path) -> tuple[list[Path], list[Path]]:
     """The image files under ``root``, sorted, through symlinked folders too (each real folder once, so that a
-    link back up the tree is not a loop). Hidden folders and files (a viewer's .thumbnails/, an editor's
-    .trash/) are no part of the dataset: a hidden folder would otherwise be a class."""
-    found, seen = [], set()
+    link back up the tree is not a loop), and the other files, which are not read. Hidden folders and files (a
+    viewer's .thumbnails/, an editor's .trash/, a Mac's .DS_Store) are no part of the dataset: a hidden folder
+    would otherwise be a class."""
+    found, others, seen = [], [], set()
     for folder, dirs, files in os.walk(root, onerror=_unreadable_folder, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
@@ -127,6 +143,7 @@ def _tree_images(root: Path) -> list[Path]:
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [Path(folder) / f for f in files if is_image_name(f) and not f.startswith(".")]
+        others += [Path(folder) / f for f in files if not is_image_name(f) and not _litter(f)]
     images = sorted(p for p in found if p.is_file())
     dangling = sorted(p for p in found if p.is_symlink() and not p.exists())
     if dangling:  # a copy that kept the links but not what they point to: the class would silently shrink
@@ -134,7 +151,27 @@ def _tree_images(root: Path) -> list[Path]:
         raise DatasetError(f"{root}: {len(dangling)} image link(s) point to nothing (remove or fix them): {shown}")
     for parent in sorted({path.parent for path in images}):  # each folder once, not once per image in it
         _check_class_name(parent.relative_to(root).as_posix(), root)
-    return images
+    return images, sorted(others)
+
+
+# Files an operating system leaves in folders it shows (hidden ones too: .DS_Store, a Mac's ._ copies), not left
+# out by anyone's mistake.
+SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
+
+
+def _litter(name: str) -> bool:
+    return name.startswith(".") or name.lower() in SYSTEM_FILES
+
+
+def _not_images_text(names: list[str]) -> str:
+    """How many files were left out for their names' extension, by extension: a class of .heic photos, or .jfif
+    ones, would otherwise shrink without a word."""
+    counts = Counter(os.path.splitext(name)[1].lower() or "no extension" for name in names)
+    shown = ", ".join(f"{ext} ({n})" for ext, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    return (
+        f"{len(names)} file(s) left out, not images by their extension: {shown} (read: "
+        f"{' '.join(sorted(IMAGE_EXTENSIONS))})"
+    )
 
 
 def _listed(names: list[str], sep: str) -> str:
@@ -186,11 +223,14 @@ END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
 
 
 def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
+    others = []
     try:
         with tarfile.open(root) as tar:
             for member in tar:
                 name = PurePosixPath(member.name)
                 hidden = any(part.startswith(".") and part not in (".", "..") for part in name.parts)
+                if member.isfile() and not hidden and not is_image_name(name.name) and not _litter(name.name):
+                    others.append(name.name)
                 if member.isfile() and is_image_name(name.name) and len(name.parts) >= 2 and not hidden:
                     _check_class_name(str(name.parent), root)
                     file = tar.extractfile(member)
@@ -200,6 +240,8 @@ def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
                 plain = not f.read(6).startswith(COMPRESSED_MAGIC)
             if plain and tar.offset + END_OF_ARCHIVE > root.stat().st_size:
                 raise EOFError(f"it ends after {tar.offset} bytes without the end-of-archive blocks")
+        if others:
+            log.warning("%s: %s", root, _not_images_text(others))
     except tarfile.TarError as exc:
         raise DatasetError(f"cannot read archive {root}: {exc}") from exc
     except (EOFError, zlib.error, OSError) as exc:  # a download or copy cut short, a damaged compressed stream
@@ -209,13 +251,16 @@ def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
 _said_left_out: set[tuple] = set()  # once per tree and what it holds: training reads it for each split
 
 
-def _warn_left_out(root: Path, images: list[Path]) -> None:
-    """What the tree holds that is not trained on, said: images beside the class folders (an image's class is the
-    folder it sits in) and a class folder without images (the model would not know that class)."""
-    said = (str(root.resolve()), len(images))
+def _warn_left_out(root: Path, images: list[Path], others: list[Path]) -> None:
+    """What the tree holds that is not trained on, said: files that are not images by name, images beside the
+    class folders (an image's class is the folder it sits in), and a class folder without images or a hidden one
+    (the model would not know that class)."""
+    said = (str(root.resolve()), len(images), len(others))
     if said in _said_left_out:
         return
     _said_left_out.add(said)
+    if others:
+        log.warning("%s: %s", root, _not_images_text([p.name for p in others]))
     loose = [p.name for p in images if p.parent == root]
     if loose:
         shown = ", ".join(loose[:5]) + (f" and {len(loose) - 5} more" if len(loose) > 5 else "")
@@ -229,11 +274,17 @@ def _warn_left_out(root: Path, images: list[Path]) -> None:
     )
     if empty:
         log.warning("%s: folder(s) without images left out, not classes: %s", parent, ", ".join(empty))
+    hidden = sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name.startswith("."))
+    if hidden:
+        log.warning(
+            "%s: hidden folder(s) left out, not classes (a name starting with a dot): %s", parent, ", ".join(hidden)
+        )
 
 
 def _decode_all(entries: list[tuple[str, str, bytes]], root: Path, image_size: int, fit: str) -> ImageArrays:
-    # Sorted by path so that the order, and so the validation split, is the same on every machine.
-    entries.sort(key=lambda e: e[0])
+    # Sorted by path so that the order, and so the validation split, is the same on every machine: in NFC, as a
+    # class name is, so that a copy whose file names macOS wrote decomposed ("café.jpg") is split the same way.
+    entries.sort(key=lambda e: unicodedata.normalize("NFC", e[0]))
     if not entries:
         raise DatasetError(
             f"{root} holds no images in class folders (expected <class>/<image> files, an image being a file "

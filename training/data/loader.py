@@ -11,7 +11,7 @@ from typing import Iterator
 import torch
 
 from .arrays import ImageArrays
-from .augment import AugmentParams, alternating_flip_mask, augment_batch, resize_batch, size_at
+from .augment import AugmentParams, alternating_flip_mask, augment_batch, resize_batch, size_at, to_unit
 from .mix import MixParams, mix_batch
 from .prune import LossPruning, PruneParams
 from .targets import DistilledTargets, PrunedTargets, Targets
@@ -106,7 +106,7 @@ class TensorLoader:
                 x = augment_batch(x, self.augment, gen, flips)
                 x = resize_batch(x, size)
             else:
-                x = x.float().div_(255)
+                x = to_unit(x)
             if self.mix is not None and self.mix.enabled:
                 x, y = mix_batch(x, y, self.mix, gen)
             elif self.teacher is not None:

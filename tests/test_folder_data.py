@@ -1,0 +1,189 @@
+"""Training on a folder of one's own images: what the reader takes, what it tells, and that the tensor training
+sees for a file is the one the service computes for the same file (no train/serve skew)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.data import load_split
+from training.data.augment import AugmentParams, augment_batch
+from training.data.folder import read_image_folder
+from training.data.loader import TensorLoader
+
+SIZE = 32
+
+
+def _noise(width: int, height: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def _modes(folder: Path) -> list[str]:
+    """One file per image mode and format a user's folder may hold, most of them not 32x32."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    made = {
+        "rgb.png": _noise(32, 32, 0),
+        "grey.png": _noise(40, 30, 1).convert("L"),
+        "palette.png": _noise(32, 32, 2).convert("P"),
+        "upper.JPG": _noise(64, 48, 3),
+        "photo.jpeg": _noise(300, 200, 4),  # decoded at a reduced size (DCT scaling)
+        "lossless.webp": _noise(45, 33, 5),
+        "bitmap.bmp": _noise(33, 31, 6),
+        "scan.tif": _noise(20, 20, 7),
+        "big.png": _noise(1300, 900, 8),  # over a megapixel: box-reduced before fitting
+    }
+    for name, image in made.items():
+        image.save(folder / name, lossless=name.endswith(".webp"))  # ignored by the other formats
+    rgba = np.dstack([np.asarray(_noise(32, 32, 9)), rng.integers(0, 256, (32, 32), dtype=np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
+    keyed = _noise(32, 32, 10).convert("P")
+    keyed.save(folder / "keyed.png", transparency=3)  # palette entry 3 is clear
+    _noise(36, 36, 11).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(rng.integers(0, 65536, (30, 34), dtype=np.uint16)).save(folder / "deep.png")  # 16-bit grey
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter
+    _noise(48, 32, 12).save(folder / "turned.jpg", exif=exif)
+    _noise(40, 40, 13).save(folder / "progressive.jpg", progressive=True)
+    return sorted(p.name for p in folder.iterdir())
+
+
+def _served(path: Path, fit: str) -> np.ndarray:
+    """What the service's /classify and the batch scorer feed the model for ``path``: float32 [1, 3, H, W]."""
+    from inference.preprocess import pixels_to_model_input
+    from service.score.decode import decode_chunk
+    from service.uploads import Upload, decode_upload
+
+    pixels = decode_upload(0, Upload(path.name, path.read_bytes()), (SIZE, SIZE), 40_000_000, fit)
+    assert isinstance(pixels, bytes), pixels
+    upload = pixels_to_model_input(pixels, 1, (SIZE, SIZE))
+    scored = decode_chunk([str(path)], (SIZE, SIZE), fit=fit)
+    assert scored.errors == {}
+    np.testing.assert_array_equal(upload, scored.batch)
+    return upload
+
+
+@pytest.mark.parametrize("fit", ["center_crop", "squash", "pad"])
+def test_every_image_mode_reaches_training_as_the_service_computes_it(tmp_path, fit):
+    """Each file through the folder reader (a tree, its cache, a .tar.gz) and the training loader, against the
+    same file through the service's upload and scorer paths: the same float32 tensor, bit for bit."""
+    root = tmp_path / "tree"
+    names = _modes(root / "dog")
+    (root / "cat").mkdir()
+    _noise(32, 32, 99).save(root / "cat" / "0.png")
+    archive = tmp_path / "tree.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="tree")
+    expected = np.concatenate([_served(root / "dog" / name, fit) for name in names])
+    for source, cache in ((root, tmp_path / "cache"), (root, tmp_path / "cache"), (archive, None)):
+        data = read_image_folder(source, SIZE, cache, fit=fit)
+        assert data.classes == ["cat", "dog"]
+        dog = data.subset(np.flatnonzero(data.labels == 1))
+        plain = next(iter(TensorLoader(dog, batch_size=len(dog))))[0].numpy()
+        np.testing.assert_array_equal(plain, expected)
+        params = AugmentParams(crop_padding=0, flip=False)  # the training batches, with nothing drawn at random
+        images = torch.from_numpy(dog.images).permute(0, 3, 1, 2)
+        trained = augment_batch(images, params, torch.Generator().manual_seed(0)).numpy()
+        np.testing.assert_array_equal(trained, expected)
+
+
+def _decodes(monkeypatch) -> list[int]:
+    """The files the folder reader decodes from now on (none where it reads its cache)."""
+    folder_module = importlib.import_module("training.data.folder")  # the package's attribute is the reader
+    decoded: list[int] = []
+    decode = folder_module.decode_image
+
+    def counting(data, *args, **kwargs):
+        decoded.append(len(data))
+        return decode(data, *args, **kwargs)
+
+    monkeypatch.setattr(folder_module, "decode_image", counting)
+    return decoded
+
+
+def test_a_cache_decoded_by_another_decoder_or_pillow_is_decoded_again(tmp_path, monkeypatch):
+    """The cache holds pixels: an edit to the shared decoder (inference.preprocess, inference.fits) or another
+    Pillow would compute other ones for the service, while training went on reading the old ones."""
+    import PIL
+
+    import inference.fits
+
+    root = tmp_path / "tree"
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        _noise(48, 40, len(cls)).save(root / cls / "0.jpg")
+    cache = tmp_path / "cache"
+    read_image_folder(root, SIZE, cache)
+    decoded = _decodes(monkeypatch)
+    read_image_folder(root, SIZE, cache)
+    assert decoded == []  # the same decoder: the cache is read
+    edited = tmp_path / "fits.py"
+    edited.write_bytes(Path(inference.fits.__file__).read_bytes() + b"\n# edited\n")
+    monkeypatch.setattr(inference.fits, "__file__", str(edited))
+    read_image_folder(root, SIZE, cache)
+    assert len(decoded) == 2
+    monkeypatch.setattr(PIL, "__version__", "0.0.other")
+    read_image_folder(root, SIZE, cache)
+    assert len(decoded) == 4
+    assert len(list(cache.glob("*.npz"))) == 3
+
+
+def test_files_left_out_for_their_name_are_counted_and_hidden_class_folders_named(tmp_path, caplog):
+    """A class of iPhone photos (.HEIC) or a folder named with a leading dot is not trained on: said, with counts
+    by extension, for a tree and for its archive; the litter of a Mac or Windows (.DS_Store, ._x.jpg, Thumbs.db) is
+    not worth a word."""
+    folder_module = importlib.import_module("training.data.folder")
+    root = tmp_path / "photos"
+    for name in ("cat/0.png", "dog/0.JPG", "dog/1.jpeg", ".secret/0.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        _noise(40, 30, len(name)).save(root / name, format="PNG" if name.endswith("png") else "JPEG")
+    for name in ("dog/IMG_1.HEIC", "dog/IMG_2.heic", "cat/notes.txt", "labels", "dog/.DS_Store", "dog/._0.JPG"):
+        (root / name).write_bytes(b"not read")
+    (root / "cat" / "Thumbs.db").write_bytes(b"")
+    folder_module._said_left_out.clear()
+    with caplog.at_level(logging.WARNING):
+        data = read_image_folder(root)
+    assert data.classes == ["cat", "dog"] and len(data) == 3
+    said = caplog.text
+    assert "4 file(s) left out, not images by their extension: .heic (2), .txt (1), no extension (1)" in said
+    assert ".jpg" in said.split("(read: ")[1]  # what would have been read
+    assert "hidden folder(s) left out, not classes (a name starting with a dot): .secret" in said
+    assert "Thumbs" not in said and "DS_Store" not in said
+    archive = tmp_path / "photos.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="photos")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert len(read_image_folder(archive)) == 3
+    assert "4 file(s) left out, not images by their extension: .heic (2), .txt (1), no extension (1)" in caplog.text
+
+
+def test_the_order_and_split_do_not_depend_on_the_unicode_form_of_file_names(tmp_path):
+    """The same photos, their names written composed (Linux, Windows) or decomposed (copied from a Mac's HFS+):
+    the same images in the same order, so the same validation split and the same fingerprint to resume on."""
+    import unicodedata
+
+    names = ["é.png", "f.png", "e.png", "ö.png", "p.png"]
+    trees = []
+    for form in ("NFC", "NFD"):
+        root = tmp_path / form
+        for cls in ("cat", "dog"):
+            (root / cls).mkdir(parents=True)
+            for i, name in enumerate(names):
+                _noise(32, 32, 10 * len(cls) + i).save(root / cls / unicodedata.normalize(form, name))
+        trees.append(root)
+    assert sorted(os.listdir(trees[0] / "cat")) != sorted(os.listdir(trees[1] / "cat"))
+    composed, decomposed = (read_image_folder(root) for root in trees)
+    assert composed.fingerprint() == decomposed.fingerprint()
+    for split in ("train", "val"):
+        a, b = (load_split("folder", root, split, val_size=4) for root in trees)
+        np.testing.assert_array_equal(a.images, b.images)
