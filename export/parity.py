@@ -14,6 +14,7 @@ from inference.precisions import precision as precision_entry
 from inference.preprocess import to_model_input
 from inference.runtime import OnnxClassifier, softmax
 from training.inference import topk_accuracy
+from training.reports.graph import graph_logits
 
 
 @dataclass
@@ -84,11 +85,12 @@ def torch_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = 2
 
 
 def onnx_logits(classifier: OnnxClassifier, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
-    out, start = [], time.perf_counter()
-    for x in _batches(images, batch_size, "ONNX Runtime"):
-        out.append(classifier.logits(x).astype(np.float64))
+    """float64 logits of the graph and its images per second: the logits ``python -m training evaluate --onnx``
+    reports (``training.reports.graph``), so the card's figures are the report's."""
+    start = time.perf_counter()
+    logits = graph_logits(classifier.logits, images, batch_size)
     elapsed = time.perf_counter() - start
-    return np.concatenate(out), len(images) / elapsed
+    return logits.astype(np.float64), len(images) / elapsed
 
 
 def onnx_probabilities(

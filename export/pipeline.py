@@ -35,7 +35,7 @@ from training.checkpoint import checkpoint_file, load_checkpoint, model_from_che
 from training.data import DatasetError, ImageArrays, load_split
 from training.data.split import SplitTooLarge
 from training.inference import with_tta
-from training.reports.calibration import calibration_report
+from training.reports.calibration import calibration_report, undo_temperature
 
 from .calibration import fit_calibration, with_calibration
 from .int8_ranges import DEFAULT_ACTIVATION_RANGE, DEFAULT_CALIBRATION_IMAGES, activation_range
@@ -443,7 +443,7 @@ def _with_entry(entry: ModelEntry, models_dir: Path, make_default: bool, default
 
 def _calibration_report(graph_logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
     """Before/after/refit from the logits the graph outputs, which are already divided by ``temperature``."""
-    return calibration_report(graph_logits * temperature, labels, temperature, refit=True)
+    return calibration_report(undo_temperature(graph_logits, temperature), labels, temperature, refit=True)
 
 
 def listed_model(models_dir: Path, name: str | None) -> ModelEntry:

@@ -19,10 +19,11 @@ from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.reports import figures
 from training.reports.ablate import parse_vary, split_values
 from training.reports.calibration import calibration_metrics, fit_temperature
-from training.reports.evaluate import FIGURES, load_predictions
+from training.reports.evaluate import FIGURES, load_predictions, logits_before_temperature
 from training.reports.figures import MIN_BIN_SAMPLES, worst_classes
 from training.reports.gradcam import GradCAM
 from training.reports.metrics import (
+    MCNEMAR_EXACT_BELOW,
     brier_score,
     compute_metrics,
     expected_calibration_error,
@@ -89,6 +90,25 @@ def test_class_without_samples_is_left_out_of_macro_averages():
     assert m["mean_per_class_accuracy"] == pytest.approx(0.75)
 
 
+def test_a_class_without_samples_has_no_recall_or_f1_and_its_predictions_count_against_precision():
+    """A class absent from the labels has nothing to recall: its recall and F1 are null (0.0 read as "never
+    finds it"), its precision 0 when predicted; the averages are over the present classes; nothing is NaN."""
+    labels = np.array([0, 0, 1, 1, 1])
+    preds = [0, 2, 1, 1, 0]  # c has no sample but is predicted once; d neither
+    m = compute_metrics(_logits_from(preds, [0.8] * 5, 4), labels, ["a", "b", "c", "d"])
+    per = {c["class"]: c for c in m["per_class"]}
+    assert m["confusion_matrix"] == [[1, 0, 1, 0], [1, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    # a: 1 of 2 predictions right, 1 of 2 samples found; b: 2 of 2 and 2 of 3
+    assert (per["a"]["precision"], per["a"]["recall"], per["a"]["f1"]) == pytest.approx((0.5, 0.5, 0.5))
+    assert (per["b"]["precision"], per["b"]["recall"], per["b"]["f1"]) == pytest.approx((1.0, 2 / 3, 0.8))
+    for name, predicted in (("c", 1), ("d", 0)):
+        assert per[name]["recall"] is None and per[name]["f1"] is None and per[name]["accuracy"] is None
+        assert per[name]["precision"] == 0.0 and per[name]["predicted"] == predicted and per[name]["support"] == 0
+    assert m["macro_avg"] == pytest.approx({"precision": 0.75, "recall": (0.5 + 2 / 3) / 2, "f1": 0.65})
+    assert m["weighted_avg"] == pytest.approx({"precision": 0.8, "recall": 0.6, "f1": 0.68})  # 2 a, 3 b
+    json.dumps(m, allow_nan=False)
+
+
 def test_top1_agrees_with_the_confusion_matrix_when_logits_tie():
     rng = np.random.default_rng(0)
     logits = rng.integers(0, 3, size=(200, 5)).astype(np.float32)  # coarse values, as int8 outputs give: many ties
@@ -132,6 +152,52 @@ def test_calibration_metrics_match_hand_computed_values():
         }
     )
     assert calibration_metrics(3 * logits, labels, temperature=3.0) == pytest.approx(m)  # T divides the logits
+
+
+def _ece_reference(confidence: list[float], correct: list[bool], n_bins: int = 15) -> tuple[list[int], float]:
+    """Guo et al. (2017), written out: bin k holds lo < confidence <= hi, lo = k / n_bins; returns the counts and
+    the ECE."""
+    counts, ece = [], 0.0
+    for k in range(n_bins):
+        lo, hi = k / n_bins, (k + 1) / n_bins
+        members = [i for i, c in enumerate(confidence) if lo < c <= hi]
+        counts.append(len(members))
+        if members:
+            accuracy = sum(correct[i] for i in members) / len(members)
+            mean_confidence = sum(confidence[i] for i in members) / len(members)
+            ece += len(members) / len(confidence) * abs(accuracy - mean_confidence)
+    return counts, ece
+
+
+def test_ece_bins_are_right_closed_at_every_edge_and_hold_a_confidence_of_one():
+    """15 equal-width bins (lo, hi]: a confidence exactly on an edge k/15 belongs to the bin below it, 1.0 to the
+    last; counts and ECE match the formula written out, on edges and between them."""
+    rng = np.random.default_rng(7)
+    confidence = [k / 15 for k in range(2, 16)] + [1.0, 1.0] + rng.uniform(0.12, 1.0, 200).tolist()
+    preds = rng.integers(0, 10, len(confidence))
+    correct = (rng.random(len(confidence)) < np.asarray(confidence)).tolist()
+    labels = np.where(correct, preds, (preds + 1) % 10)
+    probs = np.tile(((1 - np.asarray(confidence)) / 9)[:, None], (1, 10))  # the rest shared by 9 classes
+    probs[np.arange(len(preds)), preds] = confidence
+    counts, expected = _ece_reference(confidence, correct)
+    bins = reliability_bins(probs, labels)
+    assert bins["count"] == counts and bins["edges"] == pytest.approx([k / 15 for k in range(16)])
+    assert expected_calibration_error(probs, labels) == pytest.approx(expected, abs=1e-12)
+    edge_only = probs[:14]  # one confidence on each edge 2/15 ... 15/15: bins 1 ... 14, one each
+    assert reliability_bins(edge_only, labels[:14])["count"] == [0] + [1] * 14
+
+
+def test_temperature_fit_finds_the_minimum_a_fine_grid_search_finds():
+    """Few samples, so the best T is not the one the labels were drawn with: a grid over T is the reference."""
+    rng = np.random.default_rng(11)
+    logits = rng.normal(0, 2.5, size=(300, 10))
+    probs = softmax(logits / 0.6)
+    labels = (probs.cumsum(axis=1) > rng.random((300, 1))).argmax(axis=1)
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 8001))  # steps of 0.075% in T
+    nll = np.array([negative_log_likelihood(logits / t, labels) for t in grid])
+    fitted = fit_temperature(logits, labels)
+    assert fitted == pytest.approx(grid[nll.argmin()], rel=2e-3)
+    assert negative_log_likelihood(logits / fitted, labels) <= nll.min() + 1e-9
 
 
 @pytest.mark.parametrize("true_temperature", [0.4, 1.0, 2.5])
@@ -190,6 +256,26 @@ def test_mcnemar_chi_square_with_continuity_correction():
     tied = mcnemar(*_paired(30, 30))  # uncorrected for the sign, (0 - 1)^2 / 60 would give p = 0.90
     assert tied["statistic"] == 0.0 and tied["p_value"] == 1.0
     assert mcnemar(*_paired(31, 30))["p_value"] == 1.0  # |b - c| = 1: the correction takes it all
+
+
+@pytest.mark.parametrize("discordant", [MCNEMAR_EXACT_BELOW - 1, MCNEMAR_EXACT_BELOW])
+def test_mcnemar_matches_the_binomial_tail_and_the_corrected_chi_square_for_every_split(discordant):
+    """Every split b + c of the discordant pairs on either side of the switch from the exact test to chi-square,
+    against the binomial tail summed by hand and the chi-square survival function erfc(sqrt(s / 2))."""
+    for b in range(discordant + 1):
+        c = discordant - b
+        result = mcnemar(*_paired(b, c))
+        assert (result["a_right_b_wrong"], result["a_wrong_b_right"], result["discordant"]) == (b, c, discordant)
+        if discordant < MCNEMAR_EXACT_BELOW:
+            tail = sum(math.comb(discordant, i) for i in range(min(b, c) + 1)) / 2**discordant
+            assert result["method"] == "exact binomial"
+            assert result["p_value"] == pytest.approx(min(1.0, 2 * tail), rel=1e-9), (b, c)
+        else:
+            statistic = max(abs(b - c) - 1, 0) ** 2 / discordant
+            assert result["method"] == "chi-square with continuity correction"
+            assert result["statistic"] == pytest.approx(statistic)
+            assert result["p_value"] == pytest.approx(math.erfc(math.sqrt(statistic / 2)), rel=1e-9), (b, c)
+        assert result["p_value"] == mcnemar(*_paired(c, b))["p_value"]  # which model is A does not matter
 
 
 def test_paired_difference_interval_uses_the_discordant_pairs():
@@ -338,6 +424,35 @@ def test_a_confusion_matrix_of_long_and_cjk_class_names_stays_readable_and_says_
     assert figures.short_label("x" * 200) == "x" * 23 + "\u2026" and figures.short_label("dog") == "dog"
 
 
+@pytest.mark.parametrize("max_classes", [4, 2])
+def test_the_confusion_matrix_figure_has_true_classes_as_rows_and_each_label_on_its_own_row(
+    max_classes, tmp_path, monkeypatch
+):
+    """Rows are true classes, columns predicted, each row normalised over its true class; with more classes
+    than shown, the worst classes' rows and columns keep their own names and "(other)" holds the rest."""
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: saved.append(fig))
+    classes = ["a", "b", "c", "d"]
+    cm = np.array([[8, 1, 1, 0], [0, 3, 1, 6], [2, 0, 8, 0], [1, 1, 0, 2]])  # true a: 8 right, 1 as b, 1 as c
+    figures.plot_confusion_matrix(cm, classes, tmp_path / "cm.png", max_classes=max_classes)
+    (fig,) = saved
+    ax = fig.axes[0]
+    shown = np.asarray(ax.images[0].get_array())
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    columns = [t.get_text() for t in ax.get_xticklabels()]
+    assert (ax.get_ylabel(), ax.get_xlabel()) == ("true class", "predicted class")
+    keep = [classes.index(r) for r in rows]
+    if max_classes == 4:
+        assert rows == columns == classes
+    else:  # b (3 of 10) and d (2 of 4) are the worst, worst first
+        assert rows == ["b", "d"] and columns == ["b", "d", "(other)"]
+        assert shown[:, -1] == pytest.approx([1 - (3 + 6) / 10, 1 - (1 + 2) / 4])
+    for i, true in enumerate(keep):
+        for j, predicted in enumerate(keep):
+            assert shown[i, j] == pytest.approx(cm[true, predicted] / cm[true].sum()), (rows[i], columns[j])
+    assert shown.sum(axis=1) == pytest.approx(np.ones(len(rows)))
+
+
 def test_reliability_fades_bins_of_few_samples_and_keeps_its_legend_off_the_bars(tmp_path, monkeypatch):
     saved = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: saved.append(fig))
@@ -459,6 +574,58 @@ def test_evaluate_onnx_with_a_temperature_reports_what_its_checkpoint_does(tiny_
     assert onnx_cal["temperature"] == pytest.approx(torch_cal["temperature"], rel=1e-4)
     for state in ("before", "after"):
         assert onnx_cal[state] == pytest.approx(torch_cal[state], rel=1e-3, abs=1e-4), state
+
+
+class _EchoGraph:
+    """A stand-in for an ONNX session whose logits are its own input: any difference in the pixels it is fed
+    shows in its output, bit for bit."""
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(batch, dtype=np.float32).reshape(len(batch), -1)
+
+
+def test_evaluate_feeds_an_onnx_graph_the_pixels_the_service_and_export_verify_feed_it():
+    """An INT8 graph rounds its input to 8 bits, so one float32 step matters: evaluate scaled by x / 255, which
+    for 126 of the 256 values is a step from the service's x * float32(1 / 255), and moved 272 of the shipped
+    INT8 model's 5,000 validation images, and its ECE after temperature from the card's 0.0178 to 0.0176."""
+    from export.parity import onnx_logits
+    from inference.preprocess import pixels_to_model_input
+    from training.data import ImageArrays
+    from training.reports.evaluate import ModelSource
+
+    images = (np.arange(2 * 16 * 8 * 3) % 256).astype(np.uint8).reshape(2, 16, 8, 3)  # every value 0-255
+    served = pixels_to_model_input(images.tobytes(), 2, (16, 8)).reshape(2, -1)  # what the service sends
+    assert not np.array_equal(served, images.transpose(0, 3, 1, 2).reshape(2, -1).astype(np.float32) / 255)
+    classes = [str(i) for i in range(served.shape[1])]
+    source = ModelSource("onnx", Path("echo.onnx"), classes, "echo", 16, model=_EchoGraph())
+    for batch_size in (1, 256):
+        evaluated, _ = source.predict(ImageArrays(images, np.zeros(2, np.int64), classes), batch_size=batch_size)
+        verified, _ = onnx_logits(_EchoGraph(), images, batch_size)  # export verify's and the card's logits
+        np.testing.assert_array_equal(evaluated, served)
+        np.testing.assert_array_equal(verified, served)
+
+
+def test_evaluate_onnx_reports_the_calibration_export_verify_and_the_card_record(tiny_models_dir, tmp_path):
+    """One graph, one set of images: `evaluate --onnx`, `export verify` and the card give the same before and
+    after figures to the last bit (evaluate undid the graph's temperature in float32, verify in float64)."""
+    from export.pipeline import verify_model
+
+    out = tmp_path / "int8"
+    assert main(["evaluate", "--onnx", str(tiny_models_dir / "tiny-int8.onnx"), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    _, verified = verify_model("tiny-int8", tiny_models_dir, cache_dir=None)
+    entry = next(
+        m for m in json.loads((tiny_models_dir / "manifest.json").read_text())["models"] if m["name"] == "tiny-int8"
+    )
+    t = entry["calibration"]["temperature"]
+    assert metrics["calibration"]["temperature"] == verified["temperature"] == t
+    for state in ("before", "after"):
+        assert metrics["calibration"][state] == verified[state] == entry["metrics"]["calibration"][state], state
+    # a report's logits before the graph's temperature are the ones calibration was measured on
+    loaded = load_predictions(out)
+    np.testing.assert_array_equal(
+        logits_before_temperature(loaded), loaded["logits"].astype(np.float64) * np.float64(t)
+    )
 
 
 def test_an_onnx_model_runs_on_the_device_asked_for_or_is_refused_in_one_line(tiny_models_dir, monkeypatch, capsys):

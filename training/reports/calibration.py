@@ -75,6 +75,12 @@ def calibration_metrics(logits: np.ndarray, labels: np.ndarray, temperature: flo
     }
 
 
+def undo_temperature(graph_output: np.ndarray, temperature: float) -> np.ndarray:
+    """A calibrated graph's logits before its division by ``temperature``, in float64 (float32 outputs times T in
+    float32 would round once more, and two reports of one graph would differ)."""
+    return np.asarray(graph_output, dtype=np.float64) * float(temperature)
+
+
 def calibration_report(
     raw_logits: np.ndarray, labels: np.ndarray, temperature: float, refit: bool = False
 ) -> dict[str, Any]:

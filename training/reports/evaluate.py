@@ -30,15 +30,17 @@ from inference.fits import DEFAULT_FIT, LEGACY_FIT
 from ..checkpoint import BEST_FILE, LAST_FILE, SUMMARY_FILE, checkpoint_file, load_checkpoint, model_from_checkpoint
 from ..config import ConfigError
 from ..data import SPLITS, DatasetError, ImageArrays, load_split
+from ..data.augment import to_unit
 from ..data.loader import TensorLoader
 from ..data.split import SplitTooLarge
 from ..data.targets import Targets
 from ..engine import inside_the_data, resolve_device
-from ..inference import TTA_DESCRIPTIONS, check_tta, predict_logits, tta_logits_numpy
+from ..inference import TTA_DESCRIPTIONS, check_tta, predict_logits
 from ..plots import CurveInfo, plot_training_curves
 from . import figures
-from .calibration import calibration_report, fit_temperature, meaningless_fit
+from .calibration import calibration_report, fit_temperature, meaningless_fit, undo_temperature
 from .gradcam import GradCAM
+from .graph import graph_logits
 from .metrics import compute_metrics, reliability_bins, softmax
 
 log = logging.getLogger("training.reports")
@@ -133,13 +135,9 @@ class ModelSource:
         return logits.astype(np.float32), time.perf_counter() - start
 
     def _predict_onnx(self, data: ImageArrays, tta: str, batch_size: int) -> np.ndarray:
-        out = []
-        for begin in tqdm(
-            range(0, len(data), batch_size), desc=f"evaluating {self.path.name}", unit="batch", leave=False
-        ):
-            batch = data.images[begin : begin + batch_size].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-            out.append(tta_logits_numpy(self.model.logits, batch, tta).astype(np.float32))
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+        if not len(data):
+            return np.zeros((0, len(self.classes)), np.float32)
+        return graph_logits(self.model.logits, data.images, batch_size, tta, f"evaluating {self.path.name}")
 
 
 class _Progress:
@@ -449,7 +447,7 @@ def logits_before_temperature(report: dict[str, Any]) -> np.ndarray:
     by the temperature in its card, a checkpoint its raw logits. Reports of both kinds compare (or average) on
     equal terms only like this."""
     t = graph_temperature(report["metrics"].get("source") or {})
-    return report["logits"] if t is None else report["logits"] * t
+    return report["logits"] if t is None else undo_temperature(report["logits"], t)
 
 
 def read_json(path: Path) -> Any:
@@ -486,7 +484,7 @@ def temperature_for(
             if spec.split == "val"
             else "recorded in the model (fitted at export on the validation split, divided inside its graph)"
         )
-        return logits * t, t, fitted
+        return undo_temperature(logits, t), t, fitted  # as export verify and the card undo it
     if spec.split == "val":
         fit_logits, fit_labels = logits, data.labels
     else:
@@ -558,7 +556,7 @@ def render_gradcam(
         figures.plot_gradcam(np.zeros((0,)), np.zeros((0,)), [], [], path, subtitle=subtitle)
         return []
     images = data.images[indices]
-    batch = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(source.device)
+    batch = to_unit(torch.from_numpy(images).permute(0, 3, 1, 2)).to(source.device)
     cam = GradCAM(source.model)
     cams = cam(batch, torch.from_numpy(preds[indices]))
     assert cam.map_size is not None  # set by the call

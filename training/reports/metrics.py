@@ -100,8 +100,10 @@ def top_confusions(cm: np.ndarray, classes: Sequence[str], k: int = 10) -> list[
 def compute_metrics(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """Everything metrics.json reports about one set of predictions.
 
-    Classes absent from ``labels`` get ``accuracy: null`` and are left out of the macro averages
-    (their recall is undefined); a class that is never predicted has precision 0.
+    Classes absent from ``labels`` get ``accuracy``, ``recall`` and ``f1`` null (no sample to recall: undefined,
+    not 0) and are left out of the macro and weighted averages; their precision is 0 (every prediction of one is
+    wrong). A class that is never predicted has precision 0 (scikit-learn's ``zero_division=0``), so it pulls the
+    macro precision down rather than out. No figure is NaN.
     """
     classes = list(classes)
     num_classes = len(classes)
@@ -123,8 +125,8 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, classes: Sequence[st
             "class": name,
             "accuracy": float(recall[c]) if support[c] else None,
             "precision": float(precision[c]),
-            "recall": float(recall[c]),
-            "f1": float(f1[c]),
+            "recall": float(recall[c]) if support[c] else None,
+            "f1": float(f1[c]) if support[c] else None,
             "support": int(support[c]),
             "predicted": int(cm[:, c].sum()),
         }
