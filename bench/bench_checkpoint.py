@@ -72,7 +72,9 @@ def measure(recipe: str, folder: Path, work: Path, epochs: int, repeats: int) ->
         "threads=2",
         "device=cpu",
     ]
-    trainer = Trainer(build_config(recipe, sets), work / recipe)
+    with termination.user_input():
+        config = build_config(recipe, sets)
+    trainer = Trainer(config, work / recipe)
     trainer.out_dir.mkdir(parents=True, exist_ok=True)
     trainer.history = history(epochs)
     trainer.epoch = epochs

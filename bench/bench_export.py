@@ -51,9 +51,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main() -> int:
     args = get_args_parser().parse_args()
-    manifest = load_manifest(args.models_dir)
-    fp32, int8 = manifest.get(args.fp32), manifest.get(args.int8)
-    model = model_from_checkpoint(load_checkpoint(fp32.source["checkpoint"]))
+    with termination.user_input():  # an unknown model, or one exported from no checkpoint this project reads
+        manifest = load_manifest(args.models_dir)
+        fp32, int8 = manifest.get(args.fp32), manifest.get(args.int8)
+        model = model_from_checkpoint(load_checkpoint(fp32.source["checkpoint"]))
     engines = {
         "pytorch_eager_fp32": lambda x: model(torch.from_numpy(x)),
         "ort_fp32": OnnxClassifier(Path(args.models_dir) / fp32.file, device="cpu").logits,

@@ -38,6 +38,7 @@ from inference.fits import FITS  # noqa: E402
 from inference.manifest import load_manifest  # noqa: E402
 from inference.preprocess import decode_image, to_model_input  # noqa: E402
 from inference.runtime import OnnxClassifier  # noqa: E402
+from training.cli_types import positive_int  # noqa: E402
 
 PHOTO = (640, 480)  # width, height: 4:3
 
@@ -46,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models-dir", default=str(ROOT / "models"), help="models folder with manifest.json")
     p.add_argument("--model", help="model name (default: the manifest's default)")
-    p.add_argument("--limit", type=int, help="only N validation images, evenly spaced (default: all 5,000)")
+    p.add_argument("--limit", type=positive_int, help="only N validation images, evenly spaced (default: all 5,000)")
     p.add_argument("--cache-dir", default=str(ROOT / ".cache" / "datasets"), help="dataset decode cache")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "fit.json"), help="JSON results")
     return p
@@ -101,8 +102,9 @@ def validation_split(entry, cache_dir: str):
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    entry = load_manifest(args.models_dir).get(args.model)
-    val = validation_split(entry, args.cache_dir)
+    with termination.user_input():  # an unknown model, or one whose training data is not here
+        entry = load_manifest(args.models_dir).get(args.model)
+        val = validation_split(entry, args.cache_dir)
     count = min(args.limit or len(val), len(val))
     # Evenly spaced over the split, which is in class order: the first N would be one class.
     picked = np.linspace(0, len(val) - 1, count).round().astype(int)

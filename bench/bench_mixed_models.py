@@ -80,8 +80,9 @@ def summary(result: dict, per_request: int) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    manifest = load_manifest(args.models_dir)
-    fast, slow = manifest.get(args.fast), manifest.get(args.slow)
+    with termination.user_input():
+        manifest = load_manifest(args.models_dir)
+        fast, slow = manifest.get(args.fast), manifest.get(args.slow)
     jpegs = bench_service.read_jpegs(Path(args.archive), args.pool)
     report_phases = {}
     host, port, server = bench_service.open_server(args)

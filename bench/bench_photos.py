@@ -35,10 +35,12 @@ sys.path.insert(0, str(ROOT))
 
 import bench_service  # noqa: E402
 import termination  # noqa: E402
+from arguments import positive_floats  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
 from inference.preprocess import dct_reduction, decode_image  # noqa: E402
+from training.cli_types import positive_int  # noqa: E402
 
 VARIANTS = {  # label -> decode_image keyword arguments
     "before": {"fit": "squash", "reduce": False},
@@ -49,8 +51,10 @@ VARIANTS = {  # label -> decode_image keyword arguments
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="12,3,0.3", help="photo sizes in megapixels, 4:3, comma-separated")
-    p.add_argument("--repeats", type=int, default=15, help="decodes of each photo per variant")
+    p.add_argument(
+        "--sizes", type=positive_floats, default="12,3,0.3", help="photo sizes in megapixels, 4:3, comma-separated"
+    )
+    p.add_argument("--repeats", type=positive_int, default=15, help="decodes of each photo per variant")
     p.add_argument("--models-dir", default=str(ROOT / "models"), help="models folder with manifest.json")
     p.add_argument("--concurrency", type=int, default=8, help="connections POSTing 12 MP photos")
     p.add_argument("--duration", type=float, default=20.0, help="seconds of measured load")
@@ -133,11 +137,12 @@ def service_result(args, data: bytes, entry) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    sizes = [float(s) for s in args.sizes.split(",")]
+    sizes = args.sizes
     decode = decode_results(sizes, args.repeats)
     service = None
     if not args.no_service:
-        entry = load_manifest(args.models_dir).get()
+        with termination.user_input():
+            entry = load_manifest(args.models_dir).get()
         big = max(sizes)
         data, _ = photo_jpeg(big)
         service = {"model": entry.name, "model_fit": entry.input.fit, "megapixels": big, "jpeg_bytes": len(data)}

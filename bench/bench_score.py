@@ -18,12 +18,9 @@ Prints a markdown table and writes the figures as JSON to --out.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
-import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -34,15 +31,14 @@ sys.path.insert(0, str(ROOT))
 
 import raw_engine  # noqa: E402
 import termination  # noqa: E402
+from arguments import at_least_ten, positive_ints  # noqa: E402
 from report_io import cpu_model, host_record, write_json  # noqa: E402
+from score_runs import ARCHIVE, extract, run_scorer, wait_until_quiet  # noqa: E402
 
 from inference.manifest import ManifestError, load_manifest  # noqa: E402
 from inference.preprocess import decode_image, to_model_input  # noqa: E402
 from inference.runtime import default_threads  # noqa: E402
 from training.cli_types import positive_int  # noqa: E402
-
-ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-train-jpg.tar.gz"
-SUMMARY = re.compile(r"scored (\d+), failed (\d+).*?; ([\d.]+) s, (\d+) images/s")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -87,77 +83,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def at_least_ten(text: str) -> int:
-    """--images: a tenth of it is taken from each class, so fewer than ten would be none at all."""
-    value = positive_int(text)
-    if value < 10:
-        raise argparse.ArgumentTypeError(f"{text} is below 10 (a tenth of the images comes from each class)")
-    return value
-
-
-def positive_ints(text: str) -> list[int]:
-    """A comma-separated list of counts, checked before anything is measured."""
-    return [positive_int(part) for part in text.split(",")]
-
-
-def extract(archive: Path, dest: Path, count: int) -> Path:
-    """The first count/10 images of each class, extracted once; returns the folder to score."""
-    root = dest / f"cifar10-{count}"
-    marker = root / ".complete"
-    if marker.exists():
-        return root
-    per_class = count // 10
-    pattern = re.compile(r"^cifar10/train/[a-z]+/(\d+)\.jpg$")
-    tmp = dest / f".extract-{os.getpid()}"
-    with tarfile.open(archive, "r:gz") as tar:
-        members = (m for m in tar if m.isfile() and (hit := pattern.match(m.name)) and int(hit[1]) < per_class)
-        tar.extractall(tmp, members=members, filter="data")
-    (tmp / "cifar10" / "train").rename(root)
-    tmp.joinpath("cifar10").rmdir()
-    tmp.rmdir()
-    marker.touch()
-    return root
-
-
 def resolve_model(args, work: Path) -> tuple[Path, str, str]:
     """(models_dir, model name, onnx path)."""
     try:
         manifest = load_manifest(args.models_dir)
-        entry = manifest.get(args.model)
-        return Path(args.models_dir), entry.name, str(Path(args.models_dir) / entry.file)
-    except ManifestError:
+    except ManifestError as exc:
         if not args.checkpoint:
-            raise SystemExit(
-                f"error: no manifest in {args.models_dir}: export a model, or pass --checkpoint RUN/best.pt"
-            ) from None
+            raise termination.UsageError(f"{exc}; or pass --checkpoint RUN/best.pt") from None
+    else:
+        with termination.user_input():
+            entry = manifest.get(args.model)
+        return Path(args.models_dir), entry.name, str(Path(args.models_dir) / entry.file)
     from export.pipeline import export_checkpoint
 
     models = work / "models"
     name = args.model or "bench"
     if not (models / "manifest.json").exists() or name not in [m.name for m in load_manifest(models, False).models]:
-        export_checkpoint(args.checkpoint, name, "fp32", models, max_val_images=1000)
+        with termination.user_input():  # a --checkpoint that is no training checkpoint
+            export_checkpoint(args.checkpoint, name, "fp32", models, max_val_images=1000)
     return models, name, str(models / f"{name}.onnx")
-
-
-def busy_cores_since(start: tuple[float, float] | None = None):
-    """CPU time all processes spent busy (from /proc/stat); with ``start``, the cores busy since then."""
-    with open("/proc/stat") as f:
-        ticks = list(map(int, f.readline().split()[1:]))
-    now = ((sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK"), time.perf_counter())
-    if start is None:
-        return now
-    return (now[0] - start[0]) / max(now[1] - start[1], 1e-9)
-
-
-def wait_until_quiet(threshold: float, timeout: float = 180.0) -> float:
-    """Wait until the machine's other work uses less than ``threshold`` cores (checked over 2 s); returns it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        mark = busy_cores_since()
-        time.sleep(2.0)
-        load = busy_cores_since(mark)
-        if load < threshold or time.monotonic() > deadline:
-            return load
 
 
 class RawEngine:
@@ -186,7 +130,7 @@ def score_flags(config: str) -> list[str]:
         return []
     hit = re.fullmatch(r"w(\d+)(?:-t(\d+))?(?:-s(\d+))?(?:-b(\d+))?", config)
     if not hit:
-        raise SystemExit(f"error: bad config {config!r}: use default or wN[-tT][-sS][-bB]")
+        raise termination.UsageError(f"bad config {config!r}: use default or wN[-tT][-sS][-bB]")
     flags = ["--workers", hit[1]]
     for flag, value in (("--threads", hit[2]), ("--streams", hit[3]), ("--batch-size", hit[4])):
         if value:
@@ -194,58 +138,21 @@ def score_flags(config: str) -> list[str]:
     return flags
 
 
-def run_scorer(folder: Path, models_dir: Path, model: str, batch_size: int | None, flags: list[str], out: Path) -> dict:
-    if batch_size and "--batch-size" not in flags:
-        flags = ["--batch-size", str(batch_size), *flags]
-    cmd = [
-        sys.executable,
-        "-m",
-        "service.score",
-        str(folder),
-        "--out",
-        str(out),
-        "--models-dir",
-        str(models_dir),
-        "--model",
-        model,
-        "--no-progress",
-        "--overwrite",  # each run replaces the last one's rows
-        *flags,
-    ]
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"scorer failed ({done.returncode}): {done.stderr}")
-    hit = SUMMARY.search(done.stderr)
-    scored, failed, rate = int(hit[1]), int(hit[2]), float(hit[4])
-    rows = sum(1 for _ in open(out)) - 1
-    return {
-        "scored": scored,
-        "failed": failed,
-        "rows": rows,
-        "seconds": (scored + failed) / rate,
-        "wall_s": wall,
-        "images_per_s": rate,
-        "images_per_s_wall": (scored + failed) / wall,
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    folder = extract(Path(args.archive), work, args.images)
+    configs = args.configs.split(",")
+    for config in configs:
+        score_flags(config)  # a bad one refused now, not after the images' extraction
     models_dir, model, onnx_path = resolve_model(args, work)
+    folder = extract(Path(args.archive), work, args.images)
     scorer_batch = args.batch_size or "the scorer's default"
     print(
         f"model {model} ({onnx_path}), {args.images} JPEGs in {folder}, scorer batch {scorer_batch}, "
         f"{default_threads()} usable cores",
         file=sys.stderr,
     )
-    configs = args.configs.split(",")
-    for config in configs:
-        score_flags(config)  # a bad one refused now, not after the engine's measurement
     raw = RawEngine(onnx_path, folder, args.engine_batch_sizes)
     raw_rates: list[float] = []
     runs: dict[str, list[dict]] = {c: [] for c in configs}

@@ -4,7 +4,7 @@ card's throughput table.
     python bench/bench_score_models.py [--models-dir models] [--model NAME ...] [--images 2000]
         [--repeats 3] [--out bench/results/score-models.json]
 
-Images: the first N/10 JPEGs of each class of ../shared/data/cifar10-train-jpg.tar.gz (bench_score.py's
+Images: the first N/10 JPEGs of each class of ../shared/data/cifar10-train-jpg.tar.gz (score_runs.py's
 extract). Each run is the real CLI in a fresh process, timed by its own summary (walk + read + decode +
 inference + writing, model load excluded). Rounds go over every model in turn, so a slow spell of the
 shared, virtual machine hits them alike; before each run it waits until the other processes are quiet, and
@@ -23,10 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import termination  # noqa: E402
-from bench_score import ARCHIVE, at_least_ten, extract, run_scorer, wait_until_quiet  # noqa: E402
+from arguments import at_least_ten  # noqa: E402
 from report_io import cpu_model, host_record, write_json  # noqa: E402
+from score_runs import ARCHIVE, extract, run_scorer, wait_until_quiet  # noqa: E402
 
-from inference.manifest import ManifestError, load_manifest  # noqa: E402
+from inference.manifest import load_manifest  # noqa: E402
 from training.cli_types import positive_int  # noqa: E402
 
 TTA_VIEWS = {None: 1, "none": 1, "flip": 2, "multicrop": 6}
@@ -58,15 +59,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
+    with termination.user_input():
         manifest = load_manifest(args.models_dir)
-    except ManifestError as e:
-        raise SystemExit(f"error: {e}") from None
     entries = {m.name: m for m in manifest.models}
     names = args.model or list(entries)
     unknown = [n for n in names if n not in entries]
     if unknown:
-        raise SystemExit(f"error: no model {', '.join(unknown)} in {args.models_dir} (there: {', '.join(entries)})")
+        raise termination.UsageError(
+            f"no model {', '.join(unknown)} in {args.models_dir} (there: {', '.join(entries)})"
+        )
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     folder = extract(Path(args.archive), work, args.images)

@@ -3,7 +3,7 @@
     python bench/bench_score_ray.py [--images 10000] [--repeats 2] [--out bench/results/score-ray.json]
 
 Images: the first N/10 JPEGs of each class of ../shared/data/cifar10-train-jpg.tar.gz, extracted once into
---work-dir (bench_score.py's extract). Each run is the real CLI in a fresh process, local and ray in
+--work-dir (score_runs.py's extract). Each run is the real CLI in a fresh process, local and ray in
 interleaved rounds so that a slow spell of the shared machine hits both alike; medians are reported. Two
 figures per run: the scorer's own images/s (its summary: from the first chunk to the last row, so for Ray
 the actor pool's start is in it, the Ray instance's start is not) and the wall time of the whole command
@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import termination  # noqa: E402
-from bench_score import ARCHIVE, at_least_ten, extract, run_scorer, wait_until_quiet  # noqa: E402
+from arguments import at_least_ten  # noqa: E402
 from report_io import cpu_model, host_record, write_json  # noqa: E402
+from score_runs import ARCHIVE, extract, run_scorer, wait_until_quiet  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
 from inference.runtime import default_threads  # noqa: E402
@@ -69,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
+    with termination.user_input():
+        model = load_manifest(args.models_dir).get(args.model).name
     folder = extract(Path(args.archive), work, args.images)
-    model = load_manifest(args.models_dir).get(args.model).name
     engines = {"local": ENGINES["local"], "ray": ENGINES["ray"] + args.ray_flags.split()}
     print(f"model {model}, {args.images} JPEGs in {folder}, {default_threads()} usable cores", file=sys.stderr)
     runs: dict[str, list[dict]] = {name: [] for name in engines}

@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 import raw_engine  # noqa: E402
 import termination  # noqa: E402
-from bench_score import positive_ints  # noqa: E402
+from arguments import positive_ints  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
@@ -435,8 +435,9 @@ def run_level(args, host, port, server, requests, per_request, concurrency, chec
 
 
 def main(args: argparse.Namespace) -> int:
-    manifest = load_manifest(args.models_dir)
-    entry = manifest.get(args.model)
+    with termination.user_input():
+        manifest = load_manifest(args.models_dir)
+        entry = manifest.get(args.model)
     jpegs = read_jpegs(Path(args.archive), args.pool)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 

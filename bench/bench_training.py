@@ -92,7 +92,9 @@ def train_throughput(
     image_size: int = 32,
 ) -> float:
     name, kwargs = parse_spec(spec)
-    model = create_model(name, **kwargs).to(device).to(memory_format=torch.channels_last).train()
+    with termination.user_input():  # an unknown model or argument in --models
+        model = create_model(name, **kwargs)
+    model = model.to(device).to(memory_format=torch.channels_last).train()
     x = torch.rand(batch_size, 3, image_size, image_size, device=device).contiguous(memory_format=torch.channels_last)
     opt = build_optimizer(model, OptimConfig(name=optimizer, lr=0.01, momentum=0.9, nesterov=True), x[:2])
     y = torch.randint(0, 10, (batch_size,), device=device)
@@ -159,7 +161,8 @@ def main() -> int:
     args = get_args_parser().parse_args()
     if args.models == ["all"]:
         args.models = list_models()
-    device = resolve_device(args.device)
+    with termination.user_input():  # a device that is none, or not on this machine
+        device = resolve_device(args.device)
     bf16 = resolve_bf16({"auto": "auto", "on": True, "off": False}[args.bf16], device)
     results = {
         "device": str(device),

@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     results = {}
     for folder in args.reports:
-        logits, labels = raw_logits(Path(folder))
+        with termination.user_input():  # a folder that holds no report
+            logits, labels = raw_logits(Path(folder))
         results[Path(folder).name] = found = crossfit(logits, labels, args.splits, args.seed)
         print(
             f"{Path(folder).name}: in-sample ECE {found['in_sample_ece']:.4f}; held-out minus in-sample on "

@@ -15,6 +15,10 @@ import pytest
 
 from conftest import ROOT
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+import termination  # noqa: E402
+
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 
 PARENT = textwrap.dedent(
@@ -97,6 +101,13 @@ def _bench(*args: str, **kwargs) -> subprocess.CompletedProcess:
         ["bench/bench_training.py", "--steps", "0"],  # the time of no steps: no figure at all
         ["bench/bench_score.py", "--images", "5"],  # a tenth of 5 per class: no image
         ["bench/bench_service.py", "--routes", "classify,v3"],
+        ["bench/bench_score.py", "--images", "10", "--configs", "default,fast"],  # was a SystemExit: status 1
+        ["bench/bench_score_models.py", "--models-dir", "no-such-dir"],  # was a SystemExit: status 1
+        ["bench/bench_score_ray.py", "--images", "10", "--models-dir", "no-such-dir"],
+        ["bench/bench_photos.py", "--sizes", "0.05,big"],
+        ["bench/bench_photos.py", "--sizes", "0.05", "--repeats", "0"],  # no median of no decodes
+        ["bench/bench_training.py", "--models", "no_such_model", "--steps", "1", "--batch-size", "8"],
+        ["bench/bench_checkpoint.py", "--recipes", "no_such_recipe"],
     ],
 )
 def test_a_users_mistake_is_one_line_and_status_2(args, tmp_path):
@@ -149,3 +160,110 @@ def test_sigterm_stops_the_server_a_photo_benchmark_started(tmp_path):
         for pid in servers:
             if _alive(pid):
                 os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("bug", [lambda: {}["typo"], lambda: int("not a number")])
+def test_a_bug_in_a_benchmark_keeps_its_traceback(bug, capsys):
+    """A KeyError or ValueError from the benchmark's own code is no user's mistake: it is raised (a traceback,
+    status 1), not said in one line with status 2."""
+    with pytest.raises((KeyError, ValueError)):
+        termination.run(bug)
+    assert capsys.readouterr().err == ""
+
+
+def test_what_the_user_named_wrong_is_one_line_and_status_2(capsys):
+    def unknown_model() -> int:
+        with termination.user_input():
+            raise KeyError("unknown model 'x'; available: a, b")  # as Manifest.get and the registries say it
+
+    def missing_file() -> int:
+        raise FileNotFoundError(2, "No such file or directory", "runs/x/best.pt")
+
+    for main, line in (
+        (unknown_model, "error: unknown model 'x'; available: a, b\n"),  # without a KeyError's quotes
+        (missing_file, "error: runs/x/best.pt: No such file or directory\n"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            termination.run(main)
+        assert exit_.value.code == 2 and capsys.readouterr().err == line
+
+
+def test_user_input_takes_only_the_kinds_named():
+    with pytest.raises(termination.UsageError, match="no such argument"):
+        with termination.user_input(TypeError):
+            raise TypeError("no such argument")
+    with pytest.raises(KeyError):  # not among the kinds named: a bug
+        with termination.user_input(TypeError):
+            raise KeyError("typo")
+
+
+RUN_CHILD_PARENT = textwrap.dedent(
+    """
+    import sys
+    sys.path[:0] = [{root!r}, {bench!r}]
+    from termination import run, run_child
+    run(lambda: run_child([sys.executable, "-c", {child!r}], grace_s={grace}).returncode)
+    """
+)
+
+# A child that cleans up when stopped (as the Ray engine's scorer shuts its Ray instance down), taking
+# ``cleanup_s``, and has a helper in its process group that it leaves behind (as Ray's agents outlive a
+# scorer killed before its cleanup).
+CLEANING_CHILD = textwrap.dedent(
+    """
+    import signal, subprocess, sys, time
+    log = open({log!r}, "a", buffering=1)
+    def stop(signum, frame):
+        log.write(signal.Signals(signum).name + "\\n")
+        time.sleep({cleanup_s})
+        log.write("cleaned\\n")
+        sys.exit(128 + signum)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    log.write(f"started {{helper.pid}}\\n")
+    time.sleep(120)
+    """
+)
+
+
+def _stop_run_child(tmp_path, send, cleanup_s: float, grace: float) -> tuple[int, list[str], int, float]:
+    """(the parent's status, the child's log, its helper's pid, seconds from the signal to the parent's end)."""
+    log = tmp_path / "child.log"
+    child = CLEANING_CHILD.format(log=str(log), cleanup_s=cleanup_s)
+    code = RUN_CHILD_PARENT.format(root=str(ROOT), bench=str(ROOT / "bench"), child=child, grace=grace)
+    parent = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (log.exists() and log.read_text().endswith("\n")):
+        assert time.monotonic() < deadline and parent.poll() is None, "the child never started"
+        time.sleep(0.05)
+    start = time.monotonic()
+    send(parent)
+    parent.communicate(timeout=60)
+    lines = log.read_text().splitlines()
+    return parent.returncode, lines, int(lines[0].split()[1]), time.monotonic() - start
+
+
+@pytest.mark.parametrize(
+    "send, signum",
+    [
+        (lambda parent: parent.send_signal(signal.SIGTERM), signal.SIGTERM),  # `kill`, `timeout`: the parent alone
+        (lambda parent: os.killpg(parent.pid, signal.SIGINT), signal.SIGINT),  # Ctrl-C: the terminal's whole group
+    ],
+)
+def test_a_stopped_child_gets_the_signal_once_and_time_to_clean_up(tmp_path, send, signum):
+    """subprocess.run killed the child 0.25 s after the signal, before its cleanup: the Ray engine's scorer
+    never shut Ray down, whose processes lingered for a minute. run_child passes the signal on (once: a Ctrl-C
+    reaches the child through the benchmark alone) and waits; what the child left in its group goes after."""
+    status, lines, helper, _ = _stop_run_child(tmp_path, send, cleanup_s=1.0, grace=30)
+    assert status == 128 + signum
+    assert lines[1:] == [signal.Signals(signum).name, "cleaned"]
+    assert _ended_within(helper, 10)
+
+
+def test_a_child_that_does_not_end_in_its_grace_is_killed_with_its_group(tmp_path):
+    status, lines, helper, seconds = _stop_run_child(
+        tmp_path, lambda parent: parent.send_signal(signal.SIGTERM), cleanup_s=60, grace=1
+    )
+    assert status == 128 + signal.SIGTERM and lines[1:] == ["SIGTERM"] and seconds < 20
+    assert _ended_within(helper, 10)

@@ -315,3 +315,76 @@ def test_a_cluster_connection_is_left_to_the_process_end_which_keeps_its_status(
         assert done.returncode == 130, (loaded, done.stderr)
         assert done.stdout.startswith("scored\n"), (loaded, done.stdout)  # flushed before os._exit
         assert ("exit handler ran" in done.stdout) == handler_runs, (loaded, done.stdout)
+
+
+BENCH_RUN = """
+import sys
+from pathlib import Path
+sys.path[:0] = [{root!r}, {bench!r}]
+import termination
+from score_runs import run_scorer
+def main():
+    run_scorer(Path({folder!r}), Path({models!r}), "tiny", 8, {flags!r}, Path({out!r}))
+    return 0
+termination.run(main)
+"""
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descended from it (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError):  # ended meanwhile
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_stopped_scoring_benchmark_leaves_no_ray_process_behind(image_folder, tiny_models_dir, tmp_path):
+    """bench_score_ray.py stopped (SIGTERM; Ctrl-C alike) while its scorer runs a local Ray instance: the scorer
+    gets the signal and the time to shut Ray down (bench/termination.py's run_child), where subprocess.run
+    killed it at once and Ray's dashboard and runtime-env agents lingered 40-75 s."""
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+    root = tmp_path / "many"
+    _copies(image_folder, root, 3000)
+    out = tmp_path / "ray.csv"
+    code = BENCH_RUN.format(
+        root=str(ROOT),
+        bench=str(ROOT / "bench"),
+        folder=str(root),
+        models=str(tiny_models_dir),
+        flags=["--engine", "ray", "--k", "1"],
+        out=str(out),
+    )
+    bench = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    started: list[int] = []
+    try:
+        wait_for_lines(out, 40, bench, timeout=180)  # Ray's instance, actors and agents all running
+        started = _process_tree(bench.pid)
+        bench.send_signal(signal.SIGTERM)
+        _, err = bench.communicate(timeout=60)
+        assert bench.returncode == 128 + signal.SIGTERM, err
+        assert err.strip() == "SIGTERM: benchmark stopped; no results written"
+        deadline = time.monotonic() + 15
+        while any(map(_running, started)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [Path(f"/proc/{pid}/cmdline").read_bytes()[:80].replace(b"\0", b" ") for pid in started if _running(pid)]
+        assert not left, left
+    finally:
+        for pid in {*started, *(_process_tree(bench.pid) if bench.poll() is None else [])}:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)

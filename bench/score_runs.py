@@ -1,0 +1,97 @@
+"""`python -m service score` run as the scoring benchmarks (bench_score*.py) run it: on the first N/10 JPEGs of
+each class of the CIFAR-10 archive, extracted once; when the shared machine is quiet; in a fresh process per
+run, timed by its own summary."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import termination
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-train-jpg.tar.gz"
+SUMMARY = re.compile(r"scored (\d+), failed (\d+).*?; ([\d.]+) s, (\d+) images/s")
+
+
+def extract(archive: Path, dest: Path, count: int) -> Path:
+    """The first count/10 images of each class, extracted once; returns the folder to score."""
+    root = dest / f"cifar10-{count}"
+    marker = root / ".complete"
+    if marker.exists():
+        return root
+    per_class = count // 10
+    pattern = re.compile(r"^cifar10/train/[a-z]+/(\d+)\.jpg$")
+    tmp = dest / f".extract-{os.getpid()}"
+    with tarfile.open(archive, "r:gz") as tar:
+        members = (m for m in tar if m.isfile() and (hit := pattern.match(m.name)) and int(hit[1]) < per_class)
+        tar.extractall(tmp, members=members, filter="data")
+    (tmp / "cifar10" / "train").rename(root)
+    tmp.joinpath("cifar10").rmdir()
+    tmp.rmdir()
+    marker.touch()
+    return root
+
+
+def busy_cores_since(start: tuple[float, float] | None = None):
+    """CPU time all processes spent busy (from /proc/stat); with ``start``, the cores busy since then."""
+    with open("/proc/stat") as f:
+        ticks = list(map(int, f.readline().split()[1:]))
+    now = ((sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK"), time.perf_counter())
+    if start is None:
+        return now
+    return (now[0] - start[0]) / max(now[1] - start[1], 1e-9)
+
+
+def wait_until_quiet(threshold: float, timeout: float = 180.0) -> float:
+    """Wait until the machine's other work uses less than ``threshold`` cores (checked over 2 s); returns it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        mark = busy_cores_since()
+        time.sleep(2.0)
+        load = busy_cores_since(mark)
+        if load < threshold or time.monotonic() > deadline:
+            return load
+
+
+def run_scorer(folder: Path, models_dir: Path, model: str, batch_size: int | None, flags: list[str], out: Path) -> dict:
+    if batch_size and "--batch-size" not in flags:
+        flags = ["--batch-size", str(batch_size), *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.score",
+        str(folder),
+        "--out",
+        str(out),
+        "--models-dir",
+        str(models_dir),
+        "--model",
+        model,
+        "--no-progress",
+        "--overwrite",  # each run replaces the last one's rows
+        *flags,
+    ]
+    start = time.perf_counter()
+    done = termination.run_child(cmd, cwd=ROOT)  # stopped, the scorer shuts its Ray instance down (--engine ray)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"scorer failed ({done.returncode}): {done.stderr}")
+    hit = SUMMARY.search(done.stderr)
+    if hit is None:
+        raise SystemExit(f"scorer printed no summary: {done.stderr}")
+    scored, failed, rate = int(hit[1]), int(hit[2]), float(hit[4])
+    rows = sum(1 for _ in open(out)) - 1
+    return {
+        "scored": scored,
+        "failed": failed,
+        "rows": rows,
+        "seconds": (scored + failed) / rate,
+        "wall_s": wall,
+        "images_per_s": rate,
+        "images_per_s_wall": (scored + failed) / wall,
+    }
