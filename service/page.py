@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from . import bentoml_compat
 
@@ -21,9 +23,23 @@ _POLICY = (
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
 )
 
+# The page and its script must come from the same release: a browser that reused a cached app.js after an
+# upgrade would speak the old protocol to the new service. "no-cache" lets it keep a copy but ask first; the
+# ETag and Last-Modified starlette sends make that question a 304 when nothing changed.
+_REVALIDATE = {"Cache-Control": "no-cache"}
+
 
 async def _index(request: Request) -> Response:
-    return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": _POLICY})
+    return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": _POLICY, **_REVALIDATE})
+
+
+class _Static(StaticFiles):
+    def file_response(
+        self, full_path: str | os.PathLike[str], stat_result: os.stat_result, scope: Scope, status_code: int = 200
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers.update(_REVALIDATE)
+        return response
 
 
 # BentoML's API UI page embeds Google Tag Manager: a page of this service would tell a third party that it was
@@ -48,5 +64,5 @@ def page_routes() -> list[BaseRoute]:
     return [
         Route("/", _index, methods=["GET"]),
         Route("/docs", _docs, methods=["GET"]),
-        Mount("/static", StaticFiles(directory=STATIC), name="page_static"),
+        Mount("/static", _Static(directory=STATIC), name="page_static"),
     ]

@@ -666,7 +666,7 @@ def test_the_page_sends_the_fit_and_threshold_chosen_and_says_the_limits(server,
         page.wait_for_timeout(300)
         refusal = page.inner_text("#error")
     assert not errors, errors
-    assert limits == "up to 0.572 MB and 1 megapixels each", limits  # MAX_BODY, --max-pixels 1000000
+    assert limits == "up to 0.572 MiB and 1 megapixels each", limits  # MAX_BODY, --max-pixels 1000000
     assert [value for value, _ in fits] == ["", "center_crop", "squash", "pad"], fits
     assert fits[0][1] == "the model's own (center_crop)" and fit_info.startswith("center_crop: "), (fits, fit_info)
     minimum = f'name="min_confidence"\r\n\r\n{threshold / 100}'

@@ -4,7 +4,16 @@
 
 const CONCURRENT = 4; // requests in flight at once: each image is its own request, so one bad file spoils nothing
 const RETRIES = 3; // an overloaded service (503) is asked again after its Retry-After, this many times
+// Above the service's own --timeout (60 s by default), so that a live service's 504, which says why, comes first:
+// this catches a connection or proxy that hangs without answering. Per attempt: a 503's wait is not counted.
+const TIMEOUT_S = 90;
 const K_CHOICES = [1, 3, 5];
+// The refusals that every image of the run would get alike (the remedy "stop" of service/contract.py's REASONS;
+// tests/test_page.py keeps the two the same): the first one ends the run. Any other reason is the image's own.
+const STOP_REASONS = new Set([
+  "unsupported_media_type", "bad_tensor", "no_images", "bad_k", "bad_min_confidence", "bad_fit", "unknown_model",
+  "no_such_path", "method_not_allowed", "cors_refused", "unauthorized", "forbidden",
+]);
 const KEY_STORE = "cifar-api-key";
 
 const $ = (id) => document.getElementById(id);
@@ -15,6 +24,7 @@ const ui = {
   error: $("error"), results: $("results"),
 };
 let fits = {}; // name -> what it does, as the service lists them
+let maxBodyBytes = null; // the service's limit on one request's body (/models), past which an image is not sent
 let picked = []; // the files shown, classified again when the model or k changes
 let current = null; // the run on screen: {id, controller}; an older run's answers are dropped, its requests aborted
 let thumbnails = []; // object URLs of the cards on screen, released when they go
@@ -44,7 +54,10 @@ async function loadModels() {
     }
     fits = Object.fromEntries((listed.fits || []).map((fit) => [fit.name, fit.help]));
     ui.fit.replaceChildren(new Option("the model's own", ""), ...Object.keys(fits).map((name) => new Option(name, name)));
-    if (listed.limits) ui.limitsHint.textContent = limitsText(listed.limits);
+    if (listed.limits) {
+      ui.limitsHint.textContent = limitsText(listed.limits);
+      maxBodyBytes = listed.limits.max_body_bytes;
+    }
     describeModel();
   } catch (error) {
     ui.error.textContent = `Could not list the models: ${error.message}. Reload the page to try again.`;
@@ -54,7 +67,7 @@ async function loadModels() {
 const figure = (value) => String(Number(value.toPrecision(3)));
 
 function limitsText(limits) {
-  return `up to ${figure(limits.max_body_bytes / 2 ** 20)} MB and ${figure(limits.max_pixels / 1e6)} megapixels each`;
+  return `up to ${figure(limits.max_body_bytes / 2 ** 20)} MiB and ${figure(limits.max_pixels / 1e6)} megapixels each`;
 }
 
 function describeFit() {
@@ -149,12 +162,45 @@ function drawBars(answer, prediction, fileName, threshold) {
 }
 
 const sleep = (ms, signal) => new Promise((resolve) => {
+  if (signal.aborted) return resolve();
   const timer = setTimeout(resolve, ms);
   signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
 });
 
-// One image's answer: its prediction, or {error} with a message for a person. Never throws.
+class TimedOut extends Error {}
+
+// One POST and its JSON body (null where it is none), within TIMEOUT_S; throws TimedOut when that passed, or
+// what fetch threw (an AbortError once `signal` is aborted, a TypeError when the service cannot be reached).
+async function post(form, signal) {
+  signal.throwIfAborted(); // its abort event is past: the listener below would never hear it
+  const attempt = new AbortController();
+  let timedOut = false;
+  const timer = setTimeout(() => { timedOut = true; attempt.abort(); }, 1000 * TIMEOUT_S);
+  const abort = () => attempt.abort();
+  signal.addEventListener("abort", abort, { once: true });
+  try {
+    const response = await fetch("classify", { method: "POST", body: form, headers: headers(), signal: attempt.signal });
+    const body = await response.json().catch(() => null);
+    // a body cut short, not one that is no JSON (a proxy's page): what is said of it is why it was cut
+    if (body === null && attempt.signal.aborted) throw timedOut ? new TimedOut() : new Error("aborted");
+    return { response, body };
+  } catch (error) {
+    throw timedOut && !signal.aborted ? new TimedOut() : error;
+  } finally {
+    clearTimeout(timer);
+    signal.removeEventListener("abort", abort);
+  }
+}
+
+// One image's answer: its prediction, {error} with a message for a person (and `stop`, a short why, where every
+// other image would be refused alike), or {aborted} once `signal` is. Never throws.
 async function classify(file, settings, signal) {
+  // Not sent: a service refuses a body over its limit before reading it, and over a real network that early
+  // answer can arrive as a reset connection, which would read as the service gone and end the run.
+  if (maxBodyBytes !== null && file.size > maxBodyBytes) {
+    return { error: `Not sent: ${figure(file.size / 2 ** 20)} MiB, over the service's limit of ` +
+      `${figure(maxBodyBytes / 2 ** 20)} MiB per image.` };
+  }
   for (let attempt = 0; ; attempt += 1) {
     const form = new FormData();
     form.append("images", file, file.name);
@@ -162,28 +208,38 @@ async function classify(file, settings, signal) {
     if (settings.model) form.append("model", settings.model);
     if (settings.fit) form.append("fit", settings.fit);
     if (settings.minConfidence !== null) form.append("min_confidence", String(settings.minConfidence));
-    let response;
+    let response, body;
     try {
-      response = await fetch("classify", { method: "POST", body: form, headers: headers(), signal });
+      ({ response, body } = await post(form, signal));
     } catch (error) {
-      return { error: `The service did not answer: ${error.message}` };
+      if (signal.aborted) return { aborted: true };
+      if (error instanceof TimedOut) {
+        // the image's own: a large one on a slow link takes longer than the rest
+        return { error: `No answer within ${TIMEOUT_S} s: the service or the connection to it is stuck. ` +
+          "Pick the image again to retry." };
+      }
+      const message = `The service could not be reached: ${error.message}`;
+      return { error: message, stop: { why: "the service could not be reached", message } };
     }
-    const body = await response.json().catch(() => null);
-    if (response.status === 503 && attempt < RETRIES && !signal.aborted) {
+    if (response.status === 503 && attempt < RETRIES) {
       const seconds = Number(response.headers.get("Retry-After")) || 1;
       await sleep(1000 * seconds, signal);
-      continue;
+      continue; // once aborted, post throws: {aborted}
     }
     if (!response.ok) {
-      if (response.status === 401 || response.status === 403) {
-        ui.keyField.hidden = false;
-        ui.error.textContent = response.status === 401 ? "This service asks for an API key." : "That API key is not known.";
-        ui.key.focus();
-      }
       // A proxy or gateway in front of the service may answer with an `error` of its own shape (an object):
       // only the service's message, a string, is shown as it is.
       const message = body && typeof body.error === "string" ? body.error : "";
-      return { error: message || `${response.status} ${response.statusText}` };
+      const error = message || `${response.status} ${response.statusText}`;
+      // by status too: a gateway asking for its own credentials names no reason of the service's
+      if (response.status === 401 || response.status === 403) {
+        const stop = response.status === 401 ?
+          { why: "this service asks for an API key", message: "This service asks for an API key." } :
+          { why: "that API key is not known", message: "That API key is not known." };
+        return { error, stop: { ...stop, key: true } };
+      }
+      if (body && STOP_REASONS.has(body.reason)) return { error, stop: { why: error, message: error } };
+      return { error };
     }
     const prediction = body && Array.isArray(body.predictions) ? body.predictions[0] : null;
     if (!prediction || !Array.isArray(prediction.top_k)) {
@@ -204,7 +260,7 @@ async function run(files) {
     return;
   }
   if (current) current.controller.abort();
-  const self = { controller: new AbortController() };
+  const self = { controller: new AbortController(), stop: null };
   current = self;
   ui.error.textContent = "";
   for (const url of thumbnails) URL.revokeObjectURL(url);
@@ -212,15 +268,35 @@ async function run(files) {
   ui.results.replaceChildren();
   const jobs = files.map((file) => [file, card(file)]);
   let classified = 0;
+  let unsent = 0;
+  const notSent = (answer) => {
+    answer.textContent = `not sent: ${self.stop.why}`;
+    answer.className = "answer error unsent";
+    unsent += 1;
+  };
   ui.status.textContent = `Classifying ${files.length} image(s)…`;
   const worker = async () => {
-    while (jobs.length && current === self) {
+    while (jobs.length && current === self && !self.stop) {
       const [file, answer] = jobs.shift();
       const result = await classify(file, settings, self.controller.signal);
       if (current !== self) return; // a newer run owns the page now
       if (result.prediction) {
         drawBars(answer, result.prediction, file.name, settings.minConfidence);
         classified += 1;
+      } else if (self.stop && (result.aborted || result.stop)) {
+        notSent(answer); // in flight when the run stopped: its answer, were it to come, is the same refusal
+      } else if (result.stop) {
+        self.stop = result.stop;
+        answer.textContent = result.error;
+        answer.className = "answer error";
+        // Said once for the run, after what pick() may have noted about the files dropped.
+        ui.error.textContent = `${ui.error.textContent} ${result.stop.message}`.trim();
+        if (result.stop.key) {
+          ui.keyField.hidden = false;
+          ui.key.focus();
+        }
+        // the requests still in flight would be refused alike
+        self.controller.abort();
       } else {
         answer.textContent = result.error;
         answer.className = "answer error";
@@ -229,9 +305,11 @@ async function run(files) {
   };
   await Promise.all(Array.from({ length: Math.min(CONCURRENT, files.length) }, worker));
   if (current !== self) return;
-  const failed = files.length - classified;
+  for (const [, answer] of jobs) notSent(answer);
+  const failed = files.length - classified - unsent;
   ui.status.textContent = `${classified} of ${files.length} image(s) classified` +
-    (settings.model ? ` by ${settings.model}` : "") + (failed ? `; ${failed} could not be` : "") + ".";
+    (settings.model ? ` by ${settings.model}` : "") + (failed ? `; ${failed} could not be` : "") +
+    (unsent ? `; ${unsent} not sent` : "") + ".";
 }
 
 function pick(fileList, leftOut = 0) {
