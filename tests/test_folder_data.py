@@ -187,3 +187,71 @@ def test_the_order_and_split_do_not_depend_on_the_unicode_form_of_file_names(tmp
     for split in ("train", "val"):
         a, b = (load_split("folder", root, split, val_size=4) for root in trees)
         np.testing.assert_array_equal(a.images, b.images)
+
+
+def _litter_tree(root: Path) -> Path:
+    """Class folders as a user's disk holds them: hidden files and folders, a Mac's ._ copies, a system's files,
+    non-images, links to an image and to folders (one beside the tree, a second name of a class, a loop), and a
+    class folder whose name macOS wrote decomposed."""
+    import unicodedata
+
+    cafe = unicodedata.normalize("NFD", "café")
+    images = ["cat/0.png", "cat/1.jpg", "dog/0.png", f"{cafe}/0.png"]
+    hidden = ["cat/.2.png", ".thumbnails/0.png", "dog/.cache/0.png", ".cats/0.png"]
+    for i, name in enumerate(images + hidden + ["../elsewhere/0.png"]):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        _noise(32, 32, i).save(root / name)
+    for name in ("cat/._0.png", "cat/.DS_Store", "cat/Thumbs.db", "dog/desktop.ini", "dog/notes.txt", "dog/a.HEIC"):
+        (root / name).write_bytes(b"\x00\x05\x16\x07 not an image")
+    (root / "dog" / "link.png").symlink_to(root / "cat" / "0.png")
+    (root / "bird").symlink_to(root.parent / "elsewhere", target_is_directory=True)
+    (root / "kitty").symlink_to(root / "cat", target_is_directory=True)  # read once, as cat
+    (root / "cat" / "up").symlink_to(root, target_is_directory=True)  # a loop
+    (root / "fish").mkdir()
+    return root
+
+
+def test_the_training_reader_and_the_scorer_take_the_same_images_with_the_same_labels(tmp_path):
+    """`training evaluate --data DIR` and `service score DIR --labels-from-folders` on one tree: the same files,
+    each with the same class. The root's own name is hidden: the folder a user names is read all the same."""
+    from service.score.accuracy import FolderAccuracy
+    from service.score.walk import WalkStats, walk
+    from training.data.folder import _iter_tree, _tree_images
+
+    root = _litter_tree(tmp_path / ".photos")
+    data = read_image_folder(root)
+    images, _ = _tree_images(root)
+    trained = {(rel, cls) for rel, cls, _ in _iter_tree(root, images)}
+    stats = WalkStats()
+    entries = list(walk(root, stats))
+    assert [e.error for e in entries] == [None] * len(entries)
+    accuracy = FolderAccuracy(data.classes, root.name, "m")
+    scored = {(e.rel, accuracy.label_of(e.rel)) for e in entries}
+    assert scored == trained
+    assert {rel.split("/")[0] for rel, _ in trained} == {"bird", "cat", "dog", "cafe\u0301"}
+    assert len(trained) == len(data) == 6
+    assert stats.hidden_dirs_skipped == [".cats", ".thumbnails", "dog/.cache"]
+    assert stats.linked_dirs_skipped == ["cat/up", "kitty"]
+
+
+def test_a_second_link_to_a_class_folder_is_named_as_one_not_as_a_folder_without_images(tmp_path, caplog):
+    """A folder read under another name (a link to it, sorted before or after it) left out: said as such, naming
+    both, not as a folder without images, which would send the user looking for images that are there."""
+    folder_module = importlib.import_module("training.data.folder")
+    root = tmp_path / "tree"
+    for name in ("cat/0.png", "dog/0.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        _noise(32, 32, len(name)).save(root / name)
+    (root / "kitty").symlink_to(root / "cat", target_is_directory=True)  # after cat: cat is read
+    (root / "animals").symlink_to(root / "dog", target_is_directory=True)  # before dog: dog is read as animals
+    (root / "fish").mkdir()
+    folder_module._said_left_out.clear()
+    with caplog.at_level(logging.WARNING):
+        data = read_image_folder(root)
+    assert data.classes == ["animals", "cat"]
+    said = caplog.text
+    assert (
+        "folder(s) left out, not classes, the same folder as a class already read: dog is read as animals, a link "
+        "to it; kitty is a link to the folder read as cat" in said
+    )
+    assert "folder(s) without images left out, not classes: fish\n" in said

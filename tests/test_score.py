@@ -138,7 +138,7 @@ def test_messy_tree_csv(tree, tiny_models_dir, tmp_path, capsys):
         assert [row["label_1"], row["label_2"]] == [clf.card.classes[i] for i in order[:2]]
         assert abs(float(row["confidence_1"]) - p[order[0]]) < 2e-6
     err = capsys.readouterr().err
-    assert f"scored {len(GOOD)}, failed {len(BAD)}, skipped 3 (not images)" in err
+    assert f"scored {len(GOOD)}, failed {len(BAD)}, skipped 3 (not images, or hidden)" in err
     assert "a/loop" in err and "images/s" in err and "Traceback" not in err
 
 
@@ -1285,3 +1285,41 @@ def test_resume_starts_a_header_only_file_again_whatever_its_k_or_threshold(tree
     assert list(rows[0]) == ["path", "label_1", "confidence_1", "label_2", "confidence_2", "error"]
     assert [r["path"] for r in rows] == _sorted(GOOD + list(BAD))
     assert "already in" not in capsys.readouterr().err
+
+
+def test_walk_leaves_out_hidden_files_and_folders_under_the_folder_named_as_training_does(tmp_path):
+    """A viewer's .thumbnails/ (copies of the photos), a hidden file, a Mac's ._ copy: not scored, as training's
+    folder reader does not read them (tests/test_folder_data.py compares the two). The folder named on the command
+    line is walked, hidden or not: the user asked for it."""
+    from service.score.walk import WalkStats, count_images, walk
+
+    root = tmp_path / ".photos"
+    for name in ("cat/0.png", "cat/.1.png", "cat/._0.png", ".thumbnails/0.png", "cat/.git/x.png", "notes.txt"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"not read by the walk")
+    stats = WalkStats()
+    assert [entry.rel for entry in walk(root, stats)] == ["cat/0.png"]
+    assert stats.skipped == 3  # .1.png, ._0.png, notes.txt: counted as files not scored
+    assert stats.hidden_dirs_skipped == [".thumbnails", "cat/.git"]
+    assert count_images(root) == 1
+
+
+def test_the_summary_names_the_hidden_folders_it_did_not_enter(image_folder, tiny_models_dir, tmp_path, capsys):
+    """A folder whose images are all under a hidden folder is no longer walked into it; the refusal and the
+    summary say where the images the user may have expected are, rather than only 'no image files'."""
+    only_hidden = tmp_path / "only-hidden"
+    (only_hidden / ".thumbnails").mkdir(parents=True)
+    shutil.copy(image_folder / "alpha" / "0000.png", only_hidden / ".thumbnails" / "0000.png")
+    assert _score(only_hidden, "--models-dir", tiny_models_dir, "--no-progress", "--out", tmp_path / "a.csv") == 2
+    err = capsys.readouterr().err
+    assert "not entered: .thumbnails/: hidden, as training's folder reader leaves them" in err, err
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(image_folder / "alpha" / "0000.png", mixed / "0000.png")
+    for i in range(7):
+        (mixed / f".cache{i}").mkdir()
+    assert _score(mixed, "--models-dir", tiny_models_dir, "--no-progress", "--out", tmp_path / "b.csv") == 0
+    err = capsys.readouterr().err
+    assert "(not images, or hidden)" in err and "not entered: .cache0/, .cache1/, .cache2/, .cache3/, " in err, err
+    assert ".cache4/ and 2 more: hidden" in err, err

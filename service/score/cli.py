@@ -48,7 +48,14 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
             "or --overwrite, ...), 130/143 interrupted by Ctrl-C/SIGTERM (the output stays valid for --resume)."
         ),
     )
-    p.add_argument("dir", metavar="DIR", help="folder to score (searched recursively)")
+    p.add_argument(
+        "dir",
+        metavar="DIR",
+        help=(
+            "folder to score (searched recursively; hidden files and folders under it are left out, as "
+            "training's folder reader leaves them)"
+        ),
+    )
     p.add_argument(
         "--out", "-o", default="-", metavar="FILE", help="output file, .csv or .jsonl (default: CSV on stdout)"
     )

@@ -61,7 +61,7 @@ class Summary:
         scored = f"scored {self.scored}"
         if min_confidence is not None:
             scored += f" ({self.unconfident} below --min-confidence {min_confidence:g})"
-        parts = [scored, f"failed {self.failed}", f"skipped {self.walk.skipped} (not images)"]
+        parts = [scored, f"failed {self.failed}", f"skipped {self.walk.skipped} (not images, or hidden)"]
         if self.resumed:
             failed = f", {self.resumed_failed} of them failed" if self.resumed_failed else ""
             parts.append(f"{self.resumed} already in {out} (resumed{failed})")
@@ -72,6 +72,8 @@ class Summary:
             lines.append(f"not entered {rel}/: a link to a folder already scored (a symlink loop?)")
         if len(self.walk.linked_dirs_skipped) > 5:
             lines.append(f"... and {len(self.walk.linked_dirs_skipped) - 5} more such links")
+        if self.walk.hidden_dirs_skipped:
+            lines.append(f"not entered: {_hidden_dirs(self.walk.hidden_dirs_skipped)}")
         if self.failures:
             lines.append("failed files (first few): " + "; ".join(self.failures))
         if stopped and out != "-":
@@ -82,6 +84,12 @@ class Summary:
             else:
                 lines.append(f"the rows so far went to {out}, which --resume cannot read back: rerun to score all")
         return "\n".join(lines)
+
+
+def _hidden_dirs(rels: list[str]) -> str:
+    """The hidden folders the walk left out (a viewer's .thumbnails/, .git/), as the training reader leaves them."""
+    named = ", ".join(f"{rel}/" for rel in rels[:5]) + (f" and {len(rels) - 5} more" if len(rels) > 5 else "")
+    return f"{named}: hidden, as training's folder reader leaves them"
 
 
 def _validate(args) -> str:
@@ -283,9 +291,11 @@ def _run(args, fmt_name: str, backend: Backend) -> int:
     except OSError as exc:
         raise UserError(f"cannot read {args.dir}: {exc.strerror or exc}") from None
     if first is None:
+        hidden = summary.walk.hidden_dirs_skipped
         raise UserError(
             f"no image files under {args.dir} ({summary.walk.skipped} other files skipped; "
             f"image extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+            + (f"; not entered: {_hidden_dirs(hidden)}" if hidden else "")
         )
     entries = itertools.chain([first], entries)
     done: set[str] = set()

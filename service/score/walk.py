@@ -4,7 +4,8 @@ The walk holds one directory's sorted names at a time (never the whole tree),
 follows directory symlinks but enters each real directory once (so a link
 loop or a second link to the same folder is skipped, not walked forever), and
 turns what cannot be opened (broken links, FIFOs, unlistable folders) into
-error entries instead of exceptions.
+error entries instead of exceptions. Hidden files and folders under the root
+are left out, by the rule training's folder reader follows (inference.tree_files).
 
 The order is that of ``sorted(paths)`` for ``pathlib`` paths: component by
 component, names compared by code point.
@@ -16,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
-from inference.preprocess import is_image_name
+from inference.tree_files import is_hidden, is_tree_image
 
 
 class Entry(NamedTuple):  # a tuple: one is made per file, and a frozen dataclass costs several times more
@@ -30,8 +31,9 @@ class Entry(NamedTuple):  # a tuple: one is made per file, and a frozen dataclas
 @dataclass
 class WalkStats:
     images: int = 0  # entries with an image extension (including those that will fail)
-    skipped: int = 0  # files without an image extension
+    skipped: int = 0  # files not scored: without an image extension, or hidden
     linked_dirs_skipped: list[str] = field(default_factory=list)  # loops / second links to a visited folder
+    hidden_dirs_skipped: list[str] = field(default_factory=list)  # hidden folders, not entered
 
 
 def _listing(path: str) -> list[tuple[str, str]]:
@@ -81,6 +83,9 @@ def _walk(stack: list[tuple[str, str, Iterator[tuple[str, str]]]], visited: set,
         name, kind = item
         path = os.path.join(directory, name)
         rel = prefix + name
+        if kind == "d" and is_hidden(name):
+            stats.hidden_dirs_skipped.append(rel)
+            continue
         if kind == "d":
             try:
                 key = _dir_key(path)
@@ -95,7 +100,7 @@ def _walk(stack: list[tuple[str, str, Iterator[tuple[str, str]]]], visited: set,
                 continue
             stack.append((rel + "/", path, iter(listing)))
             continue
-        if not is_image_name(name):
+        if not is_tree_image(name):
             stats.skipped += 1
             continue
         stats.images += 1

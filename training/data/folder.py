@@ -26,7 +26,8 @@ from tqdm import tqdm
 from inference.files import write_atomic
 from inference.fits import DEFAULT_FIT
 from inference.messages import exception_summary
-from inference.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, is_image_name
+from inference.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
+from inference.tree_files import is_hidden, is_tree_image
 
 from .arrays import DatasetError, ImageArrays, missing_path_text
 
@@ -131,9 +132,8 @@ def _is_tar(path: Path) -> bool:
 
 def _tree_images(root: Path) -> tuple[list[Path], list[Path]]:
     """The image files under ``root``, sorted, through symlinked folders too (each real folder once, so that a
-    link back up the tree is not a loop), and the other files, which are not read. Hidden folders and files (a
-    viewer's .thumbnails/, an editor's .trash/, a Mac's .DS_Store) are no part of the dataset: a hidden folder
-    would otherwise be a class."""
+    link back up the tree is not a loop), and the other files, which are not read. Which files are images is
+    inference.tree_files' rule, the batch scorer's too."""
     found, others, seen = [], [], set()
     for folder, dirs, files in os.walk(root, onerror=_unreadable_folder, followlinks=True):
         real = os.path.realpath(folder)
@@ -141,9 +141,9 @@ def _tree_images(root: Path) -> tuple[list[Path], list[Path]]:
             dirs.clear()
             continue
         seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(folder) / f for f in files if is_image_name(f) and not f.startswith(".")]
-        others += [Path(folder) / f for f in files if not is_image_name(f) and not _litter(f)]
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d))
+        found += [Path(folder) / f for f in files if is_tree_image(f)]
+        others += [Path(folder) / f for f in files if not is_tree_image(f) and not _litter(f)]
     images = sorted(p for p in found if p.is_file())
     dangling = sorted(p for p in found if p.is_symlink() and not p.exists())
     if dangling:  # a copy that kept the links but not what they point to: the class would silently shrink
@@ -160,7 +160,7 @@ SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
 
 
 def _litter(name: str) -> bool:
-    return name.startswith(".") or name.lower() in SYSTEM_FILES
+    return is_hidden(name) or name.lower() in SYSTEM_FILES
 
 
 def _not_images_text(names: list[str]) -> str:
@@ -228,10 +228,10 @@ def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
         with tarfile.open(root) as tar:
             for member in tar:
                 name = PurePosixPath(member.name)
-                hidden = any(part.startswith(".") and part not in (".", "..") for part in name.parts)
-                if member.isfile() and not hidden and not is_image_name(name.name) and not _litter(name.name):
+                hidden = any(is_hidden(part) for part in name.parent.parts)
+                if member.isfile() and not hidden and not is_tree_image(name.name) and not _litter(name.name):
                     others.append(name.name)
-                if member.isfile() and is_image_name(name.name) and len(name.parts) >= 2 and not hidden:
+                if member.isfile() and is_tree_image(name.name) and len(name.parts) >= 2 and not hidden:
                     _check_class_name(str(name.parent), root)
                     file = tar.extractfile(member)
                     assert file is not None  # a regular file's member always has contents
@@ -253,8 +253,8 @@ _said_left_out: set[tuple] = set()  # once per tree and what it holds: training 
 
 def _warn_left_out(root: Path, images: list[Path], others: list[Path]) -> None:
     """What the tree holds that is not trained on, said: files that are not images by name, images beside the
-    class folders (an image's class is the folder it sits in), and a class folder without images or a hidden one
-    (the model would not know that class)."""
+    class folders (an image's class is the folder it sits in), and a class folder without images, a hidden one or
+    a second name (a symlink) of a class folder already read (the model would not know that class)."""
     said = (str(root.resolve()), len(images), len(others))
     if said in _said_left_out:
         return
@@ -269,16 +269,29 @@ def _warn_left_out(root: Path, images: list[Path], others: list[Path]) -> None:
     if not class_folders:
         return
     parent = min(class_folders).parent
-    empty = sorted(
-        p.name for p in parent.iterdir() if p.is_dir() and p not in class_folders and not p.name.startswith(".")
-    )
+    folders = sorted(p for p in parent.iterdir() if p.is_dir() and p not in class_folders and not is_hidden(p.name))
+    read_as = {os.path.realpath(p): p.name for p in class_folders}  # each real folder is read once, by one name
+    again = [_read_as_text(p, read_as[os.path.realpath(p)]) for p in folders if os.path.realpath(p) in read_as]
+    if again:
+        log.warning(
+            "%s: folder(s) left out, not classes, the same folder as a class already read: %s", parent, "; ".join(again)
+        )
+    empty = [p.name for p in folders if os.path.realpath(p) not in read_as]
     if empty:
         log.warning("%s: folder(s) without images left out, not classes: %s", parent, ", ".join(empty))
-    hidden = sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name.startswith("."))
+    hidden = sorted(p.name for p in parent.iterdir() if p.is_dir() and is_hidden(p.name))
     if hidden:
         log.warning(
             "%s: hidden folder(s) left out, not classes (a name starting with a dot): %s", parent, ", ".join(hidden)
         )
+
+
+def _read_as_text(folder: Path, read: str) -> str:
+    """A folder is read under the first of its names in sorted order, the link's or the folder's own: the text
+    says which of the two names is the link."""
+    if folder.is_symlink():
+        return f"{folder.name} is a link to the folder read as {read}"
+    return f"{folder.name} is read as {read}, a link to it"
 
 
 def _decode_all(entries: list[tuple[str, str, bytes]], root: Path, image_size: int, fit: str) -> ImageArrays:

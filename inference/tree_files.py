@@ -1,0 +1,23 @@
+"""Which files under a folder of images are its images: the one rule of training's folder reader (a tree, or a tar
+archive of one) and of the batch scorer's walk, so that `training evaluate --data DIR` and `service score DIR
+--labels-from-folders` score the same files. Torch-free, so the service side can use it too.
+
+The rule applies to the names under the folder given, never to that folder's own name: a user who names
+``.photos/`` on the command line means it.
+"""
+
+from __future__ import annotations
+
+from inference.preprocess import is_image_name
+
+
+def is_hidden(name: str) -> bool:
+    """A file or folder whose name starts with a dot: a viewer's .thumbnails/ (copies of the photos beside it), a
+    trash folder, .git/, a Mac's .DS_Store and ._x.jpg metadata. None of it is the user's images, and a hidden
+    folder would otherwise be a class of its own. The "." and ".." of a tar member's path are no names."""
+    return name.startswith(".") and name not in (".", "..")
+
+
+def is_tree_image(name: str) -> bool:
+    """Whether a file named ``name`` (not a path) under the folder given is one of its images."""
+    return not is_hidden(name) and is_image_name(name)
