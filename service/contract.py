@@ -213,6 +213,10 @@ class Limits(BaseModel):
     max_images: int = Field(description="images in one request")
     max_body_bytes: int = Field(description="bytes of one request body")
     max_pixels: int = Field(description="pixels (width x height) of one image")
+    # Optional where a service from before it does not send it, so that clients read both.
+    timeout_s: Optional[int] = Field(
+        None, description="seconds a request may take here before it is answered 504 (the service's --timeout)"
+    )
 
 
 class ModelList(BaseModel):

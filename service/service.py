@@ -68,6 +68,7 @@ from .uploads import (
     resolve_fit,
     tensor_rejection,
     threshold,
+    too_many_values,
 )
 from .workers import place_worker, worker_count
 
@@ -115,7 +116,12 @@ WORKER = place_worker(bentoml.server_context.worker_index, WORKERS, GPUS, cpu_co
 STREAMS = SETTINGS.inference_streams(ON_GPU, WORKER.cores)
 INTRA_OP_THREADS = SETTINGS.intra_op_threads(ON_GPU, WORKER.cores)
 
-LIMITS = Limits(max_images=SETTINGS.max_images, max_body_bytes=SETTINGS.max_body_bytes, max_pixels=SETTINGS.max_pixels)
+LIMITS = Limits(
+    max_images=SETTINGS.max_images,
+    max_body_bytes=SETTINGS.max_body_bytes,
+    max_pixels=SETTINGS.max_pixels,
+    timeout_s=SETTINGS.timeout_s,
+)
 DEFAULT_K = 5
 SERVICE_NAME = "cifar_classifier"
 # name -> bytes of one image's uint8 pixels, for validating /infer input; filled when the models are loaded.
@@ -160,6 +166,10 @@ class InferItem(BaseModel):
         return self
 
 
+# The JSON values of one item of an /infer body: its object and its fields.
+_ITEM_VALUES = 1 + len(InferItem.model_fields)
+
+
 def model_input(items: list[InferItem], size: tuple[int, int]) -> np.ndarray:
     """The float32 [N, 3, H, W] batch of items for one model, decoded pixels and float tensors alike."""
     if all(item.dtype == "uint8" for item in items):
@@ -191,6 +201,17 @@ class InferInput(bentoml.IODescriptor):
         body = await read_body(request, SETTINGS.max_body_bytes)
         if isinstance(body, Rejection):
             return body
+        return cls.parse(body)
+
+    @classmethod
+    def parse(cls, body: bytes) -> "InferInput | Rejection":
+        # pydantic checks the length of ``items`` once the whole list is parsed: a body holding more values than
+        # the most items take is refused first.
+        most = SETTINGS.max_batch_size
+        largest = _ITEM_VALUES * most + 2  # the object around them and its list
+        crowded = too_many_values(body, largest, most, 'each {"model", "pixels", "dtype"}')
+        if crowded is not None:
+            return crowded
         try:
             return cls.model_validate_json(body or b"{}")
         except ValidationError as exc:

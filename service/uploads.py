@@ -222,30 +222,6 @@ def _noting_repeats(pairs: list[tuple[str, Any]]) -> _JsonObject:
     return found
 
 
-class _ManyObjects(Exception):
-    pass
-
-
-def _parse_classify_json(body: bytes, max_objects: int) -> Any:
-    """``json.loads`` of a /classify body, its objects noting their repeated keys (``_noting_repeats``). A body
-    holds at most ``max_objects`` objects (itself and one per image): past them it is refused whatever it
-    holds, and is parsed without the Python call per object, which took 10 s (the worker's event loop blocked,
-    health checks included) for a body of millions of ``{}`` within the size limit; the plain parse, 1 s."""
-    seen = 0
-
-    def noting(pairs: list[tuple[str, Any]]) -> _JsonObject:
-        nonlocal seen
-        seen += 1
-        if seen > max_objects:
-            raise _ManyObjects()
-        return _noting_repeats(pairs)
-
-    try:
-        return json.loads(body, object_pairs_hook=noting)
-    except _ManyObjects:
-        return json.loads(body)  # no repeats noted: the checks below refuse it for what it holds
-
-
 def _repeat_refused(what: str, value: Any) -> Rejection | None:
     repeated = getattr(value, "repeated", None)
     if repeated is None:
@@ -262,8 +238,17 @@ async def read_classify_json(request: Request, max_images: int, max_body_bytes: 
     body = await read_body(request, max_body_bytes)
     if isinstance(body, Rejection):
         return body
+    return classify_json_fields(body, max_images)
+
+
+def classify_json_fields(body: bytes, max_images: int) -> dict[str, Any] | Rejection:
+    """The fields of a /classify JSON body (``read_classify_json``), as raw values for ``ClassifyInput``."""
+    largest = _IMAGE_VALUES * max_images + len(FIELDS) + 1  # the object around them, its fields and the list
+    crowded = too_many_values(body, largest, max_images, 'each {"filename": ..., "data": ...}')
+    if crowded is not None:
+        return crowded
     try:
-        raw = _parse_classify_json(body, max_objects=1 + max_images)
+        raw = json.loads(body, object_pairs_hook=_noting_repeats)
     except ValueError as exc:  # also bytes that are not UTF-8
         return Rejection("malformed_request", f"the JSON body could not be parsed: {exc}"[:300])
     except RecursionError:
@@ -308,6 +293,10 @@ _JSON_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
 }
 # The fields that are numbers; the others are names.
 _NUMBERS = frozenset(key for key, (types, _) in _JSON_TYPES.items() if types is not str)
+
+
+# The JSON values of one image of a /classify body: its object, its file name and its data.
+_IMAGE_VALUES = 3
 
 
 def _json_image(i: int, image: Any) -> Upload | Rejection:
@@ -396,6 +385,31 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes | Rejection:
     except TimeoutError:
         return _stalled()
     return b"".join(chunks)
+
+
+# The JSON values a body may hold besides those its images take: the fields around them, and the commas and
+# brackets inside its strings (file names, ids, parameters), which are counted as values.
+ENVELOPE_VALUES = 1024
+
+
+def too_many_values(body: bytes, largest: int, max_images: int, shape: str) -> Rejection | None:
+    """A JSON body holding more values than the largest request its route takes (``largest`` values: ``max_images``
+    images, each as ``shape`` says) and ``ENVELOPE_VALUES``, refused before it is parsed. Parsed, each value is a
+    Python object of 30 to 60 bytes where the JSON spends 2 to 4: a 32 MB body of numbers or empty arrays costs
+    seconds and hundreds of MB before its length can be checked.
+
+    Every value but the first in an array or object follows a comma, so a body holds at most one value more than
+    its commas and opening brackets. Counted in the raw bytes, those inside strings count too: base64 has none,
+    and only other strings holding more than ``ENVELOPE_VALUES`` of them would be refused wrongly."""
+    limit = largest + ENVELOPE_VALUES
+    separators = body.count(b",") + body.count(b"[") + body.count(b"{")
+    if separators < limit:
+        return None
+    return Rejection(
+        "too_many_images",
+        f"too many images: at most {max_images} per request, {shape}: at most {limit} JSON values with the rest of "
+        f"the request; this body has {separators} ',' '[' and '{{'",
+    )
 
 
 # What a parse error of python-multipart means to a client that did not build its body with an HTTP library.

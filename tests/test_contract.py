@@ -294,22 +294,23 @@ def test_a_multipart_file_name_over_the_header_limit_is_named_as_such():
 def test_a_json_body_of_many_objects_is_refused_without_a_python_call_for_each(monkeypatch):
     """A /classify body holds at most one object per image and itself. Each object was read through a Python
     hook (noting repeated keys): a 32 MB body of millions of {} held the worker's event loop, health checks
-    included, for 10 s. Past that many objects the body is parsed plainly and refused for what it holds."""
+    included, for 10 s. A body holding more JSON values than the largest request is refused before it is parsed,
+    whatever it holds."""
     import service.uploads as uploads
 
     calls = []
     noting = uploads._noting_repeats
     monkeypatch.setattr(uploads, "_noting_repeats", lambda pairs: calls.append(1) or noting(pairs))
     many = 7_000  # within _read_classify's body limit
-    for body, reason, words in (
-        (b"[" + b"{}," * many + b"{}]", "malformed_request", "must be an object with an 'images' list"),
-        (b'{"images": [' + b'{"data": ""},' * many + b'{"data": ""}]}', "too_many_images", "at most 4 per request"),
-        (b'{"images": [{"data": "AA=="}], "fit": [' + b"{}," * many + b"{}]}", "bad_fit", "'fit' must be a fit name"),
+    for body in (
+        b"[" + b"{}," * many + b"{}]",
+        b'{"images": [' + b'{"data": ""},' * many + b'{"data": ""}]}',
+        b'{"images": [{"data": "AA=="}], "fit": [' + b"{}," * many + b"{}]}",
     ):
-        calls.clear()
         refused = _read_classify(body, b"application/json")
-        assert isinstance(refused, Rejection) and refused.reason == reason and words in refused.message, refused
-        assert len(calls) <= 1 + 4, len(calls)  # _read_classify's max_images: 4
+        assert isinstance(refused, Rejection) and refused.reason == "too_many_images", refused
+        assert "at most 4 per request" in refused.message, refused  # _read_classify's max_images: 4
+    assert not calls, len(calls)
     # a body within the bound still has its repeated keys noted
     refused = _read_classify(b'{"images": [{"data": "AA=="}], "k": 1, "k": 2}', b"application/json")
     assert isinstance(refused, Rejection) and (refused.reason, refused.message) == ("bad_k", "'k' given 2 times")

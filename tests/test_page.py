@@ -22,6 +22,7 @@ from test_service import _png, _until
 APP_JS = ROOT / "service" / "static" / "app.js"
 MAX_BODY = 600_000
 IMAGES = 8  # twice the page's requests in flight: some are still queued when the first answer comes
+TIMEOUT_S = 120  # the server's --timeout: not its default, which the page assumed
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
 
 
@@ -30,15 +31,16 @@ def server(tiny_models_dir, tmp_path_factory) -> Iterator[str]:
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     env = {**os.environ, "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml_home")), "BENTOML_DO_NOT_TRACK": "true"}
     args = ["--max-body-bytes", str(MAX_BODY), "--max-pixels", "1000000", "--threads", "1", "--decode-threads", "1"]
+    args += ["--timeout", str(TIMEOUT_S)]
     with running_service(tiny_models_dir, log_path, *args, env=env) as base:
         yield base
 
 
 @contextmanager
-def _page(server: str, classify: Callable | None = None, fake_clock: bool = False):
+def _page(server: str, classify: Callable | None = None, fake_clock: bool = False, models: Callable | None = None):
     """The page open in headless Chromium with its models listed, and the script errors it raised; ``classify``
-    (a Playwright route handler) stands between the page and /classify; ``fake_clock``: the page's timers run on
-    Playwright's clock, which the test moves on."""
+    and ``models`` (Playwright route handlers) stand between the page and /classify and /models; ``fake_clock``:
+    the page's timers run on Playwright's clock, which the test moves on."""
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:
         pytest.skip("no chromium on this machine (scripts/setup.sh installs Debian's package when run as root)")
@@ -53,6 +55,8 @@ def _page(server: str, classify: Callable | None = None, fake_clock: bool = Fals
                 page.clock.install()
             if classify is not None:
                 page.route("**/classify", classify)
+            if models is not None:
+                page.route("**/models", models)
             page.goto(f"{server}/")
             _until(page, lambda: page.locator("#model option").count() == 2, "the models listed")
             yield page, errors
@@ -180,15 +184,31 @@ def test_an_images_own_refusal_leaves_the_others_to_go_on_and_the_limit_is_in_mi
 
 
 # ---------------------------------------------------------------------------------------------- a hung request
-def test_a_request_that_hangs_is_given_up_with_a_message_on_its_card(server, tmp_path):
+def _without_timeout(route) -> None:
+    """/models as a service from before it listed its timeout answers it."""
+    listed = route.fetch().json()
+    del listed["limits"]["timeout_s"]
+    route.fulfill(json=listed)
+
+
+@pytest.mark.parametrize("listed", ["the service's", "none"])
+def test_a_request_that_hangs_is_given_up_with_a_message_on_its_card(server, tmp_path, listed):
     """A request that never got an answer left its card at "classifying…" and the run unfinished for good. Each
-    one now ends after the page's timeout, on its card only: the images queued behind it are still sent."""
-    timeout_s = int(_app_constant(r"const TIMEOUT_S = (\d+);"))
-    # a live service answers a slow request itself (504, with its reason) before the page gives up on it
-    assert timeout_s > ServiceSettings().timeout_s
+    one now ends after the page's timeout, on its card only: the images queued behind it are still sent. The page
+    waits past the service's own --timeout (GET /models says it), so that a live service's 504, which says why,
+    comes first: with --timeout 120 it gave up at 90 s, before the service did."""
+    margin_s = int(_app_constant(r"const TIMEOUT_MARGIN_S = (\d+);"))
+    assert margin_s > 0
+    assert httpx.get(f"{server}/models", timeout=10).json()["limits"]["timeout_s"] == TIMEOUT_S
+    if listed == "none":  # a service from before it said: its default timeout, and the margin
+        timeout_s = int(_app_constant(r"const DEFAULT_TIMEOUT_S = (\d+);"))
+        assert timeout_s == ServiceSettings().timeout_s + margin_s
+    else:
+        timeout_s = TIMEOUT_S + margin_s
     held: list = []
     files = [_png(tmp_path, f"{i}.png") for i in range(5)]
-    with _page(server, lambda route: held.append(route), fake_clock=True) as (page, errors):
+    models = _without_timeout if listed == "none" else None
+    with _page(server, lambda route: held.append(route), fake_clock=True, models=models) as (page, errors):
         page.get_by_label("Choose images").set_input_files(files)
         _until(page, lambda: len(held) == 4, "sent")
         page.clock.run_for((timeout_s - 1) * 1000)

@@ -1175,3 +1175,18 @@ def test_warm_up_runs_the_largest_batch_its_budget_allows(per_image_s, expected)
     model = _CostedModel(per_image_s)
     ran = warm_up(model, (32, 32), max_batch_size=256, budget_s=2.0, clock=lambda: model.now)
     assert model.batches == ran == ([1, 1, expected] if expected > 1 else [1, 1])
+
+
+# ---------------------------------------------------------------------------------------------- limits
+def test_models_lists_what_one_request_may_hold_and_how_long_it_may_take(server):
+    """GET /models' limits name the service's --timeout too: the page waits past it (service/static/app.js), so
+    that the service's own 504 comes first."""
+    from service.settings import ServiceSettings
+
+    listed = httpx.get(f"{server}/models", timeout=10).json()
+    assert listed["limits"] == {
+        "max_images": MAX_IMAGES,
+        "max_body_bytes": MAX_BODY,
+        "max_pixels": MAX_PIXELS,
+        "timeout_s": ServiceSettings().timeout_s,  # this server's: the default
+    }

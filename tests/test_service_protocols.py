@@ -459,8 +459,9 @@ JSON_BAD = {
     "fit not a string": ({"images": [{"data": "AA=="}], "fit": 1}, 400, "bad_fit", "fit name"),
     "filename with a lone surrogate": (_lone_surrogate_body("filename"), 400, "malformed_request", "\\udc00"),
     "model with a lone surrogate": (_lone_surrogate_body("model"), 400, "malformed_request", "\\udc00"),
-    # Python's JSON parser raises RecursionError, not ValueError, on brackets nested thousands deep
-    "nested too deep": (b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "malformed_request", "deep"),
+    # Python's JSON parser raises RecursionError, not ValueError, on brackets nested a thousand deep (deeper, a
+    # body holds more values than the largest request: too_many_images before it is parsed)
+    "nested too deep": (b'{"images": ' + b"[" * 1_000 + b"]" * 1_000 + b"}", 400, "malformed_request", "deep"),
     # a JSON integer has no size limit: float() of one past 1e308 overflows
     "huge min_confidence": (
         b'{"images": [{"data": "AA=="}], "min_confidence": 1' + b"0" * 400 + b"}",
@@ -845,3 +846,79 @@ def test_the_largest_v2_tensor_request_is_read(nested):
     assert not hasattr(plan, "reason"), plan
     assert plan.inputs.shape == (2, 3, 32, 32) and np.array_equal(plan.inputs, pixels)
     assert plan.id == body["id"] and plan.outputs == [("probabilities", 2)]
+
+
+# ---------------------------------------------------------------------------------------------- JSON bodies' cost
+def _classify_json():
+    """What reads a /classify JSON body (taking at most 2 images), and its most images."""
+    from service.uploads import classify_json_fields
+
+    return lambda body: classify_json_fields(body, max_images=2), 2
+
+
+def _infer_json():
+    """What reads an /infer body, and its most items."""
+    from service.service import SETTINGS, InferInput
+
+    return InferInput.parse, SETTINGS.max_batch_size
+
+
+JSON_ROUTES = {"classify": (b'{"images": [', _classify_json), "infer": (b'{"items": [', _infer_json)}
+
+
+@pytest.mark.parametrize("element", [b"0.5", b"[]", b"{}", b'"ab"'])
+@pytest.mark.parametrize("route", JSON_ROUTES)
+def test_a_json_body_of_more_values_than_the_largest_request_is_refused_before_it_is_parsed(route, element):
+    """/classify's JSON and /infer's body were parsed whole before their lists' length was checked: a 32 MB body
+    of numbers or empty arrays took seconds and hundreds of MB (/infer's over a GB) before it was refused. As on
+    /v2, a body holding more values than the largest request is refused first."""
+    import tracemalloc
+
+    head, reader = JSON_ROUTES[route]
+    read, most = reader()  # imported before memory is traced
+    body = head + b",".join([element] * 1_000_000) + b"]}"
+    tracemalloc.start()
+    try:
+        refused = read(body)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert getattr(refused, "reason", None) == "too_many_images", refused
+    assert f"at most {most} per request" in refused.message
+    assert peak < len(body) // 10, peak
+
+
+def test_the_largest_json_classify_request_is_read():
+    """The bound on a /classify body's values lets through the most images, every field given, and file names
+    holding commas and brackets."""
+    from service.uploads import ENVELOPE_VALUES, Upload, classify_json_fields
+
+    most = 4
+    names = [f"photo {i}, [{'x,' * (ENVELOPE_VALUES // (2 * most))}].png" for i in range(most)]
+    body = {
+        "images": [{"filename": name, "data": _b64(bytes([i]) * 3000)} for i, name in enumerate(names)],
+        "k": 2,
+        "model": "tiny",
+        "min_confidence": 0.5,
+        "fit": "pad",
+    }
+    read = classify_json_fields(json.dumps(body).encode(), most)
+    assert read == {
+        "k": 2,
+        "model": "tiny",
+        "min_confidence": 0.5,
+        "fit": "pad",
+        "images": [Upload(name, bytes([i]) * 3000) for i, name in enumerate(names)],
+    }, read
+
+
+def test_the_largest_infer_request_is_read():
+    """The bound on an /infer body's values lets through the most items a batch takes, every field given."""
+    from service.service import SETTINGS, InferInput
+
+    most = SETTINGS.max_batch_size
+    pixels = [bytes([i % 256]) * (32 * 32 * 3) for i in range(most)]
+    body = {"items": [{"model": "tiny", "pixels": _b64(p), "dtype": "uint8"} for p in pixels]}
+    read = InferInput.parse(json.dumps(body).encode())
+    assert isinstance(read, InferInput), read
+    assert [item.pixels for item in read.items] == pixels and {item.model for item in read.items} == {"tiny"}

@@ -4,9 +4,11 @@
 
 const CONCURRENT = 4; // requests in flight at once: each image is its own request, so one bad file spoils nothing
 const RETRIES = 3; // an overloaded service (503) is asked again after its Retry-After, this many times
-// Above the service's own --timeout (60 s by default), so that a live service's 504, which says why, comes first:
-// this catches a connection or proxy that hangs without answering. Per attempt: a 503's wait is not counted.
-const TIMEOUT_S = 90;
+// A request is given up this long after the service's own --timeout (GET /models' limits.timeout_s), so that a live
+// service's 504, which says why, comes first: this catches a connection or proxy that hangs without answering.
+const TIMEOUT_MARGIN_S = 30;
+// Until the service says its timeout (one from before it did says none): its default of 60 s and the margin.
+const DEFAULT_TIMEOUT_S = 90;
 const K_CHOICES = [1, 3, 5];
 // The refusals that every image of the run would get alike (the remedy "stop" of service/contract.py's REASONS;
 // tests/test_page.py keeps the two the same): the first one ends the run. Any other reason is the image's own.
@@ -25,6 +27,7 @@ const ui = {
 };
 let fits = {}; // name -> what it does, as the service lists them
 let maxBodyBytes = null; // the service's limit on one request's body (/models), past which an image is not sent
+let timeoutS = DEFAULT_TIMEOUT_S; // how long one attempt is waited for; a 503's wait is not counted
 let picked = []; // the files shown, classified again when the model or k changes
 let current = null; // the run on screen: {id, controller}; an older run's answers are dropped, its requests aborted
 let thumbnails = []; // object URLs of the cards on screen, released when they go
@@ -57,6 +60,7 @@ async function loadModels() {
     if (listed.limits) {
       ui.limitsHint.textContent = limitsText(listed.limits);
       maxBodyBytes = listed.limits.max_body_bytes;
+      if (Number.isFinite(listed.limits.timeout_s)) timeoutS = listed.limits.timeout_s + TIMEOUT_MARGIN_S;
     }
     describeModel();
   } catch (error) {
@@ -169,13 +173,13 @@ const sleep = (ms, signal) => new Promise((resolve) => {
 
 class TimedOut extends Error {}
 
-// One POST and its JSON body (null where it is none), within TIMEOUT_S; throws TimedOut when that passed, or
+// One POST and its JSON body (null where it is none), within timeoutS; throws TimedOut when that passed, or
 // what fetch threw (an AbortError once `signal` is aborted, a TypeError when the service cannot be reached).
 async function post(form, signal) {
   signal.throwIfAborted(); // its abort event is past: the listener below would never hear it
   const attempt = new AbortController();
   let timedOut = false;
-  const timer = setTimeout(() => { timedOut = true; attempt.abort(); }, 1000 * TIMEOUT_S);
+  const timer = setTimeout(() => { timedOut = true; attempt.abort(); }, 1000 * timeoutS);
   const abort = () => attempt.abort();
   signal.addEventListener("abort", abort, { once: true });
   try {
@@ -215,7 +219,7 @@ async function classify(file, settings, signal) {
       if (signal.aborted) return { aborted: true };
       if (error instanceof TimedOut) {
         // the image's own: a large one on a slow link takes longer than the rest
-        return { error: `No answer within ${TIMEOUT_S} s: the service or the connection to it is stuck. ` +
+        return { error: `No answer within ${timeoutS} s: the service or the connection to it is stuck. ` +
           "Pick the image again to retry." };
       }
       const message = `The service could not be reached: ${error.message}`;
