@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import termination  # noqa: E402
+from arguments import positive_float  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
@@ -44,7 +45,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--int8", default="resnet9-airbench94-cifar10-int8", help="the INT8 model")
     p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 64], help="batch sizes to time")
-    p.add_argument("--seconds", type=float, default=3.0, help="seconds of runs per engine and batch size")
+    p.add_argument("--seconds", type=positive_float, default=3.0, help="seconds of runs per engine and batch size")
     p.add_argument("--out", type=Path, help="write the results as JSON here (default: only the table)")
     return p
 

@@ -26,11 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import bench_service  # noqa: E402
 import termination  # noqa: E402
+from arguments import ARCHIVE, non_negative_float, positive_float  # noqa: E402
+from http_load import build_requests, load, percentile, read_jpegs  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
+from service_runs import open_server, stop_server, wait_ready  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
+from training.cli_types import non_negative_int, positive_int  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -39,18 +42,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", help="the fast model (default: the manifest's default)")
     p.add_argument("--slow", required=True, help="the slow model served beside it")
     p.add_argument("--url", help="benchmark a server already running at this URL instead of starting one")
-    p.add_argument("--concurrency", type=int, default=8, help="clients of the fast model")
-    p.add_argument("--slow-concurrency", type=int, default=8, help="clients of the slow model")
-    p.add_argument("--images-per-request", type=int, default=1, help="JPEGs in each request")
-    p.add_argument("--duration", type=float, default=20.0, help="seconds of load per phase")
-    p.add_argument("--warmup", type=float, default=3.0, help="seconds of unmeasured load before each phase")
-    p.add_argument("--k", type=int, default=5, help="top-k asked for")
-    p.add_argument("--pool", type=int, default=256, help="distinct JPEGs taken from the archive")
-    p.add_argument("--streams", type=int, default=0, help="the service's concurrent batches (0: its default)")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per batch (0: the default)")
-    p.add_argument("--max-batch-size", type=int, default=256, help="the service's adaptive batching limit")
+    p.add_argument("--concurrency", type=positive_int, default=8, help="clients of the fast model")
+    p.add_argument("--slow-concurrency", type=positive_int, default=8, help="clients of the slow model")
+    p.add_argument("--images-per-request", type=positive_int, default=1, help="JPEGs in each request")
+    p.add_argument("--duration", type=positive_float, default=20.0, help="seconds of load per phase")
+    p.add_argument(
+        "--warmup", type=non_negative_float, default=3.0, help="seconds of unmeasured load before each phase"
+    )
+    p.add_argument("--k", type=positive_int, default=5, help="top-k asked for")
+    p.add_argument("--pool", type=positive_int, default=256, help="distinct JPEGs taken from the archive")
+    p.add_argument(
+        "--streams", type=non_negative_int, default=0, help="the service's concurrent batches (0: its default)"
+    )
+    p.add_argument(
+        "--threads", type=non_negative_int, default=0, help="ONNX Runtime threads per batch (0: the default)"
+    )
+    p.add_argument("--max-batch-size", type=positive_int, default=256, help="the service's adaptive batching limit")
     p.add_argument("--serve-arg", action="append", default=[], help="extra argument for `python -m service serve`")
-    p.add_argument("--archive", default=str(bench_service.ARCHIVE), help="the CIFAR-10 JPEG archive")
+    p.add_argument("--archive", default=str(ARCHIVE), help="the CIFAR-10 JPEG archive")
     p.add_argument("--label", default="", help="a name for the build under test, kept in the JSON")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "mixed_models.json"), help="JSON results")
     return p
@@ -60,7 +69,7 @@ async def _phase(host: str, port: int, clients: dict[str, tuple[list[bytes], int
     """Every model's clients at once for ``duration`` seconds; each model's own load result."""
     names = list(clients)
     results = await asyncio.gather(
-        *(bench_service.load(host, port, requests, n, duration, 10**9) for requests, n in clients.values())
+        *(load(host, port, requests, n, duration, 10**9) for requests, n in clients.values())
     )
     return dict(zip(names, results))
 
@@ -72,7 +81,7 @@ def summary(result: dict, per_request: int) -> dict:
     return {
         "requests": result["requests"],
         "images_per_s": round(ok * per_request / result["elapsed_s"], 1),
-        "latency_ms": {q: round(bench_service.percentile(lat, float(q[1:])) * 1000, 1) for q in ("p50", "p95", "p99")},
+        "latency_ms": {q: round(percentile(lat, float(q[1:])) * 1000, 1) for q in ("p50", "p95", "p99")},
         "shed_503": shed,
         "other_errors": len(result["errors"]) - shed,
         "error_samples": result["errors"][:3],
@@ -83,14 +92,12 @@ def main(args: argparse.Namespace) -> int:
     with termination.user_input():
         manifest = load_manifest(args.models_dir)
         fast, slow = manifest.get(args.fast), manifest.get(args.slow)
-    jpegs = bench_service.read_jpegs(Path(args.archive), args.pool)
+    jpegs = read_jpegs(Path(args.archive), args.pool)
     report_phases = {}
-    host, port, server = bench_service.open_server(args)
+    host, port, server = open_server(args)
     try:  # from the server's start on: whatever stops the run, it stops the server
         requests = {
-            entry.name: bench_service.build_requests(
-                jpegs, args.images_per_request, args.k, entry.name, f"{host}:{port}"
-            )
+            entry.name: build_requests(jpegs, args.images_per_request, args.k, entry.name, f"{host}:{port}")
             for entry in (fast, slow)
         }
         phases = {
@@ -101,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
                 slow.name: (requests[slow.name], args.slow_concurrency),
             },
         }
-        bench_service.wait_ready(host, port)
+        wait_ready(host, port)
         for phase, clients in phases.items():
             asyncio.run(_phase(host, port, clients, args.warmup))
             results = asyncio.run(_phase(host, port, clients, args.duration))
@@ -113,7 +120,7 @@ def main(args: argparse.Namespace) -> int:
                 flush=True,
             )
     finally:
-        bench_service.stop_server(server)
+        stop_server(server)
 
     report = {
         "label": args.label,

@@ -12,7 +12,7 @@
    repeat, so that a busy machine slows all of them alike; the median is reported.
 2. service: ``python -m service serve`` on a free port with the manifest's default model; --concurrency
    connections POST /classify back to back for --duration seconds, one 12 MP photo per request
-   (bench_service.py's load generator and CPU accounting).
+   (http_load.py's load generator, service_runs.py's CPU accounting).
 
 Prints a markdown table and writes JSON.
 """
@@ -33,10 +33,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import bench_service  # noqa: E402
 import termination  # noqa: E402
-from arguments import positive_floats  # noqa: E402
+from arguments import non_negative_float, positive_float, positive_floats  # noqa: E402
+from http_load import build_requests  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
+from service_runs import free_port, run_level, start_server, stop_server, wait_ready  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
 from inference.preprocess import dct_reduction, decode_image  # noqa: E402
@@ -56,9 +57,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--repeats", type=positive_int, default=15, help="decodes of each photo per variant")
     p.add_argument("--models-dir", default=str(ROOT / "models"), help="models folder with manifest.json")
-    p.add_argument("--concurrency", type=int, default=8, help="connections POSTing 12 MP photos")
-    p.add_argument("--duration", type=float, default=20.0, help="seconds of measured load")
-    p.add_argument("--warmup", type=float, default=3.0, help="seconds of unmeasured load before it")
+    p.add_argument("--concurrency", type=positive_int, default=8, help="connections POSTing 12 MP photos")
+    p.add_argument("--duration", type=positive_float, default=20.0, help="seconds of measured load")
+    p.add_argument("--warmup", type=non_negative_float, default=3.0, help="seconds of unmeasured load before it")
     p.add_argument("--no-service", action="store_true", help="decode timings only")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "photos.json"), help="JSON results")
     return p
@@ -119,21 +120,21 @@ def decode_results(sizes: list[float], repeats: int) -> list[dict]:
 
 
 def service_result(args, data: bytes, entry) -> dict:
-    host, port = "127.0.0.1", bench_service.free_port()
+    host, port = "127.0.0.1", free_port()
     server_args = argparse.Namespace(models_dir=args.models_dir, max_batch_size=256, serve_arg=[], streams=0, threads=0)
-    server = bench_service.start_server(server_args, port)
+    server = start_server(server_args, port)
     try:
-        bench_service.wait_ready(host, port)
-        requests = bench_service.build_requests([("photo.jpg", data)], 1, 5, entry.name, f"{host}:{port}", count=1)
+        wait_ready(host, port)
+        requests = build_requests([("photo.jpg", data)], 1, 5, entry.name, f"{host}:{port}", count=1)
 
         def check(body: bytes) -> None:
             answer = json.loads(body)
             assert answer["model"] == entry.name and len(answer["predictions"]) == 1, answer
 
         level_args = argparse.Namespace(warmup=args.warmup, duration=args.duration, max_requests=10**6)
-        return bench_service.run_level(level_args, host, port, server, requests, 1, args.concurrency, check)
+        return run_level(level_args, host, port, server, requests, 1, args.concurrency, check)
     finally:
-        bench_service.stop_server(server)
+        stop_server(server)
 
 
 def main(args: argparse.Namespace) -> int:

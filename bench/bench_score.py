@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 import raw_engine  # noqa: E402
 import termination  # noqa: E402
-from arguments import at_least_ten, positive_ints  # noqa: E402
+from arguments import ARCHIVE, at_least_ten, positive_float, positive_ints  # noqa: E402
 from report_io import cpu_model, host_record, write_json  # noqa: E402
-from score_runs import ARCHIVE, extract, run_scorer, wait_until_quiet  # noqa: E402
+from score_runs import extract, run_scorer, wait_until_quiet  # noqa: E402
 
 from inference.manifest import ManifestError, load_manifest  # noqa: E402
 from inference.preprocess import decode_image, to_model_input  # noqa: E402
@@ -73,7 +73,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--quiet-below",
-        type=float,
+        type=positive_float,
         default=0.15,
         help=("before each measurement wait (up to 3 min) until other processes use fewer cores than this"),
     )

@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import termination  # noqa: E402
-from arguments import at_least_ten  # noqa: E402
+from arguments import ARCHIVE, at_least_ten, positive_float  # noqa: E402
 from report_io import cpu_model, host_record, write_json  # noqa: E402
-from score_runs import ARCHIVE, extract, run_scorer, wait_until_quiet  # noqa: E402
+from score_runs import extract, run_scorer, wait_until_quiet  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
 from training.cli_types import positive_int  # noqa: E402
@@ -47,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=positive_int, default=3, help="rounds over every model; medians are reported")
     p.add_argument(
         "--quiet-below",
-        type=float,
+        type=positive_float,
         default=0.15,
         help="before each run wait (up to 3 min) until other processes use fewer cores than this",
     )

@@ -22,7 +22,7 @@ Starts ``python -m service serve`` on a free port (or uses --url), waits for /re
 Besides throughput and latency, each level reports the CPU time the server's processes spent per
 image (from /proc), to compare with the raw engine's: unlike throughput, it does not depend on what
 else the machine is running; and the memory they held (PSS and RSS, sampled every 0.25 s), once ready
-and at the peak of each level, to size a container's memory limit by. The load generator is a minimal
+and at the peak of each level, to size a container's memory limit by. The load generator (http_load.py) is a minimal
 asyncio HTTP/1.1 client sending prebuilt bodies, so that it takes as little as possible of the CPU it
 shares with the server.
 Prints a markdown table and writes JSON.
@@ -31,38 +31,25 @@ Prints a markdown table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
 import json
-import os
-import re
-import signal
-import socket
-import subprocess
 import sys
-import tarfile
-import tempfile
-import threading
-import time
-import uuid
 from pathlib import Path
-from urllib.parse import urlparse
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import raw_engine  # noqa: E402
 import termination  # noqa: E402
-from arguments import positive_ints  # noqa: E402
+from arguments import ARCHIVE, non_negative_float, positive_float, positive_ints  # noqa: E402
+from http_load import build_requests, read_jpegs  # noqa: E402
+from process_tree import tree_memory_mib  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
+from service_runs import open_server, run_level, stop_server, wait_ready  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
 from inference.preprocess import decode_image, to_model_input  # noqa: E402
 from service.settings import CPU_RUN_IMAGES  # noqa: E402
-
-ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-train-jpg.tar.gz"
+from training.cli_types import non_negative_int, positive_int  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -83,16 +70,23 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="classify",
         help="comma-separated: classify (multipart /classify), v2 (Open Inference Protocol, BYTES images)",
     )
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of load per level")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load before each level")
-    p.add_argument("--max-requests", type=int, default=20_000, help="at most this many requests per level")
-    p.add_argument("--k", type=int, default=5, help="top-k asked for")
-    p.add_argument("--pool", type=int, default=512, help="distinct JPEGs taken from the archive")
-    p.add_argument("--streams", type=int, default=0, help="the service's concurrent batches (0: its default)")
+    p.add_argument("--duration", type=positive_float, default=10.0, help="seconds of load per level")
     p.add_argument(
-        "--threads", type=int, default=0, help="the service's ONNX Runtime threads per batch (0: its default)"
+        "--warmup", type=non_negative_float, default=2.0, help="seconds of unmeasured load before each level"
     )
-    p.add_argument("--max-batch-size", type=int, default=256, help="the service's adaptive batching limit")
+    p.add_argument("--max-requests", type=positive_int, default=20_000, help="at most this many requests per level")
+    p.add_argument("--k", type=positive_int, default=5, help="top-k asked for")
+    p.add_argument("--pool", type=positive_int, default=512, help="distinct JPEGs taken from the archive")
+    p.add_argument(
+        "--streams", type=non_negative_int, default=0, help="the service's concurrent batches (0: its default)"
+    )
+    p.add_argument(
+        "--threads",
+        type=non_negative_int,
+        default=0,
+        help="the service's ONNX Runtime threads per batch (0: its default)",
+    )
+    p.add_argument("--max-batch-size", type=positive_int, default=256, help="the service's adaptive batching limit")
     p.add_argument("--serve-arg", action="append", default=[], help="extra argument for `python -m service serve`")
     p.add_argument("--archive", default=str(ARCHIVE), help="the CIFAR-10 JPEG archive")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "service.json"), help="JSON results")
@@ -104,70 +98,6 @@ def route_list(text: str) -> list[str]:
     if not names or set(names) - {"classify", "v2"}:
         raise argparse.ArgumentTypeError(f"classify and/or v2, got {text!r}")
     return names
-
-
-def read_jpegs(archive: Path, count: int) -> list[tuple[str, bytes]]:
-    """``count`` JPEGs spread over the classes, read straight from the archive (nothing written to disk)."""
-    per_class = max(1, count // 10)
-    pattern = re.compile(r"^cifar10/train/([a-z]+)/(\d+)\.jpg$")
-    out = []
-    with tarfile.open(archive, "r:gz") as tar:
-        for member in tar:
-            hit = pattern.match(member.name)
-            if member.isfile() and hit and int(hit[2]) < per_class:
-                out.append((f"{hit[1]}_{hit[2]}.jpg", tar.extractfile(member).read()))
-    return out[:count]
-
-
-def multipart(files: list[tuple[str, bytes]], fields: dict[str, str]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    chunks = []
-    for name, value in fields.items():
-        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for filename, data in files:
-        chunks.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{filename}"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n".encode()
-            + data
-            + b"\r\n"
-        )
-    chunks.append(f"--{boundary}--\r\n".encode())
-    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
-
-
-def v2_infer(files: list[tuple[str, bytes]], k: int) -> bytes:
-    """An Open Inference Protocol request: the files as a BYTES tensor (base64), the top k as strings."""
-    request = {
-        "inputs": [
-            {
-                "name": "images",
-                "shape": [len(files)],
-                "datatype": "BYTES",
-                "data": [base64.b64encode(data).decode() for _, data in files],
-            }
-        ],
-        "outputs": [{"name": "probabilities", "parameters": {"classification": k}}],
-    }
-    return json.dumps(request).encode()
-
-
-def build_requests(
-    jpegs, per_request: int, k: int, model: str, host: str, count: int = 32, route: str = "classify"
-) -> list[bytes]:
-    requests = []
-    for r in range(count):
-        files = [jpegs[(r * per_request + i) % len(jpegs)] for i in range(per_request)]
-        if route == "v2":
-            path, body, content_type = f"/v2/models/{model}/infer", v2_infer(files, k), "application/json"
-        else:
-            body, content_type = multipart(files, {"k": str(k), "model": model})
-            path = "/classify"
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        requests.append(head + body)
-    return requests
 
 
 def answer_check(route: str, model: str, per_request: int, k: int):
@@ -183,255 +113,9 @@ def answer_check(route: str, model: str, per_request: int, k: int):
     return check
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split()[1])
-    length = None
-    chunked = False
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding" and b"chunked" in value.lower():
-            chunked = True
-    if chunked:
-        body = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-            chunk = await reader.readexactly(size + 2)
-            if size == 0:
-                return status, body
-            body += chunk[:-2]
-    return status, await reader.readexactly(length or 0)
-
-
-async def _connection(host, port, requests, offset, deadline, max_requests, counter, latencies, errors, check):
-    reader, writer = await asyncio.open_connection(host, port)
-    i = offset
-    try:
-        while time.perf_counter() < deadline and counter[0] < max_requests:
-            counter[0] += 1
-            t0 = time.perf_counter()
-            writer.write(requests[i % len(requests)])
-            status, body = await _read_response(reader)
-            latencies.append(time.perf_counter() - t0)
-            if status != 200:
-                errors.append(f"{status}: {body[:200]!r}")
-            elif check:
-                check(body)
-                check = None
-            i += 1
-    finally:
-        writer.close()
-
-
-async def load(host, port, requests, concurrency, duration, max_requests, check=None) -> dict:
-    latencies: list[float] = []
-    errors: list[str] = []
-    counter = [0]
-    start = time.perf_counter()
-    deadline = start + duration
-    await asyncio.gather(
-        *(
-            _connection(
-                host,
-                port,
-                requests,
-                c * 7,
-                deadline,
-                max_requests,
-                counter,
-                latencies,
-                errors,
-                check if c == 0 else None,
-            )
-            for c in range(concurrency)
-        )
-    )
-    elapsed = time.perf_counter() - start
-    return {"requests": len(latencies), "elapsed_s": elapsed, "latencies": latencies, "errors": errors}
-
-
 def raw_rates(path: Path, batch_sizes: list[int], jpegs, size) -> dict[str, raw_engine.EngineRate]:
     pixels = to_model_input([decode_image(data, size) for _, data in jpegs])
     return {r.label: r for r in raw_engine.ceiling(path, pixels, batch_sizes)}
-
-
-def _process_tree(root: int) -> dict[int, list[str]]:
-    """/proc/PID/stat fields (after the command) of a process and all its descendants (the server's workers)."""
-    parent, fields = {}, {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            after_command = stat.read_text().rsplit(")", 1)[1].split()  # state, ppid, ...
-        except OSError:
-            continue
-        pid = int(stat.parent.name)
-        parent[pid], fields[pid] = int(after_command[1]), after_command
-    tree = {}
-    for pid in fields:
-        p = pid
-        while p and p != root:
-            p = parent.get(p, 0)
-        if p == root:
-            tree[pid] = fields[pid]
-    return tree
-
-
-def tree_cpu_seconds(root: int | None) -> float | None:
-    """CPU time (user + system) of a process and all its descendants, from /proc."""
-    if root is None or not Path("/proc").is_dir():
-        return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    return sum((int(f[11]) + int(f[12])) / ticks for f in _process_tree(root).values())
-
-
-def tree_memory_mib(root: int | None) -> dict[str, float] | None:
-    """Resident memory of a process and all its descendants, from /proc/PID/smaps_rollup: the sum of their
-    RSS (pages shared between the workers counted in each) and of their PSS (each shared page split among
-    its sharers: what they hold together, near what a container's memory limit counts)."""
-    if root is None or not Path("/proc").is_dir():
-        return None
-    total = {"rss": 0.0, "pss": 0.0}
-    read = False
-    for pid in _process_tree(root):
-        try:
-            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:  # gone since the tree was read, or not ours to read
-            continue
-        read = True
-        for line in rollup.splitlines():
-            key, _, value = line.partition(":")
-            if key in ("Rss", "Pss"):
-                total[key.lower()] += int(value.split()[0]) / 1024
-    return {k: round(v, 1) for k, v in total.items()} if read else None
-
-
-class MemoryPeak:
-    """The largest PSS total of a process tree, sampled every ``interval`` seconds while the block runs."""
-
-    def __init__(self, root: int | None, interval: float = 0.25) -> None:
-        self.root, self.interval, self.peak = root, interval, None
-        self._stop = threading.Event()
-
-    def _sample(self) -> None:
-        memory = tree_memory_mib(self.root)
-        if memory and (self.peak is None or memory["pss"] > self.peak["pss"]):
-            self.peak = memory
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> MemoryPeak:
-        self._sample()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(args, port: int) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "service",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--models-dir",
-        args.models_dir,
-        "--max-batch-size",
-        str(args.max_batch_size),
-        *args.serve_arg,
-    ]
-    for flag in ("streams", "threads"):
-        if getattr(args, flag):
-            command += [f"--{flag}", str(getattr(args, flag))]
-    # The access log of a run is megabytes: kept in the temporary directory, its path printed.
-    fd, log_path = tempfile.mkstemp(prefix="bench_service_", suffix=".log")
-    print(f"server log: {log_path}", file=sys.stderr, flush=True)
-    with os.fdopen(fd, "w") as log:
-        return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def open_server(args) -> tuple[str, int, subprocess.Popen | None]:
-    """(host, port, the server process) of ``args.url``, or of a server started here (process None for a URL)."""
-    if args.url:
-        parsed = urlparse(args.url)
-        return parsed.hostname, parsed.port or 80, None
-    port = free_port()
-    return "127.0.0.1", port, start_server(args, port)
-
-
-def stop_server(server: subprocess.Popen | None) -> None:
-    """Stop a server started by :func:`open_server` and its workers; nothing for a server given by URL."""
-    if server is None:
-        return
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-
-
-def wait_ready(host: str, port: int, timeout: float = 120.0) -> None:
-    import httpx
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://{host}:{port}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"the service did not become ready within {timeout:.0f} s")
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
-
-
-def run_level(args, host, port, server, requests, per_request, concurrency, check) -> dict:
-    asyncio.run(load(host, port, requests, concurrency, args.warmup, args.max_requests))
-    server_cpu = tree_cpu_seconds(server.pid if server else None)
-    client_cpu = time.process_time()
-    with MemoryPeak(server.pid if server else None) as memory:
-        result = asyncio.run(load(host, port, requests, concurrency, args.duration, args.max_requests, check))
-    client_cpu = time.process_time() - client_cpu
-    if server_cpu is not None:
-        server_cpu = tree_cpu_seconds(server.pid) - server_cpu
-    lat = result["latencies"]
-    ok = result["requests"] - len(result["errors"])
-    images = max(1, ok * per_request)
-    return {
-        "concurrency": concurrency,
-        "requests": result["requests"],
-        "errors": len(result["errors"]),
-        "error_samples": result["errors"][:3],
-        "elapsed_s": round(result["elapsed_s"], 3),
-        "images_per_s": round(ok * per_request / result["elapsed_s"], 1),
-        "requests_per_s": round(ok / result["elapsed_s"], 1),
-        "latency_ms": {q: round(percentile(lat, float(q[1:])) * 1000, 2) for q in ("p50", "p95", "p99")},
-        "server_cpu_ms_per_image": None if server_cpu is None else round(server_cpu * 1000 / images, 3),
-        "server_cores_used": None if server_cpu is None else round(server_cpu / result["elapsed_s"], 2),
-        "client_cpu_ms_per_image": round(client_cpu * 1000 / images, 3),
-        "server_memory_peak_mib": memory.peak,
-    }
 
 
 def main(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import termination  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
 
-from training.cli_types import positive_int  # noqa: E402
+from training.cli_types import non_negative_int, positive_int  # noqa: E402
 from training.reports.calibration import fit_temperature  # noqa: E402
 from training.reports.evaluate import load_predictions, logits_before_temperature  # noqa: E402
 from training.reports.metrics import expected_calibration_error, softmax  # noqa: E402
@@ -30,7 +30,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("reports", nargs="+", help="report folders (python -m training evaluate --out ...)")
     p.add_argument("--splits", type=positive_int, default=4, help="random halvings, each measured both ways")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first halving")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the first halving")
     p.add_argument("--out", help="write the results as JSON here")
     return p
 

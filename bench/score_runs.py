@@ -14,7 +14,6 @@ from pathlib import Path
 import termination
 
 ROOT = Path(__file__).resolve().parents[1]
-ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-train-jpg.tar.gz"
 SUMMARY = re.compile(r"scored (\d+), failed (\d+).*?; ([\d.]+) s, (\d+) images/s")
 
 

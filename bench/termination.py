@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Callable, Iterator, NoReturn
 
 from inference.interrupts import Terminated, say_stopped, terminations_as_interrupts
@@ -74,9 +75,7 @@ def run_child(cmd: list[str], grace_s: float = CHILD_GRACE_S, **popen) -> subpro
         except KeyboardInterrupt as exc:
             try:
                 child.send_signal(exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
-                child.communicate(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
+                _wait_for(child, grace_s)
             finally:
                 _kill_group(child)
             raise
@@ -84,6 +83,16 @@ def run_child(cmd: list[str], grace_s: float = CHILD_GRACE_S, **popen) -> subpro
             _kill_group(child)
             raise
     return subprocess.CompletedProcess(cmd, child.returncode, out, err)
+
+
+def _wait_for(child: subprocess.Popen, grace_s: float) -> None:
+    """Until the child has ended, at most ``grace_s``, its pipes drained meanwhile (a child blocked writing to a
+    full pipe would never end). Not until the pipes close: a process the child started holds them open, and would
+    keep the benchmark waiting the whole grace after the child is gone."""
+    deadline = time.monotonic() + grace_s
+    while child.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.communicate(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
 
 
 def _kill_group(child: subprocess.Popen) -> None:

@@ -95,17 +95,17 @@ def test_the_service_benchmark_counts_the_memory_of_a_process_and_its_children()
     """A child holding 256 MiB: its tree holds at least that, the parent's tree too, and the sampler sees it."""
     import subprocess
 
-    import bench_service
+    import process_tree
 
     hold = "import time; x = bytearray(256 << 20); x[::4096] = b'1' * (256 << 8); print(flush=True); time.sleep(60)"
     child = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE)
     try:
         child.stdout.readline()  # its pages are touched
-        alone = bench_service.tree_memory_mib(child.pid)
+        alone = process_tree.tree_memory_mib(child.pid)
         assert alone["rss"] >= alone["pss"] > 256, alone
         rollup = Path("/proc/self/smaps_rollup").read_text()
         own = next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")) / 1024
-        assert bench_service.tree_memory_mib(os.getpid())["pss"] > own + 256  # this process and its child
+        assert process_tree.tree_memory_mib(os.getpid())["pss"] > own + 256  # this process and its child
     finally:
         child.kill()
         child.wait()
@@ -118,10 +118,10 @@ def test_the_service_benchmark_counts_the_memory_of_a_process_and_its_children()
     )
     try:
         child.stdout.readline()
-        with bench_service.MemoryPeak(child.pid, interval=0.05) as memory:
+        with process_tree.MemoryPeak(child.pid, interval=0.05) as memory:
             child.stdout.readline()  # freed
         assert memory.peak["pss"] > 256, memory.peak
-        assert bench_service.tree_memory_mib(child.pid)["pss"] < 128  # given back by the time the block ended
+        assert process_tree.tree_memory_mib(child.pid)["pss"] < 128  # given back by the time the block ended
     finally:
         child.kill()
         child.wait()
@@ -154,6 +154,25 @@ def test_the_checkpoint_benchmark_times_the_state_the_trainer_saves(tmp_path, mo
 
 
 BENCHMARKS = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem.startswith(("bench_", "calibration_")))
+
+
+def test_no_benchmark_imports_another():
+    """A benchmark is a script: what two of them share lives in a module of its own (service_runs.py, ...), so
+    that changing one benchmark cannot break another."""
+    import ast
+
+    scripts = set(BENCHMARKS)
+    found = []
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module]
+            else:
+                continue
+            found += [f"{path.name}:{node.lineno} imports {name}" for name in names if name in scripts]
+    assert not found, "\n".join(found)
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)

@@ -118,6 +118,64 @@ def test_a_users_mistake_is_one_line_and_status_2(args, tmp_path):
     assert not (tmp_path / "out.json").exists()
 
 
+# Each script with the arguments that make it fail fast past argparse (no manifest, no report): were a bad
+# value let through, the test would see that failure, not the flag named, and no server would outlive it.
+NO_MODELS = {
+    "bench_service": ["--models-dir", "no-such-dir"],
+    "bench_mixed_models": ["--slow", "x", "--models-dir", "no-such-dir"],
+    "bench_photos": ["--sizes", "0.05", "--repeats", "1", "--models-dir", "no-such-dir"],
+    "bench_export": ["--models-dir", "no-such-dir"],
+    "bench_score": ["--images", "10", "--models-dir", "no-such-dir"],
+    "bench_score_models": ["--images", "10", "--models-dir", "no-such-dir"],
+    "bench_score_ray": ["--images", "10", "--models-dir", "no-such-dir"],
+    "calibration_crossfit": ["no-such-report"],
+}
+
+
+@pytest.mark.parametrize(
+    "script, flag, value",
+    [
+        ("bench_service", "--duration", "0"),  # a level of no load: no rate to report
+        ("bench_service", "--duration", "nan"),  # a deadline no clock reaches
+        ("bench_service", "--warmup", "-1"),
+        ("bench_service", "--max-requests", "0"),
+        ("bench_service", "--k", "0"),
+        ("bench_service", "--pool", "0"),  # no JPEG to build a request from
+        ("bench_service", "--streams", "-1"),  # 0 is the service's default
+        ("bench_service", "--threads", "-2"),
+        ("bench_service", "--max-batch-size", "0"),
+        ("bench_mixed_models", "--concurrency", "0"),
+        ("bench_mixed_models", "--slow-concurrency", "-1"),
+        ("bench_mixed_models", "--images-per-request", "0"),
+        ("bench_mixed_models", "--duration", "-5"),
+        ("bench_mixed_models", "--warmup", "-1"),
+        ("bench_mixed_models", "--k", "0"),
+        ("bench_mixed_models", "--pool", "0"),
+        ("bench_mixed_models", "--streams", "-1"),
+        ("bench_mixed_models", "--threads", "-1"),
+        ("bench_mixed_models", "--max-batch-size", "0"),
+        ("bench_photos", "--concurrency", "0"),
+        ("bench_photos", "--duration", "0"),
+        ("bench_photos", "--warmup", "-1"),
+        ("bench_export", "--seconds", "0"),
+        ("bench_score", "--quiet-below", "0"),  # never that quiet: a 3-minute wait before every measurement
+        ("bench_score_models", "--quiet-below", "-1"),
+        ("bench_score_ray", "--quiet-below", "-0.5"),  # 0 is "do not wait"
+        ("calibration_crossfit", "--seed", "-1"),  # numpy's generators take no negative seed
+    ],
+)
+def test_a_count_or_time_that_makes_no_sense_is_argparses_usage_error(script, flag, value, tmp_path):
+    out = tmp_path / "out.json"
+    done = _bench(f"bench/{script}.py", *NO_MODELS[script], f"{flag}={value}", "--out", str(out))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "server log" not in done.stderr, done.stderr
+    # argparse's usage, then one line naming the flag
+    assert [line for line in lines if "error" in line] == [lines[-1]], done.stderr
+    assert lines[-1].startswith(f"{script}.py: error: argument {flag}: "), done.stderr
+    assert not out.exists()
+
+
 def _holders(path: str) -> list[int]:
     """The processes that have ``path`` open: the server writes its log there, and so do its workers."""
     pids = []
@@ -255,10 +313,12 @@ def test_a_stopped_child_gets_the_signal_once_and_time_to_clean_up(tmp_path, sen
     """subprocess.run killed the child 0.25 s after the signal, before its cleanup: the Ray engine's scorer
     never shut Ray down, whose processes lingered for a minute. run_child passes the signal on (once: a Ctrl-C
     reaches the child through the benchmark alone) and waits; what the child left in its group goes after."""
-    status, lines, helper, _ = _stop_run_child(tmp_path, send, cleanup_s=1.0, grace=30)
+    status, lines, helper, seconds = _stop_run_child(tmp_path, send, cleanup_s=1.0, grace=30)
     assert status == 128 + signum
     assert lines[1:] == [signal.Signals(signum).name, "cleaned"]
     assert _ended_within(helper, 10)
+    # once the child has ended, not the whole grace: its helper held the pipes open until killed
+    assert seconds < 15, seconds
 
 
 def test_a_child_that_does_not_end_in_its_grace_is_killed_with_its_group(tmp_path):

@@ -1,0 +1,156 @@
+"""The service benchmarks' load generator: prebuilt HTTP/1.1 requests carrying real CIFAR-10 JPEGs (multipart
+POST /classify, or an Open Inference Protocol infer with the JPEGs as a BYTES tensor), sent back to back over
+keep-alive asyncio connections. Minimal, so that it takes as little as possible of the CPU it shares with the
+server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import tarfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+
+def read_jpegs(archive: Path, count: int) -> list[tuple[str, bytes]]:
+    """``count`` JPEGs spread over the classes, read straight from the archive (nothing written to disk)."""
+    per_class = max(1, count // 10)
+    pattern = re.compile(r"^cifar10/train/([a-z]+)/(\d+)\.jpg$")
+    out = []
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            hit = pattern.match(member.name)
+            if member.isfile() and hit and int(hit[2]) < per_class:
+                out.append((f"{hit[1]}_{hit[2]}.jpg", tar.extractfile(member).read()))
+    return out[:count]
+
+
+def multipart(files: list[tuple[str, bytes]], fields: dict[str, str]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    chunks = []
+    for name, value in fields.items():
+        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for filename, data in files:
+        chunks.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{filename}"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+def v2_infer(files: list[tuple[str, bytes]], k: int) -> bytes:
+    """An Open Inference Protocol request: the files as a BYTES tensor (base64), the top k as strings."""
+    request = {
+        "inputs": [
+            {
+                "name": "images",
+                "shape": [len(files)],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(data).decode() for _, data in files],
+            }
+        ],
+        "outputs": [{"name": "probabilities", "parameters": {"classification": k}}],
+    }
+    return json.dumps(request).encode()
+
+
+def build_requests(
+    jpegs, per_request: int, k: int, model: str, host: str, count: int = 32, route: str = "classify"
+) -> list[bytes]:
+    requests = []
+    for r in range(count):
+        files = [jpegs[(r * per_request + i) % len(jpegs)] for i in range(per_request)]
+        if route == "v2":
+            path, body, content_type = f"/v2/models/{model}/infer", v2_infer(files, k), "application/json"
+        else:
+            body, content_type = multipart(files, {"k": str(k), "model": model})
+            path = "/classify"
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        requests.append(head + body)
+    return requests
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length = None
+    chunked = False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if chunked:
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                return status, body
+            body += chunk[:-2]
+    return status, await reader.readexactly(length or 0)
+
+
+async def _connection(host, port, requests, offset, deadline, max_requests, counter, latencies, errors, check):
+    reader, writer = await asyncio.open_connection(host, port)
+    i = offset
+    try:
+        while time.perf_counter() < deadline and counter[0] < max_requests:
+            counter[0] += 1
+            t0 = time.perf_counter()
+            writer.write(requests[i % len(requests)])
+            status, body = await _read_response(reader)
+            latencies.append(time.perf_counter() - t0)
+            if status != 200:
+                errors.append(f"{status}: {body[:200]!r}")
+            elif check:
+                check(body)
+                check = None
+            i += 1
+    finally:
+        writer.close()
+
+
+async def load(host, port, requests, concurrency, duration, max_requests, check=None) -> dict:
+    latencies: list[float] = []
+    errors: list[str] = []
+    counter = [0]
+    start = time.perf_counter()
+    deadline = start + duration
+    await asyncio.gather(
+        *(
+            _connection(
+                host,
+                port,
+                requests,
+                c * 7,
+                deadline,
+                max_requests,
+                counter,
+                latencies,
+                errors,
+                check if c == 0 else None,
+            )
+            for c in range(concurrency)
+        )
+    )
+    elapsed = time.perf_counter() - start
+    return {"requests": len(latencies), "elapsed_s": elapsed, "latencies": latencies, "errors": errors}
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")

@@ -1,0 +1,118 @@
+"""A service under load, as the service benchmarks run it: ``python -m service serve`` started on a free port
+in a session of its own (or one already running, given by URL), waited for until ready, loaded one level at a
+time with the CPU time and memory of its processes measured, and stopped with its workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from http_load import load, percentile
+from process_tree import MemoryPeak, tree_cpu_seconds
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args, port: int) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-m",
+        "service",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--models-dir",
+        args.models_dir,
+        "--max-batch-size",
+        str(args.max_batch_size),
+        *args.serve_arg,
+    ]
+    for flag in ("streams", "threads"):
+        if getattr(args, flag):
+            command += [f"--{flag}", str(getattr(args, flag))]
+    # The access log of a run is megabytes: kept in the temporary directory, its path printed.
+    fd, log_path = tempfile.mkstemp(prefix="bench_service_", suffix=".log")
+    print(f"server log: {log_path}", file=sys.stderr, flush=True)
+    with os.fdopen(fd, "w") as log:
+        return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def open_server(args) -> tuple[str, int, subprocess.Popen | None]:
+    """(host, port, the server process) of ``args.url``, or of a server started here (process None for a URL)."""
+    if args.url:
+        parsed = urlparse(args.url)
+        return parsed.hostname, parsed.port or 80, None
+    port = free_port()
+    return "127.0.0.1", port, start_server(args, port)
+
+
+def stop_server(server: subprocess.Popen | None) -> None:
+    """Stop a server started by :func:`open_server` and its workers; nothing for a server given by URL."""
+    if server is None:
+        return
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+
+
+def wait_ready(host: str, port: int, timeout: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://{host}:{port}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the service did not become ready within {timeout:.0f} s")
+
+
+def run_level(args, host, port, server, requests, per_request, concurrency, check) -> dict:
+    """One level of load: ``args.warmup`` seconds unmeasured, then ``args.duration`` seconds (at most
+    ``args.max_requests`` requests) measured, with the server's CPU time and peak memory where it was started
+    here (None for a server given by URL: its processes are not known)."""
+    asyncio.run(load(host, port, requests, concurrency, args.warmup, args.max_requests))
+    server_cpu = tree_cpu_seconds(server.pid if server else None)
+    client_cpu = time.process_time()
+    with MemoryPeak(server.pid if server else None) as memory:
+        result = asyncio.run(load(host, port, requests, concurrency, args.duration, args.max_requests, check))
+    client_cpu = time.process_time() - client_cpu
+    if server_cpu is not None:
+        server_cpu = tree_cpu_seconds(server.pid) - server_cpu
+    lat = result["latencies"]
+    ok = result["requests"] - len(result["errors"])
+    images = max(1, ok * per_request)
+    return {
+        "concurrency": concurrency,
+        "requests": result["requests"],
+        "errors": len(result["errors"]),
+        "error_samples": result["errors"][:3],
+        "elapsed_s": round(result["elapsed_s"], 3),
+        "images_per_s": round(ok * per_request / result["elapsed_s"], 1),
+        "requests_per_s": round(ok / result["elapsed_s"], 1),
+        "latency_ms": {q: round(percentile(lat, float(q[1:])) * 1000, 2) for q in ("p50", "p95", "p99")},
+        "server_cpu_ms_per_image": None if server_cpu is None else round(server_cpu * 1000 / images, 3),
+        "server_cores_used": None if server_cpu is None else round(server_cpu / result["elapsed_s"], 2),
+        "client_cpu_ms_per_image": round(client_cpu * 1000 / images, 3),
+        "server_memory_peak_mib": memory.peak,
+    }
