@@ -39,7 +39,7 @@ from inference.manifest import (
 )
 from inference.messages import configure_logging, os_error_text
 from inference.precisions import PRECISIONS, suits, tolerance_text, unsuited_hosts
-from training.cli_types import positive_int
+from training.cli_types import UsageError, positive_int, refusals_of, user_input
 
 from .int8_ranges import ACTIVATION_RANGES, DEFAULT_CALIBRATION_IMAGES, ranges_help
 
@@ -354,13 +354,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     argv = sys.argv[1:] if argv is None else argv
     try:
-        with terminations_as_interrupts():
+        with terminations_as_interrupts(), refusals_of(BARE_REFUSALS):
             return _command(argv)
-    except (ManifestError, FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+    except (UsageError, ManifestError) as exc:  # what the user gave wrong; any other error is a bug: its traceback
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # a path through a file, a full disk, a permission: the path and the reason, one line
-        print(f"error: {os_error_text(exc)}", file=sys.stderr)
+    except OSError as exc:  # a missing file, a path through a file, a full disk, a permission: one line
+        # one of ours names what is missing in its message; the system's names the path and the reason
+        print(f"error: {os_error_text(exc) if exc.errno is not None else exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated
         # Graphs are built and checked in a temporary folder, and moved in beside the new manifest only once
@@ -376,18 +377,33 @@ def main(argv: list[str] | None = None) -> int:
 
 COMMANDS = ("verify", "list", "default", "remove", "card", "rederive", "recover")
 
+# Modules outside this command line that refuse what the user gave with a bare `raise ValueError(...)` or
+# `raise KeyError(...)` (a model the manifest does not list, a default to remove, a graph that is not FP32): one
+# of those raise statements is the user's to correct; any other ValueError or KeyError is a bug. Until they
+# raise UsageError.
+BARE_REFUSALS = (
+    "export.calibration",
+    "export.recover",
+    "export.rederive",
+    "inference.fits",
+    "inference.manifest",
+    "inference.precisions",
+    "inference.runtime",
+    "training.inference",
+)
+
 
 def _command(argv: list[str]) -> int:
     """The manifest's own commands need no torch: they run on the serving install (scripts/setup.sh serve)."""
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:  # else: "required: --checkpoint, --name"
-        raise ValueError(
+        raise UsageError(
             f"unknown command {argv[0]!r}: export takes --checkpoint RUN/best.pt --name NAME, or one of "
             f"{', '.join(COMMANDS)}"
         )
     late = [word for word in argv[1:] if word in COMMANDS]
     exporting = any(word == "--checkpoint" or word.startswith("--checkpoint=") for word in argv)
     if argv and argv[0].startswith("-") and late and not exporting:
-        raise ValueError(f"put the command first: python -m export {late[0]} [options] (its options after it)")
+        raise UsageError(f"put the command first: python -m export {late[0]} [options] (its options after it)")
     if argv[:1] == ["list"]:
         return _list(list_parser().parse_args(argv[1:]).models_dir)
     if argv[:1] == ["default"]:
@@ -408,7 +424,8 @@ def _command(argv: list[str]) -> int:
 
         args = card_parser().parse_args(argv[1:])
         manifest = load_manifest(args.models_dir, verify=False)
-        entries = [manifest.get(n) for n in args.names]
+        with user_input(KeyError):  # a name the manifest does not list
+            entries = [manifest.get(n) for n in args.names]
         for entry in entries:  # the figures describe the recorded file, not whatever stands there now
             verify_file(entry, Path(args.models_dir))
         print(card_table(entries, args.models_dir))
@@ -418,6 +435,11 @@ def _command(argv: list[str]) -> int:
 
 def _conversion_command(argv: list[str]) -> int:
     """The commands that run a network (torch, ONNX Runtime): export, verify, recover, rederive."""
+    from inference.runtime import ModelFileError
+    from training.config import ConfigError
+    from training.data import DatasetError
+    from training.distill import TeacherError
+
     from .calibration import calibration_summary
     from .pipeline import ParityError, export_checkpoint, verify_model
 
@@ -488,6 +510,10 @@ def _conversion_command(argv: list[str]) -> int:
     except ParityError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
+    except (ConfigError, DatasetError, TeacherError, ModelFileError) as exc:
+        # training's and ONNX Runtime's refusals, known here and not in main(): the manifest's commands run without
+        # torch
+        raise UsageError(str(exc)) from exc
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from inference.precisions import PrecisionName, unsuited_hosts
 from inference.preprocess import to_model_input
 from inference.runtime import OnnxClassifier, softmax
 from training.checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
+from training.cli_types import UsageError, user_input
 from training.data import DatasetError, ImageArrays, load_split
 from training.data.split import SplitTooLarge
 from training.inference import with_tta
@@ -96,12 +97,12 @@ def validation_split(source: dict, max_images: int | None, classes: Sequence[str
     except SplitTooLarge as exc:
         if not moved:
             raise
-        raise ValueError(
+        raise UsageError(
             f"{where} holds {exc.images} images, fewer than the run held out for validation "
             f"({exc.val_size}): not the run's dataset"
         ) from None
     if list(val.classes) != list(classes):  # other labels: the accuracy, temperature and parity would be wrong
-        raise ValueError(
+        raise UsageError(
             f"{where} holds the classes {', '.join(val.classes)}, not the model's ({', '.join(classes)}): "
             "not the dataset it was trained on"
         )
@@ -135,7 +136,7 @@ def _data_source(meta: dict, cache_dir: str | None, data_root: str | None = None
     same dataset moved, or on another machine), compared with the fingerprint the run recorded of them (also
     written on the card, for ``verify --data``)."""
     if not meta.get("val_size"):
-        raise ValueError(
+        raise UsageError(
             "the checkpoint's run held out no validation split (data.val_size 0), so parity cannot be measured: "
             "export checks the graph against the checkpoint on held-out images; train with one "
             "(--set data.val_size=N)"
@@ -194,11 +195,11 @@ def export_checkpoint(
     try:
         models_dir.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"--models-dir {models_dir} is not a folder") from None
+        raise UsageError(f"--models-dir {models_dir} is not a folder") from None
     except OSError as exc:
-        raise ValueError(f"cannot make --models-dir {models_dir}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot make --models-dir {models_dir}: {exc.strerror or exc}") from None
     if not os.access(models_dir, os.W_OK | os.X_OK):  # found now, not after the validation pass
-        raise ValueError(f"cannot write to --models-dir {models_dir}: permission denied")
+        raise UsageError(f"cannot write to --models-dir {models_dir}: permission denied")
     meta = ckpt["meta"]
     check_replacement(models_dir, name, meta["arch"], meta["classes"], precision, replace, max_val_images)
     if max_val_images is not None and (make_default or default_for):
@@ -266,7 +267,7 @@ def check_calibration_options(
         if value is not None
     ]
     if given and converter(precision).calibration is None:
-        raise ValueError(f"{' and '.join(given)} applies to INT8 only, not {precision}")
+        raise UsageError(f"{' and '.join(given)} applies to INT8 only, not {precision}")
     if activation_ranges is not None:
         activation_range(activation_ranges)
 
@@ -384,7 +385,7 @@ def check_replacement(
     file is said."""
     final = models_dir / f"{name}.onnx"
     if final.exists() and not final.is_file():
-        raise ValueError(f"{final} is not a file (a folder?): the graph of {name!r} would be written there")
+        raise UsageError(f"{final} is not a file (a folder?): the graph of {name!r} would be written there")
     listed = None
     if (models_dir / MANIFEST_NAME).exists():
         models = {m.name: m for m in load_manifest(models_dir, verify=False).models}
@@ -393,7 +394,7 @@ def check_replacement(
         # the new graph would replace the listed model's file under it, breaking that entry's sha256
         twin = next((other for other in models if other != name and other.casefold() == name.casefold()), None)
         if twin is not None:
-            raise ValueError(
+            raise UsageError(
                 f"--name {name!r} differs from the listed {twin!r} only in case, and their files would be one on a "
                 f"case-insensitive file system: give another --name (or {twin!r} with --replace)"
             )
@@ -403,7 +404,7 @@ def check_replacement(
         return
     old = (listed.arch, list(listed.classes), listed.precision)
     if old != (arch, list(classes), precision):
-        raise ValueError(
+        raise UsageError(
             f"{name!r} is already in {models_dir / 'manifest.json'} as a {listed.precision} {listed.arch} of "
             f"{len(listed.classes)} classes; this {precision} {arch} of {len(classes)} classes would replace it: "
             "give it another --name (or remove the old entry from the manifest first)"
@@ -411,12 +412,12 @@ def check_replacement(
     samples = listed.metrics.get("val_samples")
     measured = f"val_top1 {100 * listed.metrics['val_top1']:.2f}% on {samples} images" if samples else "its figures"
     if not replace:
-        raise ValueError(
+        raise UsageError(
             f"{name!r} is already listed in {models_dir / MANIFEST_NAME} ({measured}): pass --replace to replace "
             "its file and figures with this export, or give another --name"
         )
     if max_val_images is not None and samples and max_val_images < samples:
-        raise ValueError(
+        raise UsageError(
             f"--max-val-images {max_val_images} would replace {name!r}'s figures ({measured}) with a quick "
             "check's: measure on all the validation images to replace it, or give another --name"
         )
@@ -450,7 +451,8 @@ def listed_model(models_dir: Path, name: str | None) -> ModelEntry:
     """The manifest's entry ``name`` (the default when None), its file checked against its sha256: a missing or
     altered file of another listed model is warned of, and is that model's trouble, not this command's."""
     manifest = load_manifest(models_dir, verify=False)
-    entry = manifest.get(name)
+    with user_input(KeyError):  # a name the manifest does not list
+        entry = manifest.get(name)
     problems = file_problems(manifest, models_dir)  # each file hashed once
     if entry.name in problems:
         raise ManifestError(problems.pop(entry.name))
@@ -505,7 +507,7 @@ def verify_model(
     logits, speed = onnx_logits(classifier, val.images)
     recorded = entry.metrics.get("parity", {}).get("torch_top1")
     if recorded is None or entry.metrics.get("val_samples") != len(val):
-        raise ValueError(f"{entry.name}: no checkpoint and no recorded PyTorch accuracy on the same {len(val)} images")
+        raise UsageError(f"{entry.name}: no checkpoint and no recorded PyTorch accuracy on the same {len(val)} images")
     parity = judge(entry.precision, None, softmax(logits), val.labels, recorded, float("nan"), speed)
     return _against_card(parity, entry), _calibration_report(logits, val.labels, temperature)
 

@@ -14,7 +14,7 @@ from inference.fits import FITS
 from inference.interrupts import say_stopped, terminations_as_interrupts
 from inference.messages import configure_logging, os_error_text
 
-from .cli_types import add_set_option, path_text, positive_int
+from .cli_types import UsageError, add_set_option, path_text, positive_int, refusals_of
 
 try:
     from .checkpoint import BEST_FILE, CONFIG_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, RUN_FILES
@@ -187,7 +187,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     kinds = {classify(path) for path in args.checkpoints}
     if kinds == {"report"}:
         if args.out or args.tta or args.fit:
-            raise ValueError(
+            raise UsageError(
                 "reports hold predictions, not weights: give checkpoints to write an ensemble (a report's "
                 "test-time augmentation is the one it was evaluated with)"
             )
@@ -195,14 +195,14 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2) if args.json else _format_estimate(result))
         return 0
     if "onnx" in kinds:
-        raise ValueError(
+        raise UsageError(
             "an ONNX file holds no weights to join: give the checkpoints (or run folders) it was exported from, "
             "or report folders to estimate; export the joined checkpoint afterwards"
         )
     if kinds != {"checkpoint"}:
-        raise ValueError("give checkpoints (or run folders) to join, or report folders to estimate, not a mixture")
+        raise UsageError("give checkpoints (or run folders) to join, or report folders to estimate, not a mixture")
     if not args.out:
-        raise ValueError("--out is required to write the ensemble checkpoint")
+        raise UsageError("--out is required to write the ensemble checkpoint")
     meta = join_checkpoints(args.checkpoints, args.out, args.tta, args.fit, replace=args.force)
     for member in meta["members"]:
         top1 = member["val_top1"]
@@ -338,23 +338,45 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(_unrecognized(args, unknown))
     try:
         check_distinct(getattr(args, "set", None) or [])  # --set's of train, resume and ablate, however many
-        with terminations_as_interrupts():
+        with terminations_as_interrupts(), refusals_of(BARE_REFUSALS):
             return args.fn(args)
-    except (ConfigError, DatasetError, KeyError, FileNotFoundError, ValueError, CudaPlacementError) as exc:
-        if isinstance(exc, OSError) and exc.errno is not None:  # the system's, not one of ours naming what is missing
-            text = os_error_text(exc)
-        else:
-            text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"error: {text}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a path that is a file where a folder is wanted, a full disk, a permission
-        print(f"error: {os_error_text(exc)}", file=sys.stderr)
+    except OSError as exc:  # a missing file, a path through a file, a full disk, a permission
+        # one of ours names what is missing in its message; the system's names the path and the reason
+        print(f"error: {os_error_text(exc) if exc.errno is not None else exc}", file=sys.stderr)
         return 2
     except FloatingPointError as exc:  # the run diverged: the settings' fault, named by the trainer
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated
         return say_stopped(exc, _interrupted(args))
+    except _user_errors() as exc:  # last: its modules are imported only once something has gone wrong
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+# Modules outside the command line that refuse what the user gave with a bare `raise ValueError(...)` (an
+# unknown split or TTA, a report folder that is none, checkpoints that cannot be joined): one of those raise
+# statements is the user's to correct; any other ValueError is a bug. Until they raise UsageError.
+BARE_REFUSALS = (
+    "training.ensemble",
+    "training.inference",
+    "training.reports.ablate",
+    "training.reports.compare",
+    "training.reports.evaluate",
+    "inference.fits",
+    "inference.runtime",
+)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """What the user gave wrong, said in one line with status 2; anything else is a bug and keeps its traceback.
+    Imported here, on the way out: ONNX Runtime and the teacher's module load only for the commands using them."""
+    from inference.manifest import ManifestError
+    from inference.runtime import ModelFileError
+
+    from .distill import TeacherError
+
+    return (UsageError, ConfigError, DatasetError, ManifestError, ModelFileError, TeacherError, CudaPlacementError)
 
 
 def _check_set_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:

@@ -13,6 +13,7 @@ from inference.files import file_in_the_way, write_atomic
 from inference.manifest import MANIFEST_NAME
 from inference.messages import exception_summary
 
+from .cli_types import UsageError
 from .models import ImageClassifier, create_model
 
 # A run folder's files: the checkpoint that stands for the run, the last completed epoch's (what a resume
@@ -40,6 +41,11 @@ META_KINDS: dict[str, type | tuple[type, ...]] = {
     "classes": (list, tuple),
     "input_size": int,
 }
+
+
+class CheckpointError(UsageError):
+    """A file given as a checkpoint that is none this project can use (damaged, foreign, unreadable, its weights
+    not fitting the network its meta describes), or a checkpoint's --out that would land where it must not."""
 
 
 def clear_run(folder: str | Path, names: tuple[str, ...] = RUN_FILES) -> None:
@@ -100,23 +106,27 @@ def check_checkpoint_out(
     under a file, never over one of ``inputs``, nor over a run's own best.pt or last.pt (that run could then
     be neither evaluated as itself nor resumed); over another file only with ``replace`` (--force)."""
     if out.is_dir():
-        raise ValueError(f"--out {out} is a folder: name the checkpoint file to write, e.g. {out / 'model.pt'}")
+        raise CheckpointError(f"--out {out} is a folder: name the checkpoint file to write, e.g. {out / 'model.pt'}")
     above = file_in_the_way(out.parent)
     if above is not None:
-        raise ValueError(f"--out {out}: {above} is a file, not a folder")
+        raise CheckpointError(f"--out {out}: {above} is a file, not a folder")
     if out.resolve() in {p.resolve() for p in inputs}:
-        raise ValueError(f"--out {out} is one of {inputs_are}: write to another file")
+        raise CheckpointError(f"--out {out} is one of {inputs_are}: write to another file")
     if out.name in (BEST_FILE, LAST_FILE) and (out.parent / LAST_FILE).is_file():
-        raise ValueError(f"--out {out} would replace the {out.name} of the run in {out.parent}: write it elsewhere")
+        raise CheckpointError(
+            f"--out {out} would replace the {out.name} of the run in {out.parent}: write it elsewhere"
+        )
     if out.suffix not in CHECKPOINT_SUFFIXES:  # a slip of the shell's completion: a manifest, a graph, a config
-        raise ValueError(f"--out {out} is not a checkpoint's name: end it in .pt (a checkpoint replaces no other file)")
+        raise CheckpointError(
+            f"--out {out} is not a checkpoint's name: end it in .pt (a checkpoint replaces no other file)"
+        )
     if (out.parent / MANIFEST_NAME).is_file():
-        raise ValueError(
+        raise CheckpointError(
             f"--out {out} is in a models folder (beside its {MANIFEST_NAME}), which holds the served models only: "
             "write the checkpoint elsewhere"
         )
     if out.exists() and not replace:  # another model, a finished run's best.pt: whatever it is, it is not lost
-        raise ValueError(f"--out {out} exists: write to a new file, or replace it with --force")
+        raise CheckpointError(f"--out {out} exists: write to a new file, or replace it with --force")
 
 
 def checkpoint_file(path: str | Path) -> Path:
@@ -147,7 +157,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError as exc:  # the file may be fine: say what stopped us, not that it is no checkpoint
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
+        raise CheckpointError(f"cannot read {path}: {exc.strerror}") from exc
     # A damaged file (a truncated copy, a text file) fails inside torch with whatever its reader hit: an OSError
     # from the zip reader, a KeyError or IndexError from the unpickler's stack, not only an UnpicklingError.
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, IndexError, OSError) as exc:
@@ -159,13 +169,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{exception_summary(exc, after='WeightsUnpickler error:')}"
         )
         # torch's weights_only message wraps the reason in advice to turn the safety off: only the reason is kept.
-        raise ValueError(f"{path} is not a training checkpoint this project can read ({hint})") from exc
+        raise CheckpointError(f"{path} is not a training checkpoint this project can read ({hint})") from exc
     # torch.save writes anything: a bare state_dict or tensor would otherwise fail later on a missing key.
     if not isinstance(ckpt, dict) or "meta" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path} is not a training checkpoint (no meta/model entries)")
+        raise CheckpointError(f"{path} is not a training checkpoint (no meta/model entries)")
     problem = _malformed(ckpt)
     if problem:
-        raise ValueError(f"{path} is not a training checkpoint this project wrote ({problem})")
+        raise CheckpointError(f"{path} is not a training checkpoint this project wrote ({problem})")
     return ckpt
 
 
@@ -188,7 +198,7 @@ def _malformed(ckpt: dict[str, Any]) -> str | None:
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> ImageClassifier:
-    """Rebuild the network a checkpoint describes; prefers the EMA weights when the run kept them. ValueError
+    """Rebuild the network a checkpoint describes; prefers the EMA weights when the run kept them. CheckpointError
     when its weights do not fit that network (another version of the model's code, a hand-edited meta)."""
     meta = ckpt["meta"]
     model = create_model(meta["arch"], meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])
@@ -196,7 +206,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> ImageCl
     try:
         model.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError) as exc:  # torch lists every mismatch: the first is enough
-        raise ValueError(
+        raise CheckpointError(
             f"the checkpoint's weights do not fit the network its meta describes ({meta['arch']}, "
             f"{meta['num_classes']} classes): {exception_summary(exc, after='ImageClassifier:', limit=160)}"
         ) from None

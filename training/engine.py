@@ -303,7 +303,7 @@ class Trainer:
             prune=t.prune_params(),
         )
         if len(self.train_loader) == 0:
-            raise ValueError(f"batch_size {t.batch_size} exceeds the {len(train_data)} training images per process")
+            raise ConfigError(f"batch_size {t.batch_size} exceeds the {len(train_data)} training images per process")
         per_process = len(train_data) // self.dist.world_size
         seen = len(self.train_loader) * t.batch_size
         if not t.max_batches_per_epoch and per_process - seen > DROPPED_SHARE_WARNED * per_process:

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
 
+from .cli_types import UsageError
+
 T = TypeVar("T", bound=Callable)
+
+
+class UnknownName(UsageError, KeyError):
+    """A name the registry does not hold: the user's to correct, a UsageError; still a KeyError, as a lookup
+    that fails is."""
+
+    def __str__(self) -> str:  # KeyError's would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class Registry(Generic[T]):
@@ -32,7 +42,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             valid = ", ".join(sorted(self._entries))
-            raise KeyError(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
+            raise UnknownName(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -14,6 +14,7 @@ from typing import Sequence, TypedDict
 import torch
 from torch import nn
 
+from ..cli_types import UsageError
 from ..inference import with_tta
 from ..registry import Registry
 from .airbench import AIRBENCH94_WIDTHS, AirbenchNet
@@ -74,7 +75,7 @@ DEFAULT_MEAN = (0.4914, 0.4822, 0.4465)
 DEFAULT_STD = (0.2470, 0.2435, 0.2616)
 
 
-class UnknownArgument(ValueError):
+class UnknownArgument(UsageError):
     """A model argument its constructor does not take: ``unknown``, those given it has no parameter for;
     ``taken``, the ones it has (to guess the one meant)."""
 

@@ -1,7 +1,7 @@
 """Subcommands ``evaluate``, ``compare`` and ``ablate`` of ``python -m training``.
 
-Each handler returns an exit code; user errors raise ValueError/KeyError/FileNotFoundError, which
-``training.__main__.main`` turns into a one-line ``error: ...`` and exit code 2.
+Each handler returns an exit code; what the user gave wrong raises a UsageError (or another typed refusal, or
+an OSError), which ``training.__main__.main`` turns into a one-line ``error: ...`` and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from inference.interrupts import say_stopped
 
-from ..cli_types import add_set_option, non_negative_int, path_text, percent, positive_int, significance
+from ..cli_types import UsageError, add_set_option, non_negative_int, path_text, percent, positive_int, significance
 from ..data import SPLITS
 from .figures import MAX_CLASSES
 
@@ -62,7 +62,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     if args.checkpoint is None and args.onnx is None:
-        raise ValueError("give --checkpoint RUN/best.pt or --onnx MODEL.onnx")
+        raise UsageError("give --checkpoint RUN/best.pt or --onnx MODEL.onnx")
     metrics = evaluate(
         checkpoint=args.checkpoint,
         onnx=args.onnx,
@@ -98,7 +98,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     given = [flags.get(k, f"--{k.replace('_', '-')}") for k, v in _data_kwargs(args).items() if v is not None]
     given += ["--tta"] if args.tta != "none" else []
     if given and classify(args.a) == classify(args.b) == "report":
-        raise ValueError(
+        raise UsageError(
             f"{' and '.join(given)} would change how a model is evaluated, and both sides are reports of "
             "evaluations already made: evaluate again with those settings, or compare the models themselves"
         )
@@ -106,7 +106,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         path = Path(args.out)
         existing = next(p for p in (path, *path.parents) if p.exists())
         if not existing.is_dir():
-            raise ValueError(f"--out {args.out}: {existing} is a file, not a folder")
+            raise UsageError(f"--out {args.out}: {existing} is a file, not a folder")
         check_comparison_out(path)
     result = compare(
         args.a,
