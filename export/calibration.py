@@ -6,12 +6,16 @@ the scorer, ONNX Runtime called directly) gets calibrated probabilities without 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from torch import nn
 
 from inference.manifest import CALIBRATION_METHODS, Calibration
-from training.reports.calibration import fit_temperature
+from training.reports.calibration import TEMPERATURE_BOUNDS, fit_temperature, meaningless_fit
+
+log = logging.getLogger("export")
 
 
 class TemperatureScaled(nn.Module):
@@ -47,12 +51,24 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, method: str, what: s
     if method == "none":
         return Calibration()
     # Stored as the float32 the FP32 graph holds, so the card states exactly what that graph divides by.
-    temperature = float(np.float32(fit_temperature(logits, labels)))
-    return Calibration(
-        method="temperature",
-        temperature=temperature,
-        fitted_on=f"NLL on the validation split ({len(labels)} images), FP32 PyTorch logits of {what}",
-    )
+    temperature = float(np.float32(fit_temperature(logits, labels, warn=False)))  # warned of below, with the way out
+    fitted_on = f"NLL on the validation split ({len(labels)} images), FP32 PyTorch logits of {what}"
+    if meaningless_fit(logits, labels, temperature):
+        # A small split of easy classes (a folder of one's own) gets every image right: the NLL then only falls as
+        # T shrinks, and T is wherever the search stopped, not a measurement. The card says so.
+        fitted_on += (
+            f", where it means little: every image right or T at an end of the search range {TEMPERATURE_BOUNDS}, "
+            "so the confidences are not calibrated"
+        )
+        log.warning(
+            "temperature %.4g written into the graph means little: its %d validation images carry no calibration "
+            "signal (every one right, or T at an end of the search range); --calibrate none leaves the confidences "
+            "as trained, and a validation split with some mistakes in it (a larger data.val_size at training) fits "
+            "a real T",
+            temperature,
+            len(labels),
+        )
+    return Calibration(method="temperature", temperature=temperature, fitted_on=fitted_on)
 
 
 def calibration_summary(report: dict) -> str:

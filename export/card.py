@@ -61,7 +61,19 @@ def _tta(e: ModelEntry) -> str:
     return inside if own == "none" else f"{own} over ({inside})"
 
 
+SHOWN_CLASSES = 10  # CIFAR-100's hundred names would fill the card: the first ten, then a count
+
+
+def _classes(e: ModelEntry) -> str:
+    """What the model tells apart, as its answers spell it: a model trained on a folder of one's own is known by
+    its classes. A '|' in a name would end the table's cell."""
+    names = ", ".join(c.replace("|", "\\|") for c in e.classes[:SHOWN_CLASSES])
+    more = f" and {len(e.classes) - SHOWN_CLASSES} more" if len(e.classes) > SHOWN_CLASSES else ""
+    return f"{len(e.classes)}: {names}{more}"
+
+
 ROWS: list[tuple[str, Callable[[ModelEntry], str]]] = [
+    ("classes", _classes),
     ("architecture", _architecture),
     ("precision", lambda e: e.precision),
     ("test-time augmentation (in the graph)", _tta),

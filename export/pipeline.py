@@ -433,11 +433,11 @@ def _with_entry(entry: ModelEntry, models_dir: Path, make_default: bool, default
             models.append(entry)
         default = entry.name if make_default else manifest.default
         defaults = {} if make_default else dict(manifest.defaults)  # the default everywhere, as `export default`
-    except ManifestError as exc:
+    except ManifestError:
         if (models_dir / "manifest.json").exists():
             raise  # never overwrite a manifest we cannot read: it may list models we would forget
         models, default, defaults = [entry], entry.name, {}
-        log.info("starting a new manifest (%s)", exc)
+        log.info("starting a new manifest: %s", models_dir / "manifest.json")
     defaults.update({kind: entry.name for kind in default_for})
     return Manifest(default=default, defaults=defaults, models=models)
 

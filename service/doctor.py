@@ -25,11 +25,13 @@ import numpy as np
 if TYPE_CHECKING:
     from .settings import ServiceSettings
 
+from inference.classes import ClassMatcher
 from inference.devices import DEVICE_KINDS, Device
 from inference.interrupts import say_stopped, terminations_as_interrupts
 from inference.manifest import ManifestError, ModelEntry, file_problems, load_manifest
 from inference.precisions import precision
 from inference.preprocess import IMAGE_EXTENSIONS, decode_image, to_model_input
+from inference.tree_files import is_hidden, is_tree_image
 
 from .gpus import GpuReport, gpu_report
 
@@ -217,6 +219,7 @@ def diagnose(
             if key not in readings:
                 say(f"reading {folder} for {entry.name} {position}")
                 readings[key] = _read_folder(Path(folder), entry, max_images)
+                left_out = _class_folders(Path(folder), entry)[1]
                 height, width = entry.input.size
                 report.add(
                     "info",
@@ -224,6 +227,13 @@ def diagnose(
                     f"{folder}: {len(readings[key][1])} labelled image(s), at {height}x{width}, "
                     f"{entry.input.fit} (model {entry.name})",
                 )
+                if left_out:
+                    report.add(
+                        "warn",
+                        "folder",
+                        f"sub-folder(s) named after no class of {entry.name}, not read: "
+                        f"{', '.join(map(repr, left_out))} (its classes: {', '.join(entry.classes)})",
+                    )
             labelled = readings[key]
         say(f"checking {entry.name} {position}")
         timing = partial(say, f"timing {entry.name} {position}")
@@ -365,24 +375,43 @@ def _accuracy(model, images: np.ndarray, labels: np.ndarray, batch: int = 256) -
     return float((predicted == labels).mean())
 
 
+def _class_folders(folder: Path, entry: ModelEntry) -> tuple[list[tuple[int, Path]], list[str]]:
+    """The sub-folders of ``folder`` that name one of the model's classes, with its index (matched as the scorer
+    and `training evaluate` match a folder: exactly, else in Unicode NFC and ignoring case, so that a copy from
+    macOS or a ``Cat/`` for ``cat`` counts), and the names of those that name none; hidden ones are neither."""
+    matcher = ClassMatcher(entry.classes)
+    matched, left_out = [], []
+    for d in sorted(folder.iterdir()):
+        if d.is_dir() and not is_hidden(d.name):
+            label = matcher.index(d.name)
+            if label is None:
+                left_out.append(d.name)
+            else:
+                matched.append((label, d))
+    return matched, left_out
+
+
 def _read_folder(folder: Path, entry: ModelEntry, max_images: int) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``max_images`` images of ``folder/CLASS/...`` whose CLASS is one of the model's classes, spread
-    over the classes (sorted paths, taken in turn), as the model's input (its size, its fit) and class
-    indices; ``ManifestError`` if none is readable."""
-    index = {name: i for i, name in enumerate(entry.classes)}
-    per_class = {
-        d.name: sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        for d in sorted(folder.iterdir())
-        if d.is_dir() and d.name in index
-    }
-    if not per_class:
+    """Up to ``max_images`` images of ``folder/CLASS/...`` whose CLASS names one of the model's classes
+    (``_class_folders``), spread over the classes (sorted paths, taken in turn), as the model's input (its size,
+    its fit) and class indices; hidden files and folders are no images, as for training's folder reader;
+    ``ManifestError`` if none is readable."""
+    found: dict[int, list[Path]] = {}
+    for label, d in _class_folders(folder, entry)[0]:
+        found.setdefault(label, []).extend(
+            p
+            for p in d.rglob("*")
+            if is_tree_image(p.name) and not any(is_hidden(part) for part in p.relative_to(d).parts)
+        )
+    if not found:
         raise ManifestError(f"--folder {folder} has no sub-folder named after a class ({', '.join(entry.classes)})")
+    per_class = {entry.classes[label]: (label, sorted(paths)) for label, paths in sorted(found.items())}
     chosen: list[tuple[Path, int]] = []
     depth = 0
-    while len(chosen) < max_images and any(depth < len(paths) for paths in per_class.values()):
-        for name, paths in per_class.items():
+    while len(chosen) < max_images and any(depth < len(paths) for _, paths in per_class.values()):
+        for label, paths in per_class.values():
             if depth < len(paths) and len(chosen) < max_images:
-                chosen.append((paths[depth], index[name]))
+                chosen.append((paths[depth], label))
         depth += 1
     pixels = []
     labels = []

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections import Counter
 from pathlib import PurePosixPath
 
-from inference.classes import folded
+from inference.classes import ClassMatcher
 
 from .sinks import Row
 
@@ -17,10 +18,7 @@ class FolderAccuracy:
         self.classes = classes
         self.model = model
         self.root_name = root_name
-        self.lookup: dict[str, str] | None = None
-        if classes:
-            self.lookup = {folded(c): c for c in classes}
-            self.lookup.update({c: c for c in classes})
+        self.matcher = ClassMatcher(classes) if classes else None
         self.images: Counter[str] = Counter()
         self.top1: Counter[str] = Counter()
         self.topk: Counter[str] = Counter()
@@ -28,16 +26,19 @@ class FolderAccuracy:
         self.unknown: Counter[str] = Counter()
         self.k = 0
 
-    def label_of(self, path: str) -> str | None:
+    def label_of(self, path: str, labels: list[str] | None = None) -> str | None:
+        """The class the folder of ``path`` names. Where the model's classes are not known (a service that does
+        not list them), the folder's name is its class, matched as a class name is to the ``labels`` this image
+        got, so that a folder copied from macOS ("café" decomposed) or named in other case counts as that class."""
         parent = PurePosixPath(path).parent.name or self.root_name
-        if self.lookup is None:
-            return parent
-        return self.lookup.get(parent) or self.lookup.get(folded(parent))
+        if self.matcher is not None:
+            return self.matcher.label(parent)
+        return ClassMatcher(labels or []).label(parent) or unicodedata.normalize("NFC", parent)
 
     def add(self, row: Row) -> None:
         if row.error is not None or not row.top_k:
             return
-        truth = self.label_of(row.path)
+        truth = self.label_of(row.path, [p.label for p in row.top_k])
         if truth is None:
             self.unknown[PurePosixPath(row.path).parent.name or self.root_name] += 1
             return

@@ -32,8 +32,9 @@ def meaningless_fit(logits: np.ndarray, labels: np.ndarray, temperature: float) 
     return near_bound or bool((np.asarray(logits).argmax(1) == np.asarray(labels)).all())
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The T that minimises the mean NLL of softmax(logits / T) over these samples.
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, warn: bool = True) -> float:
+    """The T that minimises the mean NLL of softmax(logits / T) over these samples, with a warning where it means
+    little (``meaningless_fit``) unless ``warn`` is False: a caller that says so itself, or a refit beside one.
 
     The NLL is convex in 1/T, hence unimodal in log T, so a bounded scalar search finds the optimum.
     """
@@ -49,7 +50,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         options={"xatol": 1e-6},
     )
     temperature = float(np.exp(result.x))
-    if meaningless_fit(z, labels, temperature):
+    if warn and meaningless_fit(z, labels, temperature):
         log.warning(
             "the fitted temperature %.4g (search range %s) means little: the logits of these %d samples carry "
             "little calibration signal",
@@ -97,6 +98,6 @@ def calibration_report(
         "after": calibration_metrics(raw_logits, labels, temperature),
     }
     if refit:
-        own = fit_temperature(raw_logits, labels)
+        own = fit_temperature(raw_logits, labels, warn=False)  # the temperature's own fit has warned
         report["refit"] = {"temperature": own, **calibration_metrics(raw_logits, labels, own)}
     return report
