@@ -39,7 +39,7 @@ from inference.manifest import (
 )
 from inference.messages import configure_logging, os_error_text
 from inference.precisions import PRECISIONS, suits, tolerance_text, unsuited_hosts
-from training.cli_types import UsageError, positive_int, refusals_of, user_input
+from training.cli_types import UsageError, positive_int, user_input
 
 from .int8_ranges import ACTIVATION_RANGES, DEFAULT_CALIBRATION_IMAGES, ranges_help
 
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     argv = sys.argv[1:] if argv is None else argv
     try:
-        with terminations_as_interrupts(), refusals_of(BARE_REFUSALS):
+        with terminations_as_interrupts():
             return _command(argv)
     except (UsageError, ManifestError) as exc:  # what the user gave wrong; any other error is a bug: its traceback
         print(f"error: {exc}", file=sys.stderr)
@@ -377,21 +377,6 @@ def main(argv: list[str] | None = None) -> int:
 
 COMMANDS = ("verify", "list", "default", "remove", "card", "rederive", "recover")
 
-# Modules outside this command line that refuse what the user gave with a bare `raise ValueError(...)` or
-# `raise KeyError(...)` (a model the manifest does not list, a default to remove, a graph that is not FP32): one
-# of those raise statements is the user's to correct; any other ValueError or KeyError is a bug. Until they
-# raise UsageError.
-BARE_REFUSALS = (
-    "export.calibration",
-    "export.recover",
-    "export.rederive",
-    "inference.fits",
-    "inference.manifest",
-    "inference.precisions",
-    "inference.runtime",
-    "training.inference",
-)
-
 
 def _command(argv: list[str]) -> int:
     """The manifest's own commands need no torch: they run on the serving install (scripts/setup.sh serve)."""
@@ -408,7 +393,8 @@ def _command(argv: list[str]) -> int:
         return _list(list_parser().parse_args(argv[1:]).models_dir)
     if argv[:1] == ["default"]:
         args = default_parser().parse_args(argv[1:])
-        manifest = set_default(args.models_dir, args.name, args.kinds)
+        with user_input(KeyError):  # a name the manifest does not list
+            manifest = set_default(args.models_dir, args.name, args.kinds)
         warning = unsuited_hosts(args.name, manifest.get(args.name).precision, args.kinds or DEVICE_KINDS)
         if warning:
             log.warning("%s", warning)
@@ -416,7 +402,9 @@ def _command(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["remove"]:
         args = remove_parser().parse_args(argv[1:])
-        remove_models(args.models_dir, args.names)
+        # a name the manifest does not list (KeyError), a default or every model (ValueError)
+        with user_input(KeyError, ValueError):
+            remove_models(args.models_dir, args.names)
         _list(args.models_dir)
         return 0
     if argv[:1] == ["card"]:
@@ -435,7 +423,6 @@ def _command(argv: list[str]) -> int:
 
 def _conversion_command(argv: list[str]) -> int:
     """The commands that run a network (torch, ONNX Runtime): export, verify, recover, rederive."""
-    from inference.runtime import ModelFileError
     from training.config import ConfigError
     from training.data import DatasetError
     from training.distill import TeacherError
@@ -510,9 +497,8 @@ def _conversion_command(argv: list[str]) -> int:
     except ParityError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
-    except (ConfigError, DatasetError, TeacherError, ModelFileError) as exc:
-        # training's and ONNX Runtime's refusals, known here and not in main(): the manifest's commands run without
-        # torch
+    except (ConfigError, DatasetError, TeacherError) as exc:
+        # training's refusals, known here and not in main(): the manifest's commands run without torch
         raise UsageError(str(exc)) from exc
 
 

@@ -21,6 +21,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from inference.errors import UsageError
 from inference.fits import LEGACY_FIT
 from inference.manifest import ModelEntry
 from inference.runtime import OnnxClassifier
@@ -41,7 +42,7 @@ def recovered_meta(entry: ModelEntry, data_root: str | None = None) -> dict:
     src = entry.source
     missing = [k for k in ("model_args", "dataset", "data_root", "val_size", "split_seed") if k not in src]
     if missing:
-        raise ValueError(f"{entry.name}'s card lacks {', '.join(missing)}: it does not say how to rebuild its network")
+        raise UsageError(f"{entry.name}'s card lacks {', '.join(missing)}: it does not say how to rebuild its network")
     return {
         "arch": entry.arch,
         "model_args": src["model_args"],
@@ -84,14 +85,14 @@ def weights_from_graph(path: Path, model: ImageClassifier) -> dict[str, torch.Te
             continue
         value = numpy_helper.to_array(init)
         if value.shape != tuple(tensor.shape):
-            raise ValueError(
+            raise UsageError(
                 f"{path.name}: {key} is {list(value.shape)} in the graph, {list(tensor.shape)} in the model"
             )
         state[key] = torch.from_numpy(np.array(value)).to(tensor.dtype)
     missing = _unfold_batchnorms(model, state, graph, prefix, missing)
     missing = _merged_constants(state, graph, missing)
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"{path.name} lacks {len(missing)} of the network's tensors by name ({', '.join(missing[:3])}"
             f"{', ...' if len(missing) > 3 else ''}): it was not exported by this project from this network, or "
             "its exporter folded them into others"
@@ -160,7 +161,7 @@ def recover_checkpoint(
     check_checkpoint_out(Path(out), replace=replace)  # before minutes of work, not after
     entry = listed_model(models_dir, name)
     if entry.precision != "fp32":
-        raise ValueError(f"{name} is {entry.precision}: its weights were rounded; recover from its FP32 graph")
+        raise UsageError(f"{name} is {entry.precision}: its weights were rounded; recover from its FP32 graph")
     meta = recovered_meta(entry, data_root)
     tta = entry.source.get("tta", "none")
     model = create_model(meta["arch"], meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])

@@ -21,6 +21,7 @@ import onnxruntime
 from onnx import helper, numpy_helper
 
 from inference.devices import DeviceKind
+from inference.errors import UsageError
 from inference.fits import FitName
 from inference.manifest import Calibration, ModelCard, ModelEntry
 from inference.precisions import PrecisionName
@@ -82,11 +83,11 @@ def rederive(
     models_dir = Path(models_dir)
     ref = listed_model(models_dir, reference)
     if ref.precision != "fp32":
-        raise ValueError(f"{reference} is {ref.precision}: re-derive from an FP32 graph")
+        raise UsageError(f"{reference} is {ref.precision}: re-derive from an FP32 graph")
     check_replacement(models_dir, name, ref.arch, ref.classes, precision, replace or name == reference, max_val_images)
     inherited = ref.calibration.method != "none"
     if inherited and calibrate != "none":
-        raise ValueError(
+        raise UsageError(
             f"{reference} is already calibrated (T={ref.calibration.temperature}): derive from it with "
             "--calibrate none, or from the uncalibrated graph"
         )
@@ -105,7 +106,7 @@ def rederive(
             f"graph {ref.file} (sha256 {ref.sha256[:12]})",
         )
     elif calibrate != "none":
-        raise ValueError(f"unknown calibration {calibrate!r}; valid: temperature, none")
+        raise UsageError(f"unknown calibration {calibrate!r}; valid: temperature, none")
     card = ModelCard(
         **{
             **ref.model_dump(include=set(ModelCard.model_fields)),

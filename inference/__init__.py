@@ -5,6 +5,7 @@
 - ``fits``: how an image of another aspect ratio is fitted to the model's input (crop, squash, pad).
 - ``preprocess``: image bytes -> the pixels and the float32 tensor every model takes.
 - ``runtime``: ONNX Runtime sessions and the exported classifier.
+- ``errors``: ``UsageError``, the refusal of what the user gave: one line and status 2 on the command lines.
 - ``tree_files``: which files under a folder of images are its images (training's reader and the scorer's walk).
 
 It imports none of ``training``, ``export`` or ``service`` (tests/test_architecture.py checks it), so

@@ -15,6 +15,8 @@ from typing import Callable, Literal
 
 from PIL import Image
 
+from .errors import UsageError
+
 # Letterbox colour: mid-grey is what the normalised input is closest to zero at for natural-image
 # datasets, so the bars carry as little signal as a constant can.
 PAD_COLOR = (128, 128, 128)
@@ -116,11 +118,11 @@ LEGACY_FIT: FitName = "squash"
 
 
 def get_fit(name: str) -> Fit:
-    """The entry for ``name``; ValueError naming the valid ones otherwise."""
+    """The entry for ``name``; a UsageError (a ValueError) naming the valid ones otherwise."""
     try:
         return FITS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown fit {name!r}; valid: {', '.join(FITS)}") from None
+        raise UsageError(f"unknown fit {name!r}; valid: {', '.join(FITS)}") from None
 
 
 def fit_image(

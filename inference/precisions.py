@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
+from .errors import UsageError
+
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
@@ -65,11 +67,11 @@ _KIND_PROVIDERS = {"cpu": CPU, "cuda": CUDA}
 
 
 def precision(name: str) -> Precision:
-    """The entry for ``name``; ValueError naming the valid ones otherwise."""
+    """The entry for ``name``; a UsageError (a ValueError) naming the valid ones otherwise."""
     try:
         return PRECISIONS[name]
     except KeyError:
-        raise ValueError(f"unknown precision {name!r}; valid: {', '.join(PRECISIONS)}") from None
+        raise UsageError(f"unknown precision {name!r}; valid: {', '.join(PRECISIONS)}") from None
 
 
 def suits(entry: Precision) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .devices import CudaPlacementError, Device, DeviceKind
+from .errors import UsageError
 from .manifest import METADATA_KEY, DefaultChoice, Manifest, ModelCard
 from .messages import exception_summary
 
@@ -64,7 +65,7 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class ModelFileError(ValueError):
+class ModelFileError(UsageError):
     """ONNX Runtime cannot load the file on the CPU: not ONNX, truncated, or made of operators it lacks."""
 
 
@@ -262,7 +263,7 @@ def read_card(session_or_path: ort.InferenceSession | str | Path) -> ModelCard:
     )
     props = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in props:
-        raise ValueError(f"ONNX model has no {METADATA_KEY!r} metadata: it was not exported by this project")
+        raise UsageError(f"ONNX model has no {METADATA_KEY!r} metadata: it was not exported by this project")
     return ModelCard.model_validate(json.loads(props[METADATA_KEY]))
 
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 
 from conftest import ROOT
 from export.__main__ import main as export_main
 from training.__main__ import main as training_main
-from training.cli_types import UsageError, refusals_of
+from training.cli_types import UsageError
 from training.registry import Registry, UnknownName
 
 
@@ -86,11 +85,16 @@ def _one_line(err: str, said: str) -> None:
         (["ensemble", "{tmp}/junk.pt", "{tmp}/other.pt"], "--out is required"),
         (["ablate", "--recipe", "resnet9_half_cpu", "--vary", "lr=1", "--out", "{tmp}/ab"], "gives one value"),
         (["resume", "{tmp}/nothing"], "no checkpoint at"),
+        (["evaluate", "--onnx", "{tmp}/plain.onnx"], "it was not exported by this project"),
+        (["compare", "{tmp}/junk.pt", "{tmp}/other.pt", "--out", "{tmp}/full"], "holds files and no comparison"),
     ],
 )
 def test_what_the_user_gave_wrong_stays_one_line_with_status_2(argv, said, tmp_path, capsys):
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     (tmp_path / "other.pt").write_text("nor this")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("someone's")
+    _plain_onnx(tmp_path / "plain.onnx")
     argv = [word.format(tmp=tmp_path) for word in argv]
     if argv[0] == "train":
         argv += ["--out", str(tmp_path / "run")]
@@ -98,13 +102,28 @@ def test_what_the_user_gave_wrong_stays_one_line_with_status_2(argv, said, tmp_p
     _one_line(capsys.readouterr().err, said)
 
 
-def test_a_bare_refusal_of_an_unknown_split_or_tta_stays_one_line(tiny_run, tmp_path, capsys):
-    """evaluate.py and training/inference.py refuse these with `raise ValueError(...)` of their own."""
+def _plain_onnx(path) -> None:
+    """A valid ONNX graph (y = x) that carries no model card."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "plain", [x], [y])
+    # an IR version the installed ONNX Runtime reads (onnx's own default may be newer)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(path))
+
+
+def test_a_refusal_by_evaluate_or_ensemble_stays_one_line(tiny_run, tmp_path, capsys):
+    """evaluate.py, training/inference.py and ensemble.py refuse these with a UsageError of their own."""
     base = ["evaluate", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "r"), "--device", "cpu"]
     assert training_main([*base, "--split", "bogus"]) == 2
     _one_line(capsys.readouterr().err, "unknown split 'bogus'")
     assert training_main([*base, "--tta", "rotate"]) == 2
     _one_line(capsys.readouterr().err, "unknown test-time augmentation 'rotate'")
+    assert training_main(["ensemble", str(tiny_run), str(tiny_run), "--out", str(tmp_path / "e.pt")]) == 2
+    _one_line(capsys.readouterr().err, "the same checkpoint is given twice")
 
 
 @pytest.mark.parametrize(
@@ -116,6 +135,9 @@ def test_a_bare_refusal_of_an_unknown_split_or_tta_stays_one_line(tiny_run, tmp_
         (["card", "nope"], "unknown model 'nope'"),
         (["rederive", "nope", "--name", "x"], "unknown model 'nope'"),
         (["recover", "nope", "--out", "{tmp}/x.pt"], "unknown model 'nope'"),
+        (["recover", "tiny-int8", "--out", "{tmp}/x.pt"], "tiny-int8 is int8: its weights were rounded"),
+        (["rederive", "tiny-int8", "--name", "x"], "tiny-int8 is int8: re-derive from an FP32 graph"),
+        (["remove", "tiny"], "tiny is a default model"),
         (["lsit"], "unknown command 'lsit'"),
         (["--checkpoint", "{tmp}/junk.pt", "--name", "x"], "is not a training checkpoint this project can read"),
         (["--checkpoint", "{tmp}/missing.pt", "--name", "x"], "no checkpoint at"),
@@ -128,35 +150,18 @@ def test_what_the_user_gave_wrong_to_export_stays_one_line_with_status_2(argv, s
     _one_line(capsys.readouterr().err, said)
 
 
-def test_only_a_raise_statement_of_the_named_modules_is_taken_for_a_refusal():
-    module = types.ModuleType("refusing")
-    source = """
-def said():
-    raise ValueError("unknown split 'bogus'")
-def said_from():
-    try:
-        int("x")
-    except ValueError:
-        raise KeyError("unknown model 'x'") from None
-def parsed():
-    return int("x")
-def looked_up():
-    return {}["tpyo"]
-def subclass():
-    raise UnicodeDecodeError("utf-8", b"", 0, 1, "bad")
-"""
-    exec(compile(source, "refusing.py", "exec"), module.__dict__)
-    for refusal, message in ((module.said, "unknown split 'bogus'"), (module.said_from, "unknown model 'x'")):
-        with pytest.raises(UsageError) as raised, refusals_of(("refusing",)):
-            refusal()
-        assert str(raised.value) == message
-    for bug, kind in ((module.parsed, ValueError), (module.looked_up, KeyError), (module.subclass, ValueError)):
-        with pytest.raises(kind) as raised, refusals_of(("refusing",)):
-            bug()
-        assert not isinstance(raised.value, UsageError)
-    with pytest.raises(ValueError) as raised, refusals_of(("elsewhere",)):
-        module.said()
-    assert not isinstance(raised.value, UsageError)
+def test_usage_error_is_one_class_from_inference_up():
+    """inference raises the command lines' UsageError: its lookups and ONNX Runtime's refusal of a file are one."""
+    from inference.errors import UsageError as inference_usage_error
+    from inference.fits import get_fit
+    from inference.precisions import precision
+    from inference.runtime import ModelFileError
+
+    assert UsageError is inference_usage_error and issubclass(ModelFileError, UsageError)
+    with pytest.raises(UsageError, match="unknown fit 'nope'; valid: center_crop"):
+        get_fit("nope")
+    with pytest.raises(UsageError, match="unknown precision 'nope'; valid: fp32"):
+        precision("nope")
 
 
 def test_an_unknown_registry_name_is_a_usage_error_and_still_a_key_error():

@@ -14,7 +14,7 @@ from inference.fits import FITS
 from inference.interrupts import say_stopped, terminations_as_interrupts
 from inference.messages import configure_logging, os_error_text
 
-from .cli_types import UsageError, add_set_option, path_text, positive_int, refusals_of
+from .cli_types import UsageError, add_set_option, path_text, positive_int
 
 try:
     from .checkpoint import BEST_FILE, CONFIG_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, RUN_FILES
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(_unrecognized(args, unknown))
     try:
         check_distinct(getattr(args, "set", None) or [])  # --set's of train, resume and ablate, however many
-        with terminations_as_interrupts(), refusals_of(BARE_REFUSALS):
+        with terminations_as_interrupts():
             return args.fn(args)
     except OSError as exc:  # a missing file, a path through a file, a full disk, a permission
         # one of ours names what is missing in its message; the system's names the path and the reason
@@ -354,29 +354,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-# Modules outside the command line that refuse what the user gave with a bare `raise ValueError(...)` (an
-# unknown split or TTA, a report folder that is none, checkpoints that cannot be joined): one of those raise
-# statements is the user's to correct; any other ValueError is a bug. Until they raise UsageError.
-BARE_REFUSALS = (
-    "training.ensemble",
-    "training.inference",
-    "training.reports.ablate",
-    "training.reports.compare",
-    "training.reports.evaluate",
-    "inference.fits",
-    "inference.runtime",
-)
-
-
 def _user_errors() -> tuple[type[Exception], ...]:
     """What the user gave wrong, said in one line with status 2; anything else is a bug and keeps its traceback.
-    Imported here, on the way out: ONNX Runtime and the teacher's module load only for the commands using them."""
+    Imported here, on the way out: the manifest's module and the teacher's load only for the commands using them.
+    (ModelFileError, ONNX Runtime's refusal of a file, is a UsageError.)"""
     from inference.manifest import ManifestError
-    from inference.runtime import ModelFileError
 
     from .distill import TeacherError
 
-    return (UsageError, ConfigError, DatasetError, ManifestError, ModelFileError, TeacherError, CudaPlacementError)
+    return (UsageError, ConfigError, DatasetError, ManifestError, TeacherError, CudaPlacementError)
 
 
 def _check_set_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:

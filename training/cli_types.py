@@ -6,21 +6,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dis
 import math
-from types import TracebackType
 from typing import Iterator, TypeVar
 
+from inference.errors import UsageError  # defined below training, so that inference raises it too
+
 _Number = TypeVar("_Number", int, float)
-
-_RAISE = dis.opmap["RAISE_VARARGS"]
-
-
-class UsageError(ValueError):
-    """What the user named or gave wrong (an unknown name, a file that is not what it should be, an --out in the
-    way): the command lines print it in one line and exit with status 2. They catch this and the other typed
-    refusals (ConfigError, DatasetError, ManifestError, ...), never a bare KeyError or ValueError: one of those is
-    a bug and keeps its traceback. A ValueError, so that code catching those around a lookup goes on catching it."""
 
 
 @contextlib.contextmanager
@@ -32,33 +23,6 @@ def user_input(*kinds: type[Exception]) -> Iterator[None]:
         yield
     except caught as exc:
         raise UsageError(_message(exc)) from exc
-
-
-@contextlib.contextmanager
-def refusals_of(
-    modules: tuple[str, ...], kinds: tuple[type[Exception], ...] = (KeyError, ValueError)
-) -> Iterator[None]:
-    """Around code whose ``modules`` refuse what the user gave with a ``raise ValueError(...)`` or ``raise
-    KeyError(...)`` (``kinds``) of their own: such an exception, of exactly that type and raised by a ``raise``
-    statement of one of those modules, becomes a UsageError. One raised elsewhere (torch, numpy, another module)
-    or by an operation in their code (``int(text)``, ``mapping[key]``) stays what it is, a bug with its
-    traceback. For the modules the command lines call that do not raise UsageError yet."""
-    try:
-        yield
-    except kinds as exc:
-        if type(exc) in kinds and _raised_in(exc.__traceback__, modules):
-            raise UsageError(_message(exc)) from exc
-        raise
-
-
-def _raised_in(tb: TracebackType | None, modules: tuple[str, ...]) -> bool:
-    """Whether the innermost frame of ``tb`` is a ``raise`` statement of one of ``modules``."""
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    code = tb.tb_frame.f_code
-    return tb.tb_frame.f_globals.get("__name__") in modules and code.co_code[tb.tb_lasti] == _RAISE
 
 
 def _message(exc: Exception) -> str:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from inference.fits import FITS, LEGACY_FIT
+from inference.fits import LEGACY_FIT, get_fit
 from inference.manifest import sha256_file
 
 from .checkpoint import (
@@ -23,6 +23,7 @@ from .checkpoint import (
     model_from_checkpoint,
     save_model_checkpoint,
 )
+from .cli_types import UsageError
 from .inference import check_tta, network_of
 from .models import create_model
 from .models.ensemble import ENSEMBLE_ARCH, Ensemble, member_spec
@@ -50,7 +51,7 @@ def check_compatible(metas: Sequence[dict], names: Sequence[str], fit_given: boo
     fits may differ: the caller has chosen the ensemble's."""
     for meta, name in zip(metas, names):
         if meta["arch"] == ENSEMBLE_ARCH:
-            raise ValueError(f"{name} is already an ensemble: join its members instead")
+            raise UsageError(f"{name} is already an ensemble: join its members instead")
     first, first_name = metas[0], names[0]
     keys = [k for k in SHARED_KEYS if not (k == "fit" and fit_given)]
     for meta, name in zip(metas[1:], names[1:]):
@@ -63,12 +64,12 @@ def check_compatible(metas: Sequence[dict], names: Sequence[str], fit_given: boo
                     if key == "fit"
                     else ""
                 )
-                raise ValueError(f"{name} and {first_name} differ in {key} ({mine!r} against {theirs!r}){hint}")
+                raise UsageError(f"{name} and {first_name} differ in {key} ({mine!r} against {theirs!r}){hint}")
         # a run continued from a copy of its data elsewhere has members of two roots and one fingerprint
         fingerprint = meta.get("data_fingerprint")
         same_images = fingerprint is not None and fingerprint == first.get("data_fingerprint")
         if not same_images and not same_root(meta.get("data_root"), first.get("data_root")):
-            raise ValueError(
+            raise UsageError(
                 f"{name} and {first_name} were trained on different data ({meta.get('data_root')!r} against "
                 f"{first.get('data_root')!r})"
             )
@@ -96,20 +97,20 @@ def join_checkpoints(
     the member before the members are; a cheap member can then average views where a costly one does not.
     ``fit`` (inference.fits): how the dataset's images are fitted to the input, for members trained with
     different ones. ``replace``: write over an existing ``out``."""
-    if fit is not None and fit not in FITS:
-        raise ValueError(f"unknown fit {fit!r}; valid: {', '.join(FITS)}")
+    if fit is not None:
+        get_fit(fit)  # an unknown name, refused naming the valid ones
     if len(paths) < 2:
-        raise ValueError("an ensemble needs at least two checkpoints")
+        raise UsageError("an ensemble needs at least two checkpoints")
     tta = list(tta) or ["none"] * len(paths)
     if len(tta) != len(paths):
-        raise ValueError(f"{len(tta)} test-time augmentations for {len(paths)} members: give one per member")
+        raise UsageError(f"{len(tta)} test-time augmentations for {len(paths)} members: give one per member")
     for choice in tta:
         check_tta(choice)
     files = [checkpoint_file(p) for p in paths]
     check_checkpoint_out(Path(out), files, "the members", replace)
     ckpts = [load_checkpoint(f) for f in files]  # a missing file is named here
     if len({f.resolve() for f in files}) < len(files):
-        raise ValueError("the same checkpoint is given twice: an ensemble of a model with itself is that model")
+        raise UsageError("the same checkpoint is given twice: an ensemble of a model with itself is that model")
     metas = [c["meta"] for c in ckpts]
     check_compatible(metas, [str(f) for f in files], fit_given=fit is not None)
     first = metas[0]
@@ -164,19 +165,19 @@ def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
     from .reports.metrics import mcnemar, paired_difference_interval, softmax
 
     if len(paths) < 2:
-        raise ValueError("an ensemble needs at least two reports")
+        raise UsageError("an ensemble needs at least two reports")
     if len({Path(p).resolve() for p in paths}) < len(paths):
-        raise ValueError("the same report is given twice: an ensemble of a model with itself is that model")
+        raise UsageError("the same report is given twice: an ensemble of a model with itself is that model")
     reports = [load_predictions(p) for p in paths]
     first = reports[0]
     for path, report in zip(paths[1:], reports[1:]):
         if report["classes"] != first["classes"]:
-            raise ValueError(
+            raise UsageError(
                 f"{path} and {paths[0]} are reports on different classes ({len(report['classes'])} against "
                 f"{len(first['classes'])}): nothing to pair"
             )
         if report["fingerprint"] != first["fingerprint"]:
-            raise ValueError(
+            raise UsageError(
                 f"{path} and {paths[0]} are reports on different samples ({len(report['labels'])} against "
                 f"{len(first['labels'])} images, fingerprints {report['fingerprint'][:12]} and "
                 f"{first['fingerprint'][:12]}): evaluate both on the same --data and --split"

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .cli_types import UsageError
 from .data.targets import Targets
 
 
@@ -91,7 +92,7 @@ def network_of(module: nn.Module) -> nn.Module:
 
 def check_tta(tta: str) -> None:
     if tta not in TTA_VIEWS:
-        raise ValueError(f"unknown test-time augmentation {tta!r}; valid: {', '.join(TTA_CHOICES)}")
+        raise UsageError(f"unknown test-time augmentation {tta!r}; valid: {', '.join(TTA_CHOICES)}")
 
 
 def with_tta(model: nn.Module, tta: str) -> nn.Module:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from inference.files import write_text_atomic
 
 from ..checkpoint import BEST_FILE, CONFIG_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE
+from ..cli_types import UsageError
 from ..config import Config, ConfigError, check_distinct
 from ..engine import buildable_config, check_out_of_the_data, resume, train
 from ..inference import check_tta
@@ -57,20 +58,20 @@ def parse_vary(items: list[str]) -> list[tuple[str, list[str]]]:
     axes: list[tuple[str, list[str]]] = []
     for item in items:
         if "=" not in item:
-            raise ValueError(f"--vary {item!r} is not KEY=V1,V2,...")
+            raise UsageError(f"--vary {item!r} is not KEY=V1,V2,...")
         key, text = item.split("=", 1)
         values = split_values(text)
         if not key or not all(values):
-            raise ValueError(f"--vary {item!r}: empty key or value")
+            raise UsageError(f"--vary {item!r}: empty key or value")
         if len(set(values)) != len(values):
-            raise ValueError(f"--vary {item!r} repeats a value")
+            raise UsageError(f"--vary {item!r} repeats a value")
         if len(values) < 2:  # nothing to compare: a setting every variant shares is --set's job
-            raise ValueError(f"--vary {item!r} gives one value: vary it over two or more, or pass --set {item}")
+            raise UsageError(f"--vary {item!r} gives one value: vary it over two or more, or pass --set {item}")
         if key in {k for k, _ in axes}:
-            raise ValueError(f"--vary {key} is given twice: list all its values in one --vary")
+            raise UsageError(f"--vary {key} is given twice: list all its values in one --vary")
         axes.append((key, values))
     if not axes:
-        raise ValueError("give at least one --vary KEY=V1,V2 (or --step LABEL KEY=VALUE ...)")
+        raise UsageError("give at least one --vary KEY=V1,V2 (or --step LABEL KEY=VALUE ...)")
     return axes
 
 
@@ -80,12 +81,12 @@ def parse_steps(steps: list[list[str]]) -> list[tuple[str, list[str]]]:
     accumulated: list[str] = []
     for step in steps:
         if not step or "=" in step[0]:
-            raise ValueError(f"--step {' '.join(step)!r}: start with a label, then KEY=VALUE settings")
+            raise UsageError(f"--step {' '.join(step)!r}: start with a label, then KEY=VALUE settings")
         bad = [a for a in step[1:] if "=" not in a]
         if bad:
-            raise ValueError(f"--step {step[0]}: {bad[0]!r} is not KEY=VALUE")
+            raise UsageError(f"--step {step[0]}: {bad[0]!r} is not KEY=VALUE")
         if step[0] in {label for label, _ in out}:
-            raise ValueError(f"--step label {step[0]!r} is used twice")
+            raise UsageError(f"--step label {step[0]!r} is used twice")
         accumulated = accumulated + step[1:]
         out.append((step[0], accumulated))
     return out
@@ -106,7 +107,7 @@ def run_variant(run_dir: Path, config: Config) -> str:
     # what is evaluated is best.pt: a finished variant whose last.pt was deleted to save space is not retrained
     finished = (run_dir / SUMMARY_FILE).is_file() and (started or (run_dir / BEST_FILE).is_file())
     if (started or finished) and not _same_config(run_dir, config):
-        raise ValueError(f"{run_dir} holds a run with a different configuration: use another --out or remove it")
+        raise UsageError(f"{run_dir} holds a run with a different configuration: use another --out or remove it")
     if finished:
         return "finished earlier"
     if started:
@@ -120,7 +121,7 @@ def run_variant(run_dir: Path, config: Config) -> str:
 def _data_spec(config: Config, split: str) -> DataSpec:
     d = config.data
     if split in ("val",) and d.val_size == 0:
-        raise ValueError("the ablation's runs have no validation split (val_size=0): set val_size or pass --split test")
+        raise UsageError("the ablation's runs have no validation split (val_size=0): set val_size or pass --split test")
     return DataSpec(d.dataset, d.root, split, d.val_size, d.split_seed, d.image_size, d.cache_dir, d.fit)
 
 
@@ -149,7 +150,7 @@ def ablate(
     if target_top1 is not None and not 0 < target_top1 <= 1:
         raise ValueError(f"target top-1 {target_top1} is not a fraction in (0, 1]")
     if steps and vary:
-        raise ValueError("give either --vary (every combination) or --step (methods added one by one), not both")
+        raise UsageError("give either --vary (every combination) or --step (methods added one by one), not both")
     sets = list(sets or [])
     if steps:
         axes, labelled = [], parse_steps(steps)

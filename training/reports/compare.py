@@ -17,6 +17,7 @@ import numpy as np
 from inference.classes import folded
 from inference.files import write_text_atomic
 
+from ..cli_types import UsageError
 from ..data import ImageArrays
 from ..plots import CurveInfo, plot_compared_curves
 from .evaluate import (
@@ -155,10 +156,10 @@ def compare(
     ]
     class_counts = [len(x.classes) for x in inputs]
     if class_counts[0] != class_counts[1]:
-        raise ValueError(f"A has {class_counts[0]} classes and B has {class_counts[1]}: not the same task")
+        raise UsageError(f"A has {class_counts[0]} classes and B has {class_counts[1]}: not the same task")
     if [folded(c) for c in inputs[0].classes] != [folded(c) for c in inputs[1].classes]:
         # a prediction is an index into its own model's classes: other names (or order) would pair other things
-        raise ValueError(
+        raise UsageError(
             f"A predicts the classes {', '.join(inputs[0].classes)} and B {', '.join(inputs[1].classes)}: not the "
             "same task"
         )
@@ -175,7 +176,7 @@ def compare(
             why = "; their data settings differ: " + why[2:]
         if "fit" in differ:
             why += " (each model reads images fitted as its run trained)"
-        raise ValueError(
+        raise UsageError(
             f"A and B were evaluated on different samples (A: {len(side_a.labels)} of "
             f"{side_a.data.get('dataset')} {side_a.data.get('split')}, B: {len(side_b.labels)} of "
             f"{side_b.data.get('dataset')} {side_b.data.get('split')}; fingerprints {side_a.fingerprint[:12]} vs "
@@ -247,7 +248,7 @@ def check_comparison_out(out_dir: Path) -> None:
     others = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(".") and not _left_by_comparison(p))
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        raise ValueError(f"--out {out_dir} holds files and no comparison ({shown}): write it to a new or empty folder")
+        raise UsageError(f"--out {out_dir} holds files and no comparison ({shown}): write it to a new or empty folder")
 
 
 def _left_by_comparison(path: Path) -> bool:

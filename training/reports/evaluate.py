@@ -28,6 +28,7 @@ from inference.files import write_atomic, write_text_atomic
 from inference.fits import DEFAULT_FIT, LEGACY_FIT
 
 from ..checkpoint import BEST_FILE, LAST_FILE, SUMMARY_FILE, checkpoint_file, load_checkpoint, model_from_checkpoint
+from ..cli_types import UsageError
 from ..config import ConfigError
 from ..data import SPLITS, DatasetError, ImageArrays, load_split
 from ..data.augment import to_unit
@@ -76,7 +77,7 @@ class DataSpec:
 
     def load(self) -> ImageArrays:
         if self.split not in SPLITS:
-            raise ValueError(f"unknown split {self.split!r}; valid: {', '.join(SPLITS)}")
+            raise UsageError(f"unknown split {self.split!r}; valid: {', '.join(SPLITS)}")
         try:
             return load_split(
                 self.dataset,
@@ -216,7 +217,8 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
     from inference.runtime import OnnxClassifier
 
     onnx_device, device_id = onnx_placement(device)
-    # a file it cannot load: ModelFileError, a ValueError; cuda where it cannot run: CudaPlacementError
+    # a file it cannot load (ModelFileError) or without a card: a UsageError; cuda where it cannot run:
+    # CudaPlacementError
     classifier = OnnxClassifier(path, device=onnx_device, device_id=device_id)
     card = classifier.card
     src = dict(card.source)
@@ -279,7 +281,7 @@ def load_model(
     checkpoint: str | Path | None = None, onnx: str | Path | None = None, device: str = "auto"
 ) -> ModelSource:
     if (checkpoint is None) == (onnx is None):
-        raise ValueError("give exactly one of --checkpoint and --onnx")
+        raise UsageError("give exactly one of --checkpoint and --onnx")
     if checkpoint is not None:
         return _load_checkpoint_source(Path(checkpoint), device)
     assert onnx is not None  # exactly one of the two is given
@@ -298,14 +300,14 @@ def resolve_data(
 ) -> DataSpec:
     """The evaluation split: explicit arguments first, then ``defaults``, then what the model records."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        raise UsageError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     known: dict[str, Any] = {}
     for layer in (source.data_defaults if source else {}, defaults or {}):
         known.update({k: v for k, v in layer.items() if v is not None})
     given = {"dataset": dataset, "root": root, "val_size": val_size, "split_seed": split_seed, "cache_dir": cache_dir}
     known.update({k: v for k, v in given.items() if v is not None})
     if not known.get("root") or not known.get("dataset"):
-        raise ValueError("the model does not record its dataset: pass --dataset NAME and --data ROOT")
+        raise UsageError("the model does not record its dataset: pass --dataset NAME and --data ROOT")
     return DataSpec(
         dataset=known["dataset"],
         root=str(known["root"]),
@@ -345,14 +347,14 @@ def match_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> tup
         log.warning(message)
         return data, message
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"{spec.dataset} {spec.root} holds classes {source.path} does not predict: {', '.join(unknown[:5])}"
             f"{', ...' if len(unknown) > 5 else ''} (its classes: {', '.join(model)}); a folder's class folders are "
             "matched to the model's classes by name"
         )
     index = [i for i in found if i is not None]  # all of them: an unknown class was refused above
     if len(set(index)) < len(index):
-        raise ValueError(f"{spec.dataset} {spec.root} has two class folders for one class of the model: {given}")
+        raise UsageError(f"{spec.dataset} {spec.root} has two class folders for one class of the model: {given}")
     labels = np.asarray(index, dtype=np.int64)[data.labels]
     mapped = ImageArrays(data.images, labels, model)
     missing = [c for i, c in enumerate(model) if i not in set(index)]
@@ -373,7 +375,7 @@ def check_view(source: ModelSource, tta: str) -> None:
     """Test-time augmentation on top of a graph that already averages views would average twice."""
     in_graph = source.info.get("graph_tta", "none")
     if tta != "none" and in_graph != "none":
-        raise ValueError(
+        raise UsageError(
             f"{source.path} already averages {in_graph} views inside its graph (its card's source.tta); "
             "evaluate it with --tta none"
         )
@@ -413,10 +415,10 @@ def load_predictions(report_dir: str | Path) -> dict[str, Any]:
         with np.load(path, allow_pickle=False) as npz:
             out = {k: npz[k] for k in npz.files}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise ValueError(f"{path} is damaged ({exc}): re-run `python -m training evaluate`") from None
+        raise UsageError(f"{path} is damaged ({exc}): re-run `python -m training evaluate`") from None
     missing = [key for key in PREDICTION_KEYS if key not in out]
     if missing:
-        raise ValueError(f"{path} holds no {', '.join(missing)}: not a report's; re-run `python -m training evaluate`")
+        raise UsageError(f"{path} holds no {', '.join(missing)}: not a report's; re-run `python -m training evaluate`")
     if "predictions" not in out:  # derived from the logits: a file written by hand (or a tool) may leave it out
         out["predictions"] = out["logits"].argmax(1)
     out["fingerprint"] = str(out["fingerprint"])
@@ -425,11 +427,11 @@ def load_predictions(report_dir: str | Path) -> dict[str, Any]:
     if not isinstance(out["metrics"], dict) or not all(
         isinstance(out["metrics"].get(section, {}), dict) for section in ("source", "data")
     ):
-        raise ValueError(f"{metrics_path} is not a report's metrics (edited?): re-run `python -m training evaluate`")
+        raise UsageError(f"{metrics_path} is not a report's metrics (edited?): re-run `python -m training evaluate`")
     history_path = report_dir / HISTORY_FILE
     out["history"] = read_json(history_path) if history_path.is_file() else []
     if not isinstance(out["history"], list) or not all(isinstance(epoch, dict) for epoch in out["history"]):
-        raise ValueError(f"{history_path} is not a run's history (a list of epochs): copy the run's own, or delete it")
+        raise UsageError(f"{history_path} is not a run's history (a list of epochs): copy the run's own, or delete it")
     return out
 
 
@@ -455,7 +457,7 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except ValueError as exc:  # also bytes that are not UTF-8
-        raise ValueError(f"{path} is not valid JSON ({exc}): it was cut short or edited; write it again") from None
+        raise UsageError(f"{path} is not valid JSON ({exc}): it was cut short or edited; write it again") from None
 
 
 def default_out_dir(source: ModelSource, split: str, tta: str) -> Path:
@@ -735,13 +737,13 @@ def check_own_folder(
     only, with ``files_only``): what the ``kind`` writes would be mixed in among those files or replace them."""
     held = [name for name in run_files if (out / name).is_file()]
     if held:
-        raise ValueError(
+        raise UsageError(
             f"--out {out} holds a training run ({', '.join(held)}): write the {kind} to another folder{elsewhere}"
         )
     if out.is_dir() and not (out / own_file).is_file():
         others = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and (p.is_file() or not files_only))
         if others:
-            raise ValueError(
+            raise UsageError(
                 f"--out {out} holds files and no {kind} ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
                 f": write the {kind} to a new or empty folder"
             )
@@ -750,7 +752,7 @@ def check_own_folder(
 def _check_not_anothers(out: Path, model: str | Path, named: str) -> None:
     reported = _reported_model(out)
     if reported is not None and _same_file(reported, model) is False:
-        raise ValueError(
+        raise UsageError(
             f"{named} holds the report of another model ({reported}): write this one to another folder (--out), "
             "or delete that report first"
         )
@@ -802,14 +804,14 @@ def evaluate(
     out_dir = Path(out) if out else default_out_dir(source, split, tta)
     if inside_the_data(spec.dataset, spec.root, out_dir):
         named = f"--out {out_dir}" if out else f"the default report folder {out_dir}"
-        raise ValueError(
+        raise UsageError(
             f"{named} is inside the dataset {spec.root}: the report's figures would be read as images of it by "
             "later runs; write the report to a folder outside it (--out)"
         )
     data = spec.load()
     if len(data) == 0:
         held_out = " (the run held out none: data.val_size=0; evaluate it on other images, --data ROOT --split all)"
-        raise ValueError(
+        raise UsageError(
             f"{spec.dataset} {spec.root} split {split!r} has no samples{held_out if split == 'val' else ''}"
         )
     data, note = match_classes(source, data, spec)
