@@ -24,13 +24,13 @@ import sys
 from pathlib import Path
 
 from inference.devices import DEVICE_KINDS
+from inference.errors import UsageError
 from inference.fits import DEFAULT_FIT, FITS, fit_help
 from inference.interrupts import interrupt_within, say_stopped, terminations_as_interrupts
 from inference.manifest import (
     CALIBRATION_METHODS,
     MODEL_NAME_PATTERN,
     MODEL_NAME_RULE,
-    ManifestError,
     file_problems,
     load_manifest,
     remove_models,
@@ -39,7 +39,7 @@ from inference.manifest import (
 )
 from inference.messages import configure_logging, os_error_text
 from inference.precisions import PRECISIONS, suits, tolerance_text, unsuited_hosts
-from training.cli_types import UsageError, positive_int, user_input
+from training.cli_types import positive_int
 
 from .int8_ranges import ACTIVATION_RANGES, DEFAULT_CALIBRATION_IMAGES, ranges_help
 
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with terminations_as_interrupts():
             return _command(argv)
-    except (UsageError, ManifestError) as exc:  # what the user gave wrong; any other error is a bug: its traceback
+    except UsageError as exc:  # what the user gave wrong (ManifestError too); any other error is a bug: its traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a missing file, a path through a file, a full disk, a permission: one line
@@ -393,8 +393,7 @@ def _command(argv: list[str]) -> int:
         return _list(list_parser().parse_args(argv[1:]).models_dir)
     if argv[:1] == ["default"]:
         args = default_parser().parse_args(argv[1:])
-        with user_input(KeyError):  # a name the manifest does not list
-            manifest = set_default(args.models_dir, args.name, args.kinds)
+        manifest = set_default(args.models_dir, args.name, args.kinds)
         warning = unsuited_hosts(args.name, manifest.get(args.name).precision, args.kinds or DEVICE_KINDS)
         if warning:
             log.warning("%s", warning)
@@ -402,9 +401,7 @@ def _command(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["remove"]:
         args = remove_parser().parse_args(argv[1:])
-        # a name the manifest does not list (KeyError), a default or every model (ValueError)
-        with user_input(KeyError, ValueError):
-            remove_models(args.models_dir, args.names)
+        remove_models(args.models_dir, args.names)
         _list(args.models_dir)
         return 0
     if argv[:1] == ["card"]:
@@ -412,8 +409,7 @@ def _command(argv: list[str]) -> int:
 
         args = card_parser().parse_args(argv[1:])
         manifest = load_manifest(args.models_dir, verify=False)
-        with user_input(KeyError):  # a name the manifest does not list
-            entries = [manifest.get(n) for n in args.names]
+        entries = [manifest.get(n) for n in args.names]
         for entry in entries:  # the figures describe the recorded file, not whatever stands there now
             verify_file(entry, Path(args.models_dir))
         print(card_table(entries, args.models_dir))

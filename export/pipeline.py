@@ -15,6 +15,7 @@ import onnxruntime
 import torch
 
 from inference.devices import DEVICE_KINDS, DeviceKind
+from inference.errors import UsageError
 from inference.fits import LEGACY_FIT, FitName
 from inference.interrupts import interrupts_held
 from inference.manifest import (
@@ -32,7 +33,6 @@ from inference.precisions import PrecisionName, unsuited_hosts
 from inference.preprocess import to_model_input
 from inference.runtime import OnnxClassifier, softmax
 from training.checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
-from training.cli_types import UsageError, user_input
 from training.data import DatasetError, ImageArrays, load_split
 from training.data.split import SplitTooLarge
 from training.inference import with_tta
@@ -451,8 +451,7 @@ def listed_model(models_dir: Path, name: str | None) -> ModelEntry:
     """The manifest's entry ``name`` (the default when None), its file checked against its sha256: a missing or
     altered file of another listed model is warned of, and is that model's trouble, not this command's."""
     manifest = load_manifest(models_dir, verify=False)
-    with user_input(KeyError):  # a name the manifest does not list
-        entry = manifest.get(name)
+    entry = manifest.get(name)
     problems = file_problems(manifest, models_dir)  # each file hashed once
     if entry.name in problems:
         raise ManifestError(problems.pop(entry.name))

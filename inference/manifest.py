@@ -14,6 +14,7 @@ from typing import Any, Literal, Sequence, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .devices import DeviceKind
+from .errors import UsageError
 from .files import write_text_atomic
 from .fits import LEGACY_FIT, FitName
 from .messages import validation_problems
@@ -24,8 +25,16 @@ MANIFEST_NAME = "manifest.json"
 METADATA_KEY = "cifar_model_card"
 
 
-class ManifestError(ValueError):
+class ManifestError(UsageError):
     """The manifest, or a file it lists, is missing, malformed or does not match its hash."""
+
+
+class UnknownModel(UsageError, KeyError):
+    """A model name the manifest does not list: the user's to correct; still a KeyError, as a lookup that fails
+    is."""
+
+    def __str__(self) -> str:  # KeyError's would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class InputSpec(BaseModel):
@@ -154,7 +163,7 @@ class Manifest(BaseModel):
         for entry in self.models:
             if entry.name == name:
                 return entry
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(m.name for m in self.models)}")
+        raise UnknownModel(f"unknown model {name!r}; available: {', '.join(m.name for m in self.models)}")
 
 
 def sha256_file(path: Path) -> str:
@@ -229,17 +238,17 @@ def remove_models(models_dir: str | Path, names: Sequence[str]) -> Manifest:
     """Take listed models out of the manifest, then delete their files: a server started in between finds a
     manifest naming only files that exist. A default, or every model, is refused (the manifest needs both)."""
     manifest = load_manifest(models_dir, verify=False)
-    gone = [manifest.get(name) for name in dict.fromkeys(names)]  # KeyError naming the models
+    gone = [manifest.get(name) for name in dict.fromkeys(names)]  # UnknownModel naming the models
     defaults = {manifest.default, *manifest.defaults.values()}
     for entry in gone:
         if entry.name in defaults:
-            raise ValueError(
+            raise UsageError(
                 f"{entry.name} is a default model: make another one the default first "
                 f"(python -m export default OTHER [--for cpu|cuda])"
             )
     kept = [m for m in manifest.models if m not in gone]
     if not kept:
-        raise ValueError("that would remove every model: a manifest lists at least one")
+        raise UsageError("that would remove every model: a manifest lists at least one")
     manifest = Manifest.model_validate({**manifest.model_dump(), "models": [m.model_dump() for m in kept]})
     save_manifest(manifest, models_dir)
     for entry in gone:
@@ -251,7 +260,7 @@ def set_default(models_dir: str | Path, name: str, kinds: Sequence[str] = ()) ->
     """Make a listed model the default on those kinds of device, or (``kinds`` empty) on every kind: the
     per-device defaults go, or they would still overrule the plain one on their hosts."""
     manifest = load_manifest(models_dir, verify=False)
-    verify_file(manifest.get(name), Path(models_dir))  # KeyError naming the models when it is not listed
+    verify_file(manifest.get(name), Path(models_dir))  # UnknownModel naming the models when it is not listed
     if kinds:
         manifest = manifest.model_copy(update={"defaults": {**manifest.defaults, **{k: name for k in kinds}}})
     else:

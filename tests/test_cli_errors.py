@@ -11,8 +11,8 @@ import pytest
 
 from conftest import ROOT
 from export.__main__ import main as export_main
+from inference.errors import UsageError
 from training.__main__ import main as training_main
-from training.cli_types import UsageError
 from training.registry import Registry, UnknownName
 
 
@@ -171,3 +171,17 @@ def test_an_unknown_registry_name_is_a_usage_error_and_still_a_key_error():
         registry.get("b")
     assert isinstance(raised.value, UsageError) and isinstance(raised.value, KeyError)
     assert str(raised.value) == "unknown thing 'b'; valid names: a"
+
+
+def test_the_manifests_refusals_are_usage_errors(tmp_path):
+    """The manifest's refusals are the user's to correct (one line, status 2, whoever calls them) and still the
+    KeyError a failed lookup is, so callers catching that go on catching it."""
+    from inference.manifest import ManifestError, load_manifest
+
+    assert issubclass(ManifestError, UsageError)
+    with pytest.raises(ManifestError, match="no model manifest"):
+        load_manifest(tmp_path, verify=False)
+    manifest = load_manifest(ROOT / "models", verify=False)
+    with pytest.raises(UsageError) as refused:
+        manifest.get("nope")
+    assert isinstance(refused.value, KeyError) and str(refused.value).startswith("unknown model 'nope'; available: ")

@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 from inference.devices import CudaPlacementError
+from inference.errors import UsageError
 from inference.fits import FITS
 from inference.interrupts import say_stopped, terminations_as_interrupts
 from inference.messages import configure_logging, os_error_text
 
-from .cli_types import UsageError, add_set_option, path_text, positive_int
+from .cli_types import add_set_option, path_text, positive_int
 
 try:
     from .checkpoint import BEST_FILE, CONFIG_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, RUN_FILES
@@ -356,13 +357,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """What the user gave wrong, said in one line with status 2; anything else is a bug and keeps its traceback.
-    Imported here, on the way out: the manifest's module and the teacher's load only for the commands using them.
-    (ModelFileError, ONNX Runtime's refusal of a file, is a UsageError.)"""
-    from inference.manifest import ManifestError
-
+    Imported here, on the way out: the teacher's module loads only for the commands using it. (ManifestError and
+    ModelFileError, the manifest's and ONNX Runtime's refusals of a file, are UsageErrors.)"""
     from .distill import TeacherError
 
-    return (UsageError, ConfigError, DatasetError, ManifestError, TeacherError, CudaPlacementError)
+    return (UsageError, ConfigError, DatasetError, TeacherError, CudaPlacementError)
 
 
 def _check_set_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:

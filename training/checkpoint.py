@@ -9,11 +9,11 @@ from typing import Any, Sequence
 
 import torch
 
+from inference.errors import UsageError
 from inference.files import file_in_the_way, write_atomic
 from inference.manifest import MANIFEST_NAME
 from inference.messages import exception_summary
 
-from .cli_types import UsageError
 from .models import ImageClassifier, create_model
 
 # A run folder's files: the checkpoint that stands for the run, the last completed epoch's (what a resume

@@ -1,33 +1,14 @@
 """Argument types shared by the training and export command lines: a bad value is refused by argparse with a
-usage line naming the flag, before any data is read or any network trained. And the refusal of what the user
-gave that only later code can judge (a name, a file, a folder): a UsageError, one line and status 2."""
+usage line naming the flag, before any data is read or any network trained. What only later code can judge (a
+name, a file, a folder) is refused with inference.errors.UsageError: one line and status 2."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-from typing import Iterator, TypeVar
-
-from inference.errors import UsageError  # defined below training, so that inference raises it too
+from typing import TypeVar
 
 _Number = TypeVar("_Number", int, float)
-
-
-@contextlib.contextmanager
-def user_input(*kinds: type[Exception]) -> Iterator[None]:
-    """Around a lookup of what the user named, where a library refuses it with a KeyError or ValueError (or with
-    ``kinds`` where given): that becomes a UsageError here, and only here."""
-    caught = kinds or (KeyError, ValueError)
-    try:
-        yield
-    except caught as exc:
-        raise UsageError(_message(exc)) from exc
-
-
-def _message(exc: Exception) -> str:
-    """A KeyError's str() is its message in quotes."""
-    return exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
 
 
 def _number(text: str, kind: type[_Number]) -> _Number:

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from inference.errors import UsageError
 from inference.fits import LEGACY_FIT, get_fit
 from inference.manifest import sha256_file
 
@@ -23,7 +24,6 @@ from .checkpoint import (
     model_from_checkpoint,
     save_model_checkpoint,
 )
-from .cli_types import UsageError
 from .inference import check_tta, network_of
 from .models import create_model
 from .models.ensemble import ENSEMBLE_ARCH, Ensemble, member_spec

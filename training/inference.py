@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cli_types import UsageError
+from inference.errors import UsageError
+
 from .data.targets import Targets
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
 
-from .cli_types import UsageError
+from inference.errors import UsageError
 
 T = TypeVar("T", bound=Callable)
 

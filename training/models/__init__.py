@@ -14,7 +14,8 @@ from typing import Sequence, TypedDict
 import torch
 from torch import nn
 
-from ..cli_types import UsageError
+from inference.errors import UsageError
+
 from ..inference import with_tta
 from ..registry import Registry
 from .airbench import AIRBENCH94_WIDTHS, AirbenchNet

@@ -22,10 +22,10 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from inference.errors import UsageError
 from inference.files import write_text_atomic
 
 from ..checkpoint import BEST_FILE, CONFIG_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE
-from ..cli_types import UsageError
 from ..config import Config, ConfigError, check_distinct
 from ..engine import buildable_config, check_out_of_the_data, resume, train
 from ..inference import check_tta

@@ -10,9 +10,10 @@ import argparse
 import json
 from pathlib import Path
 
+from inference.errors import UsageError
 from inference.interrupts import say_stopped
 
-from ..cli_types import UsageError, add_set_option, non_negative_int, path_text, percent, positive_int, significance
+from ..cli_types import add_set_option, non_negative_int, path_text, percent, positive_int, significance
 from ..data import SPLITS
 from .figures import MAX_CLASSES
 

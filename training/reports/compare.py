@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from inference.classes import folded
+from inference.errors import UsageError
 from inference.files import write_text_atomic
 
-from ..cli_types import UsageError
 from ..data import ImageArrays
 from ..plots import CurveInfo, plot_compared_curves
 from .evaluate import (

@@ -24,11 +24,11 @@ from tqdm import tqdm
 
 from inference.classes import folded
 from inference.devices import DEVICES, Device
+from inference.errors import UsageError
 from inference.files import write_atomic, write_text_atomic
 from inference.fits import DEFAULT_FIT, LEGACY_FIT
 
 from ..checkpoint import BEST_FILE, LAST_FILE, SUMMARY_FILE, checkpoint_file, load_checkpoint, model_from_checkpoint
-from ..cli_types import UsageError
 from ..config import ConfigError
 from ..data import SPLITS, DatasetError, ImageArrays, load_split
 from ..data.augment import to_unit
