@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import re
 from typing import Any
 
@@ -24,9 +25,37 @@ from .contract import REASONS, ReasonName, Rejection
 # The routes that run a model.
 _INFERENCE = re.compile(r"^/(classify|infer|v2/models/.+/infer)/?$")
 
+# Under "bentoml": the logger BentoML configures (INFO) in its server processes.
+log = logging.getLogger("bentoml.cifar.refusals")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
 
 def requires_key(path: str) -> bool:
     return bool(_INFERENCE.match(path))
+
+
+def _printable(text: str, most: int) -> str:
+    """``text`` cut to ``most`` characters with its control characters escaped: a path or file name a client
+    chose (``/a%0Ab``) cannot start a line of its own in the log."""
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text[:most])
+
+
+def record_refusal(rejection: Rejection, method: str, path: str) -> None:
+    """Count a refusal that is the caller's mistake in ``cifar_rejected_inputs_total{reason}``, and log every
+    refusal at INFO (the caller's mistake is no warning about the service): one line with the method, path,
+    status, reason and message, never the body."""
+    from .metrics import ServiceMetrics  # prometheus_client: imported only once a worker serves
+
+    if REASONS[rejection.reason].counted:
+        ServiceMetrics.get().reject(rejection.reason)
+    log.info(
+        "refused %s %s: %d %s: %s",
+        _printable(method, 20),
+        _printable(path, 200),
+        rejection.status,
+        rejection.reason,
+        _printable(rejection.message, 500),
+    )
 
 
 def _digest(key: str | bytes) -> bytes:
@@ -50,7 +79,9 @@ class ApiKeyGate:
         return found
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS" or not requires_key(scope["path"]):
+        # Only a POST runs a model: another method is refused on these paths (405, not counted) with or without a
+        # key, and asking it for one first counted a wrong method as an `unauthorized` input.
+        if scope["type"] != "http" or scope["method"] != "POST" or not requires_key(scope["path"]):
             await self.app(scope, receive, send)
             return
         authorization = dict(scope["headers"]).get(b"authorization", b"")
@@ -78,10 +109,7 @@ async def send_rejection(scope, send, rejection: Rejection, headers: dict[str, s
     """Answer a refusal from ASGI middleware, before the app sees the request: counted as the app counts it,
     in the Open Inference Protocol's error object on its routes and the contract's elsewhere. ``headers`` are
     added to the rejection's own (a 405's ``Allow``)."""
-    from .metrics import ServiceMetrics  # prometheus_client: imported only once a worker serves
-
-    if REASONS[rejection.reason].counted:
-        ServiceMetrics.get().reject(rejection.reason)
+    record_refusal(rejection, scope["method"], scope["path"])
     body = {"error": rejection.message} if _protocol_path(scope["path"]) else rejection.body()
     payload = json.dumps(body).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]

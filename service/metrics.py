@@ -53,6 +53,14 @@ class ServiceMetrics:
             metrics.rejected.labels(reason=reason)
         return metrics
 
+    def serve(self, models: list[str]) -> None:
+        """Export zeros for each model served, as for each reason: a model that has not answered yet has a series
+        (``rate()`` and ``absent()`` see it), and only served models' names ever become labels."""
+        for model in models:
+            self.predictions.labels(model=model)
+            self.requests.labels(model=model)
+            self.batches.labels(model=model)
+
     def reject(self, reason: str) -> None:
         self.rejected.labels(reason=reason).inc()
 

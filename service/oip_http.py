@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from .access import record_refusal
 from .contract import Rejection
 from .oip import (
     BINARY_REFUSAL,
@@ -45,8 +46,6 @@ class Engine(Protocol):
 
     async def predict_tensor(self, model: Any, tensor: np.ndarray) -> np.ndarray | Rejection: ...
 
-    def count_refusal(self, rejection: Rejection) -> None: ...
-
 
 STATISTICS_REFUSAL = (
     "this server does not implement Triton's statistics extension (GET /v2 lists the extensions it does): "
@@ -59,9 +58,8 @@ def oip_routes(
 ) -> list[BaseRoute]:
     """The routes, given a function that returns the running service (None until it is loaded)."""
 
-    def refuse(rejection: Rejection, running: Optional[Engine] = None) -> JSONResponse:
-        if running is not None:
-            running.count_refusal(rejection)
+    def refuse(rejection: Rejection, request: Request) -> JSONResponse:
+        record_refusal(rejection, request.method, request.url.path)
         return JSONResponse(
             OipError(error=rejection.message).model_dump(), status_code=rejection.status, headers=rejection.headers
         )
@@ -74,23 +72,23 @@ def oip_routes(
         have: said so, not as a model named "stats" it does not know (nor counted as the caller's mistake)."""
         return JSONResponse(OipError(error=STATISTICS_REFUSAL).model_dump(), status_code=404)
 
-    def find(running: Engine, name: str) -> Any:
+    def find(running: Engine, name: str, request: Request) -> Any:
         model = running.loaded.get(name)
         if model is None:
             return refuse(
                 Rejection("unknown_model", f"unknown model {name[:100]!r}; available: {', '.join(running.loaded)}"),
-                running,
+                request,
             )
         return model
 
     def find_version(running: Engine, request: Request) -> Any:
         """The model the path names, at the version it names if it names one."""
         name, version = request.path_params["name"], request.path_params.get("version")
-        model = find(running, name)
+        model = find(running, name, request)
         if isinstance(model, Response) or version in (None, VERSION):
             return model
         wrong = f"model {name[:100]!r} has no version {version[:20]!r}; its one version is {VERSION!r}"
-        return refuse(Rejection("unknown_model", wrong), running)
+        return refuse(Rejection("unknown_model", wrong), request)
 
     def located(request: Request) -> tuple[Engine, Any] | Response:
         """The running service and the model the path names, or the answer that says why not."""
@@ -132,16 +130,16 @@ def oip_routes(
             return found
         running, model = found
         if "inference-header-content-length" in request.headers:  # the body is JSON followed by raw tensor bytes
-            return refuse(Rejection("bad_tensor", BINARY_REFUSAL), running)
+            return refuse(Rejection("bad_tensor", BINARY_REFUSAL), request)
         body = await read_body(request, max_body_bytes)
         if isinstance(body, Rejection):
-            return refuse(body, running)
+            return refuse(body, request)
         plan = read_infer_request(body, model, max_images)
         if isinstance(plan, Rejection):
-            return refuse(plan, running)
+            return refuse(plan, request)
         probabilities = await _predict(running, model, plan)
         if isinstance(probabilities, Rejection):
-            return refuse(probabilities, running)
+            return refuse(probabilities, request)
         return JSONResponse(infer_response(model, plan, probabilities).model_dump(mode="json", exclude_none=True))
 
     actions = (("", metadata, "GET"), ("/ready", model_ready, "GET"), ("/infer", infer, "POST"))

@@ -44,10 +44,10 @@ from inference.manifest import ManifestError, load_manifest
 from inference.preprocess import pixels_to_model_input
 
 from . import bentoml_compat
-from .access import ApiKeyGate, CorsGate, cors_options, send_rejection
+from .access import ApiKeyGate, CorsGate, cors_options, record_refusal, send_rejection
 from .bentoml_compat import BatchGateway, RouterProbe, label_metrics_by_route
 from .confidence import is_confident
-from .contract import REASONS, ClassifyResponse, Limits, ModelList, ReasonName, Rejection
+from .contract import ClassifyResponse, Limits, ModelList, ReasonName, Rejection
 from .gpus import gpu_report
 from .metrics import ServiceMetrics
 from .oip_http import oip_routes
@@ -379,6 +379,7 @@ class Classifier:
         self.served: LoadedModels = load_models(SETTINGS, WORKER)
         self.manifest = self.served.manifest
         self.loaded = self.served.models
+        self.metrics.serve(list(self.loaded))
         _PIXEL_BYTES.clear()
         _PIXEL_BYTES.update({name: m.size[0] * m.size[1] * 3 for name, m in self.loaded.items()})
         self._decode_limiter = anyio.CapacityLimiter(SETTINGS.decoder_threads(WORKER.cores))
@@ -483,10 +484,6 @@ class Classifier:
             raise
         return np.asarray(rows, dtype=np.float64)
 
-    def count_refusal(self, rejection: Rejection) -> None:
-        if REASONS[rejection.reason].counted:
-            self.metrics.reject(rejection.reason)
-
     @bentoml.api(
         batchable=True,
         batch_dim=0,
@@ -534,7 +531,7 @@ class Classifier:
         return loaded, k
 
     def _reject(self, rejection: Rejection) -> JSONResponse:
-        self.count_refusal(rejection)
+        record_refusal(rejection, "POST", "/classify")  # the one route this answers
         return JSONResponse(rejection.body(), status_code=rejection.status, headers=rejection.headers)
 
 
