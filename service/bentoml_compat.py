@@ -16,6 +16,10 @@
   and it sheds the fast model's requests for the slow one's cost. :class:`KeyedDispatchers` gives each
   key (the service passes the model's name) its own dispatcher, with the API's limits and a share of its
   semaphore, so that the models' batches together stay within the concurrency allowed.
+- A shed request on the batchable API's own route (:func:`answer_shed`). BentoML's dispatcher sheds a request
+  by calling its fallback, which raises ServiceUnavailable; the route logs that as an ERROR with its traceback,
+  once per request, and answers a bare 503 with neither reason nor Retry-After. The API's own dispatcher is
+  given a fallback that returns the service's answer instead (a Response, which the route sends as it is).
 - The OpenAPI document: BentoML cannot infer /classify's error answers or GET /models;
   :func:`extend_openapi` lets the service edit the document as a plain dict.
 - APIs bound once per instance (:func:`bind_apis`), and upload fields declared as the file parts of a
@@ -37,6 +41,7 @@ or when an internal is not where it should be, each part falls back to BentoML's
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -88,6 +93,7 @@ class RouterProbe:
             inner, hops = getattr(inner, "app", None), hops + 1
         if inner is not None and hasattr(inner, "routes"):
             _routers.append(inner)
+            _answer_sheds(inner)
 
     async def __call__(self, scope, receive, send) -> None:
         await self.app(scope, receive, send)
@@ -98,20 +104,28 @@ def find_dispatcher(api_name: str, concurrency: int = 1) -> Callable[..., Awaita
     ``api_name``, which may run up to ``concurrency`` batches at once; calls with the same ``key`` share a
     queue, calls with different keys do not (see :class:`KeyedDispatchers`)."""
     for router in reversed(_routers):
-        for route in getattr(router, "routes", []):
-            if getattr(route, "name", None) != api_name:
-                continue
-            endpoint = getattr(route, "endpoint", None)
-            factory = getattr(getattr(endpoint, "func", None), "__self__", None)
-            if (
-                isinstance(endpoint, functools.partial)
-                and factory is not None
-                and api_name in getattr(factory, "dispatchers", {})
-            ):
-                _allow_concurrent_batches(factory.dispatchers[api_name], concurrency)
-                if not isinstance(factory.dispatchers, KeyedDispatchers):
-                    factory.dispatchers = KeyedDispatchers(factory.dispatchers, api_name)
-                return _caller(factory.batch_infer, factory.dispatchers, api_name)
+        factory = _app_factory(router, api_name)
+        if factory is not None:
+            _allow_concurrent_batches(factory.dispatchers[api_name], concurrency)
+            if not isinstance(factory.dispatchers, KeyedDispatchers):
+                factory.dispatchers = KeyedDispatchers(factory.dispatchers, api_name)
+            return _caller(factory.batch_infer, factory.dispatchers, api_name)
+    return None
+
+
+def _app_factory(router: Any, api_name: str) -> Any | None:
+    """BentoML's ServiceAppFactory behind ``router``'s route for batchable API ``api_name``, or None."""
+    for route in getattr(router, "routes", []):
+        if getattr(route, "name", None) != api_name:
+            continue
+        endpoint = getattr(route, "endpoint", None)
+        factory = getattr(getattr(endpoint, "func", None), "__self__", None)
+        if (
+            isinstance(endpoint, functools.partial)
+            and factory is not None
+            and api_name in getattr(factory, "dispatchers", {})
+        ):
+            return factory
     return None
 
 
@@ -150,7 +164,7 @@ def _sibling(dispatcher: Any) -> Any:
         max_latency_in_ms=round(dispatcher.max_latency * 1000),
         max_batch_size=dispatcher.max_batch_size,
         shared_sema=dispatcher._sema,
-        fallback=dispatcher.fallback,
+        fallback=getattr(dispatcher, _RAISES, dispatcher.fallback),  # the in-process callers answer a shed
         get_batch_size=dispatcher.get_batch_size,
         batch_dim=dispatcher.batch_dim,
     )
@@ -209,6 +223,56 @@ def _forget_stale_wait(dispatcher: Any) -> None:
             dispatcher.optimizer.wait = 0
     except AttributeError:  # other internals: leave the dispatcher as it is
         pass
+
+
+# ---------------------------------------------------------------------------------------------- shed requests
+# API name -> the answer to a request its own route's dispatcher sheds (answer_shed)
+_shed_answers: dict[str, Callable[[], Any]] = {}
+_RAISES = "_cifar_raises"  # kept on a dispatcher given an answer: BentoML's fallback, which raises
+
+
+def answer_shed(api_name: str, answer: Callable[[], Any]) -> None:
+    """Answer a request to batchable API ``api_name``'s own HTTP route that BentoML's dispatcher sheds (its
+    queueing would pass ``max_latency_ms``) with ``answer()``, a Starlette Response.
+
+    The dispatcher sheds a request by returning what its ``fallback`` returns, and BentoML's route sends a
+    Response an API returns as it is; BentoML's fallback raises ServiceUnavailable instead, which the route
+    logs as an ERROR with its traceback and answers as a bare 503. Only the API's own dispatcher answers: the
+    queue keys' (:class:`KeyedDispatchers`, the in-process callers) keep BentoML's fallback, and their callers
+    turn the exception into their own refusal. Takes effect when the app is built (:class:`RouterProbe`), or at
+    once if it has been."""
+    if _unsupported("a request the dispatcher sheds is logged as an error and answered with a bare 503"):
+        return
+    _shed_answers[api_name] = answer
+    for router in _routers:
+        _answer_sheds(router)
+
+
+def _answer_sheds(router: Any) -> None:
+    for api_name, answer in _shed_answers.items():
+        factory = _app_factory(router, api_name)
+        # the API's own dispatcher, whichever queue key the caller has set
+        dispatcher = None if factory is None else dict.__getitem__(factory.dispatchers, api_name)
+        if dispatcher is None or not callable(getattr(dispatcher, "fallback", None)):
+            log.warning(
+                "BentoML's dispatcher for %r was not found (a BentoML version with other internals?): a request "
+                "it sheds is answered with BentoML's bare 503 and logged as an error",
+                api_name,
+            )
+            continue
+        if not hasattr(dispatcher, _RAISES):
+            setattr(dispatcher, _RAISES, dispatcher.fallback)
+        dispatcher.fallback = functools.partial(_shed, answer)
+
+
+def _shed(answer: Callable[[], Any]) -> Any:
+    """The dispatcher's fallback, called as its caller's wait ends in CancelledError: ``answer()`` when the
+    dispatcher cancelled the queued request (a shed); when the caller's task itself was cancelled (the
+    server's timeout, a client gone), that cancellation goes on, as no answer reaches anyone."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
+    return answer()
 
 
 class BatchGateway:
@@ -490,6 +554,15 @@ def check_internals() -> list[str]:
     check(
         "an API's arguments are the input descriptor's fields",
         lambda: "for k in input_data.model_fields" in inspect.getsource(app_factory().api_endpoint),
+    )
+    check(
+        "a dispatcher answers a request it sheds with what its fallback returns, and the API's route sends a "
+        "Response as it is",
+        lambda: (
+            "return self.fallback()" in inspect.getsource(type(_cork_dispatcher()).__call__)
+            and callable(_cork_dispatcher().fallback)
+            and "if isinstance(output, Response):" in inspect.getsource(app_factory().api_endpoint)
+        ),
     )
     check(
         "Service.openapi_spec is a property",

@@ -531,8 +531,20 @@ class Classifier:
         return loaded, k
 
     def _reject(self, rejection: Rejection) -> JSONResponse:
-        record_refusal(rejection, "POST", "/classify")  # the one route this answers
-        return JSONResponse(rejection.body(), status_code=rejection.status, headers=rejection.headers)
+        return _refused(rejection, "/classify")  # the one route this answers
+
+
+def _refused(rejection: Rejection, path: str) -> JSONResponse:
+    """The answer to a refused POST to ``path``, an API route, counted and logged as every refusal is."""
+    record_refusal(rejection, "POST", path)
+    return JSONResponse(rejection.body(), status_code=rejection.status, headers=rejection.headers)
+
+
+def _infer_overloaded() -> JSONResponse:
+    """The answer to a request to /infer that BentoML's dispatcher shed, as /classify and /v2 answer theirs
+    (``Classifier._batched``): an overload is the service's load, no server error."""
+    wait = f"its batch would wait longer than {SETTINGS.max_latency_ms} ms"
+    return _refused(Rejection("overloaded", f"overloaded, try again: {wait}"), "/infer")
 
 
 # ---------------------------------------------------------------------------------------------- GET /models
@@ -674,6 +686,7 @@ SERVICE.add_asgi_middleware(MethodGate)
 SERVICE.add_asgi_middleware(PathGate)
 SERVICE.add_asgi_middleware(PlainRefusalGate)
 SERVICE.add_asgi_middleware(RouterProbe)
+bentoml_compat.answer_shed("infer", _infer_overloaded)
 label_metrics_by_route()
 
 
