@@ -35,6 +35,7 @@ from arguments import ARCHIVE, at_least_ten, positive_float, positive_ints  # no
 from report_io import cpu_model, host_record, write_json  # noqa: E402
 from score_runs import extract, run_scorer, wait_until_quiet  # noqa: E402
 
+from inference.errors import UsageError  # noqa: E402
 from inference.manifest import ManifestError, load_manifest  # noqa: E402
 from inference.preprocess import decode_image, to_model_input  # noqa: E402
 from inference.runtime import default_threads  # noqa: E402
@@ -89,7 +90,7 @@ def resolve_model(args, work: Path) -> tuple[Path, str, str]:
         manifest = load_manifest(args.models_dir)
     except ManifestError as exc:
         if not args.checkpoint:
-            raise termination.UsageError(f"{exc}; or pass --checkpoint RUN/best.pt") from None
+            raise UsageError(f"{exc}; or pass --checkpoint RUN/best.pt") from None
     else:
         with termination.user_input():
             entry = manifest.get(args.model)
@@ -130,7 +131,7 @@ def score_flags(config: str) -> list[str]:
         return []
     hit = re.fullmatch(r"w(\d+)(?:-t(\d+))?(?:-s(\d+))?(?:-b(\d+))?", config)
     if not hit:
-        raise termination.UsageError(f"bad config {config!r}: use default or wN[-tT][-sS][-bB]")
+        raise UsageError(f"bad config {config!r}: use default or wN[-tT][-sS][-bB]")
     flags = ["--workers", hit[1]]
     for flag, value in (("--threads", hit[2]), ("--streams", hit[3]), ("--batch-size", hit[4])):
         if value:
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     configs = args.configs.split(",")
     for config in configs:
-        score_flags(config)  # a bad one refused now, not after the images' extraction
+        score_flags(config)  # a bad one is refused before the images are extracted
     models_dir, model, onnx_path = resolve_model(args, work)
     folder = extract(Path(args.archive), work, args.images)
     scorer_batch = args.batch_size or "the scorer's default"

@@ -27,6 +27,7 @@ from arguments import ARCHIVE, at_least_ten, positive_float  # noqa: E402
 from report_io import cpu_model, host_record, write_json  # noqa: E402
 from score_runs import extract, run_scorer, wait_until_quiet  # noqa: E402
 
+from inference.errors import UsageError  # noqa: E402
 from inference.manifest import load_manifest  # noqa: E402
 from training.cli_types import positive_int  # noqa: E402
 
@@ -65,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.model or list(entries)
     unknown = [n for n in names if n not in entries]
     if unknown:
-        raise termination.UsageError(
-            f"no model {', '.join(unknown)} in {args.models_dir} (there: {', '.join(entries)})"
-        )
+        raise UsageError(f"no model {', '.join(unknown)} in {args.models_dir} (there: {', '.join(entries)})")
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     folder = extract(Path(args.archive), work, args.images)

@@ -16,18 +16,13 @@ import sys
 import time
 from typing import Callable, Iterator, NoReturn
 
+from inference.errors import UsageError
 from inference.interrupts import Terminated, say_stopped, terminations_as_interrupts
 from inference.messages import os_error_text
 
 # How long a stopped child may take to clean up after itself: the Ray engine's scorer shuts its local Ray
 # instance down in a few seconds, more on two busy cores.
 CHILD_GRACE_S = 30.0
-
-
-class UsageError(Exception):
-    """What the user named wrong (an unknown model or recipe, a checkpoint that is none, a bad setting): one
-    line and status 2. Only this is caught: a KeyError or ValueError from anywhere else is a bug, and shows
-    its traceback."""
 
 
 @contextlib.contextmanager
@@ -38,6 +33,8 @@ def user_input(*kinds: type[Exception]) -> Iterator[None]:
     caught = kinds or (KeyError, ValueError)
     try:
         yield
+    except UsageError:  # typed already (ManifestError, UnknownModel, ...): its message is the one to say
+        raise
     except caught as exc:
         # a KeyError's str() is its message in quotes
         raise UsageError(exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)) from exc
@@ -45,8 +42,9 @@ def user_input(*kinds: type[Exception]) -> Iterator[None]:
 
 def run(main: Callable[[], int]) -> NoReturn:
     """Exit with ``main()``'s status, or with 128 + the signal's number and one line when stopped, or with 2
-    and one line for a UsageError or an OSError (a missing file, an unwritable --out). Anything else is
-    raised: a traceback and status 1."""
+    and one line for a UsageError (inference.errors: what the user named wrong, the libraries' typed refusals
+    included) or an OSError (a missing file, an unwritable --out). Anything else, a bare KeyError or ValueError
+    too, is a bug and is raised: a traceback and status 1."""
     with terminations_as_interrupts():
         try:
             status = main()
@@ -63,8 +61,8 @@ def run(main: Callable[[], int]) -> NoReturn:
 
 def run_child(cmd: list[str], grace_s: float = CHILD_GRACE_S, **popen) -> subprocess.CompletedProcess:
     """``subprocess.run(cmd, capture_output=True, text=True)`` for a child that cleans up after itself when
-    stopped. Stopped, ``subprocess.run`` kills its child 0.25 s on: the Ray engine's scorer then never shut its
-    Ray instance down, whose agents outlived it by 40-75 s. Here the child gets the signal the benchmark got
+    stopped. Stopped, ``subprocess.run`` kills its child 0.25 s on, too soon for the Ray engine's scorer to shut
+    its Ray instance down, whose agents would outlive it. Here the child gets the signal the benchmark got
     and ``grace_s`` to end; then its process group, Ray's processes included, is killed. The child runs in a
     session of its own, so that a Ctrl-C at the terminal reaches it once, from here."""
     with subprocess.Popen(

@@ -93,13 +93,6 @@ def onnx_logits(classifier: OnnxClassifier, images: np.ndarray, batch_size: int 
     return logits.astype(np.float64), len(images) / elapsed
 
 
-def onnx_probabilities(
-    classifier: OnnxClassifier, images: np.ndarray, batch_size: int = 256
-) -> tuple[np.ndarray, float]:
-    logits, speed = onnx_logits(classifier, images, batch_size)
-    return softmax(logits), speed
-
-
 def judge(
     precision: str,
     torch_probs: np.ndarray | None,

@@ -80,7 +80,7 @@ class ApiKeyGate:
 
     async def __call__(self, scope, receive, send) -> None:
         # Only a POST runs a model: another method is refused on these paths (405, not counted) with or without a
-        # key, and asking it for one first counted a wrong method as an `unauthorized` input.
+        # key; asking it for one first would count a wrong method as an `unauthorized` input.
         if scope["type"] != "http" or scope["method"] != "POST" or not requires_key(scope["path"]):
             await self.app(scope, receive, send)
             return

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from inference.errors import UsageError
+from inference.manifest import ManifestError, UnknownModel
 
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -246,8 +248,30 @@ def test_what_the_user_named_wrong_is_one_line_and_status_2(capsys):
         assert exit_.value.code == 2 and capsys.readouterr().err == line
 
 
+def test_a_librarys_typed_refusal_is_one_line_and_status_2_without_a_wrapper(capsys):
+    """The manifest's and the registries' refusals are UsageErrors (inference.errors): a benchmark says them in
+    one line wherever they come from, as training's and export's command lines do."""
+    for refusal, line in (
+        (ManifestError("no manifest.json in no-such-dir"), "error: no manifest.json in no-such-dir\n"),
+        (UnknownModel("unknown model 'x'; available: a"), "error: unknown model 'x'; available: a\n"),
+    ):
+
+        def main(refusal=refusal) -> int:
+            raise refusal
+
+        with pytest.raises(SystemExit) as exit_:
+            termination.run(main)
+        assert exit_.value.code == 2 and capsys.readouterr().err == line
+
+
+def test_user_input_keeps_a_typed_refusals_own_message():
+    with pytest.raises(UnknownModel, match="^unknown model 'x'$"):
+        with termination.user_input():
+            raise UnknownModel("unknown model 'x'")
+
+
 def test_user_input_takes_only_the_kinds_named():
-    with pytest.raises(termination.UsageError, match="no such argument"):
+    with pytest.raises(UsageError, match="no such argument"):
         with termination.user_input(TypeError):
             raise TypeError("no such argument")
     with pytest.raises(KeyError):  # not among the kinds named: a bug
