@@ -314,7 +314,15 @@ def _stop_run_child(tmp_path, send, cleanup_s: float, grace: float) -> tuple[int
     log = tmp_path / "child.log"
     child = CLEANING_CHILD.format(log=str(log), cleanup_s=cleanup_s)
     code = RUN_CHILD_PARENT.format(root=str(ROOT), bench=str(ROOT / "bench"), child=child, grace=grace)
-    parent = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # Ctrl-C as in a shell: a test run in the background (`nohup ... &`) ignores SIGINT, and Python keeps an
+        # ignored SIGINT ignored, so the parent would never stop
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 60
     while not (log.exists() and log.read_text().endswith("\n")):
         assert time.monotonic() < deadline and parent.poll() is None, "the child never started"
