@@ -40,7 +40,7 @@ from ..inference import TTA_DESCRIPTIONS, check_tta, predict_logits
 from ..plots import CurveInfo, plot_training_curves
 from . import figures
 from .calibration import calibration_report, fit_temperature, meaningless_fit, undo_temperature
-from .gradcam import GradCAM
+from .gradcam import GradCAM, NoSpatialMap
 from .graph import graph_logits
 from .metrics import compute_metrics, reliability_bins, softmax
 
@@ -559,14 +559,20 @@ def render_gradcam(
         return []
     images = data.images[indices]
     batch = to_unit(torch.from_numpy(images).permute(0, 3, 1, 2)).to(source.device)
-    cam = GradCAM(source.model)
+    cam = GradCAM(source.model)  # NoSpatialMap where the model has no spatial layer: the caller skips the figure
     cams = cam(batch, torch.from_numpy(preds[indices]))
-    assert cam.map_size is not None  # set by the call
-    height, width = cam.map_size
+    assert cam.map_size is not None and cam.stride is not None  # set by the call
+    (height, width), (row_step, col_step) = cam.map_size, cam.stride
     # the overlay is smooth at the image's size; say how coarse the map under it is, and what it is not
     note = [f"{height}x{width} map of the last stage, upsampled; each scaled to its own maximum"]
+    covered = round(height * row_step), round(width * col_step)
+    if covered != tuple(batch.shape[-2:]):  # a map its pooling floored: its cells sit where they read, not stretched
+        note[0] = (
+            f"{height}x{width} map of the last stage, cells {row_step:g} px apart, upsampled over its "
+            f"{covered[0]}x{covered[1]} px; each scaled to its own maximum"
+        )
     if source.arch == "ensemble":
-        note.append("first member's layer")
+        note.append("first member's layer" + (f", its unaugmented view of {cam.views}" if cam.views > 1 else ""))
     if tta != "none":
         note.append("from the image alone, predictions from the TTA views")
     titles, correct = [], []
@@ -906,10 +912,13 @@ def evaluate(
             files["reliability"] = "reliability.png"
         bar.update()
         if sample_figures and source.supports_gradcam:
-            metrics["gradcam_samples"] = render_gradcam(
-                source, data, preds, confidence, classes, out_dir / "gradcam.png", gradcam_per_group, tta, subtitle
-            )
-            files["gradcam"] = "gradcam.png"
+            try:
+                metrics["gradcam_samples"] = render_gradcam(
+                    source, data, preds, confidence, classes, out_dir / "gradcam.png", gradcam_per_group, tta, subtitle
+                )
+                files["gradcam"] = "gradcam.png"
+            except NoSpatialMap as exc:
+                notes.append(f"Grad-CAM skipped: {source.arch} has no spatial layer to show evidence on ({exc}).")
         elif sample_figures:
             notes.append("Grad-CAM skipped: an ONNX model exposes no gradients; evaluate its checkpoint for heat maps.")
         bar.update()

@@ -1,7 +1,10 @@
 """Grad-CAM (Selvaraju et al., 2017) over a model's ``cam_layer``, its last convolutional stage.
 
 The map for class c is ReLU(sum_k w_k A_k), where A is the layer's activation and w_k the
-spatial mean of d logit_c / d A_k; it is upsampled bilinearly to the input size and scaled to [0, 1].
+spatial mean of d logit_c / d A_k; it is upsampled bilinearly onto the input and scaled to [0, 1].
+Upsampling places cell i over pixels [i * stride, (i + 1) * stride), the layer's own stride: a net
+whose pooling floors the map (airbench: 32 -> 31 -> 15 -> 7 -> 3, stride 8) would otherwise be
+stretched over the whole image, each cell drawn up to 6 pixels from the pixels it reads.
 """
 
 from __future__ import annotations
@@ -12,17 +15,28 @@ from torch import nn
 from torch.nn import functional as F
 
 
+class NoSpatialMap(ValueError):
+    """The model has no layer whose activation is a spatial map of more than one cell: Grad-CAM has nothing to show."""
+
+
 class GradCAM:
     """``GradCAM(model)(images, targets)`` -> maps [N, H, W] in [0, 1]; the model's weights are untouched."""
 
     def __init__(self, model: nn.Module, layer: nn.Module | None = None) -> None:
         self.model = model
-        # nn.Module's __getattr__ is typed Tensor | Module; every network's cam_layer is a Module property
-        self.layer: nn.Module = layer if layer is not None else model.cam_layer  # type: ignore[assignment]
+        if layer is None:
+            layer = getattr(model, "cam_layer", None)
+            if not isinstance(layer, nn.Module):
+                raise NoSpatialMap(f"{type(model).__name__} names no layer for Grad-CAM (no cam_layer)")
+        self.layer: nn.Module = layer
         self._activation: torch.Tensor | None = None
         self._gradient: torch.Tensor | None = None
         # (height, width) of the layer's activation in the last call: the maps' real resolution
         self.map_size: tuple[int, int] | None = None
+        # input pixels between neighbouring cells of that map (rows, columns)
+        self.stride: tuple[float, float] | None = None
+        # batches the layer saw per image (an ensemble member's test-time views); the maps are of the first, unaugmented
+        self.views = 1
 
     def _forward_hook(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
         self._activation = output
@@ -32,7 +46,8 @@ class GradCAM:
         self._gradient = grad
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
-        """Maps for ``targets`` (default: each image's predicted class); ``images`` float [N, 3, H, W] in [0, 1]."""
+        """Maps for ``targets`` (default: each image's predicted class); ``images`` float [N, 3, H, W] in [0, 1].
+        NoSpatialMap where the layer's activation is no [N, C, h, w] map of more than one cell."""
         was_training = self.model.training
         self.model.eval()
         handle = self.layer.register_forward_hook(self._forward_hook)
@@ -45,23 +60,71 @@ class GradCAM:
                 score = logits.gather(1, targets[:, None]).sum()
                 # The hooks set both: the forward pass went through the layer, the backward pass back to it.
                 assert self._activation is not None
+                activation = self._activation
+                if activation.dim() != 4 or activation.shape[-2:].numel() < 2:
+                    raise NoSpatialMap(
+                        f"{type(self.layer).__name__}'s activation is {tuple(activation.shape)}, no spatial map"
+                    )
                 # inputs= limits the backward pass to the hooked activation: no parameter .grad is written.
-                torch.autograd.backward(score, inputs=[self._activation])
+                torch.autograd.backward(score, inputs=[activation])
                 assert self._gradient is not None
-            activation, gradient = self._activation.detach(), self._gradient.detach()
+            activation, gradient = activation.detach(), self._gradient.detach()
+            # A member's ViewAverage sends its views through as one batch, the image itself first.
+            self.views = activation.shape[0] // len(images)
+            activation, gradient = activation[: len(images)], gradient[: len(images)]
+            self.map_size = (int(activation.shape[-2]), int(activation.shape[-1]))
         finally:
             handle.remove()
             self._activation = self._gradient = None
+        try:
+            self.stride = self._stride(images)
+        finally:
             self.model.train(was_training)
-        self.map_size = (int(activation.shape[-2]), int(activation.shape[-1]))
         weights = gradient.float().mean(dim=(2, 3), keepdim=True)
-        cam = F.relu((weights * activation.float()).sum(dim=1, keepdim=True))
-        cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        cam = F.relu((weights * activation.float()).sum(dim=1)).cpu()
+        height, width = images.shape[-2:]
+        rows, cols = (
+            _upsampling(height, self.map_size[0], self.stride[0]),
+            _upsampling(width, self.map_size[1], self.stride[1]),
+        )
+        with torch.autocast("cpu", enabled=False):  # under a caller's bf16 autocast the product would be bf16
+            cam = rows @ cam @ cols.T
         low = cam.amin(dim=(1, 2), keepdim=True)
         span = cam.amax(dim=(1, 2), keepdim=True) - low
         # A map with no positive evidence is all zeros rather than a division by zero.
         cam = torch.where(span > 0, (cam - low) / span.clamp_min(1e-12), torch.zeros_like(cam))
-        return cam.cpu().numpy()
+        return cam.numpy()
+
+    def _stride(self, images: torch.Tensor) -> tuple[float, float]:
+        """The layer's stride, from the map of an input twice the size: the floors of pooling cancel in the
+        difference. A model taking one input size only (ViT) tiles it exactly: the image size over the map's."""
+        assert self.map_size is not None
+        height, width = images.shape[-2:]
+        seen: list[torch.Size] = []
+        handle = self.layer.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+        try:
+            with torch.no_grad():
+                self.model(images.new_zeros(1, images.shape[1], 2 * height, 2 * width))
+        except (RuntimeError, ValueError):
+            seen = []
+        finally:
+            handle.remove()
+        if seen and seen[0][-2] > self.map_size[0] and seen[0][-1] > self.map_size[1]:
+            return height / (seen[0][-2] - self.map_size[0]), width / (seen[0][-1] - self.map_size[1])
+        return height / self.map_size[0], width / self.map_size[1]
+
+
+def _upsampling(size: int, cells: int, stride: float) -> torch.Tensor:
+    """[size, cells] bilinear weights placing cell i's centre at pixel (i + 0.5) * stride - 0.5; pixels beyond the
+    last centre take the border cell's value. With stride size / cells: ``F.interpolate(align_corners=False)``."""
+    source = ((torch.arange(size, dtype=torch.float64) + 0.5) / stride - 0.5).clamp(0, cells - 1)
+    low = source.floor().long().clamp(max=cells - 1)
+    high = (low + 1).clamp(max=cells - 1)
+    frac = source - low
+    weights = torch.zeros(size, cells, dtype=torch.float64)
+    weights[torch.arange(size), low] += 1 - frac
+    weights[torch.arange(size), high] += frac
+    return weights.float()
 
 
 def gradcam(model: nn.Module, images: torch.Tensor, targets: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
