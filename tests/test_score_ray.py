@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -103,15 +106,21 @@ def test_ray_engine_gives_the_local_engines_rows_and_summary(
     assert _score(three_hundred, "--out", tmp_path / "ray.csv", "--engine", "ray", *common) == 0
     ray_err = capsys.readouterr().err
 
-    local, ray = _rows(tmp_path / "local.csv"), _rows(tmp_path / "ray.csv")
-    assert len(local) == 1 + 300 and ray == local  # header and every row, byte for byte once sorted by path
+    # Header and every row byte for byte, in the walk's order (the local engine's), across both datasets. Ray
+    # Data yields blocks as they finish unless told to keep their order; here they often finish in order anyway.
+    assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
+    assert ray_engine._import_ray().data.DataContext.get_current().execution_options.preserve_order
+    ray = _rows(tmp_path / "ray.csv")
+    assert len(ray) == 1 + 300
     errors = {row[0]: row[-1] for row in ray[1:] if row[-1]}
     assert set(errors) == set(BROKEN) and all(BROKEN[path] in message for path, message in errors.items())
     assert "ray: the Ray instance this process is connected to, with 2 CPUs" in ray_err  # not a new one
     for err in (local_err, ray_err):
         assert "scored 296, failed 4, skipped 1 (not images, or hidden)" in err and "Traceback" not in err, err
-    # The accuracy report comes from the rows alike.
-    assert ray_err[ray_err.index("accuracy against") :] == local_err[local_err.index("accuracy against") :]
+    # The summary (the first failed files named alike) and the accuracy report, but for the time taken.
+    timing = re.compile(r"; [0-9.]+ s, [0-9]+ images/s")
+    summary = timing.sub("", local_err[local_err.index("scored 296") :])
+    assert timing.sub("", ray_err[ray_err.index("scored 296") :]) == summary
 
 
 def test_ray_engine_resumes_an_interrupted_run_scoring_each_file_once(
@@ -183,6 +192,114 @@ def test_ray_engine_usage_errors(three_hundred, tiny_models_dir, tmp_path, capsy
     assert "pip install -e '.[ray]'" in ray_engine.MISSING
 
 
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_cluster_address_where_no_ray_answers_is_one_line_at_once(three_hundred, tiny_models_dir, tmp_path):
+    """--address, or RAY_ADDRESS without it (as Ray's own commands read it), naming a port where nothing
+    listens: ray.init would retry for about ten minutes; the command says so in one line, at once."""
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+    port = _closed_port()
+    command = [sys.executable, "-m", "service", "score", str(three_hundred), "--engine", "ray", "--no-progress"]
+    command += ["--models-dir", str(tiny_models_dir), "--out", str(tmp_path / "p.csv")]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    for flags, variable in (([], f"127.0.0.1:{port}"), (["--address", f"127.0.0.1:{port}"], None)):
+        run_env = env if variable is None else {**env, "RAY_ADDRESS": variable}
+        start = time.monotonic()
+        done = subprocess.run([*command, *flags], cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=120)
+        took = time.monotonic() - start
+        assert done.returncode == 2, (flags, done.stderr)
+        assert done.stderr == (
+            f"error: cannot reach Ray at 127.0.0.1:{port}: nothing listens there (is the cluster's head running?)\n"
+        )
+        assert took < 30, took  # the interpreter and Ray's import, no connection attempts
+    assert not (tmp_path / "p.csv").exists()
+
+
+class _FakeRay:
+    """Stands in for the ray module in _connect: records ray.init's calls, or raises ``error`` from it."""
+
+    __version__ = "2.60.0"
+
+    def __init__(self, error: Exception | None = None):
+        self.inits: list[dict] = []
+        self.error = error
+        self._private = SimpleNamespace(worker=SimpleNamespace(print_to_stdstream=lambda data, ignore_prefix: None))
+
+    def is_initialized(self):
+        return False
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+        if self.error:
+            raise self.error
+
+
+def test_cluster_addresses_are_resolved_and_checked_before_ray_init(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    assert ray_engine.resolve_address(None) == (None, "")  # a local instance
+    assert ray_engine.resolve_address("auto") == ("auto", "")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert ray_engine.resolve_address(None) == ("10.0.0.1:6379", " (RAY_ADDRESS)")
+    assert ray_engine.resolve_address("auto") == ("10.0.0.1:6379", " (RAY_ADDRESS)")  # as ray.init takes it
+    assert ray_engine.resolve_address("head:6379") == ("head:6379", "")  # the flag wins
+
+    real_find_spec = ray_engine.importlib.util.find_spec
+    grpc: list = [object()]  # whether Ray Client's grpcio is installed, whatever this machine has
+
+    def find_spec(name):
+        return grpc[0] if name == "grpc" else real_find_spec(name)
+
+    monkeypatch.setattr(ray_engine.importlib.util, "find_spec", find_spec)
+    port = _closed_port()
+    for address, message in (
+        (f"127.0.0.1:{port}", "nothing listens there"),
+        (f"ray://127.0.0.1:{port}", "nothing listens there"),
+        ("no-such-host.invalid:6379", "unknown host 'no-such-host.invalid'"),
+    ):
+        ray = _FakeRay()
+        with pytest.raises(UserError, match=f"^cannot reach Ray at {re.escape(address)}: {message}"):
+            ray_engine._connect(ray, address)
+        assert ray.inits == []
+
+    # Ray Client needs grpcio, which ray[data] does not bring: the pinned extra to install, before any connection.
+    grpc[0] = None
+    with pytest.raises(UserError, match=re.escape("needs the client extra of Ray: pip install 'ray[client]==2.60.0'")):
+        ray_engine._connect(_FakeRay(), f"ray://127.0.0.1:{port}")
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        address = "127.0.0.1:%d" % listening.getsockname()[1]
+        ray = _FakeRay()
+        assert ray_engine._connect(ray, address) is True
+        assert [init["address"] for init in ray.inits] == [address] and "runtime_env" in ray.inits[0]
+        # Ray's own error says only that it could not connect: a cluster with token authentication is a likely cause.
+        ray = _FakeRay(ConnectionError(f"Failed to connect to Ray cluster at {address}"))
+        with pytest.raises(UserError, match="also needs RAY_AUTH_MODE=token"):
+            ray_engine._connect(ray, address)
+
+
+def test_rays_error_messages_go_to_stderr_not_to_the_rows(monkeypatch, capsys):
+    """Ray's driver prints the errors its nodes publish (a task retried after Ctrl-C killed its actor, a worker
+    lost) to standard output, where `score DIR` writes its CSV rows: the engine sends them to standard error.
+    This relies on Ray's private listener looking print_to_stdstream up by name: breaks loudly if Ray changes."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+    worker = ray._private.worker
+    assert "print_to_stdstream" in worker.listen_error_messages.__code__.co_names
+    monkeypatch.setattr(worker, "print_to_stdstream", worker.print_to_stdstream)  # restored after the test
+    ray_engine._errors_to_stderr(ray)
+    ray_engine._errors_to_stderr(ray)  # once only: no wrapper around the wrapper
+    message = "Task MapWorker(...).submit failed. There are infinite retries remaining"
+    worker.print_to_stdstream({"lines": [message], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    out, err = capsys.readouterr()
+    assert out == "" and message in err and err.count(message) == 1
+
+
 def test_the_scorer_runs_without_importing_ray(tiny_models_dir, image_folder, tmp_path):
     code = (
         "import sys, service.__main__\n"
@@ -211,6 +328,7 @@ def test_actor_pool_sizes_and_resource_checks():
     for args, message in (
         ((3, 1, None, 2, 0), "need more than the 2 CPUs"),
         ((5, 1, 0.5, 8, 2), "need more than the 2 GPUs"),
+        ((1, 1, 0.5, 8, 0), r"^--gpus-per-actor 0.5: the Ray cluster has no GPU$"),  # not "--actors 1" unasked
         ((2, 1, 1.0, 2, 2), "none is left to read and decode"),  # GPU actors: the stages stay CPU tasks
     ):
         with pytest.raises(UserError, match=message):

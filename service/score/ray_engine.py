@@ -5,8 +5,8 @@ The walk, resume, the output and the summary stay in this process (run.py), as w
 window of the walk's pending files becomes one dataset: its files' bytes are read and decoded with the
 project's decoder by tasks (two stages, which Ray runs fused in one task per block), a pool of actors, each
 holding one ONNX Runtime session (on CUDA when the actor holds a GPU), infers, and the rows come back here to
-be written, in the order their batches finish (not the walk's). A file that cannot be read or decoded is an
-error row with the local engine's wording (decode.failure_message).
+be written, in the walk's order. A file that cannot be read or decoded is an error row with the local engine's
+wording (decode.failure_message).
 
 Every use of Ray is in this module, and Ray is imported only when the engine is opened: ``service`` runs
 without it. Nodes read the files themselves: on a cluster, DIR must be at the same absolute path on every
@@ -17,8 +17,10 @@ project's code (``py_modules``); the nodes need Ray and the project's base depen
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -45,6 +47,12 @@ CHUNKS_PER_BLOCK = 8  # chunks of the walk (--batch-size files each) per block: 
 # process with status 1: a Ctrl-C answered 1 instead of 130 on a busy machine. Shutdown waits for them, this long.
 PIPELINE_THREAD = "iter_threaded"
 PIPELINE_GRACE_S = 10.0
+# Ray's own commands read the cluster's address from this variable (`ray job submit` sets it for its entrypoint).
+ADDRESS_VARIABLE = "RAY_ADDRESS"
+# How long the cluster's address may take to accept a connection. ray.init itself retries an address where
+# nothing answers for about ten minutes, printing a warning every half minute.
+CONNECT_TIMEOUT_S = 5.0
+AUTH_MODE_VARIABLE = "RAY_AUTH_MODE"
 
 
 def _import_ray():
@@ -174,6 +182,8 @@ def check_resources(actors: int, cpus_per_actor: int, gpus_per_actor: float | No
     object store, and the actors may hold every CPU. GPU actors ask for a GPU, so the stages stay tasks, which
     need a CPU beside the actors."""
     if gpus_per_actor:
+        if not gpus:  # whatever --actors says (its default is 1 then)
+            raise UserError(f"--gpus-per-actor {gpus_per_actor:g}: the Ray cluster has no GPU")
         if actors * gpus_per_actor > gpus + 1e-9:
             raise UserError(
                 f"--actors {actors} x --gpus-per-actor {gpus_per_actor:g} need more than the {gpus:g} GPUs "
@@ -221,9 +231,10 @@ class RayBackend:
         self.gpus_per_actor = gpus_per_actor
         self.batch_size = batch_size or (DEFAULT_GPU_BATCH_SIZE if gpus_per_actor else DEFAULT_BATCH_SIZE)
         self._stream: Generator[list[Row], None, None] | None = None
+        address, source = resolve_address(address)
         self._address = address
         self._owns_connection = _connect(ray, address)
-        _quiet(ray)
+        _set_up_ray_data(ray)
         try:
             with open(model_path, "rb") as f:
                 # Stored once for every actor of every window's pool; inside a tuple, the reference reaches the
@@ -236,7 +247,7 @@ class RayBackend:
             if not self._owns_connection:
                 where = "the Ray instance this process is connected to"
             else:
-                where = "a local Ray instance" if address is None else f"the Ray cluster at {address}"
+                where = "a local Ray instance" if address is None else f"the Ray cluster at {address}{source}"
             print(
                 f"ray: {where}, with {cpus:g} CPUs and {gpus:g} GPUs; {self.actors} model actors of {self.threads} "
                 f"CPU(s)" + (f" and {gpus_per_actor:g} GPU" if gpus_per_actor else ""),
@@ -354,10 +365,62 @@ def _join_pipeline_threads(timeout: float) -> None:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
+def resolve_address(address: str | None) -> tuple[str | None, str]:
+    """The cluster to join (None: start a local instance) and, for the summary line, where its address came
+    from: ``--address``, else the RAY_ADDRESS variable, as Ray's own commands take it."""
+    if address is not None and address != "auto":
+        return address, ""
+    from_variable = os.environ.get(ADDRESS_VARIABLE) or None
+    if from_variable is not None:
+        return from_variable, f" ({ADDRESS_VARIABLE})"
+    return address, ""
+
+
+def _endpoint(address: str) -> tuple[str, int] | None:
+    """The host and port an address names (HOST:PORT, ray://HOST:PORT); None for one Ray resolves itself."""
+    scheme, sep, rest = address.partition("://")
+    if sep and scheme != "ray":
+        return None
+    host, sep, port = (rest if sep else address).rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """UserError, within ``timeout``, when nothing accepts a connection at the address; ray.init would retry
+    for minutes."""
+    endpoint = _endpoint(address)
+    if endpoint is None:
+        return
+    host, port = endpoint
+    try:
+        socket.create_connection(endpoint, timeout=timeout).close()
+    except socket.gaierror:
+        raise UserError(f"cannot reach Ray at {address}: unknown host {host!r}") from None
+    except (TimeoutError, socket.timeout):
+        raise UserError(f"cannot reach Ray at {address}: no answer from {host} within {timeout:g} s") from None
+    except OSError as exc:
+        reason = (
+            "nothing listens there (is the cluster's head running?)"
+            if isinstance(exc, ConnectionRefusedError)
+            else (exc.strerror or str(exc))
+        )
+        raise UserError(f"cannot reach Ray at {address}: {reason}") from None
+
+
 def _connect(ray, address: str | None) -> bool:
     """Start or join Ray; False when this process was connected already (a program embedding the scorer)."""
     if ray.is_initialized():
         return False
+    if address is not None:
+        if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+            raise UserError(
+                f"{address} is a Ray Client address, which needs the client extra of Ray: "
+                f"pip install 'ray[client]=={ray.__version__}'"
+            )
+        check_reachable(address)
+    _errors_to_stderr(ray)
     common = dict(logging_level=logging.ERROR, log_to_driver=False)
     try:
         if address is None:
@@ -370,13 +433,38 @@ def _connect(ray, address: str | None) -> bool:
             # The cluster's workers get this checkout's code, whatever version the nodes have installed.
             ray.init(address=address, runtime_env={"py_modules": [inference, service]}, **common)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"cannot start or reach Ray at {address or 'a local instance'}: {exc}") from None
+        hint = ""
+        if address not in (None, "auto") and AUTH_MODE_VARIABLE not in os.environ:
+            # Ray sends a cluster's token only to a cluster it found itself (auto): its log lines above said
+            # InvalidAuthToken, its exception does not.
+            hint = f" (a cluster with token authentication also needs {AUTH_MODE_VARIABLE}=token)"
+        raise UserError(f"cannot start or reach Ray at {address or 'a local instance'}: {exc}{hint}") from None
     return True
 
 
-def _quiet(ray) -> None:
-    """Ray Data's own progress bars and per-dataset log lines would interleave with the scorer's bar."""
-    ray.data.DataContext.get_current().enable_progress_bars = False
+def _errors_to_stderr(ray) -> None:
+    """Ray's driver prints the errors its nodes publish (a task retried, a worker lost) to standard output,
+    where the rows go without --out: they go to standard error instead. Ray's private API, pinned with the
+    extra's version (tests/test_score_ray.py checks it is still there)."""
+    worker = ray._private.worker
+    if getattr(worker.print_to_stdstream, "to_stderr", False):
+        return
+    print_to_stdstream = worker.print_to_stdstream
+
+    def to_stderr(data, ignore_prefix):
+        print_to_stdstream({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.to_stderr = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
+
+
+def _set_up_ray_data(ray) -> None:
+    """Rows in the walk's order, as the local engine writes them (the first failed files of the summary, and
+    the rows --resume scores again to compare, depend on it). Ray Data's own progress bars and per-dataset log
+    lines would interleave with the scorer's bar."""
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
     for handler in logging.getLogger("ray.data").handlers:
         if getattr(handler, "stream", None) in (sys.stderr, sys.stdout):
             handler.setLevel(logging.ERROR)
