@@ -1323,3 +1323,33 @@ def test_the_summary_names_the_hidden_folders_it_did_not_enter(image_folder, tin
     err = capsys.readouterr().err
     assert "(not images, or hidden)" in err and "not entered: .cache0/, .cache1/, .cache2/, .cache3/, " in err, err
     assert ".cache4/ and 2 more: hidden" in err, err
+
+
+def test_resume_compares_rows_scored_again_by_path_whatever_order_the_engine_gives(tmp_path):
+    """--resume scores a few kept rows again and refuses a file of another model's rows; an engine that gives a
+    chunk's rows in another order than its entries (as Ray's batches may) was compared row against wrong row."""
+    import argparse
+
+    from service.score.errors import UserError
+    from service.score.run import _check_same_scoring
+    from service.score.sinks import Prediction, Row
+
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / name).write_bytes(b"")
+    labels = {"a.png": "cat", "b.png": "dog", "c.png": "ship"}
+
+    class Reversing:
+        batch_size, k, name, classes = 8, 1, "m", None
+        change: dict = {}
+
+        def rows(self, chunks):
+            for chunk in chunks:
+                yield [Row(e.rel, [Prediction(self.change.get(e.rel, labels[e.rel]), 0, 0.9)]) for e in reversed(chunk)]
+
+    written = [Row(name, [Prediction(label, 0, 0.9)]) for name, label in labels.items()]
+    args = argparse.Namespace(dir=str(tmp_path), out="x.csv")
+    _check_same_scoring(Reversing(), args, written)  # the same scores, another order: resumed
+    other = Reversing()
+    other.change = {"b.png": "frog"}
+    with pytest.raises(UserError, match="1 of 3 of its rows scored again differ \\('b.png': dog 0.9000 there, frog"):
+        _check_same_scoring(other, args, written)

@@ -245,11 +245,13 @@ def _check_same_scoring(backend: Backend, args, written: list[Row]) -> None:
             "folder, or --overwrite"
         )
     entries = [Entry(row.path, os.path.join(args.dir, row.path)) for row in written]
-    again = [row for rows in backend.rows(chunks(iter(entries), backend.batch_size, set())) for row in rows]
+    # paired by path, not position: an engine may give a chunk's rows in its own order
+    again = {row.path: row for rows in backend.rows(chunks(iter(entries), backend.batch_size, set())) for row in rows}
     differ = [
         (old, new)
-        for old, new in zip(written, again)
-        if new.error is None
+        for old, new in ((old, again.get(old.path)) for old in written)
+        if new is not None
+        and new.error is None
         and (
             new.top_k[0].label != old.top_k[0].label
             or abs(new.top_k[0].confidence - old.top_k[0].confidence) > RESUME_TOLERANCE
