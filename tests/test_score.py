@@ -249,7 +249,11 @@ def test_decode_workers_killed_mid_run_cost_no_rows(image_folder, tiny_models_di
         def killing_workers():
             for n, chunk in enumerate(chunks):
                 if n in (2, 5):  # chunks are in flight: the ones the dead workers held must be redone
-                    for process in list(backend.pool._processes.values()):
+                    # read under the lock a stream replacing the pool holds: between the old pool and the new
+                    # one there is none
+                    with backend._pool_lock:
+                        workers = list(backend.pool._processes.values())
+                    for process in workers:
                         process.kill()
                         process.join()
                 yield chunk
