@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -17,13 +15,12 @@ import pytest
 from conftest import ROOT, running_service
 from service.contract import REASONS
 from service.settings import ServiceSettings
-from test_service import _png, _until
+from test_service import _page, _png, _until
 
 APP_JS = ROOT / "service" / "static" / "app.js"
 MAX_BODY = 600_000
 IMAGES = 8  # twice the page's requests in flight: some are still queued when the first answer comes
 TIMEOUT_S = 120  # the server's --timeout: not its default, which the page assumed
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -34,34 +31,6 @@ def server(tiny_models_dir, tmp_path_factory) -> Iterator[str]:
     args += ["--timeout", str(TIMEOUT_S)]
     with running_service(tiny_models_dir, log_path, *args, env=env) as base:
         yield base
-
-
-@contextmanager
-def _page(server: str, classify: Callable | None = None, fake_clock: bool = False, models: Callable | None = None):
-    """The page open in headless Chromium with its models listed, and the script errors it raised; ``classify``
-    and ``models`` (Playwright route handlers) stand between the page and /classify and /models; ``fake_clock``:
-    the page's timers run on Playwright's clock, which the test moves on."""
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        pytest.skip("no chromium on this machine (scripts/setup.sh installs Debian's package when run as root)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 800})
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            if fake_clock:
-                page.clock.install()
-            if classify is not None:
-                page.route("**/classify", classify)
-            if models is not None:
-                page.route("**/models", models)
-            page.goto(f"{server}/")
-            _until(page, lambda: page.locator("#model option").count() == 2, "the models listed")
-            yield page, errors
-        finally:
-            browser.close()
 
 
 def _cards(page) -> list[str]:
@@ -124,7 +93,7 @@ def test_a_refusal_every_image_would_get_ends_the_run_and_is_said_once(server, t
     first, line, note = REFUSED_WHOLE[case]
     held: list = []
     files = [_png(tmp_path, f"{i}.png") for i in range(IMAGES)]
-    with _page(server, lambda route: held.append(route)) as (page, errors):
+    with _page(server, classify=lambda route: held.append(route)) as (page, errors):
         page.get_by_label("Choose images").set_input_files(files)
         _until(page, lambda: len(held) == 4, "sent")
         first(held[0])  # the other three are in flight when it comes, and never answered
@@ -149,7 +118,7 @@ def test_a_model_the_service_no_longer_has_ends_the_run_on_the_real_refusal(serv
         route.continue_()
 
     files = [_png(tmp_path, f"{i}.png") for i in range(IMAGES)]
-    with _page(server, classify) as (page, errors):
+    with _page(server, classify=classify) as (page, errors):
         page.evaluate("document.getElementById('model').add(new Option('retired', 'retired'))")
         page.select_option("#model", "retired")
         page.get_by_label("Choose images").set_input_files(files)
@@ -208,7 +177,7 @@ def test_a_request_that_hangs_is_given_up_with_a_message_on_its_card(server, tmp
     held: list = []
     files = [_png(tmp_path, f"{i}.png") for i in range(5)]
     models = _without_timeout if listed == "none" else None
-    with _page(server, lambda route: held.append(route), fake_clock=True, models=models) as (page, errors):
+    with _page(server, classify=lambda route: held.append(route), fake_clock=True, models=models) as (page, errors):
         page.get_by_label("Choose images").set_input_files(files)
         _until(page, lambda: len(held) == 4, "sent")
         page.clock.run_for((timeout_s - 1) * 1000)

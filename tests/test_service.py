@@ -601,9 +601,19 @@ def test_every_route_counts_the_images_it_classifies(server, jpegs):
 # ---------------------------------------------------------------------------------------------- the page
 # tests/test_service_protocols.py drives the page's main paths in Chromium; these are the odd users and answers.
 @contextmanager
-def _page(server: str, *, width: int = 1000, init_script: str | None = None, classify=None):
+def _page(
+    server: str,
+    *,
+    width: int = 1000,
+    init_script: str | None = None,
+    classify=None,
+    models=None,
+    fake_clock: bool = False,
+):
     """The page open in headless Chromium with its models listed, and the script errors it raised; ``classify``
-    (a Playwright route handler) stands between the page and /classify, ``init_script`` runs before the page's."""
+    and ``models`` (Playwright route handlers) stand between the page and /classify and /models,
+    ``init_script`` runs before the page's; ``fake_clock``: the page's timers run on Playwright's clock, which
+    the test moves on."""
     import shutil
 
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -620,8 +630,12 @@ def _page(server: str, *, width: int = 1000, init_script: str | None = None, cla
             page.on("pageerror", lambda error: errors.append(str(error)))
             if init_script is not None:
                 page.add_init_script(init_script)
+            if fake_clock:
+                page.clock.install()
             if classify is not None:
                 page.route("**/classify", classify)
+            if models is not None:
+                page.route("**/models", models)
             page.goto(f"{server}/")
             _until(page, lambda: page.locator("#model option").count() == 2, "the models listed")
             yield page, errors
