@@ -419,10 +419,6 @@ def _command(argv: list[str]) -> int:
 
 def _conversion_command(argv: list[str]) -> int:
     """The commands that run a network (torch, ONNX Runtime): export, verify, recover, rederive."""
-    from training.config import ConfigError
-    from training.data import DatasetError
-    from training.distill import TeacherError
-
     from .calibration import calibration_summary
     from .pipeline import ParityError, export_checkpoint, verify_model
 
@@ -493,9 +489,6 @@ def _conversion_command(argv: list[str]) -> int:
     except ParityError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
-    except (ConfigError, DatasetError, TeacherError) as exc:
-        # training's refusals, known here and not in main(): the manifest's commands run without torch
-        raise UsageError(str(exc)) from exc
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ try:
         list_recipes,
         placement_overrides,
     )
-    from .data import DatasetError
 except KeyboardInterrupt:  # Ctrl-C while torch loads (seconds): nothing has started, so no traceback
     print("interrupted", file=sys.stderr)
     sys.exit(130)
@@ -350,18 +349,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated
         return say_stopped(exc, _interrupted(args))
-    except _user_errors() as exc:  # last: its modules are imported only once something has gone wrong
+    # What the user gave wrong (every typed refusal is a UsageError; a CUDA device this host lacks is a
+    # RuntimeError of its own), said in one line; anything else is a bug and keeps its traceback.
+    except (UsageError, CudaPlacementError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """What the user gave wrong, said in one line with status 2; anything else is a bug and keeps its traceback.
-    Imported here, on the way out: the teacher's module loads only for the commands using it. (ManifestError and
-    ModelFileError, the manifest's and ONNX Runtime's refusals of a file, are UsageErrors.)"""
-    from .distill import TeacherError
-
-    return (UsageError, ConfigError, DatasetError, TeacherError, CudaPlacementError)
 
 
 def _check_set_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:

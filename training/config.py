@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Sequence, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from inference.errors import UsageError
 from inference.files import write_text_atomic
 from inference.fits import DEFAULT_FIT, FitName
 from inference.messages import exception_summary, validation_problems
@@ -311,8 +312,8 @@ def _progressive_problems(config: Config) -> list[str]:
     return problems
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UsageError):
+    """A recipe or setting the run cannot take: the user's to correct."""
 
 
 class _Loader(yaml.SafeLoader):

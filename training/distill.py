@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from inference.errors import UsageError
 from inference.manifest import sha256_file
 
 from .checkpoint import (
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 TEACHER_FILE = "teacher_logits.pt"
 
 
-class TeacherError(ValueError):
+class TeacherError(UsageError):
     """A teacher that cannot teach this run: other classes, another input size, or other validation images."""
 
 

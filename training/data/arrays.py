@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.errors import UsageError
 
-class DatasetError(ValueError):
+
+class DatasetError(UsageError):
     """A dataset folder or archive is missing or not in the expected format."""
 
 
