@@ -387,9 +387,23 @@ async def read_body(request: Request, max_body_bytes: int) -> bytes | Rejection:
     return b"".join(chunks)
 
 
-# The JSON values a body may hold besides those its images take: the fields around them, and the commas and
-# brackets inside its strings (file names, ids, parameters), which are counted as values.
+# The JSON values a body may hold besides those its images take: the fields around them.
 ENVELOPE_VALUES = 1024
+
+
+# A JSON string: quote, then runs of plain bytes and escapes (an escaped quote does not end it), quote. Unrolled so
+# that the regular expression engine does not backtrack over a long string.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def _separators(text: bytes) -> int:
+    return text.count(b",") + text.count(b"[") + text.count(b"{")
+
+
+def _fewest_strings(body: bytes) -> int:
+    """How many strings a JSON body holds at least: every '\\"' may be an escaped quote, every other quote opens or
+    closes one."""
+    return (body.count(b'"') - body.count(b'\\"')) // 2
 
 
 def too_many_values(body: bytes, largest: int, max_images: int, shape: str) -> Rejection | None:
@@ -399,10 +413,14 @@ def too_many_values(body: bytes, largest: int, max_images: int, shape: str) -> R
     seconds and hundreds of MB before its length can be checked.
 
     Every value but the first in an array or object follows a comma, so a body holds at most one value more than
-    its commas and opening brackets. Counted in the raw bytes, those inside strings count too: base64 has none,
-    and only other strings holding more than ``ENVELOPE_VALUES`` of them would be refused wrongly."""
+    its commas and opening brackets. They are counted in the raw bytes, where those inside strings count too (base64
+    has none). A body over the bound that way is counted again without the ones inside its strings, so that file
+    names full of commas are not refused; unless it holds more than twice the bound in strings (each is a key or a
+    value, and an object has as many values as keys), whose matching would cost more than its refusal."""
     limit = largest + ENVELOPE_VALUES
-    separators = body.count(b",") + body.count(b"[") + body.count(b"{")
+    separators = _separators(body)
+    if separators >= limit and _fewest_strings(body) <= 2 * limit:
+        separators -= sum(_separators(string.group()) for string in _JSON_STRING.finditer(body))
     if separators < limit:
         return None
     return Rejection(
