@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlparse
 
 from http_load import load, percentile
@@ -27,30 +28,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def spawn_server(port: int, models_dir: str | Path, *args: str, log: IO, env: dict | None = None) -> subprocess.Popen:
+    """``python -m service serve`` on 127.0.0.1:``port`` with ``args``, its output to ``log``, in a session of its
+    own: stopping that process group stops its workers too."""
+    command = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--models-dir", str(models_dir), *args]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def start_server(args, port: int) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "service",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--models-dir",
-        args.models_dir,
-        "--max-batch-size",
-        str(args.max_batch_size),
-        *args.serve_arg,
-    ]
+    serve_args = ["--max-batch-size", str(args.max_batch_size), *args.serve_arg]
     for flag in ("streams", "threads"):
         if getattr(args, flag):
-            command += [f"--{flag}", str(getattr(args, flag))]
+            serve_args += [f"--{flag}", str(getattr(args, flag))]
     # The access log of a run is megabytes: kept in the temporary directory, its path printed.
     fd, log_path = tempfile.mkstemp(prefix="bench_service_", suffix=".log")
     print(f"server log: {log_path}", file=sys.stderr, flush=True)
     with os.fdopen(fd, "w") as log:
-        return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return spawn_server(port, args.models_dir, *serve_args, log=log)
 
 
 def open_server(args) -> tuple[str, int, subprocess.Popen | None]:

@@ -14,6 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-train-jpg.tar.gz"
+sys.path.insert(0, str(ROOT / "bench"))
+
+from service_runs import free_port, spawn_server  # noqa: E402  (a server started as the benchmarks start it)
 
 # Tests must not fight over two cores with each other's thread pools.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -187,14 +190,6 @@ def tiny_models_dir(tiny_run, tmp_path_factory) -> Path:
     return models
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     """``python -m training ARGS`` as two gloo processes under torchrun, one thread each; fails on a non-zero exit."""
     port = str(free_port())  # port 0 hangs torchrun's static rendezvous: pick a free port ourselves
@@ -229,30 +224,13 @@ def wait_for_lines(path: Path, count: int, proc, timeout: float = 60) -> None:
 def running_service(models_dir: Path, log_path: Path, *args: str, env: dict | None = None, timeout: float = 90):
     """Start `python -m service serve` on a free port, wait for /readyz, yield its URL, stop it on exit."""
     import signal
-    import subprocess
-    import sys
     import time
 
     import httpx
 
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "service",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--models-dir",
-        str(models_dir),
-        *args,
-    ]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        proc = spawn_server(port, models_dir, *args, log=log, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -277,6 +255,78 @@ def running_service(models_dir: Path, log_path: Path, *args: str, env: dict | No
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@contextlib.contextmanager
+def chromium():
+    """Headless Chromium (the machine's, driven by Playwright), closed on exit; skips the test where either is
+    missing."""
+    import shutil
+
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("no chromium on this machine (scripts/setup.sh installs Debian's package when run as root)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextlib.contextmanager
+def open_page(
+    server: str,
+    *,
+    width: int = 1000,
+    height: int = 800,
+    init_script: str | None = None,
+    classify=None,
+    models=None,
+    fake_clock: bool = False,
+    requested: list[str] | None = None,
+):
+    """The page at ``server``/ open in headless Chromium with its models listed, and the script errors it raised.
+    ``classify`` and ``models`` (Playwright route handlers) stand between the page and /classify and /models;
+    ``init_script`` runs before the page's; ``fake_clock``: the page's timers run on Playwright's clock, which the
+    test moves on; ``requested`` collects the URL of every request the page makes."""
+    import time
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": width, "height": height})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        if requested is not None:
+            page.on("request", lambda request: requested.append(request.url))
+        if init_script is not None:
+            page.add_init_script(init_script)
+        if fake_clock:
+            page.clock.install()
+        if classify is not None:
+            page.route("**/classify", classify)
+        if models is not None:
+            page.route("**/models", models)
+        page.goto(f"{server}/")
+        # Polled from here: wait_for_function with an expression evaluates a string in the page once it has to
+        # poll, which the page's policy forbids (the test would then fail only when the list is not there at once).
+        deadline = time.monotonic() + 30
+        while page.locator("#model option").count() != 2:
+            assert time.monotonic() < deadline, f"the page did not list the models: {page.inner_text('#status')!r}"
+            page.wait_for_timeout(100)
+        yield page, errors
 
 
 def train_straight_and_resumed(recipe: str, overrides: list[str], out: Path, monkeypatch, stop_after: int = 2):

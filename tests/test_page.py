@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from conftest import ROOT, running_service
+from conftest import ROOT, open_page, running_service
 from service.contract import REASONS
 from service.settings import ServiceSettings
-from test_service import _page, _png, _until
+from test_service import _png, _until
 
 APP_JS = ROOT / "service" / "static" / "app.js"
 MAX_BODY = 600_000
@@ -93,7 +93,7 @@ def test_a_refusal_every_image_would_get_ends_the_run_and_is_said_once(server, t
     first, line, note = REFUSED_WHOLE[case]
     held: list = []
     files = [_png(tmp_path, f"{i}.png") for i in range(IMAGES)]
-    with _page(server, classify=lambda route: held.append(route)) as (page, errors):
+    with open_page(server, classify=lambda route: held.append(route)) as (page, errors):
         page.get_by_label("Choose images").set_input_files(files)
         _until(page, lambda: len(held) == 4, "sent")
         first(held[0])  # the other three are in flight when it comes, and never answered
@@ -118,7 +118,7 @@ def test_a_model_the_service_no_longer_has_ends_the_run_on_the_real_refusal(serv
         route.continue_()
 
     files = [_png(tmp_path, f"{i}.png") for i in range(IMAGES)]
-    with _page(server, classify=classify) as (page, errors):
+    with open_page(server, classify=classify) as (page, errors):
         page.evaluate("document.getElementById('model').add(new Option('retired', 'retired'))")
         page.select_option("#model", "retired")
         page.get_by_label("Choose images").set_input_files(files)
@@ -140,7 +140,7 @@ def test_an_images_own_refusal_leaves_the_others_to_go_on_and_the_limit_is_in_mi
     (tmp_path / "huge.png").write_bytes(os.urandom(MAX_BODY + 1000))
     files[1:1] = [str(tmp_path / "notes.png")]
     files[3:3] = [str(tmp_path / "huge.png")]
-    with _page(server) as (page, errors):
+    with open_page(server) as (page, errors):
         limits = page.inner_text("#limits-hint")
         page.get_by_label("Choose images").set_input_files(files)
         _until(page, lambda: page.inner_text("#status").startswith(f"{IMAGES - 2} of"), "classified")
@@ -177,7 +177,7 @@ def test_a_request_that_hangs_is_given_up_with_a_message_on_its_card(server, tmp
     held: list = []
     files = [_png(tmp_path, f"{i}.png") for i in range(5)]
     models = _without_timeout if listed == "none" else None
-    with _page(server, classify=lambda route: held.append(route), fake_clock=True, models=models) as (page, errors):
+    with open_page(server, classify=lambda route: held.append(route), fake_clock=True, models=models) as (page, errors):
         page.get_by_label("Choose images").set_input_files(files)
         _until(page, lambda: len(held) == 4, "sent")
         page.clock.run_for((timeout_s - 1) * 1000)

@@ -16,7 +16,6 @@ import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, extract_jpegs, free_port, running_service
+from conftest import ROOT, extract_jpegs, free_port, open_page, running_service
 
 MAX_IMAGES = 8
 MAX_BODY = 600_000
@@ -600,49 +599,6 @@ def test_every_route_counts_the_images_it_classifies(server, jpegs):
 
 # ---------------------------------------------------------------------------------------------- the page
 # tests/test_service_protocols.py drives the page's main paths in Chromium; these are the odd users and answers.
-@contextmanager
-def _page(
-    server: str,
-    *,
-    width: int = 1000,
-    init_script: str | None = None,
-    classify=None,
-    models=None,
-    fake_clock: bool = False,
-):
-    """The page open in headless Chromium with its models listed, and the script errors it raised; ``classify``
-    and ``models`` (Playwright route handlers) stand between the page and /classify and /models,
-    ``init_script`` runs before the page's; ``fake_clock``: the page's timers run on Playwright's clock, which
-    the test moves on."""
-    import shutil
-
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        pytest.skip("no chromium on this machine (scripts/setup.sh installs Debian's package when run as root)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=executable, args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
-        )
-        try:
-            page = browser.new_page(viewport={"width": width, "height": 800})
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            if init_script is not None:
-                page.add_init_script(init_script)
-            if fake_clock:
-                page.clock.install()
-            if classify is not None:
-                page.route("**/classify", classify)
-            if models is not None:
-                page.route("**/models", models)
-            page.goto(f"{server}/")
-            _until(page, lambda: page.locator("#model option").count() == 2, "the models listed")
-            yield page, errors
-        finally:
-            browser.close()
-
-
 def _until(page, done, what: str, seconds: float = 15) -> None:
     """Poll from here: the page's policy forbids the string evaluation wait_for_function does for an expression."""
     import time
@@ -666,7 +622,7 @@ def test_the_page_works_where_the_browser_blocks_session_storage(server, tmp_pat
         "Object.defineProperty(window, 'sessionStorage', "
         "{get() { throw new DOMException('access is denied', 'SecurityError'); }});"
     )
-    with _page(server, init_script=blocked) as (page, errors):
+    with open_page(server, init_script=blocked) as (page, errors):
         page.get_by_label("Choose images").set_input_files(_png(tmp_path))
         _until(page, lambda: page.inner_text("#status").startswith("1 of 1"), "classified")
     assert not errors, errors
@@ -676,7 +632,7 @@ def test_a_threshold_refused_mid_run_leaves_the_run_on_screen_to_finish(server, 
     """A "Mark unsure below" changed to no percentage while images were being classified stopped the run and started
     none: its cards said "classifying…" and the status "Classifying 3 image(s)…" for good."""
     held: list = []
-    with _page(server, classify=lambda route: held.append(route)) as (page, errors):
+    with open_page(server, classify=lambda route: held.append(route)) as (page, errors):
         page.get_by_label("Choose images").set_input_files([_png(tmp_path, f"{i}.png") for i in range(3)])
         _until(page, lambda: len(held) == 3, "sent")
         page.get_by_label("Mark unsure below (%)").fill("150")
@@ -706,7 +662,7 @@ def test_a_gateways_own_error_object_is_its_status_on_the_card_not_object_object
     def gateway(route):
         route.fulfill(status=502, json={"error": {"code": 502, "message": "upstream connect error"}})
 
-    with _page(server, classify=gateway) as (page, errors):
+    with open_page(server, classify=gateway) as (page, errors):
         page.get_by_label("Choose images").set_input_files(_png(tmp_path))
         _until(page, lambda: page.inner_text("#status").startswith("0 of 1"), "refused")
         card = page.inner_text(".answer.error")
@@ -716,7 +672,7 @@ def test_a_gateways_own_error_object_is_its_status_on_the_card_not_object_object
 
 def test_the_pages_cards_stay_on_a_narrow_screen(server, tmp_path):
     """On a screen narrower than a card's 17rem (a small phone, or larger text) the cards ran off the page."""
-    with _page(server, width=300) as (page, errors):
+    with open_page(server, width=300) as (page, errors):
         page.get_by_label("Choose images").set_input_files([_png(tmp_path, "a.png"), _png(tmp_path, "b.png")])
         _until(page, lambda: page.inner_text("#status").startswith("2 of 2"), "classified")
         drop = page.locator("#drop").bounding_box()

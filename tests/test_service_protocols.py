@@ -9,31 +9,19 @@ import base64
 import codecs
 import json
 import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from conftest import ROOT, extract_jpegs, running_service
+from conftest import ROOT, chromium, extract_jpegs, open_page, running_service
 
 MAX_IMAGES = 8
 MAX_BODY = 600_000
 TINY_CLASSES = ["alpha", "beta", "gamma"]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -558,33 +546,20 @@ def test_an_inference_request_past_the_timeout_is_a_504_the_document_lists(tiny_
 
 
 # ---------------------------------------------------------------------------------------------- the page
-def _chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.skip("no chromium on this machine (scripts/setup.sh installs Debian's package when run as root)")
-    return path
-
-
 def test_the_api_ui_renders_the_document_and_fetches_nothing_from_elsewhere(server):
     """BentoML's API UI page (/docs) embedded Google Tag Manager: opening it told a third party. The snippet is
     cut and a policy keeps every fetch on this server; Swagger UI still renders the service's operations."""
     response = httpx.get(f"{server}/docs", timeout=10)
     assert response.status_code == 200 and "googletagmanager" not in response.text
     assert "default-src 'self'" in response.headers["content-security-policy"]
-    executable = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
     requested: list[str] = []
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.on("request", lambda request: requested.append(request.url))
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"{server}/docs")
-            page.get_by_text("/classify", exact=True).first.wait_for(timeout=30_000)
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page()
+        page.on("request", lambda request: requested.append(request.url))
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{server}/docs")
+        page.get_by_text("/classify", exact=True).first.wait_for(timeout=30_000)
     assert not errors, errors
     elsewhere = [url for url in requested if not url.startswith((server, "data:"))]
     assert requested and not elsewhere, elsewhere
@@ -594,38 +569,26 @@ def test_the_page_classifies_a_dropped_jpeg_in_a_real_browser(server, jpegs):
     """Headless Chromium opens /, picks a real JPEG through the labelled file input, and the bars it draws
     say what /classify says; nothing is fetched from anywhere but the service. Screenshot:
     test-artifacts/page.png."""
-    executable = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
     image = jpegs[0]
     expected = _classify_multipart(server, [image], k="3")["predictions"][0]["top_k"]
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "page.png"
     requested: list[str] = []
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 700})
-            page.on("request", lambda request: requested.append(request.url))
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"{server}/")
-            model = page.get_by_label("Model")  # controls are found by their labels, as a screen reader does
-            _wait_for_models(page)
-            assert model.input_value() == "tiny"
-            assert page.get_by_label("Classes shown per image").input_value() == "3"
-            assert not page.locator("#key-field").is_visible()  # no keys configured: no key asked for
-            page.keyboard.press("Tab")  # the first stop is the model choice: reachable without a mouse
-            assert page.evaluate("document.activeElement.id") == "model"
-            page.get_by_label("Choose images").set_input_files(str(image))
-            page.wait_for_selector(".bars li", timeout=20_000)
-            rows = page.eval_on_selector_all(
-                ".bars li", "rows => rows.map(r => [r.dataset.label, Number(r.dataset.confidence), r.innerText])"
-            )
-            widths = page.eval_on_selector_all(".bars .fill", "bars => bars.map(b => b.style.width)")
-            status = page.locator("#status").inner_text()
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    with open_page(server, height=700, requested=requested) as (page, errors):
+        model = page.get_by_label("Model")  # controls are found by their labels, as a screen reader does
+        assert model.input_value() == "tiny"
+        assert page.get_by_label("Classes shown per image").input_value() == "3"
+        assert not page.locator("#key-field").is_visible()  # no keys configured: no key asked for
+        page.keyboard.press("Tab")  # the first stop is the model choice: reachable without a mouse
+        assert page.evaluate("document.activeElement.id") == "model"
+        page.get_by_label("Choose images").set_input_files(str(image))
+        page.wait_for_selector(".bars li", timeout=20_000)
+        rows = page.eval_on_selector_all(
+            ".bars li", "rows => rows.map(r => [r.dataset.label, Number(r.dataset.confidence), r.innerText])"
+        )
+        widths = page.eval_on_selector_all(".bars .fill", "bars => bars.map(b => b.style.width)")
+        status = page.locator("#status").inner_text()
+        page.screenshot(path=str(shot), full_page=True)
     assert not errors, errors
     assert [label for label, _, _ in rows] == [t["label"] for t in expected]
     assert [c for _, c, _ in rows] == pytest.approx([t["confidence"] for t in expected], abs=1e-6)
@@ -650,7 +613,7 @@ def test_the_page_sends_the_fit_and_threshold_chosen_and_says_the_limits(server,
     image = jpegs[0]
     top1 = _classify_multipart(server, [image], k="1")["predictions"][0]["top_k"][0]["confidence"]
     threshold = round(100 * top1, 1) + 0.1  # just above this image's top-1: unsure
-    with _page(server, classify) as (page, errors):
+    with open_page(server, classify=classify) as (page, errors):
         limits = page.inner_text("#limits-hint")
         fits = page.eval_on_selector_all("#fit option", "o => o.map(x => [x.value, x.text])")
         fit_info = page.inner_text("#fit-info")
@@ -676,39 +639,6 @@ def test_the_page_sends_the_fit_and_threshold_chosen_and_says_the_limits(server,
     assert b'name="fit"\r\n\r\npad\r\n' in sent[1] and b"min_confidence" not in sent[1], sent[1][-300:]
     assert marks_when_off == 0 and len(sent) == 2  # the refused threshold sent nothing
     assert "percentage from 0 to 100" in refusal, refusal
-
-
-@contextmanager
-def _page(server: str, classify=None):
-    """The page open in headless Chromium with its models listed, and the script errors it raises; ``classify``
-    (a Playwright route handler) stands between the page and /classify."""
-    executable = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            if classify is not None:
-                page.route("**/classify", classify)
-            page.goto(f"{server}/")
-            _wait_for_models(page)
-            yield page, errors
-        finally:
-            browser.close()
-
-
-def _wait_for_models(page, count: int = 2, seconds: float = 30) -> None:
-    """Until the model list has loaded, polled from here: wait_for_function with an expression evaluates a string
-    in the page once it has to poll, which the page's policy forbids (the test then fails only when the list is
-    not there at the first look)."""
-    import time
-
-    deadline = time.monotonic() + seconds
-    while page.locator("#model option").count() < count:
-        assert time.monotonic() < deadline, "the page did not list the models"
-        page.wait_for_timeout(100)
 
 
 def _wait_for_status(page, start: str, seconds: float = 30) -> None:
@@ -750,7 +680,7 @@ def test_the_page_survives_its_users_and_odd_answers_in_a_real_browser(server, j
 
     holding = [False]
     status = "#status"
-    with _page(server, classify) as (page, errors):
+    with open_page(server, classify=classify) as (page, errors):
         # The tiny models have 3 classes: k = 5 would be refused for every image.
         assert page.eval_on_selector_all("#k option", "o => o.map(x => x.value)") == ["1", "3"]
         page.evaluate("document.getElementById('key-field').hidden = false")
@@ -910,6 +840,18 @@ def test_the_largest_json_classify_request_is_read():
         "fit": "pad",
         "images": [Upload(name, bytes([i]) * 3000) for i, name in enumerate(names)],
     }, read
+
+
+def test_file_names_full_of_commas_do_not_count_as_json_values():
+    """Only a body's values count against its bound: commas and brackets inside its strings (file names here,
+    escaped quotes among them) used to count too, and a request of a few images named so was refused."""
+    from service.uploads import ENVELOPE_VALUES, Upload, classify_json_fields
+
+    most = 4
+    names = [f'photo {i} \\" [{"x,{" * ENVELOPE_VALUES}].png' for i in range(most)]
+    body = {"images": [{"filename": name, "data": _b64(bytes([i]) * 300)} for i, name in enumerate(names)]}
+    read = classify_json_fields(json.dumps(body).encode(), most)
+    assert read == {"images": [Upload(name, bytes([i]) * 300) for i, name in enumerate(names)]}, read
 
 
 def test_the_largest_infer_request_is_read():
