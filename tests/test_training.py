@@ -1682,3 +1682,19 @@ def test_a_run_folder_inside_the_image_folder_it_trains_on_is_refused(image_fold
         with pytest.raises(ConfigError, match="is inside the dataset"):
             train(config, out)
     assert sorted(p.name for p in data.iterdir()) == ["alpha", "beta", "gamma"] and not (data / "run").exists()
+
+
+def test_every_train_command_the_help_shows_builds_a_config():
+    """The examples in `python -m training train --help` are what users copy first; one set its epochs to the
+    recipe's warmup and was refused."""
+    import shlex
+
+    from training.__main__ import get_args_parser
+
+    parser = get_args_parser()
+    train = next(a for a in parser._subparsers._group_actions if a.dest == "command").choices["train"]
+    examples = re.findall(r"`(python -m training train [^`]+)`", train.description)
+    assert examples, train.description
+    for example in examples:
+        args = parser.parse_args(shlex.split(example)[3:])
+        build_config(args.recipe, args.set)  # raises ConfigError if the example is refused

@@ -241,7 +241,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="train a model from a recipe",
         description=(
             "Train from a recipe (a name from `recipes` or a YAML path) with key=value overrides, e.g. "
-            "`python -m training train --recipe resnet9_half_cpu --set epochs=5 lr=0.2 dropout=0.1 augment=basic`. "
+            "`python -m training train --recipe resnet9_half_cpu --set epochs=10 lr=0.2 dropout=0.1 augment=basic`. "
             "Bare keys resolve to their section (lr -> optim.lr); unknown ones become model "
             "arguments (use_se, dropout). Values are YAML: numbers (1e-3 too), true/false, [lists], {mappings}. "
             "The run folder gets config.yaml, history.json, training_curves.png, best.pt and last.pt. An ensemble "
