@@ -207,6 +207,9 @@ def diagnose(
     # Each model's images decoded at its own input size and with its own fit; models that share both (and
     # their classes) share one reading.
     readings: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+    # Its sub-folders sorted out once per set of classes, and those left out said once: models that differ only
+    # in size or fit each read the folder, but name no other sub-folders.
+    sorted_out: dict[tuple[str, ...], tuple[list[tuple[int, Path]], list[str]]] = {}
     placements = {}
     for number, entry in enumerate(manifest.models, 1):
         if entry.name in bad_files:
@@ -215,11 +218,15 @@ def diagnose(
         position = f"({number}/{len(manifest.models)})"
         labelled = None
         if folder:
-            key = (tuple(entry.classes), entry.input.size, entry.input.fit)
+            classes = tuple(entry.classes)
+            key = (classes, entry.input.size, entry.input.fit)
             if key not in readings:
+                first_of_its_classes = classes not in sorted_out
+                if first_of_its_classes:
+                    sorted_out[classes] = _class_folders(Path(folder), entry)
+                matched, left_out = sorted_out[classes]
                 say(f"reading {folder} for {entry.name} {position}")
-                readings[key] = _read_folder(Path(folder), entry, max_images)
-                left_out = _class_folders(Path(folder), entry)[1]
+                readings[key] = _read_folder(Path(folder), entry, max_images, matched)
                 height, width = entry.input.size
                 report.add(
                     "info",
@@ -227,11 +234,13 @@ def diagnose(
                     f"{folder}: {len(readings[key][1])} labelled image(s), at {height}x{width}, "
                     f"{entry.input.fit} (model {entry.name})",
                 )
-                if left_out:
+                if left_out and first_of_its_classes:
+                    alike = sum(m.classes == entry.classes for m in manifest.models) - 1
+                    also = f" or the {alike} other model(s) with its classes" if alike else ""
                     report.add(
                         "warn",
                         "folder",
-                        f"sub-folder(s) named after no class of {entry.name}, not read: "
+                        f"sub-folder(s) named after no class of {entry.name}{also}, not read: "
                         f"{', '.join(map(repr, left_out))} (its classes: {', '.join(entry.classes)})",
                     )
             labelled = readings[key]
@@ -391,13 +400,15 @@ def _class_folders(folder: Path, entry: ModelEntry) -> tuple[list[tuple[int, Pat
     return matched, left_out
 
 
-def _read_folder(folder: Path, entry: ModelEntry, max_images: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_folder(
+    folder: Path, entry: ModelEntry, max_images: int, matched: list[tuple[int, Path]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``max_images`` images of ``folder/CLASS/...`` whose CLASS names one of the model's classes
-    (``_class_folders``), spread over the classes (sorted paths, taken in turn), as the model's input (its size,
-    its fit) and class indices; hidden files and folders are no images, as for training's folder reader;
-    ``ManifestError`` if none is readable."""
+    (``matched``, else ``_class_folders``), spread over the classes (sorted paths, taken in turn), as the model's
+    input (its size, its fit) and class indices; hidden files and folders are no images, as for training's folder
+    reader; ``ManifestError`` if none is readable."""
     found: dict[int, list[Path]] = {}
-    for label, d in _class_folders(folder, entry)[0]:
+    for label, d in _class_folders(folder, entry)[0] if matched is None else matched:
         found.setdefault(label, []).extend(
             p
             for p in d.rglob("*")

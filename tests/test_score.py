@@ -1357,3 +1357,62 @@ def test_resume_compares_rows_scored_again_by_path_whatever_order_the_engine_giv
     other.change = {"b.png": "frog"}
     with pytest.raises(UserError, match="1 of 3 of its rows scored again differ \\('b.png': dog 0.9000 there, frog"):
         _check_same_scoring(other, args, written)
+
+
+@pytest.fixture
+def no_engine_opens(monkeypatch):
+    """Every engine (local, ray) loads its model through chosen_model first: a refusal must come before it."""
+    from service.score import engines
+
+    def opened(*args, **kwargs):
+        raise AssertionError("an engine was opened before the refusal")
+
+    monkeypatch.setattr(engines, "chosen_model", opened)
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_engine_opens(engine, tmp_path, no_engine_opens, capsys):
+    """Found only when the output was opened, after the engine had started: Ray spun up for seconds first. Each
+    case is refused in one line, exit 2, by both engines alike, and leaves no file behind."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "0.png").write_bytes(b"")  # the walk goes by the name
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    cases = {
+        read_only / "missing" / "p.csv": f"folder {read_only / 'missing'} does not exist",
+        a_file / "p.csv": f"{a_file} is a file, not a folder",
+    }
+    if Path("/proc/self").is_dir():
+        # permission bits would allow it, and as root they always do: procfs creates no file, whoever asks
+        cases[Path("/proc/score-output.csv")] = "No such file or directory"
+    read_only.chmod(0o555)
+    try:
+        for out, reason in cases.items():
+            assert _score(photos, "--engine", engine, "--out", out, "--no-progress") == 2, out
+            assert capsys.readouterr().err == f"error: cannot write {out}: {reason}\n"
+            assert not out.exists()
+    finally:
+        read_only.chmod(0o755)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "photos", "read-only"]  # the probe left nothing
+    assert not list(read_only.iterdir())
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_a_folder_without_images_is_refused_before_any_engine_opens(engine, tmp_path, no_engine_opens, capsys):
+    """The walk's first image was looked for after the engine had loaded its model (Ray: started a cluster)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("no image here")
+    out = tmp_path / "out" / "p.csv"
+    out.parent.mkdir()
+    for folder, skipped in ((empty, 0), (notes, 1)):
+        assert _score(folder, "--engine", engine, "--out", out, "--no-progress") == 2, folder
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: no image files under {folder} ({skipped} other files skipped;"), err
+        assert err.count("\n") == 1, err
+    assert not list(out.parent.iterdir())

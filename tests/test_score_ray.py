@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
@@ -248,13 +248,8 @@ def test_cluster_addresses_are_resolved_and_checked_before_ray_init(monkeypatch)
     assert ray_engine.resolve_address("auto") == ("10.0.0.1:6379", " (RAY_ADDRESS)")  # as ray.init takes it
     assert ray_engine.resolve_address("head:6379") == ("head:6379", "")  # the flag wins
 
-    real_find_spec = ray_engine.importlib.util.find_spec
-    grpc: list = [object()]  # whether Ray Client's grpcio is installed, whatever this machine has
-
-    def find_spec(name):
-        return grpc[0] if name == "grpc" else real_find_spec(name)
-
-    monkeypatch.setattr(ray_engine.importlib.util, "find_spec", find_spec)
+    # Ray Client's grpcio imports, whatever this machine has
+    monkeypatch.setitem(sys.modules, "grpc", ModuleType("grpc"))
     port = _closed_port()
     for address, message in (
         (f"127.0.0.1:{port}", "nothing listens there"),
@@ -266,9 +261,9 @@ def test_cluster_addresses_are_resolved_and_checked_before_ray_init(monkeypatch)
             ray_engine._connect(ray, address)
         assert ray.inits == []
 
-    # Ray Client needs grpcio, which ray[data] does not bring: the pinned extra to install, before any connection.
-    grpc[0] = None
-    with pytest.raises(UserError, match=re.escape("needs the client extra of Ray: pip install 'ray[client]==2.60.0'")):
+    # Ray Client needs grpcio: the extra that brings it, before any connection.
+    monkeypatch.setitem(sys.modules, "grpc", None)
+    with pytest.raises(UserError, match=re.escape("needs Ray's client extra (import grpc: ")):
         ray_engine._connect(_FakeRay(), f"ray://127.0.0.1:{port}")
 
     with socket.socket() as listening:
@@ -282,6 +277,57 @@ def test_cluster_addresses_are_resolved_and_checked_before_ray_init(monkeypatch)
         ray = _FakeRay(ConnectionError(f"Failed to connect to Ray cluster at {address}"))
         with pytest.raises(UserError, match="also needs RAY_AUTH_MODE=token"):
             ray_engine._connect(ray, address)
+
+
+def test_the_ray_extra_brings_ray_client_at_the_pinned_version():
+    """--address ray://HEAD:10001 needs Ray Client (grpcio), which ray[data] alone does not install."""
+    import tomllib
+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        extra = tomllib.load(f)["project"]["optional-dependencies"]["ray"]
+    pins = [re.fullmatch(r"ray\[([a-z,]+)\]==([0-9.]+)", requirement) for requirement in extra]
+    assert len(pins) == 1 and pins[0], extra  # one requirement: the extras at one version
+    assert {"data", "client"} <= set(pins[0].group(1).split(",")), extra
+    assert pins[0].group(2) == _FakeRay.__version__
+
+
+def _client_address_refused(tmp_path, monkeypatch, capsys) -> str:
+    """The command's one line for a ray:// address it refuses: exit 2, before Ray starts or the output opens."""
+    ray = _FakeRay()
+    monkeypatch.setattr(ray_engine, "_import_ray", lambda: ray)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    address = f"ray://127.0.0.1:{_closed_port()}"
+    argv = ["--engine", "ray", "--address", address, "--models-dir", ROOT / "models", "--no-progress"]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "0.png").write_bytes(b"")  # the walk goes by the name
+    assert _score(photos, *argv, "--out", tmp_path / "p.csv") == 2
+    assert ray.inits == []
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {address} is a Ray Client address, which needs Ray's client extra"), err
+    assert err.count("\n") == 1 and "pip install -e '.[ray]'" in err, err
+    assert not (tmp_path / "p.csv").exists()
+    return err
+
+
+def test_a_ray_client_address_without_grpcio_is_one_line(tmp_path, monkeypatch, capsys):
+    """Ray installed as ray[data] alone, without the ray extra: the command names the extra, in one line."""
+    monkeypatch.setitem(sys.modules, "grpc", None)  # `import grpc` raises ImportError, as without it
+    assert "(import grpc: " in _client_address_refused(tmp_path, monkeypatch, capsys)
+
+
+def test_a_ray_client_address_with_a_grpcio_that_does_not_import_is_one_line(tmp_path, monkeypatch, capsys):
+    """A grpcio that is there but does not import (built for another Python) fails Ray Client as a missing one
+    does: the same line, with the import's own reason, not Ray's ImportError from inside ray.init."""
+    site = tmp_path / "site"
+    (site / "grpc").mkdir(parents=True)
+    (site / "grpc" / "__init__.py").write_text(
+        "raise ImportError(\"cannot import name 'cygrpc' from 'grpc._cython'\")\n"
+    )
+    monkeypatch.delitem(sys.modules, "grpc", raising=False)
+    monkeypatch.syspath_prepend(str(site))
+    err = _client_address_refused(tmp_path, monkeypatch, capsys)
+    assert "(import grpc: cannot import name 'cygrpc' from 'grpc._cython')" in err, err
 
 
 def test_rays_error_messages_go_to_stderr_not_to_the_rows(monkeypatch, capsys):

@@ -17,7 +17,7 @@ project's code (``py_modules``); the nodes need Ray and the project's base depen
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import logging
 import os
 import socket
@@ -414,11 +414,8 @@ def _connect(ray, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address is not None:
-        if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
-            raise UserError(
-                f"{address} is a Ray Client address, which needs the client extra of Ray: "
-                f"pip install 'ray[client]=={ray.__version__}'"
-            )
+        if address.startswith("ray://"):
+            _check_client(ray, address)
         check_reachable(address)
     _errors_to_stderr(ray)
     common = dict(logging_level=logging.ERROR, log_to_driver=False)
@@ -440,6 +437,19 @@ def _connect(ray, address: str | None) -> bool:
             hint = f" (a cluster with token authentication also needs {AUTH_MODE_VARIABLE}=token)"
         raise UserError(f"cannot start or reach Ray at {address or 'a local instance'}: {exc}{hint}") from None
     return True
+
+
+def _check_client(ray, address: str) -> None:
+    """UserError when Ray Client cannot run here: ray.init would fail inside Ray's own import of grpcio, which
+    ray[data] alone does not install. Imported, not looked up: a grpcio that is there but does not import (built
+    for another Python) fails Ray as a missing one does."""
+    try:
+        importlib.import_module("grpc")  # by name: mypy refuses an import of a package that may be absent
+    except ImportError as exc:
+        raise UserError(
+            f"{address} is a Ray Client address, which needs Ray's client extra (import grpc: {exc}): "
+            f"pip install -e '.[ray]' brings it, or pip install 'ray[client]=={ray.__version__}'"
+        ) from None
 
 
 def _errors_to_stderr(ray) -> None:

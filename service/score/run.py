@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import itertools
 import math
 import os
@@ -13,6 +14,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from inference.interrupts import give_back, interrupted_status, say_stopped, stopped_by, take_over_terminations
 from inference.preprocess import IMAGE_EXTENSIONS, is_image_name
@@ -126,14 +128,41 @@ def _validate(args) -> str:
             raise UserError("--resume needs --out FILE")
     else:
         _check_existing_output(args)
-        parent = os.path.dirname(os.path.abspath(args.out))
         if args.resume and os.path.exists(args.out) and not os.path.isfile(args.out):
             raise UserError(f"--resume needs --out to be a file it can read back; {args.out} is not a regular file")
-        if not os.path.isdir(parent):
-            raise UserError(f"cannot write {args.out}: folder {parent} does not exist")
-        if not os.access(parent if not os.path.exists(args.out) else args.out, os.W_OK):
-            raise UserError(f"cannot write {args.out}: permission denied")
+        _check_writable(args.out, replaces=getattr(args, "overwrite", False) and not holds_no_rows(args.out))
     return fmt
+
+
+def _check_writable(out: str, replaces: bool) -> None:
+    """UserError, worded as when ``_run`` opens ``out``, unless it can be written; checked before any engine
+    opens, since Ray takes seconds to start. Tried, not read from permission bits (``os.access``): root passes
+    those, and a read-only mount or a pseudo file system (/proc, /sys) refuses what they allow. ``replaces``:
+    --overwrite of a file with rows, whose new rows go to a file beside it (``_Replacement``)."""
+    if os.path.exists(out) and not replaces:
+        if not os.path.isfile(out):
+            # a device or a pipe (/dev/stdout), which opening could block on (a FIFO without a reader): only the
+            # bits are asked
+            if not os.access(out, os.W_OK):
+                raise UserError(f"cannot write {out}: {os.strerror(errno.EACCES)}")
+            return
+        try:
+            os.close(os.open(out, os.O_WRONLY))  # neither truncated nor appended to: it stays as it is
+        except OSError as exc:
+            raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+        return
+    # A new file, or the replacement beside one: in the folder of the file a link names, where either is made.
+    folder = os.path.dirname(os.path.realpath(out) if replaces or os.path.islink(out) else os.path.abspath(out))
+    if not os.path.isdir(folder):
+        if os.path.exists(folder):
+            raise UserError(f"cannot write {out}: {folder} is a file, not a folder")
+        raise UserError(f"cannot write {out}: folder {folder} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _check_existing_output(args) -> None:
@@ -201,10 +230,13 @@ def run(args: argparse.Namespace) -> int:
     backend = None
     try:
         fmt_name = _validate(args)
-        backend = choose_engine(args).open(args)
+        engine = choose_engine(args)
+        summary = Summary()
+        entries = _images(args.dir, summary.walk)
+        backend = engine.open(args)
         for s, handler in take_over_terminations().items():  # an engine may have set its own (ray.init does)
             previous.setdefault(s, handler)
-        return _run(args, fmt_name, backend)
+        return _run(args, fmt_name, backend, summary, entries)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -274,32 +306,37 @@ def _count(root: str, stop: threading.Event, total: list) -> None:
         total.append(None)
 
 
-def _run(args, fmt_name: str, backend: Backend) -> int:
+def _images(root: str, stats: WalkStats) -> Iterator[Entry]:
+    """The walk of ``root``, its first image found: UserError where it holds none, before the engine opens (the
+    local one loads its model and forks its decoders, Ray starts) and before the output is opened (a wrong folder
+    replaces no file)."""
+    try:
+        entries = walk(root, stats)
+        first = next(entries, None)
+    except OSError as exc:
+        raise UserError(f"cannot read {root}: {exc.strerror or exc}") from None
+    if first is None:
+        hidden = stats.hidden_dirs_skipped
+        raise UserError(
+            f"no image files under {root} ({stats.skipped} other files skipped; "
+            f"image extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+            + (f"; not entered: {_hidden_dirs(hidden)}" if hidden else "")
+        )
+    return itertools.chain([first], entries)
+
+
+def _run(args, fmt_name: str, backend: Backend, summary: Summary, entries: Iterator[Entry]) -> int:
     from tqdm import tqdm
 
     k = min(args.k, len(backend.classes)) if backend.classes else args.k
     backend.k = k
     fmt = make_format(fmt_name, k, exact_k=backend.classes is not None, min_confidence=args.min_confidence)
-    summary = Summary()
     accuracy = None
     if args.labels_from_folders:
         accuracy = FolderAccuracy(
             backend.classes, os.path.basename(os.path.abspath(args.dir)), backend.name or "(the service's default)"
         )
 
-    try:
-        entries = walk(args.dir, summary.walk)
-        first = next(entries, None)  # before the output is opened: a wrong folder replaces no file
-    except OSError as exc:
-        raise UserError(f"cannot read {args.dir}: {exc.strerror or exc}") from None
-    if first is None:
-        hidden = summary.walk.hidden_dirs_skipped
-        raise UserError(
-            f"no image files under {args.dir} ({summary.walk.skipped} other files skipped; "
-            f"image extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
-            + (f"; not entered: {_hidden_dirs(hidden)}" if hidden else "")
-        )
-    entries = itertools.chain([first], entries)
     done: set[str] = set()
     written: list[Row] = []  # the first few rows --resume keeps, scored again to check they are this run's
     replacement: _Replacement | None = None

@@ -1,0 +1,49 @@
+"""``python -m service doctor --folder DIR``: how the report speaks of the labelled folder's sub-folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from conftest import ROOT
+
+
+def test_sub_folders_named_after_no_class_are_listed_once_whatever_the_models_fits(tmp_path, monkeypatch):
+    """The shipped models share their classes but not their fit (squash, center_crop): the folder is read once
+    per fit, and its sub-folders were listed, and the ones named after no class warned about, once per reading."""
+    from inference.manifest import load_manifest
+    from service import doctor
+    from service.gpus import GpuReport
+    from service.settings import ServiceSettings
+
+    models = ROOT / "models"
+    shipped = load_manifest(models, verify=False).models
+    fits = {(tuple(m.classes), m.input.size): set() for m in shipped}
+    for m in shipped:
+        fits[tuple(m.classes), m.input.size].add(m.input.fit)
+    assert any(len(f) > 1 for f in fits.values()), "no two shipped models read the folder alike but for the fit"
+
+    folder = tmp_path / "labelled"
+    for name in ("cat", "dog", "not-a-class", "Trucks"):
+        (folder / name).mkdir(parents=True)
+        Image.new("RGB", (40, 30), (90, 120, 30)).save(folder / name / "0.png")
+    listed: list[Path] = []
+    real = doctor._class_folders
+
+    def class_folders(where, entry):
+        listed.append(where)
+        return real(where, entry)
+
+    monkeypatch.setattr(doctor, "_class_folders", class_folders)
+    settings = ServiceSettings(models_dir=models, device="cpu")
+    report = doctor.diagnose("cpu", models, str(folder), 100, speed=False, gpus=GpuReport([], None), settings=settings)
+    text = report.render()
+    assert report.passed, text
+    assert text.count("'not-a-class'") == 1 and text.count("'Trucks'") == 1, text
+    warned = [f.text for f in report.findings if f.topic == "folder" and f.status == "warn"]
+    assert len(warned) == 1 and "'Trucks', 'not-a-class'" in warned[0], warned
+    readings = [f.text for f in report.findings if f.topic == "folder" and f.status == "info"]
+    assert len(readings) == sum(len(f) for f in fits.values()), readings  # one per fit: their figures differ
+    assert all("2 labelled image(s)" in line for line in readings), readings
+    assert len(listed) == len(fits), listed  # the sub-folders listed once per set of classes
