@@ -336,6 +336,7 @@ def test_fail_on_error_and_user_errors(tree, tiny_models_dir, tmp_path, capsys):
     cases = {
         "does not exist": [tmp_path / "nope", "--out", tmp_path / "x.csv", *models],
         "unknown model 'nope'; available: tiny, tiny-int8": [tree, "--model", "nope", *models],
+        "--model is empty": [tree, "--model", "", *models],
         "--k must be at least 1": [tree, "--k", 0, *models],
         "--batch-size must be at least 1": [tree, "--batch-size", 0, *models],
         "--streams must be at least 1": [tree, "--streams", 0, *models],

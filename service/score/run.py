@@ -100,6 +100,8 @@ def _validate(args) -> str:
         raise UserError(f"{args.dir} is not a folder" if os.path.exists(args.dir) else f"{args.dir} does not exist")
     if args.k < 1:
         raise UserError(f"--k must be at least 1, not {args.k}")
+    if args.model is not None and not args.model.strip():  # a shell variable never set: not the default, unsaid
+        raise UserError("--model is empty: give a model name from the manifest, or leave --model out")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.workers is not None and args.workers < 0:
