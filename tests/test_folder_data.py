@@ -54,6 +54,8 @@ def _modes(folder: Path) -> list[str]:
     exif[0x0112] = 6  # shown turned a quarter
     _noise(48, 32, 12).save(folder / "turned.jpg", exif=exif)
     _noise(40, 40, 13).save(folder / "progressive.jpg", progressive=True)
+    frames = [_noise(30, 40, 14 + i).convert("P") for i in range(3)]  # the first frame is the image
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
     return sorted(p.name for p in folder.iterdir())
 
 
@@ -255,3 +257,73 @@ def test_a_second_link_to_a_class_folder_is_named_as_one_not_as_a_folder_without
         "to it; kitty is a link to the folder read as cat" in said
     )
     assert "folder(s) without images left out, not classes: fish\n" in said
+
+
+def _photos(root: Path, per_class: int, side: int) -> int:
+    """Class folders of noise PNGs stored uncompressed, as large as photos relative to their pixels; their total
+    size in bytes."""
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            _noise(side, side, 100 * len(cls) + i).save(root / cls / f"{i}.png", compress_level=0)
+    return sum(p.stat().st_size for p in root.rglob("*.png"))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_reader_holds_one_file_at_a_time_not_the_whole_folder(tmp_path, packed):
+    """A folder of phone photos (a few MB each) is larger than the memory of the machine training on it: each file
+    is decoded as it is read and only its 32x32 pixels are kept, for a tree and for its archive alike. The reader
+    held every file's bytes until the last was read (the peak was the folder's size)."""
+    import tracemalloc
+
+    root = tmp_path / "photos"
+    total = _photos(root, per_class=8, side=600)  # 16 files of about 1 MB
+    source = root
+    if packed:
+        source = tmp_path / "photos.tar"
+        with tarfile.open(source, "w") as tar:
+            tar.add(root, arcname="photos")
+    expected = read_image_folder(root)  # also imports and warms up whatever the reader uses
+    tracemalloc.start()
+    try:
+        data = read_image_folder(source)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert data.fingerprint() == expected.fingerprint() and data.classes == ["cat", "dog"]
+    assert peak < total / 4, f"peak {peak} bytes while reading {total} bytes of files"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda a: {"images": a.images[:, :16, :16], "labels": a.labels, "classes": np.array(a.classes)},
+        lambda a: {"images": a.images, "labels": a.labels + 5, "classes": np.array(a.classes)},
+        lambda a: {"images": a.images, "labels": a.labels * 0, "classes": np.array(a.classes[:1])},
+        lambda a: {"images": a.images[:3], "labels": a.labels[:3], "classes": np.array(a.classes)},
+        lambda a: {"images": a.images, "labels": a.labels, "classes": np.array(["dog", "cat"])},
+    ],
+    ids=["other-size", "labels-past-the-classes", "a-class-missing", "images-missing", "classes-unsorted"],
+)
+def test_a_cache_that_reads_but_does_not_fit_the_tree_is_decoded_again(tmp_path, caplog, monkeypatch, damage):
+    """A cache file that numpy reads but that cannot be this tree's decode (another image size, labels past the
+    classes, other classes or image count than the tree's): said and rebuilt, not trained on. It was returned as
+    it was, and training failed later or learnt the wrong classes."""
+    root = tmp_path / "tree"
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            _noise(40, 30, 10 * len(cls) + i).save(root / cls / f"{i}.png")
+    cache_dir = tmp_path / "cache"
+    fresh = read_image_folder(root, SIZE, cache_dir)
+    (cache,) = cache_dir.glob("*.npz")
+    arrays = damage(fresh)
+    with open(cache, "wb") as f:
+        np.savez(f, images=arrays["images"], labels=arrays["labels"], classes=arrays["classes"])
+    decoded = _decodes(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        again = read_image_folder(root, SIZE, cache_dir)
+    assert again.fingerprint() == fresh.fingerprint() and again.classes == fresh.classes
+    assert len(decoded) == 6 and f"the dataset cache {cache} is damaged" in caplog.text
+    assert read_image_folder(root, SIZE, cache_dir).fingerprint() == fresh.fingerprint()
+    assert len(decoded) == 6  # rewritten: the next run reads it

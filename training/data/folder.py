@@ -16,7 +16,7 @@ import zipfile
 import zlib
 from collections import Counter
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import PIL
@@ -65,26 +65,48 @@ def read_image_folder(
     if images is not None:
         _warn_left_out(root, images, others)  # on every read, a cached one too
     cache = _cache_path(root, image_size, fit, cache_dir, images) if cache_dir else None
+    if images is not None:  # in the order the images are kept in, so each is written to its place as it is read
+        images = [path for path in images if len(path.relative_to(root).parts) >= 2]
+        images.sort(key=lambda path: _sort_key(path.relative_to(root).as_posix()))
+        _check_names([path.relative_to(root).as_posix() for path in images], root)
     if cache and cache.is_file():
-        cached = _read_cache(cache)
+        expected = None if images is None else (len(images), _classes_of(root, images))
+        cached = _read_cache(cache, image_size, expected)
         if cached is not None:
             return cached
-    entries = list(_iter_archive(root) if images is None else _iter_tree(root, images))
-    arrays = _decode_all(entries, root, image_size, fit)
+    entries = _iter_archive(root) if images is None else _iter_tree(root, images)
+    arrays = _decode_all(entries, root, image_size, fit, None if images is None else len(images))
     if cache:
         _write_cache(cache, arrays)
     return arrays
 
 
-def _read_cache(cache: Path) -> ImageArrays | None:
-    """The cached arrays, or None (with a warning) where the file is damaged: a cache is decoded again, never
-    a reason to stop."""
+def _read_cache(cache: Path, image_size: int, expected: tuple[int, list[str]] | None) -> ImageArrays | None:
+    """The cached arrays, or None (with a warning) where the file is damaged or cannot be this source's decode:
+    another image size, labels outside the classes, classes not sorted, or (``expected``, for a tree) another
+    number of images or other classes than the tree holds. A cache is decoded again, never a reason to stop."""
     try:
         with np.load(cache, allow_pickle=False) as npz:
-            return ImageArrays(npz["images"], npz["labels"], [str(c) for c in npz["classes"]])
+            arrays = ImageArrays(npz["images"], npz["labels"], [str(c) for c in npz["classes"]])
+        _check_cached(arrays, image_size, expected)
+        return arrays
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         log.warning("the dataset cache %s is damaged (%s): decoding the images again", cache, exception_summary(exc))
         return None
+
+
+def _check_cached(arrays: ImageArrays, image_size: int, expected: tuple[int, list[str]] | None) -> None:
+    size = arrays.images.shape[1:3]
+    if size != (image_size, image_size):
+        raise ValueError(f"its images are {size[1]}x{size[0]}, not {image_size}x{image_size}")
+    classes, labels = arrays.classes, arrays.labels
+    if classes != sorted(set(classes)) or not len(labels) or labels.min() < 0 or labels.max() >= len(classes):
+        raise ValueError(f"its {len(labels)} labels do not index its {len(classes)} classes, sorted")
+    if expected is not None and (len(arrays), classes) != expected:
+        count, names = expected
+        raise ValueError(
+            f"it holds {len(arrays)} images of {len(classes)} classes, the folder {count} images of {len(names)}"
+        )
 
 
 def _write_cache(cache: Path, arrays: ImageArrays) -> None:
@@ -204,6 +226,7 @@ def _check_class_name(folder: str, root: Path) -> None:
 
 
 def _iter_tree(root: Path, images: list[Path]) -> Iterator[tuple[str, str, bytes]]:
+    """The images in class folders, as (path under ``root``, class, bytes): each file read when it is reached."""
     for path in images:
         rel = path.relative_to(root)
         if len(rel.parts) >= 2:
@@ -294,33 +317,75 @@ def _read_as_text(folder: Path, read: str) -> str:
     return f"{folder.name} is read as {read}, a link to it"
 
 
-def _decode_all(entries: list[tuple[str, str, bytes]], root: Path, image_size: int, fit: str) -> ImageArrays:
-    # Sorted by path so that the order, and so the validation split, is the same on every machine: in NFC, as a
-    # class name is, so that a copy whose file names macOS wrote decomposed ("café.jpg") is split the same way.
-    entries.sort(key=lambda e: unicodedata.normalize("NFC", e[0]))
-    if not entries:
-        raise DatasetError(
-            f"{root} holds no images in class folders (expected <class>/<image> files, an image being a file "
-            f"named {', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
-    _check_side_by_side([PurePosixPath(name).parent for name, _, _ in entries], root)
-    classes = sorted({cls for _, cls, _ in entries})
-    index = {c: i for i, c in enumerate(classes)}
-    images = np.empty((len(entries), image_size, image_size, 3), dtype=np.uint8)
-    labels = np.empty(len(entries), dtype=np.int64)
-    unusable = []
-    for i, (name, cls, data) in enumerate(tqdm(entries, desc=f"decoding {root.name}", unit="img", leave=False)):
+def _sort_key(name: str) -> str:
+    """Images are kept sorted by path so that the order, and so the validation split, is the same on every
+    machine: in NFC, as a class name is, so that a copy whose file names macOS wrote decomposed ("café.jpg") is
+    split the same way."""
+    return unicodedata.normalize("NFC", name)
+
+
+def _classes_of(root: Path, images: list[Path]) -> list[str]:
+    return sorted({_class_name(path.parent.name) for path in images})
+
+
+def _no_images(root: Path) -> DatasetError:
+    return DatasetError(
+        f"{root} holds no images in class folders (expected <class>/<image> files, an image being a file "
+        f"named {', '.join(sorted(IMAGE_EXTENSIONS))})"
+    )
+
+
+def _check_names(names: list[str], root: Path) -> None:
+    """A tree's image paths checked before any is read: there are some, and their class folders sit side by side."""
+    if not names:
+        raise _no_images(root)
+    _check_side_by_side([PurePosixPath(name).parent for name in names], root)
+
+
+def _decode_all(
+    entries: Iterable[tuple[str, str, bytes]], root: Path, image_size: int, fit: str, count: int | None
+) -> ImageArrays:
+    """Each entry decoded as it comes, and only its pixels kept: a folder of photos may be far larger than memory.
+    ``count``: the number of entries, already in ``_sort_key`` order (a tree); None for entries in any order (an
+    archive, read as it is stored), checked and sorted here."""
+    shape = (image_size, image_size, 3)
+    images = np.empty((count if count is not None else 256, *shape), dtype=np.uint8)
+    names: list[str] = []
+    classes_of: list[str] = []
+    unusable: dict[int, str] = {}
+    parents: dict[PurePosixPath, PurePosixPath] = {}
+    for i, (name, cls, data) in enumerate(
+        tqdm(entries, total=count, desc=f"decoding {root.name}", unit="img", leave=False)
+    ):
+        if count is None:
+            folder = PurePosixPath(name).parent
+            parents.setdefault(folder.parent, folder)
+            if len(parents) > 1:
+                _check_side_by_side(list(parents.values()), root)
+            if i == len(images):
+                images = np.concatenate([images, np.empty_like(images)])
         try:
             images[i] = decode_image(data, (image_size, image_size), max_pixels=MAX_PIXELS, fit=fit)
         except ImageDecodeError as exc:
-            unusable.append(f"{name}: {exc}")  # all of them, in one pass: not one decode of the folder per file
-        labels[i] = index[cls]
+            unusable[i] = str(exc)  # all of them, in one pass: not one decode of the folder per file
+        names.append(name)
+        classes_of.append(cls)
+    if not names:
+        raise _no_images(root)
+    order = sorted(range(len(names)), key=lambda i: _sort_key(names[i]))
     if unusable:
+        listed = [f"{names[i]}: {unusable[i]}" for i in order if i in unusable]
         raise DatasetError(
-            f"{root}: {len(unusable)} of {len(entries)} images cannot be used (remove or fix them): "
-            + _listed(unusable, "; ")
+            f"{root}: {len(unusable)} of {len(names)} images cannot be used (remove or fix them): "
+            + _listed(listed, "; ")
         )
-    return ImageArrays(images, labels, classes)
+    if order != list(range(len(names))):
+        images = images[order]
+        classes_of = [classes_of[i] for i in order]
+    classes = sorted(set(classes_of))
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[cls] for cls in classes_of], dtype=np.int64)
+    return ImageArrays(images[: len(names)], labels, classes)
 
 
 def _check_side_by_side(folders: list[PurePosixPath], root: Path) -> None:
