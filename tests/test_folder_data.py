@@ -327,3 +327,22 @@ def test_a_cache_that_reads_but_does_not_fit_the_tree_is_decoded_again(tmp_path,
     assert len(decoded) == 6 and f"the dataset cache {cache} is damaged" in caplog.text
     assert read_image_folder(root, SIZE, cache_dir).fingerprint() == fresh.fingerprint()
     assert len(decoded) == 6  # rewritten: the next run reads it
+
+
+def test_a_class_too_small_for_a_validation_share_is_named(tmp_path, caplog):
+    """A class of one image among larger ones gets no validation image: it was trained on and never measured,
+    unsaid (its report row only showed recall null)."""
+    from PIL import Image
+
+    from training.data import load_split
+
+    root = tmp_path / "tree"
+    for name, count in (("big", 30), ("other", 30), ("tiny", 1)):
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (8, 8), (i * 8, 0, 0)).save(root / name / f"{i}.png")
+    with caplog.at_level(logging.WARNING):
+        val = load_split("folder", root, "val", val_size=6, image_size=8)
+    assert sorted(set(val.labels.tolist())) == [0, 1], val.labels
+    assert "no validation image for class(es) 'tiny' (1 images)" in caplog.text, caplog.text
+    assert "'big'" not in caplog.text and "'other'" not in caplog.text, caplog.text

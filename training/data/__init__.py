@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+import numpy as np
 
 from inference.fits import DEFAULT_FIT
 
@@ -14,6 +17,8 @@ from .split import stratified_split
 
 DATASETS: Registry = Registry("dataset")
 SPLITS = ("train", "val", "test", "all")
+
+log = logging.getLogger(__name__)
 
 
 CIFAR_SIZE = 32
@@ -79,7 +84,23 @@ def load_split(
     if split == "all":
         return full
     train_idx, val_idx = stratified_split(full.labels, val_size, seed, full.classes)
+    if split == "val" and val_size:
+        _warn_unvalidated(full, val_idx)
     return full.subset(train_idx if split == "train" else val_idx)
+
+
+def _warn_unvalidated(full: ImageArrays, val_idx: np.ndarray) -> None:
+    """Classes too small for a share of the validation split are trained on and never measured: their recall in
+    a report is null, and nothing else would say why."""
+    missing = sorted(set(range(len(full.classes))) - set(np.unique(full.labels[val_idx]).tolist()))
+    if missing:
+        counts = np.bincount(full.labels, minlength=len(full.classes))
+        log.warning(
+            "no validation image for class(es) %s (too few images for a share of data.val_size %d): trained on, "
+            "never measured; add images to them or raise data.val_size",
+            ", ".join(f"{full.classes[c]!r} ({counts[c]} images)" for c in missing),
+            len(val_idx),
+        )
 
 
 __all__ = ["DATASETS", "DatasetError", "ImageArrays", "load_split", "stratified_split", "SPLITS"]
