@@ -20,6 +20,8 @@
   by calling its fallback, which raises ServiceUnavailable; the route logs that as an ERROR with its traceback,
   once per request, and answers a bare 503 with neither reason nor Retry-After. The API's own dispatcher is
   given a fallback that returns the service's answer instead (a Response, which the route sends as it is).
+  The dispatcher calls the same fallback when the queued caller's own task is cancelled (BentoML's timeout, a
+  worker forced to stop): that is no shed, and every dispatcher here lets the cancellation go on instead.
 - The OpenAPI document: BentoML cannot infer /classify's error answers or GET /models;
   :func:`extend_openapi` lets the service edit the document as a plain dict.
 - APIs bound once per instance (:func:`bind_apis`), and upload fields declared as the file parts of a
@@ -164,7 +166,8 @@ def _sibling(dispatcher: Any) -> Any:
         max_latency_in_ms=round(dispatcher.max_latency * 1000),
         max_batch_size=dispatcher.max_batch_size,
         shared_sema=dispatcher._sema,
-        fallback=getattr(dispatcher, _RAISES, dispatcher.fallback),  # the in-process callers answer a shed
+        # the in-process callers answer a shed, and are answered a cancellation of their own as CancelledError
+        fallback=functools.partial(_shed, getattr(dispatcher, _RAISES, dispatcher.fallback)),
         get_batch_size=dispatcher.get_batch_size,
         batch_dim=dispatcher.batch_dim,
     )
@@ -226,30 +229,31 @@ def _forget_stale_wait(dispatcher: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- shed requests
-# API name -> the answer to a request its own route's dispatcher sheds (answer_shed)
-_shed_answers: dict[str, Callable[[], Any]] = {}
+# API name -> its own route's answers to a request its dispatcher sheds and to one whose task is cancelled
+_shed_answers: dict[str, tuple[Callable[[], Any], Callable[[], Any] | None]] = {}
 _RAISES = "_cifar_raises"  # kept on a dispatcher given an answer: BentoML's fallback, which raises
 
 
-def answer_shed(api_name: str, answer: Callable[[], Any]) -> None:
+def answer_shed(api_name: str, answer: Callable[[], Any], cancelled: Callable[[], Any] | None = None) -> None:
     """Answer a request to batchable API ``api_name``'s own HTTP route that BentoML's dispatcher sheds (its
-    queueing would pass ``max_latency_ms``) with ``answer()``, a Starlette Response.
+    queueing would pass ``max_latency_ms``) with ``answer()``, a Starlette Response; and one whose own task is
+    cancelled while it is queued with ``cancelled()``, where that returns a Response rather than None.
 
     The dispatcher sheds a request by returning what its ``fallback`` returns, and BentoML's route sends a
     Response an API returns as it is; BentoML's fallback raises ServiceUnavailable instead, which the route
     logs as an ERROR with its traceback and answers as a bare 503. Only the API's own dispatcher answers: the
-    queue keys' (:class:`KeyedDispatchers`, the in-process callers) keep BentoML's fallback, and their callers
-    turn the exception into their own refusal. Takes effect when the app is built (:class:`RouterProbe`), or at
-    once if it has been."""
+    queue keys' (:class:`KeyedDispatchers`, the in-process callers) raise BentoML's ServiceUnavailable on a
+    shed, and their callers turn it into their own refusal. Takes effect when the app is built
+    (:class:`RouterProbe`), or at once if it has been."""
     if _unsupported("a request the dispatcher sheds is logged as an error and answered with a bare 503"):
         return
-    _shed_answers[api_name] = answer
+    _shed_answers[api_name] = (answer, cancelled)
     for router in _routers:
         _answer_sheds(router)
 
 
 def _answer_sheds(router: Any) -> None:
-    for api_name, answer in _shed_answers.items():
+    for api_name, (answer, cancelled) in _shed_answers.items():
         factory = _app_factory(router, api_name)
         # the API's own dispatcher, whichever queue key the caller has set
         dispatcher = None if factory is None else dict.__getitem__(factory.dispatchers, api_name)
@@ -262,17 +266,22 @@ def _answer_sheds(router: Any) -> None:
             continue
         if not hasattr(dispatcher, _RAISES):
             setattr(dispatcher, _RAISES, dispatcher.fallback)
-        dispatcher.fallback = functools.partial(_shed, answer)
+        dispatcher.fallback = functools.partial(_shed, answer, cancelled)
 
 
-def _shed(answer: Callable[[], Any]) -> Any:
+def _shed(answer: Callable[[], Any], cancelled: Callable[[], Any] | None = None) -> Any:
     """The dispatcher's fallback, called as its caller's wait ends in CancelledError: ``answer()`` when the
-    dispatcher cancelled the queued request (a shed); when the caller's task itself was cancelled (the
-    server's timeout, a client gone), that cancellation goes on, as no answer reaches anyone."""
+    dispatcher cancelled the queued request (a shed). When the caller's task itself was cancelled (the server's
+    timeout, which answers the request itself; a worker forced to stop), ``cancelled()`` answers it if it returns
+    an answer, and otherwise that cancellation goes on."""
     task = asyncio.current_task()
-    if task is not None and task.cancelling():
+    if task is None or not task.cancelling():
+        return answer()
+    answered = None if cancelled is None else cancelled()
+    if answered is None:
         raise asyncio.CancelledError()
-    return answer()
+    task.uncancel()  # the dispatcher caught the cancellation, and the request is answered after all
+    return answered
 
 
 class BatchGateway:

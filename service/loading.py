@@ -1,8 +1,11 @@
-"""The service's models: every one the manifest lists, checked, placed (CUDA or CPU), loaded and warmed up."""
+"""The service's models: every one the manifest lists, checked, placed (CUDA or CPU), loaded and warmed up, in a
+thread of the worker's own."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -82,6 +85,36 @@ def load_models(settings: ServiceSettings, worker: WorkerPlacement) -> LoadedMod
         loaded[entry.name] = LoadedModel(entry, classifier)
     default = choose_default(manifest, cuda_wanted, {n: m.classifier.placement for n, m in loaded.items()})
     return LoadedModels(manifest, loaded, default)
+
+
+class BackgroundLoad:
+    """``load()`` in a thread of its own, started from the worker's event loop. BentoML creates the service before
+    its server accepts a connection: models loaded there would leave /livez and /readyz unanswered for the whole
+    load, and a probe with a 1 s timeout would see a timeout, not "not ready". ``failed(exc)`` is called, in that
+    thread, when ``load()`` raises; waiters are then never released."""
+
+    def __init__(self, load: Callable[[], None], failed: Callable[[BaseException], None]) -> None:
+        self._load = load
+        self._failed = failed
+        self._loop = asyncio.get_running_loop()
+        self._loaded = asyncio.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="cifar-load-models", daemon=True).start()
+
+    async def wait(self) -> None:
+        await self._loaded.wait()
+
+    def _run(self) -> None:
+        try:
+            self._load()
+        except BaseException as exc:  # anything: a worker that cannot serve must not look merely slow
+            self._failed(exc)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._loaded.set)
+        except RuntimeError:  # the loop closed meanwhile: the worker stopped while it loaded
+            pass
 
 
 def check_card(entry: ModelEntry, card: ModelCard) -> None:

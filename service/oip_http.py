@@ -72,31 +72,26 @@ def oip_routes(
         have: said so, not as a model named "stats" it does not know (nor counted as the caller's mistake)."""
         return JSONResponse(OipError(error=STATISTICS_REFUSAL).model_dump(), status_code=404)
 
-    def find(running: Engine, name: str, request: Request) -> Any:
-        model = running.loaded.get(name)
-        if model is None:
-            return refuse(
-                Rejection("unknown_model", f"unknown model {name[:100]!r}; available: {', '.join(running.loaded)}"),
-                request,
-            )
-        return model
-
-    def find_version(running: Engine, request: Request) -> Any:
-        """The model the path names, at the version it names if it names one."""
+    def unknown(running: Engine, request: Request) -> Rejection | None:
+        """Why the model the path names, at the version it names if it names one, is not served here; None if it is."""
         name, version = request.path_params["name"], request.path_params.get("version")
-        model = find(running, name, request)
-        if isinstance(model, Response) or version in (None, VERSION):
-            return model
-        wrong = f"model {name[:100]!r} has no version {version[:20]!r}; its one version is {VERSION!r}"
-        return refuse(Rejection("unknown_model", wrong), request)
+        if name not in running.loaded:
+            return Rejection("unknown_model", f"unknown model {name[:100]!r}; available: {', '.join(running.loaded)}")
+        if version in (None, VERSION):
+            return None
+        return Rejection(
+            "unknown_model", f"model {name[:100]!r} has no version {version[:20]!r}; its one version is {VERSION!r}"
+        )
 
     def located(request: Request) -> tuple[Engine, Any] | Response:
         """The running service and the model the path names, or the answer that says why not."""
         running = engine()
         if running is None:
             return not_loaded()
-        model = find_version(running, request)
-        return model if isinstance(model, Response) else (running, model)
+        missing = unknown(running, request)
+        if missing is not None:
+            return refuse(missing, request)
+        return running, running.loaded[request.path_params["name"]]
 
     async def server(request: Request) -> Response:
         return JSONResponse(server_metadata(server_name).model_dump())
@@ -121,8 +116,12 @@ def oip_routes(
         running = engine()
         if running is None:
             return Response(status_code=400)
-        model = find_version(running, request)
-        return model if isinstance(model, Response) else Response(status_code=200 if running.ready else 400)
+        missing = unknown(running, request)
+        if missing is not None:
+            # The protocol's "no" to a readiness poll, which a gateway may repeat every few seconds for a model served
+            # elsewhere: a question, not an input, so neither a counted refusal nor a line in the log.
+            return JSONResponse(OipError(error=missing.message).model_dump(), status_code=missing.status)
+        return Response(status_code=200 if running.ready else 400)
 
     async def infer(request: Request) -> Response:
         found = located(request)

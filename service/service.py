@@ -6,7 +6,7 @@
     POST /infer      the batchable stage: decoded pixels -> probabilities, batched across requests
     /v2/...          the Open Inference Protocol (oip.py, oip_http.py), through the same batchable stage
     GET  /           a page to try the models (page.py); BentoML's API UI at /docs
-    GET  /livez /readyz /metrics /docs.json   BentoML's own
+    GET  /livez /readyz /metrics /docs.json   BentoML's own; /readyz is 503 until this worker's models are loaded
 
 /classify validates and decodes at the edge (numpy/Pillow, in a thread pool) and hands uint8 pixels
 to ``infer``, whose BentoML dispatcher groups images from concurrent requests into one ONNX Runtime
@@ -21,6 +21,7 @@ its flags. Neither torch nor the training package is imported.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -53,6 +54,7 @@ from .metrics import ServiceMetrics
 from .oip_http import oip_routes
 from .openapi import document_openapi
 from .page import page_routes
+from .process_end import STOP_SIGNALS, end_worker
 from .settings import ServiceSettings, SettingsError, cpu_count
 from .uploads import (
     Upload,
@@ -75,7 +77,15 @@ from .workers import place_worker, worker_count
 with bentoml.importing():  # onnxruntime may be missing where the Bento is only being built
     from inference.runtime import top_k, wants_cuda
 
-    from .loading import LoadedModel, LoadedModels, check_model_files, checked_before, load_models, model_list
+    from .loading import (
+        BackgroundLoad,
+        LoadedModel,
+        LoadedModels,
+        check_model_files,
+        checked_before,
+        load_models,
+        model_list,
+    )
 
 # Under "bentoml": the logger BentoML configures (INFO) in its server processes.
 log = logging.getLogger("bentoml.cifar")
@@ -254,6 +264,23 @@ async def _gated(cls, request: Request):
     return given
 
 
+class LoadGate:
+    """ASGI middleware: a request to an API route (``API_METHODS``) that arrives while this worker loads its models
+    waits for them (within BentoML's --timeout) before its body is read and checked against them. Health, metrics
+    and the protocol's routes answer meanwhile; a method the route does not take is refused at once (MethodGate)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        allowed = API_METHODS.get(scope["path"], ()) if scope["type"] == "http" else ()
+        if scope.get("method") in allowed and scope["method"] != "OPTIONS":
+            instance = _instance()
+            if instance is not None and not instance.ready:
+                await instance.loading.wait()
+        await self.app(scope, receive, send)
+
+
 class BodyGate:
     """ASGI middleware: reads and checks the body of a POST to a JSON API that BentoML would parse (``READERS``),
     answers a refusal itself, in the contract's reason, status and count rather than BentoML's generic 400,
@@ -376,12 +403,6 @@ class Classifier:
         self.settings = SETTINGS
         self.ready = False
         self.metrics = ServiceMetrics.get()
-        self.served: LoadedModels = load_models(SETTINGS, WORKER)
-        self.manifest = self.served.manifest
-        self.loaded = self.served.models
-        self.metrics.serve(list(self.loaded))
-        _PIXEL_BYTES.clear()
-        _PIXEL_BYTES.update({name: m.size[0] * m.size[1] * 3 for name, m in self.loaded.items()})
         self._decode_limiter = anyio.CapacityLimiter(SETTINGS.decoder_threads(WORKER.cores))
         # python-multipart logs a WARNING for each malformed body before raising; the client's mistake is answered
         # (400, saying what) and counted, and is no warning about this service.
@@ -389,6 +410,20 @@ class Classifier:
         # to_async: set on each instance by BentoML, when it makes one; mypy sees only the class's own attributes.
         self._infer = BatchGateway("infer", lambda: self.to_async.infer, concurrency=STREAMS)  # type: ignore[attr-defined]
         bentoml_compat.bind_apis(self, ("classify", "infer", "models"))
+        # Here, in the worker's main thread and after uvicorn set its handlers: a stop signal is noted, then handled.
+        STOP_SIGNALS.watch()
+        # BentoML makes the service before its server accepts a connection: the models load in a thread of their own,
+        # so that /livez and /readyz (__is_ready__) answer meanwhile. LoadGate holds the API routes' requests.
+        self.loading = BackgroundLoad(self._load, _load_failed)
+        self.loading.start()
+
+    def _load(self) -> None:
+        self.served: LoadedModels = load_models(SETTINGS, WORKER)
+        self.manifest = self.served.manifest
+        self.loaded = self.served.models
+        self.metrics.serve(list(self.loaded))
+        _PIXEL_BYTES.clear()
+        _PIXEL_BYTES.update({name: m.size[0] * m.size[1] * 3 for name, m in self.loaded.items()})
         self.ready = True
         log.info(
             "ready: %s; models %s; default %s (%s); batches of up to %d images within %d ms, %d at once "
@@ -482,6 +517,13 @@ class Classifier:
             if exc.error_code.value == 503:  # the dispatcher shed the request: over max_latency_ms
                 return Rejection("overloaded", f"overloaded, try again: {exc.message}")
             raise
+        except asyncio.CancelledError:
+            # Cancelled while queued: by BentoML's timeout, which answers 504 itself, or as a worker is forced to stop
+            # (a second Ctrl-C), when this answer still reaches the client.
+            if STOP_SIGNALS.received is None:
+                raise
+            _uncancel()
+            return _shutting_down()
         return np.asarray(rows, dtype=np.float64)
 
     @bentoml.api(
@@ -547,12 +589,42 @@ def _infer_overloaded() -> JSONResponse:
     return _refused(Rejection("overloaded", f"overloaded, try again: {wait}"), "/infer")
 
 
+def _infer_cancelled() -> Optional[JSONResponse]:
+    """The answer to a request to /infer cancelled while queued, as ``Classifier._batched`` answers one: that the
+    worker is shutting down, while it is; otherwise none (BentoML's timeout has answered it)."""
+    return None if STOP_SIGNALS.received is None else _refused(_shutting_down(), "/infer")
+
+
+def _shutting_down() -> Rejection:
+    return Rejection("shutting_down", "this worker is shutting down: send the request again")
+
+
+def _uncancel() -> None:
+    """Undo the cancellation of this task, which is answered after all: the dispatcher caught its CancelledError."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+def _load_failed(exc: BaseException) -> None:
+    """A worker that cannot load its models stops, with the status uvicorn gives a failed start-up (3), and BentoML
+    starts another; one that stayed up would look merely slow to its probes."""
+    log.critical("cannot load the models, so this worker stops: %s", exc, exc_info=exc)
+    end_worker(3)
+
+
 # ---------------------------------------------------------------------------------------------- GET /models
-def _current_instance() -> Any:
+def _instance() -> Any:
     try:
         return bentoml.get_current_service()
-    except BentoMLException:  # not instantiated (yet): at build time, or before the worker has loaded
+    except BentoMLException:  # not instantiated (yet): at build time, or before the worker made it
         return None
+
+
+def _current_instance() -> Any:
+    """The worker's service once its models are loaded; None before (at build time, while the worker loads)."""
+    instance = _instance()
+    return instance if getattr(instance, "ready", False) else None
 
 
 async def _get_models(request: Request) -> JSONResponse:
@@ -681,12 +753,13 @@ if SETTINGS.cors_origin_list:
     SERVICE.add_asgi_middleware(CorsGate, **cors_options(SETTINGS.cors_origin_list))
 if SETTINGS.api_keys or SETTINGS.api_keys_file:
     SERVICE.add_asgi_middleware(ApiKeyGate, keys=SETTINGS.api_key_set())
+SERVICE.add_asgi_middleware(LoadGate)
 SERVICE.add_asgi_middleware(BodyGate)
 SERVICE.add_asgi_middleware(MethodGate)
 SERVICE.add_asgi_middleware(PathGate)
 SERVICE.add_asgi_middleware(PlainRefusalGate)
 SERVICE.add_asgi_middleware(RouterProbe)
-bentoml_compat.answer_shed("infer", _infer_overloaded)
+bentoml_compat.answer_shed("infer", _infer_overloaded, _infer_cancelled)
 label_metrics_by_route()
 
 
