@@ -6,13 +6,16 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
 import onnxruntime
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inference.devices import DEVICE_KINDS, DeviceKind
 from inference.errors import UsageError
@@ -29,6 +32,7 @@ from inference.manifest import (
     save_manifest,
     sha256_file,
 )
+from inference.messages import validation_problems
 from inference.precisions import PrecisionName, unsuited_hosts
 from inference.preprocess import to_model_input
 from inference.runtime import OnnxClassifier, softmax
@@ -50,6 +54,55 @@ log = logging.getLogger("export")
 
 class ParityError(RuntimeError):
     """The exported model misses its accuracy tolerance against the checkpoint."""
+
+
+class DataSource(BaseModel):
+    """Which images a model is validated on, as a checkpoint's meta and a card's ``source`` record them. Neither
+    of their own types checks these keys (the meta is a plain dict, the manifest's ``source`` a free mapping), so
+    a hand-made checkpoint or a hand-edited card is refused here in one line, not in a KeyError mid-command."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    dataset: str
+    data_root: str
+    val_size: int = Field(ge=0)
+    split_seed: int
+    input_size: int = Field(ge=1)
+    fit: FitName = LEGACY_FIT  # a run from before runs recorded one resized every image straight
+
+
+class RecordedSource(DataSource):
+    """What verify, rederive and recover read of a card's source besides its data."""
+
+    val_fingerprint: str | None = None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    tta: str = "none"
+    model_args: dict[str, Any] | None = None
+
+
+class RecordedParity(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    torch_top1: float | None = None
+
+
+class RecordedMetrics(BaseModel):
+    """What verify reads of a card's figures when the checkpoint is gone: the PyTorch top-1 recorded at export."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    val_samples: int | None = None
+    parity: RecordedParity | None = None
+
+
+class _CheckpointData(BaseModel):
+    meta: DataSource
+
+
+class _CardRecord(BaseModel):
+    source: RecordedSource
+    metrics: RecordedMetrics
 
 
 def _split(source: dict, split: str) -> ImageArrays:
@@ -131,11 +184,17 @@ def _sample(total: int, count: int, seed: int = 0) -> np.ndarray:
     return np.sort(rng.choice(total, size=min(count, total), replace=False))
 
 
-def _data_source(meta: dict, cache_dir: str | None, data_root: str | None = None) -> dict:
+def _data_source(meta: dict, checkpoint: str | Path, cache_dir: str | None, data_root: str | None = None) -> dict:
     """Where the run's validation images are read from: where it read them, or ``data_root`` (``--data``: the
     same dataset moved, or on another machine), compared with the fingerprint the run recorded of them (also
     written on the card, for ``verify --data``)."""
-    if not meta.get("val_size"):
+    try:
+        data = _CheckpointData.model_validate({"meta": meta}).meta
+    except ValidationError as exc:
+        raise UsageError(
+            f"{checkpoint} does not say which data it was validated on: {validation_problems(exc)}"
+        ) from None
+    if not data.val_size:
         raise UsageError(
             "the checkpoint's run held out no validation split (data.val_size 0), so parity cannot be measured: "
             "export checks the graph against the checkpoint on held-out images; train with one "
@@ -143,12 +202,7 @@ def _data_source(meta: dict, cache_dir: str | None, data_root: str | None = None
         )
     fingerprints = str(meta.get("data_fingerprint") or "").split(":")
     recorded = {
-        "dataset": meta["dataset"],
-        "data_root": meta["data_root"],
-        "val_size": meta["val_size"],
-        "split_seed": meta["split_seed"],
-        "input_size": meta["input_size"],
-        "fit": meta.get("fit", LEGACY_FIT),  # how the run's folder images were fitted: parity reads the same
+        **data.model_dump(),  # fit: how the run's folder images were fitted, which parity reads the same way
         **({"val_fingerprint": fingerprints[1]} if len(fingerprints) == 2 else {}),  # training's, validation's
     }
     return source_at(recorded, cache_dir, data_root)
@@ -190,70 +244,88 @@ def export_checkpoint(
     ``data_root``: where the run's dataset is now, when it has moved since training (``_data_source``).
     ``replace``: a model already listed under ``name`` may be replaced (``check_replacement``)."""
     check_calibration_options(precision, activation_ranges, calibration_count)
-    ckpt = load_checkpoint(checkpoint)  # before the folder is made: a refused export leaves nothing behind
-    models_dir = Path(models_dir)
-    try:
-        models_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise UsageError(f"--models-dir {models_dir} is not a folder") from None
-    except OSError as exc:
-        raise UsageError(f"cannot make --models-dir {models_dir}: {exc.strerror or exc}") from None
-    if not os.access(models_dir, os.W_OK | os.X_OK):  # found now, not after the validation pass
-        raise UsageError(f"cannot write to --models-dir {models_dir}: permission denied")
+    ckpt = load_checkpoint(checkpoint)
     meta = ckpt["meta"]
-    check_replacement(models_dir, name, meta["arch"], meta["classes"], precision, replace, max_val_images)
-    if max_val_images is not None and (make_default or default_for):
-        log.warning(
-            "%r becomes a default with figures measured on %d validation images only (--max-val-images)",
-            name,
-            max_val_images,
+    source = _data_source(meta, checkpoint, cache_dir, data_root)
+    models_dir = Path(models_dir)
+    with models_folder(models_dir):
+        check_replacement(models_dir, name, meta["arch"], meta["classes"], precision, replace, max_val_images)
+        if max_val_images is not None and (make_default or default_for):
+            log.warning(
+                "%r becomes a default with figures measured on %d validation images only (--max-val-images)",
+                name,
+                max_val_images,
+            )
+        model = with_tta(model_from_checkpoint(ckpt), tta)
+        val = validation_split(source, max_val_images, meta["classes"], moved=data_root is not None)
+        checkpoint_sha256 = sha256_file(checkpoint_file(checkpoint))
+        # One PyTorch pass serves both the temperature fit and parity.
+        logits, torch_speed = ReferenceCache(reference_cache).logits(
+            checkpoint_sha256, tta, val.images, lambda: torch_logits(model, val.images)
         )
-    model = with_tta(model_from_checkpoint(ckpt), tta)
-    source = _data_source(meta, cache_dir, data_root)
-    val = validation_split(source, max_val_images, meta["classes"], moved=data_root is not None)
-    checkpoint_sha256 = sha256_file(checkpoint_file(checkpoint))
-    # One PyTorch pass serves both the temperature fit and parity.
-    logits, torch_speed = ReferenceCache(reference_cache).logits(
-        checkpoint_sha256, tta, val.images, lambda: torch_logits(model, val.images)
-    )
-    calibration = fit_calibration(logits, val.labels, calibrate, f"the checkpoint with tta {tta!r}")
-    model = with_calibration(model, calibration)
-    reference = logits / calibration.temperature  # what the graph outputs (T is 1 when uncalibrated)
-    card = ModelCard(
-        name=name,
-        arch=meta["arch"],
-        dataset=meta["dataset"],
-        classes=meta["classes"],
-        precision=precision,
-        input=input_spec(meta, fit),
-        metrics={"val_top1": 0.0},
-        source={
-            **{k: v for k, v in source.items() if k != "cache_dir"},
-            "checkpoint": str(checkpoint),
-            "checkpoint_sha256": checkpoint_sha256,
-            "recipe": meta.get("recipe"),
-            "model_args": meta["model_args"],
-            **({"members": meta["members"]} if "members" in meta else {}),  # an ensemble's checkpoints
-            **({"teacher": meta["teacher"]} if "teacher" in meta else {}),  # what a distilled model learnt from
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "opset": OPSET,
-            "tta": tta,
-        },
-        calibration=calibration,
-    )
-    final = models_dir / f"{name}.onnx"
-    with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
-        fp32 = Path(tmp) / "fp32.onnx"
-        log.info("exporting the network to ONNX (opset %d)", OPSET)  # a few seconds to a minute, without a bar
-        export_fp32(model, fp32, meta["input_size"])
-        out = Path(tmp) / "model.onnx"
-        convert_variant(fp32, out, card, source, calibration_count, activation_ranges)
-        classifier = OnnxClassifier(out, device="cpu")
-        parity, graph_logits = parity_against(reference, torch_speed, classifier, val.images, val.labels)
-        publish(out, card, parity, graph_logits, val.labels, "")
-        return record_entry(card, out, final, models_dir, make_default, default_for), parity
+        calibration = fit_calibration(logits, val.labels, calibrate, f"the checkpoint with tta {tta!r}")
+        model = with_calibration(model, calibration)
+        reference = logits / calibration.temperature  # what the graph outputs (T is 1 when uncalibrated)
+        card = ModelCard(
+            name=name,
+            arch=meta["arch"],
+            dataset=meta["dataset"],
+            classes=meta["classes"],
+            precision=precision,
+            input=input_spec(meta, fit),
+            metrics={"val_top1": 0.0},
+            source={
+                **{k: v for k, v in source.items() if k != "cache_dir"},
+                "checkpoint": str(checkpoint),
+                "checkpoint_sha256": checkpoint_sha256,
+                "recipe": meta.get("recipe"),
+                "model_args": meta["model_args"],
+                **({"members": meta["members"]} if "members" in meta else {}),  # an ensemble's checkpoints
+                **({"teacher": meta["teacher"]} if "teacher" in meta else {}),  # what a distilled model learnt from
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__,
+                "opset": OPSET,
+                "tta": tta,
+            },
+            calibration=calibration,
+        )
+        final = models_dir / f"{name}.onnx"
+        with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
+            fp32 = Path(tmp) / "fp32.onnx"
+            log.info("exporting the network to ONNX (opset %d)", OPSET)  # a few seconds to a minute, without a bar
+            export_fp32(model, fp32, meta["input_size"])
+            out = Path(tmp) / "model.onnx"
+            convert_variant(fp32, out, card, source, calibration_count, activation_ranges)
+            classifier = OnnxClassifier(out, device="cpu")
+            parity, graph_logits = parity_against(reference, torch_speed, classifier, val.images, val.labels)
+            publish(out, card, parity, graph_logits, val.labels, "")
+            return record_entry(card, out, final, models_dir, make_default, default_for), parity
+
+
+@contextmanager
+def models_folder(models_dir: Path) -> Iterator[None]:
+    """``models_dir`` made, with the parents it lacks, for the body; those made are taken away again when the body
+    fails or is stopped and leaves them empty, so a refused export into a new folder leaves no folder behind.
+    Refused here, before the validation pass, when it cannot be made or written to."""
+    made = [folder for folder in (models_dir, *models_dir.parents) if not folder.exists()]
+    try:
+        try:
+            models_dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise UsageError(f"--models-dir {models_dir} is not a folder") from None
+        except OSError as exc:
+            raise UsageError(f"cannot make --models-dir {models_dir}: {exc.strerror or exc}") from None
+        if not os.access(models_dir, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write to --models-dir {models_dir}: permission denied")
+        yield
+    except BaseException:
+        for folder in made:  # the deepest first; rmdir takes only an empty one
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def check_calibration_options(
@@ -448,10 +520,17 @@ def _calibration_report(graph_logits: np.ndarray, labels: np.ndarray, temperatur
 
 
 def listed_model(models_dir: Path, name: str | None) -> ModelEntry:
-    """The manifest's entry ``name`` (the default when None), its file checked against its sha256: a missing or
-    altered file of another listed model is warned of, and is that model's trouble, not this command's."""
+    """The manifest's entry ``name`` (the default when None), what its card records of its data and checkpoint
+    checked (``RecordedSource``), and its file checked against its sha256: a missing or altered file of another
+    listed model is warned of, and is that model's trouble, not this command's."""
     manifest = load_manifest(models_dir, verify=False)
     entry = manifest.get(name)
+    try:
+        _CardRecord.model_validate(entry.model_dump(include={"source", "metrics"}))
+    except ValidationError as exc:
+        raise ManifestError(
+            f"invalid manifest {models_dir / MANIFEST_NAME}: model {entry.name!r}: {validation_problems(exc)}"
+        ) from None
     problems = file_problems(manifest, models_dir)  # each file hashed once
     if entry.name in problems:
         raise ManifestError(problems.pop(entry.name))
@@ -504,10 +583,10 @@ def verify_model(
         checkpoint,
     )
     logits, speed = onnx_logits(classifier, val.images)
-    recorded = entry.metrics.get("parity", {}).get("torch_top1")
-    if recorded is None or entry.metrics.get("val_samples") != len(val):
+    torch_top1 = (entry.metrics.get("parity") or {}).get("torch_top1")
+    if torch_top1 is None or entry.metrics.get("val_samples") != len(val):
         raise UsageError(f"{entry.name}: no checkpoint and no recorded PyTorch accuracy on the same {len(val)} images")
-    parity = judge(entry.precision, None, softmax(logits), val.labels, recorded, float("nan"), speed)
+    parity = judge(entry.precision, None, softmax(logits), val.labels, torch_top1, float("nan"), speed)
     return _against_card(parity, entry), _calibration_report(logits, val.labels, temperature)
 
 

@@ -1282,3 +1282,91 @@ def test_a_graph_the_disk_cannot_hold_is_an_error_naming_the_file_and_the_models
     said = capsys.readouterr().err.rsplit("\r", 1)[-1]  # after the progress bars
     assert said.startswith(f"error: {m}/") and said.endswith(".onnx: File too large\n"), said
     assert {p.name: p.read_bytes() for p in m.iterdir()} == before
+
+
+def test_a_hand_edited_card_source_is_refused_in_one_line_naming_the_manifest(exported, tmp_path, capsys):
+    """The manifest types a card's source as a free mapping: a key deleted or mistyped by hand used to end
+    verify, rederive and recover in a KeyError or TypeError traceback (exit 1) halfway through."""
+    models, entry, _ = exported
+    m = _copy_models(models, tmp_path / "m")
+    raw = json.loads((m / "manifest.json").read_text())
+    edits = {
+        "source.split_seed: Field required": lambda e: e["source"].pop("split_seed"),
+        "source.val_size: Input should be a valid integer (got '15')": lambda e: e["source"].update(val_size="15"),
+        "source.data_root: Input should be a valid string": lambda e: e["source"].update(data_root=None),
+        "source.checkpoint: Input should be a valid string (got 5)": lambda e: e["source"].update(checkpoint=5),
+    }
+    commands = {
+        "verify": ["verify", entry.name],
+        "rederive": ["rederive", entry.name, "--name", "derived", "--calibrate", "none"],
+        "recover": ["recover", entry.name, "--out", str(tmp_path / "recovered.pt")],
+    }
+    for problem, edit in edits.items():
+        card = json.loads(json.dumps(raw))
+        edit(card["models"][0])
+        (m / "manifest.json").write_text(json.dumps(card))
+        before = {p.name: p.read_bytes() for p in m.iterdir()}
+        for command, argv in commands.items():
+            assert export_main([*argv, "--models-dir", str(m)]) == 2, (command, problem)
+            err = capsys.readouterr().err
+            said = f"error: invalid manifest {m / 'manifest.json'}: model {entry.name!r}: {problem}"
+            assert said in err and len(err.strip().splitlines()) == 1, (command, err)
+            assert {p.name: p.read_bytes() for p in m.iterdir()} == before
+        assert not (tmp_path / "recovered.pt").exists()
+
+
+def test_verify_without_the_checkpoint_of_a_card_whose_parity_is_null_says_so(exported, tmp_path, capsys):
+    """``metrics.parity: null`` used to end in "'NoneType' object has no attribute 'get'"."""
+    models, entry, _ = exported
+    m = _copy_models(models, tmp_path / "m")
+    raw = json.loads((m / "manifest.json").read_text())
+    raw["models"][0]["metrics"]["parity"] = None
+    raw["models"][0]["source"]["checkpoint"] = str(tmp_path / "gone.pt")
+    (m / "manifest.json").write_text(json.dumps(raw))
+    assert export_main(["verify", "--models-dir", str(m), "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert f"error: {entry.name}: no checkpoint and no recorded PyTorch accuracy" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["dataset", "data_root", "split_seed"])
+def test_a_checkpoint_whose_meta_does_not_name_its_data_is_refused_in_one_line(tiny_run, tmp_path, capsys, key):
+    """A checkpoint made by hand (torch.save of a meta and the weights) without the keys that say which images
+    it was validated on used to end in a KeyError traceback."""
+    ckpt = torch.load(tiny_run / "best.pt", weights_only=True)
+    del ckpt["meta"][key]
+    path = tmp_path / "hand-made.pt"
+    torch.save(ckpt, path)
+    argv = ["--checkpoint", str(path), "--name", "x", "--models-dir", str(tmp_path / "m"), "--no-reference-cache"]
+    assert export_main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: {path} does not say which data it was validated on: meta.{key}: Field required" in err, err
+
+
+@pytest.mark.parametrize("failure", ["no validation split", "dataset moved", "parity", "ctrl-c"])
+def test_an_export_refused_or_stopped_after_the_checks_leaves_no_new_models_folder(
+    tiny_run, tmp_path, capsys, monkeypatch, failure
+):
+    """The models folder, and the parents it needed, are made for the export: one refused once they were made
+    (the run held out no images, its dataset moved, the graph missed parity, a Ctrl-C) used to leave them
+    behind, empty."""
+    import export.pipeline
+
+    ckpt = torch.load(tiny_run / "best.pt", weights_only=True)
+    if failure == "no validation split":
+        ckpt["meta"]["val_size"] = 0
+    if failure == "dataset moved":
+        ckpt["meta"]["data_root"] = str(tmp_path / "gone")
+    if failure in ("parity", "ctrl-c"):
+
+        def fails(*args, **kwargs):
+            if failure == "ctrl-c":
+                raise KeyboardInterrupt
+            raise ParityError("tiny (fp32) failed verification")
+
+        monkeypatch.setattr(export.pipeline, "publish", fails)
+    path = tmp_path / "best.pt"
+    torch.save(ckpt, path)
+    models = tmp_path / "new" / "models"
+    argv = ["--checkpoint", str(path), "--name", "x", "--models-dir", str(models), "--calibrate", "none"]
+    status = export_main([*argv, "--no-reference-cache", "--cache-dir", str(tmp_path / "cache")])
+    assert status == {"parity": 1, "ctrl-c": 130}.get(failure, 2), capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
