@@ -1274,13 +1274,53 @@ def test_a_cut_library_message_ends_at_a_sentence_or_says_it_is_cut(tmp_path):
     summary = exception_summary(ValueError("one sentence " * 30), limit=60)
     assert summary == "one sentence one sentence one sentence one sentence one ..."  # cut between words
     assert exception_summary(ValueError("short. text"), limit=60) == "short. text"
-    cut = tmp_path / "cut.pt"
-    torch.save({"meta": {}, "model": {"w": torch.zeros(4096)}}, cut)
-    cut.write_bytes(cut.read_bytes()[:1000])
-    with pytest.raises(ValueError) as refused:
-        load_checkpoint(cut)
-    said = str(refused.value).split("torch said: ", 1)[1]
-    assert said.endswith((".)", " ...)")), said
+
+
+class _Prints:
+    def __reduce__(self):
+        return (print, ("this checkpoint ran code",))
+
+
+@pytest.mark.parametrize(
+    "kind, said",
+    [
+        ("an object", "it holds a print object, which loading with weights_only refuses"),
+        ("a text file", "it is not the zip archive torch.save writes"),
+        ("a plain pickle", "it is not the zip archive torch.save writes"),
+        ("cut short", "it is not the zip archive torch.save writes: another kind of file, or the start of one cut"),
+        ("damaged", "a truncated or damaged copy of one? torch said: "),
+    ],
+)
+def test_an_unreadable_checkpoint_says_what_it_is_and_never_to_allow_its_objects(tmp_path, capsys, kind, said):
+    """torch's refusal of a checkpoint holding an object advised allowing that very object (add_safe_globals,
+    which would run its code); a text file was "torch said: 101"; a plain pickle added two lines of warning."""
+    import pickle
+    import warnings
+
+    path = tmp_path / "model.pt"
+    if kind == "an object":
+        torch.save({"meta": _Prints(), "model": {}}, path)
+    elif kind == "a text file":
+        path.write_text("epoch,loss\n1,0.5\n")
+    elif kind == "a plain pickle":
+        path.write_bytes(pickle.dumps({"meta": {}, "model": {}}, protocol=4))
+    else:
+        torch.save({"meta": {}, "model": {"w": torch.zeros(4096)}}, path)
+        data = bytearray(path.read_bytes())
+        if kind == "cut short":
+            del data[1000:]
+        else:  # the pickle's first bytes inverted, the archive's directory intact
+            start = data.find(b"data.pkl") + 20
+            data[start : start + 40] = bytes(b ^ 0xFF for b in data[start : start + 40])
+        path.write_bytes(bytes(data))
+    with warnings.catch_warnings(record=True) as warned, pytest.raises(ValueError) as refused:
+        warnings.simplefilter("always")
+        load_checkpoint(path)
+    message = str(refused.value)
+    assert said in message and "safe_globals" not in message, message
+    assert ("torch said" in message) == (kind == "damaged"), message
+    assert not warned, [str(w.message) for w in warned]
+    assert "ran code" not in capsys.readouterr().out
 
 
 def test_a_resume_removes_the_temporary_checkpoints_of_killed_writers_only(tmp_path):

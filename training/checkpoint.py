@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -154,22 +157,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(missing_checkpoint(path))
     try:
         # TorchVersion is a plain str subclass; early checkpoints of this project stored one.
-        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]), warnings.catch_warnings():
+            # a plain pickle's protocol, warned of in two lines before the refusal below says what the file is
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError as exc:  # the file may be fine: say what stopped us, not that it is no checkpoint
         raise CheckpointError(f"cannot read {path}: {exc.strerror}") from exc
     # A damaged file (a truncated copy, a text file) fails inside torch with whatever its reader hit: an OSError
     # from the zip reader, a KeyError or IndexError from the unpickler's stack, not only an UnpicklingError.
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, IndexError, OSError) as exc:
-        hint = (
-            "it is an exported ONNX model: evaluate it with --onnx, verify it with `python -m export verify NAME`"
-            if path.suffix.lower() == ".onnx"
-            else "not a file torch.save wrote in full (a truncated or damaged copy?), or one holding objects other "
-            "than tensors and plain data, which weights_only loading refuses; torch said: "
-            f"{exception_summary(exc, after='WeightsUnpickler error:')}"
-        )
-        # torch's weights_only message wraps the reason in advice to turn the safety off: only the reason is kept.
-        raise CheckpointError(f"{path} is not a training checkpoint this project can read ({hint})") from exc
+        raise CheckpointError(
+            f"{path} is not a training checkpoint this project can read ({_unreadable(path, exc)})"
+        ) from exc
     # torch.save writes anything: a bare state_dict or tensor would otherwise fail later on a missing key.
     if not isinstance(ckpt, dict) or "meta" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a training checkpoint (no meta/model entries)")
@@ -177,6 +176,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if problem:
         raise CheckpointError(f"{path} is not a training checkpoint this project wrote ({problem})")
     return ckpt
+
+
+# torch's weights_only refusal of an object it would have to construct: the object's name, then advice to allow it
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+
+
+def _unreadable(path: Path, exc: BaseException) -> str:
+    """Why torch could not load ``path``, in the user's terms. torch's own words are kept only where nothing
+    better is known, and never its advice to allow the object weights_only refused: that would run its code."""
+    if path.suffix.lower() == ".onnx":
+        return "it is an exported ONNX model: evaluate it with --onnx, verify it with `python -m export verify NAME`"
+    refused = _REFUSED_GLOBAL.search(str(exc))
+    if refused:
+        return (
+            f"it holds a {refused.group(1)} object, which loading with weights_only refuses so that no code in a "
+            "checkpoint runs; this project's checkpoints hold tensors and plain data only"
+        )
+    if not zipfile.is_zipfile(path):
+        return "it is not the zip archive torch.save writes: another kind of file, or the start of one cut short"
+    return f"a truncated or damaged copy of one? torch said: {exception_summary(exc, after='WeightsUnpickler error:')}"
 
 
 def _malformed(ckpt: dict[str, Any]) -> str | None:
