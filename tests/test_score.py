@@ -1417,3 +1417,27 @@ def test_a_folder_without_images_is_refused_before_any_engine_opens(engine, tmp_
         assert err.startswith(f"error: no image files under {folder} ({skipped} other files skipped;"), err
         assert err.count("\n") == 1, err
     assert not list(out.parent.iterdir())
+
+
+def test_url_mode_waits_for_a_service_still_loading_its_models(tree, tmp_path, monkeypatch, capsys):
+    """A service answers GET /readyz 503 while its workers load (it used to leave the probe hanging); a scorer
+    started beside it refused at once ("not ready") where it should wait, up to --timeout."""
+    real_client = httpx.Client
+    classify, _ = _classify_handler()
+    polls = {"left": 3}
+
+    def loading(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/readyz" and polls["left"] > 0:
+            polls["left"] -= 1
+            return httpx.Response(503, text="not ready")
+        return classify(request)
+
+    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(loading), **kw))
+    monkeypatch.setattr(RemoteBackend, "READY_POLL_S", 0.01)
+    url = ["--url", "http://scorer.test", "--no-progress"]
+    assert _score(tree / "a-b", *url, "--out", tmp_path / "a.csv") == 0
+    assert polls["left"] == 0
+    assert "waiting for the service at http://scorer.test to be ready" in capsys.readouterr().err
+    polls["left"] = 10**6  # never ready: given up after --timeout
+    assert _score(tree / "a-b", *url, "--timeout", 0.2, "--out", tmp_path / "b.csv") == 2
+    assert "is not ready after 0.2 s (--timeout): GET /readyz answered 503" in capsys.readouterr().err

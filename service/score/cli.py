@@ -154,7 +154,8 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument(
         "--url",
         help="score through a running service (POST URL/classify) instead of a local model; requests are sized to "
-        "the images and bytes its GET /models says a request may hold",
+        "the images and bytes its GET /models says a request may hold; one still loading its models (GET /readyz 503) "
+        "is waited for, up to --timeout",
     )
     p.add_argument(
         "--api-key",

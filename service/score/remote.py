@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
@@ -34,6 +35,7 @@ class RemoteBackend:
 
     RETRIES = 5  # for connection errors, 5xx (503: the service sheds load), 408 and 429; waits double from RETRY_DELAY
     RETRY_DELAY = 0.5
+    READY_POLL_S = 0.5
 
     def __init__(
         self,
@@ -51,6 +53,7 @@ class RemoteBackend:
         self.url = checked_url(url).rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+        self.timeout = timeout
         self.workers = max(1, DEFAULT_URL_WORKERS if workers is None else workers)
         self.inflight = self.workers
         self.per_request = per_request  # lowered when the service says a request held too many images
@@ -66,12 +69,7 @@ class RemoteBackend:
         """(model name, classes) from GET /models; (model, None) when the service does not list its models."""
         httpx = self.httpx
         try:
-            ready = self.client.get("/readyz")
-            if ready.status_code != 200:
-                raise UserError(
-                    f"the service at {self.url} is not ready: GET /readyz answered {ready.status_code} "
-                    f"{ready.text[:200]}"
-                )
+            self._wait_ready()
             listing = self.client.get("/models")
         except httpx.HTTPError as exc:
             raise UserError(f"cannot reach the service at {self.url}: {exc}") from None
@@ -85,6 +83,27 @@ class RemoteBackend:
         if name not in models:
             raise UserError(f"unknown model {name!r}; the service at {self.url} has: {', '.join(models)}")
         return name, models[name]
+
+    def _wait_ready(self) -> None:
+        """Until GET /readyz answers 200: a service started moments ago answers 503 while its workers load their
+        models (seconds to a minute), so that is waited out, up to the request timeout, and said once; any other
+        answer is no service that will become ready on its own."""
+        deadline = time.monotonic() + self.timeout
+        said = False
+        while True:
+            ready = self.client.get("/readyz")
+            if ready.status_code == 200:
+                return
+            if ready.status_code != 503 or time.monotonic() >= deadline:
+                waited = f" after {self.timeout:g} s (--timeout)" if ready.status_code == 503 else ""
+                raise UserError(
+                    f"the service at {self.url} is not ready{waited}: GET /readyz answered {ready.status_code} "
+                    f"{ready.text[:200]}"
+                )
+            if not said:
+                print(f"waiting for the service at {self.url} to be ready (its models loading)", file=sys.stderr)
+                said = True
+            time.sleep(self.READY_POLL_S)
 
     def _take(self, limits: Limits | None) -> None:
         """Requests sized to what the service says it takes, so that none is refused for its size first."""
