@@ -40,3 +40,9 @@ else
             || echo "could not install ${missing[*]}: the tests that need them will be skipped" >&2
     fi
 fi
+# pip's -q leaves its editable-install notice as the last words on screen: say that all went well.
+if [ "${1:-all}" = "serve" ]; then
+    echo "setup: done (.venv holds the serving install; pip's notice about editable installs above is expected)" >&2
+else
+    echo "setup: done (.venv holds training, tests and serving; pip's notice about editable installs above is expected)" >&2
+fi

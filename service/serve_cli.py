@@ -120,6 +120,14 @@ def settings_env(args: argparse.Namespace, environ: dict[str, str] | None = None
     return env
 
 
+def address(host: str, port: int) -> str:
+    """Where to open the service: a wildcard address is where the server listens, not one a browser opens (some
+    refuse http://0.0.0.0)."""
+    if host in ("0.0.0.0", "::", ""):
+        return f"http://localhost:{port} (listening on {host or '0.0.0.0'})"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def main(args: argparse.Namespace) -> int:
     from inference.manifest import ManifestError, load_manifest
     from inference.runtime import CudaPlacementError, device_kind
@@ -164,7 +172,8 @@ def main(args: argparse.Namespace) -> int:
     kind = device_kind(settings.device)
     print(
         f"serving {', '.join(m.name for m in manifest.models)} (default on {kind}: "
-        f"{manifest.default_for(kind).name}) from {settings.models_dir} on http://{args.host}:{args.port}",
+        f"{manifest.default_for(kind).name}) from {settings.models_dir} on {address(args.host, args.port)}; "
+        "ready once GET /readyz answers 200 (the log says 'ready:')",
         file=sys.stderr,
         flush=True,
     )

@@ -1160,3 +1160,13 @@ def test_models_lists_what_one_request_may_hold_and_how_long_it_may_take(server)
         "max_pixels": MAX_PIXELS,
         "timeout_s": ServiceSettings().timeout_s,  # this server's: the default
     }
+
+
+def test_the_serve_line_names_an_address_a_browser_opens():
+    """It said http://0.0.0.0:3000, where the server listens, which some browsers refuse to open."""
+    from service.serve_cli import address
+
+    assert address("0.0.0.0", 3000) == "http://localhost:3000 (listening on 0.0.0.0)"
+    assert address("::", 3000) == "http://localhost:3000 (listening on ::)"
+    assert address("127.0.0.1", 8080) == "http://127.0.0.1:8080"
+    assert address("::1", 8080) == "http://[::1]:8080"
