@@ -20,8 +20,8 @@
   by calling its fallback, which raises ServiceUnavailable; the route logs that as an ERROR with its traceback,
   once per request, and answers a bare 503 with neither reason nor Retry-After. The API's own dispatcher is
   given a fallback that returns the service's answer instead (a Response, which the route sends as it is).
-  The dispatcher calls the same fallback when the queued caller's own task is cancelled (BentoML's timeout, a
-  worker forced to stop): that is no shed, and every dispatcher here lets the cancellation go on instead.
+  The dispatcher calls the same fallback when the queued caller's own task is cancelled (BentoML's timeout,
+  which answers 504 itself): that is no shed, and every dispatcher here lets the cancellation go on instead.
 - The OpenAPI document: BentoML cannot infer /classify's error answers or GET /models;
   :func:`extend_openapi` lets the service edit the document as a plain dict.
 - APIs bound once per instance (:func:`bind_apis`), and upload fields declared as the file parts of a
@@ -229,15 +229,14 @@ def _forget_stale_wait(dispatcher: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- shed requests
-# API name -> its own route's answers to a request its dispatcher sheds and to one whose task is cancelled
-_shed_answers: dict[str, tuple[Callable[[], Any], Callable[[], Any] | None]] = {}
+# API name -> the answer to a request its own route's dispatcher sheds (answer_shed)
+_shed_answers: dict[str, Callable[[], Any]] = {}
 _RAISES = "_cifar_raises"  # kept on a dispatcher given an answer: BentoML's fallback, which raises
 
 
-def answer_shed(api_name: str, answer: Callable[[], Any], cancelled: Callable[[], Any] | None = None) -> None:
+def answer_shed(api_name: str, answer: Callable[[], Any]) -> None:
     """Answer a request to batchable API ``api_name``'s own HTTP route that BentoML's dispatcher sheds (its
-    queueing would pass ``max_latency_ms``) with ``answer()``, a Starlette Response; and one whose own task is
-    cancelled while it is queued with ``cancelled()``, where that returns a Response rather than None.
+    queueing would pass ``max_latency_ms``) with ``answer()``, a Starlette Response.
 
     The dispatcher sheds a request by returning what its ``fallback`` returns, and BentoML's route sends a
     Response an API returns as it is; BentoML's fallback raises ServiceUnavailable instead, which the route
@@ -247,13 +246,13 @@ def answer_shed(api_name: str, answer: Callable[[], Any], cancelled: Callable[[]
     (:class:`RouterProbe`), or at once if it has been."""
     if _unsupported("a request the dispatcher sheds is logged as an error and answered with a bare 503"):
         return
-    _shed_answers[api_name] = (answer, cancelled)
+    _shed_answers[api_name] = answer
     for router in _routers:
         _answer_sheds(router)
 
 
 def _answer_sheds(router: Any) -> None:
-    for api_name, (answer, cancelled) in _shed_answers.items():
+    for api_name, answer in _shed_answers.items():
         factory = _app_factory(router, api_name)
         # the API's own dispatcher, whichever queue key the caller has set
         dispatcher = None if factory is None else dict.__getitem__(factory.dispatchers, api_name)
@@ -266,22 +265,18 @@ def _answer_sheds(router: Any) -> None:
             continue
         if not hasattr(dispatcher, _RAISES):
             setattr(dispatcher, _RAISES, dispatcher.fallback)
-        dispatcher.fallback = functools.partial(_shed, answer, cancelled)
+        dispatcher.fallback = functools.partial(_shed, answer)
 
 
-def _shed(answer: Callable[[], Any], cancelled: Callable[[], Any] | None = None) -> Any:
+def _shed(answer: Callable[[], Any]) -> Any:
     """The dispatcher's fallback, called as its caller's wait ends in CancelledError: ``answer()`` when the
-    dispatcher cancelled the queued request (a shed). When the caller's task itself was cancelled (the server's
-    timeout, which answers the request itself; a worker forced to stop), ``cancelled()`` answers it if it returns
-    an answer, and otherwise that cancellation goes on."""
+    dispatcher cancelled the queued request (a shed); when the caller's task itself was cancelled (the
+    server's timeout, which answers 504 itself; a client gone), that cancellation goes on, as no answer reaches
+    anyone."""
     task = asyncio.current_task()
-    if task is None or not task.cancelling():
-        return answer()
-    answered = None if cancelled is None else cancelled()
-    if answered is None:
+    if task is not None and task.cancelling():
         raise asyncio.CancelledError()
-    task.uncancel()  # the dispatcher caught the cancellation, and the request is answered after all
-    return answered
+    return answer()
 
 
 class BatchGateway:

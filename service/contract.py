@@ -74,7 +74,6 @@ REASONS: dict[str, Reason] = {
     "overloaded": Reason(
         503, "overloaded: the request would wait longer than the batching latency limit", "later", counted=False
     ),
-    "shutting_down": Reason(503, "the worker is shutting down, with the request still queued", "later", counted=False),
     "body_stalled": Reason(
         408, f"no byte of the request body arrived for {BODY_IDLE_S:g} seconds", "alone", counted=False
     ),
@@ -109,7 +108,6 @@ ReasonName = Literal[
     "unauthorized",
     "forbidden",
     "overloaded",
-    "shutting_down",
     "body_stalled",
     "client_closed",
 ]

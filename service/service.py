@@ -21,7 +21,6 @@ its flags. Neither torch nor the training package is imported.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -54,7 +53,7 @@ from .metrics import ServiceMetrics
 from .oip_http import oip_routes
 from .openapi import document_openapi
 from .page import page_routes
-from .process_end import STOP_SIGNALS, end_worker
+from .process_end import end_worker
 from .settings import ServiceSettings, SettingsError, cpu_count
 from .uploads import (
     Upload,
@@ -410,8 +409,6 @@ class Classifier:
         # to_async: set on each instance by BentoML, when it makes one; mypy sees only the class's own attributes.
         self._infer = BatchGateway("infer", lambda: self.to_async.infer, concurrency=STREAMS)  # type: ignore[attr-defined]
         bentoml_compat.bind_apis(self, ("classify", "infer", "models"))
-        # Here, in the worker's main thread and after uvicorn set its handlers: a stop signal is noted, then handled.
-        STOP_SIGNALS.watch()
         # BentoML makes the service before its server accepts a connection: the models load in a thread of their own,
         # so that /livez and /readyz (__is_ready__) answer meanwhile. LoadGate holds the API routes' requests.
         self.loading = BackgroundLoad(self._load, _load_failed)
@@ -517,13 +514,6 @@ class Classifier:
             if exc.error_code.value == 503:  # the dispatcher shed the request: over max_latency_ms
                 return Rejection("overloaded", f"overloaded, try again: {exc.message}")
             raise
-        except asyncio.CancelledError:
-            # Cancelled while queued: by BentoML's timeout, which answers 504 itself, or as a worker is forced to stop
-            # (a second Ctrl-C), when this answer still reaches the client.
-            if STOP_SIGNALS.received is None:
-                raise
-            _uncancel()
-            return _shutting_down()
         return np.asarray(rows, dtype=np.float64)
 
     @bentoml.api(
@@ -587,23 +577,6 @@ def _infer_overloaded() -> JSONResponse:
     (``Classifier._batched``): an overload is the service's load, no server error."""
     wait = f"its batch would wait longer than {SETTINGS.max_latency_ms} ms"
     return _refused(Rejection("overloaded", f"overloaded, try again: {wait}"), "/infer")
-
-
-def _infer_cancelled() -> Optional[JSONResponse]:
-    """The answer to a request to /infer cancelled while queued, as ``Classifier._batched`` answers one: that the
-    worker is shutting down, while it is; otherwise none (BentoML's timeout has answered it)."""
-    return None if STOP_SIGNALS.received is None else _refused(_shutting_down(), "/infer")
-
-
-def _shutting_down() -> Rejection:
-    return Rejection("shutting_down", "this worker is shutting down: send the request again")
-
-
-def _uncancel() -> None:
-    """Undo the cancellation of this task, which is answered after all: the dispatcher caught its CancelledError."""
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()
 
 
 def _load_failed(exc: BaseException) -> None:
@@ -759,7 +732,7 @@ SERVICE.add_asgi_middleware(MethodGate)
 SERVICE.add_asgi_middleware(PathGate)
 SERVICE.add_asgi_middleware(PlainRefusalGate)
 SERVICE.add_asgi_middleware(RouterProbe)
-bentoml_compat.answer_shed("infer", _infer_overloaded, _infer_cancelled)
+bentoml_compat.answer_shed("infer", _infer_overloaded)
 label_metrics_by_route()
 
 
