@@ -29,6 +29,7 @@ from inference.manifest import (
     ModelEntry,
     file_problems,
     load_manifest,
+    manifest_update,
     save_manifest,
     sha256_file,
 )
@@ -399,12 +400,13 @@ def record_entry(
     manifest that cannot be read refused) before the file is replaced, so a refusal leaves the shipped file
     as the manifest knows it; the file and the manifest then change together (see ``_replace_listed``)."""
     entry = ModelEntry(**card.model_dump(), file=final.name, sha256=sha256_file(out))
-    manifest = _with_entry(entry, models_dir, make_default, default_for)
     recorded = False
     try:
-        with interrupts_held():
-            _replace_listed(out, final, manifest, models_dir)
-            recorded = True
+        with manifest_update(models_dir):  # waited for outside interrupts_held: a Ctrl-C then stops the wait
+            manifest = _with_entry(entry, models_dir, make_default, default_for)
+            with interrupts_held():
+                _replace_listed(out, final, manifest, models_dir)
+                recorded = True
     except KeyboardInterrupt as exc:  # one that arrived during the renames, acted on once they were done
         if recorded:
             exc.add_note(f"{entry.name} was recorded in {models_dir / MANIFEST_NAME} before the stop")

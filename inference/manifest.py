@@ -6,8 +6,12 @@ and batch scorer (which read it); it needs neither torch nor ``training``.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Sequence, get_args
 
@@ -228,7 +232,37 @@ def verify_file(entry: ModelEntry, models_dir: Path) -> None:
         )
 
 
+# The models folders whose manifest this process is updating (``manifest_update``).
+_updating: set[Path] = set()
+
+
+@contextmanager
+def manifest_update(models_dir: str | Path) -> Iterator[None]:
+    """Hold ``models_dir``'s manifest for the body, which reads it, changes it and saves it: two commands doing so
+    at once (two exports into one folder) would each save their own change over the other's, so the second
+    waits for the first (an update takes milliseconds). An advisory flock on the folder itself, which leaves no
+    lock file to ship, commit or take for a model. Readers take no part: the manifest is renamed into place
+    whole, and the service reads it from a read-only folder."""
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():  # no manifest to change: the body's load says what is missing
+        yield
+        return
+    fd = os.open(models_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _updating.add(models_dir.resolve())
+        try:
+            yield
+        finally:
+            _updating.discard(models_dir.resolve())
+    finally:
+        os.close(fd)
+
+
 def save_manifest(manifest: Manifest, models_dir: str | Path) -> Path:
+    """Within ``manifest_update``, around the load that ``manifest`` was made from."""
+    if Path(models_dir).resolve() not in _updating:
+        raise RuntimeError(f"the manifest of {models_dir} saved outside manifest_update: an update could be lost")
     path = Path(models_dir) / MANIFEST_NAME
     write_text_atomic(path, json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
     return path
@@ -237,34 +271,36 @@ def save_manifest(manifest: Manifest, models_dir: str | Path) -> Path:
 def remove_models(models_dir: str | Path, names: Sequence[str]) -> Manifest:
     """Take listed models out of the manifest, then delete their files: a server started in between finds a
     manifest naming only files that exist. A default, or every model, is refused (the manifest needs both)."""
-    manifest = load_manifest(models_dir, verify=False)
-    gone = [manifest.get(name) for name in dict.fromkeys(names)]  # UnknownModel naming the models
-    defaults = {manifest.default, *manifest.defaults.values()}
-    for entry in gone:
-        if entry.name in defaults:
-            raise UsageError(
-                f"{entry.name} is a default model: make another one the default first "
-                f"(python -m export default OTHER [--for cpu|cuda])"
-            )
-    kept = [m for m in manifest.models if m not in gone]
-    if not kept:
-        raise UsageError("that would remove every model: a manifest lists at least one")
-    manifest = Manifest.model_validate({**manifest.model_dump(), "models": [m.model_dump() for m in kept]})
-    save_manifest(manifest, models_dir)
-    for entry in gone:
-        (Path(models_dir) / entry.file).unlink(missing_ok=True)
-    return manifest
+    with manifest_update(models_dir):
+        manifest = load_manifest(models_dir, verify=False)
+        gone = [manifest.get(name) for name in dict.fromkeys(names)]  # UnknownModel naming the models
+        defaults = {manifest.default, *manifest.defaults.values()}
+        for entry in gone:
+            if entry.name in defaults:
+                raise UsageError(
+                    f"{entry.name} is a default model: make another one the default first "
+                    f"(python -m export default OTHER [--for cpu|cuda])"
+                )
+        kept = [m for m in manifest.models if m not in gone]
+        if not kept:
+            raise UsageError("that would remove every model: a manifest lists at least one")
+        manifest = Manifest.model_validate({**manifest.model_dump(), "models": [m.model_dump() for m in kept]})
+        save_manifest(manifest, models_dir)
+        for entry in gone:
+            (Path(models_dir) / entry.file).unlink(missing_ok=True)
+        return manifest
 
 
 def set_default(models_dir: str | Path, name: str, kinds: Sequence[str] = ()) -> Manifest:
     """Make a listed model the default on those kinds of device, or (``kinds`` empty) on every kind: the
     per-device defaults go, or they would still overrule the plain one on their hosts."""
-    manifest = load_manifest(models_dir, verify=False)
-    verify_file(manifest.get(name), Path(models_dir))  # UnknownModel naming the models when it is not listed
-    if kinds:
-        manifest = manifest.model_copy(update={"defaults": {**manifest.defaults, **{k: name for k in kinds}}})
-    else:
-        manifest = manifest.model_copy(update={"default": name, "defaults": {}})
-    manifest = Manifest.model_validate(manifest.model_dump())
-    save_manifest(manifest, models_dir)
-    return manifest
+    with manifest_update(models_dir):
+        manifest = load_manifest(models_dir, verify=False)
+        verify_file(manifest.get(name), Path(models_dir))  # UnknownModel naming the models when it is not listed
+        if kinds:
+            manifest = manifest.model_copy(update={"defaults": {**manifest.defaults, **{k: name for k in kinds}}})
+        else:
+            manifest = manifest.model_copy(update={"default": name, "defaults": {}})
+        manifest = Manifest.model_validate(manifest.model_dump())
+        save_manifest(manifest, models_dir)
+        return manifest

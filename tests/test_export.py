@@ -1109,13 +1109,63 @@ def test_an_unreadable_checkpoint_is_named_as_unreadable_not_as_no_checkpoint(tm
 
 def test_the_manifest_is_synced_and_renamed_into_place(exported, tmp_path, atomic_writes):
     """The service reads manifest.json at start: a crash while an export records a model must leave the old one."""
-    from inference.manifest import save_manifest
+    from inference.manifest import manifest_update, save_manifest
 
     models, _, _ = exported
     synced, replaced = atomic_writes
-    path = save_manifest(load_manifest(models), tmp_path)
+    with manifest_update(tmp_path):
+        path = save_manifest(load_manifest(models), tmp_path)
+    with pytest.raises(RuntimeError, match="saved outside manifest_update"):  # a command that would lose updates
+        save_manifest(load_manifest(models), tmp_path)
     assert replaced["manifest.json"] in synced and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
     assert [m["name"] for m in json.loads(path.read_text())["models"]] == ["tiny"]
+
+
+def test_two_commands_recording_models_at_once_keep_both_and_readers_do_not_wait(exported, tmp_path, monkeypatch):
+    """Two exports into one models folder at once (two terminals) each read the manifest, added their model and
+    wrote it back: the later write dropped the earlier one's entry. The updates take turns now; the manifest's
+    readers (the service, `export list`) take no part in that, so a read-only folder serves as before."""
+    import threading
+    import time
+
+    import export.pipeline
+    from export.pipeline import record_entry
+
+    models, entry, _ = exported
+    m = _copy_models(models, tmp_path / "m")
+    load, reading = export.pipeline.load_manifest, threading.Event()
+
+    def slow_load(models_dir, verify=True):
+        manifest = load(models_dir, verify)
+        reading.set()
+        time.sleep(1.0)  # the moment in which the other command would read the same manifest
+        return manifest
+
+    monkeypatch.setattr(export.pipeline, "load_manifest", slow_load)
+    errors: list[BaseException] = []
+
+    def record(name: str) -> None:
+        graph = tmp_path / f"{name}.onnx"
+        shutil.copy(m / entry.file, graph)
+        card = ModelCard(**{**entry.model_dump(include=set(ModelCard.model_fields)), "name": name})
+        try:
+            record_entry(card, graph, m / f"{name}.onnx", m, make_default=False)
+        except BaseException as exc:  # said by the assertion below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=record, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    assert reading.wait(30)
+    started = time.monotonic()
+    assert [x.name for x in load_manifest(m, verify=False).models] == ["tiny"]  # read while one update is under way
+    assert time.monotonic() - started < 0.5
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    listed = load_manifest(m)  # every listed file matches its sha256
+    assert sorted(x.name for x in listed.models) == ["a", "b", "tiny"]
+    assert sorted(p.name for p in m.iterdir()) == sorted(["a.onnx", "b.onnx", *(p.name for p in models.iterdir())])
 
 
 @pytest.mark.parametrize("tta", ["none", "flip"])

@@ -1019,6 +1019,69 @@ def test_a_run_folder_without_its_last_checkpoint_is_not_trained_over(image_fold
     assert training_main([*train_cli, "--force"]) == 0 and (out / "last.pt").is_file()
 
 
+# `python -m training ARGS` that stops after each saved epoch until the test lets it go on (files in PAUSES).
+PAUSED_TRAINING = """
+import os, sys, time
+from pathlib import Path
+from training.__main__ import main
+from training.engine import Trainer
+
+pauses, end_epoch = Path(os.environ["PAUSES"]), Trainer._end_epoch
+
+def paused(self, record):
+    stop = end_epoch(self, record)
+    (pauses / f"saved-{record['epoch']}").touch()
+    while not (pauses / f"go-{record['epoch']}").exists():
+        time.sleep(0.05)
+    return stop
+
+Trainer._end_epoch = paused
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"no {path.name} after {timeout} s"
+        time.sleep(0.05)
+
+
+def test_a_second_command_on_a_run_folder_in_use_is_refused_and_the_first_goes_on(image_folder, tmp_path, capsys):
+    """The same command started twice (a forgotten nohup job, a second terminal): both trained into one folder,
+    interleaving its checkpoints and history, and a --force of one removed the other's files. The second is
+    refused at once, naming the first; the first goes on as if alone; a run killed outright leaves no claim."""
+    from training.__main__ import main as training_main
+
+    run, pauses = tmp_path / "run", tmp_path / "pauses"
+    pauses.mkdir()
+    train_cli = ["train", "--recipe", "resnet9_half_cpu", "--out", str(run)]
+    train_cli += ["--set", *tiny_overrides(image_folder, tmp_path / "cache", threads=1)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PAUSES": str(pauses)}
+    first = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_TRAINING, *train_cli], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _wait_for(pauses / "saved-1", first)
+        files = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+        for again in (train_cli, [*train_cli, "--resume"], [*train_cli, "--force"], ["resume", str(run)]):
+            assert training_main(again) == 2, again
+            said = f"error: {run} is in use by another training (pid {first.pid}): wait for it to end, or stop it\n"
+            assert capsys.readouterr().err == said
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == files
+        (pauses / "go-1").touch()
+        _wait_for(pauses / "saved-2", first)
+    finally:
+        first.kill()  # SIGKILL, after its last epoch was saved: no cleanup of its own runs
+        first.communicate()
+    assert [record["epoch"] for record in json.loads((run / "history.json").read_text())] == [1, 2]
+    assert training_main(["resume", str(run)]) == 0  # its claim went with it
+    assert json.loads(capsys.readouterr().out)["epochs_run"] == 2
+
+
 def test_resume_takes_a_runs_last_checkpoint_for_its_folder_and_says_when_nothing_is_left(
     tiny_run, tmp_path, capsys, caplog, monkeypatch
 ):

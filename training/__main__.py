@@ -18,9 +18,10 @@ from inference.messages import configure_logging, os_error_text
 from .cli_types import add_set_option, path_text, positive_int
 
 try:
-    from .checkpoint import BEST_FILE, CONFIG_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, RUN_FILES
+    from .checkpoint import BEST_FILE, CONFIG_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, RUN_FILES, claimed_run
     from .config import (
         PLACEMENT_KEYS,
+        Config,
         ConfigError,
         build_config,
         check_distinct,
@@ -64,13 +65,21 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine import best_to_go_on_from, resume, train
-
     if is_ensemble_recipe(args.recipe):
         return _train_ensemble(args)
     config = build_config(args.recipe, args.set)
     out = _run_folder(Path(args.out) if args.out else Path("runs") / config.recipe)
     args.run = out  # for the message of an interrupt
+    with claimed_run(out):  # before its files are looked at: another command may be changing them
+        summary = _train_into(out, config, args)
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _train_into(out: Path, config: Config, args: argparse.Namespace) -> dict:
+    from .engine import best_to_go_on_from, resume, train
+
     if (out / ENSEMBLE_RUN_FILE).exists() and not args.force:
         raise ConfigError(
             f"{out} holds an ensemble recipe's run, whose {BEST_FILE} this run would replace; train into "
@@ -102,9 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     else:
         summary = train(config, out)
-    if os.environ.get("RANK", "0") == "0":
-        print(json.dumps(summary, indent=2))
-    return 0
+    return summary
 
 
 def _run_folder(out: Path) -> Path:
@@ -125,22 +132,23 @@ def _train_ensemble(args: argparse.Namespace) -> int:
     recipe = load_ensemble_recipe(args.recipe)
     out = _run_folder(Path(args.out) if args.out else Path("runs") / recipe.name)
     args.run, args.ensemble_run = out, True  # for the message of an interrupt
-    if (out / LAST_FILE).exists() and not args.force:
-        raise ConfigError(
-            f"{out} holds a single network's run, whose {BEST_FILE} the joined ensemble would replace; "
-            "train into another folder, or start over with --force"
-        )
-    if started_run(out) is not None and not (args.resume or args.force):
-        if finished_run(out):
+    with claimed_run(out):  # before its files are looked at: another command may be changing them
+        if (out / LAST_FILE).exists() and not args.force:
             raise ConfigError(
-                f"{out} holds a finished ensemble run, joined into {out / BEST_FILE}; train into another folder, "
-                "or start over with --force"
+                f"{out} holds a single network's run, whose {BEST_FILE} the joined ensemble would replace; "
+                "train into another folder, or start over with --force"
             )
-        raise ConfigError(
-            f"{out} already holds an ensemble run; continue it with this command and --resume (finished "
-            "members are kept), or start over with --force"
-        )
-    summary = train_ensemble(recipe, out, args.set, resume=args.resume)
+        if started_run(out) is not None and not (args.resume or args.force):
+            if finished_run(out):
+                raise ConfigError(
+                    f"{out} holds a finished ensemble run, joined into {out / BEST_FILE}; train into another folder, "
+                    "or start over with --force"
+                )
+            raise ConfigError(
+                f"{out} already holds an ensemble run; continue it with this command and --resume (finished "
+                "members are kept), or start over with --force"
+            )
+        summary = train_ensemble(recipe, out, args.set, resume=args.resume)
     print(json.dumps(summary, indent=2))
     print(
         f"ensemble written to {summary['checkpoint']}; measure it with `python -m training evaluate --checkpoint "
@@ -150,13 +158,18 @@ def _train_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .engine import resume
-    from .ensemble_recipe import finished_run, started_run
-
     if Path(args.run).is_file():  # the checkpoint itself named: its run folder is meant
         if Path(args.run).name != LAST_FILE:
             raise ConfigError(f"resume takes a run folder (the one holding {LAST_FILE}), not the file {args.run}")
         args.run = str(Path(args.run).parent)
+    with claimed_run(args.run):  # before its files are looked at: another command may be changing them
+        return _resume(args)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from .engine import resume
+    from .ensemble_recipe import finished_run, started_run
+
     started = started_run(args.run)
     if started is not None and finished_run(args.run):
         best = Path(args.run) / BEST_FILE

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 import re
 import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +35,10 @@ CONFIG_FILE = "config.yaml"  # the configuration a run trains, as YAML (its reci
 # a run's config.yaml as a user edited it, kept aside when a resume writes back the configuration it started with
 EDITED_CONFIG = "config.edited.yaml"
 RUN_FILES = (LAST_FILE, BEST_FILE, SUMMARY_FILE, "history.json", "training_curves.png", EDITED_CONFIG)
+# The lock of the process training in a run folder (``claimed_run``), holding its pid; removed when it lets go.
+# Hidden, so the listings of a folder's files (a report's, an ablation's) pass over the one a killed run leaves,
+# which holds nothing: the lock went with the process.
+LOCK_FILE = ".lock"
 # What every checkpoint's meta holds, whoever wrote it (a run, an ensemble, a recovered network): enough to
 # rebuild the network and to name its classes and input.
 META_KEYS = ("arch", "num_classes", "mean", "std", "model_args", "classes", "input_size")
@@ -55,6 +62,71 @@ def clear_run(folder: str | Path, names: tuple[str, ...] = RUN_FILES) -> None:
     remove_stale_temporaries(folder)
     for name in names:
         (Path(folder) / name).unlink(missing_ok=True)
+
+
+class RunInUse(UsageError):
+    """A run folder another process is training in."""
+
+
+# The run folders this process holds, so that a command and the trainer it calls claim one folder once.
+_claimed: set[Path] = set()
+
+
+@contextmanager
+def claimed_run(folder: str | Path) -> Iterator[None]:
+    """Hold ``folder`` for this process's training while the body runs. Another command on the same folder (the
+    same one started twice) is refused at once (``RunInUse``, naming this pid): the two would interleave their
+    checkpoints and history, and a --force of one would remove the other's files. An advisory flock, which the
+    system releases when the process ends however it ends, so a killed run leaves no claim to clear by hand.
+    Under torchrun rank 0 alone claims it, as rank 0 alone writes there. The folders made for the lock are
+    taken away again if the body leaves them empty: a run refused before it writes leaves no folder behind."""
+    folder = Path(folder)
+    if os.environ.get("RANK", "0") != "0" or folder.resolve() in _claimed:
+        yield
+        return
+    made = [f for f in (folder, *folder.parents) if not f.exists()]
+    fd = _lock(folder)
+    _claimed.add(folder.resolve())
+    try:
+        yield
+    finally:
+        _claimed.discard(folder.resolve())
+        # removed while still held: a claimant that opened it meanwhile finds it unlinked (``_lock``)
+        (folder / LOCK_FILE).unlink(missing_ok=True)
+        os.close(fd)
+        for made_folder in made:  # the deepest first; rmdir takes only an empty one
+            try:
+                made_folder.rmdir()
+            except OSError:
+                break
+
+
+def _lock(folder: Path) -> int:
+    """The locked, open LOCK_FILE of ``folder``, with this process's pid written in it; RunInUse if another holds
+    it."""
+    path = folder / LOCK_FILE
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # its folder taken away by a claimant letting go of it: make it again
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            pid = f" (pid {holder})" if holder.isdigit() else ""  # empty: it has locked it, not yet written to it
+            raise RunInUse(f"{folder} is in use by another training{pid}: wait for it to end, or stop it") from None
+        try:
+            current = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)  # locked once its holder had let go of it and unlinked it: lock the one there now
 
 
 def _alive(pid: int) -> bool:

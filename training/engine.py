@@ -25,6 +25,7 @@ from .checkpoint import (
     EDITED_CONFIG,
     LAST_FILE,
     SUMMARY_FILE,
+    claimed_run,
     clear_run,
     load_checkpoint,
     remove_stale_temporaries,
@@ -656,7 +657,8 @@ class Trainer:
 
 def train(config: Config, out_dir: str | Path) -> dict[str, Any]:
     check_out_of_the_data(config, Path(out_dir))
-    return Trainer(config, out_dir).fit()
+    with claimed_run(out_dir):
+        return Trainer(config, out_dir).fit()
 
 
 def inside_the_data(dataset: str, root: str | Path, out: Path) -> bool:
@@ -758,6 +760,13 @@ def resume(
     """Continue a run from its last.pt with the config it was started with (optionally more epochs). With
     ``expected``, a run started with any other config is refused (ConfigError naming the differences), but for
     where it runs (``PLACEMENT_KEYS``), which it takes from ``expected``; ``placement`` sets those alone."""
+    with claimed_run(out_dir):
+        return _resume(out_dir, epochs, expected, placement)
+
+
+def _resume(
+    out_dir: str | Path, epochs: int | None, expected: Config | None, placement: list[str] | None
+) -> dict[str, Any]:
     remove_stale_temporaries(out_dir)
     ckpt = _last_or_advice(Path(out_dir))
     started = validate_config(ckpt["config"], started=True)

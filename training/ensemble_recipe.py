@@ -28,7 +28,7 @@ from inference.files import write_text_atomic
 from inference.fits import FitName
 from inference.messages import validation_problems
 
-from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE, clear_run
+from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE, claimed_run, clear_run
 from .config import (
     ENSEMBLE_KEY,
     Config,
@@ -192,7 +192,11 @@ def train_ensemble(
             "an ensemble recipe trains its members one after another in one process; under torchrun, train each "
             "member's recipe on its own and join them with `python -m training ensemble`"
         )
-    out, overrides = Path(out), list(overrides or [])
+    with claimed_run(out):  # each member's folder is claimed by its own run
+        return _train_members(recipe, Path(out), list(overrides or []), resume)
+
+
+def _train_members(recipe: EnsembleRecipe, out: Path, overrides: list[str], resume: bool) -> dict[str, Any]:
     configs = member_configs(recipe, overrides)  # every member is checked before the first one trains
     resolved = _resolved(recipe, overrides)
     started = started_run(out) if resume else None
