@@ -1183,7 +1183,7 @@ def test_a_file_that_is_no_checkpoint_is_refused_in_one_line_not_a_traceback(tin
     junk = tmp_path / "junk.pt"
     junk.write_bytes(bytes(range(256)) * 4)
     onnx_file = next(tiny_models_dir.glob("*.onnx"))
-    for path, said in ((junk, "not a file torch.save wrote"), (onnx_file, "evaluate it with --onnx")):
+    for path, said in ((junk, "it is not the zip archive torch.save writes"), (onnx_file, "evaluate it with --onnx")):
         assert main(["evaluate", "--checkpoint", str(path), "--out", str(tmp_path / "r")]) == 2
         err = capsys.readouterr().err
         assert said in err and "Traceback" not in err and "weights_only` set to `False`" not in err

@@ -251,7 +251,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 # torch's weights_only refusal of an object it would have to construct: the object's name, then advice to allow it
-_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_REFUSED_GLOBAL = re.compile(r"\bGLOBAL ([\w.]+)")
 
 
 def _unreadable(path: Path, exc: BaseException) -> str:
