@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -517,7 +518,7 @@ class Trainer:
         # A run that stopped early has finished: resuming it must not train on, nor rewrite its files.
         stop = self._patience_exhausted()
         if self.epoch >= t.epochs or stop:
-            distributed.cleanup(self.dist)
+            self._leave_process_group()
             if stop:
                 log.info("%s stopped early (no better epoch for its patience): nothing left to train", self.out_dir)
             else:
@@ -558,8 +559,17 @@ class Trainer:
         summary = self._summary(stop)
         if main:
             write_text_atomic(self.out_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
-        distributed.cleanup(self.dist)
+        self._leave_process_group()
         return summary
+
+    def _leave_process_group(self) -> None:
+        """The DDP wrapper goes before the process group: it holds the group, whose gloo threads would otherwise be
+        left to the interpreter's exit, where a rank once aborted ("terminate called without an active
+        exception")."""
+        if self.dist.enabled:
+            self.forward_model = self.model
+            gc.collect()
+        distributed.cleanup(self.dist)
 
     def _progress(self, record: dict[str, Any]) -> dict[str, str]:
         if self.val_loader is None:
