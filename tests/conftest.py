@@ -223,7 +223,6 @@ def wait_for_lines(path: Path, count: int, proc, timeout: float = 60) -> None:
 @contextlib.contextmanager
 def running_service(models_dir: Path, log_path: Path, *args: str, env: dict | None = None, timeout: float = 90):
     """Start `python -m service serve` on a free port, wait for /readyz, yield its URL, stop it on exit."""
-    import signal
     import time
 
     import httpx
@@ -247,14 +246,22 @@ def running_service(models_dir: Path, log_path: Path, *args: str, env: dict | No
             time.sleep(0.25)
         yield url
     finally:
-        # A server that exited (and took its group with it) has no group left: the failure above is the news.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_server_group(proc)
+
+
+def stop_server_group(proc: subprocess.Popen) -> None:
+    """Stop a server that ``spawn_server`` started, its workers with it: SIGTERM to its process group, SIGKILL
+    after 30 s."""
+    import signal
+
+    # A server that exited (and took its group with it) has no group left: its own failure is the news.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 CHROMIUM_ARGS = [

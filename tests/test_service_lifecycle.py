@@ -8,9 +8,6 @@ import contextlib
 import functools
 import logging
 import os
-import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +17,7 @@ import httpx
 import pytest
 from bentoml.exceptions import ServiceUnavailable
 
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, spawn_server, stop_server_group
 from service import bentoml_compat
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -80,17 +77,9 @@ def _loading_slowly(models_dir: Path, tmp_path: Path):
         "CIFAR_TEST_LOAD_STARTED": str(started),
     }
     port = free_port()
-    command = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)]
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [*command, "--models-dir", str(models_dir), "--threads", "1"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = spawn_server(port, models_dir, "--threads", "1", log=log, env=env)
     try:
         deadline = time.monotonic() + 90
         while not started.exists():
@@ -99,13 +88,7 @@ def _loading_slowly(models_dir: Path, tmp_path: Path):
             time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_server_group(proc)
 
 
 @pytest.mark.slow
