@@ -309,7 +309,8 @@ def models_folder(models_dir: Path) -> Iterator[None]:
     """``models_dir`` made, with the parents it lacks, for the body; those made are taken away again when the body
     fails or is stopped and leaves them empty, so a refused export into a new folder leaves no folder behind.
     Refused here, before the validation pass, when it cannot be made or written to."""
-    made = [folder for folder in (models_dir, *models_dir.parents) if not folder.exists()]
+    # not a `new/..` (an rmdir of it fails, and would stop the new/ it stands for being taken away)
+    made = [folder for folder in (models_dir, *models_dir.parents) if folder.name != ".." and not folder.exists()]
     try:
         try:
             models_dir.mkdir(parents=True, exist_ok=True)

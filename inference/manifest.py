@@ -6,7 +6,6 @@ and batch scorer (which read it); it needs neither torch nor ``training``.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -243,6 +242,8 @@ def manifest_update(models_dir: str | Path) -> Iterator[None]:
     waits for the first (an update takes milliseconds). An advisory flock on the folder itself, which leaves no
     lock file to ship, commit or take for a model. Readers take no part: the manifest is renamed into place
     whole, and the service reads it from a read-only folder."""
+    import fcntl  # here: the readers (the service) need no locking, on a system with or without fcntl
+
     models_dir = Path(models_dir)
     if not models_dir.is_dir():  # no manifest to change: the body's load says what is missing
         yield

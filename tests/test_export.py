@@ -1133,11 +1133,12 @@ def test_two_commands_recording_models_at_once_keep_both_and_readers_do_not_wait
 
     models, entry, _ = exported
     m = _copy_models(models, tmp_path / "m")
-    load, reading = export.pipeline.load_manifest, threading.Event()
+    load, reading, read = export.pipeline.load_manifest, threading.Event(), threading.Event()
 
     def slow_load(models_dir, verify=True):
         manifest = load(models_dir, verify)
         reading.set()
+        read.wait(30)  # the test reads the manifest meanwhile: a reader that waited for this update would wait 30 s
         time.sleep(1.0)  # the moment in which the other command would read the same manifest
         return manifest
 
@@ -1159,7 +1160,8 @@ def test_two_commands_recording_models_at_once_keep_both_and_readers_do_not_wait
     assert reading.wait(30)
     started = time.monotonic()
     assert [x.name for x in load_manifest(m, verify=False).models] == ["tiny"]  # read while one update is under way
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 10
+    read.set()
     for thread in threads:
         thread.join(60)
     assert not errors, errors
@@ -1391,7 +1393,7 @@ def test_a_checkpoint_whose_meta_does_not_name_its_data_is_refused_in_one_line(t
     assert f"error: {path} does not say which data it was validated on: meta.{key}: Field required" in err, err
 
 
-@pytest.mark.parametrize("failure", ["no validation split", "dataset moved", "parity", "ctrl-c"])
+@pytest.mark.parametrize("failure", ["no validation split", "dataset moved", "parity", "ctrl-c", "through .."])
 def test_an_export_refused_or_stopped_after_the_checks_leaves_no_new_models_folder(
     tiny_run, tmp_path, capsys, monkeypatch, failure
 ):
@@ -1403,7 +1405,7 @@ def test_an_export_refused_or_stopped_after_the_checks_leaves_no_new_models_fold
     ckpt = torch.load(tiny_run / "best.pt", weights_only=True)
     if failure == "no validation split":
         ckpt["meta"]["val_size"] = 0
-    if failure == "dataset moved":
+    if failure in ("dataset moved", "through .."):
         ckpt["meta"]["data_root"] = str(tmp_path / "gone")
     if failure in ("parity", "ctrl-c"):
 
@@ -1415,8 +1417,9 @@ def test_an_export_refused_or_stopped_after_the_checks_leaves_no_new_models_fold
         monkeypatch.setattr(export.pipeline, "publish", fails)
     path = tmp_path / "best.pt"
     torch.save(ckpt, path)
-    models = tmp_path / "new" / "models"
+    # through ..: other/.. (this folder) cannot be taken away, and stopped other/ being taken away after it
+    models = (tmp_path / "other" / ".." if failure == "through .." else tmp_path) / "new" / "models"
     argv = ["--checkpoint", str(path), "--name", "x", "--models-dir", str(models), "--calibrate", "none"]
     status = export_main([*argv, "--no-reference-cache", "--cache-dir", str(tmp_path / "cache")])
     assert status == {"parity": 1, "ctrl-c": 130}.get(failure, 2), capsys.readouterr().err
-    assert not (tmp_path / "new").exists()
+    assert not (tmp_path / "new").exists() and not (tmp_path / "other").exists()

@@ -890,6 +890,21 @@ def test_a_network_that_cannot_take_the_image_size_is_refused_before_the_data_is
     assert not (tmp_path / "run").exists()
 
 
+def test_a_refused_run_into_a_path_through_dot_dot_leaves_no_folder(image_folder, tmp_path, monkeypatch):
+    """The folders made to claim the run go again when it is refused, every one of them: `new/../run` makes
+    new/ as well as run/ (rmdir of new/.. failed, and new/ stayed)."""
+    import training.engine as engine
+
+    def read(*_args, **_kwargs):
+        raise ConfigError("refused")
+
+    monkeypatch.setattr(engine, "load_data", read)
+    config = build_config("resnet9_half_cpu", tiny_overrides(image_folder, tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="refused"):
+        train(config, tmp_path / "new" / ".." / "run")
+    assert sorted(tmp_path.iterdir()) == []
+
+
 def test_a_recipe_or_override_that_is_not_yaml_is_refused_in_one_line(tmp_path, capsys):
     from training.__main__ import main as training_main
 
@@ -1108,6 +1123,21 @@ def test_resume_takes_a_runs_last_checkpoint_for_its_folder_and_says_when_nothin
     monkeypatch.setattr(cli, "cmd_resume", refused_by_the_system)
     assert cli.main(["resume", str(run)]) == 2
     assert capsys.readouterr().err == "error: /proc/run: No such file or directory\n"
+
+
+def test_resume_of_a_folder_that_is_not_there_says_so_and_makes_nothing(tmp_path, capsys, monkeypatch):
+    """A mistyped run folder has nothing to continue: it was made to be claimed, so a user who may not write
+    where it would be (another's /data/runs) read `error: /data: Permission denied`, not that no run is there."""
+    from training.__main__ import main as training_main
+
+    def unwritable(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", unwritable)
+    run = tmp_path / "typo" / "run"
+    assert training_main(["resume", str(run)]) == 2
+    assert capsys.readouterr().err == f"error: no checkpoint at {run / 'last.pt'}\n"
+    assert sorted(tmp_path.iterdir()) == []
 
 
 def test_force_starts_over_without_the_previous_runs_files(image_folder, tmp_path, monkeypatch):

@@ -162,7 +162,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if Path(args.run).name != LAST_FILE:
             raise ConfigError(f"resume takes a run folder (the one holding {LAST_FILE}), not the file {args.run}")
         args.run = str(Path(args.run).parent)
-    with claimed_run(args.run):  # before its files are looked at: another command may be changing them
+    with claimed_run(args.run, make=False):  # before its files are looked at: another command may be changing them
         return _resume(args)
 
 

@@ -73,18 +73,21 @@ _claimed: set[Path] = set()
 
 
 @contextmanager
-def claimed_run(folder: str | Path) -> Iterator[None]:
+def claimed_run(folder: str | Path, make: bool = True) -> Iterator[None]:
     """Hold ``folder`` for this process's training while the body runs. Another command on the same folder (the
     same one started twice) is refused at once (``RunInUse``, naming this pid): the two would interleave their
     checkpoints and history, and a --force of one would remove the other's files. An advisory flock, which the
     system releases when the process ends however it ends, so a killed run leaves no claim to clear by hand.
     Under torchrun rank 0 alone claims it, as rank 0 alone writes there. The folders made for the lock are
-    taken away again if the body leaves them empty: a run refused before it writes leaves no folder behind."""
+    taken away again if the body leaves them empty: a run refused before it writes leaves no folder behind.
+    Without ``make`` (a resume) a folder that is not there is neither made nor claimed: it holds no run to
+    continue, which the body says."""
     folder = Path(folder)
-    if os.environ.get("RANK", "0") != "0" or folder.resolve() in _claimed:
+    if os.environ.get("RANK", "0") != "0" or folder.resolve() in _claimed or not (make or folder.is_dir()):
         yield
         return
-    made = [f for f in (folder, *folder.parents) if not f.exists()]
+    # not a `new/..` (an rmdir of it fails, and would stop the new/ it stands for being taken away)
+    made = [f for f in (folder, *folder.parents) if f.name != ".." and not f.exists()]
     fd = _lock(folder)
     _claimed.add(folder.resolve())
     try:

@@ -770,7 +770,7 @@ def resume(
     """Continue a run from its last.pt with the config it was started with (optionally more epochs). With
     ``expected``, a run started with any other config is refused (ConfigError naming the differences), but for
     where it runs (``PLACEMENT_KEYS``), which it takes from ``expected``; ``placement`` sets those alone."""
-    with claimed_run(out_dir):
+    with claimed_run(out_dir, make=False):
         return _resume(out_dir, epochs, expected, placement)
 
 
