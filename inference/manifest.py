@@ -6,8 +6,10 @@ and batch scorer (which read it); it needs neither torch nor ``training``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +24,8 @@ from .files import write_text_atomic
 from .fits import LEGACY_FIT, FitName
 from .messages import validation_problems
 from .precisions import PrecisionName
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 # Key under which an ONNX file's metadata_props hold its ModelCard as JSON.
@@ -231,6 +235,9 @@ def verify_file(entry: ModelEntry, models_dir: Path) -> None:
         )
 
 
+# flock's answers on a file system that cannot lock a folder (NFS: EBADF; others: no locks at all)
+_NO_FOLDER_LOCKS = {errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
+
 # The models folders whose manifest this process is updating (``manifest_update``).
 _updating: set[Path] = set()
 
@@ -250,7 +257,18 @@ def manifest_update(models_dir: str | Path) -> Iterator[None]:
         return
     fd = os.open(models_dir, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in _NO_FOLDER_LOCKS:
+                raise
+            # NFS takes an exclusive lock only on a file open for writing, which a folder cannot be: the update
+            # goes on unserialized, as every update did before there was a lock, and says so
+            log.warning(
+                "cannot lock %s (%s): a command updating its manifest at the same time could undo this one's change",
+                models_dir,
+                exc.strerror or exc,
+            )
         _updating.add(models_dir.resolve())
         try:
             yield

@@ -1423,3 +1423,27 @@ def test_an_export_refused_or_stopped_after_the_checks_leaves_no_new_models_fold
     status = export_main([*argv, "--no-reference-cache", "--cache-dir", str(tmp_path / "cache")])
     assert status == {"parity": 1, "ctrl-c": 130}.get(failure, 2), capsys.readouterr().err
     assert not (tmp_path / "new").exists() and not (tmp_path / "other").exists()
+
+
+def test_a_models_folder_that_cannot_be_locked_is_updated_with_a_warning(
+    tiny_models_dir, tmp_path, monkeypatch, caplog
+):
+    """NFS takes no exclusive flock on a folder (EBADF): the manifest lock must not stop export, default and
+    remove there; the update goes on unserialized, as before there was a lock, and says so."""
+    import errno
+    import fcntl
+
+    from inference.manifest import load_manifest, set_default
+
+    models = tmp_path / "m"
+    shutil.copytree(tiny_models_dir, models)
+
+    def no_folder_locks(fd, operation):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", no_folder_locks)
+    other = next(m.name for m in load_manifest(models).models if m.name != load_manifest(models).default)
+    with caplog.at_level(logging.WARNING, logger="inference.manifest"):
+        set_default(models, other)
+    assert load_manifest(models).default == other
+    assert f"cannot lock {models} (Bad file descriptor)" in caplog.text, caplog.text
