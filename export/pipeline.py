@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inference.devices import DEVICE_KINDS, DeviceKind
 from inference.errors import UsageError
+from inference.files import folders_to_make, remove_if_empty
 from inference.fits import LEGACY_FIT, FitName
 from inference.interrupts import interrupts_held
 from inference.manifest import (
@@ -309,8 +310,7 @@ def models_folder(models_dir: Path) -> Iterator[None]:
     """``models_dir`` made, with the parents it lacks, for the body; those made are taken away again when the body
     fails or is stopped and leaves them empty, so a refused export into a new folder leaves no folder behind.
     Refused here, before the validation pass, when it cannot be made or written to."""
-    # not a `new/..` (an rmdir of it fails, and would stop the new/ it stands for being taken away)
-    made = [folder for folder in (models_dir, *models_dir.parents) if folder.name != ".." and not folder.exists()]
+    made = folders_to_make(models_dir)
     try:
         try:
             models_dir.mkdir(parents=True, exist_ok=True)
@@ -322,11 +322,7 @@ def models_folder(models_dir: Path) -> Iterator[None]:
             raise UsageError(f"cannot write to --models-dir {models_dir}: permission denied")
         yield
     except BaseException:
-        for folder in made:  # the deepest first; rmdir takes only an empty one
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        remove_if_empty(made)
         raise
 
 

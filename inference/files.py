@@ -1,11 +1,12 @@
 """Atomic file writes: a reader (the service loading the manifest, a run resumed after a crash) finds the old
-file or the new one, never a truncated one. Torch-free, so the service side can use it too."""
+file or the new one, never a truncated one; and the folders a refused write made, taken away again. Torch-free,
+so the service side can use it too."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Sequence
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
@@ -27,6 +28,23 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def folders_to_make(path: str | Path) -> list[Path]:
+    """The folders ``mkdir(parents=True)`` of ``path`` would make, deepest first: what :func:`remove_if_empty`
+    takes away again when what they were made for is refused. Not an ``x/..``: its rmdir fails, and would stop
+    the ``x/`` it stands beside from being taken away."""
+    path = Path(path)
+    return [folder for folder in (path, *path.parents) if folder.name != ".." and not folder.exists()]
+
+
+def remove_if_empty(folders: Sequence[Path]) -> None:
+    """Take away ``folders``, deepest first, up to the first that is not empty (rmdir takes only an empty one)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def file_in_the_way(path: str | Path) -> Path | None:

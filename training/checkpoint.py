@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from inference.errors import UsageError
-from inference.files import file_in_the_way, write_atomic
+from inference.files import file_in_the_way, folders_to_make, remove_if_empty, write_atomic
 from inference.manifest import MANIFEST_NAME
 from inference.messages import exception_summary
 
@@ -86,8 +86,7 @@ def claimed_run(folder: str | Path, make: bool = True) -> Iterator[None]:
     if os.environ.get("RANK", "0") != "0" or folder.resolve() in _claimed or not (make or folder.is_dir()):
         yield
         return
-    # not a `new/..` (an rmdir of it fails, and would stop the new/ it stands for being taken away)
-    made = [f for f in (folder, *folder.parents) if f.name != ".." and not f.exists()]
+    made = folders_to_make(folder)
     fd = _lock(folder)
     _claimed.add(folder.resolve())
     try:
@@ -97,11 +96,7 @@ def claimed_run(folder: str | Path, make: bool = True) -> Iterator[None]:
         # removed while still held: a claimant that opened it meanwhile finds it unlinked (``_lock``)
         (folder / LOCK_FILE).unlink(missing_ok=True)
         os.close(fd)
-        for made_folder in made:  # the deepest first; rmdir takes only an empty one
-            try:
-                made_folder.rmdir()
-            except OSError:
-                break
+        remove_if_empty(made)
 
 
 def _lock(folder: Path) -> int:
