@@ -251,7 +251,9 @@ def export_checkpoint(
     source = _data_source(meta, checkpoint, cache_dir, data_root)
     models_dir = Path(models_dir)
     with models_folder(models_dir):
-        check_replacement(models_dir, name, meta["arch"], meta["classes"], precision, replace, max_val_images)
+        replaces = check_replacement(
+            models_dir, name, meta["arch"], meta["classes"], precision, replace, max_val_images
+        )
         if max_val_images is not None and (make_default or default_for):
             log.warning(
                 "%r becomes a default with figures measured on %d validation images only (--max-val-images)",
@@ -302,7 +304,7 @@ def export_checkpoint(
             classifier = OnnxClassifier(out, device="cpu")
             parity, graph_logits = parity_against(reference, torch_speed, classifier, val.images, val.labels)
             publish(out, card, parity, graph_logits, val.labels, "")
-            return record_entry(card, out, final, models_dir, make_default, default_for), parity
+            return record_entry(card, out, final, models_dir, make_default, default_for, replaces=replaces), parity
 
 
 @contextmanager
@@ -392,15 +394,22 @@ def record_entry(
     models_dir: Path,
     make_default: bool,
     default_for: Sequence[DeviceKind] = (),
+    *,
+    replaces: str | None,
 ) -> ModelEntry:
     """Move the verified graph ``out`` to ``final`` and list it in the manifest. The new manifest is made (and a
     manifest that cannot be read refused) before the file is replaced, so a refusal leaves the shipped file
-    as the manifest knows it; the file and the manifest then change together (see ``_replace_listed``)."""
+    as the manifest knows it; the file and the manifest then change together (see ``_replace_listed``).
+
+    ``replaces``: the sha256 of the entry listed under the card's name when ``check_replacement`` allowed this
+    export (None: none was). The name is checked again under the manifest's lock, since another export of the
+    same name may have been recorded while this one converted and measured (minutes): it is not replaced
+    unasked."""
     entry = ModelEntry(**card.model_dump(), file=final.name, sha256=sha256_file(out))
     recorded = False
     try:
         with manifest_update(models_dir):  # waited for outside interrupts_held: a Ctrl-C then stops the wait
-            manifest = _with_entry(entry, models_dir, make_default, default_for)
+            manifest = _with_entry(entry, models_dir, make_default, default_for, replaces)
             with interrupts_held():
                 _replace_listed(out, final, manifest, models_dir)
                 recorded = True
@@ -412,6 +421,17 @@ def record_entry(
     if warning:
         log.warning("%s", warning)
     return entry
+
+
+def _check_unchanged(path: Path, name: str, listed: str | None, replaces: str | None) -> None:
+    if listed == replaces:
+        return
+    happened = "listed" if replaces is None else "replaced" if listed else "removed"
+    raise UsageError(
+        f"{name!r} was {happened} in {path} by another command while this export ran: nothing was recorded and the "
+        f"verified graph was discarded; run the export again (with --replace to replace the model now listed), or "
+        "give another --name"
+    )
 
 
 def _replace_listed(out: Path, final: Path, manifest: Manifest, models_dir: Path) -> None:
@@ -446,14 +466,15 @@ def check_replacement(
     precision: str,
     replace: bool = False,
     max_val_images: int | None = None,
-) -> None:
+) -> str | None:
     """Refuse, before any work, to record ``name`` over a listed model unless ``replace`` is asked for: the
     manifest keeps one entry per name, so the listed file and its measured figures would be gone, and its
     checkpoint may be long gone too. Even asked, a model of another network, classes or precision is refused,
     and so is a quick check (``max_val_images``) over figures measured on more images. Re-exporting the same kind
     of model under its name (a new training run, a calibrated FP32) is what ``replace`` is for. An unreadable
     manifest is refused here too, not after the conversion, and so is a folder in the graph's place; replacing a
-    file is said."""
+    file is said. Returns the sha256 of the listed entry that may be replaced (None: nothing is listed under
+    ``name``), which ``record_entry`` checks again before it records."""
     final = models_dir / f"{name}.onnx"
     if final.exists() and not final.is_file():
         raise UsageError(f"{final} is not a file (a folder?): the graph of {name!r} would be written there")
@@ -472,7 +493,7 @@ def check_replacement(
     if listed is None:
         if final.exists():
             log.warning("%s is in no manifest entry: the new graph replaces it once verified", final)
-        return
+        return None
     old = (listed.arch, list(listed.classes), listed.precision)
     if old != (arch, list(classes), precision):
         raise UsageError(
@@ -493,11 +514,16 @@ def check_replacement(
             "check's: measure on all the validation images to replace it, or give another --name"
         )
     log.info("%r is listed in %s: the new graph replaces it once verified", name, models_dir / MANIFEST_NAME)
+    return listed.sha256
 
 
-def _with_entry(entry: ModelEntry, models_dir: Path, make_default: bool, default_for: Sequence[DeviceKind]) -> Manifest:
+def _with_entry(
+    entry: ModelEntry, models_dir: Path, make_default: bool, default_for: Sequence[DeviceKind], replaces: str | None
+) -> Manifest:
     try:
         manifest = load_manifest(models_dir, verify=False)
+        listed = next((m.sha256 for m in manifest.models if m.name == entry.name), None)
+        _check_unchanged(models_dir / MANIFEST_NAME, entry.name, listed, replaces)
         # A re-export keeps its place, so the listing's order (and the manifest's diff) stays as it was.
         models = [entry if m.name == entry.name else m for m in manifest.models]
         if all(m.name != entry.name for m in manifest.models):
@@ -507,6 +533,7 @@ def _with_entry(entry: ModelEntry, models_dir: Path, make_default: bool, default
     except ManifestError:
         if (models_dir / "manifest.json").exists():
             raise  # never overwrite a manifest we cannot read: it may list models we would forget
+        _check_unchanged(models_dir / MANIFEST_NAME, entry.name, None, replaces)
         models, default, defaults = [entry], entry.name, {}
         log.info("starting a new manifest: %s", models_dir / "manifest.json")
     defaults.update({kind: entry.name for kind in default_for})

@@ -84,7 +84,9 @@ def rederive(
     ref = listed_model(models_dir, reference)
     if ref.precision != "fp32":
         raise UsageError(f"{reference} is {ref.precision}: re-derive from an FP32 graph")
-    check_replacement(models_dir, name, ref.arch, ref.classes, precision, replace or name == reference, max_val_images)
+    replaces = check_replacement(
+        models_dir, name, ref.arch, ref.classes, precision, replace or name == reference, max_val_images
+    )
     inherited = ref.calibration.method != "none"
     if inherited and calibrate != "none":
         raise UsageError(
@@ -137,4 +139,4 @@ def rederive(
             precision, expected, softmax(logits), val.labels, topk_accuracy(expected, val.labels, 1), ref_speed, speed
         )
         publish(out, card, parity, logits, val.labels, f" against {ref.file}")
-        return record_entry(card, out, final, models_dir, make_default, default_for), parity
+        return record_entry(card, out, final, models_dir, make_default, default_for, replaces=replaces), parity

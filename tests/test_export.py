@@ -18,6 +18,7 @@ from export.__main__ import main as export_main
 from export.onnx_export import export_fp32
 from export.pipeline import ParityError, export_checkpoint, verify_model
 from export.variants import CONVERTERS, converter
+from inference.errors import UsageError
 from inference.manifest import METADATA_KEY, ManifestError, ModelCard, load_manifest
 from inference.precisions import PRECISIONS
 from inference.preprocess import decode_image, to_model_input
@@ -1150,7 +1151,7 @@ def test_two_commands_recording_models_at_once_keep_both_and_readers_do_not_wait
         shutil.copy(m / entry.file, graph)
         card = ModelCard(**{**entry.model_dump(include=set(ModelCard.model_fields)), "name": name})
         try:
-            record_entry(card, graph, m / f"{name}.onnx", m, make_default=False)
+            record_entry(card, graph, m / f"{name}.onnx", m, make_default=False, replaces=None)
         except BaseException as exc:  # said by the assertion below, not lost in the thread
             errors.append(exc)
 
@@ -1168,6 +1169,47 @@ def test_two_commands_recording_models_at_once_keep_both_and_readers_do_not_wait
     listed = load_manifest(m)  # every listed file matches its sha256
     assert sorted(x.name for x in listed.models) == ["a", "b", "tiny"]
     assert sorted(p.name for p in m.iterdir()) == sorted(["a.onnx", "b.onnx", *(p.name for p in models.iterdir())])
+
+
+def test_an_export_does_not_replace_a_model_another_listed_under_its_name_while_it_ran(
+    exported, tiny_run, tmp_path, monkeypatch
+):
+    """The name is checked before the minutes of conversion and measurement; two exports of one new name (two
+    terminals, a retried job) both passed that check and the later silently replaced the earlier. The name is
+    checked again under the manifest's lock: the later export is refused, naming what happened."""
+    import export.pipeline
+    from export.pipeline import record_entry
+
+    models, entry, _ = exported
+    m = _copy_models(models, tmp_path / "m")
+    record = export.pipeline.record_entry
+
+    card = ModelCard(**{**entry.model_dump(include=set(ModelCard.model_fields)), "name": "new"})
+
+    def the_other_records_first(*args, **kwargs):
+        other = tmp_path / "other.onnx"
+        shutil.copy(m / entry.file, other)
+        record(card, other, m / "new.onnx", m, False, replaces=None)  # the other terminal's export of the name
+        return record(*args, **kwargs)
+
+    monkeypatch.setattr(export.pipeline, "record_entry", the_other_records_first)
+    with pytest.raises(UsageError, match="'new' was listed in .* by another command while this export ran"):
+        export_checkpoint(tiny_run / "best.pt", "new", "int8", m, cache_dir=None, max_val_images=64)
+    listed = {x.name: x for x in load_manifest(m).models}  # the files still match their sha256
+    assert listed["new"].precision == "fp32" and listed["new"].sha256 == entry.sha256
+    assert not [p for p in m.iterdir() if p.name.startswith("tmp")]  # the discarded graph's folder is gone
+
+    # the same under a listed name: replaced or removed meanwhile
+    graph = tmp_path / "g.onnx"
+    shutil.copy(m / entry.file, graph)
+    with pytest.raises(UsageError, match="'new' was replaced in"):
+        record_entry(card, graph, m / "new.onnx", m, False, replaces="0" * 64)
+    assert export_main(["remove", "new", "--models-dir", str(m)]) == 0
+    with pytest.raises(UsageError, match="'new' was removed in"):
+        record_entry(card, graph, m / "new.onnx", m, False, replaces=entry.sha256)
+    assert "new" not in {x.name for x in load_manifest(m).models} and graph.is_file()
+    record_entry(card, graph, m / "new.onnx", m, False, replaces=None)
+    assert load_manifest(m).models[-1].name == "new"
 
 
 @pytest.mark.parametrize("tta", ["none", "flip"])

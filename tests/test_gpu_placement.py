@@ -98,9 +98,13 @@ def test_export_records_and_changes_the_per_device_defaults(tmp_path):
     card = ModelCard.model_validate(
         {k: v for k, v in _shipped()["models"][0].items() if k in ModelCard.model_fields} | {"name": "again"}
     )
+
+    def listed(name: str) -> str:
+        return next(m.sha256 for m in load_manifest(models).models if m.name == name)
+
     staged = tmp_path / "staged.onnx"  # what export verified, moved into place as it is recorded
     shutil.copyfile(models / f"{INT8}.onnx", staged)
-    record_entry(card, staged, models / "again.onnx", models, make_default=False, default_for=["cuda"])
+    record_entry(card, staged, models / "again.onnx", models, make_default=False, default_for=["cuda"], replaces=None)
     assert (models / "again.onnx").is_file() and not staged.exists()
     manifest = load_manifest(models)
     assert (manifest.default, manifest.defaults) == (INT8, {"cuda": "again"})
@@ -110,16 +114,16 @@ def test_export_records_and_changes_the_per_device_defaults(tmp_path):
     assert main(["default", "nope", "--for", "cuda", "--models-dir", str(models)]) == 2
     # re-recording a model keeps the other defaults
     shutil.copyfile(models / "again.onnx", staged)
-    record_entry(card, staged, models / "again.onnx", models, make_default=False)
+    record_entry(card, staged, models / "again.onnx", models, make_default=False, replaces=listed("again"))
     assert load_manifest(models).defaults == {"cuda": "again", "cpu": FP32}
     # without --for, the default everywhere: the per-device defaults would otherwise still overrule it
     assert main(["default", INT8, "--models-dir", str(models)]) == 0
     manifest = load_manifest(models)
     assert manifest.defaults == {} and {manifest.default_for(k).name for k in ("cpu", "cuda")} == {INT8}
     shutil.copyfile(models / "again.onnx", staged)
-    record_entry(card, staged, models / "again.onnx", models, make_default=False, default_for=["cuda"])
+    record_entry(card, staged, models / "again.onnx", models, False, ["cuda"], replaces=listed("again"))
     shutil.copyfile(models / "again.onnx", staged)
-    record_entry(card, staged, models / "again.onnx", models, make_default=True)
+    record_entry(card, staged, models / "again.onnx", models, make_default=True, replaces=listed("again"))
     manifest = load_manifest(models)
     assert manifest.defaults == {} and {manifest.default_for(k).name for k in ("cpu", "cuda")} == {"again"}
 
