@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 import numpy as np
 
@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 from inference.classes import ClassMatcher
 from inference.devices import DEVICE_KINDS, Device
+from inference.errors import UsageError
 from inference.interrupts import say_stopped, terminations_as_interrupts
-from inference.manifest import ManifestError, ModelEntry, file_problems, load_manifest
+from inference.manifest import Manifest, ManifestError, ModelEntry, file_problems, load_manifest
 from inference.precisions import precision
 from inference.preprocess import IMAGE_EXTENSIONS, decode_image, to_model_input
 from inference.tree_files import is_hidden, is_tree_image
@@ -109,6 +110,14 @@ def add_doctor_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="a labelled folder (one sub-folder per class, named as the model's classes): check accuracy on it "
         "instead of agreement on generated images",
     )
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        dest="models",
+        help="check this listed model only (repeatable; default: every model in the manifest); the host and every "
+        "file's sha256 are checked all the same",
+    )
     p.add_argument("--max-images", type=int, default=2000, help="most images read from --folder (default: 2000)")
     p.add_argument("--no-speed", action="store_true", help="skip the images/s measurement")
     p.set_defaults(fn=main)
@@ -139,9 +148,16 @@ def main(args: argparse.Namespace) -> int:
         with terminations_as_interrupts():
             speed = not args.no_speed
             report = diagnose(
-                device, models_dir, args.folder, args.max_images, speed=speed, settings=settings, say=_say
+                device,
+                models_dir,
+                args.folder,
+                args.max_images,
+                speed=speed,
+                settings=settings,
+                say=_say,
+                only=args.models,
             )
-    except ManifestError as exc:
+    except UsageError as exc:  # a manifest the service would refuse, a --model it does not list
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated: the checks so far are not a report
@@ -165,11 +181,13 @@ def diagnose(
     gpus: GpuReport | None = None,
     settings: ServiceSettings | None = None,
     say: Callable[[str], None] = lambda text: None,
+    only: Sequence[str] | None = None,
 ) -> Report:
     """``settings``: how the service would run the models (arena, run size); its defaults when None. ``say``
-    is told each step as it starts."""
+    is told each step as it starts. ``only``: the names of the models to check (None: all of them)."""
     # Read first: a manifest the service would refuse is a usage error, said alone and without the host's wait.
     manifest = load_manifest(models_dir, verify=False)
+    checked = _selected(manifest, only)
     say("checking the host: ONNX Runtime, GPUs, CUDA libraries")
     import onnxruntime as ort
 
@@ -211,11 +229,11 @@ def diagnose(
     # in size or fit each read the folder, but name no other sub-folders.
     sorted_out: dict[tuple[str, ...], tuple[list[tuple[int, Path]], list[str]]] = {}
     placements = {}
-    for number, entry in enumerate(manifest.models, 1):
+    for number, entry in enumerate(checked, 1):
         if entry.name in bad_files:
             report.add("fail", f"model {entry.name}", bad_files[entry.name])
             continue
-        position = f"({number}/{len(manifest.models)})"
+        position = f"({number}/{len(checked)})"
         labelled = None
         if folder:
             classes = tuple(entry.classes)
@@ -249,7 +267,11 @@ def diagnose(
         placement = _check_model(report, entry, models_dir, device, labelled, speed, settings, timing)
         if placement is not None:
             placements[entry.name] = placement
-    if placements:
+    wanted_default = manifest.default_for("cuda" if cuda_wanted else "cpu").name
+    if len(checked) < len(manifest.models) and wanted_default not in placements:
+        # where the default would run is known only once it has been placed
+        report.add("info", "default here", f"not judged: {wanted_default} was not checked (--model)")
+    elif placements:
         here = choose_default(manifest, cuda_wanted, placements)
         where = "CUDA" if placements.get(here.name) and placements[here.name].on_gpu else "the CPU"
         report.add("info", "default here", f"{here.name} on {where} ({here.reason})")
@@ -286,6 +308,17 @@ def _host(report: Report, device: Device, gpus: GpuReport, has_cuda_ep: bool, cu
         report.add("ok", "CUDA libraries", f"loaded: {', '.join(CUDA_LIBRARIES)}")
     if cuda_wanted:
         report.add("info", "sessions", "CUDA, with CPU fallback of nodes disabled (session.disable_cpu_ep_fallback)")
+
+
+def _selected(manifest: Manifest, names: Sequence[str] | None) -> list[ModelEntry]:
+    """The listed models named in ``names``, in the manifest's order; an unknown name is the manifest's usage
+    error (naming those listed) before any check starts."""
+    if not names:
+        return list(manifest.models)
+    if not all(names):  # an unset shell variable: not the default model, as manifest.get would read it
+        raise UsageError("--model '' names no model; leave --model out to check every model")
+    wanted = {manifest.get(name).name for name in names}
+    return [entry for entry in manifest.models if entry.name in wanted]
 
 
 def _check_model(

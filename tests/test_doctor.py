@@ -47,3 +47,43 @@ def test_sub_folders_named_after_no_class_are_listed_once_whatever_the_models_fi
     assert len(readings) == sum(len(f) for f in fits.values()), readings  # one per fit: their figures differ
     assert all("2 labelled image(s)" in line for line in readings), readings
     assert len(listed) == len(fits), listed  # the sub-folders listed once per set of classes
+
+
+def test_model_checks_only_the_named_models_and_refuses_names_it_does_not_list(capsys):
+    """Every model was timed at batch 1 and 256 (minutes for the shipped ones on a busy host) when one was in
+    question; ``--model`` checks the named ones, and a name the manifest lacks is a usage error naming those it
+    lists, before the host's checks."""
+    import argparse
+
+    from inference.manifest import load_manifest
+    from service import doctor
+    from service.gpus import GpuReport
+    from service.settings import ServiceSettings
+
+    models = ROOT / "models"
+    manifest = load_manifest(models, verify=False)
+    cpu_default = manifest.default_for("cpu").name
+    other = next(m.name for m in manifest.models if m.name != cpu_default)
+    settings = ServiceSettings(models_dir=models, device="cpu")
+
+    def checked(only):
+        report = doctor.diagnose("cpu", models, speed=False, gpus=GpuReport([], None), settings=settings, only=only)
+        assert report.passed, report.render()
+        return report, {f.topic.removeprefix("model ") for f in report.findings if f.topic.startswith("model ")}
+
+    report, names = checked([other, other])
+    assert names == {other}
+    here = [f.text for f in report.findings if f.topic == "default here"]
+    assert here == [f"not judged: {cpu_default} was not checked (--model)"], here
+    report, names = checked([cpu_default, other])
+    assert names == {cpu_default, other}
+    here = [f.text for f in report.findings if f.topic == "default here"]
+    assert len(here) == 1 and here[0].startswith(cpu_default), here
+
+    parser = argparse.ArgumentParser()
+    doctor.add_doctor_parser(parser.add_subparsers())
+    for wrong, said in (("nope", f"unknown model 'nope'; available: {manifest.models[0].name}"), ("", "--model ''")):
+        args = parser.parse_args(["doctor", "--device", "cpu", "--models-dir", str(models), "--model", wrong])
+        assert args.fn(args) == 2
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err and "checking the host" not in err, err
