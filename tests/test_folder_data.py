@@ -140,12 +140,12 @@ def test_a_cache_decoded_by_another_decoder_or_pillow_is_decoded_again(tmp_path,
 
 
 def test_files_left_out_for_their_name_are_counted_and_hidden_class_folders_named(tmp_path, caplog):
-    """A class of iPhone photos (.HEIC) or a folder named with a leading dot is not trained on: said, with counts
-    by extension, for a tree and for its archive; the litter of a Mac or Windows (.DS_Store, ._x.jpg, Thumbs.db) is
-    not worth a word."""
+    """A class of iPhone photos (.HEIC), a folder named with a leading dot, or one inside a class folder, is not
+    trained on: said, with counts by extension, for a tree and for its archive; the litter of a Mac or Windows
+    (.DS_Store, ._x.jpg, Thumbs.db) is not worth a word."""
     folder_module = importlib.import_module("training.data.folder")
     root = tmp_path / "photos"
-    for name in ("cat/0.png", "dog/0.JPG", "dog/1.jpeg", ".secret/0.png"):
+    for name in ("cat/0.png", "dog/0.JPG", "dog/1.jpeg", ".secret/0.png", "dog/.thumbnails/0.png"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         _noise(40, 30, len(name)).save(root / name, format="PNG" if name.endswith("png") else "JPEG")
     for name in ("dog/IMG_1.HEIC", "dog/IMG_2.heic", "cat/notes.txt", "labels", "dog/.DS_Store", "dog/._0.JPG"):
@@ -159,6 +159,7 @@ def test_files_left_out_for_their_name_are_counted_and_hidden_class_folders_name
     assert "4 file(s) left out, not images by their extension: .heic (2), .txt (1), no extension (1)" in said
     assert ".jpg" in said.split("(read: ")[1]  # what would have been read
     assert "hidden folder(s) left out, not classes (a name starting with a dot): .secret" in said
+    assert "hidden folder(s) in class folders left out, not read: dog/.thumbnails" in said
     assert "Thumbs" not in said and "DS_Store" not in said
     archive = tmp_path / "photos.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:

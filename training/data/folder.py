@@ -307,6 +307,15 @@ def _warn_left_out(root: Path, images: list[Path], others: list[Path]) -> None:
         log.warning(
             "%s: hidden folder(s) left out, not classes (a name starting with a dot): %s", parent, ", ".join(hidden)
         )
+    # the scorer names the hidden folders it does not enter too (service/score/run.py)
+    inside = sorted(
+        f"{folder.name}/{p.name}"
+        for folder in class_folders
+        for p in folder.iterdir()
+        if p.is_dir() and is_hidden(p.name)
+    )
+    if inside:
+        log.warning("%s: hidden folder(s) in class folders left out, not read: %s", parent, _listed(inside, ", "))
 
 
 def _read_as_text(folder: Path, read: str) -> str:
