@@ -373,9 +373,14 @@ def _check_set_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """--set takes every word after it up to the next option: a run folder or model after it would be taken for
     a setting, and argparse would say the run is missing. Said as what it is."""
     taking = False
-    for word in argv:
+    for index, word in enumerate(argv):
         if word == "--set":
             taking = True
+        elif taking and (split := _split_value(argv[index:])):
+            parser.error(
+                f"--set {word!r}: the shell split this value at its spaces; quote it as one word: "
+                f"--set {shlex.quote(' '.join(split))}"
+            )
         elif word.startswith("-"):
             taking = False
         elif taking and "=" not in word:
@@ -383,6 +388,27 @@ def _check_set_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:
                 f"{word!r} after --set is not KEY=VALUE: --set takes every word after it, so give the command's "
                 "own arguments (a run folder, a model) before --set"
             )
+
+
+def _split_value(words: list[str]) -> list[str]:
+    """The words of one ``KEY={...}`` or ``KEY=[...]`` split by the shell (``augment={cutout: 8}`` unquoted), or
+    [] where ``words[0]`` is no such start: its brackets close in the words after it, none of which is a KEY=VALUE
+    of its own."""
+    key, sign, value = words[0].partition("=")
+    depth = _bracket_depth(value)
+    if not sign or not key or depth <= 0:
+        return []
+    for end, word in enumerate(words[1:], start=2):
+        if "=" in word or word == "--set":
+            return []
+        depth += _bracket_depth(word)
+        if depth <= 0:
+            return words[:end]
+    return []
+
+
+def _bracket_depth(text: str) -> int:
+    return sum(text.count(c) for c in "{[") - sum(text.count(c) for c in "}]")
 
 
 def _unrecognized(args: argparse.Namespace, unknown: list[str]) -> str:
@@ -394,15 +420,31 @@ def _unrecognized(args: argparse.Namespace, unknown: list[str]) -> str:
     if flag is None or not hasattr(args, "set"):
         return text
     key, _, value = flag[2:].replace("-", "_").partition("=")
+    following = unknown[unknown.index(flag) + 1 : unknown.index(flag) + 2]
+    shown = value or (following[0] if following and not following[0].startswith("-") else "VALUE")
+    if key in ("recipe", "config"):  # a recipe's name is no setting: --set recipe= would only rename the run
+        return f"{text} ({_where_a_recipe_goes(args, shown)})"
     try:
         dotted = field_owner(key)
     except ConfigError:  # a key of two sections: still a setting
         dotted = key
     if dotted.startswith("model.args."):  # no section has it: not a setting either
         return text
-    following = unknown[unknown.index(flag) + 1 : unknown.index(flag) + 2]
-    shown = value or (following[0] if following and not following[0].startswith("-") else "VALUE")
+    if args.fn is cmd_resume and dotted not in PLACEMENT_KEYS:  # --set would refuse it too: say why now
+        return (
+            f"{text} (a resumed run keeps the settings it started with; it takes new values only for where it "
+            f"runs, with --set: {', '.join(PLACEMENT_KEYS)})"
+        )
     return f"{text} (settings are given with --set: --set {key}={shown})"
+
+
+def _where_a_recipe_goes(args: argparse.Namespace, recipe: str) -> str:
+    if args.fn is cmd_resume:
+        return (
+            "a resumed run continues the recipe it started with; to train another, start a run: python -m "
+            f"training train --recipe {recipe} --out NEW_FOLDER"
+        )
+    return f"a recipe, a built-in name or a YAML file, is given with --recipe: --recipe {recipe}"
 
 
 def _interrupted(args: argparse.Namespace) -> str:

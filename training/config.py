@@ -282,6 +282,11 @@ def config_problems(config: Config) -> list[str]:
         problems.append(
             f"schedule.milestones {late} are not below train.epochs {epochs}: the learning rate would never drop there"
         )
+    if s.name == "step" and s.step_size >= epochs:
+        problems.append(
+            f"schedule.step_size {s.step_size} is not below train.epochs {epochs}: the learning rate would never "
+            "drop; lower step_size"
+        )
     # the triangular schedule has no warmup: it starts at initial_lr_fraction instead
     if s.name != "triangular" and s.warmup_epochs >= epochs:
         problems.append(
@@ -316,9 +321,44 @@ class ConfigError(UsageError):
     """A recipe or setting the run cannot take: the user's to correct."""
 
 
+class YamlMistake(yaml.constructor.ConstructorError):
+    """YAML that parses, but not as its writer meant: said as the mistake, not as "not YAML"."""
+
+
 class _Loader(yaml.SafeLoader):
     """YAML as recipes and overrides are read: YAML 1.1 plus 1.2's floats without a dot or an exponent sign
     (``1e-1``, ``5e3``), which 1.1 reads as strings, and a string reaches a model argument as it is."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then a key of base: an override, meant
+                continue
+            _check_colon_spaced(node, key_node, value_node)
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # the base class refuses an unhashable key; a null one names no setting
+            if key in seen:
+                # yaml keeps the last silently: a second `train:` section dropped the first's epochs unnoticed
+                lines = sorted({seen[key].start_mark.line + 1, key_node.start_mark.line + 1})
+                where = f" (line{'s' if len(lines) > 1 else ''} {' and '.join(map(str, lines))})"
+                raise YamlMistake(
+                    None, None, f"{key!r} is given twice{where}: the second would replace the first; keep one"
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_colon_spaced(node: yaml.MappingNode, key: yaml.Node, value: yaml.Node) -> None:
+    """``{width:8}`` is a key "width:8" with no value (``{1:16}``, the base-60 number 76): YAML's colon needs a
+    space after it. Refused here, where the text is known, not as a model argument or setting nobody wrote."""
+    plain_key = isinstance(key, yaml.ScalarNode) and key.style is None and ":" in key.value
+    no_value = isinstance(value, yaml.ScalarNode) and value.tag == "tag:yaml.org,2002:null" and value.value == ""
+    if node.flow_style and plain_key and no_value:
+        name, _, given = key.value.partition(":")
+        raise YamlMistake(
+            None, None, f"{key.value!r} is a key without a value: put a space after its colon, {{{name}: {given}}}"
+        )
 
 
 _Loader.add_implicit_resolver(
@@ -366,13 +406,19 @@ def _read_recipe(name_or_path: str) -> dict[str, Any]:
         path = RECIPES_DIR / f"{name_or_path}.yaml"
     if Path(name_or_path).suffix and not path.is_file():  # a file the user named
         where = "is a folder" if path.is_dir() else "does not exist"
+        if where == "does not exist" and name_or_path == path.name and path.stem in _recipe_files():
+            raise ConfigError(f"recipe file {name_or_path} {where}; the built-in recipe is --recipe {path.stem}")
         raise ConfigError(f"recipe file {name_or_path} {where}; built-in recipes: {', '.join(_recipe_files())}")
     if not path.is_file():
+        if Path(f"{name_or_path}.yaml").is_file():  # a path to a recipe without its suffix (a tab completion)
+            raise ConfigError(f"no recipe {name_or_path!r}: a recipe file is named whole, --recipe {name_or_path}.yaml")
         close = [name for name in _recipe_files() if name.startswith(f"{name_or_path}_") or name_or_path in name]
         hint = f" (recipes named like it: {', '.join(close)})" if close else ""
         raise ConfigError(f"no recipe {name_or_path!r}{hint}; built-in recipes: {', '.join(_recipe_files())}")
     try:
         raw = _load_yaml(path.read_text())
+    except YamlMistake as exc:
+        raise ConfigError(f"recipe {str(path)!r}: {exc.problem}") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"recipe {str(path)!r} is not a YAML file: {exception_summary(exc, lines=2)}") from exc
     if raw is None:  # an empty file would otherwise train every default (se_resnet18) as if that were asked
@@ -414,6 +460,8 @@ def _parse_value(text: str) -> Any:
     # YAML's scalars give true/false, numbers, lists ([60,120]) and null for free.
     try:
         return _load_yaml(text) if text != "" else ""
+    except YamlMistake as exc:
+        raise ConfigError(f"value {text!r}: {exc.problem}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(
             f"value {text!r} is not YAML ({exception_summary(exc, lines=2)}): quote it, or close its brackets"

@@ -1,0 +1,111 @@
+"""`python -m training train/resume`: a recipe, a --set value or a flag given wrong is refused in one line naming
+the fix, before any data is read or any network built."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.__main__ import main as training_main
+from training.config import ConfigError, build_config, validate_config
+
+
+def _no_data(tmp_path) -> list[str]:
+    """Where a refusal that is missed would start reading the dataset (minutes): it fails at once instead."""
+    return ["--set", f"data.root={tmp_path / 'no-images'}"]
+
+
+def _refused(argv: list[str], capsys) -> str:
+    assert training_main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def _usage_error(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        training_main(argv)
+    assert exit_.value.code == 2, argv
+    return capsys.readouterr().err
+
+
+def test_a_key_given_twice_in_a_recipe_or_a_value_is_refused(tmp_path, capsys):
+    """YAML keeps the last of two equal keys without a word: a second `train:` section dropped the first's
+    epochs, and the run trained the default 100."""
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("model: {name: resnet9, args: {width: 8}}\ntrain: {epochs: 3}\ntrain: {batch_size: 16}\n")
+    out = ["--out", str(tmp_path / "run"), *_no_data(tmp_path)]
+    err = _refused(["train", "--recipe", str(recipe), *out], capsys)
+    assert "'train' is given twice (lines 2 and 3)" in err and "keep one" in err
+    err = _refused(["train", "--recipe", "resnet9_half_cpu", "--set", "augment={cutout: 8, cutout: 4}", *out], capsys)
+    assert "'cutout' is given twice" in err
+    assert not (tmp_path / "run").exists()
+    # a merge key's fields overridden after it are meant, not a mistake
+    recipe.write_text("base: &b {epochs: 3, batch_size: 16}\nmodel: {name: resnet9}\ntrain: {<<: *b, epochs: 2}\n")
+    with pytest.raises(ConfigError, match="base: no such setting"):  # read, then judged as settings
+        build_config(str(recipe))
+
+
+@pytest.mark.parametrize(
+    "value, said",
+    [
+        ("model.args={width:8}", "'width:8' is a key without a value: put a space after its colon, {width: 8}"),
+        # 1:16 is YAML 1.1's base-60 76: it was refused as "augment.progressive_sizes.76"
+        ("progressive_sizes={1:16}", "'1:16' is a key without a value: put a space after its colon, {1: 16}"),
+    ],
+)
+def test_a_mapping_without_a_space_after_its_colon_is_said_so(value, said, tmp_path, capsys):
+    argv = ["train", "--recipe", "resnet9_half_cpu", "--set", value, "--out", str(tmp_path / "r"), *_no_data(tmp_path)]
+    err = _refused(argv, capsys)
+    assert said in err
+    assert build_config("resnet9_half_cpu", ["model.args={norm: null}"]).model.args == {"norm": None}
+
+
+def test_a_value_the_shell_split_at_its_spaces_is_said_so(tmp_path, capsys):
+    """README's `augment={cutout: 8, color_jitter: 0.2}` typed unquoted: '8,' was said to be a run folder or
+    model given after --set."""
+    out = ["--out", str(tmp_path / "run")]
+    argv = ["train", "--recipe", "resnet9_half_cpu", "--set", "augment={cutout:", "8,", "color_jitter:", "0.2}"]
+    err = _usage_error([*argv, "epochs=3", *out], capsys)
+    assert "quote it as one word: --set 'augment={cutout: 8, color_jitter: 0.2}'" in err and "run folder" not in err
+    # an unclosed bracket before the next setting is YAML's to refuse, not a split value
+    err = _refused(["train", "--recipe", "resnet9_half_cpu", "--set", "model.args={width: 8", "epochs=3", *out], capsys)
+    assert "close its brackets" in err
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["train", "--config", "mine.yaml"], "is given with --recipe: --recipe mine.yaml"),
+        # was: "settings are given with --set: --set recipe=se_resnet18", which a resume refuses
+        (["resume", "RUN", "--recipe", "se_resnet18"], "to train another, start a run: python -m training train"),
+        (["resume", "RUN", "--lr", "0.1"], "takes new values only for where it runs, with --set: data.root"),
+        (["resume", "RUN", "--device", "cpu"], "settings are given with --set: --set device=cpu"),
+    ],
+)
+def test_a_flag_the_command_lacks_points_to_what_it_takes(argv, said, tmp_path, capsys):
+    err = _usage_error([word.replace("RUN", str(tmp_path)) for word in argv], capsys)
+    assert said in err and "--set recipe=" not in err
+
+
+def test_a_step_schedule_that_never_steps_is_refused(tmp_path, capsys):
+    """As a multistep schedule's milestones past the run's end are: the learning rate would stay constant."""
+    argv = ["train", "--recipe", "wrn_28_10", "--set", "schedule.name=step", "step_size=30", "epochs=20"]
+    err = _refused([*argv, "--out", str(tmp_path / "run"), *_no_data(tmp_path)], capsys)
+    assert "schedule.step_size 30 is not below train.epochs 20" in err
+    assert not (tmp_path / "run").exists()
+    assert build_config("wrn_28_10", ["schedule.name=step", "step_size=30", "epochs=31"]).schedule.step_size == 30
+    # a run already under way is warned about, not stranded
+    started = {"schedule": {"name": "step", "step_size": 30}, "train": {"epochs": 20}}
+    assert validate_config(started, started=True).schedule.step_size == 30
+
+
+def test_a_recipe_named_half_as_a_file_half_as_a_built_in_is_pointed_to_the_right_form(tmp_path, capsys, monkeypatch):
+    """Both were "no recipe" and the list of built-ins: the first name is in it, the second is a file here."""
+    monkeypatch.chdir(tmp_path)
+    out = ["--out", "run", *_no_data(tmp_path)]
+    err = _refused(["train", "--recipe", "resnet9_half_cpu.yaml", *out], capsys)
+    assert "the built-in recipe is --recipe resnet9_half_cpu" in err
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "mine.yaml").write_text("model: {name: resnet9}\n")
+    err = _refused(["train", "--recipe", "recipes/mine", *out], capsys)
+    assert "a recipe file is named whole, --recipe recipes/mine.yaml" in err
