@@ -395,6 +395,7 @@ def test_each_figure_says_which_model_views_and_images_it_shows(tiny_run, tmp_pa
     assert any("uncalibrated (T = 1)" in h and "most confident mistakes" in h for h in headings)
     cam = next(h for h in headings if h.startswith("Grad-CAM"))
     assert "4x4 map of the last stage" in cam and "from the image alone, predictions from the TTA views" in cam
+    assert "red: wrong, true -> predicted (confidence)" in cam  # which of a mistake's two classes is the truth
     assert any(t.startswith("temperature-scaled") and "in-sample" in t for t in titles), titles
 
 
@@ -453,6 +454,40 @@ def test_the_confusion_matrix_figure_has_true_classes_as_rows_and_each_label_on_
     assert shown.sum(axis=1) == pytest.approx(np.ones(len(rows)))
 
 
+def test_a_figure_stopped_while_it_is_written_leaves_the_one_before_whole(tmp_path, monkeypatch):
+    """A run's curves are redrawn every epoch and a reused report folder's figures replaced: Ctrl-C while a PNG
+    is written used to leave a truncated one in its place. The earlier figure stays, and no temporary file."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from training.plots import CurveInfo, plot_training_curves
+
+    history = [{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "lr": 0.1, "val_loss": 1.1, "val_top1": 0.4}]
+    curves, matrix = tmp_path / "training_curves.png", tmp_path / "confusion_matrix.png"
+    plot_training_curves(history, curves, CurveInfo())
+    figures.plot_confusion_matrix(np.eye(3), ["a", "b", "c"], matrix)
+    before = {path: path.read_bytes() for path in (curves, matrix)}
+    print_pil = FigureCanvasAgg._print_pil  # what print_png writes the file with
+
+    def stopped_midway(canvas, target, *args, **kwargs):
+        if isinstance(target, io.BytesIO):  # matplotlib's own dry run, measuring a tight bounding box
+            return print_pil(canvas, target, *args, **kwargs)
+        whole = io.BytesIO()
+        print_pil(canvas, whole, *args, **kwargs)
+        part = whole.getvalue()[:100]
+        target.write(part) if hasattr(target, "write") else Path(target).write_bytes(part)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FigureCanvasAgg, "_print_pil", stopped_midway)
+    with pytest.raises(KeyboardInterrupt):
+        plot_training_curves(history * 2, curves, CurveInfo())
+    with pytest.raises(KeyboardInterrupt):
+        figures.plot_confusion_matrix(2 * np.eye(3), ["a", "b", "c"], matrix)
+    assert {path: path.read_bytes() for path in (curves, matrix)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion_matrix.png", "training_curves.png"]
+
+
 def test_reliability_fades_bins_of_few_samples_and_keeps_its_legend_off_the_bars(tmp_path, monkeypatch):
     saved = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: saved.append(fig))
@@ -472,6 +507,18 @@ def test_reliability_fades_bins_of_few_samples_and_keeps_its_legend_off_the_bars
         assert sparse and all(p.get_alpha() == 0.3 for p in sparse)  # 2 samples < MIN_BIN_SAMPLES
         assert all(p.get_alpha() in (None, 1.0) for p in filled if p.get_x() >= 0.8)
     assert MIN_BIN_SAMPLES > 2 and fig._suptitle.get_text() == "m · no TTA"
+
+
+def test_the_help_names_the_default_report_folder_of_a_tta_evaluation(capsys):
+    """evaluate --tta flip writes RUN/report-best-val-tta-flip; the help named only RUN/report-best-val."""
+    from training.reports.evaluate import default_out_dir
+
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    source = type("Source", (), {"kind": "checkpoint", "run_dir": Path("RUN"), "path": Path("RUN/best.pt")})()
+    assert default_out_dir(source, "val", "flip") == Path("RUN/report-best-val-tta-flip")
+    assert "RUN/report-<checkpoint>-<split>" in text and "with -tta-<tta> after it where --tta is not none" in text
 
 
 def test_evaluate_with_flip_tta(tiny_run, tiny_report, tmp_path):
@@ -783,6 +830,15 @@ def test_compare_of_two_runs_draws_both_learning_curves(tiny_run, tmp_path):
     assert result["curves"]["a"]["label_smoothing"] == load_checkpoint(tiny_run)["config"]["train"]["label_smoothing"]
 
 
+def test_the_interval_of_a_comparison_is_named_by_its_own_confidence(tiny_report, capsys):
+    """--alpha 0.001 asks for a 99.9% interval: rounded to whole points it was printed as a 100% one."""
+    assert main(["compare", str(tiny_report), str(tiny_report), "--alpha", "0.001"]) == 0
+    out = capsys.readouterr().out
+    assert "99.9% interval" in out and "100% interval" not in out
+    assert main(["compare", str(tiny_report), str(tiny_report), "--alpha", "0.05"]) == 0
+    assert "95% interval" in capsys.readouterr().out
+
+
 def test_compare_json_prints_the_whole_result(tiny_run, tiny_report, capsys):
     from training.reports.compare import compare
 
@@ -848,7 +904,9 @@ def test_compare_refuses_a_side_that_is_no_model_before_evaluating_the_other(tin
         assert f"error: {path} {said}" in capsys.readouterr().err
 
 
-def test_an_onnx_model_with_tta_in_its_graph_is_described_so_and_not_augmented_twice(tiny_run, tmp_path, capsys):
+def test_an_onnx_model_with_tta_in_its_graph_is_described_so_and_not_augmented_twice(
+    tiny_run, tiny_report, tmp_path, capsys
+):
     from export.pipeline import export_checkpoint
 
     models = tmp_path / "models"
@@ -868,6 +926,13 @@ def test_an_onnx_model_with_tta_in_its_graph_is_described_so_and_not_augmented_t
     onnx = str(models / "tiny-flip.onnx")
     assert main(["compare", onnx, str(tiny_run), "--tta", "flip", "--out", str(tmp_path / "c")]) == 2
     assert "already averages flip views inside its graph" in capsys.readouterr().err  # compare: not twice either
+    # a comparison with it says B saw flipped views too (it said neither side had TTA), as a report or a model
+    for b in (str(out), onnx):
+        assert main(["compare", str(tiny_report), b, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["b"]["graph_tta"] == "flip"
+        assert main(["compare", str(tiny_report), b]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[2].endswith("(tta flip, averaged inside its graph)") and "tta" not in lines[1], lines
 
 
 def test_a_re_evaluation_stopped_midway_leaves_no_metrics_of_the_previous_one(

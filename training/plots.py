@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from inference.files import write_atomic  # noqa: E402
+
 
 @dataclass(frozen=True)
 class CurveInfo:
@@ -47,6 +49,17 @@ class CurveInfo:
         return f"learning rate (end of epoch{'; ' + group if group else ''})"
 
 
+def save_figure(fig, path: Path, **savefig_kwargs: Any) -> None:
+    """Save and close ``fig``, through a temporary file renamed over ``path``: a save stopped midway (Ctrl-C, a
+    full disk) leaves the figure there before whole, not a truncated PNG (a run's curves are redrawn every
+    epoch, a reused report folder's figures replaced)."""
+    path = Path(path)
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", **savefig_kwargs))
+    finally:
+        plt.close(fig)
+
+
 def plot_training_curves(
     history: list[dict], path: Path, info: CurveInfo | None = None, subtitle: str | None = None
 ) -> None:
@@ -77,8 +90,7 @@ def plot_training_curves(
     if subtitle:
         fig.suptitle(subtitle, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def plot_compared_curves(
@@ -102,5 +114,4 @@ def plot_compared_curves(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

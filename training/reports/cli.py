@@ -171,7 +171,8 @@ def add_report_commands(sub) -> None:
     p.add_argument(
         "--out",
         type=path_text,
-        help="report folder (default: RUN/report-<checkpoint>-<split> or reports/<onnx>-<split>)",
+        help="report folder (default: RUN/report-<checkpoint>-<split> or reports/<onnx>-<split>, with "
+        "-tta-<tta> after it where --tta is not none)",
     )
     p.add_argument(
         "--max-classes",

@@ -48,6 +48,7 @@ class Side:
     tta: str
     history: list[dict] = field(default_factory=list)  # the training run's, per epoch, where it is known
     curves: CurveInfo = field(default_factory=CurveInfo)  # what that history measures
+    graph_tta: str = "none"  # the views an ONNX graph averages itself, whatever ``tta`` was asked for
 
     @property
     def correct(self) -> np.ndarray:
@@ -86,6 +87,7 @@ def _report_side(path: Path) -> Side:
         metrics.get("tta", "none"),
         report["history"],
         CurveInfo(**((metrics.get("source") or {}).get("curves") or {})),
+        (metrics.get("source") or {}).get("graph_tta", "none"),
     )
 
 
@@ -118,6 +120,7 @@ def _model_side(
         tta,
         source.history,
         CurveInfo(**source.info.get("curves", {})),
+        source.info.get("graph_tta", "none"),
     )
 
 
@@ -190,6 +193,7 @@ def compare(
             "path": side_a.name,
             "kind": side_a.kind,
             "tta": side_a.tta,
+            "graph_tta": side_a.graph_tta,
             "top1": side_a.accuracy,
             "correct": int(side_a.correct.sum()),
         },
@@ -197,6 +201,7 @@ def compare(
             "path": side_b.name,
             "kind": side_b.kind,
             "tta": side_b.tta,
+            "graph_tta": side_b.graph_tta,
             "top1": side_b.accuracy,
             "correct": int(side_b.correct.sum()),
         },
@@ -214,6 +219,12 @@ def compare(
     }
 
 
+def confidence_percent(confidence: float) -> str:
+    """0.95 -> "95%", 0.999 -> "99.9%": not rounded to whole points, which would call --alpha 0.001's interval a
+    100% one."""
+    return f"{round(100 * confidence, 6):g}%"
+
+
 def format_comparison(result: dict[str, Any]) -> str:
     a, b, test = result["a"], result["b"], result["mcnemar"]
     low, high = result["difference_interval_points"]
@@ -223,6 +234,8 @@ def format_comparison(result: dict[str, Any]) -> str:
     width = max(len(a["path"]), len(b["path"]))
 
     def tta(side: dict[str, Any]) -> str:
+        if side["graph_tta"] != "none":
+            return f"  (tta {side['graph_tta']}, averaged inside its graph)"
         return f"  (tta {side['tta']})" if side["tta"] != "none" else ""
 
     return "\n".join(
@@ -230,8 +243,9 @@ def format_comparison(result: dict[str, Any]) -> str:
             f"samples: {n} ({data.get('dataset')} {data.get('root')}, split {data.get('split')})",
             f"A  {a['path']:<{width}}  top-1 {100 * a['top1']:6.2f}%  ({a['correct']}/{n}){tta(a)}",
             f"B  {b['path']:<{width}}  top-1 {100 * b['top1']:6.2f}%  ({b['correct']}/{n}){tta(b)}",
-            f"difference B - A: {result['difference_points']:+.2f} points, {100 * result['interval_confidence']:.0f}% "
-            f"interval {low:+.2f} to {high:+.2f} (paired; the samples' noise, not that between training runs)",
+            f"difference B - A: {result['difference_points']:+.2f} points, "
+            f"{confidence_percent(result['interval_confidence'])} interval {low:+.2f} to {high:+.2f} (paired; the "
+            "samples' noise, not that between training runs)",
             f"McNemar ({test['method']}): A right & B wrong = {test['a_right_b_wrong']}, "
             f"A wrong & B right = {test['a_wrong_b_right']}, statistic = {test['statistic']:.3f}, "
             f"p = {test['p_value']:.4g} -> {verdict}",

@@ -60,6 +60,8 @@ FIGURES = (
     "training_curves.png",
 )
 GRADCAM_PER_GROUP = 4
+# the arrow's direction is said in the figure, which is often shared without report.md's caption
+GRADCAM_TITLES = "green: right, predicted (confidence); red: wrong, true -> predicted (confidence)"
 
 
 @dataclass
@@ -581,7 +583,9 @@ def render_gradcam(
         correct.append(ok)
         true, predicted = figures.short_label(classes[data.labels[i]]), figures.short_label(classes[preds[i]])
         titles.append(f"{predicted} ({confidence[i]:.2f})" if ok else f"{true} -> {predicted} ({confidence[i]:.2f})")
-    figures.plot_gradcam(images, cams, titles, correct, path, subtitle=subtitle, map_note="; ".join(note))
+    figures.plot_gradcam(
+        images, cams, titles, correct, path, subtitle=subtitle, map_note="; ".join(note), titles_note=GRADCAM_TITLES
+    )
     return indices
 
 

@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..plots import save_figure  # noqa: E402
+
 MAX_CLASSES = 20
 DPI = 110
 log = logging.getLogger("training.reports")
@@ -41,8 +43,7 @@ def _save(fig, path: Path, tight: bool = False) -> None:
         warnings.simplefilter("always")
         if tight:
             fig.tight_layout()
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+        save_figure(fig, path, dpi=DPI, bbox_inches="tight")
     missing = False
     for warning in caught:  # matplotlib warns once per character the font lacks (CJK class names): said once
         if "missing from font" in str(warning.message):
@@ -217,9 +218,11 @@ def plot_gradcam(
     columns: int = 4,
     subtitle: str | None = None,
     map_note: str = "last conv stage",
+    titles_note: str | None = None,
 ) -> None:
     """Each sample as its image above its Grad-CAM overlay; correct samples first, titles in green, mistakes in
-    red. ``map_note`` says where the maps come from and how coarse they are, which the upsampled overlay hides."""
+    red. ``map_note`` says where the maps come from and how coarse they are, which the upsampled overlay hides;
+    ``titles_note`` how to read the titles."""
     n = len(images)
     if n == 0:
         _message_figure("no samples for Grad-CAM", path)
@@ -235,7 +238,7 @@ def plot_gradcam(
         axes[row, col].set_title(titles[k], fontsize=8, color="darkgreen" if correct[k] else "darkred")
         axes[row + 1, col].imshow(images[k], interpolation="bilinear")
         axes[row + 1, col].imshow(cams[k], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
-    _suptitle(fig, f"Grad-CAM for the predicted class (red = most evidence; {map_note})", subtitle)
+    _suptitle(fig, f"Grad-CAM for the predicted class (red = most evidence; {map_note})", titles_note, subtitle)
     _save(fig, path, tight=True)
 
 
