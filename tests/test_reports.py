@@ -933,6 +933,10 @@ def test_an_onnx_model_with_tta_in_its_graph_is_described_so_and_not_augmented_t
         assert main(["compare", str(tiny_report), b]) == 0
         lines = capsys.readouterr().out.splitlines()
         assert lines[2].endswith("(tta flip, averaged inside its graph)") and "tta" not in lines[1], lines
+    # and so does the ensemble estimate from the two reports (it said "tta none" of the graph's)
+    assert main(["ensemble", str(tiny_report), str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("(tta none)") and lines[1].endswith("(tta flip, averaged inside its graph)"), lines
 
 
 def test_a_re_evaluation_stopped_midway_leaves_no_metrics_of_the_previous_one(

@@ -230,7 +230,12 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def _format_estimate(result: dict) -> str:
-    lines = [f"{100 * m['top1']:.2f}%  {m['report']} (tta {m['tta']})" for m in result["members"]]
+    from .reports.compare import views_text
+
+    lines = [
+        f"{100 * m['top1']:.2f}%  {m['report']} ({views_text(m['tta'], m['graph_tta']) or 'tta none'})"
+        for m in result["members"]
+    ]
     vs = result["against_best_member"]
     low, high = vs["interval_95"]
     lines.append(

@@ -186,7 +186,12 @@ def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
     # as the joined network averages them: each member's softmax of its own logits, without a graph's temperature
     probabilities = [softmax(logits_before_temperature(r)) for r in reports]
     members = [
-        {"report": str(p), "tta": r["metrics"].get("tta", "none"), "top1": float((pr.argmax(1) == labels).mean())}
+        {
+            "report": str(p),
+            "tta": r["metrics"].get("tta", "none"),
+            "graph_tta": (r["metrics"].get("source") or {}).get("graph_tta", "none"),
+            "top1": float((pr.argmax(1) == labels).mean()),
+        }
         for p, r, pr in zip(paths, reports, probabilities)
     ]
     correct = np.mean(probabilities, axis=0).argmax(1) == labels

@@ -225,6 +225,14 @@ def confidence_percent(confidence: float) -> str:
     return f"{round(100 * confidence, 6):g}%"
 
 
+def views_text(tta: str, graph_tta: str) -> str:
+    """The views a side's predictions average, in words ("" for one view): an ONNX graph's own flip TTA is not
+    the --tta its evaluation asked for, which is then none."""
+    if graph_tta != "none":
+        return f"tta {graph_tta}, averaged inside its graph"
+    return f"tta {tta}" if tta != "none" else ""
+
+
 def format_comparison(result: dict[str, Any]) -> str:
     a, b, test = result["a"], result["b"], result["mcnemar"]
     low, high = result["difference_interval_points"]
@@ -234,9 +242,8 @@ def format_comparison(result: dict[str, Any]) -> str:
     width = max(len(a["path"]), len(b["path"]))
 
     def tta(side: dict[str, Any]) -> str:
-        if side["graph_tta"] != "none":
-            return f"  (tta {side['graph_tta']}, averaged inside its graph)"
-        return f"  (tta {side['tta']})" if side["tta"] != "none" else ""
+        said = views_text(side["tta"], side["graph_tta"])
+        return f"  ({said})" if said else ""
 
     return "\n".join(
         [
