@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from .files import file_in_the_way
 
@@ -38,22 +39,83 @@ def os_error_text(exc: OSError) -> str:
 
 def validation_problems(error, limit: int = 600) -> str:
     """Every problem of a pydantic ``ValidationError`` on one line, ``where: what (got VALUE)``, without pydantic's
-    banner and documentation links. Typed as Any to keep pydantic out of this module's imports."""
+    banner and documentation links; a union field that took none of its kinds in one problem of its own. Typed as
+    Any to keep pydantic out of this module's imports."""
     problems = []
-    for problem in error.errors(include_url=False):
-        where = ".".join(str(part) for part in problem["loc"])
-        what = problem["msg"].removeprefix("Value error, ")
-        if problem["type"] == "extra_forbidden":
-            what = "no such setting"
-        given = problem.get("input")
-        # a scalar shows what was typed; a section's whole mapping would drown the message
-        shown = (
-            f" (got {given!r:.60})"
-            if isinstance(given, (str, int, float, bool)) and problem["type"] != "missing"
-            else ""
-        )
-        problems.append(f"{where}: {what}{shown}" if where else what)  # a check across fields names them itself
+    for group in _by_union(error.errors(include_url=False)):
+        problems.append(_problem(group[0]) if _union_of(group[0]) is None else _union_problem(group))
     return "; ".join(problems)[:limit]
+
+
+def _problem(problem: dict) -> str:
+    where = ".".join(str(part) for part in problem["loc"])
+    what = problem["msg"].removeprefix("Value error, ")
+    if problem["type"] == "extra_forbidden":
+        what = "no such setting"
+    given = problem.get("input")
+    # a scalar shows what was typed; a section's whole mapping would drown the message
+    shown = (
+        f" (got {given!r:.60})" if isinstance(given, (str, int, float, bool)) and problem["type"] != "missing" else ""
+    )
+    return f"{where}: {what}{shown}" if where else what  # a check across fields names them itself
+
+
+# How pydantic names a union's member in the location of that member's error: a core type's name, or a schema's
+# label (``literal['auto']``, ``constrained-int``, ``list[int]``), which no field name looks like.
+_CORE_TYPES = {"bool", "int", "float", "str", "bytes", "none", "decimal", "date", "time", "datetime", "timedelta"}
+
+
+def _union_tag(part: object) -> bool:
+    return isinstance(part, str) and (
+        part in _CORE_TYPES or "[" in part or part.startswith(("constrained-", "function-"))
+    )
+
+
+def _union_of(problem: dict) -> tuple | None:
+    """The location of the union field whose member ``problem`` is an error of; None for any other problem."""
+    loc = tuple(problem["loc"])
+    return next((loc[:i] for i, part in enumerate(loc) if _union_tag(part)), None)
+
+
+def _by_union(problems: list[dict]) -> list[list[dict]]:
+    """The problems in order, those of one union field's members (pydantic says each member's, in a row) together."""
+    groups: list[list[dict]] = []
+    for problem in problems:
+        union = _union_of(problem)
+        if union is not None and groups and _union_of(groups[-1][0]) == union:
+            groups[-1].append(problem)
+        else:
+            groups.append([problem])
+    return groups
+
+
+# Errors saying a value is not of a member's kind at all, as opposed to one of its kind that breaks a bound.
+_OTHER_KIND = ("_type", "_parsing", "literal_error", "none_required", "enum")
+
+
+def _union_problem(members: list[dict]) -> str:
+    """One union field's problem: where the value is of one member's kind but breaks its bound (-3 for a positive
+    int or 'auto'), that bound; else every kind it takes ("'maybe' is not one of true, false, auto")."""
+    field = _union_of(members[0]) or ()
+    near = [m for m in members if not m["type"].endswith(_OTHER_KIND) or len(m["loc"]) > len(field) + 1]
+    if near:
+        return _problem({**near[0], "loc": field + tuple(near[0]["loc"][len(field) + 1 :])})
+    values, kinds = [], []
+    for member in members:
+        if member["type"] == "literal_error":
+            values += [v.strip().strip("'\"") for v in re.split(r",| or ", member["ctx"]["expected"])]
+        elif member["type"].startswith("bool_"):
+            values += ["true", "false"]
+        elif member["type"] == "none_required":
+            values.append("null")
+        else:
+            kinds.append(member["msg"].removeprefix("Input should be ").split(",")[0])
+    if len(values) > 1:
+        kinds.append(f"one of {', '.join(values)}")
+    else:
+        kinds += values
+    where = ".".join(str(part) for part in field)
+    return f"{where}: {members[0].get('input')!r:.60} is not {' or '.join(kinds)}"
 
 
 # The project's own loggers, which speak at INFO; libraries (onnxscript, onnx_ir, torch) speak at INFO by the

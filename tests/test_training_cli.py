@@ -109,3 +109,113 @@ def test_a_recipe_named_half_as_a_file_half_as_a_built_in_is_pointed_to_the_righ
     (tmp_path / "recipes" / "mine.yaml").write_text("model: {name: resnet9}\n")
     err = _refused(["train", "--recipe", "recipes/mine", *out], capsys)
     assert "a recipe file is named whole, --recipe recipes/mine.yaml" in err
+
+
+@pytest.mark.parametrize(
+    "recipe, setting, said",
+    [
+        # torch's words alone: "error: out_channels must be divisible by groups"
+        ("resnet9_w48_cpu", "model.args.width=8.5", "model 'resnet9' cannot be built from its arguments (width=8.5)"),
+        ("vit_small_patch4", "model.args.heads=5", "model 'vit_small_patch4' cannot be built from its arguments ("),
+    ],
+)
+def test_a_model_argument_the_network_refuses_is_said_with_the_model_and_its_arguments(
+    recipe, setting, said, tmp_path, capsys
+):
+    argv = ["train", "--recipe", recipe, "--set", setting, "--out", str(tmp_path / "run"), *_no_data(tmp_path)]
+    err = _refused(argv, capsys)
+    assert said in err and setting.rpartition(".")[2] in err, err
+
+
+def _finished_run(run, epochs: int, bad_epochs: int = 0, **train) -> None:
+    """A run's last.pt at its end, trained on data that is not there: a resume that reads the data fails."""
+    from training.checkpoint import save_checkpoint
+
+    sets = [f"data.root={run.parent / 'no-images'}", f"epochs={epochs}", "warmup_epochs=1"]
+    config = build_config("resnet9_half_cpu", sets)
+    config = validate_config({**config.model_dump(), "train": {**config.train.model_dump(), **train}})
+    meta = {"arch": "resnet9_half", "num_classes": 2, "classes": ["a", "b"], "mean": [0.5] * 3, "std": [0.2] * 3}
+    history = [{"epoch": e + 1, "train_time_s": 1.5, "val_top1": 0.5} for e in range(epochs)]
+    state = {
+        "model": {},
+        "meta": {**meta, "model_args": {}, "input_size": 32},
+        "config": config.model_dump(mode="json"),
+        "epoch": epochs,
+        "bad_epochs": bad_epochs,
+        "history": history,
+        "best": {"val_top1": 0.5, "epoch": 1},
+    }
+    run.mkdir()
+    save_checkpoint(state, run / "last.pt")
+
+
+@pytest.mark.parametrize(
+    "bad_epochs, train, said",
+    [
+        (0, {}, "has trained its 3 epochs: nothing left to train (more: resume --epochs)"),
+        (2, {"early_stop_patience": 2}, "stopped early (no better epoch for its patience): nothing left to train"),
+    ],
+)
+def test_resume_of_a_finished_run_says_so_before_reading_its_data(bad_epochs, train, said, tmp_path, capsys, caplog):
+    """It read and decoded the whole dataset first (minutes on CIFAR without a cache), only to train nothing."""
+    import json
+    import logging
+
+    run = tmp_path / "run"
+    _finished_run(run, 3, bad_epochs, **train)
+    with caplog.at_level(logging.INFO):
+        assert training_main(["resume", str(run)]) == 0, capsys.readouterr().err
+    assert f"{run} {said}" in caplog.text
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["epochs_run"] == 3 and summary["stopped_early"] == bool(bad_epochs)
+    assert summary["train_time_s"] == 4.5 and summary["best"]["val_top1"] == 0.5
+    assert json.loads((run / "summary.json").read_text()) == summary  # written where the run stopped before it
+
+
+def test_a_setting_the_chosen_optimizer_or_schedule_does_not_read_is_warned_once(tmp_path, capsys, caplog):
+    """momentum with AdamW, betas with SGD, a warmup with the triangular schedule changed nothing without a word.
+    Only what a recipe or --set gives is said: a default was nobody's choice, and no shipped recipe is warned."""
+    import logging
+
+    from training.config import list_recipes
+
+    def unused(recipe: str, overrides: list[str]) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            build_config(recipe, overrides)
+        return [r.getMessage() for r in caplog.records if "is unused" in r.getMessage()]
+
+    said = unused("resnet9_half_cpu", ["optim.name=adamw"])
+    assert said == [
+        "optim.momentum 0.9 is unused: the adamw optimizer does not read it (only sgd and muon do); leave it out, "
+        "or choose one of those",
+        "optim.nesterov true is unused: the adamw optimizer does not read it (only sgd and muon do); leave it out, "
+        "or choose one of those",
+    ]
+    assert unused("se_resnet18", ["optim.name=sgd", "betas=[0.9, 0.99]"]) == [
+        "optim.betas (0.9, 0.99) is unused: the sgd optimizer does not read it (only adamw does); leave it out, or "
+        "choose adamw"
+    ]
+    [warmup] = unused("airbench94", ["warmup_epochs=1"])
+    assert warmup.startswith("schedule.warmup_epochs 1.0 is unused: the triangular schedule does not read it")
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("model: {name: resnet9}\noptim: {name: adamw, momentum: 0.8}\n")
+    assert [m.split(" is unused")[0] for m in unused(str(recipe), [])] == ["optim.momentum 0.8"]
+    assert unused("se_resnet18", ["optim.name=sgd"]) == []  # its defaults' betas: nobody set them
+    assert {name: unused(name, []) for name in list_recipes()} == {name: [] for name in list_recipes()}
+    # through the command line: once, though the run is then refused for its data
+    caplog.clear()
+    argv = ["train", "--recipe", str(recipe), "--out", str(tmp_path / "run"), *_no_data(tmp_path)]
+    with caplog.at_level(logging.WARNING):
+        assert training_main(argv) == 2
+    assert sum("optim.momentum 0.8 is unused" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_value_of_none_of_a_union_settings_kinds_is_refused_in_one_plain_line(tmp_path, capsys):
+    """It was pydantic's two messages, one per kind: train.bf16.bool: ...; train.bf16.literal['auto']: ..."""
+    argv = ["train", "--recipe", "resnet9_half_cpu", "--set", "bf16=maybe", "--out", str(tmp_path / "r")]
+    err = _refused([*argv, *_no_data(tmp_path)], capsys)
+    assert err == "error: invalid configuration: train.bf16: 'maybe' is not one of true, false, auto\n"
+    with pytest.raises(ConfigError, match=r"train.bf16: \[1\] is not one of true, false, auto$"):
+        build_config("resnet9_half_cpu", ["bf16=[1]"])
+    assert build_config("resnet9_half_cpu", ["bf16=auto"]).train.bf16 == "auto"

@@ -170,6 +170,24 @@ class ScheduleConfig(Section):
     peak_fraction: float = Field(0.2, gt=0, lt=1)
 
 
+# The settings of optim and schedule that only some optimizers or schedules read (training/optim.py), by the one
+# chosen; every one of them reads the others. One given but not read is said (``unused_settings``).
+OPTIM_READS: dict[str, frozenset[str]] = {
+    "sgd": frozenset({"momentum", "nesterov"}),
+    "adamw": frozenset({"betas"}),
+    "muon": frozenset({"momentum", "nesterov", "muon_lr", "muon_momentum", "muon_ns_steps"}),
+}
+SCHEDULE_READS: dict[str, frozenset[str]] = {
+    "cosine": frozenset({"warmup_epochs", "final_lr_fraction"}),
+    "linear": frozenset({"warmup_epochs", "final_lr_fraction"}),
+    "multistep": frozenset({"warmup_epochs", "milestones", "gamma"}),
+    "step": frozenset({"warmup_epochs", "step_size", "gamma"}),
+    "constant": frozenset({"warmup_epochs"}),
+    # no warmup: it starts at initial_lr_fraction and rises to its peak instead
+    "triangular": frozenset({"initial_lr_fraction", "peak_fraction", "final_lr_fraction"}),
+}
+
+
 class TrainConfig(Section):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -581,7 +599,44 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def build_config(recipe: str | None = None, overrides: list[str] | None = None) -> Config:
     raw = load_recipe(recipe) if recipe else {}
-    return validate_config(apply_overrides(raw, overrides or []))
+    config = validate_config(apply_overrides(raw, overrides or []))
+    # said here, where the fields set are the recipe's and the overrides' alone: a config read back from a
+    # checkpoint or a config.yaml sets every field
+    for unused in unused_settings(config):
+        log.warning("%s", unused)
+    return config
+
+
+def unused_settings(config: Config) -> list[str]:
+    """The settings given (by the recipe or an override) that the chosen optimizer or schedule does not read, which
+    would otherwise change nothing without a word. A default is not said: nobody chose it."""
+    return _unused("optim", config.optim, OPTIM_READS, "optimizer") + _unused(
+        "schedule", config.schedule, SCHEDULE_READS, "schedule"
+    )
+
+
+def _listed(names: list[str]) -> str:
+    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _unused(
+    prefix: str, section: OptimConfig | ScheduleConfig, reads: dict[str, frozenset[str]], kind: str
+) -> list[str]:
+    some_read = frozenset().union(*reads.values())
+    said = []
+    for field in type(section).model_fields:
+        if field not in section.model_fields_set or field not in some_read or field in reads[section.name]:
+            continue
+        value = getattr(section, field)
+        shown = str(value).lower() if isinstance(value, bool) else value
+        readers = [name for name, fields in reads.items() if field in fields]
+        one = len(readers) == 1
+        said.append(
+            f"{prefix}.{field} {shown} is unused: the {section.name} {kind} does not read it (only "
+            f"{_listed(readers)} {'does' if one else 'do'}); leave it out, or choose "
+            f"{readers[0] if one else 'one of those'}"
+        )
+    return said
 
 
 def validate_config(raw: dict[str, Any], started: bool = False) -> Config:

@@ -6,6 +6,7 @@ import gc
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -202,13 +203,14 @@ def check_network_takes_its_input(config: Config) -> None:
     name, args, size = config.model.name, config.model.args, config.data.image_size
     try:
         model = create_model(name, 2, **args).eval()
-    except (TypeError, RuntimeError) as exc:  # an argument of the wrong kind, or a value torch refuses (width -2)
-        raise ConfigError(argument_error(name, args, exc)) from exc
     except UnknownArgument as exc:
         # a bare --set key that is no setting lands here: a mistyped setting (epohcs) as much as a model argument
         raise ConfigError(f"{exc}{did_you_mean(exc.unknown, exc.taken)}") from exc
-    except ValueError as exc:  # a value the model refuses
-        raise ConfigError(str(exc)) from exc
+    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+        # a value the network or torch refuses says nothing of the setting it came from (width 8.5 reaches torch
+        # as "out_channels must be divisible by groups"): name the model and its arguments with it
+        said = exc if str(exc) else Exception(f"a bare {type(exc).__name__} in its constructor")
+        raise ConfigError(argument_error(name, args, said)) from exc
     try:
         with torch.no_grad():
             model(torch.zeros(1, 3, size, size))
@@ -515,20 +517,11 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         t = self.config.train
         main = self.dist.is_main
-        # A run that stopped early has finished: resuming it must not train on, nor rewrite its files.
-        stop = self._patience_exhausted()
-        if self.epoch >= t.epochs or stop:
+        finished = finished_summary(self.out_dir, self.config, self._standing(), self.val_loader is not None, main)
+        if finished is not None:
             self._leave_process_group()
-            if stop:
-                log.info("%s stopped early (no better epoch for its patience): nothing left to train", self.out_dir)
-            else:
-                trained = f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}"
-                log.info("%s has trained its %s: nothing left to train (more: resume --epochs)", self.out_dir, trained)
-            summary = self._summary(stop)
-            if main and not (self.out_dir / SUMMARY_FILE).is_file():
-                # stopped between its last checkpoint and its summary: what ablate and ensembles read is written
-                write_text_atomic(self.out_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
-            return summary
+            return finished
+        stop = False
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.epoch == 0:  # a new run (--force over an old one): none of the old one's files may remain
@@ -576,22 +569,12 @@ class Trainer:
             return {"train_acc": f"{record['train_acc']:.4f}", "best": f"{self.best['val_top1']:.4f}"}
         return {"val_top1": f"{record['val_top1']:.4f}", "best": f"{self.best['val_top1']:.4f}"}
 
-    def _named_best(self) -> dict[str, Any]:
-        """The best epoch as people read it. Without a validation split the epochs are ranked by training
-        accuracy; the checkpoint keeps that score under ``val_top1`` for the code that ranks, but a summary
-        must not call it a validation figure."""
-        if self.val_loader is not None:
-            return self.best
-        return {"train_acc": self.best["val_top1"], "epoch": self.best["epoch"]}
+    def _standing(self) -> dict[str, Any]:
+        """Where the run stands, in its checkpoint's keys (``run_summary``, ``finished_summary``)."""
+        return {"epoch": self.epoch, "history": self.history, "best": self.best, "bad_epochs": self.bad_epochs}
 
     def _summary(self, stopped_early: bool) -> dict[str, Any]:
-        return {
-            "run": str(self.out_dir),
-            "epochs_run": self.epoch,
-            "best": self._named_best(),
-            "stopped_early": stopped_early,
-            "train_time_s": sum(h["train_time_s"] for h in self.history),
-        }
+        return run_summary(self.out_dir, self._standing(), stopped_early, self.val_loader is not None)
 
     def _evaluate(self) -> dict[str, float | None]:
         if self.val_loader is None:
@@ -663,6 +646,42 @@ class Trainer:
             CurveInfo.from_config(self.config.model_dump(mode="json")),
             f"{self.config.model.name} · run {self.out_dir.name}",
         )
+
+
+def run_summary(out_dir: Path, standing: dict[str, Any], stopped_early: bool, validated: bool) -> dict[str, Any]:
+    """What summary.json says of a run standing where ``standing`` (a checkpoint, or its keys) says. Without a
+    validation split the epochs are ranked by training accuracy; the checkpoint keeps that score under
+    ``val_top1`` for the code that ranks, but a summary must not call it a validation figure."""
+    best = standing["best"]
+    return {
+        "run": str(out_dir),
+        "epochs_run": standing["epoch"],
+        "best": best if validated else {"train_acc": best["val_top1"], "epoch": best["epoch"]},
+        "stopped_early": stopped_early,
+        "train_time_s": sum(h["train_time_s"] for h in standing["history"]),
+    }
+
+
+def finished_summary(
+    out_dir: Path, config: Config, standing: dict[str, Any], validated: bool, main: bool
+) -> dict[str, Any] | None:
+    """The summary of a run with nothing left to train (its epochs trained, or stopped early), said as such; None
+    where epochs are left. A run that stopped early has finished: resuming it must not train on, nor rewrite its
+    files."""
+    stop = patience_exhausted(config, standing.get("bad_epochs", 0))
+    epochs = config.train.epochs
+    if standing["epoch"] < epochs and not stop:
+        return None
+    if stop:
+        log.info("%s stopped early (no better epoch for its patience): nothing left to train", out_dir)
+    else:
+        trained = f"{epochs} epoch{'s' if epochs != 1 else ''}"
+        log.info("%s has trained its %s: nothing left to train (more: resume --epochs)", out_dir, trained)
+    summary = run_summary(out_dir, standing, stop, validated)
+    if main and not (out_dir / SUMMARY_FILE).is_file():
+        # stopped between its last checkpoint and its summary: what ablate and ensembles read is written
+        write_text_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
+    return summary
 
 
 def train(config: Config, out_dir: str | Path) -> dict[str, Any]:
@@ -822,6 +841,15 @@ def _resume(
                 " and ".join(reshaped),
             )
         config = validate_config({**config.model_dump(), "train": {**config.train.model_dump(), "epochs": epochs}})
+    # said before the Trainer reads and decodes the data (minutes) only to find nothing to train on it
+    finished = finished_summary(Path(out_dir), config, ckpt, config.data.val_size > 0, _main_process())
+    if finished is not None:
+        return finished
     trainer = Trainer(config, out_dir)
     trainer.restore(ckpt)
     return trainer.fit()
+
+
+def _main_process() -> bool:
+    """Whether this is torchrun's rank 0 (or no torchrun), known before ``distributed.setup`` joins the group."""
+    return os.environ.get("RANK", "0") == "0"
