@@ -72,7 +72,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.run = out  # for the message of an interrupt
     with claimed_run(out):  # before its files are looked at: another command may be changing them
         summary = _train_into(out, config, args)
-    if os.environ.get("RANK", "0") == "0":
+    from .distributed import is_main_process
+
+    if is_main_process():
         print(json.dumps(summary, indent=2))
     return 0
 

@@ -20,6 +20,7 @@ from inference.files import file_in_the_way, folders_to_make, remove_if_empty, w
 from inference.manifest import MANIFEST_NAME
 from inference.messages import exception_summary
 
+from .distributed import is_main_process
 from .models import ImageClassifier, create_model
 
 # A run folder's files: the checkpoint that stands for the run, the last completed epoch's (what a resume
@@ -83,7 +84,7 @@ def claimed_run(folder: str | Path, make: bool = True) -> Iterator[None]:
     Without ``make`` (a resume) a folder that is not there is neither made nor claimed: it holds no run to
     continue, which the body says."""
     folder = Path(folder)
-    if os.environ.get("RANK", "0") != "0" or folder.resolve() in _claimed or not (make or folder.is_dir()):
+    if not is_main_process() or folder.resolve() in _claimed or not (make or folder.is_dir()):
         yield
         return
     made = folders_to_make(folder)

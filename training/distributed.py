@@ -24,6 +24,12 @@ class DistInfo:
         return self.world_size > 1
 
 
+def is_main_process() -> bool:
+    """Whether this is torchrun's rank 0, or no torchrun: known from the environment before ``setup`` joins the
+    group, for what rank 0 alone does (claim the run folder, print the summary)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def setup(device_type: str) -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:

@@ -6,7 +6,6 @@ import gc
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -842,14 +841,9 @@ def _resume(
             )
         config = validate_config({**config.model_dump(), "train": {**config.train.model_dump(), "epochs": epochs}})
     # said before the Trainer reads and decodes the data (minutes) only to find nothing to train on it
-    finished = finished_summary(Path(out_dir), config, ckpt, config.data.val_size > 0, _main_process())
+    finished = finished_summary(Path(out_dir), config, ckpt, config.data.val_size > 0, distributed.is_main_process())
     if finished is not None:
         return finished
     trainer = Trainer(config, out_dir)
     trainer.restore(ckpt)
     return trainer.fit()
-
-
-def _main_process() -> bool:
-    """Whether this is torchrun's rank 0 (or no torchrun), known before ``distributed.setup`` joins the group."""
-    return os.environ.get("RANK", "0") == "0"
