@@ -202,6 +202,9 @@ def test_a_setting_the_chosen_optimizer_or_schedule_does_not_read_is_warned_once
     recipe.write_text("model: {name: resnet9}\noptim: {name: adamw, momentum: 0.8}\n")
     assert [m.split(" is unused")[0] for m in unused(str(recipe), [])] == ["optim.momentum 0.8"]
     assert unused("se_resnet18", ["optim.name=sgd"]) == []  # its defaults' betas: nobody set them
+    assert unused("resnet9_half_cpu", ["momentum=0"]) == [  # optim.py drops Nesterov without momentum
+        "optim.nesterov true is unused: SGD's Nesterov step needs optim.momentum above 0 (it is 0)"
+    ]
     assert {name: unused(name, []) for name in list_recipes()} == {name: [] for name in list_recipes()}
     # through the command line: once, though the run is then refused for its data
     caplog.clear()
@@ -209,6 +212,16 @@ def test_a_setting_the_chosen_optimizer_or_schedule_does_not_read_is_warned_once
     with caplog.at_level(logging.WARNING):
         assert training_main(argv) == 2
     assert sum("optim.momentum 0.8 is unused" in r.getMessage() for r in caplog.records) == 1
+    # where a command builds several configurations (an ensemble's members, an ablation's variants), whose
+    from training.engine import buildable_config
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        buildable_config("resnet9_half_cpu", ["optim.name=adamw", "nesterov=false"], "member 2 (resnet9_half_cpu)")
+    assert [r.getMessage().split(" is unused")[0] for r in caplog.records] == [
+        "member 2 (resnet9_half_cpu): optim.momentum 0.9",
+        "member 2 (resnet9_half_cpu): optim.nesterov false",
+    ]
 
 
 def test_a_value_of_none_of_a_union_settings_kinds_is_refused_in_one_plain_line(tmp_path, capsys):

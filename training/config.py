@@ -597,22 +597,26 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def build_config(recipe: str | None = None, overrides: list[str] | None = None) -> Config:
+def build_config(recipe: str | None = None, overrides: list[str] | None = None, what: str = "") -> Config:
+    """``what``: whose configuration it is where a command builds several (an ensemble member, an ablation
+    variant), said before each warning."""
     raw = load_recipe(recipe) if recipe else {}
     config = validate_config(apply_overrides(raw, overrides or []))
     # said here, where the fields set are the recipe's and the overrides' alone: a config read back from a
     # checkpoint or a config.yaml sets every field
     for unused in unused_settings(config):
-        log.warning("%s", unused)
+        log.warning("%s%s", f"{what}: " if what else "", unused)
     return config
 
 
 def unused_settings(config: Config) -> list[str]:
     """The settings given (by the recipe or an override) that the chosen optimizer or schedule does not read, which
     would otherwise change nothing without a word. A default is not said: nobody chose it."""
-    return _unused("optim", config.optim, OPTIM_READS, "optimizer") + _unused(
-        "schedule", config.schedule, SCHEDULE_READS, "schedule"
-    )
+    said = _unused("optim", config.optim, OPTIM_READS, "optimizer")
+    o = config.optim
+    if o.name == "sgd" and o.nesterov and o.momentum == 0 and {"nesterov", "momentum"} & o.model_fields_set:
+        said.append("optim.nesterov true is unused: SGD's Nesterov step needs optim.momentum above 0 (it is 0)")
+    return said + _unused("schedule", config.schedule, SCHEDULE_READS, "schedule")
 
 
 def _listed(names: list[str]) -> str:

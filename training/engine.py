@@ -188,7 +188,7 @@ def buildable_config(recipe: str, overrides: list[str], what: str) -> Config:
     becomes a model argument, which only building the network refuses); a refusal names ``what`` (an ensemble
     member, an ablation variant), so that it comes before anything trains and says which."""
     try:
-        config = build_config(recipe, overrides)
+        config = build_config(recipe, overrides, what)
         check_network_takes_its_input(config)
     except ConfigError as exc:
         raise ConfigError(f"{what}: {exc}") from exc
