@@ -7,6 +7,7 @@ import math
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -236,6 +237,28 @@ def test_a_temperature_fitted_where_every_sample_is_right_by_a_wide_margin_is_fl
     out = tmp_path / "r"
     assert main(["evaluate", "--checkpoint", str(tiny_run), "--out", str(out), "--device", "cpu"]) == 0
     assert "where it means little: those images carry no calibration signal" in (out / "report.md").read_text()
+
+
+def test_a_temperature_pushed_to_its_upper_bound_is_explained_as_logits_no_better_than_uniform():
+    """A model at chance is best fitted by flattening its logits to equal odds (T at the top of the range): the
+    caveat said "every one right, or wrong by wide margins", neither of which is so."""
+    from types import SimpleNamespace
+
+    from training.reports.evaluate import temperature_for
+
+    labels = np.array([0, 1, 2] * 6)
+    predicted = (labels + np.repeat([0, 1, 2, 0, 1, 2], 3)) % 3  # one in three right, each by the same margin
+    logits = 2 * np.eye(3)[predicted]
+    # a checkpoint scored on its validation split: what temperature_for reads of its model, data and split
+    source: Any = SimpleNamespace(kind="checkpoint", info={})
+    spec: Any = SimpleNamespace(split="val")
+    data: Any = SimpleNamespace(labels=labels)
+    fitted = temperature_for(source, spec, data, logits, "none", 32)
+    assert fitted is not None
+    _, t, origin = fitted
+    assert t > 90
+    assert "no better than a uniform guess" in origin and "top of its range (100)" in origin, origin
+    assert "every one right" not in origin and "wide margins" not in origin, origin
 
 
 def test_mcnemar_exact_binomial_for_few_discordant_pairs():
@@ -507,6 +530,19 @@ def test_reliability_fades_bins_of_few_samples_and_keeps_its_legend_off_the_bars
         assert sparse and all(p.get_alpha() == 0.3 for p in sparse)  # 2 samples < MIN_BIN_SAMPLES
         assert all(p.get_alpha() in (None, 1.0) for p in filled if p.get_x() >= 0.8)
     assert MIN_BIN_SAMPLES > 2 and fig._suptitle.get_text() == "m · no TTA"
+
+
+def test_compared_curves_say_which_side_was_validated_with_ema_weights(tmp_path, monkeypatch):
+    """A single run's curves name EMA weights; the comparison of two runs drew both validation curves alike."""
+    import training.plots as plots
+
+    saved = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, **kwargs: saved.append(fig))
+    history = [{"epoch": 1, "train_loss": 1.0, "val_top1": 0.4}, {"epoch": 2, "train_loss": 0.8, "val_top1": 0.5}]
+    infos = {"A ema": plots.CurveInfo(0.0, "EMA"), "B plain": plots.CurveInfo(0.0)}
+    plots.plot_compared_curves({"A ema": history, "B plain": history}, tmp_path / "curves.png", infos)
+    validation = [text.get_text() for text in saved[0].axes[0].get_legend().get_texts()]
+    assert validation == ["A ema (EMA weights)", "B plain"]
 
 
 def test_the_help_names_the_default_report_folder_of_a_tta_evaluation(capsys):
@@ -1107,6 +1143,64 @@ def test_vary_parsing():
             parse_vary(bad)
 
 
+def _ablation_row(variant: str, per_class: dict[str, float], baseline: bool = False) -> dict:
+    return {
+        "variant": variant,
+        "tta": "none",
+        "baseline": baseline,
+        "top1": 0.5,
+        "loss": 1.0,
+        "per_class_accuracy": per_class,
+        "fingerprint": "f",
+        "num_samples": 30,
+        "epochs": 1,
+        "train_time_s": 1.0,
+        "parameters": 10,
+    }
+
+
+def test_an_ablation_names_no_class_as_gaining_or_losing_where_none_did():
+    """The largest-gain column named a class at +0.0 (or one that lost) when no class gained."""
+    from training.reports.ablate import format_table, largest_class_changes
+
+    base = {"alpha": 0.5, "beta": 0.5, "gamma": 0.5}
+    worse, better = {"alpha": 0.5, "beta": 0.4, "gamma": 0.3}, {"alpha": 0.6, "beta": 0.5, "gamma": 0.5}
+    assert largest_class_changes({c: worse[c] - base[c] for c in base}) == (
+        None,
+        {"class": "gamma", "points": pytest.approx(-20.0)},
+    )
+    assert largest_class_changes({c: better[c] - base[c] for c in base}) == (
+        {"class": "alpha", "points": pytest.approx(10.0)},
+        None,
+    )
+    rows = [_ablation_row("x=0", base, baseline=True), _ablation_row("x=1", worse), _ablation_row("x=2", better)]
+    for row in rows:
+        row["top1_diff_points"], row["per_class_mean_diff_points"] = 0.0, 0.0
+        row["mcnemar_vs_baseline"] = row["diff_interval_vs_baseline"] = row["vs_previous"] = None
+        deltas = {c: row["per_class_accuracy"][c] - base[c] for c in base}
+        row["largest_class_gain"], row["largest_class_loss"] = largest_class_changes(deltas)
+    result = {"recipe": "r", "vary": [{"key": "x", "values": ["0", "1", "2"]}], "set": [], "split": "val"}
+    table = format_table({**result, "variants": rows})
+    assert "| none | gamma -20.0 |" in table and "| alpha +10.0 | none |" in table, table
+    assert "alpha +0.0" not in table and "beta +0.0" not in table
+
+
+def test_an_ablation_of_variants_on_different_samples_says_each_ones_count(image_folder, tmp_path):
+    """The table said the first variant's image count for all of them; variants evaluated on other images than
+    the baseline are not paired, so they have no p or interval, and the table says why."""
+    from training.reports.ablate import ablate
+
+    sets = tiny_overrides(image_folder, tmp_path / "cache", epochs=1)
+    sets = [s for s in sets if not s.startswith("data.val_size=")]
+    result = ablate("resnet9_half_cpu", ["data.val_size=15,21"], sets, out=tmp_path / "a", device="cpu")
+    table = (tmp_path / "a" / "ablation.md").read_text()
+    assert "(data.val_size=15: 15 images; data.val_size=21: 21 images)" in table and "(15 images)" not in table, table
+    assert "has no p or interval" in table
+    rows = result["variants"]
+    assert [r["num_samples"] for r in rows] == [15, 21] and result["num_samples"] is None
+    assert rows[1]["mcnemar_vs_baseline"] is None and rows[1]["diff_interval_vs_baseline"] is None
+
+
 def test_ablation_skips_finished_variants_and_resumes_an_interrupted_one(image_folder, tmp_path, monkeypatch, capsys):
     import training.reports.ablate as ablate_mod
     from training.engine import Trainer
@@ -1279,6 +1373,22 @@ def test_evaluate_of_a_run_that_held_out_nothing_says_so(tiny_run, tmp_path):
 
     with pytest.raises(ValueError, match=r"has no samples \(the run held out none: data.val_size=0; .*--split all\)"):
         evaluate(tiny_run, out=tmp_path / "r", val_size=0, device="cpu")
+
+
+def test_an_evaluation_stopped_while_predicting_leaves_no_empty_report_folder(tiny_run, tmp_path, monkeypatch):
+    """The folder was made before the predictions: Ctrl-C (or a failure) during them left it, empty, behind."""
+    from training.reports.evaluate import ModelSource, evaluate
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ModelSource, "predict", interrupted)
+    kept = tmp_path / "kept"  # a folder that was there before is not this call's to take away
+    kept.mkdir()
+    for out in (tmp_path / "new" / "report", kept):
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(tiny_run, out=out, device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
 
 
 def test_two_onnx_files_of_one_name_do_not_share_the_default_report_folder(tiny_models_dir, tmp_path, monkeypatch):

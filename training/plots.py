@@ -101,9 +101,10 @@ def plot_compared_curves(
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, history in histories.items():
         epochs = [h["epoch"] for h in history]
+        info = infos.get(name, CurveInfo())
         if history and history[0].get("val_top1") is not None:
-            axes[0].plot(epochs, [100 * h["val_top1"] for h in history], marker=".", label=name)
-        smoothing = infos.get(name, CurveInfo()).label_smoothing
+            axes[0].plot(epochs, [100 * h["val_top1"] for h in history], marker=".", label=info.validation_label(name))
+        smoothing = info.label_smoothing
         label = name if smoothing is None else f"{name}, label smoothing {smoothing:g}"
         axes[1].plot(epochs, [h["train_loss"] for h in history], marker=".", label=label)
     axes[0].set_title("validation top-1 (%), no TTA")

@@ -224,18 +224,11 @@ def ablate(
             )
     base = rows[0]
     for row in rows:
-        deltas = {
-            c: row["per_class_accuracy"][c] - base["per_class_accuracy"][c]
-            for c in row["per_class_accuracy"]
-            if row["per_class_accuracy"][c] is not None and base["per_class_accuracy"].get(c) is not None
-        }
+        deltas = _class_deltas(base, row)
         row["top1_diff_points"] = 100 * (row["top1"] - base["top1"])
         row["loss_diff"] = row["loss"] - base["loss"]
         row["per_class_mean_diff_points"] = 100 * float(np.mean(list(deltas.values()))) if deltas else None
-        gain = max(deltas, key=deltas.__getitem__) if deltas else None
-        loss = min(deltas, key=deltas.__getitem__) if deltas else None
-        row["largest_class_gain"] = {"class": gain, "points": 100 * deltas[gain]} if gain else None
-        row["largest_class_loss"] = {"class": loss, "points": 100 * deltas[loss]} if loss else None
+        row["largest_class_gain"], row["largest_class_loss"] = largest_class_changes(deltas)
         row["mcnemar_vs_baseline"], row["diff_interval_vs_baseline"] = _paired(base, row)
     # Steps are cumulative, so each method's own effect is its row against the row above (for the TTA row:
     # the same checkpoint without TTA), not against the baseline.
@@ -261,7 +254,7 @@ def ablate(
         "tta": tta,
         "split": split,
         "target_top1": target_top1,
-        "num_samples": int(len(loaded[next(iter(loaded))][0])),
+        "num_samples": common_sample_count(rows),
         "variants": rows,
     }
     write_text_atomic(out_dir / ABLATION_FILE, json.dumps(result, indent=2))
@@ -307,8 +300,31 @@ def _row(
         "wall_time_this_call_s": wall,
         "parameters": count_parameters(source.model),
         "fingerprint": fingerprint,
+        "num_samples": int(len(labels)),
         "_correct": logits.argmax(1) == labels,
     }
+
+
+def _class_deltas(base: dict[str, Any], row: dict[str, Any]) -> dict[str, float]:
+    """Each class's accuracy change from the baseline, for the classes both rows measured."""
+    ours, theirs = row["per_class_accuracy"], base["per_class_accuracy"]
+    return {c: ours[c] - theirs[c] for c in ours if ours[c] is not None and theirs.get(c) is not None}
+
+
+def largest_class_changes(deltas: dict[str, float]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The class that gained most and the one that lost most; None for a side no class is on (a +0.0 is no gain)."""
+    gain = max(deltas, key=deltas.__getitem__, default=None)
+    loss = min(deltas, key=deltas.__getitem__, default=None)
+    return (
+        {"class": gain, "points": 100 * deltas[gain]} if gain is not None and deltas[gain] > 0 else None,
+        {"class": loss, "points": 100 * deltas[loss]} if loss is not None and deltas[loss] < 0 else None,
+    )
+
+
+def common_sample_count(rows: list[dict[str, Any]]) -> int | None:
+    """The number of images every row was evaluated on; None where variants differ in data (each row has its own)."""
+    counts = {row["num_samples"] for row in rows}
+    return counts.pop() if len(counts) == 1 else None
 
 
 def _paired(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, float] | None]:
@@ -343,6 +359,34 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+def _samples_text(rows: list[dict[str, Any]]) -> str:
+    """The images the rows were evaluated on: one count where they share them, each variant's own where not."""
+    if len({row["fingerprint"] for row in rows}) == 1:
+        return f"({rows[0]['num_samples']} images)"
+    variants = [row for row in rows if row["tta"] == "none"]  # a TTA row reads its variant's images
+    if common_sample_count(variants) is not None:
+        return f"of each variant's own data ({variants[0]['num_samples']} images each, not the same ones)"
+    return (
+        "of each variant's own data (" + "; ".join(f"{r['variant']}: {r['num_samples']} images" for r in variants) + ")"
+    )
+
+
+def _unpaired_note(rows: list[dict[str, Any]]) -> str:
+    # McNemar's test and the paired interval need one set of images: _paired leaves them out across data
+    if len({row["fingerprint"] for row in rows}) == 1:
+        return ""
+    return (
+        " A row evaluated on other images than the row it is tested against has no p or interval: its top-1 "
+        "difference mixes the models' change with the images' and is not paired."
+    )
+
+
+def _class_change_text(row: dict[str, Any], change: dict[str, Any] | None) -> str:
+    if row["baseline"] or row["per_class_mean_diff_points"] is None:
+        return ""
+    return "none" if change is None else f"{change['class']} {change['points']:+.1f}"
+
+
 def format_table(result: dict[str, Any]) -> str:
     stepped = bool(result.get("steps"))
     target = result.get("target_top1")
@@ -360,9 +404,10 @@ def format_table(result: dict[str, Any]) -> str:
         )
         + (f"; fixed: {' '.join(result['set'])}" if result["set"] else "")
         + ".",
-        f"Each run's best.pt evaluated on the {result['split']} split ({result['num_samples']} images)"
+        f"Each run's best.pt evaluated on the {result['split']} split {_samples_text(result['variants'])}"
         + (", the split best.pt was selected on" if result["split"] == "val" else "")
-        + "; the first row is the baseline.",
+        + "; the first row is the baseline."
+        + _unpaired_note(result["variants"]),
         "Per-class diff is the mean over classes of the per-class accuracy change (points); "
         "p is McNemar's test vs the baseline; the 95% interval is the paired (Wald) interval of the top-1 "
         f"difference in points, from the {result['split']} samples alone (the noise between training runs is not in "
@@ -391,8 +436,6 @@ def format_table(result: dict[str, Any]) -> str:
         test = row["mcnemar_vs_baseline"]
         previous = row.get("vs_previous")
         per_class = row["per_class_mean_diff_points"]
-        gain = row["largest_class_gain"] if not row["baseline"] else None
-        loss = row["largest_class_loss"] if not row["baseline"] else None
         cells = [
             row["variant"] + (" (baseline)" if row["baseline"] else ""),
             f"{100 * row['top1']:.2f}%",
@@ -409,8 +452,8 @@ def format_table(result: dict[str, Any]) -> str:
                 "" if previous is None or previous["mcnemar"] is None else f"{previous['mcnemar']['p_value']:.3g}",
             ]
         cells += [
-            "" if gain is None else f"{gain['class']} {gain['points']:+.1f}",
-            "" if loss is None else f"{loss['class']} {loss['points']:+.1f}",
+            _class_change_text(row, row["largest_class_gain"]),
+            _class_change_text(row, row["largest_class_loss"]),
             str(row["epochs"]),
             *([_epochs_to_text(row)] if target is not None else []),
             _duration(row["train_time_s"]),

@@ -13,6 +13,7 @@ import platform
 import time
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from inference.classes import folded
 from inference.devices import DEVICES, Device
 from inference.errors import UsageError
-from inference.files import write_atomic, write_text_atomic
+from inference.files import folders_to_make, remove_if_empty, write_atomic, write_text_atomic
 from inference.fits import DEFAULT_FIT, LEGACY_FIT
 
 from ..checkpoint import BEST_FILE, LAST_FILE, SUMMARY_FILE, checkpoint_file, load_checkpoint, model_from_checkpoint
@@ -39,7 +40,7 @@ from ..engine import inside_the_data, resolve_device
 from ..inference import TTA_DESCRIPTIONS, check_tta, predict_logits
 from ..plots import CurveInfo, plot_training_curves
 from . import figures
-from .calibration import calibration_report, fit_temperature, meaningless_fit, undo_temperature
+from .calibration import TEMPERATURE_BOUNDS, calibration_report, fit_temperature, meaningless_fit, undo_temperature
 from .gradcam import GradCAM, NoSpatialMap
 from .graph import graph_logits
 from .metrics import compute_metrics, reliability_bins, softmax
@@ -508,13 +509,26 @@ def temperature_for(
         + (", which are among the images scored here: in-sample for those)" if spec.split == "all" else ")")
     )
     t = fit_temperature(fit_logits, fit_labels)
-    caveat = (
-        ", where it means little: those images carry no calibration signal (every one right, or wrong by wide "
-        "margins), so the temperature-scaled row says nothing about other images"
-        if meaningless_fit(fit_logits, fit_labels, t)
-        else ""
+    return logits, t, f"fitted here on {where}{fit_caveat(fit_logits, fit_labels, t)}"
+
+
+def fit_caveat(logits: np.ndarray, labels: np.ndarray, temperature: float) -> str:
+    """Why a temperature fitted on these samples means little, by which way the fit ran off; "" where it means
+    something (``meaningless_fit``)."""
+    if not meaningless_fit(logits, labels, temperature):
+        return ""
+    top = TEMPERATURE_BOUNDS[1]
+    if abs(np.log(temperature / top)) < abs(np.log(temperature / TEMPERATURE_BOUNDS[0])):
+        # flattening every sample's probabilities to equal ones was still improving the likelihood
+        return (
+            f", where it means little: T was pushed to the top of its range ({top:g}), as the logits of those images "
+            "are no better than a uniform guess (a model near chance), so the "
+            "temperature-scaled row gives every class about the same probability"
+        )
+    return (
+        ", where it means little: those images carry no calibration signal (all or nearly all of them right, so "
+        "the fit only sharpens the logits), so the temperature-scaled row says nothing about other images"
     )
-    return logits, t, f"fitted here on {where}{caveat}"
 
 
 def calibration_section(raw_logits: np.ndarray, labels: np.ndarray, temperature: float, origin: str) -> dict[str, Any]:
@@ -785,6 +799,19 @@ def _same_file(reported: str, model: str | Path) -> bool | None:
     return checkpoint_file(reported).resolve() == checkpoint_file(model).resolve()
 
 
+@contextmanager
+def report_folder(out_dir: Path) -> Iterator[None]:
+    """``out_dir`` made, with the parents it lacks, for the body; those made are taken away again when the body
+    fails or is stopped before writing in them, so an evaluation that never got to its report leaves no folder."""
+    made = folders_to_make(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        remove_if_empty(made)
+        raise
+
+
 def evaluate(
     checkpoint: str | Path | None = None,
     onnx: str | Path | None = None,
@@ -826,11 +853,28 @@ def evaluate(
         )
     data, note = match_classes(source, data, spec)
     notes = [note] if note else []
-    classes = source.classes
     if not out:  # two ONNX files of one name go to one default folder, reports/<name>-<split>
         _check_not_anothers(out_dir, checkpoint or onnx or "", f"the default report folder {out_dir}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with report_folder(out_dir):
+        return _write_report(
+            source, spec, data, notes, out_dir, tta, batch_size, gradcam_per_group, max_classes, sample_figures
+        )
 
+
+def _write_report(
+    source: ModelSource,
+    spec: DataSpec,
+    data: ImageArrays,
+    notes: list[str],
+    out_dir: Path,
+    tta: str,
+    batch_size: int,
+    gradcam_per_group: int,
+    max_classes: int,
+    sample_figures: bool,
+) -> dict[str, Any]:
+    """Predict, and write the report folder ``out_dir`` (made): evaluate's work once its input is checked."""
+    classes = source.classes
     logits, seconds = source.predict(data, tta, batch_size)
     metrics = compute_metrics(logits, data.labels, classes)
     fingerprint = sample_fingerprint(data)
