@@ -19,15 +19,16 @@ from .metrics import brier_score, expected_calibration_error, negative_log_likel
 log = logging.getLogger("training.reports")
 
 # The search range for T. Trained classifiers need about 0.3-3; a fit that ends at a bound means the
-# logits say nothing about their own reliability (e.g. a toy model that gets every sample right by a
-# wide margin, whose likelihood keeps improving as T goes to 0).
+# logits say nothing about their own reliability: at the bottom, a toy model that gets every sample right by a
+# wide margin (its likelihood keeps improving as T goes to 0); at the top, one no better than a uniform guess
+# (flattening every probability keeps improving it).
 TEMPERATURE_BOUNDS = (0.01, 100.0)
 
 
 def meaningless_fit(logits: np.ndarray, labels: np.ndarray, temperature: float) -> bool:
     """Whether a T fitted on these samples means nothing: where every sample is right the NLL only falls as
     T shrinks (the search stops wherever it flattens to zero), and a T at (within 10% of) an end of the
-    search range was still being pushed there (samples wrong by wide margins)."""
+    search range was still being pushed there (``TEMPERATURE_BOUNDS`` says by what)."""
     near_bound = any(abs(np.log(temperature / bound)) < 0.1 for bound in TEMPERATURE_BOUNDS)
     return near_bound or bool((np.asarray(logits).argmax(1) == np.asarray(labels)).all())
 
