@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, make_arrays, tiny_overrides, torchrun, train_straight_and_resumed
+from conftest import ROOT, make_arrays, tiny_overrides, torchrun, train_straight_and_resumed, write_cifar10
 from training.checkpoint import load_checkpoint
 from training.config import AUGMENT_PRESETS, ConfigError, build_config
 from training.data import DATASETS, DatasetError, load_split, stratified_split
@@ -134,6 +135,33 @@ def test_cifar_reader_errors(tmp_path):
     (folder / "batches.meta").write_bytes(b"not a pickle")
     with pytest.raises(DatasetError, match="batches.meta"):
         DATASETS.get("cifar10")(tmp_path)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.makedirs, (str(Path.cwd() / "ran"),))
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_a_cifar_batch_file_is_read_without_running_what_it_names(tmp_path, monkeypatch, protocol):
+    """pickle.load runs what a file names: a batch file of unknown origin (a dataset mirror, a shared disk) could
+    run code as the training does. Only numpy's arrays are looked up; anything else is refused, not run. Batches
+    written by Python 2 (protocol 2, the published files) and by today's numpy both still read."""
+    monkeypatch.chdir(tmp_path)
+    write_cifar10(tmp_path / "ok", per_class=2)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["batches.meta"]:
+        path = tmp_path / "ok" / "cifar-10-batches-py" / name
+        value = pickle.loads(path.read_bytes())
+        if "data" in value:  # the published batches: bytes keys' values, numpy arrays and a numpy label list
+            value = {**value, "batch_label": b"training batch", "labels": list(np.array(value["labels"]))}
+        path.write_bytes(pickle.dumps(value, protocol=protocol))
+    assert len(DATASETS.get("cifar10")(tmp_path / "ok")) == 20
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": _RunsCode()}, protocol=protocol))
+    with pytest.raises(DatasetError, match=r"batches.meta: it refers to (os|posix)\.\w+, which no CIFAR batch holds"):
+        DATASETS.get("cifar10")(tmp_path)
+    assert not (tmp_path / "ran").exists()
 
 
 def test_folder_reader_tree_and_cache(image_folder, tmp_path):

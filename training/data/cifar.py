@@ -28,12 +28,37 @@ def _locate(root: str | Path, folder: str) -> Path:
     )
 
 
+# What the python-format batches hold besides dicts, lists, strings and numbers: numpy arrays, written by numpy's
+# pickling of any version and protocol (Python 2's strings come back through _codecs.encode). Nothing else is
+# looked up while reading, so a batch file of unknown origin cannot run code as pickle.load would let it.
+_BATCH_GLOBALS = frozenset(
+    [
+        *(
+            (module, name)
+            for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+            for name in ("_reconstruct", "scalar")
+        ),
+        *((module, "_frombuffer") for module in ("numpy.core.numeric", "numpy._core.numeric")),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    ]
+)
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _BATCH_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which no CIFAR batch holds (not loaded)")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     if not path.is_file():
         raise DatasetError(f"missing file {path}")
     try:
         with path.open("rb") as f:
-            return pickle.load(f, encoding="latin1")
+            return _BatchUnpickler(f, encoding="latin1").load()
     except Exception as exc:  # a truncated or foreign file: say which one
         raise DatasetError(f"cannot read {path}: {exc}") from exc
 
