@@ -32,6 +32,11 @@ DEFAULT_MAX_PIXELS = 40_000_000
 # (a 1 x 39,000,000 PNG within the pixel limit took seconds and over a gigabyte to decode and fit), and no photo
 # has a side past JPEG's own largest.
 MAX_SIDE = 65_535
+# Scans a JPEG may have. Each scan of a progressive JPEG passes over every block of its components, and a scan of
+# nothing but end-of-band runs takes a few bytes: a small file of such scans at the pixel limit keeps a decoding
+# thread busy for minutes (docs/deploy.md, the refusals). Encoders write a few dozen at most.
+MAX_JPEG_SCANS = 100
+_START_OF_SCAN_MARKER = b"\xff\xda"
 # A non-JPEG image up to this size is fitted from its full-size pixels, as it always was: its full-size
 # copies (turned, converted, composited) cost little, a 6000x6000 RGBA PNG's about 1 s and 400 MiB
 # (docs/measurements.md, "Decoding").
@@ -114,6 +119,8 @@ def decode_rgb(
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     get_fit(fit)  # an unknown name is the caller's error, not the image's
+    if data.startswith(_JPEG_MAGIC):
+        _check_scans(data)
     frame = plain_jpeg_frame(data)
     if frame is not None:
         mode, (width, height) = frame
@@ -272,6 +279,15 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
         raise ImageTooLarge(f"image is {width}x{height}: a side over the limit of {MAX_SIDE} pixels")
 
 
+def _check_scans(data: bytes) -> None:
+    """Refuse a JPEG of more than ``MAX_JPEG_SCANS`` scans before libjpeg decodes any. Counted as the start-of-scan
+    markers in the whole file: entropy-coded data never holds one (a 0xFF there is followed by 0x00), so the count
+    is exact but for the bytes of metadata (EXIF, ICC), which only ever add to it."""
+    scans = data.count(_START_OF_SCAN_MARKER)
+    if scans > MAX_JPEG_SCANS:
+        raise ImageTooLarge(f"JPEG of {scans} scans, over the limit of {MAX_JPEG_SCANS}")
+
+
 # Segments a plain JPEG may have before its frame header: JFIF (APP0), quantisation and Huffman tables,
 # restart interval, comments. Anything else (EXIF orientation in APP1, ICC or multi-picture APP2, Adobe
 # APP14, ...) is left to Pillow's JPEG plugin.
@@ -362,7 +378,11 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     # OpenCV write them (1.0 is white; a resize's overshoot past 1 clips); larger ones as the integer scales.
     # Values past 16 bits (32-bit counts, depths) have no scale that says where white is: their brightest pixel
     # is. NaN and infinities are black.
-    arr = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    # One float64 copy, scaled in place: at the pixel limit each further copy is hundreds of MB, from a file of a
+    # few KB (a zlib stream of one grey level).
+    arr = np.nan_to_num(np.asarray(image, dtype=np.float64), copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    # a 16-bit grey PNG's colour key (tRNS) names a 16-bit value: its pixels are clear, as an 8-bit key's are
+    clear = arr == key if isinstance(key, int) and image.mode != "F" else None  # integer samples, exact in float64
     top = arr.max(initial=0.0)
     if image.mode == "F" and top < FLOAT_UNIT_BELOW:
         peak = 1.0
@@ -370,10 +390,9 @@ def _to_8bit(image: Image.Image) -> Image.Image:
         # Pillow reads a PGM of any maxval above 255 onto the 16-bit scale (mode I): a dark one is no 8-bit image
         sixteen = image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PPM")
         peak = top if top > 65535 else 65535.0 if sixteen or top > 255 else 255.0
-    grey = Image.fromarray(np.rint(np.clip(arr * (255.0 / peak), 0, 255)).astype(np.uint8), "L")
-    if isinstance(key, int) and image.mode != "F":
-        # a 16-bit grey PNG's colour key (tRNS) names a 16-bit value: its pixels are clear, as an 8-bit key's are
-        clear = arr == key  # the integer samples, exact in float64
+    arr *= 255.0 / peak
+    grey = Image.fromarray(np.rint(np.clip(arr, 0, 255, out=arr), out=arr).astype(np.uint8), "L")
+    if clear is not None:
         return Image.merge("LA", (grey, Image.fromarray(np.where(clear, 0, 255).astype(np.uint8), "L")))
     return grey
 

@@ -27,7 +27,8 @@ _INFERENCE = re.compile(r"^/(classify|infer|v2/models/.+/infer)/?$")
 
 # Under "bentoml": the logger BentoML configures (INFO) in its server processes.
 log = logging.getLogger("bentoml.cifar.refusals")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls and the Unicode line and paragraph separators: each ends a line for some reader of the log.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def requires_key(path: str) -> bool:
@@ -37,7 +38,12 @@ def requires_key(path: str) -> bool:
 def _printable(text: str, most: int) -> str:
     """``text`` cut to ``most`` characters with its control characters escaped: a path or file name a client
     chose (``/a%0Ab``) cannot start a line of its own in the log."""
-    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text[:most])
+    return _CONTROL.sub(_escaped, text[:most])
+
+
+def _escaped(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def record_refusal(rejection: Rejection, method: str, path: str) -> None:
@@ -56,6 +62,35 @@ def record_refusal(rejection: Rejection, method: str, path: str) -> None:
         rejection.reason,
         _printable(rejection.message, 500),
     )
+
+
+class PrintableArgs(logging.Filter):
+    """For BentoML's access log (``bentoml.access``), which writes the path as the server decoded it: its arguments'
+    control characters escaped, as the refusals' are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_printable(arg, 2000) if isinstance(arg, str) else arg for arg in record.args)
+        return True
+
+
+class ContentTypeGate:
+    """ASGI middleware, in front of BentoML's access log: a Content-Type that is not ASCII is refused (415) here.
+    That log decodes the header as UTF-8 after the answer has started, and other bytes (HTTP lets a header hold
+    any) make it fail mid-answer with a traceback and no body; no media type has them."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            given = next((value for name, value in scope["headers"] if name == b"content-type"), b"")
+            if not given.isascii():
+                shown = _printable(given.decode("latin-1"), 100)
+                message = f"the Content-Type {shown!r} is not ASCII: send multipart/form-data or application/json"
+                await send_rejection(scope, send, Rejection("unsupported_media_type", message))
+                return
+        await self.app(scope, receive, send)
 
 
 def _digest(key: str | bytes) -> bytes:

@@ -440,8 +440,10 @@ class _RealPath:
         await self.app(scope, receive, send)
 
 
-def label_metrics_by_route() -> None:
-    """Make BentoML's request-metrics middleware, as the service's app is built, label requests by route."""
+def label_metrics_by_route(first: Sequence[Callable[[Any], Any]] = ()) -> None:
+    """Make BentoML's request-metrics middleware, as the service's app is built, label requests by route. ``first``:
+    ASGI middlewares (outermost first) that see each request below that one, before BentoML's tracing and access log
+    do."""
     if _unsupported("request metrics keep one series per path, unbounded"):
         return
     try:
@@ -455,6 +457,8 @@ def label_metrics_by_route() -> None:
             labels_by_route = True
 
             def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+                for middleware in reversed(first):
+                    app = middleware(app)
                 super().__init__(_RealPath(app), *args, **kwargs)
 
             async def __call__(self, scope, receive, send) -> None:

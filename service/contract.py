@@ -54,7 +54,7 @@ REASONS: dict[str, Reason] = {
     "too_many_images": Reason(400, "too many images", "fewer"),
     "empty_file": Reason(400, "an empty file", "alone"),
     "not_an_image": Reason(400, "not an image, or a truncated one", "alone"),
-    "image_too_large": Reason(413, "an image over the pixel or side limit", "alone"),
+    "image_too_large": Reason(413, "an image over the pixel or side limit, or a JPEG of too many scans", "alone"),
     "bad_k": Reason(400, "a bad k", "stop"),
     "bad_min_confidence": Reason(400, "a bad min_confidence", "stop"),
     "bad_fit": Reason(400, "an unknown fit", "stop"),

@@ -44,7 +44,7 @@ from inference.manifest import ManifestError, load_manifest
 from inference.preprocess import pixels_to_model_input
 
 from . import bentoml_compat
-from .access import ApiKeyGate, CorsGate, cors_options, record_refusal, send_rejection
+from .access import ApiKeyGate, ContentTypeGate, CorsGate, PrintableArgs, cors_options, record_refusal, send_rejection
 from .bentoml_compat import BatchGateway, RouterProbe, label_metrics_by_route
 from .confidence import is_confident
 from .contract import ClassifyResponse, Limits, ModelList, ReasonName, Rejection
@@ -406,6 +406,7 @@ class Classifier:
         # python-multipart logs a WARNING for each malformed body before raising; the client's mistake is answered
         # (400, saying what) and counted, and is no warning about this service.
         logging.getLogger("python_multipart").setLevel(logging.ERROR)
+        logging.getLogger("bentoml.access").addFilter(PrintableArgs())
         # to_async: set on each instance by BentoML, when it makes one; mypy sees only the class's own attributes.
         self._infer = BatchGateway("infer", lambda: self.to_async.infer, concurrency=STREAMS)  # type: ignore[attr-defined]
         bentoml_compat.bind_apis(self, ("classify", "infer", "models"))
@@ -733,7 +734,7 @@ SERVICE.add_asgi_middleware(PathGate)
 SERVICE.add_asgi_middleware(PlainRefusalGate)
 SERVICE.add_asgi_middleware(RouterProbe)
 bentoml_compat.answer_shed("infer", _infer_overloaded)
-label_metrics_by_route()
+label_metrics_by_route(first=[ContentTypeGate])
 
 
 # ---------------------------------------------------------------------------------------------- OpenAPI

@@ -277,6 +277,51 @@ def _bomb_png() -> bytes:
     return _image_bytes(Image.new("L", (1500, 1000)), "PNG")  # 1.5 MP, over the 1 MP limit, a few KB
 
 
+def _scan_bomb(width: int, height: int, scans: int) -> bytes:
+    """A progressive grey JPEG followed by ``scans`` more scans of a few bytes each, every one an end-of-band run over
+    all the blocks: libjpeg passes over every block once per scan."""
+    plain = _image_bytes(Image.new("L", (width, height), 128), "JPEG", progressive=True)
+    table = bytes([0x12, 1, *[0] * 15, 0xE0])  # AC table 2: the one code '0' is an end-of-band run of 2^14 + 14 bits
+    blocks = -(-width // 8) * -(-height // 8)
+    runs = ("0" + "1" * 14) * -(-blocks // 32767)
+    runs += "1" * (-len(runs) % 8)
+    entropy = bytes(int(runs[i : i + 8], 2) for i in range(0, len(runs), 8)).replace(b"\xff", b"\xff\x00")
+    scan = b"\xff\xda\x00\x08" + bytes([1, 1, 0x02, 1, 63, 0]) + entropy
+    return plain[:-2] + b"\xff\xc4" + (2 + len(table)).to_bytes(2, "big") + table + scan * scans + b"\xff\xd9"
+
+
+def test_a_jpeg_of_thousands_of_scans_is_refused_before_libjpeg_decodes_it():
+    """A few bytes per scan, and each scan a pass over every block: such a file within the pixel limit keeps a
+    decoding thread busy for seconds per 100 KB. Refused from the count of its scans; an ordinary progressive JPEG
+    is decoded."""
+    from service.uploads import Upload, decode_upload
+
+    bomb = _scan_bomb(2000, 2000, 3000)
+    refused = decode_upload(0, Upload("scans.jpg", bomb), (32, 32), MAX_PIXELS * 4, "squash")
+    assert not isinstance(refused, bytes) and refused.reason == "image_too_large", refused
+    assert "3006 scans, over the limit of 100" in refused.message
+    assert isinstance(decode_upload(0, Upload("ok.jpg", _scan_bomb(64, 64, 0)), (32, 32), MAX_PIXELS, "squash"), bytes)
+
+
+def test_a_16_bit_image_is_converted_without_copies_of_its_pixels_as_floats():
+    """A 16-bit grey PNG of one level compresses to a few KB whatever its size: each float64 copy of its pixels made
+    while scaling them to 8 bits costs 8 bytes a pixel, hundreds of MB at the pixel limit."""
+    import tracemalloc
+
+    from service.uploads import Upload, decode_upload
+
+    pixels = 2000 * 2000
+    png = _image_bytes(Image.fromarray(np.full((2000, 2000), 700, dtype=np.uint16)), "PNG")
+    tracemalloc.start()
+    try:
+        decoded = decode_upload(0, Upload("deep.png", png), (32, 32), pixels, "squash")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert decoded == bytes([3]) * 32 * 32 * 3  # 700 of 65535, on the 8-bit scale
+    assert peak < 2 * 8 * pixels, f"{peak / 2**20:.0f} MiB"
+
+
 BAD_REQUESTS = {
     # name: (multipart parts from the JPEGs, other form fields, expected status, expected reason)
     "not_an_image": (
@@ -293,6 +338,12 @@ BAD_REQUESTS = {
     ),
     "zero_bytes": (lambda j: [("images", ("empty.jpg", b"", "image/jpeg"))], None, 400, "empty_file"),
     "bomb": (lambda j: [("images", ("bomb.png", _bomb_png(), "image/png"))], None, 413, "image_too_large"),
+    "scan_bomb": (
+        lambda j: [("images", ("scans.jpg", _scan_bomb(64, 64, 200), "image/jpeg"))],
+        None,
+        413,
+        "image_too_large",
+    ),
     "too_many": (lambda j: _files(j[: MAX_IMAGES + 1]), None, 400, "too_many_images"),
     "body_too_large": (
         lambda j: [("images", ("big.jpg", b"\xff" * (MAX_BODY + 1000), "image/jpeg"))],

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from conftest import ROOT, running_service
-from service.access import ApiKeyGate, requires_key
+from service.access import ApiKeyGate, record_refusal, requires_key
+from service.contract import Rejection
 from service.settings import ServiceSettings, SettingsError
 
 ORIGIN = "http://page.example"
@@ -107,6 +112,24 @@ def test_the_gate_answers_401_403_or_passes(monkeypatch):
         ApiKeyGate(None, frozenset())
 
 
+def test_a_refusals_log_line_escapes_every_kind_of_line_break(monkeypatch, caplog):
+    """Not only C0 controls: NEL (U+0085, from %C2%85) and the line and paragraph separators end a line for
+    str.splitlines and for log viewers."""
+    from service import metrics
+
+    monkeypatch.setattr(metrics.ServiceMetrics, "get", classmethod(lambda cls: type("M", (), {"reject": print})()))
+    with caplog.at_level(logging.INFO, logger="bentoml.cifar.refusals"):
+        record_refusal(Rejection("no_such_path", "no such path"), "GET", "/a\nb\x85c\u2028d\u2029e")
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert len(line.splitlines()) == 1 and "/a\\x0ab\\x85c\\u2028d\\u2029e" in line, line
+
+
+class Server(str):
+    """The base URL, with the server's log file."""
+
+    log: Path
+
+
 @pytest.fixture(scope="module")
 def guarded(tiny_models_dir, tmp_path_factory):
     home = tmp_path_factory.mktemp("bentoml_home")
@@ -118,8 +141,10 @@ def guarded(tiny_models_dir, tmp_path_factory):
         "CIFAR_CORS_ORIGINS": ORIGIN,
     }
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with running_service(tiny_models_dir, log, "--threads", "1", env=env) as url:
-        yield url
+    with running_service(tiny_models_dir, log, "--threads", "1", "--access-log", "on", env=env) as url:
+        server = Server(url)
+        server.log = log
+        yield server
 
 
 def _png() -> bytes:
@@ -223,3 +248,35 @@ def test_the_scorer_sends_its_key_and_never_shows_it(guarded, tmp_path, monkeypa
     out.unlink()
     assert score(common) == 0
     assert "first-key" not in capsys.readouterr().err
+
+
+def _raw(url: str, request: bytes) -> bytes:
+    """The whole answer to ``request``, sent as it is: no HTTP client sends a header of bytes that are not ASCII."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_the_access_log_neither_fails_on_a_header_nor_lets_a_path_forge_a_line(guarded):
+    """BentoML's access log decodes the Content-Type as UTF-8 after the answer has started: another byte (HTTP
+    allows any in a header) cut the answer off after its headers, with a traceback. And it writes the path as
+    decoded, so that %0A started a line of the client's own."""
+    before = len(guarded.log.read_text())
+    for path, content_type in (("/classify", b"multipart/form-data; boundary=\xff"), ("/models", b"application/\xe9")):
+        answer = _raw(
+            guarded,
+            b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer first-key\r\n"
+            b"Content-Type: " + content_type + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        )
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 415"), answer
+        assert b'"reason": "unsupported_media_type"' in body and b"is not ASCII" in body, answer
+    forged = _raw(guarded, b"GET /a%0Aforged%C2%85line HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert forged.startswith(b"HTTP/1.1 404"), forged
+    log = guarded.log.read_text()[before:]
+    assert "Traceback" not in log and "path=/a\\x0aforged\\x85line" in log, log[-3000:]
+    assert not any(line.startswith(("forged", "line")) for line in log.splitlines()), log[-3000:]
