@@ -119,9 +119,12 @@ class ApiKeyGate:
         if scope["type"] != "http" or scope["method"] != "POST" or not requires_key(scope["path"]):
             await self.app(scope, receive, send)
             return
-        authorization = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, key = authorization.strip().partition(b" ")
-        if scheme.lower() != b"bearer" or not key.strip():
+        given = [value for name, value in scope["headers"] if name == b"authorization"]
+        scheme, _, key = (given[0] if given else b"").strip().partition(b" ")
+        if len(given) > 1:
+            # which one counts differs between proxies and servers (the first, the last, both joined): none here
+            await self._refuse(scope, send, "unauthorized", "more than one Authorization header: send one")
+        elif scheme.lower() != b"bearer" or not key.strip():
             await self._refuse(
                 scope, send, "unauthorized", "this service requires an API key: 'Authorization: Bearer KEY'"
             )

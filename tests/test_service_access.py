@@ -76,7 +76,7 @@ def test_the_gate_guards_only_the_inference_routes():
     )
 
 
-def _call(gate: ApiKeyGate, path: str, authorization: bytes | None) -> tuple[int, bytes]:
+def _call(gate: ApiKeyGate, path: str, authorization: bytes | list[bytes] | None) -> tuple[int, bytes]:
     sent: list[dict] = []
 
     async def app(scope, receive, send):
@@ -90,7 +90,8 @@ def _call(gate: ApiKeyGate, path: str, authorization: bytes | None) -> tuple[int
         sent.append(message)
 
     gate.app = app
-    headers = [(b"authorization", authorization)] if authorization is not None else []
+    given = [] if authorization is None else authorization if isinstance(authorization, list) else [authorization]
+    headers = [(b"authorization", value) for value in given]
     asyncio.run(gate({"type": "http", "method": "POST", "path": path, "headers": headers}, receive, send))
     return sent[0]["status"], sent[1]["body"]
 
@@ -108,6 +109,10 @@ def test_the_gate_answers_401_403_or_passes(monkeypatch):
     assert _call(gate, "/classify", b"Basic alpha-key")[0] == 401
     status, body = _call(gate, "/v2/models/tiny/infer", b"Bearer wrong")
     assert status == 403 and body == b'{"error": "unknown API key"}'  # the protocol's error object on /v2
+    # two headers: proxies and servers differ on which counts (the first, the last, both joined), so neither does
+    for pair in ([b"Bearer wrong", b"Bearer alpha-key"], [b"Bearer alpha-key", b"Bearer wrong"]):
+        status, body = _call(gate, "/classify", pair)
+        assert status == 401 and b"more than one Authorization header" in body, body
     with pytest.raises(ValueError, match="needs at least one key"):
         ApiKeyGate(None, frozenset())
 
