@@ -1125,6 +1125,34 @@ def test_a_second_command_on_a_run_folder_in_use_is_refused_and_the_first_goes_o
     assert json.loads(capsys.readouterr().out)["epochs_run"] == 2
 
 
+def test_a_torchrun_start_refused_for_a_folder_in_use_ends_every_rank_at_once(image_folder, tmp_path):
+    """Rank 0 alone claims the run folder; refused, it exits, and torchrun sends SIGTERM to the rank still waiting
+    in the process group's setup. That rank's handler could not run there, so it was SIGKILLed after torchrun's
+    30 s grace; now SIGTERM ends it outright while it joins the group, where there is nothing to save."""
+    import fcntl
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = os.open(run / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another training's claim
+        with pytest.raises(AssertionError) as failed:
+            torchrun(
+                "train",
+                "--recipe",
+                "resnet9_half_cpu",
+                "--out",
+                str(run),
+                "--set",
+                *tiny_overrides(image_folder, tmp_path),
+            )
+    finally:
+        os.close(holder)
+    said = str(failed.value)
+    assert f"{run} is in use by another training" in said, said
+    assert "SIGKILL" not in said and "forcefully exiting" not in said, said
+
+
 def test_resume_takes_a_runs_last_checkpoint_for_its_folder_and_says_when_nothing_is_left(
     tiny_run, tmp_path, capsys, caplog, monkeypatch
 ):

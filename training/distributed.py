@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -36,10 +40,27 @@ def setup(device_type: str) -> DistInfo:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        with terminated_outright():
+            dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)
     return info
+
+
+@contextmanager
+def terminated_outright() -> Iterator[None]:
+    """SIGTERM's default action (the process ends) for the body. A Python handler (the commands turn SIGTERM into
+    an interrupt, to save and clean up) cannot run while the group's setup waits in C++ for the other ranks; when
+    one of them refuses to start, torchrun's SIGTERM then waits out its grace period and is followed by SIGKILL.
+    Before the group exists there is nothing to save."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def barrier(info: DistInfo) -> None:
