@@ -170,14 +170,18 @@ def test_distillation_does_not_combine_with_mixup(image_folder, tmp_path, tiny_r
         build_config("airbench94_cpu", student_overrides(image_folder, tmp_path, tiny_run, mixup_alpha=0.2))
 
 
-def test_a_run_resumes_on_its_kept_targets_when_the_teacher_is_gone(
-    image_folder, tiny_run, tmp_path, caplog, monkeypatch
+@pytest.mark.parametrize("teacher_now", ["gone", "changed"])
+def test_a_run_resumes_on_its_kept_targets_when_the_teacher_is_gone_or_changed(
+    image_folder, tiny_run, tmp_path, caplog, monkeypatch, teacher_now
 ):
+    """``training resume`` goes on with the teacher's logits the run started with, whether the teacher's file is
+    gone or has changed since (its run trained on): a resume continues the run it was."""
     from training.engine import Trainer, resume
 
     teacher = tmp_path / "teacher.pt"
     shutil.copy(tiny_run / "best.pt", teacher)
-    config = build_config("airbench94_cpu", student_overrides(image_folder, tmp_path, teacher, epochs=2))
+    overrides = student_overrides(image_folder, tmp_path, teacher, epochs=2, lookahead_every=2)  # 4 steps in all
+    config = build_config("airbench94_cpu", overrides)
     original = Trainer._end_epoch
 
     def interrupt(self, record):
@@ -188,9 +192,15 @@ def test_a_run_resumes_on_its_kept_targets_when_the_teacher_is_gone(
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "run")
     monkeypatch.setattr(Trainer, "_end_epoch", original)
-    teacher.unlink()
+    if teacher_now == "gone":
+        teacher.unlink()
+    else:
+        shutil.copy(tiny_run / "last.pt", teacher)  # another checkpoint of the teacher's run: other logits
+    kept = torch.load(tmp_path / "run" / distill.TEACHER_FILE, weights_only=True)
     resume(tmp_path / "run")
-    assert "is gone: the run continues on its logits kept in" in caplog.text
+    said = "is gone: the run continues" if teacher_now == "gone" else "has changed since the run started"
+    assert said in caplog.text
+    assert torch.load(tmp_path / "run" / distill.TEACHER_FILE, weights_only=True)["sha256"] == kept["sha256"]
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 2
 
 
@@ -212,9 +222,53 @@ def test_kept_logits_that_cannot_be_read_are_computed_again(tiny_run, tmp_path, 
 
 
 def test_under_torchrun_one_rank_runs_the_teacher_and_the_other_reads_its_logits(image_folder, tiny_run, tmp_path):
-    overrides = student_overrides(image_folder, tmp_path, tiny_run, epochs=1, threads=1)
+    # one step a rank: too few for the recipe's lookahead, which this is not about
+    overrides = student_overrides(image_folder, tmp_path, tiny_run, epochs=1, threads=1, lookahead_every=0)
     result = torchrun("train", "--recipe", "airbench94_cpu", "--out", str(tmp_path / "ddp"), "--set", *overrides)
     assert result.stderr.count("logits for 45 training images") == 1, result.stderr[-3000:]
     kept = torch.load(tmp_path / "ddp" / distill.TEACHER_FILE, weights_only=True)
     best = torch.load(tmp_path / "ddp" / "best.pt", weights_only=True)
     assert best["meta"]["teacher"] == kept["teacher"] and kept["logits"].shape == (45, 3)
+
+
+def test_a_teacher_the_run_itself_writes_over_is_refused(image_folder, tiny_run, tmp_path):
+    """Distilling from the run folder being trained (a --force over the teacher's own run): the run replaces that
+    best.pt with the student's, and a resume would then learn from the student itself."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for teacher in (run, run / "best.pt", run / "last.pt"):
+        with pytest.raises(distill.TeacherError, match="a checkpoint this run writes over: copy it out of"):
+            distill.teacher_file(str(teacher), run)
+    assert distill.teacher_file(str(run), tmp_path / "student") == run / "best.pt"
+
+
+def test_a_resume_keeps_its_targets_when_the_teacher_file_has_changed(tiny_run, tmp_path, caplog):
+    """A teacher trained on (or replaced) after the student started: the resumed student goes on with the logits
+    it started with, as it would have; a new run in the folder takes the teacher as it is now."""
+    teacher = tmp_path / "teacher.pt"
+    shutil.copy(tiny_run / "best.pt", teacher)
+    ckpt = torch.load(teacher, weights_only=True)
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+
+    def logits(resuming: bool) -> torch.Tensor:
+        run = tmp_path / "run"
+        return distill.load_or_compute(
+            str(teacher),
+            run,
+            ckpt["meta"],
+            images,
+            batch_size=4,
+            device=torch.device("cpu"),
+            bf16=False,
+            mirror=True,
+            resuming=resuming,
+        )[0]
+
+    started = logits(False)
+    for weights in ("model", "ema"):  # the head's, sharper
+        if ckpt.get(weights):
+            ckpt[weights] = {k: v * 3 if v.ndim == 2 else v for k, v in ckpt[weights].items()}
+    torch.save(ckpt, teacher)
+    assert torch.equal(logits(True), started)
+    assert "has changed since the run started: the run continues on the logits it started with" in caplog.text
+    assert not torch.equal(logits(False), started)

@@ -12,15 +12,15 @@ import torch
 from torch import nn
 
 from conftest import tiny_overrides, train_straight_and_resumed
-from training.config import ScheduleConfig, build_config, list_recipes
+from training.config import ConfigError, ScheduleConfig, build_config, list_recipes
 from training.data.arrays import ImageArrays
 from training.data.augment import AugmentParams, to_unit
 from training.data.loader import TensorLoader
-from training.engine import Trainer, prepare_model, train
+from training.engine import Trainer, check_network_takes_its_input, prepare_model, train
 from training.inference import TTA_VIEWS, ViewAverage, resolve_bf16, tta_logits_numpy, with_tta
-from training.lookahead import Lookahead
+from training.lookahead import Lookahead, LookaheadError
 from training.models import count_parameters, create_model
-from training.models.whitening import PatchWhitening, dirac_init_, image_patches, whitening_layers
+from training.models.whitening import DiracError, PatchWhitening, dirac_init_, image_patches, whitening_layers
 from training.optim import build_optimizer, lr_factor
 
 
@@ -209,6 +209,31 @@ def test_lookahead_moves_slow_weights_and_resets_fast_ones():
         model.weight.fill_(5.0)
     look.finish(model)
     assert model.weight.item() == pytest.approx(0.75)
+
+
+def test_a_lookahead_period_longer_than_the_run_is_refused(image_folder, tmp_path):
+    """No step would reach the slow copy, and the run's end takes the slow copy: its initial weights."""
+    with pytest.raises(LookaheadError, match="lookahead_every 5 is more than the run's 4 optimizer steps"):
+        Lookahead(nn.Linear(1, 1), every=5, decay=0.5, total_steps=4)
+    cfg = build_config("airbench94", tiny_airbench(image_folder, tmp_path / "cache", lookahead_every=1000))
+    with pytest.raises(LookaheadError, match="set it to at most 4"):  # 2 batches of 16 a epoch, 2 epochs
+        Trainer(cfg, tmp_path / "run")
+
+
+def test_dirac_init_of_a_network_without_odd_kernel_convolutions_is_refused():
+    cfg = build_config("vit_small_patch4", ["model.dirac_init=true"])
+    vit = create_model("vit_small_patch4", 3, dim=16, depth=1, heads=2)
+    with pytest.raises(DiracError, match="VisionTransformer has no ungrouped odd-kernel convolution.*dirac_init=false"):
+        prepare_model(vit, cfg, np.zeros((4, 32, 32, 3), np.uint8))
+
+
+@pytest.mark.parametrize("eps", ["0", "-1e-3", ".inf", ".nan"])
+def test_a_whitening_eps_that_breaks_the_filters_is_refused_before_the_data_is_read(eps):
+    """The patch covariance of real images has directions of almost no variance: a negative eps makes their
+    filters NaN, 0 divides by zero, infinity zeroes them all."""
+    cfg = build_config("airbench94", [f"model.args={{widths: [8, 8, 8], whiten_eps: {eps}}}"])
+    with pytest.raises(ConfigError, match="whiten_eps .* must be a finite number above 0"):
+        check_network_takes_its_input(cfg)
 
 
 def test_micro_batches_give_the_gradient_of_the_whole_batch(image_folder, tmp_path):
@@ -473,18 +498,21 @@ def test_ablation_steps_are_validated(tmp_path, capsys):
     ],
 )
 def test_fast_recipe_two_batch_smoke_run_trains_and_exports(recipe, epochs, image_folder, tmp_path):
-    """Each new recipe, unchanged but for the data, batch count and size: two batches an epoch, then export (FP32:
-    an untrained net's INT8 top-1 on 15 images may move by one image, which is outside INT8's 0.5-point tolerance)."""
+    """Each new recipe, unchanged but for the data, batch count and size: two batches an epoch (a lookahead
+    recipe's: one lookahead period), then export (FP32: an untrained net's INT8 top-1 on 15 images may move by one
+    image, which is outside INT8's 0.5-point tolerance)."""
     from export.pipeline import export_checkpoint
 
+    # fewer steps than a lookahead period would end the run on its initial weights, which is refused
+    batches = max(2, build_config(recipe).train.lookahead_every)
     overrides = [
         f"data.root={image_folder}",
         "data.val_size=15",
         f"data.cache_dir={tmp_path / 'cache'}",
         f"epochs={epochs}",
-        "batch_size=16",
+        "batch_size=8",
         "micro_batch_size=8",
-        "max_batches_per_epoch=2",
+        f"max_batches_per_epoch={batches}",
         "eval_batch_size=32",
     ]
     summary = train(build_config(recipe, overrides), tmp_path / "run")

@@ -167,3 +167,17 @@ def test_muon_resume_is_exact(image_folder, tmp_path, monkeypatch):
     assert any(group.get("muon") for group in a["optimizer"]["param_groups"])
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["model"].keys() == b["model"].keys()
+
+
+def test_muon_on_a_network_without_normalised_filters_is_refused_in_one_line(image_folder, tmp_path, capsys):
+    from training.__main__ import main
+
+    overrides = tiny_overrides(
+        image_folder,
+        tmp_path / "cache",
+        **{"model.name": "vit_small_patch4", "model.args": "{dim: 16, depth: 1, heads: 2}", "optim.name": "muon"},
+    )
+    assert main(["train", "--recipe", "vit_small_patch4", "--out", str(tmp_path / "run"), "--set", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "error: optim.name muon: no convolution of VisionTransformer feeds" in err and "optim.name=sgd" in err
+    assert "Traceback" not in err and not (tmp_path / "run" / "last.pt").exists()

@@ -202,6 +202,12 @@ def test_a_setting_the_chosen_optimizer_or_schedule_does_not_read_is_warned_once
     recipe.write_text("model: {name: resnet9}\noptim: {name: adamw, momentum: 0.8}\n")
     assert [m.split(" is unused")[0] for m in unused(str(recipe), [])] == ["optim.momentum 0.8"]
     assert unused("se_resnet18", ["optim.name=sgd"]) == []  # its defaults' betas: nobody set them
+    assert unused("airbench94", ["augment=none"]) == [  # the preset turns flip off under the recipe's alternation
+        "augment.alternate_flip true is unused: augment.flip is false, so no image is mirrored"
+    ]
+    assert unused("resnet9_half_cpu", ["distill_from=runs/x", "distill_weight=0"]) == [
+        "train.distill_from runs/x is unused: train.distill_weight is 0"
+    ]
     assert unused("resnet9_half_cpu", ["momentum=0"]) == [  # optim.py drops Nesterov without momentum
         "optim.nesterov true is unused: SGD's Nesterov step needs optim.momentum above 0 (it is 0)"
     ]
@@ -232,3 +238,47 @@ def test_a_value_of_none_of_a_union_settings_kinds_is_refused_in_one_plain_line(
     with pytest.raises(ConfigError, match=r"train.bf16: \[1\] is not one of true, false, auto$"):
         build_config("resnet9_half_cpu", ["bf16=[1]"])
     assert build_config("resnet9_half_cpu", ["bf16=auto"]).train.bf16 == "auto"
+
+
+@pytest.mark.parametrize(
+    "recipe, settings, said",
+    [
+        (
+            "vit_small_patch4",
+            ["augment.progressive_sizes={1: 16, 5: 32}"],
+            "cannot take 16x16 images (augment.progressive_sizes)",
+        ),
+        ("vit_small_patch4", ["optim.name=muon"], "Muon has no filters to step; use optim.name=sgd"),
+        ("vit_small_patch4", ["model.dirac_init=true"], "set model.dirac_init=false"),
+    ],
+)
+def test_an_option_the_network_cannot_take_is_refused_before_the_data_is_read(recipe, settings, said, tmp_path, capsys):
+    """Progressive sizes a ViT cannot take failed at the first batch with a traceback, Muon and Dirac init on a
+    network without the layers they act on after the data had loaded (or not at all), and whiten_bias_epochs on a
+    network without a whitening layer changed nothing: each is tried on a throwaway build of the network first."""
+    argv = [
+        "train",
+        "--recipe",
+        recipe,
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "epochs=8",
+        "warmup_epochs=1",
+        *settings,
+    ]
+    err = _refused([*argv, f"data.root={tmp_path / 'no-images'}"], capsys)
+    assert said in err and "no-images" not in err, err
+
+
+def test_whiten_bias_epochs_on_a_network_without_whitening_is_said(tmp_path, capsys, caplog):
+    """It changed nothing without a word; warned, not refused, as an ablation's baseline turns whitening off under
+    a recipe that sets it."""
+    import logging
+
+    argv = ["train", "--recipe", "resnet9_half_cpu", "--out", str(tmp_path / "run"), "--set", "whiten_bias_epochs=2"]
+    with caplog.at_level(logging.WARNING):
+        err = _refused([*argv, f"data.root={tmp_path / 'no-images'}"], capsys)
+    assert "no-images" in err  # refused for its data only, after the warning
+    said = "train.whiten_bias_epochs 2 is unused: model 'resnet9_half' has no patch-whitening layer whose bias"
+    assert said in caplog.text

@@ -616,6 +616,12 @@ def unused_settings(config: Config) -> list[str]:
     o = config.optim
     if o.name == "sgd" and o.nesterov and o.momentum == 0 and {"nesterov", "momentum"} & o.model_fields_set:
         said.append("optim.nesterov true is unused: SGD's Nesterov step needs optim.momentum above 0 (it is 0)")
+    a, t = config.augment, config.train
+    if a.alternate_flip and not a.flip and "alternate_flip" in a.model_fields_set:
+        said.append("augment.alternate_flip true is unused: augment.flip is false, so no image is mirrored")
+    if t.distill_from and t.distill_weight == 0:
+        # the teacher's pass over the training images (minutes) would feed a loss term weighted 0
+        said.append(f"train.distill_from {t.distill_from} is unused: train.distill_weight is 0")
     return said + _unused("schedule", config.schedule, SCHEDULE_READS, "schedule")
 
 

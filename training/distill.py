@@ -22,6 +22,8 @@ from inference.errors import UsageError
 from inference.manifest import sha256_file
 
 from .checkpoint import (
+    BEST_FILE,
+    LAST_FILE,
     checkpoint_file,
     load_checkpoint,
     missing_checkpoint,
@@ -141,8 +143,14 @@ def _kept(path: Path) -> dict[str, Any] | None:
 def teacher_file(source: str, run_dir: Path) -> Path:
     """The teacher's checkpoint file. Called before the dataset is read (minutes for a large one), so that a
     teacher that cannot be used is refused at once: an ONNX file, or a missing checkpoint where the run folder
-    keeps no logits of it to continue on."""
+    keeps no logits of it to continue on, or a checkpoint the run itself writes."""
     path = checkpoint_file(source)
+    if path.name in (BEST_FILE, LAST_FILE) and path.resolve().parent == run_dir.resolve():
+        # the run replaces them as it trains: a resume would find the student there and learn from itself
+        raise TeacherError(
+            f"teacher {path} is a checkpoint this run writes over: copy it out of {run_dir} and distill from the "
+            "copy, or train into another folder"
+        )
     if path.suffix.lower() == ".onnx":
         raise TeacherError(
             f"teacher {path} is an exported ONNX model: distillation takes the training checkpoint or run folder "
@@ -164,18 +172,29 @@ def load_or_compute(
     bf16: bool,
     mirror: bool,
     save: bool = True,
+    resuming: bool = False,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """The teacher's logits for the training images, from the run folder when this teacher already gave them
-    (a resume), else computed and saved there; with a record of the teacher for the student's meta."""
+    (a resume), else computed and saved there; with a record of the teacher for the student's meta.
+    ``resuming``: a run under way, which continues on the logits it started with even where the teacher's file
+    has changed since (trained on, replaced), so that it goes on as it would have."""
     path = teacher_file(source, run_dir)
     cached_path = run_dir / TEACHER_FILE
     cached = _kept(cached_path)
     sha = sha256_file(path) if path.is_file() else None
     key = {"data_fingerprint": student["data_fingerprint"], "mirror": mirror}
-    if cached is not None and all(cached.get(k) == v for k, v in key.items()) and sha in (None, cached["sha256"]):
+    if cached is not None and all(cached.get(k) == v for k, v in key.items()):
         if sha is None:
             log.warning("teacher %s is gone: the run continues on its logits kept in %s", path, cached_path)
-        return cached["logits"], cached["teacher"]
+        elif sha != cached["sha256"] and resuming:
+            log.warning(
+                "teacher %s has changed since the run started: the run continues on the logits it started with, "
+                "kept in %s",
+                path,
+                cached_path,
+            )
+        if sha in (None, cached["sha256"]) or resuming:
+            return cached["logits"], cached["teacher"]
     ckpt = load_checkpoint(path)  # a missing or unreadable teacher is named here
     check_teacher(ckpt["meta"], student, path)
     model = model_from_checkpoint(ckpt)

@@ -54,6 +54,7 @@ from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, to
 from .lookahead import Lookahead
 from .models import ImageClassifier, UnknownArgument, argument_error, count_parameters, create_model
 from .models.whitening import dirac_init_, whitening_layers
+from .muon import filters_by_normalisation
 from .optim import build_optimizer, build_scheduler
 from .plots import CurveInfo, plot_training_curves
 
@@ -210,11 +211,31 @@ def check_network_takes_its_input(config: Config) -> None:
         # as "out_channels must be divisible by groups"): name the model and its arguments with it
         said = exc if str(exc) else Exception(f"a bare {type(exc).__name__} in its constructor")
         raise ConfigError(argument_error(name, args, said)) from exc
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, size, size))
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigError(f"model {name!r} cannot take {size}x{size} images (data.image_size): {exc}") from exc
+    for side in sorted({size, *config.augment.progressive_sizes.values()}):
+        setting = "data.image_size" if side == size else "augment.progressive_sizes"
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, side, side))
+        except (RuntimeError, ValueError) as exc:
+            raise ConfigError(f"model {name!r} cannot take {side}x{side} images ({setting}): {exc}") from exc
+    check_options_suit_the_network(model, config)
+
+
+def check_options_suit_the_network(model: ImageClassifier, config: Config) -> None:
+    """Options that only some networks can take, tried on a throwaway build of the network before any data is read:
+    each refuses, naming its setting, where it would change nothing (whiten_bias_epochs is only warned of)."""
+    size = config.data.image_size
+    if config.optim.name == "muon":
+        filters_by_normalisation(model, torch.zeros(2, 3, size, size))
+    if config.model.dirac_init:
+        dirac_init_(model.backbone)
+    if config.train.whiten_bias_epochs is not None and not whitening_layers(model):
+        # said, not refused: an ablation's baseline turns the whitening of a recipe that sets it off
+        log.warning(
+            "train.whiten_bias_epochs %d is unused: model %r has no patch-whitening layer whose bias it would train",
+            config.train.whiten_bias_epochs,
+            config.model.name,
+        )
 
 
 def recorded_data(config: Config) -> dict[str, Any]:
@@ -225,7 +246,9 @@ def recorded_data(config: Config) -> dict[str, Any]:
 
 
 class Trainer:
-    def __init__(self, config: Config, out_dir: str | Path) -> None:
+    def __init__(self, config: Config, out_dir: str | Path, resuming: bool = False) -> None:
+        """``resuming``: the run folder holds a run under way, which goes on with the teacher's logits it started
+        with (``distill.load_or_compute``)."""
         self.config, self.out_dir = config, Path(out_dir)
         check_network_takes_its_input(config)
         if config.train.distill_from:
@@ -282,6 +305,7 @@ class Trainer:
                 bf16=self.bf16,
                 mirror=config.augment.flip,
                 save=self.dist.is_main,
+                resuming=resuming,
             )
             if self.dist.is_main:
                 distributed.barrier(self.dist)
@@ -840,10 +864,15 @@ def _resume(
                 " and ".join(reshaped),
             )
         config = validate_config({**config.model_dump(), "train": {**config.train.model_dump(), "epochs": epochs}})
-    # said before the Trainer reads and decodes the data (minutes) only to find nothing to train on it
-    finished = finished_summary(Path(out_dir), config, ckpt, config.data.val_size > 0, distributed.is_main_process())
-    if finished is not None:
-        return finished
-    trainer = Trainer(config, out_dir)
+    # A finished run is said so before the Trainer reads and decodes the data (minutes) only to find nothing to
+    # train on it; but one asked to go on from its data elsewhere has that copy checked against its images first
+    # (an ensemble's next member trains on it, and its record takes the new place once a member accepts it).
+    if not any(difference.startswith("data.root:") for difference in moved):
+        finished = finished_summary(
+            Path(out_dir), config, ckpt, config.data.val_size > 0, distributed.is_main_process()
+        )
+        if finished is not None:
+            return finished
+    trainer = Trainer(config, out_dir, resuming=True)
     trainer.restore(ckpt)
     return trainer.fit()

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from inference.errors import UsageError
+
 from .models.layers import NORM_LAYERS
 
 # The quintic's coefficients (Jordan et al.): chosen for the steepest slope at zero, so that a few steps
@@ -46,11 +48,16 @@ def orthogonalize(matrix: torch.Tensor, steps: int, eps: float = 1e-7) -> torch.
 SCALE_EQUIVARIANT = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.ReLU, nn.Identity, nn.Dropout, nn.Flatten)
 
 
+class MuonError(UsageError):
+    """Muon asked of a network it has no filters to step in."""
+
+
 @torch.no_grad()
 def filters_by_normalisation(model: nn.Module, example: torch.Tensor) -> tuple[dict, dict]:
     """The trainable convolution filters whose output reaches a normalisation layer, directly or through
     scale-equivariant modules only, and the other trainable filters, each as {parameter name: weight}.
-    Traced by one forward pass of ``example`` in eval mode, which changes no state of the model."""
+    Traced by one forward pass of ``example`` in eval mode, which changes no state of the model. A network
+    with none of the first kind is refused (``MuonError``): Muon would train it as plain SGD."""
     names = {m: name for name, m in model.named_modules()}
     source: dict[int, nn.Conv2d] = {}  # id of a tensor -> the convolution whose scale it carries
     seen: list[torch.Tensor] = []  # kept alive, so no id is reused during the pass
@@ -84,6 +91,12 @@ def filters_by_normalisation(model: nn.Module, example: torch.Tensor) -> tuple[d
     convs = [m for m in leaves if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
     normalised = {f"{names[m]}.weight": m.weight for m in convs if m in reached}
     others = {f"{names[m]}.weight": m.weight for m in convs if m not in reached}
+    if not normalised:
+        network = type(getattr(model, "backbone", model)).__name__
+        raise MuonError(
+            f"optim.name muon: no convolution of {network} feeds a normalisation layer, so Muon has no filters to "
+            "step; use optim.name=sgd"
+        )
     return normalised, others
 
 

@@ -61,9 +61,7 @@ def _adamw(model: nn.Module, cfg: OptimConfig, example: torch.Tensor | None) -> 
 def _muon(model: nn.Module, cfg: OptimConfig, example: torch.Tensor | None) -> torch.optim.Optimizer:
     if example is None:
         raise ValueError("muon needs an example input, to find the filters that feed a normalisation layer")
-    normalised, others = filters_by_normalisation(model, example)
-    if not normalised:
-        raise ValueError(f"muon: no convolution of {type(model).__name__} feeds a normalisation layer; use sgd")
+    normalised, others = filters_by_normalisation(model, example)  # refuses a network with none to step
     if others:
         log.info("muon: %d filter banks feed no normalisation layer and take SGD: %s", len(others), ", ".join(others))
     ids = {id(p) for p in normalised.values()}

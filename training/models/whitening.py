@@ -10,8 +10,16 @@ shallow network it contains.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+from inference.errors import UsageError
+
+
+class DiracError(UsageError):
+    """Dirac init asked of a network it cannot change."""
 
 
 def image_patches(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -25,6 +33,10 @@ class PatchWhitening(nn.Conv2d):
     bias: torch.Tensor  # built with bias=True, so never the None that nn.Conv2d's type allows
 
     def __init__(self, in_channels: int = 3, kernel_size: int = 2, eps: float = 5e-4) -> None:
+        if not (math.isfinite(eps) and eps > 0):
+            # the patch covariance of real images has directions of almost no variance: a negative eps makes
+            # their filters NaN, 0 infinite, and an infinite one zeroes every filter
+            raise ValueError(f"whiten_eps {eps} must be a finite number above 0 (the paper's 5e-4)")
         dim = in_channels * kernel_size * kernel_size
         super().__init__(in_channels, 2 * dim, kernel_size, padding=0, bias=True)
         self.eps = eps
@@ -50,7 +62,8 @@ def whitening_layers(model: nn.Module) -> list[PatchWhitening]:
 @torch.no_grad()
 def dirac_init_(module: nn.Module) -> int:
     """Identity-initialise the first min(out, in) filters of every ungrouped odd-kernel convolution
-    (a whitening layer excluded); the other filters keep their initialisation. Returns how many convs."""
+    (a whitening layer excluded); the other filters keep their initialisation. Returns how many convs; a module
+    with none is refused (``DiracError``), since the option would change nothing."""
     count = 0
     for m in module.modules():
         if (
@@ -62,4 +75,9 @@ def dirac_init_(module: nn.Module) -> int:
             w = m.weight
             nn.init.dirac_(w[: min(w.shape[0], w.shape[1])])
             count += 1
+    if not count:
+        raise DiracError(
+            f"{type(module).__name__} has no ungrouped odd-kernel convolution for Dirac init to start as an "
+            "identity: set model.dirac_init=false"
+        )
     return count
