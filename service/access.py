@@ -74,6 +74,18 @@ class PrintableArgs(logging.Filter):
         return True
 
 
+class MalformedAsInfo(logging.Filter):
+    """For uvicorn's server log (``uvicorn.error``), which logs each request it cannot parse as HTTP (answered 400
+    before the app sees it) as a WARNING: a caller's mistake, at INFO as every refusal of this service is."""
+
+    MALFORMED = "Invalid HTTP request received."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and record.getMessage() == self.MALFORMED:
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        return True
+
+
 class ContentTypeGate:
     """ASGI middleware, in front of BentoML's access log: a Content-Type that is not ASCII is refused (415) here.
     That log decodes the header as UTF-8 after the answer has started, and other bytes (HTTP lets a header hold

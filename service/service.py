@@ -44,7 +44,16 @@ from inference.manifest import ManifestError, load_manifest
 from inference.preprocess import pixels_to_model_input
 
 from . import bentoml_compat
-from .access import ApiKeyGate, ContentTypeGate, CorsGate, PrintableArgs, cors_options, record_refusal, send_rejection
+from .access import (
+    ApiKeyGate,
+    ContentTypeGate,
+    CorsGate,
+    MalformedAsInfo,
+    PrintableArgs,
+    cors_options,
+    record_refusal,
+    send_rejection,
+)
 from .bentoml_compat import BatchGateway, RouterProbe, label_metrics_by_route
 from .confidence import is_confident
 from .contract import ClassifyResponse, Limits, ModelList, ReasonName, Rejection
@@ -407,6 +416,7 @@ class Classifier:
         # (400, saying what) and counted, and is no warning about this service.
         logging.getLogger("python_multipart").setLevel(logging.ERROR)
         logging.getLogger("bentoml.access").addFilter(PrintableArgs())
+        logging.getLogger("uvicorn.error").addFilter(MalformedAsInfo())
         # to_async: set on each instance by BentoML, when it makes one; mypy sees only the class's own attributes.
         self._infer = BatchGateway("infer", lambda: self.to_async.infer, concurrency=STREAMS)  # type: ignore[attr-defined]
         bentoml_compat.bind_apis(self, ("classify", "infer", "models"))

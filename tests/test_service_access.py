@@ -285,3 +285,15 @@ def test_the_access_log_neither_fails_on_a_header_nor_lets_a_path_forge_a_line(g
     log = guarded.log.read_text()[before:]
     assert "Traceback" not in log and "path=/a\\x0aforged\\x85line" in log, log[-3000:]
     assert not any(line.startswith(("forged", "line")) for line in log.splitlines()), log[-3000:]
+
+
+def test_a_request_that_is_not_http_is_a_callers_mistake_logged_at_info(guarded):
+    """uvicorn answers bytes it cannot parse as HTTP with 400 and logged each as a WARNING ("Invalid HTTP request
+    received."): a caller's mistake, which this service logs at INFO, as every refusal (docs/deploy.md)."""
+    before = len(guarded.log.read_text())
+    answer = _raw(guarded, b"GET /models HTTP/1.1\r\nHost x\r\nbad header\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    log = guarded.log.read_text()[before:]
+    lines = [line for line in log.splitlines() if "Invalid HTTP request received" in line]
+    assert lines and not any("WARNING" in line or "ERROR" in line for line in lines), log[-3000:]
+    assert all("INFO" in line for line in lines), lines
