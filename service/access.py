@@ -86,6 +86,21 @@ class MalformedAsInfo(logging.Filter):
         return True
 
 
+# One instance each: Logger.addFilter skips a filter already there, so a process that builds the service more
+# than once (tests, a reload) keeps one of each.
+_LOG_FILTERS = {"bentoml.access": PrintableArgs(), "uvicorn.error": MalformedAsInfo()}
+
+
+def quiet_callers_mistakes() -> None:
+    """The service's rule for its logs, on the libraries' loggers: a caller's mistake is no WARNING, and no path a
+    caller chose can start a line of its own."""
+    # python-multipart logs a WARNING for each malformed body before raising; the client's mistake is answered
+    # (400, saying what) and counted, and is no warning about this service.
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
+    for name, log_filter in _LOG_FILTERS.items():
+        logging.getLogger(name).addFilter(log_filter)
+
+
 class ContentTypeGate:
     """ASGI middleware, in front of BentoML's access log: a Content-Type that is not ASCII is refused (415) here.
     That log decodes the header as UTF-8 after the answer has started, and other bytes (HTTP lets a header hold

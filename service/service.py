@@ -48,9 +48,8 @@ from .access import (
     ApiKeyGate,
     ContentTypeGate,
     CorsGate,
-    MalformedAsInfo,
-    PrintableArgs,
     cors_options,
+    quiet_callers_mistakes,
     record_refusal,
     send_rejection,
 )
@@ -412,11 +411,7 @@ class Classifier:
         self.ready = False
         self.metrics = ServiceMetrics.get()
         self._decode_limiter = anyio.CapacityLimiter(SETTINGS.decoder_threads(WORKER.cores))
-        # python-multipart logs a WARNING for each malformed body before raising; the client's mistake is answered
-        # (400, saying what) and counted, and is no warning about this service.
-        logging.getLogger("python_multipart").setLevel(logging.ERROR)
-        logging.getLogger("bentoml.access").addFilter(PrintableArgs())
-        logging.getLogger("uvicorn.error").addFilter(MalformedAsInfo())
+        quiet_callers_mistakes()
         # to_async: set on each instance by BentoML, when it makes one; mypy sees only the class's own attributes.
         self._infer = BatchGateway("infer", lambda: self.to_async.infer, concurrency=STREAMS)  # type: ignore[attr-defined]
         bentoml_compat.bind_apis(self, ("classify", "infer", "models"))

@@ -223,7 +223,7 @@ def test_the_training_reader_and_the_scorer_take_the_same_images_with_the_same_l
 
     root = _litter_tree(tmp_path / ".photos")
     data = read_image_folder(root)
-    images, _ = _tree_images(root)
+    images, _, _ = _tree_images(root)
     trained = {(rel, cls) for rel, cls, _ in _iter_tree(root, images)}
     stats = WalkStats()
     entries = list(walk(root, stats))

@@ -61,9 +61,9 @@ def read_image_folder(
             f"{root} is a file, not a folder of class folders or a tar archive of one "
             f"({', '.join(ARCHIVE_SUFFIXES)}; .zip is not read: unpack it, or pack it as .tar.gz)"
         )
-    images, others = (None, []) if archive else _tree_images(root)  # walked once: for the cache key and reading
+    images, others, hidden = (None, [], []) if archive else _tree_images(root)  # walked once: for the key and reading
     if images is not None:
-        _warn_left_out(root, images, others)  # on every read, a cached one too
+        _warn_left_out(root, images, others, hidden)  # on every read, a cached one too
     cache = _cache_path(root, image_size, fit, cache_dir, images) if cache_dir else None
     if images is not None:  # in the order the images are kept in, so each is written to its place as it is read
         images = [path for path in images if len(path.relative_to(root).parts) >= 2]
@@ -152,17 +152,18 @@ def _is_tar(path: Path) -> bool:
         return False
 
 
-def _tree_images(root: Path) -> tuple[list[Path], list[Path]]:
+def _tree_images(root: Path) -> tuple[list[Path], list[Path], list[str]]:
     """The image files under ``root``, sorted, through symlinked folders too (each real folder once, so that a
-    link back up the tree is not a loop), and the other files, which are not read. Which files are images is
-    inference.tree_files' rule, the batch scorer's too."""
-    found, others, seen = [], [], set()
+    link back up the tree is not a loop), the other files, which are not read, and the hidden folders not entered
+    (relative to ``root``). Which files are images is inference.tree_files' rule, the batch scorer's too."""
+    found, others, hidden, seen = [], [], [], set()
     for folder, dirs, files in os.walk(root, onerror=_unreadable_folder, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
             dirs.clear()
             continue
         seen.add(real)
+        hidden += [(Path(folder) / d).relative_to(root).as_posix() for d in dirs if is_hidden(d)]
         dirs[:] = sorted(d for d in dirs if not is_hidden(d))
         found += [Path(folder) / f for f in files if is_tree_image(f)]
         others += [Path(folder) / f for f in files if not is_tree_image(f) and not _litter(f)]
@@ -173,7 +174,7 @@ def _tree_images(root: Path) -> tuple[list[Path], list[Path]]:
         raise DatasetError(f"{root}: {len(dangling)} image link(s) point to nothing (remove or fix them): {shown}")
     for parent in sorted({path.parent for path in images}):  # each folder once, not once per image in it
         _check_class_name(parent.relative_to(root).as_posix(), root)
-    return images, sorted(others)
+    return images, sorted(others), sorted(hidden)
 
 
 # Files an operating system leaves in folders it shows (hidden ones too: .DS_Store, a Mac's ._ copies), not left
@@ -274,7 +275,7 @@ def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
 _said_left_out: set[tuple] = set()  # once per tree and what it holds: training reads it for each split
 
 
-def _warn_left_out(root: Path, images: list[Path], others: list[Path]) -> None:
+def _warn_left_out(root: Path, images: list[Path], others: list[Path], hidden_dirs: list[str]) -> None:
     """What the tree holds that is not trained on, said: files that are not images by name, images beside the
     class folders (an image's class is the folder it sits in), and a class folder without images, a hidden one or
     a second name (a symlink) of a class folder already read (the model would not know that class)."""
@@ -308,12 +309,8 @@ def _warn_left_out(root: Path, images: list[Path], others: list[Path]) -> None:
             "%s: hidden folder(s) left out, not classes (a name starting with a dot): %s", parent, ", ".join(hidden)
         )
     # the scorer names the hidden folders it does not enter too (service/score/run.py)
-    inside = sorted(
-        f"{folder.name}/{p.name}"
-        for folder in class_folders
-        for p in folder.iterdir()
-        if p.is_dir() and is_hidden(p.name)
-    )
+    classes = {folder.relative_to(root).as_posix() for folder in class_folders}
+    inside = [rel for rel in hidden_dirs if rel.rpartition("/")[0] in classes]  # directly in a class folder
     if inside:
         log.warning("%s: hidden folder(s) in class folders left out, not read: %s", parent, _listed(inside, ", "))
 
