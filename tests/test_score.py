@@ -267,6 +267,38 @@ def test_decode_workers_killed_mid_run_cost_no_rows(image_folder, tiny_models_di
     np.testing.assert_allclose([r.top_k[0].confidence for r in rows], expected, atol=2e-6)
 
 
+def test_a_broken_pool_with_a_worker_that_outlives_sigterm_is_closed_not_waited_on(tiny_models_dir, tmp_path):
+    """One worker dies while another is busy and survives the SIGTERM its pool's manager thread sends (as one
+    the pool started while it was terminating the others gets none): closing the broken pool kills it instead
+    of waiting for it (forever, in CI: the manager thread joins it and the close joins that thread)."""
+    code = (
+        "import os, signal, sys, time\n"
+        "from concurrent.futures import wait\n"
+        "from service.score.local import LocalBackend\n"
+        "def stubborn(path):\n"
+        "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "    open(path, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+        "b = LocalBackend(sys.argv[1], 'cpu', 1, 2, 8, streams=1)\n"
+        "stuck = b.pool.submit(stubborn, sys.argv[2])\n"
+        "while not os.path.exists(sys.argv[2]) or not open(sys.argv[2]).read():\n"
+        "    time.sleep(0.05)\n"
+        "wait([b.pool.submit(os._exit, 1)])\n"  # the other worker dies, as in a decoder crash
+        "b.close()\n"
+        "pid = int(open(sys.argv[2]).read())\n"
+        "print('closed', os.path.exists(f'/proc/{pid}'), type(stuck.exception()).__name__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_models_dir / "tiny.onnx"), str(tmp_path / "stubborn.pid")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,  # the old code waited the stuck worker's 600 s
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["closed", "False", "BrokenProcessPool"]
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):

@@ -69,6 +69,27 @@ def _shm_free() -> int:
         return SHM_BUDGET_BYTES
 
 
+def _kill_what_a_broken_pool_left(pool: ProcessPoolExecutor) -> None:
+    """Kill the workers a broken pool still has, so that shutting it down cannot wait forever.
+
+    When a worker dies, the pool's manager thread sends SIGTERM to the workers it knows of, one stop message
+    each, and then joins every worker; ``shutdown(wait=True)`` joins that thread. A worker that gets neither
+    (one that a ``submit`` started while the manager thread was at it, as the pool starts workers on demand)
+    holds both forever, and with them the stream replacing the pool, while the others wait for its lock.
+    SIGKILL cannot be ignored or held off.
+    Nothing starts a worker meanwhile: submits and replacements hold ``_pool_lock``, as callers of this do.
+    The pool's workers and broken state are private to ProcessPoolExecutor (CPython 3.14 adds
+    ``kill_workers``); this is the one place that reads them.
+    """
+    if not getattr(pool, "_broken", False):
+        return
+    for process in tuple((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            process.kill()
+        except (OSError, ValueError):  # gone already, or closed by the pool
+            pass
+
+
 class LocalBackend:
     """ONNX Runtime in this process; decoding in ``workers`` processes (0: in this process).
 
@@ -190,6 +211,7 @@ class LocalBackend:
 
     def _close_pool(self) -> None:
         if self.pool is not None:
+            _kill_what_a_broken_pool_left(self.pool)
             self.pool.shutdown(wait=True, cancel_futures=True)  # a broken pool's workers are gone after this
             self.pool = None
 
