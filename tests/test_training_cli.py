@@ -211,6 +211,11 @@ def test_a_setting_the_chosen_optimizer_or_schedule_does_not_read_is_warned_once
     assert unused("resnet9_half_cpu", ["momentum=0"]) == [  # optim.py drops Nesterov without momentum
         "optim.nesterov true is unused: SGD's Nesterov step needs optim.momentum above 0 (it is 0)"
     ]
+    assert unused("airbench94_muon", ["lookahead_decay=0.9"]) == [
+        "train.lookahead_decay 0.9 is unused: train.lookahead_every is 0 (no lookahead)"
+    ]
+    [both] = unused("airbench94", ["ema_decay=0.99"])  # the average is the result: the slow weights reach nothing
+    assert both.startswith("train.lookahead_every 5: lookahead's result, its slow weights, is unused: train.ema_decay")
     assert {name: unused(name, []) for name in list_recipes()} == {name: [] for name in list_recipes()}
     # through the command line: once, though the run is then refused for its data
     caplog.clear()

@@ -619,6 +619,16 @@ def unused_settings(config: Config) -> list[str]:
     a, t = config.augment, config.train
     if a.alternate_flip and not a.flip and "alternate_flip" in a.model_fields_set:
         said.append("augment.alternate_flip true is unused: augment.flip is false, so no image is mirrored")
+    if t.lookahead_every == 0 and "lookahead_decay" in t.model_fields_set:
+        said.append(f"train.lookahead_decay {t.lookahead_decay} is unused: train.lookahead_every is 0 (no lookahead)")
+    if t.lookahead_every and t.ema_decay and {"lookahead_every", "ema_decay"} & t.model_fields_set:
+        # the average is what is evaluated and exported; lookahead's final step onto its slow weights comes after
+        # the last update of the average, so they reach nothing
+        said.append(
+            f"train.lookahead_every {t.lookahead_every}: lookahead's result, its slow weights, is unused: "
+            f"train.ema_decay {t.ema_decay} makes the network's average the result that is evaluated and exported; "
+            "lookahead only restarts the averaged network from them as it trains. Set one of the two to 0"
+        )
     if t.distill_from and t.distill_weight == 0:
         # the teacher's pass over the training images (minutes) would feed a loss term weighted 0
         said.append(f"train.distill_from {t.distill_from} is unused: train.distill_weight is 0")
