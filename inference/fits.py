@@ -23,9 +23,10 @@ PAD_COLOR = (128, 128, 128)
 RESAMPLE = Image.Resampling.BILINEAR
 
 Size = tuple[int, int]  # (height, width), as the input spec's shape has it
-# (width, height) of an image that shows its frame: its size, or less where a reduction by a factor that
-# does not divide the frame left a last row and column averaged from fewer source pixels than the others
-Extent = tuple[float, float]
+# (left, top, right, bottom) of the part of an image that shows its frame: all of it, or less where a reduction by
+# a factor that does not divide the frame left a row and a column averaged from fewer source pixels than the others
+# (the last ones, or the first ones of a JPEG reduced as stored and then turned upright)
+Extent = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Fit:
     name: str
     help: str  # what it does, for help texts and the OpenAPI document
     # (an RGB image, the target size, the frame's shown (width, height) before any reduced-size decode,
-    # the extent: how much of the image, from its top left, shows that frame, in its own pixels)
+    # the extent: the part of the image that shows that frame, in its own pixels)
     # -> an image of exactly ``size``; the frame sets the geometry, so a reduced decode rounded up to
     # whole pixels is cropped and padded like the full one
     apply: Callable[[Image.Image, Size, tuple[int, int], Extent], Image.Image]
@@ -45,7 +46,7 @@ class Fit:
 
 def _squash(image: Image.Image, size: Size, frame: tuple[int, int], extent: Extent) -> Image.Image:
     height, width = size
-    return image if image.size == (width, height) else image.resize((width, height), RESAMPLE, box=(0, 0, *extent))
+    return image if image.size == (width, height) else image.resize((width, height), RESAMPLE, box=extent)
 
 
 def _center_crop(image: Image.Image, size: Size, frame: tuple[int, int], extent: Extent) -> Image.Image:
@@ -58,8 +59,9 @@ def _center_crop(image: Image.Image, size: Size, frame: tuple[int, int], extent:
     # The centre box as a share of the frame, laid on the image as decoded.
     # (at most all of it: the division may leave 1 + 1e-16, and a box past the edge is refused)
     share_w, share_h = min(1.0, width / scale / frame[0]), min(1.0, height / scale / frame[1])
-    box_w, box_h = share_w * extent[0], share_h * extent[1]
-    left, top = (extent[0] - box_w) / 2, (extent[1] - box_h) / 2
+    shown_w, shown_h = extent[2] - extent[0], extent[3] - extent[1]
+    box_w, box_h = share_w * shown_w, share_h * shown_h
+    left, top = extent[0] + (shown_w - box_w) / 2, extent[1] + (shown_h - box_h) / 2
     return image.resize((width, height), RESAMPLE, box=(left, top, left + box_w, top + box_h))
 
 
@@ -71,9 +73,7 @@ def _pad(image: Image.Image, size: Size, frame: tuple[int, int], extent: Extent)
     scale = min(width / frame[0], height / frame[1])
     inner = (max(1, min(width, round(frame[0] * scale))), max(1, min(height, round(frame[1] * scale))))
     canvas = Image.new("RGB", (width, height), PAD_COLOR)
-    canvas.paste(
-        image.resize(inner, RESAMPLE, box=(0, 0, *extent)), ((width - inner[0]) // 2, (height - inner[1]) // 2)
-    )
+    canvas.paste(image.resize(inner, RESAMPLE, box=extent), ((width - inner[0]) // 2, (height - inner[1]) // 2))
     return canvas
 
 
@@ -135,7 +135,7 @@ def fit_image(
     """``image`` (RGB) fitted to ``size`` (height, width) the way ``fit`` names. ``frame``: the (width,
     height) the image had as shown before a reduced-size decode (default: its own size); ``extent``: the part
     of the image that shows it (default: all of it)."""
-    return get_fit(fit).apply(image, size, frame or image.size, extent or image.size)
+    return get_fit(fit).apply(image, size, frame or image.size, extent or (0, 0, *image.size))
 
 
 def fit_help() -> str:

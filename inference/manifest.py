@@ -6,6 +6,7 @@ and batch scorer (which read it); it needs neither torch nor ``training``.
 
 from __future__ import annotations
 
+import codecs
 import errno
 import hashlib
 import json
@@ -191,7 +192,9 @@ def load_manifest(models_dir: str | Path, verify: bool = True) -> Manifest:
     if not path.is_file():
         raise ManifestError(f"no model manifest at {path}: export a model first (python -m export ...)")
     try:
-        manifest = Manifest.model_validate_json(path.read_bytes())
+        # an editor on Windows (Notepad, PowerShell's Set-Content) may start the file with a BOM, which JSON allows a
+        # reader to skip and pydantic reports as "expected value at line 1 column 1" of a file that looks right
+        manifest = Manifest.model_validate_json(path.read_bytes().removeprefix(codecs.BOM_UTF8))
     except ValidationError as exc:  # bad JSON, bad UTF-8 and bad fields alike, each named on one line
         raise ManifestError(f"invalid manifest {path}: {validation_problems(exc)}") from exc
     except OSError as exc:

@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import UsageError
 from .fits import DEFAULT_FIT, Extent, fit_image, get_fit
 
 # Pillow's own bomb guard warns at ~89 MP and fails at twice that; a classifier
@@ -41,10 +42,12 @@ _START_OF_SCAN_MARKER = b"\xff\xda"
 # copies (turned, converted, composited) cost little, a 6000x6000 RGBA PNG's about 1 s and 400 MiB
 # (docs/measurements.md, "Decoding").
 SHRINK_ABOVE_PIXELS = 1_000_000
-# The file names of DECODABLE_FORMATS (below), which the scorer and training's folder reader pick up.
+# The file names of DECODABLE_FORMATS (below), which the scorer and training's folder reader pick up: every name
+# Pillow registers for them, or a file it reads would be skipped as "not an image" (a browser saves JPEGs as .jfif).
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".tga", ".qoi"}
-    | {".avif", ".jp2", ".j2k"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp"}
+    | {".ppm", ".pgm", ".pbm", ".pnm", ".pfm", ".tga", ".icb", ".vda", ".vst", ".qoi", ".avif", ".avifs"}
+    | {".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx"}
 )
 
 
@@ -68,6 +71,16 @@ DECODABLE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "PPM", 
 _DCT_REDUCTIONS = (8, 4, 2)
 # EXIF orientations that turn the stored frame a quarter: its width is the shown height.
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
+# How exif_transpose moves a pixel for each EXIF orientation: (swap the axes, then mirror left-right, mirror top-bottom)
+_ORIENTATION_MOVES = {
+    2: (False, True, False),
+    3: (False, True, True),
+    4: (False, False, True),
+    5: (True, False, False),
+    6: (True, True, False),
+    7: (True, True, True),
+    8: (True, False, True),
+}
 
 
 class ImageDecodeError(ValueError):
@@ -135,7 +148,8 @@ def decode_rgb(
         except Exception:  # truncated or corrupt: the general path below says so in Pillow's words
             pass
         else:
-            return to_rgb_image(image, size, exif=False, fit=fit, frame=(width, height))
+            extent = (0, 0, width / factor, height / factor)  # a last partial block is one whole pixel of the image
+            return to_rgb_image(image, size, exif=False, fit=fit, frame=(width, height), extent=extent)
     with warnings.catch_warnings():
         # Pillow warns of what it skips in a damaged file (an EXIF tag past the block's end, a malformed MPO) and
         # reads the rest, as this does: the warning only reached stderr, through the scorer's progress bar.
@@ -173,11 +187,17 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, r
         image: Image.Image = Image.open(stream, formats=_format_hint(data) or _decodable())
         _check_pixels(*image.size, max_pixels)
         frame = None  # the geometry is the loaded image's own, unless it is decoded reduced
+        shows: tuple[float, float] | None = None  # the part of a reduced JPEG, as stored, that shows the frame
+        orientation = 1
         if reduce and image.format == "JPEG":
-            frame = _shown_size(image)
+            orientation = _orientation(image)
+            width, height = image.size
+            frame = (height, width) if orientation in _QUARTER_TURNS else (width, height)
             factor = dct_reduction(frame, size, fit)
             if factor > 1:  # Pillow's JPEG plugin picks the same reduction for this size (Image.draft)
-                image.draft(image.mode, (image.size[0] // factor, image.size[1] // factor))
+                # at least 1 a side, which Pillow divides by; under the factor, it then reduces less (``shows`` says)
+                drafted = image.draft(image.mode, (max(1, width // factor), max(1, height // factor)))
+                shows = None if drafted is None else drafted[1][2:]
         image.load()
     except ImageDecodeError:
         raise
@@ -199,7 +219,7 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, r
     # A JPEG keeps its orientation only in an EXIF block; without one there is nothing to rotate, and
     # exif_transpose's parse is skipped. Other formats keep it elsewhere (TIFF tags).
     exif = not (image.format == "JPEG" and "exif" not in image.info)
-    extent = None
+    extent = None if shows is None else _shown_extent(image.size, shows, orientation)
     if reduce and frame is None:  # not a JPEG: nothing was reduced while decoding
         image, frame, extent = shrink(image, size, fit, exif)
         exif = False
@@ -229,8 +249,8 @@ def shrink(
     frame = image.size
     factor = reduction(frame, size, fit)
     if factor == 1 or frame[0] * frame[1] <= SHRINK_ABOVE_PIXELS:
-        return image, frame, frame
-    return _reducible(image).reduce(factor), frame, (frame[0] / factor, frame[1] / factor)
+        return image, frame, (0, 0, *frame)
+    return _reducible(image).reduce(factor), frame, (0, 0, frame[0] / factor, frame[1] / factor)
 
 
 def _reducible(image: Image.Image) -> Image.Image:
@@ -246,16 +266,26 @@ def _reducible(image: Image.Image) -> Image.Image:
     return image
 
 
-def _shown_size(image: Image.Image) -> tuple[int, int]:
-    """An opened JPEG's (width, height) as shown: a quarter-turned photo's stored width is its height."""
-    width, height = image.size
+def _orientation(image: Image.Image) -> int:
+    """An opened JPEG's EXIF orientation (1: as stored)."""
     if "exif" not in image.info:
-        return width, height
+        return 1
     try:
-        turned = image.getexif().get(0x0112) in _QUARTER_TURNS
+        return image.getexif().get(0x0112, 1)
     except Exception:  # a broken EXIF block: exif_transpose will not turn it either
-        turned = False
-    return (height, width) if turned else (width, height)
+        return 1
+
+
+def _shown_extent(size: tuple[int, int], shows: tuple[float, float], orientation: int) -> Extent:
+    """The extent in an image of ``size`` (as stored) once ``exif_transpose`` has turned it, of the part from its
+    top left that is ``shows`` (width, height) before: a reduced JPEG's partial last row and column move to
+    the top or left edge with the turn or flip that puts them there."""
+    swap, mirror_x, mirror_y = _ORIENTATION_MOVES.get(orientation, (False, False, False))
+    (width, height), (right, bottom) = size, shows
+    if swap:
+        width, height, right, bottom = height, width, bottom, right
+    left, top = (width - right) if mirror_x else 0, (height - bottom) if mirror_y else 0
+    return left, top, left + right, top + bottom
 
 
 @functools.cache
@@ -410,6 +440,11 @@ def to_model_input(images: Sequence[np.ndarray] | np.ndarray, out: np.ndarray | 
     """Stack uint8 [H, W, 3] images into the float32 [N, 3, H, W] tensor in [0, 1] every model takes
     (written into ``out``, a C-contiguous float32 [N, 3, H, W], when given)."""
     batch = np.stack(images) if not isinstance(images, np.ndarray) else images
+    if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+        # float pixels already in [0, 1] would come out near black, and an NCHW batch transposed into nonsense
+        raise UsageError(
+            f"to_model_input takes uint8 [N, H, W, 3] images (decode_image's), got {batch.dtype} {list(batch.shape)}"
+        )
     if out is None:
         out = np.empty((batch.shape[0], 3, *batch.shape[1:3]), dtype=np.float32)
     # One pass (uint8 -> float32, scaled, into NCHW) instead of a converted copy and then a scaled one.

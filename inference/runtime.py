@@ -22,11 +22,12 @@ from typing import Mapping
 
 import numpy as np
 import onnxruntime as ort
+from pydantic import ValidationError
 
-from .devices import CudaPlacementError, Device, DeviceKind
+from .devices import DEVICES, CudaPlacementError, Device, DeviceKind
 from .errors import UsageError
 from .manifest import METADATA_KEY, DefaultChoice, Manifest, ModelCard
-from .messages import exception_summary
+from .messages import exception_summary, validation_problems
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -49,6 +50,8 @@ def gpu_present() -> bool:
 
 def wants_cuda(device: Device = "auto") -> bool:
     """Whether sessions for ``device`` ask for CUDA (a model may still end up on the CPU: ``Placement``)."""
+    if device not in DEVICES:  # "gpu" or "cuda:0" would otherwise run on the CPU without a word
+        raise UsageError(f"unknown device {device!r}; valid: {', '.join(DEVICES)} (a GPU's index is device_id)")
     return device == "cuda" or (device == "auto" and gpu_present())
 
 
@@ -264,7 +267,13 @@ def read_card(session_or_path: ort.InferenceSession | str | Path) -> ModelCard:
     props = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in props:
         raise UsageError(f"ONNX model has no {METADATA_KEY!r} metadata: it was not exported by this project")
-    return ModelCard.model_validate(json.loads(props[METADATA_KEY]))
+    try:
+        return ModelCard.model_validate_json(props[METADATA_KEY])
+    except ValidationError as exc:  # bad JSON too; a card of a newer version's schema is the likely one
+        raise UsageError(
+            f"ONNX model's {METADATA_KEY!r} metadata is not a model card this version reads "
+            f"({validation_problems(exc)}): export it again with this version, or serve it with the one that did"
+        ) from None
 
 
 class OnnxClassifier:
@@ -300,11 +309,24 @@ class OnnxClassifier:
         return self.placement.on_gpu
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        batch = self._checked(batch)
         step = self.max_run_images
         if step is None or len(batch) <= step:
             return self._run(batch)
         return np.concatenate([self._run(batch[start : start + step]) for start in range(0, len(batch), step)])
+
+    def _checked(self, batch: np.ndarray) -> np.ndarray:
+        """``batch`` as float32; a UsageError for what the model would misread or ONNX Runtime refuse unexplained."""
+        batch = np.asarray(batch)
+        expected = (3, *self.card.input.size)
+        # uint8 pixels would be read as 0-255 where the model takes 0-1: confident, wrong answers
+        if batch.dtype.kind != "f" or batch.ndim != 4 or batch.shape[1:] != expected:
+            raise UsageError(
+                f"{self.card.name} takes float32 [N, {', '.join(map(str, expected))}] in [0, 1], got "
+                f"{batch.dtype} {list(batch.shape)}: inference.preprocess.to_model_input makes it from uint8 "
+                f"[H, W, 3] images"
+            )
+        return np.ascontiguousarray(batch, dtype=np.float32)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
@@ -320,7 +342,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and probabilities of the k most likely classes per row, most likely first."""
+    """Indices and probabilities of the k most likely classes per row, most likely first (all of them for a k
+    past their count)."""
+    if k < 1:  # a negative k would slice off the least likely classes and answer the rest
+        raise UsageError(f"k must be at least 1, got {k}")
     k = min(k, probs.shape[1])
     idx = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return idx, np.take_along_axis(probs, idx, axis=1)
