@@ -299,6 +299,30 @@ def test_a_broken_pool_with_a_worker_that_outlives_sigterm_is_closed_not_waited_
     assert done.stdout.split() == ["closed", "False", "BrokenProcessPool"]
 
 
+def test_a_model_file_with_a_card_this_version_cannot_read_is_an_error_line_not_a_traceback(
+    tree, tiny_models_dir, tmp_path, capsys
+):
+    """The manifest's checksum matches (the file was exported so), but the card inside is another schema's."""
+    import onnx
+
+    from inference.manifest import METADATA_KEY, sha256_file
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models_dir, models)
+    graph = onnx.load(str(models / "tiny.onnx"))
+    [prop] = [p for p in graph.metadata_props if p.key == METADATA_KEY]
+    prop.value = json.dumps({**json.loads(prop.value), "field_of_a_newer_version": 1})
+    onnx.save(graph, str(models / "tiny.onnx"))
+    manifest = json.loads((models / "manifest.json").read_text())
+    for entry in manifest["models"]:
+        if entry["name"] == "tiny":
+            entry["sha256"] = sha256_file(models / "tiny.onnx")
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    assert _score(tree, "--models-dir", models, "--model", "tiny", "--out", tmp_path / "p.csv", "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert "field_of_a_newer_version" in err and "export it again" in err and "Traceback" not in err
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):

@@ -17,6 +17,7 @@ from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Iterator, TypeVar
 
 from inference.devices import Device
+from inference.errors import UsageError
 from inference.preprocess import DEFAULT_MAX_PIXELS
 
 from ..settings import default_streams, threads_per_stream
@@ -126,7 +127,8 @@ class LocalBackend:
         try:
             session = SessionSettings(threads=threads or threads_per_stream(cores, self.streams), spin=False)
             self.clf = OnnxClassifier(path, device=device, settings=session)
-        except CudaPlacementError as exc:  # --device cuda and the model cannot run wholly on CUDA
+        except (CudaPlacementError, UsageError) as exc:  # --device cuda and the model cannot run wholly on CUDA;
+            # a file ONNX Runtime cannot load, or one without a card this version reads
             self.close()
             raise UserError(str(exc)) from None
         if on_gpu and not self.clf.on_gpu:  # --device auto: CUDA asked for, the model runs on the CPU
