@@ -125,7 +125,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main() -> int:
     args = get_args_parser().parse_args()
-    results = {"host": host_record(), "epochs": args.epochs, "repeats": args.repeats, "recipes": {}}
+    results: dict = {"epochs": args.epochs, "repeats": args.repeats, "recipes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = image_folder(Path(tmp) / "images")
         for recipe in args.recipes:
@@ -136,6 +136,7 @@ def main() -> int:
                 f"{row['checkpoint_s']:.3f} s, curves {row['curves_s']:.3f} s",
                 flush=True,
             )
+    results["host"] = host_record()  # the load average as the measurement ended
     write_json(args.out, results)
     print(f"written to {args.out}")
     return 0

@@ -27,11 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import termination  # noqa: E402
-from arguments import ARCHIVE, non_negative_float, positive_float  # noqa: E402
+from arguments import ARCHIVE, http_url, max_batch_size, non_negative_float, positive_float  # noqa: E402
 from http_load import build_requests, load, percentile, read_jpegs  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
 from service_runs import open_server, stop_server, wait_ready  # noqa: E402
 
+from inference.errors import UsageError  # noqa: E402
 from inference.manifest import load_manifest  # noqa: E402
 from training.cli_types import non_negative_int, positive_int  # noqa: E402
 
@@ -41,7 +42,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", default=str(ROOT / "models"), help="models folder with manifest.json")
     p.add_argument("--fast", help="the fast model (default: the manifest's default)")
     p.add_argument("--slow", required=True, help="the slow model served beside it")
-    p.add_argument("--url", help="benchmark a server already running at this URL instead of starting one")
+    p.add_argument(
+        "--url", type=http_url, help="benchmark a server already running at this URL instead of starting one"
+    )
     p.add_argument("--concurrency", type=positive_int, default=8, help="clients of the fast model")
     p.add_argument("--slow-concurrency", type=positive_int, default=8, help="clients of the slow model")
     p.add_argument("--images-per-request", type=positive_int, default=1, help="JPEGs in each request")
@@ -57,7 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=non_negative_int, default=0, help="ONNX Runtime threads per batch (0: the default)"
     )
-    p.add_argument("--max-batch-size", type=positive_int, default=256, help="the service's adaptive batching limit")
+    p.add_argument("--max-batch-size", type=max_batch_size, default=256, help="the service's adaptive batching limit")
     p.add_argument("--serve-arg", action="append", default=[], help="extra argument for `python -m service serve`")
     p.add_argument("--archive", default=str(ARCHIVE), help="the CIFAR-10 JPEG archive")
     p.add_argument("--label", default="", help="a name for the build under test, kept in the JSON")
@@ -92,6 +95,8 @@ def main(args: argparse.Namespace) -> int:
     with termination.user_input():
         manifest = load_manifest(args.models_dir)
         fast, slow = manifest.get(args.fast), manifest.get(args.slow)
+    if fast.name == slow.name:  # one model's clients would replace the other's in the phase of both
+        raise UsageError(f"--fast and --slow both name {fast.name}: the slow model is another one")
     jpegs = read_jpegs(Path(args.archive), args.pool)
     report_phases = {}
     host, port, server = open_server(args)
@@ -108,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
                 slow.name: (requests[slow.name], args.slow_concurrency),
             },
         }
-        wait_ready(host, port)
+        wait_ready(host, port, server)
         for phase, clients in phases.items():
             asyncio.run(_phase(host, port, clients, args.warmup))
             results = asyncio.run(_phase(host, port, clients, args.duration))

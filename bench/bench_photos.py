@@ -124,7 +124,7 @@ def service_result(args, data: bytes, entry) -> dict:
     server_args = argparse.Namespace(models_dir=args.models_dir, max_batch_size=256, serve_arg=[], streams=0, threads=0)
     server = start_server(server_args, port)
     try:
-        wait_ready(host, port)
+        wait_ready(host, port, server)
         requests = build_requests([("photo.jpg", data)], 1, 5, entry.name, f"{host}:{port}", count=1)
 
         def check(body: bytes) -> None:

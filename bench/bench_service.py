@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import raw_engine  # noqa: E402
 import termination  # noqa: E402
-from arguments import ARCHIVE, non_negative_float, positive_float, positive_ints  # noqa: E402
+from arguments import ARCHIVE, http_url, max_batch_size, non_negative_float, positive_float, positive_ints  # noqa: E402
 from http_load import build_requests, read_jpegs  # noqa: E402
 from process_tree import tree_memory_mib  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
@@ -56,7 +56,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models-dir", default=str(ROOT / "models"), help="models folder with manifest.json")
     p.add_argument("--model", help="model name (default: the manifest's default)")
-    p.add_argument("--url", help="benchmark a server already running at this URL instead of starting one")
+    p.add_argument(
+        "--url", type=http_url, help="benchmark a server already running at this URL instead of starting one"
+    )
     p.add_argument(
         "--images-per-request",
         type=positive_ints,
@@ -86,7 +88,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=0,
         help="the service's ONNX Runtime threads per batch (0: its default)",
     )
-    p.add_argument("--max-batch-size", type=positive_int, default=256, help="the service's adaptive batching limit")
+    p.add_argument("--max-batch-size", type=max_batch_size, default=256, help="the service's adaptive batching limit")
     p.add_argument("--serve-arg", action="append", default=[], help="extra argument for `python -m service serve`")
     p.add_argument("--archive", default=str(ARCHIVE), help="the CIFAR-10 JPEG archive")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "service.json"), help="JSON results")
@@ -128,7 +130,7 @@ def main(args: argparse.Namespace) -> int:
     sizes, routes = args.images_per_request, args.routes
     host, port, server = open_server(args)
     try:
-        wait_ready(host, port)
+        wait_ready(host, port, server)
         memory_ready = tree_memory_mib(server.pid if server else None)
         model_path = Path(args.models_dir) / entry.file
         # CPU_RUN_IMAGES: the pieces the service runs a large batch in on the CPU (service/settings.py)

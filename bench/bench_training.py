@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import termination  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
 
+from inference.errors import UsageError  # noqa: E402
 from training.cli_types import positive_int  # noqa: E402
 from training.config import OptimConfig  # noqa: E402
 from training.data import ImageArrays  # noqa: E402
@@ -111,6 +112,19 @@ def train_throughput(
     return steps * batch_size / (time.perf_counter() - start)
 
 
+def check_image_size(spec: str, image_size: int) -> None:
+    """A side the network pools down to nothing is refused before anything is measured, as training refuses its
+    data.image_size."""
+    name, kwargs = parse_spec(spec)
+    with termination.user_input():  # an unknown model or argument in --models
+        model = create_model(name, **kwargs).eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(f"model {spec!r} cannot take {image_size}x{image_size} images (--image-size): {exc}") from None
+
+
 def training_gflop_per_image(spec: str, image_size: int = 32) -> float:
     """Forward and backward FLOPs of one training image, counted by PyTorch's FLOP counter (a multiply-add is
     2 FLOPs) on a batch of 2 in float32: what the images/s figure is to be read against (images/s x GFLOP
@@ -164,9 +178,10 @@ def main() -> int:
     with termination.user_input():  # a device that is none, or not on this machine
         device = resolve_device(args.device)
     bf16 = resolve_bf16({"auto": "auto", "on": True, "off": False}[args.bf16], device)
+    for name in args.models:
+        check_image_size(name, args.image_size)
     results = {
         "device": str(device),
-        "host": host_record(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
@@ -191,6 +206,7 @@ def main() -> int:
         results["training_gflop_per_image"][name] = gflop
         print(f"| {name} | {ips:,.0f} | {gflop:.3f} | {ips * gflop:,.0f} |", flush=True)
     print(f"| data loader alone (crop+flip+cutout) | {results['loader_images_per_s']:,.0f} | | |")
+    results["host"] = host_record()  # the load average as the measurement ended
     if args.out:
         write_json(args.out, results)
     return 0

@@ -9,12 +9,12 @@ import asyncio
 import base64
 import json
 import re
-import tarfile
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
+from arguments import no_cifar_images, open_archive
 
 
 def read_jpegs(archive: Path, count: int) -> list[tuple[str, bytes]]:
@@ -22,11 +22,13 @@ def read_jpegs(archive: Path, count: int) -> list[tuple[str, bytes]]:
     per_class = max(1, count // 10)
     pattern = re.compile(r"^cifar10/train/([a-z]+)/(\d+)\.jpg$")
     out = []
-    with tarfile.open(archive, "r:gz") as tar:
+    with open_archive(archive) as tar:
         for member in tar:
             hit = pattern.match(member.name)
             if member.isfile() and hit and int(hit[2]) < per_class:
                 out.append((f"{hit[1]}_{hit[2]}.jpg", tar.extractfile(member).read()))
+    if not out:
+        raise no_cifar_images(archive)
     return out[:count]
 
 

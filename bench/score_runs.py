@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import termination
+from arguments import no_cifar_images, open_archive
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = re.compile(r"scored (\d+), failed (\d+).*?; ([\d.]+) s, (\d+) images/s")
@@ -26,12 +27,15 @@ def extract(archive: Path, dest: Path, count: int) -> Path:
     per_class = count // 10
     pattern = re.compile(r"^cifar10/train/[a-z]+/(\d+)\.jpg$")
     tmp = dest / f".extract-{os.getpid()}"
-    with tarfile.open(archive, "r:gz") as tar:
-        members = (m for m in tar if m.isfile() and (hit := pattern.match(m.name)) and int(hit[1]) < per_class)
-        tar.extractall(tmp, members=members, filter="data")
-    (tmp / "cifar10" / "train").rename(root)
-    tmp.joinpath("cifar10").rmdir()
-    tmp.rmdir()
+    try:  # stopped or refused half-way, no partial copy is left in the work dir
+        with open_archive(archive) as tar:
+            members = (m for m in tar if m.isfile() and (hit := pattern.match(m.name)) and int(hit[1]) < per_class)
+            tar.extractall(tmp, members=members, filter="data")
+        if not (tmp / "cifar10" / "train").is_dir():
+            raise no_cifar_images(archive)
+        (tmp / "cifar10" / "train").rename(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     marker.touch()
     return root
 

@@ -5,6 +5,7 @@ time with the CPU time and memory of its processes measured, and stopped with it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -19,7 +20,16 @@ from urllib.parse import urlparse
 from http_load import load, percentile
 from process_tree import MemoryPeak, tree_cpu_seconds
 
+from inference.errors import UsageError
+
 ROOT = Path(__file__).resolve().parents[1]
+
+# The log of each server start_server started, by pid: a server that exits before it is ready says why there.
+LOGS: dict[int, Path] = {}
+
+# How long a service given by --url may take to listen: one started just before the benchmark checks its models
+# first.
+URL_GRACE_S = 15.0
 
 
 def free_port() -> int:
@@ -45,7 +55,9 @@ def start_server(args, port: int) -> subprocess.Popen:
     fd, log_path = tempfile.mkstemp(prefix="bench_service_", suffix=".log")
     print(f"server log: {log_path}", file=sys.stderr, flush=True)
     with os.fdopen(fd, "w") as log:
-        return spawn_server(port, args.models_dir, *serve_args, log=log)
+        server = spawn_server(port, args.models_dir, *serve_args, log=log)
+    LOGS[server.pid] = Path(log_path)
+    return server
 
 
 def open_server(args) -> tuple[str, int, subprocess.Popen | None]:
@@ -61,25 +73,50 @@ def stop_server(server: subprocess.Popen | None) -> None:
     """Stop a server started by :func:`open_server` and its workers; nothing for a server given by URL."""
     if server is None:
         return
-    os.killpg(server.pid, signal.SIGTERM)
+    # ProcessLookupError: the server and its workers have all ended already (a refused start)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
     try:
         server.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
 
 
-def wait_ready(host: str, port: int, timeout: float = 120.0) -> None:
+def wait_ready(host: str, port: int, server: subprocess.Popen | None, timeout: float = 120.0) -> None:
+    """Until /readyz answers 200. A server started here that exits first, or a URL where nothing listens for
+    ``URL_GRACE_S``, is the user's to fix (a --serve-arg the service refuses, a wrong --url): said in one line,
+    at once rather than after ``timeout``."""
     import httpx
 
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    url = f"http://{host}:{port}"
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if server is not None and server.poll() is not None:
+            raise UsageError(f"the service exited with status {server.returncode} before it was ready: {_why(server)}")
         try:
-            if httpx.get(f"http://{host}:{port}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
-        except httpx.HTTPError:
-            pass
+        except httpx.HTTPError as exc:
+            if server is None and time.monotonic() - start > URL_GRACE_S:
+                raise UsageError(
+                    f"nothing answers at {url} ({exc}): start the service there, or leave --url out"
+                ) from None
         time.sleep(0.3)
-    raise RuntimeError(f"the service did not become ready within {timeout:.0f} s")
+    where = "the service started here" if server is not None else url
+    raise UsageError(f"{where} did not answer /readyz with 200 within {timeout:.0f} s")
+
+
+def _why(server: subprocess.Popen) -> str:
+    """The last line of the server's log (serve says why it refuses to start in one line), and where the log is."""
+    log = LOGS.get(server.pid)
+    if log is None:
+        return "see its output"
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    return f"{lines[-1].strip() if lines else 'it wrote nothing'} (its log: {log})"
 
 
 def run_level(args, host, port, server, requests, per_request, concurrency, check) -> dict:
@@ -96,6 +133,10 @@ def run_level(args, host, port, server, requests, per_request, concurrency, chec
         server_cpu = tree_cpu_seconds(server.pid) - server_cpu
     lat = result["latencies"]
     ok = result["requests"] - len(result["errors"])
+    if result["errors"] and not ok:  # a rate of 0 and the latencies of refusals would be written as the figures
+        raise UsageError(
+            f"every request at concurrency {concurrency} failed ({len(result['errors'])}), e.g. {result['errors'][0]}"
+        )
     images = max(1, ok * per_request)
     return {
         "concurrency": concurrency,

@@ -209,3 +209,66 @@ def test_the_checkpoint_benchmark_takes_a_history_shorter_than_the_recipes_warmu
     folder = bench_checkpoint.image_folder(tmp_path / "images", classes=3, per_class=180)
     row = bench_checkpoint.measure("resnet9_half_cpu", folder, tmp_path, epochs=2, repeats=1)
     assert row["checkpoint_mb"] > 1
+
+
+def test_the_export_benchmark_names_the_models_it_timed_when_they_are_the_defaults(tmp_path, monkeypatch):
+    """Its JSON held only rates by batch size: which models the defaults named then was nowhere."""
+    import json
+    from types import SimpleNamespace
+
+    import bench_export
+    import torch
+
+    def entry(name: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            name=name, file=f"{name}.onnx", source={"checkpoint": "x.pt"}, input=SimpleNamespace(size=(4, 4))
+        )
+
+    monkeypatch.setattr(bench_export, "load_manifest", lambda folder: SimpleNamespace(get=entry))
+    monkeypatch.setattr(bench_export, "load_checkpoint", lambda path: None)
+    monkeypatch.setattr(bench_export, "model_from_checkpoint", lambda checkpoint: torch.nn.Flatten())
+    monkeypatch.setattr(bench_export, "OnnxClassifier", lambda path, device: SimpleNamespace(logits=lambda x: x))
+    out = tmp_path / "export.json"
+    argv = ["bench/bench_export.py", "--batch-sizes", "2", "--seconds", "0.01", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert bench_export.main() == 0
+    report = json.loads(out.read_text())
+    defaults = bench_export.get_args_parser()
+    assert report["models"] == {"fp32": defaults.get_default("fp32"), "int8": defaults.get_default("int8")}
+    assert report["seconds"] == 0.01 and set(report["batch_sizes"]) == {"2"}
+
+
+def test_the_training_benchmark_records_the_load_as_its_measurements_ended(tmp_path, monkeypatch):
+    """host_record()'s load_average_after was taken before the first model was timed."""
+    import json
+
+    import bench_training
+
+    timed: list[str] = []
+    monkeypatch.setattr(bench_training, "check_image_size", lambda spec, size: None, raising=False)
+    monkeypatch.setattr(bench_training, "loader_throughput", lambda *args: 1.0)
+    monkeypatch.setattr(bench_training, "train_throughput", lambda spec, *args, **kwargs: timed.append(spec) or 1.0)
+    monkeypatch.setattr(bench_training, "training_gflop_per_image", lambda spec, size: 1.0)
+    monkeypatch.setattr(bench_training, "host_record", lambda: {"models_timed_before": list(timed)})
+    out = tmp_path / "training.json"
+    argv = ["bench/bench_training.py", "--models", "a", "b", "--device", "cpu", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert bench_training.main() == 0
+    assert json.loads(out.read_text())["host"] == {"models_timed_before": ["a", "b"]}
+
+
+def test_the_checkpoint_benchmark_records_the_load_as_its_measurements_ended(tmp_path, monkeypatch):
+    """host_record()'s load_average_after was taken before the first recipe was saved."""
+    import json
+
+    import bench_checkpoint
+
+    measured: list[str] = []
+    monkeypatch.setattr(bench_checkpoint, "image_folder", lambda root: root)
+    row = {"model": "m", "checkpoint_mb": 1.0, "checkpoint_s": 0.1, "curves_s": 0.1}
+    monkeypatch.setattr(bench_checkpoint, "measure", lambda recipe, *args: measured.append(recipe) or row)
+    monkeypatch.setattr(bench_checkpoint, "host_record", lambda: {"recipes_measured_before": list(measured)})
+    out = tmp_path / "checkpoint.json"
+    monkeypatch.setattr(sys, "argv", ["bench/bench_checkpoint.py", "--recipes", "a", "b", "--out", str(out)])
+    assert bench_checkpoint.main() == 0
+    assert json.loads(out.read_text())["host"] == {"recipes_measured_before": ["a", "b"]}

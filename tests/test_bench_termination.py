@@ -99,6 +99,8 @@ def _bench(*args: str, **kwargs) -> subprocess.CompletedProcess:
     "args",
     [
         ["bench/bench_mixed_models.py", "--slow", "no-such-model"],  # a KeyError from the manifest
+        # one model's clients replaced the other's in the phase of both, which then measured the slow model alone
+        ["bench/bench_mixed_models.py", "--fast", "wrn-16-4-cifar10-int8", "--slow", "wrn-16-4-cifar10-int8"],
         ["bench/bench_export.py", "--fp32", "no-such-model"],
         ["bench/bench_training.py", "--steps", "0"],  # the time of no steps: no figure at all
         ["bench/bench_score.py", "--images", "5"],  # a tenth of 5 per class: no image
@@ -110,6 +112,8 @@ def _bench(*args: str, **kwargs) -> subprocess.CompletedProcess:
         ["bench/bench_photos.py", "--sizes", "0.05", "--repeats", "0"],  # no median of no decodes
         ["bench/bench_training.py", "--models", "no_such_model", "--steps", "1", "--batch-size", "8"],
         ["bench/bench_checkpoint.py", "--recipes", "no_such_recipe"],
+        # pooled down to nothing: was torch's RuntimeError with its traceback
+        ["bench/bench_training.py", "--models", "resnet9_half", "--image-size", "2"],
     ],
 )
 def test_a_users_mistake_is_one_line_and_status_2(args, tmp_path):
@@ -146,6 +150,8 @@ NO_MODELS = {
         ("bench_service", "--streams", "-1"),  # 0 is the service's default
         ("bench_service", "--threads", "-2"),
         ("bench_service", "--max-batch-size", "0"),
+        ("bench_service", "--max-batch-size", "1"),  # below the service's least: it refused to start
+        ("bench_mixed_models", "--max-batch-size", "1"),
         ("bench_mixed_models", "--concurrency", "0"),
         ("bench_mixed_models", "--slow-concurrency", "-1"),
         ("bench_mixed_models", "--images-per-request", "0"),
@@ -160,6 +166,8 @@ NO_MODELS = {
         ("bench_photos", "--duration", "0"),
         ("bench_photos", "--warmup", "-1"),
         ("bench_export", "--seconds", "0"),
+        ("bench_score", "--images", "15"),  # 10 scored, 15 reported (bench_score_ray: an AssertionError after a run)
+        ("bench_score_ray", "--images", "25"),
         ("bench_score", "--quiet-below", "0"),  # never that quiet: a 3-minute wait before every measurement
         ("bench_score_models", "--quiet-below", "-1"),
         ("bench_score_ray", "--quiet-below", "-0.5"),  # 0 is "do not wait"
