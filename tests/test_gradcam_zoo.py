@@ -145,3 +145,17 @@ def test_evaluate_skips_gradcam_with_a_note_where_the_last_stage_is_one_pixel(im
     assert not (out / "gradcam.png").exists() and "gradcam" not in metrics["files"]
     assert any(note.startswith("Grad-CAM skipped: edgenext_small has no spatial layer") for note in metrics["notes"])
     assert "Grad-CAM skipped" in (out / "report.md").read_text() and metrics["top1"] is not None
+
+
+@pytest.mark.parametrize("arch", sorted({arch for arch, _ in TINY.values()}))
+def test_cells_sit_their_layers_stride_apart_on_an_image_of_no_multiple_of_it(arch):
+    """At 28 pixels a ResNet's padded strided convolutions round 28 -> 14 -> 7 -> 4 up: 4 cells 8 pixels apart. Measured
+    against 56 pixels (7 cells) they read as 9.3 apart, and the map was stretched, its last cell drawn 5 pixels off.
+    DLA's pooled shortcuts, rounding down where its convolutions round up, could not take 28 pixels at all."""
+    args = dict(TINY[arch][1], **({"image_size": 28} if arch == "vit_small_patch4" else {}))
+    torch.manual_seed(1)
+    model = create_model(arch, 3, **args).eval()
+    cam = GradCAM(model)
+    maps = cam(torch.rand(2, 3, 28, 28))
+    _, stride = GEOMETRY.get(arch, ((4, 4), 8))
+    assert maps.shape == (2, 28, 28) and np.isfinite(maps).all() and cam.stride == (stride, stride)

@@ -93,8 +93,11 @@ def test_training_mode_stochastic_depth_and_backward():
 
 def test_vit_rejects_other_sizes_clearly():
     model = create_model("vit_small_patch4", **TINY["vit_small_patch4"])
-    with pytest.raises(ValueError, match="32x32"):
+    with pytest.raises(ValueError, match="takes 32x32 images, got .*: its image_size argument sets the size"):
         model(torch.rand(1, 3, 24, 24))
+    bigger = create_model("vit_small_patch4", **TINY["vit_small_patch4"], image_size=64).eval()
+    with torch.no_grad():
+        assert bigger(torch.rand(1, 3, 64, 64)).shape == (1, 10)
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -138,3 +141,56 @@ def test_onnx_export_parity(name, tmp_path):
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(classifier.logits(x), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,match",
+    [
+        ("dla34", dict(channels=(4, 4, 8, 8, 8)), "6 levels and 6 channels"),
+        ("dla34", dict(TINY["dla34"], levels=(1, 1, 1, 2, 2, 0)), "must each be 1 or more"),  # endless recursion
+        ("vit_small_patch4", dict(TINY["vit_small_patch4"], heads=0), "heads must be 1 or more"),
+        ("vit_small_patch4", dict(TINY["vit_small_patch4"], patch_size=0), "must be 1 or more"),
+        ("vit_small_patch4", dict(TINY["vit_small_patch4"], dim=0), "no channels"),
+        ("edgenext_small", dict(TINY["edgenext_small"], heads=0), "heads must be 1 or more"),
+        ("edgenext_small", dict(TINY["edgenext_small"], split_scales=(2, 2, 0, 4)), "must each be 1 or more"),
+        ("edgenext_small", dict(TINY["edgenext_small"], dims=(8, 16, 24)), "one entry per stage"),
+        ("edgenext_small", dict(TINY["edgenext_small"], sdta_blocks=(0, 2, 1, 1)), "more of a stage than its depth"),
+        ("edgenext_small", dict(TINY["edgenext_small"], expansion=0), "no channels"),
+    ],
+)
+def test_arguments_no_network_can_be_built_from_are_refused(name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create_model(name, **kwargs)
+
+
+def test_no_classes_is_refused():
+    with pytest.raises(ValueError, match="num_classes must be 1 or more"):
+        create_model("resnet9", 0, width=4)
+
+
+@pytest.mark.parametrize(
+    "name,args",
+    [
+        ("vit_small_patch4", "{dim: 32, depth: 1, heads: 0}"),  # was a ZeroDivisionError's traceback
+        ("edgenext_small", "{depths: [1, 1, 2, 1], dims: [8, 16, 24], heads: 4}"),  # an IndexError's
+        ("dla34", "{channels: [4, 4, 8, 8, 8]}"),  # an IndexError's
+        ("wrn", "{depth: 10, widen: 0}"),  # said the 32x32 images were the trouble
+        ("resnet9", "{width: 0}"),
+    ],
+)
+def test_training_refuses_such_arguments_in_one_line_naming_them(name, args, tmp_path):
+    from training.config import ConfigError
+    from training.engine import check_network_takes_its_input
+
+    overrides = [f"model.name={name}", f"model.args={args}", "data.dataset=folder", f"data.root={tmp_path}"]
+    with pytest.raises(ConfigError, match=rf"^model '{name}' cannot be built from its arguments \("):
+        check_network_takes_its_input(build_config("resnet9_half_cpu", overrides))
+
+
+@pytest.mark.parametrize("size", [28, 36, 100])
+def test_dla_takes_a_side_no_multiple_of_8(size):
+    """Its pooled shortcuts round an odd side up, as the strided convolutions they are added to do."""
+    model = create_model("dla34", 3, **TINY["dla34"]).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, size, size))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()

@@ -207,3 +207,31 @@ def test_tiny_onnx_export_parity(family, tmp_path):
     images, labels = make_arrays(CLASSES, 8)
     parity = measure_parity(model, OnnxClassifier(path, device="cpu"), images, labels)
     assert parity.passed and parity.top1_agreement == 1.0 and parity.max_abs_prob_diff < 1e-5, parity.summary()
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,match",
+    [
+        ("wrn", dict(depth=4, widen=1), r"6n\+4 with n >= 1"),  # no residual block at all
+        ("wrn", dict(depth=-2, widen=1), r"6n\+4 with n >= 1"),
+        ("wrn", dict(depth=10, widen=0), "widen must be 1 or more"),
+        ("resnet18", dict(widths=(8, 8)), "one entry per stage: 4"),  # zip would build two stages
+        ("resnet34", dict(widths=(8, 8, 8, 8, 8)), "one entry per stage: 4"),
+        ("resnet18", dict(attention="se", reduction=0), "reduction must be 1 or more"),  # 0 became 16
+        ("ca_resnet18", dict(reduction=-4), "reduction must be 1 or more"),
+        ("resnet9", dict(width=0), "no channels"),
+        ("res2net50", dict(base_width=4, widths=(8, 8, 8, 8)), "no channels"),  # 8 * 4 / 64 rounds down to 0
+        ("resnext29", dict(base_width=0), "no channels"),
+    ],
+)
+def test_arguments_no_network_can_be_built_from_are_refused(name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _meta_model(name, **kwargs)
+
+
+@pytest.mark.parametrize("value", ["false", "off", 0, None])
+def test_the_se_switch_takes_only_true_or_false(value):
+    """Read by its truth, "false" given as text would leave SE on."""
+    with pytest.raises(TypeError, match="use_se takes true or false"):
+        _meta_model("se_resnet18", use_se=value)
+    assert count_parameters(_meta_model("se_resnet18", use_se=False)) == count_parameters(_meta_model("resnet18"))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Sequence, TypedDict
+import warnings
+from typing import Callable, Sequence, TypedDict
 
 import torch
 from torch import nn
@@ -101,8 +102,13 @@ def create_model(
     if name == ENSEMBLE_ARCH:
         return _ensemble(num_classes, mean, std, **kwargs)
     constructor = MODELS.get(name)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be 1 or more, got {num_classes}")
     try:
-        backbone = constructor(num_classes=num_classes, **kwargs)
+        with warnings.catch_warnings():
+            # a width of 0 is refused below, saying so; torch's warnings on the way would come first and mislead
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            backbone = constructor(num_classes=num_classes, **kwargs)
     except TypeError as exc:
         bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
         if bad is None:
@@ -117,7 +123,33 @@ def create_model(
             unknown=[] if open_ended else [k for k in kwargs if k not in params],
             taken=[p for p in named if p != "num_classes"],
         ) from exc
+    _check_switches([constructor, type(backbone)], kwargs)
+    _check_no_empty_layer(backbone)
     return ImageClassifier(backbone, mean, std)
+
+
+def _check_switches(takers: Sequence[Callable], kwargs: dict) -> None:
+    """An argument whose default is true or false takes only those: any other value would be read by its truth, and
+    "false" or "off" given as text would leave the option on."""
+    for taker in takers:
+        for key, param in inspect.signature(taker).parameters.items():
+            if key in kwargs and isinstance(param.default, bool) and not isinstance(kwargs[key], bool):
+                raise TypeError(f"{key} takes true or false, not {kwargs[key]!r}")
+
+
+def _check_no_empty_layer(backbone: nn.Module) -> None:
+    """A width of 0 (or one that rounds down to 0, as base_width 4 of a Res2Net stage of 8 does) builds, and then
+    fails on the first image with an error about weight shapes that reads as if the image were wrong."""
+    for path, m in backbone.named_modules():
+        sizes = (
+            (m.in_channels, m.out_channels)
+            if isinstance(m, nn.Conv2d)
+            else (m.in_features, m.out_features)
+            if isinstance(m, nn.Linear)
+            else ()
+        )
+        if 0 in sizes:
+            raise ValueError(f"its layer {path} ({m}) has no channels: a width is 0, or rounds down to 0")
 
 
 def _ensemble(

@@ -107,9 +107,18 @@ def no_attention(channels: int, reduction: int | None = None, pool: str = "avg")
     return nn.Identity()
 
 
+def _reduction(reduction: int | None, default: int) -> int:
+    if reduction is None:
+        return default
+    if reduction < 1:
+        # read by its truth, 0 would become the default; a negative one would make a bottleneck of one channel
+        raise ValueError(f"attention reduction must be 1 or more (null for the published {default}), got {reduction}")
+    return reduction
+
+
 @ATTENTION.register("se")
 def squeeze_excite(channels: int, reduction: int | None = None, pool: str = "avg") -> nn.Module:
-    return SqueezeExcite(channels, reduction or SE_REDUCTION, pool)
+    return SqueezeExcite(channels, _reduction(reduction, SE_REDUCTION), pool)
 
 
 @ATTENTION.register("ca")
@@ -117,7 +126,7 @@ def coordinate_attention(channels: int, reduction: int | None = None, pool: str 
     if pool != "avg":
         # CA's pooling is directional averaging by design; ignoring the option would make a pooling ablation lie.
         raise ValueError(f"attention pool {pool!r} applies to 'se' only; coordinate attention averages along H and W")
-    return CoordinateAttention(channels, reduction or CA_REDUCTION)
+    return CoordinateAttention(channels, _reduction(reduction, CA_REDUCTION))
 
 
 def make_attention(name: str, channels: int, reduction: int | None = None, pool: str = "avg") -> nn.Module:

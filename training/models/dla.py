@@ -50,7 +50,9 @@ class Tree(nn.Module):
         super().__init__()
         root_dim = (root_dim or 2 * c_out) + (c_in if level_root else 0)
         self.levels, self.level_root = levels, level_root
-        self.downsample = nn.MaxPool2d(stride, stride) if stride > 1 else nn.Identity()
+        # ceil_mode rounds an odd side up, as the strided 3x3 conv of tree1 does: floored, a side not a multiple of 8
+        # (28, 36, 100) would leave the shortcut a pixel short of the block it is added to
+        self.downsample = nn.MaxPool2d(stride, stride, ceil_mode=True) if stride > 1 else nn.Identity()
         self.tree1: Block | Tree
         self.tree2: Block | Tree
         if levels == 1:
@@ -89,6 +91,15 @@ class DLA(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if len(levels) != len(DLA34_LEVELS) or len(channels) != len(DLA34_CHANNELS):
+            raise ValueError(
+                f"DLA takes {len(DLA34_LEVELS)} levels and {len(DLA34_CHANNELS)} channels, one per level: got "
+                f"levels {list(levels)}, channels {list(channels)}"
+            )
+        if min(levels) < 1:
+            # a tree of 0 levels would recurse without end, and a level of no convolution hand the next the
+            # channels of the one before
+            raise ValueError(f"DLA levels {list(levels)} must each be 1 or more")
         self.stem = _conv_bn(3, channels[0])
         convs, c_in = [], channels[0]
         for level in (0, 1):

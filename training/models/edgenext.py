@@ -108,6 +108,8 @@ class CrossCovarianceAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
+        if heads < 1:
+            raise ValueError(f"heads must be 1 or more, got {heads}")
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.heads = heads
@@ -165,6 +167,21 @@ class EdgeNeXt(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        per_stage = {
+            "dims": dims,
+            "kernel_sizes": kernel_sizes,
+            "sdta_blocks": sdta_blocks,
+            "split_scales": split_scales,
+            "pos_embed": pos_embed,
+        }
+        uneven = [f"{key} {list(value)}" for key, value in per_stage.items() if len(value) != len(depths)]
+        if uneven:
+            raise ValueError(f"EdgeNeXt takes one entry per stage, {len(depths)} as depths: not {', '.join(uneven)}")
+        if min(split_scales) < 1:
+            raise ValueError(f"split_scales {list(split_scales)} must each be 1 or more")
+        if any(sdta > depth for sdta, depth in zip(sdta_blocks, depths)):
+            # a stage has only its depth's blocks to make SDTA encoders of: more would silently be fewer
+            raise ValueError(f"sdta_blocks {list(sdta_blocks)} ask more of a stage than its depth {list(depths)}")
         # Why not the reference's 4x4 stride-4 patchify stem: on 32x32 inputs it would leave stage 4 a 1x1 map, where
         # the 9x9 depth-wise kernels and the attention see a single pixel. A 3x3 stride-1 stem gives the 32-16-8-4
         # pyramid of CIFAR ResNets (stage 4 at 4x4, the reference's 8x8 at 256 px halved); stem_stride=2 gives

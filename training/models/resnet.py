@@ -138,6 +138,9 @@ class ResNet(nn.Module):
         **block_options,
     ) -> None:
         super().__init__()
+        if len(widths) != len(depths):
+            # zip would build as many stages as the shorter one has, silently another network
+            raise ValueError(f"widths {list(widths)} need one entry per stage: {len(depths)}, as depths {list(depths)}")
         self.stem = _stem(widths[0], activation, deep_stem)
         stages, in_planes = [], widths[0]
         for i, (width, depth) in enumerate(zip(widths, depths)):

@@ -18,6 +18,8 @@ from .layers import DropPath, Mlp, init_transformer_weights, merge_heads, split_
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
+        if heads < 1:
+            raise ValueError(f"heads must be 1 or more, got {heads}")
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.heads, self.dropout = heads, dropout
@@ -69,6 +71,8 @@ class VisionTransformer(nn.Module):
         drop_path: float = 0.1,
     ) -> None:
         super().__init__()
+        if image_size < 1 or patch_size < 1:
+            raise ValueError(f"image_size {image_size} and patch_size {patch_size} must be 1 or more")
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
         self.image_size, grid = image_size, image_size // patch_size
@@ -89,7 +93,10 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.image_size, self.image_size):
             # The learned positional embedding fixes the token count; say so rather than fail on a broadcast.
-            raise ValueError(f"this ViT takes {self.image_size}x{self.image_size} images, got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"this ViT takes {self.image_size}x{self.image_size} images, got {tuple(x.shape[-2:])}: its "
+                "image_size argument sets the size it takes"
+            )
         x = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
         x = self.grid(self.norm(self.blocks(x)))
         return self.fc(x.mean((2, 3)))

@@ -46,8 +46,11 @@ class WideResNet(nn.Module):
         reduction: int = 16,
     ) -> None:
         super().__init__()
-        if (depth - 4) % 6:
-            raise ValueError(f"WRN depth must be 6n+4, got {depth}")
+        if depth < 10 or (depth - 4) % 6:
+            # 4 (n = 0) and below would build a stem and a head with no residual block between them
+            raise ValueError(f"WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
+        if widen < 1:
+            raise ValueError(f"WRN widen must be 1 or more, got {widen}")
         n = (depth - 4) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
         self.stem = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)

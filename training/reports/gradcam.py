@@ -9,10 +9,15 @@ stretched over the whole image, each cell drawn up to 6 pixels from the pixels i
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+# Side of the inputs the layer's stride is measured on: a multiple of the strides of the registered networks (8 and 4)
+PROBE_SIDE = 64
 
 
 class NoSpatialMap(ValueError):
@@ -96,21 +101,28 @@ class GradCAM:
         return cam.numpy()
 
     def _stride(self, images: torch.Tensor) -> tuple[float, float]:
-        """The layer's stride, from the map of an input twice the size: the floors of pooling cancel in the
-        difference. A model taking one input size only (ViT) tiles it exactly: the image size over the map's."""
+        """The layer's stride, from its maps of two inputs of sides multiples of PROBE_SIDE, PROBE_SIDE apart: the
+        floors of pooling and the ceilings of padded strided convolutions cancel in the difference. Measured on the
+        image's own side they would not: a ResNet maps 28 and 56 pixels to 4 and 7 cells, 9.3 pixels apart, not 8.
+        A model taking one input size only (ViT) tiles it exactly: the image size over the map's."""
         assert self.map_size is not None
         height, width = images.shape[-2:]
+        base = PROBE_SIDE * math.ceil(height / PROBE_SIDE), PROBE_SIDE * math.ceil(width / PROBE_SIDE)
         seen: list[torch.Size] = []
         handle = self.layer.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+        maps = []
         try:
             with torch.no_grad():
-                self.model(images.new_zeros(1, images.shape[1], 2 * height, 2 * width))
+                for extra in (0, PROBE_SIDE):
+                    seen.clear()
+                    self.model(images.new_zeros(1, images.shape[1], base[0] + extra, base[1] + extra))
+                    maps.append(seen[0][-2:])
         except (RuntimeError, ValueError):
-            seen = []
+            maps = []
         finally:
             handle.remove()
-        if seen and seen[0][-2] > self.map_size[0] and seen[0][-1] > self.map_size[1]:
-            return height / (seen[0][-2] - self.map_size[0]), width / (seen[0][-1] - self.map_size[1])
+        if maps and maps[1][0] > maps[0][0] and maps[1][1] > maps[0][1]:
+            return PROBE_SIDE / (maps[1][0] - maps[0][0]), PROBE_SIDE / (maps[1][1] - maps[0][1])
         return height / self.map_size[0], width / self.map_size[1]
 
 
