@@ -34,6 +34,12 @@ PAD_MODES = ("zeros", "reflect")
 UNIT_SCALE = 1.0 / 255.0
 
 
+def seeded(seed: int) -> torch.Generator:
+    """A CPU generator for a seed derived from train.seed: the derivations multiply it by a stride, past the range
+    torch takes ([-2**63, 2**64)) for a train.seed the config allows (below 2**63), so a seed outside it wraps."""
+    return torch.Generator().manual_seed(seed if -(2**63) <= seed < 2**64 else seed % 2**64)
+
+
 def to_unit(x: torch.Tensor) -> torch.Tensor:
     """uint8 images as float32 in [0, 1], bit for bit the values the service feeds the model."""
     return x.float().mul_(UNIT_SCALE)

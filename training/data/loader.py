@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from .arrays import ImageArrays
-from .augment import AugmentParams, alternating_flip_mask, augment_batch, resize_batch, size_at, to_unit
+from .augment import AugmentParams, alternating_flip_mask, augment_batch, resize_batch, seeded, size_at, to_unit
 from .mix import MixParams, mix_batch
 from .prune import LossPruning, PruneParams
 from .targets import DistilledTargets, PrunedTargets, Targets
@@ -57,7 +58,7 @@ class TensorLoader:
         # The first epoch's flips, fixed by the seed alone, so resume and every rank see the same ones.
         self.base_flips = None
         if self.augment is not None and self.augment.flip and self.augment.alternate_flip:
-            flip_gen = torch.Generator().manual_seed(seed * 100_003 - 1)
+            flip_gen = seeded(seed * 100_003 - 1)
             self.base_flips = (torch.rand(len(self.labels), generator=flip_gen) < 0.5).to(self.device)
 
     def set_epoch(self, epoch: int) -> None:
@@ -83,14 +84,24 @@ class TensorLoader:
         return order
 
     def __len__(self) -> int:
-        n = len(self.labels) // self.world_size if self.world_size > 1 else len(self.labels)
+        n = len(self.labels)
+        if self.world_size > 1:
+            # as _indices shards: in evaluation the first n % world_size ranks hold one image more, so that every
+            # image is evaluated once
+            n = n // self.world_size if self.train else -(-(n - self.rank) // self.world_size)
         batches = n // self.batch_size if self.train else -(-n // self.batch_size)
         return min(batches, self.max_batches) if self.max_batches else batches
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, Targets]]:
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        gen = seeded(self.seed * 100_003 + self.epoch)
         order = self._indices(gen).to(self.device)
-        size = self.image_size()
+        if self.rank:
+            # Every rank draws the one permutation it shards; drawing its augmentations from the same stream would
+            # give each rank's k-th image the crop, flip, cutout and mix of every other rank's k-th.
+            key = np.random.SeedSequence((self.seed, self.epoch, self.rank))
+            gen = seeded(int(key.generate_state(1, np.uint64)[0]))
+        # resized only under a plan: the data's own images may be other than square, which a resize would squash
+        size = self.image_size() if self.augment is not None and self.augment.progressive_sizes else None
         plan = self.pruning.plan(self.epoch) if self.pruning is not None and self.pruning.records(self.epoch) else None
         y: Targets
         for b in range(len(self)):
@@ -104,7 +115,8 @@ class TensorLoader:
             if self.augment:
                 flips = None if self.base_flips is None else alternating_flip_mask(self.base_flips[idx], self.epoch)
                 x = augment_batch(x, self.augment, gen, flips)
-                x = resize_batch(x, size)
+                if size is not None:
+                    x = resize_batch(x, size)
             else:
                 x = to_unit(x)
             if self.mix is not None and self.mix.enabled:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .augment import seeded
+
 
 @dataclass(frozen=True)
 class PruneParams:
@@ -58,7 +60,7 @@ class LossPruning:
             return EpochPlan(keep, weight)
         low = self.scores < self.scores.nanmean()  # False for every image while none has a loss (the mean is NaN)
         # its own generator: the augmentation's draws stay those of the same run without pruning
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + 50_021 + epoch)
+        gen = seeded(self.seed * 100_003 + 50_021 + epoch)
         drop = low & (torch.rand(n, generator=gen).to(device) < self.params.ratio)
         weight[low] = 1 / (1 - self.params.ratio)
         return EpochPlan(~drop, weight)

@@ -29,16 +29,20 @@ def stratified_split(
     labels: np.ndarray, val_size: int, seed: int = 42, classes: list[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (train_indices, val_indices); each class gets its share of ``val_size``, remainders spread by
-    class order. A class left with no training image is refused (``classes`` names it)."""
+    class order. A val_size that must leave some class no training image is refused (``classes`` names it)."""
     labels = np.asarray(labels)
     if not 0 <= val_size < len(labels):
         raise SplitTooLarge(val_size, len(labels))
     present, counts = np.unique(labels, return_counts=True)
     exact = counts * val_size / len(labels)
     per_class = np.floor(exact).astype(int)
-    # Largest remainders get the leftover samples, so the total is exactly val_size.
-    leftover = val_size - per_class.sum()
-    per_class[np.argsort(-(exact - per_class), kind="stable")[:leftover]] += 1
+    # Largest remainders get the leftover samples, so the total is exactly val_size. A class that would be left
+    # with no training image is passed over while another can spare one: it is trained on and never measured,
+    # which load_split warns of, where taking its last image would refuse the whole dataset.
+    for _ in range(val_size - per_class.sum()):
+        spare = per_class + 1 < counts
+        remainder = exact - per_class
+        per_class[np.argmax(np.where(spare, remainder, -np.inf) if spare.any() else remainder)] += 1
     lost = [int(c) for c, n, n_val in zip(present, counts, per_class) if n_val >= n]
     if lost:
         names = [classes[c] if classes is not None else str(c) for c in lost]
