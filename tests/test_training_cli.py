@@ -87,6 +87,34 @@ def test_a_flag_the_command_lacks_points_to_what_it_takes(argv, said, tmp_path, 
     assert said in err and "--set recipe=" not in err
 
 
+@pytest.mark.parametrize(
+    "settings, said",
+    [
+        (["crop_padding=8", "image_size=8"], "augment.crop_padding 8 is not below data.image_size 8"),
+        (["pad_mode=reflect", "crop_padding=40"], "augment.crop_padding 40 is not below data.image_size 32"),
+        (["cutout=40"], "augment.cutout 40 is larger than data.image_size 32"),
+    ],
+)
+def test_augmentation_larger_than_the_image_is_refused_before_the_data_is_read(settings, said, tmp_path, capsys):
+    """Reflect padding of the side or more failed at the first batch with torch's error; zeros padding that large
+    gave all-black crops, and a cutout past the side blacks out whole images."""
+    err = _refused(
+        [
+            "train",
+            "--recipe",
+            "resnet9_half_cpu",
+            "--set",
+            *settings,
+            "--out",
+            str(tmp_path / "r"),
+            *_no_data(tmp_path),
+        ],
+        capsys,
+    )
+    assert said in err
+    assert build_config("resnet9_half_cpu", ["crop_padding=7", "image_size=8", "cutout=8"]).augment.cutout == 8
+
+
 def test_a_step_schedule_that_never_steps_is_refused(tmp_path, capsys):
     """As a multistep schedule's milestones past the run's end are: the learning rate would stay constant."""
     argv = ["train", "--recipe", "wrn_28_10", "--set", "schedule.name=step", "step_size=30", "epochs=20"]

@@ -284,6 +284,18 @@ def config_problems(config: Config) -> list[str]:
             "pick a divisor"
         )
     problems += _progressive_problems(config)
+    a, size = config.augment, config.data.image_size
+    if a.crop_padding >= size:
+        # a shift of the whole side or more can move the image out of its crop (an all-black one with zeros), and
+        # reflect padding cannot pad more than the side less one: the first batch failed with torch's error
+        problems.append(
+            f"augment.crop_padding {a.crop_padding} is not below data.image_size {size}: lower it (4 is usual at 32)"
+        )
+    if a.cutout > size:
+        # past the side, some images are blacked out whole, and at 2 x side - 1 every one is
+        problems.append(
+            f"augment.cutout {a.cutout} is larger than data.image_size {size}: lower it (half the side is usual)"
+        )
     if t.distill_from and config.augment.mix().enabled:
         # a mixed image's teacher target would be the mix of two images' logits, which this trainer does not form
         problems.append(
