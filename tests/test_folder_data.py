@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.data import load_split
+from training.data import DatasetError, load_split
 from training.data.augment import AugmentParams, augment_batch
 from training.data.folder import read_image_folder
 from training.data.loader import TensorLoader
@@ -168,6 +168,43 @@ def test_files_left_out_for_their_name_are_counted_and_hidden_class_folders_name
     with caplog.at_level(logging.WARNING):
         assert len(read_image_folder(archive)) == 3
     assert "4 file(s) left out, not images by their extension: .heic (2), .txt (1), no extension (1)" in caplog.text
+
+
+@pytest.mark.parametrize("packed", ["with the folder's name", "from inside the folder"])
+def test_an_archive_of_a_folder_is_read_as_the_folder_is(tmp_path, caplog, packed):
+    """An image beside the class folders and a hidden folder: the folder itself trains on its classes, warning of
+    both; its archive, packed as `tar czf pets.tar.gz pets`, was refused ("more than one level") for the stray
+    image, and packed from inside left both out without a word."""
+    folder_module = importlib.import_module("training.data.folder")
+    root = tmp_path / "pets"
+    for name in ("cat/0.png", "cat/1.png", "dog/0.png", "beside.png", ".thumbnails/0.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        _noise(40, 30, len(name)).save(root / name)
+    folder_module._said_left_out.clear()
+    with caplog.at_level(logging.WARNING):
+        tree = read_image_folder(root)
+    assert "1 image(s) beside the class folders left out, in no class: beside.png" in caplog.text
+    archive = tmp_path / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root).as_posix()
+            tar.add(path, arcname=f"pets/{rel}" if packed == "with the folder's name" else rel, recursive=False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        packed_data = read_image_folder(archive)
+    assert packed_data.classes == tree.classes == ["cat", "dog"]
+    np.testing.assert_array_equal(packed_data.images, tree.images)
+    np.testing.assert_array_equal(packed_data.labels, tree.labels)
+    assert "1 image(s) beside the class folders left out, in no class: beside.png" in caplog.text
+    assert "hidden folder(s) left out" in caplog.text and ".thumbnails" in caplog.text
+    # images in folders of two levels are still refused: a class folder's subfolder would become a class
+    nested = tmp_path / "nested.tar.gz"
+    with tarfile.open(nested, "w:gz") as tar:
+        tar.add(root / "cat" / "0.png", arcname="pets/cat/0.png")
+        tar.add(root / "dog" / "0.png", arcname="pets/dog/0.png")
+        tar.add(root / "cat" / "1.png", arcname="pets/cat/kittens/1.png")
+    with pytest.raises(DatasetError, match="more than one level"):
+        read_image_folder(nested)
 
 
 def test_the_order_and_split_do_not_depend_on_the_unicode_form_of_file_names(tmp_path):

@@ -247,14 +247,19 @@ END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
 
 
 def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
-    others = []
+    others, loose, hidden_dirs = [], [], set()
     try:
         with tarfile.open(root) as tar:
             for member in tar:
                 name = PurePosixPath(member.name)
                 hidden = any(is_hidden(part) for part in name.parent.parts)
+                if member.isfile() and hidden:
+                    parts = name.parent.parts
+                    hidden_dirs.add(PurePosixPath(*parts[: next(i for i, p in enumerate(parts) if is_hidden(p)) + 1]))
                 if member.isfile() and not hidden and not is_tree_image(name.name) and not _litter(name.name):
                     others.append(name.name)
+                if member.isfile() and not hidden and is_tree_image(name.name) and len(name.parts) == 1:
+                    loose.append(name.name)  # packed from inside the folder: beside its class folders
                 if member.isfile() and is_tree_image(name.name) and len(name.parts) >= 2 and not hidden:
                     _check_class_name(str(name.parent), root)
                     file = tar.extractfile(member)
@@ -266,6 +271,10 @@ def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
                 raise EOFError(f"it ends after {tar.offset} bytes without the end-of-archive blocks")
         if others:
             log.warning("%s: %s", root, _not_images_text(others))
+        _warn_beside(root, loose)
+        if hidden_dirs:
+            shown = _listed(sorted(map(str, hidden_dirs)), ", ")
+            log.warning("%s: hidden folder(s) left out, not read (a name starting with a dot): %s", root, shown)
     except tarfile.TarError as exc:
         raise DatasetError(f"cannot read archive {root}: {exc}") from exc
     except (EOFError, zlib.error, OSError) as exc:  # a download or copy cut short, a damaged compressed stream
@@ -285,10 +294,7 @@ def _warn_left_out(root: Path, images: list[Path], others: list[Path], hidden_di
     _said_left_out.add(said)
     if others:
         log.warning("%s: %s", root, _not_images_text([p.name for p in others]))
-    loose = [p.name for p in images if p.parent == root]
-    if loose:
-        shown = ", ".join(loose[:5]) + (f" and {len(loose) - 5} more" if len(loose) > 5 else "")
-        log.warning("%s: %d image(s) beside the class folders left out, in no class: %s", root, len(loose), shown)
+    _warn_beside(root, [p.name for p in images if p.parent == root])
     class_folders = {p.parent for p in images if p.parent != root}
     if not class_folders:
         return
@@ -359,15 +365,16 @@ def _decode_all(
     names: list[str] = []
     classes_of: list[str] = []
     unusable: dict[int, str] = {}
-    parents: dict[PurePosixPath, PurePosixPath] = {}
+    folders: set[PurePosixPath] = set()
+    loose: PurePosixPath | None = None  # an archive's one top folder, where it holds images beside the class folders
     for i, (name, cls, data) in enumerate(
         tqdm(entries, total=count, desc=f"decoding {root.name}", unit="img", leave=False)
     ):
         if count is None:
             folder = PurePosixPath(name).parent
-            parents.setdefault(folder.parent, folder)
-            if len(parents) > 1:
-                _check_side_by_side(list(parents.values()), root)
+            if folder not in folders:
+                folders.add(folder)
+                loose = _archive_layout(folders, root)
             if i == len(images):
                 images = np.concatenate([images, np.empty_like(images)])
         try:
@@ -376,6 +383,14 @@ def _decode_all(
             unusable[i] = str(exc)  # all of them, in one pass: not one decode of the folder per file
         names.append(name)
         classes_of.append(cls)
+    if loose is not None:
+        # as the folder itself is read: tar czf pets.tar.gz pets packs them under the folder's own name
+        beside = [i for i, name in enumerate(names) if PurePosixPath(name).parent == loose]
+        _warn_beside(root, [PurePosixPath(names[i]).name for i in beside])
+        kept = [i for i in range(len(names)) if PurePosixPath(names[i]).parent != loose]
+        images, names, classes_of = images[kept], [names[i] for i in kept], [classes_of[i] for i in kept]
+        position = {old: new for new, old in enumerate(kept)}
+        unusable = {position[i]: why for i, why in unusable.items() if i in position}
     if not names:
         raise _no_images(root)
     order = sorted(range(len(names)), key=lambda i: _sort_key(names[i]))
@@ -392,6 +407,23 @@ def _decode_all(
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[cls] for cls in classes_of], dtype=np.int64)
     return ImageArrays(images[: len(names)], labels, classes)
+
+
+def _archive_layout(folders: set[PurePosixPath], root: Path) -> PurePosixPath | None:
+    """The folders an archive's images sit in, checked as a tree's are; the archive's one top folder where images
+    sit in it beside the class folders it holds (packed with the folder's own name, as ``tar czf pets.tar.gz pets``
+    does), which are then left out as the folder reader leaves them out."""
+    top = [folder for folder in folders if folder.parent == PurePosixPath(".")]
+    if len(top) == 1 and len(folders) > 1 and all(f.parent == top[0] for f in folders if f != top[0]):
+        return top[0]
+    _check_side_by_side(list(folders), root)
+    return None
+
+
+def _warn_beside(root: Path, loose: list[str]) -> None:
+    if loose:
+        shown = ", ".join(loose[:5]) + (f" and {len(loose) - 5} more" if len(loose) > 5 else "")
+        log.warning("%s: %d image(s) beside the class folders left out, in no class: %s", root, len(loose), shown)
 
 
 def _check_side_by_side(folders: list[PurePosixPath], root: Path) -> None:
