@@ -41,18 +41,20 @@ def with_calibration(model: nn.Module, calibration: Calibration) -> nn.Module:
     return model
 
 
-def fit_calibration(logits: np.ndarray, labels: np.ndarray, method: str, what: str) -> Calibration:
-    """Fit ``method`` on the FP32 PyTorch logits (float64) of the model wrapped for test-time augmentation,
-    over the validation split. Every precision exported from one checkpoint gets the same T this way (see
-    ``calibration_report(..., refit=True)`` for what a variant's own T would change). ``what`` says which
-    model, for the card."""
+def fit_calibration(
+    logits: np.ndarray, labels: np.ndarray, method: str, what: str, kind: str = "FP32 PyTorch logits"
+) -> Calibration:
+    """Fit ``method`` on the FP32 logits (float64) of the model wrapped for test-time augmentation, over the
+    validation split: PyTorch's, or an FP32 graph's where the checkpoint is gone (``kind`` says which). Every
+    precision exported from one checkpoint gets the same T this way (see ``calibration_report(..., refit=True)``
+    for what a variant's own T would change). ``what`` says which model, for the card."""
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration {method!r}; valid: {', '.join(CALIBRATION_METHODS)}")
     if method == "none":
         return Calibration()
     # Stored as the float32 the FP32 graph holds, so the card states exactly what that graph divides by.
     temperature = float(np.float32(fit_temperature(logits, labels, warn=False)))  # warned of below, with the way out
-    fitted_on = f"NLL on the validation split ({len(labels)} images), FP32 PyTorch logits of {what}"
+    fitted_on = f"NLL on the validation split ({len(labels)} images), {kind} of {what}"
     if meaningless_fit(logits, labels, temperature):
         # A small split of easy classes (a folder of one's own) gets every image right: the NLL then only falls as
         # T shrinks, and T is wherever the search stopped, not a measurement. The card says so.

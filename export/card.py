@@ -74,6 +74,7 @@ def _classes(e: ModelEntry) -> str:
 
 ROWS: list[tuple[str, Callable[[ModelEntry], str]]] = [
     ("classes", _classes),
+    ("input (pixels)", lambda e: f"{e.input.size[0]}x{e.input.size[1]} {e.input.color}"),
     ("architecture", _architecture),
     ("precision", lambda e: e.precision),
     ("test-time augmentation (in the graph)", _tta),

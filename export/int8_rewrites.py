@@ -158,7 +158,10 @@ def fuse_gelu(model: onnx.ModelProto) -> int:
         if first is None or second is None or (first.op_type, second.op_type) != ("Mul", "Mul"):
             continue
         others = [n for n in first.input if n != add.output[0]] + [n for n in second.input if n != first.output[0]]
-        if len(others) != 2 or x not in others or not _is_constant(graph, next(n for n in others if n != x), 0.5):
+        if len(others) != 2 or x not in others:
+            continue
+        others.remove(x)
+        if not _is_constant(graph, others[0], 0.5):  # x * x * (1 + erf(x / sqrt 2)) is no GELU
             continue
         dropped += [div, erf, add, first]
         gelu = helper.make_node("Gelu", [x], [second.output[0]], name=f"{second.name}.gelu", domain=MICROSOFT)

@@ -29,6 +29,8 @@ class Parity:
     torch_images_per_s: float
     onnx_images_per_s: float
     failures: list[str] = field(default_factory=list)
+    # what the ONNX model was measured against: the checkpoint, or an FP32 graph standing in for it (rederive)
+    reference: str = "PyTorch"
 
     @property
     def passed(self) -> bool:
@@ -40,6 +42,7 @@ class Parity:
 
     def as_dict(self) -> dict:
         d = asdict(self)
+        del d["reference"]  # the card says it: source.derived_from
         d["accuracy_diff_points"] = self.accuracy_diff_points
         d["passed"] = self.passed
         return d
@@ -51,7 +54,7 @@ class Parity:
 
     def summary(self) -> str:
         accuracy = (
-            f"{self.precision}: PyTorch top-1 {100 * self.torch_top1:.2f}%"
+            f"{self.precision}: {self.reference} top-1 {100 * self.torch_top1:.2f}%"
             f"{'' if self.compared else ' (recorded at export)'}, ONNX top-1 {100 * self.onnx_top1:.2f}% "
             f"({self.accuracy_diff_points:+.2f} points), "
         )
@@ -63,7 +66,7 @@ class Parity:
         return (
             f"{accuracy}top-1 agreement {100 * self.top1_agreement:.2f}%, "
             f"max |dp| {self.max_abs_prob_diff:.2e}, {self.samples} images; "
-            f"throughput PyTorch {self.torch_images_per_s:.0f} img/s, "
+            f"throughput {self.reference} {self.torch_images_per_s:.0f} img/s, "
             f"ONNX Runtime {self.onnx_images_per_s:.0f} img/s"
         )
 
@@ -101,6 +104,7 @@ def judge(
     torch_top1_value: float,
     torch_speed: float,
     onnx_speed: float,
+    reference: str = "PyTorch",
 ) -> Parity:
     onnx_top1 = topk_accuracy(onnx_probs, labels, 1)
     compared = torch_probs is not None
@@ -119,6 +123,7 @@ def judge(
         max_diff,
         torch_speed,
         onnx_speed,
+        reference=reference,
     )
     entry = precision_entry(precision)
     tolerance = entry.tolerance_points

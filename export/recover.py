@@ -30,7 +30,7 @@ from training.inference import with_tta
 from training.models import ImageClassifier, create_model
 
 from .parity import Parity, parity_against, torch_logits
-from .pipeline import ParityError, listed_model, source_at, validation_split
+from .pipeline import ParityError, from_project, listed_model, source_at, validation_split
 
 # BatchNorm's update counter is not part of the computation, so the exporter leaves it out of the graph.
 NOT_IN_GRAPH = ("num_batches_tracked",)
@@ -57,7 +57,7 @@ def recovered_meta(entry: ModelEntry, data_root: str | None = None) -> dict:
         "val_size": src["val_size"],
         "split_seed": src["split_seed"],
         "recipe": src.get("recipe"),
-        **({"members": src["members"]} if "members" in src else {}),
+        **{key: src[key] for key in ("members", "teacher") if key in src},  # an ensemble's checkpoints, a teacher
         "recovered_from": {"name": entry.name, "file": entry.file, "sha256": entry.sha256},
     }
 
@@ -162,16 +162,20 @@ def recover_checkpoint(
     entry = listed_model(models_dir, name)
     if entry.precision != "fp32":
         raise UsageError(f"{name} is {entry.precision}: its weights were rounded; recover from its FP32 graph")
-    meta = recovered_meta(entry, data_root)
+    # the card records its data relative to the project (where exports run): found from any folder, as verify finds
+    # it, and written as this folder finds it, for the commands that read the checkpoint next
+    meta = recovered_meta(entry, data_root or from_project(entry.source["data_root"], models_dir))
     tta = entry.source.get("tta", "none")
     model = create_model(meta["arch"], meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])
     model.load_state_dict(weights_from_graph(models_dir / entry.file, model))
     model.eval()
-    source = source_at(entry.source, cache_dir, data_root)
+    # Read now, with the weights, as listed_model checked it: another command may replace the file while the
+    # validation images are read (minutes), and the checkpoint says it was recovered from this one.
+    graph = OnnxClassifier(models_dir / entry.file, device="cpu")
+    source = source_at(entry.source, cache_dir, meta["data_root"])
     val = validation_split(source, max_val_images, entry.classes, moved=data_root is not None)
     with torch.no_grad():
         logits, speed = torch_logits(with_tta(model, tta), val.images)
-    graph = OnnxClassifier(models_dir / entry.file, device="cpu")
     parity, _ = parity_against(logits / entry.calibration.temperature, speed, graph, val.images, val.labels)
     if not parity.passed:
         raise ParityError(

@@ -23,18 +23,19 @@ from onnx import helper, numpy_helper
 from inference.devices import DeviceKind
 from inference.errors import UsageError
 from inference.fits import FitName
-from inference.manifest import Calibration, ModelCard, ModelEntry
+from inference.manifest import CALIBRATION_METHODS, ModelCard, ModelEntry, sha256_file
 from inference.precisions import PrecisionName
 from inference.runtime import OnnxClassifier, softmax
 from training.inference import topk_accuracy
-from training.reports.calibration import fit_temperature
 
+from .calibration import fit_calibration
 from .onnx_export import writing
 from .parity import Parity, judge, onnx_logits
 from .pipeline import (
     check_calibration_options,
     check_replacement,
     convert_variant,
+    from_project,
     listed_model,
     publish,
     record_entry,
@@ -80,6 +81,8 @@ def rederive(
     ``data_root``: where the reference's dataset is now (``--data``), if it has moved since its training.
     ``replace``: another model listed under ``name`` may be replaced; naming the reference itself replaces it."""
     check_calibration_options(precision, activation_ranges, calibration_count)
+    if calibrate not in CALIBRATION_METHODS:
+        raise UsageError(f"unknown calibration {calibrate!r}; valid: {', '.join(CALIBRATION_METHODS)}")
     models_dir = Path(models_dir)
     ref = listed_model(models_dir, reference)
     if ref.precision != "fp32":
@@ -93,41 +96,47 @@ def rederive(
             f"{reference} is already calibrated (T={ref.calibration.temperature}): derive from it with "
             "--calibrate none, or from the uncalibrated graph"
         )
-    source = source_at(ref.source, cache_dir, data_root)
+    # the card records its data relative to the project (where exports run): found from any folder, as verify finds it
+    recorded = {**ref.source, "data_root": from_project(ref.source["data_root"], models_dir)}
+    source = source_at(recorded, cache_dir, data_root)
     val = validation_split(source, max_val_images, ref.classes, moved=data_root is not None)
-    ref_path = models_dir / ref.file
-    ref_logits, ref_speed = onnx_logits(OnnxClassifier(ref_path, device="cpu"), val.images)
-    # A calibrated reference already divides by its T: the derived graph inherits the division and its record.
-    calibration = ref.calibration if inherited else Calibration()
-    if calibrate == "temperature":
-        temperature = float(np.float32(fit_temperature(ref_logits, val.labels)))
-        calibration = Calibration(
-            method="temperature",
-            temperature=temperature,
-            fitted_on=f"NLL on the validation split ({len(val)} images), logits of the FP32 "
-            f"graph {ref.file} (sha256 {ref.sha256[:12]})",
-        )
-    elif calibrate != "none":
-        raise UsageError(f"unknown calibration {calibrate!r}; valid: temperature, none")
-    card = ModelCard(
-        **{
-            **ref.model_dump(include=set(ModelCard.model_fields)),
-            "name": name,
-            "precision": precision,
-            "metrics": {"val_top1": 0.0},
-            "calibration": calibration,
-            "input": {**ref.input.model_dump(), "fit": fit or ref.input.fit},  # validated with the card
-            "source": {
-                **ref.source,
-                "onnxruntime": onnxruntime.__version__,
-                "onnx": onnx.__version__,
-                "derived_from": {"name": ref.name, "file": ref.file, "sha256": ref.sha256},
-            },
-        }
-    )
     final = models_dir / f"{name}.onnx"
     with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
-        fp32, out = Path(tmp) / "fp32.onnx", Path(tmp) / "model.onnx"
+        ref_path, fp32, out = Path(tmp) / "reference.onnx", Path(tmp) / "fp32.onnx", Path(tmp) / "model.onnx"
+        # One copy, read once: another command may replace the listed file meanwhile, and the card names this one.
+        try:
+            shutil.copyfile(models_dir / ref.file, ref_path)
+            unchanged = sha256_file(ref_path) == ref.sha256
+        except FileNotFoundError:
+            unchanged = False
+        if not unchanged:
+            raise UsageError(
+                f"{reference}'s file {ref.file} was replaced or removed by another command while this one ran: "
+                "nothing was recorded; run the command again"
+            )
+        ref_logits, ref_speed = onnx_logits(OnnxClassifier(ref_path, device="cpu"), val.images)
+        # A calibrated reference already divides by its T: the derived graph inherits the division and its record.
+        # Otherwise T is fitted as export fits it, so a T that means little (every image right) is said on the card.
+        graph = f"the FP32 graph {ref.file} (sha256 {ref.sha256[:12]})"
+        calibration = (
+            ref.calibration if inherited else fit_calibration(ref_logits, val.labels, calibrate, graph, "logits")
+        )
+        card = ModelCard(
+            **{
+                **ref.model_dump(include=set(ModelCard.model_fields)),
+                "name": name,
+                "precision": precision,
+                "metrics": {"val_top1": 0.0},
+                "calibration": calibration,
+                "input": {**ref.input.model_dump(), "fit": fit or ref.input.fit},  # validated with the card
+                "source": {
+                    **ref.source,
+                    "onnxruntime": onnxruntime.__version__,
+                    "onnx": onnx.__version__,
+                    "derived_from": {"name": ref.name, "file": ref.file, "sha256": ref.sha256},
+                },
+            }
+        )
         if calibration.method == "temperature" and not inherited:
             append_temperature(ref_path, fp32, calibration.temperature)
         else:
@@ -136,7 +145,14 @@ def rederive(
         logits, speed = onnx_logits(OnnxClassifier(out, device="cpu"), val.images)
         expected = softmax(ref_logits if inherited else ref_logits / calibration.temperature)
         parity = judge(
-            precision, expected, softmax(logits), val.labels, topk_accuracy(expected, val.labels, 1), ref_speed, speed
+            precision,
+            expected,
+            softmax(logits),
+            val.labels,
+            topk_accuracy(expected, val.labels, 1),
+            ref_speed,
+            speed,
+            reference="FP32 graph",
         )
         publish(out, card, parity, logits, val.labels, f" against {ref.file}")
         return record_entry(card, out, final, models_dir, make_default, default_for, replaces=replaces), parity

@@ -157,3 +157,27 @@ def test_convolutions_sharing_a_weight_share_the_folded_one(tmp_path):
     assert sum(init.dims[:1] == [8] and len(init.dims) == 4 for init in model.graph.initializer) == 1
     x = np.random.default_rng(2).standard_normal((3, 3, 32, 32)).astype(np.float32)
     np.testing.assert_allclose(_run(model, x), _run(path, x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_gelu_like_chain_without_its_half_is_left_as_it_was():
+    """x * x * (1 + erf(x / sqrt 2)) has GELU's shape but no 0.5: the rewrite leaves it, and does not stop the
+    INT8 conversion with a StopIteration."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [
+        numpy_helper.from_array(np.array(np.sqrt(2), np.float32), "sqrt2"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+    ]
+    nodes = [
+        helper.make_node("Div", ["x", "sqrt2"], ["d"], name="div"),
+        helper.make_node("Erf", ["d"], ["e"], name="erf"),
+        helper.make_node("Add", ["e", "one"], ["a"], name="add"),
+        helper.make_node("Mul", ["a", "x"], ["m"], name="mul1"),
+        helper.make_node("Mul", ["m", "x"], ["y"], name="mul2"),
+    ]
+    vector = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("x", "y")]
+    graph = helper.make_graph(nodes, "g", vector[:1], vector[1:], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    before = model.SerializeToString()
+    assert rewrite_for_int8(model)["GELUs fused"] == 0
+    assert model.SerializeToString() == before
