@@ -38,7 +38,7 @@ from inference.messages import validation_problems
 from inference.precisions import PrecisionName, unsuited_hosts
 from inference.preprocess import to_model_input
 from inference.runtime import OnnxClassifier, softmax
-from training.checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
+from training.checkpoint import checkpoint_file, load_checkpoint_and_sha256, model_from_checkpoint
 from training.data import DatasetError, ImageArrays, load_split
 from training.data.split import SplitTooLarge
 from training.inference import with_tta
@@ -246,7 +246,7 @@ def export_checkpoint(
     ``data_root``: where the run's dataset is now, when it has moved since training (``_data_source``).
     ``replace``: a model already listed under ``name`` may be replaced (``check_replacement``)."""
     check_calibration_options(precision, activation_ranges, calibration_count)
-    ckpt = load_checkpoint(checkpoint)
+    ckpt, checkpoint_sha256 = load_checkpoint_and_sha256(checkpoint)
     meta = ckpt["meta"]
     source = _data_source(meta, checkpoint, cache_dir, data_root)
     models_dir = Path(models_dir)
@@ -262,7 +262,6 @@ def export_checkpoint(
             )
         model = with_tta(model_from_checkpoint(ckpt), tta)
         val = validation_split(source, max_val_images, meta["classes"], moved=data_root is not None)
-        checkpoint_sha256 = sha256_file(checkpoint_file(checkpoint))
         # One PyTorch pass serves both the temperature fit and parity.
         logits, torch_speed = ReferenceCache(reference_cache).logits(
             checkpoint_sha256, tta, val.images, lambda: torch_logits(model, val.images)
@@ -595,7 +594,10 @@ def verify_model(
         tta = entry.source.get("tta", "none")
 
         def compute() -> tuple[np.ndarray, float]:
-            return torch_logits(with_tta(model_from_checkpoint(load_checkpoint(checkpoint)), tta), val.images)
+            ckpt, loaded_sha = load_checkpoint_and_sha256(checkpoint)
+            if loaded_sha != sha:  # replaced since it was checked: its logits would be cached under the other's digest
+                raise UsageError(f"{checkpoint} changed while it was being verified (a run still training?): run again")
+            return torch_logits(with_tta(model_from_checkpoint(ckpt), tta), val.images)
 
         reference, speed = ReferenceCache(reference_cache).logits(sha, tta, val.images, compute)
         # the recorded temperature, as the graph applies it after the averaging

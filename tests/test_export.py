@@ -1489,3 +1489,32 @@ def test_a_models_folder_that_cannot_be_locked_is_updated_with_a_warning(
         set_default(models, other)
     assert load_manifest(models).default == other
     assert f"cannot lock {models} (Bad file descriptor)" in caplog.text, caplog.text
+
+
+def test_the_card_names_the_checkpoint_the_graph_was_made_from_though_a_run_replaced_it_meanwhile(
+    tiny_run, tmp_path, monkeypatch
+):
+    """A run still training renames a new best.pt over the file while an export reads the validation images: the
+    card's checkpoint_sha256 (and the reference logits cached under it) must be those of the file it loaded,
+    not of the one that took its place."""
+    import hashlib
+
+    import export.pipeline as pipeline
+    from inference.manifest import sha256_file
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    loaded = sha256_file(run / "best.pt")
+    newer = load_checkpoint(run / "best.pt")
+    newer["meta"]["epochs_trained_note"] = "a later epoch"
+    torch.save(newer, run / "newer.pt")
+    real = pipeline.validation_split
+
+    def a_new_best_arrives(*args, **kwargs):
+        (run / "newer.pt").replace(run / "best.pt")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "validation_split", a_new_best_arrives)
+    entry, *_ = export_checkpoint(run / "best.pt", "tiny", "fp32", tmp_path / "models", cache_dir=None)
+    assert hashlib.sha256((run / "best.pt").read_bytes()).hexdigest() != loaded
+    assert entry.source["checkpoint_sha256"] == loaded

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import io
 import os
 import pickle
 import re
@@ -223,15 +225,31 @@ def missing_checkpoint(path: Path) -> str:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    return _load(checkpoint_file(path), None)
+
+
+def load_checkpoint_and_sha256(path: str | Path) -> tuple[dict[str, Any], str]:
+    """The checkpoint and the sha256 of the very bytes it was read from: a run still training renames a new
+    best.pt over the file at any moment, and a digest taken from the path before or after could name that one."""
     path = checkpoint_file(path)
+    digest: list[str] = []
+    return _load(path, digest), digest[0]
+
+
+def _load(path: Path, digest: list[str] | None) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(missing_checkpoint(path))
     try:
+        source: Path | io.BytesIO = path
+        if digest is not None:
+            data = path.read_bytes()
+            digest.append(hashlib.sha256(data).hexdigest())
+            source = io.BytesIO(data)
         # TorchVersion is a plain str subclass; early checkpoints of this project stored one.
         with torch.serialization.safe_globals([torch.torch_version.TorchVersion]), warnings.catch_warnings():
             # a plain pickle's protocol, warned of in two lines before the refusal below says what the file is
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            ckpt = torch.load(source, map_location="cpu", weights_only=True)
     except PermissionError as exc:  # the file may be fine: say what stopped us, not that it is no checkpoint
         raise CheckpointError(f"cannot read {path}: {exc.strerror}") from exc
     # A damaged file (a truncated copy, a text file) fails inside torch with whatever its reader hit: an OSError
