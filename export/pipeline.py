@@ -365,6 +365,14 @@ def convert_variant(
             fp32, out, calibration_images(source, calibration_count or DEFAULT_CALIBRATION_IMAGES), ranges.name
         )
         card.source["calibration"] = f"{used} " + convert.calibration.format(ranges=ranges.label)
+        if calibration_count and used is not None and used < calibration_count:
+            # the card records the count used; the one asked for would otherwise be taken for it
+            log.warning(
+                "--calibration-images %d: the training split holds %d images, so all of them calibrate %s",
+                calibration_count,
+                used,
+                card.name,
+            )
     write_card(out, card)
 
 

@@ -1518,3 +1518,14 @@ def test_the_card_names_the_checkpoint_the_graph_was_made_from_though_a_run_repl
     entry, *_ = export_checkpoint(run / "best.pt", "tiny", "fp32", tmp_path / "models", cache_dir=None)
     assert hashlib.sha256((run / "best.pt").read_bytes()).hexdigest() != loaded
     assert entry.source["checkpoint_sha256"] == loaded
+
+
+def test_more_calibration_images_than_the_training_split_holds_is_warned_naming_both(tiny_run, tmp_path, caplog):
+    """The card records how many calibrated the graph; a user who asked for more is told, not left to find out."""
+    with caplog.at_level(logging.WARNING, logger="export"):
+        entry, *_ = export_checkpoint(
+            tiny_run / "best.pt", "tiny-int8", "int8", tmp_path / "models", calibration_count=10_000, cache_dir=None
+        )
+    used = int(entry.source["calibration"].split()[0])
+    assert used < 10_000
+    assert f"--calibration-images 10000: the training split holds {used} images" in caplog.text
