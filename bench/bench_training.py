@@ -39,7 +39,7 @@ from training.data.augment import AugmentParams  # noqa: E402
 from training.data.loader import TensorLoader  # noqa: E402
 from training.engine import resolve_device  # noqa: E402
 from training.inference import autocast, resolve_bf16  # noqa: E402
-from training.models import create_model, list_models  # noqa: E402
+from training.models import create_model, list_models, size_refusal  # noqa: E402
 from training.optim import OPTIMIZERS, build_optimizer  # noqa: E402
 
 
@@ -118,11 +118,9 @@ def check_image_size(spec: str, image_size: int) -> None:
     name, kwargs = parse_spec(spec)
     with termination.user_input():  # an unknown model or argument in --models
         model = create_model(name, **kwargs).eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size))
-    except (RuntimeError, ValueError) as exc:
-        raise UsageError(f"model {spec!r} cannot take {image_size}x{image_size} images (--image-size): {exc}") from None
+    refused = size_refusal(model, image_size)
+    if refused is not None:
+        raise UsageError(f"model {spec!r} cannot take {image_size}x{image_size} images (--image-size): {refused}")
 
 
 def training_gflop_per_image(spec: str, image_size: int = 32) -> float:

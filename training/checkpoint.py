@@ -225,26 +225,26 @@ def missing_checkpoint(path: Path) -> str:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    return _load(checkpoint_file(path), None)
+    return _load(checkpoint_file(path), hashed=False)[0]
 
 
 def load_checkpoint_and_sha256(path: str | Path) -> tuple[dict[str, Any], str]:
     """The checkpoint and the sha256 of the very bytes it was read from: a run still training renames a new
     best.pt over the file at any moment, and a digest taken from the path before or after could name that one."""
-    path = checkpoint_file(path)
-    digest: list[str] = []
-    return _load(path, digest), digest[0]
+    ckpt, sha = _load(checkpoint_file(path), hashed=True)
+    assert sha is not None
+    return ckpt, sha
 
 
-def _load(path: Path, digest: list[str] | None) -> dict[str, Any]:
+def _load(path: Path, hashed: bool) -> tuple[dict[str, Any], str | None]:
     if not path.is_file():
         raise FileNotFoundError(missing_checkpoint(path))
+    sha = None
     try:
         source: Path | io.BytesIO = path
-        if digest is not None:
+        if hashed:
             data = path.read_bytes()
-            digest.append(hashlib.sha256(data).hexdigest())
-            source = io.BytesIO(data)
+            sha, source = hashlib.sha256(data).hexdigest(), io.BytesIO(data)
         # TorchVersion is a plain str subclass; early checkpoints of this project stored one.
         with torch.serialization.safe_globals([torch.torch_version.TorchVersion]), warnings.catch_warnings():
             # a plain pickle's protocol, warned of in two lines before the refusal below says what the file is
@@ -264,7 +264,7 @@ def _load(path: Path, digest: list[str] | None) -> dict[str, Any]:
     problem = _malformed(ckpt)
     if problem:
         raise CheckpointError(f"{path} is not a training checkpoint this project wrote ({problem})")
-    return ckpt
+    return ckpt, sha
 
 
 # torch's weights_only refusal of an object it would have to construct: the object's name, then advice to allow it

@@ -52,7 +52,14 @@ from .data.targets import DistilledTargets, PrunedTargets, Targets, hard_labels,
 from .distill import distill_loss, load_or_compute, teacher_file
 from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, topk_accuracy
 from .lookahead import Lookahead
-from .models import ImageClassifier, UnknownArgument, argument_error, count_parameters, create_model
+from .models import (
+    ImageClassifier,
+    UnknownArgument,
+    argument_error,
+    count_parameters,
+    create_model,
+    size_refusal,
+)
 from .models.whitening import dirac_init_, whitening_layers
 from .muon import filters_by_normalisation
 from .optim import build_optimizer, build_scheduler
@@ -213,11 +220,9 @@ def check_network_takes_its_input(config: Config) -> None:
         raise ConfigError(argument_error(name, args, said)) from exc
     for side in sorted({size, *config.augment.progressive_sizes.values()}):
         setting = "data.image_size" if side == size else "augment.progressive_sizes"
-        try:
-            with torch.no_grad():
-                model(torch.zeros(1, 3, side, side))
-        except (RuntimeError, ValueError) as exc:
-            raise ConfigError(f"model {name!r} cannot take {side}x{side} images ({setting}): {exc}") from exc
+        refused = size_refusal(model, side)
+        if refused is not None:
+            raise ConfigError(f"model {name!r} cannot take {side}x{side} images ({setting}): {refused}") from refused
     check_options_suit_the_network(model, config)
 
 

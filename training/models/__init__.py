@@ -186,6 +186,17 @@ def argument_error(name: str, kwargs: dict, exc: Exception) -> str:
     return f"model {name!r} cannot be built from its arguments ({'; '.join(suspects) or given}): {exc}"
 
 
+def size_refusal(model: nn.Module, side: int) -> Exception | None:
+    """What a blank ``side`` x ``side`` image raises in ``model`` (a ViT built for another size, poolings that
+    leave nothing), or None where it takes that size: tried before any data is read or anything measured."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, side, side))
+    except (RuntimeError, ValueError) as exc:
+        return exc
+    return None
+
+
 def list_models() -> list[str]:
     return MODELS.names()
 
