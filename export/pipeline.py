@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +49,7 @@ from .onnx_export import OPSET, export_fp32, input_spec, write_card, writing
 from .parity import Parity, judge, onnx_logits, parity_against, torch_logits
 from .reference import ReferenceCache
 from .variants import converter
+from .workspace import workspace
 
 log = logging.getLogger("export")
 
@@ -294,11 +294,11 @@ def export_checkpoint(
             calibration=calibration,
         )
         final = models_dir / f"{name}.onnx"
-        with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
-            fp32 = Path(tmp) / "fp32.onnx"
+        with workspace(models_dir) as tmp:
+            fp32 = tmp / "fp32.onnx"
             log.info("exporting the network to ONNX (opset %d)", OPSET)  # a few seconds to a minute, without a bar
             export_fp32(model, fp32, meta["input_size"])
-            out = Path(tmp) / "model.onnx"
+            out = tmp / "model.onnx"
             convert_variant(fp32, out, card, source, calibration_count, activation_ranges)
             classifier = OnnxClassifier(out, device="cpu")
             parity, graph_logits = parity_against(reference, torch_speed, classifier, val.images, val.labels)

@@ -11,7 +11,6 @@ none``) is converted as it is, and the derived card keeps its calibration record
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -42,6 +41,7 @@ from .pipeline import (
     source_at,
     validation_split,
 )
+from .workspace import workspace
 
 
 def append_temperature(src: Path, dst: Path, temperature: float) -> None:
@@ -101,8 +101,8 @@ def rederive(
     source = source_at(recorded, cache_dir, data_root)
     val = validation_split(source, max_val_images, ref.classes, moved=data_root is not None)
     final = models_dir / f"{name}.onnx"
-    with tempfile.TemporaryDirectory(dir=models_dir) as tmp:
-        ref_path, fp32, out = Path(tmp) / "reference.onnx", Path(tmp) / "fp32.onnx", Path(tmp) / "model.onnx"
+    with workspace(models_dir) as tmp:
+        ref_path, fp32, out = tmp / "reference.onnx", tmp / "fp32.onnx", tmp / "model.onnx"
         # One copy, read once: another command may replace the listed file meanwhile, and the card names this one.
         try:
             shutil.copyfile(models_dir / ref.file, ref_path)

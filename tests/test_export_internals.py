@@ -133,3 +133,41 @@ def test_recover_compares_the_network_with_the_graph_it_read_its_weights_from(ti
     out = tmp_path / "recovered.pt"
     _, parity = module.recover_checkpoint("tiny", out, models, cache_dir=None)
     assert parity.passed and load_checkpoint(out)["meta"]["recovered_from"]["sha256"] == listed
+
+
+def test_an_export_removes_the_work_folders_killed_exports_left_and_no_others(tiny_run, tmp_path, caplog):
+    """SIGKILL leaves an export's work folder in the models folder (no handler runs): the next export removes it,
+    named in a warning, and leaves those of a process still running or of another host sharing the folder."""
+    import socket
+    import subprocess
+    import sys
+
+    from export.workspace import PREFIX
+
+    models = tmp_path / "models"
+    models.mkdir()
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    host = socket.gethostname()
+    killed = models / f"{PREFIX}{ended.pid}@{host}-k1ll3d"
+    alive = models / f"{PREFIX}{running.pid}@{host}-busy_1"
+    other_host = models / f"{PREFIX}{ended.pid}@{host}x-elsewhere"
+    for folder in (killed, alive, other_host):
+        folder.mkdir()
+        (folder / "fp32.onnx").write_bytes(b"half a graph")
+    try:
+        with caplog.at_level("WARNING"):
+            export_checkpoint(
+                tiny_run / "best.pt", "raw", "fp32", models, cache_dir=None, calibrate="none", max_val_images=4
+            )
+    finally:
+        running.kill()
+        running.wait()
+    assert not killed.exists() and str(killed) in caplog.text and "killed" in caplog.text
+    assert alive.exists() and other_host.exists()
+    # the export's own work folder is gone too, and nothing but the three above and its results are left
+    assert sorted(p.name for p in models.iterdir() if p.name.startswith(PREFIX)) == sorted(
+        [alive.name, other_host.name]
+    )
+    assert (models / "raw.onnx").exists()
