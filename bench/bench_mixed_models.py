@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import termination  # noqa: E402
 from arguments import ARCHIVE, http_url, max_batch_size, non_negative_float, positive_float  # noqa: E402
-from http_load import build_requests, load, percentile, read_jpegs  # noqa: E402
+from http_load import authority, build_requests, load, percentile, read_jpegs  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
 from service_runs import open_server, stop_server, wait_ready  # noqa: E402
 
@@ -102,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
     host, port, server = open_server(args)
     try:  # from the server's start on: whatever stops the run, it stops the server
         requests = {
-            entry.name: build_requests(jpegs, args.images_per_request, args.k, entry.name, f"{host}:{port}")
+            entry.name: build_requests(jpegs, args.images_per_request, args.k, entry.name, authority(host, port))
             for entry in (fast, slow)
         }
         phases = {

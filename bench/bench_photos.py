@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import termination  # noqa: E402
 from arguments import non_negative_float, positive_float, positive_floats  # noqa: E402
-from http_load import build_requests  # noqa: E402
+from http_load import authority, build_requests  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
 from service_runs import free_port, run_level, start_server, stop_server, wait_ready  # noqa: E402
 
@@ -125,7 +125,7 @@ def service_result(args, data: bytes, entry) -> dict:
     server = start_server(server_args, port)
     try:
         wait_ready(host, port, server)
-        requests = build_requests([("photo.jpg", data)], 1, 5, entry.name, f"{host}:{port}", count=1)
+        requests = build_requests([("photo.jpg", data)], 1, 5, entry.name, authority(host, port), count=1)
 
         def check(body: bytes) -> None:
             answer = json.loads(body)

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 import raw_engine  # noqa: E402
 import termination  # noqa: E402
 from arguments import ARCHIVE, http_url, max_batch_size, non_negative_float, positive_float, positive_ints  # noqa: E402
-from http_load import build_requests, read_jpegs  # noqa: E402
+from http_load import authority, build_requests, read_jpegs  # noqa: E402
 from process_tree import tree_memory_mib  # noqa: E402
 from report_io import host_record, write_json  # noqa: E402
 from service_runs import open_server, run_level, stop_server, wait_ready  # noqa: E402
@@ -139,7 +139,7 @@ def main(args: argparse.Namespace) -> int:
         runs = []
         for per_request in sizes:
             by_route = {
-                route: build_requests(jpegs, per_request, args.k, entry.name, f"{host}:{port}", route=route)
+                route: build_requests(jpegs, per_request, args.k, entry.name, authority(host, port), route=route)
                 for route in routes
             }
             levels: dict[str, list[dict]] = {route: [] for route in routes}

@@ -64,6 +64,11 @@ def v2_infer(files: list[tuple[str, bytes]], k: int) -> bytes:
     return json.dumps(request).encode()
 
 
+def authority(host: str, port: int) -> str:
+    """The Host header's value: an IPv6 address goes in brackets (RFC 9110), or its colons read as the port's."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def build_requests(
     jpegs, per_request: int, k: int, model: str, host: str, count: int = 32, route: str = "classify"
 ) -> list[bytes]:

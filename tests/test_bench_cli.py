@@ -144,3 +144,14 @@ def test_an_archive_that_is_not_the_cifar_jpegs_is_one_line_and_status_2(script,
     assert "server log" not in done.stderr  # refused before a server was started
     assert not (tmp_path / "out.json").exists()
     assert not work.exists() or not any(work.iterdir())  # no half-extracted copy left in the work dir
+
+
+@pytest.mark.parametrize("host", ["::1", "127.0.0.1", "localhost", "fe80::1%eth0"])
+def test_the_host_header_of_the_load_generators_requests_names_the_server_an_ipv6_one_in_brackets(host):
+    """`--url http://[::1]:3000` sent `Host: ::1:3000`, which a server reads as host `::1` port... nothing valid."""
+    from urllib.parse import urlsplit
+
+    request = http_load.build_requests([("a.jpg", b"x")], 1, 5, "m", http_load.authority(host, 3000), count=1)[0]
+    header = next(line for line in request.split(b"\r\n") if line.startswith(b"Host: "))
+    named = urlsplit("http://" + header[len(b"Host: ") :].decode())
+    assert (named.hostname, named.port) == (host.lower(), 3000)
