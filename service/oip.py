@@ -10,6 +10,8 @@ Each model takes one of two inputs and answers one output:
   extension (output parameter ``"classification": k``), ``BYTES [N, k]`` strings ``"score:index:label"``,
   most likely first.
 
+A request may name its model in ``model_name`` as the kserve SDK does; it must be the one the path names.
+
 Every problem is a :class:`contract.Rejection`, answered ``{"error": message}`` with the reason's status.
 Nothing here imports BentoML or starlette; service/oip_http.py serves it.
 """
@@ -49,6 +51,18 @@ class MetadataTensor(BaseModel):
     name: str
     datatype: str = Field(description="FP32, BYTES, ...")
     shape: list[int] = Field(description="-1: any size along that axis (the batch)")
+
+
+class ServerLive(BaseModel):
+    """The body of /v2/health/live: the protocol's answer is its status, but the kserve SDK reads this."""
+
+    live: bool
+
+
+class ServerReady(BaseModel):
+    """The body of /v2/health/ready (200 or 400), which the kserve SDK reads as ServerLive's."""
+
+    ready: bool
 
 
 class ServerMetadata(BaseModel):
@@ -100,9 +114,11 @@ class RequestOutput(BaseModel):
 
 
 class InferRequest(BaseModel):
-    model_config = _STRICT
+    model_config = ConfigDict(strict=True, extra="forbid", protected_namespaces=())
 
     id: Optional[str] = Field(None, description="echoed in the answer")
+    # Not in the protocol's request, but the kserve SDK's REST client sends it in every one.
+    model_name: Optional[str] = Field(None, description="if given, the model the path names")
     parameters: Optional[dict[str, Any]] = None
     inputs: list[RequestInput] = Field(min_length=1, max_length=1, description="one input: FP32 pixels or images")
     outputs: Optional[list[RequestOutput]] = Field(
@@ -185,6 +201,11 @@ def read_infer_request(body: bytes, model: ModelView, max_images: int) -> InferP
         request = InferRequest.model_validate_json(body.removeprefix(codecs.BOM_UTF8))
     except ValidationError as exc:
         return Rejection("malformed_request", f"not an inference request: {_first_problem(exc)}")
+    if request.model_name is not None and request.model_name != model.entry.name:
+        return Rejection(
+            "malformed_request",
+            f"the body's model_name {request.model_name[:100]!r} is not the model the path names, {model.entry.name!r}",
+        )
     (given,) = request.inputs
     input_name = model.entry.input.name
     takes = {input_name: "FP32", IMAGES_INPUT: "BYTES"}
@@ -202,7 +223,10 @@ def read_infer_request(body: bytes, model: ModelView, max_images: int) -> InferP
     outputs = _outputs(request.outputs, model)
     if isinstance(outputs, Rejection):
         return outputs
-    count = given.shape[0] if given.shape else 0
+    misshapen = _shape_rejection(given, model)
+    if misshapen is not None:
+        return misshapen
+    count = given.shape[0]
     if count == 0:
         return Rejection("no_images", f"no images: input {given.name!r} has shape {given.shape}")
     if count > max_images:
@@ -256,9 +280,21 @@ def _outputs(asked: Optional[list[RequestOutput]], model: ModelView) -> list[tup
     return out
 
 
+def _shape_rejection(given: RequestInput, model: ModelView) -> Rejection | None:
+    """A shape that is not the input's for any N. Checked before N (its first axis) is, so that one image's own
+    shape, sent without the batch axis ([3072], [224, 224, 3]), is not refused as that many images."""
+    shown = str(given.shape)[:100]
+    if given.name == IMAGES_INPUT:
+        if len(given.shape) == 1:
+            return None
+        return Rejection("bad_tensor", f"input {IMAGES_INPUT!r} must have shape [N], got {shown}")
+    height, width = model.size
+    if len(given.shape) == 4 and given.shape[1:] == [3, height, width]:
+        return None
+    return Rejection("bad_tensor", f"input {given.name!r} must have shape [N, 3, {height}, {width}], got {shown}")
+
+
 def _images(given: RequestInput) -> list[Upload] | Rejection:
-    if len(given.shape) != 1:
-        return Rejection("bad_tensor", f"input {IMAGES_INPUT!r} must have shape [N], got {given.shape}")
     if len(given.data) != given.shape[0]:
         return Rejection(
             "bad_tensor", f"input {IMAGES_INPUT!r} has shape {given.shape} but {len(given.data)} data elements"
@@ -275,12 +311,7 @@ def _images(given: RequestInput) -> list[Upload] | Rejection:
 
 
 def _tensor(given: RequestInput, model: ModelView) -> np.ndarray | Rejection:
-    height, width = model.size
     expected = _tensor_shape(model, given.shape[0])
-    if given.shape != expected:
-        return Rejection(
-            "bad_tensor", f"input {given.name!r} must have shape [N, 3, {height}, {width}], got {given.shape}"
-        )
     try:
         values = np.asarray(given.data)
     except (ValueError, TypeError, OverflowError):  # ragged nesting

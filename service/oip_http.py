@@ -1,7 +1,7 @@
 """The Open Inference Protocol's REST routes (service/oip.py has its types), mounted on the BentoML service.
 
     GET  /v2                          server metadata
-    GET  /v2/health/live|ready        200, or 400 while the models load (as Triton answers)
+    GET  /v2/health/live|ready        200, or 400 while the models load (as Triton answers); {"live"|"ready": bool}
     GET  /v2/models/{name}            model metadata: inputs, outputs, datatypes, shapes
     GET  /v2/models/{name}/ready
     POST /v2/models/{name}/infer
@@ -28,6 +28,8 @@ from .oip import (
     InferPlan,
     ModelView,
     OipError,
+    ServerLive,
+    ServerReady,
     infer_response,
     model_metadata,
     read_infer_request,
@@ -97,11 +99,12 @@ def oip_routes(
         return JSONResponse(server_metadata(server_name).model_dump())
 
     async def live(request: Request) -> Response:
-        return Response(status_code=200)
+        return JSONResponse(ServerLive(live=True).model_dump())
 
     async def ready(request: Request) -> Response:
         running = engine()
-        return Response(status_code=200 if running is not None and running.ready else 400)
+        now = running is not None and running.ready
+        return JSONResponse(ServerReady(ready=now).model_dump(), status_code=200 if now else 400)
 
     async def metadata(request: Request) -> Response:
         running = engine()

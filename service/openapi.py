@@ -12,7 +12,17 @@ from typing import Any, Mapping
 
 from .access import requires_key
 from .contract import REASONS, ClassifyError
-from .oip import VERSION, InferRequest, InferResponse, ModelMetadata, OipError, ServerMetadata, package_version
+from .oip import (
+    VERSION,
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    OipError,
+    ServerLive,
+    ServerMetadata,
+    ServerReady,
+    package_version,
+)
 from .uploads import FIELDS
 
 # BentoML's own error answers: {"error": message}
@@ -188,7 +198,10 @@ def _json(description: str, ref: dict[str, str]) -> dict[str, Any]:
 def _document_oip(document: dict, names: list[str] | None) -> None:
     schemas = document["components"]["schemas"]
     error = _component(schemas, OipError)
-    refs = {model: _component(schemas, model) for model in (InferRequest, InferResponse, ModelMetadata, ServerMetadata)}
+    refs = {
+        model: _component(schemas, model)
+        for model in (InferRequest, InferResponse, ModelMetadata, ServerMetadata, ServerLive, ServerReady)
+    }
     name: dict[str, Any] = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     if names:
         name["schema"]["enum"] = names
@@ -215,11 +228,14 @@ def _document_oip(document: dict, names: list[str] | None) -> None:
 
     paths = document["paths"]
     paths["/v2"] = get("oip_server_metadata", "Server metadata", {"200": _json("the server", refs[ServerMetadata])})
-    paths["/v2/health/live"] = get("oip_server_live", "Server live", {"200": {"description": "live"}})
+    paths["/v2/health/live"] = get("oip_server_live", "Server live", {"200": _json("live", refs[ServerLive])})
     paths["/v2/health/ready"] = get(
         "oip_server_ready",
         "Server ready",
-        {"200": {"description": "ready"}, "400": {"description": "not ready: the models are loading"}},
+        {
+            "200": _json("ready", refs[ServerReady]),
+            "400": _json("not ready: the models are loading", refs[ServerReady]),
+        },
     )
     paths["/v2/models/{name}"] = get(
         "oip_model_metadata",

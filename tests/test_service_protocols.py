@@ -264,6 +264,14 @@ V2_BAD = {
     "wrong datatype": ("tiny", _tensor_input([1, 3, 32, 32], ZEROS, datatype="INT8"), 400, "must be FP32, got 'INT8'"),
     "wrong shape": ("tiny", _tensor_input([1, 32, 32, 3], ZEROS), 400, "shape [N, 3, 32, 32]"),
     "data short of shape": ("tiny", _tensor_input([2, 3, 32, 32], ZEROS), 400, "data elements"),
+    # one image without its batch axis: its shape's first axis is no count of images
+    "one image's shape": ("tiny", _tensor_input([32, 32, 3], ZEROS), 400, "shape [N, 3, 32, 32], got [32, 32, 3]"),
+    "model_name of another model": (
+        "tiny",
+        {**_tensor_input([1, 3, 32, 32], ZEROS), "model_name": "tiny-int8"},
+        400,
+        "model_name 'tiny-int8'",
+    ),
     "ragged data": ("tiny", _tensor_input([1, 3, 32, 32], [[0.0, 0.0], [0.0]]), 400, "regular array"),
     "text data": ("tiny", _tensor_input([1, 3, 32, 32], ["0"] * 3072), 400, "must be numbers"),
     "out of range": ("tiny", _tensor_input([1, 3, 32, 32], [255.0] * 3072), 400, "in [0, 1]"),
