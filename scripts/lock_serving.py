@@ -81,8 +81,17 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         constraints = Path(tmp) / "installed.txt"
-        constraints.write_text(installed_versions())
-        pins = resolve(constraints, Path(tmp) / "report.json")
+        try:
+            constraints.write_text(installed_versions())
+            pins = resolve(constraints, Path(tmp) / "report.json")
+        except subprocess.CalledProcessError as exc:
+            # pip has said why above (most often: the package index, which resolving needs, is unreachable).
+            print(
+                f"lock_serving: not written: pip could not resolve the serving packages (exit {exc.returncode}, "
+                "its error is above; resolving needs the package index)",
+                file=sys.stderr,
+            )
+            return 1
     missing = untested(pins)
     if missing:
         print(

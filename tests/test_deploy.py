@@ -4,6 +4,8 @@ by kubernetes-validate and docker-compose) and the container recipe `bentoml bui
 from __future__ import annotations
 
 import copy
+import os
+import platform
 import re
 import shutil
 import subprocess
@@ -271,3 +273,28 @@ def test_the_lock_script_refuses_pins_no_test_ran_with():
         f"pyyaml==0.0.1 (installed: {metadata.version('pyyaml')})",
         "no-such-package-here==1.0 (installed: not at all)",
     ]
+
+
+@pytest.mark.skipif(
+    sys.version_info[:2] != (3, 11) or platform.system() != "Linux" or platform.machine() != "x86_64",
+    reason="scripts/lock_serving.py runs on the image's platform only (CPython 3.11, Linux x86-64)",
+)
+def test_the_lock_script_stops_in_one_line_when_pip_cannot_resolve(tmp_path):
+    """Resolving needs the package index: without one, one line after pip's own error, and no lock written. A copy
+    of the script in an empty project, so that nothing can touch this checkout's lock."""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "deploy").mkdir()
+    shutil.copy(ROOT / "scripts" / "lock_serving.py", tmp_path / "scripts")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    no_index = {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""}
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "scripts" / "lock_serving.py")],
+        env={**os.environ, **no_index},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1].startswith("lock_serving: not written: pip could not resolve")
+    assert not (tmp_path / "deploy" / "serving.lock").exists()
