@@ -14,6 +14,7 @@ without the lock (`.venv/bin/pip install -e ".[train,test,ray]" NAME==VERSION`),
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -100,7 +101,10 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
-    LOCK.write_text(HEADER + "".join(f"{name}=={version}\n" for name, version in pins))
+    # Renamed into place: an interrupted write would leave setup.sh and the Bento a lock cut short.
+    partial = LOCK.with_name(LOCK.name + ".partial")
+    partial.write_text(HEADER + "".join(f"{name}=={version}\n" for name, version in pins))
+    os.replace(partial, LOCK)
     print(f"{LOCK.relative_to(ROOT)}: {len(pins)} packages")
     return 0
 
