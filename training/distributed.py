@@ -1,8 +1,16 @@
-"""DistributedDataParallel setup from torchrun's environment (NCCL on GPUs, gloo on CPUs)."""
+"""DistributedDataParallel setup from torchrun's environment (NCCL on GPUs, gloo on CPUs).
+
+What a run of N processes is (training/engine.py): batch_size is each process's, so a step averages the gradients
+of N x batch_size images and an epoch takes 1/N of the steps, at the recipe's learning rate (not scaled);
+BatchNorm normalises each process's batch alone (no SyncBatchNorm) and its running statistics are rank 0's, which
+DDP sends to the others at each step; rank 0 alone evaluates the validation split and writes the run folder."""
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -11,6 +19,20 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from inference.errors import UsageError
+
+# What init_process_group's env:// rendezvous reads beside WORLD_SIZE; torchrun sets them all.
+TORCHRUN_VARIABLES = ("RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+class LaunchError(UsageError):
+    """A start that cannot make a process group: set by hand in part, or more processes than GPUs."""
+
+
+class PeerLost(ConnectionError):
+    """Another process of the group stopped (or stopped answering) during a collective. A ConnectionError, so the
+    command lines print it in one line as they print any OSError: the process that failed has said why."""
 
 
 @dataclass(frozen=True)
@@ -38,13 +60,52 @@ def setup(device_type: str) -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
+    check_launched(world_size)
     info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    if device_type == "cuda":
+        # before joining: a rank that cannot run stops alone, and the others' wait in the setup ends with it
+        check_gpu_for(info)
     if not dist.is_initialized():
         with terminated_outright():
             dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        # The trainer leaves the group when a run ends; a refusal or an error after the setup skips that, and a
+        # group left to the interpreter's exit is destroyed with its backend's threads running (gloo can abort
+        # there: "terminate called without an active exception"; NCCL warns of pending operations).
+        atexit.unregister(leave_at_exit)
+        atexit.register(leave_at_exit)
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)
     return info
+
+
+def check_launched(world_size: int) -> None:
+    """A WORLD_SIZE without the rest of torchrun's environment (set by hand, or left over from another launcher)
+    is refused in one line, not met with a KeyError or the rendezvous's ValueError."""
+    missing = [name for name in TORCHRUN_VARIABLES if not os.environ.get(name)]
+    if missing:
+        raise LaunchError(
+            f"WORLD_SIZE={world_size} but no {', '.join(missing)}: start several processes with torchrun "
+            f"(torchrun --nproc_per_node {world_size} -m training ...), or unset WORLD_SIZE for one"
+        )
+
+
+def check_gpu_for(info: DistInfo) -> None:
+    """Each process on a machine trains on the GPU of its LOCAL_RANK: torchrun starting more than there are would
+    otherwise fail in CUDA's "invalid device ordinal" (or share one, where NCCL refuses or hangs)."""
+    count = torch.cuda.device_count()
+    if info.local_rank >= count:
+        raise LaunchError(
+            f"process {info.local_rank} of this machine (LOCAL_RANK) has no GPU: {count} visible, so start at "
+            f"most --nproc_per_node {count}, or train on the CPU (--set device=cpu)"
+        )
+
+
+def leave_at_exit() -> None:
+    """Destroy a process group still held when the interpreter exits: the trainer's wrapper, unreachable once the
+    command has returned, is collected first, as it holds the group."""
+    if dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 @contextmanager
@@ -63,9 +124,32 @@ def terminated_outright() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def peers_watched(info: DistInfo) -> Iterator[None]:
+    """A collective whose peer has gone raises the backend's RuntimeError (gloo: "Connection closed by peer"),
+    whose traceback, printed by every rank left, would bury the one line of the rank that failed: said as
+    PeerLost.
+    Around collectives alone: any other RuntimeError (a CUDA out-of-memory) would be misread as a peer's."""
+    try:
+        yield
+    except RuntimeError as exc:
+        raise PeerLost(
+            f"rank {info.rank} of {info.world_size}: another process of this run stopped or stopped answering "
+            f"({backend_reason(exc)}); its own message says why"
+        ) from exc
+
+
+def backend_reason(exc: BaseException) -> str:
+    """The backend's message in short: without its source location, its first sentence."""
+    lines = str(exc).strip().splitlines()
+    first = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]) if lines else ""
+    return first.split(". ")[0] or type(exc).__name__
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
-        dist.barrier()
+        with peers_watched(info):
+            dist.barrier()
 
 
 def broadcast_flag(flag: bool, info: DistInfo) -> bool:
@@ -73,7 +157,8 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     if not info.enabled:
         return flag
     t = torch.tensor([int(flag)], device=collective_device())
-    dist.broadcast(t, 0)
+    with peers_watched(info):
+        dist.broadcast(t, 0)
     return bool(t.item())
 
 
@@ -95,7 +180,8 @@ def gather_rng_states(info: DistInfo) -> list[dict]:
     if not info.enabled:
         return [mine]
     states: list = [None] * info.world_size
-    dist.all_gather_object(states, mine)
+    with peers_watched(info):
+        dist.all_gather_object(states, mine)
     return states
 
 
