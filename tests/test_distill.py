@@ -272,3 +272,35 @@ def test_a_resume_keeps_its_targets_when_the_teacher_file_has_changed(tiny_run, 
     assert torch.equal(logits(True), started)
     assert "has changed since the run started: the run continues on the logits it started with" in caplog.text
     assert not torch.equal(logits(False), started)
+
+
+def test_a_new_run_whose_teacher_is_missing_is_not_taught_by_the_logits_another_teacher_left(tiny_run, tmp_path):
+    """A run started over (--force) in a folder whose kept logits came from another teacher, with distill_from
+    mistyped or deleted: it trained on the old teacher's logits, with a warning that it "continues"."""
+    meta = torch.load(tiny_run / "best.pt", weights_only=True)["meta"]
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    teacher = tmp_path / "teacher.pt"
+    shutil.copy(tiny_run / "best.pt", teacher)
+
+    def logits(source, resuming=False):
+        return distill.load_or_compute(
+            str(source),
+            tmp_path / "run",
+            meta,
+            images,
+            batch_size=4,
+            device=torch.device("cpu"),
+            bf16=False,
+            mirror=True,
+            resuming=resuming,
+        )
+
+    kept = logits(teacher)[0]
+    said = r"no checkpoint at .*mistyped\.pt.*another teacher's \(.*teacher\.pt\)"
+    with pytest.raises(FileNotFoundError, match=said):
+        logits(tmp_path / "mistyped.pt")
+    teacher.unlink()
+    with pytest.raises(FileNotFoundError, match="another teacher's"):
+        logits(tmp_path / "other.pt")
+    # the teacher they were computed from, gone: its logits are still its own, for a resume and a new run alike
+    assert torch.equal(logits(teacher)[0], kept) and torch.equal(logits(teacher, resuming=True)[0], kept)

@@ -125,6 +125,17 @@ def test_members_trained_on_other_data_are_refused(tiny_run, other_member, tmp_p
     assert not (tmp_path / "out.pt").exists()
 
 
+def test_the_ensemble_reads_its_data_where_a_member_found_it_last(tiny_run, other_member, tmp_path):
+    """Members of a run continued from a copy of its data: the first trained where the data was lost. The joined
+    checkpoint named that root, so evaluate and export of it asked for --data."""
+    ckpt = load_checkpoint(other_member)
+    lost = tmp_path / "lost.pt"
+    save_checkpoint(dict(ckpt, meta=dict(ckpt["meta"], data_root=str(tmp_path / "gone"))), lost)
+    meta = join_checkpoints([lost, tiny_run], tmp_path / "pair.pt")
+    assert meta["data_root"] == load_checkpoint(tiny_run)["meta"]["data_root"]
+    assert meta["cache_dir"] == load_checkpoint(tiny_run)["config"]["data"]["cache_dir"]
+
+
 def test_an_ensemble_is_not_a_member_and_not_trained(tiny_run, ensemble_file, tmp_path, capsys):
     assert training_main(["ensemble", str(ensemble_file), str(tiny_run), "--out", str(tmp_path / "e.pt")]) == 2
     assert "already an ensemble" in capsys.readouterr().err

@@ -181,6 +181,29 @@ def test_an_ensemble_run_lost_mid_way_goes_on_from_a_copy_of_its_data_elsewhere(
     assert f"data.root={moved}" in (out / "ensemble.yaml").read_text()
 
 
+def test_force_over_a_single_networks_run_trains_the_ensemble_into_its_folder(
+    image_folder, tiny_run, tmp_path, monkeypatch, capsys
+):
+    """The refusal of an ensemble over a single network's run says to start over with --force: that run's last.pt
+    made the join, after every member had trained, refuse to write best.pt beside it."""
+    import training.ensemble_recipe as runner
+
+    def trained_as_the_tiny_run(config, folder):  # each member's training, in no time: the run is what is tested
+        shutil.copytree(tiny_run, folder, dirs_exist_ok=True)
+        return json.loads((folder / "summary.json").read_text())
+
+    monkeypatch.setattr(runner, "train", trained_as_the_tiny_run)
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    command = ["train", "--recipe", _recipe(tmp_path), "--set", *_shared_overrides(image_folder, tmp_path)]
+    assert training_main([*command, "--out", str(out)]) == 2
+    assert "start over with --force" in capsys.readouterr().err
+    assert training_main([*command, "--out", str(out), "--force"]) == 0, capsys.readouterr().err
+    assert load_checkpoint(out / "best.pt")["meta"]["arch"] == "ensemble"
+    left = {"last.pt", "config.yaml", "history.json"} & {p.name for p in out.iterdir()}
+    assert not left, left  # the single network's run is gone, not passed off as the ensemble's
+
+
 @pytest.mark.parametrize(
     ("members", "section", "said"),
     [
@@ -229,6 +252,43 @@ def test_members_the_join_would_refuse_are_refused_before_any_member_trains(
     err = capsys.readouterr().err
     assert "member 2 (resnet9_half_cpu) and member 1 (resnet9_half_cpu)" in err and said in err, err
     assert not out.exists()
+
+
+def test_two_members_that_would_train_the_same_network_are_refused_before_any_trains(tmp_path):
+    """The same recipe and settings twice (a second seed forgotten) trained one network twice, bit for bit on a
+    CPU, and joined it with itself: an ensemble that is that network, at twice its cost."""
+    twins = load_ensemble_recipe(_recipe(tmp_path, [MEMBERS[0], {**MEMBERS[0], "tta": "none"}]))
+    with pytest.raises(ConfigError, match=r"member 2 \(resnet9_half_cpu\) has the recipe and settings of member 1"):
+        member_configs(twins, ["warmup_epochs=0"])
+    seeded = {**MEMBERS[0], "set": [*MEMBERS[0]["set"], "seed=1"]}
+    configs = member_configs(load_ensemble_recipe(_recipe(tmp_path, [MEMBERS[0], seeded])), ["warmup_epochs=0"])
+    assert [c.train.seed for c in configs] == [0, 1]
+
+
+def test_a_members_teacher_that_cannot_teach_is_refused_before_any_member_trains(tmp_path, monkeypatch, capsys):
+    """Member 2's missing teacher was found once member 1 had trained (its whole run, lost to the refusal)."""
+    import training.ensemble_recipe as runner
+
+    def trains(config, folder):
+        raise KeyboardInterrupt  # stands for the first member's training, reached
+
+    monkeypatch.setattr(runner, "train", trains)
+    out = tmp_path / "run"
+
+    def taught_by(teacher):
+        student = {**MEMBERS[1], "set": [*MEMBERS[1]["set"], f"distill_from={teacher}"]}
+        command = ["train", "--recipe", _recipe(tmp_path, [MEMBERS[0], student]), "--set", "warmup_epochs=0"]
+        return training_main([*command, "--out", str(out)])
+
+    assert taught_by(tmp_path / "missing.pt") == 2
+    err = capsys.readouterr().err
+    assert "ensemble member 2 (airbench94_muon): train.distill_from: no checkpoint at" in err, err
+    assert not out.exists()
+    assert taught_by("models/x.onnx") == 2
+    err = capsys.readouterr().err
+    assert "ensemble member 2 (airbench94_muon): teacher models/x.onnx is an exported ONNX model" in err, err
+    # taught by the member trained before it: its run is there by then
+    assert taught_by(out / "1-resnet9_half_cpu") == 130
 
 
 def test_members_of_different_fits_are_joined_with_the_ensembles_fit(tmp_path):
@@ -312,7 +372,12 @@ def test_a_damaged_record_of_an_ensemble_run_is_named_not_a_traceback(tmp_path, 
 
     out = tmp_path / "run"
     out.mkdir()
-    for text in ("recipe: {name: resnet9_airbench94, members: [", "recipe: {name: resnet9_airbench94}\noverrides: [1]"):
+    for text in (
+        "recipe: {name: resnet9_airbench94, members: [",
+        "recipe: {name: resnet9_airbench94}\noverrides: [1]",
+        "recipe: resnet9_airbench94\noverrides: []",  # `resume` ended in a TypeError traceback
+        "overrides: []",  # and in a KeyError one
+    ):
         (out / "ensemble.yaml").write_text(text)
         for command in (
             ["train", "--recipe", "resnet9_airbench94", "--out", str(out), "--resume"],

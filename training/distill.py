@@ -140,6 +140,13 @@ def _kept(path: Path) -> dict[str, Any] | None:
     return kept
 
 
+def _kept_from(kept: dict[str, Any]) -> str | None:
+    """The checkpoint file kept logits were computed from, as their record names it."""
+    record = kept["teacher"]
+    checkpoint = record.get("checkpoint") if isinstance(record, dict) else None
+    return checkpoint if isinstance(checkpoint, str) else None
+
+
 def teacher_file(source: str, run_dir: Path) -> Path:
     """The teacher's checkpoint file. Called before the dataset is read (minutes for a large one), so that a
     teacher that cannot be used is refused at once: an ONNX file, or a missing checkpoint where the run folder
@@ -184,6 +191,13 @@ def load_or_compute(
     sha = sha256_file(path) if path.is_file() else None
     key = {"data_fingerprint": student["data_fingerprint"], "mirror": mirror}
     if cached is not None and all(cached.get(k) == v for k, v in key.items()):
+        kept_from = _kept_from(cached)
+        if sha is None and not resuming and (kept_from is None or Path(kept_from).absolute() != path.absolute()):
+            # a new run (--force) whose teacher is mistyped or gone: the old run's logits are another teacher's
+            raise FileNotFoundError(
+                f"train.distill_from: {missing_checkpoint(path)}; the logits kept in {cached_path} are another "
+                f"teacher's ({kept_from}), which only a resume of the run they were computed for goes on with"
+            )
         if sha is None:
             log.warning("teacher %s is gone: the run continues on its logits kept in %s", path, cached_path)
         elif sha != cached["sha256"] and resuming:

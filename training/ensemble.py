@@ -85,6 +85,13 @@ def _common_fingerprint(metas: Sequence[dict], fit: str) -> dict:
     return {}
 
 
+def _where_the_data_is(ckpts: Sequence[dict]) -> dict:
+    """The member whose data root (and cache) the ensemble records: the first one whose root is still there. Members
+    of a run continued from a copy of its data elsewhere name two roots, and the first member's is usually the one
+    that was lost: evaluate and export would ask for --data where the last member found it."""
+    return next((c for c in ckpts if c["meta"].get("data_root") and Path(c["meta"]["data_root"]).exists()), ckpts[0])
+
+
 def join_checkpoints(
     paths: Sequence[str | Path],
     out: str | Path,
@@ -114,6 +121,7 @@ def join_checkpoints(
     metas = [c["meta"] for c in ckpts]
     check_compatible(metas, [str(f) for f in files], fit_given=fit is not None)
     first = metas[0]
+    here = _where_the_data_is(ckpts)
     specs = [member_spec(m, t) for m, t in zip(metas, tta)]
     meta = {
         "arch": ENSEMBLE_ARCH,
@@ -126,11 +134,11 @@ def join_checkpoints(
         "input_size": first["input_size"],
         "fit": fit or first.get("fit", LEGACY_FIT),
         "dataset": first["dataset"],
-        "data_root": first["data_root"],
+        "data_root": here["meta"]["data_root"],
         "val_size": first["val_size"],
         "split_seed": first["split_seed"],
         "recipe": "ensemble(" + ", ".join(str(m.get("recipe") or m["arch"]) for m in metas) + ")",
-        "cache_dir": ((ckpts[0].get("config") or {}).get("data") or {}).get("cache_dir"),
+        "cache_dir": ((here.get("config") or {}).get("data") or {}).get("cache_dir"),
         **_common_fingerprint(metas, fit or first.get("fit", LEGACY_FIT)),
         "members": [
             {

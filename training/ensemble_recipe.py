@@ -28,7 +28,16 @@ from inference.files import write_text_atomic
 from inference.fits import FitName
 from inference.messages import validation_problems
 
-from .checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE, claimed_run, clear_run
+from .checkpoint import (
+    BEST_FILE,
+    CONFIG_FILE,
+    ENSEMBLE_RUN_FILE,
+    LAST_FILE,
+    RUN_FILES,
+    SUMMARY_FILE,
+    claimed_run,
+    clear_run,
+)
 from .config import (
     ENSEMBLE_KEY,
     Config,
@@ -37,6 +46,7 @@ from .config import (
     load_ensemble_recipe_raw,
     placement_overrides,
 )
+from .distill import TEACHER_FILE, TeacherError, teacher_file
 from .engine import buildable_config, recorded_data, train
 from .engine import resume as resume_run
 from .ensemble import check_compatible, join_checkpoints
@@ -111,8 +121,22 @@ def member_configs(recipe: EnsembleRecipe, overrides: list[str] | None = None) -
     for i, member in enumerate(recipe.members):
         what = f"ensemble member {i + 1} ({member.recipe})"
         configs.append(buildable_config(member.recipe, [*member.set, *(overrides or [])], what))
+    _check_distinct(recipe, configs)
     _check_joinable(recipe, configs)
     return configs
+
+
+def _check_distinct(recipe: EnsembleRecipe, configs: list[Config]) -> None:
+    """Two members of one configuration train the same network (bit for bit on a CPU): the join refuses a
+    checkpoint given twice for that reason, and here it would come after twice the training."""
+    for i, config in enumerate(configs):
+        twin = next((j for j in range(i) if configs[j].model_dump() == config.model_dump()), None)
+        if twin is not None:
+            raise ConfigError(
+                f"ensemble recipe {recipe.name!r}: member {i + 1} ({recipe.members[i].recipe}) has the recipe and "
+                f"settings of member {twin + 1}, so it would train the same network again: give it a seed of its "
+                "own (`set: [seed=N]`) or other settings"
+            )
 
 
 def _check_joinable(recipe: EnsembleRecipe, configs: list[Config]) -> None:
@@ -165,10 +189,14 @@ def started_run(out: str | Path) -> dict[str, Any] | None:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{record} is damaged ({exc}); start the run over with --force") from None
     overrides = started.get("overrides") if isinstance(started, dict) else None
+    recipe = started.get("recipe") if isinstance(started, dict) else None
     if not isinstance(started, dict) or not (
         isinstance(overrides, list)
         and all(isinstance(item, str) for item in overrides)
         and isinstance(started.get("file", ""), str)
+        # `resume` names the command to continue by the recipe's name
+        and isinstance(recipe, dict)
+        and isinstance(recipe.get("name"), str)
     ):
         raise ConfigError(
             f"{record} is damaged (not a recipe and a list of overrides); start the run over with --force"
@@ -196,8 +224,27 @@ def train_ensemble(
         return _train_members(recipe, Path(out), list(overrides or []), resume)
 
 
+def _check_teachers(recipe: EnsembleRecipe, configs: list[Config], out: Path) -> None:
+    """Each member's teacher, refused as its own run would refuse it (missing, an ONNX file, a checkpoint the run
+    writes over), before the first member trains rather than after the ones before it. A teacher in an earlier
+    member's folder is that member's run, trained by then."""
+    for i, config in enumerate(configs):
+        source = config.train.distill_from
+        if not source:
+            continue
+        earlier = [(out / recipe.folder(j)).resolve() for j in range(i)]
+        where = Path(source).resolve()
+        if any(folder == where or folder in where.parents for folder in earlier):
+            continue
+        try:
+            teacher_file(source, out / recipe.folder(i))
+        except (FileNotFoundError, TeacherError) as exc:
+            raise ConfigError(f"ensemble member {i + 1} ({recipe.members[i].recipe}): {exc}") from None
+
+
 def _train_members(recipe: EnsembleRecipe, out: Path, overrides: list[str], resume: bool) -> dict[str, Any]:
     configs = member_configs(recipe, overrides)  # every member is checked before the first one trains
+    _check_teachers(recipe, configs, out)
     resolved = _resolved(recipe, overrides)
     started = started_run(out) if resume else None
     if started is not None and _what_it_computes(started) != _what_it_computes(resolved):
@@ -207,7 +254,8 @@ def _train_members(recipe: EnsembleRecipe, out: Path, overrides: list[str], resu
         )
     out.mkdir(parents=True, exist_ok=True)
     if not resume:  # started over: the old joined network, its summary and every member's run go first
-        clear_run(out, (BEST_FILE, SUMMARY_FILE))
+        # and a single network's run that --force replaces: its last.pt would make the join refuse best.pt
+        clear_run(out, (*RUN_FILES, CONFIG_FILE, TEACHER_FILE))
         for i in range(len(configs)):
             clear_run(out / recipe.folder(i))
     # A run continued from another place keeps its record until its first member has accepted the move (its
