@@ -1336,6 +1336,21 @@ def test_the_placement_kept_for_the_advice_after_a_stop_reads_keys_as_set_does()
     assert placement_overrides(given) == ["data.root = /new/place", "threads =1"]
 
 
+def test_the_advice_after_an_interrupted_torchrun_run_continues_it_on_as_many_processes(tmp_path, monkeypatch):
+    """A run of two processes continues exactly only on two (its steps, batches and each rank's random state):
+    the advice named a one-process `python -m training resume`."""
+    from training.__main__ import _interrupted, get_args_parser
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"an epoch")
+    args = get_args_parser().parse_args(["resume", str(run)])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert f"continue with `torchrun --nproc_per_node 2 -m training resume {run}`" in _interrupted(args)
+    monkeypatch.delenv("WORLD_SIZE")
+    assert f"continue with `python -m training resume {run}`" in _interrupted(args)
+
+
 def test_the_advice_after_an_interrupted_resume_repeats_its_epochs(image_folder, tmp_path, monkeypatch, capsys):
     from training.__main__ import main as training_main
     from training.engine import Trainer

@@ -236,6 +236,10 @@ def test_a_setting_the_chosen_optimizer_or_schedule_does_not_read_is_warned_once
     assert unused("resnet9_half_cpu", ["distill_from=runs/x", "distill_weight=0"]) == [
         "train.distill_from runs/x is unused: train.distill_weight is 0"
     ]
+    assert unused("resnet9_half_cpu", ["distill_temperature=4", "distill_weight=0.7"]) == [
+        "train.distill_weight 0.7 is unused: train.distill_from names no teacher",
+        "train.distill_temperature 4.0 is unused: train.distill_from names no teacher",
+    ]
     assert unused("resnet9_half_cpu", ["momentum=0"]) == [  # optim.py drops Nesterov without momentum
         "optim.nesterov true is unused: SGD's Nesterov step needs optim.momentum above 0 (it is 0)"
     ]

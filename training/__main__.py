@@ -467,7 +467,10 @@ def _interrupted(args: argparse.Namespace) -> str:
         return f"interrupted before {run} completed an epoch: nothing to continue; run the same command again"
     # what this command was asked for that the resume must be told again: a run continued elsewhere and stopped
     # before its next epoch was saved still has the old place in its last.pt
-    command = ["python", "-m", "training", "resume", str(run)]
+    processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    # a run of N processes continues exactly only on N: the steps, the batches and each rank's random state
+    launcher = ["torchrun", "--nproc_per_node", str(processes), "-m"] if processes > 1 else ["python", "-m"]
+    command = [*launcher, "training", "resume", str(run)]
     if args.fn is cmd_resume:
         placement = args.set
     else:

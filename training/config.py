@@ -644,6 +644,12 @@ def unused_settings(config: Config) -> list[str]:
     if t.distill_from and t.distill_weight == 0:
         # the teacher's pass over the training images (minutes) would feed a loss term weighted 0
         said.append(f"train.distill_from {t.distill_from} is unused: train.distill_weight is 0")
+    if not t.distill_from:
+        said += [
+            f"train.{name} {getattr(t, name)} is unused: train.distill_from names no teacher"
+            for name in ("distill_weight", "distill_temperature")
+            if name in t.model_fields_set
+        ]
     return said + _unused("schedule", config.schedule, SCHEDULE_READS, "schedule")
 
 
