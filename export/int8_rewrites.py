@@ -84,8 +84,8 @@ def fold_pooled_batchnorms(model: onnx.ModelProto) -> int:
         if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
             continue
         pool = _plain_max_pool(graph, bn.input[0])
-        stats = [graph.constant(name) for name in bn.input[1:5]]
-        if pool is None or any(s is None for s in stats):
+        stats = [s for s in (graph.constant(name) for name in bn.input[1:5]) if s is not None]
+        if pool is None or len(stats) != 4:
             continue
         conv = graph.producer[pool.input[0]]
         weight = graph.constant(conv.input[1])
@@ -95,7 +95,7 @@ def fold_pooled_batchnorms(model: onnx.ModelProto) -> int:
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         key = (*conv.input[1:3], *bn.input[1:5], repr(eps))
         if key not in folded:
-            gamma, beta, mean, var = (s.astype(np.float64) for s in stats)  # type: ignore[union-attr]
+            gamma, beta, mean, var = (s.astype(np.float64) for s in stats)
             scale = gamma / np.sqrt(var + eps)
             if not (scale > 0).all():  # a decreasing channel turns the maximum into a minimum: not exact
                 continue

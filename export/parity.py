@@ -16,6 +16,9 @@ from inference.runtime import OnnxClassifier, softmax
 from training.inference import topk_accuracy
 from training.reports.graph import graph_logits
 
+# Images per PyTorch and ONNX Runtime call while measuring: the card's images/s row (export/card.py) names it.
+BATCH = 256
+
 
 @dataclass
 class Parity:
@@ -77,7 +80,7 @@ def _batches(images: np.ndarray, batch_size: int, desc: str):
 
 
 @torch.no_grad()
-def torch_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
+def torch_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = BATCH) -> tuple[np.ndarray, float]:
     """float64 logits of the FP32 model and its images per second."""
     model = model.eval().float()
     out, start = [], time.perf_counter()
@@ -87,7 +90,7 @@ def torch_logits(model: torch.nn.Module, images: np.ndarray, batch_size: int = 2
     return torch.cat(out).numpy(), len(images) / elapsed
 
 
-def onnx_logits(classifier: OnnxClassifier, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
+def onnx_logits(classifier: OnnxClassifier, images: np.ndarray, batch_size: int = BATCH) -> tuple[np.ndarray, float]:
     """float64 logits of the graph and its images per second: the logits ``python -m training evaluate --onnx``
     reports (``training.reports.graph``), so the card's figures are the report's."""
     start = time.perf_counter()
@@ -143,7 +146,7 @@ def judge(
 
 
 def parity_and_logits(
-    model: torch.nn.Module, classifier: OnnxClassifier, images: np.ndarray, labels: np.ndarray, batch_size: int = 256
+    model: torch.nn.Module, classifier: OnnxClassifier, images: np.ndarray, labels: np.ndarray, batch_size: int = BATCH
 ) -> tuple[Parity, np.ndarray]:
     """The parity of ``classifier`` with ``model``, and the ONNX logits it was measured on (float64)."""
     reference, torch_speed = torch_logits(model, images, batch_size)
@@ -156,7 +159,7 @@ def parity_against(
     classifier: OnnxClassifier,
     images: np.ndarray,
     labels: np.ndarray,
-    batch_size: int = 256,
+    batch_size: int = BATCH,
 ) -> tuple[Parity, np.ndarray]:
     """``parity_and_logits`` with the PyTorch logits already computed (float64, what the graph should output)."""
     torch_probs = softmax(reference_logits)
@@ -175,6 +178,6 @@ def parity_against(
 
 
 def measure_parity(
-    model: torch.nn.Module, classifier: OnnxClassifier, images: np.ndarray, labels: np.ndarray, batch_size: int = 256
+    model: torch.nn.Module, classifier: OnnxClassifier, images: np.ndarray, labels: np.ndarray, batch_size: int = BATCH
 ) -> Parity:
     return parity_and_logits(model, classifier, images, labels, batch_size)[0]

@@ -44,9 +44,10 @@ class ReferenceCache:
         self.folder = Path(folder) if folder else None
         self.hits = 0
 
-    def _path(self, key: dict) -> Path:
+    @staticmethod
+    def _path(folder: Path, key: dict) -> Path:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-        return self.folder / f"{digest}.npz"  # type: ignore[operator]
+        return folder / f"{digest}.npz"
 
     def logits(
         self,
@@ -60,7 +61,7 @@ class ReferenceCache:
         if self.folder is None:
             return compute()
         key = reference_key(checkpoint_sha256, tta, images)
-        path = self._path(key)
+        path = self._path(self.folder, key)
         found = self._read(path, key, len(images))
         if found is not None:
             self.hits += 1

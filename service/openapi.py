@@ -289,7 +289,7 @@ def _document_page(paths: dict) -> None:
             "summary": "This document in BentoML's API UI",
             "responses": {
                 "200": {"description": "the UI", "content": html},
-                "404": _json("the UI is not available", {"$ref": "#/components/schemas/OipError"}),
+                "404": _refusal("the UI is not available"),
             },
         }
     }

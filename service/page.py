@@ -15,6 +15,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from . import bentoml_compat
+from .access import record_refusal
+from .contract import Rejection
 
 STATIC = Path(__file__).resolve().parent / "static"
 # Everything the page uses comes from this server: a page that needs the network elsewhere fails here first.
@@ -55,7 +57,9 @@ _TRACKER = re.compile(r"<!-- Google Tag Manager.*?<!-- End Google Tag Manager[^>
 async def _docs(request: Request) -> Response:
     page = bentoml_compat.openapi_ui_page()
     if page is None:
-        return JSONResponse({"error": "BentoML's API UI is not available; the document is at /docs.json"}, 404)
+        refused = Rejection("no_such_path", "BentoML's API UI is not available here; the document is at /docs.json")
+        record_refusal(refused, request.method, request.url.path)
+        return JSONResponse(refused.body(), status_code=refused.status, headers=refused.headers)
     html = _TRACKER.sub("", page.read_text(encoding="utf-8"))
     return HTMLResponse(html, headers={"Content-Security-Policy": _DOCS_POLICY})
 

@@ -146,11 +146,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         settings = ServiceSettings.checked(env)  # an unreadable or empty key file stops here, not in every worker
     except SettingsError as exc:
-        message = str(exc)
-        for name, setting in SETTINGS.items():
-            if getattr(args, name, None) is not None:  # the value came from the flag: name what was typed
-                message = message.replace(setting.env, setting.flag)
-        print(f"error: {message}", file=sys.stderr)
+        flagged = getattr(args, exc.setting, None) is not None  # the value came from the flag: name what was typed
+        print(f"error: {exc.named(SETTINGS[exc.setting].flag) if flagged else exc}", file=sys.stderr)
         return 2
     try:
         manifest = load_manifest(settings.models_dir, verify=True)

@@ -458,7 +458,7 @@ class Classifier:
 
         multipart/form-data with one or more `images` files, optional `k` (default 5), `model`
         (default: the default on this host, as GET /models says), `min_confidence` (0 to 1: each prediction then says
-        whether its top-1 confidence reaches it, as `confident`) and `fit` (center_crop, squash or pad:
+        whether its top-1 confidence reaches it, as `confident`) and `fit` (one of the `fits` GET /models lists:
         how a photo of another aspect ratio is fitted; default: the model's own). Or application/json with the same
         fields, `images` a list of {"filename", "data": base64 of the file}. A refused request is answered
         {"error": message, "reason": label}, with the status its reason has (listed below).

@@ -49,7 +49,17 @@ CPU_RUN_IMAGES = 64
 
 
 class SettingsError(ValueError):
-    """An environment variable (or the flag that set it) has a value the service cannot use."""
+    """An environment variable (or the flag that set it) has a value the service cannot use. ``setting`` (a key
+    of ``SETTINGS``) says which, ``problem`` what is wrong with it; the message names the setting by ``subject``,
+    its variable unless given, so that a command line can name the flag instead (``named``)."""
+
+    def __init__(self, setting: str, problem: str, subject: str | None = None) -> None:
+        self.setting = setting
+        self.problem = problem
+        super().__init__(f"{subject or SETTINGS[setting].env} {problem}")
+
+    def named(self, subject: str) -> str:
+        return f"{subject} {self.problem}"
 
 
 @dataclass(frozen=True)
@@ -71,11 +81,11 @@ def _integer(name: str, text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {text!r}") from None
+        raise SettingsError(name, f"must be an integer, got {text!r}") from None
     if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+        raise SettingsError(name, f"must be at least {minimum}, got {value}")
     if value > INTEGER_MAXIMUM:
-        raise SettingsError(f"{name} must be at most {INTEGER_MAXIMUM}, got {value}")
+        raise SettingsError(name, f"must be at most {INTEGER_MAXIMUM}, got {value}")
     return value
 
 
@@ -185,8 +195,8 @@ class ServiceSettings:
     # Off by default: the per-request log line costs single-image throughput (docs/measurements.md,
     # "Service settings"); /metrics counts requests either way.
     access_log: Switch = "off"
-    # On: with runs of at most CPU_RUN_IMAGES, the arena holds about 2 GiB for the shipped models and serves
-    # 5-15% more images/s than without it (docs/measurements.md, "Service memory").
+    # On: with runs of at most CPU_RUN_IMAGES, the arena's memory buys throughput (docs/measurements.md, "Service
+    # memory", has both).
     memory_arena: Switch = "on"
     # Off by default: no key needed, no cross-origin calls allowed.
     api_keys: str = ""
@@ -198,7 +208,7 @@ class ServiceSettings:
         for name, setting in SETTINGS.items():
             value = getattr(self, name)
             if setting.choices is not None and value not in setting.choices:
-                raise SettingsError(f"{name} must be one of {', '.join(setting.choices)}, got {value!r}")
+                raise SettingsError(name, f"must be one of {', '.join(setting.choices)}, got {value!r}", subject=name)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServiceSettings":
@@ -210,10 +220,10 @@ class ServiceSettings:
             if not text:
                 continue
             if setting.minimum is not None:
-                values[name] = _integer(setting.env, text, setting.minimum)
+                values[name] = _integer(name, text, setting.minimum)
             elif setting.choices is not None:
                 if text not in setting.choices:
-                    raise SettingsError(f"{setting.env} must be one of {', '.join(setting.choices)}, got {text!r}")
+                    raise SettingsError(name, f"must be one of {', '.join(setting.choices)}, got {text!r}")
                 values[name] = text
             elif setting.text:
                 values[name] = text
@@ -255,16 +265,16 @@ class ServiceSettings:
         keys = {key.strip() for key in self.api_keys.split(",")} - {""}
         if self.api_keys.strip() and not keys:
             # Commas and spaces only: as an empty key file, a gate meant to close the service and holding no key.
-            raise SettingsError(f"CIFAR_API_KEYS {self.api_keys!r} holds no key")
+            raise SettingsError("api_keys", f"{self.api_keys!r} holds no key")
         if self.api_keys_file is not None:
             try:
                 lines = Path(self.api_keys_file).read_text().splitlines()
             except (OSError, UnicodeDecodeError) as exc:
-                raise SettingsError(f"CIFAR_API_KEYS_FILE {self.api_keys_file}: {exc}") from None
+                raise SettingsError("api_keys_file", f"{self.api_keys_file}: {exc}") from None
             file_keys = {line.split("#", 1)[0].strip() for line in lines} - {""}
             if not file_keys:
                 # An empty file would silently open the service that the file was meant to close.
-                raise SettingsError(f"CIFAR_API_KEYS_FILE {self.api_keys_file} holds no key")
+                raise SettingsError("api_keys_file", f"{self.api_keys_file} holds no key")
             keys |= file_keys
         return frozenset(keys)
 

@@ -616,9 +616,6 @@ def resolve_fit(requested: str | None, model_fit: str) -> str | Rejection:
     return requested
 
 
-_MEMORY_ADDRESS = re.compile(r" <_io\.BytesIO object at 0x[0-9a-f]+>")
-
-
 async def decode_uploads(
     uploads: list[Upload],
     size: tuple[int, int],
@@ -647,6 +644,6 @@ def decode_upload(i: int, upload: Upload, size: tuple[int, int], max_pixels: int
     try:
         return decode_pixels(upload.data, size, max_pixels, fit)
     except ImageTooLarge as exc:
-        return Rejection("image_too_large", f"{where}: {_MEMORY_ADDRESS.sub('', str(exc))}")
+        return Rejection("image_too_large", f"{where}: {exc}")
     except ImageDecodeError as exc:
-        return Rejection("not_an_image", f"{where}: {_MEMORY_ADDRESS.sub('', str(exc))}")
+        return Rejection("not_an_image", f"{where}: {exc}")

@@ -58,6 +58,27 @@ def test_serve_refuses_a_key_file_or_list_without_keys(tmp_path, given):
     assert done.returncode == 2 and said in done.stderr, done.stderr  # the flag typed, named once
 
 
+@pytest.mark.parametrize("file_from", ["flag", "variable"])
+def test_a_key_file_without_keys_is_named_as_it_was_given_beside_api_keys(tmp_path, file_from):
+    """Beside --api-keys, the empty key file was named "--api-keys_FILE": the variables' names were replaced by
+    the flags' in the message's text, and CIFAR_API_KEYS is the start of CIFAR_API_KEYS_FILE."""
+    empty = tmp_path / "keys"
+    empty.write_text("\n")
+    flags = ["--api-keys-file", str(empty)] if file_from == "flag" else []
+    env = {**os.environ, **({} if flags else {"CIFAR_API_KEYS_FILE": str(empty)})}
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--api-keys", "k1", *flags],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    named = "--api-keys-file" if flags else "CIFAR_API_KEYS_FILE"
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"error: {named} {empty} holds no key", done.stderr
+
+
 def test_the_gate_guards_only_the_inference_routes():
     assert all(requires_key(p) for p in ("/classify", "/infer", "/v2/models/tiny/infer", "/v2/models/a/b/infer"))
     assert not any(

@@ -6,6 +6,7 @@ import argparse
 import sys
 import textwrap
 
+from inference.devices import DEVICES
 from inference.fits import FITS, fit_help
 
 from ..confidence import parse_min_confidence
@@ -135,7 +136,7 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     )
     p.add_argument(
         "--device",
-        choices=["auto", "cpu", "cuda"],
+        choices=list(DEVICES),
         help="where the model runs: auto picks CUDA when a GPU is visible and the CPU for a model that cannot run "
         f"wholly on CUDA; cuda refuses such a model (default: {_default('device')}; not with --url)",
     )
