@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +25,25 @@ def _locate(root: str | Path, folder: str) -> Path:
             return candidate
     raise DatasetError(
         f"expected the python-format folder {folder!r} at {missing_path_text(root / folder)} (or {root} itself); "
-        "download and unpack the dataset there first (no download is attempted)"
+        + _locate_hint(root, folder)
     )
+
+
+def _locate_hint(root: Path, folder: str) -> str:
+    """What to do instead: a root that holds the other CIFAR (their names differ by a digit) or an archive
+    (the default data.root is the folder dataset's .tar.gz) is a likelier mistake than a missing download."""
+    for other, dataset in ((CIFAR10_DIR, "cifar10"), (CIFAR100_DIR, "cifar100")):
+        if other != folder and ((root / other).is_dir() or root.name == other):
+            where = "is" if root.name == other else "holds"
+            return (
+                f"{root} {where} {other!r}, the python-format {dataset}: data.dataset={dataset} (--dataset {dataset})"
+            )
+    if root.is_file():
+        return (
+            f"{root} is a file: unpack a downloaded python-format archive and give the folder it holds; "
+            "a .tar.gz of class folders is dataset folder"
+        )
+    return "download and unpack the dataset there first (no download is attempted)"
 
 
 # What the python-format batches hold besides dicts, lists, strings and numbers: numpy arrays, written by numpy's
@@ -53,36 +71,98 @@ class _BatchUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _unpickle(path: Path) -> dict:
+def _unpickle(path: Path) -> dict[str, Any]:
+    """The batch's dict with text keys: Python 2's strings come back as str under latin1, as torchvision reads
+    them, but a batch re-pickled after a load with encoding='bytes' holds bytes keys."""
     if not path.is_file():
         raise DatasetError(f"missing file {path}")
     try:
         with path.open("rb") as f:
-            return _BatchUnpickler(f, encoding="latin1").load()
+            batch = _BatchUnpickler(f, encoding="latin1").load()
     except Exception as exc:  # a truncated or foreign file: say which one
         raise DatasetError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(batch, dict):
+        raise DatasetError(f"{path} is not a python-format CIFAR file: it holds a {type(batch).__name__}, not a dict")
+    return {key.decode("latin1") if isinstance(key, bytes) else str(key): value for key, value in batch.items()}
 
 
-def _to_arrays(batches: list[dict], label_key: str, classes: list[str], source: Path) -> ImageArrays:
+def _name(name: str | bytes) -> str:
+    """A class name a re-pickled batch holds as bytes: UTF-8 where it is, else latin1, as Python 2's strings read."""
+    if isinstance(name, str):
+        return name
     try:
-        data = np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches])
-        labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
-    except (KeyError, ValueError) as exc:
-        raise DatasetError(f"{source}: batch files lack a valid 'data'/{label_key!r} entry ({exc})") from exc
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        return name.decode("latin1")
+
+
+def _entry(batch: dict[str, Any], key: str, path: Path) -> Any:
+    if key not in batch:
+        found = ", ".join(repr(k) for k in batch) or "nothing"
+        raise DatasetError(f"{path} has no {key!r} entry (it holds {found}): not this dataset's file")
+    return batch[key]
+
+
+def _class_names(path: Path, key: str) -> list[str]:
+    names = _entry(_unpickle(path), key, path)
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, bytes)) for n in names):
+        raise DatasetError(f"{path}: {key!r} must be a list of class names, got {type(names).__name__}")
+    classes = [_name(n) for n in names]
+    repeated = sorted({n for n in classes if classes.count(n) > 1})
+    if repeated:
+        raise DatasetError(f"{path}: {key!r} names {', '.join(map(repr, repeated))} more than once")
+    return classes
+
+
+def _column(values: object, dtype: type, high: int, what: str, path: Path) -> np.ndarray:
+    """``values`` as ``dtype``, refused unless every one is a whole number in [0, high]: numpy's cast would wrap
+    256 to 0 and cut 2.5 to 2, training on labels and pixels the file does not hold."""
+    try:
+        array = np.asarray(values)
+    except ValueError as exc:
+        raise DatasetError(f"{path}: its {what} are not an array ({exc})") from exc
+    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+        raise DatasetError(f"{path}: its {what} must be whole numbers, got fractions")
+    if array.dtype.kind not in "iuf":
+        raise DatasetError(f"{path}: its {what} must be whole numbers, got {array.dtype} values")
+    if array.size and not (array.min() >= 0 and array.max() <= high):
+        raise DatasetError(f"{path}: its {what} must lie in [0, {high}], got {array.min()} to {array.max()}")
+    return array.astype(dtype, copy=False)
+
+
+def _read_batch(path: Path, label_key: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    batch = _unpickle(path)
+    data = _column(_entry(batch, "data", path), np.uint8, 255, "pixels", path)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DatasetError(f"{source}: expected rows of 3072 pixels, got shape {data.shape}")
+        raise DatasetError(f"{path}: expected rows of 3072 pixels, got shape {data.shape}")
+    # a label past the class list would fail the loss mid-run (a CUDA assert on a GPU), or train a nameless class
+    labels = _column(
+        _entry(batch, label_key, path),
+        np.int64,
+        len(classes) - 1,
+        f"labels ({label_key!r}, of {len(classes)} named classes)",
+        path,
+    )
+    if labels.shape != (len(data),):
+        raise DatasetError(f"{path}: {len(data)} images but {label_key!r} holds shape {labels.shape}")
+    return data, labels
+
+
+def _to_arrays(paths: list[Path], label_key: str, classes: list[str]) -> ImageArrays:
+    batches = [_read_batch(path, label_key, classes) for path in paths]
+    data = np.concatenate([data for data, _ in batches])
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
-    return ImageArrays(images, labels, classes)
+    return ImageArrays(images, np.concatenate([labels for _, labels in batches]), classes)
 
 
 def read_cifar10(root: str | Path, train: bool = True) -> ImageArrays:
     folder = _locate(root, CIFAR10_DIR)
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
-    classes = list(_unpickle(folder / "batches.meta")["label_names"])
-    return _to_arrays([_unpickle(folder / n) for n in names], "labels", classes, folder)
+    classes = _class_names(folder / "batches.meta", "label_names")
+    return _to_arrays([folder / n for n in names], "labels", classes)
 
 
 def read_cifar100(root: str | Path, train: bool = True) -> ImageArrays:
     folder = _locate(root, CIFAR100_DIR)
-    classes = list(_unpickle(folder / "meta")["fine_label_names"])
-    return _to_arrays([_unpickle(folder / ("train" if train else "test"))], "fine_labels", classes, folder)
+    classes = _class_names(folder / "meta", "fine_label_names")
+    return _to_arrays([folder / ("train" if train else "test")], "fine_labels", classes)
