@@ -155,3 +155,15 @@ def test_training_on_a_label_past_the_class_names_is_refused_before_it_starts(pu
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "must lie in [0, 99], got 0 to 100" in err[0]
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_the_reports_dataset_option_offers_what_the_registry_holds(capsys):
+    """Its help named three datasets by hand; a registered one would be missing from it."""
+    from training.__main__ import main as training_main
+    from training.data import DATASETS
+
+    with pytest.raises(SystemExit) as stopped:
+        training_main(["evaluate", "--checkpoint", "x.pt", "--dataset", "CIFAR100"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'CIFAR100'" in err and all(name in err for name in DATASETS.names())

@@ -14,7 +14,7 @@ from inference.errors import UsageError
 from inference.interrupts import say_stopped
 
 from ..cli_types import add_set_option, non_negative_int, path_text, percent, positive_int, significance
-from ..data import SPLITS
+from ..data import DATASETS, SPLITS
 from .figures import MAX_CLASSES
 
 SPLIT_HELP = f"which samples: {', '.join(SPLITS)} (val = the run's own held-out split)"
@@ -22,7 +22,7 @@ SPLIT_HELP = f"which samples: {', '.join(SPLITS)} (val = the run's own held-out 
 
 def _add_data_args(p: argparse.ArgumentParser, split_default: str | None) -> None:
     g = p.add_argument_group("data (default: the model's own, from its checkpoint, ONNX metadata or report)")
-    g.add_argument("--dataset", help="dataset name: cifar10, cifar100 or folder")
+    g.add_argument("--dataset", choices=DATASETS.names(), help="the dataset's kind")
     g.add_argument("--data", dest="root", metavar="ROOT", help="dataset folder or archive")
     g.add_argument(
         "--split",
