@@ -54,6 +54,9 @@ META_KINDS: dict[str, type | tuple[type, ...]] = {
     "classes": (list, tuple),
     "input_size": int,
 }
+# What a run's checkpoint holds beyond a network's (``Trainer.state``): where a resume goes on from. A checkpoint
+# of a network alone (an ensemble, a recovered network, a slimmed copy) holds none of it.
+TRAINING_STATE_KEYS = ("config", "epoch", "history", "best")
 
 
 class CheckpointError(UsageError):
@@ -226,6 +229,19 @@ def missing_checkpoint(path: Path) -> str:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return _load(checkpoint_file(path), hashed=False)[0]
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """A run's checkpoint with the training state a resume continues from; CheckpointError where it holds a
+    network alone (such a file copied over a run's last.pt)."""
+    ckpt = load_checkpoint(path)
+    missing = [key for key in TRAINING_STATE_KEYS if key not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{checkpoint_file(path)} holds a network without the training state a run continues from (no "
+            f"{', '.join(missing)}): it is no run's {LAST_FILE}; evaluate or export it, or train a new run"
+        )
+    return ckpt
 
 
 def load_checkpoint_and_sha256(path: str | Path) -> tuple[dict[str, Any], str]:

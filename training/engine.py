@@ -18,6 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from inference.files import write_text_atomic
+from inference.messages import exception_summary
 
 from . import distributed
 from .checkpoint import (
@@ -26,9 +27,10 @@ from .checkpoint import (
     EDITED_CONFIG,
     LAST_FILE,
     SUMMARY_FILE,
+    CheckpointError,
     claimed_run,
     clear_run,
-    load_checkpoint,
+    load_training_state,
     remove_stale_temporaries,
     save_checkpoint,
 )
@@ -408,6 +410,24 @@ class Trainer:
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         self._check_same_data(ckpt.get("meta") or {})
+        try:
+            self._load_states(ckpt)
+        except torch.cuda.OutOfMemoryError:  # the device's limit, not the file's fault
+            raise
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            # its configuration builds the network and optimizer: a state that does not fit them was written by
+            # another version of the network's code, or copied in from another run
+            said = exception_summary(exc, after="ImageClassifier:", limit=160)
+            raise CheckpointError(
+                f"{self.out_dir / LAST_FILE} does not fit the {self.config.model.name} network and "
+                f"{self.config.optim.name} optimizer its configuration builds ({said}): it cannot be continued; "
+                "start a new run in another folder"
+            ) from exc
+        self.epoch, self.history, self.best = ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
+        self.bad_epochs = ckpt.get("bad_epochs", 0)
+        self._restore_rng(ckpt)
+
+    def _load_states(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
         if self.ema and ckpt.get("ema"):
             self.ema.module.load_state_dict(ckpt["ema"])
@@ -418,9 +438,6 @@ class Trainer:
             self.train_loader.pruning.load_state_dict(ckpt["pruning"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.epoch, self.history, self.best = ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
-        self.bad_epochs = ckpt.get("bad_epochs", 0)
-        self._restore_rng(ckpt)
 
     def _check_same_data(self, saved: dict[str, Any]) -> None:
         """A run continues only on the data it started on: classes added or renamed would shift every label (or
@@ -554,6 +571,8 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.epoch == 0:  # a new run (--force over an old one): none of the old one's files may remain
                 clear_run(self.out_dir)
+            else:  # a finished run given more epochs: its summary would say it finished until it has again
+                (self.out_dir / SUMMARY_FILE).unlink(missing_ok=True)
             save_config(self.config, self.out_dir / CONFIG_FILE)
             log.info(
                 "%s: %s parameters, %d training images, device %s",
@@ -650,7 +669,10 @@ class Trainer:
             self.bad_epochs += 1
         stop = self._patience_exhausted()
         t = self.config.train
-        due = new_best or stop or self.epoch >= t.epochs or self.epoch % t.checkpoint_every == 0
+        # A stop with lookahead's finish still to come is saved by _finish_early: saved here, a run stopped before
+        # that would resume as finished (its patience spent) on weights that never took their slow copy.
+        finishing = stop and self.lookahead is not None and self.epoch < t.epochs
+        due = not finishing and (new_best or stop or self.epoch >= t.epochs or self.epoch % t.checkpoint_every == 0)
         if due:
             self._save(new_best)
         else:  # what a resume restores lives in last.pt; history.json only shows the epochs as they pass
@@ -667,13 +689,19 @@ class Trainer:
         if new_best:
             save_checkpoint(state, self.out_dir / BEST_FILE)
         save_checkpoint(state, self.out_dir / LAST_FILE)
-        self._write_history()
-        plot_training_curves(
-            self.history,
-            self.out_dir / "training_curves.png",
-            CurveInfo.from_config(self.config.model_dump(mode="json")),
-            f"{self.config.model.name} · run {self.out_dir.name}",
-        )
+        write_progress(self.out_dir, self.history, state["config"])
+
+
+def write_progress(out_dir: Path, history: list[dict[str, Any]], config: dict[str, Any]) -> None:
+    """history.json and the curves of a run that has trained ``history`` (``config``: its configuration, as its
+    checkpoint keeps it)."""
+    write_text_atomic(out_dir / "history.json", json.dumps(history, indent=2))
+    plot_training_curves(
+        history,
+        out_dir / "training_curves.png",
+        CurveInfo.from_config(config),
+        f"{config['model']['name']} · run {out_dir.name}",
+    )
 
 
 def run_summary(out_dir: Path, standing: dict[str, Any], stopped_early: bool, validated: bool) -> dict[str, Any]:
@@ -753,6 +781,8 @@ def sized_to_the_run(config: Config) -> list[str]:
         sized.append(f"the {config.schedule.name} learning-rate schedule")
     if config.train.lookahead_every:
         sized.append("lookahead's decay ramp")
+    if config.train.prune_params().enabled:
+        sized.append("InfoBatch pruning's epochs (train.prune_until of them)")
     return sized
 
 
@@ -760,10 +790,8 @@ def best_to_go_on_from(run: Path) -> str | None:
     """Advice for a run without a usable last.pt (damaged, or missing: killed between writing best.pt and last.pt
     in its first epoch), where its best.pt is whole and holds the training state; None where it is not."""
     try:
-        best = load_checkpoint(run / BEST_FILE)
+        best = load_training_state(run / BEST_FILE)  # not a network alone (an ensemble, a recovered one)
     except (ValueError, FileNotFoundError):
-        return None
-    if "optimizer" not in best:  # a checkpoint of a network alone (an ensemble, a recovered one)
         return None
     over = "over" if (run / LAST_FILE).exists() else "to"
     return f"Its {BEST_FILE} (epoch {best['epoch']}) holds the whole training state too: copy it {over} {LAST_FILE}"
@@ -772,7 +800,7 @@ def best_to_go_on_from(run: Path) -> str | None:
 def _last_or_advice(run: Path) -> dict[str, Any]:
     """The run's last.pt; where it is damaged or missing, the error says what is left to go on from."""
     try:
-        return load_checkpoint(run / LAST_FILE)
+        return load_training_state(run / LAST_FILE)
     except (ValueError, FileNotFoundError) as exc:
         if isinstance(exc.__cause__, PermissionError):  # the file may be whole: copying over it would lose it
             raise
@@ -780,6 +808,64 @@ def _last_or_advice(run: Path) -> dict[str, Any]:
         if advice is None:
             raise
         raise ConfigError(f"{exc}. {advice} to continue from that epoch, or start over with `train --force`") from exc
+
+
+def newest_state(run: Path, last: dict[str, Any]) -> dict[str, Any]:
+    """``last``, or the run's best.pt where that holds a later epoch of the same run: best.pt is written first, so a
+    stop (Ctrl-C, a kill, a full disk) between the two leaves it ahead. Going on from it keeps that epoch rather
+    than training it again, which on a GPU or another machine gives other numbers: best.pt would then hold an
+    epoch that the run's history and summary do not. last.pt is written over with it, so the two agree again.
+    A best.pt of another run (one of the two copied in) is refused: the run would go on beside a best.pt that
+    evaluate and export read as its own."""
+    try:
+        best = load_training_state(run / BEST_FILE)
+    except (ValueError, FileNotFoundError):  # rewritten at the run's next best epoch
+        return last
+    if best["epoch"] > last["epoch"] and same_run(last, best):
+        log.warning(
+            "%s (epoch %d) is ahead of %s (epoch %d): the run was stopped between writing the two; it goes on from %s",
+            run / BEST_FILE,
+            best["epoch"],
+            run / LAST_FILE,
+            last["epoch"],
+            BEST_FILE,
+        )
+        if distributed.is_main_process():  # the one writer of the run folder, as in training
+            save_checkpoint(best, run / LAST_FILE)
+            write_progress(run, best["history"], best["config"])  # a finished run writes them no more
+        return best
+    if not same_run(best, last):
+        raise CheckpointError(
+            f"{run / BEST_FILE} (epoch {best['epoch']}, {best['meta']['arch']}) and {run / LAST_FILE} (epoch "
+            f"{last['epoch']}, {last['meta']['arch']}) are of two different runs: one was copied in from another "
+            f"folder; move the one that is not this run's out of {run}, then resume"
+        )
+    return last
+
+
+def same_run(earlier: dict[str, Any], later: dict[str, Any]) -> bool:
+    """Whether checkpoint ``later`` continues the run of ``earlier``: its history goes on from that one's, on the
+    same data and settings (but for where it runs and an epoch count a resume changed)."""
+    done = len(earlier["history"])
+    # as text: a NaN loss is not equal to itself
+    if json.dumps(later["history"][:done], sort_keys=True) != json.dumps(earlier["history"], sort_keys=True):
+        return False
+    before, after = _run_settings(earlier), _run_settings(later)
+    # a setting only one of them names came with another version of this code, which wrote it at its default
+    return all(before[key] == after[key] for key in before.keys() & after.keys())
+
+
+def _run_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint's run trained with, its placement and epoch count left out (``same_run``)."""
+    config = ckpt["config"]
+    free = {*PLACEMENT_KEYS, "train.epochs"}
+    settings = {
+        f"{section}.{name}": value
+        for section, fields in config.items()
+        for name, value in (fields.items() if isinstance(fields, dict) else [("", fields)])
+        if f"{section}.{name}" not in free
+    }
+    return {**settings, "data_fingerprint": (ckpt.get("meta") or {}).get("data_fingerprint")}
 
 
 def keep_edited_config(out_dir: Path, started: Config) -> None:
@@ -821,17 +907,26 @@ def resume(
         return _resume(out_dir, epochs, expected, placement)
 
 
+def _epochs_advice(out_dir: str | Path, differences: list[str], expected: Config | None) -> str:
+    """Where the epoch count alone differs, the command that continues the run for the epochs asked: resume takes
+    that one difference, as its own option."""
+    if expected is None or not all(difference.startswith("train.epochs:") for difference in differences):
+        return ""
+    epochs = expected.train.epochs
+    return f"; to train it to {epochs} epochs: python -m training resume {out_dir} --epochs {epochs}"
+
+
 def _resume(
     out_dir: str | Path, epochs: int | None, expected: Config | None, placement: list[str] | None
 ) -> dict[str, Any]:
     remove_stale_temporaries(out_dir)
-    ckpt = _last_or_advice(Path(out_dir))
+    ckpt = newest_state(Path(out_dir), _last_or_advice(Path(out_dir)))
     started = validate_config(ckpt["config"], started=True)
     differences = config_differences(started, expected, ignore=PLACEMENT_KEYS) if expected is not None else []
     if differences:
         raise ConfigError(
             f"{out_dir} holds a run of another configuration, so it cannot be continued with this one "
-            f"(started -> asked): {'; '.join(differences)}"
+            f"(started -> asked): {'; '.join(differences)}{_epochs_advice(out_dir, differences, expected)}"
         )
     keep_edited_config(Path(out_dir), started)
     config = with_placement(started, placement, like=expected)
