@@ -130,3 +130,61 @@ def test_a_world_size_set_without_torchrun_is_refused_in_one_line(image_folder, 
     said = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(said) == 1, said
     assert said[0].startswith("error: WORLD_SIZE=2 but no RANK, MASTER_PORT: start several processes with torchrun")
+
+
+def test_an_epochs_training_figures_are_every_ranks_not_rank_zeros():
+    """Each rank counts its own share of the images; the history (and, without a validation split, the best epoch)
+    was rank 0's half alone."""
+    script = """
+        from training import distributed
+        info = distributed.setup("cpu")
+        mine = [[1.5, 3, 10], [2.25, 5, 12]][info.rank]
+        print(distributed.summed(mine, info))
+        distributed.leave_at_exit()
+    """
+    ranks = run_two_ranks(script)
+    for rank in ranks:
+        assert rank.returncode == 0, rank.stderr
+        assert rank.stdout.strip() == "[3.75, 8.0, 22.0]", rank.stdout
+    assert distributed.summed([1.5, 3, 10], distributed.DistInfo()) == [1.5, 3, 10]  # one process: as counted
+
+
+def test_a_batch_larger_than_a_ranks_share_names_the_share(image_folder, tmp_path):
+    """batch_size 30 on 45 training images and two ranks (22 each) was refused as exceeding "the 45 training images
+    per process"."""
+    sets = tiny_overrides(image_folder, tmp_path / "cache", batch_size=30, threads=1)
+    argv = ["train", "--recipe", "resnet9_half_cpu", "--out", str(tmp_path / "run"), "--set", *sets]
+    script = f"""
+        import sys
+        from training.__main__ import main
+        sys.exit(main({argv!r}))
+    """
+    ranks = run_two_ranks(script)
+    assert [rank.returncode for rank in ranks] == [2, 2], [rank.stderr for rank in ranks]
+    said = ranks[0].stderr
+    assert "batch_size 30 exceeds the 22 training images per process" in said, said
+
+
+def test_a_run_resumed_on_another_number_of_processes_goes_on_from_the_same_point_of_its_schedule(
+    image_folder, tmp_path
+):
+    """The schedule counts steps, and two ranks take half the steps per epoch of one: resumed on two, a run saved
+    by one went on from twice as far into its schedule (past its end, here)."""
+    sets = tiny_overrides(image_folder, tmp_path / "cache", threads=1, epochs=3, ema_decay=0)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert training_main(["train", "--recipe", "resnet9_half_cpu", "--out", str(straight), "--set", *sets]) == 0
+    one = [s if not s.startswith("epochs=") else "epochs=1" for s in sets]
+    assert training_main(["train", "--recipe", "resnet9_half_cpu", "--out", str(resumed), "--set", *one]) == 0
+    script = f"""
+        import sys
+        from training.__main__ import main
+        sys.exit(main(["resume", {str(resumed)!r}, "--epochs", "3"]))
+    """
+    ranks = run_two_ranks(script)
+    assert [rank.returncode for rank in ranks] == [0, 0], [rank.stderr for rank in ranks]
+    assert "the schedule goes on from the same epoch" in ranks[0].stderr, ranks[0].stderr
+    lr = {
+        run: [e["lr"] for e in torch.load(run / "last.pt", weights_only=True)["history"]] for run in (straight, resumed)
+    }
+    assert len(lr[resumed]) == 3
+    assert lr[resumed][1:] == pytest.approx(lr[straight][1:], rel=1e-9, abs=1e-12), lr

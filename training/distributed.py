@@ -162,6 +162,17 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     return bool(t.item())
 
 
+def summed(values: list[float], info: DistInfo) -> list[float]:
+    """``values`` summed over every process of the run (themselves when it has one): an epoch's training figures,
+    which each rank counts over its own share of the images."""
+    if not info.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=collective_device())
+    with peers_watched(info):
+        dist.all_reduce(t)
+    return t.tolist()
+
+
 def collective_device() -> torch.device:
     """Where a tensor for a collective must be: NCCL moves CUDA tensors only."""
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")

@@ -336,9 +336,9 @@ class Trainer:
             teacher=teacher,
             prune=t.prune_params(),
         )
-        if len(self.train_loader) == 0:
-            raise ConfigError(f"batch_size {t.batch_size} exceeds the {len(train_data)} training images per process")
         per_process = len(train_data) // self.dist.world_size
+        if len(self.train_loader) == 0:
+            raise ConfigError(f"batch_size {t.batch_size} exceeds the {per_process} training images per process")
         seen = len(self.train_loader) * t.batch_size
         if not t.max_batches_per_epoch and per_process - seen > DROPPED_SHARE_WARNED * per_process:
             log.warning(
@@ -425,7 +425,19 @@ class Trainer:
             ) from exc
         self.epoch, self.history, self.best = ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
         self.bad_epochs = ckpt.get("bad_epochs", 0)
+        saved_by = len(ckpt.get("rng_ranks") or [])
+        if saved_by and saved_by != self.dist.world_size:
+            self._continue_schedule_at(self.epoch)
         self._restore_rng(ckpt)
+
+    def _continue_schedule_at(self, epoch: int) -> None:
+        """A run resumed on another number of processes takes another number of steps per epoch: its schedule,
+        counted in steps, goes on from the same epoch, not from the same count of steps, which lies twice as far
+        (or half as far) into the run."""
+        step = epoch * len(self.train_loader)
+        self.scheduler.last_epoch = step
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(step)
 
     def _load_states(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -465,8 +477,9 @@ class Trainer:
             return
         if ranks:
             log.warning(
-                "%s was saved by %d processes and resumes on %d: every rank continues rank 0's random stream, so "
-                "dropout draws differ from the uninterrupted run",
+                "%s was saved by %d processes and resumes on %d: the schedule goes on from the same epoch, but the "
+                "batches (their size and images) and dropout's draws (every rank continues rank 0's random stream) "
+                "differ from the uninterrupted run's",
                 self.out_dir,
                 len(ranks),
                 self.dist.world_size,
@@ -508,19 +521,22 @@ class Trainer:
                     bar.set_postfix(img_s=f"{seen * self.dist.world_size / (time.perf_counter() - start):.0f}")
         if self.lookahead and self.epoch + 1 == t.epochs:
             self.lookahead.finish(self.model)
-        if not math.isfinite(loss_sum.item()):
+        # every rank's images, not rank 0's alone: the history and the best epoch of a run without a validation
+        # split are read from these; and every rank stops together on a loss that is not finite
+        loss_total, correct_total, seen_total = distributed.summed([loss_sum.item(), correct.item(), seen], self.dist)
+        if not math.isfinite(loss_total):
             raise FloatingPointError(f"training loss is not finite at epoch {self.epoch + 1}: lower the learning rate")
         elapsed = time.perf_counter() - start
         record = {
-            "train_loss": loss_sum.item() / seen,
-            "train_acc": correct.item() / seen,
+            "train_loss": loss_total / seen_total,
+            "train_acc": correct_total / seen_total,
             "train_time_s": elapsed,
-            "train_images_per_s": seen * self.dist.world_size / elapsed,
+            "train_images_per_s": seen_total / elapsed,
             "lr": self.scheduler.get_last_lr()[0],
         }
         if loader.pruning is not None:
             # the share of the epoch's batches' images it trained on
-            record["train_kept"] = seen / (len(loader) * t.batch_size)
+            record["train_kept"] = seen_total / (len(loader) * t.batch_size * self.dist.world_size)
         return record
 
     def _forward_backward(self, x: torch.Tensor, y: Targets) -> tuple[torch.Tensor, torch.Tensor]:
