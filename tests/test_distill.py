@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import tiny_overrides, torchrun, train_straight_and_resumed
+from inference.errors import UsageError
 from training import distill
 from training.config import ConfigError, build_config
 from training.data.arrays import ImageArrays
@@ -304,3 +305,25 @@ def test_a_new_run_whose_teacher_is_missing_is_not_taught_by_the_logits_another_
         logits(tmp_path / "other.pt")
     # the teacher they were computed from, gone: its logits are still its own, for a resume and a new run alike
     assert torch.equal(logits(teacher)[0], kept) and torch.equal(logits(teacher, resuming=True)[0], kept)
+
+
+@pytest.mark.parametrize(
+    "settings, said",
+    [
+        ({"batch_size": 48}, "batch_size 48 exceeds the 45 training images per process"),
+        ({"lookahead_every": 100}, "train.lookahead_every 100 is more than the run's 4 optimizer steps"),
+    ],
+    ids=["batch", "lookahead"],
+)
+def test_a_run_too_short_for_its_settings_is_refused_before_the_teachers_pass(
+    image_folder, tiny_run, tmp_path, monkeypatch, settings, said
+):
+    """The teacher's pass over the training images (minutes on a real dataset) came first, then the refusal."""
+
+    def teach(*args, **kwargs):
+        raise AssertionError("the teacher ran first")
+
+    monkeypatch.setattr("training.engine.load_or_compute", teach)
+    config = build_config("airbench94_cpu", student_overrides(image_folder, tmp_path, tiny_run, epochs=2, **settings))
+    with pytest.raises(UsageError, match=said):
+        train(config, tmp_path / "run")

@@ -48,12 +48,12 @@ from .config import (
 )
 from .data import DatasetError, ImageArrays, load_split
 from .data.augment import to_unit
-from .data.loader import TensorLoader
+from .data.loader import TensorLoader, training_batches
 from .data.mix import mixed_cross_entropy
 from .data.targets import DistilledTargets, PrunedTargets, Targets, hard_labels, part_of
 from .distill import distill_loss, load_or_compute, teacher_file
 from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, topk_accuracy
-from .lookahead import Lookahead
+from .lookahead import Lookahead, check_lookahead
 from .models import (
     ImageClassifier,
     UnknownArgument,
@@ -295,6 +295,13 @@ class Trainer:
             "data_fingerprint": ":".join(part.fingerprint() for part in (train_data, val_data) if part is not None),
         }
         self.bf16 = resolve_bf16(t.bf16, self.device)
+        # before the teacher's pass over the images (minutes): a run too short for its settings is refused first
+        per_process = len(train_data) // self.dist.world_size
+        steps = training_batches(len(train_data), t.batch_size, self.dist.world_size, t.max_batches_per_epoch)
+        if steps == 0:
+            raise ConfigError(f"batch_size {t.batch_size} exceeds the {per_process} training images per process")
+        if t.lookahead_every:
+            check_lookahead(t.lookahead_every, steps * t.epochs)
         teacher = None
         if t.distill_from:
             # rank 0 runs the teacher and keeps its logits in the run folder; the other ranks read them back
@@ -336,9 +343,6 @@ class Trainer:
             teacher=teacher,
             prune=t.prune_params(),
         )
-        per_process = len(train_data) // self.dist.world_size
-        if len(self.train_loader) == 0:
-            raise ConfigError(f"batch_size {t.batch_size} exceeds the {per_process} training images per process")
         seen = len(self.train_loader) * t.batch_size
         if not t.max_batches_per_epoch and per_process - seen > DROPPED_SHARE_WARNED * per_process:
             log.warning(

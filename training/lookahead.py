@@ -20,16 +20,21 @@ class LookaheadError(UsageError):
     """A lookahead period the run is too short for."""
 
 
+def check_lookahead(every: int, total_steps: int) -> None:
+    """A period of ``every`` optimizer steps that a run of ``total_steps`` can take."""
+    if every < 1:
+        raise ValueError(f"lookahead needs every >= 1, got {every}")
+    if every > total_steps:
+        # no step would reach the slow copy, and finishing on it would undo the whole run
+        raise LookaheadError(
+            f"train.lookahead_every {every} is more than the run's {total_steps} optimizer steps: the run would "
+            f"end on its initial weights; set it to at most {total_steps}, or 0 for no lookahead"
+        )
+
+
 class Lookahead:
     def __init__(self, model: nn.Module, every: int, decay: float, total_steps: int) -> None:
-        if every < 1:
-            raise ValueError(f"lookahead needs every >= 1, got {every}")
-        if every > total_steps:
-            # no step would reach the slow copy, and finishing on it would undo the whole run
-            raise LookaheadError(
-                f"train.lookahead_every {every} is more than the run's {total_steps} optimizer steps: the run would "
-                f"end on its initial weights; set it to at most {total_steps}, or 0 for no lookahead"
-            )
+        check_lookahead(every, total_steps)
         self.every, self.decay, self.total_steps = every, decay, max(total_steps, 1)
         self.slow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
 

@@ -18,6 +18,14 @@ from .prune import LossPruning, PruneParams
 from .targets import DistilledTargets, PrunedTargets, Targets
 
 
+def training_batches(images: int, batch_size: int, world_size: int = 1, max_batches: int | None = None) -> int:
+    """The batches of a training epoch on each process: whole batches of its share of ``images`` (as
+    ``TensorLoader`` shards and batches them), at most ``max_batches``. Known before the loader is built, so a run
+    too short for its settings is refused before the work that comes first (a teacher's pass over the images)."""
+    batches = (images // world_size) // batch_size
+    return min(batches, max_batches) if max_batches else batches
+
+
 class TensorLoader:
     def __init__(
         self,
@@ -85,11 +93,13 @@ class TensorLoader:
 
     def __len__(self) -> int:
         n = len(self.labels)
+        if self.train:
+            return training_batches(n, self.batch_size, self.world_size, self.max_batches)
         if self.world_size > 1:
             # as _indices shards: in evaluation the first n % world_size ranks hold one image more, so that every
             # image is evaluated once
-            n = n // self.world_size if self.train else -(-(n - self.rank) // self.world_size)
-        batches = n // self.batch_size if self.train else -(-n // self.batch_size)
+            n = -(-(n - self.rank) // self.world_size)
+        batches = -(-n // self.batch_size)
         return min(batches, self.max_batches) if self.max_batches else batches
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, Targets]]:
