@@ -24,6 +24,23 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """The rename reaches the disk with its folder: unsynced, a power loss can undo it, or keep a later rename
+    (last.pt's) and lose an earlier one (best.pt's). Where a folder cannot be opened or synced (some network
+    file systems), the file's own sync is all there is."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -122,3 +122,14 @@ def test_a_card_of_another_schema_is_refused_in_one_line_naming_the_field(tmp_pa
 def test_a_card_that_is_not_json_is_refused_as_one(tmp_path):
     with pytest.raises(UsageError, match=r"not a model card this version reads \(Invalid JSON"):
         read_card(_model_with_card(tmp_path / "m.onnx", '{"name": '))
+
+
+def test_an_atomic_write_syncs_its_folder_after_the_rename(tmp_path, atomic_writes):
+    """The file was synced, then renamed, but the rename lived only in the folder's unsynced entry: a power loss
+    could undo it."""
+    from inference.files import write_text_atomic
+
+    synced, replaced = atomic_writes
+    write_text_atomic(tmp_path / "history.json", "[]")
+    assert replaced["history.json"] in synced and str(tmp_path) in synced
+    assert (tmp_path / "history.json").read_text() == "[]"
