@@ -1504,10 +1504,14 @@ def test_a_resume_removes_the_temporary_checkpoints_of_killed_writers_only(tmp_p
     stale, live = tmp_path / f"last.pt.{int(dead.stdout)}.tmp", tmp_path / f"best.pt.{os.getppid()}.tmp"
     # a predecessor killed under the pid this process now has (a restarted container's small pids)
     own = tmp_path / f"best.pt.{os.getpid()}.tmp"
-    for path in (stale, live, own, tmp_path / "notes.txt.1.tmp"):
+    # the run's other files are written the same way: small, but left forever
+    history, curves = (tmp_path / f"{name}.{int(dead.stdout)}.tmp" for name in ("history.json", "training_curves.png"))
+    others = tmp_path / "notes.txt.1.tmp", tmp_path / f"notes.txt.{int(dead.stdout)}.tmp"
+    for path in (stale, live, own, history, curves, *others):
         path.write_bytes(b"x")
     remove_stale_temporaries(tmp_path)
-    assert not stale.exists() and not own.exists() and live.exists() and (tmp_path / "notes.txt.1.tmp").exists()
+    assert not stale.exists() and not own.exists() and live.exists()
+    assert not history.exists() and not curves.exists() and all(other.exists() for other in others)
 
 
 def test_nohup_keeps_a_run_alive_when_its_terminal_closes():

@@ -144,11 +144,14 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(folder: str | Path) -> None:
-    """The temporary checkpoints (``NAME.PID.tmp``, ``inference.files.write_atomic``'s) of processes that were
-    killed while writing (SIGKILL, a lost machine: no cleanup ran), each as large as a checkpoint; a live
-    writer's are kept (another process's, one alive under that pid)."""
-    for tmp in Path(folder).glob("*.pt.*.tmp"):
-        pid = tmp.name.rsplit(".", 2)[-2]
+    """The temporary files (``NAME.PID.tmp``, ``inference.files.write_atomic``'s: checkpoints, each as large as
+    one, and the history, summary and curves) of processes that were killed while writing (SIGKILL, a lost
+    machine: no cleanup ran); a live writer's are kept (another process's, one alive under that pid)."""
+    written = {*RUN_FILES, CONFIG_FILE, ENSEMBLE_RUN_FILE}
+    for tmp in Path(folder).glob("*.*.tmp"):
+        name, pid, _ = tmp.name.rsplit(".", 2)
+        if name not in written and not name.endswith(".pt"):  # not a file of the run's: someone else's
+            continue
         # this process has not started writing where it calls this: a file under its own pid is a killed
         # predecessor's (a container restarted after preemption often gets the same small pid)
         if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
