@@ -206,3 +206,14 @@ def test_a_finished_run_given_more_epochs_and_stopped_does_not_say_it_finished(i
     assert load_checkpoint(run / "last.pt")["epoch"] == 2 and not (run / "summary.json").exists()
     assert resume(run)["epochs_run"] == 3
     assert json.loads((run / "summary.json").read_text())["epochs_run"] == 3
+
+
+def test_a_damaged_best_pt_beside_a_whole_last_pt_is_said_on_resume(image_folder, tmp_path, caplog):
+    """The resume went on without a word, and a run that never beat its best again ended with an unreadable
+    best.pt, which evaluate and export read."""
+    run = _train_one_epoch(image_folder, tmp_path)
+    (run / "best.pt").write_bytes(b"half a checkpoint")
+    with caplog.at_level("WARNING"):
+        resume(run, epochs=2)
+    said = [r.getMessage() for r in caplog.records if "best.pt" in r.getMessage()]
+    assert any(f"{run / 'best.pt'}" in m and "writes best.pt again at its next best epoch" in m for m in said), said

@@ -839,7 +839,16 @@ def newest_state(run: Path, last: dict[str, Any]) -> dict[str, Any]:
     evaluate and export read as its own."""
     try:
         best = load_training_state(run / BEST_FILE)
-    except (ValueError, FileNotFoundError):  # rewritten at the run's next best epoch
+    except FileNotFoundError:  # written at the run's first best epoch
+        return last
+    except ValueError as exc:  # damaged, or a network alone: written again at the run's next best epoch
+        log.warning(
+            "%s; the run goes on from %s and writes %s again at its next best epoch (until then evaluate and export "
+            "have no best.pt to read)",
+            exc,
+            LAST_FILE,
+            BEST_FILE,
+        )
         return last
     if best["epoch"] > last["epoch"] and same_run(last, best):
         log.warning(
