@@ -409,9 +409,9 @@ def format_table(result: dict[str, Any]) -> str:
         + "; the first row is the baseline."
         + _unpaired_note(result["variants"]),
         "Per-class diff is the mean over classes of the per-class accuracy change (points); "
-        "p is McNemar's test vs the baseline; the 95% interval is the paired (Wald) interval of the top-1 "
-        f"difference in points, from the {result['split']} samples alone (the noise between training runs is not in "
-        "it)."
+        "p is McNemar's test vs the baseline; the 95% interval is the paired (Agresti-Min adjusted Wald) interval "
+        f"of the top-1 difference in points, from the {result['split']} samples alone (the noise between training "
+        "runs is not in it)."
         + (
             " The row-above columns test each step against the row before it (for the TTA row: the same "
             "checkpoint without TTA)."

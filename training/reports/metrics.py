@@ -193,17 +193,27 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, exact_below: int = MCN
 def paired_difference_interval(
     correct_a: np.ndarray, correct_b: np.ndarray, confidence: float = 0.95
 ) -> tuple[float, float]:
-    """Confidence interval of accuracy(B) - accuracy(A) on the same samples (Wald, for paired proportions).
+    """Confidence interval of accuracy(B) - accuracy(A) on the same samples: Agresti and Min's (2005) adjusted
+    Wald interval for paired proportions, the Wald interval after half a sample is added to each of the four cells
+    (both right, both wrong, and the two discordant ones).
 
-    The variance comes from the discordant pairs alone, so for two models that mostly agree it is far
-    narrower than two independent binomial errors would suggest. It states how much the samples alone could
-    move the difference; the noise between training runs (seeds) is not in it.
+    The variance comes from the discordant pairs, so for two models that mostly agree it is far narrower than two
+    independent binomial errors would suggest. The plain Wald interval has no width where the models agree on
+    every sample or disagree all one way (three images that B alone gets right would make it certain of +100
+    points), and covers far less than it claims where the discordant pairs are few (80% for a 95% interval where
+    one model alone is right on 3% of 100 images, and never the other); the half samples fix both and move an
+    interval over 5,000 images by hundredths of a point at most. It states how much the samples alone could move
+    the difference; the noise between training runs (seeds) is not in it.
     """
     correct_a, _, b, c = _discordant(correct_a, correct_b)
     n = correct_a.size
     if n == 0:
         raise ValueError("no paired predictions")
-    difference = (c - b) / n
-    standard_error = float(np.sqrt(max(b + c - (c - b) ** 2 / n, 0.0))) / n
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence {confidence} is not between 0 and 1")
+    m = n + 2
+    difference = (c - b) / m
+    standard_error = float(np.sqrt(((b + c + 1) / m - difference**2) / m))
     z = float(stats.norm.ppf(0.5 + confidence / 2))
-    return difference - z * standard_error, difference + z * standard_error
+    # a difference of two accuracies lies in [-1, 1]; the normal approximation does not know that
+    return max(difference - z * standard_error, -1.0), min(difference + z * standard_error, 1.0)
