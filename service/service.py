@@ -31,7 +31,16 @@ import anyio
 import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -161,6 +170,16 @@ class InferItem(BaseModel):
         "base64 in JSON"
     )
     dtype: Literal["uint8", "float32"] = Field(default="uint8", description="how pixels is to be read")
+    # Set when no one awaits this item's row any more (its request timed out, or a part of it was shed): a batch
+    # that takes it runs only its batch-mates. A queued backlog of abandoned images kept the next requests waiting.
+    _abandoned: bool = PrivateAttr(default=False)
+
+    def abandon(self) -> None:
+        self._abandoned = True
+
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned
 
     @model_validator(mode="after")
     def _fits_model(self) -> "InferItem":
@@ -181,6 +200,15 @@ class InferItem(BaseModel):
             if refused is not None:
                 raise refusal_error(refused.reason, refused.message)
         return self
+
+
+def awaited_by_model(items: list[InferItem]) -> dict[str, list[int]]:
+    """The positions in ``items`` of each model's items whose rows someone still awaits (not ``abandoned``)."""
+    groups: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        if not item.abandoned:
+            groups.setdefault(item.model, []).append(i)
+    return groups
 
 
 # The JSON values of one item of an /infer body: its object and its fields.
@@ -516,8 +544,11 @@ class Classifier:
             # One queue per model: a batch never waits for another model, and each model's cost per image is
             # learnt from its own batches (bentoml_compat.KeyedDispatchers).
             rows = await self._infer(items, key=items[0].model)  # callers pass one model's items
-        except BentoMLException as exc:
-            if exc.error_code.value == 503:  # the dispatcher shed the request: over max_latency_ms
+        except BaseException as exc:
+            # Cancelled (BentoML's timeout), shed or failed: the parts of a split request still queued are not run.
+            for item in items:
+                item.abandon()
+            if isinstance(exc, BentoMLException) and exc.error_code.value == 503:  # shed: over max_latency_ms
                 return Rejection("overloaded", f"overloaded, try again: {exc.message}")
             raise
         return np.asarray(rows, dtype=np.float64)
@@ -535,11 +566,8 @@ class Classifier:
         The stage /classify feeds; callable directly with pixels already decoded and resized to the
         model's input size.
         """
-        out: list[Any] = [None] * len(items)
-        groups: dict[str, list[int]] = {}
-        for i, item in enumerate(items):
-            groups.setdefault(item.model, []).append(i)
-        for name, positions in groups.items():
+        out: list[list[float]] = [[] for _ in items]  # an abandoned item's row: read by no one
+        for name, positions in awaited_by_model(items).items():
             loaded = self.loaded[name]
             batch = model_input([items[i] for i in positions], loaded.size)
             probs = loaded.classifier.probabilities(batch)  # concurrent runs are safe: sessions are thread-safe
