@@ -67,7 +67,10 @@ def oip_routes(
         )
 
     def not_loaded() -> JSONResponse:
-        return JSONResponse(OipError(error="the models are not loaded yet").model_dump(), status_code=503)
+        # /classify waits for the models instead (LoadGate); here a client is told when to ask again
+        return JSONResponse(
+            OipError(error="the models are not loaded yet").model_dump(), status_code=503, headers={"Retry-After": "1"}
+        )
 
     def no_statistics() -> JSONResponse:
         """Triton's statistics extension (tritonclient's get_inference_statistics), which this server does not

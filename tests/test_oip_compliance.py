@@ -146,3 +146,12 @@ def test_a_shape_that_is_not_the_inputs_is_refused_as_such_not_as_too_many_image
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert "must have shape" in error and str(shape) in error, error
+
+
+def test_a_model_route_while_the_models_load_says_when_to_ask_again():
+    """A 503 without Retry-After leaves a client to guess; /classify waits for the models instead."""
+    body = {"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [0.5] * 3072}]}
+    infer, metadata = _exchange(None, ("POST", "/v2/models/tiny/infer", body), ("GET", "/v2/models/tiny", None))
+    for answer in (infer, metadata):
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+        assert answer.json() == {"error": "the models are not loaded yet"}
