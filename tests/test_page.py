@@ -209,14 +209,21 @@ def test_the_page_and_its_files_are_revalidated_so_an_upgrade_is_never_half_seen
 def test_the_api_ui_missing_is_refused_in_the_contracts_shape(monkeypatch):
     """Where BentoML's API UI page is not found, /docs was answered {"error"} alone: a client reading every other
     refusal's reason had none to read here."""
+    import asyncio
+
     from starlette.applications import Starlette
-    from starlette.testclient import TestClient
 
     from service import bentoml_compat
     from service.page import page_routes
 
     monkeypatch.setattr(bentoml_compat, "openapi_ui_page", lambda: None)
-    answer = TestClient(Starlette(routes=page_routes())).get("/docs")
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=Starlette(routes=page_routes()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://page.test") as client:
+            return await client.get("/docs")
+
+    answer = asyncio.run(get())
     assert answer.status_code == REASONS["no_such_path"].status
     body = answer.json()
     assert body["reason"] == "no_such_path" and "/docs.json" in body["error"], body
