@@ -243,6 +243,21 @@ def test_a_teacher_the_run_itself_writes_over_is_refused(image_folder, tiny_run,
     assert distill.teacher_file(str(run), tmp_path / "student") == run / "best.pt"
 
 
+def _kept_logits(teacher, run, meta, images, resuming):
+    """``load_or_compute`` for a student ``run`` of ``meta`` on ``images``, on the CPU."""
+    return distill.load_or_compute(
+        str(teacher),
+        run,
+        meta,
+        images,
+        batch_size=4,
+        device=torch.device("cpu"),
+        bf16=False,
+        mirror=True,
+        resuming=resuming,
+    )
+
+
 def test_a_resume_keeps_its_targets_when_the_teacher_file_has_changed(tiny_run, tmp_path, caplog):
     """A teacher trained on (or replaced) after the student started: the resumed student goes on with the logits
     it started with, as it would have; a new run in the folder takes the teacher as it is now."""
@@ -252,18 +267,7 @@ def test_a_resume_keeps_its_targets_when_the_teacher_file_has_changed(tiny_run, 
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
 
     def logits(resuming: bool) -> torch.Tensor:
-        run = tmp_path / "run"
-        return distill.load_or_compute(
-            str(teacher),
-            run,
-            ckpt["meta"],
-            images,
-            batch_size=4,
-            device=torch.device("cpu"),
-            bf16=False,
-            mirror=True,
-            resuming=resuming,
-        )[0]
+        return _kept_logits(teacher, tmp_path / "run", ckpt["meta"], images, resuming)[0]
 
     started = logits(False)
     for weights in ("model", "ema"):  # the head's, sharper
@@ -284,17 +288,7 @@ def test_a_new_run_whose_teacher_is_missing_is_not_taught_by_the_logits_another_
     shutil.copy(tiny_run / "best.pt", teacher)
 
     def logits(source, resuming=False):
-        return distill.load_or_compute(
-            str(source),
-            tmp_path / "run",
-            meta,
-            images,
-            batch_size=4,
-            device=torch.device("cpu"),
-            bf16=False,
-            mirror=True,
-            resuming=resuming,
-        )
+        return _kept_logits(source, tmp_path / "run", meta, images, resuming)
 
     kept = logits(teacher)[0]
     said = r"no checkpoint at .*mistyped\.pt.*another teacher's \(.*teacher\.pt\)"
