@@ -7,18 +7,19 @@ the momentum matrix with its singular values pushed towards 1 (a quintic Newton-
 every direction the gradient names moves the same distance, however small its singular value. Before each
 step the bank is rescaled to norm sqrt(out_channels): behind BatchNorm a filter's scale only sets its
 effective learning rate, so fixing it keeps that rate at the group's ``lr``. That is why filters take no
-weight decay here, and why only filters whose output reaches a normalisation layer take Muon steps
-(``filters_by_normalisation``); the others (a pre-activation block's last convolution, which feeds a sum) keep
-SGD, where their scale is part of the function.
+weight decay here, and why only filters whose output is read by normalisation layers alone take Muon steps
+(``filters_by_normalisation``); the others (a pre-activation block's last convolution, which feeds a sum, or a
+stem that feeds an identity shortcut as well as a BatchNorm) keep SGD, where their scale is part of the function.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from inference.errors import UsageError
 
@@ -52,50 +53,95 @@ class MuonError(UsageError):
     """Muon asked of a network it has no filters to step in."""
 
 
+def _tensors(tree: object) -> Iterator[torch.Tensor]:
+    """The tensors in nested tuples, lists and dicts (an operation's arguments or result)."""
+    if isinstance(tree, torch.Tensor):
+        yield tree
+    elif isinstance(tree, (tuple, list)):
+        for item in tree:
+            yield from _tensors(item)
+    elif isinstance(tree, dict):
+        for item in tree.values():
+            yield from _tensors(item)
+
+
+class _FreeOperations(TorchFunctionMode):
+    """Calls ``seen(args, kwargs, result)`` for every tensor operation a forward pass runs while no leaf module
+    runs: the ones a container's own forward applies (a residual sum, a concatenation), which no module hook sees."""
+
+    def __init__(self, seen: Callable[[tuple, dict, object], None]) -> None:
+        super().__init__()
+        self.seen = seen
+        self.leaves_running = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if not self.leaves_running:
+            self.seen(args, kwargs, result)
+        return result
+
+
 @torch.no_grad()
 def filters_by_normalisation(model: nn.Module, example: torch.Tensor) -> tuple[dict, dict]:
-    """The trainable convolution filters whose output reaches a normalisation layer, directly or through
-    scale-equivariant modules only, and the other trainable filters, each as {parameter name: weight}.
-    Traced by one forward pass of ``example`` in eval mode, which changes no state of the model. A network
-    with none of the first kind is refused (``MuonError``): Muon would train it as plain SGD."""
+    """The trainable convolution filters whose output reaches normalisation layers only, directly or through
+    scale-equivariant modules, and the other trainable filters, each as {parameter name: weight}. An output also
+    read elsewhere (a stem that feeds an identity shortcut's sum as well as the block's BatchNorm) carries the
+    filters' scale into the function, so those filters are of the second kind. Traced by one forward pass of
+    ``example`` in eval mode, which changes no state of the model. A network with none of the first kind is
+    refused (``MuonError``): Muon would train it as plain SGD."""
     names = {m: name for name, m in model.named_modules()}
     source: dict[int, nn.Conv2d] = {}  # id of a tensor -> the convolution whose scale it carries
     seen: list[torch.Tensor] = []  # kept alive, so no id is reused during the pass
     reached: set[nn.Conv2d] = set()
+    escaped: set[nn.Conv2d] = set()  # read by something other than a normalisation layer
     passing: dict[nn.Module, nn.Conv2d] = {}
 
+    def sources(*trees: object) -> set[nn.Conv2d]:
+        return {source[id(t)] for t in _tensors(trees) if id(t) in source}
+
     def before(module: nn.Module, args: tuple) -> None:
-        for arg in args:
-            conv = source.get(id(arg)) if isinstance(arg, torch.Tensor) else None
-            if conv is not None and isinstance(module, NORM_LAYERS):
+        free.leaves_running += 1
+        for conv in sources(args):
+            if isinstance(module, NORM_LAYERS):
                 reached.add(conv)
-            elif conv is not None and isinstance(module, SCALE_EQUIVARIANT):
+            elif isinstance(module, SCALE_EQUIVARIANT):
                 passing[module] = conv
+            else:
+                escaped.add(conv)
 
     def after(module: nn.Module, args: tuple, out) -> None:
+        free.leaves_running -= 1
         conv = module if isinstance(module, nn.Conv2d) else passing.pop(module, None)
         if conv is not None and isinstance(out, torch.Tensor):
             source[id(out)] = conv
             seen.append(out)
 
+    def free_operation(args: tuple, kwargs: dict, result: object) -> None:
+        # metadata (a shape, a dtype) reads no value; an operation giving a tensor reads the scale
+        if next(_tensors(result), None) is not None:
+            escaped.update(sources(args, kwargs))
+
+    free = _FreeOperations(free_operation)
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     handles = [h for m in leaves for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
     training = model.training
     try:
         model.eval()
-        model(example)
+        with free:
+            model(example)
     finally:
         model.train(training)
         for h in handles:
             h.remove()
     convs = [m for m in leaves if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
-    normalised = {f"{names[m]}.weight": m.weight for m in convs if m in reached}
-    others = {f"{names[m]}.weight": m.weight for m in convs if m not in reached}
+    normalised = {f"{names[m]}.weight": m.weight for m in convs if m in reached - escaped}
+    others = {f"{names[m]}.weight": m.weight for m in convs if m not in reached - escaped}
     if not normalised:
         network = type(getattr(model, "backbone", model)).__name__
         raise MuonError(
-            f"optim.name muon: no convolution of {network} feeds a normalisation layer, so Muon has no filters to "
-            "step; use optim.name=sgd"
+            f"optim.name muon: no convolution of {network} feeds normalisation layers only, so Muon has no filters "
+            "to step; use optim.name=sgd"
         )
     return normalised, others
 

@@ -55,6 +55,31 @@ class GradCAM:
         NoSpatialMap where the layer's activation is no [N, C, h, w] map of more than one cell."""
         was_training = self.model.training
         self.model.eval()
+        try:  # the model leaves in the mode it came in, a refused layer's too
+            activation, gradient = self._activation_and_gradient(images, targets)
+            stride = self.stride = self._stride(images)
+        finally:
+            self.model.train(was_training)
+        assert self.map_size is not None
+        weights = gradient.float().mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * activation.float()).sum(dim=1)).cpu()
+        height, width = images.shape[-2:]
+        rows, cols = (
+            _upsampling(height, self.map_size[0], stride[0]),
+            _upsampling(width, self.map_size[1], stride[1]),
+        )
+        with torch.autocast("cpu", enabled=False):  # under a caller's bf16 autocast the product would be bf16
+            cam = rows @ cam @ cols.T
+        low = cam.amin(dim=(1, 2), keepdim=True)
+        span = cam.amax(dim=(1, 2), keepdim=True) - low
+        # A map with no positive evidence is all zeros rather than a division by zero.
+        cam = torch.where(span > 0, (cam - low) / span.clamp_min(1e-12), torch.zeros_like(cam))
+        return cam.numpy()
+
+    def _activation_and_gradient(
+        self, images: torch.Tensor, targets: torch.Tensor | np.ndarray | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's activation for the images and the gradient of their targets' logits with respect to it."""
         handle = self.layer.register_forward_hook(self._forward_hook)
         try:
             with torch.enable_grad():
@@ -76,29 +101,11 @@ class GradCAM:
             activation, gradient = activation.detach(), self._gradient.detach()
             # A member's ViewAverage sends its views through as one batch, the image itself first.
             self.views = activation.shape[0] // len(images)
-            activation, gradient = activation[: len(images)], gradient[: len(images)]
             self.map_size = (int(activation.shape[-2]), int(activation.shape[-1]))
+            return activation[: len(images)], gradient[: len(images)]
         finally:
             handle.remove()
             self._activation = self._gradient = None
-        try:
-            self.stride = self._stride(images)
-        finally:
-            self.model.train(was_training)
-        weights = gradient.float().mean(dim=(2, 3), keepdim=True)
-        cam = F.relu((weights * activation.float()).sum(dim=1)).cpu()
-        height, width = images.shape[-2:]
-        rows, cols = (
-            _upsampling(height, self.map_size[0], self.stride[0]),
-            _upsampling(width, self.map_size[1], self.stride[1]),
-        )
-        with torch.autocast("cpu", enabled=False):  # under a caller's bf16 autocast the product would be bf16
-            cam = rows @ cam @ cols.T
-        low = cam.amin(dim=(1, 2), keepdim=True)
-        span = cam.amax(dim=(1, 2), keepdim=True) - low
-        # A map with no positive evidence is all zeros rather than a division by zero.
-        cam = torch.where(span > 0, (cam - low) / span.clamp_min(1e-12), torch.zeros_like(cam))
-        return cam.numpy()
 
     def _stride(self, images: torch.Tensor) -> tuple[float, float]:
         """The layer's stride, from its maps of two inputs of sides multiples of PROBE_SIDE, PROBE_SIDE apart: the
