@@ -39,7 +39,7 @@ from inference.manifest import (
 )
 from inference.messages import configure_logging, os_error_text
 from inference.precisions import PRECISIONS, suits, tolerance_text, unsuited_hosts
-from training.cli_types import positive_int
+from training.cli_types import path_text, positive_int
 
 from .int8_ranges import ACTIVATION_RANGES, DEFAULT_CALIBRATION_IMAGES, ranges_help
 
@@ -55,6 +55,13 @@ def model_name(text: str) -> str:
     return text
 
 
+def listed_name(text: str) -> str:
+    """A model the manifest lists: an empty one (an unset $MODEL in a script) would be taken for the default."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a model name from `python -m export list`")
+    return text
+
+
 def export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m export",
@@ -67,7 +74,7 @@ def export_parser() -> argparse.ArgumentParser:
             "NAME..., card NAME..., rederive REFERENCE, recover NAME."
         ),
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint file (RUN/best.pt) or run folder")
+    p.add_argument("--checkpoint", required=True, type=path_text, help="checkpoint file (RUN/best.pt) or run folder")
     p.add_argument(
         "--name",
         required=True,
@@ -122,7 +129,7 @@ def verify_parser() -> argparse.ArgumentParser:
             "missing or tampered file."
         ),
     )
-    p.add_argument("name", nargs="?", help="model name (default: the manifest's default)")
+    p.add_argument("name", nargs="?", type=listed_name, help="model name (default: the manifest's default)")
     _add_models_dir(p)
     _add_data_flags(p)
     _add_data_root(p)
@@ -140,7 +147,9 @@ def rederive_parser() -> argparse.ArgumentParser:
             "temperature, and record it in the manifest (the same name replaces the reference)."
         ),
     )
-    p.add_argument("reference", help="name of a shipped FP32 model (a calibrated one with --calibrate none)")
+    p.add_argument(
+        "reference", type=listed_name, help="name of a shipped FP32 model (a calibrated one with --calibrate none)"
+    )
     p.add_argument("--name", required=True, type=model_name, help="name of the derived model")
     _add_precision(p, "the derived graph's numbers")
     _add_calibrate(p)
@@ -177,8 +186,8 @@ def recover_parser() -> argparse.ArgumentParser:
             "The checkpoint then joins ensembles (`python -m training ensemble`) and reports like any other."
         ),
     )
-    p.add_argument("name", help="name of a shipped FP32 model")
-    p.add_argument("--out", required=True, help="checkpoint file to write, e.g. runs/recovered/NAME.pt")
+    p.add_argument("name", type=listed_name, help="name of a shipped FP32 model")
+    p.add_argument("--out", required=True, type=path_text, help="checkpoint file to write, e.g. runs/recovered/NAME.pt")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     _add_models_dir(p)
     _add_data_flags(p)
@@ -187,12 +196,14 @@ def recover_parser() -> argparse.ArgumentParser:
 
 
 def _add_models_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models-dir", default="models", help="where the .onnx files and manifest.json live")
+    p.add_argument(
+        "--models-dir", default="models", type=path_text, help="where the .onnx files and manifest.json live"
+    )
 
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
     """The validation data every command that measures a model reads."""
-    p.add_argument("--cache-dir", default=".cache/datasets", help="dataset decode cache")
+    p.add_argument("--cache-dir", default=".cache/datasets", type=path_text, help="dataset decode cache")
     p.add_argument(
         "--max-val-images",
         type=positive_int,
@@ -203,6 +214,7 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
 def _add_data_root(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
+        type=path_text,
         metavar="ROOT",
         help="the run's dataset where it is now, when it has moved since training or is on another machine (a "
         "warning says when its validation images are not the ones the run recorded a fingerprint of); default: "
@@ -259,6 +271,7 @@ def _add_reference_cache(p: argparse.ArgumentParser) -> None:
     # export.reference.DEFAULT_FOLDER, spelled out so that --help does not import torch
     p.add_argument(
         "--reference-cache",
+        type=path_text,
         default=".cache/reference_logits",
         help="folder where the checkpoint's PyTorch logits on the validation images are kept, so that exporting "
         "another precision of the same checkpoint, or verifying one, skips that pass (found only by the "
@@ -279,7 +292,7 @@ def default_parser() -> argparse.ArgumentParser:
         description="Make a model listed in the manifest the default on one kind of host (--for), or on every "
         "kind (no --for: the per-device defaults are replaced by this one).",
     )
-    p.add_argument("name", help="a model name from `python -m export list`")
+    p.add_argument("name", type=listed_name, help="a model name from `python -m export list`")
     p.add_argument("--for", dest="kinds", action="append", choices=DEVICE_KINDS, default=[], help="cpu or cuda")
     _add_models_dir(p)
     return p
@@ -292,7 +305,7 @@ def remove_parser() -> argparse.ArgumentParser:
         "A default model is refused: make another the default first. A service started afterwards loads only the "
         "models left, and holds less memory.",
     )
-    p.add_argument("names", nargs="+", help="model names from `python -m export list`")
+    p.add_argument("names", nargs="+", type=listed_name, help="model names from `python -m export list`")
     _add_models_dir(p)
     return p
 
@@ -313,7 +326,7 @@ def card_parser() -> argparse.ArgumentParser:
         "markdown table, a column per model, read from the manifest; refused (exit 2) for a model whose file is "
         "missing or not the one the figures were measured on (its sha256).",
     )
-    p.add_argument("names", nargs="+", help="model names from `python -m export list`")
+    p.add_argument("names", nargs="+", type=listed_name, help="model names from `python -m export list`")
     _add_models_dir(p)
     return p
 

@@ -125,7 +125,20 @@ def _run_folder(out: Path) -> Path:
         raise ConfigError(f"--out {out} is not a folder" + ("" if existing == out else f": {existing} is a file"))
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write to --out {out}: permission denied on {existing}")
+    report = _report_in(out)
+    if report is not None:  # --force too: it removes a run's files only, leaving a folder of both
+        raise ConfigError(f"--out {out} holds {report}, not a run: train into another folder")
     return out
+
+
+def _report_in(folder: Path) -> str | None:
+    """What report the folder holds (evaluate's, compare's, ablate's), or None: a run written in beside it would
+    leave a folder that is neither (the report's history.json and training_curves.png replaced by the run's)."""
+    from .reports.ablate import ABLATION_FILE
+    from .reports.evaluate import PREDICTIONS_FILE
+
+    kinds = {PREDICTIONS_FILE: "an evaluate report", "compare.json": "a comparison", ABLATION_FILE: "an ablation"}
+    return next((kind for name, kind in kinds.items() if (folder / name).is_file()), None)
 
 
 def _train_ensemble(args: argparse.Namespace) -> int:
@@ -269,7 +282,9 @@ def get_args_parser() -> argparse.ArgumentParser:
             "--set applies to every member."
         ),
     )
-    p.add_argument("--recipe", default="se_resnet18", help="recipe name or YAML file (default: se_resnet18)")
+    p.add_argument(
+        "--recipe", default="se_resnet18", type=path_text, help="recipe name or YAML file (default: se_resnet18)"
+    )
     add_set_option(p, "config overrides (repeatable)")
     p.add_argument("--out", type=path_text, help="run folder (default: runs/<recipe>)")
     again = p.add_mutually_exclusive_group()
@@ -289,7 +304,7 @@ def get_args_parser() -> argparse.ArgumentParser:
             "Continue an interrupted run exactly where its last saved epoch left it (same config, RNG and data order)."
         ),
     )
-    p.add_argument("run", help="run folder holding last.pt")
+    p.add_argument("run", type=path_text, help="run folder holding last.pt")
     p.add_argument(
         "--epochs",
         type=positive_int,
@@ -315,6 +330,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "checkpoints",
         nargs="+",
+        type=path_text,
         metavar="MODEL",
         help="two or more checkpoint files or run folders (their best.pt) to join; or report folders of "
         "`evaluate` on the same images, to print what their ensemble would score without building it",

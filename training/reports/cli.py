@@ -23,7 +23,7 @@ SPLIT_HELP = f"which samples: {', '.join(SPLITS)} (val = the run's own held-out 
 def _add_data_args(p: argparse.ArgumentParser, split_default: str | None) -> None:
     g = p.add_argument_group("data (default: the model's own, from its checkpoint, ONNX metadata or report)")
     g.add_argument("--dataset", choices=DATASETS.names(), help="the dataset's kind")
-    g.add_argument("--data", dest="root", metavar="ROOT", help="dataset folder or archive")
+    g.add_argument("--data", dest="root", type=path_text, metavar="ROOT", help="dataset folder or archive")
     g.add_argument(
         "--split",
         default=split_default,
@@ -34,7 +34,7 @@ def _add_data_args(p: argparse.ArgumentParser, split_default: str | None) -> Non
         "--val-size", type=non_negative_int, help="held-out size that defines train/val (default: the run's)"
     )
     g.add_argument("--split-seed", type=non_negative_int, help="seed of the train/val split (default: the run's)")
-    g.add_argument("--cache-dir", help="where decoded folder datasets are cached (default: the run's)")
+    g.add_argument("--cache-dir", type=path_text, help="where decoded folder datasets are cached (default: the run's)")
 
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
@@ -166,8 +166,8 @@ def add_report_commands(sub) -> None:
         ),
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", help="checkpoint file, or a run folder (uses its best.pt)")
-    src.add_argument("--onnx", help="exported ONNX model (class names from its metadata; no Grad-CAM)")
+    src.add_argument("--checkpoint", type=path_text, help="checkpoint file, or a run folder (uses its best.pt)")
+    src.add_argument("--onnx", type=path_text, help="exported ONNX model (class names from its metadata; no Grad-CAM)")
     p.add_argument(
         "--out",
         type=path_text,
@@ -200,8 +200,8 @@ def add_report_commands(sub) -> None:
             "reports of different sample sets are refused."
         ),
     )
-    p.add_argument("a", help="model or report A (the reference)")
-    p.add_argument("b", help="model or report B (the difference is B - A)")
+    p.add_argument("a", type=path_text, help="model or report A (the reference)")
+    p.add_argument("b", type=path_text, help="model or report B (the difference is B - A)")
     p.add_argument("--alpha", type=significance, default=0.05, help="significance level (default: 0.05)")
     p.add_argument("--out", type=path_text, help="also write compare.json and compare.md to this folder")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -221,7 +221,7 @@ def add_report_commands(sub) -> None:
             "--vary augment=full,basic`."
         ),
     )
-    p.add_argument("--recipe", required=True, help="recipe name or YAML file")
+    p.add_argument("--recipe", required=True, type=path_text, help="recipe name or YAML file")
     p.add_argument(
         "--vary",
         action="append",
