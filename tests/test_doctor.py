@@ -87,3 +87,14 @@ def test_model_checks_only_the_named_models_and_refuses_names_it_does_not_list(c
         assert args.fn(args) == 2
         err = capsys.readouterr().err
         assert said in err and "Traceback" not in err and "checking the host" not in err, err
+
+
+def test_an_empty_models_dir_or_folder_is_refused_not_taken_for_the_default(capsys):
+    """An unset shell variable (`--folder "$DIR"`) checked the default models folder, or generated images instead
+    of the labelled folder, without a word; `serve` refuses an empty value."""
+    from service.__main__ import main as service_main
+
+    for flag in ("--models-dir", "--folder"):
+        assert service_main(["doctor", "--device", "cpu", "--no-speed", flag, ""]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: {flag} is empty: give a value, or leave the flag out for its default\n", err
