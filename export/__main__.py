@@ -203,7 +203,8 @@ def _add_models_dir(p: argparse.ArgumentParser) -> None:
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
     """The validation data every command that measures a model reads."""
-    p.add_argument("--cache-dir", default=".cache/datasets", type=path_text, help="dataset decode cache")
+    # "" reads the images without a cache (tests, a read-only checkout): not refused as the empty paths are
+    p.add_argument("--cache-dir", default=".cache/datasets", help='dataset decode cache ("" for none)')
     p.add_argument(
         "--max-val-images",
         type=positive_int,

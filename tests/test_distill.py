@@ -132,7 +132,7 @@ def test_a_student_learns_from_a_trained_run_and_resumes_on_its_kept_targets(
 
 
 def test_a_teacher_of_another_split_or_other_classes_is_refused(image_folder, tiny_run, tmp_path):
-    other_split = student_overrides(image_folder, tmp_path, tiny_run, epochs=1, **{"data.val_size": 12})
+    other_split = student_overrides(image_folder, tmp_path, tiny_run, epochs=2, **{"data.val_size": 12})
     with pytest.raises(distill.TeacherError, match="another split"):
         train(build_config("airbench94_cpu", other_split), tmp_path / "split")
     meta = torch.load(tiny_run / "best.pt", weights_only=True)["meta"]

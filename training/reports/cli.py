@@ -34,7 +34,9 @@ def _add_data_args(p: argparse.ArgumentParser, split_default: str | None) -> Non
         "--val-size", type=non_negative_int, help="held-out size that defines train/val (default: the run's)"
     )
     g.add_argument("--split-seed", type=non_negative_int, help="seed of the train/val split (default: the run's)")
-    g.add_argument("--cache-dir", type=path_text, help="where decoded folder datasets are cached (default: the run's)")
+    g.add_argument(
+        "--cache-dir", help='where decoded folder datasets are cached (default: the run\'s; "" for no cache)'
+    )
 
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
