@@ -18,21 +18,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from inference.files import process_running
+
 log = logging.getLogger(__name__)
 
 PREFIX = ".export-"
 # tempfile's random part is lowercase letters, digits and underscores; a host name may itself hold dashes
 _NAME = re.compile(rf"^{re.escape(PREFIX)}(\d+)@(.+)-[a-z0-9_]+$")
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
 
 
 def leftovers(models_dir: Path) -> list[Path]:
@@ -44,7 +36,7 @@ def leftovers(models_dir: Path) -> list[Path]:
         if match is None or not path.is_dir() or match.group(2) != host:
             continue
         pid = int(match.group(1))
-        if pid != os.getpid() and not _running(pid):
+        if pid != os.getpid() and not process_running(pid):
             found.append(path)
     return found
 

@@ -9,6 +9,18 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
 
+def process_running(pid: int) -> bool:
+    """Whether a process of that pid runs on this host (another user's counts): a file or folder named after a
+    process that is gone was left by a kill."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write`` on a temporary file beside ``path``, force it to disk, then rename it over ``path``. What
     ``write`` returns (``f.write``'s count, ``torch.save``'s None) is ignored."""

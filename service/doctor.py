@@ -125,12 +125,12 @@ def add_doctor_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def main(args: argparse.Namespace) -> int:
-    from .settings import SETTINGS, ServiceSettings, SettingsError
+    from .settings import SETTINGS, ServiceSettings, SettingsError, empty_flag_refusal
 
-    # an empty value (an unset shell variable) would check the default models folder or generated images instead
-    empty = [flag for flag, value in (("--models-dir", args.models_dir), ("--folder", args.folder)) if value == ""]
-    if empty:
-        print(f"error: {empty[0]} is empty: give a value, or leave the flag out for its default", file=sys.stderr)
+    # an empty value would check the default models folder, or generated images instead of the labelled folder
+    refused = empty_flag_refusal({"--models-dir": args.models_dir, "--folder": args.folder})
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
         return 2
     # The service's own settings, as `serve` reads them: a value it would refuse is refused here too, and the
     # models folder and device checked are the ones it would use.

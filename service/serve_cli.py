@@ -12,7 +12,7 @@ import socket
 import sys
 from pathlib import Path
 
-from .settings import SETTINGS, ServiceSettings, SettingsError
+from .settings import SETTINGS, ServiceSettings, SettingsError, empty_flag_refusal
 
 SERVICE_IMPORT = "service.service:Classifier"
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,13 +134,10 @@ def main(args: argparse.Namespace) -> int:
 
     from .loading import CHECKED_ENV, check_model_files, manifest_digest
 
-    empty = [
-        s.flag
-        for name, s in SETTINGS.items()
-        if isinstance(getattr(args, name, None), str) and not getattr(args, name).strip()
-    ]
-    if empty:  # `--api-keys "$UNSET"` would serve with no key at all, `--models-dir ''` from the current folder
-        print(f"error: {empty[0]} is empty: give a value, or leave the flag out for its default", file=sys.stderr)
+    # `--api-keys "$UNSET"` would serve with no key at all, `--models-dir ''` from the current folder
+    refused = empty_flag_refusal({s.flag: getattr(args, name, None) for name, s in SETTINGS.items()})
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
         return 2
     env = settings_env(args)
     try:

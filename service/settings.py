@@ -48,6 +48,13 @@ def threads_per_stream(cores: int, streams: int) -> int:
 CPU_RUN_IMAGES = 64
 
 
+def empty_flag_refusal(flags: Mapping[str, object]) -> str | None:
+    """The refusal of the first flag given an empty value (an unset shell variable: `--models-dir "$DIR"`), which
+    would otherwise mean the flag's default; None when there is none."""
+    empty = next((flag for flag, value in flags.items() if isinstance(value, str) and not value.strip()), None)
+    return None if empty is None else f"{empty} is empty: give a value, or leave the flag out for its default"
+
+
 class SettingsError(ValueError):
     """An environment variable (or the flag that set it) has a value the service cannot use. ``setting`` (a key
     of ``SETTINGS``) says which, ``problem`` what is wrong with it; the message names the setting by ``subject``,

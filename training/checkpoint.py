@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from inference.errors import UsageError
-from inference.files import file_in_the_way, folders_to_make, remove_if_empty, write_atomic
+from inference.files import file_in_the_way, folders_to_make, process_running, remove_if_empty, write_atomic
 from inference.manifest import MANIFEST_NAME
 from inference.messages import exception_summary
 
@@ -133,16 +133,6 @@ def _lock(folder: Path) -> int:
         os.close(fd)  # locked once its holder had let go of it and unlinked it: lock the one there now
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def remove_stale_temporaries(folder: str | Path) -> None:
     """The temporary files (``NAME.PID.tmp``, ``inference.files.write_atomic``'s: checkpoints, each as large as
     one, and the history, summary and curves) of processes that were killed while writing (SIGKILL, a lost
@@ -154,7 +144,7 @@ def remove_stale_temporaries(folder: str | Path) -> None:
             continue
         # this process has not started writing where it calls this: a file under its own pid is a killed
         # predecessor's (a container restarted after preemption often gets the same small pid)
-        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+        if pid.isdigit() and (int(pid) == os.getpid() or not process_running(int(pid))):
             tmp.unlink(missing_ok=True)
 
 
