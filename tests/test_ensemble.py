@@ -206,7 +206,7 @@ def test_an_exported_ensemble_is_recovered_although_the_exporter_merged_its_equa
 
 
 def _report(folder, logits, labels, fingerprint="same", tta="flip", classes=("a", "b")):
-    from training.reports.evaluate import METRICS_FILE, save_predictions
+    from training.reports.predictions import METRICS_FILE, save_predictions
 
     folder.mkdir()
     save_predictions(
@@ -214,6 +214,20 @@ def _report(folder, logits, labels, fingerprint="same", tta="flip", classes=("a"
     )
     (folder / METRICS_FILE).write_text(f'{{"tta": "{tta}"}}')
     return folder
+
+
+def test_an_ensemble_estimate_matches_class_names_as_compare_does(tmp_path):
+    """compare pairs a report of the classes cat, dog with one of Cat, DOG (names matched as a folder's are); the
+    ensemble estimate refused the same two reports as reports on different classes."""
+    from training.ensemble import estimate_from_reports
+
+    labels = [0, 1]
+    a = _report(tmp_path / "a", [[2, 0], [0, 2]], labels, classes=("cat", "dog"))
+    b = _report(tmp_path / "b", [[0, 2], [0, 2]], labels, classes=("Cat", "DOG"))
+    assert [m["top1"] for m in estimate_from_reports([a, b])["members"]] == [1.0, 0.5]
+    swapped = _report(tmp_path / "c", [[0, 2], [2, 0]], labels, classes=("dog", "cat"))
+    with pytest.raises(ValueError, match="are reports on different classes"):
+        estimate_from_reports([a, swapped])
 
 
 def test_reports_estimate_their_ensemble_from_the_saved_logits(tmp_path, capsys):

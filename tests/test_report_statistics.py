@@ -208,7 +208,7 @@ def test_the_fitted_temperature_is_the_nll_minimum_scipy_finds():
 def _saved_report(folder, logits: np.ndarray, labels: np.ndarray, source: dict) -> str:
     import json
 
-    from training.reports.evaluate import METRICS_FILE, save_predictions
+    from training.reports.predictions import METRICS_FILE, save_predictions
 
     folder.mkdir()
     save_predictions(folder / "predictions.npz", logits.astype(np.float32), labels, ["a", "b", "c"], "same")

@@ -20,7 +20,7 @@ from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.reports import figures
 from training.reports.ablate import parse_vary, split_values
 from training.reports.calibration import calibration_metrics, fit_temperature
-from training.reports.evaluate import FIGURES, load_predictions, logits_before_temperature
+from training.reports.evaluate import FIGURES
 from training.reports.figures import MIN_BIN_SAMPLES, worst_classes
 from training.reports.gradcam import GradCAM
 from training.reports.metrics import (
@@ -34,6 +34,7 @@ from training.reports.metrics import (
     reliability_bins,
     softmax,
 )
+from training.reports.predictions import load_predictions, logits_before_temperature
 
 # Every figure a report of a checkpoint writes (the module's own list, which also says what a reused --out loses).
 REPORT_FILES = ["metrics.json", "predictions.npz", *FIGURES, "history.json", "report.md"]
@@ -224,7 +225,7 @@ def _paired(b: int, c: int, both_right: int = 50, both_wrong: int = 7) -> tuple[
 def test_a_temperature_fitted_where_every_sample_is_right_by_a_wide_margin_is_flagged(tiny_run, tmp_path, monkeypatch):
     """The NLL of such logits keeps falling as T shrinks, so the fit stops near the bound: the report must say
     the temperature-scaled row means nothing, not show ECE 0 as a result (the bound check missed T = 0.011)."""
-    import training.reports.evaluate as evaluate_module
+    import training.reports.report_calibration as report_calibration
     from training.reports.calibration import meaningless_fit
 
     logits = np.array([[9.0, 0.0, 0.0], [0.0, 8.0, 0.0], [0.0, 0.0, 7.0]] * 5, dtype=np.float32)
@@ -233,7 +234,7 @@ def test_a_temperature_fitted_where_every_sample_is_right_by_a_wide_margin_is_fl
     assert meaningless_fit(logits, labels, t)  # every one right: T is wherever the NLL flattened out
     wrong = np.array([0, 1, 0] * 5)  # one in three wrong: a real fit, away from the bounds
     assert not meaningless_fit(logits, wrong, 0.6) and meaningless_fit(logits, wrong, 95.0)
-    monkeypatch.setattr(evaluate_module, "fit_temperature", lambda *a: 0.0105)
+    monkeypatch.setattr(report_calibration, "fit_temperature", lambda *a: 0.0105)
     out = tmp_path / "r"
     assert main(["evaluate", "--checkpoint", str(tiny_run), "--out", str(out), "--device", "cpu"]) == 0
     assert "where it means little: those images carry no calibration signal" in (out / "report.md").read_text()
@@ -244,7 +245,7 @@ def test_a_temperature_pushed_to_its_upper_bound_is_explained_as_logits_no_bette
     caveat said "every one right, or wrong by wide margins", neither of which is so."""
     from types import SimpleNamespace
 
-    from training.reports.evaluate import temperature_for
+    from training.reports.report_calibration import temperature_for
 
     labels = np.array([0, 1, 2] * 6)
     predicted = (labels + np.repeat([0, 1, 2, 0, 1, 2], 3)) % 3  # one in three right, each by the same margin
@@ -549,7 +550,7 @@ def test_compared_curves_say_which_side_was_validated_with_ema_weights(tmp_path,
 
 def test_the_help_names_the_default_report_folder_of_a_tta_evaluation(capsys):
     """evaluate --tta flip writes RUN/report-best-val-tta-flip; the help named only RUN/report-best-val."""
-    from training.reports.evaluate import default_out_dir
+    from training.reports.report_folder import default_out_dir
 
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
@@ -676,7 +677,7 @@ def test_evaluate_feeds_an_onnx_graph_the_pixels_the_service_and_export_verify_f
     from export.parity import onnx_logits
     from inference.preprocess import pixels_to_model_input
     from training.data import ImageArrays
-    from training.reports.evaluate import ModelSource
+    from training.reports.sources import ModelSource
 
     images = (np.arange(2 * 16 * 8 * 3) % 256).astype(np.uint8).reshape(2, 16, 8, 3)  # every value 0-255
     served = pixels_to_model_input(images.tobytes(), 2, (16, 8)).reshape(2, -1)  # what the service sends
@@ -924,7 +925,7 @@ def test_compare_refuses_evaluation_settings_when_both_sides_are_reports(tiny_re
 
 
 def test_compare_refuses_a_side_that_is_no_model_before_evaluating_the_other(tiny_run, tmp_path, monkeypatch, capsys):
-    from training.reports.evaluate import ModelSource
+    from training.reports.sources import ModelSource
 
     def evaluated(self, *args, **kwargs):
         raise AssertionError(f"{self.path} was evaluated")
@@ -1369,6 +1370,26 @@ def test_no_sample_figures_leaves_out_the_figures_made_of_dataset_images(tiny_ru
         assert (out / name).is_file(), name
 
 
+def test_a_model_that_answers_nan_is_refused_as_broken_not_reported(tiny_run, tmp_path, capsys):
+    """A checkpoint whose weights went NaN was reported with NaN loss and ECE and an arbitrary temperature, and
+    nothing in the report said that the model was broken."""
+    ckpt = load_checkpoint(tiny_run / "best.pt")
+    for weights in (ckpt["model"], ckpt.get("ema") or {}):
+        for tensor in weights.values():
+            if tensor.is_floating_point():
+                tensor.fill_(float("nan"))
+    broken = tmp_path / "broken" / "best.pt"
+    broken.parent.mkdir()
+    torch.save(ckpt, broken)
+    out = tmp_path / "report"
+    assert main(["evaluate", "--checkpoint", str(broken), "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {broken} is broken: it answers NaN or infinite logits for " in err and "Traceback" not in err
+    said = [line for line in err.splitlines() if "error:" in line]  # beside the progress bar's lines
+    assert len(said) == 1 and said[0].startswith("error:") and said[0].endswith("its logits overflow)"), err
+    assert not out.exists()
+
+
 def test_evaluate_of_a_run_that_held_out_nothing_says_so(tiny_run, tmp_path):
     """A run trained with data.val_size=0 has no val split: the error said only "has no samples"."""
     from training.reports.evaluate import evaluate
@@ -1379,7 +1400,8 @@ def test_evaluate_of_a_run_that_held_out_nothing_says_so(tiny_run, tmp_path):
 
 def test_an_evaluation_stopped_while_predicting_leaves_no_empty_report_folder(tiny_run, tmp_path, monkeypatch):
     """The folder was made before the predictions: Ctrl-C (or a failure) during them left it, empty, behind."""
-    from training.reports.evaluate import ModelSource, evaluate
+    from training.reports.evaluate import evaluate
+    from training.reports.sources import ModelSource
 
     def interrupted(self, *args, **kwargs):
         raise KeyboardInterrupt

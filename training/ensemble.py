@@ -169,8 +169,9 @@ def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
     each member's top-1, the average's, and the average against the best member (McNemar, paired interval).
     A way to choose members before joining their checkpoints; the joined checkpoint's own report is the figure
     (it averages the members before, not after, any test-time augmentation)."""
-    from .reports.evaluate import load_predictions, logits_before_temperature
     from .reports.metrics import mcnemar, paired_difference_interval, softmax
+    from .reports.predictions import load_predictions, logits_before_temperature
+    from .reports.samples import same_classes
 
     if len(paths) < 2:
         raise UsageError("an ensemble needs at least two reports")
@@ -179,7 +180,7 @@ def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
     reports = [load_predictions(p) for p in paths]
     first = reports[0]
     for path, report in zip(paths[1:], reports[1:]):
-        if report["classes"] != first["classes"]:
+        if not same_classes(report["classes"], first["classes"]):
             raise UsageError(
                 f"{path} and {paths[0]} are reports on different classes ({len(report['classes'])} against "
                 f"{len(first['classes'])}): nothing to pair"

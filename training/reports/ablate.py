@@ -30,8 +30,11 @@ from ..config import Config, ConfigError, check_distinct
 from ..engine import buildable_config, check_out_of_the_data, resume, train
 from ..inference import check_tta
 from ..models import count_parameters
-from .evaluate import DataSpec, check_own_folder, load_model, read_json, sample_fingerprint
 from .metrics import compute_metrics, mcnemar, paired_difference_interval
+from .predictions import read_json
+from .report_folder import check_own_folder
+from .samples import DataSpec, sample_fingerprint
+from .sources import load_model
 
 log = logging.getLogger("training.reports")
 

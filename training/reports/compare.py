@@ -14,23 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from inference.classes import folded
 from inference.errors import UsageError
 from inference.files import write_text_atomic
 
 from ..data import ImageArrays
 from ..plots import CurveInfo, plot_compared_curves
-from .evaluate import (
-    PREDICTIONS_FILE,
-    ModelSource,
-    check_view,
-    load_model,
-    load_predictions,
-    match_classes,
-    resolve_data,
-    sample_fingerprint,
-)
 from .metrics import mcnemar, paired_difference_interval
+from .predictions import PREDICTIONS_FILE, load_predictions
+from .samples import match_classes, resolve_data, same_classes, sample_fingerprint
+from .sources import ModelSource, check_view, load_model
 
 CURVES_FILE = "curves.png"
 COMPARISON_HEADER = "# Comparison\n\n"
@@ -160,7 +152,7 @@ def compare(
     class_counts = [len(x.classes) for x in inputs]
     if class_counts[0] != class_counts[1]:
         raise UsageError(f"A has {class_counts[0]} classes and B has {class_counts[1]}: not the same task")
-    if [folded(c) for c in inputs[0].classes] != [folded(c) for c in inputs[1].classes]:
+    if not same_classes(inputs[0].classes, inputs[1].classes):
         # a prediction is an index into its own model's classes: other names (or order) would pair other things
         raise UsageError(
             f"A predicts the classes {', '.join(inputs[0].classes)} and B {', '.join(inputs[1].classes)}: not the "

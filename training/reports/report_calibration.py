@@ -1,0 +1,89 @@
+"""A report's calibration section: the temperature it measures (the one a calibrated ONNX graph records, else one
+fitted on the model's validation split) and calibration before and after dividing the logits by it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..data import DatasetError, ImageArrays
+from .calibration import TEMPERATURE_BOUNDS, calibration_report, fit_temperature, meaningless_fit, undo_temperature
+from .metrics import reliability_bins, softmax
+from .samples import DataSpec, match_classes
+from .sources import ModelSource, check_finite
+
+
+def temperature_for(
+    source: ModelSource, spec: DataSpec, data: ImageArrays, logits: np.ndarray, tta: str, batch_size: int
+) -> tuple[np.ndarray, float, str] | None:
+    """(logits without temperature, T, where T comes from) for the before/after calibration section.
+
+    An ONNX model that divides by a temperature inside its graph has it recorded in its card; for
+    anything else T is fitted on the validation split (never on training images), predicted again
+    when the report is of another split. None when there is no validation split to fit on.
+    """
+    calibration = source.info.get("calibration") or {}
+    if source.kind == "onnx" and calibration.get("method") == "temperature":
+        t = float(calibration["temperature"])
+        fitted = (
+            "recorded in the model (fitted at export on these validation images, so the after row is in-sample; "
+            "divided inside its graph)"
+            if spec.split == "val"
+            else "recorded in the model (fitted at export on the validation split, divided inside its graph)"
+        )
+        return undo_temperature(logits, t), t, fitted  # as export verify and the card undo it
+    if spec.split == "val":
+        fit_logits, fit_labels = logits, data.labels
+    else:
+        try:
+            val = replace(spec, split="val").load() if spec.val_size else None
+        except DatasetError:  # data of the user's own, too small for the model's held-out size
+            val = None
+        if val is None or len(val) == 0:
+            return None
+        val, _ = match_classes(source, val, spec)  # labels in the model's order, as the scored data's
+        fit_logits, _ = source.predict(val, tta, batch_size)
+        check_finite(source, fit_logits, "validation images, which the temperature is fitted on")
+        fit_labels = val.labels
+    where = (
+        "these validation images, so the after row is in-sample, as at export"
+        if spec.split == "val"
+        else f"the validation split ({len(fit_labels)} images"
+        + (", which are among the images scored here: in-sample for those)" if spec.split == "all" else ")")
+    )
+    t = fit_temperature(fit_logits, fit_labels)
+    return logits, t, f"fitted here on {where}{fit_caveat(fit_logits, fit_labels, t)}"
+
+
+def fit_caveat(logits: np.ndarray, labels: np.ndarray, temperature: float) -> str:
+    """Why a temperature fitted on these samples means little, by which way the fit ran off; "" where it means
+    something (``meaningless_fit``)."""
+    if not meaningless_fit(logits, labels, temperature):
+        return ""
+    top = TEMPERATURE_BOUNDS[1]
+    if abs(np.log(temperature / top)) < abs(np.log(temperature / TEMPERATURE_BOUNDS[0])):
+        # flattening every sample's probabilities to equal ones was still improving the likelihood
+        return (
+            f", where it means little: T was pushed to the top of its range ({top:g}), as the logits of those images "
+            "are no better than a uniform guess (a model near chance), so the "
+            "temperature-scaled row gives every class about the same probability"
+        )
+    return (
+        ", where it means little: those images carry no calibration signal (all or nearly all of them right, so "
+        "the fit only sharpens the logits), so the temperature-scaled row says nothing about other images"
+    )
+
+
+def calibration_section(raw_logits: np.ndarray, labels: np.ndarray, temperature: float, origin: str) -> dict[str, Any]:
+    """metrics.json's ``calibration``: before/after numbers and the reliability bins of both."""
+    report = calibration_report(raw_logits, labels, temperature)
+    report["temperature_origin"] = origin
+    z = raw_logits.astype(np.float64)
+    report["reliability"] = {
+        "before": reliability_bins(softmax(z), labels),
+        "after": reliability_bins(softmax(z / temperature), labels),
+    }
+    return report

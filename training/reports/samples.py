@@ -1,0 +1,152 @@
+"""Which samples a model is scored on: a :class:`DataSpec` (``resolve_data``: by default the model's own
+validation split), and the data's labels in the model's class order, its classes matched by name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from inference.classes import folded
+from inference.errors import UsageError
+from inference.fits import DEFAULT_FIT
+
+from ..data import SPLITS, DatasetError, ImageArrays, load_split
+from ..data.split import SplitTooLarge
+from .sources import ModelSource
+
+log = logging.getLogger("training.reports")
+
+
+@dataclass
+class DataSpec:
+    """Which samples a model is evaluated on: enough to reload exactly the same split."""
+
+    dataset: str
+    root: str
+    split: str = "val"
+    val_size: int = 5000
+    split_seed: int = 42
+    image_size: int = 32
+    cache_dir: str | None = ".cache/datasets"
+    fit: str = DEFAULT_FIT  # how a folder's images of another shape are fitted (inference.fits)
+
+    def load(self) -> ImageArrays:
+        if self.split not in SPLITS:
+            raise UsageError(f"unknown split {self.split!r}; valid: {', '.join(SPLITS)}")
+        try:
+            return load_split(
+                self.dataset,
+                self.root,
+                self.split,
+                self.val_size,
+                self.split_seed,
+                self.cache_dir,
+                self.image_size,
+                self.fit,
+            )
+        except SplitTooLarge as exc:
+            # the model's own held-out size, applied to a folder of the user's: say how to score all of it
+            raise DatasetError(
+                f"{self.root} holds {exc.images} images, and the {self.split} split holds out {self.val_size} (the "
+                "model's own held-out size, or --val-size): to score every image of this data pass --split all, or "
+                "a smaller --val-size"
+            ) from None
+
+    def describe(self) -> str:
+        extra = f", {self.val_size} held out with seed {self.split_seed}" if self.split in ("train", "val") else ""
+        return f"{self.dataset} `{self.root}`, split **{self.split}**{extra}"
+
+
+def resolve_data(
+    source: ModelSource | None,
+    dataset: str | None = None,
+    root: str | None = None,
+    split: str = "val",
+    val_size: int | None = None,
+    split_seed: int | None = None,
+    cache_dir: str | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> DataSpec:
+    """The evaluation split: explicit arguments first, then ``defaults``, then what the model records."""
+    if split not in SPLITS:
+        raise UsageError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    known: dict[str, Any] = {}
+    for layer in (source.data_defaults if source else {}, defaults or {}):
+        known.update({k: v for k, v in layer.items() if v is not None})
+    given = {"dataset": dataset, "root": root, "val_size": val_size, "split_seed": split_seed, "cache_dir": cache_dir}
+    known.update({k: v for k, v in given.items() if v is not None})
+    if not known.get("root") or not known.get("dataset"):
+        raise UsageError("the model does not record its dataset: pass --dataset NAME and --data ROOT")
+    return DataSpec(
+        dataset=known["dataset"],
+        root=str(known["root"]),
+        split=split,
+        val_size=int(known.get("val_size", 5000)),
+        split_seed=int(known.get("split_seed", 42)),
+        image_size=source.image_size if source else int(known.get("image_size", 32)),
+        cache_dir=known.get("cache_dir", ".cache/datasets"),
+        fit=known.get("fit", DEFAULT_FIT),
+    )
+
+
+def sample_fingerprint(data: ImageArrays) -> str:
+    """A digest of the images and labels in order: two reports can be paired only if theirs match."""
+    return data.fingerprint()
+
+
+def match_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> tuple[ImageArrays, str | None]:
+    """The data with its labels in the model's class order, matched by name (exactly, else ``inference.classes.
+    folded``: ignoring case and Unicode normalisation), so
+    that a folder holding some of the model's classes, or its class folders spelled ``Cat/``, is scored
+    right; a class the model does not know is refused. Only when no name matches at all and the counts agree
+    (data whose classes are not named as the model's) is the label order assumed equal, with a note.
+    Returns the data and a note for the report, or None where nothing needed saying."""
+    model, given = list(source.classes), list(data.classes)
+    if given == model:
+        return data, None
+    by_folded: dict[str, int] = {}
+    for i, name in enumerate(model):
+        by_folded.setdefault(folded(name), i)
+    found = [model.index(c) if c in model else by_folded.get(folded(c)) for c in given]
+    unknown = [c for c, i in zip(given, found) if i is None]
+    if len(unknown) == len(given) and len(given) == len(model):
+        message = (
+            f"no class name of the data is one of the model's ({', '.join(given[:5])}...): label order assumed equal"
+        )
+        log.warning(message)
+        return data, message
+    if unknown:
+        raise UsageError(
+            f"{spec.dataset} {spec.root} holds classes {source.path} does not predict: {', '.join(unknown[:5])}"
+            f"{', ...' if len(unknown) > 5 else ''} (its classes: {', '.join(model)}); a folder's class folders are "
+            "matched to the model's classes by name"
+        )
+    index = [i for i in found if i is not None]  # all of them: an unknown class was refused above
+    if len(set(index)) < len(index):
+        raise UsageError(f"{spec.dataset} {spec.root} has two class folders for one class of the model: {given}")
+    labels = np.asarray(index, dtype=np.int64)[data.labels]
+    mapped = ImageArrays(data.images, labels, model)
+    missing = [c for i, c in enumerate(model) if i not in set(index)]
+    notes = []
+    if [model[i] for i in index] != given:
+        case = ", ignoring case" if any(c not in model for c in given) else ""
+        notes.append(f"the data's class folders are matched to the model's classes by name{case}")
+    if missing:
+        more = ", ..." if len(missing) > 5 else ""
+        notes.append(
+            f"the data holds {len(given)} of the model's {len(model)} classes (none of "
+            f"{', '.join(missing[:5])}{more}): those have no per-class accuracy, and a prediction of one is wrong"
+        )
+    return mapped, "; ".join(notes) or None
+
+
+def same_classes(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether two models' (or reports') classes are the same ones in the same order, their names compared as a
+    folder's are matched to a model's (``folded``: ignoring case and Unicode normalisation): a prediction is an
+    index into its own model's classes, so two sides' predictions pair, or average, only where this holds."""
+    return len(a) == len(b) and all(folded(x) == folded(y) for x, y in zip(a, b))
