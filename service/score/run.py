@@ -19,6 +19,7 @@ from typing import Iterator
 from inference.interrupts import give_back, interrupted_status, say_stopped, stopped_by, take_over_terminations
 from inference.preprocess import IMAGE_EXTENSIONS, is_image_name
 
+from ..settings import empty_flag_refusal
 from .accuracy import FolderAccuracy
 from .engines import ENGINE_ONLY_FLAGS, choose_engine
 from .errors import RemoteError, UserError
@@ -94,8 +95,18 @@ def _hidden_dirs(rels: list[str]) -> str:
     return f"{named}: hidden, as training's folder reader leaves them"
 
 
+# Flags whose empty value would be taken for another (dest, flag); --model has its own refusal.
+_PATHS = (("out", "--out"), ("models_dir", "--models-dir"), ("url", "--url"), ("address", "--address"))
+
+
 def _validate(args) -> str:
     """The output format; UserError for bad arguments."""
+    # An unset shell variable ("$PHOTOS") would otherwise mean the current folder or the default models folder,
+    # or be refused as another engine's flag (an empty --url leaves the local engine chosen).
+    if not args.dir.strip():
+        raise UserError("DIR is empty: name the folder to score")
+    if refused := empty_flag_refusal({flag: getattr(args, dest, None) for dest, flag in _PATHS}):
+        raise UserError(refused)
     if not os.path.isdir(args.dir):
         raise UserError(f"{args.dir} is not a folder" if os.path.exists(args.dir) else f"{args.dir} does not exist")
     if args.k < 1:
@@ -128,6 +139,8 @@ def _validate(args) -> str:
     if args.out == "-":
         if args.resume:
             raise UserError("--resume needs --out FILE")
+        if sys.stdout is None:  # started with it closed (`>&-`): Python has no standard output to write to
+            raise UserError("standard output is closed: give --out FILE")
     else:
         _check_existing_output(args)
         if args.resume and os.path.exists(args.out) and not os.path.isfile(args.out):
@@ -170,13 +183,26 @@ def _check_writable(out: str, replaces: bool) -> None:
 def _check_existing_output(args) -> None:
     """An existing --out is continued (--resume) or replaced (--overwrite), never silently; and never an
     image the run scores, even with --overwrite."""
+    if _under(args.out, args.dir) and is_image_name(args.out):
+        # A new file too: the walk lists a folder only when it reaches it, after the output was opened, so it
+        # would score the run's own rows as an unreadable image.
+        being = "is" if os.path.lexists(args.out) else "would be"
+        raise UserError(f"--out {args.out} {being} one of the images under {args.dir}: write the rows elsewhere")
     if not os.path.isfile(args.out):
         return  # a new file, or a device, pipe or /dev/null: nothing of the user's is replaced
-    inside = os.path.commonpath([os.path.realpath(args.out), os.path.realpath(args.dir)]) == os.path.realpath(args.dir)
-    if inside and is_image_name(args.out):
-        raise UserError(f"--out {args.out} is one of the images under {args.dir}: write the rows elsewhere")
     if not args.resume and not getattr(args, "overwrite", False) and not holds_no_rows(args.out):
         raise UserError(f"{args.out} exists: --resume continues it, --overwrite replaces it")
+
+
+def _under(path: str, root: str) -> bool:
+    """Whether ``path`` is under ``root``: by its folder (the walk scores a link by its own name), or where it
+    leads (what --overwrite replaces)."""
+    real_root = os.path.realpath(root)
+    named = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
+    return any(
+        real != real_root and os.path.commonpath([real, real_root]) == real_root
+        for real in (named, os.path.realpath(path))
+    )
 
 
 class _OutputLost(Exception):
@@ -228,6 +254,10 @@ def _write(out, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if sys.stderr is None:
+        # Started with it closed (`2>&-`): the progress bar would fail on it after the header, and print() to None
+        # writes to standard output, into the rows. The rows matter more than the messages.
+        sys.stderr = open(os.devnull, "w", **ENCODING)
     previous = take_over_terminations()
     backend = None
     try:

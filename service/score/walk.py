@@ -46,9 +46,9 @@ def _listing(path: str) -> list[tuple[str, str]]:
                     kind = "d"
                 elif entry.is_file():
                     kind = "f"
-                elif entry.is_symlink():
+                elif entry.is_symlink() and not os.path.exists(entry.path):
                     kind = "l"
-                else:
+                else:  # a link to a device or a FIFO is one too
                     kind = "o"
             except OSError:  # e.g. a symlink into a folder we may not search
                 kind = "l" if entry.is_symlink() else "o"
