@@ -128,11 +128,12 @@ def get_fit(name: str) -> Fit:
 def fit_image(
     image: Image.Image,
     size: Size,
-    fit: str = DEFAULT_FIT,
+    fit: str,
     frame: tuple[int, int] | None = None,
     extent: Extent | None = None,
 ) -> Image.Image:
-    """``image`` (RGB) fitted to ``size`` (height, width) the way ``fit`` names. ``frame``: the (width,
+    """``image`` (RGB) fitted to ``size`` (height, width) the way ``fit`` names (no default: the model card's,
+    ``card.input.fit``, or a request's choice). ``frame``: the (width,
     height) the image had as shown before a reduced-size decode (default: its own size); ``extent``: the part
     of the image that shows it (default: all of it)."""
     return get_fit(fit).apply(image, size, frame or image.size, extent or (0, 0, *image.size))

@@ -8,6 +8,14 @@ A JPEG much larger than the model's input is decoded at a reduced size (libjpeg'
 or 8) while it stays at least twice the size the fit needs; the resize then averages what is left. Other
 formats have no reduced decode: right after loading, one over a megapixel is shrunk by a whole factor
 (``Image.reduce``, box averages) under the same rule, before anything else copies it at full size.
+
+What a photo is read as: an animation (GIF, WebP, APNG) or a multi-picture file (MPO, TIFF pages) as its first
+frame; transparent pixels (alpha, a palette's or a colour key's) composited on white, as a viewer shows them;
+CMYK JPEGs (and YCCK ones, which libjpeg reads as CMYK) through Pillow's conversion; 16-bit and float grey
+scaled to 8 bits (``_to_8bit``); a truncated file refused, never decoded in part. An embedded ICC profile is
+ignored: the samples are read as sRGB, as CIFAR's were, so a wide-gamut photo (Display P3, Adobe RGB) comes out
+a little less saturated than a colour-managed viewer shows it, the same way in training and in serving. HEIC is
+refused by name.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import operator
 import os
 import re
 import warnings
@@ -24,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UsageError
-from .fits import DEFAULT_FIT, Extent, fit_image, get_fit
+from .fits import Extent, fit_image, get_fit
 
 # Pillow's own bomb guard warns at ~89 MP and fails at twice that; a classifier
 # with 32x32 inputs has no use for anything near that, so the limit is far lower.
@@ -44,10 +53,13 @@ _START_OF_SCAN_MARKER = b"\xff\xda"
 SHRINK_ABOVE_PIXELS = 1_000_000
 # The file names of DECODABLE_FORMATS (below), which the scorer and training's folder reader pick up: every name
 # Pillow registers for them, or a file it reads would be skipped as "not an image" (a browser saves JPEGs as .jfif).
+# HEIC/HEIF too, which no decoder here reads: a folder of iPhone photos is then refused by name, file by file, where
+# skipping them would score or train on the rest as if that were the whole folder.
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp"}
     | {".ppm", ".pgm", ".pbm", ".pnm", ".pfm", ".tga", ".icb", ".vda", ".vst", ".qoi", ".avif", ".avifs"}
     | {".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx"}
+    | {".heic", ".heif", ".hif"}
 )
 
 
@@ -67,6 +79,16 @@ _MAGIC_FORMATS = ((_JPEG_MAGIC, ("JPEG",)), (b"\x89PNG\r\n\x1a\n", ("PNG",)))
 # legacy formats (FITS, HDF5, GRIB, MPEG, WMF, PSD, ...) that no photo comes in and each add a parser. Nor ICO:
 # Pillow decodes an icon's image while opening it, before its size can be checked against the pixel limit.
 DECODABLE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "PPM", "TGA", "QOI", "AVIF", "JPEG2000")
+# What Pillow names a JPEG: a phone's multi-picture JPEG (MPO: the photo, then a depth map or preview) is one,
+# read as its first picture, and decoded reduced as any JPEG is.
+_JPEG_FORMATS = ("JPEG", "MPO")
+# The brands an ISO base media file (HEIF's container) lists in its first box, "ftyp", and the format each names:
+# Pillow has no reader for HEIC, a phone's default, and reads AVIF only with its plugin.
+_FTYP_BRANDS = {
+    **dict.fromkeys((b"avif", b"avis"), "AVIF"),
+    **dict.fromkeys((b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"), "HEIC"),
+    **dict.fromkeys((b"mif1", b"msf1"), "HEIF"),
+}
 # The reductions libjpeg's DCT scaling offers Pillow, largest first.
 _DCT_REDUCTIONS = (8, 4, 2)
 # EXIF orientations that turn the stored frame a quarter: its width is the shown height.
@@ -99,39 +121,46 @@ def decode_image(
     data: bytes,
     size: tuple[int, int] = (32, 32),
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    fit: str = DEFAULT_FIT,
+    *,
+    fit: str,
     reduce: bool = True,
 ) -> np.ndarray:
     """Decode image bytes to uint8 [H, W, 3] RGB of ``size`` (height, width); see ``decode_rgb``."""
-    return np.asarray(decode_rgb(data, size, max_pixels, fit, reduce), dtype=np.uint8)
+    return np.asarray(decode_rgb(data, size, max_pixels, fit=fit, reduce=reduce), dtype=np.uint8)
 
 
 def decode_pixels(
     data: bytes,
     size: tuple[int, int] = (32, 32),
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    fit: str = DEFAULT_FIT,
+    *,
+    fit: str,
     reduce: bool = True,
 ) -> bytes:
     """``decode_image``'s pixels packed as bytes (H x W x 3), the form batches are joined from: cheaper than
     through an array (docs/measurements.md, "Decoding")."""
-    return decode_rgb(data, size, max_pixels, fit, reduce).tobytes()
+    return decode_rgb(data, size, max_pixels, fit=fit, reduce=reduce).tobytes()
 
 
 def decode_rgb(
     data: bytes,
     size: tuple[int, int] = (32, 32),
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    fit: str = DEFAULT_FIT,
+    *,
+    fit: str,
     reduce: bool = True,
 ) -> Image.Image:
     """Decode image bytes to an RGB image of ``size`` (height, width), fitted the way ``fit`` (a name from
     ``inference.fits.FITS``) says; ``ImageDecodeError`` if they are not an image. The pixel limit is checked
     on the header's size before anything is decoded. ``reduce=False`` decodes a large JPEG at full size
-    (the reference the reduced decode is measured against)."""
+    (the reference the reduced decode is measured against).
+
+    ``fit`` has no default: a model is served the fit its card names (``card.input.fit``), and a default that
+    differed from it gave a caller other pixels than the service and the scorer give the same model."""
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     get_fit(fit)  # an unknown name is the caller's error, not the image's
+    _check_size(size)
     if data.startswith(_JPEG_MAGIC):
         _check_scans(data)
     frame = plain_jpeg_frame(data)
@@ -158,7 +187,7 @@ def decode_rgb(
         return _decode_any(data, size, max_pixels, fit, reduce)
 
 
-def dct_reduction(source: tuple[int, int], size: tuple[int, int], fit: str = DEFAULT_FIT) -> int:
+def dct_reduction(source: tuple[int, int], size: tuple[int, int], fit: str) -> int:
     """The largest JPEG DCT reduction (8, 4, 2, or 1: none) that keeps the part of a ``source`` (width,
     height, as shown) the fit uses at least twice ``size`` (height, width): what the resize then averages
     still has two source pixels per output pixel, so the result differs from a full decode's only by
@@ -182,6 +211,7 @@ _PILLOW_SIZE = re.compile(r"Image size \((\d+) pixels\)")
 def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, reduce: bool) -> Image.Image:
     """The general path, with Pillow's DecompressionBombWarning an error (``decode_rgb`` sets the filters)."""
     _allow_in_pillow(max_pixels)
+    _refuse_unreadable_container(data)
     stream = io.BytesIO(data)
     try:
         image: Image.Image = Image.open(stream, formats=_format_hint(data) or _decodable())
@@ -189,7 +219,7 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, r
         frame = None  # the geometry is the loaded image's own, unless it is decoded reduced
         shows: tuple[float, float] | None = None  # the part of a reduced JPEG, as stored, that shows the frame
         orientation = 1
-        if reduce and image.format == "JPEG":
+        if reduce and image.format in _JPEG_FORMATS:
             orientation = _orientation(image)
             width, height = image.size
             frame = (height, width) if orientation in _QUARTER_TURNS else (width, height)
@@ -218,7 +248,7 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, r
         raise ImageDecodeError(f"not a readable image ({type(exc).__name__}: {message}){formats}") from exc
     # A JPEG keeps its orientation only in an EXIF block; without one there is nothing to rotate, and
     # exif_transpose's parse is skipped. Other formats keep it elsewhere (TIFF tags).
-    exif = not (image.format == "JPEG" and "exif" not in image.info)
+    exif = not (image.format in _JPEG_FORMATS and "exif" not in image.info)
     extent = None if shows is None else _shown_extent(image.size, shows, orientation)
     if reduce and frame is None:  # not a JPEG: nothing was reduced while decoding
         image, frame, extent = shrink(image, size, fit, exif)
@@ -226,14 +256,14 @@ def _decode_any(data: bytes, size: tuple[int, int], max_pixels: int, fit: str, r
     return to_rgb_image(image, size, exif=exif, fit=fit, frame=frame, extent=extent)
 
 
-def reduction(source: tuple[int, int], size: tuple[int, int], fit: str = DEFAULT_FIT) -> int:
+def reduction(source: tuple[int, int], size: tuple[int, int], fit: str) -> int:
     """The largest whole factor (1: none) that keeps the part of a ``source`` (width, height) the fit uses at
     least twice ``size`` (height, width), as ``dct_reduction`` does for the factors libjpeg offers."""
     return max(1, math.floor(0.5 / get_fit(fit).scale(source, size)))
 
 
 def shrink(
-    image: Image.Image, size: tuple[int, int], fit: str = DEFAULT_FIT, exif: bool = True
+    image: Image.Image, size: tuple[int, int], fit: str, exif: bool = True
 ) -> tuple[Image.Image, tuple[int, int], Extent]:
     """A loaded image turned upright (``exif``) and box-averaged down by ``reduction``; its upright (width,
     height) before that, the frame the fit's geometry is taken from; and the extent in the reduced image
@@ -295,11 +325,44 @@ def _decodable() -> tuple[str, ...]:
     return tuple(name for name in DECODABLE_FORMATS if name in Image.OPEN)
 
 
+def container_format(data: bytes) -> str | None:
+    """What an ISO base media file says it holds, in its major or a compatible brand: "AVIF", "HEIC" or "HEIF",
+    the most specific of those it names; None for anything else."""
+    if data[4:8] != b"ftyp":
+        return None
+    box = min(int.from_bytes(data[:4], "big"), len(data), 1024)
+    brands = {data[8:12]} | {data[i : i + 4] for i in range(16, box - 3, 4)}
+    named = {_FTYP_BRANDS[brand] for brand in brands if brand in _FTYP_BRANDS}
+    return next((name for name in ("AVIF", "HEIC", "HEIF") if name in named), None)
+
+
+def _refuse_unreadable_container(data: bytes) -> None:
+    """Name a HEIC or HEIF photo (or an AVIF one, where this Pillow has no AVIF plugin) in its refusal: Pillow
+    only says it cannot identify the file."""
+    name = container_format(data)
+    if name is not None and name not in _decodable():
+        raise ImageDecodeError(
+            f"{name} images are not readable here (save the photo as JPEG or PNG); "
+            f"readable formats: {', '.join(_decodable())}"
+        )
+
+
 def _format_hint(data: bytes) -> tuple[str, ...] | None:
     for magic, formats in _MAGIC_FORMATS:
         if data.startswith(magic):
             return formats
     return None
+
+
+def _check_size(size: tuple[int, int]) -> None:
+    """A size the fit cannot produce is the caller's error, said as such: not a ZeroDivisionError, IndexError or
+    TypeError from the fit's arithmetic."""
+    try:
+        sides = [operator.index(side) for side in size]
+    except TypeError:
+        sides = []
+    if len(sides) != 2 or min(sides) < 1:
+        raise UsageError(f"size is the model input's (height, width), two positive integers; got {size!r}")
 
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
@@ -362,7 +425,8 @@ def to_rgb_image(
     image: Image.Image,
     size: tuple[int, int] = (32, 32),
     exif: bool = True,
-    fit: str = DEFAULT_FIT,
+    *,
+    fit: str,
     frame: tuple[int, int] | None = None,
     extent: Extent | None = None,
 ) -> Image.Image:

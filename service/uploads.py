@@ -642,7 +642,7 @@ def decode_upload(i: int, upload: Upload, size: tuple[int, int], max_pixels: int
     if not upload.data:
         return Rejection("empty_file", f"{where} is an empty file (0 bytes)")
     try:
-        return decode_pixels(upload.data, size, max_pixels, fit)
+        return decode_pixels(upload.data, size, max_pixels, fit=fit)
     except ImageTooLarge as exc:
         return Rejection("image_too_large", f"{where}: {exc}")
     except ImageDecodeError as exc:

@@ -63,7 +63,7 @@ def test_normalisation_in_graph_matches_training_path(exported, tiny_run, image_
     (divided by the model's temperature)."""
     models, entry, _ = exported
     path = sorted((image_folder / "beta").iterdir())[0]
-    served = to_model_input([decode_image(path.read_bytes())])
+    served = to_model_input([decode_image(path.read_bytes(), fit=entry.input.fit)])
     onnx_logits = OnnxClassifier(models / entry.file, device="cpu").logits(served)
 
     ckpt = load_checkpoint(tiny_run / "best.pt")

@@ -6,6 +6,7 @@ Every image is generated here: marker images whose expected pixels are known, an
 
 from __future__ import annotations
 
+import ast
 import io
 from typing import get_args
 
@@ -69,6 +70,35 @@ def test_the_manifests_name_types_are_the_tables_names_in_order():
     order."""
     assert get_args(FitName) == tuple(FITS)
     assert get_args(PrecisionName) == tuple(PRECISIONS)
+
+
+_DECODERS = {"decode_image", "decode_pixels", "decode_rgb"}
+
+
+def _calls_without_a_named_fit(path) -> list[str]:
+    """Calls of the decoders in ``path`` that name no ``fit=`` (nor forward ``*args``/``**kwargs`` that may)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Call):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+        forwards = any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords)
+        if name in _DECODERS and not forwards and "fit" not in {k.arg for k in node.keywords}:
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_every_decoder_call_in_the_project_names_its_fit():
+    """The fit is keyword-only and has no default: a call that leaves it out, or passes it in the place it had
+    before, is a TypeError only when it runs, and a scorer or service path catches every exception of a decode
+    as the file's error. Checked here for every call, run by a test or not."""
+    sources = [
+        p
+        for folder in ("inference", "service", "export", "training", "bench", "tests")
+        for p in (ROOT / folder).rglob("*.py")
+    ]
+    missing = [where for path in sources for where in _calls_without_a_named_fit(path)]
+    assert missing == [], "decoder calls without fit=: " + ", ".join(missing)
 
 
 def test_an_unknown_fit_names_the_valid_ones():
@@ -135,10 +165,10 @@ def test_pad_keeps_the_whole_frame_between_grey_bars():
 
 # ---------------------------------------------------------------------------------------------- reduced-size decoding
 def test_the_reduction_keeps_twice_the_detail_the_fit_needs():
-    assert dct_reduction((4000, 3000), (32, 32)) == 8
-    assert dct_reduction((640, 480), (32, 32)) == 4  # 480/8 = 60 < 64
-    assert dct_reduction((128, 128), (32, 32)) == 2
-    assert dct_reduction((100, 100), (32, 32)) == 1
+    assert dct_reduction((4000, 3000), (32, 32), "center_crop") == 8
+    assert dct_reduction((640, 480), (32, 32), "center_crop") == 4  # 480/8 = 60 < 64
+    assert dct_reduction((128, 128), (32, 32), "center_crop") == 2
+    assert dct_reduction((100, 100), (32, 32), "center_crop") == 1
     # pad uses the whole frame, scaled by its longer side: a 4000x500 panorama keeps 64 pixels across
     assert dct_reduction((4000, 500), (32, 32), "pad") == 8
     assert dct_reduction((4000, 500), (32, 32), "center_crop") == 4  # 500/4 = 125 >= 64, 500/8 = 62 < 64
@@ -345,12 +375,12 @@ def test_an_image_of_at_most_a_megapixel_is_decoded_as_before():
         data = _encode(_transparent(_photo(*shape)), "PNG")
         image = Image.open(io.BytesIO(data))
         image.load()
-        shrunk, frame, extent = preprocess.shrink(image, (32, 32))
+        shrunk, frame, extent = preprocess.shrink(image, (32, 32), "center_crop")
         assert shrunk is image and frame == shape and extent == (0, 0, *shape)
         for fit in FITS:
             np.testing.assert_array_equal(decode_image(data, fit=fit), decode_image(data, fit=fit, reduce=False))
-    assert preprocess.reduction((6000, 6000), (32, 32)) == 93  # 6000 / 93 = 64.5: still twice 32
-    assert preprocess.reduction((128, 128), (32, 32)) == 2
+    assert preprocess.reduction((6000, 6000), (32, 32), "center_crop") == 93  # 6000 / 93 = 64.5: still twice 32
+    assert preprocess.reduction((128, 128), (32, 32), "center_crop") == 2
 
 
 def test_the_plain_path_reduces_as_pillows_draft_does(monkeypatch):
@@ -418,7 +448,7 @@ def test_the_pixel_limit_refuses_a_bomb_from_its_header(orientation, monkeypatch
     monkeypatch.setattr(ImageFile.ImageFile, "load", decoded)  # the general path's
     for sample in (data, header_only):
         with pytest.raises(ImageTooLarge, match="3000x2000 = 6000000 pixels, over the limit of 5999999"):
-            decode_image(sample, max_pixels=5_999_999)
+            decode_image(sample, max_pixels=5_999_999, fit="center_crop")
 
 
 # ---------------------------------------------------------------------------------------------- the model card

@@ -19,6 +19,9 @@ from inference.preprocess import (
     to_model_input,
 )
 
+# The fit every test here names, as every caller must; most of these images are the input's size and need none.
+FIT = "center_crop"
+
 
 def _encode(image: Image.Image, fmt: str, orientation: int | None = None) -> bytes:
     buf = io.BytesIO()
@@ -44,22 +47,22 @@ def test_exif_orientation_is_applied(fmt):
     data = _encode(image, fmt, orientation=6)  # stored 24 wide, 40 high; shown rotated: 40 wide, 24 high
     reference = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
     assert reference.shape == (24, 40, 3)
-    decoded = decode_image(data, size=(24, 40))
+    decoded = decode_image(data, size=(24, 40), fit=FIT)
     np.testing.assert_array_equal(decoded, reference)
-    stored = decode_image(_encode(image, fmt), size=(24, 40))  # no EXIF: resized, not rotated
+    stored = decode_image(_encode(image, fmt), size=(24, 40), fit=FIT)  # no EXIF: resized, not rotated
     assert np.abs(decoded.astype(int) - stored.astype(int)).mean() > 20
 
 
 def test_jpeg_without_exif_is_decoded_exactly_as_pillow_does():
     rng = np.random.default_rng(0)
     data = _encode(Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)), "JPEG")
-    np.testing.assert_array_equal(decode_image(data), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    np.testing.assert_array_equal(decode_image(data, fit=FIT), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
 
 
 @pytest.mark.parametrize("data", [b"\xff\xd8\xff" + b"\x00" * 100, b"\x89PNG\r\n\x1a\n" + b"junk" * 10, b"GIF89a"])
 def test_data_that_only_starts_like_an_image_is_refused(data):
     with pytest.raises(ImageDecodeError, match="not a readable image"):
-        decode_image(data)
+        decode_image(data, fit=FIT)
 
 
 def test_an_unidentified_image_gets_the_same_message_every_time():
@@ -67,7 +70,7 @@ def test_an_unidentified_image_gets_the_same_message_every_time():
     messages = set()
     for _ in range(2):
         with pytest.raises(ImageDecodeError) as info:
-            decode_image(b"plain text, not an image")
+            decode_image(b"plain text, not an image", fit=FIT)
         messages.add(str(info.value))
     (message,) = messages
     # and says which formats are read (an ICO, a PDF is not one of them)
@@ -79,9 +82,9 @@ def test_an_unidentified_image_gets_the_same_message_every_time():
 
 def test_empty_and_oversized_are_refused():
     with pytest.raises(ImageDecodeError, match="empty"):
-        decode_image(b"")
+        decode_image(b"", fit=FIT)
     with pytest.raises(ImageTooLarge, match="over the limit"):  # its own type: the service answers 413 for it
-        decode_image(_encode(Image.new("RGB", (100, 100)), "PNG"), max_pixels=9_999)
+        decode_image(_encode(Image.new("RGB", (100, 100)), "PNG"), max_pixels=9_999, fit=FIT)
 
 
 Image.init()  # every plugin registered, so that SAVE lists all Pillow can write here
@@ -90,13 +93,13 @@ Image.init()  # every plugin registered, so that SAVE lists all Pillow can write
 @pytest.mark.parametrize("fmt", [f for f in DECODABLE_FORMATS if f in Image.SAVE])
 def test_every_decodable_format_that_pillow_writes_here_decodes(fmt):
     """To the pixels Pillow itself reads from the same bytes, fitted as the model's input is."""
-    from inference.fits import DEFAULT_FIT, fit_image
+    from inference.fits import fit_image
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8))
     data = _encode(image, fmt)
-    got = decode_image(data)
+    got = decode_image(data, fit=FIT)
     assert got.shape == (32, 32, 3)
-    expected = np.asarray(fit_image(Image.open(io.BytesIO(data)).convert("RGB"), (32, 32), DEFAULT_FIT))
+    expected = np.asarray(fit_image(Image.open(io.BytesIO(data)).convert("RGB"), (32, 32), FIT))
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
 
 
@@ -111,7 +114,7 @@ def test_no_reader_outside_the_list_is_offered_an_upload(monkeypatch):
     monkeypatch.setitem(Image.OPEN, "EPS", (EpsImagePlugin.EpsImageFile, EpsImagePlugin._accept))
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
     with pytest.raises(ImageDecodeError, match="not a readable image"):
-        decode_image(eps)
+        decode_image(eps, fit=FIT)
     assert offered == []
     assert "EPS" not in DECODABLE_FORMATS
 
@@ -127,7 +130,7 @@ def test_an_icon_is_not_decoded_since_pillow_decodes_it_before_its_size_can_be_c
     monkeypatch.setitem(Image.OPEN, "ICO", (IcoImagePlugin.IcoImageFile, IcoImagePlugin._accept))
     icon = _encode(Image.new("RGBA", (16, 16), (10, 20, 30, 255)), "ICO")
     with pytest.raises(ImageDecodeError, match="not a readable image"):
-        decode_image(icon)
+        decode_image(icon, fit=FIT)
     assert offered == [] and "ICO" not in DECODABLE_FORMATS
 
 
@@ -146,16 +149,16 @@ def test_the_pixel_limit_is_ours_even_past_pillows_own(monkeypatch):
     here): a larger max_pixels must still decode such an image, and one over both is refused naming ours."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)
     png = _encode(Image.new("RGB", (100, 100), (200, 10, 10)), "PNG")  # 10,000 pixels: twice Pillow's limit
-    assert decode_image(png, max_pixels=20_000)[0, 0].tolist() == [200, 10, 10]
+    assert decode_image(png, max_pixels=20_000, fit=FIT)[0, 0].tolist() == [200, 10, 10]
     # Over both (Pillow warns past its limit and raises past twice it): our limit and the image's size are named,
     # not Pillow's limit and its advice.
     for width, height in ((150, 200), (200, 250)):
         larger = _encode(Image.new("RGB", (width, height)), "PNG")
         with pytest.raises(ImageTooLarge) as refused:
-            decode_image(larger, max_pixels=20_000)
+            decode_image(larger, max_pixels=20_000, fit=FIT)
         assert str(refused.value) == f"image is {width * height} pixels, over the limit of 20000"
     with pytest.raises(ImageTooLarge, match="over the limit of 9999"):
-        decode_image(png, max_pixels=9_999)
+        decode_image(png, max_pixels=9_999, fit=FIT)
 
 
 # ---------------------------------------------------------------------------------------------- plain JPEGs
@@ -184,7 +187,7 @@ def test_real_cifar_jpegs_take_the_plain_path_with_pillows_pixels(shared_archive
             if member.isfile() and member.name.endswith(".jpg"):
                 data = tar.extractfile(member).read()
                 assert plain_jpeg_frame(data) == ("RGB", (32, 32)), member.name
-                np.testing.assert_array_equal(decode_image(data), _pillow(data), err_msg=member.name)
+                np.testing.assert_array_equal(decode_image(data, fit=FIT), _pillow(data), err_msg=member.name)
                 seen += 1
                 if seen == 300:
                     break
@@ -217,7 +220,7 @@ def test_plain_path_covers_grey_progressive_and_other_sizes_and_leaves_the_rest_
     }
     for name, data in others.items():
         assert plain_jpeg_frame(data) is None, name
-        assert decode_image(data).shape == (32, 32, 3), name
+        assert decode_image(data, fit=FIT).shape == (32, 32, 3), name
 
 
 def _segments(data: bytes) -> tuple[list[bytes], bytes]:
@@ -247,24 +250,24 @@ def test_an_exif_block_after_the_frame_header_still_turns_the_image():
     after = b"\xff\xd8" + b"".join(segments[:-1]) + app1 + segments[-1] + scan
     assert Image.open(io.BytesIO(after)).getexif()[0x0112] == 6
     assert plain_jpeg_frame(after) is None
-    np.testing.assert_array_equal(decode_image(after), decode_image(first))
-    assert decode_image(after)[:8, :, 0].mean() > 200  # red (the left half) is on top once turned
+    np.testing.assert_array_equal(decode_image(after, fit=FIT), decode_image(first, fit=FIT))
+    assert decode_image(after, fit=FIT)[:8, :, 0].mean() > 200  # red (the left half) is on top once turned
 
 
 def test_a_truncated_plain_jpeg_is_refused_in_pillows_words():
     data = _jpeg(Image.fromarray(np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)))
     with pytest.raises(ImageDecodeError, match="not a readable image") as caught:
-        decode_image(data[: len(data) // 2])
+        decode_image(data[: len(data) // 2], fit=FIT)
     assert "truncated" in str(caught.value).lower()
     header_only = data[: data.index(b"\xff\xda")]  # everything up to the scan: a frame header, no pixels
     with pytest.raises(ImageDecodeError, match="not a readable image"):
-        decode_image(header_only)
+        decode_image(header_only, fit=FIT)
 
 
 def test_a_plain_jpeg_over_the_pixel_limit_is_refused_before_decoding():
     data = _jpeg(Image.new("RGB", (120, 100)))
     with pytest.raises(ImageTooLarge, match="120x100 = 12000 pixels, over the limit"):
-        decode_image(data, max_pixels=11_999)
+        decode_image(data, max_pixels=11_999, fit=FIT)
 
 
 def test_model_input_from_packed_pixels_matches_the_arrays():
@@ -275,11 +278,11 @@ def test_model_input_from_packed_pixels_matches_the_arrays():
         _encode(Image.fromarray(rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)), fmt)
         for i, fmt in enumerate(["JPEG", "PNG", "JPEG"])
     ]
-    arrays = [decode_image(d, size=(16, 24)) for d in datas]
-    assert [decode_pixels(d, size=(16, 24)) for d in datas] == [a.tobytes() for a in arrays]
+    arrays = [decode_image(d, size=(16, 24), fit=FIT) for d in datas]
+    assert [decode_pixels(d, size=(16, 24), fit=FIT) for d in datas] == [a.tobytes() for a in arrays]
     expected = np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
     out = np.full((3, 3, 16, 24), np.nan, dtype=np.float32)
-    batch = pixels_to_model_input(b"".join(decode_pixels(d, size=(16, 24)) for d in datas), 3, (16, 24), out)
+    batch = pixels_to_model_input(b"".join(decode_pixels(d, size=(16, 24), fit=FIT) for d in datas), 3, (16, 24), out)
     assert batch is out and batch.flags.c_contiguous
     np.testing.assert_array_equal(batch, expected)
     fresh = to_model_input(arrays)

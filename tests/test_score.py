@@ -129,7 +129,7 @@ def test_messy_tree_csv(tree, tiny_models_dir, tmp_path, capsys):
         assert message in by_path[path]["error"] and by_path[path]["label_1"] == ""
     # Scores are those of the model on the shared decode path, whatever the format, size or mode.
     clf = OnnxClassifier(tiny_models_dir / "tiny.onnx", device="cpu")
-    batch = to_model_input([decode_image((tree / p).read_bytes()) for p in GOOD])
+    batch = to_model_input([decode_image((tree / p).read_bytes(), fit=clf.card.input.fit) for p in GOOD])
     probs = clf.probabilities(batch)
     for path, p in zip(GOOD, probs):
         row = by_path[path]
@@ -239,7 +239,7 @@ def test_decode_workers_killed_mid_run_cost_no_rows(image_folder, tiny_models_di
     chunks = [[Entry(p.name, str(p)) for p in paths[i : i + 6]] for i in range(0, len(paths), 6)]
     expected = (
         OnnxClassifier(tiny_models_dir / "tiny.onnx", device="cpu")
-        .probabilities(to_model_input([decode_image(p.read_bytes()) for p in paths]))
+        .probabilities(to_model_input([decode_image(p.read_bytes(), fit="center_crop") for p in paths]))
         .max(axis=1)
     )
     backend = LocalBackend(tiny_models_dir / "tiny.onnx", "cpu", 1, 2, 6, streams=2)
@@ -1036,7 +1036,7 @@ def _classify_handler(fail_first: int = 0, max_images: int = 64, max_body: int |
         predictions = []
         for part in images:
             try:
-                pixels = decode_image(part.get_payload(decode=True))
+                pixels = decode_image(part.get_payload(decode=True), fit="center_crop")
             except ValueError as exc:
                 return httpx.Response(400, json={"error": f"{part.get_filename()}: {exc}", "reason": "not_an_image"})
             label = int(pixels.mean()) % 3
@@ -1074,7 +1074,7 @@ def test_url_mode_splits_and_falls_back_to_single_images(tree, tmp_path, monkeyp
     assert "not a readable image" in errors["bad/corrupt.jpg"] and "corrupt.jpg" in errors["bad/corrupt.jpg"]
     for r in rows:
         if not r["error"]:
-            pixels = decode_image((tree / r["path"]).read_bytes())
+            pixels = decode_image((tree / r["path"]).read_bytes(), fit="center_crop")
             assert r["label_1"] == ["alpha", "beta", "gamma"][int(pixels.mean()) % 3]
     # A 503 retried; 12 files halved to requests within the limit of 5; only the requests
     # holding a broken file were resent image by image.

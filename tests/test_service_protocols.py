@@ -100,7 +100,7 @@ def test_tritonclient_speaks_to_the_service(server, jpegs):
         assert dict(enumerate(row.tolist())) == pytest.approx(_top_by_index(prediction), abs=1e-5)
         assert int(row.argmax()) == prediction["top_k"][0]["index"]
 
-    pixels = to_model_input([decode_image(p.read_bytes(), (32, 32)) for p in sent])
+    pixels = to_model_input([decode_image(p.read_bytes(), (32, 32), fit="center_crop") for p in sent])
     tensor = triton.InferInput("input", list(pixels.shape), "FP32")
     tensor.set_data_from_numpy(pixels, binary_data=False)
     ranked = triton.InferRequestedOutput("probabilities", binary_data=False, class_count=2)

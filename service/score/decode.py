@@ -154,7 +154,7 @@ def decode_chunk(
         if path is None:
             continue
         try:
-            pixels.append(decode_pixels(read_file(path), size, max_pixels, fit))
+            pixels.append(decode_pixels(read_file(path), size, max_pixels, fit=fit))
             ok.append(i)
         except Exception as exc:
             errors[i] = failure_message(exc)

@@ -110,7 +110,7 @@ def decode_files(batch, size: tuple[int, int], fit: str, max_pixels: int = DEFAU
         decoded = None
         if error is None:
             try:
-                decoded = decode_pixels(data, size, max_pixels, fit)
+                decoded = decode_pixels(data, size, max_pixels, fit=fit)
             except Exception as exc:
                 error = _raw(failure_message(exc))
         pixels.append(decoded)
