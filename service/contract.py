@@ -80,7 +80,11 @@ REASONS: dict[str, Reason] = {
     # nginx's status for it: the answer reaches no one, but the access log and the request metrics record it,
     # and not as the server's failure
     "client_closed": Reason(
-        499, "the client closed the connection before its whole request arrived", "alone", counted=False
+        499,
+        "the client closed the connection before its whole request arrived, or before its answer was ready (its "
+        "images still queued are then not run)",
+        "alone",
+        counted=False,
     ),
 }
 # The label values of cifar_rejected_inputs_total.

@@ -21,11 +21,12 @@ its flags. Neither torch nor the training package is imported.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, cast
+from typing import Annotated, Any, Awaitable, Callable, Literal, Optional, cast
 
 import anyio
 import bentoml
@@ -47,6 +48,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Message
 
 from inference.fits import FITS, fit_help
 from inference.manifest import ManifestError, load_manifest
@@ -339,7 +341,44 @@ class BodyGate:
             await send_rejection(scope, send, given)
             return
         scope.setdefault("state", {})[self.STATE] = given
-        await self.app(scope, receive, send)
+        items = given.items if isinstance(given, InferInput) else []
+        # A task of its own, not a task group's: an error of the app reaches the server as it is, not in a group
+        watcher = asyncio.ensure_future(_abandon_when_gone(receive, items)) if items else None
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            # Answered, or cancelled by BentoML's timeout (which answers 504 itself): a row of this request still
+            # queued in BentoML's own batching queue is run for no one otherwise.
+            for item in items:
+                item.abandon()
+
+
+async def _client_gone(receive: Callable[[], Awaitable[Message]]) -> None:
+    """Returns once the client has closed its connection. Awaited only once the request's body has been read whole,
+    when the server's next message is the disconnect, or the end of its own answer."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _abandon_when_gone(receive: Callable[[], Awaitable[Message]], items: list["InferItem"]) -> None:
+    await _client_gone(receive)
+    for item in items:
+        item.abandon()
+
+
+async def _cancel_when_gone(receive: Callable[[], Awaitable[Message]], scope: anyio.CancelScope) -> None:
+    await _client_gone(receive)
+    scope.cancel()
+
+
+def _current_request() -> Request | None:
+    """The HTTP request this task answers (BentoML's request context), or None outside one."""
+    try:
+        return SERVICE.context.request
+    except LookupError:
+        return None
 
 
 def _validation_error(kind: ReasonName, message: str) -> ValidationError:
@@ -538,20 +577,20 @@ class Classifier:
         )
 
     async def _batched(self, items: list[InferItem]) -> np.ndarray | Rejection:
-        try:
-            # One dispatcher job per request: one per image pays BentoML's per-call bookkeeping per image
-            # (docs/measurements.md, "Service internals"); a job larger than the room left in a batch is split.
-            # One queue per model: a batch never waits for another model, and each model's cost per image is
-            # learnt from its own batches (bentoml_compat.KeyedDispatchers).
-            rows = await self._infer(items, key=items[0].model)  # callers pass one model's items
-        except BaseException as exc:
-            # Cancelled (BentoML's timeout), shed or failed: the parts of a split request still queued are not run.
-            for item in items:
-                item.abandon()
-            if isinstance(exc, BentoMLException) and exc.error_code.value == 503:  # shed: over max_latency_ms
-                return Rejection("overloaded", f"overloaded, try again: {exc.message}")
-            raise
-        return np.asarray(rows, dtype=np.float64)
+        request = _current_request()
+        if request is None:
+            return await _queued(self._infer, items)
+        # A client that closes its connection while its images wait (its own timeout) is answered no more: its
+        # images still queued are not run. Its whole body has been read, so the next message is the disconnect.
+        answer: np.ndarray | Rejection = _client_left()
+        with anyio.CancelScope() as waiting:
+            # A task of its own, not a task group's: an error of the batch reaches BentoML as it is, not in a group
+            watcher = asyncio.ensure_future(_cancel_when_gone(request.receive, waiting))
+            try:
+                answer = await _queued(self._infer, items)
+            finally:
+                watcher.cancel()
+        return answer
 
     @bentoml.api(
         batchable=True,
@@ -606,11 +645,41 @@ def _refused(rejection: Rejection, path: str) -> JSONResponse:
     return JSONResponse(rejection.body(), status_code=rejection.status, headers=rejection.headers)
 
 
+async def _queued(infer: Callable[..., Awaitable[Any]], items: list[InferItem]) -> np.ndarray | Rejection:
+    """Probabilities [N, classes] of one model's ``items`` through its batching queue."""
+    try:
+        # One dispatcher job per request: one per image pays BentoML's per-call bookkeeping per image
+        # (docs/measurements.md, "Service internals"); a job larger than the room left in a batch is split.
+        # One queue per model: a batch never waits for another model, and each model's cost per image is
+        # learnt from its own batches (bentoml_compat.KeyedDispatchers).
+        rows = await infer(items, key=items[0].model)  # callers pass one model's items
+    except BaseException as exc:
+        # Cancelled (BentoML's timeout, a client gone), shed or failed: the parts of a split request still queued
+        # are not run.
+        for item in items:
+            item.abandon()
+        if isinstance(exc, BentoMLException) and exc.error_code.value == 503:  # shed: over max_latency_ms
+            return _overloaded()
+        raise
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _overloaded() -> Rejection:
+    """The refusal of a request the batching queue shed, on every route alike (BentoML's own words for it, "process
+    is overloaded", say neither why nor what to do)."""
+    return Rejection(
+        "overloaded", f"overloaded, try again: the request would wait longer than {SETTINGS.max_latency_ms} ms"
+    )
+
+
+def _client_left() -> Rejection:
+    return Rejection("client_closed", "the client closed the connection before its answer was ready")
+
+
 def _infer_overloaded() -> JSONResponse:
     """The answer to a request to /infer that BentoML's dispatcher shed, as /classify and /v2 answer theirs
-    (``Classifier._batched``): an overload is the service's load, no server error."""
-    wait = f"its batch would wait longer than {SETTINGS.max_latency_ms} ms"
-    return _refused(Rejection("overloaded", f"overloaded, try again: {wait}"), "/infer")
+    (``_queued``): an overload is the service's load, no server error."""
+    return _refused(_overloaded(), "/infer")
 
 
 def _load_failed(exc: BaseException) -> None:

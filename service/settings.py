@@ -8,6 +8,7 @@ which import ``service.service`` afresh and read them here.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Mapping, get_args
@@ -172,10 +173,64 @@ SETTINGS: dict[str, Setting] = {
     "cors_origins": Setting(
         "CIFAR_CORS_ORIGINS",
         "--cors-origins",
-        "comma-separated origins browsers may call the API from ('*': any); unset, no CORS headers",
+        "comma-separated origins browsers may call the API from, each as a browser's Origin header says it: "
+        "scheme://host[:port], lowercase, no path ('*': any); unset, no CORS headers",
         text=True,
     ),
 }
+
+
+# An Origin header as a browser sends it (RFC 6454's serialisation): a lowercase scheme, "://", a lowercase host (an
+# IPv6 address in brackets) and a port, only where it is not the scheme's default; no path, not even "/". starlette
+# compares the configured origins with that header as strings: a value of another shape never matches any request.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9-]+(\.[a-z0-9-]+)*)(:[0-9]{1,5})?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_problem(origin: str) -> str | None:
+    """Why ``origin``, an entry of --cors-origins, can never equal a browser's Origin header; None when it can."""
+    if origin in ("*", "null"):  # any origin; the one a sandboxed frame or a page opened from a file sends
+        return None
+    why = _shape_problem(origin) or _port_problem(origin)
+    if why is None:
+        return None
+    return (
+        f"holds {origin[:100]!r}, which no browser sends as its Origin: {why} "
+        "(an origin: https://example.com, http://localhost:8080)"
+    )
+
+
+def _shape_problem(origin: str) -> str | None:
+    scheme, found, rest = origin.partition("://")
+    host_port = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "*" in origin:
+        return "a wildcard matches nothing inside an origin (only '*' alone, any origin, does): name each origin"
+    if not found or not scheme:
+        return "it has no scheme and '://'"
+    if host_port != rest:
+        return f"an origin has no path, query or fragment, not even a trailing '/': {scheme}://{host_port}"
+    if not origin.isascii():
+        return "a browser sends a host name that is not ASCII as punycode (xn--...)"
+    if origin != origin.lower():
+        return f"a browser sends it in lowercase: {origin.lower()}"
+    if "@" in rest:
+        return "an origin has no user name"
+    if _ORIGIN.fullmatch(origin) is None:
+        return "it is not scheme://host[:port]"
+    return None
+
+
+def _port_problem(origin: str) -> str | None:
+    scheme, _, host_port = origin.partition("://")
+    given = re.search(r":([0-9]+)$", host_port)
+    if given is None:
+        return None
+    port = int(given.group(1))
+    if not 1 <= port <= 65535:
+        return f"{port} is no TCP port"
+    if port == _DEFAULT_PORTS.get(scheme):
+        return f"a browser leaves the scheme's default port out: {origin[: given.start() - len(host_port)]}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -216,6 +271,11 @@ class ServiceSettings:
             value = getattr(self, name)
             if setting.choices is not None and value not in setting.choices:
                 raise SettingsError(name, f"must be one of {', '.join(setting.choices)}, got {value!r}", subject=name)
+        # A typo in an origin (a trailing slash, a path, 'http//'), which starlette would silently never match.
+        for origin in self.cors_origin_list:
+            problem = origin_problem(origin)
+            if problem is not None:
+                raise SettingsError("cors_origins", problem)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServiceSettings":
