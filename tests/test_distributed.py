@@ -4,6 +4,7 @@ by torchrun, whose SIGTERM to the rank left would race with what that rank says.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import textwrap
 import pytest
 import torch
 
+import training.__main__ as training_cli
 from conftest import ROOT, free_port, tiny_overrides
 from training import distributed
 from training.__main__ import main as training_main
@@ -188,3 +190,113 @@ def test_a_run_resumed_on_another_number_of_processes_goes_on_from_the_same_poin
     }
     assert len(lr[resumed]) == 3
     assert lr[resumed][1:] == pytest.approx(lr[straight][1:], rel=1e-9, abs=1e-12), lr
+
+
+def test_the_ranks_of_a_lookahead_run_keep_one_set_of_weights(image_folder, tmp_path):
+    """The lookahead's slow copy (and the EMA's) were taken before DDP gave every rank rank 0's weights: each rank
+    kept its own initial weights there, and the first lookahead step pulled the ranks apart (0.09 after an epoch)."""
+    sets = tiny_overrides(image_folder, tmp_path / "cache", threads=1, batch_size=8, ema_decay=0, lookahead_every=2)
+    script = f"""
+        import torch, torch.distributed as dist
+        from training.config import build_config
+        from training.engine import Trainer
+        trainer = Trainer(build_config("resnet9_half_cpu", {sets!r}), {str(tmp_path / "run")!r})
+        trainer.forward_model.train()
+        trainer.train_epoch()
+        flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+        # the BatchNorm statistics are each rank's own until DDP sends rank 0's at the next step: the weights only
+        named = dict(trainer.model.named_parameters())
+        slow = torch.cat([v.detach().flatten() for k, v in trainer.lookahead.slow.items() if k in named])
+        got = [[torch.zeros_like(flat) for _ in range(2)], [torch.zeros_like(slow) for _ in range(2)]]
+        dist.all_gather(got[0], flat)
+        dist.all_gather(got[1], slow)
+        print(float((got[0][0] - got[0][1]).abs().max()), float((got[1][0] - got[1][1]).abs().max()))
+        trainer._leave_process_group()
+    """
+    ranks = run_two_ranks(script)
+    for rank in ranks:
+        assert rank.returncode == 0, rank.stderr
+        assert rank.stdout.split()[-2:] == ["0.0", "0.0"], rank.stdout
+
+
+def test_only_rank_zero_says_its_warnings_progress_and_summary(image_folder, tmp_path):
+    """Every rank printed the same warnings, progress bars and summary (rank 1's summary a wrong one: it keeps no
+    validation figures), so each line came N times."""
+    run = tmp_path / "run"
+    # 22 images per rank in batches of 16: the trainer warns that 6 of them wait for the next epoch
+    sets = tiny_overrides(image_folder, tmp_path / "cache", threads=1, epochs=1)
+    started = ["train", "--recipe", "resnet9_half_cpu", "--out", str(run), "--set", *sets]
+    for argv in (started, ["resume", str(run), "--epochs", "2"]):
+        main, other = run_two_ranks(f"import sys\nfrom training.__main__ import main\nsys.exit(main({argv!r}))")
+        assert [main.returncode, other.returncode] == [0, 0], [main.stderr, other.stderr]
+        # c10d's own C++ log lines ("[W ... socket.cpp ...]" on some hosts) are out of any Python setting's reach
+        said = [line for line in other.stderr.splitlines() if not line.startswith("[")]
+        assert (other.stdout, said) == ("", []), (other.stdout, other.stderr)
+        assert main.stderr.count("WARNING training: each epoch trains on 16 of the 22") == 1, main.stderr
+        assert json.loads(main.stdout)["best"]["val_top1"] >= 0, main.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["models"],
+        ["recipes"],
+        ["evaluate", "--checkpoint", "RUN"],
+        ["compare", "RUN", "RUN"],
+        ["ablate", "--recipe", "resnet9_half_cpu", "--vary", "lr=0.1,0.2"],
+        ["ensemble", "RUN", "RUN", "--out", "ENSEMBLE"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_a_command_that_does_not_train_is_refused_under_torchrun(argv, tmp_path, monkeypatch, capsys):
+    """evaluate, compare, ablate and ensemble ran whole in every process, each writing the same report, table or
+    checkpoint into one place at once."""
+    torchrun_environment(monkeypatch, rank=0)
+    monkeypatch.chdir(tmp_path)
+    status = training_main(argv)
+    said = capsys.readouterr()
+    assert status == 2 and said.out == "", said
+    assert said.err.splitlines() == [
+        f"error: {argv[0]} runs in one process; run it without torchrun (WORLD_SIZE=2 here)"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_rank_other_than_zero_still_says_its_own_error(tmp_path, monkeypatch, capsys):
+    """Its warnings and summary are rank 0's too; its errors are its own, and reach the user."""
+    torchrun_environment(monkeypatch, rank=1)
+    status = training_main(["resume", str(tmp_path / "missing")])
+    said = capsys.readouterr().err.splitlines()
+    assert status == 2 and len(said) == 1 and said[0].startswith("error: "), said
+
+
+@pytest.mark.parametrize("stage", ["loading", "running"])
+@pytest.mark.parametrize("rank", [0, 1])
+def test_an_interrupt_is_said_by_rank_zero_alone(rank, stage, tmp_path, monkeypatch, capsys):
+    """torchrun passes Ctrl-C to every process, and each said where the run stopped: the message came N times."""
+    torchrun_environment(monkeypatch, rank=rank)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    # while the figures load, before the command has started; or in the command
+    monkeypatch.setattr(training_cli, "get_args_parser" if stage == "loading" else "cmd_resume", interrupted)
+    status = training_main(["resume", str(tmp_path)])
+    said = capsys.readouterr().err.splitlines()
+    assert status == 130
+    assert len(said) == (1 if rank == 0 else 0) and all(line.startswith("interrupted") for line in said), said
+
+
+@pytest.mark.parametrize("value", ["", "two"])
+def test_a_world_size_that_is_no_number_is_said_in_one_line(value, image_folder, tmp_path, monkeypatch, capsys):
+    """WORLD_SIZE= (empty) or a word ended in int()'s ValueError traceback once the data was read."""
+    monkeypatch.setenv("WORLD_SIZE", value)
+    sets = tiny_overrides(image_folder, tmp_path / "cache", epochs=1)
+    status = training_main(["train", "--recipe", "resnet9_half_cpu", "--out", str(tmp_path / "run"), "--set", *sets])
+    said = capsys.readouterr().err.strip().splitlines()
+    if value:
+        assert status == 2 and said == [
+            "error: WORLD_SIZE='two' is not a number of processes: unset it, or start with torchrun"
+        ], said
+    else:  # unset, as the shell's empty value means
+        assert status == 0, said

@@ -12,10 +12,20 @@ from pathlib import Path
 from inference.devices import CudaPlacementError
 from inference.errors import UsageError
 from inference.fits import FITS
-from inference.interrupts import say_stopped, terminations_as_interrupts
+from inference.interrupts import interrupted_status, say_stopped, terminations_as_interrupts
 from inference.messages import configure_logging, os_error_text
 
 from .cli_types import add_set_option, path_text, positive_int
+
+
+def _stopped_while_loading() -> int:
+    """Ctrl-C while torch or the figures load (seconds): nothing has started, so no traceback. torchrun stops
+    every process at once, and rank 0 says it for all (its RANK read as ``distributed.is_main_process`` reads it,
+    which cannot be imported before torch)."""
+    if os.environ.get("RANK", "0") == "0":
+        print("interrupted", file=sys.stderr)
+    return 130
+
 
 try:
     from .checkpoint import BEST_FILE, CONFIG_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, RUN_FILES, claimed_run
@@ -30,9 +40,9 @@ try:
         list_recipes,
         placement_overrides,
     )
-except KeyboardInterrupt:  # Ctrl-C while torch loads (seconds): nothing has started, so no traceback
-    print("interrupted", file=sys.stderr)
-    sys.exit(130)
+    from .distributed import LaunchError, is_main_process, launched_processes, quiet_unless_main
+except KeyboardInterrupt:
+    sys.exit(_stopped_while_loading())
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -72,10 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.run = out  # for the message of an interrupt
     with claimed_run(out):  # before its files are looked at: another command may be changing them
         summary = _train_into(out, config, args)
-    from .distributed import is_main_process
-
-    if is_main_process():
-        print(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -135,7 +142,7 @@ def _report_in(folder: Path) -> str | None:
     """What report the folder holds (evaluate's, compare's, ablate's), or None: a run written in beside it would
     leave a folder that is neither (the report's history.json and training_curves.png replaced by the run's)."""
     from .reports.ablate import ABLATION_FILE
-    from .reports.evaluate import PREDICTIONS_FILE
+    from .reports.predictions import PREDICTIONS_FILE
 
     kinds = {PREDICTIONS_FILE: "an evaluate report", "compare.json": "a comparison", ABLATION_FILE: "an ablation"}
     return next((kind for name, kind in kinds.items() if (folder / name).is_file()), None)
@@ -365,16 +372,16 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         parser = get_args_parser()  # imports the reports' figures (matplotlib): a second or two
-    except KeyboardInterrupt:  # Ctrl-C then: nothing has started, so no traceback
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:
+        return _stopped_while_loading()
     _check_set_words(parser, sys.argv[1:] if argv is None else argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         parser.error(_unrecognized(args, unknown))
     try:
         check_distinct(getattr(args, "set", None) or [])  # --set's of train, resume and ablate, however many
-        with terminations_as_interrupts():
+        _check_processes(args.command)
+        with terminations_as_interrupts(), quiet_unless_main():
             return args.fn(args)
     except OSError as exc:  # a missing file, a path through a file, a full disk, a permission
         # one of ours names what is missing in its message; the system's names the path and the reason
@@ -384,12 +391,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated
-        return say_stopped(exc, _interrupted(args))
+        # torchrun stops every process at once: rank 0 says where the run stopped, once
+        return say_stopped(exc, _interrupted(args)) if is_main_process() else interrupted_status(exc)
     # What the user gave wrong (every typed refusal is a UsageError; a CUDA device this host lacks is a
     # RuntimeError of its own), said in one line; anything else is a bug and keeps its traceback.
     except (UsageError, CudaPlacementError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+# The commands that train, which torchrun's processes share (training/distributed.py). The others would each do
+# the whole work in every process, and write their report, table or checkpoint into one place at once.
+DISTRIBUTED_COMMANDS = ("train", "resume")
+
+
+def _check_processes(command: str) -> None:
+    processes = launched_processes()
+    if processes > 1 and command not in DISTRIBUTED_COMMANDS:
+        raise LaunchError(f"{command} runs in one process; run it without torchrun (WORLD_SIZE={processes} here)")
 
 
 def _check_set_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:
@@ -483,7 +502,7 @@ def _interrupted(args: argparse.Namespace) -> str:
         return f"interrupted before {run} completed an epoch: nothing to continue; run the same command again"
     # what this command was asked for that the resume must be told again: a run continued elsewhere and stopped
     # before its next epoch was saved still has the old place in its last.pt
-    processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    processes = launched_processes()
     # a run of N processes continues exactly only on N: the steps, the batches and each rank's random state
     launcher = ["torchrun", "--nproc_per_node", str(processes), "-m"] if processes > 1 else ["python", "-m"]
     command = [*launcher, "training", "resume", str(run)]

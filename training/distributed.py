@@ -3,22 +3,29 @@
 What a run of N processes is (training/engine.py): batch_size is each process's, so a step averages the gradients
 of N x batch_size images and an epoch takes 1/N of the steps, at the recipe's learning rate (not scaled);
 BatchNorm normalises each process's batch alone (no SyncBatchNorm) and its running statistics are rank 0's, which
-DDP sends to the others at each step; rank 0 alone evaluates the validation split and writes the run folder."""
+DDP sends to the others at each step; rank 0 alone evaluates the validation split and writes the run folder.
+
+Every process runs the whole command line, so every process but rank 0 keeps to its own errors
+(``quiet_unless_main``); the commands that do not train run in one process and are refused under torchrun."""
 
 from __future__ import annotations
 
 import atexit
 import gc
+import logging
 import os
 import re
 import signal
 import threading
+import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, redirect_stdout
 from dataclasses import dataclass
+from functools import partialmethod
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from inference.errors import UsageError
 
@@ -56,8 +63,51 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def launched_processes() -> int:
+    """How many processes run this command: torchrun's WORLD_SIZE, 1 without it."""
+    text = os.environ.get("WORLD_SIZE", "").strip() or "1"
+    try:
+        return int(text)
+    except ValueError:
+        raise LaunchError(
+            f"WORLD_SIZE={text!r} is not a number of processes: unset it, or start with torchrun"
+        ) from None
+
+
+@contextmanager
+def quiet_unless_main() -> Iterator[None]:
+    """Rank 0's output alone for the body, where every process runs the same command: the others would repeat
+    each warning, log line, progress bar and summary (theirs wrong at that: rank 0 alone keeps the validation
+    figures). Their errors still reach stderr, each in its own line (or a bug's traceback)."""
+    if is_main_process():
+        yield
+        return
+    with ExitStack() as stack:
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore")
+        stack.enter_context(redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+        stack.enter_context(_bars_off())
+        disabled = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        stack.callback(logging.disable, disabled)
+        yield
+
+
+@contextmanager
+def _bars_off() -> Iterator[None]:
+    """Every tqdm bar made in the body starts disabled, but where its caller says otherwise. tqdm's own switch,
+    the TQDM_DISABLE variable, is read once when tqdm is imported, which torch does (torch.hub) before any
+    command runs."""
+    constructor = tqdm.__dict__["__init__"]
+    tqdm.__init__ = partialmethod(constructor, disable=True)
+    try:
+        yield
+    finally:
+        tqdm.__init__ = constructor
+
+
 def setup(device_type: str) -> DistInfo:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_processes()
     if world_size <= 1:
         return DistInfo()
     check_launched(world_size)

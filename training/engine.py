@@ -361,6 +361,17 @@ class Trainer:
         example = as_float(train_data.images[:2]).to(self.device)
         self.optimizer = build_optimizer(self.model, config.optim, example)
         self.scheduler = build_scheduler(self.optimizer, len(self.train_loader), t.epochs, config.schedule)
+        self.forward_model: nn.Module = self.model
+        if self.dist.enabled:
+            self.forward_model = nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                # DDP expects a gradient for every parameter that trained when it was built; a whitening bias
+                # that freezes mid-run would leave it waiting for one, unless it looks for unused parameters.
+                find_unused_parameters=t.whiten_bias_epochs is not None and bool(whitening_layers(self.model)),
+            )
+        # After DDP's wrap, which gives every rank rank 0's weights: copies taken before it hold each rank's own
+        # initial weights, and the lookahead steps would pull the ranks apart.
         self.ema = (
             AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
             if t.ema_decay > 0
@@ -371,15 +382,6 @@ class Trainer:
             if t.lookahead_every
             else None
         )
-        self.forward_model: nn.Module = self.model
-        if self.dist.enabled:
-            self.forward_model = nn.parallel.DistributedDataParallel(
-                self.model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                # DDP expects a gradient for every parameter that trained when it was built; a whitening bias
-                # that freezes mid-run would leave it waiting for one, unless it looks for unused parameters.
-                find_unused_parameters=t.whiten_bias_epochs is not None and bool(whitening_layers(self.model)),
-            )
         if t.compile:
             # typed as returning a callable: given a Module, torch.compile returns an OptimizedModule, a Module
             self.forward_model = torch.compile(self.forward_model)  # type: ignore[assignment]
@@ -957,7 +959,8 @@ def _resume(
             f"{out_dir} holds a run of another configuration, so it cannot be continued with this one "
             f"(started -> asked): {'; '.join(differences)}{_epochs_advice(out_dir, differences, expected)}"
         )
-    keep_edited_config(Path(out_dir), started)
+    if distributed.is_main_process():  # rank 0 alone writes the run folder
+        keep_edited_config(Path(out_dir), started)
     config = with_placement(started, placement, like=expected)
     moved = config_differences(started, config)
     if moved:
