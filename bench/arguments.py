@@ -10,12 +10,95 @@ import tarfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from inference.errors import UsageError
-from service.settings import SETTINGS
-from training.cli_types import positive_int
+from report_io import default_out
 
+from inference.errors import UsageError
+from inference.files import file_in_the_way
+from service.settings import SETTINGS
+from training.cli_types import non_negative_int, path_text, positive_int
+
+ROOT = Path(__file__).resolve().parents[1]
 # --archive's default: the CIFAR-10 training JPEGs beside the checkout (../shared/data, as CI has them).
-ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-train-jpg.tar.gz"
+ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-train-jpg.tar.gz"
+
+
+def json_out(text: str) -> Path:
+    """--out: refused before anything is measured where the results could not be written after it (a folder, or a
+    file standing where its folder would be), which would throw the whole run away at its end."""
+    path = Path(path_text(text))
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder: give the JSON file to write, such as {text}/out.json")
+    in_the_way = file_in_the_way(path.parent)
+    if in_the_way is not None:
+        raise argparse.ArgumentTypeError(f"{in_the_way} is a file, not a folder to write {path.name} in")
+    return path
+
+
+def add_out_argument(parser: argparse.ArgumentParser, name: str) -> None:
+    """--out, the same in every benchmark: by default under .cache/ (ignored by git), never over the committed
+    results in bench/results/, which a publishing run names."""
+    default = default_out(name)
+    parser.add_argument(
+        "--out",
+        type=json_out,
+        default=default,
+        help=f"JSON results (default: {default.relative_to(ROOT)}; bench/results/ holds the published ones)",
+    )
+
+
+def add_models_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models-dir",
+        type=path_text,
+        default=str(ROOT / "models"),
+        help="models folder with manifest.json (default: this checkout's models/)",
+    )
+
+
+def add_archive_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--archive", type=path_text, default=str(ARCHIVE), help="the CIFAR-10 JPEG archive")
+
+
+def add_work_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """The scoring benchmarks' --work-dir: one, so that they extract the images once for all of them."""
+    parser.add_argument(
+        "--work-dir",
+        type=path_text,
+        default=str(ROOT / ".cache" / "bench-score"),
+        help="where images are extracted (default: .cache/bench-score)",
+    )
+
+
+def add_server_arguments(parser: argparse.ArgumentParser, warmup_s: float, pool: int) -> None:
+    """The flags of the service benchmarks that load a server: which one, how it is started, what it is sent."""
+    add_models_dir_argument(parser)
+    parser.add_argument(
+        "--url", type=http_url, help="benchmark a server already running at this URL instead of starting one"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=non_negative_float,
+        default=warmup_s,
+        help=f"seconds of unmeasured load before each measurement (default: {warmup_s:g})",
+    )
+    parser.add_argument("--k", type=positive_int, default=5, help="top-k asked for")
+    parser.add_argument(
+        "--pool", type=positive_int, default=pool, help=f"distinct JPEGs taken from the archive (default: {pool})"
+    )
+    parser.add_argument(
+        "--streams", type=non_negative_int, default=0, help="the service's concurrent batches (0: its default)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=non_negative_int,
+        default=0,
+        help="the service's ONNX Runtime threads per batch (0: its default)",
+    )
+    parser.add_argument(
+        "--max-batch-size", type=max_batch_size, default=256, help="the service's adaptive batching limit"
+    )
+    parser.add_argument("--serve-arg", action="append", default=[], help="extra argument for `python -m service serve`")
+    add_archive_argument(parser)
 
 
 def open_archive(archive: Path) -> tarfile.TarFile:
@@ -24,6 +107,8 @@ def open_archive(archive: Path) -> tarfile.TarFile:
         return tarfile.open(archive, "r:gz")
     except tarfile.ReadError as exc:
         raise UsageError(f"{archive}: not a .tar.gz archive ({exc}); --archive takes the CIFAR-10 JPEGs") from None
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise UsageError(f"{archive}: {exc.strerror}; --archive takes the CIFAR-10 JPEGs ({ARCHIVE.name})") from None
 
 
 def no_cifar_images(archive: Path) -> UsageError:

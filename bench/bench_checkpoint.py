@@ -2,12 +2,13 @@
 too on a new best) and the curves drawn, the work `train.checkpoint_every` skips on the other epochs.
 
     python bench/bench_checkpoint.py [--recipes se_resnet18_gpu wrn_16_4_gpu ...] [--epochs 100] [--repeats 5]
-        [--out bench/results/checkpoint.json]
+        [--out FILE.json]
 
 Each recipe's real Trainer is built on a small generated image folder (the state's size depends on the network
 and optimizer, not on the data), given a history of ``--epochs`` records, and saved ``--repeats`` times: the
 median seconds of one checkpoint file (``torch.save`` + fsync) and of the curves, and the file's size. Compare
-them with an epoch's training time (bench_training.py) to see what saving every epoch costs a run.
+them with an epoch's training time (bench_training.py) to see what saving every epoch costs a run. The JSON goes
+to --out (by default .cache/bench-results/checkpoint.json, ignored by git).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import termination  # noqa: E402
 import torch  # noqa: E402
-from report_io import host_record, write_json  # noqa: E402
+from arguments import add_out_argument  # noqa: E402
+from report_io import write_json  # noqa: E402
 
 from training.checkpoint import save_checkpoint  # noqa: E402
 from training.cli_types import positive_int  # noqa: E402
@@ -119,12 +121,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--epochs", type=positive_int, default=100, help="records in the history the curves draw")
     parser.add_argument("--repeats", type=positive_int, default=5, help="saves per recipe; the median is reported")
-    parser.add_argument("--out", default="bench/results/checkpoint.json", help="JSON results")
+    add_out_argument(parser, "checkpoint")
     return parser
 
 
-def main() -> int:
-    args = get_args_parser().parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     results: dict = {"epochs": args.epochs, "repeats": args.repeats, "recipes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = image_folder(Path(tmp) / "images")
@@ -136,7 +138,6 @@ def main() -> int:
                 f"{row['checkpoint_s']:.3f} s, curves {row['curves_s']:.3f} s",
                 flush=True,
             )
-    results["host"] = host_record()  # the load average as the measurement ended
     write_json(args.out, results)
     print(f"written to {args.out}")
     return 0

@@ -1,7 +1,9 @@
 """ONNX Runtime CPU throughput of a shipped model's FP32 and INT8 files against PyTorch eager on its checkpoint.
 
 python bench/bench_export.py [--fp32 resnet9-airbench94-cifar10] [--int8 resnet9-airbench94-cifar10-int8]
-    [--batch-sizes 1 64] [--seconds 3] [--out bench/results/export.json]
+    [--batch-sizes 1 64] [--seconds 3] [--out FILE.json]
+
+Prints a markdown table and writes JSON (by default to .cache/bench-results/export.json, ignored by git).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import termination  # noqa: E402
-from arguments import positive_float  # noqa: E402
-from report_io import host_record, write_json  # noqa: E402
+from arguments import add_models_dir_argument, add_out_argument, positive_float  # noqa: E402
+from report_io import write_json  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
 from inference.runtime import OnnxClassifier  # noqa: E402
@@ -37,7 +39,7 @@ def images_per_s(run, batch: np.ndarray, seconds: float) -> float:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models-dir", default="models", help="models folder with manifest.json (default: models)")
+    add_models_dir_argument(p)
     p.add_argument(
         "--fp32",
         default="resnet9-airbench94-cifar10",
@@ -46,12 +48,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", default="resnet9-airbench94-cifar10-int8", help="the INT8 model")
     p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 64], help="batch sizes to time")
     p.add_argument("--seconds", type=positive_float, default=3.0, help="seconds of runs per engine and batch size")
-    p.add_argument("--out", type=Path, help="write the results as JSON here (default: only the table)")
+    add_out_argument(p, "export")
     return p
 
 
-def main() -> int:
-    args = get_args_parser().parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     with termination.user_input():  # an unknown model, or one exported from no checkpoint this project reads
         manifest = load_manifest(args.models_dir)
         fp32, int8 = manifest.get(args.fp32), manifest.get(args.int8)
@@ -80,9 +82,7 @@ def main() -> int:
                 f"{r['ort_int8'] / r['ort_fp32']:.2f}x | {r['ort_fp32'] / r['pytorch_eager_fp32']:.2f}x |",
                 flush=True,
             )
-    results["host"] = host_record()  # the load average as the measurement ended
-    if args.out:
-        write_json(args.out, results)
+    write_json(args.out, results)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Top-1 accuracy of each fit on photo-shaped versions of the validation images.
 
-    python bench/bench_fit.py [--models-dir models] [--model NAME] [--limit N] [--out bench/results/fit.json]
+    python bench/bench_fit.py [--models-dir models] [--model NAME] [--limit N] [--out FILE.json]
 
 The shipped models only ever saw 32x32 images, and the validation split is 32x32: there every fit leaves
 the image alone and the accuracy is the model's own (checked here, as "original 32x32"). To see what a
@@ -14,7 +14,7 @@ as PNG, unchanged:
 - "wider scene": the 32x32 image widened to 43x32 by mirroring its left and right edges, then upscaled
   to 640x480: the object in the middle, more background at the sides, as a 4:3 shot framed wider.
 
-Prints a markdown table and writes JSON.
+Prints a markdown table and writes JSON (by default to .cache/bench-results/fit.json, ignored by git).
 """
 
 from __future__ import annotations
@@ -32,24 +32,27 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import termination  # noqa: E402
-from report_io import host_record, write_json  # noqa: E402
+from arguments import add_models_dir_argument, add_out_argument  # noqa: E402
+from report_io import write_json  # noqa: E402
 
 from inference.fits import FITS  # noqa: E402
 from inference.manifest import load_manifest  # noqa: E402
 from inference.preprocess import decode_image, to_model_input  # noqa: E402
 from inference.runtime import OnnxClassifier  # noqa: E402
-from training.cli_types import positive_int  # noqa: E402
+from training.cli_types import path_text, positive_int  # noqa: E402
 
 PHOTO = (640, 480)  # width, height: 4:3
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models-dir", default=str(ROOT / "models"), help="models folder with manifest.json")
+    add_models_dir_argument(p)
     p.add_argument("--model", help="model name (default: the manifest's default)")
     p.add_argument("--limit", type=positive_int, help="only N validation images, evenly spaced (default: all 5,000)")
-    p.add_argument("--cache-dir", default=str(ROOT / ".cache" / "datasets"), help="dataset decode cache")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "fit.json"), help="JSON results")
+    p.add_argument(
+        "--cache-dir", type=path_text, default=str(ROOT / ".cache" / "datasets"), help="dataset decode cache"
+    )
+    add_out_argument(p, "fit")
     return p
 
 
@@ -99,7 +102,8 @@ def validation_split(entry, cache_dir: str):
     )
 
 
-def main(args: argparse.Namespace) -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     from tqdm import tqdm
 
     with termination.user_input():  # an unknown model, or one whose training data is not here
@@ -135,7 +139,6 @@ def main(args: argparse.Namespace) -> int:
         "photo": {"width": PHOTO[0], "height": PHOTO[1], "format": "JPEG quality 90"},
         "top1": {scenario: {fit: round(acc, 4) for fit, acc in accs.items()} for scenario, accs in results.items()},
         "elapsed_s": round(time.perf_counter() - started, 1),
-        "host": host_record(),
     }
     write_json(args.out, report)
     print(f"Model `{entry.name}` ({entry.precision}), {count} validation images, top-1 %:\n")
@@ -143,9 +146,8 @@ def main(args: argparse.Namespace) -> int:
     print("|---|" + "---:|" * len(FITS))
     for scenario, accs in results.items():
         print(f"| {scenario} | " + " | ".join(f"{100 * accs[fit]:.2f}" for fit in FITS) + " |")
-    print(f"\nJSON: {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    termination.run(lambda: main(get_args_parser().parse_args()))
+    termination.run(main)

@@ -2,7 +2,7 @@
 /classify throughput with single 12-megapixel photos.
 
     python bench/bench_photos.py [--sizes 12,3,0.3] [--repeats 15] [--concurrency 8] [--duration 20]
-                                 [--no-service] [--out bench/results/photos.json]
+                                 [--no-service] [--out FILE.json]
 
 1. decode: for each size (megapixels, 4:3) one generated photo-like JPEG (gradients, hard-edged shapes,
    sensor-like noise; quality 90), decoded to the model's 32x32 input in this process, one core:
@@ -14,7 +14,7 @@
    connections POST /classify back to back for --duration seconds, one 12 MP photo per request
    (http_load.py's load generator, service_runs.py's CPU accounting).
 
-Prints a markdown table and writes JSON.
+Prints a markdown table and writes JSON (by default to .cache/bench-results/photos.json, ignored by git).
 """
 
 from __future__ import annotations
@@ -34,9 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import termination  # noqa: E402
-from arguments import non_negative_float, positive_float, positive_floats  # noqa: E402
+from arguments import (  # noqa: E402
+    add_models_dir_argument,
+    add_out_argument,
+    non_negative_float,
+    positive_float,
+    positive_floats,
+)
 from http_load import authority, build_requests  # noqa: E402
-from report_io import host_record, write_json  # noqa: E402
+from report_io import write_json  # noqa: E402
 from service_runs import free_port, run_level, start_server, stop_server, wait_ready  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
@@ -56,12 +62,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--sizes", type=positive_floats, default="12,3,0.3", help="photo sizes in megapixels, 4:3, comma-separated"
     )
     p.add_argument("--repeats", type=positive_int, default=15, help="decodes of each photo per variant")
-    p.add_argument("--models-dir", default=str(ROOT / "models"), help="models folder with manifest.json")
+    add_models_dir_argument(p)
     p.add_argument("--concurrency", type=positive_int, default=8, help="connections POSTing 12 MP photos")
     p.add_argument("--duration", type=positive_float, default=20.0, help="seconds of measured load")
     p.add_argument("--warmup", type=non_negative_float, default=3.0, help="seconds of unmeasured load before it")
     p.add_argument("--no-service", action="store_true", help="decode timings only")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "photos.json"), help="JSON results")
+    add_out_argument(p, "photos")
     return p
 
 
@@ -137,13 +143,16 @@ def service_result(args, data: bytes, entry) -> dict:
         stop_server(server)
 
 
-def main(args: argparse.Namespace) -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     sizes = args.sizes
-    decode = decode_results(sizes, args.repeats)
-    service = None
-    if not args.no_service:
+    entry = None
+    if not args.no_service:  # a models folder without a model is refused before the decodes are timed
         with termination.user_input():
             entry = load_manifest(args.models_dir).get()
+    decode = decode_results(sizes, args.repeats)
+    service = None
+    if entry is not None:
         big = max(sizes)
         data, _ = photo_jpeg(big)
         service = {"model": entry.name, "model_fit": entry.input.fit, "megapixels": big, "jpeg_bytes": len(data)}
@@ -152,7 +161,6 @@ def main(args: argparse.Namespace) -> int:
         "decode": decode,
         "variants": {label: kwargs for label, kwargs in VARIANTS.items()},
         "classify": service,
-        "host": host_record(),
         "note": "one process, one core for decoding; the load generator shares the cores with the server",
     }
     write_json(args.out, report)
@@ -169,12 +177,11 @@ def main(args: argparse.Namespace) -> int:
         print(
             f"\n/classify, one {service['megapixels']:g} MP photo per request, concurrency {args.concurrency}: "
             f"{service['images_per_s']} images/s, p50 {service['latency_ms']['p50']} ms, "
-            f"p95 {service['latency_ms']['p95']} ms, errors {service['errors']}, "
+            f"p95 {service['latency_ms']['p95']} ms, refused {service['refused']}, failed {service['failed']}, "
             f"server CPU {service['server_cpu_ms_per_image']} ms/image"
         )
-    print(f"\nJSON: {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    termination.run(lambda: main(get_args_parser().parse_args()))
+    termination.run(main)

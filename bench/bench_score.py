@@ -1,7 +1,7 @@
 """Benchmark `python -m service score` against the raw ONNX Runtime engine on the same model.
 
-    python bench/bench_score.py [--models-dir models] [--model NAME] [--images 10000] [--out bench/results/score.json]
-    python bench/bench_score.py --checkpoint runs/NAME/best.pt   # no manifest yet: export it into the work dir first
+    python bench/bench_score.py [--models-dir models] [--model NAME] [--images 10000] [--out FILE.json]
+    python bench/bench_score.py --checkpoint runs/NAME/best.pt   # a checkpoint, exported into the work dir first
 
 Images: the first N/10 JPEGs of each class of ../shared/data/cifar10-train-jpg.tar.gz, extracted once into
 --work-dir (ignored by git). Raw engine: OnnxClassifier.logits on float32 batches decoded beforehand, one
@@ -12,12 +12,14 @@ decode + inference + writing; interpreter start and model load are in the wall t
 shared and virtual (10-20% apart between runs a minute apart), so the engine is measured before the first
 round and after every round, each setting's ratio is taken against the engine just before and just after
 it, and medians over rounds are reported.
-Prints a markdown table and writes the figures as JSON to --out.
+Prints a markdown table and writes the figures as JSON to --out (by default .cache/bench-results/score.json,
+ignored by git; the committed figures in bench/results/ are written there by naming them).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import statistics
 import sys
@@ -31,25 +33,34 @@ sys.path.insert(0, str(ROOT))
 
 import raw_engine  # noqa: E402
 import termination  # noqa: E402
-from arguments import ARCHIVE, at_least_ten, positive_float, positive_ints  # noqa: E402
-from report_io import cpu_model, host_record, write_json  # noqa: E402
+from arguments import (  # noqa: E402
+    add_archive_argument,
+    add_models_dir_argument,
+    add_out_argument,
+    add_work_dir_argument,
+    at_least_ten,
+    positive_float,
+    positive_ints,
+)
+from report_io import cpu_model, write_json  # noqa: E402
 from score_runs import extract, run_scorer, wait_until_quiet  # noqa: E402
 
 from inference.errors import UsageError  # noqa: E402
-from inference.manifest import ManifestError, load_manifest  # noqa: E402
+from inference.manifest import ManifestError, ModelEntry, load_manifest  # noqa: E402
 from inference.preprocess import decode_image, to_model_input  # noqa: E402
 from inference.runtime import default_threads  # noqa: E402
-from training.cli_types import positive_int  # noqa: E402
+from training.cli_types import path_text, positive_int  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models-dir", default="models", help="models folder with manifest.json (default: models)")
+    add_models_dir_argument(p)
     p.add_argument("--model", help="model name (default: the manifest's default)")
     p.add_argument(
         "--checkpoint",
-        help="export this checkpoint (fp32) into WORK_DIR/models and benchmark it "
-        "when there is no manifest (needs the train extras)",
+        type=path_text,
+        help="benchmark this checkpoint instead of a model of --models-dir: exported (fp32) into WORK_DIR once, "
+        "named --model (default: bench); needs the train extras",
     )
     p.add_argument("--images", type=at_least_ten, default=10_000, help="JPEGs to score, split evenly over the classes")
     p.add_argument(
@@ -78,41 +89,61 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=0.15,
         help=("before each measurement wait (up to 3 min) until other processes use fewer cores than this"),
     )
-    p.add_argument("--archive", default=str(ARCHIVE), help="the CIFAR-10 JPEG archive")
-    p.add_argument("--work-dir", default=str(ROOT / ".cache" / "bench-score"), help="where images are extracted")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "score.json"), help="JSON results")
+    add_archive_argument(p)
+    add_work_dir_argument(p)
+    add_out_argument(p, "score")
     return p
 
 
-def resolve_model(args, work: Path) -> tuple[Path, str, str]:
-    """(models_dir, model name, onnx path)."""
+def resolve_model(args, work: Path) -> tuple[Path, ModelEntry]:
+    """(models_dir, the model's manifest entry): --checkpoint's export when it is given, which a models folder
+    with a manifest (the default one) does not override."""
+    if args.checkpoint:
+        # one models folder per checkpoint path: two checkpoints exported under one name would replace each other
+        digest = hashlib.sha256(str(Path(args.checkpoint).resolve()).encode()).hexdigest()[:12]
+        return _exported(args.checkpoint, args.model or "bench", work / f"models-{digest}")
     try:
         manifest = load_manifest(args.models_dir)
     except ManifestError as exc:
-        if not args.checkpoint:
-            raise UsageError(f"{exc}; or pass --checkpoint RUN/best.pt") from None
-    else:
-        with termination.user_input():
-            entry = manifest.get(args.model)
-        return Path(args.models_dir), entry.name, str(Path(args.models_dir) / entry.file)
+        raise UsageError(f"{exc}; or pass --checkpoint RUN/best.pt") from None
+    with termination.user_input():
+        entry = manifest.get(args.model)
+    return Path(args.models_dir), entry
+
+
+def _exported(checkpoint: str, name: str, models: Path) -> tuple[Path, ModelEntry]:
+    """The checkpoint exported (fp32) into ``models``, once: exported again when the one there under ``name`` came
+    from another checkpoint, or from this one before it was last written."""
     from export.pipeline import export_checkpoint
 
-    models = work / "models"
-    name = args.model or "bench"
-    if not (models / "manifest.json").exists() or name not in [m.name for m in load_manifest(models, False).models]:
+    entry = None
+    if (models / "manifest.json").exists():
+        entry = next((m for m in load_manifest(models, False).models if m.name == name), None)
+    if entry is None or not _exported_from(entry, Path(checkpoint), models):
         with termination.user_input():  # a --checkpoint that is no training checkpoint
-            export_checkpoint(args.checkpoint, name, "fp32", models, max_val_images=1000)
-    return models, name, str(models / f"{name}.onnx")
+            export_checkpoint(checkpoint, name, "fp32", models, max_val_images=1000, replace=entry is not None)
+    return models, load_manifest(models).get(name)
+
+
+def _exported_from(entry: ModelEntry, checkpoint: Path, models: Path) -> bool:
+    source = Path(entry.source.get("checkpoint") or "")
+    try:
+        return source.resolve() == checkpoint.resolve() and (
+            (models / entry.file).stat().st_mtime >= checkpoint.stat().st_mtime
+        )
+    except OSError:  # the checkpoint or the exported file is gone: export it (again), which says what is missing
+        return False
 
 
 class RawEngine:
     """ONNX Runtime on the same images decoded beforehand, batched like the scorer. Every shape of the cores
     is tried once (raw_engine.py) and the best is the ceiling; rounds then measure that shape alone."""
 
-    def __init__(self, onnx_path: str, folder: Path, batch_sizes: list[int]) -> None:
+    def __init__(self, onnx_path: str, entry: ModelEntry, folder: Path, batch_sizes: list[int]) -> None:
         files = sorted(folder.rglob("*.jpg"))
         start = time.perf_counter()
-        pixels = np.stack([decode_image(f.read_bytes()) for f in files])
+        # as the scorer decodes for this model: its input size and fit
+        pixels = np.stack([decode_image(f.read_bytes(), entry.input.size, fit=entry.input.fit) for f in files])
         self.decode_per_s = len(files) / (time.perf_counter() - start)
         self.images = len(files)
         self.onnx_path = onnx_path
@@ -146,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = args.configs.split(",")
     for config in configs:
         score_flags(config)  # a bad one is refused before the images are extracted
-    models_dir, model, onnx_path = resolve_model(args, work)
+    models_dir, entry = resolve_model(args, work)
+    model, onnx_path = entry.name, str(models_dir / entry.file)
     folder = extract(Path(args.archive), work, args.images)
     scorer_batch = args.batch_size or "the scorer's default"
     print(
@@ -154,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{default_threads()} usable cores",
         file=sys.stderr,
     )
-    raw = RawEngine(onnx_path, folder, args.engine_batch_sizes)
+    raw = RawEngine(onnx_path, entry, folder, args.engine_batch_sizes)
     raw_rates: list[float] = []
     runs: dict[str, list[dict]] = {c: [] for c in configs}
     # Rounds interleave the engine and every setting, so a slow spell of the (shared, virtual) machine
@@ -216,7 +248,6 @@ def main(argv: list[str] | None = None) -> int:
         "onnx": onnx_path,
         "images": raw.images,
         "batch_size": args.batch_size,
-        "host": host_record(),
         "raw_engine": {
             "images_per_s": raw_rate,
             "measurements": raw_rates,
@@ -229,7 +260,6 @@ def main(argv: list[str] | None = None) -> int:
         "goal_met": results.get("default", {}).get("fraction_of_raw", 0) >= 0.9,
     }
     write_json(args.out, report)
-    print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 

@@ -2,14 +2,15 @@
 card's throughput table.
 
     python bench/bench_score_models.py [--models-dir models] [--model NAME ...] [--images 2000]
-        [--repeats 3] [--out bench/results/score-models.json]
+        [--repeats 3] [--out FILE.json]
 
 Images: the first N/10 JPEGs of each class of ../shared/data/cifar10-train-jpg.tar.gz (score_runs.py's
 extract). Each run is the real CLI in a fresh process, timed by its own summary (walk + read + decode +
 inference + writing, model load excluded). Rounds go over every model in turn, so a slow spell of the
 shared, virtual machine hits them alike; before each run it waits until the other processes are quiet, and
 medians over rounds are reported with the spread. The processor is named in the results, since the
-figures differ by a factor of three between the machines this project runs on.
+figures differ by a factor of three between the machines this project runs on. The JSON goes to --out (by default
+.cache/bench-results/score-models.json, ignored by git).
 """
 
 from __future__ import annotations
@@ -23,8 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import termination  # noqa: E402
-from arguments import ARCHIVE, at_least_ten, positive_float  # noqa: E402
-from report_io import cpu_model, host_record, write_json  # noqa: E402
+from arguments import (  # noqa: E402
+    add_archive_argument,
+    add_models_dir_argument,
+    add_out_argument,
+    add_work_dir_argument,
+    at_least_ten,
+    positive_float,
+)
+from report_io import cpu_model, write_json  # noqa: E402
 from score_runs import extract, run_scorer, wait_until_quiet  # noqa: E402
 
 from inference.errors import UsageError  # noqa: E402
@@ -42,7 +50,7 @@ def _views(source: dict) -> int:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models-dir", default="models", help="models folder with manifest.json (default: models)")
+    add_models_dir_argument(p)
     p.add_argument("--model", action="append", help="a model name; repeat for several (default: every model)")
     p.add_argument("--images", type=at_least_ten, default=2_000, help="JPEGs to score, split evenly over the classes")
     p.add_argument("--repeats", type=positive_int, default=3, help="rounds over every model; medians are reported")
@@ -52,9 +60,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=0.15,
         help="before each run wait (up to 3 min) until other processes use fewer cores than this",
     )
-    p.add_argument("--archive", default=str(ARCHIVE), help="the CIFAR-10 JPEG archive")
-    p.add_argument("--work-dir", default=str(ROOT / ".cache" / "bench-score"), help="where images are extracted")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "score-models.json"), help="JSON results")
+    add_archive_argument(p)
+    add_work_dir_argument(p)
+    add_out_argument(p, "score-models")
     return p
 
 
@@ -109,13 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         {
             "scorer_command": "python -m service score FOLDER --model NAME --out OUT.csv --no-progress",
             "cpu": cpu,
-            "host": host_record(),
             "images": args.images,
             "repeats": args.repeats,
             "models": results,
         },
     )
-    print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 

@@ -1,13 +1,14 @@
 """Benchmark `python -m service score --engine ray` (Ray Data, a local Ray instance) against the local engine.
 
-    python bench/bench_score_ray.py [--images 10000] [--repeats 2] [--out bench/results/score-ray.json]
+    python bench/bench_score_ray.py [--images 10000] [--repeats 2] [--out FILE.json]
 
 Images: the first N/10 JPEGs of each class of ../shared/data/cifar10-train-jpg.tar.gz, extracted once into
 --work-dir (score_runs.py's extract). Each run is the real CLI in a fresh process, local and ray in
 interleaved rounds so that a slow spell of the shared machine hits both alike; medians are reported. Two
 figures per run: the scorer's own images/s (its summary: from the first chunk to the last row, so for Ray
 the actor pool's start is in it, the Ray instance's start is not) and the wall time of the whole command
-(interpreter, Ray's start, model load). Both outputs are checked to hold the same rows.
+(interpreter, Ray's start, model load). Both outputs are checked to hold the same rows. The JSON goes to --out
+(by default .cache/bench-results/score-ray.json, ignored by git).
 """
 
 from __future__ import annotations
@@ -22,8 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import termination  # noqa: E402
-from arguments import ARCHIVE, at_least_ten, non_negative_float  # noqa: E402
-from report_io import cpu_model, host_record, write_json  # noqa: E402
+from arguments import (  # noqa: E402
+    add_archive_argument,
+    add_models_dir_argument,
+    add_out_argument,
+    add_work_dir_argument,
+    at_least_ten,
+    non_negative_float,
+)
+from report_io import cpu_model, write_json  # noqa: E402
 from score_runs import extract, run_scorer, wait_until_quiet  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
@@ -38,7 +46,7 @@ ENGINES = {
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models-dir", default="models", help="models folder with manifest.json (default: models)")
+    add_models_dir_argument(p)
     p.add_argument("--model", help="model name (default: the manifest's default)")
     p.add_argument("--images", type=at_least_ten, default=10_000, help="JPEGs to score, split evenly over the classes")
     p.add_argument("--repeats", type=positive_int, default=2, help="rounds of (local, ray); medians are reported")
@@ -54,9 +62,9 @@ def get_args_parser() -> argparse.ArgumentParser:
             "only record their load (default: 0, as both engines are measured in the same rounds)"
         ),
     )
-    p.add_argument("--archive", default=str(ARCHIVE), help="the CIFAR-10 JPEG archive")
-    p.add_argument("--work-dir", default=str(ROOT / ".cache" / "bench-score"), help="where images are extracted")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "score-ray.json"), help="JSON results")
+    add_archive_argument(p)
+    add_work_dir_argument(p)
+    add_out_argument(p, "score-ray")
     return p
 
 
@@ -121,14 +129,12 @@ def main(argv: list[str] | None = None) -> int:
             "model": model,
             "images": args.images,
             "cores": default_threads(),
-            "host": host_record(),
             "engines": results,
             "ray_vs_local_scoring": results["ray"]["images_per_s"] / local["images_per_s"],
             "ray_vs_local_wall": local["wall_s"] / results["ray"]["wall_s"],
             "rows_identical": True,
         },
     )
-    print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 

@@ -2,7 +2,7 @@
 
     python bench/bench_service.py [--models-dir models] [--model NAME] [--images-per-request 1,16]
                                   [--concurrency 1,8,32,64] [--routes classify,v2] [--duration 10]
-                                  [--out bench/results/service.json]
+                                  [--out FILE.json]
 
 Starts ``python -m service serve`` on a free port (or uses --url), waits for /readyz, then:
 
@@ -24,8 +24,9 @@ image (from /proc), to compare with the raw engine's: unlike throughput, it does
 else the machine is running; and the memory they held (PSS and RSS, sampled every 0.25 s), once ready
 and at the peak of each level, to size a container's memory limit by. The load generator (http_load.py) is a minimal
 asyncio HTTP/1.1 client sending prebuilt bodies, so that it takes as little as possible of the CPU it
-shares with the server.
-Prints a markdown table and writes JSON.
+shares with the server. Latency percentiles and images/s are over the requests answered 200; the refusals
+(429, 503: shed over the service's latency budget) and the other failures are counted apart.
+Prints a markdown table and writes JSON (by default to .cache/bench-results/service.json, ignored by git).
 """
 
 from __future__ import annotations
@@ -40,25 +41,22 @@ sys.path.insert(0, str(ROOT))
 
 import raw_engine  # noqa: E402
 import termination  # noqa: E402
-from arguments import ARCHIVE, http_url, max_batch_size, non_negative_float, positive_float, positive_ints  # noqa: E402
+from arguments import add_out_argument, add_server_arguments, positive_float, positive_ints  # noqa: E402
 from http_load import authority, build_requests, read_jpegs  # noqa: E402
 from process_tree import tree_memory_mib  # noqa: E402
-from report_io import host_record, write_json  # noqa: E402
+from report_io import write_json  # noqa: E402
 from service_runs import open_server, run_level, stop_server, wait_ready  # noqa: E402
 
-from inference.manifest import load_manifest  # noqa: E402
+from inference.manifest import InputSpec, load_manifest  # noqa: E402
 from inference.preprocess import decode_image, to_model_input  # noqa: E402
 from service.settings import CPU_RUN_IMAGES  # noqa: E402
-from training.cli_types import non_negative_int, positive_int  # noqa: E402
+from training.cli_types import positive_int  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models-dir", default=str(ROOT / "models"), help="models folder with manifest.json")
+    add_server_arguments(p, warmup_s=2.0, pool=512)
     p.add_argument("--model", help="model name (default: the manifest's default)")
-    p.add_argument(
-        "--url", type=http_url, help="benchmark a server already running at this URL instead of starting one"
-    )
     p.add_argument(
         "--images-per-request",
         type=positive_ints,
@@ -73,25 +71,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="comma-separated: classify (multipart /classify), v2 (Open Inference Protocol, BYTES images)",
     )
     p.add_argument("--duration", type=positive_float, default=10.0, help="seconds of load per level")
-    p.add_argument(
-        "--warmup", type=non_negative_float, default=2.0, help="seconds of unmeasured load before each level"
-    )
     p.add_argument("--max-requests", type=positive_int, default=20_000, help="at most this many requests per level")
-    p.add_argument("--k", type=positive_int, default=5, help="top-k asked for")
-    p.add_argument("--pool", type=positive_int, default=512, help="distinct JPEGs taken from the archive")
-    p.add_argument(
-        "--streams", type=non_negative_int, default=0, help="the service's concurrent batches (0: its default)"
-    )
-    p.add_argument(
-        "--threads",
-        type=non_negative_int,
-        default=0,
-        help="the service's ONNX Runtime threads per batch (0: its default)",
-    )
-    p.add_argument("--max-batch-size", type=max_batch_size, default=256, help="the service's adaptive batching limit")
-    p.add_argument("--serve-arg", action="append", default=[], help="extra argument for `python -m service serve`")
-    p.add_argument("--archive", default=str(ARCHIVE), help="the CIFAR-10 JPEG archive")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "service.json"), help="JSON results")
+    add_out_argument(p, "service")
     return p
 
 
@@ -115,17 +96,18 @@ def answer_check(route: str, model: str, per_request: int, k: int):
     return check
 
 
-def raw_rates(path: Path, batch_sizes: list[int], jpegs, size) -> dict[str, raw_engine.EngineRate]:
-    pixels = to_model_input([decode_image(data, size) for _, data in jpegs])
+def raw_rates(path: Path, batch_sizes: list[int], jpegs, spec: InputSpec) -> dict[str, raw_engine.EngineRate]:
+    """The raw engine on the JPEGs decoded as the service decodes them for this model: its size and fit."""
+    pixels = to_model_input([decode_image(data, spec.size, fit=spec.fit) for _, data in jpegs])
     return {r.label: r for r in raw_engine.ceiling(path, pixels, batch_sizes)}
 
 
-def main(args: argparse.Namespace) -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     with termination.user_input():
         manifest = load_manifest(args.models_dir)
         entry = manifest.get(args.model)
     jpegs = read_jpegs(Path(args.archive), args.pool)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 
     sizes, routes = args.images_per_request, args.routes
     host, port, server = open_server(args)
@@ -135,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
         model_path = Path(args.models_dir) / entry.file
         # CPU_RUN_IMAGES: the pieces the service runs a large batch in on the CPU (service/settings.py)
         batch_sizes = sorted({*sizes, args.max_batch_size, CPU_RUN_IMAGES})
-        raw = raw_rates(model_path, batch_sizes, jpegs, entry.input.size)
+        raw = raw_rates(model_path, batch_sizes, jpegs, entry.input)
         runs = []
         for per_request in sizes:
             by_route = {
@@ -157,7 +139,7 @@ def main(args: argparse.Namespace) -> int:
             runs += [{"route": route, "images_per_request": per_request, "levels": levels[route]} for route in routes]
         # Measured again after the load, the better of the two kept: on a shared machine the engine's
         # ceiling is the least disturbed measurement.
-        again = raw_rates(model_path, batch_sizes, jpegs, entry.input.size)
+        again = raw_rates(model_path, batch_sizes, jpegs, entry.input)
         raw = {label: max(raw[label], again[label], key=lambda r: r.images_per_s) for label in raw}
     finally:
         stop_server(server)
@@ -186,7 +168,6 @@ def main(args: argparse.Namespace) -> int:
         "v2_vs_classify": comparison,
         "models_loaded": len(manifest.models),
         "server_memory_mib": {"ready": memory_ready, "peak_under_load": _peak(runs)},
-        "host": host_record(),
         "note": "the load generator runs on the same cores as the server",
     }
     write_json(args.out, report)
@@ -200,10 +181,10 @@ def main(args: argparse.Namespace) -> int:
         f"Raw ONNX Runtime (images/s): {raw_text}. Ceiling: {best.label}.\n"
     )
     print(
-        "| route | JPEGs/request | concurrency | requests | images/s | % of raw | p50 ms | p95 ms | p99 ms | errors "
-        "| server CPU ms/image |"
+        "| route | JPEGs/request | concurrency | requests | images/s | % of raw | p50 ms | p95 ms | p99 ms | refused "
+        "| failed | server CPU ms/image |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run in runs:
         for lv in run["levels"]:
             lat = lv["latency_ms"]
@@ -211,7 +192,7 @@ def main(args: argparse.Namespace) -> int:
             print(
                 f"| {run['route']} | {run['images_per_request']} | {lv['concurrency']} | {lv['requests']} | "
                 f"{lv['images_per_s']:,.0f} | {lv['fraction_of_raw']:.0%} | {lat['p50']} | {lat['p95']} | "
-                f"{lat['p99']} | {lv['errors']} | "
+                f"{lat['p99']} | {lv['refused']} | {lv['failed']} | "
                 f"{'-' if cpu is None else f'{cpu:.2f}'} |"
             )
     if memory_ready:
@@ -226,7 +207,6 @@ def main(args: argparse.Namespace) -> int:
             f"\nv2 / classify, {row['images_per_request']} per request, concurrency {row['concurrency']}: "
             f"{row['v2_images_per_s']:,.0f} / {row['classify_images_per_s']:,.0f} images/s = {row['ratio']:.2f}"
         )
-    print(f"\nJSON: {args.out}")
     return 0
 
 
@@ -259,4 +239,4 @@ def route_comparison(runs: list[dict]) -> list[dict]:
 
 
 if __name__ == "__main__":
-    termination.run(lambda: main(get_args_parser().parse_args()))
+    termination.run(main)

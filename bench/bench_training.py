@@ -2,7 +2,7 @@
 
     python bench/bench_training.py [--models se_resnet18 resnet18:activation=gelu ...] [--steps 5]
         [--batch-size 128] [--device auto] [--optimizer sgd|adamw|muon] [--image-size 32]
-        [--out bench/results/training.json]
+        [--out FILE.json]
 
 A model is a registry name, optionally with constructor arguments after a colon
 (``resnet18:attention=se,attention_pool=avg+max``); ``--models all`` is every registered model.
@@ -13,6 +13,8 @@ A model is a registry name, optionally with constructor arguments after a colon
 The loader figure is the augmentation pipeline alone (crop + flip + Cutout on
 uint8 tensors): it must be well above every model's step throughput, or the
 loader would be the bottleneck.
+
+Prints a markdown table and writes JSON (by default to .cache/bench-results/training.json, ignored by git).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import termination  # noqa: E402
-from report_io import host_record, write_json  # noqa: E402
+from arguments import add_out_argument  # noqa: E402
+from report_io import write_json  # noqa: E402
 
 from inference.errors import UsageError  # noqa: E402
 from training.cli_types import positive_int  # noqa: E402
@@ -165,12 +168,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=32,
         help="side of the training images (smaller: progressive resizing)",
     )
-    p.add_argument("--out", type=Path, help="write the results as JSON here (default: only the table)")
+    add_out_argument(p, "training")
     return p
 
 
-def main() -> int:
-    args = get_args_parser().parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     if args.models == ["all"]:
         args.models = list_models()
     with termination.user_input():  # a device that is none, or not on this machine
@@ -204,9 +207,7 @@ def main() -> int:
         results["training_gflop_per_image"][name] = gflop
         print(f"| {name} | {ips:,.0f} | {gflop:.3f} | {ips * gflop:,.0f} |", flush=True)
     print(f"| data loader alone (crop+flip+cutout) | {results['loader_images_per_s']:,.0f} | | |")
-    results["host"] = host_record()  # the load average as the measurement ended
-    if args.out:
-        write_json(args.out, results)
+    write_json(args.out, results)
     return 0
 
 

@@ -3,8 +3,9 @@ half of its validation images and measure ECE on the other half, against T fitte
 
 Reads only a report folder's predictions.npz and metrics.json (no model, no data), so it runs anywhere:
 
-    python bench/calibration_crossfit.py models/reports/resnet9-airbench94-cifar10-int8 ... \
-        --out bench/results/calibration-crossfit.json
+    python bench/calibration_crossfit.py models/reports/resnet9-airbench94-cifar10-int8 ... [--out FILE.json]
+
+The JSON goes to --out (by default .cache/bench-results/calibration-crossfit.json, ignored by git).
 """
 
 from __future__ import annotations
@@ -18,20 +19,21 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import termination  # noqa: E402
-from report_io import host_record, write_json  # noqa: E402
+from arguments import add_out_argument  # noqa: E402
+from report_io import write_json  # noqa: E402
 
-from training.cli_types import non_negative_int, positive_int  # noqa: E402
+from training.cli_types import non_negative_int, path_text, positive_int  # noqa: E402
 from training.reports.calibration import fit_temperature  # noqa: E402
-from training.reports.evaluate import load_predictions, logits_before_temperature  # noqa: E402
 from training.reports.metrics import expected_calibration_error, softmax  # noqa: E402
+from training.reports.predictions import load_predictions, logits_before_temperature  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("reports", nargs="+", help="report folders (python -m training evaluate --out ...)")
+    p.add_argument("reports", nargs="+", type=path_text, help="report folders (python -m training evaluate --out ...)")
     p.add_argument("--splits", type=positive_int, default=4, help="random halvings, each measured both ways")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the first halving")
-    p.add_argument("--out", help="write the results as JSON here")
+    add_out_argument(p, "calibration-crossfit")
     return p
 
 
@@ -74,11 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{Path(folder).name}: in-sample ECE {found['in_sample_ece']:.4f}; held-out minus in-sample on "
             f"{found['images'] // 2}-image halves: mean {found['mean_gap']:+.4f}, largest {found['largest_gap']:+.4f}"
         )
-    if args.out:
-        write_json(
-            args.out,
-            {"method": __doc__.split("\n\n")[0], "splits": args.splits, "reports": results, "host": host_record()},
-        )
+    write_json(
+        args.out,
+        {"method": __doc__.split("\n\n")[0], "splits": args.splits, "reports": results},
+    )
     return 0
 
 

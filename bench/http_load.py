@@ -112,7 +112,14 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length or 0)
 
 
+# What the service answers a request it will not serve now (shed over its latency budget, or asked to come back):
+# counted as refused, apart from the failures.
+REFUSALS = (429, 503)
+
+
 async def _connection(host, port, requests, offset, deadline, max_requests, counter, latencies, errors, check):
+    """Requests back to back on one connection. Only an answered request's time is a latency: a refusal answered
+    at once would make the percentiles look better the more the service refuses."""
     reader, writer = await asyncio.open_connection(host, port)
     i = offset
     try:
@@ -120,21 +127,28 @@ async def _connection(host, port, requests, offset, deadline, max_requests, coun
             counter[0] += 1
             t0 = time.perf_counter()
             writer.write(requests[i % len(requests)])
-            status, body = await _read_response(reader)
-            latencies.append(time.perf_counter() - t0)
+            try:
+                status, body = await _read_response(reader)
+            except (ConnectionError, asyncio.IncompleteReadError) as exc:  # the server closed it: a failure
+                errors.append((0, f"connection closed: {exc!r}"[:200]))
+                return
             if status != 200:
-                errors.append(f"{status}: {body[:200]!r}")
-            elif check:
-                check(body)
-                check = None
+                errors.append((status, f"{status}: {body[:200]!r}"))
+            else:
+                latencies.append(time.perf_counter() - t0)
+                if check:
+                    check(body)
+                    check = None
             i += 1
     finally:
         writer.close()
 
 
 async def load(host, port, requests, concurrency, duration, max_requests, check=None) -> dict:
+    """``concurrency`` connections for ``duration`` seconds: the requests sent, the latencies of those answered
+    200, and the (status, text) of the others."""
     latencies: list[float] = []
-    errors: list[str] = []
+    errors: list[tuple[int, str]] = []
     counter = [0]
     start = time.perf_counter()
     deadline = start + duration
@@ -156,8 +170,31 @@ async def load(host, port, requests, concurrency, duration, max_requests, check=
         )
     )
     elapsed = time.perf_counter() - start
-    return {"requests": len(latencies), "elapsed_s": elapsed, "latencies": latencies, "errors": errors}
+    return {"requests": len(latencies) + len(errors), "elapsed_s": elapsed, "latencies": latencies, "errors": errors}
 
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+QUANTILES = ("p50", "p95", "p99")
+
+
+def summary(result: dict, per_request: int, digits: int = 2) -> dict:
+    """A load's figures: throughput and latency percentiles over the requests answered 200, the refusals (429,
+    503) and the other failures counted apart, a few of them quoted. Percentiles are None where none was
+    answered (JSON has no NaN)."""
+    ok = len(result["latencies"])
+    refused = [text for status, text in result["errors"] if status in REFUSALS]
+    failed = [text for status, text in result["errors"] if status not in REFUSALS]
+    latency = {q: round(percentile(result["latencies"], float(q[1:])) * 1000, digits) for q in QUANTILES}
+    return {
+        "requests": result["requests"],
+        "answered": ok,
+        "refused": len(refused),
+        "failed": len(failed),
+        "error_samples": (failed + refused)[:3],
+        "images_per_s": round(ok * per_request / result["elapsed_s"], 1),
+        "requests_per_s": round(ok / result["elapsed_s"], 1),
+        "latency_ms": latency if ok else dict.fromkeys(QUANTILES),
+    }

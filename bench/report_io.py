@@ -1,5 +1,6 @@
-"""Where every benchmark's JSON results go, and the description of the machine that made them: one writer and
-one host record, so they all land the same way and every figure names its CPU."""
+"""Where every benchmark's JSON results go, and the description of the machine and the code that made them: one
+writer and one host record, so they all land the same way and every figure names its CPU, its command line and
+its code revision."""
 
 from __future__ import annotations
 
@@ -7,24 +8,59 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
+from inference.files import write_text_atomic
 from inference.runtime import default_threads
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Where a measurement goes unless --out says otherwise: ignored by git, so that a run to see the figures never
+# overwrites the committed ones in bench/results/ (those are published with an explicit --out).
+DEFAULT_RESULTS = ROOT / ".cache" / "bench-results"
 
 # The vector extensions that decide which kernels ONNX Runtime and PyTorch pick, best first.
 VECTOR_EXTENSIONS = ("amx_tile", "avx512_bf16", "avx512_vnni", "avx512f", "avx2")
 
 
+def default_out(name: str) -> Path:
+    return DEFAULT_RESULTS / f"{name}.json"
+
+
 def write_json(path: str | Path, results: dict) -> None:
-    """``results`` with the command line that made them, so that a figure can be measured again the same way."""
+    """``results`` with the command line, the code and the host that made them, so that a figure can be measured
+    again the same way; called as the measurements end, so that the host's load average is theirs. Written whole
+    or not at all: a run stopped while writing leaves the previous results as they were."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"command": command_line(), **results}, indent=2) + "\n")
+    record = {"command": command_line(), "code": code_revision(), **results, "host": host_record()}
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def command_line() -> str:
     return shlex.join(["python", *sys.argv])
+
+
+def code_revision(root: Path = ROOT) -> dict:
+    """The commit the benchmark ran at and the files that differed from it (a figure measured on uncommitted code
+    is not that commit's), untracked ones included; a revision of None outside a git checkout."""
+    revision = _git(root, "rev-parse", "HEAD")
+    if revision is None:
+        return {"revision": None, "uncommitted": []}
+    status = _git(root, "status", "--porcelain") or ""
+    # each line is two status letters, a space and the path
+    return {"revision": revision.strip(), "uncommitted": [line[3:] for line in status.splitlines()]}
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):  # no git on this machine
+        return None
+    return done.stdout if done.returncode == 0 else None
 
 
 def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:

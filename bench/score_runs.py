@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -14,15 +15,20 @@ from pathlib import Path
 import termination
 from arguments import no_cifar_images, open_archive
 
+from inference.errors import UsageError
+
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = re.compile(r"scored (\d+), failed (\d+).*?; ([\d.]+) s, (\d+) images/s")
 
 
 def extract(archive: Path, dest: Path, count: int) -> Path:
-    """The first count/10 images of each class, extracted once; returns the folder to score."""
+    """The first count/10 images of each class, extracted once per archive; returns the folder to score. The
+    marker names the archive the images came from: another --archive with the same --work-dir is extracted
+    anew, not scored as the first one's images."""
     root = dest / f"cifar10-{count}"
     marker = root / ".complete"
-    if marker.exists():
+    source = _archive_identity(archive)
+    if marker.exists() and marker.read_text() == source:
         return root
     per_class = count // 10
     pattern = re.compile(r"^cifar10/train/[a-z]+/(\d+)\.jpg$")
@@ -33,11 +39,21 @@ def extract(archive: Path, dest: Path, count: int) -> Path:
             tar.extractall(tmp, members=members, filter="data")
         if not (tmp / "cifar10" / "train").is_dir():
             raise no_cifar_images(archive)
+        shutil.rmtree(root, ignore_errors=True)  # another archive's images, replaced only once these are out
         (tmp / "cifar10" / "train").rename(root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    marker.touch()
+    marker.write_text(source)
     return root
+
+
+def _archive_identity(archive: Path) -> str:
+    """The archive's path, size and modification time: another file, or the same one rewritten, differs."""
+    try:
+        stat = archive.stat()
+    except OSError:  # opening it says why, in the user's words
+        return ""
+    return f"{archive.resolve()} {stat.st_size} {stat.st_mtime_ns}"
 
 
 def busy_cores_since(start: tuple[float, float] | None = None):
@@ -82,6 +98,9 @@ def run_scorer(folder: Path, models_dir: Path, model: str, batch_size: int | Non
     start = time.perf_counter()
     done = termination.run_child(cmd, cwd=ROOT)  # stopped, the scorer shuts its Ray instance down (--engine ray)
     wall = time.perf_counter() - start
+    if done.returncode == 2:  # the scorer refused what it was given (a --ray-flags or --configs value): the user's
+        said = done.stderr.strip().splitlines()
+        raise UsageError(f"the scorer refused {shlex.join(flags)}: {said[-1] if said else 'it said nothing'}")
     if done.returncode != 0:
         raise SystemExit(f"scorer failed ({done.returncode}): {done.stderr}")
     hit = SUMMARY.search(done.stderr)

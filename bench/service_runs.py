@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlparse
 
-from http_load import load, percentile
+from http_load import load, summary
 from process_tree import MemoryPeak, tree_cpu_seconds
 
 from inference.errors import UsageError
@@ -131,22 +131,19 @@ def run_level(args, host, port, server, requests, per_request, concurrency, chec
     client_cpu = time.process_time() - client_cpu
     if server_cpu is not None:
         server_cpu = tree_cpu_seconds(server.pid) - server_cpu
-    lat = result["latencies"]
-    ok = result["requests"] - len(result["errors"])
-    if result["errors"] and not ok:  # a rate of 0 and the latencies of refusals would be written as the figures
+    figures = summary(result, per_request)
+    if not figures["answered"]:  # a rate of 0 would be written as the figure
+        samples = figures["error_samples"]
         raise UsageError(
-            f"every request at concurrency {concurrency} failed ({len(result['errors'])}), e.g. {result['errors'][0]}"
+            f"every request at concurrency {concurrency} failed ({len(result['errors'])}), e.g. {samples[0]}"
+            if samples
+            else f"no request was answered at concurrency {concurrency} within --duration {args.duration:g} s"
         )
-    images = max(1, ok * per_request)
+    images = figures["answered"] * per_request
     return {
         "concurrency": concurrency,
-        "requests": result["requests"],
-        "errors": len(result["errors"]),
-        "error_samples": result["errors"][:3],
+        **figures,
         "elapsed_s": round(result["elapsed_s"], 3),
-        "images_per_s": round(ok * per_request / result["elapsed_s"], 1),
-        "requests_per_s": round(ok / result["elapsed_s"], 1),
-        "latency_ms": {q: round(percentile(lat, float(q[1:])) * 1000, 2) for q in ("p50", "p95", "p99")},
         "server_cpu_ms_per_image": None if server_cpu is None else round(server_cpu * 1000 / images, 3),
         "server_cores_used": None if server_cpu is None else round(server_cpu / result["elapsed_s"], 2),
         "client_cpu_ms_per_image": round(client_cpu * 1000 / images, 3),

@@ -155,3 +155,119 @@ def test_the_host_header_of_the_load_generators_requests_names_the_server_an_ipv
     header = next(line for line in request.split(b"\r\n") if line.startswith(b"Host: "))
     named = urlsplit("http://" + header[len(b"Host: ") :].decode())
     assert (named.hostname, named.port) == (host.lower(), 3000)
+
+
+class _Shedding(BaseHTTPRequestHandler):
+    """Every other POST refused with a 503 (shed over the latency budget), the rest answered 200; counted."""
+
+    protocol_version = "HTTP/1.1"
+    answered: list[int] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        status = 503 if len(self.answered) % 2 else 200
+        self.answered.append(status)
+        body = b'{"error": "overloaded", "reason": "overloaded"}' if status == 503 else b"{}"
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class _HangingUp(BaseHTTPRequestHandler):
+    """Reads a POST and closes the connection without an answer, as a server whose worker died does."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.close_connection = True
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _serving(handler):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_levels_latencies_are_those_of_answered_requests_and_refusals_are_counted_apart():
+    """A refusal answered at once was a latency like an answer: the more the service shed, the better its p50
+    looked. The JSON said 'errors' alone, refusals and failures together."""
+    _Shedding.answered = []
+    server = _serving(_Shedding)
+    try:
+        host, port = server.server_address[:2]
+        requests = http_load.build_requests([("a.jpg", b"x")], 1, 5, "m", f"{host}:{port}", count=1)
+        args = argparse.Namespace(warmup=0.0, duration=30.0, max_requests=8)
+        _Shedding.answered = []  # the warm-up's requests are not the level's
+        level = service_runs.run_level(args, host, port, None, requests, 1, 1, None)
+    finally:
+        server.shutdown()
+        server.server_close()
+    measured = _Shedding.answered[-8:]
+    assert level["requests"] == 8
+    assert level["answered"] == measured.count(200) and level["refused"] == measured.count(503) == 4
+    assert level["failed"] == 0 and "503" in level["error_samples"][0]
+
+
+def test_the_latency_percentiles_are_over_the_answered_requests_only():
+    result = {"requests": 4, "elapsed_s": 2.0, "latencies": [0.1, 0.3], "errors": [(503, "503: shed"), (500, "500")]}
+    figures = http_load.summary(result, per_request=2)
+    assert figures["latency_ms"]["p50"] == round(http_load.percentile([0.1, 0.3], 50) * 1000, 2)
+    assert (figures["answered"], figures["refused"], figures["failed"]) == (2, 1, 1)
+    assert figures["images_per_s"] == 2 * 2 / 2.0
+
+
+def test_a_level_where_none_was_answered_has_no_percentiles():
+    figures = http_load.summary({"requests": 1, "elapsed_s": 1.0, "latencies": [], "errors": [(503, "503")]}, 1)
+    assert figures["latency_ms"] == {"p50": None, "p95": None, "p99": None}
+
+
+def test_a_connection_the_server_closes_is_a_failure_not_a_traceback():
+    """An answer cut off by the server was an IncompleteReadError out of the load generator: a traceback, and the
+    other levels' figures lost."""
+    import asyncio
+
+    server = _serving(_HangingUp)
+    try:
+        host, port = server.server_address[:2]
+        requests = http_load.build_requests([("a.jpg", b"x")], 1, 5, "m", f"{host}:{port}", count=1)
+        result = asyncio.run(http_load.load(host, port, requests, 2, 30.0, 10))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result["latencies"] == [] and len(result["errors"]) == 2  # one per connection, each then ended
+    assert all(status == 0 and "connection closed" in text for status, text in result["errors"])
+
+
+def test_the_images_of_another_archive_are_extracted_anew_not_taken_from_the_work_dir(tmp_path):
+    """The work dir kept one folder per count whatever --archive named: another archive's images were scored as
+    this one's."""
+    import score_runs
+
+    first = _archive(tmp_path / "first.tar.gz", {"cifar10/train/cat/0.jpg": b"first"})
+    second = _archive(tmp_path / "second.tar.gz", {"cifar10/train/cat/0.jpg": b"second"})
+    work = tmp_path / "work"
+    assert (score_runs.extract(first, work, 10) / "cat" / "0.jpg").read_bytes() == b"first"
+    assert (score_runs.extract(second, work, 10) / "cat" / "0.jpg").read_bytes() == b"second"
+    with pytest.raises(UsageError, match="missing.tar.gz: No such file or directory; --archive"):
+        score_runs.extract(tmp_path / "missing.tar.gz", work, 10)
+    assert (work / "cifar10-10" / "cat" / "0.jpg").read_bytes() == b"second"  # kept: nothing replaced them
+
+
+def test_a_flag_the_scorer_refuses_is_the_users_mistake_in_one_line(tmp_path):
+    """`--ray-flags '--actors 0'` ended the benchmark with SystemExit: status 1 and the scorer's whole usage text."""
+    import score_runs
+
+    (tmp_path / "images").mkdir()
+    with pytest.raises(UsageError) as refused:
+        score_runs.run_scorer(tmp_path / "images", ROOT / "models", "m", None, ["--bogus"], tmp_path / "out.csv")
+    said = str(refused.value)
+    assert said.startswith("the scorer refused --bogus: ") and "unrecognized arguments: --bogus" in said
+    assert "\n" not in said

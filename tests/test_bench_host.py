@@ -249,7 +249,7 @@ def test_the_training_benchmark_records_the_load_as_its_measurements_ended(tmp_p
     monkeypatch.setattr(bench_training, "loader_throughput", lambda *args: 1.0)
     monkeypatch.setattr(bench_training, "train_throughput", lambda spec, *args, **kwargs: timed.append(spec) or 1.0)
     monkeypatch.setattr(bench_training, "training_gflop_per_image", lambda spec, size: 1.0)
-    monkeypatch.setattr(bench_training, "host_record", lambda: {"models_timed_before": list(timed)})
+    monkeypatch.setattr(report_io, "host_record", lambda: {"models_timed_before": list(timed)})
     out = tmp_path / "training.json"
     argv = ["bench/bench_training.py", "--models", "a", "b", "--device", "cpu", "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
@@ -267,8 +267,109 @@ def test_the_checkpoint_benchmark_records_the_load_as_its_measurements_ended(tmp
     monkeypatch.setattr(bench_checkpoint, "image_folder", lambda root: root)
     row = {"model": "m", "checkpoint_mb": 1.0, "checkpoint_s": 0.1, "curves_s": 0.1}
     monkeypatch.setattr(bench_checkpoint, "measure", lambda recipe, *args: measured.append(recipe) or row)
-    monkeypatch.setattr(bench_checkpoint, "host_record", lambda: {"recipes_measured_before": list(measured)})
+    monkeypatch.setattr(report_io, "host_record", lambda: {"recipes_measured_before": list(measured)})
     out = tmp_path / "checkpoint.json"
     monkeypatch.setattr(sys, "argv", ["bench/bench_checkpoint.py", "--recipes", "a", "b", "--out", str(out)])
     assert bench_checkpoint.main() == 0
     assert json.loads(out.read_text())["host"] == {"recipes_measured_before": ["a", "b"]}
+
+
+def test_the_results_name_the_code_revision_and_the_files_that_differed_from_it(tmp_path):
+    """The JSON named the command and the CPU but not the code: a figure could not be traced to what measured it."""
+    import json
+    import subprocess
+
+    report_io.write_json(tmp_path / "x.json", {"figure": 1})
+    code = json.loads((tmp_path / "x.json").read_text())["code"]
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    changed = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True)
+    assert code["revision"] == head.stdout.strip()
+    assert code["uncommitted"] == [line[3:] for line in changed.stdout.splitlines()]
+
+
+def test_outside_a_git_checkout_the_revision_is_none(tmp_path):
+    assert report_io.code_revision(tmp_path) == {"revision": None, "uncommitted": []}
+
+
+def _wide_jpeg() -> bytes:
+    """A 64x32 JPEG: every fit makes different 32x32 pixels of it."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _padded_entry():
+    """The default model's entry, as a card that pads: not the default fit, so a decode that ignores the card's
+    fit makes other pixels."""
+    from inference.manifest import load_manifest
+
+    entry = load_manifest(ROOT / "models", verify=False).get()
+    return entry.model_copy(update={"input": entry.input.model_copy(update={"fit": "pad"})})
+
+
+def _pixels_measured(monkeypatch) -> list:
+    import raw_engine
+
+    seen: list = []
+    rate = raw_engine.EngineRate(1, 1, 1, 1.0, 1.0)
+    monkeypatch.setattr(raw_engine, "ceiling", lambda path, pixels, sizes: seen.append(pixels) or [rate])
+    return seen
+
+
+def test_the_scoring_benchmarks_raw_engine_decodes_as_the_scorer_does_for_the_model(tmp_path, monkeypatch):
+    """decode_image was called without the card's fit (a TypeError since the fit is asked for by name; before
+    that, the default fit and 32x32 whatever the model's input)."""
+    import bench_score
+    import numpy as np
+
+    from inference.preprocess import decode_image, to_model_input
+
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "0.jpg").write_bytes(_wide_jpeg())
+    entry, seen = _padded_entry(), _pixels_measured(monkeypatch)
+    bench_score.RawEngine("model.onnx", entry, tmp_path, [1])
+    expected = to_model_input(np.stack([decode_image(_wide_jpeg(), entry.input.size, fit="pad")]))
+    np.testing.assert_array_equal(seen[0], expected)
+
+
+def test_the_service_benchmarks_raw_engine_decodes_as_the_service_does_for_the_model(monkeypatch):
+    import bench_service
+    import numpy as np
+
+    from inference.preprocess import decode_image, to_model_input
+
+    entry, seen = _padded_entry(), _pixels_measured(monkeypatch)
+    bench_service.raw_rates(Path("model.onnx"), [1], [("a.jpg", _wide_jpeg())], entry.input)
+    expected = to_model_input([decode_image(_wide_jpeg(), entry.input.size, fit="pad")])
+    np.testing.assert_array_equal(seen[0], expected)
+
+
+def test_the_scoring_benchmark_benchmarks_the_checkpoint_it_is_given(tmp_path, monkeypatch):
+    """With the default models folder present, --checkpoint was ignored and the manifest's default model measured;
+    and a second checkpoint was never exported, the first one's export under the same name measured instead."""
+    import argparse
+
+    import bench_score
+
+    import export.pipeline
+    from inference.errors import UsageError
+
+    exported: list[tuple[str, Path]] = []
+
+    def export_checkpoint(checkpoint, name, precision, models, **kwargs):
+        exported.append((checkpoint, Path(models)))
+        raise UsageError("exported")  # what follows needs a real export
+
+    monkeypatch.setattr(export.pipeline, "export_checkpoint", export_checkpoint)
+    for checkpoint in ("first.pt", "second.pt"):
+        args = argparse.Namespace(checkpoint=str(tmp_path / checkpoint), model=None, models_dir=str(ROOT / "models"))
+        with pytest.raises(UsageError, match="exported"):
+            bench_score.resolve_model(args, tmp_path / "work")
+    assert [checkpoint for checkpoint, _ in exported] == [str(tmp_path / "first.pt"), str(tmp_path / "second.pt")]
+    assert exported[0][1] != exported[1][1]  # each into a folder of its own, not over the other's
