@@ -53,13 +53,10 @@ _START_OF_SCAN_MARKER = b"\xff\xda"
 SHRINK_ABOVE_PIXELS = 1_000_000
 # The file names of DECODABLE_FORMATS (below), which the scorer and training's folder reader pick up: every name
 # Pillow registers for them, or a file it reads would be skipped as "not an image" (a browser saves JPEGs as .jfif).
-# HEIC/HEIF too, which no decoder here reads: a folder of iPhone photos is then refused by name, file by file, where
-# skipping them would score or train on the rest as if that were the whole folder.
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp"}
     | {".ppm", ".pgm", ".pbm", ".pnm", ".pfm", ".tga", ".icb", ".vda", ".vst", ".qoi", ".avif", ".avifs"}
     | {".jp2", ".j2k", ".j2c", ".jpc", ".jpf", ".jpx"}
-    | {".heic", ".heif", ".hif"}
 )
 
 

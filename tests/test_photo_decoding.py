@@ -14,7 +14,7 @@ from PIL import Image, ImageFile, ImageOps
 import inference.preprocess as preprocess
 from inference.errors import UsageError
 from inference.fits import fit_image
-from inference.preprocess import ImageDecodeError, ImageTooLarge, decode_image, decode_pixels, is_image_name
+from inference.preprocess import ImageDecodeError, ImageTooLarge, decode_image, decode_pixels
 
 SIZE = (24, 40)  # (height, width): not square, so a missed turn or a mirrored one shows
 
@@ -221,18 +221,6 @@ def test_heic_is_refused_by_name(data, name):
     with pytest.raises(ImageDecodeError, match=f"^{name} images are not readable here") as caught:
         decode_image(data, fit="squash")
     assert "JPEG" in str(caught.value) and "\n" not in str(caught.value)
-
-
-def test_a_folders_heic_photos_are_listed_and_refused_not_skipped(tmp_path):
-    """The scorer and the folder reader pick files by name: an iPhone's photos skipped as "not images" would be
-    scored or trained without, as if the folder held only the rest."""
-    from service.score.walk import count_images
-
-    (tmp_path / "IMG_0001.HEIC").write_bytes(_ftyp(b"heic", b"mif1", b"heic"))
-    (tmp_path / "notes.txt").write_bytes(b"not an image")
-    assert count_images(tmp_path) == 1 and is_image_name("photo.heif")
-    with pytest.raises(ImageDecodeError, match="^HEIC images are not readable here"):
-        decode_image((tmp_path / "IMG_0001.HEIC").read_bytes(), fit="squash")
 
 
 def test_avif_is_refused_by_name_where_pillow_has_no_avif_reader(monkeypatch):
