@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from export.pipeline import export_checkpoint, verify_model
+from inference.errors import UsageError
 from inference.runtime import OnnxClassifier
 from training.__main__ import main as training_main
 from training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -433,3 +434,61 @@ def test_an_estimate_undoes_a_calibrated_graphs_temperature_as_the_joined_networ
         paths.append(folder)
     # softmax [0.88, 0.12] and [0.18, 0.82] average to class 0 (right); with the divided logits' [0.05, 0.95], to 1
     assert estimate_from_reports(paths)["top1"] == 1.0
+
+
+def test_a_last_pt_member_records_its_own_epochs_top1_not_its_runs_best(tiny_run, other_member, tmp_path):
+    """A member given as last.pt was listed (and printed) with the top-1 of its run's best epoch, which best.pt
+    holds, beside the epoch of the weights it contributes."""
+    ckpt = load_checkpoint(tiny_run / "last.pt")
+    entry = ckpt["history"][0]  # a real epoch's figures, for the report's curves
+    history = [dict(entry, epoch=epoch, val_top1=top1) for epoch, top1 in ((1, 0.9), (2, 0.5), (3, 0.4))]
+    last, best = tmp_path / "run" / "last.pt", tmp_path / "run" / "best.pt"
+    last.parent.mkdir()
+    save_checkpoint(dict(ckpt, epoch=3, history=history, best={"epoch": 1, "val_top1": 0.9}), last)
+    save_checkpoint(dict(ckpt, epoch=1, history=history[:1], best={"epoch": 1, "val_top1": 0.9}), best)
+    for path, epoch in ((last, 3), (best, 1)):
+        (member, _) = join_checkpoints([path, other_member], tmp_path / f"joined-{path.stem}.pt")["members"]
+        assert (member["epoch"], member["val_top1"]) == (epoch, history[epoch - 1]["val_top1"])
+    # evaluate's report says the same of the last.pt it reads
+    assert training_main(["evaluate", "--checkpoint", str(last), "--out", str(tmp_path / "report")]) == 0
+    assert "Training recorded 40.00% val top-1 for this checkpoint" in (tmp_path / "report" / "report.md").read_text()
+
+
+def _nan_checkpoint(tiny_run, folder):
+    """The tiny run's best.pt with every weight NaN: a diverged or damaged model."""
+    ckpt = load_checkpoint(tiny_run / "best.pt")
+    for weights in (ckpt["model"], ckpt.get("ema") or {}):
+        for tensor in weights.values():
+            if tensor.is_floating_point():
+                tensor.fill_(float("nan"))
+    folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(ckpt, folder / "best.pt")
+    return folder / "best.pt"
+
+
+def test_compare_refuses_a_model_that_answers_nan_as_evaluate_does(tiny_run, tmp_path, capsys):
+    """compare paired the argmax of NaN logits (class 0 for every image) as the model's predictions."""
+    broken = _nan_checkpoint(tiny_run, tmp_path / "broken")
+    assert training_main(["compare", str(tiny_run), str(broken), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{broken} is broken: it answers NaN or infinite logits" in err and "Traceback" not in err, err
+
+
+def test_ablate_refuses_a_variant_that_answers_nan_as_evaluate_does(image_folder, tiny_run, tmp_path, monkeypatch):
+    """An ablation tabulated a variant answering NaN with a NaN loss and an arbitrary top-1, as a result."""
+    import shutil
+
+    import training.reports.ablate as ablate_mod
+    from conftest import tiny_overrides
+
+    def trained_as_the_tiny_run(run_dir, config):  # each variant's training, in no time
+        shutil.copytree(tiny_run, run_dir, dirs_exist_ok=True)
+        if run_dir.name.endswith("0.1"):
+            _nan_checkpoint(tiny_run, run_dir)
+        return "trained"
+
+    monkeypatch.setattr(ablate_mod, "run_variant", trained_as_the_tiny_run)
+    sets = [s for s in tiny_overrides(image_folder, tmp_path / "cache") if not s.startswith("lr=")]
+    with pytest.raises(UsageError, match=r"lr-0\.1/best\.pt is broken: it answers NaN or infinite logits"):
+        ablate_mod.ablate("resnet9_half_cpu", ["lr=0.05,0.1"], sets, out=tmp_path / "a", device="cpu")
+    assert not (tmp_path / "a" / "ablation.json").exists()

@@ -212,6 +212,7 @@ def test_force_over_a_single_networks_run_trains_the_ensemble_into_its_folder(
         ([MEMBERS[0], {"recipe": "resnet9_airbench94"}], {}, "itself an ensemble recipe"),
         (MEMBERS, {"fit": "stretch"}, "fit"),
         ([MEMBERS[0], {**MEMBERS[1], "epochs": 3}], {}, "no such setting"),
+        (MEMBERS, {"name": "other"}, "must hold `members`"),  # was a TypeError's traceback
     ],
 )
 def test_invalid_ensemble_recipes_are_refused_naming_the_problem(tmp_path, members, section, said):
@@ -386,3 +387,70 @@ def test_a_damaged_record_of_an_ensemble_run_is_named_not_a_traceback(tmp_path, 
             assert training_main(command) == 2, command
             err = capsys.readouterr().err
             assert f"{out / 'ensemble.yaml'} is damaged" in err and "--force" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ("batch_size=64", "ensemble member 2 (airbench94_muon): batch_size 64 exceeds the 45 training images"),
+        ("lookahead_every=100", "ensemble member 2 (airbench94_muon): train.lookahead_every 100 is more than the run"),
+    ],
+)
+def test_a_member_too_long_for_the_data_is_refused_before_any_member_trains(
+    image_folder, tmp_path, monkeypatch, capsys, setting, said
+):
+    """Member 2's batch larger than the training split (or lookahead period longer than its run) was refused by its
+    own run, once member 1 had trained: its whole run lost to the refusal."""
+    import training.ensemble_recipe as runner
+
+    trained = []
+
+    def trains(config, folder):
+        trained.append(folder.name)
+        raise KeyboardInterrupt  # stands for the first member's training, reached
+
+    monkeypatch.setattr(runner, "train", trains)
+    members = [
+        {**MEMBERS[0], "set": [*MEMBERS[0]["set"], "batch_size=16"]},
+        {**MEMBERS[1], "set": [*MEMBERS[1]["set"], "batch_size=16", setting]},
+    ]
+    sets = [s for s in _shared_overrides(image_folder, tmp_path) if not s.startswith("batch_size=")]
+    out = tmp_path / "run"
+    command = ["train", "--recipe", _recipe(tmp_path, members), "--set", *sets, "--out", str(out)]
+    assert training_main(command) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err, err
+    assert trained == [] and not out.exists()
+    members[1]["set"].remove(setting)  # the same recipe within the data's size reaches the training
+    command[2] = _recipe(tmp_path, members)
+    assert training_main(command) == 130 and trained == ["1-resnet9_half_cpu"]
+
+
+def test_a_members_relative_recipe_file_is_read_beside_the_ensemble_recipe(tmp_path, monkeypatch):
+    """A member's recipe file was read from the current folder: the recipe worked only from its own folder, and
+    the command `resume` names (the recipe's full path, from anywhere) could not find its members."""
+    shipped = ROOT / "training" / "recipes" / "resnet9_half_cpu.yaml"
+    (tmp_path / "recipes" / "mine").mkdir(parents=True)
+    shutil.copy(shipped, tmp_path / "recipes" / "mine" / "narrow.yaml")
+    members = [{**MEMBERS[0], "recipe": "mine/narrow.yaml"}, MEMBERS[1]]
+    recipe_file = tmp_path / "recipes" / "pair.yaml"
+    recipe_file.write_text(yaml.safe_dump({"ensemble": {"members": members}}))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    recipe = load_ensemble_recipe(str(recipe_file))
+    configs = member_configs(recipe, ["warmup_epochs=0"])
+    assert [c.recipe for c in configs] == ["narrow", "airbench94_muon"]
+    assert recipe.members[0].recipe == "mine/narrow.yaml" and recipe.folder(0) == "1-narrow"  # named as written
+    # a path that only the current folder holds is read from there, as before
+    monkeypatch.chdir(tmp_path / "recipes")
+    moved = tmp_path / "other" / "pair.yaml"
+    moved.parent.mkdir()
+    shutil.copy(recipe_file, moved)
+    assert [c.recipe for c in member_configs(load_ensemble_recipe(str(moved)), ["warmup_epochs=0"])][0] == "narrow"
+    # and a member that is itself an ensemble recipe is found (and refused) beside it too
+    shutil.copy(recipe_file, tmp_path / "recipes" / "mine" / "nested.yaml")
+    nested = tmp_path / "recipes" / "nested-pair.yaml"
+    nested.write_text(yaml.safe_dump({"ensemble": {"members": [MEMBERS[0], {"recipe": "mine/nested.yaml"}]}}))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match="'mine/nested.yaml' is itself an ensemble recipe"):
+        load_ensemble_recipe(str(nested))

@@ -241,7 +241,8 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     meta = join_checkpoints(args.checkpoints, args.out, args.tta, args.fit, replace=args.force)
     for member in meta["members"]:
         top1 = member["val_top1"]
-        recorded = f"{100 * top1:.2f}% val top-1 at its best epoch" if top1 is not None else "no recorded accuracy"
+        epoch = f" at epoch {member['epoch']}" if member.get("epoch") is not None else ""
+        recorded = f"{100 * top1:.2f}% val top-1{epoch}" if top1 is not None else "no recorded accuracy"
         print(f"  {member['checkpoint']}: {member['arch']} ({member['recipe']}), {recorded}, tta {member['tta']}")
     own_views = any(m["tta"] != "none" for m in meta["members"])
     print(

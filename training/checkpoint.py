@@ -201,6 +201,18 @@ def check_checkpoint_out(
         raise CheckpointError(f"--out {out} exists: write to a new file, or replace it with --force")
 
 
+def recorded_top1(ckpt: dict[str, Any]) -> float | None:
+    """The validation top-1 training recorded for the weights ``ckpt`` holds: its own epoch's, which for a last.pt
+    is not the run's best (best.pt's). None where there is none: a run that held out nothing (val_size 0) ranked
+    its epochs by training accuracy, and a checkpoint without its history names no epoch's."""
+    if (ckpt.get("meta") or {}).get("val_size") == 0:
+        return None
+    best, epoch = ckpt.get("best") or {}, ckpt.get("epoch")
+    if epoch is None or epoch == best.get("epoch"):
+        return best.get("val_top1")
+    return next((h.get("val_top1") for h in ckpt.get("history") or [] if h.get("epoch") == epoch), None)
+
+
 def checkpoint_file(path: str | Path) -> Path:
     """A checkpoint file, or a run folder standing for its best.pt."""
     path = Path(path)

@@ -22,6 +22,7 @@ from .checkpoint import (
     checkpoint_file,
     load_checkpoint,
     model_from_checkpoint,
+    recorded_top1,
     save_model_checkpoint,
 )
 from .inference import check_tta, network_of
@@ -53,6 +54,10 @@ def check_compatible(metas: Sequence[dict], names: Sequence[str], fit_given: boo
         if meta["arch"] == ENSEMBLE_ARCH:
             raise UsageError(f"{name} is already an ensemble: join its members instead")
     first, first_name = metas[0], names[0]
+    # Class names compared exactly, not folded as ``samples.same_classes`` pairs two models' predictions: the
+    # joined network answers with one list, the first member's, which its card and the service show. Members read
+    # from the same data name their classes alike (a folder's name is read as NFC), so a "Cat" against a "cat" is
+    # a member of other folders, and which name to serve is the user's to settle, not the join's to pick.
     keys = [k for k in SHARED_KEYS if not (k == "fit" and fit_given)]
     for meta, name in zip(metas[1:], names[1:]):
         for key in keys:
@@ -147,8 +152,7 @@ def join_checkpoints(
                 "arch": m["arch"],
                 "recipe": m.get("recipe"),
                 "epoch": c.get("epoch"),
-                # A run that held out nothing (val_size 0) ranked its epochs by training accuracy: not a val top-1.
-                "val_top1": (c.get("best") or {}).get("val_top1") if m.get("val_size") != 0 else None,
+                "val_top1": recorded_top1(c),
                 "used_ema": bool(c.get("ema")),
                 "tta": t,
             }

@@ -7,6 +7,11 @@
       members:
         - {recipe: resnet9_half_cpu, tta: flip}
         - {recipe: airbench94_muon, set: [epochs=16], tta: none}
+        - {recipe: mine/wide.yaml}  # a recipe file: a relative path is read beside this file
+
+A member's recipe file named by a relative path is read from the ensemble recipe's own folder, as a config
+file's paths are, so the run trains the same members from any current folder (``resume`` names the recipe
+by its full path); a path found only from the current folder is still read from there.
 
 The run folder holds one ordinary run folder per member (``1-resnet9_half_cpu/``, ...), trained one after
 another, each resumable exactly as any run; then ``best.pt`` (the joined ensemble, so evaluate and export take
@@ -22,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from inference.files import write_text_atomic
 from inference.fits import FitName
@@ -40,17 +45,20 @@ from .checkpoint import (
 )
 from .config import (
     ENSEMBLE_KEY,
+    RECIPES_DIR,
     Config,
     ConfigError,
     is_ensemble_recipe,
     load_ensemble_recipe_raw,
     placement_overrides,
 )
+from .data.loader import training_batches
 from .distill import TEACHER_FILE, TeacherError, teacher_file
-from .engine import buildable_config, recorded_data, train
+from .engine import buildable_config, check_trainable, load_data, recorded_data, train
 from .engine import resume as resume_run
 from .ensemble import check_compatible, join_checkpoints
 from .inference import TTA_CHOICES
+from .lookahead import LookaheadError, check_lookahead
 from .models.ensemble import ENSEMBLE_ARCH
 
 
@@ -70,10 +78,21 @@ class MemberRecipe(BaseModel):
 
     @field_validator("recipe")
     @classmethod
-    def _network_recipe(cls, value: str) -> str:
-        if is_ensemble_recipe(value):
+    def _network_recipe(cls, value: str, info: ValidationInfo) -> str:
+        if is_ensemble_recipe(member_recipe_file(value, (info.context or {}).get("folder"))):
             raise ValueError(f"{value!r} is itself an ensemble recipe: list its members instead")
         return value
+
+
+def member_recipe_file(recipe: str, folder: Path | None) -> str:
+    """Where a member's recipe is read: a built-in's name or an absolute path as given; a relative file path
+    beside the ensemble recipe (in ``folder``), unless only the current folder holds it, where members were read
+    from before (a recipe that worked there keeps working)."""
+    path = Path(recipe)
+    if folder is None or not path.suffix or path.is_absolute():
+        return recipe
+    beside = folder / path
+    return recipe if path.is_file() and not beside.is_file() else str(beside)
 
 
 class EnsembleRecipe(BaseModel):
@@ -85,6 +104,8 @@ class EnsembleRecipe(BaseModel):
     # Where a recipe of the user's own was read from: its name alone, unlike a built-in's, finds no recipe again.
     # Not a field, so a recipe file cannot set it.
     _file: str | None = PrivateAttr(None)
+    # The folder of the file the recipe was read from, which its members' relative recipe paths start from.
+    _folder: Path | None = PrivateAttr(None)
 
     @property
     def file(self) -> str | None:
@@ -92,6 +113,11 @@ class EnsembleRecipe(BaseModel):
 
     def folder(self, index: int) -> str:
         return f"{index + 1}-{Path(self.members[index].recipe).stem}"
+
+    def member_recipe(self, index: int) -> str:
+        """What member ``index``'s configuration is built from (``member_recipe_file``); the recipe as written
+        stays the member's name, in the run's record and folder names."""
+        return member_recipe_file(self.members[index].recipe, self._folder)
 
 
 def load_ensemble_recipe(name_or_path: str) -> EnsembleRecipe:
@@ -102,14 +128,17 @@ def load_ensemble_recipe(name_or_path: str) -> EnsembleRecipe:
         raise ConfigError(
             f"ensemble recipe {raw['recipe']!r}: sections {extra} belong in the members' recipes (or their `set`)"
         )
-    if not isinstance(section, dict):
+    if not isinstance(section, dict) or "name" in section:
+        # a `name` there would pass for the field the recipe's own name fills
         raise ConfigError(f"ensemble recipe {raw['recipe']!r}: `{ENSEMBLE_KEY}` must hold `members` (and `fit`)")
+    # a file, as config._read_recipe reads it; a name without one is a built-in's
+    file = Path(name_or_path).resolve() if Path(name_or_path).suffix else None
+    folder = file.parent if file else RECIPES_DIR
     try:
-        recipe = EnsembleRecipe(name=raw["recipe"], **section)
+        recipe = EnsembleRecipe.model_validate({"name": raw["recipe"], **section}, context={"folder": folder})
     except ValidationError as exc:
         raise ConfigError(f"invalid ensemble recipe {raw['recipe']!r}: {validation_problems(exc)}") from exc
-    if Path(name_or_path).suffix:  # a file, as config._read_recipe reads it; a name without one is a built-in's
-        recipe._file = str(Path(name_or_path).resolve())
+    recipe._file, recipe._folder = (str(file) if file else None), folder
     return recipe
 
 
@@ -120,7 +149,7 @@ def member_configs(recipe: EnsembleRecipe, overrides: list[str] | None = None) -
     configs = []
     for i, member in enumerate(recipe.members):
         what = f"ensemble member {i + 1} ({member.recipe})"
-        configs.append(buildable_config(member.recipe, [*member.set, *(overrides or [])], what))
+        configs.append(buildable_config(recipe.member_recipe(i), [*member.set, *(overrides or [])], what))
     _check_distinct(recipe, configs)
     _check_joinable(recipe, configs)
     return configs
@@ -242,6 +271,33 @@ def _check_teachers(recipe: EnsembleRecipe, configs: list[Config], out: Path) ->
             raise ConfigError(f"ensemble member {i + 1} ({recipe.members[i].recipe}): {exc}") from None
 
 
+def _check_run_lengths(recipe: EnsembleRecipe, configs: list[Config], starting: list[int]) -> None:
+    """The refusals of members ``starting`` that need the number of training images (a batch larger than the
+    split, a lookahead period longer than the run), made before the first member trains rather than after the
+    ones before it. The members train on the same images and split (``_check_joinable``), so they are read
+    once; a folder dataset's cache then serves the first member's read. A member under way has passed them."""
+    if not starting:
+        return
+    train_data, val_data = load_data(configs[starting[0]])
+    check_trainable(train_data, val_data, configs[starting[0]].data.root)
+    images = len(train_data)
+    for i in starting:
+        t = configs[i].train
+        steps = training_batches(images, t.batch_size, max_batches=t.max_batches_per_epoch)
+        try:
+            if steps == 0:  # the engine's own refusal; an ensemble recipe trains in one process
+                raise ConfigError(f"batch_size {t.batch_size} exceeds the {images} training images")
+            if t.lookahead_every:
+                check_lookahead(t.lookahead_every, steps * t.epochs)
+        except (ConfigError, LookaheadError) as exc:
+            raise ConfigError(f"ensemble member {i + 1} ({recipe.members[i].recipe}): {exc}") from None
+
+
+def _under_way(recipe: EnsembleRecipe, out: Path, index: int, resume: bool) -> bool:
+    """Whether member ``index`` continues a run of its folder rather than starting one."""
+    return resume and (out / recipe.folder(index) / LAST_FILE).is_file()
+
+
 def _train_members(recipe: EnsembleRecipe, out: Path, overrides: list[str], resume: bool) -> dict[str, Any]:
     configs = member_configs(recipe, overrides)  # every member is checked before the first one trains
     _check_teachers(recipe, configs, out)
@@ -252,6 +308,7 @@ def _train_members(recipe: EnsembleRecipe, out: Path, overrides: list[str], resu
             f"{out} holds an ensemble run of another recipe or other overrides, so it cannot be continued "
             f"with this one (started: {json.dumps(started)}; asked: {json.dumps(resolved)})"
         )
+    _check_run_lengths(recipe, configs, [i for i in range(len(configs)) if not _under_way(recipe, out, i, resume)])
     out.mkdir(parents=True, exist_ok=True)
     if not resume:  # started over: the old joined network, its summary and every member's run go first
         # and a single network's run that --force replaces: its last.pt would make the join refuse best.pt
@@ -268,7 +325,7 @@ def _train_members(recipe: EnsembleRecipe, out: Path, overrides: list[str], resu
     for i, (member, config) in enumerate(zip(recipe.members, configs)):
         folder = out / recipe.folder(i)
         print(f"ensemble member {i + 1}/{len(configs)}: {member.recipe} -> {folder}", flush=True)
-        if resume and (folder / LAST_FILE).is_file():
+        if _under_way(recipe, out, i, resume):
             summaries.append(resume_run(folder, expected=config))
         else:
             summaries.append(train(config, folder))

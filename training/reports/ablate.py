@@ -34,7 +34,7 @@ from .metrics import compute_metrics, mcnemar, paired_difference_interval
 from .predictions import read_json
 from .report_folder import check_own_folder
 from .samples import DataSpec, sample_fingerprint
-from .sources import load_model
+from .sources import check_finite, load_model
 
 log = logging.getLogger("training.reports")
 
@@ -205,6 +205,8 @@ def ablate(
         views = ["none"] + ([tta] if tta != "none" and index == len(combos) - 1 else [])
         for view in views:
             logits, _ = source.predict(data, view, batch_size)
+            # as evaluate refuses it: a row of NaN loss and an arbitrary top-1 would pass for a variant's result
+            check_finite(source, logits)
             metrics = compute_metrics(logits, data.labels, source.classes)
             rows.append(
                 _row(

@@ -22,7 +22,7 @@ from ..plots import CurveInfo, plot_compared_curves
 from .metrics import mcnemar, paired_difference_interval
 from .predictions import PREDICTIONS_FILE, load_predictions
 from .samples import match_classes, resolve_data, same_classes, sample_fingerprint
-from .sources import ModelSource, check_view, load_model
+from .sources import ModelSource, check_finite, check_view, load_model
 
 CURVES_FILE = "curves.png"
 COMPARISON_HEADER = "# Comparison\n\n"
@@ -101,6 +101,7 @@ def _model_side(
     data, _ = match_classes(source, loaded[key], spec)
     fingerprint = sample_fingerprint(data)
     logits, _ = source.predict(data, tta, batch_size)
+    check_finite(source, logits)  # as evaluate refuses it: the argmax of NaN is an arbitrary class, paired anyway
     return Side(
         str(path),
         kind,

@@ -52,7 +52,7 @@ def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | 
             f"(T = {calibration['temperature']:.4f}); before it: loss {before['nll']:.4f}, ECE {before['ece']:.4f}, "
             "as a checkpoint's report shows them.",
         ]
-    recorded = (src.get("best") or {}).get("val_top1")
+    recorded = src.get("recorded_top1")  # this checkpoint's own epoch's: a last.pt's is not the run's best
     if recorded is not None and data["split"] == "val":
         lines += [
             "",

@@ -20,7 +20,7 @@ from inference.devices import DEVICES, Device
 from inference.errors import UsageError
 from inference.fits import LEGACY_FIT
 
-from ..checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
+from ..checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint, recorded_top1
 from ..config import ConfigError
 from ..data import ImageArrays
 from ..data.loader import TensorLoader
@@ -116,6 +116,7 @@ def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
         "recipe": meta.get("recipe"),
         "epoch": ckpt.get("epoch"),
         "best": ckpt.get("best"),
+        "recorded_top1": recorded_top1(ckpt),
         "model_args": meta.get("model_args"),
         "used_ema": bool(ckpt.get("ema")),
     }
