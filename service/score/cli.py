@@ -26,7 +26,8 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         description=(
             "Walk DIR recursively (sorted, following directory links once each), classify every file with an "
             "image extension, and stream one row per file to --out: its path relative to DIR, the top-k labels "
-            "and confidences, and an error message for files that could not be read (those never stop the run). "
+            "and confidences, and an error message for files that could not be read or decoded, or that the "
+            "service (--url) fails on (those never stop the run). "
             "Files without an image extension are skipped and counted. A progress bar and, at the end, a summary "
             "(scored, failed, skipped, time, images/s) go to stderr."
         ),
@@ -44,9 +45,11 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
             "  python -m service score photos/ --engine ray --out preds.csv       # Ray Data, local instance\n"
             "  python -m service score /shared/photos --engine ray --address auto --out preds.csv  # a cluster\n\n"
             f"engines (--engine):\n{_engines_help()}\n"
-            "exit status: 0 done (even if some files failed), 1 with --fail-on-error and a failed file, or when\n"
-            "the service stops answering, 2 usage errors (DIR holds no image file, --out exists without --resume\n"
-            "or --overwrite, ...), 130/143 interrupted by Ctrl-C/SIGTERM (the output stays valid for --resume)."
+            "exit status: 0 done (even if some files failed), 1 with --fail-on-error and a failed file, when\n"
+            "the service stops answering, or when decoding fails for a reason no file explains (a bug: as rows it\n"
+            "would be every file's), 2 usage errors (DIR holds no image file, --out exists without --resume or\n"
+            "--overwrite, another run is writing --out, ...), 130/143 interrupted by Ctrl-C/SIGTERM (the output\n"
+            "stays valid for --resume)."
         ),
     )
     p.add_argument(

@@ -1,7 +1,9 @@
 """Reading and decoding the scorer's images, in worker processes or in the calling one.
 
 A decode worker writes each chunk's model input into a slot of shared memory and replies with the
-positions that decoded and an error per file that did not; nothing it is given can make it raise.
+positions that decoded and an error per file that did not. No file can make it raise: what a file can
+make the decoder raise (``FILE_ERRORS``) is that file's error row, and anything else stops the run
+(``DecoderFailure``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import Callable
 
 import numpy as np
 
-from inference.fits import DEFAULT_FIT
 from inference.preprocess import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
@@ -23,6 +24,12 @@ from inference.preprocess import (
     decode_pixels,
     pixels_to_model_input,
 )
+
+from .errors import DecoderFailure
+
+# What a file can make reading and decoding it raise: unreadable, not an image (Pillow's own errors are
+# ImageDecodeError), or too large to decode in the memory left. Any other exception says nothing of the file.
+FILE_ERRORS = (OSError, ImageDecodeError, MemoryError)
 
 # A 32x32 classifier never needs a file this large; reading one would only cost memory.
 MAX_FILE_BYTES = 256 << 20
@@ -84,15 +91,27 @@ def read_error(exc: OSError) -> str:
     return f"cannot read file: {exc}"
 
 
-def failure_message(exc: Exception) -> str:
-    """The error row of a file that could not be read or decoded, worded alike by every engine."""
+def failure_message(exc: OSError | ImageDecodeError | MemoryError) -> str:
+    """The error row of a file that could not be read or decoded (one of ``FILE_ERRORS``), worded alike by every
+    engine."""
     if isinstance(exc, OSError):
         return read_error(exc)
     if isinstance(exc, OverPixelLimit):
         return f"{exc}; --max-pixels raises the limit (score again with --overwrite: --resume keeps this row)"
-    if isinstance(exc, ImageDecodeError):
-        return str(exc)
-    return f"could not decode ({type(exc).__name__}: {exc})"  # a decoder bug on one file must not cost the others
+    if isinstance(exc, MemoryError):
+        return "could not decode: out of memory (a lower --max-pixels refuses such images before decoding)"
+    return str(exc)
+
+
+def decoder_failure(path: str | bytes, exc: Exception) -> DecoderFailure:
+    """What stops the run when decoding ``path`` raised an exception no file explains: as a row it would be every
+    file's, in a run that ends 0 and that --resume then takes as done."""
+    shown = os.fsdecode(path)
+    said = " ".join(str(exc).split())  # one line, whatever the exception's text holds
+    return DecoderFailure(
+        f"decoding {shown} raised {type(exc).__name__}: {said}: a fault of the decoder or of the arguments it was "
+        "given, not of the file"
+    )
 
 
 @dataclass
@@ -122,8 +141,9 @@ def decode_into(
     offset: int,
     paths: list[str | None],
     size: tuple[int, int],
-    fit: str = DEFAULT_FIT,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    fit: str,
 ) -> tuple[list[int], dict[int, str]]:
     """``decode_chunk`` in a worker, writing the batch into shared memory at ``offset``; returns (ok, errors).
 
@@ -144,10 +164,13 @@ def decode_chunk(
     size: tuple[int, int],
     max_pixels: int = DEFAULT_MAX_PIXELS,
     out: Callable[[int], np.ndarray] | None = None,
-    fit: str = DEFAULT_FIT,
+    *,
+    fit: str,
 ) -> Decoded:
-    """Read and decode ``paths`` (None: skip that position); never raises for a bad file.
+    """Read and decode ``paths`` (None: skip that position); never raises for a bad file, and raises
+    ``DecoderFailure`` for an exception no file explains.
 
+    ``fit`` has no default, as the decoders' own: the model's card names it (``card.input.fit``).
     ``out(count)``, when given, is where the batch of the ``count`` readable images is written."""
     pixels, ok, errors = [], [], {}
     for i, path in enumerate(paths):
@@ -156,7 +179,9 @@ def decode_chunk(
         try:
             pixels.append(decode_pixels(read_file(path), size, max_pixels, fit=fit))
             ok.append(i)
-        except Exception as exc:
+        except FILE_ERRORS as exc:
             errors[i] = failure_message(exc)
+        except Exception as exc:
+            raise decoder_failure(path, exc) from exc
     batch = pixels_to_model_input(b"".join(pixels), len(ok), size, out(len(ok)) if out else None)
     return Decoded(batch, ok, errors)

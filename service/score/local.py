@@ -229,12 +229,12 @@ class LocalBackend:
         if self.pool is None or self.shm is None:
             return None
         slot = self._free.pop()
-        task = (self.shm.name, slot * self.slot_bytes, self._paths(chunk), self.size, self.fit, self.max_pixels)
+        task = (self.shm.name, slot * self.slot_bytes, self._paths(chunk), self.size, self.max_pixels)
         with self._pool_lock:  # not while a stream is replacing the pool
             try:
-                future = self.pool.submit(decode_into, *task)
+                future = self.pool.submit(decode_into, *task, fit=self.fit)
             except BrokenProcessPool:  # a worker died since the last chunk; the chunks it took are redone in finish
-                future = self._new_pool().submit(decode_into, *task)
+                future = self._new_pool().submit(decode_into, *task, fit=self.fit)
             return self._generation, slot, future
 
     def finish(self, chunk: list[Entry], handle: _Handle | None) -> list[Row]:
@@ -261,7 +261,8 @@ class LocalBackend:
         with self._pool_lock:  # one stream replaces the pool; the others and submit wait for it
             pool = self._new_pool() if generation == self._generation else _opened(self.pool)
             try:
-                return pool.submit(decode_into, shm.name, offset, paths, self.size, self.fit, self.max_pixels).result()
+                redone = pool.submit(decode_into, shm.name, offset, paths, self.size, self.max_pixels, fit=self.fit)
+                return redone.result()
             except BrokenProcessPool:
                 pool = self._new_pool()
             ok: list[int] = []
@@ -272,7 +273,7 @@ class LocalBackend:
                 row = offset + len(ok) * image_bytes(self.size)
                 try:
                     one_ok, one_errors = pool.submit(
-                        decode_into, shm.name, row, [path], self.size, self.fit, self.max_pixels
+                        decode_into, shm.name, row, [path], self.size, self.max_pixels, fit=self.fit
                     ).result()
                 except BrokenProcessPool:
                     pool = self._new_pool()

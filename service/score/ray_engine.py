@@ -6,7 +6,7 @@ window of the walk's pending files becomes one dataset: its files' bytes are rea
 project's decoder by tasks (two stages, which Ray runs fused in one task per block), a pool of actors, each
 holding one ONNX Runtime session (on CUDA when the actor holds a GPU), infers, and the rows come back here to
 be written, in the walk's order. A file that cannot be read or decoded is an error row with the local engine's
-wording (decode.failure_message).
+wording (decode.failure_message); an exception no file explains fails the job, as it stops the local engine.
 
 Every use of Ray is in this module, and Ray is imported only when the engine is opened: ``service`` runs
 without it. Nodes read the files themselves: on a cluster, DIR must be at the same absolute path on every
@@ -20,6 +20,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -31,8 +32,8 @@ from inference.devices import Device
 from inference.preprocess import DEFAULT_MAX_PIXELS, decode_pixels, pixels_to_model_input
 from inference.runtime import default_threads, read_card
 
-from .decode import failure_message, read_file
-from .errors import RemoteError, UserError
+from .decode import FILE_ERRORS, decoder_failure, failure_message, read_file
+from .errors import DecoderFailure, RemoteError, UserError
 from .local import DEFAULT_BATCH_SIZE, DEFAULT_GPU_BATCH_SIZE
 from .sinks import ENCODING, Prediction, Row
 from .walk import Entry
@@ -88,7 +89,7 @@ def read_files(batch, root: bytes):
         if error is None:
             try:
                 content = read_file(os.path.join(root, rel))
-            except Exception as exc:
+            except OSError as exc:
                 error = _raw(failure_message(exc))
         data.append(content)
         errors.append(error)
@@ -106,18 +107,42 @@ def decode_files(batch, size: tuple[int, int], fit: str, max_pixels: int = DEFAU
     import pyarrow as pa
 
     pixels, errors = [], []
-    for data, error in zip(batch.column("data").to_pylist(), batch.column("error").to_pylist()):
+    columns = (batch.column(name).to_pylist() for name in ("rel", "data", "error"))
+    for rel, data, error in zip(*columns):
         decoded = None
         if error is None:
             try:
                 decoded = decode_pixels(data, size, max_pixels, fit=fit)
-            except Exception as exc:
+            except FILE_ERRORS as exc:
                 error = _raw(failure_message(exc))
+            except Exception as exc:  # the task fails, and with it the job: RemoteError, as decode_chunk stops
+                raise decoder_failure(_text(rel), exc) from exc
         pixels.append(decoded)
         errors.append(error)
     return pa.table(
         {"rel": batch.column("rel"), "error": pa.array(errors, pa.binary()), "pixels": pa.array(pixels, pa.binary())}
     )
+
+
+# How a stage's DecoderFailure ends the remote traceback Ray Data puts in its UserCodeException's text, which is
+# all that reaches this process of it.
+_DECODER_FAILURE_LINE = re.compile(rf"^\S*\b{DecoderFailure.__name__}: (.+)$", re.MULTILINE)
+
+
+def _decoder_failure(exc: BaseException) -> DecoderFailure | None:
+    """The ``DecoderFailure`` a stage raised, from the exceptions Ray wraps it in (whose text is a remote
+    traceback, over a thousand characters): its one line, as the local engine says it."""
+    found, seen = None, set()
+    step: BaseException | None = exc
+    while step is not None and id(step) not in seen:
+        seen.add(id(step))
+        if isinstance(step, DecoderFailure) and step.args and isinstance(step.args[0], str):
+            found = step.args[0]
+        elif (line := _DECODER_FAILURE_LINE.search(str(step))) is not None:
+            found = found or line[1]
+        cause = getattr(step, "cause", None)  # a RayTaskError's: the stage's own exception
+        step = cause if isinstance(cause, BaseException) else step.__cause__ or step.__context__
+    return None if found is None else DecoderFailure(found)
 
 
 class Classify:
@@ -326,6 +351,8 @@ class RayBackend:
             for table in batches:
                 yield self._table_rows(table)
         except self.ray.exceptions.RayError as exc:
+            if (failure := _decoder_failure(exc)) is not None:
+                raise failure from None
             raise RemoteError(f"the Ray job failed: {type(exc).__name__}: {str(exc).strip()[:1000]}") from None
         finally:
             batches.close()  # stops the dataset's executor when the run ends early

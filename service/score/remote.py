@@ -1,14 +1,16 @@
 """The remote engine: a running service's POST /classify, with retries, smaller requests when it says a
-request held too many images, and image by image when one image spoils a request."""
+request held too many images, image by image when one image spoils a request, and halves of a request the
+service keeps failing (5xx) until the images it fails on are found."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from pydantic import ValidationError
 
@@ -19,6 +21,9 @@ from .pipeline import pipeline
 from .sinks import Prediction, Row, whole
 from .walk import Entry
 
+if TYPE_CHECKING:
+    import httpx
+
 DEFAULT_URL_BATCH = 32  # images per request: the service takes at most 64 by default, and batches across requests
 DEFAULT_URL_WORKERS = 4
 DEFAULT_URL_TIMEOUT = 120.0  # seconds per request
@@ -28,6 +33,22 @@ PART_OVERHEAD = 1024
 FORM_OVERHEAD = 4096
 # The client's one key; the service's own list of keys is CIFAR_API_KEYS (service/access.py).
 API_KEY_VARIABLE = "CIFAR_API_KEY"
+# Server errors that say nothing of the images: a proxy without a service behind it, the service shedding load,
+# a request that waited past a timeout (under load, any image's). Any other 5xx may be an image the service fails
+# on, and is looked for (``_isolate``).
+NOT_THE_IMAGES = (502, 503, 504)
+
+
+class _Failed(NamedTuple):
+    """A request the service kept failing: its last status (None: no answer at all) and what it said."""
+
+    status: int | None
+    message: str
+    attempts: int
+
+    def text(self) -> str:
+        said = f"HTTP {self.status}: {self.message}" if self.status is not None else self.message
+        return f"failed {self.attempts} times: {said}"
 
 
 class RemoteBackend:
@@ -152,11 +173,18 @@ class RemoteBackend:
             items = items[size:]
         return whole(rows)
 
-    def _send(self, chunk: list[Entry], items: list[tuple[int, bytes]], rows: list[Row | None]) -> None:
-        result = self._post(chunk, items)
+    def _send(
+        self, chunk: list[Entry], items: list[tuple[int, bytes]], rows: list[Row | None], isolating: bool = False
+    ) -> None:
+        """``isolating``: ``items`` are part of a request the service failed; a 5xx is retried once, not RETRIES
+        times (it was, on the whole request)."""
+        result = self._post(chunk, items, isolating)
         if isinstance(result, list):
             for (i, _), row in zip(items, result):
                 rows[i] = row
+            return
+        if isinstance(result, _Failed):
+            self._isolate(chunk, items, rows, result)
             return
         status, reason, message = result
         # What to do is the contract's (contract.REASONS); a 413 without a reason is a proxy's body limit.
@@ -177,36 +205,75 @@ class RemoteBackend:
             for item in items:
                 self._send(chunk, [item], rows)
 
-    def _post(self, chunk: list[Entry], items: list[tuple[int, bytes]]) -> list[Row] | tuple[int, str | None, str]:
-        """The rows, or (status, reason, message) when the service rejects the request (4xx); reason None where
-        the answer names none."""
-        httpx = self.httpx
+    def _isolate(
+        self, chunk: list[Entry], items: list[tuple[int, bytes]], rows: list[Row | None], failed: _Failed
+    ) -> None:
+        """A request the service kept failing with a server error: its halves are sent, and theirs, down to the
+        images it fails on alone, which become error rows, so that one such image does not stop the run (and
+        --resume at it again). A service that fails a plain test image too is failing, not failing on an image:
+        the run stops, as for a service that does not answer."""
+        if failed.status is None or failed.status < 500 or failed.status in NOT_THE_IMAGES:
+            raise RemoteError(f"the service at {self.url} {failed.text()}")
+        if len(items) > 1:
+            half = (len(items) + 1) // 2
+            self._send(chunk, items[:half], rows, isolating=True)
+            self._send(chunk, items[half:], rows, isolating=True)
+            return
+        if (probe := self._probe()) is not None:
+            raise RemoteError(f"the service at {self.url} {probe.text()}")
+        i = items[0][0]
+        rows[i] = Row(chunk[i].rel, error=f"the service failed on this image (HTTP {failed.status}): {failed.message}")
+
+    def _probe(self) -> _Failed | None:
+        """How the service fails a plain test image, with every retry; None where it answers it (any answer but a
+        server error)."""
+        answer = self._exchange([("images", ("probe.png", _probe_image(), "image/png"))], isolating=False)
+        return answer if isinstance(answer, _Failed) else None
+
+    def _post(
+        self, chunk: list[Entry], items: list[tuple[int, bytes]], isolating: bool = False
+    ) -> list[Row] | tuple[int, str | None, str] | _Failed:
+        """The rows; (status, reason, message) when the service rejects the request (4xx), reason None where the
+        answer names none; ``_Failed`` when it kept failing it."""
         files = [
             ("images", (_sendable(os.path.basename(chunk[i].rel)), data, "application/octet-stream"))
             for i, data in items
         ]
+        answer = self._exchange(files, isolating)
+        if isinstance(answer, _Failed):
+            return answer
+        if answer.status_code < 400:
+            return self._parse(chunk, items, answer)
+        reason, message = _error_message(answer)
+        return answer.status_code, reason, message
+
+    def _exchange(self, files: list, isolating: bool) -> httpx.Response | _Failed:
+        """POST /classify, retried while the service does not answer or answers 5xx, 408 or 429: its answer, or
+        ``_Failed``. ``isolating``: a 5xx that may be the images' (not NOT_THE_IMAGES) is retried once."""
+        httpx = self.httpx
         form = {"k": str(self.k)}
         if self.model:
             form["model"] = self.model
         if self.fit:
             form["fit"] = self.fit
-        delay = self.RETRY_DELAY
-        for attempt in range(self.RETRIES + 1):
+        delay, attempts = self.RETRY_DELAY, 0
+        while True:
+            attempts += 1
+            status: int | None = None
             try:
                 response = self.client.post("/classify", files=files, data=form)
             except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                message = f"{type(exc).__name__}: {exc}"
             else:
-                if response.status_code < 400:
-                    return self._parse(chunk, items, response)
-                reason, message = _error_message(response)
-                if response.status_code < 500 and response.status_code not in (408, 429):
-                    return response.status_code, reason, message
-                problem = f"HTTP {response.status_code}: {message}"
-            if attempt < self.RETRIES:
-                time.sleep(delay)
-                delay *= 2
-        raise RemoteError(f"the service at {self.url} failed {self.RETRIES + 1} times: {problem}")
+                status = response.status_code
+                if status < 500 and status not in (408, 429):
+                    return response
+                message = _error_message(response)[1]
+            image_specific = status is not None and status >= 500 and status not in NOT_THE_IMAGES
+            if attempts > self.RETRIES or (isolating and image_specific and attempts >= 2):
+                return _Failed(status, message, attempts)
+            time.sleep(delay)
+            delay *= 2
 
     def _parse(self, chunk, items, response) -> list[Row]:
         try:
@@ -279,6 +346,15 @@ def _row_error(message: str) -> str:
     "images[0] ('name')" the service names the image by (the row names the file already)."""
     named = _SERVICE_NAMING.match(message)
     return message[named.end() :] if named else message
+
+
+def _probe_image() -> bytes:
+    """A plain 32x32 grey PNG, which any service that works classifies."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def _sendable(name: str) -> str:

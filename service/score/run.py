@@ -22,7 +22,8 @@ from inference.preprocess import IMAGE_EXTENSIONS, is_image_name
 from ..settings import empty_flag_refusal
 from .accuracy import FolderAccuracy
 from .engines import ENGINE_ONLY_FLAGS, choose_engine
-from .errors import RemoteError, UserError
+from .errors import StopRun, UserError
+from .lock import OutputLock, lock_output
 from .pipeline import Backend, chunks
 from .sinks import (
     ENCODING,
@@ -260,11 +261,14 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr = open(os.devnull, "w", **ENCODING)
     previous = take_over_terminations()
     backend = None
+    lock: OutputLock | None = None
     try:
         fmt_name = _validate(args)
         engine = choose_engine(args)
         summary = Summary()
         entries = _images(args.dir, summary.walk)
+        # before the engine opens (Ray takes seconds to start), held until the last row is written
+        lock = lock_output(args.out)
         backend = engine.open(args)
         for s, handler in take_over_terminations().items():  # an engine may have set its own (ray.init does)
             previous.setdefault(s, handler)
@@ -272,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except RemoteError as exc:
+    except StopRun as exc:  # before scoring started: while --resume scored some of its rows again
         print(f"error: {exc}\nthe rows so far are kept: rerun with --resume to continue", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:  # before scoring started (loading the model, reading back --resume)
@@ -288,6 +292,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if backend is not None:
             backend.close()
+        if lock is not None:
+            lock.release()
         give_back(previous)
 
 
@@ -427,7 +433,7 @@ def _run(args, fmt_name: str, backend: Backend, summary: Summary, entries: Itera
         threading.Thread(target=_count, args=(args.dir, stop, total), daemon=True, name="score-count").start()
     interrupted: KeyboardInterrupt | None = None
     lost: _OutputLost | None = None
-    failure: RemoteError | None = None
+    failure: StopRun | None = None
     start = time.perf_counter()
     try:
         for rows in backend.rows(chunks(entries, backend.batch_size, done)):
@@ -454,7 +460,7 @@ def _run(args, fmt_name: str, backend: Backend, summary: Summary, entries: Itera
         interrupted = exc
     except _OutputLost as exc:
         lost = exc
-    except RemoteError as exc:  # here, not in run(): the summary knows whether there are rows to resume
+    except StopRun as exc:  # here, not in run(): the summary knows whether there are rows to resume
         failure = exc
     finally:
         summary.elapsed = time.perf_counter() - start
