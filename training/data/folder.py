@@ -1,16 +1,20 @@
 """Class-per-folder image trees, as a directory or straight from a .tar/.tar.gz archive.
 
-Decoded images are cached as one .npz per source (keyed by path, size and
-mtime), because decoding 50,000 JPEGs costs seconds and every run needs them.
+Decoded images are cached as one .npz per source and settings, because decoding 50,000 JPEGs costs seconds and
+every run needs them. The key is what the images are (each file's name, size and mtime; an archive's size, mtime,
+head and tail), not where they are, so a folder moved or renamed keeps its cache; a new decode of a source replaces
+the one before it.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib
 import logging
 import os
 import tarfile
+import tempfile
 import unicodedata
 import zipfile
 import zlib
@@ -23,7 +27,7 @@ import PIL
 from PIL import features
 from tqdm import tqdm
 
-from inference.files import write_atomic
+from inference.files import file_in_the_way, process_running, write_atomic
 from inference.fits import DEFAULT_FIT
 from inference.messages import exception_summary
 from inference.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
@@ -74,6 +78,8 @@ def read_image_folder(
         cached = _read_cache(cache, image_size, expected)
         if cached is not None:
             return cached
+    if cache and not _writable(cache.parent):  # said before the decode, which may take minutes
+        cache = None
     entries = _iter_archive(root) if images is None else _iter_tree(root, images)
     arrays = _decode_all(entries, root, image_size, fit, None if images is None else len(images))
     if cache:
@@ -109,31 +115,125 @@ def _check_cached(arrays: ImageArrays, image_size: int, expected: tuple[int, lis
         )
 
 
+# Cache folders already said to be unusable: training reads the source once per split, and would say it twice.
+_said_unwritable: set[str] = set()
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a cache can be written in ``folder``; where not, a warning, once. Not a refusal: the cache changes
+    no result, and the same configuration (a default folder relative to where it runs, a resumed run, an export
+    re-reading its data) must still run where the folder cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError as exc:
+        _unwritable(folder, exc)
+        return False
+
+
+def _unwritable(folder: Path, exc: OSError) -> None:
+    if str(folder) in _said_unwritable:
+        return
+    _said_unwritable.add(str(folder))
+    in_the_way = file_in_the_way(folder)
+    reason = f"{in_the_way} is a file" if in_the_way else (exc.strerror or type(exc).__name__).lower()
+    log.warning(
+        "could not write the dataset cache in %s (%s): the images are decoded again at every read; give the "
+        "cache another folder (data.cache_dir)",
+        folder,
+        reason,
+    )
+
+
 def _write_cache(cache: Path, arrays: ImageArrays) -> None:
     """Written atomically (a temporary file of this process, removed on any failure, then renamed: torchrun
-    ranks may cache the same source at once). A cache that cannot be written only costs the next run a decode."""
+    ranks may cache the same source at once); then the source's earlier decodes with the same settings, and
+    temporary files that killed writers left, are removed. A cache that cannot be written (a full disk) only
+    costs a decode."""
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(
             cache,
             lambda f: np.savez(f, images=arrays.images, labels=arrays.labels, classes=np.array(arrays.classes)),
         )
     except OSError as exc:
-        log.warning("could not write the dataset cache %s (%s): the next run decodes the images again", cache, exc)
+        _unwritable(cache.parent, exc)
+        return
+    log.info("decoded images kept for the next runs in %s (%.1f MB)", cache, cache.stat().st_size / 1e6)
+    _remove_superseded(cache)
+
+
+def _remove_superseded(cache: Path) -> None:
+    """The same source's caches with the same settings but other contents (images added or edited since, another
+    decoder), and the temporary files of writers no longer running: without it the folder only grows."""
+    source = _source_of(cache.name)
+    for old in cache.parent.glob(f"{glob.escape(source)}-*.npz*"):
+        if old != cache and _source_of(old.name) == source and not _being_written(old.name):
+            try:
+                old.unlink()
+            except OSError:
+                pass  # another run removed it, or the folder is shared read-only: it only takes room
+
+
+def _source_of(name: str) -> str:
+    """``<folder name>-<place and settings>`` of a cache's file name (its temporary file's too)."""
+    return name.rsplit("-", 1)[0]
+
+
+def _being_written(name: str) -> bool:
+    """Whether ``name`` is the temporary file (``<cache>.<pid>.tmp``) of a writer that still runs."""
+    if not name.endswith(".tmp"):
+        return False
+    pid = name.rsplit(".", 2)[1]
+    return not pid.isdigit() or process_running(int(pid))
 
 
 def _cache_path(root: Path, image_size: int, fit: str, cache_dir: str | Path, images: list[Path] | None) -> Path:
+    """``<folder name>-<place and settings>-<contents>.npz``: the first two name the caches a new decode replaces;
+    the contents (and settings) find the cache of the same images read from another place."""
+    settings = f"{image_size}|{READER_VERSION}|{fit}"
+    place = _digest(f"{root.resolve()}|{settings}")[:8]
+    contents = _digest(
+        f"{settings}|{_decoder_key()}|{_archive_key(root) if images is None else _tree_key(root, images)}"
+    )
+    folder = Path(cache_dir)
+    named = folder / f"{root.name}-{place}-{contents[:16]}.npz"
+    if named.is_file() or not folder.is_dir():
+        return named
+    moved = sorted(folder.glob(f"*-{contents[:16]}.npz"))
+    return moved[0] if moved else named
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _tree_key(root: Path, images: list[Path]) -> str:
+    """Every image's path under ``root``, size and mtime: a tree's own mtime misses edits inside it, and its place
+    is not what it holds."""
+    digest = hashlib.sha1()
+    for path in images:
+        stat = path.stat()
+        digest.update(os.fsencode(path.relative_to(root).as_posix()) + f":{stat.st_size}:{stat.st_mtime_ns}|".encode())
+    return digest.hexdigest()
+
+
+ARCHIVE_SAMPLE = 1 << 20  # bytes hashed at each end: a gzip's last 8 are the CRC and length of all it holds
+
+
+def _archive_key(root: Path) -> str:
+    """An archive's size, mtime and first and last bytes: hashing a photo archive of gigabytes on every run
+    would cost what the cache saves."""
     stat = root.stat()
-    key = f"{root.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{image_size}|{READER_VERSION}|{fit}|{_decoder_key()}"
-    if images is not None:  # a tree's own mtime misses edits inside it: every image's name, size and mtime is in
-        digest = hashlib.sha1()
-        for path in images:
-            stat = path.stat()
-            digest.update(
-                os.fsencode(path.relative_to(root).as_posix()) + f":{stat.st_size}:{stat.st_mtime_ns}|".encode()
-            )
-        key += "|" + digest.hexdigest()
-    return Path(cache_dir) / f"{root.name}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+    digest = hashlib.sha1(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    try:
+        with open(root, "rb") as f:
+            digest.update(f.read(ARCHIVE_SAMPLE))
+            f.seek(max(0, stat.st_size - ARCHIVE_SAMPLE))
+            digest.update(f.read(ARCHIVE_SAMPLE))
+    except OSError as exc:
+        raise DatasetError(f"cannot read archive {root}: {(exc.strerror or type(exc).__name__).lower()}") from exc
+    return digest.hexdigest()
 
 
 def _decoder_key() -> str:
