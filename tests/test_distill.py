@@ -304,7 +304,7 @@ def test_a_new_run_whose_teacher_is_missing_is_not_taught_by_the_logits_another_
 @pytest.mark.parametrize(
     "settings, said",
     [
-        ({"batch_size": 48}, "batch_size 48 exceeds the 45 training images per process"),
+        ({"batch_size": 48}, "batch_size 48 exceeds the 45 training images: set batch_size to at most 45"),
         ({"lookahead_every": 100}, "train.lookahead_every 100 is more than the run's 4 optimizer steps"),
     ],
     ids=["batch", "lookahead"],
@@ -321,3 +321,36 @@ def test_a_run_too_short_for_its_settings_is_refused_before_the_teachers_pass(
     config = build_config("airbench94_cpu", student_overrides(image_folder, tmp_path, tiny_run, epochs=2, **settings))
     with pytest.raises(UsageError, match=said):
         train(config, tmp_path / "run")
+
+
+def test_a_resume_on_changed_data_is_refused_as_such_before_the_teachers_pass(
+    image_folder, tiny_run, tmp_path, monkeypatch
+):
+    """A distilling run resumed after its data changed came to the teacher first: refused as if the teacher were at
+    fault ("has classes ...", "trained on other images"), or, a teacher that names no images, only once its pass
+    over the new images had replaced the logits the run keeps."""
+    from training.engine import Trainer, resume
+
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    config = build_config("airbench94_cpu", student_overrides(data, tmp_path, tiny_run, epochs=2, lookahead_every=2))
+    original = Trainer._end_epoch
+
+    def interrupt(self, record):
+        original(self, record)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_end_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "run")
+    monkeypatch.setattr(Trainer, "_end_epoch", original)
+    kept = (tmp_path / "run" / distill.TEACHER_FILE).read_bytes()
+
+    def teach(*args, **kwargs):
+        raise AssertionError("the teacher came first")
+
+    monkeypatch.setattr("training.engine.load_or_compute", teach)
+    (data / "alpha").rename(data / "aardvark")  # the same images, another class name
+    with pytest.raises(ConfigError, match=r"was trained on other data than .*classes \['alpha', 'beta', 'gamma'\]"):
+        resume(tmp_path / "run")
+    assert (tmp_path / "run" / distill.TEACHER_FILE).read_bytes() == kept

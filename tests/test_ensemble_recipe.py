@@ -454,3 +454,28 @@ def test_a_members_relative_recipe_file_is_read_beside_the_ensemble_recipe(tmp_p
     monkeypatch.chdir(tmp_path / "elsewhere")
     with pytest.raises(ConfigError, match="'mine/nested.yaml' is itself an ensemble recipe"):
         load_ensemble_recipe(str(nested))
+
+
+def test_a_members_relative_teacher_is_read_from_the_current_folder_and_one_beside_the_recipe_is_named(
+    tmp_path, monkeypatch, capsys
+):
+    """A member's `set` is read as --set is, from the current folder, while its recipe file is read beside the
+    ensemble recipe: a teacher written beside it, as a member's recipe would be, was refused as "no checkpoint at
+    teacher.pt" without a word of where the setting is read from, or of the file beside the recipe."""
+    import training.ensemble_recipe as runner
+
+    def trains(config, folder):
+        raise KeyboardInterrupt  # stands for the first member's training, reached
+
+    monkeypatch.setattr(runner, "train", trains)
+    student = {**MEMBERS[1], "set": [*MEMBERS[1]["set"], "distill_from=teacher.pt"]}
+    recipe = _recipe(tmp_path, [MEMBERS[0], student])
+    (tmp_path / "teacher.pt").write_bytes(b"beside the recipe")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    command = ["train", "--recipe", recipe, "--set", "warmup_epochs=0", "--out", str(tmp_path / "run")]
+    assert training_main(command) == 2
+    err = capsys.readouterr().err
+    assert "ensemble member 2 (airbench94_muon): train.distill_from: no checkpoint at teacher.pt" in err, err
+    said = f"read as --set is, from the current folder: the ensemble recipe's folder holds {tmp_path / 'teacher.pt'}"
+    assert said in err and f"name it distill_from={tmp_path / 'teacher.pt'}" in err and "Traceback" not in err, err

@@ -1477,3 +1477,72 @@ def test_an_ablation_is_not_written_into_a_training_run_or_a_folder_of_other_fil
         err = capsys.readouterr().err
         assert f"--out {out} {said}" in err and err.count("\n") == 1, err
         assert sorted(p.name for p in out.iterdir()) == before
+
+
+def _ablate_until_the_first_training(argv: list[str], monkeypatch) -> tuple[int, list[str]]:
+    """The ablation command's exit status and the variants whose training it reached: the first one stops it."""
+    import training.reports.ablate as ablate_mod
+
+    trained: list[str] = []
+
+    def trains(config, folder):
+        trained.append(folder.name)
+        raise KeyboardInterrupt  # stands for the first variant's training, reached
+
+    monkeypatch.setattr(ablate_mod, "train", trains)
+    return main(argv), trained
+
+
+@pytest.mark.parametrize(
+    ("vary", "said"),
+    [
+        ("batch_size=16,64", "variant 'batch_size=64': batch_size 64 exceeds the 45 training images"),
+        ("lookahead_every=0,100", "variant 'lookahead_every=100': train.lookahead_every 100 is more than the run's"),
+    ],
+    ids=["batch", "lookahead"],
+)
+def test_an_ablation_variant_too_long_for_the_data_is_refused_before_any_variant_trains(
+    vary, said, image_folder, tmp_path, monkeypatch, capsys
+):
+    """The last variant's batch larger than the training split (or lookahead period longer than its run) was
+    refused by its own run, once every variant before it had trained."""
+    varied = vary.split("=")[0]
+    sets = [s for s in tiny_overrides(image_folder, tmp_path / "cache") if not s.startswith(f"{varied}=")]
+    argv = ["ablate", "--recipe", "resnet9_half_cpu", "--set", *sets, "--vary", vary, "--out", str(tmp_path / "a")]
+    status, trained = _ablate_until_the_first_training(argv, monkeypatch)
+    err = capsys.readouterr().err
+    assert (status, trained) == (2, []), err
+    assert f"error: {said}" in err and "Traceback" not in err, err
+
+
+def test_an_ablation_variant_on_data_with_one_class_is_refused_before_any_variant_trains(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    one_class = tmp_path / "one"
+    shutil.copytree(image_folder / "alpha", one_class / "alpha")
+    sets = [
+        s
+        for s in tiny_overrides(image_folder, tmp_path / "cache", **{"data.val_size": 5})
+        if not s.startswith("data.root=")
+    ]
+    vary = f"data.root={image_folder},{one_class}"
+    argv = ["ablate", "--recipe", "resnet9_half_cpu", "--set", *sets, "--vary", vary, "--out", str(tmp_path / "a")]
+    status, trained = _ablate_until_the_first_training(argv, monkeypatch)
+    err = capsys.readouterr().err
+    assert (status, trained) == (2, []), err
+    assert f"variant 'data.root={one_class}': {one_class} holds 1 class (alpha)" in err, err
+
+
+def test_an_ablation_variant_folder_of_another_run_is_refused_before_any_variant_trains(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "a"
+    (out / "dropout-0.3").mkdir(parents=True)
+    (out / "dropout-0.3" / "config.yaml").write_text("model: {name: other}\n")
+    (out / "dropout-0.3" / "last.pt").write_bytes(b"a run of its own")
+    sets = tiny_overrides(image_folder, tmp_path / "cache")
+    argv = ["ablate", "--recipe", "resnet9_half_cpu", "--set", *sets, "--vary", "dropout=0,0.3", "--out", str(out)]
+    status, trained = _ablate_until_the_first_training(argv, monkeypatch)
+    err = capsys.readouterr().err
+    assert (status, trained) == (2, []), err
+    assert f"{out / 'dropout-0.3'} holds a run with a different configuration" in err, err

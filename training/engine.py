@@ -48,12 +48,12 @@ from .config import (
 )
 from .data import DatasetError, ImageArrays, load_split
 from .data.augment import to_unit
-from .data.loader import TensorLoader, training_batches
+from .data.loader import TensorLoader
 from .data.mix import mixed_cross_entropy
 from .data.targets import DistilledTargets, PrunedTargets, Targets, hard_labels, part_of
 from .distill import distill_loss, load_or_compute, teacher_file
 from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, topk_accuracy
-from .lookahead import Lookahead, check_lookahead
+from .lookahead import Lookahead
 from .models import (
     ImageClassifier,
     UnknownArgument,
@@ -66,6 +66,7 @@ from .models.whitening import dirac_init_, whitening_layers
 from .muon import filters_by_normalisation
 from .optim import build_optimizer, build_scheduler
 from .plots import CurveInfo, plot_training_curves
+from .run_length import check_run_length
 
 log = logging.getLogger("training")
 
@@ -205,6 +206,26 @@ def buildable_config(recipe: str, overrides: list[str], what: str) -> Config:
     return config
 
 
+def check_run_lengths(configs: list[Config], names: list[str]) -> None:
+    """The refusals of each run that need its training images (data no classifier can learn from, a batch larger
+    than the split, a lookahead period longer than the run; ``run_length``), made before the first of several
+    runs trains rather than after the ones before it. Each distinct data setting is read once; a folder
+    dataset's cache then serves the run's own read. One process: ensembles and ablations refuse torchrun."""
+    read: dict[str, int] = {}
+    for config, name in zip(configs, names):
+        key = json.dumps(config.data.model_dump(mode="json"), sort_keys=True)
+        try:
+            if key not in read:
+                train_data, val_data = load_data(config)
+                check_trainable(train_data, val_data, config.data.root)
+                read[key] = len(train_data)
+            check_run_length(config, read[key])
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+        except DatasetError as exc:
+            raise DatasetError(f"{name}: {exc}") from None
+
+
 def check_network_takes_its_input(config: Config) -> None:
     """Build the network once and pass it a blank image of ``data.image_size``, before any data is read: a
     network that cannot take that size (a ViT built for another, a stack of poolings too deep for it) is refused
@@ -253,9 +274,12 @@ def recorded_data(config: Config) -> dict[str, Any]:
 
 
 class Trainer:
-    def __init__(self, config: Config, out_dir: str | Path, resuming: bool = False) -> None:
+    def __init__(
+        self, config: Config, out_dir: str | Path, resuming: bool = False, started_on: dict[str, Any] | None = None
+    ) -> None:
         """``resuming``: the run folder holds a run under way, which goes on with the teacher's logits it started
-        with (``distill.load_or_compute``)."""
+        with (``distill.load_or_compute``). ``started_on``: the meta of the checkpoint it goes on from, whose data
+        the data read now must be (``restore`` checks it too, for a caller that gives none)."""
         self.config, self.out_dir = config, Path(out_dir)
         check_network_takes_its_input(config)
         if config.train.distill_from:
@@ -295,13 +319,12 @@ class Trainer:
             "data_fingerprint": ":".join(part.fingerprint() for part in (train_data, val_data) if part is not None),
         }
         self.bf16 = resolve_bf16(t.bf16, self.device)
-        # before the teacher's pass over the images (minutes): a run too short for its settings is refused first
+        # before the teacher's pass over the images (minutes): a run too short for its settings, or a resume on
+        # data that changed, is refused first; that pass would also replace the teacher's logits the run keeps
+        if started_on is not None:
+            self._check_same_data(started_on)
+        check_run_length(config, len(train_data), self.dist.world_size)
         per_process = len(train_data) // self.dist.world_size
-        steps = training_batches(len(train_data), t.batch_size, self.dist.world_size, t.max_batches_per_epoch)
-        if steps == 0:
-            raise ConfigError(f"batch_size {t.batch_size} exceeds the {per_process} training images per process")
-        if t.lookahead_every:
-            check_lookahead(t.lookahead_every, steps * t.epochs)
         teacher = None
         if t.distill_from:
             # rank 0 runs the teacher and keeps its logits in the run folder; the other ranks read them back
@@ -1005,6 +1028,6 @@ def _resume(
         )
         if finished is not None:
             return finished
-    trainer = Trainer(config, out_dir, resuming=True)
+    trainer = Trainer(config, out_dir, resuming=True, started_on=ckpt.get("meta") or {})
     trainer.restore(ckpt)
     return trainer.fit()

@@ -9,9 +9,12 @@
         - {recipe: airbench94_muon, set: [epochs=16], tta: none}
         - {recipe: mine/wide.yaml}  # a recipe file: a relative path is read beside this file
 
-A member's recipe file named by a relative path is read from the ensemble recipe's own folder, as a config
-file's paths are, so the run trains the same members from any current folder (``resume`` names the recipe
-by its full path); a path found only from the current folder is still read from there.
+A member's recipe file named by a relative path is read from the ensemble recipe's own folder, so the run
+trains the same members from any current folder (``resume`` names the recipe by its full path); a path found
+only from the current folder is still read from there. A member's ``set`` is a list of settings, read as
+``--set`` reads them: a path in it (``distill_from=runs/teacher``, ``data.root=...``) is read from the current
+folder, as the same setting in any recipe is, and as the run folders of ``--out`` are, where a teacher trained
+as an earlier member lies. A teacher missing there but found beside the ensemble recipe is refused naming it.
 
 The run folder holds one ordinary run folder per member (``1-resnet9_half_cpu/``, ...), trained one after
 another, each resumable exactly as any run; then ``best.pt`` (the joined ensemble, so evaluate and export take
@@ -40,6 +43,7 @@ from .checkpoint import (
     LAST_FILE,
     RUN_FILES,
     SUMMARY_FILE,
+    checkpoint_file,
     claimed_run,
     clear_run,
 )
@@ -52,13 +56,11 @@ from .config import (
     load_ensemble_recipe_raw,
     placement_overrides,
 )
-from .data.loader import training_batches
 from .distill import TEACHER_FILE, TeacherError, teacher_file
-from .engine import buildable_config, check_trainable, load_data, recorded_data, train
+from .engine import buildable_config, check_run_lengths, recorded_data, train
 from .engine import resume as resume_run
 from .ensemble import check_compatible, join_checkpoints
 from .inference import TTA_CHOICES
-from .lookahead import LookaheadError, check_lookahead
 from .models.ensemble import ENSEMBLE_ARCH
 
 
@@ -268,29 +270,28 @@ def _check_teachers(recipe: EnsembleRecipe, configs: list[Config], out: Path) ->
         try:
             teacher_file(source, out / recipe.folder(i))
         except (FileNotFoundError, TeacherError) as exc:
-            raise ConfigError(f"ensemble member {i + 1} ({recipe.members[i].recipe}): {exc}") from None
+            said = f"{exc}{_teacher_beside(recipe, source)}"
+            raise ConfigError(f"ensemble member {i + 1} ({recipe.members[i].recipe}): {said}") from None
+
+
+def _teacher_beside(recipe: EnsembleRecipe, source: str) -> str:
+    """Advice for a relative teacher missing from the current folder that lies beside the ensemble recipe, as a
+    member's recipe file would be found: a setting is read from the current folder (the module's docstring)."""
+    folder = recipe._folder if recipe.file else None  # a built-in's folder holds recipes alone
+    beside = folder / source if folder is not None and not Path(source).is_absolute() else None
+    if beside is None or not checkpoint_file(beside).is_file():
+        return ""
+    return (
+        f"; a member's `set` is read as --set is, from the current folder: the ensemble recipe's folder holds "
+        f"{beside}, so name it distill_from={beside}"
+    )
 
 
 def _check_run_lengths(recipe: EnsembleRecipe, configs: list[Config], starting: list[int]) -> None:
-    """The refusals of members ``starting`` that need the number of training images (a batch larger than the
-    split, a lookahead period longer than the run), made before the first member trains rather than after the
-    ones before it. The members train on the same images and split (``_check_joinable``), so they are read
-    once; a folder dataset's cache then serves the first member's read. A member under way has passed them."""
-    if not starting:
-        return
-    train_data, val_data = load_data(configs[starting[0]])
-    check_trainable(train_data, val_data, configs[starting[0]].data.root)
-    images = len(train_data)
-    for i in starting:
-        t = configs[i].train
-        steps = training_batches(images, t.batch_size, max_batches=t.max_batches_per_epoch)
-        try:
-            if steps == 0:  # the engine's own refusal; an ensemble recipe trains in one process
-                raise ConfigError(f"batch_size {t.batch_size} exceeds the {images} training images")
-            if t.lookahead_every:
-                check_lookahead(t.lookahead_every, steps * t.epochs)
-        except (ConfigError, LookaheadError) as exc:
-            raise ConfigError(f"ensemble member {i + 1} ({recipe.members[i].recipe}): {exc}") from None
+    """The refusals of members ``starting`` that need their training images (``engine.check_run_lengths``), made
+    before the first member trains rather than after the ones before it. A member under way has passed them."""
+    names = [f"ensemble member {i + 1} ({recipe.members[i].recipe})" for i in starting]
+    check_run_lengths([configs[i] for i in starting], names)
 
 
 def _under_way(recipe: EnsembleRecipe, out: Path, index: int, resume: bool) -> bool:

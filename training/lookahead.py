@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from inference.errors import UsageError
+from .config import ConfigError
 
 
-class LookaheadError(UsageError):
-    """A lookahead period the run is too short for."""
+class LookaheadError(ConfigError):
+    """A lookahead period the run is too short for: a setting, refused as the others are."""
 
 
 def check_lookahead(every: int, total_steps: int) -> None:

@@ -27,7 +27,7 @@ from inference.files import write_text_atomic
 
 from ..checkpoint import BEST_FILE, CONFIG_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE
 from ..config import Config, ConfigError, check_distinct
-from ..engine import buildable_config, check_out_of_the_data, resume, train
+from ..engine import buildable_config, check_out_of_the_data, check_run_lengths, resume, train
 from ..inference import check_tta
 from ..models import count_parameters
 from .metrics import compute_metrics, mcnemar, paired_difference_interval
@@ -104,21 +104,44 @@ def _same_config(run_dir: Path, config: Config) -> bool:
     return not saved.is_file() or yaml.safe_load(saved.read_text()) == config.model_dump(mode="json")
 
 
-def run_variant(run_dir: Path, config: Config) -> str:
-    """Train, resume or skip one variant; returns which it did."""
+def _standing(run_dir: Path) -> str:
+    """What the variant's folder holds: a "finished" run, one "started", or "none"."""
     started = (run_dir / LAST_FILE).is_file()
     # what is evaluated is best.pt: a finished variant whose last.pt was deleted to save space is not retrained
-    finished = (run_dir / SUMMARY_FILE).is_file() and (started or (run_dir / BEST_FILE).is_file())
-    if (started or finished) and not _same_config(run_dir, config):
+    if (run_dir / SUMMARY_FILE).is_file() and (started or (run_dir / BEST_FILE).is_file()):
+        return "finished"
+    return "started" if started else "none"
+
+
+def check_variant_folder(run_dir: Path, config: Config) -> None:
+    """Refuse a variant's folder that holds a run of another configuration."""
+    if _standing(run_dir) != "none" and not _same_config(run_dir, config):
         raise UsageError(f"{run_dir} holds a run with a different configuration: use another --out or remove it")
-    if finished:
+
+
+def run_variant(run_dir: Path, config: Config) -> str:
+    """Train, resume or skip one variant; returns which it did."""
+    check_variant_folder(run_dir, config)
+    standing = _standing(run_dir)
+    if standing == "finished":
         return "finished earlier"
-    if started:
+    if standing == "started":
         log.info("resuming %s", run_dir)
         resume(run_dir)
         return "resumed"
     train(config, run_dir)
     return "trained"
+
+
+def check_variants(folders: list[Path], configs: list[Config], labels: list[str]) -> None:
+    """What would refuse a variant once the ones before it had trained, refused before the first trains: a folder
+    holding a run of another configuration, and the refusals that need the training images (data no classifier
+    can learn from, a batch larger than the split, a lookahead period longer than the run). A variant started
+    or finished earlier has passed the latter."""
+    for folder, config in zip(folders, configs):
+        check_variant_folder(folder, config)
+    new = [i for i, folder in enumerate(folders) if _standing(folder) == "none"]
+    check_run_lengths([configs[i] for i in new], [f"variant {labels[i]!r}" for i in new])
 
 
 def _data_spec(config: Config, split: str) -> DataSpec:
@@ -186,13 +209,14 @@ def ablate(
     loaded: dict[tuple, tuple] = {}
     for config in configs:  # so does a missing or unknown split
         _eval_data(_data_spec(config, split), loaded)
+    folders = [out_dir / variant_dir_name([label] if steps else combo) for label, combo in zip(labels, combos)]
+    check_variants(folders, configs, labels)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict[str, Any]] = []
-    for index, (label, combo, config) in enumerate(
-        tqdm(list(zip(labels, combos, configs)), desc="ablation", unit="variant")
+    for index, (label, combo, config, run_dir) in enumerate(
+        tqdm(list(zip(labels, combos, configs, folders)), desc="ablation", unit="variant")
     ):
-        run_dir = out_dir / variant_dir_name([label] if steps else combo)
         log.info("variant %d/%d: %s", index + 1, len(combos), label)
         started = time.perf_counter()
         status = run_variant(run_dir, config)
