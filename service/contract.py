@@ -74,6 +74,9 @@ REASONS: dict[str, Reason] = {
     "overloaded": Reason(
         503, "overloaded: the request would wait longer than the batching latency limit", "later", counted=False
     ),
+    # A worker answers its probes while it loads its models: a request it cannot serve yet is told to come back, as
+    # an overloaded one is, not held past --timeout into BentoML's 504 (whose remedy is fewer images).
+    "loading": Reason(503, "the models are not loaded yet: a worker starting", "later", counted=False),
     "body_stalled": Reason(
         408, f"no byte of the request body arrived for {BODY_IDLE_S:g} seconds", "alone", counted=False
     ),
@@ -112,6 +115,7 @@ ReasonName = Literal[
     "unauthorized",
     "forbidden",
     "overloaded",
+    "loading",
     "body_stalled",
     "client_closed",
 ]
@@ -155,6 +159,11 @@ class Rejection:
         if self.status == 401:
             return {"WWW-Authenticate": "Bearer"}
         return {}
+
+
+def not_loaded() -> Rejection:
+    """The refusal of a request that needs the models while this worker still loads them, on every route alike."""
+    return Rejection("loading", "the models are not loaded yet (the service is starting): try again after Retry-After")
 
 
 class TopK(BaseModel):

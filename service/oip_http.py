@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .access import record_refusal
-from .contract import Rejection
+from .contract import Rejection, not_loaded
 from .oip import (
     BINARY_REFUSAL,
     VERSION,
@@ -60,22 +60,19 @@ def oip_routes(
 ) -> list[BaseRoute]:
     """The routes, given a function that returns the running service (None until it is loaded)."""
 
-    def refuse(rejection: Rejection, request: Request) -> JSONResponse:
+    def refuse(rejection: Rejection, request: Request, headers: Mapping[str, str] | None = None) -> JSONResponse:
+        """The refusal in the protocol's shape, its status and headers the contract's (``headers`` added: an Allow)."""
         record_refusal(rejection, request.method, request.url.path)
         return JSONResponse(
-            OipError(error=rejection.message).model_dump(), status_code=rejection.status, headers=rejection.headers
+            OipError(error=rejection.message).model_dump(),
+            status_code=rejection.status,
+            headers={**rejection.headers, **(headers or {})},
         )
 
-    def not_loaded() -> JSONResponse:
-        # /classify waits for the models instead (LoadGate); here a client is told when to ask again
-        return JSONResponse(
-            OipError(error="the models are not loaded yet").model_dump(), status_code=503, headers={"Retry-After": "1"}
-        )
-
-    def no_statistics() -> JSONResponse:
+    def no_statistics(request: Request) -> JSONResponse:
         """Triton's statistics extension (tritonclient's get_inference_statistics), which this server does not
         have: said so, not as a model named "stats" it does not know (nor counted as the caller's mistake)."""
-        return JSONResponse(OipError(error=STATISTICS_REFUSAL).model_dump(), status_code=404)
+        return refuse(Rejection("no_such_path", STATISTICS_REFUSAL), request)
 
     def unknown(running: Engine, request: Request) -> Rejection | None:
         """Why the model the path names, at the version it names if it names one, is not served here; None if it is."""
@@ -91,8 +88,8 @@ def oip_routes(
     def located(request: Request) -> tuple[Engine, Any] | Response:
         """The running service and the model the path names, or the answer that says why not."""
         running = engine()
-        if running is None:
-            return not_loaded()
+        if running is None:  # /classify waits for the models a while (LoadGate); a client here is told when to ask
+            return refuse(not_loaded(), request)
         missing = unknown(running, request)
         if missing is not None:
             return refuse(missing, request)
@@ -112,7 +109,7 @@ def oip_routes(
     async def metadata(request: Request) -> Response:
         running = engine()
         if request.path_params["name"] == "stats" and (running is None or "stats" not in running.loaded):
-            return no_statistics()
+            return no_statistics(request)
         found = located(request)
         if isinstance(found, Response):
             return found
@@ -159,31 +156,32 @@ def oip_routes(
         Answered in the protocol's shape, not BentoML's plain text."""
         path = request.url.path
         if path.rstrip("/") == "/v2/models":  # the protocol has no list of models; this service has one
-            return JSONResponse(
-                OipError(
-                    error="the Open Inference Protocol has no list of models: GET /models lists this service's; "
-                    "a model's metadata is GET /v2/models/NAME"
-                ).model_dump(),
-                status_code=404,
+            return refuse(
+                Rejection(
+                    "no_such_path",
+                    "the Open Inference Protocol has no list of models: GET /models lists this service's; "
+                    "a model's metadata is GET /v2/models/NAME",
+                ),
+                request,
             )
         if request.method == "GET" and path.rstrip("/").endswith("/stats"):  # a model's (or a version's) statistics
-            return no_statistics()
+            return no_statistics(request)
         for route in model_routes:
             if route.path_regex.match(path):
                 allowed = ", ".join(sorted({*(route.methods or ()), "OPTIONS"}))
                 if request.method == "OPTIONS":  # what the route takes (a CORS preflight was answered before this)
                     return Response(status_code=204, headers={"Allow": allowed})
-                return JSONResponse(
-                    OipError(error=f"{request.method} is not allowed on {path[:200]}; use {allowed}").model_dump(),
-                    status_code=405,
-                    headers={"Allow": allowed},
+                refused = Rejection(
+                    "method_not_allowed", f"{request.method} is not allowed on {path[:200]}; use {allowed}"
                 )
-        return JSONResponse(
-            OipError(
-                error=f"no such route: {path[:200]}; a model's routes are /v2/models/NAME[/versions/{VERSION}]"
-                "[/ready|/infer]"
-            ).model_dump(),
-            status_code=404,
+                return refuse(refused, request, {"Allow": allowed})
+        return refuse(
+            Rejection(
+                "no_such_path",
+                f"no such route: {path[:200]}; a model's routes are /v2/models/NAME[/versions/{VERSION}]"
+                "[/ready|/infer]",
+            ),
+            request,
         )
 
     return [

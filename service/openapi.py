@@ -42,6 +42,18 @@ def _refusal(description: str) -> dict[str, Any]:
     }
 
 
+# The statuses of the reasons a client retries later: their answers carry Retry-After (contract.Rejection.headers).
+_RETRIED = {reason.status for reason in REASONS.values() if reason.remedy == "later"}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds after which to ask again", "schema": {"type": "integer"}}}
+
+
+def _retry_after(responses: dict) -> None:
+    """The Retry-After header on each of ``responses`` (status -> response) that a retried reason answers."""
+    for status, response in responses.items():
+        if str(status).isdigit() and int(status) in _RETRIED:
+            response["headers"] = _RETRY_AFTER
+
+
 def refusals_by_status(skip: tuple[str, ...] = ()) -> dict[int, str]:
     """Each refusal status of /classify with what it means, from the contract's table, less the reasons
     ``skip`` names (those a route never gives)."""
@@ -63,7 +75,8 @@ def document_openapi(document: dict, loaded: Mapping[str, Any] | None, default_k
         "Image classification with the models of the service's manifest (GET /models). POST /classify takes "
         "image files (multipart/form-data, or JSON with each file base64-encoded) and answers each image's top-k "
         "classes with confidences; /v2/... is the Open Inference Protocol that Triton and KServe clients speak. "
-        'Every refusal of a request is a 4xx whose JSON says what was wrong: {"error", "reason"}.'
+        "Every refusal of a request is a 4xx, or a 503 to retry after its Retry-After (overloaded, or the models "
+        'still loading), whose JSON says what was wrong: {"error", "reason"}.'
     )
     schemas = document["components"]["schemas"]
     schemas["ClassifyError"] = ClassifyError.model_json_schema()
@@ -115,15 +128,22 @@ def document_openapi(document: dict, loaded: Mapping[str, Any] | None, default_k
     get = {key: value for key, value in models["post"].items() if key != "requestBody"}
     # GET takes no body, so it has nothing to refuse as malformed (BentoML lists a 400 for every API).
     get["responses"] = {status: r for status, r in get["responses"].items() if str(status) != "400"}
+    # LoadGate's, on both methods: a worker still loading its models past --timeout's margin
+    get["responses"]["503"] = _refusal(REASONS["loading"].when)
     models["get"] = {**get, "operationId": f"{get['operationId']}_get", "x-bentoml-name": "models_get"}
     # BodyGate's for POST /models (415 also for a compressed body, as on every route)
     body_refusals = [REASONS[name] for name in ("malformed_request", "body_too_large", "unsupported_media_type")]
     models["post"]["responses"] = {
         **models["post"]["responses"],
         **{reason.status: _refusal(reason.when) for reason in body_refusals},
+        "503": _refusal(REASONS["loading"].when),
     }
     _document_oip(document, list(loaded) if loaded else None)
     _document_page(paths)
+    for operations in paths.values():
+        for operation in operations.values():
+            if isinstance(operation, dict):
+                _retry_after(operation.get("responses", {}))
     if api_keys:
         _document_keys(document)
     return document
@@ -211,7 +231,7 @@ def _document_oip(document: dict, names: list[str] | None) -> None:
     }
     refusals["415"] = _json("a compressed body (Content-Encoding): send it uncompressed", error)
     unknown = {"404": _json("unknown model", error)}
-    loading = {"503": _json("the models are not loaded yet", error)}
+    loading = {"503": _json(REASONS["loading"].when, error)}
     # BentoML's --timeout covers the mounted routes too, answered {"error"}: the protocol's own shape
     timed_out = {"504": _json(_TIMED_OUT, error)}
 
@@ -260,7 +280,8 @@ def _document_oip(document: dict, names: list[str] | None) -> None:
             "/classify's requests.",
             "parameters": [name],
             "requestBody": {"required": True, "content": {"application/json": {"schema": refs[InferRequest]}}},
-            "responses": {"200": _json("the outputs", refs[InferResponse]), **refusals, **loading, **timed_out},
+            # its 503: overloaded, or still loading (both in ``refusals``)
+            "responses": {"200": _json("the outputs", refs[InferResponse]), **refusals, **timed_out},
         }
     }
     version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "enum": [VERSION]}}

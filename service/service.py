@@ -66,7 +66,7 @@ from .access import (
 )
 from .bentoml_compat import BatchGateway, RouterProbe, label_metrics_by_route
 from .confidence import is_confident
-from .contract import ClassifyResponse, Limits, ModelList, ReasonName, Rejection
+from .contract import ClassifyResponse, Limits, ModelList, ReasonName, Rejection, not_loaded
 from .gpus import gpu_report
 from .metrics import ServiceMetrics
 from .oip_http import oip_routes
@@ -303,8 +303,10 @@ async def _gated(cls, request: Request):
 
 class LoadGate:
     """ASGI middleware: a request to an API route (``API_METHODS``) that arrives while this worker loads its models
-    waits for them (within BentoML's --timeout) before its body is read and checked against them. Health, metrics
-    and the protocol's routes answer meanwhile; a method the route does not take is refused at once (MethodGate)."""
+    waits for them before its body is read and checked against them, up to ``LOAD_WAIT_MARGIN_S`` before
+    --timeout; still loading then (or no service made yet), it is refused 503 ``loading`` with Retry-After.
+    BentoML's 504 at --timeout would tell the client to send fewer images. Health, metrics and the protocol's routes
+    answer meanwhile; a method the route does not take is refused at once (MethodGate)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -313,9 +315,24 @@ class LoadGate:
         allowed = API_METHODS.get(scope["path"], ()) if scope["type"] == "http" else ()
         if scope.get("method") in allowed and scope["method"] != "OPTIONS":
             instance = _instance()
-            if instance is not None and not instance.ready:
-                await instance.loading.wait()
+            if instance is None or not await _loaded_within(instance, SETTINGS.timeout_s - LOAD_WAIT_MARGIN_S):
+                await send_rejection(scope, send, not_loaded())
+                return
         await self.app(scope, receive, send)
+
+
+# How long before --timeout a request waiting for the models is refused: its answer must leave before BentoML's own
+# timer, which started with the request, answers 504.
+LOAD_WAIT_MARGIN_S = 1.0
+
+
+async def _loaded_within(instance: Any, seconds: float) -> bool:
+    """Whether the worker's models are loaded, waiting for them up to ``seconds``."""
+    if instance.ready:
+        return True
+    with anyio.move_on_after(max(0.0, seconds)):
+        await instance.loading.wait()
+    return bool(instance.ready)
 
 
 class BodyGate:
@@ -705,8 +722,10 @@ def _current_instance() -> Any:
 
 async def _get_models(request: Request) -> JSONResponse:
     instance = _current_instance()
-    if instance is None:
-        return JSONResponse({"error": "the models are not loaded yet"}, status_code=503)
+    if instance is None:  # LoadGate refuses it first in a server; here for a request that reaches the route itself
+        refused = not_loaded()
+        record_refusal(refused, request.method, request.url.path)
+        return JSONResponse(refused.body(), status_code=refused.status, headers=refused.headers)
     return JSONResponse(model_list(instance.served, LIMITS).model_dump(mode="json"))
 
 

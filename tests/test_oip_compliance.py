@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from starlette.applications import Starlette
 
-from service.contract import Rejection
+from service.contract import Rejection, not_loaded
 from service.oip_http import oip_routes
 from service.uploads import Upload
 
@@ -154,4 +154,4 @@ def test_a_model_route_while_the_models_load_says_when_to_ask_again():
     infer, metadata = _exchange(None, ("POST", "/v2/models/tiny/infer", body), ("GET", "/v2/models/tiny", None))
     for answer in (infer, metadata):
         assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
-        assert answer.json() == {"error": "the models are not loaded yet"}
+        assert answer.json() == {"error": not_loaded().message}

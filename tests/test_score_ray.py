@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -406,6 +407,35 @@ def test_stages_turn_every_failure_into_the_local_engines_error_row(image_folder
         np.frombuffer(decoded.column("pixels")[0].as_py(), np.uint8).reshape(32, 32, 3),
         np.asarray(Image.open(tmp_path / os.fsdecode(odd)).convert("RGB")),
     )
+
+
+def test_a_stage_that_raises_fails_the_job_in_one_line_naming_the_stage(
+    ray_address, image_folder, tiny_models_dir, tmp_path, monkeypatch, capfd
+):
+    """Ray's text of the failure is a remote traceback on many lines; the scorer says which stage raised what, in one
+    line, and keeps Ray's text in a file that line names. Here inference raises: pixels of another size than the
+    model takes."""
+    from service.score.errors import RemoteError
+    from service.score.walk import Entry
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    backend = ray_engine.RayBackend(str(tiny_models_dir / "tiny.onnx"), str(image_folder), actors=1, batch_size=4)
+    try:
+        backend.size = (16, 16)  # decoded and fed to the model at 16x16; it takes 32x32
+        entries = [Entry(f"alpha/{i:04d}.png", str(image_folder / "alpha" / f"{i:04d}.png")) for i in range(4)]
+        with pytest.raises(RemoteError) as failed:
+            list(backend.rows(iter([entries])))
+    finally:
+        backend.close()
+    said = str(failed.value)
+    assert "\n" not in said and len(said) < 600, said
+    assert said.startswith("the Ray job failed in stage Classify: ") and "Traceback" not in said, said
+    # the stage's own exception, not Ray's wrapper of it
+    assert "UsageError: tiny takes float32 [N, 3, 32, 32]" in said and "UserCodeException" not in said, said
+    (kept,) = tmp_path.glob("score-ray-failure-*.txt")
+    assert said.endswith(f" (Ray's traceback: {kept})"), said
+    assert "UsageError" in kept.read_text() and "UserCodeException" in kept.read_text()  # Ray's whole text
+    assert "An exception was raised from a task" not in capfd.readouterr().err  # nor Ray Data's ERROR lines
 
 
 class _RecordingRay:

@@ -145,6 +145,60 @@ def _decoder_failure(exc: BaseException) -> DecoderFailure | None:
     return None if found is None else DecoderFailure(found)
 
 
+# Ray's text of a remote failure: the stage's traceback (its own chain included), then Ray's wrappers' own, each
+# joined to the one before by Python's chaining line; colour codes around the task's name.
+_CHAINED = re.compile(
+    r"\n\n(?:The above exception was the direct cause of the following exception"
+    r"|During handling of the above exception, another exception occurred):\n\n"
+)
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+_FRAME = re.compile(r'^\s+File "(?P<file>[^"]*)", line \d+, in (?P<function>\S+)', re.MULTILINE)
+_TASK = re.compile(r"^ray::(?P<task>\S+?)(?:\(\))? ", re.MULTILINE)
+# This module's functions in a stage's traceback, and the stage each runs.
+_STAGE_FUNCTIONS = {
+    "read_files": "read_files",
+    "decode_files": "decode_files",
+    "__init__": "Classify",
+    "__call__": "Classify",
+}
+
+
+def job_failure(exc: BaseException) -> str:
+    """One line for a failed Ray job: the stage that failed and its exception (Ray's text of it is a remote
+    traceback of a thousand characters or more, on many lines)."""
+    text = _COLOUR.sub("", str(exc)).strip()
+    # the last exception raised in the stage itself, before Ray's wrappers (ray.exceptions.UserCodeException)
+    raised = [line for line in map(_raised, _CHAINED.split(text)) if line and not line.startswith("ray.")]
+    said = raised[-1] if raised else f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    stage = _stage(text)
+    return f"the Ray job failed{f' in stage {stage}' if stage else ''}: {said[:300]}"
+
+
+def _raised(block: str) -> str:
+    """The exception line of one traceback in Ray's text: the first line after its frames (after its first line,
+    Ray's name of the task, where it has none) that no space starts; '' where there is none."""
+    lines = block.splitlines()
+    frames = [i for i, line in enumerate(lines) if _FRAME.match(line)]
+    if not frames and not (lines and lines[0].startswith("ray::")):
+        return ""
+    after = frames[-1] + 1 if frames else 1
+    return next((line for line in lines[after:] if line and not line[0].isspace()), "")
+
+
+def _stage(text: str) -> str | None:
+    """The stage the traceback ran in: the last of this module's stage functions among its frames, else Ray's name
+    of the task (a fused one names every stage it runs); None for a failure that names no task (an actor lost)."""
+    ours = [
+        _STAGE_FUNCTIONS[found["function"]]
+        for found in _FRAME.finditer(text)
+        if os.path.basename(found["file"]) == os.path.basename(__file__) and found["function"] in _STAGE_FUNCTIONS
+    ]
+    if ours:
+        return ours[-1]
+    task = _TASK.search(text)
+    return task["task"][:200] if task else None
+
+
 class Classify:
     """Stage 3, in each actor of the pool: one ONNX Runtime session; ``pixels`` -> top-k ``index`` and
     ``confidence`` (empty lists on error rows)."""
@@ -353,7 +407,7 @@ class RayBackend:
         except self.ray.exceptions.RayError as exc:
             if (failure := _decoder_failure(exc)) is not None:
                 raise failure from None
-            raise RemoteError(f"the Ray job failed: {type(exc).__name__}: {str(exc).strip()[:1000]}") from None
+            raise RemoteError(f"{job_failure(exc)}{_kept(exc)}") from None
         finally:
             batches.close()  # stops the dataset's executor when the run ends early
 
@@ -383,6 +437,17 @@ class RayBackend:
                 self.ray.shutdown()  # the instance is this process's own: its Ray processes stop with it
             # A cluster's connection is left to the process's end (service/process_end.py), which the cluster sees
             # as the job's end. Shutting it down here raced Ray's threads as above, though none of them was left.
+
+
+def _kept(exc: BaseException) -> str:
+    """Ray's whole text of a failure, written to a file of its own: where it is, for the one line that names it."""
+    try:
+        fd, path = tempfile.mkstemp(prefix="score-ray-failure-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(_COLOUR.sub("", str(exc)))
+    except OSError:
+        return ""
+    return f" (Ray's traceback: {path})"
 
 
 def _join_pipeline_threads(timeout: float) -> None:
@@ -504,7 +569,9 @@ def _set_up_ray_data(ray) -> None:
     context.enable_progress_bars = False
     for handler in logging.getLogger("ray.data").handlers:
         if getattr(handler, "stream", None) in (sys.stderr, sys.stdout):
-            handler.setLevel(logging.ERROR)
+            # A failed stage's ERROR lines too: the failure reaches this process as its exception, said in one line
+            # (_score); Ray's log files keep them.
+            handler.setLevel(logging.CRITICAL)
 
 
 def open_ray(args: argparse.Namespace, model_path: str) -> RayBackend:
