@@ -198,3 +198,17 @@ def test_a_bit_flipped_cache_is_decoded_again_and_rewritten(tmp_path, caplog, mo
         assert read_image_folder(root, SIZE, cache_dir).fingerprint() == fresh.fingerprint()
     assert "is damaged" in caplog.text and len(decoded) == 6
     assert read_image_folder(root, SIZE, cache_dir).fingerprint() == fresh.fingerprint() and len(decoded) == 6
+
+
+def test_a_training_without_a_cache_decodes_its_folder_once(tmp_path, monkeypatch):
+    """The training and validation splits were read one after the other, each decoding the whole folder where no
+    cache keeps it (data.cache_dir empty, or a folder it cannot be written in)."""
+    from training.config import build_config
+    from training.engine import load_data
+
+    root = _tree(tmp_path / "pets", per_class=6)
+    sets = [f"data.root={root}", "data.dataset=folder", "data.val_size=4", "data.cache_dir="]
+    decoded = _decodes(monkeypatch)
+    train, val = load_data(build_config("resnet9_half_cpu", sets))
+    assert (len(train), len(val)) == (8, 4) and val is not None
+    assert len(decoded) == 12

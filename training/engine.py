@@ -46,7 +46,7 @@ from .config import (
     validate_config,
     with_placement,
 )
-from .data import DatasetError, ImageArrays, load_split
+from .data import DatasetError, ImageArrays, load_split, load_train_val
 from .data.augment import to_unit
 from .data.loader import TensorLoader
 from .data.mix import mixed_cross_entropy
@@ -103,26 +103,15 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 def load_data(config: Config) -> tuple[ImageArrays, ImageArrays | None]:
     d = config.data
-
-    def load(split: str) -> ImageArrays:
-        return load_split(
-            d.dataset,
-            d.root,
-            split,
-            val_size=d.val_size,
-            seed=d.split_seed,
-            cache_dir=d.cache_dir,
-            image_size=d.image_size,
-            fit=d.fit,
-        )
-
     if d.val_size == 0:
         log.warning(
             "data.val_size 0: no validation split, so the best epoch is ranked by training accuracy and the run "
             "cannot be exported (python -m export checks the graph against the checkpoint on held-out images)"
         )
-        return load("all"), None
-    return load("train"), load("val")
+        return load_split(d.dataset, d.root, "all", cache_dir=d.cache_dir, image_size=d.image_size, fit=d.fit), None
+    return load_train_val(
+        d.dataset, d.root, d.val_size, d.split_seed, cache_dir=d.cache_dir, image_size=d.image_size, fit=d.fit
+    )
 
 
 # What a run's checkpoint records of its data that the same data gives again (``Trainer._check_same_data``).

@@ -83,10 +83,30 @@ def load_split(
     full = reader(root, train=True, image_size=image_size, cache_dir=cache_dir, fit=fit)
     if split == "all":
         return full
+    train, val = split_train_val(full, val_size, seed, warn=split == "val")
+    return train if split == "train" else val
+
+
+def load_train_val(
+    name: str,
+    root: str | Path,
+    val_size: int = 5000,
+    seed: int = 42,
+    cache_dir: str | Path | None = None,
+    image_size: int = 32,
+    fit: str = DEFAULT_FIT,
+) -> tuple[ImageArrays, ImageArrays]:
+    """``load_split``'s "train" and "val" from one read of the source: two reads decode a folder twice where there
+    is no cache (``data.cache_dir`` empty, or a folder the cache cannot be written in)."""
+    full = DATASETS.get(name)(root, train=True, image_size=image_size, cache_dir=cache_dir, fit=fit)
+    return split_train_val(full, val_size, seed)
+
+
+def split_train_val(full: ImageArrays, val_size: int, seed: int, warn: bool = True) -> tuple[ImageArrays, ImageArrays]:
     train_idx, val_idx = stratified_split(full.labels, val_size, seed, full.classes)
-    if split == "val" and val_size:
+    if warn and val_size:
         _warn_unvalidated(full, val_idx)
-    return full.subset(train_idx if split == "train" else val_idx)
+    return full.subset(train_idx), full.subset(val_idx)
 
 
 def _warn_unvalidated(full: ImageArrays, val_idx: np.ndarray) -> None:
