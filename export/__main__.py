@@ -37,7 +37,14 @@ from inference.manifest import (
     set_default,
     verify_file,
 )
-from inference.messages import configure_logging, os_error_text
+from inference.messages import (
+    configure_logging,
+    configure_streams,
+    flushed,
+    os_error_text,
+    reader_gone,
+    stop_writing,
+)
 from inference.precisions import PRECISIONS, suits, tolerance_text, unsuited_hosts
 from training.cli_types import path_text, positive_int
 
@@ -365,15 +372,18 @@ def _report(entry, parity) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_streams()
     configure_logging()
     argv = sys.argv[1:] if argv is None else argv
     try:
         with terminations_as_interrupts():
-            return _command(argv)
+            return flushed(_command(argv))
     except UsageError as exc:  # what the user gave wrong (ManifestError too); any other error is a bug: its traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a missing file, a path through a file, a full disk, a permission: one line
+        if isinstance(exc, BrokenPipeError) and reader_gone():  # `| head -1`: not the command's failure
+            return stop_writing()
         # one of ours names what is missing in its message; the system's names the path and the reason
         print(f"error: {os_error_text(exc) if exc.errno is not None else exc}", file=sys.stderr)
         return 2

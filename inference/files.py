@@ -56,7 +56,9 @@ def _sync_folder(folder: Path) -> None:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    write_atomic(path, lambda f: f.write(text.encode()))
+    """UTF-8, but a file name's undecodable bytes (surrogate escapes) as those bytes, the name as it is on disk: a
+    strict encoding raised at a report whose heading names a folder that is no UTF-8 text."""
+    write_atomic(path, lambda f: f.write(text.encode("utf-8", "surrogateescape")))
 
 
 def folders_to_make(path: str | Path) -> list[Path]:

@@ -1,9 +1,15 @@
-"""One line for a user out of a library's exception, whose text may run over many lines of advice."""
+"""One line for a user out of a library's exception, whose text may run over many lines of advice; and the
+standard streams a command line writes its lines to."""
 
 from __future__ import annotations
 
+import codecs
 import logging
+import os
 import re
+import select
+import signal
+import sys
 
 from .files import file_in_the_way
 
@@ -129,3 +135,67 @@ def configure_logging() -> None:
     logging.getLogger().setLevel(logging.WARNING)
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
+
+
+# What a command line writes text that its stream's encoding cannot hold with: a file name's undecodable bytes
+# (surrogate escapes) as those bytes, as ls and find write them, so that a name copied from the output still
+# names the file; anything else (a class name in ASCII output, PYTHONIOENCODING=ascii) as a backslash escape,
+# as Python writes it to standard error. Python's own choices each raise UnicodeEncodeError, a traceback where a
+# report's path or a model card holds such text: "strict" (a UTF-8 locale) at the bytes, "surrogateescape" (the
+# C locale where it is not coerced to UTF-8, whose encoding is ASCII) at any other character.
+READABLE_ERRORS = "surrogateescape_else_backslashreplace"
+
+
+def _surrogateescape_else_backslashreplace(exc: UnicodeError) -> tuple[bytes, int]:
+    """Character by character: the codec hands over a run of them, which may mix escaped bytes and others."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    out = [
+        bytes([ord(c) - 0xDC00]) if 0xDC80 <= ord(c) <= 0xDCFF else c.encode("ascii", "backslashreplace")
+        for c in exc.object[exc.start : exc.end]
+    ]
+    return b"".join(out), exc.end
+
+
+def configure_streams() -> None:
+    """Standard output and error for a command line: text the encoding cannot hold is written as READABLE_ERRORS
+    says, not raised; a closed standard error (``2>&-``) discards the messages, where ``print(file=sys.stderr)``
+    would write them to standard output, into the results a caller reads from it."""
+    codecs.register_error(READABLE_ERRORS, _surrogateescape_else_backslashreplace)  # the same handler again: a no-op
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # for the rest of the process: never closed
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) in ("strict", "surrogateescape") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors=READABLE_ERRORS)
+
+
+# The status of a command whose reader closed its standard output (`| head -1`): the shell's for a process
+# ended by SIGPIPE, as the scorer answers (Python ignores SIGPIPE, so a write raises BrokenPipeError instead).
+READER_GONE_STATUS = 128 + signal.SIGPIPE
+
+
+def flushed(status: int) -> int:
+    """``status``, once what the command printed has left the buffer: a reader that has gone then raises
+    BrokenPipeError within the command's error handling, not in Python's exit, which prints "Exception ignored"
+    and ends with status 120."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
+    return status
+
+
+def reader_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it: a BrokenPipeError of its own, not of a
+    socket or another file the command writes, which is an error to report."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), 0)  # POLLERR is reported unasked: a pipe's write end whose reader is gone
+        return any(event & select.POLLERR for _, event in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no standard output, or not a file (captured by a test)
+        return False
+
+
+def stop_writing() -> int:
+    """The status for a command whose reader has gone, said with nothing on standard error, as Unix tools end;
+    what is still buffered is let go into /dev/null, where Python's exit would flush it into the closed pipe."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return READER_GONE_STATUS

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from inference.interrupts import stopped_while_importing
+from inference.messages import configure_streams, flushed, reader_gone, stop_writing
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -27,12 +28,18 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_streams()
     try:
         parser = get_args_parser()  # imports numpy, ONNX Runtime, Pillow: most of a second
     except (KeyboardInterrupt, ImportError) as exc:  # Ctrl-C before anything has started: no traceback
         return stopped_while_importing(exc)
     args = parser.parse_args(argv)
-    return args.fn(args)
+    try:
+        return flushed(args.fn(args))
+    except BrokenPipeError:
+        if not reader_gone():  # a pipe or socket of the command's own: a bug's traceback, as before
+            raise
+        return stop_writing()  # `doctor | head -1`, as `score | head -1` ends
 
 
 if __name__ == "__main__":

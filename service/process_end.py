@@ -14,8 +14,7 @@ def end_process(status: int) -> NoReturn:
     worker while it is shut down, at ray.shutdown() or in Ray's exit handler, ends the process with status 1,
     which replaced a Ctrl-C's 130 on a busy machine. Without Ray, the ordinary exit."""
     if "ray" in sys.modules:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush_standard_streams()
         os._exit(status)
     sys.exit(status)
 
@@ -24,6 +23,11 @@ def end_worker(status: int) -> NoReturn:
     """End a server worker now, from any thread, its log written out first. For a worker that cannot serve: its
     supervisor (BentoML's arbiter) starts another, as it does when the server's start-up fails."""
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _flush_standard_streams()
     os._exit(status)
+
+
+def _flush_standard_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):  # None where closed (>&-)
+        if stream is not None:
+            stream.flush()

@@ -13,7 +13,14 @@ from inference.devices import CudaPlacementError
 from inference.errors import UsageError
 from inference.fits import FITS
 from inference.interrupts import interrupted_status, say_stopped, terminations_as_interrupts
-from inference.messages import configure_logging, os_error_text
+from inference.messages import (
+    configure_logging,
+    configure_streams,
+    flushed,
+    os_error_text,
+    reader_gone,
+    stop_writing,
+)
 
 from .cli_types import add_set_option, path_text, positive_int
 
@@ -370,6 +377,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_streams()
     configure_logging()
     try:
         parser = get_args_parser()  # imports the reports' figures (matplotlib): a second or two
@@ -383,8 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         check_distinct(getattr(args, "set", None) or [])  # --set's of train, resume and ablate, however many
         _check_processes(args.command)
         with terminations_as_interrupts(), quiet_unless_main():
-            return args.fn(args)
+            return flushed(args.fn(args))
     except OSError as exc:  # a missing file, a path through a file, a full disk, a permission
+        if isinstance(exc, BrokenPipeError) and reader_gone():  # `| head -1`: not the command's failure
+            return stop_writing()
         # one of ours names what is missing in its message; the system's names the path and the reason
         print(f"error: {os_error_text(exc) if exc.errno is not None else exc}", file=sys.stderr)
         return 2

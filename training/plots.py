@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,9 +12,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from inference.files import write_atomic  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# Said once per figure where matplotlib warns once per character its font lacks (CJK names in a title or legend).
+NO_GLYPHS = "the plotting font has no glyphs for some characters of its titles or labels (drawn as boxes)"
+_SAID_NO_GLYPHS: set[Path] = set()  # the figures this process has said it of
 
 
 @dataclass(frozen=True)
@@ -49,15 +58,43 @@ class CurveInfo:
         return f"learning rate (end of epoch{'; ' + group if group else ''})"
 
 
-def save_figure(fig, path: Path, **savefig_kwargs: Any) -> None:
+def save_figure(fig, path: Path, tight: bool = False, no_glyphs: str = NO_GLYPHS, **savefig_kwargs: Any) -> None:
     """Save and close ``fig``, through a temporary file renamed over ``path``: a save stopped midway (Ctrl-C, a
     full disk) leaves the figure there before whole, not a truncated PNG (a run's curves are redrawn every
-    epoch, a reused report folder's figures replaced)."""
+    epoch, a reused report folder's figures replaced). ``tight``: lay it out first (``tight_layout`` draws the
+    text, so its warnings are caught too). Characters the font lacks are one warning, ``no_glyphs``."""
     path = Path(path)
-    try:
-        write_atomic(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", **savefig_kwargs))
-    finally:
-        plt.close(fig)
+    _drawable_texts(fig)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if tight:
+                fig.tight_layout()
+            write_atomic(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", **savefig_kwargs))
+        finally:
+            plt.close(fig)
+    missing = False
+    for warning in caught:
+        if "missing from font" in str(warning.message):
+            missing = True
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if missing and path.absolute() not in _SAID_NO_GLYPHS:  # a run's curves are redrawn every epoch: said once
+        _SAID_NO_GLYPHS.add(path.absolute())
+        log.warning("%s: %s", path.name, no_glyphs)
+
+
+def drawable(text: str) -> str:
+    """``text`` with each undecodable byte of a file name (a surrogate escape) as U+FFFD: matplotlib's font
+    code takes no surrogates, and a run folder so named stopped its training at the first epoch's curves."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _drawable_texts(fig) -> None:
+    for text in fig.findobj(Text):
+        shown = text.get_text()
+        if shown != drawable(shown):
+            text.set_text(drawable(shown))
 
 
 def plot_training_curves(
@@ -89,8 +126,7 @@ def plot_training_curves(
     axes[1].legend(fontsize="small")
     if subtitle:
         fig.suptitle(subtitle, fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100)
+    save_figure(fig, path, tight=True, dpi=100)
 
 
 def plot_compared_curves(
@@ -114,5 +150,4 @@ def plot_compared_curves(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100)
+    save_figure(fig, path, tight=True, dpi=100)

@@ -8,6 +8,7 @@ import textwrap
 
 from inference.devices import DEVICES
 from inference.fits import FITS, fit_help
+from inference.messages import configure_streams
 
 from ..confidence import parse_min_confidence
 from ..settings import SETTINGS
@@ -250,6 +251,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_streams()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = get_args_parser().parse_args(["score", *argv])
     return args.fn(args)

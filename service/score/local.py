@@ -192,8 +192,9 @@ class LocalBackend:
             from multiprocessing import resource_tracker
 
             resource_tracker.ensure_running()  # shared with the workers, not one each that unlinks our memory
-            sys.stdout.flush()  # a fork copies unwritten buffers, which each worker would write again at exit
-            sys.stderr.flush()
+            for stream in (sys.stdout, sys.stderr):  # None where closed (>&-)
+                if stream is not None:
+                    stream.flush()  # a fork copies unwritten buffers, which each worker would write again at exit
             ctx: BaseContext = multiprocessing.get_context("fork")
         else:
             forkserver = multiprocessing.get_context("forkserver")

@@ -6,7 +6,6 @@ With many classes (CIFAR-100) a full matrix or bar chart is an unreadable wall o
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -17,11 +16,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..plots import save_figure  # noqa: E402
+from ..plots import drawable, save_figure  # noqa: E402
 
 MAX_CLASSES = 20
 DPI = 110
-log = logging.getLogger("training.reports")
 
 
 # A reliability bin with fewer samples than this is drawn faded: its accuracy is mostly noise.
@@ -32,30 +30,18 @@ MIN_BIN_SAMPLES = 20
 # report.md and metrics.json hold it whole.
 LABEL_CHARS = 24
 
+NO_GLYPHS = (
+    "the plotting font has no glyphs for some characters of the class names (drawn as boxes); report.md names "
+    "the classes in full"
+)
+
 
 def short_label(name: str) -> str:
     return name if len(name) <= LABEL_CHARS else name[: LABEL_CHARS - 1] + "\u2026"
 
 
 def _save(fig, path: Path, tight: bool = False) -> None:
-    """``tight``: lay the figure out first (``tight_layout`` draws the text, so its warnings are caught too)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if tight:
-            fig.tight_layout()
-        save_figure(fig, path, dpi=DPI, bbox_inches="tight")
-    missing = False
-    for warning in caught:  # matplotlib warns once per character the font lacks (CJK class names): said once
-        if "missing from font" in str(warning.message):
-            missing = True
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    if missing:
-        log.warning(
-            "%s: the plotting font has no glyphs for some characters of the class names (drawn as boxes); "
-            "report.md names the classes in full",
-            path.name,
-        )
+    save_figure(fig, path, tight=tight, no_glyphs=NO_GLYPHS, dpi=DPI, bbox_inches="tight")
 
 
 def _suptitle(fig, *lines: str | None) -> None:
@@ -63,7 +49,7 @@ def _suptitle(fig, *lines: str | None) -> None:
     figure shared alone still says what it is of."""
     text = "\n".join(line for line in lines if line)
     if text:
-        fig.suptitle(text, fontsize=9)
+        fig.suptitle(drawable(text), fontsize=9)  # laid out before it is saved: made drawable now
 
 
 def worst_classes(accuracy: Sequence[float | None], k: int) -> np.ndarray:
@@ -311,7 +297,9 @@ def plot_reliability(panels: Sequence[tuple[str, dict]], path: Path, subtitle: s
                 handles[label] = handle
                 labels.append(label)
     _suptitle(fig, subtitle)
-    fig.tight_layout()
+    with warnings.catch_warnings():  # the same text is drawn again when saved, which says what the font lacks
+        warnings.filterwarnings("ignore", "Glyph .* missing from font")
+        fig.tight_layout()
     fig.legend(
         [handles[label] for label in labels],
         labels,
