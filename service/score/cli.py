@@ -50,7 +50,7 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
             "the service stops answering, or when decoding fails for a reason no file explains (a bug: as rows it\n"
             "would be every file's), 2 usage errors (DIR holds no image file, --out exists without --resume or\n"
             "--overwrite, another run is writing --out, ...), 130/143 interrupted by Ctrl-C/SIGTERM (the output\n"
-            "stays valid for --resume)."
+            "stays valid for --resume), 141 the reader of standard output has gone (| head)."
         ),
     )
     p.add_argument(
