@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ("docs/own-dataset.md", "docs/calibration.md", "docs/ray.md", "models/README.md")
+DOCS = (
+    "README.md",
+    "docs/own-dataset.md",
+    "docs/calibration.md",
+    "docs/ray.md",
+    "docs/deploy.md",
+    "docs/fast-training.md",
+    "models/README.md",
+)
 MODULES = ("training", "export", "service")
 EXPORT_COMMANDS = ("verify", "list", "default", "remove", "card", "rederive", "recover")
 
@@ -30,16 +38,29 @@ def _code_block_commands(text: str) -> list[str]:
             pending = pending[:-1] + " "
             continue
         if re.match(r"python -m (training|export|service)\b", pending):
-            commands.append(pending)
+            commands.append(_without_optional_parts(pending))
         pending = ""
     return commands
+
+
+def _without_optional_parts(command: str) -> str:
+    """A synopsis line's command as given, its optional parts (``[--resume]``, ``[--device auto|cpu|cuda]``) and
+    a trailing ``...`` left out: what remains must parse; the options named are checked by the inline spans."""
+    code, _, comment = command.partition("  #")
+    code = re.sub(r"\s*\[[^\]]*\]", "", code).replace(" ...", "")
+    return f"{code}  #{comment}" if comment else code
 
 
 def _inline_commands(text: str) -> list[str]:
     """`python -m ...` code spans, a span broken over two lines joined; spans with an ellipsis, an optional part
     in brackets or a <placeholder> are prose, not commands."""
     spans = re.findall(r"`(python\s+-m\s+(?:training|export|service)\b[^`]*)`", text)
-    return [" ".join(s.split()) for s in spans if not any(mark in s for mark in ("...", "[", "<"))]
+    return [" ".join(s.split()) for s in spans if not _is_prose(s)]
+
+
+def _is_prose(span: str) -> bool:
+    """An ellipsis, an optional part in brackets, a <placeholder> or a one-letter one (seed=S)."""
+    return any(mark in span for mark in ("...", "[", "<")) or bool(re.search(r"(^|[\s=])[A-Z]($|\s)", span))
 
 
 def doc_commands() -> list[tuple[str, str, bool]]:
@@ -79,7 +100,9 @@ def parse(command: str, whole: bool = True):
     try:
         with contextlib.redirect_stderr(err):
             return parser.parse_args(argv)
-    except SystemExit:
+    except SystemExit as exc:
+        if exc.code == 0:  # --help: printed, and every parser has it
+            return None
         message = err.getvalue().strip().splitlines()[-1]
         if not whole and "the following arguments are required" in message:
             return None
@@ -94,7 +117,15 @@ def test_each_doc_gives_commands():
     per_doc = {doc: sum(1 for d, _, whole in COMMANDS if d == doc and whole) for doc in DOCS}
     assert per_doc["docs/own-dataset.md"] >= 12, per_doc
     assert per_doc["docs/ray.md"] >= 4, per_doc
+    assert per_doc["README.md"] >= 20 and per_doc["docs/deploy.md"] >= 5, per_doc
     assert sum(1 for d, _, _ in COMMANDS if d == "models/README.md") >= 20
+
+
+def test_a_synopsis_is_checked_without_its_optional_parts():
+    line = "python -m service score DIR --out p.csv [--resume|--overwrite] [--min-confidence 0.8] ...  # rows"
+    assert _without_optional_parts(line) == "python -m service score DIR --out p.csv  # rows"
+    with pytest.raises(pytest.fail.Exception, match="unrecognized arguments: --outt"):
+        parse(_without_optional_parts("python -m service score DIR --outt p.csv [--resume]"))
 
 
 def test_the_check_catches_a_wrong_flag():
@@ -126,3 +157,36 @@ def test_doc_training_settings_are_a_valid_configuration(doc, command):
     config = build_config(args.recipe, args.set or [])
     assert config_problems(config) == [], command
     create_model(config.model.name, 10, [0.5] * 3, [0.25] * 3, **config.model.args)
+
+
+def bench_commands() -> list[tuple[str, str]]:
+    """`python bench/NAME.py ...` code spans of the docs, but prose ones (``_is_prose``)."""
+    found = []
+    for doc in (*DOCS, "docs/measurements.md"):
+        for span in re.findall(r"`(python\s+bench/[^`]*)`", (ROOT / doc).read_text(encoding="utf-8")):
+            if not _is_prose(span):
+                found.append((doc, " ".join(span.split())))
+    return found
+
+
+BENCH = bench_commands()
+
+
+@pytest.mark.parametrize("doc, command", BENCH, ids=[f"{d}:{c[:70]}" for d, c in BENCH])
+def test_doc_benchmark_command_parses(doc, command, monkeypatch):
+    """A benchmark's flags as the docs give them, against its script's own parser."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    words = shlex.split(command)
+    script = importlib.import_module(Path(words[1]).stem)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            script.get_args_parser().parse_args(words[2:])
+    except SystemExit:
+        pytest.fail(f"{command!r}: {err.getvalue().strip().splitlines()[-1]}")
+
+
+def test_the_docs_give_benchmark_commands():
+    assert len(BENCH) >= 10, BENCH
