@@ -492,10 +492,35 @@ def _parse_value(text: str) -> Any:
         return _load_yaml(text) if text != "" else ""
     except YamlMistake as exc:
         raise ConfigError(f"value {text!r}: {exc.problem}") from exc
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError(_unreadable_value(text, exc)) from None
     except yaml.YAMLError as exc:
         raise ConfigError(
             f"value {text!r} is not YAML ({exception_summary(exc, lines=2)}): quote it, or close its brackets"
         ) from exc
+
+
+def _unreadable_value(text: str, exc: yaml.reader.ReaderError) -> str:
+    """What to say of a value holding a character YAML's reader refuses, which quoting does not mend: bytes that
+    are no UTF-8 (a file named in another encoding, which Python passes on as surrogate escapes) or a control
+    character."""
+    if any("\ud800" <= char <= "\udfff" for char in text):
+        return (
+            f"value '{_as_bytes(text)}' is not UTF-8 text (a name in another encoding?), and settings are UTF-8: "
+            "rename it, or give a link to it whose name is UTF-8 (ln -s)"
+        )
+    return (
+        f"value {text!r} holds the character #x{exc.character:02x}, which YAML takes only as an escape in double "
+        "quotes: rename it, or give a link to it under another name (ln -s)"
+    )
+
+
+def _as_bytes(text: str) -> str:
+    """``text`` with each undecodable byte (which Python keeps as a surrogate escape) written as ``\\xff``."""
+    escaped = all("\udc80" <= char <= "\udcff" for char in text if "\ud800" <= char <= "\udfff")
+    return text.encode("utf-8", "surrogateescape" if escaped else "backslashreplace").decode(
+        "utf-8", "backslashreplace"
+    )
 
 
 def field_owner(key: str) -> str:
@@ -527,6 +552,11 @@ def _split_override(item: str) -> tuple[str, str]:
     key, value = item.split("=", 1)
     if not key.strip():
         raise ConfigError(f"override {item!r} has no key before '='")
+    # .epochs, train..epochs: a setting named "" was refused as "no such setting", naming none
+    if "" in key.strip().split("."):
+        raise ConfigError(
+            f"override {item!r}: key {key.strip()!r} has an empty part beside a dot; write section.setting"
+        )
     # "lr = 0.1", quoted as one word: the key's spaces would make it a model argument named "lr " (the value's
     # are YAML's to ignore)
     return key.strip(), value
@@ -684,7 +714,64 @@ def validate_config(raw: dict[str, Any], started: bool = False) -> Config:
         return Config.model_validate(raw, context={"started": started})
     except ValidationError as exc:
         unknown = [".".join(map(str, e["loc"])) for e in exc.errors() if e["type"] == "extra_forbidden"]
-        raise ConfigError(f"invalid configuration: {validation_problems(exc)}{did_you_mean(unknown)}") from exc
+        problems = validation_problems(_RangedErrors(exc))
+        raise ConfigError(f"invalid configuration: {problems}{did_you_mean(unknown)}") from exc
+
+
+# pydantic's errors for a number out of a field's bounds or not of its kind: each says one bound at most ("less
+# than 1"), or none ("a finite number"), never the range the setting takes
+_RANGE_ERRORS = frozenset(
+    {
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+        "finite_number",
+        "int_from_float",
+        "int_parsing_size",
+    }
+)
+_BOUNDS = {"gt": "<", "ge": "<=", "lt": "<", "le": "<="}
+
+
+class _RangedErrors:
+    """A ValidationError's errors as ``validation_problems`` reads them, each number out of range saying the
+    whole range its setting takes and the value given."""
+
+    def __init__(self, exc: ValidationError) -> None:
+        self._errors = [_with_range(error) for error in exc.errors(include_url=False)]
+
+    def errors(self, include_url: bool = False) -> list[Any]:
+        return self._errors
+
+
+def _with_range(error: Any) -> Any:
+    valid = _valid_range(tuple(error["loc"])) if error["type"] in _RANGE_ERRORS else None
+    if valid is None:
+        return error
+    # the value is said here, beside the range, so none is appended after it
+    return {**error, "msg": f"{error['msg']} (valid: {valid}; got {error['input']!r:.60})", "input": None}
+
+
+def _valid_range(loc: tuple[Any, ...]) -> str | None:
+    """The values a section's numeric field takes, as ``0 <= value < 1``; None for any other location."""
+    if len(loc) != 2 or loc[0] not in Config.model_fields:
+        return None
+    section = Config.model_fields[loc[0]].default_factory
+    if not (isinstance(section, type) and issubclass(section, BaseModel)) or loc[1] not in section.model_fields:
+        return None
+    field = section.model_fields[loc[1]]
+    bounds = {name: getattr(m, name) for m in field.metadata for name in _BOUNDS if hasattr(m, name)}
+    if not bounds:
+        return None
+    shown = {name: f"{bound:g}" if isinstance(bound, float) else str(bound) for name, bound in bounds.items()}
+    lower = next((f"{shown[n]} {_BOUNDS[n]} " for n in ("gt", "ge") if n in bounds), "")
+    upper = next((f" {_BOUNDS[n]} {shown[n]}" for n in ("lt", "le") if n in bounds), "")
+    whole = int in {field.annotation, *get_args(field.annotation)}
+    if not upper:  # value >= 1 reads more plainly than 1 <= value
+        bound = next(n for n in ("gt", "ge") if n in bounds)
+        return f"{'a whole number' if whole else 'a number'} {_BOUNDS[bound].replace('<', '>')} {shown[bound]}"
+    return f"{lower}{'whole number' if whole else 'value'}{upper}"
 
 
 def _setting_names() -> dict[str, list[str]]:

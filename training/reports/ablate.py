@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from inference.errors import UsageError
 from inference.files import write_text_atomic
+from inference.messages import exception_summary
 
 from ..checkpoint import BEST_FILE, CONFIG_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE
 from ..config import Config, ConfigError, check_distinct
@@ -101,7 +102,29 @@ def variant_dir_name(assignments: list[str]) -> str:
 
 def _same_config(run_dir: Path, config: Config) -> bool:
     saved = run_dir / CONFIG_FILE
-    return not saved.is_file() or yaml.safe_load(saved.read_text()) == config.model_dump(mode="json")
+    return not saved.is_file() or _saved_config(saved) == config.model_dump(mode="json")
+
+
+def _saved_config(saved: Path) -> Any:
+    """A variant folder's config.yaml as written; one that cannot be read (damaged, edited wrong, another
+    encoding) is refused naming it: whether the run beside it is this variant's cannot be told."""
+    try:
+        return yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UsageError(
+            f"{saved} cannot be read ({_unreadable(exc)}), so whether the run beside it is this variant's cannot "
+            "be told: use another --out or remove that folder"
+        ) from None
+
+
+def _unreadable(exc: OSError | UnicodeDecodeError | yaml.YAMLError) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    if isinstance(exc, UnicodeDecodeError):
+        return "it is not UTF-8 text"
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        return f"not YAML: {exc.problem} at line {exc.problem_mark.line + 1}"
+    return f"not YAML: {exception_summary(exc)}"
 
 
 def _standing(run_dir: Path) -> str:
