@@ -1546,3 +1546,29 @@ def test_an_ablation_variant_folder_of_another_run_is_refused_before_any_variant
     err = capsys.readouterr().err
     assert (status, trained) == (2, []), err
     assert f"{out / 'dropout-0.3'} holds a run with a different configuration" in err, err
+
+
+def test_an_ablation_variant_started_by_another_configuration_without_its_config_yaml_is_refused(
+    image_folder, tmp_path, capsys
+):
+    """A variant folder whose config.yaml was deleted counted as this variant's run, and its last.pt, of another
+    configuration, was resumed as the variant."""
+    sets = tiny_overrides(image_folder, tmp_path / "cache", epochs=1)
+    other = tmp_path / "a" / "dropout-0.3"
+    assert main(["train", "--recipe", "resnet9_half_cpu", "--out", str(other), "--set", *sets, "dropout=0.5"]) == 0
+    (other / "config.yaml").unlink()
+    (other / "summary.json").unlink()  # stopped before its end
+    argv = [
+        "ablate",
+        "--recipe",
+        "resnet9_half_cpu",
+        "--set",
+        *sets,
+        "--vary",
+        "dropout=0,0.3",
+        "--out",
+        str(other.parent),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds a run of another configuration" in err and "0.5 -> 0.3" in err, err

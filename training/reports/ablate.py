@@ -150,7 +150,7 @@ def run_variant(run_dir: Path, config: Config) -> str:
         return "finished earlier"
     if standing == "started":
         log.info("resuming %s", run_dir)
-        resume(run_dir)
+        resume(run_dir, expected=config)  # its last.pt's own configuration, where config.yaml is gone
         return "resumed"
     train(config, run_dir)
     return "trained"
