@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -69,8 +71,44 @@ def export_fp32(model: torch.nn.Module, path: Path, image_size: int) -> None:
     onnx.checker.check_model(proto, full_check=True)
 
 
+# A lone UTF-16 surrogate: how Python holds a file name's bytes that are not UTF-8 (surrogate escapes)
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def as_text(value: Any) -> Any:
+    """``value`` with every surrogate in its strings (nested in lists and dicts too) as U+FFFD."""
+    if isinstance(value, str):
+        return SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {as_text(k): as_text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(as_text(v) for v in value)
+    return value
+
+
+def recordable_source(card: ModelCard) -> None:
+    """``card.source`` made JSON, which holds only UTF-8 text: a path of the run (its checkpoint, its data, an
+    ensemble's members) whose name has bytes that are not UTF-8 is recorded with U+FFFD for them, and a warning
+    says so. Such a path no longer leads to its file, which verify and recover get over as they do
+    over a moved checkpoint or dataset. The card's other text is names this project checks, and training
+    refuses class folders named so (training.data.folder)."""
+    changed = [key for key, value in card.source.items() if as_text(value) != value]
+    if not changed:
+        return
+    card.source = as_text(card.source)
+    shown = ", ".join(f"source.{key} as {card.source[key]!r}" for key in changed)
+    log.warning(
+        "%s: the card records %s, with U+FFFD for the bytes that are not UTF-8 text (a card is JSON): "
+        "verify and recover cannot open that path (rename the folder and export again to record it exactly)",
+        card.name,
+        shown,
+    )
+
+
 def write_card(path: Path, card: ModelCard) -> None:
-    """Store the card in metadata_props, so a lone .onnx file still says what it is."""
+    """Store the card in metadata_props, so a lone .onnx file still says what it is; ``card.source`` is made
+    recordable first (``recordable_source``), so the manifest written from the card records the same."""
+    recordable_source(card)
     proto = onnx.load(str(path))
     props = {p.key: p.value for p in proto.metadata_props}
     props[METADATA_KEY] = card.model_dump_json()

@@ -183,6 +183,22 @@ def preload_cuda() -> str | None:
     return None
 
 
+def model_source(path: Path) -> str | bytes:
+    """What ONNX Runtime is given to load ``path``: its name, or the file's bytes where the name is not UTF-8
+    text. Python holds such a name's other bytes as surrogate escapes, which ONNX Runtime's binding cannot
+    encode: it refused the name with a TypeError. (The bytes lose the folder an external-data model's
+    weights are read from; this project's exports keep their weights inside.)"""
+    name = str(path)
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return name
+
+
 def open_session(
     path: str | Path, device: Device = "auto", settings: SessionSettings = DEFAULT_SESSION, device_id: int = 0
 ) -> tuple[ort.InferenceSession, Placement]:
@@ -195,7 +211,7 @@ def open_session(
         preload_cuda()
         try:
             session = ort.InferenceSession(
-                str(path),
+                model_source(path),
                 sess_options=session_options(settings, strict_cuda=True),
                 providers=[cuda_provider(device_id)],
             )
@@ -203,15 +219,18 @@ def open_session(
             failure = explain_cuda_failure(path, str(exc), device_id)
     placement = decide_placement(device, cuda_wanted, path.stem, failure, device_id)
     if not placement.on_gpu:
-        try:
-            session = ort.InferenceSession(str(path), sess_options=session_options(settings), providers=[CPU])
-        except Exception as exc:  # ONNX Runtime's error types share only Exception
-            if not type(exc).__module__.startswith("onnxruntime"):
-                raise
-            raise ModelFileError(
-                f"{path} is not an ONNX model ONNX Runtime can load ({exception_summary(exc)})"
-            ) from exc
+        session = cpu_session(path, session_options(settings))
     return session, placement
+
+
+def cpu_session(path: Path, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """A CPU session for ``path``; a ModelFileError for a file ONNX Runtime cannot load."""
+    try:
+        return ort.InferenceSession(model_source(path), sess_options=options, providers=[CPU])
+    except Exception as exc:  # ONNX Runtime's error types share only Exception
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        raise ModelFileError(f"{path} is not an ONNX model ONNX Runtime can load ({exception_summary(exc)})") from exc
 
 
 def explain_cuda_failure(path: Path, error: str, device_id: int = 0) -> str:
@@ -243,7 +262,7 @@ def node_providers(path: str | Path, providers: list) -> list[tuple[str, str]] |
         options = session_options(SessionSettings(threads=1))
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "placement")
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        session = ort.InferenceSession(model_source(Path(path)), sess_options=options, providers=providers)
         if session.get_providers()[0] != first:
             return None
         inp = session.get_inputs()[0]
@@ -260,9 +279,7 @@ def node_providers(path: str | Path, providers: list) -> list[tuple[str, str]] |
 def read_card(session_or_path: ort.InferenceSession | str | Path) -> ModelCard:
     """The ModelCard an exported file carries in its metadata_props."""
     session = (
-        session_or_path
-        if isinstance(session_or_path, ort.InferenceSession)
-        else ort.InferenceSession(str(session_or_path), providers=[CPU])
+        session_or_path if isinstance(session_or_path, ort.InferenceSession) else cpu_session(Path(session_or_path))
     )
     props = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in props:

@@ -124,6 +124,10 @@ def _digest(key: str | bytes) -> bytes:
     return hashlib.sha256(key.encode() if isinstance(key, str) else key).digest()
 
 
+# The client cannot learn the keys from the service: the one who runs it gives them out.
+UNKNOWN_KEY = "unknown API key: send 'Authorization: Bearer KEY' with a key this service accepts (ask its operator)"
+
+
 class ApiKeyGate:
     """ASGI middleware: refuses inference requests without a known key, in the refused route's error shape."""
 
@@ -156,7 +160,7 @@ class ApiKeyGate:
                 scope, send, "unauthorized", "this service requires an API key: 'Authorization: Bearer KEY'"
             )
         elif not self.known(key.strip()):
-            await self._refuse(scope, send, "forbidden", "unknown API key")
+            await self._refuse(scope, send, "forbidden", UNKNOWN_KEY)
         else:
             await self.app(scope, receive, send)
 

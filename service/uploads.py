@@ -148,7 +148,11 @@ async def read_classify_form(request: Request, max_images: int, max_body_bytes: 
         try:
             declared_bytes = int(declared)
         except ValueError:
-            return Rejection("malformed_request", f"invalid Content-Length {declared!r}")
+            return Rejection(
+                "malformed_request",
+                f"invalid Content-Length {declared!r}: send the body's size in bytes as a decimal number, or no "
+                "Content-Length",
+            )
         if declared_bytes > max_body_bytes:
             return _too_large(max_body_bytes, declared_bytes)
 
@@ -228,7 +232,7 @@ def _repeat_refused(what: str, value: Any) -> Rejection | None:
         return None
     key, times = repeated
     reason = "malformed_request" if what else FIELD_REASONS.get(key, "malformed_request")
-    return Rejection(reason, f"{what}{key[:100]!r} given {times} times")
+    return Rejection(reason, f"{what}{key[:100]!r} given {times} times: send it once")
 
 
 async def read_classify_json(request: Request, max_images: int, max_body_bytes: int) -> dict[str, Any] | Rejection:
@@ -480,7 +484,7 @@ async def _check_form(form) -> dict[str, Any] | Rejection:
     for key in FIELDS[1:]:
         given = form.getlist(key)
         if len(given) > 1:
-            return Rejection(FIELD_REASONS[key], f"{key!r} given {len(given)} times")
+            return Rejection(FIELD_REASONS[key], f"{key!r} given {len(given)} times: send it once")
         if given:
             value = given[0]
             if isinstance(value, UploadFile):

@@ -313,4 +313,7 @@ def test_a_json_body_of_many_objects_is_refused_without_a_python_call_for_each(m
     assert not calls, len(calls)
     # a body within the bound still has its repeated keys noted
     refused = _read_classify(b'{"images": [{"data": "AA=="}], "k": 1, "k": 2}', b"application/json")
-    assert isinstance(refused, Rejection) and (refused.reason, refused.message) == ("bad_k", "'k' given 2 times")
+    assert isinstance(refused, Rejection) and (refused.reason, refused.message) == (
+        "bad_k",
+        "'k' given 2 times: send it once",
+    )

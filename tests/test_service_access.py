@@ -129,7 +129,9 @@ def test_the_gate_answers_401_403_or_passes(monkeypatch):
     assert status == 401 and b'"reason": "unauthorized"' in body
     assert _call(gate, "/classify", b"Basic alpha-key")[0] == 401
     status, body = _call(gate, "/v2/models/tiny/infer", b"Bearer wrong")
-    assert status == 403 and body == b'{"error": "unknown API key"}'  # the protocol's error object on /v2
+    # the protocol's error object on /v2; the message says what to send instead
+    expected = b"unknown API key: send 'Authorization: Bearer KEY' with a key this service accepts (ask its operator)"
+    assert status == 403 and body == b'{"error": "' + expected + b'"}'
     # two headers: proxies and servers differ on which counts (the first, the last, both joined), so neither does
     for pair in ([b"Bearer wrong", b"Bearer alpha-key"], [b"Bearer alpha-key", b"Bearer wrong"]):
         status, body = _call(gate, "/classify", pair)
