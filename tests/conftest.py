@@ -93,6 +93,22 @@ def cifar100_root(tmp_path_factory) -> Path:
     return write_cifar100(tmp_path_factory.mktemp("c100"))
 
 
+def count_folder_decodes(monkeypatch) -> list[int]:
+    """The sizes of the files the folder reader decodes from now on (none where it reads its cache)."""
+    import importlib
+
+    folder_module = importlib.import_module("training.data.folder")  # the package's attribute is the reader
+    decoded: list[int] = []
+    decode = folder_module.decode_image
+
+    def counting(data, *args, **kwargs):
+        decoded.append(len(data))
+        return decode(data, *args, **kwargs)
+
+    monkeypatch.setattr(folder_module, "decode_image", counting)
+    return decoded
+
+
 def tiny_overrides(root: Path, out_cache: Path, **extra) -> list[str]:
     """Overrides that make any recipe train in seconds on the generated folder."""
     base = {

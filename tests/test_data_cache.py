@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import count_folder_decodes
 from training.data import load_split
 from training.data.folder import read_image_folder
 
@@ -30,19 +31,6 @@ def _tree(root: Path, per_class: int = 3, seed: int = 0) -> Path:
         for i in range(per_class):
             Image.fromarray(rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)).save(root / cls / f"{i}.bmp")
     return root
-
-
-def _decodes(monkeypatch) -> list[int]:
-    """The files the folder reader decodes from now on (none where it reads its cache)."""
-    decoded: list[int] = []
-    decode = folder_module.decode_image
-
-    def counting(data, *args, **kwargs):
-        decoded.append(len(data))
-        return decode(data, *args, **kwargs)
-
-    monkeypatch.setattr(folder_module, "decode_image", counting)
-    return decoded
 
 
 def _read_only(monkeypatch, folder: Path) -> None:
@@ -118,7 +106,7 @@ def test_a_full_disk_leaves_no_partial_cache_for_the_next_run(tmp_path, caplog, 
         fresh = read_image_folder(root, SIZE, cache_dir)
     assert "(no space left on device)" in caplog.text and list(cache_dir.iterdir()) == []
     monkeypatch.setattr(np, "savez", savez)
-    decoded = _decodes(monkeypatch)
+    decoded = count_folder_decodes(monkeypatch)
     assert read_image_folder(root, SIZE, cache_dir).fingerprint() == fresh.fingerprint() and len(decoded) == 6
 
 
@@ -136,7 +124,7 @@ def test_a_moved_source_reads_its_cache(tmp_path, monkeypatch, packed):
     moved = tmp_path / "elsewhere" / ("pets-2024.tar.gz" if packed else "pets-2024")
     moved.parent.mkdir()
     source.rename(moved)
-    decoded = _decodes(monkeypatch)
+    decoded = count_folder_decodes(monkeypatch)
     again = read_image_folder(moved, SIZE, cache_dir)
     assert decoded == [] and again.fingerprint() == first.fingerprint() and again.classes == first.classes
     assert len(list(cache_dir.glob("*.npz"))) == 1
@@ -193,7 +181,7 @@ def test_a_bit_flipped_cache_is_decoded_again_and_rewritten(tmp_path, caplog, mo
     data = bytearray(cache.read_bytes())
     data[int(len(data) * where)] ^= 0x10
     cache.write_bytes(bytes(data))
-    decoded = _decodes(monkeypatch)
+    decoded = count_folder_decodes(monkeypatch)
     with caplog.at_level(logging.WARNING):
         assert read_image_folder(root, SIZE, cache_dir).fingerprint() == fresh.fingerprint()
     assert "is damaged" in caplog.text and len(decoded) == 6
@@ -208,7 +196,7 @@ def test_a_training_without_a_cache_decodes_its_folder_once(tmp_path, monkeypatc
 
     root = _tree(tmp_path / "pets", per_class=6)
     sets = [f"data.root={root}", "data.dataset=folder", "data.val_size=4", "data.cache_dir="]
-    decoded = _decodes(monkeypatch)
+    decoded = count_folder_decodes(monkeypatch)
     train, val = load_data(build_config("resnet9_half_cpu", sets))
     assert (len(train), len(val)) == (8, 4) and val is not None
     assert len(decoded) == 12

@@ -21,6 +21,22 @@ from training.data.targets import DistilledTargets, hard_labels, part_of
 from training.engine import train
 
 
+def _stopped_after_its_first_epoch(config, run, monkeypatch) -> None:
+    """``config`` trained into ``run`` and interrupted once its first epoch is saved, as Ctrl-C would."""
+    from training.engine import Trainer
+
+    original = Trainer._end_epoch
+
+    def interrupt(self, record):
+        original(self, record)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_end_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run)
+    monkeypatch.setattr(Trainer, "_end_epoch", original)
+
+
 def test_distill_loss_is_the_weighted_sum_of_cross_entropy_and_softened_kl():
     gen = torch.Generator().manual_seed(0)
     student, teacher = torch.randn(6, 4, generator=gen), torch.randn(6, 4, generator=gen)
@@ -177,22 +193,13 @@ def test_a_run_resumes_on_its_kept_targets_when_the_teacher_is_gone_or_changed(
 ):
     """``training resume`` goes on with the teacher's logits the run started with, whether the teacher's file is
     gone or has changed since (its run trained on): a resume continues the run it was."""
-    from training.engine import Trainer, resume
+    from training.engine import resume
 
     teacher = tmp_path / "teacher.pt"
     shutil.copy(tiny_run / "best.pt", teacher)
     overrides = student_overrides(image_folder, tmp_path, teacher, epochs=2, lookahead_every=2)  # 4 steps in all
     config = build_config("airbench94_cpu", overrides)
-    original = Trainer._end_epoch
-
-    def interrupt(self, record):
-        original(self, record)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_end_epoch", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "run")
-    monkeypatch.setattr(Trainer, "_end_epoch", original)
+    _stopped_after_its_first_epoch(config, tmp_path / "run", monkeypatch)
     if teacher_now == "gone":
         teacher.unlink()
     else:
@@ -329,21 +336,12 @@ def test_a_resume_on_changed_data_is_refused_as_such_before_the_teachers_pass(
     """A distilling run resumed after its data changed came to the teacher first: refused as if the teacher were at
     fault ("has classes ...", "trained on other images"), or, a teacher that names no images, only once its pass
     over the new images had replaced the logits the run keeps."""
-    from training.engine import Trainer, resume
+    from training.engine import resume
 
     data = tmp_path / "data"
     shutil.copytree(image_folder, data)
     config = build_config("airbench94_cpu", student_overrides(data, tmp_path, tiny_run, epochs=2, lookahead_every=2))
-    original = Trainer._end_epoch
-
-    def interrupt(self, record):
-        original(self, record)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_end_epoch", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "run")
-    monkeypatch.setattr(Trainer, "_end_epoch", original)
+    _stopped_after_its_first_epoch(config, tmp_path / "run", monkeypatch)
     kept = (tmp_path / "run" / distill.TEACHER_FILE).read_bytes()
 
     def teach(*args, **kwargs):

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import count_folder_decodes
 from training.data import DatasetError, load_split
 from training.data.augment import AugmentParams, augment_batch
 from training.data.folder import read_image_folder
@@ -98,20 +99,6 @@ def test_every_image_mode_reaches_training_as_the_service_computes_it(tmp_path, 
         np.testing.assert_array_equal(trained, expected)
 
 
-def _decodes(monkeypatch) -> list[int]:
-    """The files the folder reader decodes from now on (none where it reads its cache)."""
-    folder_module = importlib.import_module("training.data.folder")  # the package's attribute is the reader
-    decoded: list[int] = []
-    decode = folder_module.decode_image
-
-    def counting(data, *args, **kwargs):
-        decoded.append(len(data))
-        return decode(data, *args, **kwargs)
-
-    monkeypatch.setattr(folder_module, "decode_image", counting)
-    return decoded
-
-
 def test_a_cache_decoded_by_another_decoder_or_pillow_is_decoded_again(tmp_path, monkeypatch):
     """The cache holds pixels: an edit to the shared decoder (inference.preprocess, inference.fits) or another
     Pillow would compute other ones for the service, while training went on reading the old ones."""
@@ -125,7 +112,7 @@ def test_a_cache_decoded_by_another_decoder_or_pillow_is_decoded_again(tmp_path,
         _noise(48, 40, len(cls)).save(root / cls / "0.jpg")
     cache = tmp_path / "cache"
     read_image_folder(root, SIZE, cache)
-    decoded = _decodes(monkeypatch)
+    decoded = count_folder_decodes(monkeypatch)
     read_image_folder(root, SIZE, cache)
     assert decoded == []  # the same decoder: the cache is read
     edited = tmp_path / "fits.py"
@@ -358,7 +345,7 @@ def test_a_cache_that_reads_but_does_not_fit_the_tree_is_decoded_again(tmp_path,
     arrays = damage(fresh)
     with open(cache, "wb") as f:
         np.savez(f, images=arrays["images"], labels=arrays["labels"], classes=arrays["classes"])
-    decoded = _decodes(monkeypatch)
+    decoded = count_folder_decodes(monkeypatch)
     with caplog.at_level(logging.WARNING):
         again = read_image_folder(root, SIZE, cache_dir)
     assert again.fingerprint() == fresh.fingerprint() and again.classes == fresh.classes
