@@ -93,6 +93,21 @@ def cifar100_root(tmp_path_factory) -> Path:
     return write_cifar100(tmp_path_factory.mktemp("c100"))
 
 
+def encode_image(image, fmt: str = "JPEG", orientation: int | None = None, **save) -> bytes:
+    """``image`` saved as ``fmt``, with an EXIF orientation tag where given (a phone's turned photo)."""
+    import io
+
+    from PIL import Image
+
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        save["exif"] = exif
+    buf = io.BytesIO()
+    image.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
 def count_folder_decodes(monkeypatch) -> list[int]:
     """The sizes of the files the folder reader decodes from now on (none where it reads its cache)."""
     import importlib

@@ -16,22 +16,13 @@ from PIL import Image, ImageFile, ImageOps, JpegImagePlugin
 
 import inference.preprocess as preprocess
 from conftest import ROOT
+from conftest import encode_image as _encode
 from inference.fits import FITS, LEGACY_FIT, PAD_COLOR, FitName, fit_image, get_fit
 from inference.manifest import InputSpec, ModelCard, load_manifest
 from inference.precisions import PRECISIONS, PrecisionName
 from inference.preprocess import ImageTooLarge, dct_reduction, decode_image
 
 RED, BLUE, GREY = (230, 20, 20), (20, 20, 230), (100, 100, 100)
-
-
-def _encode(image: Image.Image, fmt: str = "JPEG", orientation: int | None = None, **save) -> bytes:
-    if orientation is not None:
-        exif = Image.Exif()
-        exif[0x0112] = orientation
-        save["exif"] = exif
-    buf = io.BytesIO()
-    image.save(buf, fmt, **save)
-    return buf.getvalue()
 
 
 def _marked(width: int = 160, height: int = 120) -> Image.Image:

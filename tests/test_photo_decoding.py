@@ -12,21 +12,12 @@ import pytest
 from PIL import Image, ImageFile, ImageOps
 
 import inference.preprocess as preprocess
+from conftest import encode_image as _encode
 from inference.errors import UsageError
 from inference.fits import fit_image
 from inference.preprocess import ImageDecodeError, ImageTooLarge, decode_image, decode_pixels
 
 SIZE = (24, 40)  # (height, width): not square, so a missed turn or a mirrored one shows
-
-
-def _encode(image: Image.Image, fmt: str, orientation: int | None = None, **save: object) -> bytes:
-    if orientation is not None:
-        exif = Image.Exif()
-        exif[0x0112] = orientation
-        save["exif"] = exif
-    buf = io.BytesIO()
-    image.save(buf, fmt, **save)
-    return buf.getvalue()
 
 
 def _photo(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:

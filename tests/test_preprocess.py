@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from conftest import encode_image as _encode
 from inference.preprocess import (
     DECODABLE_FORMATS,
     MAX_SIDE,
@@ -21,17 +22,6 @@ from inference.preprocess import (
 
 # The fit every test here names, as every caller must; most of these images are the input's size and need none.
 FIT = "center_crop"
-
-
-def _encode(image: Image.Image, fmt: str, orientation: int | None = None) -> bytes:
-    buf = io.BytesIO()
-    kwargs = {}
-    if orientation is not None:
-        exif = Image.Exif()
-        exif[0x0112] = orientation
-        kwargs["exif"] = exif
-    image.save(buf, fmt, **kwargs)
-    return buf.getvalue()
 
 
 def _asymmetric(width: int = 24, height: int = 40) -> Image.Image:
