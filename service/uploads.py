@@ -143,18 +143,9 @@ async def read_classify_form(request: Request, max_images: int, max_body_bytes: 
     encoded = _encoding_refused(request)
     if encoded is not None:
         return encoded
-    declared = request.headers.get("content-length")
+    declared = _declared_length_refused(request, max_body_bytes)
     if declared is not None:
-        try:
-            declared_bytes = int(declared)
-        except ValueError:
-            return Rejection(
-                "malformed_request",
-                f"invalid Content-Length {declared!r}: send the body's size in bytes as a decimal number, or no "
-                "Content-Length",
-            )
-        if declared_bytes > max_body_bytes:
-            return _too_large(max_body_bytes, declared_bytes)
+        return declared
 
     if not _boundary(request.headers.get("content-type", "")):
         return Rejection(
@@ -368,14 +359,30 @@ def base64_hint(text: str) -> str:
     return ""
 
 
+def _declared_length_refused(request: Request, max_body_bytes: int) -> Rejection | None:
+    """A Content-Length that is no size in bytes, or one over the limit, refused before the body is read."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return None
+    if not (declared.isascii() and declared.isdigit()):
+        return Rejection(
+            "malformed_request",
+            f"invalid Content-Length {declared!r}: send the body's size in bytes as a decimal number, or no "
+            "Content-Length",
+        )
+    if int(declared) > max_body_bytes:
+        return _too_large(max_body_bytes, int(declared))
+    return None
+
+
 async def read_body(request: Request, max_body_bytes: int) -> bytes | Rejection:
     """The whole body of a non-multipart request, within the size limit."""
     encoded = _encoding_refused(request)
     if encoded is not None:
         return encoded
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_body_bytes:
-        return _too_large(max_body_bytes, int(declared))
+    declared = _declared_length_refused(request, max_body_bytes)
+    if declared is not None:
+        return declared
     chunks = []
     limited = Request(request.scope, _limited_receive(request, max_body_bytes))
     try:

@@ -85,6 +85,15 @@ def test_an_invalid_content_length_is_refused_saying_what_to_send():
     assert refused.message.startswith("invalid Content-Length 'ten': send the body's size in bytes")
 
 
+@pytest.mark.parametrize("declared", [b"ten", b"-5", b"+10", b"1e3"])
+def test_an_invalid_content_length_is_refused_on_the_json_route_too(declared):
+    # the JSON body's reader took only a run of digits for a size and read on past anything else
+    headers = [(b"content-type", b"application/json"), (b"content-length", declared)]
+    refused = _classify(b'{"images": [{"data": "AA=="}]}', headers)
+    assert isinstance(refused, Rejection) and (refused.reason, refused.status) == ("malformed_request", 400)
+    assert refused.message.startswith(f"invalid Content-Length {declared.decode()!r}: send the body's size")
+
+
 def test_a_file_that_is_not_onnx_is_refused_in_one_line_by_read_card(tmp_path):
     path = tmp_path / "junk.onnx"
     path.write_bytes(b"junk")
