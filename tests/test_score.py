@@ -25,6 +25,7 @@ from inference.runtime import OnnxClassifier
 from service.contract import Limits, ModelInfo, ModelList
 from service.score.cli import main as score_main
 from service.score.remote import RemoteBackend
+from service.score.run import OUTPUT_LOST
 from service.score.sinks import (
     ENCODING,
     CsvFormat,
@@ -412,7 +413,7 @@ def test_fail_on_error_and_user_errors(tree, tiny_models_dir, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "error: " in err and message in err and "Traceback" not in err, err
     # a device that refuses every write: the header already fails
-    assert _score(tree, "--out", "/dev/full", "--format", "csv", *models) == 1
+    assert _score(tree, "--out", "/dev/full", "--format", "csv", *models) == OUTPUT_LOST
     err = capsys.readouterr().err
     assert "error: cannot write /dev/full: No space left on device" in err and "Traceback" not in err, err
 
@@ -538,7 +539,7 @@ def test_a_failing_write_stops_the_run_with_the_rows_kept_for_resume(image_folde
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, preexec_fn=small_files)
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == OUTPUT_LOST, done.stderr
     assert f"error: cannot write {out}: File too large" in done.stderr, done.stderr
     assert "stopped: scored" in done.stderr and "rerun with --resume" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
@@ -1321,7 +1322,10 @@ def test_a_write_that_fails_on_a_device_advises_no_resume(tree, monkeypatch, cap
     real_client = httpx.Client
     handler, _ = _classify_handler()
     monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
-    assert _score(tree, "--url", "http://scorer.test", "--out", "/dev/full", "--format", "jsonl", "--no-progress") == 1
+    assert (
+        _score(tree, "--url", "http://scorer.test", "--out", "/dev/full", "--format", "jsonl", "--no-progress")
+        == OUTPUT_LOST
+    )
     err = capfd.readouterr().err
     assert "error: cannot write /dev/full: No space left on device" in err and "stopped: scored 0" in err, err
     assert "the rows so far went to /dev/full, which --resume cannot read back: rerun to score all" in err, err

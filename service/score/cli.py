@@ -49,8 +49,9 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
             "exit status: 0 done (even if some files failed), 1 with --fail-on-error and a failed file, when\n"
             "the service stops answering, or when decoding fails for a reason no file explains (a bug: as rows it\n"
             "would be every file's), 2 usage errors (DIR holds no image file, --out exists without --resume or\n"
-            "--overwrite, another run is writing --out, ...), 130/143 interrupted by Ctrl-C/SIGTERM (the output\n"
-            "stays valid for --resume), 141 the reader of standard output has gone (| head)."
+            "--overwrite, another run is writing --out, ...), 74 --out could not be written (a full disk: it holds\n"
+            "the rows the summary counts; make room, then --resume), 130/143 interrupted by Ctrl-C/SIGTERM (the\n"
+            "output stays valid for --resume), 141 the reader of standard output has gone (| head)."
         ),
     )
     p.add_argument(
@@ -168,7 +169,12 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         help=f"with --url, the key of a service that asks for one, sent as 'Authorization: Bearer KEY' (default: the "
         f"{API_KEY_VARIABLE} variable; prefer it: a flag shows in the process list)",
     )
-    p.add_argument("--timeout", type=float, help=f"seconds per request with --url (default: {_default('timeout'):g})")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help=f"seconds per request with --url (default: {_default('timeout'):g}); a request unanswered in time is "
+        "sent again once, then in halves, down to the image it times out on, which is an error row",
+    )
     p.add_argument(
         "--address",
         metavar="ADDR",

@@ -1,18 +1,23 @@
 """The remote engine: a running service's POST /classify, with retries, smaller requests when it says a
 request held too many images, image by image when one image spoils a request, and halves of a request the
-service keeps failing (5xx) until the images it fails on are found."""
+service keeps failing (a 5xx, a dropped connection, no answer in time, an answer that is no classification)
+until the images it fails on are found, while a plain test image shows that the service itself works."""
 
 from __future__ import annotations
 
+import email.utils
 import io
 import os
 import re
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from pydantic import ValidationError
+
+from inference.messages import validation_problems
 
 from ..contract import REASONS, ClassifyError, ClassifyResponse, Limits, ModelList
 from .decode import read_error, read_file
@@ -33,28 +38,34 @@ PART_OVERHEAD = 1024
 FORM_OVERHEAD = 4096
 # The client's one key; the service's own list of keys is CIFAR_API_KEYS (service/access.py).
 API_KEY_VARIABLE = "CIFAR_API_KEY"
-# Server errors that say nothing of the images: a proxy without a service behind it, the service shedding load,
-# a request that waited past a timeout (under load, any image's). Any other 5xx may be an image the service fails
-# on, and is looked for (``_isolate``).
-NOT_THE_IMAGES = (502, 503, 504)
+# The longest a Retry-After (429, 503) is waited, per retry: a service that asks for longer stops the run, whose rows
+# are kept for --resume, rather than holding it without a word.
+MAX_RETRY_AFTER = 60.0
 
 
 class _Failed(NamedTuple):
-    """A request the service kept failing: its last status (None: no answer at all) and what it said."""
+    """A request the service kept failing: its last status (None: no answer at all), what it said, and whether
+    the images sent may be the cause (``images``), or the failure says nothing of them: the service not reached,
+    or told to come back later (429, 503 overloaded or loading), which no image sent elsewhere would change."""
 
     status: int | None
     message: str
     attempts: int
+    images: bool
+
+    def said(self) -> str:
+        return f"HTTP {self.status}: {self.message}" if self.status is not None else self.message
 
     def text(self) -> str:
-        said = f"HTTP {self.status}: {self.message}" if self.status is not None else self.message
-        return f"failed {self.attempts} times: {said}"
+        return (f"failed {self.attempts} times: " if self.attempts > 1 else "failed: ") + self.said()
 
 
 class RemoteBackend:
     """A running service: ``workers`` threads each reading a chunk's files and POSTing them to ``URL/classify``."""
 
-    RETRIES = 5  # for connection errors, 5xx (503: the service sheds load), 408 and 429; waits double from RETRY_DELAY
+    # For what says nothing of the images (not reached, 408, 429, 503 overloaded), and for a probe; waits double
+    # from RETRY_DELAY, or are the service's Retry-After. What may be the images' is retried once, then isolated.
+    RETRIES = 5
     RETRY_DELAY = 0.5
     READY_POLL_S = 0.5
 
@@ -174,17 +185,27 @@ class RemoteBackend:
         return whole(rows)
 
     def _send(
-        self, chunk: list[Entry], items: list[tuple[int, bytes]], rows: list[Row | None], isolating: bool = False
+        self,
+        chunk: list[Entry],
+        items: list[tuple[int, bytes]],
+        rows: list[Row | None],
+        isolating: bool = False,
+        blame: bool = False,
     ) -> None:
-        """``isolating``: ``items`` are part of a request the service failed; a 5xx is retried once, not RETRIES
-        times (it was, on the whole request)."""
-        result = self._post(chunk, items, isolating)
+        """``isolating``: ``items`` are part of a request the service failed, and it answered a probe since.
+        ``blame``: one image, which the service failed on before it answered a probe: failed again, it is an
+        error row."""
+        result = self._post(chunk, items)
         if isinstance(result, list):
             for (i, _), row in zip(items, result):
                 rows[i] = row
             return
         if isinstance(result, _Failed):
-            self._isolate(chunk, items, rows, result)
+            if blame and result.images:
+                i = items[0][0]
+                rows[i] = Row(chunk[i].rel, error=_failed_on_image(result))
+            else:
+                self._isolate(chunk, items, rows, result, isolating)
             return
         status, reason, message = result
         # What to do is the contract's (contract.REASONS); a 413 without a reason is a proxy's body limit.
@@ -206,50 +227,75 @@ class RemoteBackend:
                 self._send(chunk, [item], rows)
 
     def _isolate(
-        self, chunk: list[Entry], items: list[tuple[int, bytes]], rows: list[Row | None], failed: _Failed
+        self,
+        chunk: list[Entry],
+        items: list[tuple[int, bytes]],
+        rows: list[Row | None],
+        failed: _Failed,
+        isolating: bool,
     ) -> None:
-        """A request the service kept failing with a server error: its halves are sent, and theirs, down to the
-        images it fails on alone, which become error rows, so that one such image does not stop the run (and
-        --resume at it again). A service that fails a plain test image too is failing, not failing on an image:
-        the run stops, as for a service that does not answer."""
-        if failed.status is None or failed.status < 500 or failed.status in NOT_THE_IMAGES:
+        """A request the service kept failing: its halves are sent, and theirs, down to the images it fails on
+        alone, which become error rows, so that one such image (one that crashes a worker, or outlasts a proxy's
+        timeout) does not stop the run (and --resume at it again). Each image is blamed only when it fails again
+        after the service answered a plain test image: a service that fails that too is failing, or gone, not
+        failing on an image, and the run stops, as for a service that is not reached."""
+        if not failed.images:
             raise RemoteError(f"the service at {self.url} {failed.text()}")
+        if not isolating:
+            self._check_service()
         if len(items) > 1:
             half = (len(items) + 1) // 2
             self._send(chunk, items[:half], rows, isolating=True)
             self._send(chunk, items[half:], rows, isolating=True)
             return
+        if isolating:  # the service may have gone since the last probe, or be restarting after this very image
+            self._check_service()
+        self._send(chunk, items, rows, blame=True)
+
+    def _check_service(self) -> None:
+        """RemoteError unless the service classifies a plain test image, with every retry."""
         if (probe := self._probe()) is not None:
             raise RemoteError(f"the service at {self.url} {probe.text()}")
-        i = items[0][0]
-        rows[i] = Row(chunk[i].rel, error=f"the service failed on this image (HTTP {failed.status}): {failed.message}")
 
     def _probe(self) -> _Failed | None:
-        """How the service fails a plain test image, with every retry; None where it answers it (any answer but a
-        server error)."""
-        answer = self._exchange([("images", ("probe.png", _probe_image(), "image/png"))], isolating=False)
-        return answer if isinstance(answer, _Failed) else None
+        """How the service fails a plain test image, with every retry; None where it answers it (a classification,
+        or a refusal: any answer but a failure)."""
+        answer = self._exchange([("images", ("probe.png", _probe_image(), "image/png"))], patient=True)
+        if isinstance(answer, _Failed) or answer.status_code >= 400:
+            return answer if isinstance(answer, _Failed) else None
+        checked = _checked_answer(answer, 1)
+        return _Failed(answer.status_code, checked, 1, images=True) if isinstance(checked, str) else None
 
     def _post(
-        self, chunk: list[Entry], items: list[tuple[int, bytes]], isolating: bool = False
+        self, chunk: list[Entry], items: list[tuple[int, bytes]]
     ) -> list[Row] | tuple[int, str | None, str] | _Failed:
         """The rows; (status, reason, message) when the service rejects the request (4xx), reason None where the
-        answer names none; ``_Failed`` when it kept failing it."""
+        answer names none; ``_Failed`` when it kept failing it, or answered what is not its images'
+        classification."""
         files = [
             ("images", (_sendable(os.path.basename(chunk[i].rel)), data, "application/octet-stream"))
             for i, data in items
         ]
-        answer = self._exchange(files, isolating)
+        answer = self._exchange(files, patient=False)
         if isinstance(answer, _Failed):
             return answer
-        if answer.status_code < 400:
-            return self._parse(chunk, items, answer)
-        reason, message = _error_message(answer)
-        return answer.status_code, reason, message
+        if answer.status_code >= 400:
+            reason, message = _error_message(answer)
+            return answer.status_code, reason, message
+        checked = _checked_answer(answer, len(items))
+        if isinstance(checked, str):
+            return _Failed(answer.status_code, checked, 1, images=True)
+        self.name = self.name or checked.model
+        # Cut to k: a service that gives more than it was asked for (one that ignores k) would write rows longer
+        # than the CSV header, which --resume then refuses.
+        return [
+            Row(chunk[i].rel, [Prediction(t.label, t.index, t.confidence) for t in prediction.top_k[: self.k]])
+            for (i, _), prediction in zip(items, checked.predictions)
+        ]
 
-    def _exchange(self, files: list, isolating: bool) -> httpx.Response | _Failed:
-        """POST /classify, retried while the service does not answer or answers 5xx, 408 or 429: its answer, or
-        ``_Failed``. ``isolating``: a 5xx that may be the images' (not NOT_THE_IMAGES) is retried once."""
+    def _exchange(self, files: list, patient: bool) -> httpx.Response | _Failed:
+        """POST /classify, retried while the service is not reached or answers 5xx, 408 or 429: its answer, or
+        ``_Failed``. What may be the images' doing is retried once, ``patient``: as often as the rest."""
         httpx = self.httpx
         form = {"k": str(self.k)}
         if self.model:
@@ -259,36 +305,32 @@ class RemoteBackend:
         delay, attempts = self.RETRY_DELAY, 0
         while True:
             attempts += 1
-            status: int | None = None
+            wait = delay
             try:
                 response = self.client.post("/classify", files=files, data=form)
             except httpx.TransportError as exc:
-                message = f"{type(exc).__name__}: {exc}"
+                unreached = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+                failed = _Failed(None, self._transport_message(exc), attempts, images=not unreached)
             else:
                 status = response.status_code
                 if status < 500 and status not in (408, 429):
                     return response
-                message = _error_message(response)[1]
-            image_specific = status is not None and status >= 500 and status not in NOT_THE_IMAGES
-            if attempts > self.RETRIES or (isolating and image_specific and attempts >= 2):
-                return _Failed(status, message, attempts)
-            time.sleep(delay)
+                reason, message = _error_message(response)
+                later = status in (408, 429) or (reason in REASONS and REASONS[reason].remedy == "later")
+                failed = _Failed(status, message, attempts, images=not later)
+                asked = _retry_after(response)
+                if asked is not None and asked > MAX_RETRY_AFTER:
+                    return failed._replace(message=f"{message} (it asks to be asked again in {asked:.0f} s)")
+                wait = max(delay, asked or 0.0)
+            if attempts > self.RETRIES or (failed.images and not patient and attempts >= 2):
+                return failed
+            time.sleep(wait)
             delay *= 2
 
-    def _parse(self, chunk, items, response) -> list[Row]:
-        try:
-            answer = ClassifyResponse.model_validate_json(response.content)
-            if len(answer.predictions) != len(items):
-                raise ValueError(f"{len(answer.predictions)} predictions for {len(items)} images")
-        except ValueError as exc:  # pydantic's ValidationError among them
-            raise RemoteError(
-                f"unexpected answer from {self.url}/classify ({type(exc).__name__}: {exc}): {response.text[:300]}"
-            ) from None
-        self.name = self.name or answer.model
-        return [
-            Row(chunk[i].rel, [Prediction(t.label, t.index, t.confidence) for t in prediction.top_k])
-            for (i, _), prediction in zip(items, answer.predictions)
-        ]
+    def _transport_message(self, exc: httpx.TransportError) -> str:
+        if isinstance(exc, self.httpx.ReadTimeout):
+            return f"no answer within {self.timeout:g} s (--timeout)"
+        return f"{type(exc).__name__}: {exc}"
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -313,6 +355,45 @@ def checked_url(url: str) -> str:
     if parsed.port is not None and not 0 < parsed.port < 65536:
         raise UserError(f"--url {url!r}: port {parsed.port} is not a TCP port (1 to 65535)")
     return url
+
+
+def _checked_answer(response, count: int) -> ClassifyResponse | str:
+    """The answer to a request of ``count`` images, or why it is none: rows are matched to images by position,
+    so an answer with another number of predictions cannot be written."""
+    try:
+        answer = ClassifyResponse.model_validate_json(response.content)
+    except ValidationError as exc:
+        what = "not JSON" if exc.errors()[0]["type"] == "json_invalid" else validation_problems(exc, limit=200)
+        kind = response.headers.get("content-type", "no content type").split(";")[0]
+        return f"an answer that is no classification ({what}; {kind}): {response.text.strip()[:200]!r}"
+    if len(answer.predictions) != count:
+        return f"an answer with {len(answer.predictions)} predictions for {count} images"
+    return answer
+
+
+def _failed_on_image(failed: _Failed) -> str:
+    """The error row of an image the service failed on, alone, before and after it answered a test image."""
+    if failed.status is None:
+        return f"the service failed on this image: {failed.message}"
+    return f"the service failed on this image (HTTP {failed.status}): {failed.message}"
+
+
+def _retry_after(response) -> float | None:
+    """The seconds a Retry-After header asks to wait (a number, or an HTTP date), or None."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _error_message(response) -> tuple[str | None, str]:

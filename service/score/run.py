@@ -37,12 +37,17 @@ from .sinks import (
 )
 from .walk import Entry, WalkStats, count_images, walk
 
+# The output could not be written (a full disk, a read-only file system): told apart from 1 (the service stopped
+# answering, --fail-on-error), since what to do differs: make room, then --resume. sysexits.h's EX_IOERR.
+OUTPUT_LOST = 74
+
 
 @dataclass
 class Summary:
     scored: int = 0
     unconfident: int = 0  # scored, with a top-1 confidence below --min-confidence
     failed: int = 0
+    lost: int = 0  # rows the engine gave that a failed write left out of the output
     resumed: int = 0
     resumed_failed: int = 0  # error rows among the resumed: --fail-on-error counts them too
     elapsed: float = 0.0
@@ -80,6 +85,18 @@ class Summary:
             lines.append(f"not entered: {_hidden_dirs(self.walk.hidden_dirs_skipped)}")
         if self.failures:
             lines.append("failed files (first few): " + "; ".join(self.failures))
+        if self.lost:
+            rows = f"{self.lost} more row{'s' if self.lost > 1 else ''}"
+            if out == "-" or not resumable:
+                lines.append(f"not written, or only in part: {rows}, lost with the write that failed")
+            elif not replaced:
+                lines.append(f"not written: {rows}, lost with the write that failed")
+            else:
+                held = self.scored + self.failed + self.resumed
+                lines.append(
+                    f"not written: {rows}, lost with the write that failed; {out} holds {held} rows, those counted "
+                    "above" + (" and the resumed" if self.resumed else "")
+                )
         if stopped and out != "-":
             if not replaced:
                 lines.append(f"{out} is as it was: it is replaced only once the new rows begin")
@@ -288,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 128 + signal.SIGPIPE
         print(f"error: cannot write {_output_name(args.out)}: {exc}", file=sys.stderr)
-        return 1
+        return OUTPUT_LOST
     finally:
         if backend is not None:
             backend.close()
@@ -434,23 +451,34 @@ def _run(args, fmt_name: str, backend: Backend, summary: Summary, entries: Itera
     interrupted: KeyboardInterrupt | None = None
     lost: _OutputLost | None = None
     failure: StopRun | None = None
+    # What the output holds of whole rows, in bytes, and the rows being written after them: where a write fails,
+    # they say which of those rows the file holds.
+    kept = _size(out, args.out)
+    writing: list[Row] = []
+
+    def count(rows: list[Row]) -> None:
+        for row in rows:
+            if row.error is None:
+                summary.scored += 1
+                if args.min_confidence is not None and not confident(row, args.min_confidence):
+                    summary.unconfident += 1
+            else:
+                summary.failed += 1
+                if len(summary.failures) < 3:
+                    summary.failures.append(f"{row.path}: {row.error}")
+            if accuracy is not None:
+                accuracy.add(row)
+
     start = time.perf_counter()
     try:
         for rows in backend.rows(chunks(entries, backend.batch_size, done)):
+            writing = rows
             _write(out, fmt.format(rows))
             if replacement is not None:
                 replacement.commit()
-            for row in rows:
-                if row.error is None:
-                    summary.scored += 1
-                    if args.min_confidence is not None and not confident(row, args.min_confidence):
-                        summary.unconfident += 1
-                else:
-                    summary.failed += 1
-                    if len(summary.failures) < 3:
-                        summary.failures.append(f"{row.path}: {row.error}")
-                if accuracy is not None:
-                    accuracy.add(row)
+            writing = []
+            kept = _size(out, args.out)
+            count(rows)
             if bar.total is None and total and total[0] is not None:
                 bar.total = total[0]
             bar.update(len(rows))
@@ -471,6 +499,15 @@ def _run(args, fmt_name: str, backend: Backend, summary: Summary, entries: Itera
             replacement.abandon()
     if lost is not None and isinstance(lost.error, BrokenPipeError):
         raise lost
+    if lost is not None and writing:
+        # The closed file holds whatever of the failed write reached the disk (the close flushes once more): its
+        # whole rows are counted as written, and a row cut short is cut off, so the file and the summary agree.
+        target = replacement.target if replacement is not None else args.out
+        whole = 0
+        if (replacement is None or replacement.done) and kept is not None:
+            whole = _settle(target, kept, [fmt.format([row]).encode(**ENCODING) for row in writing])
+        count(writing[:whole])
+        summary.lost = len(writing) - whole
     if lost is not None:
         print(f"error: cannot write {_output_name(args.out)}: {lost}", file=sys.stderr)
     if failure is not None:
@@ -483,9 +520,44 @@ def _run(args, fmt_name: str, backend: Backend, summary: Summary, entries: Itera
         print(accuracy.report(), file=sys.stderr)
     if interrupted:
         return interrupted_status(interrupted)
+    if lost:
+        return OUTPUT_LOST
     # A file that failed before an interruption is as unscored as one that failed now: a resumed run's status
     # must not depend on where the first run stopped.
-    return 1 if lost or failure or (args.fail_on_error and (summary.failed or summary.resumed_failed)) else 0
+    return 1 if failure or (args.fail_on_error and (summary.failed or summary.resumed_failed)) else 0
+
+
+def _size(out, path: str) -> int | None:
+    """The size of the output file, all of it written; None for standard output, a pipe or a device, whose
+    rows cannot be counted back."""
+    if path == "-" or not out.seekable():
+        return None
+    try:
+        return os.fstat(out.fileno()).st_size
+    except OSError:
+        return None
+
+
+def _settle(path: str, kept: int, rows: list[bytes]) -> int:
+    """How many of ``rows`` (the failed write's, encoded, in order) the file at ``path`` holds whole after its
+    first ``kept`` bytes; the file is cut after them, so that it ends with a whole row."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return 0
+    end = kept
+    whole = 0
+    for row in rows:
+        if end + len(row) > size:
+            break
+        end += len(row)
+        whole += 1
+    if size > end:
+        try:
+            os.truncate(path, end)
+        except OSError:
+            pass  # a row cut short stays: --resume drops it
+    return whole
 
 
 def _output_name(path: str) -> str:

@@ -1,0 +1,386 @@
+"""Batch scoring with --url when the service misbehaves: one image that makes it crash, time out or answer
+nonsense is that image's error row and the run goes on; a service that is gone, or asks to be left alone for
+long, stops the run with the rows kept for --resume; and a write that fails part-way (a full disk) leaves a file
+that holds exactly the rows the summary counts, with an exit status of its own."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import json
+import re
+import shutil
+import socket
+import struct
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from service.score import run as run_module
+from service.score.cli import main as score_main
+from service.score.remote import MAX_RETRY_AFTER, RemoteBackend
+from service.score.run import OUTPUT_LOST
+
+CLASSES = ["alpha", "beta", "gamma"]
+MODELS = {
+    "default": "fake",
+    "models": [
+        {
+            "name": "fake",
+            "dataset": "folder",
+            "arch": "resnet9",
+            "classes": CLASSES,
+            "precision": "fp32",
+            "accuracy": None,
+            "input_size": [32, 32],
+            "fit": "center_crop",
+            "default": True,
+        }
+    ],
+}
+
+
+class Fake(BaseHTTPRequestHandler):
+    """The service's GET /readyz, GET /models and POST /classify; ``server.fault(handler, body, names)`` may
+    answer a POST its own way (and return True), else every image gets the same classes."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def answer(self, status: int, body: bytes | dict, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json" if isinstance(body, dict) else "text/html")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self.answer(200, {"status": "ready"} if self.path == "/readyz" else MODELS)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        names = [n.decode() for n in re.findall(rb'name="images"; filename="([^"]*)"', body)]
+        self.names = names
+        with self.server.lock:  # type: ignore[attr-defined]
+            self.server.posts.append(names)  # type: ignore[attr-defined]
+        try:
+            if self.server.fault(self, body, names):  # type: ignore[attr-defined]
+                return
+        except OSError:  # the scorer gave up on this request (its --timeout)
+            return
+        top = [{"label": c, "index": i, "confidence": 0.5 / (i + 1)} for i, c in enumerate(CLASSES)]
+        self.answer(200, {"model": "fake", "predictions": [{"filename": n, "top_k": top} for n in names]})
+
+    def drop(self, reset: bool) -> None:
+        """Close the connection without an answer: a worker that died on the request (RST), or one that closed."""
+        if reset:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        self.close_connection = True
+        self.connection.close()
+
+
+Fault = Callable[[Fake, bytes, list[str]], bool]
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Fault], tuple[str, list[list[str]]]]]:
+    """Start a fake service on a free port with a fault: its URL and the names of every POST's images."""
+    servers: list[ThreadingHTTPServer] = []
+    release = threading.Event()
+
+    def start(fault: Fault) -> tuple[str, list[list[str]]]:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Fake)
+        server.daemon_threads = True
+        server.fault = fault  # type: ignore[attr-defined]
+        server.posts = []  # type: ignore[attr-defined]
+        server.lock = threading.Lock()  # type: ignore[attr-defined]
+        server.release = release  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}", server.posts  # type: ignore[attr-defined]
+
+    yield start
+    release.set()
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def photos(image_folder, tmp_path, monkeypatch) -> Path:
+    """Eight distinct PNGs, 0.png to 7.png (scored in that order), and retries without waits."""
+    monkeypatch.setattr(RemoteBackend, "RETRY_DELAY", 0.001)
+    root = tmp_path / "photos"
+    root.mkdir()
+    for n, source in enumerate(sorted((image_folder / "alpha").iterdir())[:8]):
+        shutil.copy(source, root / f"{n}.png")
+    return root
+
+
+def _score(*args) -> int:
+    return score_main([str(a) for a in args])
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _poisoned(photos: Path, answer: Callable[[Fake], None]) -> Fault:
+    """A fault for every request that holds 5.png: ``answer`` it."""
+    poison = (photos / "5.png").read_bytes()
+
+    def fault(handler: Fake, body: bytes, names: list[str]) -> bool:
+        if poison not in body:
+            return False
+        answer(handler)
+        return True
+
+    return fault
+
+
+def _fewer(handler: Fake) -> None:
+    """200, with a prediction short (rows are matched to images by position)."""
+    top = [{"label": "alpha", "index": 0, "confidence": 0.9}]
+    predictions = [{"filename": name, "top_k": top} for name in handler.names[:-1]]
+    handler.answer(200, {"model": "fake", "predictions": predictions})
+
+
+FAULTS: dict[str, tuple[Callable[[Fake], None], str]] = {
+    "500": (lambda h: h.answer(500, {"error": "the model raised"}), "(HTTP 500): the model raised"),
+    "502 from a proxy": (lambda h: h.answer(502, b"<html>502 Bad Gateway</html>"), "(HTTP 502): <html>502 Bad"),
+    "503 without a reason": (lambda h: h.answer(503, {"error": "no healthy upstream"}), "(HTTP 503): no healthy"),
+    "504 from a proxy": (lambda h: h.answer(504, {"error": "upstream timed out"}), "(HTTP 504): upstream timed out"),
+    "connection closed": (lambda h: h.drop(reset=False), "RemoteProtocolError"),
+    "connection reset": (lambda h: h.drop(reset=True), "Connection reset by peer"),
+    "no answer in time": (lambda h: h.server.release.wait(10), "no answer within 0.3 s (--timeout)"),  # type: ignore[attr-defined]
+    "200, not JSON": (lambda h: h.answer(200, b"<html>oops</html>"), "(HTTP 200): an answer that is no classification"),
+    "200, fewer predictions": (_fewer, "(HTTP 200): an answer with 0 predictions for 1 images"),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_an_image_the_service_fails_on_in_any_way_is_its_error_row(fault, photos, serve, tmp_path, capsys):
+    answer, said = FAULTS[fault]
+    url, _ = serve(_poisoned(photos, answer))
+    out = tmp_path / "preds.csv"
+    status = _score(photos, "--url", url, "--out", out, "--batch-size", 4, "--timeout", 0.3, "--no-progress")
+    err = capsys.readouterr().err
+    assert status == 0, err
+    errors = {row["path"]: row["error"] for row in _rows(out)}
+    assert sorted(errors) == [f"{n}.png" for n in range(8)]
+    assert {path for path, error in errors.items() if error} == {"5.png"}, errors
+    assert errors["5.png"].startswith("the service failed on this image") and said in errors["5.png"], errors
+    assert "scored 7, failed 1" in err and "Traceback" not in err, err
+
+
+def test_an_image_that_takes_the_service_down_for_a_while_blames_no_other(photos, serve, tmp_path, capsys):
+    """The image crashes the service, which answers 503 while it restarts: the requests of other images that
+    meet the restart are not their images' fault, and are sent again once the service answers a test image."""
+    poison = (photos / "5.png").read_bytes()
+    down = {"left": 0}
+
+    def fault(handler: Fake, body: bytes, names: list[str]) -> bool:
+        if down["left"] > 0:
+            down["left"] -= 1
+            handler.answer(503, {"error": "restarting"})
+            return True
+        if poison in body:
+            down["left"] = 3
+            handler.drop(reset=True)
+            return True
+        return False
+
+    url, _ = serve(fault)
+    out = tmp_path / "preds.csv"
+    assert _score(photos, "--url", url, "--out", out, "--batch-size", 4, "--workers", 1, "--no-progress") == 0
+    failed = {row["path"] for row in _rows(out) if row["error"]}
+    assert failed == {"5.png"} and "scored 7, failed 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "fault, said",
+    [
+        (lambda h: h.answer(502, {"error": "bad gateway"}), "failed 6 times: HTTP 502: bad gateway"),
+        (lambda h: h.drop(reset=True), "failed 6 times: ReadError"),
+        # the service's own word that it sheds load: no image is to blame, none is looked for
+        (lambda h: h.answer(503, {"error": "overloaded", "reason": "overloaded"}), "failed 6 times: HTTP 503"),
+    ],
+    ids=["502", "reset", "503 overloaded"],
+)
+def test_a_service_that_fails_every_request_stops_the_run_for_resume(fault, said, photos, serve, tmp_path, capsys):
+    url, _ = serve(lambda handler, body, names: fault(handler) or True)
+    out = tmp_path / "preds.csv"
+    assert _score(photos, "--url", url, "--out", out, "--batch-size", 4, "--no-progress") == 1
+    err = capsys.readouterr().err
+    assert f"error: the service at {url} {said}" in err and "stopped: scored 0, failed 0" in err, err
+    assert "rerun with --resume to continue" in err and "Traceback" not in err, err
+    assert _rows(out) == []  # no image written as the service's failure
+
+
+def test_a_service_gone_mid_run_stops_it_and_resume_finishes(photos, serve, tmp_path, capsys):
+    """After its first answer the service is gone (connection refused): no image is to blame, the run stops."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def first_only(handler: Fake, body: bytes, names: list[str]) -> bool:
+        if not servers:
+            servers.append(handler.server)  # type: ignore[arg-type]
+            handler.server.shutdown()
+            handler.server.server_close()
+            handler.close_connection = True
+        return False
+
+    url, _ = serve(first_only)
+    out = tmp_path / "preds.csv"
+    assert _score(photos, "--url", url, "--out", out, "--batch-size", 4, "--workers", 1, "--no-progress") == 1
+    err = capsys.readouterr().err
+    assert "failed 6 times: ConnectError" in err and "stopped: scored 4, failed 0" in err, err
+    assert "rerun with --resume to continue" in err and "Traceback" not in err, err
+
+    url, _ = serve(lambda handler, body, names: False)
+    assert _score(photos, "--url", url, "--out", out, "--resume", "--no-progress") == 0
+    assert [row["path"] for row in _rows(out)] == [f"{n}.png" for n in range(8)]
+
+
+def _sleeps(monkeypatch) -> list[float]:
+    """The waits the scorer's request threads ask for, not waited."""
+    waits: list[float] = []
+    real = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread().name.startswith("score-post"):
+            waits.append(seconds)
+        else:
+            real(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    return waits
+
+
+def test_a_429_is_waited_out_as_its_retry_after_says(photos, serve, tmp_path, monkeypatch):
+    refused = {"left": 2}
+
+    def fault(handler: Fake, body: bytes, names: list[str]) -> bool:
+        if refused["left"] > 0:
+            refused["left"] -= 1
+            handler.answer(429, {"error": "slow down"}, {"Retry-After": "7"})
+            return True
+        return False
+
+    url, posts = serve(fault)
+    waits = _sleeps(monkeypatch)
+    out = tmp_path / "preds.csv"
+    assert _score(photos, "--url", url, "--out", out, "--batch-size", 8, "--no-progress") == 0
+    assert waits == [7.0, 7.0] and len(posts) == 3
+    assert not any(row["error"] for row in _rows(out))
+
+
+def test_a_retry_after_longer_than_the_scorer_waits_stops_the_run_at_once(photos, serve, tmp_path, monkeypatch, capsys):
+    url, posts = serve(lambda h, body, names: h.answer(429, {"error": "quota used"}, {"Retry-After": "3600"}) or True)
+    waits = _sleeps(monkeypatch)
+    out = tmp_path / "preds.csv"
+    assert _score(photos, "--url", url, "--out", out, "--batch-size", 8, "--no-progress") == 1
+    err = capsys.readouterr().err
+    assert "HTTP 429: quota used (it asks to be asked again in 3600 s)" in err and "--resume" in err, err
+    assert len(posts) == 1 and not any(w >= MAX_RETRY_AFTER for w in waits)
+
+
+def test_a_proxys_413_without_a_reason_shrinks_the_requests(photos, serve, tmp_path):
+    def fault(handler: Fake, body: bytes, names: list[str]) -> bool:
+        if len(names) > 2:
+            handler.answer(413, b"<html>413 Request Entity Too Large</html>")
+            return True
+        return False
+
+    url, posts = serve(fault)
+    out = tmp_path / "preds.csv"
+    assert _score(photos, "--url", url, "--out", out, "--batch-size", 8, "--no-progress") == 0
+    assert not any(row["error"] for row in _rows(out)) and len(_rows(out)) == 8
+    assert max(len(names) for names in posts[-2:]) <= 2
+
+
+# ------------------------------------------------------------------------------------------ a write that fails
+class _FullDisk(io.FileIO):
+    """A file on a disk with ``room`` bytes left: a write takes what fits, then fails with ENOSPC."""
+
+    room = 0
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        if _FullDisk.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        taken = data[: _FullDisk.room]
+        _FullDisk.room -= len(taken)
+        return super().write(taken)
+
+
+def _full_disk(monkeypatch, room: int) -> None:
+    """The scorer's output goes to a disk that fills after ``room`` more bytes."""
+    _FullDisk.room = room
+
+    def opened(path, mode="r", newline=None, encoding=None, errors=None):
+        raw = _FullDisk(path, mode.replace("t", ""))
+        return io.TextIOWrapper(io.BufferedWriter(raw), encoding=encoding, errors=errors, newline=newline)
+
+    monkeypatch.setattr(run_module, "open", opened, raising=False)
+
+
+@pytest.mark.parametrize("rows_that_fit", [0, 3, 5])
+def test_a_full_disk_leaves_exactly_the_rows_the_summary_counts(rows_that_fit, photos, serve, tmp_path, capsys):
+    """Requests of two images: the write of a chunk fails after some of its rows (3: one of the second chunk's
+    two) and half of the next; the file holds whole rows only, as many as the summary says, and the rest are
+    said to be lost."""
+    url, _ = serve(lambda handler, body, names: False)
+    out = tmp_path / "preds.csv"
+    score = [photos, "--url", url, "--out", out, "--batch-size", 2, "--workers", 1, "--no-progress"]
+    assert _score(*score) == 0
+    whole = out.read_text()
+    header, *lines = whole.splitlines(keepends=True)
+    room = len(header) + sum(len(line) for line in lines[:rows_that_fit]) + len(lines[rows_that_fit]) // 2
+    out.unlink()
+
+    with pytest.MonkeyPatch.context() as patch:
+        _full_disk(patch, room)
+        assert _score(*score) == OUTPUT_LOST
+    err = capsys.readouterr().err
+    assert out.read_text() == header + "".join(lines[:rows_that_fit])  # no row cut short
+    lost = 2 - rows_that_fit % 2
+    assert f"error: cannot write {out}: No space left on device" in err, err
+    assert f"stopped: scored {rows_that_fit}, failed 0" in err, err
+    assert f"not written: {lost} more row{'s' if lost > 1 else ''}, lost with the write that failed" in err, err
+    assert f"{out} holds {rows_that_fit} rows" in err and "rerun with --resume to continue" in err, err
+
+    assert _score(*score, "--resume") == 0
+    assert out.read_text() == whole
+
+
+def test_an_output_device_that_is_full_from_the_start_has_the_same_status(photos, serve, capsys):
+    url, _ = serve(lambda handler, body, names: False)
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    assert _score(photos, "--url", url, "--out", "/dev/full", "--format", "csv", "--no-progress") == OUTPUT_LOST
+    err = capsys.readouterr().err
+    assert err == "error: cannot write /dev/full: No space left on device\n", err
+
+
+def test_a_service_that_ignores_k_still_writes_rows_of_k(photos, serve, tmp_path):
+    """It answers its three classes to --k 1: the rows were longer than the CSV header, and --resume refused them."""
+    url, _ = serve(lambda handler, body, names: False)
+    out = tmp_path / "preds.csv"
+    assert _score(photos, "--url", url, "--out", out, "--k", 1, "--no-progress") == 0
+    with open(out, newline="") as f:
+        lines = list(csv.reader(f))
+    assert lines[0] == ["path", "label_1", "confidence_1", "error"] and {len(line) for line in lines} == {4}
+    assert _score(photos, "--url", url, "--out", out, "--k", 1, "--resume", "--no-progress") == 0
