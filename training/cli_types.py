@@ -11,11 +11,29 @@ from typing import TypeVar
 _Number = TypeVar("_Number", int, float)
 
 
+# numpy's and torch's integers: a count or seed past them fails later, far from its flag
+_INT_LIMIT = 2**63
+
+
 def _number(text: str, kind: type[_Number]) -> _Number:
     try:
-        return kind(text)
+        return _integer(text) if kind is int else kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+
+
+def _integer(text: str) -> int:
+    """An integer written as ``--set`` takes one (training/config.py): 1000, 1_000, 1e3, 1000.0, 0x3e8, 0o1750."""
+    try:
+        value = int(text, 0) if text.strip().lstrip("+-")[:2].lower() in ("0x", "0o", "0b") else int(text)
+    except ValueError:
+        number = float(text)  # 1e3: a whole number, as --set epochs=1e3 takes it
+        if not number.is_integer():
+            raise
+        value = int(number)
+    if abs(value) >= _INT_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer that fits in 64 bits")
+    return value
 
 
 def positive_int(text: str) -> int:

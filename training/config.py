@@ -6,13 +6,24 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence, get_args
+from typing import Annotated, Any, ClassVar, Iterator, Literal, Sequence, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError, PydanticKnownError
 
 from inference.errors import UsageError
 from inference.files import write_text_atomic
@@ -28,19 +39,57 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 log = logging.getLogger(__name__)
 
 
+# the type of an error whose message says the value given (or needs not), so none is appended to it
+_SAID_WHOLE = "said_whole"
+
+
+def _kinds(annotation: Any) -> set[Any]:
+    """The types a field's annotation takes, its items' too: ``list[Annotated[int, ...]]`` takes list and int,
+    ``Literal["a"]`` str."""
+    kinds = {kind for kind in (annotation, get_origin(annotation)) if isinstance(kind, type)}
+    for arg in get_args(annotation):
+        kinds |= _kinds(arg) if not isinstance(arg, (str, int, float)) else {type(arg)}
+    return kinds
+
+
+def _scalars(value: Any) -> Iterator[Any]:
+    """The values a YAML value holds that are no list or mapping, a mapping's keys too."""
+    if isinstance(value, dict):
+        yield from (scalar for pair in value.items() for item in pair for scalar in _scalars(item))
+    elif isinstance(value, (list, tuple)):
+        yield from (scalar for item in value for scalar in _scalars(item))
+    else:
+        yield value
+
+
 class Section(BaseModel):
     # an infinite learning rate or decay passes every bound (inf > 0) and ends the run at its first step
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # what to give where a field is given empty, if not "a value"
+    _empty_says: ClassVar[dict[str, str]] = {}
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        # pydantic reads true as 1 for an int field: --set epochs=true trained one epoch without a word
-        if isinstance(value, bool) and info.field_name in cls.model_fields:
-            annotation = cls.model_fields[info.field_name].annotation
-            accepted = {annotation, *get_args(annotation)}
-            if bool not in accepted and accepted & {int, float}:
-                raise ValueError(f"must be a number, not {str(value).lower()}")
+    def _as_written(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML values that pydantic would take as something other than what was written, or refuse naming
+        another value: refused saying what to write."""
+        if info.field_name not in cls.model_fields:
+            return value
+        kinds = _kinds(cls.model_fields[info.field_name].annotation)
+        # `--set distill_from=$TEACHER` with TEACHER unset would train with no teacher, without a word
+        if isinstance(value, str) and not value.strip():
+            wanted = "a value, or null for none" if type(None) in kinds else "a value"
+            raise PydanticCustomError(_SAID_WHOLE, f"is empty: give {cls._empty_says.get(info.field_name, wanted)}")
+        if bool in kinds or Any in kinds or not any(isinstance(x, bool) for x in _scalars(value)):
+            return value
+        yaml_bool = "YAML reads a bare yes, no, on, off, true or false as a boolean"
+        # pydantic reads true as 1 for an int field: epochs=true would train one epoch, milestones=[on, off] be [1, 0]
+        if kinds & {int, float} and isinstance(value, bool):
+            raise PydanticCustomError(_SAID_WHOLE, f"must be a number, not {str(value).lower()}")
+        if kinds & {int, float}:
+            raise PydanticCustomError(_SAID_WHOLE, f"must hold numbers; {yaml_bool} (got {{value}})", {"value": value})
+        if str in kinds:  # device=on: pydantic would say "got True" of a word the user never wrote
+            raise PydanticCustomError(_SAID_WHOLE, f"must be text, not {str(value).lower()}: {yaml_bool}; quote it")
         return value
 
 
@@ -61,19 +110,34 @@ class DataConfig(Section):
     fit: FitName = DEFAULT_FIT
     cache_dir: str = ".cache/datasets"
 
+    # "" would read the current folder, all of it
+    _empty_says = {"root": "the image folder or archive to read (data.root=PATH)"}
+
     @field_validator("root", "cache_dir")
     @classmethod
-    def _home(cls, path: str, info: ValidationInfo) -> str:
-        if info.field_name == "root" and not path.strip():  # "" would read the current folder, all of it
-            raise ValueError("is empty: give the image folder or archive to read (data.root=PATH)")
+    def _home(cls, path: str) -> str:
         # --set data.root=~/photos reaches us unexpanded: the shell expands ~ only at the start of a word
         return os.path.expanduser(path)
+
+
+def _finite(value: Any) -> Any:
+    """A model argument as given, refused if it is or holds a number that is not finite: the network would take it
+    (a dropout of nan) and fail later, if at all, blamed on something else (the image size)."""
+    if not all(math.isfinite(x) for x in _scalars(value) if isinstance(x, float)):
+        if isinstance(value, float):
+            raise PydanticKnownError("finite_number")
+        raise PydanticCustomError(_SAID_WHOLE, "must hold finite numbers (got {value})", {"value": value})
+    return value
+
+
+# no type: each network takes its own arguments, which its constructor checks
+ModelArgument = Annotated[Any, AfterValidator(_finite)]
 
 
 class ModelConfig(Section):
     name: str = "se_resnet18"
     # Constructor arguments of the registered model (dropout, use_se, reduction, width, ...).
-    args: dict[str, Any] = Field(default_factory=lambda: {"dropout": 0.5})
+    args: dict[str, ModelArgument] = Field(default_factory=lambda: {"dropout": 0.5})
     # Training-time options that work on any registered model (they change initial values and buffers'
     # update rates, not the network, so a checkpoint still rebuilds from name and args alone).
     dirac_init: bool = False  # identity-initialise every ungrouped odd-kernel convolution (Jordan 2024)
@@ -356,8 +420,8 @@ class YamlMistake(yaml.constructor.ConstructorError):
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML as recipes and overrides are read: YAML 1.1 plus 1.2's floats without a dot or an exponent sign
-    (``1e-1``, ``5e3``), which 1.1 reads as strings, and a string reaches a model argument as it is."""
+    """YAML as recipes and overrides are read: YAML 1.1 (yes, no, on and off are booleans) with YAML 1.2's
+    numbers (below), since a string reaches a model argument as it is."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, yaml.Node] = {}
@@ -391,11 +455,39 @@ def _check_colon_spaced(node: yaml.MappingNode, key: yaml.Node, value: yaml.Node
         )
 
 
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+# YAML 1.1 reads epochs=1:30 as the base-60 number 90, epochs=010 as the octal 8, and -.5 and 1e3 as strings: each
+# silently not what its writer meant. Numbers here are read as YAML 1.2 and Python write them: 010 is ten, 0o10
+# eight, 0x10 sixteen; a signed .5, 1e3 and 5e-3 are floats; 1:30 is text, which a number setting refuses.
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    _INT, re.compile(r"^[-+]?(?:0b[01_]+|0o[0-7_]+|0x[0-9a-fA-F_]+|[0-9][0-9_]*)$"), list("-+0123456789")
+)
+_Loader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
     list("-+0123456789."),
 )
+
+
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    digits = text.lstrip("+-")
+    base = {"0b": 2, "0o": 8, "0x": 16}.get(digits[:2], 10)
+    try:
+        value = int(digits[2:] if base != 10 else digits, base)
+    except ValueError:  # an explicit !!int tag on text that is no number
+        raise YamlMistake(None, None, f"{text!r} is not an integer", node.start_mark) from None
+    return -value if text.startswith("-") else value
+
+
+_Loader.add_constructor(_INT, _construct_int)
 
 
 def _load_yaml(text: str) -> Any:
@@ -624,6 +716,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raw["augment"] = {**raw.get("augment", {}), **AUGMENT_PRESETS[value]}
             continue
         path = (key if "." in key else field_owner(key)).split(".")
+        _check_inside_a_mapping(key, path)
         node = raw
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -637,6 +730,20 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         else:
             node[path[-1]] = parsed
     return raw
+
+
+def _check_inside_a_mapping(key: str, path: list[str]) -> None:
+    """``schedule.milestones.0=30``: only a mapping's entries are set one by one; a list's index or a number's
+    part would become a mapping of its own, refused as "Input should be a valid list"."""
+    section = Config.model_fields[path[0]].default_factory if path[0] in MERGED_SECTIONS else None
+    if len(path) < 3 or not (isinstance(section, type) and issubclass(section, BaseModel)):
+        return
+    if path[1] not in section.model_fields:
+        return
+    kinds = _kinds(section.model_fields[path[1]].annotation)
+    if dict not in kinds:
+        whole = "[...]" if kinds & {list, tuple} else "VALUE"
+        raise ConfigError(f"cannot set {key!r}: {path[0]}.{path[1]} is set whole, as {path[0]}.{path[1]}={whole}")
 
 
 def build_config(recipe: str | None = None, overrides: list[str] | None = None, what: str = "") -> Config:
@@ -746,6 +853,8 @@ class _RangedErrors:
 
 
 def _with_range(error: Any) -> Any:
+    if error["type"] == _SAID_WHOLE:
+        return {**error, "input": None}
     valid = _valid_range(tuple(error["loc"])) if error["type"] in _RANGE_ERRORS else None
     if valid is None:
         return error

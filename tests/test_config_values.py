@@ -1,0 +1,192 @@
+"""Values of settings as users write them in `--set` and in recipes, read as they meant them or refused in one line
+naming the setting: YAML 1.1's numbers (base 60, octal), yes/no/on/off, empty values, numbers that are not
+finite (in typed settings and in a network's free arguments), and a typed flag that must agree with `--set`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from training.__main__ import main as training_main
+from training.cli_types import non_negative_int, positive_int
+from training.config import Config, ConfigError, build_config
+
+
+def _refused(tmp_path: Path, capsys, *settings: str, recipe: str = "resnet9_half_cpu") -> str:
+    """The one-line refusal of a train command, which would otherwise look for a folder that is not there."""
+    argv = ["train", "--recipe", recipe, "--out", str(tmp_path / "run"), "--set", *settings]
+    if not any(setting.startswith("data.root=") for setting in settings):
+        argv.append(f"data.root={tmp_path / 'no-images'}")
+    assert training_main(argv) == 2, settings
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "no-images" not in err, err  # refused before the data is looked for
+    return err
+
+
+def _setting(config: Config, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    return node
+
+
+@pytest.mark.parametrize(
+    "setting, meant",
+    [
+        ("train.epochs=010", 10),  # YAML 1.1's octal 8
+        ("train.epochs=0o17", 15),  # YAML 1.2's octal: refused as text
+        ("train.epochs=0x10", 16),
+        ("train.epochs=1_000", 1000),
+        ("train.epochs=1e3", 1000),
+        ("train.label_smoothing=.5", 0.5),
+        ("model.args.dropout=-.5", -0.5),  # the text '-.5' in YAML 1.1, handed to the network as a string
+        ("model.args.dropout=+.25", 0.25),
+        ("data.root=1:30", "1:30"),  # the base-60 number 90, refused as not text
+        ("model.args.dropout=null", None),
+        ("train.micro_batch_size=~", None),
+    ],
+)
+def test_a_number_is_read_as_written(setting, meant):
+    key, _ = setting.split("=", 1)
+    value = _setting(build_config("resnet9_half_cpu", [setting]), key)
+    assert value == meant and type(value) is type(meant), value
+
+
+def test_a_number_in_a_recipe_file_is_read_as_written(tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("model: {name: resnet9_half, args: {dropout: -.5}}\ntrain: {epochs: 010, batch_size: 0x40}\n")
+    config = build_config(str(recipe))
+    assert (config.train.epochs, config.train.batch_size, config.model.args) == (10, 64, {"dropout": -0.5})
+
+
+def test_a_base60_number_is_refused_not_taken(tmp_path, capsys):
+    """epochs=1:30 trained 90 epochs: YAML 1.1 reads 1:30 as base 60."""
+    err = _refused(tmp_path, capsys, "epochs=1:30")
+    assert "train.epochs: Input should be a valid integer" in err and "'1:30'" in err, err
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("model: {name: resnet9_half}\ntrain: {epochs: 1:30}\n")
+    with pytest.raises(ConfigError, match=r"train\.epochs: .*'1:30'"):
+        build_config(str(recipe))
+
+
+@pytest.mark.parametrize("text", ["1e3", "1000.0", "1_000", "010", "0x3e8", "0o1750", " 7 "])
+def test_a_typed_integer_flag_takes_what_set_takes(text):
+    """`training resume RUN --epochs 1e3` was refused as not an integer, where `--set epochs=1e3` took 1000."""
+    assert positive_int(text) == non_negative_int(text) == build_config(None, [f"epochs={text}"]).train.epochs
+
+
+@pytest.mark.parametrize("text", ["1.5", "1:30", "nan", "inf", "1e30", "true"])
+def test_a_typed_integer_flag_refuses_what_set_refuses(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="is not an integer"):
+        positive_int(text)
+    with pytest.raises(ConfigError, match="train.epochs"):
+        build_config(None, [f"epochs={text}"])
+
+
+@pytest.mark.parametrize(
+    "setting, said",
+    [
+        ("model.args.dropout=.nan", "model.args.dropout: Input should be a finite number (got nan)"),
+        ("dropout=.inf", "model.args.dropout: Input should be a finite number (got inf)"),
+        ("model.args={dropout: -.inf}", "model.args.dropout: Input should be a finite number (got -inf)"),
+        ("model.args.widths=[8, [16, .nan]]", "model.args.widths: must hold finite numbers (got [8, [16, nan]])"),
+    ],
+)
+def test_a_model_argument_that_is_not_finite_is_refused_naming_it(setting, said, tmp_path, capsys):
+    """A dropout of nan reached the network check and was blamed on the image size."""
+    err = _refused(tmp_path, capsys, setting)
+    assert said in err and "image" not in err, err
+
+
+def test_a_model_argument_in_a_recipe_that_is_not_finite_is_refused(tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("model: {name: resnet9_half, args: {dropout: .nan}}\n")
+    with pytest.raises(ConfigError, match=r"model\.args\.dropout: Input should be a finite number \(got nan\)"):
+        build_config(str(recipe))
+
+
+def _float_settings() -> list[str]:
+    return [
+        f"{section}.{name}"
+        for section, field in Config.model_fields.items()
+        if isinstance(field.default_factory, type) and issubclass(field.default_factory, BaseModel)
+        for name, typed in field.default_factory.model_fields.items()
+        if "float" in str(typed.annotation)
+    ]
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_every_float_setting_refuses_a_number_that_is_not_finite(value):
+    settings = _float_settings()
+    assert {"optim.lr", "optim.betas", "train.ema_decay", "train.label_smoothing"} <= set(settings)
+    for dotted in settings:
+        given = f"[{value}, 0.9]" if dotted == "optim.betas" else value
+        with pytest.raises(ConfigError, match=rf"{dotted}(\.0)?: Input should be a finite number"):
+            build_config("resnet9_half_cpu", [f"{dotted}={given}"])
+
+
+@pytest.mark.parametrize(
+    "setting, said",
+    [
+        ("device=on", "train.device: must be text, not true: YAML reads a bare yes, no, on, off, true or false"),
+        ("recipe=no", "recipe: must be text, not false"),
+        ("pad_mode=off", "augment.pad_mode: must be text, not false"),
+        # [1, 0] was taken without a word
+        ("milestones=[on, off]", "schedule.milestones: must hold numbers; YAML reads a bare yes"),
+        ("progressive_sizes={1: yes}", "augment.progressive_sizes: must hold numbers"),
+    ],
+)
+def test_a_yaml_boolean_where_text_or_numbers_go_is_said_as_one(setting, said, tmp_path, capsys):
+    err = _refused(tmp_path, capsys, setting)
+    assert said in err and "got True" not in err and "got False" not in err, err
+
+
+def test_a_quoted_word_is_text_and_a_bare_one_a_switch():
+    assert build_config("resnet9_half_cpu", ["recipe='no'"]).recipe == "no"
+    config = build_config("resnet9_half_cpu", ["flip=no", "bf16=on", "model.args.use_se=yes"])
+    assert (config.augment.flip, config.train.bf16, config.model.args["use_se"]) == (False, True, True)
+
+
+@pytest.mark.parametrize(
+    "setting, said",
+    [
+        # no teacher, without a word: `--set distill_from=$TEACHER` with TEACHER unset
+        ("distill_from=", "train.distill_from: is empty: give a value, or null for none"),
+        ("recipe=", "recipe: is empty: give a value"),  # the run folder was runs/ itself
+        ("data.cache_dir=", "data.cache_dir: is empty: give a value"),
+        ("epochs=", "train.epochs: is empty: give a value"),
+        ("data.root=", "data.root: is empty: give the image folder or archive to read (data.root=PATH)"),
+    ],
+)
+def test_an_empty_value_is_refused_as_empty(setting, said, tmp_path, capsys):
+    err = _refused(tmp_path, capsys, setting)
+    assert said in err and "(got ''" not in err, err
+
+
+def test_null_unsets_what_may_be_unset():
+    config = build_config("resnet9_half_cpu", ["distill_from=null", "micro_batch_size=null"])
+    assert (config.train.distill_from, config.train.micro_batch_size) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "setting, said",
+    [
+        # "schedule.milestones: Input should be a valid list", naming no way to set it
+        ("schedule.milestones.0=30", "schedule.milestones is set whole, as schedule.milestones=[...]"),
+        ("optim.betas.1=0.99", "optim.betas is set whole, as optim.betas=[...]"),
+        ("data.root.x=1", "data.root is set whole, as data.root=VALUE"),
+    ],
+)
+def test_a_key_inside_a_list_or_a_value_is_refused_saying_how_to_set_it(setting, said, tmp_path, capsys):
+    err = _refused(tmp_path, capsys, setting)
+    assert f"cannot set {setting.split('=')[0]!r}: {said}" in err, err
+
+
+def test_a_mapping_setting_takes_a_key_inside_it():
+    config = build_config("resnet9_half_cpu", ["augment.progressive_sizes.1=16", "augment.progressive_sizes.3=32"])
+    assert config.augment.progressive_sizes == {1: 16, 3: 32}
