@@ -1,5 +1,5 @@
-"""One line for a user out of a library's exception, whose text may run over many lines of advice; and the
-standard streams a command line writes its lines to."""
+"""One line for a user out of a library's exception, whose text may run over many lines of advice; the
+standard streams a command line writes its lines to; and the columns a text takes there."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import re
 import select
 import signal
 import sys
+import unicodedata
 
 from .files import file_in_the_way
 
@@ -199,3 +200,27 @@ def stop_writing() -> int:
     what is still buffered is let go into /dev/null, where Python's exit would flush it into the closed pipe."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return READER_GONE_STATUS
+
+
+def display_width(text: str) -> int:
+    """The columns ``text`` takes in a terminal, where ``len`` counts code points: two for an East Asian Wide or
+    Fullwidth character (CJK, kana, most emoji), none for a combining mark (the accent of a decomposed "é", as macOS
+    writes file names), a format character (zero-width joiner, variation selector) or the vowel and final consonant
+    of a decomposed Hangul syllable (drawn in its first jamo's two columns), one for any other."""
+    width = 0
+    for c in text:
+        if (
+            unicodedata.combining(c)
+            or unicodedata.category(c) in ("Mn", "Me", "Cf")
+            or "\u1160" <= c <= "\u11ff"
+            or "\ud7b0" <= c <= "\ud7ff"
+        ):
+            continue
+        width += 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+    return width
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` and the spaces after it that make it ``width`` columns wide in a terminal (``str.ljust`` pads to a
+    count of code points, which puts the columns after a CJK or a decomposed name out of line)."""
+    return text + " " * max(0, width - display_width(text))

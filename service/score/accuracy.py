@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import PurePosixPath
 
 from inference.classes import ClassMatcher
+from inference.messages import display_width, pad
 
 from .sinks import Row
 
@@ -62,11 +63,13 @@ class FolderAccuracy:
                 head += f", top-{self.k} {100 * topk / n:.2f}%"
             lines.append(head)
             order = self.classes or sorted(self.images)
-            width = max(len(c) for c in order if self.images[c]) if any(self.images[c] for c in order) else 5
-            lines.append(f"  {'class':<{width}}  {'images':>7}  {'top-1':>7}")
+            width = max([display_width("class")] + [display_width(c) for c in order if self.images[c]])
+            lines.append(f"  {pad('class', width)}  {'images':>7}  {'top-1':>7}")
             for c in order:
                 if self.images[c]:
-                    lines.append(f"  {c:<{width}}  {self.images[c]:>7}  {100 * self.top1[c] / self.images[c]:>6.2f}%")
+                    lines.append(
+                        f"  {pad(c, width)}  {self.images[c]:>7}  {100 * self.top1[c] / self.images[c]:>6.2f}%"
+                    )
             if self.confusions:
                 lines.append("most frequent confusions (true -> predicted: images, share of the true class):")
                 for (truth, pred), count in self.confusions.most_common(max_confusions):

@@ -439,6 +439,12 @@ def _class_change_text(row: dict[str, Any], change: dict[str, Any] | None) -> st
     return "none" if change is None else f"{change['class']} {change['points']:+.1f}"
 
 
+def _cell(text: str) -> str:
+    """``text`` as one Markdown table cell: a ``|`` in a class name or a --step label would end the cell there and
+    a line break the row."""
+    return " ".join(text.replace("|", "\\|").splitlines())
+
+
 def format_table(result: dict[str, Any]) -> str:
     stepped = bool(result.get("steps"))
     target = result.get("target_top1")
@@ -511,5 +517,5 @@ def format_table(result: dict[str, Any]) -> str:
             _duration(row["train_time_s"]),
             f"{row['parameters']:,}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(map(_cell, cells)) + " |")
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ import numpy as np
 
 from inference.errors import UsageError
 from inference.files import write_text_atomic
+from inference.messages import display_width, pad
 
 from ..data import ImageArrays
 from ..plots import CurveInfo, plot_compared_curves
@@ -232,7 +233,7 @@ def format_comparison(result: dict[str, Any]) -> str:
     n = result["num_samples"]
     data = result["data"]
     verdict = ("significant" if result["significant"] else "not significant") + f" at alpha = {result['alpha']}"
-    width = max(len(a["path"]), len(b["path"]))
+    width = max(display_width(a["path"]), display_width(b["path"]))
 
     def tta(side: dict[str, Any]) -> str:
         said = views_text(side["tta"], side["graph_tta"])
@@ -241,8 +242,8 @@ def format_comparison(result: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"samples: {n} ({data.get('dataset')} {data.get('root')}, split {data.get('split')})",
-            f"A  {a['path']:<{width}}  top-1 {100 * a['top1']:6.2f}%  ({a['correct']}/{n}){tta(a)}",
-            f"B  {b['path']:<{width}}  top-1 {100 * b['top1']:6.2f}%  ({b['correct']}/{n}){tta(b)}",
+            f"A  {pad(a['path'], width)}  top-1 {100 * a['top1']:6.2f}%  ({a['correct']}/{n}){tta(a)}",
+            f"B  {pad(b['path'], width)}  top-1 {100 * b['top1']:6.2f}%  ({b['correct']}/{n}){tta(b)}",
             f"difference B - A: {result['difference_points']:+.2f} points, "
             f"{confidence_percent(result['interval_confidence'])} interval {low:+.2f} to {high:+.2f} (paired; the "
             "samples' noise, not that between training runs)",
