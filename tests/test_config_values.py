@@ -158,7 +158,6 @@ def test_a_quoted_word_is_text_and_a_bare_one_a_switch():
         # no teacher, without a word: `--set distill_from=$TEACHER` with TEACHER unset
         ("distill_from=", "train.distill_from: is empty: give a value, or null for none"),
         ("recipe=", "recipe: is empty: give a value"),  # the run folder was runs/ itself
-        ("data.cache_dir=", "data.cache_dir: is empty: give a value"),
         ("epochs=", "train.epochs: is empty: give a value"),
         ("data.root=", "data.root: is empty: give the image folder or archive to read (data.root=PATH)"),
     ],
@@ -166,6 +165,11 @@ def test_a_quoted_word_is_text_and_a_bare_one_a_switch():
 def test_an_empty_value_is_refused_as_empty(setting, said, tmp_path, capsys):
     err = _refused(tmp_path, capsys, setting)
     assert said in err and "(got ''" not in err, err
+
+
+def test_an_empty_cache_dir_is_taken_as_no_cache():
+    # documented (docs/own-dataset.md): `--set data.cache_dir=` keeps no cache of a folder's decoded images
+    assert build_config("resnet9_half_cpu", ["data.cache_dir="]).data.cache_dir == ""
 
 
 def test_null_unsets_what_may_be_unset():

@@ -67,6 +67,8 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
     # what to give where a field is given empty, if not "a value"
     _empty_says: ClassVar[dict[str, str]] = {}
+    # fields for which empty is a setting of its own, taken as given
+    _empty_means: ClassVar[frozenset[str]] = frozenset()
 
     @field_validator("*", mode="before")
     @classmethod
@@ -77,7 +79,7 @@ class Section(BaseModel):
             return value
         kinds = _kinds(cls.model_fields[info.field_name].annotation)
         # `--set distill_from=$TEACHER` with TEACHER unset would train with no teacher, without a word
-        if isinstance(value, str) and not value.strip():
+        if isinstance(value, str) and not value.strip() and info.field_name not in cls._empty_means:
             wanted = "a value, or null for none" if type(None) in kinds else "a value"
             raise PydanticCustomError(_SAID_WHOLE, f"is empty: give {cls._empty_says.get(info.field_name, wanted)}")
         if bool in kinds or Any in kinds or not any(isinstance(x, bool) for x in _scalars(value)):
@@ -112,6 +114,8 @@ class DataConfig(Section):
 
     # "" would read the current folder, all of it
     _empty_says = {"root": "the image folder or archive to read (data.root=PATH)"}
+    # cache_dir= keeps no cache of a folder's decoded images (docs/own-dataset.md)
+    _empty_means = frozenset({"cache_dir"})
 
     @field_validator("root", "cache_dir")
     @classmethod
