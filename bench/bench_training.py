@@ -40,7 +40,7 @@ from training.config import OptimConfig  # noqa: E402
 from training.data import ImageArrays  # noqa: E402
 from training.data.augment import AugmentParams  # noqa: E402
 from training.data.loader import TensorLoader  # noqa: E402
-from training.engine import resolve_device  # noqa: E402
+from training.device import resolve_device  # noqa: E402
 from training.inference import autocast, resolve_bf16  # noqa: E402
 from training.models import create_model, list_models, size_refusal  # noqa: E402
 from training.optim import OPTIMIZERS, build_optimizer  # noqa: E402

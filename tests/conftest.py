@@ -373,7 +373,8 @@ def train_straight_and_resumed(recipe: str, overrides: list[str], out: Path, mon
     import torch
 
     from training.config import build_config
-    from training.engine import Trainer, resume, train
+    from training.engine import Trainer, train
+    from training.resume import resume
 
     train(build_config(recipe, overrides), out / "straight")
     original = Trainer._end_epoch

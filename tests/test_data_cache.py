@@ -193,7 +193,7 @@ def test_a_training_without_a_cache_decodes_its_folder_once(tmp_path, monkeypatc
     """The training and validation splits were read one after the other, each decoding the whole folder where no
     cache keeps it (data.cache_dir empty, or a folder it cannot be written in)."""
     from training.config import build_config
-    from training.engine import load_data
+    from training.run_data import load_data
 
     root = _tree(tmp_path / "pets", per_class=6)
     sets = [f"data.root={root}", "data.dataset=folder", "data.val_size=4", "data.cache_dir="]

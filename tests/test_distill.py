@@ -193,7 +193,7 @@ def test_a_run_resumes_on_its_kept_targets_when_the_teacher_is_gone_or_changed(
 ):
     """``training resume`` goes on with the teacher's logits the run started with, whether the teacher's file is
     gone or has changed since (its run trained on): a resume continues the run it was."""
-    from training.engine import resume
+    from training.resume import resume
 
     teacher = tmp_path / "teacher.pt"
     shutil.copy(tiny_run / "best.pt", teacher)
@@ -336,7 +336,7 @@ def test_a_resume_on_changed_data_is_refused_as_such_before_the_teachers_pass(
     """A distilling run resumed after its data changed came to the teacher first: refused as if the teacher were at
     fault ("has classes ...", "trained on other images"), or, a teacher that names no images, only once its pass
     over the new images had replaced the logits the run keeps."""
-    from training.engine import resume
+    from training.resume import resume
 
     data = tmp_path / "data"
     shutil.copytree(image_folder, data)

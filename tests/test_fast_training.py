@@ -16,12 +16,14 @@ from training.config import ConfigError, ScheduleConfig, build_config, list_reci
 from training.data.arrays import ImageArrays
 from training.data.augment import AugmentParams, to_unit
 from training.data.loader import TensorLoader
-from training.engine import Trainer, check_network_takes_its_input, prepare_model, train
+from training.engine import Trainer, train
 from training.inference import TTA_VIEWS, ViewAverage, resolve_bf16, tta_logits_numpy, with_tta
 from training.lookahead import Lookahead, LookaheadError
+from training.model_init import prepare_model
 from training.models import count_parameters, create_model
 from training.models.whitening import DiracError, PatchWhitening, dirac_init_, image_patches, whitening_layers
 from training.optim import build_optimizer, lr_factor
+from training.preflight import check_network_takes_its_input
 
 
 def _correlated_images(n: int = 64, seed: int = 0) -> torch.Tensor:
@@ -51,7 +53,7 @@ def test_whitening_is_fitted_from_data_and_decorrelates_patches():
 def test_whitening_sample_option_reaches_the_fit(how, monkeypatch):
     """A folder dataset's split is sorted by class: its first 5,000 images are one or two classes. The
     default fits the whitening on a seeded sample of every class; "first" keeps the runs made before."""
-    from training.engine import WHITENING_IMAGES
+    from training.model_init import WHITENING_IMAGES
 
     per_class = 3000
     # Class c's images are all of grey level 40 * c, so a fitted sample tells which classes it drew from.
@@ -231,9 +233,13 @@ def test_dirac_init_of_a_network_without_odd_kernel_convolutions_is_refused():
 def test_a_whitening_eps_that_breaks_the_filters_is_refused_before_the_data_is_read(eps):
     """The patch covariance of real images has directions of almost no variance: a negative eps makes their
     filters NaN, 0 divides by zero, infinity zeroes them all."""
-    cfg = build_config("airbench94", [f"model.args={{widths: [8, 8, 8], whiten_eps: {eps}}}"])
+    args = f"model.args={{widths: [8, 8, 8], whiten_eps: {eps}}}"
+    if eps in (".inf", ".nan"):  # no finite number: refused with the settings, before the network is built
+        with pytest.raises(ConfigError, match="model.args.whiten_eps: Input should be a finite number"):
+            build_config("airbench94", [args])
+        return
     with pytest.raises(ConfigError, match="whiten_eps .* must be a finite number above 0"):
-        check_network_takes_its_input(cfg)
+        check_network_takes_its_input(build_config("airbench94", [args]))
 
 
 def test_micro_batches_give_the_gradient_of_the_whole_batch(image_folder, tmp_path):
@@ -296,7 +302,7 @@ def test_airbench_resume_restores_lookahead_exactly(image_folder, tmp_path, monk
 
 
 def test_an_early_stopped_lookahead_run_ends_on_the_slow_weights_and_stays_finished(image_folder, tmp_path):
-    from training.engine import resume
+    from training.resume import resume
 
     overrides = tiny_airbench(
         image_folder,
@@ -318,7 +324,7 @@ def test_an_early_stopped_lookahead_run_ends_on_the_slow_weights_and_stays_finis
 
 
 def test_changing_the_epochs_of_a_run_warns_of_what_it_reshapes(image_folder, tmp_path, caplog):
-    from training.engine import resume
+    from training.resume import resume
 
     overrides = tiny_airbench(
         image_folder, tmp_path / "cache", epochs=1, lookahead_every=2, **{"schedule.name": "triangular"}

@@ -180,7 +180,7 @@ def test_no_classes_is_refused():
 )
 def test_training_refuses_such_arguments_in_one_line_naming_them(name, args, tmp_path):
     from training.config import ConfigError
-    from training.engine import check_network_takes_its_input
+    from training.preflight import check_network_takes_its_input
 
     overrides = [f"model.name={name}", f"model.args={args}", "data.dataset=folder", f"data.root={tmp_path}"]
     with pytest.raises(ConfigError, match=rf"^model '{name}' cannot be built from its arguments \("):

@@ -1,5 +1,5 @@
 """Resume and checkpoint integrity: what a run folder left by a stop at any point, or with a file that is not its
-own, resumes to (training/engine.py's resume, training/checkpoint.py)."""
+own, resumes to (training/resume.py, training/checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from conftest import tiny_overrides
 from training.__main__ import main as training_main
 from training.checkpoint import load_checkpoint, model_from_checkpoint, save_model_checkpoint
 from training.config import build_config
-from training.engine import Trainer, resume, sized_to_the_run, train
+from training.engine import Trainer, train
 from training.lookahead import Lookahead
+from training.resume import resume, sized_to_the_run
 
 RECIPE = "resnet9_half_cpu"
 

@@ -348,7 +348,7 @@ def test_a_split_that_leaves_a_class_nothing_to_train_on_is_refused_naming_it():
 
 def test_training_refuses_one_class_and_ends_a_diverging_run_in_one_line(tmp_path, capsys):
     from training.__main__ import main as training_main
-    from training.engine import channel_stats
+    from training.run_data import channel_stats
 
     one = _tree(tmp_path / "one", [f"cat/{i}.png" for i in range(20)])
     sets = tiny_overrides(one, tmp_path / "cache", epochs=1, **{"data.val_size": 4, "batch_size": 4})
@@ -667,7 +667,8 @@ def test_a_resume_says_config_yaml_was_edited_and_keeps_the_edit(image_folder, t
     import yaml
 
     from training.config import build_config
-    from training.engine import resume, train
+    from training.engine import train
+    from training.resume import resume
 
     run = tmp_path / "run"
     train(build_config("resnet9_half_cpu", tiny_overrides(image_folder, tmp_path / "cache", epochs=1)), run)
@@ -700,7 +701,8 @@ def test_checkpoint_every_saves_last_pt_on_its_epochs_new_bests_and_the_end_and_
     it); history.json shows every epoch; a run interrupted between saves resumes from the last saved epoch and
     ends bit for bit where the uninterrupted one did."""
     import training.engine as engine
-    from training.engine import Trainer, resume
+    from training.engine import Trainer
+    from training.resume import resume
 
     saves: list[tuple[str, str, int]] = []
     original_save = engine.save_checkpoint
@@ -1868,7 +1870,7 @@ def test_a_recipe_that_is_a_folder_is_said_to_be_one(tmp_path, capsys):
 def test_a_mistyped_setting_is_answered_with_the_setting_meant():
     """A typo was said as "no such setting", or for a bare key as an argument the model does not take, without
     the name the user meant; and a key with spaces around '=' became a model argument named "lr "."""
-    from training.engine import check_network_takes_its_input
+    from training.preflight import check_network_takes_its_input
 
     tiny = ["model.name=resnet9", "model.args={width: 8}"]
     for override, meant in (

@@ -256,7 +256,7 @@ def test_a_setting_the_chosen_optimizer_or_schedule_does_not_read_is_warned_once
         assert training_main(argv) == 2
     assert sum("optim.momentum 0.8 is unused" in r.getMessage() for r in caplog.records) == 1
     # where a command builds several configurations (an ensemble's members, an ablation's variants), whose
-    from training.engine import buildable_config
+    from training.preflight import buildable_config
 
     caplog.clear()
     with caplog.at_level(logging.WARNING):

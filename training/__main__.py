@@ -94,7 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_into(out: Path, config: Config, args: argparse.Namespace) -> dict:
-    from .engine import best_to_go_on_from, resume, train
+    from .engine import train
+    from .resume import best_to_go_on_from, resume
 
     if (out / ENSEMBLE_RUN_FILE).exists() and not args.force:
         raise ConfigError(
@@ -196,8 +197,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from .engine import resume
     from .ensemble_recipe import finished_run, started_run
+    from .resume import resume
 
     started = started_run(args.run)
     if started is not None and finished_run(args.run):
@@ -291,7 +292,8 @@ def get_args_parser() -> argparse.ArgumentParser:
             "Train from a recipe (a name from `recipes` or a YAML path) with key=value overrides, e.g. "
             "`python -m training train --recipe resnet9_half_cpu --set epochs=10 lr=0.2 dropout=0.1 augment=basic`. "
             "Bare keys resolve to their section (lr -> optim.lr); unknown ones become model "
-            "arguments (use_se, dropout). Values are YAML: numbers (1e-3 too), true/false, [lists], {mappings}. "
+            "arguments (use_se, dropout). Values are YAML: numbers (1e-3 and 010 too, read as written), true/false "
+            "(yes/no and on/off too: quote such a word meant as text), null, [lists], {mappings}. "
             "The run folder gets config.yaml, history.json, training_curves.png, best.pt and last.pt. An ensemble "
             "recipe trains each member into its own folder inside the run folder, then joins them into best.pt; "
             "--set applies to every member."

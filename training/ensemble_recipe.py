@@ -57,11 +57,13 @@ from .config import (
     placement_overrides,
 )
 from .distill import TEACHER_FILE, TeacherError, teacher_file
-from .engine import buildable_config, check_run_lengths, recorded_data, train
-from .engine import resume as resume_run
+from .engine import train
 from .ensemble import check_compatible, join_checkpoints
 from .inference import TTA_CHOICES
 from .models.ensemble import ENSEMBLE_ARCH
+from .preflight import buildable_config, check_run_lengths
+from .resume import resume as resume_run
+from .run_data import recorded_data
 
 
 class MemberRecipe(BaseModel):
@@ -203,7 +205,7 @@ def _resolved(recipe: EnsembleRecipe, overrides: list[str]) -> dict[str, Any]:
 def _what_it_computes(resolved: dict[str, Any]) -> dict[str, Any]:
     """A run as resolved, less where it runs and where its recipe file lies: a run continued from another
     data.root or device is the same run (each member's resume checks its data and warns of numerics,
-    ``engine.resume``), and so is one continued from a moved recipe file, or from a record made before the file
+    ``resume.resume``), and so is one continued from a moved recipe file, or from a record made before the file
     was recorded."""
     placement = placement_overrides(resolved.get("overrides") or [])
     kept = {key: value for key, value in resolved.items() if key != "file"}
@@ -288,7 +290,7 @@ def _teacher_beside(recipe: EnsembleRecipe, source: str) -> str:
 
 
 def _check_run_lengths(recipe: EnsembleRecipe, configs: list[Config], starting: list[int]) -> None:
-    """The refusals of members ``starting`` that need their training images (``engine.check_run_lengths``), made
+    """The refusals of members ``starting`` that need their training images (``preflight.check_run_lengths``), made
     before the first member trains rather than after the ones before it. A member under way has passed them."""
     names = [f"ensemble member {i + 1} ({recipe.members[i].recipe})" for i in starting]
     check_run_lengths([configs[i] for i in starting], names)

@@ -1,6 +1,6 @@
 """Whether a run's settings fit the number of images it trains on: the refusals that need nothing but the
 configuration and that number, made by the run itself (``engine.Trainer``) and, for every run of an ensemble
-recipe or an ablation, before the first of them trains (``engine.check_run_lengths``)."""
+recipe or an ablation, before the first of them trains (``preflight.check_run_lengths``)."""
 
 from __future__ import annotations
 

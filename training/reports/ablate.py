@@ -28,9 +28,11 @@ from inference.messages import exception_summary
 
 from ..checkpoint import BEST_FILE, CONFIG_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE
 from ..config import Config, ConfigError, check_distinct
-from ..engine import buildable_config, check_out_of_the_data, check_run_lengths, resume, train
+from ..engine import train
 from ..inference import check_tta
 from ..models import count_parameters
+from ..preflight import buildable_config, check_out_of_the_data, check_run_lengths
+from ..resume import resume
 from .metrics import compute_metrics, mcnemar, paired_difference_interval
 from .predictions import read_json
 from .report_folder import check_own_folder

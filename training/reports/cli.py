@@ -127,7 +127,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from ..engine import resolve_device
+    from ..device import resolve_device
     from .ablate import ablate, format_table
 
     resolve_device(args.device)  # a device this machine lacks is named now, not after the first variant trains

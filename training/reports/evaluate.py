@@ -21,9 +21,9 @@ from inference.errors import UsageError
 from inference.files import write_text_atomic
 
 from ..data import ImageArrays
-from ..engine import inside_the_data
 from ..inference import check_tta
 from ..plots import CurveInfo, plot_training_curves
+from ..preflight import inside_the_data
 from . import figures
 from .gradcam import NoSpatialMap
 from .gradcam_figure import GRADCAM_PER_GROUP, render_gradcam

@@ -25,7 +25,7 @@ from ..config import ConfigError
 from ..data import ImageArrays
 from ..data.loader import TensorLoader
 from ..data.targets import Targets
-from ..engine import resolve_device
+from ..device import resolve_device
 from ..inference import check_tta, predict_logits
 from ..plots import CurveInfo
 from .graph import graph_logits

@@ -1,0 +1,114 @@
+"""The refusals a configuration meets before it trains: a network that cannot take its images or options (before any
+data is read), data or a run length that does not fit (for every run of an ensemble or ablation before the first
+trains), and a run folder inside the images it trains on."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from .config import Config, ConfigError, build_config, did_you_mean
+from .data import DatasetError
+from .models import ImageClassifier, UnknownArgument, argument_error, create_model, size_refusal
+from .models.whitening import dirac_init_, whitening_layers
+from .muon import filters_by_normalisation
+from .run_data import check_trainable, load_data
+from .run_length import check_run_length
+
+log = logging.getLogger("training")
+
+
+def buildable_config(recipe: str, overrides: list[str], what: str) -> Config:
+    """``build_config``'s configuration, its network built and given one image (a --set key that is no field
+    becomes a model argument, which only building the network refuses); a refusal names ``what`` (an ensemble
+    member, an ablation variant), so that it comes before anything trains and says which."""
+    try:
+        config = build_config(recipe, overrides, what)
+        check_network_takes_its_input(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from exc
+    return config
+
+
+def check_run_lengths(configs: list[Config], names: list[str]) -> None:
+    """The refusals of each run that need its training images (data no classifier can learn from, a batch larger
+    than the split, a lookahead period longer than the run; ``run_length``), made before the first of several
+    runs trains rather than after the ones before it. Each distinct data setting is read once; a folder
+    dataset's cache then serves the run's own read. One process: ensembles and ablations refuse torchrun."""
+    read: dict[str, int] = {}
+    for config, name in zip(configs, names):
+        key = json.dumps(config.data.model_dump(mode="json"), sort_keys=True)
+        try:
+            if key not in read:
+                train_data, val_data = load_data(config)
+                check_trainable(train_data, val_data, config.data.root)
+                read[key] = len(train_data)
+            check_run_length(config, read[key])
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+        except DatasetError as exc:
+            raise DatasetError(f"{name}: {exc}") from None
+
+
+def check_network_takes_its_input(config: Config) -> None:
+    """Build the network once and pass it a blank image of ``data.image_size``, before any data is read: a
+    network that cannot take that size (a ViT built for another, a stack of poolings too deep for it) is refused
+    now, naming the setting, rather than at the first batch after the data has loaded."""
+    name, args, size = config.model.name, config.model.args, config.data.image_size
+    try:
+        model = create_model(name, 2, **args).eval()
+    except UnknownArgument as exc:
+        # a bare --set key that is no setting lands here: a mistyped setting (epohcs) as much as a model argument
+        raise ConfigError(f"{exc}{did_you_mean(exc.unknown, exc.taken)}") from exc
+    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+        # a value the network or torch refuses says nothing of the setting it came from (width 8.5 reaches torch
+        # as "out_channels must be divisible by groups"): name the model and its arguments with it
+        said = exc if str(exc) else Exception(f"a bare {type(exc).__name__} in its constructor")
+        raise ConfigError(argument_error(name, args, said)) from exc
+    for side in sorted({size, *config.augment.progressive_sizes.values()}):
+        setting = "data.image_size" if side == size else "augment.progressive_sizes"
+        refused = size_refusal(model, side)
+        if refused is not None:
+            raise ConfigError(f"model {name!r} cannot take {side}x{side} images ({setting}): {refused}") from refused
+    check_options_suit_the_network(model, config)
+
+
+def check_options_suit_the_network(model: ImageClassifier, config: Config) -> None:
+    """Options that only some networks can take, tried on a throwaway build of the network before any data is read:
+    each refuses, naming its setting, where it would change nothing (whiten_bias_epochs is only warned of)."""
+    size = config.data.image_size
+    if config.optim.name == "muon":
+        filters_by_normalisation(model, torch.zeros(2, 3, size, size))
+    if config.model.dirac_init:
+        dirac_init_(model.backbone)
+    if config.train.whiten_bias_epochs is not None and not whitening_layers(model):
+        # said, not refused: an ablation's baseline turns the whitening of a recipe that sets it off
+        log.warning(
+            "train.whiten_bias_epochs %d is unused: model %r has no patch-whitening layer whose bias it would train",
+            config.train.whiten_bias_epochs,
+            config.model.name,
+        )
+
+
+def inside_the_data(dataset: str, root: str | Path, out: Path) -> bool:
+    """Whether ``out`` is (or is inside) the image folder of a folder dataset: a PNG written there (a run's
+    training_curves.png, a report's figures) would be read back as an image, making its folder a class of its
+    own (or an image of one) for every later run on that data."""
+    root = Path(root)
+    # CIFAR's readers take their batch files by name; an archive cannot be written into; absent data is said later
+    if dataset != "folder" or not root.is_dir():
+        return False
+    out, root = out.resolve(), root.resolve()
+    return out == root or root in out.parents
+
+
+def check_out_of_the_data(config: Config, out_dir: Path) -> None:
+    """Refuse a run folder inside the image folder it trains on (``inside_the_data``)."""
+    if inside_the_data(config.data.dataset, config.data.root, out_dir):
+        raise ConfigError(
+            f"--out {out_dir} is inside the dataset {config.data.root} (data.root): the run's training_curves.png "
+            "would be read as an image of it by later runs; train into a folder outside it"
+        )
