@@ -1044,9 +1044,9 @@ def test_doctor_says_each_step_on_stderr_as_it_starts(tiny_models_dir, monkeypat
     seen = []
     timed = doctor.images_per_second
 
-    def images_per_second(*args):  # what stderr said by the time the first model is timed
+    def images_per_second(*args, **kwargs):  # what stderr said by the time the first model is timed
         seen.append(capsys.readouterr())
-        return timed(*args)
+        return timed(*args, **kwargs)
 
     monkeypatch.setattr(doctor, "images_per_second", images_per_second)
     assert service_main(["doctor", "--device", "cpu", "--models-dir", str(tiny_models_dir)]) == 0
@@ -1055,6 +1055,32 @@ def test_doctor_says_each_step_on_stderr_as_it_starts(tiny_models_dir, monkeypat
     assert err.splitlines()[0].startswith("checking the host")
     assert "checking tiny-int8 (2/2)\ntiming tiny-int8 (2/2)\n" in err, err
     assert out.rstrip().endswith("--device cpu: will work on this host") and "timing" not in out, out
+
+
+def test_doctor_times_each_model_without_a_warm_up_at_the_batch_size_it_has_run(tiny_models_dir, monkeypatch, capsys):
+    """A multi-crop FP16 model on 2 CPU cores takes over a minute a batch of 256, and doctor ran four such batches
+    per model (its check, a warm-up, two timed): 12 minutes for the shipped models. The check's batch is the
+    warm-up; a run longer than the timing's seconds is timed once."""
+    from inference.runtime import OnnxClassifier
+    from service import doctor
+    from service.__main__ import main as service_main
+
+    clock = [0.0]
+    calls: dict[int, int] = {}
+    real_logits = OnnxClassifier.logits
+
+    def logits(self, x):  # each call "takes" a minute
+        calls[len(x)] = calls.get(len(x), 0) + 1
+        clock[0] += 60.0
+        return real_logits(self, x)
+
+    monkeypatch.setattr(OnnxClassifier, "logits", logits)
+    monkeypatch.setattr(doctor.time, "perf_counter", lambda: clock[0])
+    assert service_main(["doctor", "--device", "cpu", "--models-dir", str(tiny_models_dir), "--model", "tiny"]) == 0
+    out = capsys.readouterr().out
+    # the check (256 generated images) and one timed run; batch 1 has its warm-up and one timed run
+    assert calls == {doctor.GENERATED_IMAGES: 2, 1: 2}, calls
+    assert "images/s on CPUExecutionProvider: batch 1: 0, batch 256: 4" in out, out
 
 
 def test_doctor_says_a_folder_in_place_of_a_model_file_is_not_a_file(tiny_models_dir, tmp_path, capsys):
