@@ -117,7 +117,7 @@ else
 fi
 # pip's -q leaves its editable-install notice as the last words on screen: say that all went well.
 if [ "$variant" = serve ]; then
-    echo "setup: done (.venv holds the serving install; pip's notice about editable installs above is expected)" >&2
+    echo "setup: done (.venv holds the serving install; pip's notice about editable installs above is expected); run with .venv/bin/python, or source .venv/bin/activate first" >&2
 else
-    echo "setup: done (.venv holds training, tests and serving; pip's notice about editable installs above is expected)" >&2
+    echo "setup: done (.venv holds training, tests and serving; pip's notice about editable installs above is expected); run with .venv/bin/python, or source .venv/bin/activate first" >&2
 fi
