@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,7 +35,7 @@ from report_io import write_json  # noqa: E402
 
 from inference.errors import UsageError  # noqa: E402
 from training.cli_types import positive_int  # noqa: E402
-from training.config import OptimConfig  # noqa: E402
+from training.config import OptimConfig, read_yaml  # noqa: E402
 from training.data import ImageArrays  # noqa: E402
 from training.data.augment import AugmentParams  # noqa: E402
 from training.data.loader import TensorLoader  # noqa: E402
@@ -81,7 +80,7 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     kwargs = {}
     for pair in filter(None, args.split(",")):
         key, _, value = pair.partition("=")
-        kwargs[key] = yaml.safe_load(value)
+        kwargs[key] = read_yaml(value)
     return name, kwargs
 
 

@@ -238,6 +238,15 @@ def test_the_export_benchmark_names_the_models_it_timed_when_they_are_the_defaul
     assert report["seconds"] == 0.01 and set(report["batch_sizes"]) == {"2"}
 
 
+def test_a_benchmarked_models_arguments_are_read_as_training_reads_them():
+    """parse_spec read its values with YAML 1.1's rules: 5e-3 and -.5 reached the network as text, 010 as eight."""
+    import bench_training
+
+    name, kwargs = bench_training.parse_spec("airbench94:whiten_eps=5e-3,depth=010,dropout=-.5,use_se=yes")
+    assert name == "airbench94" and kwargs == {"whiten_eps": 0.005, "depth": 10, "dropout": -0.5, "use_se": True}
+    assert all(type(v) is t for v, t in zip(kwargs.values(), (float, int, float, bool))), kwargs
+
+
 def test_the_training_benchmark_records_the_load_as_its_measurements_ended(tmp_path, monkeypatch):
     """host_record()'s load_average_after was taken before the first model was timed."""
     import json

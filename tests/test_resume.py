@@ -218,3 +218,21 @@ def test_a_damaged_best_pt_beside_a_whole_last_pt_is_said_on_resume(image_folder
         resume(run, epochs=2)
     said = [r.getMessage() for r in caplog.records if "best.pt" in r.getMessage()]
     assert any(f"{run / 'best.pt'}" in m and "writes best.pt again at its next best epoch" in m for m in said), said
+
+
+def test_a_hand_edited_config_yaml_is_read_as_recipes_are(tmp_path):
+    """keep_edited_config read config.yaml with YAML 1.1's rules, where a recipe and --set read numbers as written:
+    `epochs: 010` (ten, padded by hand) was read as octal eight and said to be an edit of the run's ten."""
+    from training.config import build_config, save_config
+    from training.resume import keep_edited_config
+
+    started = build_config("resnet9_half_cpu", ["epochs=10"])
+    save_config(started, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert "  epochs: 10\n" in text
+    (tmp_path / "config.yaml").write_text(text.replace("  epochs: 10\n", "  epochs: 010\n"))
+    keep_edited_config(tmp_path, started)
+    assert not (tmp_path / "config.edited.yaml").exists()
+    (tmp_path / "config.yaml").write_text(text.replace("  epochs: 10\n", "  epochs: 1:30\n"))  # text: an edit
+    keep_edited_config(tmp_path, started)
+    assert (tmp_path / "config.edited.yaml").exists()

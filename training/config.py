@@ -494,7 +494,8 @@ def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
 _Loader.add_constructor(_INT, _construct_int)
 
 
-def _load_yaml(text: str) -> Any:
+def read_yaml(text: str) -> Any:
+    """YAML as recipes, --set values and hand-edited config.yaml files are read (``_Loader``)."""
     return yaml.load(text, Loader=_Loader)
 
 
@@ -542,7 +543,7 @@ def _read_recipe(name_or_path: str) -> dict[str, Any]:
         hint = f" (recipes named like it: {', '.join(close)})" if close else ""
         raise ConfigError(f"no recipe {name_or_path!r}{hint}; built-in recipes: {', '.join(_recipe_files())}")
     try:
-        raw = _load_yaml(path.read_text())
+        raw = read_yaml(path.read_text())
     except YamlMistake as exc:
         raise ConfigError(f"recipe {str(path)!r}: {exc.problem}") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -585,7 +586,7 @@ def load_ensemble_recipe_raw(name_or_path: str) -> dict[str, Any]:
 def _parse_value(text: str) -> Any:
     # YAML's scalars give true/false, numbers, lists ([60,120]) and null for free.
     try:
-        return _load_yaml(text) if text != "" else ""
+        return read_yaml(text) if text != "" else ""
     except YamlMistake as exc:
         raise ConfigError(f"value {text!r}: {exc.problem}") from exc
     except yaml.reader.ReaderError as exc:

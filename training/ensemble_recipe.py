@@ -55,6 +55,7 @@ from .config import (
     is_ensemble_recipe,
     load_ensemble_recipe_raw,
     placement_overrides,
+    read_yaml,
 )
 from .distill import TEACHER_FILE, TeacherError, teacher_file
 from .engine import train
@@ -218,7 +219,7 @@ def started_run(out: str | Path) -> dict[str, Any] | None:
     if not record.is_file():
         return None
     try:
-        started = yaml.safe_load(record.read_text())
+        started = read_yaml(record.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{record} is damaged ({exc}); start the run over with --force") from None
     overrides = started.get("overrides") if isinstance(started, dict) else None

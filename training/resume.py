@@ -30,6 +30,7 @@ from .config import (
     Config,
     ConfigError,
     config_differences,
+    read_yaml,
     validate_config,
     with_placement,
 )
@@ -152,7 +153,7 @@ def keep_edited_config(out_dir: Path, started: Config) -> None:
     except (FileNotFoundError, UnicodeDecodeError):
         return
     try:
-        edited = config_differences(started, validate_config(yaml.safe_load(text), started=True))
+        edited = config_differences(started, validate_config(read_yaml(text), started=True))
     except (yaml.YAMLError, ConfigError, TypeError) as exc:
         edited = [f"it no longer reads as a configuration ({str(exc).splitlines()[0]})"]
     if not edited:

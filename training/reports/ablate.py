@@ -27,7 +27,7 @@ from inference.files import write_text_atomic
 from inference.messages import exception_summary
 
 from ..checkpoint import BEST_FILE, CONFIG_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE
-from ..config import Config, ConfigError, check_distinct
+from ..config import Config, ConfigError, check_distinct, read_yaml
 from ..engine import train
 from ..inference import check_tta
 from ..models import count_parameters
@@ -111,7 +111,7 @@ def _saved_config(saved: Path) -> Any:
     """A variant folder's config.yaml as written; one that cannot be read (damaged, edited wrong, another
     encoding) is refused naming it: whether the run beside it is this variant's cannot be told."""
     try:
-        return yaml.safe_load(saved.read_text(encoding="utf-8"))
+        return read_yaml(saved.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise UsageError(
             f"{saved} cannot be read ({_unreadable(exc)}), so whether the run beside it is this variant's cannot "
