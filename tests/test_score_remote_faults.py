@@ -384,3 +384,66 @@ def test_a_service_that_ignores_k_still_writes_rows_of_k(photos, serve, tmp_path
         lines = list(csv.reader(f))
     assert lines[0] == ["path", "label_1", "confidence_1", "error"] and {len(line) for line in lines} == {4}
     assert _score(photos, "--url", url, "--out", out, "--k", 1, "--resume", "--no-progress") == 0
+
+
+def test_an_image_is_blamed_only_by_a_request_of_it_alone_on_the_service(photos, serve, tmp_path, capsys):
+    """Two workers: x.png meets a hiccup twice and is sent alone to be blamed or cleared, while the other worker's
+    p.png crashes the service; the crash must not be x.png's error row. The fake crashes only when both are in
+    flight at once (the barrier), and then answers 503 while it restarts."""
+    root = tmp_path / "two"
+    root.mkdir()
+    shutil.copy(photos / "5.png", root / "p.png")
+    shutil.copy(photos / "3.png", root / "x.png")
+    poison, innocent = (root / "p.png").read_bytes(), (root / "x.png").read_bytes()
+    together = threading.Barrier(2, timeout=1.0)
+    state = {"x": 0, "p": 0, "down": 0}
+    lock = threading.Lock()
+
+    def fault(handler: Fake, body: bytes, names: list[str]) -> bool:
+        with lock:
+            if state["down"] > 0:
+                state["down"] -= 1
+                handler.answer(503, {"error": "restarting"})
+                return True
+            which = "p" if poison in body else "x" if innocent in body else None
+            if which:
+                state[which] += 1
+            seen = state[which] if which else 0
+        if which == "x" and seen <= 2:
+            handler.answer(500, {"error": "hiccup"})
+            return True
+        if (which == "x" and seen == 3) or (which == "p" and seen == 1):
+            try:
+                together.wait()
+            except threading.BrokenBarrierError:
+                pass  # not in flight together: no crash meets x.png
+            else:
+                with lock:
+                    state["down"] = 2
+                handler.drop(reset=True)
+                return True
+        if which == "p":
+            handler.drop(reset=True)
+            return True
+        return False
+
+    url, _ = serve(fault)
+    out = tmp_path / "preds.csv"
+    status = _score(root, "--url", url, "--out", out, "--batch-size", 1, "--workers", 2, "--no-progress")
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert {row["path"] for row in _rows(out) if row["error"]} == {"p.png"}, err
+    assert "scored 1, failed 1" in err, err
+
+
+def test_an_image_that_hangs_costs_one_timeout_per_halving(photos, serve, tmp_path, capsys):
+    """With --timeout T, each request of an image that hangs costs T: the requests of 8 images are halved to it
+    with no retry of each half, and it is blamed by one request of it alone; the user is told what is going on."""
+    url, posts = serve(_poisoned(photos, lambda h: h.server.release.wait(10)))  # type: ignore[attr-defined]
+    out = tmp_path / "preds.csv"
+    status = _score(photos, "--url", url, "--out", out, "--batch-size", 8, "--timeout", 0.3, "--no-progress")
+    err = capsys.readouterr().err
+    assert status == 0, err
+    # the whole request twice, its halves of 4, 2 and 1 once each, then 5.png alone once after the probe
+    assert sum("5.png" in names for names in posts) == 2 + 3 + 1, posts
+    assert f"the service at {url} failed a request of 8 images (no answer within 0.3 s (--timeout)): looking" in err

@@ -10,8 +10,10 @@ import io
 import os
 import re
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterator, NamedTuple
 
@@ -96,6 +98,11 @@ class RemoteBackend:
         self.model = model
         self.fit = fit  # None: the service's model's own
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="score-post")
+        # An image is blamed by a request of it alone while no other worker's request is in flight: another
+        # worker's image that crashes the service would otherwise fail it too (``_alone``).
+        self._gate = threading.Condition()
+        self._sending = 0
+        self._blaming: int | None = None  # the thread that has the service to itself
 
     def _model_info(self, model: str | None) -> tuple[str | None, list[str] | None]:
         """(model name, classes) from GET /models; (model, None) when the service does not list its models."""
@@ -193,9 +200,10 @@ class RemoteBackend:
         blame: bool = False,
     ) -> None:
         """``isolating``: ``items`` are part of a request the service failed, and it answered a probe since.
-        ``blame``: one image, which the service failed on before it answered a probe: failed again, it is an
-        error row."""
-        result = self._post(chunk, items)
+        ``blame``: one image, which the service failed on before it answered a probe: failed again, with no other
+        request in flight, it is an error row. Neither is retried: a failure that was not the images' leads at
+        worst to an image that is then answered alone, and each retry of an image that hangs costs --timeout."""
+        result = self._post(chunk, items, once=isolating or blame)
         if isinstance(result, list):
             for (i, _), row in zip(items, result):
                 rows[i] = row
@@ -241,16 +249,54 @@ class RemoteBackend:
         failing on an image, and the run stops, as for a service that is not reached."""
         if not failed.images:
             raise RemoteError(f"the service at {self.url} {failed.text()}")
-        if not isolating:
-            self._check_service()
         if len(items) > 1:
+            if not isolating:
+                # the probe and each level of halves cost a --timeout where the service hangs: minutes that should
+                # not be silent
+                print(
+                    f"the service at {self.url} failed a request of {len(items)} images ({failed.said()}): looking "
+                    "for the image it fails on",
+                    file=sys.stderr,
+                )
+                self._check_service()
             half = (len(items) + 1) // 2
             self._send(chunk, items[:half], rows, isolating=True)
             self._send(chunk, items[half:], rows, isolating=True)
             return
-        if isolating:  # the service may have gone since the last probe, or be restarting after this very image
+        with self._alone():
+            # the service may have gone since the last probe, or be restarting after this very image
             self._check_service()
-        self._send(chunk, items, rows, blame=True)
+            self._send(chunk, items, rows, blame=True)
+
+    @contextmanager
+    def _alone(self) -> Iterator[None]:
+        """The service to this thread: other workers' requests in flight are waited for, and theirs held back."""
+        with self._gate:
+            self._gate.wait_for(lambda: self._blaming is None)
+            self._blaming = threading.get_ident()
+            self._gate.wait_for(lambda: self._sending == 0)
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._blaming = None
+                self._gate.notify_all()
+
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """One request, sent while no other thread has the service to itself (``_alone``)."""
+        if self._blaming == threading.get_ident():
+            yield
+            return
+        with self._gate:
+            self._gate.wait_for(lambda: self._blaming is None)
+            self._sending += 1
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._sending -= 1
+                self._gate.notify_all()
 
     def _check_service(self) -> None:
         """RemoteError unless the service classifies a plain test image, with every retry."""
@@ -267,16 +313,16 @@ class RemoteBackend:
         return _Failed(answer.status_code, checked, 1, images=True) if isinstance(checked, str) else None
 
     def _post(
-        self, chunk: list[Entry], items: list[tuple[int, bytes]]
+        self, chunk: list[Entry], items: list[tuple[int, bytes]], once: bool = False
     ) -> list[Row] | tuple[int, str | None, str] | _Failed:
         """The rows; (status, reason, message) when the service rejects the request (4xx), reason None where the
         answer names none; ``_Failed`` when it kept failing it, or answered what is not its images'
-        classification."""
+        classification. ``once``: what may be the images' doing is not retried."""
         files = [
             ("images", (_sendable(os.path.basename(chunk[i].rel)), data, "application/octet-stream"))
             for i, data in items
         ]
-        answer = self._exchange(files, patient=False)
+        answer = self._exchange(files, patient=False, once=once)
         if isinstance(answer, _Failed):
             return answer
         if answer.status_code >= 400:
@@ -293,9 +339,10 @@ class RemoteBackend:
             for (i, _), prediction in zip(items, checked.predictions)
         ]
 
-    def _exchange(self, files: list, patient: bool) -> httpx.Response | _Failed:
+    def _exchange(self, files: list, patient: bool, once: bool = False) -> httpx.Response | _Failed:
         """POST /classify, retried while the service is not reached or answers 5xx, 408 or 429: its answer, or
-        ``_Failed``. What may be the images' doing is retried once, ``patient``: as often as the rest."""
+        ``_Failed``. What may be the images' doing is retried once, ``patient``: as often as the rest, ``once``:
+        not at all."""
         httpx = self.httpx
         form = {"k": str(self.k)}
         if self.model:
@@ -307,7 +354,8 @@ class RemoteBackend:
             attempts += 1
             wait = delay
             try:
-                response = self.client.post("/classify", files=files, data=form)
+                with self._turn():
+                    response = self.client.post("/classify", files=files, data=form)
             except httpx.TransportError as exc:
                 unreached = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
                 failed = _Failed(None, self._transport_message(exc), attempts, images=not unreached)
@@ -322,7 +370,7 @@ class RemoteBackend:
                 if asked is not None and asked > MAX_RETRY_AFTER:
                     return failed._replace(message=f"{message} (it asks to be asked again in {asked:.0f} s)")
                 wait = max(delay, asked or 0.0)
-            if attempts > self.RETRIES or (failed.images and not patient and attempts >= 2):
+            if attempts > self.RETRIES or (failed.images and (once or (not patient and attempts >= 2))):
                 return failed
             time.sleep(wait)
             delay *= 2
