@@ -9,11 +9,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from training.__main__ import main as training_main
 from training.cli_types import non_negative_int, positive_int
-from training.config import Config, ConfigError, build_config
+from training.config import (
+    Config,
+    ConfigError,
+    build_config,
+    dump_yaml,
+    field_owner,
+    read_yaml,
+    save_config,
+    validate_config,
+)
+from training.resume import keep_edited_config
 
 
 def _refused(tmp_path: Path, capsys, *settings: str, recipe: str = "resnet9_half_cpu") -> str:
@@ -194,3 +205,70 @@ def test_a_key_inside_a_list_or_a_value_is_refused_saying_how_to_set_it(setting,
 def test_a_mapping_setting_takes_a_key_inside_it():
     config = build_config("resnet9_half_cpu", ["augment.progressive_sizes.1=16", "augment.progressive_sizes.3=32"])
     assert config.augment.progressive_sizes == {1: 16, 3: 32}
+
+
+@pytest.mark.parametrize("setting", ["epochs=null", "device=~", "bf16=null", "flip=null", "milestones=null"])
+def test_a_null_where_a_value_is_needed_is_said_as_null(setting, tmp_path, capsys):
+    """`epochs=null` was refused as "Input should be a valid integer", not naming the null as the mistake."""
+    err = _refused(tmp_path, capsys, setting)
+    assert f"{_full(setting)}: is null: give a value" in err, err
+
+
+@pytest.mark.parametrize("setting", ["data.root=2024", "distill_from=08", "recipe=1e3", "data.cache_dir=-.5"])
+def test_a_number_where_text_goes_is_said_as_one(setting, tmp_path, capsys):
+    """`distill_from=08` (a folder named 08) was read as the number 8 and refused as "not a valid string"."""
+    err = _refused(tmp_path, capsys, setting)
+    assert f"{_full(setting)}: must be text, not the number" in err and "quote it" in err, err
+    quoted = setting.replace("=", "='", 1) + "'"
+    value = setting.split("=", 1)[1]
+    assert _setting(build_config("resnet9_half_cpu", [quoted]), _full(setting)) == value
+
+
+def _full(setting: str) -> str:
+    key = setting.split("=", 1)[0]
+    return key if "." in key or key == "recipe" else field_owner(key)
+
+
+def test_a_saved_config_reads_back_as_it_was(tmp_path, caplog):
+    """config.yaml was written with YAML 1.1's quoting and read back with YAML 1.2's numbers: a recipe file named
+    0912.yaml was read back as the number 912, so each resume said config.yaml had been edited (and kept a copy),
+    and an ablation took its finished variant for another's."""
+    recipe = tmp_path / "0912.yaml"
+    recipe.write_text("model: {name: resnet9_half}\n")
+    texts = ["'1e3'", "'-.5'", "'0o17'", "'08'", "'1_000'", "'1:30'", "'010'", "'yes'", "'.inf'"]
+    config = build_config(str(recipe), [f"model.args.a{i}={text}" for i, text in enumerate(texts)])
+    assert config.recipe == "0912" and config.model.args["a0"] == "1e3"
+    save_config(config, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    as_saved = config.model_dump(mode="json")
+    assert read_yaml(text) == as_saved and yaml.safe_load(text) == as_saved, text
+    keep_edited_config(tmp_path, config)
+    assert not (tmp_path / "config.edited.yaml").exists(), caplog.text
+
+
+def test_a_saved_config_writes_numbers_as_numbers():
+    config = build_config("resnet9_half_cpu", ["lr=1e-5", "epochs=10", "model.args.dropout=-.5"])
+    text = dump_yaml(config.model_dump(mode="json"))
+    assert "lr: 1.0e-05\n" in text and "epochs: 10\n" in text and "dropout: -0.5\n" in text, text
+
+
+def test_a_run_started_with_an_empty_setting_that_may_be_null_resumes_with_none():
+    """A run started with `distill_from=` (no teacher: empty values were taken then) was refused on resume, its
+    configuration read back from last.pt as "train.distill_from: is empty", which no resume --set can change."""
+    started = build_config("resnet9_half_cpu").model_dump(mode="json")
+    started["train"]["distill_from"] = ""
+    assert validate_config(started, started=True).train.distill_from is None
+    with pytest.raises(ConfigError, match="train.distill_from: is empty"):
+        validate_config(started)
+
+
+def test_an_ensemble_runs_record_reads_back_a_recipe_named_like_a_number(tmp_path):
+    """The record was written with yaml.safe_dump, which leaves 0913 bare, and read with read_yaml, which reads
+    it as the number 913: `train --resume` then called the record damaged."""
+    from training.checkpoint import ENSEMBLE_RUN_FILE
+    from training.config import dump_yaml
+    from training.ensemble_recipe import started_run
+
+    record = {"recipe": {"name": "0913", "members": []}, "overrides": ["epochs=1e3"], "file": "0913.yaml"}
+    (tmp_path / ENSEMBLE_RUN_FILE).write_text(dump_yaml(record))
+    assert started_run(tmp_path) == record

@@ -52,6 +52,11 @@ def _kinds(annotation: Any) -> set[Any]:
     return kinds
 
 
+def _text_only(annotation: Any) -> bool:
+    """Whether a field takes text and nothing else (or null): ``str``, ``str | None``, not a ``Literal``."""
+    return annotation is str or set(get_args(annotation)) == {str, type(None)}
+
+
 def _scalars(value: Any) -> Iterator[Any]:
     """The values a YAML value holds that are no list or mapping, a mapping's keys too."""
     if isinstance(value, dict):
@@ -80,8 +85,21 @@ class Section(BaseModel):
         kinds = _kinds(cls.model_fields[info.field_name].annotation)
         # `--set distill_from=$TEACHER` with TEACHER unset would train with no teacher, without a word
         if isinstance(value, str) and not value.strip() and info.field_name not in cls._empty_means:
+            # a run under way keeps what it ran with: there an empty value that may be null was none (no teacher)
+            if (info.context or {}).get("started") and type(None) in kinds:
+                return None
             wanted = "a value, or null for none" if type(None) in kinds else "a value"
             raise PydanticCustomError(_SAID_WHOLE, f"is empty: give {cls._empty_says.get(info.field_name, wanted)}")
+        # pydantic says only "Input should be a valid integer", never that the null given was the mistake
+        if value is None and type(None) not in kinds:
+            raise PydanticCustomError(
+                _SAID_WHOLE, "is null: give a value (null unsets only a setting that may be unset)"
+            )
+        # a path or name YAML reads as a number (data.root=2024): pydantic would name the type, not the remedy
+        if _text_only(cls.model_fields[info.field_name].annotation) and type(value) in (int, float):
+            raise PydanticCustomError(
+                _SAID_WHOLE, f"must be text, not the number {value!r}: quote it, as YAML reads it bare as a number"
+            )
         if bool in kinds or Any in kinds or not any(isinstance(x, bool) for x in _scalars(value)):
             return value
         yaml_bool = "YAML reads a bare yes, no, on, off, true or false as a boolean"
@@ -978,5 +996,25 @@ def with_placement(config: Config, overrides: list[str] | None = None, like: Con
     return validate_config(apply_overrides(raw, list(overrides or [])), started=True)
 
 
+class _Dumper(yaml.SafeDumper):
+    """YAML written so that ``read_yaml`` and YAML 1.1's readers (``yaml.safe_load``) read it back as it was: text
+    either would read as a number is quoted. SafeDumper alone quotes only what YAML 1.1 reads so, and writes a
+    recipe named 0912, or a model argument '1e3', bare, which read_yaml reads as the numbers 912 and 1000.0."""
+
+
+_Dumper.yaml_implicit_resolvers = {
+    first: [
+        *yaml.SafeDumper.yaml_implicit_resolvers.get(first, []),
+        *(resolver for resolver in _Loader.yaml_implicit_resolvers.get(first, []) if resolver[0] in (_INT, _FLOAT)),
+    ]
+    for first in {*yaml.SafeDumper.yaml_implicit_resolvers, *_Loader.yaml_implicit_resolvers}
+}
+
+
+def dump_yaml(data: Any) -> str:
+    """``data`` as YAML that ``read_yaml`` reads back as it is (config.yaml, an ensemble run's record)."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
+
+
 def save_config(config: Config, path: Path) -> None:
-    write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    write_text_atomic(path, dump_yaml(config.model_dump(mode="json")))

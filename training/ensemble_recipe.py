@@ -52,6 +52,7 @@ from .config import (
     RECIPES_DIR,
     Config,
     ConfigError,
+    dump_yaml,
     is_ensemble_recipe,
     load_ensemble_recipe_raw,
     placement_overrides,
@@ -323,7 +324,7 @@ def _train_members(recipe: EnsembleRecipe, out: Path, overrides: list[str], resu
     # data found again): a refused move must not leave its data.root in the record `resume` quotes.
     recorded = started == resolved
     if started is None:
-        write_text_atomic(out / ENSEMBLE_RUN_FILE, yaml.safe_dump(resolved, sort_keys=False))
+        write_text_atomic(out / ENSEMBLE_RUN_FILE, dump_yaml(resolved))
         recorded = True
     summaries = []
     for i, (member, config) in enumerate(zip(recipe.members, configs)):
@@ -334,7 +335,7 @@ def _train_members(recipe: EnsembleRecipe, out: Path, overrides: list[str], resu
         else:
             summaries.append(train(config, folder))
         if not recorded:
-            write_text_atomic(out / ENSEMBLE_RUN_FILE, yaml.safe_dump(resolved, sort_keys=False))
+            write_text_atomic(out / ENSEMBLE_RUN_FILE, dump_yaml(resolved))
             recorded = True
     folders = [out / recipe.folder(i) for i in range(len(configs))]
     meta = join_checkpoints(folders, out / BEST_FILE, [m.tta for m in recipe.members], recipe.fit, replace=True)
