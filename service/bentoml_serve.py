@@ -1,11 +1,80 @@
 """``python -m service.bentoml_serve PORT ARGS...``: ``python -m bentoml ARGS...`` for the server on PORT, with its
-own metrics folder (``bentoml_compat.serve_with_own_metrics``). What ``python -m service serve`` runs."""
+own metrics folder (``bentoml_compat.serve_with_own_metrics``). What ``python -m service serve`` runs.
+
+BentoML's process manager (circus) picks two free local ports for its control sockets, lets them go, and binds them
+again a moment later; another program can take one in between, and the start fails with ZMQ's "Address already in
+use" about a port the user never chose. Nothing is served yet at that point, so the start is made again, in a fresh
+process (the failed one keeps the HTTP socket and ZMQ threads), up to ``ATTEMPTS`` times."""
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 
 from .bentoml_compat import serve_with_own_metrics
 
+ATTEMPT_ENV = "CIFAR_SERVE_ATTEMPT"
+ATTEMPTS = 3
+
+
+def internal_port_taken(exc: BaseException) -> bool:
+    """Whether ``exc`` is circus failing to bind one of its own ZMQ sockets (the user's port is checked before)."""
+    try:
+        import zmq
+    except ImportError:
+        return False
+    return isinstance(exc, zmq.ZMQError) and exc.errno == errno.EADDRINUSE
+
+
+def _open_descriptors() -> list[int]:
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return [int(name) for name in os.listdir(folder)]
+        except OSError:
+            continue
+    return []
+
+
+def start_again(argv: list[str], attempt: int) -> None:
+    """Replace this process with a new start of the same server, attempt number ``attempt``."""
+    # The failed start's sockets (the HTTP port among them) are inheritable, for circus's workers: an exec would
+    # hand them to the new start, whose own bind of the same port would then fail. Not closed here, as ZMQ's
+    # threads still use some of them; the exec closes them.
+    for fd in _open_descriptors():
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass
+    env = {**os.environ, ATTEMPT_ENV: str(attempt)}
+    os.execve(sys.executable, [sys.executable, "-m", "service.bentoml_serve", *argv], env)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        serve_with_own_metrics(argv[1:], int(argv[0]))
+    except Exception as exc:
+        if not internal_port_taken(exc):
+            raise
+        attempt = int(os.environ.get(ATTEMPT_ENV) or 1)
+        if attempt >= ATTEMPTS:
+            print(
+                f"error: BentoML's process manager could not bind its control sockets in {ATTEMPTS} starts "
+                f"({exc}): other programs are taking local ports as fast as they are freed; start the service again",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
+        print(
+            f"BentoML's process manager lost one of its control ports to another program ({exc}); "
+            f"starting again ({attempt + 1} of {ATTEMPTS})",
+            file=sys.stderr,
+            flush=True,
+        )
+        start_again(argv, attempt + 1)
+    return 0
+
+
 if __name__ == "__main__":
-    serve_with_own_metrics(sys.argv[2:], int(sys.argv[1]))
+    sys.exit(main(sys.argv[1:]))

@@ -258,14 +258,22 @@ def running_service(models_dir: Path, log_path: Path, *args: str, env: dict | No
 
     import httpx
 
-    port = free_port()
-    with open(log_path, "w") as log:
-        proc = spawn_server(port, models_dir, *args, log=log, env=env)
-    url = f"http://127.0.0.1:{port}"
+    def start() -> tuple[subprocess.Popen, str]:
+        port = free_port()
+        with open(log_path, "w") as log:
+            return spawn_server(port, models_dir, *args, log=log, env=env), f"http://127.0.0.1:{port}"
+
+    proc, url = start()
+    starts = 1
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
+                # free_port lets its port go before the server binds it: another program may take it in between
+                if proc.returncode == 2 and "error: cannot listen on" in log_path.read_text() and starts < 3:
+                    proc, url = start()
+                    starts += 1
+                    continue
                 pytest.fail(f"the server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
             try:
                 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
