@@ -223,16 +223,21 @@ def tiny_models_dir(tiny_run, tmp_path_factory) -> Path:
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     """``python -m training ARGS`` as two gloo processes under torchrun, one thread each; fails on a non-zero exit."""
-    port = str(free_port())  # port 0 hangs torchrun's static rendezvous: pick a free port ourselves
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    result = subprocess.run(
-        [*cmd, "--master_port", port, "-m", "training", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
-    )
+    for _ in range(3):
+        port = str(free_port())  # port 0 hangs torchrun's static rendezvous: pick a free port ourselves
+        result = subprocess.run(
+            [*cmd, "--master_port", port, "-m", "training", *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=600,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        )
+        # free_port lets its port go before torchrun's store binds it: another program may take it in between,
+        # and the store fails before any rank starts
+        if "EADDRINUSE" not in result.stderr:
+            break
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
