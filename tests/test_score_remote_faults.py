@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import struct
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -447,3 +448,84 @@ def test_an_image_that_hangs_costs_one_timeout_per_halving(photos, serve, tmp_pa
     # the whole request twice, its halves of 4, 2 and 1 once each, then 5.png alone once after the probe
     assert sum("5.png" in names for names in posts) == 2 + 3 + 1, posts
     assert f"the service at {url} failed a request of 8 images (no answer within 0.3 s (--timeout)): looking" in err
+
+
+# ------------------------------------------------------------------------------------ a service that stalls
+def _hangs(handler: Fake, body: bytes, names: list[str]) -> bool:
+    handler.server.release.wait(10)  # type: ignore[attr-defined]
+    return True
+
+
+def test_a_service_that_hangs_on_every_request_stops_the_run_after_four_timeouts(photos, serve, tmp_path, capsys):
+    """/readyz answers, /classify never does: the request of 8 images twice, the plain test image twice, then the
+    run stops as for a service that is gone (each timeout is --timeout: two minutes by default)."""
+    url, posts = serve(_hangs)
+    out = tmp_path / "preds.csv"
+    status = _score(photos, "--url", url, "--out", out, "--batch-size", 8, "--timeout", 0.3, "--no-progress")
+    err = capsys.readouterr().err
+    assert status == 1, err
+    assert [len(names) for names in posts] == [8, 8, 1, 1], posts
+    said = "failed 2 times: no answer within 0.3 s (--timeout), on a plain test image: the service is failing"
+    assert f"error: the service at {url} {said}" in err, err
+    assert "rerun with --resume to continue" in err and "Traceback" not in err, err
+
+
+def test_a_run_stopped_by_a_hanging_service_sends_no_more_requests(photos, serve, tmp_path, capsys):
+    """Two workers, four chunks: once one worker finds the service hanging, the chunk that starts after it sends
+    nothing, so the run ends when it says it stopped rather than after another search."""
+    url, posts = serve(_hangs)
+    out = tmp_path / "preds.csv"
+    score = ["--batch-size", 2, "--workers", 2, "--timeout", 0.3, "--no-progress"]
+    assert _score(photos, "--url", url, "--out", out, *score) == 1
+    err = capsys.readouterr().err
+    assert len(posts) <= 2 * 4 and {names[0] for names in posts if len(names) == 2} <= {"0.png", "2.png"}, posts
+    assert err.rstrip().endswith("rerun with --resume to continue") and err.count("error:") == 1, err
+
+
+def test_each_retry_after_wait_is_said(photos, serve, tmp_path, monkeypatch, capsys):
+    refused = {"left": 2}
+
+    def fault(handler: Fake, body: bytes, names: list[str]) -> bool:
+        if refused["left"] > 0:
+            refused["left"] -= 1
+            handler.answer(429, {"error": "slow down"}, {"Retry-After": "7"})
+            return True
+        return False
+
+    url, _ = serve(fault)
+    _sleeps(monkeypatch)
+    out = tmp_path / "preds.csv"
+    assert _score(photos, "--url", url, "--out", out, "--batch-size", 8, "--no-progress") == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "asked to wait" in line]
+    said = f"the service at {url} asked to wait 7 s (HTTP 429: slow down): waiting"
+    assert lines == [f"{said} (retry 1 of 5)", f"{said} (retry 2 of 5)"], lines
+
+
+def test_a_500_that_asks_to_wait_an_hour_is_the_services_failure_not_the_images(photos, serve, tmp_path, capsys):
+    url, _ = serve(_poisoned(photos, lambda h: h.answer(500, {"error": "down"}, {"Retry-After": "3600"})))
+    out = tmp_path / "preds.csv"
+    score = ["--batch-size", 4, "--workers", 1, "--no-progress"]
+    assert _score(photos, "--url", url, "--out", out, *score) == 1
+    err = capsys.readouterr().err
+    assert f"error: the service at {url} failed: HTTP 500: down (it asks to be asked again in 3600 s)" in err, err
+    assert "looking for the image" not in err and "stopped: scored 4, failed 0" in err, err
+    assert not any(row["error"] for row in _rows(out))
+
+
+class _Terminal(io.StringIO):
+    """A standard error that says it is a terminal, so that the progress bar is drawn on it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_search_line_is_not_written_into_the_progress_bar(photos, serve, tmp_path, monkeypatch):
+    url, _ = serve(_poisoned(photos, lambda h: h.answer(500, {"error": "the model raised"})))
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    out = tmp_path / "preds.csv"
+    assert _score(photos, "--url", url, "--out", out, "--batch-size", 8, "--workers", 1) == 0
+    # what a terminal shows of each line: the text after its last carriage return
+    shown = [line.rsplit("\r", 1)[-1] for line in terminal.getvalue().split("\n")]
+    search = [line for line in shown if "looking for the image" in line]
+    assert len(search) == 1 and search[0].startswith(f"the service at {url} failed"), terminal.getvalue()

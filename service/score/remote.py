@@ -70,6 +70,9 @@ class RemoteBackend:
     RETRIES = 5
     RETRY_DELAY = 0.5
     READY_POLL_S = 0.5
+    # A request is not sent again after its second timeout, whatever failed: each costs --timeout (two minutes by
+    # default), and a plain test image that goes unanswered twice shows that the service hangs, not an image.
+    TIMEOUTS = 2
 
     def __init__(
         self,
@@ -103,6 +106,9 @@ class RemoteBackend:
         self._gate = threading.Condition()
         self._sending = 0
         self._blaming: int | None = None  # the thread that has the service to itself
+        # Why the run stops (a worker found the service failing, or the run ended): every worker's next request
+        # raises it rather than spend more timeouts on a service, or a run, that is gone.
+        self._stopped: str | None = None
 
     def _model_info(self, model: str | None) -> tuple[str | None, list[str] | None]:
         """(model name, classes) from GET /models; (model, None) when the service does not list its models."""
@@ -140,7 +146,7 @@ class RemoteBackend:
                     f"{ready.text[:200]}"
                 )
             if not said:
-                print(f"waiting for the service at {self.url} to be ready (its models loading)", file=sys.stderr)
+                _say(f"waiting for the service at {self.url} to be ready (its models loading)")
                 said = True
             time.sleep(self.READY_POLL_S)
 
@@ -175,6 +181,17 @@ class RemoteBackend:
         return handle.result()
 
     def _score_chunk(self, chunk: list[Entry]) -> list[Row]:
+        try:
+            return self._score(chunk)
+        except RemoteError as exc:
+            self._stop(str(exc))
+            raise
+
+    def _stop(self, why: str) -> None:
+        with self._gate:
+            self._stopped = self._stopped or why
+
+    def _score(self, chunk: list[Entry]) -> list[Row]:
         rows: list[Row | None] = [None] * len(chunk)
         items = []
         for i, e in enumerate(chunk):
@@ -253,10 +270,9 @@ class RemoteBackend:
             if not isolating:
                 # the probe and each level of halves cost a --timeout where the service hangs: minutes that should
                 # not be silent
-                print(
+                _say(
                     f"the service at {self.url} failed a request of {len(items)} images ({failed.said()}): looking "
-                    "for the image it fails on",
-                    file=sys.stderr,
+                    "for the image it fails on"
                 )
                 self._check_service()
             half = (len(items) + 1) // 2
@@ -301,7 +317,9 @@ class RemoteBackend:
     def _check_service(self) -> None:
         """RemoteError unless the service classifies a plain test image, with every retry."""
         if (probe := self._probe()) is not None:
-            raise RemoteError(f"the service at {self.url} {probe.text()}")
+            raise RemoteError(
+                f"the service at {self.url} {probe.text()}, on a plain test image: the service is failing, not an image"
+            )
 
     def _probe(self) -> _Failed | None:
         """How the service fails a plain test image, with every retry; None where it answers it (a classification,
@@ -349,16 +367,20 @@ class RemoteBackend:
             form["model"] = self.model
         if self.fit:
             form["fit"] = self.fit
-        delay, attempts = self.RETRY_DELAY, 0
+        delay, attempts, timeouts = self.RETRY_DELAY, 0, 0
         while True:
+            if self._stopped is not None:
+                raise RemoteError(self._stopped)
             attempts += 1
             wait = delay
+            asked = None
             try:
                 with self._turn():
                     response = self.client.post("/classify", files=files, data=form)
             except httpx.TransportError as exc:
                 unreached = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
                 failed = _Failed(None, self._transport_message(exc), attempts, images=not unreached)
+                timeouts += isinstance(exc, httpx.TimeoutException)
             else:
                 status = response.status_code
                 if status < 500 and status not in (408, 429):
@@ -368,10 +390,22 @@ class RemoteBackend:
                 failed = _Failed(status, message, attempts, images=not later)
                 asked = _retry_after(response)
                 if asked is not None and asked > MAX_RETRY_AFTER:
-                    return failed._replace(message=f"{message} (it asks to be asked again in {asked:.0f} s)")
+                    # a service that asks for that long is unavailable, whatever it was sent: no image is blamed
+                    return failed._replace(
+                        message=f"{message} (it asks to be asked again in {asked:.0f} s)", images=False
+                    )
                 wait = max(delay, asked or 0.0)
-            if attempts > self.RETRIES or (failed.images and (once or (not patient and attempts >= 2))):
+            if (
+                attempts > self.RETRIES
+                or timeouts >= self.TIMEOUTS
+                or (failed.images and (once or (not patient and attempts >= 2)))
+            ):
                 return failed
+            if asked is not None:
+                _say(
+                    f"the service at {self.url} asked to wait {round(wait, 1):g} s ({failed.said()}): waiting "
+                    f"(retry {attempts} of {self.RETRIES})"
+                )
             time.sleep(wait)
             delay *= 2
 
@@ -381,6 +415,7 @@ class RemoteBackend:
         return f"{type(exc).__name__}: {exc}"
 
     def close(self) -> None:
+        self._stop("the run stopped")
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.client.close()
 
@@ -417,6 +452,13 @@ def _checked_answer(response, count: int) -> ClassifyResponse | str:
     if len(answer.predictions) != count:
         return f"an answer with {len(answer.predictions)} predictions for {count} images"
     return answer
+
+
+def _say(line: str) -> None:
+    """A line on stderr that does not land inside the progress bar's line: the bar is cleared, then redrawn below."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
 
 
 def _failed_on_image(failed: _Failed) -> str:
