@@ -128,7 +128,7 @@ class Trainer:
         """The training and validation splits, refused where no classifier can learn from them, and the meta the
         run's checkpoints record of them and of the network."""
         config = self.config
-        train_data, val_data = load_data(config)
+        train_data, val_data = load_data(config, self.dist.world_size)
         check_trainable(train_data, val_data, config.data.root)
         self.classes = train_data.classes
         mean, std = channel_stats(train_data.images)

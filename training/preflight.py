@@ -10,13 +10,15 @@ from pathlib import Path
 
 import torch
 
+from inference.errors import UsageError
+
 from .config import Config, ConfigError, build_config, did_you_mean
-from .data import DatasetError
+from .data import DatasetError, ImageArrays
 from .models import ImageClassifier, UnknownArgument, argument_error, create_model, size_refusal
 from .models.whitening import dirac_init_, whitening_layers
 from .muon import filters_by_normalisation
-from .run_data import check_trainable, load_data
-from .run_length import check_run_length
+from .run_data import check_trainable, read_data, split_data
+from .run_length import SettingsRefused, check_run_length, named, refuse
 
 log = logging.getLogger("training")
 
@@ -36,21 +38,31 @@ def buildable_config(recipe: str, overrides: list[str], what: str) -> Config:
 def check_run_lengths(configs: list[Config], names: list[str]) -> None:
     """The refusals of each run that need its training images (data no classifier can learn from, a batch larger
     than the split, a lookahead period longer than the run; ``run_length``), made before the first of several
-    runs trains rather than after the ones before it. Each distinct data setting is read once; a folder
-    dataset's cache then serves the run's own read. One process: ensembles and ablations refuse torchrun."""
-    read: dict[str, int] = {}
+    runs trains rather than after the ones before it, every run's problems in one refusal. Each distinct data
+    setting is read once; a folder dataset's cache then serves the run's own read. One process: ensembles and
+    ablations refuse torchrun."""
+    read: dict[str, ImageArrays | UsageError] = {}
+    problems: list[UsageError] = []
     for config, name in zip(configs, names):
         key = json.dumps(config.data.model_dump(mode="json"), sort_keys=True)
         try:
             if key not in read:
-                train_data, val_data = load_data(config)
-                check_trainable(train_data, val_data, config.data.root)
-                read[key] = len(train_data)
-            check_run_length(config, read[key])
-        except ConfigError as exc:
-            raise ConfigError(f"{name}: {exc}") from None
-        except DatasetError as exc:
-            raise DatasetError(f"{name}: {exc}") from None
+                try:
+                    read[key] = read_data(config)
+                except DatasetError as exc:  # the same for every run on these data: said once
+                    read[key] = exc
+                    raise
+            full = read[key]
+            if isinstance(full, UsageError):
+                continue
+            train_data, val_data = split_data(config, full, world_size=1)
+            check_trainable(train_data, val_data, config.data.root)
+            check_run_length(config, len(train_data))
+        except SettingsRefused as exc:
+            problems += [named(name, problem) for problem in exc.problems]
+        except (ConfigError, DatasetError) as exc:
+            problems.append(named(name, exc))
+    refuse(problems)
 
 
 def check_network_takes_its_input(config: Config) -> None:

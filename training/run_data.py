@@ -8,8 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from inference.errors import UsageError
+
 from .config import Config
-from .data import DatasetError, ImageArrays, load_split, load_train_val
+from .data import DatasetError, ImageArrays, load_split, split_train_val
+from .data.split import SplitTooLarge
+from .distributed import launched_processes
+from .run_length import refuse, run_length_problems
 
 log = logging.getLogger("training")
 
@@ -25,26 +30,68 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     return flat.mean(0).round(4).tolist(), std
 
 
-def load_data(config: Config) -> tuple[ImageArrays, ImageArrays | None]:
+def load_data(config: Config, world_size: int | None = None) -> tuple[ImageArrays, ImageArrays | None]:
+    """The training and validation splits ``config`` names, or one refusal of every problem found with them
+    (``split_data``)."""
+    return split_data(config, read_data(config), world_size)
+
+
+def read_data(config: Config) -> ImageArrays:
+    """Every image of ``config``'s dataset, before it is split."""
     d = config.data
+    return load_split(d.dataset, d.root, "all", cache_dir=d.cache_dir, image_size=d.image_size, fit=d.fit)
+
+
+def split_data(
+    config: Config, full: ImageArrays, world_size: int | None = None
+) -> tuple[ImageArrays, ImageArrays | None]:
+    """``full`` split as ``config`` says. Where that split cannot be trained on (a validation split of at least
+    the dataset, one class), the refusal says every problem known from the images at once: the settings that
+    fit the number of images (``run_length``) too, each measured on the split the lines' values would make,
+    so that the next start does not wait for the data again only to meet the next. ``world_size``: the
+    processes that share the training split (torchrun's, by default)."""
+    d = config.data
+    problems: list[UsageError] = []
+    train: ImageArrays = full
+    val: ImageArrays | None = None
+    images, split = len(full), ""
     if d.val_size == 0:
         log.warning(
             "data.val_size 0: no validation split, so the best epoch is ranked by training accuracy and the run "
             "cannot be exported (python -m export checks the graph against the checkpoint on held-out images)"
         )
-        return load_split(d.dataset, d.root, "all", cache_dir=d.cache_dir, image_size=d.image_size, fit=d.fit), None
-    return load_train_val(
-        d.dataset, d.root, d.val_size, d.split_seed, cache_dir=d.cache_dir, image_size=d.image_size, fit=d.fit
-    )
+    else:
+        try:
+            train, val = split_train_val(full, d.val_size, d.split_seed)
+            images = len(train)
+        except SplitTooLarge as exc:
+            problems.append(exc)
+            images, split = exc.images - exc.suggested, f"data.val_size {exc.suggested} would leave"
+        except DatasetError as exc:  # a class whose every image the split would take
+            problems.append(exc)
+            images = len(full) - d.val_size
+    problems += trainable_problems(full, d.root)
+    if problems:
+        processes = launched_processes() if world_size is None else world_size
+        refuse([*problems, *run_length_problems(config, images, processes, split)])
+    return train, val
+
+
+def trainable_problems(data: ImageArrays, root: str) -> list[UsageError]:
+    """Why no classifier can learn from ``data``, if it cannot."""
+    if len(data.classes) < 2:
+        return [
+            DatasetError(
+                f"{root} holds {len(data.classes)} class ({', '.join(data.classes)}): a classifier needs images in "
+                "at least two class folders"
+            )
+        ]
+    return []
 
 
 def check_trainable(train: ImageArrays, val: ImageArrays | None, root: str) -> None:
     """Refuse data no classifier can learn from; warn where the validation split takes most of it."""
-    if len(train.classes) < 2:
-        raise DatasetError(
-            f"{root} holds {len(train.classes)} class ({', '.join(train.classes)}): a classifier needs images in at "
-            "least two class folders"
-        )
+    refuse(trainable_problems(train, root))
     if val is not None and len(val) > len(train):
         log.warning(
             "the validation split (val_size %d) is larger than what is left to train on (%d images): lower "

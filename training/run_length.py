@@ -1,27 +1,82 @@
 """Whether a run's settings fit the number of images it trains on: the refusals that need nothing but the
 configuration and that number, made by the run itself (``engine.Trainer``) and, for every run of an ensemble
-recipe or an ablation, before the first of them trains (``preflight.check_run_lengths``)."""
+recipe or an ablation, before the first of them trains (``preflight.check_run_lengths``); and the one refusal
+that says every such problem found at once (``refuse``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from inference.errors import UsageError
+
 from .config import Config, ConfigError
+from .data import DatasetError
 from .data.loader import training_batches
-from .lookahead import check_lookahead
+from .lookahead import LookaheadError, check_lookahead
+
+
+class SettingsRefused(ConfigError):
+    """Several problems found before a run trains, each on a line of its own under one heading: fixed one at a
+    time, each start would wait for the data to load again only to meet the next."""
+
+    def __init__(self, problems: Sequence[UsageError]) -> None:
+        self.problems = list(problems)
+        super().__init__(
+            f"{len(self.problems)} problems found before training; fix them all, then start again:"
+            + "".join(f"\n  - {problem}" for problem in self.problems)
+        )
+
+
+def refuse(problems: Sequence[UsageError]) -> None:
+    """Raise the problems found, if any: one as it is (its type and words), several as one ``SettingsRefused``
+    (whose own problems, from an earlier check, are listed among the others)."""
+    flat = [
+        p for problem in problems for p in (problem.problems if isinstance(problem, SettingsRefused) else [problem])
+    ]
+    if len(flat) == 1:
+        raise flat[0]
+    if flat:
+        raise SettingsRefused(flat)
+
+
+def named(name: str, problem: UsageError) -> UsageError:
+    """``problem`` said as ``name``'s (an ensemble member, an ablation variant), of the same kind."""
+    return (DatasetError if isinstance(problem, DatasetError) else ConfigError)(f"{name}: {problem}")
+
+
+def run_length_problems(config: Config, images: int, world_size: int = 1, split: str = "") -> list[ConfigError]:
+    """The problems of a run of ``config`` over ``images`` training images shared by ``world_size`` processes: no
+    whole batch an epoch, a lookahead period longer than the run. ``split``: how that number comes about where
+    it is not the split the run's settings make (``data.val_size 3 would leave``), said after it."""
+    t = config.train
+    steps = training_batches(images, t.batch_size, world_size, t.max_batches_per_epoch)
+    problems: list[ConfigError] = []
+    if steps == 0:
+        per_process = images // world_size
+        share = f"the {per_process} training images per process" if world_size > 1 else f"the {images} training images"
+        share += f" {split}" if split else ""
+        # no whole batch: every epoch would train on nothing, and the schedule would divide by its zero steps
+        if not per_process:
+            return [
+                ConfigError(
+                    f"the {images} training images leave none to each of {world_size} processes: train on fewer"
+                )
+            ]
+        problems.append(
+            ConfigError(f"batch_size {t.batch_size} exceeds {share}: set batch_size to at most {per_process}")
+        )
+        # measured with the batch_size suggested, so that the values the lines suggest work together
+        steps = training_batches(images, per_process, world_size, t.max_batches_per_epoch)
+    if t.lookahead_every:
+        try:
+            check_lookahead(t.lookahead_every, steps * t.epochs)
+        except LookaheadError as exc:
+            problems.append(exc)
+    return problems
 
 
 def check_run_length(config: Config, images: int, world_size: int = 1) -> None:
     """Refuse (ConfigError) a run of ``config`` over ``images`` training images shared by ``world_size``
-    processes that would take no whole batch an epoch, or whose lookahead period is longer than the run."""
-    t = config.train
-    steps = training_batches(images, t.batch_size, world_size, t.max_batches_per_epoch)
-    if steps == 0:
-        per_process = images // world_size
-        share = f"the {per_process} training images per process" if world_size > 1 else f"the {images} training images"
-        # no whole batch: every epoch would train on nothing, and the schedule would divide by its zero steps
-        raise ConfigError(
-            f"batch_size {t.batch_size} exceeds {share}: set batch_size to at most {per_process}"
-            if per_process
-            else f"the {images} training images leave none to each of {world_size} processes: train on fewer"
-        )
-    if t.lookahead_every:
-        check_lookahead(t.lookahead_every, steps * t.epochs)
+    processes that would take no whole batch an epoch, or whose lookahead period is longer than the run: each
+    problem found, at once."""
+    refuse(run_length_problems(config, images, world_size))

@@ -87,21 +87,6 @@ def load_split(
     return train if split == "train" else val
 
 
-def load_train_val(
-    name: str,
-    root: str | Path,
-    val_size: int = 5000,
-    seed: int = 42,
-    cache_dir: str | Path | None = None,
-    image_size: int = 32,
-    fit: str = DEFAULT_FIT,
-) -> tuple[ImageArrays, ImageArrays]:
-    """``load_split``'s "train" and "val" from one read of the source: two reads decode a folder twice where there
-    is no cache (``data.cache_dir`` empty, or a folder the cache cannot be written in)."""
-    full = DATASETS.get(name)(root, train=True, image_size=image_size, cache_dir=cache_dir, fit=fit)
-    return split_train_val(full, val_size, seed)
-
-
 def split_train_val(full: ImageArrays, val_size: int, seed: int, warn: bool = True) -> tuple[ImageArrays, ImageArrays]:
     train_idx, val_idx = stratified_split(full.labels, val_size, seed, full.classes)
     if warn and val_size:

@@ -17,10 +17,11 @@ class SplitTooLarge(DatasetError):
 
     def __init__(self, val_size: int, images: int):
         self.val_size, self.images = val_size, images
+        self.suggested = images // 10  # a tenth; 0 (none) under ten images
         super().__init__(
             f"data.val_size {val_size} (the validation split's size; 5000 by default, sized for CIFAR) must be "
             f"smaller than the dataset's {images} images: give a smaller one"
-            + (f", e.g. --set data.val_size={images // 10} (a tenth)" if images >= 10 else "")
+            + (f", e.g. --set data.val_size={self.suggested} (a tenth)" if self.suggested else "")
             + ", or 0 for none"
         )
 
