@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from inference.manifest import ModelEntry
+from inference.messages import markdown_cell
 
 
 def _pct(x: float | None) -> str:
@@ -66,8 +67,8 @@ SHOWN_CLASSES = 10  # CIFAR-100's hundred names would fill the card: the first t
 
 def _classes(e: ModelEntry) -> str:
     """What the model tells apart, as its answers spell it: a model trained on a folder of one's own is known by
-    its classes. A '|' in a name would end the table's cell."""
-    names = ", ".join(c.replace("|", "\\|") for c in e.classes[:SHOWN_CLASSES])
+    its classes."""
+    names = ", ".join(e.classes[:SHOWN_CLASSES])
     more = f" and {len(e.classes) - SHOWN_CLASSES} more" if len(e.classes) > SHOWN_CLASSES else ""
     return f"{len(e.classes)}: {names}{more}"
 
@@ -103,6 +104,6 @@ def _cell(cell: Callable[[ModelEntry], str], entry: ModelEntry) -> str:
     """A card's figures are free-form in the manifest's schema: one edited by hand (a calibration without its
     "before") is shown as such, not the whole table lost to "error: before"."""
     try:
-        return cell(entry)
+        return markdown_cell(cell(entry))
     except (KeyError, TypeError, ValueError, AttributeError):
         return "n/a (not as export writes it)"

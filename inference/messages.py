@@ -202,6 +202,12 @@ def stop_writing() -> int:
     return READER_GONE_STATUS
 
 
+def markdown_cell(text: str) -> str:
+    """``text`` as one Markdown table cell: a ``|`` in it (a class name, a step label, a file name) would end the
+    cell there and a line break the row."""
+    return " ".join(text.replace("|", "\\|").splitlines())
+
+
 def display_width(text: str) -> int:
     """The columns ``text`` takes in a terminal, where ``len`` counts code points: two for an East Asian Wide or
     Fullwidth character (CJK, kana, most emoji), none for a combining mark (the accent of a decomposed "é", as macOS

@@ -274,6 +274,20 @@ SCHEDULE_READS: dict[str, frozenset[str]] = {
 }
 
 
+# The devices a run trains or a model is evaluated on (train.device, training's --device), spelled as torch does.
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+_DEVICE = re.compile(r"auto|cpu|cuda(:(0|[1-9][0-9]*))?")
+
+
+def device_remedy(name: str) -> str | None:
+    """What to write instead of ``name``, a device none of ``DEVICE_NAMES`` names; None for one they name."""
+    if _DEVICE.fullmatch(name):
+        return None
+    if name.strip().isdigit():
+        return f"GPU {int(name)} is named cuda:{int(name)}; use {DEVICE_NAMES}"
+    return f"use {DEVICE_NAMES}"
+
+
 class TrainConfig(Section):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -330,11 +344,18 @@ class TrainConfig(Section):
     def _teacher_home(cls, path: str | None) -> str | None:
         return None if path is None else os.path.expanduser(path)
 
+    @field_validator("device", mode="before")
+    @classmethod
+    def _gpu_number(cls, value: Any) -> Any:
+        # device=0, as CUDA_VISIBLE_DEVICES numbers GPUs: told how to name that GPU, not to quote the number
+        return str(value) if type(value) is int else value
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
-            raise ValueError(f"unknown device {value!r}: use auto, cpu, cuda or cuda:N")
+        remedy = device_remedy(value)
+        if remedy:
+            raise PydanticCustomError(_SAID_WHOLE, f"unknown device {value!r}: {remedy}")
         return value
 
 

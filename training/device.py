@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from .config import ConfigError
+from .config import ConfigError, device_remedy
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device {name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device {name!r}: this project trains and evaluates on cpu or cuda (or auto)")
+    # the names train.device takes, so that a run and its evaluation accept the same: torch's parser takes meta too
+    remedy = device_remedy(name)
+    if remedy:
+        raise ConfigError(f"device {name!r}: not a device; {remedy}")
+    device = torch.device(name)
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

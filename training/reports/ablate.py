@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from inference.errors import UsageError
 from inference.files import write_text_atomic
-from inference.messages import exception_summary
+from inference.messages import exception_summary, markdown_cell
 
 from ..checkpoint import BEST_FILE, CONFIG_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE
 from ..config import Config, ConfigError, check_distinct, read_yaml
@@ -441,12 +441,6 @@ def _class_change_text(row: dict[str, Any], change: dict[str, Any] | None) -> st
     return "none" if change is None else f"{change['class']} {change['points']:+.1f}"
 
 
-def _cell(text: str) -> str:
-    """``text`` as one Markdown table cell: a ``|`` in a class name or a --step label would end the cell there and
-    a line break the row."""
-    return " ".join(text.replace("|", "\\|").splitlines())
-
-
 def format_table(result: dict[str, Any]) -> str:
     stepped = bool(result.get("steps"))
     target = result.get("target_top1")
@@ -519,5 +513,5 @@ def format_table(result: dict[str, Any]) -> str:
             _duration(row["train_time_s"]),
             f"{row['parameters']:,}",
         ]
-        lines.append("| " + " | ".join(map(_cell, cells)) + " |")
+        lines.append("| " + " | ".join(map(markdown_cell, cells)) + " |")
     return "\n".join(lines) + "\n"

@@ -10,18 +10,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from inference.devices import DEVICES, Device
+from inference.devices import Device
 from inference.errors import UsageError
 from inference.fits import LEGACY_FIT
 
 from ..checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint, recorded_top1
-from ..config import ConfigError
+from ..config import ConfigError, device_remedy
 from ..data import ImageArrays
 from ..data.loader import TensorLoader
 from ..data.targets import Targets
@@ -138,10 +138,11 @@ def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
 def onnx_placement(device: str) -> tuple[Device, int]:
     """``--device`` for an ONNX model: auto, cpu, cuda or cuda:N (N among the visible GPUs), as for a checkpoint.
     Anything else is refused: it ran on the CPU unsaid, and cuda:N on GPU 0."""
-    kind, colon, index = device.partition(":")
-    if kind in DEVICES and (not colon or (kind == "cuda" and index.isdigit())):
-        return kind, int(index or 0)
-    raise ConfigError(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N")
+    remedy = device_remedy(device)
+    if remedy:
+        raise ConfigError(f"--device {device!r}: not a device; {remedy}")
+    kind, _, index = device.partition(":")
+    return cast(Device, kind), int(index or 0)
 
 
 def _load_onnx_source(path: Path, device: str) -> ModelSource:
