@@ -428,7 +428,8 @@ def config_problems(config: Config) -> list[str]:
     if s.name != "triangular" and s.warmup_epochs >= epochs:
         problems.append(
             f"schedule.warmup_epochs {s.warmup_epochs:g} is not below train.epochs {epochs}: the run would end "
-            "before its warmup does"
+            f"before its warmup does; set warmup_epochs below {epochs} (0 for none) or epochs above "
+            f"{s.warmup_epochs:g}"
         )
     return problems
 
