@@ -4,7 +4,8 @@ own metrics folder (``bentoml_compat.serve_with_own_metrics``). What ``python -m
 BentoML's process manager (circus) picks two free local ports for its control sockets, lets them go, and binds them
 again a moment later; another program can take one in between, and the start fails with ZMQ's "Address already in
 use" about a port the user never chose. Nothing is served yet at that point, so the start is made again, in a fresh
-process (the failed one keeps the HTTP socket and ZMQ threads), up to ``ATTEMPTS`` times."""
+process (the failed one keeps the HTTP socket and ZMQ threads), up to ``ATTEMPTS`` times. The user's own port,
+taken in the seconds between serve's check of it and BentoML's bind, is said in one line, as that check says it."""
 
 from __future__ import annotations
 
@@ -56,6 +57,16 @@ def main(argv: list[str]) -> int:
         serve_with_own_metrics(argv[1:], int(argv[0]))
     except Exception as exc:
         if not internal_port_taken(exc):
+            if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+                # the user's port, free when serve checked it, taken by another program before BentoML bound it
+                host = argv[argv.index("--host") + 1] if "--host" in argv[:-1] else "127.0.0.1"
+                print(
+                    f"error: cannot listen on {host}:{argv[0]}: {exc.strerror} (taken by another program as the "
+                    "server started): start again, or choose another --port",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return 2
             raise
         attempt = int(os.environ.get(ATTEMPT_ENV) or 1)
         if attempt >= ATTEMPTS:

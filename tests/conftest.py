@@ -256,38 +256,68 @@ def wait_for_lines(path: Path, count: int, proc, timeout: float = 60) -> None:
     pytest.fail(f"no {count} lines in {path} after {timeout} s")
 
 
+def lost_its_port(proc: subprocess.Popen, log_path: Path, port: int) -> bool:
+    """Whether the server ``proc`` that ``spawn_server`` started on ``port`` ended because another program took
+    that port after free_port let it go: serve's own check says so in one line (status 2), BentoML's bind, seconds
+    later, with a traceback (status 1)."""
+    log = log_path.read_text(errors="replace")
+    return (proc.returncode == 2 and f"error: cannot listen on 127.0.0.1:{port}:" in log) or (
+        proc.returncode == 1 and f"Could not bind 127.0.0.1:{port}" in log
+    )
+
+
+def _answers_ready(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def serve_on_free_port(
+    models_dir: Path,
+    log_path: Path,
+    *args: str,
+    env: dict | None = None,
+    until=_answers_ready,
+    what: str = "ready",
+    timeout: float = 90,
+) -> tuple[subprocess.Popen, str]:
+    """`python -m service serve` started on a free port and waited for until ``until(url)`` holds (GET /readyz
+    answers 200 unless given): (its process, its URL). The test fails when the server exits first, or is not
+    ``what`` within ``timeout`` s; the server is then stopped."""
+    import time
+
+    for start in range(1, 4):
+        port = free_port()
+        with open(log_path, "w") as log:
+            proc = spawn_server(port, models_dir, *args, log=log, env=env)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        try:
+            while proc.poll() is None:
+                if until(url):
+                    return proc, url
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the server was not {what} within {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.25)
+        except BaseException:
+            stop_server_group(proc)
+            raise
+        stop_server_group(proc)  # what is left of its group
+        # free_port lets its port go before the server binds it (twice: serve's check, then BentoML's bind, seconds
+        # apart): another program may take it in between
+        if not (start < 3 and lost_its_port(proc, log_path, port)):
+            pytest.fail(f"the server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
+    raise AssertionError("not reached: the third start returns or fails")
+
+
 @contextlib.contextmanager
 def running_service(models_dir: Path, log_path: Path, *args: str, env: dict | None = None, timeout: float = 90):
     """Start `python -m service serve` on a free port, wait for /readyz, yield its URL, stop it on exit."""
-    import time
-
-    import httpx
-
-    def start() -> tuple[subprocess.Popen, str]:
-        port = free_port()
-        with open(log_path, "w") as log:
-            return spawn_server(port, models_dir, *args, log=log, env=env), f"http://127.0.0.1:{port}"
-
-    proc, url = start()
-    starts = 1
+    proc, url = serve_on_free_port(models_dir, log_path, *args, env=env, timeout=timeout)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                # free_port lets its port go before the server binds it: another program may take it in between
-                if proc.returncode == 2 and "error: cannot listen on" in log_path.read_text() and starts < 3:
-                    proc, url = start()
-                    starts += 1
-                    continue
-                pytest.fail(f"the server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server was not ready within {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.25)
         yield url
     finally:
         stop_server_group(proc)

@@ -58,6 +58,11 @@ def _two_ranks(script: str) -> list[subprocess.CompletedProcess]:
                 other.kill()
             raise
         results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+        if "EADDRINUSE" in err:  # rank 1 would wait for rank 0's store for the backend's whole timeout (30 min)
+            for other in procs[len(results) :]:
+                other.kill()
+                out, err = other.communicate()
+                results.append(subprocess.CompletedProcess(other.args, other.returncode, out, err))
     return results
 
 
@@ -106,6 +111,38 @@ def test_a_group_left_by_an_error_is_destroyed_before_the_interpreter_exits():
     for rank in run_two_ranks(script):
         assert rank.returncode == 1 and "a refusal after the setup" in rank.stderr, rank.stderr
         assert "held at exit: False" in rank.stdout, rank.stdout + rank.stderr
+
+
+def test_two_ranks_whose_port_another_program_took_start_again_on_another(monkeypatch):
+    """free_port lets its port go before rank 0's store binds it: when another program takes it in between, rank 0
+    fails at once and rank 1 waited for that store until the test's timeout; both start again on another port."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    handed: list[int] = []
+    free = free_port
+
+    def port() -> int:
+        handed.append(taken.getsockname()[1] if not handed else free())
+        return handed[-1]
+
+    monkeypatch.setattr(sys.modules[__name__], "free_port", port)
+    script = """
+        from training import distributed
+        info = distributed.setup("cpu")
+        distributed.barrier(info)
+        print(f"rank {info.rank} joined")
+        distributed.cleanup(info)
+    """
+    try:
+        results = run_two_ranks(script)
+    finally:
+        taken.close()
+    assert len(handed) == 2, handed
+    for rank, result in enumerate(results):
+        assert result.returncode == 0 and f"rank {rank} joined" in result.stdout, result.stderr[-2000:]
 
 
 def torchrun_environment(monkeypatch, rank: int, **variables: str) -> None:

@@ -548,10 +548,12 @@ def test_compared_curves_say_which_side_was_validated_with_ema_weights(tmp_path,
     assert validation == ["A ema (EMA weights)", "B plain"]
 
 
-def test_the_help_names_the_default_report_folder_of_a_tta_evaluation(capsys):
+def test_the_help_names_the_default_report_folder_of_a_tta_evaluation(capsys, monkeypatch):
     """evaluate --tta flip writes RUN/report-best-val-tta-flip; the help named only RUN/report-best-val."""
     from training.reports.report_folder import default_out_dir
 
+    # argparse wraps help to the terminal's width and breaks lines at hyphens: a narrow one split the folder's name
+    monkeypatch.setenv("COLUMNS", "200")
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
     text = " ".join(capsys.readouterr().out.split())

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from bentoml.exceptions import ServiceUnavailable
 
-from conftest import ROOT, free_port, spawn_server, stop_server_group
+from conftest import ROOT, serve_on_free_port, stop_server_group
 from service import bentoml_compat
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -76,17 +76,16 @@ def _loading_slowly(models_dir: Path, tmp_path: Path):
         "CIFAR_TEST_LOAD_DELAY_S": str(LOAD_DELAY_S),
         "CIFAR_TEST_LOAD_STARTED": str(started),
     }
-    port = free_port()
+
+    def loading(url: str) -> bool:
+        return started.exists()
+
     log_path = tmp_path / "server.log"
-    with open(log_path, "w") as log:
-        proc = spawn_server(port, models_dir, "--threads", "1", log=log, env=env)
+    proc, url = serve_on_free_port(
+        models_dir, log_path, "--threads", "1", env=env, until=loading, what="loading its models"
+    )
     try:
-        deadline = time.monotonic() + 90
-        while not started.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"no worker began loading:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         stop_server_group(proc)
 
