@@ -42,3 +42,9 @@ def test_evaluate_onnx_takes_the_same_device_names(capsys):
         with pytest.raises(ConfigError) as refused:
             onnx_placement(name)
         assert str(refused.value) == f"--device {name!r}: not a device; {device_remedy(name)}"
+
+
+def test_a_digit_int_cannot_read_is_refused_in_one_line():
+    """'²' is a digit to str.isdigit, not to int(): the device check ended in int()'s traceback."""
+    with pytest.raises(ConfigError, match="not a device; use auto, cpu, cuda or cuda:N"):
+        resolve_device("²")

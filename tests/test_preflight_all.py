@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_overrides
+from conftest import tiny_overrides
 from training.config import build_config
 from training.data import DatasetError
 from training.lookahead import LookaheadError
@@ -109,3 +109,24 @@ def test_several_runs_problems_are_said_together_each_named(pets, tmp_path):
     with pytest.raises(DatasetError, match="^variant 1: .*does not exist") as unread:
         check_run_lengths(missing, ["variant 1", "variant 2"])
     assert "variant 2" not in str(unread.value), "the same unreadable data said once"
+
+
+def test_variants_that_differ_only_in_their_split_read_the_images_once(pets, tmp_path, monkeypatch):
+    """An ablation over data.val_size decoded the same folder once per variant (no cache: a large folder, minutes)."""
+    import training.preflight as preflight
+
+    reads = []
+    read = preflight.read_data
+
+    def counted(config):
+        reads.append(config.data.val_size)
+        return read(config)
+
+    monkeypatch.setattr(preflight, "read_data", counted)
+    sets = tiny_overrides(pets, tmp_path / "cache")
+    configs = [build_config("resnet9_half_cpu", [*sets, f"data.val_size={size}", "batch_size=8"]) for size in (3, 6, 9)]
+    check_run_lengths(configs, ["a", "b", "c"])
+    assert reads == [3]
+    other = build_config("resnet9_half_cpu", [*sets, "data.val_size=3", "batch_size=8", "data.image_size=16"])
+    check_run_lengths([configs[0], other], ["a", "d"])
+    assert reads == [3, 3, 3], "another image size is another read"

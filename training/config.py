@@ -283,7 +283,7 @@ def device_remedy(name: str) -> str | None:
     """What to write instead of ``name``, a device none of ``DEVICE_NAMES`` names; None for one they name."""
     if _DEVICE.fullmatch(name):
         return None
-    if name.strip().isdigit():
+    if re.fullmatch(r"\s*[0-9]+\s*", name):  # not str.isdigit, which takes '²' that int() refuses
         return f"GPU {int(name)} is named cuda:{int(name)}; use {DEVICE_NAMES}"
     return f"use {DEVICE_NAMES}"
 
