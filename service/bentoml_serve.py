@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import errno
 import os
+import signal as signal_module
 import sys
+from typing import Any
 
 from .bentoml_compat import serve_with_own_metrics
 
@@ -52,7 +54,27 @@ def start_again(argv: list[str], attempt: int) -> None:
     os.execve(sys.executable, [sys.executable, "-m", "service.bentoml_serve", *argv], env)
 
 
+def stop_signals() -> list[int]:
+    """The SIGINT and SIGTERM this process receives from here on, as circus's handler takes them (it only queues a
+    quit on its event loop, which a failed start never runs: the stop would be lost with the exec)."""
+    received: list[int] = []
+    try:
+        from circus.sighandler import SysHandler  # type: ignore[import-untyped]
+    except ImportError:  # a BentoML without circus: nothing is started again (internal_port_taken is circus's)
+        return received
+    handle = SysHandler.signal
+
+    def signal(self: Any, sig: int, frame: Any = None) -> Any:
+        if sig in (signal_module.SIGINT, signal_module.SIGTERM):
+            received.append(sig)
+        return handle(self, sig, frame)
+
+    SysHandler.signal = signal
+    return received
+
+
 def main(argv: list[str]) -> int:
+    stops = stop_signals()
     try:
         serve_with_own_metrics(argv[1:], int(argv[0]))
     except Exception as exc:
@@ -68,6 +90,9 @@ def main(argv: list[str]) -> int:
                 )
                 return 2
             raise
+        if stops:  # asked to stop while starting: not started again
+            print(f"stopped ({signal_module.Signals(stops[0]).name}) while starting", file=sys.stderr, flush=True)
+            return 128 + stops[0]
         attempt = int(os.environ.get(ATTEMPT_ENV) or 1)
         if attempt >= ATTEMPTS:
             print(
