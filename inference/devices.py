@@ -3,11 +3,34 @@ service's settings without the manifest's pydantic models."""
 
 from __future__ import annotations
 
+import argparse
+import re
 from typing import Literal, get_args
 
 # What a user asks for: auto is CUDA when a GPU is visible (inference/runtime.py, ``wants_cuda``).
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[Device, ...] = get_args(Device)
+
+
+def gpu_hint(text: str) -> str:
+    """For a GPU named by its number (``0``, ``cuda:1``, as training's --device takes it), how the service and the
+    scorer are pointed at particular GPUs: they use the visible ones. Empty for anything else."""
+    number = re.fullmatch(r"\s*(?:cuda:)?([0-9]+)\s*", text)
+    if number is None:
+        return ""
+    index = int(number[1])
+    return f"; for GPU {index} alone, set CUDA_VISIBLE_DEVICES={index} and use cuda"
+
+
+def device_choice(text: str) -> Device:
+    """An argparse type: one of ``DEVICES``, else argparse's own words for a wrong choice and the hint for a GPU
+    named by its number."""
+    for device in DEVICES:
+        if text == device:
+            return device
+    choices = ", ".join(repr(d) for d in DEVICES)
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {choices}){gpu_hint(text)}")
+
 
 # The kinds of device a model is served on: a CUDA session is a GPU host's, every other one a CPU host's.
 DeviceKind = Literal["cpu", "cuda"]

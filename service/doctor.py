@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .settings import ServiceSettings
 
 from inference.classes import ClassMatcher
-from inference.devices import DEVICE_KINDS, DEVICES, Device
+from inference.devices import DEVICE_KINDS, DEVICES, Device, device_choice
 from inference.errors import UsageError
 from inference.interrupts import say_stopped, terminations_as_interrupts
 from inference.manifest import Manifest, ManifestError, ModelEntry, file_problems, load_manifest
@@ -95,7 +95,8 @@ def add_doctor_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument(
         "--device",
-        choices=list(DEVICES),
+        type=device_choice,
+        metavar="{" + ",".join(DEVICES) + "}",
         default=None,
         help="what the service will be started with: auto (CUDA when a GPU is visible, models that cannot run "
         "there on the CPU with a warning), cpu, or cuda (every model wholly on CUDA) (default: CIFAR_DEVICE, "

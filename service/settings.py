@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Mapping, get_args
 
-from inference.devices import DEVICES, Device
+from inference.devices import DEVICES, Device, gpu_hint
 from inference.preprocess import DEFAULT_MAX_PIXELS
 
 Switch = Literal["on", "off"]
@@ -270,7 +270,10 @@ class ServiceSettings:
         for name, setting in SETTINGS.items():
             value = getattr(self, name)
             if setting.choices is not None and value not in setting.choices:
-                raise SettingsError(name, f"must be one of {', '.join(setting.choices)}, got {value!r}", subject=name)
+                hint = gpu_hint(str(value)) if name == "device" else ""
+                raise SettingsError(
+                    name, f"must be one of {', '.join(setting.choices)}, got {value!r}{hint}", subject=name
+                )
         # A typo in an origin (a trailing slash, a path, 'http//'), which starlette would silently never match.
         for origin in self.cors_origin_list:
             problem = origin_problem(origin)
@@ -290,7 +293,8 @@ class ServiceSettings:
                 values[name] = _integer(name, text, setting.minimum)
             elif setting.choices is not None:
                 if text not in setting.choices:
-                    raise SettingsError(name, f"must be one of {', '.join(setting.choices)}, got {text!r}")
+                    hint = gpu_hint(text) if name == "device" else ""
+                    raise SettingsError(name, f"must be one of {', '.join(setting.choices)}, got {text!r}{hint}")
                 values[name] = text
             elif setting.text:
                 values[name] = text

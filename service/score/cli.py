@@ -6,7 +6,7 @@ import argparse
 import sys
 import textwrap
 
-from inference.devices import DEVICES
+from inference.devices import DEVICES, device_choice
 from inference.fits import FITS, fit_help
 from inference.messages import configure_streams
 
@@ -141,7 +141,8 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     )
     p.add_argument(
         "--device",
-        choices=list(DEVICES),
+        type=device_choice,
+        metavar="{" + ",".join(DEVICES) + "}",
         help="where the model runs: auto picks CUDA when a GPU is visible and the CPU for a model that cannot run "
         f"wholly on CUDA; cuda refuses such a model (default: {_default('device')}; not with --url)",
     )
