@@ -168,7 +168,7 @@ def test_a_teacher_of_another_split_or_other_classes_is_refused(image_folder, ti
 
 
 def test_a_teacher_that_cannot_be_used_is_refused_before_the_dataset_is_read(image_folder, tmp_path, monkeypatch):
-    def read(config):
+    def read(*_args, **_kwargs):
         raise AssertionError("the dataset was read first")
 
     monkeypatch.setattr("training.engine.load_data", read)

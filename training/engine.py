@@ -43,8 +43,8 @@ from .models import count_parameters, create_model
 from .models.whitening import whitening_layers
 from .optim import build_optimizer, build_scheduler
 from .preflight import check_network_takes_its_input, check_out_of_the_data
-from .run_data import channel_stats, check_trainable, load_data, recorded_data
-from .run_length import check_run_length
+from .run_data import channel_stats, check_same_data, check_trainable, load_data, recorded_data
+from .run_length import check_resumed_run_length, check_run_length
 from .summary import finished_summary, patience_exhausted, run_summary, write_progress
 
 log = logging.getLogger("training")
@@ -62,10 +62,6 @@ def evaluate(model: nn.Module, loader: TensorLoader, bf16: bool) -> dict[str, fl
     }
 
 
-# What a run's checkpoint records of its data that the same data gives again (``Trainer._check_same_data``).
-DATA_KEYS = ("classes", "mean", "std", "input_size", "data_fingerprint")
-
-
 class Trainer:
     # the network, or the DDP and torch.compile wrappers around it that the batches go through
     forward_model: nn.Module
@@ -80,14 +76,15 @@ class Trainer:
         check_network_takes_its_input(config)
         if config.train.distill_from:
             teacher_file(config.train.distill_from, self.out_dir)
-        self._set_up_processes()
-        train_data, val_data = self._read_data()
+        self._set_up_processes(resumed=started_on is not None)
+        # before the teacher's pass over the images (minutes): a resume on data that changed, or a run too short
+        # for its settings, is refused first; that pass would also replace the teacher's logits the run keeps
+        train_data, val_data = self._read_data(started_on)
         self.bf16 = resolve_bf16(config.train.bf16, self.device)
-        # before the teacher's pass over the images (minutes): a run too short for its settings, or a resume on
-        # data that changed, is refused first; that pass would also replace the teacher's logits the run keeps
         if started_on is not None:
-            self._check_same_data(started_on)
-        check_run_length(config, len(train_data), self.dist.world_size)
+            check_resumed_run_length(config, len(train_data), self.dist.world_size)
+        else:
+            check_run_length(config, len(train_data), self.dist.world_size)
         teacher = None
         if config.train.distill_from:
             teacher = self._teacher_logits(config.train.distill_from, train_data, resuming)
@@ -105,14 +102,18 @@ class Trainer:
         # Every rank's random state at the end of the last epoch; only rank 0 saves, so all ranks send theirs.
         self.rng_states: list[dict] | None = None
 
-    def _set_up_processes(self) -> None:
-        """The device, the process group under torchrun, threads, the seed and the CUDA math settings."""
+    def _set_up_processes(self, resumed: bool = False) -> None:
+        """The device, the process group under torchrun, threads, the seed and the CUDA math settings.
+        ``resumed``: the run goes on from a checkpoint, with the settings it started with."""
         config = self.config
         self.device = resolve_device(config.train.device)
         self.dist = distributed.setup(self.device.type)
         if config.train.prune_ratio and self.dist.enabled:
             # each process would see its own images' losses only, and draw its plans from a different mean
-            raise ConfigError("train.prune_ratio works in one process only: set it to 0 to train on several")
+            raise ConfigError(
+                "train.prune_ratio works in one process only: "
+                + ("resume it in one process" if resumed else "set it to 0 to train on several")
+            )
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
         t = config.train
@@ -124,12 +125,12 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
-    def _read_data(self) -> tuple[ImageArrays, ImageArrays | None]:
+    def _read_data(self, started_on: dict[str, Any] | None) -> tuple[ImageArrays, ImageArrays | None]:
         """The training and validation splits, refused where no classifier can learn from them, and the meta the
-        run's checkpoints record of them and of the network."""
+        run's checkpoints record of them and of the network. ``started_on``: the meta of the checkpoint a resume
+        goes on from, whose data they must be."""
         config = self.config
-        train_data, val_data = load_data(config, self.dist.world_size)
-        check_trainable(train_data, val_data, config.data.root)
+        train_data, val_data = load_data(config, self.dist.world_size, started_on, self.out_dir)
         self.classes = train_data.classes
         mean, std = channel_stats(train_data.images)
         self.meta: dict[str, Any] = {
@@ -146,6 +147,9 @@ class Trainer:
             # std above barely move when a few images change, and one image more reshuffles the split
             "data_fingerprint": ":".join(part.fingerprint() for part in (train_data, val_data) if part is not None),
         }
+        if started_on is not None:
+            check_same_data(self.out_dir, started_on, self.meta)
+        check_trainable(train_data, val_data, config.data.root)
         return train_data, val_data
 
     def _teacher_logits(self, source: str, train_data: ImageArrays, resuming: bool) -> torch.Tensor:
@@ -282,7 +286,7 @@ class Trainer:
         }
 
     def restore(self, ckpt: dict[str, Any]) -> None:
-        self._check_same_data(ckpt.get("meta") or {})
+        check_same_data(self.out_dir, ckpt.get("meta") or {}, self.meta)
         try:
             self._load_states(ckpt)
         except torch.cuda.OutOfMemoryError:  # the device's limit, not the file's fault
@@ -323,22 +327,6 @@ class Trainer:
             self.train_loader.pruning.load_state_dict(ckpt["pruning"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-
-    def _check_same_data(self, saved: dict[str, Any]) -> None:
-        """A run continues only on the data it started on: classes added or renamed would shift every label (or
-        not fit the network's head), and images added, removed or edited change the normalisation it keeps."""
-        changed = [key for key in DATA_KEYS if key in saved and saved[key] != self.meta[key]]
-        if changed:
-            said = "; ".join(
-                "other images, or another split of them"
-                if key == "data_fingerprint"
-                else f"{key} {saved[key]} -> {self.meta[key]}"
-                for key in changed
-            )
-            raise ConfigError(
-                f"{self.out_dir} was trained on other data than {self.meta['data_root']} holds now ({said}): it "
-                "cannot be continued; restore the data, or start a new run in another folder"
-            )
 
     def _restore_rng(self, ckpt: dict[str, Any]) -> None:
         ranks = ckpt.get("rng_ranks") or []

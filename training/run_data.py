@@ -1,16 +1,17 @@
 """The images a run trains and validates on, read as its configuration says; the refusal of data no classifier can
-learn from; their normalisation statistics; and what a checkpoint records of where they come from."""
+learn from; their normalisation statistics; and what a checkpoint records of them, which a resume must find again."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from inference.errors import UsageError
 
-from .config import Config
+from .config import Config, ConfigError
 from .data import DatasetError, ImageArrays, load_split, split_train_val
 from .data.split import SplitTooLarge
 from .distributed import launched_processes
@@ -22,6 +23,9 @@ log = logging.getLogger("training")
 # the rounding noise, or divide by zero, and the run would diverge at any learning rate.
 MIN_CHANNEL_STD = 1e-3
 
+# What a run's checkpoint records of its data that the same data gives again (``check_same_data``).
+DATA_KEYS = ("classes", "mean", "std", "input_size", "data_fingerprint")
+
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images, on the [0, 1] scale (std 1 for a constant channel)."""
@@ -30,10 +34,12 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     return flat.mean(0).round(4).tolist(), std
 
 
-def load_data(config: Config, world_size: int | None = None) -> tuple[ImageArrays, ImageArrays | None]:
+def load_data(
+    config: Config, world_size: int | None = None, started_on: dict[str, Any] | None = None, run: str | Path = ""
+) -> tuple[ImageArrays, ImageArrays | None]:
     """The training and validation splits ``config`` names, or one refusal of every problem found with them
-    (``split_data``)."""
-    return split_data(config, read_data(config), world_size)
+    (``split_data``). ``started_on``: the checkpoint meta of run folder ``run``, which a resume goes on from."""
+    return split_data(config, read_data(config), world_size, started_on, run)
 
 
 def read_data(config: Config) -> ImageArrays:
@@ -43,13 +49,20 @@ def read_data(config: Config) -> ImageArrays:
 
 
 def split_data(
-    config: Config, full: ImageArrays, world_size: int | None = None
+    config: Config,
+    full: ImageArrays,
+    world_size: int | None = None,
+    started_on: dict[str, Any] | None = None,
+    run: str | Path = "",
 ) -> tuple[ImageArrays, ImageArrays | None]:
     """``full`` split as ``config`` says. Where that split cannot be trained on (a validation split of at least
     the dataset, one class), the refusal says every problem known from the images at once: the settings that
     fit the number of images (``run_length``) too, each measured on the split the lines' values would make,
     so that the next start does not wait for the data again only to meet the next. ``world_size``: the
-    processes that share the training split (torchrun's, by default)."""
+    processes that share the training split (torchrun's, by default). ``started_on``: the checkpoint meta of the
+    run in folder ``run`` that this split resumes, whose settings split its data once: where they cannot now,
+    the data changed, and that alone is said (the settings the other lines would change are the run's own,
+    which a resume keeps)."""
     d = config.data
     problems: list[UsageError] = []
     train: ImageArrays = full
@@ -70,7 +83,13 @@ def split_data(
         except DatasetError as exc:  # a class whose every image the split would take
             problems.append(exc)
             images = len(full) - d.val_size
+    unsplit = bool(problems)
     problems += trainable_problems(full, d.root)
+    if problems and started_on is not None:
+        changes = data_changes(started_on, {"classes": full.classes, "input_size": int(full.images.shape[1])})
+        if unsplit:
+            changes.append(f"{len(full)} images now, too few for its validation split of {d.val_size}")
+        raise OtherData(run, d.root, changes or ["other images"])
     if problems:
         processes = launched_processes() if world_size is None else world_size
         refuse([*problems, *run_length_problems(config, images, processes, split)])
@@ -99,6 +118,34 @@ def check_trainable(train: ImageArrays, val: ImageArrays | None, root: str) -> N
             len(val),
             len(train),
         )
+
+
+class OtherData(ConfigError):
+    """A run resumed on other data than it started on: classes added or renamed would shift every label (or not
+    fit the network's head), and images added, removed or edited change the normalisation it keeps."""
+
+    def __init__(self, run: str | Path, root: str, changes: list[str]) -> None:
+        super().__init__(
+            f"{run} was trained on other data than {root} holds now ({'; '.join(changes)}): it cannot be continued; "
+            "restore the data, or start a new run in another folder"
+        )
+
+
+def data_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """How the data a run's checkpoint meta ``saved`` records differs from ``now``'s, on the keys both hold."""
+    return [
+        "other images, or another split of them" if key == "data_fingerprint" else f"{key} {saved[key]} -> {now[key]}"
+        for key in DATA_KEYS
+        if key in saved and key in now and saved[key] != now[key]
+    ]
+
+
+def check_same_data(run: str | Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    """Refuse (``OtherData``) to continue run ``run``, whose checkpoint meta is ``saved``, on data whose meta
+    ``now`` differs from it."""
+    changes = data_changes(saved, now)
+    if changes:
+        raise OtherData(run, now["data_root"], changes)
 
 
 def recorded_data(config: Config) -> dict[str, Any]:

@@ -80,3 +80,28 @@ def check_run_length(config: Config, images: int, world_size: int = 1) -> None:
     processes that would take no whole batch an epoch, or whose lookahead period is longer than the run: each
     problem found, at once."""
     refuse(run_length_problems(config, images, world_size))
+
+
+def check_resumed_run_length(config: Config, images: int, world_size: int = 1) -> None:
+    """Refuse a resumed run of ``config`` over ``images`` training images shared by ``world_size`` processes that
+    would take no whole batch an epoch, or whose lookahead period is longer than the run. On the data and settings
+    it started with it took them, so what a resume changes made it too short (more processes, fewer --epochs),
+    and that is what the refusal says to change: a resume keeps batch_size and lookahead_every."""
+    t = config.train
+    steps = training_batches(images, t.batch_size, world_size, t.max_batches_per_epoch)
+    if steps == 0 and world_size > 1:
+        raise ConfigError(
+            f"batch_size {t.batch_size} exceeds the {images // world_size} training images per process on "
+            f"{world_size} processes: resume it on at most {max(images // t.batch_size, 1)} processes"
+        )
+    if steps and t.lookahead_every:
+        try:
+            check_lookahead(t.lookahead_every, steps * t.epochs)
+        except LookaheadError as exc:
+            on = f"{world_size} processes" if world_size > 1 else "1 process"
+            raise ConfigError(
+                f"train.lookahead_every {t.lookahead_every} is more than the {steps * t.epochs} optimizer steps of "
+                f"its {t.epochs} epochs on {on}: the run would end on its initial weights; resume it with --epochs "
+                f"{-(-t.lookahead_every // steps)} or more" + (", or on fewer processes" if world_size > 1 else "")
+            ) from exc
+    check_run_length(config, images, world_size)
