@@ -79,6 +79,10 @@ class Fake(BaseHTTPRequestHandler):
                 return
         except OSError:  # the scorer gave up on this request (its --timeout)
             return
+        self.classify(names)
+
+    def classify(self, names: list[str]) -> None:
+        """Every image gets the same classes."""
         top = [{"label": c, "index": i, "confidence": 0.5 / (i + 1)} for i, c in enumerate(CLASSES)]
         self.answer(200, {"model": "fake", "predictions": [{"filename": n, "top_k": top} for n in names]})
 
@@ -467,7 +471,63 @@ def test_a_service_that_hangs_on_every_request_stops_the_run_after_four_timeouts
     assert [len(names) for names in posts] == [8, 8, 1, 1], posts
     said = "failed 2 times: no answer within 0.3 s (--timeout), on a plain test image: the service is failing"
     assert f"error: the service at {url} {said}" in err, err
+    assert "slower than --timeout 0.3 s allows with --workers 4 (raise --timeout, or lower --workers)" in err, err
     assert "rerun with --resume to continue" in err and "Traceback" not in err, err
+
+
+def test_a_slow_service_that_takes_one_request_at_a_time_is_not_taken_for_a_failing_one(
+    serve, tmp_path, monkeypatch, capsys
+):
+    """A working service that handles one request at a time (0.05 s + 0.02 s an image): four workers' requests of
+    three queue there, so some time out and are searched. The plain test image is sent while no other request of
+    the run is in flight, and answered; behind the other workers' requests it went unanswered twice, and the run
+    stopped, saying the service was failing."""
+    from PIL import Image
+
+    monkeypatch.setattr(RemoteBackend, "RETRY_DELAY", 0.001)
+    root = tmp_path / "many"
+    root.mkdir()
+    for n in range(24):
+        Image.new("RGB", (32, 32), (10 * n, 50, 90)).save(root / f"{n:02d}.png")
+    one_at_a_time = threading.Lock()
+
+    def fault(handler: Fake, body: bytes, names: list[str]) -> bool:
+        with one_at_a_time:
+            time.sleep(0.05 + 0.02 * len(names))
+        handler.classify(names)  # OSError where the scorer gave up on it
+        return True
+
+    url, posts = serve(fault)
+    out = tmp_path / "preds.csv"
+    score = ["--batch-size", 3, "--workers", 4, "--timeout", 0.3, "--no-progress"]
+    status = _score(root, "--url", url, "--out", out, *score)
+    err = capsys.readouterr().err
+    assert ["probe.png"] in posts, posts  # requests timed out: the service was tested
+    assert status == 0, err
+    assert len(_rows(out)) == 24 and not any(row["error"] for row in _rows(out)), err
+
+
+def test_a_worker_with_the_service_to_itself_tests_it_without_waiting_for_itself(serve):
+    """An image is blamed inside ``_alone``, after a test image that takes the service to itself too: the worker
+    must not wait for its own hold (a deadlock that hangs the run)."""
+    url, posts = serve(lambda handler, body, names: False)
+    backend = RemoteBackend(url, None, workers=2, timeout=5.0, per_request=4)
+    checked = threading.Event()
+
+    def blame() -> None:
+        with backend._alone():
+            backend._check_service()
+            checked.set()
+
+    worker = threading.Thread(target=blame, daemon=True)
+    worker.start()
+    worker.join(10)
+    try:
+        assert checked.is_set() and posts == [["probe.png"]], posts
+        with backend._alone():  # given back: another worker may have it
+            pass
+    finally:
+        backend.close()
 
 
 def test_a_run_stopped_by_a_hanging_service_sends_no_more_requests(photos, serve, tmp_path, capsys):

@@ -54,6 +54,7 @@ class _Failed(NamedTuple):
     message: str
     attempts: int
     images: bool
+    timed_out: bool = False  # the service was reached, and the last try went unanswered within --timeout
 
     def said(self) -> str:
         return f"HTTP {self.status}: {self.message}" if self.status is not None else self.message
@@ -286,7 +287,11 @@ class RemoteBackend:
 
     @contextmanager
     def _alone(self) -> Iterator[None]:
-        """The service to this thread: other workers' requests in flight are waited for, and theirs held back."""
+        """The service to this thread: other workers' requests in flight are waited for, and theirs held back.
+        A thread that has it already keeps it: it would otherwise wait for itself."""
+        if self._blaming == threading.get_ident():
+            yield
+            return
         with self._gate:
             self._gate.wait_for(lambda: self._blaming is None)
             self._blaming = threading.get_ident()
@@ -315,11 +320,22 @@ class RemoteBackend:
                 self._gate.notify_all()
 
     def _check_service(self) -> None:
-        """RemoteError unless the service classifies a plain test image, with every retry."""
-        if (probe := self._probe()) is not None:
+        """RemoteError unless the service classifies a plain test image, with every retry. The image is sent with
+        the service to this thread: behind this run's other requests a service that takes one at a time could not
+        answer it in --timeout, and the run would stop with a working service."""
+        with self._alone():
+            probe = self._probe()
+        if probe is None:
+            return
+        said = f"the service at {self.url} {probe.text()}, on a plain test image"
+        if probe.timed_out:
+            # no other request of this run was in flight, but those that timed out may still hold the service
+            fewer = ", or lower --workers" if self.workers > 1 else ""
             raise RemoteError(
-                f"the service at {self.url} {probe.text()}, on a plain test image: the service is failing, not an image"
+                f"{said}: the service is failing, or slower than --timeout {self.timeout:g} s allows with "
+                f"--workers {self.workers} (raise --timeout{fewer})"
             )
+        raise RemoteError(f"{said}: the service is failing, not an image")
 
     def _probe(self) -> _Failed | None:
         """How the service fails a plain test image, with every retry; None where it answers it (a classification,
@@ -379,8 +395,10 @@ class RemoteBackend:
                     response = self.client.post("/classify", files=files, data=form)
             except httpx.TransportError as exc:
                 unreached = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-                failed = _Failed(None, self._transport_message(exc), attempts, images=not unreached)
-                timeouts += isinstance(exc, httpx.TimeoutException)
+                timed_out = isinstance(exc, httpx.TimeoutException)
+                message = self._transport_message(exc)
+                failed = _Failed(None, message, attempts, images=not unreached, timed_out=timed_out and not unreached)
+                timeouts += timed_out
             else:
                 status = response.status_code
                 if status < 500 and status not in (408, 429):
