@@ -54,9 +54,13 @@ def start_again(argv: list[str], attempt: int) -> None:
     os.execve(sys.executable, [sys.executable, "-m", "service.bentoml_serve", *argv], env)
 
 
+# The signals circus's handler answers with a quit (handle_int, handle_term, handle_quit).
+QUIT_SIGNALS = (signal_module.SIGINT, signal_module.SIGTERM, signal_module.SIGQUIT)
+
+
 def stop_signals() -> list[int]:
-    """The SIGINT and SIGTERM this process receives from here on, as circus's handler takes them (it only queues a
-    quit on its event loop, which a failed start never runs: the stop would be lost with the exec)."""
+    """The quit signals (``QUIT_SIGNALS``) this process receives from here on, as circus's handler takes them (it
+    only queues a quit on its event loop, which a failed start never runs: the stop would be lost with the exec)."""
     received: list[int] = []
     try:
         from circus.sighandler import SysHandler  # type: ignore[import-untyped]
@@ -65,7 +69,7 @@ def stop_signals() -> list[int]:
     handle = SysHandler.signal
 
     def signal(self: Any, sig: int, frame: Any = None) -> Any:
-        if sig in (signal_module.SIGINT, signal_module.SIGTERM):
+        if sig in QUIT_SIGNALS:
             received.append(sig)
         return handle(self, sig, frame)
 

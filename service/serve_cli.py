@@ -11,6 +11,9 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
+
+from inference.devices import DEVICES, device_choice
 
 from .settings import SETTINGS, ServiceSettings, SettingsError, empty_flag_refusal
 
@@ -69,7 +72,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         metavar = {"models_dir": "DIR", "api_keys_file": "FILE", "api_keys": "KEYS", "cors_origins": "ORIGINS"}.get(
             name, "N"
         )
-        kwargs = {"choices": setting.choices} if setting.choices else {"metavar": metavar}
+        kwargs: dict[str, Any] = {"choices": setting.choices} if setting.choices else {"metavar": metavar}
+        if name == "device":  # a GPU by its number is told how to pick it, as score and doctor tell it
+            kwargs = {"type": device_choice, "metavar": "{" + ",".join(DEVICES) + "}"}
         parser.add_argument(
             setting.flag,
             dest=name,

@@ -11,7 +11,9 @@ HINT = "; for GPU {n} alone, set CUDA_VISIBLE_DEVICES={n} and use cuda"
 
 
 @pytest.mark.parametrize(
-    "argv", [["score", "photos", "--device", "{d}"], ["doctor", "--device", "{d}"]], ids=["score", "doctor"]
+    "argv",
+    [["score", "photos", "--device", "{d}"], ["doctor", "--device", "{d}"], ["serve", "--device", "{d}"]],
+    ids=["score", "doctor", "serve"],
 )
 @pytest.mark.parametrize("device, n", [("cuda:1", 1), ("0", 0)])
 def test_a_command_line_told_a_gpu_number_says_how_to_pick_that_gpu(argv, device, n, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -82,11 +83,15 @@ def test_a_resume_on_fewer_images_that_still_split_is_told_the_data_changed_alon
 @pytest.mark.parametrize(
     ("processes", "said"),
     [
-        (8, "batch_size 8 exceeds the 5 training images per process on 8 processes: resume it on at most 5 processes"),
+        (
+            8,
+            "batch_size 8 exceeds the 5 training images per process on 8 processes: resume it on at most 5 processes "
+            "with --epochs 4 or more, or on at most 2 processes",
+        ),
         (
             4,
             "train.lookahead_every 4 is more than the 2 optimizer steps of its 2 epochs on 4 processes: the run would "
-            "end on its initial weights; resume it with --epochs 4 or more, or on fewer processes",
+            "end on its initial weights; resume it with --epochs 4 or more, or on at most 2 processes",
         ),
     ],
 )
@@ -109,3 +114,25 @@ def test_a_pruning_run_resumed_on_several_processes_is_told_to_resume_in_one(ima
         Trainer(config, tmp_path / "run", resuming=True, started_on={})
     with pytest.raises(ConfigError, match="set it to 0 to train on several$"):  # a new run may change it
         Trainer(config, tmp_path / "run")
+
+
+@pytest.mark.parametrize("processes", [11, 10, 2])
+def test_the_processes_or_epochs_a_resume_is_told_to_take_pass_both_checks(processes):
+    """1,000 images, batches of 100, a lookahead every 25 steps, 3 epochs: it fits in one process only. Told 'at most
+    10 processes' for the batch, the next start was refused for the lookahead."""
+    from training.run_length import check_resumed_run_length
+
+    config = build_config(
+        "resnet9_half_cpu", ["batch_size=100", "lookahead_every=25", "epochs=3", "ema_decay=0", "warmup_epochs=0"]
+    )
+    with pytest.raises(ConfigError) as refused:
+        check_resumed_run_length(config, 1000, processes)
+    said = str(refused.value)
+    told = re.search(
+        r"resume it (?:on at most (\d+) process(?:es)? )?with --epochs (\d+) or more, or on at most 1 process$", said
+    )
+    assert told is not None, said
+    check_resumed_run_length(config, 1000, 1)  # the process count it names
+    longer = ["batch_size=100", "lookahead_every=25", f"epochs={told[2]}", "ema_decay=0", "warmup_epochs=0"]
+    # the epochs it names, on the processes it names with them
+    check_resumed_run_length(build_config("resnet9_half_cpu", longer), 1000, int(told[1] or processes))

@@ -8,6 +8,8 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, free_port, lost_its_port, serve_on_free_port, spawn_server, stop_server_group
 
 # Put first on PYTHONPATH: while the start's attempt number is below CIFAR_TEST_TAKEN_UNTIL, BentoML's choice of a
@@ -178,3 +180,23 @@ def test_a_start_asked_to_stop_before_it_lost_a_control_port_is_not_started_agai
     log = log_path.read_text()
     assert proc.returncode == 128 + 15, log[-3000:]
     assert "stopped (SIGTERM) while starting" in log and "starting again" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGQUIT"])
+def test_every_signal_circus_quits_on_is_recorded_as_a_stop(sig, monkeypatch):
+    """circus answers INT, TERM and QUIT (Ctrl-\\) alike with a quit; a QUIT was not recorded, and the start was
+    made again. The handler is circus's own, its controller a stand-in: nothing is started."""
+    import signal
+    import types
+
+    from circus.sighandler import SysHandler
+
+    from service.bentoml_serve import stop_signals
+
+    monkeypatch.setattr(SysHandler, "signal", SysHandler.signal)  # stop_signals replaces it: restored after
+    monkeypatch.setattr(SysHandler, "_register", lambda self: None)  # the test process keeps its own handlers
+    quits: list[object] = []
+    loop = types.SimpleNamespace(add_callback_from_signal=lambda *args: quits.append(args))
+    stops = stop_signals()
+    SysHandler(types.SimpleNamespace(loop=loop, dispatch=None)).signal(getattr(signal, sig))
+    assert stops == [getattr(signal, sig)] and len(quits) == 1

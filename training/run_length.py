@@ -86,22 +86,45 @@ def check_resumed_run_length(config: Config, images: int, world_size: int = 1) -
     """Refuse a resumed run of ``config`` over ``images`` training images shared by ``world_size`` processes that
     would take no whole batch an epoch, or whose lookahead period is longer than the run. On the data and settings
     it started with it took them, so what a resume changes made it too short (more processes, fewer --epochs),
-    and that is what the refusal says to change: a resume keeps batch_size and lookahead_every."""
+    and that is what the refusal says to change: a resume keeps batch_size and lookahead_every. The number of
+    processes or epochs it suggests passes both checks, so that the next start is not refused by the other."""
     t = config.train
-    steps = training_batches(images, t.batch_size, world_size, t.max_batches_per_epoch)
-    if steps == 0 and world_size > 1:
-        raise ConfigError(
-            f"batch_size {t.batch_size} exceeds the {images // world_size} training images per process on "
-            f"{world_size} processes: resume it on at most {max(images // t.batch_size, 1)} processes"
+
+    def steps(processes: int) -> int:
+        return training_batches(images, t.batch_size, processes, t.max_batches_per_epoch)
+
+    def fits(processes: int) -> bool:
+        return steps(processes) > 0 and (not t.lookahead_every or steps(processes) * t.epochs >= t.lookahead_every)
+
+    if fits(world_size):
+        check_run_length(config, images, world_size)
+        return
+
+    def at_most(processes: int) -> str:
+        return f"on at most {processes} process{'es' if processes > 1 else ''}"
+
+    def epochs_for(processes: int) -> int:
+        return -(-t.lookahead_every // steps(processes))
+
+    fewer = next((n for n in range(world_size - 1, 0, -1) if fits(n)), None)
+    on = f"{world_size} processes" if world_size > 1 else "1 process"
+    if steps(world_size):  # whole batches, too few steps for the lookahead period
+        remedy = f"resume it with --epochs {epochs_for(world_size)} or more" + (
+            f", or {at_most(fewer)}" if fewer else ""
         )
-    if steps and t.lookahead_every:
-        try:
-            check_lookahead(t.lookahead_every, steps * t.epochs)
-        except LookaheadError as exc:
-            on = f"{world_size} processes" if world_size > 1 else "1 process"
-            raise ConfigError(
-                f"train.lookahead_every {t.lookahead_every} is more than the {steps * t.epochs} optimizer steps of "
-                f"its {t.epochs} epochs on {on}: the run would end on its initial weights; resume it with --epochs "
-                f"{-(-t.lookahead_every // steps)} or more" + (", or on fewer processes" if world_size > 1 else "")
-            ) from exc
-    check_run_length(config, images, world_size)
+        raise ConfigError(
+            f"train.lookahead_every {t.lookahead_every} is more than the {steps(world_size) * t.epochs} optimizer "
+            f"steps of its {t.epochs} epochs on {on}: the run would end on its initial weights; {remedy}"
+        )
+    batched = next((n for n in range(world_size - 1, 0, -1) if steps(n)), None)
+    if batched is None:  # not one whole batch in one process: only the data it started with would do
+        remedy = "resume it on the data it started with"
+    elif batched == fewer:
+        remedy = f"resume it {at_most(fewer)}"
+    else:  # the processes that take a whole batch take too few steps for the lookahead period
+        remedy = f"resume it {at_most(batched)} with --epochs {epochs_for(batched)} or more" + (
+            f", or {at_most(fewer)}" if fewer else ""
+        )
+    raise ConfigError(
+        f"batch_size {t.batch_size} exceeds the {images // world_size} training images per process on {on}: {remedy}"
+    )
