@@ -274,7 +274,9 @@ def _sleeps(monkeypatch) -> list[float]:
     return waits
 
 
-def test_a_429_is_waited_out_as_its_retry_after_says(photos, serve, tmp_path, monkeypatch):
+def test_a_429_is_waited_out_as_its_retry_after_says_and_each_wait_is_said(
+    photos, serve, tmp_path, monkeypatch, capsys
+):
     refused = {"left": 2}
 
     def fault(handler: Fake, body: bytes, names: list[str]) -> bool:
@@ -290,6 +292,9 @@ def test_a_429_is_waited_out_as_its_retry_after_says(photos, serve, tmp_path, mo
     assert _score(photos, "--url", url, "--out", out, "--batch-size", 8, "--no-progress") == 0
     assert waits == [7.0, 7.0] and len(posts) == 3
     assert not any(row["error"] for row in _rows(out))
+    lines = [line for line in capsys.readouterr().err.splitlines() if "asked to wait" in line]
+    said = f"the service at {url} asked to wait 7 s (HTTP 429: slow down): waiting"
+    assert lines == [f"{said} (retry 1 of 5)", f"{said} (retry 2 of 5)"], lines
 
 
 def test_a_retry_after_longer_than_the_scorer_waits_stops_the_run_at_once(photos, serve, tmp_path, monkeypatch, capsys):
@@ -540,25 +545,6 @@ def test_a_run_stopped_by_a_hanging_service_sends_no_more_requests(photos, serve
     err = capsys.readouterr().err
     assert len(posts) <= 2 * 4 and {names[0] for names in posts if len(names) == 2} <= {"0.png", "2.png"}, posts
     assert err.rstrip().endswith("rerun with --resume to continue") and err.count("error:") == 1, err
-
-
-def test_each_retry_after_wait_is_said(photos, serve, tmp_path, monkeypatch, capsys):
-    refused = {"left": 2}
-
-    def fault(handler: Fake, body: bytes, names: list[str]) -> bool:
-        if refused["left"] > 0:
-            refused["left"] -= 1
-            handler.answer(429, {"error": "slow down"}, {"Retry-After": "7"})
-            return True
-        return False
-
-    url, _ = serve(fault)
-    _sleeps(monkeypatch)
-    out = tmp_path / "preds.csv"
-    assert _score(photos, "--url", url, "--out", out, "--batch-size", 8, "--no-progress") == 0
-    lines = [line for line in capsys.readouterr().err.splitlines() if "asked to wait" in line]
-    said = f"the service at {url} asked to wait 7 s (HTTP 429: slow down): waiting"
-    assert lines == [f"{said} (retry 1 of 5)", f"{said} (retry 2 of 5)"], lines
 
 
 def test_a_500_that_asks_to_wait_an_hour_is_the_services_failure_not_the_images(photos, serve, tmp_path, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -35,25 +36,48 @@ if os.environ.get("CIFAR_TEST_TAKEN_PORT"):
 """
 
 
-def _hooked_env(tmp_path: Path, taken_until: int) -> tuple[dict, socket.socket]:
-    """The environment of a server whose first ``taken_until - 1`` starts lose a control port, and the socket that
-    holds the port they lose (the caller closes it)."""
+def _env_with_hook(tmp_path: Path, hook_code: str, **variables: str) -> dict:
+    """The environment of a server with ``hook_code`` as its sitecustomize (first on PYTHONPATH), ``variables`` set,
+    and its start counted from the first."""
     hook = tmp_path / "hook"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(TAKEN_PORT)
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
+    (hook / "sitecustomize.py").write_text(hook_code)
     env = {
         **os.environ,
         "BENTOML_HOME": str(tmp_path / "bentoml_home"),
         "BENTOML_DO_NOT_TRACK": "true",
         "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)]),
-        "CIFAR_TEST_TAKEN_PORT": str(holder.getsockname()[1]),
-        "CIFAR_TEST_TAKEN_UNTIL": str(taken_until),
+        **variables,
     }
     env.pop("CIFAR_SERVE_ATTEMPT", None)
+    return env
+
+
+def _hooked_env(tmp_path: Path, taken_until: int) -> tuple[dict, socket.socket]:
+    """The environment of a server whose first ``taken_until - 1`` starts lose a control port, and the socket that
+    holds the port they lose (the caller closes it)."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = str(holder.getsockname()[1])
+    env = _env_with_hook(tmp_path, TAKEN_PORT, CIFAR_TEST_TAKEN_PORT=port, CIFAR_TEST_TAKEN_UNTIL=str(taken_until))
     return env, holder
+
+
+def _start_that_ends(models_dir: Path, log_path: Path, env: dict) -> subprocess.Popen:
+    """A server start that is to end by itself, waited for; made again on another port where its own HTTP port was
+    lost between free_port and the server's bind (another program's race, not what these tests are about)."""
+    for start in range(1, 4):
+        port = free_port()
+        with open(log_path, "w") as log_file:
+            proc = spawn_server(port, models_dir, "--threads", "1", log=log_file, env=env)
+        try:
+            proc.wait(timeout=120)
+        finally:
+            stop_server_group(proc)
+        if not (start < 3 and lost_its_port(proc, log_path, port)):
+            break
+    return proc
 
 
 def test_a_start_that_loses_a_control_port_starts_again_and_serves(tiny_models_dir, tmp_path):
@@ -75,17 +99,7 @@ def test_a_start_that_keeps_losing_its_control_ports_says_so_in_one_line(tiny_mo
     env, holder = _hooked_env(tmp_path, taken_until=99)
     log_path = tmp_path / "server.log"
     try:
-        for start in range(1, 4):
-            port = free_port()
-            with open(log_path, "w") as log_file:
-                proc = spawn_server(port, tiny_models_dir, "--threads", "1", log=log_file, env=env)
-            try:
-                proc.wait(timeout=120)
-            finally:
-                stop_server_group(proc)
-            # its own HTTP port lost between free_port and the server's bind (another program's): not what is tested
-            if not (start < 3 and lost_its_port(proc, log_path, port)):
-                break
+        proc = _start_that_ends(tiny_models_dir, log_path, env)
     finally:
         holder.close()
     assert proc.returncode == 1, log_path.read_text()[-3000:]
@@ -101,15 +115,7 @@ def test_the_users_port_taken_after_serves_check_is_said_in_one_line(tiny_models
     (status 2), not circus's traceback (status 1)."""
     from test_server_starts import CHECK_PASSES
 
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(CHECK_PASSES)
-    env = {
-        **os.environ,
-        "BENTOML_HOME": str(tmp_path / "bentoml_home"),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)]),
-    }
+    env = _env_with_hook(tmp_path, CHECK_PASSES)
     log_path = tmp_path / "server.log"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -154,29 +160,9 @@ if os.environ.get("CIFAR_TEST_STOP_THEN_LOSE") and not os.environ.get("CIFAR_SER
 def test_a_start_asked_to_stop_before_it_lost_a_control_port_is_not_started_again(tiny_models_dir, tmp_path):
     """circus's handler only queues the stop on an event loop the failed start never runs: the start was made again
     and served, the supervisor's SIGTERM lost."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(STOPPED_WHILE_STARTING)
-    env = {
-        **os.environ,
-        "BENTOML_HOME": str(tmp_path / "bentoml_home"),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)]),
-        "CIFAR_TEST_STOP_THEN_LOSE": "1",
-    }
-    env.pop("CIFAR_SERVE_ATTEMPT", None)
+    env = _env_with_hook(tmp_path, STOPPED_WHILE_STARTING, CIFAR_TEST_STOP_THEN_LOSE="1")
     log_path = tmp_path / "server.log"
-    for start in range(1, 4):
-        port = free_port()
-        with open(log_path, "w") as log_file:
-            proc = spawn_server(port, tiny_models_dir, "--threads", "1", log=log_file, env=env)
-        try:
-            proc.wait(timeout=120)
-        finally:
-            stop_server_group(proc)
-        # its own HTTP port lost between free_port and the server's bind (another program's): not what is tested
-        if not (start < 3 and lost_its_port(proc, log_path, port)):
-            break
+    proc = _start_that_ends(tiny_models_dir, log_path, env)
     log = log_path.read_text()
     assert proc.returncode == 128 + 15, log[-3000:]
     assert "stopped (SIGTERM) while starting" in log and "starting again" not in log, log[-3000:]
