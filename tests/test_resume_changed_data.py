@@ -136,3 +136,23 @@ def test_the_processes_or_epochs_a_resume_is_told_to_take_pass_both_checks(proce
     longer = ["batch_size=100", "lookahead_every=25", f"epochs={told[2]}", "ema_decay=0", "warmup_epochs=0"]
     # the epochs it names, on the processes it names with them
     check_resumed_run_length(build_config("resnet9_half_cpu", longer), 1000, int(told[1] or processes))
+
+
+def test_a_resume_does_not_repeat_the_split_warning_whose_advice_it_refuses(caplog):
+    """A class too small for a share of the validation split is said when the run starts, with 'raise
+    data.val_size'; every resume said it again, with advice a resume refuses."""
+    import numpy as np
+
+    from training.data import ImageArrays
+    from training.run_data import split_data
+
+    labels = np.array([0] * 20 + [1] * 20 + [2] * 2)
+    full = ImageArrays(np.zeros((len(labels), 8, 8, 3), np.uint8), labels, ["a", "b", "c"])
+    config = build_config("resnet9_half_cpu", ["data.val_size=2"])
+    with caplog.at_level("WARNING", logger="training"):
+        split_data(config, full, 1)
+    assert "no validation image for class(es) 'c'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="training"):
+        split_data(config, full, 1, started_on={"classes": ["a", "b", "c"]}, run="run")
+    assert "no validation image" not in caplog.text

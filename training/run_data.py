@@ -75,7 +75,8 @@ def split_data(
         )
     else:
         try:
-            train, val = split_train_val(full, d.val_size, d.split_seed)
+            # the classes the split leaves unmeasured were said when the run started: a resume keeps its split
+            train, val = split_train_val(full, d.val_size, d.split_seed, warn=started_on is None)
             images = len(train)
         except SplitTooLarge as exc:
             problems.append(exc)
