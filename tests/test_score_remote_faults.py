@@ -260,17 +260,9 @@ def test_a_service_gone_mid_run_stops_it_and_resume_finishes(photos, serve, tmp_
 
 
 def _sleeps(monkeypatch) -> list[float]:
-    """The waits the scorer's request threads ask for, not waited."""
+    """The waits the scorer's request threads ask for between tries, not waited."""
     waits: list[float] = []
-    real = time.sleep
-
-    def sleep(seconds: float) -> None:
-        if threading.current_thread().name.startswith("score-post"):
-            waits.append(seconds)
-        else:
-            real(seconds)
-
-    monkeypatch.setattr(time, "sleep", sleep)
+    monkeypatch.setattr(RemoteBackend, "_pause", lambda self, seconds: waits.append(seconds))
     return waits
 
 
@@ -575,3 +567,30 @@ def test_the_search_line_is_not_written_into_the_progress_bar(photos, serve, tmp
     shown = [line.rsplit("\r", 1)[-1] for line in terminal.getvalue().split("\n")]
     search = [line for line in shown if "looking for the image" in line]
     assert len(search) == 1 and search[0].startswith(f"the service at {url} failed"), terminal.getvalue()
+
+
+def test_a_wait_the_service_asked_for_ends_as_the_run_stops(photos, serve, tmp_path, capsys):
+    """One worker waits out a Retry-After of 50 s while another's request is refused for good: the run stopped, and
+    then sat out the rest of the wait (so did Ctrl-C, which stops the run the same way)."""
+    answered = {"count": 0}
+    lock = threading.Lock()
+
+    def fault(handler: Fake, body: bytes, names: list[str]) -> bool:
+        with lock:
+            answered["count"] += 1
+            first = answered["count"] == 1
+        if first:
+            handler.answer(429, {"error": "slow down"}, {"Retry-After": "50"})
+        else:
+            time.sleep(0.5)  # after the first worker has begun its wait
+            handler.answer(404, {"error": "unknown model 'x'", "reason": "unknown_model"})
+        return True
+
+    url, _ = serve(fault)
+    out = tmp_path / "preds.csv"
+    began = time.monotonic()
+    assert _score(photos, "--url", url, "--out", out, "--batch-size", 4, "--workers", 2, "--no-progress") == 1
+    took = time.monotonic() - began
+    err = capsys.readouterr().err
+    assert "asked to wait 50 s" in err and "rejected the request (404)" in err, err
+    assert took < 25, f"the run ended {took:.0f} s after it began: the 50 s wait was sat out"

@@ -110,6 +110,7 @@ class RemoteBackend:
         # Why the run stops (a worker found the service failing, or the run ended): every worker's next request
         # raises it rather than spend more timeouts on a service, or a run, that is gone.
         self._stopped: str | None = None
+        self._woken = threading.Event()  # set as the run stops: a worker's wait between tries ends there
 
     def _model_info(self, model: str | None) -> tuple[str | None, list[str] | None]:
         """(model name, classes) from GET /models; (model, None) when the service does not list its models."""
@@ -191,6 +192,12 @@ class RemoteBackend:
     def _stop(self, why: str) -> None:
         with self._gate:
             self._stopped = self._stopped or why
+        self._woken.set()
+
+    def _pause(self, seconds: float) -> None:
+        """A wait between tries (a Retry-After asks for up to a minute) that ends as the run stops: Ctrl-C, or
+        another worker finding the service gone, would otherwise wait for it."""
+        self._woken.wait(seconds)
 
     def _score(self, chunk: list[Entry]) -> list[Row]:
         rows: list[Row | None] = [None] * len(chunk)
@@ -424,7 +431,7 @@ class RemoteBackend:
                     f"the service at {self.url} asked to wait {round(wait, 1):g} s ({failed.said()}): waiting "
                     f"(retry {attempts} of {self.RETRIES})"
                 )
-            time.sleep(wait)
+            self._pause(wait)
             delay *= 2
 
     def _transport_message(self, exc: httpx.TransportError) -> str:
