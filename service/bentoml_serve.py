@@ -82,38 +82,47 @@ def main(argv: list[str]) -> int:
     try:
         serve_with_own_metrics(argv[1:], int(argv[0]))
     except Exception as exc:
-        if not internal_port_taken(exc):
-            if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
-                # the user's port, free when serve checked it, taken by another program before BentoML bound it
-                host = argv[argv.index("--host") + 1] if "--host" in argv[:-1] else "127.0.0.1"
-                print(
-                    f"error: cannot listen on {host}:{argv[0]}: {exc.strerror} (taken by another program as the "
-                    "server started): start again, or choose another --port",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                return 2
-            raise
-        if stops:  # asked to stop while starting: not started again
-            print(f"stopped ({signal_module.Signals(stops[0]).name}) while starting", file=sys.stderr, flush=True)
-            return 128 + stops[0]
-        attempt = int(os.environ.get(ATTEMPT_ENV) or 1)
-        if attempt >= ATTEMPTS:
+        if internal_port_taken(exc):
+            return _after_a_lost_control_port(argv, exc, stops)
+        if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+            # the user's port, free when serve checked it, taken by another program before BentoML bound it
+            from .serve_cli import listen_refusal  # its argument parser's imports: not for every start
+
+            host = argv[argv.index("--host") + 1] if "--host" in argv[:-1] else "127.0.0.1"
             print(
-                f"error: BentoML's process manager could not bind its control sockets in {ATTEMPTS} starts "
-                f"({exc}): other programs are taking local ports as fast as they are freed; start the service again",
+                f"error: {listen_refusal(host, argv[0], exc)} (taken by another program as the server started): "
+                "start again, or choose another --port",
                 file=sys.stderr,
                 flush=True,
             )
-            return 1
+            return 2
+        raise
+    return 0
+
+
+def _after_a_lost_control_port(argv: list[str], exc: Exception, stops: list[int]) -> int:
+    """The exit status of a start that lost a control port: a stop asked for meanwhile, the last attempt's
+    refusal, or (not returning) the next attempt."""
+    if stops:  # asked to stop while starting: not started again
+        print(f"stopped ({signal_module.Signals(stops[0]).name}) while starting", file=sys.stderr, flush=True)
+        return 128 + stops[0]
+    attempt = int(os.environ.get(ATTEMPT_ENV) or 1)
+    if attempt >= ATTEMPTS:
         print(
-            f"BentoML's process manager lost one of its control ports to another program ({exc}); "
-            f"starting again ({attempt + 1} of {ATTEMPTS})",
+            f"error: BentoML's process manager could not bind its control sockets in {ATTEMPTS} starts "
+            f"({exc}): other programs are taking local ports as fast as they are freed; start the service again",
             file=sys.stderr,
             flush=True,
         )
-        start_again(argv, attempt + 1)
-    return 0
+        return 1
+    print(
+        f"BentoML's process manager lost one of its control ports to another program ({exc}); "
+        f"starting again ({attempt + 1} of {ATTEMPTS})",
+        file=sys.stderr,
+        flush=True,
+    )
+    start_again(argv, attempt + 1)
+    return 1  # not reached: start_again replaces this process
 
 
 if __name__ == "__main__":

@@ -110,8 +110,13 @@ def bind_error(host: str, port: int) -> str | None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
     except OSError as exc:
-        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        return listen_refusal(host, port, exc)
     return None
+
+
+def listen_refusal(host: str, port: int | str, exc: OSError) -> str:
+    """Why ``host:port`` could not be listened on, as serve's check and the server's own bind say it."""
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
 
 
 def settings_env(args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict[str, str]:

@@ -4,7 +4,6 @@ trains), and a run folder inside the images it trains on."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from .data import DatasetError, ImageArrays
 from .models import ImageClassifier, UnknownArgument, argument_error, create_model, size_refusal
 from .models.whitening import dirac_init_, whitening_layers
 from .muon import filters_by_normalisation
-from .run_data import check_trainable, read_data, split_data
+from .run_data import check_trainable, read_data, read_key, split_data
 from .run_length import SettingsRefused, check_run_length, named, refuse
 
 log = logging.getLogger("training")
@@ -41,12 +40,10 @@ def check_run_lengths(configs: list[Config], names: list[str]) -> None:
     runs trains rather than after the ones before it, every run's problems in one refusal. Each distinct data
     setting is read once; a folder dataset's cache then serves the run's own read. One process: ensembles and
     ablations refuse torchrun."""
-    read: dict[str, ImageArrays | UsageError] = {}
+    read: dict[tuple, ImageArrays | UsageError] = {}
     problems: list[UsageError] = []
     for config, name in zip(configs, names):
-        # what read_data reads with: variants that differ only in their split (data.val_size) share one read
-        d = config.data
-        key = json.dumps([d.dataset, d.root, d.image_size, d.fit, d.cache_dir])
+        key = read_key(config)
         try:
             if key not in read:
                 try:

@@ -48,6 +48,13 @@ def read_data(config: Config) -> ImageArrays:
     return load_split(d.dataset, d.root, "all", cache_dir=d.cache_dir, image_size=d.image_size, fit=d.fit)
 
 
+def read_key(config: Config) -> tuple:
+    """What ``read_data`` reads ``config``'s images with: configurations with the same key (an ablation's
+    variants of ``data.val_size``) read the same images."""
+    d = config.data
+    return (d.dataset, d.root, d.image_size, d.fit, d.cache_dir)
+
+
 def split_data(
     config: Config,
     full: ImageArrays,
