@@ -753,7 +753,7 @@ def test_resume_refuses_a_file_written_for_another_folder(tree, image_folder, ti
     capsys.readouterr()
     assert _score(image_folder, "--out", out, "--resume", *common) == 2
     err = capsys.readouterr().err
-    assert f"cannot resume {out}: none of the " in err and "it was written for another folder" in err, err
+    assert f"cannot resume {out}: none of its " in err and "it was written for another folder" in err, err
     assert out.read_text() == kept
     # a file deleted since (some of the rows' files still there) is no other folder: the run continues
     (tmp_path / "b").mkdir()

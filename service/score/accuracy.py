@@ -25,6 +25,7 @@ class FolderAccuracy:
         self.topk: Counter[str] = Counter()
         self.confusions: Counter[tuple[str, str]] = Counter()  # (truth, predicted)
         self.unknown: Counter[str] = Counter()
+        self.failed = 0  # error rows: no prediction to compare
         self.k = 0
 
     def label_of(self, path: str, labels: list[str] | None = None) -> str | None:
@@ -38,6 +39,7 @@ class FolderAccuracy:
 
     def add(self, row: Row) -> None:
         if row.error is not None or not row.top_k:
+            self.failed += 1
             return
         truth = self.label_of(row.path, [p.label for p in row.top_k])
         if truth is None:
@@ -61,6 +63,8 @@ class FolderAccuracy:
             head = f"accuracy against folder names ({n} images): top-1 {100 * top1 / n:.2f}% ({top1}/{n})"
             if self.k > 1:
                 head += f", top-{self.k} {100 * topk / n:.2f}%"
+            if self.failed:
+                head += f"; {self.failed} image{'s' if self.failed > 1 else ''} that could not be scored left out"
             lines.append(head)
             order = self.classes or sorted(self.images)
             width = max([display_width("class")] + [display_width(c) for c in order if self.images[c]])
@@ -74,6 +78,8 @@ class FolderAccuracy:
                 lines.append("most frequent confusions (true -> predicted: images, share of the true class):")
                 for (truth, pred), count in self.confusions.most_common(max_confusions):
                     lines.append(f"  {truth} -> {pred}: {count} ({100 * count / self.images[truth]:.1f}%)")
+        elif not self.unknown:
+            lines.append(f"accuracy against folder names: none, as no image could be scored ({self.failed} failed)")
         else:
             lines.append("accuracy against folder names: no scored image is in a folder named after a class")
         if self.unknown:

@@ -36,7 +36,12 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
             "output formats (chosen by the --out extension, or --format):\n"
             "  csv    path,label_1,confidence_1,...,label_k,confidence_k,error\n"
             '  jsonl  {"path": ..., "top_k": [{"label", "index", "confidence"}, ...], "error": null}\n'
-            '  with --min-confidence P: a confident column before error (true/false), or a "confident" key\n\n'
+            '  with --min-confidence P: a confident column before error (true/false), or a "confident" key\n'
+            "  paths are written exactly (--resume reads them back, and they name the files): in CSV, a name\n"
+            "  beginning with =, +, -, @, a tab or a carriage return is a formula to a spreadsheet that opens\n"
+            "  the file as it is; a name that is not UTF-8 is written as its bytes, which a strict UTF-8\n"
+            "  reader refuses (jsonl escapes them); the summary warns of both: import that CSV as text, or\n"
+            "  use jsonl\n\n"
             "examples:\n"
             "  python -m service score photos/ --out preds.csv\n"
             "  python -m service score photos/ --out preds.jsonl --resume          # continue an interrupted run\n"

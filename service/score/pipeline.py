@@ -44,9 +44,13 @@ class ChunkBackend(Backend, Protocol):
 
 
 def chunks(entries: Iterator[Entry], size: int, done: set[str]) -> Iterator[list[Entry]]:
+    """The walk's entries in chunks of ``size``, less those ``done`` names (the rows a resumed output holds).
+    Each of those leaves ``done`` as the walk passes it, so that once the walk has ended ``done`` holds the rows
+    whose files are no longer there (the summary tells of them), without a second set as large."""
     chunk: list[Entry] = []
     for entry in entries:
         if entry.rel in done:
+            done.discard(entry.rel)
             continue
         chunk.append(entry)
         if len(chunk) >= size:

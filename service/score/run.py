@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import heapq
 import itertools
 import math
 import os
@@ -50,6 +51,12 @@ class Summary:
     lost: int = 0  # rows the engine gave that a failed write left out of the output
     resumed: int = 0
     resumed_failed: int = 0  # error rows among the resumed: --fail-on-error counts them too
+    resumed_gone: int = 0  # resumed rows whose files the walk no longer found (deleted or moved since)
+    resumed_gone_first: list[str] = field(default_factory=list)
+    formulas: int = 0  # CSV rows whose path a spreadsheet would take for a formula
+    formula_first: str = ""
+    not_utf8: int = 0  # CSV rows whose path holds bytes that are not UTF-8, written as they are
+    not_utf8_first: str = ""
     elapsed: float = 0.0
     walk: WalkStats = field(default_factory=WalkStats)
     failures: list[str] = field(default_factory=list)  # the first few, for the summary
@@ -78,13 +85,37 @@ class Summary:
             (f"{stopped}: " if stopped else "") + ", ".join(parts) + f"; {self.elapsed:.1f} s, {rate:.0f} images/s"
         ]
         for rel in self.walk.linked_dirs_skipped[:5]:
-            lines.append(f"not entered {rel}/: a link to a folder already scored (a symlink loop?)")
+            lines.append(f"not entered {shown(rel)}/: a link to a folder already scored (a symlink loop?)")
         if len(self.walk.linked_dirs_skipped) > 5:
             lines.append(f"... and {len(self.walk.linked_dirs_skipped) - 5} more such links")
         if self.walk.hidden_dirs_skipped:
             lines.append(f"not entered: {_hidden_dirs(self.walk.hidden_dirs_skipped)}")
         if self.failures:
             lines.append("failed files (first few): " + "; ".join(self.failures))
+        if self.resumed_gone:
+            names = ", ".join(shown(rel) for rel in self.resumed_gone_first)
+            more = ", ..." if self.resumed_gone > len(self.resumed_gone_first) else ""
+            files = "s a file" if self.resumed_gone == 1 else " files"
+            lines.append(
+                f"{self.resumed_gone} of the rows already in {out} name{files} no longer under the folder "
+                f"(deleted or moved since: {names}{more}): they stay in it; --overwrite scores the folder afresh"
+            )
+        if self.formulas:
+            they, are, them = ("they", "are", "them as formulas") if self.formulas > 1 else ("it", "is", "it as one")
+            where = "the CSV" if out == "-" else out
+            lines.append(
+                f"{self.formulas} file name{'s begin' if self.formulas > 1 else ' begins'} with =, +, -, @, a tab or "
+                f"a carriage return ({_first(self.formulas)}{shown(self.formula_first)}), written as {they} {are}: "
+                f"a spreadsheet opening {where} may run {them}; import it as text, or score to JSON Lines"
+            )
+        if self.not_utf8:
+            many = self.not_utf8 > 1
+            lines.append(
+                f"{self.not_utf8} file name{'s are' if many else ' is'} not UTF-8 ({_first(self.not_utf8)}"
+                f"{shown(self.not_utf8_first)}), written as {'their' if many else 'its'} bytes: a reader that asks "
+                "for UTF-8 refuses that CSV (Python's open() reads it with errors='surrogateescape'); JSON Lines "
+                "escapes such bytes instead"
+            )
         if self.lost:
             rows = f"{self.lost} more row{'s' if self.lost > 1 else ''}"
             if out == "-" or not resumable:
@@ -105,6 +136,43 @@ class Summary:
             else:
                 lines.append(f"the rows so far went to {out}, which --resume cannot read back: rerun to score all")
         return "\n".join(lines)
+
+
+def _first(count: int) -> str:
+    return "the first: " if count > 1 else ""
+
+
+def shown(path: str) -> str:
+    """A file name as part of one line of the summary: a newline or a terminal's escape sequence in it (a name
+    may hold any byte but / and NUL) is shown escaped, as is each byte that is not UTF-8 (``\\xff``)."""
+    return path if path.isprintable() else "".join(map(_escaped, path))
+
+
+def _escaped(ch: str) -> str:
+    if ch.isprintable():
+        return ch
+    if 0xDC80 <= ord(ch) <= 0xDCFF:  # a byte that is not UTF-8, as surrogateescape decoded it
+        return f"\\x{ord(ch) - 0xDC00:02x}"
+    return repr(ch)[1:-1]
+
+
+# What a spreadsheet takes a cell beginning with for a formula (OWASP's list for CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _check_csv_cell(path: str, summary: Summary) -> None:
+    """Count a CSV row's path that a spreadsheet would run, or that is not UTF-8 (the summary warns of both)."""
+    if path.startswith(FORMULA_STARTS):
+        if not summary.formulas:
+            summary.formula_first = path
+        summary.formulas += 1
+    if not path.isascii():
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:  # surrogateescape's stand-ins for the bytes of a name that does not decode
+            if not summary.not_utf8:
+                summary.not_utf8_first = path
+            summary.not_utf8 += 1
 
 
 def _hidden_dirs(rels: list[str]) -> str:
@@ -320,17 +388,18 @@ RESUME_CHECK_ROWS = 8
 RESUME_TOLERANCE = 1e-3
 
 
-def _check_same_scoring(backend: Backend, args, written: list[Row]) -> None:
-    """A resumed file must not mix two models' or fits' rows: a few of its rows are scored again and compared
-    (their file names and order say nothing of the model that scored them)."""
+def _check_same_scoring(backend: Backend, args, written: list[Row], absent: int = 0, first_absent: str = "") -> None:
+    """A resumed file must not mix two models' or fits' rows: a few of its rows whose files are still there are
+    scored again and compared (their file names and order say nothing of the model that scored them).
+    ``absent``: how many scored rows read back before those name files that are not there (the first:
+    ``first_absent``); all of them when none is."""
+    if not written and absent:
+        raise UserError(
+            f"cannot resume {args.out}: none of its {absent} scored rows names a file under {args.dir} "
+            f"(the first: {first_absent!r}); it was written for another folder: rerun with that folder, or --overwrite"
+        )
     if not written:
         return
-    if not any(os.path.lexists(os.path.join(args.dir, row.path)) for row in written):
-        raise UserError(
-            f"cannot resume {args.out}: none of the {len(written)} of its rows checked names a file under "
-            f"{args.dir} (the first: {written[0].path!r}); it was written for another folder: rerun with that "
-            "folder, or --overwrite"
-        )
     entries = [Entry(row.path, os.path.join(args.dir, row.path)) for row in written]
     # paired by path, not position: an engine may give a chunk's rows in its own order
     again = {row.path: row for rows in backend.rows(chunks(iter(entries), backend.batch_size, set())) for row in rows}
@@ -394,6 +463,7 @@ def _run(args, fmt_name: str, backend: Backend, summary: Summary, entries: Itera
 
     done: set[str] = set()
     written: list[Row] = []  # the first few rows --resume keeps, scored again to check they are this run's
+    absent, first_absent = 0, ""  # rows --resume keeps, met before those, whose files are gone: none to check
     replacement: _Replacement | None = None
     if args.out == "-":
         out = open(sys.stdout.fileno(), "w", closefd=False, newline="", **ENCODING)
@@ -401,11 +471,18 @@ def _run(args, fmt_name: str, backend: Backend, summary: Summary, entries: Itera
         if args.resume and os.path.exists(args.out):
 
             def keep(row: Row) -> None:
+                nonlocal absent, first_absent
                 done.add(row.path)
                 if row.error is not None:
                     summary.resumed_failed += 1
                 elif len(written) < RESUME_CHECK_ROWS:
-                    written.append(row)
+                    # Files deleted or moved since (a subfolder that sorted first) must not make the check
+                    # find nothing to compare and take the file for another folder's.
+                    if os.path.lexists(os.path.join(args.dir, row.path)):
+                        written.append(row)
+                    else:
+                        first_absent = first_absent or row.path
+                        absent += 1
                 if accuracy is not None:
                     accuracy.add(row)
 
@@ -415,7 +492,7 @@ def _run(args, fmt_name: str, backend: Backend, summary: Summary, entries: Itera
                 raise UserError(f"cannot resume {args.out}: {exc}") from None
             except OSError as exc:
                 raise UserError(f"cannot resume {args.out}: {exc.strerror or exc}") from None
-            _check_same_scoring(backend, args, written)
+            _check_same_scoring(backend, args, written, absent, first_absent)
         try:
             if getattr(args, "overwrite", False) and os.path.isfile(args.out) and not holds_no_rows(args.out):
                 replacement = _Replacement(args.out)
@@ -465,9 +542,11 @@ def _run(args, fmt_name: str, backend: Backend, summary: Summary, entries: Itera
             else:
                 summary.failed += 1
                 if len(summary.failures) < 3:
-                    summary.failures.append(f"{row.path}: {row.error}")
+                    summary.failures.append(f"{shown(row.path)}: {row.error}")
             if accuracy is not None:
                 accuracy.add(row)
+            if fmt.name == "csv":
+                _check_csv_cell(row.path, summary)
 
     start = time.perf_counter()
     try:
@@ -484,6 +563,11 @@ def _run(args, fmt_name: str, backend: Backend, summary: Summary, entries: Itera
             bar.update(len(rows))
             if summary.failed:
                 bar.set_postfix(failed=summary.failed, refresh=False)
+        # The walk has ended: what is left of the resumed rows names files it did not find ("dir/": a folder
+        # that could not be listed then, whose files it has now scored).
+        gone = [rel for rel in done if not rel.endswith("/")]
+        summary.resumed_gone = len(gone)
+        summary.resumed_gone_first = heapq.nsmallest(3, gone)
     except KeyboardInterrupt as exc:
         interrupted = exc
     except _OutputLost as exc:

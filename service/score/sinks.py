@@ -283,6 +283,14 @@ def resume_output(path: str, fmt: CsvFormat | JsonlFormat, on_row: Callable[[Row
         # Started again, as a file whose first line was cut short is.
         os.truncate(path, 0)
         return 0
+    with open(path, "rb") as f:
+        other = JsonlFormat.opening if fmt.name == "csv" else CsvFormat.opening
+        if f.read(len(other)) == other.encode():
+            found, writes = ("JSON Lines", "CSV") if fmt.name == "csv" else ("CSV", "JSON Lines")
+            raise OutputError(
+                f"it holds {found} rows and this run writes {writes}: resume it with --format "
+                f"{'jsonl' if fmt.name == 'csv' else 'csv'} (under a name of that format), or --overwrite it"
+            )
     offsets = [0]
     good = count = 0
     with open(path, "rb") as f:
