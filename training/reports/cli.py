@@ -63,6 +63,7 @@ def _data_kwargs(args: argparse.Namespace) -> dict:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
+    from .predictions import graph_temperature
 
     if args.checkpoint is None and args.onnx is None:
         raise UsageError("give --checkpoint RUN/best.pt or --onnx MODEL.onnx")
@@ -77,11 +78,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         sample_figures=not args.no_sample_figures,
         **_data_kwargs(args),
     )
+    # a calibrated graph's answers are divided by its T: its checkpoint's line shows a loss and ECE before it
+    t = graph_temperature(metrics["source"])
+    divided = f" (its graph divides by T = {t:.4f})" if t is not None else ""
     print(
         f"top-1 {100 * metrics['top1']:.2f}%  "
         + (f"top-5 {100 * metrics['top5']:.2f}%  " if metrics["top5"] is not None else "")
         + f"loss {metrics['loss']:.4f}  "
-        f"ECE {metrics['ece']:.4f}  ({metrics['num_samples']} images, {metrics['images_per_s'] or 0:.0f} images/s)"
+        f"ECE {metrics['ece']:.4f}{divided}  ({metrics['num_samples']} images, {metrics['images_per_s'] or 0:.0f} "
+        "images/s)"
     )
     if metrics.get("calibration"):
         cal = metrics["calibration"]
@@ -96,6 +101,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import check_comparison_out, classify, compare, format_comparison, write_comparison
+    from .report_folder import check_writable
 
     flags = {"root": "--data"}
     given = [flags.get(k, f"--{k.replace('_', '-')}") for k, v in _data_kwargs(args).items() if v is not None]
@@ -105,11 +111,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"{' and '.join(given)} would change how a model is evaluated, and both sides are reports of "
             "evaluations already made: evaluate again with those settings, or compare the models themselves"
         )
-    if args.out:  # an --out that can never be a folder is said now, not after both models were evaluated
+    if args.out:  # an --out that can never hold the comparison is said now, not after both models were evaluated
         path = Path(args.out)
-        existing = next(p for p in (path, *path.parents) if p.exists())
-        if not existing.is_dir():
-            raise UsageError(f"--out {args.out}: {existing} is a file, not a folder")
+        check_writable(path, f"--out {args.out}")
         check_comparison_out(path)
     result = compare(
         args.a,

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.classes import folded
 from inference.errors import UsageError
 from inference.files import write_text_atomic
 from inference.messages import display_width, pad
@@ -22,7 +23,7 @@ from ..data import ImageArrays
 from ..plots import CurveInfo, plot_compared_curves
 from .metrics import mcnemar, paired_difference_interval
 from .predictions import PREDICTIONS_FILE, load_predictions
-from .samples import match_classes, resolve_data, same_classes, sample_fingerprint
+from .samples import match_classes, names_text, resolve_data, same_classes, sample_fingerprint
 from .sources import ModelSource, check_finite, check_view, load_model
 
 CURVES_FILE = "curves.png"
@@ -156,10 +157,7 @@ def compare(
         raise UsageError(f"A has {class_counts[0]} classes and B has {class_counts[1]}: not the same task")
     if not same_classes(inputs[0].classes, inputs[1].classes):
         # a prediction is an index into its own model's classes: other names (or order) would pair other things
-        raise UsageError(
-            f"A predicts the classes {', '.join(inputs[0].classes)} and B {', '.join(inputs[1].classes)}: not the "
-            "same task"
-        )
+        raise UsageError(classes_differ(inputs[0].classes, inputs[1].classes))
     loaded: dict[tuple, ImageArrays] = {}
     side_a, side_b = [
         x if isinstance(x, Side) else _model_side(x, Path(path), kind, data_args, defaults, tta, batch_size, loaded)
@@ -211,6 +209,26 @@ def compare(
         "histories": {"a": side_a.history, "b": side_b.history},
         "curves": {"a": asdict(side_a.curves), "b": asdict(side_b.curves)},
     }
+
+
+def classes_differ(a: list[str], b: list[str], shown: int = 10) -> str:
+    """The refusal of A and B of as many classes but not the same ones in the same order: both lists where they
+    are short, else what one has and the other lacks, or where the order parts (a hundred names each would
+    bury that)."""
+    if len(a) <= shown:
+        return f"A predicts the classes {', '.join(a)} and B {', '.join(b)}: not the same task"
+    in_a, in_b = {folded(c) for c in a}, {folded(c) for c in b}
+    only_a, only_b = [c for c in a if folded(c) not in in_b], [c for c in b if folded(c) not in in_a]
+    if only_a or only_b:
+        return (
+            f"A predicts classes B does not ({names_text(only_a, 5) or 'none'}) and B classes A does not "
+            f"({names_text(only_b, 5) or 'none'}): not the same task"
+        )
+    first = next(i for i, (x, y) in enumerate(zip(a, b)) if folded(x) != folded(y))
+    return (
+        f"A and B predict the same {len(a)} classes in different orders (from index {first}: A {a[first]}, "
+        f"B {b[first]}): a prediction is an index into its model's order, so theirs do not pair"
+    )
 
 
 def confidence_percent(confidence: float) -> str:

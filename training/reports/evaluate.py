@@ -30,9 +30,9 @@ from .gradcam_figure import GRADCAM_PER_GROUP, render_gradcam
 from .metrics import compute_metrics, softmax
 from .predictions import HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, save_predictions
 from .report_calibration import calibration_section, temperature_for
-from .report_folder import check_not_anothers, check_report_out, default_out_dir, report_folder
+from .report_folder import check_not_anothers, check_report_out, check_writable, default_out_dir, report_folder
 from .report_text import confidence_note, figure_subtitle, model_label, write_report_md
-from .samples import DataSpec, match_classes, resolve_data, sample_fingerprint
+from .samples import DataSpec, held_classes, match_classes, names_text, resolve_data, sample_fingerprint
 from .sources import ModelSource, check_finite, check_view, load_model
 
 # Every figure a report may hold: one an evaluation does not write this time is removed from a reused --out.
@@ -73,26 +73,44 @@ def evaluate(
     check_view(source, tta)
     spec = resolve_data(source, dataset, root, split, val_size, split_seed, cache_dir)
     out_dir = Path(out) if out else default_out_dir(source, split, tta)
+    named = f"--out {out_dir}" if out else f"the default report folder {out_dir}"
     if inside_the_data(spec.dataset, spec.root, out_dir):
-        named = f"--out {out_dir}" if out else f"the default report folder {out_dir}"
         raise UsageError(
             f"{named} is inside the dataset {spec.root}: the report's figures would be read as images of it by "
             "later runs; write the report to a folder outside it (--out)"
         )
+    check_writable(out_dir, named)
     data = spec.load()
     if len(data) == 0:
         held_out = " (the run held out none: data.val_size=0; evaluate it on other images, --data ROOT --split all)"
         raise UsageError(
             f"{spec.dataset} {spec.root} split {split!r} has no samples{held_out if split == 'val' else ''}"
         )
+    held = held_classes(source.classes, data.classes)
     data, note = match_classes(source, data, spec)
     notes = [note] if note else []
+    notes += _split_lacks_classes(source.classes, held, data.labels, split)
     if not out:  # two ONNX files of one name go to one default folder, reports/<name>-<split>
         check_not_anothers(out_dir, checkpoint or onnx or "", f"the default report folder {out_dir}")
     with report_folder(out_dir):
         return _write_report(
             source, spec, data, notes, out_dir, tta, batch_size, gradcam_per_group, max_classes, sample_figures
         )
+
+
+def _split_lacks_classes(classes: list[str], held: set[int], labels: np.ndarray, split: str) -> list[str]:
+    """A note naming the classes the data holds images of but this split none (a class too small for a share of
+    the held-out images): the figures would otherwise leave them out unsaid."""
+    support = np.bincount(labels, minlength=len(classes))
+    empty = [classes[i] for i in sorted(held) if support[i] == 0]
+    if not empty:
+        return []
+    why = " (too few images of theirs for a share of the held-out ones)" if split == "val" else ""
+    return [
+        f"The {split} split holds no image of {names_text(empty)}{why}: their accuracy, recall and F1 are not "
+        "measured here (null in metrics.json), they are left out of the per-class averages, and every "
+        "prediction of one counts as a mistake."
+    ]
 
 
 def _write_report(

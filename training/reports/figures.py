@@ -7,6 +7,7 @@ With many classes (CIFAR-100) a full matrix or bar chart is an unreadable wall o
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -40,6 +41,24 @@ def short_label(name: str) -> str:
     return name if len(name) <= LABEL_CHARS else name[: LABEL_CHARS - 1] + "\u2026"
 
 
+def short_labels(names: Sequence[str]) -> list[str]:
+    """Each class's label in figures: cut as ``short_label`` cuts it, and still told apart where two names cut
+    alike (``vehicle_large_category_one`` and ``..._two`` read as one class): those keep their start and end, and
+    where even those agree, their index."""
+    labels = [short_label(name) for name in names]
+    head = (LABEL_CHARS - 1) // 2
+    for attempt in range(2):
+        counts = Counter(labels)
+        for i, name in enumerate(names):
+            if counts[labels[i]] > 1 and labels[i] != name:
+                if attempt == 0:
+                    labels[i] = name[:head] + "\u2026" + name[-(LABEL_CHARS - 1 - head) :]
+                else:
+                    suffix = f" #{i}"
+                    labels[i] = name[: LABEL_CHARS - 1 - len(suffix)] + "\u2026" + suffix
+    return labels
+
+
 def _save(fig, path: Path, tight: bool = False) -> None:
     save_figure(fig, path, tight=tight, no_glyphs=NO_GLYPHS, dpi=DPI, bbox_inches="tight")
 
@@ -66,8 +85,10 @@ def plot_confusion_matrix(
     cm = np.asarray(cm, dtype=float)
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    classes = [short_label(c) for c in classes]
     n = len(classes)
+    classes = short_labels(classes)
+    # a row of zeros reads as a class never predicted right; a class without images here is not that
+    true_labels = [label if rows[i, 0] else f"{label} (no images)" for i, label in enumerate(classes)]
     if n > max_classes:
         accuracy = [norm[i, i] if rows[i, 0] else None for i in range(n)]
         keep = worst_classes(accuracy, max_classes)
@@ -75,11 +96,11 @@ def plot_confusion_matrix(
         # Mass that went to classes outside the shown set, so every row still sums to 1.
         other = 1.0 - sub.sum(axis=1, keepdims=True)
         matrix = np.hstack([sub, other])
-        row_labels = [classes[i] for i in keep]
-        col_labels = row_labels + ["(other)"]
+        row_labels = [true_labels[i] for i in keep]
+        col_labels = [classes[i] for i in keep] + ["(other)"]
         title = f"confusion matrix: the {len(keep)} worst of {n} classes (row-normalised)"
     else:
-        matrix, row_labels, col_labels = norm, list(classes), list(classes)
+        matrix, row_labels, col_labels = norm, true_labels, list(classes)
         title = "confusion matrix (row-normalised)"
     size = max(6.0, 0.45 * len(col_labels) + 2.5)
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
@@ -122,13 +143,20 @@ def plot_per_class_accuracy(
         keep = worst_classes(accuracy, max_classes)
         title = f"per-class accuracy: the {len(keep)} worst of {n} classes"
     else:
-        keep = np.array([i for i, a in enumerate(accuracy) if a is not None], dtype=int)
+        keep = np.arange(n, dtype=int)
         title = "per-class accuracy"
-    values = [100 * accuracy[i] for i in keep]
-    labels = [short_label(classes[i]) for i in keep]
+    # a class without images keeps its place, marked as such: left out, it would look like a class the model lacks
+    measured = [(position, i) for position, i in enumerate(keep) if accuracy[i] is not None]
+    values = [100 * accuracy[i] for _, i in measured]
+    all_labels = short_labels(classes)
+    labels = [all_labels[i] for i in keep]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(keep) + 2), 4.5))
     colors = ["tab:red" if v < 100 * mean else "tab:blue" for v in values]
-    bars = ax.bar(range(len(keep)), values, color=colors)
+    bars = ax.bar([position for position, _ in measured], values, color=colors)
+    for position, i in enumerate(keep):
+        if accuracy[i] is None:
+            ax.text(position, 2, "no\nimages", ha="center", va="bottom", fontsize=7, color="grey")
+    ax.set_xlim(-0.6, len(keep) - 0.4)  # a slot without a bar at either end is not cut off
     # the labels sit on a white box above the mean line, which would otherwise strike through those near it
     labels_ = ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1, zorder=3)
     for label in labels_:
@@ -183,10 +211,11 @@ def plot_misclassified(
     fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.45 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    names = short_labels(classes)
     for ax, i in zip(axes.flat, shown):
         ax.imshow(images[i], interpolation="nearest")
         ax.set_title(
-            f"true: {short_label(classes[labels[i]])}\npred: {short_label(classes[preds[i]])} ({confidence[i]:.2f})",
+            f"true: {names[labels[i]]}\npred: {names[preds[i]]} ({confidence[i]:.2f})",
             fontsize=8,
             color="darkred",
         )

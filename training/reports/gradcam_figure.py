@@ -71,10 +71,11 @@ def render_gradcam(
     if tta != "none":
         note.append("from the image alone, predictions from the TTA views")
     titles, correct = [], []
+    names = figures.short_labels(classes)
     for i in indices:
         ok = bool(preds[i] == data.labels[i])
         correct.append(ok)
-        true, predicted = figures.short_label(classes[data.labels[i]]), figures.short_label(classes[preds[i]])
+        true, predicted = names[data.labels[i]], names[preds[i]]
         titles.append(f"{predicted} ({confidence[i]:.2f})" if ok else f"{true} -> {predicted} ({confidence[i]:.2f})")
     figures.plot_gradcam(
         images, cams, titles, correct, path, subtitle=subtitle, map_note="; ".join(note), titles_note=GRADCAM_TITLES

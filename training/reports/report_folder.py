@@ -6,12 +6,13 @@ report never got written into it.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from inference.errors import UsageError
-from inference.files import folders_to_make, remove_if_empty
+from inference.files import file_in_the_way, folders_to_make, remove_if_empty
 
 from ..checkpoint import BEST_FILE, LAST_FILE, SUMMARY_FILE, checkpoint_file
 from .predictions import METRICS_FILE, PREDICTIONS_FILE
@@ -42,6 +43,22 @@ def check_report_out(out: Path, model: str | Path | None = None) -> None:
         (LAST_FILE, BEST_FILE, SUMMARY_FILE),
         elsewhere=" (by default it goes to a folder inside the run's)",
     )
+
+
+def check_writable(out: Path, named: str) -> None:
+    """Refuse ``out`` (``named`` so in the message) where nothing can be written: a file where it or a folder
+    above it would be, a folder this user may not write in, a read-only disk. Said before the evaluation pass,
+    which takes minutes over a test set, not when its first file is written."""
+    in_the_way = file_in_the_way(out)
+    if in_the_way is not None:
+        said = "" if in_the_way == out else f"{named}: "  # "--out X: X is a file" would say it twice
+        raise UsageError(f"{said}{in_the_way} is a file, not a folder")
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"{named}: cannot write in {existing} (no permission, or a read-only disk): give --out a folder you "
+            "can write to"
+        )
 
 
 def check_own_folder(

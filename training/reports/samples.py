@@ -109,12 +109,9 @@ def match_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> tup
     model, given = list(source.classes), list(data.classes)
     if given == model:
         return data, None
-    by_folded: dict[str, int] = {}
-    for i, name in enumerate(model):
-        by_folded.setdefault(folded(name), i)
-    found = [model.index(c) if c in model else by_folded.get(folded(c)) for c in given]
+    found = _model_indices(model, given)
     unknown = [c for c, i in zip(given, found) if i is None]
-    if len(unknown) == len(given) and len(given) == len(model):
+    if _order_assumed(model, given, found):
         message = (
             f"no class name of the data is one of the model's ({', '.join(given[:5])}...): label order assumed equal"
         )
@@ -123,8 +120,8 @@ def match_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> tup
     if unknown:
         raise UsageError(
             f"{spec.dataset} {spec.root} holds classes {source.path} does not predict: {', '.join(unknown[:5])}"
-            f"{', ...' if len(unknown) > 5 else ''} (its classes: {', '.join(model)}); a folder's class folders are "
-            "matched to the model's classes by name"
+            f"{', ...' if len(unknown) > 5 else ''} (its classes: {names_text(model)}); a folder's class folders "
+            "are matched to the model's classes by name"
         )
     index = [i for i in found if i is not None]  # all of them: an unknown class was refused above
     if len(set(index)) < len(index):
@@ -143,6 +140,39 @@ def match_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> tup
             f"{', '.join(missing[:5])}{more}): those have no per-class accuracy, and a prediction of one is wrong"
         )
     return mapped, "; ".join(notes) or None
+
+
+def _model_indices(model: list[str], given: list[str]) -> list[int | None]:
+    """Each of the data's classes as an index into the model's, matched by name (exactly, else ``folded``), or
+    None for a class the model does not know."""
+    by_folded: dict[str, int] = {}
+    for i, name in enumerate(model):
+        by_folded.setdefault(folded(name), i)
+    return [model.index(c) if c in model else by_folded.get(folded(c)) for c in given]
+
+
+def _order_assumed(model: list[str], given: list[str], found: list[int | None]) -> bool:
+    """No class name of the data is one of the model's, and there are as many: the label order is taken as equal."""
+    return all(i is None for i in found) and len(given) == len(model)
+
+
+def held_classes(model: Sequence[str], data_classes: Sequence[str]) -> set[int]:
+    """The indices of the model's classes that data of ``data_classes`` (its class folders, before
+    ``match_classes``) holds images of somewhere, whichever split is scored."""
+    model, given = list(model), list(data_classes)
+    found = _model_indices(model, given)
+    if given == model or _order_assumed(model, given, found):
+        return set(range(len(model)))
+    return {i for i in found if i is not None}
+
+
+def names_text(names: Sequence[str], shown: int = 10) -> str:
+    """Class names for a one-line message: the first ``shown``, then how many in all (CIFAR-100's hundred would
+    bury the line's point)."""
+    names = list(names)
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])}, ... ({len(names)} in all)"
 
 
 def same_classes(a: Sequence[str], b: Sequence[str]) -> bool:
