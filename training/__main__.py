@@ -309,8 +309,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     again.add_argument(
         "--resume",
         action="store_true",
-        help="if the run folder holds a run of this same configuration, continue it exactly (as `resume`), else "
-        "start it: one command to re-run after any interruption (a preempted machine, a closed session)",
+        help="continue the run the folder holds exactly (as `resume`), or start one if it holds none: one command to "
+        "re-run after any interruption (a preempted machine, a closed session); a run started with other settings "
+        "is refused, naming them, not replaced",
     )
     p.set_defaults(fn=cmd_train)
 

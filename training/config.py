@@ -165,6 +165,16 @@ class ModelConfig(Section):
     dirac_init: bool = False  # identity-initialise every ungrouped odd-kernel convolution (Jordan 2024)
     bn_momentum: float | None = Field(None, gt=0, le=1)  # every BatchNorm's momentum; airbench's fast 0.4
 
+    @model_validator(mode="before")
+    @classmethod
+    def _own_arguments(cls, data: Any) -> Any:
+        # the default args are the reference SE-ResNet18's: a recipe naming another network without args would
+        # train it at dropout 0.5 unasked, or be refused for a dropout it never gave (airbench94 takes none)
+        default = cls.model_fields["name"].default
+        if isinstance(data, dict) and "args" not in data and data.get("name", default) != default:
+            return {**data, "args": {}}
+        return data
+
     @field_validator("name")
     @classmethod
     def _trainable(cls, name: str) -> str:
@@ -580,6 +590,8 @@ def _read_recipe(name_or_path: str) -> dict[str, Any]:
         if Path(f"{name_or_path}.yaml").is_file():  # a path to a recipe without its suffix (a tab completion)
             raise ConfigError(f"no recipe {name_or_path!r}: a recipe file is named whole, --recipe {name_or_path}.yaml")
         close = [name for name in _recipe_files() if name.startswith(f"{name_or_path}_") or name_or_path in name]
+        # resnet9_half_cup, resnet9-half-cpu: a typo, which no name holds whole
+        close = close or difflib.get_close_matches(name_or_path.replace("-", "_"), _recipe_files(), n=1, cutoff=0.8)
         hint = f" (recipes named like it: {', '.join(close)})" if close else ""
         raise ConfigError(f"no recipe {name_or_path!r}{hint}; built-in recipes: {', '.join(_recipe_files())}")
     try:
@@ -768,6 +780,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(node, dict):
                 raise ConfigError(f"cannot set {key!r}: {part!r} is not a section")
         parsed = _parse_value(value)
+        if len(path) == 1 and not isinstance(parsed, dict):
+            _check_not_a_section(key, value, parsed)
         if path[-1] in MERGED_SECTIONS and len(path) == 1 and isinstance(parsed, dict):
             # augment={cutout: 8} sets those fields, as augment.cutout=8 does: replacing the section would drop
             # the recipe's other settings of it without a word (airbench's reflect padding, its alternating flip)
@@ -775,6 +789,22 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         else:
             node[path[-1]] = parsed
     return raw
+
+
+def _check_not_a_section(key: str, text: str, value: Any) -> None:
+    """``model=resnet9``, ``schedule=cosine``: a section given one value, which pydantic refuses as "Input should be
+    a valid dictionary or instance of ModelConfig", naming neither the mistake nor the setting meant."""
+    section = Config.model_fields[key].default_factory if key in Config.model_fields else None
+    if not (isinstance(section, type) and issubclass(section, BaseModel)):
+        return
+    named = (
+        f"; to choose it by name, {key}.name={text}"
+        if "name" in section.model_fields and isinstance(value, str)
+        else ""
+    )
+    raise ConfigError(
+        f"cannot set {key}={text}: {key} is a section of settings; set one of them as {key}.SETTING=VALUE{named}"
+    )
 
 
 def _check_inside_a_mapping(key: str, path: list[str]) -> None:
@@ -794,13 +824,41 @@ def _check_inside_a_mapping(key: str, path: list[str]) -> None:
 def build_config(recipe: str | None = None, overrides: list[str] | None = None, what: str = "") -> Config:
     """``what``: whose configuration it is where a command builds several (an ensemble member, an ablation
     variant), said before each warning."""
-    raw = load_recipe(recipe) if recipe else {}
+    raw = _defaults_unset(load_recipe(recipe)) if recipe else {}
+    loaded = raw.get("recipe", Config.model_fields["recipe"].default)
     config = validate_config(apply_overrides(raw, overrides or []))
+    if config.recipe != loaded and config.recipe in _recipe_files():
+        # recipe= names the run (its folder, its checkpoint's and model card's record), and nothing else
+        raise ConfigError(
+            f"--set recipe={config.recipe} would only name this run so; it would train {loaded}'s settings. To train "
+            f"the recipe {config.recipe}, give --recipe {config.recipe}"
+        )
     # said here, where the fields set are the recipe's and the overrides' alone: a config read back from a
-    # checkpoint or a config.yaml sets every field
+    # checkpoint sets every field
     for unused in unused_settings(config):
         log.warning("%s%s", f"{what}: " if what else "", unused)
     return config
+
+
+_UNSET = object()  # a key that is no setting: kept, to be refused by name
+
+
+def _defaults_unset(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` without the default values it holds, if it holds every setting: a run's config.yaml given back as
+    --recipe (to train that run again) sets every field, and each one its optimizer or schedule does not read would
+    be warned of as if chosen (a dozen warnings for an SGD run). A hand-written recipe is taken as written."""
+    defaults = Config().model_dump(mode="json")
+    sections = {name: raw.get(name) for name in MERGED_SECTIONS}
+    if not all(isinstance(given, dict) and given.keys() >= defaults[name].keys() for name, given in sections.items()):
+        return raw
+    return {
+        **raw,
+        **{
+            name: {field: value for field, value in given.items() if defaults[name].get(field, _UNSET) != value}
+            for name, given in sections.items()
+            if isinstance(given, dict)
+        },
+    }
 
 
 def unused_settings(config: Config) -> list[str]:
@@ -949,6 +1007,8 @@ def close_settings(key: str) -> list[str]:
     if not section:  # a section mistyped (trian.epochs is refused as the section trian)
         close += difflib.get_close_matches(name, [s for s in Config.model_fields if s != "recipe"], n=1, cutoff=0.75)
     own = [dotted for dotted in close if dotted.startswith(f"{section}.")]
+    if section == "model" and not own:  # model: {name: wrn_16_4, dropout: 0.1}: a network's own argument
+        return [f"model.args.{name}"]
     return [dotted for dotted in own or close if dotted != key][:2]
 
 
@@ -1009,7 +1069,11 @@ def with_placement(config: Config, overrides: list[str] | None = None, like: Con
             section, name = key.split(".")
             raw[section][name] = source[section][name]
     for item in overrides or []:
-        key, _ = _split_override(item)
+        key, value = _split_override(item)
+        if _full_key(key) == "train.epochs":  # the one setting a resume changes, with a flag of its own
+            raise ConfigError(
+                f"a resumed run's epoch budget is changed with --epochs, not --set: --epochs {value.strip()}"
+            )
         if _full_key(key) not in PLACEMENT_KEYS:
             raise ConfigError(
                 f"a resumed run takes new values only for where it runs ({', '.join(PLACEMENT_KEYS)}): {key!r} "
