@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shlex
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,14 +32,21 @@ from inference.manifest import (
     file_problems,
     load_manifest,
     manifest_update,
+    refuse_read_only,
     save_manifest,
     sha256_file,
 )
 from inference.messages import validation_problems
 from inference.precisions import PrecisionName, unsuited_hosts
 from inference.preprocess import to_model_input
-from inference.runtime import OnnxClassifier, softmax
-from training.checkpoint import checkpoint_file, load_checkpoint_and_sha256, model_from_checkpoint
+from inference.runtime import OnnxClassifier, read_card, softmax
+from training.checkpoint import (
+    LAST_FILE,
+    SUMMARY_FILE,
+    checkpoint_file,
+    load_checkpoint_and_sha256,
+    model_from_checkpoint,
+)
 from training.data import DatasetError, ImageArrays, load_split
 from training.data.split import SplitTooLarge
 from training.inference import with_tta
@@ -249,6 +258,9 @@ def export_checkpoint(
     ckpt, checkpoint_sha256 = load_checkpoint_and_sha256(checkpoint)
     meta = ckpt["meta"]
     source = _data_source(meta, checkpoint, cache_dir, data_root)
+    unfinished = unfinished_run(checkpoint, ckpt)
+    if unfinished:
+        log.warning("%s", unfinished)
     models_dir = Path(models_dir)
     with models_folder(models_dir):
         replaces = check_replacement(
@@ -304,6 +316,26 @@ def export_checkpoint(
             parity, graph_logits = parity_against(reference, torch_speed, classifier, val.images, val.labels)
             publish(out, card, parity, graph_logits, val.labels, "")
             return record_entry(card, out, final, models_dir, make_default, default_for, replaces=replaces), parity
+
+
+def unfinished_run(checkpoint: str | Path, ckpt: dict) -> str | None:
+    """What to say of a checkpoint whose run has not finished (interrupted, or still training): its folder holds
+    the run's last.pt and not the summary.json a run writes when it ends, early stop included. Said, not refused:
+    an epoch on the way may be what is wanted, but an interrupted run's best.pt would otherwise ship unremarked."""
+    run = checkpoint_file(checkpoint).parent
+    if not (run / LAST_FILE).is_file() or (run / SUMMARY_FILE).is_file():
+        return None
+    epochs = ((ckpt.get("config") or {}).get("train") or {}).get("epochs")
+    try:
+        trained = len(json.loads((run / "history.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        trained = None
+    done = f"{trained} of its {epochs} epochs trained, " if trained is not None and epochs else ""
+    return (
+        f"{checkpoint_file(checkpoint)} is from a run that has not finished ({done}no {SUMMARY_FILE} in {run}): "
+        f"interrupted, or still training; `python -m training resume {shlex.quote(str(run))}` finishes it, then "
+        "export again with --replace"
+    )
 
 
 @contextmanager
@@ -487,6 +519,7 @@ def check_replacement(
         raise UsageError(f"{final} is not a file (a folder?): the graph of {name!r} would be written there")
     listed = None
     if (models_dir / MANIFEST_NAME).exists():
+        refuse_read_only(models_dir / MANIFEST_NAME)  # before any work, not at the end
         models = {m.name: m for m in load_manifest(models_dir, verify=False).models}
         listed = models.get(name)
         # on a case-insensitive file system (macOS, Windows; a checkout of the models there) Tiny.onnx is tiny.onnx:
@@ -503,10 +536,12 @@ def check_replacement(
         return None
     old = (listed.arch, list(listed.classes), listed.precision)
     if old != (arch, list(classes), precision):
+        # as many classes of other names (a folder of one's own against CIFAR-10's) would read as the same kind
+        other = "other " if len(classes) == len(listed.classes) and list(classes) != list(listed.classes) else ""
         raise UsageError(
             f"{name!r} is already in {models_dir / 'manifest.json'} as a {listed.precision} {listed.arch} of "
-            f"{len(listed.classes)} classes; this {precision} {arch} of {len(classes)} classes would replace it: "
-            "give it another --name (or remove the old entry from the manifest first)"
+            f"{len(listed.classes)} classes; this {precision} {arch} of {len(classes)} {other}classes would replace "
+            f"it: give it another --name (or take the listed one out first: python -m export remove {name})"
         )
     samples = listed.metrics.get("val_samples")
     measured = f"val_top1 {100 * listed.metrics['val_top1']:.2f}% on {samples} images" if samples else "its figures"
@@ -569,7 +604,27 @@ def listed_model(models_dir: Path, name: str | None) -> ModelEntry:
         raise ManifestError(problems.pop(entry.name))
     for problem in problems.values():
         log.warning("%s", problem)
+    _check_described(entry, models_dir)
     return entry
+
+
+# What the graph computes and takes, which the sha256 does not cover (the manifest is not hashed): the service
+# refuses to start on an entry that differs from its file's own card, and verify, rederive and recover compute
+# with the entry's classes, precision, input and temperature.
+_DESCRIBED = ("arch", "classes", "precision", "input", "calibration")
+
+
+def _check_described(entry: ModelEntry, models_dir: Path) -> None:
+    """ManifestError where ``entry`` says of its file what the card inside the file does not: a hand edit would
+    otherwise pass verification, or be blamed on the dataset (its classes), and the service then refuse it."""
+    card = read_card(models_dir / entry.file)
+    differ = [field for field in _DESCRIBED if getattr(card, field) != getattr(entry, field)]
+    if differ:
+        raise ManifestError(
+            f"model {entry.name!r}: its entry in {models_dir / MANIFEST_NAME} differs from the card inside "
+            f"{entry.file} in its {', '.join(differ)} (the manifest edited by hand?): restore the entry as the file's "
+            "card has it, or export the model again"
+        )
 
 
 def verify_model(

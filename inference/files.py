@@ -5,6 +5,7 @@ so the service side can use it too."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
@@ -28,6 +29,11 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
+            try:
+                # the file replaced keeps its mode (a shared folder's 664), not the umask's
+                os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+            except OSError:
+                pass
             write(f)
             f.flush()
             # Without it the rename can reach the disk before the data: a crash then leaves an empty file.

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -286,8 +287,24 @@ def save_manifest(manifest: Manifest, models_dir: str | Path) -> Path:
     if Path(models_dir).resolve() not in _updating:
         raise RuntimeError(f"the manifest of {models_dir} saved outside manifest_update: an update could be lost")
     path = Path(models_dir) / MANIFEST_NAME
+    refuse_read_only(path)
     write_text_atomic(path, json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
     return path
+
+
+def refuse_read_only(manifest: Path) -> None:
+    """ManifestError for a manifest no one may write (``chmod a-w``, to keep the models listed as they are): the
+    rename that saves it replaces it all the same, even for a user who may not write it. The mode bits, not
+    ``os.access``, which says yes to root and no to a teammate's 644 file in a shared folder."""
+    try:
+        mode = manifest.stat().st_mode
+    except OSError:  # none yet: the first model of a folder
+        return
+    if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        raise ManifestError(
+            f"{manifest} is read-only, and changing the models listed would replace it: make it writable "
+            "(chmod u+w) to change them there, or give another --models-dir"
+        )
 
 
 def remove_models(models_dir: str | Path, names: Sequence[str]) -> Manifest:
