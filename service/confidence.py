@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from .contract import as_sent
+
 
 def parse_min_confidence(value: object) -> float:
     """A threshold from text (a form field, a command-line argument) or a JSON number.
@@ -29,7 +31,7 @@ def parse_min_confidence(value: object) -> float:
             raise ValueError(f"must be between 0 and 1, got {shown}")
         number = float(value)
     else:
-        raise ValueError(f"must be a number from 0 to 1, got {value!r}"[:200])
+        raise ValueError(f"must be a number from 0 to 1, got {as_sent(value)}"[:200])
     if math.isnan(number) or not 0.0 <= number <= 1.0:
         raise ValueError(f"must be between 0 and 1, got {number:g}")
     return number

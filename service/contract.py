@@ -11,8 +11,9 @@ OpenAPI document is written from it (service/openapi.py) and the scorer's client
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Literal, Optional, TypeGuard
+from typing import Any, Literal, Optional, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -159,6 +160,17 @@ class Rejection:
         if self.status == 401:
             return {"WWW-Authenticate": "Bearer"}
         return {}
+
+
+def as_sent(value: Any) -> str:
+    """A value of a request, for a message to its sender: a string quoted, anything else as JSON writes it (``true``,
+    ``{"a": 1}``), the way the client wrote it, not as Python shows it (``True``, ``{'a': 1}``)."""
+    if isinstance(value, str):
+        return repr(value[:100])
+    try:
+        return json.dumps(value)[:100]
+    except (TypeError, ValueError):
+        return repr(value)[:100]
 
 
 def not_loaded() -> Rejection:

@@ -18,16 +18,23 @@ Nothing here imports BentoML or starlette; service/oip_http.py serves it.
 
 from __future__ import annotations
 
-import codecs
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Annotated, Any, Optional, Protocol, Sequence, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
-from .contract import Rejection
-from .uploads import Upload, decode_base64, out_of_range, resolve_fit, tensor_rejection, too_many_values
+from .contract import Rejection, as_sent
+from .uploads import (
+    Upload,
+    decode_base64,
+    out_of_range,
+    resolve_fit,
+    tensor_rejection,
+    too_many_values,
+    without_bom,
+)
 
 IMAGES_INPUT = "images"
 OUTPUT = "probabilities"
@@ -89,7 +96,9 @@ class RequestInput(BaseModel):
     model_config = _STRICT
 
     name: str = Field(description=f"the model's FP32 input name (see its metadata) or {IMAGES_INPUT!r}")
-    shape: list[Annotated[int, Field(ge=0)]]
+    # The documented minimum is checked by hand (_shape_rejection): a client that copies the metadata's -1 is told
+    # what -1 means there, not that its request is no inference request.
+    shape: list[Annotated[int, WithJsonSchema({"type": "integer", "minimum": 0})]]
     datatype: str = Field(description=f"FP32 for the model's input, BYTES for {IMAGES_INPUT!r}")
     parameters: Optional[dict[str, Any]] = None
     data: list[Any] = Field(
@@ -101,7 +110,8 @@ class RequestInput(BaseModel):
 class OutputParameters(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")  # others (binary_data, ...) are ignored: JSON answers
 
-    classification: Optional[Annotated[int, Field(ge=1)]] = Field(
+    # The range is checked with the model's class count (_outputs), so that 0 and 11 are refused alike.
+    classification: Optional[Annotated[int, WithJsonSchema({"type": "integer", "minimum": 1})]] = Field(
         None, description='Triton\'s classification extension: the top k as BYTES "score:index:label"'
     )
 
@@ -121,8 +131,9 @@ class InferRequest(BaseModel):
     model_name: Optional[str] = Field(None, description="if given, the model the path names")
     parameters: Optional[dict[str, Any]] = None
     inputs: list[RequestInput] = Field(min_length=1, max_length=1, description="one input: FP32 pixels or images")
+    # Empty, as absent, asks for every output (the protocol's "not specified"; Triton answers both so).
     outputs: Optional[list[RequestOutput]] = Field(
-        None, min_length=1, max_length=1, description=f"default: {OUTPUT!r} as probabilities"
+        None, max_length=1, description=f"default (absent or empty): {OUTPUT!r} as probabilities"
     )
 
 
@@ -196,9 +207,7 @@ def read_infer_request(body: bytes, model: ModelView, max_images: int) -> InferP
     if crowded is not None:
         return crowded
     try:
-        # A UTF-8 byte-order mark (some Windows tools write one) is allowed before JSON text (RFC 8259, 8.1) and
-        # /classify's json.loads skips it; pydantic's parser does not.
-        request = InferRequest.model_validate_json(body.removeprefix(codecs.BOM_UTF8))
+        request = InferRequest.model_validate_json(without_bom(body))
     except ValidationError as exc:
         return Rejection("malformed_request", f"not an inference request: {_first_problem(exc)}")
     if request.model_name is not None and request.model_name != model.entry.name:
@@ -234,7 +243,7 @@ def read_infer_request(body: bytes, model: ModelView, max_images: int) -> InferP
     # The request's parameter "fit" (the same names as /classify's field) picks how BYTES images are fitted.
     requested = (request.parameters or {}).get("fit")
     if requested is not None and not isinstance(requested, str):
-        return Rejection("bad_fit", f"parameter 'fit' must be a string, got {requested!r}"[:200])
+        return Rejection("bad_fit", f"parameter 'fit' must be a string, got {as_sent(requested)}"[:200])
     fit = resolve_fit(requested, model.entry.input.fit)
     if isinstance(fit, Rejection):
         return fit
@@ -266,7 +275,7 @@ def _inputs(model: ModelView) -> str:
 
 
 def _outputs(asked: Optional[list[RequestOutput]], model: ModelView) -> list[tuple[str, Optional[int]]] | Rejection:
-    if asked is None:
+    if not asked:
         return [(OUTPUT, None)]
     out = []
     classes = len(model.classes)
@@ -274,7 +283,7 @@ def _outputs(asked: Optional[list[RequestOutput]], model: ModelView) -> list[tup
         if output.name != OUTPUT:
             return Rejection("bad_tensor", f"unknown output {output.name[:100]!r}: the model's output is {OUTPUT!r}")
         k = output.parameters.classification if output.parameters else None
-        if k is not None and k > classes:
+        if k is not None and not 1 <= k <= classes:
             return Rejection("bad_k", f"classification must be between 1 and {classes} (the model's classes), got {k}")
         out.append((output.name, k))
     return out
@@ -284,6 +293,12 @@ def _shape_rejection(given: RequestInput, model: ModelView) -> Rejection | None:
     """A shape that is not the input's for any N. Checked before N (its first axis) is, so that one image's own
     shape, sent without the batch axis ([3072], [224, 224, 3]), is not refused as that many images."""
     shown = str(given.shape)[:100]
+    if any(size < 0 for size in given.shape):
+        return Rejection(
+            "bad_tensor",
+            f"input {given.name!r} has shape {shown}: give each axis's size, the number of images first (a -1 in "
+            "the model's metadata means any size, not a size to send)",
+        )
     if given.name == IMAGES_INPUT:
         if len(given.shape) == 1:
             return None

@@ -35,7 +35,7 @@ from .oip import (
     read_infer_request,
     server_metadata,
 )
-from .uploads import Upload, read_body
+from .uploads import Upload, media_type, read_body
 
 
 class Engine(Protocol):
@@ -49,6 +49,10 @@ class Engine(Protocol):
     async def predict_tensor(self, model: Any, tensor: np.ndarray) -> np.ndarray | Rejection: ...
 
 
+FORM_REFUSAL = (
+    'a multipart form is not an inference request: send the protocol\'s JSON, {"inputs": [...]} with the images as '
+    "BYTES, each base64 (GET /v2/models/NAME shows the inputs), or POST the form to /classify"
+)
 STATISTICS_REFUSAL = (
     "this server does not implement Triton's statistics extension (GET /v2 lists the extensions it does): "
     "GET /metrics has its request counts and latencies"
@@ -133,6 +137,9 @@ def oip_routes(
         running, model = found
         if "inference-header-content-length" in request.headers:  # the body is JSON followed by raw tensor bytes
             return refuse(Rejection("bad_tensor", BINARY_REFUSAL), request)
+        # /classify's form (curl -F) sent here: the JSON parser's error about it would mislead
+        if media_type(request) == "multipart/form-data":
+            return refuse(Rejection("malformed_request", FORM_REFUSAL), request)
         body = await read_body(request, max_body_bytes)
         if isinstance(body, Rejection):
             return refuse(body, request)

@@ -89,6 +89,7 @@ from .uploads import (
     tensor_rejection,
     threshold,
     too_many_values,
+    without_bom,
 )
 from .workers import place_worker, worker_count
 
@@ -234,14 +235,19 @@ def model_input(items: list[InferItem], size: tuple[int, int]) -> np.ndarray:
     return batch
 
 
+# The docstrings of the request types are the OpenAPI document's descriptions of the bodies, which clients read.
 class InferInput(bentoml.IODescriptor):
-    """application/json: {"items": [...]}, read within the body limit. ``BodyGate`` reads it before BentoML
-    does, so that a refusal is the contract's (its reason, status and count), not BentoML's generic 400."""
+    """application/json: {"items": [...]}, each an image already decoded to the model's input size."""
+
+    # extra="forbid": a field beside items (a "fit", a "k") would be left unread, the pixels answered without it
+    model_config = ConfigDict(extra="forbid")
 
     items: Annotated[list[InferItem], Field(min_length=1, max_length=SETTINGS.max_batch_size)]
 
     @classmethod
     async def read(cls, request: Request) -> "InferInput | Rejection":
+        """The body, read within the limit; BodyGate reads it so before BentoML would, so that a refusal is the
+        contract's (its reason, status and count), not BentoML's generic 400."""
         given = media_type(request)
         if given not in ("application/json", ""):
             return Rejection("unsupported_media_type", f"send JSON (application/json), not {given}")
@@ -260,7 +266,7 @@ class InferInput(bentoml.IODescriptor):
         if crowded is not None:
             return crowded
         try:
-            return cls.model_validate_json(body or b"{}")
+            return cls.model_validate_json(without_bom(body) or b"{}")
         except ValidationError as exc:
             return rejection_from(exc)
 
@@ -277,8 +283,11 @@ class NoInput(bentoml.IODescriptor):
     @classmethod
     async def read(cls, request: Request) -> "NoInput | Rejection":
         body = await read_body(request, 4096)
-        if isinstance(body, Rejection) or not body.strip():
-            return body if isinstance(body, Rejection) else cls()
+        if isinstance(body, Rejection):
+            return body
+        body = without_bom(body)
+        if not body.strip():
+            return cls()
         given = media_type(request)
         if given not in ("application/json", ""):  # as /infer answers a body of another kind
             return Rejection("unsupported_media_type", f"send JSON (application/json), or no body, not {given}")
@@ -406,9 +415,10 @@ def _validation_error(kind: ReasonName, message: str) -> ValidationError:
 
 
 class ClassifyInput(bentoml.IODescriptor):
-    """multipart/form-data, or the same fields as JSON; parsed by hand (not by BentoML) so that limits hold and
-    bad input is a 4xx."""
+    """multipart/form-data, one file part per image; or application/json, the same fields with each image
+    {"filename": name, "data": base64 of the file}."""
 
+    # Parsed by hand, not by BentoML, so that the limits hold and bad input is a 4xx.
     # A request either validates into these fields, or it is refused: then ``rejection`` says why and the
     # others keep their defaults (which is why ``images``, required on the wire, has one here).
     # ``k``, ``model`` and ``min_confidence`` are None when not given.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import json
 import re
 from collections import Counter
@@ -30,7 +31,7 @@ from inference.fits import FITS
 from inference.preprocess import ImageDecodeError, ImageTooLarge, decode_pixels
 
 from .confidence import parse_min_confidence
-from .contract import BODY_IDLE_S, ReasonName, Rejection, is_reason
+from .contract import BODY_IDLE_S, ReasonName, Rejection, as_sent, is_reason
 
 FIELDS = ("images", "k", "model", "min_confidence", "fit")
 # The reason a field's problems are refused with.
@@ -262,7 +263,7 @@ def classify_json_fields(body: bytes, max_images: int) -> dict[str, Any] | Rejec
         value = raw.get(key)
         # JSON has types, so they count: "3" is not a k here, though a form field can only be text.
         if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
-            return Rejection(FIELD_REASONS[key], f"{key!r} must be {words}, got {value!r}"[:200])
+            return Rejection(FIELD_REASONS[key], f"{key!r} must be {words}, got {as_sent(value)}"[:200])
         rejection = _lone_surrogate(repr(key), value) if isinstance(value, str) else None
         if rejection is not None:
             return rejection
@@ -373,6 +374,12 @@ def _declared_length_refused(request: Request, max_body_bytes: int) -> Rejection
     if int(declared) > max_body_bytes:
         return _too_large(max_body_bytes, int(declared))
     return None
+
+
+def without_bom(body: bytes) -> bytes:
+    """A JSON body without the UTF-8 byte-order mark some Windows tools write before it, which RFC 8259 (8.1) lets a
+    parser skip and ``json.loads`` (/classify) skips; pydantic's parser (/infer, /v2) does not."""
+    return body.removeprefix(codecs.BOM_UTF8)
 
 
 async def read_body(request: Request, max_body_bytes: int) -> bytes | Rejection:
@@ -527,7 +534,7 @@ def integer_k(value: Any) -> int | None:
         except ValueError:
             raise refusal_error("bad_k", f"k must be an integer, got {value[:50]!r}") from None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise refusal_error("bad_k", f"k must be an integer, got {value!r}"[:200])
+        raise refusal_error("bad_k", f"k must be an integer, got {as_sent(value)}"[:200])
     return value
 
 
@@ -536,7 +543,7 @@ def model_name(value: Any) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise refusal_error("malformed_request", f"'model' must be a model name, got {value!r}"[:200])
+        raise refusal_error("malformed_request", f"'model' must be a model name, got {as_sent(value)}"[:200])
     return value
 
 
@@ -561,7 +568,7 @@ def fit_name(value: Any) -> str | None:
 
 
 def _unknown_fit(value: Any) -> str:
-    return f"fit must be one of {', '.join(FITS)}, got {value!r}"[:200]
+    return f"fit must be one of {', '.join(FITS)}, got {as_sent(value)}"[:200]
 
 
 _BOUNDS = {"greater_than_equal": ("at least", "ge"), "less_than_equal": ("at most", "le")}

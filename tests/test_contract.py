@@ -61,7 +61,7 @@ REFUSED = {
     # fields sent (already decoded from JSON or left as text) -> (reason, message)
     "k five": ({"k": "five"}, "bad_k", "k must be an integer, got 'five'"),
     "k zero": ({"k": 0}, "bad_k", "k must be at least 1, got 0"),
-    "k true": ({"k": True}, "bad_k", "k must be an integer, got True"),
+    "k true": ({"k": True}, "bad_k", "k must be an integer, got true"),
     "k float": ({"k": 3.0}, "bad_k", "k must be an integer, got 3.0"),
     "model number": ({"model": 5}, "malformed_request", "'model' must be a model name, got 5"),
     "threshold words": (
