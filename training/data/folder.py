@@ -20,13 +20,14 @@ import zipfile
 import zlib
 from collections import Counter
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator
+from typing import IO, Iterable, Iterator
 
 import numpy as np
 import PIL
 from PIL import features
 from tqdm import tqdm
 
+from inference.classes import folded
 from inference.files import file_in_the_way, process_running, write_atomic
 from inference.fits import DEFAULT_FIT
 from inference.messages import exception_summary
@@ -70,13 +71,15 @@ def read_image_folder(
         _warn_left_out(root, images, others, hidden)  # on every read, a cached one too
     cache = _cache_path(root, image_size, fit, cache_dir, images) if cache_dir else None
     if images is not None:  # in the order the images are kept in, so each is written to its place as it is read
-        images = [path for path in images if len(path.relative_to(root).parts) >= 2]
+        in_classes = [path for path in images if len(path.relative_to(root).parts) >= 2]
+        loose, images = len(images) - len(in_classes), in_classes
         images.sort(key=lambda path: _sort_key(path.relative_to(root).as_posix()))
-        _check_names([path.relative_to(root).as_posix() for path in images], root)
+        _check_names([path.relative_to(root).as_posix() for path in images], root, loose)
     if cache and cache.is_file():
         expected = None if images is None else (len(images), _classes_of(root, images))
         cached = _read_cache(cache, image_size, expected)
         if cached is not None:
+            _warn_case_only(root, cached.classes)
             return cached
     if cache and not _writable(cache.parent):  # said before the decode, which may take minutes
         cache = None
@@ -84,7 +87,31 @@ def read_image_folder(
     arrays = _decode_all(entries, root, image_size, fit, None if images is None else len(images))
     if cache:
         _write_cache(cache, arrays)
+    _warn_case_only(root, arrays.classes)
     return arrays
+
+
+_said_case_only: set[tuple] = set()
+
+
+def _warn_case_only(root: Path, classes: list[str]) -> None:
+    """Class folders whose names differ only in case (``Cat/`` beside ``cat/``, two sources merged on Linux) are
+    two classes, which no network can tell apart; and the scorer, matching a folder to a class ignoring case,
+    would count a ``CAT/`` folder as the first of them only."""
+    groups: dict[str, list[str]] = {}
+    for name in classes:
+        groups.setdefault(folded(name), []).append(name)
+    same = [names for names in groups.values() if len(names) > 1]
+    said = (str(root.resolve()), tuple(classes))
+    if not same or said in _said_case_only:
+        return
+    _said_case_only.add(said)
+    log.warning(
+        "%s: class folders whose names differ only in case are trained as separate classes: %s; if each group is "
+        "one class, move its images into one folder",
+        root,
+        "; ".join(" and ".join(names) for names in same),
+    )
 
 
 def _read_cache(cache: Path, image_size: int, expected: tuple[int, list[str]] | None) -> ImageArrays | None:
@@ -197,11 +224,18 @@ def _cache_path(root: Path, image_size: int, fit: str, cache_dir: str | Path, im
         f"{settings}|{_decoder_key()}|{_archive_key(root) if images is None else _tree_key(root, images)}"
     )
     folder = Path(cache_dir)
-    named = folder / f"{root.name}-{place}-{contents[:16]}.npz"
+    named = folder / f"{_folder_name(root)}-{place}-{contents[:16]}.npz"
     if named.is_file() or not folder.is_dir():
         return named
     moved = sorted(folder.glob(f"*-{contents[:16]}.npz"))
     return moved[0] if moved else named
+
+
+def _folder_name(root: Path) -> str:
+    """The name ``root`` is known by in the cache's file name and the progress bar: ``data.root=.`` or ``..`` names
+    the folder it stands for (its own name would make a cache file named ``-...`` or a hidden ``..-...``); a
+    symlink's own name, not its target's."""
+    return Path(os.path.abspath(root)).name or "root"
 
 
 def _digest(text: str) -> str:
@@ -347,7 +381,7 @@ END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
 
 
 def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
-    others, loose, hidden_dirs = [], [], set()
+    others, loose, hidden_dirs, dangling = [], [], set(), []
     try:
         with tarfile.open(root) as tar:
             for member in tar:
@@ -360,15 +394,22 @@ def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
                     others.append(name.name)
                 if member.isfile() and not hidden and is_tree_image(name.name) and len(name.parts) == 1:
                     loose.append(name.name)  # packed from inside the folder: beside its class folders
-                if member.isfile() and is_tree_image(name.name) and len(name.parts) >= 2 and not hidden:
+                if _file_or_link(member) and is_tree_image(name.name) and len(name.parts) >= 2 and not hidden:
                     _check_class_name(str(name.parent), root)
-                    file = tar.extractfile(member)
-                    assert file is not None  # a regular file's member always has contents
+                    file = _member_file(tar, member)
+                    if file is None:
+                        dangling.append(member.name)
+                        continue
                     yield member.name, _class_name(name.parts[-2]), file.read()
             with open(root, "rb") as f:
                 plain = not f.read(6).startswith(COMPRESSED_MAGIC)
             if plain and tar.offset + END_OF_ARCHIVE > root.stat().st_size:
                 raise EOFError(f"it ends after {tar.offset} bytes without the end-of-archive blocks")
+        if dangling:  # the folder reader refuses its dangling links too: the class would silently shrink
+            raise DatasetError(
+                f"{root}: {len(dangling)} image link(s) point to no file in the archive (pack it with tar -h, "
+                f"which stores the files that links point to): {_listed(sorted(dangling), ', ')}"
+            )
         if others:
             log.warning("%s: %s", root, _not_images_text(others))
         _warn_beside(root, loose)
@@ -379,6 +420,21 @@ def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
         raise DatasetError(f"cannot read archive {root}: {exc}") from exc
     except (EOFError, zlib.error, OSError) as exc:  # a download or copy cut short, a damaged compressed stream
         raise DatasetError(f"cannot read archive {root}: it is truncated or damaged ({exc})") from exc
+
+
+def _file_or_link(member: tarfile.TarInfo) -> bool:
+    """A file's member, or a link's: tar stores a second name of a file (a hard link) and a symlink as links, and
+    the folder reader reads both as the file they name."""
+    return member.isfile() or member.islnk() or member.issym()
+
+
+def _member_file(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes] | None:
+    """The contents of ``member``, a link's target's for a link; None for a link to nothing the archive holds as a
+    file. A link costs one pass over the whole archive (tarfile finds its target in the list of every member)."""
+    try:
+        return tar.extractfile(member)
+    except KeyError:
+        return None
 
 
 _said_left_out: set[tuple] = set()  # once per tree and what it holds: training reads it for each split
@@ -440,17 +496,25 @@ def _classes_of(root: Path, images: list[Path]) -> list[str]:
     return sorted({_class_name(path.parent.name) for path in images})
 
 
-def _no_images(root: Path) -> DatasetError:
+def _no_images(root: Path, loose: int = 0) -> DatasetError:
+    """``loose``: the images found beside the class folders. Where there are some, the folder given is most likely
+    one class's own folder: the list of image extensions would only suggest that its images went unrecognised."""
+    if loose:
+        return DatasetError(
+            f"{root} holds no class folders, only {loose} image(s) directly in it: an image's class is the name of "
+            "the folder it sits in; give the folder that holds one folder per class"
+        )
     return DatasetError(
         f"{root} holds no images in class folders (expected <class>/<image> files, an image being a file "
         f"named {', '.join(sorted(IMAGE_EXTENSIONS))})"
     )
 
 
-def _check_names(names: list[str], root: Path) -> None:
-    """A tree's image paths checked before any is read: there are some, and their class folders sit side by side."""
+def _check_names(names: list[str], root: Path, loose: int = 0) -> None:
+    """A tree's image paths checked before any is read: there are some, and their class folders sit side by side.
+    ``loose``: the images beside the class folders, left out."""
     if not names:
-        raise _no_images(root)
+        raise _no_images(root, loose)
     _check_side_by_side([PurePosixPath(name).parent for name in names], root)
 
 
@@ -468,7 +532,7 @@ def _decode_all(
     folders: set[PurePosixPath] = set()
     loose: PurePosixPath | None = None  # an archive's one top folder, where it holds images beside the class folders
     for i, (name, cls, data) in enumerate(
-        tqdm(entries, total=count, desc=f"decoding {root.name}", unit="img", leave=False)
+        tqdm(entries, total=count, desc=f"decoding {_folder_name(root)}", unit="img", leave=False)
     ):
         if count is None:
             folder = PurePosixPath(name).parent
