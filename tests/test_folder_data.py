@@ -369,5 +369,5 @@ def test_a_class_too_small_for_a_validation_share_is_named(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         val = load_split("folder", root, "val", val_size=6, image_size=8)
     assert sorted(set(val.labels.tolist())) == [0, 1], val.labels
-    assert "no validation image for class(es) 'tiny' (1 images)" in caplog.text, caplog.text
+    assert "no validation image for class(es) 'tiny' (1 image)" in caplog.text, caplog.text
     assert "'big'" not in caplog.text and "'other'" not in caplog.text, caplog.text

@@ -103,7 +103,7 @@ def _warn_unvalidated(full: ImageArrays, val_idx: np.ndarray) -> None:
         log.warning(
             "no validation image for class(es) %s (too few images for a share of data.val_size %d): trained on, "
             "never measured; add images to them or raise data.val_size",
-            ", ".join(f"{full.classes[c]!r} ({counts[c]} images)" for c in missing),
+            ", ".join(f"{full.classes[c]!r} ({counts[c]} image{'s' if counts[c] != 1 else ''})" for c in missing),
             len(val_idx),
         )
 
