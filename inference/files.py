@@ -30,8 +30,11 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     try:
         with open(tmp, "wb") as f:
             try:
-                # the file replaced keeps its mode (a shared folder's 664), not the umask's
-                os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+                # the file replaced keeps its permissions (a shared folder's 664), not the umask's; not another
+                # user's file's (the new one is ours: 640 would lock its old owner out), nor setuid bits
+                old = path.stat()
+                if old.st_uid == os.geteuid():
+                    os.chmod(tmp, stat.S_IMODE(old.st_mode) & 0o777)
             except OSError:
                 pass
             write(f)

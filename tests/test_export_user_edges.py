@@ -142,3 +142,28 @@ def test_a_manifest_saved_again_keeps_its_mode(models, tmp_path, capsys):
     manifest.chmod(0o664)
     assert export_main(["default", "tiny", "--for", "cpu", "--models-dir", str(copy)]) == 0, capsys.readouterr()
     assert stat.S_IMODE(manifest.stat().st_mode) == 0o664
+
+
+def test_a_file_written_again_keeps_only_its_owners_permission_bits(tmp_path):
+    """write_atomic keeps the replaced file's read and write bits, not its setuid bits, and not those of a file
+    another user owned (the new file is this user's: 640 would lock its old owner out)."""
+    import os
+
+    from inference.files import write_text_atomic
+
+    ours = tmp_path / "ours.json"
+    ours.write_text("{}")
+    ours.chmod(0o6775)
+    write_text_atomic(ours, "{}\n")
+    assert stat.S_IMODE(ours.stat().st_mode) == 0o775
+    if os.geteuid() == 0:  # only root can give a file away
+        theirs = tmp_path / "theirs.json"
+        theirs.write_text("{}")
+        theirs.chmod(0o600)
+        os.chown(theirs, 65534, 65534)
+        previous = os.umask(0o022)
+        try:
+            write_text_atomic(theirs, "{}\n")
+        finally:
+            os.umask(previous)
+        assert stat.S_IMODE(theirs.stat().st_mode) == 0o644

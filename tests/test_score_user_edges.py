@@ -161,3 +161,10 @@ def test_accuracy_of_a_class_tree_whose_images_all_failed_says_so(image_folder, 
     assert _score(folder, "--out", tmp_path / "q.csv", *common) == 0
     err = capsys.readouterr().err
     assert "accuracy against folder names (1 images): " in err and "; 3 images that could not be scored left out" in err
+
+
+def test_a_hidden_folders_name_cannot_colour_the_summary_either():
+    from service.score.run import _hidden_dirs
+
+    said = _hidden_dirs([".hid\x1b[31mx", ".thumbnails"])
+    assert "\x1b" not in said and ".hid\\x1b[31mx/" in said and ".thumbnails/" in said, said

@@ -113,8 +113,8 @@ class Summary:
             lines.append(
                 f"{self.not_utf8} file name{'s are' if many else ' is'} not UTF-8 ({_first(self.not_utf8)}"
                 f"{shown(self.not_utf8_first)}), written as {'their' if many else 'its'} bytes: a reader that asks "
-                "for UTF-8 refuses that CSV (Python's open() reads it with errors='surrogateescape'); JSON Lines "
-                "escapes such bytes instead"
+                "for UTF-8 refuses that CSV; Python reads the exact bytes back with errors='surrogateescape', from "
+                "it or from JSON Lines (whose \\udcXX escapes other JSON readers take for U+FFFD)"
             )
         if self.lost:
             rows = f"{self.lost} more row{'s' if self.lost > 1 else ''}"
@@ -177,7 +177,7 @@ def _check_csv_cell(path: str, summary: Summary) -> None:
 
 def _hidden_dirs(rels: list[str]) -> str:
     """The hidden folders the walk left out (a viewer's .thumbnails/, .git/), as the training reader leaves them."""
-    named = ", ".join(f"{rel}/" for rel in rels[:5]) + (f" and {len(rels) - 5} more" if len(rels) > 5 else "")
+    named = ", ".join(f"{shown(rel)}/" for rel in rels[:5]) + (f" and {len(rels) - 5} more" if len(rels) > 5 else "")
     return f"{named}: hidden, as training's folder reader leaves them"
 
 
@@ -396,7 +396,8 @@ def _check_same_scoring(backend: Backend, args, written: list[Row], absent: int 
     if not written and absent:
         raise UserError(
             f"cannot resume {args.out}: none of its {absent} scored rows names a file under {args.dir} "
-            f"(the first: {first_absent!r}); it was written for another folder: rerun with that folder, or --overwrite"
+            f"(the first: {first_absent!r}): it was written for another folder, or all its files were moved or "
+            "deleted since: rerun with that folder, or score to a new --out (--overwrite would drop its rows)"
         )
     if not written:
         return

@@ -105,7 +105,11 @@ def _split_lacks_classes(classes: list[str], held: set[int], labels: np.ndarray,
     empty = [classes[i] for i in sorted(held) if support[i] == 0]
     if not empty:
         return []
-    why = " (too few images of theirs for a share of the held-out ones)" if split == "val" else ""
+    why = (
+        " (too few images of theirs for a share of the held-out ones, or a held-out split too small)"
+        if split == "val"
+        else ""
+    )
     return [
         f"The {split} split holds no image of {names_text(empty)}{why}: their accuracy, recall and F1 are not "
         "measured here (null in metrics.json), they are left out of the per-class averages, and every "
