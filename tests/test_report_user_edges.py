@@ -165,3 +165,25 @@ def test_the_summary_line_of_a_calibrated_graph_says_its_loss_is_after_its_tempe
     argv = ["evaluate", "--checkpoint", str(tiny_run), "--out", str(tmp_path / "ckpt"), "--no-sample-figures"]
     assert main([*argv, "--device", "cpu"]) == 0
     assert "divides by T" not in capsys.readouterr().out
+
+
+def test_a_graphs_temperature_is_said_in_sample_only_on_its_own_validation_split():
+    """A calibrated ONNX model evaluated on another dataset's validation split was said to have its temperature
+    "fitted at export on these validation images"."""
+    from types import SimpleNamespace
+
+    from training.reports.report_calibration import temperature_for
+    from training.reports.samples import DataSpec
+
+    source = SimpleNamespace(
+        kind="onnx",
+        info={"calibration": {"method": "temperature", "temperature": 0.5}},
+        data_defaults={"dataset": "cifar10", "root": "data/cifar", "val_size": 5000, "split_seed": 42},
+    )
+    logits = np.zeros((2, 3), dtype=np.float32)
+    own = temperature_for(source, DataSpec("cifar10", "data/cifar"), None, logits, "none", 8)
+    other = temperature_for(source, DataSpec("folder", "/tmp/pets"), None, logits, "none", 8)
+    share = temperature_for(source, DataSpec("cifar10", "data/cifar", val_size=1000), None, logits, "none", 8)
+    assert "on these validation images" in own[2], own
+    for said in (other, share):
+        assert "on these validation images" not in said[2] and "not these images" in said[2], said

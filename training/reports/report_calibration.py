@@ -4,6 +4,7 @@ fitted on the model's validation split) and calibration before and after dividin
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -28,12 +29,18 @@ def temperature_for(
     calibration = source.info.get("calibration") or {}
     if source.kind == "onnx" and calibration.get("method") == "temperature":
         t = float(calibration["temperature"])
-        fitted = (
-            "recorded in the model (fitted at export on these validation images, so the after row is in-sample; "
-            "divided inside its graph)"
-            if spec.split == "val"
-            else "recorded in the model (fitted at export on the validation split, divided inside its graph)"
-        )
+        if spec.split == "val" and _its_own_split(source, spec):
+            fitted = (
+                "recorded in the model (fitted at export on these validation images, so the after row is in-sample; "
+                "divided inside its graph)"
+            )
+        elif spec.split == "val":  # another dataset's, or another share of the same one
+            fitted = (
+                "recorded in the model (fitted at export on its own validation split, not these images; divided "
+                "inside its graph)"
+            )
+        else:
+            fitted = "recorded in the model (fitted at export on the validation split, divided inside its graph)"
         return undo_temperature(logits, t), t, fitted  # as export verify and the card undo it
     if spec.split == "val":
         fit_logits, fit_labels = logits, data.labels
@@ -87,3 +94,14 @@ def calibration_section(raw_logits: np.ndarray, labels: np.ndarray, temperature:
         "after": reliability_bins(softmax(z / temperature), labels),
     }
     return report
+
+
+def _its_own_split(source: ModelSource, spec: DataSpec) -> bool:
+    """Whether ``spec``'s validation split is the one the model records as its own (where export fitted T)."""
+    own = source.data_defaults or {}
+    if own.get("root") is not None and os.path.realpath(str(own["root"])) != os.path.realpath(spec.root):
+        return False
+    return all(own.get(key) is None or str(own[key]) == str(getattr(spec, key)) for key in _SPLIT_KEYS)
+
+
+_SPLIT_KEYS = ("dataset", "val_size", "split_seed")
