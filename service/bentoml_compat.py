@@ -55,6 +55,8 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import bentoml
 
+from inference.interrupts import stopped_while_importing
+
 # Under "bentoml": the logger BentoML configures (INFO) in its server processes.
 log = logging.getLogger("bentoml.cifar.compat")
 
@@ -496,7 +498,10 @@ def serve_with_own_metrics(argv: list[str], port: int) -> None:
             BentoMLContainer.prometheus_multiproc_dir.set(str(metrics_folder(port)))
         except Exception as exc:  # an internal that moved: BentoML's shared folder, as `bentoml serve` has it
             log.warning("metrics stay in BentoML's shared folder (%s: %s)", type(exc).__name__, exc)
-    from bentoml_cli.cli import cli
+    try:
+        from bentoml_cli.cli import cli
+    except (KeyboardInterrupt, ImportError) as exc:  # Ctrl-C in the second of imports before BentoML handles it
+        raise SystemExit(stopped_while_importing(exc)) from None
 
     sys.argv = ["bentoml", *argv]
     cli()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.devices import DEVICES, device_choice
+from inference.interrupts import say_stopped
 
 from .settings import SETTINGS, ServiceSettings, SettingsError, empty_flag_refusal
 
@@ -52,7 +53,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     )
     parser.add_argument(
         "--host",
-        default=os.environ.get("BENTOML_HOST", "0.0.0.0"),
+        default=os.environ.get("BENTOML_HOST") or "0.0.0.0",  # set but empty, as an unset CIFAR_* variable
         help="address to bind (default: $BENTOML_HOST or 0.0.0.0)",
     )
     for name, setting in SETTINGS.items():
@@ -145,7 +146,8 @@ def main(args: argparse.Namespace) -> int:
     from .loading import CHECKED_ENV, check_model_files, manifest_digest
 
     # `--api-keys "$UNSET"` would serve with no key at all, `--models-dir ''` from the current folder
-    refused = empty_flag_refusal({s.flag: getattr(args, name, None) for name, s in SETTINGS.items()})
+    flags = {"--host": args.host, **{s.flag: getattr(args, name, None) for name, s in SETTINGS.items()}}
+    refused = empty_flag_refusal(flags)
     if refused:
         print(f"error: {refused}", file=sys.stderr)
         return 2
@@ -167,6 +169,8 @@ def main(args: argparse.Namespace) -> int:
     except CudaPlacementError as exc:
         print(f"error: {exc}\n`python -m service doctor --device cuda` checks this host in full", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C while every model file is read and opened: nothing started yet
+        return say_stopped(exc, "interrupted")
     unbindable = bind_error(args.host, args.port)
     if unbindable:
         print(f"error: {unbindable}", file=sys.stderr)

@@ -70,30 +70,34 @@ class SettingsError(ValueError):
         return f"{subject} {self.problem}"
 
 
+# What every integer setting must fit: ONNX Runtime takes its thread counts as 32-bit integers, and a larger
+# limit ends start-up in a worker's traceback (then BentoML's restart loop), not in one line here.
+INTEGER_MAXIMUM = 2**31 - 1
+# ONNX Runtime starts a session's intra-op threads as it opens each model: 1024 took 26 s a model on 2 cores, and
+# 2**31 - 1 failed with std::bad_alloc in every worker BentoML started again, while serve and the doctor said OK.
+THREADS_MAXIMUM = 1024
+
+
 @dataclass(frozen=True)
 class Setting:
     env: str
     flag: str
     help: str
     minimum: int | None = None  # an integer setting, at least this
+    maximum: int = INTEGER_MAXIMUM  # and at most this
     choices: tuple[str, ...] | None = None
     text: bool = False  # plain text (neither an integer, a choice nor a path)
 
 
-# What every integer setting must fit: ONNX Runtime takes its thread counts as 32-bit integers, and a larger
-# limit ends start-up in a worker's traceback (then BentoML's restart loop), not in one line here.
-INTEGER_MAXIMUM = 2**31 - 1
-
-
-def _integer(name: str, text: str, minimum: int) -> int:
+def _integer(name: str, text: str, minimum: int, maximum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise SettingsError(name, f"must be an integer, got {text!r}") from None
     if value < minimum:
         raise SettingsError(name, f"must be at least {minimum}, got {value}")
-    if value > INTEGER_MAXIMUM:
-        raise SettingsError(name, f"must be at most {INTEGER_MAXIMUM}, got {value}")
+    if value > maximum:
+        raise SettingsError(name, f"must be at most {maximum}, got {value}")
     return value
 
 
@@ -111,7 +115,9 @@ SETTINGS: dict[str, Setting] = {
         "inference batches run at once, each in its own thread (ONNX Runtime sessions are thread-safe)",
         minimum=1,
     ),
-    "threads": Setting("CIFAR_THREADS", "--threads", "ONNX Runtime intra-op threads of each batch", minimum=1),
+    "threads": Setting(
+        "CIFAR_THREADS", "--threads", "ONNX Runtime intra-op threads of each batch", minimum=1, maximum=THREADS_MAXIMUM
+    ),
     "max_batch_size": Setting(
         "CIFAR_MAX_BATCH_SIZE",
         "--max-batch-size",
@@ -290,7 +296,7 @@ class ServiceSettings:
             if not text:
                 continue
             if setting.minimum is not None:
-                values[name] = _integer(name, text, setting.minimum)
+                values[name] = _integer(name, text, setting.minimum, setting.maximum)
             elif setting.choices is not None:
                 if text not in setting.choices:
                     hint = gpu_hint(text) if name == "device" else ""

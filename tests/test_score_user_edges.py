@@ -168,3 +168,9 @@ def test_a_hidden_folders_name_cannot_colour_the_summary_either():
 
     said = _hidden_dirs([".hid\x1b[31mx", ".thumbnails"])
     assert "\x1b" not in said and ".hid\\x1b[31mx/" in said and ".thumbnails/" in said, said
+
+
+def test_threads_no_host_has_are_refused_as_serve_refuses_them(tmp_path, capsys):
+    (tmp_path / "a.png").write_bytes(b"not read")
+    assert score_main([str(tmp_path), "--out", str(tmp_path / "p.csv"), "--threads", "100000"]) == 2
+    assert "error: --threads must be at most 1024, not 100000" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from typing import Iterator
 from inference.interrupts import give_back, interrupted_status, say_stopped, stopped_by, take_over_terminations
 from inference.preprocess import IMAGE_EXTENSIONS, is_image_name
 
-from ..settings import empty_flag_refusal
+from ..settings import THREADS_MAXIMUM, empty_flag_refusal
 from .accuracy import FolderAccuracy
 from .engines import ENGINE_ONLY_FLAGS, choose_engine
 from .errors import StopRun, UserError
@@ -207,6 +207,8 @@ def _validate(args) -> str:
         value = getattr(args, dest, None)
         if value is not None and value < 1:
             raise UserError(f"{ENGINE_ONLY_FLAGS[dest].flag} must be at least 1, not {value}")
+    if getattr(args, "threads", None) is not None and args.threads > THREADS_MAXIMUM:  # as serve's --threads
+        raise UserError(f"--threads must be at most {THREADS_MAXIMUM}, not {args.threads}")
     if getattr(args, "gpus_per_actor", None) is not None and not args.gpus_per_actor > 0:
         raise UserError(f"--gpus-per-actor must be more than 0, not {args.gpus_per_actor}")
     if args.out != "-" and os.path.isdir(args.out):
