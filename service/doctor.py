@@ -250,7 +250,8 @@ def diagnose(
                     sorted_out[classes] = _class_folders(Path(folder), entry)
                 matched, left_out = sorted_out[classes]
                 say(f"reading {folder} for {entry.name} {position}")
-                readings[key] = _read_folder(Path(folder), entry, max_images, matched)
+                images, labels, unreadable = _read_folder(Path(folder), entry, max_images, matched)
+                readings[key] = (images, labels)
                 height, width = entry.input.size
                 report.add(
                     "info",
@@ -258,6 +259,14 @@ def diagnose(
                     f"{folder}: {len(readings[key][1])} labelled image(s), at {height}x{width}, "
                     f"{entry.input.fit} (model {entry.name})",
                 )
+                if unreadable:  # training refuses such a folder: the accuracy below leaves them out
+                    first = "; ".join(f"{path}: {why}" for path, why in unreadable[:3])
+                    report.add(
+                        "warn",
+                        "folder",
+                        f"{len(unreadable)} image(s) could not be read, left out of the accuracy "
+                        f"({first}{'; ...' if len(unreadable) > 3 else ''})",
+                    )
                 if left_out and first_of_its_classes:
                     alike = sum(m.classes == entry.classes for m in manifest.models) - 1
                     also = f" or the {alike} other model(s) with its classes" if alike else ""
@@ -449,11 +458,11 @@ def _class_folders(folder: Path, entry: ModelEntry) -> tuple[list[tuple[int, Pat
 
 def _read_folder(
     folder: Path, entry: ModelEntry, max_images: int, matched: list[tuple[int, Path]] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, list[tuple[Path, str]]]:
     """Up to ``max_images`` images of ``folder/CLASS/...`` whose CLASS names one of the model's classes
     (``matched``, else ``_class_folders``), spread over the classes (sorted paths, taken in turn), as the model's
     input (its size, its fit) and class indices; hidden files and folders are no images, as for training's folder
-    reader; ``ManifestError`` if none is readable."""
+    reader; and the files that could not be read, with why. ``ManifestError`` if none is readable."""
     found: dict[int, list[Path]] = {}
     for label, d in _class_folders(folder, entry)[0] if matched is None else matched:
         found.setdefault(label, []).extend(
@@ -473,15 +482,16 @@ def _read_folder(
         depth += 1
     pixels = []
     labels = []
+    unreadable: list[tuple[Path, str]] = []
     for path, label in chosen:
         try:
             pixels.append(decode_image(path.read_bytes(), entry.input.size, fit=entry.input.fit))
             labels.append(label)
-        except (OSError, ValueError):  # an unreadable file is not the host's problem: skipped
-            continue
+        except (OSError, ValueError) as exc:  # not the host's problem: left out, and said
+            unreadable.append((path.relative_to(folder), str(exc) or type(exc).__name__))
     if not pixels:
         raise ManifestError(
             f"--folder {folder}: no readable image in the sub-folders named after a class "
             f"({', '.join(sorted(per_class))}; read: {', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
-    return to_model_input(np.stack(pixels)), np.asarray(labels)
+    return to_model_input(np.stack(pixels)), np.asarray(labels), unreadable

@@ -87,8 +87,8 @@ def test_the_doctors_folder_reads_macos_and_other_case_folders_as_their_classes_
     (root / "5" / "._img 00.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # a Mac's metadata
     write_images(root / "Golden_Retriever", 2)  # no class: said, not read
     write_images(root / ".Trash" / "x", 2)
-    images, labels = _read_folder(root, entry_with(CLASSES), max_images=100)
-    assert sorted(labels.tolist()) == [0, 1, 1, 2, 2, 2] and images.shape == (6, 3, 32, 32)
+    images, labels, unreadable = _read_folder(root, entry_with(CLASSES), max_images=100)
+    assert sorted(labels.tolist()) == [0, 1, 1, 2, 2, 2] and images.shape == (6, 3, 32, 32) and unreadable == []
     assert _class_folders(root, entry_with(CLASSES))[1] == ["Golden_Retriever"]
 
 
@@ -107,6 +107,23 @@ def test_the_doctor_says_which_folders_are_no_class_and_counts_a_case_variant(ti
     assert report.passed and "4 labelled image(s)" in folder[0].text, report.render()
     warned = [f.text for f in folder if f.status == "warn"]
     assert warned and "'delta'" in warned[0] and "alpha, beta, gamma" in warned[0]
+
+
+def test_the_doctor_says_which_images_of_the_folder_it_could_not_read(tiny_models_dir, tmp_path):
+    """Training refuses a folder with an unreadable image; the doctor left it out of its accuracy unsaid."""
+    from service.doctor import diagnose
+    from service.gpus import GpuReport
+    from service.settings import ServiceSettings
+
+    root = tmp_path / "labelled"
+    write_images(root / "alpha", 2)
+    (root / "alpha" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    settings = ServiceSettings(models_dir=tiny_models_dir, device="cpu")
+    report = diagnose("cpu", tiny_models_dir, str(root), 100, speed=False, gpus=GpuReport([], None), settings=settings)
+    folder = [f for f in report.findings if f.topic == "folder"]
+    assert "2 labelled image(s)" in folder[0].text, report.render()
+    warned = [f.text for f in folder if f.status == "warn"]
+    assert warned and warned[0].startswith("1 image(s) could not be read") and "cut.jpg" in warned[0], warned
 
 
 def test_a_temperature_fitted_where_every_validation_image_is_right_is_marked_on_the_card(caplog):

@@ -664,7 +664,7 @@ def test_doctor_reads_a_folder_at_each_models_size_and_fit(tmp_path):
     photo = Image.linear_gradient("L").resize((40, 20)).convert("RGB")
     photo.save(tmp_path / "cat" / "wide.png")
     data = (tmp_path / "cat" / "wide.png").read_bytes()
-    images, labels = _read_folder(tmp_path, _entry((16, 24), "pad"), 10)
+    images, labels, _ = _read_folder(tmp_path, _entry((16, 24), "pad"), 10)
     assert images.shape == (1, 3, 16, 24) and labels.tolist() == [0]
     expected = decode_image(data, (16, 24), fit="pad").transpose(2, 0, 1).astype(np.float32) / 255
     np.testing.assert_allclose(images[0], expected, atol=1e-6)
