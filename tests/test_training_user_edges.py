@@ -117,3 +117,13 @@ def test_set_recipe_naming_another_built_in_recipe_is_pointed_to_the_recipe_flag
     assert "it would train resnet9_half_cpu's settings. To train the recipe wrn_16_4_cpu, give --recipe" in err
     assert build_config("resnet9_half_cpu", ["recipe=pets"]).recipe == "pets"  # a name of one's own is a name
     assert build_config("resnet9_half_cpu", ["recipe=resnet9_half_cpu"]).recipe == "resnet9_half_cpu"
+
+
+def test_a_mapping_emptied_is_said_by_its_entries_alone():
+    """A run started with model.args {dropout: 0.5} against one with {}: the differences said "model.args: (unset)
+    -> {}" beside the entry that tells it."""
+    from training.config import Config, config_differences
+
+    before = Config.model_validate({"model": {"name": "wrn_16_4", "args": {"dropout": 0.5}}})
+    after = Config.model_validate({"model": {"name": "wrn_16_4", "args": {}}})
+    assert config_differences(before, after) == ["model.args.dropout: 0.5 -> (unset)"]

@@ -1055,7 +1055,10 @@ def config_differences(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> li
     return [
         f"{key.rstrip('.')}: {left.get(key, '(unset)')} -> {right.get(key, '(unset)')}"
         for key in sorted(left.keys() | right.keys())
-        if left.get(key, "(unset)") != right.get(key, "(unset)") and key.rstrip(".") not in ignore
+        if left.get(key, "(unset)") != right.get(key, "(unset)")
+        and key.rstrip(".") not in ignore
+        # a mapping emptied (model.args {dropout: 0.5} -> {}): its entries say it, not "model.args: (unset) -> {}"
+        and sorted(map(str, (left.get(key, "(unset)"), right.get(key, "(unset)")))) != ["(unset)", "{}"]
     ]
 
 
