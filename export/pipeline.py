@@ -29,6 +29,7 @@ from inference.manifest import (
     ManifestError,
     ModelCard,
     ModelEntry,
+    card_disagreements,
     file_problems,
     load_manifest,
     manifest_update,
@@ -618,7 +619,7 @@ def _check_described(entry: ModelEntry, models_dir: Path) -> None:
     """ManifestError where ``entry`` says of its file what the card inside the file does not: a hand edit would
     otherwise pass verification, or be blamed on the dataset (its classes), and the service then refuse it."""
     card = read_card(models_dir / entry.file)
-    differ = [field for field in _DESCRIBED if getattr(card, field) != getattr(entry, field)]
+    differ = card_disagreements(entry, card, _DESCRIBED)
     if differ:
         raise ManifestError(
             f"model {entry.name!r}: its entry in {models_dir / MANIFEST_NAME} differs from the card inside "

@@ -292,6 +292,14 @@ def save_manifest(manifest: Manifest, models_dir: str | Path) -> Path:
     return path
 
 
+def card_disagreements(
+    entry: ModelEntry, card: ModelCard, fields: tuple[str, ...] = ("classes", "precision", "input")
+) -> list[str]:
+    """The ``fields`` in which a file's own card and its manifest entry disagree (the manifest is not hashed: an
+    entry can be edited apart from its file). By default what the graph takes and answers, which serving needs."""
+    return [field for field in fields if getattr(card, field) != getattr(entry, field)]
+
+
 def refuse_read_only(manifest: Path) -> None:
     """ManifestError for a manifest no one may write (``chmod a-w``, to keep the models listed as they are): the
     rename that saves it replaces it all the same, even for a user who may not write it. The mode bits, not

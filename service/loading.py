@@ -22,6 +22,7 @@ from inference.manifest import (
     ManifestError,
     ModelCard,
     ModelEntry,
+    card_disagreements,
     load_manifest,
     sha256_file,
 )
@@ -119,7 +120,7 @@ class BackgroundLoad:
 
 def check_card(entry: ModelEntry, card: ModelCard) -> None:
     """ManifestError when a file's own card and its manifest entry disagree on what it takes and answers."""
-    if (card.classes, card.precision, card.input) != (entry.classes, entry.precision, entry.input):
+    if card_disagreements(entry, card):
         raise ManifestError(
             f"model {entry.name!r}: {entry.file} describes itself differently from the manifest "
             f"(classes, precision or input); re-export it"
