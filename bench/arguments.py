@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import tarfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -31,6 +32,11 @@ def json_out(text: str) -> Path:
     in_the_way = file_in_the_way(path.parent)
     if in_the_way is not None:
         raise argparse.ArgumentTypeError(f"{in_the_way} is a file, not a folder to write {path.name} in")
+    # the results are written beside the file and renamed over it, and missing folders made: the folder that
+    # exists must take a new entry (a read-only mount refuses even root)
+    existing = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{existing} is not writable here: name a folder you can write in")
     return path
 
 

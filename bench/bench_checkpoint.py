@@ -112,7 +112,7 @@ def _take_a_step(optimizer: torch.optim.Optimizer) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--recipes",
         nargs="+",
@@ -139,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     write_json(args.out, results)
-    print(f"written to {args.out}")
     return 0
 
 

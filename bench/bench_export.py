@@ -22,7 +22,9 @@ import termination  # noqa: E402
 from arguments import add_models_dir_argument, add_out_argument, positive_float  # noqa: E402
 from report_io import write_json  # noqa: E402
 
-from inference.manifest import load_manifest  # noqa: E402
+from export.pipeline import from_project  # noqa: E402
+from inference.errors import UsageError  # noqa: E402
+from inference.manifest import ModelEntry, load_manifest  # noqa: E402
 from inference.runtime import OnnxClassifier  # noqa: E402
 from training.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from training.cli_types import positive_int  # noqa: E402
@@ -35,6 +37,20 @@ def images_per_s(run, batch: np.ndarray, seconds: float) -> float:
         run(batch)
         done += len(batch)
     return done / (time.perf_counter() - start)
+
+
+def eager_checkpoint(entry: ModelEntry, models_dir: str) -> dict:
+    """The checkpoint the FP32 model was exported from, which PyTorch eager runs, found as `export verify` finds
+    it. Training runs are not shipped, so it is often not here: said with what to do, not only that it is
+    missing."""
+    named = entry.source.get("checkpoint")
+    try:
+        return load_checkpoint(from_project(named or "-", Path(models_dir)))
+    except FileNotFoundError:
+        raise UsageError(
+            f"--fp32 {entry.name} was exported from {named or 'no checkpoint'}, which is not here (PyTorch eager "
+            "runs it): train or copy that run, or name with --fp32 a model exported from a checkpoint you have"
+        ) from None
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -57,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     with termination.user_input():  # an unknown model, or one exported from no checkpoint this project reads
         manifest = load_manifest(args.models_dir)
         fp32, int8 = manifest.get(args.fp32), manifest.get(args.int8)
-        model = model_from_checkpoint(load_checkpoint(fp32.source["checkpoint"]))
+        model = model_from_checkpoint(eager_checkpoint(fp32, args.models_dir))
     engines = {
         "pytorch_eager_fp32": lambda x: model(torch.from_numpy(x)),
         "ort_fp32": OnnxClassifier(Path(args.models_dir) / fp32.file, device="cpu").logits,

@@ -32,7 +32,7 @@ import termination  # noqa: E402
 from arguments import add_out_argument, add_server_arguments, positive_float  # noqa: E402
 from http_load import authority, build_requests, load, read_jpegs, summary  # noqa: E402
 from report_io import write_json  # noqa: E402
-from service_runs import open_server, stop_server, wait_ready  # noqa: E402
+from service_runs import serving, wait_ready  # noqa: E402
 
 from inference.errors import UsageError  # noqa: E402
 from inference.manifest import load_manifest  # noqa: E402
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--fast and --slow both name {fast.name}: the slow model is another one")
     jpegs = read_jpegs(Path(args.archive), args.pool)
     report_phases = {}
-    host, port, server = open_server(args)
-    try:  # from the server's start on: whatever stops the run, it stops the server
+    with serving(args) as (host, port, server):  # whatever stops the run, it stops the server
         requests = {
             entry.name: build_requests(jpegs, args.images_per_request, args.k, entry.name, authority(host, port))
             for entry in (fast, slow)
@@ -96,8 +95,6 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-    finally:
-        stop_server(server)
 
     report = {
         "label": args.label,

@@ -43,7 +43,7 @@ from arguments import (  # noqa: E402
 )
 from http_load import authority, build_requests  # noqa: E402
 from report_io import write_json  # noqa: E402
-from service_runs import free_port, run_level, start_server, stop_server, wait_ready  # noqa: E402
+from service_runs import run_level, serving, wait_ready  # noqa: E402
 
 from inference.manifest import load_manifest  # noqa: E402
 from inference.preprocess import dct_reduction, decode_image  # noqa: E402
@@ -126,10 +126,10 @@ def decode_results(sizes: list[float], repeats: int) -> list[dict]:
 
 
 def service_result(args, data: bytes, entry) -> dict:
-    host, port = "127.0.0.1", free_port()
-    server_args = argparse.Namespace(models_dir=args.models_dir, max_batch_size=256, serve_arg=[], streams=0, threads=0)
-    server = start_server(server_args, port)
-    try:
+    server_args = argparse.Namespace(
+        url=None, models_dir=args.models_dir, max_batch_size=256, serve_arg=[], streams=0, threads=0
+    )
+    with serving(server_args) as (host, port, server):
         wait_ready(host, port, server)
         requests = build_requests([("photo.jpg", data)], 1, 5, entry.name, authority(host, port), count=1)
 
@@ -139,8 +139,6 @@ def service_result(args, data: bytes, entry) -> dict:
 
         level_args = argparse.Namespace(warmup=args.warmup, duration=args.duration, max_requests=10**6)
         return run_level(level_args, host, port, server, requests, 1, args.concurrency, check)
-    finally:
-        stop_server(server)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from arguments import (  # noqa: E402
     add_out_argument,
     add_work_dir_argument,
     at_least_ten,
-    positive_float,
+    non_negative_float,
 )
 from report_io import cpu_model, write_json  # noqa: E402
 from score_runs import extract, run_scorer, wait_until_quiet  # noqa: E402
@@ -56,9 +56,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=positive_int, default=3, help="rounds over every model; medians are reported")
     p.add_argument(
         "--quiet-below",
-        type=positive_float,
+        type=non_negative_float,
         default=0.15,
-        help="before each run wait (up to 3 min) until other processes use fewer cores than this",
+        help=(
+            "before each run wait (up to 3 min) until other processes use fewer cores than this; 0: do not "
+            "wait, only record their load"
+        ),
     )
     add_archive_argument(p)
     add_work_dir_argument(p)
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     with termination.user_input():
         manifest = load_manifest(args.models_dir)
     entries = {m.name: m for m in manifest.models}
-    names = args.model or list(entries)
+    names = list(dict.fromkeys(args.model)) if args.model else list(entries)  # a name given twice is timed once
     unknown = [n for n in names if n not in entries]
     if unknown:
         raise UsageError(f"no model {', '.join(unknown)} in {args.models_dir} (there: {', '.join(entries)})")

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {name: [] for name in engines}
     for round_ in range(args.repeats):
         for name, flags in engines.items():
-            load = wait_until_quiet(args.quiet_below if args.quiet_below > 0 else float("inf"))
+            load = wait_until_quiet(args.quiet_below)
             r = run_scorer(folder, Path(args.models_dir), model, None, flags, work / f"{name}.csv")
             assert r["scored"] + r["failed"] == args.images, r
             r["load_before"] = load

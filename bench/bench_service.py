@@ -45,7 +45,7 @@ from arguments import add_out_argument, add_server_arguments, positive_float, po
 from http_load import authority, build_requests, read_jpegs  # noqa: E402
 from process_tree import tree_memory_mib  # noqa: E402
 from report_io import write_json  # noqa: E402
-from service_runs import open_server, run_level, stop_server, wait_ready  # noqa: E402
+from service_runs import run_level, serving, wait_ready  # noqa: E402
 
 from inference.manifest import InputSpec, load_manifest  # noqa: E402
 from inference.preprocess import decode_image, to_model_input  # noqa: E402
@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     jpegs = read_jpegs(Path(args.archive), args.pool)
 
     sizes, routes = args.images_per_request, args.routes
-    host, port, server = open_server(args)
-    try:
+    with serving(args) as (host, port, server):
         wait_ready(host, port, server)
         memory_ready = tree_memory_mib(server.pid if server else None)
         model_path = Path(args.models_dir) / entry.file
@@ -141,8 +140,6 @@ def main(argv: list[str] | None = None) -> int:
         # ceiling is the least disturbed measurement.
         again = raw_rates(model_path, batch_sizes, jpegs, entry.input)
         raw = {label: max(raw[label], again[label], key=lambda r: r.images_per_s) for label in raw}
-    finally:
-        stop_server(server)
 
     best = max(raw.values(), key=lambda r: r.images_per_s)
     ceiling = best.images_per_s

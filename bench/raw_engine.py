@@ -38,6 +38,7 @@ def measure(
     """``streams`` threads each running batches of ``batch_size`` back to back on one session for ``seconds``."""
     clf = OnnxClassifier(path, device="cpu", settings=SessionSettings(threads=threads, spin=streams == 1))
     batches = [pixels[i : i + batch_size] for i in range(0, len(pixels) - batch_size + 1, batch_size)] or [pixels]
+    batch_size = len(batches[0])  # fewer images than a batch (a small --pool): the batch run is all of them
     for batch in batches[:2]:
         clf.logits(batch)
     counts = [0] * streams

@@ -1,9 +1,10 @@
 """Where every benchmark's JSON results go, and the description of the machine and the code that made them: one
-writer and one host record, so they all land the same way and every figure names its CPU, its command line and
-its code revision."""
+writer and one host record, so they all land the same way and every figure names its CPU, its command line,
+its code revision and the versions of the libraries it ran on."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -20,6 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # Where a measurement goes unless --out says otherwise: ignored by git, so that a run to see the figures never
 # overwrites the committed ones in bench/results/ (those are published with an explicit --out).
 DEFAULT_RESULTS = ROOT / ".cache" / "bench-results"
+
+# The libraries whose version moves the figures (their kernels, decoders and HTTP stack), by distribution name.
+PACKAGES = ("onnxruntime", "onnxruntime-gpu", "torch", "numpy", "pillow", "bentoml", "ray")
+
+# Environment variables that change what is measured without showing on the command line: the thread counts
+# the libraries read, the GPUs they see, and the service's settings (a server started by a benchmark inherits
+# them). A name holding KEY is left out: the service's API keys are secrets.
+ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 
 # The vector extensions that decide which kernels ONNX Runtime and PyTorch pick, best first.
 VECTOR_EXTENSIONS = ("amx_tile", "avx512_bf16", "avx512_vnni", "avx512f", "avx2")
@@ -85,13 +94,36 @@ def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
 
 
 def host_record() -> dict:
-    """What a result depends on besides the code: the CPU, the cores this process may use, and how busy the
-    machine was (the load average when the measurement ended)."""
+    """What a result depends on besides the code: the CPU, the cores this process may use, the libraries and the
+    environment it ran with, and how busy the machine was (the load average when the measurement ended)."""
     return {
         "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "usable_cores": default_threads(),
         "machine": platform.machine(),
         "python": platform.python_version(),
+        "versions": package_versions(),
+        "environment": measured_environment(),
         "load_average_after": os.getloadavg(),
+    }
+
+
+def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    """The installed version of each of ``packages`` (read from their metadata, nothing imported); one not
+    installed is left out."""
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def measured_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    environ = os.environ if environ is None else environ
+    return {
+        name: value
+        for name, value in sorted(environ.items())
+        if name in ENVIRONMENT or (name.startswith("CIFAR_") and "KEY" not in name)
     }

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Iterator
 from urllib.parse import urlparse
 
 from http_load import load, summary
@@ -51,7 +51,7 @@ def start_server(args, port: int) -> subprocess.Popen:
     for flag in ("streams", "threads"):
         if getattr(args, flag):
             serve_args += [f"--{flag}", str(getattr(args, flag))]
-    # The access log of a run is megabytes: kept in the temporary directory, its path printed.
+    # To a file, not a pipe nobody reads (with --serve-arg=--access-log=on a run writes megabytes); its path printed.
     fd, log_path = tempfile.mkstemp(prefix="bench_service_", suffix=".log")
     print(f"server log: {log_path}", file=sys.stderr, flush=True)
     with os.fdopen(fd, "w") as log:
@@ -63,10 +63,39 @@ def start_server(args, port: int) -> subprocess.Popen:
 def open_server(args) -> tuple[str, int, subprocess.Popen | None]:
     """(host, port, the server process) of ``args.url``, or of a server started here (process None for a URL)."""
     if args.url:
+        # they would be recorded with the figures as the server's settings, which they never reached
+        ignored = [flag for flag in ("streams", "threads", "serve_arg") if getattr(args, flag)]
+        if ignored:
+            flags = ", ".join("--" + flag.replace("_", "-") for flag in ignored)
+            them = "them" if len(ignored) > 1 else "it"
+            raise UsageError(
+                f"{flags}: only for a server started here, not the one at --url; leave {them} or --url out"
+            )
         parsed = urlparse(args.url)
         return parsed.hostname, parsed.port or 80, None
     port = free_port()
     return "127.0.0.1", port, start_server(args, port)
+
+
+@contextlib.contextmanager
+def serving(args) -> Iterator[tuple[str, int, subprocess.Popen | None]]:
+    """:func:`open_server`'s (host, port, process) for the block, the server stopped with its workers however the
+    block ends. The log of a server started here is removed when the block ends or is stopped (Ctrl-C, SIGTERM),
+    and kept when it fails: a server that would not start, or died under load, says why there."""
+    host, port, server = open_server(args)
+    failed = False
+    try:
+        yield host, port, server
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        stop_server(server)
+        log = LOGS.pop(server.pid, None) if server is not None else None
+        if log is not None and not failed:
+            log.unlink(missing_ok=True)
 
 
 def stop_server(server: subprocess.Popen | None) -> None:

@@ -121,6 +121,14 @@ def _archive(path, members: dict[str, bytes]):
     return path
 
 
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _one_a_class(data: bytes) -> dict[str, bytes]:
+    """The members of an archive holding the JPEG 0 of each CIFAR-10 class: ``--images 10``'s."""
+    return {f"cifar10/train/{name}/0.jpg": data for name in CLASSES}
+
+
 @pytest.mark.parametrize("script", ["bench_service", "bench_score"])
 @pytest.mark.parametrize("kind", ["not a tar", "no CIFAR JPEGs"])
 def test_an_archive_that_is_not_the_cifar_jpegs_is_one_line_and_status_2(script, kind, tmp_path):
@@ -251,8 +259,8 @@ def test_the_images_of_another_archive_are_extracted_anew_not_taken_from_the_wor
     this one's."""
     import score_runs
 
-    first = _archive(tmp_path / "first.tar.gz", {"cifar10/train/cat/0.jpg": b"first"})
-    second = _archive(tmp_path / "second.tar.gz", {"cifar10/train/cat/0.jpg": b"second"})
+    first = _archive(tmp_path / "first.tar.gz", _one_a_class(b"first"))
+    second = _archive(tmp_path / "second.tar.gz", _one_a_class(b"second"))
     work = tmp_path / "work"
     assert (score_runs.extract(first, work, 10) / "cat" / "0.jpg").read_bytes() == b"first"
     assert (score_runs.extract(second, work, 10) / "cat" / "0.jpg").read_bytes() == b"second"
