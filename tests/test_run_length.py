@@ -34,3 +34,18 @@ def test_a_lookahead_period_is_measured_in_the_runs_steps_max_batches_included()
     capped = _config(batch_size=10, epochs=3, ema_decay=0, lookahead_every=7, max_batches_per_epoch=2)
     with pytest.raises(ConfigError, match="lookahead_every 7 is more than the run's 6 optimizer steps"):
         check_run_length(capped, 100)
+
+
+def test_fewer_training_images_than_processes_are_refused_with_a_number_of_processes_that_fits():
+    """The refusal said "train on fewer", naming neither what (processes) nor how many; each process must take a
+    whole batch."""
+    with pytest.raises(
+        ConfigError, match="^the 3 training images leave none to each of 4 processes: train on at most 3 processes$"
+    ):
+        check_run_length(_config(batch_size=1, lookahead_every=0), 3, world_size=4)
+    with pytest.raises(ConfigError, match="leave none to each of 4 processes: train in one process$"):
+        check_run_length(_config(batch_size=2, lookahead_every=0), 3, world_size=4)
+    with pytest.raises(
+        ConfigError, match="leave none to each of 4 processes: train in one process with batch_size at most 3$"
+    ):
+        check_run_length(_config(batch_size=64, lookahead_every=0), 3, world_size=4)

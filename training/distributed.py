@@ -15,6 +15,7 @@ import gc
 import logging
 import os
 import re
+import shlex
 import signal
 import threading
 import warnings
@@ -72,6 +73,15 @@ def launched_processes() -> int:
         raise LaunchError(
             f"WORLD_SIZE={text!r} is not a number of processes: unset it, or start with torchrun"
         ) from None
+
+
+def training_command(*arguments: str) -> str:
+    """The command line of ``python -m training ARGUMENTS`` as this command was launched: under torchrun, on as
+    many processes, as a run of N processes continues exactly only on N (its steps, batches and each rank's
+    random state)."""
+    processes = launched_processes()
+    launcher = ["torchrun", "--nproc_per_node", str(processes), "-m"] if processes > 1 else ["python", "-m"]
+    return shlex.join([*launcher, "training", *arguments])
 
 
 @contextmanager
@@ -174,18 +184,29 @@ def terminated_outright() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# What the backends' errors say when a peer has gone: gloo names its own source file, NCCL raises DistBackendError.
+BACKEND_ERROR = re.compile(r"gloo|NCCL|[Cc]onnection (closed|reset) by peer")
+
+
 @contextmanager
-def peers_watched(info: DistInfo) -> Iterator[None]:
+def peers_watched(info: DistInfo, peer_errors_only: bool = False) -> Iterator[None]:
     """A collective whose peer has gone raises the backend's RuntimeError (gloo: "Connection closed by peer"),
     whose traceback, printed by every rank left, would bury the one line of the rank that failed: said as
-    PeerLost.
-    Around collectives alone: any other RuntimeError (a CUDA out-of-memory) would be misread as a peer's."""
+    PeerLost. A peer killed (SIGKILL: the out-of-memory killer) or stopped alone by a signal says nothing of
+    its own, so the line also names where its end is told: torchrun's report of its exit.
+    Around collectives alone, any RuntimeError is the backend's; around more (a training step, whose backward
+    pass exchanges gradients), ``peer_errors_only`` keeps the others (a CUDA out-of-memory) as they are."""
     try:
         yield
     except RuntimeError as exc:
+        from_backend = isinstance(exc, dist.DistBackendError) or BACKEND_ERROR.search(str(exc)) is not None
+        if peer_errors_only and not from_backend:
+            raise
         raise PeerLost(
             f"rank {info.rank} of {info.world_size}: another process of this run stopped or stopped answering "
-            f"({backend_reason(exc)}); its own message says why"
+            f"({backend_reason(exc)}); its own error says why, or, where it printed none (killed, or stopped by "
+            "a signal of its own), torchrun's report of its exit code; the run's last saved epoch is kept to "
+            "resume from"
         ) from exc
 
 

@@ -366,7 +366,9 @@ class Trainer:
         with bar:  # closed on Ctrl-C too, so the message that follows starts on a line of its own
             for x, y in bar:
                 self.optimizer.zero_grad(set_to_none=True)
-                logits, loss = self._forward_backward(x, y)
+                # the backward pass exchanges gradients with the other processes: one gone is said in a line
+                with distributed.peers_watched(self.dist, peer_errors_only=True):
+                    logits, loss = self._forward_backward(x, y)
                 self.optimizer.step()
                 self.scheduler.step()
                 if self.lookahead:

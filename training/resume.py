@@ -72,8 +72,12 @@ def _last_or_advice(run: Path) -> dict[str, Any]:
         if isinstance(exc.__cause__, PermissionError):  # the file may be whole: copying over it would lose it
             raise
         advice = best_to_go_on_from(run)
-        if advice is None:
+        if advice is None and isinstance(exc, FileNotFoundError):
             raise
+        if advice is None:  # damaged, and no whole best.pt either: only a new run is left
+            raise ConfigError(
+                f"{exc}; {run} holds no other checkpoint to continue from: start over with `train --force`"
+            ) from exc
         raise ConfigError(f"{exc}. {advice} to continue from that epoch, or start over with `train --force`") from exc
 
 
@@ -189,7 +193,8 @@ def _epochs_advice(out_dir: str | Path, differences: list[str], expected: Config
     if expected is None or not all(difference.startswith("train.epochs:") for difference in differences):
         return ""
     epochs = expected.train.epochs
-    return f"; to train it to {epochs} epochs: python -m training resume {out_dir} --epochs {epochs}"
+    command = distributed.training_command("resume", str(out_dir), "--epochs", str(epochs))
+    return f"; to train it to {epochs} epochs: {command}"
 
 
 def _resume(

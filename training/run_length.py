@@ -57,11 +57,15 @@ def run_length_problems(config: Config, images: int, world_size: int = 1, split:
         share += f" {split}" if split else ""
         # no whole batch: every epoch would train on nothing, and the schedule would divide by its zero steps
         if not per_process:
-            return [
-                ConfigError(
-                    f"the {images} training images leave none to each of {world_size} processes: train on fewer"
-                )
-            ]
+            # the processes that each take a whole batch, so that the next start is not refused for the batch
+            fitting = images // t.batch_size
+            if fitting > 1:
+                remedy = f"train on at most {fitting} processes"
+            elif fitting:
+                remedy = "train in one process"
+            else:
+                remedy = f"train in one process with batch_size at most {images}"
+            return [ConfigError(f"the {images} training images leave none to each of {world_size} processes: {remedy}")]
         problems.append(
             ConfigError(f"batch_size {t.batch_size} exceeds {share}: set batch_size to at most {per_process}")
         )

@@ -1,0 +1,110 @@
+"""A run under torchrun as a user meets it when something goes wrong: a process of the run killed, a refusal whose
+advice is a command to run next, a run folder left with nothing to continue from."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from conftest import tiny_overrides
+from test_distributed import run_two_ranks, torchrun_environment
+from training import distributed
+from training.__main__ import main as training_main
+
+
+def test_a_peer_killed_without_a_word_is_said_where_its_end_is_told():
+    """A rank killed outright (SIGKILL: the out-of-memory killer) prints nothing, yet the rank left said "its own
+    message says why", sending the user to look for a message that is nowhere."""
+    script = """
+        import os, signal, sys
+        from training import distributed
+        info = distributed.setup("cpu")
+        distributed.barrier(info)  # both have joined: rank 1 is killed outside any collective
+        if info.rank == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        try:
+            distributed.barrier(info)
+        except OSError as exc:  # as the command lines catch it
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+    """
+    left, killed = run_two_ranks(script)
+    assert killed.returncode == -9 and killed.stderr == "", killed.stderr
+    assert left.returncode == 2, left.stderr
+    lines = left.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in left.stderr, left.stderr
+    said = lines[0]
+    assert said.startswith("error: rank 0 of 2: another process of this run stopped or stopped answering"), said
+    assert "where it printed none (killed, or stopped by a signal of its own), torchrun's report of its exit" in said
+    assert said.endswith("the run's last saved epoch is kept to resume from"), said
+
+
+def test_the_command_advised_for_more_epochs_keeps_the_processes_the_run_was_given(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    """`torchrun --nproc_per_node 2 ... train --resume` with more epochs was told to run `python -m training resume
+    RUN --epochs N`: one process, where the run continues exactly only on the two it was given."""
+    run = tmp_path / "my run"
+    sets = tiny_overrides(image_folder, tmp_path / "cache", threads=1, epochs=1)
+    assert training_main(["train", "--recipe", "resnet9_half_cpu", "--out", str(run), "--set", *sets]) == 0
+    capsys.readouterr()
+    torchrun_environment(monkeypatch, rank=0)
+    more = [s if not s.startswith("epochs=") else "epochs=3" for s in sets]
+    status = training_main(["train", "--recipe", "resnet9_half_cpu", "--out", str(run), "--resume", "--set", *more])
+    said = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(said) == 1, said
+    command = shlex.join(["torchrun", "--nproc_per_node", "2", "-m", "training", "resume", str(run), "--epochs", "3"])
+    assert said[0].endswith(f"to train it to 3 epochs: {command}"), said[0]
+
+
+def test_a_damaged_last_checkpoint_with_nothing_else_to_go_on_from_says_what_is_left(tmp_path, capsys):
+    """A last.pt cut short (a disk filled while copying the folder) with no whole best.pt beside it was said to be
+    no checkpoint, and nothing more: not what the user can still do."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"PK\x03\x04" + bytes(100))
+    (run / "best.pt").write_bytes(b"not a checkpoint")
+    assert training_main(["resume", str(run)]) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith(f"error: {run / 'last.pt'} is not a training checkpoint"), said
+    assert said[0].endswith(f"{run} holds no other checkpoint to continue from: start over with `train --force`")
+
+
+def test_a_peer_killed_while_a_training_step_exchanges_gradients_is_one_line_not_a_traceback():
+    """A rank killed mid-epoch: the one left met the loss in its backward pass (DDP's gradient exchange), outside
+    the watched collectives, and printed a 30-line traceback ending in gloo's "Connection closed by peer"."""
+    script = """
+        import os, signal, sys
+        import torch
+        from torch.nn.parallel import DistributedDataParallel
+        from training import distributed
+        info = distributed.setup("cpu")
+        model = DistributedDataParallel(torch.nn.Linear(4, 2))
+        distributed.barrier(info)
+        if info.rank == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        try:
+            with distributed.peers_watched(info, peer_errors_only=True):
+                model(torch.ones(3, 4)).sum().backward()
+        except OSError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+    """
+    left, killed = run_two_ranks(script)
+    assert killed.returncode == -9, killed.stderr
+    lines = left.stderr.strip().splitlines()
+    assert left.returncode == 2 and len(lines) == 1 and "Traceback" not in left.stderr, left.stderr
+    assert lines[0].startswith("error: rank 0 of 2: another process of this run stopped or stopped answering")
+
+
+def test_an_error_of_the_step_itself_is_not_taken_for_a_lost_peer():
+    """Around a whole training step, an error of the step's own (out of memory, a shape) stays itself."""
+    info = distributed.DistInfo(rank=0, world_size=2, local_rank=0)
+    with pytest.raises(RuntimeError, match="CUDA out of memory") as raised:
+        with distributed.peers_watched(info, peer_errors_only=True):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert not isinstance(raised.value, distributed.PeerLost)
+    with pytest.raises(distributed.PeerLost):
+        with distributed.peers_watched(info, peer_errors_only=True):
+            raise RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer")
