@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, wait_for_lines
+from inference.interrupts import terminations_as_interrupts
 from service.score import ray_engine
 from service.score.cli import main as score_main
 from service.score.errors import UserError
@@ -484,6 +485,31 @@ def test_ray_shuts_down_after_the_pipeline_threads_end(monkeypatch):
     assert stuck.timeouts and all(t is not None and t <= 0.2 for t in stuck.timeouts), stuck.timeouts
     backend.close()  # a second close does nothing
     assert ray.alive_at_shutdown == [stuck]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_stop_while_ray_shuts_down_lets_the_shutdown_finish(signum):
+    """A second Ctrl-C (or a SIGTERM) while close() shut Ray down stopped the shutdown halfway: Ray's dashboard
+    and runtime-env agents were left running and the command ended with status 1, not 130. It is ignored there,
+    and the handlers are the run's again after."""
+
+    class StoppedAgain(_RecordingRay):
+        finished = False
+
+        def shutdown(self):
+            signal.raise_signal(signum)
+            self.finished = True
+
+    backend, _ = _closing_backend()
+    backend.ray = ray = StoppedAgain()
+    with terminations_as_interrupts():
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            backend.close()
+        except KeyboardInterrupt:  # Terminated too; raised on, it would end pytest's session
+            pytest.fail(f"{signal.Signals(signum).name} stopped Ray's shutdown")
+        assert ray.finished
+        assert {s: signal.getsignal(s) for s in handlers} == handlers
 
 
 def test_a_cluster_connection_is_left_to_the_process_end_which_keeps_its_status(tmp_path):

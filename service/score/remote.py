@@ -9,6 +9,7 @@ import email.utils
 import io
 import os
 import re
+import ssl
 import sys
 import threading
 import time
@@ -89,6 +90,7 @@ class RemoteBackend:
 
         self.httpx = httpx
         self.url = checked_url(url).rstrip("/")
+        api_key = _checked_key(api_key)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
         self.timeout = timeout
@@ -99,7 +101,9 @@ class RemoteBackend:
         self.k = 5
         self.max_body_bytes: int | None = None  # the service's, when it says (GET /models' limits)
         self.name, self.classes = self._model_info(model)
-        self.model = model
+        # Every request names the model, the service's default included: a default that changes during the run (a
+        # restart, or a rolling update behind a load balancer) would otherwise answer part of the rows with another.
+        self.model = self.name
         self.fit = fit  # None: the service's model's own
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="score-post")
         # An image is blamed by a request of it alone while no other worker's request is in flight: another
@@ -119,7 +123,7 @@ class RemoteBackend:
             self._wait_ready()
             listing = self.client.get("/models")
         except httpx.HTTPError as exc:
-            raise UserError(f"cannot reach the service at {self.url}: {exc}") from None
+            raise UserError(f"cannot reach the service at {self.url}: {exc}{_tls_hint(self.url, exc)}") from None
         try:
             listed = ModelList.model_validate_json(listing.content)
         except ValidationError:
@@ -141,16 +145,33 @@ class RemoteBackend:
             ready = self.client.get("/readyz")
             if ready.status_code == 200:
                 return
+            if ready.status_code == 404:
+                raise UserError(self._no_service(ready))
             if ready.status_code != 503 or time.monotonic() >= deadline:
                 waited = f" after {self.timeout:g} s (--timeout)" if ready.status_code == 503 else ""
                 raise UserError(
-                    f"the service at {self.url} is not ready{waited}: GET /readyz answered {ready.status_code} "
-                    f"{ready.text[:200]}"
+                    f"the service at {self.url} is not ready{waited}: GET /readyz answered {ready.status_code}: "
+                    f"{_one_line(_error_message(ready)[1])}"
                 )
             if not said:
                 _say(f"waiting for the service at {self.url} to be ready (its models loading)")
                 said = True
             time.sleep(self.READY_POLL_S)
+
+    def _no_service(self, answer: httpx.Response) -> str:
+        """Why a URL whose /readyz is not found serves no scoring: most often it names a path of the service
+        (http://host:3000/classify), whose own address is then suggested."""
+        said = f"no scoring service at {self.url}: GET {self.url}/readyz answered 404"
+        origin = str(self.httpx.URL(self.url).copy_with(path="/", query=None, fragment=None)).rstrip("/")
+        if origin != self.url:
+            try:
+                if self.client.get(f"{origin}/readyz").status_code == 200:
+                    return f"{said}; the service is at {origin}: --url {origin} (its address, without a path)"
+            except self.httpx.HTTPError:
+                pass
+        page = answer.headers.get("content-type", "").startswith("text/html")
+        what = "a web page" if page else _one_line(_error_message(answer)[1])
+        return f"{said} ({what}): is it the address `python -m service serve` serves?"
 
     def _take(self, limits: Limits | None) -> None:
         """Requests sized to what the service says it takes, so that none is refused for its size first."""
@@ -372,7 +393,14 @@ class RemoteBackend:
         checked = _checked_answer(answer, len(items))
         if isinstance(checked, str):
             return _Failed(answer.status_code, checked, 1, images=True)
-        self.name = self.name or checked.model
+        if self.name is None:  # a service that does not list its models: the first answer's is the run's
+            self.name = checked.model
+        elif checked.model != self.name:
+            raise RemoteError(
+                f"the service at {self.url} answered with model {checked.model!r}, not {self.name!r}, which this "
+                "run scores with: its rows would mix two models' predictions (a service that ignores the request's "
+                "model, or whose default changed during the run)"
+            )
         # Cut to k: a service that gives more than it was asked for (one that ignores k) would write rows longer
         # than the CSV header, which --resume then refuses.
         return [
@@ -441,7 +469,13 @@ class RemoteBackend:
 
     def close(self) -> None:
         self._stop("the run stopped")
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        except KeyboardInterrupt:
+            # Ctrl-C again while the requests in flight end (each within --timeout): the run has stopped already,
+            # its rows and status are the first stop's, and a traceback would say nothing more. The process's exit
+            # still waits for those requests, whose connections the client must keep until then.
+            return
         self.client.close()
 
 
@@ -450,19 +484,55 @@ def checked_url(url: str) -> str:
     an "unsupported protocol 'localhost://'" for a URL that only lacks its http://."""
     import httpx
 
+    if url != url.strip():  # pasted with a space: httpx keeps a trailing one in the path, and every path 404s
+        raise UserError(f"--url {url!r} has spaces around it: --url {url.strip()}")
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
         raise UserError(f"--url {url!r} is not a valid URL: {exc}") from None
     if "://" not in url or not parsed.scheme:
-        raise UserError(f"--url {url!r} names no protocol: did you mean --url http://{url.split('://')[-1]}?")
+        # "http:/host" and "http//host" are a mistyped protocol, not a host named "http"
+        address = re.sub(r"^https?(?::/*|/+)", "", url.split("://")[-1], flags=re.IGNORECASE)
+        raise UserError(f"--url {url!r} names no protocol: did you mean --url http://{address}?")
     if parsed.scheme not in ("http", "https"):
         raise UserError(f"--url {url!r}: the service is reached by http:// or https://, not {parsed.scheme}://")
     if not parsed.host:
         raise UserError(f"--url {url!r} names no host (as in http://localhost:3000)")
+    if parsed.query:
+        # httpx joins a base URL's query with a request's path by dropping the path: every request would go to "/"
+        raise UserError(f"--url {url!r} has a query (?{parsed.query.decode()}): give the service's address alone")
     if parsed.port is not None and not 0 < parsed.port < 65536:
         raise UserError(f"--url {url!r}: port {parsed.port} is not a TCP port (1 to 65535)")
     return url
+
+
+def _checked_key(key: str | None) -> str | None:
+    """The key as the service compares it (without the spaces and line ends around it, as it reads its own list of
+    keys: a key read from a file keeps its newline), or a UserError that does not show it, for a key no HTTP header
+    can carry: httpx's own errors are a traceback (a non-ASCII letter) or a message quoting the key."""
+    key = (key or "").strip()
+    if not all(" " <= c <= "~" for c in key):
+        raise UserError(
+            f"the API key (--api-key, or the {API_KEY_VARIABLE} variable) holds a character an HTTP header cannot "
+            "carry (a control character or a non-ASCII letter): give the key alone"
+        )
+    return key or None
+
+
+def _one_line(text: str, most: int = 200) -> str:
+    """A service's or a web server's words (an HTML error page spans many lines) on one line, cut to ``most``."""
+    return " ".join(text.split())[:most]
+
+
+def _tls_hint(url: str, exc: Exception) -> str:
+    """A hint for an https:// URL whose TLS handshake failed for another reason than its certificate: most often
+    a service that speaks plain HTTP (as `python -m service serve` does) on that port."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None or isinstance(cause, ssl.SSLCertVerificationError):
+        return ""
+    return f" (no TLS there: a plain HTTP service? --url http://{url.split('://', 1)[1]})"
 
 
 def _checked_answer(response, count: int) -> ClassifyResponse | str:
