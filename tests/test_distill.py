@@ -352,3 +352,16 @@ def test_a_resume_on_changed_data_is_refused_as_such_before_the_teachers_pass(
     with pytest.raises(ConfigError, match=r"was trained on other data than .*classes \['alpha', 'beta', 'gamma'\]"):
         resume(tmp_path / "run")
     assert (tmp_path / "run" / distill.TEACHER_FILE).read_bytes() == kept
+
+
+def test_a_teacher_at_weight_0_is_not_run(image_folder, tiny_run, tmp_path, monkeypatch):
+    """At distill_weight 0 the config warns that the teacher is unused, yet the run still passed it over every
+    training image (minutes on CIFAR) and kept its logits in the run folder."""
+    calls = []
+    monkeypatch.setattr(distill, "teacher_logits", lambda *args, **kwargs: calls.append(1))
+    config = build_config(
+        "airbench94_cpu", student_overrides(image_folder, tmp_path, tiny_run, epochs=3, distill_weight=0)
+    )
+    train(config, tmp_path / "run")
+    assert calls == [] and not (tmp_path / "run" / distill.TEACHER_FILE).exists()
+    assert (tmp_path / "run" / "best.pt").is_file()

@@ -74,8 +74,10 @@ class Trainer:
         the data read now must be (``restore`` checks it too, for a caller that gives none)."""
         self.config, self.out_dir = config, Path(out_dir)
         check_network_takes_its_input(config)
-        if config.train.distill_from:
-            teacher_file(config.train.distill_from, self.out_dir)
+        # at weight 0 the teacher is unused (the config's warning says so): its pass over the images is minutes
+        teacher_source = config.train.distill_from if config.train.distill_weight > 0 else None
+        if teacher_source:
+            teacher_file(teacher_source, self.out_dir)
         self._set_up_processes(resumed=started_on is not None)
         # before the teacher's pass over the images (minutes): a resume on data that changed, or a run too short
         # for its settings, is refused first; that pass would also replace the teacher's logits the run keeps
@@ -86,8 +88,8 @@ class Trainer:
         else:
             check_run_length(config, len(train_data), self.dist.world_size)
         teacher = None
-        if config.train.distill_from:
-            teacher = self._teacher_logits(config.train.distill_from, train_data, resuming)
+        if teacher_source:
+            teacher = self._teacher_logits(teacher_source, train_data, resuming)
         self._build_model(train_data)
         self._build_loaders(train_data, val_data, teacher)
         self._build_optimizer(train_data)

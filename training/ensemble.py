@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from inference.errors import UsageError
 from inference.fits import LEGACY_FIT, get_fit
@@ -80,6 +81,26 @@ def check_compatible(metas: Sequence[dict], names: Sequence[str], fit_given: boo
             )
 
 
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa
+    )
+
+
+def check_different_networks(networks: Sequence[torch.nn.Module], files: Sequence[Path]) -> None:
+    """Refuse two members that serve the same weights under two file names: a copy of a checkpoint, or a run's
+    best.pt beside its last.pt where the best epoch was the last. Their average is the one network; joined, it
+    would pass for an ensemble in the card and every report."""
+    for i, network in enumerate(networks):
+        twin = next((j for j in range(i) if _same_weights(networks[j], network)), None)
+        if twin is not None:
+            raise UsageError(
+                f"{files[i]} holds the same weights as {files[twin]} (a copy, or a run's last.pt whose epoch was its "
+                "best): an ensemble of a model with itself is that model"
+            )
+
+
 def _common_fingerprint(metas: Sequence[dict], fit: str) -> dict:
     """The members' fingerprint of their images, where they all recorded the same one and read them with the
     ensemble's fit: export and verify then check a moved dataset (--data) against it, as for a single run."""
@@ -125,6 +146,8 @@ def join_checkpoints(
         raise UsageError("the same checkpoint is given twice: an ensemble of a model with itself is that model")
     metas = [c["meta"] for c in ckpts]
     check_compatible(metas, [str(f) for f in files], fit_given=fit is not None)
+    networks = [model_from_checkpoint(c) for c in ckpts]
+    check_different_networks(networks, files)
     first = metas[0]
     here = _where_the_data_is(ckpts)
     specs = [member_spec(m, t) for m, t in zip(metas, tta)]
@@ -162,8 +185,8 @@ def join_checkpoints(
     model = create_model(ENSEMBLE_ARCH, meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])
     ensemble = model.backbone
     assert isinstance(ensemble, Ensemble)  # what create_model builds for ENSEMBLE_ARCH
-    for member, ckpt in zip(ensemble.members, ckpts):
-        network_of(member).load_state_dict(model_from_checkpoint(ckpt).state_dict())
+    for member, network in zip(ensemble.members, networks):
+        network_of(member).load_state_dict(network.state_dict())
     save_model_checkpoint(meta, model, out)
     return meta
 

@@ -102,6 +102,31 @@ def variant_dir_name(assignments: list[str]) -> str:
     return "__".join(re.sub(r"[^A-Za-z0-9._-]+", "_", a.replace("=", "-")) for a in assignments)
 
 
+def check_distinct_variants(configs: list[Config], labels: list[str], names: list[str], stepped: bool) -> None:
+    """Refuse, before any trains, two variants that would train the same run (a step whose settings change nothing,
+    values that spell one setting twice: its row would repeat the other's and pass for a measured +0.00), and two
+    whose run folders are one (labels that differ only in characters a folder's name drops)."""
+    kind = "step" if stepped else "variant"
+    dumps = [config.model_dump(mode="json") for config in configs]
+    for i, dump in enumerate(dumps):
+        twin = next((j for j in range(i) if dumps[j] == dump), None)
+        if twin is not None:
+            change = "its settings change nothing from" if stepped and twin == i - 1 else "it trains the same run as"
+            raise UsageError(
+                f"{kind} {labels[i]!r}: {change} {kind} {labels[twin]!r}, so its row would only repeat that one's: "
+                f"drop it, or give it settings that change the run"
+            )
+    for i, name in enumerate(names):
+        if name.strip(".") == "":  # the ablation's own folder, or the one above it
+            raise UsageError(f"{kind} label {labels[i]!r} names no folder of its own: give it letters or digits")
+        twin = next((j for j in range(i) if names[j] == name), None)
+        if twin is not None:
+            raise UsageError(
+                f"{kind}s {labels[twin]!r} and {labels[i]!r} would share the run folder {name!r} (a folder's name "
+                "keeps letters, digits, '.', '_' and '-'): give them labels that differ in those"
+            )
+
+
 def _same_config(run_dir: Path, config: Config) -> bool:
     saved = run_dir / CONFIG_FILE
     return not saved.is_file() or _saved_config(saved) == config.model_dump(mode="json")
@@ -172,7 +197,14 @@ def check_variants(folders: list[Path], configs: list[Config], labels: list[str]
 def _data_spec(config: Config, split: str) -> DataSpec:
     d = config.data
     if split in ("val",) and d.val_size == 0:
-        raise UsageError("the ablation's runs have no validation split (val_size=0): set val_size or pass --split test")
+        other = "" if d.dataset == "folder" else " or pass --split test"  # a folder dataset has no test split
+        raise UsageError(f"the ablation's runs have no validation split (val_size=0): set val_size{other}")
+    if split == "test" and d.dataset == "folder":
+        # evaluate's advice (--data at a test folder) names an option the ablation has not: it reads its runs' data
+        raise UsageError(
+            "a folder dataset has no separate test split, and an ablation evaluates its runs on their own data: "
+            "use --split val (their held-out images, the default)"
+        )
     return DataSpec(d.dataset, d.root, split, d.val_size, d.split_seed, d.image_size, d.cache_dir, d.fit)
 
 
@@ -223,6 +255,8 @@ def ablate(
     check_tta(tta)
     # Build every config, and its network, before training anything: a typo fails at once, not after hours.
     configs = [buildable_config(recipe, sets + combo, f"variant {label!r}") for label, combo in zip(labels, combos)]
+    names = [variant_dir_name([label] if steps else combo) for label, combo in zip(labels, combos)]
+    check_distinct_variants(configs, labels, names, bool(steps))
     out_dir = Path(out) if out else Path("runs") / f"ablate-{configs[0].recipe}"
     # Its table and its variants' run folders: not among a run's or someone's files. An ablation's own folder,
     # even one stopped before its table (variant folders only), is reused: the re-run skips finished variants.
@@ -234,7 +268,7 @@ def ablate(
     loaded: dict[tuple, tuple] = {}
     for config in configs:  # so does a missing or unknown split
         _eval_data(_data_spec(config, split), loaded)
-    folders = [out_dir / variant_dir_name([label] if steps else combo) for label, combo in zip(labels, combos)]
+    folders = [out_dir / name for name in names]
     check_variants(folders, configs, labels)
     out_dir.mkdir(parents=True, exist_ok=True)
 
