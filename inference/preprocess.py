@@ -147,17 +147,20 @@ def decode_rgb(
     fit: str,
     reduce: bool = True,
 ) -> Image.Image:
-    """Decode image bytes to an RGB image of ``size`` (height, width), fitted the way ``fit`` (a name from
+    """Decode an image file's bytes (a bytearray or memoryview of them too; a PIL image is ``to_rgb_image``'s) to an
+    RGB image of ``size`` (height, width), fitted the way ``fit`` (a name from
     ``inference.fits.FITS``) says; ``ImageDecodeError`` if they are not an image. The pixel limit is checked
     on the header's size before anything is decoded. ``reduce=False`` decodes a large JPEG at full size
     (the reference the reduced decode is measured against).
 
     ``fit`` has no default: a model is served the fit its card names (``card.input.fit``), and a default that
     differed from it gave a caller other pixels than the service and the scorer give the same model."""
+    data = _file_bytes(data)
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     get_fit(fit)  # an unknown name is the caller's error, not the image's
     _check_size(size)
+    _check_max_pixels(max_pixels)
     if data.startswith(_JPEG_MAGIC):
         _check_scans(data)
     frame = plain_jpeg_frame(data)
@@ -351,6 +354,36 @@ def _format_hint(data: bytes) -> tuple[str, ...] | None:
     return None
 
 
+def _file_bytes(data: object) -> bytes:
+    """``data`` as bytes where it is an image file's (bytearray and memoryview too); for anything else, the
+    caller's error, named with the call that takes it, where a path, a PIL image or an array would fail deep
+    inside with an AttributeError or a TypeError."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    if isinstance(data, (str, os.PathLike)):
+        hint = "; a file's are pathlib.Path(name).read_bytes()"
+    elif isinstance(data, Image.Image):
+        hint = "; a PIL image is fitted by to_rgb_image(image, size, fit=...)"
+    elif isinstance(data, np.ndarray):
+        hint = "; an array of pixels is fitted by to_rgb_image(PIL.Image.fromarray(array), size, fit=...)"
+    else:
+        hint = ""
+    raise UsageError(f"image decoding takes the bytes of an image file, got {type(data).__name__}{hint}")
+
+
+def _check_max_pixels(max_pixels: int) -> None:
+    try:
+        limit = 0 if isinstance(max_pixels, bool) else operator.index(max_pixels)
+    except TypeError:
+        limit = 0
+    if limit < 1:  # None would fail every image with a TypeError, and 0 refuse each as "over the limit of 0"
+        raise UsageError(
+            f"max_pixels is the most pixels an image may have, a positive whole number; got {max_pixels!r}"
+        )
+
+
 def _check_size(size: tuple[int, int]) -> None:
     """A size the fit cannot produce is the caller's error, said as such: not a ZeroDivisionError, IndexError or
     TypeError from the fit's arithmetic."""
@@ -431,6 +464,7 @@ def to_rgb_image(
     ``exif=False``: the caller knows the image has no EXIF orientation to apply. ``frame``: the upright
     (width, height) before a reduced-size decode, which sets the fit's geometry; ``extent``: the part of
     the image that shows it (default: all of it)."""
+    _check_size(size)
     if exif:
         try:
             image = ImageOps.exif_transpose(image)
@@ -500,14 +534,31 @@ def _transparent(image: Image.Image) -> bool:
 def to_model_input(images: Sequence[np.ndarray] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Stack uint8 [H, W, 3] images into the float32 [N, 3, H, W] tensor in [0, 1] every model takes
     (written into ``out``, a C-contiguous float32 [N, 3, H, W], when given)."""
-    batch = np.stack(images) if not isinstance(images, np.ndarray) else images
+    if isinstance(images, np.ndarray):
+        batch = images
+    else:
+        arrays = [np.asarray(image) for image in images]
+        shapes = sorted({f"{list(a.shape)}" for a in arrays})
+        if len(shapes) != 1:  # none, or images of several sizes: numpy's own words name neither
+            raise UsageError(
+                "to_model_input takes uint8 [H, W, 3] images of one size (decode_image's), got "
+                + (
+                    f"images of shapes {', '.join(shapes[:4])}"
+                    if shapes
+                    else "none: an empty batch is an array [0, H, W, 3]"
+                )
+            )
+        batch = np.stack(arrays)
     if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
         # float pixels already in [0, 1] would come out near black, and an NCHW batch transposed into nonsense
         raise UsageError(
             f"to_model_input takes uint8 [N, H, W, 3] images (decode_image's), got {batch.dtype} {list(batch.shape)}"
         )
+    shape = (batch.shape[0], 3, *batch.shape[1:3])
     if out is None:
-        out = np.empty((batch.shape[0], 3, *batch.shape[1:3]), dtype=np.float32)
+        out = np.empty(shape, dtype=np.float32)
+    elif out.dtype != np.float32 or out.shape != shape:
+        raise UsageError(f"to_model_input's out must be float32 {list(shape)}, got {out.dtype} {list(out.shape)}")
     # One pass (uint8 -> float32, scaled, into NCHW) instead of a converted copy and then a scaled one.
     return np.multiply(batch.transpose(0, 3, 1, 2), np.float32(1.0 / 255.0), out=out, dtype=np.float32)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
 import tempfile
 from collections import Counter
@@ -24,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from .devices import DEVICES, CudaPlacementError, Device, DeviceKind
+from .devices import DEVICES, THREADS_MAXIMUM, CudaPlacementError, Device, DeviceKind
 from .errors import UsageError
 from .manifest import METADATA_KEY, DefaultChoice, Manifest, ModelCard
 from .messages import exception_summary, validation_problems
@@ -70,6 +71,20 @@ def default_threads() -> int:
 
 class ModelFileError(UsageError):
     """ONNX Runtime cannot load the file on the CPU: not ONNX, truncated, or made of operators it lacks."""
+
+
+def check_model_file(path: Path) -> None:
+    """A ModelFileError for a path that is no file: ONNX Runtime's own words for a missing one, or a folder, are
+    "not an ONNX model ... Protobuf parsing failed", and under ``device="cuda"`` "cannot run wholly on CUDA"."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not an ONNX model file")
+    if path.exists():
+        raise ModelFileError(f"{path} is not a regular file (a device or a pipe), not an ONNX model file")
+    # a model's name where its file belongs is the likely slip: the manifest maps one to the other
+    named = "" if path.suffix else " (a model's name? load_manifest(MODELS_DIR).get(NAME).file is its file's name)"
+    raise ModelFileError(f"no ONNX model at {path}{named}")
 
 
 @dataclass(frozen=True)
@@ -119,6 +134,17 @@ def choose_default(manifest: Manifest, cuda_wanted: bool, placed: Mapping[str, P
     )
 
 
+def whole_number(value: object) -> int | None:
+    """``value`` as an int where it is one (numpy's included; not a bool, a float or a string of digits), else
+    None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 @dataclass(frozen=True)
 class SessionSettings:
     """How a session runs, wherever it is placed.
@@ -133,6 +159,18 @@ class SessionSettings:
     threads: int | None = None
     spin: bool = True
     memory_arena: bool = True
+
+    def __post_init__(self) -> None:
+        # ONNX Runtime takes a negative count without a word, refuses a string in a many-line TypeError, and
+        # spends minutes starting thousands of threads as each model opens
+        if self.threads is None:
+            return
+        threads = whole_number(self.threads)
+        if threads is None or not 1 <= threads <= THREADS_MAXIMUM:
+            raise UsageError(
+                f"threads must be a whole number from 1 to {THREADS_MAXIMUM} (None: every core this process may "
+                f"use), got {self.threads!r}"
+            )
 
 
 DEFAULT_SESSION = SessionSettings()  # frozen: one shared default
@@ -206,6 +244,7 @@ def open_session(
     CUDA and the model can run there, on the CPU otherwise (``decide_placement``)."""
     path = Path(path)
     cuda_wanted = wants_cuda(device)
+    check_model_file(path)
     failure = None
     if cuda_wanted:
         preload_cuda()
@@ -225,6 +264,7 @@ def open_session(
 
 def cpu_session(path: Path, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
     """A CPU session for ``path``; a ModelFileError for a file ONNX Runtime cannot load."""
+    check_model_file(path)
     try:
         return ort.InferenceSession(model_source(path), sess_options=options, providers=[CPU])
     except Exception as exc:  # ONNX Runtime's error types share only Exception
@@ -308,8 +348,10 @@ class OnnxClassifier:
         device_id: int = 0,
         max_run_images: int | None = None,
     ) -> None:
-        if max_run_images is not None and max_run_images < 1:
-            raise ValueError(f"max_run_images must be at least 1, got {max_run_images}")
+        if max_run_images is not None and not (whole_number(max_run_images) or 0) >= 1:
+            raise UsageError(
+                f"max_run_images must be a whole number of at least 1 (None: no limit), got {max_run_images!r}"
+            )
         self.path = Path(path)
         self.max_run_images = max_run_images
         self.session, self.placement = open_session(self.path, device, settings, device_id)
@@ -336,14 +378,20 @@ class OnnxClassifier:
         """``batch`` as float32; a UsageError for what the model would misread or ONNX Runtime refuse unexplained."""
         batch = np.asarray(batch)
         expected = (3, *self.card.input.size)
+        takes = f"{self.card.name} takes float32 [N, {', '.join(map(str, expected))}] in [0, 1]"
+        made = "inference.preprocess.to_model_input makes it from uint8 [H, W, 3] images"
         # uint8 pixels would be read as 0-255 where the model takes 0-1: confident, wrong answers
         if batch.dtype.kind != "f" or batch.ndim != 4 or batch.shape[1:] != expected:
-            raise UsageError(
-                f"{self.card.name} takes float32 [N, {', '.join(map(str, expected))}] in [0, 1], got "
-                f"{batch.dtype} {list(batch.shape)}: inference.preprocess.to_model_input makes it from uint8 "
-                f"[H, W, 3] images"
-            )
-        return np.ascontiguousarray(batch, dtype=np.float32)
+            raise UsageError(f"{takes}, got {batch.dtype} {list(batch.shape)}: {made}")
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        # Floats of 0-255, or normalised ones (the graph normalises itself), would be answered with confident
+        # classes, and NaN with some class too; min and max carry a NaN along.
+        if batch.size:
+            low, high = float(batch.min()), float(batch.max())
+            if not (low >= 0.0 and high <= 1.0):
+                got = "NaN" if np.isnan(low) or np.isnan(high) else f"values from {low:g} to {high:g}"
+                raise UsageError(f"{takes} (pixel / 255; the graph normalises them itself), got {got}: {made}")
+        return batch
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
@@ -361,8 +409,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices and probabilities of the k most likely classes per row, most likely first (all of them for a k
     past their count)."""
-    if k < 1:  # a negative k would slice off the least likely classes and answer the rest
+    count = whole_number(k)
+    if count is None:
+        raise UsageError(f"k must be a whole number of at least 1, got {k!r}")
+    if count < 1:  # a negative k would slice off the least likely classes and answer the rest
         raise UsageError(f"k must be at least 1, got {k}")
-    k = min(k, probs.shape[1])
-    idx = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    probs = np.asarray(probs)
+    if probs.ndim != 2:
+        raise UsageError(
+            f"top_k takes probabilities [N, classes], one row an image, got shape {list(probs.shape)}"
+            + (": one image's are probs[None]" if probs.ndim == 1 else "")
+        )
+    idx = np.argsort(-probs, axis=1, kind="stable")[:, : min(count, probs.shape[1])]
     return idx, np.take_along_axis(probs, idx, axis=1)

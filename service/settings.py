@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Mapping, get_args
 
-from inference.devices import DEVICES, Device, gpu_hint
+from inference.devices import DEVICES, THREADS_MAXIMUM, Device, gpu_hint
 from inference.preprocess import DEFAULT_MAX_PIXELS
 
 Switch = Literal["on", "off"]
@@ -73,9 +73,6 @@ class SettingsError(ValueError):
 # What every integer setting must fit: ONNX Runtime takes its thread counts as 32-bit integers, and a larger
 # limit ends start-up in a worker's traceback (then BentoML's restart loop), not in one line here.
 INTEGER_MAXIMUM = 2**31 - 1
-# ONNX Runtime starts a session's intra-op threads as it opens each model: 1024 took 26 s a model on 2 cores, and
-# 2**31 - 1 failed with std::bad_alloc in every worker BentoML started again, while serve and the doctor said OK.
-THREADS_MAXIMUM = 1024
 
 
 @dataclass(frozen=True)
