@@ -108,3 +108,18 @@ def test_an_error_of_the_step_itself_is_not_taken_for_a_lost_peer():
     with pytest.raises(distributed.PeerLost):
         with distributed.peers_watched(info, peer_errors_only=True):
             raise RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer")
+
+
+def test_a_run_folder_in_use_is_told_to_continue_on_the_processes_it_was_given(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    """`torchrun --nproc_per_node 2 ... train --out RUN` over a run already there advised `python -m training
+    resume RUN`: one process, where a run of two continues exactly only on two."""
+    run = tmp_path / "run"
+    sets = tiny_overrides(image_folder, tmp_path / "cache", threads=1, epochs=1)
+    assert training_main(["train", "--recipe", "resnet9_half_cpu", "--out", str(run), "--set", *sets]) == 0
+    capsys.readouterr()
+    torchrun_environment(monkeypatch, rank=0)
+    assert training_main(["train", "--recipe", "resnet9_half_cpu", "--out", str(run), "--set", *sets]) == 2
+    said = capsys.readouterr().err
+    assert f"continue it with `torchrun --nproc_per_node 2 -m training resume {run}`" in said, said

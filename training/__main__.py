@@ -47,7 +47,7 @@ try:
         list_recipes,
         placement_overrides,
     )
-    from .distributed import LaunchError, is_main_process, launched_processes, quiet_unless_main
+    from .distributed import LaunchError, is_main_process, launched_processes, quiet_unless_main, training_command
 except KeyboardInterrupt:
     sys.exit(_stopped_while_loading())
 
@@ -114,7 +114,7 @@ def _train_into(out: Path, config: Config, args: argparse.Namespace) -> dict:
         summary = resume(out, expected=config)
     elif LAST_FILE in held and not args.force:
         raise ConfigError(
-            f"{out} already holds a run; continue it with `python -m training resume {out}` (or this "
+            f"{out} already holds a run; continue it with `{training_command('resume', str(out))}` (or this "
             "command with --resume), or start over with --force"
         )
     elif held and not args.force:
@@ -516,18 +516,15 @@ def _interrupted(args: argparse.Namespace) -> str:
         return f"interrupted before {run} completed an epoch: nothing to continue; run the same command again"
     # what this command was asked for that the resume must be told again: a run continued elsewhere and stopped
     # before its next epoch was saved still has the old place in its last.pt
-    processes = launched_processes()
-    # a run of N processes continues exactly only on N: the steps, the batches and each rank's random state
-    launcher = ["torchrun", "--nproc_per_node", str(processes), "-m"] if processes > 1 else ["python", "-m"]
-    command = [*launcher, "training", "resume", str(run)]
+    arguments = ["resume", str(run)]
     if args.fn is cmd_resume:
         placement = args.set
     else:
         placement = placement_overrides(args.set) if args.resume else []
     if args.fn is cmd_resume and args.epochs:
-        command += ["--epochs", str(args.epochs)]
-    command += ["--set", *placement] if placement else []
-    return f"interrupted: the last saved epoch is in {last}; continue with `{shlex.join(command)}`"
+        arguments += ["--epochs", str(args.epochs)]
+    arguments += ["--set", *placement] if placement else []
+    return f"interrupted: the last saved epoch is in {last}; continue with `{training_command(*arguments)}`"
 
 
 if __name__ == "__main__":
