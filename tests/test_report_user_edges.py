@@ -187,3 +187,18 @@ def test_a_graphs_temperature_is_said_in_sample_only_on_its_own_validation_split
     assert "on these validation images" in own[2], own
     for said in (other, share):
         assert "on these validation images" not in said[2] and "not these images" in said[2], said
+
+
+def test_a_run_folder_with_only_its_last_checkpoint_points_to_it(tmp_path):
+    """A run stopped before its best.pt (or one that lost it) given as a folder was "not a checkpoint, a run folder
+    with best.pt, ...": true, but not that its last.pt is there to be given."""
+    from training.reports.compare import classify
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"is a run folder without best.pt: give its .*last.pt"):
+        classify(run)
+    (run / "last.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="is not a checkpoint, a run folder with best.pt"):
+        classify(run)

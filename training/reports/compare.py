@@ -64,6 +64,11 @@ def classify(path: str | Path) -> str:
     what = "a checkpoint, a run folder with best.pt, an .onnx file or a report folder with " + PREDICTIONS_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (give {what})")
+    if path.is_dir() and (path / "last.pt").is_file():  # a run stopped before its best.pt, or one that lost it
+        raise FileNotFoundError(
+            f"{path} is a run folder without best.pt: give its {path / 'last.pt'} (the last saved epoch), or "
+            "finish the run"
+        )
     raise FileNotFoundError(f"{path} is not {what}")
 
 
