@@ -1854,7 +1854,7 @@ def test_a_batch_size_that_leaves_much_of_each_epoch_out_is_said(image_folder, t
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             Trainer(cfg, tmp_path / f"run{batch_size}")
-        said = "each epoch trains on 30 of the 45 training images per process (whole batches of 30" in caplog.text
+        said = "each epoch trains on 30 of the 45 training images (whole batches of 30" in caplog.text
         assert said == warned, caplog.text
 
 

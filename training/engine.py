@@ -213,10 +213,11 @@ class Trainer:
         seen = len(self.train_loader) * t.batch_size
         if not t.max_batches_per_epoch and per_process - seen > DROPPED_SHARE_WARNED * per_process:
             log.warning(
-                "each epoch trains on %d of the %d training images per process (whole batches of %d; the rest, "
-                "other images each epoch, wait for the next): a batch_size dividing %d more evenly would use them",
+                "each epoch trains on %d of the %d training images%s (whole batches of %d; the rest, other images "
+                "each epoch, wait for the next): a batch_size dividing %d more evenly would use them",
                 seen,
                 per_process,
+                " per process" if self.dist.world_size > 1 else "",
                 t.batch_size,
                 per_process,
             )
