@@ -53,7 +53,7 @@ def start_server(args, port: int) -> subprocess.Popen:
             serve_args += [f"--{flag}", str(getattr(args, flag))]
     # To a file, not a pipe nobody reads (with --serve-arg=--access-log=on a run writes megabytes); its path printed.
     fd, log_path = tempfile.mkstemp(prefix="bench_service_", suffix=".log")
-    print(f"server log: {log_path}", file=sys.stderr, flush=True)
+    print(f"server log: {log_path} (removed with the server unless the run fails)", file=sys.stderr, flush=True)
     with os.fdopen(fd, "w") as log:
         server = spawn_server(port, args.models_dir, *serve_args, log=log)
     LOGS[server.pid] = Path(log_path)

@@ -4,7 +4,7 @@ started; given a bad name or path, it says so in one line; a bug keeps its trace
 Python's default SIGTERM action ends the process where it stands: no `finally`, no `with` exit, so the scorer
 child of `subprocess.run` or a server started in its own session keeps running and disturbs whatever is
 measured next. Answered as Ctrl-C is (inference/interrupts.py), the signal unwinds the stack: `subprocess.run`
-kills its child, `run_child` passes the signal on to its own, and `finally: stop_server(...)` runs."""
+kills its child, `run_child` passes the signal on to its own, and `service_runs.serving` stops its server."""
 
 from __future__ import annotations
 

@@ -531,6 +531,12 @@ def _transparent(image: Image.Image) -> bool:
     return image.mode in ("RGBA", "LA", "PA") or (image.mode in KEYED_MODES and "transparency" in image.info)
 
 
+def in_unit_range(values: np.ndarray) -> bool:
+    """Whether every value is one a decoded image can give the models, in [0, 1]: not NaN (which min and max carry
+    along), infinite, 0-255 or normalised by hand (the graphs normalise themselves)."""
+    return values.size == 0 or (float(values.min()) >= 0.0 and float(values.max()) <= 1.0)
+
+
 def to_model_input(images: Sequence[np.ndarray] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Stack uint8 [H, W, 3] images into the float32 [N, 3, H, W] tensor in [0, 1] every model takes
     (written into ``out``, a C-contiguous float32 [N, 3, H, W], when given)."""

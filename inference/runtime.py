@@ -29,6 +29,7 @@ from .devices import DEVICES, THREADS_MAXIMUM, CudaPlacementError, Device, Devic
 from .errors import UsageError
 from .manifest import METADATA_KEY, DefaultChoice, Manifest, ModelCard
 from .messages import exception_summary, validation_problems
+from .preprocess import in_unit_range
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -73,6 +74,9 @@ class ModelFileError(UsageError):
     """ONNX Runtime cannot load the file on the CPU: not ONNX, truncated, or made of operators it lacks."""
 
 
+MODEL_FILE_OF_A_NAME = "MODELS_DIR / load_manifest(MODELS_DIR).get(NAME).file"
+
+
 def check_model_file(path: Path) -> None:
     """A ModelFileError for a path that is no file: ONNX Runtime's own words for a missing one, or a folder, are
     "not an ONNX model ... Protobuf parsing failed", and under ``device="cuda"`` "cannot run wholly on CUDA"."""
@@ -83,7 +87,9 @@ def check_model_file(path: Path) -> None:
     if path.exists():
         raise ModelFileError(f"{path} is not a regular file (a device or a pipe), not an ONNX model file")
     # a model's name where its file belongs is the likely slip: the manifest maps one to the other
-    named = "" if path.suffix else " (a model's name? load_manifest(MODELS_DIR).get(NAME).file is its file's name)"
+    named = (
+        "" if path.suffix else " (a model's name? its file is MODELS_DIR / load_manifest(MODELS_DIR).get(NAME).file)"
+    )
     raise ModelFileError(f"no ONNX model at {path}{named}")
 
 
@@ -244,9 +250,9 @@ def open_session(
     CUDA and the model can run there, on the CPU otherwise (``decide_placement``)."""
     path = Path(path)
     cuda_wanted = wants_cuda(device)
-    check_model_file(path)
     failure = None
     if cuda_wanted:
+        check_model_file(path)  # not ONNX Runtime's "cannot run wholly on CUDA" (cpu_session checks its own)
         preload_cuda()
         try:
             session = ort.InferenceSession(
@@ -386,11 +392,10 @@ class OnnxClassifier:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         # Floats of 0-255, or normalised ones (the graph normalises itself), would be answered with confident
         # classes, and NaN with some class too; min and max carry a NaN along.
-        if batch.size:
+        if not in_unit_range(batch):
             low, high = float(batch.min()), float(batch.max())
-            if not (low >= 0.0 and high <= 1.0):
-                got = "NaN" if np.isnan(low) or np.isnan(high) else f"values from {low:g} to {high:g}"
-                raise UsageError(f"{takes} (pixel / 255; the graph normalises them itself), got {got}: {made}")
+            got = "NaN" if np.isnan(low) or np.isnan(high) else f"values from {low:g} to {high:g}"
+            raise UsageError(f"{takes} (pixel / 255; the graph normalises them itself), got {got}: {made}")
         return batch
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from starlette.formparsers import MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
 from inference.fits import FITS
-from inference.preprocess import ImageDecodeError, ImageTooLarge, decode_pixels
+from inference.preprocess import ImageDecodeError, ImageTooLarge, decode_pixels, in_unit_range
 
 from .confidence import parse_min_confidence
 from .contract import BODY_IDLE_S, ReasonName, Rejection, as_sent, is_reason
@@ -614,7 +614,7 @@ def _shown(value: Any) -> str:
 def tensor_rejection(values: np.ndarray, what: str) -> Rejection | None:
     """A model input given as floats that no decoded image can be: NaN, infinite or outside [0, 1]. The models
     would answer it with probabilities of NaN, or with confidence about pixels they never saw."""
-    if bool(np.all((values >= 0.0) & (values <= 1.0))):  # NaN compares false
+    if in_unit_range(values):
         return None
     return out_of_range(what)
 

@@ -36,8 +36,9 @@ def test_a_peer_killed_without_a_word_is_said_where_its_end_is_told():
     assert len(lines) == 1 and "Traceback" not in left.stderr, left.stderr
     said = lines[0]
     assert said.startswith("error: rank 0 of 2: another process of this run stopped or stopped answering"), said
-    assert "where it printed none (killed, or stopped by a signal of its own), torchrun's report of its exit" in said
-    assert said.endswith("the run's last saved epoch is kept to resume from"), said
+    assert said.endswith(
+        "where it printed none (killed, or stopped by a signal of its own), torchrun's report of its exit code"
+    )
 
 
 def test_the_command_advised_for_more_epochs_keeps_the_processes_the_run_was_given(
@@ -123,3 +124,64 @@ def test_a_run_folder_in_use_is_told_to_continue_on_the_processes_it_was_given(
     assert training_main(["train", "--recipe", "resnet9_half_cpu", "--out", str(run), "--set", *sets]) == 2
     said = capsys.readouterr().err
     assert f"continue it with `torchrun --nproc_per_node 2 -m training resume {run}`" in said, said
+
+
+GLOO_PEER_GONE = "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:1"
+
+
+def test_a_peer_lost_in_a_training_step_stops_the_epoch_as_a_lost_peer(image_folder, tmp_path, monkeypatch):
+    """The trainer's own step: the backward pass's gradient exchange meeting a gone peer is a PeerLost, said in
+    one line by the command, while an error of the step itself keeps its traceback."""
+    from training.config import build_config
+    from training.engine import Trainer
+
+    trainer = Trainer(build_config("resnet9_half_cpu", tiny_overrides(image_folder, tmp_path / "c")), tmp_path / "r")
+    trainer.dist = distributed.DistInfo(rank=0, world_size=2)  # as under torchrun, for the step's error alone
+
+    def step(error):
+        def forward_backward(x, y):
+            raise RuntimeError(error)
+
+        monkeypatch.setattr(trainer, "_forward_backward", forward_backward)
+
+    step(GLOO_PEER_GONE)
+    with pytest.raises(distributed.PeerLost, match="Connection closed by peer"):
+        trainer.train_epoch()
+    step("mat1 and mat2 shapes cannot be multiplied (8x10 and 12x10)")
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as raised:
+        trainer.train_epoch()
+    assert not isinstance(raised.value, distributed.PeerLost)
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_a_lost_peer_is_told_where_the_run_goes_on_from(image_folder, tmp_path, monkeypatch, capsys, saved):
+    """The line said the last saved epoch was kept to resume from even where the run had saved none (a peer lost
+    in the first epoch); it now says what the run left, as after Ctrl-C."""
+    from training.engine import Trainer
+
+    run = tmp_path / "run"
+    sets = tiny_overrides(image_folder, tmp_path / "cache", threads=1, epochs=2)
+    original = Trainer.train_epoch
+
+    def lost_in_second_epoch(self):
+        if self.epoch == (1 if saved else 0):
+            raise distributed.PeerLost("rank 0 of 2: another process of this run stopped")
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", lost_in_second_epoch)
+    assert training_main(["train", "--recipe", "resnet9_half_cpu", "--out", str(run), "--set", *sets]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said.startswith("error: rank 0 of 2: another process of this run stopped; stopped"), said
+    if saved:
+        assert said.endswith(f"continue with `python -m training resume {run}`"), said
+    else:
+        assert said.endswith("nothing to continue; run the same command again"), said
+
+
+def test_the_command_advised_on_several_nodes_gives_each_node_its_share(monkeypatch):
+    """WORLD_SIZE counts every node's processes: `--nproc_per_node 8` on each of two nodes of 4 would start 16."""
+    torchrun_environment(monkeypatch, rank=0, WORLD_SIZE="8", LOCAL_WORLD_SIZE="4")
+    said = distributed.training_command("resume", "runs/x")
+    assert said == "torchrun --nnodes 2 --nproc_per_node 4 -m training resume runs/x"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert distributed.training_command("resume", "runs/x") == "torchrun --nproc_per_node 8 -m training resume runs/x"

@@ -196,3 +196,16 @@ def test_to_model_input_refuses_an_out_of_another_shape_or_type():
         to_model_input(images, out=np.empty((1, 3, 32, 32), np.float32))
     with pytest.raises(UsageError, match=r"got float64 \[2, 3, 32, 32\]"):
         to_model_input(images, out=np.empty((2, 3, 32, 32), np.float64))
+
+
+def test_the_file_the_hint_for_a_models_name_names_is_the_models_file():
+    """The hint said `load_manifest(MODELS_DIR).get(NAME).file` is the file, which is relative to the models
+    folder: followed from anywhere else, it failed again with "no ONNX model at NAME.onnx"."""
+    from conftest import ROOT
+    from inference.manifest import load_manifest
+    from inference.runtime import MODEL_FILE_OF_A_NAME
+
+    expression = MODEL_FILE_OF_A_NAME.replace("MODELS_DIR", "models_dir").replace("NAME", "name")
+    scope = {"models_dir": ROOT / "models", "load_manifest": load_manifest, "name": "resnet9-half-cifar10-int8"}
+    path = eval(expression, scope)  # the hint as a user would type it
+    assert OnnxClassifier(path, device="cpu").card.name == "resnet9-half-cifar10-int8"

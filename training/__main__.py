@@ -47,7 +47,14 @@ try:
         list_recipes,
         placement_overrides,
     )
-    from .distributed import LaunchError, is_main_process, launched_processes, quiet_unless_main, training_command
+    from .distributed import (
+        LaunchError,
+        PeerLost,
+        is_main_process,
+        launched_processes,
+        quiet_unless_main,
+        training_command,
+    )
 except KeyboardInterrupt:
     sys.exit(_stopped_while_loading())
 
@@ -398,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a missing file, a path through a file, a full disk, a permission
         if isinstance(exc, BrokenPipeError) and reader_gone():  # `| head -1`: not the command's failure
             return stop_writing()
+        if isinstance(exc, PeerLost):  # the run stopped as if interrupted: where it can go on from
+            continuation = _continuation(args)
+            print(f"error: {exc}{'; stopped' + continuation if continuation else ''}", file=sys.stderr)
+            return 2
         # one of ours names what is missing in its message; the system's names the path and the reason
         print(f"error: {os_error_text(exc) if exc.errno is not None else exc}", file=sys.stderr)
         return 2
@@ -504,16 +515,21 @@ def _where_a_recipe_goes(args: argparse.Namespace, recipe: str) -> str:
 
 
 def _interrupted(args: argparse.Namespace) -> str:
-    """Where to go on after Ctrl-C. Only train and resume leave a run to continue, and only once an epoch has
-    been saved: evaluate or compare sent to `resume`, or a run stopped in its first epoch, would find none."""
+    return f"interrupted{_continuation(args)}"
+
+
+def _continuation(args: argparse.Namespace) -> str:
+    """Where to go on after a run stopped (Ctrl-C, a lost peer), after "interrupted" or "stopped". Only train and
+    resume leave a run to continue, and only once an epoch has been saved: evaluate or compare sent to `resume`, or
+    a run stopped in its first epoch, would find none."""
     run = getattr(args, "run", None) if args.fn in (cmd_train, cmd_resume) else None
     if run is None:
-        return "interrupted"
+        return ""
     if getattr(args, "ensemble_run", False):
-        return f"interrupted: the members {run} has finished are kept; continue with the same command and --resume"
+        return f": the members {run} has finished are kept; continue with the same command and --resume"
     last = Path(run) / LAST_FILE
     if not last.is_file():
-        return f"interrupted before {run} completed an epoch: nothing to continue; run the same command again"
+        return f" before {run} completed an epoch: nothing to continue; run the same command again"
     # what this command was asked for that the resume must be told again: a run continued elsewhere and stopped
     # before its next epoch was saved still has the old place in its last.pt
     arguments = ["resume", str(run)]
@@ -524,7 +540,7 @@ def _interrupted(args: argparse.Namespace) -> str:
     if args.fn is cmd_resume and args.epochs:
         arguments += ["--epochs", str(args.epochs)]
     arguments += ["--set", *placement] if placement else []
-    return f"interrupted: the last saved epoch is in {last}; continue with `{training_command(*arguments)}`"
+    return f": the last saved epoch is in {last}; continue with `{training_command(*arguments)}`"
 
 
 if __name__ == "__main__":

@@ -80,8 +80,15 @@ def training_command(*arguments: str) -> str:
     many processes, as a run of N processes continues exactly only on N (its steps, batches and each rank's
     random state)."""
     processes = launched_processes()
-    launcher = ["torchrun", "--nproc_per_node", str(processes), "-m"] if processes > 1 else ["python", "-m"]
-    return shlex.join([*launcher, "training", *arguments])
+    if processes == 1:
+        return shlex.join(["python", "-m", "training", *arguments])
+    # torchrun's LOCAL_WORLD_SIZE is a node's share of them: a run on several nodes is given them so (its
+    # rendezvous flags, which this process does not see, the user's own)
+    local = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+    per_node = int(local) if local.isdigit() else processes
+    nodes = ["--nnodes", str(processes // per_node)] if 0 < per_node < processes else []
+    per_node = per_node if nodes else processes
+    return shlex.join(["torchrun", *nodes, "--nproc_per_node", str(per_node), "-m", "training", *arguments])
 
 
 @contextmanager
@@ -196,6 +203,9 @@ def peers_watched(info: DistInfo, peer_errors_only: bool = False) -> Iterator[No
     its own, so the line also names where its end is told: torchrun's report of its exit.
     Around collectives alone, any RuntimeError is the backend's; around more (a training step, whose backward
     pass exchanges gradients), ``peer_errors_only`` keeps the others (a CUDA out-of-memory) as they are."""
+    if not info.enabled:  # one process: no peer to lose
+        yield
+        return
     try:
         yield
     except RuntimeError as exc:
@@ -205,8 +215,7 @@ def peers_watched(info: DistInfo, peer_errors_only: bool = False) -> Iterator[No
         raise PeerLost(
             f"rank {info.rank} of {info.world_size}: another process of this run stopped or stopped answering "
             f"({backend_reason(exc)}); its own error says why, or, where it printed none (killed, or stopped by "
-            "a signal of its own), torchrun's report of its exit code; the run's last saved epoch is kept to "
-            "resume from"
+            "a signal of its own), torchrun's report of its exit code"
         ) from exc
 
 
