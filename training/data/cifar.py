@@ -6,11 +6,15 @@ missing folder is an error that says what was expected where.
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from inference.messages import exception_summary
+from inference.preprocess import is_image_name
 
 from .arrays import DatasetError, ImageArrays, missing_path_text
 
@@ -18,32 +22,102 @@ CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR100_DIR = "cifar-100-python"
 
 
+# The file each python-format folder holds whatever it is called: a copy renamed ("cifar10") is still one.
+_META = {CIFAR10_DIR: "batches.meta", CIFAR100_DIR: "meta"}
+_DATASETS = {CIFAR10_DIR: "cifar10", CIFAR100_DIR: "cifar100"}
+# The first file of CIFAR's binary release (its .tar.gz unpacked, or the folder it unpacks into), which
+# torchvision does not read either: a likely download of the wrong one of the three formats.
+_BINARY_FILES = tuple(
+    f"{folder}{name}"
+    for folder in ("", "cifar-10-batches-bin/", "cifar-100-binary/")
+    for name in ("data_batch_1.bin", "train.bin")
+)
+# How far below data.root a class-per-folder tree's first image is looked for (the shared archive, unpacked, keeps
+# it at cifar10/train/<class>/<image>), and how many entries are looked at: the look serves only a refusal's hint.
+_IMAGE_DEPTH = 4
+_IMAGE_LOOK = 5000
+
+
+def _is_folder(path: Path, folder: str) -> bool:
+    return path.is_dir() and (path.name == folder or (path / _META[folder]).is_file())
+
+
 def _locate(root: str | Path, folder: str) -> Path:
     root = Path(root)
     for candidate in (root / folder, root):
-        if candidate.name == folder and candidate.is_dir():
+        if _is_folder(candidate, folder):
             return candidate
     raise DatasetError(
-        f"expected the python-format folder {folder!r} at {missing_path_text(root / folder)} (or {root} itself); "
-        + _locate_hint(root, folder)
+        f"expected the python-format folder {folder!r} (or a folder holding its {_META[folder]!r}) at "
+        f"{missing_path_text(root / folder)} or {root} itself; " + _locate_hint(root, folder)
     )
 
 
 def _locate_hint(root: Path, folder: str) -> str:
-    """What to do instead: a root that holds the other CIFAR (their names differ by a digit) or an archive
-    (the default data.root is the folder dataset's .tar.gz) is a likelier mistake than a missing download."""
-    for other, dataset in ((CIFAR10_DIR, "cifar10"), (CIFAR100_DIR, "cifar100")):
-        if other != folder and ((root / other).is_dir() or root.name == other):
+    """What to do instead: a root that holds the other CIFAR (their names differ by a digit), a class-per-folder
+    tree of images or an archive (the default data.root is the folder dataset's .tar.gz) is a likelier mistake than
+    a missing download."""
+    for other, dataset in _DATASETS.items():
+        if other == folder:
+            continue
+        if root.name == other or (root / other).is_dir():
             where = "is" if root.name == other else "holds"
             return (
                 f"{root} {where} {other!r}, the python-format {dataset}: data.dataset={dataset} (--dataset {dataset})"
             )
+        if _is_folder(root, other):
+            return (
+                f"{root} holds {_META[other]!r}, as the python-format {dataset}'s folder does: data.dataset={dataset} "
+                f"(--dataset {dataset})"
+            )
     if root.is_file():
+        if _is_folder(root.parent, folder):
+            return f"{root} is a file of the python-format folder: give the folder, data.root={root.parent}"
         return (
             f"{root} is a file: unpack a downloaded python-format archive and give the folder it holds; "
-            "a .tar.gz of class folders is dataset folder"
+            "a .tar.gz of class folders is read by data.dataset=folder (--dataset folder)"
+        )
+    binary = next((path for path in _BINARY_FILES if (root / path).is_file()), None)
+    if binary is not None:
+        return (
+            f"{root} holds {binary}, of CIFAR's binary release, which is not read: download the python version "
+            "(cifar-10-python.tar.gz, cifar-100-python.tar.gz) and unpack it there"
+        )
+    image = _an_image(root)
+    if image is not None:
+        return (
+            f"{root} holds images ({image.relative_to(root)}): a class-per-folder tree of images is read by "
+            "data.dataset=folder (--dataset folder)"
         )
     return "download and unpack the dataset there first (no download is attempted)"
+
+
+def _an_image(root: Path) -> Path | None:
+    """An image file at most ``_IMAGE_DEPTH`` folders below ``root``, if one is found among its first entries."""
+    looked = 0
+    for here, folders, files in os.walk(root):
+        depth = len(Path(here).relative_to(root).parts)
+        # sorted, so that the image named is the same at every start
+        folders[:] = [] if depth >= _IMAGE_DEPTH else sorted(folders)
+        for name in sorted(files):
+            if is_image_name(name):
+                return Path(here) / name
+        looked += len(files) + len(folders)
+        if looked > _IMAGE_LOOK:
+            return None
+    return None
+
+
+def _needed(folder: Path, names: list[str], dataset: str) -> list[Path]:
+    """``folder``'s files ``names``, refused at once with every one missing: an unpacking cut short (a full disk,
+    an interrupted copy) would otherwise be found one file at a time, after the others were read."""
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise DatasetError(
+            f"{folder} lacks {', '.join(missing)} of the python-format {dataset} (it needs {', '.join(names)}): "
+            "unpack the downloaded archive again"
+        )
+    return [folder / name for name in names]
 
 
 # What the python-format batches hold besides dicts, lists, strings and numbers: numpy arrays, written by numpy's
@@ -64,23 +138,32 @@ _BATCH_GLOBALS = frozenset(
 )
 
 
+class _ForeignGlobal(pickle.UnpicklingError):
+    """A batch that names what no CIFAR batch holds (not a damaged one: unpacking it again would not help)."""
+
+
 class _BatchUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in _BATCH_GLOBALS:
-            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which no CIFAR batch holds (not loaded)")
+            raise _ForeignGlobal(f"it refers to {module}.{name}, which no CIFAR batch holds (not loaded)")
         return super().find_class(module, name)
 
 
 def _unpickle(path: Path) -> dict[str, Any]:
     """The batch's dict with text keys: Python 2's strings come back as str under latin1, as torchvision reads
     them, but a batch re-pickled after a load with encoding='bytes' holds bytes keys."""
-    if not path.is_file():
-        raise DatasetError(f"missing file {path}")
     try:
         with path.open("rb") as f:
             batch = _BatchUnpickler(f, encoding="latin1").load()
-    except Exception as exc:  # a truncated or foreign file: say which one
-        raise DatasetError(f"cannot read {path}: {exc}") from exc
+    except _ForeignGlobal as exc:
+        raise DatasetError(f"{path}: {exc}") from exc
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # pickle's errors for a file cut short or not a pickle at all
+        raise DatasetError(
+            f"cannot read {path} ({exception_summary(exc)}): it is damaged or cut short, or not a python-format "
+            "CIFAR file; unpack the downloaded archive again"
+        ) from exc
     if not isinstance(batch, dict):
         raise DatasetError(f"{path} is not a python-format CIFAR file: it holds a {type(batch).__name__}, not a dict")
     return {key.decode("latin1") if isinstance(key, bytes) else str(key): value for key, value in batch.items()}
@@ -156,13 +239,19 @@ def _to_arrays(paths: list[Path], label_key: str, classes: list[str]) -> ImageAr
 
 
 def read_cifar10(root: str | Path, train: bool = True) -> ImageArrays:
-    folder = _locate(root, CIFAR10_DIR)
-    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
-    classes = _class_names(folder / "batches.meta", "label_names")
-    return _to_arrays([folder / n for n in names], "labels", classes)
+    batches = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    return _read_folder(_locate(root, CIFAR10_DIR), CIFAR10_DIR, "label_names", "labels", batches)
 
 
 def read_cifar100(root: str | Path, train: bool = True) -> ImageArrays:
-    folder = _locate(root, CIFAR100_DIR)
-    classes = _class_names(folder / "meta", "fine_label_names")
-    return _to_arrays([folder / ("train" if train else "test")], "fine_labels", classes)
+    batches = ["train" if train else "test"]
+    return _read_folder(_locate(root, CIFAR100_DIR), CIFAR100_DIR, "fine_label_names", "fine_labels", batches)
+
+
+def _read_folder(folder: Path, kind: str, names_key: str, label_key: str, batches: list[str]) -> ImageArrays:
+    meta = folder / _META[kind]
+    # the class names first, where their file is there: one of another dataset (or no CIFAR file) is the first
+    # thing to fix, before any batch that is missing
+    classes = _class_names(meta, names_key) if meta.is_file() else []
+    paths = _needed(folder, [meta.name, *batches], _DATASETS[kind])[1:]
+    return _to_arrays(paths, label_key, classes)

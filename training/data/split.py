@@ -10,6 +10,8 @@ import numpy as np
 
 from .arrays import DatasetError
 
+NAMED_CLASSES = 5  # classes a refusal names; the count says how many more
+
 
 class SplitTooLarge(DatasetError):
     """A validation split of at least the dataset's size; worded for training (its setting), which a command
@@ -47,9 +49,15 @@ def stratified_split(
     lost = [int(c) for c, n, n_val in zip(present, counts, per_class) if n_val >= n]
     if lost:
         names = [classes[c] if classes is not None else str(c) for c in lost]
+        more = len(names) - NAMED_CLASSES
+        listed = ", ".join(names[:NAMED_CLASSES]) + (f" and {more} more" if more > 0 else "")
+        # each class keeps one image to train on, and the largest-remainder loop above can give every other one
+        most = len(labels) - len(present)
+        lower = f"a val_size of at most {most} leaves every class an image" if most else "every class has one image"
+        these = "those classes" if len(names) > 1 else "that class"
         raise DatasetError(
-            f"val_size {val_size} takes every image of class {', '.join(names)} into validation, leaving none to "
-            "train on: lower val_size, or add images to that class"
+            f"val_size {val_size} takes every image of class{'es' if len(names) > 1 else ''} {listed} into "
+            f"validation, leaving none to train on: {lower}; lower val_size, or add images to {these}"
         )
     rng = np.random.Generator(np.random.PCG64(seed))
     train, val = [], []
