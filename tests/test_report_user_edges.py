@@ -202,3 +202,18 @@ def test_a_run_folder_with_only_its_last_checkpoint_points_to_it(tmp_path):
     (run / "last.pt").unlink()
     with pytest.raises(FileNotFoundError, match="is not a checkpoint, a run folder with best.pt"):
         classify(run)
+
+
+def test_a_val_split_other_than_the_one_the_run_held_out_is_said_to_be_one(tiny_run, tmp_path, caplog):
+    """`evaluate --split val --split-seed 7` of a run held out with seed 42 scored images the run trained on, and
+    its report compared the figure with the run's own validation accuracy, without a word."""
+    own = tmp_path / "own"
+    assert main(["evaluate", "--checkpoint", str(tiny_run), "--out", str(own), "--no-sample-figures"]) == 0
+    assert "may have been trained on" not in (own / "report.md").read_text() + caplog.text
+    other = tmp_path / "other"
+    argv = ["evaluate", "--checkpoint", str(tiny_run), "--out", str(other), "--split-seed", "7", "--no-sample-figures"]
+    assert main(argv) == 0
+    assert "is not the set of validation images the run held out" in caplog.text
+    assert (
+        "some of them may have been trained on, so the figures may be optimistic" in (other / "report.md").read_text()
+    )

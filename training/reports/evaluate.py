@@ -8,6 +8,7 @@ the report goes; its calibration section, its words and its Grad-CAM figure each
 from __future__ import annotations
 
 import json
+import logging
 import platform
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -34,6 +35,8 @@ from .report_folder import check_not_anothers, check_report_out, check_writable,
 from .report_text import confidence_note, figure_subtitle, model_label, write_report_md
 from .samples import DataSpec, held_classes, match_classes, names_text, resolve_data, sample_fingerprint
 from .sources import ModelSource, check_finite, check_view, load_model
+
+log = logging.getLogger("training.reports")
 
 # Every figure a report may hold: one an evaluation does not write this time is removed from a reused --out.
 FIGURES = (
@@ -86,9 +89,10 @@ def evaluate(
         raise UsageError(
             f"{spec.dataset} {spec.root} split {split!r} has no samples{held_out if split == 'val' else ''}"
         )
+    notes = _not_the_held_out_images(source, spec, data)
     held = held_classes(source.classes, data.classes)
     data, note = match_classes(source, data, spec)
-    notes = [note] if note else []
+    notes += [note] if note else []
     notes += _split_lacks_classes(source.classes, held, data.labels, split)
     if not out:  # two ONNX files of one name go to one default folder, reports/<name>-<split>
         check_not_anothers(out_dir, checkpoint or onnx or "", f"the default report folder {out_dir}")
@@ -96,6 +100,22 @@ def evaluate(
         return _write_report(
             source, spec, data, notes, out_dir, tta, batch_size, gradcam_per_group, max_classes, sample_figures
         )
+
+
+def _not_the_held_out_images(source: ModelSource, spec: DataSpec, data: ImageArrays) -> list[str]:
+    """A warning, and a note for the report, where the validation split read now is not the one the run held out
+    (another --split-seed or --val-size, or the same images in another order or format): some of its images may
+    have been trained on, and the figures, read as held-out ones, would be optimistic unsaid."""
+    held_out = source.info.get("val_fingerprint")
+    if spec.split != "val" or not held_out or data.fingerprint() == held_out:
+        return []
+    said = (
+        f"the val split of {spec.dataset} {spec.root} (seed {spec.split_seed}, {spec.val_size} held out) is not the "
+        "set of validation images the run held out (another split seed or size, other data, or the same files "
+        "decoded by another Pillow): some of them may have been trained on, so the figures may be optimistic"
+    )
+    log.warning("%s", said)
+    return [said[0].upper() + said[1:] + "."]
 
 
 def _split_lacks_classes(classes: list[str], held: set[int], labels: np.ndarray, split: str) -> list[str]:

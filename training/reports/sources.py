@@ -119,6 +119,7 @@ def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
         "recorded_top1": recorded_top1(ckpt),
         "model_args": meta.get("model_args"),
         "used_ema": bool(ckpt.get("ema")),
+        "val_fingerprint": held_out_fingerprint(meta),
     }
     return ModelSource(
         "checkpoint",
@@ -133,6 +134,13 @@ def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
         model,
         dev,
     )
+
+
+def held_out_fingerprint(meta: dict) -> str | None:
+    """The digest of the validation images the run held out (its meta's ``data_fingerprint`` is training's and
+    validation's, joined by a colon), or None where it held out none or did not record them."""
+    parts = str(meta.get("data_fingerprint") or "").split(":")
+    return parts[1] if len(parts) == 2 else None
 
 
 def onnx_placement(device: str) -> tuple[Device, int]:
@@ -165,7 +173,7 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
         "fit": src.get("fit", LEGACY_FIT),
     }
     run_dir, history, curves = None, [], CurveInfo()
-    own_history = None
+    own_history, val_fingerprint = None, None
     checkpoint = src.get("checkpoint")
     if checkpoint and Path(checkpoint).exists():
         # The exported file names its checkpoint: borrow the run's data split and history from it.
@@ -176,6 +184,7 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
             meta = ckpt["meta"]
             curves = CurveInfo.from_config(ckpt.get("config"))
             own_history = ckpt.get("history")
+            val_fingerprint = held_out_fingerprint(meta)
             for key, meta_key in (
                 ("dataset", "dataset"),
                 ("root", "data_root"),
@@ -195,6 +204,7 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
         # The averaging its export put inside the graph: every call of the file already does it.
         "graph_tta": src.get("tta", "none"),
         "curves": asdict(curves),
+        "val_fingerprint": val_fingerprint,
     }
     return ModelSource(
         "onnx",
