@@ -131,6 +131,38 @@ def test_compose_reserves_the_gpus_and_runs_locked_down():
     assert "/readyz" in " ".join(service["healthcheck"]["test"])
 
 
+def _seconds(duration: str) -> int:
+    """A Compose duration of whole minutes and seconds ("300s", "5m", "1m30s") in seconds."""
+    match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert match and duration, f"not a duration of minutes and seconds: {duration!r}"
+    return int(match.group(1) or 0) * 60 + int(match.group(2) or 0)
+
+
+def _startup_allowance_s(container: dict) -> int:
+    """How long the Kubernetes startup probe lets the models load before the kubelet restarts the container."""
+    probe = container["startupProbe"]
+    return probe["periodSeconds"] * probe["failureThreshold"]
+
+
+def test_compose_allows_the_start_that_kubernetes_allows():
+    """The same image loads the same models on either: a start that Kubernetes waits for must not leave Compose's
+    container `unhealthy` (and `docker compose up --wait` failed) before it is ready."""
+    check = yaml.safe_load(COMPOSE.read_text())["services"]["classifier"]["healthcheck"]
+    assert _seconds(check["start_period"]) >= _startup_allowance_s(_container(_documents()["Deployment"]))
+
+
+# Variables that size threads to the pod's CPU request; Compose runs alone on its host and sizes for every core.
+THREAD_SIZING = {"CIFAR_DECODE_THREADS", "CIFAR_THREADS"}
+
+
+def test_compose_and_kubernetes_set_the_same_environment_but_thread_sizing():
+    """Where the service writes (BENTOML_HOME, XDG_CACHE_HOME) and how it refuses a CPU: the read-only test below runs
+    the Deployment's variables, so Compose's must be the same."""
+    deployment = {e["name"]: e["value"] for e in _container(_documents()["Deployment"])["env"]}
+    compose = yaml.safe_load(COMPOSE.read_text())["services"]["classifier"]["environment"]
+    assert compose == {name: value for name, value in deployment.items() if name not in THREAD_SIZING}
+
+
 # ---------------------------------------------------------------------------------------------- the container recipe
 @pytest.fixture(scope="module")
 def bento(tmp_path_factory) -> Path:
@@ -260,6 +292,154 @@ def test_the_doctor_runs_from_the_bento_as_in_the_image(bento):
     models = re.escape(str(bento / "src" / "models"))
     assert re.search(rf"ok\s+manifest\s+{models}: {count} model\(s\)", done.stdout), done.stdout
     assert done.stdout.rstrip().endswith("--device auto: will work on this host")
+
+
+# Every module of the Bento's packages imported from its src/ alone: this checkout's editable install (a finder that
+# maps inference, service, training and export to the repository) taken out, as the image has none. Prints the
+# project modules that loaded from outside src/, then those of the training side or torch.
+_IMPORT_EVERY_MODULE = """
+import importlib, json, os, pkgutil, sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path.insert(0, os.getcwd())
+for package in ("inference", "service"):
+    for found in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
+        importlib.import_module(found.name)
+src = os.getcwd() + os.sep
+outside = sorted(
+    name for name, module in sys.modules.items()
+    if name.split(".")[0] in ("inference", "service") and not (getattr(module, "__file__", None) or src).startswith(src)
+)
+training_side = ("training", "export", "torch", "torchvision", "onnx")
+heavy = sorted(name for name in sys.modules if name.split(".")[0] in training_side)
+print(json.dumps([outside, heavy]))
+"""
+
+
+def test_the_bento_holds_every_module_the_service_imports(bento):
+    """A module that the service imports and the bentofile leaves out fails only in the image: here the editable
+    install would find it in the repository."""
+    import json
+
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_EVERY_MODULE], cwd=bento / "src", capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    outside, heavy = json.loads(done.stdout.splitlines()[-1])
+    assert outside == [] and heavy == []
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
+# The container as the manifests run it, in a private mount namespace: the root and the file systems holding Python
+# read-only, an empty tmpfs on /tmp with Docker's --tmpfs options, the Bento read-only at /tmp/bento (its
+# folder is opened before the tmpfs hides it), then the image's command in the Bento's folder.
+_READ_ONLY_ROOT = """
+set -e
+exec 3<"$BENTO"
+mount -t tmpfs -o noexec,nosuid,nodev,mode=1777 tmpfs /tmp
+mkdir /tmp/bento
+mount --bind /proc/self/fd/3 /tmp/bento
+exec 3<&-
+mount -o remount,ro,bind /tmp/bento
+for read_only in $READ_ONLY; do mount -o remount,ro,bind "$read_only"; done
+cd /tmp/bento
+exec "$@"
+"""
+
+
+def _read_only_root(bento: Path, command: list[str], **popen) -> subprocess.Popen:
+    held = {_mount_point(Path(p)) for p in (sys.prefix, sys.base_prefix, sys.executable)} | {Path("/")}
+    env = {**popen.pop("env", os.environ), "BENTO": str(bento), "READ_ONLY": " ".join(map(str, sorted(held)))}
+    return subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "bash", "-c", _READ_ONLY_ROOT, "read-only-root", *command],
+        env=env,
+        **popen,
+    )
+
+
+def _read_only_root_problem(bento: Path) -> str | None:
+    """Why this host cannot make the namespace (not Linux, no unshare, not allowed to mount); None when it can."""
+    if platform.system() != "Linux" or not (shutil.which("unshare") and shutil.which("bash")):
+        return "needs Linux, unshare and bash"
+    if any(Path(p).resolve().is_relative_to("/tmp") for p in (sys.prefix, sys.base_prefix, sys.executable)):
+        return "Python lives under /tmp, which the container's tmpfs hides"
+    probe = _read_only_root(bento, ["sh", "-c", "[ ! -w /tmp/bento ] && [ ! -w / ] && [ -w /tmp ]"])
+    if probe.wait(timeout=30) != 0:
+        return "no private mount namespace with read-only mounts here (needs root with CAP_SYS_ADMIN)"
+    return None
+
+
+@pytest.mark.slow
+def test_the_bento_serves_from_a_read_only_root_as_the_manifests_run_it(bento, tmp_path):
+    """readOnlyRootFilesystem (Kubernetes) and read_only (Compose) with /tmp the one writable place: the server
+    starts as the image's command starts it, with the Deployment's variables (on the CPU: no GPU here), answers
+    /livez whenever it answers at all and /readyz once ready within the startup probe's allowance, classifies,
+    counts, stops cleanly on SIGTERM, and logs no warning about a file it could not write."""
+    import signal
+    import time
+
+    import httpx
+    from PIL import Image
+
+    from conftest import encode_image, free_port, stop_server_group
+
+    problem = _read_only_root_problem(bento)
+    if problem:
+        pytest.skip(problem)
+    container = _container(_documents()["Deployment"])
+    variables = {e["name"]: e["value"] for e in container["env"]}
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}  # what the namespace makes writable
+    port = free_port()
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("CIFAR_", "BENTOML_"))}
+    env |= variables | {"CIFAR_DEVICE": "cpu", "BENTOML_PORT": str(port), "BENTOML_DO_NOT_TRACK": "true"}
+    env |= {"BENTOML_CONTAINERIZED": "true", "HOME": "/home/bentoml"}  # the image's (its Dockerfile and user)
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        proc = _read_only_root(
+            bento,
+            [sys.executable, "-m", "bentoml", "serve", "/tmp/bento"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + _startup_allowance_s(container)
+        while True:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "not ready within the startup probe's allowance"
+            try:
+                ready = httpx.get(f"{url}/readyz", timeout=1).status_code  # the probe's default timeout
+                live = httpx.get(f"{url}/livez", timeout=1).status_code
+            except httpx.TransportError:  # not listening yet
+                time.sleep(0.25)
+                continue
+            assert live == 200
+            if ready == 200:
+                break
+            assert ready == 503  # loading: live, not ready
+            time.sleep(0.25)
+        image = encode_image(Image.new("RGB", (32, 32), (200, 30, 30)), "PNG")
+        answer = httpx.post(f"{url}/classify", files={"images": ("red.png", image)}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        model = answer.json()["model"]
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        assert f'cifar_predictions_total{{model="{model}"}} 1.0' in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            stop_server_group(proc)
+    text = log_path.read_text()
+    for sign in ("Read-only file system", "Permission denied", "[W:onnxruntime", "[E:onnxruntime", "Traceback"):
+        assert sign not in text, text[-3000:]
+    assert "ready: worker 1 of 1" in text
 
 
 def test_the_lock_script_refuses_pins_no_test_ran_with():
