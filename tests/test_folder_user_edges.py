@@ -93,3 +93,18 @@ def test_a_class_folder_given_as_the_dataset_says_its_images_need_class_folders(
     with pytest.raises(DatasetError, match=r"holds no class folders, only 3 image\(s\) directly in it") as refused:
         read_image_folder(one_class)
     assert ".webp" not in str(refused.value)  # not a list of extensions, as if its images went unrecognised
+
+
+@pytest.mark.parametrize(
+    "dataset, files", [("cifar10", ("batches.meta", "data_batch_1")), ("cifar100", ("meta", "train"))]
+)
+def test_cifars_python_format_folder_given_as_a_folder_of_images_names_its_dataset(tmp_path, dataset, files):
+    """`data.dataset=folder data.root=cifar-10-batches-py` was told it holds no images in class folders and given
+    the list of image extensions, not that it is the python-format CIFAR another dataset reads."""
+    from training.data.folder import _no_images
+
+    for name in files:
+        (tmp_path / name).write_bytes(b"\x80\x02}q\x00.")
+    said = str(_no_images(tmp_path))
+    assert said.endswith(f"data.dataset={dataset} (--dataset {dataset}) reads them"), said
+    assert "expected <class>/<image>" in str(_no_images(tmp_path / "elsewhere"))

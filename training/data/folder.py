@@ -504,6 +504,13 @@ def _no_images(root: Path, loose: int = 0) -> DatasetError:
             f"{root} holds no class folders, only {loose} image(s) directly in it: an image's class is the name of "
             "the folder it sits in; give the folder that holds one folder per class"
         )
+    # CIFAR's python-format folder (its pickled batches) given as a folder of images
+    for dataset, files in (("cifar10", ("batches.meta", "data_batch_1")), ("cifar100", ("meta", "train"))):
+        if root.is_dir() and all((root / name).is_file() for name in files):
+            return DatasetError(
+                f"{root} holds no images in class folders but {files[0]} and {files[1]}, the python-format "
+                f"{dataset}'s batches: data.dataset={dataset} (--dataset {dataset}) reads them"
+            )
     return DatasetError(
         f"{root} holds no images in class folders (expected <class>/<image> files, an image being a file "
         f"named {', '.join(sorted(IMAGE_EXTENSIONS))})"
