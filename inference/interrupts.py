@@ -111,3 +111,19 @@ def interrupts_held() -> Iterator[None]:
         give_back(previous)
         if held:
             signal.raise_signal(held[0])  # to the handler it would have met: KeyboardInterrupt, Terminated
+
+
+@contextlib.contextmanager
+def stops_dropped() -> Iterator[None]:
+    """For the bounded waits of a run that is stopping already (its streams ending their batch, its engine
+    closing, the summary): Ctrl-C, SIGTERM and SIGHUP held off while the body runs, then dropped, so that they cut
+    none of it short and the run ends with the first stop's message and status. A stop held while the body
+    raised an error of its own is raised, as ``interrupts_held`` raises it."""
+    finished = False
+    try:
+        with interrupts_held():
+            yield
+            finished = True
+    except KeyboardInterrupt:  # the held stop, raised again by interrupts_held once the body is done
+        if not finished:
+            raise

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Iterator, TypeVar
 
 from inference.devices import Device
 from inference.errors import UsageError
+from inference.interrupts import stops_dropped
 from inference.preprocess import DEFAULT_MAX_PIXELS
 
 from ..settings import default_streams, threads_per_stream
@@ -119,52 +120,60 @@ class LocalBackend:
         self.shm: SharedMemory | None = None  # there whenever the pool is
         self._generation = 0
         self._alive = None
-        self._decoding(cores, on_gpu, workers)
-        if self.workers:
-            self._new_pool(before_inference=True)
-        # Threads that sleep between batches leave the cores to the decode workers (docs/measurements.md,
-        # "Batch scorer").
         try:
-            session = SessionSettings(threads=threads or threads_per_stream(cores, self.streams), spin=False)
-            self.clf = OnnxClassifier(path, device=device, settings=session)
-        except (CudaPlacementError, UsageError) as exc:  # --device cuda and the model cannot run wholly on CUDA;
-            # a file ONNX Runtime cannot load, or one without a card this version reads
-            self.close()
-            raise UserError(str(exc)) from None
-        if on_gpu and not self.clf.on_gpu:  # --device auto: CUDA asked for, the model runs on the CPU
-            on_gpu = False
             self._decoding(cores, on_gpu, workers)
-            self._close_pool()
-        self.k = 5
-        self.card = self.clf.card
-        self.name = self.card.name
-        self.classes = list(self.card.classes)
-        self.size = self.card.input.size
-        self.fit = fit or self.card.input.fit  # how the workers fit each image to ``size``
-        self.max_pixels = max_pixels
-        if batch_size is None:
-            batch_size = DEFAULT_GPU_BATCH_SIZE if on_gpu else DEFAULT_BATCH_SIZE
-        self.batch_size = batch_size
-        self.slot_bytes = batch_size * image_bytes(self.size)
-        # One slot per chunk in flight, plus the one the pipeline holds before handing it on; within what
-        # /dev/shm can hold (64 MiB in a default Docker container), since writing past it is a SIGBUS.
-        slots = min(
-            2 * self.workers + self.streams, max(3, SHM_BUDGET_BYTES // self.slot_bytes), _shm_free() // self.slot_bytes
-        )
-        if self.workers and slots < 3:
-            self._decode_here(f"not enough shared memory for batches of {batch_size}")
-        if self.workers:
-            from multiprocessing.shared_memory import SharedMemory
-
+            if self.workers:
+                self._new_pool(before_inference=True)
+            # Threads that sleep between batches leave the cores to the decode workers (docs/measurements.md,
+            # "Batch scorer").
             try:
-                self.shm = SharedMemory(create=True, size=slots * self.slot_bytes)
-            except OSError as exc:  # /dev/shm missing or read-only, a file-size limit
-                self._decode_here(f"no shared memory for the decode workers ({exc.strerror or exc})")
-        self.inflight = max(2, slots - 1) if self.workers else 2 * self.streams
-        if self.workers:
-            self._free = list(range(slots))
-            if self.pool is None:
-                self._new_pool()
+                session = SessionSettings(threads=threads or threads_per_stream(cores, self.streams), spin=False)
+                self.clf = OnnxClassifier(path, device=device, settings=session)
+            except (CudaPlacementError, UsageError) as exc:  # --device cuda and the model cannot run wholly on CUDA;
+                # a file ONNX Runtime cannot load, or one without a card this version reads
+                raise UserError(str(exc)) from None
+            if on_gpu and not self.clf.on_gpu:  # --device auto: CUDA asked for, the model runs on the CPU
+                on_gpu = False
+                self._decoding(cores, on_gpu, workers)
+                self._close_pool()
+            self.k = 5
+            self.card = self.clf.card
+            self.name = self.card.name
+            self.classes = list(self.card.classes)
+            self.size = self.card.input.size
+            self.fit = fit or self.card.input.fit  # how the workers fit each image to ``size``
+            self.max_pixels = max_pixels
+            if batch_size is None:
+                batch_size = DEFAULT_GPU_BATCH_SIZE if on_gpu else DEFAULT_BATCH_SIZE
+            self.batch_size = batch_size
+            self.slot_bytes = batch_size * image_bytes(self.size)
+            # One slot per chunk in flight, plus the one the pipeline holds before handing it on; within what
+            # /dev/shm can hold (64 MiB in a default Docker container), since writing past it is a SIGBUS.
+            slots = min(
+                2 * self.workers + self.streams,
+                max(3, SHM_BUDGET_BYTES // self.slot_bytes),
+                _shm_free() // self.slot_bytes,
+            )
+            if self.workers and slots < 3:
+                self._decode_here(f"not enough shared memory for batches of {batch_size}")
+            if self.workers:
+                from multiprocessing.shared_memory import SharedMemory
+
+                try:
+                    self.shm = SharedMemory(create=True, size=slots * self.slot_bytes)
+                except OSError as exc:  # /dev/shm missing or read-only, a file-size limit
+                    self._decode_here(f"no shared memory for the decode workers ({exc.strerror or exc})")
+            self.inflight = max(2, slots - 1) if self.workers else 2 * self.streams
+            if self.workers:
+                self._free = list(range(slots))
+                if self.pool is None:
+                    self._new_pool()
+        except BaseException:
+            # Ctrl-C while the model loads included: the decode workers and their shared memory are closed now,
+            # whole (a second Ctrl-C meanwhile is dropped), not left to the process's exit.
+            with stops_dropped():
+                self.close()
+            raise
 
     def _decode_here(self, why: str) -> None:
         print(f"warning: {why}: decoding in this process", file=sys.stderr)

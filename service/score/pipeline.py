@@ -3,9 +3,12 @@ rows out in the walk's order."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Protocol
+
+from inference.interrupts import stops_dropped
 
 from .sinks import Row
 from .walk import Entry
@@ -74,6 +77,7 @@ def pipeline(chunks: Iterator[list[Entry]], backend: ChunkBackend) -> Iterator[l
         chunk, handle, future = pending.popleft()
         return future.result() if future is not None else backend.finish(chunk, handle)
 
+    ended = False
     try:
         for chunk in chunks:
             handle = backend.submit(chunk)
@@ -82,6 +86,10 @@ def pipeline(chunks: Iterator[list[Entry]], backend: ChunkBackend) -> Iterator[l
                 yield take_oldest()
         while pending:
             yield take_oldest()
+        ended = True
     finally:
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            # Each stream ends the batch it holds. A second Ctrl-C that cut this wait short would leave a stream
+            # inferring as the process exits, which ONNX Runtime ends with an abort (status -6, not 130).
+            with contextlib.nullcontext() if ended else stops_dropped():
+                pool.shutdown(wait=True, cancel_futures=True)

@@ -17,12 +17,10 @@ project's code (``py_modules``); the nodes need Ray and the project's base depen
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import logging
 import os
 import re
-import signal
 import socket
 import sys
 import tempfile
@@ -31,7 +29,7 @@ import time
 from typing import Generator, Iterator
 
 from inference.devices import Device
-from inference.interrupts import CAUGHT, give_back
+from inference.interrupts import stops_dropped
 from inference.preprocess import DEFAULT_MAX_PIXELS, decode_pixels, pixels_to_model_input
 from inference.runtime import default_threads, read_card
 
@@ -432,7 +430,7 @@ class RayBackend:
     def close(self) -> None:
         # The run is ending already: a second Ctrl-C (or a SIGTERM) now would stop Ray's shutdown halfway, which
         # left Ray's dashboard and runtime-env agents running and ended the command with status 1, not 130.
-        with _stops_ignored():
+        with stops_dropped():
             if self._stream is not None:
                 self._stream.close()  # the dataset's executor stops before Ray does
                 self._stream = None
@@ -443,21 +441,6 @@ class RayBackend:
                     self.ray.shutdown()  # the instance is this process's own: its Ray processes stop with it
                 # A cluster's connection is left to the process's end (service/process_end.py), which the cluster
                 # sees as the job's end. Shutting it down here raced Ray's threads as above, though none was left.
-
-
-@contextlib.contextmanager
-def _stops_ignored() -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP ignored while the body runs (bounded waits: the pipeline threads' grace, Ray's
-    shutdown), then handled as before. Only the main thread may set handlers: elsewhere the body runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    stops = [s for s in (signal.SIGINT, *CAUGHT) if signal.getsignal(s) not in (signal.SIG_IGN, None)]
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in stops}
-    try:
-        yield
-    finally:
-        give_back(previous)
 
 
 def _kept(exc: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import heapq
 import itertools
@@ -17,7 +18,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from inference.interrupts import give_back, interrupted_status, say_stopped, stopped_by, take_over_terminations
+from inference.interrupts import (
+    Handler,
+    give_back,
+    interrupted_status,
+    interrupts_held,
+    say_stopped,
+    stopped_by,
+    stops_dropped,
+    take_over_terminations,
+)
 from inference.preprocess import IMAGE_EXTENSIONS, is_image_name
 
 from ..settings import THREADS_MAXIMUM, empty_flag_refusal
@@ -347,6 +357,17 @@ def run(args: argparse.Namespace) -> int:
         # writes to standard output, into the rows. The rows matter more than the messages.
         sys.stderr = open(os.devnull, "w", **ENCODING)
     previous = take_over_terminations()
+    try:
+        # Once a stop has ended the run, the stops after it are held off and dropped (``stopping`` then holds
+        # ``stops_dropped``) until the run has said where it stopped and closed its engine: a second Ctrl-C would
+        # cut those short with a traceback, and the status is the first stop's.
+        with contextlib.ExitStack() as stopping:
+            return _job(args, previous, stopping)
+    finally:
+        give_back(previous)
+
+
+def _job(args: argparse.Namespace, previous: dict[int, Handler], stopping: contextlib.ExitStack) -> int:
     backend = None
     lock: OutputLock | None = None
     try:
@@ -359,29 +380,44 @@ def run(args: argparse.Namespace) -> int:
         backend = engine.open(args)
         for s, handler in take_over_terminations().items():  # an engine may have set its own (ray.init does)
             previous.setdefault(s, handler)
-        return _run(args, fmt_name, backend, summary, entries)
+        status = _run(args, fmt_name, backend, summary, entries, stopping)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        status = 2
     except StopRun as exc:  # before scoring started: while --resume scored some of its rows again
         print(f"error: {exc}\nthe rows so far are kept: rerun with --resume to continue", file=sys.stderr)
-        return 1
+        status = 1
     except KeyboardInterrupt as exc:  # before scoring started (loading the model, reading back --resume)
-        return say_stopped(exc, "interrupted")
+        stopping.enter_context(stops_dropped())
+        status = say_stopped(exc, "interrupted")
     except _OutputLost as exc:
         if isinstance(exc.error, BrokenPipeError):
             # The reader has gone (`score DIR | head`): stop quietly, as Unix tools do, and keep Python from
             # complaining when it flushes standard output at exit.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 128 + signal.SIGPIPE
-        print(f"error: cannot write {_output_name(args.out)}: {exc}", file=sys.stderr)
-        return OUTPUT_LOST
+            status = 128 + signal.SIGPIPE
+        else:
+            print(f"error: cannot write {_output_name(args.out)}: {exc}", file=sys.stderr)
+            status = OUTPUT_LOST
     finally:
-        if backend is not None:
-            backend.close()
-        if lock is not None:
-            lock.release()
-        give_back(previous)
+        late = _closed(backend, lock)
+    if late is not None:  # a stop while the engine closed, none having stopped the run before it
+        return say_stopped(late, "interrupted")
+    return status
+
+
+def _closed(backend: Backend | None, lock: OutputLock | None) -> KeyboardInterrupt | None:
+    """Close the engine and release the output's lock, neither cut short: a stop meanwhile is held off until both
+    are done, then returned (None where none came, or where ``stops_dropped`` dropped it)."""
+    try:
+        with interrupts_held():
+            if backend is not None:
+                backend.close()
+            if lock is not None:
+                lock.release()
+    except KeyboardInterrupt as stop:  # the held stop, raised again once both are done
+        return stop
+    return None
 
 
 # Rows of a resumed file scored again, and how far their top-1 confidence may move: the file holds 6 decimals, and
@@ -452,7 +488,9 @@ def _images(root: str, stats: WalkStats) -> Iterator[Entry]:
     return itertools.chain([first], entries)
 
 
-def _run(args, fmt_name: str, backend: Backend, summary: Summary, entries: Iterator[Entry]) -> int:
+def _run(
+    args, fmt_name: str, backend: Backend, summary: Summary, entries: Iterator[Entry], stopping: contextlib.ExitStack
+) -> int:
     from tqdm import tqdm
 
     k = min(args.k, len(backend.classes)) if backend.classes else args.k
@@ -572,6 +610,7 @@ def _run(args, fmt_name: str, backend: Backend, summary: Summary, entries: Itera
         summary.resumed_gone = len(gone)
         summary.resumed_gone_first = heapq.nsmallest(3, gone)
     except KeyboardInterrupt as exc:
+        stopping.enter_context(stops_dropped())
         interrupted = exc
     except _OutputLost as exc:
         lost = exc
