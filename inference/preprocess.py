@@ -373,12 +373,20 @@ def _file_bytes(data: object) -> bytes:
     raise UsageError(f"image decoding takes the bytes of an image file, got {type(data).__name__}{hint}")
 
 
-def _check_max_pixels(max_pixels: int) -> None:
+def whole_number(value: object) -> int | None:
+    """``value`` as an int where it is one (numpy's included; not a bool, a float or a string of digits), else
+    None."""
+    if isinstance(value, bool):
+        return None
     try:
-        limit = 0 if isinstance(max_pixels, bool) else operator.index(max_pixels)
+        return operator.index(value)  # type: ignore[arg-type]
     except TypeError:
-        limit = 0
-    if limit < 1:  # None would fail every image with a TypeError, and 0 refuse each as "over the limit of 0"
+        return None
+
+
+def _check_max_pixels(max_pixels: int) -> None:
+    # None would fail every image with a TypeError, and 0 refuse each as "over the limit of 0"
+    if (whole_number(max_pixels) or 0) < 1:
         raise UsageError(
             f"max_pixels is the most pixels an image may have, a positive whole number; got {max_pixels!r}"
         )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import operator
 import os
 import tempfile
 from collections import Counter
@@ -29,7 +28,7 @@ from .devices import DEVICES, THREADS_MAXIMUM, CudaPlacementError, Device, Devic
 from .errors import UsageError
 from .manifest import METADATA_KEY, DefaultChoice, Manifest, ModelCard
 from .messages import exception_summary, validation_problems
-from .preprocess import in_unit_range
+from .preprocess import in_unit_range, whole_number
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -138,17 +137,6 @@ def choose_default(manifest: Manifest, cuda_wanted: bool, placed: Mapping[str, P
     return DefaultChoice(
         name=cpu.name, reason=f"{cpu.reason}, as {choice.name} ({choice.reason}) cannot run on CUDA: {where.fallback}"
     )
-
-
-def whole_number(value: object) -> int | None:
-    """``value`` as an int where it is one (numpy's included; not a bool, a float or a string of digits), else
-    None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        return None
 
 
 @dataclass(frozen=True)
