@@ -47,6 +47,7 @@ from process_tree import tree_memory_mib  # noqa: E402
 from report_io import write_json  # noqa: E402
 from service_runs import run_level, serving, wait_ready  # noqa: E402
 
+from inference.errors import UsageError  # noqa: E402
 from inference.manifest import InputSpec, load_manifest  # noqa: E402
 from inference.preprocess import decode_image, to_model_input  # noqa: E402
 from service.settings import CPU_RUN_IMAGES  # noqa: E402
@@ -96,6 +97,30 @@ def answer_check(route: str, model: str, per_request: int, k: int):
     return check
 
 
+def served_models(host: str, port: int, model: str) -> list[str]:
+    """The models the server at host:port serves (its GET /models), which the results record: a server given by
+    --url may serve another set than this checkout's manifest. A ``model`` it does not serve is refused before
+    any load, as every request for it would be."""
+    import httpx
+
+    url = f"http://{host}:{port}"
+    try:
+        answer = httpx.get(f"{url}/models", timeout=30)
+        names = [m["name"] for m in answer.json()["models"]] if answer.status_code == 200 else None
+    except httpx.HTTPError as exc:
+        raise UsageError(f"GET {url}/models failed ({exc}): start the service there, or leave --url out") from None
+    except (ValueError, KeyError, TypeError):  # not JSON, or not the service's list
+        names = None
+    if names is None:
+        raise UsageError(
+            f"GET {url}/models answered {answer.status_code} without the service's list of models: "
+            "is --url this project's service?"
+        )
+    if model not in names:
+        raise UsageError(f"{url} does not serve {model} (it serves {', '.join(names)}): name one of them with --model")
+    return names
+
+
 def raw_rates(path: Path, batch_sizes: list[int], jpegs, spec: InputSpec) -> dict[str, raw_engine.EngineRate]:
     """The raw engine on the JPEGs decoded as the service decodes them for this model: its size and fit."""
     pixels = to_model_input([decode_image(data, spec.size, fit=spec.fit) for _, data in jpegs])
@@ -112,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes, routes = args.images_per_request, args.routes
     with serving(args) as (host, port, server):
         wait_ready(host, port, server)
+        served = served_models(host, port, entry.name)
         memory_ready = tree_memory_mib(server.pid if server else None)
         model_path = Path(args.models_dir) / entry.file
         # CPU_RUN_IMAGES: the pieces the service runs a large batch in on the CPU (service/settings.py)
@@ -163,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         "raw_engine_ceiling": best.label,
         "runs": runs,
         "v2_vs_classify": comparison,
-        "models_loaded": len(manifest.models),
+        "models_loaded": len(served),
+        "served_models": served,
         "server_memory_mib": {"ready": memory_ready, "peak_under_load": _peak(runs)},
         "note": "the load generator runs on the same cores as the server",
     }
@@ -195,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if memory_ready:
         peak = report["server_memory_mib"]["peak_under_load"]
         print(
-            f"\nServer memory, {len(manifest.models)} models loaded (PSS of all its processes): "
+            f"\nServer memory, {len(served)} models loaded (PSS of all its processes): "
             f"{memory_ready['pss']:,.0f} MiB ready, {peak['pss']:,.0f} MiB at the peak of the load "
             f"(RSS summed over the processes: {memory_ready['rss']:,.0f} / {peak['rss']:,.0f})"
         )

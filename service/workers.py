@@ -21,11 +21,13 @@ class WorkerPlacement:
     index: int  # BentoML's worker index, from 1
     workers: int
     device_id: int | None  # the CUDA device this worker runs its models on; None: the CPU
-    cores: int  # the CPU cores this worker sizes its threads for
+    cores: int  # the CPU cores this worker sizes its threads for, where --threads and the like do not set them
 
     def describe(self) -> str:
+        """Where the worker runs and its share of the cores: the threads it sizes by that share may be set by
+        hand (--streams, --threads, --decode-threads), so the share is said as such, beside the threads used."""
         where = f"GPU {self.device_id}" if self.device_id is not None else "the CPU"
-        return f"worker {self.index} of {self.workers} on {where}, sized for {self.cores} core(s)"
+        return f"worker {self.index} of {self.workers} on {where} with {self.cores} core(s)"
 
 
 def place_worker(worker_index: int | None, workers: int, gpus: int, cores: int) -> WorkerPlacement:

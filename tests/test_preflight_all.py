@@ -77,7 +77,11 @@ def test_a_split_that_empties_a_class_and_a_batch_too_large_are_said_together(tm
         load_data(config)
     said = [str(problem) for problem in refused.value.problems]
     assert len(said) == 2 and "takes every image of class rare" in said[0], said
-    assert said[1].startswith("batch_size 16 exceeds the 1 training images"), said
+    assert "a val_size of at most 2 leaves every class an image" in said[0], said
+    # measured on what the largest val_size allowed leaves, not on the refused split's 1 image
+    assert said[1] == (
+        "batch_size 16 exceeds the 2 training images data.val_size 2 would leave: set batch_size to at most 2"
+    ), said
 
 
 def test_a_run_length_says_its_batch_and_its_lookahead_together_and_one_problem_as_it_is():

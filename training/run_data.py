@@ -90,7 +90,10 @@ def split_data(
             images, split = exc.images - exc.suggested, f"data.val_size {exc.suggested} would leave"
         except DatasetError as exc:  # a class whose every image the split would take
             problems.append(exc)
-            images = len(full) - d.val_size
+            # The largest val_size the refusal allows (each class keeps one image; 0 where every class has
+            # one): a batch that fits what it leaves fits whichever allowed val_size is chosen.
+            most = len(full) - len(np.unique(full.labels))
+            images, split = len(full) - most, f"data.val_size {most} would leave"
     unsplit = bool(problems)
     problems += trainable_problems(full, d.root)
     if problems and started_on is not None:
