@@ -28,9 +28,17 @@ TEMPERATURE_BOUNDS = (0.01, 100.0)
 def meaningless_fit(logits: np.ndarray, labels: np.ndarray, temperature: float) -> bool:
     """Whether a T fitted on these samples means nothing: where every sample is right the NLL only falls as
     T shrinks (the search stops wherever it flattens to zero), and a T at (within 10% of) an end of the
-    search range was still being pushed there (``TEMPERATURE_BOUNDS`` says by what)."""
+    search range was still being pushed there (``TEMPERATURE_BOUNDS`` says by what); where the logits have no
+    spread (``no_spread``) any T fits as well as any other."""
     near_bound = any(abs(np.log(temperature / bound)) < 0.1 for bound in TEMPERATURE_BOUNDS)
-    return near_bound or bool((np.asarray(logits).argmax(1) == np.asarray(labels)).all())
+    return near_bound or no_spread(logits) or bool((np.asarray(logits).argmax(1) == np.asarray(labels)).all())
+
+
+def no_spread(logits: np.ndarray) -> bool:
+    """Whether every sample's logits are equal across classes (a collapsed network): their softmax is uniform
+    whatever T divides them, so the likelihood is flat in T and no temperature is measurable."""
+    z = np.asarray(logits, dtype=np.float64)
+    return bool(len(z)) and not np.ptp(z, axis=1).any()
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, warn: bool = True) -> float:
@@ -43,6 +51,16 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, warn: bool = True) -
     labels = np.asarray(labels, dtype=np.int64)
     if len(z) == 0:
         raise ValueError("no samples to fit a temperature on")
+    if no_spread(z):
+        # the search would stop anywhere on the flat likelihood (11.5 for logits of 3): 1 changes nothing
+        temperature = 1.0
+        if warn:
+            log.warning(
+                "no temperature is measurable on these %d samples: the model gives every class the same logit on "
+                "each of them, so T = 1",
+                len(z),
+            )
+        return temperature
     lo, hi = np.log(TEMPERATURE_BOUNDS)
     result = minimize_scalar(
         lambda log_t: negative_log_likelihood(z / np.exp(log_t), labels),

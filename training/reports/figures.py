@@ -6,16 +6,19 @@ With many classes (CIFAR-100) a full matrix or bar chart is an unreadable wall o
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.font_manager import FontProperties  # noqa: E402
+from matplotlib.textpath import TextToPath  # noqa: E402
 
 from ..plots import drawable, save_figure  # noqa: E402
 
@@ -35,6 +38,41 @@ NO_GLYPHS = (
     "the plotting font has no glyphs for some characters of the class names (drawn as boxes); report.md names "
     "the classes in full"
 )
+
+
+_Plot = TypeVar("_Plot", bound=Callable)
+
+
+def _literal_text(plot: _Plot) -> _Plot:
+    """Draws every text of the figure as written: matplotlib reads a text with two dollar signs as math, so a class
+    named ``$5 or $10`` was drawn as an italic ``5 or``, and one named ``$\\foo$`` (no such symbol) stopped the
+    report with a ParseFatalException. The figure is made and saved inside: tick labels are created as it is
+    drawn."""
+
+    @functools.wraps(plot)
+    def literal(*args, **kwargs):
+        with plt.rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+
+    return literal  # type: ignore[return-value]
+
+
+def _widest_line(texts: Sequence[str], fontsize: float) -> float:
+    """Width in inches of the widest line of ``texts`` at ``fontsize`` (glyphs the font lacks count as its box)."""
+    measure, font = TextToPath(), FontProperties(size=fontsize)
+    with warnings.catch_warnings():  # said once when the figure is saved
+        warnings.filterwarnings("ignore", "Glyph .* missing from font")
+        points = [
+            measure.get_text_width_height_descent(drawable(line), font, ismath=False)[0]
+            for text in texts
+            for line in text.split("\n")
+        ]
+    return max(points, default=0.0) / 72
+
+
+def _panel_width(titles: Sequence[str], fontsize: float, least: float) -> float:
+    """Width in inches of one image's panel: ``least``, or more where a title would run into its neighbour's."""
+    return max(least, _widest_line(titles, fontsize) + 0.15)
 
 
 def short_label(name: str) -> str:
@@ -78,6 +116,7 @@ def worst_classes(accuracy: Sequence[float | None], k: int) -> np.ndarray:
     return np.array(order[:k], dtype=int)
 
 
+@_literal_text
 def plot_confusion_matrix(
     cm: np.ndarray, classes: Sequence[str], path: Path, max_classes: int = MAX_CLASSES, subtitle: str | None = None
 ) -> None:
@@ -128,6 +167,7 @@ def plot_confusion_matrix(
     _save(fig, path)
 
 
+@_literal_text
 def plot_per_class_accuracy(
     accuracy: Sequence[float | None],
     classes: Sequence[str],
@@ -187,6 +227,7 @@ def _message_figure(text: str, path: Path) -> None:
     _save(fig, path)
 
 
+@_literal_text
 def plot_misclassified(
     images: np.ndarray,
     labels: np.ndarray,
@@ -208,22 +249,20 @@ def plot_misclassified(
     shown = wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
     rows = -(-len(shown) // columns)
     cols = min(columns, len(shown))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.45 * rows), squeeze=False)
+    names = short_labels(classes)
+    titles = [f"true: {names[labels[i]]}\npred: {names[preds[i]]} ({confidence[i]:.2f})" for i in shown]
+    fig, axes = plt.subplots(rows, cols, figsize=(_panel_width(titles, 8, 2.1) * cols, 2.45 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    names = short_labels(classes)
-    for ax, i in zip(axes.flat, shown):
+    for ax, i, title in zip(axes.flat, shown, titles):
         ax.imshow(images[i], interpolation="nearest")
-        ax.set_title(
-            f"true: {names[labels[i]]}\npred: {names[preds[i]]} ({confidence[i]:.2f})",
-            fontsize=8,
-            color="darkred",
-        )
+        ax.set_title(title, fontsize=8, color="darkred")
     _suptitle(fig, f"most confident mistakes (confidence: {confidence_note})", subtitle)
     _save(fig, path, tight=True)
     return [int(i) for i in shown]
 
 
+@_literal_text
 def plot_gradcam(
     images: np.ndarray,
     cams: np.ndarray,
@@ -244,7 +283,9 @@ def plot_gradcam(
         return
     cols = min(columns, n)
     groups = -(-n // cols)
-    fig, axes = plt.subplots(2 * groups, cols, figsize=(2.3 * cols, 4.4 * groups), squeeze=False)
+    fig, axes = plt.subplots(
+        2 * groups, cols, figsize=(_panel_width(titles, 8, 2.3) * cols, 4.4 * groups), squeeze=False
+    )
     for ax in axes.flat:
         ax.axis("off")
     for k in range(n):
@@ -257,6 +298,7 @@ def plot_gradcam(
     _save(fig, path, tight=True)
 
 
+@_literal_text
 def plot_reliability(panels: Sequence[tuple[str, dict]], path: Path, subtitle: str | None = None) -> None:
     """Reliability diagrams side by side, one per (title, ``metrics.reliability_bins`` result): accuracy per
     confidence bin against the diagonal of perfect calibration, the hatched red part of a bar the gap between
@@ -303,7 +345,7 @@ def plot_reliability(panels: Sequence[tuple[str, dict]], path: Path, subtitle: s
                 edgecolor="tab:red",
                 linewidth=0.5,
                 alpha=alpha,
-                label=None if sparse else "gap to the bin's mean confidence",
+                label="gap to the bin's mean confidence",  # one entry: the legend keeps the first of a label
             )
         ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1, label="perfect calibration")
         ax.set_xlim(0, 1)

@@ -1,7 +1,8 @@
 """Grad-CAM (Selvaraju et al., 2017) over a model's ``cam_layer``, its last convolutional stage.
 
 The map for class c is ReLU(sum_k w_k A_k), where A is the layer's activation and w_k the
-spatial mean of d logit_c / d A_k; it is upsampled bilinearly onto the input and scaled to [0, 1].
+spatial mean of d logit_c / d A_k; it is upsampled bilinearly onto the input and scaled from its minimum to its
+maximum, [0, 1].
 Upsampling places cell i over pixels [i * stride, (i + 1) * stride), the layer's own stride: a net
 whose pooling floors the map (airbench: 32 -> 31 -> 15 -> 7 -> 3, stride 8) would otherwise be
 stretched over the whole image, each cell drawn up to 6 pixels from the pixels it reads.
@@ -71,9 +72,12 @@ class GradCAM:
         with torch.autocast("cpu", enabled=False):  # under a caller's bf16 autocast the product would be bf16
             cam = rows @ cam @ cols.T
         low = cam.amin(dim=(1, 2), keepdim=True)
-        span = cam.amax(dim=(1, 2), keepdim=True) - low
-        # A map with no positive evidence is all zeros rather than a division by zero.
-        cam = torch.where(span > 0, (cam - low) / span.clamp_min(1e-12), torch.zeros_like(cam))
+        high = cam.amax(dim=(1, 2), keepdim=True)
+        span = high - low
+        # All zeros only where there is no positive evidence (a division by zero otherwise); evidence spread evenly
+        # is all ones, not drawn as none.
+        flat = torch.where(high > 0, torch.ones_like(cam), torch.zeros_like(cam))
+        cam = torch.where(span > 0, (cam - low) / span.clamp_min(1e-12), flat)
         return cam.numpy()
 
     def _activation_and_gradient(

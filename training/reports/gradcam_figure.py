@@ -59,24 +59,30 @@ def render_gradcam(
     assert cam.map_size is not None and cam.stride is not None  # set by the call
     (height, width), (row_step, col_step) = cam.map_size, cam.stride
     # the overlay is smooth at the image's size; say how coarse the map under it is, and what it is not
-    note = [f"{height}x{width} map of the last stage, upsampled; each scaled to its own maximum"]
+    # stretched from its own minimum: the bluest part of a map is its weakest evidence, not necessarily none
+    note = [f"{height}x{width} map of the last stage, upsampled; each scaled from its own minimum to its maximum"]
     covered = round(height * row_step), round(width * col_step)
     if covered != tuple(batch.shape[-2:]):  # a map its pooling floored: its cells sit where they read, not stretched
         note[0] = (
             f"{height}x{width} map of the last stage, cells {row_step:g} px apart, upsampled over its "
-            f"{covered[0]}x{covered[1]} px; each scaled to its own maximum"
+            f"{covered[0]}x{covered[1]} px; each scaled from its own minimum to its maximum"
         )
     if source.arch == "ensemble":
         note.append("first member's layer" + (f", its unaugmented view of {cam.views}" if cam.views > 1 else ""))
     if tta != "none":
         note.append("from the image alone, predictions from the TTA views")
-    titles, correct = [], []
+    titles: list[str] = []
+    correct: list[bool] = []
     names = figures.short_labels(classes)
     for i in indices:
         ok = bool(preds[i] == data.labels[i])
         correct.append(ok)
         true, predicted = names[data.labels[i]], names[preds[i]]
-        titles.append(f"{predicted} ({confidence[i]:.2f})" if ok else f"{true} -> {predicted} ({confidence[i]:.2f})")
+        # a mistake on two lines: on one, two long names ran into the next panel's title
+        title = f"{predicted} ({confidence[i]:.2f})" if ok else f"{true} ->\n{predicted} ({confidence[i]:.2f})"
+        if not cams[len(titles)].any():  # drawn all blue, which alone reads as evidence spread thin everywhere
+            title += "\nno positive evidence"
+        titles.append(title)
     figures.plot_gradcam(
         images, cams, titles, correct, path, subtitle=subtitle, map_note="; ".join(note), titles_note=GRADCAM_TITLES
     )

@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 
 from ..data import DatasetError, ImageArrays
-from .calibration import TEMPERATURE_BOUNDS, calibration_report, fit_temperature, meaningless_fit, undo_temperature
+from .calibration import (
+    TEMPERATURE_BOUNDS,
+    calibration_report,
+    fit_temperature,
+    meaningless_fit,
+    no_spread,
+    undo_temperature,
+)
 from .metrics import reliability_bins, softmax
 from .samples import DataSpec, match_classes
 from .sources import ModelSource, check_finite
@@ -70,6 +77,11 @@ def fit_caveat(logits: np.ndarray, labels: np.ndarray, temperature: float) -> st
     something (``meaningless_fit``)."""
     if not meaningless_fit(logits, labels, temperature):
         return ""
+    if no_spread(logits):
+        return (
+            ", where it means nothing: the model gives every class the same logit on each of those images (a "
+            "collapsed network), so no temperature changes its probabilities; T = 1 is kept"
+        )
     top = TEMPERATURE_BOUNDS[1]
     if abs(np.log(temperature / top)) < abs(np.log(temperature / TEMPERATURE_BOUNDS[0])):
         # flattening every sample's probabilities to equal ones was still improving the likelihood
