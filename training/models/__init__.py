@@ -110,6 +110,9 @@ def create_model(
             warnings.filterwarnings("ignore", "Initializing zero-element tensors")
             backbone = constructor(num_classes=num_classes, **kwargs)
     except TypeError as exc:
+        fixed = re.search(r"(\w+)\(\) got multiple values for (?:keyword )?argument '(\w+)'", str(exc))
+        if fixed is not None and fixed.group(2) in kwargs:
+            raise _fixed_argument(name, fixed.group(2), fixed.group(1)) from exc
         bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
         if bad is None:
             raise
@@ -123,9 +126,32 @@ def create_model(
             unknown=[] if open_ended else [k for k in kwargs if k not in params],
             taken=[p for p in named if p != "num_classes"],
         ) from exc
-    _check_switches([constructor, type(backbone)], kwargs)
+    # options pass through the network to its blocks (avg_down), whose own signatures say which are switches
+    own_layers = {type(m) for m in backbone.modules() if type(m).__module__.startswith(__name__)}
+    _check_switches([constructor, *own_layers], kwargs)
     _check_no_empty_layer(backbone)
     return ImageClassifier(backbone, mean, std)
+
+
+def _fixed_argument(name: str, key: str, taker: str) -> UnknownArgument:
+    """A named configuration (resnext29_8x64d, se_resnet18) sets ``key`` itself; given it again, Python's "got
+    multiple values" says nothing of what to do. The generic model to name instead: ``taker``, the function that
+    was handed it twice, where that is a registered one, else the one this name adds a prefix to (se_resnet18 ->
+    resnet18) if that takes it."""
+    base = name.partition("_")[2]
+    if taker not in MODELS and base in MODELS and key in inspect.signature(MODELS.get(base)).parameters:
+        taker = base
+    instead = (
+        f"model.name={taker} takes it"
+        if taker in MODELS and taker != name
+        else "`python -m training models` lists the others"
+    )
+    return UnknownArgument(
+        f"model {name!r} sets {key} itself, so it takes no {key} argument: leave it out, or name another model "
+        f"({instead})",
+        unknown=[],
+        taken=[],
+    )
 
 
 def _check_switches(takers: Sequence[Callable], kwargs: dict) -> None:
@@ -330,24 +356,35 @@ def res2net50_ca_v1b(num_classes: int = 10, **kwargs) -> nn.Module:
 
 @_register("wrn", "generic Wide-ResNet: wrn(depth, widen, dropout)")
 def wrn(
-    num_classes: int = 10, depth: int = 28, widen: int = 10, dropout: float = 0.3, attention: str = "none"
+    num_classes: int = 10,
+    depth: int = 28,
+    widen: int = 10,
+    dropout: float = 0.3,
+    attention: str = "none",
+    reduction: int | None = None,
 ) -> nn.Module:
-    return WideResNet(depth, widen, num_classes, dropout, attention)
+    return WideResNet(depth, widen, num_classes, dropout, attention, reduction)
 
 
 @_register("wrn_28_10", "Wide-ResNet-28-10, dropout 0.3 by default")
-def wrn_28_10(num_classes: int = 10, dropout: float = 0.3, attention: str = "none") -> nn.Module:
-    return WideResNet(28, 10, num_classes, dropout, attention)
+def wrn_28_10(
+    num_classes: int = 10, dropout: float = 0.3, attention: str = "none", reduction: int | None = None
+) -> nn.Module:
+    return WideResNet(28, 10, num_classes, dropout, attention, reduction)
 
 
 @_register("wrn_16_8", "Wide-ResNet-16-8, dropout 0.3 by default")
-def wrn_16_8(num_classes: int = 10, dropout: float = 0.3, attention: str = "none") -> nn.Module:
-    return WideResNet(16, 8, num_classes, dropout, attention)
+def wrn_16_8(
+    num_classes: int = 10, dropout: float = 0.3, attention: str = "none", reduction: int | None = None
+) -> nn.Module:
+    return WideResNet(16, 8, num_classes, dropout, attention, reduction)
 
 
 @_register("wrn_16_4", "Wide-ResNet-16-4, dropout 0 by default (about 2.75M parameters)")
-def wrn_16_4(num_classes: int = 10, dropout: float = 0.0, attention: str = "none") -> nn.Module:
-    return WideResNet(16, 4, num_classes, dropout, attention)
+def wrn_16_4(
+    num_classes: int = 10, dropout: float = 0.0, attention: str = "none", reduction: int | None = None
+) -> nn.Module:
+    return WideResNet(16, 4, num_classes, dropout, attention, reduction)
 
 
 @_register(

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from .attention import ATTENTION
+from .attention import make_attention
 from .resnet import _init_weights
 
 
 class WideBlock(nn.Module):
     def __init__(
-        self, in_planes: int, planes: int, stride: int, dropout: float, attention: str, reduction: int
+        self, in_planes: int, planes: int, stride: int, dropout: float, attention: str, reduction: int | None
     ) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
@@ -21,7 +21,7 @@ class WideBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.attention = ATTENTION.get(attention)(planes, reduction)
+        self.attention = make_attention(attention, planes, reduction)
         self.relu = nn.ReLU(inplace=True)
         equal = stride == 1 and in_planes == planes
         self.shortcut = None if equal else nn.Conv2d(in_planes, planes, 1, stride, bias=False)
@@ -43,9 +43,12 @@ class WideResNet(nn.Module):
         num_classes: int = 10,
         dropout: float = 0.3,
         attention: str = "none",
-        reduction: int = 16,
+        reduction: int | None = None,
     ) -> None:
         super().__init__()
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (depth, widen)):
+            # torch would refuse a fractional width only later, in words about a tensor's shape
+            raise ValueError(f"WRN depth and widen must be whole numbers, got depth {depth!r}, widen {widen!r}")
         if depth < 10 or (depth - 4) % 6:
             # 4 (n = 0) and below would build a stem and a head with no residual block between them
             raise ValueError(f"WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
