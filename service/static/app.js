@@ -3,7 +3,10 @@
 "use strict";
 
 const CONCURRENT = 4; // requests in flight at once: each image is its own request, so one bad file spoils nothing
-const RETRIES = 3; // an overloaded service (503) is asked again after its Retry-After, this many times
+// An overloaded service (503), or a rate limit in front of it (429), is asked again after its Retry-After, this
+// many times: each image is its own request, so a limit per second would otherwise fail all but the first few.
+const RETRIES = 3;
+const LATER = new Set([429, 503]);
 // A request is given up this long after the service's own --timeout (GET /models' limits.timeout_s), so that a live
 // service's 504, which says why, comes first: this catches a connection or proxy that hangs without answering.
 const TIMEOUT_MARGIN_S = 30;
@@ -32,9 +35,18 @@ let picked = []; // the files shown, classified again when the model or k change
 let current = null; // the run on screen: {id, controller}; an older run's answers are dropped, its requests aborted
 let thumbnails = []; // object URLs of the cards on screen, released when they go
 
+// To one decimal. A confidence that would round to 100% or to 0% is neither certain nor impossible, and is said
+// as such: a calibrated 99.6% is wrong about 4 times in 1,000, which "100%" would hide.
 function percent(p) {
-  return `${(100 * p).toFixed(p >= 0.995 || p < 0.001 ? 0 : 1)}%`;
+  if (p <= 0 || p >= 1) return `${Math.round(100 * p)}%`;
+  const shown = (100 * p).toFixed(1);
+  if (shown === "100.0") return ">99.9%";
+  if (shown === "0.0") return "<0.1%";
+  return `${shown}%`;
 }
+
+// A threshold as the person typed it (99.95 stays 99.95%), not rounded to the confidences' one decimal.
+const typedPercent = (fraction) => `${Number((100 * fraction).toPrecision(12))}%`;
 
 function headers() {
   const key = ui.key.value.trim();
@@ -148,6 +160,7 @@ function drawBars(answer, prediction, fileName, threshold) {
     track.setAttribute("aria-valuemin", "0");
     track.setAttribute("aria-valuemax", "100");
     track.setAttribute("aria-valuenow", (100 * top.confidence).toFixed(1));
+    track.setAttribute("aria-valuetext", value.textContent); // read as shown: not "100" for a 99.96
     const fill = document.createElement("div");
     fill.className = "fill";
     fill.style.width = `${(100 * top.confidence).toFixed(1)}%`;
@@ -159,8 +172,8 @@ function drawBars(answer, prediction, fileName, threshold) {
   if (typeof prediction.confident === "boolean") {
     const mark = document.createElement("p");
     mark.className = prediction.confident ? "mark confident" : "mark unsure";
-    mark.textContent = prediction.confident ? `confident (at least ${percent(threshold)})` :
-      `unsure: under ${percent(threshold)}`;
+    mark.textContent = prediction.confident ? `confident (at least ${typedPercent(threshold)})` :
+      `unsure: under ${typedPercent(threshold)}`;
     answer.append(mark);
   }
 }
@@ -172,6 +185,22 @@ const sleep = (ms, signal) => new Promise((resolve) => {
 });
 
 class TimedOut extends Error {}
+
+// Whether `file` cannot be read. A file deleted or changed on disk since it was picked, or a folder dropped with
+// the images, fails its request as a network failure does: without this, one such file read as the service gone
+// and ended the whole run. Its first chunk is read, not a slice: a deleted file's size reads as 0, and an empty
+// slice of it reads fine.
+async function unreadable(file) {
+  const reader = file.stream().getReader();
+  try {
+    await reader.read();
+    return false;
+  } catch {
+    return true;
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+}
 
 // One POST and its JSON body (null where it is none), within timeoutS; throws TimedOut when that passed, or
 // what fetch threw (an AbortError once `signal` is aborted, a TypeError when the service cannot be reached).
@@ -222,10 +251,14 @@ async function classify(file, settings, signal) {
         return { error: `No answer within ${timeoutS} s: the service or the connection to it is stuck. ` +
           "Pick the image again to retry." };
       }
+      if (await unreadable(file)) {
+        return { error: "Could not read this file: it was moved or changed after it was picked, or it is a " +
+          "folder. Pick the images again." };
+      }
       const message = `The service could not be reached: ${error.message}`;
       return { error: message, stop: { why: "the service could not be reached", message } };
     }
-    if (response.status === 503 && attempt < RETRIES) {
+    if (LATER.has(response.status) && attempt < RETRIES) {
       const seconds = Number(response.headers.get("Retry-After")) || 1;
       await sleep(1000 * seconds, signal);
       continue; // once aborted, post throws: {aborted}
