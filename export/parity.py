@@ -128,6 +128,19 @@ def judge(
         onnx_speed,
         reference=reference,
     )
+    # A NaN or infinite output (an FP16 overflow, a diverged checkpoint) ranks its classes arbitrarily and
+    # compares as no difference: counted on its own, since a few such images pass the agreement and accuracy limits.
+    broken = int((~np.isfinite(onnx_probs).all(axis=1)).sum())
+    if broken:
+        parity.failures.append(
+            f"{broken} of {len(onnx_probs)} images give NaN or infinite outputs (first: image "
+            f"{int(np.argmin(np.isfinite(onnx_probs).all(axis=1)))})"
+        )
+    if torch_probs is not None and not np.isfinite(torch_probs).all():
+        parity.failures.append(
+            f"the {reference} reference gives NaN or infinite outputs on "
+            f"{int((~np.isfinite(torch_probs).all(axis=1)).sum())} images: the model itself is broken there"
+        )
     entry = precision_entry(precision)
     tolerance = entry.tolerance_points
     # Points come from counts of images: a difference of exactly the tolerance (25 images of 5,000 at 0.5) is
