@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from inference.manifest import CALIBRATION_METHODS, Calibration
-from training.reports.calibration import TEMPERATURE_BOUNDS, fit_temperature, meaningless_fit
+from training.reports.calibration import TEMPERATURE_BOUNDS, fit_temperature, meaningless_fit, no_spread
 
 log = logging.getLogger("export")
 
@@ -55,7 +55,15 @@ def fit_calibration(
     # Stored as the float32 the FP32 graph holds, so the card states exactly what that graph divides by.
     temperature = float(np.float32(fit_temperature(logits, labels, warn=False)))  # warned of below, with the way out
     fitted_on = f"NLL on the validation split ({len(labels)} images), {kind} of {what}"
-    if meaningless_fit(logits, labels, temperature):
+    if no_spread(logits):
+        # A collapsed network: no T changes its uniform probabilities, so "every image right" would be untrue.
+        fitted_on += ", where it means nothing: the model gives every class the same logit on each image, so T = 1"
+        log.warning(
+            "no temperature is measurable: the model gives every class the same logit on each of its %d validation "
+            "images (a collapsed network: check its training), so T = 1 is written",
+            len(labels),
+        )
+    elif meaningless_fit(logits, labels, temperature):
         # A small split of easy classes (a folder of one's own) gets every image right: the NLL then only falls as
         # T shrinks, and T is wherever the search stopped, not a measurement. The card says so.
         fitted_on += (

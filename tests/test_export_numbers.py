@@ -157,3 +157,16 @@ def test_int8_says_which_weighted_layers_it_left_in_float(tmp_path, caplog, monk
     with caplog.at_level(logging.WARNING, logger="export"):
         to_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration)
     assert "INT8: 1 weighted layers besides the input layers stay float32 (1 Gemm" in caplog.text
+
+
+def test_a_collapsed_network_is_said_as_such_not_as_every_image_right(caplog):
+    """Logits equal across classes: the card and the warning said "every image right or T at an end of the search
+    range", neither of which is true of a network that predicts nothing."""
+    from export.calibration import fit_calibration
+
+    logits, labels = np.full((40, 10), 3.0), np.arange(40) % 10
+    with caplog.at_level("WARNING", logger="export.calibration"):
+        calibration = fit_calibration(logits, labels, "temperature", "a test model")
+    assert calibration.temperature == 1.0
+    assert "same logit on each image" in calibration.fitted_on and "every image right" not in calibration.fitted_on
+    assert any("collapsed network" in record.getMessage() for record in caplog.records), caplog.text
