@@ -111,6 +111,10 @@ def served_models(host: str, port: int, model: str) -> list[str]:
         raise UsageError(f"GET {url}/models failed ({exc}): start the service there, or leave --url out") from None
     except (ValueError, KeyError, TypeError):  # not JSON, or not the service's list
         names = None
+    if answer.status_code == 401:
+        raise UsageError(
+            f"{url} asks for an API key, which the benchmark does not send: benchmark a server started without keys"
+        )
     if names is None:
         raise UsageError(
             f"GET {url}/models answered {answer.status_code} without the service's list of models: "

@@ -50,6 +50,10 @@ def keep_status(status: int) -> None:
 
 
 def _ignore_stops() -> None:
+    mp = sys.modules.get("multiprocessing")
+    if mp is not None and mp.active_children():
+        # multiprocessing's exit handler waits for them, as long as they run: a stop must still end that wait
+        return
     for stop in STOPS:
         signal.signal(stop, signal.SIG_IGN)
 

@@ -170,3 +170,58 @@ def test_the_ready_lines_worker_says_its_share_of_the_cores_not_a_sizing_that_fl
 
     assert place_worker(1, 1, 0, 2).describe() == "worker 1 of 1 on the CPU with 2 core(s)"
     assert place_worker(2, 2, 1, 8).describe() == "worker 2 of 2 on GPU 0 with 4 core(s)"
+
+
+# ``python -c``: a child process still running when the run ends, which multiprocessing's exit handler waits for,
+# and a Ctrl-C that arrives during that wait (sent from an exit handler that runs just before it).
+_CHILD_HOLDS_THE_EXIT = r"""
+import atexit, multiprocessing, os, signal, threading, time
+
+def child(parent):
+    while os.getppid() == parent:  # ends with the process that waits for it
+        time.sleep(0.1)
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method("fork")
+    multiprocessing.Process(target=child, args=(os.getpid(),)).start()
+
+    def stop_soon():
+        threading.Thread(target=lambda: (time.sleep(0.5), os.kill(os.getpid(), signal.SIGINT)), daemon=True).start()
+
+    atexit.register(stop_soon)  # after multiprocessing's own: run before it
+    from service.process_end import end_process
+
+    print("scored 4, failed 0", flush=True)
+    end_process(3)
+"""
+
+
+def test_a_ctrl_c_still_ends_an_exit_held_up_by_a_child_process_with_the_runs_status():
+    """Stops are ignored while the exit handlers run, except where a child process holds the exit up: there a
+    Ctrl-C was ignored and the exit waited for the child, however long it ran."""
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD_HOLDS_THE_EXIT], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 3, (done.returncode, done.stderr)
+    assert done.stdout == "scored 4, failed 0\n" and done.stderr == "", (done.stdout, done.stderr)
+
+
+class _Keyed(_Models):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(401)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_a_server_at_a_url_that_asks_for_a_key_is_said_as_such(monkeypatch, tmp_path):
+    """A keyed service answered /models with 401, said as "is --url this project's service?"."""
+    from inference.errors import UsageError
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Keyed)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(UsageError, match="asks for an API key, which the benchmark does not send"):
+            _bench_service(monkeypatch, tmp_path, "127.0.0.1", server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
