@@ -54,8 +54,9 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
 import bentoml
+import click
 
-from inference.interrupts import stopped_while_importing
+from inference.interrupts import interrupt_within, say_stopped, stopped_while_importing
 
 # Under "bentoml": the logger BentoML configures (INFO) in its server processes.
 log = logging.getLogger("bentoml.cifar.compat")
@@ -488,9 +489,9 @@ def metrics_folder(port: int) -> Path:
     return Path(BentoMLContainer.bentoml_home.get()) / METRICS_FOLDER / f"port-{port}"
 
 
-def serve_with_own_metrics(argv: list[str], port: int) -> None:
+def serve_with_own_metrics(argv: list[str], port: int) -> int:
     """``bentoml ARGV`` (its command line's entry point, in this process) with the workers' metrics in
-    ``metrics_folder(port)``, which BentoML empties at the start as it would its shared one."""
+    ``metrics_folder(port)``, which BentoML empties at the start as it would its shared one: the exit status."""
     if not _unsupported("the metrics stay in BentoML's shared folder, which other servers on this host empty"):
         try:
             from bentoml._internal.configuration.containers import BentoMLContainer
@@ -501,10 +502,36 @@ def serve_with_own_metrics(argv: list[str], port: int) -> None:
     try:
         from bentoml_cli.cli import cli
     except (KeyboardInterrupt, ImportError) as exc:  # Ctrl-C in the second of imports before BentoML handles it
-        raise SystemExit(stopped_while_importing(exc)) from None
+        return stopped_while_importing(exc)
 
     sys.argv = ["bentoml", *argv]
-    cli()
+    return run_command(cli, argv)
+
+
+def run_command(command: click.Command, argv: list[str]) -> int:
+    """Run click ``command`` on ``argv`` as its standalone entry point does and return the exit status, except for a
+    stop (Ctrl-C, or a termination inference/interrupts.py turns into one) before BentoML's process manager takes
+    the signals over: it ends as every other command's stop does, ``interrupted`` and 128 + the signal (click's entry
+    point says ``Aborted!`` after a blank line, status 1)."""
+    try:
+        with command.make_context("bentoml", list(argv)) as ctx:
+            command.invoke(ctx)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:  # a prompt declined: click's own answer
+        print("Aborted!", file=sys.stderr, flush=True)
+        return 1
+    except (KeyboardInterrupt, Exception) as exc:
+        # A stop may come back inside another error: an ImportError from ONNX Runtime's native module, which
+        # BentoML's loader reports as a failed import of the service.
+        stop = interrupt_within(exc)
+        if stop is not None:
+            return say_stopped(stop, "interrupted")
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
 
 
 def check_internals() -> list[str]:
@@ -627,9 +654,11 @@ def check_internals() -> list[str]:
         from bentoml._internal.configuration.containers import BentoMLContainer
         from bentoml_cli.cli import cli
 
-        return callable(cli) and callable(BentoMLContainer.prometheus_multiproc_dir.set)
+        return isinstance(cli, click.Command) and callable(BentoMLContainer.prometheus_multiproc_dir.set)
 
     check(
-        "BentoMLContainer.prometheus_multiproc_dir can be set, and bentoml_cli.cli.cli is the command line", own_metrics
+        "BentoMLContainer.prometheus_multiproc_dir can be set, and bentoml_cli.cli.cli is the command line (a click "
+        "command)",
+        own_metrics,
     )
     return problems

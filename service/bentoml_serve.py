@@ -5,7 +5,10 @@ BentoML's process manager (circus) picks two free local ports for its control so
 again a moment later; another program can take one in between, and the start fails with ZMQ's "Address already in
 use" about a port the user never chose. Nothing is served yet at that point, so the start is made again, in a fresh
 process (the failed one keeps the HTTP socket and ZMQ threads), up to ``ATTEMPTS`` times. The user's own port,
-taken in the seconds between serve's check of it and BentoML's bind, is said in one line, as that check says it."""
+taken in the seconds between serve's check of it and BentoML's bind, is said in one line, as that check says it.
+
+Until BentoML's process manager takes the signals over (it then stops gracefully, with status 0), a stop ends the
+start as it ends every other command: Ctrl-C, SIGTERM and SIGHUP say ``interrupted``, status 128 + the signal."""
 
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ import signal as signal_module
 import sys
 from typing import Any
 
-from .bentoml_compat import serve_with_own_metrics
+from inference.interrupts import say_stopped, stopped_while_importing, take_over_terminations
+
+from .process_end import STOPS
 
 ATTEMPT_ENV = "CIFAR_SERVE_ATTEMPT"
 ATTEMPTS = 3
@@ -50,8 +55,7 @@ def start_again(argv: list[str], attempt: int) -> None:
                 os.set_inheritable(fd, False)
             except OSError:
                 pass
-    env = {**os.environ, ATTEMPT_ENV: str(attempt)}
-    os.execve(sys.executable, [sys.executable, "-m", "service.bentoml_serve", *argv], env)
+    exec_holding_stops(["-m", "service.bentoml_serve", *argv], {**os.environ, ATTEMPT_ENV: str(attempt)})
 
 
 # The signals circus's handler answers with a quit (handle_int, handle_term, handle_quit).
@@ -77,10 +81,36 @@ def stop_signals() -> list[int]:
     return received
 
 
-def main(argv: list[str]) -> int:
-    stops = stop_signals()
+def exec_holding_stops(argv: list[str], env: dict[str, str]) -> None:
+    """Replace this process with ``python ARGV`` (this module's ``main``, which lets the held stops in). A stop
+    (``STOPS``) from here on waits, blocked, for the new program: a Python handler's flag would be lost with this
+    process's image, and the stop with it (the server started and served on). One received before is raised here,
+    as its handler raises it."""
     try:
-        serve_with_own_metrics(argv[1:], int(argv[0]))
+        signal_module.pthread_sigmask(signal_module.SIG_BLOCK, STOPS)  # runs the handlers of stops received already
+        os.execve(sys.executable, [sys.executable, *argv], env)
+    finally:  # the exec failed, or a stop was raised
+        signal_module.pthread_sigmask(signal_module.SIG_UNBLOCK, STOPS)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        take_over_terminations()  # circus's handlers replace these, and give them back once it has stopped
+        signal_module.pthread_sigmask(signal_module.SIG_UNBLOCK, STOPS)  # a stop held across exec_holding_stops
+        return _serve(argv)
+    except KeyboardInterrupt as exc:  # before circus answers stops itself, or after it gave them back
+        return say_stopped(exc, "interrupted")
+
+
+def _serve(argv: list[str]) -> int:
+    try:
+        from .bentoml_compat import serve_with_own_metrics  # BentoML's imports
+
+        stops = stop_signals()
+    except ImportError as exc:
+        return stopped_while_importing(exc)
+    try:
+        return serve_with_own_metrics(argv[1:], int(argv[0]))
     except Exception as exc:
         if internal_port_taken(exc):
             return _after_a_lost_control_port(argv, exc, stops)
@@ -97,7 +127,6 @@ def main(argv: list[str]) -> int:
             )
             return 2
         raise
-    return 0
 
 
 def _after_a_lost_control_port(argv: list[str], exc: Exception, stops: list[int]) -> int:
@@ -126,4 +155,6 @@ def _after_a_lost_control_port(argv: list[str], exc: Exception, stops: list[int]
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from .process_end import end_process
+
+    end_process(main(sys.argv[1:]))

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from inference.devices import DEVICES, device_choice
-from inference.interrupts import say_stopped
+from inference.interrupts import say_stopped, terminations_as_interrupts
 
+from .bentoml_serve import exec_holding_stops
 from .settings import SETTINGS, ServiceSettings, SettingsError, empty_flag_refusal
 
 SERVICE_IMPORT = "service.service:Classifier"
@@ -140,6 +141,17 @@ def address(host: str, port: int) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    # Until the exec, SIGTERM and SIGHUP stop the checks as Ctrl-C does; the server's process (bentoml_serve.py)
+    # takes them over again.
+    try:
+        with terminations_as_interrupts():
+            return _check_then_serve(args)
+    except KeyboardInterrupt as exc:  # in the checks or at the hand-over: nothing started yet
+        return say_stopped(exc, "interrupted")
+
+
+def _check_then_serve(args: argparse.Namespace) -> int:
+    """Refuse what would stop the server (one line, status 2), or become it (an exec: does not return)."""
     from inference.manifest import ManifestError, load_manifest
     from inference.runtime import CudaPlacementError, device_kind
 
@@ -169,8 +181,6 @@ def main(args: argparse.Namespace) -> int:
     except CudaPlacementError as exc:
         print(f"error: {exc}\n`python -m service doctor --device cuda` checks this host in full", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:  # Ctrl-C while every model file is read and opened: nothing started yet
-        return say_stopped(exc, "interrupted")
     unbindable = bind_error(args.host, args.port)
     if unbindable:
         print(f"error: {unbindable}", file=sys.stderr)
@@ -186,7 +196,6 @@ def main(args: argparse.Namespace) -> int:
         flush=True,
     )
     command = [
-        sys.executable,
         "-m",
         "service.bentoml_serve",
         str(args.port),
@@ -202,7 +211,7 @@ def main(args: argparse.Namespace) -> int:
     if args.development:
         command.append("--development")
     # exec: the server is this process, so a supervisor's SIGTERM reaches BentoML's own shutdown.
-    os.execve(sys.executable, command, env)
+    exec_holding_stops(command, env)
     return 0  # not reached
 
 

@@ -524,7 +524,7 @@ class Classifier:
         self.ready = True
         log.info(
             "ready: %s; models %s; default %s (%s); batches of up to %d images within %d ms, %d at once "
-            "on %d thread(s) each",
+            "on %d thread(s) each; uploads decoded on up to %d thread(s)",
             WORKER.describe(),
             ", ".join(f"{name} on {m.classifier.placement.describe()}" for name, m in self.loaded.items()),
             self.served.default.name,
@@ -533,6 +533,7 @@ class Classifier:
             SETTINGS.max_latency_ms,
             STREAMS,
             INTRA_OP_THREADS,
+            self._decode_limiter.total_tokens,
         )
 
     def __is_ready__(self) -> bool:
