@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from inference.interrupts import stopped_while_importing
+from inference.interrupts import give_back, stopped_while_importing, take_over_terminations
 from inference.messages import configure_streams, flushed, reader_gone, stop_writing
 
 
@@ -29,10 +29,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     configure_streams()
+    previous = take_over_terminations()  # SIGTERM there too: it killed the process without a word
     try:
         parser = get_args_parser()  # imports numpy, ONNX Runtime, Pillow: most of a second
     except (KeyboardInterrupt, ImportError) as exc:  # Ctrl-C before anything has started: no traceback
         return stopped_while_importing(exc)
+    finally:
+        give_back(previous)  # each command answers terminations its own way
     args = parser.parse_args(argv)
     try:
         return flushed(args.fn(args))

@@ -225,3 +225,31 @@ def test_a_server_at_a_url_that_asks_for_a_key_is_said_as_such(monkeypatch, tmp_
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _GuardStop(Exception):
+    """What SIGTERM raises in this test where no handler of the command's own is set (not the default: death)."""
+
+
+def test_sigterm_while_a_service_command_imports_is_one_line_and_143(monkeypatch, capsys):
+    """SIGTERM in the first second of `python -m service ...` (its imports) killed the process silently; Ctrl-C
+    there said `interrupted`."""
+    import signal
+
+    import service.__main__ as entry
+
+    def guard(signum, frame):
+        raise _GuardStop
+
+    def importing():
+        signal.raise_signal(signal.SIGTERM)
+        raise AssertionError("the stop did not stop the imports")
+
+    previous = signal.signal(signal.SIGTERM, guard)
+    try:
+        monkeypatch.setattr(entry, "get_args_parser", importing)
+        assert entry.main(["doctor"]) == 143
+        assert signal.getsignal(signal.SIGTERM) is guard  # given back: each command answers it its own way
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert capsys.readouterr().err.strip() == "SIGTERM: interrupted"
