@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import matplotlib
 
@@ -97,6 +98,24 @@ def _drawable_texts(fig) -> None:
             text.set_text(drawable(shown))
 
 
+_Plot = TypeVar("_Plot", bound=Callable)
+
+
+def literal_text(plot: _Plot) -> _Plot:
+    """Draws every text of the figure as written. matplotlib reads a text between two dollar signs as math: a class
+    or run named ``$5 or $10`` would come out as an italic ``5 or``, and one named ``$\\foo$`` (no such symbol)
+    stops the figure, and with it the report or the training run, with a ParseFatalException. The figure is made
+    and saved inside: tick labels are created as it is drawn."""
+
+    @functools.wraps(plot)
+    def literal(*args, **kwargs):
+        with plt.rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+
+    return literal  # type: ignore[return-value]
+
+
+@literal_text
 def plot_training_curves(
     history: list[dict], path: Path, info: CurveInfo | None = None, subtitle: str | None = None
 ) -> None:
@@ -104,31 +123,40 @@ def plot_training_curves(
         return
     info = info or CurveInfo()
     epochs = [h["epoch"] for h in history]
+    # a line through one point draws nothing, and the curves of a run's first epoch (redrawn each epoch) have one
+    # point: it is marked, on an axis ticked at that epoch rather than in fractions of one
+    style = {"marker": "o"} if len(history) == 1 else {}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
-    axes[0].plot(epochs, [h["train_loss"] for h in history], label=info.train_loss_label())
+    axes[0].plot(epochs, [h["train_loss"] for h in history], label=info.train_loss_label(), **style)
     if history[0].get("val_loss") is not None:
-        axes[0].plot(epochs, [h["val_loss"] for h in history], label=info.validation_label("validation"))
+        axes[0].plot(epochs, [h["val_loss"] for h in history], label=info.validation_label("validation"), **style)
     axes[0].set_title("loss")
     # the training figures are running means over the epoch's augmented batches, as the weights changed
-    axes[1].plot(epochs, [100 * h["train_acc"] for h in history], label="train (running mean, augmented)")
+    axes[1].plot(epochs, [100 * h["train_acc"] for h in history], label="train (running mean, augmented)", **style)
     if history[0].get("val_top1") is not None:
         axes[1].plot(
-            epochs, [100 * h["val_top1"] for h in history], label=info.validation_label("validation top-1, no TTA")
+            epochs,
+            [100 * h["val_top1"] for h in history],
+            label=info.validation_label("validation top-1, no TTA"),
+            **style,
         )
     axes[1].set_title("accuracy (%)")
-    axes[2].plot(epochs, [h["lr"] for h in history])
+    axes[2].plot(epochs, [h["lr"] for h in history], **style)
     axes[2].set_title(info.lr_title(), fontsize="medium")
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(history) == 1:
+            ax.set_xticks(epochs)
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="upper right", fontsize="small")
+    axes[0].legend(loc="upper right" if len(history) > 1 else "best", fontsize="small")  # a lone point may sit there
     axes[1].legend(fontsize="small")
     if subtitle:
         fig.suptitle(subtitle, fontsize=10)
     save_figure(fig, path, tight=True, dpi=100)
 
 
+@literal_text
 def plot_compared_curves(
     histories: dict[str, list[dict]], path: Path, infos: dict[str, CurveInfo] | None = None
 ) -> None:

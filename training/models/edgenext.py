@@ -187,7 +187,7 @@ class EdgeNeXt(nn.Module):
         # pyramid of CIFAR ResNets (stage 4 at 4x4, the reference's 8x8 at 256 px halved); stem_stride=2 gives
         # 16-8-4-2 at about a quarter of the compute.
         self.stem = nn.Sequential(nn.Conv2d(3, dims[0], 3, stem_stride, 1), LayerNorm2d(dims[0], eps=1e-6))
-        rates = iter(torch.linspace(0, drop_path, sum(depths)).tolist())
+        rates = iter(torch.linspace(0, drop_path, sum(depths), device="cpu").tolist())
         stages = []
         for i, depth in enumerate(depths):
             blocks = [] if i == 0 else [LayerNorm2d(dims[i - 1], eps=1e-6), nn.Conv2d(dims[i - 1], dims[i], 2, 2)]

@@ -78,7 +78,7 @@ class VisionTransformer(nn.Module):
         self.image_size, grid = image_size, image_size // patch_size
         self.patch_embed = nn.Conv2d(3, dim, patch_size, patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, dim))
-        rates = torch.linspace(0, drop_path, depth).tolist()
+        rates = torch.linspace(0, drop_path, depth, device="cpu").tolist()
         self.blocks = nn.Sequential(*(Block(dim, heads, mlp_ratio, dropout, rate) for rate in rates))
         self.norm = nn.LayerNorm(dim)
         self.grid = TokenGrid(grid)

@@ -6,11 +6,10 @@ With many classes (CIFAR-100) a full matrix or bar chart is an unreadable wall o
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Sequence
 
 import matplotlib
 
@@ -20,7 +19,7 @@ import numpy as np  # noqa: E402
 from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.textpath import TextToPath  # noqa: E402
 
-from ..plots import drawable, save_figure  # noqa: E402
+from ..plots import drawable, literal_text, save_figure  # noqa: E402
 
 MAX_CLASSES = 20
 DPI = 110
@@ -38,23 +37,6 @@ NO_GLYPHS = (
     "the plotting font has no glyphs for some characters of the class names (drawn as boxes); report.md names "
     "the classes in full"
 )
-
-
-_Plot = TypeVar("_Plot", bound=Callable)
-
-
-def _literal_text(plot: _Plot) -> _Plot:
-    """Draws every text of the figure as written: matplotlib reads a text with two dollar signs as math, so a class
-    named ``$5 or $10`` was drawn as an italic ``5 or``, and one named ``$\\foo$`` (no such symbol) stopped the
-    report with a ParseFatalException. The figure is made and saved inside: tick labels are created as it is
-    drawn."""
-
-    @functools.wraps(plot)
-    def literal(*args, **kwargs):
-        with plt.rc_context({"text.parse_math": False}):
-            return plot(*args, **kwargs)
-
-    return literal  # type: ignore[return-value]
 
 
 def _widest_line(texts: Sequence[str], fontsize: float) -> float:
@@ -116,7 +98,7 @@ def worst_classes(accuracy: Sequence[float | None], k: int) -> np.ndarray:
     return np.array(order[:k], dtype=int)
 
 
-@_literal_text
+@literal_text
 def plot_confusion_matrix(
     cm: np.ndarray, classes: Sequence[str], path: Path, max_classes: int = MAX_CLASSES, subtitle: str | None = None
 ) -> None:
@@ -167,7 +149,7 @@ def plot_confusion_matrix(
     _save(fig, path)
 
 
-@_literal_text
+@literal_text
 def plot_per_class_accuracy(
     accuracy: Sequence[float | None],
     classes: Sequence[str],
@@ -227,7 +209,7 @@ def _message_figure(text: str, path: Path) -> None:
     _save(fig, path)
 
 
-@_literal_text
+@literal_text
 def plot_misclassified(
     images: np.ndarray,
     labels: np.ndarray,
@@ -262,7 +244,7 @@ def plot_misclassified(
     return [int(i) for i in shown]
 
 
-@_literal_text
+@literal_text
 def plot_gradcam(
     images: np.ndarray,
     cams: np.ndarray,
@@ -298,7 +280,7 @@ def plot_gradcam(
     _save(fig, path, tight=True)
 
 
-@_literal_text
+@literal_text
 def plot_reliability(panels: Sequence[tuple[str, dict]], path: Path, subtitle: str | None = None) -> None:
     """Reliability diagrams side by side, one per (title, ``metrics.reliability_bins`` result): accuracy per
     confidence bin against the diagonal of perfect calibration, the hatched red part of a bar the gap between

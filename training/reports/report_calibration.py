@@ -36,7 +36,7 @@ def temperature_for(
     calibration = source.info.get("calibration") or {}
     if source.kind == "onnx" and calibration.get("method") == "temperature":
         t = float(calibration["temperature"])
-        if spec.split == "val" and _its_own_split(source, spec):
+        if spec.split == "val" and its_own_split(source, spec):
             fitted = (
                 "recorded in the model (fitted at export on these validation images, so the after row is in-sample; "
                 "divided inside its graph)"
@@ -108,7 +108,7 @@ def calibration_section(raw_logits: np.ndarray, labels: np.ndarray, temperature:
     return report
 
 
-def _its_own_split(source: ModelSource, spec: DataSpec) -> bool:
+def its_own_split(source: ModelSource, spec: DataSpec) -> bool:
     """Whether ``spec``'s validation split is the one the model records as its own (where export fitted T)."""
     own = source.data_defaults or {}
     if own.get("root") is not None and os.path.realpath(str(own["root"])) != os.path.realpath(spec.root):

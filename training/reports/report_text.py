@@ -23,6 +23,27 @@ def _top(metrics: dict[str, Any], k: int) -> str:
     return _pct(metrics[f"top{k}"]) if metrics[f"top{k}"] is not None else "n/a"
 
 
+def _images(count: int, number: str = ",") -> str:
+    return f"{count:{number}} image{'' if count == 1 else 's'}"
+
+
+def _weakest_and_strongest(per_class: list[dict[str, Any]]) -> list[str]:
+    """report.md's line on the weakest and strongest classes. A class is strongest only above every weakest one
+    shown: with ties, or few classes, the two lists would otherwise name classes of the same accuracy."""
+    ranked = sorted((c for c in per_class if c["accuracy"] is not None), key=lambda c: c["accuracy"])
+    if len(ranked) < 2:
+        return []
+    if ranked[0]["accuracy"] == ranked[-1]["accuracy"]:
+        every = "Every class" if len(ranked) == len(per_class) else "Every class with images here"
+        return ["", f"{every} scored {_pct(ranked[0]['accuracy'])}."]
+    weak = ranked[: min(5, len(ranked) // 2)]
+    strong = [c for c in ranked[::-1][: min(3, len(ranked) // 2)] if c["accuracy"] > weak[-1]["accuracy"]]
+    listed = "Weakest classes: " + ", ".join(f"{c['class']} {_pct(c['accuracy'])}" for c in weak)
+    if strong:
+        listed += "; strongest: " + ", ".join(f"{c['class']} {_pct(c['accuracy'])}" for c in strong)
+    return ["", listed + "."]
+
+
 def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | None], notes: list[str]) -> None:
     src, data = metrics["source"], metrics["data"]
     in_graph = src.get("graph_tta", "none")
@@ -30,7 +51,7 @@ def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | 
     lines = [
         f"# Evaluation of `{src['path']}`",
         "",
-        f"{src['kind']} `{src['arch']}` on {metrics['data_description']} ({metrics['num_samples']} images, "
+        f"{src['kind']} `{src['arch']}` on {metrics['data_description']} ({_images(metrics['num_samples'], '')}, "
         f"{metrics['num_classes']} classes), {tta}.",
         "",
         "| top-1 | top-3 | top-5 | loss | ECE | macro F1 | mean per-class accuracy |",
@@ -60,17 +81,7 @@ def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | 
             "and in the run's precision (bf16 where its hardware had it); this evaluation runs in fp32, so a few "
             "samples may differ even without augmentation.",
         ]
-    ranked = sorted((c for c in metrics["per_class"] if c["accuracy"] is not None), key=lambda c: c["accuracy"])
-    if len(ranked) >= 2:
-        weak, strong = ranked[: min(5, len(ranked) // 2)], ranked[::-1][: min(3, len(ranked) // 2)]
-        lines += [
-            "",
-            "Weakest classes: "
-            + ", ".join(f"{c['class']} {_pct(c['accuracy'])}" for c in weak)
-            + "; strongest: "
-            + ", ".join(f"{c['class']} {_pct(c['accuracy'])}" for c in strong)
-            + ".",
-        ]
+    lines += _weakest_and_strongest(metrics["per_class"])
     if metrics["top_confusions"]:
         lines += [
             "",
@@ -134,7 +145,7 @@ def figure_subtitle(source: ModelSource, split: str, tta: str, num_samples: int)
     """Which model, views and images a report's figures show, for each figure's heading."""
     in_graph = source.info.get("graph_tta", "none") if source.kind == "onnx" else "none"
     views = f"{TTA_SHORT[in_graph]} in the graph" if in_graph != "none" else TTA_SHORT[tta]
-    return f"{model_label(source)} · {views} · {split} split, {num_samples:,} images"
+    return f"{model_label(source)} · {views} · {split} split, {_images(num_samples)}"
 
 
 def confidence_note(source: ModelSource) -> str:
