@@ -17,10 +17,15 @@ from .data.targets import Targets
 
 
 def hardware_bf16(device: torch.device) -> bool:
-    """Whether bf16 runs natively: CUDA with bf16 support, or a CPU with AVX512-BF16 or AMX (read from
-    /proc/cpuinfo). An AVX2-only CPU emulates it at a small fraction of its float32 speed."""
+    """Whether bf16 runs natively: a ROCm GPU, a CUDA GPU of compute capability 8 (Ampere) or later, or a CPU with
+    AVX512-BF16 or AMX (read from /proc/cpuinfo). An AVX2-only CPU emulates it at a small fraction of its float32
+    speed, as does an older GPU."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        # torch.cuda.is_bf16_supported() counts emulation in by default (a V100 or T4 says yes), and asks the
+        # current device rather than this one
+        if not torch.cuda.is_available():
+            return False
+        return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
     if device.type != "cpu":
         return False
     try:
