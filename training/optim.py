@@ -28,12 +28,15 @@ def param_groups(
     group with its own settings (Muon's filters), comes last as given, and its parameters are in no other."""
     norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
     taken = {id(p) for p in own_group["params"]} if own_group else set()
+    undecayed = _no_weight_decay(model)
     decay, no_decay, norms = [], [], []
     for p in model.parameters():
         if id(p) in taken:
             continue
         if id(p) in norm and norm_lr_scale != 1.0:
             norms.append(p)
+        elif id(p) in undecayed:
+            no_decay.append(p)
         # 1-D parameters are norm scales/shifts and biases.
         elif decay_norm_and_bias or p.ndim > 1:
             decay.append(p)
@@ -46,6 +49,17 @@ def param_groups(
     if own_group:
         groups.append(own_group)
     return [g for g in groups if g["params"]]
+
+
+def _no_weight_decay(model: nn.Module) -> set[int]:
+    """The parameters a network exempts from decay by name (its modules' ``no_weight_decay()``, timm's convention:
+    a ViT's positional embedding), which their shape alone would leave decayed."""
+    exempt = set()
+    for module in model.modules():
+        names = getattr(module, "no_weight_decay", None)
+        if callable(names):
+            exempt.update(id(module.get_parameter(name)) for name in names())
+    return exempt
 
 
 def _sgd(model: nn.Module, cfg: OptimConfig, example: torch.Tensor | None) -> torch.optim.Optimizer:

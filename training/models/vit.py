@@ -86,6 +86,11 @@ class VisionTransformer(nn.Module):
         init_transformer_weights(self)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters the optimizer leaves undecayed, as DeiT and timm do: decay pulls a position's embedding toward
+        zero, towards the same token for every position."""
+        return {"pos_embed"}
+
     @property
     def cam_layer(self) -> nn.Module:
         return self.grid
