@@ -54,7 +54,7 @@ def param_groups(
 def _no_weight_decay(model: nn.Module) -> set[int]:
     """The parameters a network exempts from decay by name (its modules' ``no_weight_decay()``, timm's convention:
     a ViT's positional embedding), which their shape alone would leave decayed."""
-    exempt = set()
+    exempt: set[int] = set()
     for module in model.modules():
         names = getattr(module, "no_weight_decay", None)
         if callable(names):
