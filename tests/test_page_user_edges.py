@@ -129,3 +129,66 @@ def test_a_visit_to_the_page_leaves_no_refusal_in_the_log(server):
     log = server.log.read_text()[start:]
     assert not errors, errors
     assert "refused" not in log, log
+
+
+def test_the_model_list_marks_the_services_default(server):
+    """The list named the models alone: after changing model a person could not tell which one the service
+    answers with when asked for none."""
+    listed = httpx.get(f"{server}/models", timeout=10).json()["models"]
+    default = next(model["name"] for model in listed if model["default"])
+    with open_page(server) as (page, errors):
+        page.select_option("#model", next(model["name"] for model in listed if not model["default"]))
+        options = page.eval_on_selector_all("#model option", "options => options.map(o => [o.value, o.text])")
+    assert not errors, errors
+    assert options == [
+        [model["name"], f"{model['name']} (default)" if model["name"] == default else model["name"]] for model in listed
+    ], options
+
+
+def test_a_wait_asked_by_retry_after_is_said_on_the_card_and_counted_down(server, tmp_path):
+    """A 503 or 429 with a Retry-After of 30 s left its card saying "classifying…" for the 30 s."""
+    refusals = [
+        {"status": 503, "headers": {"Retry-After": "30"}, "json": {"error": "busy", "reason": "overloaded"}},
+        {"status": 429, "headers": {"Retry-After": "5"}, "json": {"message": "rate limit exceeded"}},
+    ]
+
+    def classify(route):
+        if refusals:
+            return route.fulfill(**refusals.pop(0))
+        return route.continue_()
+
+    files = [_png(tmp_path, f"{i}.png") for i in range(2)]
+    with open_page(server, classify=classify, fake_clock=True) as (page, errors):
+        page.get_by_label("Choose images").set_input_files(files)
+        _until(page, lambda: all("trying again" in card for card in _cards(page)), "told to wait")
+        told = sorted(_cards(page))
+        page.clock.run_for(10_000)
+        _until(page, lambda: page.locator(".bars").count() == 1, "the 429's image sent again")
+        later = _cards(page)
+        page.clock.run_for(20_000)
+        _until(page, lambda: " of 2 " in page.inner_text("#status"), "finished")
+        status = page.inner_text("#status")
+    assert not errors, errors
+    assert told == ["service busy: trying again in 30 s", "too many requests: trying again in 5 s"], told
+    assert "service busy: trying again in 20 s" in later, later
+    assert status == "2 of 2 image(s) classified by tiny.", status
+
+
+def test_a_retry_after_longer_than_the_page_waits_stops_the_run_at_once_and_says_so(server, tmp_path):
+    """A gateway's 429 with a Retry-After of 3600 s kept the page at "classifying…" for up to three hours."""
+    asked: list = []
+
+    def classify(route):
+        asked.append(route)
+        route.fulfill(status=429, headers={"Retry-After": "3600"}, json={"message": "quota used"})
+
+    files = [_png(tmp_path, f"{i}.png") for i in range(3)]
+    with open_page(server, classify=classify) as (page, errors):
+        page.get_by_label("Choose images").set_input_files(files)
+        _until(page, lambda: " of 3 " in page.inner_text("#status"), "finished")
+        status, banner, cards = page.inner_text("#status"), page.inner_text("#error"), _cards(page)
+    assert not errors, errors
+    assert len(asked) == 3, "each image asked once, none again"
+    assert status == "0 of 3 image(s) classified by tiny; 1 could not be; 2 not sent.", (status, cards)
+    assert banner.endswith(": the service asks to be asked again in 60 min. Pick the images again then."), banner
+    assert cards.count("not sent: the service asks to be asked again in 60 min") == 2, cards

@@ -7,6 +7,10 @@ const CONCURRENT = 4; // requests in flight at once: each image is its own reque
 // many times: each image is its own request, so a limit per second would otherwise fail all but the first few.
 const RETRIES = 3;
 const LATER = new Set([429, 503]);
+// The longest one Retry-After is waited, as the batch scorer's MAX_RETRY_AFTER (service/score/remote.py): a service
+// or gateway that asks for longer is unavailable for now, for every image alike, so the run stops and says so
+// rather than hold its cards at "classifying…" for as long as a header says.
+const MAX_WAIT_S = 60;
 // A request is given up this long after the service's own --timeout (GET /models' limits.timeout_s), so that a live
 // service's 504, which says why, comes first: this catches a connection or proxy that hangs without answering.
 const TIMEOUT_MARGIN_S = 30;
@@ -59,7 +63,9 @@ async function loadModels() {
     if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
     const listed = await response.json();
     for (const model of listed.models) {
-      const option = new Option(model.name, model.name, model.default, model.default);
+      // marked: after a change of model, which one the service answers with when asked for none
+      const shown = model.default ? `${model.name} (default)` : model.name;
+      const option = new Option(shown, model.name, model.default, model.default);
       option.dataset.info = `${model.arch}, ${model.precision}, ${model.classes.length} classes` +
         (model.accuracy == null ? "" : `, validation accuracy ${percent(model.accuracy)}`);
       option.dataset.classes = String(model.classes.length);
@@ -186,6 +192,24 @@ const sleep = (ms, signal) => new Promise((resolve) => {
 
 class TimedOut extends Error {}
 
+// The seconds a Retry-After asks to wait (a number, or an HTTP date), or null where it says neither.
+function retryAfter(response) {
+  const value = (response.headers.get("Retry-After") || "").trim();
+  if (!value) return null;
+  const seconds = /^\d+(\.\d*)?$/.test(value) ? Number(value) : (Date.parse(value) - Date.now()) / 1000;
+  return Number.isFinite(seconds) ? Math.max(0, seconds) : null;
+}
+
+const duration = (seconds) => (seconds < 120 ? `${Math.ceil(seconds)} s` : `${Math.round(seconds / 60)} min`);
+
+// What an error answer says: the service's message, or its status where it has none of the service's shape.
+function said(response, body) {
+  // A proxy or gateway in front of the service may answer with an `error` of its own shape (an object): only the
+  // service's message, a string, is shown as it is.
+  const message = body && typeof body.error === "string" ? body.error : "";
+  return message || `${response.status} ${response.statusText}`;
+}
+
 // Whether `file` cannot be read. A file deleted or changed on disk since it was picked, or a folder dropped with
 // the images, fails its request as a network failure does: without this, one such file read as the service gone
 // and ended the whole run. Its first chunk is read, not a slice: a deleted file's size reads as 0, and an empty
@@ -226,8 +250,9 @@ async function post(form, signal) {
 }
 
 // One image's answer: its prediction, {error} with a message for a person (and `stop`, a short why, where every
-// other image would be refused alike), or {aborted} once `signal` is. Never throws.
-async function classify(file, settings, signal) {
+// other image would be refused alike), or {aborted} once `signal` is. Never throws. `waiting` is told, each
+// second, what to show while a 429 or 503 is waited out, and null when the image is sent again.
+async function classify(file, settings, signal, waiting) {
   // Not sent: a service refuses a body over its limit before reading it, and over a real network that early
   // answer can arrive as a reset connection, which would read as the service gone and end the run.
   if (maxBodyBytes !== null && file.size > maxBodyBytes) {
@@ -259,15 +284,24 @@ async function classify(file, settings, signal) {
       return { error: message, stop: { why: "the service could not be reached", message } };
     }
     if (LATER.has(response.status) && attempt < RETRIES) {
-      const seconds = Number(response.headers.get("Retry-After")) || 1;
-      await sleep(1000 * seconds, signal);
+      const asked = retryAfter(response);
+      if (asked !== null && asked > MAX_WAIT_S) {
+        const why = `the service asks to be asked again in ${duration(asked)}`;
+        const message = `${said(response, body)}: ${why}. Pick the images again then.`;
+        return { error: message, stop: { why, message } };
+      }
+      const busy = response.status === 429 ? "too many requests" : "service busy";
+      for (let left = 1000 * (asked || 1); left > 0 && !signal.aborted;) {
+        waiting(`${busy}: trying again in ${Math.ceil(left / 1000)} s`);
+        const step = left % 1000 || 1000; // to the next whole second left, so that the count is never stale
+        await sleep(step, signal);
+        left -= step;
+      }
+      waiting(null);
       continue; // once aborted, post throws: {aborted}
     }
     if (!response.ok) {
-      // A proxy or gateway in front of the service may answer with an `error` of its own shape (an object):
-      // only the service's message, a string, is shown as it is.
-      const message = body && typeof body.error === "string" ? body.error : "";
-      const error = message || `${response.status} ${response.statusText}`;
+      const error = said(response, body);
       // by status too: a gateway asking for its own credentials names no reason of the service's
       if (response.status === 401 || response.status === 403) {
         const stop = response.status === 401 ?
@@ -315,7 +349,9 @@ async function run(files) {
   const worker = async () => {
     while (jobs.length && current === self && !self.stop) {
       const [file, answer] = jobs.shift();
-      const result = await classify(file, settings, self.controller.signal);
+      const result = await classify(file, settings, self.controller.signal, (text) => {
+        answer.textContent = text || "classifying…";
+      });
       if (current !== self) return; // a newer run owns the page now
       if (result.prediction) {
         drawBars(answer, result.prediction, file.name, settings.minConfidence);
