@@ -24,7 +24,7 @@ import pytest
 
 from service.score import run as run_module
 from service.score.cli import main as score_main
-from service.score.remote import MAX_RETRY_AFTER, RemoteBackend
+from service.score.remote import KEY_CHECK_NAME, MAX_RETRY_AFTER, RemoteBackend
 from service.score.run import OUTPUT_LOST
 
 CLASSES = ["alpha", "beta", "gamma"]
@@ -48,7 +48,8 @@ MODELS = {
 
 class Fake(BaseHTTPRequestHandler):
     """The service's GET /readyz, GET /models and POST /classify; ``server.fault(handler, body, names)`` may
-    answer a POST its own way (and return True), else every image gets the same classes."""
+    answer a POST its own way (and return True), else every image gets the same classes. The scorer's key check
+    is classified, neither recorded nor faulted (tests/test_score_remote_key.py has its own)."""
 
     protocol_version = "HTTP/1.1"
 
@@ -72,6 +73,9 @@ class Fake(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         names = [n.decode() for n in re.findall(rb'name="images"; filename="([^"]*)"', body)]
         self.names = names
+        if names == [KEY_CHECK_NAME]:  # the scorer's check of its key, before the run: no part of what it sends
+            self.classify(names)
+            return
         with self.server.lock:  # type: ignore[attr-defined]
             self.server.posts.append(names)  # type: ignore[attr-defined]
         try:
@@ -172,7 +176,7 @@ FAULTS: dict[str, tuple[Callable[[Fake], None], str]] = {
     "connection reset": (lambda h: h.drop(reset=True), "Connection reset by peer"),
     "no answer in time": (lambda h: h.server.release.wait(10), "no answer within 0.3 s (--timeout)"),  # type: ignore[attr-defined]
     "200, not JSON": (lambda h: h.answer(200, b"<html>oops</html>"), "(HTTP 200): an answer that is no classification"),
-    "200, fewer predictions": (_fewer, "(HTTP 200): an answer with 0 predictions for 1 images"),
+    "200, fewer predictions": (_fewer, "(HTTP 200): an answer with 0 predictions for 1 image"),
 }
 
 
@@ -187,7 +191,8 @@ def test_an_image_the_service_fails_on_in_any_way_is_its_error_row(fault, photos
     errors = {row["path"]: row["error"] for row in _rows(out)}
     assert sorted(errors) == [f"{n}.png" for n in range(8)]
     assert {path for path, error in errors.items() if error} == {"5.png"}, errors
-    assert errors["5.png"].startswith("the service failed on this image") and said in errors["5.png"], errors
+    assert errors["5.png"].startswith("the service failed on this image"), errors
+    assert re.search(re.escape(said) + r"(?!\w)", errors["5.png"]), errors  # a whole word: "1 image", not "1 images"
     assert "scored 7, failed 1" in err and "Traceback" not in err, err
 
 

@@ -265,11 +265,12 @@ def test_the_scorer_sends_its_key_and_never_shows_it(guarded, tmp_path, monkeypa
     out = tmp_path / "p.csv"
     common = [str(folder), "--url", guarded, "--out", str(out), "--no-progress"]
     monkeypatch.delenv("CIFAR_API_KEY", raising=False)
-    assert score(common) == 1
-    assert "(401)" in capsys.readouterr().err
-    assert score([*common, "--api-key", "third-key-not-known"]) == 1
+    assert score(common) == 2  # found before the output is made
+    assert "requires an API key and none was given" in capsys.readouterr().err and not out.exists()
+    assert score([*common, "--api-key", "third-key-not-known"]) == 2
     shown = capsys.readouterr()
-    assert "(403)" in shown.err and "third-key-not-known" not in shown.out + shown.err
+    assert "does not accept the API key given" in shown.err and not out.exists()
+    assert "third-key-not-known" not in shown.out + shown.err
     assert score([*common, "--api-key", "first-key"]) == 0
     assert "scored 2" in capsys.readouterr().err and len(out.read_text().splitlines()) == 3
     monkeypatch.setenv("CIFAR_API_KEY", "second-key")

@@ -44,6 +44,10 @@ API_KEY_VARIABLE = "CIFAR_API_KEY"
 # The longest a Retry-After (429, 503) is waited, per retry: a service that asks for longer stops the run, whose rows
 # are kept for --resume, rather than holding it without a word.
 MAX_RETRY_AFTER = 60.0
+# A key is refused in front of the model, at once: a test image not answered by then got past any key check (or
+# the service is busy), and the run finds out the rest as it goes.
+KEY_CHECK_TIMEOUT = 10.0
+KEY_CHECK_NAME = "key-check.png"  # the test image's name in that request, as a log of the service shows it
 
 
 class _Failed(NamedTuple):
@@ -105,6 +109,7 @@ class RemoteBackend:
         # restart, or a rolling update behind a load balancer) would otherwise answer part of the rows with another.
         self.model = self.name
         self.fit = fit  # None: the service's model's own
+        self._check_key(api_key is not None)
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="score-post")
         # An image is blamed by a request of it alone while no other worker's request is in flight: another
         # worker's image that crashes the service would otherwise fail it too (``_alone``).
@@ -134,6 +139,40 @@ class RemoteBackend:
         if name not in models:
             raise UserError(f"unknown model {name!r}; the service at {self.url} has: {', '.join(models)}")
         return name, models[name]
+
+    def _check_key(self, given: bool) -> None:
+        """UserError where the service refuses a plain test image for its key (401, 403): GET /models and /readyz
+        ask for none, so a missing or wrong key would otherwise be found at the first request, after the output was
+        created, or a --resume'd one touched. Any other answer, or none in time, is left to the run."""
+        # k=1: the run's k is capped at the model's classes only later, and a service counts a bad k as a caller's
+        # mistake in its metrics.
+        form = {**self._form(), "k": "1"}
+        try:
+            answer = self.client.post(
+                "/classify",
+                files=[("images", (KEY_CHECK_NAME, _probe_image(), "image/png"))],
+                data=form,
+                timeout=min(self.timeout, KEY_CHECK_TIMEOUT),
+            )
+        except self.httpx.HTTPError:
+            return
+        if answer.status_code not in (401, 403):
+            return
+        self.client.close()
+        if not given:
+            raise UserError(
+                f"the service at {self.url} requires an API key and none was given: give it with --api-key KEY, or "
+                f"the {API_KEY_VARIABLE} variable (ask the service's operator for one)"
+            )
+        why = (
+            "check it, or ask the service's operator for one"
+            if answer.status_code == 403
+            else f"HTTP 401: {_one_line(_error_message(answer)[1])}"
+        )
+        raise UserError(
+            f"the service at {self.url} does not accept the API key given (--api-key, or the {API_KEY_VARIABLE} "
+            f"variable): {why}"
+        )
 
     def _wait_ready(self) -> None:
         """Until GET /readyz answers 200: a service started moments ago answers 503 while its workers load their
@@ -413,11 +452,7 @@ class RemoteBackend:
         ``_Failed``. What may be the images' doing is retried once, ``patient``: as often as the rest, ``once``:
         not at all."""
         httpx = self.httpx
-        form = {"k": str(self.k)}
-        if self.model:
-            form["model"] = self.model
-        if self.fit:
-            form["fit"] = self.fit
+        form = self._form()
         delay, attempts, timeouts = self.RETRY_DELAY, 0, 0
         while True:
             if self._stopped is not None:
@@ -461,6 +496,15 @@ class RemoteBackend:
                 )
             self._pause(wait)
             delay *= 2
+
+    def _form(self) -> dict[str, str]:
+        """The fields every request of the run sends beside its images."""
+        form = {"k": str(self.k)}
+        if self.model:
+            form["model"] = self.model
+        if self.fit:
+            form["fit"] = self.fit
+        return form
 
     def _transport_message(self, exc: httpx.TransportError) -> str:
         if isinstance(exc, self.httpx.ReadTimeout):
@@ -545,8 +589,12 @@ def _checked_answer(response, count: int) -> ClassifyResponse | str:
         kind = response.headers.get("content-type", "no content type").split(";")[0]
         return f"an answer that is no classification ({what}; {kind}): {response.text.strip()[:200]!r}"
     if len(answer.predictions) != count:
-        return f"an answer with {len(answer.predictions)} predictions for {count} images"
+        return f"an answer with {_counted(len(answer.predictions), 'prediction')} for {_counted(count, 'image')}"
     return answer
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _say(line: str) -> None:

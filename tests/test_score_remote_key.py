@@ -1,0 +1,188 @@
+"""`python -m service score DIR --url URL` against a service that asks for API keys, given no key or one it does
+not know: refused in one line before the output is created or touched, exit status 2 as for other usage errors;
+and the same run with a key it knows, or against a service that asks for none, scores as before, at the cost of
+one request of one small test image."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import running_service
+from service.score.cli import main as score_main
+from service.score.remote import KEY_CHECK_NAME
+
+KEY_VARIABLE = "CIFAR_API_KEY"
+
+
+@pytest.fixture(scope="module")
+def keyed(tiny_models_dir, tmp_path_factory):
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml_home")),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "CIFAR_API_KEYS": "right-key",
+    }
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with running_service(tiny_models_dir, log, "--threads", "1", env=env) as url:
+        yield url
+
+
+@pytest.fixture
+def photos(image_folder, tmp_path) -> Path:
+    root = tmp_path / "photos"
+    root.mkdir()
+    for source in sorted((image_folder / "alpha").iterdir())[:3]:
+        (root / source.name).write_bytes(source.read_bytes())
+    return root
+
+
+def _score(photos: Path, url: str, out: Path, *more: str) -> int:
+    return score_main([str(photos), "--url", url, "--out", str(out), "--no-progress", *more])
+
+
+def test_no_key_for_a_service_that_wants_one_is_one_line_before_the_output(
+    keyed, photos, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.delenv(KEY_VARIABLE, raising=False)
+    out = tmp_path / "preds.csv"
+    assert _score(photos, keyed, out) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert f"the service at {keyed} requires an API key and none was given" in err, err
+    assert f"--api-key KEY, or the {KEY_VARIABLE} variable" in err, err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+def test_a_key_the_service_does_not_accept_leaves_a_resumed_output_untouched(
+    keyed, photos, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv(KEY_VARIABLE, "right-key")
+    out = tmp_path / "preds.csv"
+    assert _score(photos, keyed, out) == 0
+    capsys.readouterr()
+    before, stamp = out.read_bytes(), os.stat(out).st_mtime_ns
+    monkeypatch.setenv(KEY_VARIABLE, "wrong-key")
+    (photos / "new.png").write_bytes(next(photos.iterdir()).read_bytes())
+    assert _score(photos, keyed, out, "--resume") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "wrong-key" not in err, err
+    assert f"the service at {keyed} does not accept the API key given (--api-key, or the {KEY_VARIABLE}" in err, err
+    assert out.read_bytes() == before and os.stat(out).st_mtime_ns == stamp
+    assert _score(photos, keyed, out, "--resume", "--api-key", "right-key") == 0
+    assert "scored 1" in capsys.readouterr().err
+
+
+MODELS = {
+    "default": "fake",
+    "models": [
+        {
+            "name": "fake",
+            "dataset": "folder",
+            "arch": "resnet9",
+            "classes": ["alpha", "beta"],
+            "precision": "fp32",
+            "accuracy": None,
+            "input_size": [32, 32],
+            "fit": "center_crop",
+            "default": True,
+        }
+    ],
+}
+
+
+class Fake(BaseHTTPRequestHandler):
+    """GET /readyz and /models; POST /classify answered ``server.check`` (status, body) where it is the scorer's key
+    check and that is set, else classified; the names of every POST's images in ``server.posts``."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def answer(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self.answer(200, {"status": "ready"} if self.path == "/readyz" else MODELS)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        names = [n.decode() for n in re.findall(rb'name="images"; filename="([^"]*)"', body)]
+        self.server.posts.append(names)  # type: ignore[attr-defined]
+        self.server.ks.append(re.findall(rb'name="k"\r\n\r\n([^\r]*)\r\n', body))  # type: ignore[attr-defined]
+        check = self.server.check  # type: ignore[attr-defined]
+        if names == [KEY_CHECK_NAME] and check is not None:
+            if check == "hang":
+                self.server.release.wait(10)  # type: ignore[attr-defined]
+                return
+            self.answer(*check)
+            return
+        top = [{"label": "alpha", "index": 0, "confidence": 0.9}, {"label": "beta", "index": 1, "confidence": 0.1}]
+        self.answer(200, {"model": "fake", "predictions": [{"filename": n, "top_k": top} for n in names]})
+
+
+@pytest.fixture
+def fake() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Fake)
+    server.daemon_threads = True
+    server.posts = []  # type: ignore[attr-defined]
+    server.ks = []  # type: ignore[attr-defined]
+    server.check = None  # type: ignore[attr-defined]
+    server.release = threading.Event()  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.release.set()  # type: ignore[attr-defined]
+    server.shutdown()
+    server.server_close()
+
+
+def _url(server: ThreadingHTTPServer) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_a_service_without_keys_costs_one_request_of_one_test_image(fake, photos, tmp_path, monkeypatch):
+    monkeypatch.delenv(KEY_VARIABLE, raising=False)
+    out = tmp_path / "preds.csv"
+    assert _score(photos, _url(fake), out) == 0
+    assert fake.posts == [[KEY_CHECK_NAME], sorted(p.name for p in photos.iterdir())], fake.posts
+    # k=1 for the check: the default k (5) is more than this model's 2 classes, a refusal the service would count
+    assert fake.ks == [[b"1"], [b"2"]], fake.ks
+    assert len(out.read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize(
+    "check", [(500, {"error": "the model raised"}), (404, {"error": "no such path"}), "hang"], ids=str
+)
+def test_a_key_check_that_fails_otherwise_leaves_the_run_to_find_out(fake, photos, tmp_path, monkeypatch, check):
+    """Only a 401 or 403 is the key's: a service failing the test image, or slow to answer it, is the run's to
+    handle, as it was before the check."""
+    monkeypatch.delenv(KEY_VARIABLE, raising=False)
+    fake.check = check
+    out = tmp_path / "preds.csv"
+    assert _score(photos, _url(fake), out, "--timeout", "0.5") == 0
+    assert len(out.read_text().splitlines()) == 4
+
+
+def test_a_401_to_a_key_given_says_the_services_words(fake, photos, tmp_path, monkeypatch, capsys):
+    """A key sent and answered as if none were (a proxy that drops the header): what the service said is shown."""
+    monkeypatch.setenv(KEY_VARIABLE, "some-key")
+    fake.check = (401, {"error": "Authorization header missing", "reason": "unauthorized"})
+    out = tmp_path / "preds.csv"
+    assert _score(photos, _url(fake), out) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "some-key" not in err, err
+    assert "does not accept the API key given" in err and "HTTP 401: Authorization header missing" in err, err
+    assert not out.exists()
