@@ -300,10 +300,10 @@ def to_int8(
             extra_options={
                 "ActivationSymmetric": False,
                 "WeightSymmetric": True,
-                # A BatchNormalization that no convolution absorbs (after a pooling) has 1-D scales; the
-                # quantiser's default channel axis (1) does not exist there, so it warned and fell back to one
-                # scale for all channels.
-                "QDQOpTypePerChannelSupportToAxis": {"BatchNormalization": 0},
+                # A BatchNormalization that no convolution absorbs (after a pooling), and a LayerNormalization
+                # (ViT, EdgeNeXt), have 1-D scales; the quantiser's default channel axis (1) does not exist there,
+                # so it warned for each and fell back to one scale for all channels.
+                "QDQOpTypePerChannelSupportToAxis": {"BatchNormalization": 0, "LayerNormalization": 0},
                 **ranges.options,
             },
         )

@@ -86,10 +86,18 @@ def exec_holding_stops(argv: list[str], env: dict[str, str]) -> None:
     (``STOPS``) from here on waits, blocked, for the new program: a Python handler's flag would be lost with this
     process's image, and the stop with it (the server started and served on). One received before is raised here,
     as its handler raises it."""
+    previous = {}
     try:
         signal_module.pthread_sigmask(signal_module.SIG_BLOCK, STOPS)  # runs the handlers of stops received already
+        # Other threads (ONNX Runtime's, numpy's) do not share this mask: a stop sent to the process may land on
+        # one, where a Python handler would only set a flag the exec discards. It ends the process instead.
+        for stop in STOPS:
+            if signal_module.getsignal(stop) is not signal_module.SIG_IGN:
+                previous[stop] = signal_module.signal(stop, signal_module.SIG_DFL)
         os.execve(sys.executable, [sys.executable, *argv], env)
     finally:  # the exec failed, or a stop was raised
+        for stop, handler in previous.items():
+            signal_module.signal(stop, handler)
         signal_module.pthread_sigmask(signal_module.SIG_UNBLOCK, STOPS)
 
 

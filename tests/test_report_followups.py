@@ -132,6 +132,9 @@ def test_a_class_is_called_strongest_only_above_the_weakest_shown(tmp_path):
     assert _class_line(_report(tmp_path, {"alpha": 1.0, "beta": 1.0})) == "Every class scored 100.00%."
     spread = _class_line(_report(tmp_path, {"a": 0.1, "b": 0.2, "c": 0.9, "d": 1.0}))
     assert spread == "Weakest classes: a 10.00%, b 20.00%; strongest: d 100.00%, c 90.00%.", spread
+    # a top class is not weak: "Weakest classes: a 50.00%, b 100.00%."
+    top_tied = _class_line(_report(tmp_path, {"a": 0.5, "b": 1.0, "c": 1.0, "d": 1.0}))
+    assert top_tied == "Weakest classes: a 50.00%; strongest: d 100.00%, c 100.00%.", top_tied
 
 
 def test_one_image_is_counted_in_the_singular():

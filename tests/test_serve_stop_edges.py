@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -261,3 +262,35 @@ def test_a_sigterm_as_serve_hands_over_to_the_server_is_held_for_it_not_lost(tin
     assert proc.returncode == 143, log[-3000:]
     assert "held across the exec: ['SIGTERM']" in log and log.splitlines()[-1] == "SIGTERM: interrupted", log[-3000:]
     assert "Traceback" not in log, log[-3000:]
+
+
+# ``python -c``: a stop that another thread takes while serve holds the stops for its exec (os.execve faked: it
+# returns, as if the exec took a moment).
+_TAKEN_BY_ANOTHER_THREAD = r"""
+import os, signal, threading, time
+
+from inference.interrupts import take_over_terminations
+import service.bentoml_serve as serve
+
+take_over_terminations()  # as serve's checks run: SIGTERM raises Terminated
+other = threading.Thread(target=time.sleep, args=(30,), daemon=True)
+other.start()
+
+def execve(*args):
+    signal.pthread_kill(other.ident, signal.SIGTERM)  # that thread's mask lets it in
+    time.sleep(5)
+
+os.execve = execve
+serve.exec_holding_stops(["-c", "pass"], dict(os.environ))
+print("the exec came back and the stop was lost", flush=True)
+"""
+
+
+def test_a_stop_another_thread_takes_at_the_hand_over_ends_the_process_not_lost():
+    """A Python handler run by another thread only sets a flag, which a real exec discards: the server then started
+    and served on. The stop now ends the process by its signal."""
+    done = subprocess.run(
+        [sys.executable, "-c", _TAKEN_BY_ANOTHER_THREAD], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == -signal.SIGTERM, (done.returncode, done.stdout, done.stderr)
+    assert "lost" not in done.stdout

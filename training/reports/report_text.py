@@ -28,15 +28,16 @@ def _images(count: int, number: str = ",") -> str:
 
 
 def _weakest_and_strongest(per_class: list[dict[str, Any]]) -> list[str]:
-    """report.md's line on the weakest and strongest classes. A class is strongest only above every weakest one
-    shown: with ties, or few classes, the two lists would otherwise name classes of the same accuracy."""
+    """report.md's line on the weakest and strongest classes. A class is weakest only below the best, and strongest
+    only above every weakest one shown: with ties, or few classes, the lists would otherwise name a top class as
+    weak, or classes of the same accuracy in both."""
     ranked = sorted((c for c in per_class if c["accuracy"] is not None), key=lambda c: c["accuracy"])
     if len(ranked) < 2:
         return []
     if ranked[0]["accuracy"] == ranked[-1]["accuracy"]:
         every = "Every class" if len(ranked) == len(per_class) else "Every class with images here"
         return ["", f"{every} scored {_pct(ranked[0]['accuracy'])}."]
-    weak = ranked[: min(5, len(ranked) // 2)]
+    weak = [c for c in ranked[: min(5, len(ranked) // 2)] if c["accuracy"] < ranked[-1]["accuracy"]]
     strong = [c for c in ranked[::-1][: min(3, len(ranked) // 2)] if c["accuracy"] > weak[-1]["accuracy"]]
     listed = "Weakest classes: " + ", ".join(f"{c['class']} {_pct(c['accuracy'])}" for c in weak)
     if strong:
