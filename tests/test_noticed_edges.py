@@ -4,6 +4,7 @@ the models a benchmark of a running server records, the ready line beside thread
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -74,7 +75,12 @@ def test_a_stop_while_the_process_exits_keeps_the_runs_status_and_says_nothing(s
     """A Ctrl-C in the moment Python exits, after the summary: a KeyboardInterrupt traceback from an exit handler
     or the join of a thread, or the process killed by SIGINT (130 in place of the run's status)."""
     done = subprocess.run(
-        [sys.executable, "-c", _EXITING, stop, where], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", _EXITING, stop, where],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C as in a shell's foreground
     )
     assert done.returncode == 3, (done.returncode, done.stderr)
     assert done.stdout == "scored 4, failed 0\n" and done.stderr == "", (done.stdout, done.stderr)
@@ -200,7 +206,12 @@ def test_a_ctrl_c_still_ends_an_exit_held_up_by_a_child_process_with_the_runs_st
     """Stops are ignored while the exit handlers run, except where a child process holds the exit up: there a
     Ctrl-C was ignored and the exit waited for the child, however long it ran."""
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD_HOLDS_THE_EXIT], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", _CHILD_HOLDS_THE_EXIT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C as in a shell's foreground
     )
     assert done.returncode == 3, (done.returncode, done.stderr)
     assert done.stdout == "scored 4, failed 0\n" and done.stderr == "", (done.stdout, done.stderr)
