@@ -18,7 +18,7 @@ import signal as signal_module
 import sys
 from typing import Any
 
-from inference.interrupts import say_stopped, stopped_while_importing, take_over_terminations
+from inference.interrupts import give_back, say_stopped, stopped_while_importing, take_over_terminations
 
 from .process_end import STOPS
 
@@ -96,8 +96,7 @@ def exec_holding_stops(argv: list[str], env: dict[str, str]) -> None:
                 previous[stop] = signal_module.signal(stop, signal_module.SIG_DFL)
         os.execve(sys.executable, [sys.executable, *argv], env)
     finally:  # the exec failed, or a stop was raised
-        for stop, handler in previous.items():
-            signal_module.signal(stop, handler)
+        give_back(previous)
         signal_module.pthread_sigmask(signal_module.SIG_UNBLOCK, STOPS)
 
 

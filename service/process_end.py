@@ -11,8 +11,10 @@ import sys
 import threading
 from typing import NoReturn
 
+from inference.interrupts import CAUGHT
+
 # The stops a command answers (Ctrl-C, and the terminations inference/interrupts.py takes over).
-STOPS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+STOPS = (signal.SIGINT, *CAUGHT)
 
 
 def end_process(status: int) -> NoReturn:

@@ -61,6 +61,20 @@ end_process(3)
 """
 
 
+def _ends_with_the_runs_status(*script: str) -> None:
+    """``python -c SCRIPT...`` ends with the status 3 end_process was given, having said only its summary."""
+    done = subprocess.run(
+        [sys.executable, "-c", *script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C as in a shell's foreground
+    )
+    assert done.returncode == 3, (done.returncode, done.stderr)
+    assert done.stdout == "scored 4, failed 0\n" and done.stderr == "", (done.stdout, done.stderr)
+
+
 @pytest.mark.parametrize(
     "stop, where",
     [
@@ -74,16 +88,7 @@ end_process(3)
 def test_a_stop_while_the_process_exits_keeps_the_runs_status_and_says_nothing(stop, where):
     """A Ctrl-C in the moment Python exits, after the summary: a KeyboardInterrupt traceback from an exit handler
     or the join of a thread, or the process killed by SIGINT (130 in place of the run's status)."""
-    done = subprocess.run(
-        [sys.executable, "-c", _EXITING, stop, where],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C as in a shell's foreground
-    )
-    assert done.returncode == 3, (done.returncode, done.stderr)
-    assert done.stdout == "scored 4, failed 0\n" and done.stderr == "", (done.stdout, done.stderr)
+    _ends_with_the_runs_status(_EXITING, stop, where)
 
 
 # What the server at --url answers to GET /models: one model of this checkout's eight.
@@ -205,16 +210,7 @@ if __name__ == "__main__":
 def test_a_ctrl_c_still_ends_an_exit_held_up_by_a_child_process_with_the_runs_status():
     """Stops are ignored while the exit handlers run, except where a child process holds the exit up: there a
     Ctrl-C was ignored and the exit waited for the child, however long it ran."""
-    done = subprocess.run(
-        [sys.executable, "-c", _CHILD_HOLDS_THE_EXIT],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C as in a shell's foreground
-    )
-    assert done.returncode == 3, (done.returncode, done.stderr)
-    assert done.stdout == "scored 4, failed 0\n" and done.stderr == "", (done.stdout, done.stderr)
+    _ends_with_the_runs_status(_CHILD_HOLDS_THE_EXIT)
 
 
 class _Keyed(_Models):
