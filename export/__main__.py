@@ -40,6 +40,7 @@ from inference.manifest import (
 from inference.messages import (
     configure_logging,
     configure_streams,
+    counted,
     flushed,
     os_error_text,
     reader_gone,
@@ -351,7 +352,7 @@ def _list(models_dir: str) -> int:
         mark = "*" if m.name in roles else " "  # what some kind of host serves by default
         where = f"  default on {'+'.join(roles[m.name])}" if m.name in roles else ""
         samples = m.metrics.get("val_samples")
-        on = f" ({samples} images)" if samples else ""
+        on = f" ({counted(samples, 'image')})" if samples else ""
         broken = "  BROKEN: the file is missing or not the recorded one" if m.name in problems else ""
         print(
             f"{mark} {m.name:<{width}} {m.arch:<14} {m.precision:<5} "

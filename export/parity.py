@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from inference.messages import counted
 from inference.precisions import precision as precision_entry
 from inference.preprocess import to_model_input
 from inference.runtime import OnnxClassifier, softmax
@@ -63,12 +64,12 @@ class Parity:
         )
         if not self.compared:
             return (
-                f"{accuracy}{self.samples} images; no checkpoint here, so no per-image agreement; "
+                f"{accuracy}{counted(self.samples, 'image')}; no checkpoint here, so no per-image agreement; "
                 f"throughput ONNX Runtime {self.onnx_images_per_s:.0f} img/s"
             )
         return (
             f"{accuracy}top-1 agreement {100 * self.top1_agreement:.2f}%, "
-            f"max |dp| {self.max_abs_prob_diff:.2e}, {self.samples} images; "
+            f"max |dp| {self.max_abs_prob_diff:.2e}, {counted(self.samples, 'image')}; "
             f"throughput {self.reference} {self.torch_images_per_s:.0f} img/s, "
             f"ONNX Runtime {self.onnx_images_per_s:.0f} img/s"
         )
@@ -133,13 +134,14 @@ def judge(
     broken = int((~np.isfinite(onnx_probs).all(axis=1)).sum())
     if broken:
         parity.failures.append(
-            f"{broken} of {len(onnx_probs)} images give NaN or infinite outputs (first: image "
+            f"{broken} of {counted(len(onnx_probs), 'image')} {'gives' if broken == 1 else 'give'} NaN or infinite "
+            f"outputs (first: image "
             f"{int(np.argmin(np.isfinite(onnx_probs).all(axis=1)))})"
         )
     if torch_probs is not None and not np.isfinite(torch_probs).all():
         parity.failures.append(
             f"the {reference} reference gives NaN or infinite outputs on "
-            f"{int((~np.isfinite(torch_probs).all(axis=1)).sum())} images: the model itself is broken there"
+            f"{counted(int((~np.isfinite(torch_probs).all(axis=1)).sum()), 'image')}: the model itself is broken there"
         )
     entry = precision_entry(precision)
     tolerance = entry.tolerance_points

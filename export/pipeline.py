@@ -37,7 +37,7 @@ from inference.manifest import (
     save_manifest,
     sha256_file,
 )
-from inference.messages import validation_problems
+from inference.messages import counted, validation_problems
 from inference.precisions import PrecisionName, unsuited_hosts
 from inference.preprocess import to_model_input
 from inference.runtime import OnnxClassifier, read_card, softmax
@@ -163,7 +163,7 @@ def validation_split(source: dict, max_images: int | None, classes: Sequence[str
         if not moved:
             raise
         raise UsageError(
-            f"{where} holds {exc.images} images, fewer than the run held out for validation "
+            f"{where} holds {counted(exc.images, 'image')}, fewer than the run held out for validation "
             f"({exc.val_size}): not the run's dataset"
         ) from None
     if list(val.classes) != list(classes):  # other labels: the accuracy, temperature and parity would be wrong
@@ -331,7 +331,7 @@ def unfinished_run(checkpoint: str | Path, ckpt: dict) -> str | None:
         trained = len(json.loads((run / "history.json").read_text()))
     except (OSError, ValueError, TypeError):
         trained = None
-    done = f"{trained} of its {epochs} epochs trained, " if trained is not None and epochs else ""
+    done = f"{trained} of its {counted(epochs, 'epoch')} trained, " if trained is not None and epochs else ""
     return (
         f"{checkpoint_file(checkpoint)} is from a run that has not finished ({done}no {SUMMARY_FILE} in {run}): "
         f"interrupted, or still training; `python -m training resume {shlex.quote(str(run))}` finishes it, then "
@@ -545,7 +545,9 @@ def check_replacement(
             f"it: give it another --name (or take the listed one out first: python -m export remove {name})"
         )
     samples = listed.metrics.get("val_samples")
-    measured = f"val_top1 {100 * listed.metrics['val_top1']:.2f}% on {samples} images" if samples else "its figures"
+    measured = (
+        f"val_top1 {100 * listed.metrics['val_top1']:.2f}% on {counted(samples, 'image')}" if samples else "its figures"
+    )
     if not replace:
         raise UsageError(
             f"{name!r} is already listed in {models_dir / MANIFEST_NAME} ({measured}): pass --replace to replace "
@@ -677,7 +679,9 @@ def verify_model(
     logits, speed = onnx_logits(classifier, val.images)
     torch_top1 = (entry.metrics.get("parity") or {}).get("torch_top1")
     if torch_top1 is None or entry.metrics.get("val_samples") != len(val):
-        raise UsageError(f"{entry.name}: no checkpoint and no recorded PyTorch accuracy on the same {len(val)} images")
+        raise UsageError(
+            f"{entry.name}: no checkpoint and no recorded PyTorch accuracy on the same {counted(len(val), 'image')}"
+        )
     parity = judge(entry.precision, None, softmax(logits), val.labels, torch_top1, float("nan"), speed)
     return _against_card(parity, entry), _calibration_report(logits, val.labels, temperature)
 
@@ -696,8 +700,9 @@ def _against_card(parity: Parity, entry: ModelEntry) -> Parity:
         return parity
     gap = 100 * (parity.onnx_top1 - claimed)
     if abs(gap) > CARD_TOLERANCE_POINTS:
+        these = f"{'this' if samples == 1 else 'these'} {counted(samples, 'image')}"
         parity.failures.append(
-            f"the manifest says val_top1 {100 * claimed:.2f}% on these {samples} images, the file scores "
+            f"the manifest says val_top1 {100 * claimed:.2f}% on {these}, the file scores "
             f"{100 * parity.onnx_top1:.2f}% ({gap:+.2f} points, over {CARD_TOLERANCE_POINTS}): the card's figures "
             "are not this file's; export it again to record them"
         )

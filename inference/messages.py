@@ -1,5 +1,5 @@
-"""One line for a user out of a library's exception, whose text may run over many lines of advice; the
-standard streams a command line writes its lines to; and the columns a text takes there."""
+"""One line for a user out of a library's exception, whose text may run over many lines of advice; a count of
+things in words; the standard streams a command line writes its lines to; and the columns a text takes there."""
 
 from __future__ import annotations
 
@@ -13,6 +13,17 @@ import sys
 import unicodedata
 
 from .files import file_in_the_way
+
+
+def counted(count: int, noun: str, plural: str | None = None, separator: str = ",") -> str:
+    """``count`` and ``noun``, in the plural for every count but 1: "1 image", "0 images", "1,234 images"
+    (``separator`` between thousands: "" for none). The plural adds "es" after s, x, z or sh ("2 classes"),
+    else "s" ("2 epochs"); ``plural`` where it is another word ("batch", "batches"; "entry", "entries")."""
+    if count == 1:
+        word = noun
+    else:
+        word = plural or noun + ("es" if noun.endswith(("s", "x", "z", "sh")) else "s")
+    return f"{count:{separator}} {word}"
 
 
 def exception_summary(exc: BaseException, after: str | None = None, lines: int = 1, limit: int = 200) -> str:

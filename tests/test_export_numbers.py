@@ -45,7 +45,8 @@ def test_parity_fails_a_graph_that_gives_nan_on_a_few_images(precision, broken):
     with np.errstate(invalid="ignore"):
         parity = judge(precision, softmax(logits), softmax(graph), labels, top1, 1, 1)
     assert not parity.passed
-    assert f"{broken} of 5000 images give NaN or infinite outputs (first: image 100)" in parity.failures
+    verb = "gives" if broken == 1 else "give"
+    assert f"{broken} of 5,000 images {verb} NaN or infinite outputs (first: image 100)" in parity.failures
 
 
 def test_parity_fails_where_only_the_reference_gives_nan():
@@ -55,7 +56,7 @@ def test_parity_fails_where_only_the_reference_gives_nan():
     reference[1] = np.nan
     with np.errstate(invalid="ignore"):
         parity = judge("fp32", softmax(reference), softmax(logits), labels, 0.5, 1, 1)
-    assert any("the PyTorch reference gives NaN or infinite outputs on 1 images" in f for f in parity.failures)
+    assert any("the PyTorch reference gives NaN or infinite outputs on 1 image:" in f for f in parity.failures)
 
 
 class Loud(nn.Module):

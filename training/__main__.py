@@ -16,6 +16,7 @@ from inference.interrupts import interrupted_status, say_stopped, terminations_a
 from inference.messages import (
     configure_logging,
     configure_streams,
+    counted,
     flushed,
     os_error_text,
     reader_gone,
@@ -281,7 +282,7 @@ def _format_estimate(result: dict) -> str:
     vs = result["against_best_member"]
     low, high = vs["interval_95"]
     lines.append(
-        f"{100 * result['top1']:.2f}%  their mean probability, {result['samples']} images: "
+        f"{100 * result['top1']:.2f}%  their mean probability, {counted(result['samples'], 'image')}: "
         f"{100 * vs['difference']:+.2f} points against the best member (95% interval {100 * low:+.2f} to "
         f"{100 * high:+.2f}, McNemar p = {vs['mcnemar']['p_value']:.3g})"
     )

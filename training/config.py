@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError, PydanticKnownError
 from inference.errors import UsageError
 from inference.files import write_text_atomic
 from inference.fits import DEFAULT_FIT, FitName
-from inference.messages import exception_summary, validation_problems
+from inference.messages import counted, exception_summary, validation_problems
 
 from .data.augment import AugmentParams
 from .data.mix import MixParams
@@ -421,8 +421,9 @@ def config_problems(config: Config) -> list[str]:
     if t.prune_ratio and not t.prune_params().enabled:
         # the first epoch has no losses to prune by, and the epochs from prune_until on train on every image
         problems.append(
-            f"train.prune_ratio {t.prune_ratio:g} with train.prune_until {t.prune_until:g} of {epochs} epochs: no "
-            "epoch would prune; raise prune_until or the epochs, or set prune_ratio to 0"
+            f"train.prune_ratio {t.prune_ratio:g} with train.prune_until {t.prune_until:g} of "
+            f"{counted(epochs, 'epoch')}: no epoch would prune; raise prune_until or the epochs, or set prune_ratio "
+            "to 0"
         )
     late = [m for m in s.milestones if m >= epochs]
     if s.name == "multistep" and late:

@@ -17,6 +17,7 @@ import torch
 from inference.errors import UsageError
 from inference.fits import LEGACY_FIT, get_fit
 from inference.manifest import sha256_file
+from inference.messages import counted
 
 from .checkpoint import (
     check_checkpoint_out,
@@ -136,7 +137,7 @@ def join_checkpoints(
         raise UsageError("an ensemble needs at least two checkpoints")
     tta = list(tta) or ["none"] * len(paths)
     if len(tta) != len(paths):
-        raise UsageError(f"{len(tta)} test-time augmentations for {len(paths)} members: give one per member")
+        raise UsageError(f"{counted(len(tta), 'test-time augmentation')} for {len(paths)} members: give one per member")
     for choice in tta:
         check_tta(choice)
     files = [checkpoint_file(p) for p in paths]
@@ -215,7 +216,7 @@ def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
         if report["fingerprint"] != first["fingerprint"]:
             raise UsageError(
                 f"{path} and {paths[0]} are reports on different samples ({len(report['labels'])} against "
-                f"{len(first['labels'])} images, fingerprints {report['fingerprint'][:12]} and "
+                f"{counted(len(first['labels']), 'image')}, fingerprints {report['fingerprint'][:12]} and "
                 f"{first['fingerprint'][:12]}): evaluate both on the same --data and --split"
             )
     labels = first["labels"]

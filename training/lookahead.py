@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from inference.messages import counted
+
 from .config import ConfigError
 
 
@@ -27,8 +29,8 @@ def check_lookahead(every: int, total_steps: int) -> None:
     if every > total_steps:
         # no step would reach the slow copy, and finishing on it would undo the whole run
         raise LookaheadError(
-            f"train.lookahead_every {every} is more than the run's {total_steps} optimizer steps: the run would "
-            f"end on its initial weights; set it to at most {total_steps}, or 0 for no lookahead"
+            f"train.lookahead_every {every} is more than the run's {counted(total_steps, 'optimizer step')}: the "
+            f"run would end on its initial weights; set it to at most {total_steps}, or 0 for no lookahead"
         )
 
 

@@ -9,6 +9,8 @@ import email.utils
 import io
 import os
 import re
+import signal
+import socket
 import ssl
 import sys
 import threading
@@ -20,7 +22,8 @@ from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from pydantic import ValidationError
 
-from inference.messages import validation_problems
+from inference.interrupts import CAUGHT, give_back
+from inference.messages import counted, validation_problems
 
 from ..contract import REASONS, ClassifyError, ClassifyResponse, Limits, ModelList
 from .decode import read_error, read_file
@@ -96,7 +99,13 @@ class RemoteBackend:
         self.url = checked_url(url).rstrip("/")
         api_key = _checked_key(api_key)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+        # Every connection's socket, which ``_abandon`` shuts under the requests in flight.
+        self._sockets: list[socket.socket] = []
+        self._sockets_lock = threading.Lock()
+        self._abandoned = False
+        self.client = httpx.Client(
+            base_url=self.url, timeout=timeout, headers=headers, event_hooks={"request": [self._traced]}
+        )
         self.timeout = timeout
         self.workers = max(1, DEFAULT_URL_WORKERS if workers is None else workers)
         self.inflight = self.workers
@@ -483,6 +492,8 @@ class RemoteBackend:
                         message=f"{message} (it asks to be asked again in {asked:.0f} s)", images=False
                     )
                 wait = max(delay, asked or 0.0)
+            if self._stopped is not None:  # the run ended while this try was out (``_abandon`` may have cut it)
+                raise RemoteError(self._stopped)
             if (
                 attempts > self.RETRIES
                 or timeouts >= self.TIMEOUTS
@@ -514,13 +525,72 @@ class RemoteBackend:
     def close(self) -> None:
         self._stop("the run stopped")
         try:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            # The requests in flight are let end (each within --timeout), unless a stop comes meanwhile (Ctrl-C
+            # again, after the one that stopped the run): their rows would be dropped, and the wait is the user's.
+            with self._stops_abandon():
+                self.pool.shutdown(wait=True, cancel_futures=True)
         except KeyboardInterrupt:
-            # Ctrl-C again while the requests in flight end (each within --timeout): the run has stopped already,
-            # its rows and status are the first stop's, and a traceback would say nothing more. The process's exit
-            # still waits for those requests, whose connections the client must keep until then.
-            return
+            # That stop, gone on to a handler that raises it (a run holds and drops its stops after the first): the
+            # run has stopped already, its rows and status are the first stop's, and a traceback would say nothing
+            # more.
+            pass
         self.client.close()
+
+    @contextmanager
+    def _stops_abandon(self) -> Iterator[None]:
+        """Ctrl-C, SIGTERM and SIGHUP abandon the requests in flight while the body waits for them, then go on to
+        the handlers they would have met (``interrupts_held``, with this done as each stop comes). Only the main
+        thread may set handlers: elsewhere the body runs as it is."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        held: list[int] = []
+
+        def abandon(signum: int, _frame: object) -> None:
+            held.append(signum)
+            self._abandon()
+
+        signals = [s for s in (signal.SIGINT, *CAUGHT) if signal.getsignal(s) not in (signal.SIG_IGN, None)]
+        previous = {s: signal.signal(s, abandon) for s in signals}
+        try:
+            yield
+        finally:
+            give_back(previous)
+            if held:
+                signal.raise_signal(held[0])
+
+    def _abandon(self) -> None:
+        """End the requests in flight now: their connections are shut, so that each worker's read or write ends
+        with an error (closing the client would leave them waiting out --timeout), and any connection made after
+        this is shut as it is made."""
+        with self._sockets_lock:
+            self._abandoned = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def _traced(self, request: httpx.Request) -> None:
+        request.extensions["trace"] = self._trace
+
+    def _trace(self, event: str, info: dict) -> None:
+        """httpcore's trace of a request (an httpx extension): each new connection's socket, for ``_abandon``."""
+        if not event.endswith((".connect_tcp.complete", ".start_tls.complete")):
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        if sock is None:
+            return
+        with self._sockets_lock:
+            self._sockets = [s for s in self._sockets if s.fileno() != -1]  # those closed since
+            self._sockets.append(sock)
+            if self._abandoned:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        # socket's own shutdown for a TLS socket too: SSLSocket's drops its SSL object under a reading thread
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:  # closed already
+        pass
 
 
 def checked_url(url: str) -> str:
@@ -589,12 +659,8 @@ def _checked_answer(response, count: int) -> ClassifyResponse | str:
         kind = response.headers.get("content-type", "no content type").split(";")[0]
         return f"an answer that is no classification ({what}; {kind}): {response.text.strip()[:200]!r}"
     if len(answer.predictions) != count:
-        return f"an answer with {_counted(len(answer.predictions), 'prediction')} for {_counted(count, 'image')}"
+        return f"an answer with {counted(len(answer.predictions), 'prediction')} for {counted(count, 'image')}"
     return answer
-
-
-def _counted(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _say(line: str) -> None:

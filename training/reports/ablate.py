@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from inference.errors import UsageError
 from inference.files import write_text_atomic
-from inference.messages import exception_summary, markdown_cell
+from inference.messages import counted, exception_summary, markdown_cell
 
 from ..checkpoint import BEST_FILE, CONFIG_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE
 from ..config import Config, ConfigError, check_distinct, read_yaml
@@ -450,12 +450,14 @@ def _duration(seconds: float) -> str:
 def _samples_text(rows: list[dict[str, Any]]) -> str:
     """The images the rows were evaluated on: one count where they share them, each variant's own where not."""
     if len({row["fingerprint"] for row in rows}) == 1:
-        return f"({rows[0]['num_samples']} images)"
+        return f"({counted(rows[0]['num_samples'], 'image')})"
     variants = [row for row in rows if row["tta"] == "none"]  # a TTA row reads its variant's images
     if common_sample_count(variants) is not None:
-        return f"of each variant's own data ({variants[0]['num_samples']} images each, not the same ones)"
+        return f"of each variant's own data ({counted(variants[0]['num_samples'], 'image')} each, not the same ones)"
     return (
-        "of each variant's own data (" + "; ".join(f"{r['variant']}: {r['num_samples']} images" for r in variants) + ")"
+        "of each variant's own data ("
+        + "; ".join(f"{r['variant']}: {counted(r['num_samples'], 'image')}" for r in variants)
+        + ")"
     )
 
 

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from inference.messages import counted
+
 from .metrics import brier_score, expected_calibration_error, negative_log_likelihood, softmax
 
 log = logging.getLogger("training.reports")
@@ -56,9 +58,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, warn: bool = True) -
         temperature = 1.0
         if warn:
             log.warning(
-                "no temperature is measurable on these %d samples: the model gives every class the same logit on "
+                "no temperature is measurable on the %s: the model gives every class the same logit on "
                 "each of them, so T = 1",
-                len(z),
+                counted(len(z), "sample"),
             )
         return temperature
     lo, hi = np.log(TEMPERATURE_BOUNDS)
@@ -71,11 +73,11 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, warn: bool = True) -
     temperature = float(np.exp(result.x))
     if warn and meaningless_fit(z, labels, temperature):
         log.warning(
-            "the fitted temperature %.4g (search range %s) means little: the logits of these %d samples carry "
+            "the fitted temperature %.4g (search range %s) means little: the logits of the %s carry "
             "little calibration signal",
             temperature,
             TEMPERATURE_BOUNDS,
-            len(z),
+            counted(len(z), "sample"),
         )
     return temperature
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from inference.errors import UsageError
 from inference.interrupts import say_stopped
+from inference.messages import counted
 
 from ..cli_types import add_set_option, non_negative_int, path_text, percent, positive_int, significance
 from ..data import DATASETS, SPLITS
@@ -85,8 +86,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"top-1 {100 * metrics['top1']:.2f}%  "
         + (f"top-5 {100 * metrics['top5']:.2f}%  " if metrics["top5"] is not None else "")
         + f"loss {metrics['loss']:.4f}  "
-        f"ECE {metrics['ece']:.4f}{divided}  ({metrics['num_samples']} images, {metrics['images_per_s'] or 0:.0f} "
-        "images/s)"
+        f"ECE {metrics['ece']:.4f}{divided}  ({counted(metrics['num_samples'], 'image')}, "
+        f"{metrics['images_per_s'] or 0:.0f} images/s)"
     )
     if metrics.get("calibration"):
         cal = metrics["calibration"]

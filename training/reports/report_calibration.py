@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from inference.messages import counted
+
 from ..data import DatasetError, ImageArrays
 from .calibration import (
     TEMPERATURE_BOUNDS,
@@ -65,7 +67,7 @@ def temperature_for(
     where = (
         "these validation images, so the after row is in-sample, as at export"
         if spec.split == "val"
-        else f"the validation split ({len(fit_labels)} images"
+        else f"the validation split ({counted(len(fit_labels), 'image')}"
         + (", which are among the images scored here: in-sample for those)" if spec.split == "all" else ")")
     )
     t = fit_temperature(fit_logits, fit_labels)

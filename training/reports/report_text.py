@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.files import write_text_atomic
+from inference.messages import counted
 
 from ..inference import TTA_DESCRIPTIONS
 from .predictions import METRICS_FILE, PREDICTIONS_FILE, graph_temperature
@@ -21,10 +22,6 @@ def _pct(x: float) -> str:
 def _top(metrics: dict[str, Any], k: int) -> str:
     """Top-k, or n/a where the model has no more than k classes (every label is then among its top k)."""
     return _pct(metrics[f"top{k}"]) if metrics[f"top{k}"] is not None else "n/a"
-
-
-def _images(count: int, number: str = ",") -> str:
-    return f"{count:{number}} image{'' if count == 1 else 's'}"
 
 
 def _weakest_and_strongest(per_class: list[dict[str, Any]]) -> list[str]:
@@ -52,8 +49,9 @@ def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | 
     lines = [
         f"# Evaluation of `{src['path']}`",
         "",
-        f"{src['kind']} `{src['arch']}` on {metrics['data_description']} ({_images(metrics['num_samples'], '')}, "
-        f"{metrics['num_classes']} classes), {tta}.",
+        f"{src['kind']} `{src['arch']}` on {metrics['data_description']} "
+        f"({counted(metrics['num_samples'], 'image', separator='')}, {counted(metrics['num_classes'], 'class')}), "
+        f"{tta}.",
         "",
         "| top-1 | top-3 | top-5 | loss | ECE | macro F1 | mean per-class accuracy |",
         "|---|---|---|---|---|---|---|",
@@ -146,7 +144,7 @@ def figure_subtitle(source: ModelSource, split: str, tta: str, num_samples: int)
     """Which model, views and images a report's figures show, for each figure's heading."""
     in_graph = source.info.get("graph_tta", "none") if source.kind == "onnx" else "none"
     views = f"{TTA_SHORT[in_graph]} in the graph" if in_graph != "none" else TTA_SHORT[tta]
-    return f"{model_label(source)} · {views} · {split} split, {_images(num_samples)}"
+    return f"{model_label(source)} · {views} · {split} split, {counted(num_samples, 'image')}"
 
 
 def confidence_note(source: ModelSource) -> str:

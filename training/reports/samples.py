@@ -14,6 +14,7 @@ import numpy as np
 from inference.classes import folded
 from inference.errors import UsageError
 from inference.fits import DEFAULT_FIT
+from inference.messages import counted
 
 from ..data import SPLITS, DatasetError, ImageArrays, load_split
 from ..data.split import SplitTooLarge
@@ -52,9 +53,9 @@ class DataSpec:
         except SplitTooLarge as exc:
             # the model's own held-out size, applied to a folder of the user's: say how to score all of it
             raise DatasetError(
-                f"{self.root} holds {exc.images} images, and the {self.split} split holds out {self.val_size} (the "
-                "model's own held-out size, or --val-size): to score every image of this data pass --split all, or "
-                "a smaller --val-size"
+                f"{self.root} holds {counted(exc.images, 'image')}, and the {self.split} split holds out "
+                f"{self.val_size} (the model's own held-out size, or --val-size): to score every image of this data "
+                "pass --split all, or a smaller --val-size"
             ) from None
 
     def describe(self) -> str:
