@@ -8,7 +8,14 @@ The rule applies to the names under the folder given, never to that folder's own
 
 from __future__ import annotations
 
+import tarfile
+from pathlib import Path
+
 from inference.preprocess import is_image_name
+
+# A tar archive of a tree, which training reads without unpacking it; by its name, or by its content when named
+# otherwise.
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
 def is_hidden(name: str) -> bool:
@@ -21,3 +28,15 @@ def is_hidden(name: str) -> bool:
 def is_tree_image(name: str) -> bool:
     """Whether a file named ``name`` (not a path) under the folder given is one of its images."""
     return not is_hidden(name) and is_image_name(name)
+
+
+def is_tar_archive(path: str | Path) -> bool:
+    """Whether the file ``path`` is a tar archive (compressed or not) of a tree, as training's folder reader takes
+    it: named so, or one whatever its name."""
+    path = Path(path)
+    if path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        return True
+    try:
+        return tarfile.is_tarfile(path)
+    except (OSError, EOFError):
+        return False

@@ -32,7 +32,7 @@ from inference.interrupts import say_stopped, terminations_as_interrupts
 from inference.manifest import Manifest, ManifestError, ModelEntry, file_problems, load_manifest
 from inference.precisions import precision
 from inference.preprocess import IMAGE_EXTENSIONS, decode_image, to_model_input
-from inference.tree_files import is_hidden, is_tree_image
+from inference.tree_files import is_hidden, is_tar_archive, is_tree_image
 
 from .gpus import GpuReport, gpu_report
 
@@ -108,8 +108,8 @@ def add_doctor_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--folder",
         metavar="DIR",
-        help="a labelled folder (one sub-folder per class, named as the model's classes): check accuracy on it "
-        "instead of agreement on generated images",
+        help="a labelled folder (one sub-folder per class, named as the model's classes; a .tar.gz of one: unpack "
+        "it first): check accuracy on it instead of agreement on generated images",
     )
     p.add_argument(
         "--model",
@@ -144,8 +144,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     models_dir, device = settings.models_dir, settings.device
-    if args.folder and not Path(args.folder).is_dir():
-        print(f"error: --folder {args.folder} is not a folder", file=sys.stderr)
+    refused = _folder_refusal(args.folder) if args.folder else None
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
         return 2
     if args.max_images < 1:
         print("error: --max-images must be at least 1", file=sys.stderr)
@@ -170,6 +171,24 @@ def main(args: argparse.Namespace) -> int:
         return say_stopped(exc, "interrupted")
     print(report.render(), flush=True)
     return 0 if report.passed else 1
+
+
+def _folder_refusal(folder: str) -> str | None:
+    """Why ``--folder`` cannot be read, and what to give instead; None for a folder. An archive, which training
+    reads, is refused as the scorer refuses it: picking a few images of each class would decompress all of it,
+    and where its class folders sit in it (under one top folder or not) is training's reader's rule."""
+    path = Path(folder)
+    if path.is_dir():
+        return None
+    if not path.exists():
+        return f"--folder {folder} is not a folder: it does not exist"
+    if is_tar_archive(path) or path.name.lower().endswith(".zip"):
+        unpack = f"unzip {folder} -d DIR" if path.name.lower().endswith(".zip") else f"tar xf {folder} -C DIR"
+        return (
+            f"--folder {folder} is an archive, not a folder: unpack it (mkdir DIR && {unpack}) and give --folder "
+            "the folder in DIR that holds one sub-folder per class"
+        )
+    return f"--folder {folder} is a file, not a folder: give the folder that holds one sub-folder per class"
 
 
 def _say(text: str) -> None:

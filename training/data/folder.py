@@ -32,11 +32,10 @@ from inference.files import file_in_the_way, process_running, write_atomic
 from inference.fits import DEFAULT_FIT
 from inference.messages import exception_summary
 from inference.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
-from inference.tree_files import is_hidden, is_tree_image
+from inference.tree_files import ARCHIVE_SUFFIXES, is_hidden, is_tar_archive, is_tree_image
 
 from .arrays import DatasetError, ImageArrays, missing_path_text
 
-ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 # The user's own files, not uploads: larger photos than the service takes (a 48-megapixel phone photo) are
 # decoded, a JPEG at a reduced size (inference.preprocess); the limit only guards memory.
 MAX_PIXELS = 250_000_000
@@ -61,7 +60,7 @@ def read_image_folder(
     if not root.exists():
         raise DatasetError(f"image folder or archive {missing_path_text(root)} does not exist")
     archive = root.is_file()
-    if archive and not (root.name.lower().endswith(ARCHIVE_SUFFIXES) or _is_tar(root)):
+    if archive and not is_tar_archive(root):
         raise DatasetError(
             f"{root} is a file, not a folder of class folders or a tar archive of one "
             f"({', '.join(ARCHIVE_SUFFIXES)}; .zip is not read: unpack it, or pack it as .tar.gz)"
@@ -79,14 +78,17 @@ def read_image_folder(
         expected = None if images is None else (len(images), _classes_of(root, images))
         cached = _read_cache(cache, image_size, expected)
         if cached is not None:
-            _warn_case_only(root, cached.classes)
-            return cached
+            for text in cached[1]:  # an archive's, kept in its cache: not listed again without a decode
+                _warn_archive_left_out(root, text)
+            _warn_case_only(root, cached[0].classes)
+            return cached[0]
     if cache and not _writable(cache.parent):  # said before the decode, which may take minutes
         cache = None
-    entries = _iter_archive(root) if images is None else _iter_tree(root, images)
-    arrays = _decode_all(entries, root, image_size, fit, None if images is None else len(images))
+    left_out: list[str] = []
+    entries = _iter_archive(root, left_out) if images is None else _iter_tree(root, images)
+    arrays = _decode_all(entries, root, image_size, fit, None if images is None else len(images), left_out)
     if cache:
-        _write_cache(cache, arrays)
+        _write_cache(cache, arrays, left_out)
     _warn_case_only(root, arrays.classes)
     return arrays
 
@@ -114,15 +116,23 @@ def _warn_case_only(root: Path, classes: list[str]) -> None:
     )
 
 
-def _read_cache(cache: Path, image_size: int, expected: tuple[int, list[str]] | None) -> ImageArrays | None:
-    """The cached arrays, or None (with a warning) where the file is damaged or cannot be this source's decode:
+def _read_cache(
+    cache: Path, image_size: int, expected: tuple[int, list[str]] | None
+) -> tuple[ImageArrays, list[str]] | None:
+    """The cached arrays and, for an archive (``expected`` None), what its decode left out, said without the
+    archive's name; or None (with a warning) where the file is damaged or cannot be this source's decode:
     another image size, labels outside the classes, classes not sorted, or (``expected``, for a tree) another
     number of images or other classes than the tree holds. A cache is decoded again, never a reason to stop."""
     try:
         with np.load(cache, allow_pickle=False) as npz:
+            if expected is None and "left_out" not in npz.files:
+                # written by a reader that kept no record of what it left out: only a decode can say it again
+                log.info("the dataset cache %s does not say what its archive left out: decoding it again", cache)
+                return None
             arrays = ImageArrays(npz["images"], npz["labels"], [str(c) for c in npz["classes"]])
+            left_out = [str(text) for text in npz["left_out"]] if expected is None else []
         _check_cached(arrays, image_size, expected)
-        return arrays
+        return arrays, left_out
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         log.warning("the dataset cache %s is damaged (%s): decoding the images again", cache, exception_summary(exc))
         return None
@@ -173,15 +183,22 @@ def _unwritable(folder: Path, exc: OSError) -> None:
     )
 
 
-def _write_cache(cache: Path, arrays: ImageArrays) -> None:
+def _write_cache(cache: Path, arrays: ImageArrays, left_out: list[str]) -> None:
     """Written atomically (a temporary file of this process, removed on any failure, then renamed: torchrun
     ranks may cache the same source at once); then the source's earlier decodes with the same settings, and
     temporary files that killed writers left, are removed. A cache that cannot be written (a full disk) only
-    costs a decode."""
+    costs a decode. ``left_out``: what an archive's decode said it left out, said again at each cached read (a
+    tree's walk finds it again)."""
     try:
         write_atomic(
             cache,
-            lambda f: np.savez(f, images=arrays.images, labels=arrays.labels, classes=np.array(arrays.classes)),
+            lambda f: np.savez(
+                f,
+                images=arrays.images,
+                labels=arrays.labels,
+                classes=np.array(arrays.classes),
+                left_out=np.array(left_out, dtype=str),
+            ),
         )
     except OSError as exc:
         _unwritable(cache.parent, exc)
@@ -279,13 +296,6 @@ def _decoder_key() -> str:
     return digest.hexdigest()
 
 
-def _is_tar(path: Path) -> bool:
-    try:
-        return tarfile.is_tarfile(path)
-    except (OSError, EOFError):
-        return False
-
-
 def _tree_images(root: Path) -> tuple[list[Path], list[Path], list[str]]:
     """The image files under ``root``, sorted, through symlinked folders too (each real folder once, so that a
     link back up the tree is not a loop), the other files, which are not read, and the hidden folders not entered
@@ -380,7 +390,9 @@ COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")
 END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
 
 
-def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
+def _iter_archive(root: Path, left_out: list[str]) -> Iterator[tuple[str, str, bytes]]:
+    """The archive's images in class folders, as (member name, class, bytes), in the order stored; what it holds
+    that is not read is said, and appended to ``left_out``, once all of it is read."""
     others, loose, hidden_dirs, dangling = [], [], set(), []
     try:
         with tarfile.open(root) as tar:
@@ -410,12 +422,14 @@ def _iter_archive(root: Path) -> Iterator[tuple[str, str, bytes]]:
                 f"{root}: {len(dangling)} image link(s) point to no file in the archive (pack it with tar -h, "
                 f"which stores the files that links point to): {_listed(sorted(dangling), ', ')}"
             )
-        if others:
-            log.warning("%s: %s", root, _not_images_text(others))
-        _warn_beside(root, loose)
+        said = [_not_images_text(others)] if others else []
+        said += [_beside_text(loose)] if loose else []
         if hidden_dirs:
             shown = _listed(sorted(map(str, hidden_dirs)), ", ")
-            log.warning("%s: hidden folder(s) left out, not read (a name starting with a dot): %s", root, shown)
+            said.append(f"hidden folder(s) left out, not read (a name starting with a dot): {shown}")
+        for text in said:
+            _warn_archive_left_out(root, text)
+        left_out += said
     except tarfile.TarError as exc:
         raise DatasetError(f"cannot read archive {root}: {exc}") from exc
     except (EOFError, zlib.error, OSError) as exc:  # a download or copy cut short, a damaged compressed stream
@@ -437,7 +451,15 @@ def _member_file(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes] | N
         return None
 
 
-_said_left_out: set[tuple] = set()  # once per tree and what it holds: training reads it for each split
+_said_left_out: set[tuple] = set()  # once per tree or archive and what it holds: training reads it per split
+
+
+def _warn_archive_left_out(root: Path, text: str) -> None:
+    """One thing an archive holds that is not trained on, said once per process, as a tree's are."""
+    said = (str(root.resolve()), text)
+    if said not in _said_left_out:
+        _said_left_out.add(said)
+        log.warning("%s: %s", root, text)
 
 
 def _warn_left_out(root: Path, images: list[Path], others: list[Path], hidden_dirs: list[str]) -> None:
@@ -526,11 +548,17 @@ def _check_names(names: list[str], root: Path, loose: int = 0) -> None:
 
 
 def _decode_all(
-    entries: Iterable[tuple[str, str, bytes]], root: Path, image_size: int, fit: str, count: int | None
+    entries: Iterable[tuple[str, str, bytes]],
+    root: Path,
+    image_size: int,
+    fit: str,
+    count: int | None,
+    left_out: list[str],
 ) -> ImageArrays:
     """Each entry decoded as it comes, and only its pixels kept: a folder of photos may be far larger than memory.
     ``count``: the number of entries, already in ``_sort_key`` order (a tree); None for entries in any order (an
-    archive, read as it is stored), checked and sorted here."""
+    archive, read as it is stored), checked and sorted here, and the images beside its class folders said and
+    appended to ``left_out``."""
     shape = (image_size, image_size, 3)
     images = np.empty((count if count is not None else 256, *shape), dtype=np.uint8)
     names: list[str] = []
@@ -556,8 +584,10 @@ def _decode_all(
         classes_of.append(cls)
     if loose is not None:
         # as the folder itself is read: tar czf pets.tar.gz pets packs them under the folder's own name
-        beside = [i for i, name in enumerate(names) if PurePosixPath(name).parent == loose]
-        _warn_beside(root, [PurePosixPath(names[i]).name for i in beside])
+        beside = [PurePosixPath(name).name for name in names if PurePosixPath(name).parent == loose]
+        if beside:
+            left_out.append(_beside_text(beside))
+            _warn_archive_left_out(root, left_out[-1])
         kept = [i for i in range(len(names)) if PurePosixPath(names[i]).parent != loose]
         images, names, classes_of = images[kept], [names[i] for i in kept], [classes_of[i] for i in kept]
         position = {old: new for new, old in enumerate(kept)}
@@ -593,8 +623,12 @@ def _archive_layout(folders: set[PurePosixPath], root: Path) -> PurePosixPath | 
 
 def _warn_beside(root: Path, loose: list[str]) -> None:
     if loose:
-        shown = ", ".join(loose[:5]) + (f" and {len(loose) - 5} more" if len(loose) > 5 else "")
-        log.warning("%s: %d image(s) beside the class folders left out, in no class: %s", root, len(loose), shown)
+        log.warning("%s: %s", root, _beside_text(loose))
+
+
+def _beside_text(loose: list[str]) -> str:
+    shown = ", ".join(loose[:5]) + (f" and {len(loose) - 5} more" if len(loose) > 5 else "")
+    return f"{len(loose)} image(s) beside the class folders left out, in no class: {shown}"
 
 
 def _check_side_by_side(folders: list[PurePosixPath], root: Path) -> None:
