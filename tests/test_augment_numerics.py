@@ -1,5 +1,6 @@
 """The training augmentations' numbers against the published methods they follow (airbench's batch_crop and
-alternating flip, DeVries & Taylor's Cutout), and where bf16 autocast is turned on by default."""
+alternating flip, DeVries & Taylor's Cutout, torchvision's ColorJitter), and where bf16 autocast is turned on by
+default."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 
 import training.inference as inference
+from training.data import augment
 from training.data.arrays import ImageArrays
 from training.data.augment import AugmentParams, cutout, random_crop, seeded, to_unit
 from training.data.loader import TensorLoader
@@ -128,3 +131,28 @@ def test_an_evaluation_loader_neither_augments_nor_mixes_and_a_training_one_repe
     resumed = TensorLoader(data, 4, train=True, augment=params, mix=mix, seed=5)  # a resume builds it anew
     assert all(torch.equal(a, b) for a, b in zip(batches[2], epoch(resumed, 2)))
     assert not torch.equal(batches[1][0], batches[2][0])
+
+
+def test_color_jitter_is_torchvisions_colorjitter_steps_per_image_in_a_random_order():
+    """Each image as torchvision's adjust_brightness, adjust_contrast and adjust_saturation give it, for its own
+    factors and in its own order. It differed by up to 0.29: no clamp between the steps, contrast around the mean
+    of the RGB values rather than of the grayscale image, and always the same order."""
+    n, strength = 600, 0.8
+    gen = seeded(3)
+    # saturated and dark pixels among them, where a missing clamp between steps shows
+    x = (torch.rand(n, 3, 8, 8, generator=gen) * 1.6 - 0.3).clamp(0, 1)
+    factors, order = augment.jitter_draws(n, strength, gen)
+    out = augment.apply_jitter(x, factors, order)
+    steps = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast, "saturation": TF.adjust_saturation}
+    adjust = [steps[name] for name in augment.JITTER_STEPS]
+    for i in range(n):
+        expected = x[i]
+        for step in order[i].tolist():
+            expected = adjust[step](expected, factors[i, step].item())
+        torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=0, msg=f"image {i}, order {order[i].tolist()}")
+    # every one of the 3! orders is drawn, and the factors span [1 - s, 1 + s]
+    assert len({tuple(o) for o in order.tolist()}) == 6
+    assert 1 - strength <= factors.min() < 1 - 0.9 * strength and 1 + 0.9 * strength < factors.max() <= 1 + strength
+    # color_jitter is these draws applied
+    again = augment.color_jitter(x, strength, seeded(7))
+    assert torch.equal(again, augment.apply_jitter(x, *augment.jitter_draws(n, strength, seeded(7))))

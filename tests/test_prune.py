@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import make_arrays, tiny_overrides, train_straight_and_resumed
-from training.config import ConfigError, build_config
+from training.config import ConfigError, TrainConfig, build_config
 from training.data.arrays import ImageArrays
 from training.data.loader import TensorLoader
 from training.data.prune import LossPruning, PruneParams
@@ -43,6 +43,25 @@ def test_plans_depend_on_seed_and_epoch_only_and_spare_the_first_the_last_and_th
         assert first.plan(epoch).keep.all()
     assert first.plan(2).keep[n - 100 :].all(), "an image with no recorded loss was skipped"
     assert not LossPruning(n, PruneParams(0.5, 4), 0).plan(2).keep.logical_not().any(), "pruned with no losses"
+
+
+def test_the_epochs_that_prune_are_infobatchs_for_any_share_and_run_length():
+    """InfoBatch's sampler (NUS-HPC-AI-Lab/InfoBatch, infobatch/infobatch.py: IBSampler.reset) prunes the 0-based
+    epoch e while e + 1 <= num_epochs * delta, the first int(delta * num_epochs) epochs; its first epoch prunes
+    nothing, every image having the same initial score. train.prune_until is that delta."""
+    n = 200
+    for epochs in (3, 7, 8, 10, 90, 100, 200):
+        for until in (0.3, 0.5, 0.57, 0.7, 0.8, 0.875, 0.9, 0.99, 1.0):
+            params = TrainConfig(epochs=epochs, prune_ratio=0.5, prune_until=until).prune_params()
+            if not params.enabled:
+                continue
+            pruning = LossPruning(n, params, seed=0)
+            pruning.record(torch.arange(n), torch.linspace(0, 1, n))
+            prunes = [e for e in range(epochs) if not pruning.plan(e).keep.all()]
+            reference = [e for e in range(1, epochs) if e + 1 <= epochs * until]
+            assert prunes == reference, (epochs, until)
+            # the last pruning epoch's plan reads the losses of the one before it
+            assert all(pruning.records(e) for e in range(max(prunes)))
 
 
 def test_the_loader_shrinks_its_batches_keeps_their_count_and_carries_indices_and_weights():

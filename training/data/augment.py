@@ -108,20 +108,45 @@ def cutout(x: torch.Tensor, length: int, gen: torch.Generator) -> torch.Tensor:
     return x.masked_fill(mask[:, None], 0)
 
 
+# torchvision's ColorJitter steps, in its numbers: its rgb_to_grayscale weights (ITU-R 601, red rounded to 0.2989),
+# and a clamp to [0, 1] after each step. Unlike ColorJitter, which draws one set of factors and one order per call
+# (per batch), each image draws its own.
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+JITTER_STEPS = ("brightness", "contrast", "saturation")
+
+
+def jitter_draws(n: int, strength: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: a factor in [1 - s, 1 + s] for each of JITTER_STEPS (float [N, 3]), and the order the steps run
+    in (long [N, 3], a permutation of 0, 1, 2: ColorJitter's random order)."""
+    factors = 1 + (torch.rand(n, len(JITTER_STEPS), generator=gen, device=gen.device) * 2 - 1) * strength
+    order = torch.rand(n, len(JITTER_STEPS), generator=gen, device=gen.device).argsort(dim=1)
+    return factors, order
+
+
+def apply_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """ColorJitter's steps on float [N, 3, H, W] in [0, 1] with the given factors and order (see jitter_draws):
+    each image as torchvision.transforms.v2.functional's adjust_brightness, adjust_contrast and adjust_saturation
+    give it. Every step blends the image with a reference, black, its grayscale's mean or its grayscale, so one
+    batched blend per position in the order runs each image's own step there."""
+    factors, order = factors.to(x.device), order.to(x.device)
+    rows = torch.arange(len(x), device=x.device)
+    wr, wg, wb = GRAY_WEIGHTS
+    contrast, saturation = JITTER_STEPS.index("contrast"), JITTER_STEPS.index("saturation")
+    for position in range(order.shape[1]):
+        step = order[:, position, None, None, None]
+        f = factors[rows, order[:, position]][:, None, None, None]
+        gray = wr * x[:, 0:1] + wg * x[:, 1:2] + wb * x[:, 2:3]
+        # the reference's share (1 - f), on the grayscale for saturation, on its mean for contrast, and on nothing
+        # (black) for brightness: the terms a step does not use are exact zeros
+        mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+        reference = gray * ((step == saturation) * (1 - f)) + mean * ((step == contrast) * (1 - f))
+        x = (x * f).add_(reference).clamp_(0, 1)
+    return x
+
+
 def color_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast and saturation each scaled by a factor in [1 - s, 1 + s]; x is float in [0, 1]."""
-    n = x.shape[0]
-
-    def factor() -> torch.Tensor:
-        f = 1 + (torch.rand(n, generator=gen, device=gen.device) * 2 - 1) * strength
-        return f.to(x.device)[:, None, None, None]
-
-    x = x * factor()
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * factor() + mean
-    gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-    x = (x - gray) * factor() + gray
-    return x.clamp_(0, 1)
+    """ColorJitter(brightness=s, contrast=s, saturation=s) per image; x is float in [0, 1]."""
+    return apply_jitter(x, *jitter_draws(x.shape[0], strength, gen))
 
 
 def augment_batch(
