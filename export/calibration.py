@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from inference.manifest import CALIBRATION_METHODS, Calibration
+from inference.messages import counted
 from training.reports.calibration import TEMPERATURE_BOUNDS, fit_temperature, meaningless_fit, no_spread
 
 log = logging.getLogger("export")
@@ -54,14 +55,15 @@ def fit_calibration(
         return Calibration()
     # Stored as the float32 the FP32 graph holds, so the card states exactly what that graph divides by.
     temperature = float(np.float32(fit_temperature(logits, labels, warn=False)))  # warned of below, with the way out
-    fitted_on = f"NLL on the validation split ({len(labels)} images), {kind} of {what}"
+    # no thousands separator: the shipped cards say "(5000 images)", and a card re-derived should say it alike
+    fitted_on = f"NLL on the validation split ({counted(len(labels), 'image', separator='')}), {kind} of {what}"
     if no_spread(logits):
         # A collapsed network: no T changes its uniform probabilities, so "every image right" would be untrue.
         fitted_on += ", where it means nothing: the model gives every class the same logit on each image, so T = 1"
         log.warning(
-            "no temperature is measurable: the model gives every class the same logit on each of its %d validation "
-            "images (a collapsed network: check its training), so T = 1 is written",
-            len(labels),
+            "no temperature is measurable: the model gives every class the same logit on each of its %s (a "
+            "collapsed network: check its training), so T = 1 is written",
+            counted(len(labels), "validation image"),
         )
     elif meaningless_fit(logits, labels, temperature):
         # A small split of easy classes (a folder of one's own) gets every image right: the NLL then only falls as
@@ -71,12 +73,12 @@ def fit_calibration(
             "so the confidences are not calibrated"
         )
         log.warning(
-            "temperature %.4g written into the graph means little: its %d validation images carry no calibration "
-            "signal (every one right, or T at an end of the search range); --calibrate none leaves the confidences "
-            "as trained, and a validation split with some mistakes in it (a larger data.val_size at training) fits "
-            "a real T",
+            "temperature %.4g written into the graph means little: its %s %s no calibration signal (every one "
+            "right, or T at an end of the search range); --calibrate none leaves the confidences as trained, and a "
+            "validation split with some mistakes in it (a larger data.val_size at training) fits a real T",
             temperature,
-            len(labels),
+            counted(len(labels), "validation image"),
+            "carries" if len(labels) == 1 else "carry",
         )
     return Calibration(method="temperature", temperature=temperature, fitted_on=fitted_on)
 
@@ -86,7 +88,7 @@ def calibration_summary(report: dict) -> str:
     rows = [("before", 1.0, report["before"]), ("after", report["temperature"], report["after"])]
     if "refit" in report:
         rows.append(("refit on this model's own logits", report["refit"]["temperature"], report["refit"]))
-    lines = [f"calibration on {report['samples']} validation images (ECE with 15 bins):"]
+    lines = [f"calibration on {counted(report['samples'], 'validation image')} (ECE with 15 bins):"]
     for name, t, m in rows:
         lines.append(
             f"  {name:<33} T={t:<7.4f} ECE {m['ece']:.4f}  NLL {m['nll']:.4f}  Brier {m['brier']:.4f}  "

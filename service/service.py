@@ -52,6 +52,7 @@ from starlette.types import Message
 
 from inference.fits import FITS, fit_help
 from inference.manifest import ManifestError, load_manifest
+from inference.messages import counted
 from inference.preprocess import pixels_to_model_input
 
 from . import bentoml_compat
@@ -523,13 +524,13 @@ class Classifier:
         _PIXEL_BYTES.update({name: m.size[0] * m.size[1] * 3 for name, m in self.loaded.items()})
         self.ready = True
         log.info(
-            "ready: %s; models %s; default %s (%s); batches of up to %d images within %d ms, %d at once "
+            "ready: %s; models %s; default %s (%s); batches of up to %s within %d ms, %d at once "
             "on %d thread(s) each; uploads decoded on up to %d thread(s)",
             WORKER.describe(),
             ", ".join(f"{name} on {m.classifier.placement.describe()}" for name, m in self.loaded.items()),
             self.served.default.name,
             self.served.default.reason,
-            SETTINGS.max_batch_size,
+            counted(SETTINGS.max_batch_size, "image"),
             SETTINGS.max_latency_ms,
             STREAMS,
             INTRA_OP_THREADS,

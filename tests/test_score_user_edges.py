@@ -160,7 +160,7 @@ def test_accuracy_of_a_class_tree_whose_images_all_failed_says_so(image_folder, 
     shutil.copy(image_folder / "beta" / "0020.png", folder / "beta" / "1.png")
     assert _score(folder, "--out", tmp_path / "q.csv", *common) == 0
     err = capsys.readouterr().err
-    assert "accuracy against folder names (1 images): " in err and "; 3 images that could not be scored left out" in err
+    assert "accuracy against folder names (1 image): " in err and "; 3 images that could not be scored left out" in err
 
 
 def test_a_hidden_folders_name_cannot_colour_the_summary_either():

@@ -1313,7 +1313,7 @@ def test_sigterm_is_answered_as_ctrl_c_and_a_resume_elsewhere_takes_only_where_t
     assert training_main(["resume", str(run), "--set", "lr=0.5"]) == 2
     assert "'lr' would make it another run" in capsys.readouterr().err
     assert training_main(["resume", str(run), "--epochs", "1"]) == 2  # 1 of 2 trained: it would train none
-    assert "has trained 1 epochs already: --epochs 1 would train none" in capsys.readouterr().err
+    assert "has trained 1 epoch already: --epochs 1 would train none" in capsys.readouterr().err
     # the same folder but for one image: its mean and std barely move, the images and their split do
     edited = tmp_path / "edited"
     shutil.copytree(image_folder, edited)

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from inference.files import write_text_atomic
+from inference.messages import counted
 
 from . import distributed
 from .checkpoint import (
@@ -234,7 +235,7 @@ def _resume(
     if epochs is not None and (epochs < trained or epochs == trained < started.train.epochs):
         # the last case would mark the run finished without its last epoch's work (lookahead's final sync)
         raise ConfigError(
-            f"{out_dir} has trained {trained} epochs already: --epochs {epochs} would train none; give more"
+            f"{out_dir} has trained {counted(trained, 'epoch')} already: --epochs {epochs} would train none; give more"
         )
     if epochs is not None:
         reshaped = sized_to_the_run(config)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from inference.errors import UsageError
+from inference.messages import counted
 
 from .config import Config, ConfigError
 from .data import DatasetError, ImageArrays, load_split, split_train_val
@@ -99,7 +100,7 @@ def split_data(
     if problems and started_on is not None:
         changes = data_changes(started_on, {"classes": full.classes, "input_size": int(full.images.shape[1])})
         if unsplit:
-            changes.append(f"{len(full)} images now, too few for its validation split of {d.val_size}")
+            changes.append(f"{counted(len(full), 'image')} now, too few for its validation split of {d.val_size}")
         raise OtherData(run, d.root, changes or ["other images"])
     if problems:
         processes = launched_processes() if world_size is None else world_size
@@ -124,10 +125,10 @@ def check_trainable(train: ImageArrays, val: ImageArrays | None, root: str) -> N
     refuse(trainable_problems(train, root))
     if val is not None and len(val) > len(train):
         log.warning(
-            "the validation split (val_size %d) is larger than what is left to train on (%d images): lower "
+            "the validation split (val_size %d) is larger than what is left to train on (%s): lower "
             "data.val_size for a dataset of this size",
             len(val),
-            len(train),
+            counted(len(train), "image"),
         )
 
 

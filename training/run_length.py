@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from inference.errors import UsageError
+from inference.messages import counted
 
 from .config import Config, ConfigError
 from .data import DatasetError
@@ -53,7 +54,11 @@ def run_length_problems(config: Config, images: int, world_size: int = 1, split:
     problems: list[ConfigError] = []
     if steps == 0:
         per_process = images // world_size
-        share = f"the {per_process} training images per process" if world_size > 1 else f"the {images} training images"
+        share = (
+            f"the {counted(per_process, 'training image')} per process"
+            if world_size > 1
+            else f"the {counted(images, 'training image')}"
+        )
         share += f" {split}" if split else ""
         # no whole batch: every epoch would train on nothing, and the schedule would divide by its zero steps
         if not per_process:
@@ -65,7 +70,8 @@ def run_length_problems(config: Config, images: int, world_size: int = 1, split:
                 remedy = "train in one process"
             else:
                 remedy = f"train in one process with batch_size at most {images}"
-            return [ConfigError(f"the {images} training images leave none to each of {world_size} processes: {remedy}")]
+            leave = f"the {counted(images, 'training image')} {'leaves' if images == 1 else 'leave'}"
+            return [ConfigError(f"{leave} none to each of {world_size} processes: {remedy}")]
         problems.append(
             ConfigError(f"batch_size {t.batch_size} exceeds {share}: set batch_size to at most {per_process}")
         )
@@ -116,8 +122,9 @@ def check_resumed_run_length(config: Config, images: int, world_size: int = 1) -
             f", or {at_most(fewer)}" if fewer else ""
         )
         raise ConfigError(
-            f"train.lookahead_every {t.lookahead_every} is more than the {steps(world_size) * t.epochs} optimizer "
-            f"steps of its {t.epochs} epochs on {on}: the run would end on its initial weights; {remedy}"
+            f"train.lookahead_every {t.lookahead_every} is more than the "
+            f"{counted(steps(world_size) * t.epochs, 'optimizer step')} of its "
+            f"{counted(t.epochs, 'epoch')} on {on}: the run would end on its initial weights; {remedy}"
         )
     batched = next((n for n in range(world_size - 1, 0, -1) if steps(n)), None)
     if batched is None:  # not one whole batch in one process: only the data it started with would do
@@ -129,5 +136,6 @@ def check_resumed_run_length(config: Config, images: int, world_size: int = 1) -
             f", or {at_most(fewer)}" if fewer else ""
         )
     raise ConfigError(
-        f"batch_size {t.batch_size} exceeds the {images // world_size} training images per process on {on}: {remedy}"
+        f"batch_size {t.batch_size} exceeds the {counted(images // world_size, 'training image')} per "
+        f"process on {on}: {remedy}"
     )

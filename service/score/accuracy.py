@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import PurePosixPath
 
 from inference.classes import ClassMatcher
-from inference.messages import display_width, pad
+from inference.messages import counted, display_width, pad
 
 from .sinks import Row
 
@@ -60,11 +60,11 @@ class FolderAccuracy:
         n = sum(self.images.values())
         if n:
             top1, topk = sum(self.top1.values()), sum(self.topk.values())
-            head = f"accuracy against folder names ({n} images): top-1 {100 * top1 / n:.2f}% ({top1}/{n})"
+            head = f"accuracy against folder names ({counted(n, 'image')}): top-1 {100 * top1 / n:.2f}% ({top1}/{n})"
             if self.k > 1:
                 head += f", top-{self.k} {100 * topk / n:.2f}%"
             if self.failed:
-                head += f"; {self.failed} image{'s' if self.failed > 1 else ''} that could not be scored left out"
+                head += f"; {counted(self.failed, 'image')} that could not be scored left out"
             lines.append(head)
             order = self.classes or sorted(self.images)
             width = max([display_width("class")] + [display_width(c) for c in order if self.images[c]])
@@ -84,9 +84,10 @@ class FolderAccuracy:
             lines.append("accuracy against folder names: no scored image is in a folder named after a class")
         if self.unknown:
             names = ", ".join(f"{name!r} ({count})" for name, count in sorted(self.unknown.items()))
+            left_out = sum(self.unknown.values())
             lines.append(
-                f"folder names that are not classes of model {self.model!r} (their "
-                f"{sum(self.unknown.values())} images are left out of the accuracy): {names}"
+                f"folder names that are not classes of model {self.model!r} (their {counted(left_out, 'image')} "
+                f"{'is' if left_out == 1 else 'are'} left out of the accuracy): {names}"
             )
             if self.classes:
                 lines.append(f"  the classes are: {', '.join(self.classes)}")

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from inference.classes import folded
 from inference.files import file_in_the_way, process_running, write_atomic
 from inference.fits import DEFAULT_FIT
-from inference.messages import exception_summary
+from inference.messages import counted, exception_summary
 from inference.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
 from inference.tree_files import ARCHIVE_SUFFIXES, is_hidden, is_tar_archive, is_tree_image
 
@@ -598,7 +598,7 @@ def _decode_all(
     if unusable:
         listed = [f"{names[i]}: {unusable[i]}" for i in order if i in unusable]
         raise DatasetError(
-            f"{root}: {len(unusable)} of {len(names)} images cannot be used (remove or fix them): "
+            f"{root}: {len(unusable)} of {counted(len(names), 'image')} cannot be used (remove or fix them): "
             + _listed(listed, "; ")
         )
     if order != list(range(len(names))):

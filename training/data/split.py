@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from inference.messages import counted
+
 from .arrays import DatasetError
 
 NAMED_CLASSES = 5  # classes a refusal names; the count says how many more
@@ -22,7 +24,7 @@ class SplitTooLarge(DatasetError):
         self.suggested = images // 10  # a tenth; 0 (none) under ten images
         super().__init__(
             f"data.val_size {val_size} (the validation split's size; 5000 by default, sized for CIFAR) must be "
-            f"smaller than the dataset's {images} images: give a smaller one"
+            f"smaller than the dataset's {counted(images, 'image')}: give a smaller one"
             + (f", e.g. --set data.val_size={self.suggested} (a tenth)" if self.suggested else "")
             + ", or 0 for none"
         )
