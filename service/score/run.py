@@ -46,7 +46,7 @@ from .sinks import (
     make_format,
     resume_output,
 )
-from .walk import Entry, WalkStats, count_images, walk
+from .walk import Entry, WalkStats, count_entries, walk
 
 # The output could not be written (a full disk, a read-only file system): told apart from 1 (the service stopped
 # answering, --fail-on-error), since what to do differs: make room, then --resume. sysexits.h's EX_IOERR.
@@ -329,11 +329,12 @@ class _Replacement:
 
     def commit(self) -> None:
         if not self.done:
-            try:
-                os.replace(self.temp, self.target)
-            except OSError as exc:
-                raise _OutputLost(exc) from exc
-            self.done = True
+            with interrupts_held():  # a stop between the rename and ``done`` would have the summary deny it
+                try:
+                    os.replace(self.temp, self.target)
+                except OSError as exc:
+                    raise _OutputLost(exc) from exc
+                self.done = True
 
     def abandon(self) -> None:
         if not self.done:
@@ -462,9 +463,9 @@ def _check_same_scoring(backend: Backend, args, written: list[Row], absent: int 
         )
 
 
-def _count(root: str, stop: threading.Event, total: list) -> None:
+def _count(root: str, stop: threading.Event, resumed: frozenset[str], total: list) -> None:
     try:
-        total.append(count_images(root, stop))
+        total.append(count_entries(root, stop, resumed))
     except OSError:
         total.append(None)
 
@@ -553,7 +554,7 @@ def _run(
             raise
 
     stop = threading.Event()
-    total: list[int | None] = []
+    total: list[tuple[int, int] | None] = []  # the folder's images, and how many of them the resumed rows name
     bar = tqdm(
         total=None,
         initial=summary.resumed,
@@ -565,7 +566,9 @@ def _run(
         desc="scoring",
     )
     if not bar.disable:  # the total is only for the bar's ETA: the second walk is not free (docs/measurements.md)
-        threading.Thread(target=_count, args=(args.dir, stop, total), daemon=True, name="score-count").start()
+        # A copy of the resumed names: the walk takes each out of ``done`` as it passes it.
+        counting = (args.dir, stop, frozenset(done), total)
+        threading.Thread(target=_count, args=counting, daemon=True, name="score-count").start()
     interrupted: KeyboardInterrupt | None = None
     lost: _OutputLost | None = None
     failure: StopRun | None = None
@@ -596,11 +599,17 @@ def _run(
             _write(out, fmt.format(rows))
             if replacement is not None:
                 replacement.commit()
-            writing = []
-            kept = _size(out, args.out)
-            count(rows)
+            # A stop before this finds the rows in ``writing``, and the file read back for them; from here on,
+            # counted.
+            with interrupts_held():
+                count(rows)
+                writing = []
+                kept = _size(out, args.out)
             if bar.total is None and total and total[0] is not None:
-                bar.total = total[0]
+                # The rows the output holds once the walk has ended: the bar starts at the resumed ones, and those
+                # whose files are gone stay in it.
+                images, named = total[0]
+                bar.total = images + summary.resumed - named
             bar.update(len(rows))
             if summary.failed:
                 bar.set_postfix(failed=summary.failed, refresh=False)
@@ -625,15 +634,17 @@ def _run(
             replacement.abandon()
     if lost is not None and isinstance(lost.error, BrokenPipeError):
         raise lost
-    if lost is not None and writing:
-        # The closed file holds whatever of the failed write reached the disk (the close flushes once more): its
-        # whole rows are counted as written, and a row cut short is cut off, so the file and the summary agree.
+    if (lost is not None or interrupted is not None) and writing:
+        # The closed file holds whatever of the failed or stopped write reached the disk (the close flushes once
+        # more): its whole rows are counted as written, and a row cut short is cut off, so the file and the summary
+        # agree.
         target = replacement.target if replacement is not None else args.out
         whole = 0
         if (replacement is None or replacement.done) and kept is not None:
             whole = _settle(target, kept, [fmt.format([row]).encode(**ENCODING) for row in writing])
         count(writing[:whole])
-        summary.lost = len(writing) - whole
+        if lost is not None:
+            summary.lost = len(writing) - whole
     if lost is not None:
         print(f"error: cannot write {_output_name(args.out)}: {lost}", file=sys.stderr)
     if failure is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple
+from typing import Container, Iterator, NamedTuple
 
 from inference.tree_files import is_hidden, is_tree_image
 
@@ -121,8 +121,17 @@ def _broken_link_message(path: str) -> str:
 
 def count_images(root: str | os.PathLike, stop=None) -> int | None:
     """How many entries ``walk`` will yield (for a progress bar's total); None when stopped early."""
+    counted = count_entries(root, stop)
+    return None if counted is None else counted[0]
+
+
+def count_entries(root: str | os.PathLike, stop=None, known: Container[str] = ()) -> tuple[int, int] | None:
+    """How many entries ``walk`` will yield, and how many of them ``known`` names; None when stopped early."""
     stats = WalkStats()
-    for _ in walk(root, stats):
+    met = 0
+    for entry in walk(root, stats):
         if stop is not None and stop.is_set():
             return None
-    return stats.images
+        if entry.rel in known:
+            met += 1
+    return stats.images, met
