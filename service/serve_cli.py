@@ -17,7 +17,15 @@ from inference.devices import DEVICES, device_choice
 from inference.interrupts import say_stopped, terminations_as_interrupts
 
 from .bentoml_serve import exec_holding_stops
-from .settings import SETTINGS, ServiceSettings, SettingsError, empty_flag_refusal
+from .settings import (
+    SETTINGS,
+    ServiceSettings,
+    SettingsError,
+    accepted_range,
+    cpu_count,
+    empty_flag_refusal,
+    given_settings,
+)
 
 SERVICE_IMPORT = "service.service:Classifier"
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,8 +48,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
             "  GET  /livez /readyz /metrics, the OpenAPI document at /docs.json, its UI at /docs\n\n"
             "Images of any mode up to --max-pixels pixels are accepted: EXIF rotation is applied, they are\n"
             "converted to RGB and fitted (the model's fit, or the request's) to its input size (32x32 for CIFAR).\n\n"
-            "Every setting can also come from an environment variable (a flag wins), which is how\n"
-            "`bentoml serve` and a container are configured:\n" + env_lines
+            "Every setting can also come from an environment variable (a flag wins over its variable; an\n"
+            "empty variable means the default), which is how `bentoml serve` and a container are configured.\n"
+            "A value out of its range stops the start, naming the flag or variable (exit 2).\n" + env_lines
         ),
     )
     parser.add_argument(
@@ -77,11 +86,12 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         kwargs: dict[str, Any] = {"choices": setting.choices} if setting.choices else {"metavar": metavar}
         if name == "device":  # a GPU by its number is told how to pick it, as score and doctor tell it
             kwargs = {"type": device_choice, "metavar": "{" + ",".join(DEVICES) + "}"}
+        accepts = accepted_range(setting)
         parser.add_argument(
             setting.flag,
             dest=name,
             default=None,
-            help=f"{setting.help} (env {setting.env}; default: {shown})",
+            help=f"{setting.help} (env {setting.env}; default: {shown}{f'; {accepts}' if accepts else ''})",
             **kwargs,
         )
     parser.add_argument(
@@ -176,7 +186,9 @@ def _check_then_serve(args: argparse.Namespace) -> int:
         if settings.device == "cuda":
             _check_cuda(manifest, Path(settings.models_dir))
     except ManifestError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # A folder the user did not type on this command line (a variable left set in the shell) is named as such.
+        source = "" if args.models_dir is not None else _from_variable("models_dir", env)
+        print(f"error: {exc}{source}", file=sys.stderr)
         return 2
     except CudaPlacementError as exc:
         print(f"error: {exc}\n`python -m service doctor --device cuda` checks this host in full", file=sys.stderr)
@@ -188,6 +200,9 @@ def _check_then_serve(args: argparse.Namespace) -> int:
     env[SETTINGS["models_dir"].env] = str(Path(settings.models_dir).resolve())
     env[CHECKED_ENV] = manifest_digest(Path(settings.models_dir))
     kind = device_kind(settings.device)
+    print(given_settings(os.environ, {name: getattr(args, name, None) for name in SETTINGS}), file=sys.stderr)
+    for contradiction in settings.contradictions(on_gpu=kind == "cuda", cores=cpu_count()):
+        print(f"warning: {contradiction}", file=sys.stderr)
     print(
         f"serving {', '.join(m.name for m in manifest.models)} (default on {kind}: "
         f"{manifest.default_for(kind).name}) from {settings.models_dir} on {address(args.host, args.port)}; "
@@ -213,6 +228,13 @@ def _check_then_serve(args: argparse.Namespace) -> int:
     # exec: the server is this process, so a supervisor's SIGTERM reaches BentoML's own shutdown.
     exec_holding_stops(command, env)
     return 0  # not reached
+
+
+def _from_variable(name: str, environ: dict[str, str]) -> str:
+    """`` (CIFAR_X=value)`` where the environment set the setting, else nothing."""
+    setting = SETTINGS[name]
+    value = environ.get(setting.env, "").strip()
+    return f" ({setting.env}={value})" if value else ""
 
 
 def _check_cuda(manifest, models_dir: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, get_args
 
 from inference.devices import DEVICES, THREADS_MAXIMUM, Device, gpu_hint
+from inference.messages import counted
 from inference.preprocess import DEFAULT_MAX_PIXELS
 
 Switch = Literal["on", "off"]
@@ -84,6 +85,15 @@ class Setting:
     maximum: int = INTEGER_MAXIMUM  # and at most this
     choices: tuple[str, ...] | None = None
     text: bool = False  # plain text (neither an integer, a choice nor a path)
+
+
+def accepted_range(setting: Setting) -> str | None:
+    """The integers ``setting`` accepts, as the help says it; None for a setting that is no integer."""
+    if setting.minimum is None:
+        return None
+    if setting.maximum != INTEGER_MAXIMUM:
+        return f"{setting.minimum} to {setting.maximum}"
+    return f"{setting.minimum} or more"
 
 
 def _integer(name: str, text: str, minimum: int, maximum: int) -> int:
@@ -181,6 +191,38 @@ SETTINGS: dict[str, Setting] = {
         text=True,
     ),
 }
+
+
+def given_settings(environ: Mapping[str, str], flags: Mapping[str, str | None]) -> str:
+    """The settings given, each as it was given (``--flag VALUE`` or ``VARIABLE=VALUE``), a flag that overrides its
+    variable saying so; ``flags``: each setting's flag's value, None where the flag was not given. Keys are counted,
+    never shown: the line goes to logs."""
+    given = []
+    for name, setting in SETTINGS.items():
+        typed, from_env = flags.get(name), environ.get(setting.env, "").strip()
+        if typed is not None:
+            part = f"{setting.flag} {_shown(name, typed.strip())}"
+            if from_env and from_env != typed.strip():
+                part += f" (over {setting.env}={_shown(name, from_env)})"
+        elif from_env:
+            part = f"{setting.env}={_shown(name, from_env)}"
+        else:
+            continue
+        given.append(part)
+    if not given:
+        return "settings: the defaults (serve --help lists them)"
+    return f"settings: {', '.join(given)}; the others at their defaults"
+
+
+def _names(name: str) -> str:
+    return f"{SETTINGS[name].flag}, {SETTINGS[name].env}"
+
+
+def _shown(name: str, value: str) -> str:
+    if name == "api_keys":
+        keys = {key.strip() for key in value.split(",")} - {""}
+        return f"<{counted(len(keys), 'key')}>"
+    return value
 
 
 # An Origin header as a browser sends it (RFC 6454's serialisation): a lowercase scheme, "://", a lowercase host (an
@@ -351,6 +393,24 @@ class ServiceSettings:
                 raise SettingsError("api_keys_file", f"{self.api_keys_file} holds no key")
             keys |= file_keys
         return frozenset(keys)
+
+    def contradictions(self, on_gpu: bool, cores: int | None = None) -> list[str]:
+        """Settings that work against each other, each said with its flag and variable: the service runs as told
+        all the same (a choice may be deliberate), so ``serve`` warns of them rather than refuses."""
+        found = []
+        cores = cores or cpu_count()
+        if not on_gpu and self.workers > cores:
+            found.append(
+                f"{self.workers} workers ({_names('workers')}) on {cores} core(s) without a GPU: each worker holds "
+                "its own copy of the models, so workers beyond one per core add memory, not speed"
+            )
+        if self.max_latency_ms > self.timeout_s * 1000:
+            found.append(
+                f"a batching latency of {self.max_latency_ms} ms ({_names('max_latency_ms')}) is longer than the "
+                f"request timeout of {self.timeout_s} s ({_names('timeout_s')}): a request queued that long times "
+                "out (504) before it would be shed (503, overloaded)"
+            )
+        return found
 
     @property
     def cors_origin_list(self) -> list[str]:
