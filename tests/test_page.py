@@ -104,7 +104,7 @@ def test_a_refusal_every_image_would_get_ends_the_run_and_is_said_once(server, t
     assert len(held) == 4, held  # none sent after the refusal
     assert banner == line, banner
     assert sum(card == note for card in cards) == IMAGES - 1 and note not in cards[0], cards
-    assert status == f"0 of {IMAGES} image(s) classified by tiny; 1 could not be; {IMAGES - 1} not sent.", status
+    assert status == f"0 of {IMAGES} images classified by tiny; 1 could not be; {IMAGES - 1} not sent.", status
     assert key_asked == (case in ("no key", "unknown key", "a gateway's own login"))
 
 
@@ -147,7 +147,7 @@ def test_an_images_own_refusal_leaves_the_others_to_go_on_and_the_limit_is_in_mi
         status, banner, cards = page.inner_text("#status"), page.inner_text("#error"), _cards(page)
     assert not errors, errors
     assert limits == "up to 0.572 MiB and 1 megapixels each", limits  # 600,000 bytes / 2**20
-    assert status == f"{IMAGES - 2} of {IMAGES} image(s) classified by tiny; 2 could not be.", status
+    assert status == f"{IMAGES - 2} of {IMAGES} images classified by tiny; 2 could not be.", status
     assert "not a readable image" in cards[1] and not banner, (cards, banner)
     assert cards[3].startswith("Not sent: ") and "over the service's limit of 0.572 MiB per image" in cards[3], cards
 
@@ -190,7 +190,7 @@ def test_a_request_that_hangs_is_given_up_with_a_message_on_its_card(server, tmp
     assert not errors, errors
     assert all(card == "classifying…" for card in waiting), waiting
     assert all(card.startswith(f"No answer within {timeout_s} s") for card in cards), cards
-    assert status == "0 of 5 image(s) classified by tiny; 5 could not be.", status
+    assert status == "0 of 5 images classified by tiny; 5 could not be.", status
 
 
 # ---------------------------------------------------------------------------------------------- caching

@@ -691,7 +691,7 @@ def test_a_threshold_refused_mid_run_leaves_the_run_on_screen_to_finish(server, 
         refusal = page.inner_text("#error")
         for route in held:
             route.continue_()
-        _until(page, lambda: page.inner_text("#status").startswith("3 of 3 image(s) classified"), "classified")
+        _until(page, lambda: page.inner_text("#status").startswith("3 of 3 images classified"), "classified")
         cards = page.eval_on_selector_all(".answer", "answers => answers.map(a => a.innerText)")
         # dropped with a file that is no image: the note on it came in place of the refusal
         page.evaluate(
@@ -703,7 +703,7 @@ def test_a_threshold_refused_mid_run_leaves_the_run_on_screen_to_finish(server, 
         both = page.inner_text("#error")
     assert not errors, errors
     assert "percentage from 0 to 100" in refusal, refusal
-    assert "percentage from 0 to 100" in both and "1 dropped file(s) left out" in both, both
+    assert "percentage from 0 to 100" in both and "1 dropped file left out: not an image" in both, both
     assert len(cards) == 3 and not any("classifying" in card for card in cards), cards
 
 

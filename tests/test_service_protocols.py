@@ -602,7 +602,7 @@ def test_the_page_classifies_a_dropped_jpeg_in_a_real_browser(server, jpegs):
     assert [c for _, c, _ in rows] == pytest.approx([t["confidence"] for t in expected], abs=1e-6)
     assert all(label in text and "%" in text for label, _, text in rows)
     assert [float(w.rstrip("%")) for w in widths] == pytest.approx([100 * t["confidence"] for t in expected], abs=0.06)
-    assert "1 of 1 image(s) classified by tiny" in status
+    assert "1 of 1 image classified by tiny" in status
     assert requested and all(url.startswith(server) or url.startswith("blob:") for url in requested), requested
     assert shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
@@ -714,7 +714,7 @@ def test_the_page_survives_its_users_and_odd_answers_in_a_real_browser(server, j
         page.wait_for_timeout(500)
         before = seen["tiny"]
         page.select_option("#model", "tiny-int8")
-        _wait_for_status(page, "6 of 6 image(s) classified by tiny-int8")
+        _wait_for_status(page, "6 of 6 images classified by tiny-int8")
         for route in held:  # the old run's answers arrive late
             try:
                 route.continue_()
@@ -724,7 +724,7 @@ def test_the_page_survives_its_users_and_odd_answers_in_a_real_browser(server, j
         final = page.inner_text(status)
         bars = page.locator(".bars").count()
     assert not errors, errors
-    assert final.startswith("6 of 6 image(s) classified by tiny-int8") and bars == 6, final
+    assert final.startswith("6 of 6 images classified by tiny-int8") and bars == 6, final
     assert 1 <= len(held) <= 4 and seen["tiny"] == before  # no request of the old model after the change
 
 

@@ -24,6 +24,10 @@ const STOP_REASONS = new Set([
   "no_such_path", "method_not_allowed", "cors_refused", "unauthorized", "forbidden",
 ]);
 const KEY_STORE = "cifar-api-key";
+// The most images one pick or drop classifies: each is a card and a request, a person reads a few hundred at most,
+// and `python -m service score` is the tool for a whole data set. A dropped folder is read only this far, so that
+// a drop of a home folder ends.
+const MAX_IMAGES = 500;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -38,6 +42,13 @@ let timeoutS = DEFAULT_TIMEOUT_S; // how long one attempt is waited for; a 503's
 let picked = []; // the files shown, classified again when the model or k changes
 let current = null; // the run on screen: {id, controller}; an older run's answers are dropped, its requests aborted
 let thumbnails = []; // object URLs of the cards on screen, released when they go
+// A file's place in a dropped folder ("photos/cats/1.png"), shown on its card: two folders may each hold a 1.png.
+const paths = new WeakMap();
+const shownName = (file) => paths.get(file) ?? file.name;
+let drops = 0; // drops so far: a folder still being read when another drop comes is dropped
+
+// "1 image", "3 images"
+const count = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
 
 // To one decimal. A confidence that would round to 100% or to 0% is neither certain nor impossible, and is said
 // as such: a calibrated 99.6% is wrong about 4 times in 1,000, which "100%" would hide.
@@ -130,11 +141,11 @@ function card(file) {
   const thumbnail = document.createElement("img");
   thumbnail.src = URL.createObjectURL(file);
   thumbnails.push(thumbnail.src);
-  thumbnail.alt = `thumbnail of ${file.name}`;
+  thumbnail.alt = `thumbnail of ${shownName(file)}`;
   const body = document.createElement("div");
   body.className = "body";
   const title = document.createElement("h2");
-  title.textContent = file.name;
+  title.textContent = shownName(file);
   const answer = document.createElement("div");
   answer.className = "answer";
   answer.textContent = "classifying…";
@@ -345,7 +356,7 @@ async function run(files) {
     answer.className = "answer error unsent";
     unsent += 1;
   };
-  ui.status.textContent = `Classifying ${files.length} image(s)…`;
+  ui.status.textContent = `Classifying ${count(files.length, "image")}…`;
   const worker = async () => {
     while (jobs.length && current === self && !self.stop) {
       const [file, answer] = jobs.shift();
@@ -354,7 +365,7 @@ async function run(files) {
       });
       if (current !== self) return; // a newer run owns the page now
       if (result.prediction) {
-        drawBars(answer, result.prediction, file.name, settings.minConfidence);
+        drawBars(answer, result.prediction, shownName(file), settings.minConfidence);
         classified += 1;
       } else if (self.stop && (result.aborted || result.stop)) {
         notSent(answer); // in flight when the run stopped: its answer, were it to come, is the same refusal
@@ -380,17 +391,123 @@ async function run(files) {
   if (current !== self) return;
   for (const [, answer] of jobs) notSent(answer);
   const failed = files.length - classified - unsent;
-  ui.status.textContent = `${classified} of ${files.length} image(s) classified` +
+  ui.status.textContent = `${classified} of ${count(files.length, "image")} classified` +
     (settings.model ? ` by ${settings.model}` : "") + (failed ? `; ${failed} could not be` : "") +
     (unsent ? `; ${unsent} not sent` : "") + ".";
 }
 
-function pick(fileList, leftOut = 0) {
-  picked = Array.from(fileList);
+// What a drop left out, in a sentence for each kind; `more`: images past MAX_IMAGES.
+function leftOutNotes({ notImages = 0, unreadable = 0, more = false }) {
+  const notes = [];
+  if (notImages) {
+    notes.push(`${count(notImages, "dropped file")} left out: ${notImages === 1 ? "not an image" : "not images"}.`);
+  }
+  if (unreadable) {
+    notes.push(`${count(unreadable, "file or folder", "files or folders")} in the drop could not be read.`);
+  }
+  if (more) {
+    notes.push(`Only the first ${MAX_IMAGES} images are classified: the page takes ${MAX_IMAGES} at a time ` +
+      "(python -m service score scores a whole folder).");
+  }
+  return notes;
+}
+
+function pick(files, leftOut = {}) {
+  picked = Array.from(files).slice(0, MAX_IMAGES);
+  const notes = leftOutNotes({ ...leftOut, more: leftOut.more || files.length > MAX_IMAGES });
   ui.files.value = ""; // choosing the same file again is then a change too (to retry it)
   if (picked.length) run(picked);
   // after the run's own message (a refused threshold), not in its place
-  if (leftOut) ui.error.textContent = `${ui.error.textContent} ${leftOut} dropped file(s) left out: not images.`.trim();
+  if (notes.length) ui.error.textContent = `${ui.error.textContent} ${notes.join(" ")}`.trim();
+}
+
+// What the page sends: a file the browser types as an image, or one it cannot type (the service reads it by its
+// bytes, and refuses it alone where it is no image).
+const isImage = (file) => file.type.startsWith("image/") || !file.type;
+// Hidden files and folders in a dropped folder (.DS_Store, .thumbnails/, .git/) are no one's images: left out as
+// the batch scorer leaves them (inference/tree_files.py).
+const isHidden = (name) => name.startsWith(".") && name !== "." && name !== "..";
+
+// All of a folder's entries: readEntries answers in batches (Chrome's hold 100) until it answers an empty one.
+function entriesOf(directory) {
+  const reader = directory.createReader();
+  const entries = [];
+  return new Promise((resolve, reject) => {
+    const more = () => reader.readEntries((batch) => {
+      if (!batch.length) return resolve(entries);
+      entries.push(...batch);
+      more();
+    }, reject);
+    more();
+  });
+}
+
+const fileOf = (entry) => new Promise((resolve, reject) => entry.file(resolve, reject));
+
+// The images among what was dropped, each {file} or {directory: a FileSystemDirectoryEntry}: folders are read
+// depth first in name order, at most `limit` images are taken, and the reading stops there.
+// Returns {images: [{file, path}], notImages, unreadable, more}; `more`: there were images past `limit`.
+async function imagesDropped(dropped, limit) {
+  const found = { images: [], notImages: 0, unreadable: 0, more: false };
+  const take = (file, path) => {
+    if (!isImage(file)) found.notImages += 1;
+    else if (found.images.length < limit) found.images.push({ file, path });
+    else found.more = true;
+  };
+  const read = async (directory) => {
+    let entries;
+    try {
+      entries = await entriesOf(directory);
+    } catch {
+      found.unreadable += 1;
+      return;
+    }
+    entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const entry of entries) {
+      if (found.more) return;
+      if (isHidden(entry.name)) continue;
+      if (entry.isDirectory) {
+        await read(entry);
+        continue;
+      }
+      try {
+        take(await fileOf(entry), entry.fullPath.replace(/^\//, ""));
+      } catch {
+        found.unreadable += 1;
+      }
+    }
+  };
+  for (const item of dropped) {
+    if (found.more) break;
+    if (item.directory) await read(item.directory);
+    else take(item.file, item.file.name);
+  }
+  return found;
+}
+
+async function drop(dataTransfer) {
+  const self = ++drops;
+  // Taken now: the drop's items are gone once its event is handled. A folder is an entry to read; a browser
+  // without webkitGetAsEntry, or a file a script put in the DataTransfer (no entry), is the File itself.
+  const items = Array.from(dataTransfer.items || []).filter((item) => item.kind === "file");
+  const dropped = items.length ?
+    items.map((item) => {
+      const entry = item.webkitGetAsEntry ? item.webkitGetAsEntry() : null;
+      return entry && entry.isDirectory ? { directory: entry } : { file: item.getAsFile() };
+    }) :
+    Array.from(dataTransfer.files, (file) => ({ file }));
+  const before = ui.status.textContent;
+  const reading = "Reading the dropped folder…";
+  if (dropped.some((item) => item.directory)) ui.status.textContent = reading;
+  const found = await imagesDropped(dropped, MAX_IMAGES);
+  if (self !== drops) return; // a later drop is the one to classify
+  if (ui.status.textContent === reading) ui.status.textContent = before; // what is still on screen, if no images
+  for (const { file, path } of found.images) paths.set(file, path);
+  if (found.images.length) pick(found.images.map(({ file }) => file), found);
+  else if (dropped.length) {
+    const unread = leftOutNotes({ unreadable: found.unreadable });
+    ui.error.textContent = ["None of the dropped files is an image.", ...unread].join(" ");
+  }
 }
 
 // The form holds only choices: Enter in the key field must not submit it (the key would go into the URL).
@@ -419,10 +536,7 @@ for (const type of ["dragleave", "drop"]) {
 }
 ui.drop.addEventListener("drop", (event) => {
   event.preventDefault();
-  const files = Array.from(event.dataTransfer.files);
-  const images = files.filter((file) => file.type.startsWith("image/") || !file.type);
-  if (images.length) pick(images, files.length - images.length);
-  else if (files.length) ui.error.textContent = "None of the dropped files is an image.";
+  drop(event.dataTransfer);
 });
 // A file dropped beside the zone would otherwise replace the page with itself.
 for (const type of ["dragover", "drop"]) {
