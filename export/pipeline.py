@@ -269,9 +269,9 @@ def export_checkpoint(
         )
         if max_val_images is not None and (make_default or default_for):
             log.warning(
-                "%r becomes a default with figures measured on %d validation images only (--max-val-images)",
+                "%r becomes a default with figures measured on %s only (--max-val-images)",
                 name,
-                max_val_images,
+                counted(max_val_images, "validation image"),
             )
         model = with_tta(model_from_checkpoint(ckpt), tta)
         val = validation_split(source, max_val_images, meta["classes"], moved=data_root is not None)
@@ -401,9 +401,9 @@ def convert_variant(
         if calibration_count and used is not None and used < calibration_count:
             # the card records the count used; the one asked for would otherwise be taken for it
             log.warning(
-                "--calibration-images %d: the training split holds %d images, so all of them calibrate %s",
+                "--calibration-images %d: the training split holds %s, so all of them calibrate %s",
                 calibration_count,
-                used,
+                counted(used, "image"),
                 card.name,
             )
     write_card(out, card)

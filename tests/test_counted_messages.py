@@ -140,3 +140,21 @@ def test_a_folder_of_one_unreadable_image_says_one_of_one_image(tmp_path):
     (tmp_path / "cat" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match=r": 1 of 1 image cannot be used \(remove or fix them\): cat/broken.png"):
         read_image_folder(tmp_path)
+
+
+def test_a_default_measured_on_one_validation_image_says_one_image(tiny_run, tmp_path, caplog):
+    """``--max-val-images 1 --default`` warned of figures 'measured on 1 validation images only'."""
+    from export.pipeline import export_checkpoint
+
+    with caplog.at_level("WARNING"):
+        export_checkpoint(
+            tiny_run / "best.pt",
+            "one",
+            "fp32",
+            tmp_path / "models",
+            make_default=True,
+            cache_dir=None,
+            calibrate="none",
+            max_val_images=1,
+        )
+    assert "figures measured on 1 validation image only" in caplog.text, caplog.text
