@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,8 @@ def evaluate(model: nn.Module, loader: TensorLoader, bf16: bool) -> dict[str, fl
 class Trainer:
     # the network, or the DDP and torch.compile wrappers around it that the batches go through
     forward_model: nn.Module
+    # the DDP wrapper under torchrun, whose no_sync a micro-batch runs in (torch.compile's wrapper has none)
+    ddp: nn.parallel.DistributedDataParallel | None
 
     def __init__(
         self, config: Config, out_dir: str | Path, resuming: bool = False, started_on: dict[str, Any] | None = None
@@ -239,9 +242,9 @@ class Trainer:
     def _wrap_for_processes(self) -> None:
         """The module the batches go through: the network itself, or its DDP wrapper under torchrun."""
         t = self.config.train
-        self.forward_model = self.model
+        self.forward_model, self.ddp = self.model, None
         if self.dist.enabled:
-            self.forward_model = nn.parallel.DistributedDataParallel(
+            self.forward_model = self.ddp = nn.parallel.DistributedDataParallel(
                 self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 # DDP expects a gradient for every parameter that trained when it was built; a whitening bias
@@ -412,21 +415,31 @@ class Trainer:
         is recorded for the next epochs' pruning."""
         size = self.config.train.micro_batch_size or len(x)
         logits, loss_sum = [], torch.zeros((), device=x.device)
-        for begin in range(0, len(x), size):
+        starts = range(0, len(x), size)
+        for begin in starts:
             part = slice(begin, begin + size)
             target = part_of(y, part)
-            with autocast(self.device, self.bf16):
-                out = self.forward_model(x[part])
-                if isinstance(target, PrunedTargets):
-                    losses = self._loss(out.float(), target.target, reduction="none")
-                    self.train_loader.record_losses(target.index, losses.detach())
-                    loss = (losses * target.weight).sum() / target.full
-                else:
-                    loss = self._loss(out.float(), target) * (len(out) / len(x))
-            loss.backward()
+            with self._exchange_unless(begin != starts[-1]):
+                with autocast(self.device, self.bf16):
+                    out = self.forward_model(x[part])
+                    if isinstance(target, PrunedTargets):
+                        losses = self._loss(out.float(), target.target, reduction="none")
+                        self.train_loader.record_losses(target.index, losses.detach())
+                        loss = (losses * target.weight).sum() / target.full
+                    else:
+                        loss = self._loss(out.float(), target) * (len(out) / len(x))
+                loss.backward()
             logits.append(out.detach())
             loss_sum += loss.detach()
         return torch.cat(logits), loss_sum
+
+    def _exchange_unless(self, accumulating: bool) -> AbstractContextManager:
+        """Where the forward and backward passes of a micro-batch run: under DDP, a micro-batch before the last
+        keeps its gradients to itself (``no_sync``), and the last one's backward exchanges their sum, once per step
+        instead of once per micro-batch. Every rank makes that one exchange per step (and DDP's one broadcast of
+        rank 0's BatchNorm statistics, at the step's first forward) however many micro-batches it runs, so the
+        ranks' collectives keep in step even where their batches split differently."""
+        return self.ddp.no_sync() if self.ddp is not None and accumulating else nullcontext()
 
     def _loss(self, logits: torch.Tensor, target: Targets, reduction: str = "mean") -> torch.Tensor:
         t = self.config.train
@@ -489,7 +502,7 @@ class Trainer:
         left to the interpreter's exit, where a rank once aborted ("terminate called without an active
         exception")."""
         if self.dist.enabled:
-            self.forward_model = self.model
+            self.forward_model, self.ddp = self.model, None
             gc.collect()
         distributed.cleanup(self.dist)
 
