@@ -122,6 +122,11 @@ class ModelCard(BaseModel):
         top1 = self.metrics["val_top1"]
         if isinstance(top1, bool) or not isinstance(top1, (int, float)) or not 0 <= top1 <= 1:
             raise ValueError(f"model {self.name!r}: metrics.val_top1 must be a fraction from 0 to 1, not {top1!r}")
+        samples = self.metrics.get("val_samples")
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+            raise ValueError(
+                f"model {self.name!r}: metrics.val_samples must be a whole number of images, not {samples!r}"
+            )
         return self
 
 

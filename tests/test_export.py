@@ -266,6 +266,11 @@ def test_a_manifest_entry_whose_file_is_outside_the_folder_or_whose_accuracy_is_
     for broken, said in (
         ({**raw, "models": [*raw["models"], second]}, "models.1.file: String should match pattern"),
         ({**raw, "models": [dict(raw["models"][0], metrics={"val_top1": None})]}, "val_top1 must be a fraction"),
+        # a hand-edited count: `list` ended in "ValueError: Cannot specify ',' with 's'."
+        (
+            {**raw, "models": [dict(raw["models"][0], metrics={"val_top1": 0.5, "val_samples": "5000"})]},
+            "val_samples must be a whole number of images, not '5000'",
+        ),
     ):
         (m / "manifest.json").write_text(json.dumps(broken))
         for command in (["remove", "second"], ["list"]):
