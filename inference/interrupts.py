@@ -95,16 +95,23 @@ def terminations_as_interrupts() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def interrupts_held() -> Iterator[None]:
+def interrupts_held(on_stop: Callable[[], None] | None = None) -> Iterator[None]:
     """Ctrl-C, SIGTERM and SIGHUP held off while the body runs (renames that must happen together), then acted
-    on as they would have been: the body is never stopped halfway. Only the main thread may set handlers:
-    elsewhere the body runs as it is."""
+    on as they would have been: the body is never stopped halfway. ``on_stop`` is called as each stop is held,
+    for a body that a stop should hurry (the scorer abandons the requests it waits for). Only the main thread may
+    set handlers: elsewhere the body runs as it is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     held: list[int] = []
+
+    def hold(signum: int, _frame: FrameType | None) -> None:
+        held.append(signum)
+        if on_stop is not None:
+            on_stop()
+
     signals = [s for s in (signal.SIGINT, *CAUGHT) if signal.getsignal(s) not in (signal.SIG_IGN, None)]
-    previous = {s: signal.signal(s, lambda signum, _frame: held.append(signum)) for s in signals}
+    previous = {s: signal.signal(s, hold) for s in signals}
     try:
         yield
     finally:

@@ -36,6 +36,8 @@ def is_tar_archive(path: str | Path) -> bool:
     path = Path(path)
     if path.name.lower().endswith(ARCHIVE_SUFFIXES):
         return True
+    if not path.is_file():  # a named pipe would block the probe below until something writes to it
+        return False
     try:
         return tarfile.is_tarfile(path)
     except (OSError, EOFError):

@@ -341,7 +341,8 @@ def test_a_second_ctrl_c_while_the_requests_in_flight_end_ends_the_run_at_once(s
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err, err
     assert proc.returncode == 130, err
-    assert lines[0].startswith("interrupted: scored 2, failed 0"), lines
+    assert lines[0] == "waiting for 1 request in flight (up to 120 s): Ctrl-C again to abandon it", lines
+    assert lines[1].startswith("interrupted: scored 2, failed 0"), lines
     assert lines[-1] == f"the rows so far are in {out}: rerun with --resume to continue", lines
     service.release.set()
     assert score_main([str(folder), "--url", url, "--out", str(out), "--resume", "--no-progress"]) == 0

@@ -9,7 +9,6 @@ import email.utils
 import io
 import os
 import re
-import signal
 import socket
 import ssl
 import sys
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from pydantic import ValidationError
 
-from inference.interrupts import CAUGHT, give_back
+from inference.interrupts import interrupts_held
 from inference.messages import counted, validation_problems
 
 from ..contract import REASONS, ClassifyError, ClassifyResponse, Limits, ModelList
@@ -101,8 +100,10 @@ class RemoteBackend:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # Every connection's socket, which ``_abandon`` shuts under the requests in flight.
         self._sockets: list[socket.socket] = []
-        self._sockets_lock = threading.Lock()
+        # re-entrant: a stop's handler (``_abandon``) may run inside another's, on the thread that holds it
+        self._sockets_lock = threading.RLock()
         self._abandoned = False
+        self._posting = 0  # requests sent and not yet answered, for the line that says the run waits for them
         self.client = httpx.Client(
             base_url=self.url, timeout=timeout, headers=headers, event_hooks={"request": [self._traced]}
         )
@@ -243,7 +244,13 @@ class RemoteBackend:
         return max(1, count)
 
     def rows(self, chunks: Iterator[list[Entry]]) -> Iterator[list[Row]]:
-        return pipeline(chunks, self)
+        """The rows of ``chunks``. A stop while the run waits for them (Ctrl-C, SIGTERM) has the requests in flight
+        waited for here, where the wait can be said, before the run's summary; a stop after it is dropped."""
+        try:
+            yield from pipeline(chunks, self)
+        except KeyboardInterrupt:
+            self._end_requests(said=True)
+            raise
 
     def submit(self, chunk: list[Entry]) -> Future:
         return self.pool.submit(self._score_chunk, chunk)
@@ -470,7 +477,7 @@ class RemoteBackend:
             wait = delay
             asked = None
             try:
-                with self._turn():
+                with self._turn(), self._posted():
                     response = self.client.post("/classify", files=files, data=form)
             except httpx.TransportError as exc:
                 unreached = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
@@ -522,42 +529,39 @@ class RemoteBackend:
             return f"no answer within {self.timeout:g} s (--timeout)"
         return f"{type(exc).__name__}: {exc}"
 
-    def close(self) -> None:
-        self._stop("the run stopped")
-        try:
-            # The requests in flight are let end (each within --timeout), unless a stop comes meanwhile (Ctrl-C
-            # again, after the one that stopped the run): their rows would be dropped, and the wait is the user's.
-            with self._stops_abandon():
-                self.pool.shutdown(wait=True, cancel_futures=True)
-        except KeyboardInterrupt:
-            # That stop, gone on to a handler that raises it (a run holds and drops its stops after the first): the
-            # run has stopped already, its rows and status are the first stop's, and a traceback would say nothing
-            # more.
-            pass
-        self.client.close()
-
     @contextmanager
-    def _stops_abandon(self) -> Iterator[None]:
-        """Ctrl-C, SIGTERM and SIGHUP abandon the requests in flight while the body waits for them, then go on to
-        the handlers they would have met (``interrupts_held``, with this done as each stop comes). Only the main
-        thread may set handlers: elsewhere the body runs as it is."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        held: list[int] = []
-
-        def abandon(signum: int, _frame: object) -> None:
-            held.append(signum)
-            self._abandon()
-
-        signals = [s for s in (signal.SIGINT, *CAUGHT) if signal.getsignal(s) not in (signal.SIG_IGN, None)]
-        previous = {s: signal.signal(s, abandon) for s in signals}
+    def _posted(self) -> Iterator[None]:
+        with self._sockets_lock:
+            self._posting += 1
         try:
             yield
         finally:
-            give_back(previous)
-            if held:
-                signal.raise_signal(held[0])
+            with self._sockets_lock:
+                self._posting -= 1
+
+    def close(self) -> None:
+        self._end_requests()
+        self.client.close()
+
+    def _end_requests(self, said: bool = False) -> None:
+        """Stop the workers, and let the requests in flight end (each within --timeout), unless a stop comes
+        meanwhile (Ctrl-C again, after the one that stopped the run): their rows would be dropped, and the wait is
+        the user's. ``said``: the wait is said where requests are in flight (a run stopped by the user)."""
+        self._stop("the run stopped")
+        posting = self._posting
+        if said and posting:
+            them = "it" if posting == 1 else "them"
+            _say(
+                f"waiting for {counted(posting, 'request')} in flight (up to {self.timeout:g} s): Ctrl-C again to "
+                f"abandon {them}"
+            )
+        try:
+            with interrupts_held(on_stop=self._abandon):
+                self.pool.shutdown(wait=True, cancel_futures=True)
+        except KeyboardInterrupt:
+            # That stop, gone on to a handler that raises it: the run has stopped already, its rows and status are
+            # the first stop's, and a traceback would say nothing more.
+            pass
 
     def _abandon(self) -> None:
         """End the requests in flight now: their connections are shut, so that each worker's read or write ends

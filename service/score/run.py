@@ -7,8 +7,10 @@ import contextlib
 import errno
 import heapq
 import itertools
+import logging
 import math
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -29,6 +31,7 @@ from inference.interrupts import (
     take_over_terminations,
 )
 from inference.preprocess import IMAGE_EXTENSIONS, is_image_name
+from inference.tree_files import is_tar_archive
 
 from ..settings import THREADS_MAXIMUM, empty_flag_refusal
 from .accuracy import FolderAccuracy
@@ -204,7 +207,7 @@ def _validate(args) -> str:
     if refused := empty_flag_refusal({flag: getattr(args, dest, None) for dest, flag in _PATHS}):
         raise UserError(refused)
     if not os.path.isdir(args.dir):
-        raise UserError(f"{args.dir} is not a folder" if os.path.exists(args.dir) else f"{args.dir} does not exist")
+        raise UserError(_not_a_folder(args.dir))
     if args.k < 1:
         raise UserError(f"--k must be at least 1, not {args.k}")
     if args.model is not None and not args.model.strip():  # a shell variable never set: not the default, unsaid
@@ -245,6 +248,18 @@ def _validate(args) -> str:
             raise UserError(f"--resume needs --out to be a file it can read back; {args.out} is not a regular file")
         _check_writable(args.out, replaces=getattr(args, "overwrite", False) and not holds_no_rows(args.out))
     return fmt
+
+
+def _not_a_folder(path: str) -> str:
+    """Why ``path``, given as DIR, cannot be scored. An archive, which training reads, is to be unpacked: the walk
+    reads folders (worded as `service doctor --folder` refuses one)."""
+    if not os.path.exists(path):
+        return f"{path} does not exist"
+    zipped = path.lower().endswith(".zip")
+    if os.path.isfile(path) and (zipped or is_tar_archive(path)):  # a pipe's read would block: it is none
+        unpack = f"unzip {shlex.quote(path)} -d DIR" if zipped else f"tar xf {shlex.quote(path)} -C DIR"
+        return f"{path} is an archive, not a folder: unpack it (mkdir DIR && {unpack}) and score DIR"
+    return f"{path} is not a folder"
 
 
 def _check_writable(out: str, replaces: bool) -> None:
@@ -362,10 +377,34 @@ def run(args: argparse.Namespace) -> int:
         # Once a stop has ended the run, the stops after it are held off and dropped (``stopping`` then holds
         # ``stops_dropped``) until the run has said where it stopped and closed its engine: a second Ctrl-C would
         # cut those short with a traceback, and the status is the first stop's.
-        with contextlib.ExitStack() as stopping:
+        with _library_warnings_said(), contextlib.ExitStack() as stopping:
             return _job(args, previous, stopping)
     finally:
         give_back(previous)
+
+
+class _Said(logging.Handler):
+    """A log record as the scorer's own lines are written: ``warning: ...`` on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr, flush=True)
+        except Exception:  # as logging's own handlers: a record that cannot be written never stops the run
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _library_warnings_said() -> Iterator[None]:
+    """The warnings the shared code logs (``inference``: onnxruntime.preload_dlls() failing on a GPU host), said
+    as the scorer's other warnings are: the scorer configures no logging, and Python's last-resort handler
+    would print them bare. The service logs them through its own setup."""
+    logger = logging.getLogger("inference")
+    handler = _Said(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def _job(args: argparse.Namespace, previous: dict[int, Handler], stopping: contextlib.ExitStack) -> int:
