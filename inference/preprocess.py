@@ -10,8 +10,9 @@ formats have no reduced decode: right after loading, one over a megapixel is shr
 (``Image.reduce``, box averages) under the same rule, before anything else copies it at full size.
 
 What a photo is read as: an animation (GIF, WebP, APNG) or a multi-picture file (MPO, TIFF pages) as its first
-frame; transparent pixels (alpha, a palette's or a colour key's) composited on white, as a viewer shows them;
-CMYK JPEGs (and YCCK ones, which libjpeg reads as CMYK) through Pillow's conversion; 16-bit and float grey
+frame; transparent pixels (alpha, straight or premultiplied, a palette's or a colour key's) composited on white,
+as a viewer shows them; CMYK JPEGs (and YCCK ones, which libjpeg reads as CMYK) through Pillow's conversion, CIELAB
+TIFFs through its colour-managed one (littlecms2: refused where Pillow lacks it); 16-bit and float grey
 scaled to 8 bits (``_to_8bit``); a truncated file refused, never decoded in part. An embedded ICC profile is
 ignored: the samples are read as sRGB, as CIFAR's were, so a wide-gamut photo (Display P3, Adobe RGB) comes out
 a little less saturated than a colour-managed viewer shows it, the same way in training and in serving. HEIC is
@@ -30,7 +31,7 @@ import warnings
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from .errors import UsageError
 from .fits import Extent, fit_image, get_fit
@@ -483,6 +484,11 @@ def to_rgb_image(
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     image = _to_8bit(image)
+    if image.mode == "LAB" and not features.check("littlecms2"):
+        # Pillow converts CIELAB through littlecms; without it the conversion fails with an ImportError.
+        raise ImageDecodeError(
+            "CIELAB images are not readable here (this Pillow was built without littlecms2); save the image as RGB"
+        )
     if _transparent(image):
         # Transparent pixels go onto white, which is what a viewer shows.
         image = image.convert("RGBA")
@@ -497,6 +503,9 @@ FLOAT_UNIT_BELOW = 2.0
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
+    if image.mode == "La":
+        # A TIFF's grey with associated (premultiplied) alpha: Pillow converts "La" to nothing but "LA".
+        return image.convert("LA")
     key = image.info.get("transparency")
     if image.mode == "RGB" and isinstance(key, tuple) and max(key) > 255:
         # A 16-bit RGB PNG: Pillow keeps each sample's high byte, but compares the key's low bytes with them, so
@@ -536,6 +545,8 @@ KEYED_MODES = ("P", "1", "L", "RGB")
 
 
 def _transparent(image: Image.Image) -> bool:
+    if image.mode == "P" and image.palette is not None and image.palette.mode == "RGBA":
+        return True  # alpha in the palette itself (a colour-mapped TGA's 32-bit map, a JPEG 2000's), with no key
     return image.mode in ("RGBA", "LA", "PA") or (image.mode in KEYED_MODES and "transparency" in image.info)
 
 
