@@ -13,6 +13,7 @@ import argparse
 import ctypes
 import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from inference.devices import DEVICE_KINDS, DEVICES, Device, device_choice
 from inference.errors import UsageError
 from inference.interrupts import say_stopped, terminations_as_interrupts
 from inference.manifest import Manifest, ManifestError, ModelEntry, file_problems, load_manifest
+from inference.messages import counted
 from inference.precisions import precision
 from inference.preprocess import IMAGE_EXTENSIONS, decode_image, to_model_input
 from inference.tree_files import is_hidden, is_tar_archive, is_tree_image
@@ -141,7 +143,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         settings = ServiceSettings.checked({**os.environ, **{k: v for k, v in flags.items() if v is not None}})
     except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        flagged = flags.get(SETTINGS[exc.setting].env) is not None  # from the flag: name what was typed, as serve does
+        print(f"error: {exc.named(SETTINGS[exc.setting].flag) if flagged else exc}", file=sys.stderr)
         return 2
     models_dir, device = settings.models_dir, settings.device
     refused = _folder_refusal(args.folder) if args.folder else None
@@ -183,7 +186,8 @@ def _folder_refusal(folder: str) -> str | None:
     if not path.exists():
         return f"--folder {folder} is not a folder: it does not exist"
     if is_tar_archive(path) or path.name.lower().endswith(".zip"):
-        unpack = f"unzip {folder} -d DIR" if path.name.lower().endswith(".zip") else f"tar xf {folder} -C DIR"
+        quoted = shlex.quote(folder)  # a command that can be pasted as it is, spaces and all
+        unpack = f"unzip {quoted} -d DIR" if path.name.lower().endswith(".zip") else f"tar xf {quoted} -C DIR"
         return (
             f"--folder {folder} is an archive, not a folder: unpack it (mkdir DIR && {unpack}) and give --folder "
             "the folder in DIR that holds one sub-folder per class"
@@ -392,7 +396,7 @@ def _check_model(
     if labelled is not None:
         images, labels = labelled
         accuracy = _accuracy(model, images, labels)
-        text = f"accuracy {100 * accuracy:.2f}% on {len(labels)} images (recorded on validation: "
+        text = f"accuracy {100 * accuracy:.2f}% on {counted(len(labels), 'image')} (recorded on validation: "
         text += f"{100 * entry.metrics['val_top1']:.2f}%)"
         if model.on_gpu:
             on_cpu = _accuracy(cpu, images, labels)

@@ -24,7 +24,7 @@ from .settings import (
     accepted_range,
     cpu_count,
     empty_flag_refusal,
-    given_settings,
+    start_notes,
 )
 
 SERVICE_IMPORT = "service.service:Classifier"
@@ -200,9 +200,9 @@ def _check_then_serve(args: argparse.Namespace) -> int:
     env[SETTINGS["models_dir"].env] = str(Path(settings.models_dir).resolve())
     env[CHECKED_ENV] = manifest_digest(Path(settings.models_dir))
     kind = device_kind(settings.device)
-    print(given_settings(os.environ, {name: getattr(args, name, None) for name in SETTINGS}), file=sys.stderr)
-    for contradiction in settings.contradictions(on_gpu=kind == "cuda", cores=cpu_count()):
-        print(f"warning: {contradiction}", file=sys.stderr)
+    given = {name: getattr(args, name, None) for name in SETTINGS}
+    for note in start_notes(os.environ, given, settings, on_gpu=kind == "cuda", cores=cpu_count()):
+        print(note, file=sys.stderr)
     print(
         f"serving {', '.join(m.name for m in manifest.models)} (default on {kind}: "
         f"{manifest.default_for(kind).name}) from {settings.models_dir} on {address(args.host, args.port)}; "

@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Awaitable, Callable, Literal, Optional, cast
+from typing import Annotated, Any, Awaitable, Callable, Literal, Mapping, Optional, cast
 
 import anyio
 import bentoml
@@ -74,7 +74,7 @@ from .oip_http import oip_routes
 from .openapi import document_openapi
 from .page import page_routes
 from .process_end import end_worker
-from .settings import ServiceSettings, SettingsError, cpu_count
+from .settings import ServiceSettings, SettingsError, cpu_count, start_notes
 from .uploads import (
     Upload,
     decode_uploads,
@@ -98,6 +98,7 @@ with bentoml.importing():  # onnxruntime may be missing where the Bento is only 
     from inference.runtime import top_k, wants_cuda
 
     from .loading import (
+        CHECKED_ENV,
         BackgroundLoad,
         LoadedModel,
         LoadedModels,
@@ -137,7 +138,21 @@ def _on_gpu() -> bool:
         return False
 
 
+def says_the_settings(worker_index: int | None, environ: Mapping[str, str]) -> bool:
+    """Whether this process says what the start runs with (``start_notes``: the settings given, the warnings): the
+    server's own process, once, not each worker; and not a server that `python -m service serve` became, which
+    said it before (its mark of the manifest it checked is in the environment)."""
+    try:
+        mark = CHECKED_ENV
+    except NameError:  # onnxruntime not importable where the service is only being built: no server runs here
+        return False
+    return worker_index is None and not environ.get(mark)
+
+
 ON_GPU = _on_gpu()
+if says_the_settings(bentoml.server_context.worker_index, os.environ):
+    for note in start_notes(os.environ, {}, SETTINGS, on_gpu=ON_GPU, cores=cpu_count()):
+        print(note, file=sys.stderr, flush=True)
 # One worker per visible GPU unless --workers says otherwise; BentoML makes GPUS devices visible to the workers
 # (resources below) and each takes its own by its index (service/workers.py).
 GPUS = len(gpu_report().gpus) if ON_GPU else 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, get_args
 
@@ -214,6 +214,26 @@ def given_settings(environ: Mapping[str, str], flags: Mapping[str, str | None]) 
     return f"settings: {', '.join(given)}; the others at their defaults"
 
 
+def start_notes(
+    environ: Mapping[str, str], flags: Mapping[str, str | None], settings: ServiceSettings, on_gpu: bool, cores: int
+) -> list[str]:
+    """What a start says before the server runs, a line each: the settings given (``given_settings``), then a
+    ``warning:`` for a key variable set but empty while no key is asked for, and one for each of the settings'
+    ``contradictions``. ``settings``: those the service runs with, flags and variables together."""
+    notes = [given_settings(environ, flags)]
+    if not settings.api_keys.strip() and settings.api_keys_file is None:
+        # `CIFAR_API_KEYS=${KEYS}` in a Compose file with KEYS unset: meant to close the service, it runs open
+        for name in ("api_keys", "api_keys_file"):
+            variable = SETTINGS[name].env
+            if variable in environ and not environ[variable].strip():
+                notes.append(
+                    f"warning: {variable} is set but empty: the service runs without keys (unset it, or give "
+                    f"{'keys' if name == 'api_keys' else 'a file of keys'})"
+                )
+    notes += [f"warning: {found}" for found in settings.contradictions(on_gpu, cores)]
+    return notes
+
+
 def _names(name: str) -> str:
     return f"{SETTINGS[name].flag}, {SETTINGS[name].env}"
 
@@ -354,13 +374,6 @@ class ServiceSettings:
         settings = cls.from_env(environ)
         settings.api_key_set()
         return settings
-
-    def to_env(self) -> dict[str, str]:
-        """The variables that reproduce these settings in another process."""
-        return {
-            SETTINGS[f.name].env: "" if getattr(self, f.name) is None else str(getattr(self, f.name))
-            for f in fields(self)
-        }
 
     # ``cores``: the cores one worker sizes its threads for (service/workers.py); None: all this process may use.
     def inference_streams(self, on_gpu: bool = False, cores: int | None = None) -> int:

@@ -121,3 +121,9 @@ def test_the_doctor_given_another_file_or_nothing_says_which(tmp_path, capsys):
     )
     code, err = _doctor(tmp_path / "nope", capsys)
     assert code == 2 and err == f"error: --folder {tmp_path / 'nope'} is not a folder: it does not exist\n"
+
+
+def test_the_doctors_unpack_command_can_be_pasted_where_the_path_has_spaces(tmp_path, capsys):
+    archive = _archive(tmp_path).rename(tmp_path / "my pets.tgz")
+    code, err = _doctor(archive, capsys)
+    assert code == 2 and f"tar xf '{archive}' -C DIR" in err, err

@@ -124,3 +124,65 @@ def test_a_models_folder_from_the_environment_is_named_when_it_is_refused(
     # Typed on the command line, the folder is the user's own: the variable it overrides is not named.
     assert service_main(["serve", "--port", str(_free_port()), "--models-dir", str(missing)]) == 2
     assert "CIFAR_MODELS_DIR" not in capsys.readouterr().err
+
+
+def test_an_empty_key_variable_is_warned_of_as_the_service_runs_open(no_settings_in_env, monkeypatch, capsys):
+    """`CIFAR_API_KEYS=${KEYS}` in a Compose file with KEYS unset ran the service open without a word, where
+    `--api-keys " "` is refused. Empty still means the default, with a warning; none where keys come otherwise."""
+    keys = "warning: CIFAR_API_KEYS is set but empty: the service runs without keys (unset it, or give keys)"
+    key_file = (
+        "warning: CIFAR_API_KEYS_FILE is set but empty: the service runs without keys (unset it, or give a file "
+        "of keys)"
+    )
+    monkeypatch.setenv("CIFAR_API_KEYS", "")
+    err = _serve_until_the_exec(monkeypatch, capsys, "--models-dir", str(ROOT / "models"), "--device", "cpu")
+    assert [line for line in err.splitlines() if line.startswith("warning:")] == [keys], err
+    err = _serve_until_the_exec(monkeypatch, capsys, "--device", "cpu", "--api-keys", "first-secret")
+    assert "warning:" not in err and "settings: --device cpu, --api-keys <1 key>; " in err, err
+
+    from service.settings import ServiceSettings, start_notes
+
+    def warnings(environ: dict[str, str], settings: ServiceSettings) -> list[str]:
+        notes = start_notes(environ, {}, settings, on_gpu=False, cores=2)
+        return [note for note in notes if note.startswith("warning:")]
+
+    open_service = ServiceSettings()
+    assert warnings({"CIFAR_API_KEYS": " ", "CIFAR_API_KEYS_FILE": ""}, open_service) == [keys, key_file]
+    assert warnings({"CIFAR_API_KEYS_FILE": "\t"}, open_service) == [key_file]
+    assert warnings({}, open_service) == []
+    from_file = ServiceSettings(api_keys_file=Path("/run/secrets/keys"))  # the keys come from the file
+    assert warnings({"CIFAR_API_KEYS": ""}, from_file) == []
+    assert warnings({"CIFAR_API_KEYS_FILE": ""}, ServiceSettings(api_keys="first-secret")) == []
+
+
+def test_the_containers_bentoml_serve_says_the_settings_once_from_the_servers_process(no_settings_in_env):
+    """`bentoml serve service.service:Classifier` (the image's command) said neither which settings it runs with
+    nor the warnings `python -m service serve` prints. Its server's process says them now: not each worker (each
+    would say them again), nor a server that `serve` became (it said them before the exec)."""
+    import subprocess
+    import sys
+
+    from service.loading import CHECKED_ENV, manifest_digest
+
+    # The server's process imports the service as this one does (no worker index); a worker imports it with one.
+    models = ROOT / "models"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CIFAR_")}
+    env |= {"CIFAR_MODELS_DIR": str(models), "CIFAR_TIMEOUT_S": "5", "CIFAR_API_KEYS": "", "CIFAR_DEVICE": "cpu"}
+    run = dict(cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", "import service.service"], env=env, **run)
+    said = [line for line in done.stderr.splitlines() if line.startswith(("settings:", "warning:"))]
+    assert done.returncode == 0 and len(said) == 3, done.stderr[-2000:]
+    assert said[0] == (
+        f"settings: CIFAR_MODELS_DIR={models}, CIFAR_DEVICE=cpu, CIFAR_TIMEOUT_S=5; the others at their defaults"
+    )
+    assert said[1].startswith("warning: CIFAR_API_KEYS is set but empty") and "5 s (--timeout" in said[2], said
+    env[CHECKED_ENV] = manifest_digest(models)  # as `python -m service serve` execs the server
+    done = subprocess.run([sys.executable, "-c", "import service.service"], env=env, **run)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "settings:" not in done.stderr and "warning:" not in done.stderr, done.stderr[-2000:]
+
+    from service.service import says_the_settings
+
+    assert says_the_settings(None, {})
+    assert not says_the_settings(0, {}) and not says_the_settings(1, {})
+    assert not says_the_settings(None, {CHECKED_ENV: "0" * 64})
