@@ -1,6 +1,11 @@
 """A service under load, as the service benchmarks run it: ``python -m service serve`` started on a free port
 in a session of its own (or one already running, given by URL), waited for until ready, loaded one level at a
-time with the CPU time and memory of its processes measured, and stopped with its workers."""
+time with the CPU time and memory of its processes measured, and stopped with its workers.
+
+A free port is one nobody held a moment ago: another program can take it before the server binds it (in serve's
+check, or seconds later in BentoML's bind), and the server then exits saying so. Such a start is made again on
+another port, up to ``START_TRIES`` times, before the benchmark's block begins: its host and port are then the
+ones the server listens on."""
 
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ LOGS: dict[int, Path] = {}
 # How long a service given by --url may take to listen: one started just before the benchmark checks its models
 # first.
 URL_GRACE_S = 15.0
+
+START_TRIES = 3
 
 
 def free_port() -> int:
@@ -61,7 +68,7 @@ def start_server(args, port: int) -> subprocess.Popen:
 
 
 def open_server(args) -> tuple[str, int, subprocess.Popen | None]:
-    """(host, port, the server process) of ``args.url``, or of a server started here (process None for a URL)."""
+    """(host, port, the server process) of ``args.url`` (process None), or of a server started here and ready."""
     if args.url:
         # they would be recorded with the figures as the server's settings, which they never reached
         ignored = [flag for flag in ("streams", "threads", "serve_arg") if getattr(args, flag)]
@@ -73,15 +80,72 @@ def open_server(args) -> tuple[str, int, subprocess.Popen | None]:
             )
         parsed = urlparse(args.url)
         return parsed.hostname, parsed.port or 80, None
-    port = free_port()
-    return "127.0.0.1", port, start_server(args, port)
+    return start_ready(args)
+
+
+def start_ready(args) -> tuple[str, int, subprocess.Popen]:
+    """(host, port, process) of a server started here and ready, on another free port where another program took
+    the one chosen before the server bound it. A server that fails otherwise is stopped and the failure raised, its
+    log kept (stopped with Ctrl-C: removed)."""
+    host = "127.0.0.1"  # where spawn_server has it listen
+    lost: list[int] = []
+    while True:
+        port = free_port()
+        server = start_server(args, port)
+        try:
+            wait_ready(host, port, server)
+            return host, port, server
+        except UsageError:
+            stop_server(server)
+            if not lost_its_port(server, host, port):
+                raise
+            lost.append(port)
+            if len(lost) == START_TRIES:
+                raise UsageError(
+                    f"another program took the port the service was started on before it could bind it, "
+                    f"{START_TRIES} times (ports {', '.join(map(str, lost))}; the last log: {LOGS[server.pid]}): "
+                    "run the benchmark again, or start the service yourself and give its --url"
+                ) from None
+            _forget_log(server)
+            print(
+                f"port {port} was taken by another program before the server bound it: starting it on another "
+                f"({len(lost) + 1} of {START_TRIES})",
+                file=sys.stderr,
+                flush=True,
+            )
+        except KeyboardInterrupt:
+            stop_server(server)
+            _forget_log(server)
+            raise
+        except BaseException:
+            stop_server(server)
+            raise
+
+
+def lost_its_port(server: subprocess.Popen, host: str, port: int) -> bool:
+    """Whether ``server``, ended, ended because another program held ``port``: serve's check and its own report of
+    BentoML's bind say so in one line (status 2), BentoML's process manager alone in its log (status 1)."""
+    log = LOGS.get(server.pid)
+    try:
+        text = log.read_text(errors="replace") if log is not None else ""
+    except OSError:
+        return False
+    return (server.returncode == 2 and f"error: cannot listen on {host}:{port}: Address already in use" in text) or (
+        server.returncode == 1 and f"Could not bind {host}:{port}" in text
+    )
+
+
+def _forget_log(server: subprocess.Popen) -> None:
+    log = LOGS.pop(server.pid, None)
+    if log is not None:
+        log.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def serving(args) -> Iterator[tuple[str, int, subprocess.Popen | None]]:
-    """:func:`open_server`'s (host, port, process) for the block, the server stopped with its workers however the
-    block ends. The log of a server started here is removed when the block ends or is stopped (Ctrl-C, SIGTERM),
-    and kept when it fails: a server that would not start, or died under load, says why there."""
+    """:func:`open_server`'s (host, port, process) for the block, a server started here ready when it begins and
+    stopped with its workers however it ends. Its log is removed when the block ends or is stopped (Ctrl-C,
+    SIGTERM), and kept when it fails: a server that would not start, or died under load, says why there."""
     host, port, server = open_server(args)
     failed = False
     try:
@@ -113,9 +177,9 @@ def stop_server(server: subprocess.Popen | None) -> None:
 
 
 def wait_ready(host: str, port: int, server: subprocess.Popen | None, timeout: float = 120.0) -> None:
-    """Until /readyz answers 200. A server started here that exits first, or a URL where nothing listens for
-    ``URL_GRACE_S``, is the user's to fix (a --serve-arg the service refuses, a wrong --url): said in one line,
-    at once rather than after ``timeout``."""
+    """Until /readyz answers 200 (at once for a server :func:`open_server` started: it returns it ready). A server
+    started here that exits first, or a URL where nothing listens for ``URL_GRACE_S``, is the user's to fix (a
+    --serve-arg the service refuses, a wrong --url): said in one line, at once rather than after ``timeout``."""
     import httpx
 
     url = f"http://{host}:{port}"

@@ -192,6 +192,51 @@ def join_checkpoints(
     return meta
 
 
+# What a report's source records of the evaluation rather than of the model: the same file read on a GPU or a CPU.
+_EVALUATION_KEYS = ("path", "providers")
+
+
+def _same_model(a: dict, b: dict) -> bool:
+    """Whether two reports' sources (metrics.json's ``source``) name one model: the same kind of file at the same
+    place holding the same training state (epoch, recorded accuracy, weights used, card). A run continued or a file
+    exported again in between is another model there; a source that names no file is never taken for one."""
+    if a.get("kind") is None or a.get("kind") != b.get("kind") or a.get("path") is None or b.get("path") is None:
+        return False
+    rest_a = {k: v for k, v in a.items() if k not in _EVALUATION_KEYS}
+    rest_b = {k: v for k, v in b.items() if k not in _EVALUATION_KEYS}
+    return rest_a == rest_b and same_root(a["path"], b["path"])
+
+
+def check_different_models(reports: Sequence[dict], names: Sequence[str]) -> None:
+    """Refuse two reports of one model (a copied report folder, or one checkpoint evaluated twice), or of the same
+    predictions logit for logit (a copy of a report written before reports named their model, or one network's
+    weights under two file names): their average is the one model, which the estimate would call an ensemble of
+    two and credit with what it scores. As ``join_checkpoints`` refuses the same checkpoint twice."""
+    for i, report in enumerate(reports):
+        source = report["metrics"].get("source") or {}
+        for j in range(i):
+            other = reports[j]["metrics"].get("source") or {}
+            if _same_model(other, source):
+                epoch = f" at epoch {source['epoch']}" if source.get("epoch") is not None else ""
+                views = (report["metrics"].get("tta", "none"), reports[j]["metrics"].get("tta", "none"))
+                tta = (
+                    f" (to measure tta {views[0]} against {views[1]}, `python -m training compare` them)"
+                    if views[0] != views[1]
+                    else ""
+                )
+                raise UsageError(
+                    f"{names[i]} and {names[j]} are reports of one model ({source['path']}{epoch}): an ensemble of a "
+                    f"model with itself is that model; give reports of different models{tta}"
+                )
+            same_shape = report["logits"].shape == reports[j]["logits"].shape
+            if same_shape and np.array_equal(report["logits"], reports[j]["logits"]):
+                raise UsageError(
+                    f"{names[i]} and {names[j]} hold the same predictions, logit for logit (a copy of one report, or "
+                    "one model's weights under two names): an ensemble of a model with itself is that model; give "
+                    "reports of different models"
+                )
+
+
 def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
     """What the ensemble of the reports' models would score on their samples, from their saved logits alone:
     each member's top-1, the average's, and the average against the best member (McNemar, paired interval).
@@ -219,6 +264,7 @@ def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
                 f"{counted(len(first['labels']), 'image')}, fingerprints {report['fingerprint'][:12]} and "
                 f"{first['fingerprint'][:12]}): evaluate both on the same --data and --split"
             )
+    check_different_models(reports, [str(p) for p in paths])
     labels = first["labels"]
     # as the joined network averages them: each member's softmax of its own logits, without a graph's temperature
     probabilities = [softmax(logits_before_temperature(r)) for r in reports]
