@@ -2,13 +2,14 @@
 
 Each side is a checkpoint (file, or run folder holding best.pt), an ONNX file, or a report folder
 written by ``evaluate`` (its predictions.npz is paired sample by sample). Reports of different
-sample sets are refused: the test is only valid on paired predictions.
+sample sets are refused: the test is only valid on paired predictions. Two sides that list the same classes
+in other orders are paired by class name: B's labels and predictions are put in A's order.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,16 @@ from ..data import ImageArrays
 from ..plots import CurveInfo, plot_compared_curves
 from .metrics import mcnemar, paired_difference_interval
 from .predictions import PREDICTIONS_FILE, load_predictions
-from .samples import match_classes, names_text, resolve_data, same_classes, sample_fingerprint
+from .samples import (
+    class_order,
+    fingerprint_by_name,
+    in_class_order,
+    match_classes,
+    names_text,
+    resolve_data,
+    same_classes,
+    sample_fingerprint,
+)
 from .sources import ModelSource, check_finite, check_view, load_model
 
 CURVES_FILE = "curves.png"
@@ -43,6 +53,10 @@ class Side:
     history: list[dict] = field(default_factory=list)  # the training run's, per epoch, where it is known
     curves: CurveInfo = field(default_factory=CurveInfo)  # what that history measures
     graph_tta: str = "none"  # the views an ONNX graph averages itself, whatever ``tta`` was asked for
+    # The samples with their classes by name (None: a report written before reports kept it).
+    fingerprint_by_name: str | None = None
+    # A model's side: the images it scored, labels in its own order, to digest them in a report's order.
+    arrays: ImageArrays | None = None
 
     @property
     def correct(self) -> np.ndarray:
@@ -87,6 +101,7 @@ def _report_side(path: Path) -> Side:
         report["history"],
         CurveInfo(**((metrics.get("source") or {}).get("curves") or {})),
         (metrics.get("source") or {}).get("graph_tta", "none"),
+        report["fingerprint_by_name"],
     )
 
 
@@ -107,6 +122,7 @@ def _model_side(
     check_view(source, tta)
     data, _ = match_classes(source, loaded[key], spec)
     fingerprint = sample_fingerprint(data)
+    by_name = fingerprint_by_name(data, source.classes)
     logits, _ = source.predict(data, tta, batch_size)
     check_finite(source, logits)  # as evaluate refuses it: the argmax of NaN is an arbitrary class, paired anyway
     return Side(
@@ -116,11 +132,13 @@ def _model_side(
         logits.argmax(1),
         source.classes,
         fingerprint,
-        {**asdict(spec), "fingerprint": fingerprint},
+        {**asdict(spec), "fingerprint": fingerprint, "fingerprint_by_name": by_name},
         tta,
         source.history,
         CurveInfo(**source.info.get("curves", {})),
         source.info.get("graph_tta", "none"),
+        by_name,
+        ImageArrays(data.images, data.labels, list(source.classes)),
     )
 
 
@@ -157,18 +175,18 @@ def compare(
         side if side is not None else load_model(p if k == "checkpoint" else None, p if k == "onnx" else None, device)
         for p, k, side in zip((a, b), kinds, reports)
     ]
-    class_counts = [len(x.classes) for x in inputs]
-    if class_counts[0] != class_counts[1]:
-        raise UsageError(f"A has {class_counts[0]} classes and B has {class_counts[1]}: not the same task")
-    if not same_classes(inputs[0].classes, inputs[1].classes):
-        # a prediction is an index into its own model's classes: other names (or order) would pair other things
+    # A prediction is an index into its own model's classes: B's are put in A's order by name, and other names
+    # are refused, since no order would pair them.
+    same_order = same_classes(inputs[0].classes, inputs[1].classes)
+    order = None if same_order else class_order(inputs[0].classes, inputs[1].classes)
+    if not same_order and order is None:
         raise UsageError(classes_differ(inputs[0].classes, inputs[1].classes))
     loaded: dict[tuple, ImageArrays] = {}
     side_a, side_b = [
         x if isinstance(x, Side) else _model_side(x, Path(path), kind, data_args, defaults, tta, batch_size, loaded)
         for x, path, kind in zip(inputs, (a, b), kinds)
     ]
-    if side_a.fingerprint != side_b.fingerprint or len(side_a.labels) != len(side_b.labels):
+    if not _same_samples(side_a, side_b, order):
         settings = ("root", "split", "val_size", "split_seed", "image_size", "fit")
         differ = [k for k in settings if side_a.data.get(k) != side_b.data.get(k)]
         why = "".join(f", {k} {side_a.data.get(k)} vs {side_b.data.get(k)}" for k in differ)
@@ -181,6 +199,13 @@ def compare(
             f"{side_a.data.get('dataset')} {side_a.data.get('split')}, B: {len(side_b.labels)} of "
             f"{side_b.data.get('dataset')} {side_b.data.get('split')}; fingerprints {side_a.fingerprint[:12]} vs "
             f"{side_b.fingerprint[:12]}{why}): evaluate both on the same --data and --split"
+        )
+    notes = []
+    if order is not None:
+        side_b = _in_order_of(side_b, order, side_a.classes)
+        notes.append(
+            f"B lists the classes in another order ({names_text(inputs[1].classes, 5)}): its labels and predictions "
+            "are matched to A's classes by name"
         )
     test = mcnemar(side_a.correct, side_b.correct)
     difference = side_b.accuracy - side_a.accuracy
@@ -211,28 +236,69 @@ def compare(
         "mcnemar": test,
         "alpha": alpha,
         "significant": bool(test["p_value"] < alpha),
+        "notes": notes,
         "histories": {"a": side_a.history, "b": side_b.history},
         "curves": {"a": asdict(side_a.curves), "b": asdict(side_b.curves)},
     }
 
 
+def _same_samples(a: Side, b: Side, order: np.ndarray | None) -> bool:
+    """Whether A and B were scored on the same images with the same labels, B's classes being A's in ``order``
+    (None: in A's own). Their digests by class name say it whatever the order; a report written before reports
+    kept one has only its digest of labels as indices into its own order, which a model's side can reproduce
+    (its images, its labels put in that order) and another report cannot: that is refused, saying what to do."""
+    if len(a.labels) != len(b.labels):
+        return False
+    if a.fingerprint_by_name is not None and b.fingerprint_by_name is not None:
+        return a.fingerprint_by_name == b.fingerprint_by_name
+    if order is None:
+        return a.fingerprint == b.fingerprint
+    if b.arrays is not None:
+        return in_class_order(b.arrays, b.classes, a.classes).fingerprint() == a.fingerprint
+    if a.arrays is not None:
+        return in_class_order(a.arrays, a.classes, b.classes).fingerprint() == b.fingerprint
+    old = [x for x, side in (("A", a), ("B", b)) if side.fingerprint_by_name is None]
+    first = next(i for i, (x, y) in enumerate(zip(a.classes, b.classes)) if folded(x) != folded(y))
+    said = (
+        f"report {old[0]} (an earlier version's) holds its labels as indices into its own order only: evaluate it"
+        if len(old) == 1
+        else "both reports (an earlier version's) hold their labels as indices into their own orders only: evaluate "
+        "them"
+    )
+    raise UsageError(
+        f"A and B predict the same {len(a.classes)} classes in different orders (from index {first}: A "
+        f"{a.classes[first]}, B {b.classes[first]}), and {said} again, or compare the models"
+    )
+
+
+def _in_order_of(side: Side, order: np.ndarray, classes: list[str]) -> Side:
+    """``side`` with its labels and predictions as indices into ``classes``, its own being ``classes`` in
+    ``order`` (``samples.class_order``)."""
+    return replace(side, labels=order[side.labels], predictions=order[side.predictions], classes=list(classes))
+
+
 def classes_differ(a: list[str], b: list[str], shown: int = 10) -> str:
-    """The refusal of A and B of as many classes but not the same ones in the same order: both lists where they
-    are short, else what one has and the other lacks, or where the order parts (a hundred names each would
-    bury that)."""
-    if len(a) <= shown:
-        return f"A predicts the classes {', '.join(a)} and B {', '.join(b)}: not the same task"
+    """The refusal of A and B that do not predict the same classes: both lists where they are short, else what
+    one has and the other lacks (a hundred names each would bury that)."""
     in_a, in_b = {folded(c) for c in a}, {folded(c) for c in b}
     only_a, only_b = [c for c in a if folded(c) not in in_b], [c for c in b if folded(c) not in in_a]
-    if only_a or only_b:
+    differ = f"only A: {names_text(only_a, 5) or 'none'}; only B: {names_text(only_b, 5) or 'none'}"
+    if not only_a and not only_b:  # the same names, but two of one list fold alike: no name tells them apart
+        twice = next(c for names in (a, b) for i, c in enumerate(names) if folded(c) in map(folded, names[:i]))
         return (
-            f"A predicts classes B does not ({names_text(only_a, 5) or 'none'}) and B classes A does not "
-            f"({names_text(only_b, 5) or 'none'}): not the same task"
+            f"A and B predict classes of the same names, but one of them has two classes named {twice} (ignoring "
+            "case): their predictions cannot be matched by name; rename one of those classes"
         )
-    first = next(i for i, (x, y) in enumerate(zip(a, b)) if folded(x) != folded(y))
+    if len(a) != len(b):
+        return f"A has {len(a)} classes and B has {len(b)} ({differ}): not the same task"
+    if len(a) <= shown:
+        both = in_a & in_b
+        return f"A predicts the classes {', '.join(a)} and B {', '.join(b)}: not the same task" + (
+            f" ({differ})" if both else ""
+        )
     return (
-        f"A and B predict the same {len(a)} classes in different orders (from index {first}: A {a[first]}, "
-        f"B {b[first]}): a prediction is an index into its model's order, so theirs do not pair"
+        f"A predicts classes B does not ({names_text(only_a, 5) or 'none'}) and B classes A does not "
+        f"({names_text(only_b, 5) or 'none'}): not the same task"
     )
 
 
@@ -273,6 +339,7 @@ def format_comparison(result: dict[str, Any]) -> str:
             f"McNemar ({test['method']}): A right & B wrong = {test['a_right_b_wrong']}, "
             f"A wrong & B right = {test['a_wrong_b_right']}, statistic = {test['statistic']:.3f}, "
             f"p = {test['p_value']:.4g} -> {verdict}",
+            *(f"note: {note}" for note in result.get("notes", [])),
         ]
     )
 

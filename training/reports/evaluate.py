@@ -33,7 +33,15 @@ from .predictions import HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, graph_tem
 from .report_calibration import calibration_section, its_own_split, temperature_for
 from .report_folder import check_not_anothers, check_report_out, check_writable, default_out_dir, report_folder
 from .report_text import confidence_note, figure_subtitle, model_label, write_report_md
-from .samples import DataSpec, held_classes, match_classes, names_text, resolve_data, sample_fingerprint
+from .samples import (
+    DataSpec,
+    fingerprint_by_name,
+    held_classes,
+    match_classes,
+    names_text,
+    resolve_data,
+    sample_fingerprint,
+)
 from .sources import ModelSource, check_finite, check_view, load_model
 
 log = logging.getLogger("training.reports")
@@ -155,9 +163,10 @@ def _write_report(
     check_finite(source, logits)
     metrics = compute_metrics(logits, data.labels, classes)
     fingerprint = sample_fingerprint(data)
+    by_name = fingerprint_by_name(data, classes)
     metrics = {
         "source": {"kind": source.kind, "path": str(source.path), "arch": source.arch, **source.info},
-        "data": {**asdict(spec), "fingerprint": fingerprint},
+        "data": {**asdict(spec), "fingerprint": fingerprint, "fingerprint_by_name": by_name},
         "data_description": spec.describe(),
         "tta": tta,
         "device": str(source.device) if source.kind == "checkpoint" else ",".join(source.info["providers"]),
@@ -172,7 +181,7 @@ def _write_report(
     # reads its TTA and data from them): the old metrics go before the new predictions arrive.
     (out_dir / METRICS_FILE).unlink(missing_ok=True)
     (out_dir / "report.md").unlink(missing_ok=True)  # nor a person read the earlier report beside them
-    save_predictions(out_dir / PREDICTIONS_FILE, logits, data.labels, classes, fingerprint)
+    save_predictions(out_dir / PREDICTIONS_FILE, logits, data.labels, classes, fingerprint, by_name)
     if scaling is None:
         notes.append(
             "No calibration section: no validation split to fit a temperature on (the run held out none, or "

@@ -30,19 +30,32 @@ HISTORY_FILE = "history.json"
 PREDICTION_KEYS = ("logits", "labels", "classes", "fingerprint")  # what a report's predictions need (_savez)
 
 
-def save_predictions(path: Path, logits: np.ndarray, labels: np.ndarray, classes: list[str], fingerprint: str) -> None:
-    write_atomic(path, lambda f: _savez(f, logits, labels, classes, fingerprint))
+def save_predictions(
+    path: Path,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    fingerprint: str,
+    fingerprint_by_name: str | None = None,
+) -> None:
+    """``fingerprint`` digests the labels as indices into ``classes``, ``fingerprint_by_name`` as class names
+    (``samples.fingerprint_by_name``): a comparison pairs it with a model listing the classes in another order."""
+    write_atomic(path, lambda f: _savez(f, logits, labels, classes, fingerprint, fingerprint_by_name))
 
 
-def _savez(f, logits: np.ndarray, labels: np.ndarray, classes: list[str], fingerprint: str) -> None:
-    np.savez_compressed(
-        f,
-        logits=logits.astype(np.float32),
-        labels=labels.astype(np.int64),
-        predictions=logits.argmax(1).astype(np.int64),
-        classes=np.array(classes),
-        fingerprint=np.array(fingerprint),
-    )
+def _savez(
+    f, logits: np.ndarray, labels: np.ndarray, classes: list[str], fingerprint: str, fingerprint_by_name: str | None
+) -> None:
+    arrays = {
+        "logits": logits.astype(np.float32),
+        "labels": labels.astype(np.int64),
+        "predictions": logits.argmax(1).astype(np.int64),
+        "classes": np.array(classes),
+        "fingerprint": np.array(fingerprint),
+    }
+    if fingerprint_by_name is not None:
+        arrays["fingerprint_by_name"] = np.array(fingerprint_by_name)
+    np.savez_compressed(f, **arrays)
 
 
 def load_predictions(report_dir: str | Path) -> dict[str, Any]:
@@ -68,6 +81,8 @@ def load_predictions(report_dir: str | Path) -> dict[str, Any]:
     if "predictions" not in out:  # derived from the logits: a file written by hand (or a tool) may leave it out
         out["predictions"] = out["logits"].argmax(1)
     out["fingerprint"] = str(out["fingerprint"])
+    # None in a report written before reports kept it: only its class order's index fingerprint pairs it then
+    out["fingerprint_by_name"] = str(out["fingerprint_by_name"]) if "fingerprint_by_name" in out else None
     out["classes"] = [str(c) for c in out["classes"]]
     out["metrics"] = read_json(metrics_path)
     if not isinstance(out["metrics"], dict) or not all(

@@ -4,6 +4,7 @@ validation split), and the data's labels in the model's class order, its classes
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,8 +97,24 @@ def resolve_data(
 
 
 def sample_fingerprint(data: ImageArrays) -> str:
-    """A digest of the images and labels in order: two reports can be paired only if theirs match."""
+    """A digest of the images and labels in order: two reports can be paired only if theirs match. The labels
+    are indices into ``data.classes``: the same images under another class order digest otherwise
+    (``fingerprint_by_name`` does not)."""
     return data.fingerprint()
+
+
+def fingerprint_by_name(data: ImageArrays, classes: Sequence[str]) -> str:
+    """A digest of the images in order and each one's class by name (``folded``), ``data.labels`` being indices
+    into ``classes``: equal for the same images scored by two models that list the same classes in other orders
+    (a folder's sorted by name, CIFAR's own), so that their predictions can be paired by class name."""
+    names = sorted({folded(c) for c in classes})
+    rank = np.array([names.index(folded(c)) for c in classes], dtype=np.int64)
+    digest = hashlib.sha256()
+    digest.update(str(data.images.shape).encode())
+    digest.update(np.ascontiguousarray(data.images).tobytes())
+    digest.update("\n".join(names).encode())
+    digest.update(np.ascontiguousarray(rank[data.labels]).tobytes())
+    return digest.hexdigest()
 
 
 def match_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> tuple[ImageArrays, str | None]:
@@ -181,3 +198,23 @@ def same_classes(a: Sequence[str], b: Sequence[str]) -> bool:
     folder's are matched to a model's (``folded``: ignoring case and Unicode normalisation): a prediction is an
     index into its own model's classes, so two sides' predictions pair, or average, only where this holds."""
     return len(a) == len(b) and all(folded(x) == folded(y) for x, y in zip(a, b))
+
+
+def class_order(a: Sequence[str], b: Sequence[str]) -> np.ndarray | None:
+    """The index into ``a`` of each of ``b``'s classes, matched by name as ``same_classes`` compares them, where
+    the two hold the same classes in some order; None where they do not (a name only one of them has, or two
+    names of one list that fold alike, which no name could tell apart)."""
+    in_a, in_b = [folded(c) for c in a], [folded(c) for c in b]
+    if len(in_a) != len(in_b) or len(set(in_a)) != len(in_a) or set(in_a) != set(in_b):
+        return None
+    where = {name: i for i, name in enumerate(in_a)}
+    return np.array([where[name] for name in in_b], dtype=np.int64)
+
+
+def in_class_order(data: ImageArrays, own: Sequence[str], classes: Sequence[str]) -> ImageArrays:
+    """``data``, whose labels index ``own``, with its labels as indices into ``classes``: the same classes in
+    another order (``class_order`` holds)."""
+    order = class_order(classes, own)
+    if order is None:
+        raise ValueError(f"not the same classes: {list(own)} and {list(classes)}")
+    return ImageArrays(data.images, order[data.labels], list(classes))
