@@ -80,11 +80,11 @@ class Report:
         lines = [f"{marks[f.status]} {f.topic:<{width}}  {f.text}" for f in self.findings]
         if self.passed:
             warned = sum(f.status == "warn" for f in self.findings)
-            tail = f" ({warned} warning(s) above)" if warned else ""
+            tail = f" ({counted(warned, 'warning')} above)" if warned else ""
             lines.append(f"\n--device {self.device}: will work on this host{tail}")
         else:
             first, more = self.failures[0], len(self.failures) - 1
-            tail = f" (and {more} more failure(s) above)" if more else ""
+            tail = f" (and {counted(more, 'more failure', 'more failures')} above)" if more else ""
             lines.append(f"\n--device {self.device}: will NOT work on this host: {first.topic}: {first.text}{tail}")
         return "\n".join(lines)
 
@@ -236,17 +236,18 @@ def diagnose(
 
     # Each file checked on its own: a missing or altered one is its model's failed check in the report (exit 1),
     # not a usage error, and every other model is still checked.
-    say(f"checking the sha256 of {len(manifest.models)} model file(s) in {models_dir}")
+    say(f"checking the sha256 of {counted(len(manifest.models), 'model file')} in {models_dir}")
     bad_files = file_problems(manifest, Path(models_dir))
     if bad_files:
         report.add(
             "info",
             "manifest",
-            f"{models_dir}: {len(manifest.models)} model(s), {len(bad_files)} of them without the file it records "
-            "(below)",
+            f"{models_dir}: {counted(len(manifest.models), 'model')}, {len(bad_files)} of them without the file it "
+            "records (below)",
         )
     else:
-        report.add("ok", "manifest", f"{models_dir}: {len(manifest.models)} model(s), every file matches its sha256")
+        models = counted(len(manifest.models), "model")
+        report.add("ok", "manifest", f"{models_dir}: {models}, every file matches its sha256")
     for kind in DEVICE_KINDS:
         choice = manifest.default_for(kind)
         report.add("info", f"default on {kind}", f"{choice.name} ({choice.reason})")
@@ -279,7 +280,7 @@ def diagnose(
                 report.add(
                     "info",
                     "folder",
-                    f"{folder}: {len(readings[key][1])} labelled image(s), at {height}x{width}, "
+                    f"{folder}: {counted(len(readings[key][1]), 'labelled image')}, at {height}x{width}, "
                     f"{entry.input.fit} (model {entry.name})",
                 )
                 if unreadable:  # training refuses such a folder: the accuracy below leaves them out
@@ -287,16 +288,17 @@ def diagnose(
                     report.add(
                         "warn",
                         "folder",
-                        f"{len(unreadable)} image(s) could not be read, left out of the accuracy "
+                        f"{counted(len(unreadable), 'image')} could not be read, left out of the accuracy "
                         f"({first}{'; ...' if len(unreadable) > 3 else ''})",
                     )
                 if left_out and first_of_its_classes:
                     alike = sum(m.classes == entry.classes for m in manifest.models) - 1
-                    also = f" or the {alike} other model(s) with its classes" if alike else ""
+                    also = f" or the {counted(alike, 'other model')} with its classes" if alike else ""
                     report.add(
                         "warn",
                         "folder",
-                        f"sub-folder(s) named after no class of {entry.name}{also}, not read: "
+                        f"{'sub-folder' if len(left_out) == 1 else 'sub-folders'} named after no class of "
+                        f"{entry.name}{also}, not read: "
                         f"{', '.join(map(repr, left_out))} (its classes: {', '.join(entry.classes)})",
                     )
             labelled = readings[key]

@@ -19,9 +19,9 @@ from training.data.folder import read_image_folder
 SIZE = 16
 folder_module = importlib.import_module("training.data.folder")  # the package's attribute is the reader
 LEFT_OUT = (
-    "1 file(s) left out, not images by their extension: .heic (1)",
-    "1 image(s) beside the class folders left out, in no class: beside.png",
-    "hidden folder(s) left out, not read (a name starting with a dot): pets/.thumbnails",
+    "1 file left out, not images by their extension: .heic (1)",
+    "1 image beside the class folders left out, in no class: beside.png",
+    "hidden folder left out, not read (a name starting with a dot): pets/.thumbnails",
 )
 
 

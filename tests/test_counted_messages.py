@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import tarfile
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from export.calibration import calibration_summary, fit_calibration
 from export.parity import Parity, judge
@@ -158,3 +160,76 @@ def test_a_default_measured_on_one_validation_image_says_one_image(tiny_run, tmp
             max_val_images=1,
         )
     assert "figures measured on 1 validation image only" in caplog.text, caplog.text
+
+
+def test_the_doctor_on_one_model_and_one_labelled_image_says_each_in_the_singular(tiny_run, tmp_path):
+    """The report said "1 model(s)", "1 labelled image(s)", "1 image(s) could not be read" and "sub-folder(s)"
+    for one of each."""
+    from export.pipeline import export_checkpoint
+    from service.doctor import diagnose
+    from service.gpus import GpuReport
+    from service.settings import ServiceSettings
+
+    models = tmp_path / "models"
+    export_checkpoint(tiny_run / "best.pt", "one", "fp32", models, cache_dir=None, calibrate="none", max_val_images=8)
+    folder = tmp_path / "labelled"
+    (folder / "alpha").mkdir(parents=True)
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(folder / "alpha" / "0.png")
+    (folder / "alpha" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "delta").mkdir()
+    Image.new("RGB", (32, 32), (40, 40, 200)).save(folder / "delta" / "0.png")
+    steps: list[str] = []
+    settings = ServiceSettings(models_dir=models, device="cpu")
+    report = diagnose(
+        "cpu", models, str(folder), 100, speed=False, gpus=GpuReport([], None), settings=settings, say=steps.append
+    )
+    assert f"checking the sha256 of 1 model file in {models}" in steps, steps
+    said = {(f.topic, f.status): f.text for f in report.findings}
+    assert said["manifest", "ok"] == f"{models}: 1 model, every file matches its sha256", said
+    assert said["folder", "info"].startswith(f"{folder}: 1 labelled image, at 32x32"), said
+    warned = [f.text for f in report.findings if f.topic == "folder" and f.status == "warn"]
+    assert any(text.startswith("1 image could not be read, left out of the accuracy") for text in warned), warned
+    assert any(text.startswith("sub-folder named after no class of one, not read: 'delta'") for text in warned), warned
+
+
+def test_a_folder_with_one_of_each_thing_left_out_says_each_in_the_singular(tmp_path, caplog):
+    """One image beside the class folders, one file that is no image, one hidden folder and one empty folder were
+    each said as "(s)"."""
+    root = tmp_path / "pets"
+    for name in ("cat/0.png", "dog/0.png", "beside.png", ".thumbnails/0.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (len(name) * 9, 0, 0)).save(root / name)
+    (root / "cat" / "notes.txt").write_text("not an image")
+    (root / "fish").mkdir()
+    with caplog.at_level("WARNING"):
+        assert read_image_folder(root).classes == ["cat", "dog"]
+    said = caplog.text
+    assert "1 image beside the class folders left out, in no class: beside.png" in said, said
+    assert "1 file left out, not images by their extension: .txt (1)" in said, said
+    assert "hidden folder left out, not classes (a name starting with a dot): .thumbnails" in said, said
+    assert "folder without images left out, not classes: fish" in said, said
+
+
+def test_an_archive_with_one_image_beside_its_class_folders_says_one_image(tmp_path, caplog):
+    root = tmp_path / "pets"
+    for name in ("cat/0.png", "dog/0.png", "beside.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (len(name) * 9, 0, 0)).save(root / name)
+    archive = tmp_path / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="pets")
+    with caplog.at_level("WARNING"):
+        assert len(read_image_folder(archive)) == 2
+    assert "1 image beside the class folders left out, in no class: beside.png" in caplog.text, caplog.text
+
+
+def test_a_folder_of_one_loose_image_or_one_dangling_link_says_one(tmp_path):
+    (tmp_path / "loose").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "loose" / "0.png")
+    with pytest.raises(DatasetError, match=r"holds no class folders, only 1 image directly in it: an image's class"):
+        read_image_folder(tmp_path / "loose")
+    (tmp_path / "linked" / "dog").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "linked" / "dog" / "0.png")
+    (tmp_path / "linked" / "dog" / "1.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(DatasetError, match=r": 1 image link points to nothing \(remove or fix them\): dog/1.png"):
+        read_image_folder(tmp_path / "linked")

@@ -104,7 +104,7 @@ def test_the_doctor_says_which_folders_are_no_class_and_counts_a_case_variant(ti
     settings = ServiceSettings(models_dir=tiny_models_dir, device="cpu")
     report = diagnose("cpu", tiny_models_dir, str(root), 100, speed=False, gpus=GpuReport([], None), settings=settings)
     folder = [f for f in report.findings if f.topic == "folder"]
-    assert report.passed and "4 labelled image(s)" in folder[0].text, report.render()
+    assert report.passed and "4 labelled images" in folder[0].text, report.render()
     warned = [f.text for f in folder if f.status == "warn"]
     assert warned and "'delta'" in warned[0] and "alpha, beta, gamma" in warned[0]
 
@@ -121,9 +121,9 @@ def test_the_doctor_says_which_images_of_the_folder_it_could_not_read(tiny_model
     settings = ServiceSettings(models_dir=tiny_models_dir, device="cpu")
     report = diagnose("cpu", tiny_models_dir, str(root), 100, speed=False, gpus=GpuReport([], None), settings=settings)
     folder = [f for f in report.findings if f.topic == "folder"]
-    assert "2 labelled image(s)" in folder[0].text, report.render()
+    assert "2 labelled images" in folder[0].text, report.render()
     warned = [f.text for f in folder if f.status == "warn"]
-    assert warned and warned[0].startswith("1 image(s) could not be read") and "cut.jpg" in warned[0], warned
+    assert warned and warned[0].startswith("1 image could not be read") and "cut.jpg" in warned[0], warned
 
 
 def test_a_temperature_fitted_where_every_validation_image_is_right_is_marked_on_the_card(caplog):

@@ -290,7 +290,8 @@ def test_the_doctor_runs_from_the_bento_as_in_the_image(bento):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     count = len(yaml.safe_load((ROOT / "models" / "manifest.json").read_text())["models"])
     models = re.escape(str(bento / "src" / "models"))
-    assert re.search(rf"ok\s+manifest\s+{models}: {count} model\(s\)", done.stdout), done.stdout
+    said = f"{count} model{'' if count == 1 else 's'},"
+    assert re.search(rf"ok\s+manifest\s+{models}: {said}", done.stdout), done.stdout
     assert done.stdout.rstrip().endswith("--device auto: will work on this host")
 
 

@@ -143,10 +143,10 @@ def test_files_left_out_for_their_name_are_counted_and_hidden_class_folders_name
         data = read_image_folder(root)
     assert data.classes == ["cat", "dog"] and len(data) == 3
     said = caplog.text
-    assert "4 file(s) left out, not images by their extension: .heic (2), .txt (1), no extension (1)" in said
+    assert "4 files left out, not images by their extension: .heic (2), .txt (1), no extension (1)" in said
     assert ".jpg" in said.split("(read: ")[1]  # what would have been read
-    assert "hidden folder(s) left out, not classes (a name starting with a dot): .secret" in said
-    assert "hidden folder(s) in class folders left out, not read: dog/.thumbnails" in said
+    assert "hidden folder left out, not classes (a name starting with a dot): .secret" in said
+    assert "hidden folder in class folders left out, not read: dog/.thumbnails" in said
     assert "Thumbs" not in said and "DS_Store" not in said
     archive = tmp_path / "photos.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -154,7 +154,7 @@ def test_files_left_out_for_their_name_are_counted_and_hidden_class_folders_name
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         assert len(read_image_folder(archive)) == 3
-    assert "4 file(s) left out, not images by their extension: .heic (2), .txt (1), no extension (1)" in caplog.text
+    assert "4 files left out, not images by their extension: .heic (2), .txt (1), no extension (1)" in caplog.text
 
 
 @pytest.mark.parametrize("packed", ["with the folder's name", "from inside the folder"])
@@ -170,7 +170,7 @@ def test_an_archive_of_a_folder_is_read_as_the_folder_is(tmp_path, caplog, packe
     folder_module._said_left_out.clear()
     with caplog.at_level(logging.WARNING):
         tree = read_image_folder(root)
-    assert "1 image(s) beside the class folders left out, in no class: beside.png" in caplog.text
+    assert "1 image beside the class folders left out, in no class: beside.png" in caplog.text
     archive = tmp_path / "pets.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         for path in sorted(root.rglob("*")):
@@ -182,8 +182,8 @@ def test_an_archive_of_a_folder_is_read_as_the_folder_is(tmp_path, caplog, packe
     assert packed_data.classes == tree.classes == ["cat", "dog"]
     np.testing.assert_array_equal(packed_data.images, tree.images)
     np.testing.assert_array_equal(packed_data.labels, tree.labels)
-    assert "1 image(s) beside the class folders left out, in no class: beside.png" in caplog.text
-    assert "hidden folder(s) left out" in caplog.text and ".thumbnails" in caplog.text
+    assert "1 image beside the class folders left out, in no class: beside.png" in caplog.text
+    assert "hidden folder left out" in caplog.text and ".thumbnails" in caplog.text
     # images in folders of two levels are still refused: a class folder's subfolder would become a class
     nested = tmp_path / "nested.tar.gz"
     with tarfile.open(nested, "w:gz") as tar:
@@ -278,10 +278,10 @@ def test_a_second_link_to_a_class_folder_is_named_as_one_not_as_a_folder_without
     assert data.classes == ["animals", "cat"]
     said = caplog.text
     assert (
-        "folder(s) left out, not classes, the same folder as a class already read: dog is read as animals, a link "
+        "folders left out, not classes, the same folder as a class already read: dog is read as animals, a link "
         "to it; kitty is a link to the folder read as cat" in said
     )
-    assert "folder(s) without images left out, not classes: fish\n" in said
+    assert "folder without images left out, not classes: fish\n" in said
 
 
 def _photos(root: Path, per_class: int, side: int) -> int:
@@ -369,5 +369,5 @@ def test_a_class_too_small_for_a_validation_share_is_named(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         val = load_split("folder", root, "val", val_size=6, image_size=8)
     assert sorted(set(val.labels.tolist())) == [0, 1], val.labels
-    assert "no validation image for class(es) 'tiny' (1 image)" in caplog.text, caplog.text
+    assert "no validation image for class 'tiny' (1 image)" in caplog.text, caplog.text
     assert "'big'" not in caplog.text and "'other'" not in caplog.text, caplog.text

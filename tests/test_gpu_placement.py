@@ -579,7 +579,7 @@ def test_doctor_checks_accuracy_on_a_labelled_folder(tmp_path, shared_archive):
     models = _models_dir(tmp_path, [INT8], INT8, None)
     done = _doctor("--device", "cpu", "--models-dir", str(models), "--folder", str(folder), "--no-speed")
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
-    assert "50 labelled image(s)" in done.stdout
+    assert "50 labelled images" in done.stdout
     accuracy = re.search(r"accuracy ([\d.]+)% on 50 images", done.stdout)
     assert accuracy and float(accuracy.group(1)) >= 70.0, done.stdout  # training images of a 91% model
 
@@ -616,11 +616,11 @@ def test_doctor_report_verdicts():
     report = Report("cuda")
     report.add("ok", "manifest", "fine")
     report.add("warn", "model a", "on the CPU")
-    assert report.passed and report.render().endswith("will work on this host (1 warning(s) above)")
+    assert report.passed and report.render().endswith("will work on this host (1 warning above)")
     report.add("fail", "GPU", "none")
     report.add("fail", "model a", "cannot run wholly on CUDA")
     assert not report.passed
-    assert report.render().endswith("will NOT work on this host: GPU: none (and 1 more failure(s) above)")
+    assert report.render().endswith("will NOT work on this host: GPU: none (and 1 more failure above)")
 
 
 @pytest.mark.parametrize(("device", "status"), [("auto", "warn"), ("cuda", "fail")])

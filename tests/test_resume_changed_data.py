@@ -151,7 +151,7 @@ def test_a_resume_does_not_repeat_the_split_warning_whose_advice_it_refuses(capl
     config = build_config("resnet9_half_cpu", ["data.val_size=2"])
     with caplog.at_level("WARNING", logger="training"):
         split_data(config, full, 1)
-    assert "no validation image for class(es) 'c'" in caplog.text
+    assert "no validation image for class 'c'" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="training"):
         split_data(config, full, 1, started_on={"classes": ["a", "b", "c"]}, run="run")

@@ -1035,7 +1035,7 @@ def test_doctor_reports_every_missing_or_altered_model_file_as_a_failed_check(ti
     assert service_main(argv) == 1
     out = capsys.readouterr().out
     assert re.search(r"FAIL\s+model tiny\s+model 'tiny': file .* does not match the manifest", out), out
-    assert re.search(r"FAIL\s+model tiny-int8\s+.* is missing", out) and "(and 1 more failure(s) above)" in out
+    assert re.search(r"FAIL\s+model tiny-int8\s+.* is missing", out) and "(and 1 more failure above)" in out
 
 
 def test_doctor_says_each_step_on_stderr_as_it_starts(tiny_models_dir, monkeypatch, capsys):

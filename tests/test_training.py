@@ -231,7 +231,7 @@ def test_folder_reader_leaves_hidden_folders_out_and_says_what_else_it_left_out_
         with caplog.at_level(logging.WARNING):
             data = read_image_folder(root, cache_dir=tmp_path / "cache")
         assert data.classes == ["cat", "dog"] and len(data) == 2
-        assert "1 image(s) beside the class folders left out, in no class: stray.png" in caplog.text
+        assert "1 image beside the class folders left out, in no class: stray.png" in caplog.text
         assert "left out, not classes: bird" in caplog.text
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
     caplog.clear()
@@ -256,7 +256,7 @@ def test_folder_reader_refuses_a_class_folder_it_cannot_list_and_a_link_to_nothi
         read_image_folder(root)
     monkeypatch.setattr(os, "scandir", scandir)
     (root / "dog" / "1.png").symlink_to(tmp_path / "moved" / "1.png")
-    with pytest.raises(DatasetError, match=r"1 image link\(s\) point to nothing \(remove or fix them\): dog/1.png"):
+    with pytest.raises(DatasetError, match=r"1 image link points to nothing \(remove or fix them\): dog/1.png"):
         read_image_folder(root)
 
 

@@ -101,10 +101,12 @@ def _warn_unvalidated(full: ImageArrays, val_idx: np.ndarray) -> None:
     if missing:
         counts = np.bincount(full.labels, minlength=len(full.classes))
         log.warning(
-            "no validation image for class(es) %s (too few images for a share of data.val_size %d): trained on, "
-            "never measured; add images to them or raise data.val_size",
+            "no validation image for %s %s (too few images for a share of data.val_size %d): trained on, "
+            "never measured; add images to %s or raise data.val_size",
+            "class" if len(missing) == 1 else "classes",
             ", ".join(f"{full.classes[c]!r} ({counts[c]} image{'s' if counts[c] != 1 else ''})" for c in missing),
             len(val_idx),
+            "it" if len(missing) == 1 else "them",
         )
 
 

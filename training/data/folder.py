@@ -20,7 +20,7 @@ import zipfile
 import zlib
 from collections import Counter
 from pathlib import Path, PurePosixPath
-from typing import IO, Iterable, Iterator
+from typing import IO, Collection, Iterable, Iterator
 
 import numpy as np
 import PIL
@@ -315,7 +315,7 @@ def _tree_images(root: Path) -> tuple[list[Path], list[Path], list[str]]:
     dangling = sorted(p for p in found if p.is_symlink() and not p.exists())
     if dangling:  # a copy that kept the links but not what they point to: the class would silently shrink
         shown = _listed([str(p.relative_to(root)) for p in dangling], ", ")
-        raise DatasetError(f"{root}: {len(dangling)} image link(s) point to nothing (remove or fix them): {shown}")
+        raise DatasetError(f"{root}: {_links_point(len(dangling))} to nothing (remove or fix them): {shown}")
     for parent in sorted({path.parent for path in images}):  # each folder once, not once per image in it
         _check_class_name(parent.relative_to(root).as_posix(), root)
     return images, sorted(others), sorted(hidden)
@@ -336,7 +336,7 @@ def _not_images_text(names: list[str]) -> str:
     counts = Counter(os.path.splitext(name)[1].lower() or "no extension" for name in names)
     shown = ", ".join(f"{ext} ({n})" for ext, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
     return (
-        f"{len(names)} file(s) left out, not images by their extension: {shown} (read: "
+        f"{counted(len(names), 'file')} left out, not images by their extension: {shown} (read: "
         f"{' '.join(sorted(IMAGE_EXTENSIONS))})"
     )
 
@@ -419,14 +419,14 @@ def _iter_archive(root: Path, left_out: list[str]) -> Iterator[tuple[str, str, b
                 raise EOFError(f"it ends after {tar.offset} bytes without the end-of-archive blocks")
         if dangling:  # the folder reader refuses its dangling links too: the class would silently shrink
             raise DatasetError(
-                f"{root}: {len(dangling)} image link(s) point to no file in the archive (pack it with tar -h, "
+                f"{root}: {_links_point(len(dangling))} to no file in the archive (pack it with tar -h, "
                 f"which stores the files that links point to): {_listed(sorted(dangling), ', ')}"
             )
         said = [_not_images_text(others)] if others else []
         said += [_beside_text(loose)] if loose else []
         if hidden_dirs:
             shown = _listed(sorted(map(str, hidden_dirs)), ", ")
-            said.append(f"hidden folder(s) left out, not read (a name starting with a dot): {shown}")
+            said.append(f"hidden {_folders(hidden_dirs)} left out, not read (a name starting with a dot): {shown}")
         for text in said:
             _warn_archive_left_out(root, text)
         left_out += said
@@ -482,21 +482,38 @@ def _warn_left_out(root: Path, images: list[Path], others: list[Path], hidden_di
     again = [_read_as_text(p, read_as[os.path.realpath(p)]) for p in folders if os.path.realpath(p) in read_as]
     if again:
         log.warning(
-            "%s: folder(s) left out, not classes, the same folder as a class already read: %s", parent, "; ".join(again)
+            "%s: %s left out, not classes, the same folder as a class already read: %s",
+            parent,
+            _folders(again),
+            "; ".join(again),
         )
     empty = [p.name for p in folders if os.path.realpath(p) not in read_as]
     if empty:
-        log.warning("%s: folder(s) without images left out, not classes: %s", parent, ", ".join(empty))
+        log.warning("%s: %s without images left out, not classes: %s", parent, _folders(empty), ", ".join(empty))
     hidden = sorted(p.name for p in parent.iterdir() if p.is_dir() and is_hidden(p.name))
     if hidden:
         log.warning(
-            "%s: hidden folder(s) left out, not classes (a name starting with a dot): %s", parent, ", ".join(hidden)
+            "%s: hidden %s left out, not classes (a name starting with a dot): %s",
+            parent,
+            _folders(hidden),
+            ", ".join(hidden),
         )
     # the scorer names the hidden folders it does not enter too (service/score/run.py)
     classes = {folder.relative_to(root).as_posix() for folder in class_folders}
     inside = [rel for rel in hidden_dirs if rel.rpartition("/")[0] in classes]  # directly in a class folder
     if inside:
-        log.warning("%s: hidden folder(s) in class folders left out, not read: %s", parent, _listed(inside, ", "))
+        log.warning(
+            "%s: hidden %s in class folders left out, not read: %s", parent, _folders(inside), _listed(inside, ", ")
+        )
+
+
+def _folders(listed: Collection[object]) -> str:
+    """The word for the folders a warning lists by name, in the singular for one."""
+    return "folder" if len(listed) == 1 else "folders"
+
+
+def _links_point(count: int) -> str:
+    return f"{counted(count, 'image link')} {'points' if count == 1 else 'point'}"
 
 
 def _read_as_text(folder: Path, read: str) -> str:
@@ -523,8 +540,8 @@ def _no_images(root: Path, loose: int = 0) -> DatasetError:
     one class's own folder: the list of image extensions would only suggest that its images went unrecognised."""
     if loose:
         return DatasetError(
-            f"{root} holds no class folders, only {loose} image(s) directly in it: an image's class is the name of "
-            "the folder it sits in; give the folder that holds one folder per class"
+            f"{root} holds no class folders, only {counted(loose, 'image')} directly in it: an image's class is the "
+            "name of the folder it sits in; give the folder that holds one folder per class"
         )
     # CIFAR's python-format folder (its pickled batches) given as a folder of images
     for dataset, files in (("cifar10", ("batches.meta", "data_batch_1")), ("cifar100", ("meta", "train"))):
@@ -628,7 +645,7 @@ def _warn_beside(root: Path, loose: list[str]) -> None:
 
 def _beside_text(loose: list[str]) -> str:
     shown = ", ".join(loose[:5]) + (f" and {len(loose) - 5} more" if len(loose) > 5 else "")
-    return f"{len(loose)} image(s) beside the class folders left out, in no class: {shown}"
+    return f"{counted(len(loose), 'image')} beside the class folders left out, in no class: {shown}"
 
 
 def _check_side_by_side(folders: list[PurePosixPath], root: Path) -> None:
