@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from inference.classes import folded
 from inference.errors import UsageError
 from inference.fits import LEGACY_FIT, get_fit
 from inference.manifest import sha256_file
@@ -237,14 +238,52 @@ def check_different_models(reports: Sequence[dict], names: Sequence[str]) -> Non
                 )
 
 
+def _in_first_order(report: dict, first: dict, name: str, first_name: str, order: np.ndarray | None) -> dict:
+    """``report`` with its logits' columns in the first report's class order, where it lists the same classes in
+    ``order`` (``samples.class_order``: the index into the first's classes of each of its own; None: in the
+    first's own), after checking that both scored the same samples with the same labels."""
+    if order is None:
+        if report["fingerprint"] != first["fingerprint"]:
+            raise _other_samples(report, first, name, first_name, "fingerprint")
+        return report
+    # The digest of the labels as indices into each report's own order differs for the same samples: only the
+    # digests by class name can tell, which a report written before reports kept them lacks.
+    if report["fingerprint_by_name"] is None or first["fingerprint_by_name"] is None:
+        old = [n for n, r in ((first_name, first), (name, report)) if r["fingerprint_by_name"] is None]
+        at = next(i for i, (x, y) in enumerate(zip(first["classes"], report["classes"])) if folded(x) != folded(y))
+        said = f"{old[0]} was" if len(old) == 1 else "both were"
+        raise UsageError(
+            f"{name} and {first_name} list the same {len(first['classes'])} classes in different orders (from index "
+            f"{at}: {report['classes'][at]} against {first['classes'][at]}), and {said} written by an earlier "
+            f"version, whose reports cannot be matched by class name: evaluate {'it' if len(old) == 1 else 'them'} "
+            "again"
+        )
+    if report["fingerprint_by_name"] != first["fingerprint_by_name"]:
+        raise _other_samples(report, first, name, first_name, "fingerprint_by_name")
+    logits = np.empty_like(report["logits"])
+    logits[:, order] = report["logits"]
+    return {**report, "logits": logits, "labels": order[report["labels"]], "classes": list(first["classes"])}
+
+
+def _other_samples(report: dict, first: dict, name: str, first_name: str, key: str) -> UsageError:
+    """The refusal of two reports on different samples, their digests under ``key`` told apart."""
+    return UsageError(
+        f"{name} and {first_name} are reports on different samples ({len(report['labels'])} against "
+        f"{counted(len(first['labels']), 'image')}, fingerprints {report[key][:12]} and {first[key][:12]}): "
+        "evaluate both on the same --data and --split"
+    )
+
+
 def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
     """What the ensemble of the reports' models would score on their samples, from their saved logits alone:
     each member's top-1, the average's, and the average against the best member (McNemar, paired interval).
+    Reports listing the same classes in other orders are averaged by class name, in the first report's order.
     A way to choose members before joining their checkpoints; the joined checkpoint's own report is the figure
     (it averages the members before, not after, any test-time augmentation)."""
+    from .reports.compare import classes_differ
     from .reports.metrics import mcnemar, paired_difference_interval, softmax
     from .reports.predictions import load_predictions, logits_before_temperature
-    from .reports.samples import same_classes
+    from .reports.samples import class_order, same_classes
 
     if len(paths) < 2:
         raise UsageError("an ensemble needs at least two reports")
@@ -252,18 +291,13 @@ def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
         raise UsageError("the same report is given twice: an ensemble of a model with itself is that model")
     reports = [load_predictions(p) for p in paths]
     first = reports[0]
-    for path, report in zip(paths[1:], reports[1:]):
-        if not same_classes(report["classes"], first["classes"]):
-            raise UsageError(
-                f"{path} and {paths[0]} are reports on different classes ({len(report['classes'])} against "
-                f"{len(first['classes'])}): nothing to pair"
-            )
-        if report["fingerprint"] != first["fingerprint"]:
-            raise UsageError(
-                f"{path} and {paths[0]} are reports on different samples ({len(report['labels'])} against "
-                f"{counted(len(first['labels']), 'image')}, fingerprints {report['fingerprint'][:12]} and "
-                f"{first['fingerprint'][:12]}): evaluate both on the same --data and --split"
-            )
+    for i, (path, report) in enumerate(zip(paths[1:], reports[1:]), start=1):
+        same_order = same_classes(report["classes"], first["classes"])
+        order = None if same_order else class_order(first["classes"], report["classes"])
+        if not same_order and order is None:
+            differ = classes_differ(first["classes"], report["classes"])
+            raise UsageError(f"reports {paths[0]} (A) and {path} (B): {differ}")
+        reports[i] = _in_first_order(report, first, str(path), str(paths[0]), order)
     check_different_models(reports, [str(p) for p in paths])
     labels = first["labels"]
     # as the joined network averages them: each member's softmax of its own logits, without a graph's temperature
