@@ -138,19 +138,28 @@ def _on_gpu() -> bool:
         return False
 
 
-def says_the_settings(worker_index: int | None, environ: Mapping[str, str]) -> bool:
+def says_the_settings(worker_index: int | None, environ: Mapping[str, str], command: str | None) -> bool:
     """Whether this process says what the start runs with (``start_notes``: the settings given, the warnings): the
-    server's own process, once, not each worker; and not a server that `python -m service serve` became, which
-    said it before (its mark of the manifest it checked is in the environment)."""
+    process of `bentoml serve` itself (``command``: the click command importing the service), once, not each
+    worker, nor `bentoml build`, a test or a script that imports the module; and not a server that `python -m
+    service serve` became, which said it before (its mark of the manifest it checked is in the environment)."""
     try:
         mark = CHECKED_ENV
     except NameError:  # onnxruntime not importable where the service is only being built: no server runs here
         return False
-    return worker_index is None and not environ.get(mark)
+    return command in ("serve", "serve-http") and worker_index is None and not environ.get(mark)
+
+
+def _bentoml_command() -> str | None:
+    """The name of the bentoml command importing this module, if one is (``bentoml serve``, ``bentoml build``)."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    return None if context is None else context.info_name
 
 
 ON_GPU = _on_gpu()
-if says_the_settings(bentoml.server_context.worker_index, os.environ):
+if says_the_settings(bentoml.server_context.worker_index, os.environ, _bentoml_command()):
     for note in start_notes(os.environ, {}, SETTINGS, on_gpu=ON_GPU, cores=cpu_count()):
         print(note, file=sys.stderr, flush=True)
 # One worker per visible GPU unless --workers says otherwise; BentoML makes GPUS devices visible to the workers

@@ -169,20 +169,35 @@ def test_the_containers_bentoml_serve_says_the_settings_once_from_the_servers_pr
     env = {name: value for name, value in os.environ.items() if not name.startswith("CIFAR_")}
     env |= {"CIFAR_MODELS_DIR": str(models), "CIFAR_TIMEOUT_S": "5", "CIFAR_API_KEYS": "", "CIFAR_DEVICE": "cpu"}
     run = dict(cwd=ROOT, capture_output=True, text=True, timeout=120)
-    done = subprocess.run([sys.executable, "-c", "import service.service"], env=env, **run)
+
+    def imported_by(command: str) -> str:
+        # as bentoml's command line imports the service: inside its click command's context
+        return (
+            "import click\n"
+            f"with click.Context(click.Command({command!r}), info_name={command!r}):\n"
+            "    import service.service\n"
+        )
+
+    done = subprocess.run([sys.executable, "-c", imported_by("serve")], env=env, **run)
     said = [line for line in done.stderr.splitlines() if line.startswith(("settings:", "warning:"))]
     assert done.returncode == 0 and len(said) == 3, done.stderr[-2000:]
     assert said[0] == (
         f"settings: CIFAR_MODELS_DIR={models}, CIFAR_DEVICE=cpu, CIFAR_TIMEOUT_S=5; the others at their defaults"
     )
     assert said[1].startswith("warning: CIFAR_API_KEYS is set but empty") and "5 s (--timeout" in said[2], said
+    # `bentoml build`, a test or a script importing the module: no server starts, nothing to say
+    for code in (imported_by("build"), "import service.service"):
+        done = subprocess.run([sys.executable, "-c", code], env=env, **run)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "settings:" not in done.stderr and "warning:" not in done.stderr, done.stderr[-2000:]
     env[CHECKED_ENV] = manifest_digest(models)  # as `python -m service serve` execs the server
-    done = subprocess.run([sys.executable, "-c", "import service.service"], env=env, **run)
+    done = subprocess.run([sys.executable, "-c", imported_by("serve")], env=env, **run)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "settings:" not in done.stderr and "warning:" not in done.stderr, done.stderr[-2000:]
 
     from service.service import says_the_settings
 
-    assert says_the_settings(None, {})
-    assert not says_the_settings(0, {}) and not says_the_settings(1, {})
-    assert not says_the_settings(None, {CHECKED_ENV: "0" * 64})
+    assert says_the_settings(None, {}, "serve")
+    assert not says_the_settings(0, {}, "serve") and not says_the_settings(1, {}, "serve")
+    assert not says_the_settings(None, {CHECKED_ENV: "0" * 64}, "serve")
+    assert not says_the_settings(None, {}, "build") and not says_the_settings(None, {}, None)
