@@ -15,8 +15,9 @@ from training.reports.compare import compare
 from training.reports.predictions import METRICS_FILE, PREDICTIONS_FILE, save_predictions
 from training.reports.samples import fingerprint_by_name, sample_fingerprint
 
+# tests/test_ensemble_estimate_class_order.py uses these and the helpers below that write reports and checkpoints.
 CLASSES = ["alpha", "beta", "gamma"]
-ORDER = [2, 0, 1]  # the permuted model's class i is the original's ORDER[i]: gamma, alpha, beta
+ORDER = [2, 0, 1]  # the permuted model's class i is the original's ORDER[i]: gamma, alpha, beta (not its own inverse)
 
 
 def _figures(result: dict) -> dict:

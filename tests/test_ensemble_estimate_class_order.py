@@ -4,48 +4,13 @@ as `compare` pairs them; other class sets are refused naming what differs."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from test_compare_class_order import CLASSES, ORDER, _images, _one_error_line, _other_model, _permuted, _report
 from training.__main__ import main
-from training.data import ImageArrays
 from training.ensemble import estimate_from_reports
-from training.reports.predictions import METRICS_FILE, PREDICTIONS_FILE, save_predictions
-from training.reports.samples import fingerprint_by_name, sample_fingerprint
-
-CLASSES = ["alpha", "beta", "gamma"]
-ORDER = [2, 0, 1]  # the permuted model's class i is the original's ORDER[i]: gamma, alpha, beta (not its own inverse)
-
-
-def _images(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
-
-
-def _report(
-    folder: Path, images: np.ndarray, labels: np.ndarray, logits: np.ndarray, classes: list[str], by_name: bool = True
-) -> Path:
-    """A report as ``evaluate`` writes one (labels and logits' columns in ``classes``' order); without ``by_name``,
-    one an earlier version wrote."""
-    folder.mkdir()
-    data = ImageArrays(images, labels, classes)
-    save_predictions(
-        folder / PREDICTIONS_FILE,
-        logits.astype(np.float32),
-        labels,
-        classes,
-        sample_fingerprint(data),
-        fingerprint_by_name(data, classes) if by_name else None,
-    )
-    (folder / METRICS_FILE).write_text('{"tta": "none"}')
-    return folder
-
-
-def _permuted(folder: Path, images: np.ndarray, labels: np.ndarray, logits: np.ndarray, **kw) -> Path:
-    """The report of the same predictions by a model listing its classes in ``ORDER``."""
-    position = np.argsort(ORDER)  # where each original class sits in the permuted order
-    return _report(folder, images, position[labels], logits[:, ORDER], [CLASSES[i] for i in ORDER], **kw)
 
 
 @pytest.fixture
@@ -89,12 +54,6 @@ def test_a_permuted_copy_of_one_report_is_still_one_model(reports):
     a_permuted = _permuted(a.parent / "a-permuted", images, labels, logits_a)
     with pytest.raises(ValueError, match=f"{a_permuted} and {a} hold the same predictions, logit for logit"):
         estimate_from_reports([a, a_permuted])
-
-
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
 
 
 def test_other_samples_in_another_class_order_are_refused(reports, tmp_path, capsys):
@@ -147,24 +106,6 @@ def test_other_class_sets_are_refused_in_one_line_naming_what_differs(reports, t
 
 
 # -- reports that evaluate wrote, of checkpoints ----------------------------------------------------------------
-
-
-def _other_model(run: Path, out: Path, order: list[int]) -> Path:
-    """A checkpoint of another network than ``run``'s best.pt (its classifier's weights moved), listing its
-    classes in ``order``: its logits' columns and its classes' names permuted alike."""
-    import torch
-
-    ckpt = torch.load(run / "best.pt", weights_only=False)
-    ckpt["meta"] = {**ckpt["meta"], "classes": [ckpt["meta"]["classes"][i] for i in order]}
-    for key in ("model", "ema"):
-        if ckpt.get(key):
-            weights = dict(ckpt[key])
-            fc = next(k for k in weights if k.endswith("fc.weight"))
-            noise = torch.randn(weights[fc].shape, generator=torch.Generator().manual_seed(0))
-            weights[fc] = (weights[fc] + weights[fc].abs().mean() * 3 * noise)[order]
-            ckpt[key] = weights
-    torch.save(ckpt, out)
-    return out
 
 
 def test_evaluated_checkpoints_in_another_class_order_give_the_estimate_of_the_same_order(tiny_run, tmp_path, capsys):

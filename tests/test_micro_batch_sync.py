@@ -24,12 +24,12 @@ NETWORKS: dict[str, dict[str, str | int]] = {
 }
 LOOKS_FOR_UNUSED = {"resnet9": False, "airbench94": True}
 
-SCRIPT = """
-    import copy, json, torch
+# Both scripts' start: a trainer of {sets} in {run} whose DDP model counts in ``exchanged`` the buckets each
+# backward pass all-reduces.
+COUNTING_TRAINER = """
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from training.config import build_config
     from training.engine import Trainer
-    from training.models.whitening import whitening_layers
 
     trainer = Trainer(build_config("resnet9_half_cpu", {sets!r}), {run!r})
     exchanged = []
@@ -39,6 +39,14 @@ SCRIPT = """
         return default_hooks.allreduce_hook(state, bucket)
 
     trainer.forward_model.register_comm_hook(None, counted)
+"""
+
+SCRIPT = (
+    COUNTING_TRAINER
+    + """
+    import copy, json, torch
+    from training.models.whitening import whitening_layers
+
     # as train_epoch freezes it; BatchNorm on its running statistics, so that only the chunking differs
     for layer in whitening_layers(trainer.model):
         layer.bias.requires_grad_(False)
@@ -61,6 +69,7 @@ SCRIPT = """
     trainer._leave_process_group()
     print(json.dumps(found))
 """
+)
 
 
 @pytest.fixture(scope="module", params=list(NETWORKS))
@@ -95,21 +104,12 @@ def test_micro_batches_under_ddp_take_the_step_of_the_whole_batch(two_ranks_step
     assert torch.equal(first, second)
 
 
-UNEVEN = """
+UNEVEN = (
+    COUNTING_TRAINER
+    + """
     import torch, torch.distributed as dist
-    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-    from training.config import build_config
     from training.data.targets import part_of
-    from training.engine import Trainer
 
-    trainer = Trainer(build_config("resnet9_half_cpu", {sets!r}), {run!r})
-    exchanged = []
-
-    def counted(state, bucket):
-        exchanged.append(bucket.index())
-        return default_hooks.allreduce_hook(state, bucket)
-
-    trainer.forward_model.register_comm_hook(None, counted)
     x, y = next(iter(trainer.train_loader))
     keep = len(x) - {micro} * trainer.dist.rank
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -121,6 +121,7 @@ UNEVEN = """
     print(len(exchanged), float((both[0] - both[1]).abs().max()))
     trainer._leave_process_group()
 """
+)
 
 
 def test_ranks_splitting_their_batches_into_different_counts_of_micro_batches_keep_in_step(image_folder, tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import errno
 import io
-import json
 import re
 import shutil
 import socket
@@ -16,62 +15,27 @@ import struct
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import ExitStack
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
+from fakes import FakeService, base_url, serving
 from service.score import run as run_module
 from service.score.cli import main as score_main
 from service.score.remote import KEY_CHECK_NAME, MAX_RETRY_AFTER, RemoteBackend
 from service.score.run import OUTPUT_LOST
 
-CLASSES = ["alpha", "beta", "gamma"]
-MODELS = {
-    "default": "fake",
-    "models": [
-        {
-            "name": "fake",
-            "dataset": "folder",
-            "arch": "resnet9",
-            "classes": CLASSES,
-            "precision": "fp32",
-            "accuracy": None,
-            "input_size": [32, 32],
-            "fit": "center_crop",
-            "default": True,
-        }
-    ],
-}
 
-
-class Fake(BaseHTTPRequestHandler):
+class Fake(FakeService):
     """The service's GET /readyz, GET /models and POST /classify; ``server.fault(handler, body, names)`` may
     answer a POST its own way (and return True), else every image gets the same classes. The scorer's key check
     is classified, neither recorded nor faulted (tests/test_score_remote_key.py has its own)."""
 
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def answer(self, status: int, body: bytes | dict, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode() if isinstance(body, dict) else body
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json" if isinstance(body, dict) else "text/html")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self.answer(200, {"status": "ready"} if self.path == "/readyz" else MODELS)
-
     def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        names = [n.decode() for n in re.findall(rb'name="images"; filename="([^"]*)"', body)]
+        body, names = self.read_images()
         self.names = names
         if names == [KEY_CHECK_NAME]:  # the scorer's check of its key, before the run: no part of what it sends
             self.classify(names)
@@ -84,11 +48,6 @@ class Fake(BaseHTTPRequestHandler):
         except OSError:  # the scorer gave up on this request (its --timeout)
             return
         self.classify(names)
-
-    def classify(self, names: list[str]) -> None:
-        """Every image gets the same classes."""
-        top = [{"label": c, "index": i, "confidence": 0.5 / (i + 1)} for i, c in enumerate(CLASSES)]
-        self.answer(200, {"model": "fake", "predictions": [{"filename": n, "top_k": top} for n in names]})
 
     def drop(self, reset: bool) -> None:
         """Close the connection without an answer: a worker that died on the request (RST), or one that closed."""
@@ -106,25 +65,13 @@ Fault = Callable[[Fake, bytes, list[str]], bool]
 @pytest.fixture
 def serve() -> Iterator[Callable[[Fault], tuple[str, list[list[str]]]]]:
     """Start a fake service on a free port with a fault: its URL and the names of every POST's images."""
-    servers: list[ThreadingHTTPServer] = []
-    release = threading.Event()
+    with ExitStack() as servers:
 
-    def start(fault: Fault) -> tuple[str, list[list[str]]]:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Fake)
-        server.daemon_threads = True
-        server.fault = fault  # type: ignore[attr-defined]
-        server.posts = []  # type: ignore[attr-defined]
-        server.lock = threading.Lock()  # type: ignore[attr-defined]
-        server.release = release  # type: ignore[attr-defined]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}", server.posts  # type: ignore[attr-defined]
+        def start(fault: Fault) -> tuple[str, list[list[str]]]:
+            server = servers.enter_context(serving(Fake, fault=fault, posts=[], lock=threading.Lock()))
+            return base_url(server), server.posts  # type: ignore[attr-defined]
 
-    yield start
-    release.set()
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+        yield start
 
 
 @pytest.fixture

@@ -5,17 +5,16 @@ one request of one small test image."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from conftest import running_service
+from fakes import FakeService, base_url, serving
 from service.score.cli import main as score_main
 from service.score.remote import KEY_CHECK_NAME
 
@@ -80,47 +79,15 @@ def test_a_key_the_service_does_not_accept_leaves_a_resumed_output_untouched(
     assert "scored 1" in capsys.readouterr().err
 
 
-MODELS = {
-    "default": "fake",
-    "models": [
-        {
-            "name": "fake",
-            "dataset": "folder",
-            "arch": "resnet9",
-            "classes": ["alpha", "beta"],
-            "precision": "fp32",
-            "accuracy": None,
-            "input_size": [32, 32],
-            "fit": "center_crop",
-            "default": True,
-        }
-    ],
-}
+class Fake(FakeService):
+    """GET /readyz and /models (a model of two classes); POST /classify answered ``server.check`` (status, body)
+    where it is the scorer's key check and that is set, else classified; the names of every POST's images in
+    ``server.posts``, its k in ``server.ks``."""
 
-
-class Fake(BaseHTTPRequestHandler):
-    """GET /readyz and /models; POST /classify answered ``server.check`` (status, body) where it is the scorer's key
-    check and that is set, else classified; the names of every POST's images in ``server.posts``."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def answer(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self.answer(200, {"status": "ready"} if self.path == "/readyz" else MODELS)
+    classes = ["alpha", "beta"]
 
     def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        names = [n.decode() for n in re.findall(rb'name="images"; filename="([^"]*)"', body)]
+        body, names = self.read_images()
         self.server.posts.append(names)  # type: ignore[attr-defined]
         self.server.ks.append(re.findall(rb'name="k"\r\n\r\n([^\r]*)\r\n', body))  # type: ignore[attr-defined]
         check = self.server.check  # type: ignore[attr-defined]
@@ -130,33 +97,19 @@ class Fake(BaseHTTPRequestHandler):
                 return
             self.answer(*check)
             return
-        top = [{"label": "alpha", "index": 0, "confidence": 0.9}, {"label": "beta", "index": 1, "confidence": 0.1}]
-        self.answer(200, {"model": "fake", "predictions": [{"filename": n, "top_k": top} for n in names]})
+        self.classify(names)
 
 
 @pytest.fixture
 def fake() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Fake)
-    server.daemon_threads = True
-    server.posts = []  # type: ignore[attr-defined]
-    server.ks = []  # type: ignore[attr-defined]
-    server.check = None  # type: ignore[attr-defined]
-    server.release = threading.Event()  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.release.set()  # type: ignore[attr-defined]
-    server.shutdown()
-    server.server_close()
-
-
-def _url(server: ThreadingHTTPServer) -> str:
-    return f"http://127.0.0.1:{server.server_address[1]}"
+    with serving(Fake, posts=[], ks=[], check=None) as server:
+        yield server
 
 
 def test_a_service_without_keys_costs_one_request_of_one_test_image(fake, photos, tmp_path, monkeypatch):
     monkeypatch.delenv(KEY_VARIABLE, raising=False)
     out = tmp_path / "preds.csv"
-    assert _score(photos, _url(fake), out) == 0
+    assert _score(photos, base_url(fake), out) == 0
     assert fake.posts == [[KEY_CHECK_NAME], sorted(p.name for p in photos.iterdir())], fake.posts
     # k=1 for the check: the default k (5) is more than this model's 2 classes, a refusal the service would count
     assert fake.ks == [[b"1"], [b"2"]], fake.ks
@@ -172,7 +125,7 @@ def test_a_key_check_that_fails_otherwise_leaves_the_run_to_find_out(fake, photo
     monkeypatch.delenv(KEY_VARIABLE, raising=False)
     fake.check = check
     out = tmp_path / "preds.csv"
-    assert _score(photos, _url(fake), out, "--timeout", "0.5") == 0
+    assert _score(photos, base_url(fake), out, "--timeout", "0.5") == 0
     assert len(out.read_text().splitlines()) == 4
 
 
@@ -181,7 +134,7 @@ def test_a_401_to_a_key_given_says_the_services_words(fake, photos, tmp_path, mo
     monkeypatch.setenv(KEY_VARIABLE, "some-key")
     fake.check = (401, {"error": "Authorization header missing", "reason": "unauthorized"})
     out = tmp_path / "preds.csv"
-    assert _score(photos, _url(fake), out) == 2
+    assert _score(photos, base_url(fake), out) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "some-key" not in err, err
     assert "does not accept the API key given" in err and "HTTP 401: Authorization header missing" in err, err

@@ -8,7 +8,6 @@ SIGTERMs raised where the test wants them (CI runs the suite with SIGINT ignored
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 import signal
@@ -17,21 +16,20 @@ import sys
 import threading
 import time
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from conftest import ROOT
+from fakes import CLASSES, FakeService, base_url, serving
 from service.score import run as run_module
 from service.score.cli import main as score_main
 from service.score.engines import choose_engine
 from service.score.remote import KEY_CHECK_NAME
 from service.score.sinks import Prediction, Row
 from service.score.walk import Entry
-
-CLASSES = ["alpha", "beta", "gamma"]
 
 
 class _Backend:
@@ -186,77 +184,35 @@ def test_the_bar_of_a_resume_of_a_folder_that_lost_files_ends_at_its_total(fake_
 
 # --- A --url run stopped twice: a real scorer process and real signals ---------------------------------------------
 
-MODELS = {
-    "default": "fake",
-    "models": [
-        {
-            "name": "fake",
-            "dataset": "folder",
-            "arch": "resnet9",
-            "classes": CLASSES,
-            "precision": "fp32",
-            "accuracy": None,
-            "input_size": [32, 32],
-            "fit": "center_crop",
-            "default": True,
-        }
-    ],
-}
 
-
-class _Service(BaseHTTPRequestHandler):
-    """Answers the first request of the run's images at once, and holds the others until ``server.release`` (at
-    most half a minute), then sets ``server.answered_held``."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def answer(self, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self.answer({"status": "ready"} if self.path == "/readyz" else MODELS)
+class _Service(FakeService):
+    """Answers the request of the run's first chunk (the one holding 0.png, whichever worker posts it first) at
+    once, and holds the others until ``server.release`` (at most half a minute), then sets
+    ``server.answered_held``. Held by order of arrival instead, a second worker's chunk could come first and be
+    answered while the first chunk's was held: no row would ever be written."""
 
     def do_POST(self) -> None:
         server = self.server
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        names = [n.decode() for n in re.findall(rb'name="images"; filename="([^"]*)"', body)]
+        _, names = self.read_images()
         if names != [KEY_CHECK_NAME]:
             with server.lock:  # type: ignore[attr-defined]
                 server.posts += 1  # type: ignore[attr-defined]
-                held = server.posts > 1  # type: ignore[attr-defined]
+                held = "0.png" not in names
             if held and not server.release.is_set():  # type: ignore[attr-defined]
                 server.holding.set()  # type: ignore[attr-defined]
                 server.release.wait(30)  # type: ignore[attr-defined]
                 server.answered_held.set()  # type: ignore[attr-defined]
-        top = [{"label": c, "index": i, "confidence": 0.5 / (i + 1)} for i, c in enumerate(CLASSES)]
         try:
-            self.answer({"model": "fake", "predictions": [{"filename": n, "top_k": top} for n in names]})
+            self.classify(names)
         except OSError:  # the scorer gave up on it
             pass
 
 
 @pytest.fixture
 def service() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Service)
-    server.daemon_threads = True
-    server.lock = threading.Lock()  # type: ignore[attr-defined]
-    server.posts = 0  # type: ignore[attr-defined]
-    server.release = threading.Event()  # type: ignore[attr-defined]
-    server.holding = threading.Event()  # type: ignore[attr-defined]
-    server.answered_held = threading.Event()  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.release.set()  # type: ignore[attr-defined]
-    server.shutdown()
-    server.server_close()
+    events = {"holding": threading.Event(), "answered_held": threading.Event()}
+    with serving(_Service, lock=threading.Lock(), posts=0, **events) as server:
+        yield server
 
 
 # ``python -m service ARGS``, touching STOP_DIR/closing once its main thread waits for the requests in flight at
@@ -315,7 +271,7 @@ def test_a_second_ctrl_c_while_the_requests_in_flight_end_ends_the_run_at_once(s
     for i in range(8):
         Image.new("RGB", (32, 32), (30 * i, 60, 90)).save(folder / f"{i}.png")
     out = tmp_path / "preds.csv"
-    url = f"http://127.0.0.1:{service.server_address[1]}"
+    url = base_url(service)
     where = tmp_path / "hooks"
     where.mkdir()
     args = ["score", str(folder), "--url", url, "--out", str(out), "--batch-size", "2", "--workers", "1"]

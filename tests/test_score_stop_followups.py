@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import zipfile
 
 import pytest
@@ -185,3 +186,61 @@ def test_a_named_pipe_is_no_archive_and_its_probe_does_not_block(tmp_path):
         with open(fifo, "wb"):
             pass
     assert answers == [False]
+
+
+_SLOW_WRITE_DRIVER = r"""
+import os, sys, time
+from pathlib import Path
+from service.score import run
+
+write, calls = run._write, []
+
+
+def slow_write(out, text):
+    calls.append(1)
+    if len(calls) == 2:  # the first rows' write (after the header), on a slow disk or pipe
+        Path(os.environ["MARK"]).touch()
+        time.sleep(4)
+    return write(out, text)
+
+
+run._write = slow_write
+from service.__main__ import main
+from service.process_end import end_process
+
+end_process(main(sys.argv[1:]))
+"""
+
+
+def test_a_stop_while_rows_are_written_also_says_it_waits_for_the_requests_in_flight(service, tmp_path):  # noqa: F811
+    """A Ctrl-C that lands while the run writes rows (not while it waits for them) is raised outside the engine's
+    rows: the wait for the requests in flight came after the summary, unsaid."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(8):
+        Image.new("RGB", (32, 32), (30 * i, 60, 90)).save(folder / f"{i}.png")
+    out, mark = tmp_path / "preds.csv", tmp_path / "writing"
+    url = f"http://127.0.0.1:{service.server_address[1]}"
+    args = ["score", str(folder), "--url", url, "--out", str(out), "--batch-size", "2", "--workers", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_WRITE_DRIVER, *args, "--timeout", "30", "--no-progress"],
+        cwd=ROOT,
+        env={**os.environ, "MARK": str(mark)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C as in a shell
+    )
+    try:
+        _wait_for(lambda: mark.exists() and service.holding.is_set(), proc, "the first rows' write")
+        proc.send_signal(signal.SIGINT)
+        threading.Timer(6, service.release.set).start()  # the service answers the held requests a little later
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and proc.returncode == 130, err
+    waiting = [i for i, line in enumerate(lines) if line.startswith("waiting for ")]
+    summary = [i for i, line in enumerate(lines) if line.startswith("interrupted: ")]
+    assert waiting and summary and waiting[0] < summary[0], lines

@@ -248,7 +248,7 @@ class RemoteBackend:
         waited for here, where the wait can be said, before the run's summary; a stop after it is dropped."""
         try:
             yield from pipeline(chunks, self)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, GeneratorExit):  # GeneratorExit: the run closed it, stopped between two rows
             self._end_requests(said=True)
             raise
 

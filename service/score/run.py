@@ -632,8 +632,9 @@ def _run(
                 _check_csv_cell(row.path, summary)
 
     start = time.perf_counter()
+    rows_of = backend.rows(chunks(entries, backend.batch_size, done))
     try:
-        for rows in backend.rows(chunks(entries, backend.batch_size, done)):
+        for rows in rows_of:
             writing = rows
             _write(out, fmt.format(rows))
             if replacement is not None:
@@ -665,6 +666,12 @@ def _run(
     except StopRun as exc:  # here, not in run(): the summary knows whether there are rows to resume
         failure = exc
     finally:
+        # Closed here, on this thread, however the loop ended: a stop or a failed write between two rows has the
+        # engine end its requests now, and say so, before the summary (left to the garbage collector, the engine's
+        # generator could be closed on one of its own threads, which cannot join itself).
+        close = getattr(rows_of, "close", None)
+        if close is not None:
+            close()
         summary.elapsed = time.perf_counter() - start
         stop.set()
         bar.close()
