@@ -8,6 +8,7 @@ The rule applies to the names under the folder given, never to that folder's own
 
 from __future__ import annotations
 
+import shlex
 import tarfile
 from pathlib import Path
 
@@ -42,3 +43,13 @@ def is_tar_archive(path: str | Path) -> bool:
         return tarfile.is_tarfile(path)
     except (OSError, EOFError):
         return False
+
+
+def unpack_command(path: str) -> str | None:
+    """The shell command that unpacks ``path`` into DIR where it is an archive (a .zip by its name, a tar archive
+    as ``is_tar_archive`` tells), quoted so that it can be pasted as it is; None for anything else."""
+    if path.lower().endswith(".zip"):
+        return f"unzip {shlex.quote(path)} -d DIR"
+    if is_tar_archive(path):
+        return f"tar xf {shlex.quote(path)} -C DIR"
+    return None

@@ -13,7 +13,6 @@ import argparse
 import ctypes
 import os
 import platform
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from inference.manifest import Manifest, ManifestError, ModelEntry, file_problem
 from inference.messages import counted
 from inference.precisions import precision
 from inference.preprocess import IMAGE_EXTENSIONS, decode_image, to_model_input
-from inference.tree_files import is_hidden, is_tar_archive, is_tree_image
+from inference.tree_files import is_hidden, is_tree_image, unpack_command
 
 from .gpus import GpuReport, gpu_report
 
@@ -185,9 +184,8 @@ def _folder_refusal(folder: str) -> str | None:
         return None
     if not path.exists():
         return f"--folder {folder} is not a folder: it does not exist"
-    if is_tar_archive(path) or path.name.lower().endswith(".zip"):
-        quoted = shlex.quote(folder)  # a command that can be pasted as it is, spaces and all
-        unpack = f"unzip {quoted} -d DIR" if path.name.lower().endswith(".zip") else f"tar xf {quoted} -C DIR"
+    unpack = unpack_command(folder)
+    if unpack:
         return (
             f"--folder {folder} is an archive, not a folder: unpack it (mkdir DIR && {unpack}) and give --folder "
             "the folder in DIR that holds one sub-folder per class"

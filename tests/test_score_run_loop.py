@@ -260,30 +260,42 @@ def _wait_for(what, proc: subprocess.Popen, name: str) -> None:
         time.sleep(0.01)
 
 
-def test_a_second_ctrl_c_while_the_requests_in_flight_end_ends_the_run_at_once(service, tmp_path):
-    """The first Ctrl-C stops the run, which then waits for the requests in flight (each up to --timeout); the
-    second ended that wait only once the service answered them. Now it abandons them: the process ends while the
-    service still holds its request, with the first stop's status and message, and --resume completes the rows."""
-    folder = tmp_path / "photos"
-    folder.mkdir()
+def _photos(tmp_path: Path) -> Path:
+    """Eight small PNGs, four chunks of two for the scorer."""
     from PIL import Image
 
+    folder = tmp_path / "photos"
+    folder.mkdir()
     for i in range(8):
         Image.new("RGB", (32, 32), (30 * i, 60, 90)).save(folder / f"{i}.png")
-    out = tmp_path / "preds.csv"
-    url = base_url(service)
-    where = tmp_path / "hooks"
-    where.mkdir()
-    args = ["score", str(folder), "--url", url, "--out", str(out), "--batch-size", "2", "--workers", "1"]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _DRIVER, *args, "--timeout", "120", "--no-progress"],
+    return folder
+
+
+def _start_scorer(
+    driver: str, url: str, folder: Path, out: Path, workers: int, timeout: int, env: dict[str, str]
+) -> subprocess.Popen:
+    """``driver`` scoring ``folder`` into ``out`` through ``url`` in chunks of two, Ctrl-C taken as in a shell;
+    its stderr piped for the test to read."""
+    args = ["score", str(folder), "--url", url, "--out", str(out), "--batch-size", "2", "--workers", str(workers)]
+    return subprocess.Popen(
+        [sys.executable, "-c", driver, *args, "--timeout", str(timeout), "--no-progress"],
         cwd=ROOT,
-        env={**os.environ, "STOP_DIR": str(where)},
+        env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C as in a shell
     )
+
+
+def test_a_second_ctrl_c_while_the_requests_in_flight_end_ends_the_run_at_once(service, tmp_path):
+    """The first Ctrl-C stops the run, which then waits for the requests in flight (each up to --timeout); the
+    second ended that wait only once the service answered them. Now it abandons them: the process ends while the
+    service still holds its request, with the first stop's status and message, and --resume completes the rows."""
+    folder, out, url = _photos(tmp_path), tmp_path / "preds.csv", base_url(service)
+    where = tmp_path / "hooks"
+    where.mkdir()
+    proc = _start_scorer(_DRIVER, url, folder, out, 1, 120, {"STOP_DIR": str(where)})
     try:
         _wait_for(lambda: out.exists() and len(_rows(out)) == 2 and service.holding.is_set(), proc, "its first rows")
         proc.send_signal(signal.SIGINT)

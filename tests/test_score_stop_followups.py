@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import tarfile
 import threading
 import zipfile
@@ -17,10 +15,18 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
+from fakes import base_url
 from inference import runtime
 from inference.interrupts import Terminated, interrupts_held, terminations_as_interrupts
 from service.score.cli import main as score_main
-from test_score_run_loop import _DRIVER, _rows, _wait_for, service  # noqa: F401 (service: the fixture)
+from test_score_run_loop import (  # noqa: F401 (service: the fixture)
+    _DRIVER,
+    _photos,
+    _rows,
+    _start_scorer,
+    _wait_for,
+    service,
+)
 
 
 def test_interrupts_held_calls_on_stop_as_each_stop_is_held_then_raises_the_first():
@@ -38,24 +44,10 @@ def test_interrupts_held_calls_on_stop_as_each_stop_is_held_then_raises_the_firs
 def test_a_stopped_url_run_says_it_waits_for_its_requests_in_flight_before_its_summary(service, tmp_path):  # noqa: F811
     """The first Ctrl-C stops the run, which waits (up to --timeout) for the requests in flight: it did so without
     a word. Now one line says so, and how to abandon them; the summary stays last."""
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for i in range(8):
-        Image.new("RGB", (32, 32), (30 * i, 60, 90)).save(folder / f"{i}.png")
-    out = tmp_path / "preds.csv"
-    url = f"http://127.0.0.1:{service.server_address[1]}"
+    folder, out = _photos(tmp_path), tmp_path / "preds.csv"
     where = tmp_path / "hooks"
     where.mkdir()
-    args = ["score", str(folder), "--url", url, "--out", str(out), "--batch-size", "2", "--workers", "2"]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _DRIVER, *args, "--timeout", "30", "--no-progress"],
-        cwd=ROOT,
-        env={**os.environ, "STOP_DIR": str(where)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C as in a shell
-    )
+    proc = _start_scorer(_DRIVER, base_url(service), folder, out, 2, 30, {"STOP_DIR": str(where)})
     try:
         # the first request answered, its rows written; the next two held by the service
         _wait_for(lambda: out.exists() and len(_rows(out)) == 2 and service.posts >= 3, proc, "its first rows")
@@ -215,22 +207,8 @@ end_process(main(sys.argv[1:]))
 def test_a_stop_while_rows_are_written_also_says_it_waits_for_the_requests_in_flight(service, tmp_path):  # noqa: F811
     """A Ctrl-C that lands while the run writes rows (not while it waits for them) is raised outside the engine's
     rows: the wait for the requests in flight came after the summary, unsaid."""
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for i in range(8):
-        Image.new("RGB", (32, 32), (30 * i, 60, 90)).save(folder / f"{i}.png")
-    out, mark = tmp_path / "preds.csv", tmp_path / "writing"
-    url = f"http://127.0.0.1:{service.server_address[1]}"
-    args = ["score", str(folder), "--url", url, "--out", str(out), "--batch-size", "2", "--workers", "2"]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_WRITE_DRIVER, *args, "--timeout", "30", "--no-progress"],
-        cwd=ROOT,
-        env={**os.environ, "MARK": str(mark)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C as in a shell
-    )
+    folder, out, mark = _photos(tmp_path), tmp_path / "preds.csv", tmp_path / "writing"
+    proc = _start_scorer(_SLOW_WRITE_DRIVER, base_url(service), folder, out, 2, 30, {"MARK": str(mark)})
     try:
         _wait_for(lambda: mark.exists() and service.holding.is_set(), proc, "the first rows' write")
         proc.send_signal(signal.SIGINT)

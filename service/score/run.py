@@ -10,7 +10,6 @@ import itertools
 import logging
 import math
 import os
-import shlex
 import shutil
 import signal
 import sys
@@ -31,7 +30,7 @@ from inference.interrupts import (
     take_over_terminations,
 )
 from inference.preprocess import IMAGE_EXTENSIONS, is_image_name
-from inference.tree_files import is_tar_archive
+from inference.tree_files import unpack_command
 
 from ..settings import THREADS_MAXIMUM, empty_flag_refusal
 from .accuracy import FolderAccuracy
@@ -255,9 +254,8 @@ def _not_a_folder(path: str) -> str:
     reads folders (worded as `service doctor --folder` refuses one)."""
     if not os.path.exists(path):
         return f"{path} does not exist"
-    zipped = path.lower().endswith(".zip")
-    if os.path.isfile(path) and (zipped or is_tar_archive(path)):  # a pipe's read would block: it is none
-        unpack = f"unzip {shlex.quote(path)} -d DIR" if zipped else f"tar xf {shlex.quote(path)} -C DIR"
+    unpack = unpack_command(path) if os.path.isfile(path) else None
+    if unpack:
         return f"{path} is an archive, not a folder: unpack it (mkdir DIR && {unpack}) and score DIR"
     return f"{path} is not a folder"
 
