@@ -5,9 +5,19 @@ so the service side can use it too."""
 from __future__ import annotations
 
 import os
+import re
+import socket
 import stat
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
+
+# How long another host's temporary file may go unwritten before it counts as a dead writer's. Its pid cannot be
+# looked up from here, so its age is all there is: a day is far beyond any write (a cache of a million images is
+# written in minutes, even over NFS) and beyond any clock difference between hosts and the file server, and a
+# killed writer's file costs only its room until then.
+FOREIGN_WRITER_SILENCE_S = 24 * 3600
 
 
 def process_running(pid: int) -> bool:
@@ -22,11 +32,60 @@ def process_running(pid: int) -> bool:
     return True
 
 
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+def this_host() -> str:
+    """This host's name as a temporary file's name carries it: no dot (the name's fields are split on them), no
+    ``@`` (what ends the pid) and nothing a file name cannot hold."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "localhost"
+
+
+def temporary_path(path: Path, *, shared: bool = False) -> Path:
+    """``NAME.PID.tmp`` beside ``path``; ``NAME.PID@HOST.tmp`` in a ``shared`` folder, which other hosts write to
+    as well (a data cache on NFS under multi-node torchrun): a pid tells whether its writer runs only on its
+    own host."""
+    writer = f"{os.getpid()}@{this_host()}" if shared else str(os.getpid())
+    return path.with_name(f"{path.name}.{writer}.tmp")
+
+
+@dataclass(frozen=True)
+class Temporary:
+    """What a temporary file's name (:func:`temporary_path`'s) says: the file it becomes and who writes it."""
+
+    target: str
+    pid: str
+    host: str | None  # None: a name without one, written on this host (or by a version that named no host)
+
+
+def parse_temporary(name: str) -> Temporary | None:
+    """The parts of a temporary file's name, or None for a name that is not one."""
+    if not name.endswith(".tmp") or name.count(".") < 2:
+        return None
+    target, writer = name.removesuffix(".tmp").rsplit(".", 1)
+    pid, at, host = writer.partition("@")
+    return Temporary(target, pid, host if at else None)
+
+
+def writer_may_run(tmp: Path) -> bool:
+    """Whether the temporary file ``tmp`` may still be written to, so must not be removed: its writer runs on
+    this host; or runs on another one, where its pid means nothing here, and has written to it lately
+    (:data:`FOREIGN_WRITER_SILENCE_S`). A pid that is no number is kept: whose it is cannot be told."""
+    parsed = parse_temporary(tmp.name)
+    if parsed is None:
+        return False
+    if parsed.host is not None and parsed.host != this_host():
+        try:
+            age = time.time() - tmp.stat().st_mtime
+        except OSError:  # gone already, or not ours to look at: either way not ours to remove
+            return True
+        return age < FOREIGN_WRITER_SILENCE_S
+    return not parsed.pid.isdigit() or process_running(int(parsed.pid))
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], object], *, shared: bool = False) -> None:
     """Call ``write`` on a temporary file beside ``path``, force it to disk, then rename it over ``path``. What
-    ``write`` returns (``f.write``'s count, ``torch.save``'s None) is ignored."""
+    ``write`` returns (``f.write``'s count, ``torch.save``'s None) is ignored. ``shared``: a folder other hosts
+    write to as well (:func:`temporary_path`)."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(path, shared=shared)
     try:
         with open(tmp, "wb") as f:
             try:

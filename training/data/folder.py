@@ -28,7 +28,7 @@ from PIL import features
 from tqdm import tqdm
 
 from inference.classes import folded
-from inference.files import file_in_the_way, process_running, write_atomic
+from inference.files import file_in_the_way, parse_temporary, write_atomic, writer_may_run
 from inference.fits import DEFAULT_FIT
 from inference.messages import counted, exception_summary
 from inference.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
@@ -184,11 +184,11 @@ def _unwritable(folder: Path, exc: OSError) -> None:
 
 
 def _write_cache(cache: Path, arrays: ImageArrays, left_out: list[str]) -> None:
-    """Written atomically (a temporary file of this process, removed on any failure, then renamed: torchrun
-    ranks may cache the same source at once); then the source's earlier decodes with the same settings, and
-    temporary files that killed writers left, are removed. A cache that cannot be written (a full disk) only
-    costs a decode. ``left_out``: what an archive's decode said it left out, said again at each cached read (a
-    tree's walk finds it again)."""
+    """Written atomically (a temporary file of this process and host, removed on any failure, then renamed:
+    torchrun ranks, on one host or on several sharing the folder, may cache the same source at once); then the
+    source's earlier decodes with the same settings, and temporary files that killed writers left, are removed.
+    A cache that cannot be written (a full disk) only costs a decode. ``left_out``: what an archive's decode said
+    it left out, said again at each cached read (a tree's walk finds it again)."""
     try:
         write_atomic(
             cache,
@@ -199,6 +199,7 @@ def _write_cache(cache: Path, arrays: ImageArrays, left_out: list[str]) -> None:
                 classes=np.array(arrays.classes),
                 left_out=np.array(left_out, dtype=str),
             ),
+            shared=True,
         )
     except OSError as exc:
         _unwritable(cache.parent, exc)
@@ -209,10 +210,11 @@ def _write_cache(cache: Path, arrays: ImageArrays, left_out: list[str]) -> None:
 
 def _remove_superseded(cache: Path) -> None:
     """The same source's caches with the same settings but other contents (images added or edited since, another
-    decoder), and the temporary files of writers no longer running: without it the folder only grows."""
+    decoder), and the temporary files of writers no longer running (another host's: unwritten for a day, as its
+    pid cannot be looked up here): without it the folder only grows."""
     source = _source_of(cache.name)
     for old in cache.parent.glob(f"{glob.escape(source)}-*.npz*"):
-        if old != cache and _source_of(old.name) == source and not _being_written(old.name):
+        if old != cache and _source_of(old.name) == source and not writer_may_run(old):
             try:
                 old.unlink()
             except OSError:
@@ -220,16 +222,10 @@ def _remove_superseded(cache: Path) -> None:
 
 
 def _source_of(name: str) -> str:
-    """``<folder name>-<place and settings>`` of a cache's file name (its temporary file's too)."""
-    return name.rsplit("-", 1)[0]
-
-
-def _being_written(name: str) -> bool:
-    """Whether ``name`` is the temporary file (``<cache>.<pid>.tmp``) of a writer that still runs."""
-    if not name.endswith(".tmp"):
-        return False
-    pid = name.rsplit(".", 2)[1]
-    return not pid.isdigit() or process_running(int(pid))
+    """``<folder name>-<place and settings>`` of a cache's file name (its temporary file's too: the cache it
+    becomes, a host name's dashes left out)."""
+    temporary = parse_temporary(name)
+    return (temporary.target if temporary else name).rsplit("-", 1)[0]
 
 
 def _cache_path(root: Path, image_size: int, fit: str, cache_dir: str | Path, images: list[Path] | None) -> Path:
