@@ -7,7 +7,8 @@ conversion, fitting to the model's input size the way ``inference.fits`` names).
 A JPEG much larger than the model's input is decoded at a reduced size (libjpeg's DCT scaling, by 2, 4
 or 8) while it stays at least twice the size the fit needs; the resize then averages what is left. Other
 formats have no reduced decode: right after loading, one over a megapixel is shrunk by a whole factor
-(``Image.reduce``, box averages) under the same rule, before anything else copies it at full size.
+(``Image.reduce``, box averages) under the same rule, before anything else copies it at full size but a
+CMYK or CIELAB image's conversion to RGB, which is not linear and so comes first.
 
 What a photo is read as: an animation (GIF, WebP, APNG) or a multi-picture file (MPO, TIFF pages) as its first
 frame; transparent pixels (alpha, straight or premultiplied, a palette's or a colour key's) composited on white,
@@ -271,6 +272,7 @@ def shrink(
     that shows the frame (a last partial block is one pixel, but only a fraction of one of the frame's).
     An image too small to reduce, or of at most ``SHRINK_ABOVE_PIXELS``, comes back as it was (turned), so
     its pixels are what they were without this step."""
+    white = declared_white(image)
     if exif:
         try:
             # In place: no full-size copy for the usual image that has nothing to turn.
@@ -281,13 +283,20 @@ def shrink(
     factor = reduction(frame, size, fit)
     if factor == 1 or frame[0] * frame[1] <= SHRINK_ABOVE_PIXELS:
         return image, frame, (0, 0, *frame)
-    return _reducible(image).reduce(factor), frame, (0, 0, frame[0] / factor, frame[1] / factor)
+    return _reducible(image, white).reduce(factor), frame, (0, 0, frame[0] / factor, frame[1] / factor)
 
 
-def _reducible(image: Image.Image) -> Image.Image:
+def _reducible(image: Image.Image, white: float | None) -> Image.Image:
     """The image in a mode whose pixels may be averaged: not palette indices, single bits or 16-bit grey
-    (which ``Image.reduce`` refuses), converted as ``_to_rgb`` would convert them."""
-    image = _to_8bit(image)
+    (which ``Image.reduce`` refuses), converted as ``_to_rgb`` would convert them; CMYK and CIELAB in RGB."""
+    image = _to_8bit(image, white)
+    if image.mode in ("CMYK", "LAB"):
+        # Converted before averaging, as an image under SHRINK_ABOVE_PIXELS is: neither conversion is linear
+        # (CMYK's multiplies by K, CIELAB's goes through colour profiles), so averaged first a large image came
+        # out tens of levels from the same picture at a smaller size. Affordable for formats this rare: at
+        # 4000x3000, about what decoding a JPEG of that size at full size costs.
+        _check_convertible(image)
+        return image.convert("RGB")
     if _transparent(image) and image.mode not in ("RGBA", "LA"):
         return image.convert("RGBA")  # before averaging: a colour key names exact pixel values
     if image.mode == "1":
@@ -474,21 +483,26 @@ def to_rgb_image(
     (width, height) before a reduced-size decode, which sets the fit's geometry; ``extent``: the part of
     the image that shows it (default: all of it)."""
     _check_size(size)
+    white = declared_white(image)  # read before exif_transpose's copy, which keeps neither format nor tags
     if exif:
         try:
             image = ImageOps.exif_transpose(image)
         except Exception:  # a broken EXIF block should not cost the image
             pass
-    return fit_image(_to_rgb(image), size, fit, frame, extent)
+    return fit_image(_to_rgb(_to_8bit(image, white)), size, fit, frame, extent)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    image = _to_8bit(image)
+def _check_convertible(image: Image.Image) -> None:
     if image.mode == "LAB" and not features.check("littlecms2"):
         # Pillow converts CIELAB through littlecms; without it the conversion fails with an ImportError.
         raise ImageDecodeError(
             "CIELAB images are not readable here (this Pillow was built without littlecms2); save the image as RGB"
         )
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit image (``_to_8bit``'s) in RGB, clear pixels on white."""
+    _check_convertible(image)
     if _transparent(image):
         # Transparent pixels go onto white, which is what a viewer shows.
         image = image.convert("RGBA")
@@ -502,7 +516,39 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 FLOAT_UNIT_BELOW = 2.0
 
 
-def _to_8bit(image: Image.Image) -> Image.Image:
+# TIFF tags: bits per sample, and the sample format (2: signed integers).
+_BITS_PER_SAMPLE = 258
+_SAMPLE_FORMAT = 339
+_SIGNED = 2
+
+
+def declared_white(image: Image.Image) -> float | None:
+    """The value white has in an integer grey image as its file declares its depth (16 bits for Pillow's
+    "I;16" modes and a PGM over 8 bits, a TIFF's BitsPerSample up to 16, one bit less where signed); None
+    where the file declares none that says it: another mode, or 32 bits (Pillow writes every mode "I" image,
+    8-bit values included, as a 32-bit TIFF)."""
+    if image.mode == "I" and image.format == "PPM":
+        return 65535.0  # Pillow reads a PGM of any maxval above 255 onto the 16-bit scale
+    if image.mode not in ("I", "I;16", "I;16B", "I;16L"):
+        return None
+    tags = getattr(image, "tag_v2", None) if image.format == "TIFF" else None
+    bits = _first(tags.get(_BITS_PER_SAMPLE)) if tags is not None else None
+    if bits is not None and 1 <= bits <= 16:
+        signed = _first(tags.get(_SAMPLE_FORMAT)) == _SIGNED if tags is not None else False
+        return float(2 ** (bits - signed) - 1)
+    return 65535.0 if image.mode != "I" else None
+
+
+def _first(value: object) -> int | None:
+    """A TIFF tag's first value where it is a whole number (Pillow gives one value per sample, as a tuple)."""
+    if isinstance(value, tuple) and value:
+        value = value[0]
+    return whole_number(value)
+
+
+def _to_8bit(image: Image.Image, white: float | None = None) -> Image.Image:
+    """``image`` with 8-bit samples; ``white``: the value white has in integer grey (``declared_white``'s), where
+    its file declares a depth."""
     if image.mode == "La":
         # A TIFF's grey with associated (premultiplied) alpha: Pillow converts "La" to nothing but "LA".
         return image.convert("LA")
@@ -529,9 +575,10 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     if image.mode == "F" and top < FLOAT_UNIT_BELOW:
         peak = 1.0
     else:
-        # Pillow reads a PGM of any maxval above 255 onto the 16-bit scale (mode I): a dark one is no 8-bit image
-        sixteen = image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PPM")
-        peak = top if top > 65535 else 65535.0 if sixteen or top > 255 else 255.0
+        # The file's depth says where white is (a dark 16-bit image stays dark); a 32-bit file's does not
+        # (the 8-bit values Pillow writes as one): its values guess the scale.
+        white = declared_white(image) if white is None else white
+        peak = white if white is not None else top if top > 65535 else 65535.0 if top > 255 else 255.0
     arr *= 255.0 / peak
     grey = Image.fromarray(np.rint(np.clip(arr, 0, 255, out=arr), out=arr).astype(np.uint8), "L")
     if clear is not None:
