@@ -36,6 +36,13 @@ def models_listing(classes: list[str]) -> dict:
 MODELS = models_listing(CLASSES)
 
 
+def models_listing_of(names: list[str], classes: list[str], default: str = "fake") -> dict:
+    """GET /models of a service serving the models ``names``, each as ``models_listing``'s of ``classes``, with
+    ``default`` its default."""
+    (model,) = models_listing(classes)["models"]
+    return {"default": default, "models": [{**model, "name": name, "default": name == default} for name in names]}
+
+
 class FakeService(BaseHTTPRequestHandler):
     """GET /readyz (ready) and GET /models (one model of ``classes``); ``classify`` answers a POST /classify of
     these images with the same classes for every one. Subclasses write ``do_POST``."""

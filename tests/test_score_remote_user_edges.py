@@ -5,67 +5,37 @@ while the run goes on (a restart, a rolling update behind a load balancer), whos
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 import shutil
 import signal
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from fakes import CLASSES, FakeService, base_url, models_listing_of, serving
 from service.score.cli import main as score_main
 from service.score.errors import UserError
 from service.score.remote import RemoteBackend, checked_url
 from service.score.walk import Entry
 
-
-def _model(name: str) -> dict:
-    return {
-        "name": name,
-        "dataset": "folder",
-        "arch": "resnet9",
-        "classes": ["alpha", "beta", "gamma"],
-        "precision": "fp32",
-        "accuracy": None,
-        "input_size": [32, 32],
-        "fit": "center_crop",
-        "default": name == "fake",
-    }
-
-
-MODELS = {"default": "fake", "models": [_model("fake"), _model("other")]}
+MODELS = models_listing_of(["fake", "other"], CLASSES, default="fake")
 # Each model's top class: the rows tell which model answered.
 TOP = {"fake": "alpha", "other": "gamma"}
 
 
-class Service(BaseHTTPRequestHandler):
+class Service(FakeService):
     """GET /readyz and /models at the root only (404 elsewhere, as the service's own JSON), or, as another web
     server, a 404 page for every GET (``server.html_404``); POST /classify answered by the model the form names,
     or by ``server.default`` where it names none (or where ``server.ignores_model``), to ``server.key`` alone
     where that is set, once ``server.hold`` is set."""
 
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def answer(self, status: int, body: dict | bytes, kind: str = "application/json") -> None:
-        data = json.dumps(body).encode() if isinstance(body, dict) else body
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
     def do_GET(self) -> None:
         if self.server.html_404:  # type: ignore[attr-defined]
-            self.answer(
-                404, b"<!DOCTYPE HTML>\n<html>\n<body>\n<h1>Error response</h1>\n</body>\n</html>\n", "text/html"
-            )
+            self.answer(404, b"<!DOCTYPE HTML>\n<html>\n<body>\n<h1>Error response</h1>\n</body>\n</html>\n")
         elif self.path == "/readyz":
             self.answer(200, {"status": "ready"})
         elif self.path == "/models":
@@ -74,43 +44,32 @@ class Service(BaseHTTPRequestHandler):
             self.answer(404, {"error": f"no {self.path!r} on this service", "reason": "no_such_path"})
 
     def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body, names = self.read_images()
         self.server.posted.set()  # type: ignore[attr-defined]
         self.server.hold.wait(10)  # type: ignore[attr-defined]
         key = self.server.key  # type: ignore[attr-defined]
         if key is not None and self.headers.get("Authorization") != f"Bearer {key}":
             self.answer(401, {"error": "this service requires an API key", "reason": "unauthorized"})
             return
-        names = re.findall(rb'name="images"; filename="([^"]*)"', body)
         asked = re.search(rb'name="model"\r\n\r\n([^\r]*)\r\n', body)
         server = self.server
         model = server.default if asked is None or server.ignores_model else asked[1].decode()  # type: ignore[attr-defined]
         top = [{"label": TOP[model], "index": 0, "confidence": 0.9}]
-        self.answer(200, {"model": model, "predictions": [{"filename": n.decode(), "top_k": top} for n in names]})
+        self.answer(200, {"model": model, "predictions": [{"filename": n, "top_k": top} for n in names]})
 
 
 @pytest.fixture
 def service() -> Iterator[ThreadingHTTPServer]:
     """The fake service on a free port: its default for requests that name no model is ``fake``, as its
     /models says, until a test changes it."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Service)
-    server.daemon_threads = True
-    server.default = "fake"  # type: ignore[attr-defined]
-    server.ignores_model = False  # type: ignore[attr-defined]
-    server.html_404 = False  # type: ignore[attr-defined]
-    server.key = None  # type: ignore[attr-defined]
-    server.posted = threading.Event()  # type: ignore[attr-defined]
-    server.hold = threading.Event()  # type: ignore[attr-defined]
-    server.hold.set()  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.hold.set()  # type: ignore[attr-defined]
-    server.shutdown()
-    server.server_close()
-
-
-def _url(server: ThreadingHTTPServer) -> str:
-    return f"http://127.0.0.1:{server.server_address[1]}"
+    hold = threading.Event()
+    hold.set()
+    state = {"default": "fake", "ignores_model": False, "html_404": False, "key": None, "posted": threading.Event()}
+    with serving(Service, hold=hold, **state) as server:
+        try:
+            yield server
+        finally:
+            hold.set()
 
 
 @pytest.fixture
@@ -130,7 +89,7 @@ def _rows(path: Path) -> list[dict]:
 def test_a_default_that_changes_during_the_run_leaves_every_row_the_first_models(service, photos, tmp_path):
     service.default = "other"  # after the scorer read /models: a restart or a rolling update with a new default
     out = tmp_path / "preds.csv"
-    assert score_main([str(photos), "--url", _url(service), "--out", str(out), "--no-progress"]) == 0
+    assert score_main([str(photos), "--url", base_url(service), "--out", str(out), "--no-progress"]) == 0
     rows = _rows(out)
     assert len(rows) == 6 and {row["label_1"] for row in rows} == {TOP["fake"]}, rows
 
@@ -140,7 +99,7 @@ def test_a_service_that_answers_with_another_model_stops_the_run_writing_none_of
 ):
     service.default, service.ignores_model = "other", True
     out = tmp_path / "preds.csv"
-    assert score_main([str(photos), "--url", _url(service), "--out", str(out), "--no-progress"]) == 1
+    assert score_main([str(photos), "--url", base_url(service), "--out", str(out), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "answered with model 'other', not 'fake'" in err and "Traceback" not in err, err
     assert _rows(out) == []
@@ -148,7 +107,7 @@ def test_a_service_that_answers_with_another_model_stops_the_run_writing_none_of
 
 @pytest.mark.parametrize("path", ["/classify", "/api/"])
 def test_a_url_naming_a_path_of_the_service_names_the_services_address(service, photos, tmp_path, capsys, path):
-    url = _url(service)
+    url = base_url(service)
     assert score_main([str(photos), "--url", url + path, "--out", str(tmp_path / "p.csv")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not ready" not in err, err
@@ -157,7 +116,7 @@ def test_a_url_naming_a_path_of_the_service_names_the_services_address(service, 
 
 def test_a_web_server_that_is_not_the_service_is_one_line_without_its_page(service, photos, tmp_path, capsys):
     service.html_404 = True
-    url = _url(service)
+    url = base_url(service)
     assert score_main([str(photos), "--url", url, "--out", str(tmp_path / "p.csv")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "<html>" not in err, err
@@ -165,7 +124,7 @@ def test_a_web_server_that_is_not_the_service_is_one_line_without_its_page(servi
 
 
 def test_https_to_a_plain_http_service_suggests_http(service, photos, tmp_path, capsys):
-    address = _url(service).removeprefix("http://")
+    address = base_url(service).removeprefix("http://")
     assert score_main([str(photos), "--url", f"https://{address}", "--out", str(tmp_path / "p.csv")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--url http://{address})" in err, err
@@ -192,7 +151,7 @@ def test_a_key_read_with_its_line_end_is_sent_as_the_service_reads_its_keys(serv
     service.key = "k1"
     monkeypatch.setenv("CIFAR_API_KEY", "k1\r\n")  # a key file written on Windows, read with $(cat ...)
     out = tmp_path / "preds.csv"
-    assert score_main([str(photos), "--url", _url(service), "--out", str(out), "--no-progress"]) == 0
+    assert score_main([str(photos), "--url", base_url(service), "--out", str(out), "--no-progress"]) == 0
     assert len(_rows(out)) == 6
 
 
@@ -200,7 +159,7 @@ def test_a_key_read_with_its_line_end_is_sent_as_the_service_reads_its_keys(serv
 def test_a_key_no_header_can_carry_is_one_line_that_does_not_show_it(service, photos, tmp_path, capsys, key):
     service.key = "k1"
     out = tmp_path / "preds.csv"
-    assert score_main([str(photos), "--url", _url(service), "--api-key", key, "--out", str(out)]) == 2
+    assert score_main([str(photos), "--url", base_url(service), "--api-key", key, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "secret" not in err and "s\u00e9cret" not in err, err
     assert "--api-key, or the CIFAR_API_KEY variable) holds a character an HTTP header cannot carry" in err, err
@@ -210,7 +169,7 @@ def test_a_key_no_header_can_carry_is_one_line_that_does_not_show_it(service, ph
 def test_ctrl_c_again_while_the_requests_in_flight_end_is_no_traceback(service, photos):
     """The run's close waits for the requests in flight (each up to --timeout); a second Ctrl-C there came out of
     the command as a traceback, after its summary."""
-    backend = RemoteBackend(_url(service), None, 1, 10.0, 4)
+    backend = RemoteBackend(base_url(service), None, 1, 10.0, 4)
     service.posted.clear()  # set by the scorer's key check: the request to wait for is the chunk's
     service.hold.clear()
     path = next(photos.iterdir())

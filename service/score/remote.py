@@ -9,6 +9,7 @@ import email.utils
 import io
 import os
 import re
+import signal
 import socket
 import ssl
 import sys
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from pydantic import ValidationError
 
-from inference.interrupts import interrupts_held
+from inference.interrupts import Terminated, interrupts_held
 from inference.messages import counted, validation_problems
 
 from ..contract import REASONS, ClassifyError, ClassifyResponse, Limits, ModelList
@@ -244,12 +245,16 @@ class RemoteBackend:
         return max(1, count)
 
     def rows(self, chunks: Iterator[list[Entry]]) -> Iterator[list[Row]]:
-        """The rows of ``chunks``. A stop while the run waits for them (Ctrl-C, SIGTERM) has the requests in flight
+        """The rows of ``chunks``. A stop (Ctrl-C, SIGTERM: raised here, or thrown in by the run, stopped between
+        two rows) or a failure (the service's, or the run's own, which closes this) has the requests in flight
         waited for here, where the wait can be said, before the run's summary; a stop after it is dropped."""
         try:
             yield from pipeline(chunks, self)
-        except (KeyboardInterrupt, GeneratorExit):  # GeneratorExit: the run closed it, stopped between two rows
-            self._end_requests(said=True)
+        except KeyboardInterrupt as stop:
+            self._end_requests(stop)
+            raise
+        except (Exception, GeneratorExit):  # GeneratorExit: the run closed it, a write having failed
+            self._end_requests()
             raise
 
     def submit(self, chunk: list[Entry]) -> Future:
@@ -543,17 +548,18 @@ class RemoteBackend:
         self._end_requests()
         self.client.close()
 
-    def _end_requests(self, said: bool = False) -> None:
+    def _end_requests(self, stop: KeyboardInterrupt | None = None) -> None:
         """Stop the workers, and let the requests in flight end (each within --timeout), unless a stop comes
         meanwhile (Ctrl-C again, after the one that stopped the run): their rows would be dropped, and the wait is
-        the user's. ``said``: the wait is said where requests are in flight (a run stopped by the user)."""
+        the user's, so it is said where requests are in flight. ``stop``: the one that stopped the run, None for a
+        failure (or the run's end)."""
         self._stop("the run stopped")
         posting = self._posting
-        if said and posting:
+        if posting:
             them = "it" if posting == 1 else "them"
             _say(
-                f"waiting for {counted(posting, 'request')} in flight (up to {self.timeout:g} s): Ctrl-C again to "
-                f"abandon {them}"
+                f"waiting for {counted(posting, 'request')} in flight (up to {self.timeout:g} s): "
+                f"{_abandoned_by(stop)} to abandon {them}"
             )
         try:
             with interrupts_held(on_stop=self._abandon):
@@ -587,6 +593,16 @@ class RemoteBackend:
             self._sockets.append(sock)
             if self._abandoned:
                 _shut(sock)
+
+
+def _abandoned_by(stop: KeyboardInterrupt | None) -> str:
+    """What abandons the requests in flight (any stop does), said after ``stop``, the one that stopped the run:
+    a run stopped by a SIGTERM (a container stop, a `kill`) may have no terminal for a Ctrl-C."""
+    if stop is None:
+        return "Ctrl-C"
+    if isinstance(stop, Terminated):
+        return f"{signal.Signals(stop.signum).name} again (or Ctrl-C)"
+    return "Ctrl-C again"
 
 
 def _shut(sock: socket.socket) -> None:

@@ -667,9 +667,7 @@ def _run(
         # Closed here, on this thread, however the loop ended: a stop or a failed write between two rows has the
         # engine end its requests now, and say so, before the summary (left to the garbage collector, the engine's
         # generator could be closed on one of its own threads, which cannot join itself).
-        close = getattr(rows_of, "close", None)
-        if close is not None:
-            close()
+        _end_rows(rows_of, interrupted)
         summary.elapsed = time.perf_counter() - start
         stop.set()
         bar.close()
@@ -706,6 +704,24 @@ def _run(
     # A file that failed before an interruption is as unscored as one that failed now: a resumed run's status
     # must not depend on where the first run stopped.
     return 1 if failure or (args.fail_on_error and (summary.failed or summary.resumed_failed)) else 0
+
+
+def _end_rows(rows_of: Iterator[list[Row]], stop: KeyboardInterrupt | None) -> None:
+    """Close the engine's rows; ``stop``, the one that stopped the run between two rows, is thrown into them
+    first, so that an engine that says its wait for the requests in flight says what abandons them after it (a
+    SIGTERM's run may have no terminal for a Ctrl-C)."""
+    throw = getattr(rows_of, "throw", None)
+    if stop is not None and throw is not None:
+        try:
+            throw(stop)
+        except StopIteration:  # rows that ended on it
+            pass
+        except KeyboardInterrupt as raised:  # the stop, through the engine's cleanup
+            if raised is not stop:
+                raise
+    close = getattr(rows_of, "close", None)
+    if close is not None:
+        close()
 
 
 def _size(out, path: str) -> int | None:
