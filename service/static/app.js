@@ -427,6 +427,15 @@ const isImage = (file) => file.type.startsWith("image/") || !file.type;
 // Hidden files and folders in a dropped folder (.DS_Store, .thumbnails/, .git/) are no one's images: left out as
 // the batch scorer leaves them (inference/tree_files.py).
 const isHidden = (name) => name.startsWith(".") && name !== "." && name !== "..";
+// What an operating system leaves in the folders it shows, as training's folder reader names them
+// (training/data/folder.py's SYSTEM_FILES): Windows' thumbnail cache and folder settings, untyped, so that they
+// were sent and refused one card each. A Mac's zip keeps its metadata in __MACOSX/ beside the photos.
+const SYSTEM_FILES = new Set(["thumbs.db", "desktop.ini"]);
+const SYSTEM_FOLDERS = new Set(["__MACOSX"]);
+// Whether a dropped folder's `entry` is the system's, not the user's: left out without a word, as the folder readers
+// of training and the batch scorer leave them (no one left them out by mistake).
+const isSystem = (entry) => isHidden(entry.name) ||
+  (entry.isDirectory ? SYSTEM_FOLDERS.has(entry.name) : SYSTEM_FILES.has(entry.name.toLowerCase()));
 
 // All of a folder's entries: readEntries answers in batches (Chrome's hold 100) until it answers an empty one.
 function entriesOf(directory) {
@@ -445,7 +454,9 @@ function entriesOf(directory) {
 const fileOf = (entry) => new Promise((resolve, reject) => entry.file(resolve, reject));
 
 // The images among what was dropped, each {file} or {directory: a FileSystemDirectoryEntry}: folders are read
-// depth first in name order, at most `limit` images are taken, and the reading stops there.
+// depth first in name order, at most `limit` images are taken, and the reading stops there. Inside a folder, the
+// system's files and folders are left out, unread and uncounted against `limit`; what is dropped by its own name
+// is the user's choice, and taken as it is.
 // Returns {images: [{file, path}], notImages, unreadable, more}; `more`: there were images past `limit`.
 async function imagesDropped(dropped, limit) {
   const found = { images: [], notImages: 0, unreadable: 0, more: false };
@@ -465,7 +476,7 @@ async function imagesDropped(dropped, limit) {
     entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     for (const entry of entries) {
       if (found.more) return;
-      if (isHidden(entry.name)) continue;
+      if (isSystem(entry)) continue;
       if (entry.isDirectory) {
         await read(entry);
         continue;
