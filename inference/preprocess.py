@@ -292,9 +292,9 @@ def _reducible(image: Image.Image, white: float | None) -> Image.Image:
     image = _to_8bit(image, white)
     if image.mode in ("CMYK", "LAB"):
         # Converted before averaging, as an image under SHRINK_ABOVE_PIXELS is: neither conversion is linear
-        # (CMYK's multiplies by K, CIELAB's goes through colour profiles), so averaged first a large image came
-        # out tens of levels from the same picture at a smaller size. Affordable for formats this rare: at
-        # 4000x3000, about what decoding a JPEG of that size at full size costs.
+        # (CMYK's multiplies by K, CIELAB's goes through colour profiles), so averaging first would set a large
+        # picture's colours at sharp edges apart from the same picture's at a smaller size. The full-size
+        # conversion costs about a full-size decode (docs/measurements.md): affordable for formats this rare.
         _check_convertible(image)
         return image.convert("RGB")
     if _transparent(image) and image.mode not in ("RGBA", "LA"):
