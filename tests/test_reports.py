@@ -974,8 +974,16 @@ def test_an_onnx_model_with_tta_in_its_graph_is_described_so_and_not_augmented_t
         assert main(["compare", str(tiny_report), b]) == 0
         lines = capsys.readouterr().out.splitlines()
         assert lines[2].endswith("(tta flip, averaged inside its graph)") and "tta" not in lines[1], lines
-    # and so does the ensemble estimate from the two reports (it said "tta none" of the graph's)
-    assert main(["ensemble", str(tiny_report), str(out)]) == 0
+    # the ensemble estimate refuses the two as one model's (the graph's card names the checkpoint) ...
+    assert main(["ensemble", str(tiny_report), str(out)]) == 2
+    assert "are reports of one model" in capsys.readouterr().err
+    # ... and says the graph's views (it said "tta none" of them) of a graph whose card names no checkpoint
+    by_hand = tmp_path / "by-hand"
+    shutil.copytree(out, by_hand)
+    metrics = json.loads((by_hand / "metrics.json").read_text())
+    del metrics["source"]["checkpoint_sha256"]
+    (by_hand / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["ensemble", str(tiny_report), str(by_hand)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("(tta none)") and lines[1].endswith("(tta flip, averaged inside its graph)"), lines
 

@@ -286,6 +286,7 @@ def _format_estimate(result: dict) -> str:
         f"{100 * vs['difference']:+.2f} points against the best member (95% interval {100 * low:+.2f} to "
         f"{100 * high:+.2f}, McNemar p = {vs['mcnemar']['p_value']:.3g})"
     )
+    lines += [f"note: {note}" for note in result.get("notes", [])]  # as compare says them
     return "\n".join(lines)
 
 

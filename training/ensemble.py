@@ -208,27 +208,45 @@ def _same_model(a: dict, b: dict) -> bool:
     return rest_a == rest_b and same_root(a["path"], b["path"])
 
 
+def _one_checkpoint(a: dict, b: dict) -> bool:
+    """Whether two reports' sources hold one checkpoint's weights by its sha256 (a checkpoint's own, or the one an
+    exported graph's card records): a checkpoint and its ONNX export, or two precisions of one export. A source
+    that records none (a report written before reports kept it, a graph exported by hand) is never taken for one."""
+    sha256 = a.get("checkpoint_sha256")
+    return sha256 is not None and sha256 == b.get("checkpoint_sha256")
+
+
+def _one_model_refusal(report: dict, other: dict, name: str, other_name: str) -> UsageError:
+    """The refusal of ``report`` and ``other`` (named ``name`` and ``other_name``), reports of one model."""
+    source, theirs = report["metrics"].get("source") or {}, other["metrics"].get("source") or {}
+    views = (report["metrics"].get("tta", "none"), other["metrics"].get("tta", "none"))
+    if same_root(source.get("path"), theirs.get("path")):
+        epoch = f" at epoch {source['epoch']}" if source.get("epoch") is not None else ""
+        model = f"{source['path']}{epoch}"
+        measure = f"tta {views[0]} against {views[1]}" if views[0] != views[1] else ""
+    else:  # one checkpoint under two files: itself and its export, or two exports
+        sha256 = source["checkpoint_sha256"][:12]
+        model = f"{theirs.get('path')} and {source.get('path')} hold the checkpoint of sha256 {sha256}"
+        measure = "one file against the other"
+    hint = f" (to measure {measure}, `python -m training compare` them)" if measure else ""
+    return UsageError(
+        f"{name} and {other_name} are reports of one model ({model}): an ensemble of a model with itself is that "
+        f"model; give reports of different models{hint}"
+    )
+
+
 def check_different_models(reports: Sequence[dict], names: Sequence[str]) -> None:
-    """Refuse two reports of one model (a copied report folder, or one checkpoint evaluated twice), or of the same
-    predictions logit for logit (a copy of a report written before reports named their model, or one network's
-    weights under two file names): their average is the one model, which the estimate would call an ensemble of
-    two and credit with what it scores. As ``join_checkpoints`` refuses the same checkpoint twice."""
+    """Refuse two reports of one model (a copied report folder, one checkpoint evaluated twice, or a checkpoint and
+    its ONNX export), or of the same predictions logit for logit (a copy of a report written before reports named
+    their model, or one network's weights under two file names): their average is the one model, which the
+    estimate would call an ensemble of two and credit with what it scores. As ``join_checkpoints`` refuses the
+    same checkpoint twice."""
     for i, report in enumerate(reports):
         source = report["metrics"].get("source") or {}
         for j in range(i):
             other = reports[j]["metrics"].get("source") or {}
-            if _same_model(other, source):
-                epoch = f" at epoch {source['epoch']}" if source.get("epoch") is not None else ""
-                views = (report["metrics"].get("tta", "none"), reports[j]["metrics"].get("tta", "none"))
-                tta = (
-                    f" (to measure tta {views[0]} against {views[1]}, `python -m training compare` them)"
-                    if views[0] != views[1]
-                    else ""
-                )
-                raise UsageError(
-                    f"{names[i]} and {names[j]} are reports of one model ({source['path']}{epoch}): an ensemble of a "
-                    f"model with itself is that model; give reports of different models{tta}"
-                )
+            if _same_model(other, source) or _one_checkpoint(other, source):
+                raise _one_model_refusal(report, reports[j], names[i], names[j])
             same_shape = report["logits"].shape == reports[j]["logits"].shape
             if same_shape and np.array_equal(report["logits"], reports[j]["logits"]):
                 raise UsageError(
@@ -280,7 +298,7 @@ def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
     Reports listing the same classes in other orders are averaged by class name, in the first report's order.
     A way to choose members before joining their checkpoints; the joined checkpoint's own report is the figure
     (it averages the members before, not after, any test-time augmentation)."""
-    from .reports.compare import classes_differ
+    from .reports.compare import another_order_note, classes_differ
     from .reports.metrics import mcnemar, paired_difference_interval, softmax
     from .reports.predictions import load_predictions, logits_before_temperature
     from .reports.samples import class_order, same_classes
@@ -291,6 +309,7 @@ def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
         raise UsageError("the same report is given twice: an ensemble of a model with itself is that model")
     reports = [load_predictions(p) for p in paths]
     first = reports[0]
+    notes = []
     for i, (path, report) in enumerate(zip(paths[1:], reports[1:]), start=1):
         same_order = same_classes(report["classes"], first["classes"])
         order = None if same_order else class_order(first["classes"], report["classes"])
@@ -298,6 +317,8 @@ def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
             differ = classes_differ(first["classes"], report["classes"])
             raise UsageError(f"reports {paths[0]} (A) and {path} (B): {differ}")
         reports[i] = _in_first_order(report, first, str(path), str(paths[0]), order)
+        if order is not None:
+            notes.append(another_order_note(str(path), report["classes"], f"the first report's ({paths[0]})"))
     check_different_models(reports, [str(p) for p in paths])
     labels = first["labels"]
     # as the joined network averages them: each member's softmax of its own logits, without a graph's temperature
@@ -325,4 +346,5 @@ def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
             "interval_95": [low, high],
             "mcnemar": mcnemar(best_correct, correct),
         },
+        "notes": notes,
     }

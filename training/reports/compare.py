@@ -203,10 +203,7 @@ def compare(
     notes = []
     if order is not None:
         side_b = _in_order_of(side_b, order, side_a.classes)
-        notes.append(
-            f"B lists the classes in another order ({names_text(inputs[1].classes, 5)}): its labels and predictions "
-            "are matched to A's classes by name"
-        )
+        notes.append(another_order_note("B", inputs[1].classes, "A's"))
     test = mcnemar(side_a.correct, side_b.correct)
     difference = side_b.accuracy - side_a.accuracy
     low, high = paired_difference_interval(side_a.correct, side_b.correct, 1 - alpha)
@@ -268,6 +265,15 @@ def _same_samples(a: Side, b: Side, order: np.ndarray | None) -> bool:
     raise UsageError(
         f"A and B predict the same {len(a.classes)} classes in different orders (from index {first}: A "
         f"{a.classes[first]}, B {b.classes[first]}), and {said} again, or compare the models"
+    )
+
+
+def another_order_note(side: str, classes: list[str], matched_to: str) -> str:
+    """The note that ``side``, listing ``classes``, was paired by class name with ``matched_to`` (a possessive:
+    "A's"): compare's and the ensemble estimate's, in one wording."""
+    return (
+        f"{side} lists the classes in another order ({names_text(classes, 5)}): its labels and predictions are "
+        f"matched to {matched_to} classes by name"
     )
 
 

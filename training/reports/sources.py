@@ -20,7 +20,13 @@ from inference.devices import Device
 from inference.errors import UsageError
 from inference.fits import LEGACY_FIT
 
-from ..checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint, recorded_top1
+from ..checkpoint import (
+    checkpoint_file,
+    load_checkpoint,
+    load_checkpoint_and_sha256,
+    model_from_checkpoint,
+    recorded_top1,
+)
 from ..config import ConfigError, device_remedy
 from ..data import ImageArrays
 from ..data.loader import TensorLoader
@@ -94,7 +100,7 @@ def _run_history(run_dir: Path, own: list | None) -> list:
 
 
 def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
-    ckpt = load_checkpoint(path)
+    ckpt, sha256 = load_checkpoint_and_sha256(path)
     file = checkpoint_file(path)
     meta = ckpt["meta"]
     dev = resolve_device(device)
@@ -120,6 +126,8 @@ def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
         "model_args": meta.get("model_args"),
         "used_ema": bool(ckpt.get("ema")),
         "val_fingerprint": held_out_fingerprint(meta),
+        # What an export's card records of it (source.checkpoint_sha256): the reports of both name one model.
+        "checkpoint_sha256": sha256,
     }
     return ModelSource(
         "checkpoint",
@@ -205,6 +213,7 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
         "graph_tta": src.get("tta", "none"),
         "curves": asdict(curves),
         "val_fingerprint": val_fingerprint,
+        **_checkpoint_identity(src),
     }
     return ModelSource(
         "onnx",
@@ -219,6 +228,16 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
         classifier,
         torch.device("cpu"),
     )
+
+
+def _checkpoint_identity(card_source: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint an exported graph holds the weights of, as its card records it (sha256, and the path it was
+    read from): a report of the graph and one of that checkpoint are then known for one model's. Nothing where
+    the card records no digest (a graph exported by hand, or an early card)."""
+    sha256 = card_source.get("checkpoint_sha256")
+    if not sha256:
+        return {}
+    return {"checkpoint_sha256": sha256, "checkpoint": card_source.get("checkpoint")}
 
 
 def load_model(
