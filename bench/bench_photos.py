@@ -6,8 +6,8 @@
 
 1. decode: for each size (megapixels, 4:3) one generated photo-like JPEG (gradients, hard-edged shapes,
    sensor-like noise; quality 90), decoded to the model's 32x32 input in this process, one core:
-   "before" is the full decode and a straight resize (``fit="squash", reduce=False``, what
-   ``decode_image`` did before fits and reduced decoding), "after" the default (``fit="center_crop"``,
+   "before" is the full decode and a straight resize (``fit="squash", reduce=False``: no fit
+   and no reduced decoding), "after" the default (``fit="center_crop"``,
    reduced-size decode); "after, squash" isolates the reduced decode. The three alternate, repeat by
    repeat, so that a busy machine slows all of them alike; the median is reported.
 2. service: ``python -m service serve`` on a free port with the manifest's default model; --concurrency

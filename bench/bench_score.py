@@ -9,9 +9,9 @@ stream on every core or one single-threaded stream per core, at each of --engine
 measures fastest at the start (raw_engine.py) is the ceiling the scorer could reach, whatever batch size
 the scorer uses. Scorer: the real CLI in a fresh process per run, timed by its own summary (walk + read +
 decode + inference + writing; interpreter start and model load are in the wall time). The machine is
-shared and virtual (10-20% apart between runs a minute apart), so the engine is measured before the first
-round and after every round, each setting's ratio is taken against the engine just before and just after
-it, and medians over rounds are reported.
+shared and virtual (its speed moves between runs a minute apart: docs/measurements.md), so the engine is
+measured before the first round and after every round, each setting's ratio is taken against the engine just
+before and just after it, and medians over rounds are reported.
 Prints a markdown table and writes the figures as JSON to --out (by default .cache/bench-results/score.json,
 ignored by git; the committed figures in bench/results/ are written there by naming them).
 """

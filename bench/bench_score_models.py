@@ -9,8 +9,8 @@ extract). Each run is the real CLI in a fresh process, timed by its own summary 
 inference + writing, model load excluded). Rounds go over every model in turn, so a slow spell of the
 shared, virtual machine hits them alike; before each run it waits until the other processes are quiet, and
 medians over rounds are reported with the spread. The processor is named in the results, since the
-figures differ by a factor of three between the machines this project runs on. The JSON goes to --out (by default
-.cache/bench-results/score-models.json, ignored by git).
+figures differ severalfold between the machines this project runs on (docs/deploy.md). The JSON goes to
+--out (by default .cache/bench-results/score-models.json, ignored by git).
 """
 
 from __future__ import annotations

@@ -32,9 +32,9 @@ def device_choice(text: str) -> Device:
     raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {choices}){gpu_hint(text)}")
 
 
-# The most intra-op threads a session may be given (serve's and score's --threads too). ONNX Runtime starts them as
-# it opens each model: 1024 took 26 s a model on 2 cores, and 2**31 - 1 failed with std::bad_alloc in every worker
-# BentoML started again.
+# The most intra-op threads a session may be given (serve's and score's --threads too). ONNX Runtime starts them all
+# as it opens each model, so a larger count stalls every model's load, and one near 2**31 fails with std::bad_alloc
+# in every worker BentoML starts again.
 THREADS_MAXIMUM = 1024
 
 # The kinds of device a model is served on: a CUDA session is a GPU host's, every other one a CPU host's.

@@ -113,7 +113,7 @@ FITS: dict[str, Fit] = {
 FitName = Literal["center_crop", "squash", "pad"]
 # What a new export and training's folder reader use; the common practice for classifiers.
 DEFAULT_FIT: FitName = "center_crop"
-# What a model card written before cards named their fit means: images were resized straight.
+# What a model card that names no fit means: its images were resized straight.
 LEGACY_FIT: FitName = "squash"
 
 

@@ -56,8 +56,8 @@ class InputSpec(BaseModel):
     dtype: Literal["float32"] = "float32"
     scale: tuple[float, float] = (0.0, 1.0)  # pixel/255: the model normalises inside its graph
     resize: Literal["bilinear"] = "bilinear"
-    # A card without one was written when every image was resized straight: the default says so. New
-    # exports name theirs (inference.fits.DEFAULT_FIT unless the training run used another).
+    # A card without one means every image was resized straight: the default says so. Exports
+    # name theirs (inference.fits.DEFAULT_FIT unless the training run used another).
     fit: FitName = Field(
         default=LEGACY_FIT, description="how an image of another aspect ratio is fitted (a name from inference.fits)"
     )
@@ -147,7 +147,7 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[1] = 1
-    # The default on any device without an entry in ``defaults``: all a manifest from before per-device defaults
+    # The default on any device without an entry in ``defaults``: all a manifest without per-device defaults
     # has, and what a reader that knows only ``default`` uses.
     default: str
     defaults: dict[DeviceKind, str] = Field(
@@ -272,7 +272,7 @@ def manifest_update(models_dir: str | Path) -> Iterator[None]:
             if exc.errno not in _NO_FOLDER_LOCKS:
                 raise
             # NFS takes an exclusive lock only on a file open for writing, which a folder cannot be: the update
-            # goes on unserialized, as every update did before there was a lock, and says so
+            # goes on unserialized, and says so
             log.warning(
                 "cannot lock %s (%s): a command updating its manifest at the same time could undo this one's change",
                 models_dir,

@@ -218,7 +218,7 @@ def preload_cuda() -> str | None:
 def model_source(path: Path) -> str | bytes:
     """What ONNX Runtime is given to load ``path``: its name, or the file's bytes where the name is not UTF-8
     text. Python holds such a name's other bytes as surrogate escapes, which ONNX Runtime's binding cannot
-    encode: it refused the name with a TypeError. (The bytes lose the folder an external-data model's
+    encode: it refuses the name with a TypeError. (The bytes lose the folder an external-data model's
     weights are read from; this project's exports keep their weights inside.)"""
     name = str(path)
     try:

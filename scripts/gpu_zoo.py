@@ -37,9 +37,8 @@ PART_BYTES = 15 * 2**20
 # it, but until a run measures that the factor stands: a run that ends early wastes device time, one that
 # overruns loses a network.
 OVERHEAD = 2.1
-# Epochs between whole-state checkpoints and curves (about 0.5 s each time on a 2-core CPU,
-# bench/bench_checkpoint.py, against 2-3 s per epoch of these networks on the H200); the device run is never
-# resumed, so fewer lose nothing.
+# Epochs between whole-state checkpoints and curves (a small share of an epoch of these networks on the H200:
+# docs/fast-training.md, "On a GPU"); the device run is never resumed, so fewer lose nothing.
 CHECKPOINT_EVERY = 10
 # (run name, recipe, overrides): the order is the priority.
 RUNS = (

@@ -15,8 +15,8 @@ case "$*" in
         ;;
 esac
 # Refuse at once when the disk cannot hold the install: pip would otherwise stop midway with "No space left on
-# device" and leave a half-built .venv. Measured: the full .venv is about 7.2 GB (a CUDA build of torch with
-# its NVIDIA libraries), the serving one about 0.6 GB; the rest is room for the dataset cache and the tests.
+# device" and leave a half-built .venv. Each figure is that install's .venv (README.md gives their sizes; the full
+# one holds a CUDA build of torch with its NVIDIA libraries) plus room for the dataset cache and the tests.
 # SETUP_NEED_MB overrides the figure.
 if [ "$variant" = serve ]; then need_mb=${SETUP_NEED_MB:-1000}; else need_mb=${SETUP_NEED_MB:-9000}; fi
 # A figure `[ -lt ]` cannot read makes the comparison false, which would let any disk through.

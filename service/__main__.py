@@ -29,9 +29,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     configure_streams()
-    previous = take_over_terminations()  # SIGTERM there too: it killed the process without a word
+    previous = take_over_terminations()  # SIGTERM there too: its default action kills the process without a word
     try:
-        parser = get_args_parser()  # imports numpy, ONNX Runtime, Pillow: most of a second
+        parser = get_args_parser()  # imports numpy, ONNX Runtime, Pillow: long enough for a Ctrl-C to land in
     except (KeyboardInterrupt, ImportError) as exc:  # Ctrl-C before anything has started: no traceback
         return stopped_while_importing(exc)
     finally:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return flushed(args.fn(args))
     except BrokenPipeError:
-        if not reader_gone():  # a pipe or socket of the command's own: a bug's traceback, as before
+        if not reader_gone():  # a pipe or socket of the command's own: a bug, which keeps its traceback
             raise
         return stop_writing()  # `doctor | head -1`, as `score | head -1` ends
 

@@ -28,12 +28,12 @@
   multipart form (:func:`declare_multipart`).
 - BentoML's API UI page (:func:`openapi_ui_page`), which the service serves at /docs: its own page takes /.
 - Request metrics labelled by route (:func:`label_metrics_by_route`): BentoML labels its request counters and
-  histograms with the request's path, so every made-up path and model name made new series (about 4 KB of
-  /metrics each, without bound); they are labelled with the route's template, and a path no route takes
+  histograms with the request's path, so every made-up path and model name would make new series on
+  /metrics, without bound; they are labelled with the route's template, and a path no route takes
   with ``UNMATCHED``.
 - A metrics folder per server (:func:`serve_with_own_metrics`): ``bentoml serve`` keeps its workers' metrics in
   ``$BENTOML_HOME/prometheus_multiproc_dir`` and empties it when it starts, so every other BentoML server
-  started on the host reset this one's /metrics and mixed its own counts in.
+  started on the host would reset this one's /metrics and mix its own counts in.
 
 ``SUPPORTED`` says whether the installed BentoML is a version this was written against. When it is not,
 or when an internal is not where it should be, each part falls back to BentoML's documented behaviour
@@ -144,7 +144,7 @@ class KeyedDispatchers(dict):
 
     A key's dispatcher is made on its first call, like the API's own: same ``max_latency_ms``,
     ``max_batch_size`` and batch dimension, and the same semaphore, so that every key's batches together run
-    at most as many at once as the API's alone did. Each has its own queue and its own latency estimate.
+    at most as many at once as the API's alone would. Each has its own queue and its own latency estimate.
     Calls without a key (the API's own HTTP route) use the API's dispatcher.
     """
 

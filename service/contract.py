@@ -215,7 +215,7 @@ class ModelInfo(BaseModel):
     input_size: list[int] = Field(description="[height, width] images are resized to")
     fit: str = Field(description="how an image of another aspect ratio is fitted unless a request names another")
     default: bool = Field(description="whether requests without `model` get this one here")
-    # Optional where a service from before per-device defaults does not send them, so that clients read both.
+    # Optional: a service without per-device defaults does not send them, and clients read both.
     default_for: list[str] = Field(
         default_factory=list, description="the kinds of host (cpu, cuda) whose default the manifest makes it"
     )
@@ -238,7 +238,7 @@ class Limits(BaseModel):
     max_images: int = Field(description="images in one request")
     max_body_bytes: int = Field(description="bytes of one request body")
     max_pixels: int = Field(description="pixels (width x height) of one image")
-    # Optional where a service from before it does not send it, so that clients read both.
+    # Optional: a service without it does not send it, and clients read both.
     timeout_s: Optional[int] = Field(
         None, description="seconds a request may take here before it is answered 504 (the service's --timeout)"
     )
@@ -249,6 +249,6 @@ class ModelList(BaseModel):
     default_reason: Optional[str] = Field(None, description="why that one: the manifest's rule for this host")
     device: Optional[str] = Field(None, description="where the default runs here: cpu or cuda")
     models: list[ModelInfo]
-    # Optional where a service from before them does not send them, so that clients read both.
+    # Optional: a service without them does not send them, and clients read both.
     fits: list[FitInfo] = Field(default_factory=list, description="the fits a request may name (`fit`)")
     limits: Optional[Limits] = Field(None, description="what one request may hold here")

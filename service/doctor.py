@@ -447,7 +447,7 @@ def generated_images(count: int, size: tuple[int, int], seed: int = 0) -> np.nda
 def images_per_second(model, batch: int, size: tuple[int, int], warm: bool = False) -> float:
     """Images/s at ``batch``, timed over at least SPEED_SECONDS and one run. ``warm``: the model has run a batch
     of this size before (its first call's allocations and kernel choice are made), so no untimed call comes first:
-    a multi-crop FP16 model on 2 CPU cores takes over a minute a batch of 256."""
+    a multi-crop FP16 model's batch of 256 is slow on a few CPU cores, and an untimed one would double the wait."""
     x = generated_images(batch, size, seed=1)
     if not warm:
         model.logits(x)

@@ -129,7 +129,7 @@ def check_card(entry: ModelEntry, card: ModelCard) -> None:
 
 # Set by `python -m service serve` for the server it starts: the sha256 of the manifest.json whose files it has
 # just verified and opened. The server's process skips its own check of the same manifest (a second opening of
-# every file, about a second of start-up); `bentoml serve` run directly has no such mark and checks.
+# every file, which lengthens start-up); `bentoml serve` run directly has no such mark and checks.
 CHECKED_ENV = "CIFAR_CHECKED_MANIFEST"
 
 
@@ -187,8 +187,8 @@ def warm_up(
 ) -> list[int]:
     """Run the model before traffic, so that first-call allocations and kernel choice are not paid by a request:
     batch 1 twice (the second call times one image), then the largest batch up to ``max_batch_size`` that the
-    budget allows. A full batch of a wide network with multi-crop TTA, or of a float16 graph on a CPU, takes
-    a minute there; that is start-up time for every worker, so such a model warms up on a smaller batch and
+    budget allows. A full batch of a wide network with multi-crop TTA, or of a float16 graph on a CPU, is
+    slow there, and that is start-up time for every worker, so such a model warms up on a smaller batch and
     its first full batch pays the rest. Returns the batch sizes run."""
     height, width = size
     one = np.zeros((1, 3, height, width), dtype=np.float32)

@@ -21,7 +21,7 @@ def end_process(status: int) -> NoReturn:
     """End a ``python -m service`` process with ``status``. Once Ray is loaded, with os._exit after flushing
     (the output files are closed by then), as Ray ends its own workers: a Ray thread that reaches the core
     worker while it is shut down, at ray.shutdown() or in Ray's exit handler, ends the process with status 1,
-    which replaced a Ctrl-C's 130 on a busy machine. Without Ray, the ordinary exit. A stop that arrives from
+    which would replace a Ctrl-C's 130 on a busy machine. Without Ray, the ordinary exit. A stop that arrives from
     here on (``keep_status``) changes neither the status nor the output."""
     keep_status(status)
     if "ray" in sys.modules:
@@ -32,9 +32,9 @@ def end_process(status: int) -> NoReturn:
 
 def keep_status(status: int) -> None:
     """Let no further stop change how the process ends, once ``status`` is decided and said. Python's own exit
-    takes a moment (non-daemon threads joined, exit handlers, modules torn down): a Ctrl-C meanwhile raised a
+    takes a moment (non-daemon threads joined, exit handlers, modules torn down): a Ctrl-C meanwhile would raise a
     KeyboardInterrupt traceback in the join or a handler, or, once Python has given the signal back its default
-    action, killed the process by SIGINT (status 130) after the run's summary. Until the exit handlers run, a stop
+    action, kill the process by SIGINT (status 130) after the run's summary. Until the exit handlers run, a stop
     ends the process at once with ``status`` (an exit held up by a thread is still ended by Ctrl-C); from then on,
     stops are ignored. Only the main thread may set handlers; elsewhere nothing changes."""
     if threading.current_thread() is not threading.main_thread():

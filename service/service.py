@@ -199,7 +199,8 @@ class InferItem(BaseModel):
     )
     dtype: Literal["uint8", "float32"] = Field(default="uint8", description="how pixels is to be read")
     # Set when no one awaits this item's row any more (its request timed out, or a part of it was shed): a batch
-    # that takes it runs only its batch-mates. A queued backlog of abandoned images kept the next requests waiting.
+    # that takes it runs only its batch-mates. A queued backlog of abandoned images would keep the next requests
+    # waiting.
     _abandoned: bool = PrivateAttr(default=False)
 
     def abandon(self) -> None:
@@ -382,7 +383,7 @@ class BodyGate:
 
     async def __call__(self, scope, receive, send) -> None:
         # The exact path: BentoML serves no "/infer/", which PathGate refuses (404 naming the path without the
-        # slash) whatever its body; read here, a bad body was refused as if the path were served.
+        # slash) whatever its body; read here, a bad body would be refused as if the path were served.
         read = self.READERS.get(scope["path"]) if scope["type"] == "http" else None
         if read is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
@@ -801,7 +802,7 @@ def _not_allowed(scope, allow: str) -> Rejection:
 
 class PathGate:
     """ASGI middleware: a path no route takes is refused in the shape of every other refusal (404
-    ``no_such_path``, naming the API's paths). BentoML's router answered it with the text "Not Found", which a
+    ``no_such_path``, naming the API's paths). BentoML's router answers it with the text "Not Found", which a
     client reading every other refusal's JSON cannot parse; that router is BentoML's, outside the app mounted
     here, so an exception handler of ours never sees the request."""
 

@@ -36,7 +36,7 @@ def default_streams(cores: int, on_gpu: bool) -> int:
     concurrent runs on one session keep both cores busy where one two-threaded run leaves a core idle
     whenever the event loop or a decoder has the other (docs/measurements.md, "Service settings"). On a GPU
     two, so that one batch's host work overlaps the other's kernels without a batch per core holding GPU
-    memory (not measured: no GPU was available)."""
+    memory (not measured on a GPU)."""
     return 2 if on_gpu else cores
 
 

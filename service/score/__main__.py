@@ -7,7 +7,7 @@ from inference.interrupts import stopped_while_importing
 
 def main() -> int:
     try:
-        from .cli import main as score  # imports numpy, ONNX Runtime, Pillow: most of a second
+        from .cli import main as score  # imports numpy, ONNX Runtime, Pillow: long enough for a Ctrl-C to land in
     except (KeyboardInterrupt, ImportError) as exc:  # as in service/__main__.py
         return stopped_while_importing(exc)
     return score()

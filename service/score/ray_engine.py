@@ -46,7 +46,8 @@ WINDOW_FILES = 1_000_000
 CHUNKS_PER_BLOCK = 8  # chunks of the walk (--batch-size files each) per block: one read-and-decode task
 # Ray Data pulls a dataset's batches in threads of its own, which end shortly after the iterator is closed. One
 # still inside a Ray call when ray.shutdown() runs reaches Ray's shut-down core worker, which then ends the whole
-# process with status 1: a Ctrl-C answered 1 instead of 130 on a busy machine. Shutdown waits for them, this long.
+# process with status 1: a Ctrl-C would answer 1 instead of 130 on a busy machine. Shutdown waits
+# for them, this long.
 PIPELINE_THREAD = "iter_threaded"
 PIPELINE_GRACE_S = 10.0
 # Ray's own commands read the cluster's address from this variable (`ray job submit` sets it for its entrypoint).
@@ -429,7 +430,7 @@ class RayBackend:
 
     def close(self) -> None:
         # The run is ending already: a second Ctrl-C (or a SIGTERM) now would stop Ray's shutdown halfway, which
-        # left Ray's dashboard and runtime-env agents running and ended the command with status 1, not 130.
+        # would leave Ray's dashboard and runtime-env agents running and end the command with status 1, not 130.
         with stops_dropped():
             if self._stream is not None:
                 self._stream.close()  # the dataset's executor stops before Ray does
@@ -440,7 +441,8 @@ class RayBackend:
                 if self._address is None:
                     self.ray.shutdown()  # the instance is this process's own: its Ray processes stop with it
                 # A cluster's connection is left to the process's end (service/process_end.py), which the cluster
-                # sees as the job's end. Shutting it down here raced Ray's threads as above, though none was left.
+                # sees as the job's end. Shutting it down here would race Ray's threads as above, even with none
+                # left.
 
 
 def _kept(exc: BaseException) -> str:

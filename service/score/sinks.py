@@ -35,8 +35,8 @@ class _Encoding(TypedDict):  # so that ``**ENCODING`` checks as the keywords of 
 
 ENCODING: _Encoding = {"encoding": "utf-8", "errors": "surrogateescape"}
 FORMATS = ("csv", "jsonl")
-# Written as JSON escapes: a lone surrogate has no UTF-8 encoding, and written as its byte it made the line no
-# JSON text. Each is inside a string of the record (JSON's own syntax is ASCII), where an escape reads back as it.
+# Written as JSON escapes: a lone surrogate has no UTF-8 encoding, and written as its byte it would make the line
+# no JSON text. Each is inside a string of the record (JSON's own syntax is ASCII), where an escape reads back as it.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
