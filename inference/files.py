@@ -35,7 +35,7 @@ def process_running(pid: int) -> bool:
 def this_host() -> str:
     """This host's name as a temporary file's name carries it: no dot (the name's fields are split on them), no
     ``@`` (what ends the pid) and nothing a file name cannot hold."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "localhost"
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "localhost"
 
 
 def temporary_path(path: Path, *, shared: bool = False) -> Path:

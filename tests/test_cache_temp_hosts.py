@@ -116,3 +116,17 @@ def test_a_new_decode_removes_dead_writers_files_and_keeps_live_ones_of_every_ho
     read_image_folder(root, SIZE, cache_dir)
     kept = {what: (cache_dir / name).exists() for what, (name, _, _) in files.items()}
     assert kept == {what: keep for what, (_, _, keep) in files.items()}
+
+
+def test_a_folder_with_a_long_name_is_cached_on_a_host_with_a_long_name(tmp_path, monkeypatch):
+    """The cache's file name holds the folder's name, and its temporary file's the pid and host too: a folder named
+    in 205 bytes (70 CJK characters reach it) made a temporary name past the file system's 255 bytes, so no cache
+    was written and every run decoded again. The name is cut (on a whole character); the digests tell sources
+    apart."""
+    monkeypatch.setattr(socket, "gethostname", lambda: "gpu-node-7-" + "h" * 60)
+    for name in ("p" * 205, "写" * 70):
+        root, cache_dir = _tree(tmp_path / name), tmp_path / f"cache-{len(name)}"
+        read_image_folder(root, SIZE, cache_dir)
+        (cache,) = cache_dir.glob("*.npz")
+        assert cache.name.startswith(name[:10]) and len(os.fsencode(cache.name)) <= 255 - 77, cache.name
+        assert cache.name.encode("utf-8").decode("utf-8") == cache.name  # cut on a whole character

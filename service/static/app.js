@@ -432,8 +432,9 @@ const isHidden = (name) => name.startsWith(".") && name !== "." && name !== ".."
 // were sent and refused one card each. A Mac's zip keeps its metadata in __MACOSX/ beside the photos.
 const SYSTEM_FILES = new Set(["thumbs.db", "desktop.ini"]);
 const SYSTEM_FOLDERS = new Set(["__MACOSX"]);
-// Whether a dropped folder's `entry` is the system's, not the user's: left out without a word, as the folder readers
-// of training and the batch scorer leave them (no one left them out by mistake).
+// Whether a dropped folder's `entry` is the system's, not the user's: left out without a word, as training's folder
+// reader leaves such files (no one left them out by mistake); __MACOSX/ holds only hidden ._ files, which both it
+// and the batch scorer skip.
 const isSystem = (entry) => isHidden(entry.name) ||
   (entry.isDirectory ? SYSTEM_FOLDERS.has(entry.name) : SYSTEM_FILES.has(entry.name.toLowerCase()));
 

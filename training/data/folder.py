@@ -237,7 +237,7 @@ def _cache_path(root: Path, image_size: int, fit: str, cache_dir: str | Path, im
         f"{settings}|{_decoder_key()}|{_archive_key(root) if images is None else _tree_key(root, images)}"
     )
     folder = Path(cache_dir)
-    named = folder / f"{_folder_name(root)}-{place}-{contents[:16]}.npz"
+    named = folder / f"{_cache_stem(root)}-{place}-{contents[:16]}.npz"
     if named.is_file() or not folder.is_dir():
         return named
     moved = sorted(folder.glob(f"*-{contents[:16]}.npz"))
@@ -249,6 +249,24 @@ def _folder_name(root: Path) -> str:
     the folder it stands for (its own name would make a cache file named ``-...`` or a hidden ``..-...``); a
     symlink's own name, not its target's."""
     return Path(os.path.abspath(root)).name or "root"
+
+
+# The most bytes of the folder's name a cache's file name keeps: the name, its digests and the temporary file's
+# pid and host (inference.files.temporary_path: a host name is at most 64 bytes) must fit a file system's 255, and
+# the digests, not the name, tell one source from another.
+CACHE_NAME_BYTES = 120
+
+
+def _cache_stem(root: Path) -> str:
+    """``_folder_name`` cut to ``CACHE_NAME_BYTES`` on a whole character: a long folder name would make the cache's
+    temporary file's name too long to create, and every run would decode again."""
+    kept, size = [], 0
+    for char in _folder_name(root):
+        size += len(os.fsencode(char))
+        if size > CACHE_NAME_BYTES:
+            break
+        kept.append(char)
+    return "".join(kept)
 
 
 def _digest(text: str) -> str:
