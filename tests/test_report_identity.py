@@ -42,7 +42,7 @@ def test_a_checkpoints_report_and_its_exports_are_one_model(tmp_path):
     ckpt = _report(tmp_path / "ckpt", [[2, 0], [0, 2], [2, 0]], _checkpoint(tmp_path))
     export = _report(tmp_path / "export", [[2, 0.1], [0, 2], [2, 0]], _onnx(tmp_path))
     said = (
-        f"{export} and {ckpt} are reports of one model ({tmp_path / 'run' / 'best.pt'} and {tmp_path / 'm.onnx'} "
+        f"{export} and {ckpt} are reports of one model ({tmp_path / 'm.onnx'} and {tmp_path / 'run' / 'best.pt'} "
         f"hold the checkpoint of sha256 {SHA[:12]})"
     )
     with pytest.raises(ValueError, match="^" + re.escape(said)) as caught:
@@ -51,6 +51,19 @@ def test_a_checkpoints_report_and_its_exports_are_one_model(tmp_path):
     int8 = _report(tmp_path / "int8", [[1, 0], [0, 1], [1, 0.5]], _onnx(tmp_path, "m-int8"))
     with pytest.raises(ValueError, match=f"{int8} and {export} are reports of one model"):
         estimate_from_reports([export, int8])
+
+
+@pytest.mark.parametrize("source", [_checkpoint, _onnx])
+def test_a_report_from_before_reports_named_the_checkpoint_and_a_new_one_of_the_same_file_are_one_model(
+    tmp_path, source
+):
+    """A report written before reports recorded the checkpoint they hold, and one of the same file written since
+    (here with another TTA), are one model's: the new keys made their sources differ, and the pair was averaged as
+    two members."""
+    old = _report(tmp_path / "old", [[2, 0], [0, 2], [2, 0]], source(tmp_path, sha=None))
+    new = _report(tmp_path / "new", [[2, 1], [0, 2], [2, 0]], source(tmp_path), tta="flip")
+    with pytest.raises(ValueError, match=f"{new} and {old} are reports of one model .*tta flip against none"):
+        estimate_from_reports([old, new])
 
 
 @pytest.mark.parametrize("recorded", ["neither", "checkpoint only", "export only", "other checkpoint"])

@@ -195,6 +195,8 @@ def join_checkpoints(
 
 # What a report's source records of the evaluation rather than of the model: the same file read on a GPU or a CPU.
 _EVALUATION_KEYS = ("path", "providers")
+# What reports record since they name the checkpoint they hold: an earlier report of the same file lacks them.
+_CHECKPOINT_KEYS = ("checkpoint_sha256", "checkpoint")
 
 
 def _same_model(a: dict, b: dict) -> bool:
@@ -203,8 +205,9 @@ def _same_model(a: dict, b: dict) -> bool:
     exported again in between is another model there; a source that names no file is never taken for one."""
     if a.get("kind") is None or a.get("kind") != b.get("kind") or a.get("path") is None or b.get("path") is None:
         return False
-    rest_a = {k: v for k, v in a.items() if k not in _EVALUATION_KEYS}
-    rest_b = {k: v for k, v in b.items() if k not in _EVALUATION_KEYS}
+    unshared = {k for k in _CHECKPOINT_KEYS if (k in a) != (k in b)}  # compared where both reports record them
+    rest_a = {k: v for k, v in a.items() if k not in _EVALUATION_KEYS and k not in unshared}
+    rest_b = {k: v for k, v in b.items() if k not in _EVALUATION_KEYS and k not in unshared}
     return rest_a == rest_b and same_root(a["path"], b["path"])
 
 
@@ -226,7 +229,7 @@ def _one_model_refusal(report: dict, other: dict, name: str, other_name: str) ->
         measure = f"tta {views[0]} against {views[1]}" if views[0] != views[1] else ""
     else:  # one checkpoint under two files: itself and its export, or two exports
         sha256 = source["checkpoint_sha256"][:12]
-        model = f"{theirs.get('path')} and {source.get('path')} hold the checkpoint of sha256 {sha256}"
+        model = f"{source.get('path')} and {theirs.get('path')} hold the checkpoint of sha256 {sha256}"
         measure = "one file against the other"
     hint = f" (to measure {measure}, `python -m training compare` them)" if measure else ""
     return UsageError(
