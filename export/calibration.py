@@ -14,7 +14,7 @@ from torch import nn
 
 from inference.manifest import CALIBRATION_METHODS, Calibration
 from inference.messages import counted
-from training.reports.calibration import TEMPERATURE_BOUNDS, fit_temperature, meaningless_fit, no_spread
+from training.reports.calibration import fit_temperature, meaningless_fit, no_spread
 
 log = logging.getLogger("export")
 
@@ -66,21 +66,36 @@ def fit_calibration(
             counted(len(labels), "validation image"),
         )
     elif meaningless_fit(logits, labels, temperature):
-        # A small split of easy classes (a folder of one's own) gets every image right: the NLL then only falls as
-        # T shrinks, and T is wherever the search stopped, not a measurement. The card says so.
-        fitted_on += (
-            f", where it means little: every image right or T at an end of the search range {TEMPERATURE_BOUNDS}, "
-            "so the confidences are not calibrated"
-        )
-        log.warning(
-            "temperature %.4g written into the graph means little: its %s %s no calibration signal (every one "
-            "right, or T at an end of the search range); --calibrate none leaves the confidences as trained, and a "
-            "validation split with some mistakes in it (a larger data.val_size at training) fits a real T",
-            temperature,
-            counted(len(labels), "validation image"),
-            "carries" if len(labels) == 1 else "carry",
-        )
+        fitted_on += fit_means_little(logits, labels, temperature)
     return Calibration(method="temperature", temperature=temperature, fitted_on=fitted_on)
+
+
+def fit_means_little(logits: np.ndarray, labels: np.ndarray, temperature: float) -> str:
+    """The card's caveat to a temperature that is no measurement (``meaningless_fit``), after a warning with the
+    way out: each way the fit runs off has its own cause, so its own way out. A small split of easy classes (a
+    folder of one's own) gets every image right, and the NLL only falls as T shrinks; a model near chance is best
+    fitted by flattening its logits, and T goes to the top of the range."""
+    # the report's module brings its plotting along: loaded only where a fit means little
+    from training.reports.report_calibration import NEAR_CHANCE, fit_runoff, runoff_reason
+
+    runoff = fit_runoff(logits, labels, temperature)
+    one = len(labels) == 1
+    if runoff == NEAR_CHANCE:
+        way_out = "a model trained past chance (check its training) fits a real T"
+        then = "the graph gives every class about the same probability"
+    else:
+        way_out = "a validation split with more mistakes in it (a larger data.val_size at training) fits a real T"
+        then = "the confidences are not calibrated"
+    said = runoff_reason(runoff, f"its {counted(len(labels), 'validation image')}", one)
+    log.warning(
+        "temperature %.4g written into the graph means little: %s; --calibrate none leaves the confidences as "
+        "trained, and %s",
+        temperature,
+        said,
+        way_out,
+    )
+    validation = "the validation image" if one else "the validation images"
+    return f", where it means little: {runoff_reason(runoff, validation, one)}, so {then}"
 
 
 def calibration_summary(report: dict) -> str:

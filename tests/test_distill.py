@@ -311,7 +311,7 @@ def test_a_new_run_whose_teacher_is_missing_is_not_taught_by_the_logits_another_
 @pytest.mark.parametrize(
     "settings, said",
     [
-        ({"batch_size": 48}, "batch_size 48 exceeds the 45 training images: set batch_size to at most 45"),
+        ({"batch_size": 48}, r"batch_size 48 exceeds the 45 training images: set batch_size to 40 \(micro_batch"),
         ({"lookahead_every": 100}, "train.lookahead_every 100 is more than the run's 4 optimizer steps"),
     ],
     ids=["batch", "lookahead"],

@@ -390,6 +390,22 @@ class Config(Section):
         return self
 
 
+def micro_batch_advice(batch_size: int, micro_batch_size: int) -> str:
+    """The micro-batch sizes to choose from for ``batch_size``: its divisors nearest ``micro_batch_size`` on either
+    side, and null for one forward per step. Neither 1 (BatchNorm cannot normalise one image) nor the batch itself
+    (which null says) is offered."""
+    # in pairs up to the square root: a batch_size of a billion given by mistake is refused at once
+    paired = [(d, batch_size // d) for d in range(1, math.isqrt(batch_size) + 1) if batch_size % d == 0]
+    divisors = sorted({d for pair in paired for d in pair} - {1, batch_size})
+    near = [d for d in divisors if d < micro_batch_size][-1:] + [d for d in divisors if d > micro_batch_size][:1]
+    null = "micro_batch_size=null for one forward per step"
+    if not near:
+        return f"set {null}"
+    which = "the divisors" if len(near) > 1 else "the divisor"
+    said = " or ".join(map(str, near))
+    return f"set micro_batch_size to {said} ({which} of {batch_size} nearest {micro_batch_size}), or {null}"
+
+
 def config_problems(config: Config) -> list[str]:
     """Settings that each pass validation but together make part of the run pointless."""
     s, t, epochs = config.schedule, config.train, config.train.epochs
@@ -398,7 +414,7 @@ def config_problems(config: Config) -> list[str]:
         # Every step would end on a small remainder chunk, whose BatchNorm statistics are those of a few images.
         problems.append(
             f"train.micro_batch_size {t.micro_batch_size} does not divide train.batch_size {t.batch_size}: "
-            "pick a divisor"
+            f"{micro_batch_advice(t.batch_size, t.micro_batch_size)}"
         )
     problems += _progressive_problems(config)
     a, size = config.augment, config.data.image_size

@@ -68,12 +68,16 @@ def run_length_problems(config: Config, images: int, world_size: int = 1, split:
                 remedy = f"train on at most {fitting} processes"
             elif fitting:
                 remedy = "train in one process"
+            elif t.micro_batch_size:
+                remedy = f"train in one process; {batch_size_advice(images, t.micro_batch_size)}"
             else:
                 remedy = f"train in one process with batch_size at most {images}"
             leave = f"the {counted(images, 'training image')} {'leaves' if images == 1 else 'leave'}"
             return [ConfigError(f"{leave} none to each of {world_size} processes: {remedy}")]
         problems.append(
-            ConfigError(f"batch_size {t.batch_size} exceeds {share}: set batch_size to at most {per_process}")
+            ConfigError(
+                f"batch_size {t.batch_size} exceeds {share}: {batch_size_advice(per_process, t.micro_batch_size)}"
+            )
         )
         # measured with the batch_size suggested, so that the values the lines suggest work together
         steps = training_batches(images, per_process, world_size, t.max_batches_per_epoch)
@@ -83,6 +87,23 @@ def run_length_problems(config: Config, images: int, world_size: int = 1, split:
         except LookaheadError as exc:
             problems.append(exc)
     return problems
+
+
+def batch_size_advice(most: int, micro_batch_size: int | None) -> str:
+    """What to set batch_size to where it may be at most ``most``: with a micro-batch size, a batch it divides, or
+    none, as ``config_problems`` refuses any other and the next start would meet that refusal instead."""
+    if not micro_batch_size:
+        return f"set batch_size to at most {most}"
+    if micro_batch_size > most:
+        return (
+            f"set batch_size to at most {most} and micro_batch_size=null (one forward per step), as "
+            f"micro_batch_size {micro_batch_size} exceeds them too"
+        )
+    divided = most // micro_batch_size * micro_batch_size
+    return (
+        f"set batch_size to {divided} (micro_batch_size {micro_batch_size} divides it), or to at most {most} with "
+        "micro_batch_size=null (one forward per step)"
+    )
 
 
 def check_run_length(config: Config, images: int, world_size: int = 1) -> None:

@@ -77,24 +77,54 @@ def temperature_for(
 def fit_caveat(logits: np.ndarray, labels: np.ndarray, temperature: float) -> str:
     """Why a temperature fitted on these samples means little, by which way the fit ran off; "" where it means
     something (``meaningless_fit``)."""
-    if not meaningless_fit(logits, labels, temperature):
+    runoff = fit_runoff(logits, labels, temperature)
+    if not runoff:
         return ""
-    if no_spread(logits):
+    if runoff == COLLAPSED:
         return (
             ", where it means nothing: the model gives every class the same logit on each of those images (a "
             "collapsed network), so no temperature changes its probabilities; T = 1 is kept"
         )
-    top = TEMPERATURE_BOUNDS[1]
-    if abs(np.log(temperature / top)) < abs(np.log(temperature / TEMPERATURE_BOUNDS[0])):
-        # flattening every sample's probabilities to equal ones was still improving the likelihood
+    then = (
+        "gives every class about the same probability" if runoff == NEAR_CHANCE else "says nothing about other images"
+    )
+    return f", where it means little: {runoff_reason(runoff, 'those images')}, so the temperature-scaled row {then}"
+
+
+# The ways a temperature fit runs off (``fit_runoff``), each with its own cause and so its own way out.
+COLLAPSED, ALL_RIGHT, NEAR_CHANCE, AT_BOTTOM = "collapsed", "all right", "near chance", "at bottom"
+
+
+def fit_runoff(logits: np.ndarray, labels: np.ndarray, temperature: float) -> str:
+    """Which way a temperature fitted on these samples ran off where it means little (``meaningless_fit``): their
+    logits have no spread (COLLAPSED); every sample is right (ALL_RIGHT); T was pushed to the top of its range, as
+    flattening every sample's probabilities to equal ones was still improving the likelihood (NEAR_CHANCE); or to
+    the bottom, nearly every sample right (AT_BOTTOM). "" where it means something."""
+    if not meaningless_fit(logits, labels, temperature):
+        return ""
+    if no_spread(logits):
+        return COLLAPSED
+    if (np.asarray(logits).argmax(1) == np.asarray(labels)).all():
+        return ALL_RIGHT
+    bottom, top = TEMPERATURE_BOUNDS
+    return NEAR_CHANCE if abs(np.log(temperature / top)) < abs(np.log(temperature / bottom)) else AT_BOTTOM
+
+
+def runoff_reason(runoff: str, images: str, one: bool = False) -> str:
+    """Why a fit that ran off ``runoff`` (ALL_RIGHT, NEAR_CHANCE or AT_BOTTOM) means little, said of ``images``
+    (``one``: a single image, for the verb): the same words in a report's calibration section and on a card."""
+    bottom, top = TEMPERATURE_BOUNDS
+    if runoff == NEAR_CHANCE:
         return (
-            f", where it means little: T was pushed to the top of its range ({top:g}), as the logits of those images "
-            "are no better than a uniform guess (a model near chance), so the "
-            "temperature-scaled row gives every class about the same probability"
+            f"T was pushed to the top of its range ({top:g}), as the logits of {images} are no better than a uniform "
+            "guess (a model near chance)"
         )
+    carry = "carries" if one else "carry"
+    if runoff == ALL_RIGHT:
+        return f"{images} {carry} no calibration signal (every image right, so the fit only sharpens the logits)"
     return (
-        ", where it means little: those images carry no calibration signal (all or nearly all of them right, so "
-        "the fit only sharpens the logits), so the temperature-scaled row says nothing about other images"
+        f"{images} {carry} no calibration signal (T was pushed to the bottom of its range, {bottom:g}: nearly every "
+        "image right, so the fit only sharpens the logits)"
     )
 
 
