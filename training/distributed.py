@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, redirect_stdout
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partialmethod
 
 import torch
@@ -32,6 +33,17 @@ from inference.errors import UsageError
 
 # What init_process_group's env:// rendezvous reads beside WORLD_SIZE; torchrun sets them all.
 TORCHRUN_VARIABLES = ("RANK", "MASTER_ADDR", "MASTER_PORT")
+
+# How long ranks wait for one-off work that some of them do before the first step (rank 0's pass of the teacher over
+# every training image). The group's own timeout (gloo 30 minutes, NCCL 10) stays the bound of the steps'
+# collectives, where a peer that stops answering is a hang to end soon; a pass over a large dataset outlasts it with
+# nothing wrong. This bound only has to end a peer that hangs alive: one that dies is seen at once (its gloo
+# connection closes, and torchrun stops the other processes), so it can be as long as the longest such pass.
+ONE_OFF_WORK_TIMEOUT = timedelta(hours=24)
+
+# The gloo group that those waits go through, made with every rank in ``setup``. Gloo, under NCCL as well: a
+# rank waiting there has no NCCL work pending, which NCCL's watchdog would end at NCCL's own timeout.
+_one_off_work_group: dist.ProcessGroup | None = None
 
 
 class LaunchError(UsageError):
@@ -140,9 +152,20 @@ def setup(device_type: str) -> DistInfo:
         # there: "terminate called without an active exception"; NCCL warns of pending operations).
         atexit.unregister(leave_at_exit)
         atexit.register(leave_at_exit)
+    _make_one_off_work_group()
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)
     return info
+
+
+def _make_one_off_work_group() -> None:
+    """Made in ``setup``, which the ranks reach together: every rank takes part in making a group, and the first
+    one-off wait, which they reach hours apart, is no place to make it."""
+    global _one_off_work_group
+    if _one_off_work_group is None:
+        group = dist.new_group(backend="gloo", timeout=ONE_OFF_WORK_TIMEOUT)
+        assert isinstance(group, dist.ProcessGroup), "every rank is a member of it"
+        _one_off_work_group = group
 
 
 def check_launched(world_size: int) -> None:
@@ -172,6 +195,7 @@ def leave_at_exit() -> None:
     command has returned, is collected first, as it holds the group."""
     if dist.is_initialized():
         gc.collect()
+        _forget_one_off_work_group()
         dist.destroy_process_group()
 
 
@@ -232,6 +256,17 @@ def barrier(info: DistInfo) -> None:
             dist.barrier()
 
 
+def wait_out_one_off_work(info: DistInfo) -> None:
+    """A barrier where some ranks do one-off work before the first step while the others wait for them (the
+    teacher's logits): bounded by ``ONE_OFF_WORK_TIMEOUT``, not by the group's timeout, which that work may outlast
+    on a large dataset. A peer that stops meanwhile is PeerLost, as in any collective."""
+    if not info.enabled:
+        return
+    assert _one_off_work_group is not None, "setup makes the group of the one-off waits"
+    with peers_watched(info):
+        dist.barrier(group=_one_off_work_group)
+
+
 def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     """Share rank 0's decision (e.g. early stop) so every rank leaves the loop together."""
     if not info.enabled:
@@ -278,4 +313,11 @@ def gather_rng_states(info: DistInfo) -> list[dict]:
 
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
+        _forget_one_off_work_group()
         dist.destroy_process_group()
+
+
+def _forget_one_off_work_group() -> None:
+    """Destroying the default group destroys the others too: a group set up again makes its own."""
+    global _one_off_work_group
+    _one_off_work_group = None

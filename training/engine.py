@@ -163,9 +163,10 @@ class Trainer:
         t = self.config.train
         # rank 0 runs the teacher and keeps its logits in the run folder; the other ranks read them back
         # after it instead of each repeating the pass (minutes). A rank on another node, which does not
-        # see that folder, computes them itself.
+        # see that folder, computes them itself. A pass over a large dataset can outlast the process group's
+        # timeout, so these waits have their own bound.
         if not self.dist.is_main:
-            distributed.barrier(self.dist)
+            distributed.wait_out_one_off_work(self.dist)
         teacher, self.meta["teacher"] = load_or_compute(
             source,
             self.out_dir,
@@ -179,7 +180,9 @@ class Trainer:
             resuming=resuming,
         )
         if self.dist.is_main:
-            distributed.barrier(self.dist)
+            distributed.wait_out_one_off_work(self.dist)
+        # and rank 0 for a rank on another node, whose own pass DDP's first collective would wait for
+        distributed.wait_out_one_off_work(self.dist)
         return teacher
 
     def _build_model(self, train_data: ImageArrays) -> None:

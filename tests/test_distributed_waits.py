@@ -1,0 +1,74 @@
+"""Waits under torchrun for one-off work before the first step (the teacher's logits, which rank 0 computes while
+the others wait): bounded by their own timeout, not by the process group's, which such work outlasts on a large
+dataset. The group's timeout is shortened here to a second, once both ranks have joined, and the work made to take
+longer than that."""
+
+from __future__ import annotations
+
+from test_distributed import run_two_ranks
+
+# The teacher's pass of Trainer._teacher_logits, in two gloo ranks whose group times out after GROUP_TIMEOUT_S, once
+# for each rank of SLOW_RANKS in turn: that rank works for WORK_S (or, WORK_S negative, stops there), then both
+# meet in a collective of the group, as DDP's first one meets them after the pass.
+SCRIPT = """
+    import datetime, os, sys, time, types
+    from pathlib import Path
+    import torch
+    import torch.distributed as dist
+    from training import distributed, engine
+
+    def teacher_pass(*args, **kwargs):
+        if info.rank == slow_rank:
+            if {WORK_S} < 0:
+                os._exit(3)  # stopped in the pass (killed, out of memory)
+            time.sleep({WORK_S})
+        return torch.zeros(4, 10), {{"path": "teacher.pt"}}
+
+    engine.load_or_compute = teacher_pass
+    info = distributed.setup("cpu")
+    distributed.barrier(info)  # both have joined: what follows is the teacher's pass alone
+    dist.set_timeout(datetime.timedelta(seconds={GROUP_TIMEOUT_S}))
+    trainer = types.SimpleNamespace(
+        dist=info,
+        config=types.SimpleNamespace(
+            train=types.SimpleNamespace(eval_batch_size=4), augment=types.SimpleNamespace(flip=True)
+        ),
+        out_dir=Path("."),
+        meta={{}},
+        device=torch.device("cpu"),
+        bf16=False,
+    )
+    for slow_rank in {SLOW_RANKS}:
+        try:
+            engine.Trainer._teacher_logits(trainer, "teacher.pt", types.SimpleNamespace(images=None), False)
+            distributed.barrier(info)
+        except OSError as exc:  # as the command lines catch it
+            print(f"error: {{exc}}", file=sys.stderr)
+            sys.exit(2)
+        print(f"rank {{info.rank}} waited for rank {{slow_rank}}")
+    distributed.cleanup(info)
+"""
+
+GROUP_TIMEOUT_S = 1
+
+
+def test_ranks_wait_for_a_teacher_pass_longer_than_the_group_timeout():
+    """The waiting rank failed in gloo's timeout ("another process of this run stopped or stopped answering")
+    although the other was only working: rank 1 while rank 0 computed the logits, and rank 0 while a rank on
+    another node, which does not see the run folder, computed its own after it."""
+    script = SCRIPT.format(GROUP_TIMEOUT_S=GROUP_TIMEOUT_S, SLOW_RANKS=[0, 1], WORK_S=2.5 * GROUP_TIMEOUT_S)
+    for rank, result in enumerate(run_two_ranks(script)):
+        assert result.returncode == 0, result.stderr
+        waited = [f"rank {rank} waited for rank {slow}" for slow in (0, 1)]
+        assert result.stdout.splitlines() == waited, result.stdout + result.stderr
+
+
+def test_a_rank_that_stops_in_the_teacher_pass_ends_the_wait_at_once():
+    """The waits' own bound is long (a day): a peer that dies meanwhile must still end them, in one line, rather
+    than leave the others waiting out that bound."""
+    stopped, left = run_two_ranks(SCRIPT.format(GROUP_TIMEOUT_S=GROUP_TIMEOUT_S, SLOW_RANKS=[0], WORK_S=-1))
+    assert stopped.returncode == 3, stopped.stderr
+    assert left.returncode == 2, left.stderr
+    lines = left.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in left.stderr, left.stderr
+    assert "rank 1 of 2: another process of this run stopped" in lines[0], lines[0]
