@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from inference.files import write_text_atomic
@@ -37,6 +36,7 @@ from .data.mix import mixed_cross_entropy
 from .data.targets import DistilledTargets, PrunedTargets, Targets, hard_labels, part_of
 from .device import resolve_device
 from .distill import distill_loss, load_or_compute, teacher_file
+from .ema import weight_ema
 from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, topk_accuracy
 from .lookahead import Lookahead
 from .model_init import as_float, prepare_model
@@ -260,11 +260,7 @@ class Trainer:
         t = self.config.train
         # After DDP's wrap, which gives every rank rank 0's weights: copies taken before it hold each rank's own
         # initial weights, and the lookahead steps would pull the ranks apart.
-        self.ema = (
-            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
-            if t.ema_decay > 0
-            else None
-        )
+        self.ema = weight_ema(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.lookahead = (
             Lookahead(self.model, t.lookahead_every, t.lookahead_decay, len(self.train_loader) * t.epochs)
             if t.lookahead_every
