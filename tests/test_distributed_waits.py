@@ -26,6 +26,8 @@ SCRIPT = """
 
     engine.load_or_compute = teacher_pass
     info = distributed.setup("cpu")
+    # made for the runs with such work only: a run without a teacher needs no gloo connection beside NCCL's
+    assert distributed._one_off_work_group is None, "a group for one-off waits made by setup"
     distributed.barrier(info)  # both have joined: what follows is the teacher's pass alone
     dist.set_timeout(datetime.timedelta(seconds={GROUP_TIMEOUT_S}))
     trainer = types.SimpleNamespace(

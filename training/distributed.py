@@ -41,8 +41,9 @@ TORCHRUN_VARIABLES = ("RANK", "MASTER_ADDR", "MASTER_PORT")
 # connection closes, and torchrun stops the other processes), so it can be as long as the longest such pass.
 ONE_OFF_WORK_TIMEOUT = timedelta(hours=24)
 
-# The gloo group that those waits go through, made with every rank in ``setup``. Gloo, under NCCL as well: a
-# rank waiting there has no NCCL work pending, which NCCL's watchdog would end at NCCL's own timeout.
+# The gloo group that those waits go through, made by every rank before such work (``prepare_one_off_waits``), in
+# the runs that do it only: a run without it needs no gloo connection between nodes beside NCCL's. Gloo, under NCCL
+# as well: a rank waiting there has no NCCL work pending, which NCCL's watchdog would end at NCCL's own timeout.
 _one_off_work_group: dist.ProcessGroup | None = None
 
 
@@ -152,17 +153,17 @@ def setup(device_type: str) -> DistInfo:
         # there: "terminate called without an active exception"; NCCL warns of pending operations).
         atexit.unregister(leave_at_exit)
         atexit.register(leave_at_exit)
-    _make_one_off_work_group()
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)
     return info
 
 
-def _make_one_off_work_group() -> None:
-    """Made in ``setup``, which the ranks reach together: every rank takes part in making a group, and the first
-    one-off wait, which they reach hours apart, is no place to make it."""
+def prepare_one_off_waits(info: DistInfo) -> None:
+    """Make the group of ``wait_out_one_off_work``: called by every rank before the one-off work, where they are
+    together (every rank takes part in making a group, and the waits, which they reach hours apart, are no place to
+    make it)."""
     global _one_off_work_group
-    if _one_off_work_group is None:
+    if info.enabled and _one_off_work_group is None:
         group = dist.new_group(backend="gloo", timeout=ONE_OFF_WORK_TIMEOUT)
         assert isinstance(group, dist.ProcessGroup), "every rank is a member of it"
         _one_off_work_group = group
@@ -262,7 +263,7 @@ def wait_out_one_off_work(info: DistInfo) -> None:
     on a large dataset. A peer that stops meanwhile is PeerLost, as in any collective."""
     if not info.enabled:
         return
-    assert _one_off_work_group is not None, "setup makes the group of the one-off waits"
+    assert _one_off_work_group is not None, "prepare_one_off_waits makes the group of the one-off waits"
     with peers_watched(info):
         dist.barrier(group=_one_off_work_group)
 

@@ -165,6 +165,7 @@ class Trainer:
         # after it instead of each repeating the pass (minutes). A rank on another node, which does not
         # see that folder, computes them itself. A pass over a large dataset can outlast the process group's
         # timeout, so these waits have their own bound.
+        distributed.prepare_one_off_waits(self.dist)
         if not self.dist.is_main:
             distributed.wait_out_one_off_work(self.dist)
         teacher, self.meta["teacher"] = load_or_compute(
