@@ -36,7 +36,7 @@ from .data.mix import mixed_cross_entropy
 from .data.targets import DistilledTargets, PrunedTargets, Targets, hard_labels, part_of
 from .device import resolve_device
 from .distill import distill_loss, load_or_compute, teacher_file
-from .ema import weight_ema
+from .ema import WeightEMA
 from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, topk_accuracy
 from .lookahead import Lookahead
 from .model_init import as_float, prepare_model
@@ -261,7 +261,7 @@ class Trainer:
         t = self.config.train
         # After DDP's wrap, which gives every rank rank 0's weights: copies taken before it hold each rank's own
         # initial weights, and the lookahead steps would pull the ranks apart.
-        self.ema = weight_ema(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        self.ema = WeightEMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.lookahead = (
             Lookahead(self.model, t.lookahead_every, t.lookahead_decay, len(self.train_loader) * t.epochs)
             if t.lookahead_every
@@ -273,7 +273,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema else None,
-            "ema_n_averaged": int(self.ema.n_averaged.item()) if self.ema else 0,
+            "ema_n_averaged": self.ema.updates if self.ema else 0,
             "lookahead": self.lookahead.state_dict() if self.lookahead else None,
             "pruning": self.train_loader.pruning.state_dict() if self.train_loader.pruning else None,
             "optimizer": self.optimizer.state_dict(),
@@ -326,7 +326,7 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         if self.ema and ckpt.get("ema"):
             self.ema.module.load_state_dict(ckpt["ema"])
-            self.ema.n_averaged.fill_(ckpt["ema_n_averaged"])
+            self.ema.restore_updates(ckpt["ema_n_averaged"])
         if self.lookahead and ckpt.get("lookahead"):
             self.lookahead.load_state_dict(ckpt["lookahead"])
         if self.train_loader.pruning and ckpt.get("pruning"):
