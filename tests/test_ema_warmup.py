@@ -54,13 +54,37 @@ def test_after_many_updates_an_update_is_torchs_fixed_decay_bit_for_bit():
         assert torch.equal(a, b)
 
 
-def test_an_update_reads_nothing_back_from_the_device():
-    """The count the decay needs is kept on the host: reading the device's copy every step made a GPU training
-    step wait for the GPU. A network on the meta device, whose tensors hold no values, stands for one whose
-    values cost a wait."""
+def test_an_update_copies_nothing_between_host_and_device(monkeypatch):
+    """torch's update copies its count of updates (on the host) to the weights' device every step: on a GPU a
+    blocking copy, which makes each training step wait for the GPU. A network on the meta device stands for one on
+    a GPU: every copy of a tensor to another device is recorded."""
     with torch.device("meta"):
         model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
     ema = WeightEMA(model, 0.999)
+    copies = []
+    real_to = torch.Tensor.to
+
+    def to(tensor, *args, **kwargs):
+        moved = real_to(tensor, *args, **kwargs)
+        if moved.device != tensor.device:
+            copies.append((tensor.device.type, moved.device.type))
+        return moved
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
     for _ in range(3):
         ema.update_parameters(model)
-    assert ema.updates == 3
+    assert copies == [] and ema.updates == 3 and int(ema.n_averaged) == 3, copies
+
+
+def test_the_average_weighs_the_updates_as_the_fixed_decay_does_normalised():
+    torch.manual_seed(1)
+    model, decay, seen = nn.Linear(3, 2), 0.9, []
+    ema = WeightEMA(model, decay)
+    for _ in range(7):
+        with torch.no_grad():
+            model.weight.normal_()
+        seen.append(model.weight.detach().clone())
+        ema.update_parameters(model)
+    weights = torch.tensor([decay ** (len(seen) - 1 - k) for k in range(len(seen))])
+    expected = sum(w * s for w, s in zip(weights / weights.sum(), seen))
+    assert torch.allclose(ema.module.weight, expected, atol=1e-6)

@@ -10,11 +10,9 @@ is ``(decay - decay ** (n + 1)) / (1 - decay ** (n + 1))``, which rises to ``dec
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 
 def corrected_decay(decay: float, averaged: int) -> float:
@@ -25,14 +23,14 @@ def corrected_decay(decay: float, averaged: int) -> float:
 
 class WeightEMA(AveragedModel):
     """``AveragedModel``'s EMA of the weights and buffers (BatchNorm's statistics averaged with them) at the
-    corrected decay. The count of updates is kept on the host as well as in ``n_averaged`` (the checkpoint's), so
-    that no update reads a GPU tensor back, which would make every training step wait for the GPU."""
+    corrected decay, kept as torch keeps it (the same update, the same ``n_averaged`` in the checkpoint). Its own
+    update reads its count of updates on the host: torch's copies ``n_averaged`` to the weights' device every
+    step, which on a GPU is a blocking copy that makes each training step wait for the GPU."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        super().__init__(model, multi_avg_fn=self._average, use_buffers=True)
+        super().__init__(model, use_buffers=True)
         self.decay = decay
         self.updates = 0
-        self._now = decay
 
     def restore_updates(self, updates: int) -> None:
         """A resumed run's count of updates (``n_averaged`` in its checkpoint), so that it goes on at the same
@@ -40,10 +38,21 @@ class WeightEMA(AveragedModel):
         self.updates = updates
         self.n_averaged.fill_(updates)
 
+    @torch.no_grad()
     def update_parameters(self, model: nn.Module) -> None:
-        self._now = corrected_decay(self.decay, self.updates)
-        super().update_parameters(model)
+        averages = [*self.module.parameters(), *self.module.buffers()]
+        current = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        current = [c if c.device == a.device else c.to(a.device) for a, c in zip(averages, current, strict=True)]
+        if self.updates == 0:
+            for a, c in zip(averages, current):
+                a.copy_(c)
+        else:
+            decay = corrected_decay(self.decay, self.updates)
+            floats = [(a, c) for a, c in zip(averages, current) if a.is_floating_point()]
+            if floats:
+                torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1 - decay)
+            for a, c in zip(averages, current):
+                if not a.is_floating_point():  # BatchNorm's step counters: as torch's EMA averages them
+                    a.copy_(a * decay + c * (1 - decay))
+        self.n_averaged += 1  # on the host, where AveragedModel keeps it
         self.updates += 1
-
-    def _average(self, averages: Sequence[torch.Tensor], current: Sequence[torch.Tensor], n: object) -> None:
-        get_ema_multi_avg_fn(self._now)(averages, current, n)
