@@ -64,11 +64,41 @@ def interrupt_within(exc: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
-def stopped_while_importing(exc: KeyboardInterrupt | ImportError) -> int:
-    """The status for a command whose imports ended with ``exc``: a Ctrl-C then, even one that landed in ONNX
-    Runtime's native module (which turns it into its ImportError, "initialization failed"), is an interrupt,
-    said in one line; any other ImportError is raised again."""
+@contextlib.contextmanager
+def stops_recorded() -> Iterator[list[int]]:
+    """The stops (SIGINT, and SIGTERM or SIGHUP where a handler of this process takes them) that arrive within,
+    each still handled as before: a native module they land in may turn the stop into an error of its own, with
+    nothing to trace it by (pydantic-core building a validator reports a SchemaError), and the caller can still
+    tell it for a stop. Nothing is recorded off the main thread, which alone may set handlers."""
+    seen: list[int] = []
+    previous: dict[int, Handler] = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, *CAUGHT):
+            handler = signal.getsignal(s)
+            if callable(handler):
+                previous[s] = signal.signal(s, _recording(handler, seen))
+    try:
+        yield seen
+    finally:
+        give_back(previous)
+
+
+def _recording(handler: Callable[[int, FrameType | None], Any], seen: list[int]) -> Handler:
+    def record(signum: int, frame: FrameType | None) -> Any:
+        seen.append(signum)
+        return handler(signum, frame)
+
+    return record
+
+
+def stopped_while_importing(exc: BaseException, seen: list[int] | None = None) -> int:
+    """The status for a command whose imports ended with ``exc``: a Ctrl-C then, even one that landed in a native
+    module (ONNX Runtime's turns it into its ImportError, "initialization failed"; pydantic-core's into a
+    SchemaError, which keeps no trace of it: ``seen``, ``stops_recorded``'s, says it came), is an interrupt, said
+    in one line; any other error is raised again."""
     stop = interrupt_within(exc)
+    if stop is None and seen:
+        stop = KeyboardInterrupt() if seen[0] == signal.SIGINT else Terminated(seen[0])
     if stop is None:
         raise exc
     return say_stopped(stop, "interrupted")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from inference.interrupts import give_back, stopped_while_importing, take_over_terminations
+from inference.interrupts import give_back, stopped_while_importing, stops_recorded, take_over_terminations
 from inference.messages import configure_streams, flushed, reader_gone, stop_writing
 
 
@@ -31,9 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_streams()
     previous = take_over_terminations()  # SIGTERM there too: its default action kills the process without a word
     try:
-        parser = get_args_parser()  # imports numpy, ONNX Runtime, Pillow: long enough for a Ctrl-C to land in
-    except (KeyboardInterrupt, ImportError) as exc:  # Ctrl-C before anything has started: no traceback
-        return stopped_while_importing(exc)
+        with stops_recorded() as seen:
+            parser = get_args_parser()  # imports numpy, ONNX Runtime, Pillow: long enough for a Ctrl-C to land in
+    except (KeyboardInterrupt, Exception) as exc:  # Ctrl-C before anything has started: no traceback
+        return stopped_while_importing(exc, seen)
     finally:
         give_back(previous)  # each command answers terminations its own way
     args = parser.parse_args(argv)
