@@ -1,7 +1,7 @@
 """The page at / given a dropped folder with what an operating system leaves in folders (Thumbs.db, desktop.ini,
 .DS_Store and other hidden files, a Mac zip's __MACOSX/): left out before sending, without a word, as training's
-folder reader and the batch scorer leave them, where each was sent and refused on a card of its own. The drop is faked as Chromium hands one to the page
-(test_page_user_edges.FAKE_DROP); one real server for the module.
+folder reader and the batch scorer leave them, where each was sent and refused on a card of its own. The drop is
+faked as Chromium hands one to the page (test_page_user_edges.FAKE_DROP); one real server for the module.
 """
 
 from __future__ import annotations
