@@ -5,7 +5,8 @@
         [--out FILE.json]
 
 A model is a registry name, optionally with constructor arguments after a colon
-(``resnet18:attention=se,attention_pool=avg+max``); ``--models all`` is every registered model.
+(``resnet18:attention=se,attention_pool=avg+max``), each value YAML (``airbench94:widths=[128,384,384]``);
+``--models all`` is every registered model.
 
 ``--image-size`` times smaller images: what an epoch of progressive resizing
 (``augment.progressive_sizes``) costs against one at full size.
@@ -23,9 +24,11 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,8 +37,9 @@ from arguments import add_out_argument  # noqa: E402
 from report_io import write_json  # noqa: E402
 
 from inference.errors import UsageError  # noqa: E402
+from inference.messages import exception_summary  # noqa: E402
 from training.cli_types import positive_int  # noqa: E402
-from training.config import OptimConfig, read_yaml  # noqa: E402
+from training.config import OptimConfig, YamlMistake, read_yaml  # noqa: E402
 from training.data import ImageArrays  # noqa: E402
 from training.data.augment import AugmentParams  # noqa: E402
 from training.data.loader import TensorLoader  # noqa: E402
@@ -75,13 +79,53 @@ def loader_throughput(device: torch.device, batch_size: int, batches: int) -> fl
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
-    """``name:key=value,key=value`` -> (name, kwargs); values are YAML scalars (ints, floats, bools, strings)."""
+    """``name:key=value,key=value`` -> (name, kwargs). Values are YAML as training reads them: scalars, or flow
+    lists and mappings (``widths=[128,384,384]``, ``{x: 1}``), whose commas do not split the arguments. A spec
+    that cannot be read is the user's mistake (a UsageError), refused before anything is measured."""
     name, _, args = spec.partition(":")
     kwargs = {}
-    for pair in filter(None, args.split(",")):
-        key, _, value = pair.partition("=")
-        kwargs[key] = read_yaml(value)
+    for pair in _split_arguments(spec, args):
+        key, sign, value = pair.partition("=")
+        key = key.strip()
+        if not sign or not key:
+            raise UsageError(
+                f"--models {spec!r}: {pair!r} is not key=value (a model's arguments are NAME:key=value,...)"
+            )
+        if key in kwargs:  # the last would win silently, as a YAML mapping's would
+            raise UsageError(f"--models {spec!r}: {key!r} is given twice: keep one")
+        kwargs[key] = _read_value(spec, value)
     return name, kwargs
+
+
+def _split_arguments(spec: str, args: str) -> list[str]:
+    """``args`` split on the commas outside brackets; empty pieces (a trailing comma) are dropped."""
+    pieces, depth, start = [], 0, 0
+    for i, char in enumerate(args):
+        if char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth < 0:
+                raise UsageError(f"--models {spec!r}: {char!r} closes no bracket")
+        elif char == "," and depth == 0:
+            pieces.append(args[start:i])
+            start = i + 1
+    if depth:
+        raise UsageError(f"--models {spec!r}: a bracket is not closed")
+    pieces.append(args[start:])
+    return [piece for piece in pieces if piece]
+
+
+def _read_value(spec: str, text: str) -> Any:
+    try:
+        return read_yaml(text)
+    except YamlMistake as exc:  # YAML that parses, but not as meant (a key twice, {width:8})
+        raise UsageError(f"--models {spec!r}: value {text!r}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(
+            f"--models {spec!r}: value {text!r} is not YAML ({exception_summary(exc, lines=2)}): quote it, or "
+            "close its brackets"
+        ) from None
 
 
 def train_throughput(
@@ -144,7 +188,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--models",
         nargs="+",
         default=["airbench94", "resnet9_half", "se_resnet18", "wrn_16_4", "wrn_16_8", "wrn_28_10"],
-        help="registry names, each optionally NAME:key=value,... (constructor arguments); all: every model",
+        help="registry names, each optionally NAME:key=value,... (constructor arguments, YAML values such as "
+        "widths=[128,384,384]); all: every model",
     )
     p.add_argument("--steps", type=positive_int, default=5, help="timed training steps per model, after 2 warm-up")
     p.add_argument("--batch-size", type=positive_int, default=128, help="images per training step")
