@@ -56,7 +56,7 @@ from typing import Any, Awaitable, Callable, Sequence
 import bentoml
 import click
 
-from inference.interrupts import interrupt_within, say_stopped, stopped_while_importing
+from inference.interrupts import interrupt_within, say_stopped, stopped_while_importing, stops_recorded
 
 # Under "bentoml": the logger BentoML configures (INFO) in its server processes.
 log = logging.getLogger("bentoml.cifar.compat")
@@ -499,10 +499,11 @@ def serve_with_own_metrics(argv: list[str], port: int) -> int:
             BentoMLContainer.prometheus_multiproc_dir.set(str(metrics_folder(port)))
         except Exception as exc:  # an internal that moved: BentoML's shared folder, as `bentoml serve` has it
             log.warning("metrics stay in BentoML's shared folder (%s: %s)", type(exc).__name__, exc)
-    try:
-        from bentoml_cli.cli import cli
-    except (KeyboardInterrupt, ImportError) as exc:  # Ctrl-C in the second of imports before BentoML handles it
-        return stopped_while_importing(exc)
+    with stops_recorded() as seen:
+        try:
+            from bentoml_cli.cli import cli
+        except (KeyboardInterrupt, Exception) as exc:  # Ctrl-C in the second of imports before BentoML handles it
+            return stopped_while_importing(exc, seen)  # pydantic-core's SchemaError, for one, may be a stop
 
     sys.argv = ["bentoml", *argv]
     return run_command(cli, argv)

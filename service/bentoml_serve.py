@@ -18,7 +18,7 @@ import signal as signal_module
 import sys
 from typing import Any
 
-from inference.interrupts import give_back, say_stopped, stopped_while_importing, take_over_terminations
+from inference.interrupts import give_back, say_stopped, stopped_while_importing, stops_recorded, take_over_terminations
 
 from .process_end import STOPS
 
@@ -110,12 +110,13 @@ def main(argv: list[str]) -> int:
 
 
 def _serve(argv: list[str]) -> int:
-    try:
-        from .bentoml_compat import serve_with_own_metrics  # BentoML's imports
+    with stops_recorded() as seen:
+        try:
+            from .bentoml_compat import serve_with_own_metrics  # BentoML's imports, pydantic-core's among them
 
-        stops = stop_signals()
-    except ImportError as exc:
-        return stopped_while_importing(exc)
+            stops = stop_signals()
+        except (KeyboardInterrupt, Exception) as exc:  # as in service/__main__.py
+            return stopped_while_importing(exc, seen)
     try:
         return serve_with_own_metrics(argv[1:], int(argv[0]))
     except Exception as exc:
