@@ -49,6 +49,7 @@ from inference.messages import (
 from inference.precisions import PRECISIONS, suits, tolerance_text, unsuited_hosts
 from training.cli_types import path_text, positive_int
 
+from .data_cache import DEFAULT_CACHE_DIR, RUNS_CACHE
 from .int8_ranges import ACTIVATION_RANGES, DEFAULT_CALIBRATION_IMAGES, ranges_help
 
 log = logging.getLogger("export")
@@ -98,7 +99,7 @@ def export_parser() -> argparse.ArgumentParser:
         help=f"INT8 only: training-split images to calibrate with (default {DEFAULT_CALIBRATION_IMAGES})",
     )
     _add_int8_ranges(p)
-    _add_data_flags(p)
+    _add_data_flags(p, runs_cache=True)
     _add_data_root(p)
     # training.inference.TTA_CHOICES, spelled out so that --help does not import torch
     p.add_argument(
@@ -209,10 +210,16 @@ def _add_models_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_data_flags(p: argparse.ArgumentParser) -> None:
-    """The validation data every command that measures a model reads."""
+def _add_data_flags(p: argparse.ArgumentParser, runs_cache: bool = False) -> None:
+    """The validation data every command that measures a model reads. ``runs_cache``: a checkpoint's export, whose
+    cache is by default the one the run decoded its data into."""
     # "" reads the images without a cache (tests, a read-only checkout): not refused as the empty paths are
-    p.add_argument("--cache-dir", default=".cache/datasets", help='dataset decode cache ("" for none)')
+    p.add_argument(
+        "--cache-dir",
+        default=RUNS_CACHE if runs_cache else DEFAULT_CACHE_DIR,
+        help='dataset decode cache ("" for none); default: '
+        + (f"the one the run used (data.cache_dir), else {DEFAULT_CACHE_DIR}" if runs_cache else DEFAULT_CACHE_DIR),
+    )
     p.add_argument(
         "--max-val-images",
         type=positive_int,

@@ -54,6 +54,7 @@ from training.inference import with_tta
 from training.reports.calibration import calibration_report, undo_temperature
 
 from .calibration import fit_calibration, with_calibration
+from .data_cache import RUNS_CACHE, RunsCache, export_cache_dir
 from .int8_ranges import DEFAULT_ACTIVATION_RANGE, DEFAULT_CALIBRATION_IMAGES, activation_range
 from .onnx_export import OPSET, export_fp32, input_spec, write_card, writing
 from .parity import Parity, judge, onnx_logits, parity_against, torch_logits
@@ -227,7 +228,7 @@ def export_checkpoint(
     models_dir: str | Path = "models",
     make_default: bool = False,
     calibration_count: int | None = None,
-    cache_dir: str | None = ".cache/datasets",
+    cache_dir: str | None | RunsCache = RUNS_CACHE,
     max_val_images: int | None = None,
     tta: str = "none",
     calibrate: str = "temperature",
@@ -254,11 +255,12 @@ def export_checkpoint(
     export.reference), so that the next precision of the same checkpoint, or its verification, skips that pass.
     ``activation_ranges`` (INT8 only): how the activations' ranges are calibrated (export/int8_ranges.py).
     ``data_root``: where the run's dataset is now, when it has moved since training (``_data_source``).
-    ``replace``: a model already listed under ``name`` may be replaced (``check_replacement``)."""
+    ``replace``: a model already listed under ``name`` may be replaced (``check_replacement``).
+    ``cache_dir``: the images' decode cache (None for none); by default the run's (``export_cache_dir``)."""
     check_calibration_options(precision, activation_ranges, calibration_count)
     ckpt, checkpoint_sha256 = load_checkpoint_and_sha256(checkpoint)
     meta = ckpt["meta"]
-    source = _data_source(meta, checkpoint, cache_dir, data_root)
+    source = _data_source(meta, checkpoint, export_cache_dir(cache_dir, ckpt), data_root)
     unfinished = unfinished_run(checkpoint, ckpt)
     if unfinished:
         log.warning("%s", unfinished)
