@@ -119,7 +119,9 @@ def test_a_run_stopped_by_a_failing_service_says_its_wait_before_its_error(servi
     service.fails_first = True
     out = tmp_path / "preds.csv"
     assert _score(service, _photos(tmp_path), out, workers=2) == 1
-    assert _waiting(service) == ["waiting for 1 request in flight (up to 30 s): Ctrl-C to abandon it"], service.said
+    assert _waiting(service) == ["waiting for 1 request in flight (up to 30 s): Ctrl-C or SIGTERM to abandon it"], (
+        service.said
+    )
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
     assert errors and "answered with model 'other'" in lines[errors[0]], lines
@@ -139,5 +141,7 @@ def test_a_run_stopped_by_a_failed_write_says_its_wait_without_again(service, tm
     monkeypatch.setattr(run_module, "_write", full_disk)
     out = tmp_path / "preds.csv"
     assert _score(service, _photos(tmp_path), out, workers=1) == run_module.OUTPUT_LOST
-    assert _waiting(service) == ["waiting for 1 request in flight (up to 30 s): Ctrl-C to abandon it"], service.said
+    assert _waiting(service) == ["waiting for 1 request in flight (up to 30 s): Ctrl-C or SIGTERM to abandon it"], (
+        service.said
+    )
     assert "error: cannot write" in capsys.readouterr().err

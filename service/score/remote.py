@@ -247,7 +247,8 @@ class RemoteBackend:
     def rows(self, chunks: Iterator[list[Entry]]) -> Iterator[list[Row]]:
         """The rows of ``chunks``. A stop (Ctrl-C, SIGTERM: raised here, or thrown in by the run, stopped between
         two rows) or a failure (the service's, or the run's own, which closes this) has the requests in flight
-        waited for here, where the wait can be said, before the run's summary; a stop after it is dropped."""
+        waited for here, where the wait can be said, before the run's summary. A stop during that wait abandons
+        them: after a stop it is dropped, after a failure it is raised (the run ends as stopped)."""
         try:
             yield from pipeline(chunks, self)
         except KeyboardInterrupt as stop:
@@ -552,7 +553,8 @@ class RemoteBackend:
         """Stop the workers, and let the requests in flight end (each within --timeout), unless a stop comes
         meanwhile (Ctrl-C again, after the one that stopped the run): their rows would be dropped, and the wait is
         the user's, so it is said where requests are in flight. ``stop``: the one that stopped the run, None for a
-        failure (or the run's end)."""
+        failure (or the run's end): a stop during the wait is then raised once the requests have ended, and ends the
+        run as a stop anywhere else does."""
         self._stop("the run stopped")
         posting = self._posting
         if posting:
@@ -565,9 +567,11 @@ class RemoteBackend:
             with interrupts_held(on_stop=self._abandon):
                 self.pool.shutdown(wait=True, cancel_futures=True)
         except KeyboardInterrupt:
-            # That stop, gone on to a handler that raises it: the run has stopped already, its rows and status are
-            # the first stop's, and a traceback would say nothing more.
-            pass
+            # That stop, gone on to a handler that raises it. After a stop, the run has stopped already, its rows and
+            # status are the first stop's, and a traceback would say nothing more; after a failure it is the run's
+            # first stop: dropped, the run would end as failed (1, or 74), not as stopped.
+            if stop is None:
+                raise
 
     def _abandon(self) -> None:
         """End the requests in flight now: their connections are shut, so that each worker's read or write ends
@@ -597,9 +601,10 @@ class RemoteBackend:
 
 def _abandoned_by(stop: KeyboardInterrupt | None) -> str:
     """What abandons the requests in flight (any stop does), said after ``stop``, the one that stopped the run:
-    a run stopped by a SIGTERM (a container stop, a `kill`) may have no terminal for a Ctrl-C."""
+    a run stopped by a SIGTERM (a container stop, a `kill`) may have no terminal for a Ctrl-C, nor may a run that
+    a failure stopped (None)."""
     if stop is None:
-        return "Ctrl-C"
+        return "Ctrl-C or SIGTERM"
     if isinstance(stop, Terminated):
         return f"{signal.Signals(stop.signum).name} again (or Ctrl-C)"
     return "Ctrl-C again"

@@ -427,6 +427,8 @@ def _job(args: argparse.Namespace, previous: dict[int, Handler], stopping: conte
         status = 1
     except KeyboardInterrupt as exc:  # before scoring started (loading the model, reading back --resume)
         stopping.enter_context(stops_dropped())
+        if (failure := _failure_before(exc)) is not None:
+            print(f"error: {failure}", file=sys.stderr)
         status = say_stopped(exc, "interrupted")
     except _OutputLost as exc:
         if isinstance(exc.error, BrokenPipeError):
@@ -659,6 +661,7 @@ def _run(
     except KeyboardInterrupt as exc:
         stopping.enter_context(stops_dropped())
         interrupted = exc
+        failure = _failure_before(exc)
     except _OutputLost as exc:
         lost = exc
     except StopRun as exc:  # here, not in run(): the summary knows whether there are rows to resume
@@ -667,7 +670,10 @@ def _run(
         # Closed here, on this thread, however the loop ended: a stop or a failed write between two rows has the
         # engine end its requests now, and say so, before the summary (left to the garbage collector, the engine's
         # generator could be closed on one of its own threads, which cannot join itself).
-        _end_rows(rows_of, interrupted)
+        ended = _end_rows(rows_of, interrupted)
+        if ended is not None:  # a stop while the engine waited for its requests after a failed write
+            stopping.enter_context(stops_dropped())
+            interrupted = ended
         summary.elapsed = time.perf_counter() - start
         stop.set()
         bar.close()
@@ -706,10 +712,11 @@ def _run(
     return 1 if failure or (args.fail_on_error and (summary.failed or summary.resumed_failed)) else 0
 
 
-def _end_rows(rows_of: Iterator[list[Row]], stop: KeyboardInterrupt | None) -> None:
+def _end_rows(rows_of: Iterator[list[Row]], stop: KeyboardInterrupt | None) -> KeyboardInterrupt | None:
     """Close the engine's rows; ``stop``, the one that stopped the run between two rows, is thrown into them
     first, so that an engine that says its wait for the requests in flight says what abandons them after it (a
-    SIGTERM's run may have no terminal for a Ctrl-C)."""
+    SIGTERM's run may have no terminal for a Ctrl-C). Returns the stop that ended that wait where none had stopped
+    the run (a failed write closed the rows): the run's stop, for its message and status."""
     throw = getattr(rows_of, "throw", None)
     if stop is not None and throw is not None:
         try:
@@ -721,7 +728,20 @@ def _end_rows(rows_of: Iterator[list[Row]], stop: KeyboardInterrupt | None) -> N
                 raise
     close = getattr(rows_of, "close", None)
     if close is not None:
-        close()
+        try:
+            close()
+        except KeyboardInterrupt as ended:
+            if stop is not None:
+                raise
+            return ended
+    return None
+
+
+def _failure_before(stop: KeyboardInterrupt) -> StopRun | None:
+    """The failure that had stopped the run when ``stop`` came, while the engine waited for its requests in flight
+    (the stop was raised as the failure was handled): said too, though the stop decides how the run ends."""
+    failure = stop.__context__
+    return failure if isinstance(failure, StopRun) else None
 
 
 def _size(out, path: str) -> int | None:
