@@ -38,8 +38,11 @@ def recorded_cache_dir(ckpt: dict[str, Any]) -> str | None:
 def export_cache_dir(cache_dir: str | None | RunsCache, ckpt: dict[str, Any]) -> str | None:
     """``cache_dir`` as given (``--cache-dir``; None or "" for none); by default the run's own, so that a run that
     cached its data on another disk (data.cache_dir) is not decoded and stored a second time on this one.
-    DEFAULT_CACHE_DIR where the run records none, or where the folder it records is gone or not writable (warned:
-    a folder that is gone is not made again, as the disk it lay on may no longer be mounted there)."""
+    DEFAULT_CACHE_DIR where the run records none, or where the folder it records is gone, not a folder or cannot be
+    read (warned: an absolute folder that is gone is not made again, as the disk it lay on may no longer be mounted
+    there). A relative one stands under the folder the command runs in, as the default does (and as training and
+    evaluate read it): made as needed. One that cannot be written is still read: it holds the run's decode, and
+    where it must decode again the reader says it cannot keep it."""
     if not isinstance(cache_dir, RunsCache):
         return cache_dir
     recorded = recorded_cache_dir(ckpt)
@@ -47,6 +50,8 @@ def export_cache_dir(cache_dir: str | None | RunsCache, ckpt: dict[str, Any]) ->
         return None  # the run kept no cache: nor does its export
     if recorded is None or Path(recorded) == Path(DEFAULT_CACHE_DIR):
         return DEFAULT_CACHE_DIR
+    if not Path(recorded).is_absolute() and not os.path.lexists(recorded):
+        return recorded  # as training makes it: under the folder the command runs in (deleted, or never made here)
     problem = _unusable(Path(recorded))
     if problem:
         log.warning(
@@ -64,6 +69,7 @@ def _unusable(folder: Path) -> str | None:
         return "is no longer there"
     if not folder.is_dir():
         return "is not a folder"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return "is not writable"
+    # writable or not: training, evaluate and resume read a read-only cache too, decoding only what it lacks
+    if not os.access(folder, os.R_OK | os.X_OK):
+        return "cannot be read"
     return None

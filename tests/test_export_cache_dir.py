@@ -65,13 +65,13 @@ def test_a_run_that_kept_no_cache_is_exported_without_one():
     assert export_cache_dir(RUNS_CACHE, _run("")) is None
 
 
-@pytest.mark.parametrize("case", ["gone", "file", "read-only"])
+@pytest.mark.parametrize("case", ["gone", "file", "unreadable"])
 def test_an_unusable_recorded_cache_falls_back_with_one_warning(tmp_path, monkeypatch, caplog, case):
     recorded = tmp_path / "big" / "cache"
     if case == "file":
         recorded.parent.mkdir()
         recorded.write_text("")
-    elif case == "read-only":  # tests may run as root, whom a folder's mode does not stop
+    elif case == "unreadable":  # tests may run as root, whom a folder's mode does not stop
         recorded.mkdir(parents=True)
         monkeypatch.setattr(export.data_cache.os, "access", lambda path, mode: False)
     with caplog.at_level(logging.WARNING, logger="export"):
@@ -79,7 +79,7 @@ def test_an_unusable_recorded_cache_falls_back_with_one_warning(tmp_path, monkey
     [record] = caplog.records
     said = record.getMessage()
     assert "\n" not in said and str(recorded) in said and DEFAULT_CACHE_DIR in said and "--cache-dir" in said
-    reason = {"gone": "no longer there", "file": "not a folder", "read-only": "not writable"}[case]
+    reason = {"gone": "no longer there", "file": "not a folder", "unreadable": "cannot be read"}[case]
     assert reason in said
 
 
