@@ -98,22 +98,52 @@ def parse_spec(spec: str) -> tuple[str, dict]:
 
 
 def _split_arguments(spec: str, args: str) -> list[str]:
-    """``args`` split on the commas outside brackets; empty pieces (a trailing comma) are dropped."""
-    pieces, depth, start = [], 0, 0
-    for i, char in enumerate(args):
-        if char in "[{":
+    """``args`` split on the commas outside brackets and quoted strings (``name='a,b'``, ``s="]"``: quoting is
+    how YAML keeps such text whole); empty pieces (a trailing comma) are dropped."""
+    pieces, depth, start, i = [], 0, 0, 0
+    while i < len(args):
+        char = args[i]
+        i += 1
+        if char in "'\"" and _opens_quote(args[start : i - 1], depth):
+            i = _quote_end(args, i - 1)  # an unclosed quote takes the rest, for YAML to refuse
+        elif char in "[{":
             depth += 1
         elif char in "]}":
             depth -= 1
             if depth < 0:
                 raise UsageError(f"--models {spec!r}: {char!r} closes no bracket")
         elif char == "," and depth == 0:
-            pieces.append(args[start:i])
-            start = i + 1
+            pieces.append(args[start : i - 1])
+            start = i
     if depth:
         raise UsageError(f"--models {spec!r}: a bracket is not closed")
     pieces.append(args[start:])
     return [piece for piece in pieces if piece]
+
+
+def _opens_quote(before: str, depth: int) -> bool:
+    """Whether a quote after ``before`` (its argument's text so far) starts a quoted string, as it does where a
+    value or a flow item starts; elsewhere it is a plain value's own (``name=it's``)."""
+    before = before.rstrip()
+    if depth:
+        return before[-1:] in ("[", "{", ",", ":")
+    return before.endswith("=") and before.count("=") == 1
+
+
+def _quote_end(text: str, i: int) -> int:
+    """The index after the quoted string that starts at ``text[i]``: ``''`` is a quote within single quotes, a
+    backslash escapes within double quotes."""
+    quote, j = text[i], i + 1
+    while j < len(text):
+        if quote == '"' and text[j] == "\\":
+            j += 2
+        elif text[j] != quote:
+            j += 1
+        elif quote == "'" and text[j + 1 : j + 2] == "'":
+            j += 2
+        else:
+            return j + 1
+    return len(text)
 
 
 def _read_value(spec: str, text: str) -> Any:
@@ -125,6 +155,11 @@ def _read_value(spec: str, text: str) -> Any:
         raise UsageError(
             f"--models {spec!r}: value {text!r} is not YAML ({exception_summary(exc, lines=2)}): quote it, or "
             "close its brackets"
+        ) from None
+    except (ValueError, KeyError) as exc:  # a tag or a date that is none: 2001-13-45, !!bool maybe
+        raise UsageError(
+            f"--models {spec!r}: value {text!r} cannot be read ({type(exc).__name__}: {exception_summary(exc)}): "
+            "quote it to give it as text"
         ) from None
 
 

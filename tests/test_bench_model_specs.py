@@ -55,13 +55,43 @@ def test_a_malformed_spec_is_a_usage_error_naming_it(spec, said):
     assert message.startswith(f"--models {spec!r}: ") and said in message and "\n" not in message, message
 
 
+@pytest.mark.parametrize(
+    "spec, kwargs",
+    [
+        ("m:name='a,b'", {"name": "a,b"}),
+        ('m:name="x,y",b=2', {"name": "x,y", "b": 2}),
+        ('m:s="]"', {"s": "]"}),
+        ("m:s='[',b=[1,'x]']", {"s": "[", "b": [1, "x]"]}),
+        ("m:s='it''s, ok',t=\"a\\\",b\"", {"s": "it's, ok", "t": 'a",b'}),
+        ("m:name=it's,b=2", {"name": "it's", "b": 2}),
+    ],
+)
+def test_a_quoted_value_keeps_its_commas_and_brackets(spec, kwargs):
+    """Quoting, which the refusal of a value advises, is how YAML keeps a comma or a bracket in text: the split
+    on commas refused s="]" (read whole before) and cut name='a,b' in two. An apostrophe inside a plain value
+    opens no quote."""
+    assert bench_training.parse_spec(spec) == ("m", kwargs)
+
+
+@pytest.mark.parametrize("value", ["2001-13-45", "!!bool maybe", "!!float x"])
+def test_a_value_yaml_cannot_build_is_a_usage_error(value):
+    """YAML that scans, but whose date or tag builds no value, raised ValueError or KeyError: a traceback."""
+    spec = f"m:a={value}"
+    with pytest.raises(UsageError) as refused:
+        bench_training.parse_spec(spec)
+    message = str(refused.value)
+    assert message.startswith(f"--models {spec!r}: value {value!r} cannot be read") and "\n" not in message, message
+
+
 def _run(argv: list[str], capsys) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exit_:
         termination.run(lambda: bench_training.main(argv))
     return exit_.value.code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("spec", ["airbench94:widths=[128,384", "airbench94:widths=[1,2],b"])
+@pytest.mark.parametrize(
+    "spec", ["airbench94:widths=[128,384", "airbench94:widths=[1,2],b", "airbench94:widths=2001-13-45"]
+)
 def test_the_benchmark_refuses_a_malformed_spec_in_one_line_with_status_2(spec, tmp_path, capsys, monkeypatch):
     measured = []
     monkeypatch.setattr(bench_training, "loader_throughput", lambda *args: measured.append(args) or 1.0)
