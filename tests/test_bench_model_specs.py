@@ -80,7 +80,8 @@ def test_a_value_yaml_cannot_build_is_a_usage_error(value):
     with pytest.raises(UsageError) as refused:
         bench_training.parse_spec(spec)
     message = str(refused.value)
-    assert message.startswith(f"--models {spec!r}: value {value!r} cannot be read") and "\n" not in message, message
+    assert message.startswith(f"--models {spec!r}: value {value!r}: ") and "quote it" in message, message
+    assert "\n" not in message, message
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str]:

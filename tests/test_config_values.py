@@ -272,3 +272,18 @@ def test_an_ensemble_runs_record_reads_back_a_recipe_named_like_a_number(tmp_pat
     record = {"recipe": {"name": "0913", "members": []}, "overrides": ["epochs=1e3"], "file": "0913.yaml"}
     (tmp_path / ENSEMBLE_RUN_FILE).write_text(dump_yaml(record))
     assert started_run(tmp_path) == record
+
+
+@pytest.mark.parametrize(
+    "value, said",
+    [("2001-13-45", "is no timestamp (month must be in 1..12)"), ("!!bool maybe", "'maybe' is no bool: quote it")],
+)
+def test_a_value_whose_tag_builds_nothing_is_refused_in_one_line(value, said, tmp_path, capsys):
+    """A date that is none, or an explicit tag on text it cannot take, raised the constructor's ValueError or
+    KeyError from inside YAML: a traceback for a --set value or a recipe's."""
+    err = _refused(tmp_path, capsys, f"seed={value}")
+    assert said in err and "quote it" in err, err
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(f"model: {{name: resnet9_half}}\ntrain: {{seed: {value}}}\n")
+    with pytest.raises(ConfigError, match="quote it"):
+        build_config(str(recipe))

@@ -494,6 +494,16 @@ class _Loader(yaml.SafeLoader):
     """YAML as recipes and overrides are read: YAML 1.1 (yes, no, on and off are booleans) with YAML 1.2's
     numbers (below), since a string reaches a model argument as it is."""
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, KeyError) as exc:  # a tag's own constructor: 2001-13-45 as a date, !!bool maybe
+            if isinstance(exc, yaml.YAMLError):
+                raise
+            tag = node.tag.rpartition(":")[2]
+            why = f" ({exception_summary(exc)})" if not isinstance(exc, KeyError) else ""  # a KeyError says the key
+            raise YamlMistake(None, None, f"{node.value!r} is no {tag}{why}: quote it to give it as text") from None
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, yaml.Node] = {}
         for key_node, value_node in node.value:
