@@ -56,6 +56,10 @@ class Engine:
     open: Callable[[argparse.Namespace], Backend]
 
 
+# ONNX Runtime's own default: warnings and above
+ORT_DEFAULT_SEVERITY = 2
+
+
 def _entry(manifest: Manifest, name: str | None, models_dir: str | Path) -> ModelEntry:
     """``name``'s entry, its file checked against the manifest: only the model that scores, so a folder holding
     just that model's file (of a manifest listing more) scores with it, and another model's missing file is
@@ -81,6 +85,20 @@ def chosen_model(args: argparse.Namespace, on_gpu: bool) -> tuple[Manifest, Mode
 
 def _open_local(args: argparse.Namespace) -> Backend:
     cuda_wanted = wants_cuda(args.device)
+    if not cuda_wanted:
+        return _open_placed(args, cuda_wanted)
+    import onnxruntime as ort
+
+    # ONNX Runtime logs its failed CUDA attempts in colour; the refusal or the fallback warning says why in one
+    # line, as `serve` and the doctor do. Its warnings while scoring are kept: its default level is given back.
+    ort.set_default_logger_severity(4)
+    try:
+        return _open_placed(args, cuda_wanted)
+    finally:
+        ort.set_default_logger_severity(ORT_DEFAULT_SEVERITY)
+
+
+def _open_placed(args: argparse.Namespace, cuda_wanted: bool) -> Backend:
     manifest, entry = chosen_model(args, cuda_wanted)
     backend = _local(args, entry.file, args.device)
     placement = backend.clf.placement
