@@ -18,6 +18,7 @@ Nothing here imports BentoML or starlette; service/oip_http.py serves it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Annotated, Any, Optional, Protocol, Sequence, Union
@@ -209,6 +210,8 @@ def read_infer_request(body: bytes, model: ModelView, max_images: int) -> InferP
     try:
         request = InferRequest.model_validate_json(without_bom(body))
     except ValidationError as exc:
+        if _declares_binary_data(body):
+            return Rejection("bad_tensor", BINARY_REFUSAL)
         return Rejection("malformed_request", f"not an inference request: {_first_problem(exc)}")
     if request.model_name is not None and request.model_name != model.entry.name:
         return Rejection(
@@ -252,6 +255,25 @@ def read_infer_request(body: bytes, model: ModelView, max_images: int) -> InferP
         return images if isinstance(images, Rejection) else InferPlan(request.id, images, outputs, fit)
     tensor = _tensor(given, model)
     return tensor if isinstance(tensor, Rejection) else InferPlan(request.id, tensor, outputs, fit)
+
+
+def _declares_binary_data(body: bytes) -> bool:
+    """Whether the JSON the body begins with gives an input a ``binary_data_size``: the binary extension's request
+    without the Inference-Header-Content-Length header that says where its JSON ends (a proxy dropped it, or a
+    client built by hand never sent it), which the parser would otherwise call trailing characters or missing data."""
+    if b"binary_data_size" not in body:
+        return False
+    try:
+        head, _ = json.JSONDecoder().raw_decode(without_bom(body).decode("utf-8", "replace").lstrip())
+    except (ValueError, RecursionError):  # not even the JSON part parses: the parser's own error says why
+        return False
+    inputs = head.get("inputs") if isinstance(head, dict) else None
+    return isinstance(inputs, list) and any(
+        isinstance(tensor, dict)
+        and isinstance(tensor.get("parameters"), dict)
+        and "binary_data_size" in tensor["parameters"]
+        for tensor in inputs
+    )
 
 
 def _too_many_values(body: bytes, model: ModelView, max_images: int) -> Rejection | None:
