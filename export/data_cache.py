@@ -25,6 +25,9 @@ class RunsCache(enum.Enum):
 
 RUNS_CACHE = RunsCache.RUNS
 
+# read from their python batches as they are: only a folder dataset's images are decoded into the cache
+_UNCACHED_DATASETS = ("cifar10", "cifar100")
+
 
 def recorded_cache_dir(ckpt: dict[str, Any]) -> str | None:
     """The cache a checkpoint's run decoded its data into: its configuration's data.cache_dir ("" for none), or for
@@ -42,9 +45,12 @@ def export_cache_dir(cache_dir: str | None | RunsCache, ckpt: dict[str, Any]) ->
     read (warned: an absolute folder that is gone is not made again, as the disk it lay on may no longer be mounted
     there). A relative one stands under the folder the command runs in, as the default does (and as training and
     evaluate read it): made as needed. One that cannot be written is still read: it holds the run's decode, and
-    where it must decode again the reader says it cannot keep it."""
+    where it must decode again the reader says it cannot keep it. None for a cifar10 or cifar100 run, which
+    decodes nothing into a cache."""
     if not isinstance(cache_dir, RunsCache):
         return cache_dir
+    if (ckpt.get("meta") or {}).get("dataset") in _UNCACHED_DATASETS:
+        return None  # its cache_dir, if set, was never written: nothing to read, and nothing to warn of
     recorded = recorded_cache_dir(ckpt)
     if recorded == "":
         return None  # the run kept no cache: nor does its export

@@ -505,6 +505,11 @@ class _Loader(yaml.SafeLoader):
             raise YamlMistake(None, None, f"{node.value!r} is no {tag}{why}: quote it to give it as text") from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, yaml.MappingNode):  # !!map or !!set on text or a list: its items are no pairs
+            tag = node.tag.rpartition(":")[2]
+            raise YamlMistake(
+                None, None, f"!!{tag} takes a mapping {{...}}, not a {node.id}: quote it to give it as text"
+            )
         seen: dict[Any, yaml.Node] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then a key of base: an override, meant
@@ -569,6 +574,17 @@ def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
 
 
 _Loader.add_constructor(_INT, _construct_int)
+
+
+def _construct_timestamp(loader: _Loader, node: yaml.ScalarNode) -> Any:
+    text = loader.construct_scalar(node)
+    # an explicit !!timestamp on text that is no date: the base constructor fails on it with an AttributeError
+    if not loader.timestamp_regexp.match(text):
+        raise YamlMistake(None, None, f"{text!r} is no timestamp: quote it to give it as text", node.start_mark)
+    return loader.construct_yaml_timestamp(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
 
 
 def read_yaml(text: str) -> Any:
