@@ -50,6 +50,10 @@ BINARY_REFUSAL = (
     "(tritonclient: set_data_from_numpy(..., binary_data=False))"
 )
 
+# The most of a body read for the JSON a binary-extension request begins with, which describes its tensors (names,
+# shapes, sizes): their data follows it.
+BINARY_HEAD_BYTES = 64 * 1024
+
 # Strict: a string is not an integer here, and a field the protocol does not define is a mistake, not noise.
 _STRICT = ConfigDict(strict=True, extra="forbid")
 
@@ -206,7 +210,8 @@ class InferPlan:
 def read_infer_request(body: bytes, model: ModelView, max_images: int) -> InferPlan | Rejection:
     crowded = _too_many_values(body, model, max_images)
     if crowded is not None:
-        return crowded
+        # A binary body's raw bytes hold ',' '[' and '{' as JSON does: being binary is what is wrong with it
+        return Rejection("bad_tensor", BINARY_REFUSAL) if _declares_binary_data(body) else crowded
     try:
         request = InferRequest.model_validate_json(without_bom(body))
     except ValidationError as exc:
@@ -260,11 +265,13 @@ def read_infer_request(body: bytes, model: ModelView, max_images: int) -> InferP
 def _declares_binary_data(body: bytes) -> bool:
     """Whether the JSON the body begins with gives an input a ``binary_data_size``: the binary extension's request
     without the Inference-Header-Content-Length header that says where its JSON ends (a proxy dropped it, or a
-    client built by hand never sent it), which the parser would otherwise call trailing characters or missing data."""
-    if b"binary_data_size" not in body:
+    client built by hand never sent it), which the parser would otherwise call trailing characters or missing data.
+    Only the body's first ``BINARY_HEAD_BYTES`` are read: a body over the bound on its values is not parsed."""
+    head_bytes = without_bom(body)[:BINARY_HEAD_BYTES]
+    if b"binary_data_size" not in head_bytes:
         return False
     try:
-        head, _ = json.JSONDecoder().raw_decode(without_bom(body).decode("utf-8", "replace").lstrip())
+        head, _ = json.JSONDecoder().raw_decode(head_bytes.decode("utf-8", "replace").lstrip())
     except (ValueError, RecursionError):  # not even the JSON part parses: the parser's own error says why
         return False
     inputs = head.get("inputs") if isinstance(head, dict) else None

@@ -33,8 +33,8 @@ class _Running:
         raise AssertionError("a binary request must be refused before the model runs")
 
 
-def _post(content: bytes) -> httpx.Response:
-    app = Starlette(routes=oip_routes(lambda: _Running(), "cifar_classifier", 4, 1_000_000))
+def _post(content: bytes, max_body_bytes: int = 1_000_000) -> httpx.Response:
+    app = Starlette(routes=oip_routes(lambda: _Running(), "cifar_classifier", 4, max_body_bytes))
 
     async def send() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://oip.test") as client:
@@ -71,3 +71,24 @@ def test_a_json_body_that_is_simply_broken_is_still_said_to_be_so():
     for content, words in ((b'{"inputs": [', "Invalid JSON"), (b'{"inputs": []} trailing', "trailing characters")):
         response = _post(content)
         assert response.status_code == 400 and words in response.json()["error"], response.text
+
+
+def test_a_binary_request_of_large_files_is_refused_as_binary_not_as_too_many_images():
+    """Four image files of 1 MiB (the model takes 4 a request): their raw bytes hold ',' '[' and '{' as JSON's
+    values would, more than four images' worth, but the request is refused for being binary."""
+    rng = np.random.default_rng(0)
+    files = [rng.bytes(1 << 20) for _ in range(4)]
+    tail = b"".join(len(file).to_bytes(4, "little") + file for file in files)
+    response = _post(_header("images", [4], "BYTES", len(tail)) + tail, max_body_bytes=8 << 20)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith("the binary tensor data extension is not supported"), response.text
+
+
+def test_a_json_body_over_the_bound_on_its_values_is_still_refused_unparsed():
+    """Its binary_data_size far into the body: only the body's beginning is read for it."""
+    crowded = (
+        b'{"inputs": [{"name": "input", "data": [' + b"[]," * 30_000 + b'[]], "parameters": {"binary_data_size": 4}}]}'
+    )
+    response = _post(crowded)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith("too many images: at most 4 per request"), response.text
