@@ -123,7 +123,8 @@ def create_model(
         raise UnknownArgument(
             f"model {name!r} takes no argument {bad.group(1)!r} (given: {', '.join(kwargs)}; "
             "a --set key that is no configuration field is passed to the model)",
-            unknown=[] if open_ended else [k for k in kwargs if k not in params],
+            # of an open constructor only the argument refused is known to be unknown: the others reached its blocks
+            unknown=[bad.group(1)] if open_ended else [k for k in kwargs if k not in params],
             taken=[p for p in named if p != "num_classes"],
         ) from exc
     # options pass through the network to its blocks (avg_down), whose own signatures say which are switches
