@@ -240,7 +240,9 @@ def verify_file(entry: ModelEntry, models_dir: Path) -> None:
     if actual != entry.sha256:
         raise ManifestError(
             f"model {entry.name!r}: file {file} does not match the manifest "
-            f"(sha256 {actual[:12]}..., expected {entry.sha256[:12]}...): it is truncated, tampered with or stale"
+            f"(sha256 {actual[:12]}..., expected {entry.sha256[:12]}...): it is truncated, tampered with or stale; "
+            f"put the file as exported back, export it again with --replace, or drop it (python -m export remove "
+            f"{entry.name})"
         )
 
 
