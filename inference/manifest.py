@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -238,11 +239,16 @@ def verify_file(entry: ModelEntry, models_dir: Path) -> None:
         raise ManifestError(f"model {entry.name!r}: file {file} {there}")
     actual = sha256_file(file)
     if actual != entry.sha256:
+        # export's commands default to ./models: a folder elsewhere (the service's CIFAR_MODELS_DIR) is named, or
+        # `export remove` would drop a model of that name from ./models instead
+        flag = (
+            "" if models_dir.resolve() == Path("models").resolve() else f" --models-dir {shlex.quote(str(models_dir))}"
+        )
         raise ManifestError(
             f"model {entry.name!r}: file {file} does not match the manifest "
             f"(sha256 {actual[:12]}..., expected {entry.sha256[:12]}...): it is truncated, tampered with or stale; "
-            f"put the file as exported back, export it again with --replace, or drop it (python -m export remove "
-            f"{entry.name})"
+            f"put the file as exported back, export it again with --replace{flag}, or drop it (python -m export "
+            f"remove {entry.name}{flag})"
         )
 
 

@@ -16,6 +16,10 @@ from training.preflight import check_network_takes_its_input
         ("airbench94_muon", "epohcs=1", "did you mean train.epochs?"),
         ("airbench94_muon", "model.args.width=8", "did you mean widths?"),
         ("se_resnet18_cpu", "epohcs=1", "did you mean train.epochs?"),
+        # an argument of what the options reach (the ViT, a block) is offered, not a setting it is close to
+        ("vit_small_patch4", "model.args.patch_siz=8", "did you mean patch_size?"),
+        ("airbench94_muon", "model.args.whiten_esp=0.1", "did you mean whiten_eps?"),
+        ("se_resnet18_cpu", "avg_dwon=true", "did you mean avg_down?"),
     ],
 )
 def test_a_typo_given_to_an_open_constructor_names_the_setting_meant(recipe, override, meant):

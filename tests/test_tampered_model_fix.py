@@ -3,23 +3,40 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
-from inference.manifest import ManifestError, load_manifest, verify_file
+from inference.manifest import ManifestError, ModelEntry, load_manifest, verify_file
 
 
-def test_a_tampered_file_is_refused_with_the_ways_to_mend_it(tmp_path):
+def _tampered_refusal(models_dir: Path) -> tuple[ModelEntry, str]:
+    """The smallest listed model's file, altered, in ``models_dir``, and verify_file's refusal of it."""
     manifest = load_manifest(ROOT / "models")
     entry = min(manifest.models, key=lambda m: (ROOT / "models" / m.file).stat().st_size)
-    copy = tmp_path / entry.file
+    models_dir.mkdir(exist_ok=True)
+    copy = models_dir / entry.file
     shutil.copyfile(ROOT / "models" / entry.file, copy)
     data = bytearray(copy.read_bytes())
     data[len(data) // 2] ^= 0xFF
     copy.write_bytes(bytes(data))
     with pytest.raises(ManifestError) as refused:
-        verify_file(entry, tmp_path)
-    message = str(refused.value)
+        verify_file(entry, models_dir)
+    return entry, str(refused.value)
+
+
+def test_a_tampered_file_is_refused_with_the_ways_to_mend_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # export's default folder, ./models: the commands need no --models-dir
+    entry, message = _tampered_refusal(Path("models"))
     assert "does not match the manifest" in message and "\n" not in message, message
-    assert "--replace" in message and f"python -m export remove {entry.name}" in message, message
+    assert "--replace," in message and message.endswith(f"(python -m export remove {entry.name})"), message
+
+
+def test_the_ways_to_mend_it_name_a_models_folder_other_than_export_s_default(tmp_path, monkeypatch):
+    # without it, `export remove NAME` would drop a model of that name from ./models, not the broken one
+    monkeypatch.chdir(tmp_path)
+    entry, message = _tampered_refusal(tmp_path / "served models")
+    flag = f"--models-dir '{tmp_path / 'served models'}'"
+    assert f"--replace {flag}," in message and f"python -m export remove {entry.name} {flag})" in message, message
+    assert "\n" not in message, message

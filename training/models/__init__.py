@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import traceback
 import warnings
 from typing import Callable, Sequence, TypedDict
 
@@ -125,13 +126,45 @@ def create_model(
             "a --set key that is no configuration field is passed to the model)",
             # of an open constructor only the argument refused is known to be unknown: the others reached its blocks
             unknown=[bad.group(1)] if open_ended else [k for k in kwargs if k not in params],
-            taken=[p for p in named if p != "num_classes"],
+            taken=list(dict.fromkeys([p for p in named if p != "num_classes"] + (_reached(exc) if open_ended else []))),
         ) from exc
     # options pass through the network to its blocks (avg_down), whose own signatures say which are switches
     own_layers = {type(m) for m in backbone.modules() if type(m).__module__.startswith(__name__)}
     _check_switches([constructor, *own_layers], kwargs)
     _check_no_empty_layer(backbone)
     return ImageClassifier(backbone, mean, std)
+
+
+def _reached(exc: TypeError) -> list[str]:
+    """The settable arguments of what an open constructor's options went through (ResNet, then its blocks;
+    VisionTransformer) up to the one that refused them: a typo of one of those (patch_sise) is to be offered it,
+    not the setting it happens to be close to (train.batch_size)."""
+    frames = [frame for frame, _ in traceback.walk_tb(exc.__traceback__)][1:]  # create_model's own is not one
+    takers = [
+        type(frame.f_locals["self"]) if frame.f_code.co_name == "__init__" and "self" in frame.f_locals else None
+        for frame in frames
+    ] + [frame.f_globals.get(frame.f_code.co_name) for frame in frames]
+    refuser = re.match(r"(\w+)(?:\.__init__)?\(\)", str(exc))
+    if refuser is not None and frames:  # called from the last frame: one of its names
+        last = frames[-1]
+        names = [*last.f_locals.values(), *last.f_globals.values()]
+        takers += [t for t in names if callable(t) and getattr(t, "__qualname__", None) == refuser.group(1)][:1]
+    return [
+        key
+        for taker in takers
+        if callable(taker)
+        for key, param in _parameters(taker).items()
+        if key != "num_classes" and param.default is not param.empty
+    ]
+
+
+def _parameters(taker: Callable) -> dict[str, inspect.Parameter]:
+    """A callable's parameters; none for one whose signature cannot be read (a builtin): this runs while a typo is
+    being said, where a second error would hide the first."""
+    try:
+        return dict(inspect.signature(taker).parameters)
+    except (TypeError, ValueError):
+        return {}
 
 
 def _fixed_argument(name: str, key: str, taker: str) -> UnknownArgument:
