@@ -240,10 +240,10 @@ def verify_file(entry: ModelEntry, models_dir: Path) -> None:
     actual = sha256_file(file)
     if actual != entry.sha256:
         # export's commands default to ./models: a folder elsewhere (the service's CIFAR_MODELS_DIR) is named, or
-        # `export remove` would drop a model of that name from ./models instead
-        flag = (
-            "" if models_dir.resolve() == Path("models").resolve() else f" --models-dir {shlex.quote(str(models_dir))}"
-        )
+        # `export remove` would drop a model of that name from ./models instead; a folder named -x would be read as
+        # an option, ./-x is not
+        folder = str(models_dir) if not str(models_dir).startswith("-") else f"./{models_dir}"
+        flag = "" if models_dir.resolve() == Path("models").resolve() else f" --models-dir {shlex.quote(folder)}"
         raise ManifestError(
             f"model {entry.name!r}: file {file} does not match the manifest "
             f"(sha256 {actual[:12]}..., expected {entry.sha256[:12]}...): it is truncated, tampered with or stale; "

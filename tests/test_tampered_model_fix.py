@@ -40,3 +40,9 @@ def test_the_ways_to_mend_it_name_a_models_folder_other_than_export_s_default(tm
     flag = f"--models-dir '{tmp_path / 'served models'}'"
     assert f"--replace {flag}," in message and f"python -m export remove {entry.name} {flag})" in message, message
     assert "\n" not in message, message
+
+
+def test_a_models_folder_named_like_an_option_is_named_so_the_command_reads_it_as_a_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `--models-dir -served` would read -served as an option, and the command fail
+    entry, message = _tampered_refusal(Path("-served"))
+    assert f"python -m export remove {entry.name} --models-dir ./-served)" in message, message

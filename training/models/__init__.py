@@ -126,7 +126,8 @@ def create_model(
             "a --set key that is no configuration field is passed to the model)",
             # of an open constructor only the argument refused is known to be unknown: the others reached its blocks
             unknown=[bad.group(1)] if open_ended else [k for k in kwargs if k not in params],
-            taken=list(dict.fromkeys([p for p in named if p != "num_classes"] + (_reached(exc) if open_ended else []))),
+            taken=[p for p in named if p != "num_classes"]
+            + (_settable(constructor, num_classes, kwargs, exc, named) if open_ended else []),
         ) from exc
     # options pass through the network to its blocks (avg_down), whose own signatures say which are switches
     own_layers = {type(m) for m in backbone.modules() if type(m).__module__.startswith(__name__)}
@@ -135,7 +136,30 @@ def create_model(
     return ImageClassifier(backbone, mean, std)
 
 
-def _reached(exc: TypeError) -> list[str]:
+def _settable(constructor: Callable, num_classes: int, kwargs: dict, exc: TypeError, named: list[str]) -> list[str]:
+    """Of the arguments the options reached, those the network lets its user set: one that it or a preset on the way
+    passes itself (resnext29's groups and widths, se_resnet18's attention, res2net50_v1b's avg_down) would be
+    refused as given twice, so is not offered. Each is tried ahead of the refused one: Python says the first wrong
+    keyword of a call, so a build that takes it stops where this one did, at the same refusal, nothing built past
+    the first block."""
+    settable = []
+    for key, default in _reached(exc).items():
+        if key in named or key in kwargs:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                constructor(num_classes=num_classes, **{key: default}, **kwargs)
+        except TypeError as probe:
+            if str(probe) == str(exc):
+                settable.append(key)
+        except Exception:  # noqa: BLE001 - a default at odds with the rest: not known to be settable, and a second
+            # error here would hide the typo being said
+            continue
+    return settable
+
+
+def _reached(exc: TypeError) -> dict[str, object]:
     """The settable arguments of what an open constructor's options went through (ResNet, then its blocks;
     VisionTransformer) up to the one that refused them: a typo of one of those (patch_sise) is to be offered it,
     not the setting it happens to be close to (train.batch_size)."""
@@ -149,13 +173,12 @@ def _reached(exc: TypeError) -> list[str]:
         last = frames[-1]
         names = [*last.f_locals.values(), *last.f_globals.values()]
         takers += [t for t in names if callable(t) and getattr(t, "__qualname__", None) == refuser.group(1)][:1]
-    return [
-        key
-        for taker in takers
-        if callable(taker)
-        for key, param in _parameters(taker).items()
-        if key != "num_classes" and param.default is not param.empty
-    ]
+    reached: dict[str, object] = {}
+    for taker in takers:
+        for key, param in _parameters(taker).items() if callable(taker) else ():
+            if key != "num_classes" and param.default is not param.empty:
+                reached.setdefault(key, param.default)
+    return reached
 
 
 def _parameters(taker: Callable) -> dict[str, inspect.Parameter]:
