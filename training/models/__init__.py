@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import re
-import traceback
 import warnings
 from typing import Callable, Sequence, TypedDict
 
@@ -130,8 +129,7 @@ def create_model(
             + (_settable(constructor, num_classes, kwargs, exc, named) if open_ended else []),
         ) from exc
     # options pass through the network to its blocks (avg_down), whose own signatures say which are switches
-    own_layers = {type(m) for m in backbone.modules() if type(m).__module__.startswith(__name__)}
-    _check_switches([constructor, *own_layers], kwargs)
+    _check_switches([constructor, *_own_layers(backbone)], kwargs)
     _check_no_empty_layer(backbone)
     return ImageClassifier(backbone, mean, std)
 
@@ -143,7 +141,7 @@ def _settable(constructor: Callable, num_classes: int, kwargs: dict, exc: TypeEr
     keyword of a call, so a build that takes it stops where this one did, at the same refusal, nothing built past
     the first block."""
     settable = []
-    for key, default in _reached(exc).items():
+    for key, default in _reached(constructor, num_classes).items():
         if key in named or key in kwargs:
             continue
         try:
@@ -159,26 +157,28 @@ def _settable(constructor: Callable, num_classes: int, kwargs: dict, exc: TypeEr
     return settable
 
 
-def _reached(exc: TypeError) -> dict[str, object]:
-    """The settable arguments of what an open constructor's options went through (ResNet, then its blocks;
-    VisionTransformer) up to the one that refused them: a typo of one of those (patch_sise) is to be offered it,
-    not the setting it happens to be close to (train.batch_size)."""
-    frames = [frame for frame, _ in traceback.walk_tb(exc.__traceback__)][1:]  # create_model's own is not one
-    takers = [
-        type(frame.f_locals["self"]) if frame.f_code.co_name == "__init__" and "self" in frame.f_locals else None
-        for frame in frames
-    ] + [frame.f_globals.get(frame.f_code.co_name) for frame in frames]
-    refuser = re.match(r"(\w+)(?:\.__init__)?\(\)", str(exc))
-    if refuser is not None and frames:  # called from the last frame: one of its names
-        last = frames[-1]
-        names = [*last.f_locals.values(), *last.f_globals.values()]
-        takers += [t for t in names if callable(t) and getattr(t, "__qualname__", None) == refuser.group(1)][:1]
+def _reached(constructor: Callable, num_classes: int) -> dict[str, object]:
+    """The settable arguments of the network and of its own layers (ResNet and its blocks, VisionTransformer), read
+    from a build with no options as ``_check_switches`` reads them: a typo of one of those (patch_sise) is to be
+    offered it, not the setting it happens to be close to (train.batch_size)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plain = constructor(num_classes=num_classes)
+    except Exception:  # noqa: BLE001 - this runs while a typo is being said, where a second error would hide it
+        return {}
     reached: dict[str, object] = {}
+    takers: list[Callable] = [constructor, *_own_layers(plain)]
     for taker in takers:
-        for key, param in _parameters(taker).items() if callable(taker) else ():
+        for key, param in _parameters(taker).items():
             if key != "num_classes" and param.default is not param.empty:
                 reached.setdefault(key, param.default)
     return reached
+
+
+def _own_layers(backbone: nn.Module) -> set[type]:
+    """The network's module classes that this package defines, whose signatures say what its options are."""
+    return {type(m) for m in backbone.modules() if type(m).__module__.startswith(__name__)}
 
 
 def _parameters(taker: Callable) -> dict[str, inspect.Parameter]:
