@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import threading
+import time
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
@@ -166,21 +167,26 @@ def test_a_key_no_header_can_carry_is_one_line_that_does_not_show_it(service, ph
     assert not out.exists()
 
 
-def test_ctrl_c_again_while_the_requests_in_flight_end_is_no_traceback(service, photos):
-    """The run's close waits for the requests in flight (each up to --timeout); a second Ctrl-C there came out of
-    the command as a traceback, after its summary."""
-    backend = RemoteBackend(base_url(service), None, 1, 10.0, 4)
+def test_a_ctrl_c_while_close_waits_abandons_the_request_and_is_handed_on_once_it_ended(service, photos):
+    """close() waits for the requests in flight (each up to --timeout). A Ctrl-C there abandons them at once, and
+    is raised only after they have ended, for the run to end as interrupted (the command's close holds it and
+    says it, no traceback): neither dropped, as a stop after a failure was, nor raised halfway through the wait."""
+    timeout = 60.0
+    backend = RemoteBackend(base_url(service), None, 1, timeout, 4)
     service.posted.clear()  # set by the scorer's key check: the request to wait for is the chunk's
-    service.hold.clear()
+    service.hold.clear()  # the service never answers unless the test lets it
     path = next(photos.iterdir())
-    backend.submit([Entry(path.name, str(path))])
+    future = backend.submit([Entry(path.name, str(path))])
     assert service.posted.wait(10)
     threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
-    threading.Timer(0.6, service.hold.set).start()
+    started = time.monotonic()
     try:
-        backend.close()
-    except KeyboardInterrupt:
-        pytest.fail("a Ctrl-C while the scorer closed came out of it")
+        with pytest.raises(KeyboardInterrupt):
+            backend.close()
+        waited = time.monotonic() - started
+        assert future.done(), "the stop was raised before the request in flight had ended"
+        assert not service.hold.is_set()
+        assert waited < timeout / 2, f"close waited {waited:.1f} s: the request was waited out, not abandoned"
     finally:
         service.hold.set()
         backend.pool.shutdown(wait=True)
