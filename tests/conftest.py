@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,12 @@ from service_runs import free_port, spawn_server  # noqa: E402  (a server starte
 
 # Tests must not fight over two cores with each other's thread pools.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# A test run started in the background (`cmd &` in a script, nohup) ignores Ctrl-C from its start, so that the tests
+# of what a Ctrl-C does would pass there without any Ctrl-C arriving; CI's runner and a terminal deliver it. Taken as
+# in a shell's foreground, for the tests and the processes they start (which inherit an ignored signal, not a handler).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _class_pattern(label: int, n: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
