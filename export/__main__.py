@@ -443,7 +443,7 @@ def _command(argv: list[str]) -> int:
         manifest = load_manifest(args.models_dir, verify=False)
         entries = [manifest.get(n) for n in args.names]
         for entry in entries:  # the figures describe the recorded file, not whatever stands there now
-            verify_file(entry, Path(args.models_dir))
+            verify_file(entry, Path(args.models_dir), manifest)
         print(card_table(entries, args.models_dir))
         return 0
     return _conversion_command(argv)

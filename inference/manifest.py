@@ -173,6 +173,10 @@ class Manifest(BaseModel):
             return DefaultChoice(name=self.defaults[kind], reason=f"the manifest's default for {kind} hosts")
         return DefaultChoice(name=self.default, reason=f"the manifest's default (it names none for {kind} hosts)")
 
+    def default_names(self) -> set[str]:
+        """The models that are a default on some kind of device: none of them can be removed."""
+        return {self.default, *self.defaults.values()}
+
     def get(self, name: str | None = None) -> ModelEntry:
         name = name or self.default
         for entry in self.models:
@@ -213,7 +217,7 @@ def load_manifest(models_dir: str | Path, verify: bool = True) -> Manifest:
 
 def verify_files(manifest: Manifest, models_dir: Path) -> None:
     for entry in manifest.models:
-        verify_file(entry, models_dir)
+        verify_file(entry, models_dir, manifest)
 
 
 def file_problems(manifest: Manifest, models_dir: Path) -> dict[str, str]:
@@ -221,7 +225,7 @@ def file_problems(manifest: Manifest, models_dir: Path) -> dict[str, str]:
     problems = {}
     for entry in manifest.models:
         try:
-            verify_file(entry, models_dir)
+            verify_file(entry, models_dir, manifest)
         except ManifestError as exc:
             problems[entry.name] = str(exc)
         except OSError as exc:  # a file that cannot be read (permissions, a folder in its place)
@@ -230,8 +234,9 @@ def file_problems(manifest: Manifest, models_dir: Path) -> dict[str, str]:
     return problems
 
 
-def verify_file(entry: ModelEntry, models_dir: Path) -> None:
-    """ManifestError when ``entry``'s file is missing or is not the file the manifest recorded."""
+def verify_file(entry: ModelEntry, models_dir: Path, manifest: Manifest | None = None) -> None:
+    """ManifestError when ``entry``'s file is missing or is not the file the manifest recorded. ``manifest``, the
+    one listing ``entry``, tailors the advice to a default model, which `export remove` refuses."""
     file = models_dir / entry.file
     if not file.is_file():
         # a folder there (a copy or a mount gone wrong) is not a missing file: the fix differs
@@ -247,9 +252,22 @@ def verify_file(entry: ModelEntry, models_dir: Path) -> None:
         raise ManifestError(
             f"model {entry.name!r}: file {file} does not match the manifest "
             f"(sha256 {actual[:12]}..., expected {entry.sha256[:12]}...): it is truncated, tampered with or stale; "
-            f"put the file as exported back, export it again with --replace{flag}, or drop it (python -m export "
-            f"remove {entry.name}{flag})"
+            f"{_mends(entry.name, flag, manifest)}"
         )
+
+
+def _mends(name: str, flag: str, manifest: Manifest | None) -> str:
+    """The ways to mend a model file that is not the recorded one. Dropping it is offered as `export remove`
+    would take it: a default only once another model is the default, the only model not at all."""
+    again = f"put the file as exported back, export it again with --replace{flag}"
+    if manifest is None or name not in manifest.default_names():
+        return f"{again}, or drop it (python -m export remove {name}{flag})"
+    if len(manifest.models) == 1:
+        return again.replace(", export", ", or export", 1)
+    return (
+        f"{again}, or drop it once another model is the default (python -m export default OTHER [--for cpu|cuda]"
+        f"{flag}, then python -m export remove {name}{flag})"
+    )
 
 
 # flock's answers on a file system that cannot lock a folder (NFS: EBADF; others: no locks at all)
@@ -334,9 +352,8 @@ def remove_models(models_dir: str | Path, names: Sequence[str]) -> Manifest:
     with manifest_update(models_dir):
         manifest = load_manifest(models_dir, verify=False)
         gone = [manifest.get(name) for name in dict.fromkeys(names)]  # UnknownModel naming the models
-        defaults = {manifest.default, *manifest.defaults.values()}
         for entry in gone:
-            if entry.name in defaults:
+            if entry.name in manifest.default_names():
                 raise UsageError(
                     f"{entry.name} is a default model: make another one the default first "
                     f"(python -m export default OTHER [--for cpu|cuda])"
@@ -356,7 +373,9 @@ def set_default(models_dir: str | Path, name: str, kinds: Sequence[str] = ()) ->
     per-device defaults go, or they would still overrule the plain one on their hosts."""
     with manifest_update(models_dir):
         manifest = load_manifest(models_dir, verify=False)
-        verify_file(manifest.get(name), Path(models_dir))  # UnknownModel naming the models when it is not listed
+        verify_file(
+            manifest.get(name), Path(models_dir), manifest
+        )  # UnknownModel naming the models when it is not listed
         if kinds:
             manifest = manifest.model_copy(update={"defaults": {**manifest.defaults, **{k: name for k in kinds}}})
         else:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from inference.manifest import ManifestError, ModelEntry, load_manifest, verify_file
+from inference.errors import UsageError
+from inference.manifest import Manifest, ManifestError, ModelEntry, load_manifest, remove_models, verify_file
 
 
 def _tampered_refusal(models_dir: Path) -> tuple[ModelEntry, str]:
@@ -46,3 +47,42 @@ def test_a_models_folder_named_like_an_option_is_named_so_the_command_reads_it_a
     monkeypatch.chdir(tmp_path)  # `--models-dir -served` would read -served as an option, and the command fail
     entry, message = _tampered_refusal(Path("-served"))
     assert f"python -m export remove {entry.name} --models-dir ./-served)" in message, message
+
+
+def _tampered_default(models_dir: Path, only: bool) -> tuple[str, str]:
+    """The default model's file, altered, in ``models_dir`` (alone in its manifest with ``only``), and the refusal
+    a full load of that manifest gives."""
+    manifest = load_manifest(ROOT / "models", verify=False)
+    name = manifest.default
+    entry = manifest.get(name)
+    kept = [entry] if only else [entry, min(manifest.models, key=lambda m: (ROOT / "models" / m.file).stat().st_size)]
+    models_dir.mkdir()
+    for model in kept:
+        shutil.copyfile(ROOT / "models" / model.file, models_dir / model.file)
+    data = bytearray((models_dir / entry.file).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (models_dir / entry.file).write_bytes(bytes(data))
+    copy = Manifest(default=name, models=kept)
+    (models_dir / "manifest.json").write_text(copy.model_dump_json())
+    with pytest.raises(ManifestError) as refused:
+        load_manifest(models_dir)
+    return name, str(refused.value)
+
+
+def test_a_tampered_default_is_not_advised_a_removal_that_export_remove_refuses(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name, message = _tampered_default(Path("models"), only=False)
+    assert "does not match the manifest" in message and "\n" not in message, message
+    assert message.endswith(
+        "or drop it once another model is the default (python -m export default OTHER [--for cpu|cuda], "
+        f"then python -m export remove {name})"
+    ), message
+    with pytest.raises(UsageError, match="is a default model"):  # the removal the old advice gave, as it is met
+        remove_models("models", [name])
+
+
+def test_the_only_model_tampered_is_advised_no_removal_at_all(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name, message = _tampered_default(Path("models"), only=True)
+    assert "remove" not in message, message
+    assert message.endswith("put the file as exported back, or export it again with --replace"), message

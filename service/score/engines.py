@@ -66,7 +66,7 @@ def _entry(manifest: Manifest, name: str | None, models_dir: str | Path) -> Mode
     not blamed."""
     try:
         entry = manifest.get(name)
-        verify_file(entry, Path(models_dir))
+        verify_file(entry, Path(models_dir), manifest)
     except KeyError as exc:
         raise UserError(exc.args[0]) from None
     except ManifestError as exc:
