@@ -11,10 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("export")
+from training.dataset_cache import DEFAULT_CACHE_DIR  # --cache-dir's default where no run records one
 
-# training's data.cache_dir default, and --cache-dir's where no run records one
-DEFAULT_CACHE_DIR = ".cache/datasets"
+log = logging.getLogger("export")
 
 
 class RunsCache(enum.Enum):

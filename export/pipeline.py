@@ -50,6 +50,7 @@ from training.checkpoint import (
 )
 from training.data import DatasetError, ImageArrays, load_split
 from training.data.split import SplitTooLarge
+from training.dataset_cache import DEFAULT_CACHE_DIR
 from training.inference import with_tta
 from training.reports.calibration import calibration_report, undo_temperature
 
@@ -635,7 +636,7 @@ def _check_described(entry: ModelEntry, models_dir: Path) -> None:
 def verify_model(
     name: str | None,
     models_dir: str | Path = "models",
-    cache_dir: str | None = ".cache/datasets",
+    cache_dir: str | None = DEFAULT_CACHE_DIR,
     max_val_images: int | None = None,
     reference_cache: str | Path | None = None,
     data_root: str | None = None,

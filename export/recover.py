@@ -26,6 +26,7 @@ from inference.fits import LEGACY_FIT
 from inference.manifest import ModelEntry
 from inference.runtime import OnnxClassifier
 from training.checkpoint import check_checkpoint_out, save_model_checkpoint
+from training.dataset_cache import DEFAULT_CACHE_DIR
 from training.inference import with_tta
 from training.models import ImageClassifier, create_model
 
@@ -149,7 +150,7 @@ def recover_checkpoint(
     name: str,
     out: str | Path,
     models_dir: str | Path = "models",
-    cache_dir: str | None = ".cache/datasets",
+    cache_dir: str | None = DEFAULT_CACHE_DIR,
     max_val_images: int | None = None,
     data_root: str | None = None,
     replace: bool = False,

@@ -25,6 +25,7 @@ from inference.fits import FitName
 from inference.manifest import CALIBRATION_METHODS, ModelCard, ModelEntry, sha256_file
 from inference.precisions import PrecisionName
 from inference.runtime import OnnxClassifier, softmax
+from training.dataset_cache import DEFAULT_CACHE_DIR
 from training.inference import topk_accuracy
 
 from .calibration import fit_calibration
@@ -68,7 +69,7 @@ def rederive(
     make_default: bool = False,
     calibrate: str = "temperature",
     calibration_count: int | None = None,
-    cache_dir: str | None = ".cache/datasets",
+    cache_dir: str | None = DEFAULT_CACHE_DIR,
     max_val_images: int | None = None,
     fit: FitName | None = None,
     default_for: Sequence[DeviceKind] = (),

@@ -19,6 +19,7 @@ from inference.messages import counted
 
 from ..data import SPLITS, DatasetError, ImageArrays, load_split
 from ..data.split import SplitTooLarge
+from ..dataset_cache import DEFAULT_CACHE_DIR
 from .sources import ModelSource
 
 log = logging.getLogger("training.reports")
@@ -34,7 +35,7 @@ class DataSpec:
     val_size: int = 5000
     split_seed: int = 42
     image_size: int = 32
-    cache_dir: str | None = ".cache/datasets"
+    cache_dir: str | None = DEFAULT_CACHE_DIR
     fit: str = DEFAULT_FIT  # how a folder's images of another shape are fitted (inference.fits)
 
     def load(self) -> ImageArrays:
@@ -91,7 +92,7 @@ def resolve_data(
         val_size=int(known.get("val_size", 5000)),
         split_seed=int(known.get("split_seed", 42)),
         image_size=source.image_size if source else int(known.get("image_size", 32)),
-        cache_dir=known.get("cache_dir", ".cache/datasets"),
+        cache_dir=known.get("cache_dir", DEFAULT_CACHE_DIR),
         fit=known.get("fit", DEFAULT_FIT),
     )
 
