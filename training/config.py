@@ -33,6 +33,7 @@ from inference.messages import counted, exception_summary, validation_problems
 from .data.augment import AugmentParams
 from .data.mix import MixParams
 from .data.prune import PruneParams
+from .dataset_cache import DEFAULT_CACHE_DIR
 from .models.ensemble import ENSEMBLE_ARCH
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -128,7 +129,7 @@ class DataConfig(Section):
     # How a folder dataset's images of another shape are fitted to image_size (inference.fits); the
     # export records it on the model's card, so serving fits photos the same way.
     fit: FitName = DEFAULT_FIT
-    cache_dir: str = ".cache/datasets"
+    cache_dir: str = DEFAULT_CACHE_DIR
 
     # "" would read the current folder, all of it
     _empty_says = {"root": "the image folder or archive to read (data.root=PATH)"}
@@ -489,6 +490,22 @@ class ConfigError(UsageError):
 class YamlMistake(yaml.constructor.ConstructorError):
     """YAML that parses, but not as its writer meant: said as the mistake, not as "not YAML"."""
 
+    @property
+    def line(self) -> int | None:
+        """The line of the text the mistake is on, which a file's refusal names (a 60-line recipe); None where
+        the mistake names its own lines (a key given twice)."""
+        return self.problem_mark.line + 1 if self.problem_mark is not None else None
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong with a YAML text, on one line with its line number (yaml's own text spans several, with a
+    snippet of the text): a mistake as itself, a syntax error as "not YAML"."""
+    if isinstance(exc, YamlMistake):  # YAML that parses, but not as meant: "not YAML" would be false
+        return f"line {exc.line}: {exc.problem}" if exc.line is not None else str(exc.problem)
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        return f"not YAML: {exc.problem} at line {exc.problem_mark.line + 1}"
+    return f"not YAML: {exception_summary(exc)}"
+
 
 class _Loader(yaml.SafeLoader):
     """YAML as recipes and overrides are read: YAML 1.1 (yes, no, on and off are booleans) with YAML 1.2's
@@ -502,13 +519,18 @@ class _Loader(yaml.SafeLoader):
                 raise
             tag = node.tag.rpartition(":")[2]
             why = f" ({exception_summary(exc)})" if not isinstance(exc, KeyError) else ""  # a KeyError says the key
-            raise YamlMistake(None, None, f"{node.value!r} is no {tag}{why}: quote it to give it as text") from None
+            raise YamlMistake(
+                None, None, f"{node.value!r} is no {tag}{why}: quote it to give it as text", node.start_mark
+            ) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         if not isinstance(node, yaml.MappingNode):  # !!map or !!set on text or a list: its items are no pairs
             tag = node.tag.rpartition(":")[2]
             raise YamlMistake(
-                None, None, f"!!{tag} takes a mapping {{...}}, not a {node.id}: quote it to give it as text"
+                None,
+                None,
+                f"!!{tag} takes a mapping {{...}}, not a {node.id}: quote it to give it as text",
+                node.start_mark,
             )
         seen: dict[Any, yaml.Node] = {}
         for key_node, value_node in node.value:
@@ -537,7 +559,10 @@ def _check_colon_spaced(node: yaml.MappingNode, key: yaml.Node, value: yaml.Node
     if node.flow_style and plain_key and no_value:
         name, _, given = key.value.partition(":")
         raise YamlMistake(
-            None, None, f"{key.value!r} is a key without a value: put a space after its colon, {{{name}: {given}}}"
+            None,
+            None,
+            f"{key.value!r} is a key without a value: put a space after its colon, {{{name}: {given}}}",
+            key.start_mark,
         )
 
 
@@ -640,7 +665,8 @@ def _read_recipe(name_or_path: str) -> dict[str, Any]:
     try:
         raw = read_yaml(path.read_text())
     except YamlMistake as exc:
-        raise ConfigError(f"recipe {str(path)!r}: {exc.problem}") from exc
+        line = f", line {exc.line}" if exc.line is not None else ""
+        raise ConfigError(f"recipe {str(path)!r}{line}: {exc.problem}") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"recipe {str(path)!r} is not a YAML file: {exception_summary(exc, lines=2)}") from exc
     if raw is None:  # an empty file would otherwise train every default (se_resnet18) as if that were asked

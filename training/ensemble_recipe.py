@@ -57,6 +57,7 @@ from .config import (
     load_ensemble_recipe_raw,
     placement_overrides,
     read_yaml,
+    yaml_problem,
 )
 from .distill import TEACHER_FILE, TeacherError, teacher_file
 from .engine import train
@@ -222,7 +223,8 @@ def started_run(out: str | Path) -> dict[str, Any] | None:
     try:
         started = read_yaml(record.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{record} is damaged ({exc}); start the run over with --force") from None
+        why = yaml_problem(exc) if isinstance(exc, yaml.YAMLError) else "it is not UTF-8 text"
+        raise ConfigError(f"{record} is damaged ({why}); start the run over with --force") from None
     overrides = started.get("overrides") if isinstance(started, dict) else None
     recipe = started.get("recipe") if isinstance(started, dict) else None
     if not isinstance(started, dict) or not (

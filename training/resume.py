@@ -34,6 +34,7 @@ from .config import (
     read_yaml,
     validate_config,
     with_placement,
+    yaml_problem,
 )
 from .engine import Trainer
 from .summary import finished_summary, patience_exhausted, write_progress
@@ -160,7 +161,8 @@ def keep_edited_config(out_dir: Path, started: Config) -> None:
     try:
         edited = config_differences(started, validate_config(read_yaml(text), started=True))
     except (yaml.YAMLError, ConfigError, TypeError) as exc:
-        edited = [f"it no longer reads as a configuration ({str(exc).splitlines()[0]})"]
+        why = yaml_problem(exc) if isinstance(exc, yaml.YAMLError) else str(exc).splitlines()[0]
+        edited = [f"it no longer reads as a configuration ({why})"]
     if not edited:
         return
     write_text_atomic(out_dir / EDITED_CONFIG, text)

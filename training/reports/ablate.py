@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from inference.errors import UsageError
 from inference.files import write_text_atomic
-from inference.messages import counted, exception_summary, markdown_cell
+from inference.messages import counted, markdown_cell
 
 from ..checkpoint import BEST_FILE, CONFIG_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE
-from ..config import Config, ConfigError, check_distinct, read_yaml
+from ..config import Config, ConfigError, check_distinct, read_yaml, yaml_problem
 from ..engine import train
 from ..inference import check_tta
 from ..models import count_parameters
@@ -149,9 +149,7 @@ def _unreadable(exc: OSError | UnicodeDecodeError | yaml.YAMLError) -> str:
         return exc.strerror or type(exc).__name__
     if isinstance(exc, UnicodeDecodeError):
         return "it is not UTF-8 text"
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        return f"not YAML: {exc.problem} at line {exc.problem_mark.line + 1}"
-    return f"not YAML: {exception_summary(exc)}"
+    return yaml_problem(exc)
 
 
 def _standing(run_dir: Path) -> str:
