@@ -190,3 +190,12 @@ def test_a_ctrl_c_while_close_waits_abandons_the_request_and_is_handed_on_once_i
     finally:
         service.hold.set()
         backend.pool.shutdown(wait=True)
+
+
+def test_workers_0_with_url_is_refused_not_run_as_one_request_at_a_time(photos, tmp_path, capsys):
+    """--workers 0 means decoding in the main process, which a --url run has not: it ran as 1 without a word."""
+    out = tmp_path / "preds.csv"
+    assert score_main([str(photos), "--url", "http://127.0.0.1:9", "--workers", "0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --workers with --url is the number of concurrent requests: at least 1, not 0\n", err
+    assert not out.exists()

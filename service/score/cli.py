@@ -124,7 +124,7 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
             "decode processes running beside inference; 0 decodes in the main process between inference calls "
             "(default: one per usable core, up to 8, at a lower priority than inference; with a "
             "GPU, all cores but one; "
-            "with --url, concurrent requests, default "
+            "with --url, concurrent requests (at least 1), default "
             f"{DEFAULT_URL_WORKERS})"
         ),
     )

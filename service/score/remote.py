@@ -109,7 +109,7 @@ class RemoteBackend:
             base_url=self.url, timeout=timeout, headers=headers, event_hooks={"request": [self._traced]}
         )
         self.timeout = timeout
-        self.workers = max(1, DEFAULT_URL_WORKERS if workers is None else workers)
+        self.workers = DEFAULT_URL_WORKERS if workers is None else workers
         self.inflight = self.workers
         self.per_request = per_request  # lowered when the service says a request held too many images
         self.batch_size = per_request  # images per chunk of the walk

@@ -215,6 +215,8 @@ def _validate(args) -> str:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be 0 or more, not {args.workers}")
+    if args.workers == 0 and getattr(args, "url", None):  # 0 means decoding in the main process, which --url has not
+        raise UserError("--workers with --url is the number of concurrent requests: at least 1, not 0")
     for dest in ("threads", "streams", "actors", "max_pixels"):
         value = getattr(args, dest, None)
         if value is not None and value < 1:
