@@ -265,9 +265,17 @@ def _mends(name: str, flag: str, manifest: Manifest | None) -> str:
     if len(manifest.models) == 1:
         return again.replace(", export", ", or export", 1)
     return (
-        f"{again}, or drop it once another model is the default (python -m export default OTHER [--for cpu|cuda]"
-        f"{flag}, then python -m export remove {name}{flag})"
+        f"{again}, or drop it once another model is the default ({undefault_command(manifest, name)}{flag}, "
+        f"then python -m export remove {name}{flag})"
     )
+
+
+def undefault_command(manifest: Manifest, name: str) -> str:
+    """The `export default` command that leaves ``name`` a default on no kind of device: the plain default is
+    replaced only by a plain one (``--for cuda`` leaves it the default elsewhere), a per-device default by one for
+    its kinds (``--for cpu`` would leave it the cuda default)."""
+    kinds = [] if name == manifest.default else sorted(k for k, n in manifest.defaults.items() if n == name)
+    return "python -m export default OTHER" + "".join(f" --for {kind}" for kind in kinds)
 
 
 # flock's answers on a file system that cannot lock a folder (NFS: EBADF; others: no locks at all)
@@ -356,7 +364,7 @@ def remove_models(models_dir: str | Path, names: Sequence[str]) -> Manifest:
             if entry.name in manifest.default_names():
                 raise UsageError(
                     f"{entry.name} is a default model: make another one the default first "
-                    f"(python -m export default OTHER [--for cpu|cuda])"
+                    f"({undefault_command(manifest, entry.name)})"
                 )
         kept = [m for m in manifest.models if m not in gone]
         if not kept:
@@ -373,9 +381,8 @@ def set_default(models_dir: str | Path, name: str, kinds: Sequence[str] = ()) ->
     per-device defaults go, or they would still overrule the plain one on their hosts."""
     with manifest_update(models_dir):
         manifest = load_manifest(models_dir, verify=False)
-        verify_file(
-            manifest.get(name), Path(models_dir), manifest
-        )  # UnknownModel naming the models when it is not listed
+        # UnknownModel naming the models when it is not listed
+        verify_file(manifest.get(name), Path(models_dir), manifest)
         if kinds:
             manifest = manifest.model_copy(update={"defaults": {**manifest.defaults, **{k: name for k in kinds}}})
         else:

@@ -74,7 +74,7 @@ def test_a_tampered_default_is_not_advised_a_removal_that_export_remove_refuses(
     name, message = _tampered_default(Path("models"), only=False)
     assert "does not match the manifest" in message and "\n" not in message, message
     assert message.endswith(
-        "or drop it once another model is the default (python -m export default OTHER [--for cpu|cuda], "
+        "or drop it once another model is the default (python -m export default OTHER, "
         f"then python -m export remove {name})"
     ), message
     with pytest.raises(UsageError, match="is a default model"):  # the removal the old advice gave, as it is met

@@ -503,7 +503,10 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     if isinstance(exc, YamlMistake):  # YAML that parses, but not as meant: "not YAML" would be false
         return f"line {exc.line}: {exc.problem}" if exc.line is not None else str(exc.problem)
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        return f"not YAML: {exc.problem} at line {exc.problem_mark.line + 1}"
+        # a context other than "while parsing ..." is the first half of the sentence: "expected a single document in
+        # the stream, but found another document", "found duplicate anchor 'a'; first occurrence, second occurrence"
+        said = f"{exc.context}, {exc.problem}" if exc.context and not exc.context.startswith("while ") else exc.problem
+        return f"not YAML: {said} at line {exc.problem_mark.line + 1}"
     return f"not YAML: {exception_summary(exc)}"
 
 
