@@ -702,7 +702,7 @@ def _against_card(parity: Parity, entry: ModelEntry) -> Parity:
     if claimed is None or samples != parity.samples:
         return parity
     gap = 100 * (parity.onnx_top1 - claimed)
-    if abs(gap) > CARD_TOLERANCE_POINTS:
+    if abs(gap) > CARD_TOLERANCE_POINTS + 1e-9:  # 15 images of 5,000 is 0.30000000000000004 points
         these = f"{'this' if samples == 1 else 'these'} {counted(samples, 'image')}"
         parity.failures.append(
             f"the manifest says val_top1 {100 * claimed:.2f}% on {these}, the file scores "
