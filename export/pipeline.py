@@ -673,19 +673,22 @@ def verify_model(
         reference = reference / temperature
         parity, logits = parity_against(reference, speed, classifier, val.images, val.labels)
         return _against_card(parity, entry), _calibration_report(logits, val.labels, temperature)
-    # Without the checkpoint (a fresh clone), compare with the PyTorch accuracy recorded at export time.
+    # Without the checkpoint (a fresh clone), compare with the reference's accuracy recorded at export time: a
+    # graph derived from another (rederive) was measured against that graph, not against PyTorch.
+    against = "FP32 graph" if entry.source.get("derived_from") else "PyTorch"
     log.warning(
-        "comparing %s with the PyTorch accuracy recorded at export: no usable checkpoint at %s",
+        "comparing %s with the %s accuracy recorded at export: no usable checkpoint at %s",
         entry.name,
+        against,
         checkpoint,
     )
     logits, speed = onnx_logits(classifier, val.images)
     torch_top1 = (entry.metrics.get("parity") or {}).get("torch_top1")
     if torch_top1 is None or entry.metrics.get("val_samples") != len(val):
         raise UsageError(
-            f"{entry.name}: no checkpoint and no recorded PyTorch accuracy on the same {counted(len(val), 'image')}"
+            f"{entry.name}: no checkpoint and no recorded {against} accuracy on the same {counted(len(val), 'image')}"
         )
-    parity = judge(entry.precision, None, softmax(logits), val.labels, torch_top1, float("nan"), speed)
+    parity = judge(entry.precision, None, softmax(logits), val.labels, torch_top1, float("nan"), speed, against)
     return _against_card(parity, entry), _calibration_report(logits, val.labels, temperature)
 
 
