@@ -1400,12 +1400,27 @@ def test_a_model_that_answers_nan_is_refused_as_broken_not_reported(tiny_run, tm
     assert not out.exists()
 
 
-def test_evaluate_of_a_run_that_held_out_nothing_says_so(tiny_run, tmp_path):
-    """A run trained with data.val_size=0 has no val split: the error said only "has no samples"."""
+def test_evaluate_with_val_size_0_says_the_split_is_empty_because_of_it(tiny_run, tmp_path):
+    """--val-size 0 holds out no images: the error said only "has no samples", then blamed the run, which had held
+    out some."""
     from training.reports.evaluate import evaluate
 
-    with pytest.raises(ValueError, match=r"has no samples \(the run held out none: data.val_size=0; .*--split all\)"):
+    with pytest.raises(ValueError, match=r"has no samples \(--val-size 0 holds out none: give a larger one, or "):
         evaluate(tiny_run, out=tmp_path / "r", val_size=0, device="cpu")
+
+
+def test_evaluate_of_a_run_that_held_out_nothing_says_so(image_folder, tmp_path):
+    """A run trained with data.val_size=0 has no val split: the error said only "has no samples"."""
+    from conftest import tiny_overrides
+    from training.config import build_config
+    from training.engine import train
+    from training.reports.evaluate import evaluate
+
+    run = tmp_path / "run"
+    overrides = tiny_overrides(image_folder, tmp_path / "cache", epochs=1, **{"data.val_size": 0})
+    train(build_config("resnet9_half_cpu", overrides), run)
+    with pytest.raises(ValueError, match=r"has no samples \(the run held out none: data.val_size=0; evaluate it on"):
+        evaluate(run, out=tmp_path / "r", device="cpu")
 
 
 def test_an_evaluation_stopped_while_predicting_leaves_no_empty_report_folder(tiny_run, tmp_path, monkeypatch):

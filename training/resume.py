@@ -36,6 +36,7 @@ from .config import (
     with_placement,
     yaml_problem,
 )
+from .device import resolve_device
 from .engine import Trainer
 from .summary import finished_summary, patience_exhausted, write_progress
 
@@ -216,6 +217,10 @@ def _resume(
         keep_edited_config(Path(out_dir), started)
     config = with_placement(started, placement, like=expected)
     moved = config_differences(started, config)
+    if any(difference.startswith("train.device:") for difference in moved):
+        # a device this machine lacks is refused before the run is said to continue on it, finished or not: the
+        # Trainer checks it only after those lines
+        resolve_device(config.train.device)
     if moved:
         log.info("the run continues elsewhere (started -> now): %s", "; ".join(moved))
     numerics = [d for d in moved if d.startswith(NUMERICS_KEYS)]

@@ -30,6 +30,7 @@ from .samples import (
     in_class_order,
     match_classes,
     names_text,
+    no_samples,
     resolve_data,
     same_classes,
     sample_fingerprint,
@@ -119,6 +120,8 @@ def _model_side(
     key = tuple(sorted(asdict(spec).items()))
     if key not in loaded:  # both sides on the same split: load it once
         loaded[key] = spec.load()
+    if len(loaded[key]) == 0:
+        raise no_samples(spec, data_args.get("val_size") is not None, "compare")
     check_view(source, tta)
     data, _ = match_classes(source, loaded[key], spec)
     fingerprint = sample_fingerprint(data)

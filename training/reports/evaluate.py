@@ -39,6 +39,7 @@ from .samples import (
     held_classes,
     match_classes,
     names_text,
+    no_samples,
     resolve_data,
     sample_fingerprint,
 )
@@ -93,10 +94,7 @@ def evaluate(
     check_writable(out_dir, named)
     data = spec.load()
     if len(data) == 0:
-        held_out = " (the run held out none: data.val_size=0; evaluate it on other images, --data ROOT --split all)"
-        raise UsageError(
-            f"{spec.dataset} {spec.root} split {split!r} has no samples{held_out if split == 'val' else ''}"
-        )
+        raise no_samples(spec, val_size is not None, "evaluate")
     notes = _not_the_held_out_images(source, spec, data)
     held = held_classes(source.classes, data.classes)
     data, note = match_classes(source, data, spec)

@@ -97,6 +97,17 @@ def resolve_data(
     )
 
 
+def no_samples(spec: DataSpec, val_size_given: bool, command: str) -> UsageError:
+    """The refusal of a split that holds no images (predicting on none ends in torch.cat's traceback), saying what
+    emptied a val split: the --val-size given, or the run's own data.val_size of 0."""
+    why = ""
+    if spec.split == "val" and val_size_given:
+        why = f" (--val-size {spec.val_size} holds out none: give a larger one, or {command} on --split train or all)"
+    elif spec.split == "val":
+        why = f" (the run held out none: data.val_size=0; {command} it on other images, --data ROOT --split all)"
+    return UsageError(f"{spec.dataset} {spec.root} split {spec.split!r} has no samples{why}")
+
+
 def sample_fingerprint(data: ImageArrays) -> str:
     """A digest of the images and labels in order: two reports can be paired only if theirs match. The labels
     are indices into ``data.classes``: the same images under another class order digest otherwise
