@@ -1123,9 +1123,12 @@ def config_differences(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> li
             return {prefix: node}
         return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
 
+    def shown(value: Any) -> Any:
+        return '""' if value == "" else value  # an emptied setting (data.cache_dir "", no cache) is said, not blank
+
     left, right = flat(a.model_dump(mode="json")), flat(b.model_dump(mode="json"))
     return [
-        f"{key.rstrip('.')}: {left.get(key, '(unset)')} -> {right.get(key, '(unset)')}"
+        f"{key.rstrip('.')}: {shown(left.get(key, '(unset)'))} -> {shown(right.get(key, '(unset)'))}"
         for key in sorted(left.keys() | right.keys())
         if left.get(key, "(unset)") != right.get(key, "(unset)")
         and key.rstrip(".") not in ignore
