@@ -684,9 +684,14 @@ def verify_model(
     )
     logits, speed = onnx_logits(classifier, val.images)
     torch_top1 = (entry.metrics.get("parity") or {}).get("torch_top1")
-    if torch_top1 is None or entry.metrics.get("val_samples") != len(val):
+    recorded = entry.metrics.get("val_samples")
+    if torch_top1 is None or recorded != len(val):
+        # an export checked on fewer images (--max-val-images) recorded its figure on those: the same check is
+        # the one that can be compared with it
+        same = f": it was recorded on {recorded}, pass --max-val-images {recorded}" if torch_top1 and recorded else ""
         raise UsageError(
-            f"{entry.name}: no checkpoint and no recorded {against} accuracy on the same {counted(len(val), 'image')}"
+            f"{entry.name}: no checkpoint and no recorded {against} accuracy on the same "
+            f"{counted(len(val), 'image')}{same}"
         )
     parity = judge(entry.precision, None, softmax(logits), val.labels, torch_top1, float("nan"), speed, against)
     return _against_card(parity, entry), _calibration_report(logits, val.labels, temperature)
