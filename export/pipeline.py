@@ -558,7 +558,7 @@ def check_replacement(
         )
     if max_val_images is not None and samples and max_val_images < samples:
         raise UsageError(
-            f"--max-val-images {max_val_images} would replace {name!r}'s figures ({measured}) with a quick "
+            f"--max-val-images {max_val_images} would replace the figures of {name!r} ({measured}) with a quick "
             "check's: measure on all the validation images to replace it, or give another --name"
         )
     log.info("%r is listed in %s: the new graph replaces it once verified", name, models_dir / MANIFEST_NAME)

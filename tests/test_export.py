@@ -529,7 +529,7 @@ def test_a_listed_model_is_replaced_only_when_asked_and_never_by_a_quick_check(
     assert f"'tiny' is already listed in {m / 'manifest.json'}" in err and "pass --replace" in err, err
     assert f"on {samples} images" in err
     assert export_main([*argv, "--replace", "--max-val-images", str(samples - 1)]) == 2
-    assert f"--max-val-images {samples - 1} would replace 'tiny'" in capsys.readouterr().err
+    assert f"--max-val-images {samples - 1} would replace the figures of 'tiny' (" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in m.iterdir()} == before
     # rederive too, unless the name is the reference's own (which it replaces by design)
     raw = json.loads((m / "manifest.json").read_text())

@@ -532,7 +532,7 @@ def _continuation(args: argparse.Namespace) -> str:
     if run is None:
         return ""
     if getattr(args, "ensemble_run", False):
-        return f": the members {run} has finished are kept; continue with the same command and --resume"
+        return f": the members finished in {run} are kept; continue with the same command and --resume"
     last = Path(run) / LAST_FILE
     if not last.is_file():
         return f" before {run} completed an epoch: nothing to continue; run the same command again"
