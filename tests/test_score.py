@@ -669,7 +669,7 @@ def test_an_existing_output_is_continued_or_replaced_only_when_asked(tree, tiny_
     (empty / "sub" / "notes.txt").write_text("not an image")
     assert _score(empty, "--out", kept, "--overwrite", *common) == 2
     err = capsys.readouterr().err
-    assert f"error: no image files under {empty} (1 other files skipped; image extensions: " in err
+    assert f"error: no image files under {empty} (1 other file skipped; image extensions: " in err
     assert _csv_rows(kept)  # the earlier rows are still there
 
 
@@ -1473,10 +1473,10 @@ def test_a_folder_without_images_is_refused_before_any_engine_opens(engine, tmp_
     (notes / "readme.txt").write_text("no image here")
     out = tmp_path / "out" / "p.csv"
     out.parent.mkdir()
-    for folder, skipped in ((empty, 0), (notes, 1)):
+    for folder, skipped in ((empty, "0 other files"), (notes, "1 other file")):
         assert _score(folder, "--engine", engine, "--out", out, "--no-progress") == 2, folder
         err = capsys.readouterr().err
-        assert err.startswith(f"error: no image files under {folder} ({skipped} other files skipped;"), err
+        assert err.startswith(f"error: no image files under {folder} ({skipped} skipped;"), err
         assert err.count("\n") == 1, err
     assert not list(out.parent.iterdir())
 

@@ -29,6 +29,7 @@ from inference.interrupts import (
     stops_dropped,
     take_over_terminations,
 )
+from inference.messages import counted
 from inference.preprocess import IMAGE_EXTENSIONS, is_image_name
 from inference.tree_files import unpack_command
 
@@ -523,7 +524,7 @@ def _images(root: str, stats: WalkStats) -> Iterator[Entry]:
     if first is None:
         hidden = stats.hidden_dirs_skipped
         raise UserError(
-            f"no image files under {root} ({stats.skipped} other files skipped; "
+            f"no image files under {root} ({counted(stats.skipped, 'other file')} skipped; "
             f"image extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
             + (f"; not entered: {_hidden_dirs(hidden)}" if hidden else "")
         )
