@@ -684,11 +684,13 @@ def verify_model(
     )
     logits, speed = onnx_logits(classifier, val.images)
     torch_top1 = (entry.metrics.get("parity") or {}).get("torch_top1")
-    recorded = entry.metrics.get("val_samples")
-    if torch_top1 is None or recorded != len(val):
+    recorded_on = entry.metrics.get("val_samples")
+    if torch_top1 is None or recorded_on != len(val):
         # an export checked on fewer images (--max-val-images) recorded its figure on those: the same check is
         # the one that can be compared with it
-        same = f": it was recorded on {recorded}, pass --max-val-images {recorded}" if torch_top1 and recorded else ""
+        same = ""
+        if torch_top1 is not None and recorded_on:
+            same = f": it was recorded on {recorded_on}, pass --max-val-images {recorded_on}"
         raise UsageError(
             f"{entry.name}: no checkpoint and no recorded {against} accuracy on the same "
             f"{counted(len(val), 'image')}{same}"
