@@ -529,11 +529,14 @@ def _connect(ray, address: str | None) -> bool:
             ray.init(address=address, runtime_env={"py_modules": [inference, service]}, **common)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         hint = ""
-        if address not in (None, "auto") and AUTH_MODE_VARIABLE not in os.environ:
+        # A ValueError is an address Ray cannot parse ("Invalid address format"), which no token would mend.
+        if address not in (None, "auto") and AUTH_MODE_VARIABLE not in os.environ and not isinstance(exc, ValueError):
             # Ray sends a cluster's token only to a cluster it found itself (auto): its log lines above said
             # InvalidAuthToken, its exception does not.
             hint = f" (a cluster with token authentication also needs {AUTH_MODE_VARIABLE}=token)"
         raise UserError(f"cannot start or reach Ray at {address or 'a local instance'}: {exc}{hint}") from None
+    except ray.exceptions.AuthenticationError as exc:  # RAY_AUTH_MODE=token without the cluster's token
+        raise UserError(f"cannot start or reach Ray at {address or 'a local instance'}: {exc}") from None
     return True
 
 
