@@ -1068,6 +1068,11 @@ def _setting_names() -> dict[str, list[str]]:
     return names
 
 
+def _dotted_settings() -> set[str]:
+    """Every setting's dotted name (``train.epochs``)."""
+    return {dotted for names in _setting_names().values() for dotted in names}
+
+
 def close_settings(key: str) -> list[str]:
     """The settings a mistyped key most likely meant, dotted (``epohcs`` and ``optim.epochs`` -> ``train.epochs``),
     those of the section it names first; none for a key like no setting (a model's own argument)."""
@@ -1151,6 +1156,13 @@ def with_placement(config: Config, overrides: list[str] | None = None, like: Con
         if _full_key(key) == "train.epochs":  # the one setting a resume changes, with a flag of its own
             raise ConfigError(
                 f"a resumed run's epoch budget is changed with --epochs, not --set: --epochs {value.strip()}"
+            )
+        meant = [] if _full_key(key) in _dotted_settings() else close_settings(key)
+        if meant and not key.startswith("model.args."):
+            # a mistyped setting (data.rooot) is said as the typo it is, not as a change that would make another run
+            raise ConfigError(
+                f"{key!r} is no setting (did you mean {' or '.join(meant)}?): a resumed run takes new values only "
+                f"for where it runs ({', '.join(PLACEMENT_KEYS)})"
             )
         if _full_key(key) not in PLACEMENT_KEYS:
             raise ConfigError(

@@ -217,10 +217,9 @@ def _resume(
         keep_edited_config(Path(out_dir), started)
     config = with_placement(started, placement, like=expected)
     moved = config_differences(started, config)
-    if any(difference.startswith("train.device:") for difference in moved):
-        # a device this machine lacks is refused before the run is said to continue on it, finished or not: the
-        # Trainer checks it only after those lines
-        resolve_device(config.train.device)
+    # a device this machine lacks (named now, or the one the run started on) is refused before the run is said to
+    # continue here, finished or not: the Trainer checks it only after those lines
+    resolve_device(config.train.device)
     if moved:
         log.info("the run continues elsewhere (started -> now): %s", "; ".join(moved))
     numerics = [d for d in moved if d.startswith(NUMERICS_KEYS)]
