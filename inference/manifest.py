@@ -259,14 +259,14 @@ def verify_file(entry: ModelEntry, models_dir: Path, manifest: Manifest | None =
 def _mends(name: str, flag: str, manifest: Manifest | None) -> str:
     """The ways to mend a model file that is not the recorded one. Dropping it is offered as `export remove`
     would take it: a default only once another model is the default, the only model not at all."""
-    again = f"put the file as exported back, export it again with --replace{flag}"
+    restore, export = "put the file as exported back", f"export it again with --replace{flag}"
     if manifest is None or name not in manifest.default_names():
-        return f"{again}, or drop it (python -m export remove {name}{flag})"
+        return f"{restore}, {export}, or drop it (python -m export remove {name}{flag})"
     if len(manifest.models) == 1:
-        return again.replace(", export", ", or export", 1)
+        return f"{restore}, or {export}"
     return (
-        f"{again}, or drop it once another model is the default ({undefault_command(manifest, name)}{flag}, "
-        f"then python -m export remove {name}{flag})"
+        f"{restore}, {export}, or drop it once another model is the default "
+        f"({undefault_command(manifest, name)}{flag}, then python -m export remove {name}{flag})"
     )
 
 
