@@ -1157,17 +1157,24 @@ def with_placement(config: Config, overrides: list[str] | None = None, like: Con
             raise ConfigError(
                 f"a resumed run's epoch budget is changed with --epochs, not --set: --epochs {value.strip()}"
             )
-        meant = [] if _full_key(key) in _dotted_settings() else close_settings(key)
-        if meant and not key.startswith("model.args."):
-            # a mistyped setting (data.rooot) is said as the typo it is, not as a change that would make another run
+        meant = [] if _full_key(key) in _dotted_settings() or key.startswith("model.args.") else close_settings(key)
+        # a mistyped setting is said as the typo it is, but pointed only to what a resume takes: epohcs to
+        # --epochs, and ler (optim.lr) still to another run, not to a setting that --set would refuse next
+        if "train.epochs" in meant:
             raise ConfigError(
-                f"{key!r} is no setting (did you mean {' or '.join(meant)}?): a resumed run takes new values only "
+                f"{key!r} is no setting (did you mean train.epochs?): a resumed run's epoch budget is changed with "
+                f"--epochs, not --set: --epochs {value.strip()}"
+            )
+        if placed := [dotted for dotted in meant if dotted in PLACEMENT_KEYS]:
+            raise ConfigError(
+                f"{key!r} is no setting (did you mean {' or '.join(placed)}?): a resumed run takes new values only "
                 f"for where it runs ({', '.join(PLACEMENT_KEYS)})"
             )
         if _full_key(key) not in PLACEMENT_KEYS:
+            guess = f" (no setting; did you mean {' or '.join(meant)}?)" if meant else ""
             raise ConfigError(
-                f"a resumed run takes new values only for where it runs ({', '.join(PLACEMENT_KEYS)}): {key!r} "
-                "would make it another run; start one with `python -m training train`"
+                f"a resumed run takes new values only for where it runs ({', '.join(PLACEMENT_KEYS)}): {key!r}"
+                f"{guess} would make it another run; start one with `python -m training train`"
             )
     return validate_config(apply_overrides(raw, list(overrides or [])), started=True)
 

@@ -38,7 +38,7 @@ from .config import (
 )
 from .device import resolve_device
 from .engine import Trainer
-from .summary import finished_summary, patience_exhausted, write_progress
+from .summary import finished_summary, left_to_train, patience_exhausted, write_progress
 
 log = logging.getLogger("training")
 
@@ -201,6 +201,16 @@ def _epochs_advice(out_dir: str | Path, differences: list[str], expected: Config
     return f"; to train it to {epochs} epochs: {command}"
 
 
+def _will_train(ckpt: dict[str, Any], started: Config, epochs: int | None, moved: list[str]) -> bool:
+    """Whether a resume reaches the Trainer, not only a finished run's summary (``finished_summary``'s test, under
+    the epochs asked for): epochs are left, or the data moved, whose new copy the Trainer checks."""
+    if any(difference.startswith("data.root:") for difference in moved):
+        return True
+    if epochs is not None:
+        started = started.model_copy(update={"train": started.train.model_copy(update={"epochs": epochs})})
+    return left_to_train(started, ckpt)
+
+
 def _resume(
     out_dir: str | Path, epochs: int | None, expected: Config | None, placement: list[str] | None
 ) -> dict[str, Any]:
@@ -217,9 +227,11 @@ def _resume(
         keep_edited_config(Path(out_dir), started)
     config = with_placement(started, placement, like=expected)
     moved = config_differences(started, config)
-    # a device this machine lacks (named now, or the one the run started on) is refused before the run is said to
-    # continue here, finished or not: the Trainer checks it only after those lines
-    resolve_device(config.train.device)
+    # a device this machine lacks is refused before the run is said to continue here (the Trainer checks it only
+    # after those lines): one named now, finished or not, and the one it started on where it will train; a
+    # finished run's summary needs none, so a GPU run's is still read on a machine without one
+    if any(d.startswith("train.device:") for d in moved) or _will_train(ckpt, started, epochs, moved):
+        resolve_device(config.train.device)
     if moved:
         log.info("the run continues elsewhere (started -> now): %s", "; ".join(moved))
     numerics = [d for d in moved if d.startswith(NUMERICS_KEYS)]

@@ -49,16 +49,22 @@ def run_summary(out_dir: Path, standing: dict[str, Any], stopped_early: bool, va
     }
 
 
+def left_to_train(config: Config, standing: dict[str, Any]) -> bool:
+    """Whether a run at ``standing`` (a checkpoint) has epochs left to train under ``config``: neither all its
+    epochs trained nor stopped early."""
+    return standing["epoch"] < config.train.epochs and not patience_exhausted(config, standing.get("bad_epochs", 0))
+
+
 def finished_summary(
     out_dir: Path, config: Config, standing: dict[str, Any], validated: bool, main: bool
 ) -> dict[str, Any] | None:
     """The summary of a run with nothing left to train (its epochs trained, or stopped early), said as such; None
     where epochs are left. A run that stopped early has finished: resuming it must not train on, nor rewrite its
     files."""
+    if left_to_train(config, standing):
+        return None
     stop = patience_exhausted(config, standing.get("bad_epochs", 0))
     epochs = config.train.epochs
-    if standing["epoch"] < epochs and not stop:
-        return None
     if stop:
         log.info("%s stopped early (no better epoch for its patience): nothing left to train", out_dir)
     else:
