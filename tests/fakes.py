@@ -3,6 +3,7 @@ POST /classify, on a free port of this process, that each test file subclasses t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
@@ -96,3 +97,22 @@ def serving(handler: type[FakeService], **state: Any) -> Iterator[ThreadingHTTPS
 
 def base_url(server: ThreadingHTTPServer) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+class AsgiClient:
+    """The ASGI receive of a request whose body has arrived whole: its next message is the disconnect, once
+    ``leave`` is called."""
+
+    def __init__(self, body: bytes = b"") -> None:
+        self.body: bytes | None = body
+        self.gone = asyncio.Event()
+
+    async def receive(self) -> dict:
+        if self.body is not None:
+            body, self.body = self.body, None
+            return {"type": "http.request", "body": body, "more_body": False}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    def leave(self) -> None:
+        self.gone.set()

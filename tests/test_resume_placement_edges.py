@@ -1,29 +1,39 @@
 """What a resume says of where it runs: a run started on a GPU and moved to a machine without one is refused before
-it is said to continue there, whatever else moved; a mistyped placement setting is said as the typo it is."""
+it is said to continue there, whatever else moved, and a finished one still gives its summary there; a mistyped
+placement setting is said as the typo it is, and a mistyped other setting points only to what a resume takes (a
+mistyped epochs to --epochs, a mistyped lr to another run)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from training.checkpoint import LAST_FILE
-from training.config import ConfigError
+from training.config import ConfigError, build_config, with_placement
 from training.resume import resume
+
+
+def _gpu_run_here(tiny_run, tmp_path, monkeypatch) -> tuple[Path, dict]:
+    """A copy of the tiny run as a run started on a GPU records itself, on a machine without one; and its state."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    state = torch.load(run / LAST_FILE, weights_only=True)
+    state["config"]["train"]["device"] = "cuda"
+    torch.save(state, run / LAST_FILE)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    return run, state
 
 
 def test_a_run_started_on_a_gpu_is_refused_on_a_machine_without_one_before_it_is_said_to_continue(
     tiny_run, tmp_path, monkeypatch, caplog
 ):
     """Only data.root moved, so the device was not checked until the Trainer, after 'the run continues elsewhere'."""
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    state = torch.load(run / LAST_FILE, weights_only=True)
-    state["config"]["train"]["device"] = "cuda"  # as a run started on a GPU records it
-    torch.save(state, run / LAST_FILE)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run, state = _gpu_run_here(tiny_run, tmp_path, monkeypatch)
     root = state["config"]["data"]["root"]
     with caplog.at_level(logging.INFO), pytest.raises(ConfigError, match="device 'cuda': this machine has no usable"):
         resume(run, epochs=4, placement=[f"data.root={root}/."])
@@ -49,3 +59,40 @@ def test_a_setting_that_is_not_a_placement_is_still_refused_as_another_run(tiny_
     for given in ("lr=0.1", "model.args.width=8"):
         with pytest.raises(ConfigError, match="would make it another run"):
             resume(run, epochs=4, placement=[given])
+
+
+def _refusal(given: str) -> str:
+    with pytest.raises(ConfigError) as refused:
+        with_placement(build_config("resnet9_half_cpu", []), [given])
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("given", ["epohcs=3", "train.epohcs=3"])
+def test_a_mistyped_epochs_points_to_the_epochs_option(given):
+    """It said "did you mean train.epochs?: a resumed run takes new values only for where it runs", and
+    --set train.epochs=3 is refused next."""
+    said = _refusal(given)
+    assert said.endswith("a resumed run's epoch budget is changed with --epochs, not --set: --epochs 3"), said
+    assert "did you mean train.epochs?" in said, said
+
+
+@pytest.mark.parametrize(
+    ("given", "meant"),
+    [("ler=0.1", "optim.lr"), ("batch_sise=8", "train.batch_size"), ("model.dropout=0.1", "model.args.dropout")],
+)
+def test_a_mistyped_setting_that_is_no_placement_is_still_another_run(given, meant):
+    """It was said as a typo only, "did you mean optim.lr?", as if the resume would take optim.lr."""
+    said = _refusal(given)
+    key = given.split("=")[0]
+    assert f"{key!r} (no setting; did you mean {meant}?) would make it another run" in said, said
+
+
+def test_a_finished_gpu_run_gives_its_summary_on_a_machine_without_one(tiny_run, tmp_path, monkeypatch):
+    """Nothing is trained, so no device is needed: it was refused as "device 'cuda': this machine has no usable
+    CUDA GPU"."""
+    run, _ = _gpu_run_here(tiny_run, tmp_path, monkeypatch)
+    summary = resume(run)
+    recorded = json.loads((run / "summary.json").read_text())  # written where the run was trained
+    assert {**summary, "run": None} == {**recorded, "run": None}, summary
+    with pytest.raises(ConfigError, match="device 'cuda': this machine has no usable"):
+        resume(run, epochs=4)  # one that trains on is still refused

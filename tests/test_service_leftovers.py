@@ -22,6 +22,7 @@ from bentoml.exceptions import ServiceUnavailable
 from starlette.requests import Request
 
 from conftest import ROOT
+from fakes import AsgiClient
 from service.contract import Rejection
 from service.service import SERVICE, BodyGate, Classifier, InferItem, _infer_overloaded
 from service.settings import ServiceSettings, SettingsError
@@ -31,25 +32,6 @@ PIXELS = 32 * 32 * 3
 
 def _items(count: int) -> list[InferItem]:
     return [InferItem(model="tiny", pixels=bytes([i]) * PIXELS) for i in range(count)]
-
-
-class _Client:
-    """The ASGI receive of a request whose body has arrived whole: its next message is the disconnect, once
-    ``leave`` is called."""
-
-    def __init__(self, body: bytes = b"") -> None:
-        self.body = body
-        self.gone = asyncio.Event()
-
-    async def receive(self) -> dict:
-        if self.body is not None:
-            body, self.body = self.body, None
-            return {"type": "http.request", "body": body, "more_body": False}
-        await self.gone.wait()
-        return {"type": "http.disconnect"}
-
-    def leave(self) -> None:
-        self.gone.set()
 
 
 def _scope(path: str) -> dict:
@@ -68,7 +50,7 @@ def _infer_body(count: int) -> bytes:
     return json.dumps({"items": [{"model": "tiny", "pixels": pixels} for _ in range(count)]}).encode()
 
 
-async def _through_body_gate(app, client: _Client) -> None:
+async def _through_body_gate(app, client: AsgiClient) -> None:
     async def send(message) -> None:
         pass
 
@@ -85,7 +67,7 @@ def test_a_timed_out_infer_request_leaves_no_images_to_run_in_bentomls_queue():
         await asyncio.Event().wait()
 
     async def main() -> bool:
-        task = asyncio.ensure_future(_through_body_gate(queued_for_ever, _Client(_infer_body(3))))
+        task = asyncio.ensure_future(_through_body_gate(queued_for_ever, AsgiClient(_infer_body(3))))
         while not given:
             await asyncio.sleep(0)
         task.cancel()  # what BentoML's TimeoutMiddleware does at --timeout
@@ -108,7 +90,7 @@ def test_the_images_of_an_infer_client_that_left_are_not_run():
             await asyncio.sleep(0)
         seen["abandoned while queued"] = all(item.abandoned for item in items)
 
-    client = _Client(_infer_body(2))
+    client = AsgiClient(_infer_body(2))
     asyncio.run(_through_body_gate(queued, client))
     assert seen == {"abandoned while queued": True}
 
@@ -121,7 +103,7 @@ def test_an_infer_request_answered_leaves_its_items_to_no_one():
     async def answered(scope, receive, send) -> None:
         given.extend(scope["state"][BodyGate.STATE].items)
 
-    asyncio.run(_through_body_gate(answered, _Client(_infer_body(2))))
+    asyncio.run(_through_body_gate(answered, AsgiClient(_infer_body(2))))
     assert len(given) == 2 and all(item.abandoned for item in given)
 
 
@@ -131,7 +113,7 @@ def test_a_client_that_leaves_while_its_images_are_queued_is_answered_499_and_th
     request stops waiting (499 ``client_closed``, which the log and the request metrics record) and its images still
     queued are abandoned, so no batch runs them."""
     items = _items(4)
-    client = _Client()
+    client = AsgiClient()
 
     async def queue(batch, key=None):
         client.leave()
@@ -158,7 +140,7 @@ def test_a_client_that_stays_is_answered_as_before():
         return [[0.25, 0.75] for _ in batch]
 
     async def main():
-        request = Request(_scope("/classify"), _Client().receive)
+        request = Request(_scope("/classify"), AsgiClient().receive)
         with SERVICE.context.in_request(request):
             return await Classifier.inner._batched(SimpleNamespace(_infer=queue), items)
 
@@ -237,7 +219,7 @@ def test_an_error_of_the_batch_or_the_route_reaches_bentoml_as_it_is():
         raise RuntimeError("the model failed")
 
     async def batched():
-        with SERVICE.context.in_request(Request(_scope("/classify"), _Client().receive)):
+        with SERVICE.context.in_request(Request(_scope("/classify"), AsgiClient().receive)):
             return await Classifier.inner._batched(SimpleNamespace(_infer=failing), _items(1))
 
     async def route(scope, receive, send):
@@ -246,4 +228,4 @@ def test_an_error_of_the_batch_or_the_route_reaches_bentoml_as_it_is():
     with pytest.raises(RuntimeError, match="the model failed"):
         asyncio.run(batched())
     with pytest.raises(RuntimeError, match="the route failed"):
-        asyncio.run(_through_body_gate(route, _Client(_infer_body(1))))
+        asyncio.run(_through_body_gate(route, AsgiClient(_infer_body(1))))

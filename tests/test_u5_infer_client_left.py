@@ -8,28 +8,10 @@ import asyncio
 import base64
 import json
 
+from fakes import AsgiClient
 from service.service import BodyGate
 
 PIXELS = 32 * 32 * 3
-
-
-class _Client:
-    """The ASGI receive of a request whose body has arrived whole: its next message is the disconnect, once
-    ``leave`` is called."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body: bytes | None = body
-        self.gone = asyncio.Event()
-
-    async def receive(self) -> dict:
-        if self.body is not None:
-            body, self.body = self.body, None
-            return {"type": "http.request", "body": body, "more_body": False}
-        await self.gone.wait()
-        return {"type": "http.disconnect"}
-
-    def leave(self) -> None:
-        self.gone.set()
 
 
 def _scope() -> dict:
@@ -47,7 +29,7 @@ def _body(count: int) -> bytes:
     return json.dumps({"items": [{"model": "tiny", "pixels": pixels} for _ in range(count)]}).encode()
 
 
-async def _route_answers(scope, receive, send, client: _Client | None) -> None:
+async def _route_answers(scope, receive, send, client: AsgiClient | None) -> None:
     """BentoML's /infer route: its rows come back after the queue, an empty one for each item skipped."""
     items = scope["state"][BodyGate.STATE].items
     if client is not None:
@@ -61,7 +43,7 @@ async def _route_answers(scope, receive, send, client: _Client | None) -> None:
 
 def _sent(leaves: bool) -> list[dict]:
     sent: list[dict] = []
-    client = _Client(_body(3))
+    client = AsgiClient(_body(3))
 
     async def send(message) -> None:
         sent.append(message)
