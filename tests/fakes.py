@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 
+from service.score.remote import KEY_CHECK_NAME
+
 CLASSES = ["alpha", "beta", "gamma"]
 
 
@@ -75,6 +77,29 @@ class FakeService(BaseHTTPRequestHandler):
     def classify(self, names: list[str]) -> None:
         top = [{"label": c, "index": i, "confidence": 0.5 / (i + 1)} for i, c in enumerate(self.classes)]
         self.answer(200, {"model": "fake", "predictions": [{"filename": n, "top_k": top} for n in names]})
+
+
+class HoldingService(FakeService):
+    """Answers the request of the run's first chunk (the one holding 0.png) at once, and holds the others until
+    ``server.release`` (``server.held_s`` seconds at most), setting ``server.holding``. ``server.fails_on``, a file
+    name (None for none): the request holding it is answered only once another is held, and by another model than
+    the run's, which stops the run."""
+
+    def do_POST(self) -> None:
+        server = self.server
+        _, names = self.read_images()
+        if server.fails_on in names:  # type: ignore[attr-defined]
+            server.holding.wait(server.held_s)  # type: ignore[attr-defined]
+            top = [{"label": "alpha", "index": 0, "confidence": 0.9}]
+            self.answer(200, {"model": "other", "predictions": [{"filename": n, "top_k": top} for n in names]})
+            return
+        if names != [KEY_CHECK_NAME] and "0.png" not in names:
+            server.holding.set()  # type: ignore[attr-defined]
+            server.release.wait(server.held_s)  # type: ignore[attr-defined]
+        try:
+            self.classify(names)
+        except OSError:  # the scorer abandoned it
+            pass
 
 
 @contextmanager

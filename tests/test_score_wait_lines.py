@@ -15,36 +15,13 @@ from typing import Iterator
 
 import pytest
 
-from fakes import FakeService, base_url, serving
+from fakes import HoldingService, base_url, serving
 from service.score import remote
 from service.score import run as run_module
 from service.score.cli import main as score_main
-from service.score.remote import KEY_CHECK_NAME
 from test_score_run_loop import _photos, _rows
 
 HELD_S = 5  # the most a held request waits: where no waiting line releases it (the old code), the run ends anyway
-
-
-class _Service(FakeService):
-    """Answers the request of the run's first chunk (the one holding 0.png) at once, and holds the others until
-    ``server.release``, setting ``server.holding``. ``server.fails_first``: the first chunk's is answered only
-    once another is held, and by another model than the run's, which stops the run."""
-
-    def do_POST(self) -> None:
-        server = self.server
-        _, names = self.read_images()
-        if names != [KEY_CHECK_NAME] and "0.png" not in names:
-            server.holding.set()  # type: ignore[attr-defined]
-            server.release.wait(HELD_S)  # type: ignore[attr-defined]
-        elif "0.png" in names and server.fails_first:  # type: ignore[attr-defined]
-            server.holding.wait(HELD_S)  # type: ignore[attr-defined]
-            top = [{"label": "alpha", "index": 0, "confidence": 0.9}]
-            self.answer(200, {"model": "other", "predictions": [{"filename": n, "top_k": top} for n in names]})
-            return
-        try:
-            self.classify(names)
-        except OSError:  # the scorer gave up on it
-            pass
 
 
 @pytest.fixture
@@ -52,7 +29,7 @@ def service(monkeypatch) -> Iterator[ThreadingHTTPServer]:
     """The service, released by the scorer's waiting line; ``server.said``: the scorer's lines, as said."""
     import threading
 
-    with serving(_Service, holding=threading.Event(), fails_first=False, said=[]) as server:
+    with serving(HoldingService, holding=threading.Event(), fails_on=None, held_s=HELD_S, said=[]) as server:
         say = remote._say
 
         def said_then_released(line: str) -> None:
@@ -65,13 +42,26 @@ def service(monkeypatch) -> Iterator[ThreadingHTTPServer]:
         yield server
 
 
-def _score(server: ThreadingHTTPServer, folder: Path, out: Path, workers: int) -> int:
+def score_url(server: ThreadingHTTPServer, folder: Path, out: Path, workers: int) -> int:
     args = [str(folder), "--url", base_url(server), "--out", str(out), "--batch-size", "2"]
     return score_main([*args, "--workers", str(workers), "--timeout", "30", "--no-progress"])
 
 
-def _waiting(server: ThreadingHTTPServer) -> list[str]:
+def waiting_lines(server: ThreadingHTTPServer) -> list[str]:
     return [line for line in server.said if line.startswith("waiting for ")]  # type: ignore[attr-defined]
+
+
+def disk_full_at_the_first_rows(service: ThreadingHTTPServer, monkeypatch) -> None:
+    """The output's disk fills as the first chunk's rows are written, once the service holds another request."""
+    write = run_module._write
+
+    def full_disk(out, text: str) -> None:
+        if text.count("\n") == 2:  # the first chunk's rows, not the header
+            assert service.holding.wait(service.held_s)  # type: ignore[attr-defined]
+            raise run_module._OutputLost(OSError(errno.ENOSPC, "No space left on device"))
+        write(out, text)
+
+    monkeypatch.setattr(run_module, "_write", full_disk)
 
 
 def test_a_sigterm_while_the_run_waits_for_rows_names_sigterm_in_the_waiting_line(service, tmp_path, monkeypatch):
@@ -86,8 +76,8 @@ def test_a_sigterm_while_the_run_waits_for_rows_names_sigterm_in_the_waiting_lin
 
     monkeypatch.setattr(remote.RemoteBackend, "finish", stopped_while_waiting)
     out = tmp_path / "preds.csv"
-    assert _score(service, _photos(tmp_path), out, workers=1) == 143
-    assert _waiting(service) == [
+    assert score_url(service, _photos(tmp_path), out, workers=1) == 143
+    assert waiting_lines(service) == [
         "waiting for 1 request in flight (up to 30 s): SIGTERM again (or Ctrl-C) to abandon it"
     ], service.said
     assert len(_rows(out)) == 2
@@ -106,8 +96,8 @@ def test_a_sigterm_between_two_rows_names_sigterm_in_the_waiting_line(service, t
 
     monkeypatch.setattr(run_module, "_write", written_then_stopped)
     out = tmp_path / "preds.csv"
-    assert _score(service, _photos(tmp_path), out, workers=1) == 143
-    assert _waiting(service) == [
+    assert score_url(service, _photos(tmp_path), out, workers=1) == 143
+    assert waiting_lines(service) == [
         "waiting for 1 request in flight (up to 30 s): SIGTERM again (or Ctrl-C) to abandon it"
     ], service.said
     assert capsys.readouterr().err.count("SIGTERM: interrupted: scored 2, failed 0") == 1
@@ -116,32 +106,24 @@ def test_a_sigterm_between_two_rows_names_sigterm_in_the_waiting_line(service, t
 def test_a_run_stopped_by_a_failing_service_says_its_wait_before_its_error(service, tmp_path, capsys):
     """Another worker's request still in flight was waited for (up to --timeout) without a word, after the
     summary."""
-    service.fails_first = True
+    service.fails_on = "0.png"  # the first chunk's request
     out = tmp_path / "preds.csv"
-    assert _score(service, _photos(tmp_path), out, workers=2) == 1
-    assert _waiting(service) == ["waiting for 1 request in flight (up to 30 s): Ctrl-C or SIGTERM to abandon it"], (
-        service.said
-    )
+    assert score_url(service, _photos(tmp_path), out, workers=2) == 1
+    assert waiting_lines(service) == [
+        "waiting for 1 request in flight (up to 30 s): Ctrl-C or SIGTERM to abandon it"
+    ], service.said
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
     assert errors and "answered with model 'other'" in lines[errors[0]], lines
-    assert lines.index(_waiting(service)[0]) < errors[0], lines
+    assert lines.index(waiting_lines(service)[0]) < errors[0], lines
 
 
 def test_a_run_stopped_by_a_failed_write_says_its_wait_without_again(service, tmp_path, monkeypatch, capsys):
     """No stop came: "Ctrl-C again" spoke of one."""
-    write = run_module._write
-
-    def full_disk(out, text: str) -> None:
-        if text.count("\n") == 2:  # the first chunk's rows, not the header
-            assert service.holding.wait(HELD_S)
-            raise run_module._OutputLost(OSError(errno.ENOSPC, "No space left on device"))
-        write(out, text)
-
-    monkeypatch.setattr(run_module, "_write", full_disk)
+    disk_full_at_the_first_rows(service, monkeypatch)
     out = tmp_path / "preds.csv"
-    assert _score(service, _photos(tmp_path), out, workers=1) == run_module.OUTPUT_LOST
-    assert _waiting(service) == ["waiting for 1 request in flight (up to 30 s): Ctrl-C or SIGTERM to abandon it"], (
-        service.said
-    )
+    assert score_url(service, _photos(tmp_path), out, workers=1) == run_module.OUTPUT_LOST
+    assert waiting_lines(service) == [
+        "waiting for 1 request in flight (up to 30 s): Ctrl-C or SIGTERM to abandon it"
+    ], service.said
     assert "error: cannot write" in capsys.readouterr().err

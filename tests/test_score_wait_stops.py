@@ -9,53 +9,27 @@ ignored. The service holds a request until the fixture ends (``HELD_S`` at most)
 
 from __future__ import annotations
 
-import errno
 import signal
 import threading
 from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from fakes import FakeService, base_url, serving
+from fakes import HoldingService, serving
 from service.score import remote
-from service.score import run as run_module
-from service.score.cli import main as score_main
-from service.score.remote import KEY_CHECK_NAME
 from test_score_run_loop import _photos, _rows
+from test_score_wait_lines import disk_full_at_the_first_rows, score_url, waiting_lines
 
 HELD_S = 10
 WAITING = "waiting for 1 request in flight (up to 30 s): Ctrl-C or SIGTERM to abandon it"
 
 
-class _Service(FakeService):
-    """Answers the request of the run's first chunk (0.png, 1.png) at once, and holds the others, setting
-    ``server.holding``; with ``server.fails``, the second chunk's (2.png) is answered once another is held, by
-    another model than the run's, which stops the run."""
-
-    def do_POST(self) -> None:
-        server = self.server
-        _, names = self.read_images()
-        if "2.png" in names and server.fails:  # type: ignore[attr-defined]
-            server.holding.wait(HELD_S)  # type: ignore[attr-defined]
-            top = [{"label": "alpha", "index": 0, "confidence": 0.9}]
-            self.answer(200, {"model": "other", "predictions": [{"filename": n, "top_k": top} for n in names]})
-            return
-        if names != [KEY_CHECK_NAME] and "0.png" not in names:
-            server.holding.set()  # type: ignore[attr-defined]
-            server.release.wait(HELD_S)  # type: ignore[attr-defined]
-        try:
-            self.classify(names)
-        except OSError:  # the scorer abandoned it
-            pass
-
-
 @pytest.fixture
 def service(monkeypatch) -> Iterator[ThreadingHTTPServer]:
     """The service; ``server.said``: the scorer's lines, as said."""
-    with serving(_Service, holding=threading.Event(), fails=False, said=[]) as server:
+    with serving(HoldingService, holding=threading.Event(), fails_on=None, held_s=HELD_S, said=[]) as server:
         say = remote._say
 
         def said(line: str) -> None:
@@ -91,15 +65,6 @@ def stop(request, monkeypatch) -> Iterator[signal.Signals]:
     assert sent, "the run never waited for its requests in flight"
 
 
-def _score(server: ThreadingHTTPServer, folder: Path, out: Path, workers: int) -> int:
-    args = [str(folder), "--url", base_url(server), "--out", str(out), "--batch-size", "2"]
-    return score_main([*args, "--workers", str(workers), "--timeout", "30", "--no-progress"])
-
-
-def _waiting(server: ThreadingHTTPServer) -> list[str]:
-    return [line for line in server.said if line.startswith("waiting for ")]  # type: ignore[attr-defined]
-
-
 def _stopped_by(signum: int) -> str:
     return "SIGTERM: " if signum == signal.SIGTERM else ""
 
@@ -113,10 +78,10 @@ def _interrupted(lines: list[str]) -> str:
 
 def test_a_stop_while_a_failed_run_waits_for_its_requests_ends_it_as_interrupted(service, stop, tmp_path, capsys):
     """The stop abandoned the requests, then was dropped: the run ended with status 1 and the failure's error."""
-    service.fails = True
+    service.fails_on = "2.png"  # the second chunk's request
     out = tmp_path / "preds.csv"
-    assert _score(service, _photos(tmp_path), out, workers=2) == 128 + stop
-    assert _waiting(service) == [WAITING], service.said
+    assert score_url(service, _photos(tmp_path), out, workers=2) == 128 + stop
+    assert waiting_lines(service) == [WAITING], service.said
     assert [row["path"] for row in _rows(out)] == ["0.png", "1.png"]
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
@@ -129,18 +94,10 @@ def test_a_stop_while_a_run_whose_write_failed_waits_for_its_requests_ends_it_as
     service, stop, tmp_path, monkeypatch, capsys
 ):
     """The stop abandoned the requests, then was dropped: the run ended with 74, as a failed write alone does."""
-    write = run_module._write
-
-    def full_disk(out, text: str) -> None:
-        if text.count("\n") == 2:  # the first chunk's rows, not the header
-            assert service.holding.wait(HELD_S)
-            raise run_module._OutputLost(OSError(errno.ENOSPC, "No space left on device"))
-        write(out, text)
-
-    monkeypatch.setattr(run_module, "_write", full_disk)
+    disk_full_at_the_first_rows(service, monkeypatch)
     out = tmp_path / "preds.csv"
-    assert _score(service, _photos(tmp_path), out, workers=1) == 128 + stop
-    assert _waiting(service) == [WAITING], service.said
+    assert score_url(service, _photos(tmp_path), out, workers=1) == 128 + stop
+    assert waiting_lines(service) == [WAITING], service.said
     assert _rows(out) == []
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert f"error: cannot write {out}: No space left on device" in lines, lines
