@@ -1141,6 +1141,32 @@ def test_url_mode_sizes_its_requests_to_the_limits_the_service_lists(tmp_path, m
             assert calls["too_large"] > 0, calls
 
 
+def test_url_mode_file_over_the_body_limit_is_a_row_about_the_file(tmp_path, monkeypatch):
+    """A file larger than the service takes in a request is an error row that says the file's size, not the
+    request's; where GET /models gave the limit it is not uploaded at all."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(_rgb(16, 16, 1)).save(folder / "small.png")
+    Image.fromarray(_rgb(256, 256, 2)).save(folder / "big.png")
+    big = (folder / "big.png").stat().st_size
+    limit = big // 2
+    real_client = httpx.Client
+    for says in (False, True):
+        handler, calls = _classify_handler(max_images=3, max_body=limit, says_limits=says)
+        transport = httpx.MockTransport(handler)
+        monkeypatch.setattr(httpx, "Client", lambda transport=transport, **kw: real_client(transport=transport, **kw))
+        out = tmp_path / f"big{says}.csv"
+        assert _score(folder, "--url", "http://scorer.test", "--out", out, "--no-progress") == 0
+        rows = {r["path"]: r for r in _csv_rows(out)}
+        assert rows["small.png"]["error"] == "" and rows["small.png"]["label_1"], rows
+        error = rows["big.png"]["error"]
+        assert error.startswith(f"file is {big} bytes, too large for the service"), error
+        if says:  # never sent
+            assert error.endswith(f"its requests are limited to {limit} bytes") and calls["too_large"] == 0, calls
+        else:  # sent (the pair, then it alone), refused, and the service's words kept
+            assert error.endswith("request body too large") and calls["too_large"] == 2, calls
+
+
 @pytest.mark.slow
 def test_url_mode_against_live_service(tree, tiny_models_dir, tmp_path):
     with running_service(tiny_models_dir, tmp_path / "serve.log") as url:

@@ -289,9 +289,16 @@ class RemoteBackend:
                 rows[i] = Row(e.rel, error=e.error)
                 continue
             try:
-                items.append((i, read_file(e.path)))
+                data = read_file(e.path)
             except OSError as exc:
                 rows[i] = Row(e.rel, error=read_error(exc))
+                continue
+            if self.max_body_bytes is not None and len(data) > self.max_body_bytes:
+                # not sent: its request could only be refused, after the whole upload (one a little under the limit is
+                # sent: the form's own bytes are only estimated here)
+                rows[i] = Row(e.rel, error=_over_the_body_limit(len(data), self.max_body_bytes))
+                continue
+            items.append((i, data))
         while items:
             size = self._request_size(items)
             self._send(chunk, items[:size], rows)
@@ -330,7 +337,10 @@ class RemoteBackend:
             raise RemoteError(f"the service at {self.url} rejected the request ({status}): {message}{hint}")
         if len(items) == 1:
             entry = chunk[items[0][0]]
-            rows[items[0][0]] = Row(entry.rel, error=_row_error(message))
+            error = _row_error(message)
+            if remedy == "fewer":  # the service's words are of the request; the row is of the file
+                error = f"file is {len(items[0][1])} bytes, too large for the service: {error}"
+            rows[items[0][0]] = Row(entry.rel, error=error)
         elif remedy == "fewer":
             half = (len(items) + 1) // 2
             self.per_request = min(self.per_request, half)
@@ -744,6 +754,10 @@ def _error_message(response) -> tuple[str | None, str]:
 # repr writes it (in single quotes, or double ones when the name holds a single quote), which need not be the name
 # sent: a client may percent-encode a quote in a multipart header. Then ": " or " is an " ("... is an empty file").
 _SERVICE_NAMING = re.compile(r"""images\[0\](?: \((?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\))?(?:: | is an )""")
+
+
+def _over_the_body_limit(size: int, limit: int) -> str:
+    return f"file is {size} bytes, too large for the service: its requests are limited to {limit} bytes"
 
 
 def _row_error(message: str) -> str:
