@@ -34,7 +34,7 @@ from .data import ImageArrays
 from .data.loader import TensorLoader
 from .data.mix import mixed_cross_entropy
 from .data.targets import DistilledTargets, PrunedTargets, Targets, hard_labels, part_of
-from .device import resolve_device
+from .device import numerics_of, resolve_device
 from .distill import distill_loss, load_or_compute, teacher_file
 from .ema import WeightEMA
 from .inference import autocast, cross_entropy, predict_logits, resolve_bf16, topk_accuracy
@@ -124,6 +124,9 @@ class Trainer:
         t = config.train
         if t.threads:
             torch.set_num_threads(t.threads)
+        # what the settings resolved to (auto's device, torch's own thread count): a resume compares them, not the
+        # settings, to tell whether the run goes on with the same arithmetic
+        self.numerics = numerics_of(self.device, t.threads)
         torch.manual_seed(t.seed + self.dist.rank)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -288,6 +291,7 @@ class Trainer:
             "rng_ranks": self.rng_states or [distributed.rng_state()],
             "config": self.config.model_dump(mode="json"),
             "meta": self.meta,
+            "numerics": self.numerics,
             "torch_version": str(torch.__version__),
         }
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from inference.files import write_text_atomic
@@ -36,7 +38,7 @@ from .config import (
     with_placement,
     yaml_problem,
 )
-from .device import resolve_device
+from .device import numerics_of, resolve_device
 from .engine import Trainer
 from .summary import finished_summary, left_to_train, patience_exhausted, write_progress
 
@@ -211,6 +213,36 @@ def _will_train(ckpt: dict[str, Any], started: Config, epochs: int | None, moved
     return left_to_train(started, ckpt)
 
 
+def _process_device(device: torch.device) -> torch.device:
+    """The device this process trains ``device``'s run on (``Trainer._set_up_processes``): under torchrun, a
+    process's GPU is that of its LOCAL_RANK, whatever index was named."""
+    if device.type == "cuda" and distributed.launched_processes() > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def _numerics_moved(ckpt: dict[str, Any], config: Config, moved: list[str], device: torch.device | None) -> list[str]:
+    """The ``NUMERICS_KEYS`` the run now computes with otherwise than until now, as ``key: before -> now``. Where
+    the checkpoint records what it ran on (``Trainer.state``), by those values: a setting changed to what it had
+    resolved to (auto -> cpu on the CPU it ran on) changes nothing, and one unchanged that resolves otherwise here
+    (auto on another machine) does. A checkpoint written before that record is judged by its settings alone; and
+    without ``device`` (a finished run's, none resolved: ``device`` did not move), by its threads alone."""
+    changed = {key: next((d for d in moved if d.startswith(f"{key}:")), None) for key in NUMERICS_KEYS}
+    recorded = ckpt.get("numerics")
+    if not isinstance(recorded, dict):
+        return [said for said in changed.values() if said]
+    now = numerics_of(device, config.train.threads)
+    moves = []
+    for key in NUMERICS_KEYS:
+        value = now.get(key)
+        if key not in now or recorded.get(key) == value:
+            continue
+        section, name = key.split(".")
+        setting = getattr(getattr(config, section), name)
+        moves.append(changed[key] or f"{key}: {recorded.get(key)} -> {value} ({setting or 'unset'} both times)")
+    return moves
+
+
 def _resume(
     out_dir: str | Path, epochs: int | None, expected: Config | None, placement: list[str] | None
 ) -> dict[str, Any]:
@@ -230,11 +262,12 @@ def _resume(
     # a device this machine lacks is refused before the run is said to continue here (the Trainer checks it only
     # after those lines): one named now, finished or not, and the one it started on where it will train; a
     # finished run's summary needs none, so a GPU run's is still read on a machine without one
+    device = None
     if any(d.startswith("train.device:") for d in moved) or _will_train(ckpt, started, epochs, moved):
-        resolve_device(config.train.device)
+        device = _process_device(resolve_device(config.train.device))
     if moved:
         log.info("the run continues elsewhere (started -> now): %s", "; ".join(moved))
-    numerics = [d for d in moved if d.startswith(NUMERICS_KEYS)]
+    numerics = _numerics_moved(ckpt, config, moved, device)
     if numerics:
         log.warning(
             "%s: other kernels or another order of floating-point sums from here on, so the run continues, but "
