@@ -225,21 +225,26 @@ def _numerics_moved(ckpt: dict[str, Any], config: Config, moved: list[str], devi
     """The ``NUMERICS_KEYS`` the run now computes with otherwise than until now, as ``key: before -> now``. Where
     the checkpoint records what it ran on (``Trainer.state``), by those values: a setting changed to what it had
     resolved to (auto -> cpu on the CPU it ran on) changes nothing, and one unchanged that resolves otherwise here
-    (auto on another machine) does. A checkpoint written before that record is judged by its settings alone; and
-    without ``device`` (a finished run's, none resolved: ``device`` did not move), by its threads alone."""
+    (auto on another machine) does. A checkpoint written before that record, or a key it lacks or holds no plain
+    value for, is judged by its settings alone; and so is a run without ``device`` (a finished run's summary, none
+    resolved): nothing trains, so what this machine would compute with tells nothing, as before the record."""
     changed = {key: next((d for d in moved if d.startswith(f"{key}:")), None) for key in NUMERICS_KEYS}
     recorded = ckpt.get("numerics")
-    if not isinstance(recorded, dict):
+    if not isinstance(recorded, dict) or device is None:
         return [said for said in changed.values() if said]
     now = numerics_of(device, config.train.threads)
-    moves = []
+    moves: list[str] = []
     for key in NUMERICS_KEYS:
-        value = now.get(key)
-        if key not in now or recorded.get(key) == value:
+        value = now[key]
+        before = recorded.get(key)
+        if type(before) not in (str, int):  # none recorded, or not as Trainer.state writes it
+            moves.extend(said for said in [changed[key]] if said)
+            continue
+        if before == value:
             continue
         section, name = key.split(".")
         setting = getattr(getattr(config, section), name)
-        moves.append(changed[key] or f"{key}: {recorded.get(key)} -> {value} ({setting or 'unset'} both times)")
+        moves.append(changed[key] or f"{key}: {before} -> {value} ({setting or 'unset'} both times)")
     return moves
 
 

@@ -293,9 +293,9 @@ class RemoteBackend:
             except OSError as exc:
                 rows[i] = Row(e.rel, error=read_error(exc))
                 continue
-            if self.max_body_bytes is not None and len(data) > self.max_body_bytes:
-                # not sent: its request could only be refused, after the whole upload (one a little under the limit is
-                # sent: the form's own bytes are only estimated here)
+            if self.max_body_bytes is not None and len(data) >= self.max_body_bytes:
+                # not sent: its request, the file and the form's own bytes, could only be refused, after the whole
+                # upload (one a little under the limit is sent: the form's bytes are only estimated here)
                 rows[i] = Row(e.rel, error=_over_the_body_limit(len(data), self.max_body_bytes))
                 continue
             items.append((i, data))
@@ -338,7 +338,7 @@ class RemoteBackend:
         if len(items) == 1:
             entry = chunk[items[0][0]]
             error = _row_error(message)
-            if remedy == "fewer":  # the service's words are of the request; the row is of the file
+            if status == 413 and remedy == "fewer":  # a body limit: the service's words are of the request
                 error = f"file is {len(items[0][1])} bytes, too large for the service: {error}"
             rows[items[0][0]] = Row(entry.rel, error=error)
         elif remedy == "fewer":
