@@ -463,7 +463,7 @@ def _conversion_command(argv: list[str]) -> int:
             print(parity.summary())
             print(calibration_summary(calibration))
             if not parity.passed:
-                print("FAILED: " + "; ".join(parity.failures), file=sys.stderr)
+                print(f"FAILED: {parity.verdict()}", file=sys.stderr)
                 return 1
             print("verified")
             return 0

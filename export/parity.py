@@ -35,6 +35,10 @@ class Parity:
     failures: list[str] = field(default_factory=list)
     # what the ONNX model was measured against: the checkpoint, or an FP32 graph standing in for it (rederive)
     reference: str = "PyTorch"
+    # the limits among the failures that a number of images measures (what, limit in points), for ``too_few_images``
+    failed_limits: list[tuple[str, float]] = field(default_factory=list)
+    # the whole validation split's images, of which ``samples`` were drawn (None: not known)
+    split_images: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -47,6 +51,7 @@ class Parity:
     def as_dict(self) -> dict:
         d = asdict(self)
         del d["reference"]  # the card says it: source.derived_from
+        del d["failed_limits"], d["split_images"]  # said when it fails, and a failure is never recorded
         d["accuracy_diff_points"] = self.accuracy_diff_points
         d["passed"] = self.passed
         return d
@@ -55,6 +60,37 @@ class Parity:
     def compared(self) -> bool:
         """Whether PyTorch ran beside ONNX Runtime; without the checkpoint only the recorded top-1 is compared."""
         return not math.isnan(self.top1_agreement)
+
+    def verdict(self) -> str:
+        """The failures, and on a line of its own what ``too_few_images`` says of them."""
+        note = self.too_few_images()
+        return "; ".join(self.failures) + (f"\n{note}" if note else "")
+
+    def too_few_images(self) -> str | None:
+        """What to say when one image of ``samples`` moves a figure by more than a limit it failed: on so few
+        images any one that differs fails that limit, so the verdict cannot tell a real difference from chance."""
+        if not self.samples:
+            return None
+        one = 100 / self.samples
+        coarse = [(what, limit) for what, limit in self.failed_limits if 0 < limit < one - 1e-9]
+        if not coarse:
+            return None
+        what, limit = min(coarse, key=lambda failed: failed[1])
+        # the fewest images of which one moves the figure by the limit at most, which then passes (judge)
+        needed = math.ceil(100 / limit - 1e-9)
+        said = (
+            f"on {counted(self.samples, 'image')} one image is {one:.2f} points, more than the {limit:g}-point {what}"
+        )
+        whole = self.split_images
+        if whole is not None and whole < needed:
+            return (
+                f"{said}: too few to judge, and the validation split holds only {counted(whole, 'image')}; judging "
+                f"this limit takes a split of at least {needed:,} (data.val_size)"
+            )
+        return (
+            f"{said}: too few to judge; check on at least {needed:,} images (--max-val-images {needed}, or the "
+            "whole split)"
+        )
 
     def summary(self) -> str:
         accuracy = (
@@ -109,7 +145,10 @@ def judge(
     torch_speed: float,
     onnx_speed: float,
     reference: str = "PyTorch",
+    split_images: int | None = None,
 ) -> Parity:
+    """``split_images``: how many images the validation split holds, of which ``labels`` are (the advice when
+    they are too few to judge by; see ``Parity.too_few_images``)."""
     onnx_top1 = topk_accuracy(onnx_probs, labels, 1)
     compared = torch_probs is not None
     if torch_probs is None:
@@ -128,6 +167,7 @@ def judge(
         torch_speed,
         onnx_speed,
         reference=reference,
+        split_images=split_images,
     )
     # A NaN or infinite output (an FP16 overflow, a diverged checkpoint) ranks its classes arbitrarily and
     # compares as no difference: counted on its own, since a few such images pass the agreement and accuracy limits.
@@ -151,9 +191,13 @@ def judge(
         parity.failures.append(
             f"accuracy differs by {parity.accuracy_diff_points:+.3f} points (tolerance {tolerance} for {precision})"
         )
+        parity.failed_limits.append((f"top-1 tolerance for {precision}", tolerance))
     needed = entry.min_agreement
     if needed is not None and compared and agreement < needed:
         parity.failures.append(f"top-1 agreement {100 * agreement:.2f}% is below {100 * needed:g}% for {precision}")
+        # one image that the two rank differently costs 100/N points of agreement
+        shortfall = round(100 * (1 - needed), 9)  # 100 * (1 - 0.98) is 2.0000000000000018
+        parity.failed_limits.append((f"agreement limit ({100 * needed:g}%) for {precision}", shortfall))
     most = entry.max_prob_diff
     if most is not None and compared and max_diff > most:
         parity.failures.append(f"a probability differs by {max_diff:.2e} (at most {most:g} for {precision})")
@@ -175,8 +219,10 @@ def parity_against(
     images: np.ndarray,
     labels: np.ndarray,
     batch_size: int = BATCH,
+    split_images: int | None = None,
 ) -> tuple[Parity, np.ndarray]:
-    """``parity_and_logits`` with the PyTorch logits already computed (float64, what the graph should output)."""
+    """``parity_and_logits`` with the PyTorch logits already computed (float64, what the graph should output);
+    ``split_images`` as ``judge`` takes it."""
     torch_probs = softmax(reference_logits)
     logits, onnx_speed = onnx_logits(classifier, images, batch_size)
     onnx_probs = softmax(logits)
@@ -188,6 +234,7 @@ def parity_against(
         topk_accuracy(torch_probs, labels, 1),
         torch_speed,
         onnx_speed,
+        split_images=split_images,
     )
     return parity, logits
 

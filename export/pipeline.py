@@ -317,7 +317,9 @@ def export_checkpoint(
             out = tmp / "model.onnx"
             convert_variant(fp32, out, card, source, calibration_count, activation_ranges)
             classifier = OnnxClassifier(out, device="cpu")
-            parity, graph_logits = parity_against(reference, torch_speed, classifier, val.images, val.labels)
+            parity, graph_logits = parity_against(
+                reference, torch_speed, classifier, val.images, val.labels, split_images=source["val_size"]
+            )
             publish(out, card, parity, graph_logits, val.labels, "")
             return record_entry(card, out, final, models_dir, make_default, default_for, replaces=replaces), parity
 
@@ -417,8 +419,7 @@ def publish(out: Path, card: ModelCard, parity: Parity, logits: np.ndarray, labe
     it into place)."""
     if not parity.passed:
         raise ParityError(
-            f"{card.name} ({card.precision}) failed verification{against}: {'; '.join(parity.failures)}\n"
-            f"{parity.summary()}"
+            f"{card.name} ({card.precision}) failed verification{against}: {parity.verdict()}\n{parity.summary()}"
         )
     card.metrics = {
         "val_top1": parity.onnx_top1,
@@ -671,7 +672,9 @@ def verify_model(
         reference, speed = ReferenceCache(reference_cache).logits(sha, tta, val.images, compute)
         # the recorded temperature, as the graph applies it after the averaging
         reference = reference / temperature
-        parity, logits = parity_against(reference, speed, classifier, val.images, val.labels)
+        parity, logits = parity_against(
+            reference, speed, classifier, val.images, val.labels, split_images=source["val_size"]
+        )
         return _against_card(parity, entry), _calibration_report(logits, val.labels, temperature)
     # Without the checkpoint (a fresh clone), compare with the reference's accuracy recorded at export time: a
     # graph derived from another (rederive) was measured against that graph, not against PyTorch.
@@ -695,7 +698,17 @@ def verify_model(
             f"{entry.name}: no checkpoint and no recorded {against} accuracy on the same "
             f"{counted(len(val), 'image')}{same}"
         )
-    parity = judge(entry.precision, None, softmax(logits), val.labels, torch_top1, float("nan"), speed, against)
+    parity = judge(
+        entry.precision,
+        None,
+        softmax(logits),
+        val.labels,
+        torch_top1,
+        float("nan"),
+        speed,
+        against,
+        split_images=source["val_size"],
+    )
     return _against_card(parity, entry), _calibration_report(logits, val.labels, temperature)
 
 

@@ -177,11 +177,12 @@ def recover_checkpoint(
     val = validation_split(source, max_val_images, entry.classes, moved=data_root is not None)
     with torch.no_grad():
         logits, speed = torch_logits(with_tta(model, tta), val.images)
-    parity, _ = parity_against(logits / entry.calibration.temperature, speed, graph, val.images, val.labels)
+    parity, _ = parity_against(
+        logits / entry.calibration.temperature, speed, graph, val.images, val.labels, split_images=source["val_size"]
+    )
     if not parity.passed:
         raise ParityError(
-            f"the network rebuilt from {entry.file} does not reproduce it: {'; '.join(parity.failures)}\n"
-            f"{parity.summary()}"
+            f"the network rebuilt from {entry.file} does not reproduce it: {parity.verdict()}\n{parity.summary()}"
         )
     save_model_checkpoint(meta, model, out)
     return meta, parity

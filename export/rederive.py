@@ -154,6 +154,7 @@ def rederive(
             ref_speed,
             speed,
             reference="FP32 graph",
+            split_images=source["val_size"],
         )
         publish(out, card, parity, logits, val.labels, f" against {ref.file}")
         return record_entry(card, out, final, models_dir, make_default, default_for, replaces=replaces), parity
