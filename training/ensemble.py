@@ -31,6 +31,7 @@ from .checkpoint import (
 from .inference import check_tta, network_of
 from .models import create_model
 from .models.ensemble import ENSEMBLE_ARCH, Ensemble, member_spec
+from .reports.samples import names_text
 
 # Meta entries every member must share: what the ensemble's split, classes and input are.
 SHARED_KEYS = ("classes", "num_classes", "dataset", "val_size", "split_seed", "input_size", "fit")
@@ -48,6 +49,17 @@ def same_root(a: str | None, b: str | None) -> bool:
 def _shared(meta: dict, key: str):
     # A run from before runs recorded their fit used the legacy one.
     return meta.get(key, LEGACY_FIT) if key == "fit" else meta.get(key)
+
+
+def _classes_differ(mine: list[str], name: str, theirs: list[str], first_name: str) -> str:
+    """What two members' class lists differ in: the names each has and the other lacks, or, with the same names,
+    their order (the joined network's outputs are the first member's, index by index)."""
+    only_mine, only_theirs = [c for c in mine if c not in theirs], [c for c in theirs if c not in mine]
+    if not only_mine and not only_theirs:
+        return f"the same names in another order ({names_text(mine, 5)} against {names_text(theirs, 5)})"
+    return (
+        f"only {name}: {names_text(only_mine, 5) or 'none'}; only {first_name}: {names_text(only_theirs, 5) or 'none'}"
+    )
 
 
 def check_compatible(metas: Sequence[dict], names: Sequence[str], fit_given: bool = False) -> None:
@@ -72,6 +84,9 @@ def check_compatible(metas: Sequence[dict], names: Sequence[str], fit_given: boo
                     if key == "fit"
                     else ""
                 )
+                if key == "classes":
+                    said = _classes_differ(mine, name, theirs, first_name)
+                    raise UsageError(f"{name} and {first_name} differ in classes: {said}")
                 raise UsageError(f"{name} and {first_name} differ in {key} ({mine!r} against {theirs!r}){hint}")
         # a run continued from a copy of its data elsewhere has members of two roots and one fingerprint
         fingerprint = meta.get("data_fingerprint")
