@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axis import Axis  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
 from inference.files import write_atomic  # noqa: E402
 
@@ -54,9 +56,11 @@ class CurveInfo:
         return f"{what} ({self.eval_weights} weights)" if self.eval_weights else what
 
     def lr_title(self) -> str:
-        # the history keeps the first parameter group's rate; Muon's filters follow the same schedule at muon_lr
-        group = "first parameter group; Muon's filters: muon_lr, same schedule" if self.optimizer == "muon" else ""
-        return f"learning rate (end of epoch{'; ' + group if group else ''})"
+        # the history keeps the first parameter group's rate; Muon's filters follow the same schedule at muon_lr.
+        # Two lines: one runs past its 5-inch panel into the accuracy panel's title.
+        if self.optimizer == "muon":
+            return "learning rate (end of epoch; first parameter group;\nMuon's filters: muon_lr, same schedule)"
+        return "learning rate (end of epoch)"
 
 
 def save_figure(fig, path: Path, tight: bool = False, no_glyphs: str = NO_GLYPHS, **savefig_kwargs: Any) -> None:
@@ -98,6 +102,25 @@ def _drawable_texts(fig) -> None:
             text.set_text(drawable(shown))
 
 
+_SUPERSCRIPT = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
+
+
+def _power_of_ten(value: float, _position: int | None = None) -> str:
+    exponent = round(math.log10(value)) if value > 0 else 0
+    if value > 0 and math.isclose(value, 10.0**exponent):
+        return "10" + str(exponent).translate(_SUPERSCRIPT)
+    return f"{value:g}"  # a range within one decade, which the log locator ticks linearly
+
+
+def plain_log_ticks(axis: Axis) -> None:
+    """Labels a log-scale axis' decades 10\u2070, 10\u00b9 ... in plain text (superscript characters) and its minor
+    ticks not at all. matplotlib's own labels are math text, which ``literal_text`` would draw as written
+    (``$\\mathdefault{10^{1}}$``), labels wide enough to push a figure's panels apart. Call it after
+    ``set_yscale("log")``, which sets the formatters anew."""
+    axis.set_major_formatter(FuncFormatter(_power_of_ten))
+    axis.set_minor_formatter(NullFormatter())
+
+
 _Plot = TypeVar("_Plot", bound=Callable)
 
 
@@ -105,7 +128,8 @@ def literal_text(plot: _Plot) -> _Plot:
     """Draws every text of the figure as written. matplotlib reads a text between two dollar signs as math: a class
     or run named ``$5 or $10`` would come out as an italic ``5 or``, and one named ``$\\foo$`` (no such symbol)
     stops the figure, and with it the report or the training run, with a ParseFatalException. The figure is made
-    and saved inside: tick labels are created as it is drawn."""
+    and saved inside: tick labels are created as it is drawn. matplotlib's log-axis labels are math text too: such an
+    axis takes ``plain_log_ticks``."""
 
     @functools.wraps(plot)
     def literal(*args, **kwargs):

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.textpath import TextToPath  # noqa: E402
 
-from ..plots import drawable, literal_text, save_figure  # noqa: E402
+from ..plots import drawable, literal_text, plain_log_ticks, save_figure  # noqa: E402
 
 MAX_CLASSES = 20
 DPI = 110
@@ -338,6 +338,7 @@ def plot_reliability(panels: Sequence[tuple[str, dict]], path: Path, subtitle: s
         filled = counts > 0
         counts_ax.bar(centres[filled], counts[filled], width=width, color="grey", edgecolor="black", linewidth=0.5)
         counts_ax.set_yscale("log")
+        plain_log_ticks(counts_ax.yaxis)
         counts_ax.set_ylim(0.7, max(10, counts.max()) * 2)
         counts_ax.set_ylabel("samples (log)")
         counts_ax.set_xlabel("top-1 confidence")

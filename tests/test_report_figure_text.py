@@ -1,0 +1,123 @@
+"""The figures' own text, read off the drawn figure objects: tick labels and titles as a reader sees them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training import plots
+from training.plots import CurveInfo
+from training.reports import figures
+
+HISTORY = [
+    {"epoch": e, "train_loss": 2 / e, "val_loss": 2.2 / e, "train_acc": 0.5, "val_top1": 0.5, "lr": 0.1 / e}
+    for e in (1, 2, 3)
+]
+
+
+def _drawn(monkeypatch, module, name: str) -> list:
+    """Swaps ``module.name`` (the figure's save) for one that lays the figure out and draws it as the save would,
+    still inside the plot's ``literal_text``, and keeps it."""
+    drawn: list = []
+
+    def draw(fig, path, tight: bool = False, **kwargs) -> None:
+        if tight:
+            fig.tight_layout()
+        fig.canvas.draw()
+        drawn.append(fig)
+
+    monkeypatch.setattr(module, name, draw)
+    return drawn
+
+
+def test_the_reliability_sample_counts_are_ticked_in_plain_powers_of_ten(tmp_path, monkeypatch):
+    """Math text is off in the report figures (class names with dollar signs are drawn as written), and the log
+    axis' labels are math text: they read ``$\\mathdefault{10^{1}}$`` and, that wide, pushed the panels apart."""
+    drawn = _drawn(monkeypatch, figures, "_save")
+    edges = np.linspace(0, 1, 16)
+    counts = [0, 0, 0, 2, 5, 9, 14, 30, 40, 60, 80, 120, 300, 900, 8000]
+    bins = {
+        "edges": edges.tolist(),
+        "count": counts,
+        "accuracy": np.clip(edges[:-1] + 0.03, 0, 1).tolist(),
+        "confidence": (edges[:-1] + 1 / 30).tolist(),
+    }
+    figures.plot_reliability([("before ($5 class)", bins), ("after", bins)], tmp_path / "r.png")
+    (fig,) = drawn
+    counts_axes = [ax for ax in fig.axes if ax.get_ylabel() == "samples (log)"]
+    assert len(counts_axes) == 2
+    for ax in counts_axes:
+        shown = [label.get_text() for label in ax.get_yticklabels() if label.get_text()]
+        assert shown and not [text for text in shown if "$" in text or "mathdefault" in text], shown
+        low, high = ax.get_ylim()
+        in_view = [label.get_text() for label in ax.get_yticklabels() if low <= label.get_position()[1] <= high]
+        assert in_view == ["10\u2070", "10\u00b2", "10\u2074"], in_view
+        assert not [label.get_text() for label in ax.get_yticklabels(minor=True) if label.get_text()]
+    # the user's text is still drawn as written
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["before ($5 class)", "after"]
+
+
+def test_a_small_splits_sample_counts_are_plain_text_too(tmp_path, monkeypatch):
+    drawn = _drawn(monkeypatch, figures, "_save")
+    edges = np.linspace(0, 1, 11)
+    bins = {"edges": edges.tolist(), "count": [0] * 5 + [1, 2, 3, 0, 4], "accuracy": [0.5] * 10}
+    bins["confidence"] = (edges[:-1] + 0.05).tolist()
+    figures.plot_reliability([("tiny", bins)], tmp_path / "r.png")
+    (ax,) = [ax for ax in drawn[0].axes if ax.get_ylabel() == "samples (log)"]
+    shown = [label.get_text() for label in ax.get_yticklabels() + ax.get_yticklabels(minor=True)]
+    assert {"10\u2070", "10\u00b9"} <= set(shown) and not [text for text in shown if "$" in text], shown
+
+
+def _titles_fit(fig) -> list[str]:
+    """The titles that run past their panel's sides (which is where they ran into the next one's)."""
+    renderer = fig.canvas.get_renderer()
+    over = []
+    for ax in fig.axes:
+        box, title = ax.get_window_extent(renderer), ax.title
+        if title.get_text():
+            extent = title.get_window_extent(renderer)
+            if extent.x0 < box.x0 - 1 or extent.x1 > box.x1 + 1:
+                over.append(title.get_text())
+    return over
+
+
+@pytest.mark.parametrize("optimizer", ["muon", "sgd", None])
+def test_the_curves_titles_fit_their_panels(tmp_path, monkeypatch, optimizer):
+    """A Muon run's learning-rate title, one line of 80 characters, ran past its 5-inch panel and the figure's edge
+    ("... Muon's filters: muon_lr, sam") and into the accuracy panel's title."""
+    drawn = _drawn(monkeypatch, plots, "save_figure")
+    plots.plot_training_curves(HISTORY, tmp_path / "curves.png", CurveInfo(0.1, "EMA", optimizer), "resnet9 · run a")
+    (fig,) = drawn
+    assert _titles_fit(fig) == []
+    assert "muon_lr" in fig.axes[2].get_title() if optimizer == "muon" else "Muon" not in fig.axes[2].get_title()
+    figure_box = fig.bbox
+    assert all(figure_box.x0 <= ax.title.get_window_extent().x0 for ax in fig.axes)
+    assert all(ax.title.get_window_extent().x1 <= figure_box.x1 for ax in fig.axes)
+
+
+def test_the_compared_curves_titles_fit_their_panels(tmp_path, monkeypatch):
+    drawn = _drawn(monkeypatch, plots, "save_figure")
+    infos = {"A muon": CurveInfo(0.1, "EMA", "muon"), "B sgd": CurveInfo(0.0, None, "sgd")}
+    plots.plot_compared_curves({"A muon": HISTORY, "B sgd": HISTORY}, tmp_path / "compared.png", infos)
+    assert _titles_fit(drawn[0]) == []
+
+
+def test_no_figure_draws_math_text_markup(tmp_path, monkeypatch):
+    """Every figure drawn with math text off: none of its texts (ticks included) is matplotlib's math markup."""
+    from matplotlib.text import Text
+
+    drawn = _drawn(monkeypatch, figures, "_save")
+    drawn_curves = _drawn(monkeypatch, plots, "save_figure")
+    classes = ["cat", "dog", "$5 bird"]
+    figures.plot_confusion_matrix(np.eye(3) * 5 + 1, classes, tmp_path / "cm.png")
+    figures.plot_per_class_accuracy([0.9, 0.5, None], classes, tmp_path / "acc.png")
+    images = np.zeros((4, 8, 8, 3))
+    figures.plot_misclassified(
+        images, np.array([0, 1, 2, 0]), np.array([1, 1, 0, 2]), np.array([0.9, 0.8, 0.7, 0.6]), classes, tmp_path / "m"
+    )
+    figures.plot_gradcam(images, np.zeros((4, 8, 8)), ["a", "b", "c", "d"], [True] * 4, tmp_path / "g.png")
+    plots.plot_training_curves(HISTORY, tmp_path / "curves.png", CurveInfo(0.0, None, "muon"))
+    assert len(drawn) == 4 and len(drawn_curves) == 1
+    for fig in drawn + drawn_curves:
+        texts = [text.get_text() for text in fig.findobj(Text)]
+        assert not [text for text in texts if "mathdefault" in text], texts
