@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -217,3 +218,21 @@ def test_a_val_split_other_than_the_one_the_run_held_out_is_said_to_be_one(tiny_
     assert (
         "some of them may have been trained on, so the figures may be optimistic" in (other / "report.md").read_text()
     )
+
+
+def test_a_models_recorded_data_that_is_gone_is_refused_with_the_data_option(tmp_path):
+    """A run's folder moved since it trained: the refusal names --data, which reads it where it lies now; a
+    folder the user named with --data that is missing is refused without it."""
+    from types import SimpleNamespace
+
+    from training.data import DatasetError
+    from training.reports.samples import resolve_data
+
+    gone = str(tmp_path / "pets")
+    source: Any = SimpleNamespace(data_defaults={"dataset": "folder", "root": gone}, image_size=32)
+    with pytest.raises(DatasetError) as recorded:
+        resolve_data(source, split="all").load()
+    assert str(recorded.value).endswith("(the model's recorded data: pass --data ROOT where it lies now)")
+    with pytest.raises(DatasetError) as given:
+        resolve_data(source, root=gone, split="all").load()
+    assert "does not exist" in str(given.value) and "--data" not in str(given.value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,8 @@ class DataSpec:
     image_size: int = 32
     cache_dir: str | None = DEFAULT_CACHE_DIR
     fit: str = DEFAULT_FIT  # how a folder's images of another shape are fitted (inference.fits)
+    # the root is the one the model records (no --data given): where it is gone, the data may have moved
+    recorded_root: bool = False
 
     def load(self) -> ImageArrays:
         if self.split not in SPLITS:
@@ -59,6 +62,10 @@ class DataSpec:
                 f"{self.val_size} (the model's own held-out size, or --val-size): to score every image of this data "
                 "pass --split all, or a smaller --val-size"
             ) from None
+        except DatasetError as exc:
+            if self.recorded_root and not os.path.exists(self.root):
+                raise DatasetError(f"{exc} (the model's recorded data: pass --data ROOT where it lies now)") from None
+            raise
 
     def describe(self) -> str:
         extra = f", {self.val_size} held out with seed {self.split_seed}" if self.split in ("train", "val") else ""
@@ -94,6 +101,7 @@ def resolve_data(
         image_size=source.image_size if source else int(known.get("image_size", 32)),
         cache_dir=known.get("cache_dir", DEFAULT_CACHE_DIR),
         fit=known.get("fit", DEFAULT_FIT),
+        recorded_root=root is None,
     )
 
 
