@@ -251,12 +251,12 @@ def test_a_temperature_pushed_to_its_upper_bound_is_explained_as_logits_no_bette
     predicted = (labels + np.repeat([0, 1, 2, 0, 1, 2], 3)) % 3  # one in three right, each by the same margin
     logits = 2 * np.eye(3)[predicted]
     # a checkpoint scored on its validation split: what temperature_for reads of its model, data and split
-    source: Any = SimpleNamespace(kind="checkpoint", info={})
+    source: Any = SimpleNamespace(kind="checkpoint", info={}, data_defaults={})
     spec: Any = SimpleNamespace(split="val")
     data: Any = SimpleNamespace(labels=labels)
     fitted = temperature_for(source, spec, data, logits, "none", 32)
-    assert fitted is not None
-    _, t, origin = fitted
+    assert not isinstance(fitted, str), fitted
+    t, origin = fitted.temperature, fitted.origin
     assert t > 90
     assert "no better than a uniform guess" in origin and "top of its range (100)" in origin, origin
     assert "every one right" not in origin and "wide margins" not in origin, origin
@@ -1056,7 +1056,7 @@ def test_a_folder_of_some_of_the_models_classes_is_scored_by_class_name(tiny_run
     metrics = json.loads((out / "metrics.json").read_text())
     alpha = metrics["per_class"][0]
     assert alpha["class"] == "alpha" and alpha["accuracy"] is None  # no images of it here
-    # T is fitted on the folder's own validation split, its labels in the model's order too.
+    # T is fitted on the run's own validation split, whatever folder is scored, its labels in the model's order too.
     assert "in-sample for those" in metrics["calibration"]["temperature_origin"]
     val_only = tmp_path / "own-val"
     assert main(["evaluate", "--checkpoint", str(tiny_run), "--data", str(own), "--out", str(val_only)]) == 0
@@ -1081,8 +1081,13 @@ def test_a_folder_of_some_of_the_models_classes_is_scored_by_class_name(tiny_run
             + ["--out", str(tmp_path / "r3"), "--device", "cpu"]
         )
         == 0
-    )  # no calibration section, not an error
-    assert "No calibration section" in (tmp_path / "r3" / "report.md").read_text()
+    )
+    # a folder smaller than the run's held-out size is calibrated with the run's own split's temperature
+    small_metrics = json.loads((tmp_path / "r3" / "metrics.json").read_text())
+    assert small_metrics["calibration"]["temperature"] == pytest.approx(
+        val_metrics["calibration"]["temperature"], rel=1e-4
+    )
+    assert "No calibration section" not in (tmp_path / "r3" / "report.md").read_text()
 
 
 # -- user errors ------------------------------------------------------------------------------------

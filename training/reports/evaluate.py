@@ -29,8 +29,8 @@ from . import figures
 from .gradcam import NoSpatialMap
 from .gradcam_figure import GRADCAM_PER_GROUP, render_gradcam
 from .metrics import compute_metrics, softmax
-from .predictions import HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, graph_temperature, save_predictions
-from .report_calibration import calibration_section, its_own_split, temperature_for
+from .predictions import HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, save_predictions
+from .report_calibration import calibration_section, temperature_for
 from .report_folder import check_not_anothers, check_report_out, check_writable, default_out_dir, report_folder
 from .report_text import confidence_note, figure_subtitle, model_label, write_report_md
 from .samples import (
@@ -180,13 +180,12 @@ def _write_report(
     (out_dir / METRICS_FILE).unlink(missing_ok=True)
     (out_dir / "report.md").unlink(missing_ok=True)  # nor a person read the earlier report beside them
     save_predictions(out_dir / PREDICTIONS_FILE, logits, data.labels, classes, fingerprint, by_name)
-    if scaling is None:
-        notes.append(
-            "No calibration section: no validation split to fit a temperature on (the run held out none, or "
-            "this data is smaller than the images it holds out)."
-        )
+    if isinstance(scaling, str):
+        notes.append(scaling)
     else:
-        metrics["calibration"] = calibration_section(scaling[0], data.labels, scaling[1], scaling[2])
+        metrics["calibration"] = calibration_section(
+            scaling.raw_logits, data.labels, scaling.temperature, scaling.origin
+        )
 
     probs = softmax(logits)
     preds, confidence = logits.argmax(1), probs.max(1)
@@ -232,7 +231,7 @@ def _write_report(
                     (f"uncalibrated (T = 1): ECE {cal['before']['ece']:.4f}", cal["reliability"]["before"]),
                     (
                         f"temperature-scaled (T = {cal['temperature']:.3f}): ECE {cal['after']['ece']:.4f}"
-                        + _fitted_on_these(source, spec),
+                        + (scaling.figure_note if not isinstance(scaling, str) else ""),
                         cal["reliability"]["after"],
                     ),
                 ],
@@ -278,16 +277,3 @@ def _write_report(
     write_report_md(out_dir / "report.md", metrics, files, notes)
     metrics["out_dir"] = str(out_dir)
     return metrics
-
-
-def _fitted_on_these(source: ModelSource, spec: DataSpec) -> str:
-    """The reliability figure's word on where its T was fitted, where that is among the images it shows: T fitted
-    on them flatters the after panel, and the figure is often shared without the report that says so. A calibrated
-    graph's T was fitted at export on its own validation split, which these images are only if they are that
-    split (as ``temperature_for`` tells it); any other T is fitted here on the validation split of these data."""
-    recorded = graph_temperature({"kind": source.kind, "calibration": source.info.get("calibration")}) is not None
-    if recorded and not its_own_split(source, spec):
-        return ""
-    return {"val": "\nT fitted on these images: in-sample", "all": "\nT fitted on the val part of these"}.get(
-        spec.split, ""
-    )

@@ -1,12 +1,15 @@
 """A report's calibration section: the temperature it measures (the one a calibrated ONNX graph records, else one
-fitted on the model's validation split) and calibration before and after dividing the logits by it.
+fitted on the run's own validation split, whatever data is scored) and calibration before and after dividing the
+logits by it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,20 +28,33 @@ from .metrics import reliability_bins, softmax
 from .samples import DataSpec, match_classes
 from .sources import ModelSource, check_finite
 
+log = logging.getLogger("training.reports")
+
+
+class Scaling(NamedTuple):
+    """A report's temperature: the logits without it, T, where T comes from (the report's words), and the
+    reliability figure's word on where T was fitted where that is among the images it shows ("" where not)."""
+
+    raw_logits: np.ndarray
+    temperature: float
+    origin: str
+    figure_note: str
+
 
 def temperature_for(
     source: ModelSource, spec: DataSpec, data: ImageArrays, logits: np.ndarray, tta: str, batch_size: int
-) -> tuple[np.ndarray, float, str] | None:
-    """(logits without temperature, T, where T comes from) for the before/after calibration section.
+) -> Scaling | str:
+    """The temperature of the before/after calibration section, or why there is none (a sentence).
 
     An ONNX model that divides by a temperature inside its graph has it recorded in its card; for
-    anything else T is fitted on the validation split (never on training images), predicted again
-    when the report is of another split. None when there is no validation split to fit on.
+    anything else T is fitted on the run's own validation split (never on training images, nor on the
+    "validation split" of other data given with --data), predicted again when the report is of other images.
     """
     calibration = source.info.get("calibration") or {}
     if source.kind == "onnx" and calibration.get("method") == "temperature":
         t = float(calibration["temperature"])
-        if spec.split == "val" and its_own_split(source, spec):
+        own = its_own_split(source, spec)
+        if spec.split == "val" and own:
             fitted = (
                 "recorded in the model (fitted at export on these validation images, so the after row is in-sample; "
                 "divided inside its graph)"
@@ -50,28 +66,113 @@ def temperature_for(
             )
         else:
             fitted = "recorded in the model (fitted at export on the validation split, divided inside its graph)"
-        return undo_temperature(logits, t), t, fitted  # as export verify and the card undo it
-    if spec.split == "val":
-        fit_logits, fit_labels = logits, data.labels
-    else:
-        try:
-            val = replace(spec, split="val").load() if spec.val_size else None
-        except DatasetError:  # data of the user's own, too small for the model's held-out size
-            val = None
-        if val is None or len(val) == 0:
-            return None
-        val, _ = match_classes(source, val, spec)  # labels in the model's order, as the scored data's
-        fit_logits, _ = source.predict(val, tta, batch_size)
-        check_finite(source, fit_logits, "validation images, which the temperature is fitted on")
-        fit_labels = val.labels
-    where = (
-        "these validation images, so the after row is in-sample, as at export"
-        if spec.split == "val"
-        else f"the validation split ({counted(len(fit_labels), 'image')}"
-        + (", which are among the images scored here: in-sample for those)" if spec.split == "all" else ")")
+        note = {"val": IN_SAMPLE, "all": VAL_PART}.get(spec.split, "") if own else ""
+        return Scaling(undo_temperature(logits, t), t, fitted, note)  # as export verify and the card undo it
+    if spec.split == "val" and _scores_the_held_out(source, spec, data):
+        t = fit_temperature(logits, data.labels)
+        where = "these validation images, so the after row is in-sample, as at export"
+        return Scaling(logits, t, f"fitted here on {where}{fit_caveat(logits, data.labels, t)}", IN_SAMPLE)
+    found = run_validation(source, spec)
+    if isinstance(found, str):
+        return found
+    read, val, caveat = found
+    shared = _shared_images(val, data)
+    val, _ = match_classes(source, val, read)  # labels in the model's order, as the scored data's
+    fit_logits, _ = source.predict(val, tta, batch_size)
+    check_finite(source, fit_logits, "the run's validation images, which the temperature is fitted on")
+    t = fit_temperature(fit_logits, val.labels)
+    moved = "" if _same_root(read.root, source.data_defaults.get("root")) else f", read from {read.root}"
+    among = ""
+    if shared == len(val):
+        among = ", which are among the images scored here: in-sample for those"
+    elif shared:
+        among = f", {shared} of which are among the images scored here: in-sample for those"
+    where = f"the run's validation split ({counted(len(val), 'image')}{moved}{caveat}{among})"
+    note = ""
+    if shared and shared == len(data):
+        note = IN_SAMPLE
+    elif shared == len(val):
+        note = VAL_PART
+    elif shared:
+        note = f"\nT fitted on {counted(shared, 'image')} of these: in-sample"
+    return Scaling(logits, t, f"fitted here on {where}{fit_caveat(fit_logits, val.labels, t)}", note)
+
+
+# The reliability figure's word on a T fitted on (some of) the images it shows: it flatters the after panel, and
+# the figure is often shared without the report that says so.
+IN_SAMPLE, VAL_PART = "\nT fitted on these images: in-sample", "\nT fitted on the val part of these"
+
+
+def _scores_the_held_out(source: ModelSource, spec: DataSpec, data: ImageArrays) -> bool:
+    """Whether the validation split scored is the run's own: its own data and split (a changed one is warned of
+    by evaluate), or the very images it recorded holding out, wherever they are read from now (moved data)."""
+    held_out = source.info.get("val_fingerprint")
+    return its_own_split(source, spec) or (bool(held_out) and data.fingerprint() == held_out)
+
+
+def run_validation(source: ModelSource, spec: DataSpec) -> tuple[DataSpec, ImageArrays, str] | str:
+    """The run's own validation split, the only images a temperature is fitted on, whatever data is scored: where
+    it was read (the run's data root, else --data where that holds the very images the run recorded holding out:
+    its data, moved), the images, and a caveat where they are not the ones it recorded ("" where they are, or it
+    recorded none). Where it cannot be read, why (a sentence for the report, also warned of)."""
+    own = source.data_defaults or {}
+    if not own.get("root") or not own.get("dataset"):
+        return (
+            "No calibration section: the model does not record its data, so not its validation split, the only "
+            "images a temperature is fitted on."
+        )
+    keys = {k: own[k] for k in ("dataset", "val_size", "split_seed", "fit") if own.get(k) is not None}
+    home = replace(spec, split="val", root=str(own["root"]), **keys)
+    if home.val_size == 0:
+        return (
+            "No calibration section: the run held out no validation images (data.val_size=0), the only images a "
+            "temperature is fitted on."
+        )
+    held_out = source.info.get("val_fingerprint")
+    read, error = _read(home)
+    if read is not None and (not held_out or read.fingerprint() == held_out):
+        return home, read, ""
+    moved = replace(home, root=spec.root, dataset=spec.dataset)
+    if held_out and not _same_root(spec.root, home.root):
+        elsewhere, _ = _read(moved)
+        if elsewhere is not None and elsewhere.fingerprint() == held_out:
+            return moved, elsewhere, ""
+    if read is not None:  # its data, changed since it trained (or decoded by another Pillow): still the nearest
+        return (
+            home,
+            read,
+            (
+                ", not the very images it recorded holding out: its data changed since, or another Pillow decodes "
+                "them, so some may have been trained on"
+            ),
+        )
+    said = (
+        f"the run's own validation split ({home.dataset} {home.root}, {home.val_size} held out with seed "
+        f"{home.split_seed}), the only images a temperature is fitted on, cannot be read now ({error})"
     )
-    t = fit_temperature(fit_logits, fit_labels)
-    return logits, t, f"fitted here on {where}{fit_caveat(fit_logits, fit_labels, t)}"
+    log.warning("no calibration section: %s; evaluate with --data where its data is now for one", said)
+    return f"No calibration section: {said} (evaluate with --data where its data is now for one)."
+
+
+def _read(spec: DataSpec) -> tuple[ImageArrays | None, str]:
+    """``spec``'s images, or None and why they cannot be read (moved, absent, or too small a folder) or "" where
+    the split is empty."""
+    try:
+        images = spec.load()
+    except DatasetError as exc:
+        return None, str(exc)
+    return (images, "") if len(images) else (None, "it holds no image")
+
+
+def _same_root(a: str | None, b: object) -> bool:
+    return a is not None and b is not None and os.path.realpath(str(a)) == os.path.realpath(str(b))
+
+
+def _shared_images(fitted: ImageArrays, scored: ImageArrays) -> int:
+    """How many of the images a temperature is fitted on are among those scored, byte for byte: T flatters the
+    after row on those, in-sample."""
+    digests = {hashlib.sha256(np.ascontiguousarray(image).tobytes()).digest() for image in scored.images}
+    return sum(hashlib.sha256(np.ascontiguousarray(image).tobytes()).digest() in digests for image in fitted.images)
 
 
 def fit_caveat(logits: np.ndarray, labels: np.ndarray, temperature: float) -> str:
