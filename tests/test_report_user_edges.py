@@ -232,7 +232,9 @@ def test_a_models_recorded_data_that_is_gone_is_refused_with_the_data_option(tmp
     source: Any = SimpleNamespace(data_defaults={"dataset": "folder", "root": gone}, image_size=32)
     with pytest.raises(DatasetError) as recorded:
         resolve_data(source, split="all").load()
-    assert str(recorded.value).endswith("(the model's recorded data: pass --data ROOT where it lies now)")
+    assert str(recorded.value).endswith("(the recorded data folder: pass --data ROOT where it lies now)")
+    # where the root came from is not part of the split a report records (its JSON, the pairing of two reports)
+    assert resolve_data(source, split="all").record() == resolve_data(source, root=gone, split="all").record()
     with pytest.raises(DatasetError) as given:
         resolve_data(source, root=gone, split="all").load()
     assert "does not exist" in str(given.value) and "--data" not in str(given.value)

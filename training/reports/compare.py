@@ -135,7 +135,7 @@ def _model_side(
         logits.argmax(1),
         source.classes,
         fingerprint,
-        {**asdict(spec), "fingerprint": fingerprint, "fingerprint_by_name": by_name},
+        {**spec.record(), "fingerprint": fingerprint, "fingerprint_by_name": by_name},
         tta,
         source.history,
         CurveInfo(**source.info.get("curves", {})),

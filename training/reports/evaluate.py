@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import platform
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -164,7 +163,7 @@ def _write_report(
     by_name = fingerprint_by_name(data, classes)
     metrics = {
         "source": {"kind": source.kind, "path": str(source.path), "arch": source.arch, **source.info},
-        "data": {**asdict(spec), "fingerprint": fingerprint, "fingerprint_by_name": by_name},
+        "data": {**spec.record(), "fingerprint": fingerprint, "fingerprint_by_name": by_name},
         "data_description": spec.describe(),
         "tta": tta,
         "device": str(source.device) if source.kind == "checkpoint" else ",".join(source.info["providers"]),

@@ -150,6 +150,12 @@ def run_validation(source: ModelSource, spec: DataSpec) -> tuple[DataSpec, Image
         f"the run's own validation split ({home.dataset} {home.root}, {home.val_size} held out with seed "
         f"{home.split_seed}), the only images a temperature is fitted on, cannot be read now ({error})"
     )
+    # --data naming where its data is now cannot be advised to a model that records no fingerprint to know its
+    # images by there: the user may have done just that
+    if not held_out and not _same_root(spec.root, home.root):
+        said += f", and the model records no fingerprint of those images to know them by in {spec.root}"
+        log.warning("no calibration section: %s", said)
+        return f"No calibration section: {said}."
     log.warning("no calibration section: %s; evaluate with --data where its data is now for one", said)
     return f"No calibration section: {said} (evaluate with --data where its data is now for one)."
 

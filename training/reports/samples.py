@@ -8,7 +8,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -64,8 +64,14 @@ class DataSpec:
             ) from None
         except DatasetError as exc:
             if self.recorded_root and not os.path.exists(self.root):
-                raise DatasetError(f"{exc} (the model's recorded data: pass --data ROOT where it lies now)") from None
+                raise DatasetError(f"{exc} (the recorded data folder: pass --data ROOT where it lies now)") from None
             raise
+
+    def record(self) -> dict[str, Any]:
+        """The split as a report's JSON keeps it: what reloads it (not where its root came from)."""
+        kept = asdict(self)
+        del kept["recorded_root"]
+        return kept
 
     def describe(self) -> str:
         extra = f", {self.val_size} held out with seed {self.split_seed}" if self.split in ("train", "val") else ""
