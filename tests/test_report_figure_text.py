@@ -15,6 +15,13 @@ HISTORY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _closed_figures():
+    """The kept figures are closed after each test, as the real save closes its own: pyplot holds them otherwise."""
+    yield
+    plots.plt.close("all")
+
+
 def _drawn(monkeypatch, module, name: str) -> list:
     """Swaps ``module.name`` (the figure's save) for one that lays the figure out and draws it as the save would,
     still inside the plot's ``literal_text``, and keeps it."""
