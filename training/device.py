@@ -24,13 +24,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def numerics_of(device: torch.device | None, threads: int | None) -> dict[str, str | int]:
+def numerics_of(device: torch.device, threads: int | None) -> dict[str, str | int]:
     """What a run on ``device`` with ``train.threads`` ``threads`` computes with, keyed as ``NUMERICS_KEYS`` name
     the settings: the device with its index (``cuda`` stands for the current GPU) and the threads torch runs (its
-    own count where the setting leaves it). Plain str and int, as a checkpoint read with weights_only holds them.
-    Without ``device`` (none resolved), the threads alone."""
-    used: dict[str, str | int] = {"train.threads": threads or torch.get_num_threads()}
-    if device is not None:
-        index = torch.cuda.current_device() if device.type == "cuda" and device.index is None else device.index
-        used["train.device"] = device.type if index is None else f"{device.type}:{index}"
-    return used
+    own count where the setting leaves it). Plain str and int, as a checkpoint read with weights_only holds them."""
+    index = torch.cuda.current_device() if device.type == "cuda" and device.index is None else device.index
+    return {
+        "train.threads": threads or torch.get_num_threads(),
+        "train.device": device.type if index is None else f"{device.type}:{index}",
+    }

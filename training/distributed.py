@@ -136,6 +136,14 @@ def _bars_off() -> Iterator[None]:
         tqdm.__init__ = constructor
 
 
+def process_device(device: torch.device) -> torch.device:
+    """The device this process trains on: under torchrun each process takes the GPU of its LOCAL_RANK, whatever
+    index was named."""
+    if device.type == "cuda" and launched_processes() > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
 def setup(device_type: str) -> DistInfo:
     world_size = launched_processes()
     if world_size <= 1:

@@ -119,8 +119,7 @@ class Trainer:
                 "train.prune_ratio works in one process only: "
                 + ("resume it in one process" if resumed else "set it to 0 to train on several")
             )
-        if self.device.type == "cuda" and self.dist.enabled:
-            self.device = torch.device("cuda", self.dist.local_rank)
+        self.device = distributed.process_device(self.device)
         t = config.train
         if t.threads:
             torch.set_num_threads(t.threads)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -213,14 +212,6 @@ def _will_train(ckpt: dict[str, Any], started: Config, epochs: int | None, moved
     return left_to_train(started, ckpt)
 
 
-def _process_device(device: torch.device) -> torch.device:
-    """The device this process trains ``device``'s run on (``Trainer._set_up_processes``): under torchrun, a
-    process's GPU is that of its LOCAL_RANK, whatever index was named."""
-    if device.type == "cuda" and distributed.launched_processes() > 1:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device
-
-
 def _numerics_moved(ckpt: dict[str, Any], config: Config, moved: list[str], device: torch.device | None) -> list[str]:
     """The ``NUMERICS_KEYS`` the run now computes with otherwise than until now, as ``key: before -> now``. Where
     the checkpoint records what it ran on (``Trainer.state``), by those values: a setting changed to what it had
@@ -269,7 +260,7 @@ def _resume(
     # finished run's summary needs none, so a GPU run's is still read on a machine without one
     device = None
     if any(d.startswith("train.device:") for d in moved) or _will_train(ckpt, started, epochs, moved):
-        device = _process_device(resolve_device(config.train.device))
+        device = distributed.process_device(resolve_device(config.train.device))
     if moved:
         log.info("the run continues elsewhere (started -> now): %s", "; ".join(moved))
     numerics = _numerics_moved(ckpt, config, moved, device)

@@ -81,13 +81,12 @@ def temperature_for(
     fit_logits, _ = source.predict(val, tta, batch_size)
     check_finite(source, fit_logits, "the run's validation images, which the temperature is fitted on")
     t = fit_temperature(fit_logits, val.labels)
-    moved = "" if _same_root(read.root, source.data_defaults.get("root")) else f", read from {read.root}"
     among = ""
     if shared == len(val):
         among = ", which are among the images scored here: in-sample for those"
     elif shared:
         among = f", {shared} of which are among the images scored here: in-sample for those"
-    where = f"the run's validation split ({counted(len(val), 'image')}{moved}{caveat}{among})"
+    where = f"the run's validation split ({counted(len(val), 'image')}{caveat}{among})"
     note = ""
     if shared and shared == len(data):
         note = IN_SAMPLE
@@ -113,8 +112,9 @@ def _scores_the_held_out(source: ModelSource, spec: DataSpec, data: ImageArrays)
 def run_validation(source: ModelSource, spec: DataSpec) -> tuple[DataSpec, ImageArrays, str] | str:
     """The run's own validation split, the only images a temperature is fitted on, whatever data is scored: where
     it was read (the run's data root, else --data where that holds the very images the run recorded holding out:
-    its data, moved), the images, and a caveat where they are not the ones it recorded ("" where they are, or it
-    recorded none). Where it cannot be read, why (a sentence for the report, also warned of)."""
+    its data, moved), the images, and the report's words on them: where they were read from where that is not the
+    run's root, or a caveat where they are not the ones it recorded ("" otherwise). Where it cannot be read, why
+    (a sentence for the report, also warned of)."""
     own = source.data_defaults or {}
     if not own.get("root") or not own.get("dataset"):
         return (
@@ -136,7 +136,7 @@ def run_validation(source: ModelSource, spec: DataSpec) -> tuple[DataSpec, Image
     if held_out and not _same_root(spec.root, home.root):
         elsewhere, _ = _read(moved)
         if elsewhere is not None and elsewhere.fingerprint() == held_out:
-            return moved, elsewhere, ""
+            return moved, elsewhere, f", read from {moved.root}"
     if read is not None:  # its data, changed since it trained (or decoded by another Pillow): still the nearest
         return (
             home,
@@ -250,7 +250,7 @@ def calibration_section(raw_logits: np.ndarray, labels: np.ndarray, temperature:
 def its_own_split(source: ModelSource, spec: DataSpec) -> bool:
     """Whether ``spec``'s validation split is the one the model records as its own (where export fitted T)."""
     own = source.data_defaults or {}
-    if own.get("root") is not None and os.path.realpath(str(own["root"])) != os.path.realpath(spec.root):
+    if own.get("root") is not None and not _same_root(spec.root, own["root"]):
         return False
     return all(own.get(key) is None or str(own[key]) == str(getattr(spec, key)) for key in _SPLIT_KEYS)
 
