@@ -422,9 +422,19 @@ def train_straight_and_resumed(recipe: str, overrides: list[str], out: Path, mon
     ``stop_after`` (as Ctrl-C would) then resumed into out/interrupted. Returns both last.pt states."""
     import torch
 
+    from training.resume import resume
+
+    train_straight_and_stopped(recipe, overrides, out, monkeypatch, stop_after)
+    assert torch.load(out / "interrupted" / "last.pt", weights_only=True)["epoch"] == stop_after
+    resume(out / "interrupted")
+    return tuple(torch.load(out / run / "last.pt", weights_only=True) for run in ("straight", "interrupted"))
+
+
+def train_straight_and_stopped(recipe: str, overrides: list[str], out: Path, monkeypatch, stop_after: int = 2):
+    """Train the same config straight through into out/straight, and into out/interrupted stopped after epoch
+    ``stop_after`` (as Ctrl-C would), not resumed."""
     from training.config import build_config
     from training.engine import Trainer, train
-    from training.resume import resume
 
     train(build_config(recipe, overrides), out / "straight")
     original = Trainer._end_epoch
@@ -439,6 +449,3 @@ def train_straight_and_resumed(recipe: str, overrides: list[str], out: Path, mon
     with pytest.raises(KeyboardInterrupt):
         train(build_config(recipe, overrides), out / "interrupted")
     monkeypatch.setattr(Trainer, "_end_epoch", original)
-    assert torch.load(out / "interrupted" / "last.pt", weights_only=True)["epoch"] == stop_after
-    resume(out / "interrupted")
-    return tuple(torch.load(out / run / "last.pt", weights_only=True) for run in ("straight", "interrupted"))

@@ -12,10 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import tiny_overrides, train_straight_and_stopped
 from training.checkpoint import BEST_FILE, LAST_FILE, load_checkpoint
-from training.config import build_config
-from training.engine import Trainer, train
 from training.resume import resume
 
 NOT_BIT_FOR_BIT = "not bit for bit as it would have where it started"
@@ -29,18 +27,7 @@ def cpu_runs(image_folder, tmp_path_factory) -> Path:
     overrides = tiny_overrides(image_folder, out / "cache", epochs=2, device="auto", threads=2)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch.cuda, "is_available", lambda: False)
-        train(build_config("resnet9_half_cpu", overrides), out / "straight")
-        original = Trainer._end_epoch
-
-        def interrupt(self, record):
-            stop = original(self, record)
-            if record["epoch"] == 1:
-                raise KeyboardInterrupt
-            return stop
-
-        patch.setattr(Trainer, "_end_epoch", interrupt)
-        with pytest.raises(KeyboardInterrupt):
-            train(build_config("resnet9_half_cpu", overrides), out / "stopped")
+        train_straight_and_stopped("resnet9_half_cpu", overrides, out, patch, stop_after=1)
     return out
 
 
@@ -49,8 +36,18 @@ def stopped_run(cpu_runs, tmp_path, monkeypatch) -> Path:
     """A copy of the stopped run, to be resumed on the same CPU-only machine."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     run = tmp_path / "run"
-    shutil.copytree(cpu_runs / "stopped", run)
+    shutil.copytree(cpu_runs / "interrupted", run)
     return run
+
+
+def _record(run: Path, numerics: dict | None) -> None:
+    """Rewrites the run's checkpoints with ``numerics`` as their record (None: none, as before the record)."""
+    for name in (LAST_FILE, BEST_FILE):
+        state = torch.load(run / name, weights_only=True)
+        state.pop("numerics", None)
+        if numerics is not None:
+            state["numerics"] = numerics
+        torch.save(state, run / name)
 
 
 def _numerics_warnings(caplog) -> list[str]:
@@ -91,10 +88,7 @@ def test_a_resume_on_another_thread_count_still_warns(stopped_run, caplog):
 
 def test_a_run_that_ran_elsewhere_warns_though_its_settings_did_not_change(stopped_run, caplog):
     """auto resolved to a GPU where it started, and to the CPU here: the settings alone said nothing had moved."""
-    for name in (LAST_FILE, BEST_FILE):
-        state = torch.load(stopped_run / name, weights_only=True)
-        state["numerics"]["train.device"] = "cuda:0"
-        torch.save(state, stopped_run / name)
+    _record(stopped_run, {"train.device": "cuda:0", "train.threads": 2})
     with caplog.at_level(logging.INFO):
         resume(stopped_run)
     assert _numerics_warnings(caplog) == [
@@ -105,13 +99,33 @@ def test_a_run_that_ran_elsewhere_warns_though_its_settings_did_not_change(stopp
 
 def test_a_checkpoint_without_the_record_is_judged_by_its_settings(stopped_run, caplog):
     """One written before the record: device auto -> cpu warns, as it did."""
-    for name in (LAST_FILE, BEST_FILE):
-        state = torch.load(stopped_run / name, weights_only=True)
-        state.pop("numerics", None)  # a checkpoint written before the record has none
-        torch.save(state, stopped_run / name)
+    _record(stopped_run, None)  # a checkpoint written before the record has none
     with caplog.at_level(logging.INFO):
         resume(stopped_run, placement=["device=cpu", "threads=2"])
     assert _numerics_warnings(caplog) == [
         "train.device: auto -> cpu: other kernels or another order of floating-point sums from here on, so the run "
         "continues, but not bit for bit as it would have where it started"
     ], caplog.text
+
+
+def test_a_finished_run_resumed_elsewhere_does_not_warn(cpu_runs, tmp_path, monkeypatch, caplog):
+    """It ran with 7 threads (threads unset on a machine of 7 cores, say): its summary, read here, trains nothing."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run = tmp_path / "finished"
+    shutil.copytree(cpu_runs / "straight", run)
+    _record(run, {"train.device": "cpu", "train.threads": 7})
+    with caplog.at_level(logging.INFO):
+        resume(run)
+    assert "nothing left to train" in caplog.text, caplog.text
+    assert _numerics_warnings(caplog) == [], caplog.text
+
+
+@pytest.mark.parametrize(
+    "numerics", [{"train.threads": 2}, {"train.device": None, "train.threads": 2}], ids=["missing", "none"]
+)
+def test_a_record_without_the_device_is_judged_by_the_setting(stopped_run, numerics, caplog):
+    """device auto both times, on this CPU-only machine: not a run said to have moved from "None"."""
+    _record(stopped_run, numerics)
+    with caplog.at_level(logging.INFO):
+        resume(stopped_run)
+    assert _numerics_warnings(caplog) == [], caplog.text
