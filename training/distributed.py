@@ -169,10 +169,12 @@ def setup(device_type: str) -> DistInfo:
 def prepare_one_off_waits(info: DistInfo) -> None:
     """Make the group of ``wait_out_one_off_work``: called by every rank before the one-off work, where they are
     together (every rank takes part in making a group, and the waits, which they reach hours apart, are no place to
-    make it)."""
+    make it). Making it goes through rank 0's store: a rank 0 that stops meanwhile is PeerLost, as in a
+    collective."""
     global _one_off_work_group
     if info.enabled and _one_off_work_group is None:
-        group = dist.new_group(backend="gloo", timeout=ONE_OFF_WORK_TIMEOUT)
+        with peers_watched(info):
+            group = dist.new_group(backend="gloo", timeout=ONE_OFF_WORK_TIMEOUT)
         assert isinstance(group, dist.ProcessGroup), "every rank is a member of it"
         _one_off_work_group = group
 
