@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from training.__main__ import _format_estimate
 from training.ensemble import estimate_from_reports
 from training.models.ensemble import Ensemble
 from training.reports.calibration import calibration_metrics, fit_temperature
@@ -303,6 +304,7 @@ def test_compare_pairs_b_minus_a_and_says_the_method_it_used(tmp_path):
     assert result["mcnemar"]["p_value"] == pytest.approx(p, rel=1e-12)
     text = format_comparison(result)
     assert "95% interval" in text and "McNemar (exact binomial)" in text, text
+    assert "(paired, Agresti-Min adjusted Wald;" in text, text  # the interval checked above by its definition
     assert f"p = {p:.4g}" in text and "not significant at alpha = 0.05" in text, text
 
 
@@ -334,6 +336,10 @@ def test_the_ensemble_estimate_is_the_mean_of_the_members_probabilities(tmp_path
     b, c = int((best_correct & ~correct).sum()), int((~best_correct & correct).sum())
     assert vs["interval_95"] == pytest.approx(list(_agresti_min(b, c, 40, Z95)), abs=1e-12)
     assert vs["mcnemar"]["p_value"] == pytest.approx(_mcnemar_reference(b, c)[2], rel=1e-12)
+    # the printed estimate names both methods: the interval above is Agresti-Min's, the test McNemar's exact one
+    said = _format_estimate(result).splitlines()[-1]
+    assert "paired 95% interval" in said and "Agresti-Min adjusted Wald; McNemar p = " in said, said
+    assert said.endswith(f", {vs['mcnemar']['method']})") and vs["mcnemar"]["method"] == "exact binomial", said
 
 
 def test_the_joined_network_answers_the_log_of_its_members_mean_probability():

@@ -87,6 +87,7 @@ def _comparison(path_a: str, path_b: str) -> dict:
         "difference_points": 0.0,
         "difference_interval_points": [-8.9, 8.9],
         "interval_confidence": 0.95,
+        "interval_method": "Agresti-Min adjusted Wald",
         "mcnemar": {"method": "exact", "a_right_b_wrong": 0, "a_wrong_b_right": 0, "statistic": 0.0, "p_value": 1.0},
         "alpha": 0.05,
         "significant": False,

@@ -283,8 +283,9 @@ def _format_estimate(result: dict) -> str:
     low, high = vs["interval_95"]
     lines.append(
         f"{100 * result['top1']:.2f}%  their mean probability, {counted(result['samples'], 'image')}: "
-        f"{100 * vs['difference']:+.2f} points against the best member (95% interval {100 * low:+.2f} to "
-        f"{100 * high:+.2f}, McNemar p = {vs['mcnemar']['p_value']:.3g})"
+        f"{100 * vs['difference']:+.2f} points against the best member (paired 95% interval {100 * low:+.2f} to "
+        f"{100 * high:+.2f}, {vs['interval_method']}; McNemar p = "
+        f"{vs['mcnemar']['p_value']:.3g}, {vs['mcnemar']['method']})"
     )
     lines += [f"note: {note}" for note in result.get("notes", [])]  # as compare says them
     return "\n".join(lines)

@@ -317,7 +317,7 @@ def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
     A way to choose members before joining their checkpoints; the joined checkpoint's own report is the figure
     (it averages the members before, not after, any test-time augmentation)."""
     from .reports.compare import another_order_note, classes_differ
-    from .reports.metrics import mcnemar, paired_difference_interval, softmax
+    from .reports.metrics import PAIRED_INTERVAL_METHOD, mcnemar, paired_difference_interval, softmax
     from .reports.predictions import load_predictions, logits_before_temperature
     from .reports.samples import class_order, same_classes
 
@@ -362,6 +362,7 @@ def estimate_from_reports(paths: Sequence[str | Path]) -> dict:
             "member": members[best]["report"],
             "difference": float(correct.mean() - best_correct.mean()),
             "interval_95": [low, high],
+            "interval_method": PAIRED_INTERVAL_METHOD,
             "mcnemar": mcnemar(best_correct, correct),
         },
         "notes": notes,

@@ -33,7 +33,7 @@ from ..inference import check_tta
 from ..models import count_parameters
 from ..preflight import buildable_config, check_out_of_the_data, check_run_lengths
 from ..resume import resume
-from .metrics import compute_metrics, mcnemar, paired_difference_interval
+from .metrics import PAIRED_INTERVAL_METHOD, compute_metrics, mcnemar, paired_difference_interval
 from .predictions import read_json
 from .report_folder import check_own_folder
 from .samples import DataSpec, sample_fingerprint
@@ -497,7 +497,7 @@ def format_table(result: dict[str, Any]) -> str:
         + "; the first row is the baseline."
         + _unpaired_note(result["variants"]),
         "Per-class diff is the mean over classes of the per-class accuracy change (points); "
-        "p is McNemar's test vs the baseline; the 95% interval is the paired (Agresti-Min adjusted Wald) interval "
+        f"p is McNemar's test vs the baseline; the 95% interval is the paired ({PAIRED_INTERVAL_METHOD}) interval "
         f"of the top-1 difference in points, from the {result['split']} samples alone (the noise between training "
         "runs is not in it)."
         + (

@@ -22,7 +22,7 @@ from inference.messages import display_width, pad
 
 from ..data import ImageArrays
 from ..plots import CurveInfo, plot_compared_curves
-from .metrics import mcnemar, paired_difference_interval
+from .metrics import PAIRED_INTERVAL_METHOD, mcnemar, paired_difference_interval
 from .predictions import PREDICTIONS_FILE, load_predictions
 from .samples import (
     class_order,
@@ -233,6 +233,7 @@ def compare(
         # Sample noise only: a second training run of either model would move its accuracy as well.
         "difference_interval_points": [100 * low, 100 * high],
         "interval_confidence": 1 - alpha,
+        "interval_method": PAIRED_INTERVAL_METHOD,
         "mcnemar": test,
         "alpha": alpha,
         "significant": bool(test["p_value"] < alpha),
@@ -343,8 +344,9 @@ def format_comparison(result: dict[str, Any]) -> str:
             f"A  {pad(a['path'], width)}  top-1 {100 * a['top1']:6.2f}%  ({a['correct']}/{n}){tta(a)}",
             f"B  {pad(b['path'], width)}  top-1 {100 * b['top1']:6.2f}%  ({b['correct']}/{n}){tta(b)}",
             f"difference B - A: {result['difference_points']:+.2f} points, "
-            f"{confidence_percent(result['interval_confidence'])} interval {low:+.2f} to {high:+.2f} (paired; the "
-            "samples' noise, not that between training runs)",
+            f"{confidence_percent(result['interval_confidence'])} interval {low:+.2f} to {high:+.2f} (paired, "
+            f"{result['interval_method']}; the samples' noise, not that between training "
+            "runs)",
             f"McNemar ({test['method']}): A right & B wrong = {test['a_right_b_wrong']}, "
             f"A wrong & B right = {test['a_wrong_b_right']}, statistic = {test['statistic']:.3f}, "
             f"p = {test['p_value']:.4g} -> {verdict}",

@@ -190,6 +190,10 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, exact_below: int = MCN
     }
 
 
+# How paired_difference_interval is computed, as the reports name it beside its figures.
+PAIRED_INTERVAL_METHOD = "Agresti-Min adjusted Wald"
+
+
 def paired_difference_interval(
     correct_a: np.ndarray, correct_b: np.ndarray, confidence: float = 0.95
 ) -> tuple[float, float]:
