@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ from tqdm import tqdm
 
 from inference.errors import UsageError
 from inference.files import write_text_atomic
+from inference.messages import counted
 
-from ..data import ImageArrays
+from ..data import DatasetError, ImageArrays, stratified_split
 from ..inference import check_tta
 from ..plots import CurveInfo, plot_training_curves
 from ..preflight import inside_the_data
@@ -29,7 +31,7 @@ from .gradcam import NoSpatialMap
 from .gradcam_figure import GRADCAM_PER_GROUP, render_gradcam
 from .metrics import compute_metrics, softmax
 from .predictions import HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, save_predictions
-from .report_calibration import calibration_section, temperature_for
+from .report_calibration import calibration_section, its_own_split, temperature_for
 from .report_folder import check_not_anothers, check_report_out, check_writable, default_out_dir, report_folder
 from .report_text import confidence_note, figure_subtitle, model_label, write_report_md
 from .samples import (
@@ -94,7 +96,7 @@ def evaluate(
     data = spec.load()
     if len(data) == 0:
         raise no_samples(spec, val_size is not None, "evaluate")
-    notes = _not_the_held_out_images(source, spec, data)
+    notes = _not_the_held_out_images(source, spec, data) + _trained_on(source, spec, data)
     held = held_classes(source.classes, data.classes)
     data, note = match_classes(source, data, spec)
     notes += [note] if note else []
@@ -121,6 +123,53 @@ def _not_the_held_out_images(source: ModelSource, spec: DataSpec, data: ImageArr
     )
     log.warning("%s", said)
     return [said[0].upper() + said[1:] + "."]
+
+
+def _trained_on(source: ModelSource, spec: DataSpec, data: ImageArrays) -> list[str]:
+    """A warning, and a note for the report, where --split all or train scores the run's own data (its dataset and
+    root): the figures of images it trained on, read as its accuracy, would be optimistic unsaid. ``data`` is read
+    in its own class order, as the run split it."""
+    own = source.data_defaults or {}
+    if spec.split not in ("all", "train") or not own.get("root") or not own.get("dataset"):
+        return []
+    run_val, run_seed = own.get("val_size"), own.get("split_seed")
+    split_as_the_run = {k: v for k, v in (("val_size", run_val), ("split_seed", run_seed)) if v is not None}
+    if not its_own_split(source, replace(spec, **split_as_the_run)):  # another folder, or another dataset
+        return []
+    scored = f"{counted(len(data), 'image')} scored here ({spec.dataset} {spec.root}, split {spec.split}"
+    if spec.split == "train" and its_own_split(source, spec):
+        trained = f"all {scored}: its own training split"
+    elif spec.split == "train":
+        held = f"{spec.val_size} held out with seed {spec.split_seed}"
+        trained = f"some of the {scored}, {held}"
+        if run_val is not None:
+            least = max(len(data) - int(run_val), 0)
+            trained = f"at least {least} of the {scored}, {held}, where it held out {run_val} with seed {run_seed}"
+    else:
+        trained = f"{_trained_of_all(source, data)} the {scored}"
+    said = (
+        f"the run trained on {trained}), so the figures, read as its accuracy on images it has not seen, are optimistic"
+    )
+    log.warning("%s", said)
+    return [said[0].upper() + said[1:] + "."]
+
+
+def _trained_of_all(source: ModelSource, data: ImageArrays) -> str:
+    """How many of ``data``, all of the run's own data, the run trained on: all but those its split holds out, as
+    it split them; "about" where they are not the images it recorded holding out (its data changed since, or
+    another Pillow decodes it), "some of" where its split cannot be made again."""
+    own = source.data_defaults
+    if own.get("val_size") is None or own.get("split_seed") is None:
+        return "some of"
+    try:
+        trained, held = stratified_split(data.labels, int(own["val_size"]), int(own["split_seed"]), data.classes)
+    except DatasetError:  # fewer images than it held out: not the data it split
+        return "some of"
+    if not len(held):
+        return "all of"
+    recorded = source.info.get("val_fingerprint")
+    about = "about " if recorded and data.subset(held).fingerprint() != recorded else ""
+    return f"{about}{len(trained)} of"
 
 
 def _split_lacks_classes(classes: list[str], held: set[int], labels: np.ndarray, split: str) -> list[str]:

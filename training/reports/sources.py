@@ -212,7 +212,9 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
         # The averaging its export put inside the graph: every call of the file already does it.
         "graph_tta": src.get("tta", "none"),
         "curves": asdict(curves),
-        "val_fingerprint": val_fingerprint,
+        # the card records it too: a graph whose checkpoint is gone (deleted, or the file copied to another
+        # machine) still tells the run's held-out images from others
+        "val_fingerprint": val_fingerprint or src.get("val_fingerprint"),
         **_checkpoint_identity(src),
     }
     return ModelSource(
