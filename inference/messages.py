@@ -26,6 +26,11 @@ def counted(count: int, noun: str, plural: str | None = None, separator: str = "
     return f"{count:{separator}} {word}"
 
 
+def and_listed(names: list[str]) -> str:
+    """``names`` as a sentence lists them: "a and b", "a, b and c"."""
+    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def exception_summary(exc: BaseException, after: str | None = None, lines: int = 1, limit: int = 200) -> str:
     """The first ``lines`` non-blank lines of ``exc``'s text (from ``after`` on, where it occurs), joined and cut
     to ``limit`` characters; the exception's type name where the text is empty."""

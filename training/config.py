@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError, PydanticKnownError
 from inference.errors import UsageError
 from inference.files import write_text_atomic
 from inference.fits import DEFAULT_FIT, FitName
-from inference.messages import counted, exception_summary, validation_problems
+from inference.messages import and_listed, counted, exception_summary, validation_problems
 
 from .data.augment import AugmentParams
 from .data.mix import MixParams
@@ -965,10 +965,6 @@ def unused_settings(config: Config) -> list[str]:
     return said + _unused("schedule", config.schedule, SCHEDULE_READS, "schedule")
 
 
-def _listed(names: list[str]) -> str:
-    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
-
-
 def _unused(
     prefix: str, section: OptimConfig | ScheduleConfig, reads: dict[str, frozenset[str]], kind: str
 ) -> list[str]:
@@ -983,7 +979,7 @@ def _unused(
         one = len(readers) == 1
         said.append(
             f"{prefix}.{field} {shown} is unused: the {section.name} {kind} does not read it (only "
-            f"{_listed(readers)} {'does' if one else 'do'}); leave it out, or choose "
+            f"{and_listed(readers)} {'does' if one else 'do'}); leave it out, or choose "
             f"{readers[0] if one else 'one of those'}"
         )
     return said

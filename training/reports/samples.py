@@ -16,7 +16,7 @@ import numpy as np
 from inference.classes import folded
 from inference.errors import UsageError
 from inference.fits import DEFAULT_FIT
-from inference.messages import counted
+from inference.messages import and_listed, counted
 
 from ..data import SPLITS, DatasetError, ImageArrays, load_split
 from ..data.split import SplitTooLarge
@@ -156,9 +156,7 @@ def match_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> tup
     found = _model_indices(model, given)
     unknown = [c for c, i in zip(given, found) if i is None]
     if _order_assumed(model, given, found):
-        message = (
-            f"no class name of the data is one of the model's ({', '.join(given[:5])}...): label order assumed equal"
-        )
+        message = f"no class name of the data is one of the model's ({names_text(given, 5)}): label order assumed equal"
         log.warning(message)
         return data, message
     if unknown:
@@ -168,8 +166,9 @@ def match_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> tup
             "are matched to the model's classes by name"
         )
     index = [i for i in found if i is not None]  # all of them: an unknown class was refused above
-    if len(set(index)) < len(index):
-        raise UsageError(f"{spec.dataset} {spec.root} has two class folders for one class of the model: {given}")
+    clashes = _clashes(model, given, index)
+    if clashes:
+        raise UsageError(f"{spec.dataset} {spec.root} has {clashes}")
     labels = np.asarray(index, dtype=np.int64)[data.labels]
     mapped = ImageArrays(data.images, labels, model)
     missing = [c for i, c in enumerate(model) if i not in set(index)]
@@ -193,6 +192,25 @@ def _model_indices(model: list[str], given: list[str]) -> list[int | None]:
     for i, name in enumerate(model):
         by_folded.setdefault(folded(name), i)
     return [model.index(c) if c in model else by_folded.get(folded(c)) for c in given]
+
+
+def _clashes(model: list[str], given: list[str], index: list[int]) -> str | None:
+    """What a refusal says of the data's class folders that match one class of the model alike (``Cat/`` beside
+    ``cat/``): each such class and its folders, not the folders that match one class each (a hundred of them would
+    bury the pair); None where every class of the model has one folder at most."""
+    folders: dict[int, list[str]] = {}
+    for name, i in zip(given, index):
+        folders.setdefault(i, []).append(name)
+    clashing = [(model[i], names) for i, names in folders.items() if len(names) > 1]
+    if not clashing:
+        return None
+    if len(clashing) == 1:
+        cls, names = clashing[0]
+        many = "two" if len(names) == 2 else str(len(names))
+        fix = "one" if len(names) == 2 else "all but one"
+        return f"{many} class folders for the model's class {cls}: {and_listed(names)}; rename or merge {fix}"
+    each = names_text([f"{cls} ({and_listed(names)})" for cls, names in clashing], 5)
+    return f"more than one class folder for each of the model's classes {each}; rename or merge all but one of each"
 
 
 def _order_assumed(model: list[str], given: list[str], found: list[int | None]) -> bool:
