@@ -270,16 +270,17 @@ def test_a_second_link_to_a_class_folder_is_named_as_one_not_as_a_folder_without
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         _noise(32, 32, len(name)).save(root / name)
     (root / "kitty").symlink_to(root / "cat", target_is_directory=True)  # after cat: cat is read
-    (root / "animals").symlink_to(root / "dog", target_is_directory=True)  # before dog: dog is read as animals
+    # before dog: still read as dog, its own name (the class), the link left out
+    (root / "animals").symlink_to(root / "dog", target_is_directory=True)
     (root / "fish").mkdir()
     folder_module._said_left_out.clear()
     with caplog.at_level(logging.WARNING):
         data = read_image_folder(root)
-    assert data.classes == ["animals", "cat"]
+    assert data.classes == ["cat", "dog"]
     said = caplog.text
     assert (
-        "folders left out, not classes, the same folder as a class already read: dog is read as animals, a link "
-        "to it; kitty is a link to the folder read as cat" in said
+        "folders left out, not classes, the same folder as a class already read: animals is a link to dog, read by "
+        "its own name; kitty is a link to cat, read by its own name" in said
     )
     assert "folder without images left out, not classes: fish\n" in said
 

@@ -66,7 +66,7 @@ def test_class_folders_differing_only_in_case_are_said(tmp_path, caplog, packed)
         data = read_image_folder(source)
 
     assert data.classes == ["Cat", "cat", "dog"]  # still two classes: the warning says so
-    assert "differ only in case are trained as separate classes: Cat and cat" in caplog.text
+    assert "differ only in case are read as separate classes: Cat and cat" in caplog.text
 
 
 def test_no_case_warning_for_distinct_classes(tmp_path, caplog):

@@ -98,7 +98,9 @@ class Summary:
             (f"{stopped}: " if stopped else "") + ", ".join(parts) + f"; {self.elapsed:.1f} s, {rate:.0f} images/s"
         ]
         for rel in self.walk.linked_dirs_skipped[:5]:
-            lines.append(f"not entered {shown(rel)}/: a link to a folder already scored (a symlink loop?)")
+            walked_as = self.walk.linked_dirs_walked_as.get(rel)
+            to = f"the folder scored as {shown(walked_as)}/" if walked_as else "a folder it is in (a symlink loop)"
+            lines.append(f"not entered {shown(rel)}/: a link to {to}")
         if len(self.walk.linked_dirs_skipped) > 5:
             lines.append(f"... and {len(self.walk.linked_dirs_skipped) - 5} more such links")
         if self.walk.hidden_dirs_skipped:

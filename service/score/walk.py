@@ -1,11 +1,13 @@
 """Finding the images under a folder, lazily and in a fixed order.
 
 The walk holds one directory's sorted names at a time (never the whole tree),
-follows directory symlinks but enters each real directory once (so a link
-loop or a second link to the same folder is skipped, not walked forever), and
-turns what cannot be opened (broken links, FIFOs, unlistable folders) into
-error entries instead of exceptions. Hidden files and folders under the root
-are left out, by the rule training's folder reader follows (inference.tree_files).
+follows directory symlinks but enters each real directory once, by its own
+name where the root holds it (a link to a folder under the root is skipped,
+whether it sorts before or after the folder, so the folder's name is its
+class; a link loop is skipped, not walked forever), and turns what cannot be
+opened (broken links, FIFOs, unlistable folders) into error entries instead of
+exceptions. Hidden files and folders under the root are left out, by the rule
+training's folder reader follows (inference.tree_files).
 
 The order is that of ``sorted(paths)`` for ``pathlib`` paths: component by
 component, names compared by code point.
@@ -18,6 +20,9 @@ from dataclasses import dataclass, field
 from typing import Container, Iterator, NamedTuple
 
 from inference.tree_files import is_hidden, is_tree_image
+
+# One folder being walked: its prefix under the root, its path, its sorted names left, its (device, inode).
+_Frame = tuple[str, str, Iterator[tuple[str, str]], tuple[int, int]]
 
 
 class Entry(NamedTuple):  # a tuple: one is made per file, and a frozen dataclass costs several times more
@@ -32,7 +37,9 @@ class Entry(NamedTuple):  # a tuple: one is made per file, and a frozen dataclas
 class WalkStats:
     images: int = 0  # entries with an image extension (including those that will fail)
     skipped: int = 0  # files not scored: without an image extension, or hidden
-    linked_dirs_skipped: list[str] = field(default_factory=list)  # loops / second links to a visited folder
+    linked_dirs_skipped: list[str] = field(default_factory=list)  # loops / second names of a folder walked
+    # of those, the path the folder is walked by (its own under the root, or the first link's); None for a loop
+    linked_dirs_walked_as: dict[str, str | None] = field(default_factory=dict)
     hidden_dirs_skipped: list[str] = field(default_factory=list)  # hidden folders, not entered
 
 
@@ -69,13 +76,19 @@ def walk(root: str | os.PathLike, stats: WalkStats | None = None) -> Iterator[En
     """
     stats = stats if stats is not None else WalkStats()
     root = os.fspath(root)
-    visited = {_dir_key(root)}
-    return _walk([("", root, iter(_listing(root)))], visited, stats)
+    key = _dir_key(root)
+    return _walk([("", root, iter(_listing(root)), key)], {key: ""}, os.path.realpath(root), stats)
 
 
-def _walk(stack: list[tuple[str, str, Iterator[tuple[str, str]]]], visited: set, stats: WalkStats) -> Iterator[Entry]:
+def _walk(
+    stack: list[_Frame],
+    visited: dict[tuple[int, int], str],
+    real_root: str,
+    stats: WalkStats,
+) -> Iterator[Entry]:
+    """``visited``: each folder entered, by the path it was entered by; ``real_root``: the root, links resolved."""
     while stack:
-        prefix, directory, names = stack[-1]
+        prefix, directory, names, _ = stack[-1]
         item = next(names, None)
         if item is None:
             stack.pop()
@@ -89,16 +102,18 @@ def _walk(stack: list[tuple[str, str, Iterator[tuple[str, str]]]], visited: set,
         if kind == "d":
             try:
                 key = _dir_key(path)
-                if key in visited:
+                walked_as = _walked_as(path, rel, key, stack, visited, real_root)
+                if walked_as != rel:
                     stats.linked_dirs_skipped.append(rel)
+                    stats.linked_dirs_walked_as[rel] = walked_as
                     continue
-                visited.add(key)
+                visited[key] = rel
                 listing = _listing(path)
             except OSError as exc:
                 stats.images += 1
                 yield Entry(rel + "/", path, f"cannot list directory: {exc.strerror or exc}")
                 continue
-            stack.append((rel + "/", path, iter(listing)))
+            stack.append((rel + "/", path, iter(listing), key))
             continue
         if not is_tree_image(name):
             stats.skipped += 1
@@ -110,6 +125,33 @@ def _walk(stack: list[tuple[str, str, Iterator[tuple[str, str]]]], visited: set,
             yield Entry(rel, path, _broken_link_message(path))
         else:
             yield Entry(rel, path, "not a regular file")
+
+
+def _walked_as(
+    path: str,
+    rel: str,
+    key: tuple[int, int],
+    stack: list[_Frame],
+    visited: dict[tuple[int, int], str],
+    real_root: str,
+) -> str | None:
+    """The path (under the root) that the folder at ``path``, reached as ``rel``, is walked by: ``rel`` where it is
+    to be entered now; None for a link to a folder it is in, or to one holding the root (a loop). A folder the root
+    holds by its own name is walked by that name, whether a link to it sorts before it or after: its name, not the
+    link's, is its class."""
+    if any(key == entered for *_, entered in stack):
+        return None
+    if key in visited:  # a second link to a folder outside the root, or a second name the file system gives
+        return visited[key]
+    if os.path.islink(path):
+        real = os.path.realpath(path)
+        if real_root == real or real_root.startswith(real.rstrip(os.sep) + os.sep):
+            return None
+        if real.startswith(real_root.rstrip(os.sep) + os.sep):
+            inside = os.path.relpath(real, real_root).split(os.sep)
+            if not any(map(is_hidden, inside)):  # a hidden folder is not walked: the link is its only way in
+                return "/".join(inside)
+    return rel
 
 
 def _broken_link_message(path: str) -> str:

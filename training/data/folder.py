@@ -73,7 +73,7 @@ def read_image_folder(
         in_classes = [path for path in images if len(path.relative_to(root).parts) >= 2]
         loose, images = len(images) - len(in_classes), in_classes
         images.sort(key=lambda path: _sort_key(path.relative_to(root).as_posix()))
-        _check_names([path.relative_to(root).as_posix() for path in images], root, loose)
+        _check_names([path.relative_to(root).as_posix() for path in images], root, loose, hidden)
     if cache and cache.is_file():
         expected = None if images is None else (len(images), _classes_of(root, images))
         cached = _read_cache(cache, image_size, expected)
@@ -86,7 +86,11 @@ def read_image_folder(
         cache = None
     left_out: list[str] = []
     entries = _iter_archive(root, left_out) if images is None else _iter_tree(root, images)
-    arrays = _decode_all(entries, root, image_size, fit, None if images is None else len(images), left_out)
+    try:
+        arrays = _decode_all(entries, root, image_size, fit, None if images is None else len(images), left_out)
+    finally:  # an archive's, said once its progress bar is closed, before an error that its decode may raise
+        for text in left_out:
+            _warn_archive_left_out(root, text)
     if cache:
         _write_cache(cache, arrays, left_out)
     _warn_case_only(root, arrays.classes)
@@ -109,7 +113,7 @@ def _warn_case_only(root: Path, classes: list[str]) -> None:
         return
     _said_case_only.add(said)
     log.warning(
-        "%s: class folders whose names differ only in case are trained as separate classes: %s; if each group is "
+        "%s: class folders whose names differ only in case are read as separate classes: %s; if each group is "
         "one class, move its images into one folder",
         root,
         "; ".join(" and ".join(names) for names in same),
@@ -312,9 +316,12 @@ def _decoder_key() -> str:
 
 def _tree_images(root: Path) -> tuple[list[Path], list[Path], list[str]]:
     """The image files under ``root``, sorted, through symlinked folders too (each real folder once, so that a
-    link back up the tree is not a loop), the other files, which are not read, and the hidden folders not entered
-    (relative to ``root``). Which files are images is inference.tree_files' rule, the batch scorer's too."""
+    link back up the tree is not a loop), the other files, which are not read (an image's name on a pipe or a
+    device among them: never opened, as a read of a pipe waits for a writer), and the hidden folders not entered
+    (relative to ``root``). Which files are images is inference.tree_files' rule, the batch scorer's too; which
+    folders are entered, its walk's (service/score/walk.py)."""
     found, others, hidden, seen = [], [], [], set()
+    real_root = os.path.realpath(root)
     for folder, dirs, files in os.walk(root, onerror=_unreadable_folder, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
@@ -322,10 +329,11 @@ def _tree_images(root: Path) -> tuple[list[Path], list[Path], list[str]]:
             continue
         seen.add(real)
         hidden += [(Path(folder) / d).relative_to(root).as_posix() for d in dirs if is_hidden(d)]
-        dirs[:] = sorted(d for d in dirs if not is_hidden(d))
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d) and not _not_followed(Path(folder) / d, real_root))
         found += [Path(folder) / f for f in files if is_tree_image(f)]
         others += [Path(folder) / f for f in files if not is_tree_image(f) and not _litter(f)]
     images = sorted(p for p in found if p.is_file())
+    others += [p for p in found if p.exists() and not p.is_file()]
     dangling = sorted(p for p in found if p.is_symlink() and not p.exists())
     if dangling:  # a copy that kept the links but not what they point to: the class would silently shrink
         shown = _listed([str(p.relative_to(root)) for p in dangling], ", ")
@@ -333,6 +341,20 @@ def _tree_images(root: Path) -> tuple[list[Path], list[Path], list[str]]:
     for parent in sorted({path.parent for path in images}):  # each folder once, not once per image in it
         _check_class_name(parent.relative_to(root).as_posix(), root)
     return images, sorted(others), sorted(hidden)
+
+
+def _not_followed(folder: Path, real_root: str) -> bool:
+    """Whether ``folder`` is a link not followed: to a folder holding the tree (a loop), or to one the tree holds by
+    its own name, read by that name whether the link sorts before it or after, so that the class is the folder's
+    name, not the link's. A link to a hidden folder is followed: that folder itself is not read."""
+    if not folder.is_symlink():
+        return False
+    real = os.path.realpath(folder)
+    if real_root == real or real_root.startswith(real.rstrip(os.sep) + os.sep):
+        return True
+    if not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        return False
+    return not any(is_hidden(part) for part in Path(os.path.relpath(real, real_root)).parts)
 
 
 # Files an operating system leaves in folders it shows (hidden ones too: .DS_Store, a Mac's ._ copies), not left
@@ -406,12 +428,18 @@ END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
 
 def _iter_archive(root: Path, left_out: list[str]) -> Iterator[tuple[str, str, bytes]]:
     """The archive's images in class folders, as (member name, class, bytes), in the order stored; what it holds
-    that is not read is said, and appended to ``left_out``, once all of it is read."""
+    that is not read is appended to ``left_out`` once all of it is read, for the caller to say: said here, it would
+    land on the line of the progress bar that reads this."""
     others, loose, hidden_dirs, dangling = [], [], set(), []
+    held: set[PurePosixPath] = set()  # every folder the archive holds: stored as one, or holding a member
+    read: set[PurePosixPath] = set()  # the folders of the images it yields
     try:
         with tarfile.open(root) as tar:
             for member in tar:
                 name = PurePosixPath(member.name)
+                held.update(name.parents)
+                if member.isdir():
+                    held.add(name)
                 hidden = any(is_hidden(part) for part in name.parent.parts)
                 if member.isfile() and hidden:
                     parts = name.parent.parts
@@ -426,6 +454,7 @@ def _iter_archive(root: Path, left_out: list[str]) -> Iterator[tuple[str, str, b
                     if file is None:
                         dangling.append(member.name)
                         continue
+                    read.add(name.parent)
                     yield member.name, _class_name(name.parts[-2]), file.read()
             with open(root, "rb") as f:
                 plain = not f.read(6).startswith(COMPRESSED_MAGIC)
@@ -441,13 +470,29 @@ def _iter_archive(root: Path, left_out: list[str]) -> Iterator[tuple[str, str, b
         if hidden_dirs:
             shown = _listed(sorted(map(str, hidden_dirs)), ", ")
             said.append(f"hidden {_folders(hidden_dirs)} left out, not read (a name starting with a dot): {shown}")
-        for text in said:
-            _warn_archive_left_out(root, text)
+        empty = _archive_empty_folders(held, read, root)
+        if empty:
+            said.append(f"{_folders(empty)} without images left out, not classes: {_listed(empty, ', ')}")
         left_out += said
     except tarfile.TarError as exc:
         raise DatasetError(f"cannot read archive {root}: {exc}") from exc
     except (EOFError, zlib.error, OSError) as exc:  # a download or copy cut short, a damaged compressed stream
         raise DatasetError(f"cannot read archive {root}: it is truncated or damaged ({exc})") from exc
+
+
+def _archive_empty_folders(held: set[PurePosixPath], read: set[PurePosixPath], root: Path) -> list[str]:
+    """The folders beside an archive's class folders that hold no image read (as a tree's are said), by their path
+    in it; ``read``: the folders of the images read, the top folder among them where it holds some beside the
+    class folders (``_archive_layout``)."""
+    if not read:
+        return []
+    top = _archive_layout(read, root)
+    classes = read - {top} if top is not None else read
+    if not classes:
+        return []
+    parent = min(classes).parent
+    beside = (f for f in held if f.parent == parent and f != parent and f not in classes and not is_hidden(f.name))
+    return sorted(str(f) for f in beside)
 
 
 def _file_or_link(member: tarfile.TarInfo) -> bool:
@@ -484,15 +529,25 @@ def _warn_left_out(root: Path, images: list[Path], others: list[Path], hidden_di
     if said in _said_left_out:
         return
     _said_left_out.add(said)
-    if others:
-        log.warning("%s: %s", root, _not_images_text([p.name for p in others]))
+    by_name = [p.name for p in others if not is_tree_image(p.name)]
+    if by_name:
+        log.warning("%s: %s", root, _not_images_text(by_name))
+    special = [p.relative_to(root).as_posix() for p in others if is_tree_image(p.name)]  # the rest: not files
+    if special:
+        log.warning(
+            "%s: %s left out, not %s (a pipe, a device or a socket; never opened): %s",
+            root,
+            counted(len(special), "file"),
+            "a regular file" if len(special) == 1 else "regular files",
+            _listed(special, ", "),
+        )
     _warn_beside(root, [p.name for p in images if p.parent == root])
     class_folders = {p.parent for p in images if p.parent != root}
     if not class_folders:
         return
     parent = min(class_folders).parent
     folders = sorted(p for p in parent.iterdir() if p.is_dir() and p not in class_folders and not is_hidden(p.name))
-    read_as = {os.path.realpath(p): p.name for p in class_folders}  # each real folder is read once, by one name
+    read_as = {os.path.realpath(p): p for p in class_folders}  # each real folder is read once, by one name
     again = [_read_as_text(p, read_as[os.path.realpath(p)]) for p in folders if os.path.realpath(p) in read_as]
     if again:
         log.warning(
@@ -530,12 +585,14 @@ def _links_point(count: int) -> str:
     return f"{counted(count, 'image link')} {'points' if count == 1 else 'point'}"
 
 
-def _read_as_text(folder: Path, read: str) -> str:
-    """A folder is read under the first of its names in sorted order, the link's or the folder's own: the text
-    says which of the two names is the link."""
-    if folder.is_symlink():
-        return f"{folder.name} is a link to the folder read as {read}"
-    return f"{folder.name} is read as {read}, a link to it"
+def _read_as_text(folder: Path, read: Path) -> str:
+    """A folder is read by its own name, or where the tree holds it by none (a folder outside it), by the first
+    link to it in sorted order: the text says which."""
+    if not folder.is_symlink():  # a second name the file system gives it (a bind mount)
+        return f"{folder.name} is the folder read as {read.name}"
+    if read.is_symlink():
+        return f"{folder.name} is a link to the folder read as {read.name}"
+    return f"{folder.name} is a link to {read.name}, read by its own name"
 
 
 def _sort_key(name: str) -> str:
@@ -549,13 +606,19 @@ def _classes_of(root: Path, images: list[Path]) -> list[str]:
     return sorted({_class_name(path.parent.name) for path in images})
 
 
-def _no_images(root: Path, loose: int = 0) -> DatasetError:
+def _no_images(root: Path, loose: int = 0, hidden_dirs: Collection[str] = ()) -> DatasetError:
     """``loose``: the images found beside the class folders. Where there are some, the folder given is most likely
-    one class's own folder: the list of image extensions would only suggest that its images went unrecognised."""
+    one class's own folder: the list of image extensions would only suggest that its images went unrecognised.
+    ``hidden_dirs``: the hidden folders not entered, named, as they may be where the images are (``.photos/``)."""
+    hidden = (
+        f"; hidden {_folders(hidden_dirs)} not read (a name starting with a dot): {_listed(sorted(hidden_dirs), ', ')}"
+        if hidden_dirs
+        else ""
+    )
     if loose:
         return DatasetError(
             f"{root} holds no class folders, only {counted(loose, 'image')} directly in it: an image's class is the "
-            "name of the folder it sits in; give the folder that holds one folder per class"
+            f"name of the folder it sits in; give the folder that holds one folder per class{hidden}"
         )
     # CIFAR's python-format folder (its pickled batches) given as a folder of images
     for dataset, files in (("cifar10", ("batches.meta", "data_batch_1")), ("cifar100", ("meta", "train"))):
@@ -566,15 +629,15 @@ def _no_images(root: Path, loose: int = 0) -> DatasetError:
             )
     return DatasetError(
         f"{root} holds no images in class folders (expected <class>/<image> files, an image being a file "
-        f"named {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        f"named {', '.join(sorted(IMAGE_EXTENSIONS))}){hidden}"
     )
 
 
-def _check_names(names: list[str], root: Path, loose: int = 0) -> None:
+def _check_names(names: list[str], root: Path, loose: int = 0, hidden_dirs: Collection[str] = ()) -> None:
     """A tree's image paths checked before any is read: there are some, and their class folders sit side by side.
-    ``loose``: the images beside the class folders, left out."""
+    ``loose``: the images beside the class folders, left out; ``hidden_dirs``: the hidden folders not entered."""
     if not names:
-        raise _no_images(root, loose)
+        raise _no_images(root, loose, hidden_dirs)
     _check_side_by_side([PurePosixPath(name).parent for name in names], root)
 
 
@@ -588,8 +651,8 @@ def _decode_all(
 ) -> ImageArrays:
     """Each entry decoded as it comes, and only its pixels kept: a folder of photos may be far larger than memory.
     ``count``: the number of entries, already in ``_sort_key`` order (a tree); None for entries in any order (an
-    archive, read as it is stored), checked and sorted here, and the images beside its class folders said and
-    appended to ``left_out``."""
+    archive, read as it is stored), checked and sorted here, and the images beside its class folders appended to
+    ``left_out``."""
     shape = (image_size, image_size, 3)
     images = np.empty((count if count is not None else 256, *shape), dtype=np.uint8)
     names: list[str] = []
@@ -597,28 +660,27 @@ def _decode_all(
     unusable: dict[int, str] = {}
     folders: set[PurePosixPath] = set()
     loose: PurePosixPath | None = None  # an archive's one top folder, where it holds images beside the class folders
-    for i, (name, cls, data) in enumerate(
-        tqdm(entries, total=count, desc=f"decoding {_folder_name(root)}", unit="img", leave=False)
-    ):
-        if count is None:
-            folder = PurePosixPath(name).parent
-            if folder not in folders:
-                folders.add(folder)
-                loose = _archive_layout(folders, root)
-            if i == len(images):
-                images = np.concatenate([images, np.empty_like(images)])
-        try:
-            images[i] = decode_image(data, (image_size, image_size), max_pixels=MAX_PIXELS, fit=fit)
-        except ImageDecodeError as exc:
-            unusable[i] = str(exc)  # all of them, in one pass: not one decode of the folder per file
-        names.append(name)
-        classes_of.append(cls)
+    # closed on an error too, before the caller's warnings and error (an open bar would hold their line)
+    with tqdm(entries, total=count, desc=f"decoding {_folder_name(root)}", unit="img", leave=False) as bar:
+        for i, (name, cls, data) in enumerate(bar):
+            if count is None:
+                folder = PurePosixPath(name).parent
+                if folder not in folders:
+                    folders.add(folder)
+                    loose = _archive_layout(folders, root)
+                if i == len(images):
+                    images = np.concatenate([images, np.empty_like(images)])
+            try:
+                images[i] = decode_image(data, (image_size, image_size), max_pixels=MAX_PIXELS, fit=fit)
+            except ImageDecodeError as exc:
+                unusable[i] = str(exc)  # all of them, in one pass: not one decode of the folder per file
+            names.append(name)
+            classes_of.append(cls)
     if loose is not None:
         # as the folder itself is read: tar czf pets.tar.gz pets packs them under the folder's own name
         beside = [PurePosixPath(name).name for name in names if PurePosixPath(name).parent == loose]
         if beside:
             left_out.append(_beside_text(beside))
-            _warn_archive_left_out(root, left_out[-1])
         kept = [i for i in range(len(names)) if PurePosixPath(names[i]).parent != loose]
         images, names, classes_of = images[kept], [names[i] for i in kept], [classes_of[i] for i in kept]
         position = {old: new for new, old in enumerate(kept)}
