@@ -210,8 +210,9 @@ def add_score_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         "--resume",
         action="store_true",
         help=(
-            "keep the rows already in --out and score only the files not in it (a trailing half-written line "
-            "is dropped); error rows count as done: rerun with --overwrite to retry them"
+            "keep the rows already in --out and score only the files not in it, and again those modified since it "
+            "was written (their old rows dropped; a trailing half-written line is dropped too); error rows count as "
+            "done: rerun with --overwrite to retry them"
         ),
     )
     p.add_argument(

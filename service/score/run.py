@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -44,6 +45,7 @@ from .sinks import (
     OutputError,
     Row,
     confident,
+    drop_records,
     format_from_path,
     holds_no_rows,
     make_format,
@@ -66,6 +68,8 @@ class Summary:
     resumed_failed: int = 0  # error rows among the resumed: --fail-on-error counts them too
     resumed_gone: int = 0  # resumed rows whose files the walk no longer found (deleted or moved since)
     resumed_gone_first: list[str] = field(default_factory=list)
+    changed: int = 0  # rows --resume dropped, their files changed since the output was written: scored again
+    changed_first: str = ""
     formulas: int = 0  # CSV rows whose path a spreadsheet would take for a formula
     formula_first: str = ""
     not_utf8: int = 0  # CSV rows whose path holds bytes that are not UTF-8, written as they are
@@ -91,9 +95,15 @@ class Summary:
         if min_confidence is not None:
             scored += f" ({self.unconfident} below --min-confidence {min_confidence:g})"
         parts = [scored, f"failed {self.failed}", f"skipped {self.walk.skipped} (not images, or hidden)"]
+        if self.changed:
+            # dropped before the first row is scored: a run stopped since may not have scored them yet
+            again = "their old rows dropped" if stopped else "scored again"
+            parts.append(f"{self.changed} changed since {out} was written, {again}")
         if self.resumed:
             failed = f", {self.resumed_failed} of them failed" if self.resumed_failed else ""
-            parts.append(f"{self.resumed} already in {out} (resumed{failed})")
+            # Error rows count as done: --resume scores one again only where its file changed since.
+            again = ": --overwrite scores all again" if self.resumed_failed else ""
+            parts.append(f"{self.resumed} already in {out} (resumed{failed}){again}")
         lines = [
             (f"{stopped}: " if stopped else "") + ", ".join(parts) + f"; {self.elapsed:.1f} s, {rate:.0f} images/s"
         ]
@@ -507,6 +517,17 @@ def _check_same_scoring(backend: Backend, args, written: list[Row], absent: int 
         )
 
 
+def _changed_since(path: str, written_ns: int) -> bool:
+    """Whether the file at ``path`` was modified after the output was last written (at ``written_ns``): its row,
+    written once it was scored, is then of the file before. A link's own time counts too: one pointed elsewhere
+    since names another image. A file no longer there is not (the summary names those rows as gone)."""
+    try:
+        st = os.lstat(path)
+        return st.st_mtime_ns > written_ns or (stat.S_ISLNK(st.st_mode) and os.stat(path).st_mtime_ns > written_ns)
+    except OSError:
+        return False
+
+
 def _count(root: str, stop: threading.Event, resumed: frozenset[str], total: list) -> None:
     try:
         total.append(count_entries(root, stop, resumed))
@@ -555,9 +576,17 @@ def _run(
         out = open(sys.stdout.fileno(), "w", closefd=False, newline="", **ENCODING)
     else:
         if args.resume and os.path.exists(args.out):
+            # Read before the rows are: reading them back may cut a half-written line off, which moves it.
+            written_at = os.stat(args.out).st_mtime_ns
+            stale: list[tuple[int, int]] = []  # where the rows of files changed since lie in it
 
-            def keep(row: Row) -> None:
+            def keep(row: Row) -> bool:
                 nonlocal absent, first_absent
+                if not row.path.endswith("/") and _changed_since(os.path.join(args.dir, row.path), written_at):
+                    # Not done, and not checked against this run's scores: a changed file says nothing of the model.
+                    summary.changed_first = summary.changed_first or row.path
+                    summary.changed += 1
+                    return False
                 done.add(row.path)
                 if row.error is not None:
                     summary.resumed_failed += 1
@@ -571,14 +600,25 @@ def _run(
                         absent += 1
                 if accuracy is not None:
                     accuracy.add(row)
+                return True
 
             try:
-                summary.resumed = resume_output(args.out, fmt, keep)
+                summary.resumed = resume_output(args.out, fmt, keep, stale)
             except OutputError as exc:
                 raise UserError(f"cannot resume {args.out}: {exc}") from None
             except OSError as exc:
                 raise UserError(f"cannot resume {args.out}: {exc.strerror or exc}") from None
-            _check_same_scoring(backend, args, written, absent, first_absent)
+            # A changed file is under the folder all the same: rows naming only such files are not another folder's.
+            _check_same_scoring(backend, args, written, 0 if summary.changed else absent, first_absent)
+            if stale:  # after the check, so that a file it refuses is left as it was
+                try:
+                    drop_records(args.out, stale)
+                except OSError as exc:
+                    raise UserError(
+                        f"cannot resume {args.out}: the rows of {counted(summary.changed, 'file')} changed since it "
+                        f"was written (the first: {summary.changed_first!r}) are dropped by writing it again beside "
+                        f"itself, which failed: {exc.strerror or exc}; score to a new --out"
+                    ) from None
         try:
             if getattr(args, "overwrite", False) and os.path.isfile(args.out) and not holds_no_rows(args.out):
                 replacement = _Replacement(args.out)

@@ -17,11 +17,14 @@ and reading it back with ``surrogateescape`` gives the same key when resuming. A
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, NamedTuple, TypedDict
 
@@ -271,12 +274,18 @@ def _complete_lines(f, offsets: list[int]) -> Iterator[str]:
         yield raw.decode(**ENCODING)
 
 
-def resume_output(path: str, fmt: CsvFormat | JsonlFormat, on_row: Callable[[Row], None]) -> int:
+def resume_output(
+    path: str,
+    fmt: CsvFormat | JsonlFormat,
+    on_row: Callable[[Row], bool | None],
+    dropped: list[tuple[int, int]] | None = None,
+) -> int:
     """Read an existing output: call ``on_row`` per complete record, drop a trailing partial line.
 
     Returns the number of records kept. The file is truncated after the last complete
     record (or to nothing when it holds no record, header or not), so appending to it
-    continues a valid file.
+    continues a valid file. With a ``dropped`` list, a record ``on_row`` returns False for is not kept: where it
+    lies in the file, (start, end) in bytes, is added to the list, for ``drop_records``.
     """
     if holds_no_rows(path):
         # A run stopped before its first row: no rows to keep, so none whose --k or --min-confidence must match.
@@ -306,8 +315,10 @@ def resume_output(path: str, fmt: CsvFormat | JsonlFormat, on_row: Callable[[Row
                     break  # a quoted field cut short at the end of the file
                 raise OutputError(f"not a CSV score file ({exc})") from exc
             if row is not None:
-                on_row(row)
-                count += 1
+                if on_row(row) is False and dropped is not None:
+                    dropped.append((good, offsets[0]))
+                else:
+                    count += 1
             good = offsets[0]
         if good == 0:
             # Not one whole line to tell what the file is: what would be dropped must be the start of a score file
@@ -319,3 +330,39 @@ def resume_output(path: str, fmt: CsvFormat | JsonlFormat, on_row: Callable[[Row
     if os.path.getsize(path) != good:
         os.truncate(path, good)
     return count
+
+
+def drop_records(path: str, spans: list[tuple[int, int]]) -> None:
+    """Write the output at ``path`` again without the records at ``spans`` (``resume_output``'s, in order): to a
+    file beside it, which then takes its place, so that a run stopped meanwhile leaves the one or the other whole.
+    A link is followed: the file it names is replaced. OSError where that file cannot be made or written."""
+    target = os.path.realpath(path)
+    folder, name = os.path.split(target)
+    fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as dst, open(target, "rb") as src:
+            at = 0
+            for start, end in spans:
+                _copy(src, dst, start - at)
+                src.seek(end)
+                at = end
+            shutil.copyfileobj(src, dst)
+            dst.flush()
+            os.fsync(dst.fileno())  # the rows it leaves out are gone once it takes the old file's place
+        with contextlib.suppress(OSError):
+            shutil.copymode(target, temp)  # mkstemp's 0600 would otherwise become the output's mode
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def _copy(src, dst, size: int) -> None:
+    """``size`` bytes from ``src``'s position to ``dst``, a block at a time (an output may hold millions of rows)."""
+    while size > 0:
+        block = src.read(min(size, 1 << 20))
+        if not block:
+            return
+        dst.write(block)
+        size -= len(block)
