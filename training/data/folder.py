@@ -332,9 +332,17 @@ def _tree_images(root: Path) -> tuple[list[Path], list[Path], list[str]]:
         dirs[:] = sorted(d for d in dirs if not is_hidden(d) and not _not_followed(Path(folder) / d, real_root))
         found += [Path(folder) / f for f in files if is_tree_image(f)]
         others += [Path(folder) / f for f in files if not is_tree_image(f) and not _litter(f)]
-    images = sorted(p for p in found if p.is_file())
-    others += [p for p in found if p.exists() and not p.is_file()]
-    dangling = sorted(p for p in found if p.is_symlink() and not p.exists())
+    images: list[Path] = []
+    dangling: list[Path] = []
+    for path in found:  # one stat of each regular image: the listing is made on every read, a cached one too
+        if path.is_file():
+            images.append(path)
+        elif path.exists():  # a pipe, a device or a socket by an image's name
+            others.append(path)
+        elif path.is_symlink():
+            dangling.append(path)
+    images.sort()
+    dangling.sort()
     if dangling:  # a copy that kept the links but not what they point to: the class would silently shrink
         shown = _listed([str(p.relative_to(root)) for p in dangling], ", ")
         raise DatasetError(f"{root}: {_links_point(len(dangling))} to nothing (remove or fix them): {shown}")

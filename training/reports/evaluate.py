@@ -134,8 +134,8 @@ def _trained_on(source: ModelSource, spec: DataSpec, data: ImageArrays) -> list[
         return []
     run_val, run_seed = own.get("val_size"), own.get("split_seed")
     split_as_the_run = {k: v for k, v in (("val_size", run_val), ("split_seed", run_seed)) if v is not None}
-    if not its_own_split(source, replace(spec, **split_as_the_run)):  # another folder, or another dataset
-        return []
+    if not its_own_split(source, replace(spec, **split_as_the_run)) and not _the_runs_moved(source, spec, data):
+        return []  # another folder, or another dataset
     scored = f"{counted(len(data), 'image')} scored here ({spec.dataset} {spec.root}, split {spec.split}"
     if spec.split == "train" and its_own_split(source, spec):
         trained = f"all {scored}: its own training split"
@@ -154,22 +154,45 @@ def _trained_on(source: ModelSource, spec: DataSpec, data: ImageArrays) -> list[
     return [said[0].upper() + said[1:] + "."]
 
 
-def _trained_of_all(source: ModelSource, data: ImageArrays) -> str:
-    """How many of ``data``, all of the run's own data, the run trained on: all but those its split holds out, as
-    it split them; "about" where they are not the images it recorded holding out (its data changed since, or
-    another Pillow decodes it), "some of" where its split cannot be made again."""
+def _the_runs_moved(source: ModelSource, spec: DataSpec, data: ImageArrays) -> bool:
+    """Whether ``data``, all of a folder other than the one the run records (its data copied to another machine, or
+    CIFAR-10 kept elsewhere), holds the very images the run held out, as its split holds them out now: the run's
+    own data, read from elsewhere."""
+    recorded = source.info.get("val_fingerprint")
+    if spec.split != "all" or not recorded or str(source.data_defaults.get("dataset")) != spec.dataset:
+        return False
+    split = _the_runs_split(source, data)
+    return split is not None and len(split[1]) > 0 and data.subset(split[1]).fingerprint() == recorded
+
+
+def _the_runs_split(source: ModelSource, data: ImageArrays) -> tuple[np.ndarray, np.ndarray] | None:
+    """``data``, all of the run's own data, split as the run split it (trained on, held out); None where its split
+    cannot be made again (not recorded, or fewer images than it held out: not the data it split)."""
     own = source.data_defaults
     if own.get("val_size") is None or own.get("split_seed") is None:
-        return "some of"
+        return None
     try:
-        trained, held = stratified_split(data.labels, int(own["val_size"]), int(own["split_seed"]), data.classes)
-    except DatasetError:  # fewer images than it held out: not the data it split
+        return stratified_split(data.labels, int(own["val_size"]), int(own["split_seed"]), data.classes)
+    except DatasetError:
+        return None
+
+
+def _trained_of_all(source: ModelSource, data: ImageArrays) -> str:
+    """How many of ``data``, all of the run's own data, the run trained on: all but those its split holds out, as
+    it split them; "some of" where its split cannot be made again, or where the images it holds out now are not
+    those it recorded holding out."""
+    split = _the_runs_split(source, data)
+    if split is None:
         return "some of"
+    trained, held = split
     if not len(held):
         return "all of"
     recorded = source.info.get("val_fingerprint")
-    about = "about " if recorded and data.subset(held).fingerprint() != recorded else ""
-    return f"{about}{len(trained)} of"
+    if recorded and data.subset(held).fingerprint() != recorded:
+        # its data changed since (images added: a split of more images holds out others), or another Pillow
+        # decodes it: the split made now is not the run's, and no count of its would be the run's either
+        return "some of"
+    return f"{len(trained)} of"
 
 
 def _split_lacks_classes(classes: list[str], held: set[int], labels: np.ndarray, split: str) -> list[str]:
