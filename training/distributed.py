@@ -226,7 +226,7 @@ def terminated_outright() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-# What the backends' errors say when a peer has gone: gloo names its own source file, NCCL raises DistBackendError.
+# What the backends' errors say when a peer has gone, where they are not DistErrors: gloo names its own source file.
 BACKEND_ERROR = re.compile(r"gloo|NCCL|[Cc]onnection (closed|reset) by peer")
 
 
@@ -244,7 +244,8 @@ def peers_watched(info: DistInfo, peer_errors_only: bool = False) -> Iterator[No
     try:
         yield
     except RuntimeError as exc:
-        from_backend = isinstance(exc, dist.DistBackendError) or BACKEND_ERROR.search(str(exc)) is not None
+        # DistError: the backend's (DistBackendError), or its store's and network's, which say "Failed to recv"
+        from_backend = isinstance(exc, dist.DistError) or BACKEND_ERROR.search(str(exc)) is not None
         if peer_errors_only and not from_backend:
             raise
         raise PeerLost(
