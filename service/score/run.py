@@ -517,13 +517,19 @@ def _check_same_scoring(backend: Backend, args, written: list[Row], absent: int 
         )
 
 
-def _changed_since(path: str, written_ns: int) -> bool:
+def _changed_since(path: str, written_ns: int, now_ns: int) -> bool:
     """Whether the file at ``path`` was modified after the output was last written (at ``written_ns``): its row,
     written once it was scored, is then of the file before. A link's own time counts too: one pointed elsewhere
-    since names another image. A file no longer there is not (the summary names those rows as gone)."""
+    since names another image. A file no longer there is not (the summary names those rows as gone). Nor is a time
+    still to come (``now_ns``): no edit's, but an archive's unpacked in another time zone, or a skewed clock's,
+    which would have each resume score such files again from the start."""
+
+    def edited(mtime_ns: int) -> bool:
+        return written_ns < mtime_ns <= now_ns
+
     try:
         st = os.lstat(path)
-        return st.st_mtime_ns > written_ns or (stat.S_ISLNK(st.st_mode) and os.stat(path).st_mtime_ns > written_ns)
+        return edited(st.st_mtime_ns) or (stat.S_ISLNK(st.st_mode) and edited(os.stat(path).st_mtime_ns))
     except OSError:
         return False
 
@@ -578,11 +584,12 @@ def _run(
         if args.resume and os.path.exists(args.out):
             # Read before the rows are: reading them back may cut a half-written line off, which moves it.
             written_at = os.stat(args.out).st_mtime_ns
+            now = time.time_ns()
             stale: list[tuple[int, int]] = []  # where the rows of files changed since lie in it
 
             def keep(row: Row) -> bool:
                 nonlocal absent, first_absent
-                if not row.path.endswith("/") and _changed_since(os.path.join(args.dir, row.path), written_at):
+                if not row.path.endswith("/") and _changed_since(os.path.join(args.dir, row.path), written_at, now):
                     # Not done, and not checked against this run's scores: a changed file says nothing of the model.
                     summary.changed_first = summary.changed_first or row.path
                     summary.changed += 1
