@@ -102,7 +102,9 @@ def test_split_train_of_the_runs_own_data_says_it_trained_on_them(tiny_run, imag
     ], seed7["notes"]
 
 
-def test_split_all_of_the_runs_data_changed_since_gives_no_count_of_a_split_not_the_runs(tiny_run, image_folder, tmp_path):
+def test_split_all_of_the_runs_data_changed_since_gives_no_count_of_a_split_not_the_runs(
+    tiny_run, image_folder, tmp_path
+):
     grown = tmp_path / "grown"
     shutil.copytree(image_folder, grown)
     images, labels = make_arrays(3, 10, seed=7)
