@@ -67,9 +67,10 @@ def engine(monkeypatch) -> type[_ByContent]:
 SECOND = 10**9  # in nanoseconds
 
 
-def _folder(root: Path, count: int, bad: tuple[int, ...] = ()) -> Path:
-    """``count`` cat pictures (``bad``: unreadable ones among them), in two subfolders, made a minute ago."""
-    made = time.time_ns() - 60 * SECOND
+def _folder(root: Path, count: int, bad: tuple[int, ...] = (), ago_s: int = 60) -> Path:
+    """``count`` cat pictures (``bad``: unreadable ones among them), in two subfolders, made ``ago_s`` seconds ago
+    (a minute; negative: in the future)."""
+    made = time.time_ns() - ago_s * SECOND
     for i in range(count):
         path = root / ("a" if i < count // 2 else "b") / f"{i:04d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,3 +230,39 @@ def test_rows_of_files_deleted_or_replaced_since_are_not_taken_for_another_folde
         ("b/0002.jpg", "dog", ""),
         ("b/0003.jpg", "dog", ""),
     ]
+
+
+def test_a_change_is_still_seen_after_a_resume_refused_past_a_half_written_line(engine, tmp_path, capsys):
+    """The first resume (another model's scores) cut the half-written line off, which dated the output now, and was
+    refused: the next, with the right model, kept the replaced image's old row."""
+    folder = _folder(tmp_path / "photos", 12)
+    out = tmp_path / "p.csv"
+    assert _score(folder, out) == 0
+    with open(out, "a") as f:
+        f.write("b/0099.jpg,ca")  # a run killed mid-row
+    _replace(folder / "b" / "0010.jpg", out)
+    engine.confidence = 0.6
+    assert _score(folder, out, "--resume") == 2
+    assert "another --model, --fit or model file" in capsys.readouterr().err
+    engine.confidence = 0.9
+    assert _score(folder, out, "--resume") == 0
+    err = capsys.readouterr().err
+    assert f"1 changed since {out} was written, scored again" in err, err
+    labels = {path: label for path, label, _ in _labels(out)}
+    assert labels["b/0010.jpg"] == "dog" and len(labels) == 12, labels
+
+
+def test_images_dated_in_the_future_are_not_taken_for_changed(engine, tmp_path, capsys):
+    """Images an hour ahead (a zip of another time zone): a stopped run resumed dropped all its rows and scored
+    them again, so that no resume got further than its own run."""
+    folder = _folder(tmp_path / "photos", 10, ago_s=-3600)
+    out = tmp_path / "p.csv"
+    assert _score(folder, out) == 0
+    whole = out.read_text()
+    out.write_text("".join(whole.splitlines(keepends=True)[:5]))  # the header and 4 rows: a run stopped
+    capsys.readouterr()
+    assert _score(folder, out, "--resume") == 0
+    err = capsys.readouterr().err
+    assert "changed since" not in err, err
+    assert f"scored 6, failed 0, skipped 0 (not images, or hidden), 4 already in {out} (resumed);" in err, err
+    assert out.read_text() == whole
