@@ -419,7 +419,11 @@ def test_a_member_too_long_for_the_data_is_refused_before_any_member_trains(
     monkeypatch.setattr(runner, "train", trains)
     members = [
         {**MEMBERS[0], "set": [*MEMBERS[0]["set"], "batch_size=16"]},
-        {**MEMBERS[1], "set": [*MEMBERS[1]["set"], "batch_size=16", setting]},
+        # a member's set names a key once: batch_size=64 stands in for its 16
+        {
+            **MEMBERS[1],
+            "set": [*MEMBERS[1]["set"], *([] if setting.startswith("batch_size=") else ["batch_size=16"]), setting],
+        },
     ]
     sets = [s for s in _shared_overrides(image_folder, tmp_path) if not s.startswith("batch_size=")]
     out = tmp_path / "run"
@@ -428,7 +432,10 @@ def test_a_member_too_long_for_the_data_is_refused_before_any_member_trains(
     err = capsys.readouterr().err
     assert said in err and "Traceback" not in err, err
     assert trained == [] and not out.exists()
-    members[1]["set"].remove(setting)  # the same recipe within the data's size reaches the training
+    members[1]["set"] = [
+        *MEMBERS[1]["set"],
+        "batch_size=16",
+    ]  # the same recipe within the data's size reaches the training
     command[2] = _recipe(tmp_path, members)
     assert training_main(command) == 130 and trained == ["1-resnet9_half_cpu"]
 

@@ -52,6 +52,7 @@ from .config import (
     RECIPES_DIR,
     Config,
     ConfigError,
+    check_distinct,
     dump_yaml,
     is_ensemble_recipe,
     load_ensemble_recipe_raw,
@@ -156,6 +157,10 @@ def member_configs(recipe: EnsembleRecipe, overrides: list[str] | None = None) -
     configs = []
     for i, member in enumerate(recipe.members):
         what = f"ensemble member {i + 1} ({member.recipe})"
+        try:  # a member's `set` is its command line: a key given twice there is a mistake, as in --set
+            check_distinct(list(member.set))
+        except ConfigError as exc:
+            raise ConfigError(f"{what}, its `set`: {exc}") from None
         configs.append(buildable_config(recipe.member_recipe(i), [*member.set, *(overrides or [])], what))
     _check_distinct(recipe, configs)
     _check_joinable(recipe, configs)

@@ -192,6 +192,81 @@ def check_variants(folders: list[Path], configs: list[Config], labels: list[str]
     check_run_lengths([configs[i] for i in new], [f"variant {labels[i]!r}" for i in new])
 
 
+def check_same_ablation(out_dir: Path, what: dict[str, Any]) -> None:
+    """Refuse a folder whose table is another ablation's (another recipe, other variants or other --set): this one
+    would replace it without a word. The same ablation, re-run, resumes; so does one evaluated anew (another
+    --split, --tta or --target-top1), whose runs are the same, and one that extends it (more values of the same
+    keys, more steps), whose table keeps every row of the earlier one."""
+    record = out_dir / ABLATION_FILE
+    if not record.is_file():
+        return
+    theirs = _recorded_ablation(record)
+    mine = _identity(what)
+    if theirs[0] == mine[0] and theirs[2] == mine[2] and theirs[3] <= mine[3]:
+        return
+    recipe, varied, fixed, _ = theirs
+    if (recipe, varied) == mine[:2]:
+        said = f"the same variants with other --set ({' '.join(fixed) or 'none'})"
+    else:
+        said = f"{recipe}, {'steps' if varied[0] == 'steps' else 'varying'} {varied[1]}"
+    raise UsageError(
+        f"{out_dir} holds another ablation ({said}), whose table this one would replace: give this one its own "
+        "folder with --out, or remove that one first"
+    )
+
+
+Identity = tuple[str, tuple[str, str], tuple[str, ...], frozenset[object]]
+
+
+def _identity(what: dict[str, Any]) -> Identity:
+    """An ablation as far as its runs go: its recipe, what it varies (as its table's first line says it), its
+    --set, in any order (``check_distinct`` has refused a key set twice), and its variants, each as the settings
+    that make it."""
+    variants: frozenset[object]
+    if what["steps"]:
+        varied = ("steps", "; ".join(f"{st['label']}: {' '.join(st['settings']) or '-'}" for st in what["steps"]))
+        variants = frozenset((st["label"], tuple(st["settings"])) for st in what["steps"])
+    else:
+        varied = ("vary", ", ".join(f"{v['key']} = {' / '.join(v['values'])}" for v in what["vary"]))
+        keys = [v["key"] for v in what["vary"]]
+        combos = itertools.product(*(v["values"] for v in what["vary"]))
+        variants = frozenset(frozenset(zip(keys, combo)) for combo in combos)
+    return what["recipe"], varied, tuple(sorted(what["set"])), variants
+
+
+def _recorded_ablation(record: Path) -> Identity:
+    """What ablation ``record`` (an ablation.json) tabulates; one that cannot be read is refused naming it: whether
+    its folder holds this ablation cannot be told."""
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+        return _identity(
+            {
+                "recipe": str(data["recipe"]),
+                "vary": [{"key": str(v["key"]), "values": [str(x) for x in v["values"]]} for v in data["vary"]],
+                "set": [str(s) for s in data["set"] or []],
+                "steps": [
+                    {"label": str(st["label"]), "settings": [str(x) for x in st["settings"]]}
+                    for st in data.get("steps") or []
+                ],
+            }
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # ValueError: also bytes that are not UTF-8
+        raise UsageError(
+            f"{record} cannot be read ({_record_problem(exc)}), so whether its folder holds this ablation cannot be "
+            "told: use another --out or remove that folder"
+        ) from None
+
+
+def _record_problem(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    if isinstance(exc, UnicodeDecodeError):
+        return "it is not UTF-8 text"
+    if isinstance(exc, json.JSONDecodeError):
+        return "it is not valid JSON"
+    return "it is not an ablation's record"
+
+
 def _data_spec(config: Config, split: str) -> DataSpec:
     d = config.data
     if split in ("val",) and d.val_size == 0:
@@ -256,11 +331,18 @@ def ablate(
     names = [variant_dir_name([label] if steps else combo) for label, combo in zip(labels, combos)]
     check_distinct_variants(configs, labels, names, bool(steps))
     out_dir = Path(out) if out else Path("runs") / f"ablate-{configs[0].recipe}"
+    what = {
+        "recipe": configs[0].recipe,
+        "vary": [{"key": k, "values": v} for k, v in axes],
+        "set": sets,
+        "steps": [{"label": label, "settings": combo} for label, combo in zip(labels, combos)] if steps else [],
+    }
     # Its table and its variants' run folders: not among a run's or someone's files. An ablation's own folder,
     # even one stopped before its table (variant folders only), is reused: the re-run skips finished variants.
     check_own_folder(
         out_dir, "ablation", ABLATION_FILE, (LAST_FILE, BEST_FILE, SUMMARY_FILE, ENSEMBLE_RUN_FILE), files_only=True
     )
+    check_same_ablation(out_dir, what)
     for config in configs:  # the variants' run folders go in it, each trained on its own data.root (if varied)
         check_out_of_the_data(config, out_dir)
     loaded: dict[tuple, tuple] = {}
@@ -333,10 +415,7 @@ def ablate(
         del row["_correct"]
 
     result = {
-        "recipe": configs[0].recipe,
-        "vary": [{"key": k, "values": v} for k, v in axes],
-        "set": sets,
-        "steps": [{"label": label, "settings": combo} for label, combo in zip(labels, combos)] if steps else [],
+        **what,
         "tta": tta,
         "split": split,
         "target_top1": target_top1,

@@ -256,7 +256,11 @@ def add_report_commands(sub) -> None:
         help="also tabulate the epochs each variant took to reach this validation top-1, e.g. 92",
     )
     add_set_option(p, "overrides shared by every variant (repeatable)")
-    p.add_argument("--out", type=path_text, help="ablation folder (default: runs/ablate-<recipe>)")
+    p.add_argument(
+        "--out",
+        type=path_text,
+        help="ablation folder (default: runs/ablate-<recipe>); one holding another ablation's table is refused",
+    )
     p.add_argument("--split", default="val", help=SPLIT_HELP + " (default: val)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size (default: 256)")
     p.add_argument("--device", default="auto", help="evaluation device: auto, cpu, cuda or cuda:N (default: auto)")
