@@ -343,6 +343,7 @@ class TrainConfig(Section):
     # (bench/bench_checkpoint.py).
     checkpoint_every: int = Field(1, ge=1)
     early_stop_patience: int = Field(0, ge=0)  # epochs without improvement before stopping; 0 = never
+    # how much val top-1 must rise to count as an improvement for the patience above (best.pt takes any rise)
     early_stop_min_delta: float = Field(0.0, ge=0)
     max_batches_per_epoch: int | None = Field(None, ge=1)  # for smoke tests and benchmarks
     threads: int | None = Field(None, ge=1)
@@ -670,14 +671,30 @@ def _read_recipe(name_or_path: str) -> dict[str, Any]:
     except YamlMistake as exc:
         line = f", line {exc.line}" if exc.line is not None else ""
         raise ConfigError(f"recipe {str(path)!r}{line}: {exc.problem}") from exc
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"recipe {str(path)!r} is not a YAML file: {exception_summary(exc, lines=2)}") from exc
+    except yaml.YAMLError as exc:
+        # yaml's own text names the file "<unicode string>" and puts the problem on a line after its context
+        said = _left_open(exc) or yaml_problem(exc).removeprefix("not YAML: ")
+        raise ConfigError(f"recipe {str(path)!r} is not a YAML file: {said}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe {str(path)!r} is not a YAML file: {exception_summary(exc)}") from exc
     if raw is None:  # an empty file would otherwise train every default (se_resnet18) as if that were asked
         raise ConfigError(f"recipe {str(path)!r} is empty: it names no model and no settings")
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {str(path)!r} is not a mapping of sections")
     raw.setdefault("recipe", path.stem)
     return raw
+
+
+def _left_open(exc: yaml.YAMLError) -> str | None:
+    """A bracket or quote a recipe leaves open, said with the line it was opened on; None for any other problem.
+    yaml finds it at the end of the text, a line past the recipe's last, which is no line to mend."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None or exc.context_mark is None:
+        return None
+    end = exc.problem_mark
+    if not (exc.context and end.buffer and end.index >= len(end.buffer) - 1):
+        return None
+    what = exc.context.split(" a ", 1)[-1]  # "while parsing a flow sequence"
+    return f"{exc.problem}: the {what} begun at line {exc.context_mark.line + 1} is never closed"
 
 
 def load_recipe(name_or_path: str) -> dict[str, Any]:
@@ -945,6 +962,12 @@ def unused_settings(config: Config) -> list[str]:
         said.append("augment.alternate_flip true is unused: augment.flip is false, so no image is mirrored")
     if t.lookahead_every == 0 and "lookahead_decay" in t.model_fields_set:
         said.append(f"train.lookahead_decay {t.lookahead_decay} is unused: train.lookahead_every is 0 (no lookahead)")
+    if t.early_stop_patience == 0 and "early_stop_min_delta" in t.model_fields_set:
+        # it counts the epochs without improvement that early stopping reads; the best epoch ignores it
+        said.append(
+            f"train.early_stop_min_delta {t.early_stop_min_delta} is unused: train.early_stop_patience is 0 "
+            "(no early stopping)"
+        )
     if t.lookahead_every and t.ema_decay and {"lookahead_every", "ema_decay"} & t.model_fields_set:
         # the average is what is evaluated and exported; lookahead's final step onto its slow weights comes after
         # the last update of the average, so they reach nothing
@@ -1078,7 +1101,12 @@ def close_settings(key: str) -> list[str]:
     names = _setting_names()
     close = [dotted for match in difflib.get_close_matches(name, names, n=2, cutoff=0.75) for dotted in names[match]]
     if not section:  # a section mistyped (trian.epochs is refused as the section trian)
-        close += difflib.get_close_matches(name, [s for s in Config.model_fields if s != "recipe"], n=1, cutoff=0.75)
+        sections = [s for s in Config.model_fields if s != "recipe"]
+        # a section's name said long (optimizer, augmentation, dataset) is too far from it for difflib's cutoff
+        close += (
+            difflib.get_close_matches(name, sections, n=1, cutoff=0.75)
+            or [s for s in sections if name.startswith(s) and name[len(s) :].isalpha()][:1]
+        )
     own = [dotted for dotted in close if dotted.startswith(f"{section}.")]
     if section == "model" and not own:  # model: {name: wrn_16_4, dropout: 0.1}: a network's own argument
         return [f"model.args.{name}"]
@@ -1094,8 +1122,9 @@ def did_you_mean(keys: list[str], arguments: Sequence[str] = ()) -> str:
         for key in keys
         if (close := difflib.get_close_matches(key, arguments, n=1, cutoff=0.75) or close_settings(key))
     ]
-    if len(hints) == 1:
+    if len(keys) == 1 and hints:  # the one key refused: the hint can be for no other
         return f"; did you mean {' or '.join(hints[0][1])}?"
+    # several refused: each hint names its key, or it would read as meant for the key said last
     return "".join(f"; {key}: did you mean {' or '.join(close)}?" for key, close in hints)
 
 

@@ -1,0 +1,79 @@
+"""The lines a refused configuration is said in: a typo's hint beside the key it is for, a section's name said
+long hinted at, and a recipe that is not YAML named with its problem and line. Each is refused before any data is
+read, so no training runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.__main__ import main as training_main
+
+
+def _refused(argv: list[str], capsys) -> str:
+    assert training_main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def _train(tmp_path: Path, *settings: str, recipe: str = "resnet9_half_cpu") -> list[str]:
+    """A train command whose refusal, if missed, would start reading a folder that is not there (fails at once)."""
+    no_data = f"data.root={tmp_path / 'no-images'}"
+    return ["train", "--recipe", recipe, "--out", str(tmp_path / "run"), "--set", *settings, no_data]
+
+
+@pytest.mark.parametrize(
+    "settings, said",
+    [
+        # it ended "...; train.zzz: no such setting (got 1); did you mean optim.lr?", as if meant for train.zzz
+        (
+            ("optim.lrr=0.1", "train.zzz=1"),
+            "error: invalid configuration: optim.lrr: no such setting (got 0.1); train.zzz: no such setting (got 1); "
+            "optim.lrr: did you mean optim.lr?",
+        ),
+        # one key refused: its hint can be for no other, and is said as before
+        (
+            ("optim.lrr=0.1",),
+            "error: invalid configuration: optim.lrr: no such setting (got 0.1); did you mean optim.lr?",
+        ),
+    ],
+)
+def test_a_hint_names_the_key_it_is_for(settings, said, tmp_path, capsys):
+    assert _refused(_train(tmp_path, *settings), capsys) == said
+
+
+@pytest.mark.parametrize(
+    "setting, said",
+    [
+        ("optimizer.lr=0.1", "error: invalid configuration: optimizer: no such setting; did you mean optim?"),
+        ("augmentation.cutout=8", "error: invalid configuration: augmentation: no such setting; did you mean augment?"),
+    ],
+)
+def test_a_section_named_long_is_hinted_at(setting, said, tmp_path, capsys):
+    """It was "optimizer: no such setting", with no hint: optimizer is too far from optim for difflib's cutoff."""
+    assert _refused(_train(tmp_path, setting), capsys) == said
+
+
+def test_a_word_after_a_sections_name_is_not_taken_for_it(tmp_path, capsys):
+    """data_dir is not the data section said long: no hint is better than a wrong one."""
+    said = _refused(_train(tmp_path, "data_dir.x=1"), capsys)
+    assert said == "error: invalid configuration: data_dir: no such setting", said
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        # a bracket left open is found past the last line: the line it was opened on is the one to mend
+        ("lr: {0.1\n", "expected ',' or '}', but got '<stream end>': the flow mapping begun at line 1 is never closed"),
+        ("model: {name: resnet9}\noptim: {lr: 0.1, momentum: [0.9}\n", "expected ',' or ']', but got '}' at line 2"),
+    ],
+)
+def test_a_recipe_that_is_not_yaml_says_its_problem_and_line(text, problem, tmp_path, capsys):
+    """It was "is not a YAML file: while parsing a flow mapping; in "<unicode string>", line 1, column 5:", naming
+    no file, ending on a colon and dropping the problem."""
+    recipe = tmp_path / "unclosed.yaml"
+    recipe.write_text(text)
+    said = _refused(_train(tmp_path, recipe=str(recipe)), capsys)
+    assert said == f"error: recipe {str(recipe)!r} is not a YAML file: {problem}", said
