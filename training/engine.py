@@ -104,6 +104,9 @@ class Trainer:
         self.history: list[dict[str, Any]]
         self.epoch, self.history, self.best = 0, [], {"val_top1": -1.0, "epoch": -1}
         self.bad_epochs = 0
+        # the score that last reset the patience count: an improvement counts only above it by min_delta, and it
+        # moves only then, so gains smaller than min_delta each still add up to one (Keras's EarlyStopping)
+        self.patience_top1 = -1.0
         # Every rank's random state at the end of the last epoch; only rank 0 saves, so all ranks send theirs.
         self.rng_states: list[dict] | None = None
 
@@ -284,6 +287,7 @@ class Trainer:
             "history": self.history,
             "best": self.best,
             "bad_epochs": self.bad_epochs,
+            "patience_top1": self.patience_top1,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             # Gathered by every rank at the end of each epoch; only the main rank saves, so none is gathered here.
@@ -311,6 +315,8 @@ class Trainer:
             ) from exc
         self.epoch, self.history, self.best = ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
         self.bad_epochs = ckpt.get("bad_epochs", 0)
+        # a checkpoint written before the reference was kept: best's score was the reference then
+        self.patience_top1 = ckpt.get("patience_top1", self.best["val_top1"])
         saved_by = len(ckpt.get("rng_ranks") or [])
         if saved_by and saved_by != self.dist.world_size:
             self._continue_schedule_at(self.epoch)
@@ -531,7 +537,11 @@ class Trainer:
         return patience_exhausted(self.config, self.bad_epochs)
 
     def _improves(self, score: float) -> bool:
-        return score > self.best["val_top1"] + self.config.train.early_stop_min_delta
+        """Whether ``score`` makes its epoch the best (best.pt): any higher score does, whatever min_delta."""
+        return score > self.best["val_top1"]
+
+    def _resets_patience(self, score: float) -> bool:
+        return score > self.patience_top1 + self.config.train.early_stop_min_delta
 
     def _finish_early(self) -> None:
         """Lookahead's result is its slow weights, which the last epoch only takes when the run goes the
@@ -559,10 +569,12 @@ class Trainer:
     def _end_epoch(self, record: dict[str, Any]) -> bool:
         self.history.append(record)
         score = record.get("val_top1", record["train_acc"])
-        new_best = self._improves(score) or self.best["epoch"] < 0
+        first = self.best["epoch"] < 0
+        new_best = self._improves(score) or first
         if new_best:
             self.best = self._best_entry(score, record)
-            self.bad_epochs = 0
+        if self._resets_patience(score) or first:
+            self.patience_top1, self.bad_epochs = score, 0
         else:
             self.bad_epochs += 1
         stop = self._patience_exhausted()

@@ -192,14 +192,31 @@ def resume(
         return _resume(out_dir, epochs, expected, placement)
 
 
-def _epochs_advice(out_dir: str | Path, differences: list[str], expected: Config | None) -> str:
+def _epochs_advice(
+    out_dir: str | Path, differences: list[str], expected: Config | None, ckpt: dict[str, Any], started: Config
+) -> str:
     """Where the epoch count alone differs, the command that continues the run for the epochs asked: resume takes
-    that one difference, as its own option."""
+    that one difference, as its own option. Where resume would refuse those epochs (the run has trained as many,
+    or stopped early), where the run stands instead, and what trains it further."""
     if expected is None or not all(difference.startswith("train.epochs:") for difference in differences):
         return ""
-    epochs = expected.train.epochs
-    command = distributed.training_command("resume", str(out_dir), "--epochs", str(epochs))
-    return f"; to train it to {epochs} epochs: {command}"
+    epochs, trained = expected.train.epochs, ckpt["epoch"]
+    if patience_exhausted(started, ckpt.get("bad_epochs", 0)):
+        return (
+            f"; it stopped early at epoch {trained} (early_stop_patience {started.train.early_stop_patience}), "
+            "so no epoch count trains it further: start a new run in another folder to train on"
+        )
+    if epochs > trained:
+        command = distributed.training_command("resume", str(out_dir), "--epochs", str(epochs))
+        return f"; to train it to {counted(epochs, 'epoch')}: {command}"
+    if trained < started.train.epochs:
+        command = distributed.training_command("resume", str(out_dir))
+        return (
+            f"; it has trained {trained} of its {counted(started.train.epochs, 'epoch')} already: {command} trains "
+            "the rest"
+        )
+    command = distributed.training_command("resume", str(out_dir), "--epochs", "N")
+    return f"; it has finished at {counted(trained, 'epoch')}: to train it further, {command} with N above {trained}"
 
 
 def _will_train(ckpt: dict[str, Any], started: Config, epochs: int | None, moved: list[str]) -> bool:
@@ -247,9 +264,10 @@ def _resume(
     started = validate_config(ckpt["config"], started=True)
     differences = config_differences(started, expected, ignore=PLACEMENT_KEYS) if expected is not None else []
     if differences:
+        advice = _epochs_advice(out_dir, differences, expected, ckpt, started)
         raise ConfigError(
             f"{out_dir} holds a run of another configuration, so it cannot be continued with this one "
-            f"(started -> asked): {'; '.join(differences)}{_epochs_advice(out_dir, differences, expected)}"
+            f"(started -> asked): {'; '.join(differences)}{advice}"
         )
     if distributed.is_main_process():  # rank 0 alone writes the run folder
         keep_edited_config(Path(out_dir), started)
