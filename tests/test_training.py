@@ -1044,7 +1044,7 @@ def test_more_epochs_for_a_run_that_stopped_early_are_refused(image_folder, tmp_
         assert f"{run} stopped early at epoch 2 (early_stop_patience 1" in err and "--epochs 20 would train none" in err
         assert "reshapes" not in caplog.text and "Traceback" not in err
         assert training_main(["resume", str(run)]) == 0
-        assert "stopped early (no better epoch for its patience): nothing left to train" in caplog.text
+        assert "stopped early (no epoch better by early_stop_min_delta 2 for its patience): nothing left" in caplog.text
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
 
 

@@ -685,6 +685,10 @@ def _read_recipe(name_or_path: str) -> dict[str, Any]:
     return raw
 
 
+# what yaml's context names of a thing opened on a line it marks and closed later
+_OPENED = ("flow sequence", "flow mapping", "quoted scalar")
+
+
 def _left_open(exc: yaml.YAMLError) -> str | None:
     """A bracket or quote a recipe leaves open, said with the line it was opened on; None for any other problem.
     yaml finds it at the end of the text, a line past the recipe's last, which is no line to mend."""
@@ -694,6 +698,10 @@ def _left_open(exc: yaml.YAMLError) -> str | None:
     if not (exc.context and end.buffer and end.index >= len(end.buffer) - 1):
         return None
     what = exc.context.split(" a ", 1)[-1]  # "while parsing a flow sequence"
+    if what == "flow node":  # an item awaited after a comma: its mark is the end, not where the bracket opened
+        return f"{exc.problem}: a [ or {{ is never closed"
+    if what not in _OPENED:  # an alias, anchor or tag cut short by the end is nothing left open
+        return None
     return f"{exc.problem}: the {what} begun at line {exc.context_mark.line + 1} is never closed"
 
 

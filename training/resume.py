@@ -39,7 +39,7 @@ from .config import (
 )
 from .device import numerics_of, resolve_device
 from .engine import Trainer
-from .summary import finished_summary, left_to_train, patience_exhausted, write_progress
+from .summary import finished_summary, left_to_train, no_better_epoch, patience_exhausted, write_progress
 
 log = logging.getLogger("training")
 
@@ -293,9 +293,9 @@ def _resume(
         # it would only be reported finished again; its patience is the setting that ended it, which a resume keeps
         patience = started.train.early_stop_patience
         raise ConfigError(
-            f"{out_dir} stopped early at epoch {trained} (early_stop_patience {patience}: no better epoch in its "
-            f"last {patience}): it has finished, so --epochs {epochs} would train none; to train on, start a new "
-            "run in another folder with a larger early_stop_patience"
+            f"{out_dir} stopped early at epoch {trained} (early_stop_patience {patience}: {no_better_epoch(started)} "
+            f"in its last {patience}): it has finished, so --epochs {epochs} would train none; to train on, start a "
+            "new run in another folder with a larger early_stop_patience"
         )
     if epochs is not None and (epochs < trained or epochs == trained < started.train.epochs):
         # the last case would mark the run finished without its last epoch's work (lookahead's final sync)

@@ -55,6 +55,13 @@ def left_to_train(config: Config, standing: dict[str, Any]) -> bool:
     return standing["epoch"] < config.train.epochs and not patience_exhausted(config, standing.get("bad_epochs", 0))
 
 
+def no_better_epoch(config: Config) -> str:
+    """Why early stopping ended a run, as its settings count: with a min_delta, epochs better by less than it
+    count as none better (best.pt may be the last epoch), so "no better epoch" would be untrue."""
+    delta = config.train.early_stop_min_delta
+    return f"no epoch better by early_stop_min_delta {delta:g}" if delta else "no better epoch"
+
+
 def finished_summary(
     out_dir: Path, config: Config, standing: dict[str, Any], validated: bool, main: bool
 ) -> dict[str, Any] | None:
@@ -66,7 +73,7 @@ def finished_summary(
     stop = patience_exhausted(config, standing.get("bad_epochs", 0))
     epochs = config.train.epochs
     if stop:
-        log.info("%s stopped early (no better epoch for its patience): nothing left to train", out_dir)
+        log.info("%s stopped early (%s for its patience): nothing left to train", out_dir, no_better_epoch(config))
     else:
         trained = f"{epochs} epoch{'s' if epochs != 1 else ''}"
         log.info("%s has trained its %s: nothing left to train (more: resume --epochs)", out_dir, trained)
