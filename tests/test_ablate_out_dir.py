@@ -91,3 +91,22 @@ def test_an_ablation_folder_whose_record_cannot_be_read_is_refused_naming_it(
         "ablation cannot be told: use another --out or remove that folder\n"
     )
     assert variants_trained == []
+
+
+def test_the_same_steps_with_their_settings_in_another_order_go_on_in_their_folder(
+    image_folder, tmp_path, monkeypatch, capsys, variants_trained
+):
+    """A step's settings make one run whatever their order (a key given twice is refused): the same steps re-run
+    with them reordered were refused as another ablation."""
+    monkeypatch.chdir(tmp_path)
+    sets = [s for s in tiny_overrides(image_folder, tmp_path / "cache") if not s.startswith(("lr=", "cutout="))]
+
+    def argv(*step: str) -> list[str]:
+        steps = ["--step", "base", "--step", "both", *step]
+        return ["ablate", "--recipe", "resnet9_half_cpu", *steps, "--set", *sets, "--device", "cpu"]
+
+    assert main(argv("lr=0.05", "cutout=8")) == 0
+    capsys.readouterr()
+    assert main(argv("cutout=8", "lr=0.05")) == 0, capsys.readouterr().err
+    assert main(argv("cutout=8", "lr=0.1")) == 2  # other settings: another ablation
+    assert "holds another ablation (resnet9_half_cpu, steps " in capsys.readouterr().err

@@ -221,11 +221,11 @@ Identity = tuple[str, tuple[str, str], tuple[str, ...], frozenset[object]]
 def _identity(what: dict[str, Any]) -> Identity:
     """An ablation as far as its runs go: its recipe, what it varies (as its table's first line says it), its
     --set, in any order (``check_distinct`` has refused a key set twice), and its variants, each as the settings
-    that make it."""
+    that make it (in any order: one run whatever their order)."""
     variants: frozenset[object]
     if what["steps"]:
         varied = ("steps", "; ".join(f"{st['label']}: {' '.join(st['settings']) or '-'}" for st in what["steps"]))
-        variants = frozenset((st["label"], tuple(st["settings"])) for st in what["steps"])
+        variants = frozenset((st["label"], frozenset(st["settings"])) for st in what["steps"])
     else:
         varied = ("vary", ", ".join(f"{v['key']} = {' / '.join(v['values'])}" for v in what["vary"]))
         keys = [v["key"] for v in what["vary"]]
