@@ -129,3 +129,15 @@ def test_a_record_without_the_device_is_judged_by_the_setting(stopped_run, numer
     with caplog.at_level(logging.INFO):
         resume(stopped_run)
     assert _numerics_warnings(caplog) == [], caplog.text
+
+
+def test_a_finished_run_resumed_with_other_placement_is_not_said_to_continue(cpu_runs, tmp_path, caplog):
+    """`resume RUN --set device=cpu` of a run that has trained all its epochs only reports it finished: it logged
+    "the run continues elsewhere", though nothing continues."""
+    run = tmp_path / "finished"
+    shutil.copytree(cpu_runs / "straight", run)
+    with caplog.at_level(logging.INFO):
+        resume(run, placement=["device=cpu"])
+    assert "continues elsewhere" not in caplog.text, caplog.text
+    assert "the finished run is read elsewhere (started -> now): train.device: auto -> cpu" in caplog.text, caplog.text
+    assert "nothing left to train" in caplog.text, caplog.text

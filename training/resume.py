@@ -277,10 +277,13 @@ def _resume(
     # after those lines): one named now, finished or not, and the one it started on where it will train; a
     # finished run's summary needs none, so a GPU run's is still read on a machine without one
     device = None
-    if any(d.startswith("train.device:") for d in moved) or _will_train(ckpt, started, epochs, moved):
+    will_train = _will_train(ckpt, started, epochs, moved)
+    if any(d.startswith("train.device:") for d in moved) or will_train:
         device = distributed.process_device(resolve_device(config.train.device))
     if moved:
-        log.info("the run continues elsewhere (started -> now): %s", "; ".join(moved))
+        # a finished run is only reported: nothing of it continues
+        said = "the run continues elsewhere" if will_train else "the finished run is read elsewhere"
+        log.info("%s (started -> now): %s", said, "; ".join(moved))
     numerics = _numerics_moved(ckpt, config, moved, device)
     if numerics:
         log.warning(
