@@ -8,6 +8,7 @@ The rule applies to the names under the folder given, never to that folder's own
 
 from __future__ import annotations
 
+import os
 import shlex
 import tarfile
 from pathlib import Path
@@ -29,6 +30,25 @@ def is_hidden(name: str) -> bool:
 def is_tree_image(name: str) -> bool:
     """Whether a file named ``name`` (not a path) under the folder given is one of its images."""
     return not is_hidden(name) and is_image_name(name)
+
+
+# What ``folder_linked_inside`` says of a link to a folder holding the root (or to the root): a loop.
+LINK_LOOP = ""
+
+
+def folder_linked_inside(link: str | os.PathLike, real_root: str) -> str | None:
+    """Where a symlink to a folder points, as both walks of a folder of images (training's reader, the batch
+    scorer's) take it: the folder's path under the root (``real_root``: the root, links resolved), "/"-joined, where
+    the root holds it by its own name, which it is read by (its name, not the link's, is its class), whether the
+    link sorts before it or after; ``LINK_LOOP`` for a link to a folder holding the root; None for a link to be
+    followed (a folder outside the root, or a hidden one under it, which is not read by its own name)."""
+    real = os.path.realpath(link)
+    if real_root == real or real_root.startswith(real.rstrip(os.sep) + os.sep):
+        return LINK_LOOP
+    if not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        return None
+    inside = os.path.relpath(real, real_root).split(os.sep)
+    return None if any(map(is_hidden, inside)) else "/".join(inside)
 
 
 def is_tar_archive(path: str | Path) -> bool:

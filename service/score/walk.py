@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Container, Iterator, NamedTuple
 
-from inference.tree_files import is_hidden, is_tree_image
+from inference.tree_files import LINK_LOOP, folder_linked_inside, is_hidden, is_tree_image
 
 # One folder being walked: its prefix under the root, its path, its sorted names left, its (device, inode).
 _Frame = tuple[str, str, Iterator[tuple[str, str]], tuple[int, int]]
@@ -144,13 +144,9 @@ def _walked_as(
     if key in visited:  # a second link to a folder outside the root, or a second name the file system gives
         return visited[key]
     if os.path.islink(path):
-        real = os.path.realpath(path)
-        if real_root == real or real_root.startswith(real.rstrip(os.sep) + os.sep):
-            return None
-        if real.startswith(real_root.rstrip(os.sep) + os.sep):
-            inside = os.path.relpath(real, real_root).split(os.sep)
-            if not any(map(is_hidden, inside)):  # a hidden folder is not walked: the link is its only way in
-                return "/".join(inside)
+        inside = folder_linked_inside(path, real_root)
+        if inside is not None:
+            return None if inside == LINK_LOOP else inside
     return rel
 
 

@@ -32,7 +32,7 @@ from inference.files import file_in_the_way, parse_temporary, write_atomic, writ
 from inference.fits import DEFAULT_FIT
 from inference.messages import counted, exception_summary
 from inference.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
-from inference.tree_files import ARCHIVE_SUFFIXES, is_hidden, is_tar_archive, is_tree_image
+from inference.tree_files import ARCHIVE_SUFFIXES, folder_linked_inside, is_hidden, is_tar_archive, is_tree_image
 
 from .arrays import DatasetError, ImageArrays, missing_path_text
 
@@ -355,14 +355,7 @@ def _not_followed(folder: Path, real_root: str) -> bool:
     """Whether ``folder`` is a link not followed: to a folder holding the tree (a loop), or to one the tree holds by
     its own name, read by that name whether the link sorts before it or after, so that the class is the folder's
     name, not the link's. A link to a hidden folder is followed: that folder itself is not read."""
-    if not folder.is_symlink():
-        return False
-    real = os.path.realpath(folder)
-    if real_root == real or real_root.startswith(real.rstrip(os.sep) + os.sep):
-        return True
-    if not real.startswith(real_root.rstrip(os.sep) + os.sep):
-        return False
-    return not any(is_hidden(part) for part in Path(os.path.relpath(real, real_root)).parts)
+    return folder.is_symlink() and folder_linked_inside(folder, real_root) is not None
 
 
 # Files an operating system leaves in folders it shows (hidden ones too: .DS_Store, a Mac's ._ copies), not left
