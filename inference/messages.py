@@ -3,6 +3,7 @@ things in words; the standard streams a command line writes its lines to; and th
 
 from __future__ import annotations
 
+import argparse
 import codecs
 import logging
 import os
@@ -29,6 +30,15 @@ def counted(count: int, noun: str, plural: str | None = None, separator: str = "
 def and_listed(names: list[str]) -> str:
     """``names`` as a sentence lists them: "a and b", "a, b and c"."""
     return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The parser of ``parser``'s subcommand ``command``, else ``parser``: a mistake in a subcommand's flags is told
+    with that subcommand's usage, which names the flags it takes, not the program's list of subcommands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
 
 
 def exception_summary(exc: BaseException, after: str | None = None, lines: int = 1, limit: int = 200) -> str:

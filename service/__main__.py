@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from inference.interrupts import give_back, stopped_while_importing, stops_recorded, take_over_terminations
-from inference.messages import configure_streams, flushed, reader_gone, stop_writing
+from inference.messages import command_parser, configure_streams, flushed, reader_gone, stop_writing
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         return stopped_while_importing(exc, seen)
     finally:
         give_back(previous)  # each command answers terminations its own way
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return flushed(args.fn(args))
     except BrokenPipeError:

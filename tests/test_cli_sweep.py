@@ -222,3 +222,24 @@ def test_training_into_a_report_folder_is_refused_and_leaves_it_whole(report_fil
     _one_refusal(err)
     assert f"holds {kind}, not a run" in err
     assert {p.name: p.read_text() for p in report.iterdir()} == held
+
+
+UNKNOWN_FLAGS = [
+    ("training", ["evaluate", "--checkpoint", "x.pt", "--bogus"], "python -m training evaluate"),
+    ("training", ["train", "--recipe", "resnet9_half_cpu", "--bogus"], "python -m training train"),
+    ("training", ["models", "extra"], "python -m training models"),
+    ("service", ["score", "{tmp}/images", "--bogus"], "python -m service score"),
+    ("service", ["serve", "--bogus"], "python -m service serve"),
+    ("service", ["doctor", "--bogus"], "python -m service doctor"),
+]
+
+
+@pytest.mark.parametrize("main, argv, command", UNKNOWN_FLAGS)
+def test_an_unknown_flag_is_told_with_its_commands_usage(main, argv, command, mistakes, capsys):
+    """The usage shown names the flags the command takes; the program's list of commands (which it showed)
+    does not help one who mistyped a flag of one of them."""
+    status, err = _said(main, argv, mistakes, capsys)
+    assert status == 2, err
+    _one_refusal(err)
+    assert err.startswith(f"usage: {command} "), err
+    assert err.strip().splitlines()[-1].startswith(f"{command}: error: unrecognized arguments: "), err

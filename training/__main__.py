@@ -14,6 +14,7 @@ from inference.errors import UsageError
 from inference.fits import FITS
 from inference.interrupts import interrupted_status, say_stopped, terminations_as_interrupts
 from inference.messages import (
+    command_parser,
     configure_logging,
     configure_streams,
     counted,
@@ -403,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     _check_set_words(parser, sys.argv[1:] if argv is None else argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        parser.error(_unrecognized(args, unknown))
+        command_parser(parser, args.command).error(_unrecognized(args, unknown))
     try:
         check_distinct(getattr(args, "set", None) or [])  # --set's of train, resume and ablate, however many
         _check_processes(args.command)
