@@ -231,8 +231,17 @@ def test_a_setting_the_chosen_optimizer_or_schedule_does_not_read_is_warned_once
     assert [m.split(" is unused")[0] for m in unused(str(recipe), [])] == ["optim.momentum 0.8"]
     assert unused("se_resnet18", ["optim.name=sgd"]) == []  # its defaults' betas: nobody set them
     assert unused("airbench94", ["augment=none"]) == [  # the preset turns flip off under the recipe's alternation
-        "augment.alternate_flip true is unused: augment.flip is false, so no image is mirrored"
+        "augment.alternate_flip true is unused: augment.flip is false, so no image is mirrored",
+        "augment.pad_mode reflect is unused: augment.crop_padding is 0 (nothing is padded)",
     ]
+    assert unused("resnet9_half_cpu", ["mix_prob=0.5"]) == [  # mixing is off: no image is mixed at any rate
+        "augment.mix_prob 0.5 is unused: augment.mixup_alpha and cutmix_alpha are 0 (no images are mixed)"
+    ]
+    assert unused("resnet9_half_cpu", ["mix_prob=0.5", "cutmix_alpha=1"]) == []
+    assert unused("resnet9_half_cpu", ["prune_until=0.5"]) == [
+        "train.prune_until 0.5 is unused: train.prune_ratio is 0 (no pruning)"
+    ]
+    assert unused("resnet9_half_cpu", ["prune_until=0.5", "prune_ratio=0.3"]) == []
     assert unused("resnet9_half_cpu", ["distill_from=runs/x", "distill_weight=0"]) == [
         "train.distill_from runs/x is unused: train.distill_weight is 0"
     ]

@@ -984,6 +984,15 @@ def unused_settings(config: Config) -> list[str]:
             f"train.ema_decay {t.ema_decay} makes the network's average the result that is evaluated and exported; "
             "lookahead only restarts the averaged network from them as it trains. Set one of the two to 0"
         )
+    if "mix_prob" in a.model_fields_set and not (a.mixup_alpha or a.cutmix_alpha):
+        said.append(
+            f"augment.mix_prob {a.mix_prob:g} is unused: augment.mixup_alpha and cutmix_alpha are 0 "
+            "(no images are mixed)"
+        )
+    if "pad_mode" in a.model_fields_set and a.pad_mode != "zeros" and a.crop_padding == 0:
+        said.append(f"augment.pad_mode {a.pad_mode} is unused: augment.crop_padding is 0 (nothing is padded)")
+    if "prune_until" in t.model_fields_set and t.prune_ratio == 0:
+        said.append(f"train.prune_until {t.prune_until:g} is unused: train.prune_ratio is 0 (no pruning)")
     if t.distill_from and t.distill_weight == 0:
         # the teacher's pass over the training images (minutes) would feed a loss term weighted 0
         said.append(f"train.distill_from {t.distill_from} is unused: train.distill_weight is 0")
