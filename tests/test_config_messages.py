@@ -56,6 +56,22 @@ def test_a_section_named_long_is_hinted_at(setting, said, tmp_path, capsys):
     assert _refused(_train(tmp_path, setting), capsys) == said
 
 
+@pytest.mark.parametrize(
+    "setting, meant",
+    [
+        ("dataroot", "data.root"),
+        ("train_epochs", "train.epochs"),
+        ("optimlr", "optim.lr"),
+        ("augmentcutout", "augment.cutout"),
+    ],
+)
+def test_a_section_and_its_setting_run_together_are_hinted_at_as_the_setting(setting, meant, tmp_path, capsys):
+    """It was "did you mean data?" for dataroot (the section only, leaving the setting to be found), and no hint
+    at all for train_epochs."""
+    said = _refused(_train(tmp_path, f"{setting}=1"), capsys)
+    assert said.endswith(f"; did you mean {meant}?"), said
+
+
 def test_a_word_after_a_sections_name_is_not_taken_for_it(tmp_path, capsys):
     """data_dir is not the data section said long: no hint is better than a wrong one."""
     said = _refused(_train(tmp_path, "data_dir.x=1"), capsys)

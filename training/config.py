@@ -1120,14 +1120,22 @@ def close_settings(key: str) -> list[str]:
     if not section:  # a section mistyped (trian.epochs is refused as the section trian)
         sections = [s for s in Config.model_fields if s != "recipe"]
         # a section's name said long (optimizer, augmentation, dataset) is too far from it for difflib's cutoff
-        close += (
-            difflib.get_close_matches(name, sections, n=1, cutoff=0.75)
-            or [s for s in sections if name.startswith(s) and name[len(s) :].isalpha()][:1]
-        )
+        close += _run_together(name, sections, names) or difflib.get_close_matches(name, sections, n=1, cutoff=0.75)
     own = [dotted for dotted in close if dotted.startswith(f"{section}.")]
     if section == "model" and not own:  # model: {name: wrn_16_4, dropout: 0.1}: a network's own argument
         return [f"model.args.{name}"]
     return [dotted for dotted in own or close if dotted != key][:2]
+
+
+def _run_together(name: str, sections: list[str], names: dict[str, list[str]]) -> list[str]:
+    """A section and its setting written as one word (``dataroot``, ``train_epochs``): that setting where the rest
+    is close to one of the section's; the section alone where the rest is letters (``optimizer``)."""
+    for section in (s for s in sections if name.startswith(s)):
+        rest = name[len(section) :]
+        matches = difflib.get_close_matches(rest.lstrip("_-"), names, n=2, cutoff=0.75)
+        meant = [dotted for match in matches for dotted in names[match] if dotted.startswith(f"{section}.")]
+        return meant[:1] or ([section] if rest.isalpha() else [])
+    return []
 
 
 def did_you_mean(keys: list[str], arguments: Sequence[str] = ()) -> str:
