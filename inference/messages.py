@@ -35,6 +35,8 @@ def and_listed(names: list[str]) -> str:
 def command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
     """The parser of ``parser``'s subcommand ``command``, else ``parser``: a mistake in a subcommand's flags is told
     with that subcommand's usage, which names the flags it takes, not the program's list of subcommands."""
+    # argparse has no public way back to a subcommand's parser; this is the one place that reaches its private
+    # action, falling back to the program's usage (tests/test_cli_sweep.py breaks loudly if argparse changes)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction) and command in action.choices:
             return action.choices[command]
