@@ -225,6 +225,12 @@ class ModelInfo(BaseModel):
     fallback: Optional[str] = Field(
         None, description="why a model meant for CUDA runs on the CPU here (--device auto); absent when it does not"
     )
+    # Optional: a client of a service from before it was sent cannot tell, and must not read its absence as "no".
+    calibrated: Optional[bool] = Field(
+        None,
+        description="whether its confidences are calibrated: a temperature fitted at export divides its logits inside "
+        "the graph (the card's calibration)",
+    )
 
 
 class FitInfo(BaseModel):

@@ -224,6 +224,7 @@ def model_list(models: LoadedModels, limits: Optional[Limits] = None) -> ModelLi
                 default_for=[k for k in DEVICE_KINDS if manifest.default_for(k).name == m.name],
                 provider=models.models[m.name].classifier.placement.provider,
                 fallback=models.models[m.name].classifier.placement.fallback,
+                calibrated=m.calibration.method != "none",
             )
             for m in manifest.models
         ],

@@ -17,6 +17,13 @@ const TIMEOUT_MARGIN_S = 30;
 // Until the service says its timeout (one from before it did says none): its default of 60 s and the margin.
 const DEFAULT_TIMEOUT_S = 90;
 const K_CHOICES = [1, 3, 5];
+// What the chosen model's confidences mean, by /models' `calibrated`: a model exported with --calibrate none
+// has none of the calibrated ones' meaning, and the page must not claim it.
+const CALIBRATION = {
+  true: "Confidences are calibrated: among predictions shown at 80%, about 80 in 100 are right.",
+  false: "This model's confidences are not calibrated: a prediction shown at 80% may be right more or less " +
+    "often than 80 in 100.",
+};
 // The refusals that every image of the run would get alike (the remedy "stop" of service/contract.py's REASONS;
 // tests/test_page.py keeps the two the same): the first one ends the run. Any other reason is the image's own.
 const STOP_REASONS = new Set([
@@ -34,7 +41,7 @@ const ui = {
   controls: $("controls"), model: $("model"), modelInfo: $("model-info"), k: $("k"), fit: $("fit"),
   fitInfo: $("fit-info"), threshold: $("threshold"), keyField: $("key-field"), key: $("api-key"), drop: $("drop"),
   files: $("files"), sizeHint: $("size-hint"), limitsHint: $("limits-hint"), status: $("status"),
-  error: $("error"), results: $("results"),
+  error: $("error"), results: $("results"), calibration: $("calibration"),
 };
 let fits = {}; // name -> what it does, as the service lists them
 let maxBodyBytes = null; // the service's limit on one request's body (/models), past which an image is not sent
@@ -82,6 +89,8 @@ async function loadModels() {
       option.dataset.classes = String(model.classes.length);
       option.dataset.size = Array.isArray(model.input_size) ? model.input_size.join(" x ") : "";
       option.dataset.fit = model.fit || "";
+      // true or false as the service says; absent from a service from before it said, which claims neither
+      option.dataset.calibrated = typeof model.calibrated === "boolean" ? String(model.calibrated) : "";
       ui.model.add(option);
     }
     fits = Object.fromEntries((listed.fits || []).map((fit) => [fit.name, fit.help]));
@@ -122,6 +131,7 @@ function describeModel() {
   describeFit();
   const option = ui.model.selectedOptions[0];
   ui.modelInfo.textContent = option ? option.dataset.info : "";
+  ui.calibration.textContent = CALIBRATION[option ? option.dataset.calibrated : ""] ?? "";
   if (option && option.dataset.size) {
     ui.sizeHint.textContent = `each is shrunk to the model's ${option.dataset.size} pixels`;
   }
