@@ -243,6 +243,11 @@ def diagnose(
             f"{models_dir}: {counted(len(manifest.models), 'model')}, {len(bad_files)} of them without the file it "
             "records (below)",
         )
+        # The service refuses to start over any such file, so one of a model --model leaves out fails here too.
+        checked_names = {entry.name for entry in checked}
+        for name, problem in bad_files.items():
+            if name not in checked_names:
+                report.add("fail", f"model {name}", problem)
     else:
         models = counted(len(manifest.models), "model")
         report.add("ok", "manifest", f"{models_dir}: {models}, every file matches its sha256")

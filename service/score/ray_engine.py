@@ -313,6 +313,7 @@ class RayBackend:
         self.batch_size = batch_size or (DEFAULT_GPU_BATCH_SIZE if gpus_per_actor else DEFAULT_BATCH_SIZE)
         self._stream: Generator[list[Row], None, None] | None = None
         address, source = resolve_address(address)
+        check_not_http(address, source)
         self._address = address
         self._owns_connection = _connect(ray, address)
         _set_up_ray_data(ray)
@@ -472,6 +473,18 @@ def resolve_address(address: str | None) -> tuple[str | None, str]:
     if from_variable is not None:
         return from_variable, f" ({ADDRESS_VARIABLE})"
     return address, ""
+
+
+def check_not_http(address: str | None, source: str) -> None:
+    """UserError for an HTTP address, the dashboard's and Jobs API's (``ray job submit --address``), which a
+    driver cannot join: Ray's own refusal spans three lines and blames RAY_ADDRESS even for --address."""
+    if address is None or not address.lower().startswith(("http://", "https://")):
+        return
+    given, mend = (f"{ADDRESS_VARIABLE}={address}", "set it to") if source else (f"--address {address}", "give")
+    raise UserError(
+        f"{given} is an HTTP address (a Ray dashboard's or its Jobs API's), which a driver cannot join: {mend} the "
+        "cluster's HEAD:6379, or ray://HEAD:10001 for Ray Client" + (", or unset it" if source else "")
+    )
 
 
 def _endpoint(address: str) -> tuple[str, int] | None:

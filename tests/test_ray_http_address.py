@@ -1,0 +1,55 @@
+"""`score --engine ray` given an HTTP address (the dashboard's, which `ray job submit --address` takes): one line
+naming where the address came from, not Ray's three-line refusal that blames RAY_ADDRESS for --address too."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+
+pytest.importorskip("ray.data", reason="the ray extra is not installed (pip install -e '.[ray]')")
+
+
+def _score(tmp_path: Path, *flags: str, **env: str) -> subprocess.CompletedProcess[str]:
+    photos = tmp_path / "photos"
+    photos.mkdir(exist_ok=True)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(photos / "a.png")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    environment.update(env)
+    command = [sys.executable, "-m", "service", "score", str(photos), "--engine", "ray", *flags]
+    return subprocess.run(
+        [*command, "--out", str(tmp_path / "out.csv")],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "named"),
+    [
+        (("--address", "http://127.0.0.1:8265"), {}, "--address http://127.0.0.1:8265"),
+        (("--address", "HTTPS://head:8265"), {}, "--address HTTPS://head:8265"),
+        ((), {"RAY_ADDRESS": "http://127.0.0.1:8265"}, "RAY_ADDRESS=http://127.0.0.1:8265"),
+    ],
+)
+def test_an_http_address_is_refused_in_one_line_naming_its_source(tmp_path, flags, env, named):
+    done = _score(tmp_path, *flags, **env)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: {named} is an HTTP address"), lines
+    assert "HEAD:6379" in lines[0], lines
+    if not env:
+        assert "RAY_ADDRESS" not in done.stderr, done.stderr
+    assert not (tmp_path / "out.csv").exists()
