@@ -85,7 +85,8 @@ def temperature_for(
     if shared == len(val):
         among = ", which are among the images scored here: in-sample for those"
     elif shared:
-        among = f", {shared} of which are among the images scored here: in-sample for those"
+        verb = "is" if shared == 1 else "are"
+        among = f", {shared:,} of which {verb} among the images scored here: in-sample for those"
     where = f"the run's validation split ({counted(len(val), 'image')}{caveat}{among})"
     note = ""
     if shared and shared == len(data):
