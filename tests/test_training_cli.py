@@ -213,6 +213,12 @@ def test_a_setting_the_chosen_optimizer_or_schedule_does_not_read_is_warned_once
             build_config(recipe, overrides)
         return [r.getMessage() for r in caplog.records if "is unused" in r.getMessage()]
 
+    def warned(recipe: str, overrides: list[str]) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            build_config(recipe, overrides)
+        return [r.getMessage() for r in caplog.records]
+
     said = unused("resnet9_half_cpu", ["optim.name=adamw"])
     assert said == [
         "optim.momentum 0.9 is unused: the adamw optimizer does not read it (only sgd and muon do); leave it out, "
@@ -242,6 +248,10 @@ def test_a_setting_the_chosen_optimizer_or_schedule_does_not_read_is_warned_once
         "train.prune_until 0.5 is unused: train.prune_ratio is 0 (no pruning)"
     ]
     assert unused("resnet9_half_cpu", ["prune_until=0.5", "prune_ratio=0.3"]) == []
+    # a delta of 1 meant as one point (it is a fraction): no epoch can beat the best by it
+    [never] = [m for m in warned("resnet9_half_cpu", ["early_stop_patience=2", "early_stop_min_delta=1"])]
+    assert never.startswith("train.early_stop_min_delta 1 is a fraction of val top-1 (0.01 is one point)"), never
+    assert warned("resnet9_half_cpu", ["early_stop_patience=2", "early_stop_min_delta=0.01"]) == []
     assert unused("resnet9_half_cpu", ["distill_from=runs/x", "distill_weight=0"]) == [
         "train.distill_from runs/x is unused: train.distill_weight is 0"
     ]

@@ -976,6 +976,13 @@ def unused_settings(config: Config) -> list[str]:
             f"train.early_stop_min_delta {t.early_stop_min_delta} is unused: train.early_stop_patience is 0 "
             "(no early stopping)"
         )
+    if t.early_stop_patience and t.early_stop_min_delta >= 1:
+        # a fraction of top-1, as val top-1 is: "1" meant as a point can never be met
+        said.append(
+            f"train.early_stop_min_delta {t.early_stop_min_delta:g} is a fraction of val top-1 (0.01 is one point): no "
+            f"epoch can beat the best by it, so the run stops after its first {t.early_stop_patience} epochs without "
+            "one (train.early_stop_patience)"
+        )
     if t.lookahead_every and t.ema_decay and {"lookahead_every", "ema_decay"} & t.model_fields_set:
         # the average is what is evaluated and exported; lookahead's final step onto its slow weights comes after
         # the last update of the average, so they reach nothing
