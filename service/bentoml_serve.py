@@ -1,5 +1,5 @@
 """``python -m service.bentoml_serve PORT ARGS...``: ``python -m bentoml ARGS...`` for the server on PORT, with its
-own metrics folder (``bentoml_compat.serve_with_own_metrics``). What ``python -m service serve`` runs.
+own metrics folder (``bentoml_compat.command_line.serve_with_own_metrics``). What ``python -m service serve`` runs.
 
 BentoML's process manager (circus) picks two free local ports for its control sockets, lets them go, and binds them
 again a moment later; another program can take one in between, and the start fails with ZMQ's "Address already in
@@ -112,7 +112,8 @@ def main(argv: list[str]) -> int:
 def _serve(argv: list[str]) -> int:
     with stops_recorded() as seen:
         try:
-            from .bentoml_compat import serve_with_own_metrics  # BentoML's imports, pydantic-core's among them
+            # BentoML's imports, pydantic-core's among them
+            from .bentoml_compat.command_line import serve_with_own_metrics
 
             stops = stop_signals()
         except (KeyboardInterrupt, Exception) as exc:  # as in service/__main__.py

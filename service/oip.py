@@ -26,16 +26,10 @@ from typing import Annotated, Any, Optional, Protocol, Sequence, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
+from .body_limits import too_many_values, without_bom
 from .contract import Rejection, as_sent
-from .uploads import (
-    Upload,
-    decode_base64,
-    out_of_range,
-    resolve_fit,
-    tensor_rejection,
-    too_many_values,
-    without_bom,
-)
+from .request_fields import out_of_range, tensor_rejection
+from .uploads import Upload, decode_base64, resolve_fit
 
 IMAGES_INPUT = "images"
 OUTPUT = "probabilities"

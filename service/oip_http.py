@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .access import record_refusal
+from .body_limits import media_type, read_body
 from .contract import Rejection, not_loaded
 from .oip import (
     BINARY_REFUSAL,
@@ -35,7 +36,7 @@ from .oip import (
     read_infer_request,
     server_metadata,
 )
-from .uploads import Upload, media_type, read_body
+from .uploads import Upload
 
 
 class Engine(Protocol):

@@ -2,7 +2,7 @@
 GET /models, the Open Inference Protocol's routes, the page, and the API keys when they are asked for.
 
 ``document_openapi`` edits the document as a plain dict (JSON's shape); service.py hands it to
-``bentoml_compat.extend_openapi``, which owns how BentoML is made to serve the result.
+``bentoml_compat.apis.extend_openapi``, which owns how BentoML is made to serve the result.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .oip import (
     ServerReady,
     package_version,
 )
-from .uploads import FIELDS
+from .request_fields import FIELDS
 
 # BentoML's own error answers: {"error": message}
 _BENTOML_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}}

@@ -14,8 +14,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from . import bentoml_compat
 from .access import record_refusal
+from .bentoml_compat import apis
 from .contract import Rejection
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -55,7 +55,7 @@ _TRACKER = re.compile(r"<!-- Google Tag Manager.*?<!-- End Google Tag Manager[^>
 
 
 async def _docs(request: Request) -> Response:
-    page = bentoml_compat.openapi_ui_page()
+    page = apis.openapi_ui_page()
     if page is None:
         refused = Rejection("no_such_path", "BentoML's API UI is not available here; the document is at /docs.json")
         record_refusal(refused, request.method, request.url.path)

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 
-from service import bentoml_compat
-from service.service import Classifier, InferItem, model_input
+from service.bentoml_compat import batching, check
+from service.request_bodies import InferItem, model_input
+from service.service import Classifier
 
 SIZE = (32, 32)
 PIXELS = SIZE[0] * SIZE[1] * 3
@@ -51,8 +52,8 @@ def _service(max_batch_size: int) -> tuple[SimpleNamespace, Any, dict[str, _Reco
         raise ServiceUnavailable("process is overloaded")  # BentoML's fallback
 
     # bentoml_compat's fallback, as its queues have: a cancelled caller stays cancelled, a shed one is refused
-    fallback = functools.partial(bentoml_compat._shed, shed)
-    dispatcher = type(bentoml_compat._cork_dispatcher())(
+    fallback = functools.partial(batching._shed, shed)
+    dispatcher = type(check._cork_dispatcher())(
         max_latency_in_ms=60_000, max_batch_size=max_batch_size, fallback=fallback, get_batch_size=len
     )
 

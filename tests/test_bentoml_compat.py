@@ -10,27 +10,28 @@ from types import SimpleNamespace
 import bentoml
 import pytest
 
-from service import bentoml_compat
+from service.bentoml_compat import apis, batching, check
+from service.bentoml_compat import version as compat_version
 
 
 def test_the_installed_bentoml_has_every_internal_the_service_relies_on():
     """Fails, naming each one, when a BentoML upgrade moves something: read the module's docstring, then update
     the module or pin BentoML."""
-    problems = bentoml_compat.check_internals()
+    problems = check.check_internals()
     assert not problems, "BentoML changed shape:\n" + "\n".join(problems)
 
 
 def test_versions_outside_the_supported_ones_use_the_documented_fallbacks(monkeypatch, caplog):
-    assert bentoml_compat._supported(bentoml.__version__) and not bentoml_compat._supported("1.5.0")
-    monkeypatch.setattr(bentoml_compat, "SUPPORTED", False)
+    assert compat_version._supported(bentoml.__version__) and not compat_version._supported("1.5.0")
+    monkeypatch.setattr(compat_version, "SUPPORTED", False)
 
     async def proxy_call(batch):
         return "proxied"
 
-    gateway = bentoml_compat.BatchGateway("infer", lambda: proxy_call)
+    gateway = batching.BatchGateway("infer", lambda: proxy_call)
     assert asyncio.run(gateway([1])) == "proxied" and not gateway.in_process
     service = SimpleNamespace()
-    assert not bentoml_compat.extend_openapi(service, lambda document: document)
+    assert not apis.extend_openapi(service, lambda document: document)
     assert type(service) is SimpleNamespace
     assert "not a version this service was written against" in caplog.text
 
@@ -38,13 +39,13 @@ def test_versions_outside_the_supported_ones_use_the_documented_fallbacks(monkey
 def test_the_openapi_document_survives_the_round_trip_through_a_dict():
     from service.service import Classifier
 
-    document = bentoml_compat._document(Classifier.openapi_spec)
-    assert bentoml_compat._document(bentoml_compat._specification(document)) == document
+    document = apis._document(Classifier.openapi_spec)
+    assert apis._document(apis._specification(document)) == document
     assert "ClassifyError" in document["components"]["schemas"]  # the service's own edit is in
 
 
 def test_find_dispatcher_uses_the_route_bentoml_registered_and_falls_back_when_absent():
-    NonBlockSema = type(bentoml_compat._cork_dispatcher()._sema)  # BentoML's own semaphore
+    NonBlockSema = type(check._cork_dispatcher()._sema)  # BentoML's own semaphore
 
     class Factory:
         dispatchers = {"infer": SimpleNamespace(_sema=NonBlockSema(1))}
@@ -58,20 +59,20 @@ def test_find_dispatcher_uses_the_route_bentoml_registered_and_falls_back_when_a
     factory = Factory()
     endpoint = functools.partial(factory.api_endpoint_wrapper, "infer")
     router = SimpleNamespace(routes=[SimpleNamespace(name="infer", endpoint=endpoint)])
-    saved = list(bentoml_compat._routers)
+    saved = list(batching._routers)
     try:
-        bentoml_compat._routers[:] = []
+        batching._routers[:] = []
         calls = []
 
         async def proxy_call(batch):
             calls.append(batch)
             return "proxied"
 
-        gateway = bentoml_compat.BatchGateway("infer", lambda: proxy_call)
+        gateway = batching.BatchGateway("infer", lambda: proxy_call)
         assert asyncio.run(gateway([1])) == "proxied" and not gateway.in_process and calls == [[1]]
 
-        bentoml_compat.RouterProbe(SimpleNamespace(app=SimpleNamespace(app=router)))  # found through .app links
-        gateway = bentoml_compat.BatchGateway("infer", lambda: proxy_call, concurrency=2)
+        batching.RouterProbe(SimpleNamespace(app=SimpleNamespace(app=router)))  # found through .app links
+        gateway = batching.BatchGateway("infer", lambda: proxy_call, concurrency=2)
         assert asyncio.run(gateway([2])) == ("batched", "infer", ([2],)) and gateway.in_process
         sema = factory.dispatchers["infer"]._sema  # widened: two batches may run at once, not three
         sema.acquire()
@@ -79,18 +80,18 @@ def test_find_dispatcher_uses_the_route_bentoml_registered_and_falls_back_when_a
         sema.acquire()
         assert sema.is_locked()
     finally:
-        bentoml_compat._routers[:] = saved
+        batching._routers[:] = saved
 
 
 def test_the_semaphore_is_widened_in_place_under_a_running_batch():
     """A batch that took BentoML's semaphore before it was widened releases onto the same object: the
     dispatcher admits ``concurrency`` batches afterwards, not one more."""
-    NonBlockSema = type(bentoml_compat._cork_dispatcher()._sema)
+    NonBlockSema = type(check._cork_dispatcher()._sema)
     sema = NonBlockSema(1)
     dispatcher = SimpleNamespace(_sema=sema)
     assert sema.acquire()  # a batch is running
-    bentoml_compat._allow_concurrent_batches(dispatcher, 2)
-    bentoml_compat._allow_concurrent_batches(dispatcher, 2)  # found again: no wider
+    batching._allow_concurrent_batches(dispatcher, 2)
+    batching._allow_concurrent_batches(dispatcher, 2)  # found again: no wider
     assert dispatcher._sema is sema
     assert sema.acquire() and sema.is_locked()  # a second batch, and no third
     sema.release()
@@ -100,20 +101,20 @@ def test_the_semaphore_is_widened_in_place_under_a_running_batch():
 
 @pytest.mark.parametrize("version, supported", [("1.4.0", True), ("1.4.39", True), ("1.5.0", False), ("2.0", False)])
 def test_supported_versions_are_major_minor(version, supported):
-    assert bentoml_compat._supported(version) is supported
+    assert compat_version._supported(version) is supported
 
 
 def test_each_key_gets_a_dispatcher_of_its_own_with_the_apis_limits_and_semaphore():
-    base = bentoml_compat._cork_dispatcher()
-    other = bentoml_compat._cork_dispatcher()
-    table = bentoml_compat.KeyedDispatchers({"infer": base, "other": other}, "infer")
+    base = check._cork_dispatcher()
+    other = check._cork_dispatcher()
+    table = batching.KeyedDispatchers({"infer": base, "other": other}, "infer")
 
     def lookup(name, key):
-        token = bentoml_compat._queue_key.set(key)
+        token = batching._queue_key.set(key)
         try:
             return table[name]
         finally:
-            bentoml_compat._queue_key.reset(token)
+            batching._queue_key.reset(token)
 
     fast, slow = lookup("infer", "fast"), lookup("infer", "slow")
     assert fast is not slow and base not in (fast, slow)
@@ -127,7 +128,7 @@ def test_each_key_gets_a_dispatcher_of_its_own_with_the_apis_limits_and_semaphor
 def test_calls_with_different_keys_are_batched_apart():
     """Through a real dispatcher, looked up as BentoML's batch_infer does: jobs queued together under one key
     share a batch; under two keys they never do."""
-    CorkDispatcher = type(bentoml_compat._cork_dispatcher())  # BentoML's own, without importing its internals
+    CorkDispatcher = type(check._cork_dispatcher())  # BentoML's own, without importing its internals
 
     batches: list[tuple] = []
 
@@ -149,8 +150,8 @@ def test_calls_with_different_keys_are_batched_apart():
 
     async def main():
         factory = Factory()
-        factory.dispatchers = bentoml_compat.KeyedDispatchers(factory.dispatchers, "infer")
-        call = bentoml_compat._caller(factory.batch_infer, factory.dispatchers, "infer")
+        factory.dispatchers = batching.KeyedDispatchers(factory.dispatchers, "infer")
+        call = batching._caller(factory.batch_infer, factory.dispatchers, "infer")
         jobs = [(key, i) for i in range(40) for key in ("a", "b")]
         answers = await asyncio.gather(*(call(job, key=job[0]) for job in jobs))
         return answers

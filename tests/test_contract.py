@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from conftest import ROOT
 from service.contract import REASONS, REJECTION_REASONS, ClassifyResponse, ReasonName, Rejection
-from service.uploads import Upload, rejection_from
+from service.request_fields import rejection_from
+from service.uploads import Upload
 
 
 def test_every_reason_has_a_refusal_status_and_only_caller_mistakes_are_counted():
@@ -51,7 +52,7 @@ def test_the_deploy_guide_lists_the_table():
 
 @pytest.fixture(scope="module")
 def classify_input():
-    from service.service import ClassifyInput
+    from service.request_bodies import ClassifyInput
 
     return ClassifyInput
 
@@ -164,7 +165,8 @@ def test_decoding_stops_between_images_once_the_request_is_cancelled(monkeypatch
 
 
 def test_infer_items_are_refused_with_the_contracts_reasons():
-    from service.service import SETTINGS, InferInput
+    from service.request_bodies import InferInput
+    from service.startup import SETTINGS
 
     item = {"model": "tiny", "pixels": "AAAAAA==", "dtype": "float32"}  # one float, 0.0
     with pytest.raises(ValidationError) as error:
@@ -192,7 +194,7 @@ def test_the_json_body_schema_takes_every_field_the_form_does(classify_input):
     """The JSON body is refused for any field its schema does not list (additionalProperties false), so the
     schema must list every field the service reads."""
     from service.openapi import _classify_json
-    from service.uploads import FIELDS
+    from service.request_fields import FIELDS
 
     form = classify_input.model_json_schema()["properties"]
     form["images"]["maxItems"] = 8
@@ -216,7 +218,7 @@ def test_form_fields_read_numbers_as_json_and_names_as_text(given, read):
     import anyio
     from starlette.datastructures import FormData
 
-    from service.uploads import _check_form
+    from service.classify_body import _check_form
 
     fields = anyio.run(_check_form, FormData(list(given.items())))
     assert fields == {**read, "images": []}
@@ -227,10 +229,12 @@ def test_a_body_that_stops_arriving_is_refused_as_stalled_long_before_the_timeou
     """A client that sends part of its body and then nothing: 408 once no byte came for BODY_IDLE_S (made short
     here), not a request slot held until --timeout answers the server's 504."""
     import anyio
+    from starlette.requests import Request
 
-    import service.uploads as uploads
+    import service.body_limits as body_limits
+    from service.classify_body import read_classify_fields
 
-    monkeypatch.setattr(uploads, "BODY_IDLE_S", 0.2)
+    monkeypatch.setattr(body_limits, "BODY_IDLE_S", 0.2)
     sent = iter([{"type": "http.request", "body": b"--x\r\nContent-Disposition: form-data; na", "more_body": True}])
 
     async def receive():
@@ -241,11 +245,11 @@ def test_a_body_that_stops_arriving_is_refused_as_stalled_long_before_the_timeou
 
     scope = {"type": "http", "method": "POST", "path": "/classify", "query_string": b""}
     scope["headers"] = [(b"content-type", content_type.encode())]
-    request = uploads.Request(scope, receive)
+    request = Request(scope, receive)
 
     async def read():
         with anyio.fail_after(10):
-            return await uploads.read_classify_fields(request, max_images=4, max_body_bytes=10_000)
+            return await read_classify_fields(request, max_images=4, max_body_bytes=10_000)
 
     refused = anyio.run(read)
     assert isinstance(refused, Rejection) and refused.reason == "body_stalled" and refused.status == 408
@@ -255,15 +259,16 @@ def test_a_body_that_stops_arriving_is_refused_as_stalled_long_before_the_timeou
 def _read_classify(body: bytes, content_type: bytes, query: bytes = b""):
     """``read_classify_fields`` of one POST /classify whose whole body arrives at once."""
     import anyio
+    from starlette.requests import Request
 
-    import service.uploads as uploads
+    from service.classify_body import read_classify_fields
 
     async def receive():
         return {"type": "http.request", "body": body, "more_body": False}
 
     scope = {"type": "http", "method": "POST", "path": "/classify", "query_string": query}
     scope["headers"] = [(b"content-type", content_type)]
-    return anyio.run(uploads.read_classify_fields, uploads.Request(scope, receive), 4, 100_000)
+    return anyio.run(read_classify_fields, Request(scope, receive), 4, 100_000)
 
 
 def test_a_classify_field_in_the_url_is_refused_not_ignored():
@@ -296,11 +301,11 @@ def test_a_json_body_of_many_objects_is_refused_without_a_python_call_for_each(m
     hook (noting repeated keys): a 32 MB body of millions of {} held the worker's event loop, health checks
     included, for 10 s. A body holding more JSON values than the largest request is refused before it is parsed,
     whatever it holds."""
-    import service.uploads as uploads
+    import service.classify_json as classify_json
 
     calls = []
-    noting = uploads._noting_repeats
-    monkeypatch.setattr(uploads, "_noting_repeats", lambda pairs: calls.append(1) or noting(pairs))
+    noting = classify_json._noting_repeats
+    monkeypatch.setattr(classify_json, "_noting_repeats", lambda pairs: calls.append(1) or noting(pairs))
     many = 7_000  # within _read_classify's body limit
     for body in (
         b"[" + b"{}," * many + b"{}]",

@@ -77,7 +77,7 @@ def test_folder_accuracy_with_the_models_classes_matches_unicode_case_and_digits
 
 
 def test_the_doctors_folder_reads_macos_and_other_case_folders_as_their_classes_and_skips_hidden_files(tmp_path):
-    from service.doctor import _class_folders, _read_folder
+    from service.doctor_folder import class_folders, read_folder
 
     root = tmp_path / "labelled"
     write_images(root / nfd("café-au-lait"), 3)
@@ -87,9 +87,9 @@ def test_the_doctors_folder_reads_macos_and_other_case_folders_as_their_classes_
     (root / "5" / "._img 00.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # a Mac's metadata
     write_images(root / "Golden_Retriever", 2)  # no class: said, not read
     write_images(root / ".Trash" / "x", 2)
-    images, labels, unreadable = _read_folder(root, entry_with(CLASSES), max_images=100)
+    images, labels, unreadable = read_folder(root, entry_with(CLASSES), max_images=100)
     assert sorted(labels.tolist()) == [0, 1, 1, 2, 2, 2] and images.shape == (6, 3, 32, 32) and unreadable == []
-    assert _class_folders(root, entry_with(CLASSES))[1] == ["Golden_Retriever"]
+    assert class_folders(root, entry_with(CLASSES))[1] == ["Golden_Retriever"]
 
 
 def test_the_doctor_says_which_folders_are_no_class_and_counts_a_case_variant(tiny_models_dir, tmp_path):

@@ -29,13 +29,13 @@ def test_sub_folders_named_after_no_class_are_listed_once_whatever_the_models_fi
         (folder / name).mkdir(parents=True)
         Image.new("RGB", (40, 30), (90, 120, 30)).save(folder / name / "0.png")
     listed: list[Path] = []
-    real = doctor._class_folders
+    real = doctor.class_folders
 
     def class_folders(where, entry):
         listed.append(where)
         return real(where, entry)
 
-    monkeypatch.setattr(doctor, "_class_folders", class_folders)
+    monkeypatch.setattr(doctor, "class_folders", class_folders)
     settings = ServiceSettings(models_dir=models, device="cpu")
     report = doctor.diagnose("cpu", models, str(folder), 100, speed=False, gpus=GpuReport([], None), settings=settings)
     text = report.render()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.score.run import Summary
+from service.score.summary import Summary
 from service.score.walk import WalkStats, walk
 from training.data import DatasetError
 from training.data.folder import read_image_folder

@@ -611,7 +611,7 @@ def test_doctor_reads_the_services_own_settings(tmp_path):
 
 
 def test_doctor_report_verdicts():
-    from service.doctor import Report
+    from service.doctor_report import Report
 
     report = Report("cuda")
     report.add("ok", "manifest", "fine")
@@ -627,7 +627,8 @@ def test_doctor_report_verdicts():
 def test_doctor_names_a_cuda_library_that_does_not_load_on_a_gpu_host(monkeypatch, device, status):
     """A faked host: one GPU and a driver, cuDNN missing. Under auto the service would fall back to the CPU (a
     warning); under cuda it would refuse (a failure)."""
-    import service.doctor as doctor
+    from service import doctor_host
+    from service.doctor_report import Report
     from service.gpus import Gpu, GpuReport
 
     def cdll(name):
@@ -635,10 +636,10 @@ def test_doctor_names_a_cuda_library_that_does_not_load_on_a_gpu_host(monkeypatc
             raise OSError("libcudnn.so.9: cannot open shared object file")
         return object()
 
-    monkeypatch.setattr(doctor.ctypes, "CDLL", cdll)
-    report = doctor.Report(device)
+    monkeypatch.setattr(doctor_host.ctypes, "CDLL", cdll)
+    report = Report(device)
     gpus = GpuReport([Gpu(0, "NVIDIA H200", "GPU-0", 139.8)], "580.65.06")
-    doctor._host(report, device, gpus, True, True, preload=lambda: None)
+    doctor_host.check_host(report, device, gpus, True, True, preload=lambda: None)
     found = {f.topic: f for f in report.findings}
     assert found["GPU 0"].status == "ok" and found["NVIDIA driver"].text == "580.65.06"
     libraries = found["CUDA libraries"]
@@ -658,13 +659,13 @@ def test_doctor_reads_a_folder_at_each_models_size_and_fit(tmp_path):
     from PIL import Image
 
     from inference.preprocess import decode_image
-    from service.doctor import _read_folder
+    from service.doctor_folder import read_folder
 
     (tmp_path / "cat").mkdir()
     photo = Image.linear_gradient("L").resize((40, 20)).convert("RGB")
     photo.save(tmp_path / "cat" / "wide.png")
     data = (tmp_path / "cat" / "wide.png").read_bytes()
-    images, labels, _ = _read_folder(tmp_path, _entry((16, 24), "pad"), 10)
+    images, labels, _ = read_folder(tmp_path, _entry((16, 24), "pad"), 10)
     assert images.shape == (1, 3, 16, 24) and labels.tolist() == [0]
     expected = decode_image(data, (16, 24), fit="pad").transpose(2, 0, 1).astype(np.float32) / 255
     np.testing.assert_allclose(images[0], expected, atol=1e-6)
@@ -672,10 +673,10 @@ def test_doctor_reads_a_folder_at_each_models_size_and_fit(tmp_path):
 
 def test_doctor_folder_without_a_readable_image_is_a_clear_error(tmp_path):
     from inference.manifest import ManifestError
-    from service.doctor import _read_folder
+    from service.doctor_folder import read_folder
 
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "notes.jpg").write_bytes(b"not an image")
     (tmp_path / "dog").mkdir()
     with pytest.raises(ManifestError, match="no readable image in the sub-folders named after a class"):
-        _read_folder(tmp_path, _entry((32, 32), "center_crop"), 10)
+        read_folder(tmp_path, _entry((32, 32), "center_crop"), 10)

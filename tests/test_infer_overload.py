@@ -15,7 +15,7 @@ import pytest
 from bentoml.exceptions import ServiceUnavailable
 
 from conftest import running_service
-from service import bentoml_compat
+from service.bentoml_compat import batching, check
 
 ITEMS = 16  # images per /infer request: enough work that a batch outlasts the 1 ms latency limit
 
@@ -57,7 +57,7 @@ class _Factory:
     ServiceUnavailable on a shed, as BentoML's does."""
 
     def __init__(self, max_latency_ms: int) -> None:
-        CorkDispatcher = type(bentoml_compat._cork_dispatcher())
+        CorkDispatcher = type(check._cork_dispatcher())
 
         def fallback():
             raise ServiceUnavailable("process is overloaded")
@@ -82,8 +82,8 @@ class _Factory:
 
 @pytest.fixture
 def own_routers(monkeypatch):
-    monkeypatch.setattr(bentoml_compat, "_routers", [])
-    monkeypatch.setattr(bentoml_compat, "_shed_answers", {})
+    monkeypatch.setattr(batching, "_routers", [])
+    monkeypatch.setattr(batching, "_shed_answers", {})
 
 
 async def _three_queued(call) -> tuple[object, list[asyncio.Task]]:
@@ -100,9 +100,9 @@ async def _three_queued(call) -> tuple[object, list[asyncio.Task]]:
 def test_the_apis_own_route_answers_a_shed_request_and_the_keyed_queues_still_raise(own_routers):
     factory = _Factory(max_latency_ms=1)
     answer = object()
-    bentoml_compat.answer_shed("infer", lambda: answer)
-    bentoml_compat.RouterProbe(SimpleNamespace(app=factory.router))
-    keyed = bentoml_compat.find_dispatcher("infer")
+    batching.answer_shed("infer", lambda: answer)
+    batching.RouterProbe(SimpleNamespace(app=factory.router))
+    keyed = batching.find_dispatcher("infer")
     assert keyed is not None
     own = dict.__getitem__(factory.dispatchers, "infer")
     own._sema.acquire()  # a batch is running: the calls queue
@@ -130,8 +130,8 @@ def test_the_apis_own_route_answers_a_shed_request_and_the_keyed_queues_still_ra
 
 def test_an_answer_registered_after_the_app_was_built_still_reaches_the_dispatcher(own_routers):
     factory = _Factory(max_latency_ms=1)
-    bentoml_compat.RouterProbe(SimpleNamespace(app=factory.router))
-    bentoml_compat.answer_shed("infer", lambda: "answered")
+    batching.RouterProbe(SimpleNamespace(app=factory.router))
+    batching.answer_shed("infer", lambda: "answered")
 
     async def shed():  # as the dispatcher calls it, in the request's task
         return factory.dispatchers["infer"].fallback()

@@ -213,10 +213,10 @@ def test_the_api_ui_missing_is_refused_in_the_contracts_shape(monkeypatch):
 
     from starlette.applications import Starlette
 
-    from service import bentoml_compat
+    from service.bentoml_compat import apis
     from service.page import page_routes
 
-    monkeypatch.setattr(bentoml_compat, "openapi_ui_page", lambda: None)
+    monkeypatch.setattr(apis, "openapi_ui_page", lambda: None)
 
     async def get() -> httpx.Response:
         transport = httpx.ASGITransport(app=Starlette(routes=page_routes()))

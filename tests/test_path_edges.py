@@ -10,12 +10,14 @@ from pathlib import Path
 import anyio
 import pytest
 from starlette.datastructures import FormData
+from starlette.requests import Request
 
 from export.pipeline import export_checkpoint
 from inference.manifest import load_manifest
 from inference.runtime import ModelFileError, OnnxClassifier, read_card
 from service.__main__ import main as service_main
-from service.uploads import Rejection, Request, _check_form, read_classify_fields
+from service.classify_body import _check_form, read_classify_fields
+from service.contract import Rejection
 
 # A byte no UTF-8 text holds: Python names it by a surrogate escape, as it names such a file it lists
 NOT_UTF8 = b"\xff".decode("utf-8", "surrogateescape")

@@ -46,6 +46,13 @@ def service_module():
     return service
 
 
+@pytest.fixture(scope="module")
+def gates_module():
+    from service import gates
+
+    return gates
+
+
 def test_get_models_before_the_models_are_loaded_is_the_loading_refusal(service_module, monkeypatch, caplog):
     monkeypatch.setattr(service_module, "_current_instance", lambda: None)
     app = Starlette(routes=[Route("/models", service_module._get_models, methods=["GET"])])
@@ -84,27 +91,27 @@ async def _reached(scope, receive, send) -> None:
 @pytest.mark.parametrize("instance", [None, "loading"], ids=["no service yet", "loading past the wait"])
 @pytest.mark.parametrize(("method", "path"), [("POST", "/classify"), ("POST", "/infer"), ("GET", "/models")])
 def test_a_request_the_models_would_not_be_loaded_for_in_time_is_refused_loading(
-    service_module, monkeypatch, instance, method, path
+    gates_module, monkeypatch, instance, method, path
 ):
     """Held until BentoML's --timeout, it was answered 504 (send fewer images); with no service yet it went on to
     routes that need one."""
     worker = None if instance is None else _Loading()
-    monkeypatch.setattr(service_module, "_instance", lambda: worker)
+    monkeypatch.setattr(gates_module, "worker_service", lambda: worker)
     # a wait of 0.2 s before --timeout is near
-    margin = service_module.SETTINGS.timeout_s - 0.2
-    monkeypatch.setattr(service_module, "LOAD_WAIT_MARGIN_S", margin, raising=False)
-    (answer,) = _exchange(service_module.LoadGate(_reached), (method, path))
+    margin = gates_module.SETTINGS.timeout_s - 0.2
+    monkeypatch.setattr(gates_module, "LOAD_WAIT_MARGIN_S", margin)
+    (answer,) = _exchange(gates_module.LoadGate(_reached), (method, path))
     assert answer.status_code == 503 and answer.headers["retry-after"] == "1", answer.text
     assert answer.json() == not_loaded().body()
 
 
-def test_a_request_whose_models_load_while_it_waits_is_served(service_module, monkeypatch):
+def test_a_request_whose_models_load_while_it_waits_is_served(gates_module, monkeypatch):
     async def run() -> httpx.Response:
         done = asyncio.Event()
         worker = _Loading(done)
-        monkeypatch.setattr(service_module, "_instance", lambda: worker)
+        monkeypatch.setattr(gates_module, "worker_service", lambda: worker)
         asyncio.get_running_loop().call_later(0.1, done.set)
-        transport = httpx.ASGITransport(app=service_module.LoadGate(_reached))
+        transport = httpx.ASGITransport(app=gates_module.LoadGate(_reached))
         async with httpx.AsyncClient(transport=transport, base_url="http://contract.test") as client:
             return await client.get("/models")
 
@@ -152,9 +159,9 @@ def test_the_protocols_other_refusals_take_their_status_from_the_table(caplog):
 # ---------------------------------------------------------------------------------------------- the OpenAPI document
 @pytest.fixture(scope="module")
 def document(service_module) -> dict:
-    from service import bentoml_compat
+    from service.bentoml_compat import apis
 
-    return bentoml_compat._document(service_module.Classifier.openapi_spec)
+    return apis._document(service_module.Classifier.openapi_spec)
 
 
 def test_the_document_describes_the_loading_refusal_where_it_is_answered(document):

@@ -24,8 +24,8 @@ from inference.preprocess import decode_image, is_image_name, to_model_input
 from inference.runtime import OnnxClassifier
 from service.contract import Limits, ModelInfo, ModelList
 from service.score.cli import main as score_main
+from service.score.output import OUTPUT_LOST
 from service.score.remote import KEY_CHECK_NAME, RemoteBackend
-from service.score.run import OUTPUT_LOST
 from service.score.sinks import (
     ENCODING,
     CsvFormat,
@@ -679,7 +679,7 @@ def test_overwrite_stopped_before_its_first_rows_keeps_the_old_ones(
     """--overwrite replaces the old rows only once new ones are written: a Ctrl-C while the first batch decodes
     left a header-only file where the old results were. Once rows are written the file is the new run's,
     resumable, with the old file's mode, and a link to it still a link."""
-    import service.score.run as run
+    import service.score.loop as loop
 
     common = ["--models-dir", tiny_models_dir, "--no-progress", "--batch-size", "2"]
     old = tmp_path / "old.csv"
@@ -693,7 +693,7 @@ def test_overwrite_stopped_before_its_first_rows_keeps_the_old_ones(
         raise KeyboardInterrupt
         yield
 
-    monkeypatch.setattr(run, "chunks", chunks_interrupted)
+    monkeypatch.setattr(loop, "chunks", chunks_interrupted)
     assert _score(tree, "--out", link, "--k", "2", "--overwrite", *common) == 130
     err = capsys.readouterr().err
     assert f"{link} is as it was" in err and "--resume" not in err, err
@@ -701,7 +701,7 @@ def test_overwrite_stopped_before_its_first_rows_keeps_the_old_ones(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "old.csv"]  # no partial file left
 
     monkeypatch.undo()
-    real_write, writes = run._write, []
+    real_write, writes = loop.write, []
 
     def write_twice(out, text):  # the header, the first batch's rows, then Ctrl-C
         writes.append(text)
@@ -709,13 +709,13 @@ def test_overwrite_stopped_before_its_first_rows_keeps_the_old_ones(
             raise KeyboardInterrupt
         real_write(out, text)
 
-    monkeypatch.setattr(run, "_write", write_twice)
+    monkeypatch.setattr(loop, "write", write_twice)
     assert _score(tree, "--out", link, "--k", "2", "--overwrite", *common) == 130
     err = capsys.readouterr().err
     assert "rerun with --resume to continue" in err
     rows = _csv_rows(old)
     assert len(rows) == 2 and "label_2" in rows[0] and link.is_symlink()
-    monkeypatch.setattr(run, "_write", real_write)
+    monkeypatch.setattr(loop, "write", real_write)
     assert oct(old.stat().st_mode & 0o777) == oct(0o640)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "old.csv"]
     assert _score(tree, "--out", link, "--k", "2", "--resume", *common) == 0
@@ -1266,7 +1266,7 @@ def test_fit_is_sent_to_the_service_and_a_bad_one_is_a_usage_error(tree, tmp_pat
 def test_a_refusal_row_reads_as_the_local_engines_whatever_name_the_service_quotes(name):
     """The service names a refused image by the file name it received, which can differ from the one sent (a
     client may percent-encode a quote): the remote row drops that naming, whatever the name holds."""
-    from service.score.remote import _row_error
+    from service.score.remote_answers import _row_error
     from service.uploads import Upload, decode_upload
 
     for data, local in ((b"", "empty file (0 bytes)"), (b"these are not pixels", "not a readable image")):
@@ -1424,7 +1424,7 @@ def test_resume_compares_rows_scored_again_by_path_whatever_order_the_engine_giv
     import argparse
 
     from service.score.errors import UserError
-    from service.score.run import _check_same_scoring
+    from service.score.resume import check_same_scoring
     from service.score.sinks import Prediction, Row
 
     for name in ("a.png", "b.png", "c.png"):
@@ -1441,11 +1441,11 @@ def test_resume_compares_rows_scored_again_by_path_whatever_order_the_engine_giv
 
     written = [Row(name, [Prediction(label, 0, 0.9)]) for name, label in labels.items()]
     args = argparse.Namespace(dir=str(tmp_path), out="x.csv")
-    _check_same_scoring(Reversing(), args, written)  # the same scores, another order: resumed
+    check_same_scoring(Reversing(), args, written)  # the same scores, another order: resumed
     other = Reversing()
     other.change = {"b.png": "frog"}
     with pytest.raises(UserError, match="1 of 3 of its rows scored again differ \\('b.png': dog 0.9000 there, frog"):
-        _check_same_scoring(other, args, written)
+        check_same_scoring(other, args, written)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from PIL import Image
 
 from conftest import ROOT, wait_for_lines
 from inference.interrupts import terminations_as_interrupts
-from service.score import ray_engine
+from service.score import ray_connect, ray_engine, ray_stages
 from service.score.cli import main as score_main
 from service.score.errors import UserError
 
@@ -243,12 +243,12 @@ class _FakeRay:
 def test_cluster_addresses_are_resolved_and_checked_before_ray_init(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    assert ray_engine.resolve_address(None) == (None, "")  # a local instance
-    assert ray_engine.resolve_address("auto") == ("auto", "")
+    assert ray_connect.resolve_address(None) == (None, "")  # a local instance
+    assert ray_connect.resolve_address("auto") == ("auto", "")
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
-    assert ray_engine.resolve_address(None) == ("10.0.0.1:6379", " (RAY_ADDRESS)")
-    assert ray_engine.resolve_address("auto") == ("10.0.0.1:6379", " (RAY_ADDRESS)")  # as ray.init takes it
-    assert ray_engine.resolve_address("head:6379") == ("head:6379", "")  # the flag wins
+    assert ray_connect.resolve_address(None) == ("10.0.0.1:6379", " (RAY_ADDRESS)")
+    assert ray_connect.resolve_address("auto") == ("10.0.0.1:6379", " (RAY_ADDRESS)")  # as ray.init takes it
+    assert ray_connect.resolve_address("head:6379") == ("head:6379", "")  # the flag wins
 
     # Ray Client's grpcio imports, whatever this machine has
     monkeypatch.setitem(sys.modules, "grpc", ModuleType("grpc"))
@@ -260,25 +260,25 @@ def test_cluster_addresses_are_resolved_and_checked_before_ray_init(monkeypatch)
     ):
         ray = _FakeRay()
         with pytest.raises(UserError, match=f"^cannot reach Ray at {re.escape(address)}: {message}"):
-            ray_engine._connect(ray, address)
+            ray_connect._connect(ray, address)
         assert ray.inits == []
 
     # Ray Client needs grpcio: the extra that brings it, before any connection.
     monkeypatch.setitem(sys.modules, "grpc", None)
     with pytest.raises(UserError, match=re.escape("needs Ray's client extra (import grpc: ")):
-        ray_engine._connect(_FakeRay(), f"ray://127.0.0.1:{port}")
+        ray_connect._connect(_FakeRay(), f"ray://127.0.0.1:{port}")
 
     with socket.socket() as listening:
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         address = "127.0.0.1:%d" % listening.getsockname()[1]
         ray = _FakeRay()
-        assert ray_engine._connect(ray, address) is True
+        assert ray_connect._connect(ray, address) is True
         assert [init["address"] for init in ray.inits] == [address] and "runtime_env" in ray.inits[0]
         # Ray's own error says only that it could not connect: a cluster with token authentication is a likely cause.
         ray = _FakeRay(ConnectionError(f"Failed to connect to Ray cluster at {address}"))
         with pytest.raises(UserError, match="also needs RAY_AUTH_MODE=token"):
-            ray_engine._connect(ray, address)
+            ray_connect._connect(ray, address)
 
 
 def test_the_ray_extra_brings_ray_client_at_the_pinned_version():
@@ -340,8 +340,8 @@ def test_rays_error_messages_go_to_stderr_not_to_the_rows(monkeypatch, capsys):
     worker = ray._private.worker
     assert "print_to_stdstream" in worker.listen_error_messages.__code__.co_names
     monkeypatch.setattr(worker, "print_to_stdstream", worker.print_to_stdstream)  # restored after the test
-    ray_engine._errors_to_stderr(ray)
-    ray_engine._errors_to_stderr(ray)  # once only: no wrapper around the wrapper
+    ray_connect._errors_to_stderr(ray)
+    ray_connect._errors_to_stderr(ray)  # once only: no wrapper around the wrapper
     message = "Task MapWorker(...).submit failed. There are infinite retries remaining"
     worker.print_to_stdstream({"lines": [message], "pid": "raylet", "is_err": False}, ignore_prefix=False)
     out, err = capsys.readouterr()
@@ -397,8 +397,8 @@ def test_stages_turn_every_failure_into_the_local_engines_error_row(image_folder
             "error": pa.array([None, None, None, b"broken symlink (...)"], pa.binary()),
         }
     )
-    read = ray_engine.read_files(batch, os.fsencode(str(tmp_path)))
-    decoded = ray_engine.decode_files(read, (32, 32), "center_crop")
+    read = ray_stages.read_files(batch, os.fsencode(str(tmp_path)))
+    decoded = ray_stages.decode_files(read, (32, 32), "center_crop")
     errors = decoded.column("error").to_pylist()
     assert errors[0] is None and len(decoded.column("pixels")[0].as_py()) == 32 * 32 * 3
     assert errors[1].startswith(b"not a readable image (UnidentifiedImageError: cannot identify image file); ")

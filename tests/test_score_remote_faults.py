@@ -23,10 +23,11 @@ from typing import Callable, Iterator
 import pytest
 
 from fakes import FakeService, base_url, serving
-from service.score import run as run_module
+from service.score import loop
 from service.score.cli import main as score_main
-from service.score.remote import KEY_CHECK_NAME, MAX_RETRY_AFTER, RemoteBackend
-from service.score.run import OUTPUT_LOST
+from service.score.output import OUTPUT_LOST
+from service.score.remote import KEY_CHECK_NAME, RemoteBackend
+from service.score.remote_requests import MAX_RETRY_AFTER
 
 
 class Fake(FakeService):
@@ -288,7 +289,7 @@ def _full_disk(monkeypatch, room: int) -> None:
         raw = _FullDisk(path, mode.replace("t", ""))
         return io.TextIOWrapper(io.BufferedWriter(raw), encoding=encoding, errors=errors, newline=newline)
 
-    monkeypatch.setattr(run_module, "open", opened, raising=False)
+    monkeypatch.setattr(loop, "open", opened, raising=False)
 
 
 @pytest.mark.parametrize("rows_that_fit", [0, 3, 5])

@@ -20,7 +20,8 @@ import pytest
 from fakes import CLASSES, FakeService, base_url, models_listing_of, serving
 from service.score.cli import main as score_main
 from service.score.errors import UserError
-from service.score.remote import RemoteBackend, checked_url
+from service.score.remote import RemoteBackend
+from service.score.remote_options import checked_url
 from service.score.walk import Entry
 
 MODELS = models_listing_of(["fake", "other"], CLASSES, default="fake")

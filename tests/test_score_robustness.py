@@ -238,7 +238,7 @@ def test_a_files_own_fault_is_still_its_error_row(photos, tiny_models_dir, tmp_p
 
 def test_the_ray_stages_let_an_exception_no_file_explains_through(photos, monkeypatch):
     pa = pytest.importorskip("pyarrow")
-    from service.score import ray_engine
+    from service.score import ray_stages
 
     table = pa.table(
         {
@@ -247,20 +247,20 @@ def test_the_ray_stages_let_an_exception_no_file_explains_through(photos, monkey
             "data": pa.array([(photos / "0.png").read_bytes(), b"junk"], pa.large_binary()),
         }
     )
-    decoded = ray_engine.decode_files(table, (32, 32), "center_crop")
+    decoded = ray_stages.decode_files(table, (32, 32), "center_crop")
     assert decoded.column("error").to_pylist()[0] is None
     assert b"not a readable image" in decoded.column("error").to_pylist()[1]
 
     def buggy(*args, **kwargs):
         raise KeyError("fit")
 
-    monkeypatch.setattr(ray_engine, "decode_pixels", buggy)
+    monkeypatch.setattr(ray_stages, "decode_pixels", buggy)
     with pytest.raises(DecoderFailure, match="decoding 0.png raised KeyError"):
-        ray_engine.decode_files(table, (32, 32), "center_crop")
+        ray_stages.decode_files(table, (32, 32), "center_crop")
 
 
 def test_the_ray_engine_finds_the_decoder_failure_inside_rays_wrapping():
-    from service.score.ray_engine import _decoder_failure
+    from service.score.ray_failures import _decoder_failure
 
     class Wrapped(Exception):  # as Ray's task error holds the stage's exception, or only its traceback's text
         def __init__(self, cause: BaseException | None, text: str = "Traceback (most recent call last):\n") -> None:

@@ -24,6 +24,7 @@ import pytest
 
 from conftest import ROOT
 from fakes import CLASSES, FakeService, base_url, serving
+from service.score import loop
 from service.score import run as run_module
 from service.score.cli import main as score_main
 from service.score.engines import choose_engine
@@ -88,14 +89,14 @@ def _sigterm_at(calls: list, when: int) -> None:
 def test_a_stop_right_after_a_batch_is_written_is_counted(fake_engine, tmp_path, monkeypatch, capsys):
     """The stop lands once the second batch is in the file, before it was counted: the summary said 4 of the 8."""
     folder = _folder(tmp_path / "photos", [f"{i:02d}.png" for i in range(12)])
-    write, calls = run_module._write, []
+    write, calls = loop.write, []
 
     def written_then_stopped(out, text: str) -> None:
         write(out, text)
         if text.count("\n") == 4:  # a batch's rows, not the header
             _sigterm_at(calls, 2)
 
-    monkeypatch.setattr(run_module, "_write", written_then_stopped)
+    monkeypatch.setattr(loop, "write", written_then_stopped)
     out = tmp_path / "preds.csv"
     assert score_main([str(folder), "--out", str(out), "--no-progress"]) == 143
     err = capsys.readouterr().err
@@ -106,13 +107,13 @@ def test_a_stop_right_after_a_batch_is_written_is_counted(fake_engine, tmp_path,
 def test_a_stop_while_a_batch_is_counted_is_held_until_it_is(fake_engine, tmp_path, monkeypatch, capsys):
     """The stop lands in the middle of the second batch's count: it was counted in part (5 of the file's 8)."""
     folder = _folder(tmp_path / "photos", [f"{i:02d}.png" for i in range(12)])
-    check, calls = run_module._check_csv_cell, []
+    check, calls = loop.check_csv_cell, []
 
     def checked_then_stopped(path: str, summary) -> None:
         check(path, summary)
         _sigterm_at(calls, 6)
 
-    monkeypatch.setattr(run_module, "_check_csv_cell", checked_then_stopped)
+    monkeypatch.setattr(loop, "check_csv_cell", checked_then_stopped)
     out = tmp_path / "preds.csv"
     assert score_main([str(folder), "--out", str(out), "--no-progress"]) == 143
     err = capsys.readouterr().err

@@ -136,14 +136,14 @@ def test_a_stop_whose_handler_runs_inside_anothers_abandon_does_not_wait_on_itse
     import socket
     import threading
 
-    from service.score import remote
+    from service.score import remote, remote_inflight
 
     # no service to reach: only the abandon's state is used
     monkeypatch.setattr(remote.RemoteBackend, "_model_info", lambda self, model: ("fake", ["a", "b"]))
     monkeypatch.setattr(remote.RemoteBackend, "_check_key", lambda self, given: None)
     backend = remote.RemoteBackend("http://127.0.0.1:9", None, 1, 1.0, 1)
     backend._sockets = list(socket.socketpair())
-    shut, nested = remote._shut, []
+    shut, nested = remote_inflight._shut, []
 
     def shut_then_a_second_stop(sock):
         if not nested:
@@ -151,7 +151,7 @@ def test_a_stop_whose_handler_runs_inside_anothers_abandon_does_not_wait_on_itse
             backend._abandon()  # the second handler, run inside the first's
         shut(sock)
 
-    monkeypatch.setattr(remote, "_shut", shut_then_a_second_stop)
+    monkeypatch.setattr(remote_inflight, "_shut", shut_then_a_second_stop)
     worker = threading.Thread(target=backend._abandon, daemon=True)
     worker.start()
     worker.join(5)
@@ -183,9 +183,9 @@ def test_a_named_pipe_is_no_archive_and_its_probe_does_not_block(tmp_path):
 _SLOW_WRITE_DRIVER = r"""
 import os, sys, time
 from pathlib import Path
-from service.score import run
+from service.score import loop
 
-write, calls = run._write, []
+write, calls = loop.write, []
 
 
 def slow_write(out, text):
@@ -196,7 +196,7 @@ def slow_write(out, text):
     return write(out, text)
 
 
-run._write = slow_write
+loop.write = slow_write
 from service.__main__ import main
 from service.process_end import end_process
 

@@ -12,8 +12,8 @@ import pytest
 
 from service.score.cli import main as score_main
 from service.score.pipeline import chunks
-from service.score.run import shown
 from service.score.sinks import ENCODING
+from service.score.summary import shown
 from service.score.walk import Entry
 
 
@@ -164,9 +164,9 @@ def test_accuracy_of_a_class_tree_whose_images_all_failed_says_so(image_folder, 
 
 
 def test_a_hidden_folders_name_cannot_colour_the_summary_either():
-    from service.score.run import _hidden_dirs
+    from service.score.summary import hidden_dirs
 
-    said = _hidden_dirs([".hid\x1b[31mx", ".thumbnails"])
+    said = hidden_dirs([".hid\x1b[31mx", ".thumbnails"])
     assert "\x1b" not in said and ".hid\\x1b[31mx/" in said and ".thumbnails/" in said, said
 
 

@@ -16,8 +16,7 @@ from typing import Iterator
 import pytest
 
 from fakes import HoldingService, base_url, serving
-from service.score import remote
-from service.score import run as run_module
+from service.score import loop, output, remote, remote_inflight
 from service.score.cli import main as score_main
 from test_score_run_loop import _photos, _rows
 
@@ -30,7 +29,7 @@ def service(monkeypatch) -> Iterator[ThreadingHTTPServer]:
     import threading
 
     with serving(HoldingService, holding=threading.Event(), fails_on=None, held_s=HELD_S, said=[]) as server:
-        say = remote._say
+        say = remote_inflight._say
 
         def said_then_released(line: str) -> None:
             server.said.append(line)  # type: ignore[attr-defined]
@@ -38,7 +37,7 @@ def service(monkeypatch) -> Iterator[ThreadingHTTPServer]:
             if line.startswith("waiting for "):
                 server.release.set()  # type: ignore[attr-defined]
 
-        monkeypatch.setattr(remote, "_say", said_then_released)
+        monkeypatch.setattr(remote_inflight, "_say", said_then_released)
         yield server
 
 
@@ -53,15 +52,15 @@ def waiting_lines(server: ThreadingHTTPServer) -> list[str]:
 
 def disk_full_at_the_first_rows(service: ThreadingHTTPServer, monkeypatch) -> None:
     """The output's disk fills as the first chunk's rows are written, once the service holds another request."""
-    write = run_module._write
+    write = loop.write
 
     def full_disk(out, text: str) -> None:
         if text.count("\n") == 2:  # the first chunk's rows, not the header
             assert service.holding.wait(service.held_s)  # type: ignore[attr-defined]
-            raise run_module._OutputLost(OSError(errno.ENOSPC, "No space left on device"))
+            raise output.OutputLost(OSError(errno.ENOSPC, "No space left on device"))
         write(out, text)
 
-    monkeypatch.setattr(run_module, "_write", full_disk)
+    monkeypatch.setattr(loop, "write", full_disk)
 
 
 def test_a_sigterm_while_the_run_waits_for_rows_names_sigterm_in_the_waiting_line(service, tmp_path, monkeypatch):
@@ -86,7 +85,7 @@ def test_a_sigterm_while_the_run_waits_for_rows_names_sigterm_in_the_waiting_lin
 def test_a_sigterm_between_two_rows_names_sigterm_in_the_waiting_line(service, tmp_path, monkeypatch, capsys):
     """A stop that lands while the run writes rows is caught by the run loop, which closes the engine's rows: the
     engine could not tell a stop from a failure, nor which stop it was."""
-    write = run_module._write
+    write = loop.write
 
     def written_then_stopped(out, text: str) -> None:
         write(out, text)
@@ -94,7 +93,7 @@ def test_a_sigterm_between_two_rows_names_sigterm_in_the_waiting_line(service, t
             assert service.holding.wait(HELD_S)
             signal.raise_signal(signal.SIGTERM)
 
-    monkeypatch.setattr(run_module, "_write", written_then_stopped)
+    monkeypatch.setattr(loop, "write", written_then_stopped)
     out = tmp_path / "preds.csv"
     assert score_url(service, _photos(tmp_path), out, workers=1) == 143
     assert waiting_lines(service) == [
@@ -122,7 +121,7 @@ def test_a_run_stopped_by_a_failed_write_says_its_wait_without_again(service, tm
     """No stop came: "Ctrl-C again" spoke of one."""
     disk_full_at_the_first_rows(service, monkeypatch)
     out = tmp_path / "preds.csv"
-    assert score_url(service, _photos(tmp_path), out, workers=1) == run_module.OUTPUT_LOST
+    assert score_url(service, _photos(tmp_path), out, workers=1) == output.OUTPUT_LOST
     assert waiting_lines(service) == [
         "waiting for 1 request in flight (up to 30 s): Ctrl-C or SIGTERM to abandon it"
     ], service.said

@@ -18,7 +18,7 @@ from typing import Iterator
 import pytest
 
 from fakes import HoldingService, serving
-from service.score import remote
+from service.score import remote_inflight
 from test_score_run_loop import _photos, _rows
 from test_score_wait_lines import disk_full_at_the_first_rows, score_url, waiting_lines
 
@@ -30,13 +30,13 @@ WAITING = "waiting for 1 request in flight (up to 30 s): Ctrl-C or SIGTERM to ab
 def service(monkeypatch) -> Iterator[ThreadingHTTPServer]:
     """The service; ``server.said``: the scorer's lines, as said."""
     with serving(HoldingService, holding=threading.Event(), fails_on=None, held_s=HELD_S, said=[]) as server:
-        say = remote._say
+        say = remote_inflight._say
 
         def said(line: str) -> None:
             server.said.append(line)  # type: ignore[attr-defined]
             say(line)
 
-        monkeypatch.setattr(remote, "_say", said)
+        monkeypatch.setattr(remote_inflight, "_say", said)
         yield server
 
 
@@ -45,7 +45,7 @@ def stop(request, monkeypatch) -> Iterator[signal.Signals]:
     """The signal raised once, as the run begins to wait for its requests in flight (where it holds its stops and
     abandons them on each)."""
     signum = request.param
-    held = remote.interrupts_held
+    held = remote_inflight.interrupts_held
     sent: list[int] = []
 
     @contextmanager
@@ -56,7 +56,7 @@ def stop(request, monkeypatch) -> Iterator[signal.Signals]:
                 signal.raise_signal(signum)
             yield
 
-    monkeypatch.setattr(remote, "interrupts_held", stopped_within)
+    monkeypatch.setattr(remote_inflight, "interrupts_held", stopped_within)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield signum
@@ -109,4 +109,4 @@ def test_a_stop_while_a_run_whose_write_failed_waits_for_its_requests_ends_it_as
 def test_the_waiting_line_after_a_failure_names_a_sigterm_as_well_as_a_ctrl_c():
     """A run that a failure stopped may have no terminal (a container, a scheduler's job): its line named Ctrl-C
     alone, though a SIGTERM abandons the requests as well."""
-    assert remote._abandoned_by(None) == "Ctrl-C or SIGTERM"
+    assert remote_inflight._abandoned_by(None) == "Ctrl-C or SIGTERM"

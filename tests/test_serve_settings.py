@@ -195,7 +195,7 @@ def test_the_containers_bentoml_serve_says_the_settings_once_from_the_servers_pr
     assert done.returncode == 0, done.stderr[-2000:]
     assert "settings:" not in done.stderr and "warning:" not in done.stderr, done.stderr[-2000:]
 
-    from service.service import says_the_settings
+    from service.startup import says_the_settings
 
     assert says_the_settings(None, {}, "serve")
     assert not says_the_settings(0, {}, "serve") and not says_the_settings(1, {}, "serve")

@@ -39,13 +39,13 @@ def _bentoml_cli(callback) -> types.ModuleType:
 
 
 def _serve_with(monkeypatch, callback, argv=("serve", "service.service:Classifier")) -> int:
-    from service import bentoml_compat
+    from service.bentoml_compat import command_line
 
-    monkeypatch.setattr(bentoml_compat, "_unsupported", lambda what: True)  # leaves BentoML's metrics folder alone
+    monkeypatch.setattr(command_line, "_unsupported", lambda what: True)  # leaves BentoML's metrics folder alone
     monkeypatch.setitem(sys.modules, "bentoml_cli.cli", _bentoml_cli(callback))
     monkeypatch.setattr(sys, "argv", list(sys.argv))  # serve_with_own_metrics sets BentoML's
     try:
-        return bentoml_compat.serve_with_own_metrics(list(argv), 3000)
+        return command_line.serve_with_own_metrics(list(argv), 3000)
     except KeyboardInterrupt:  # caught here, or pytest would take it as its own Ctrl-C and stop the session
         pytest.fail("a stop escaped as a traceback")
     except SystemExit as exc:

@@ -67,12 +67,12 @@ class _ImportInterrupted(types.ModuleType):
 def test_ctrl_c_while_the_server_imports_bentoml_s_command_line_is_one_line_and_130(capsys, monkeypatch):
     """The second between serve's `serving ...` line and BentoML's own signal handling: a Ctrl-C there printed
     the import's traceback and ended the process by the signal."""
-    from service import bentoml_compat
+    from service.bentoml_compat import command_line
 
-    monkeypatch.setattr(bentoml_compat, "_unsupported", lambda what: True)  # leaves BentoML's metrics folder alone
+    monkeypatch.setattr(command_line, "_unsupported", lambda what: True)  # leaves BentoML's metrics folder alone
     monkeypatch.setitem(sys.modules, "bentoml_cli.cli", _ImportInterrupted("bentoml_cli.cli"))
     try:
-        status = bentoml_compat.serve_with_own_metrics(["serve", "service.service:Classifier"], 3000)
+        status = command_line.serve_with_own_metrics(["serve", "service.service:Classifier"], 3000)
     except KeyboardInterrupt:
         pytest.fail("a Ctrl-C escaped as a traceback")
     assert status == 130

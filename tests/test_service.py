@@ -1042,18 +1042,18 @@ def test_doctor_says_each_step_on_stderr_as_it_starts(tiny_models_dir, monkeypat
     """A full doctor run (about 4.5 minutes on a busy host) printed nothing until its report, as if hung: it
     says each step on stderr as it starts, a model's check and its timing with its place in the list, and
     leaves stdout the report alone."""
-    from service import doctor
+    from service import doctor_model
     from service.__main__ import main as service_main
 
-    monkeypatch.setattr(doctor, "SPEED_SECONDS", 0.01)
+    monkeypatch.setattr(doctor_model, "SPEED_SECONDS", 0.01)
     seen = []
-    timed = doctor.images_per_second
+    timed = doctor_model.images_per_second
 
     def images_per_second(*args, **kwargs):  # what stderr said by the time the first model is timed
         seen.append(capsys.readouterr())
         return timed(*args, **kwargs)
 
-    monkeypatch.setattr(doctor, "images_per_second", images_per_second)
+    monkeypatch.setattr(doctor_model, "images_per_second", images_per_second)
     assert service_main(["doctor", "--device", "cpu", "--models-dir", str(tiny_models_dir)]) == 0
     first, out, err = seen[0], capsys.readouterr().out, "".join(c.err for c in seen) + capsys.readouterr().err
     assert first.out == "" and first.err.splitlines()[-2:] == ["checking tiny (1/2)", "timing tiny (1/2)"], first
@@ -1067,7 +1067,7 @@ def test_doctor_times_each_model_without_a_warm_up_at_the_batch_size_it_has_run(
     per model (its check, a warm-up, two timed): 12 minutes for the shipped models. The check's batch is the
     warm-up; a run longer than the timing's seconds is timed once."""
     from inference.runtime import OnnxClassifier
-    from service import doctor
+    from service import doctor_model
     from service.__main__ import main as service_main
 
     clock = [0.0]
@@ -1080,11 +1080,11 @@ def test_doctor_times_each_model_without_a_warm_up_at_the_batch_size_it_has_run(
         return real_logits(self, x)
 
     monkeypatch.setattr(OnnxClassifier, "logits", logits)
-    monkeypatch.setattr(doctor.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(doctor_model.time, "perf_counter", lambda: clock[0])
     assert service_main(["doctor", "--device", "cpu", "--models-dir", str(tiny_models_dir), "--model", "tiny"]) == 0
     out = capsys.readouterr().out
     # the check (256 generated images) and one timed run; batch 1 has its warm-up and one timed run
-    assert calls == {doctor.GENERATED_IMAGES: 2, 1: 2}, calls
+    assert calls == {doctor_model.GENERATED_IMAGES: 2, 1: 2}, calls
     assert "images/s on CPUExecutionProvider: batch 1: 0, batch 256: 4" in out, out
 
 

@@ -24,7 +24,9 @@ from starlette.requests import Request
 from conftest import ROOT
 from fakes import AsgiClient
 from service.contract import Rejection
-from service.service import SERVICE, BodyGate, Classifier, InferItem, _infer_overloaded
+from service.gates import BodyGate
+from service.request_bodies import InferItem
+from service.service import SERVICE, Classifier, _infer_overloaded
 from service.settings import ServiceSettings, SettingsError
 
 PIXELS = 32 * 32 * 3

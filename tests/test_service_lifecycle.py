@@ -18,7 +18,7 @@ import pytest
 from bentoml.exceptions import ServiceUnavailable
 
 from conftest import ROOT, serve_on_free_port, stop_server_group
-from service import bentoml_compat
+from service.bentoml_compat import batching, check
 
 # ---------------------------------------------------------------------------------------------- loading
 # Put first on PYTHONPATH, it makes every worker's load_models touch a file and sleep before loading: a slow model
@@ -158,7 +158,7 @@ class _Factory:
     raises ServiceUnavailable, and a batch that never ends: calls queue behind it."""
 
     def __init__(self) -> None:
-        CorkDispatcher = type(bentoml_compat._cork_dispatcher())
+        CorkDispatcher = type(check._cork_dispatcher())
 
         def fallback():
             raise ServiceUnavailable("process is overloaded")
@@ -190,13 +190,14 @@ class _Factory:
 def queued(monkeypatch):
     """A Classifier's ``_batched`` through bentoml_compat's in-process dispatchers, a batch always running: each call
     waits in its model's queue. Yields (the factory, a coroutine function running ``_batched`` on one image)."""
-    from service.service import Classifier, InferItem
+    from service.request_bodies import InferItem
+    from service.service import Classifier
 
-    monkeypatch.setattr(bentoml_compat, "_routers", [])
-    monkeypatch.setattr(bentoml_compat, "_shed_answers", {})
+    monkeypatch.setattr(batching, "_routers", [])
+    monkeypatch.setattr(batching, "_shed_answers", {})
     factory = _Factory()
-    bentoml_compat.RouterProbe(SimpleNamespace(app=factory.router))
-    gateway = bentoml_compat.BatchGateway("infer", lambda: pytest.fail("the self-proxy was used"))
+    batching.RouterProbe(SimpleNamespace(app=factory.router))
+    gateway = batching.BatchGateway("infer", lambda: pytest.fail("the self-proxy was used"))
     dict.__getitem__(factory.dispatchers, "infer")._sema.acquire()  # the batch running, and shared by every queue
     stand_in = SimpleNamespace(_infer=gateway)
 

@@ -789,14 +789,15 @@ def test_the_largest_v2_tensor_request_is_read(nested):
 # ---------------------------------------------------------------------------------------------- JSON bodies' cost
 def _classify_json():
     """What reads a /classify JSON body (taking at most 2 images), and its most images."""
-    from service.uploads import classify_json_fields
+    from service.classify_json import classify_json_fields
 
     return lambda body: classify_json_fields(body, max_images=2), 2
 
 
 def _infer_json():
     """What reads an /infer body, and its most items."""
-    from service.service import SETTINGS, InferInput
+    from service.request_bodies import InferInput
+    from service.startup import SETTINGS
 
     return InferInput.parse, SETTINGS.max_batch_size
 
@@ -829,7 +830,9 @@ def test_a_json_body_of_more_values_than_the_largest_request_is_refused_before_i
 def test_the_largest_json_classify_request_is_read():
     """The bound on a /classify body's values lets through the most images, every field given, and file names
     holding commas and brackets."""
-    from service.uploads import ENVELOPE_VALUES, Upload, classify_json_fields
+    from service.body_limits import ENVELOPE_VALUES
+    from service.classify_json import classify_json_fields
+    from service.uploads import Upload
 
     most = 4
     names = [f"photo {i}, [{'x,' * (ENVELOPE_VALUES // (2 * most))}].png" for i in range(most)]
@@ -853,7 +856,9 @@ def test_the_largest_json_classify_request_is_read():
 def test_file_names_full_of_commas_do_not_count_as_json_values():
     """Only a body's values count against its bound: commas and brackets inside its strings (file names here,
     escaped quotes among them) used to count too, and a request of a few images named so was refused."""
-    from service.uploads import ENVELOPE_VALUES, Upload, classify_json_fields
+    from service.body_limits import ENVELOPE_VALUES
+    from service.classify_json import classify_json_fields
+    from service.uploads import Upload
 
     most = 4
     names = [f'photo {i} \\" [{"x,{" * ENVELOPE_VALUES}].png' for i in range(most)]
@@ -864,7 +869,8 @@ def test_file_names_full_of_commas_do_not_count_as_json_values():
 
 def test_the_largest_infer_request_is_read():
     """The bound on an /infer body's values lets through the most items a batch takes, every field given."""
-    from service.service import SETTINGS, InferInput
+    from service.request_bodies import InferInput
+    from service.startup import SETTINGS
 
     most = SETTINGS.max_batch_size
     pixels = [bytes([i % 256]) * (32 * 32 * 3) for i in range(most)]

@@ -11,10 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from service.classify_json import classify_json_fields
 from service.confidence import parse_min_confidence
 from service.contract import Rejection
 from service.oip import read_infer_request
-from service.uploads import classify_json_fields
 
 MODEL = SimpleNamespace(
     classes=["alpha", "beta", "gamma"],
@@ -86,31 +86,31 @@ def test_a_threshold_that_is_no_number_is_named_as_json_writes_it():
 
 
 @pytest.fixture(scope="module")
-def service_module():
-    from service import service
+def request_bodies():
+    from service import request_bodies
 
-    return service
+    return request_bodies
 
 
 def _item() -> dict:
     return {"model": "tiny", "pixels": base64.b64encode(bytes(32 * 32 * 3)).decode()}
 
 
-def test_infer_refuses_a_field_beside_items_instead_of_ignoring_it(service_module):
+def test_infer_refuses_a_field_beside_items_instead_of_ignoring_it(request_bodies):
     """A "fit" or "k" next to the items was dropped without a word: the pixels were answered as if unasked."""
-    refused = service_module.InferInput.parse(json.dumps({"items": [_item()], "fit": "pad"}).encode())
+    refused = request_bodies.InferInput.parse(json.dumps({"items": [_item()], "fit": "pad"}).encode())
     assert isinstance(refused, Rejection)
     assert (refused.reason, refused.message) == ("malformed_request", "unknown field fit: this route does not read it")
 
 
-def test_infer_reads_json_after_a_utf8_byte_order_mark_as_classify_and_v2_do(service_module):
+def test_infer_reads_json_after_a_utf8_byte_order_mark_as_classify_and_v2_do(request_bodies):
     body = json.dumps({"items": [_item()]}).encode()
-    read = service_module.InferInput.parse(codecs.BOM_UTF8 + body)
+    read = request_bodies.InferInput.parse(codecs.BOM_UTF8 + body)
     assert not isinstance(read, Rejection), read
     assert [item.model for item in read.items] == ["tiny"]
 
 
-def test_post_models_reads_an_empty_json_object_after_a_byte_order_mark(service_module):
+def test_post_models_reads_an_empty_json_object_after_a_byte_order_mark(request_bodies):
     from starlette.requests import Request
 
     body = codecs.BOM_UTF8 + b"{}"
@@ -125,14 +125,14 @@ def test_post_models_reads_an_empty_json_object_after_a_byte_order_mark(service_
         "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
         "query_string": b"",
     }
-    read = asyncio.run(service_module.NoInput.read(Request(scope, receive)))
-    assert isinstance(read, service_module.NoInput), read
+    read = asyncio.run(request_bodies.NoInput.read(Request(scope, receive)))
+    assert isinstance(read, request_bodies.NoInput), read
 
 
-def test_the_request_bodies_are_described_for_clients_not_for_maintainers(service_module):
+def test_the_request_bodies_are_described_for_clients_not_for_maintainers(request_bodies):
     """The OpenAPI document (/docs.json, /docs) shows these descriptions to clients: they named BodyGate and
     BentoML's parsing instead of what to send."""
-    for body in (service_module.InferInput, service_module.ClassifyInput):
+    for body in (request_bodies.InferInput, request_bodies.ClassifyInput):
         described = body.model_json_schema()["description"]
         assert "application/json" in described
         assert not any(word in described for word in ("``", "BodyGate", "BentoML")), described

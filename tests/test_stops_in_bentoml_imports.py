@@ -37,18 +37,18 @@ def _server_process(monkeypatch, importing) -> int:
     """bentoml_serve.py's start, whose import of bentoml_compat.py (BentoML with it) runs ``importing``."""
     from service.bentoml_serve import _serve
 
-    module = _Importing("service.bentoml_compat", "serve_with_own_metrics", importing)
-    monkeypatch.setitem(sys.modules, "service.bentoml_compat", module)
+    module = _Importing("service.bentoml_compat.command_line", "serve_with_own_metrics", importing)
+    monkeypatch.setitem(sys.modules, "service.bentoml_compat.command_line", module)
     return _serve(["3000", "serve", "service.service:Classifier"])
 
 
 def _bentoml_command_line(monkeypatch, importing) -> int:
     """bentoml_compat.py's start of BentoML's command line, whose import runs ``importing``."""
-    from service import bentoml_compat
+    from service.bentoml_compat import command_line
 
-    monkeypatch.setattr(bentoml_compat, "_unsupported", lambda what: True)  # leaves BentoML's metrics folder alone
+    monkeypatch.setattr(command_line, "_unsupported", lambda what: True)  # leaves BentoML's metrics folder alone
     monkeypatch.setitem(sys.modules, "bentoml_cli.cli", _Importing("bentoml_cli.cli", "cli", importing))
-    return bentoml_compat.serve_with_own_metrics(["serve", "service.service:Classifier"], 3000)
+    return command_line.serve_with_own_metrics(["serve", "service.service:Classifier"], 3000)
 
 
 STARTS = pytest.mark.parametrize("start", [_server_process, _bentoml_command_line])

@@ -9,7 +9,7 @@ import base64
 import json
 
 from fakes import AsgiClient
-from service.service import BodyGate
+from service.gates import BodyGate
 
 PIXELS = 32 * 32 * 3
 

@@ -14,7 +14,8 @@ from ..confidence import parse_min_confidence
 from ..settings import SETTINGS
 from .engines import ENGINE_ONLY_FLAGS, ENGINES
 from .local import DEFAULT_BATCH_SIZE, DEFAULT_GPU_BATCH_SIZE
-from .remote import API_KEY_VARIABLE, DEFAULT_URL_BATCH, DEFAULT_URL_WORKERS
+from .remote import DEFAULT_URL_BATCH, DEFAULT_URL_WORKERS
+from .remote_options import API_KEY_VARIABLE
 from .run import run
 from .sinks import FORMATS
 

@@ -21,7 +21,8 @@ from inference.runtime import choose_default, wants_cuda
 from .errors import UserError
 from .local import LocalBackend
 from .pipeline import Backend
-from .remote import API_KEY_VARIABLE, DEFAULT_URL_BATCH, DEFAULT_URL_TIMEOUT, RemoteBackend
+from .remote import DEFAULT_URL_BATCH, DEFAULT_URL_TIMEOUT, RemoteBackend
+from .remote_options import API_KEY_VARIABLE
 
 
 class EngineFlag(NamedTuple):

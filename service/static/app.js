@@ -7,7 +7,7 @@ const CONCURRENT = 4; // requests in flight at once: each image is its own reque
 // many times: each image is its own request, so a limit per second would otherwise fail all but the first few.
 const RETRIES = 3;
 const LATER = new Set([429, 503]);
-// The longest one Retry-After is waited, as the batch scorer's MAX_RETRY_AFTER (service/score/remote.py): a service
+// The longest one Retry-After is waited, as the batch scorer's MAX_RETRY_AFTER (service/score/remote_requests.py): a service
 // or gateway that asks for longer is unavailable for now, for every image alike, so the run stops and says so
 // rather than hold its cards at "classifying…" for as long as a header says.
 const MAX_WAIT_S = 60;

@@ -1,0 +1,93 @@
+"""The doctor's labelled folder (``--folder DIR``): what it refuses in its place, and how the images of each class
+are picked and read at a model's own input.
+
+Kept apart from the model checks because it answers to training and the scorer, not to the service: sub-folders
+are matched to classes and hidden files skipped as they are there, and an archive refused as the scorer refuses
+it, so one folder reads alike in all three.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from inference.classes import ClassMatcher
+from inference.manifest import ManifestError, ModelEntry
+from inference.preprocess import IMAGE_EXTENSIONS, decode_image, to_model_input
+from inference.tree_files import is_hidden, is_tree_image, unpack_command
+
+
+def folder_refusal(folder: str) -> str | None:
+    """Why ``--folder`` cannot be read, and what to give instead; None for a folder. An archive, which training
+    reads, is refused as the scorer refuses it: picking a few images of each class would decompress all of it,
+    and where its class folders sit in it (under one top folder or not) is training's reader's rule."""
+    path = Path(folder)
+    if path.is_dir():
+        return None
+    if not path.exists():
+        return f"--folder {folder} is not a folder: it does not exist"
+    unpack = unpack_command(folder)
+    if unpack:
+        return (
+            f"--folder {folder} is an archive, not a folder: unpack it (mkdir DIR && {unpack}) and give --folder "
+            "the folder in DIR that holds one sub-folder per class"
+        )
+    return f"--folder {folder} is a file, not a folder: give the folder that holds one sub-folder per class"
+
+
+def class_folders(folder: Path, entry: ModelEntry) -> tuple[list[tuple[int, Path]], list[str]]:
+    """The sub-folders of ``folder`` that name one of the model's classes, with its index (matched as the scorer
+    and `training evaluate` match a folder: exactly, else in Unicode NFC and ignoring case, so that a copy from
+    macOS or a ``Cat/`` for ``cat`` counts), and the names of those that name none; hidden ones are neither."""
+    matcher = ClassMatcher(entry.classes)
+    matched, left_out = [], []
+    for d in sorted(folder.iterdir()):
+        if d.is_dir() and not is_hidden(d.name):
+            label = matcher.index(d.name)
+            if label is None:
+                left_out.append(d.name)
+            else:
+                matched.append((label, d))
+    return matched, left_out
+
+
+def read_folder(
+    folder: Path, entry: ModelEntry, max_images: int, matched: list[tuple[int, Path]] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[tuple[Path, str]]]:
+    """Up to ``max_images`` images of ``folder/CLASS/...`` whose CLASS names one of the model's classes
+    (``matched``, else ``class_folders``), spread over the classes (sorted paths, taken in turn), as the model's
+    input (its size, its fit) and class indices; hidden files and folders are no images, as for training's folder
+    reader; and the files that could not be read, with why. ``ManifestError`` if none is readable."""
+    found: dict[int, list[Path]] = {}
+    for label, d in class_folders(folder, entry)[0] if matched is None else matched:
+        found.setdefault(label, []).extend(
+            p
+            for p in d.rglob("*")
+            if is_tree_image(p.name) and not any(is_hidden(part) for part in p.relative_to(d).parts)
+        )
+    if not found:
+        raise ManifestError(f"--folder {folder} has no sub-folder named after a class ({', '.join(entry.classes)})")
+    per_class = {entry.classes[label]: (label, sorted(paths)) for label, paths in sorted(found.items())}
+    chosen: list[tuple[Path, int]] = []
+    depth = 0
+    while len(chosen) < max_images and any(depth < len(paths) for _, paths in per_class.values()):
+        for label, paths in per_class.values():
+            if depth < len(paths) and len(chosen) < max_images:
+                chosen.append((paths[depth], label))
+        depth += 1
+    pixels = []
+    labels = []
+    unreadable: list[tuple[Path, str]] = []
+    for path, label in chosen:
+        try:
+            pixels.append(decode_image(path.read_bytes(), entry.input.size, fit=entry.input.fit))
+            labels.append(label)
+        except (OSError, ValueError) as exc:  # not the host's problem: left out, and said
+            unreadable.append((path.relative_to(folder), str(exc) or type(exc).__name__))
+    if not pixels:
+        raise ManifestError(
+            f"--folder {folder}: no readable image in the sub-folders named after a class "
+            f"({', '.join(sorted(per_class))}; read: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    return to_model_input(np.stack(pixels)), np.asarray(labels), unreadable
