@@ -7,10 +7,9 @@ import hashlib
 import io
 import os
 import pickle
-import re
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
@@ -57,6 +56,9 @@ META_KINDS: dict[str, type | tuple[type, ...]] = {
 # What a run's checkpoint holds beyond a network's (``Trainer.state``): where a resume goes on from. A checkpoint
 # of a network alone (an ensemble, a recovered network, a slimmed copy) holds none of it.
 TRAINING_STATE_KEYS = ("config", "epoch", "history", "best")
+# Objects loading with weights_only constructs beyond torch's own: TorchVersion, a plain str subclass, which early
+# checkpoints of this project stored.
+_ALLOWED_GLOBALS: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [torch.torch_version.TorchVersion]
 
 
 class CheckpointError(UsageError):
@@ -266,8 +268,7 @@ def _load(path: Path, hashed: bool) -> tuple[dict[str, Any], str | None]:
         if hashed:
             data = path.read_bytes()
             sha, source = hashlib.sha256(data).hexdigest(), io.BytesIO(data)
-        # TorchVersion is a plain str subclass; early checkpoints of this project stored one.
-        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]), warnings.catch_warnings():
+        with torch.serialization.safe_globals(_ALLOWED_GLOBALS), warnings.catch_warnings():
             # a plain pickle's protocol, warned of in two lines before the refusal below says what the file is
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             ckpt = torch.load(source, map_location="cpu", weights_only=True)
@@ -288,24 +289,30 @@ def _load(path: Path, hashed: bool) -> tuple[dict[str, Any], str | None]:
     return ckpt, sha
 
 
-# torch's weights_only refusal of an object it would have to construct: the object's name, then advice to allow it
-_REFUSED_GLOBAL = re.compile(r"\bGLOBAL ([\w.]+)")
-
-
 def _unreadable(path: Path, exc: BaseException) -> str:
     """Why torch could not load ``path``, in the user's terms. torch's own words are kept only where nothing
     better is known, and never its advice to allow the object weights_only refused: that would run its code."""
     if path.suffix.lower() == ".onnx":
         return "it is an exported ONNX model: evaluate it with --onnx, verify it with `python -m export verify NAME`"
-    refused = _REFUSED_GLOBAL.search(str(exc))
+    refused = _refused_globals(path) if isinstance(exc, pickle.UnpicklingError) else []
     if refused:
         return (
-            f"it holds a {refused.group(1)} object, which loading with weights_only refuses so that no code in a "
+            f"it holds a {refused[0]} object, which loading with weights_only refuses so that no code in a "
             "checkpoint runs; this project's checkpoints hold tensors and plain data only"
         )
     if not zipfile.is_zipfile(path):
         return "it is not the zip archive torch.save writes: another kind of file, or the start of one cut short"
     return f"a truncated or damaged copy of one? torch said: {exception_summary(exc, after='WeightsUnpickler error:')}"
+
+
+def _refused_globals(path: Path) -> list[str]:
+    """The objects (module.name) in ``path``'s pickle that loading with weights_only refuses to construct, read by
+    torch's own disassembly rather than from the wording of its refusal; empty where the pickle cannot be read."""
+    try:
+        with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
+            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - a damaged file fails in torch's reader with whatever it hit: none known
+        return []
 
 
 def _malformed(ckpt: dict[str, Any]) -> str | None:

@@ -91,7 +91,7 @@ def save_figure(fig, path: Path, tight: bool = False, no_glyphs: str = NO_GLYPHS
 
 def drawable(text: str) -> str:
     """``text`` with each undecodable byte of a file name (a surrogate escape) as U+FFFD: matplotlib's font
-    code takes no surrogates, and a run folder so named stopped its training at the first epoch's curves."""
+    code takes no surrogates, and would stop the training of a run folder so named at the first epoch's curves."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
