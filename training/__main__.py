@@ -401,7 +401,10 @@ def main(argv: list[str] | None = None) -> int:
         parser = get_args_parser()  # imports the reports' figures (matplotlib): a second or two
     except KeyboardInterrupt:
         return _stopped_while_loading()
-    _check_set_words(parser, sys.argv[1:] if argv is None else argv)
+    words = sys.argv[1:] if argv is None else argv
+    # --set is a subcommand's flag: its mistakes are told with that subcommand's usage, as argparse's are below
+    # (the program takes no option but -h, so its first other word is the subcommand)
+    _check_set_words(command_parser(parser, next((word for word in words if not word.startswith("-")), None)), words)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         command_parser(parser, args.command).error(_unrecognized(args, unknown))

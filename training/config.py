@@ -1131,17 +1131,27 @@ def close_settings(key: str) -> list[str]:
     own = [dotted for dotted in close if dotted.startswith(f"{section}.")]
     if section == "model" and not own:  # model: {name: wrn_16_4, dropout: 0.1}: a network's own argument
         return [f"model.args.{name}"]
-    return [dotted for dotted in own or close if dotted != key][:2]
+    # dict.fromkeys: a setting both close to the whole key and its rest (modelimage_size) is hinted at once
+    return [dotted for dotted in dict.fromkeys(own or close) if dotted != key][:2]
 
 
 def _run_together(name: str, sections: list[str], names: dict[str, list[str]]) -> list[str]:
-    """A section and its setting written as one word (``dataroot``, ``train_epochs``): that setting where the rest
-    is close to one of the section's; the section alone where the rest is letters (``optimizer``)."""
+    """A section and its setting written as one word (``dataroot``, ``train_epochs``, ``optimizer_lr``): that
+    setting where the rest is close to one of the section's, else the one setting of another section it is close to
+    (``trainlr``: optim.lr, not train, which has no lr); the section alone where the rest is letters
+    (``optimizer``)."""
     for section in (s for s in sections if name.startswith(s)):
         rest = name[len(section) :]
-        matches = difflib.get_close_matches(rest.lstrip("_-"), names, n=2, cutoff=0.75)
-        meant = [dotted for match in matches for dotted in names[match] if dotted.startswith(f"{section}.")]
-        return meant[:1] or ([section] if rest.isalpha() else [])
+        said = rest.lstrip("_-")
+        matches = difflib.get_close_matches(said, names, n=2, cutoff=0.75)
+        # the section said long (optimizer_lr, traininglr): the setting is the rest's end, whole
+        ends = (said[cut:].lstrip("_-") for cut in range(1, len(said)) if said[:cut].isalpha())
+        matches += [end for end in ends if end in names][:1]
+        dotted = list(dict.fromkeys(dotted for match in matches for dotted in names[match]))
+        meant = [setting for setting in dotted if setting.startswith(f"{section}.")]
+        if meant or len(dotted) == 1:
+            return (meant or dotted)[:1]
+        return [section] if rest.isalpha() else []
     return []
 
 
