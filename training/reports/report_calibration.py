@@ -82,10 +82,10 @@ def temperature_for(
     check_finite(source, fit_logits, "the run's validation images, which the temperature is fitted on")
     t = fit_temperature(fit_logits, val.labels)
     among = ""
+    verb = "is" if shared == 1 else "are"
     if shared == len(val):
-        among = ", which are among the images scored here: in-sample for those"
+        among = f", which {verb} among the images scored here: in-sample for those"
     elif shared:
-        verb = "is" if shared == 1 else "are"
         among = f", {shared:,} of which {verb} among the images scored here: in-sample for those"
     where = f"the run's validation split ({counted(len(val), 'image')}{caveat}{among})"
     note = ""
