@@ -59,6 +59,13 @@ class AirbenchNet(nn.Module):
         super().__init__()
         if len(widths) != 3:
             raise ValueError(f"airbench takes three group widths, got {list(widths)}")
+        if not 0 < bn_momentum <= 1:
+            # model.bn_momentum refuses the same: at 0 the running statistics never leave their initial mean 0 and
+            # variance 1, which evaluation and export would then normalise with; above 1 they overshoot each batch
+            raise ValueError(
+                f"bn_momentum {bn_momentum} must be above 0 and at most 1 (PyTorch's sense: the new batch's share "
+                "of BatchNorm's running statistics; the paper's 0.6 is the old statistics' share, so 0.4 here)"
+            )
         self.whiten = PatchWhitening(3, kernel_size=2, eps=whiten_eps) if whiten else nn.Conv2d(3, 24, 2)
         groups, c_in = [], self.whiten.out_channels
         for width in widths:
