@@ -685,9 +685,9 @@ def verify_model(
         against,
         checkpoint,
     )
-    logits, speed = onnx_logits(classifier, val.images)
     torch_top1 = (entry.metrics.get("parity") or {}).get("torch_top1")
     recorded_on = entry.metrics.get("val_samples")
+    # refused before the ONNX pass, which takes minutes for a multi-crop FP16 graph on a CPU
     if torch_top1 is None or recorded_on != len(val):
         # an export checked on fewer images (--max-val-images) recorded its figure on those: the same check is
         # the one that can be compared with it
@@ -698,6 +698,7 @@ def verify_model(
             f"{entry.name}: no checkpoint and no recorded {against} accuracy on the same "
             f"{counted(len(val), 'image')}{same}"
         )
+    logits, speed = onnx_logits(classifier, val.images)
     parity = judge(
         entry.precision,
         None,
