@@ -30,6 +30,9 @@ def mistakes(tmp_path: Path) -> Path:
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "a.jpg").write_bytes((tmp_path / "photo.jpg").read_bytes())
     os.mkfifo(tmp_path / "fifo")  # opening it to read would block: a refusal must not read it
+    (tmp_path / "report").mkdir()  # an evaluate report, whose files are not what compare and ensemble take
+    (tmp_path / "report" / "predictions.npz").write_bytes(b"")
+    (tmp_path / "report" / "metrics.json").write_text("{}")
     return tmp_path
 
 
@@ -111,6 +114,8 @@ REFUSED = [
     ("training", ["ablate", "--recipe", "resnet9_half_cpu", "--vary", "lr=1,1", "--out", "{tmp}/ab"], "repeats"),
     ("training", ["ablate", "--recipe", "x", "--vary", "lr=1,2", "--target-top1", "nan"], "not a percentage"),
     ("training", ["models", "extra"], "unrecognized arguments: extra"),
+    ("training", ["compare", "{tmp}/report/metrics.json", "{tmp}/report"], "is a file of the report in"),
+    ("training", ["ensemble", "{tmp}/report", "{tmp}/report/predictions.npz"], "give the report's folder"),
     ("training", ["nope"], "invalid choice: 'nope'"),
     # python -m export
     ("export", ["--checkpoint", "{tmp}/empty.pt", "--name", "x"], "is not a training checkpoint"),

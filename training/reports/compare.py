@@ -74,6 +74,9 @@ def classify(path: str | Path) -> str:
         return "onnx"
     if path.is_dir() and (path / PREDICTIONS_FILE).is_file():
         return "report"
+    if path.is_file() and path.suffix != ".pt" and (path.parent / PREDICTIONS_FILE).is_file():
+        # metrics.json or predictions.npz named for its report: read as a checkpoint, it was "not a checkpoint"
+        raise UsageError(f"{path} is a file of the report in {path.parent}: give the report's folder, {path.parent}")
     if path.is_file() or (path.is_dir() and (path / "best.pt").is_file()):
         return "checkpoint"
     what = "a checkpoint, a run folder with best.pt, an .onnx file or a report folder with " + PREDICTIONS_FILE
