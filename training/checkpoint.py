@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
@@ -263,8 +264,8 @@ def _load(path: Path, hashed: bool) -> tuple[dict[str, Any], str | None]:
     if not path.is_file():
         raise FileNotFoundError(missing_checkpoint(path))
     sha = None
+    source: Path | io.BytesIO = path
     try:
-        source: Path | io.BytesIO = path
         if hashed:
             data = path.read_bytes()
             sha, source = hashlib.sha256(data).hexdigest(), io.BytesIO(data)
@@ -278,7 +279,7 @@ def _load(path: Path, hashed: bool) -> tuple[dict[str, Any], str | None]:
     # from the zip reader, a KeyError or IndexError from the unpickler's stack, not only an UnpicklingError.
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, IndexError, OSError) as exc:
         raise CheckpointError(
-            f"{path} is not a training checkpoint this project can read ({_unreadable(path, exc)})"
+            f"{path} is not a training checkpoint this project can read ({_unreadable(path, source, exc)})"
         ) from exc
     # torch.save writes anything: a bare state_dict or tensor would otherwise fail later on a missing key.
     if not isinstance(ckpt, dict) or "meta" not in ckpt or "model" not in ckpt:
@@ -289,30 +290,43 @@ def _load(path: Path, hashed: bool) -> tuple[dict[str, Any], str | None]:
     return ckpt, sha
 
 
-def _unreadable(path: Path, exc: BaseException) -> str:
-    """Why torch could not load ``path``, in the user's terms. torch's own words are kept only where nothing
-    better is known, and never its advice to allow the object weights_only refused: that would run its code."""
+def _unreadable(path: Path, source: Path | io.BytesIO, exc: BaseException) -> str:
+    """Why torch could not load ``path`` (read from ``source``: the bytes a hashed load read), in the user's terms.
+    torch's own words are kept only where nothing better is known, and never its advice to allow the object
+    weights_only refused: that would run its code."""
     if path.suffix.lower() == ".onnx":
         return "it is an exported ONNX model: evaluate it with --onnx, verify it with `python -m export verify NAME`"
-    refused = _refused_globals(path) if isinstance(exc, pickle.UnpicklingError) else []
+    refused = _refused_globals(source, exc) if isinstance(exc, pickle.UnpicklingError) else []
     if refused:
         return (
             f"it holds a {refused[0]} object, which loading with weights_only refuses so that no code in a "
             "checkpoint runs; this project's checkpoints hold tensors and plain data only"
         )
-    if not zipfile.is_zipfile(path):
+    if not zipfile.is_zipfile(source):
         return "it is not the zip archive torch.save writes: another kind of file, or the start of one cut short"
     return f"a truncated or damaged copy of one? torch said: {exception_summary(exc, after='WeightsUnpickler error:')}"
 
 
-def _refused_globals(path: Path) -> list[str]:
-    """The objects (module.name) in ``path``'s pickle that loading with weights_only refuses to construct, read by
-    torch's own disassembly rather than from the wording of its refusal; empty where the pickle cannot be read."""
+# torch's refusal of an object, in its words: read only where its disassembly cannot read the file
+_REFUSED_GLOBAL = re.compile(r"\bGLOBAL ([\w.]+)")
+
+
+def _refused_globals(source: Path | io.BytesIO, exc: BaseException) -> list[str]:
+    """The objects (module.name) in ``source``'s pickle that loading with weights_only refuses to construct, read by
+    torch's own disassembly rather than from the wording of its refusal (``exc``), which is read only for what that
+    disassembly does not take: the legacy format of torch.save(_use_new_zipfile_serialization=False), which
+    torch.load still reads. Empty where neither names one."""
     try:
-        with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
-            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        zipped = zipfile.is_zipfile(source)
+        if zipped:
+            if isinstance(source, io.BytesIO):
+                source.seek(0)  # the very bytes torch.load refused (the path may hold another file by now), whole
+            with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
+                return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(source))
     except Exception:  # noqa: BLE001 - a damaged file fails in torch's reader with whatever it hit: none known
         return []
+    said = None if zipped else _REFUSED_GLOBAL.search(str(exc))
+    return [said.group(1)] if said else []
 
 
 def _malformed(ckpt: dict[str, Any]) -> str | None:
@@ -337,7 +351,13 @@ def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> ImageCl
     """Rebuild the network a checkpoint describes; prefers the EMA weights when the run kept them. CheckpointError
     when its weights do not fit that network (another version of the model's code, a hand-edited meta)."""
     meta = ckpt["meta"]
-    model = create_model(meta["arch"], meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])
+    try:
+        model = create_model(meta["arch"], meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])
+    except (ValueError, TypeError) as exc:  # arguments this version refuses (airbench's bn_momentum 0) or lacks
+        raise CheckpointError(
+            f"the network its meta describes ({meta['arch']}) cannot be built by this "
+            f"version of the code: {exception_summary(exc, limit=200)}"
+        ) from None
     weights = ckpt["ema"] if use_ema and ckpt.get("ema") else ckpt["model"]
     try:
         model.load_state_dict(weights)

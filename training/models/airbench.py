@@ -26,13 +26,13 @@ FAST_BN_MOMENTUM = 0.4
 class ScaleFreeBatchNorm(nn.BatchNorm2d):
     """BatchNorm whose scale is fixed at 1 (not trained) unless ``scale`` is set; the shift stays learnable."""
 
-    def __init__(self, channels: int, momentum: float = FAST_BN_MOMENTUM, scale: bool = False) -> None:
+    def __init__(self, channels: int, momentum: float | None = FAST_BN_MOMENTUM, scale: bool = False) -> None:
         super().__init__(channels, eps=1e-12, momentum=momentum)
         self.weight.requires_grad_(scale)
 
 
 class ConvGroup(nn.Sequential):
-    def __init__(self, c_in: int, c_out: int, bn_momentum: float, bn_scale: bool) -> None:
+    def __init__(self, c_in: int, c_out: int, bn_momentum: float | None, bn_scale: bool) -> None:
         super().__init__(
             nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
             nn.MaxPool2d(2),
@@ -52,14 +52,15 @@ class AirbenchNet(nn.Module):
         whiten: bool = True,
         dirac: bool = True,
         bn_scale: bool = False,
-        bn_momentum: float = FAST_BN_MOMENTUM,
+        bn_momentum: float | None = FAST_BN_MOMENTUM,
         logit_scale: float = 1 / 9,
         whiten_eps: float = 5e-4,
     ) -> None:
         super().__init__()
         if len(widths) != 3:
             raise ValueError(f"airbench takes three group widths, got {list(widths)}")
-        if not 0 < bn_momentum <= 1:
+        # None is PyTorch's cumulative average of every batch, which model.bn_momentum: null cannot ask for
+        if bn_momentum is not None and not 0 < bn_momentum <= 1:
             # model.bn_momentum refuses the same: at 0 the running statistics never leave their initial mean 0 and
             # variance 1, which evaluation and export would then normalise with; above 1 they overshoot each batch
             raise ValueError(

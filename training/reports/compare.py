@@ -68,13 +68,18 @@ class Side:
         return float(self.correct.mean())
 
 
+# The kinds of file an evaluate report writes (predictions, metrics, report.md, figures): a checkpoint kept in a
+# report's folder (an ensemble's --out, a .pth, a copy with no suffix) is still read as one
+_REPORT_SUFFIXES = (".npz", ".json", ".md", ".png")
+
+
 def classify(path: str | Path) -> str:
     path = Path(path)
     if path.suffix == ".onnx":
         return "onnx"
     if path.is_dir() and (path / PREDICTIONS_FILE).is_file():
         return "report"
-    if path.is_file() and path.suffix != ".pt" and (path.parent / PREDICTIONS_FILE).is_file():
+    if path.is_file() and path.suffix.lower() in _REPORT_SUFFIXES and (path.parent / PREDICTIONS_FILE).is_file():
         # metrics.json or predictions.npz named for its report: read as a checkpoint, it was "not a checkpoint"
         raise UsageError(f"{path} is a file of the report in {path.parent}: give the report's folder, {path.parent}")
     if path.is_file() or (path.is_dir() and (path / "best.pt").is_file()):
