@@ -44,7 +44,13 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def encoding_refused(request: Request) -> Rejection | None:
+def headers_refused(request: Request, max_body_bytes: int) -> Rejection | None:
+    """What the headers alone refuse, before a byte of the body is read: a compressed body, or a Content-Length
+    that is no size or over the limit. Every reader of a body asks this first."""
+    return _encoding_refused(request) or _declared_length_refused(request, max_body_bytes)
+
+
+def _encoding_refused(request: Request) -> Rejection | None:
     """A compressed body (Content-Encoding: gzip, ...) is not decompressed here: refused as HTTP says (415),
     rather than read as bytes that do not parse."""
     encoding = request.headers.get("content-encoding", "").strip().lower()
@@ -55,7 +61,7 @@ def encoding_refused(request: Request) -> Rejection | None:
     )
 
 
-def declared_length_refused(request: Request, max_body_bytes: int) -> Rejection | None:
+def _declared_length_refused(request: Request, max_body_bytes: int) -> Rejection | None:
     """A Content-Length that is no size in bytes, or one over the limit, refused before the body is read."""
     declared = request.headers.get("content-length")
     if declared is None:
@@ -86,12 +92,9 @@ def stalled() -> Rejection:
 
 async def read_body(request: Request, max_body_bytes: int) -> bytes | Rejection:
     """The whole body of a non-multipart request, within the size limit."""
-    encoded = encoding_refused(request)
-    if encoded is not None:
-        return encoded
-    declared = declared_length_refused(request, max_body_bytes)
-    if declared is not None:
-        return declared
+    refused = headers_refused(request, max_body_bytes)
+    if refused is not None:
+        return refused
     chunks = []
     limited = Request(request.scope, limited_receive(request, max_body_bytes))
     try:

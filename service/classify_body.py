@@ -18,8 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from .body_limits import (
     BodyTooLarge,
     client_closed,
-    declared_length_refused,
-    encoding_refused,
+    headers_refused,
     limited_receive,
     media_type,
     stalled,
@@ -115,12 +114,9 @@ async def read_classify_form(request: Request, max_images: int, max_body_bytes: 
             "one 'images' file part per image, optional 'k', 'model', 'min_confidence' and 'fit' fields; "
             "or as application/json with each image base64-encoded",
         )
-    encoded = encoding_refused(request)
-    if encoded is not None:
-        return encoded
-    declared = declared_length_refused(request, max_body_bytes)
-    if declared is not None:
-        return declared
+    refused = headers_refused(request, max_body_bytes)
+    if refused is not None:
+        return refused
 
     if not _boundary(request.headers.get("content-type", "")):
         return Rejection(
