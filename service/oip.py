@@ -246,6 +246,12 @@ def read_infer_request(body: bytes, model: ModelView, max_images: int) -> InferP
     requested = (request.parameters or {}).get("fit")
     if requested is not None and not isinstance(requested, str):
         return Rejection("bad_fit", f"parameter 'fit' must be a string, got {as_sent(requested)}"[:200])
+    if requested is not None and given.name != IMAGES_INPUT:  # answered without it, the client would think it used
+        return Rejection(
+            "bad_fit",
+            f"parameter 'fit' fits BYTES images (input {IMAGES_INPUT!r}); input {given.name!r} is the model's "
+            "pixels, fitted already: drop 'fit'",
+        )
     fit = resolve_fit(requested, model.entry.input.fit)
     if isinstance(fit, Rejection):
         return fit

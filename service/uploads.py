@@ -82,7 +82,8 @@ async def decode_uploads(
 
 def decode_upload(i: int, upload: Upload, size: tuple[int, int], max_pixels: int, fit: str) -> bytes | Rejection:
     """``images[i]`` as the model's input pixels, or its problem."""
-    where = f"images[{i}] ({upload.filename!r})" if upload.filename else f"images[{i}]"
+    # as_sent shortens it: a client's name of any length would otherwise come back whole in the refusal and the log
+    where = f"images[{i}] ({as_sent(upload.filename)})" if upload.filename else f"images[{i}]"
     if not upload.data:
         return Rejection("empty_file", f"{where} is an empty file (0 bytes)")
     try:

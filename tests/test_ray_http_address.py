@@ -39,6 +39,8 @@ def _score(tmp_path: Path, *flags: str, **env: str) -> subprocess.CompletedProce
     [
         (("--address", "http://127.0.0.1:8265"), {}, "--address http://127.0.0.1:8265"),
         (("--address", "HTTPS://head:8265"), {}, "--address HTTPS://head:8265"),
+        # pasted with a space: Ray's refusal was two lines about a module named " http"
+        (("--address", " http://head:8265"), {}, "--address  http://head:8265"),
         ((), {"RAY_ADDRESS": "http://127.0.0.1:8265"}, "RAY_ADDRESS=http://127.0.0.1:8265"),
     ],
 )
@@ -53,3 +55,24 @@ def test_an_http_address_is_refused_in_one_line_naming_its_source(tmp_path, flag
     if not env:
         assert "RAY_ADDRESS" not in done.stderr, done.stderr
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_multi_line_refusal_from_ray_init_is_said_in_one_line(monkeypatch):
+    from types import SimpleNamespace
+
+    from service.score import ray_connect
+    from service.score.errors import UserError
+
+    def init(**_):
+        raise ValueError("Module: x does not exist.\nThis module was parsed from Address: x")
+
+    fake_ray = SimpleNamespace(
+        is_initialized=lambda: False, init=init, exceptions=SimpleNamespace(AuthenticationError=OSError)
+    )
+    monkeypatch.setattr(ray_connect, "_errors_to_stderr", lambda ray: None)
+    monkeypatch.setattr(ray_connect, "check_reachable", lambda address: None)
+    with pytest.raises(UserError) as refused:
+        ray_connect._connect(fake_ray, "x")
+    said = str(refused.value)
+    assert "\n" not in said, said
+    assert said == "cannot start or reach Ray at x: Module: x does not exist. This module was parsed from Address: x"

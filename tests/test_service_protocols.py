@@ -769,7 +769,7 @@ def test_the_largest_v2_tensor_request_is_read(nested):
     pixels = np.random.default_rng(0).random((2, 3, 32, 32)).astype(np.float32)
     body = {
         "id": "a, b, [c], {d}",
-        "parameters": {"fit": "pad", "note": ",".join(["x"] * 100)},
+        "parameters": {"note": ",".join(["x"] * 100)},
         "inputs": [
             {
                 "name": "input",

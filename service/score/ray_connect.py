@@ -40,7 +40,8 @@ def resolve_address(address: str | None) -> tuple[str | None, str]:
 def check_not_http(address: str | None, source: str) -> None:
     """UserError for an HTTP address, the dashboard's and Jobs API's (``ray job submit --address``), which a
     driver cannot join: Ray's own refusal spans three lines and blames RAY_ADDRESS even for --address."""
-    if address is None or not address.lower().startswith(("http://", "https://")):
+    # Stripped: a pasted " http://..." is the same mistake, which Ray would refuse as a module named " http".
+    if address is None or not address.strip().lower().startswith(("http://", "https://")):
         return
     given, mend = (f"{ADDRESS_VARIABLE}={address}", "set it to") if source else (f"--address {address}", "give")
     raise UserError(
@@ -109,10 +110,18 @@ def _connect(ray, address: str | None) -> bool:
             # Ray sends a cluster's token only to a cluster it found itself (auto): its log lines above said
             # InvalidAuthToken, its exception does not.
             hint = f" (a cluster with token authentication also needs {AUTH_MODE_VARIABLE}=token)"
-        raise UserError(f"cannot start or reach Ray at {address or 'a local instance'}: {exc}{hint}") from None
+        raise UserError(
+            f"cannot start or reach Ray at {address or 'a local instance'}: {_one_line(exc)}{hint}"
+        ) from None
     except ray.exceptions.AuthenticationError as exc:  # RAY_AUTH_MODE=token without the cluster's token
-        raise UserError(f"cannot start or reach Ray at {address or 'a local instance'}: {exc}") from None
+        raise UserError(f"cannot start or reach Ray at {address or 'a local instance'}: {_one_line(exc)}") from None
     return True
+
+
+def _one_line(exc: BaseException) -> str:
+    """Ray's message, whose parse errors span lines ("Module: x does not exist.\nThis module was parsed from
+    ..."), as one line: the scorer's refusals are one line each."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def _check_client(ray, address: str) -> None:
