@@ -32,7 +32,7 @@ from report_io import write_json  # noqa: E402
 
 from training.checkpoint import save_checkpoint  # noqa: E402
 from training.cli_types import positive_int  # noqa: E402
-from training.config import build_config  # noqa: E402
+from training.config_recipes import build_config  # noqa: E402
 from training.engine import Trainer  # noqa: E402
 from training.plots import CurveInfo, plot_training_curves  # noqa: E402
 

@@ -22,7 +22,7 @@ import termination  # noqa: E402
 from arguments import add_models_dir_argument, add_out_argument, positive_float  # noqa: E402
 from report_io import write_json  # noqa: E402
 
-from export.pipeline import from_project  # noqa: E402
+from export.sources import from_project  # noqa: E402
 from inference.errors import UsageError  # noqa: E402
 from inference.manifest import ModelEntry, load_manifest  # noqa: E402
 from inference.runtime import OnnxClassifier  # noqa: E402

@@ -39,7 +39,8 @@ from report_io import write_json  # noqa: E402
 from inference.errors import UsageError  # noqa: E402
 from inference.messages import exception_summary  # noqa: E402
 from training.cli_types import positive_int  # noqa: E402
-from training.config import OptimConfig, YamlMistake, read_yaml  # noqa: E402
+from training.config import OptimConfig  # noqa: E402
+from training.config_yaml import YamlMistake, read_yaml  # noqa: E402
 from training.data import ImageArrays  # noqa: E402
 from training.data.augment import AugmentParams  # noqa: E402
 from training.data.loader import TensorLoader  # noqa: E402

@@ -1,4 +1,5 @@
-"""Export a checkpoint at one precision, verify it, and record it in the manifest; or re-verify a shipped model."""
+"""Export a checkpoint at one precision: the graph converted, measured against the checkpoint on the validation
+split, and recorded only once it passes, so that the manifest never lists a graph that missed parity."""
 
 from __future__ import annotations
 
@@ -6,41 +7,24 @@ import json
 import logging
 import os
 import shlex
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnx
 import onnxruntime
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from inference.devices import DEVICE_KINDS, DeviceKind
+from inference.devices import DeviceKind
 from inference.errors import UsageError
 from inference.files import folders_to_make, remove_if_empty
-from inference.fits import LEGACY_FIT, FitName
-from inference.interrupts import interrupts_held
-from inference.manifest import (
-    MANIFEST_NAME,
-    Manifest,
-    ManifestError,
-    ModelCard,
-    ModelEntry,
-    card_disagreements,
-    file_problems,
-    load_manifest,
-    manifest_update,
-    refuse_read_only,
-    save_manifest,
-    sha256_file,
-)
-from inference.messages import counted, validation_problems
-from inference.precisions import PrecisionName, unsuited_hosts
-from inference.preprocess import to_model_input
-from inference.runtime import OnnxClassifier, read_card, softmax
+from inference.fits import FitName
+from inference.manifest import ModelCard, ModelEntry
+from inference.messages import counted
+from inference.precisions import PrecisionName
+from inference.runtime import OnnxClassifier
 from training.checkpoint import (
     LAST_FILE,
     SUMMARY_FILE,
@@ -48,18 +32,17 @@ from training.checkpoint import (
     load_checkpoint_and_sha256,
     model_from_checkpoint,
 )
-from training.data import DatasetError, ImageArrays, load_split
-from training.data.split import SplitTooLarge
-from training.dataset_cache import DEFAULT_CACHE_DIR
 from training.inference import with_tta
 from training.reports.calibration import calibration_report, undo_temperature
 
 from .calibration import fit_calibration, with_calibration
 from .data_cache import RUNS_CACHE, RunsCache, export_cache_dir
 from .int8_ranges import DEFAULT_ACTIVATION_RANGE, DEFAULT_CALIBRATION_IMAGES, activation_range
-from .onnx_export import OPSET, export_fp32, input_spec, write_card, writing
-from .parity import Parity, judge, onnx_logits, parity_against, torch_logits
+from .onnx_export import OPSET, export_fp32, input_spec, write_card
+from .parity import Parity, parity_against, torch_logits
+from .record import check_replacement, record_entry
 from .reference import ReferenceCache
+from .sources import _data_source, calibration_images, validation_split
 from .variants import converter
 from .workspace import workspace
 
@@ -68,158 +51,6 @@ log = logging.getLogger("export")
 
 class ParityError(RuntimeError):
     """The exported model misses its accuracy tolerance against the checkpoint."""
-
-
-class DataSource(BaseModel):
-    """Which images a model is validated on, as a checkpoint's meta and a card's ``source`` record them. Neither
-    of their own types checks these keys (the meta is a plain dict, the manifest's ``source`` a free mapping), so
-    a hand-made checkpoint or a hand-edited card is refused here in one line, not in a KeyError mid-command."""
-
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-    dataset: str
-    data_root: str
-    val_size: int = Field(ge=0)
-    split_seed: int
-    input_size: int = Field(ge=1)
-    fit: FitName = LEGACY_FIT  # a run from before runs recorded one resized every image straight
-
-
-class RecordedSource(DataSource):
-    """What verify, rederive and recover read of a card's source besides its data."""
-
-    val_fingerprint: str | None = None
-    checkpoint: str | None = None
-    checkpoint_sha256: str | None = None
-    tta: str = "none"
-    model_args: dict[str, Any] | None = None
-
-
-class RecordedParity(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-    torch_top1: float | None = None
-
-
-class RecordedMetrics(BaseModel):
-    """What verify reads of a card's figures when the checkpoint is gone: the PyTorch top-1 recorded at export."""
-
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-    val_samples: int | None = None
-    parity: RecordedParity | None = None
-
-
-class _CheckpointData(BaseModel):
-    meta: DataSource
-
-
-class _CardRecord(BaseModel):
-    source: RecordedSource
-    metrics: RecordedMetrics
-
-
-def _split(source: dict, split: str) -> ImageArrays:
-    try:
-        return load_split(
-            source["dataset"],
-            source["data_root"],
-            split,
-            val_size=source["val_size"],
-            seed=source["split_seed"],
-            cache_dir=source.get("cache_dir"),
-            image_size=source["input_size"],
-            fit=source.get("fit", LEGACY_FIT),
-        )
-    except DatasetError as exc:
-        if source["data_root"] is None or Path(source["data_root"]).exists():
-            raise
-        # the run's dataset has moved, or this is another machine: every command that reads it takes --data
-        raise DatasetError(f"{exc}; give --data ROOT, where that dataset is now") from None
-
-
-def source_at(source: dict, cache_dir: str | None, data_root: str | None) -> dict:
-    """A card's or run's data source, read from ``data_root`` (``--data``: where the dataset is now) if given."""
-    return {**source, "cache_dir": cache_dir, **({"data_root": data_root} if data_root else {})}
-
-
-def from_project(path: str, models_dir: Path) -> str:
-    """A path the manifest recorded relative to the folder the export ran in: as it stands from the current
-    folder, else from the project's (the one holding the models folder, where the exports run), so that `export
-    verify` finds the data and the checkpoint from any folder."""
-    if Path(path).is_absolute() or Path(path).exists():
-        return path
-    beside = Path(models_dir).resolve().parent / path
-    return str(beside) if beside.exists() else path
-
-
-def validation_split(source: dict, max_images: int | None, classes: Sequence[str], moved: bool = False) -> ImageArrays:
-    """The validation split, or ``max_images`` of it drawn at random (seeded): a folder dataset's images are
-    sorted by class, so its first N would be one or two classes. ``classes``: the model's, which the data's must
-    be (its labels are indices into them). ``moved``: read from where ``--data`` says the dataset is now, so
-    compared with the fingerprint the run recorded of its validation images."""
-    where = f"--data {source['data_root']}" if moved else str(source["data_root"])
-    try:
-        val = _split(source, "val")
-    except SplitTooLarge as exc:
-        if not moved:
-            raise
-        raise UsageError(
-            f"{where} holds {counted(exc.images, 'image')}, fewer than the run held out for validation "
-            f"({exc.val_size}): not the run's dataset"
-        ) from None
-    if list(val.classes) != list(classes):  # other labels: the accuracy, temperature and parity would be wrong
-        raise UsageError(
-            f"{where} holds the classes {', '.join(val.classes)}, not the model's ({', '.join(classes)}): "
-            "not the dataset it was trained on"
-        )
-    expected = source.get("val_fingerprint")
-    if moved and expected and val.fingerprint() != expected:
-        # Warned, not refused: the same files decode to other pixels under another Pillow or libjpeg, and parity
-        # (the graph against the checkpoint on the same images) is judged either way.
-        log.warning(
-            "--data %s does not give the validation images the run was measured on (other images, another split "
-            "of them, or the same files decoded by another Pillow or libjpeg): the figures measured now are not "
-            "comparable with the run's",
-            source["data_root"],
-        )
-    return val.subset(_sample(len(val), max_images)) if max_images and max_images < len(val) else val
-
-
-def calibration_images(source: dict, count: int, seed: int = 0) -> np.ndarray:
-    """``count`` images from the training split (never validation), as float32 model input."""
-    train = _split(source, "train")
-    return to_model_input(train.images[_sample(len(train), count, seed)])
-
-
-def _sample(total: int, count: int, seed: int = 0) -> np.ndarray:
-    """``count`` distinct indices below ``total``, in order, the same for the same seed everywhere (PCG64)."""
-    rng = np.random.Generator(np.random.PCG64(seed))
-    return np.sort(rng.choice(total, size=min(count, total), replace=False))
-
-
-def _data_source(meta: dict, checkpoint: str | Path, cache_dir: str | None, data_root: str | None = None) -> dict:
-    """Where the run's validation images are read from: where it read them, or ``data_root`` (``--data``: the
-    same dataset moved, or on another machine), compared with the fingerprint the run recorded of them (also
-    written on the card, for ``verify --data``)."""
-    try:
-        data = _CheckpointData.model_validate({"meta": meta}).meta
-    except ValidationError as exc:
-        raise UsageError(
-            f"{checkpoint} does not say which data it was validated on: {validation_problems(exc)}"
-        ) from None
-    if not data.val_size:
-        raise UsageError(
-            "the checkpoint's run held out no validation split (data.val_size 0), so parity cannot be measured: "
-            "export checks the graph against the checkpoint on held-out images; train with one "
-            "(--set data.val_size=N)"
-        )
-    fingerprints = str(meta.get("data_fingerprint") or "").split(":")
-    recorded = {
-        **data.model_dump(),  # fit: how the run's folder images were fitted, which parity reads the same way
-        **({"val_fingerprint": fingerprints[1]} if len(fingerprints) == 2 else {}),  # training's, validation's
-    }
-    return source_at(recorded, cache_dir, data_root)
 
 
 def export_checkpoint(
@@ -431,306 +262,6 @@ def publish(out: Path, card: ModelCard, parity: Parity, logits: np.ndarray, labe
     write_card(out, card)
 
 
-def record_entry(
-    card: ModelCard,
-    out: Path,
-    final: Path,
-    models_dir: Path,
-    make_default: bool,
-    default_for: Sequence[DeviceKind] = (),
-    *,
-    replaces: str | None,
-) -> ModelEntry:
-    """Move the verified graph ``out`` to ``final`` and list it in the manifest. The new manifest is made (and a
-    manifest that cannot be read refused) before the file is replaced, so a refusal leaves the shipped file
-    as the manifest knows it; the file and the manifest then change together (see ``_replace_listed``).
-
-    ``replaces``: the sha256 of the entry listed under the card's name when ``check_replacement`` allowed this
-    export (None: none was). The name is checked again under the manifest's lock, since another export of the
-    same name may have been recorded while this one converted and measured (minutes): it is not replaced
-    unasked."""
-    entry = ModelEntry(**card.model_dump(), file=final.name, sha256=sha256_file(out))
-    recorded = False
-    try:
-        with manifest_update(models_dir):  # waited for outside interrupts_held: a Ctrl-C then stops the wait
-            manifest = _with_entry(entry, models_dir, make_default, default_for, replaces)
-            with interrupts_held():
-                _replace_listed(out, final, manifest, models_dir)
-                recorded = True
-    except KeyboardInterrupt as exc:  # one that arrived during the renames, acted on once they were done
-        if recorded:
-            exc.add_note(f"{entry.name} was recorded in {models_dir / MANIFEST_NAME} before the stop")
-        raise
-    warning = unsuited_hosts(entry.name, entry.precision, DEVICE_KINDS if make_default else default_for)
-    if warning:
-        log.warning("%s", warning)
-    return entry
-
-
-def _check_unchanged(path: Path, name: str, listed: str | None, replaces: str | None) -> None:
-    if listed == replaces:
-        return
-    happened = "listed" if replaces is None else "replaced" if listed else "removed"
-    raise UsageError(
-        f"{name!r} was {happened} in {path} by another command while this export ran: nothing was recorded and the "
-        f"verified graph was discarded; run the export again (with --replace to replace the model now listed), or "
-        "give another --name"
-    )
-
-
-def _replace_listed(out: Path, final: Path, manifest: Manifest, models_dir: Path) -> None:
-    """``out`` in place of ``final`` and ``manifest`` saved, or neither: where the manifest cannot be saved (a
-    full disk), the file it lists comes back, so the shipped model still matches its sha256 and the service
-    still starts. The caller holds off interrupts; only a kill between the renames can part them."""
-    kept = final.with_name(f".{final.name}.kept")  # hidden: the service lists models from the manifest only
-    kept.unlink(missing_ok=True)  # left by a process killed here before
-    if final.is_file():
-        try:
-            os.link(final, kept)
-        except OSError:  # a file system without hard links
-            shutil.copy2(final, kept)
-    try:
-        os.replace(out, final)
-        with writing(models_dir / MANIFEST_NAME):
-            save_manifest(manifest, models_dir)
-    except BaseException:
-        if kept.exists():
-            os.replace(kept, final)
-        else:
-            final.unlink(missing_ok=True)  # not listed: it would only be mistaken for a model
-        raise
-    kept.unlink(missing_ok=True)
-
-
-def check_replacement(
-    models_dir: Path,
-    name: str,
-    arch: str,
-    classes: Sequence[str],
-    precision: str,
-    replace: bool = False,
-    max_val_images: int | None = None,
-) -> str | None:
-    """Refuse, before any work, to record ``name`` over a listed model unless ``replace`` is asked for: the
-    manifest keeps one entry per name, so the listed file and its measured figures would be gone, and its
-    checkpoint may be long gone too. Even asked, a model of another network, classes or precision is refused,
-    and so is a quick check (``max_val_images``) over figures measured on more images. Re-exporting the same kind
-    of model under its name (a new training run, a calibrated FP32) is what ``replace`` is for. An unreadable
-    manifest is refused here too, not after the conversion, and so is a folder in the graph's place; replacing a
-    file is said. Returns the sha256 of the listed entry that may be replaced (None: nothing is listed under
-    ``name``), which ``record_entry`` checks again before it records."""
-    final = models_dir / f"{name}.onnx"
-    if final.exists() and not final.is_file():
-        raise UsageError(f"{final} is not a file (a folder?): the graph of {name!r} would be written there")
-    listed = None
-    if (models_dir / MANIFEST_NAME).exists():
-        refuse_read_only(models_dir / MANIFEST_NAME)  # before any work, not at the end
-        models = {m.name: m for m in load_manifest(models_dir, verify=False).models}
-        listed = models.get(name)
-        # on a case-insensitive file system (macOS, Windows; a checkout of the models there) Tiny.onnx is tiny.onnx:
-        # the new graph would replace the listed model's file under it, breaking that entry's sha256
-        twin = next((other for other in models if other != name and other.casefold() == name.casefold()), None)
-        if twin is not None:
-            raise UsageError(
-                f"--name {name!r} differs from the listed {twin!r} only in case, and their files would be one on a "
-                f"case-insensitive file system: give another --name (or {twin!r} with --replace)"
-            )
-    if listed is None:
-        if final.exists():
-            log.warning("%s is in no manifest entry: the new graph replaces it once verified", final)
-        return None
-    old = (listed.arch, list(listed.classes), listed.precision)
-    if old != (arch, list(classes), precision):
-        # as many classes of other names (a folder of one's own against CIFAR-10's) would read as the same kind
-        other = "other " if len(classes) == len(listed.classes) and list(classes) != list(listed.classes) else ""
-        raise UsageError(
-            f"{name!r} is already in {models_dir / 'manifest.json'} as a {listed.precision} {listed.arch} of "
-            f"{len(listed.classes)} classes; this {precision} {arch} of {len(classes)} {other}classes would replace "
-            f"it: give it another --name (or take the listed one out first: python -m export remove {name})"
-        )
-    samples = listed.metrics.get("val_samples")
-    measured = (
-        f"val_top1 {100 * listed.metrics['val_top1']:.2f}% on {counted(samples, 'image')}" if samples else "its figures"
-    )
-    if not replace:
-        raise UsageError(
-            f"{name!r} is already listed in {models_dir / MANIFEST_NAME} ({measured}): pass --replace to replace "
-            "its file and figures with this export, or give another --name"
-        )
-    if max_val_images is not None and samples and max_val_images < samples:
-        raise UsageError(
-            f"--max-val-images {max_val_images} would replace the figures of {name!r} ({measured}) with a quick "
-            "check's: measure on all the validation images to replace it, or give another --name"
-        )
-    log.info("%r is listed in %s: the new graph replaces it once verified", name, models_dir / MANIFEST_NAME)
-    return listed.sha256
-
-
-def _with_entry(
-    entry: ModelEntry, models_dir: Path, make_default: bool, default_for: Sequence[DeviceKind], replaces: str | None
-) -> Manifest:
-    try:
-        manifest = load_manifest(models_dir, verify=False)
-        listed = next((m.sha256 for m in manifest.models if m.name == entry.name), None)
-        _check_unchanged(models_dir / MANIFEST_NAME, entry.name, listed, replaces)
-        # A re-export keeps its place, so the listing's order (and the manifest's diff) stays as it was.
-        models = [entry if m.name == entry.name else m for m in manifest.models]
-        if all(m.name != entry.name for m in manifest.models):
-            models.append(entry)
-        default = entry.name if make_default else manifest.default
-        defaults = {} if make_default else dict(manifest.defaults)  # the default everywhere, as `export default`
-    except ManifestError:
-        if (models_dir / "manifest.json").exists():
-            raise  # never overwrite a manifest we cannot read: it may list models we would forget
-        _check_unchanged(models_dir / MANIFEST_NAME, entry.name, None, replaces)
-        models, default, defaults = [entry], entry.name, {}
-        log.info("starting a new manifest: %s", models_dir / "manifest.json")
-    defaults.update({kind: entry.name for kind in default_for})
-    return Manifest(default=default, defaults=defaults, models=models)
-
-
 def _calibration_report(graph_logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
     """Before/after/refit from the logits the graph outputs, which are already divided by ``temperature``."""
     return calibration_report(undo_temperature(graph_logits, temperature), labels, temperature, refit=True)
-
-
-def listed_model(models_dir: Path, name: str | None) -> ModelEntry:
-    """The manifest's entry ``name`` (the default when None), what its card records of its data and checkpoint
-    checked (``RecordedSource``), and its file checked against its sha256: a missing or altered file of another
-    listed model is warned of, and is that model's trouble, not this command's."""
-    manifest = load_manifest(models_dir, verify=False)
-    entry = manifest.get(name)
-    try:
-        _CardRecord.model_validate(entry.model_dump(include={"source", "metrics"}))
-    except ValidationError as exc:
-        raise ManifestError(
-            f"invalid manifest {models_dir / MANIFEST_NAME}: model {entry.name!r}: {validation_problems(exc)}"
-        ) from None
-    problems = file_problems(manifest, models_dir)  # each file hashed once
-    if entry.name in problems:
-        raise ManifestError(problems.pop(entry.name))
-    for problem in problems.values():
-        log.warning("%s", problem)
-    _check_described(entry, models_dir)
-    return entry
-
-
-# What the graph computes and takes, which the sha256 does not cover (the manifest is not hashed): the service
-# refuses to start on an entry that differs from its file's own card, and verify, rederive and recover compute
-# with the entry's classes, precision, input and temperature.
-_DESCRIBED = ("arch", "classes", "precision", "input", "calibration")
-
-
-def _check_described(entry: ModelEntry, models_dir: Path) -> None:
-    """ManifestError where ``entry`` says of its file what the card inside the file does not: a hand edit would
-    otherwise pass verification, or be blamed on the dataset (its classes), and the service then refuse it."""
-    card = read_card(models_dir / entry.file)
-    differ = card_disagreements(entry, card, _DESCRIBED)
-    if differ:
-        raise ManifestError(
-            f"model {entry.name!r}: its entry in {models_dir / MANIFEST_NAME} differs from the card inside "
-            f"{entry.file} in its {', '.join(differ)} (the manifest edited by hand?): restore the entry as the file's "
-            "card has it, or export the model again"
-        )
-
-
-def verify_model(
-    name: str | None,
-    models_dir: str | Path = "models",
-    cache_dir: str | None = DEFAULT_CACHE_DIR,
-    max_val_images: int | None = None,
-    reference_cache: str | Path | None = None,
-    data_root: str | None = None,
-) -> tuple[Parity, dict]:
-    """Re-check a shipped model: hashes of every manifest file, then accuracy against its checkpoint
-    (wrapped in the recorded test-time augmentation and temperature), and its calibration: with the
-    recorded T, and with a T refitted on its own logits. With ``reference_cache``, the checkpoint's logits
-    kept there by its export (same checkpoint bytes, TTA and images) stand in for a new PyTorch pass."""
-    models_dir = Path(models_dir)
-    entry = listed_model(models_dir, name)
-    recorded = {**entry.source, "data_root": from_project(entry.source["data_root"], models_dir)}
-    source = source_at(recorded, cache_dir, data_root)
-    val = validation_split(source, max_val_images, entry.classes, moved=data_root is not None)
-    classifier = OnnxClassifier(models_dir / entry.file, device="cpu")
-    temperature = entry.calibration.temperature
-    checkpoint = checkpoint_file(from_project(entry.source.get("checkpoint") or "-", models_dir))
-    sha = sha256_file(checkpoint) if checkpoint.is_file() else None
-    recorded_sha = entry.source.get("checkpoint_sha256")
-    if sha is not None and recorded_sha not in (None, sha):
-        # a run folder trained again: comparing with it would report a parity failure that is not the file's
-        log.warning("%s is not the checkpoint %s was exported from (its sha256 differs)", checkpoint, entry.name)
-        sha = None
-    if sha is not None:
-        tta = entry.source.get("tta", "none")
-
-        def compute() -> tuple[np.ndarray, float]:
-            ckpt, loaded_sha = load_checkpoint_and_sha256(checkpoint)
-            if loaded_sha != sha:  # replaced since it was checked: its logits would be cached under the other's digest
-                raise UsageError(f"{checkpoint} changed while it was being verified (a run still training?): run again")
-            return torch_logits(with_tta(model_from_checkpoint(ckpt), tta), val.images)
-
-        reference, speed = ReferenceCache(reference_cache).logits(sha, tta, val.images, compute)
-        # the recorded temperature, as the graph applies it after the averaging
-        reference = reference / temperature
-        parity, logits = parity_against(
-            reference, speed, classifier, val.images, val.labels, split_images=source["val_size"]
-        )
-        return _against_card(parity, entry), _calibration_report(logits, val.labels, temperature)
-    # Without the checkpoint (a fresh clone), compare with the reference's accuracy recorded at export time: a
-    # graph derived from another (rederive) was measured against that graph, not against PyTorch.
-    against = "FP32 graph" if entry.source.get("derived_from") else "PyTorch"
-    log.warning(
-        "comparing %s with the %s accuracy recorded at export: no usable checkpoint at %s",
-        entry.name,
-        against,
-        checkpoint,
-    )
-    torch_top1 = (entry.metrics.get("parity") or {}).get("torch_top1")
-    recorded_on = entry.metrics.get("val_samples")
-    # refused before the ONNX pass, which takes minutes for a multi-crop FP16 graph on a CPU
-    if torch_top1 is None or recorded_on != len(val):
-        # an export checked on fewer images (--max-val-images) recorded its figure on those: the same check is
-        # the one that can be compared with it
-        same = ""
-        if torch_top1 is not None and recorded_on:
-            same = f": it was recorded on {recorded_on}, pass --max-val-images {recorded_on}"
-        raise UsageError(
-            f"{entry.name}: no checkpoint and no recorded {against} accuracy on the same "
-            f"{counted(len(val), 'image')}{same}"
-        )
-    logits, speed = onnx_logits(classifier, val.images)
-    parity = judge(
-        entry.precision,
-        None,
-        softmax(logits),
-        val.labels,
-        torch_top1,
-        float("nan"),
-        speed,
-        against,
-        split_images=source["val_size"],
-    )
-    return _against_card(parity, entry), _calibration_report(logits, val.labels, temperature)
-
-
-# How far the card's top-1 may be from a new measurement on the same images: the same file gives the same
-# answers on one kind of CPU, and INT8 kernels of another (VNNI, AMX) may move a few images of 5,000.
-CARD_TOLERANCE_POINTS = 0.3
-
-
-def _against_card(parity: Parity, entry: ModelEntry) -> Parity:
-    """``parity`` failed too when the card's top-1, which the listing, the card table and /models show, is not
-    what the file scores on the same images: the manifest is not hashed, so a figure edited by hand (or left
-    from another file) is found only here."""
-    claimed, samples = entry.metrics.get("val_top1"), entry.metrics.get("val_samples")
-    if claimed is None or samples != parity.samples:
-        return parity
-    gap = 100 * (parity.onnx_top1 - claimed)
-    if abs(gap) > CARD_TOLERANCE_POINTS + 1e-9:  # 15 images of 5,000 is 0.30000000000000004 points
-        these = f"{'this' if samples == 1 else 'these'} {counted(samples, 'image')}"
-        parity.failures.append(
-            f"the manifest says val_top1 {100 * claimed:.2f}% on {these}, the file scores "
-            f"{100 * parity.onnx_top1:.2f}% ({gap:+.2f} points, over {CARD_TOLERANCE_POINTS}): the card's figures "
-            "are not this file's; export it again to record them"
-        )
-    return parity

@@ -31,7 +31,9 @@ from training.inference import with_tta
 from training.models import ImageClassifier, create_model
 
 from .parity import Parity, parity_against, torch_logits
-from .pipeline import ParityError, from_project, listed_model, source_at, validation_split
+from .pipeline import ParityError
+from .sources import from_project, source_at, validation_split
+from .verify import listed_model
 
 # BatchNorm's update counter is not part of the computation, so the exporter leaves it out of the graph.
 NOT_IN_GRAPH = ("num_batches_tracked",)

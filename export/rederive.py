@@ -31,17 +31,10 @@ from training.inference import topk_accuracy
 from .calibration import fit_calibration
 from .onnx_export import writing
 from .parity import Parity, judge, onnx_logits
-from .pipeline import (
-    check_calibration_options,
-    check_replacement,
-    convert_variant,
-    from_project,
-    listed_model,
-    publish,
-    record_entry,
-    source_at,
-    validation_split,
-)
+from .pipeline import check_calibration_options, convert_variant, publish
+from .record import check_replacement, record_entry
+from .sources import from_project, source_at, validation_split
+from .verify import listed_model
 from .workspace import workspace
 
 

@@ -26,9 +26,10 @@ from pydantic import ValidationError
 
 from .devices import DEVICES, THREADS_MAXIMUM, CudaPlacementError, Device, DeviceKind
 from .errors import UsageError
+from .image_limits import whole_number
 from .manifest import METADATA_KEY, DefaultChoice, Manifest, ModelCard
 from .messages import exception_summary, validation_problems
-from .preprocess import in_unit_range, whole_number
+from .preprocess import in_unit_range
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"

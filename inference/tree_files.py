@@ -13,7 +13,7 @@ import shlex
 import tarfile
 from pathlib import Path
 
-from inference.preprocess import is_image_name
+from inference.image_formats import is_image_name
 
 # A tar archive of a tree, which training reads without unpacking it; by its name, or by its content when named
 # otherwise.

@@ -54,7 +54,7 @@ def log(message: str) -> None:
 
 def step_seconds(recipe: str, sets: tuple[str, ...], batch: int, device: torch.device) -> float:
     """Seconds per bf16 channels_last training step of the recipe's network at this batch size, after warm-up."""
-    from training.config import build_config
+    from training.config_recipes import build_config
     from training.models import create_model
 
     config = build_config(recipe, list(sets))

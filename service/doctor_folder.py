@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from inference.classes import ClassMatcher
+from inference.image_formats import IMAGE_EXTENSIONS
 from inference.manifest import ManifestError, ModelEntry
-from inference.preprocess import IMAGE_EXTENSIONS, decode_image, to_model_input
+from inference.preprocess import decode_image, to_model_input
 from inference.tree_files import is_hidden, is_tree_image, unpack_command
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, get_args
 
 from inference.devices import DEVICES, THREADS_MAXIMUM, Device, gpu_hint
+from inference.image_limits import DEFAULT_MAX_PIXELS
 from inference.messages import counted
-from inference.preprocess import DEFAULT_MAX_PIXELS
 
 Switch = Literal["on", "off"]
 SWITCH: tuple[Switch, ...] = get_args(Switch)

@@ -16,7 +16,8 @@ import anyio
 import anyio.to_thread
 
 from inference.fits import FITS
-from inference.preprocess import ImageDecodeError, ImageTooLarge, decode_pixels
+from inference.image_limits import ImageDecodeError, ImageTooLarge
+from inference.preprocess import decode_pixels
 
 from .contract import Rejection, as_sent
 

@@ -181,7 +181,7 @@ def atomic_writes(monkeypatch) -> tuple[set, dict]:
 @pytest.fixture(scope="session")
 def tiny_run(image_folder, tmp_path_factory) -> Path:
     """A run folder of a tiny ResNet-9 trained for 3 epochs on the generated folder."""
-    from training.config import build_config
+    from training.config_recipes import build_config
     from training.engine import train
 
     tmp = tmp_path_factory.mktemp("run")
@@ -433,7 +433,7 @@ def train_straight_and_resumed(recipe: str, overrides: list[str], out: Path, mon
 def train_straight_and_stopped(recipe: str, overrides: list[str], out: Path, monkeypatch, stop_after: int = 2):
     """Train the same config straight through into out/straight, and into out/interrupted stopped after epoch
     ``stop_after`` (as Ctrl-C would), not resumed."""
-    from training.config import build_config
+    from training.config_recipes import build_config
     from training.engine import Trainer, train
 
     train(build_config(recipe, overrides), out / "straight")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from training.config import ConfigError, build_config
+from training.config import ConfigError
+from training.config_recipes import build_config
 from training.models import create_model
 from training.preflight import check_network_takes_its_input
 

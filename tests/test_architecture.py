@@ -145,7 +145,7 @@ def _undocumented(parser: argparse.ArgumentParser, where: str) -> list[str]:
 
 def test_every_command_line_flag_says_what_it_does():
     """`--help` is where a user learns a flag: none may be listed without a word."""
-    import export.__main__ as export_cli
+    import export.parsers as export_cli
     import service.__main__ as service_cli
     import training.__main__ as training_cli
 

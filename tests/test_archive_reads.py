@@ -17,7 +17,7 @@ from conftest import count_folder_decodes
 from training.data.folder import read_image_folder
 
 SIZE = 16
-folder_module = importlib.import_module("training.data.folder")  # the package's attribute is the reader
+folder_module = importlib.import_module("training.data.folder_layout")
 LEFT_OUT = (
     "1 file left out, not images by their extension: .heic (1)",
     "1 image beside the class folders left out, in no class: beside.png",

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from training.__main__ import main as training_main
-from training.config import ConfigError, build_config
+from training.config import ConfigError
+from training.config_recipes import build_config
 from training.run_length import check_run_length
 
 RECIPE = "airbench94_muon"

@@ -7,9 +7,9 @@ import dataclasses
 import inspect
 
 import export.data_cache
-from export.pipeline import verify_model
 from export.recover import recover_checkpoint
 from export.rederive import rederive
+from export.verify import verify_model
 from training.config import DataConfig
 from training.dataset_cache import DEFAULT_CACHE_DIR
 from training.reports.samples import DataSpec, resolve_data

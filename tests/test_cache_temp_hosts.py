@@ -20,7 +20,7 @@ from inference.files import FOREIGN_WRITER_SILENCE_S, parse_temporary, write_ato
 from training.data.folder import read_image_folder
 
 SIZE = 16
-folder_module = importlib.import_module("training.data.folder")  # the package's attribute is the reader
+folder_module = importlib.import_module("training.data.folder_cache")
 OTHER_HOST = "gpu-node-7"  # a dash, as cluster hosts have: the cache's own name is split on dashes
 
 

@@ -3,7 +3,8 @@ set to "" (no cache) was listed as 'data.cache_dir: .cache/datasets -> ', a valu
 
 from __future__ import annotations
 
-from training.config import build_config, config_differences
+from training.config_overrides import config_differences
+from training.config_recipes import build_config
 
 
 def test_an_emptied_setting_is_shown_as_an_empty_string():

@@ -12,8 +12,10 @@ import pytest
 from inference.errors import UsageError
 from training.__main__ import main as training_main
 from training.checkpoint import CONFIG_FILE, LAST_FILE
-from training.config import ConfigError, build_config, save_config
-from training.reports.ablate import check_variant_folder
+from training.config import ConfigError
+from training.config_recipes import build_config
+from training.config_yaml import save_config
+from training.reports.ablate_folders import check_variant_folder
 
 
 def _refused(argv: list[str], capsys) -> str:

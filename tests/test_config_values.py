@@ -14,16 +14,11 @@ from pydantic import BaseModel
 
 from training.__main__ import main as training_main
 from training.cli_types import non_negative_int, positive_int
-from training.config import (
-    Config,
-    ConfigError,
-    build_config,
-    dump_yaml,
-    field_owner,
-    read_yaml,
-    save_config,
-    validate_config,
-)
+from training.config import Config, ConfigError
+from training.config_overrides import field_owner
+from training.config_recipes import build_config
+from training.config_validation import validate_config
+from training.config_yaml import dump_yaml, read_yaml, save_config
 from training.resume import keep_edited_config
 
 
@@ -266,7 +261,7 @@ def test_an_ensemble_runs_record_reads_back_a_recipe_named_like_a_number(tmp_pat
     """The record was written with yaml.safe_dump, which leaves 0913 bare, and read with read_yaml, which reads
     it as the number 913: `train --resume` then called the record damaged."""
     from training.checkpoint import ENSEMBLE_RUN_FILE
-    from training.config import dump_yaml
+    from training.config_yaml import dump_yaml
     from training.ensemble_recipe import started_run
 
     record = {"recipe": {"name": "0913", "members": []}, "overrides": ["epochs=1e3"], "file": "0913.yaml"}

@@ -18,7 +18,8 @@ from inference.runtime import softmax
 from service.score.accuracy import FolderAccuracy
 from service.score.sinks import Prediction, Row
 from training.checkpoint import LAST_FILE
-from training.config import ConfigError, build_config
+from training.config import ConfigError
+from training.config_recipes import build_config
 from training.data import DatasetError
 from training.data.folder import read_image_folder
 from training.data.split import SplitTooLarge, stratified_split

@@ -192,7 +192,7 @@ def test_a_bit_flipped_cache_is_decoded_again_and_rewritten(tmp_path, caplog, mo
 def test_a_training_without_a_cache_decodes_its_folder_once(tmp_path, monkeypatch):
     """The training and validation splits were read one after the other, each decoding the whole folder where no
     cache keeps it (data.cache_dir empty, or a folder it cannot be written in)."""
-    from training.config import build_config
+    from training.config_recipes import build_config
     from training.run_data import load_data
 
     root = _tree(tmp_path / "pets", per_class=6)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.config import build_config
+from training.config_recipes import build_config
 from training.data.arrays import DatasetError, ImageArrays
 from training.data.augment import AugmentParams, seeded
 from training.data.loader import TensorLoader

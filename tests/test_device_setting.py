@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from training.__main__ import main as training_main
-from training.config import ConfigError, build_config, device_remedy
+from training.config import ConfigError, device_remedy
+from training.config_recipes import build_config
 from training.device import resolve_device
 
 USE = "use auto, cpu, cuda or cuda:N"

@@ -13,7 +13,8 @@ from torch import nn
 from conftest import tiny_overrides, torchrun, train_straight_and_resumed
 from inference.errors import UsageError
 from training import distill
-from training.config import ConfigError, build_config
+from training.config import ConfigError
+from training.config_recipes import build_config
 from training.data.arrays import ImageArrays
 from training.data.augment import AugmentParams
 from training.data.loader import TensorLoader
@@ -171,7 +172,7 @@ def test_a_teacher_that_cannot_be_used_is_refused_before_the_dataset_is_read(ima
     def read(*_args, **_kwargs):
         raise AssertionError("the dataset was read first")
 
-    monkeypatch.setattr("training.engine.load_data", read)
+    monkeypatch.setattr("training.trainer_setup.load_data", read)
     with pytest.raises(FileNotFoundError, match=r"train.distill_from: no checkpoint at .*none.pt"):
         train(build_config("airbench94_cpu", student_overrides(image_folder, tmp_path, tmp_path / "none.pt")), tmp_path)
     with pytest.raises(distill.TeacherError, match="an exported ONNX model"):
@@ -324,7 +325,7 @@ def test_a_run_too_short_for_its_settings_is_refused_before_the_teachers_pass(
     def teach(*args, **kwargs):
         raise AssertionError("the teacher ran first")
 
-    monkeypatch.setattr("training.engine.load_or_compute", teach)
+    monkeypatch.setattr("training.trainer_setup.load_or_compute", teach)
     config = build_config("airbench94_cpu", student_overrides(image_folder, tmp_path, tiny_run, epochs=2, **settings))
     with pytest.raises(UsageError, match=said):
         train(config, tmp_path / "run")
@@ -347,7 +348,7 @@ def test_a_resume_on_changed_data_is_refused_as_such_before_the_teachers_pass(
     def teach(*args, **kwargs):
         raise AssertionError("the teacher came first")
 
-    monkeypatch.setattr("training.engine.load_or_compute", teach)
+    monkeypatch.setattr("training.trainer_setup.load_or_compute", teach)
     (data / "alpha").rename(data / "aardvark")  # the same images, another class name
     with pytest.raises(ConfigError, match=r"was trained on other data than .*classes \['alpha', 'beta', 'gamma'\]"):
         resume(tmp_path / "run")

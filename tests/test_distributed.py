@@ -244,7 +244,7 @@ def test_the_ranks_of_a_lookahead_run_keep_one_set_of_weights(image_folder, tmp_
     sets = tiny_overrides(image_folder, tmp_path / "cache", threads=1, batch_size=8, ema_decay=0, lookahead_every=2)
     script = f"""
         import torch, torch.distributed as dist
-        from training.config import build_config
+        from training.config_recipes import build_config
         from training.engine import Trainer
         trainer = Trainer(build_config("resnet9_half_cpu", {sets!r}), {str(tmp_path / "run")!r})
         trainer.forward_model.train()

@@ -132,7 +132,7 @@ GLOO_PEER_GONE = "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Con
 def test_a_peer_lost_in_a_training_step_stops_the_epoch_as_a_lost_peer(image_folder, tmp_path, monkeypatch):
     """The trainer's own step: the backward pass's gradient exchange meeting a gone peer is a PeerLost, said in
     one line by the command, while an error of the step itself keeps its traceback."""
-    from training.config import build_config
+    from training.config_recipes import build_config
     from training.engine import Trainer
 
     trainer = Trainer(build_config("resnet9_half_cpu", tiny_overrides(image_folder, tmp_path / "c")), tmp_path / "r")

@@ -16,7 +16,7 @@ SCRIPT = """
     from pathlib import Path
     import torch
     import torch.distributed as dist
-    from training import distributed, engine
+    from training import distributed, engine, trainer_setup
 
     def teacher_pass(*args, **kwargs):
         if info.rank == slow_rank:
@@ -25,7 +25,7 @@ SCRIPT = """
             time.sleep({WORK_S})
         return torch.zeros(4, 10), {{"path": "teacher.pt"}}
 
-    engine.load_or_compute = teacher_pass
+    trainer_setup.load_or_compute = teacher_pass
     info = distributed.setup("cpu")
     # made for the runs with such work only: a run without a teacher needs no gloo connection beside NCCL's
     assert distributed._one_off_work_group is None, "a group for one-off waits made by setup"

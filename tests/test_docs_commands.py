@@ -103,7 +103,7 @@ def _parser_and_argv(words: list[str]):
         from service.__main__ import get_args_parser
 
         return get_args_parser(), argv
-    import export.__main__ as cli
+    import export.parsers as cli
 
     if argv and argv[0] in EXPORT_COMMANDS:
         return getattr(cli, f"{argv[0]}_parser")(), argv[1:]
@@ -201,7 +201,8 @@ TRAIN = [(doc, c) for doc, c, whole in COMMANDS if c.startswith("python -m train
 def test_doc_training_settings_are_a_valid_configuration(doc, command):
     """A recipe that exists, --set keys that are settings (or arguments the network takes) and values that pass the
     recipe's checks (epochs above warmup_epochs, ...): what `training train` refuses before reading any data."""
-    from training.config import build_config, config_problems, is_ensemble_recipe
+    from training.config_checks import config_problems
+    from training.config_recipes import build_config, is_ensemble_recipe
     from training.models import create_model
 
     args = parse(command)

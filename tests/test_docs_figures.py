@@ -168,7 +168,7 @@ def test_batchnorm_horizon_quoted_is_the_recipes(recipe):
     """Each micro-batch's forward moves BatchNorm's running statistics at airbench's momentum, so they average
     over about micro_batch / momentum images, not batch / momentum as one forward per step would: the figures the
     recipe's comment and docs/fast-training.md quote."""
-    from training.config import build_config
+    from training.config_recipes import build_config
     from training.models.airbench import FAST_BN_MOMENTUM
 
     config = build_config(recipe, [])

@@ -12,7 +12,7 @@ import torch
 
 from conftest import tiny_overrides
 from training.checkpoint import load_checkpoint
-from training.config import build_config
+from training.config_recipes import build_config
 from training.engine import Trainer, train
 from training.resume import resume
 

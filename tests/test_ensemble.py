@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from export.pipeline import export_checkpoint, verify_model
+from export.pipeline import export_checkpoint
+from export.verify import verify_model
 from inference.errors import UsageError
 from inference.runtime import OnnxClassifier
 from training.__main__ import main as training_main
 from training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from training.config import ConfigError, build_config
+from training.config import ConfigError
+from training.config_recipes import build_config
 from training.ensemble import join_checkpoints
 from training.models import create_model
 from training.models.ensemble import Ensemble

@@ -17,7 +17,8 @@ from conftest import ROOT, tiny_overrides
 from inference.manifest import sha256_file
 from training.__main__ import main as training_main
 from training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from training.config import ConfigError, build_config, list_ensemble_recipes, list_recipes
+from training.config import ConfigError
+from training.config_recipes import build_config, list_ensemble_recipes, list_recipes
 from training.ensemble_recipe import load_ensemble_recipe, member_configs
 
 MEMBERS = [

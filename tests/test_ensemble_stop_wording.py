@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from training.__main__ import _continuation, cmd_resume, cmd_train
+from training.__main__ import _continuation
+from training.commands import cmd_resume, cmd_train
 
 
 def test_a_stopped_ensemble_run_says_its_finished_members_are_kept_in_its_folder():

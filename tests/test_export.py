@@ -16,8 +16,9 @@ import torch
 
 from export.__main__ import main as export_main
 from export.onnx_export import export_fp32
-from export.pipeline import ParityError, export_checkpoint, verify_model
+from export.pipeline import ParityError, export_checkpoint
 from export.variants import CONVERTERS, converter
+from export.verify import verify_model
 from inference.errors import UsageError
 from inference.manifest import METADATA_KEY, ManifestError, ModelCard, load_manifest
 from inference.precisions import PRECISIONS
@@ -343,20 +344,20 @@ def test_a_stop_while_a_model_is_recorded_waits_for_the_record_and_a_failed_reco
     import errno
     import signal
 
-    import export.pipeline
+    import export.record
     from inference.manifest import verify_file
 
     models, entry, _ = exported
     argv = ["--checkpoint", str(tiny_run / "best.pt"), "--name", entry.name, "--calibrate", "none"]
     argv += ["--no-reference-cache", "--tta", "flip", "--replace"]  # another graph than the shipped one
-    save = export.pipeline.save_manifest
+    save = export.record.save_manifest
 
     def stopped_between(manifest, models_dir):
         signal.raise_signal(signal.SIGINT)  # Ctrl-C after the graph's rename, before the manifest's save
         return save(manifest, models_dir)
 
     m = _copy_models(models, tmp_path / "stopped")
-    monkeypatch.setattr(export.pipeline, "save_manifest", stopped_between)
+    monkeypatch.setattr(export.record, "save_manifest", stopped_between)
     assert export_main([*argv, "--models-dir", str(m)]) == 130
     assert capsys.readouterr().err.endswith(
         f"interrupted: {entry.name} was recorded in {m / 'manifest.json'} before the stop\n"
@@ -372,7 +373,7 @@ def test_a_stop_while_a_model_is_recorded_waits_for_the_record_and_a_failed_reco
 
     m = _copy_models(models, tmp_path / "full")
     before = {p.name: p.read_bytes() for p in m.iterdir()}
-    monkeypatch.setattr(export.pipeline, "save_manifest", full_disk)
+    monkeypatch.setattr(export.record, "save_manifest", full_disk)
     assert export_main([*argv, "--models-dir", str(m)]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in m.iterdir()} == before
@@ -722,6 +723,7 @@ def test_card_table_is_refused_for_a_file_the_figures_were_not_measured_on(tiny_
 def counted_torch_passes(monkeypatch) -> list[str]:
     """Each PyTorch reference pass that export and verify run, recorded as it happens."""
     import export.pipeline as pipeline
+    import export.verify
 
     calls: list[str] = []
     real = pipeline.torch_logits
@@ -731,6 +733,7 @@ def counted_torch_passes(monkeypatch) -> list[str]:
         return real(model, images, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "torch_logits", counted)
+    monkeypatch.setattr(export.verify, "torch_logits", counted)
     return calls
 
 
@@ -825,7 +828,7 @@ def test_each_int8_activation_range_reaches_the_quantiser_and_the_card(exported,
     )
     proto = onnx.load(str(out))
     assert onnx.TensorProto.INT8 in {init.data_type for init in proto.graph.initializer}
-    from export.pipeline import validation_split
+    from export.sources import validation_split
 
     # in distribution: clipped ranges are fitted to such images
     x = to_model_input(validation_split(source, None, entry.classes).images)
@@ -895,7 +898,7 @@ def test_input_layers_reach_through_weight_free_ops_to_each_branch():
 
 def test_a_validation_subset_is_drawn_from_every_class_not_the_first_ones(image_folder):
     """A folder dataset's split is sorted by class: its first 5 of 15 images would be one class."""
-    from export.pipeline import validation_split
+    from export.sources import validation_split
 
     source = {"dataset": "folder", "data_root": str(image_folder), "val_size": 15, "split_seed": 42}
     source.update(input_size=32, fit="squash", cache_dir=None)
@@ -1134,12 +1137,12 @@ def test_two_commands_recording_models_at_once_keep_both_and_readers_do_not_wait
     import threading
     import time
 
-    import export.pipeline
-    from export.pipeline import record_entry
+    import export.record
+    from export.record import record_entry
 
     models, entry, _ = exported
     m = _copy_models(models, tmp_path / "m")
-    load, reading, read = export.pipeline.load_manifest, threading.Event(), threading.Event()
+    load, reading, read = export.record.load_manifest, threading.Event(), threading.Event()
 
     def slow_load(models_dir, verify=True):
         manifest = load(models_dir, verify)
@@ -1148,7 +1151,7 @@ def test_two_commands_recording_models_at_once_keep_both_and_readers_do_not_wait
         time.sleep(1.0)  # the moment in which the other command would read the same manifest
         return manifest
 
-    monkeypatch.setattr(export.pipeline, "load_manifest", slow_load)
+    monkeypatch.setattr(export.record, "load_manifest", slow_load)
     errors: list[BaseException] = []
 
     def record(name: str) -> None:
@@ -1183,7 +1186,7 @@ def test_an_export_does_not_replace_a_model_another_listed_under_its_name_while_
     terminals, a retried job) both passed that check and the later silently replaced the earlier. The name is
     checked again under the manifest's lock: the later export is refused, naming what happened."""
     import export.pipeline
-    from export.pipeline import record_entry
+    from export.record import record_entry
 
     models, entry, _ = exported
     m = _copy_models(models, tmp_path / "m")

@@ -9,6 +9,7 @@ import pytest
 
 import export.parity
 import export.pipeline
+import export.verify
 from export.__main__ import main as export_main
 from export.parity import judge
 
@@ -98,6 +99,7 @@ def _one_image_flipped(monkeypatch) -> None:
         return logits, speed
 
     monkeypatch.setattr(export.pipeline, "parity_against", keeping_labels)
+    monkeypatch.setattr(export.verify, "parity_against", keeping_labels)
     monkeypatch.setattr(export.parity, "onnx_logits", flipping)
 
 

@@ -11,8 +11,10 @@ import stat
 import pytest
 
 import export.pipeline
+import export.verify
 from export.__main__ import main as export_main
-from export.pipeline import check_replacement, export_checkpoint
+from export.pipeline import export_checkpoint
+from export.record import check_replacement
 from inference.errors import UsageError
 
 
@@ -46,7 +48,7 @@ def test_verify_refuses_an_entry_that_says_otherwise_than_its_files_card(
     raw = json.loads((copy / "manifest.json").read_text())
     edit(raw["models"][0])
     (copy / "manifest.json").write_text(json.dumps(raw))
-    monkeypatch.setattr(export.pipeline, "validation_split", _never)
+    monkeypatch.setattr(export.verify, "validation_split", _never)
     assert export_main(["verify", "tiny", "--models-dir", str(copy), "--cache-dir", ""]) == 2
     err = capsys.readouterr().err
     assert f"differs from the card inside tiny.onnx in its {field}" in err, err

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from conftest import tiny_overrides, train_straight_and_resumed
-from training.config import ConfigError, ScheduleConfig, build_config, list_recipes
+from training.config import ConfigError, ScheduleConfig
+from training.config_recipes import build_config, list_recipes
 from training.data.arrays import ImageArrays
 from training.data.augment import AugmentParams, to_unit
 from training.data.loader import TensorLoader
@@ -467,7 +468,7 @@ def test_cumulative_ablation_adds_methods_one_by_one_and_a_tta_row(image_folder,
 
 
 def test_epochs_to_reach_is_the_first_epoch_at_or_above_the_target():
-    from training.reports.ablate import epochs_to_reach
+    from training.reports.ablate_rows import epochs_to_reach
 
     history = [{"epoch": 1, "val_top1": 0.5}, {"epoch": 2, "val_top1": 0.92}, {"epoch": 3, "val_top1": 0.91}]
     assert epochs_to_reach(history, 0.92) == 2

@@ -14,13 +14,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps, JpegImagePlugin
 
+import inference.image_formats as image_formats
+import inference.pixel_modes as pixel_modes
 import inference.preprocess as preprocess
 from conftest import ROOT
 from conftest import encode_image as _encode
 from inference.fits import FITS, LEGACY_FIT, PAD_COLOR, FitName, fit_image, get_fit
+from inference.image_limits import ImageTooLarge
 from inference.manifest import InputSpec, ModelCard, load_manifest
 from inference.precisions import PRECISIONS, PrecisionName
-from inference.preprocess import ImageTooLarge, dct_reduction, decode_image
+from inference.preprocess import dct_reduction, decode_image
 
 RED, BLUE, GREY = (230, 20, 20), (20, 20, 230), (100, 100, 100)
 
@@ -350,8 +353,8 @@ def test_a_large_image_of_another_format_is_shrunk_before_conversion(case, monke
     data = _encode(make(_photo(1500, 1100, seed=5)), fmt, orientation=orientation, **save)
     shown = (1100, 1500) if orientation else (1500, 1100)
     converted = []
-    to_rgb = preprocess._to_rgb
-    monkeypatch.setattr(preprocess, "_to_rgb", lambda image: converted.append(image.size) or to_rgb(image))
+    to_rgb = pixel_modes._to_rgb
+    monkeypatch.setattr(pixel_modes, "_to_rgb", lambda image: converted.append(image.size) or to_rgb(image))
     for fit in FITS:
         factor = preprocess.reduction(shown, (32, 32), fit)
         assert factor > 2, fit
@@ -379,7 +382,7 @@ def test_an_image_of_at_most_a_megapixel_is_decoded_as_before():
 
 def test_the_plain_path_reduces_as_pillows_draft_does(monkeypatch):
     data = _encode(_photo(2000, 1500))
-    assert preprocess.plain_jpeg_frame(data) is not None
+    assert image_formats.plain_jpeg_frame(data) is not None
     decoded_sizes = []
     frombytes = Image.frombytes
 

@@ -130,7 +130,7 @@ def test_files_left_out_for_their_name_are_counted_and_hidden_class_folders_name
     """A class of iPhone photos (.HEIC), a folder named with a leading dot, or one inside a class folder, is not
     trained on: said, with counts by extension, for a tree and for its archive; the litter of a Mac or Windows
     (.DS_Store, ._x.jpg, Thumbs.db) is not worth a word."""
-    folder_module = importlib.import_module("training.data.folder")
+    folder_module = importlib.import_module("training.data.folder_layout")
     root = tmp_path / "photos"
     for name in ("cat/0.png", "dog/0.JPG", "dog/1.jpeg", ".secret/0.png", "dog/.thumbnails/0.png"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +162,7 @@ def test_an_archive_of_a_folder_is_read_as_the_folder_is(tmp_path, caplog, packe
     """An image beside the class folders and a hidden folder: the folder itself trains on its classes, warning of
     both; its archive, packed as `tar czf pets.tar.gz pets`, was refused ("more than one level") for the stray
     image, and packed from inside left both out without a word."""
-    folder_module = importlib.import_module("training.data.folder")
+    folder_module = importlib.import_module("training.data.folder_layout")
     root = tmp_path / "pets"
     for name in ("cat/0.png", "cat/1.png", "dog/0.png", "beside.png", ".thumbnails/0.png"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +243,7 @@ def test_the_training_reader_and_the_scorer_take_the_same_images_with_the_same_l
     each with the same class. The root's own name is hidden: the folder a user names is read all the same."""
     from service.score.accuracy import FolderAccuracy
     from service.score.walk import WalkStats, walk
-    from training.data.folder import _iter_tree, _tree_images
+    from training.data.folder_tree import _iter_tree, _tree_images
 
     root = _litter_tree(tmp_path / ".photos")
     data = read_image_folder(root)
@@ -264,7 +264,7 @@ def test_the_training_reader_and_the_scorer_take_the_same_images_with_the_same_l
 def test_a_second_link_to_a_class_folder_is_named_as_one_not_as_a_folder_without_images(tmp_path, caplog):
     """A folder read under another name (a link to it, sorted before or after it) left out: said as such, naming
     both, not as a folder without images, which would send the user looking for images that are there."""
-    folder_module = importlib.import_module("training.data.folder")
+    folder_module = importlib.import_module("training.data.folder_layout")
     root = tmp_path / "tree"
     for name in ("cat/0.png", "dog/0.png"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,8 @@ from training.data import DatasetError
 from training.data.folder import read_image_folder
 
 folder_module = importlib.import_module("training.data.folder")  # training.data.folder is also a function's name
+folder_tree = importlib.import_module("training.data.folder_tree")
+folder_layout = importlib.import_module("training.data.folder_layout")
 needs_symlinks = pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt", reason="needs os.symlink")
 needs_fifos = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
 
@@ -78,7 +80,7 @@ def test_only_a_real_loop_is_said_to_be_one_and_a_second_link_names_the_first(tm
 
     rels, stats, summary = _walked(root)
     with caplog.at_level(logging.WARNING, logger="training.data.folder"):
-        images, _, _ = folder_module._tree_images(root)
+        images, _, _ = folder_tree._tree_images(root)
 
     assert rels == ["bird/y/0.png", "cat/0.png"]
     assert [p.relative_to(root).as_posix() for p in images] == rels
@@ -99,7 +101,7 @@ def test_the_scorer_and_the_reader_agree_on_a_link_to_a_hidden_folder_and_on_lin
 
     rels, _, _ = _walked(root)
     data = read_image_folder(root)
-    images, _, _ = folder_module._tree_images(root)
+    images, _, _ = folder_tree._tree_images(root)
 
     assert rels == ["cat/0.png", "dog/0.png", "kitten/0.png"]
     assert [p.relative_to(root).as_posix() for p in images] == rels
@@ -161,7 +163,7 @@ def test_an_empty_class_folder_in_an_archive_is_said_as_in_a_folder_and_again_fr
     where = "" if inside else "pets/"
 
     for _ in range(2):  # a decode, then a read of its cache
-        folder_module._said_left_out.clear()
+        folder_layout._said_left_out.clear()
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="training.data.folder"):
             data = read_image_folder(archive, cache_dir=cache)
@@ -169,7 +171,7 @@ def test_an_empty_class_folder_in_an_archive_is_said_as_in_a_folder_and_again_fr
         assert f"pets.tar.gz: folders without images left out, not classes: {where}bird, {where}fish" in caplog.text
     assert list(cache.glob("*.npz"))  # the second read was the cache's
 
-    folder_module._said_left_out.clear()
+    folder_layout._said_left_out.clear()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="training.data.folder"):
         read_image_folder(tree)

@@ -101,7 +101,7 @@ def test_a_class_folder_given_as_the_dataset_says_its_images_need_class_folders(
 def test_cifars_python_format_folder_given_as_a_folder_of_images_names_its_dataset(tmp_path, dataset, files):
     """`data.dataset=folder data.root=cifar-10-batches-py` was told it holds no images in class folders and given
     the list of image extensions, not that it is the python-format CIFAR another dataset reads."""
-    from training.data.folder import _no_images
+    from training.data.folder_layout import _no_images
 
     for name in files:
         (tmp_path / name).write_bytes(b"\x80\x02}q\x00.")

@@ -91,7 +91,7 @@ def test_an_old_manifest_means_its_default_on_every_device_and_a_new_one_its_own
 
 def test_export_records_and_changes_the_per_device_defaults(tmp_path):
     from export.__main__ import main
-    from export.pipeline import record_entry
+    from export.record import record_entry
     from inference.manifest import ModelCard, load_manifest
 
     models = _models_dir(tmp_path, [INT8, FP32], INT8, None)
@@ -129,7 +129,7 @@ def test_export_records_and_changes_the_per_device_defaults(tmp_path):
 
 
 def test_export_and_rederive_take_default_for(capsys):
-    from export.__main__ import export_parser, rederive_parser
+    from export.parsers import export_parser, rederive_parser
 
     args = export_parser().parse_args(["--checkpoint", "x", "--name", "y", "--default-for", "cuda"])
     assert args.default_for == ["cuda"]
@@ -401,7 +401,7 @@ def test_a_batch_larger_than_a_run_is_run_in_pieces_with_the_same_answer(monkeyp
 
 # ---------------------------------------------------------------------------------------------- the scorer
 def _score_args(models_dir: Path, device: str, model: str | None = None) -> Namespace:
-    from inference.preprocess import DEFAULT_MAX_PIXELS
+    from inference.image_limits import DEFAULT_MAX_PIXELS
 
     return Namespace(
         url=None,

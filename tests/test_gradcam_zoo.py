@@ -127,7 +127,7 @@ def test_a_model_without_a_spatial_layer_is_refused_clearly():
 
 def test_evaluate_skips_gradcam_with_a_note_where_the_last_stage_is_one_pixel(image_folder, tmp_path):
     """EdgeNeXt with a stride-4 stem leaves a 32x32 image a 1x1 last stage: no map, rather than blank ones."""
-    from training.config import build_config
+    from training.config_recipes import build_config
     from training.engine import train
 
     args = "{depths: [1, 1, 1, 1], dims: [8, 8, 8, 8], heads: 2, stem_stride: 4}"

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image, ImageCms
 
 from conftest import encode_image as _encode
-from inference.preprocess import SHRINK_ABOVE_PIXELS, ImageDecodeError, decode_image
+from inference.image_limits import ImageDecodeError
+from inference.preprocess import SHRINK_ABOVE_PIXELS, decode_image
 
 SIZE = (8, 8)
 # Past SHRINK_ABOVE_PIXELS: averaged down (``shrink``) before it is converted to RGB.

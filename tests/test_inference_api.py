@@ -12,8 +12,9 @@ from PIL import Image
 
 from conftest import ROOT
 from inference.errors import UsageError
+from inference.image_formats import DECODABLE_FORMATS, is_image_name
 from inference.manifest import METADATA_KEY, load_manifest
-from inference.preprocess import DECODABLE_FORMATS, is_image_name, to_model_input
+from inference.preprocess import to_model_input
 from inference.runtime import OnnxClassifier, read_card, top_k, wants_cuda
 
 MODEL = ROOT / "models" / "resnet9-half-cifar10-int8.onnx"

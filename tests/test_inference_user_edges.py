@@ -15,7 +15,8 @@ from PIL import Image
 
 from conftest import ROOT
 from inference.errors import UsageError
-from inference.preprocess import decode_image, decode_pixels, to_model_input, to_rgb_image
+from inference.pixel_modes import to_rgb_image
+from inference.preprocess import decode_image, decode_pixels, to_model_input
 from inference.runtime import ModelFileError, OnnxClassifier, SessionSettings, read_card, top_k
 
 MODEL = ROOT / "models" / "resnet9-half-cifar10-int8.onnx"

@@ -28,7 +28,7 @@ LOOKS_FOR_UNUSED = {"resnet9": False, "airbench94": True}
 # backward pass all-reduces.
 COUNTING_TRAINER = """
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-    from training.config import build_config
+    from training.config_recipes import build_config
     from training.engine import Trainer
 
     trainer = Trainer(build_config("resnet9_half_cpu", {sets!r}), {run!r})

@@ -12,7 +12,7 @@ from export.onnx_export import export_fp32, input_spec, write_card
 from export.parity import measure_parity
 from inference.manifest import ModelCard
 from inference.runtime import OnnxClassifier
-from training.config import build_config
+from training.config_recipes import build_config
 from training.models import DEFAULT_MEAN, DEFAULT_STD, count_parameters, create_model
 from training.models.dla import DLA
 from training.models.edgenext import EdgeNeXt

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from conftest import tiny_overrides, train_straight_and_resumed
-from training.config import OptimConfig, build_config
+from training.config import OptimConfig
+from training.config_recipes import build_config
 from training.models import create_model
 from training.muon import Muon, filters_by_normalisation, orthogonalize
 from training.optim import OPTIMIZERS, build_optimizer

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from training.config import ConfigError, build_config
+from training.config import ConfigError
+from training.config_recipes import build_config
 from training.models import UnknownArgument, create_model, list_models
 from training.preflight import check_network_takes_its_input
 

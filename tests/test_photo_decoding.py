@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps
 
+import inference.image_formats as image_formats
 import inference.preprocess as preprocess
 from conftest import encode_image as _encode
 from inference.errors import UsageError
 from inference.fits import fit_image
-from inference.preprocess import ImageDecodeError, ImageTooLarge, decode_image, decode_pixels
+from inference.image_limits import ImageDecodeError, ImageTooLarge
+from inference.preprocess import decode_image, decode_pixels
 
 SIZE = (24, 40)  # (height, width): not square, so a missed turn or a mirrored one shows
 
@@ -216,14 +218,14 @@ def test_heic_is_refused_by_name(data, name):
 
 def test_avif_is_refused_by_name_where_pillow_has_no_avif_reader(monkeypatch):
     data = _ftyp(b"avif", b"avif", b"mif1", b"miaf")
-    monkeypatch.setattr(preprocess, "_decodable", lambda: ("JPEG", "PNG"))
+    monkeypatch.setattr(image_formats, "_decodable", lambda: ("JPEG", "PNG"))
     with pytest.raises(ImageDecodeError, match="^AVIF images are not readable here.*readable formats: JPEG, PNG$"):
         decode_image(data, fit="squash")
 
 
 def test_an_avif_is_decoded_where_pillow_reads_it():
-    if "AVIF" not in preprocess._decodable():
+    if "AVIF" not in image_formats._decodable():
         pytest.skip("this Pillow has no AVIF plugin")
     data = _encode(_photo(), "AVIF", quality=90)
-    assert preprocess.container_format(data) == "AVIF"
+    assert image_formats.container_format(data) == "AVIF"
     assert np.abs(_decoded(data) - _viewer(data)).max() <= 1

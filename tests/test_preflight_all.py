@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_overrides
-from training.config import build_config
+from training.config_recipes import build_config
 from training.data import DatasetError
 from training.lookahead import LookaheadError
 from training.preflight import check_run_lengths

@@ -9,16 +9,9 @@ import pytest
 from PIL import Image, ImageOps
 
 from conftest import encode_image as _encode
-from inference.preprocess import (
-    DECODABLE_FORMATS,
-    MAX_SIDE,
-    ImageDecodeError,
-    ImageTooLarge,
-    decode_image,
-    decode_pixels,
-    pixels_to_model_input,
-    to_model_input,
-)
+from inference.image_formats import DECODABLE_FORMATS
+from inference.image_limits import MAX_SIDE, ImageDecodeError, ImageTooLarge
+from inference.preprocess import decode_image, decode_pixels, pixels_to_model_input, to_model_input
 
 # The fit every test here names, as every caller must; most of these images are the input's size and need none.
 FIT = "center_crop"
@@ -169,7 +162,7 @@ def _jpeg(image: Image.Image, **save) -> bytes:
 def test_real_cifar_jpegs_take_the_plain_path_with_pillows_pixels(shared_archive):
     import tarfile
 
-    from inference.preprocess import plain_jpeg_frame
+    from inference.image_formats import plain_jpeg_frame
 
     seen = 0
     with tarfile.open(shared_archive, "r:gz") as tar:
@@ -185,7 +178,7 @@ def test_real_cifar_jpegs_take_the_plain_path_with_pillows_pixels(shared_archive
 
 
 def test_plain_path_covers_grey_progressive_and_other_sizes_and_leaves_the_rest_to_pillow():
-    from inference.preprocess import plain_jpeg_frame
+    from inference.image_formats import plain_jpeg_frame
 
     rng = np.random.default_rng(1)
     colour = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
@@ -227,7 +220,7 @@ def _segments(data: bytes) -> tuple[list[bytes], bytes]:
 def test_an_exif_block_after_the_frame_header_still_turns_the_image():
     """Pillow reads an EXIF block anywhere before the scan; one after the frame header (allowed, though cameras
     write it first) kept the plain path, which never turns, so the image came out lying on its side."""
-    from inference.preprocess import plain_jpeg_frame
+    from inference.image_formats import plain_jpeg_frame
 
     halves = np.zeros((32, 64, 3), np.uint8)
     halves[:, :32, 0] = halves[:, 32:, 2] = 255

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import make_arrays, tiny_overrides, train_straight_and_resumed
-from training.config import ConfigError, TrainConfig, build_config
+from training.config import ConfigError, TrainConfig
+from training.config_recipes import build_config
 from training.data.arrays import ImageArrays
 from training.data.loader import TensorLoader
 from training.data.prune import LossPruning, PruneParams
@@ -129,7 +130,7 @@ def test_a_pruning_run_skips_images_records_the_share_and_resumes_exactly(image_
 
 
 def test_pruning_is_refused_across_processes_and_outside_its_range(image_folder, tmp_path, monkeypatch):
-    from training import engine
+    from training import trainer_setup
     from training.distributed import DistInfo
 
     with pytest.raises(ConfigError, match="prune_ratio"):
@@ -138,7 +139,7 @@ def test_pruning_is_refused_across_processes_and_outside_its_range(image_folder,
     with pytest.raises(ConfigError, match="no epoch would prune"):
         build_config("resnet9_half_cpu", ["prune_ratio=0.5", "epochs=2"])
     # two processes, as torchrun would start (without the process group, which the refusal comes before)
-    monkeypatch.setattr(engine.distributed, "setup", lambda kind: DistInfo(0, 2, 0))
+    monkeypatch.setattr(trainer_setup.distributed, "setup", lambda kind: DistInfo(0, 2, 0))
     overrides = tiny_overrides(image_folder, tmp_path / "cache", prune_ratio=0.5, epochs=4)
     with pytest.raises(ConfigError, match="one process"):
         Trainer(build_config("resnet9_half_cpu", overrides), tmp_path / "run")

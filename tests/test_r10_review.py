@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_overrides
-from training.config import ConfigError, build_config, load_recipe
+from training.config import ConfigError
+from training.config_recipes import build_config, load_recipe
 from training.engine import Trainer, train
 from training.resume import resume
 

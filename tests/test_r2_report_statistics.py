@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from training.__main__ import _format_estimate
+from training.commands import _format_estimate
 from training.ensemble import estimate_from_reports
 from training.models.ensemble import Ensemble
 from training.reports.calibration import calibration_metrics, fit_temperature

@@ -12,10 +12,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from export import pipeline
+from export import pipeline, sources, verify
 from export.__main__ import main as export_main
 from export.parity import Parity, judge
-from export.pipeline import ParityError, calibration_images, convert_variant, publish, validation_split
+from export.pipeline import ParityError, convert_variant, publish
+from export.sources import calibration_images, validation_split
 from export.variants import Converter
 from inference.precisions import PRECISIONS
 from inference.preprocess import to_model_input
@@ -47,7 +48,7 @@ def test_int8_calibration_images_are_training_images_and_none_of_the_validation_
     source = _source(image_folder)
     val = to_model_input(validation_split(source, None, CLASSES).images)
     calibration = calibration_images(source, 10_000)
-    train = to_model_input(pipeline._split(source, "train").images)
+    train = to_model_input(sources._split(source, "train").images)
     assert len(val) == 15 and len(calibration) == 45
     assert _rows(calibration) == _rows(train)
     assert not _rows(calibration) & _rows(val)
@@ -105,7 +106,7 @@ def test_verify_exits_1_and_names_the_limit_a_model_crossed(monkeypatch, capsys)
     crossed = _int8_parity(22)
     same = {"ece": 0.0, "nll": 0.0, "brier": 0.0, "mean_confidence": 0.5, "accuracy": 0.5}
     report = {"samples": 1000, "temperature": 1.0, "before": same, "after": same}
-    monkeypatch.setattr(pipeline, "verify_model", lambda *args: (crossed, report))
+    monkeypatch.setattr(verify, "verify_model", lambda *args: (crossed, report))
     assert export_main(["verify", "tiny-int8"]) == 1
     out = capsys.readouterr()
     assert "verified" not in out.out
@@ -147,7 +148,7 @@ def _measured(top1: float, samples: int = 5000) -> Parity:
 
 def test_a_card_figure_exactly_the_card_tolerance_from_the_measurement_passes():
     """Verify refuses a card whose top-1 is *over* 0.3 points from the file's; 15 images of 5,000 is 0.3 exactly."""
-    over = pipeline._against_card(_measured(4578 / 5000), _card_entry(4562 / 5000))  # type: ignore[arg-type]
+    over = verify._against_card(_measured(4578 / 5000), _card_entry(4562 / 5000))  # type: ignore[arg-type]
     assert over.failures and "over 0.3" in over.failures[0]
-    exactly = pipeline._against_card(_measured(4578 / 5000), _card_entry(4563 / 5000))  # type: ignore[arg-type]
+    exactly = verify._against_card(_measured(4578 / 5000), _card_entry(4563 / 5000))  # type: ignore[arg-type]
     assert exactly.failures == []

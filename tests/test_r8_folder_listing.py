@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-folder = importlib.import_module("training.data.folder")
+folder = importlib.import_module("training.data.folder_tree")
 
 
 def test_a_tree_of_regular_images_is_listed_without_asking_each_whether_it_exists_or_is_a_link(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from conftest import tiny_overrides
 from training.__main__ import main
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.reports import figures
-from training.reports.ablate import parse_vary, split_values
+from training.reports.ablate_variants import parse_vary, split_values
 from training.reports.calibration import calibration_metrics, fit_temperature
 from training.reports.evaluate import FIGURES
 from training.reports.figures import MIN_BIN_SAMPLES, worst_classes
@@ -575,7 +575,7 @@ def test_evaluate_with_flip_tta(tiny_run, tiny_report, tmp_path):
 @pytest.fixture(scope="module")
 def cifar100_run(cifar100_root, tmp_path_factory) -> Path:
     """A barely trained 100-class model: enough to exercise the 100-class figures."""
-    from training.config import build_config
+    from training.config_recipes import build_config
     from training.engine import train
 
     tmp = tmp_path_factory.mktemp("c100run")
@@ -696,7 +696,7 @@ def test_evaluate_feeds_an_onnx_graph_the_pixels_the_service_and_export_verify_f
 def test_evaluate_onnx_reports_the_calibration_export_verify_and_the_card_record(tiny_models_dir, tmp_path):
     """One graph, one set of images: `evaluate --onnx`, `export verify` and the card give the same before and
     after figures to the last bit (evaluate undid the graph's temperature in float32, verify in float64)."""
-    from export.pipeline import verify_model
+    from export.verify import verify_model
 
     out = tmp_path / "int8"
     assert main(["evaluate", "--onnx", str(tiny_models_dir / "tiny-int8.onnx"), "--out", str(out)]) == 0
@@ -1179,7 +1179,8 @@ def _ablation_row(variant: str, per_class: dict[str, float], baseline: bool = Fa
 
 def test_an_ablation_names_no_class_as_gaining_or_losing_where_none_did():
     """The largest-gain column named a class at +0.0 (or one that lost) when no class gained."""
-    from training.reports.ablate import format_table, largest_class_changes
+    from training.reports.ablate_rows import largest_class_changes
+    from training.reports.ablate_table import format_table
 
     base = {"alpha": 0.5, "beta": 0.5, "gamma": 0.5}
     worse, better = {"alpha": 0.5, "beta": 0.4, "gamma": 0.3}, {"alpha": 0.6, "beta": 0.5, "gamma": 0.5}
@@ -1417,7 +1418,7 @@ def test_evaluate_with_val_size_0_says_the_split_is_empty_because_of_it(tiny_run
 def test_evaluate_of_a_run_that_held_out_nothing_says_so(image_folder, tmp_path):
     """A run trained with data.val_size=0 has no val split: the error said only "has no samples"."""
     from conftest import tiny_overrides
-    from training.config import build_config
+    from training.config_recipes import build_config
     from training.engine import train
     from training.reports.evaluate import evaluate
 

@@ -13,7 +13,7 @@ import training.engine as engine
 from conftest import tiny_overrides
 from training.__main__ import main as training_main
 from training.checkpoint import load_checkpoint, model_from_checkpoint, save_model_checkpoint
-from training.config import build_config
+from training.config_recipes import build_config
 from training.engine import Trainer, train
 from training.lookahead import Lookahead
 from training.resume import resume, sized_to_the_run
@@ -223,7 +223,8 @@ def test_a_damaged_best_pt_beside_a_whole_last_pt_is_said_on_resume(image_folder
 def test_a_hand_edited_config_yaml_is_read_as_recipes_are(tmp_path):
     """keep_edited_config read config.yaml with YAML 1.1's rules, where a recipe and --set read numbers as written:
     `epochs: 010` (ten, padded by hand) was read as octal eight and said to be an edit of the run's ten."""
-    from training.config import build_config, save_config
+    from training.config_recipes import build_config
+    from training.config_yaml import save_config
     from training.resume import keep_edited_config
 
     started = build_config("resnet9_half_cpu", ["epochs=10"])

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_overrides
-from training.config import ConfigError, build_config
+from training.config import ConfigError
+from training.config_recipes import build_config
 from training.distributed import DistInfo
 from training.engine import Trainer, train
 
@@ -101,14 +102,14 @@ def test_a_resume_on_more_processes_too_many_for_its_settings_says_to_use_fewer(
     from training.resume import resume
 
     run, _ = started
-    monkeypatch.setattr("training.engine.distributed.setup", lambda device_type: DistInfo(0, processes, 0))
+    monkeypatch.setattr("training.trainer_setup.distributed.setup", lambda device_type: DistInfo(0, processes, 0))
     with pytest.raises(ConfigError) as refused:
         resume(run, epochs=2)
     assert str(refused.value) == said
 
 
 def test_a_pruning_run_resumed_on_several_processes_is_told_to_resume_in_one(image_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr("training.engine.distributed.setup", lambda device_type: DistInfo(0, 2, 0))
+    monkeypatch.setattr("training.trainer_setup.distributed.setup", lambda device_type: DistInfo(0, 2, 0))
     config = build_config("resnet9_half_cpu", tiny_overrides(image_folder, tmp_path, epochs=4, prune_ratio=0.5))
     with pytest.raises(ConfigError, match="^train.prune_ratio works in one process only: resume it in one process$"):
         Trainer(config, tmp_path / "run", resuming=True, started_on={})

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from training.checkpoint import LAST_FILE
-from training.config import ConfigError, build_config, with_placement
+from training.config import ConfigError
+from training.config_overrides import with_placement
+from training.config_recipes import build_config
 from training.resume import resume
 
 

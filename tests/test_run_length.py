@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from training.config import Config, ConfigError, build_config
+from training.config import Config, ConfigError
+from training.config_recipes import build_config
 from training.run_length import check_run_length
 
 

@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, running_service, wait_for_lines
-from inference.preprocess import decode_image, is_image_name, to_model_input
+from inference.image_formats import is_image_name
+from inference.preprocess import decode_image, to_model_input
 from inference.runtime import OnnxClassifier
 from service.contract import Limits, ModelInfo, ModelList
 from service.score.cli import main as score_main
@@ -474,7 +475,7 @@ def test_flags_of_another_engine_are_refused_and_their_defaults_do_not_count(
 
 def test_max_pixels_reaches_the_decoders_and_the_error_row_says_how_to_raise_it(tree, tiny_models_dir, tmp_path):
     """An image over the pixel limit could not be scored at all: score had no --max-pixels, as serve has."""
-    from inference.preprocess import ImageTooLarge
+    from inference.image_limits import ImageTooLarge
     from service.score.decode import failure_message
 
     folder = tmp_path / "two"

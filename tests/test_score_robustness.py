@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from conftest import ROOT, wait_for_lines
+from inference.image_limits import ImageDecodeError
 from inference.manifest import load_manifest
-from inference.preprocess import ImageDecodeError
 from service.contract import ModelInfo, ModelList
 from service.score import decode as decode_module
 from service.score.cli import main as score_main

@@ -107,7 +107,7 @@ def test_compare_lines_up_the_top1_of_paths_with_wide_and_decomposed_characters(
 
 
 def test_an_ablation_table_keeps_its_columns_where_a_class_name_or_step_label_holds_a_bar_or_line_break():
-    from training.reports.ablate import format_table
+    from training.reports.ablate_table import format_table
 
     rows = []
     for variant, baseline in (("base | plain", True), ("cutout\non", False)):

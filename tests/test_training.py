@@ -20,7 +20,8 @@ import torch
 
 from conftest import ROOT, make_arrays, tiny_overrides, torchrun, train_straight_and_resumed, write_cifar10
 from training.checkpoint import load_checkpoint
-from training.config import AUGMENT_PRESETS, ConfigError, build_config
+from training.config import AUGMENT_PRESETS, ConfigError
+from training.config_recipes import build_config
 from training.data import DATASETS, DatasetError, load_split, stratified_split
 from training.data.augment import AugmentParams, augment_batch, cutout, random_crop
 from training.data.folder import read_image_folder
@@ -224,7 +225,7 @@ def test_folder_reader_leaves_hidden_folders_out_and_says_what_else_it_left_out_
     (root / "bird").mkdir()
     import importlib
 
-    folder_module = importlib.import_module("training.data.folder")  # training.data.folder is also a reader's name
+    folder_module = importlib.import_module("training.data.folder_layout")
     for _ in range(2):  # decoded, then from the cache in the next run (said once per run, not per split read)
         folder_module._said_left_out.clear()
         caplog.clear()
@@ -288,7 +289,7 @@ def test_folder_reader_refuses_a_name_that_is_not_text_naming_it(tmp_path):
 def test_a_large_photo_of_ones_own_is_not_held_to_the_services_upload_limit(tmp_path):
     from PIL import Image
 
-    from inference.preprocess import DEFAULT_MAX_PIXELS
+    from inference.image_limits import DEFAULT_MAX_PIXELS
 
     root = _tree(tmp_path / "tree", ["cat/0.png", "dog/0.png"])
     side = int(DEFAULT_MAX_PIXELS**0.5) + 8  # just over the service's limit
@@ -575,7 +576,7 @@ def test_exponent_numbers_reach_the_model_as_numbers(image_folder, tmp_path, cap
 
 def test_an_impossible_device_schedule_or_micro_batch_is_refused(image_folder, tmp_path, monkeypatch, capsys):
     from training.__main__ import main as training_main
-    from training.config import validate_config
+    from training.config_validation import validate_config
 
     with pytest.raises(ConfigError, match="unknown device 'gpu'"):
         build_config("resnet9_half_cpu", ["device=gpu"])
@@ -669,7 +670,7 @@ def test_a_resume_says_config_yaml_was_edited_and_keeps_the_edit(image_folder, t
     it back over the edit."""
     import yaml
 
-    from training.config import build_config
+    from training.config_recipes import build_config
     from training.engine import train
     from training.resume import resume
 
@@ -909,12 +910,12 @@ def test_train_resume_continues_a_run_of_the_same_config_and_refuses_another(
 def test_a_network_that_cannot_take_the_image_size_is_refused_before_the_data_is_read(
     model, size, said, image_folder, tmp_path, monkeypatch
 ):
-    import training.engine as engine
+    import training.trainer_setup as trainer_setup
 
     def read(*_args, **_kwargs):
         raise AssertionError("the data was read before the network was checked")
 
-    monkeypatch.setattr(engine, "load_data", read)
+    monkeypatch.setattr(trainer_setup, "load_data", read)
     extra = {"model.name": model, "model.args": "{}", "image_size": size, "cutout": 0}  # the recipe's 12 is > 8
     if model == "resnet18":
         extra["model.args"] = "{no_such: 1}"
@@ -927,12 +928,12 @@ def test_a_network_that_cannot_take_the_image_size_is_refused_before_the_data_is
 def test_a_refused_run_into_a_path_through_dot_dot_leaves_no_folder(image_folder, tmp_path, monkeypatch):
     """The folders made to claim the run go again when it is refused, every one of them: `new/../run` makes
     new/ as well as run/ (rmdir of new/.. failed, and new/ stayed)."""
-    import training.engine as engine
+    import training.trainer_setup as trainer_setup
 
     def read(*_args, **_kwargs):
         raise ConfigError("refused")
 
-    monkeypatch.setattr(engine, "load_data", read)
+    monkeypatch.setattr(trainer_setup, "load_data", read)
     config = build_config("resnet9_half_cpu", tiny_overrides(image_folder, tmp_path / "cache"))
     with pytest.raises(ConfigError, match="refused"):
         train(config, tmp_path / "new" / ".." / "run")
@@ -971,7 +972,7 @@ def test_a_recipe_file_that_is_empty_or_has_a_section_that_is_no_mapping_is_refu
 
 def test_recipes_lists_each_recipe_with_its_resolved_settings(capsys):
     from training.__main__ import main as training_main
-    from training.config import list_ensemble_recipes, list_recipes
+    from training.config_recipes import list_ensemble_recipes, list_recipes
 
     assert training_main(["recipes"]) == 0
     networks, _, ensembles = capsys.readouterr().out.partition("\nensemble recipes")
@@ -1335,7 +1336,7 @@ def test_sigterm_is_answered_as_ctrl_c_and_a_resume_elsewhere_takes_only_where_t
 
 def test_the_placement_kept_for_the_advice_after_a_stop_reads_keys_as_set_does():
     """``--set "data.root = /x"`` (one quoted word) sets data.root: the advice to resume must repeat it."""
-    from training.config import placement_overrides
+    from training.config_overrides import placement_overrides
 
     given = ["data.root = /new/place", "threads =1", "lr = 0.1", "epochs=2"]
     assert placement_overrides(given) == ["data.root = /new/place", "threads =1"]
@@ -1570,7 +1571,7 @@ def test_a_damaged_dataset_cache_is_decoded_again_and_a_failed_write_leaves_noth
 ):
     import importlib
 
-    folder = importlib.import_module("training.data.folder")  # the package's `folder` is a reader function
+    folder = importlib.import_module("training.data.folder_cache")
     cache = tmp_path / "cache"
     first = read_image_folder(image_folder, cache_dir=cache)
     (written,) = cache.iterdir()
@@ -1766,7 +1767,8 @@ def test_every_set_counts_and_a_key_set_twice_is_refused(tmp_path, capsys):
         assert said in err and "Traceback" not in err, (argv, err)
     assert not (tmp_path / "run").exists()  # refused before anything was made
     # a preset first and a field after it is a preset tweaked, in that order
-    from training.config import build_config, check_distinct
+    from training.config_overrides import check_distinct
+    from training.config_recipes import build_config
 
     check_distinct(["augment=basic", "cutout=8"])
     assert build_config("resnet9_half_cpu", ["augment=basic", "cutout=8"]).augment.cutout == 8

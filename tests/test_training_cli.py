@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from training.__main__ import main as training_main
-from training.config import ConfigError, build_config, validate_config
+from training.config import ConfigError
+from training.config_recipes import build_config
+from training.config_validation import validate_config
 
 
 def _no_data(tmp_path) -> list[str]:
@@ -205,7 +207,7 @@ def test_a_setting_the_chosen_optimizer_or_schedule_does_not_read_is_warned_once
     Only what a recipe or --set gives is said: a default was nobody's choice, and no shipped recipe is warned."""
     import logging
 
-    from training.config import list_recipes
+    from training.config_recipes import list_recipes
 
     def unused(recipe: str, overrides: list[str]) -> list[str]:
         caplog.clear()

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
-from training.config import ScheduleConfig, build_config
+from training.config import ScheduleConfig
+from training.config_recipes import build_config
 from training.engine import Trainer
 from training.models import create_model
 from training.optim import build_optimizer, lr_factor

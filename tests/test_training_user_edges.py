@@ -10,7 +10,10 @@ import pytest
 
 from training.__main__ import get_args_parser
 from training.__main__ import main as training_main
-from training.config import Config, ConfigError, build_config, save_config, with_placement
+from training.config import Config, ConfigError
+from training.config_overrides import with_placement
+from training.config_recipes import build_config
+from training.config_yaml import save_config
 
 
 def _refused(tmp_path, capsys, recipe: str, *settings: str) -> str:
@@ -122,7 +125,8 @@ def test_set_recipe_naming_another_built_in_recipe_is_pointed_to_the_recipe_flag
 def test_a_mapping_emptied_is_said_by_its_entries_alone():
     """A run started with model.args {dropout: 0.5} against one with {}: the differences said "model.args: (unset)
     -> {}" beside the entry that tells it."""
-    from training.config import Config, config_differences
+    from training.config import Config
+    from training.config_overrides import config_differences
 
     before = Config.model_validate({"model": {"name": "wrn_16_4", "args": {"dropout": 0.5}}})
     after = Config.model_validate({"model": {"name": "wrn_16_4", "args": {}}})

@@ -19,7 +19,7 @@ def test_compare_with_val_size_0_says_the_split_is_empty(tiny_run, tmp_path, cap
 
 def test_compare_of_a_run_that_held_out_nothing_says_so(image_folder, tmp_path):
     """A run trained with data.val_size=0 has no val split to compare on: the same traceback."""
-    from training.config import build_config
+    from training.config_recipes import build_config
     from training.engine import train
     from training.reports.compare import compare
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 import shutil
 
-from export.pipeline import export_checkpoint, verify_model
+from export.pipeline import export_checkpoint
 from export.rederive import rederive
+from export.verify import verify_model
 
 
 def test_a_derived_graph_is_verified_against_the_recorded_figure_of_the_graph_it_came_from(tiny_run, tmp_path, caplog):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import export.pipeline as pipeline
+import export.verify
 from export.__main__ import main as export_main
 from export.pipeline import export_checkpoint
 
@@ -46,13 +46,13 @@ def test_verify_without_checkpoint_refuses_other_image_count_before_running_the_
     capsys.readouterr()
 
     passes: list[int] = []
-    real_onnx_logits = pipeline.onnx_logits
+    real_onnx_logits = export.verify.onnx_logits
 
     def counting_onnx_logits(classifier, images):
         passes.append(len(images))
         return real_onnx_logits(classifier, images)
 
-    monkeypatch.setattr(pipeline, "onnx_logits", counting_onnx_logits)
+    monkeypatch.setattr(export.verify, "onnx_logits", counting_onnx_logits)
     assert export_main(verify) == 2
     err = capsys.readouterr().err
     assert err.rstrip().endswith(": it was recorded on 8, pass --max-val-images 8"), err

@@ -9,8 +9,9 @@ import pytest
 from inference.errors import UsageError
 from training.__main__ import main as training_main
 from training.checkpoint import CONFIG_FILE, LAST_FILE
-from training.config import build_config, save_config
-from training.reports.ablate import check_variant_folder
+from training.config_recipes import build_config
+from training.config_yaml import save_config
+from training.reports.ablate_folders import check_variant_folder
 
 # six lines before the mistake, which is on line 7
 HEAD = "# my recipe: resnet9, narrow\nmodel:\n  name: resnet9\n  args: {width: 8}\n\ntrain:\n"

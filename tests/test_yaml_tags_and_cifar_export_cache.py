@@ -11,7 +11,7 @@ import yaml
 
 from export.data_cache import RUNS_CACHE, export_cache_dir
 from training.__main__ import main as training_main
-from training.config import read_yaml
+from training.config_yaml import read_yaml
 
 
 @pytest.mark.parametrize(

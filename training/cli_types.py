@@ -23,7 +23,7 @@ def _number(text: str, kind: type[_Number]) -> _Number:
 
 
 def _integer(text: str) -> int:
-    """An integer written as ``--set`` takes one (training/config.py): 1000, 1_000, 1e3, 1000.0, 0x3e8, 0o1750."""
+    """An integer written as ``--set`` takes one (training/config_yaml.py): 1000, 1_000, 1e3, 1000.0, 0x3e8, 0o1750."""
     try:
         value = int(text, 0) if text.strip().lstrip("+-")[:2].lower() in ("0x", "0o", "0b") else int(text)
     except ValueError:

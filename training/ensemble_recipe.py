@@ -47,19 +47,10 @@ from .checkpoint import (
     claimed_run,
     clear_run,
 )
-from .config import (
-    ENSEMBLE_KEY,
-    RECIPES_DIR,
-    Config,
-    ConfigError,
-    check_distinct,
-    dump_yaml,
-    is_ensemble_recipe,
-    load_ensemble_recipe_raw,
-    placement_overrides,
-    read_yaml,
-    yaml_problem,
-)
+from .config import Config, ConfigError
+from .config_overrides import check_distinct, placement_overrides
+from .config_recipes import ENSEMBLE_KEY, RECIPES_DIR, is_ensemble_recipe, load_ensemble_recipe_raw
+from .config_yaml import dump_yaml, read_yaml, yaml_problem
 from .distill import TEACHER_FILE, TeacherError, teacher_file
 from .engine import train
 from .ensemble import check_compatible, join_checkpoints
@@ -139,7 +130,7 @@ def load_ensemble_recipe(name_or_path: str) -> EnsembleRecipe:
     if not isinstance(section, dict) or "name" in section:
         # a `name` there would pass for the field the recipe's own name fills
         raise ConfigError(f"ensemble recipe {raw['recipe']!r}: `{ENSEMBLE_KEY}` must hold `members` (and `fit`)")
-    # a file, as config._read_recipe reads it; a name without one is a built-in's
+    # a file, as config_recipes._read_recipe reads it; a name without one is a built-in's
     file = Path(name_or_path).resolve() if Path(name_or_path).suffix else None
     folder = file.parent if file else RECIPES_DIR
     try:

@@ -11,7 +11,9 @@ import torch
 
 from inference.errors import UsageError
 
-from .config import Config, ConfigError, build_config, did_you_mean
+from .config import Config, ConfigError
+from .config_recipes import build_config
+from .config_validation import did_you_mean
 from .data import DatasetError, ImageArrays
 from .models import ImageClassifier, UnknownArgument, argument_error, create_model, size_refusal
 from .models.whitening import dirac_init_, whitening_layers

@@ -26,17 +26,10 @@ from .checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from .config import (
-    NUMERICS_KEYS,
-    PLACEMENT_KEYS,
-    Config,
-    ConfigError,
-    config_differences,
-    read_yaml,
-    validate_config,
-    with_placement,
-    yaml_problem,
-)
+from .config import Config, ConfigError
+from .config_overrides import NUMERICS_KEYS, PLACEMENT_KEYS, config_differences, with_placement
+from .config_validation import validate_config
+from .config_yaml import read_yaml, yaml_problem
 from .device import numerics_of, resolve_device
 from .engine import Trainer
 from .summary import finished_summary, left_to_train, no_better_epoch, patience_exhausted, write_progress

@@ -9,7 +9,7 @@ import os
 import sys
 import tempfile
 
-from inference.preprocess import is_image_name
+from inference.image_formats import is_image_name
 from inference.tree_files import unpack_command
 
 from ..settings import THREADS_MAXIMUM, empty_flag_refusal

@@ -17,13 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from inference.preprocess import (
-    DEFAULT_MAX_PIXELS,
-    ImageDecodeError,
-    OverPixelLimit,
-    decode_pixels,
-    pixels_to_model_input,
-)
+from inference.image_limits import DEFAULT_MAX_PIXELS, ImageDecodeError, OverPixelLimit
+from inference.preprocess import decode_pixels, pixels_to_model_input
 
 from .errors import DecoderFailure
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from inference.devices import Device
+from inference.image_limits import DEFAULT_MAX_PIXELS
 from inference.manifest import Manifest, ManifestError, ModelEntry, load_manifest, verify_file
-from inference.preprocess import DEFAULT_MAX_PIXELS
 from inference.runtime import choose_default, wants_cuda
 
 from .errors import UserError

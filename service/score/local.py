@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Iterator, TypeVar
 
 from inference.devices import Device
 from inference.errors import UsageError
+from inference.image_limits import DEFAULT_MAX_PIXELS
 from inference.interrupts import stops_dropped
-from inference.preprocess import DEFAULT_MAX_PIXELS
 
 from ..settings import default_streams, threads_per_stream
 from .decode import Decoded, decode_chunk, decode_into, image_bytes, rows_view, worker_init

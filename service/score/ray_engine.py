@@ -25,8 +25,8 @@ import time
 from typing import Generator, Iterator
 
 from inference.devices import Device
+from inference.image_limits import DEFAULT_MAX_PIXELS
 from inference.interrupts import stops_dropped
-from inference.preprocess import DEFAULT_MAX_PIXELS
 from inference.runtime import read_card
 
 from .errors import RemoteError, UserError

@@ -11,7 +11,8 @@ import os
 import tempfile
 
 from inference.devices import Device
-from inference.preprocess import DEFAULT_MAX_PIXELS, decode_pixels, pixels_to_model_input
+from inference.image_limits import DEFAULT_MAX_PIXELS
+from inference.preprocess import decode_pixels, pixels_to_model_input
 
 from .decode import FILE_ERRORS, decoder_failure, failure_message, read_file
 from .sinks import ENCODING

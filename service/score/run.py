@@ -13,9 +13,9 @@ import signal
 import sys
 from typing import Iterator
 
+from inference.image_formats import IMAGE_EXTENSIONS
 from inference.interrupts import Handler, give_back, interrupts_held, say_stopped, stops_dropped, take_over_terminations
 from inference.messages import counted
-from inference.preprocess import IMAGE_EXTENSIONS
 
 from .arguments import validate
 from .engines import choose_engine

@@ -438,7 +438,7 @@ const isImage = (file) => file.type.startsWith("image/") || !file.type;
 // the batch scorer leaves them (inference/tree_files.py).
 const isHidden = (name) => name.startsWith(".") && name !== "." && name !== "..";
 // What an operating system leaves in the folders it shows, as training's folder reader names them
-// (training/data/folder.py's SYSTEM_FILES): Windows' thumbnail cache and folder settings, untyped, so that they
+// (training/data/folder_tree.py's SYSTEM_FILES): Windows' thumbnail cache and folder settings, untyped, so that they
 // were sent and refused one card each. A Mac's zip keeps its metadata in __MACOSX/ beside the photos.
 const SYSTEM_FILES = new Set(["thumbs.db", "desktop.ini"]);
 const SYSTEM_FOLDERS = new Set(["__MACOSX"]);

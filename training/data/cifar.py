@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from inference.image_formats import is_image_name
 from inference.messages import exception_summary
-from inference.preprocess import is_image_name
 
 from .arrays import DatasetError, ImageArrays, missing_path_text
 

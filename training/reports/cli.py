@@ -133,7 +133,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from ..device import resolve_device
-    from .ablate import ablate, format_table
+    from .ablate import ablate
+    from .ablate_table import format_table
 
     resolve_device(args.device)  # a device this machine lacks is named now, not after the first variant trains
     try:

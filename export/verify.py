@@ -1,0 +1,207 @@
+"""Re-verify a shipped model: its manifest entry is not hashed, so it is checked against the card inside its
+file, then the file's accuracy against its checkpoint (or the figure recorded at export) and its calibration are
+measured again. Also what rederive and recover read a listed model through (``listed_model``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from inference.errors import UsageError
+from inference.manifest import (
+    MANIFEST_NAME,
+    ManifestError,
+    ModelEntry,
+    card_disagreements,
+    file_problems,
+    load_manifest,
+    sha256_file,
+)
+from inference.messages import counted, validation_problems
+from inference.runtime import OnnxClassifier, read_card, softmax
+from training.checkpoint import checkpoint_file, load_checkpoint_and_sha256, model_from_checkpoint
+from training.dataset_cache import DEFAULT_CACHE_DIR
+from training.inference import with_tta
+
+from .parity import Parity, judge, onnx_logits, parity_against, torch_logits
+from .pipeline import _calibration_report
+from .reference import ReferenceCache
+from .sources import DataSource, from_project, source_at, validation_split
+
+log = logging.getLogger("export")
+
+
+class RecordedSource(DataSource):
+    """What verify, rederive and recover read of a card's source besides its data."""
+
+    val_fingerprint: str | None = None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    tta: str = "none"
+    model_args: dict[str, Any] | None = None
+
+
+class RecordedParity(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    torch_top1: float | None = None
+
+
+class RecordedMetrics(BaseModel):
+    """What verify reads of a card's figures when the checkpoint is gone: the PyTorch top-1 recorded at export."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    val_samples: int | None = None
+    parity: RecordedParity | None = None
+
+
+class _CardRecord(BaseModel):
+    source: RecordedSource
+    metrics: RecordedMetrics
+
+
+def listed_model(models_dir: Path, name: str | None) -> ModelEntry:
+    """The manifest's entry ``name`` (the default when None), what its card records of its data and checkpoint
+    checked (``RecordedSource``), and its file checked against its sha256: a missing or altered file of another
+    listed model is warned of, and is that model's trouble, not this command's."""
+    manifest = load_manifest(models_dir, verify=False)
+    entry = manifest.get(name)
+    try:
+        _CardRecord.model_validate(entry.model_dump(include={"source", "metrics"}))
+    except ValidationError as exc:
+        raise ManifestError(
+            f"invalid manifest {models_dir / MANIFEST_NAME}: model {entry.name!r}: {validation_problems(exc)}"
+        ) from None
+    problems = file_problems(manifest, models_dir)  # each file hashed once
+    if entry.name in problems:
+        raise ManifestError(problems.pop(entry.name))
+    for problem in problems.values():
+        log.warning("%s", problem)
+    _check_described(entry, models_dir)
+    return entry
+
+
+# What the graph computes and takes, which the sha256 does not cover (the manifest is not hashed): the service
+# refuses to start on an entry that differs from its file's own card, and verify, rederive and recover compute
+# with the entry's classes, precision, input and temperature.
+_DESCRIBED = ("arch", "classes", "precision", "input", "calibration")
+
+
+def _check_described(entry: ModelEntry, models_dir: Path) -> None:
+    """ManifestError where ``entry`` says of its file what the card inside the file does not: a hand edit would
+    otherwise pass verification, or be blamed on the dataset (its classes), and the service then refuse it."""
+    card = read_card(models_dir / entry.file)
+    differ = card_disagreements(entry, card, _DESCRIBED)
+    if differ:
+        raise ManifestError(
+            f"model {entry.name!r}: its entry in {models_dir / MANIFEST_NAME} differs from the card inside "
+            f"{entry.file} in its {', '.join(differ)} (the manifest edited by hand?): restore the entry as the file's "
+            "card has it, or export the model again"
+        )
+
+
+def verify_model(
+    name: str | None,
+    models_dir: str | Path = "models",
+    cache_dir: str | None = DEFAULT_CACHE_DIR,
+    max_val_images: int | None = None,
+    reference_cache: str | Path | None = None,
+    data_root: str | None = None,
+) -> tuple[Parity, dict]:
+    """Re-check a shipped model: hashes of every manifest file, then accuracy against its checkpoint
+    (wrapped in the recorded test-time augmentation and temperature), and its calibration: with the
+    recorded T, and with a T refitted on its own logits. With ``reference_cache``, the checkpoint's logits
+    kept there by its export (same checkpoint bytes, TTA and images) stand in for a new PyTorch pass."""
+    models_dir = Path(models_dir)
+    entry = listed_model(models_dir, name)
+    recorded = {**entry.source, "data_root": from_project(entry.source["data_root"], models_dir)}
+    source = source_at(recorded, cache_dir, data_root)
+    val = validation_split(source, max_val_images, entry.classes, moved=data_root is not None)
+    classifier = OnnxClassifier(models_dir / entry.file, device="cpu")
+    temperature = entry.calibration.temperature
+    checkpoint = checkpoint_file(from_project(entry.source.get("checkpoint") or "-", models_dir))
+    sha = sha256_file(checkpoint) if checkpoint.is_file() else None
+    recorded_sha = entry.source.get("checkpoint_sha256")
+    if sha is not None and recorded_sha not in (None, sha):
+        # a run folder trained again: comparing with it would report a parity failure that is not the file's
+        log.warning("%s is not the checkpoint %s was exported from (its sha256 differs)", checkpoint, entry.name)
+        sha = None
+    if sha is not None:
+        tta = entry.source.get("tta", "none")
+
+        def compute() -> tuple[np.ndarray, float]:
+            ckpt, loaded_sha = load_checkpoint_and_sha256(checkpoint)
+            if loaded_sha != sha:  # replaced since it was checked: its logits would be cached under the other's digest
+                raise UsageError(f"{checkpoint} changed while it was being verified (a run still training?): run again")
+            return torch_logits(with_tta(model_from_checkpoint(ckpt), tta), val.images)
+
+        reference, speed = ReferenceCache(reference_cache).logits(sha, tta, val.images, compute)
+        # the recorded temperature, as the graph applies it after the averaging
+        reference = reference / temperature
+        parity, logits = parity_against(
+            reference, speed, classifier, val.images, val.labels, split_images=source["val_size"]
+        )
+        return _against_card(parity, entry), _calibration_report(logits, val.labels, temperature)
+    # Without the checkpoint (a fresh clone), compare with the reference's accuracy recorded at export time: a
+    # graph derived from another (rederive) was measured against that graph, not against PyTorch.
+    against = "FP32 graph" if entry.source.get("derived_from") else "PyTorch"
+    log.warning(
+        "comparing %s with the %s accuracy recorded at export: no usable checkpoint at %s",
+        entry.name,
+        against,
+        checkpoint,
+    )
+    torch_top1 = (entry.metrics.get("parity") or {}).get("torch_top1")
+    recorded_on = entry.metrics.get("val_samples")
+    # refused before the ONNX pass, which takes minutes for a multi-crop FP16 graph on a CPU
+    if torch_top1 is None or recorded_on != len(val):
+        # an export checked on fewer images (--max-val-images) recorded its figure on those: the same check is
+        # the one that can be compared with it
+        same = ""
+        if torch_top1 is not None and recorded_on:
+            same = f": it was recorded on {recorded_on}, pass --max-val-images {recorded_on}"
+        raise UsageError(
+            f"{entry.name}: no checkpoint and no recorded {against} accuracy on the same "
+            f"{counted(len(val), 'image')}{same}"
+        )
+    logits, speed = onnx_logits(classifier, val.images)
+    parity = judge(
+        entry.precision,
+        None,
+        softmax(logits),
+        val.labels,
+        torch_top1,
+        float("nan"),
+        speed,
+        against,
+        split_images=source["val_size"],
+    )
+    return _against_card(parity, entry), _calibration_report(logits, val.labels, temperature)
+
+
+# How far the card's top-1 may be from a new measurement on the same images: the same file gives the same
+# answers on one kind of CPU, and INT8 kernels of another (VNNI, AMX) may move a few images of 5,000.
+CARD_TOLERANCE_POINTS = 0.3
+
+
+def _against_card(parity: Parity, entry: ModelEntry) -> Parity:
+    """``parity`` failed too when the card's top-1, which the listing, the card table and /models show, is not
+    what the file scores on the same images: the manifest is not hashed, so a figure edited by hand (or left
+    from another file) is found only here."""
+    claimed, samples = entry.metrics.get("val_top1"), entry.metrics.get("val_samples")
+    if claimed is None or samples != parity.samples:
+        return parity
+    gap = 100 * (parity.onnx_top1 - claimed)
+    if abs(gap) > CARD_TOLERANCE_POINTS + 1e-9:  # 15 images of 5,000 is 0.30000000000000004 points
+        these = f"{'this' if samples == 1 else 'these'} {counted(samples, 'image')}"
+        parity.failures.append(
+            f"the manifest says val_top1 {100 * claimed:.2f}% on {these}, the file scores "
+            f"{100 * parity.onnx_top1:.2f}% ({gap:+.2f} points, over {CARD_TOLERANCE_POINTS}): the card's figures "
+            "are not this file's; export it again to record them"
+        )
+    return parity
