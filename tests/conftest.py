@@ -249,6 +249,30 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
     return result
 
 
+def score_with_ray(tmp_path: Path, *flags: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m service score PHOTOS --engine ray FLAGS`` on a folder of one photo, in a child that sees no RAY_
+    variable but ``env`` and whose HOME is a fresh folder: no cluster address or token of this machine's (Ray reads
+    one from ~/.ray/auth_token) reaches it."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir(exist_ok=True)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(photos / "a.png")
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    environment.update(HOME=str(home), **env)
+    command = [sys.executable, "-m", "service", "score", str(photos), "--engine", "ray", *flags]
+    return subprocess.run(
+        [*command, "--out", str(tmp_path / "out.csv")],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def wait_for_lines(path: Path, count: int, proc, timeout: float = 60) -> None:
     """Wait until the scorer subprocess `proc` has written `count` lines to `path`; fail if it exits first."""
     import time

@@ -12,6 +12,7 @@ import torch
 
 from conftest import tiny_overrides
 from training.checkpoint import load_checkpoint
+from training.config import ConfigError
 from training.config_recipes import build_config
 from training.engine import Trainer, train
 from training.resume import resume
@@ -104,3 +105,18 @@ def test_min_delta_without_early_stopping_is_said_to_be_unused(caplog):
     ]
     assert unused(["early_stop_min_delta=0.5", "early_stop_patience=2"]) == []
     assert unused(["early_stop_patience=2"]) == []
+
+
+def test_an_early_stop_under_min_delta_is_not_said_to_have_had_no_better_epoch(image_folder, tmp_path, monkeypatch):
+    """Epochs 4 and 5 are better than epoch 3, by less than min_delta: patience 2 stops the run at epoch 5, its
+    best. The refusal of `resume --epochs` said "no better epoch", which was untrue."""
+    _scored(monkeypatch, [0.10, 0.13, 0.17, 0.19, 0.20, 0.5, 0.5])
+    overrides = _overrides(image_folder, tmp_path, epochs=7, early_stop_patience=2, early_stop_min_delta=0.05)
+    run = tmp_path / "run"
+    summary = train(build_config(RECIPE, overrides), run)
+    assert summary["stopped_early"] and summary["best"]["epoch"] == 5
+    with pytest.raises(ConfigError) as caught:
+        resume(run, epochs=9)
+    said = str(caught.value)
+    assert "no better epoch" not in said, said
+    assert "(early_stop_patience 2: no epoch better by early_stop_min_delta 0.05 in its last 2)" in said, said

@@ -3,35 +3,11 @@ naming where the address came from, not Ray's three-line refusal that blames RAY
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import ROOT
+from conftest import score_with_ray
 
 pytest.importorskip("ray.data", reason="the ray extra is not installed (pip install -e '.[ray]')")
-
-
-def _score(tmp_path: Path, *flags: str, **env: str) -> subprocess.CompletedProcess[str]:
-    photos = tmp_path / "photos"
-    photos.mkdir(exist_ok=True)
-    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(photos / "a.png")
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    environment.update(env)
-    command = [sys.executable, "-m", "service", "score", str(photos), "--engine", "ray", *flags]
-    return subprocess.run(
-        [*command, "--out", str(tmp_path / "out.csv")],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.mark.parametrize(
@@ -45,7 +21,7 @@ def _score(tmp_path: Path, *flags: str, **env: str) -> subprocess.CompletedProce
     ],
 )
 def test_an_http_address_is_refused_in_one_line_naming_its_source(tmp_path, flags, env, named):
-    done = _score(tmp_path, *flags, **env)
+    done = score_with_ray(tmp_path, *flags, **env)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     lines = done.stderr.strip().splitlines()

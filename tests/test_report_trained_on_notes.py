@@ -67,6 +67,23 @@ def test_split_all_of_the_runs_own_data_says_how_many_images_it_trained_on(tiny_
     assert said in (tmp_path / "all" / "report.md").read_text()
 
 
+def test_split_all_of_a_copy_of_the_runs_data_says_how_many_images_it_trained_on(
+    tiny_run, image_folder, tmp_path, caplog
+):
+    """The run's data read from another folder: a copy of it (the data sent to another machine with the model, or
+    CIFAR-10 kept elsewhere) holds the very images the run held out, and ``--split all`` of it scores the images it
+    trained on as much as the recorded folder does."""
+    copy = tmp_path / "copied"
+    shutil.copytree(image_folder, copy)  # another path, not a link: the same images
+    with caplog.at_level(logging.WARNING):
+        metrics = _evaluate(
+            ["--checkpoint", str(tiny_run / "best.pt")], tmp_path / "r", "--data", str(copy), "--split", "all"
+        )
+    said = f"The run trained on 45 of the 60 images scored here (folder {copy}, split all), {OPTIMISTIC}"
+    assert _trained_on(metrics) == [said], metrics["notes"]
+    assert said[:-1].replace("The run", "the run") in caplog.text
+
+
 def test_split_all_of_an_export_without_its_checkpoint_counts_by_its_cards_split(orphan_onnx, image_folder, tmp_path):
     metrics = _evaluate(["--onnx", str(orphan_onnx)], tmp_path / "all", "--split", "all")
     assert _trained_on(metrics) == [

@@ -98,3 +98,27 @@ def test_a_finished_gpu_run_gives_its_summary_on_a_machine_without_one(tiny_run,
     assert {**summary, "run": None} == {**recorded, "run": None}, summary
     with pytest.raises(ConfigError, match="device 'cuda': this machine has no usable"):
         resume(run, epochs=4)  # one that trains on is still refused
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_a_resume_onto_a_missing_gpu_is_refused_before_it_says_the_run_continues(tiny_run, tmp_path, no_cuda, caplog):
+    """`resume --set device=cuda` on a machine without CUDA logged 'the run continues elsewhere: train.device: auto
+    -> cuda' and a not-bit-for-bit warning, then refused the device."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    with caplog.at_level(logging.INFO), pytest.raises(ConfigError, match="no usable CUDA GPU"):
+        resume(run, epochs=4, placement=["device=cuda"])
+    assert "continues elsewhere" not in caplog.text and "bit for bit" not in caplog.text, caplog.text
+
+
+def test_a_finished_run_is_not_said_to_continue_on_a_missing_gpu(tiny_run, tmp_path, no_cuda, caplog):
+    """A finished run took the missing device without a word and said it continued there."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    with caplog.at_level(logging.INFO), pytest.raises(ConfigError, match=r"device 'cuda:1'.*no usable CUDA GPU"):
+        resume(run, placement=["train.device=cuda:1"])
+    assert "continues elsewhere" not in caplog.text, caplog.text

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import httpx
@@ -467,9 +468,8 @@ def test_flags_of_another_engine_are_refused_and_their_defaults_do_not_count(
         assert err == f"error: {message}\n", err
     # Left out, each engine's flags take their defaults, and the other engines' do not count.
     assert _score(tree / "a-b", "--models-dir", tiny_models_dir, "--out", tmp_path / "local.csv", "--no-progress") == 0
-    real_client = httpx.Client
     handler, _ = _classify_handler()
-    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    _mock_service(monkeypatch, handler)
     assert _score(tree / "a-b", *url, "--out", tmp_path / "remote.csv", "--no-progress") == 0
 
 
@@ -918,9 +918,8 @@ def test_odd_file_names_round_trip_through_resume_and_the_service(image_folder, 
             assert _score(folder, "--out", out, "--resume", "--models-dir", tiny_models_dir, "--no-progress") == 0
             assert [r["path"] for r in rows_of(out)] == expected  # read back whole: nothing scored twice
 
-    real_client = httpx.Client
     handler, _ = _classify_handler()
-    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    _mock_service(monkeypatch, handler)
     remote = tmp_path / "remote.csv"
     assert _score(folder, "--url", "http://scorer.test", "--out", remote, "--no-progress") == 0
     rows = _csv_rows(remote)
@@ -1059,15 +1058,20 @@ def _classify_handler(fail_first: int = 0, max_images: int = 64, max_body: int |
     return handler, calls
 
 
+_REAL_CLIENT = httpx.Client  # taken at import, before any test stands in for it
+
+
+def _mock_service(monkeypatch: pytest.MonkeyPatch, handler: Callable[[httpx.Request], httpx.Response]) -> None:
+    """Serves every httpx.Client score opens from ``handler``, a stand-in of the service; a second call replaces
+    the first's."""
+    transport = httpx.MockTransport(handler)
+    monkeypatch.setattr(httpx, "Client", lambda **kw: _REAL_CLIENT(transport=transport, **kw))
+
+
 def test_url_mode_splits_and_falls_back_to_single_images(tree, tmp_path, monkeypatch, capsys):
-    real_client = httpx.Client
-
-    def serve(handler):
-        monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
-
     monkeypatch.setattr(RemoteBackend, "RETRY_DELAY", 0.001)
     handler, calls = _classify_handler(fail_first=1, max_images=5)
-    serve(handler)
+    _mock_service(monkeypatch, handler)
     out = tmp_path / "p.csv"
     assert _score(tree, "--url", "http://scorer.test", "--out", out, "--k", 9, "--batch-size", 20, "--no-progress") == 0
     rows = _csv_rows(out)
@@ -1089,7 +1093,7 @@ def test_url_mode_splits_and_falls_back_to_single_images(tree, tmp_path, monkeyp
     assert "unknown model 'nope'; the service at http://scorer.test has: fake" in capsys.readouterr().err
 
     handler, _ = _classify_handler(fail_first=10**6)
-    serve(handler)
+    _mock_service(monkeypatch, handler)
     assert _score(tree, "--url", "http://scorer.test", "--out", out, "--overwrite", "--no-progress") == 1
     assert "failed 6 times: HTTP 503: warming up" in capsys.readouterr().err
 
@@ -1097,9 +1101,8 @@ def test_url_mode_splits_and_falls_back_to_single_images(tree, tmp_path, monkeyp
 def test_a_service_that_stops_answering_says_what_the_output_holds(tree, tmp_path, monkeypatch, capfd):
     """Every such stop advised --resume: refused for standard output, and after an --overwrite that had not yet
     replaced the file, it would have kept the very rows being replaced."""
-    real_client = httpx.Client
     handler, _ = _classify_handler(fail_first=10**6)
-    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    _mock_service(monkeypatch, handler)
     monkeypatch.setattr(RemoteBackend, "RETRY_DELAY", 0.001)
     url = ["--url", "http://scorer.test", "--no-progress"]
     old = tmp_path / "old.csv"
@@ -1127,11 +1130,9 @@ def test_url_mode_sizes_its_requests_to_the_limits_the_service_lists(tmp_path, m
         Image.fromarray(_rgb(64, 64, i)).save(folder / f"{i}.png")
     size = max(p.stat().st_size for p in folder.iterdir())
     limit = FORM_OVERHEAD + 2 * (size + PART_OVERHEAD)  # two files a request, by the client's own reckoning
-    real_client = httpx.Client
     for says in (False, True):
         handler, calls = _classify_handler(max_images=3, max_body=limit, says_limits=says)
-        transport = httpx.MockTransport(handler)
-        monkeypatch.setattr(httpx, "Client", lambda transport=transport, **kw: real_client(transport=transport, **kw))
+        _mock_service(monkeypatch, handler)
         out = tmp_path / f"p{says}.csv"
         assert _score(folder, "--url", "http://scorer.test", "--out", out, "--batch-size", 8, "--no-progress") == 0
         rows = _csv_rows(out)
@@ -1151,11 +1152,9 @@ def test_url_mode_file_over_the_body_limit_is_a_row_about_the_file(tmp_path, mon
     Image.fromarray(_rgb(256, 256, 2)).save(folder / "big.png")
     big = (folder / "big.png").stat().st_size
     limit = big // 2
-    real_client = httpx.Client
     for says in (False, True):
         handler, calls = _classify_handler(max_images=3, max_body=limit, says_limits=says)
-        transport = httpx.MockTransport(handler)
-        monkeypatch.setattr(httpx, "Client", lambda transport=transport, **kw: real_client(transport=transport, **kw))
+        _mock_service(monkeypatch, handler)
         out = tmp_path / f"big{says}.csv"
         assert _score(folder, "--url", "http://scorer.test", "--out", out, "--no-progress") == 0
         rows = {r["path"]: r for r in _csv_rows(out)}
@@ -1195,9 +1194,8 @@ def test_url_mode_against_live_service(tree, tiny_models_dir, tmp_path):
 
 def test_url_mode_marks_with_min_confidence_locally(tree, tmp_path, monkeypatch):
     """The threshold is applied to the confidences the service returns (the stand-in's top-1 is 0.5)."""
-    real_client = httpx.Client
     handler, _ = _classify_handler()
-    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    _mock_service(monkeypatch, handler)
     for threshold, expected in (("0.5", "true"), ("0.6", "false")):
         out = tmp_path / f"{threshold}.csv"
         assert (
@@ -1243,7 +1241,6 @@ def test_fit_reaches_the_decoders_and_defaults_to_the_models(tree, tiny_models_d
 
 
 def test_fit_is_sent_to_the_service_and_a_bad_one_is_a_usage_error(tree, tmp_path, monkeypatch, capsys):
-    real_client = httpx.Client
     handler, _ = _classify_handler()
     sent = []
 
@@ -1252,7 +1249,7 @@ def test_fit_is_sent_to_the_service_and_a_bad_one_is_a_usage_error(tree, tmp_pat
             sent.append(b'name="fit"\r\n\r\npad\r\n' in request.read())
         return handler(request)
 
-    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(recording), **kw))
+    _mock_service(monkeypatch, recording)
     out = tmp_path / "p.csv"
     assert _score(tree, "--url", "http://scorer.test", "--out", out, "--fit", "pad", "--no-progress") == 0
     assert sent and all(sent)
@@ -1348,9 +1345,8 @@ def test_ctrl_c_while_the_command_imports(tmp_path, command, after):
 def test_a_write_that_fails_on_a_device_advises_no_resume(tree, monkeypatch, capfd):
     """--out /dev/full (JSON Lines: no header to fail first) or a pipe: the summary advised --resume, which
     refuses anything but a regular file."""
-    real_client = httpx.Client
     handler, _ = _classify_handler()
-    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    _mock_service(monkeypatch, handler)
     assert (
         _score(tree, "--url", "http://scorer.test", "--out", "/dev/full", "--format", "jsonl", "--no-progress")
         == OUTPUT_LOST
@@ -1370,9 +1366,8 @@ def test_resume_starts_a_header_only_file_again_whatever_its_k_or_threshold(tree
         out.write_text(header)
         assert resume_output(str(out), CsvFormat(2), list().append) == 0 and out.read_text() == ""
 
-    real_client = httpx.Client
     handler, _ = _classify_handler()
-    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    _mock_service(monkeypatch, handler)
     out.write_text("path,label_1,confidence_1,error\n")
     assert _score(tree, "--url", "http://scorer.test", "--out", out, "--k", 2, "--resume", "--no-progress") == 0
     rows = _csv_rows(out)
@@ -1511,7 +1506,6 @@ def test_a_folder_without_images_is_refused_before_any_engine_opens(engine, tmp_
 def test_url_mode_waits_for_a_service_still_loading_its_models(tree, tmp_path, monkeypatch, capsys):
     """A service answers GET /readyz 503 while its workers load (it used to leave the probe hanging); a scorer
     started beside it refused at once ("not ready") where it should wait, up to --timeout."""
-    real_client = httpx.Client
     classify, _ = _classify_handler()
     polls = {"left": 3}
 
@@ -1521,7 +1515,7 @@ def test_url_mode_waits_for_a_service_still_loading_its_models(tree, tmp_path, m
             return httpx.Response(503, text="not ready")
         return classify(request)
 
-    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(loading), **kw))
+    _mock_service(monkeypatch, loading)
     monkeypatch.setattr(RemoteBackend, "READY_POLL_S", 0.01)
     url = ["--url", "http://scorer.test", "--no-progress"]
     assert _score(tree / "a-b", *url, "--out", tmp_path / "a.csv") == 0

@@ -1,16 +1,21 @@
 """A recipe file, or a variant's config.yaml, holding YAML that parses but not as its writer meant (a tagged value
 that is no such value) is refused naming the line of the mistake: a 60-line recipe's refusal that named no line
-left its writer to hunt for it. A --set value is one line: it is named by its text, with no line number."""
+left its writer to hunt for it. A --set value is one line: it is named by its text, with no line number. YAML
+that does not parse (cut short, two documents) is said as what it is."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from inference.errors import UsageError
 from training.__main__ import main as training_main
 from training.checkpoint import CONFIG_FILE, LAST_FILE
-from training.config_recipes import build_config
+from training.config import ConfigError
+from training.config_recipes import build_config, load_recipe
 from training.config_yaml import save_config
+from training.ensemble_recipe import started_run
 from training.reports.ablate_folders import check_variant_folder
 
 # six lines before the mistake, which is on line 7
@@ -111,3 +116,36 @@ def test_a_damaged_ensemble_run_record_is_refused_in_one_line_naming_its_line(te
     (out / "ensemble.yaml").write_text(text)
     err = _refused(["resume", str(out)], capsys)
     assert f"{out / 'ensemble.yaml'} is damaged {said}" in err, err
+
+
+def test_a_record_holding_two_yaml_documents_is_said_whole(tmp_path):
+    """yaml says it as "expected a single document in the stream" then "but found another document": the second
+    half alone was the refusal's reason."""
+    (tmp_path / "ensemble.yaml").write_text("recipe: {name: r}\noverrides: []\n---\nrecipe: {name: r}\n")
+    with pytest.raises(ConfigError) as refused:
+        started_run(tmp_path)
+    assert "(not YAML: expected a single document in the stream, but found another document at line 3)" in str(
+        refused.value
+    ), refused.value
+
+
+def _recipe_refusal(tmp_path: Path, text: str) -> str:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(str(recipe))
+    return str(caught.value)
+
+
+def test_an_alias_cut_short_at_the_end_is_not_said_to_be_left_open(tmp_path):
+    """Not said as a bracket left open, nor as "the while scanning an alias"."""
+    said = _recipe_refusal(tmp_path, "model: resnet9\nseed: *")
+    assert "never closed" not in said and "the while" not in said, said
+    assert "is not a YAML file: expected alphabetic or numeric character" in said, said
+
+
+def test_a_trailing_comma_in_an_unclosed_bracket_names_no_line_past_the_recipe(tmp_path):
+    """The bracket was said to be "begun" at a line past the recipe's last."""
+    said = _recipe_refusal(tmp_path, "model: resnet9\nschedule: {milestones: [1,\n")
+    assert "begun at line 3" not in said and "flow node" not in said, said
+    assert said.endswith("expected the node content, but found '<stream end>': a [ or { is never closed"), said

@@ -1,19 +1,12 @@
-"""Review of 52c1415: a file exactly at the body limit GET /models lists is not uploaded (its request, with the
+"""A file exactly at the body limit GET /models lists is not uploaded (its request, with the
 form's own bytes, can only be over it); and a one-image request refused for another reason than its size (too many
 images) is not said to be a file too large for the service."""
 
 from __future__ import annotations
 
-import httpx
 from PIL import Image
 
-from test_score import _classify_handler, _csv_rows, _rgb, _score
-
-
-def _mock(monkeypatch, handler) -> None:
-    real_client = httpx.Client
-    transport = httpx.MockTransport(handler)
-    monkeypatch.setattr(httpx, "Client", lambda transport=transport, **kw: real_client(transport=transport, **kw))
+from test_score import _classify_handler, _csv_rows, _mock_service, _rgb, _score
 
 
 def test_a_file_exactly_at_the_listed_limit_is_not_uploaded(tmp_path, monkeypatch):
@@ -23,7 +16,7 @@ def test_a_file_exactly_at_the_listed_limit_is_not_uploaded(tmp_path, monkeypatc
     Image.fromarray(_rgb(128, 128, 2)).save(folder / "big.png")
     big = (folder / "big.png").stat().st_size
     handler, calls = _classify_handler(max_images=3, max_body=big, says_limits=True)
-    _mock(monkeypatch, handler)
+    _mock_service(monkeypatch, handler)
     out = tmp_path / "out.csv"
     assert _score(folder, "--url", "http://scorer.test", "--out", out, "--no-progress") == 0
     rows = {r["path"]: r for r in _csv_rows(out)}
@@ -39,7 +32,7 @@ def test_a_one_image_request_refused_as_too_many_images_is_not_said_too_large(tm
     folder.mkdir()
     Image.fromarray(_rgb(16, 16, 1)).save(folder / "a.png")
     handler, _ = _classify_handler(max_images=0)
-    _mock(monkeypatch, handler)
+    _mock_service(monkeypatch, handler)
     out = tmp_path / "out.csv"
     assert _score(folder, "--url", "http://scorer.test", "--out", out, "--no-progress") == 0
     error = _csv_rows(out)[0]["error"]
