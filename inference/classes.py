@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import unicodedata
 from collections.abc import Sequence
+
+# How near a folder's name must be to one class's (difflib's ratio) to be named as the class it likely meant: about
+# a letter in five off ("aeroplane" for "airplane", "automobil"), not "car" for "cat".
+CLOSE_NAME = 0.8
+PLURAL_ENDINGS = (("ies", "y"), ("es", ""), ("s", ""))  # dropped from a folder's name, and what it becomes
 
 
 def folded(name: str) -> str:
@@ -30,3 +36,27 @@ class ClassMatcher:
     def label(self, name: str) -> str | None:
         found = self.index(name)
         return None if found is None else self.classes[found]
+
+    def suggestion(self, name: str) -> str | None:
+        """The class a folder that names none most likely meant, for the line that lists it as left out: the one
+        class its ``folded`` name is once a plural ending is dropped (``Cats``, ``boxes``, ``cherries``), else the
+        one class it is a close match to (``aeroplane`` for ``airplane``). None where it names a class, or where
+        no class or more than one is that near. Said, never matched: a dataset may hold both ``cat`` and ``cats``,
+        and a guess would train or score its images on the wrong label."""
+        if self.index(name) is not None:
+            return None
+        key = folded(name)
+        singular = {
+            self._folded[stem]
+            for end, to in PLURAL_ENDINGS
+            if key.endswith(end) and (stem := key[: -len(end)] + to) in self._folded
+        }
+        if singular:
+            return self.classes[singular.pop()] if len(singular) == 1 else None
+        close = difflib.get_close_matches(key, list(self._folded), n=2, cutoff=CLOSE_NAME)
+        return self.classes[self._folded[close[0]]] if len(close) == 1 else None
+
+    def meant(self, name: str) -> str:
+        """`` (did you mean cat?)`` to follow a left-out folder's name in a list of them, or "" (``suggestion``)."""
+        meant = self.suggestion(name)
+        return "" if meant is None else f" (did you mean {meant}?)"

@@ -22,6 +22,7 @@ import numpy as np
 if TYPE_CHECKING:
     from .settings import ServiceSettings
 
+from inference.classes import ClassMatcher
 from inference.devices import DEVICE_KINDS, DEVICES, Device, device_choice
 from inference.errors import UsageError
 from inference.interrupts import say_stopped, terminations_as_interrupts
@@ -139,7 +140,8 @@ def diagnose(
     say: Callable[[str], None] = lambda text: None,
     only: Sequence[str] | None = None,
 ) -> Report:
-    """``settings``: how the service would run the models (arena, run size); its defaults when None. ``say``
+    """``settings``: how the service would run the models (arena, run size), their contradictions warned of as
+    `serve` warns of them; its defaults when None. ``say``
     is told each step as it starts. ``only``: the names of the models to check (None: all of them)."""
     # Read first: a manifest the service would refuse is a usage error, said alone and without the host's wait.
     manifest = load_manifest(models_dir, verify=False)
@@ -147,7 +149,7 @@ def diagnose(
     say("checking the host: ONNX Runtime, GPUs, CUDA libraries")
     import onnxruntime as ort
 
-    from .settings import ServiceSettings
+    from .settings import ServiceSettings, cpu_count
 
     settings = ServiceSettings() if settings is None else settings
     from inference.runtime import CUDA, choose_default, preload_cuda, wants_cuda
@@ -160,6 +162,9 @@ def diagnose(
     gpus = gpu_report() if gpus is None else gpus
     cuda_wanted = wants_cuda(device)
     check_host(report, device, gpus, CUDA in ort.get_available_providers(), cuda_wanted, preload_cuda)
+    # The settings `serve` warns of at its start (each works against another), in its words: it runs all the same.
+    for found in settings.contradictions(cuda_wanted, cpu_count()):
+        report.add("warn", "settings", found)
 
     # Each file checked on its own: a missing or altered one is its model's failed check in the report (exit 1),
     # not a usage error, and every other model is still checked.
@@ -224,6 +229,7 @@ def diagnose(
                         f"({first}{'; ...' if len(unreadable) > 3 else ''})",
                     )
                 if left_out and first_of_its_classes:
+                    matcher = ClassMatcher(entry.classes)
                     alike = sum(m.classes == entry.classes for m in manifest.models) - 1
                     also = f" or the {counted(alike, 'other model')} with its classes" if alike else ""
                     report.add(
@@ -231,7 +237,8 @@ def diagnose(
                         "folder",
                         f"{'sub-folder' if len(left_out) == 1 else 'sub-folders'} named after no class of "
                         f"{entry.name}{also}, not read: "
-                        f"{', '.join(map(repr, left_out))} (its classes: {', '.join(entry.classes)})",
+                        f"{', '.join(repr(name) + matcher.meant(name) for name in left_out)} "
+                        f"(its classes: {', '.join(entry.classes)})",
                     )
             labelled = readings[key]
         say(f"checking {entry.name} {position}")

@@ -59,7 +59,8 @@ def read_folder(
     """Up to ``max_images`` images of ``folder/CLASS/...`` whose CLASS names one of the model's classes
     (``matched``, else ``class_folders``), spread over the classes (sorted paths, taken in turn), as the model's
     input (its size, its fit) and class indices; hidden files and folders are no images, as for training's folder
-    reader; and the files that could not be read, with why. ``ManifestError`` if none is readable."""
+    reader; and the files that could not be read, with why. ``ManifestError`` if none is readable, naming the
+    folders a level or two down that hold class folders where there is no class folder in ``folder`` itself."""
     found: dict[int, list[Path]] = {}
     for label, d in class_folders(folder, entry)[0] if matched is None else matched:
         found.setdefault(label, []).extend(
@@ -68,7 +69,31 @@ def read_folder(
             if is_tree_image(p.name) and not any(is_hidden(part) for part in p.relative_to(d).parts)
         )
     if not found:
-        raise ManifestError(f"--folder {folder} has no sub-folder named after a class ({', '.join(entry.classes)})")
+        # A tree one or two levels too deep (an unpacked archive's photos/cifar10/train/cat/... given as photos):
+        # the folders that hold the class folders are named, to be given instead.
+        holding: list[Path] = []
+        level = [folder]
+        for _ in range(2):
+            deeper: list[Path] = []
+            for parent in level:
+                for d in sorted(parent.iterdir()):
+                    if d.is_dir() and not is_hidden(d.name):
+                        try:
+                            (holding if class_folders(d, entry)[0] else deeper).append(d)
+                        except OSError:  # a folder this user may not list holds no folder to give
+                            continue
+            level = deeper
+        shown = ", ".join(map(str, holding[:3])) + (f" and {len(holding) - 3} more" if len(holding) > 3 else "")
+        where = (
+            f"; the class folders are in {shown}: give --folder {holding[0]}"
+            if len(holding) == 1
+            else f"; class folders are in {shown}: give --folder one of them"
+            if holding
+            else ""
+        )
+        raise ManifestError(
+            f"--folder {folder} has no sub-folder named after a class ({', '.join(entry.classes)}){where}"
+        )
     per_class = {entry.classes[label]: (label, sorted(paths)) for label, paths in sorted(found.items())}
     chosen: list[tuple[Path, int]] = []
     depth = 0

@@ -55,6 +55,11 @@ class FolderAccuracy:
         if any(p.label == truth for p in row.top_k):
             self.topk[truth] += 1
 
+    def _meant(self, folder: str) -> str:
+        """The class a folder that names none likely meant, said beside its count (never scored as it)."""
+        meant = self.matcher.suggestion(folder) if self.matcher is not None else None
+        return "" if meant is None else f"; did you mean {meant}?"
+
     def report(self, max_confusions: int = 10) -> str:
         lines = []
         n = sum(self.images.values())
@@ -83,7 +88,7 @@ class FolderAccuracy:
         else:
             lines.append("accuracy against folder names: no scored image is in a folder named after a class")
         if self.unknown:
-            names = ", ".join(f"{name!r} ({count})" for name, count in sorted(self.unknown.items()))
+            names = ", ".join(f"{name!r} ({count}{self._meant(name)})" for name, count in sorted(self.unknown.items()))
             left_out = sum(self.unknown.values())
             lines.append(
                 f"folder names that are not classes of model {self.model!r} (their {counted(left_out, 'image')} "

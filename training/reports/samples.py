@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.classes import folded
+from inference.classes import ClassMatcher, folded
 from inference.errors import UsageError
 from inference.fits import DEFAULT_FIT
 from inference.messages import and_listed, counted
@@ -161,7 +161,8 @@ def match_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> tup
         return data, message
     if unknown:
         raise UsageError(
-            f"{spec.dataset} {spec.root} holds classes {source.path} does not predict: {', '.join(unknown[:5])}"
+            f"{spec.dataset} {spec.root} holds classes {source.path} does not predict: "
+            f"{', '.join(name + ClassMatcher(model).meant(name) for name in unknown[:5])}"
             f"{', ...' if len(unknown) > 5 else ''} (its classes: {names_text(model)}); a folder's class folders "
             "are matched to the model's classes by name"
         )

@@ -1,0 +1,105 @@
+"""``python -m service doctor``: the folder to give where --folder holds the class folders a level or two down,
+and the settings `serve` warns of, said in the report too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from conftest import ROOT
+
+
+def _default_entry():
+    from inference.manifest import load_manifest
+
+    manifest = load_manifest(ROOT / "models", verify=False)
+    return manifest.get(manifest.default_for("cpu").name)
+
+
+def _class_tree(root: Path, classes: list[str]) -> None:
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (90, 120, 30)).save(root / name / "0.png")
+
+
+def test_doctor_names_the_folder_two_levels_down_that_holds_the_class_folders(tmp_path, monkeypatch, capsys):
+    """An unpacked archive (photos/cifar10/train/cat/...) given as --folder photos was refused as having no
+    sub-folder named after a class, without a word of the folder that has them."""
+    from service import doctor
+    from service.__main__ import get_args_parser
+
+    entry = _default_entry()
+    photos = tmp_path / "photos"
+    _class_tree(photos / "cifar10" / "train", entry.classes[:2])
+    (photos / ".cache" / entry.classes[0]).mkdir(parents=True)  # hidden: not a folder to give
+    monkeypatch.chdir(tmp_path)
+    args = get_args_parser().parse_args(
+        ["doctor", "--no-speed", "--device", "cpu", "--models-dir", str(ROOT / "models"), "--folder", "photos"]
+        + ["--model", entry.name]
+    )
+    assert doctor.main(args) == 2
+    inner = Path("photos", "cifar10", "train")
+    said = capsys.readouterr().err.splitlines()[-1]  # after the steps said on the way
+    assert said == (
+        f"error: --folder photos has no sub-folder named after a class ({', '.join(entry.classes)}); the class "
+        f"folders are in {inner}: give --folder {inner}"
+    )
+
+
+def test_doctor_names_each_folder_one_level_down_that_holds_class_folders(tmp_path):
+    from inference.manifest import ManifestError
+    from service.doctor_folder import read_folder
+
+    entry = _default_entry()
+    _class_tree(tmp_path / "data" / "train", entry.classes[:1])
+    _class_tree(tmp_path / "data" / "test", entry.classes[1:2])
+    (tmp_path / "data" / "notes").mkdir()
+    try:
+        read_folder(tmp_path / "data", entry, 10)
+    except ManifestError as exc:
+        said = str(exc)
+    else:
+        raise AssertionError("a folder without class folders was read")
+    data = tmp_path / "data"
+    assert said.endswith(f"; class folders are in {data / 'test'}, {data / 'train'}: give --folder one of them"), said
+
+
+def test_a_folder_with_no_class_folders_anywhere_is_refused_as_before(tmp_path):
+    from inference.manifest import ManifestError
+    from service.doctor_folder import read_folder
+
+    entry = _default_entry()
+    _class_tree(tmp_path / "a" / "b" / "c" / "d", entry.classes[:1])  # the class folders three levels down
+    try:
+        read_folder(tmp_path / "a", entry, 10)
+    except ManifestError as exc:
+        said = str(exc)
+    else:
+        raise AssertionError("a folder without class folders was read")
+    assert said == f"--folder {tmp_path / 'a'} has no sub-folder named after a class ({', '.join(entry.classes)})"
+
+
+def test_doctor_warns_of_a_batching_latency_longer_than_the_request_timeout_as_serve_does(monkeypatch, capsys):
+    """serve warns of CIFAR_MAX_LATENCY_MS beyond CIFAR_TIMEOUT_S (a request times out before it is shed); the
+    doctor, asked whether the service will work, said nothing of it."""
+    from service import doctor
+    from service.__main__ import get_args_parser
+    from service.settings import SETTINGS, ServiceSettings
+
+    entry = _default_entry()
+    monkeypatch.setenv(SETTINGS["max_latency_ms"].env, "20000")
+    monkeypatch.setenv(SETTINGS["timeout_s"].env, "5")
+    monkeypatch.delenv(SETTINGS["workers"].env, raising=False)
+    args = get_args_parser().parse_args(
+        ["doctor", "--no-speed", "--device", "cpu", "--models-dir", str(ROOT / "models"), "--model", entry.name]
+    )
+    status = doctor.main(args)
+    out = capsys.readouterr().out
+    (warning,) = ServiceSettings(max_latency_ms=20000, timeout_s=5).contradictions(on_gpu=False, cores=1)
+    lines = [line for line in out.splitlines() if line.startswith("WARN settings")]
+    assert len(lines) == 1, out
+    assert lines[0].endswith(f"  {warning}"), out
+    # a warning, as for serve, which runs all the same: the verdict and exit status are the model checks' alone
+    assert status == 0, out
+    assert "will work on this host (1 warning above)" in out, out
