@@ -257,11 +257,11 @@ def publish(out: Path, card: ModelCard, parity: Parity, logits: np.ndarray, labe
         "val_top5": parity.onnx_top5 if len(card.classes) > 5 else None,  # else every label is among the top 5
         "val_samples": parity.samples,
         "parity": parity.as_dict(),
-        "calibration": _calibration_report(logits, labels, card.calibration.temperature),
+        "calibration": graph_calibration_report(logits, labels, card.calibration.temperature),
     }
     write_card(out, card)
 
 
-def _calibration_report(graph_logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
+def graph_calibration_report(graph_logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
     """Before/after/refit from the logits the graph outputs, which are already divided by ``temperature``."""
     return calibration_report(undo_temperature(graph_logits, temperature), labels, temperature, refit=True)

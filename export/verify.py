@@ -28,7 +28,7 @@ from training.dataset_cache import DEFAULT_CACHE_DIR
 from training.inference import with_tta
 
 from .parity import Parity, judge, onnx_logits, parity_against, torch_logits
-from .pipeline import _calibration_report
+from .pipeline import graph_calibration_report
 from .reference import ReferenceCache
 from .sources import DataSource, from_project, source_at, validation_split
 
@@ -146,16 +146,10 @@ def verify_model(
         parity, logits = parity_against(
             reference, speed, classifier, val.images, val.labels, split_images=source["val_size"]
         )
-        return _against_card(parity, entry), _calibration_report(logits, val.labels, temperature)
+        return _against_card(parity, entry), graph_calibration_report(logits, val.labels, temperature)
     # Without the checkpoint (a fresh clone), compare with the reference's accuracy recorded at export time: a
     # graph derived from another (rederive) was measured against that graph, not against PyTorch.
     against = "FP32 graph" if entry.source.get("derived_from") else "PyTorch"
-    log.warning(
-        "comparing %s with the %s accuracy recorded at export: no usable checkpoint at %s",
-        entry.name,
-        against,
-        checkpoint,
-    )
     torch_top1 = (entry.metrics.get("parity") or {}).get("torch_top1")
     recorded_on = entry.metrics.get("val_samples")
     # refused before the ONNX pass, which takes minutes for a multi-crop FP16 graph on a CPU
@@ -169,6 +163,13 @@ def verify_model(
             f"{entry.name}: no checkpoint and no recorded {against} accuracy on the same "
             f"{counted(len(val), 'image')}{same}"
         )
+    # said once the comparison is sure to run: before a refusal it would tell of a comparison that never starts
+    log.warning(
+        "comparing %s with the %s accuracy recorded at export: no usable checkpoint at %s",
+        entry.name,
+        against,
+        checkpoint,
+    )
     logits, speed = onnx_logits(classifier, val.images)
     parity = judge(
         entry.precision,
@@ -181,7 +182,7 @@ def verify_model(
         against,
         split_images=source["val_size"],
     )
-    return _against_card(parity, entry), _calibration_report(logits, val.labels, temperature)
+    return _against_card(parity, entry), graph_calibration_report(logits, val.labels, temperature)
 
 
 # How far the card's top-1 may be from a new measurement on the same images: the same file gives the same

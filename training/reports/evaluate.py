@@ -32,7 +32,14 @@ from .gradcam_figure import GRADCAM_PER_GROUP, render_gradcam
 from .metrics import compute_metrics, softmax
 from .predictions import HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, save_predictions
 from .report_calibration import calibration_section, its_own_split, temperature_for
-from .report_folder import check_not_anothers, check_report_out, check_writable, default_out_dir, report_folder
+from .report_folder import (
+    check_not_anothers,
+    check_report_out,
+    check_writable,
+    default_out_dir,
+    earlier_report,
+    report_folder,
+)
 from .report_text import confidence_note, figure_subtitle, model_label, write_report_md
 from .samples import (
     DataSpec,
@@ -103,6 +110,10 @@ def evaluate(
     notes += _split_lacks_classes(source.classes, held, data.labels, split)
     if not out:  # two ONNX files of one name go to one default folder, reports/<name>-<split>
         check_not_anothers(out_dir, checkpoint or onnx or "", f"the default report folder {out_dir}")
+    elif (earlier := earlier_report(out_dir)) is not None:
+        # rewritten (where train, export and score --out refuse), so said: after every refusal, and before the
+        # evaluation pass, during which a stop still leaves the earlier report whole
+        log.warning("replacing the earlier report in %s (%s)", out_dir, earlier)
     with report_folder(out_dir):
         return _write_report(
             source, spec, data, notes, out_dir, tta, batch_size, gradcam_per_group, max_classes, sample_figures

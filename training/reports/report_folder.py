@@ -90,12 +90,38 @@ def check_not_anothers(out: Path, model: str | Path, named: str) -> None:
         )
 
 
+def earlier_report(out: Path) -> str | None:
+    """What the report already in ``out`` is of, for the warning that it is replaced: its model and when it was
+    made, as its metrics record them, else the report's files it holds (one stopped before its metrics); None
+    where ``out`` holds none of them (a new or empty folder)."""
+    held = [name for name in ("report.md", METRICS_FILE, PREDICTIONS_FILE) if (out / name).is_file()]
+    if not held:
+        return None
+    metrics = _metrics(out)
+    model = _model_in(metrics)
+    if model is None:
+        return f"its {', '.join(held)}"
+    created = metrics.get("created")
+    return f"of {model}" + (f", made {created}" if isinstance(created, str) else "")
+
+
 def _reported_model(out: Path) -> str | None:
     """The model path a report folder's metrics name, or None (no report there, or one that cannot be read)."""
+    return _model_in(_metrics(out))
+
+
+def _metrics(out: Path) -> dict:
+    """The report folder's metrics.json; empty where there is none, or one that cannot be read."""
     try:
-        path = json.loads((out / METRICS_FILE).read_text())["source"]["path"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        metrics = json.loads((out / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def _model_in(metrics: dict) -> str | None:
+    source = metrics.get("source")
+    path = source.get("path") if isinstance(source, dict) else None
     return path if isinstance(path, str) else None
 
 
