@@ -56,7 +56,7 @@ from .engine import train
 from .ensemble import check_compatible, join_checkpoints
 from .inference import TTA_CHOICES
 from .models.ensemble import ENSEMBLE_ARCH
-from .preflight import buildable_config, check_run_lengths
+from .preflight import buildable_config, check_run_lengths, warned_once
 from .resume import resume as resume_run
 from .run_data import recorded_data
 
@@ -146,13 +146,15 @@ def member_configs(recipe: EnsembleRecipe, overrides: list[str] | None = None) -
     network is built and given one image first, so a setting no member can take is refused before any trains;
     so are members the join would refuse, trained on other data, splits or input sizes."""
     configs = []
-    for i, member in enumerate(recipe.members):
-        what = f"ensemble member {i + 1} ({member.recipe})"
-        try:  # a member's `set` is its command line: a key given twice there is a mistake, as in --set
-            check_distinct(list(member.set))
-        except ConfigError as exc:
-            raise ConfigError(f"{what}, its `set`: {exc}") from None
-        configs.append(buildable_config(recipe.member_recipe(i), [*member.set, *(overrides or [])], what))
+    with warned_once("ensemble member") as warned:  # a warning every member gets is said once, not once each
+        for i, member in enumerate(recipe.members):
+            what = f"ensemble member {i + 1} ({member.recipe})"
+            try:  # a member's `set` is its command line: a key given twice there is a mistake, as in --set
+                check_distinct(list(member.set))
+            except ConfigError as exc:
+                raise ConfigError(f"{what}, its `set`: {exc}") from None
+            with warned.of(what):
+                configs.append(buildable_config(recipe.member_recipe(i), [*member.set, *(overrides or [])], what))
     _check_distinct(recipe, configs)
     _check_joinable(recipe, configs)
     return configs
@@ -293,7 +295,8 @@ def _check_run_lengths(recipe: EnsembleRecipe, configs: list[Config], starting: 
     """The refusals of members ``starting`` that need their training images (``preflight.check_run_lengths``), made
     before the first member trains rather than after the ones before it. A member under way has passed them."""
     names = [f"ensemble member {i + 1} ({recipe.members[i].recipe})" for i in starting]
-    check_run_lengths([configs[i] for i in starting], names)
+    with warned_once("ensemble member") as warned:
+        check_run_lengths([configs[i] for i in starting], names, warned)
 
 
 def _under_way(recipe: EnsembleRecipe, out: Path, index: int, resume: bool) -> bool:

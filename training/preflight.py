@@ -5,11 +5,14 @@ trains), and a run folder inside the images it trains on."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 
 from inference.errors import UsageError
+from inference.messages import and_listed
 
 from .config import Config, ConfigError
 from .config_recipes import build_config
@@ -22,6 +25,70 @@ from .run_data import check_trainable, read_data, read_key, split_data
 from .run_length import SettingsRefused, check_run_length, named, refuse
 
 log = logging.getLogger("training")
+# where building and checking a configuration warn (config_recipes; this module and run_data; the split in data):
+# not the loggers of the data readers, whose warnings come once per dataset read, not once per run
+CONFIG_WARNERS = ("training.config", "training", "training.data")
+
+
+class _Held(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        self.records.append(record)
+        return False
+
+
+class WarnedOnce:
+    """The warnings of several runs' configurations built or checked together (an ablation's variants, an ensemble
+    recipe's members), held back and each distinct one said once: as one run says it where every run gets it, else
+    naming the runs that do ("variants 'lr=0.1' and 'lr=0.2': ..."). Said per run, ten identical lines buried the
+    one that differed. ``kind``: the word each run's name starts with ("variant" in "variant 'lr=0.1'")."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.runs: list[str] = []
+        self.said: dict[tuple[str, int, str], list[str]] = {}
+
+    @contextmanager
+    def of(self, name: str) -> Iterator[None]:
+        """Hold the warnings said while run ``name`` (as a refusal names it) is built or checked."""
+        self.runs.append(name)
+        held, loggers = _Held(), [logging.getLogger(logger) for logger in CONFIG_WARNERS]
+        for logger in loggers:
+            logger.addFilter(held)
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeFilter(held)
+            for record in held.records:
+                text = record.getMessage().removeprefix(f"{name}: ")  # build_config's naming, said here instead
+                whose = self.said.setdefault((record.name, record.levelno, text), [])
+                whose += [name] if name not in whose else []
+
+    def say(self) -> None:
+        for (logger, level, text), whose in self.said.items():
+            if len(whose) == len(self.runs) > 1:
+                logging.getLogger(logger).log(level, "%s", text)
+                continue
+            kind = self.kind if len(whose) == 1 else f"{self.kind}s"
+            labels = [name.removeprefix(f"{self.kind} ") for name in whose]
+            logging.getLogger(logger).log(level, "%s %s: %s", kind, and_listed(labels), text)
+        self.said.clear()
+
+
+@contextmanager
+def warned_once(kind: str) -> Iterator[WarnedOnce]:
+    """A ``WarnedOnce`` whose warnings are said as the block ends, a refusal's too (before it is told)."""
+    once = WarnedOnce(kind)
+    try:
+        yield once
+    finally:
+        once.say()
 
 
 def buildable_config(recipe: str, overrides: list[str], what: str) -> Config:
@@ -36,34 +103,40 @@ def buildable_config(recipe: str, overrides: list[str], what: str) -> Config:
     return config
 
 
-def check_run_lengths(configs: list[Config], names: list[str]) -> None:
+def check_run_lengths(configs: list[Config], names: list[str], warned: WarnedOnce | None = None) -> None:
     """The refusals of each run that need its training images (data no classifier can learn from, a batch larger
     than the split, a lookahead period longer than the run; ``run_length``), made before the first of several
     runs trains rather than after the ones before it, every run's problems in one refusal. Each distinct data
     setting is read once; a folder dataset's cache then serves the run's own read. One process: ensembles and
-    ablations refuse torchrun."""
+    ablations refuse torchrun. ``warned``: where each run's warnings are held, to be said once for all."""
     read: dict[tuple, ImageArrays | UsageError] = {}
     problems: list[UsageError] = []
     for config, name in zip(configs, names):
-        key = read_key(config)
-        try:
-            if key not in read:
-                try:
-                    read[key] = read_data(config)
-                except DatasetError as exc:  # the same for every run on these data: said once
-                    read[key] = exc
-                    raise
-            full = read[key]
-            if isinstance(full, UsageError):
-                continue
-            train_data, val_data = split_data(config, full, world_size=1)
-            check_trainable(train_data, val_data, config.data.root)
-            check_run_length(config, len(train_data))
-        except SettingsRefused as exc:
-            problems += [named(name, problem) for problem in exc.problems]
-        except (ConfigError, DatasetError) as exc:
-            problems.append(named(name, exc))
+        with warned.of(name) if warned is not None else nullcontext():
+            problems += _run_length_problems(config, name, read)
     refuse(problems)
+
+
+def _run_length_problems(config: Config, name: str, read: dict[tuple, ImageArrays | UsageError]) -> list[UsageError]:
+    key = read_key(config)
+    try:
+        if key not in read:
+            try:
+                read[key] = read_data(config)
+            except DatasetError as exc:  # the same for every run on these data: said once
+                read[key] = exc
+                raise
+        full = read[key]
+        if isinstance(full, UsageError):
+            return []
+        train_data, val_data = split_data(config, full, world_size=1)
+        check_trainable(train_data, val_data, config.data.root)
+        check_run_length(config, len(train_data))
+    except SettingsRefused as exc:
+        return [named(name, problem) for problem in exc.problems]
+    except (ConfigError, DatasetError) as exc:
+        return [named(name, exc)]
+    return []
 
 
 def check_network_takes_its_input(config: Config) -> None:

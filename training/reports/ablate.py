@@ -28,7 +28,7 @@ from ..config import Config, ConfigError
 from ..config_overrides import check_distinct
 from ..engine import train
 from ..inference import check_tta
-from ..preflight import buildable_config, check_out_of_the_data
+from ..preflight import buildable_config, check_out_of_the_data, warned_once
 from ..resume import resume
 from .ablate_folders import ABLATION_FILE, _standing, check_same_ablation, check_variant_folder, check_variants
 from .ablate_rows import _class_deltas, _paired, _row, common_sample_count, largest_class_changes
@@ -117,7 +117,11 @@ def ablate(
                 raise ConfigError(f"{exc} (--vary's values come after every --set: drop that --set)") from None
     check_tta(tta)
     # Build every config, and its network, before training anything: a typo fails at once, not after hours.
-    configs = [buildable_config(recipe, sets + combo, f"variant {label!r}") for label, combo in zip(labels, combos)]
+    configs = []
+    with warned_once("variant") as warned:  # a warning every variant gets is said once, not once each
+        for label, combo in zip(labels, combos):
+            with warned.of(f"variant {label!r}"):
+                configs.append(buildable_config(recipe, sets + combo, f"variant {label!r}"))
     names = [variant_dir_name([label] if steps else combo) for label, combo in zip(labels, combos)]
     check_distinct_variants(configs, labels, names, bool(steps))
     out_dir = Path(out) if out else Path("runs") / f"ablate-{configs[0].recipe}"

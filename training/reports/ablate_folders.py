@@ -16,7 +16,7 @@ from inference.errors import UsageError
 from ..checkpoint import BEST_FILE, CONFIG_FILE, LAST_FILE, SUMMARY_FILE
 from ..config import Config
 from ..config_yaml import read_yaml, yaml_problem
-from ..preflight import check_run_lengths
+from ..preflight import check_run_lengths, warned_once
 
 ABLATION_FILE = "ablation.json"
 
@@ -69,7 +69,8 @@ def check_variants(folders: list[Path], configs: list[Config], labels: list[str]
     for folder, config in zip(folders, configs):
         check_variant_folder(folder, config)
     new = [i for i, folder in enumerate(folders) if _standing(folder) == "none"]
-    check_run_lengths([configs[i] for i in new], [f"variant {labels[i]!r}" for i in new])
+    with warned_once("variant") as warned:
+        check_run_lengths([configs[i] for i in new], [f"variant {labels[i]!r}" for i in new], warned)
 
 
 def check_same_ablation(out_dir: Path, what: dict[str, Any]) -> None:

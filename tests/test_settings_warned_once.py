@@ -1,0 +1,84 @@
+"""A command that builds several configurations (an ablation's variants, an ensemble recipe's members) says each
+distinct settings warning once: said once per variant, three to ten identical lines buried the one that differed."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import tiny_overrides
+from training.__main__ import main as training_main
+
+TINY = ["model.name=resnet9", "model.args={width: 8}", "warmup_epochs=0"]
+MIX = "augment.mix_prob 0.5 is unused: augment.mixup_alpha and cutmix_alpha are 0 (no images are mixed)"
+PAD = "augment.pad_mode reflect is unused: augment.crop_padding is 0 (nothing is padded)"
+
+
+def _said(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+def _folder(root: Path, classes: list[str], per_class: int = 10) -> Path:
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (8, 8), (25 * c, 10 * i, 100)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_an_ablations_shared_warning_is_said_once_and_one_some_variants_get_names_them(tmp_path, caplog):
+    argv = ["ablate", "--recipe", "resnet9_half_cpu", "--vary", "lr=0.1,0.2", "--vary", "optim.name=sgd,adamw"]
+    argv += ["--set", *TINY, "mix_prob=0.5", "pad_mode=reflect", "crop_padding=0", "momentum=0.8"]
+    argv += ["data.root=" + str(tmp_path / "no-images"), "--out", str(tmp_path / "ablation")]
+    with caplog.at_level(logging.WARNING):
+        assert training_main(argv) == 2  # refused for its data, after the checks
+    assert _said(caplog, MIX) == [MIX]
+    assert _said(caplog, PAD) == [PAD]
+    assert _said(caplog, "optim.momentum 0.8 is unused") == [
+        "variants 'lr=0.1 optim.name=adamw' and 'lr=0.2 optim.name=adamw': optim.momentum 0.8 is unused: the adamw "
+        "optimizer does not read it (only sgd and muon do); leave it out, or choose one of those"
+    ]
+    assert all(r.name == "training.config" for r in caplog.records if "is unused" in r.getMessage())
+
+
+def _ensemble(tmp_path: Path, members: list[list[str]]) -> str:
+    path = tmp_path / "trio.yaml"
+    sets = [{"recipe": "resnet9_half_cpu", "set": [*TINY, *given]} for given in members]
+    path.write_text(yaml.safe_dump({"ensemble": {"members": sets}}))
+    return str(path)
+
+
+def test_an_ensemble_recipes_shared_warning_is_said_once_and_one_member_says_its_own(tmp_path, caplog):
+    recipe = _ensemble(tmp_path, [["seed=1"], ["seed=2", "prune_until=0.5"], ["seed=3"]])
+    argv = ["train", "--recipe", recipe, "--set", "mix_prob=0.5", f"data.root={tmp_path / 'no-images'}"]
+    with caplog.at_level(logging.WARNING):
+        assert training_main([*argv, "--out", str(tmp_path / "run")]) == 2
+    assert _said(caplog, MIX) == [MIX]
+    # one member's, named as before
+    assert _said(caplog, "prune_until") == [
+        "ensemble member 2 (resnet9_half_cpu): train.prune_until 0.5 is unused: train.prune_ratio is 0 (no pruning)"
+    ]
+
+
+def test_a_data_warning_every_member_meets_before_training_is_said_once(tmp_path, caplog, capsys, monkeypatch):
+    """The checks that read the images (preflight.check_run_lengths) warn per member as well: data.val_size 0 was
+    said once for each, before the refusal of a batch larger than the images."""
+    import training.ensemble_recipe as runner
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a member trained")
+
+    monkeypatch.setattr(runner, "train", no_training)
+    pets = _folder(tmp_path / "pets", ["cat", "dog", "fox"])
+    data = tiny_overrides(pets, tmp_path / "cache", **{"data.val_size": 0, "batch_size": 512})
+    recipe = _ensemble(tmp_path, [["seed=1"], ["seed=2"], ["seed=3"]])
+    with caplog.at_level(logging.WARNING):
+        assert training_main(["train", "--recipe", recipe, "--set", *data, "--out", str(tmp_path / "run")]) == 2
+    assert "batch_size 512 exceeds the 30 training images" in capsys.readouterr().err
+    said = _said(caplog, "data.val_size 0: no validation split")
+    assert len(said) == 1 and said[0].startswith("data.val_size 0"), said
