@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import tiny_overrides
+from test_preflight_all import _folder
 from training.__main__ import main as training_main
 
 TINY = ["model.name=resnet9", "model.args={width: 8}", "warmup_epochs=0"]
@@ -19,16 +20,6 @@ PAD = "augment.pad_mode reflect is unused: augment.crop_padding is 0 (nothing is
 
 def _said(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if text in r.getMessage()]
-
-
-def _folder(root: Path, classes: list[str], per_class: int = 10) -> Path:
-    from PIL import Image
-
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            Image.new("RGB", (8, 8), (25 * c, 10 * i, 100)).save(root / name / f"{i}.png")
-    return root
 
 
 def test_an_ablations_shared_warning_is_said_once_and_one_some_variants_get_names_them(tmp_path, caplog):
