@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import difflib
 import unicodedata
+from collections import Counter
 from collections.abc import Sequence
+
+import numpy as np
 
 # How near a folder's name must be to one class's (difflib's ratio) to be named as the class it likely meant: about
 # a letter in five off ("aeroplane" for "airplane", "automobil"), not "car" for "cat".
 CLOSE_NAME = 0.8
+# Shorter names are not guessed at: within 0.8, "at" would be "cat"'s, and "as" the plural of a class "a".
+SHORTEST_GUESSED = 4
 PLURAL_ENDINGS = (("ies", "y"), ("es", ""), ("s", ""))  # dropped from a folder's name, and what it becomes
 
 
@@ -28,6 +33,8 @@ class ClassMatcher:
         self._folded: dict[str, int] = {}
         for i, c in enumerate(self.classes):
             self._folded.setdefault(folded(c), i)
+        self._letters: dict[str, np.ndarray] | None = None  # made by the first suggestion (_near)
+        self._lengths = np.zeros(0, np.int64)
 
     def index(self, name: str) -> int | None:
         found = self._exact.get(name)
@@ -43,9 +50,9 @@ class ClassMatcher:
         one class it is a close match to (``aeroplane`` for ``airplane``). None where it names a class, or where
         no class or more than one is that near. Said, never matched: a dataset may hold both ``cat`` and ``cats``,
         and a guess would train or score its images on the wrong label."""
-        if self.index(name) is not None:
-            return None
         key = folded(name)
+        if self.index(name) is not None or len(key) < SHORTEST_GUESSED:
+            return None
         singular = {
             self._folded[stem]
             for end, to in PLURAL_ENDINGS
@@ -53,8 +60,28 @@ class ClassMatcher:
         }
         if singular:
             return self.classes[singular.pop()] if len(singular) == 1 else None
-        close = difflib.get_close_matches(key, list(self._folded), n=2, cutoff=CLOSE_NAME)
+        close = difflib.get_close_matches(key, self._near(key), n=2, cutoff=CLOSE_NAME)
         return self.classes[self._folded[close[0]]] if len(close) == 1 else None
+
+    def _near(self, key: str) -> list[str]:
+        """The folded class names that may be within ``CLOSE_NAME`` of ``key``: those whose letters it shares
+        (counted, in any order) are enough, the bound difflib's quick_ratio tests, here for all classes at once.
+        difflib alone compares each name with every class in Python: a thousand left-out folders of a thousand
+        classes took seconds; what it is then given finds the same matches."""
+        names = list(self._folded)
+        if self._letters is None:
+            self._letters = {}
+            for i, name in enumerate(names):
+                for letter, count in Counter(name).items():
+                    self._letters.setdefault(letter, np.zeros(len(names), np.int32))[i] = count
+            self._lengths = np.array([len(name) for name in names], np.int64)
+        shared = np.zeros(len(names), np.int64)
+        for letter, count in Counter(key).items():
+            if letter in self._letters:
+                shared += np.minimum(self._letters[letter], count)
+        # 2 * matches / total >= CLOSE_NAME, with room for the rounding of difflib's division
+        near = 2 * shared >= CLOSE_NAME * (self._lengths + len(key)) - 1e-9
+        return [names[i] for i in np.flatnonzero(near)]
 
     def meant(self, name: str) -> str:
         """`` (did you mean cat?)`` to follow a left-out folder's name in a list of them, or "" (``suggestion``)."""

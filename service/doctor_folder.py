@@ -73,12 +73,17 @@ def read_folder(
         # the folders that hold the class folders are named, to be given instead.
         holding: list[Path] = []
         level = [folder]
+        # each folder once: a link back up (data/all -> data) would name data/train again as data/all/train
+        seen = {folder.resolve()}
         for _ in range(2):
             deeper: list[Path] = []
             for parent in level:
                 for d in sorted(parent.iterdir()):
                     if d.is_dir() and not is_hidden(d.name):
                         try:
+                            if d.resolve() in seen:
+                                continue
+                            seen.add(d.resolve())
                             (holding if class_folders(d, entry)[0] else deeper).append(d)
                         except OSError:  # a folder this user may not list holds no folder to give
                             continue

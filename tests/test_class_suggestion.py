@@ -45,6 +45,12 @@ def test_no_suggestion_where_two_classes_are_as_near():
     assert ClassMatcher(["box", "boxe"]).suggestion("boxes") is None  # boxes -> box (es) and boxe (s)
 
 
+def test_names_under_four_letters_are_not_guessed_at():
+    assert ClassMatcher(CIFAR10).suggestion("at") is None  # within difflib's 0.8 of "cat"
+    assert ClassMatcher(["a", "bee"]).suggestion("as") is None  # not the plural of "a"
+    assert ClassMatcher(CIFAR10).suggestion("Cats") == "cat"
+
+
 def test_no_suggestion_for_a_folder_near_no_class():
     matcher = ClassMatcher(CIFAR10)
     assert matcher.suggestion("car") is None  # not "cat": too short a name for a letter off to be a typo

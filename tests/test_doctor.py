@@ -42,7 +42,7 @@ def test_sub_folders_named_after_no_class_are_listed_once_whatever_the_models_fi
     assert report.passed, text
     assert text.count("'not-a-class'") == 1 and text.count("'Trucks'") == 1, text
     warned = [f.text for f in report.findings if f.topic == "folder" and f.status == "warn"]
-    assert len(warned) == 1 and "'Trucks', 'not-a-class'" in warned[0], warned
+    assert len(warned) == 1 and "'Trucks' (did you mean truck?), 'not-a-class'" in warned[0], warned
     readings = [f.text for f in report.findings if f.topic == "folder" and f.status == "info"]
     assert len(readings) == sum(len(f) for f in fits.values()), readings  # one per fit: their figures differ
     assert all("2 labelled images" in line for line in readings), readings
