@@ -73,3 +73,19 @@ def test_a_data_warning_every_member_meets_before_training_is_said_once(tmp_path
     assert "batch_size 512 exceeds the 30 training images" in capsys.readouterr().err
     said = _said(caplog, "data.val_size 0: no validation split")
     assert len(said) == 1 and said[0].startswith("data.val_size 0"), said
+
+
+def test_a_split_warning_every_variant_meets_is_said_once(tmp_path, caplog, capsys):
+    """An ablation reads each variant's evaluation split, then checks its training split, before the first trains:
+    both split the data, and a split warning every variant met was said by each read."""
+    pets = _folder(tmp_path / "pets", ["cat", "dog", "fox"], per_class=12)
+    # val_size 2 of 3 classes: one class has no validation image, whichever the seed
+    data = tiny_overrides(pets, tmp_path / "cache", **{"data.val_size": 2, "batch_size": 512})
+    argv = ["ablate", "--recipe", "resnet9_half_cpu", "--vary", "split_seed=0,1", "--set", *data]
+    with caplog.at_level(logging.WARNING):
+        assert training_main([*argv, "--out", str(tmp_path / "ablation")]) == 2  # the batch, before training
+    assert "batch_size 512 exceeds the 34 training images" in capsys.readouterr().err
+    said = [r.getMessage() for r in caplog.records if "no validation image for class" in r.getMessage()]
+    assert len(said) == 1, said
+    assert said[0].startswith("no validation image for class"), said  # every variant's: said bare
+    assert not logging.getLogger("training.data").filters and not logging.getLogger("training").filters

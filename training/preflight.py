@@ -55,8 +55,9 @@ class WarnedOnce:
 
     @contextmanager
     def of(self, name: str) -> Iterator[None]:
-        """Hold the warnings said while run ``name`` (as a refusal names it) is built or checked."""
-        self.runs.append(name)
+        """Hold the warnings said while run ``name`` (as a refusal names it) is built or checked; a run may be
+        held more than once (read for its evaluation split, then checked), and counts once."""
+        self.runs += [name] if name not in self.runs else []
         held, loggers = _Held(), [logging.getLogger(logger) for logger in CONFIG_WARNERS]
         for logger in loggers:
             logger.addFilter(held)

@@ -140,10 +140,13 @@ def ablate(
     for config in configs:  # the variants' run folders go in it, each trained on its own data.root (if varied)
         check_out_of_the_data(config, out_dir)
     loaded: dict[tuple, tuple] = {}
-    for config in configs:  # so does a missing or unknown split
-        _eval_data(_data_spec(config, split), loaded)
     folders = [out_dir / name for name in names]
-    check_variants(folders, configs, labels)
+    # reading each variant's evaluation split and checking its training split warn of the same split: said once
+    with warned_once("variant") as warned:
+        for label, config in zip(labels, configs):  # so does a missing or unknown split
+            with warned.of(f"variant {label!r}"):
+                _eval_data(_data_spec(config, split), loaded)
+        check_variants(folders, configs, labels, warned)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict[str, Any]] = []

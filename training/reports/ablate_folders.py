@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from inference.errors import UsageError
 from ..checkpoint import BEST_FILE, CONFIG_FILE, LAST_FILE, SUMMARY_FILE
 from ..config import Config
 from ..config_yaml import read_yaml, yaml_problem
-from ..preflight import check_run_lengths, warned_once
+from ..preflight import WarnedOnce, check_run_lengths, warned_once
 
 ABLATION_FILE = "ablation.json"
 
@@ -61,16 +62,19 @@ def check_variant_folder(run_dir: Path, config: Config) -> None:
         raise UsageError(f"{run_dir} holds a run with a different configuration: use another --out or remove it")
 
 
-def check_variants(folders: list[Path], configs: list[Config], labels: list[str]) -> None:
+def check_variants(
+    folders: list[Path], configs: list[Config], labels: list[str], warned: WarnedOnce | None = None
+) -> None:
     """What would refuse a variant once the ones before it had trained, refused before the first trains: a folder
     holding a run of another configuration, and the refusals that need the training images (data no classifier
     can learn from, a batch larger than the split, a lookahead period longer than the run). A variant started
-    or finished earlier has passed the latter."""
+    or finished earlier has passed the latter. ``warned``: where the variants' warnings are held, to be said
+    once for all (``preflight.WarnedOnce``)."""
     for folder, config in zip(folders, configs):
         check_variant_folder(folder, config)
     new = [i for i, folder in enumerate(folders) if _standing(folder) == "none"]
-    with warned_once("variant") as warned:
-        check_run_lengths([configs[i] for i in new], [f"variant {labels[i]!r}" for i in new], warned)
+    with warned_once("variant") if warned is None else nullcontext(warned) as held:
+        check_run_lengths([configs[i] for i in new], [f"variant {labels[i]!r}" for i in new], held)
 
 
 def check_same_ablation(out_dir: Path, what: dict[str, Any]) -> None:
