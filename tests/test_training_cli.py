@@ -277,11 +277,12 @@ def test_a_setting_the_chosen_optimizer_or_schedule_does_not_read_is_warned_once
         assert training_main(argv) == 2
     assert sum("optim.momentum 0.8 is unused" in r.getMessage() for r in caplog.records) == 1
     # where a command builds several configurations (an ensemble's members, an ablation's variants), whose
-    from training.preflight import buildable_config
+    from training.preflight import buildable_config, warned_once
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        buildable_config("resnet9_half_cpu", ["optim.name=adamw", "nesterov=false"], "member 2 (resnet9_half_cpu)")
+    with caplog.at_level(logging.WARNING), warned_once("member") as warned:
+        overrides = ["optim.name=adamw", "nesterov=false"]
+        buildable_config("resnet9_half_cpu", overrides, "member 2 (resnet9_half_cpu)", warned)
     assert [r.getMessage().split(" is unused")[0] for r in caplog.records] == [
         "member 2 (resnet9_half_cpu): optim.momentum 0.9",
         "member 2 (resnet9_half_cpu): optim.nesterov false",

@@ -153,8 +153,7 @@ def member_configs(recipe: EnsembleRecipe, overrides: list[str] | None = None) -
                 check_distinct(list(member.set))
             except ConfigError as exc:
                 raise ConfigError(f"{what}, its `set`: {exc}") from None
-            with warned.of(what):
-                configs.append(buildable_config(recipe.member_recipe(i), [*member.set, *(overrides or [])], what))
+            configs.append(buildable_config(recipe.member_recipe(i), [*member.set, *(overrides or [])], what, warned))
     _check_distinct(recipe, configs)
     _check_joinable(recipe, configs)
     return configs

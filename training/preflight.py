@@ -67,8 +67,7 @@ class WarnedOnce:
             for logger in loggers:
                 logger.removeFilter(held)
             for record in held.records:
-                text = record.getMessage().removeprefix(f"{name}: ")  # build_config's naming, said here instead
-                whose = self.said.setdefault((record.name, record.levelno, text), [])
+                whose = self.said.setdefault((record.name, record.levelno, record.getMessage()), [])
                 whose += [name] if name not in whose else []
 
     def say(self) -> None:
@@ -92,12 +91,14 @@ def warned_once(kind: str) -> Iterator[WarnedOnce]:
         once.say()
 
 
-def buildable_config(recipe: str, overrides: list[str], what: str) -> Config:
+def buildable_config(recipe: str, overrides: list[str], what: str, warned: WarnedOnce) -> Config:
     """``build_config``'s configuration, its network built and given one image (a --set key that is no field
     becomes a model argument, which only building the network refuses); a refusal names ``what`` (an ensemble
-    member, an ablation variant), so that it comes before anything trains and says which."""
+    member, an ablation variant), so that it comes before anything trains and says which; its warnings are held
+    in ``warned`` under that name, unprefixed, to be said once for all runs."""
     try:
-        config = build_config(recipe, overrides, what)
+        with warned.of(what):
+            config = build_config(recipe, overrides)
         check_network_takes_its_input(config)
     except ConfigError as exc:
         raise ConfigError(f"{what}: {exc}") from exc

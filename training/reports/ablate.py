@@ -120,8 +120,7 @@ def ablate(
     configs = []
     with warned_once("variant") as warned:  # a warning every variant gets is said once, not once each
         for label, combo in zip(labels, combos):
-            with warned.of(f"variant {label!r}"):
-                configs.append(buildable_config(recipe, sets + combo, f"variant {label!r}"))
+            configs.append(buildable_config(recipe, sets + combo, f"variant {label!r}", warned))
     names = [variant_dir_name([label] if steps else combo) for label, combo in zip(labels, combos)]
     check_distinct_variants(configs, labels, names, bool(steps))
     out_dir = Path(out) if out else Path("runs") / f"ablate-{configs[0].recipe}"
