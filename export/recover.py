@@ -22,7 +22,6 @@ from onnx import numpy_helper
 from torch import nn
 
 from inference.errors import UsageError
-from inference.fits import LEGACY_FIT
 from inference.manifest import ModelEntry
 from inference.runtime import OnnxClassifier
 from training.checkpoint import check_checkpoint_out, save_model_checkpoint
@@ -33,34 +32,37 @@ from training.models import ImageClassifier, create_model
 from .parity import Parity, parity_against, torch_logits
 from .pipeline import ParityError
 from .sources import from_project, source_at, validation_split
-from .verify import listed_model
+from .verify import ListedModel, listed_model
 
 # BatchNorm's update counter is not part of the computation, so the exporter leaves it out of the graph.
 NOT_IN_GRAPH = ("num_batches_tracked",)
 
 
-def recovered_meta(entry: ModelEntry, data_root: str | None = None) -> dict:
-    """A training checkpoint's meta from a card: what rebuilds the network and names its data (``data_root``:
-    where that dataset is now, if it has moved since the training; later commands read it there)."""
-    src = entry.source
-    missing = [k for k in ("model_args", "dataset", "data_root", "val_size", "split_seed") if k not in src]
-    if missing:
-        raise UsageError(f"{entry.name}'s card lacks {', '.join(missing)}: it does not say how to rebuild its network")
+def recovered_meta(listed: ListedModel | ModelEntry, data_root: str | None = None) -> dict:
+    """A training checkpoint's meta from a card (a bare entry is checked as ``listed_model`` checks it): what
+    rebuilds the network and names its data (``data_root``: where that dataset is now, if it has moved since the
+    training; later commands read it there)."""
+    if isinstance(listed, ModelEntry):
+        listed = ListedModel.of(listed)
+    entry, src = listed.entry, listed.source
+    if src.model_args is None:  # the rest of what names the data the record requires
+        raise UsageError(f"{entry.name}'s card lacks model_args: it does not say how to rebuild its network")
     return {
         "arch": entry.arch,
-        "model_args": src["model_args"],
+        "model_args": src.model_args,
         "num_classes": len(entry.classes),
         "classes": list(entry.classes),
         "mean": list(entry.input.mean),
         "std": list(entry.input.std),
         "input_size": entry.input.size[0],
-        "fit": src.get("fit", LEGACY_FIT),  # how the run's images were fitted, not the card's choice for photos
-        "dataset": src["dataset"],
-        "data_root": data_root or src["data_root"],
-        "val_size": src["val_size"],
-        "split_seed": src["split_seed"],
-        "recipe": src.get("recipe"),
-        **{key: src[key] for key in ("members", "teacher") if key in src},  # an ensemble's checkpoints, a teacher
+        "fit": src.fit,  # how the run's images were fitted, not the card's choice for photos
+        "dataset": src.dataset,
+        "data_root": data_root or src.data_root,
+        "val_size": src.val_size,
+        "split_seed": src.split_seed,
+        "recipe": src.recipe,
+        **({"members": src.members} if src.members is not None else {}),
+        **({"teacher": src.teacher} if src.teacher is not None else {}),
         "recovered_from": {"name": entry.name, "file": entry.file, "sha256": entry.sha256},
     }
 
@@ -162,23 +164,23 @@ def recover_checkpoint(
     write over an existing ``out``."""
     models_dir = Path(models_dir)
     check_checkpoint_out(Path(out), replace=replace)  # before minutes of work, not after
-    entry = listed_model(models_dir, name)
+    listed = listed_model(models_dir, name)
+    entry = listed.entry
     if entry.precision != "fp32":
         raise UsageError(f"{name} is {entry.precision}: its weights were rounded; recover from its FP32 graph")
     # the card records its data relative to the project (where exports run): found from any folder, as verify finds
     # it, and written as this folder finds it, for the commands that read the checkpoint next
-    meta = recovered_meta(entry, data_root or from_project(entry.source["data_root"], models_dir))
-    tta = entry.source.get("tta", "none")
+    meta = recovered_meta(listed, data_root or from_project(listed.source.data_root, models_dir))
     model = create_model(meta["arch"], meta["num_classes"], meta["mean"], meta["std"], **meta["model_args"])
     model.load_state_dict(weights_from_graph(models_dir / entry.file, model))
     model.eval()
     # Read now, with the weights, as listed_model checked it: another command may replace the file while the
     # validation images are read (minutes), and the checkpoint says it was recovered from this one.
     graph = OnnxClassifier(models_dir / entry.file, device="cpu")
-    source = source_at(entry.source, cache_dir, meta["data_root"])
+    source = source_at(listed.source.model_dump(), cache_dir, meta["data_root"])
     val = validation_split(source, max_val_images, entry.classes, moved=data_root is not None)
     with torch.no_grad():
-        logits, speed = torch_logits(with_tta(model, tta), val.images)
+        logits, speed = torch_logits(with_tta(model, listed.source.tta), val.images)
     parity, _ = parity_against(
         logits / entry.calibration.temperature, speed, graph, val.images, val.labels, split_images=source["val_size"]
     )

@@ -78,7 +78,8 @@ def rederive(
     if calibrate not in CALIBRATION_METHODS:
         raise UsageError(f"unknown calibration {calibrate!r}; valid: {', '.join(CALIBRATION_METHODS)}")
     models_dir = Path(models_dir)
-    ref = listed_model(models_dir, reference)
+    listed = listed_model(models_dir, reference)
+    ref = listed.entry
     if ref.precision != "fp32":
         raise UsageError(f"{reference} is {ref.precision}: re-derive from an FP32 graph")
     replaces = check_replacement(
@@ -91,7 +92,7 @@ def rederive(
             "--calibrate none, or from the uncalibrated graph"
         )
     # the card records its data relative to the project (where exports run): found from any folder, as verify finds it
-    recorded = {**ref.source, "data_root": from_project(ref.source["data_root"], models_dir)}
+    recorded = {**listed.source.model_dump(), "data_root": from_project(listed.source.data_root, models_dir)}
     source = source_at(recorded, cache_dir, data_root)
     val = validation_split(source, max_val_images, ref.classes, moved=data_root is not None)
     final = models_dir / f"{name}.onnx"
@@ -124,7 +125,7 @@ def rederive(
                 "calibration": calibration,
                 "input": {**ref.input.model_dump(), "fit": fit or ref.input.fit},  # validated with the card
                 "source": {
-                    **ref.source,
+                    **ref.source,  # the whole record carried on, keys that no type here names included
                     "onnxruntime": onnxruntime.__version__,
                     "onnx": onnx.__version__,
                     "derived_from": {"name": ref.name, "file": ref.file, "sha256": ref.sha256},

@@ -43,6 +43,10 @@ class RecordedSource(DataSource):
     checkpoint_sha256: str | None = None
     tta: str = "none"
     model_args: dict[str, Any] | None = None
+    recipe: str | None = None
+    members: list[dict[str, Any]] | None = None  # an ensemble's checkpoints
+    teacher: dict[str, Any] | None = None  # what a distilled model learnt from
+    derived_from: dict[str, Any] | None = None  # the FP32 graph a rederived model was converted from
 
 
 class RecordedParity(BaseModel):
@@ -60,19 +64,30 @@ class RecordedMetrics(BaseModel):
     parity: RecordedParity | None = None
 
 
-class _CardRecord(BaseModel):
+class ListedModel(BaseModel):
+    """A listed model: its entry, and what its card records of its data, checkpoint and figures as checked types.
+    Verify, rederive and recover read those here, never from the entry's free ``source`` and ``metrics``
+    mappings (but for the top-1 and its image count, which ModelCard checks itself), so a value the types refuse
+    is never read raw."""
+
+    entry: ModelEntry
     source: RecordedSource
     metrics: RecordedMetrics
 
+    @classmethod
+    def of(cls, entry: ModelEntry) -> ListedModel:
+        """``entry`` with its record checked (ValidationError where a key is missing or of another type)."""
+        return cls.model_validate({"entry": entry, "source": entry.source, "metrics": entry.metrics})
 
-def listed_model(models_dir: Path, name: str | None) -> ModelEntry:
-    """The manifest's entry ``name`` (the default when None), what its card records of its data and checkpoint
-    checked (``RecordedSource``), and its file checked against its sha256: a missing or altered file of another
-    listed model is warned of, and is that model's trouble, not this command's."""
+
+def listed_model(models_dir: Path, name: str | None) -> ListedModel:
+    """The manifest's entry ``name`` (the default when None), what its card records of its data, checkpoint and
+    figures checked (``ListedModel``), and its file checked against its sha256: a missing or altered file of
+    another listed model is warned of, and is that model's trouble, not this command's."""
     manifest = load_manifest(models_dir, verify=False)
     entry = manifest.get(name)
     try:
-        _CardRecord.model_validate(entry.model_dump(include={"source", "metrics"}))
+        listed = ListedModel.of(entry)
     except ValidationError as exc:
         raise ManifestError(
             f"invalid manifest {models_dir / MANIFEST_NAME}: model {entry.name!r}: {validation_problems(exc)}"
@@ -83,7 +98,7 @@ def listed_model(models_dir: Path, name: str | None) -> ModelEntry:
     for problem in problems.values():
         log.warning("%s", problem)
     _check_described(entry, models_dir)
-    return entry
+    return listed
 
 
 # What the graph computes and takes, which the sha256 does not cover (the manifest is not hashed): the service
@@ -118,21 +133,22 @@ def verify_model(
     recorded T, and with a T refitted on its own logits. With ``reference_cache``, the checkpoint's logits
     kept there by its export (same checkpoint bytes, TTA and images) stand in for a new PyTorch pass."""
     models_dir = Path(models_dir)
-    entry = listed_model(models_dir, name)
-    recorded = {**entry.source, "data_root": from_project(entry.source["data_root"], models_dir)}
-    source = source_at(recorded, cache_dir, data_root)
+    listed = listed_model(models_dir, name)
+    entry, recorded = listed.entry, listed.source
+    source = source_at(
+        {**recorded.model_dump(), "data_root": from_project(recorded.data_root, models_dir)}, cache_dir, data_root
+    )
     val = validation_split(source, max_val_images, entry.classes, moved=data_root is not None)
     classifier = OnnxClassifier(models_dir / entry.file, device="cpu")
     temperature = entry.calibration.temperature
-    checkpoint = checkpoint_file(from_project(entry.source.get("checkpoint") or "-", models_dir))
+    checkpoint = checkpoint_file(from_project(recorded.checkpoint or "-", models_dir))
     sha = sha256_file(checkpoint) if checkpoint.is_file() else None
-    recorded_sha = entry.source.get("checkpoint_sha256")
-    if sha is not None and recorded_sha not in (None, sha):
+    if sha is not None and recorded.checkpoint_sha256 not in (None, sha):
         # a run folder trained again: comparing with it would report a parity failure that is not the file's
         log.warning("%s is not the checkpoint %s was exported from (its sha256 differs)", checkpoint, entry.name)
         sha = None
     if sha is not None:
-        tta = entry.source.get("tta", "none")
+        tta = recorded.tta
 
         def compute() -> tuple[np.ndarray, float]:
             ckpt, loaded_sha = load_checkpoint_and_sha256(checkpoint)
@@ -149,9 +165,9 @@ def verify_model(
         return _against_card(parity, entry), graph_calibration_report(logits, val.labels, temperature)
     # Without the checkpoint (a fresh clone), compare with the reference's accuracy recorded at export time: a
     # graph derived from another (rederive) was measured against that graph, not against PyTorch.
-    against = "FP32 graph" if entry.source.get("derived_from") else "PyTorch"
-    torch_top1 = (entry.metrics.get("parity") or {}).get("torch_top1")
-    recorded_on = entry.metrics.get("val_samples")
+    against = "FP32 graph" if recorded.derived_from else "PyTorch"
+    torch_top1 = listed.metrics.parity.torch_top1 if listed.metrics.parity else None
+    recorded_on = listed.metrics.val_samples
     # refused before the ONNX pass, which takes minutes for a multi-crop FP16 graph on a CPU
     if torch_top1 is None or recorded_on != len(val):
         # an export checked on fewer images (--max-val-images) recorded its figure on those: the same check is
