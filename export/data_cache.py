@@ -24,9 +24,6 @@ class RunsCache(enum.Enum):
 
 RUNS_CACHE = RunsCache.RUNS
 
-# read from their python batches as they are: only a folder dataset's images are decoded into the cache
-_UNCACHED_DATASETS = ("cifar10", "cifar100")
-
 
 def recorded_cache_dir(ckpt: dict[str, Any]) -> str | None:
     """The cache a checkpoint's run decoded its data into: its configuration's data.cache_dir ("" for none), or for
@@ -44,11 +41,11 @@ def export_cache_dir(cache_dir: str | None | RunsCache, ckpt: dict[str, Any]) ->
     read (warned: an absolute folder that is gone is not made again, as the disk it lay on may no longer be mounted
     there). A relative one stands under the folder the command runs in, as the default does (and as training and
     evaluate read it): made as needed. One that cannot be written is still read: it holds the run's decode, and
-    where it must decode again the reader says it cannot keep it. None for a cifar10 or cifar100 run, which
-    decodes nothing into a cache."""
+    where it must decode again the reader says it cannot keep it. None for a run of a dataset that decodes nothing
+    into a cache (the registry's ``cached``: cifar10, cifar100)."""
     if not isinstance(cache_dir, RunsCache):
         return cache_dir
-    if (ckpt.get("meta") or {}).get("dataset") in _UNCACHED_DATASETS:
+    if not _decodes_into_cache((ckpt.get("meta") or {}).get("dataset")):
         return None  # its cache_dir, if set, was never written: nothing to read, and nothing to warn of
     recorded = recorded_cache_dir(ckpt)
     if recorded == "":
@@ -67,6 +64,14 @@ def export_cache_dir(cache_dir: str | None | RunsCache, ckpt: dict[str, Any]) ->
         )
         return DEFAULT_CACHE_DIR
     return recorded
+
+
+def _decodes_into_cache(dataset: Any) -> bool:
+    """Whether a run of ``dataset`` decoded its images into a cache (the registry's ``cached``); a name it does not
+    hold (a recovered network's, none recorded) is taken to, as the run's recorded cache_dir then decides."""
+    from training.data import DATASETS  # numpy and PIL: at export, not at the command line's --help
+
+    return not isinstance(dataset, str) or dataset not in DATASETS or DATASETS.get(dataset).cached
 
 
 def _unusable(folder: Path) -> str | None:

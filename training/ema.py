@@ -10,9 +10,34 @@ is ``(decay - decay ** (n + 1)) / (1 - decay ** (n + 1))``, which rises to ``dec
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
+
+Lerp = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor], float], None]
+
+
+def _lerp_each(averages: Sequence[torch.Tensor], current: Sequence[torch.Tensor], weight: float) -> None:
+    for a, c in zip(averages, current):
+        a.lerp_(c, weight)
+
+
+def pick_lerp() -> Lerp:
+    """torch's private ``_foreach_lerp_`` (one kernel launch per group of tensors on a GPU, not one per tensor),
+    else the same ``lerp_`` per tensor, where a torch release no longer has it."""
+    fused = getattr(torch, "_foreach_lerp_", None)
+    if fused is None:
+        return _lerp_each
+
+    def lerp(averages: Sequence[torch.Tensor], current: Sequence[torch.Tensor], weight: float) -> None:
+        fused(list(averages), list(current), weight)
+
+    return lerp
+
+
+_lerp = pick_lerp()
 
 
 def corrected_decay(decay: float, averaged: int) -> float:
@@ -50,7 +75,7 @@ class WeightEMA(AveragedModel):
             decay = corrected_decay(self.decay, self.updates)
             floats = [(a, c) for a, c in zip(averages, current) if a.is_floating_point()]
             if floats:
-                torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1 - decay)
+                _lerp([a for a, _ in floats], [c for _, c in floats], 1 - decay)
             for a, c in zip(averages, current):
                 if not a.is_floating_point():  # BatchNorm's step counters: as torch's EMA averages them
                     a.copy_(a * decay + c * (1 - decay))

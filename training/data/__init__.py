@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -15,10 +17,39 @@ from .cifar import read_cifar10, read_cifar100
 from .folder import read_image_folder
 from .split import stratified_split
 
-DATASETS: Registry = Registry("dataset")
 SPLITS = ("train", "val", "test", "all")
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    """A registered dataset: its reader, and what training, reports and export know of it without reading it.
+    Called as its reader is: ``DATASETS.get(name)(root, train=False, ...)``."""
+
+    name: str
+    read: Callable[..., ImageArrays]
+    # decoded into the decode cache (data.cache_dir); CIFAR's python batches are read as they are
+    cached: bool
+    # a separate test split (train=False); a folder dataset is one tree, split into train and val only
+    has_test: bool
+
+    def __call__(self, root: str | Path, train: bool = True, **options: Any) -> ImageArrays:
+        if not train and not self.has_test:
+            raise DatasetError(
+                f"a {self.name} dataset has no separate test split: point --data at the test folder and use split 'all'"
+            )
+        return self.read(root, train=train, **options)
+
+
+DATASETS: Registry[DatasetKind] = Registry("dataset")
+
+
+def _dataset(name: str, *, cached: bool, has_test: bool) -> Callable[[Callable[..., ImageArrays]], DatasetKind]:
+    def register(read: Callable[..., ImageArrays]) -> DatasetKind:
+        return DATASETS.register(name)(DatasetKind(name, read, cached, has_test))
+
+    return register
 
 
 CIFAR_SIZE = 32
@@ -34,21 +65,21 @@ def _cifar_size(name: str, image_size: int) -> None:
         )
 
 
-@DATASETS.register("cifar10")
+@_dataset("cifar10", cached=False, has_test=True)
 def cifar10(root: str | Path, train: bool = True, image_size: int = CIFAR_SIZE, **_) -> ImageArrays:
     """The python-format CIFAR-10 folder (cifar-10-batches-py)."""
     _cifar_size("cifar10", image_size)
     return read_cifar10(root, train)
 
 
-@DATASETS.register("cifar100")
+@_dataset("cifar100", cached=False, has_test=True)
 def cifar100(root: str | Path, train: bool = True, image_size: int = CIFAR_SIZE, **_) -> ImageArrays:
     """The python-format CIFAR-100 folder (cifar-100-python), fine labels."""
     _cifar_size("cifar100", image_size)
     return read_cifar100(root, train)
 
 
-@DATASETS.register("folder")
+@_dataset("folder", cached=True, has_test=False)
 def folder(
     root: str | Path,
     train: bool = True,
@@ -57,11 +88,8 @@ def folder(
     fit: str = DEFAULT_FIT,
 ) -> ImageArrays:
     """A class-per-folder image tree, or a .tar/.tar.gz of one; images of another shape are fitted to
-    ``image_size`` square as ``fit`` names (inference.fits), as the service fits them."""
-    if not train:
-        raise DatasetError(
-            "a folder dataset has no separate test split: point --data at the test folder and use split 'all'"
-        )
+    ``image_size`` square as ``fit`` names (inference.fits), as the service fits them. Only its training split
+    reaches it (``has_test``)."""
     return read_image_folder(root, image_size, cache_dir, fit)
 
 
@@ -110,4 +138,4 @@ def _warn_unvalidated(full: ImageArrays, val_idx: np.ndarray) -> None:
         )
 
 
-__all__ = ["DATASETS", "DatasetError", "ImageArrays", "load_split", "stratified_split", "SPLITS"]
+__all__ = ["DATASETS", "DatasetError", "DatasetKind", "ImageArrays", "load_split", "stratified_split", "SPLITS"]

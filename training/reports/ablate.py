@@ -26,6 +26,7 @@ from inference.files import write_text_atomic
 from ..checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE
 from ..config import Config, ConfigError
 from ..config_overrides import check_distinct
+from ..data import DATASETS
 from ..engine import train
 from ..inference import check_tta
 from ..preflight import buildable_config, check_out_of_the_data, warned_once
@@ -60,12 +61,12 @@ def run_variant(run_dir: Path, config: Config) -> str:
 def _data_spec(config: Config, split: str) -> DataSpec:
     d = config.data
     if split in ("val",) and d.val_size == 0:
-        other = "" if d.dataset == "folder" else " or pass --split test"  # a folder dataset has no test split
+        other = " or pass --split test" if DATASETS.get(d.dataset).has_test else ""
         raise UsageError(f"the ablation's runs have no validation split (val_size=0): set val_size{other}")
-    if split == "test" and d.dataset == "folder":
+    if split == "test" and not DATASETS.get(d.dataset).has_test:
         # evaluate's advice (--data at a test folder) names an option the ablation has not: it reads its runs' data
         raise UsageError(
-            "a folder dataset has no separate test split, and an ablation evaluates its runs on their own data: "
+            f"a {d.dataset} dataset has no separate test split, and an ablation evaluates its runs on their own data: "
             "use --split val (their held-out images, the default)"
         )
     return DataSpec(d.dataset, d.root, split, d.val_size, d.split_seed, d.image_size, d.cache_dir, d.fit)
