@@ -26,10 +26,10 @@ from inference.classes import ClassMatcher
 from inference.devices import DEVICE_KINDS, DEVICES, Device, device_choice
 from inference.errors import UsageError
 from inference.interrupts import say_stopped, terminations_as_interrupts
-from inference.manifest import Manifest, ModelEntry, file_problems, load_manifest
+from inference.manifest import Manifest, ManifestError, ModelEntry, file_problems, load_manifest
 from inference.messages import counted
 
-from .doctor_folder import class_folders, folder_refusal, read_folder
+from .doctor_folder import class_folders, folder_refusal, no_class_folder, read_folder
 from .doctor_host import check_host
 from .doctor_model import check_model
 from .doctor_report import Report
@@ -146,6 +146,7 @@ def diagnose(
     # Read first: a manifest the service would refuse is a usage error, said alone and without the host's wait.
     manifest = load_manifest(models_dir, verify=False)
     checked = _selected(manifest, only)
+    sorted_out = _sorted_out(Path(folder), checked) if folder else {}
     say("checking the host: ONNX Runtime, GPUs, CUDA libraries")
     import onnxruntime as ort
 
@@ -192,9 +193,7 @@ def diagnose(
     # Each model's images decoded at its own input size and with its own fit; models that share both (and
     # their classes) share one reading.
     readings: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-    # Its sub-folders sorted out once per set of classes, and those left out said once: models that differ only
-    # in size or fit each read the folder, but name no other sub-folders.
-    sorted_out: dict[tuple[str, ...], tuple[list[tuple[int, Path]], list[str]]] = {}
+    left_out_said: set[tuple[str, ...]] = set()
     placements = {}
     for number, entry in enumerate(checked, 1):
         if entry.name in bad_files:
@@ -206,9 +205,6 @@ def diagnose(
             classes = tuple(entry.classes)
             key = (classes, entry.input.size, entry.input.fit)
             if key not in readings:
-                first_of_its_classes = classes not in sorted_out
-                if first_of_its_classes:
-                    sorted_out[classes] = class_folders(Path(folder), entry)
                 matched, left_out = sorted_out[classes]
                 say(f"reading {folder} for {entry.name} {position}")
                 images, labels, unreadable = read_folder(Path(folder), entry, max_images, matched)
@@ -228,7 +224,8 @@ def diagnose(
                         f"{counted(len(unreadable), 'image')} could not be read, left out of the accuracy "
                         f"({first}{'; ...' if len(unreadable) > 3 else ''})",
                     )
-                if left_out and first_of_its_classes:
+                if left_out and classes not in left_out_said:  # said once per set of classes
+                    left_out_said.add(classes)
                     matcher = ClassMatcher(entry.classes)
                     alike = sum(m.classes == entry.classes for m in manifest.models) - 1
                     also = f" or the {counted(alike, 'other model')} with its classes" if alike else ""
@@ -255,6 +252,23 @@ def diagnose(
         where = "CUDA" if placements.get(here.name) and placements[here.name].on_gpu else "the CPU"
         report.add("info", "default here", f"{here.name} on {where} ({here.reason})")
     return report
+
+
+def _sorted_out(
+    folder: Path, checked: Sequence[ModelEntry]
+) -> dict[tuple[str, ...], tuple[list[tuple[int, Path]], list[str]]]:
+    """The sub-folders of ``folder`` matched to classes, once per set of classes of the ``checked`` models (models
+    that differ only in size or fit each read the folder, but name no other sub-folders). A folder named after
+    no class of one of them is a usage error, refused before the host and the files are checked: the sha256 of
+    large model files alone takes minutes."""
+    found: dict[tuple[str, ...], tuple[list[tuple[int, Path]], list[str]]] = {}
+    for entry in checked:
+        classes = tuple(entry.classes)
+        if classes not in found:
+            found[classes] = class_folders(folder, entry)
+            if not found[classes][0]:
+                raise ManifestError(no_class_folder(folder, entry))
+    return found
 
 
 def _selected(manifest: Manifest, names: Sequence[str] | None) -> list[ModelEntry]:

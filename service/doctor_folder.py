@@ -53,6 +53,38 @@ def class_folders(folder: Path, entry: ModelEntry) -> tuple[list[tuple[int, Path
     return matched, left_out
 
 
+def no_class_folder(folder: Path, entry: ModelEntry) -> str:
+    """Why ``folder``, with no sub-folder named after one of the model's classes, cannot be read: naming the
+    folders a level or two down that hold class folders, to be given instead."""
+    # a tree one or two levels too deep: an unpacked archive's photos/cifar10/train/cat/... given as photos
+    holding: list[Path] = []
+    level = [folder]
+    # each folder once: a link back up (data/all -> data) would name data/train again as data/all/train
+    seen = {folder.resolve()}
+    for _ in range(2):
+        deeper: list[Path] = []
+        for parent in level:
+            for d in sorted(parent.iterdir()):
+                if d.is_dir() and not is_hidden(d.name):
+                    try:
+                        if d.resolve() in seen:
+                            continue
+                        seen.add(d.resolve())
+                        (holding if class_folders(d, entry)[0] else deeper).append(d)
+                    except OSError:  # a folder this user may not list holds no folder to give
+                        continue
+        level = deeper
+    shown = ", ".join(map(str, holding[:3])) + (f" and {len(holding) - 3} more" if len(holding) > 3 else "")
+    where = (
+        f"; the class folders are in {shown}: give --folder {holding[0]}"
+        if len(holding) == 1
+        else f"; class folders are in {shown}: give --folder one of them"
+        if holding
+        else ""
+    )
+    return f"--folder {folder} has no sub-folder named after a class ({', '.join(entry.classes)}){where}"
+
+
 def read_folder(
     folder: Path, entry: ModelEntry, max_images: int, matched: list[tuple[int, Path]] | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[Path, str]]]:
@@ -69,36 +101,7 @@ def read_folder(
             if is_tree_image(p.name) and not any(is_hidden(part) for part in p.relative_to(d).parts)
         )
     if not found:
-        # A tree one or two levels too deep (an unpacked archive's photos/cifar10/train/cat/... given as photos):
-        # the folders that hold the class folders are named, to be given instead.
-        holding: list[Path] = []
-        level = [folder]
-        # each folder once: a link back up (data/all -> data) would name data/train again as data/all/train
-        seen = {folder.resolve()}
-        for _ in range(2):
-            deeper: list[Path] = []
-            for parent in level:
-                for d in sorted(parent.iterdir()):
-                    if d.is_dir() and not is_hidden(d.name):
-                        try:
-                            if d.resolve() in seen:
-                                continue
-                            seen.add(d.resolve())
-                            (holding if class_folders(d, entry)[0] else deeper).append(d)
-                        except OSError:  # a folder this user may not list holds no folder to give
-                            continue
-            level = deeper
-        shown = ", ".join(map(str, holding[:3])) + (f" and {len(holding) - 3} more" if len(holding) > 3 else "")
-        where = (
-            f"; the class folders are in {shown}: give --folder {holding[0]}"
-            if len(holding) == 1
-            else f"; class folders are in {shown}: give --folder one of them"
-            if holding
-            else ""
-        )
-        raise ManifestError(
-            f"--folder {folder} has no sub-folder named after a class ({', '.join(entry.classes)}){where}"
-        )
+        raise ManifestError(no_class_folder(folder, entry))
     per_class = {entry.classes[label]: (label, sorted(paths)) for label, paths in sorted(found.items())}
     chosen: list[tuple[Path, int]] = []
     depth = 0
