@@ -67,22 +67,21 @@ def no_class_folder(folder: Path, entry: ModelEntry) -> str:
             for d in sorted(parent.iterdir()):
                 if d.is_dir() and not is_hidden(d.name):
                     try:
-                        if d.resolve() in seen:
+                        resolved = d.resolve()
+                        if resolved in seen:
                             continue
-                        seen.add(d.resolve())
+                        seen.add(resolved)
                         (holding if class_folders(d, entry)[0] else deeper).append(d)
                     except OSError:  # a folder this user may not list holds no folder to give
                         continue
         level = deeper
-    shown = ", ".join(map(str, holding[:3])) + (f" and {len(holding) - 3} more" if len(holding) > 3 else "")
-    where = (
-        f"; the class folders are in {shown}: give --folder {holding[0]}"
-        if len(holding) == 1
-        else f"; class folders are in {shown}: give --folder one of them"
-        if holding
-        else ""
-    )
-    return f"--folder {folder} has no sub-folder named after a class ({', '.join(entry.classes)}){where}"
+    refused = f"--folder {folder} has no sub-folder named after a class ({', '.join(entry.classes)})"
+    if len(holding) == 1:
+        return f"{refused}; the class folders are in {holding[0]}: give --folder {holding[0]}"
+    if holding:
+        shown = ", ".join(map(str, holding[:3])) + (f" and {len(holding) - 3} more" if len(holding) > 3 else "")
+        return f"{refused}; class folders are in {shown}: give --folder one of them"
+    return refused
 
 
 def read_folder(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from conftest import ROOT
@@ -47,36 +48,30 @@ def test_doctor_names_the_folder_two_levels_down_that_holds_the_class_folders(tm
     )
 
 
-def test_doctor_names_each_folder_one_level_down_that_holds_class_folders(tmp_path):
+def _refusal(folder: Path, entry) -> str:
+    """What reading ``folder`` for the doctor refuses it with."""
     from inference.manifest import ManifestError
     from service.doctor_folder import read_folder
 
+    with pytest.raises(ManifestError) as refused:
+        read_folder(folder, entry, 10)
+    return str(refused.value)
+
+
+def test_doctor_names_each_folder_one_level_down_that_holds_class_folders(tmp_path):
     entry = _default_entry()
     _class_tree(tmp_path / "data" / "train", entry.classes[:1])
     _class_tree(tmp_path / "data" / "test", entry.classes[1:2])
     (tmp_path / "data" / "notes").mkdir()
-    try:
-        read_folder(tmp_path / "data", entry, 10)
-    except ManifestError as exc:
-        said = str(exc)
-    else:
-        raise AssertionError("a folder without class folders was read")
+    said = _refusal(tmp_path / "data", entry)
     data = tmp_path / "data"
     assert said.endswith(f"; class folders are in {data / 'test'}, {data / 'train'}: give --folder one of them"), said
 
 
 def test_a_folder_with_no_class_folders_anywhere_is_refused_as_before(tmp_path):
-    from inference.manifest import ManifestError
-    from service.doctor_folder import read_folder
-
     entry = _default_entry()
     _class_tree(tmp_path / "a" / "b" / "c" / "d", entry.classes[:1])  # the class folders three levels down
-    try:
-        read_folder(tmp_path / "a", entry, 10)
-    except ManifestError as exc:
-        said = str(exc)
-    else:
-        raise AssertionError("a folder without class folders was read")
+    said = _refusal(tmp_path / "a", entry)
     assert said == f"--folder {tmp_path / 'a'} has no sub-folder named after a class ({', '.join(entry.classes)})"
 
 
