@@ -15,7 +15,7 @@ import platform
 import sys
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -111,6 +111,7 @@ def main(args: argparse.Namespace) -> int:
                 args.max_images,
                 speed=speed,
                 settings=settings,
+                environ=os.environ,
                 say=_say,
                 only=args.models,
             )
@@ -137,12 +138,14 @@ def diagnose(
     speed: bool = True,
     gpus: GpuReport | None = None,
     settings: ServiceSettings | None = None,
+    environ: Mapping[str, str] | None = None,
     say: Callable[[str], None] = lambda text: None,
     only: Sequence[str] | None = None,
 ) -> Report:
     """``settings``: how the service would run the models (arena, run size), their contradictions warned of as
-    `serve` warns of them; its defaults when None. ``say``
-    is told each step as it starts. ``only``: the names of the models to check (None: all of them)."""
+    `serve` warns of them; its defaults when None. ``environ``: the variables they were read from, a key variable
+    set but empty in them warned of as `serve` warns of it (none looked at when None). ``say`` is told each step
+    as it starts. ``only``: the names of the models to check (None: all of them)."""
     # Read first: a manifest the service would refuse is a usage error, said alone and without the host's wait.
     manifest = load_manifest(models_dir, verify=False)
     checked = _selected(manifest, only)
@@ -150,7 +153,7 @@ def diagnose(
     say("checking the host: ONNX Runtime, GPUs, CUDA libraries")
     import onnxruntime as ort
 
-    from .settings import ServiceSettings, cpu_count
+    from .settings import ServiceSettings, cpu_count, empty_key_variables
 
     settings = ServiceSettings() if settings is None else settings
     from inference.runtime import CUDA, choose_default, preload_cuda, wants_cuda
@@ -163,8 +166,9 @@ def diagnose(
     gpus = gpu_report() if gpus is None else gpus
     cuda_wanted = wants_cuda(device)
     check_host(report, device, gpus, CUDA in ort.get_available_providers(), cuda_wanted, preload_cuda)
-    # The settings `serve` warns of at its start (each works against another), in its words: it runs all the same.
-    for found in settings.contradictions(cuda_wanted, cpu_count()):
+    # The settings `serve` warns of at its start (an empty key variable, each that works against another), in its
+    # words: it runs all the same.
+    for found in empty_key_variables(environ or {}, settings) + settings.contradictions(cuda_wanted, cpu_count()):
         report.add("warn", "settings", found)
 
     # Each file checked on its own: a missing or altered one is its model's failed check in the report (exit 1),

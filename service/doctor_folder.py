@@ -8,6 +8,8 @@ it, so one folder reads alike in all three.
 
 from __future__ import annotations
 
+import os
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -53,28 +55,39 @@ def class_folders(folder: Path, entry: ModelEntry) -> tuple[list[tuple[int, Path
     return matched, left_out
 
 
+# The most directory entries the search for class folders a level or two down looks at: `--folder /`, or a home
+# folder with thousands of sub-folders, would otherwise be listed two levels down before the refusal is said.
+SUGGESTION_SCAN_ENTRIES = 20_000
+
+
+class _TooWide(Exception):
+    """The search for class folders further down met more than ``SUGGESTION_SCAN_ENTRIES`` entries."""
+
+
+class _Scan:
+    """Directory listings counted against ``SUGGESTION_SCAN_ENTRIES``, all of one search together."""
+
+    def __init__(self) -> None:
+        self.left = SUGGESTION_SCAN_ENTRIES
+
+    def listing(self, folder: Path) -> list[Path]:
+        """The entries of ``folder``, sorted; ``_TooWide`` past the search's entries, read no further than that."""
+        with os.scandir(folder) as entries:
+            read = [Path(e.path) for e in islice(entries, self.left + 1)]
+        self.left -= len(read)
+        if self.left < 0:
+            raise _TooWide
+        return sorted(read)
+
+
 def no_class_folder(folder: Path, entry: ModelEntry) -> str:
     """Why ``folder``, with no sub-folder named after one of the model's classes, cannot be read: naming the
-    folders a level or two down that hold class folders, to be given instead."""
-    # a tree one or two levels too deep: an unpacked archive's photos/cifar10/train/cat/... given as photos
-    holding: list[Path] = []
-    level = [folder]
-    # each folder once: a link back up (data/all -> data) would name data/train again as data/all/train
-    seen = {folder.resolve()}
-    for _ in range(2):
-        deeper: list[Path] = []
-        for parent in level:
-            for d in sorted(parent.iterdir()):
-                if d.is_dir() and not is_hidden(d.name):
-                    try:
-                        resolved = d.resolve()
-                        if resolved in seen:
-                            continue
-                        seen.add(resolved)
-                        (holding if class_folders(d, entry)[0] else deeper).append(d)
-                    except OSError:  # a folder this user may not list holds no folder to give
-                        continue
-        level = deeper
+    folders a level or two down that hold class folders, to be given instead. None named where the search would
+    look at more than ``SUGGESTION_SCAN_ENTRIES`` entries: a partial search could name a folder as the only one."""
+    try:
+        holding = _holding_class_folders(folder, entry, _Scan())
+    except _TooWide:
+        holding = []
     refused = f"--folder {folder} has no sub-folder named after a class ({', '.join(entry.classes)})"
     if len(holding) == 1:
         return f"{refused}; the class folders are in {holding[0]}: give --folder {holding[0]}"
@@ -82,6 +95,39 @@ def no_class_folder(folder: Path, entry: ModelEntry) -> str:
         shown = ", ".join(map(str, holding[:3])) + (f" and {len(holding) - 3} more" if len(holding) > 3 else "")
         return f"{refused}; class folders are in {shown}: give --folder one of them"
     return refused
+
+
+def _holding_class_folders(folder: Path, entry: ModelEntry, scan: _Scan) -> list[Path]:
+    """The folders one or two levels under ``folder`` that hold a sub-folder named after one of the model's
+    classes (as ``class_folders`` matches one), each listed once through ``scan``."""
+    # a tree one or two levels too deep: an unpacked archive's photos/cifar10/train/cat/... given as photos
+    matcher = ClassMatcher(entry.classes)
+    holding: list[Path] = []
+    level = [scan.listing(folder)]
+    # each folder once: a link back up (data/all -> data) would name data/train again as data/all/train
+    seen = {folder.resolve()}
+    for _ in range(2):
+        deeper: list[list[Path]] = []
+        for listed in level:
+            for d in listed:
+                if d.is_dir() and not is_hidden(d.name):
+                    try:
+                        resolved = d.resolve()
+                        if resolved in seen:
+                            continue
+                        seen.add(resolved)
+                        inside = scan.listing(d)
+                        # the name first: most entries (images) name no class, and need no stat
+                        if any(
+                            matcher.index(c.name) is not None and not is_hidden(c.name) and c.is_dir() for c in inside
+                        ):
+                            holding.append(d)
+                        else:
+                            deeper.append(inside)
+                    except OSError:  # a folder this user may not list holds no folder to give
+                        continue
+        level = deeper
+    return holding
 
 
 def read_folder(

@@ -221,17 +221,26 @@ def start_notes(
     ``warning:`` for a key variable set but empty while no key is asked for, and one for each of the settings'
     ``contradictions``. ``settings``: those the service runs with, flags and variables together."""
     notes = [given_settings(environ, flags)]
-    if not settings.api_keys.strip() and settings.api_keys_file is None:
-        # `CIFAR_API_KEYS=${KEYS}` in a Compose file with KEYS unset: meant to close the service, it runs open
-        for name in ("api_keys", "api_keys_file"):
-            variable = SETTINGS[name].env
-            if variable in environ and not environ[variable].strip():
-                notes.append(
-                    f"warning: {variable} is set but empty: the service runs without keys (unset it, or give "
-                    f"{'keys' if name == 'api_keys' else 'a file of keys'})"
-                )
+    notes += [f"warning: {found}" for found in empty_key_variables(environ, settings)]
     notes += [f"warning: {found}" for found in settings.contradictions(on_gpu, cores)]
     return notes
+
+
+def empty_key_variables(environ: Mapping[str, str], settings: ServiceSettings) -> list[str]:
+    """A key variable of ``environ`` set but empty while ``settings`` ask for no key, a line each; `serve` and
+    the doctor both warn of them."""
+    if settings.api_keys.strip() or settings.api_keys_file is not None:
+        return []
+    found = []
+    # `CIFAR_API_KEYS=${KEYS}` in a Compose file with KEYS unset: meant to close the service, it runs open
+    for name in ("api_keys", "api_keys_file"):
+        variable = SETTINGS[name].env
+        if variable in environ and not environ[variable].strip():
+            found.append(
+                f"{variable} is set but empty: the service runs without keys (unset it, or give "
+                f"{'keys' if name == 'api_keys' else 'a file of keys'})"
+            )
+    return found
 
 
 def _names(name: str) -> str:

@@ -1,5 +1,5 @@
-"""``python -m service doctor``: the folder to give where --folder holds the class folders a level or two down,
-and the settings `serve` warns of, said in the report too."""
+"""``python -m service doctor``: the folder to give where --folder holds the class folders a level or two down
+(searched no further than a bound), and the settings `serve` warns of, said in the report too."""
 
 from __future__ import annotations
 
@@ -98,3 +98,54 @@ def test_doctor_warns_of_a_batching_latency_longer_than_the_request_timeout_as_s
     # a warning, as for serve, which runs all the same: the verdict and exit status are the model checks' alone
     assert status == 0, out
     assert "will work on this host (1 warning above)" in out, out
+
+
+def test_the_search_for_class_folders_further_down_stops_in_a_wide_tree(tmp_path, monkeypatch):
+    """`--folder /` or a home folder with thousands of sub-folders was listed two levels down, every folder of it,
+    to name the folder holding the class folders. Past a number of entries looked at, the search stops and names
+    none: a partial search could name one folder as the only one."""
+    from service import doctor_folder
+
+    entry = _default_entry()
+    home = tmp_path / "home"
+    for i in range(20):
+        for j in range(20):
+            (home / f"d{i:02}" / f"e{j:02}").mkdir(parents=True)
+    _class_tree(home / "zz" / "train", entry.classes[:1])
+    refused = f"--folder {home} has no sub-folder named after a class ({', '.join(entry.classes)})"
+    inner = home / "zz" / "train"
+    # The tree, 421 folders, is searched whole at the module's own bound, as before.
+    assert _refusal(home, entry) == f"{refused}; the class folders are in {inner}: give --folder {inner}"
+    # raising=False: without the bound (the code before it) the whole tree is searched and the assertion fails
+    monkeypatch.setattr(doctor_folder, "SUGGESTION_SCAN_ENTRIES", 100, raising=False)
+    assert _refusal(home, entry) == refused
+    # Where the class folders come first, the search stops all the same: it names nothing rather than a part.
+    _class_tree(home / "aa" / "train", entry.classes[:1])
+    assert _refusal(home, entry) == refused
+    # A folder the bound allows is still named.
+    assert _refusal(home / "aa", entry) == (
+        f"--folder {home / 'aa'} has no sub-folder named after a class ({', '.join(entry.classes)}); the class "
+        f"folders are in {home / 'aa' / 'train'}: give --folder {home / 'aa' / 'train'}"
+    )
+
+
+def test_doctor_warns_of_an_empty_key_variable_as_serve_does(monkeypatch, capsys):
+    """serve warns "CIFAR_API_KEYS is set but empty: the service runs without keys" (`CIFAR_API_KEYS=${KEYS}` in a
+    Compose file with KEYS unset); the doctor, asked whether the service will work, said nothing of it."""
+    from service import doctor
+    from service.__main__ import get_args_parser
+    from service.settings import SETTINGS
+
+    entry = _default_entry()
+    for setting in SETTINGS.values():
+        monkeypatch.delenv(setting.env, raising=False)
+    monkeypatch.setenv("CIFAR_API_KEYS", " ")
+    args = get_args_parser().parse_args(
+        ["doctor", "--no-speed", "--device", "cpu", "--models-dir", str(ROOT / "models"), "--model", entry.name]
+    )
+    status = doctor.main(args)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("WARN settings")]
+    said = "CIFAR_API_KEYS is set but empty: the service runs without keys (unset it, or give keys)"
+    assert [line.split(None, 2)[2] for line in lines] == [said], out
+    assert status == 0, out
