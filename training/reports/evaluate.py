@@ -110,10 +110,6 @@ def evaluate(
     notes += _split_lacks_classes(source.classes, held, data.labels, split)
     if not out:  # two ONNX files of one name go to one default folder, reports/<name>-<split>
         check_not_anothers(out_dir, checkpoint or onnx or "", f"the default report folder {out_dir}")
-    elif (earlier := earlier_report(out_dir)) is not None:
-        # rewritten (where train, export and score --out refuse), so said: after every refusal, and before the
-        # evaluation pass, during which a stop still leaves the earlier report whole
-        log.warning("replacing the earlier report in %s (%s)", out_dir, earlier)
     with report_folder(out_dir):
         return _write_report(
             source, spec, data, notes, out_dir, tta, batch_size, gradcam_per_group, max_classes, sample_figures
@@ -225,6 +221,15 @@ def _split_lacks_classes(classes: list[str], held: set[int], labels: np.ndarray,
     ]
 
 
+def _say_replacing(out_dir: Path) -> None:
+    """Warn that the report already in ``out_dir`` (--out or the default folder) is rewritten, where train, export
+    and score --out refuse an existing target. Said once the predictions (and those the temperature is fitted on)
+    passed every check: a model refused as broken leaves the earlier report whole, and must not say it replaces it."""
+    earlier = earlier_report(out_dir)
+    if earlier is not None:
+        log.warning("replacing the earlier report in %s (%s)", out_dir, earlier)
+
+
 def _write_report(
     source: ModelSource,
     spec: DataSpec,
@@ -257,6 +262,7 @@ def _write_report(
         **metrics,
     }
     scaling = temperature_for(source, spec, data, logits, tta, batch_size)
+    _say_replacing(out_dir)
     # A report stopped midway must not pair these predictions with an earlier evaluation's metrics (compare
     # reads its TTA and data from them): the old metrics go before the new predictions arrive.
     (out_dir / METRICS_FILE).unlink(missing_ok=True)
