@@ -23,6 +23,13 @@ def folded(name: str) -> str:
     return unicodedata.normalize("NFC", name).casefold()
 
 
+def _digits_apart(name: str, other: str) -> bool:
+    """Whether ``name`` and ``other`` are the same once their digits are dropped. Such names count a series
+    (WordNet ids ``n01440764`` and ``n01440765``, ``class_1`` and ``class_7``, ``cam01`` and ``cam02``): each is
+    likely its own class, and a near one is no typo for it."""
+    return [c for c in name if not c.isdigit()] == [c for c in other if not c.isdigit()]
+
+
 class ClassMatcher:
     """A folder's name -> the index of the model's class it holds: the class of that exact name, else the first
     class equal to it once both are ``folded``; None for a folder that names no class."""
@@ -47,9 +54,10 @@ class ClassMatcher:
     def suggestion(self, name: str) -> str | None:
         """The class a folder that names none most likely meant, for the line that lists it as left out: the one
         class its ``folded`` name is once a plural ending is dropped (``Cats``, ``boxes``, ``cherries``), else the
-        one class it is a close match to (``aeroplane`` for ``airplane``). None where it names a class, or where
-        no class or more than one is that near. Said, never matched: a dataset may hold both ``cat`` and ``cats``,
-        and a guess would train or score its images on the wrong label."""
+        one class it is a close match to (``aeroplane`` for ``airplane``). None where it names a class, where no
+        class or more than one is that near, or where the near class differs from it only in digits (``cam02`` is
+        no typo for ``cam01``). Said, never matched: a dataset may hold both ``cat`` and ``cats``, and a guess would
+        train or score its images on the wrong label."""
         key = folded(name)
         if self.index(name) is not None or len(key) < SHORTEST_GUESSED:
             return None
@@ -61,7 +69,9 @@ class ClassMatcher:
         if singular:
             return self.classes[singular.pop()] if len(singular) == 1 else None
         close = difflib.get_close_matches(key, self._near(key), n=2, cutoff=CLOSE_NAME)
-        return self.classes[self._folded[close[0]]] if len(close) == 1 else None
+        if len(close) != 1 or _digits_apart(key, close[0]):
+            return None
+        return self.classes[self._folded[close[0]]]
 
     def _near(self, key: str) -> list[str]:
         """The folded class names that may be within ``CLOSE_NAME`` of ``key``: those whose letters it shares

@@ -45,6 +45,26 @@ def test_no_suggestion_where_two_classes_are_as_near():
     assert ClassMatcher(["box", "boxe"]).suggestion("boxes") is None  # boxes -> box (es) and boxe (s)
 
 
+@pytest.mark.parametrize(
+    ("classes", "folder"),
+    [
+        (["n01440764", "n01443537"], "n01440765"),  # ImageNet's WordNet ids
+        (["class_1", "dog"], "class_7"),
+        (["cam01", "dog"], "cam02"),
+        (["cat", "dog"], "cat2"),
+    ],
+)
+def test_no_suggestion_between_names_that_differ_only_in_digits(classes, folder):
+    assert ClassMatcher(classes).suggestion(folder) is None
+    assert ClassMatcher(classes).meant(folder) == ""
+
+
+def test_a_letter_typo_in_a_numbered_name_is_still_suggested():
+    matcher = ClassMatcher(["camera01", "dog"])
+    assert matcher.suggestion("camra01") == "camera01"
+    assert matcher.suggestion("Camera01s") == "camera01"
+
+
 def test_names_under_four_letters_are_not_guessed_at():
     assert ClassMatcher(CIFAR10).suggestion("at") is None  # within difflib's 0.8 of "cat"
     assert ClassMatcher(["a", "bee"]).suggestion("as") is None  # not the plural of "a"
