@@ -1313,7 +1313,7 @@ def test_ablation_skips_finished_variants_and_resumes_an_interrupted_one(image_f
         # a key no config field has is a model argument: only building the network refuses it, for every step
         (
             ["--step", "base", "cutout=4", "--step", "more", "cutouts=8"],
-            "variant 'more': model 'resnet9' takes no argument 'cutouts'",
+            "step 'more': model 'resnet9' takes no argument 'cutouts'",
         ),
     ],
     ids=["unknown_key", "folder_has_no_test_split", "not_a_device", "varied_and_set", "model_argument_typo"],

@@ -89,3 +89,29 @@ def test_a_split_warning_every_variant_meets_is_said_once(tmp_path, caplog, caps
     assert len(said) == 1, said
     assert said[0].startswith("no validation image for class"), said  # every variant's: said bare
     assert not logging.getLogger("training.data").filters and not logging.getLogger("training").filters
+
+
+def test_a_stepped_ablations_warnings_name_its_runs_steps(tmp_path, caplog, capsys):
+    """--step's runs are steps, as its other refusals call them: a warning one step got named it "variant"."""
+    argv = ["ablate", "--recipe", "resnet9_half_cpu", "--step", "base", "lr=0.1", "--step", "pruned", "prune_until=0.5"]
+    argv += ["--set", *TINY, "data.root=" + str(tmp_path / "no-images"), "--out", str(tmp_path / "ablation")]
+    with caplog.at_level(logging.WARNING):
+        assert training_main(argv) == 2  # refused for its data, after the checks
+    assert _said(caplog, "prune_until") == [
+        "step 'pruned': train.prune_until 0.5 is unused: train.prune_ratio is 0 (no pruning)"
+    ]
+    assert "variant" not in capsys.readouterr().err
+
+
+def test_a_data_warning_the_checks_said_is_not_said_again_as_each_variant_trains(tmp_path, caplog):
+    """Each variant's training reads and splits the data the checks before it warned of: a class too small for a
+    share of the validation split was said once by the checks, then once more by every variant as it trained."""
+    pets = _folder(tmp_path / "pets", ["cat", "dog", "fox"], per_class=12)
+    data = tiny_overrides(pets, tmp_path / "cache", **{"data.val_size": 2, "epochs": 1})
+    argv = ["ablate", "--recipe", "resnet9_half_cpu", "--vary", "seed=1,2", "--set", *data]
+    with caplog.at_level(logging.WARNING):
+        assert training_main([*argv, "--out", str(tmp_path / "ablation")]) == 0
+    assert (tmp_path / "ablation" / "seed-2" / "summary.json").is_file()  # both variants trained
+    said = _said(caplog, "no validation image for class")
+    assert len(said) == 1 and said[0].startswith("no validation image for class"), said
+    assert not logging.getLogger("training.data").filters and not logging.getLogger("training").filters

@@ -17,7 +17,7 @@ from inference.messages import and_listed
 from .config import Config, ConfigError
 from .config_recipes import build_config
 from .config_validation import did_you_mean
-from .data import DatasetError, ImageArrays
+from .data import DATASETS, DatasetError, ImageArrays
 from .models import ImageClassifier, UnknownArgument, argument_error, create_model, size_refusal
 from .models.whitening import dirac_init_, whitening_layers
 from .muon import filters_by_normalisation
@@ -42,6 +42,15 @@ class _Held(logging.Filter):
         return False
 
 
+class _Told(logging.Filter):
+    def __init__(self, told: set[tuple[str, int, str]]) -> None:
+        super().__init__()
+        self.told = told
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (record.name, record.levelno, record.getMessage()) not in self.told
+
+
 class WarnedOnce:
     """The warnings of several runs' configurations built or checked together (an ablation's variants, an ensemble
     recipe's members), held back and each distinct one said once: as one run says it where every run gets it, else
@@ -52,6 +61,7 @@ class WarnedOnce:
         self.kind = kind
         self.runs: list[str] = []
         self.said: dict[tuple[str, int, str], list[str]] = {}
+        self.told: set[tuple[str, int, str]] = set()
 
     @contextmanager
     def of(self, name: str) -> Iterator[None]:
@@ -70,7 +80,21 @@ class WarnedOnce:
                 whose = self.said.setdefault((record.name, record.levelno, record.getMessage()), [])
                 whose += [name] if name not in whose else []
 
+    @contextmanager
+    def not_again(self) -> Iterator[None]:
+        """Drop the warnings already told once for all runs, said again as each run trains (its data read and split
+        anew, and warned of as the checks were); a warning not told before is said as it comes."""
+        told, loggers = _Told(self.told), [logging.getLogger(logger) for logger in CONFIG_WARNERS]
+        for logger in loggers:
+            logger.addFilter(told)
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeFilter(told)
+
     def say(self) -> None:
+        self.told.update(self.said)
         for (logger, level, text), whose in self.said.items():
             if len(whose) == len(self.runs) > 1:
                 logging.getLogger(logger).log(level, "%s", text)
@@ -182,12 +206,13 @@ def check_options_suit_the_network(model: ImageClassifier, config: Config) -> No
 
 
 def inside_the_data(dataset: str, root: str | Path, out: Path) -> bool:
-    """Whether ``out`` is (or is inside) the image folder of a folder dataset: a PNG written there (a run's
-    training_curves.png, a report's figures) would be read back as an image, making its folder a class of its
-    own (or an image of one) for every later run on that data."""
+    """Whether ``out`` is (or is inside) the image folder of a dataset that reads every image file under its root
+    (``DatasetKind.reads_image_files``): a PNG written there (a run's training_curves.png, a report's figures) would
+    be read back as an image, making its folder a class of its own (or an image of one) for every later run on that
+    data."""
     root = Path(root)
-    # CIFAR's readers take their batch files by name; an archive cannot be written into; absent data is said later
-    if dataset != "folder" or not root.is_dir():
+    # an unknown dataset is refused where it is read; an archive cannot be written into; absent data is said later
+    if dataset not in DATASETS or not DATASETS.get(dataset).reads_image_files or not root.is_dir():
         return False
     out, root = out.resolve(), root.resolve()
     return out == root or root in out.parents

@@ -33,6 +33,9 @@ class DatasetKind:
     cached: bool
     # a separate test split (train=False); a folder dataset is one tree, split into train and val only
     has_test: bool
+    # reads every image file under its root: a PNG written there (a run's curves, a report's figures) is read back
+    # as an image of it; CIFAR's readers take their batch files by name
+    reads_image_files: bool
 
     def __call__(self, root: str | Path, train: bool = True, **options: Any) -> ImageArrays:
         if not train and not self.has_test:
@@ -45,9 +48,11 @@ class DatasetKind:
 DATASETS: Registry[DatasetKind] = Registry("dataset")
 
 
-def _dataset(name: str, *, cached: bool, has_test: bool) -> Callable[[Callable[..., ImageArrays]], DatasetKind]:
+def _dataset(
+    name: str, *, cached: bool, has_test: bool, reads_image_files: bool
+) -> Callable[[Callable[..., ImageArrays]], DatasetKind]:
     def register(read: Callable[..., ImageArrays]) -> DatasetKind:
-        return DATASETS.register(name)(DatasetKind(name, read, cached, has_test))
+        return DATASETS.register(name)(DatasetKind(name, read, cached, has_test, reads_image_files))
 
     return register
 
@@ -65,21 +70,21 @@ def _cifar_size(name: str, image_size: int) -> None:
         )
 
 
-@_dataset("cifar10", cached=False, has_test=True)
+@_dataset("cifar10", cached=False, has_test=True, reads_image_files=False)
 def cifar10(root: str | Path, train: bool = True, image_size: int = CIFAR_SIZE, **_) -> ImageArrays:
     """The python-format CIFAR-10 folder (cifar-10-batches-py)."""
     _cifar_size("cifar10", image_size)
     return read_cifar10(root, train)
 
 
-@_dataset("cifar100", cached=False, has_test=True)
+@_dataset("cifar100", cached=False, has_test=True, reads_image_files=False)
 def cifar100(root: str | Path, train: bool = True, image_size: int = CIFAR_SIZE, **_) -> ImageArrays:
     """The python-format CIFAR-100 folder (cifar-100-python), fine labels."""
     _cifar_size("cifar100", image_size)
     return read_cifar100(root, train)
 
 
-@_dataset("folder", cached=True, has_test=False)
+@_dataset("folder", cached=True, has_test=False, reads_image_files=True)
 def folder(
     root: str | Path,
     train: bool = True,

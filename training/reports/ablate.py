@@ -119,9 +119,10 @@ def ablate(
     check_tta(tta)
     # Build every config, and its network, before training anything: a typo fails at once, not after hours.
     configs = []
-    with warned_once("variant") as warned:  # a warning every variant gets is said once, not once each
+    kind = "step" if steps else "variant"  # as its refusals and its warnings name each run
+    with warned_once(kind) as built:  # a warning every variant gets is said once, not once each
         for label, combo in zip(labels, combos):
-            configs.append(buildable_config(recipe, sets + combo, f"variant {label!r}", warned))
+            configs.append(buildable_config(recipe, sets + combo, f"{kind} {label!r}", built))
     names = [variant_dir_name([label] if steps else combo) for label, combo in zip(labels, combos)]
     check_distinct_variants(configs, labels, names, bool(steps))
     out_dir = Path(out) if out else Path("runs") / f"ablate-{configs[0].recipe}"
@@ -142,11 +143,11 @@ def ablate(
     loaded: dict[tuple, tuple] = {}
     folders = [out_dir / name for name in names]
     # reading each variant's evaluation split and checking its training split warn of the same split: said once
-    with warned_once("variant") as warned:
+    with warned_once(kind) as warned:
         for label, config in zip(labels, configs):  # so does a missing or unknown split
-            with warned.of(f"variant {label!r}"):
+            with warned.of(f"{kind} {label!r}"):
                 _eval_data(_data_spec(config, split), loaded)
-        check_variants(folders, configs, labels, warned)
+        check_variants(folders, configs, labels, warned, kind)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict[str, Any]] = []
@@ -155,7 +156,9 @@ def ablate(
     ):
         log.info("variant %d/%d: %s", index + 1, len(combos), label)
         started = time.perf_counter()
-        status = run_variant(run_dir, config)
+        # each variant's training builds its configuration and reads and splits the data, as the checks did
+        with built.not_again(), warned.not_again():
+            status = run_variant(run_dir, config)
         wall = time.perf_counter() - started
         summary = read_json(run_dir / SUMMARY_FILE)
 

@@ -63,18 +63,23 @@ def check_variant_folder(run_dir: Path, config: Config) -> None:
 
 
 def check_variants(
-    folders: list[Path], configs: list[Config], labels: list[str], warned: WarnedOnce | None = None
+    folders: list[Path],
+    configs: list[Config],
+    labels: list[str],
+    warned: WarnedOnce | None = None,
+    kind: str = "variant",
 ) -> None:
     """What would refuse a variant once the ones before it had trained, refused before the first trains: a folder
     holding a run of another configuration, and the refusals that need the training images (data no classifier
     can learn from, a batch larger than the split, a lookahead period longer than the run). A variant started
     or finished earlier has passed the latter. ``warned``: where the variants' warnings are held, to be said
-    once for all (``preflight.WarnedOnce``)."""
+    once for all (``preflight.WarnedOnce``); ``kind``: the word a refusal or a warning names a variant by ("step"
+    in a stepped ablation)."""
     for folder, config in zip(folders, configs):
         check_variant_folder(folder, config)
     new = [i for i, folder in enumerate(folders) if _standing(folder) == "none"]
-    with warned_once("variant") if warned is None else nullcontext(warned) as held:
-        check_run_lengths([configs[i] for i in new], [f"variant {labels[i]!r}" for i in new], held)
+    with warned_once(kind) if warned is None else nullcontext(warned) as held:
+        check_run_lengths([configs[i] for i in new], [f"{kind} {labels[i]!r}" for i in new], held)
 
 
 def check_same_ablation(out_dir: Path, what: dict[str, Any]) -> None:
