@@ -56,10 +56,12 @@ class RecordedParity(BaseModel):
 
 
 class RecordedMetrics(BaseModel):
-    """What verify reads of a card's figures when the checkpoint is gone: the PyTorch top-1 recorded at export."""
+    """What verify reads of a card's figures: its top-1 and the images it was measured on, which the file must
+    still score, and the PyTorch top-1 recorded at export, compared with when the checkpoint is gone."""
 
     model_config = ConfigDict(strict=True, extra="ignore")
 
+    val_top1: float  # ModelCard refuses a card without it
     val_samples: int | None = None
     parity: RecordedParity | None = None
 
@@ -67,8 +69,7 @@ class RecordedMetrics(BaseModel):
 class ListedModel(BaseModel):
     """A listed model: its entry, and what its card records of its data, checkpoint and figures as checked types.
     Verify, rederive and recover read those here, never from the entry's free ``source`` and ``metrics``
-    mappings (but for the top-1 and its image count, which ModelCard checks itself), so a value the types refuse
-    is never read raw."""
+    mappings, so a value the types refuse is never read raw."""
 
     entry: ModelEntry
     source: RecordedSource
@@ -162,7 +163,7 @@ def verify_model(
         parity, logits = parity_against(
             reference, speed, classifier, val.images, val.labels, split_images=source["val_size"]
         )
-        return _against_card(parity, entry), graph_calibration_report(logits, val.labels, temperature)
+        return _against_card(parity, listed.metrics), graph_calibration_report(logits, val.labels, temperature)
     # Without the checkpoint (a fresh clone), compare with the reference's accuracy recorded at export time: a
     # graph derived from another (rederive) was measured against that graph, not against PyTorch.
     against = "FP32 graph" if recorded.derived_from else "PyTorch"
@@ -175,9 +176,10 @@ def verify_model(
         same = ""
         if torch_top1 is not None and recorded_on:
             same = f": it was recorded on {recorded_on}, pass --max-val-images {recorded_on}"
+        looked = f"no usable checkpoint at {checkpoint}" if recorded.checkpoint else "its card records no checkpoint"
         raise UsageError(
             f"{entry.name}: no checkpoint and no recorded {against} accuracy on the same "
-            f"{counted(len(val), 'image')}{same}"
+            f"{counted(len(val), 'image')} ({looked}){same}"
         )
     # said once the comparison is sure to run: before a refusal it would tell of a comparison that never starts
     log.warning(
@@ -198,7 +200,7 @@ def verify_model(
         against,
         split_images=source["val_size"],
     )
-    return _against_card(parity, entry), graph_calibration_report(logits, val.labels, temperature)
+    return _against_card(parity, listed.metrics), graph_calibration_report(logits, val.labels, temperature)
 
 
 # How far the card's top-1 may be from a new measurement on the same images: the same file gives the same
@@ -206,12 +208,12 @@ def verify_model(
 CARD_TOLERANCE_POINTS = 0.3
 
 
-def _against_card(parity: Parity, entry: ModelEntry) -> Parity:
+def _against_card(parity: Parity, card: RecordedMetrics) -> Parity:
     """``parity`` failed too when the card's top-1, which the listing, the card table and /models show, is not
     what the file scores on the same images: the manifest is not hashed, so a figure edited by hand (or left
     from another file) is found only here."""
-    claimed, samples = entry.metrics.get("val_top1"), entry.metrics.get("val_samples")
-    if claimed is None or samples != parity.samples:
+    claimed, samples = card.val_top1, card.val_samples
+    if samples is None or samples != parity.samples:
         return parity
     gap = 100 * (parity.onnx_top1 - claimed)
     if abs(gap) > CARD_TOLERANCE_POINTS + 1e-9:  # 15 images of 5,000 is 0.30000000000000004 points

@@ -21,6 +21,7 @@ from export.variants import CONVERTERS, converter
 from export.verify import verify_model
 from inference.errors import UsageError
 from inference.manifest import METADATA_KEY, ManifestError, ModelCard, load_manifest
+from inference.messages import counted
 from inference.precisions import PRECISIONS
 from inference.preprocess import decode_image, to_model_input
 from inference.runtime import OnnxClassifier, read_card
@@ -1427,6 +1428,28 @@ def test_verify_without_the_checkpoint_of_a_card_whose_parity_is_null_says_so(ex
     (m / "manifest.json").write_text(json.dumps(raw))
     assert export_main(["verify", "--models-dir", str(m), "--cache-dir", str(tmp_path / "cache")]) == 2
     assert f"error: {entry.name}: no checkpoint and no recorded PyTorch accuracy" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("gone", [True, False], ids=["checkpoint-gone", "none-recorded"])
+def test_verify_without_the_checkpoint_names_where_it_looked_for_it(exported, tmp_path, capsys, gone):
+    """The refusal named no path: a checkpoint recorded at a path that is not there now (another folder, another
+    machine) could not be told from a card that records none."""
+    models, entry, _ = exported
+    m = _copy_models(models, tmp_path / "m")
+    raw = json.loads((m / "manifest.json").read_text())
+    raw["models"][0]["metrics"]["parity"] = None
+    if gone:
+        raw["models"][0]["source"]["checkpoint"] = str(tmp_path / "gone" / "best.pt")
+    else:
+        raw["models"][0]["source"].pop("checkpoint")
+    (m / "manifest.json").write_text(json.dumps(raw))
+    assert export_main(["verify", "--models-dir", str(m), "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    looked = f"no usable checkpoint at {tmp_path / 'gone' / 'best.pt'}" if gone else "its card records no checkpoint"
+    assert err.splitlines()[-1] == (  # after the dataset's decoding progress
+        f"error: {entry.name}: no checkpoint and no recorded PyTorch accuracy on the same "
+        f"{counted(entry.metrics['val_samples'], 'image')} ({looked})"
+    ), err
 
 
 @pytest.mark.parametrize("key", ["dataset", "data_root", "split_seed"])

@@ -18,6 +18,7 @@ from export.parity import Parity, judge
 from export.pipeline import ParityError, convert_variant, publish
 from export.sources import calibration_images, validation_split
 from export.variants import Converter
+from export.verify import RecordedMetrics
 from inference.precisions import PRECISIONS
 from inference.preprocess import to_model_input
 
@@ -138,8 +139,8 @@ def test_each_shipped_cards_figures_agree_with_each_other_and_passed_todays_limi
         assert re.fullmatch(r"\d+ training-split images, .+", entry["source"]["calibration"])
 
 
-def _card_entry(top1: float, samples: int = 5000) -> SimpleNamespace:
-    return SimpleNamespace(metrics={"val_top1": top1, "val_samples": samples})
+def _card_figures(top1: float, samples: int = 5000) -> RecordedMetrics:
+    return RecordedMetrics(val_top1=top1, val_samples=samples)
 
 
 def _measured(top1: float, samples: int = 5000) -> Parity:
@@ -148,7 +149,7 @@ def _measured(top1: float, samples: int = 5000) -> Parity:
 
 def test_a_card_figure_exactly_the_card_tolerance_from_the_measurement_passes():
     """Verify refuses a card whose top-1 is *over* 0.3 points from the file's; 15 images of 5,000 is 0.3 exactly."""
-    over = verify._against_card(_measured(4578 / 5000), _card_entry(4562 / 5000))  # type: ignore[arg-type]
+    over = verify._against_card(_measured(4578 / 5000), _card_figures(4562 / 5000))
     assert over.failures and "over 0.3" in over.failures[0]
-    exactly = verify._against_card(_measured(4578 / 5000), _card_entry(4563 / 5000))  # type: ignore[arg-type]
+    exactly = verify._against_card(_measured(4578 / 5000), _card_figures(4563 / 5000))
     assert exactly.failures == []
