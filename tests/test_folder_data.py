@@ -372,3 +372,25 @@ def test_a_class_too_small_for_a_validation_share_is_named(tmp_path, caplog):
     assert sorted(set(val.labels.tolist())) == [0, 1], val.labels
     assert "no validation image for class 'tiny' (1 image)" in caplog.text, caplog.text
     assert "'big'" not in caplog.text and "'other'" not in caplog.text, caplog.text
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "archive"])
+def test_the_decode_progress_bar_ends_on_the_images_decoded(tmp_path, capsys, packed):
+    """A small folder decodes before the bar's first refresh: its last line, the one a log keeps, read `0img`
+    (`0/3` for a folder) however many images it decoded."""
+    root = tmp_path / "pets"
+    for name in ("cat/0.png", "cat/1.png", "dog/0.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        _noise(12, 10, len(name)).save(root / name)
+    source = root
+    if packed:
+        source = tmp_path / "pets.tar"
+        with tarfile.open(source, "w") as tar:
+            tar.add(root, arcname="pets")
+    capsys.readouterr()
+
+    assert len(read_image_folder(source)) == 3
+
+    drawn = [line.strip() for line in capsys.readouterr().err.split("\r") if line.strip()]
+    assert drawn and drawn[0].startswith(f"decoding {source.name}"), drawn
+    assert ("3img" if packed else "3/3") in drawn[-1], drawn

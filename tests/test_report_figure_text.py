@@ -128,3 +128,34 @@ def test_no_figure_draws_math_text_markup(tmp_path, monkeypatch):
     for fig in drawn + drawn_curves:
         texts = [text.get_text() for text in fig.findobj(Text)]
         assert not [text for text in texts if "mathdefault" in text], texts
+
+
+def _legend_labels(fig) -> list[list[str]]:
+    return [[text.get_text() for text in ax.get_legend().get_texts()] for ax in fig.axes]
+
+
+def test_long_run_names_are_cut_in_the_compared_curves_legends(tmp_path, monkeypatch):
+    """``compare`` names each run by its path: one of 80 characters and more widened both legends past their
+    panels. Cut in the middle, a label keeps the run folder's start, the checkpoint's name and its notes."""
+    drawn = _drawn(monkeypatch, plots, "save_figure")
+    a = "A runs/2026-12-07_resnet9_cifar10_muon_lr0.02_wd5e-4_ema0.999_bs512_seed1/checkpoints/best.pt"
+    b = "B runs/short/last.pt"
+    infos = {a: CurveInfo(0.1, "EMA", "muon"), b: CurveInfo(0.0, None, "sgd")}
+    plots.plot_compared_curves({a: HISTORY, b: HISTORY}, tmp_path / "compared.png", infos)
+    (accuracy, loss) = _legend_labels(drawn[0])
+    assert accuracy[1] == b and loss[1] == f"{b}, label smoothing 0"
+    for label, note in ((accuracy[0], " (EMA weights)"), (loss[0], ", label smoothing 0.1")):
+        assert label.endswith(note), label
+        name = label[: -len(note)]
+        assert len(name) <= 40 and "\u2026" in name, label
+        assert a.startswith(name.split("\u2026")[0]) and a.endswith(name.split("\u2026")[1]), label
+
+
+def test_run_names_cut_alike_are_still_told_apart(tmp_path, monkeypatch):
+    """Two runs named alike but for their middle (the seed) keep enough of it to read as two."""
+    drawn = _drawn(monkeypatch, plots, "save_figure")
+    names = [f"runs/2026-12-07_resnet9_cifar10_muon_lr0.02_seed{seed}_wd5e-4_ema0.999_bs512/best.pt" for seed in (1, 2)]
+    plots.plot_compared_curves(dict.fromkeys(names, HISTORY), tmp_path / "compared.png")
+    for labels in _legend_labels(drawn[0]):
+        assert len(set(labels)) == 2 and all("\u2026" in label for label in labels), labels
+        assert all(len(label) < len(names[0]) for label in labels), labels

@@ -8,7 +8,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import matplotlib
 
@@ -180,6 +180,29 @@ def plot_training_curves(
     save_figure(fig, path, tight=True, dpi=100)
 
 
+# A run's name longer than this is cut in the middle in the compared curves' legends: an 80-character run folder
+# widened them past their panels. compare.md names the runs in full.
+RUN_NAME_CHARS = 40
+
+
+def _middle_cut(name: str, chars: int) -> str:
+    if len(name) <= chars:
+        return name
+    tail = (chars - 1) // 2
+    return name[: chars - 1 - tail] + "\u2026" + name[-tail:]
+
+
+def short_run_names(names: Sequence[str], chars: int = RUN_NAME_CHARS) -> dict[str, str]:
+    """Each run's name as a legend shows it: one over ``chars`` characters keeps its start and end (where a run's
+    folder and its checkpoint are named) around an ellipsis, more of both where two names would read alike."""
+    distinct = list(dict.fromkeys(names))
+    for width in range(chars, max(map(len, distinct), default=0)):
+        shown = {name: _middle_cut(name, width) for name in distinct}
+        if len(set(shown.values())) == len(distinct):
+            return shown
+    return {name: name for name in distinct}
+
+
 @literal_text
 def plot_compared_curves(
     histories: dict[str, list[dict]], path: Path, infos: dict[str, CurveInfo] | None = None
@@ -187,13 +210,16 @@ def plot_compared_curves(
     """Two or more training runs on shared axes: validation top-1 and training loss by epoch."""
     infos = infos or {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    shown = short_run_names(list(histories))
     for name, history in histories.items():
         epochs = [h["epoch"] for h in history]
         info = infos.get(name, CurveInfo())
         if history and history[0].get("val_top1") is not None:
-            axes[0].plot(epochs, [100 * h["val_top1"] for h in history], marker=".", label=info.validation_label(name))
+            axes[0].plot(
+                epochs, [100 * h["val_top1"] for h in history], marker=".", label=info.validation_label(shown[name])
+            )
         smoothing = info.label_smoothing
-        label = name if smoothing is None else f"{name}, label smoothing {smoothing:g}"
+        label = shown[name] if smoothing is None else f"{shown[name]}, label smoothing {smoothing:g}"
         axes[1].plot(epochs, [h["train_loss"] for h in history], marker=".", label=label)
     axes[0].set_title("validation top-1 (%), no TTA")
     axes[1].set_title("training loss (with each recipe's label smoothing)")

@@ -134,8 +134,8 @@ def _decode_all(
     folders: set[PurePosixPath] = set()
     loose: PurePosixPath | None = None  # an archive's one top folder, where it holds images beside the class folders
     # closed on an error too, before the caller's warnings and error (an open bar would hold their line)
-    with tqdm(entries, total=count, desc=f"decoding {_folder_name(root)}", unit="img", leave=False) as bar:
-        for i, (name, cls, data) in enumerate(bar):
+    with tqdm(total=count, desc=f"decoding {_folder_name(root)}", unit="img", leave=False) as bar:
+        for i, (name, cls, data) in enumerate(entries):
             if count is None:
                 folder = PurePosixPath(name).parent
                 if folder not in folders:
@@ -149,6 +149,10 @@ def _decode_all(
                 unusable[i] = str(exc)  # all of them, in one pass: not one decode of the folder per file
             names.append(name)
             classes_of.append(cls)
+            bar.update()
+        # drawn once more before close clears it: a decode done before the bar's first refresh (0.1 s) left its
+        # last line, the one a log keeps, at "0img"; a bar iterating the entries itself is closed by then
+        bar.refresh()
     if loose is not None:
         # as the folder itself is read: tar czf pets.tar.gz pets packs them under the folder's own name
         beside = [PurePosixPath(name).name for name in names if PurePosixPath(name).parent == loose]
