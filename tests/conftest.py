@@ -8,8 +8,10 @@ import pickle
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -285,6 +287,16 @@ def wait_for_lines(path: Path, count: int, proc, timeout: float = 60) -> None:
             pytest.fail(f"the scorer exited ({proc.returncode}) before writing {count} lines: {proc.stderr.read()}")
         time.sleep(0.005)
     pytest.fail(f"no {count} lines in {path} after {timeout} s")
+
+
+_REAL_CLIENT = httpx.Client  # taken at import, before any test stands in for it
+
+
+def mock_service(monkeypatch: pytest.MonkeyPatch, handler: Callable[[httpx.Request], httpx.Response]) -> None:
+    """Serves every httpx.Client the scorer opens in this process from ``handler``, a stand-in of the service; a
+    second call replaces the first's."""
+    transport = httpx.MockTransport(handler)
+    monkeypatch.setattr(httpx, "Client", lambda **kw: _REAL_CLIENT(transport=transport, **kw))
 
 
 def lost_its_port(proc: subprocess.Popen, log_path: Path, port: int) -> bool:

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import httpx
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, running_service, wait_for_lines
+from conftest import ROOT, mock_service, running_service, wait_for_lines
 from inference.image_formats import is_image_name
 from inference.preprocess import decode_image, to_model_input
 from inference.runtime import OnnxClassifier
@@ -469,7 +468,7 @@ def test_flags_of_another_engine_are_refused_and_their_defaults_do_not_count(
     # Left out, each engine's flags take their defaults, and the other engines' do not count.
     assert _score(tree / "a-b", "--models-dir", tiny_models_dir, "--out", tmp_path / "local.csv", "--no-progress") == 0
     handler, _ = _classify_handler()
-    _mock_service(monkeypatch, handler)
+    mock_service(monkeypatch, handler)
     assert _score(tree / "a-b", *url, "--out", tmp_path / "remote.csv", "--no-progress") == 0
 
 
@@ -618,12 +617,19 @@ def test_min_confidence_marks_rows_in_csv_and_jsonl(tree, tiny_models_dir, tmp_p
 
 
 def test_min_confidence_out_of_range_is_a_usage_error(tree, tiny_models_dir, tmp_path, capsys):
-    for value in ("1.5", "-0.1", "nan", "high", ""):
+    """A number out of range is refused as the integer flags' values are (--max-pixels 0): one line, no usage
+    block; argparse printed its usage first. What is no number at all is argparse's, as for those flags."""
+    shown = {"1.5": "1.5", "-0.1": "-0.1", "nan": "nan", "1e400": "inf", " 2 ": "2"}
+    for value, said in shown.items():
+        assert _score(tree, "--models-dir", tiny_models_dir, "--min-confidence", value) == 2, value
+        assert capsys.readouterr().err == f"error: --min-confidence must be between 0 and 1, not {said}\n"
+    for value in ("high", ""):
         with pytest.raises(SystemExit) as exit_info:
             _score(tree, "--models-dir", tiny_models_dir, "--min-confidence", value)
         assert exit_info.value.code == 2, value
         err = capsys.readouterr().err
-        assert "usage: " in err and "error: argument --min-confidence: must be " in err and "Traceback" not in err
+        assert "usage: " in err and "error: argument --min-confidence: must be a number from 0 to 1, got " in err, err
+        assert "Traceback" not in err
     done = subprocess.run(
         [*_cli(), str(tree), "--models-dir", str(tiny_models_dir), "--min-confidence", "2"],
         cwd=ROOT,
@@ -631,7 +637,7 @@ def test_min_confidence_out_of_range_is_a_usage_error(tree, tiny_models_dir, tmp
         text=True,
         timeout=120,
     )
-    assert done.returncode == 2 and "between 0 and 1, got 2" in done.stderr and "Traceback" not in done.stderr
+    assert (done.returncode, done.stderr) == (2, "error: --min-confidence must be between 0 and 1, not 2\n")
 
 
 def test_an_existing_output_is_continued_or_replaced_only_when_asked(tree, tiny_models_dir, tmp_path, capsys):
@@ -919,7 +925,7 @@ def test_odd_file_names_round_trip_through_resume_and_the_service(image_folder, 
             assert [r["path"] for r in rows_of(out)] == expected  # read back whole: nothing scored twice
 
     handler, _ = _classify_handler()
-    _mock_service(monkeypatch, handler)
+    mock_service(monkeypatch, handler)
     remote = tmp_path / "remote.csv"
     assert _score(folder, "--url", "http://scorer.test", "--out", remote, "--no-progress") == 0
     rows = _csv_rows(remote)
@@ -1058,20 +1064,10 @@ def _classify_handler(fail_first: int = 0, max_images: int = 64, max_body: int |
     return handler, calls
 
 
-_REAL_CLIENT = httpx.Client  # taken at import, before any test stands in for it
-
-
-def _mock_service(monkeypatch: pytest.MonkeyPatch, handler: Callable[[httpx.Request], httpx.Response]) -> None:
-    """Serves every httpx.Client score opens from ``handler``, a stand-in of the service; a second call replaces
-    the first's."""
-    transport = httpx.MockTransport(handler)
-    monkeypatch.setattr(httpx, "Client", lambda **kw: _REAL_CLIENT(transport=transport, **kw))
-
-
 def test_url_mode_splits_and_falls_back_to_single_images(tree, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(RemoteBackend, "RETRY_DELAY", 0.001)
     handler, calls = _classify_handler(fail_first=1, max_images=5)
-    _mock_service(monkeypatch, handler)
+    mock_service(monkeypatch, handler)
     out = tmp_path / "p.csv"
     assert _score(tree, "--url", "http://scorer.test", "--out", out, "--k", 9, "--batch-size", 20, "--no-progress") == 0
     rows = _csv_rows(out)
@@ -1093,7 +1089,7 @@ def test_url_mode_splits_and_falls_back_to_single_images(tree, tmp_path, monkeyp
     assert "unknown model 'nope'; the service at http://scorer.test has: fake" in capsys.readouterr().err
 
     handler, _ = _classify_handler(fail_first=10**6)
-    _mock_service(monkeypatch, handler)
+    mock_service(monkeypatch, handler)
     assert _score(tree, "--url", "http://scorer.test", "--out", out, "--overwrite", "--no-progress") == 1
     assert "failed 6 times: HTTP 503: warming up" in capsys.readouterr().err
 
@@ -1102,7 +1098,7 @@ def test_a_service_that_stops_answering_says_what_the_output_holds(tree, tmp_pat
     """Every such stop advised --resume: refused for standard output, and after an --overwrite that had not yet
     replaced the file, it would have kept the very rows being replaced."""
     handler, _ = _classify_handler(fail_first=10**6)
-    _mock_service(monkeypatch, handler)
+    mock_service(monkeypatch, handler)
     monkeypatch.setattr(RemoteBackend, "RETRY_DELAY", 0.001)
     url = ["--url", "http://scorer.test", "--no-progress"]
     old = tmp_path / "old.csv"
@@ -1132,7 +1128,7 @@ def test_url_mode_sizes_its_requests_to_the_limits_the_service_lists(tmp_path, m
     limit = FORM_OVERHEAD + 2 * (size + PART_OVERHEAD)  # two files a request, by the client's own reckoning
     for says in (False, True):
         handler, calls = _classify_handler(max_images=3, max_body=limit, says_limits=says)
-        _mock_service(monkeypatch, handler)
+        mock_service(monkeypatch, handler)
         out = tmp_path / f"p{says}.csv"
         assert _score(folder, "--url", "http://scorer.test", "--out", out, "--batch-size", 8, "--no-progress") == 0
         rows = _csv_rows(out)
@@ -1154,7 +1150,7 @@ def test_url_mode_file_over_the_body_limit_is_a_row_about_the_file(tmp_path, mon
     limit = big // 2
     for says in (False, True):
         handler, calls = _classify_handler(max_images=3, max_body=limit, says_limits=says)
-        _mock_service(monkeypatch, handler)
+        mock_service(monkeypatch, handler)
         out = tmp_path / f"big{says}.csv"
         assert _score(folder, "--url", "http://scorer.test", "--out", out, "--no-progress") == 0
         rows = {r["path"]: r for r in _csv_rows(out)}
@@ -1195,7 +1191,7 @@ def test_url_mode_against_live_service(tree, tiny_models_dir, tmp_path):
 def test_url_mode_marks_with_min_confidence_locally(tree, tmp_path, monkeypatch):
     """The threshold is applied to the confidences the service returns (the stand-in's top-1 is 0.5)."""
     handler, _ = _classify_handler()
-    _mock_service(monkeypatch, handler)
+    mock_service(monkeypatch, handler)
     for threshold, expected in (("0.5", "true"), ("0.6", "false")):
         out = tmp_path / f"{threshold}.csv"
         assert (
@@ -1249,7 +1245,7 @@ def test_fit_is_sent_to_the_service_and_a_bad_one_is_a_usage_error(tree, tmp_pat
             sent.append(b'name="fit"\r\n\r\npad\r\n' in request.read())
         return handler(request)
 
-    _mock_service(monkeypatch, recording)
+    mock_service(monkeypatch, recording)
     out = tmp_path / "p.csv"
     assert _score(tree, "--url", "http://scorer.test", "--out", out, "--fit", "pad", "--no-progress") == 0
     assert sent and all(sent)
@@ -1346,7 +1342,7 @@ def test_a_write_that_fails_on_a_device_advises_no_resume(tree, monkeypatch, cap
     """--out /dev/full (JSON Lines: no header to fail first) or a pipe: the summary advised --resume, which
     refuses anything but a regular file."""
     handler, _ = _classify_handler()
-    _mock_service(monkeypatch, handler)
+    mock_service(monkeypatch, handler)
     assert (
         _score(tree, "--url", "http://scorer.test", "--out", "/dev/full", "--format", "jsonl", "--no-progress")
         == OUTPUT_LOST
@@ -1367,7 +1363,7 @@ def test_resume_starts_a_header_only_file_again_whatever_its_k_or_threshold(tree
         assert resume_output(str(out), CsvFormat(2), list().append) == 0 and out.read_text() == ""
 
     handler, _ = _classify_handler()
-    _mock_service(monkeypatch, handler)
+    mock_service(monkeypatch, handler)
     out.write_text("path,label_1,confidence_1,error\n")
     assert _score(tree, "--url", "http://scorer.test", "--out", out, "--k", 2, "--resume", "--no-progress") == 0
     rows = _csv_rows(out)
@@ -1515,7 +1511,7 @@ def test_url_mode_waits_for_a_service_still_loading_its_models(tree, tmp_path, m
             return httpx.Response(503, text="not ready")
         return classify(request)
 
-    _mock_service(monkeypatch, loading)
+    mock_service(monkeypatch, loading)
     monkeypatch.setattr(RemoteBackend, "READY_POLL_S", 0.01)
     url = ["--url", "http://scorer.test", "--no-progress"]
     assert _score(tree / "a-b", *url, "--out", tmp_path / "a.csv") == 0

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from test_score import _classify_handler, _csv_rows, _mock_service, _rgb, _score
+from conftest import mock_service
+from test_score import _classify_handler, _csv_rows, _rgb, _score
 
 
 def test_a_file_exactly_at_the_listed_limit_is_not_uploaded(tmp_path, monkeypatch):
@@ -16,7 +17,7 @@ def test_a_file_exactly_at_the_listed_limit_is_not_uploaded(tmp_path, monkeypatc
     Image.fromarray(_rgb(128, 128, 2)).save(folder / "big.png")
     big = (folder / "big.png").stat().st_size
     handler, calls = _classify_handler(max_images=3, max_body=big, says_limits=True)
-    _mock_service(monkeypatch, handler)
+    mock_service(monkeypatch, handler)
     out = tmp_path / "out.csv"
     assert _score(folder, "--url", "http://scorer.test", "--out", out, "--no-progress") == 0
     rows = {r["path"]: r for r in _csv_rows(out)}
@@ -32,7 +33,7 @@ def test_a_one_image_request_refused_as_too_many_images_is_not_said_too_large(tm
     folder.mkdir()
     Image.fromarray(_rgb(16, 16, 1)).save(folder / "a.png")
     handler, _ = _classify_handler(max_images=0)
-    _mock_service(monkeypatch, handler)
+    mock_service(monkeypatch, handler)
     out = tmp_path / "out.csv"
     assert _score(folder, "--url", "http://scorer.test", "--out", out, "--no-progress") == 0
     error = _csv_rows(out)[0]["error"]

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import httpx
 import pytest
 
-from conftest import ROOT, wait_for_lines
+from conftest import ROOT, mock_service, wait_for_lines
 from inference.image_limits import ImageDecodeError
 from inference.manifest import load_manifest
 from service.contract import ModelInfo, ModelList
@@ -85,13 +85,6 @@ def _service(fails_on: Callable[[bytes], bool] = lambda body: False, hold: threa
         return httpx.Response(200, json={"model": "fake", "predictions": predictions})
 
     return handler
-
-
-def _in_process(monkeypatch, handler: Handler) -> None:
-    """The scorer's client talks to ``handler`` in this process."""
-    real_client = httpx.Client
-    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
-    monkeypatch.setattr(RemoteBackend, "RETRY_DELAY", 0.001)
 
 
 @pytest.fixture
@@ -174,7 +167,8 @@ def test_the_lock_of_a_killed_run_does_not_hold_the_next_one_off(photos, served,
 # ------------------------------------------------------------------------------- an image the service fails on
 def test_an_image_the_service_fails_on_is_an_error_row_and_the_run_goes_on(photos, monkeypatch, tmp_path, capsys):
     poison = (photos / "5.png").read_bytes()
-    _in_process(monkeypatch, _service(fails_on=lambda body: poison in body))
+    monkeypatch.setattr(RemoteBackend, "RETRY_DELAY", 0.001)
+    mock_service(monkeypatch, _service(fails_on=lambda body: poison in body))
     out = tmp_path / "preds.csv"
     assert _score(photos, "--url", "http://scorer.test", "--out", out, "--batch-size", 8, "--no-progress") == 0
     errors = {row["path"]: row["error"] for row in _rows(out)}
@@ -185,7 +179,8 @@ def test_an_image_the_service_fails_on_is_an_error_row_and_the_run_goes_on(photo
 
 
 def test_a_service_that_fails_every_request_still_stops_the_run(photos, monkeypatch, tmp_path, capsys):
-    _in_process(monkeypatch, _service(fails_on=lambda body: True))
+    monkeypatch.setattr(RemoteBackend, "RETRY_DELAY", 0.001)
+    mock_service(monkeypatch, _service(fails_on=lambda body: True))
     out = tmp_path / "preds.csv"
     assert _score(photos, "--url", "http://scorer.test", "--out", out, "--batch-size", 4, "--no-progress") == 1
     err = capsys.readouterr().err

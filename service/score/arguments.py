@@ -33,6 +33,8 @@ def validate(args) -> str:
         raise UserError(_not_a_folder(args.dir))
     if args.k < 1:
         raise UserError(f"--k must be at least 1, not {args.k}")
+    if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:  # NaN included
+        raise UserError(f"--min-confidence must be between 0 and 1, not {args.min_confidence:g}")
     if args.model is not None and not args.model.strip():  # a shell variable never set: not the default, unsaid
         raise UserError("--model is empty: give a model name from the manifest, or leave --model out")
     if args.batch_size is not None and args.batch_size < 1:

@@ -254,7 +254,11 @@ def _threshold(text: str) -> float:
     try:
         return parse_min_confidence(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        try:
+            # a number out of range: refused by arguments.validate, as one line, as the integer flags' values are
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def get_args_parser() -> argparse.ArgumentParser:
