@@ -115,3 +115,36 @@ def test_a_data_warning_the_checks_said_is_not_said_again_as_each_variant_trains
     said = _said(caplog, "no validation image for class")
     assert len(said) == 1 and said[0].startswith("no validation image for class"), said
     assert not logging.getLogger("training.data").filters and not logging.getLogger("training").filters
+
+
+def test_a_data_warning_the_checks_said_is_not_said_again_as_each_member_trains(tmp_path, caplog):
+    """Each member's training reads and splits the data the checks before it warned of: a class too small for a
+    share of the validation split was said once by the checks, then once more by every member as it trained."""
+    pets = _folder(tmp_path / "pets", ["cat", "dog", "fox"], per_class=12)
+    data = tiny_overrides(pets, tmp_path / "cache", **{"data.val_size": 2, "epochs": 1})
+    recipe = _ensemble(tmp_path, [["seed=1"], ["seed=2"]])
+    with caplog.at_level(logging.WARNING):
+        assert training_main(["train", "--recipe", recipe, "--set", *data, "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "summary.json").is_file()  # both members trained and were joined
+    said = _said(caplog, "no validation image for class")
+    assert len(said) == 1 and said[0].startswith("no validation image for class"), said
+    assert not logging.getLogger("training.data").filters and not logging.getLogger("training").filters
+
+
+def test_a_stepped_ablations_progress_names_its_runs_steps(tmp_path, caplog, monkeypatch):
+    """Its progress line said "variant 1/2" where its warnings and refusals say "step"."""
+    import training.reports.ablate as ablation
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(ablation, "run_variant", stop)
+    pets = _folder(tmp_path / "pets", ["cat", "dog", "fox"])
+    data = tiny_overrides(pets, tmp_path / "cache", **{"epochs": 1, "batch_size": 8})
+    steps = [["base", "lr=0.1"], ["slower", "lr=0.01"]]
+    with caplog.at_level(logging.INFO, logger="training.reports"), pytest.raises(Stop):
+        ablation.ablate("resnet9_half_cpu", [], data, tmp_path / "ablation", steps=steps)
+    assert [r.getMessage() for r in caplog.records if r.name == "training.reports"] == ["step 1/2: base"]

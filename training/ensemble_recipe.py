@@ -56,7 +56,7 @@ from .engine import train
 from .ensemble import check_compatible, join_checkpoints
 from .inference import TTA_CHOICES
 from .models.ensemble import ENSEMBLE_ARCH
-from .preflight import buildable_config, check_run_lengths, warned_once
+from .preflight import WarnedOnce, buildable_config, check_run_lengths, warned_once
 from .resume import resume as resume_run
 from .run_data import recorded_data
 
@@ -145,6 +145,11 @@ def member_configs(recipe: EnsembleRecipe, overrides: list[str] | None = None) -
     """Each member's full configuration: its recipe, its own ``set``, then the command line's overrides. Each
     network is built and given one image first, so a setting no member can take is refused before any trains;
     so are members the join would refuse, trained on other data, splits or input sizes."""
+    return _built_members(recipe, overrides)[0]
+
+
+def _built_members(recipe: EnsembleRecipe, overrides: list[str] | None) -> tuple[list[Config], WarnedOnce]:
+    """``member_configs``, and the warnings their building said once for all, not to be said again as each trains."""
     configs = []
     with warned_once("ensemble member") as warned:  # a warning every member gets is said once, not once each
         for i, member in enumerate(recipe.members):
@@ -156,7 +161,7 @@ def member_configs(recipe: EnsembleRecipe, overrides: list[str] | None = None) -
             configs.append(buildable_config(recipe.member_recipe(i), [*member.set, *(overrides or [])], what, warned))
     _check_distinct(recipe, configs)
     _check_joinable(recipe, configs)
-    return configs
+    return configs, warned
 
 
 def _check_distinct(recipe: EnsembleRecipe, configs: list[Config]) -> None:
@@ -290,12 +295,14 @@ def _teacher_beside(recipe: EnsembleRecipe, source: str) -> str:
     )
 
 
-def _check_run_lengths(recipe: EnsembleRecipe, configs: list[Config], starting: list[int]) -> None:
+def _check_run_lengths(recipe: EnsembleRecipe, configs: list[Config], starting: list[int]) -> WarnedOnce:
     """The refusals of members ``starting`` that need their training images (``preflight.check_run_lengths``), made
-    before the first member trains rather than after the ones before it. A member under way has passed them."""
+    before the first member trains rather than after the ones before it. A member under way has passed them.
+    Returns the warnings their data's reading and split said once for all."""
     names = [f"ensemble member {i + 1} ({recipe.members[i].recipe})" for i in starting]
     with warned_once("ensemble member") as warned:
         check_run_lengths([configs[i] for i in starting], names, warned)
+    return warned
 
 
 def _under_way(recipe: EnsembleRecipe, out: Path, index: int, resume: bool) -> bool:
@@ -304,7 +311,7 @@ def _under_way(recipe: EnsembleRecipe, out: Path, index: int, resume: bool) -> b
 
 
 def _train_members(recipe: EnsembleRecipe, out: Path, overrides: list[str], resume: bool) -> dict[str, Any]:
-    configs = member_configs(recipe, overrides)  # every member is checked before the first one trains
+    configs, built = _built_members(recipe, overrides)  # every member is checked before the first one trains
     _check_teachers(recipe, configs, out)
     resolved = _resolved(recipe, overrides)
     started = started_run(out) if resume else None
@@ -313,7 +320,9 @@ def _train_members(recipe: EnsembleRecipe, out: Path, overrides: list[str], resu
             f"{out} holds an ensemble run of another recipe or other overrides, so it cannot be continued "
             f"with this one (started: {json.dumps(started)}; asked: {json.dumps(resolved)})"
         )
-    _check_run_lengths(recipe, configs, [i for i in range(len(configs)) if not _under_way(recipe, out, i, resume)])
+    checked = _check_run_lengths(
+        recipe, configs, [i for i in range(len(configs)) if not _under_way(recipe, out, i, resume)]
+    )
     out.mkdir(parents=True, exist_ok=True)
     if not resume:  # started over: the old joined network, its summary and every member's run go first
         # and a single network's run that --force replaces: its last.pt would make the join refuse best.pt
@@ -330,10 +339,12 @@ def _train_members(recipe: EnsembleRecipe, out: Path, overrides: list[str], resu
     for i, (member, config) in enumerate(zip(recipe.members, configs)):
         folder = out / recipe.folder(i)
         print(f"ensemble member {i + 1}/{len(configs)}: {member.recipe} -> {folder}", flush=True)
-        if _under_way(recipe, out, i, resume):
-            summaries.append(resume_run(folder, expected=config))
-        else:
-            summaries.append(train(config, folder))
+        # each member's training builds its configuration and reads and splits the data, as the checks did
+        with built.not_again(), checked.not_again():
+            if _under_way(recipe, out, i, resume):
+                summaries.append(resume_run(folder, expected=config))
+            else:
+                summaries.append(train(config, folder))
         if not recorded:
             write_text_atomic(out / ENSEMBLE_RUN_FILE, dump_yaml(resolved))
             recorded = True

@@ -34,7 +34,7 @@ from ..resume import resume
 from .ablate_folders import ABLATION_FILE, _standing, check_same_ablation, check_variant_folder, check_variants
 from .ablate_rows import _class_deltas, _paired, _row, common_sample_count, largest_class_changes
 from .ablate_table import format_table
-from .ablate_variants import check_distinct_variants, parse_steps, parse_vary, variant_dir_name
+from .ablate_variants import check_distinct_variants, parse_steps, parse_vary, run_kind, variant_dir_name
 from .metrics import compute_metrics
 from .predictions import read_json
 from .report_folder import check_own_folder
@@ -119,7 +119,7 @@ def ablate(
     check_tta(tta)
     # Build every config, and its network, before training anything: a typo fails at once, not after hours.
     configs = []
-    kind = "step" if steps else "variant"  # as its refusals and its warnings name each run
+    kind = run_kind(bool(steps))  # as its progress, refusals and warnings name each run
     with warned_once(kind) as built:  # a warning every variant gets is said once, not once each
         for label, combo in zip(labels, combos):
             configs.append(buildable_config(recipe, sets + combo, f"{kind} {label!r}", built))
@@ -152,9 +152,9 @@ def ablate(
 
     rows: list[dict[str, Any]] = []
     for index, (label, combo, config, run_dir) in enumerate(
-        tqdm(list(zip(labels, combos, configs, folders)), desc="ablation", unit="variant")
+        tqdm(list(zip(labels, combos, configs, folders)), desc="ablation", unit=kind)
     ):
-        log.info("variant %d/%d: %s", index + 1, len(combos), label)
+        log.info("%s %d/%d: %s", kind, index + 1, len(combos), label)
         started = time.perf_counter()
         # each variant's training builds its configuration and reads and splits the data, as the checks did
         with built.not_again(), warned.not_again():

@@ -67,11 +67,16 @@ def variant_dir_name(assignments: list[str]) -> str:
     return "__".join(re.sub(r"[^A-Za-z0-9._-]+", "_", a.replace("=", "-")) for a in assignments)
 
 
+def run_kind(stepped: bool) -> str:
+    """The word an ablation's runs are named by, in its progress, warnings and refusals: --step's are steps."""
+    return "step" if stepped else "variant"
+
+
 def check_distinct_variants(configs: list[Config], labels: list[str], names: list[str], stepped: bool) -> None:
     """Refuse, before any trains, two variants that would train the same run (a step whose settings change nothing,
     values that spell one setting twice: its row would repeat the other's and pass for a measured +0.00), and two
     whose run folders are one (labels that differ only in characters a folder's name drops)."""
-    kind = "step" if stepped else "variant"
+    kind = run_kind(stepped)
     dumps = [config.model_dump(mode="json") for config in configs]
     for i, dump in enumerate(dumps):
         twin = next((j for j in range(i) if dumps[j] == dump), None)
