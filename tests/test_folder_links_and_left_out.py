@@ -1,5 +1,6 @@
 """Training's folder reader (``--data DIR``) and the batch scorer's walk (``service score DIR``) on folders as a user
-walk found them: a link to a class folder sorting before it, a pipe with an image's name, images only in a hidden
+walk found them: a link to a class folder sorting before it, a link back up the tree, a second name of a class
+folder, links packed in an archive, a pipe with an image's name, images only in a hidden
 folder, an archive with an empty class folder, and class names differing only in case under ``evaluate``."""
 
 from __future__ import annotations
@@ -106,6 +107,64 @@ def test_the_scorer_and_the_reader_agree_on_a_link_to_a_hidden_folder_and_on_lin
     assert rels == ["cat/0.png", "dog/0.png", "kitten/0.png"]
     assert [p.relative_to(root).as_posix() for p in images] == rels
     assert data.classes == ["cat", "dog", "kitten"]
+
+
+@needs_symlinks
+def test_a_link_back_up_beside_the_class_folders_is_said_as_a_loop_not_as_a_folder_without_images(tmp_path, caplog):
+    """train/loop -> .. : left out by both readers, and said as the loop it is."""
+    root = _tree(tmp_path / "train", {"cat": 1, "dog": 1})
+    (root / "loop").symlink_to("..", target_is_directory=True)
+
+    rels, stats, _ = _walked(root)
+    with caplog.at_level(logging.WARNING, logger="training.data.folder"):
+        data = read_image_folder(root)
+
+    assert rels == ["cat/0.png", "dog/0.png"] and stats.linked_dirs_walked_as == {"loop": None}
+    assert data.classes == ["cat", "dog"]
+    assert f"{root}: link back up the tree left out, not followed (a symlink loop): loop" in caplog.text, caplog.text
+    assert "without images" not in caplog.text
+
+
+def test_a_second_name_of_a_class_folder_that_is_no_link_is_read_once_as_by_the_scorer(tmp_path, caplog, monkeypatch):
+    """A bind mount of a class folder beside it: one folder by (device, inode), the scorer's identity, though its
+    resolved paths differ. Mounting needs root: the file system's answer for the second name is made here."""
+    root = _tree(tmp_path / "pets", {"cat": 2, "dog": 1})
+    mount = _tree(tmp_path / "pets", {"copy": 2}) / "copy"  # what a bind mount of cat/ would list
+    stat = os.stat
+
+    def bind_mounted(path, *args, **kwargs):
+        same = isinstance(path, (str, os.PathLike)) and os.fspath(path) == str(mount)
+        return stat(root / "cat" if same else path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", bind_mounted)
+    rels, stats, _ = _walked(root)
+    with caplog.at_level(logging.WARNING, logger="training.data.folder"):
+        data = read_image_folder(root)
+
+    assert rels == ["cat/0.png", "cat/1.png", "dog/0.png"] and stats.linked_dirs_walked_as == {"copy": "cat"}
+    assert data.classes == ["cat", "dog"] and len(data) == 3
+    assert "the same folder as a class already read: copy is the folder read as cat" in caplog.text, caplog.text
+
+
+@needs_symlinks
+def test_a_link_to_a_folder_in_an_archive_is_said_not_followed_once(tmp_path, caplog):
+    """Packed without tar -h, a link to a class folder (and one to a folder outside) is a link in the archive, which
+    the reader does not follow: said, naming each, once. A link to a file it holds is read as that file."""
+    tree = _tree(tmp_path / "pets", {"cat": 2, "dog": 1})
+    _tree(tmp_path / "elsewhere", {"bird": 1})
+    (tree / "kitty").symlink_to("cat", target_is_directory=True)
+    (tree / "bird").symlink_to(tmp_path / "elsewhere" / "bird", target_is_directory=True)
+    (tree / "dog" / "1.png").symlink_to("0.png")
+    archive = _pack(tree, tmp_path / "pets.tar.gz")
+    said = "pets.tar.gz: 2 links left out, not followed: links inside an archive are not (pack it with tar -h"
+
+    with caplog.at_level(logging.WARNING, logger="training.data.folder"):
+        data = read_image_folder(archive)
+        read_image_folder(archive)
+
+    assert data.classes == ["cat", "dog"] and len(data) == 4
+    assert caplog.text.count(said) == 1, caplog.text
+    assert "which stores what links point to): pets/bird, pets/kitty\n" in caplog.text, caplog.text
 
 
 @needs_fifos

@@ -8,6 +8,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO, Iterator
 
+from inference.messages import counted
 from inference.tree_files import is_hidden, is_tree_image
 
 from .arrays import DatasetError
@@ -25,6 +26,7 @@ def _iter_archive(root: Path, left_out: list[str]) -> Iterator[tuple[str, str, b
     that is not read is appended to ``left_out`` once all of it is read, for the caller to say: said here, it would
     land on the line of the progress bar that reads this."""
     others, loose, hidden_dirs, dangling = [], [], set(), []
+    links: list[tarfile.TarInfo] = []  # symlinks by no image's name: to folders, most likely
     held: set[PurePosixPath] = set()  # every folder the archive holds: stored as one, or holding a member
     read: set[PurePosixPath] = set()  # the folders of the images it yields
     try:
@@ -40,6 +42,8 @@ def _iter_archive(root: Path, left_out: list[str]) -> Iterator[tuple[str, str, b
                     hidden_dirs.add(PurePosixPath(*parts[: next(i for i, p in enumerate(parts) if is_hidden(p)) + 1]))
                 if member.isfile() and not hidden and not is_tree_image(name.name) and not _litter(name.name):
                     others.append(name.name)
+                if member.issym() and not hidden and not is_tree_image(name.name) and not _litter(name.name):
+                    links.append(member)
                 if member.isfile() and not hidden and is_tree_image(name.name) and len(name.parts) == 1:
                     loose.append(name.name)  # packed from inside the folder: beside its class folders
                 if _file_or_link(member) and is_tree_image(name.name) and len(name.parts) >= 2 and not hidden:
@@ -54,12 +58,14 @@ def _iter_archive(root: Path, left_out: list[str]) -> Iterator[tuple[str, str, b
                 plain = not f.read(6).startswith(COMPRESSED_MAGIC)
             if plain and tar.offset + END_OF_ARCHIVE > root.stat().st_size:
                 raise EOFError(f"it ends after {tar.offset} bytes without the end-of-archive blocks")
+            unfollowed = _links_not_followed(tar, links)
         if dangling:  # the folder reader refuses its dangling links too: the class would silently shrink
             raise DatasetError(
                 f"{root}: {_links_point(len(dangling))} to no file in the archive (pack it with tar -h, "
                 f"which stores the files that links point to): {_listed(sorted(dangling), ', ')}"
             )
         said = [_not_images_text(others)] if others else []
+        said += unfollowed
         said += [_beside_text(loose)] if loose else []
         if hidden_dirs:
             shown = _listed(sorted(map(str, hidden_dirs)), ", ")
@@ -72,6 +78,19 @@ def _iter_archive(root: Path, left_out: list[str]) -> Iterator[tuple[str, str, b
         raise DatasetError(f"cannot read archive {root}: {exc}") from exc
     except (EOFError, zlib.error, OSError) as exc:  # a download or copy cut short, a damaged compressed stream
         raise DatasetError(f"cannot read archive {root}: it is truncated or damaged ({exc})") from exc
+
+
+def _links_not_followed(tar: tarfile.TarFile, links: list[tarfile.TarInfo]) -> list[str]:
+    """The archive's links to folders (and to what it does not hold), said: tar stores a symlink as one, and a link
+    to a class folder, which the folder reader follows, would otherwise be left out without a word. One to a file
+    the archive holds, by no image's name, is not read either way, and not said."""
+    unfollowed = sorted(link.name for link in links if _member_file(tar, link) is None)
+    if not unfollowed:
+        return []
+    return [
+        f"{counted(len(unfollowed), 'link')} left out, not followed: links inside an archive are not (pack it with "
+        f"tar -h, which stores what links point to): {_listed(unfollowed, ', ')}"
+    ]
 
 
 def _archive_empty_folders(held: set[PurePosixPath], read: set[PurePosixPath], root: Path) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Collection
 
 from inference.image_formats import IMAGE_EXTENSIONS
 from inference.messages import counted
-from inference.tree_files import is_hidden, is_tree_image
+from inference.tree_files import LINK_LOOP, folder_linked_inside, is_hidden, is_tree_image
 
 from .arrays import DatasetError
 
@@ -40,6 +40,13 @@ def _listed(names: list[str], sep: str) -> str:
 
 
 _said_left_out: set[tuple] = set()  # once per tree or archive and what it holds: training reads it per split
+
+
+def _folder_key(folder: str | os.PathLike) -> tuple[int, int]:
+    """A folder's identity, as the batch scorer's walk takes it (service/score/walk.py): its (device, inode), the
+    same through every name the file system gives it, a bind mount's too, where its resolved paths differ."""
+    st = os.stat(folder)
+    return st.st_dev, st.st_ino
 
 
 def _warn_archive_left_out(root: Path, text: str) -> None:
@@ -76,8 +83,16 @@ def _warn_left_out(root: Path, images: list[Path], others: list[Path], hidden_di
         return
     parent = min(class_folders).parent
     folders = sorted(p for p in parent.iterdir() if p.is_dir() and p not in class_folders and not is_hidden(p.name))
-    read_as = {os.path.realpath(p): p for p in class_folders}  # each real folder is read once, by one name
-    again = [_read_as_text(p, read_as[os.path.realpath(p)]) for p in folders if os.path.realpath(p) in read_as]
+    real_parent = os.path.realpath(parent)
+    loops = [p.name for p in folders if p.is_symlink() and folder_linked_inside(p, real_parent) == LINK_LOOP]
+    if loops:  # not followed, as the scorer does not follow it: it would read the tree again, and again
+        loop = "link back up the tree left out, not followed (a symlink loop)"
+        if len(loops) > 1:
+            loop = "links back up the tree left out, not followed (symlink loops)"
+        log.warning("%s: %s: %s", parent, loop, ", ".join(loops))
+    folders = [p for p in folders if p.name not in loops]
+    read_as = {_folder_key(p): p for p in class_folders}  # each folder is read once, by one name
+    again = [_read_as_text(p, read_as[_folder_key(p)]) for p in folders if _folder_key(p) in read_as]
     if again:
         log.warning(
             "%s: %s left out, not classes, the same folder as a class already read: %s",
@@ -85,7 +100,7 @@ def _warn_left_out(root: Path, images: list[Path], others: list[Path], hidden_di
             _folders(again),
             "; ".join(again),
         )
-    empty = [p.name for p in folders if os.path.realpath(p) not in read_as]
+    empty = [p.name for p in folders if _folder_key(p) not in read_as]
     if empty:
         log.warning("%s: %s without images left out, not classes: %s", parent, _folders(empty), ", ".join(empty))
     hidden = sorted(p.name for p in parent.iterdir() if p.is_dir() and is_hidden(p.name))

@@ -12,7 +12,7 @@ from typing import Iterator
 from inference.tree_files import folder_linked_inside, is_hidden, is_tree_image
 
 from .arrays import DatasetError
-from .folder_layout import _links_point, _listed
+from .folder_layout import _folder_key, _links_point, _listed
 
 
 def _tree_images(root: Path) -> tuple[list[Path], list[Path], list[str]]:
@@ -24,11 +24,11 @@ def _tree_images(root: Path) -> tuple[list[Path], list[Path], list[str]]:
     found, others, hidden, seen = [], [], [], set()
     real_root = os.path.realpath(root)
     for folder, dirs, files in os.walk(root, onerror=_unreadable_folder, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
+        key = _folder_key(folder)
+        if key in seen:
             dirs.clear()
             continue
-        seen.add(real)
+        seen.add(key)
         hidden += [(Path(folder) / d).relative_to(root).as_posix() for d in dirs if is_hidden(d)]
         dirs[:] = sorted(d for d in dirs if not is_hidden(d) and not _not_followed(Path(folder) / d, real_root))
         found += [Path(folder) / f for f in files if is_tree_image(f)]
