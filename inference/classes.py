@@ -69,7 +69,9 @@ class ClassMatcher:
         if singular:
             return self.classes[singular.pop()] if len(singular) == 1 else None
         close = difflib.get_close_matches(key, self._near(key), n=2, cutoff=CLOSE_NAME)
-        if len(close) != 1 or _digits_apart(key, close[0]):
+        # the plural of another of the series is no typo either: class_7s is class_7's, not class_1's
+        stems = [key] + [key[: -len(end)] + to for end, to in PLURAL_ENDINGS if key.endswith(end)]
+        if len(close) != 1 or any(_digits_apart(stem, close[0]) for stem in stems):
             return None
         return self.classes[self._folded[close[0]]]
 

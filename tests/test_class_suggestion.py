@@ -52,6 +52,9 @@ def test_no_suggestion_where_two_classes_are_as_near():
         (["class_1", "dog"], "class_7"),
         (["cam01", "dog"], "cam02"),
         (["cat", "dog"], "cat2"),
+        # the plural of another of the series: class_7s was "did you mean class_1?"
+        (["class_1", "dog"], "class_7s"),
+        (["n01440764", "n01443537"], "n01440765s"),
     ],
 )
 def test_no_suggestion_between_names_that_differ_only_in_digits(classes, folder):

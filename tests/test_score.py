@@ -640,6 +640,13 @@ def test_min_confidence_out_of_range_is_a_usage_error(tree, tiny_models_dir, tmp
     assert (done.returncode, done.stderr) == (2, "error: --min-confidence must be between 0 and 1, not 2\n")
 
 
+def test_min_confidence_just_out_of_range_is_shown_as_given(tree, tiny_models_dir, capsys):
+    """1.0000001 was refused as "must be between 0 and 1, not 1": six digits of %g rounded it into the range."""
+    for value, said in {"1.0000001": "1.0000001", "-0.00000001": "-1e-08", "1.5": "1.5"}.items():
+        assert _score(tree, "--models-dir", tiny_models_dir, "--min-confidence", value) == 2, value
+        assert capsys.readouterr().err == f"error: --min-confidence must be between 0 and 1, not {said}\n"
+
+
 def test_an_existing_output_is_continued_or_replaced_only_when_asked(tree, tiny_models_dir, tmp_path, capsys):
     """Nothing of the user's is replaced silently: an existing --out needs --resume or --overwrite, an image the
     run scores is never an output, a contradicting --format and a folder without images are usage errors, all

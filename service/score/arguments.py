@@ -34,7 +34,7 @@ def validate(args) -> str:
     if args.k < 1:
         raise UserError(f"--k must be at least 1, not {args.k}")
     if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:  # NaN included
-        raise UserError(f"--min-confidence must be between 0 and 1, not {args.min_confidence:g}")
+        raise UserError(f"--min-confidence must be between 0 and 1, not {_number(args.min_confidence)}")
     if args.model is not None and not args.model.strip():  # a shell variable never set: not the default, unsaid
         raise UserError("--model is empty: give a model name from the manifest, or leave --model out")
     if args.batch_size is not None and args.batch_size < 1:
@@ -142,3 +142,10 @@ def _under(path: str, root: str) -> bool:
         real != real_root and os.path.commonpath([real, real_root]) == real_root
         for real in (named, os.path.realpath(path))
     )
+
+
+def _number(value: float) -> str:
+    """``value`` short (2, not 2.0), where that is still the number: 1.0000001 shown as "1" beside "between 0 and
+    1" would read as a refusal of 1 itself."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
