@@ -82,28 +82,30 @@ class _Scan:
 
 def no_class_folder(folder: Path, entry: ModelEntry) -> str:
     """Why ``folder``, with no sub-folder named after one of the model's classes, cannot be read: naming the
-    folders a level or two down that hold class folders, to be given instead. None named where the search would
-    look at more than ``SUGGESTION_SCAN_ENTRIES`` entries: a partial search could name a folder as the only one."""
-    try:
-        holding = _holding_class_folders(folder, entry, _Scan())
-    except _TooWide:
-        holding = []
+    folders a level or two down that hold class folders, to be given instead; where the search stopped at
+    ``SUGGESTION_SCAN_ENTRIES`` entries, those it found before, said as found among them (there may be others)."""
+    holding, whole = _holding_class_folders(folder, entry, _Scan())
     refused = f"--folder {folder} has no sub-folder named after a class ({', '.join(entry.classes)})"
-    if len(holding) == 1:
+    if len(holding) == 1 and whole:
         return f"{refused}; the class folders are in {holding[0]}: give --folder {holding[0]}"
     if holding:
         shown = ", ".join(map(str, holding[:3])) + (f" and {len(holding) - 3} more" if len(holding) > 3 else "")
-        return f"{refused}; class folders are in {shown}: give --folder one of them"
+        among = "" if whole else f" (among the first {SUGGESTION_SCAN_ENTRIES:,} entries a level or two down)"
+        return f"{refused}; class folders are in {shown}{among}: give --folder one of them"
     return refused
 
 
-def _holding_class_folders(folder: Path, entry: ModelEntry, scan: _Scan) -> list[Path]:
+def _holding_class_folders(folder: Path, entry: ModelEntry, scan: _Scan) -> tuple[list[Path], bool]:
     """The folders one or two levels under ``folder`` that hold a sub-folder named after one of the model's
-    classes (as ``class_folders`` matches one), each listed once through ``scan``."""
+    classes (as ``class_folders`` matches one), each listed once through ``scan``; and whether the search was
+    whole (False: it stopped at ``SUGGESTION_SCAN_ENTRIES``)."""
     # a tree one or two levels too deep: an unpacked archive's photos/cifar10/train/cat/... given as photos
     matcher = ClassMatcher(entry.classes)
     holding: list[Path] = []
-    level = [scan.listing(folder)]
+    try:
+        level = [scan.listing(folder)]
+    except _TooWide:
+        return holding, False
     # each folder once: a link back up (data/all -> data) would name data/train again as data/all/train
     seen = {folder.resolve()}
     for _ in range(2):
@@ -124,10 +126,12 @@ def _holding_class_folders(folder: Path, entry: ModelEntry, scan: _Scan) -> list
                             holding.append(d)
                         else:
                             deeper.append(inside)
+                    except _TooWide:
+                        return holding, False
                     except OSError:  # a folder this user may not list holds no folder to give
                         continue
         level = deeper
-    return holding
+    return holding, True
 
 
 def read_folder(

@@ -103,7 +103,8 @@ def test_doctor_warns_of_a_batching_latency_longer_than_the_request_timeout_as_s
 def test_the_search_for_class_folders_further_down_stops_in_a_wide_tree(tmp_path, monkeypatch):
     """`--folder /` or a home folder with thousands of sub-folders was listed two levels down, every folder of it,
     to name the folder holding the class folders. Past a number of entries looked at, the search stops and names
-    none: a partial search could name one folder as the only one."""
+    those it found before, as found among the entries looked at: a partial search cannot say a folder is the only
+    one."""
     from service import doctor_folder
 
     entry = _default_entry()
@@ -119,13 +120,16 @@ def test_the_search_for_class_folders_further_down_stops_in_a_wide_tree(tmp_path
     # raising=False: without the bound (the code before it) the whole tree is searched and the assertion fails
     monkeypatch.setattr(doctor_folder, "SUGGESTION_SCAN_ENTRIES", 100, raising=False)
     assert _refusal(home, entry) == refused
-    # Where the class folders come first, the search stops all the same: it names nothing rather than a part.
-    _class_tree(home / "aa" / "train", entry.classes[:1])
-    assert _refusal(home, entry) == refused
-    # A folder the bound allows is still named.
-    assert _refusal(home / "aa", entry) == (
-        f"--folder {home / 'aa'} has no sub-folder named after a class ({', '.join(entry.classes)}); the class "
-        f"folders are in {home / 'aa' / 'train'}: give --folder {home / 'aa' / 'train'}"
+    # Where class folders come first, the search stops all the same, naming what it found as a part.
+    _class_tree(home / "aa", entry.classes[:1])
+    assert _refusal(home, entry) == (
+        f"{refused}; class folders are in {home / 'aa'} (among the first 100 entries a level or two down): give "
+        "--folder one of them"
+    )
+    # A folder the bound allows is still named as the one.
+    assert _refusal(home / "zz", entry) == (
+        f"--folder {home / 'zz'} has no sub-folder named after a class ({', '.join(entry.classes)}); the class "
+        f"folders are in {inner}: give --folder {inner}"
     )
 
 
