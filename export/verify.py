@@ -176,17 +176,17 @@ def verify_model(
         same = ""
         if torch_top1 is not None and recorded_on:
             same = f": it was recorded on {recorded_on}, pass --max-val-images {recorded_on}"
-        looked = f"no usable checkpoint at {checkpoint}" if recorded.checkpoint else "its card records no checkpoint"
+        looked = _no_checkpoint(recorded.checkpoint, checkpoint, models_dir)
         raise UsageError(
             f"{entry.name}: no checkpoint and no recorded {against} accuracy on the same "
             f"{counted(len(val), 'image')} ({looked}){same}"
         )
     # said once the comparison is sure to run: before a refusal it would tell of a comparison that never starts
     log.warning(
-        "comparing %s with the %s accuracy recorded at export: no usable checkpoint at %s",
+        "comparing %s with the %s accuracy recorded at export: %s",
         entry.name,
         against,
-        checkpoint,
+        _no_checkpoint(recorded.checkpoint, checkpoint, models_dir),
     )
     logits, speed = onnx_logits(classifier, val.images)
     parity = judge(
@@ -201,6 +201,17 @@ def verify_model(
         split_images=source["val_size"],
     )
     return _against_card(parity, listed.metrics), graph_calibration_report(logits, val.labels, temperature)
+
+
+def _no_checkpoint(recorded: str | None, checkpoint: Path, models_dir: Path) -> str:
+    """Where verify looked for the card's checkpoint and found none it could use: a relative path is looked for
+    from the current folder and from the project's (``from_project``), and named alone it read as the first only."""
+    if not recorded:
+        return "its card records no checkpoint"
+    beside = checkpoint_file(models_dir.resolve().parent / recorded)
+    if checkpoint.is_file() or checkpoint.is_absolute() or beside == checkpoint.resolve():
+        return f"no usable checkpoint at {checkpoint}"
+    return f"no usable checkpoint at {checkpoint} nor at {beside}"
 
 
 # How far the card's top-1 may be from a new measurement on the same images: the same file gives the same

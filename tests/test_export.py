@@ -1560,3 +1560,35 @@ def test_more_calibration_images_than_the_training_split_holds_is_warned_naming_
     used = int(entry.source["calibration"].split()[0])
     assert used < 10_000
     assert f"--calibration-images 10000: the training split holds {used} images" in caplog.text
+
+
+def test_verify_without_a_relative_checkpoint_names_both_places_it_looked(exported, tmp_path, capsys, monkeypatch):
+    """A relative checkpoint is looked for from the current folder and from the project's (the models folder's
+    parent): the refusal named the recorded path alone, which read as the current folder's only."""
+    models, entry, _ = exported
+    m = _copy_models(models, tmp_path / "project" / "m")
+    raw = json.loads((m / "manifest.json").read_text())
+    raw["models"][0]["metrics"]["parity"] = None
+    raw["models"][0]["source"]["checkpoint"] = "runs/gone/best.pt"
+    (m / "manifest.json").write_text(json.dumps(raw))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert export_main(["verify", "--models-dir", str(m), "--cache-dir", str(tmp_path / "cache")]) == 2
+    beside = (tmp_path / "project").resolve() / "runs" / "gone" / "best.pt"
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].endswith(f"(no usable checkpoint at runs/gone/best.pt nor at {beside})"), err
+
+
+def test_verify_against_the_recorded_accuracy_of_a_card_without_a_checkpoint_says_so(exported, tmp_path, caplog):
+    """Its warning named the path "-" that stands for none: "no usable checkpoint at -"."""
+    models, entry, _ = exported
+    m = _copy_models(models, tmp_path / "m")
+    raw = json.loads((m / "manifest.json").read_text())
+    raw["models"][0]["source"].pop("checkpoint")
+    (m / "manifest.json").write_text(json.dumps(raw))
+    with caplog.at_level(logging.WARNING):
+        export_main(["verify", "--models-dir", str(m), "--cache-dir", str(tmp_path / "cache")])
+    said = [r.getMessage() for r in caplog.records if "recorded at export" in r.getMessage()]
+    assert said == [
+        f"comparing {entry.name} with the PyTorch accuracy recorded at export: its card records no checkpoint"
+    ]

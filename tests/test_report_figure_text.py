@@ -159,3 +159,9 @@ def test_run_names_cut_alike_are_still_told_apart(tmp_path, monkeypatch):
     for labels in _legend_labels(drawn[0]):
         assert len(set(labels)) == 2 and all("\u2026" in label for label in labels), labels
         assert all(len(label) < len(names[0]) for label in labels), labels
+
+
+@pytest.mark.parametrize(("chars", "shown"), [(1, "\u2026"), (2, "a\u2026"), (3, "a\u2026f")])
+def test_a_run_name_cut_to_a_few_characters_is_no_longer_than_asked(chars, shown):
+    """A width under 3 kept no end, so ``name[-0:]`` put the whole name after the ellipsis: longer than uncut."""
+    assert plots.short_run_names(["abcdef"], chars=chars) == {"abcdef": shown}

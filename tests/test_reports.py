@@ -1603,3 +1603,21 @@ def test_an_ablation_variant_started_by_another_configuration_without_its_config
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "holds a run of another configuration" in err and "0.5 -> 0.3" in err, err
+
+
+def test_a_stepped_ablations_refusals_of_its_folder_name_its_runs_steps(tmp_path):
+    """A stepped ablation's folder holding the same steps with another --set, or a step's unreadable config.yaml,
+    was refused as holding "the same variants" and "this variant's" run: its other refusals call them steps."""
+    from inference.errors import UsageError
+    from training.reports.ablate_folders import ABLATION_FILE, _saved_config, check_same_ablation
+
+    steps = [{"label": "base", "settings": ["lr=0.1"]}, {"label": "pruned", "settings": ["prune_until=0.5"]}]
+    record = {"recipe": "resnet9_half_cpu", "vary": [], "set": ["seed=1"], "steps": steps}
+    (tmp_path / ABLATION_FILE).write_text(json.dumps(record))
+    with pytest.raises(UsageError) as refused:
+        check_same_ablation(tmp_path, {**record, "set": ["seed=2"]})
+    assert "(the same steps with other --set (seed=1))" in str(refused.value), refused.value
+    (tmp_path / "config.yaml").write_bytes(b"\xff")
+    with pytest.raises(UsageError) as unreadable:
+        _saved_config(tmp_path / "config.yaml")
+    assert "variant" not in str(unreadable.value), unreadable.value

@@ -148,3 +148,40 @@ def test_a_stepped_ablations_progress_names_its_runs_steps(tmp_path, caplog, mon
     with caplog.at_level(logging.INFO, logger="training.reports"), pytest.raises(Stop):
         ablation.ablate("resnet9_half_cpu", [], data, tmp_path / "ablation", steps=steps)
     assert [r.getMessage() for r in caplog.records if r.name == "training.reports"] == ["step 1/2: base"]
+
+
+def test_a_data_warning_told_for_one_member_is_said_again_as_another_resumed_one_meets_it(
+    tmp_path, caplog, monkeypatch
+):
+    """A member resumed is not checked before the first trains: a data warning the checks told as the new member's
+    ("ensemble member 1 (...): data.val_size 0: ...") was dropped as the resumed one read its data and met it too,
+    so nothing said it had."""
+    import shutil
+
+    import training.engine as engine
+
+    class Stop(Exception):
+        pass
+
+    saving = engine.save_checkpoint
+
+    def stop_after_member_2s_first_epoch(state, path):
+        saving(state, path)
+        if path.parent.name.startswith("2-") and path.name == "last.pt":
+            raise Stop
+
+    pets = _folder(tmp_path / "pets", ["cat", "dog", "fox"], per_class=12)
+    data = tiny_overrides(pets, tmp_path / "cache", **{"data.val_size": 0, "epochs": 2})
+    recipe = _ensemble(tmp_path, [["seed=1"], ["seed=2"]])
+    argv = ["train", "--recipe", recipe, "--set", *data, "--out", str(tmp_path / "run")]
+    with monkeypatch.context() as patched, pytest.raises(Stop):
+        patched.setattr(engine, "save_checkpoint", stop_after_member_2s_first_epoch)
+        training_main(argv)
+    shutil.rmtree(tmp_path / "run" / "1-resnet9_half_cpu")  # new again; member 2 started, resumed from its last.pt
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert training_main([*argv, "--resume"]) == 0
+    said = _said(caplog, "data.val_size 0: no validation split")
+    assert len(said) == 2 and said[0].startswith("ensemble member 1 (resnet9_half_cpu): data.val_size 0"), said
+    assert said[1].startswith("data.val_size 0"), said  # as the resumed member reads its data
+    assert not logging.getLogger("training.data").filters and not logging.getLogger("training").filters

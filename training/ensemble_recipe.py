@@ -148,12 +148,17 @@ def member_configs(recipe: EnsembleRecipe, overrides: list[str] | None = None) -
     return _built_members(recipe, overrides)[0]
 
 
+def _member_name(recipe: EnsembleRecipe, i: int) -> str:
+    """Member ``i`` as its refusals and warnings name it."""
+    return f"ensemble member {i + 1} ({recipe.members[i].recipe})"
+
+
 def _built_members(recipe: EnsembleRecipe, overrides: list[str] | None) -> tuple[list[Config], WarnedOnce]:
     """``member_configs``, and the warnings their building said once for all, not to be said again as each trains."""
     configs = []
     with warned_once("ensemble member") as warned:  # a warning every member gets is said once, not once each
         for i, member in enumerate(recipe.members):
-            what = f"ensemble member {i + 1} ({member.recipe})"
+            what = _member_name(recipe, i)
             try:  # a member's `set` is its command line: a key given twice there is a mistake, as in --set
                 check_distinct(list(member.set))
             except ConfigError as exc:
@@ -299,7 +304,7 @@ def _check_run_lengths(recipe: EnsembleRecipe, configs: list[Config], starting: 
     """The refusals of members ``starting`` that need their training images (``preflight.check_run_lengths``), made
     before the first member trains rather than after the ones before it. A member under way has passed them.
     Returns the warnings their data's reading and split said once for all."""
-    names = [f"ensemble member {i + 1} ({recipe.members[i].recipe})" for i in starting]
+    names = [_member_name(recipe, i) for i in starting]
     with warned_once("ensemble member") as warned:
         check_run_lengths([configs[i] for i in starting], names, warned)
     return warned
@@ -340,7 +345,8 @@ def _train_members(recipe: EnsembleRecipe, out: Path, overrides: list[str], resu
         folder = out / recipe.folder(i)
         print(f"ensemble member {i + 1}/{len(configs)}: {member.recipe} -> {folder}", flush=True)
         # each member's training builds its configuration and reads and splits the data, as the checks did
-        with built.not_again(), checked.not_again():
+        # as the checks named it: a warning told of other members only is said as this one meets it
+        with built.not_again(_member_name(recipe, i)), checked.not_again(_member_name(recipe, i)):
             if _under_way(recipe, out, i, resume):
                 summaries.append(resume_run(folder, expected=config))
             else:

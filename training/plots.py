@@ -180,16 +180,17 @@ def plot_training_curves(
     save_figure(fig, path, tight=True, dpi=100)
 
 
-# A run's name longer than this is cut in the middle in the compared curves' legends: an 80-character run folder
-# widened them past their panels. compare.md names the runs in full.
+# A run's name longer than this is cut in the middle in the compared curves' legends, which an 80-character run
+# folder would widen past their panels. compare.md names the runs in full.
 RUN_NAME_CHARS = 40
 
 
 def _middle_cut(name: str, chars: int) -> str:
     if len(name) <= chars:
         return name
-    tail = (chars - 1) // 2
-    return name[: chars - 1 - tail] + "\u2026" + name[-tail:]
+    tail = max(chars - 1, 0) // 2
+    # name[-0:] is the whole name: a width of 1 or 2 keeps no end
+    return name[: max(chars - 1 - tail, 0)] + "\u2026" + name[len(name) - tail :]
 
 
 def short_run_names(names: Sequence[str], chars: int = RUN_NAME_CHARS) -> dict[str, str]:

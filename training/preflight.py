@@ -61,7 +61,8 @@ class WarnedOnce:
         self.kind = kind
         self.runs: list[str] = []
         self.said: dict[tuple[str, int, str], list[str]] = {}
-        self.told: set[tuple[str, int, str]] = set()
+        # by run: a warning told for some runs only ("variant 'a': ...") is not one another run has been told of
+        self.told: dict[str, set[tuple[str, int, str]]] = {}
 
     @contextmanager
     def of(self, name: str) -> Iterator[None]:
@@ -81,10 +82,11 @@ class WarnedOnce:
                 whose += [name] if name not in whose else []
 
     @contextmanager
-    def not_again(self) -> Iterator[None]:
-        """Drop the warnings already told once for all runs, said again as each run trains (its data read and split
-        anew, and warned of as the checks were); a warning not told before is said as it comes."""
-        told, loggers = _Told(self.told), [logging.getLogger(logger) for logger in CONFIG_WARNERS]
+    def not_again(self, name: str) -> Iterator[None]:
+        """Drop the warnings already told of run ``name`` (as ``of`` named it), said again as it trains (its data
+        read and split anew, and warned of as the checks were); a warning not told of it is said as it comes."""
+        told = _Told(self.told.get(name, set()))
+        loggers = [logging.getLogger(logger) for logger in CONFIG_WARNERS]
         for logger in loggers:
             logger.addFilter(told)
         try:
@@ -94,8 +96,9 @@ class WarnedOnce:
                 logger.removeFilter(told)
 
     def say(self) -> None:
-        self.told.update(self.said)
         for (logger, level, text), whose in self.said.items():
+            for name in whose:
+                self.told.setdefault(name, set()).add((logger, level, text))
             if len(whose) == len(self.runs) > 1:
                 logging.getLogger(logger).log(level, "%s", text)
                 continue

@@ -150,8 +150,8 @@ def _decode_all(
             names.append(name)
             classes_of.append(cls)
             bar.update()
-        # drawn once more before close clears it: a decode done before the bar's first refresh (0.1 s) left its
-        # last line, the one a log keeps, at "0img"; a bar iterating the entries itself is closed by then
+        # drawn once more before close clears it: a decode done before the bar's first refresh (0.1 s) would leave
+        # its last line, the one a log keeps, at "0img"; a bar iterating the entries itself is closed by then
         bar.refresh()
     if loose is not None:
         # as the folder itself is read: tar czf pets.tar.gz pets packs them under the folder's own name

@@ -157,7 +157,7 @@ def ablate(
         log.info("%s %d/%d: %s", kind, index + 1, len(combos), label)
         started = time.perf_counter()
         # each variant's training builds its configuration and reads and splits the data, as the checks did
-        with built.not_again(), warned.not_again():
+        with built.not_again(f"{kind} {label!r}"), warned.not_again(f"{kind} {label!r}"):
             status = run_variant(run_dir, config)
         wall = time.perf_counter() - started
         summary = read_json(run_dir / SUMMARY_FILE)

@@ -34,7 +34,7 @@ def _saved_config(saved: Path) -> Any:
         return read_yaml(saved.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise UsageError(
-            f"{saved} cannot be read ({_unreadable(exc)}), so whether the run beside it is this variant's cannot "
+            f"{saved} cannot be read ({_unreadable(exc)}), so whether the run beside it is this ablation's cannot "
             "be told: use another --out or remove that folder"
         ) from None
 
@@ -96,7 +96,8 @@ def check_same_ablation(out_dir: Path, what: dict[str, Any]) -> None:
         return
     recipe, varied, fixed, _ = theirs
     if (recipe, varied) == mine[:2]:
-        said = f"the same variants with other --set ({' '.join(fixed) or 'none'})"
+        runs = "steps" if varied[0] == "steps" else "variants"  # as a stepped ablation names its runs
+        said = f"the same {runs} with other --set ({' '.join(fixed) or 'none'})"
     else:
         said = f"{recipe}, {'steps' if varied[0] == 'steps' else 'varying'} {varied[1]}"
     raise UsageError(
