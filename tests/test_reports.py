@@ -1204,6 +1204,27 @@ def test_an_ablation_names_no_class_as_gaining_or_losing_where_none_did():
     assert "alpha +0.0" not in table and "beta +0.0" not in table
 
 
+def test_a_stepped_ablations_table_names_its_rows_steps():
+    """A stepped ablation's table headed its rows "variant" and spoke of "each variant's own data", where its
+    progress, warnings and refusals call them steps; a --vary ablation's table is unchanged."""
+    from training.reports.ablate_table import format_table
+
+    base = {"alpha": 0.5}
+    rows = [_ablation_row("base", base, baseline=True), _ablation_row("more", base)]
+    for row, samples in zip(rows, (30, 40)):
+        row["top1_diff_points"], row["per_class_mean_diff_points"] = 0.0, 0.0
+        row["mcnemar_vs_baseline"] = row["diff_interval_vs_baseline"] = row["vs_previous"] = None
+        row["largest_class_gain"] = row["largest_class_loss"] = None
+        row["fingerprint"], row["num_samples"] = f"f{samples}", samples
+    steps = [{"label": "base", "settings": []}, {"label": "more", "settings": ["lr=0.2"]}]
+    stepped = format_table({"recipe": "r", "vary": [], "steps": steps, "set": [], "split": "val", "variants": rows})
+    assert "\n| step | top-1 |" in stepped and "of each step's own data (base: 30 images; more: 40" in stepped, stepped
+    assert "variant" not in stepped, stepped
+    varied = {"recipe": "r", "vary": [{"key": "lr", "values": ["0.1", "0.2"]}], "set": [], "split": "val"}
+    table = format_table({**varied, "variants": rows})
+    assert "\n| variant | top-1 |" in table and "of each variant's own data" in table, table
+
+
 def test_an_ablation_of_variants_on_different_samples_says_each_ones_count(image_folder, tmp_path):
     """The table said the first variant's image count for all of them; variants evaluated on other images than
     the baseline are not paired, so they have no p or interval, and the table says why."""

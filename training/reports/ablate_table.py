@@ -8,6 +8,7 @@ from typing import Any
 from inference.messages import counted, markdown_cell
 
 from .ablate_rows import common_sample_count
+from .ablate_variants import run_kind
 from .metrics import PAIRED_INTERVAL_METHOD
 
 
@@ -25,15 +26,16 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def _samples_text(rows: list[dict[str, Any]]) -> str:
-    """The images the rows were evaluated on: one count where they share them, each variant's own where not."""
+def _samples_text(rows: list[dict[str, Any]], kind: str) -> str:
+    """The images the rows were evaluated on: one count where they share them, each run's own where not; ``kind``:
+    what the ablation calls its runs (``run_kind``)."""
     if len({row["fingerprint"] for row in rows}) == 1:
         return f"({counted(rows[0]['num_samples'], 'image')})"
     variants = [row for row in rows if row["tta"] == "none"]  # a TTA row reads its variant's images
     if common_sample_count(variants) is not None:
-        return f"of each variant's own data ({counted(variants[0]['num_samples'], 'image')} each, not the same ones)"
+        return f"of each {kind}'s own data ({counted(variants[0]['num_samples'], 'image')} each, not the same ones)"
     return (
-        "of each variant's own data ("
+        f"of each {kind}'s own data ("
         + "; ".join(f"{r['variant']}: {counted(r['num_samples'], 'image')}" for r in variants)
         + ")"
     )
@@ -57,6 +59,7 @@ def _class_change_text(row: dict[str, Any], change: dict[str, Any] | None) -> st
 
 def format_table(result: dict[str, Any]) -> str:
     stepped = bool(result.get("steps"))
+    kind = run_kind(stepped)
     target = result.get("target_top1")
     lines = [
         f"# Ablation of `{result['recipe']}`",
@@ -72,7 +75,7 @@ def format_table(result: dict[str, Any]) -> str:
         )
         + (f"; fixed: {' '.join(result['set'])}" if result["set"] else "")
         + ".",
-        f"Each run's best.pt evaluated on the {result['split']} split {_samples_text(result['variants'])}"
+        f"Each run's best.pt evaluated on the {result['split']} split {_samples_text(result['variants'], kind)}"
         + (", the split best.pt was selected on" if result["split"] == "val" else "")
         + "; the first row is the baseline."
         + _unpaired_note(result["variants"]),
@@ -93,7 +96,7 @@ def format_table(result: dict[str, Any]) -> str:
             else ""
         ),
         "",
-        "| variant | top-1 | diff | 95% interval | loss | per-class diff | p vs baseline | "
+        f"| {kind} | top-1 | diff | 95% interval | loss | per-class diff | p vs baseline | "
         + ("gain vs row above | its 95% interval | its p | " if stepped else "")
         + "largest class gain | largest class loss | epochs | "
         + (f"epochs to {100 * target:g}% | " if target is not None else "")
