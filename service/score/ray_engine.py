@@ -110,6 +110,12 @@ class RayBackend:
     ) -> None:
         if device == "cuda" and not gpus_per_actor:
             raise UserError("--device cuda with --engine ray needs --gpus-per-actor (the GPUs Ray gives each actor)")
+        if device == "cpu" and gpus_per_actor:
+            # An actor holding a GPU runs its session on CUDA: the two flags ask for opposite things.
+            raise UserError(
+                f"--device cpu with --gpus-per-actor {gpus_per_actor:g}: an actor given a GPU runs its model on "
+                "CUDA (leave out --gpus-per-actor to score on CPU actors)"
+            )
         self.ray = ray = _import_ray()
         card = read_card(model_path)
         self.name = card.name
