@@ -99,6 +99,13 @@ def _run_history(run_dir: Path, own: list | None) -> list:
     return json.loads(path.read_text()) if path.is_file() else list(own or [])
 
 
+def _recorded_cache_dir(config: dict, meta: dict) -> str | None:
+    """The run's data.cache_dir, else its meta's (an ensemble has no config). "" is a choice, no cache, not a gap
+    to fill: a run trained without a cache is evaluated without one."""
+    chosen = config.get("data", {}).get("cache_dir")
+    return chosen if chosen is not None else meta.get("cache_dir")
+
+
 def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
     ckpt, sha256 = load_checkpoint_and_sha256(path)
     file = checkpoint_file(path)
@@ -111,7 +118,7 @@ def _load_checkpoint_source(path: Path, device: str) -> ModelSource:
         "root": meta.get("data_root"),
         "val_size": meta.get("val_size"),
         "split_seed": meta.get("split_seed"),
-        "cache_dir": config.get("data", {}).get("cache_dir") or meta.get("cache_dir"),  # an ensemble has no config
+        "cache_dir": _recorded_cache_dir(config, meta),
         "fit": meta.get("fit", LEGACY_FIT),
     }
     run_dir = file.parent
@@ -200,6 +207,7 @@ def _load_onnx_source(path: Path, device: str) -> ModelSource:
                 ("split_seed", "split_seed"),
             ):
                 defaults[key] = defaults.get(key) or meta.get(meta_key)
+            defaults["cache_dir"] = _recorded_cache_dir(ckpt.get("config") or {}, meta)
         except (OSError, KeyError, RuntimeError, ValueError) as exc:  # ValueError: not a readable checkpoint
             log.warning("could not read the source checkpoint %s: %s", checkpoint, exc)
         history = _run_history(run_dir, own_history)
