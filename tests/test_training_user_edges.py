@@ -94,6 +94,18 @@ def test_a_mistyped_recipe_name_is_pointed_to_the_recipe_meant(typed, tmp_path, 
     assert f"no recipe {typed!r} (recipes named like it: resnet9_half_cpu)" in err
 
 
+def test_a_model_given_as_a_recipe_is_told_how_to_train_it(tmp_path, capsys):
+    """`--recipe res2net50` (a registered model with no recipe of its own) was refused as an unknown recipe only;
+    a model is trained with a recipe and model.name."""
+    err = _refused(tmp_path, capsys, "res2net50")
+    assert (
+        "no recipe 'res2net50': res2net50 is a model, trained with a recipe and --set model.name=res2net50 "
+        "(recipes named like it: res2net50_ca_v1b)" in err
+    ), err
+    err = _refused(tmp_path, capsys, "resnet9_hal")  # no model of that name: the typo's line is unchanged
+    assert "no recipe 'resnet9_hal' (recipes named like it: resnet9_half_cpu, resnet9_half_muon)" in err, err
+
+
 def test_train_resume_help_says_a_run_of_other_settings_is_refused_not_replaced():
     """It said "if the run folder holds a run of this same configuration, continue it, else start it", which reads
     as a run of other settings being started over; it is refused."""

@@ -28,6 +28,16 @@ log = logging.getLogger("training.config")
 ENSEMBLE_KEY = "ensemble"
 
 
+def _a_model(name: str) -> str:
+    """Where ``name`` is a registered model without a recipe of its own (res2net50, resnet18, a zoo's variants),
+    how to train it: a recipe names the schedule, ``model.name`` the network."""
+    from .models import MODELS  # torch, only on the way to this refusal
+
+    if name not in MODELS:
+        return ""
+    return f": {name} is a model, trained with a recipe and --set model.name={name}"
+
+
 def _recipe_files() -> dict[str, Path]:
     return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
 
@@ -68,7 +78,9 @@ def _read_recipe(name_or_path: str) -> dict[str, Any]:
         # resnet9_half_cup, resnet9-half-cpu: a typo, which no name holds whole
         close = close or difflib.get_close_matches(name_or_path.replace("-", "_"), _recipe_files(), n=1, cutoff=0.8)
         hint = f" (recipes named like it: {', '.join(close)})" if close else ""
-        raise ConfigError(f"no recipe {name_or_path!r}{hint}; built-in recipes: {', '.join(_recipe_files())}")
+        raise ConfigError(
+            f"no recipe {name_or_path!r}{_a_model(name_or_path)}{hint}; built-in recipes: {', '.join(_recipe_files())}"
+        )
     try:
         raw = read_yaml(path.read_text())
     except YamlMistake as exc:
