@@ -91,7 +91,9 @@ def no_class_folder(folder: Path, entry: ModelEntry) -> str:
     if holding:
         shown = ", ".join(map(str, holding[:3])) + (f" and {len(holding) - 3} more" if len(holding) > 3 else "")
         among = "" if whole else f" (among the first {SUGGESTION_SCAN_ENTRIES:,} entries a level or two down)"
-        return f"{refused}; class folders are in {shown}{among}: give --folder one of them"
+        # one named is the one to give: "one of them" would ask the user to pick among folders not shown
+        give = f"--folder {holding[0]}" if len(holding) == 1 else "--folder one of them"
+        return f"{refused}; class folders are in {shown}{among}: give {give}"
     return refused
 
 

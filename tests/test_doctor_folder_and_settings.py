@@ -124,7 +124,7 @@ def test_the_search_for_class_folders_further_down_stops_in_a_wide_tree(tmp_path
     _class_tree(home / "aa", entry.classes[:1])
     assert _refusal(home, entry) == (
         f"{refused}; class folders are in {home / 'aa'} (among the first 100 entries a level or two down): give "
-        "--folder one of them"
+        f"--folder {home / 'aa'}"
     )
     # A folder the bound allows is still named as the one.
     assert _refusal(home / "zz", entry) == (

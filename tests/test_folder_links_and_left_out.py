@@ -273,3 +273,55 @@ def test_class_names_differing_in_case_are_said_as_read_not_trained(tmp_path, ca
 
     assert "class folders whose names differ only in case are read as separate classes: Cat and cat" in caplog.text
     assert "trained" not in caplog.text
+
+
+@needs_symlinks
+def test_links_by_no_images_name_in_an_archive_are_said_as_the_folder_says_them(tmp_path, caplog):
+    """A symlink or a hard link by no image's name, to a file the archive holds, was left out unsaid, where the
+    folder reader says the same tree's links as files that are not images."""
+    tree = _tree(tmp_path / "pets", {"cat": 2, "dog": 1})
+    (tree / "readme.txt").write_text("about the pets")
+    (tree / "cat" / "notes").symlink_to("../readme.txt")
+    os.link(tree / "readme.txt", tree / "dog" / "copy")
+    archive = _pack(tree, tmp_path / "pets.tar.gz")
+    said = "3 files left out, not images by their extension: no extension (2), .txt (1)"
+
+    with caplog.at_level(logging.WARNING, logger="training.data.folder"):
+        read_image_folder(tree)
+        read_image_folder(archive)
+
+    assert f"pets: {said}" in caplog.text and f"pets.tar.gz: {said}" in caplog.text, caplog.text
+    assert "not followed" not in caplog.text, caplog.text
+
+
+@needs_symlinks
+def test_many_links_back_up_the_tree_are_listed_as_other_warnings_list_them(tmp_path, caplog):
+    """Every loop was named, however many: a line as long as the folder had links."""
+    tree = _tree(tmp_path / "pets", {"cat": 2, "dog": 1})
+    for i in range(30):
+        (tree / f"up{i:02d}").symlink_to("..", target_is_directory=True)
+
+    with caplog.at_level(logging.WARNING, logger="training.data.folder"):
+        read_image_folder(tree)
+
+    assert "(symlink loops): up00, up01, up02, up03, up04, up05, up06, up07, up08, up09, and 20 more" in caplog.text
+    assert "up10" not in caplog.text, caplog.text
+
+
+def test_a_folder_removed_during_the_walk_is_refused_in_one_line(tmp_path, monkeypatch):
+    """A folder gone between its listing and its stat (removed, or its mount gone) raised FileNotFoundError's
+    traceback from the walk; it is refused as an unreadable folder is."""
+    import shutil
+
+    tree = _tree(tmp_path / "pets", {"cat": 2, "dog": 1})
+    walk_before = os.walk
+
+    def walk_removing_dog(top, **kwargs):
+        for folder, dirs, files in walk_before(top, **kwargs):
+            if Path(folder).name == "dog":
+                shutil.rmtree(folder)
+            yield folder, dirs, files
+
+    monkeypatch.setattr(folder_tree.os, "walk", walk_removing_dog)
+    with pytest.raises(DatasetError, match=r"^cannot list the folder .*dog: no such file or directory"):
+        folder_tree._tree_images(tree)

@@ -18,6 +18,7 @@ from .config_checks import unused_settings
 from .config_overrides import apply_overrides
 from .config_validation import validate_config
 from .config_yaml import YamlMistake, read_yaml, yaml_problem
+from .models import MODELS
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 # the configuration's warnings print under one logger name (WARNING training.config: ...), wherever they are raised
@@ -31,8 +32,6 @@ ENSEMBLE_KEY = "ensemble"
 def _a_model(name: str) -> str:
     """Where ``name`` is a registered model without a recipe of its own (res2net50, resnet18, a zoo's variants),
     how to train it: a recipe names the schedule, ``model.name`` the network."""
-    from .models import MODELS  # torch, only on the way to this refusal
-
     if name not in MODELS:
         return ""
     return f": {name} is a model, trained with a recipe and --set model.name={name}"

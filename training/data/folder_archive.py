@@ -40,7 +40,9 @@ def _iter_archive(root: Path, left_out: list[str]) -> Iterator[tuple[str, str, b
                 if member.isfile() and hidden:
                     parts = name.parent.parts
                     hidden_dirs.add(PurePosixPath(*parts[: next(i for i, p in enumerate(parts) if is_hidden(p)) + 1]))
-                if member.isfile() and not hidden and not is_tree_image(name.name) and not _litter(name.name):
+                # a hard link is a second name of a file: left out by its name as the folder reader leaves it out
+                plain_file = member.isfile() or member.islnk()
+                if plain_file and not hidden and not is_tree_image(name.name) and not _litter(name.name):
                     others.append(name.name)
                 if member.issym() and not hidden and not is_tree_image(name.name) and not _litter(name.name):
                     links.append(member)
@@ -58,7 +60,8 @@ def _iter_archive(root: Path, left_out: list[str]) -> Iterator[tuple[str, str, b
                 plain = not f.read(6).startswith(COMPRESSED_MAGIC)
             if plain and tar.offset + END_OF_ARCHIVE > root.stat().st_size:
                 raise EOFError(f"it ends after {tar.offset} bytes without the end-of-archive blocks")
-            unfollowed = _links_not_followed(tar, links)
+            unfollowed, file_links = _links_not_followed(tar, links)
+            others += file_links
         if dangling:  # the folder reader refuses its dangling links too: the class would silently shrink
             raise DatasetError(
                 f"{root}: {_links_point(len(dangling))} to no file in the archive (pack it with tar -h, "
@@ -80,17 +83,21 @@ def _iter_archive(root: Path, left_out: list[str]) -> Iterator[tuple[str, str, b
         raise DatasetError(f"cannot read archive {root}: it is truncated or damaged ({exc})") from exc
 
 
-def _links_not_followed(tar: tarfile.TarFile, links: list[tarfile.TarInfo]) -> list[str]:
+def _links_not_followed(tar: tarfile.TarFile, links: list[tarfile.TarInfo]) -> tuple[list[str], list[str]]:
     """The archive's links to folders (and to what it does not hold), said: tar stores a symlink as one, and a link
-    to a class folder, which the folder reader follows, would otherwise be left out without a word. One to a file
-    the archive holds, by no image's name, is not read either way, and not said."""
-    unfollowed = sorted(link.name for link in links if _member_file(tar, link) is None)
+    to a class folder, which the folder reader follows, would otherwise be left out without a word; and the names
+    of those to a file it holds, by no image's name, left out as files that are not images, as the folder reader
+    says such a link."""
+    to_files = {link.name for link in links if _member_file(tar, link) is not None}
+    unfollowed = sorted(link.name for link in links if link.name not in to_files)
+    file_links = [PurePosixPath(link.name).name for link in links if link.name in to_files]
     if not unfollowed:
-        return []
-    return [
+        return [], file_links
+    said = (
         f"{counted(len(unfollowed), 'link')} left out, not followed: links inside an archive are not (pack it with "
         f"tar -h, which stores what links point to): {_listed(unfollowed, ', ')}"
-    ]
+    )
+    return [said], file_links
 
 
 def _archive_empty_folders(held: set[PurePosixPath], read: set[PurePosixPath], root: Path) -> list[str]:

@@ -89,7 +89,7 @@ def _warn_left_out(root: Path, images: list[Path], others: list[Path], hidden_di
         loop = "link back up the tree left out, not followed (a symlink loop)"
         if len(loops) > 1:
             loop = "links back up the tree left out, not followed (symlink loops)"
-        log.warning("%s: %s: %s", parent, loop, ", ".join(loops))
+        log.warning("%s: %s: %s", parent, loop, _listed(loops, ", "))
     folders = [p for p in folders if p.name not in loops]
     read_as = {_folder_key(p): p for p in class_folders}  # each folder is read once, by one name
     again = [_read_as_text(p, read_as[_folder_key(p)]) for p in folders if _folder_key(p) in read_as]

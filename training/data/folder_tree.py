@@ -24,7 +24,10 @@ def _tree_images(root: Path) -> tuple[list[Path], list[Path], list[str]]:
     found, others, hidden, seen = [], [], [], set()
     real_root = os.path.realpath(root)
     for folder, dirs, files in os.walk(root, onerror=_unreadable_folder, followlinks=True):
-        key = _folder_key(folder)
+        try:
+            key = _folder_key(folder)
+        except OSError as exc:  # removed (or its mount gone) since os.walk listed it
+            _unreadable_folder(exc)
         if key in seen:
             dirs.clear()
             continue
