@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import unicodedata
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NoReturn
 
 from inference.tree_files import folder_linked_inside, is_hidden, is_tree_image
 
@@ -71,7 +71,7 @@ def _litter(name: str) -> bool:
     return is_hidden(name) or name.lower() in SYSTEM_FILES
 
 
-def _unreadable_folder(exc: OSError) -> None:
+def _unreadable_folder(exc: OSError) -> NoReturn:
     """os.walk's default is to skip a folder it cannot list: a class folder without read permission would
     then be left out as one without images, and the model trained without that class."""
     reason = exc.strerror or type(exc).__name__
