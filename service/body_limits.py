@@ -1,5 +1,5 @@
 """A request's body read within its limits: its size, its encoding, a byte at least every ``BODY_IDLE_S``, and
-for JSON the number of values it holds.
+for JSON the number of values it holds (or, over that, how deep it nests).
 
 Every route reads its body through here, so that nothing a client sends (a body too large, one trickled to hold a
 connection, one that hangs up) costs more than a refusal: each problem is a :class:`contract.Rejection`.
@@ -12,6 +12,7 @@ import re
 from contextlib import aclosing
 
 import anyio
+import numpy as np
 from starlette.requests import ClientDisconnect, Request
 
 from .contract import BODY_IDLE_S, Rejection
@@ -116,6 +117,16 @@ def without_bom(body: bytes) -> bytes:
     return body.removeprefix(codecs.BOM_UTF8)
 
 
+# A body over the bound on its values that nests deeper than this is refused as nested, not as values: pydantic's
+# parser (/infer, /v2) reads no deeper, and no route's request comes near it.
+MAX_DEPTH = 200
+# The bytes of a body read at a time for its depth.
+_DEPTH_CHUNK = 1 << 13
+_BACKSLASH, _QUOTE = ord("\\"), ord('"')
+# Each byte's step in depth, plus one: 2 for '[' and '{', 0 for ']' and '}', 1 for the rest. Translated as bytes, in
+# place of indexing an array of steps, which takes eight bytes of index per byte of the body.
+_STEPS = bytes(2 if byte in b"[{" else 0 if byte in b"]}" else 1 for byte in range(256))
+
 # The JSON values a body may hold besides those its images take: the fields around them.
 ENVELOPE_VALUES = 1024
 
@@ -152,8 +163,36 @@ def too_many_values(body: bytes, largest: int, max_images: int, shape: str) -> R
         separators -= sum(_separators(string.group()) for string in _JSON_STRING.finditer(body))
     if separators < limit:
         return None
+    if nests_deeper(body, MAX_DEPTH):
+        return Rejection("malformed_request", f"the JSON body nests arrays or objects deeper than {MAX_DEPTH} levels")
     return Rejection(
         "too_many_images",
         f"too many images: at most {max_images} per request, {shape}: at most {limit} JSON values with the rest of "
         f"the request; this body has {separators} ',' '[' and '{{'",
     )
+
+
+def nests_deeper(body: bytes, depth: int) -> bool:
+    """Whether a JSON body's arrays and objects nest more than ``depth`` deep, brackets inside strings not counted.
+    Asked only of a body over the bound on its values, whose opening brackets would otherwise be counted as values
+    (``[[[[...`` as that many images). Read a chunk at a time: a few arrays of its size, not copies of the body."""
+    level, inside, start = 0, 0, 0
+    while start < len(body):
+        end = start + _DEPTH_CHUNK
+        while end < len(body) and body[end - 1] == _BACKSLASH:  # an escape is never split between chunks
+            end += 1
+        # escapes occur only inside strings: without them, each quote left opens or closes one
+        chunk = body[start:end].replace(b"\\\\", b"").replace(b'\\"', b"")
+        start = end
+        if not chunk:
+            continue
+        steps = np.frombuffer(chunk.translate(_STEPS), np.int8) - 1
+        if inside or _QUOTE in chunk:
+            quotes = np.cumsum(np.frombuffer(chunk, np.uint8) == _QUOTE, dtype=np.int32) + inside
+            steps[quotes % 2 == 1] = 0
+            inside = int(quotes[-1]) % 2
+        levels = np.cumsum(steps, dtype=np.int32) + level
+        if int(levels.max()) > depth:
+            return True
+        level = int(levels[-1])
+    return False

@@ -57,10 +57,12 @@ class InferItem(BaseModel):
     model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64", protected_namespaces=(), extra="forbid")
 
     model: str = Field(description="a model name from /models")
-    pixels: bytes = Field(
+    # pydantic's schema says format "base64url", though it reads either alphabet; "byte" would say only the standard
+    # one. No format, then: the description says what is read, and the document's pattern (service/openapi.py).
+    pixels: Annotated[bytes, WithJsonSchema({"type": "string"})] = Field(
         description="uint8 RGB pixels, height x width x 3 in row-major order (the model's input size); with "
         "dtype float32, the model's input itself: float32 little-endian, 3 x height x width, RGB in [0, 1]; "
-        "base64 in JSON"
+        "base64 in JSON, in the standard alphabet ('+' and '/') or the URL-safe one ('-' and '_'), padded or not"
     )
     dtype: Literal["uint8", "float32"] = Field(default="uint8", description="how pixels is to be read")
     # Set when no one awaits this item's row any more (its request timed out, or a part of it was shed): a batch

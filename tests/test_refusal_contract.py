@@ -180,3 +180,22 @@ def test_the_document_describes_the_loading_refusal_where_it_is_answered(documen
         assert loading in answer["description"] and "Retry-After" in answer["headers"], (path, method, answer)
     # the protocol's inference route is also shed when overloaded, as /classify is
     assert REASONS["overloaded"].when in paths["/v2/models/{name}/infer"]["post"]["responses"]["503"]["description"]
+
+
+def test_the_document_says_which_base64_infer_pixels_are_read_in(document, monkeypatch):
+    """pydantic documents bytes as format "base64url" whatever it reads: /infer's pixels are read in the standard
+    alphabet as well, padded or not, and the document says that instead."""
+    import base64
+    import json
+
+    from service import request_bodies
+
+    monkeypatch.setattr(request_bodies, "PIXEL_BYTES", {})  # any length of pixels: only their base64 is read here
+    pixels = document["components"]["schemas"]["InferItem"]["properties"]["pixels"]
+    assert pixels["type"] == "string" and "format" not in pixels, pixels
+    data = bytes([251, 255])
+    for text in (base64.b64encode(data), base64.urlsafe_b64encode(data), base64.b64encode(data).rstrip(b"=")):
+        item = {"model": "tiny", "pixels": text.decode()}
+        assert request_bodies.InferItem.model_validate_json(json.dumps(item)).pixels == data, text
+    for words in ("standard alphabet ('+' and '/')", "URL-safe one ('-' and '_')", "padded or not"):
+        assert words in pixels["description"], pixels

@@ -456,7 +456,7 @@ JSON_BAD = {
     "filename with a lone surrogate": (_lone_surrogate_body("filename"), 400, "malformed_request", "\\udc00"),
     "model with a lone surrogate": (_lone_surrogate_body("model"), 400, "malformed_request", "\\udc00"),
     # Python's JSON parser raises RecursionError, not ValueError, on brackets nested a thousand deep (deeper, a
-    # body holds more values than the largest request: too_many_images before it is parsed)
+    # body holds more values than the largest request: refused as nested before it is parsed)
     "nested too deep": (b'{"images": ' + b"[" * 1_000 + b"]" * 1_000 + b"}", 400, "malformed_request", "deep"),
     # a JSON integer has no size limit: float() of one past 1e308 overflows
     "huge min_confidence": (
@@ -825,6 +825,32 @@ def test_a_json_body_of_more_values_than_the_largest_request_is_refused_before_i
     assert getattr(refused, "reason", None) == "too_many_images", refused
     assert f"at most {most} per request" in refused.message
     assert peak < len(body) // 10, peak
+
+
+@pytest.mark.parametrize("opening", [b"[", b'[{"a": '])
+@pytest.mark.parametrize("route", [*JSON_ROUTES, "v2"])
+def test_a_deeply_nested_json_body_is_refused_as_nested_not_as_too_many_images(route, opening):
+    """A body of 100,000 '[' was refused as "too many images: ... this body has 100000 ','...": each bracket counted
+    as a value. It is malformed, and said so."""
+    from service.oip import read_infer_request
+
+    readers = {route: reader()[0] for route, (_, reader) in JSON_ROUTES.items()}
+    readers["v2"] = lambda body: read_infer_request(body, _oip_model(), max_images=2)
+    refused = readers[route](opening * 100_000)
+    assert getattr(refused, "reason", None) == "malformed_request", refused
+    assert refused.message == "the JSON body nests arrays or objects deeper than 200 levels", refused
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting():
+    """Only a body's arrays and objects nest: a file name of brackets (an escaped quote and backslash among them)
+    is no deeper than the body around it."""
+    from service.body_limits import MAX_DEPTH, nests_deeper
+
+    name = "[" * MAX_DEPTH + '\\" \\\\' + "{" * 10_000
+    body = json.dumps({"images": [{"filename": name, "data": "AA=="}] * 3}).encode()
+    assert not nests_deeper(body, 3)
+    assert nests_deeper(body, 2)
+    assert nests_deeper(b" [" * MAX_DEPTH + b'["]",', MAX_DEPTH)  # the string closes no array
 
 
 def test_the_largest_json_classify_request_is_read():
