@@ -381,6 +381,13 @@ def test_actor_pool_sizes_and_resource_checks():
     ):
         with pytest.raises(UserError, match=message):
             ray_engine.check_resources(*args[:3], cpus=args[3], gpus=args[4])
+    # an actor count the command chose is not said as an --actors the user typed
+    for args, message in (
+        ((1, 3, None, 2, 0), r"^one actor \(the default\) x --threads 3 need more than the 2 CPUs"),
+        ((4, 1, 1.0, 4, 4), r"^4 actors \(the default\) x --threads 1 take all 4 CPUs"),
+    ):
+        with pytest.raises(UserError, match=message):
+            ray_engine.check_resources(*args[:3], cpus=args[3], gpus=args[4], chosen=True)
 
 
 def test_stages_turn_every_failure_into_the_local_engines_error_row(image_folder, tmp_path):

@@ -67,29 +67,32 @@ def default_actors(cpus: float, gpus: float, gpus_per_actor: float | None, cpus_
     return max(1, int(cpus) // cpus_per_actor)
 
 
-def check_resources(actors: int, cpus_per_actor: int, gpus_per_actor: float | None, cpus: float, gpus: float) -> None:
+def check_resources(
+    actors: int, cpus_per_actor: int, gpus_per_actor: float | None, cpus: float, gpus: float, chosen: bool = False
+) -> None:
     """UserError when the pool cannot run. Ray Data fuses the task stages (read, decode) into the actor stage
     when both ask for the same resources and nothing else of Ray (retry limits included), as the CPU actors
     and their stages do: each actor then reads, decodes and infers its batches, no pixels go through the
     object store, and the actors may hold every CPU. GPU actors ask for a GPU, so the stages stay tasks, which
-    need a CPU beside the actors."""
+    need a CPU beside the actors. ``chosen``: the number of actors is the command's default, not an --actors
+    the user gave, and is said so."""
+    pool = f"--actors {actors}"
+    if chosen:
+        pool = "one actor (the default)" if actors == 1 else f"{actors} actors (the default)"
     if gpus_per_actor:
         if not gpus:  # whatever --actors says (its default is 1 then)
             raise UserError(f"--gpus-per-actor {gpus_per_actor:g}: the Ray cluster has no GPU")
         if actors * gpus_per_actor > gpus + 1e-9:
             raise UserError(
-                f"--actors {actors} x --gpus-per-actor {gpus_per_actor:g} need more than the {gpus:g} GPUs "
-                "of the Ray cluster"
+                f"{pool} x --gpus-per-actor {gpus_per_actor:g} need more than the {gpus:g} GPUs of the Ray cluster"
             )
         if actors * cpus_per_actor >= cpus:
             raise UserError(
-                f"--actors {actors} x --threads {cpus_per_actor} take all {cpus:g} CPUs of the Ray cluster: none "
+                f"{pool} x --threads {cpus_per_actor} take all {cpus:g} CPUs of the Ray cluster: none "
                 "is left to read and decode the images (use fewer actors or threads)"
             )
     elif actors * cpus_per_actor > cpus:
-        raise UserError(
-            f"--actors {actors} x --threads {cpus_per_actor} need more than the {cpus:g} CPUs of the Ray cluster"
-        )
+        raise UserError(f"{pool} x --threads {cpus_per_actor} need more than the {cpus:g} CPUs of the Ray cluster")
 
 
 class RayBackend:
@@ -142,7 +145,7 @@ class RayBackend:
             resources = ray.cluster_resources()
             cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
             self.actors = actors or default_actors(cpus, gpus, gpus_per_actor, self.threads)
-            check_resources(self.actors, self.threads, gpus_per_actor, cpus, gpus)
+            check_resources(self.actors, self.threads, gpus_per_actor, cpus, gpus, chosen=actors is None)
             if not self._owns_connection:
                 where = "the Ray instance this process is connected to"
             else:
