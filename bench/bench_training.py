@@ -46,7 +46,7 @@ from training.data.augment import AugmentParams  # noqa: E402
 from training.data.loader import TensorLoader  # noqa: E402
 from training.device import resolve_device  # noqa: E402
 from training.inference import autocast, resolve_bf16  # noqa: E402
-from training.models import create_model, list_models, size_refusal  # noqa: E402
+from training.models import argument_error, create_model, list_models, size_refusal  # noqa: E402
 from training.optim import OPTIMIZERS, build_optimizer  # noqa: E402
 
 
@@ -194,7 +194,13 @@ def check_image_size(spec: str, image_size: int) -> None:
     data.image_size."""
     name, kwargs = parse_spec(spec)
     with termination.user_input():  # an unknown model or argument in --models
-        model = create_model(name, **kwargs).eval()
+        try:
+            model = create_model(name, **kwargs).eval()
+        except UsageError:  # typed already (an unknown model or argument): its message is the one to say
+            raise
+        except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+            # a value the network refuses (dirac=maybe): named with its arguments, as training's preflight does
+            raise UsageError(argument_error(name, kwargs, exc)) from exc
     refused = size_refusal(model, image_size)
     if refused is not None:
         raise UsageError(f"model {spec!r} cannot take {image_size}x{image_size} images (--image-size): {refused}")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .layers import check_logit_scale
 from .whitening import PatchWhitening, dirac_init_
 
 AIRBENCH94_WIDTHS = (64, 256, 256)
@@ -67,6 +68,7 @@ class AirbenchNet(nn.Module):
                 f"bn_momentum {bn_momentum} must be above 0 and at most 1 (PyTorch's sense: the new batch's share "
                 "of BatchNorm's running statistics; the paper's 0.6 is the old statistics' share, so 0.4 here)"
             )
+        check_logit_scale("logit_scale", logit_scale, "1/9")
         self.whiten = PatchWhitening(3, kernel_size=2, eps=whiten_eps) if whiten else nn.Conv2d(3, 24, 2)
         groups, c_in = [], self.whiten.out_channels
         for width in widths:

@@ -3,6 +3,8 @@ split, init."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -65,3 +67,11 @@ def init_transformer_weights(model: nn.Module) -> None:
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def check_logit_scale(name: str, value: object, published: str) -> None:
+    """A head's logit scale must be a finite number above 0: 0 zeroes every logit and gradient (a run that trains
+    nothing, said only as 10% accuracy), and text or nan would pass the build and fail at the first batch, after
+    the data has loaded. ``published``: the paper's value, for the message."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} {value!r} must be a finite number above 0 (the paper's {published})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layers import check_logit_scale
 from .resnet import _init_weights
 
 
@@ -31,6 +32,7 @@ class Residual(nn.Module):
 class ResNet9(nn.Module):
     def __init__(self, num_classes: int = 10, width: int = 64, dropout: float = 0.0, head_scale: float = 0.125) -> None:
         super().__init__()
+        check_logit_scale("head_scale", head_scale, "1/8")
         w = width
         self.stem = _conv_bn(3, w)
         self.stages = nn.Sequential(

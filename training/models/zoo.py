@@ -196,13 +196,13 @@ def airbench94(num_classes: int = 10, widths: Sequence[int] = AIRBENCH94_WIDTHS,
 
 
 @_register("resnet9", "ResNet-9 (Page, 2018), fast to train")
-def resnet9(num_classes: int = 10, dropout: float = 0.0, width: int = 64) -> nn.Module:
-    return ResNet9(num_classes, width, dropout)
+def resnet9(num_classes: int = 10, dropout: float = 0.0, width: int = 64, head_scale: float = 0.125) -> nn.Module:
+    return ResNet9(num_classes, width, dropout, head_scale)
 
 
 @_register("resnet9_half", "half-width ResNet-9: the compact CPU default (about 1.6M parameters)")
-def resnet9_half(num_classes: int = 10, dropout: float = 0.0) -> nn.Module:
-    return ResNet9(num_classes, 32, dropout)
+def resnet9_half(num_classes: int = 10, dropout: float = 0.0, head_scale: float = 0.125) -> nn.Module:
+    return ResNet9(num_classes, 32, dropout, head_scale)
 
 
 @_register("dla34", "DLA-34 (Yu et al., 2018), tree aggregation, 3x3 stem and 32-16-8-4 levels for 32x32 inputs")
