@@ -95,9 +95,10 @@ def verify_parser() -> argparse.ArgumentParser:
         prog="python -m export verify",
         description=(
             "Check the model's file against its sha256 (the other listed files too: their trouble is warned of), "
-            "then measure its accuracy against its checkpoint on the validation split, and against the top-1 its "
-            f"card records. Exits 1 when it misses its tolerance ({tolerance_text()}) or the card's figure, 2 on a "
-            "missing or tampered file."
+            "then measure its accuracy against its checkpoint on the validation split (without it: against the FP32 "
+            "graph a re-derived model came from, where it is still there unchanged, else the figure recorded at "
+            "export), and against the top-1 its card records. Exits 1 when it misses its tolerance "
+            f"({tolerance_text()}) or the card's figure, 2 on a missing or tampered file."
         ),
     )
     p.add_argument("name", nargs="?", type=listed_name, help="model name (default: the manifest's default)")

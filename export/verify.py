@@ -1,6 +1,7 @@
 """Re-verify a shipped model: its manifest entry is not hashed, so it is checked against the card inside its
-file, then the file's accuracy against its checkpoint (or the figure recorded at export) and its calibration are
-measured again. Also what rederive and recover read a listed model through (``listed_model``)."""
+file, then the file's accuracy against its checkpoint (or the FP32 graph it was re-derived from, or the figure
+recorded at export) and its calibration are measured again. Also what rederive and recover read a listed model
+through (``listed_model``)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from inference.messages import counted, validation_problems
 from inference.runtime import OnnxClassifier, read_card, softmax
 from training.checkpoint import checkpoint_file, load_checkpoint_and_sha256, model_from_checkpoint
 from training.dataset_cache import DEFAULT_CACHE_DIR
-from training.inference import with_tta
+from training.inference import topk_accuracy, with_tta
 
 from .parity import Parity, judge, onnx_logits, parity_against, torch_logits
 from .pipeline import graph_calibration_report
@@ -164,6 +165,33 @@ def verify_model(
             reference, speed, classifier, val.images, val.labels, split_images=source["val_size"]
         )
         return _against_card(parity, listed.metrics), graph_calibration_report(logits, val.labels, temperature)
+    graph = _reference_graph(recorded.derived_from, models_dir)
+    if graph is not None:
+        # A graph derived from another (rederive) was measured against that graph: where it is still beside it,
+        # unchanged, its logits are the reference, image by image and on any number of images.
+        log.info(
+            "comparing %s with %s, the FP32 graph it was derived from (%s)",
+            entry.name,
+            graph.name,
+            _no_checkpoint(recorded.checkpoint, checkpoint, models_dir),
+        )
+        ref_logits, ref_speed = onnx_logits(OnnxClassifier(graph, device="cpu"), val.images)
+        if read_card(graph).calibration.method == "none":  # the derived graph appended the division by T
+            ref_logits = ref_logits / temperature
+        expected = softmax(ref_logits)
+        logits, speed = onnx_logits(classifier, val.images)
+        parity = judge(
+            entry.precision,
+            expected,
+            softmax(logits),
+            val.labels,
+            topk_accuracy(expected, val.labels, 1),
+            ref_speed,
+            speed,
+            "FP32 graph",
+            split_images=source["val_size"],
+        )
+        return _against_card(parity, listed.metrics), graph_calibration_report(logits, val.labels, temperature)
     # Without the checkpoint (a fresh clone), compare with the reference's accuracy recorded at export time: a
     # graph derived from another (rederive) was measured against that graph, not against PyTorch.
     against = "FP32 graph" if recorded.derived_from else "PyTorch"
@@ -201,6 +229,16 @@ def verify_model(
         split_images=source["val_size"],
     )
     return _against_card(parity, listed.metrics), graph_calibration_report(logits, val.labels, temperature)
+
+
+def _reference_graph(derived_from: dict[str, Any] | None, models_dir: Path) -> Path | None:
+    """The FP32 graph a rederived model was converted from, where it still lies in ``models_dir`` with the sha256
+    recorded then (the shipped default's INT8 and FP16 files): None where it is gone or another file now."""
+    file, sha = (derived_from or {}).get("file"), (derived_from or {}).get("sha256")
+    if not isinstance(file, str) or not isinstance(sha, str):
+        return None
+    path = models_dir / Path(file).name
+    return path if path.is_file() and sha256_file(path) == sha else None
 
 
 def _no_checkpoint(recorded: str | None, checkpoint: Path, models_dir: Path) -> str:
