@@ -165,7 +165,7 @@ def verify_model(
             reference, speed, classifier, val.images, val.labels, split_images=source["val_size"]
         )
         return _against_card(parity, listed.metrics), graph_calibration_report(logits, val.labels, temperature)
-    graph = _reference_graph(recorded.derived_from, models_dir)
+    graph = _reference_graph(recorded.derived_from, models_dir, entry.file)
     if graph is not None:
         # A graph derived from another (rederive) was measured against that graph: where it is still beside it,
         # unchanged, its logits are the reference, image by image and on any number of images.
@@ -231,11 +231,12 @@ def verify_model(
     return _against_card(parity, listed.metrics), graph_calibration_report(logits, val.labels, temperature)
 
 
-def _reference_graph(derived_from: dict[str, Any] | None, models_dir: Path) -> Path | None:
+def _reference_graph(derived_from: dict[str, Any] | None, models_dir: Path, own: str) -> Path | None:
     """The FP32 graph a rederived model was converted from, where it still lies in ``models_dir`` with the sha256
-    recorded then (the shipped default's INT8 and FP16 files): None where it is gone or another file now."""
+    recorded then (the shipped default's INT8 and FP16 files): None where it is gone or another file now, or is
+    ``own``, the model's file (the manifest edited by hand: compared with itself, any file would pass)."""
     file, sha = (derived_from or {}).get("file"), (derived_from or {}).get("sha256")
-    if not isinstance(file, str) or not isinstance(sha, str):
+    if not isinstance(file, str) or not isinstance(sha, str) or Path(file).name == Path(own).name:
         return None
     path = models_dir / Path(file).name
     return path if path.is_file() and sha256_file(path) == sha else None

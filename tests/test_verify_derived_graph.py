@@ -65,3 +65,18 @@ def test_a_changed_reference_graph_is_not_compared_with(derived_models, tmp_path
     assert not parity.compared
     with pytest.raises(UsageError, match="no recorded FP32 graph accuracy on the same 10 images"):
         verify_model("cal-int8", models, cache_dir=None, max_val_images=10)
+
+
+def test_a_model_named_as_its_own_reference_graph_is_not_compared_with_itself(derived_models, tmp_path):
+    """A manifest edited by hand so that derived_from names the model's own file and sha256: compared with itself,
+    any file passed, at 100% agreement; it falls back to the figure recorded at export instead."""
+    from export.verify import verify_model
+
+    models = tmp_path / "models"
+    shutil.copytree(derived_models, models)
+    raw = json.loads((models / "manifest.json").read_text())
+    (entry,) = [e for e in raw["models"] if e["name"] == "cal-int8"]
+    entry["source"]["derived_from"].update(file=f"../elsewhere/{entry['file']}", sha256=entry["sha256"])
+    (models / "manifest.json").write_text(json.dumps(raw))
+    parity, _ = verify_model("cal-int8", models, cache_dir=None)
+    assert not parity.compared

@@ -4,6 +4,8 @@ split, init."""
 from __future__ import annotations
 
 import math
+import numbers
+from fractions import Fraction
 
 import torch
 from torch import nn
@@ -69,9 +71,22 @@ def init_transformer_weights(model: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+# The float32 a head multiplies its logits in: a scale outside its normal range is 0 or infinite there.
+_FLOAT32 = torch.finfo(torch.float32)
+
+
 def check_logit_scale(name: str, value: object, published: str) -> None:
     """A head's logit scale must be a finite number above 0: 0 zeroes every logit and gradient (a run that trains
     nothing, said only as 10% accuracy), and text or nan would pass the build and fail at the first batch, after
-    the data has loaded. ``published``: the paper's value, for the message."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} {value!r} must be a finite number above 0 (the paper's {published})")
+    the data has loaded. ``published``: the paper's value as a fraction ("1/9"), for the message."""
+    try:
+        # numbers.Real: numpy's floats and integers too (np.float32 is no float); a bool is an int, and no scale
+        scale = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an int past any float (10**400)
+        scale = math.inf
+    # in float32, 1e-300 is 0 (the dead network again) and 1e308 infinite (NaN logits)
+    if not _FLOAT32.tiny <= scale <= _FLOAT32.max:
+        raise ValueError(
+            f"{name} {value!r} must be a finite number above 0 that float32 holds ({_FLOAT32.tiny:.3g} to "
+            f"{_FLOAT32.max:.3g}; the paper's {published}, written {float(Fraction(published)):.4g})"
+        )
