@@ -46,7 +46,7 @@ from training.data.augment import AugmentParams  # noqa: E402
 from training.data.loader import TensorLoader  # noqa: E402
 from training.device import resolve_device  # noqa: E402
 from training.inference import autocast, resolve_bf16  # noqa: E402
-from training.models import argument_error, create_model, list_models, size_refusal  # noqa: E402
+from training.models import BUILD_ERRORS, argument_error, create_model, list_models, size_refusal  # noqa: E402
 from training.optim import OPTIMIZERS, build_optimizer  # noqa: E402
 
 
@@ -198,7 +198,7 @@ def check_image_size(spec: str, image_size: int) -> None:
             model = create_model(name, **kwargs).eval()
         except UsageError:  # typed already (an unknown model or argument): its message is the one to say
             raise
-        except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+        except BUILD_ERRORS as exc:
             # a value the network refuses (dirac=maybe): named with its arguments, as training's preflight does
             raise UsageError(argument_error(name, kwargs, exc)) from exc
     refused = size_refusal(model, image_size)

@@ -220,9 +220,11 @@ def parity_against(
     labels: np.ndarray,
     batch_size: int = BATCH,
     split_images: int | None = None,
+    reference: str = "PyTorch",
 ) -> tuple[Parity, np.ndarray]:
-    """``parity_and_logits`` with the PyTorch logits already computed (float64, what the graph should output);
-    ``split_images`` as ``judge`` takes it."""
+    """``parity_and_logits`` with the reference's logits already computed (float64, what the graph should output:
+    PyTorch's, or the FP32 graph's a derived graph came from, named by ``reference``); ``split_images`` as
+    ``judge`` takes it."""
     torch_probs = softmax(reference_logits)
     logits, onnx_speed = onnx_logits(classifier, images, batch_size)
     onnx_probs = softmax(logits)
@@ -234,6 +236,7 @@ def parity_against(
         topk_accuracy(torch_probs, labels, 1),
         torch_speed,
         onnx_speed,
+        reference,
         split_images=split_images,
     )
     return parity, logits

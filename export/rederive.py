@@ -24,13 +24,12 @@ from inference.errors import UsageError
 from inference.fits import FitName
 from inference.manifest import CALIBRATION_METHODS, ModelCard, ModelEntry, sha256_file
 from inference.precisions import PrecisionName
-from inference.runtime import OnnxClassifier, softmax
+from inference.runtime import OnnxClassifier
 from training.dataset_cache import DEFAULT_CACHE_DIR
-from training.inference import topk_accuracy
 
 from .calibration import fit_calibration
 from .onnx_export import writing
-from .parity import Parity, judge, onnx_logits
+from .parity import Parity, onnx_logits, parity_against
 from .pipeline import check_calibration_options, convert_variant, publish
 from .record import check_replacement, record_entry
 from .sources import from_project, source_at, validation_split
@@ -137,18 +136,14 @@ def rederive(
         else:
             shutil.copyfile(ref_path, fp32)
         convert_variant(fp32, out, card, source, calibration_count, activation_ranges)
-        logits, speed = onnx_logits(OnnxClassifier(out, device="cpu"), val.images)
-        expected = softmax(ref_logits if inherited else ref_logits / calibration.temperature)
-        parity = judge(
-            precision,
-            expected,
-            softmax(logits),
-            val.labels,
-            topk_accuracy(expected, val.labels, 1),
+        parity, logits = parity_against(
+            ref_logits if inherited else ref_logits / calibration.temperature,
             ref_speed,
-            speed,
-            reference="FP32 graph",
+            OnnxClassifier(out, device="cpu"),
+            val.images,
+            val.labels,
             split_images=source["val_size"],
+            reference="FP32 graph",
         )
         publish(out, card, parity, logits, val.labels, f" against {ref.file}")
         return record_entry(card, out, final, models_dir, make_default, default_for, replaces=replaces), parity

@@ -26,7 +26,7 @@ from inference.messages import counted, validation_problems
 from inference.runtime import OnnxClassifier, read_card, softmax
 from training.checkpoint import checkpoint_file, load_checkpoint_and_sha256, model_from_checkpoint
 from training.dataset_cache import DEFAULT_CACHE_DIR
-from training.inference import topk_accuracy, with_tta
+from training.inference import with_tta
 
 from .parity import Parity, judge, onnx_logits, parity_against, torch_logits
 from .pipeline import graph_calibration_report
@@ -178,18 +178,14 @@ def verify_model(
         ref_logits, ref_speed = onnx_logits(OnnxClassifier(graph, device="cpu"), val.images)
         if read_card(graph).calibration.method == "none":  # the derived graph appended the division by T
             ref_logits = ref_logits / temperature
-        expected = softmax(ref_logits)
-        logits, speed = onnx_logits(classifier, val.images)
-        parity = judge(
-            entry.precision,
-            expected,
-            softmax(logits),
-            val.labels,
-            topk_accuracy(expected, val.labels, 1),
+        parity, logits = parity_against(
+            ref_logits,
             ref_speed,
-            speed,
-            "FP32 graph",
+            classifier,
+            val.images,
+            val.labels,
             split_images=source["val_size"],
+            reference="FP32 graph",
         )
         return _against_card(parity, listed.metrics), graph_calibration_report(logits, val.labels, temperature)
     # Without the checkpoint (a fresh clone), compare with the reference's accuracy recorded at export time: a

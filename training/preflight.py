@@ -18,7 +18,7 @@ from .config import Config, ConfigError
 from .config_recipes import build_config
 from .config_validation import did_you_mean
 from .data import DATASETS, DatasetError, ImageArrays
-from .models import ImageClassifier, UnknownArgument, argument_error, create_model, size_refusal
+from .models import BUILD_ERRORS, ImageClassifier, UnknownArgument, argument_error, create_model, size_refusal
 from .models.whitening import dirac_init_, whitening_layers
 from .muon import filters_by_normalisation
 from .run_data import check_trainable, read_data, read_key, split_data
@@ -178,11 +178,8 @@ def check_network_takes_its_input(config: Config) -> None:
     except UnknownArgument as exc:
         # a bare --set key that is no setting lands here: a mistyped setting (epohcs) as much as a model argument
         raise ConfigError(f"{exc}{did_you_mean(exc.unknown, exc.taken)}") from exc
-    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
-        # a value the network or torch refuses says nothing of the setting it came from (width 8.5 reaches torch
-        # as "out_channels must be divisible by groups"): name the model and its arguments with it
-        said = exc if str(exc) else Exception(f"a bare {type(exc).__name__} in its constructor")
-        raise ConfigError(argument_error(name, args, said)) from exc
+    except BUILD_ERRORS as exc:  # named with the model and its arguments
+        raise ConfigError(argument_error(name, args, exc)) from exc
     for side in sorted({size, *config.augment.progressive_sizes.values()}):
         setting = "data.image_size" if side == size else "augment.progressive_sizes"
         refused = size_refusal(model, side)

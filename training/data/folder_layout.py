@@ -90,9 +90,9 @@ def _warn_left_out(root: Path, images: list[Path], others: list[Path], hidden_di
         if len(loops) > 1:
             loop = "links back up the tree left out, not followed (symlink loops)"
         log.warning("%s: %s: %s", parent, loop, _listed(loops, ", "))
-    folders = [p for p in folders if p.name not in loops]
+    keys = {p: _folder_key(p) for p in folders if p.name not in loops}
     read_as = {_folder_key(p): p for p in class_folders}  # each folder is read once, by one name
-    again = [_read_as_text(p, read_as[_folder_key(p)]) for p in folders if _folder_key(p) in read_as]
+    again = [_read_as_text(p, read_as[key]) for p, key in keys.items() if key in read_as]
     if again:
         log.warning(
             "%s: %s left out, not classes, the same folder as a class already read: %s",
@@ -100,7 +100,7 @@ def _warn_left_out(root: Path, images: list[Path], others: list[Path], hidden_di
             _folders(again),
             "; ".join(again),
         )
-    empty = [p.name for p in folders if _folder_key(p) not in read_as]
+    empty = [p.name for p, key in keys.items() if key not in read_as]
     if empty:
         log.warning("%s: %s without images left out, not classes: %s", parent, _folders(empty), ", ".join(empty))
     hidden = sorted(p.name for p in parent.iterdir() if p.is_dir() and is_hidden(p.name))

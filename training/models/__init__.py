@@ -235,9 +235,15 @@ def _ensemble(
     return ImageClassifier(Ensemble(built), mean, std)
 
 
+# What a network's constructor (or torch inside it) raises on an argument value it refuses: width 8.5 reaches torch
+# as "out_channels must be divisible by groups", which says nothing of the setting it came from (``argument_error``).
+BUILD_ERRORS = (TypeError, ValueError, RuntimeError, AssertionError)
+
+
 def argument_error(name: str, kwargs: dict, exc: Exception) -> str:
-    """What to tell the user when a constructor raised ``exc`` on ``kwargs``: the arguments whose value is not
-    of its default's kind (a number or a switch given as text), or else all of them, and the error itself."""
+    """What to tell the user when a constructor raised ``exc`` (one of ``BUILD_ERRORS``) on ``kwargs``: the
+    arguments whose value is not of its default's kind (a number or a switch given as text), or else all of them,
+    and the error itself."""
     params = inspect.signature(MODELS.get(name)).parameters
     suspects = []
     for key, value in kwargs.items():
@@ -248,7 +254,8 @@ def argument_error(name: str, kwargs: dict, exc: Exception) -> str:
         elif isinstance(default, str) and not isinstance(value, str):
             suspects.append(f"{key}={value!r} is not a string (default {default!r})")
     given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-    return f"model {name!r} cannot be built from its arguments ({'; '.join(suspects) or given}): {exc}"
+    said = exc if str(exc) else f"a bare {type(exc).__name__} in its constructor"
+    return f"model {name!r} cannot be built from its arguments ({'; '.join(suspects) or given}): {said}"
 
 
 def size_refusal(model: nn.Module, side: int) -> Exception | None:
