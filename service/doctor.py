@@ -34,6 +34,11 @@ from .doctor_host import check_host
 from .doctor_model import check_model
 from .doctor_report import Report
 from .gpus import GpuReport, gpu_report
+from .serve_cli import add_setting_flag
+
+# The key flags serve takes, taken as serve takes them: the key file serve will be given is checked here, and a key
+# variable left empty is no warning once a flag gives the keys.
+KEY_SETTINGS = ("api_keys", "api_keys_file")
 
 
 def add_doctor_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -54,6 +59,8 @@ def add_doctor_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--models-dir", default=None, help="manifest and ONNX files (default: CIFAR_MODELS_DIR, else models/)"
     )
+    for name in KEY_SETTINGS:
+        add_setting_flag(p, name)
     p.add_argument(
         "--folder",
         metavar="DIR",
@@ -78,7 +85,8 @@ def main(args: argparse.Namespace) -> int:
     from .settings import SETTINGS, ServiceSettings, SettingsError, empty_flag_refusal
 
     # an empty value would check the default models folder, or generated images instead of the labelled folder
-    refused = empty_flag_refusal({"--models-dir": args.models_dir, "--folder": args.folder})
+    keys = {SETTINGS[name].flag: getattr(args, name) for name in KEY_SETTINGS}  # no key at all, as for serve
+    refused = empty_flag_refusal({"--models-dir": args.models_dir, **keys, "--folder": args.folder})
     if refused:
         print(f"error: {refused}", file=sys.stderr)
         return 2
@@ -86,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
     # models folder and device checked are the ones it would use.
     # A flag overrides its variable before the variables are checked, as for `serve`: CIFAR_DEVICE=gpu is no
     # error under --device cpu.
-    flags = {SETTINGS[name].env: getattr(args, name) for name in ("device", "models_dir")}
+    flags = {SETTINGS[name].env: getattr(args, name) for name in ("device", "models_dir", *KEY_SETTINGS)}
     try:
         settings = ServiceSettings.checked({**os.environ, **{k: v for k, v in flags.items() if v is not None}})
     except SettingsError as exc:

@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    defaults = ServiceSettings()
     env_lines = "\n".join(f"  {s.flag:18} {s.env}" for s in SETTINGS.values())
     parser = sub.add_parser(
         "serve",
@@ -66,39 +65,46 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         default=os.environ.get("BENTOML_HOST") or "0.0.0.0",  # set but empty, as an unset CIFAR_* variable
         help="address to bind (default: $BENTOML_HOST or 0.0.0.0)",
     )
-    for name, setting in SETTINGS.items():
-        default = getattr(defaults, name)
-        shown = {
-            "streams": "one per core available, 2 with a GPU",
-            "threads": "cores available / streams",
-            "decode_threads": "cores available",
-            "api_keys": "none: no key asked for",
-            "api_keys_file": "none",
-            "cors_origins": "none",
-            "workers": "one per visible GPU, 1 on a CPU host",
-            "max_run_images": "64 on the CPU, whole batches on a GPU",
-        }.get(name, default)
-        if name == "models_dir":
-            shown = "models/ next to the service package"
-        metavar = {"models_dir": "DIR", "api_keys_file": "FILE", "api_keys": "KEYS", "cors_origins": "ORIGINS"}.get(
-            name, "N"
-        )
-        kwargs: dict[str, Any] = {"choices": setting.choices} if setting.choices else {"metavar": metavar}
-        if name == "device":  # a GPU by its number is told how to pick it, as score and doctor tell it
-            kwargs = {"type": device_choice, "metavar": "{" + ",".join(DEVICES) + "}"}
-        accepts = accepted_range(setting)
-        parser.add_argument(
-            setting.flag,
-            dest=name,
-            default=None,
-            help=f"{setting.help} (env {setting.env}; default: {shown}{f'; {accepts}' if accepts else ''})",
-            **kwargs,
-        )
+    for name in SETTINGS:
+        add_setting_flag(parser, name)
     parser.add_argument(
         "--development", action="store_true", help="BentoML development mode (a single process, no worker supervisor)"
     )
     parser.set_defaults(fn=main)
     return parser
+
+
+# A default the help would otherwise show as 0, '' or None, in words.
+_SHOWN_DEFAULTS = {
+    "models_dir": "models/ next to the service package",
+    "streams": "one per core available, 2 with a GPU",
+    "threads": "cores available / streams",
+    "decode_threads": "cores available",
+    "api_keys": "none: no key asked for",
+    "api_keys_file": "none",
+    "cors_origins": "none",
+    "workers": "one per visible GPU, 1 on a CPU host",
+    "max_run_images": "64 on the CPU, whole batches on a GPU",
+}
+_METAVARS = {"models_dir": "DIR", "api_keys_file": "FILE", "api_keys": "KEYS", "cors_origins": "ORIGINS"}
+
+
+def add_setting_flag(parser: argparse.ArgumentParser, name: str) -> None:
+    """The flag of setting ``name`` as serve takes it (default None: its variable, else the setting's default), so
+    that another command given it (the doctor) reads it as serve would."""
+    setting = SETTINGS[name]
+    shown = _SHOWN_DEFAULTS.get(name, getattr(ServiceSettings(), name))
+    kwargs: dict[str, Any] = {"choices": setting.choices} if setting.choices else {"metavar": _METAVARS.get(name, "N")}
+    if name == "device":  # a GPU by its number is told how to pick it, as score and doctor tell it
+        kwargs = {"type": device_choice, "metavar": "{" + ",".join(DEVICES) + "}"}
+    accepts = accepted_range(setting)
+    parser.add_argument(
+        setting.flag,
+        dest=name,
+        default=None,
+        help=f"{setting.help} (env {setting.env}; default: {shown}{f'; {accepts}' if accepts else ''})",
+        **kwargs,
+    )
 
 
 def tcp_port(text: str) -> int:

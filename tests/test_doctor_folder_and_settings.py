@@ -153,3 +153,48 @@ def test_doctor_warns_of_an_empty_key_variable_as_serve_does(monkeypatch, capsys
     said = "CIFAR_API_KEYS is set but empty: the service runs without keys (unset it, or give keys)"
     assert [line.split(None, 2)[2] for line in lines] == [said], out
     assert status == 0, out
+
+
+def _flags(parser) -> dict[str, tuple]:
+    """Each option of ``parser``, its dest, metavar, choices and help."""
+    return {
+        action.option_strings[0]: (action.dest, action.metavar, action.choices, action.help)
+        for action in parser._actions
+        if action.option_strings
+    }
+
+
+def test_doctor_takes_the_key_flags_serve_takes(monkeypatch, capsys, tmp_path):
+    """The doctor had no --api-keys-file: where serve was to be given one, it warned of an empty CIFAR_API_KEYS_FILE
+    the flag overrides, and could not check the file. Its key flags are serve's own, and read as serve reads them: a
+    file serve would refuse is refused alike (exit 2), and one that holds a key leaves no warning."""
+    from inference.messages import command_parser
+    from service import doctor
+    from service.__main__ import get_args_parser
+    from service.settings import SETTINGS
+
+    parser = get_args_parser()
+    serve, checks = _flags(command_parser(parser, "serve")), _flags(command_parser(parser, "doctor"))
+    for flag in ("--api-keys", "--api-keys-file"):
+        assert checks.get(flag) == serve[flag]
+    entry = _default_entry()
+    for setting in SETTINGS.values():
+        monkeypatch.delenv(setting.env, raising=False)
+    monkeypatch.setenv("CIFAR_API_KEYS_FILE", " ")
+    command = ["doctor", "--no-speed", "--device", "cpu", "--models-dir", str(ROOT / "models"), "--model", entry.name]
+    keys, empty, missing = tmp_path / "keys", tmp_path / "empty", tmp_path / "missing"
+    keys.write_text("# the team's key\nk1\n")
+    empty.write_text("# none yet\n")
+    for given in ([], ["--api-keys-file", str(keys)], ["--api-keys", "k1"]):
+        status = doctor.main(parser.parse_args(command + given))
+        out = capsys.readouterr().out
+        warned = [line for line in out.splitlines() if line.startswith("WARN settings")]
+        assert (status, len(warned)) == (0, 0 if given else 1), out
+    for path, why in ((empty, f"{empty} holds no key"), (missing, f"{missing}: [Errno 2] No such file or directory")):
+        assert doctor.main(parser.parse_args(command + ["--api-keys-file", str(path)])) == 2
+        assert capsys.readouterr().err.startswith(f"error: --api-keys-file {why}")
+    assert doctor.main(parser.parse_args(command + ["--api-keys-file", ""])) == 2
+    assert (
+        capsys.readouterr().err
+        == "error: --api-keys-file is empty: give a value, or leave the flag out for its default\n"
+    )
