@@ -180,7 +180,8 @@ def test_ray_engine_usage_errors(three_hundred, tiny_models_dir, tmp_path, capsy
         "--address is not for --engine local (it is for --engine ray)": ["--address", "auto"],
         "--workers is not for --engine ray (it is for --engine local, remote)": ["--engine", "ray", "--workers", 2],
         "--engine remote needs --url": ["--engine", "remote"],
-        "--gpus-per-actor must be more than 0": ["--engine", "ray", "--gpus-per-actor", 0],
+        # the number as typed, not as the float it was parsed to ("0.0")
+        "--gpus-per-actor must be more than 0, not 0\n": ["--engine", "ray", "--gpus-per-actor", 0],
         "--actors must be at least 1": ["--engine", "ray", "--actors", 0],
     }
     for message, args in cases.items():
@@ -384,10 +385,30 @@ def test_actor_pool_sizes_and_resource_checks():
     # an actor count the command chose is not said as an --actors the user typed
     for args, message in (
         ((1, 3, None, 2, 0), r"^one actor \(the default\) x --threads 3 need more than the 2 CPUs"),
-        ((4, 1, 1.0, 4, 4), r"^4 actors \(the default\) x --threads 1 take all 4 CPUs"),
+        (
+            (4, 1, 1.0, 4, 4),
+            r"^4 actors \(the default\) x --threads 1 take all 4 CPUs.*\(use fewer actors or threads\)$",
+        ),
     ):
         with pytest.raises(UserError, match=message):
             ray_engine.check_resources(*args[:3], cpus=args[3], gpus=args[4], chosen=True)
+    # one GPU actor taking every CPU: there are no fewer actors, and fewer --threads helps only where a CPU is left
+    left = "none is left to read and decode the images"
+    for (actors, threads, cpus, chosen), message in (
+        (
+            (1, 2, 2, True),
+            rf"^one actor \(the default\) x --threads 2 take all 2 CPUs of the Ray cluster: {left} "
+            r"\(use fewer --threads\)$",
+        ),
+        ((1, 2, 2, False), rf"^--actors 1 x --threads 2 take all 2 CPUs .*: {left} \(use fewer --threads\)$"),
+        (
+            (1, 1, 1, True),
+            rf"^one actor \(the default\) x --threads 1 take all 1 CPUs .*: {left} "
+            r"\(the Ray cluster needs more than 1 CPU\)$",
+        ),
+    ):
+        with pytest.raises(UserError, match=message):
+            ray_engine.check_resources(actors, threads, 1.0, cpus=cpus, gpus=1, chosen=chosen)
 
 
 def test_stages_turn_every_failure_into_the_local_engines_error_row(image_folder, tmp_path):

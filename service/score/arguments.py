@@ -50,7 +50,7 @@ def validate(args) -> str:
     if getattr(args, "threads", None) is not None and args.threads > THREADS_MAXIMUM:  # as serve's --threads
         raise UserError(f"--threads must be at most {THREADS_MAXIMUM}, not {args.threads}")
     if getattr(args, "gpus_per_actor", None) is not None and not args.gpus_per_actor > 0:
-        raise UserError(f"--gpus-per-actor must be more than 0, not {args.gpus_per_actor}")
+        raise UserError(f"--gpus-per-actor must be more than 0, not {_number(args.gpus_per_actor)}")
     if args.out != "-" and os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is a folder")
     named = None if args.out == "-" else format_from_path(args.out)

@@ -87,9 +87,12 @@ def check_resources(
                 f"{pool} x --gpus-per-actor {gpus_per_actor:g} need more than the {gpus:g} GPUs of the Ray cluster"
             )
         if actors * cpus_per_actor >= cpus:
+            advice = "use fewer actors or threads"
+            if actors == 1:  # none fewer: only --threads is the user's to change, and only where a CPU is left
+                advice = "use fewer --threads" if cpus > 1 else "the Ray cluster needs more than 1 CPU"
             raise UserError(
                 f"{pool} x --threads {cpus_per_actor} take all {cpus:g} CPUs of the Ray cluster: none "
-                "is left to read and decode the images (use fewer actors or threads)"
+                f"is left to read and decode the images ({advice})"
             )
     elif actors * cpus_per_actor > cpus:
         raise UserError(f"{pool} x --threads {cpus_per_actor} need more than the {cpus:g} CPUs of the Ray cluster")
