@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import re
 from contextlib import aclosing
+from typing import Literal
 
 import anyio
 import numpy as np
@@ -163,8 +164,11 @@ def too_many_values(body: bytes, largest: int, max_images: int, shape: str) -> R
         separators -= sum(_separators(string.group()) for string in _JSON_STRING.finditer(body))
     if separators < limit:
         return None
-    if nests_deeper(body, MAX_DEPTH):
+    fault = structure_fault(body, MAX_DEPTH)
+    if fault == "nested":
         return Rejection("malformed_request", f"the JSON body nests arrays or objects deeper than {MAX_DEPTH} levels")
+    if fault == "unclosed":
+        return Rejection("malformed_request", "the JSON body could not be parsed: a string in it is never closed")
     return Rejection(
         "too_many_images",
         f"too many images: at most {max_images} per request, {shape}: at most {limit} JSON values with the rest of "
@@ -172,8 +176,10 @@ def too_many_values(body: bytes, largest: int, max_images: int, shape: str) -> R
     )
 
 
-def nests_deeper(body: bytes, depth: int) -> bool:
-    """Whether a JSON body's arrays and objects nest more than ``depth`` deep, brackets inside strings not counted.
+def structure_fault(body: bytes, depth: int) -> Literal["nested", "unclosed"] | None:
+    """What is wrong with a JSON body's shape: "nested" where its arrays and objects nest more than ``depth`` deep,
+    brackets inside strings not counted; else "unclosed" where a string is still open at its end (the brackets after
+    its quote were taken for the string's).
     Asked only of a body over the bound on its values, whose opening brackets would otherwise be counted as values
     (``[[[[...`` as that many images). Read a chunk at a time: a few arrays of its size, not copies of the body."""
     level, inside, start = 0, 0, 0
@@ -193,6 +199,8 @@ def nests_deeper(body: bytes, depth: int) -> bool:
             inside = int(quotes[-1]) % 2
         levels = np.cumsum(steps, dtype=np.int32) + level
         if int(levels.max()) > depth:
-            return True
+            return "nested"
         level = int(levels[-1])
-    return False
+    # Valid JSON in UTF-8 leaves no string open, and holds no NUL byte; in UTF-16 or UTF-32 (which json.loads reads)
+    # every character is spelt with NULs, and a '"' byte may be part of another character.
+    return "unclosed" if inside and b"\0" not in body else None

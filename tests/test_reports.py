@@ -905,6 +905,28 @@ def test_an_ablation_stopped_by_sigterm_says_so(monkeypatch, tmp_path, capsys):
     assert (status, "SIGTERM: interrupted: run the same command again" in err) == (143, True), err
 
 
+@pytest.mark.parametrize(
+    ("runs", "kind"),
+    [(["--vary", "lr=0.1,0.2"], "variants"), (["--step", "base", "--step", "lower", "lr=0.05"], "steps")],
+    ids=["vary", "step"],
+)
+def test_an_interrupted_ablation_names_its_runs_as_its_progress_does(runs, kind, monkeypatch, tmp_path, capsys):
+    """A --step ablation, whose progress and refusals name its runs steps, was told on Ctrl-C that its finished
+    "variants" are not retrained."""
+    from training.reports import ablate
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ablate, "ablate", stopped)
+    status = main(["ablate", "--recipe", "resnet9_half_cpu", *runs, "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert (status, err) == (
+        130,
+        f"interrupted: run the same command again to resume; finished {kind} are not retrained\n",
+    ), err
+
+
 def test_compare_refuses_reports_of_different_samples(tiny_run, tiny_report, tmp_path, capsys):
     other = tmp_path / "all"
     assert (

@@ -841,16 +841,40 @@ def test_a_deeply_nested_json_body_is_refused_as_nested_not_as_too_many_images(r
     assert refused.message == "the JSON body nests arrays or objects deeper than 200 levels", refused
 
 
+@pytest.mark.parametrize("route", [*JSON_ROUTES, "v2"])
+def test_a_json_body_with_a_string_never_closed_is_refused_as_malformed_not_as_too_many_images(route):
+    """A body over the bound on its values whose brackets follow a quote never closed (``["[[[...``) was refused
+    as "too many images": its brackets were read as a string's, so not as nesting. It is not JSON, and said so."""
+    from service.oip import read_infer_request
+
+    readers = {route: reader()[0] for route, (_, reader) in JSON_ROUTES.items()}
+    readers["v2"] = lambda body: read_infer_request(body, _oip_model(), max_images=2)
+    refused = readers[route](b'{"a": ["\\\\\\"' + b"[" * 100_000 + b"]}")
+    assert getattr(refused, "reason", None) == "malformed_request", refused
+    assert refused.message == "the JSON body could not be parsed: a string in it is never closed", refused
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16-le", "utf-32"])
+def test_a_valid_json_body_over_the_bound_on_its_values_is_refused_as_too_many_images(encoding):
+    """Valid JSON leaves no string open, whatever its escapes, in any encoding json.loads reads: in UTF-16 a
+    character may hold a '"' byte (U+0122 does) that closes no string."""
+    read, most = _classify_json()
+    body = json.dumps({"images": ['\u0122 \\" \\', "\u0122", *[0] * 2000]}, ensure_ascii=False)
+    refused = read(body.encode(encoding))
+    assert getattr(refused, "reason", None) == "too_many_images", refused
+    assert f"at most {most} per request" in refused.message
+
+
 def test_brackets_inside_strings_do_not_count_as_nesting():
     """Only a body's arrays and objects nest: a file name of brackets (an escaped quote and backslash among them)
     is no deeper than the body around it."""
-    from service.body_limits import MAX_DEPTH, nests_deeper
+    from service.body_limits import MAX_DEPTH, structure_fault
 
     name = "[" * MAX_DEPTH + '\\" \\\\' + "{" * 10_000
     body = json.dumps({"images": [{"filename": name, "data": "AA=="}] * 3}).encode()
-    assert not nests_deeper(body, 3)
-    assert nests_deeper(body, 2)
-    assert nests_deeper(b" [" * MAX_DEPTH + b'["]",', MAX_DEPTH)  # the string closes no array
+    assert structure_fault(body, 3) is None
+    assert structure_fault(body, 2) == "nested"
+    assert structure_fault(b" [" * MAX_DEPTH + b'["]",', MAX_DEPTH) == "nested"  # the string closes no array
 
 
 def test_the_largest_json_classify_request_is_read():

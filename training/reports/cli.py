@@ -135,6 +135,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from ..device import resolve_device
     from .ablate import ablate
     from .ablate_table import format_table
+    from .ablate_variants import run_kind
 
     resolve_device(args.device)  # a device this machine lacks is named now, not after the first variant trains
     try:
@@ -151,9 +152,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             target_top1=None if args.target_top1 is None else args.target_top1 / 100,
         )
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as Terminated
-        return say_stopped(
-            exc, "interrupted: run the same command again to resume; finished variants are not retrained"
-        )
+        finished = f"finished {run_kind(bool(args.step))}s"  # as the run's progress named them
+        return say_stopped(exc, f"interrupted: run the same command again to resume; {finished} are not retrained")
     print(format_table(result))
     print(f"table: {result['out_dir']}/ablation.md and ablation.json")
     return 0
