@@ -93,3 +93,15 @@ def test_a_recipe_that_is_not_yaml_says_its_problem_and_line(text, problem, tmp_
     recipe.write_text(text)
     said = _refused(_train(tmp_path, recipe=str(recipe)), capsys)
     assert said == f"error: recipe {str(recipe)!r} is not a YAML file: {problem}", said
+
+
+def test_a_typo_passed_to_the_model_is_hinted_at_when_the_setting_it_meant_is_refused(tmp_path, capsys):
+    """warmup_epoch=0 (for warmup_epochs) went to the model, built only after the config is valid: the refusal
+    said only "schedule.warmup_epochs 5 is not below train.epochs 2: set warmup_epochs below 2", which the user
+    believed they had done."""
+    said = _refused(_train(tmp_path, "epochs=2", "warmup_epoch=0"), capsys)
+    assert said.startswith("error: invalid configuration: schedule.warmup_epochs 5 is not below train.epochs 2"), said
+    assert said.endswith(
+        "; 'warmup_epoch' is no setting (a --set key that is none is passed to the model): did you mean "
+        "schedule.warmup_epochs?"
+    ), said

@@ -22,7 +22,23 @@ def validate_config(raw: dict[str, Any], started: bool = False) -> Config:
     except ValidationError as exc:
         unknown = [".".join(map(str, e["loc"])) for e in exc.errors() if e["type"] == "extra_forbidden"]
         problems = validation_problems(_RangedErrors(exc))
-        raise ConfigError(f"invalid configuration: {problems}{did_you_mean(unknown)}") from exc
+        hints = did_you_mean(unknown) + _model_arguments_meant(raw)
+        raise ConfigError(f"invalid configuration: {problems}{hints}") from exc
+
+
+def _model_arguments_meant(raw: dict[str, Any]) -> str:
+    """A hint for each model argument named like a setting (``warmup_epoch``): a mistyped --set key goes to the
+    model, which is built only after the config is valid, so a refusal of the setting it was meant for
+    (``warmup_epochs 5 is not below train.epochs 2``) would otherwise hide the typo that caused it."""
+    model = raw.get("model")
+    args = model.get("args") if isinstance(model, dict) else None
+    if not isinstance(args, dict):
+        return ""
+    return "".join(
+        f"; {key!r} is no setting (a --set key that is none is passed to the model): did you mean {' or '.join(close)}?"
+        for key in args
+        if isinstance(key, str) and (close := close_settings(key))
+    )
 
 
 # pydantic's errors for a number out of a field's bounds or not of its kind: each says one bound at most ("less
