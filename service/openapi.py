@@ -144,6 +144,7 @@ def document_openapi(document: dict, loaded: Mapping[str, Any] | None, default_k
         for operation in operations.values():
             if isinstance(operation, dict):
                 _retry_after(operation.get("responses", {}))
+    _document_readiness(paths)  # after the Retry-After headers: BentoML's 503 sends none
     if api_keys:
         _document_keys(document)
     return document
@@ -314,6 +315,16 @@ def _document_page(paths: dict) -> None:
             },
         }
     }
+
+
+def _document_readiness(paths: dict) -> None:
+    """BentoML documents /readyz as 200 only, but it answers 503 (a short text) until this worker's models are
+    loaded: a client or probe generated from the document would meet an answer it does not list."""
+    if "/readyz" in paths:
+        paths["/readyz"]["get"]["responses"]["503"] = {
+            "description": "not ready: this worker's models are still loading",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
 
 
 def _document_keys(document: dict) -> None:

@@ -182,6 +182,16 @@ def test_the_document_describes_the_loading_refusal_where_it_is_answered(documen
     assert REASONS["overloaded"].when in paths["/v2/models/{name}/infer"]["post"]["responses"]["503"]["description"]
 
 
+def test_the_document_lists_readyz_answering_503_while_the_models_load(document):
+    """BentoML's /readyz answers 503 with a short text until the models are loaded (docs/deploy.md), where its own
+    document listed only 200; it sends no Retry-After, so the document promises none."""
+    responses = {str(status): r for status, r in document["paths"]["/readyz"]["get"]["responses"].items()}
+    assert "503" in responses, responses
+    assert "loading" in responses["503"]["description"]
+    assert responses["503"]["content"] == {"text/plain": {"schema": {"type": "string"}}}
+    assert "headers" not in responses["503"]
+
+
 def test_the_document_says_which_base64_infer_pixels_are_read_in(document, monkeypatch):
     """pydantic documents bytes as format "base64url" whatever it reads: /infer's pixels are read in the standard
     alphabet as well, padded or not, and the document says that instead."""
