@@ -16,6 +16,7 @@ it the default everywhere no per-device default is set.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -158,79 +159,92 @@ def _command(argv: list[str]) -> int:
     return _conversion_command(argv)
 
 
+# The commands that run a network, and their parsers: each reads its arguments (--help too) before torch loads.
+_CONVERSIONS = {"verify": verify_parser, "recover": recover_parser, "rederive": rederive_parser}
+
+
 def _conversion_command(argv: list[str]) -> int:
     """The commands that run a network (torch, ONNX Runtime): export, verify, recover, rederive."""
+    command = argv[0] if argv[:1] and argv[0] in _CONVERSIONS else None
+    args = _CONVERSIONS[command]().parse_args(argv[1:]) if command else export_parser().parse_args(argv)
+    try:
+        from .pipeline import ParityError
+    except ImportError as exc:  # the serving install (scripts/setup.sh serve) has neither torch nor onnx
+        raise UsageError(
+            f"{command or 'export'} needs torch and onnx, which this install lacks ({exc}): the serving install "
+            "runs list, default, remove and card; the full one (bash scripts/setup.sh) runs the rest"
+        ) from None
+    try:
+        return _convert(command, args)
+    except ParityError as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+
+
+def _convert(command: str | None, args: argparse.Namespace) -> int:
     from .calibration import calibration_summary
-    from .pipeline import ParityError, export_checkpoint
+    from .pipeline import export_checkpoint
     from .verify import verify_model
 
-    try:
-        if argv[:1] == ["verify"]:
-            args = verify_parser().parse_args(argv[1:])
-            parity, calibration = verify_model(
-                args.name, args.models_dir, args.cache_dir, args.max_val_images, args.reference_cache, args.data
-            )
-            print(parity.summary())
-            print(calibration_summary(calibration))
-            if not parity.passed:
-                print(f"FAILED: {parity.verdict()}", file=sys.stderr)
-                return 1
-            print("verified")
-            return 0
-        if argv[:1] == ["recover"]:
-            from .recover import recover_checkpoint
+    if command == "verify":
+        parity, calibration = verify_model(
+            args.name, args.models_dir, args.cache_dir, args.max_val_images, args.reference_cache, args.data
+        )
+        print(parity.summary())
+        print(calibration_summary(calibration))
+        if not parity.passed:
+            print(f"FAILED: {parity.verdict()}", file=sys.stderr)
+            return 1
+        print("verified")
+        return 0
+    if command == "recover":
+        from .recover import recover_checkpoint
 
-            args = recover_parser().parse_args(argv[1:])
-            meta, parity = recover_checkpoint(
-                args.name, args.out, args.models_dir, args.cache_dir, args.max_val_images, args.data, args.force
-            )
-            print(parity.summary())
-            print(f"{args.out}: {meta['arch']} checkpoint rebuilt from {meta['recovered_from']['file']}")
-            return 0
-        if argv[:1] == ["rederive"]:
-            from .rederive import rederive
+        meta, parity = recover_checkpoint(
+            args.name, args.out, args.models_dir, args.cache_dir, args.max_val_images, args.data, args.force
+        )
+        print(parity.summary())
+        print(f"{args.out}: {meta['arch']} checkpoint rebuilt from {meta['recovered_from']['file']}")
+        return 0
+    if command == "rederive":
+        from .rederive import rederive
 
-            args = rederive_parser().parse_args(argv[1:])
-            entry, parity = rederive(
-                args.reference,
-                args.name,
-                args.precision,
-                args.models_dir,
-                args.default,
-                args.calibrate,
-                args.calibration_images,
-                args.cache_dir,
-                args.max_val_images,
-                args.fit,
-                args.default_for,
-                args.int8_ranges,
-                args.data,
-                args.replace,
-            )
-            return _report(entry, parity)
-        args = export_parser().parse_args(argv)
-        entry, parity = export_checkpoint(
-            args.checkpoint,
+        entry, parity = rederive(
+            args.reference,
             args.name,
             args.precision,
             args.models_dir,
             args.default,
+            args.calibrate,
             args.calibration_images,
             args.cache_dir,
             args.max_val_images,
-            args.tta,
-            args.calibrate,
             args.fit,
             args.default_for,
-            args.reference_cache,
             args.int8_ranges,
             args.data,
             args.replace,
         )
         return _report(entry, parity)
-    except ParityError as exc:
-        print(f"FAILED: {exc}", file=sys.stderr)
-        return 1
+    entry, parity = export_checkpoint(
+        args.checkpoint,
+        args.name,
+        args.precision,
+        args.models_dir,
+        args.default,
+        args.calibration_images,
+        args.cache_dir,
+        args.max_val_images,
+        args.tta,
+        args.calibrate,
+        args.fit,
+        args.default_for,
+        args.reference_cache,
+        args.int8_ranges,
+        args.data,
+        args.replace,
+    )
+    return _report(entry, parity)
 
 
 if __name__ == "__main__":

@@ -169,3 +169,40 @@ def test_a_file_written_again_keeps_only_its_owners_permission_bits(tmp_path):
         finally:
             os.umask(previous)
         assert stat.S_IMODE(theirs.stat().st_mode) == 0o644
+
+
+_WITHOUT_TORCH = (
+    "import runpy, sys\n"
+    "sys.modules['torch'] = None  # as on the serving install (scripts/setup.sh serve)\n"
+    "sys.argv = ['export', *sys.argv[1:]]\n"
+    "runpy.run_module('export', run_name='__main__')\n"
+)
+
+
+@pytest.mark.parametrize("command", [["--help"], ["verify", "--help"], ["rederive", "--help"], ["recover", "--help"]])
+def test_the_conversion_commands_help_is_read_without_torch(command):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, *command], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("usage: ") and done.stderr == ""
+
+
+def test_a_conversion_command_without_torch_is_one_line_naming_the_install_that_runs_it(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH, "verify", "any-model", "--models-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith("error: verify needs torch and onnx, which this install lacks (")
+    assert done.stderr.endswith(
+        "): the serving install runs list, default, remove and card; the full one (bash scripts/setup.sh) runs the "
+        "rest\n"
+    )
+    assert done.stderr.count("\n") == 1
