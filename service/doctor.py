@@ -29,7 +29,7 @@ from inference.interrupts import say_stopped, terminations_as_interrupts
 from inference.manifest import Manifest, ManifestError, ModelEntry, file_problems, load_manifest
 from inference.messages import counted
 
-from .doctor_folder import class_folders, folder_refusal, no_class_folder, read_folder
+from .doctor_folder import class_folders, folder_refusal, nested_warning, no_class_folder, read_folder
 from .doctor_host import check_host
 from .doctor_model import check_model
 from .doctor_report import Report
@@ -236,19 +236,23 @@ def diagnose(
                         f"{counted(len(unreadable), 'image')} could not be read, left out of the accuracy "
                         f"({first}{'; ...' if len(unreadable) > 3 else ''})",
                     )
-                if left_out and classes not in left_out_said:  # said once per set of classes
+                if classes not in left_out_said:  # said once per set of classes
                     left_out_said.add(classes)
-                    matcher = ClassMatcher(entry.classes)
-                    alike = sum(m.classes == entry.classes for m in manifest.models) - 1
-                    also = f" or the {counted(alike, 'other model')} with its classes" if alike else ""
-                    report.add(
-                        "warn",
-                        "folder",
-                        f"{'sub-folder' if len(left_out) == 1 else 'sub-folders'} named after no class of "
-                        f"{entry.name}{also}, not read: "
-                        f"{', '.join(repr(name) + matcher.meant(name) for name in left_out)} "
-                        f"(its classes: {', '.join(entry.classes)})",
-                    )
+                    nested = nested_warning(Path(folder), matched)
+                    if nested:
+                        report.add("warn", "folder", nested)
+                    if left_out:
+                        matcher = ClassMatcher(entry.classes)
+                        alike = sum(m.classes == entry.classes for m in manifest.models) - 1
+                        also = f" or the {counted(alike, 'other model')} with its classes" if alike else ""
+                        report.add(
+                            "warn",
+                            "folder",
+                            f"{'sub-folder' if len(left_out) == 1 else 'sub-folders'} named after no class of "
+                            f"{entry.name}{also}, not read: "
+                            f"{', '.join(repr(name) + matcher.meant(name) for name in left_out)} "
+                            f"(its classes: {', '.join(entry.classes)})",
+                        )
             labelled = readings[key]
         say(f"checking {entry.name} {position}")
         timing = partial(say, f"timing {entry.name} {position}")

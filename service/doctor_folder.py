@@ -17,6 +17,7 @@ import numpy as np
 from inference.classes import ClassMatcher
 from inference.image_formats import IMAGE_EXTENSIONS
 from inference.manifest import ManifestError, ModelEntry
+from inference.messages import counted
 from inference.preprocess import decode_image, to_model_input
 from inference.tree_files import is_hidden, is_tree_image, unpack_command
 
@@ -139,17 +140,18 @@ def _holding_class_folders(folder: Path, entry: ModelEntry, scan: _Scan) -> tupl
 def read_folder(
     folder: Path, entry: ModelEntry, max_images: int, matched: list[tuple[int, Path]] | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[Path, str]]]:
-    """Up to ``max_images`` images of ``folder/CLASS/...`` whose CLASS names one of the model's classes
+    """Up to ``max_images`` images of ``folder/CLASS/IMAGE`` whose CLASS names one of the model's classes
     (``matched``, else ``class_folders``), spread over the classes (sorted paths, taken in turn), as the model's
-    input (its size, its fit) and class indices; hidden files and folders are no images, as for training's folder
-    reader; and the files that could not be read, with why. ``ManifestError`` if none is readable, naming the
-    folders a level or two down that hold class folders where there is no class folder in ``folder`` itself."""
+    input (its size, its fit) and class indices; hidden files are no images, as for training's folder reader, and
+    the images in a class folder's sub-folders are none of its (``nested_warning`` says them); and the files that
+    could not be read, with why. ``ManifestError`` if none is readable, naming the folders a level or two down
+    that hold class folders where there is no class folder in ``folder`` itself."""
     found: dict[int, list[Path]] = {}
     for label, d in class_folders(folder, entry)[0] if matched is None else matched:
+        # only those directly in it: the scorer labels an image by the folder it sits in, and training refuses
+        # a folder inside a class folder, so ship/sub/0001.jpg is no ship to either
         found.setdefault(label, []).extend(
-            p
-            for p in d.rglob("*")
-            if is_tree_image(p.name) and not any(is_hidden(part) for part in p.relative_to(d).parts)
+            p for p in d.iterdir() if is_tree_image(p.name) and not is_hidden(p.name) and not p.is_dir()
         )
     if not found:
         raise ManifestError(no_class_folder(folder, entry))
@@ -176,3 +178,24 @@ def read_folder(
             f"({', '.join(sorted(per_class))}; read: {', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
     return to_model_input(np.stack(pixels)), np.asarray(labels), unreadable
+
+
+def nested_warning(folder: Path, matched: list[tuple[int, Path]]) -> str | None:
+    """The warning for the images in sub-folders of the ``matched`` class folders, which ``read_folder`` leaves
+    out (how many, and the first, relative to ``folder``); None where there is none. Hidden files and folders
+    are not counted: they would not be read in any case."""
+    nested = sorted(
+        p.relative_to(folder)
+        for _, d in matched
+        for sub in d.iterdir()
+        if sub.is_dir() and not is_hidden(sub.name)
+        for p in sub.rglob("*")
+        if is_tree_image(p.name) and not p.is_dir() and not any(is_hidden(part) for part in p.relative_to(sub).parts)
+    )
+    if not nested:
+        return None
+    more = f" and {len(nested) - 1} more" if len(nested) > 1 else ""
+    return (
+        f"{counted(len(nested), 'image')} in sub-folders of class folders, not read: {nested[0]}{more} "
+        "(an image's class is the folder it sits in, as the scorer labels it)"
+    )

@@ -198,3 +198,39 @@ def test_doctor_takes_the_key_flags_serve_takes(monkeypatch, capsys, tmp_path):
         capsys.readouterr().err
         == "error: --api-keys-file is empty: give a value, or leave the flag out for its default\n"
     )
+
+
+def test_doctor_reads_a_class_folder_as_the_scorer_labels_it_and_warns_of_images_in_its_sub_folders(tmp_path, capsys):
+    """An image in a sub-folder of a class folder (ship/sub/0.png) was counted as a ship by the doctor, while the
+    scorer labels it by the folder it sits in ('sub', no class) and training refuses the folder: the doctor's
+    accuracy was on other images than the scorer's. It reads only the images directly in a class folder, and says
+    those below it in one warning, once for the models that share their classes."""
+    from inference.manifest import load_manifest
+    from service import doctor
+    from service.__main__ import get_args_parser
+    from service.doctor_folder import read_folder
+
+    entry = _default_entry()
+    ship, other = entry.classes[8], entry.classes[3]
+    data = tmp_path / "data"
+    _class_tree(data, [ship, other])
+    for nested in ("sub/1.png", "sub/2.png", "sub/deeper/3.png", "sub/.hidden/4.png", "sub/.5.png"):
+        (data / ship / nested).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32)).save(data / ship / nested)
+    (data / ship / ".cache").mkdir()  # hidden: not a sub-folder its images are said from
+    Image.new("RGB", (32, 32)).save(data / ship / ".cache" / "6.png")
+    _, labels, _ = read_folder(data, entry, 10)
+    assert sorted(labels.tolist()) == [3, 8]
+    models = load_manifest(ROOT / "models", verify=False).models
+    twin = next(m for m in models if m.name != entry.name and m.classes == entry.classes)
+    command = ["doctor", "--no-speed", "--device", "cpu", "--models-dir", str(ROOT / "models"), "--folder", str(data)]
+    status = doctor.main(get_args_parser().parse_args(command + ["--model", entry.name, "--model", twin.name]))
+    out = capsys.readouterr().out
+    warned = [line.split(None, 2)[2] for line in out.splitlines() if line.startswith("WARN folder")]
+    example = Path(ship, "sub", "1.png")
+    assert warned == [
+        f"3 images in sub-folders of class folders, not read: {example} and 2 more (an image's class is the folder "
+        "it sits in, as the scorer labels it)"
+    ], out
+    assert f"{data}: 2 labelled images" in out, out
+    assert status == 0, out
