@@ -201,7 +201,12 @@ def load_manifest(models_dir: str | Path, verify: bool = True) -> Manifest:
     if path.exists() and not path.is_file():
         raise ManifestError(f"{path} is a folder (or a device), not a manifest file")
     if not path.is_file():
-        raise ManifestError(f"no model manifest at {path}: export a model first (python -m export ...)")
+        # run from another folder, the default "models" is not the repository's: say where it was looked for
+        here = "" if path.is_absolute() else f" (a relative folder is read from the current one, {Path.cwd()})"
+        raise ManifestError(
+            f"no model manifest at {path}{here}: name the models folder (--models-dir), or export a model first "
+            "(python -m export ...)"
+        )
     try:
         # an editor on Windows (Notepad, PowerShell's Set-Content) may start the file with a BOM, which JSON allows a
         # reader to skip and pydantic reports as "expected value at line 1 column 1" of a file that looks right

@@ -77,6 +77,22 @@ def test_a_manifest_saved_with_a_byte_order_mark_is_read(tmp_path):
     assert load_manifest(tmp_path, verify=False) == load_manifest(ROOT / "models", verify=False)
 
 
+def test_a_missing_relative_models_folder_is_said_with_where_it_was_looked_for(tmp_path, monkeypatch):
+    """Run from outside the repository, the default `models` was "no model manifest at models/manifest.json:
+    export a model first", though the shipped models were one folder away."""
+    from inference.manifest import ManifestError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ManifestError) as refused:
+        load_manifest("models")
+    assert str(refused.value) == (
+        f"no model manifest at models/manifest.json (a relative folder is read from the current one, {tmp_path}): "
+        "name the models folder (--models-dir), or export a model first (python -m export ...)"
+    )
+    with pytest.raises(ManifestError, match=f"^no model manifest at {tmp_path}/none/manifest.json: name the"):
+        load_manifest(tmp_path / "none")  # an absolute folder is where it says
+
+
 @pytest.mark.parametrize(
     "images",
     [np.full((2, 32, 32, 3), 0.5, dtype=np.float32), np.zeros((2, 3, 32, 32), dtype=np.uint8), np.zeros((32, 32, 3))],
