@@ -616,6 +616,34 @@ def test_min_confidence_marks_rows_in_csv_and_jsonl(tree, tiny_models_dir, tmp_p
     assert [r["confident"] for r in records] == [None if r["error"] else r["confident"] == "true" for r in rows]
 
 
+def test_resume_counts_the_kept_rows_below_min_confidence(tree, tiny_models_dir, tmp_path, capsys):
+    """A resumed run's "N below --min-confidence" left out the rows already in the file, which the failed count and
+    the accuracy take in: they are said with the resumed rows, as their failures are."""
+    common = ["--models-dir", tiny_models_dir, "--no-progress", "--k", 2, "--workers", 0]
+    assert _score(tree, "--out", tmp_path / "plain.csv", *common) == 0
+    top1 = sorted(float(r["confidence_1"]) for r in _csv_rows(tmp_path / "plain.csv") if not r["error"])
+    threshold = (top1[len(top1) // 2 - 1] + top1[len(top1) // 2]) / 2
+    out = tmp_path / "marked.csv"
+    assert _score(tree, "--out", out, "--min-confidence", threshold, *common) == 0
+    lines = out.read_text(**ENCODING).splitlines(keepends=True)
+    below = [line for line in lines[1:] if ",false," in line]
+    failed = [line for line in lines[1:] if not line.endswith(",\n")]
+    assert 0 < len(below) < len(GOOD) and len(failed) == len(BAD)
+    capsys.readouterr()
+
+    out.write_text(lines[0] + "".join(below), **ENCODING)  # as if stopped after its unconfident rows
+    assert _score(tree, "--out", out, "--resume", "--min-confidence", threshold, *common) == 0
+    err = capsys.readouterr().err
+    assert f"scored {len(GOOD) - len(below)} (0 below --min-confidence {threshold:g})" in err, err
+    assert f"{len(below)} already in {out} (resumed, {len(below)} of them below --min-confidence);" in err, err
+
+    out.write_text(lines[0] + "".join(below + failed), **ENCODING)
+    assert _score(tree, "--out", out, "--resume", "--min-confidence", threshold, *common) == 0
+    err = capsys.readouterr().err
+    resumed = f"(resumed, {len(BAD)} of them failed, {len(below)} below --min-confidence): --overwrite scores all again"
+    assert f"{len(below) + len(BAD)} already in {out} {resumed}" in err, err
+
+
 def test_min_confidence_out_of_range_is_a_usage_error(tree, tiny_models_dir, tmp_path, capsys):
     """A number out of range is refused as the integer flags' values are (--max-pixels 0): one line, no usage
     block; argparse printed its usage first. What is no number at all is argparse's, as for those flags."""

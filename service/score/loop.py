@@ -66,6 +66,9 @@ def score_rows(
                     summary.changed += 1
                     return False
                 done.add(row.path)
+                # Counted as the resumed error rows are: the summary's figures are the whole output's.
+                if row.error is None and args.min_confidence is not None and not confident(row, args.min_confidence):
+                    summary.resumed_unconfident += 1
                 if row.error is not None:
                     summary.resumed_failed += 1
                 elif len(written) < RESUME_CHECK_ROWS:

@@ -17,6 +17,7 @@ class Summary:
     lost: int = 0  # rows the engine gave that a failed write left out of the output
     resumed: int = 0
     resumed_failed: int = 0  # error rows among the resumed: --fail-on-error counts them too
+    resumed_unconfident: int = 0  # resumed rows below --min-confidence: the file's count, as resumed_failed is
     resumed_gone: int = 0  # resumed rows whose files the walk no longer found (deleted or moved since)
     resumed_gone_first: list[str] = field(default_factory=list)
     changed: int = 0  # rows --resume dropped, their files changed since the output was written: scored again
@@ -51,7 +52,10 @@ class Summary:
             again = "their old rows dropped" if stopped else "scored again"
             parts.append(f"{self.changed} changed since {out} was written, {again}")
         if self.resumed:
-            failed = f", {self.resumed_failed} of them failed" if self.resumed_failed else ""
+            counts = [f"{self.resumed_failed} of them failed"] if self.resumed_failed else []
+            if min_confidence is not None and self.resumed_unconfident:
+                counts.append(f"{self.resumed_unconfident}{'' if counts else ' of them'} below --min-confidence")
+            failed = "".join(f", {count}" for count in counts)
             # Error rows count as done: --resume scores one again only where its file changed since.
             again = ": --overwrite scores all again" if self.resumed_failed else ""
             parts.append(f"{self.resumed} already in {out} (resumed{failed}){again}")
