@@ -230,19 +230,25 @@ def convert_variant(
     else:
         ranges = activation_range(activation_ranges or DEFAULT_ACTIVATION_RANGE)
         log.info("calibrating the %s graph's activation ranges (%s)", card.precision, ranges.label)
-        used = convert.convert(
-            fp32, out, calibration_images(source, calibration_count or DEFAULT_CALIBRATION_IMAGES), ranges.name
-        )
+        images = calibration_images(source, calibration_count or DEFAULT_CALIBRATION_IMAGES)
+        used = convert.convert(fp32, out, images, ranges.name)
         card.source["calibration"] = f"{used} " + convert.calibration.format(ranges=ranges.label)
         if calibration_count and used is not None and used < calibration_count:
             # the card records the count used; the one asked for would otherwise be taken for it
-            log.warning(
-                "--calibration-images %d: the training split holds %s, so all of them calibrate %s",
-                calibration_count,
-                counted(used, "image"),
-                card.name,
-            )
+            log.warning("%s", _fewer_calibrated(calibration_count, len(images), used, ranges.label, card.name))
     write_card(out, card)
+
+
+def _fewer_calibrated(asked: int, drawn: int, used: int, ranges: str, name: str) -> str:
+    """Why ``used`` images calibrated ``name`` where ``asked`` were: a training split of only ``drawn`` images, or
+    a histogram method's batches of one size, which leave a remainder out (the split is not then "of ``used``")."""
+    short = f"the training split holds {counted(drawn, 'image')}" if drawn < asked else ""
+    if used == drawn:
+        return f"--calibration-images {asked}: {short}, so all of them calibrate {name}"
+    batches = f"{ranges} calibrates on whole batches of one size"
+    return (
+        f"--calibration-images {asked}: {f'{short} and ' if short else ''}{batches}, so {used} of them calibrate {name}"
+    )
 
 
 def publish(out: Path, card: ModelCard, parity: Parity, logits: np.ndarray, labels: np.ndarray, against: str) -> None:

@@ -838,6 +838,37 @@ def test_each_int8_activation_range_reaches_the_quantiser_and_the_card(exported,
     assert np.abs(int8 - fp32).max() < 0.25 * np.abs(fp32).max()
 
 
+@pytest.mark.parametrize(
+    ("method", "asked", "said"),
+    [
+        # 40 of the 45 training images drawn, 32 used in whole batches of 16: the split was said to hold 32
+        ("percentile", 40, "Percentile 99.999 calibrates on whole batches of one size, so 32 of them calibrate q"),
+        ("entropy", 100, "the training split holds 45 images and Entropy (KL) calibrates on whole batches"),
+        ("minmax", 100, "the training split holds 45 images, so all of them calibrate q"),
+    ],
+)
+def test_fewer_calibration_images_than_asked_are_said_for_the_right_reason(
+    exported, tmp_path, monkeypatch, caplog, method, asked, said
+):
+    """`--int8-ranges percentile --calibration-images 70` on a training split of 800 images warned "the training
+    split holds 50 images, so all of them calibrate": the histogram methods' whole batches had left 20 out."""
+    import export.variants as variants
+    from export.pipeline import convert_variant
+
+    monkeypatch.setattr(variants, "CALIBRATION_BATCH", 16)  # the toy training split has 45 images
+    models, entry, _ = exported
+    card = ModelCard(**{**entry.model_dump(include=set(ModelCard.model_fields)), "name": "q", "precision": "int8"})
+    with caplog.at_level("WARNING", logger="export"):
+        convert_variant(
+            models / entry.file, tmp_path / "q.onnx", card, {**entry.source, "cache_dir": None}, asked, method
+        )
+    warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--calibration-images")]
+    assert len(warned) == 1 and warned[0].startswith(f"--calibration-images {asked}: "), warned
+    assert said in warned[0], warned
+    assert "holds 32" not in warned[0], warned
+    assert card.source["calibration"].startswith(f"{45 if method == 'minmax' else 32} training-split images")
+
+
 def _weight_feeds(proto) -> dict[str, str]:
     """Each Conv/Gemm node's name -> the tensor its weight input comes from."""
     return {n.name: n.input[1] for n in proto.graph.node if n.op_type in ("Conv", "Gemm")}
