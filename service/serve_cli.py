@@ -68,7 +68,12 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     for name in SETTINGS:
         add_setting_flag(parser, name)
     parser.add_argument(
-        "--development", action="store_true", help="BentoML development mode (a single process, no worker supervisor)"
+        "--development",
+        action="store_true",
+        # BentoML 1.4 keeps its process manager and every worker in development mode (seen: --development --workers
+        # 2 ran a supervisor and two workers), so the help must not promise one process.
+        help="pass --development to `bentoml serve` (BentoML 1.4 still runs its process manager and --workers "
+        "worker processes: not a single process)",
     )
     parser.set_defaults(fn=main)
     return parser

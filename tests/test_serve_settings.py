@@ -201,3 +201,16 @@ def test_the_containers_bentoml_serve_says_the_settings_once_from_the_servers_pr
     assert not says_the_settings(0, {}, "serve") and not says_the_settings(1, {}, "serve")
     assert not says_the_settings(None, {CHECKED_ENV: "0" * 64}, "serve")
     assert not says_the_settings(None, {}, "build") and not says_the_settings(None, {}, None)
+
+
+def test_the_help_of_development_does_not_promise_a_single_process():
+    """`--development` was said to run "a single process, no worker supervisor", but BentoML 1.4 keeps its process
+    manager and starts every worker of --workers in development mode too (`serve --development --workers 2` ran a
+    supervisor and two workers)."""
+    from service.__main__ import get_args_parser
+
+    parser = get_args_parser()
+    serve = next(a for a in parser._subparsers._group_actions if a.dest == "command").choices["serve"]
+    development = next(a for a in serve._actions if "--development" in a.option_strings)
+    assert "no worker supervisor" not in development.help
+    assert "still runs its process manager and --workers worker processes" in development.help
