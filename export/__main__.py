@@ -22,6 +22,7 @@ import logging
 import sys
 from pathlib import Path
 
+from inference.classes import ClassMatcher
 from inference.devices import DEVICE_KINDS
 from inference.errors import UsageError
 from inference.interrupts import interrupt_within, say_stopped, terminations_as_interrupts
@@ -123,8 +124,12 @@ COMMANDS = ("verify", "list", "default", "remove", "card", "rederive", "recover"
 def _command(argv: list[str]) -> int:
     """The manifest's own commands need no torch: they run on the serving install (scripts/setup.sh serve)."""
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:  # else: "required: --checkpoint, --name"
+        # matched as a folder's name is to a class: a close name is suggested ("verfy"), a far one is not
+        commands = ClassMatcher(COMMANDS)
+        meant = commands.label(argv[0]) or commands.suggestion(argv[0])  # "Verify": the command, in its case
+        hint = f" (did you mean {meant}?)" if meant else ""
         raise UsageError(
-            f"unknown command {argv[0]!r}: export takes --checkpoint RUN/best.pt --name NAME, or one of "
+            f"unknown command {argv[0]!r}{hint}: export takes --checkpoint RUN/best.pt --name NAME, or one of "
             f"{', '.join(COMMANDS)}"
         )
     late = [word for word in argv[1:] if word in COMMANDS]

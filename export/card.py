@@ -14,6 +14,22 @@ from inference.manifest import ModelEntry
 from inference.messages import markdown_cell
 
 
+def temperature_text(temperature: float) -> str:
+    """A fitted temperature as the card and rederive's lines say it: to the 4 decimals of the calibration summary
+    (``T=1.5195``), not Python's 17 digits."""
+    return f"{temperature:.4f}"
+
+
+def _count(n: int) -> str:
+    """A count as ``python -m export list`` says it (``counted``): thousands apart (``5,000``)."""
+    return f"{n:,}"
+
+
+def _validation_images(e: ModelEntry) -> str:
+    samples = e.metrics.get("val_samples")
+    return "n/a" if samples is None else _count(samples)
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
@@ -62,6 +78,10 @@ def _tta(e: ModelEntry) -> str:
     return inside if own == "none" else f"{own} over ({inside})"
 
 
+def _temperature(e: ModelEntry) -> str:
+    return temperature_text(e.calibration.temperature) if e.calibration.method == "temperature" else "none"
+
+
 SHOWN_CLASSES = 10  # CIFAR-100's hundred names would fill the card: the first ten, then a count
 
 
@@ -69,8 +89,8 @@ def _classes(e: ModelEntry) -> str:
     """What the model tells apart, as its answers spell it: a model trained on a folder of one's own is known by
     its classes."""
     names = ", ".join(e.classes[:SHOWN_CLASSES])
-    more = f" and {len(e.classes) - SHOWN_CLASSES} more" if len(e.classes) > SHOWN_CLASSES else ""
-    return f"{len(e.classes)}: {names}{more}"
+    more = f" and {_count(len(e.classes) - SHOWN_CLASSES)} more" if len(e.classes) > SHOWN_CLASSES else ""
+    return f"{_count(len(e.classes))}: {names}{more}"
 
 
 ROWS: list[tuple[str, Callable[[ModelEntry], str]]] = [
@@ -81,11 +101,11 @@ ROWS: list[tuple[str, Callable[[ModelEntry], str]]] = [
     ("test-time augmentation (in the graph)", _tta),
     ("fit for photos of another shape", lambda e: e.input.fit),
     ("recipe", lambda e: str(e.source.get("recipe") or "n/a")),
-    ("validation images", lambda e: str(e.metrics.get("val_samples", "n/a"))),
+    ("validation images", _validation_images),
     ("validation top-1", lambda e: _pct(e.metrics.get("val_top1"))),
     ("validation top-5", lambda e: _pct(e.metrics.get("val_top5")) if len(e.classes) > 5 else "n/a"),
     ("parity", _parity),
-    ("temperature", lambda e: f"{e.calibration.temperature:.4f}" if e.calibration.method == "temperature" else "none"),
+    ("temperature", _temperature),
     ("ECE before -> after", _before_after("ece")),
     ("NLL before -> after", _before_after("nll")),
     ("ONNX Runtime images/s during verification (CPU, batch 256)", _speed),

@@ -145,8 +145,9 @@ def check_replacement(
     if old != (arch, list(classes), precision):
         # as many classes of other names (a folder of one's own against CIFAR-10's) would read as the same kind
         other = "other " if len(classes) == len(listed.classes) and list(classes) != list(listed.classes) else ""
+        # "an": each precision's name (fp32, fp16, int8) is said with a vowel sound
         raise UsageError(
-            f"{name!r} is already in {models_dir / 'manifest.json'} as a {listed.precision} {listed.arch} of "
+            f"{name!r} is already in {models_dir / 'manifest.json'} as an {listed.precision} {listed.arch} of "
             f"{len(listed.classes)} classes; this {precision} {arch} of {len(classes)} {other}classes would replace "
             f"it: give it another --name (or take the listed one out first: python -m export remove {name})"
         )

@@ -28,6 +28,7 @@ from inference.runtime import OnnxClassifier
 from training.dataset_cache import DEFAULT_CACHE_DIR
 
 from .calibration import fit_calibration
+from .card import temperature_text
 from .onnx_export import writing
 from .parity import Parity, onnx_logits, parity_against
 from .pipeline import check_calibration_options, convert_variant, publish
@@ -87,8 +88,8 @@ def rederive(
     inherited = ref.calibration.method != "none"
     if inherited and calibrate != "none":
         raise UsageError(
-            f"{reference} is already calibrated (T={ref.calibration.temperature}): derive from it with "
-            "--calibrate none, or from the uncalibrated graph"
+            f"{reference} is already calibrated (T={temperature_text(ref.calibration.temperature)}): derive from it "
+            "with --calibrate none, or from the uncalibrated graph"
         )
     # the card records its data relative to the project (where exports run): found from any folder, as verify finds it
     recorded = {**listed.source.model_dump(), "data_root": from_project(listed.source.data_root, models_dir)}

@@ -139,6 +139,10 @@ def test_a_refusal_by_evaluate_or_ensemble_stays_one_line(tiny_run, tmp_path, ca
         (["rederive", "tiny-int8", "--name", "x"], "tiny-int8 is int8: re-derive from an FP32 graph"),
         (["remove", "tiny"], "tiny is a default model"),
         (["lsit"], "unknown command 'lsit'"),
+        (["verfy", "x"], "unknown command 'verfy' (did you mean verify?): export takes"),
+        (["Verify"], "unknown command 'Verify' (did you mean verify?): export takes"),
+        # the listed model's precision takes "an" (said "an int8"), as every precision's name does
+        (["rederive", "tiny", "--name", "tiny-int8", "--calibrate", "none"], "as an int8 resnet9 of 3 classes;"),
         (["--checkpoint", "{tmp}/junk.pt", "--name", "x"], "is not a training checkpoint this project can read"),
         (["--checkpoint", "{tmp}/missing.pt", "--name", "x"], "no checkpoint at"),
     ],
@@ -148,6 +152,16 @@ def test_what_the_user_gave_wrong_to_export_stays_one_line_with_status_2(argv, s
     argv = [word.format(tmp=tmp_path) for word in argv]
     assert export_main([*argv, "--models-dir", str(tiny_models_dir)]) == 2
     _one_line(capsys.readouterr().err, said)
+
+
+def test_rederive_says_the_temperature_of_a_calibrated_reference_to_4_decimals(tiny_models_dir, capsys):
+    """It said the float whole, "(T=1.5194658041000366)", where the card and the calibration summary say 1.5195."""
+    import re
+
+    assert export_main(["rederive", "tiny", "--name", "x", "--models-dir", str(tiny_models_dir)]) == 2
+    err = capsys.readouterr().err
+    _one_line(err, "tiny is already calibrated (T=")
+    assert re.search(r"already calibrated \(T=\d+\.\d{4}\): derive from it with --calibrate none", err), err
 
 
 def test_usage_error_is_one_class_from_inference_up():

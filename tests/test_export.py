@@ -1112,7 +1112,7 @@ def test_a_name_listed_for_another_kind_of_model_is_not_replaced(exported, tiny_
     for how, argv in refused.items():
         assert export_main([*argv, "--models-dir", str(models)]) == 2, how
         err = capsys.readouterr().err
-        assert "'tiny' is already in" in err and "as a fp32 resnet9 of 3 classes" in err, err
+        assert "'tiny' is already in" in err and "as an fp32 resnet9 of 3 classes" in err, err
         assert "give it another --name" in err and "Traceback" not in err, err
     assert {p.name: p.read_bytes() for p in models.iterdir()} == before
     monkeypatch.undo()
