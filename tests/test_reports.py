@@ -1247,6 +1247,25 @@ def test_a_stepped_ablations_table_names_its_rows_steps():
     assert "\n| variant | top-1 |" in table and "of each variant's own data" in table, table
 
 
+def test_a_step_named_baseline_is_marked_the_baseline_once():
+    """docs/fast-training.md's ablation names its first step "baseline", and its table's first row read
+    "baseline (baseline)"; a first step of another name is still marked."""
+    from training.reports.ablate_table import format_table
+
+    base = {"alpha": 0.5}
+    for first, expected in (("baseline", "| baseline |"), ("plain", "| plain (baseline) |")):
+        rows = [_ablation_row(first, base, baseline=True), _ablation_row("+more", base)]
+        for row in rows:
+            row["top1_diff_points"], row["per_class_mean_diff_points"] = 0.0, 0.0
+            row["mcnemar_vs_baseline"] = row["diff_interval_vs_baseline"] = row["vs_previous"] = None
+            row["largest_class_gain"] = row["largest_class_loss"] = None
+        steps = [{"label": first, "settings": []}, {"label": "+more", "settings": ["lr=0.2"]}]
+        table = format_table({"recipe": "r", "vary": [], "steps": steps, "set": [], "split": "val", "variants": rows})
+        assert expected in table and "(baseline) (baseline)" not in table, table
+        assert "baseline (baseline)" not in table, table
+        assert "| +more |" in table, table
+
+
 def test_an_ablation_of_variants_on_different_samples_says_each_ones_count(image_folder, tmp_path):
     """The table said the first variant's image count for all of them; variants evaluated on other images than
     the baseline are not paired, so they have no p or interval, and the table says why."""

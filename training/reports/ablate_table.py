@@ -57,6 +57,15 @@ def _class_change_text(row: dict[str, Any], change: dict[str, Any] | None) -> st
     return "none" if change is None else f"{change['class']} {change['points']:+.1f}"
 
 
+def _row_label(row: dict[str, Any]) -> str:
+    """The row's label, marked as the baseline once: a first step the user already named "baseline" (as
+    docs/fast-training.md's ablation does) read "baseline (baseline)"."""
+    label = str(row["variant"])
+    if not row["baseline"] or label.strip().lower() == "baseline":
+        return label
+    return f"{label} (baseline)"
+
+
 def format_table(result: dict[str, Any]) -> str:
     stepped = bool(result.get("steps"))
     kind = run_kind(stepped)
@@ -108,7 +117,7 @@ def format_table(result: dict[str, Any]) -> str:
         previous = row.get("vs_previous")
         per_class = row["per_class_mean_diff_points"]
         cells = [
-            row["variant"] + (" (baseline)" if row["baseline"] else ""),
+            _row_label(row),
             f"{100 * row['top1']:.2f}%",
             f"{row['top1_diff_points']:+.2f}",
             _interval_text(row.get("diff_interval_vs_baseline")),
