@@ -62,14 +62,14 @@ SUGGESTION_SCAN_ENTRIES = 20_000
 
 
 class _TooWide(Exception):
-    """The search for class folders further down met more than ``SUGGESTION_SCAN_ENTRIES`` entries."""
+    """A search of folders further down met more than its ``_Scan``'s entries."""
 
 
 class _Scan:
-    """Directory listings counted against ``SUGGESTION_SCAN_ENTRIES``, all of one search together."""
+    """Directory listings counted against ``entries`` (``SUGGESTION_SCAN_ENTRIES``), all of one search together."""
 
-    def __init__(self) -> None:
-        self.left = SUGGESTION_SCAN_ENTRIES
+    def __init__(self, entries: int | None = None) -> None:
+        self.entries = self.left = SUGGESTION_SCAN_ENTRIES if entries is None else entries
 
     def listing(self, folder: Path) -> list[Path]:
         """The entries of ``folder``, sorted; ``_TooWide`` past the search's entries, read no further than that."""
@@ -150,9 +150,12 @@ def read_folder(
     for label, d in class_folders(folder, entry)[0] if matched is None else matched:
         # only those directly in it: the scorer labels an image by the folder it sits in, and training refuses
         # a folder inside a class folder, so ship/sub/0001.jpg is no ship to either
-        found.setdefault(label, []).extend(
-            p for p in d.iterdir() if is_tree_image(p.name) and not is_hidden(p.name) and not p.is_dir()
-        )
+        try:
+            found.setdefault(label, []).extend(
+                p for p in d.iterdir() if is_tree_image(p.name) and not is_hidden(p.name) and not p.is_dir()
+            )
+        except OSError as exc:  # a class folder this user may not list: one line, not a traceback
+            raise ManifestError(f"--folder {folder}: {d.name} cannot be listed ({exc.strerror or exc})") from exc
     if not found:
         raise ManifestError(no_class_folder(folder, entry))
     per_class = {entry.classes[label]: (label, sorted(paths)) for label, paths in sorted(found.items())}
@@ -180,22 +183,44 @@ def read_folder(
     return to_model_input(np.stack(pixels)), np.asarray(labels), unreadable
 
 
+# The most entries the search for images in class folders' sub-folders reads: a class folder that holds a whole
+# tree (a backup, a link to a disk) would otherwise be walked to its end, and each image kept, before the report.
+NESTED_SCAN_ENTRIES = SUGGESTION_SCAN_ENTRIES
+
+
 def nested_warning(folder: Path, matched: list[tuple[int, Path]]) -> str | None:
     """The warning for the images in sub-folders of the ``matched`` class folders, which ``read_folder`` leaves
     out (how many, and the first, relative to ``folder``); None where there is none. Hidden files and folders
-    are not counted: they would not be read in any case."""
-    nested = sorted(
-        p.relative_to(folder)
-        for _, d in matched
-        for sub in d.iterdir()
-        if sub.is_dir() and not is_hidden(sub.name)
-        for p in sub.rglob("*")
-        if is_tree_image(p.name) and not p.is_dir() and not any(is_hidden(part) for part in p.relative_to(sub).parts)
-    )
+    are not counted: they would not be read in any case. Each folder is listed once (a link back up to a class
+    folder or ``folder`` is not followed), one this user may not list is passed over, and the search stops after
+    ``NESTED_SCAN_ENTRIES`` entries below the class folders, the count then said as "at least"."""
+    scan = _Scan(NESTED_SCAN_ENTRIES)
+    seen = {p.resolve() for p in (folder, *(d for _, d in matched))}
+    nested: list[Path] = []
+    # depth first, in name order; a class folder's own entries are listed by read_folder in any case
+    stack = [sub for _, d in reversed(matched) for sub in sorted(d.iterdir(), reverse=True)]
+    whole = True
+    while stack:
+        d = stack.pop()
+        if is_hidden(d.name) or not d.is_dir() or d.resolve() in seen:
+            continue
+        seen.add(d.resolve())
+        try:
+            listed = scan.listing(d)
+        except _TooWide:
+            whole = False
+            break
+        except OSError:  # not listed: its images are not read either
+            continue
+        folders = [p for p in listed if p.is_dir()]  # one named like an image (x.png/) is searched, not counted
+        nested += [p.relative_to(folder) for p in set(listed) - set(folders) if is_tree_image(p.name)]
+        stack += reversed(folders)
     if not nested:
         return None
-    more = f" and {len(nested) - 1} more" if len(nested) > 1 else ""
+    more = f" and {len(nested) - 1:,} more" if len(nested) > 1 else ""
+    least = "" if whole else "at least "
+    stopped = "" if whole else f"the search stopped after {scan.entries:,} entries; "
     return (
-        f"{counted(len(nested), 'image')} in sub-folders of class folders, not read: {nested[0]}{more} "
-        "(an image's class is the folder it sits in, as the scorer labels it)"
+        f"{least}{counted(len(nested), 'image')} in sub-folders of class folders, not read: {min(nested)}{more} "
+        f"({stopped}an image's class is the folder it sits in, as the scorer labels it)"
     )

@@ -234,3 +234,63 @@ def test_doctor_reads_a_class_folder_as_the_scorer_labels_it_and_warns_of_images
     ], out
     assert f"{data}: 2 labelled images" in out, out
     assert status == 0, out
+
+
+def test_doctor_walks_a_class_folders_sub_folders_once_each_and_no_further_than_a_bound(tmp_path, monkeypatch):
+    """The search for images in a class folder's sub-folders walked all of a tree kept there (seconds and
+    hundreds of MB for 200,000 files), and followed a link back up to --folder, counting the images it does read
+    (cat/0.png, through dog/up/cat/0.png) as 'not read'. Each folder is listed once, and the search stops after
+    NESTED_SCAN_ENTRIES entries below the class folders, its count then said as a least."""
+    from service import doctor_folder
+    from service.doctor_folder import class_folders, nested_warning
+
+    entry = _default_entry()
+    cat, dog = entry.classes[3], entry.classes[5]
+    data = tmp_path / "data"
+    _class_tree(data, [cat, dog])
+    (data / dog / "up").symlink_to(data, target_is_directory=True)
+    (data / dog / "x.png").mkdir()  # a folder, named as an image: its images are below the class folder
+    Image.new("RGB", (32, 32)).save(data / dog / "x.png" / "1.png")
+    matched = class_folders(data, entry)[0]
+    reason = "an image's class is the folder it sits in, as the scorer labels it"
+    assert nested_warning(data, matched) == (
+        f"1 image in sub-folders of class folders, not read: {Path(dog, 'x.png', '1.png')} ({reason})"
+    )
+    for number in range(6):
+        (data / cat / "sub" / f"d{number}").mkdir(parents=True)
+        (data / cat / "sub" / f"d{number}" / "0.png").touch()
+    monkeypatch.setattr(doctor_folder, "NESTED_SCAN_ENTRIES", 9, raising=False)
+    assert nested_warning(data, matched) == (
+        f"at least 3 images in sub-folders of class folders, not read: {Path(cat, 'sub', 'd0', '0.png')} and 2 more "
+        f"(the search stopped after 9 entries; {reason})"
+    )
+
+
+def test_doctor_says_a_class_folder_it_may_not_list_in_one_line(tmp_path, monkeypatch, capsys):
+    """A class folder this user may not list was a PermissionError traceback (it was passed over in silence
+    before the doctor read only the images directly in it): one error line naming it."""
+    import os
+
+    from service import doctor
+    from service.__main__ import get_args_parser
+
+    entry = _default_entry()
+    data = tmp_path / "data"
+    _class_tree(data, entry.classes[:2])
+    locked = str(data / entry.classes[1])
+    real_listdir, real_scandir = os.listdir, os.scandir
+
+    def refused(real):
+        def listing(path="."):
+            if os.path.abspath(os.fspath(path)) == locked:
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return real(path)
+
+        return listing
+
+    monkeypatch.setattr(os, "listdir", refused(real_listdir))
+    monkeypatch.setattr(os, "scandir", refused(real_scandir))
+    command = ["doctor", "--no-speed", "--device", "cpu", "--models-dir", str(ROOT / "models"), "--folder", str(data)]
+    assert doctor.main(get_args_parser().parse_args(command + ["--model", entry.name])) == 2
+    said = capsys.readouterr().err.splitlines()[-1]
+    assert said == f"error: --folder {data}: {entry.classes[1]} cannot be listed (Permission denied)"

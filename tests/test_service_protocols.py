@@ -877,6 +877,27 @@ def test_brackets_inside_strings_do_not_count_as_nesting():
     assert structure_fault(b" [" * MAX_DEPTH + b'["]",', MAX_DEPTH) == "nested"  # the string closes no array
 
 
+def test_a_run_of_backslashes_at_a_chunk_edge_is_passed_by_a_search():
+    """A chunk read for the body's depth is never cut inside an escape: it was stretched past a run of
+    backslashes a byte at a time, 6 s of the worker's time for a body of 50 MB of them after a quote and a
+    thousand commas. Counted here as the body's bytes read one at a time, not as time."""
+    from service import body_limits
+
+    class Counted(bytes):
+        reads = 0
+
+        def __getitem__(self, index):
+            if isinstance(index, int):
+                Counted.reads += 1
+            return super().__getitem__(index)
+
+    body = Counted(b'["' + b"\\" * 100_000 + b'", "\\"[", ' + b"[" * 9)
+    assert body_limits.structure_fault(body, 10) is None  # the escaped quote and bracket are the string's
+    assert body_limits.structure_fault(body, 9) == "nested"
+    assert body_limits.structure_fault(Counted(b'["' + b"\\" * 100_000), 10) == "unclosed"
+    assert Counted.reads < 100
+
+
 def test_the_largest_json_classify_request_is_read():
     """The bound on a /classify body's values lets through the most images, every field given, and file names
     holding commas and brackets."""
