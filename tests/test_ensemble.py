@@ -499,17 +499,18 @@ def test_ablate_refuses_a_variant_that_answers_nan_as_evaluate_does(image_folder
 
 def test_members_of_other_classes_are_refused_naming_what_each_lacks():
     """The join's refusal says which classes one member has and the other lacks, or that only their order
-    differs, rather than printing both lists as Python reprs."""
+    differs, rather than printing both lists as Python reprs; it names the members in the order given (it named
+    the second first)."""
     from training.ensemble import check_compatible
 
     first = {"arch": "resnet9", "classes": ["cat", "dog", "ship"], "data_fingerprint": "f"}
     other = {**first, "classes": ["cat", "dog", "frog", "ship"]}
     with pytest.raises(UsageError) as refused:
         check_compatible([first, other], ["runs/a", "runs/c4"])
-    assert str(refused.value) == "runs/c4 and runs/a differ in classes: only runs/c4: frog; only runs/a: none"
+    assert str(refused.value) == "runs/a and runs/c4 differ in classes: only runs/a: none; only runs/c4: frog"
     reordered = {**first, "classes": ["dog", "cat", "ship"]}
     with pytest.raises(UsageError) as refused:
         check_compatible([first, reordered], ["runs/a", "runs/b"])
     assert str(refused.value) == (
-        "runs/b and runs/a differ in classes: the same names in another order (dog, cat, ship against cat, dog, ship)"
+        "runs/a and runs/b differ in classes: the same names in another order (cat, dog, ship against dog, cat, ship)"
     )

@@ -25,7 +25,7 @@ def test_a_member_with_the_weights_of_another_is_refused_under_any_file_name(tin
     save_checkpoint(ckpt, copy)
     save_checkpoint(dict(ckpt, epoch=(ckpt.get("epoch") or 0) + 1, optimizer={"state": {}}), last_of_best)
     for twin in (copy, last_of_best):
-        with pytest.raises(UsageError, match=f"{twin} holds the same weights as {tiny_run / 'best.pt'}"):
+        with pytest.raises(UsageError, match=f"{tiny_run / 'best.pt'} and {twin} hold the same weights"):
             join_checkpoints([tiny_run, twin], tmp_path / "pair.pt")
     assert not (tmp_path / "pair.pt").exists()
 

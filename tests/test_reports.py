@@ -1389,6 +1389,16 @@ def test_ablation_rejects_bad_settings_before_training(extra, said, tmp_path, im
     assert not any((tmp_path / "a").glob("*/last.pt"))
 
 
+def test_an_ablation_of_a_mistyped_recipe_says_so_before_any_variant(tmp_path, capsys):
+    """A recipe typo was blamed on the first variant ("variant 'label_smoothing=0.2': no recipe ..."): the recipe is
+    the ablation's, said as train says it, with its did-you-mean."""
+    argv = ["ablate", "--recipe", "resnet9_half_cp", "--vary", "label_smoothing=0.2,0", "--out", str(tmp_path / "a")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no recipe 'resnet9_half_cp' (recipes named like it: resnet9_half_cpu); "), err
+    assert not (tmp_path / "a").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -1199,8 +1200,29 @@ def test_resume_of_a_folder_that_is_not_there_says_so_and_makes_nothing(tmp_path
     monkeypatch.setattr(Path, "mkdir", unwritable)
     run = tmp_path / "typo" / "run"
     assert training_main(["resume", str(run)]) == 2
-    assert capsys.readouterr().err == f"error: no checkpoint at {run / 'last.pt'}\n"
+    assert capsys.readouterr().err == f"error: no checkpoint at {run / 'last.pt'}: there is no folder {run}\n"
     assert sorted(tmp_path.iterdir()) == []
+
+
+def test_resume_of_a_run_stopped_in_its_first_epoch_says_there_is_nothing_to_resume(tmp_path, capsys):
+    """A run stopped before its first epoch ended (its config.yaml only) was said as "no checkpoint at
+    RUN/last.pt", as if the folder were mistyped."""
+    from training.__main__ import main as training_main
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    run.mkdir()
+    other.mkdir()
+    (run / "config.yaml").write_text("recipe: resnet9_half_cpu\n")
+    assert training_main(["resume", str(run)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: no checkpoint at {run / 'last.pt'}: {run} holds no finished epoch (a run stopped before its first "
+        "one ended saves none): nothing to resume; train again with the same command\n"
+    )
+    assert training_main(["resume", str(other)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: no checkpoint at {other / 'last.pt'}: {other} holds no run (no config.yaml either): give the "
+        "folder that `train --out` wrote\n"
+    )
 
 
 def test_force_starts_over_without_the_previous_runs_files(image_folder, tmp_path, monkeypatch):
@@ -1470,6 +1492,9 @@ class _MakesAnObject:
         ("a plain pickle", "it is not the zip archive torch.save writes"),
         ("cut short", "it is not the zip archive torch.save writes: another kind of file, or the start of one cut"),
         ("damaged", "a truncated or damaged copy of one? torch said: "),
+        # a zip of another kind was asked whether it was a damaged checkpoint, in torch's inline_container.cc words
+        ("a NumPy archive", "(it is not a PyTorch checkpoint: a NumPy .npz archive, such as a report's predictions"),
+        ("another zip", "(it is not a PyTorch checkpoint: a zip archive of other files (notes.txt))"),
     ],
 )
 def test_an_unreadable_checkpoint_says_what_it_is_and_never_to_allow_its_objects(tmp_path, kind, said):
@@ -1485,6 +1510,12 @@ def test_an_unreadable_checkpoint_says_what_it_is_and_never_to_allow_its_objects
         path.write_text("epoch,loss\n1,0.5\n")
     elif kind == "a plain pickle":
         path.write_bytes(pickle.dumps({"meta": {}, "model": {}}, protocol=4))
+    elif kind == "a NumPy archive":
+        with path.open("wb") as out:
+            np.savez(out, logits=np.zeros((2, 3)), labels=np.zeros(2))
+    elif kind == "another zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("notes.txt", "not weights")
     else:
         torch.save({"meta": {}, "model": {"w": torch.zeros(4096)}}, path)
         data = bytearray(path.read_bytes())
@@ -1784,7 +1815,13 @@ def test_every_set_counts_and_a_key_set_twice_is_refused(tmp_path, capsys):
         (["train", "--recipe", "resnet9_half_cpu", "--epochs", "3"], "settings are given with --set: --set epochs=3"),
         (["resume", str(tmp_path / "run"), "--set", "bogus"], "'bogus' after --set is not KEY=VALUE"),
         # the run folder after --set was taken for a setting, and argparse said the run was missing
-        (["resume", "--set", "device=cpu", str(tmp_path / "run")], "give the command's own arguments"),
+        (["resume", "--set", "device=cpu", str(tmp_path / "run")], "so give the run folder before --set"),
+        # train takes no word of its own: the one without =VALUE is a setting whose value is missing
+        (
+            ["train", "--recipe", "resnet9_half_cpu", "--set", "augment.cutout"],
+            "'augment.cutout' after --set is not KEY=VALUE: give the setting its value, --set augment.cutout=VALUE "
+            "(train takes no arguments of its own)",
+        ),
     ):
         with pytest.raises(SystemExit) as exit_:
             training_main(argv)

@@ -205,6 +205,10 @@ def _check_processes(command: str) -> None:
         raise LaunchError(f"{command} runs in one process; run it without torchrun (WORLD_SIZE={processes} here)")
 
 
+# What each command that takes --set takes besides its options: a word after --set may be one of them, misplaced.
+_OWN_ARGUMENTS = {"resume": "the run folder"}
+
+
 def _check_set_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """--set takes every word after it up to the next option: a run folder or model after it would be taken for
     a setting, and argparse would say the run is missing. Said as what it is."""
@@ -220,9 +224,15 @@ def _check_set_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:
         elif word.startswith("-"):
             taking = False
         elif taking and "=" not in word:
+            command = parser.prog.split()[-1]
+            own = _OWN_ARGUMENTS.get(command)
             parser.error(
-                f"{word!r} after --set is not KEY=VALUE: --set takes every word after it, so give the command's "
-                "own arguments (a run folder, a model) before --set"
+                f"{word!r} after --set is not KEY=VALUE: "
+                + (
+                    f"--set takes every word after it, so give {own} before --set (and a setting its =VALUE)"
+                    if own
+                    else f"give the setting its value, --set {word}=VALUE ({command} takes no arguments of its own)"
+                )
             )
 
 

@@ -304,7 +304,27 @@ def _unreadable(path: Path, source: Path | io.BytesIO, exc: BaseException) -> st
         )
     if not zipfile.is_zipfile(source):
         return "it is not the zip archive torch.save writes: another kind of file, or the start of one cut short"
+    other = _other_zip(source)
+    if other:
+        return other
     return f"a truncated or damaged copy of one? torch said: {exception_summary(exc, after='WeightsUnpickler error:')}"
+
+
+def _other_zip(source: Path | io.BytesIO) -> str | None:
+    """What a zip archive that is not torch.save's is (a report's predictions.npz), or None where it has the
+    layout of a checkpoint (its pickle in a folder): torch's refusal of the others names its own source files."""
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    try:
+        with zipfile.ZipFile(source) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+    if any(name.endswith("/data.pkl") for name in names):
+        return None
+    if names and all(name.endswith(".npy") for name in names):
+        return "it is not a PyTorch checkpoint: a NumPy .npz archive, such as a report's predictions.npz"
+    return f"it is not a PyTorch checkpoint: a zip archive of other files ({', '.join(names[:3]) or 'empty'})"
 
 
 # torch's refusal of an object, in its words: read only where its disassembly cannot read the file

@@ -45,6 +45,12 @@ def is_ensemble_recipe(name_or_path: str) -> bool:
     return ENSEMBLE_KEY in _read_recipe(name_or_path)
 
 
+def check_recipe(name_or_path: str) -> None:
+    """Refuse a recipe that cannot be read, as ``train`` does (a typo with its did-you-mean): a command building
+    several runs from it says so once, not as the first run's mistake."""
+    _read_recipe(name_or_path)
+
+
 def list_recipes() -> list[str]:
     """The built-in recipes that train one network."""
     return [name for name in _recipe_files() if not is_ensemble_recipe(name)]

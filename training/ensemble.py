@@ -53,12 +53,13 @@ def _shared(meta: dict, key: str):
 
 def _classes_differ(mine: list[str], name: str, theirs: list[str], first_name: str) -> str:
     """What two members' class lists differ in: the names each has and the other lacks, or, with the same names,
-    their order (the joined network's outputs are the first member's, index by index)."""
+    their order (the joined network's outputs are the first member's, index by index); said first member first,
+    as they were given."""
     only_mine, only_theirs = [c for c in mine if c not in theirs], [c for c in theirs if c not in mine]
     if not only_mine and not only_theirs:
-        return f"the same names in another order ({names_text(mine, 5)} against {names_text(theirs, 5)})"
+        return f"the same names in another order ({names_text(theirs, 5)} against {names_text(mine, 5)})"
     return (
-        f"only {name}: {names_text(only_mine, 5) or 'none'}; only {first_name}: {names_text(only_theirs, 5) or 'none'}"
+        f"only {first_name}: {names_text(only_theirs, 5) or 'none'}; only {name}: {names_text(only_mine, 5) or 'none'}"
     )
 
 
@@ -86,15 +87,15 @@ def check_compatible(metas: Sequence[dict], names: Sequence[str], fit_given: boo
                 )
                 if key == "classes":
                     said = _classes_differ(mine, name, theirs, first_name)
-                    raise UsageError(f"{name} and {first_name} differ in classes: {said}")
-                raise UsageError(f"{name} and {first_name} differ in {key} ({mine!r} against {theirs!r}){hint}")
+                    raise UsageError(f"{first_name} and {name} differ in classes: {said}")
+                raise UsageError(f"{first_name} and {name} differ in {key} ({theirs!r} against {mine!r}){hint}")
         # a run continued from a copy of its data elsewhere has members of two roots and one fingerprint
         fingerprint = meta.get("data_fingerprint")
         same_images = fingerprint is not None and fingerprint == first.get("data_fingerprint")
         if not same_images and not same_root(meta.get("data_root"), first.get("data_root")):
             raise UsageError(
-                f"{name} and {first_name} were trained on different data ({meta.get('data_root')!r} against "
-                f"{first.get('data_root')!r})"
+                f"{first_name} and {name} were trained on different data ({first.get('data_root')!r} against "
+                f"{meta.get('data_root')!r})"
             )
 
 
@@ -113,7 +114,7 @@ def check_different_networks(networks: Sequence[torch.nn.Module], files: Sequenc
         twin = next((j for j in range(i) if _same_weights(networks[j], network)), None)
         if twin is not None:
             raise UsageError(
-                f"{files[i]} holds the same weights as {files[twin]} (a copy, or a run's last.pt whose epoch was its "
+                f"{files[twin]} and {files[i]} hold the same weights (a copy, or a run's last.pt whose epoch was its "
                 "best): an ensemble of a model with itself is that model"
             )
 

@@ -191,8 +191,8 @@ def _check_joinable(recipe: EnsembleRecipe, configs: list[Config]) -> None:
     if recipe.fit is None and odd is not None:
         # check_compatible's advice names the ensemble command's --fit; a recipe chooses it in its own file
         raise ConfigError(
-            f"ensemble recipe {recipe.name!r}: {names[odd]} and {names[0]} fit images differently "
-            f"({configs[odd].data.fit!r} against {first!r}): give the ensemble's `fit` beside its `members`"
+            f"ensemble recipe {recipe.name!r}: {names[0]} and {names[odd]} fit images differently "
+            f"({first!r} against {configs[odd].data.fit!r}): give the ensemble's `fit` beside its `members`"
         )
     metas = [
         {"arch": config.model.name, "input_size": config.data.image_size, **recorded_data(config)} for config in configs

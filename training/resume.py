@@ -61,6 +61,21 @@ def best_to_go_on_from(run: Path) -> str | None:
     return f"Its {BEST_FILE} (epoch {best['epoch']}) holds the whole training state too: copy it {over} {LAST_FILE}"
 
 
+def _nothing_to_resume(run: Path, exc: FileNotFoundError) -> str:
+    """What a run folder with no checkpoint at all is: none (a mistyped name), a run stopped before its first
+    epoch ended (which writes neither last.pt nor best.pt), or a folder of something else."""
+    if not run.exists():
+        return f"{exc}: there is no folder {run}"
+    if (run / CONFIG_FILE).is_file():  # written as a run starts
+        return (
+            f"{exc}: {run} holds no finished epoch (a run stopped before its first one ended saves none): nothing "
+            "to resume; train again with the same command"
+        )
+    if run.is_dir():
+        return f"{exc}: {run} holds no run (no {CONFIG_FILE} either): give the folder that `train --out` wrote"
+    return str(exc)
+
+
 def _last_or_advice(run: Path) -> dict[str, Any]:
     """The run's last.pt; where it is damaged or missing, the error says what is left to go on from."""
     try:
@@ -70,7 +85,7 @@ def _last_or_advice(run: Path) -> dict[str, Any]:
             raise
         advice = best_to_go_on_from(run)
         if advice is None and isinstance(exc, FileNotFoundError):
-            raise
+            raise FileNotFoundError(_nothing_to_resume(run, exc)) from exc
         if advice is None:  # damaged, and no whole best.pt either: only a new run is left
             raise ConfigError(
                 f"{exc}; {run} holds no other checkpoint to continue from: start over with `train --force`"

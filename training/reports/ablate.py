@@ -26,6 +26,7 @@ from inference.files import write_text_atomic
 from ..checkpoint import BEST_FILE, ENSEMBLE_RUN_FILE, LAST_FILE, SUMMARY_FILE
 from ..config import Config, ConfigError
 from ..config_overrides import check_distinct
+from ..config_recipes import check_recipe
 from ..data import DATASETS
 from ..engine import train
 from ..inference import check_tta
@@ -98,6 +99,8 @@ def ablate(
         raise ValueError(f"target top-1 {target_top1} is not a fraction in (0, 1]")
     if steps and vary:
         raise UsageError("give either --vary (every combination) or --step (methods added one by one), not both")
+    # the ablation's own mistake, not its first variant's
+    check_recipe(recipe)
     sets = list(sets or [])
     if steps:
         axes, labelled = [], parse_steps(steps)
