@@ -16,9 +16,15 @@ case "$*" in
 esac
 # Refuse at once when the disk cannot hold the install: pip would otherwise stop midway with "No space left on
 # device" and leave a half-built .venv. Each figure is that install's .venv (README.md gives their sizes; the full
-# one holds a CUDA build of torch with its NVIDIA libraries) plus room for the dataset cache and the tests.
-# SETUP_NEED_MB overrides the figure.
-if [ "$variant" = serve ]; then need_mb=${SETUP_NEED_MB:-1000}; else need_mb=${SETUP_NEED_MB:-9000}; fi
+# one holds a CUDA build of torch with its NVIDIA libraries) plus, for the full one, room for the dataset cache and
+# the tests, which the serving install has neither of. SETUP_NEED_MB overrides the figure.
+if [ "$variant" = serve ]; then
+    need_mb=${SETUP_NEED_MB:-1000}
+    need_for=".venv"
+else
+    need_mb=${SETUP_NEED_MB:-9000}
+    need_for=".venv, the dataset cache and the tests"
+fi
 # A figure `[ -lt ]` cannot read makes the comparison false, which would let any disk through.
 if ! [[ $need_mb =~ ^[0-9]+$ ]]; then
     echo "setup: SETUP_NEED_MB must be a whole number of megabytes (9000 for 9 GB), not '$need_mb'" >&2
@@ -29,9 +35,8 @@ free_mb=$(df -Pm . | awk 'NR == 2 {print $4}')
 venv_mb=0
 if [ -d .venv ]; then venv_mb=$(du -sm .venv | cut -f1); fi
 if [ $((free_mb + venv_mb)) -lt "$need_mb" ]; then
-    echo "setup: not enough disk: this install needs about $((need_mb / 1000)) GB (${need_mb} MB) for .venv," \
-        "the dataset cache and the tests; $(pwd) has ${free_mb} MB free (plus ${venv_mb} MB in .venv)." \
-        "Free some space, or clone onto a larger disk." >&2
+    echo "setup: not enough disk: this install needs about $((need_mb / 1000)) GB (${need_mb} MB) for $need_for;" \
+        "$(pwd) has ${free_mb} MB free (plus ${venv_mb} MB in .venv). Free some space, or clone onto a larger disk." >&2
     exit 1
 fi
 
