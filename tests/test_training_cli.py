@@ -341,3 +341,22 @@ def test_whiten_bias_epochs_on_a_network_without_whitening_is_said(tmp_path, cap
     assert "no-images" in err  # refused for its data only, after the warning
     said = "train.whiten_bias_epochs 2 is unused: model 'resnet9_half' has no patch-whitening layer whose bias"
     assert said in caplog.text
+
+
+def test_training_on_the_serving_install_is_one_line_naming_the_install_that_runs_it():
+    """`python -m training models` on `scripts/setup.sh serve` (no torch) was a ModuleNotFoundError traceback."""
+    import subprocess
+    import sys
+
+    without_torch = (
+        "import runpy, sys\n"
+        "sys.modules['torch'] = None  # as on the serving install\n"
+        "sys.argv = ['training', 'models']\n"
+        "runpy.run_module('training', run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", without_torch], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith("error: python -m training needs torch, which this install lacks (")
+    assert (
+        done.stderr.endswith("): the full install (bash scripts/setup.sh) runs it\n") and done.stderr.count("\n") == 1
+    )

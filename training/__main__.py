@@ -48,6 +48,13 @@ try:
     )
 except KeyboardInterrupt:
     sys.exit(_stopped_while_loading())
+except ImportError as exc:  # the serving install (scripts/setup.sh serve) has no torch: said, not a traceback
+    print(
+        f"error: python -m training needs torch, which this install lacks ({exc}): the full install (bash "
+        "scripts/setup.sh) runs it",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
