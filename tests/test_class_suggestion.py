@@ -134,3 +134,25 @@ def test_the_doctor_names_the_class_a_left_out_folder_meant(tiny_run, tmp_path):
         text.startswith("sub-folders named after no class of one, not read: 'Gammas' (did you mean gamma?), 'misc' ")
         for text in warned
     ), warned
+
+
+def test_a_folder_that_two_classes_are_but_for_case_matches_neither_and_says_why():
+    """Was: ``CAR/`` matched the first of ``Car`` and ``car`` silently, and its images were scored as ``Car``."""
+    matcher = ClassMatcher(["Car", "dog", "car"])
+    assert matcher.index("CAR") is None
+    assert matcher.label("Car") == "Car" and matcher.label("car") == "car"  # an exact name is still its class
+    assert matcher.label("DOG") == "dog"  # and a name one class is once folded still that one
+    assert matcher.suggestion("CAR") == "Car or car"
+    assert matcher.meant("CAR") == " (it is Car or car but for case: name the folder exactly)"
+    assert matcher.meant("Car") == ""
+    # a plural or a typo of such a pair is no one class either
+    assert matcher.suggestion("Cars") is None
+
+
+def test_classes_alike_but_for_unicode_form_say_so():
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    matcher = ClassMatcher([composed, decomposed])
+    assert matcher.index("CAF\u00c9") is None
+    assert matcher.meant("CAF\u00c9") == (
+        f" (it is {composed} or {decomposed} but for case or Unicode form: name the folder exactly)"
+    )

@@ -45,6 +45,18 @@ def test_three_folders_for_one_class_and_clashes_for_several_classes_are_each_na
     assert "Frog" not in several and "[" not in several, several
 
 
+def test_a_folder_that_two_model_classes_are_but_for_case_is_refused_as_neither():
+    """Was: ``CAR/`` was evaluated as ``Car``, the first of the model's ``Car`` and ``car``, with no word."""
+    message = _refusal(["Car", "car", "dog"], ["CAR", "dog"])
+    assert "does not predict: CAR (it is Car or car but for case: name the folder exactly) (its classes" in message, (
+        message
+    )
+    source = ModelSource("checkpoint", Path("run/best.pt"), ["Car", "car", "dog"], "resnet9", 32)
+    data = ImageArrays(np.zeros((2, 32, 32, 3), np.uint8), np.array([0, 1]), ["car", "DOG"])
+    mapped, _ = match_classes(source, data, DataSpec("folder", "cs"))
+    assert mapped.labels.tolist() == [1, 2]  # an exact name is still its class, a name one class folds to that one
+
+
 def test_the_note_of_an_assumed_label_order_does_not_cut_a_short_list():
     source = ModelSource("checkpoint", Path("run/best.pt"), ["a", "b"], "resnet9", 32)
     data = ImageArrays(np.zeros((2, 32, 32, 3), np.uint8), np.array([0, 1]), ["x", "y"])

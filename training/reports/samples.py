@@ -144,16 +144,18 @@ def fingerprint_by_name(data: ImageArrays, classes: Sequence[str]) -> str:
 
 
 def match_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> tuple[ImageArrays, str | None]:
-    """The data with its labels in the model's class order, matched by name (exactly, else ``inference.classes.
-    folded``: ignoring case and Unicode normalisation), so
-    that a folder holding some of the model's classes, or its class folders spelled ``Cat/``, is scored
-    right; a class the model does not know is refused. Only when no name matches at all and the counts agree
-    (data whose classes are not named as the model's) is the label order assumed equal, with a note.
+    """The data with its labels in the model's class order, matched by name (``inference.classes.ClassMatcher``:
+    exactly, else ignoring case and Unicode normalisation where that leaves one class), so that a folder holding
+    some of the model's classes, or its class folders spelled ``Cat/``, is scored right; a class the model does not
+    know, or that is two of its classes but for case (``CAR/`` for ``Car`` and ``car``), is refused. Only when no
+    name matches at all and the counts agree (data whose classes are not named as the model's) is the label order
+    assumed equal, with a note.
     Returns the data and a note for the report, or None where nothing needed saying."""
     model, given = list(source.classes), list(data.classes)
     if given == model:
         return data, None
-    found = _model_indices(model, given)
+    matcher = ClassMatcher(model)
+    found = [matcher.index(c) for c in given]
     unknown = [c for c, i in zip(given, found) if i is None]
     if _order_assumed(model, given, found):
         message = f"no class name of the data is one of the model's ({names_text(given, 5)}): label order assumed equal"
@@ -162,7 +164,7 @@ def match_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> tup
     if unknown:
         raise UsageError(
             f"{spec.dataset} {spec.root} holds classes {source.path} does not predict: "
-            f"{', '.join(name + ClassMatcher(model).meant(name) for name in unknown[:5])}"
+            f"{', '.join(name + matcher.meant(name) for name in unknown[:5])}"
             f"{', ...' if len(unknown) > 5 else ''} (its classes: {names_text(model)}); a folder's class folders "
             "are matched to the model's classes by name"
         )
@@ -184,15 +186,6 @@ def match_classes(source: ModelSource, data: ImageArrays, spec: DataSpec) -> tup
             f"{', '.join(missing[:5])}{more}): those have no per-class accuracy, and a prediction of one is wrong"
         )
     return mapped, "; ".join(notes) or None
-
-
-def _model_indices(model: list[str], given: list[str]) -> list[int | None]:
-    """Each of the data's classes as an index into the model's, matched by name (exactly, else ``folded``), or
-    None for a class the model does not know."""
-    by_folded: dict[str, int] = {}
-    for i, name in enumerate(model):
-        by_folded.setdefault(folded(name), i)
-    return [model.index(c) if c in model else by_folded.get(folded(c)) for c in given]
 
 
 def _clashes(model: list[str], given: list[str], index: list[int]) -> str | None:
@@ -223,7 +216,8 @@ def held_classes(model: Sequence[str], data_classes: Sequence[str]) -> set[int]:
     """The indices of the model's classes that data of ``data_classes`` (its class folders, before
     ``match_classes``) holds images of somewhere, whichever split is scored."""
     model, given = list(model), list(data_classes)
-    found = _model_indices(model, given)
+    matcher = ClassMatcher(model)
+    found = [matcher.index(c) for c in given]
     if given == model or _order_assumed(model, given, found):
         return set(range(len(model)))
     return {i for i in found if i is not None}
