@@ -111,7 +111,17 @@ def _report(tmp_path, accuracies: dict[str, float | None], num_samples: int = 40
         "wall_time_s": 1.0,
         "images_per_s": 40.0,
         "device": "cpu",
-        "per_class": [{"class": c, "accuracy": a} for c, a in accuracies.items()],
+        "per_class": [
+            {
+                "class": c,
+                "accuracy": a,
+                "precision": a or 0.0,
+                "recall": a,
+                "f1": a,
+                "support": 10 if a is not None else 0,
+            }
+            for c, a in accuracies.items()
+        ],
         "top_confusions": [],
     }
     write_report_md(tmp_path / "report.md", metrics, {}, [])
@@ -135,6 +145,48 @@ def test_a_class_is_called_strongest_only_above_the_weakest_shown(tmp_path):
     # a top class is not weak: "Weakest classes: a 50.00%, b 100.00%."
     top_tied = _class_line(_report(tmp_path, {"a": 0.5, "b": 1.0, "c": 1.0, "d": 1.0}))
     assert top_tied == "Weakest classes: a 50.00%; strongest: d 100.00%, c 100.00%.", top_tied
+
+
+def _per_class_rows(report: str) -> list[str]:
+    assert "\n## Per class\n" in report, report
+    after = report.split("\n## Per class\n", 1)[1]
+    return after.strip("\n").split("\n\n", 1)[0].splitlines()
+
+
+def test_report_md_has_a_per_class_table_with_names_in_full(tmp_path):
+    """report.md had no per-class table, only the weakest classes: a class the figures draw as boxes (猫), and
+    metrics.json writes as \\u732b, was named in full nowhere, though the figures' warning said report.md did."""
+    report = _report(tmp_path, {"b|c": 0.25, "猫": 1.0, "new\nline": 0.5, "absent": None})
+    rows = _per_class_rows(report)
+    assert rows == [
+        "| class | images | accuracy | precision | recall | F1 |",
+        "|---|---|---|---|---|---|",
+        "| b\\|c | 10 | 25.00% | 25.00% | 25.00% | 25.00% |",
+        "| 猫 | 10 | 100.00% | 100.00% | 100.00% | 100.00% |",
+        "| new line | 10 | 50.00% | 50.00% | 50.00% | 50.00% |",
+        "| absent | 0 | n/a | 0.00% | n/a | n/a |",
+    ], rows
+    assert report.index("## Per class") < report.index("## Figures")
+
+
+def test_the_per_class_table_lists_every_class_of_metrics_json(tiny_run, tmp_path):
+    import json
+
+    out = tmp_path / "report"
+    argv = ["evaluate", "--checkpoint", str(tiny_run), "--no-sample-figures", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    per_class = json.loads((out / "metrics.json").read_text())["per_class"]
+    rows = _per_class_rows((out / "report.md").read_text())[2:]
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.2f}%"
+
+    expected = [
+        [c["class"], str(c["support"]), pct(c["accuracy"]), pct(c["precision"]), pct(c["recall"]), pct(c["f1"])]
+        for c in per_class
+    ]
+    assert len(per_class) == 3 and cells == expected, (cells, expected)
 
 
 def test_one_image_is_counted_in_the_singular():

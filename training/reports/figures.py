@@ -34,8 +34,8 @@ MIN_BIN_SAMPLES = 20
 LABEL_CHARS = 24
 
 NO_GLYPHS = (
-    "the plotting font has no glyphs for some characters of the class names (drawn as boxes); report.md names "
-    "the classes in full"
+    "the plotting font has no glyphs for some characters of the class names (drawn as boxes); report.md's "
+    "per-class table names the classes in full"
 )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.files import write_text_atomic
-from inference.messages import counted
+from inference.messages import counted, markdown_cell
 
 from ..inference import TTA_DESCRIPTIONS
 from .predictions import METRICS_FILE, PREDICTIONS_FILE, graph_temperature
@@ -40,6 +40,26 @@ def _weakest_and_strongest(per_class: list[dict[str, Any]]) -> list[str]:
     if strong:
         listed += "; strongest: " + ", ".join(f"{c['class']} {_pct(c['accuracy'])}" for c in strong)
     return ["", listed + "."]
+
+
+def _per_class_table(per_class: list[dict[str, Any]]) -> list[str]:
+    """report.md's table of every class, in the model's order: the figures show at most the worst classes and may
+    draw a name's characters as boxes, and metrics.json writes a name's non-ASCII characters as escapes."""
+
+    def pct(x: float | None) -> str:
+        return _pct(x) if x is not None else "n/a"  # a class without images here has nothing to recall
+
+    lines = [
+        "",
+        "## Per class",
+        "",
+        "| class | images | accuracy | precision | recall | F1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in per_class:
+        figures = [pct(c[key]) for key in ("accuracy", "precision", "recall", "f1")]
+        lines.append(f"| {markdown_cell(c['class'])} | {c['support']} | " + " | ".join(figures) + " |")
+    return lines
 
 
 def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | None], notes: list[str]) -> None:
@@ -108,6 +128,7 @@ def write_report_md(path: Path, metrics: dict[str, Any], files: dict[str, str | 
                 f"| {name} | {m['ece']:.4f} | {m['nll']:.4f} | {m['brier']:.4f} | "
                 f"{_pct(m['mean_confidence'])} | {_pct(m['accuracy'])} |"
             )
+    lines += _per_class_table(metrics["per_class"])
     captions = {
         "confusion_matrix": "Confusion matrix, each row normalised over its true class",
         "per_class_accuracy": "Per-class accuracy; the dashed line is the mean over classes",
