@@ -1225,6 +1225,45 @@ def test_resume_of_a_run_stopped_in_its_first_epoch_says_there_is_nothing_to_res
     )
 
 
+def test_resume_of_an_ensemble_member_stopped_in_its_first_epoch_names_the_ensemble_run(tmp_path, capsys):
+    """A member's folder (config.yaml only) was told to "train again with the same command", which for a member
+    is the ensemble's train command, refused without --resume."""
+    from training.__main__ import main as training_main
+
+    ensemble = tmp_path / "ens"
+    member = ensemble / "1-resnet9_half_cpu"
+    member.mkdir(parents=True)
+    (ensemble / "ensemble.yaml").write_text("recipe: {name: resnet9_airbench94}\n")
+    (member / "config.yaml").write_text("recipe: resnet9_half_cpu\n")
+    assert training_main(["resume", str(member)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: no checkpoint at {member / 'last.pt'}: {member} holds no finished epoch: nothing to resume; it is a "
+        f"member of the ensemble run {ensemble}, which `python -m training resume {ensemble}` says how to continue\n"
+    )
+
+
+def test_a_file_or_folder_after_set_of_a_command_without_arguments_is_pointed_to_its_option(capsys):
+    """A folder after train's --set was told "give the setting its value, --set runs/x=VALUE"."""
+    from training.__main__ import main as training_main
+
+    for argv, said in (
+        (
+            ["train", "--recipe", "resnet9_half_cpu", "--set", "epochs=1", "runs/x"],
+            "'runs/x' after --set is not KEY=VALUE: train takes no arguments of its own (give a folder as --out "
+            "runs/x)\n",
+        ),
+        (
+            ["ablate", "--recipe", "resnet9_half_cpu", "--set", "epochs=1", "mine.yaml"],
+            "'mine.yaml' after --set is not KEY=VALUE: ablate takes no arguments of its own (give a recipe file as "
+            "--recipe mine.yaml)\n",
+        ),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            training_main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.endswith(said), err
+
+
 def test_force_starts_over_without_the_previous_runs_files(image_folder, tmp_path, monkeypatch):
     """Stopped during its first epoch, a run started over with --force leaves nothing of the old run that could
     pass for its own (a best.pt, a summary saying it finished, a last.pt a resume would continue)."""
@@ -1495,6 +1534,9 @@ class _MakesAnObject:
         # a zip of another kind was asked whether it was a damaged checkpoint, in torch's inline_container.cc words
         ("a NumPy archive", "(it is not a PyTorch checkpoint: a NumPy .npz archive, such as a report's predictions"),
         ("another zip", "(it is not a PyTorch checkpoint: a zip archive of other files (notes.txt))"),
+        # a checkpoint's archive that lost its data.pkl was "a zip archive of other files (archive/byteorder, ...)"
+        ("a checkpoint without its pickle", "a truncated or damaged copy of one? torch said: "),
+        ("an empty zip", "(it is not a PyTorch checkpoint: an empty zip archive)"),  # was "of other files (empty)"
     ],
 )
 def test_an_unreadable_checkpoint_says_what_it_is_and_never_to_allow_its_objects(tmp_path, kind, said):
@@ -1516,6 +1558,15 @@ def test_an_unreadable_checkpoint_says_what_it_is_and_never_to_allow_its_objects
     elif kind == "another zip":
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr("notes.txt", "not weights")
+    elif kind == "an empty zip":
+        zipfile.ZipFile(path, "w").close()
+    elif kind == "a checkpoint without its pickle":
+        whole = tmp_path / "whole.pt"
+        torch.save({"meta": {}, "model": {}}, whole)
+        with zipfile.ZipFile(whole) as source, zipfile.ZipFile(path, "w") as archive:
+            for entry in source.namelist():
+                if not entry.endswith("/data.pkl"):
+                    archive.writestr(entry, source.read(entry))
     else:
         torch.save({"meta": {}, "model": {"w": torch.zeros(4096)}}, path)
         data = bytearray(path.read_bytes())
@@ -1530,7 +1581,7 @@ def test_an_unreadable_checkpoint_says_what_it_is_and_never_to_allow_its_objects
         load_checkpoint(path)
     message = str(refused.value)
     assert said in message and "safe_globals" not in message, message
-    assert ("torch said" in message) == (kind == "damaged"), message
+    assert ("torch said" in message) == (kind in ("damaged", "a checkpoint without its pickle")), message
     assert not warned, [str(w.message) for w in warned]
 
 

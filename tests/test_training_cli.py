@@ -360,3 +360,24 @@ def test_training_on_the_serving_install_is_one_line_naming_the_install_that_run
     assert (
         done.stderr.endswith("): the full install (bash scripts/setup.sh) runs it\n") and done.stderr.count("\n") == 1
     )
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "sys.modules['training.distributed'] = None",  # a module of its own missing
+        "import training.checkpoint; del training.checkpoint.LAST_FILE",  # a name mistyped in its own imports
+    ],
+)
+def test_a_mistake_in_trainings_own_imports_keeps_its_traceback(broken):
+    """On the full install, a broken import inside training/ was said as "needs torch, which this install lacks"."""
+    import subprocess
+    import sys
+
+    program = (
+        f"import runpy, sys\n{broken}\nsys.argv = ['training', 'models']\n"
+        "runpy.run_module('training', run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback (most recent call last)" in done.stderr, done.stderr
+    assert "which this install lacks" not in done.stderr

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -48,9 +50,13 @@ try:
     )
 except KeyboardInterrupt:
     sys.exit(_stopped_while_loading())
-except ImportError as exc:  # the serving install (scripts/setup.sh serve) has no torch: said, not a traceback
+except ModuleNotFoundError as exc:  # the serving install (scripts/setup.sh serve) has no torch: said, not a traceback
+    # only a package the install lacks: a mistake in this project's own imports keeps its traceback
+    missing = (exc.name or "").split(".")[0]
+    if not missing or importlib.util.find_spec(missing) is not None:
+        raise
     print(
-        f"error: python -m training needs torch, which this install lacks ({exc}): the full install (bash "
+        f"error: python -m training needs {missing}, which this install lacks ({exc}): the full install (bash "
         "scripts/setup.sh) runs it",
         file=sys.stderr,
     )
@@ -214,6 +220,8 @@ def _check_processes(command: str) -> None:
 
 # What each command that takes --set takes besides its options: a word after --set may be one of them, misplaced.
 _OWN_ARGUMENTS = {"resume": "the run folder"}
+# What a setting's key looks like (train.epochs, epochs): a word of another form is no setting missing its value
+_SETTING_KEY = re.compile(r"[A-Za-z_][\w.]*")
 
 
 def _check_set_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:
@@ -233,14 +241,15 @@ def _check_set_words(parser: argparse.ArgumentParser, argv: list[str]) -> None:
         elif taking and "=" not in word:
             command = parser.prog.split()[-1]
             own = _OWN_ARGUMENTS.get(command)
-            parser.error(
-                f"{word!r} after --set is not KEY=VALUE: "
-                + (
-                    f"--set takes every word after it, so give {own} before --set (and a setting its =VALUE)"
-                    if own
-                    else f"give the setting its value, --set {word}=VALUE ({command} takes no arguments of its own)"
-                )
-            )
+            if own:
+                said = f"--set takes every word after it, so give {own} before --set (and a setting its =VALUE)"
+            elif word.endswith((".yaml", ".yml")):
+                said = f"{command} takes no arguments of its own (give a recipe file as --recipe {word})"
+            elif _SETTING_KEY.fullmatch(word):
+                said = f"give the setting its value, --set {word}=VALUE ({command} takes no arguments of its own)"
+            else:  # a folder, as resume takes one: train and ablate take theirs as --out
+                said = f"{command} takes no arguments of its own (give a folder as --out {word})"
+            parser.error(f"{word!r} after --set is not KEY=VALUE: {said}")
 
 
 def _split_value(words: list[str]) -> list[str]:

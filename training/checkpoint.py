@@ -310,9 +310,14 @@ def _unreadable(path: Path, source: Path | io.BytesIO, exc: BaseException) -> st
     return f"a truncated or damaged copy of one? torch said: {exception_summary(exc, after='WeightsUnpickler error:')}"
 
 
+# The entries torch.save writes in its archive's one folder, besides the tensors' data/N
+_TORCH_ENTRIES = {"data.pkl", "version", ".format_version", "byteorder", ".storage_alignment"}
+
+
 def _other_zip(source: Path | io.BytesIO) -> str | None:
     """What a zip archive that is not torch.save's is (a report's predictions.npz), or None where it has the
-    layout of a checkpoint (its pickle in a folder): torch's refusal of the others names its own source files."""
+    layout of a checkpoint (torch's own entries in a folder): torch's refusal of the others names its own source
+    files."""
     if isinstance(source, io.BytesIO):
         source.seek(0)
     try:
@@ -320,11 +325,14 @@ def _other_zip(source: Path | io.BytesIO) -> str | None:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError):
         return None
-    if any(name.endswith("/data.pkl") for name in names):
+    # any of torch's own entries: a copy that lost its data.pkl is a damaged checkpoint, not another archive
+    if any(name.rpartition("/")[2] in _TORCH_ENTRIES for name in names if "/" in name):
         return None
-    if names and all(name.endswith(".npy") for name in names):
+    if not names:
+        return "it is not a PyTorch checkpoint: an empty zip archive"
+    if all(name.endswith(".npy") for name in names):
         return "it is not a PyTorch checkpoint: a NumPy .npz archive, such as a report's predictions.npz"
-    return f"it is not a PyTorch checkpoint: a zip archive of other files ({', '.join(names[:3]) or 'empty'})"
+    return f"it is not a PyTorch checkpoint: a zip archive of other files ({', '.join(names[:3])})"
 
 
 # torch's refusal of an object, in its words: read only where its disassembly cannot read the file

@@ -19,6 +19,7 @@ from .checkpoint import (
     BEST_FILE,
     CONFIG_FILE,
     EDITED_CONFIG,
+    ENSEMBLE_RUN_FILE,
     LAST_FILE,
     CheckpointError,
     claimed_run,
@@ -66,6 +67,11 @@ def _nothing_to_resume(run: Path, exc: FileNotFoundError) -> str:
     epoch ended (which writes neither last.pt nor best.pt), or a folder of something else."""
     if not run.exists():
         return f"{exc}: there is no folder {run}"
+    if (run / CONFIG_FILE).is_file() and (run.parent / ENSEMBLE_RUN_FILE).is_file():  # an ensemble's member
+        return (
+            f"{exc}: {run} holds no finished epoch: nothing to resume; it is a member of the ensemble run "
+            f"{run.parent}, which `{distributed.training_command('resume', str(run.parent))}` says how to continue"
+        )
     if (run / CONFIG_FILE).is_file():  # written as a run starts
         return (
             f"{exc}: {run} holds no finished epoch (a run stopped before its first one ended saves none): nothing "
