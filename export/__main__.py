@@ -24,7 +24,7 @@ from pathlib import Path
 
 from inference.classes import ClassMatcher
 from inference.devices import DEVICE_KINDS
-from inference.errors import UsageError
+from inference.errors import UsageError, missing_package
 from inference.interrupts import interrupt_within, say_stopped, terminations_as_interrupts
 from inference.manifest import (
     file_problems,
@@ -175,9 +175,12 @@ def _conversion_command(argv: list[str]) -> int:
     try:
         from .pipeline import ParityError
     except ImportError as exc:  # the serving install (scripts/setup.sh serve) has neither torch nor onnx
+        missing = missing_package(exc)
+        if missing is None:  # a mistake in this project's own imports keeps its traceback
+            raise
         raise UsageError(
-            f"{command or 'export'} needs torch and onnx, which this install lacks ({exc}): the serving install "
-            "runs list, default, remove and card; the full one (bash scripts/setup.sh) runs the rest"
+            f"{command or 'export'} needs {missing}, which this install lacks ({exc}): the serving install runs "
+            "list, default, remove and card; the full one (bash scripts/setup.sh) runs the rest"
         ) from None
     try:
         return _convert(command, args)

@@ -200,9 +200,29 @@ def test_a_conversion_command_without_torch_is_one_line_naming_the_install_that_
         timeout=120,
     )
     assert (done.returncode, done.stdout) == (2, "")
-    assert done.stderr.startswith("error: verify needs torch and onnx, which this install lacks (")
+    assert done.stderr.startswith("error: verify needs torch, which this install lacks (")
     assert done.stderr.endswith(
         "): the serving install runs list, default, remove and card; the full one (bash scripts/setup.sh) runs the "
         "rest\n"
     )
     assert done.stderr.count("\n") == 1
+
+
+def test_a_mistake_in_exports_own_imports_keeps_its_traceback(tmp_path):
+    """Only a package this install lacks is said in one line: a module of export's own that does not import was
+    said as "needs torch and onnx, which this install lacks", sending the user to reinstall."""
+    import subprocess
+    import sys
+
+    program = (
+        "import runpy, sys\nsys.modules['export.pipeline'] = None\n"
+        "sys.argv = ['export', *sys.argv[1:]]\nrunpy.run_module('export', run_name='__main__')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program, "verify", "x", "--models-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and "Traceback (most recent call last)" in done.stderr, done.stderr
+    assert "which this install lacks" not in done.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import shlex
@@ -11,7 +10,7 @@ import sys
 from pathlib import Path
 
 from inference.devices import CudaPlacementError
-from inference.errors import UsageError
+from inference.errors import UsageError, missing_package
 from inference.fits import FITS
 from inference.interrupts import interrupted_status, say_stopped, terminations_as_interrupts
 from inference.messages import (
@@ -50,10 +49,9 @@ try:
     )
 except KeyboardInterrupt:
     sys.exit(_stopped_while_loading())
-except ModuleNotFoundError as exc:  # the serving install (scripts/setup.sh serve) has no torch: said, not a traceback
-    # only a package the install lacks: a mistake in this project's own imports keeps its traceback
-    missing = (exc.name or "").split(".")[0]
-    if not missing or importlib.util.find_spec(missing) is not None:
+except ImportError as exc:  # the serving install (scripts/setup.sh serve) has no torch: said, not a traceback
+    missing = missing_package(exc)
+    if missing is None:  # a mistake in this project's own imports keeps its traceback
         raise
     print(
         f"error: python -m training needs {missing}, which this install lacks ({exc}): the full install (bash "
