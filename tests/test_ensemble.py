@@ -251,7 +251,7 @@ def test_reports_estimate_their_ensemble_from_the_saved_logits(tmp_path, capsys)
     assert "100.00%  their mean probability, 4 images: +25.00 points" in capsys.readouterr().out
 
     elsewhere = _report(tmp_path / "c", [[1, 0]] * 4, labels, fingerprint="other")
-    with pytest.raises(ValueError, match="different samples .4 against 4 images, fingerprints other and "):
+    with pytest.raises(ValueError, match="different samples .4 against 4 images, fingerprints same and other.: "):
         estimate_from_reports([a, elsewhere])
     with pytest.raises(ValueError, match="the same report is given twice"):  # it scored +0.00 as its own pair
         estimate_from_reports([a, tmp_path / "a"])

@@ -52,7 +52,7 @@ def test_a_report_in_another_class_order_gives_the_estimate_of_the_same_order(re
 def test_a_permuted_copy_of_one_report_is_still_one_model(reports):
     a, _, _, (images, labels, logits_a, _) = reports
     a_permuted = _permuted(a.parent / "a-permuted", images, labels, logits_a)
-    with pytest.raises(ValueError, match=f"{a_permuted} and {a} hold the same predictions, logit for logit"):
+    with pytest.raises(ValueError, match=f"{a} and {a_permuted} hold the same predictions, logit for logit"):
         estimate_from_reports([a, a_permuted])
 
 
@@ -60,7 +60,7 @@ def test_other_samples_in_another_class_order_are_refused(reports, tmp_path, cap
     a, _, _, (_, labels, _, logits_b) = reports
     other = _permuted(tmp_path / "other", _images(90, 9), labels, logits_b)
     assert main(["ensemble", str(a), str(other)]) == 2
-    assert f"{other} and {a} are reports on different samples" in _one_error_line(capsys)
+    assert f"{a} and {other} are reports on different samples" in _one_error_line(capsys)
 
 
 @pytest.mark.parametrize("old", ["a", "b", "both"])
@@ -75,7 +75,7 @@ def test_reports_of_an_earlier_version_in_other_orders_are_refused_saying_to_eva
     b = _permuted(tmp_path / "old-b", images, labels, logits_b, by_name=old == "a")
     assert main(["ensemble", str(a), str(b)]) == 2
     err = _one_error_line(capsys)
-    assert f"{b} and {a} list the same 3 classes in different orders (from index 0: gamma against alpha)" in err
+    assert f"{a} and {b} list the same 3 classes in different orders (from index 0: alpha against gamma)" in err
     said = {"a": f"{a} was written", "b": f"{b} was written", "both": "both were written"}[old]
     assert said in err and err.endswith(f"evaluate {'them' if old == 'both' else 'it'} again"), err
 

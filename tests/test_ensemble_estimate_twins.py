@@ -33,7 +33,7 @@ def test_a_copied_report_folder_is_refused_naming_both(tmp_path, capsys):
     shutil.copytree(x, copy)
     assert training_main(["ensemble", str(x), str(copy)]) == 2
     err = capsys.readouterr().err
-    assert f"{copy} and {x} are reports of one model ({tmp_path / 'run' / 'best.pt'} at epoch 3)" in err, err
+    assert f"{x} and {copy} are reports of one model ({tmp_path / 'run' / 'best.pt'} at epoch 3)" in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
@@ -43,7 +43,7 @@ def test_one_model_under_two_augmentations_or_devices_is_one_member(tmp_path):
     source = _checkpoint_source(tmp_path)
     plain = _report(tmp_path / "plain", [[2, 0], [0, 2], [2, 0]], source)
     flip = _report(tmp_path / "flip", [[1, 0], [0, 3], [1, 1.5]], source, tta="flip")
-    with pytest.raises(ValueError, match="to measure tta flip against none, `python -m training compare` them"):
+    with pytest.raises(ValueError, match="to measure tta none against flip, `python -m training compare` them"):
         estimate_from_reports([plain, flip])
     onnx = {"kind": "onnx", "path": str(tmp_path / "m.onnx"), "name": "m", "precision": "fp16"}
     cpu = _report(tmp_path / "cpu", [[2, 0], [0, 2], [2, 0]], {**onnx, "providers": ["CPUExecutionProvider"]})
@@ -59,7 +59,7 @@ def test_copies_without_a_recorded_model_are_caught_by_their_logits(tmp_path):
     other = _report(tmp_path / "other", [[0, 2], [0, 2], [0, 2]])
     b = tmp_path / "b"
     shutil.copytree(a, b)
-    with pytest.raises(ValueError, match=f"{b} and {a} hold the same predictions, logit for logit"):
+    with pytest.raises(ValueError, match=f"{a} and {b} hold the same predictions, logit for logit"):
         estimate_from_reports([a, other, b])
 
 

@@ -42,14 +42,14 @@ def test_a_checkpoints_report_and_its_exports_are_one_model(tmp_path):
     ckpt = _report(tmp_path / "ckpt", [[2, 0], [0, 2], [2, 0]], _checkpoint(tmp_path))
     export = _report(tmp_path / "export", [[2, 0.1], [0, 2], [2, 0]], _onnx(tmp_path))
     said = (
-        f"{export} and {ckpt} are reports of one model ({tmp_path / 'm.onnx'} and {tmp_path / 'run' / 'best.pt'} "
+        f"{ckpt} and {export} are reports of one model ({tmp_path / 'run' / 'best.pt'} and {tmp_path / 'm.onnx'} "
         f"hold the checkpoint of sha256 {SHA[:12]})"
     )
     with pytest.raises(ValueError, match="^" + re.escape(said)) as caught:
         estimate_from_reports([ckpt, export])
     assert "to measure one file against the other, `python -m training compare` them" in str(caught.value)
     int8 = _report(tmp_path / "int8", [[1, 0], [0, 1], [1, 0.5]], _onnx(tmp_path, "m-int8"))
-    with pytest.raises(ValueError, match=f"{int8} and {export} are reports of one model"):
+    with pytest.raises(ValueError, match=f"{export} and {int8} are reports of one model"):
         estimate_from_reports([export, int8])
 
 
@@ -62,7 +62,7 @@ def test_a_report_from_before_reports_named_the_checkpoint_and_a_new_one_of_the_
     two members."""
     old = _report(tmp_path / "old", [[2, 0], [0, 2], [2, 0]], source(tmp_path, sha=None))
     new = _report(tmp_path / "new", [[2, 1], [0, 2], [2, 0]], source(tmp_path), tta="flip")
-    with pytest.raises(ValueError, match=f"{new} and {old} are reports of one model .*tta flip against none"):
+    with pytest.raises(ValueError, match=f"{old} and {new} are reports of one model .*tta none against flip"):
         estimate_from_reports([old, new])
 
 
@@ -106,5 +106,5 @@ def test_evaluate_names_the_checkpoint_of_a_checkpoint_and_of_its_export(tiny_ru
     capsys.readouterr()
     assert main(["ensemble", str(tmp_path / "ckpt"), str(tmp_path / "export")]) == 2
     err = capsys.readouterr().err
-    assert f"{tmp_path / 'export'} and {tmp_path / 'ckpt'} are reports of one model" in err, err
+    assert f"{tmp_path / 'ckpt'} and {tmp_path / 'export'} are reports of one model" in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -236,7 +236,8 @@ def _one_checkpoint(a: dict, b: dict) -> bool:
 
 
 def _one_model_refusal(report: dict, other: dict, name: str, other_name: str) -> UsageError:
-    """The refusal of ``report`` and ``other`` (named ``name`` and ``other_name``), reports of one model."""
+    """The refusal of ``report`` and ``other`` (named ``name`` and ``other_name``), reports of one model; said
+    in the order given, ``report`` the one given first."""
     source, theirs = report["metrics"].get("source") or {}, other["metrics"].get("source") or {}
     views = (report["metrics"].get("tta", "none"), other["metrics"].get("tta", "none"))
     if same_root(source.get("path"), theirs.get("path")):
@@ -265,11 +266,11 @@ def check_different_models(reports: Sequence[dict], names: Sequence[str]) -> Non
         for j in range(i):
             other = reports[j]["metrics"].get("source") or {}
             if _same_model(other, source) or _one_checkpoint(other, source):
-                raise _one_model_refusal(report, reports[j], names[i], names[j])
+                raise _one_model_refusal(reports[j], report, names[j], names[i])
             same_shape = report["logits"].shape == reports[j]["logits"].shape
             if same_shape and np.array_equal(report["logits"], reports[j]["logits"]):
                 raise UsageError(
-                    f"{names[i]} and {names[j]} hold the same predictions, logit for logit (a copy of one report, or "
+                    f"{names[j]} and {names[i]} hold the same predictions, logit for logit (a copy of one report, or "
                     "one model's weights under two names): an ensemble of a model with itself is that model; give "
                     "reports of different models"
                 )
@@ -290,8 +291,8 @@ def _in_first_order(report: dict, first: dict, name: str, first_name: str, order
         at = next(i for i, (x, y) in enumerate(zip(first["classes"], report["classes"])) if folded(x) != folded(y))
         said = f"{old[0]} was" if len(old) == 1 else "both were"
         raise UsageError(
-            f"{name} and {first_name} list the same {len(first['classes'])} classes in different orders (from index "
-            f"{at}: {report['classes'][at]} against {first['classes'][at]}), and {said} written by an earlier "
+            f"{first_name} and {name} list the same {len(first['classes'])} classes in different orders (from index "
+            f"{at}: {first['classes'][at]} against {report['classes'][at]}), and {said} written by an earlier "
             f"version, whose reports cannot be matched by class name: evaluate {'it' if len(old) == 1 else 'them'} "
             "again"
         )
@@ -303,10 +304,11 @@ def _in_first_order(report: dict, first: dict, name: str, first_name: str, order
 
 
 def _other_samples(report: dict, first: dict, name: str, first_name: str, key: str) -> UsageError:
-    """The refusal of two reports on different samples, their digests under ``key`` told apart."""
+    """The refusal of two reports on different samples, their digests under ``key`` told apart; the first
+    report's said first, as given."""
     return UsageError(
-        f"{name} and {first_name} are reports on different samples ({len(report['labels'])} against "
-        f"{counted(len(first['labels']), 'image')}, fingerprints {report[key][:12]} and {first[key][:12]}): "
+        f"{first_name} and {name} are reports on different samples ({len(first['labels'])} against "
+        f"{counted(len(report['labels']), 'image')}, fingerprints {first[key][:12]} and {report[key][:12]}): "
         "evaluate both on the same --data and --split"
     )
 
