@@ -204,8 +204,8 @@ def load_manifest(models_dir: str | Path, verify: bool = True) -> Manifest:
         # run from another folder, the default "models" is not the repository's: say where it was looked for
         here = "" if path.is_absolute() else f" (a relative folder is read from the current one, {Path.cwd()})"
         raise ManifestError(
-            f"no model manifest at {path}{here}: name the models folder (--models-dir; the service reads "
-            "CIFAR_MODELS_DIR too), or export a model first (python -m export ...)"
+            f"no model manifest at {path}{here}: give the models folder that holds one, or export a model first "
+            "(python -m export ...)"
         )
     try:
         # an editor on Windows (Notepad, PowerShell's Set-Content) may start the file with a BOM, which JSON allows a

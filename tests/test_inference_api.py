@@ -87,10 +87,9 @@ def test_a_missing_relative_models_folder_is_said_with_where_it_was_looked_for(t
         load_manifest("models")
     assert str(refused.value) == (
         f"no model manifest at models/manifest.json (a relative folder is read from the current one, {tmp_path}): "
-        "name the models folder (--models-dir; the service reads CIFAR_MODELS_DIR too), or export a model first "
-        "(python -m export ...)"
+        "give the models folder that holds one, or export a model first (python -m export ...)"
     )
-    with pytest.raises(ManifestError, match=f"^no model manifest at {tmp_path}/none/manifest.json: name the"):
+    with pytest.raises(ManifestError, match=f"^no model manifest at {tmp_path}/none/manifest.json: give the"):
         load_manifest(tmp_path / "none")  # an absolute folder is where it says
 
 
