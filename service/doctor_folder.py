@@ -197,14 +197,16 @@ def nested_warning(folder: Path, matched: list[tuple[int, Path]]) -> str | None:
     scan = _Scan(NESTED_SCAN_ENTRIES)
     seen = {p.resolve() for p in (folder, *(d for _, d in matched))}
     nested: list[Path] = []
-    # depth first, in name order; a class folder's own entries are listed by read_folder in any case
-    stack = [sub for _, d in reversed(matched) for sub in sorted(d.iterdir(), reverse=True)]
+    # depth first, in name order; a class folder's own entries are listed by read_folder in any case, and told
+    # apart by the listing's file type (no stat for each of its images)
+    stack = [sub for _, d in reversed(matched) for sub in sorted(_sub_folders(d), reverse=True)]
     whole = True
     while stack:
         d = stack.pop()
-        if is_hidden(d.name) or not d.is_dir() or d.resolve() in seen:
+        real = d.resolve()
+        if is_hidden(d.name) or real in seen:
             continue
-        seen.add(d.resolve())
+        seen.add(real)
         try:
             listed = scan.listing(d)
         except _TooWide:
@@ -224,3 +226,9 @@ def nested_warning(folder: Path, matched: list[tuple[int, Path]]) -> str | None:
         f"{least}{counted(len(nested), 'image')} in sub-folders of class folders, not read: {min(nested)}{more} "
         f"({stopped}an image's class is the folder it sits in, as the scorer labels it)"
     )
+
+
+def _sub_folders(folder: Path) -> list[Path]:
+    """The folders in ``folder`` (links to folders too), told by the listing's file type where it gives one."""
+    with os.scandir(folder) as entries:
+        return [Path(e.path) for e in entries if e.is_dir()]
